@@ -1,0 +1,145 @@
+"""The ``dreamgym`` command line. Thin: every command calls into the core's modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable
+
+import click
+import msgspec
+
+from .errors import DreamGymError
+
+__all__ = ["main", "cli"]
+
+
+class _Group(click.Group):
+    """Turns a DreamGymError into one line and a non-zero exit; --traceback shows it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DreamGymError as exc:
+            if ctx.obj and ctx.obj.get("traceback") or os.environ.get("DREAMGYM_DEBUG") == "1":
+                traceback.print_exc()
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full error chain.")
+@click.version_option(package_name="dreamgym")
+@click.pass_context
+def cli(ctx: click.Context, show_traceback: bool) -> None:
+    """DreamGym: RL for LLM agents on synthetic experience."""
+    ctx.ensure_object(dict)["traceback"] = show_traceback
+
+
+def _overrides(option: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a field.")(option)
+
+
+def _load(path: str, overrides: tuple[str, ...]) -> Any:
+    from .config import load_pipeline, resolve
+    from .plugins import Plugins
+
+    pipeline = load_pipeline(path, overrides)
+    plugins = Plugins.for_names(pipeline.plugins, where=f"{path}: plugins")
+    return resolve(pipeline, plugins, where=path), plugins
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--loaded", "pipeline", metavar="PIPELINE", help="Also load this pipeline's plugins and list components.")
+def plugins_cmd(as_json: bool, pipeline: str | None) -> None:
+    """List installed plugins (read from metadata, nothing imported)."""
+    from .plugins import installed_plugins
+
+    rows = [p.as_dict() for p in sorted(installed_plugins().values(), key=lambda p: p.name)]
+    if pipeline:
+        _, plugins = _load(pipeline, ())
+        provided: dict[str, list[str]] = {}
+        for kind, specs in plugins.all_components().items():
+            for spec in specs.values():
+                provided.setdefault(spec.plugin, []).append(f"{kind}:{spec.name}")
+        for row in rows:
+            row["components"] = provided.get(row["name"], [])  # type: ignore[assignment]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        extra = f"  [{', '.join(row['components'])}]" if "components" in row else ""
+        click.echo(f"{row['name']:<14} {row['distribution']:<34} {row['version']}{extra}")
+
+
+@cli.command("check")
+@click.argument("plugin")
+def check_cmd(plugin: str) -> None:
+    """Run the conformance kit on every component PLUGIN registers."""
+    from .conformance import check_plugin
+
+    for line in check_plugin(plugin):
+        click.echo(line)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect pipeline configuration."""
+
+
+@config_group.command("show")
+@click.argument("pipeline", type=click.Path())
+@_overrides
+def config_show(pipeline: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config of PIPELINE with every default filled in."""
+    from .config import config_hash
+
+    resolved, _ = _load(pipeline, overrides)
+    data = resolved.to_builtins()
+    click.echo(json.dumps({"config": data, "sha256": config_hash(data)}, indent=2))
+
+
+@config_group.command("schema")
+@click.argument("pipeline", type=click.Path(), required=False)
+def config_schema(pipeline: str | None) -> None:
+    """JSON schema of the pipeline file; with PIPELINE, also its components' configs."""
+    from .config import PipelineConfig
+
+    schema: dict[str, Any] = {"pipeline": msgspec.json.schema(PipelineConfig)}
+    if pipeline:
+        resolved, _ = _load(pipeline, ())
+        schema["components"] = {f: msgspec.json.schema(type(c)) for f, c in resolved.components.items()}
+    click.echo(json.dumps(schema, indent=2))
+
+
+@cli.command("run")
+@click.argument("pipeline", type=click.Path())
+@_overrides
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
+    """Run PIPELINE end to end and write its run directory."""
+    from .loop import run_pipeline
+
+    resolved, plugins = _load(pipeline, overrides)
+    summary = run_pipeline(resolved, plugins, resume=resume)
+    click.echo(json.dumps(summary, indent=2))
+
+
+def _register() -> None:
+    from .commands import register_commands
+
+    register_commands(cli)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="dreamgym")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Pipeline files: YAML decoded into frozen msgspec Structs in two phases.
+
+Phase 1 (:func:`load_pipeline`) types the outer shape and leaves each component's
+settings raw. Phase 2 (:func:`resolve`) converts each raw dict into the config
+Struct its plugin declares, once the plugins are loaded. Every error names the
+file and the JSON path of the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .plugins import Plugins
+    from .specs import ComponentKind
+
+__all__ = [
+    "Config",
+    "PositiveInt",
+    "NonNegativeInt",
+    "Probability",
+    "ComponentRef",
+    "DataConfig",
+    "ExperienceTrainingConfig",
+    "LoopConfig",
+    "EvalConfig",
+    "PipelineConfig",
+    "ResolvedPipeline",
+    "load_pipeline",
+    "resolve",
+    "convert_config",
+    "config_hash",
+]
+
+PositiveInt = Annotated[int, Meta(gt=0)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Meta(gt=0.0)]
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Base for every DreamGym config: immutable, keyword-only, typo-proof."""
+
+
+class ComponentRef(Config):
+    """A component by registered name, with its settings decoded later."""
+
+    name: Annotated[str, Meta(description="A component name registered by a loaded plugin.")]
+    config: Annotated[dict[str, Any], Meta(description="Settings for the component's own config Struct.")] = {}
+
+
+class DataConfig(Config):
+    """Offline real data collected before training (paper: expert + oracle/random)."""
+
+    expert_episodes: Annotated[NonNegativeInt, Meta(description="Gold-path episodes per run.")] = 32
+    noisy_episodes: Annotated[NonNegativeInt, Meta(description="Noisy-expert episodes.")] = 16
+    random_episodes: Annotated[NonNegativeInt, Meta(description="Random-policy episodes.")] = 16
+    path: Annotated[str | None, Meta(description="Existing JSONL of Transition records to use instead.")] = None
+
+
+class ExperienceTrainingConfig(Config):
+    """Joint SFT of the experience model (paper Eq. 5)."""
+
+    epochs: Annotated[PositiveInt, Meta(description="Passes over the annotated offline transitions.")] = 3
+    lr: Annotated[PositiveFloat, Meta(description="Learning rate.")] = 1e-3
+    batch_size: Annotated[PositiveInt, Meta(description="Examples per step.")] = 16
+    annotator: Annotated[
+        Literal["rule", "teacher", "none"],
+        Meta(description="Reasoning traces from the domain's rule-based annotator, a teacher model, or none."),
+    ] = "rule"
+    teacher: Annotated[ComponentRef | None, Meta(description="Teacher model backend when annotator=teacher.")] = None
+    skip: Annotated[bool, Meta(description="Use the experience model as loaded, without training.")] = False
+
+
+class LoopConfig(Config):
+    """The DreamGym training loop (paper section 4.3)."""
+
+    mode: Annotated[
+        Literal["real", "dreamgym", "s2r"],
+        Meta(description="real: RL in the real env; dreamgym: synthetic only; s2r: synthetic then real."),
+    ] = "dreamgym"
+    iterations: Annotated[PositiveInt, Meta(description="Policy updates in total.")] = 10
+    tasks_per_iteration: Annotated[PositiveInt, Meta(description="Tasks per batch (paper: 16).")] = 4
+    group_size: Annotated[PositiveInt, Meta(description="Rollouts per task (GRPO group; paper: 8).")] = 4
+    max_steps: Annotated[PositiveInt, Meta(description="Step cap per episode (verl-agent: 15 WebShop, 50 ALFWorld).")] = 15
+    history_window: Annotated[NonNegativeInt, Meta(description="Earlier (state, action) pairs shown to models.")] = 4
+    top_k: Annotated[NonNegativeInt, Meta(description="Retrieved transitions per experience-model step.")] = 4
+    real_budget: Annotated[
+        NonNegativeInt, Meta(description="s2r: real transitions allowed after the synthetic phase.")
+    ] = 0
+    s2r_synthetic_share: Annotated[
+        Probability, Meta(description="s2r: share of iterations run in the synthetic environment first.")
+    ] = 0.75
+    warmstart_epochs: Annotated[NonNegativeInt, Meta(description="SFT epochs on offline expert demos before RL.")] = 1
+    checkpoint_every: Annotated[PositiveInt, Meta(description="Iterations between checkpoints.")] = 1
+    sampling_temperature: Annotated[PositiveFloat, Meta(description="Policy temperature in rollouts.")] = 1.0
+    experience_temperature: Annotated[PositiveFloat, Meta(description="M_exp temperature.")] = 0.7
+
+
+class EvalConfig(Config):
+    """Evaluation on held-out real tasks with the training rollout code."""
+
+    split: Annotated[str, Meta(description="Task split to evaluate on.")] = "test"
+    episodes: Annotated[NonNegativeInt, Meta(description="Episodes (0 disables evaluation).")] = 32
+    temperature: Annotated[float, Meta(description="Policy temperature; 0 is greedy (paper val: 0.4).")] = 0.0
+    before_training: Annotated[bool, Meta(description="Also evaluate the untrained policy.")] = True
+
+
+class PipelineConfig(Config):
+    """A whole run: which plugins, which components, and the loop settings."""
+
+    plugins: Annotated[list[str], Meta(description="Entry-point names in group 'dreamgym' to load.")]
+    env: ComponentRef
+    policy: ComponentRef
+    algo: ComponentRef
+    experience_model: ComponentRef | None = None
+    encoder: ComponentRef | None = None
+    buffer: ComponentRef | None = None
+    curriculum: ComponentRef | None = None
+    loggers: list[ComponentRef] = []
+    data: DataConfig = DataConfig()
+    experience: ExperienceTrainingConfig = ExperienceTrainingConfig()
+    loop: LoopConfig = LoopConfig()
+    eval: EvalConfig = EvalConfig()
+    seed: Annotated[int, Meta(description="Seeds every RNG of the run.")] = 0
+    run_dir: Annotated[str, Meta(description="Where the run writes config, metrics, checkpoints, report.")] = "runs/default"
+
+    def __post_init__(self) -> None:
+        if self.loop.mode in ("dreamgym", "s2r"):
+            missing = [f for f in ("experience_model", "encoder", "buffer") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(
+                    f"loop.mode={self.loop.mode!r} needs {', '.join(missing)}; set them or use mode 'real'"
+                )
+        if self.loop.mode == "s2r" and self.loop.real_budget == 0:
+            raise ValueError("loop.mode='s2r' needs loop.real_budget > 0 (real transitions for the real phase)")
+
+
+# Components of a pipeline and the kind each one is, in build order.
+COMPONENT_FIELDS: tuple[tuple[str, ComponentKind], ...] = (
+    ("env", "env"),
+    ("encoder", "encoder"),
+    ("buffer", "buffer"),
+    ("experience_model", "model"),
+    ("policy", "model"),
+    ("curriculum", "curriculum"),
+    ("algo", "algo"),
+)
+
+
+class ResolvedPipeline(msgspec.Struct, frozen=True, kw_only=True):
+    """Phase-2 result: the outer config plus each component's typed config."""
+
+    source: str
+    pipeline: PipelineConfig
+    components: dict[str, Any]  # field name ("algo", "loggers.0", ...) -> config Struct instance
+
+    def to_builtins(self) -> dict[str, Any]:
+        """The fully resolved config: every default filled in, as plain JSON types."""
+        data = msgspec.to_builtins(self.pipeline)
+        for field, cfg in self.components.items():
+            target = data
+            parts = field.split(".")
+            for part in parts[:-1]:
+                target = target[int(part)] if isinstance(target, list) else target[part]
+            last = parts[-1]
+            slot = target[int(last)] if isinstance(target, list) else target[last]
+            slot["config"] = msgspec.to_builtins(cfg)
+        return data
+
+
+def _located(error: Exception, where: str, prefix: str = "$") -> ConfigError:
+    message = str(error)
+    if prefix != "$":
+        message = message.replace("`$", f"`{prefix}")
+    return ConfigError(f"{where}: {message}")
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    keys = dotted.split(".")
+    target: Any = data
+    for key in keys[:-1]:
+        if isinstance(target, list) and key.isdigit():
+            target = target[int(key)]
+            continue
+        if not isinstance(target, dict):
+            raise ConfigError(f"{where}: --set {dotted}: {key!r} is not a mapping")
+        target = target.setdefault(key, {})
+    if not isinstance(target, dict):
+        raise ConfigError(f"{where}: --set {dotted}: parent is not a mapping")
+    target[keys[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str], where: str) -> list[tuple[str, Any]]:
+    """``key.path=value`` strings; values are parsed as YAML scalars (1e-5, true, [a])."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item or not re.match(r"^[A-Za-z_][\w.]*=", item):
+            raise ConfigError(f"{where}: --set expects key.path=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parsed.append((key, yaml.safe_load(raw) if raw else ""))
+    return parsed
+
+
+def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Phase 1: read YAML, apply ``--set`` overrides, decode the outer schema."""
+    where = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read pipeline file: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{loc}: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a pipeline file must be a mapping at the top level")
+    for key, value in parse_overrides(overrides, where):
+        _set_path(data, key, value, where)
+    try:
+        return msgspec.convert(data, type=PipelineConfig)
+    except msgspec.ValidationError as exc:
+        raise _located(exc, where) from exc
+
+
+def convert_config(raw: dict[str, Any], config_type: type, where: str, path: str) -> Any:
+    """Phase-2 conversion of one component's raw settings, errors located at ``path``."""
+    try:
+        return msgspec.convert(raw, type=config_type)
+    except msgspec.ValidationError as exc:
+        raise _located(exc, where, prefix=path) from exc
+
+
+def resolve(pipeline: PipelineConfig, plugins: Plugins, where: str) -> ResolvedPipeline:
+    """Phase 2: decode every component's settings into its plugin's config Struct."""
+    components: dict[str, Any] = {}
+    refs: list[tuple[str, ComponentKind, ComponentRef]] = [
+        (field, kind, getattr(pipeline, field))
+        for field, kind in COMPONENT_FIELDS
+        if getattr(pipeline, field) is not None
+    ]
+    refs += [(f"loggers.{i}", "logger", ref) for i, ref in enumerate(pipeline.loggers)]
+    if pipeline.experience.teacher is not None:
+        refs.append(("experience.teacher", "model", pipeline.experience.teacher))
+    for field, kind, ref in refs:
+        spec = plugins.component(kind, ref.name, where=f"{where}: {field}.name")
+        json_path = re.sub(r"\.(\d+)", r"[\1]", f"$.{field}.config")
+        components[field] = convert_config(ref.config, spec.config_type, where, json_path)
+    return ResolvedPipeline(source=where, pipeline=pipeline, components=components)
+
+
+def config_hash(resolved: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a resolved config (keys sorted)."""
+    return hashlib.sha256(msgspec.json.encode(resolved, order="sorted")).hexdigest()

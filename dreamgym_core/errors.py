@@ -1,0 +1,91 @@
+"""The one error hierarchy. The CLI turns any DreamGymError into a one-line message."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+__all__ = [
+    "DreamGymError",
+    "PluginNotFound",
+    "PluginLoadError",
+    "DuplicateComponentError",
+    "ComponentNotFound",
+    "ConfigError",
+    "ConformanceError",
+    "DataError",
+]
+
+
+class DreamGymError(Exception):
+    """Base of every error DreamGym raises on purpose. ``exit_code`` is the CLI's."""
+
+    exit_code = 1
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class PluginNotFound(DreamGymError):
+    """A pipeline names a plugin that no installed distribution provides."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, installed: Iterable[str], where: str = "") -> None:
+        installed = sorted(installed)
+        prefix = f"{where}: " if where else ""
+        super().__init__(
+            f"{prefix}plugin {name!r} is not installed (installed: {', '.join(installed) or 'none'})."
+            + _suggest(name, installed)
+        )
+
+
+class ComponentNotFound(DreamGymError):
+    """A pipeline names a component that no loaded plugin registers."""
+
+    exit_code = 2
+
+    def __init__(self, kind: str, name: str, available: Iterable[str], where: str = "") -> None:
+        available = sorted(available)
+        prefix = f"{where}: " if where else ""
+        super().__init__(
+            f"{prefix}no {kind} named {name!r} (available: {', '.join(available) or 'none'})."
+            + _suggest(name, available)
+        )
+
+
+class PluginLoadError(DreamGymError):
+    """A plugin's entry point failed to import."""
+
+    exit_code = 2
+
+    def __init__(self, entry_point: str, distribution: str, cause: BaseException) -> None:
+        super().__init__(
+            f"plugin {entry_point!r} (distribution {distribution}) failed to load: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+class DuplicateComponentError(DreamGymError):
+    """Two plugins register a component of one kind under one name."""
+
+    exit_code = 2
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        super().__init__(f"duplicate {kind} name {name!r}: registered by plugin {first!r} and by plugin {second!r}")
+
+
+class ConfigError(DreamGymError):
+    """A pipeline file or a config value is malformed; the message names file and path."""
+
+    exit_code = 2
+
+
+class ConformanceError(DreamGymError):
+    """A component breaks its contract; see docs/conformance.md."""
+
+
+class DataError(DreamGymError):
+    """Stored data (buffer segment, checkpoint, dataset file) is missing or corrupt."""

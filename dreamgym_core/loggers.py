@@ -1,0 +1,72 @@
+"""Built-in metric sinks (an essential plugin): JSONL always, TensorBoard on request."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import msgspec
+
+from .config import Config
+from .hookspecs import hookimpl
+from .specs import ComponentSpec
+
+
+class JsonlConfig(Config):
+    """Metrics as one JSON object per line in ``<run_dir>/metrics.jsonl``."""
+
+    filename: str = "metrics.jsonl"
+
+
+class JsonlSink:
+    def __init__(self, config: JsonlConfig, *, run_dir: str) -> None:
+        self.path = Path(run_dir) / config.filename
+        self._file = self.path.open("a")
+
+    def log(self, *, step: int, metrics: dict[str, float]) -> None:
+        # NaN/inf are not JSON: write them as null so a bad step is visible, not fatal.
+        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        self._file.write(msgspec.json.encode({"step": step, **row}).decode() + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class TensorBoardConfig(Config):
+    """TensorBoard event files under ``<run_dir>/<subdir>``."""
+
+    subdir: str = "tensorboard"
+
+
+class TensorBoardSink:
+    def __init__(self, config: TensorBoardConfig, *, run_dir: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / config.subdir))
+        self._closed = False
+
+    def log(self, *, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self._writer.add_scalar(key, float(value), global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._writer.close()
+            self._closed = True
+
+
+@hookimpl
+def dreamgym_register_loggers() -> list[ComponentSpec]:
+    return [
+        ComponentSpec(name="jsonl", factory=JsonlSink, config_type=JsonlConfig, description="Metrics as JSON lines."),
+        ComponentSpec(
+            name="tensorboard",
+            factory=TensorBoardSink,
+            config_type=TensorBoardConfig,
+            description="TensorBoard scalar event files.",
+        ),
+    ]

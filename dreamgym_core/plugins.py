@@ -1,0 +1,157 @@
+"""The plugin manager, built per run from the pipeline's plugin list.
+
+Nothing is loaded at import time. Only the entry points a pipeline names are
+imported, so one broken plugin never stops another pipeline (or the CLI) from
+working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import metadata
+from typing import Any, Iterable, Sequence
+
+import pluggy
+
+from . import hookspecs
+from .errors import ComponentNotFound, DreamGymError, DuplicateComponentError, PluginLoadError, PluginNotFound
+from .specs import KINDS, ComponentKind, ComponentSpec
+
+__all__ = [
+    "GROUP",
+    "ESSENTIAL_PLUGINS",
+    "InstalledPlugin",
+    "installed_plugins",
+    "get_plugin_manager",
+    "Plugins",
+]
+
+GROUP = "dreamgym"
+# Internal hook implementations that every run has (metric sinks). The only ones
+# registered by import; envs, models, algorithms... always come through entry points.
+ESSENTIAL_PLUGINS: tuple[str, ...] = ("dreamgym_core.loggers",)
+
+_REGISTER_HOOK: dict[ComponentKind, str] = {
+    "env": "dreamgym_register_envs",
+    "model": "dreamgym_register_models",
+    "encoder": "dreamgym_register_encoders",
+    "buffer": "dreamgym_register_buffers",
+    "curriculum": "dreamgym_register_curricula",
+    "algo": "dreamgym_register_algos",
+    "logger": "dreamgym_register_loggers",
+}
+
+
+class InstalledPlugin:
+    """An entry point in group ``dreamgym``, read from metadata without importing it."""
+
+    def __init__(self, entry_point: metadata.EntryPoint) -> None:
+        self.entry_point = entry_point
+        self.name = entry_point.name
+        dist = entry_point.dist
+        self.distribution = dist.metadata["Name"] if dist is not None else "unknown"
+        self.version = dist.version if dist is not None else "unknown"
+        self.module = entry_point.value
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "distribution": self.distribution, "version": self.version, "module": self.module}
+
+
+def installed_plugins() -> dict[str, InstalledPlugin]:
+    """Every installed plugin by entry-point name (first distribution wins on a clash)."""
+    found: dict[str, InstalledPlugin] = {}
+    for ep in metadata.entry_points(group=GROUP):
+        found.setdefault(ep.name, InstalledPlugin(ep))
+    return found
+
+
+def _blocked() -> set[str]:
+    return {name.strip() for name in os.environ.get("DREAMGYM_BLOCK_PLUGINS", "").split(",") if name.strip()}
+
+
+def load_plugin(plugin: InstalledPlugin) -> Any:
+    """Import one plugin's module, naming entry point and distribution on failure."""
+    try:
+        return plugin.entry_point.load()
+    except Exception as exc:  # any import-time failure is the plugin's, reported as such
+        raise PluginLoadError(plugin.name, plugin.distribution, exc) from exc
+
+
+def get_plugin_manager(names: Sequence[str], where: str = "") -> pluggy.PluginManager:
+    """A fresh manager with the hookspecs, the essential plugins and the named plugins."""
+    pm = pluggy.PluginManager(hookspecs.NAME)
+    pm.add_hookspecs(hookspecs)
+    for name in _blocked():
+        pm.set_blocked(name)
+    for module_name in ESSENTIAL_PLUGINS:
+        __import__(module_name)
+        pm.register(sys.modules[module_name], name=module_name)
+    installed = installed_plugins()
+    for name in names:
+        if pm.is_blocked(name):
+            raise PluginNotFound(name, [n for n in installed if not pm.is_blocked(n)], where=where)
+        if name not in installed:
+            raise PluginNotFound(name, installed, where=where)
+        if pm.get_plugin(name) is not None:
+            continue
+        pm.register(load_plugin(installed[name]), name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise DreamGymError(f"plugin {exc.plugin!r}: {exc}") from exc
+    if os.environ.get("DREAMGYM_TRACE_HOOKS") == "1":
+        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
+        pm.enable_tracing()
+    return pm
+
+
+class Plugins:
+    """Typed facade over the manager: collect specs, detect duplicates, build components."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.hook = pm.hook
+        self._specs: dict[ComponentKind, dict[str, ComponentSpec]] = {}
+
+    @classmethod
+    def for_names(cls, names: Iterable[str], where: str = "") -> Plugins:
+        return cls(get_plugin_manager(list(names), where=where))
+
+    def components(self, kind: ComponentKind) -> dict[str, ComponentSpec]:
+        """Every spec of ``kind`` by name; a name registered twice raises naming both plugins."""
+        if kind not in self._specs:
+            hook = getattr(self.pm.hook, _REGISTER_HOOK[kind])
+            found: dict[str, ComponentSpec] = {}
+            # Call each implementation on its own so every spec knows its plugin.
+            for impl in reversed(hook.get_hookimpls()):
+                for spec in impl.function() or []:
+                    if not isinstance(spec, ComponentSpec):
+                        raise DreamGymError(
+                            f"plugin {impl.plugin_name!r}: {_REGISTER_HOOK[kind]} returned "
+                            f"{type(spec).__name__}, expected ComponentSpec"
+                        )
+                    if spec.name in found:
+                        raise DuplicateComponentError(kind, spec.name, found[spec.name].plugin, impl.plugin_name)
+                    found[spec.name] = ComponentSpec(
+                        name=spec.name,
+                        factory=spec.factory,
+                        config_type=spec.config_type,
+                        description=spec.description,
+                        plugin=impl.plugin_name,
+                    )
+            self._specs[kind] = found
+        return self._specs[kind]
+
+    def all_components(self) -> dict[ComponentKind, dict[str, ComponentSpec]]:
+        return {kind: self.components(kind) for kind in KINDS}
+
+    def component(self, kind: ComponentKind, name: str, where: str = "") -> ComponentSpec:
+        specs = self.components(kind)
+        if name not in specs:
+            raise ComponentNotFound(kind, name, specs, where=where)
+        return specs[name]
+
+    def build(self, kind: ComponentKind, name: str, config: Any, **context: Any) -> Any:
+        """Construct a component from its typed config and collaborators."""
+        return self.component(kind, name).factory(config, **context)

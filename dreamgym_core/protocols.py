@@ -1,0 +1,188 @@
+"""Component contracts.
+
+Every component a plugin provides satisfies one of these Protocols. Methods take
+keyword-named parameters so call sites read without a signature at hand. The
+conformance kit in :mod:`dreamgym_core.testing` checks a component against its
+contract.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .records import (
+        ExperienceRequest,
+        ExperienceResult,
+        Observation,
+        StepResult,
+        Task,
+        TaskOutcome,
+        Trajectory,
+        Transition,
+    )
+
+__all__ = [
+    "Env",
+    "Domain",
+    "LanguageModel",
+    "TrainableLanguageModel",
+    "ExperienceModel",
+    "Encoder",
+    "ReplayBuffer",
+    "Curriculum",
+    "Algorithm",
+    "MetricSink",
+]
+
+Metrics = dict[str, float]
+
+
+@runtime_checkable
+class Env(Protocol):
+    """A real environment adapter or the synthetic environment: one interface.
+
+    Set in ALL implementations: ``reset``, ``step``, ``close``.
+    The same rollout code drives both, so an algorithm cannot tell them apart.
+    """
+
+    def reset(self, *, task: Task, seed: int | None = None) -> Observation: ...
+
+    def step(self, *, action: str) -> StepResult: ...
+
+    def close(self) -> None:
+        """Release engine resources. Idempotent."""
+
+
+@runtime_checkable
+class Domain(Protocol):
+    """A domain's knowledge: tasks, real environments, offline data, annotation.
+
+    Set in ALL implementations: ``name``, ``tasks``, ``make_env``, ``collect``,
+    ``annotate``. Set in SOME: ``describe_variation``, ``make_variation``.
+    """
+
+    name: str
+
+    def tasks(self, *, split: str) -> list[Task]:
+        """Seed tasks of ``split`` ("train", "valid", "test"); splits never overlap."""
+
+    def make_env(self) -> Env:
+        """A fresh real environment adapter."""
+
+    def collect(self, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
+        """Play ``episodes`` real episodes with a named data policy (expert, random, noisy)."""
+
+    def annotate(self, *, transition: Transition) -> str:
+        """A rule-based reasoning trace explaining ``transition`` from ground truth."""
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A text generator backend (local weights or a server)."""
+
+    model_id: str
+
+    def generate(
+        self,
+        *,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[str]: ...
+
+
+@runtime_checkable
+class TrainableLanguageModel(LanguageModel, Protocol):
+    """A backend with local weights that supports supervised fine-tuning."""
+
+    def sft(self, *, examples: Sequence[Sequence[tuple[str, bool]]], epochs: int, lr: float, batch_size: int) -> Metrics:
+        """Train on examples made of (text segment, train-on-it) pairs; returns metrics."""
+
+    def save(self, *, path: str) -> None: ...
+
+
+@runtime_checkable
+class ExperienceModel(Protocol):
+    """M_exp: predicts the next state and reward; also plays M_task (same weights)."""
+
+    model_id: str
+
+    def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]: ...
+
+    def vary_tasks(self, *, task: Task, n: int) -> list[str]:
+        """Candidate variations of ``task``'s instruction."""
+
+    def select_task(self, *, task: Task, candidates: Sequence[str]) -> int | None:
+        """Index of the best candidate, or None when none is acceptable."""
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """phi: texts to L2-normalised float32 rows. ``id`` names model and version."""
+
+    id: str
+    dim: int
+
+    def encode(self, *, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ReplayBuffer(Protocol):
+    """The experience replay buffer with cosine top-k retrieval over phi(s, a)."""
+
+    def add(self, *, transitions: Sequence[Transition]) -> int:
+        """Store transitions; returns how many were new (duplicates are suppressed)."""
+
+    def retrieve(self, *, queries: Sequence[tuple[str, str]], k: int) -> list[list[Transition]]:
+        """Top-k stored transitions for each (state, action) query; [] on an empty buffer."""
+
+    def sample(self, *, n: int, seed: int | None = None) -> list[Transition]: ...
+
+    def __len__(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Curriculum(Protocol):
+    """Chooses the tasks of each iteration and learns from their outcomes."""
+
+    def next_tasks(self, *, n: int) -> list[Task]: ...
+
+    def observe(self, *, outcomes: Sequence[TaskOutcome]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-JSON state; ``load_state_dict`` of it restores the curriculum."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """An RL or baseline trainer owning a policy."""
+
+    def act(self, *, prompts: Sequence[str], greedy: bool = False) -> list[str]:
+        """Policy completions for agent prompts."""
+
+    def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> Metrics:
+        """One update from groups of trajectories (a group = rollouts of one task)."""
+
+    def save(self, *, path: str) -> None: ...
+
+    def load(self, *, path: str) -> None: ...
+
+
+@runtime_checkable
+class MetricSink(Protocol):
+    """Receives scalar metrics (JSONL, TensorBoard, ...)."""
+
+    def log(self, *, step: int, metrics: Metrics) -> None: ...
+
+    def close(self) -> None: ...

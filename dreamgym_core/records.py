@@ -1,0 +1,154 @@
+"""Records that cross component boundaries.
+
+Every record is a frozen msgspec Struct of plain types, so it encodes to JSON or
+msgpack without pickle and decodes with validation. Tensors never live here: they
+stay inside an algorithm's private batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "Origin",
+    "Source",
+    "ParseStatus",
+    "Task",
+    "Observation",
+    "StepResult",
+    "Transition",
+    "Trajectory",
+    "HistoryStep",
+    "ExperienceRequest",
+    "ExperienceResult",
+    "PolicyDecision",
+    "TaskOutcome",
+]
+
+Origin = Literal["seed", "synthetic"]
+Source = Literal["offline", "real", "synthetic"]
+ParseStatus = Literal["ok", "repaired", "failed"]
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every record: immutable, keyword-only, strict on decode."""
+
+
+class Task(Record):
+    """One task instruction and what its domain needs to reset a real environment."""
+
+    id: str
+    instruction: str
+    domain: str
+    split: str = "train"
+    origin: Origin = "seed"
+    parent_id: str | None = None
+    # Domain-specific reset data (game name, seed, parameters). Plain JSON types only.
+    payload: dict[str, Any] = {}
+
+
+class Observation(Record):
+    """An abstract text state as the policy and the experience model see it."""
+
+    text: str
+    admissible_actions: list[str] = []
+
+
+class StepResult(Record):
+    """What ``Env.step`` returns.
+
+    ``reward`` follows the paper: 1.0 only on the final step of a successful episode.
+    ``info`` carries domain extras (for instance the engine's intermediate score).
+    """
+
+    observation: Observation
+    reward: float
+    done: bool
+    success: bool = False
+    valid: bool = True
+    info: dict[str, Any] = {}
+
+
+class Transition(Record):
+    """One (s, a, s', r) step, real or synthetic, as stored in the replay buffer."""
+
+    task_id: str
+    episode_id: str
+    step: int
+    state: str
+    action: str
+    next_state: str
+    reward: float
+    done: bool
+    success: bool = False
+    valid: bool = True
+    reasoning: str = ""
+    source: Source = "real"
+    model_id: str = ""
+    instruction: str = ""
+
+
+class Trajectory(Record):
+    """One episode: the task and its transitions in order."""
+
+    task: Task
+    transitions: list[Transition]
+    # The policy's prompt and raw output for each transition (same order); what RL trains on.
+    decisions: list[PolicyDecision] = []
+
+    @property
+    def success(self) -> bool:
+        return bool(self.transitions) and self.transitions[-1].success
+
+    @property
+    def outcome_reward(self) -> float:
+        return sum(t.reward for t in self.transitions)
+
+
+class HistoryStep(Record):
+    """One earlier (state, action) pair of the current episode."""
+
+    state: str
+    action: str
+
+
+class ExperienceRequest(Record):
+    """Everything the experience model conditions on for one step (paper Eq. 4)."""
+
+    instruction: str
+    history: list[HistoryStep]
+    state: str
+    action: str
+    admissible_actions: list[str] = []
+    demos: list[Transition] = []
+
+
+class ExperienceResult(Record):
+    """The experience model's answer for one step, after parsing."""
+
+    reasoning: str
+    next_state: str
+    reward: float
+    done: bool
+    success: bool
+    valid: bool = True
+    parse_status: ParseStatus = "ok"
+    raw: str = ""
+
+
+class PolicyDecision(Record):
+    """The policy's output for one step: raw text and the parsed action."""
+
+    text: str
+    action: str
+    parsed: bool
+    prompt: str = ""
+
+
+class TaskOutcome(Record):
+    """The group of outcome rewards one task got in one iteration."""
+
+    task: Task
+    rewards: list[float]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install the core and every built-in plugin (editable).
+# torch is pinned here (not in package metadata) so a CPU machine takes the CPU wheel;
+# GPU users install their own torch build first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.dreamgym-installed
+want=$(cat pyproject.toml plugins/*/*/pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "setting up .venv (first run takes a few minutes)..." >&2
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+args=(-e ".[test]")
+for dir in plugins/*/*/; do
+  [ -f "$dir/pyproject.toml" ] && args+=(-e "$dir")
+done
+.venv/bin/python -m pip install -q "${args[@]}"
+echo "$want" > "$stamp"

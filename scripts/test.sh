@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the default test suite: everything but slow and GPU tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -m "not slow and not gpu" "$@"

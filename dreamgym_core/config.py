@@ -101,6 +101,7 @@ class LoopConfig(Config):
         Probability, Meta(description="s2r: share of iterations run in the synthetic environment first.")
     ] = 0.75
     warmstart_epochs: Annotated[NonNegativeInt, Meta(description="SFT epochs on offline expert demos before RL.")] = 1
+    warmstart_lr: Annotated[PositiveFloat, Meta(description="Learning rate of the warm-start SFT.")] = 1e-3
     checkpoint_every: Annotated[PositiveInt, Meta(description="Iterations between checkpoints.")] = 1
     sampling_temperature: Annotated[PositiveFloat, Meta(description="Policy temperature in rollouts.")] = 1.0
     experience_temperature: Annotated[PositiveFloat, Meta(description="M_exp temperature.")] = 0.7

@@ -1,25 +1,413 @@
-"""The training loop: short named stages over the components a pipeline names."""
+"""The training loop: a short template of named stages over a pipeline's components.
+
+Stages of a run: prepare data (collect offline real transitions, seed the buffer,
+annotate), train the experience model, warm-start the policy, then iterate
+(select tasks, roll out, store, update, advance curriculum, log, checkpoint), and
+evaluate on held-out real tasks. Every stage's output is written to the run
+directory, so ``--resume`` continues after a kill.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import random
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .config import ResolvedPipeline, config_hash
+import msgspec
+import numpy as np
+
+from . import checkpoint, report
+from .agent import build_agent_prompt, render_response
+from .config import PipelineConfig, ResolvedPipeline, config_hash
+from .errors import ConfigError, DreamGymError
 from .plugins import Plugins
+from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
+from .rollout import RolloutStats, rollout, wilson_interval
+
+__all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate"]
+
+log = logging.getLogger(__name__)
 
 
-def prepare_run_dir(resolved: ResolvedPipeline) -> Path:
-    """Create the run directory and write the resolved config and its hash."""
+def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
+    """Create the run directory and write the resolved config and its hash.
+
+    On ``--resume`` the stored hash must match: resuming with another config
+    would silently mix two experiments.
+    """
     run_dir = Path(resolved.pipeline.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     data = resolved.to_builtins()
+    digest = config_hash(data)
+    stored = run_dir / "config.sha256"
+    if resume and stored.exists() and stored.read_text().strip() != digest:
+        raise ConfigError(
+            f"{resolved.source}: config differs from the one in {run_dir} (sha256 {stored.read_text().strip()[:12]}...); "
+            "resume with the same pipeline and --set values, or choose another run_dir"
+        )
+    if not resume and (run_dir / "checkpoints").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume or choose another run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True))
-    (run_dir / "config.sha256").write_text(config_hash(data) + "\n")
+    stored.write_text(digest + "\n")
     return run_dir
 
 
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Runner:
+    """Builds the components of a resolved pipeline and runs its stages."""
+
+    def __init__(self, resolved: ResolvedPipeline, plugins: Plugins, run_dir: Path, *, progress: bool = True) -> None:
+        self.resolved = resolved
+        self.cfg: PipelineConfig = resolved.pipeline
+        self.plugins = plugins
+        self.run_dir = run_dir
+        self.progress = progress
+        self.counters: dict[str, float] = {
+            "iteration": 0,
+            "real_transitions": 0,
+            "synthetic_transitions": 0,
+            "offline_transitions": 0,
+        }
+        self.history: list[dict[str, float]] = []
+        self._build()
+
+    # --- construction -----------------------------------------------------------
+
+    def _component(self, field: str) -> Any:
+        return self.resolved.components.get(field)
+
+    def _build(self) -> None:
+        cfg, build = self.cfg, self.plugins.build
+        seed_everything(cfg.seed)
+        self.domain = build("env", cfg.env.name, self._component("env"))
+        self.encoder = build("encoder", cfg.encoder.name, self._component("encoder")) if cfg.encoder else None
+        self.buffer = (
+            build("buffer", cfg.buffer.name, self._component("buffer"), encoder=self.encoder, path=str(self.run_dir / "buffer"))
+            if cfg.buffer
+            else None
+        )
+        self.exp_backend = (
+            build("model", cfg.experience_model.name, self._component("experience_model")) if cfg.experience_model else None
+        )
+        self.experience_model = None
+        if self.exp_backend is not None:
+            from .experience import ExperienceModelConfig, LMExperienceModel
+
+            self.experience_model = LMExperienceModel(
+                self.exp_backend,
+                ExperienceModelConfig(
+                    history_window=cfg.loop.history_window,
+                    top_k=cfg.loop.top_k,
+                    temperature=cfg.loop.experience_temperature,
+                ),
+            )
+        self.policy = build("model", cfg.policy.name, self._component("policy"))
+        self.algo = build("algo", cfg.algo.name, self._component("algo"), policy=self.policy, seed=cfg.seed)
+        self.train_tasks = self.domain.tasks(split="train")
+        self.curriculum = (
+            build(
+                "curriculum", cfg.curriculum.name, self._component("curriculum"),
+                tasks=self.train_tasks, task_generator=self.experience_model, encoder=self.encoder,
+                seed=cfg.seed, domain=self.domain,
+            )
+            if cfg.curriculum
+            else None
+        )
+        sinks = list(cfg.loggers) or []
+        self.sinks = [build("logger", ref.name, self._component(f"loggers.{i}"), run_dir=str(self.run_dir)) for i, ref in enumerate(sinks)]
+        if not any(type(s).__name__ == "JsonlSink" for s in self.sinks):
+            from .loggers import JsonlConfig, JsonlSink
+
+            self.sinks.append(JsonlSink(JsonlConfig(), run_dir=str(self.run_dir)))
+        self.hook = self.plugins.hook
+        self.hook.dreamgym_configure.call_historic(kwargs={"config": cfg})
+
+    # --- stages before the loop -----------------------------------------------------
+
+    def _collect_offline(self) -> list[Trajectory]:
+        """Real offline data: expert, noisy-expert and random episodes on train tasks."""
+        path = self.run_dir / "offline.jsonl"
+        if path.exists():
+            return checkpoint.read_trajectories(path)
+        data = self.cfg.data
+        if data.path:
+            trajectories = checkpoint.trajectories_from_transitions(checkpoint.read_transitions(Path(data.path)), self.train_tasks)
+        else:
+            trajectories = []
+            for policy, episodes in (("expert", data.expert_episodes), ("noisy", data.noisy_episodes), ("random", data.random_episodes)):
+                if episodes:
+                    trajectories += self.domain.collect(tasks=self.train_tasks, policy=policy, episodes=episodes, seed=self.cfg.seed)
+        checkpoint.write_trajectories(path, trajectories)
+        return trajectories
+
+    def _seed_buffer(self, offline: Sequence[Trajectory]) -> None:
+        if self.buffer is not None:
+            self.buffer.add(transitions=[t for traj in offline for t in traj.transitions])
+            self.buffer.flush()
+
+    def _annotate(self, offline: list[Trajectory]) -> list[Trajectory]:
+        """Reasoning traces for joint SFT: the domain's rule-based annotator or a teacher."""
+        mode = self.cfg.experience.annotator
+        if mode == "none":
+            return offline
+        if mode == "rule":
+            return [
+                msgspec.structs.replace(
+                    traj,
+                    transitions=[msgspec.structs.replace(t, reasoning=self.domain.annotate(transition=t)) for t in traj.transitions],
+                )
+                for traj in offline
+            ]
+        from .experience import TeacherAnnotator
+
+        ref = self.cfg.experience.teacher
+        if ref is None:
+            raise ConfigError(f"{self.resolved.source}: experience.annotator='teacher' needs experience.teacher")
+        teacher = self.plugins.build("model", ref.name, self._component("experience.teacher"))
+        return TeacherAnnotator(teacher).annotate(offline)
+
+    def _train_experience_model(self, offline: list[Trajectory]) -> dict[str, float]:
+        if self.exp_backend is None or self.cfg.experience.skip:
+            return {}
+        from .experience import training_examples
+
+        ckpt = self.run_dir / "experience_model"
+        if (ckpt / "done").exists():
+            self.exp_backend.load(path=str(ckpt))
+            return {}
+        annotated = self._annotate(offline)
+        transitions = [t for traj in annotated for t in traj.transitions]
+        examples = training_examples(
+            transitions, buffer=self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
+        )
+        if hasattr(self.exp_backend, "prepare"):
+            self.exp_backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
+        exp = self.cfg.experience
+        metrics = self.exp_backend.sft(examples=examples, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size)
+        self.exp_backend.save(path=str(ckpt))
+        (ckpt / "done").write_text("1\n")
+        return {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
+
+    def _warmstart_policy(self, offline: list[Trajectory]) -> dict[str, float]:
+        """SFT on successful offline demos in the agent-prompt format (behaviour cloning)."""
+        examples = demo_examples(offline, max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window)
+        if hasattr(self.policy, "prepare"):
+            corpus = [p + r for p, r in examples] or [build_agent_prompt(
+                task=t, observation=Observation(text=""), history=[], step=0, max_steps=self.cfg.loop.max_steps) for t in self.train_tasks]
+            self.policy.prepare(corpus=corpus)
+        if not self.cfg.loop.warmstart_epochs or not examples:
+            return {}
+        exp = self.cfg.experience
+        metrics = self.policy.sft(
+            examples=[[(p, False), (r, True)] for p, r in examples],
+            epochs=self.cfg.loop.warmstart_epochs, lr=self.cfg.loop.warmstart_lr, batch_size=exp.batch_size,
+        )
+        return {f"warmstart/{k.split('/')[-1]}": v for k, v in metrics.items()}
+
+    # --- the loop's stages ------------------------------------------------------------
+
+    def _phase(self, iteration: int) -> str:
+        mode = self.cfg.loop.mode
+        if mode == "s2r":
+            synthetic_iters = math.ceil(self.cfg.loop.iterations * self.cfg.loop.s2r_synthetic_share)
+            if iteration < synthetic_iters or self.counters["real_transitions"] >= self.cfg.loop.real_budget:
+                return "synthetic"
+            return "real"
+        return "synthetic" if mode == "dreamgym" else "real"
+
+    def _select_tasks(self) -> list[Task]:
+        n = self.cfg.loop.tasks_per_iteration
+        if self.curriculum is not None:
+            return self.curriculum.next_tasks(n=n)
+        rng = random.Random(self.cfg.seed * 1_000_003 + int(self.counters["iteration"]))
+        return [rng.choice(self.train_tasks) for _ in range(n)]
+
+    def _make_envs(self, phase: str, n: int) -> tuple[list[Any], Any]:
+        if phase == "real":
+            return [self.domain.make_env() for _ in range(n)], None
+        from .synthetic import SyntheticEnv, step_many
+
+        envs = [
+            SyntheticEnv(model=self.experience_model, buffer=self.buffer, domain=self.domain, max_steps=self.cfg.loop.max_steps, add_to_buffer=False)
+            for _ in range(n)
+        ]
+        return envs, step_many
+
+    def act_fn(self, temperature: float, seed: int):
+        greedy = temperature <= 0
+
+        def act(prompts: list[str]) -> list[str]:
+            return self.algo.act(prompts=prompts, greedy=greedy)
+
+        return act
+
+    def _rollout(self, tasks: list[Task], phase: str, iteration: int) -> tuple[list[list[Trajectory]], RolloutStats]:
+        group = self.cfg.loop.group_size
+        flat = [task for task in tasks for _ in range(group)]
+        envs, step_many = self._make_envs(phase, len(flat))
+        try:
+            trajectories, stats = rollout(
+                tasks=flat, envs=envs, act=self.act_fn(self.cfg.loop.sampling_temperature, iteration),
+                max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
+                seeds=[self.cfg.seed * 7919 + iteration * 1000 + i for i in range(len(flat))],
+                source="real" if phase == "real" else "synthetic", tag=f"it{iteration}", step_many=step_many,
+                model_id=getattr(self.experience_model, "model_id", "") if phase == "synthetic" else "",
+            )
+        finally:
+            for env in envs:
+                env.close()
+        groups = [trajectories[i * group : (i + 1) * group] for i in range(len(tasks))]
+        return groups, stats
+
+    def _store(self, groups: list[list[Trajectory]], phase: str) -> None:
+        steps = sum(len(t.transitions) for g in groups for t in g)
+        self.counters["real_transitions" if phase == "real" else "synthetic_transitions"] += steps
+        if self.buffer is not None:
+            self.buffer.add(transitions=[t for g in groups for traj in g for t in traj.transitions])
+
+    def _update(self, groups: list[list[Trajectory]]) -> dict[str, float]:
+        return self.algo.update(groups=groups)
+
+    def _advance_curriculum(self, tasks: list[Task], groups: list[list[Trajectory]]) -> dict[str, float]:
+        if self.curriculum is None:
+            return {}
+        outcomes = [TaskOutcome(task=task, rewards=[traj.outcome_reward for traj in g]) for task, g in zip(tasks, groups)]
+        self.curriculum.observe(outcomes=outcomes)
+        return dict(self.curriculum.metrics()) if hasattr(self.curriculum, "metrics") else {}
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        self.history.append({"step": step, **metrics})
+        for sink in self.sinks:
+            sink.log(step=step, metrics=metrics)
+
+    def _checkpoint(self, iteration: int) -> None:
+        if self.buffer is not None:
+            self.buffer.flush()
+        checkpoint.save(self, iteration)
+
+    def _iteration(self, iteration: int) -> dict[str, float]:
+        started = time.perf_counter()
+        self.counters["iteration"] = iteration
+        self.hook.dreamgym_before_iteration(iteration=iteration, state=dict(self.counters))
+        phase = self._phase(iteration)
+        tasks = self._select_tasks()
+        groups, stats = self._rollout(tasks, phase, iteration)
+        self._store(groups, phase)
+        metrics = self._update(groups)
+        metrics.update(self._advance_curriculum(tasks, groups))
+        metrics.update(stats.metrics("rollout"))
+        metrics.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
+        metrics["charts/synthetic_phase"] = float(phase == "synthetic")
+        metrics["perf/iteration_seconds"] = time.perf_counter() - started
+        if self.experience_model is not None and hasattr(self.experience_model, "metrics"):
+            metrics.update(self.experience_model.metrics())
+        self.counters["iteration"] = iteration + 1
+        self._log(iteration, metrics)
+        if (iteration + 1) % self.cfg.loop.checkpoint_every == 0 or iteration + 1 == self.cfg.loop.iterations:
+            self._checkpoint(iteration + 1)
+        self.hook.dreamgym_after_iteration(iteration=iteration, metrics=metrics)
+        return metrics
+
+    # --- the whole run ------------------------------------------------------------------
+
+    def run(self, *, resume: bool) -> dict[str, Any]:
+        cfg = self.cfg
+        self.hook.dreamgym_run_started(run_dir=str(self.run_dir), config=cfg)
+        summary: dict[str, Any] = {"run_dir": str(self.run_dir)}
+        final: dict[str, float] = {}
+        try:
+            start = checkpoint.load_latest(self) if resume else 0
+            if start == 0:
+                offline = self._collect_offline()
+                self.counters["offline_transitions"] = sum(len(t.transitions) for t in offline)
+                self._seed_buffer(offline)
+                pre = self._train_experience_model(offline)
+                pre.update(self._warmstart_policy(offline))
+                if cfg.eval.before_training and cfg.eval.episodes:
+                    pre.update(self.evaluate(prefix="eval_before"))
+                self._log(-1, pre)
+                self._checkpoint(0)
+            for iteration in range(start, cfg.loop.iterations):
+                self._iteration(iteration)
+            if cfg.eval.episodes:
+                final.update(self.evaluate(prefix="eval"))
+            final.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
+            self._log(cfg.loop.iterations, final)
+            summary.update(final)
+            report.write(self)
+        finally:
+            self.hook.dreamgym_run_finished(run_dir=str(self.run_dir), metrics=final)
+            for sink in self.sinks:
+                sink.close()
+            if self.buffer is not None:
+                self.buffer.close()
+        return summary
+
+    def evaluate(self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None) -> dict[str, float]:
+        """Success rate on held-out real tasks, with the training rollout code."""
+        return evaluate(self, prefix=prefix, split=split or self.cfg.eval.split, episodes=episodes or self.cfg.eval.episodes)
+
+
+def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[tuple[str, str]]:
+    """(agent prompt, expert response) pairs from successful offline episodes."""
+    pairs = []
+    for traj in trajectories:
+        if not traj.success:
+            continue
+        history: list[HistoryStep] = []
+        for step, t in enumerate(traj.transitions):
+            obs = Observation(text=t.state, admissible_actions=[])
+            prompt = build_agent_prompt(task=traj.task, observation=obs, history=history, step=step, max_steps=max_steps, history_window=history_window)
+            pairs.append((prompt, render_response(t.action)))
+            history.append(HistoryStep(state=t.state, action=t.action))
+    return pairs
+
+
+def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int) -> dict[str, float]:
+    tasks = runner.domain.tasks(split=split)
+    if not tasks:
+        raise DreamGymError(f"no tasks in split {split!r} of env {runner.cfg.env.name!r}")
+    chosen = [tasks[i % len(tasks)] for i in range(episodes)]
+    envs = [runner.domain.make_env() for _ in chosen]
+    try:
+        trajectories, stats = rollout(
+            tasks=chosen, envs=envs, act=runner.act_fn(runner.cfg.eval.temperature, -1),
+            max_steps=runner.cfg.loop.max_steps, history_window=runner.cfg.loop.history_window,
+            seeds=[10_000 + i for i in range(len(chosen))], source="real", tag=f"{prefix}", model_id="",
+        )
+    finally:
+        for env in envs:
+            env.close()
+    low, high = wilson_interval(stats.successes, stats.episodes)
+    return {
+        f"{prefix}/success_rate": stats.successes / max(stats.episodes, 1),
+        f"{prefix}/success_ci_low": low,
+        f"{prefix}/success_ci_high": high,
+        f"{prefix}/episodes": float(stats.episodes),
+        f"{prefix}/episode_length": stats.steps / max(stats.episodes, 1),
+        f"{prefix}/invalid_actions": float(stats.invalid_actions),
+        f"{prefix}/unparsed_actions": float(stats.unparsed_actions),
+    }
+
+
 def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False) -> dict[str, Any]:
-    run_dir = prepare_run_dir(resolved)
-    return {"run_dir": str(run_dir)}
+    run_dir = prepare_run_dir(resolved, resume=resume)
+    algo_spec = plugins.component("algo", resolved.pipeline.algo.name)
+    if getattr(algo_spec.factory, "runs_own_loop", False):
+        # A backend with its own trainer (verl) runs the same pipeline itself.
+        return algo_spec.factory(resolved.components["algo"], policy=None, seed=resolved.pipeline.seed).run(
+            resolved=resolved, plugins=plugins, run_dir=str(run_dir)
+        )
+    runner = Runner(resolved, plugins, run_dir)
+    return runner.run(resume=resume)

@@ -1,0 +1,65 @@
+"""The agent prompt of the paper and a tolerant parser of the agent's output.
+
+Prompt: role, task, step count, recent history, current observation, admissible
+actions. Output: ``<think>...</think><action>...</action>``. Real and synthetic
+episodes use the same prompt, so a policy cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from .records import HistoryStep, Observation, Task
+
+__all__ = ["ACTION_STOP", "build_agent_prompt", "parse_agent_output", "render_response"]
+
+# Generation stops after the closing action tag: nothing after it is used.
+ACTION_STOP = "</action>"
+
+_ACTION = re.compile(r"<action>\s*(.*?)\s*(?:</action>|$)", re.IGNORECASE | re.DOTALL)
+
+
+def build_agent_prompt(
+    *,
+    task: Task,
+    observation: Observation,
+    history: Sequence[HistoryStep],
+    step: int,
+    max_steps: int,
+    history_window: int = 4,
+) -> str:
+    """The policy's prompt for one step (``history`` holds earlier steps, oldest first)."""
+    recent = list(history)[-history_window:] if history_window else []
+    lines = [
+        "You are an agent acting in a text environment. Reach the goal in as few steps as possible.",
+        f"Task: {task.instruction}",
+        f"Step {step + 1} of at most {max_steps}.",
+    ]
+    if recent:
+        lines.append("Recent history:")
+        first = len(history) - len(recent)
+        lines += [f"[{first + i + 1}] action: {h.action}" for i, h in enumerate(recent)]
+    lines.append(f"Current observation:\n{observation.text}")
+    if observation.admissible_actions:
+        lines.append("Admissible actions: " + " | ".join(observation.admissible_actions))
+    lines.append("Think in <think></think>, then give exactly one action in <action></action>.")
+    return "\n".join(lines) + "\n"
+
+
+def parse_agent_output(text: str, admissible: Sequence[str] = ()) -> tuple[str, bool]:
+    """``(action, parsed)``. Tolerant: a missing closing tag is accepted; with no tag,
+    a reply that is exactly one admissible action is accepted. Otherwise ``("", False)``."""
+    match = _ACTION.search(text)
+    if match:
+        action = " ".join(match.group(1).split())
+        return (action, True) if action else ("", False)
+    bare = " ".join(text.strip().split())
+    if bare and bare in admissible:
+        return bare, True
+    return "", False
+
+
+def render_response(action: str, thought: str = "") -> str:
+    """The canonical response text for ``action`` (used for expert demos in SFT)."""
+    return f"<think>{thought}</think><action>{action}</action>"

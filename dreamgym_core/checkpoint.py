@@ -1,0 +1,184 @@
+"""Run checkpoints and record files, written so that a kill at any moment is safe.
+
+A checkpoint is written into a temporary directory and renamed into place; the
+``latest`` pointer is replaced atomically afterwards. A half-written checkpoint is
+never the one ``--resume`` loads.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import msgspec
+import numpy as np
+
+from .errors import DataError
+from .records import Task, Trajectory, Transition
+
+if TYPE_CHECKING:
+    from .loop import Runner
+
+__all__ = [
+    "save",
+    "load_latest",
+    "write_trajectories",
+    "read_trajectories",
+    "read_transitions",
+    "write_transitions",
+    "trajectories_from_transitions",
+]
+
+
+class _State(msgspec.Struct, kw_only=True):
+    iteration: int
+    counters: dict[str, float]
+    history: list[dict[str, Any]]
+    curriculum: dict[str, Any] | None
+    python_rng: list[Any]
+    numpy_rng: dict[str, Any]
+    torch_rng: list[int]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state() -> tuple[list[Any], dict[str, Any], list[int]]:
+    import torch
+
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return (
+        [version, list(internal), gauss],
+        {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        torch.get_rng_state().tolist(),
+    )
+
+
+def _restore_rng(state: _State) -> None:
+    import torch
+
+    version, internal, gauss = state.python_rng
+    random.setstate((version, tuple(internal), gauss))
+    n = state.numpy_rng
+    np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(torch.tensor(state.torch_rng, dtype=torch.uint8))
+
+
+def save(runner: Runner, iteration: int) -> Path:
+    """Write checkpoint ``it-<iteration>`` (policy, algorithm, curriculum, counters, RNG)."""
+    root = runner.run_dir / "checkpoints"
+    root.mkdir(exist_ok=True)
+    final = root / f"it-{iteration:05d}"
+    tmp = root / f".it-{iteration:05d}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    runner.algo.save(path=str(tmp / "algo"))
+    python_rng, numpy_rng, torch_rng = _rng_state()
+    state = _State(
+        iteration=iteration,
+        counters=dict(runner.counters),
+        history=runner.history,
+        curriculum=runner.curriculum.state_dict() if runner.curriculum is not None else None,
+        python_rng=python_rng,
+        numpy_rng=numpy_rng,
+        torch_rng=torch_rng,
+    )
+    _atomic_write(tmp / "state.json", msgspec.json.encode(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _atomic_write(root / "latest", final.name.encode())
+    return final
+
+
+def load_latest(runner: Runner) -> int:
+    """Restore the newest complete checkpoint; returns the iteration to continue from."""
+    root = runner.run_dir / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.exists():
+        return 0
+    ckpt = root / pointer.read_text().strip()
+    try:
+        state = msgspec.json.decode((ckpt / "state.json").read_bytes(), type=_State)
+    except (OSError, msgspec.DecodeError) as exc:
+        raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
+    exp_dir = runner.run_dir / "experience_model"
+    if runner.exp_backend is not None and (exp_dir / "done").exists():
+        runner.exp_backend.load(path=str(exp_dir))
+    runner.algo.load(path=str(ckpt / "algo"))
+    if runner.curriculum is not None and state.curriculum is not None:
+        runner.curriculum.load_state_dict(state.curriculum)
+    runner.counters.update(state.counters)
+    runner.history = list(state.history)
+    _restore_rng(state)
+    return state.iteration
+
+
+# --- record files (JSON lines) ---------------------------------------------------------
+
+
+def _write_lines(path: Path, records: Sequence[Any]) -> None:
+    encoder = msgspec.json.Encoder()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        for record in records:
+            f.write(encoder.encode(record) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_lines(path: Path, kind: type) -> list[Any]:
+    decoder = msgspec.json.Decoder(kind)
+    out = []
+    try:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        out.append(decoder.decode(line))
+                    except msgspec.DecodeError as exc:
+                        raise DataError(f"{path}:{number}: not a valid {kind.__name__} record: {exc}") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return out
+
+
+def write_trajectories(path: Path, trajectories: Sequence[Trajectory]) -> None:
+    _write_lines(path, trajectories)
+
+
+def read_trajectories(path: Path) -> list[Trajectory]:
+    return _read_lines(path, Trajectory)
+
+
+def write_transitions(path: Path, transitions: Sequence[Transition]) -> None:
+    _write_lines(path, transitions)
+
+
+def read_transitions(path: Path) -> list[Transition]:
+    return _read_lines(path, Transition)
+
+
+def trajectories_from_transitions(transitions: Sequence[Transition], tasks: Sequence[Task]) -> list[Trajectory]:
+    """Regroup stored transitions into episodes (by episode id, in step order)."""
+    by_task = {t.id: t for t in tasks}
+    episodes: dict[str, list[Transition]] = {}
+    for t in transitions:
+        episodes.setdefault(t.episode_id, []).append(t)
+    out = []
+    for steps in episodes.values():
+        steps.sort(key=lambda t: t.step)
+        first = steps[0]
+        task = by_task.get(first.task_id) or Task(id=first.task_id, instruction=first.instruction, domain="offline")
+        out.append(Trajectory(task=task, transitions=steps))
+    return out

@@ -1,0 +1,82 @@
+"""Per-run plots (PNG) and a short report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loop import Runner
+
+__all__ = ["write", "plot_success"]
+
+
+def plot_success(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Success rate against iterations and against real transitions used."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in history if r.get("step", -1) >= 0 and r.get("rollout/success_rate") is not None]
+    if not rows:
+        return []
+    steps = [r["step"] for r in rows]
+    success = [r["rollout/success_rate"] for r in rows]
+    real = [r.get("counters/real_transitions", 0.0) for r in rows]
+    paths = []
+    for x, label, name in ((steps, "iteration", "success_vs_iteration.png"), (real, "real transitions used (RL phase)", "success_vs_real_transitions.png")):
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+        ax.plot(x, success, marker="o")
+        ax.set_xlabel(label)
+        ax.set_ylabel("training-rollout success rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def write(runner: Runner) -> Path:
+    """Write report.md and plots into the run directory."""
+    run_dir = runner.run_dir
+    plots = plot_success(runner.history, run_dir)
+    final = runner.history[-1] if runner.history else {}
+    before = next((r for r in runner.history if r.get("step") == -1), {})
+    cfg = runner.cfg
+    lines = [
+        f"# DreamGym run: {run_dir.name}",
+        "",
+        f"- mode: `{cfg.loop.mode}`, env: `{cfg.env.name}`, policy: `{cfg.policy.name}`, algo: `{cfg.algo.name}`, seed: {cfg.seed}",
+        f"- config sha256: `{(run_dir / 'config.sha256').read_text().strip()}`",
+        f"- iterations: {cfg.loop.iterations}, tasks x group: {cfg.loop.tasks_per_iteration} x {cfg.loop.group_size}",
+        "",
+        "## Held-out real tasks",
+        "",
+        "| policy | success rate | 95% CI | episodes |",
+        "|---|---|---|---|",
+    ]
+    for label, row, prefix in (("before training", before, "eval_before"), ("after training", final, "eval")):
+        if f"{prefix}/success_rate" in row:
+            lines.append(
+                f"| {label} | {row[f'{prefix}/success_rate']:.3f} | [{row[f'{prefix}/success_ci_low']:.3f}, "
+                f"{row[f'{prefix}/success_ci_high']:.3f}] | {int(row[f'{prefix}/episodes'])} |"
+            )
+    lines += ["", "## Data used", ""]
+    for key in ("offline_transitions", "real_transitions", "synthetic_transitions"):
+        lines.append(f"- {key.replace('_', ' ')}: {int(runner.counters.get(key, 0))}")
+    extra = {k: v for k, v in before.items() if k.startswith(("experience/", "warmstart/"))}
+    if extra:
+        lines += ["", "## Training before RL", ""] + [f"- {k}: {_fmt(v)}" for k, v in sorted(extra.items())]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

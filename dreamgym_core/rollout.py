@@ -1,0 +1,214 @@
+"""Batched multi-turn rollouts: one code path for real and synthetic environments,
+for training and for evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .agent import build_agent_prompt, parse_agent_output
+from .protocols import Env
+from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
+
+__all__ = ["RolloutStats", "Episode", "rollout", "wilson_interval"]
+
+log = logging.getLogger(__name__)
+
+# act(prompts) -> raw policy outputs, one per prompt.
+ActFn = Callable[[list[str]], list[str]]
+StepManyFn = Callable[[Sequence[Env], Sequence[str]], list[StepResult]]
+
+
+@dataclass
+class RolloutStats:
+    """Counters of one rollout call; merged into the iteration's metrics."""
+
+    episodes: int = 0
+    steps: int = 0
+    successes: int = 0
+    unparsed_actions: int = 0
+    invalid_actions: int = 0
+    env_errors: int = 0
+    truncated: int = 0
+    parse_failures: int = 0
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        eps = max(self.episodes, 1)
+        return {
+            f"{prefix}/success_rate": self.successes / eps,
+            f"{prefix}/episode_length": self.steps / eps,
+            f"{prefix}/steps": float(self.steps),
+            f"errors/{prefix}_unparsed_actions": float(self.unparsed_actions),
+            f"errors/{prefix}_invalid_actions": float(self.invalid_actions),
+            f"errors/{prefix}_env_errors": float(self.env_errors),
+            f"errors/{prefix}_model_parse_failures": float(self.parse_failures),
+            f"{prefix}/truncated": float(self.truncated),
+        }
+
+
+@dataclass
+class Episode:
+    """A live episode: its env, current observation and what happened so far."""
+
+    task: Task
+    env: Env
+    episode_id: str
+    observation: Observation
+    history: list[HistoryStep] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    decisions: list[PolicyDecision] = field(default_factory=list)
+    done: bool = False
+
+    def trajectory(self) -> Trajectory:
+        return Trajectory(task=self.task, transitions=self.transitions, decisions=self.decisions)
+
+
+def _default_step_many(envs: Sequence[Env], actions: Sequence[str]) -> list[StepResult]:
+    return [env.step(action=action) for env, action in zip(envs, actions)]
+
+
+def _failed_step(ep: Episode, decision: PolicyDecision, note: str, source: str) -> None:
+    """End ``ep`` as a failure at the current state (reward 0), recording why."""
+    ep.transitions.append(
+        Transition(
+            task_id=ep.task.id,
+            episode_id=ep.episode_id,
+            step=len(ep.transitions),
+            state=ep.observation.text,
+            action=decision.action or decision.text[:200],
+            next_state=note,
+            reward=0.0,
+            done=True,
+            success=False,
+            valid=False,
+            source=source,  # type: ignore[arg-type]
+            instruction=ep.task.instruction,
+        )
+    )
+    ep.decisions.append(decision)
+    ep.done = True
+
+
+def _apply(ep: Episode, decision: PolicyDecision, result: StepResult, source: str, model_id: str) -> None:
+    reward = result.reward if math.isfinite(result.reward) else 0.0
+    ep.transitions.append(
+        Transition(
+            task_id=ep.task.id,
+            episode_id=ep.episode_id,
+            step=len(ep.transitions),
+            state=ep.observation.text,
+            action=decision.action,
+            next_state=result.observation.text,
+            reward=reward,
+            done=result.done,
+            success=result.success,
+            valid=result.valid,
+            reasoning=str(result.info.get("reasoning", "")),
+            source=source,  # type: ignore[arg-type]
+            model_id=model_id,
+            instruction=ep.task.instruction,
+        )
+    )
+    ep.decisions.append(decision)
+    ep.history.append(HistoryStep(state=ep.observation.text, action=decision.action))
+    ep.observation = result.observation
+    ep.done = result.done
+
+
+def _start(tasks: Sequence[Task], envs: Sequence[Env], seeds: Sequence[int], tag: str, stats: RolloutStats) -> list[Episode]:
+    episodes = []
+    for i, (task, env, seed) in enumerate(zip(tasks, envs, seeds)):
+        try:
+            obs = env.reset(task=task, seed=seed)
+        except Exception as exc:  # an engine crash fails this episode, never the run
+            stats.env_errors += 1
+            log.warning("env reset failed for task %s: %s", task.id, exc)
+            obs = Observation(text=f"[environment error at reset: {type(exc).__name__}]")
+            episode = Episode(task=task, env=env, episode_id=f"{tag}-{i}", observation=obs, done=True)
+            episodes.append(episode)
+            continue
+        episodes.append(Episode(task=task, env=env, episode_id=f"{tag}-{i}", observation=obs))
+    return episodes
+
+
+def rollout(
+    *,
+    tasks: Sequence[Task],
+    envs: Sequence[Env],
+    act: ActFn,
+    max_steps: int,
+    history_window: int,
+    seeds: Sequence[int],
+    source: str,
+    tag: str,
+    step_many: StepManyFn | None = None,
+    model_id: str = "",
+) -> tuple[list[Trajectory], RolloutStats]:
+    """Play one episode per (task, env) in lockstep; return trajectories and counters.
+
+    A policy output with no parsable action, or an environment that raises, ends
+    that episode as a failure (reward 0) and is counted; it never stops the others.
+    """
+    stats = RolloutStats(episodes=len(tasks))
+    step_many = step_many or _default_step_many
+    episodes = _start(tasks, envs, seeds, tag, stats)
+    for step in range(max_steps):
+        live = [ep for ep in episodes if not ep.done]
+        if not live:
+            break
+        # policy
+        prompts = [
+            build_agent_prompt(
+                task=ep.task, observation=ep.observation, history=ep.history, step=step,
+                max_steps=max_steps, history_window=history_window,
+            )
+            for ep in live
+        ]
+        outputs = act(prompts)
+        stepping: list[tuple[Episode, PolicyDecision]] = []
+        for ep, prompt, text in zip(live, prompts, outputs):
+            action, parsed = parse_agent_output(text, ep.observation.admissible_actions)
+            decision = PolicyDecision(text=text, action=action, parsed=parsed, prompt=prompt)
+            if not parsed:
+                stats.unparsed_actions += 1
+                _failed_step(ep, decision, "[no parsable action in the policy output]", source)
+            else:
+                stepping.append((ep, decision))
+        if not stepping:
+            continue
+        # environment
+        try:
+            results = step_many([ep.env for ep, _ in stepping], [d.action for _, d in stepping])
+        except Exception:
+            results = None  # retry one by one below, so one crash only fails its own episode
+        for index, (ep, decision) in enumerate(stepping):
+            try:
+                result = results[index] if results is not None else ep.env.step(action=decision.action)
+            except Exception as exc:
+                stats.env_errors += 1
+                log.warning("env step failed for task %s: %s", ep.task.id, exc)
+                _failed_step(ep, decision, f"[environment error: {type(exc).__name__}]", source)
+                continue
+            _apply(ep, decision, result, source, model_id)
+            stats.invalid_actions += int(not result.valid)
+            stats.parse_failures += int(result.info.get("parse_status") == "failed")
+    for ep in episodes:
+        stats.steps += len(ep.transitions)
+        if ep.transitions and ep.transitions[-1].success:
+            stats.successes += 1
+        if not ep.done:
+            stats.truncated += 1
+    return [ep.trajectory() for ep in episodes], stats
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (sound at small n and p near 0 or 1)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

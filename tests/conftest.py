@@ -1,0 +1,62 @@
+"""Shared helpers for core tests: build real plugin packages in a temp dir and run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_plugin_package(tmp: Path, dist: str, module: str, source: str, entry_points: dict[str, str], deps: tuple[str, ...] = ()) -> Path:
+    """Write a one-module setuptools project and pip-install it into ``tmp/site`` (offline)."""
+    project = tmp / dist
+    (project / module).mkdir(parents=True)
+    (project / module / "__init__.py").write_text(textwrap.dedent(source))
+    eps = "\n".join(f'{name} = "{target}"' for name, target in entry_points.items())
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [build-system]
+            requires = ["setuptools>=68"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "{dist}"
+            version = "1.2.3"
+            dependencies = {list(deps)!r}
+
+            [project.entry-points.dreamgym]
+            """
+        ).lstrip()
+        + eps
+        + "\n"
+    )
+    site = tmp / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation", "--target", str(site), str(project)],
+        check=True,
+        capture_output=True,
+    )
+    return site
+
+
+def run_cli(*args: str, site: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``dreamgym`` in a subprocess, with an extra site directory on the path."""
+    full_env = dict(os.environ)
+    if site is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join([str(site), full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "dreamgym_core.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd
+    )
+
+
+@pytest.fixture
+def cli_runner():
+    return run_cli

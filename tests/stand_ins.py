@@ -1,0 +1,179 @@
+"""Stand-in components for core tests of the plugin host and the loop's control flow.
+
+These are test doubles, not product code: a counting game with a known optimum, a
+scripted policy and a recording algorithm. They let the core's tests exercise hook
+order, config resolution and checkpoints without the real environment and model
+plugins (which have their own tests on the real engines and real models).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Sequence
+
+from dreamgym_core import ComponentSpec, hookimpl
+from dreamgym_core.config import Config
+from dreamgym_core.records import Observation, StepResult, Task, Trajectory, Transition
+
+
+class CountConfig(Config):
+    targets: int = 6
+    max_value: int = 5
+
+
+class CountEnv:
+    """Reach the target number with 'inc' actions, then 'stop'."""
+
+    def __init__(self, max_value: int) -> None:
+        self.max_value = max_value
+        self.value = 0
+        self.target = 0
+        self.closed = False
+
+    def _obs(self) -> Observation:
+        return Observation(text=f"count is {self.value}", admissible_actions=["inc", "stop"])
+
+    def reset(self, *, task: Task, seed: int | None = None) -> Observation:
+        self.value, self.target = 0, int(task.payload["target"])
+        return self._obs()
+
+    def step(self, *, action: str) -> StepResult:
+        if action == "explode":
+            raise RuntimeError("engine crashed")
+        if action == "inc":
+            self.value = min(self.value + 1, self.max_value)
+            return StepResult(observation=self._obs(), reward=0.0, done=False)
+        if action == "stop":
+            won = self.value == self.target
+            return StepResult(observation=self._obs(), reward=float(won), done=True, success=won)
+        return StepResult(observation=self._obs(), reward=0.0, done=False, valid=False)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class CountDomain:
+    name = "count"
+
+    def __init__(self, config: CountConfig) -> None:
+        self.config = config
+
+    def tasks(self, *, split: str) -> list[Task]:
+        offset = {"train": 0, "valid": 100, "test": 200}[split]
+        return [
+            Task(id=f"count-{split}-{i}", instruction=f"count to {i % self.config.max_value + 1}", domain="count",
+                 split=split, payload={"target": i % self.config.max_value + 1, "seed": offset + i})
+            for i in range(self.config.targets)
+        ]
+
+    def make_env(self) -> CountEnv:
+        return CountEnv(self.config.max_value)
+
+    def collect(self, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
+        out = []
+        for e in range(episodes):
+            task = tasks[e % len(tasks)]
+            env, obs, steps = self.make_env(), None, []
+            obs = env.reset(task=task)
+            actions = ["inc"] * int(task.payload["target"]) + ["stop"]
+            for i, a in enumerate(actions):
+                r = env.step(action=a)
+                steps.append(Transition(task_id=task.id, episode_id=f"{policy}-{e}", step=i, state=obs.text, action=a,
+                                        next_state=r.observation.text, reward=r.reward, done=r.done, success=r.success,
+                                        source="offline", instruction=task.instruction))
+                obs = r.observation
+            out.append(Trajectory(task=task, transitions=steps))
+        return out
+
+    def annotate(self, *, transition: Transition) -> str:
+        return f"{transition.action} moves from '{transition.state}' to '{transition.next_state}'"
+
+
+class ScriptConfig(Config):
+    mistakes: float = 0.0
+
+
+class ScriptedPolicy:
+    """Reads the target from the prompt and counts to it; errs with probability ``mistakes``."""
+
+    model_id = "scripted"
+
+    def __init__(self, config: ScriptConfig) -> None:
+        self.config = config
+        self.rng = random.Random(0)
+
+    def generate(self, *, prompts: Sequence[str], max_new_tokens: int = 32, temperature: float = 1.0, stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
+        out = []
+        for prompt in prompts:
+            target = int(re.search(r"count to (\d+)", prompt).group(1))
+            value = int(re.findall(r"count is (\d+)", prompt)[-1])
+            action = "inc" if value < target else "stop"
+            if self.rng.random() < self.config.mistakes:
+                action = "stop"
+            out.append(f"<think>at {value}</think><action>{action}</action>")
+        return out
+
+
+class RecordConfig(Config):
+    lr: float = 0.1
+
+
+class RecordingAlgo:
+    """Counts updates; its 'parameter' is the mean reward seen, so state round-trips."""
+
+    def __init__(self, config: RecordConfig, *, policy: Any, seed: int) -> None:
+        self.policy, self.updates, self.param = policy, 0, 0.0
+
+    def act(self, *, prompts: Sequence[str], greedy: bool = False) -> list[str]:
+        return self.policy.generate(prompts=list(prompts), max_new_tokens=32)
+
+    def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
+        rewards = [t.outcome_reward for g in groups for t in g]
+        self.updates += 1
+        self.param += sum(rewards) / max(len(rewards), 1)
+        return {"losses/policy_loss": -self.param, "charts/mean_reward": sum(rewards) / max(len(rewards), 1)}
+
+    def save(self, *, path: str) -> None:
+        import json, os
+
+        os.makedirs(path, exist_ok=True)
+        with open(f"{path}/state.json", "w") as f:
+            json.dump({"updates": self.updates, "param": self.param, "rng": list(self.policy.rng.getstate()[1])}, f)
+
+    def load(self, *, path: str) -> None:
+        import json
+
+        with open(f"{path}/state.json") as f:
+            state = json.load(f)
+        self.updates, self.param = state["updates"], state["param"]
+        self.policy.rng.setstate((3, tuple(state["rng"]), None))
+
+
+class StandIns:
+    """A plugin object registering the stand-ins (used via the register_plugin fixture)."""
+
+    @hookimpl
+    def dreamgym_register_envs(self) -> list[ComponentSpec]:
+        return [ComponentSpec(name="count", factory=CountDomain, config_type=CountConfig, description="Counting game (test double).")]
+
+    @hookimpl
+    def dreamgym_register_models(self) -> list[ComponentSpec]:
+        return [ComponentSpec(name="scripted", factory=ScriptedPolicy, config_type=ScriptConfig, description="Scripted policy (test double).")]
+
+    @hookimpl
+    def dreamgym_register_algos(self) -> list[ComponentSpec]:
+        return [ComponentSpec(name="record", factory=RecordingAlgo, config_type=RecordConfig, description="Recording algorithm (test double).")]
+
+
+def pipeline_dict(run_dir: str, **loop: Any) -> dict[str, Any]:
+    return {
+        "plugins": [],
+        "env": {"name": "count"},
+        "policy": {"name": "scripted", "config": {"mistakes": 0.3}},
+        "algo": {"name": "record"},
+        "data": {"expert_episodes": 4, "noisy_episodes": 0, "random_episodes": 0},
+        "loop": {"mode": "real", "iterations": 4, "tasks_per_iteration": 3, "group_size": 2, "max_steps": 8, "warmstart_epochs": 0, **loop},
+        "eval": {"episodes": 6},
+        "run_dir": run_dir,
+    }

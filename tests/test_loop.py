@@ -1,0 +1,195 @@
+"""The core loop's control flow, lifecycle hooks, run directory and resume.
+
+Uses the stand-ins of tests/stand_ins.py (test doubles); the real-component runs are
+in tests/test_end_to_end.py and the plugins' own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from dreamgym_core import hookimpl
+from dreamgym_core.config import PipelineConfig, resolve
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.loop import Runner, prepare_run_dir, run_pipeline
+from dreamgym_core.rollout import rollout, wilson_interval
+
+from stand_ins import CountDomain, CountConfig, ScriptConfig, ScriptedPolicy, StandIns, pipeline_dict
+
+HERE = Path(__file__).resolve().parent
+
+
+def _resolved(plugins, run_dir: Path, **loop):
+    pipeline = msgspec.convert(pipeline_dict(str(run_dir), **loop), type=PipelineConfig)
+    return resolve(pipeline, plugins, where="inline.yaml")
+
+
+class Spy:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def dreamgym_configure(self, config):
+        self.calls.append("configure")
+
+    @hookimpl
+    def dreamgym_run_started(self, run_dir, config):
+        self.calls.append("run_started")
+
+    @hookimpl
+    def dreamgym_before_iteration(self, iteration, state):
+        self.calls.append(f"before_iteration:{iteration}")
+
+    @hookimpl
+    def dreamgym_after_iteration(self, iteration, metrics):
+        assert "losses/policy_loss" in metrics
+        self.calls.append(f"after_iteration:{iteration}")
+
+    @hookimpl
+    def dreamgym_run_finished(self, run_dir, metrics):
+        self.calls.append("run_finished")
+
+
+def test_lifecycle_hook_order(register_plugin, tmp_path):
+    register_plugin(StandIns(), "stand-ins")
+    spy = Spy()
+    plugins = register_plugin(spy, "spy")
+    summary = run_pipeline(_resolved(plugins, tmp_path / "run", iterations=2), plugins)
+    assert spy.calls == [
+        "configure", "run_started",
+        "before_iteration:0", "after_iteration:0",
+        "before_iteration:1", "after_iteration:1",
+        "run_finished",
+    ]
+    assert 0.0 <= summary["eval/success_rate"] <= 1.0
+
+
+# Each hook has a test named test_hook_<name> (checked by test_meta.py).
+def test_hook_dreamgym_configure(register_plugin, tmp_path):
+    test_lifecycle_hook_order(register_plugin, tmp_path)
+
+
+test_hook_dreamgym_run_started = test_hook_dreamgym_configure
+test_hook_dreamgym_before_iteration = test_hook_dreamgym_configure
+test_hook_dreamgym_after_iteration = test_hook_dreamgym_configure
+test_hook_dreamgym_run_finished = test_hook_dreamgym_configure
+
+
+def test_run_dir_has_config_hash_metrics_report_and_plots(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run")
+    run_pipeline(resolved, plugins)
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo"]["config"] == {"lr": 0.1}  # defaults filled in
+    assert len((run / "config.sha256").read_text().strip()) == 64
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [-1, 0, 1, 2, 3, 4]
+    assert rows[-1]["counters/real_transitions"] > 0
+    assert "eval/success_rate" in rows[-1]
+    assert (run / "report.md").read_text().count("after training") == 1
+    assert (run / "success_vs_iteration.png").stat().st_size > 1000
+    assert (run / "success_vs_real_transitions.png").exists()
+
+
+def test_rerun_without_resume_refuses_to_overwrite(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+
+
+def test_resume_with_a_different_config_is_refused(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    with pytest.raises(ConfigError, match="config differs"):
+        prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=3), resume=True)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {here!r})
+    import msgspec
+    from dreamgym_core import hookimpl
+    from dreamgym_core.config import PipelineConfig, resolve
+    from dreamgym_core.loop import run_pipeline
+    from dreamgym_core.plugins import Plugins, get_plugin_manager
+    from stand_ins import StandIns, pipeline_dict
+
+    class Killer:
+        @hookimpl
+        def dreamgym_after_iteration(self, iteration, metrics):
+            if iteration == int(sys.argv[2]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    pm = get_plugin_manager([])
+    pm.register(StandIns(), name="stand-ins")
+    pm.register(Killer(), name="killer")
+    plugins = Plugins(pm)
+    pipeline = msgspec.convert(pipeline_dict(sys.argv[1], iterations=5), type=PipelineConfig)
+    resume = len(sys.argv) > 3
+    print(msgspec.json.encode(run_pipeline(resolve(pipeline, plugins, "inline.yaml"), plugins, resume=resume)).decode())
+    """
+)
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(here=str(HERE)))
+
+    def run(run_dir, kill_at, *resume):
+        return subprocess.run([sys.executable, str(script), str(run_dir), str(kill_at), *resume], capture_output=True, text=True)
+
+    whole = run(tmp_path / "whole", -1)
+    assert whole.returncode == 0, whole.stderr
+    killed = run(tmp_path / "killed", 2)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run(tmp_path / "killed", -1, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout.splitlines()[-1]) | {"run_dir": ""} == json.loads(whole.stdout.splitlines()[-1]) | {"run_dir": ""}
+
+    def rows(run_dir):
+        return [
+            {k: v for k, v in json.loads(line).items() if not k.startswith("perf/")}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    # The killed run logged iterations 0..2 before dying; resumption continues at 3.
+    resumed_rows = rows(tmp_path / "killed")
+    assert [r["step"] for r in resumed_rows] == [-1, 0, 1, 2, 3, 4, 5]
+    assert resumed_rows == rows(tmp_path / "whole")
+
+
+class CrashingDomain(CountDomain):
+    """Its env raises on 'explode'."""
+
+
+def test_rollout_counts_unparsable_actions_and_env_crashes():
+    domain = CountDomain(CountConfig())
+    tasks = domain.tasks(split="train")[:3]
+    outputs = iter([["no tags at all", "<action>explode</action>", "<action>inc</action>"], ["<action>stop</action>"]])
+    trajectories, stats = rollout(
+        tasks=tasks, envs=[domain.make_env() for _ in tasks], act=lambda prompts: next(outputs)[: len(prompts)],
+        max_steps=2, history_window=2, seeds=[0, 1, 2], source="real", tag="t",
+    )
+    assert stats.unparsed_actions == 1 and stats.env_errors == 1
+    assert [len(t.transitions) for t in trajectories] == [1, 1, 2]
+    assert all(not t.success for t in trajectories[:2])
+    assert trajectories[0].transitions[-1].valid is False and trajectories[0].transitions[-1].done
+
+
+def test_wilson_interval_brackets_the_rate():
+    low, high = wilson_interval(5, 10)
+    assert low < 0.5 < high
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 0.0)

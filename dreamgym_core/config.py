@@ -179,9 +179,26 @@ class ResolvedPipeline(msgspec.Struct, frozen=True, kw_only=True):
         return data
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-5`` as a float (YAML 1.2), as ML configs expect."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _located(error: Exception, where: str, prefix: str = "$") -> ConfigError:
     message = str(error)
-    if prefix != "$":
+    if " - at `$" not in message:
+        message += f" - at `{prefix}`"  # msgspec omits the location of root-level errors
+    elif prefix != "$":
         message = message.replace("`$", f"`{prefix}")
     return ConfigError(f"{where}: {message}")
 
@@ -208,7 +225,7 @@ def parse_overrides(overrides: Sequence[str], where: str) -> list[tuple[str, Any
         if "=" not in item or not re.match(r"^[A-Za-z_][\w.]*=", item):
             raise ConfigError(f"{where}: --set expects key.path=value, got {item!r}")
         key, raw = item.split("=", 1)
-        parsed.append((key, yaml.safe_load(raw) if raw else ""))
+        parsed.append((key, yaml_load(raw) if raw else ""))
     return parsed
 
 
@@ -220,7 +237,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read pipeline file: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -124,7 +124,7 @@ class Plugins:
             hook = getattr(self.pm.hook, _REGISTER_HOOK[kind])
             found: dict[str, ComponentSpec] = {}
             # Call each implementation on its own so every spec knows its plugin.
-            for impl in reversed(hook.get_hookimpls()):
+            for impl in hook.get_hookimpls():  # registration order
                 for spec in impl.function() or []:
                     if not isinstance(spec, ComponentSpec):
                         raise DreamGymError(

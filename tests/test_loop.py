@@ -78,7 +78,7 @@ def test_hook_dreamgym_configure(register_plugin, tmp_path):
     test_lifecycle_hook_order(register_plugin, tmp_path)
 
 
-test_hook_dreamgym_run_started = test_hook_dreamgym_configure
+test_hook_dreamgym_run_started = test_hook_dreamgym_configure  # one spy run covers all five
 test_hook_dreamgym_before_iteration = test_hook_dreamgym_configure
 test_hook_dreamgym_after_iteration = test_hook_dreamgym_configure
 test_hook_dreamgym_run_finished = test_hook_dreamgym_configure

@@ -1,0 +1,99 @@
+"""Pipeline files: two-phase decoding, located errors, overrides, config identity."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import yaml
+
+from dreamgym_core.config import PipelineConfig, config_hash, load_pipeline, resolve
+from dreamgym_core.errors import ComponentNotFound, ConfigError
+
+from stand_ins import StandIns, pipeline_dict
+
+
+def write(tmp_path, data, name="pipeline.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_wrong_type_in_component_config_names_file_and_json_path(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["algo"]["config"] = {"lr": "fast"}
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        resolve(load_pipeline(path), plugins, where=str(path))
+    message = str(info.value)
+    assert message.startswith(str(path)) and "`$.algo.config.lr`" in message and "Expected `float`" in message
+
+
+def test_unknown_field_is_rejected_with_its_path(tmp_path):
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["loop"]["iteratons"] = 3
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: Object contains unknown field `iteratons` - at `\$.loop`"):
+        load_pipeline(write(tmp_path, data))
+
+
+def test_unknown_field_in_component_config_is_rejected(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["env"]["config"] = {"targetz": 3}
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"`\$.env.config`"):
+        resolve(load_pipeline(path), plugins, where=str(path))
+
+
+def test_constraint_and_cross_field_errors(tmp_path):
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["loop"]["iterations"] = 0
+    with pytest.raises(ConfigError, match=r"Expected `int` >= 1 - at `\$.loop.iterations`"):
+        load_pipeline(write(tmp_path, data))
+    data = pipeline_dict(str(tmp_path / "run"), mode="dreamgym")
+    with pytest.raises(ConfigError, match="needs experience_model, encoder, buffer"):
+        load_pipeline(write(tmp_path, data))
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line 2"):
+        load_pipeline(write(tmp_path, "plugins: [a\nenv: {", "bad.yaml"))
+    with pytest.raises(ConfigError, match="cannot read pipeline file"):
+        load_pipeline(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_pipeline(write(tmp_path, "- a\n- b\n", "list.yaml"))
+
+
+def test_set_overrides_parse_yaml_scalars(tmp_path):
+    path = write(tmp_path, pipeline_dict(str(tmp_path / "run")))
+    cfg = load_pipeline(path, ["loop.iterations=7", "algo.config.lr=1e-5", "seed=3"])
+    assert cfg.loop.iterations == 7 and cfg.algo.config == {"lr": 1e-5} and cfg.seed == 3
+    with pytest.raises(ConfigError, match="--set expects key.path=value"):
+        load_pipeline(path, ["nonsense"])
+
+
+def test_unknown_component_suggests_the_closest(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["algo"]["name"] = "recrd"
+    path = write(tmp_path, data)
+    with pytest.raises(ComponentNotFound, match=r"algo.name: no algo named 'recrd' \(available: record\). Did you mean 'record'\?"):
+        resolve(load_pipeline(path), plugins, where=str(path))
+
+
+def test_resolved_config_fills_defaults_and_hash_is_stable(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    path = write(tmp_path, pipeline_dict(str(tmp_path / "run")))
+    a = resolve(load_pipeline(path), plugins, where=str(path)).to_builtins()
+    b = resolve(load_pipeline(path), plugins, where=str(path)).to_builtins()
+    assert a["env"]["config"] == {"targets": 6, "max_value": 5}
+    assert a["eval"]["split"] == "test"
+    assert config_hash(a) == config_hash(b)
+    changed = resolve(load_pipeline(path, ["seed=1"]), plugins, where=str(path)).to_builtins()
+    assert config_hash(changed) != config_hash(a)
+
+
+def test_configs_are_frozen():
+    cfg = msgspec.convert(pipeline_dict("r"), type=PipelineConfig)
+    with pytest.raises(AttributeError):
+        cfg.seed = 4  # type: ignore[misc]

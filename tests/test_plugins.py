@@ -1,0 +1,221 @@
+"""Plugin discovery through entry points, with real packages built and pip-installed
+into a temporary directory (offline), and the CLI's error surface."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, build_plugin_package, run_cli
+from dreamgym_core import ComponentSpec, hookimpl
+from dreamgym_core.config import Config
+from dreamgym_core.errors import DuplicateComponentError
+from dreamgym_core.plugins import Plugins, get_plugin_manager
+
+from stand_ins import CountConfig, CountDomain, StandIns
+
+# A complete third-party plugin: its own env, policy and algorithm. The stand-in
+# module (tests/stand_ins.py) supplies the component classes; the package itself is
+# real and found only through its entry point.
+THIRD_PARTY = '''
+import sys
+sys.path.insert(0, {tests!r})
+from dreamgym_core import ComponentSpec, hookimpl
+from stand_ins import CountConfig, CountDomain, ScriptConfig, ScriptedPolicy, RecordConfig, RecordingAlgo
+
+@hookimpl
+def dreamgym_register_envs():
+    return [ComponentSpec(name="guess", factory=CountDomain, config_type=CountConfig, description="A third-party env.")]
+
+@hookimpl
+def dreamgym_register_models():
+    return [ComponentSpec(name="oracle", factory=ScriptedPolicy, config_type=ScriptConfig, description="Scripted.")]
+
+@hookimpl
+def dreamgym_register_algos():
+    return [ComponentSpec(name="tally", factory=RecordingAlgo, config_type=RecordConfig, description="Recording.")]
+'''
+
+
+@pytest.fixture(scope="module")
+def third_party_site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("thirdparty")
+    site = build_plugin_package(
+        tmp, "dreamgym-plugin-guess", "dreamgym_plugin_guess",
+        THIRD_PARTY.format(tests=str(ROOT / "tests")), {"guess": "dreamgym_plugin_guess"},
+    )
+    build_plugin_package(tmp, "dreamgym-plugin-broken", "dreamgym_plugin_broken", "import a_module_that_does_not_exist\n", {"broken": "dreamgym_plugin_broken"})
+    return site
+
+
+def pipeline(tmp_path, **changes):
+    data = {
+        "plugins": ["guess"],
+        "env": {"name": "guess", "config": {"targets": 4}},
+        "policy": {"name": "oracle"},
+        "algo": {"name": "tally", "config": {"lr": 0.5}},
+        "loop": {"mode": "real", "iterations": 2, "tasks_per_iteration": 2, "group_size": 2, "max_steps": 8, "warmstart_epochs": 0},
+        "data": {"expert_episodes": 2, "noisy_episodes": 0, "random_episodes": 0},
+        "eval": {"episodes": 4},
+        "run_dir": str(tmp_path / "run"),
+    }
+    data.update(changes)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_third_party_plugin_installed_by_pip_runs_a_pipeline(third_party_site, tmp_path):
+    listed = json.loads(run_cli("plugins", "--json", site=third_party_site).stdout)
+    guess = next(p for p in listed if p["name"] == "guess")
+    assert guess["distribution"] == "dreamgym-plugin-guess" and guess["version"] == "1.2.3"
+    result = run_cli("run", str(pipeline(tmp_path)), site=third_party_site)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["eval/success_rate"] == 1.0  # the oracle policy solves the third-party game
+    assert summary["counters/real_transitions"] > 0
+    checked = run_cli("check", "guess", site=third_party_site)
+    assert checked.returncode == 0, checked.stderr
+    assert "ok   env:guess" in checked.stdout
+
+
+def test_unknown_plugin_is_one_line_with_suggestion_and_exit_2(third_party_site, tmp_path):
+    result = run_cli("run", str(pipeline(tmp_path, plugins=["gues"])), site=third_party_site)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "plugin 'gues' is not installed (installed: " in lines[0] and "Did you mean 'guess'?" in lines[0]
+    assert "pipeline.yaml: plugins" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_wrong_type_names_file_and_path_on_the_cli(third_party_site, tmp_path):
+    path = pipeline(tmp_path, algo={"name": "tally", "config": {"lr": "fast"}})
+    result = run_cli("config", "show", str(path), site=third_party_site)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"Error: {path}: Expected `float`, got `str` - at `$.algo.config.lr`"
+    shown = run_cli("--traceback", "config", "show", str(path), site=third_party_site)
+    assert "Traceback" in shown.stderr
+
+
+def test_broken_plugin_is_named_and_listing_still_works(third_party_site, tmp_path):
+    listed = run_cli("plugins", site=third_party_site)
+    assert listed.returncode == 0 and "broken" in listed.stdout
+    result = run_cli("run", str(pipeline(tmp_path, plugins=["guess", "broken"])), site=third_party_site)
+    assert result.returncode == 2
+    assert (
+        "plugin 'broken' (distribution dreamgym-plugin-broken) failed to load: "
+        "ModuleNotFoundError: No module named 'a_module_that_does_not_exist'"
+    ) in result.stderr
+
+
+def test_blocked_plugin_is_not_loaded(third_party_site, tmp_path):
+    result = run_cli("config", "show", str(pipeline(tmp_path)), site=third_party_site, env={"DREAMGYM_BLOCK_PLUGINS": "guess"})
+    assert result.returncode == 2 and "plugin 'guess' is not installed" in result.stderr
+
+
+def test_config_show_prints_resolved_defaults(third_party_site, tmp_path):
+    result = run_cli("config", "show", str(pipeline(tmp_path)), site=third_party_site)
+    shown = json.loads(result.stdout)
+    assert shown["config"]["env"]["config"] == {"targets": 4, "max_value": 5}
+    assert len(shown["sha256"]) == 64
+    schema = json.loads(run_cli("config", "schema", str(pipeline(tmp_path)), site=third_party_site).stdout)
+    assert "loop" in json.dumps(schema["pipeline"]) and "algo" in schema["components"]
+
+
+def test_every_builtin_plugin_is_listed_with_distribution_and_version():
+    listed = {p["name"]: p for p in json.loads(run_cli("plugins", "--json").stdout)}
+    builtins = sorted(ROOT.glob("plugins/*/*/pyproject.toml"))
+    assert builtins, "no built-in plugins found"
+    for path in builtins:
+        project = tomllib.loads(path.read_text())["project"]
+        for name in project.get("entry-points", {}).get("dreamgym", {}):
+            assert listed[name]["distribution"] == project["name"], path
+            assert listed[name]["version"] == project["version"], path
+
+
+def test_duplicate_component_names_name_both_plugins(register_plugin):
+    class Twin:
+        @hookimpl
+        def dreamgym_register_envs(self):
+            return [ComponentSpec(name="count", factory=CountDomain, config_type=CountConfig, description="twin")]
+
+    register_plugin(StandIns(), "first")
+    plugins = register_plugin(Twin(), "second")
+    with pytest.raises(DuplicateComponentError, match="duplicate env name 'count': registered by plugin 'first' and by plugin 'second'"):
+        plugins.components("env")
+
+
+def test_misspelled_hook_is_rejected(dreamgym_pm):
+    class Typo:
+        @hookimpl
+        def dreamgym_register_env(self):  # missing the final "s"
+            return []
+
+    dreamgym_pm.register(Typo(), name="typo")
+    with pytest.raises(Exception, match="unknown hook 'dreamgym_register_env'"):
+        dreamgym_pm.check_pending()
+
+
+def test_registration_hook_must_return_specs(register_plugin):
+    class Wrong:
+        @hookimpl
+        def dreamgym_register_algos(self):
+            return [{"name": "x"}]
+
+    plugins = register_plugin(Wrong(), "wrong")
+    with pytest.raises(Exception, match="plugin 'wrong': dreamgym_register_algos returned dict, expected ComponentSpec"):
+        plugins.components("algo")
+
+
+def test_no_plugin_is_imported_when_listing():
+    code = "import sys; from dreamgym_core.plugins import installed_plugins; installed_plugins(); print([m for m in sys.modules if m.startswith('dreamgym_plugin')])"
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# Registration hooks each have a test (checked by test_meta.py).
+def _registers(kind: str, hook: str, register_plugin) -> None:
+    class One:
+        pass
+
+    def impl(self):
+        return [ComponentSpec(name=f"one-{kind}", factory=dict, config_type=Config, description="x")]
+
+    setattr(One, hook, hookimpl(impl))
+    plugins = register_plugin(One(), "one")
+    assert plugins.component(kind, f"one-{kind}").plugin == "one"
+
+
+def test_hook_dreamgym_register_envs(register_plugin):
+    _registers("env", "dreamgym_register_envs", register_plugin)
+
+
+def test_hook_dreamgym_register_models(register_plugin):
+    _registers("model", "dreamgym_register_models", register_plugin)
+
+
+def test_hook_dreamgym_register_encoders(register_plugin):
+    _registers("encoder", "dreamgym_register_encoders", register_plugin)
+
+
+def test_hook_dreamgym_register_buffers(register_plugin):
+    _registers("buffer", "dreamgym_register_buffers", register_plugin)
+
+
+def test_hook_dreamgym_register_curricula(register_plugin):
+    _registers("curriculum", "dreamgym_register_curricula", register_plugin)
+
+
+def test_hook_dreamgym_register_algos(register_plugin):
+    _registers("algo", "dreamgym_register_algos", register_plugin)
+
+
+def test_hook_dreamgym_register_loggers(register_plugin):
+    _registers("logger", "dreamgym_register_loggers", register_plugin)

@@ -1,0 +1,125 @@
+"""From trajectories to token tensors, and response log-probabilities of a causal LM.
+
+Every policy step is one row: the agent ``prompt`` followed by the policy's response
+``text`` (``Trajectory.decisions[i]``, aligned with ``Trajectory.transitions[i]``).
+Only response tokens are trained: ``response_mask`` marks them, in verl's
+(batch, response_length) layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dreamgym_core.errors import DataError
+from dreamgym_core.records import Trajectory
+
+__all__ = ["Step", "trajectory_steps", "TokenBatch", "tokenize_steps", "response_logprobs"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One policy step of a trajectory."""
+
+    prompt: str
+    response: str
+    trajectory: int  # index of the trajectory in the flattened batch
+    reward: float
+    valid: bool  # the environment accepted the action and the output parsed
+
+
+def trajectory_steps(trajectories: Sequence[Trajectory]) -> tuple[list[Step], int]:
+    """The trainable steps of ``trajectories`` and how many trajectories had no decisions.
+
+    Raises:
+        DataError: a trajectory has decisions that do not align with its transitions.
+    """
+    steps: list[Step] = []
+    skipped = 0
+    for index, traj in enumerate(trajectories):
+        if not traj.decisions:
+            skipped += 1
+            continue
+        if len(traj.decisions) != len(traj.transitions):
+            raise DataError(
+                f"trajectory of task {traj.task.id!r}: {len(traj.decisions)} decisions for "
+                f"{len(traj.transitions)} transitions (they must align one to one)"
+            )
+        for decision, transition in zip(traj.decisions, traj.transitions):
+            if decision.text:
+                valid = transition.valid and decision.parsed
+                steps.append(Step(decision.prompt, decision.text, index, transition.reward, valid))
+    return steps, skipped
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded prompt+response rows and where their response tokens sit."""
+
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    positions: torch.Tensor  # (B, R) index in the row of each response token (0 where masked)
+    response_mask: torch.Tensor  # (B, R) float
+
+    def rows(self, index: torch.Tensor) -> TokenBatch:
+        """The sub-batch of the given rows."""
+        return TokenBatch(self.input_ids[index], self.attention_mask[index], self.positions[index], self.response_mask[index])
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def tokenize_steps(
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], *, max_prompt_tokens: int, max_response_tokens: int
+) -> TokenBatch:
+    """Tokenise prompt and response separately (so the boundary is exact) and pad right.
+
+    The prompt is tokenised as a generation backend would (``tokenizer(prompt)``, with
+    its special tokens); the response without special tokens. Long prompts keep their
+    last ``max_prompt_tokens`` tokens, long responses their first ``max_response_tokens``.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows, starts, lengths = [], [], []
+    for prompt, response in zip(prompts, responses):
+        p = list(tokenizer(prompt)["input_ids"])[-max_prompt_tokens:]
+        r = list(tokenizer(response, add_special_tokens=False)["input_ids"])[:max_response_tokens]
+        if not p:  # a response needs a context token to be scored
+            p = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad]
+        rows.append(p + r)
+        starts.append(len(p))
+        lengths.append(len(r))
+    width, resp_width = max(len(r) for r in rows), max(max(lengths), 1)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    positions = torch.zeros((len(rows), resp_width), dtype=torch.long)
+    mask = torch.zeros((len(rows), resp_width), dtype=torch.float32)
+    for i, (row, start, n) in enumerate(zip(rows, starts, lengths)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        positions[i, :n] = torch.arange(start, start + n)
+        mask[i, :n] = 1.0
+    return TokenBatch(input_ids, attention, positions, mask)
+
+
+def response_logprobs(model, batch: TokenBatch, *, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities (B, R) of the response tokens, and optionally the last hidden
+    state (B, R, H) at the position that predicts each of them (where a value head reads)."""
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        output_hidden_states=hidden,
+    )
+    before = (batch.positions - 1).clamp(min=0).to(device)
+    logits = out.logits.gather(1, before.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1])).float()
+    targets = batch.input_ids.to(device).gather(1, batch.positions.to(device))
+    logp = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logp = logp * batch.response_mask.to(device)
+    states = None
+    if hidden:
+        last = out.hidden_states[-1]
+        states = last.gather(1, before.unsqueeze(-1).expand(-1, -1, last.shape[-1]))
+    return logp, states

@@ -1,0 +1,177 @@
+"""The trainers' maths as small pure functions.
+
+Advantages, the PPO-clip policy loss, the value loss, KL penalties and loss
+aggregation are verl's (``verl.trainer.ppo.core_algos``): these are thin wrappers
+that adapt DreamGym's multi-turn layout to verl's (batch, response_length) tensors.
+Only the DPO loss is ours (verl has none); it follows TRL's sigmoid formula.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from verl.trainer.ppo import core_algos
+
+__all__ = [
+    "trajectory_scores",
+    "grpo_advantages",
+    "place_step_rewards",
+    "pack_episodes",
+    "unpack_episodes",
+    "gae_advantages",
+    "actor_config",
+    "policy_loss",
+    "kl_loss",
+    "value_loss",
+    "nll_loss",
+    "dpo_loss",
+]
+
+
+def trajectory_scores(outcomes: Sequence[float], invalid_steps: Sequence[int], penalty: float) -> torch.Tensor:
+    """Outcome reward of each trajectory minus ``penalty`` per invalid or unparsed step."""
+    return torch.tensor([o - penalty * n for o, n in zip(outcomes, invalid_steps)], dtype=torch.float32)
+
+
+def grpo_advantages(
+    scores: torch.Tensor, group_ids: Sequence[int], *, norm_by_std: bool = True, epsilon: float = 1e-6
+) -> torch.Tensor:
+    """Group-normalised outcome advantage of each trajectory (verl's GRPO estimator).
+
+    Args:
+        scores: (n,) trajectory outcome scores.
+        group_ids: the group (task) of each trajectory.
+
+    Returns:
+        (n,) advantages; the trainer broadcasts each to all response tokens of its trajectory.
+    """
+    rewards = scores.reshape(-1, 1).float().clone()
+    adv, _ = core_algos.compute_grpo_outcome_advantage(
+        token_level_rewards=rewards,
+        response_mask=torch.ones_like(rewards),
+        index=np.asarray(list(group_ids)),
+        epsilon=epsilon,
+        norm_adv_by_std_in_grpo=norm_by_std,
+    )
+    return adv[:, 0]
+
+
+def place_step_rewards(step_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """(B, R) token rewards: each step's reward on the last token of its response."""
+    out = torch.zeros_like(response_mask, dtype=torch.float32)
+    lengths = response_mask.sum(dim=1).long()
+    rows = torch.nonzero(lengths > 0).flatten()
+    out[rows, lengths[rows] - 1] = step_rewards[rows].float()
+    return out
+
+
+def pack_episodes(rows: torch.Tensor, mask: torch.Tensor, episode_of_row: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate the response tokens of each episode's steps (rows in step order).
+
+    Args:
+        rows: (B, R) per-step token values; mask: (B, R) response mask.
+        episode_of_row: the episode index of each row; rows of one episode are in step order.
+
+    Returns:
+        (E, T) packed values and their (E, T) mask, T = longest episode in tokens.
+    """
+    episodes = sorted(set(episode_of_row))
+    pieces = [
+        torch.cat([rows[i][mask[i].bool()] for i, e in enumerate(episode_of_row) if e == ep]) for ep in episodes
+    ]
+    width = max((len(p) for p in pieces), default=0)
+    packed = torch.zeros(len(pieces), width, dtype=rows.dtype)
+    packed_mask = torch.zeros(len(pieces), width, dtype=mask.dtype)
+    for j, piece in enumerate(pieces):
+        packed[j, : len(piece)] = piece
+        packed_mask[j, : len(piece)] = 1
+    return packed, packed_mask
+
+
+def unpack_episodes(packed: torch.Tensor, mask: torch.Tensor, episode_of_row: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`pack_episodes`: scatter packed values back to (B, R) rows."""
+    episodes = sorted(set(episode_of_row))
+    out = torch.zeros(mask.shape, dtype=packed.dtype)
+    cursor = {ep: 0 for ep in episodes}
+    for i, ep in enumerate(episode_of_row):
+        j, n = episodes.index(ep), int(mask[i].sum())
+        out[i][mask[i].bool()] = packed[j, cursor[ep] : cursor[ep] + n]
+        cursor[ep] += n
+    return out
+
+
+def gae_advantages(
+    token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's GAE over (E, T) episode token rows: (whitened advantages, returns)."""
+    return core_algos.compute_gae_advantage_return(
+        token_level_rewards=token_rewards.float(), values=values.float(), response_mask=mask.float(), gamma=gamma, lam=lam
+    )
+
+
+@lru_cache(maxsize=32)
+def actor_config(clip_ratio_low: float, clip_ratio_high: float, clip_ratio_c: float, loss_agg_mode: str):
+    """The verl ``ActorConfig`` its vanilla policy loss reads (clip ratios, agg mode)."""
+    from verl.workers.config import ActorConfig
+
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=1,
+        ppo_micro_batch_size_per_gpu=1,
+        clip_ratio=clip_ratio_low,
+        clip_ratio_low=clip_ratio_low,
+        clip_ratio_high=clip_ratio_high,
+        clip_ratio_c=clip_ratio_c,
+        loss_agg_mode=loss_agg_mode,
+    )
+
+
+def policy_loss(
+    old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, config
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """verl's vanilla PPO-clip policy loss; ``config`` comes from :func:`actor_config`."""
+    fn = core_algos.get_policy_loss_fn("vanilla")
+    return fn(
+        old_log_prob=old_logp, log_prob=logp, advantages=advantages, response_mask=mask,
+        loss_agg_mode=config.loss_agg_mode, config=config,
+    )
+
+
+def kl_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, *, kl_type: str, agg_mode: str) -> torch.Tensor:
+    """Aggregated KL estimate to the reference policy (verl kl_penalty + agg_loss)."""
+    kl = core_algos.kl_penalty(logprob=logp, ref_logprob=ref_logp, kl_penalty=kl_type)
+    return core_algos.agg_loss(loss_mat=kl, loss_mask=mask, loss_agg_mode=agg_mode)
+
+
+def value_loss(
+    vpreds: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor, mask: torch.Tensor, *, cliprange: float, agg_mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's clipped value loss: (loss, clip fraction)."""
+    return core_algos.compute_value_loss(
+        vpreds=vpreds, returns=returns, values=old_values, response_mask=mask, cliprange_value=cliprange, loss_agg_mode=agg_mode
+    )
+
+
+def nll_loss(logp: torch.Tensor, mask: torch.Tensor, *, agg_mode: str) -> torch.Tensor:
+    """Aggregated negative log-likelihood of the response tokens (SFT)."""
+    return core_algos.agg_loss(loss_mat=-logp, loss_mask=mask, loss_agg_mode=agg_mode)
+
+
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, *, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO sigmoid loss per pair (TRL's formula) from sequence log-probabilities.
+
+    ``loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))``.
+
+    Returns:
+        (per-pair losses, implicit chosen rewards, implicit rejected rewards).
+    """
+    chosen_reward = beta * (chosen - ref_chosen)
+    rejected_reward = beta * (rejected - ref_rejected)
+    losses = -F.logsigmoid(chosen_reward - rejected_reward)
+    return losses, chosen_reward.detach(), rejected_reward.detach()

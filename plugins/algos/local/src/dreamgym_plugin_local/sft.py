@@ -1,0 +1,56 @@
+"""SFT baseline: behaviour cloning of the policy's responses in successful trajectories."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from dreamgym_core.records import Trajectory
+
+from . import maths
+from .batch import response_logprobs, trajectory_steps
+from .config import SFTConfig
+from .trainer import LocalTrainer
+
+__all__ = ["SFT"]
+
+
+class SFT(LocalTrainer):
+    """Token-level NLL on the response tokens of expert (successful) steps."""
+
+    name = "sft"
+    uses_reference = False
+
+    def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
+        """One epoch on the successful trajectories of ``groups``."""
+        return self._fit([traj for group in groups for traj in group], epochs=1)
+
+    def fit_offline(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+        """``config.epochs`` epochs on offline expert trajectories (with decisions)."""
+        return self._fit(list(trajectories), epochs=self.config.epochs)
+
+    def _fit(self, trajectories: list[Trajectory], *, epochs: int) -> dict[str, float]:
+        cfg = self.config
+        # data: the expert steps
+        if cfg.successful_only:
+            trajectories = [t for t in trajectories if t.success]
+        steps, skipped = trajectory_steps(trajectories)
+        if not steps:
+            return {"data/trainable_steps": 0.0, "data/skipped_trajectories": float(skipped)}
+        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
+
+        # loss: token NLL of the responses
+        def loss_fn(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            mb = batch.rows(index)
+            logp, _ = response_logprobs(self.model, mb)
+            loss = maths.nll_loss(logp, mb.response_mask, agg_mode=cfg.loss_agg_mode)
+            return loss, {"losses/sft_loss": loss.item()}
+
+        metrics = self._train(len(batch), epochs, loss_fn)
+        metrics.update({
+            "data/trainable_steps": float(len(steps)),
+            "data/response_tokens": float(batch.response_mask.sum()),
+            "data/skipped_trajectories": float(skipped),
+        })
+        return self._finite(metrics)

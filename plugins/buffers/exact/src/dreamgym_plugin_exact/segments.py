@@ -1,0 +1,146 @@
+"""Append-only segment files of checksummed msgpack frames.
+
+A segment is a file ``seg-<n>.dgs``: a sequence of frames, each
+``MAGIC (4 bytes) | payload length (u32 LE) | crc32 of payload (u32 LE) | payload``
+where the payload is a msgpack-encoded :class:`Frame`. A frame is written with a
+single ``write`` call, so a kill -9 leaves at most one torn frame at the end of
+the file being written; readers drop it. A frame whose checksum fails is reported
+with its file name and offset, and reading resumes at the next magic marker.
+Files are never rewritten: a reopened buffer starts a new segment.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Iterator, Literal
+
+import msgspec
+
+from dreamgym_core.records import Transition
+
+__all__ = ["Frame", "encode_frame", "read_segment", "SegmentWriter", "segment_files", "MAGIC"]
+
+MAGIC = b"DGF1"
+_HEADER = struct.Struct("<4sII")
+_MAX_PAYLOAD = 1 << 31
+
+
+class Frame(msgspec.Struct, frozen=True, kw_only=True):
+    """One storage operation.
+
+    ``add``: new records with ids ``rids`` and their embeddings (float32 rows, little
+    endian) under ``encoder_id``. ``embed``: new embeddings of stored records
+    (backfill). ``evict``: records removed by the capacity policy.
+    """
+
+    kind: Literal["add", "embed", "evict"]
+    rids: list[int]
+    transitions: list[Transition] = []
+    encoder_id: str = ""
+    dim: int = 0
+    vectors: bytes = b""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Frame)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Header plus payload of one frame, ready for a single write."""
+    payload = _encoder.encode(frame)
+    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def read_segment(path: Path) -> tuple[list[Frame], list[str]]:
+    """Every intact frame of ``path`` and a list of problems found (file: offset: what)."""
+    data = path.read_bytes()
+    frames: list[Frame] = []
+    problems: list[str] = []
+    for result in _scan(data):
+        if isinstance(result, Frame):
+            frames.append(result)
+        else:
+            problems.append(f"{path.name}: {result}")
+    return frames, problems
+
+
+def _scan(data: bytes) -> Iterator[Frame | str]:
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < _HEADER.size:
+            yield f"offset {pos}: torn frame header at end of file (unflushed write), dropped"
+            return
+        magic, length, crc = _HEADER.unpack_from(data, pos)
+        start, end = pos + _HEADER.size, pos + _HEADER.size + length
+        if magic != MAGIC or length > _MAX_PAYLOAD:
+            yield f"offset {pos}: bad frame marker, skipping to the next frame"
+            pos = _resync(data, pos + 1)
+            continue
+        if end > len(data):
+            yield f"offset {pos}: torn frame at end of file (unflushed write), dropped"
+            return
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            yield f"offset {pos}: checksum mismatch, frame skipped"
+            pos = _resync(data, pos + 1)
+            continue
+        try:
+            yield _decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            yield f"offset {pos}: undecodable frame ({exc}), skipped"
+        pos = end
+
+
+def _resync(data: bytes, pos: int) -> int:
+    found = data.find(MAGIC, pos)
+    return len(data) if found < 0 else found
+
+
+def segment_files(directory: Path) -> list[Path]:
+    """Segment files of a buffer directory in write order."""
+    return sorted(directory.glob("seg-*.dgs"))
+
+
+class SegmentWriter:
+    """Appends frames to numbered segment files, rolling to a new file when one is full."""
+
+    def __init__(self, directory: Path, *, max_records: int) -> None:
+        self.directory = directory
+        self.max_records = max_records
+        existing = segment_files(directory)
+        self._next = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
+        self._fd: int | None = None
+        self.records_in_segment = 0
+
+    def write(self, frame: Frame) -> bool:
+        """Append ``frame``; returns True when this write sealed (filled) the segment."""
+        if self._fd is None:
+            path = self.directory / f"seg-{self._next:06d}.dgs"
+            self._next += 1
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            self.records_in_segment = 0
+        blob = encode_frame(frame)
+        written = os.write(self._fd, blob)
+        if written != len(blob):
+            raise OSError(f"short write to segment ({written} of {len(blob)} bytes)")
+        if frame.kind == "add":
+            self.records_in_segment += len(frame.rids)
+        if self.records_in_segment >= self.max_records:
+            self.seal()
+            return True
+        return False
+
+    def sync(self) -> None:
+        """fsync the open segment (survives power loss, not only process death)."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def seal(self) -> None:
+        """Close the current segment; the next write starts a new file."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None

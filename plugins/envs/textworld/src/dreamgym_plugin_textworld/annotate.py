@@ -1,0 +1,59 @@
+"""Rule-based reasoning traces from ground truth, for runs without a teacher LLM.
+
+The trace says whether the action was admissible, what changed between s and s'
+(game response, inventory, available actions), how the score moved, and why the
+reward is what it is. It reads only the rendered states, so it works on any
+transition in the abstract state format.
+"""
+
+from __future__ import annotations
+
+from dreamgym_core.records import Transition
+
+from .state import clean_text, parse_state
+
+__all__ = ["annotate_transition"]
+
+
+def _score(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _validity(t: Transition) -> str:
+    if t.valid:
+        return f"'{t.action}' is one of the admissible actions, so the game carries it out."
+    return f"'{t.action}' is not an admissible action here; the game answers it in its own words."
+
+
+def _changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    lines = [f"The game responds: {clean_text(after['observation'], 160)}"]
+    if before["inventory"] != after["inventory"]:
+        lines.append(f"The inventory changes from {before['inventory'] or 'nothing'} to {after['inventory'] or 'nothing'}.")
+    else:
+        lines.append(f"The inventory stays {after['inventory'] or 'nothing'}.")
+    if before["actions"] != after["actions"]:
+        lines.append(f"The available actions change ({before['n_actions'] or '?'} before, {after['n_actions'] or '?'} now).")
+    old, new = _score(before["score"]), _score(after["score"])
+    if old is not None and new is not None and new != old:
+        direction = "rises" if new > old else "falls"
+        lines.append(f"The score {direction} from {old:.2f} to {new:.2f}, so the action {'advanced' if new > old else 'set back'} the task.")
+    elif new is not None:
+        lines.append(f"The score stays at {new:.2f}.")
+    return lines
+
+
+def _outcome(t: Transition) -> str:
+    if t.done and t.success:
+        return "This completes the task: the episode ends in success with reward 1."
+    if t.done:
+        return "The episode ends without success (lost or out of steps), reward 0."
+    return "The task is not complete yet, so the episode continues with reward 0."
+
+
+def annotate_transition(t: Transition) -> str:
+    """A short reasoning trace explaining why ``t.action`` in ``t.state`` led to ``t.next_state``."""
+    before, after = parse_state(t.state), parse_state(t.next_state)
+    return " ".join([_validity(t), *_changes(before, after), _outcome(t)])

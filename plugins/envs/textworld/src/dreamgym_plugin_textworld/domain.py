@@ -1,0 +1,193 @@
+"""The TextWorld domains: seed tasks, real envs, offline collection, annotation, variation."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Sequence
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.records import Observation, Task, Trajectory, Transition
+
+from .annotate import annotate_transition
+from .config import TwConfig, TwxConfig
+from .engines import RawState, TwEngine, TwxEngine
+from .env import TextWorldEnv
+from .games import (
+    TW_GAMES,
+    TWX_GAMES,
+    check_game,
+    check_split,
+    default_cache_dir,
+    seed_split,
+    split_range,
+    split_seeds,
+    tw_params,
+)
+from .policies import check_policy, choose_action
+
+__all__ = ["TextWorldDomain", "parse_variation", "task_id"]
+
+_PAIR = re.compile(r"([A-Za-z_]+)\s*[=:]\s*(-?\d+)")
+
+
+def task_id(payload: dict[str, Any], origin: str = "seed") -> str:
+    """A stable id from what defines the game: engine, game, params and seed."""
+    slug = ",".join(f"{k}={v}" for k, v in sorted(payload["params"].items())) or "default"
+    suffix = "~syn" if origin == "synthetic" else ""
+    return f"{payload['engine']}/{payload['game']}/{slug}/{payload['seed']}{suffix}"
+
+
+def parse_variation(text: str, allowed: Sequence[str]) -> dict[str, int]:
+    """``key=value`` (or ``key: value``) integer pairs of ``text`` whose key is in ``allowed``."""
+    return {key: int(value) for key, value in _PAIR.findall(text) if key in allowed}
+
+
+class TextWorldDomain:
+    """One game family on one engine: ``twx`` (TextWorldExpress) or ``tw`` (TextWorld)."""
+
+    def __init__(self, config: TwxConfig | TwConfig, *, engine: str) -> None:
+        self.name = engine
+        self.config = config
+        if engine == "twx":
+            check_game("twx", config.game, TWX_GAMES)
+            self.params = dict(config.params)
+        else:
+            self.params = tw_params(config.game, config.params)
+            self.cache_dir = getattr(config, "cache_dir", "") or default_cache_dir()
+        self._tasks: dict[str, list[Task]] = {}
+        self._probe: TextWorldEnv | None = None
+
+    # --- tasks -------------------------------------------------------------------
+
+    def payload(self, split: str, seed: int, params: dict[str, int] | None = None) -> dict[str, Any]:
+        """What a reset needs: engine, game, params, split (fold) and seed."""
+        params = self.params if params is None else params
+        return {"engine": self.name, "game": self.config.game, "params": params, "split": split, "seed": seed}
+
+    def tasks(self, *, split: str) -> list[Task]:
+        """Seed tasks of ``split``; each split draws seeds from its own disjoint range."""
+        check_split(split)
+        if split not in self._tasks:
+            n = {"train": self.config.train_seeds, "valid": self.config.valid_seeds, "test": self.config.test_seeds}[split]
+            self._tasks[split] = [self._task(self.payload(split, seed)) for seed in split_seeds(self.name, split, n)]
+        return list(self._tasks[split])
+
+    def _task(self, payload: dict[str, Any], parent: Task | None = None) -> Task:
+        raw = self._reset_raw(payload)
+        return Task(
+            id=task_id(payload, "synthetic" if parent else "seed"),
+            instruction=" ".join(raw.objective.split()),
+            domain=self.name,
+            split=payload["split"],
+            origin="synthetic" if parent else "seed",
+            parent_id=parent.id if parent else None,
+            payload=payload,
+        )
+
+    # --- real environments -------------------------------------------------------
+
+    def make_env(self) -> TextWorldEnv:
+        """A fresh real environment (TextWorldExpress starts its JVM on first reset)."""
+        engine = TwxEngine() if self.name == "twx" else TwEngine(self.cache_dir)
+        return TextWorldEnv(
+            engine,
+            max_steps=self.config.max_steps,
+            max_observation_chars=self.config.max_observation_chars,
+            max_action_chars=self.config.max_action_chars,
+        )
+
+    def _probe_env(self) -> TextWorldEnv:
+        if self._probe is None:
+            self._probe = self.make_env()
+        return self._probe
+
+    def _reset_raw(self, payload: dict[str, Any]) -> RawState:
+        engine = self._probe_env().engine
+        engine.load(payload)
+        return engine.reset()
+
+    def initial_observation(self, task: Task) -> Observation:
+        """The task's real initial state (a reset, no steps), for the synthetic environment."""
+        return self._probe_env().reset(task=task)
+
+    # --- offline data ------------------------------------------------------------
+
+    def collect(self, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
+        """Play ``episodes`` real episodes (tasks in turn) with ``policy``: expert, random or noisy."""
+        check_policy(policy)
+        if not tasks:
+            raise ConfigError(f"env {self.name!r}: collect() needs at least one task")
+        rng = random.Random(seed)
+        env = self._probe_env()
+        out = []
+        for i in range(episodes):
+            task = tasks[i % len(tasks)]
+            out.append(self._play(env, task, policy, rng, f"{task.id}/{policy}/s{seed}/e{i}"))
+        return out
+
+    def _play(self, env: TextWorldEnv, task: Task, policy: str, rng: random.Random, episode_id: str) -> Trajectory:
+        obs, transitions = env.reset(task=task), []
+        while True:
+            action = choose_action(
+                policy, expert=env.expert_action(), admissible=obs.admissible_actions, rng=rng, noise=self.config.noise
+            )
+            result = env.step(action=action)
+            transitions.append(
+                Transition(
+                    task_id=task.id, episode_id=episode_id, step=len(transitions), state=obs.text, action=action,
+                    next_state=result.observation.text, reward=result.reward, done=result.done,
+                    success=result.success, valid=result.valid, source="offline", instruction=task.instruction,
+                )
+            )  # fmt: skip
+            obs = result.observation
+            if result.done:
+                return Trajectory(task=task, transitions=transitions)
+
+    def annotate(self, *, transition: Transition) -> str:
+        """A rule-based reasoning trace from ground truth (see :mod:`.annotate`)."""
+        return annotate_transition(transition)
+
+    # --- task variation ----------------------------------------------------------
+
+    def variable_params(self) -> tuple[str, ...]:
+        """Parameters a synthetic variation may change, besides the seed."""
+        return TWX_GAMES[self.config.game] if self.name == "twx" else tuple(TW_GAMES[self.config.game])
+
+    def describe_variation(self, task: Task) -> str:
+        """Tells the task generator what a variation of ``task`` may change, and how to write it."""
+        seeds = split_range(self.name, "train")
+        first, last = seeds[0], seeds[-1]
+        params = ", ".join(
+            f"{p} (now {task.payload['params'].get(p, 'engine default')})" for p in self.variable_params()
+        )
+        return (
+            f"This is a {self.config.game} game; its instruction comes from the generated game itself. "
+            f"A variation changes the generated world: write key=value pairs (integers) separated by commas. "
+            f"seed: a train seed in [{first}, {last}] (now {task.payload['seed']}) gives another world of the same kind"
+            + (f"; difficulty parameters: {params}." if params else ".")
+        )
+
+    def make_variation(self, parent: Task, text: str) -> Task | None:
+        """A synthetic train Task from a variation text, or None when the text is not a valid variation.
+
+        Its payload resets the real engine, so the initial state is the varied game's real reset.
+        """
+        changes = parse_variation(text, ("seed", *self.variable_params()))
+        seed = changes.pop("seed", parent.payload["seed"])
+        params = {**parent.payload["params"], **changes}
+        if seed_split(self.name, seed) != "train":
+            return None
+        payload = self.payload("train", seed, params)
+        if {k: v for k, v in payload.items() if k != "split"} == {k: v for k, v in parent.payload.items() if k != "split"}:
+            return None
+        try:
+            return self._task(payload, parent=parent)
+        except ConfigError:
+            return None
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+

@@ -1,0 +1,157 @@
+"""Thin adapters over the two real engines, with one shape of output.
+
+Each engine loads a game from a task payload, resets, steps, and knows the expert's
+next action. Nothing here renders text for models: that is :mod:`.state`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from dreamgym_core.errors import ConfigError
+
+from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
+
+__all__ = ["RawState", "TwxEngine", "TwEngine"]
+
+
+class RawState(NamedTuple):
+    """One engine state in engine terms. ``score`` is progress in [0, 1]."""
+
+    text: str
+    inventory: str
+    admissible: list[str]
+    score: float
+    won: bool
+    lost: bool
+    objective: str
+
+
+class TwxEngine:
+    """TextWorldExpress through its Python API (one JVM per engine, started lazily)."""
+
+    def __init__(self) -> None:
+        self._env: Any = None
+        self._loaded: tuple[str, str] | None = None
+        self._game: tuple[str, str, str, int] | None = None
+        self._gold: list[str] = []
+        self._gold_pos = 0
+
+    def _server(self) -> Any:
+        if self._env is None:
+            from textworld_express import TextWorldExpressEnv
+
+            # The plugin enforces its own step cap; the engine's is set out of the way.
+            self._env = TextWorldExpressEnv(envStepLimit=10**9)
+        return self._env
+
+    def load(self, payload: dict[str, Any]) -> None:
+        game, params = payload["game"], twx_params_string(payload.get("params", {}))
+        fold = TWX_FOLD_SEEDS[payload.get("split", "train")][0]
+        env = self._server()
+        if self._loaded != (game, params):
+            try:
+                env.load(game, params)
+            except ValueError as exc:
+                raise ConfigError(f"env 'twx': game {game!r} params {params!r}: {str(exc).strip()}") from exc
+            self._loaded = (game, params)
+        self._game = (game, params, fold, int(payload["seed"]))
+
+    def reset(self) -> RawState:
+        assert self._game is not None, "load() a game first"
+        game, params, fold, seed = self._game
+        from py4j.protocol import Py4JJavaError
+
+        try:
+            _, infos = self._env.reset(seed=seed, gameFold=fold, generateGoldPath=True)
+        except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
+            message = str(exc.java_exception.getMessage()).strip()
+            raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
+        self._gold, self._gold_pos = self._env.getGoldActionSequence(), 0
+        return self._state(infos)
+
+    def step(self, action: str) -> RawState:
+        if self._gold_pos < len(self._gold) and action == self._gold[self._gold_pos]:
+            self._gold_pos += 1
+        _, _, _, infos = self._env.step(action)
+        return self._state(infos)
+
+    def expert_action(self) -> str | None:
+        """The next action of the gold path (played in order; it does not re-plan)."""
+        return self._gold[self._gold_pos] if self._gold_pos < len(self._gold) else None
+
+    @staticmethod
+    def _state(infos: dict[str, Any]) -> RawState:
+        return RawState(
+            text=infos["observation"],
+            inventory=infos["inventory"],
+            admissible=sorted(infos["validActions"]),
+            score=max(0.0, min(1.0, float(infos["score"]))),
+            won=bool(infos["tasksuccess"]),
+            lost=bool(infos["taskfailure"]),
+            objective=infos["taskDescription"],
+        )
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+            self._loaded = None
+
+
+class TwEngine:
+    """TextWorld (Inform 7 / z-machine) games through ``textworld.start``."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.cache_dir = cache_dir
+        self._env: Any = None
+        self._path: Path | None = None
+        self._last: Any = None
+
+    def load(self, payload: dict[str, Any]) -> None:
+        path = tw_game_path(self.cache_dir, payload["game"], payload["params"], payload["split"], int(payload["seed"]))
+        if path != self._path:
+            self.close()
+            import textworld
+
+            infos = textworld.EnvInfos(
+                admissible_commands=True, policy_commands=True, inventory=True, description=True,
+                objective=True, score=True, max_score=True, won=True, lost=True,
+            )  # fmt: skip
+            self._env = textworld.start(str(path), request_infos=infos)
+            self._path = path
+
+    def reset(self) -> RawState:
+        assert self._env is not None, "load() a game first"
+        # The reset feedback holds the banner and the objective; the room description is the state.
+        return self._state(self._env.reset(), text_key="description")
+
+    def step(self, action: str) -> RawState:
+        state, _, _ = self._env.step(action)
+        return self._state(state, text_key="feedback")
+
+    def expert_action(self) -> str | None:
+        """The first command of the engine's plan from the current state (re-plans)."""
+        plan = self._last["policy_commands"] if self._last is not None else None
+        return plan[0] if plan else None
+
+    def _state(self, state: Any, text_key: str) -> RawState:
+        self._last = state
+        max_score = state["max_score"] or 1
+        return RawState(
+            text=state[text_key] or "",
+            inventory=state["inventory"] or "",
+            admissible=sorted(state["admissible_commands"] or []),
+            score=max(0.0, min(1.0, state["score"] / max_score)),
+            won=bool(state["won"]),
+            lost=bool(state["lost"]),
+            objective=state["objective"] or "",
+        )
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+            self._path = None
+            self._last = None

@@ -1,0 +1,96 @@
+"""The real-environment adapter: an engine behind the DreamGym ``Env`` contract."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from dreamgym_core.errors import DreamGymError
+from dreamgym_core.records import Observation, StepResult, Task
+
+from .engines import RawState
+from .state import normalize_action, render_state
+
+__all__ = ["Engine", "TextWorldEnv", "outcome_reward", "EpisodeOver"]
+
+
+class EpisodeOver(DreamGymError):
+    """``step`` was called before ``reset`` or after the episode ended."""
+
+
+class Engine(Protocol):
+    def load(self, payload: dict[str, Any]) -> None: ...
+    def reset(self) -> RawState: ...
+    def step(self, action: str) -> RawState: ...
+    def expert_action(self) -> str | None: ...
+    def close(self) -> None: ...
+
+
+def outcome_reward(*, success: bool, done: bool) -> float:
+    """The paper's reward: 1.0 on the final step of a successful episode, else 0.0."""
+    return 1.0 if success and done else 0.0
+
+
+class TextWorldEnv:
+    """Real TextWorld / TextWorldExpress episodes in the abstract text state.
+
+    An action outside the admissible list still goes to the engine (which answers it
+    in its own words) and the transition is flagged ``valid=False``. The episode ends
+    on a win, a loss, or after ``max_steps`` steps (a failure). ``info`` keeps the
+    engine's progress score and its change.
+    """
+
+    def __init__(self, engine: Engine, *, max_steps: int, max_observation_chars: int, max_action_chars: int) -> None:
+        self.engine = engine
+        self.max_steps = max_steps
+        self._chars = {"max_observation_chars": max_observation_chars, "max_action_chars": max_action_chars}
+        self._admissible: set[str] = set()
+        self._score = 0.0
+        self._steps = 0
+        self._done = True
+
+    def observe(self, raw: RawState) -> Observation:
+        """Map an engine state to the abstract state (see :func:`.state.render_state`)."""
+        text = render_state(raw.text, raw.inventory, raw.admissible, raw.score, **self._chars)
+        return Observation(text=text, admissible_actions=raw.admissible)
+
+    def reset(self, *, task: Task, seed: int | None = None) -> Observation:
+        """Start ``task``'s game. The game's seed is the payload's; ``seed`` is not used."""
+        self.engine.load(task.payload)
+        raw = self.engine.reset()
+        self._admissible = {normalize_action(a) for a in raw.admissible}
+        self._score, self._steps, self._done = raw.score, 0, False
+        return self.observe(raw)
+
+    def step(self, *, action: str) -> StepResult:
+        if self._done:
+            raise EpisodeOver("textworld env: step() needs reset() first (the episode is over or not started)")
+        valid = normalize_action(action) in self._admissible
+        raw = self.engine.step(action)
+        self._steps += 1
+        truncated = not (raw.won or raw.lost) and self._steps >= self.max_steps
+        done = raw.won or raw.lost or truncated
+        info = {
+            "score": raw.score,
+            "score_delta": raw.score - self._score,
+            "won": raw.won,
+            "lost": raw.lost,
+            "truncated": truncated,
+            "steps": self._steps,
+        }
+        self._admissible = {normalize_action(a) for a in raw.admissible}
+        self._score, self._done = raw.score, done
+        return StepResult(
+            observation=self.observe(raw),
+            reward=outcome_reward(success=raw.won, done=done),
+            done=done,
+            success=raw.won,
+            valid=valid,
+            info=info,
+        )
+
+    def expert_action(self) -> str | None:
+        """The engine's expert move from here (gold path / planner), or None."""
+        return self.engine.expert_action()
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,114 @@
+"""The state mapper: engine output to the abstract text state, and back.
+
+One format for real and synthetic episodes (the experience model writes it too)::
+
+    Observation: <what the game just said, whitespace collapsed, cut to a budget>
+    Inventory: <carried items, comma separated, or "nothing">
+    Score: <engine progress in [0, 1], two decimals>
+    Actions (<n>): <verb> <objects, / separated>; <verb> ...
+
+The full admissible list travels in ``Observation.admissible_actions``; the text only
+carries a compact summary (grouped by verb, cut to a character budget) because the
+models that read it have ~512-token contexts. :func:`parse_state` inverts the format
+for the rule-based annotator.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "render_state",
+    "parse_state",
+    "compact_actions",
+    "compact_inventory",
+    "clean_text",
+    "normalize_action",
+]
+
+_SPACE = re.compile(r"\s+")
+_LINE = re.compile(r"^(Observation|Inventory|Score|Actions(?: \((\d+)\))?): ?(.*)$")
+# Headers the engines put before the item list ("Inventory (maximum capacity is 2 items):",
+# "You are carrying:"), and their ways of saying "empty".
+_INVENTORY_HEADER = re.compile(r"^(inventory[^:]*:|you are carrying:?)\s*", re.IGNORECASE)
+_EMPTY = re.compile(r"^(your inventory is currently empty|nothing)\.?$", re.IGNORECASE)
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Collapse whitespace; cut to ``limit`` characters on a word boundary with an ellipsis."""
+    text = _SPACE.sub(" ", text).strip()
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 3, 0)].rsplit(" ", 1)[0]
+    return cut + "..."
+
+
+def compact_inventory(raw: str) -> str:
+    """Engine inventory text to "a, b, c" or "nothing".
+
+    TextWorldExpress writes a header line then one item per line; TextWorld writes
+    "You are carrying: a, b and c." on one line.
+    """
+    lines = [line.strip() for line in raw.strip().splitlines() if line.strip()]
+    if lines and _INVENTORY_HEADER.fullmatch(lines[0]):
+        items = lines[1:]
+    else:
+        body = _INVENTORY_HEADER.sub("", " ".join(lines)).strip().rstrip(".")
+        items = [item.strip() for item in re.split(r", | and ", body)]
+    items = [item.rstrip(".") for item in items if item and not _EMPTY.search(item)]
+    return ", ".join(items) or "nothing"
+
+
+def normalize_action(action: str) -> str:
+    """Lower-case, single-spaced action text; the key admissibility is checked on."""
+    return _SPACE.sub(" ", action).strip().lower()
+
+
+def compact_actions(actions: list[str], limit: int) -> str:
+    """Group actions by verb ("take apple / knife; open fridge"), cut to ``limit`` chars."""
+    groups: dict[str, list[str]] = {}
+    for action in actions:
+        verb, _, rest = action.partition(" ")
+        groups.setdefault(verb, [])
+        if rest:
+            groups[verb].append(rest)
+    parts = [f"{verb} {' / '.join(objs)}" if objs else verb for verb, objs in groups.items()]
+    out, used = [], 0
+    for i, part in enumerate(parts):
+        if used + len(part) + 2 > limit and out:
+            out.append(f"(+{len(parts) - i} more verbs)")
+            break
+        out.append(part)
+        used += len(part) + 2
+    return "; ".join(out)
+
+
+def render_state(
+    observation: str,
+    inventory: str,
+    admissible: list[str],
+    score: float,
+    *,
+    max_observation_chars: int = 600,
+    max_action_chars: int = 300,
+) -> str:
+    """The abstract text state (format in the module docstring)."""
+    return (
+        f"Observation: {clean_text(observation, max_observation_chars)}\n"
+        f"Inventory: {compact_inventory(inventory)}\n"
+        f"Score: {score:.2f}\n"
+        f"Actions ({len(admissible)}): {compact_actions(admissible, max_action_chars)}"
+    )
+
+
+def parse_state(text: str) -> dict[str, str]:
+    """Fields of a rendered state (missing ones are ""); tolerant of model-written text."""
+    fields = dict.fromkeys(("observation", "inventory", "score", "actions", "n_actions"), "")
+    for line in text.splitlines():
+        match = _LINE.match(line.strip())
+        if match:
+            key = match.group(1).split(" ")[0].lower()
+            fields[key] = match.group(3).strip()
+            if match.group(2):
+                fields["n_actions"] = match.group(2)
+    return fields

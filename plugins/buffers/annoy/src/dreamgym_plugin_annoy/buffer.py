@@ -1,0 +1,207 @@
+"""AnnoyBuffer: approximate search over sealed rows, exact over the rest, merged."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from annoy import AnnoyIndex
+from msgspec import Meta
+
+from dreamgym_plugin_exact import ExactBuffer, ExactConfig, topk_cosine
+from dreamgym_plugin_exact.buffer import Space
+
+__all__ = ["AnnoyConfig", "AnnoyBuffer", "BuiltIndex", "angular_to_cosine"]
+
+_FILES = ("annoy.ann", "annoy.rids.npy", "annoy.json")
+
+
+class AnnoyConfig(ExactConfig):
+    """The exact buffer's settings plus the annoy index's."""
+
+    n_trees: Annotated[int, Meta(gt=0, description="annoy trees: more is slower to build, better recall.")] = 50
+    search_k: Annotated[
+        int, Meta(ge=-1, description="Nodes inspected per query (annoy search_k); -1 is annoy's n_trees * n.")
+    ] = 20000
+    min_rows: Annotated[int, Meta(ge=0, description="Below this many sealed rows no index is built (exact).")] = 5000
+    rebuild_growth: Annotated[
+        float, Meta(gt=0.0, description="Rebuild when unindexed sealed rows exceed this share of indexed rows.")
+    ] = 0.25
+    build_jobs: Annotated[int, Meta(description="Threads annoy builds with; -1 is all cores.")] = 1
+
+
+def angular_to_cosine(distance: np.ndarray) -> np.ndarray:
+    """annoy's angular distance sqrt(2 - 2 cos) back to cosine similarity."""
+    return 1.0 - np.square(distance) / 2.0
+
+
+class BuiltIndex:
+    """One immutable annoy index: item i is buffer row ``item_rows[i]`` (-1 if gone).
+
+    ``upto``: rows below it were considered at build time; ``holes``: those of them
+    the index does not hold (searched exactly when eligible).
+    """
+
+    def __init__(self, annoy: AnnoyIndex, encoder_id: str, item_rows: np.ndarray, upto: int) -> None:
+        self.annoy = annoy
+        self.encoder_id = encoder_id
+        self.item_rows = item_rows
+        self.upto = upto
+        covered = np.zeros(upto, dtype=bool)
+        covered[item_rows[(item_rows >= 0) & (item_rows < upto)]] = True
+        self.holes = np.flatnonzero(~covered)
+
+
+class AnnoyBuffer(ExactBuffer):
+    """Replay buffer whose current embedding space is searched with annoy."""
+
+    config: AnnoyConfig
+
+    def __init__(self, config: AnnoyConfig | None = None, **kwargs) -> None:
+        self._built: BuiltIndex | None = None
+        self._build_thread: threading.Thread | None = None
+        super().__init__(config or AnnoyConfig(), **kwargs)
+
+    # --- index lifecycle ---------------------------------------------------
+
+    def _on_ready(self) -> None:
+        self._built = self._load_saved()
+        super()._on_ready()
+        self._maybe_rebuild()
+
+    def _on_sealed(self) -> None:
+        self._maybe_rebuild()
+
+    def _on_backfilled(self) -> None:
+        self._maybe_rebuild(force=True)
+
+    def _maybe_rebuild(self, force: bool = False) -> None:
+        with self._lock:
+            sealed, current = self._sealed_rows, self._spaces[self.encoder.id]
+            eligible = int((current.has[:sealed] & self._alive[:sealed]).sum()) if sealed else 0
+            built = self._built
+            indexed = len(built.item_rows) if built and built.encoder_id == self.encoder.id else 0
+        if eligible < self.config.min_rows or eligible == indexed:
+            return
+        if force or eligible - indexed > self.config.rebuild_growth * indexed:
+            self.rebuild(block=False)
+
+    def rebuild(self, block: bool = True) -> None:
+        """Build an index over the sealed rows now (queries go on meanwhile)."""
+        if self._build_thread is not None and self._build_thread.is_alive():
+            if block:
+                self._build_thread.join()
+            return
+        self._build_thread = threading.Thread(target=self._build, name="annoy-build", daemon=True)
+        self._build_thread.start()
+        if block:
+            self._build_thread.join()
+
+    def wait_index(self) -> None:
+        """Block until a running build has finished."""
+        if self._build_thread is not None:
+            self._build_thread.join()
+
+    def _build(self) -> None:
+        with self._lock:
+            upto = self._sealed_rows
+            space = self._spaces[self.encoder.id]
+            rows = np.flatnonzero(space.has[:upto] & self._alive[:upto])
+            vectors = space.data[rows].copy()
+            rids = self._rids[rows].copy()
+        index = AnnoyIndex(space.dim, "angular")
+        for item, vector in enumerate(vectors):
+            index.add_item(item, vector)
+        index.build(self.config.n_trees, n_jobs=self.config.build_jobs)
+        if self.path is not None:
+            self._save(index, rids, space.encoder_id, upto)
+        built = BuiltIndex(index, space.encoder_id, rows.astype(np.int64), upto)
+        with self._lock:
+            if not self._closed:
+                self._built = built
+
+    def _save(self, index: AnnoyIndex, rids: np.ndarray, encoder_id: str, upto: int) -> None:
+        """Write index, item ids and a manifest; each file replaced atomically, manifest last."""
+        assert self.path is not None  # only called with a path (not user input)
+        ann, rid_file, manifest = (self.path / name for name in _FILES)
+        np.save(str(rid_file) + ".tmp.npy", rids, allow_pickle=False)
+        index.save(str(ann) + ".tmp")
+        os.replace(str(ann) + ".tmp", ann)
+        os.replace(str(rid_file) + ".tmp.npy", rid_file)
+        meta = {"encoder_id": encoder_id, "items": len(rids), "n_trees": self.config.n_trees, "dim": index.f}
+        Path(str(manifest) + ".tmp").write_text(json.dumps(meta))
+        os.replace(str(manifest) + ".tmp", manifest)
+
+    def _load_saved(self) -> BuiltIndex | None:
+        """The saved index if it matches the manifest and the current encoder; else None."""
+        if self.path is None or not all((self.path / name).is_file() for name in _FILES):
+            return None
+        ann, rid_file, manifest = (self.path / name for name in _FILES)
+        try:
+            meta = json.loads(manifest.read_text())
+            rids = np.load(rid_file, allow_pickle=False)
+            if meta.get("encoder_id") != self.encoder.id or meta.get("dim") != self.encoder.dim:
+                return None
+            index = AnnoyIndex(self.encoder.dim, "angular")
+            index.load(str(ann))
+        except (OSError, ValueError, KeyError) as exc:
+            self.problems.append(f"{manifest.name}: saved annoy index unreadable ({exc}); rebuilding")
+            return None
+        if index.get_n_items() != len(rids) or meta.get("items") != len(rids):
+            self.problems.append(f"{manifest.name}: saved annoy index does not match its manifest; rebuilding")
+            return None
+        item_rows = np.array([self._row_of.get(int(r), -1) for r in rids], dtype=np.int64)
+        return BuiltIndex(index, self.encoder.id, item_rows, self._sealed_rows)
+
+    def close(self) -> None:
+        self.wait_index()
+        super().close()
+
+    # --- search ------------------------------------------------------------
+
+    def _search(self, space: Space, q: np.ndarray, k: int, n: int, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        built = self._built
+        if built is None or built.encoder_id != space.encoder_id:
+            return super()._search(space, q, k, n, mask)
+        rest = np.concatenate([built.holes[mask[built.holes]], built.upto + np.flatnonzero(mask[built.upto : n])])
+        exact = topk_cosine(q, space.data[rest], k) if len(rest) else None
+        hits = []
+        for i, vector in enumerate(q):
+            rows, scores = self._annoy_hits(built, vector, k, mask)
+            if exact is not None:
+                rows = np.concatenate([rows, rest[exact[0][i]]])
+                scores = np.concatenate([scores, exact[1][i]])
+            hits.append((rows, scores))
+        return hits
+
+    def _annoy_hits(self, built: BuiltIndex, vector: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k eligible rows from the index, asking for more when evicted rows crowd in."""
+        total = len(built.item_rows)
+        want = min(k, total)
+        ask = min(total, k + 8)
+        while True:
+            items, distances = built.annoy.get_nns_by_vector(
+                vector, ask, search_k=self.config.search_k, include_distances=True
+            )
+            rows = built.item_rows[np.asarray(items, dtype=np.int64)]
+            keep = (rows >= 0) & mask[np.maximum(rows, 0)]
+            if keep.sum() >= want or ask >= total:
+                scores = angular_to_cosine(np.asarray(distances, dtype=np.float32))
+                return rows[keep][:k], scores[keep][:k]
+            ask = min(total, ask * 4)
+
+    def stats(self) -> dict:
+        out = super().stats()
+        built = self._built
+        out["annoy"] = {
+            "items": len(built.item_rows) if built else 0,
+            "encoder": built.encoder_id if built else None,
+            "building": bool(self._build_thread and self._build_thread.is_alive()),
+            "n_trees": self.config.n_trees,
+            "search_k": self.config.search_k,
+        }
+        return out

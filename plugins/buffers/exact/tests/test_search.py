@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from dreamgym_plugin_exact import embedding_text, merge_ranked, topk_cosine
+
+
+def _unit(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_topk_matches_full_sort():
+    rng = np.random.default_rng(0)
+    data, queries = _unit(rng, 500, 16), _unit(rng, 7, 16)
+    idx, scores = topk_cosine(queries, data, 5)
+    full = np.argsort(-(queries @ data.T), axis=1)[:, :5]
+    assert (idx == full).all()
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_topk_respects_mask_and_small_sets():
+    rng = np.random.default_rng(1)
+    data, queries = _unit(rng, 10, 8), _unit(rng, 3, 8)
+    mask = np.zeros(10, dtype=bool)
+    mask[[2, 5]] = True
+    idx, _ = topk_cosine(queries, data, 4, mask)
+    assert idx.shape == (3, 2) and set(idx.ravel()) <= {2, 5}
+    idx, _ = topk_cosine(queries, data, 0)
+    assert idx.shape == (3, 0)
+
+
+def test_merge_ranked_orders_by_score_and_keeps_best_duplicate():
+    a = (np.array([1, 2]), np.array([0.9, 0.5]))
+    b = (np.array([3, 2]), np.array([0.7, 0.95]))
+    assert merge_ranked([a, b], 3) == [2, 1, 3]
+
+
+@pytest.mark.parametrize("state,action", [("You see a key.", "take key"), ("", "")])
+def test_embedding_text_puts_action_first(state, action):
+    text = embedding_text(state, action)
+    assert text.startswith("action:") and action in text and state in text

@@ -1,0 +1,141 @@
+import msgspec
+import numpy as np
+import pytest
+
+from dreamgym_core.errors import DataError
+from dreamgym_core.testing import BagOfWordsEncoder, make_transitions
+from dreamgym_plugin_exact import ExactBuffer, ExactConfig
+from dreamgym_plugin_exact.segments import segment_files
+
+
+def _blob(records):
+    return [msgspec.msgpack.encode(r) for r in records]
+
+
+def test_reopen_restores_records_bit_for_bit(tmp_path, distinct):
+    records = make_transitions(300)
+    with ExactBuffer(ExactConfig(flush_every=64, segment_records=100), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=records)
+        before = b.retrieve(queries=[(records[9].state, records[9].action)], k=3)
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert _blob(list(b)) == _blob(records)
+        assert b.retrieve(queries=[(records[9].state, records[9].action)], k=3) == before
+        assert b.add(transitions=records[:10]) == 0  # dedup survives reopening
+        assert b.add(transitions=distinct(5, prefix="new")) == 5
+
+
+def test_duplicates_suppressed_within_and_across_batches():
+    b = ExactBuffer(encoder=BagOfWordsEncoder())
+    r = make_transitions(3)
+    assert b.add(transitions=[r[0], r[0], r[1]]) == 2
+    relabelled = msgspec.structs.replace(r[1], episode_id="other", source="synthetic")
+    assert b.add(transitions=[relabelled, r[2]]) == 1
+    assert ExactBuffer(ExactConfig(dedup="none"), encoder=BagOfWordsEncoder()).add(transitions=[r[0], r[0]]) == 2
+
+
+def test_capacity_evicts_oldest_synthetic_first_and_keeps_offline(tmp_path, distinct):
+    cfg = ExactConfig(capacity=10, flush_every=1)
+    offline = distinct(6, source="offline", prefix="off")
+    synthetic = distinct(8, source="synthetic", prefix="syn")
+    with ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=offline)
+        b.add(transitions=synthetic)
+        kept = list(b)
+        assert len(b) == 10
+        assert kept == offline + synthetic[4:]
+    with ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert list(b) == kept  # evictions are persisted
+        hits = b.retrieve(queries=[(synthetic[0].state, synthetic[0].action)], k=10)[0]
+        assert synthetic[0] not in hits and len(hits) == 10
+
+
+def test_offline_evicted_only_when_not_kept():
+    b = ExactBuffer(ExactConfig(capacity=4, keep_offline=False), encoder=BagOfWordsEncoder())
+    b.add(transitions=make_transitions(6, source="offline"))
+    assert len(b) == 4
+
+
+def test_empty_buffer_and_bad_k_give_empty_results():
+    b = ExactBuffer(encoder=BagOfWordsEncoder())
+    assert b.retrieve(queries=[("s", "a"), ("t", "b")], k=4) == [[], []]
+    assert b.retrieve(queries=[], k=4) == []
+    b.add(transitions=make_transitions(3))
+    assert b.retrieve(queries=[("s", "a")], k=0) == [[]]
+    assert len(b.retrieve(queries=[("s", "a")], k=10)[0]) == 3
+    assert b.sample(n=10, seed=0) and len(b.sample(n=10, seed=0)) == 3
+
+
+def test_wrong_embedding_dimension_is_rejected():
+    b = ExactBuffer(encoder=BagOfWordsEncoder(dim=64))
+    with pytest.raises(DataError, match=r"shape \(2, 32\), expected \(2, 64\)"):
+        b.add(transitions=make_transitions(2), embeddings=np.ones((2, 32), dtype=np.float32))
+    assert len(b) == 0
+
+
+def test_precomputed_embeddings_are_used():
+    enc = BagOfWordsEncoder(dim=64)
+    b = ExactBuffer(encoder=enc)
+    records = make_transitions(5)
+    vectors = np.eye(5, 64, dtype=np.float32)
+    assert b.add(transitions=records, embeddings=vectors) == 5
+    assert b._spaces[enc.id].data[3, 3] == 1.0
+
+
+def test_encoder_dimension_change_under_same_id_is_an_error(tmp_path):
+    with ExactBuffer(encoder=BagOfWordsEncoder(dim=64), path=tmp_path) as b:
+        b.add(transitions=make_transitions(4))
+    with pytest.raises(DataError, match="dim 32, stored embeddings have dim 64"):
+        ExactBuffer(encoder=BagOfWordsEncoder(dim=32), path=tmp_path)
+
+
+def test_encoder_mismatch_refused_when_configured(tmp_path):
+    class Other(BagOfWordsEncoder):
+        id = "other-v2"
+
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=make_transitions(4))
+    with pytest.raises(DataError, match="'testing-bow-v1'.*'other-v2'"):
+        ExactBuffer(ExactConfig(on_encoder_change="error"), encoder=Other(), path=tmp_path)
+
+
+def test_corrupt_segment_reported_by_name_and_rest_recovered(tmp_path):
+    records = make_transitions(40)
+    cfg = ExactConfig(flush_every=10, segment_records=20)
+    with ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        for i in range(0, 40, 10):
+            b.add(transitions=records[i : i + 10])
+    first = segment_files(tmp_path)[0]
+    data = bytearray(first.read_bytes())
+    data[len(data) // 4] ^= 0xFF  # inside the first frame of the first segment
+    first.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=first.name):
+        b = ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path)
+    assert list(b) == records[10:]
+    assert any(first.name in p and "checksum" in p for p in b.stats()["problems"])
+    with pytest.raises(DataError, match=first.name):
+        ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=tmp_path)
+
+
+def test_torn_tail_is_dropped_silently(tmp_path):
+    records = make_transitions(20)
+    with ExactBuffer(ExactConfig(flush_every=10), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=records)
+    seg = segment_files(tmp_path)[-1]
+    seg.write_bytes(seg.read_bytes()[:-7])
+    b = ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path)
+    assert len(b) == 0 and b.stats()["problems"]  # the only frame was torn
+    assert b.add(transitions=records) == 20
+
+
+def test_import_export_round_trip(tmp_path):
+    records = make_transitions(12)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in records))
+    b = ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path / "buf")
+    assert b.import_jsonl(src) == (12, 12)
+    assert b.export_jsonl(tmp_path / "out.jsonl") == 12
+    assert (tmp_path / "out.jsonl").read_bytes() == src.read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": 3}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: not a Transition"):
+        b.import_jsonl(bad)

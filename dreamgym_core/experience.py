@@ -1,0 +1,622 @@
+"""The experience model M_exp: output format, prompts, strict parser, joint SFT data.
+
+One text format is what every experience model emits (docs/experience-format.md)::
+
+    <think>why the action leads where it does</think>
+    <state>the next abstract state</state>
+    <valid>true</valid> <done>false</done> <success>false</success> <reward>0</reward>
+
+:func:`build_prompt` is the only prompt code: inference (:class:`LMExperienceModel`)
+and training (:func:`training_examples`) both call it, so SFT prompts carry history
+and retrieved demos exactly as at inference (paper Eq. 5). :func:`parse_output`
+never raises: it returns an :class:`ExperienceResult` whose ``parse_status`` is
+``ok``, ``repaired`` (a bounded set of fixes was applied) or ``failed`` (the episode
+ends as a failure with reward 0).
+
+The same weights also play the task generator M_task (:meth:`LMExperienceModel.vary_tasks`,
+:meth:`LMExperienceModel.select_task`), and :class:`TeacherAnnotator` writes the
+reasoning traces R*_t that joint SFT trains on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Annotated, Any, Iterable, Sequence
+
+import msgspec
+from msgspec import Meta
+
+from .config import Config, NonNegativeInt, PositiveInt
+from .errors import DreamGymError
+from .records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
+
+__all__ = [
+    "ExperienceModelConfig",
+    "AnnotationError",
+    "END_TAG",
+    "build_prompt",
+    "render_output",
+    "render_target",
+    "parse_output",
+    "outcome_reward",
+    "request_for",
+    "requests_for",
+    "training_examples",
+    "LMExperienceModel",
+    "variation_prompt",
+    "selection_prompt",
+    "parse_variation",
+    "parse_selection",
+    "TeacherAnnotator",
+    "annotation_prompt",
+    "parse_annotation",
+    "annotate_with_domain",
+]
+
+# Generation stops on this string; a missing final closing tag is therefore not a repair.
+END_TAG = "</reward>"
+FLAG_TAGS = ("valid", "done", "success")
+MAX_TEXT_CHARS = 4000  # a state or reasoning span longer than this is cut (repaired)
+
+Segments = list[tuple[str, bool]]
+
+
+class ExperienceModelConfig(Config):
+    """How the experience model builds prompts, samples and retries."""
+
+    history_window: Annotated[
+        NonNegativeInt, Meta(description="Earlier (state, action) pairs of the episode shown in the prompt.")
+    ] = 4
+    top_k: Annotated[NonNegativeInt, Meta(description="Retrieved buffer transitions shown as demos.")] = 4
+    max_new_tokens: Annotated[PositiveInt, Meta(description="Token budget of one model answer.")] = 256
+    temperature: Annotated[
+        Annotated[float, Meta(ge=0.0)], Meta(description="Sampling temperature; 0 is greedy.")
+    ] = 0.7
+    max_retries: Annotated[
+        NonNegativeInt, Meta(description="Re-generations of an answer that fails to parse, per request.")
+    ] = 2
+    task_temperature: Annotated[
+        Annotated[float, Meta(ge=0.0)], Meta(description="Temperature of the task-variation role (M_task).")
+    ] = 1.0
+    task_max_new_tokens: Annotated[PositiveInt, Meta(description="Token budget of one task variation.")] = 64
+    seed: Annotated[int, Meta(description="Base seed of generation; each call derives its own.")] = 0
+
+
+class AnnotationError(DreamGymError):
+    """A teacher's annotation stayed unusable and no rule-based fallback was configured."""
+
+
+# --- prompt --------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _render_demo(demo: Transition) -> str:
+    outcome = f"valid={_bool(demo.valid)} done={_bool(demo.done)} success={_bool(demo.success)} reward={_reward_text(demo.reward)}"
+    return f"- state: {_one_line(demo.state)}\n  action: {_one_line(demo.action)}\n  next: {_one_line(demo.next_state)}\n  {outcome}"
+
+
+def build_prompt(request: ExperienceRequest) -> str:
+    """The experience-model prompt for one step (the only prompt code, train and infer).
+
+    Sections in order: role, task, retrieved demos, history window, current state,
+    admissible actions (when known), action, then the opening of the answer format.
+    """
+    parts = [
+        "You simulate a text environment. Given the task, similar past transitions, the "
+        "history and the agent's action, reason about the effect, then write the next state "
+        "and the outcome.",
+        f"Task: {_one_line(request.instruction)}",
+    ]
+    if request.demos:
+        parts.append("Similar transitions:\n" + "\n".join(_render_demo(d) for d in request.demos))
+    if request.history:
+        steps = [f"{i}. {_one_line(h.state)} -> {_one_line(h.action)}" for i, h in enumerate(request.history)]
+        parts.append("History:\n" + "\n".join(steps))
+    parts.append(f"State: {request.state.strip()}")
+    if request.admissible_actions:
+        parts.append("Admissible actions: " + ", ".join(request.admissible_actions))
+    parts.append(f"Action: {_one_line(request.action)}")
+    return "\n\n".join(parts) + "\n\nAnswer:\n"
+
+
+def request_for(transition: Transition, history: Sequence[Transition], demos: Sequence[Transition]) -> ExperienceRequest:
+    """The request a transition answers: its own episode's history and the given demos."""
+    return ExperienceRequest(
+        instruction=transition.instruction,
+        history=[HistoryStep(state=h.state, action=h.action) for h in history],
+        state=transition.state,
+        action=transition.action,
+        demos=list(demos),
+    )
+
+
+# --- output format ---------------------------------------------------------------
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _reward_text(reward: float) -> str:
+    return "1" if reward >= 0.5 else "0"
+
+
+def outcome_reward(*, done: bool, success: bool, valid: bool = True) -> float:
+    """The paper's outcome reward: 1.0 only on the final step of a success, else 0.0."""
+    return 1.0 if done and success and valid else 0.0
+
+
+def _flags_text(*, valid: bool, done: bool, success: bool, reward: float) -> str:
+    return (
+        f"<valid>{_bool(valid)}</valid> <done>{_bool(done)}</done> "
+        f"<success>{_bool(success)}</success> <reward>{_reward_text(reward)}{END_TAG}"
+    )
+
+
+def render_target(*, reasoning: str, next_state: str, valid: bool, done: bool, success: bool, reward: float) -> Segments:
+    """The answer as trainable segments: the reasoning span, then the next-state span.
+
+    Eq. 5's two terms: -log P(R* | ...) on the first segment and -log P(s', r | R*, ...)
+    on the second (the outcome flags are serialised with the next state).
+    """
+    return [
+        (f"<think>{reasoning.strip()}</think>\n", True),
+        (f"<state>{next_state.strip()}</state>\n" + _flags_text(valid=valid, done=done, success=success, reward=reward), True),
+    ]
+
+
+def render_output(result: ExperienceResult) -> str:
+    """The exact text a perfect model emits for ``result``."""
+    segments = render_target(
+        reasoning=result.reasoning, next_state=result.next_state, valid=result.valid,
+        done=result.done, success=result.success, reward=result.reward,
+    )
+    return "".join(text for text, _ in segments)
+
+
+# --- parser ----------------------------------------------------------------------
+
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+_ANY_TAG = re.compile(r"</?(think|state|valid|done|success|reward)>", re.IGNORECASE)
+
+
+def _span(text: str, tag: str) -> tuple[str | None, bool]:
+    """Content of ``<tag>...</tag>`` and whether a repair was needed to get it.
+
+    A missing closing tag is repaired by ending the span at the next known tag
+    (or the end of the text).
+    """
+    match = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)
+    if match:
+        return match.group(1), False
+    opened = re.search(rf"<{tag}>", text, re.IGNORECASE)
+    if not opened:
+        return None, False
+    rest = text[opened.end():]
+    following = _ANY_TAG.search(rest)
+    return (rest[: following.start()] if following else rest), True
+
+
+def _parse_bool(raw: str | None) -> tuple[bool | None, bool]:
+    """(value, repaired); value None when unreadable. Only exact ``true``/``false`` is ok."""
+    if raw is None:
+        return None, False
+    word = raw.strip()
+    if word in ("true", "false"):
+        return word == "true", False
+    value = _BOOL_WORDS.get(word.lower().rstrip("."))
+    return value, value is not None
+
+
+def _parse_reward(raw: str | None) -> tuple[float | None, bool]:
+    if raw is None:
+        return None, False
+    word = raw.strip()
+    if word in ("0", "1"):
+        return float(word), False
+    try:
+        value = float(word)
+    except ValueError:
+        return None, False
+    if value != value:  # NaN
+        return None, False
+    return min(max(value, 0.0), 1.0), True
+
+
+def _failed(raw: str, *, reasoning: str = "", next_state: str = "", valid: bool = False) -> ExperienceResult:
+    return ExperienceResult(
+        reasoning=reasoning, next_state=next_state, reward=0.0, done=True, success=False,
+        valid=valid, parse_status="failed", raw=raw,
+    )
+
+
+def _clip(text: str) -> tuple[str, bool]:
+    text = text.strip()
+    return (text[:MAX_TEXT_CHARS], True) if len(text) > MAX_TEXT_CHARS else (text, False)
+
+
+def parse_output(text: Any) -> ExperienceResult:
+    """Parse one model answer; never raises.
+
+    Repairs (status ``repaired``): a missing closing tag, a boolean written in another
+    case or as yes/no/1/0, a missing ``<valid>`` (taken as true), a reward that is not
+    exactly 0 or 1 or that disagrees with done/success (reward is recomputed from them),
+    success on a step that is not done (done is set), an over-long span (cut).
+    Anything else is ``failed``: done, not success, reward 0.
+    """
+    if not isinstance(text, str):
+        return _failed(repr(text)[:200])
+    try:
+        return _parse(text)
+    except Exception:  # the contract is "never raises"; a parser bug must not crash a run
+        return _failed(text)
+
+
+def _parse(text: str) -> ExperienceResult:
+    body = text if END_TAG in text or "<reward>" not in text else text + END_TAG
+    repaired = False
+    reasoning, fix = _span(body, "think")
+    repaired |= fix
+    state, fix = _span(body, "state")
+    repaired |= fix
+    reasoning, fix = _clip(reasoning or "")
+    repaired |= fix
+    if state is None or not state.strip():
+        return _failed(text, reasoning=reasoning)
+    state, fix = _clip(state)
+    repaired |= fix
+    flags: dict[str, bool | None] = {}
+    for tag in FLAG_TAGS:
+        raw, fix = _span(body, tag)
+        flags[tag], fix_value = _parse_bool(raw)
+        repaired |= fix or fix_value
+    if flags["valid"] is None:
+        flags["valid"], repaired = True, True
+    if flags["done"] is None or flags["success"] is None:
+        return _failed(text, reasoning=reasoning, next_state=state, valid=bool(flags["valid"]))
+    reward, fix = _parse_reward(_span(body, "reward")[0])
+    repaired |= fix
+    done, success, valid = bool(flags["done"]), bool(flags["success"]), bool(flags["valid"])
+    if success and not done:
+        done, repaired = True, True
+    if success and not valid:
+        success, repaired = False, True
+    expected = outcome_reward(done=done, success=success, valid=valid)
+    if reward != expected:
+        reward, repaired = expected, True
+    return ExperienceResult(
+        reasoning=reasoning, next_state=state, reward=reward, done=done, success=success,
+        valid=valid, parse_status="repaired" if repaired else "ok", raw=text,
+    )
+
+
+# --- training data (joint SFT, Eq. 5) ---------------------------------------------
+
+
+def _episodes(transitions: Iterable[Transition]) -> dict[tuple[str, str], list[Transition]]:
+    episodes: dict[tuple[str, str], list[Transition]] = defaultdict(list)
+    for t in transitions:
+        episodes[(t.task_id, t.episode_id)].append(t)
+    for steps in episodes.values():
+        steps.sort(key=lambda t: t.step)
+    return episodes
+
+
+def _same(a: Transition, b: Transition) -> bool:
+    return (a.task_id, a.episode_id, a.step, a.state, a.action) == (b.task_id, b.episode_id, b.step, b.state, b.action)
+
+
+def _history(transitions: Sequence[Transition], history_window: int) -> dict[int, list[Transition]]:
+    """For each transition (by id) the window of earlier steps of its own episode."""
+    out: dict[int, list[Transition]] = {}
+    for steps in _episodes(transitions).values():
+        for i, t in enumerate(steps):
+            out[id(t)] = steps[max(0, i - history_window): i] if history_window else []
+    return out
+
+
+def _demos(transitions: Sequence[Transition], buffer: Any, k: int) -> list[list[Transition]]:
+    """Top-k buffer neighbours of each transition, the transition itself excluded."""
+    if buffer is None or k == 0 or not transitions:
+        return [[] for _ in transitions]
+    hits = buffer.retrieve(queries=[(t.state, t.action) for t in transitions], k=k + 1)
+    return [[d for d in found if not _same(d, t)][:k] for t, found in zip(transitions, hits)]
+
+
+def requests_for(
+    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int
+) -> list[ExperienceRequest]:
+    """The request each transition answers, with its history and retrieved demos."""
+    history = _history(transitions, history_window)
+    demos = _demos(transitions, buffer, k)
+    return [request_for(t, history[id(t)], d) for t, d in zip(transitions, demos)]
+
+
+def training_examples(
+    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int
+) -> list[Segments]:
+    """Joint-SFT examples: the inference prompt (masked), then reasoning and next state.
+
+    History comes from each transition's own episode, demos from the buffer with the
+    transition itself excluded, and the prompt from :func:`build_prompt`.
+    """
+    examples = []
+    for t, request in zip(transitions, requests_for(transitions, buffer, history_window=history_window, k=k)):
+        target = render_target(
+            reasoning=t.reasoning, next_state=t.next_state, valid=t.valid, done=t.done,
+            success=t.success, reward=outcome_reward(done=t.done, success=t.success, valid=t.valid),
+        )
+        examples.append([(build_prompt(request), False), *target])
+    return examples
+
+
+# --- task generator (M_task) prompts ----------------------------------------------
+
+
+def variation_prompt(task: Task, how: str = "") -> str:
+    """Ask for one variation of a task: harder but feasible, same domain.
+
+    ``how`` is the domain's ``describe_variation(task)`` (what a variation may change
+    and how to write it), when the domain has one.
+    """
+    rules = f"How to write a variation: {_one_line(how)}\n\n" if how.strip() else ""
+    return (
+        "You write tasks for an agent in a text environment. Rewrite the task below into a new, "
+        "meaningfully different task of the same kind: a little more challenging, still feasible, "
+        "clear and realistic. Answer with one line.\n\n"
+        f"{rules}Original task: {_one_line(task.instruction)}\n\nNew task:"
+    )
+
+
+def selection_prompt(task: Task, candidates: Sequence[str]) -> str:
+    """The paper's selection prompt: pick the best variation, or none."""
+    numbered = "\n".join(f"{i}. {_one_line(c)}" for i, c in enumerate(candidates, start=1))
+    return (
+        "Choose the best new task for training an agent. It must be (a) challenging but feasible, "
+        "(b) clear and grammatical, (c) meaningfully different from the original, not a rewording, "
+        "and (d) realistic for the environment. Answer 0 if no candidate qualifies.\n\n"
+        f"Original task: {_one_line(task.instruction)}\n\nCandidates:\n{numbered}\n\n"
+        "Answer in this format:\nSELECTION: <number>\nREASONING: <one or two sentences>\n\nSELECTION:"
+    )
+
+
+def parse_variation(text: str) -> str | None:
+    """The first non-empty line, without a ``New task:``/``Task:`` label, quotes or numbering."""
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(new task|task|variation)\s*[:\-]\s*", "", line, flags=re.IGNORECASE)
+        line = re.sub(r"^\s*(\d+[.)]|[-*])\s+", "", line).strip().strip("\"'").strip()
+        if line:
+            return line
+    return None
+
+
+def parse_selection(text: str, n: int) -> int | None:
+    """0-based candidate index from ``SELECTION: <n>`` (1-based), tolerant of layout; None if none."""
+    match = re.search(r"selection\s*[:\-=]?\s*(?:candidate\s*)?#?\s*(\d+)", text, re.IGNORECASE)
+    if not match:
+        match = re.match(r"\s*(?:candidate\s*)?#?\s*(\d+)", text, re.IGNORECASE)
+    if not match:
+        return None
+    choice = int(match.group(1))
+    return choice - 1 if 1 <= choice <= n else None
+
+
+# --- the LM-backed experience model ------------------------------------------------
+
+
+class LMExperienceModel:
+    """M_exp (and M_task) on any :class:`~dreamgym_core.protocols.LanguageModel` backend.
+
+    ``predict`` is batched: one ``generate`` call for all requests, then at most
+    ``max_retries`` re-generations of the answers that failed to parse. Counters of
+    parse outcomes are exposed by :meth:`metrics`.
+    """
+
+    def __init__(self, backend: Any, config: ExperienceModelConfig | None = None, *, domain: Any = None) -> None:
+        self.backend = backend
+        self.config = config or ExperienceModelConfig()
+        self.domain = domain
+        self.model_id = getattr(backend, "model_id", type(backend).__name__)
+        self._calls = 0
+        self.counters = {"requests": 0, "ok": 0, "repaired": 0, "failed": 0, "retries": 0}
+
+    def _generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
+        self._calls += 1
+        return self.backend.generate(
+            prompts=list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
+            stop=list(stop), seed=self.config.seed + self._calls,
+        )
+
+    def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]:
+        """One parsed result per request; unparsable answers come back ``failed``."""
+        prompts = [build_prompt(r) for r in requests]
+        results: list[ExperienceResult | None] = [None] * len(prompts)
+        pending = list(range(len(prompts)))
+        for attempt in range(self.config.max_retries + 1):
+            if not pending:
+                break
+            if attempt:
+                self.counters["retries"] += len(pending)
+            texts = self._generate(
+                [prompts[i] for i in pending], max_new_tokens=self.config.max_new_tokens,
+                temperature=self.config.temperature, stop=[END_TAG],
+            )
+            for i, text in zip(pending, texts):
+                results[i] = parse_output(text)
+            pending = [i for i in pending if results[i].parse_status == "failed"]  # type: ignore[union-attr]
+        self.counters["requests"] += len(prompts)
+        for result in results:
+            self.counters[result.parse_status] += 1  # type: ignore[union-attr]
+        return results  # type: ignore[return-value]
+
+    def metrics(self) -> dict[str, float]:
+        """Namespaced counters: requests, parse ok/repaired/failed, retries, failure rate."""
+        out = {f"experience/{key}": float(value) for key, value in self.counters.items()}
+        out["experience/parse_failure_rate"] = self.counters["failed"] / max(1, self.counters["requests"])
+        return out
+
+    def train(self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int) -> dict[str, float]:
+        """Joint SFT (Eq. 5) of the backend on annotated transitions."""
+        if not hasattr(self.backend, "sft"):
+            raise DreamGymError(f"experience model backend {self.model_id!r} cannot be trained (no sft method)")
+        examples = training_examples(
+            transitions, buffer, history_window=self.config.history_window, k=self.config.top_k
+        )
+        return self.backend.sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size)
+
+    def vary_tasks(self, *, task: Task, n: int) -> list[str]:
+        """Up to ``n`` distinct variations, excluding the original instruction.
+
+        When the model was given a domain with ``describe_variation``, its description
+        goes into the prompt so the text suits the domain's ``make_variation``.
+        """
+        how = self.domain.describe_variation(task) if hasattr(self.domain, "describe_variation") else ""
+        texts = self._generate(
+            [variation_prompt(task, how)] * n, max_new_tokens=self.config.task_max_new_tokens,
+            temperature=self.config.task_temperature, stop=["\n"],
+        )
+        seen = {_one_line(task.instruction).lower()}
+        out = []
+        for text in texts:
+            variation = parse_variation(text)
+            if variation and variation.lower() not in seen:
+                seen.add(variation.lower())
+                out.append(variation)
+        return out
+
+    def select_task(self, *, task: Task, candidates: Sequence[str]) -> int | None:
+        """Index of the candidate the selection prompt picks, or None."""
+        if not candidates:
+            return None
+        text = self._generate(
+            [selection_prompt(task, candidates)], max_new_tokens=self.config.task_max_new_tokens,
+            temperature=0.0, stop=[],
+        )[0]
+        return parse_selection("SELECTION:" + text, len(candidates))
+
+
+# --- reasoning annotation ----------------------------------------------------------
+
+
+class _Tutorial(msgspec.Struct):
+    overall_plan: str = ""
+    success_mode: str = ""
+    failure_mode: str = ""
+
+
+class _StepPlan(msgspec.Struct):
+    step_id: int
+    transition_plan: str
+
+
+class _Annotation(msgspec.Struct):
+    task_tutorial: _Tutorial
+    state_transitions: list[_StepPlan]
+
+
+def annotation_prompt(steps: Sequence[Transition]) -> str:
+    """The paper's annotation prompt: strict JSON, a tutorial and one plan per step."""
+    first = steps[0]
+    success = any(t.success for t in steps)
+    lines = [
+        f"Step {i}:\n  state: {_one_line(t.state)}\n  action: {_one_line(t.action)}\n  "
+        f"next state: {_one_line(t.next_state)}\n  valid action: {_bool(t.valid)}"
+        for i, t in enumerate(steps)
+    ]
+    return (
+        "You are an expert in this environment. You give actionable guidance on the state "
+        "transitions of an experience model that simulates it. Read the trajectory and answer "
+        "with strict JSON only, of this shape:\n"
+        '{"task_tutorial": {"overall_plan": "<one sentence>", "success_mode": "<one sentence: the '
+        'critical steps>", "failure_mode": "<one sentence: the typical failure to avoid>"}, '
+        '"state_transitions": [{"step_id": 0, "transition_plan": "<whether the action will succeed '
+        'or fail, and briefly how the environment should change>"}, ...]}\n'
+        f"Give exactly one state_transitions entry per step ({len(steps)} steps, step_id 0 to {len(steps) - 1}).\n\n"
+        f"Task: {_one_line(first.instruction)}\nTask succeeded: {_bool(success)}\n\n" + "\n".join(lines) + "\n\nJSON:"
+    )
+
+
+def parse_annotation(text: str, n_steps: int) -> list[str] | None:
+    """The per-step plans of a teacher's JSON answer, or None when it breaks the format."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        annotation = msgspec.json.decode(text[start: end + 1], type=_Annotation)
+    except msgspec.DecodeError:
+        return None
+    plans = {p.step_id: p.transition_plan.strip() for p in annotation.state_transitions}
+    if sorted(plans) != list(range(n_steps)) or len(annotation.state_transitions) != n_steps:
+        return None
+    if not all(plans.values()):
+        return None
+    return [plans[i] for i in range(n_steps)]
+
+
+def annotate_with_domain(transitions: Sequence[Transition], domain: Any) -> list[Transition]:
+    """Rule-based reasoning from the domain's ground truth (``domain.annotate``)."""
+    return [msgspec.structs.replace(t, reasoning=domain.annotate(transition=t)) for t in transitions]
+
+
+class TeacherAnnotator:
+    """Annotates offline trajectories with a teacher's reasoning traces (paper App. C.1).
+
+    Each episode is one prompt; the answer must be strict JSON with one
+    ``transition_plan`` per step, which becomes that transition's ``reasoning``.
+    An episode whose answer stays unusable after ``max_retries`` re-generations falls
+    back to ``fallback.annotate`` (a domain's rule-based annotator) when one is given,
+    and is counted in ``counters["fallback"]``; without a fallback it raises
+    :class:`AnnotationError`.
+    """
+
+    def __init__(
+        self, backend: Any, *, fallback: Any = None, max_retries: int = 2, max_new_tokens: int = 1024,
+        temperature: float = 0.0, seed: int = 0,
+    ) -> None:
+        self.backend = backend
+        self.fallback = fallback
+        self.max_retries = max_retries
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.seed = seed
+        self.counters = {"episodes": 0, "teacher": 0, "fallback": 0, "retries": 0}
+
+    def annotate(self, *, transitions: Sequence[Transition]) -> list[Transition]:
+        """The transitions (same order) with ``reasoning`` filled in."""
+        episodes = list(_episodes(transitions).values())
+        plans: dict[int, list[str] | None] = {i: None for i in range(len(episodes))}
+        pending = list(plans)
+        for attempt in range(self.max_retries + 1):
+            if not pending:
+                break
+            if attempt:
+                self.counters["retries"] += len(pending)
+            texts = self.backend.generate(
+                prompts=[annotation_prompt(episodes[i]) for i in pending], max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature, stop=[], seed=self.seed + attempt,
+            )
+            for i, text in zip(pending, texts):
+                plans[i] = parse_annotation(text, len(episodes[i]))
+            pending = [i for i in pending if plans[i] is None]
+        reasoning: dict[int, str] = {}
+        for i, steps in enumerate(episodes):
+            reasoning.update(zip(map(id, steps), self._plans_or_fallback(steps, plans[i])))
+        self.counters["episodes"] += len(episodes)
+        return [msgspec.structs.replace(t, reasoning=reasoning[id(t)]) for t in transitions]
+
+    def _plans_or_fallback(self, steps: list[Transition], plans: list[str] | None) -> list[str]:
+        if plans is not None:
+            self.counters["teacher"] += 1
+            return plans
+        if self.fallback is None:
+            raise AnnotationError(
+                f"teacher {getattr(self.backend, 'model_id', '?')!r} gave no valid JSON annotation for episode "
+                f"{steps[0].episode_id!r} after {self.max_retries + 1} tries; configure a rule-based fallback "
+                "(experience.annotator: rule) or a stronger teacher"
+            )
+        self.counters["fallback"] += 1
+        return [self.fallback.annotate(transition=t) for t in steps]

@@ -1,0 +1,265 @@
+"""The synthetic environment: M_exp behind the same ``Env`` contract as a real adapter.
+
+``SyntheticEnv.reset(task=...)`` obtains the initial abstract state by this rule:
+
+1. ``domain.initial_observation(task)`` when the domain has that method (the domain
+   knows its start states, e.g. from the real engine's first observation);
+2. otherwise ``task.payload["initial_state"]`` (a string), which synthetic tasks may carry;
+3. otherwise :class:`SyntheticEnvError`.
+
+``step(action=...)`` builds an :class:`ExperienceRequest` (history window, top-k demos
+from the buffer), calls the model, turns an invalid action or an unparsable answer
+into a failure state with reward 0, adds the synthetic transition to the buffer and
+caps the episode at ``max_steps``. :func:`step_many` steps many environments with one
+model call and one retrieval call per model/buffer, falling back to ``env.step`` for
+real environments. ``DreamGymGymEnv`` (imported lazily, needs ``gymnasium``) wraps any
+``Env`` with Gymnasium text spaces.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Sequence
+
+from msgspec import Meta
+
+from .config import Config, NonNegativeInt, PositiveInt
+from .errors import DreamGymError
+from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
+
+__all__ = ["SyntheticEnvConfig", "SyntheticEnv", "SyntheticEnvError", "step_many", "initial_state", "DreamGymGymEnv"]
+
+
+class SyntheticEnvError(DreamGymError):
+    """The synthetic environment was misused (no start state, step before reset or after done)."""
+
+
+class SyntheticEnvConfig(Config):
+    """Episode shape of the synthetic environment."""
+
+    max_steps: Annotated[PositiveInt, Meta(description="Step cap per synthetic episode; the last step is done.")] = 15
+    history_window: Annotated[
+        NonNegativeInt, Meta(description="Earlier (state, action) pairs given to the experience model.")
+    ] = 4
+    top_k: Annotated[NonNegativeInt, Meta(description="Buffer transitions retrieved per step as demos.")] = 4
+    add_to_buffer: Annotated[bool, Meta(description="Add every synthetic transition to the buffer.")] = True
+
+
+def initial_state(task: Task, domain: Any) -> Observation:
+    """The start observation of ``task`` by the rule in the module docstring."""
+    if domain is not None and hasattr(domain, "initial_observation"):
+        return domain.initial_observation(task)
+    state = task.payload.get("initial_state")
+    if isinstance(state, str) and state.strip():
+        return Observation(text=state)
+    raise SyntheticEnvError(
+        f"task {task.id!r}: no initial state (the domain has no initial_observation and "
+        "task.payload has no 'initial_state' string)"
+    )
+
+
+class SyntheticEnv:
+    """An ``Env`` whose transitions come from an experience model.
+
+    ``info`` of each step carries ``parse_status``, ``truncated``, ``retrieved`` and the
+    episode counters ``parse_failures``, ``parse_repairs`` and ``invalid_actions``.
+    """
+
+    def __init__(self, model: Any, buffer: Any = None, domain: Any = None, config: SyntheticEnvConfig | None = None) -> None:
+        self.model = model
+        self.buffer = buffer
+        self.domain = domain
+        self.config = config or SyntheticEnvConfig()
+        self._task: Task | None = None
+        self._obs: Observation | None = None
+        self._history: list[HistoryStep] = []
+        self._done = True
+        self._episode = 0
+        self.counters = {"parse_failures": 0, "parse_repairs": 0, "invalid_actions": 0}
+
+    # -- Env contract
+
+    def reset(self, *, task: Task, seed: int | None = None) -> Observation:
+        """Start an episode of ``task``; ``seed`` names the episode (model sampling is seeded by its config)."""
+        self._task = task
+        self._obs = initial_state(task, self.domain)
+        self._history = []
+        self._done = False
+        self._episode += 1
+        self._episode_id = f"syn-{task.id}-{seed if seed is not None else 'x'}-{self._episode}"
+        self.counters = {key: 0 for key in self.counters}
+        return self._obs
+
+    def step(self, *, action: str) -> StepResult:
+        return step_many([self], [action])[0]
+
+    def close(self) -> None:
+        """Nothing to release: the model and buffer are shared and owned by the caller."""
+        self._done = True
+
+    # -- pieces step_many composes
+
+    def _check_running(self) -> None:
+        if self._task is None or self._obs is None:
+            raise SyntheticEnvError("step() called before reset()")
+        if self._done:
+            raise SyntheticEnvError(f"step() called after the episode of task {self._task.id!r} ended; call reset()")
+
+    def _request(self, action: str, demos: Sequence[Transition]) -> ExperienceRequest:
+        assert self._task is not None and self._obs is not None  # guarded by _check_running
+        window = self.config.history_window
+        return ExperienceRequest(
+            instruction=self._task.instruction,
+            history=self._history[-window:] if window else [],
+            state=self._obs.text,
+            action=action,
+            admissible_actions=list(self._obs.admissible_actions),
+            demos=list(demos),
+        )
+
+    def _finish(self, action: str, result: ExperienceResult, retrieved: int) -> tuple[StepResult, Transition]:
+        """Apply the failure rules and the step cap; record the transition."""
+        assert self._task is not None and self._obs is not None
+        failed = result.parse_status == "failed"
+        self.counters["parse_failures"] += failed
+        self.counters["parse_repairs"] += result.parse_status == "repaired"
+        self.counters["invalid_actions"] += not result.valid and not failed
+        done, success = result.done, result.success
+        if failed or not result.valid:  # paper: an invalid action leads to a failure state, reward 0
+            done, success = True, False
+        reward = 1.0 if done and success else 0.0
+        step = len(self._history)
+        truncated = not done and step + 1 >= self.config.max_steps
+        done = done or truncated
+        transition = Transition(
+            task_id=self._task.id, episode_id=self._episode_id, step=step, state=self._obs.text,
+            action=action, next_state=result.next_state, reward=reward, done=done, success=success,
+            valid=result.valid, reasoning=result.reasoning, source="synthetic",
+            model_id=getattr(self.model, "model_id", ""), instruction=self._task.instruction,
+        )
+        self._history.append(HistoryStep(state=self._obs.text, action=action))
+        self._obs = Observation(text=result.next_state)
+        self._done = done
+        info = {"parse_status": result.parse_status, "truncated": truncated, "retrieved": retrieved, **self.counters}
+        step_result = StepResult(
+            observation=self._obs, reward=reward, done=done, success=success, valid=result.valid, info=info
+        )
+        return step_result, transition
+
+
+def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list[Transition]]:
+    """Demos for every env, one ``retrieve`` call per distinct buffer."""
+    demos: list[list[Transition]] = [[] for _ in envs]
+    groups: dict[int, list[int]] = {}
+    for i, env in enumerate(envs):
+        if env.buffer is not None and env.config.top_k > 0:
+            groups.setdefault(id(env.buffer), []).append(i)
+    for members in groups.values():
+        buffer, k = envs[members[0]].buffer, max(envs[i].config.top_k for i in members)
+        hits = buffer.retrieve(queries=[(envs[i]._obs.text, actions[i]) for i in members], k=k)  # type: ignore[union-attr]
+        for i, found in zip(members, hits):
+            demos[i] = list(found)[: envs[i].config.top_k]
+    return demos
+
+
+def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[StepResult]:
+    for env in envs:
+        env._check_running()
+    demos = _retrieve(envs, actions)
+    requests = [env._request(a, d) for env, a, d in zip(envs, actions, demos)]
+    results: list[ExperienceResult] = [None] * len(envs)  # type: ignore[list-item]
+    by_model: dict[int, list[int]] = {}
+    for i, env in enumerate(envs):
+        by_model.setdefault(id(env.model), []).append(i)
+    for members in by_model.values():
+        answers = envs[members[0]].model.predict(requests=[requests[i] for i in members])
+        for i, answer in zip(members, answers):
+            results[i] = answer
+    finished = [env._finish(a, r, len(d)) for env, a, r, d in zip(envs, actions, results, demos)]
+    to_add: dict[int, tuple[Any, list[Transition]]] = {}
+    for env, (_, transition) in zip(envs, finished):
+        if env.buffer is not None and env.config.add_to_buffer:
+            to_add.setdefault(id(env.buffer), (env.buffer, []))[1].append(transition)
+    for buffer, transitions in to_add.values():
+        buffer.add(transitions=transitions)
+    return [step for step, _ in finished]
+
+
+def step_many(envs: Sequence[Any], actions: Sequence[str]) -> list[StepResult]:
+    """Step every env with its action: synthetic ones in one batched model call.
+
+    Real environments (anything not a :class:`SyntheticEnv`) are stepped one by one
+    with ``env.step(action=...)``. Results come back in the order of ``envs``.
+    """
+    if len(envs) != len(actions):
+        raise SyntheticEnvError(f"step_many got {len(envs)} envs and {len(actions)} actions")
+    results: list[StepResult] = [None] * len(envs)  # type: ignore[list-item]
+    synthetic = [i for i, env in enumerate(envs) if isinstance(env, SyntheticEnv)]
+    for i, env in enumerate(envs):
+        if not isinstance(env, SyntheticEnv):
+            results[i] = env.step(action=actions[i])
+    if synthetic:
+        for i, step in zip(synthetic, _step_synthetic([envs[i] for i in synthetic], [actions[i] for i in synthetic])):
+            results[i] = step
+    return results
+
+
+# --- Gymnasium wrapper (lazy import) ---------------------------------------------
+
+_GYM_CLASS: type | None = None
+
+
+def _make_gym_class() -> type:
+    try:
+        import gymnasium
+        from gymnasium import spaces
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise DreamGymError("DreamGymGymEnv needs gymnasium: pip install gymnasium") from exc
+
+    class DreamGymGymEnv(gymnasium.Env):
+        """Any DreamGym ``Env`` as a Gymnasium env with text observation and action spaces.
+
+        ``reset(options={"task": Task})`` picks the task; without it, tasks are drawn
+        from ``tasks`` with the env's seeded RNG. ``info`` carries the admissible
+        actions, success, validity and the wrapped env's own info.
+        """
+
+        metadata = {"render_modes": []}
+
+        def __init__(self, env: Any, tasks: Sequence[Task] = (), max_length: int = 8192) -> None:
+            self.env = env
+            self.tasks = list(tasks)
+            self.observation_space = spaces.Text(max_length=max_length)
+            self.action_space = spaces.Text(max_length=max_length)
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+            super().reset(seed=seed)
+            task = (options or {}).get("task")
+            if task is None:
+                if not self.tasks:
+                    raise SyntheticEnvError("DreamGymGymEnv.reset needs options={'task': Task} or a tasks list")
+                task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+            obs = self.env.reset(task=task, seed=seed)
+            return obs.text, {"admissible_actions": list(obs.admissible_actions), "task_id": task.id}
+
+        def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+            result = self.env.step(action=action)
+            truncated = bool(result.info.get("truncated", False))
+            info = {
+                **result.info, "admissible_actions": list(result.observation.admissible_actions),
+                "success": result.success, "valid": result.valid,
+            }
+            return result.observation.text, float(result.reward), result.done and not truncated, truncated, info
+
+        def close(self) -> None:
+            self.env.close()
+
+    return DreamGymGymEnv
+
+
+def __getattr__(name: str) -> Any:
+    global _GYM_CLASS
+    if name == "DreamGymGymEnv":
+        if _GYM_CLASS is None:
+            _GYM_CLASS = _make_gym_class()
+        return _GYM_CLASS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

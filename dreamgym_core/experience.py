@@ -396,7 +396,7 @@ def parse_variation(text: str) -> str | None:
 
 def parse_selection(text: str, n: int) -> int | None:
     """0-based candidate index from ``SELECTION: <n>`` (1-based), tolerant of layout; None if none."""
-    match = re.search(r"selection\s*[:\-=]?\s*(?:candidate\s*)?#?\s*(\d+)", text, re.IGNORECASE)
+    match = re.search(r"selection[\s:\-=*]*(?:candidate\s*)?#?\s*(\d+)", text, re.IGNORECASE)
     if not match:
         match = re.match(r"\s*(?:candidate\s*)?#?\s*(\d+)", text, re.IGNORECASE)
     if not match:
@@ -422,7 +422,7 @@ class LMExperienceModel:
         self.domain = domain
         self.model_id = getattr(backend, "model_id", type(backend).__name__)
         self._calls = 0
-        self.counters = {"requests": 0, "ok": 0, "repaired": 0, "failed": 0, "retries": 0}
+        self.counters = {"requests": 0, "parse_ok": 0, "parse_repaired": 0, "parse_failed": 0, "retries": 0}
 
     def _generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
         self._calls += 1
@@ -450,13 +450,13 @@ class LMExperienceModel:
             pending = [i for i in pending if results[i].parse_status == "failed"]  # type: ignore[union-attr]
         self.counters["requests"] += len(prompts)
         for result in results:
-            self.counters[result.parse_status] += 1  # type: ignore[union-attr]
+            self.counters[f"parse_{result.parse_status}"] += 1  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
 
     def metrics(self) -> dict[str, float]:
         """Namespaced counters: requests, parse ok/repaired/failed, retries, failure rate."""
         out = {f"experience/{key}": float(value) for key, value in self.counters.items()}
-        out["experience/parse_failure_rate"] = self.counters["failed"] / max(1, self.counters["requests"])
+        out["experience/parse_failure_rate"] = self.counters["parse_failed"] / max(1, self.counters["requests"])
         return out
 
     def train(self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int) -> dict[str, float]:

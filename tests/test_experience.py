@@ -1,0 +1,378 @@
+"""The experience model's output format, parser, prompts, SFT examples and M_task role."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dreamgym_core.config import Config
+from dreamgym_core.experience import (
+    END_TAG,
+    AnnotationError,
+    ExperienceModelConfig,
+    LMExperienceModel,
+    TeacherAnnotator,
+    annotate_with_domain,
+    annotation_prompt,
+    build_prompt,
+    parse_annotation,
+    parse_output,
+    parse_selection,
+    parse_variation,
+    render_output,
+    render_target,
+    requests_for,
+    training_examples,
+)
+from dreamgym_core.records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
+from dreamgym_core.testing import check_experience_model, make_transitions
+from experience_doubles import ListBuffer, ScriptedLM
+
+GOOD = (
+    "<think>The door is unlocked, so opening it works.</think>\n<state>You are in the hall. The door is open.</state>\n"
+    "<valid>true</valid> <done>false</done> <success>false</success> <reward>0</reward>"
+)
+
+
+def result(**kw) -> ExperienceResult:
+    base = dict(reasoning="r", next_state="s", reward=0.0, done=False, success=False, valid=True)
+    return ExperienceResult(**{**base, **kw})
+
+
+# --- parser: exact format ----------------------------------------------------------
+
+
+def test_parse_ok_exact_format() -> None:
+    r = parse_output(GOOD)
+    assert r.parse_status == "ok"
+    assert r.next_state == "You are in the hall. The door is open."
+    assert r.reasoning.startswith("The door is unlocked")
+    assert (r.reward, r.done, r.success, r.valid) == (0.0, False, False, True)
+
+
+def test_missing_final_tag_is_ok_because_generation_stops_on_it() -> None:
+    r = parse_output(GOOD.removesuffix(END_TAG))
+    assert r.parse_status == "ok"
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        (GOOD.replace("<valid>true</valid>", "<valid>True</valid>"), dict(valid=True)),
+        (GOOD.replace("<done>false</done>", "<done>NO</done>"), dict(done=False)),
+        (GOOD.replace("</think>", ""), dict(reasoning="The door is unlocked, so opening it works.")),
+        (GOOD.replace("</state>", ""), dict(next_state="You are in the hall. The door is open.")),
+        (GOOD.replace("<valid>true</valid> ", ""), dict(valid=True)),
+        (GOOD.replace("<reward>0</reward>", "<reward>0.7</reward>"), dict(reward=0.0)),
+        (GOOD.replace("<reward>0</reward>", ""), dict(reward=0.0)),
+    ],
+)
+def test_bounded_repairs(text: str, expect: dict) -> None:
+    r = parse_output(text)
+    assert r.parse_status == "repaired"
+    for key, value in expect.items():
+        assert getattr(r, key) == value
+
+
+def test_reward_follows_done_and_success() -> None:
+    win = GOOD.replace("<done>false</done>", "<done>true</done>").replace("<success>false</success>", "<success>true</success>")
+    assert parse_output(win).reward == 1.0 and parse_output(win).parse_status == "repaired"  # flags win
+    fixed = win.replace("<reward>0</reward>", "<reward>1</reward>")
+    assert parse_output(fixed).parse_status == "ok" and parse_output(fixed).reward == 1.0
+    # reward 1 claimed on a step that is not done: recomputed to 0
+    claim = GOOD.replace("<reward>0</reward>", "<reward>1</reward>")
+    assert parse_output(claim).reward == 0.0
+    # success without done: the episode is over
+    odd = GOOD.replace("<success>false</success>", "<success>true</success>")
+    r = parse_output(odd)
+    assert r.done and r.success and r.reward == 1.0 and r.parse_status == "repaired"
+
+
+def test_invalid_action_cannot_succeed() -> None:
+    text = (
+        "<think>x</think><state>Nothing happens.</state><valid>false</valid> <done>true</done> "
+        "<success>true</success> <reward>1</reward>"
+    )
+    r = parse_output(text)
+    assert not r.valid and not r.success and r.reward == 0.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "I think the door opens.",
+        "<think>only reasoning</think>",
+        "<think>x</think><state>   </state><done>true</done><success>false</success>",
+        "<think>x</think><state>s</state><valid>true</valid>",  # no done/success
+        "<think>x</think><state>s</state><done>maybe</done><success>false</success>",
+        None,
+        12,
+    ],
+)
+def test_failed_outputs_end_the_episode_as_failure(text) -> None:
+    r = parse_output(text)
+    assert r.parse_status == "failed"
+    assert r.done and not r.success and r.reward == 0.0
+
+
+def test_failed_keeps_what_was_parsed() -> None:
+    r = parse_output("<think>why</think><state>the hall</state><valid>true</valid><done>perhaps</done>")
+    assert r.parse_status == "failed" and r.next_state == "the hall" and r.reasoning == "why" and r.valid
+
+
+def test_overlong_state_is_cut() -> None:
+    r = parse_output(GOOD.replace("You are in the hall.", "x" * 10_000))
+    assert r.parse_status == "repaired" and len(r.next_state) <= 4000
+
+
+# --- parser: fuzz ---------------------------------------------------------------
+
+FRAGMENTS = st.sampled_from(
+    ["<think>", "</think>", "<state>", "</state>", "<valid>", "</valid>", "<done>", "</done>", "<success>",
+     "</success>", "<reward>", "</reward>", "true", "false", "True", "NO", "1", "0", "-3", "nan", "1e9", " ", "\n",
+     "room", "<STATE>", "</Done>", "<", ">"]
+)  # fmt: skip
+
+
+def _check_invariants(r: ExperienceResult) -> None:
+    assert isinstance(r, ExperienceResult)
+    assert r.parse_status in ("ok", "repaired", "failed")
+    assert r.reward in (0.0, 1.0)
+    assert r.reward == (1.0 if r.done and r.success and r.valid else 0.0)
+    assert not r.success or r.done
+    if r.parse_status == "failed":
+        assert r.done and not r.success
+    else:
+        assert r.next_state.strip()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text())
+def test_fuzz_random_text_never_raises(text: str) -> None:
+    _check_invariants(parse_output(text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(FRAGMENTS, st.text(max_size=8)), max_size=30).map("".join))
+def test_fuzz_tag_soup_never_raises(text: str) -> None:
+    _check_invariants(parse_output(text))
+
+
+_TEXT = st.text(alphabet=st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    reasoning=_TEXT,
+    state=_TEXT.filter(lambda s: s.strip()),
+    valid=st.booleans(),
+    done=st.booleans(),
+    success=st.booleans(),
+    cut=st.integers(min_value=0, max_value=400),
+)
+def test_fuzz_truncated_outputs(reasoning, state, valid, done, success, cut) -> None:
+    success = success and done and valid
+    full = render_output(result(reasoning=reasoning, next_state=state, valid=valid, done=done, success=success,
+                                reward=float(done and success)))  # fmt: skip
+    parsed = parse_output(full)
+    assert parsed.parse_status == "ok"
+    assert (parsed.next_state, parsed.done, parsed.success, parsed.valid) == (state.strip(), done, success, valid)
+    _check_invariants(parse_output(full[: min(cut, len(full))]))
+
+
+# --- prompt and SFT examples -----------------------------------------------------
+
+
+def test_prompt_has_every_context_in_order() -> None:
+    demo = make_transitions(1)[0]
+    request = ExperienceRequest(
+        instruction="find the coin", history=[HistoryStep(state="in the kitchen", action="go north")],
+        state="You are in the pantry.", action="take coin", admissible_actions=["take coin", "go south"], demos=[demo],
+    )  # fmt: skip
+    prompt = build_prompt(request)
+    positions = [prompt.index(s) for s in ("Task: find the coin", demo.next_state, "go north", "pantry", "Admissible actions: take coin, go south", "Action: take coin")]
+    assert positions == sorted(positions)
+    assert prompt.endswith("Answer:\n")
+
+
+def test_target_segments_train_reasoning_and_next_state() -> None:
+    segments = render_target(reasoning="why", next_state="next", valid=True, done=True, success=True, reward=1.0)
+    assert [train for _, train in segments] == [True, True]
+    assert segments[0][0] == "<think>why</think>\n"
+    assert segments[1][0].startswith("<state>next</state>")
+    assert parse_output("".join(s for s, _ in segments)).parse_status == "ok"
+
+
+def _episode(ep: str, n: int, instruction: str = "collect the coin") -> list[Transition]:
+    return [
+        Transition(task_id="t", episode_id=ep, step=i, state=f"room {ep}{i}", action=f"go {i}",
+                   next_state=f"room {ep}{i + 1}", reward=float(i == n - 1), done=i == n - 1, success=i == n - 1,
+                   reasoning=f"moving {i}", source="offline", instruction=instruction)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_training_examples_use_the_inference_prompt_history_and_demos() -> None:
+    data = _episode("a", 4) + _episode("b", 3)
+    buffer = ListBuffer(data)
+    examples = training_examples(data, buffer, history_window=2, k=2)
+    requests = requests_for(data, buffer, history_window=2, k=2)
+    assert len(examples) == len(data)
+    for example, request, t in zip(examples, requests, data):
+        prompt, train = example[0]
+        assert train is False and prompt == build_prompt(request)
+        assert all(train for _, train in example[1:])
+        assert t not in request.demos and len(request.demos) == 2  # itself excluded
+        assert [h.action for h in request.history] == [f"go {i}" for i in range(max(0, t.step - 2), t.step)]
+        assert example[1][0] == f"<think>{t.reasoning}</think>\n"
+        parsed = parse_output("".join(s for s, _ in example[1:]))
+        assert (parsed.next_state, parsed.reward, parsed.done) == (t.next_state, t.reward, t.done)
+
+
+def test_training_examples_without_buffer_or_history() -> None:
+    data = _episode("a", 3)
+    examples = training_examples(list(reversed(data)), None, history_window=0, k=3)
+    assert all("History:" not in e[0][0] and "Similar transitions" not in e[0][0] for e in examples)
+
+
+# --- LMExperienceModel ------------------------------------------------------------
+
+
+def test_predict_batches_and_retries_only_failures() -> None:
+    lm = ScriptedLM(queue=[GOOD, "garbage", GOOD.replace("true", "TRUE"), "still garbage", GOOD])
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=2))
+    requests = [ExperienceRequest(instruction="x", history=[], state=f"s{i}", action="a") for i in range(3)]
+    results = model.predict(requests=requests)
+    assert [r.parse_status for r in results] == ["ok", "ok", "repaired"]
+    assert [len(c["prompts"]) for c in lm.calls] == [3, 1, 1]
+    assert lm.calls[0]["stop"] == [END_TAG]
+    assert len({c["seed"] for c in lm.calls}) == 3  # a retry samples afresh
+    m = model.metrics()
+    assert m["experience/retries"] == 2 and m["experience/requests"] == 3 and m["experience/parse_failed"] == 0
+
+
+def test_predict_gives_up_after_max_retries_and_counts() -> None:
+    lm = ScriptedLM(answer=lambda p: "no format at all")
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=1))
+    requests = [ExperienceRequest(instruction="x", history=[], state="s", action="a")]
+    check_experience_model(model, requests)
+    assert len(lm.calls) == 2 * 1  # check_experience_model calls predict once: 1 try + 1 retry
+    assert model.metrics()["experience/parse_failure_rate"] == 1.0
+
+
+def test_config_decodes_from_empty_and_rejects_bad_values() -> None:
+    assert issubclass(ExperienceModelConfig, Config)
+    assert msgspec.convert({}, type=ExperienceModelConfig).max_retries == 2
+    with pytest.raises(msgspec.ValidationError, match="temperature"):
+        msgspec.convert({"temperature": -1}, type=ExperienceModelConfig)
+
+
+def test_train_runs_joint_sft_on_segments() -> None:
+    class Trainable(ScriptedLM):
+        def sft(self, *, examples, epochs, lr, batch_size):
+            self.examples = examples
+            return {"losses/sft_loss": 1.0}
+
+    lm = Trainable(answer=lambda p: GOOD)
+    data = _episode("a", 3)
+    model = LMExperienceModel(lm, ExperienceModelConfig(top_k=1, history_window=1))
+    assert model.train(transitions=data, buffer=ListBuffer(data), epochs=1, lr=1e-3, batch_size=2) == {"losses/sft_loss": 1.0}
+    assert lm.examples == training_examples(data, ListBuffer(data), history_window=1, k=1)
+
+
+# --- M_task -------------------------------------------------------------------------
+
+
+TASK = Task(id="t1", instruction="Collect the coin in the kitchen.", domain="twx")
+
+
+@pytest.mark.parametrize(
+    "text, n, expect",
+    [
+        ("SELECTION: 2\nREASONING: harder", 3, 1),
+        (" 3\nREASONING: ok", 3, 2),
+        ("selection - candidate #1", 2, 0),
+        ("**Selection:** 2", 2, 1),
+        ("SELECTION: 0\nREASONING: none fits", 3, None),
+        ("SELECTION: 7", 3, None),
+        ("I like the second one", 3, None),
+    ],
+)
+def test_parse_selection_is_tolerant(text: str, n: int, expect) -> None:
+    assert parse_selection(text, n) == expect
+
+
+def test_parse_variation() -> None:
+    assert parse_variation("\n New task: \"Find two coins.\"\nmore") == "Find two coins."
+    assert parse_variation("1. seed=12, numLocations=5") == "seed=12, numLocations=5"
+    assert parse_variation("   \n") is None
+
+
+def test_vary_and_select_use_domain_description() -> None:
+    class Domain:
+        def describe_variation(self, task):
+            return "write key=value pairs"
+
+    lm = ScriptedLM(queue=["seed=4", "seed=4", Task.__name__, TASK.instruction, "SELECTION 2"])
+    model = LMExperienceModel(lm, domain=Domain())
+    variations = model.vary_tasks(task=TASK, n=4)
+    assert variations == ["seed=4", "Task"]  # duplicates and the original dropped
+    assert "write key=value pairs" in lm.calls[0]["prompts"][0]
+    assert model.select_task(task=TASK, candidates=variations) == 1
+    assert "1. seed=4\n2. Task" in lm.calls[1]["prompts"][0]
+    assert model.select_task(task=TASK, candidates=[]) is None
+
+
+# --- reasoning annotation ----------------------------------------------------------
+
+
+def _teacher_json(n: int) -> str:
+    steps = ", ".join(f'{{"step_id": {i}, "transition_plan": "plan {i}"}}' for i in range(n))
+    return (
+        'Sure! {"task_tutorial": {"overall_plan": "p", "success_mode": "s", "failure_mode": "f"}, '
+        f'"state_transitions": [{steps}]}}'
+    )
+
+
+def test_parse_annotation_requires_one_plan_per_step() -> None:
+    assert parse_annotation(_teacher_json(3), 3) == ["plan 0", "plan 1", "plan 2"]
+    assert parse_annotation(_teacher_json(2), 3) is None
+    assert parse_annotation("not json {", 1) is None
+    assert parse_annotation('{"task_tutorial": {}, "state_transitions": [{"step_id": 0}]}', 1) is None
+
+
+def test_teacher_annotates_and_retries() -> None:
+    data = _episode("a", 3) + _episode("b", 2)
+    lm = ScriptedLM(queue=[_teacher_json(3), "oops", _teacher_json(2)])
+    annotator = TeacherAnnotator(lm)
+    out = annotator.annotate(transitions=data)
+    assert [t.reasoning for t in out] == ["plan 0", "plan 1", "plan 2", "plan 0", "plan 1"]
+    assert [(t.episode_id, t.step) for t in out] == [(t.episode_id, t.step) for t in data]
+    assert annotator.counters == {"episodes": 2, "teacher": 2, "fallback": 0, "retries": 1}
+    assert "Task succeeded: true" in lm.calls[0]["prompts"][0] and "transition_plan" in annotation_prompt(data[:3])
+
+
+def test_teacher_failure_is_never_silent() -> None:
+    data = _episode("a", 2)
+    with pytest.raises(AnnotationError, match="episode 'a'"):
+        TeacherAnnotator(ScriptedLM(answer=lambda p: "no"), max_retries=1).annotate(transitions=data)
+
+    class Rules:
+        def annotate(self, *, transition):
+            return f"rule {transition.step}"
+
+    annotator = TeacherAnnotator(ScriptedLM(answer=lambda p: "no"), fallback=Rules(), max_retries=0)
+    assert [t.reasoning for t in annotator.annotate(transitions=data)] == ["rule 0", "rule 1"]
+    assert annotator.counters["fallback"] == 1
+    assert [t.reasoning for t in annotate_with_domain(data, Rules())] == ["rule 0", "rule 1"]
+
+
+def test_prompt_renders_reward_consistently() -> None:
+    demo = _episode("a", 1)[0]
+    text = build_prompt(ExperienceRequest(instruction="x", history=[], state="s", action="a", demos=[demo]))
+    assert re.search(r"done=true success=true reward=1", text)

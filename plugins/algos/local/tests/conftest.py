@@ -16,6 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from dreamgym_core.records import PolicyDecision, Task, Trajectory, Transition
 
+# One intra-op thread: the test machine is shared and small; oversubscribed threads slow torch down.
+torch.set_num_threads(1)
+
 WORDS = (
     "you are in the kitchen pantry garden room task step go north south east west take open apple key door "
     "fridge look think action < > / done observe your find put it in on a an of to"
@@ -92,7 +95,7 @@ def make_groups() -> list[list[Trajectory]]:
 
 
 def flat_params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()] or [torch.zeros(0)])
 
 
 class Kit:

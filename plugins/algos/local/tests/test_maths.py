@@ -1,0 +1,95 @@
+"""The maths wrappers against verl's functions called directly on the same inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from verl.trainer.ppo import core_algos
+
+from dreamgym_plugin_local import maths
+
+
+def test_grpo_advantages_equal_verl_token_level():
+    scores = torch.tensor([1.0, 0.0, 0.9, 0.0, 1.0, 1.0, 0.0, -0.1])
+    groups = [0, 0, 0, 0, 1, 1, 1, 2]
+    ours = maths.grpo_advantages(scores, groups)
+    # verl on token-level rows: the score on one token of a 5-token masked response
+    mask = torch.zeros(8, 5)
+    mask[:, :3] = 1
+    rewards = torch.zeros(8, 5)
+    rewards[:, 2] = scores
+    theirs, _ = core_algos.compute_grpo_outcome_advantage(
+        token_level_rewards=rewards, response_mask=mask, index=np.array(groups), epsilon=1e-6, norm_adv_by_std_in_grpo=True
+    )
+    assert torch.allclose(ours, theirs[:, 0], atol=1e-6)
+    assert ours[7].item() == pytest.approx(-0.1)  # verl: a group of one keeps its raw score
+    # group 0: mean 0.475, so the successes are positive and the failures negative
+    assert (ours[[0, 2]] > 0).all() and (ours[[1, 3]] < 0).all()
+
+
+def test_grpo_without_std_normalisation_is_mean_centred():
+    scores = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    adv = maths.grpo_advantages(scores, [0, 0, 0, 0], norm_by_std=False)
+    assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25]))
+
+
+def test_trajectory_scores_subtract_penalty_per_invalid_step():
+    assert maths.trajectory_scores([1.0, 0.0], [0, 3], 0.1).tolist() == pytest.approx([1.0, -0.3])
+
+
+def test_place_step_rewards_puts_reward_on_last_response_token():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)
+    out = maths.place_step_rewards(torch.tensor([0.5, 1.0, 7.0]), mask)
+    assert out.tolist() == [[0, 0, 0.5, 0], [1.0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_pack_unpack_round_trip_keeps_step_order():
+    rows = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    packed, pmask = maths.pack_episodes(rows, mask, [0, 1, 0])
+    assert packed.tolist() == [[1, 2, 4, 5, 6], [3, 0, 0, 0, 0]]
+    assert pmask.tolist() == [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert torch.equal(maths.unpack_episodes(packed, mask, [0, 1, 0]), rows)
+
+
+def test_gae_equals_verl_and_returns_are_reward_to_go_at_lambda_one():
+    torch.manual_seed(0)
+    rewards = torch.zeros(2, 6)
+    rewards[0, 2], rewards[0, 5], rewards[1, 3] = 0.5, 1.0, -0.1
+    values = torch.randn(2, 6)
+    mask = torch.ones(2, 6)
+    mask[1, 4:] = 0
+    adv, ret = maths.gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
+    ref_adv, ref_ret = core_algos.compute_gae_advantage_return(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert torch.allclose(adv, ref_adv) and torch.allclose(ret, ref_ret)
+    assert ret[0, :3].tolist() == pytest.approx([1.5, 1.5, 1.5])
+    assert ret[0, 3:].tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_policy_loss_equals_verl_vanilla():
+    torch.manual_seed(1)
+    old, new, adv = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    mask = torch.ones(3, 4)
+    config = maths.actor_config(0.2, 0.28, 3.0, "token-mean")
+    ours, metrics = maths.policy_loss(old, new, adv, mask, config=config)
+    theirs, _ = core_algos.compute_policy_loss_vanilla(old, new, adv, mask, loss_agg_mode="token-mean", config=config)
+    assert torch.allclose(ours, theirs) and "actor/ppo_kl" in metrics
+
+
+def test_kl_loss_is_zero_at_reference_and_positive_elsewhere():
+    logp = torch.log(torch.tensor([[0.5, 0.25]]))
+    mask = torch.ones(1, 2)
+    assert maths.kl_loss(logp, logp, mask, kl_type="low_var_kl", agg_mode="token-mean").item() == pytest.approx(0.0)
+    assert maths.kl_loss(logp, logp - 0.3, mask, kl_type="low_var_kl", agg_mode="token-mean").item() > 0
+
+
+def test_dpo_loss_sanity():
+    zero = torch.zeros(2)
+    losses, cr, rr = maths.dpo_loss(zero, zero, zero, zero, beta=0.1)
+    assert losses.tolist() == pytest.approx([math.log(2)] * 2)
+    better, _, _ = maths.dpo_loss(torch.tensor([-1.0]), torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-3.0]), beta=0.1)
+    worse, _, _ = maths.dpo_loss(torch.tensor([-5.0]), torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-3.0]), beta=0.1)
+    assert better.item() < math.log(2) < worse.item()
+    # TRL's formula: -logsigmoid(beta * (2 - (-2)))
+    assert better.item() == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(0.4)).item())

@@ -1,0 +1,122 @@
+"""GRPO and PPO on a tiny random Llama: learning, NaN handling, save/load."""
+
+import logging
+
+import msgspec
+import pytest
+import torch
+
+from dreamgym_plugin_local import maths
+from dreamgym_plugin_local.batch import trajectory_steps
+from dreamgym_plugin_local.config import GRPOConfig, PPOConfig
+from dreamgym_plugin_local.grpo import GRPO
+from dreamgym_plugin_local.ppo import PPO
+
+
+def fixed_surrogate(algo, groups):
+    """The PPO-clip loss of the current policy against the log-probs it had when this
+    function was first called, with GRPO advantages held fixed: a loss on a fixed batch."""
+    trajs = [t for g in groups for t in g]
+    steps, _ = trajectory_steps(trajs)
+    scores = maths.trajectory_scores([t.outcome_reward for t in trajs], [0] * len(trajs), 0.0)
+    adv = maths.grpo_advantages(scores, [i for i, g in enumerate(groups) for _ in g])
+    batch = algo._tokenize([s.prompt for s in steps], [s.response for s in steps])
+    advantages = adv[[s.trajectory for s in steps]].unsqueeze(1) * batch.response_mask
+    logp, _ = algo._logprobs_no_grad(algo.model, batch)
+    if not hasattr(algo, "_test_logp0"):
+        algo._test_logp0 = logp
+    config = maths.actor_config(0.2, 0.2, 3.0, "token-mean")
+    return maths.policy_loss(algo._test_logp0, logp, advantages, batch.response_mask, config=config)[0].item()
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_updates_change_parameters_and_reduce_the_loss(cls, config_type, kit):
+    policy = kit.TinyPolicy()
+    algo = cls(config_type(lr=1e-3, minibatch_size=4), policy=policy, seed=0)
+    groups = kit.make_groups()
+    before_params, before_loss = kit.flat_params(policy.model), fixed_surrogate(algo, groups)
+    history = [algo.update(groups=groups) for _ in range(4)]
+    assert not torch.equal(before_params, kit.flat_params(policy.model))
+    assert fixed_surrogate(algo, groups) < before_loss - 1e-3
+    assert all(m["errors/nonfinite_loss_steps"] == 0 and m["perf/optimizer_steps"] == 4 for m in history)
+    assert history[-1]["losses/kl_loss"] > 0  # the policy moved away from its reference
+    if cls is PPO:
+        assert history[-1]["losses/value_loss"] < history[0]["losses/value_loss"]
+
+
+def test_grpo_invalid_action_penalty_lowers_the_advantage(kit):
+    task = kit.make_groups()[0][0].task
+    clean = kit.trajectory(task, ["go north", "look"], False)
+    invalid = kit.trajectory(task, ["go north", "look"], False, valid=[False, False])
+    steps, _ = trajectory_steps([clean, invalid])
+    n_invalid = [sum(not s.valid for s in steps if s.trajectory == i) for i in range(2)]
+    scores = maths.trajectory_scores([0.0, 0.0], n_invalid, GRPOConfig().invalid_action_penalty)
+    adv = maths.grpo_advantages(scores, [0, 0])
+    assert n_invalid == [0, 2] and adv[0] > 0 > adv[1]
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_nan_reward_skips_the_step_and_is_counted(cls, config_type, kit, caplog):
+    policy = kit.TinyPolicy()
+    algo = cls(config_type(lr=1e-3, minibatch_size=64), policy=policy, seed=0)
+    groups = kit.make_groups()
+    bad = groups[0][0]
+    last = msgspec.structs.replace(bad.transitions[-1], reward=float("nan"))
+    groups[0][0] = msgspec.structs.replace(bad, transitions=[*bad.transitions[:-1], last])
+    before = kit.flat_params(policy.model)
+    with caplog.at_level(logging.WARNING):
+        metrics = algo.update(groups=groups)
+    assert metrics["errors/nonfinite_loss_steps"] == 1 and metrics["perf/optimizer_steps"] == 0
+    assert torch.equal(before, kit.flat_params(policy.model))
+    assert "optimizer step skipped" in caplog.text
+    assert all(v == v for v in metrics.values())  # no NaN reaches the metrics
+    # the next, clean batch trains normally
+    assert algo.update(groups=kit.make_groups())["perf/optimizer_steps"] == 1
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_save_load_resumes_identically(cls, config_type, kit, tmp_path):
+    config = config_type(lr=1e-3, minibatch_size=4)
+    first = kit.TinyPolicy()
+    algo = cls(config, policy=first, seed=3)
+    algo.update(groups=kit.make_groups())
+    algo.save(path=str(tmp_path / "ckpt"))
+    algo.update(groups=kit.make_groups())
+
+    second = kit.TinyPolicy()  # same initial weights, as a rebuilt backend would have
+    resumed = cls(config, policy=second, seed=3)
+    resumed.load(path=str(tmp_path / "ckpt"))
+    resumed.update(groups=kit.make_groups())
+    assert torch.equal(kit.flat_params(first.model), kit.flat_params(second.model))
+    assert torch.equal(kit.flat_params(algo.heads), kit.flat_params(resumed.heads))
+    assert resumed.counters == algo.counters
+
+
+def test_load_of_a_missing_checkpoint_names_the_file(kit, tmp_path):
+    from dreamgym_core.errors import DataError
+
+    algo = GRPO(GRPOConfig(), policy=kit.TinyPolicy(), seed=0)
+    with pytest.raises(DataError, match="policy.safetensors"):
+        algo.load(path=str(tmp_path))
+
+
+def test_act_samples_with_the_backend_and_is_seeded(kit):
+    a = GRPO(GRPOConfig(max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)
+    b = GRPO(GRPOConfig(max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)
+    prompts = ["task : find the apple step 0 observe : you are in the room 0 action"] * 2
+    out = a.act(prompts=prompts)
+    assert out == b.act(prompts=prompts) and len(out) == 2 and all(isinstance(x, str) for x in out)
+    assert a.act(prompts=prompts[:1], greedy=True) == b.act(prompts=prompts[:1], greedy=True)
+
+
+def test_a_backend_without_local_weights_is_a_clear_error():
+    from dreamgym_core.errors import ConfigError
+
+    class Remote:
+        model_id = "remote"
+
+        def generate(self, **_):
+            return []
+
+    with pytest.raises(ConfigError, match="grpo.*no 'model'"):
+        GRPO(GRPOConfig(), policy=Remote(), seed=0)

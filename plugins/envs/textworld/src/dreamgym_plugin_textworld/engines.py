@@ -6,6 +6,7 @@ next action. Nothing here renders text for models: that is :mod:`.state`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -119,7 +120,10 @@ class TwEngine:
                 admissible_commands=True, policy_commands=True, inventory=True, description=True,
                 objective=True, score=True, max_score=True, won=True, lost=True,
             )  # fmt: skip
-            self._env = textworld.start(str(path), request_infos=infos)
+            with warnings.catch_warnings():
+                # jericho cannot detect score changes in generated games; TextWorld's own infos do.
+                warnings.filterwarnings("ignore", message=".*is not fully supported.*")
+                self._env = textworld.start(str(path), request_infos=infos)
             self._path = path
 
     def reset(self) -> RawState:

@@ -1,0 +1,125 @@
+"""TextWorldExpress through the plugin, on the real engine."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_plugin_textworld import TextWorldEnv, TwxConfig, make_twx
+from dreamgym_plugin_textworld.env import EpisodeOver
+
+from .conftest import TWX_GAMES
+
+
+@pytest.mark.parametrize("game", TWX_GAMES)
+def test_gold_path_succeeds_with_reward_only_at_the_end(twx_domains, game: str) -> None:
+    domain = twx_domains[game]
+    (trajectory,) = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)
+    steps = trajectory.transitions
+    assert trajectory.success and steps[-1].done and steps[-1].reward == 1.0
+    assert all(t.reward == 0.0 and not t.done for t in steps[:-1])
+    assert all(t.valid and t.source == "offline" for t in steps)
+    assert all(t.instruction == trajectory.task.instruction != "" for t in steps)
+    assert [t.step for t in steps] == list(range(len(steps)))
+
+
+@pytest.mark.parametrize("game", TWX_GAMES)
+def test_random_policy_reaches_a_defined_end(twx_domains, game: str) -> None:
+    domain = twx_domains[game]
+    for trajectory in domain.collect(tasks=domain.tasks(split="test"), policy="random", episodes=2, seed=1):
+        last = trajectory.transitions[-1]
+        assert last.done and len(trajectory.transitions) <= domain.config.max_steps
+        assert last.reward == (1.0 if last.success else 0.0)
+        assert all(t.valid for t in trajectory.transitions)
+
+
+def test_env_step_info_keeps_the_engine_score(twx_domains, twx_env) -> None:
+    obs = twx_env.reset(task=twx_domains["coin"].tasks(split="train")[0])
+    scores = []
+    while True:
+        result = twx_env.step(action=twx_env.expert_action())
+        scores.append(result.info["score"])
+        if result.done:
+            break
+    assert scores[-1] == 1.0 and result.success and not result.info["truncated"]
+    assert scores == sorted(scores)
+    assert obs.text.startswith("Observation: ") and obs.admissible_actions == sorted(obs.admissible_actions)
+    with pytest.raises(EpisodeOver):
+        twx_env.step(action="look around")
+
+
+def test_invalid_action_reaches_the_engine_and_is_flagged(twx_domains, twx_env) -> None:
+    before = twx_env.reset(task=twx_domains["twc"].tasks(split="train")[0])
+    result = twx_env.step(action="juggle the wardrobe")
+    assert not result.valid and not result.done and result.reward == 0.0
+    assert "not sure what you mean" in result.observation.text  # the engine's own answer
+    assert result.observation.admissible_actions == before.admissible_actions
+    assert twx_env.step(action="  LOOK   around ").valid  # admissibility ignores case and spacing
+
+
+def test_max_steps_truncates_as_failure(twx_domains, twx_env) -> None:
+    env = TextWorldEnv(twx_env.engine, max_steps=3, max_observation_chars=600, max_action_chars=300)
+    env.reset(task=twx_domains["coin"].tasks(split="train")[0])
+    results = [env.step(action="look around") for _ in range(3)]
+    assert [r.done for r in results] == [False, False, True]
+    assert results[-1].info["truncated"] and not results[-1].success and results[-1].reward == 0.0
+
+
+def test_reset_is_deterministic_and_initial_observation_matches(twx_domains, twx_env) -> None:
+    domain = twx_domains["cookingworld"]
+    task = domain.tasks(split="valid")[0]
+    assert twx_env.reset(task=task) == twx_env.reset(task=task, seed=123) == domain.initial_observation(task)
+
+
+def test_collect_is_reproducible_from_its_seed(twx_domains) -> None:
+    domain = twx_domains["mapreader"]
+    tasks = domain.tasks(split="train")
+    a = domain.collect(tasks=tasks, policy="noisy", episodes=2, seed=5)
+    b = domain.collect(tasks=tasks, policy="noisy", episodes=2, seed=5)
+    assert msgspec.json.encode(a) == msgspec.json.encode(b)
+
+
+def test_splits_use_disjoint_engine_seeds(twx_domains) -> None:
+    domain = twx_domains["coin"]
+    seeds = {split: {t.payload["seed"] for t in domain.tasks(split=split)} for split in ("train", "valid", "test")}
+    assert not seeds["train"] & seeds["test"] and not seeds["train"] & seeds["valid"] and not seeds["valid"] & seeds["test"]
+    assert {t.payload["split"] for t in domain.tasks(split="test")} == {"test"}
+
+
+def test_unknown_game_fails_listing_games() -> None:
+    with pytest.raises(ConfigError, match=r"unknown game 'cooking' \(available: .*cookingworld.*twc"):
+        make_twx(TwxConfig(game="cooking"))
+
+
+def test_bad_parameter_fails_listing_known_ones() -> None:
+    domain = make_twx(TwxConfig(game="twc", params={"numRooms": 2}))
+    try:
+        with pytest.raises(ConfigError) as err:
+            domain.tasks(split="train")
+        message = str(err.value)
+        assert "\n" not in message and "numRooms" in message and "numItemsToPutAway" in message
+    finally:
+        domain.close()
+
+
+def test_variation_builds_a_synthetic_train_task_from_a_real_reset(twx_domains) -> None:
+    domain = twx_domains["mapreader"]
+    parent = domain.tasks(split="train")[0]
+    assert "seed" in domain.describe_variation(parent) and "maxDistanceApart" in domain.describe_variation(parent)
+    child = domain.make_variation(parent, "seed=42, numLocations: 6")
+    assert child is not None
+    assert (child.origin, child.parent_id, child.split) == ("synthetic", parent.id, "train")
+    assert child.payload["seed"] == 42 and child.payload["params"]["numLocations"] == 6
+    assert "coin" in child.instruction  # the varied game's own objective
+    assert domain.initial_observation(child) != domain.initial_observation(parent)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["no numbers here", "seed=20001", "numLocations=99", "seed=0"],
+    ids=["nothing", "test-seed", "engine-rejects", "unchanged"],
+)
+def test_invalid_variations_give_none(twx_domains, text: str) -> None:
+    domain = twx_domains["coin"]
+    assert domain.make_variation(domain.tasks(split="train")[0], text) is None

@@ -18,6 +18,7 @@ real environments. ``DreamGymGymEnv`` (imported lazily, needs ``gymnasium``) wra
 
 from __future__ import annotations
 
+import string
 from typing import Annotated, Any, Sequence
 
 from msgspec import Meta
@@ -218,6 +219,8 @@ def _make_gym_class() -> type:
     class DreamGymGymEnv(gymnasium.Env):
         """Any DreamGym ``Env`` as a Gymnasium env with text observation and action spaces.
 
+        Both spaces are ``gymnasium.spaces.Text`` over printable ASCII (sampling an
+        action from them gives random text, as for any text space).
         ``reset(options={"task": Task})`` picks the task; without it, tasks are drawn
         from ``tasks`` with the env's seeded RNG. ``info`` carries the admissible
         actions, success, validity and the wrapped env's own info.
@@ -228,8 +231,8 @@ def _make_gym_class() -> type:
         def __init__(self, env: Any, tasks: Sequence[Task] = (), max_length: int = 8192) -> None:
             self.env = env
             self.tasks = list(tasks)
-            self.observation_space = spaces.Text(max_length=max_length)
-            self.action_space = spaces.Text(max_length=max_length)
+            self.observation_space = spaces.Text(max_length=max_length, min_length=0, charset=string.printable)
+            self.action_space = spaces.Text(max_length=max_length, min_length=1, charset=string.printable)
 
         def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
             super().reset(seed=seed)

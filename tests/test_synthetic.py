@@ -1,0 +1,188 @@
+"""The synthetic environment: Env contract, failure rules, buffer growth, batching, Gymnasium."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, render_output
+from dreamgym_core.protocols import Env
+from dreamgym_core.records import ExperienceResult, Observation, StepResult, Task
+from dreamgym_core.synthetic import SyntheticEnv, SyntheticEnvConfig, SyntheticEnvError, initial_state, step_many
+from dreamgym_core.testing import check_env, make_transitions
+from experience_doubles import ListBuffer, ScriptedLM
+
+TASK = Task(id="coin-1", instruction="Take the coin.", domain="toy", payload={"initial_state": "You are in room 0."})
+
+
+def answer(next_state: str, *, valid=True, done=False, success=False) -> str:
+    return render_output(ExperienceResult(reasoning="because", next_state=next_state, reward=float(done and success),
+                                          done=done, success=success, valid=valid))  # fmt: skip
+
+
+def walker(prompt: str) -> str:
+    """A deterministic stand-in world: 'go' moves one room on, 'take coin' wins in room 2, else invalid."""
+    room = int(re.findall(r"State: You are in room (\d+)", prompt)[-1])
+    action = re.findall(r"Action: (.*)", prompt)[-1]
+    if action == "go":
+        return answer(f"You are in room {room + 1}.")
+    if action == "take coin":
+        return answer("You took the coin.", done=True, success=room == 2)
+    return answer("Nothing happens.", valid=False)
+
+
+def make_env(buffer=None, **config) -> tuple[SyntheticEnv, ScriptedLM]:
+    lm = ScriptedLM(answer=walker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    return SyntheticEnv(model, buffer, None, SyntheticEnvConfig(**config)), lm
+
+
+def test_is_an_env_and_passes_the_conformance_kit() -> None:
+    env, _ = make_env(ListBuffer(make_transitions(8)))
+    assert isinstance(env, Env)
+    check_env(env, TASK, actions=3)
+
+
+def test_episode_reaches_success_with_outcome_reward() -> None:
+    buffer = ListBuffer()
+    env, lm = make_env(buffer, top_k=2, history_window=1)
+    assert env.reset(task=TASK, seed=3).text == "You are in room 0."
+    rewards = [env.step(action="go").reward, env.step(action="go").reward]
+    last = env.step(action="take coin")
+    assert rewards == [0.0, 0.0] and last.done and last.success and last.reward == 1.0
+    assert len(buffer) == 3
+    stored = buffer.items
+    assert [t.step for t in stored] == [0, 1, 2] and {t.source for t in stored} == {"synthetic"}
+    assert stored[2].state == "You are in room 2." and stored[2].model_id == "scripted-lm"
+    assert stored[0].reasoning == "because" and stored[0].instruction == TASK.instruction
+    # step 3's prompt: history window 1 and demos retrieved from what the buffer held
+    prompt = lm.calls[2]["prompts"][0]
+    assert prompt.count(" -> ") == 1 and "Similar transitions" in prompt
+    with pytest.raises(SyntheticEnvError, match="after the episode"):
+        env.step(action="go")
+
+
+def test_invalid_action_is_a_failure_state_with_zero_reward() -> None:
+    env, _ = make_env()
+    env.reset(task=TASK)
+    result = env.step(action="dance")
+    assert result.done and not result.success and result.reward == 0.0 and not result.valid
+    assert result.info["invalid_actions"] == 1
+
+
+def test_unparsable_output_ends_the_episode_and_is_counted() -> None:
+    lm = ScriptedLM(answer=lambda p: "I refuse to follow the format")
+    env = SyntheticEnv(LMExperienceModel(lm, ExperienceModelConfig(max_retries=1)), ListBuffer())
+    env.reset(task=TASK)
+    result = env.step(action="go")
+    assert result.done and not result.success and result.reward == 0.0
+    assert result.info["parse_status"] == "failed" and result.info["parse_failures"] == 1
+    assert env.model.metrics()["experience/retries"] == 1
+
+
+def test_max_steps_truncates() -> None:
+    env, _ = make_env(max_steps=2)
+    env.reset(task=TASK)
+    first, second = env.step(action="go"), env.step(action="go")
+    assert not first.done and second.done and not second.success and second.info["truncated"]
+
+
+def test_initial_state_rule() -> None:
+    class Domain:
+        def initial_observation(self, task):
+            return Observation(text="from the domain", admissible_actions=["go"])
+
+    assert initial_state(TASK, Domain()).text == "from the domain"
+    assert initial_state(TASK, object()).text == "You are in room 0."
+    with pytest.raises(SyntheticEnvError, match="coin-2.*initial_state"):
+        initial_state(Task(id="coin-2", instruction="x", domain="toy"), None)
+    with pytest.raises(SyntheticEnvError, match="before reset"):
+        make_env()[0].step(action="go")
+
+
+def test_admissible_actions_reach_the_prompt() -> None:
+    class Domain:
+        def initial_observation(self, task):
+            return Observation(text="You are in room 0.", admissible_actions=["go", "take coin"])
+
+    env, lm = make_env()
+    env.domain = Domain()
+    env.reset(task=TASK)
+    env.step(action="go")
+    assert "Admissible actions: go, take coin" in lm.calls[0]["prompts"][0]
+
+
+class RealEnvDouble:
+    """A stand-in real adapter: step_many must call its own step()."""
+
+    def __init__(self) -> None:
+        self.actions: list[str] = []
+
+    def reset(self, *, task, seed=None):
+        return Observation(text="real")
+
+    def step(self, *, action):
+        self.actions.append(action)
+        return StepResult(observation=Observation(text="real next"), reward=0.0, done=False)
+
+    def close(self) -> None:
+        pass
+
+
+def test_step_many_batches_one_model_call_and_one_retrieval() -> None:
+    buffer = ListBuffer(make_transitions(6))
+    lm = ScriptedLM(answer=walker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    envs = [SyntheticEnv(model, buffer, None, SyntheticEnvConfig(top_k=2)) for _ in range(4)]
+    real = RealEnvDouble()
+    for env in envs:
+        env.reset(task=TASK)
+    results = step_many([envs[0], real, envs[1], envs[2], envs[3]], ["go", "look", "dance", "go", "take coin"])
+    assert len(lm.calls) == 1 and len(lm.calls[0]["prompts"]) == 4
+    assert buffer.retrieve_calls == 1 and len(buffer) == 6 + 4
+    assert real.actions == ["look"] and results[1].observation.text == "real next"
+    assert [r.observation.text for r in results] == [
+        "You are in room 1.", "real next", "Nothing happens.", "You are in room 1.", "You took the coin."
+    ]
+    assert [r.done for r in results] == [False, False, True, False, True]
+    assert [r.info.get("retrieved") for r in results] == [2, None, 2, 2, 2]
+    # stepping one by one gives the same results as the batch
+    solo = [SyntheticEnv(model, None) for _ in range(2)]
+    for env in solo:
+        env.reset(task=TASK)
+    assert solo[0].step(action="go").observation == results[0].observation
+    with pytest.raises(SyntheticEnvError, match="2 envs and 1 actions"):
+        step_many(solo, ["go"])
+
+
+def test_gymnasium_wrapper() -> None:
+    gymnasium = pytest.importorskip("gymnasium")
+    from dreamgym_core.synthetic import DreamGymGymEnv
+
+    env, _ = make_env()
+    gym_env = DreamGymGymEnv(env, tasks=[TASK])
+    assert isinstance(gym_env, gymnasium.Env)
+    assert isinstance(gym_env.observation_space, gymnasium.spaces.Text)
+    obs, info = gym_env.reset(seed=0)
+    assert obs == "You are in room 0." and info["task_id"] == "coin-1"
+    assert gym_env.action_space.contains("go") and gym_env.observation_space.contains(obs)
+    obs, reward, terminated, truncated, info = gym_env.step("go")
+    assert (obs, reward, terminated, truncated) == ("You are in room 1.", 0.0, False, False)
+    gym_env.step("go")
+    obs, reward, terminated, truncated, info = gym_env.step("take coin")
+    assert reward == 1.0 and terminated and not truncated and info["success"]
+    gym_env.close()
+
+
+def test_gymnasium_wrapper_reports_truncation() -> None:
+    pytest.importorskip("gymnasium")
+    from dreamgym_core.synthetic import DreamGymGymEnv
+
+    env, _ = make_env(max_steps=1)
+    gym_env = DreamGymGymEnv(env)
+    gym_env.reset(options={"task": TASK})
+    _, _, terminated, truncated, _ = gym_env.step("go")
+    assert truncated and not terminated
+    with pytest.raises(SyntheticEnvError, match="options"):
+        DreamGymGymEnv(make_env()[0]).reset()

@@ -1,0 +1,51 @@
+"""Rule-based annotation and data-policy choice (pure functions)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.records import Transition
+from dreamgym_plugin_textworld.annotate import annotate_transition
+from dreamgym_plugin_textworld.policies import check_policy, choose_action
+from dreamgym_plugin_textworld.state import render_state
+
+BEFORE = render_state("You are in the kitchen. You see a coin.", "You are carrying nothing.", ["take coin", "look"], 0.0)
+AFTER = render_state("You pick up the coin.", "You are carrying: a coin.", ["drop coin", "look"], 1.0)
+
+
+def _transition(**kw) -> Transition:
+    base = dict(task_id="t", episode_id="e", step=0, state=BEFORE, action="take coin", next_state=AFTER, reward=1.0, done=True, success=True)
+    return Transition(**{**base, **kw})
+
+
+def test_success_trace_names_changes_score_and_reward() -> None:
+    trace = annotate_transition(_transition())
+    assert "admissible" in trace and "from nothing to a coin" in trace
+    assert "rises from 0.00 to 1.00" in trace and "reward 1" in trace
+
+
+def test_invalid_action_trace() -> None:
+    trace = annotate_transition(
+        _transition(action="dance", valid=False, next_state=BEFORE, reward=0.0, done=False, success=False)
+    )
+    assert "'dance' is not an admissible action" in trace
+    assert "stays nothing" in trace and "stays at 0.00" in trace and "continues" in trace
+
+
+def test_failed_end_trace() -> None:
+    assert "without success" in annotate_transition(_transition(reward=0.0, success=False, next_state=BEFORE))
+
+
+def test_policies() -> None:
+    rng = random.Random(0)
+    assert choose_action("expert", expert="go north", admissible=["a", "b"], rng=rng, noise=0.3) == "go north"
+    assert choose_action("expert", expert=None, admissible=["a"], rng=rng, noise=0.3) == "a"
+    assert choose_action("random", expert="go north", admissible=["a", "b"], rng=rng, noise=0.3) in ("a", "b")
+    noisy = [choose_action("noisy", expert="x", admissible=["a"], rng=rng, noise=0.5) for _ in range(400)]
+    assert 120 < noisy.count("a") < 280
+    assert choose_action("noisy", expert="x", admissible=["a"], rng=rng, noise=0.0) == "x"
+    with pytest.raises(ConfigError, match="available: expert, random, noisy"):
+        check_policy("oracle")

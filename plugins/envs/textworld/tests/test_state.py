@@ -1,0 +1,52 @@
+"""The state mapper's pure functions (no engine)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dreamgym_plugin_textworld.state import (
+    clean_text,
+    compact_actions,
+    compact_inventory,
+    normalize_action,
+    parse_state,
+    render_state,
+)
+
+
+def test_inventory_formats_of_both_engines() -> None:
+    assert compact_inventory("Inventory (maximum capacity is 2 items): \n  Your inventory is currently empty.\n") == "nothing"
+    assert compact_inventory("Inventory: \n  a map\n  a coin\n") == "a map, a coin"
+    assert compact_inventory("You are carrying nothing.") == "nothing"
+    assert compact_inventory("You are carrying: a key, a red apple and a coin.") == "a key, a red apple, a coin"
+
+
+def test_actions_are_grouped_by_verb_and_cut_to_budget() -> None:
+    actions = ["take apple", "take knife", "open fridge", "look around", "inventory"]
+    assert compact_actions(actions, 300) == "take apple / knife; open fridge; look around; inventory"
+    many = [f"verb{i} object number {i}" for i in range(40)]
+    short = compact_actions(many, 100)
+    assert len(short) < 130 and short.endswith("more verbs)")
+
+
+def test_render_then_parse_round_trip() -> None:
+    text = render_state("You are in the  kitchen.\n\nA coin.", "Inventory: \n  a map\n", ["take coin", "move west"], 0.5)
+    assert text.splitlines()[0] == "Observation: You are in the kitchen. A coin."
+    fields = parse_state(text)
+    assert fields["inventory"] == "a map" and fields["score"] == "0.50" and fields["n_actions"] == "2"
+    assert fields["actions"] == "take coin; move west"
+
+
+def test_parse_state_tolerates_missing_fields() -> None:
+    assert parse_state("Observation: dark room")["inventory"] == ""
+
+
+@given(st.text(), st.integers(min_value=5, max_value=200))
+def test_clean_text_respects_its_budget(text: str, limit: int) -> None:
+    out = clean_text(text, limit)
+    assert len(out) <= limit and "\n" not in out
+
+
+def test_normalize_action() -> None:
+    assert normalize_action("  Take   the COIN ") == "take the coin"

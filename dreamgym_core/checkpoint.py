@@ -112,8 +112,8 @@ def load_latest(runner: Runner) -> int:
     except (OSError, msgspec.DecodeError) as exc:
         raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
     exp_dir = runner.run_dir / "experience_model"
-    if runner.exp_backend is not None and (exp_dir / "done").exists():
-        runner.exp_backend.load(path=str(exp_dir))
+    if runner.experience_model is not None and (exp_dir / "done").exists():
+        runner._reload_experience_model(exp_dir)
     runner.algo.load(path=str(ckpt / "algo"))
     if runner.curriculum is not None and state.curriculum is not None:
         runner.curriculum.load_state_dict(state.curriculum)

@@ -110,7 +110,9 @@ class Runner:
                     history_window=cfg.loop.history_window,
                     top_k=cfg.loop.top_k,
                     temperature=cfg.loop.experience_temperature,
+                    seed=cfg.seed,
                 ),
+                domain=self.domain,
             )
         self.policy = build("model", cfg.policy.name, self._component("policy"))
         self.algo = build("algo", cfg.algo.name, self._component("algo"), policy=self.policy, seed=cfg.seed)
@@ -156,48 +158,48 @@ class Runner:
             self.buffer.add(transitions=[t for traj in offline for t in traj.transitions])
             self.buffer.flush()
 
-    def _annotate(self, offline: list[Trajectory]) -> list[Trajectory]:
+    def _annotate(self, transitions: list[Transition]) -> list[Transition]:
         """Reasoning traces for joint SFT: the domain's rule-based annotator or a teacher."""
+        from .experience import TeacherAnnotator, annotate_with_domain
+
         mode = self.cfg.experience.annotator
         if mode == "none":
-            return offline
+            return transitions
         if mode == "rule":
-            return [
-                msgspec.structs.replace(
-                    traj,
-                    transitions=[msgspec.structs.replace(t, reasoning=self.domain.annotate(transition=t)) for t in traj.transitions],
-                )
-                for traj in offline
-            ]
-        from .experience import TeacherAnnotator
-
+            return annotate_with_domain(transitions, self.domain)
         ref = self.cfg.experience.teacher
         if ref is None:
             raise ConfigError(f"{self.resolved.source}: experience.annotator='teacher' needs experience.teacher")
         teacher = self.plugins.build("model", ref.name, self._component("experience.teacher"))
-        return TeacherAnnotator(teacher).annotate(offline)
+        return TeacherAnnotator(teacher, seed=self.cfg.seed).annotate(transitions=transitions)
 
     def _train_experience_model(self, offline: list[Trajectory]) -> dict[str, float]:
-        if self.exp_backend is None or self.cfg.experience.skip:
+        """Joint SFT (Eq. 5) on annotated offline transitions; the checkpoint is reused on resume."""
+        if self.experience_model is None or self.cfg.experience.skip:
             return {}
         from .experience import training_examples
 
         ckpt = self.run_dir / "experience_model"
         if (ckpt / "done").exists():
-            self.exp_backend.load(path=str(ckpt))
+            self._reload_experience_model(ckpt)
             return {}
-        annotated = self._annotate(offline)
-        transitions = [t for traj in annotated for t in traj.transitions]
-        examples = training_examples(
-            transitions, buffer=self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
-        )
+        transitions = self._annotate([t for traj in offline for t in traj.transitions])
+        checkpoint.write_transitions(self.run_dir / "offline_annotated.jsonl", transitions)
         if hasattr(self.exp_backend, "prepare"):
+            examples = training_examples(transitions, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k)
             self.exp_backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
         exp = self.cfg.experience
-        metrics = self.exp_backend.sft(examples=examples, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size)
+        metrics = self.experience_model.train(
+            transitions=transitions, buffer=self.buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size
+        )
         self.exp_backend.save(path=str(ckpt))
         (ckpt / "done").write_text("1\n")
         return {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
+
+    def _reload_experience_model(self, ckpt: Path) -> None:
+        """Swap in the trained experience-model weights saved by an earlier (killed) attempt."""
+        self.exp_backend = type(self.exp_backend).load(str(ckpt))
+        self.experience_model.backend = self.exp_backend
 
     def _warmstart_policy(self, offline: list[Trajectory]) -> dict[str, float]:
         """SFT on successful offline demos in the agent-prompt format (behaviour cloning)."""
@@ -236,12 +238,15 @@ class Runner:
     def _make_envs(self, phase: str, n: int) -> tuple[list[Any], Any]:
         if phase == "real":
             return [self.domain.make_env() for _ in range(n)], None
-        from .synthetic import SyntheticEnv, step_many
+        from .synthetic import SyntheticEnv, SyntheticEnvConfig, step_many
 
-        envs = [
-            SyntheticEnv(model=self.experience_model, buffer=self.buffer, domain=self.domain, max_steps=self.cfg.loop.max_steps, add_to_buffer=False)
-            for _ in range(n)
-        ]
+        # Synthetic transitions enter the buffer in the store stage, after the rollout:
+        # a resumed iteration then retrieves exactly what the uninterrupted one did.
+        config = SyntheticEnvConfig(
+            max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
+            top_k=self.cfg.loop.top_k, add_to_buffer=False,
+        )
+        envs = [SyntheticEnv(self.experience_model, self.buffer, self.domain, config) for _ in range(n)]
         return envs, step_many
 
     def act_fn(self, temperature: float, seed: int):

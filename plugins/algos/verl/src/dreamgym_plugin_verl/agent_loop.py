@@ -1,0 +1,279 @@
+"""DreamGym's environment as a verl agent loop (token-in/token-out, multi-turn).
+
+One verl sample is one DreamGym episode. Policy turns are token ids from verl's
+rollout servers (``server_manager.generate``), kept verbatim with mask 1; each
+environment turn is the next agent prompt (built from the new observation),
+tokenised through verl's Continuous Token builder with mask 0. The environment is
+any :class:`dreamgym_core.protocols.Env`: the synthetic environment (experience
+model + shared buffer) or a real adapter, so the real, dreamgym and s2r modes share
+this code. The episode ends on ``done``, on an unparsable action, at
+``max_steps`` or when the response budget is spent; the response always ends with
+the last policy turn, so the outcome reward lands on a policy token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from uuid import uuid4
+
+import msgspec
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+
+from dreamgym_core.agent import build_agent_prompt, parse_agent_output
+from dreamgym_core.errors import DreamGymError
+from dreamgym_core.protocols import Env
+from dreamgym_core.records import HistoryStep, Observation, StepResult, Task, TaskOutcome, Transition
+
+from .config import AGENT_LOOP_NAME
+
+__all__ = [
+    "EpisodeRuntime",
+    "EpisodeStats",
+    "DreamGymAgentLoop",
+    "RUNTIMES",
+    "episode_reward",
+    "get_runtime",
+]
+
+log = logging.getLogger(__name__)
+
+
+def episode_reward(step_rewards: list[float], invalid_actions: int, penalty: float) -> float:
+    """Outcome reward of one episode (paper): the environment's rewards (1 on the final
+    step of a success, else 0) minus ``penalty`` per invalid or unparsable action."""
+    return float(sum(step_rewards)) - penalty * invalid_actions
+
+
+@dataclass
+class EpisodeRuntime:
+    """What every episode of a run shares inside one agent-loop worker process.
+
+    ``make_env(phase)`` returns a fresh environment for ``phase`` ("synthetic" or
+    "real"); ``store`` receives a finished episode's transitions (the shared
+    buffer); ``report`` receives its outcome (the shared curriculum).
+    """
+
+    make_env: Callable[[str], Env]
+    max_steps: int
+    history_window: int = 4
+    invalid_action_penalty: float = 0.1
+    turn_max_tokens: int = 256
+    model_id: str = ""
+    store: Callable[[list[Transition]], None] | None = None
+    report: Callable[[TaskOutcome], None] | None = None
+
+
+# Runtimes by key (the run directory in production). The agent-loop YAML names the key;
+# the first episode in a worker process builds the runtime from the run directory.
+RUNTIMES: dict[str, EpisodeRuntime] = {}
+
+
+def get_runtime(key: str) -> EpisodeRuntime:
+    """The runtime for ``key``, built from the run directory on first use."""
+    if key not in RUNTIMES:
+        from .runtime import load_runtime
+
+        RUNTIMES[key] = load_runtime(key)
+    return RUNTIMES[key]
+
+
+@dataclass
+class EpisodeStats:
+    """Counters of one episode, returned to verl as reward extra info."""
+
+    steps: int = 0
+    invalid_actions: int = 0
+    unparsed_actions: int = 0
+    success: bool = False
+    truncated: bool = False
+    env_error: bool = False
+    step_rewards: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Tokens:
+    """The growing token stream: prompt + response, with the response's mask and logprobs."""
+
+    ids: list[int]
+    mask: list[int] = field(default_factory=list)
+    logprobs: Optional[list[float]] = None
+
+
+@register(AGENT_LOOP_NAME)
+class DreamGymAgentLoop(AgentLoopBase):
+    """Plays one DreamGym episode per verl sample; see the module docstring."""
+
+    def __init__(self, *args: Any, runtime: str = "", **kwargs: Any) -> None:
+        kwargs.pop("tools", None)
+        kwargs.pop("name", None)
+        super().__init__(*args, **kwargs)
+        if not runtime:
+            raise DreamGymError(f"verl agent loop {AGENT_LOOP_NAME!r}: its config names no `runtime` (run directory)")
+        self.runtime = get_runtime(runtime)
+        self.response_length = self.rollout_config.response_length
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        """One episode of the task in ``kwargs["task"]`` (a JSON-encoded Task)."""
+        task = msgspec.json.decode(kwargs["task"], type=Task)
+        phase = str(kwargs.get("phase", "synthetic"))
+        seed = int(kwargs.get("seed", 0))
+        rt, stats = self.runtime, EpisodeStats()
+        env = rt.make_env(phase)
+        transitions: list[Transition] = []
+        try:
+            observation = await self._call(env.reset, task=task, seed=seed)
+            tokens, messages = await self._start(task, observation)
+            prompt_len = len(tokens.ids)
+            await self._play(task, env, observation, tokens, messages, sampling_params, stats, transitions, phase)
+        finally:
+            await self._call(env.close)
+        reward = episode_reward(stats.step_rewards, stats.invalid_actions + stats.unparsed_actions, rt.invalid_action_penalty)
+        self._publish(task, transitions, reward)
+        return self._output(tokens, prompt_len, reward, stats, task)
+
+    # --- turns ---------------------------------------------------------------------
+
+    async def _start(self, task: Task, observation: Observation) -> tuple[_Tokens, list[dict[str, str]]]:
+        prompt = build_agent_prompt(
+            task=task, observation=observation, history=[], step=0,
+            max_steps=self.runtime.max_steps, history_window=self.runtime.history_window,
+        )
+        messages = [{"role": "user", "content": prompt}]
+        return _Tokens(ids=await self.ct_build_initial_tokens(messages)), messages
+
+    async def _play(
+        self,
+        task: Task,
+        env: Env,
+        observation: Observation,
+        tokens: _Tokens,
+        messages: list[dict[str, str]],
+        sampling_params: dict[str, Any],
+        stats: EpisodeStats,
+        transitions: list[Transition],
+        phase: str,
+    ) -> None:
+        rt, history = self.runtime, []
+        request_id = uuid4().hex
+        for step in range(rt.max_steps):
+            text = await self._policy_turn(tokens, sampling_params, request_id)
+            action, parsed = parse_agent_output(text, observation.admissible_actions)
+            stats.steps += 1
+            if not parsed:
+                stats.unparsed_actions += 1
+                return
+            try:
+                result: StepResult = await self._call(env.step, action=action)
+            except Exception as exc:  # an engine crash fails this episode only
+                log.warning("env step failed for task %s: %s", task.id, exc)
+                stats.env_error = True
+                return
+            stats.invalid_actions += int(not result.valid)
+            stats.step_rewards.append(result.reward)
+            transitions.append(_transition(task, request_id, step, observation, action, result, phase, rt.model_id))
+            history.append(HistoryStep(state=observation.text, action=action))
+            observation = result.observation
+            if result.done:
+                stats.success = result.success
+                return
+            if step + 1 == rt.max_steps or len(tokens.mask) >= self.response_length:
+                break
+            prompt = build_agent_prompt(
+                task=task, observation=observation, history=history, step=step + 1,
+                max_steps=rt.max_steps, history_window=rt.history_window,
+            )
+            messages.append({"role": "assistant", "content": text})
+            await self._env_turn(tokens, messages, prompt)
+            if len(tokens.mask) >= self.response_length:
+                break
+        stats.truncated = True
+
+    async def _policy_turn(self, tokens: _Tokens, sampling_params: dict[str, Any], request_id: str) -> str:
+        budget = self.response_length - len(tokens.mask)
+        params = {**sampling_params, "max_tokens": max(1, min(self.runtime.turn_max_tokens, budget))}
+        output = await self.server_manager.generate(request_id=request_id, prompt_ids=tokens.ids, sampling_params=params)
+        logprobs = output.log_probs or None
+        if logprobs is not None and tokens.logprobs is None:
+            tokens.logprobs = [0.0] * len(tokens.mask)
+        merge, tokens.mask, tokens.logprobs = await self.ct_merge_assistant_token(
+            tokens.ids, output.token_ids, tokens.mask, tokens.logprobs, assistant_logprobs=logprobs
+        )
+        tokens.ids = merge.token_ids
+        return self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
+
+    async def _env_turn(self, tokens: _Tokens, messages: list[dict[str, str]], prompt: str) -> None:
+        updated = messages + [{"role": "user", "content": prompt}]
+        merge, tokens.mask, tokens.logprobs = await self.ct_merge_context_msg(
+            messages, updated, tokens.ids, tokens.mask, tokens.logprobs
+        )
+        tokens.ids = merge.token_ids
+        messages.append(updated[-1])
+
+    # --- results -------------------------------------------------------------------
+
+    def _publish(self, task: Task, transitions: list[Transition], reward: float) -> None:
+        """Send the episode to the shared buffer and the shared curriculum (if any)."""
+        if self.runtime.store is not None and transitions:
+            self.runtime.store(transitions)
+        if self.runtime.report is not None:
+            self.runtime.report(TaskOutcome(task=task, rewards=[reward]))
+
+    def _output(self, tokens: _Tokens, prompt_len: int, reward: float, stats: EpisodeStats, task: Task) -> AgentLoopOutput:
+        n = self.response_length
+        response = tokens.ids[prompt_len:]
+        mask = tokens.mask
+        # The response ends with the last policy token: trim anything after it.
+        while mask and mask[-1] == 0:
+            mask = mask[:-1]
+        response = response[: len(mask)]
+        logprobs = tokens.logprobs[: len(mask)] if tokens.logprobs else None
+        return AgentLoopOutput(
+            prompt_ids=tokens.ids[:prompt_len],
+            response_ids=response[:n],
+            response_mask=mask[:n],
+            response_logprobs=logprobs[:n] if logprobs else None,
+            reward_score=reward,
+            num_turns=1 + 2 * stats.steps,
+            metrics={},
+            extra_fields={
+                "turn_scores": list(stats.step_rewards),
+                "tool_rewards": [],
+                "reward_extra_info": {
+                    "success": float(stats.success),
+                    "episode_steps": float(stats.steps),
+                    "invalid_actions": float(stats.invalid_actions),
+                    "unparsed_actions": float(stats.unparsed_actions),
+                    "truncated": float(stats.truncated),
+                    "env_errors": float(stats.env_error),
+                },
+                "task_id": task.id,
+            },
+        )
+
+    async def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Run a blocking environment call off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(**kwargs))
+
+
+def _transition(
+    task: Task, episode_id: str, step: int, observation: Observation, action: str, result: StepResult, phase: str, model_id: str
+) -> Transition:
+    return Transition(
+        task_id=task.id,
+        episode_id=episode_id,
+        step=step,
+        state=observation.text,
+        action=action,
+        next_state=result.observation.text,
+        reward=result.reward,
+        done=result.done,
+        success=result.success,
+        valid=result.valid,
+        reasoning=str(result.info.get("reasoning", "")),
+        source="real" if phase == "real" else "synthetic",
+        model_id=model_id if phase != "real" else "",
+        instruction=task.instruction,
+    )

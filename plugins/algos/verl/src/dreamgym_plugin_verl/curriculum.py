@@ -1,0 +1,175 @@
+"""The curriculum on verl: which tasks each step's batch holds, and what the curriculum learns.
+
+verl draws a step's prompts from its dataset through its sampler; with
+``data.shuffle=False`` the sampler is sequential, so row ``i`` belongs to step
+``i // batch_size``. :class:`TaskFeed` maps rows to curriculum batches: the first
+row of a step asks the curriculum for that step's tasks. Agent-loop workers report
+each episode's outcome; :class:`OutcomeGroups` assembles a task's group of
+``group_size`` rewards and hands it to ``curriculum.observe`` (reward variance is
+computed over that GRPO group, as in the paper). :class:`CurriculumActor` holds the
+curriculum in one Ray actor that the dataset and every worker share.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import msgspec
+
+from dreamgym_core.errors import DreamGymError
+from dreamgym_core.records import Task, TaskOutcome
+
+from .buffer_actor import NAMESPACE
+
+__all__ = ["phase_for", "OutcomeGroups", "TaskFeed", "CurriculumActor", "RemoteCurriculum"]
+
+_tasks = msgspec.msgpack.Decoder(list[Task])
+_outcome = msgspec.msgpack.Decoder(TaskOutcome)
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def phase_for(iteration: int, *, mode: str, iterations: int, s2r_synthetic_share: float) -> str:
+    """The environment of ``iteration``: "synthetic" or "real" (s2r: synthetic first)."""
+    if mode == "s2r":
+        return "synthetic" if iteration < math.ceil(iterations * s2r_synthetic_share) else "real"
+    return "synthetic" if mode == "dreamgym" else "real"
+
+
+class OutcomeGroups:
+    """Collects single-episode outcomes into per-task groups of ``group_size`` rewards."""
+
+    def __init__(self, group_size: int) -> None:
+        self.group_size = group_size
+        self.pending: dict[str, tuple[Task, list[float]]] = {}
+
+    def add(self, outcome: TaskOutcome) -> list[TaskOutcome]:
+        """Record ``outcome``; returns the groups it completed (usually none or one)."""
+        task, rewards = self.pending.get(outcome.task.id, (outcome.task, []))
+        rewards = rewards + list(outcome.rewards)
+        done = []
+        while len(rewards) >= self.group_size:
+            done.append(TaskOutcome(task=task, rewards=rewards[: self.group_size]))
+            rewards = rewards[self.group_size :]
+        if rewards:
+            self.pending[task.id] = (task, rewards)
+        else:
+            self.pending.pop(task.id, None)
+        return done
+
+
+class TaskFeed:
+    """Dataset rows drawn from a curriculum, one batch of ``batch_size`` tasks per step."""
+
+    def __init__(self, next_tasks: Callable[[int], list[Task]], *, batch_size: int, iterations: int, phase: Callable[[int], str], seed: int = 0) -> None:
+        self.next_tasks = next_tasks
+        self.batch_size = batch_size
+        self.iterations = iterations
+        self.phase = phase
+        self.seed = seed
+        self._step = -1
+        self._batch: list[Task] = []
+
+    def __len__(self) -> int:
+        return self.iterations * self.batch_size
+
+    def task(self, index: int) -> tuple[int, Task]:
+        """(step, task) of row ``index``; asks the curriculum once per step."""
+        step, slot = divmod(index, self.batch_size)
+        if step != self._step:
+            batch = self.next_tasks(self.batch_size)
+            if len(batch) != self.batch_size:
+                raise DreamGymError(f"curriculum returned {len(batch)} tasks for a batch of {self.batch_size}")
+            self._step, self._batch = step, batch
+        return step, self._batch[slot]
+
+    def row(self, index: int) -> dict[str, Any]:
+        step, task = self.task(index)
+        return task_row(task, index=index, phase=self.phase(step), seed=self.seed * 1_000_003 + index)
+
+
+def task_row(task: Task, *, index: int, phase: str, seed: int) -> dict[str, Any]:
+    """One verl dataset row: the agent loop reads ``task``, ``phase`` and ``seed``."""
+    import torch
+
+    from .config import AGENT_LOOP_NAME
+
+    return {
+        "raw_prompt": [{"role": "user", "content": task.instruction}],
+        "task": msgspec.json.encode(task).decode(),
+        "phase": phase,
+        "seed": seed,
+        "agent_name": AGENT_LOOP_NAME,
+        "data_source": f"dreamgym/{task.domain}",
+        "index": index,
+        "extra_info": {"task_id": task.id, "origin": task.origin},
+        "tools_kwargs": {},
+        "interaction_kwargs": {},
+        "dummy_tensor": torch.tensor([0], dtype=torch.uint8),
+    }
+
+
+class CurriculumActor:
+    """Holds the curriculum for the dataset and all agent-loop workers (``ray.remote`` it)."""
+
+    def __init__(self, make_curriculum: Callable[[], Any], group_size: int) -> None:
+        self.curriculum = make_curriculum()
+        self.groups = OutcomeGroups(group_size)
+        self.observed = 0
+
+    def next_tasks(self, n: int) -> bytes:
+        return _encode(self.curriculum.next_tasks(n=n))
+
+    def record(self, payload: bytes) -> int:
+        """Add one episode outcome; returns how many groups were observed so far."""
+        done = self.groups.add(_outcome.decode(payload))
+        if done:
+            self.curriculum.observe(outcomes=done)
+            self.observed += len(done)
+        return self.observed
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self.curriculum.metrics()) if hasattr(self.curriculum, "metrics") else {}
+
+    def state_dict(self) -> bytes:
+        return msgspec.json.encode(self.curriculum.state_dict())
+
+
+class RemoteCurriculum:
+    """Client of a :class:`CurriculumActor`: ``next_tasks`` for the feed, ``report`` for workers."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    @classmethod
+    def start(cls, make_curriculum: Callable[[], Any], *, group_size: int, name: str | None = None) -> RemoteCurriculum:
+        import ray
+
+        options: dict[str, Any] = {"num_cpus": 0}
+        if name:
+            options |= {"name": name, "namespace": NAMESPACE, "get_if_exists": True}
+        return cls(ray.remote(CurriculumActor).options(**options).remote(make_curriculum, group_size))
+
+    @classmethod
+    def connect(cls, name: str) -> RemoteCurriculum:
+        import ray
+
+        try:
+            return cls(ray.get_actor(name, namespace=NAMESPACE))
+        except ValueError as exc:
+            raise DreamGymError(f"curriculum actor {name!r} is not running in this Ray cluster") from exc
+
+    def next_tasks(self, n: int) -> list[Task]:
+        import ray
+
+        return _tasks.decode(ray.get(self.handle.next_tasks.remote(n)))
+
+    def report(self, outcome: TaskOutcome) -> None:
+        import ray
+
+        ray.get(self.handle.record.remote(_encode(outcome)))
+
+    def metrics(self) -> dict[str, float]:
+        import ray
+
+        return ray.get(self.handle.metrics.remote())

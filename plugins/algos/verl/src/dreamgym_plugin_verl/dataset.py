@@ -1,0 +1,86 @@
+"""verl's ``data.custom_cls``: DreamGym tasks as verl dataset rows.
+
+verl 0.9.1 builds its train sampler itself (random or sequential, no plug-in
+class), so the curriculum is wired through the dataset: with a feed spec beside
+the task file (``<file>.feed.json``, written by the trainer) rows come from the
+shared curriculum actor, one curriculum batch per step; without one (validation)
+rows are the file's tasks in order.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from torch.utils.data import Dataset
+
+from dreamgym_core.errors import DataError
+from dreamgym_core.records import Task
+
+from .curriculum import RemoteCurriculum, TaskFeed, phase_for, task_row
+
+__all__ = ["DreamGymTaskDataset", "read_tasks", "write_tasks", "feed_spec_path"]
+
+
+def feed_spec_path(task_file: str | Path) -> Path:
+    return Path(str(task_file) + ".feed.json")
+
+
+def write_tasks(path: Path, tasks: list[Task]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in tasks))
+
+
+def read_tasks(path: str | Path) -> list[Task]:
+    """Task records, one JSON object a line; a bad line is named by file and number."""
+    tasks = []
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read task file: {exc.strerror or exc}") from exc
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                tasks.append(msgspec.json.decode(line, type=Task))
+            except msgspec.DecodeError as exc:
+                raise DataError(f"{path}:{number}: not a Task record: {exc}") from exc
+    if not tasks:
+        raise DataError(f"{path}: no tasks")
+    return tasks
+
+
+class DreamGymTaskDataset(Dataset):
+    """Constructed by verl as ``cls(data_files=, tokenizer=, processor=, config=, max_samples=)``."""
+
+    def __init__(self, data_files: Any, tokenizer: Any = None, processor: Any = None, config: Any = None, max_samples: int = -1) -> None:
+        files = [data_files] if isinstance(data_files, (str, Path)) else list(data_files)
+        self.tasks = [task for f in files for task in read_tasks(f)]
+        if max_samples and max_samples > 0:
+            self.tasks = self.tasks[:max_samples]
+        spec = feed_spec_path(files[0])
+        self.feed = self._feed(json.loads(spec.read_text())) if spec.exists() else None
+
+    def _feed(self, spec: dict[str, Any]) -> TaskFeed:
+        phase = partial(phase_for, mode=spec["mode"], iterations=spec["iterations"], s2r_synthetic_share=spec["s2r_synthetic_share"])
+        if spec.get("curriculum_actor"):
+            next_tasks = RemoteCurriculum.connect(spec["curriculum_actor"]).next_tasks
+        else:
+            next_tasks = self._cycle
+        return TaskFeed(next_tasks, batch_size=spec["batch_size"], iterations=spec["iterations"], phase=phase, seed=spec["seed"])
+
+    def _cycle(self, n: int) -> list[Task]:
+        """No curriculum: the file's tasks in order, wrapping around."""
+        start = getattr(self, "_next", 0)
+        self._next = start + n
+        return [self.tasks[(start + i) % len(self.tasks)] for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.feed) if self.feed is not None else len(self.tasks)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.feed is not None:
+            return self.feed.row(int(index))
+        return task_row(self.tasks[index], index=int(index), phase="real", seed=10_000 + int(index))

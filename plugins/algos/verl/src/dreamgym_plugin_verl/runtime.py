@@ -1,0 +1,137 @@
+"""Build an agent-loop worker's :class:`EpisodeRuntime` from the run directory.
+
+The trainer writes ``config.json`` (the resolved pipeline) and ``verl/runtime.json``
+(the names of the shared buffer and curriculum actors). Each worker process loads
+the same plugins, builds the domain (real environments) and the experience model
+(for DreamGym's synthetic environment, typically the ``openai`` backend pointed at a
+vLLM/SGLang server), and connects to the shared actors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from dreamgym_core.config import PipelineConfig, resolve
+from dreamgym_core.errors import ConfigError, DreamGymError
+from dreamgym_core.plugins import Plugins
+
+from .agent_loop import EpisodeRuntime
+from .buffer_actor import RemoteBuffer
+from .curriculum import RemoteCurriculum
+
+__all__ = ["load_runtime", "runtime_spec_path", "synthetic_env_factory", "build_buffer", "build_curriculum"]
+
+
+def runtime_spec_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "verl" / "runtime.json"
+
+
+def _load(run_dir: str | Path) -> tuple[Any, Plugins]:
+    """The resolved pipeline of a prepared run directory, with its plugins loaded."""
+    config_path = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{run_dir}: not a prepared run directory ({exc})") from exc
+    pipeline = msgspec.convert(data, type=PipelineConfig)
+    plugins = Plugins.for_names(pipeline.plugins, where=f"{config_path}: plugins")
+    return resolve(pipeline, plugins, where=str(config_path)), plugins
+
+
+def _experience_model(resolved: Any, plugins: Plugins) -> Any:
+    """The pipeline's experience model (M_exp, also M_task), or None without one."""
+    cfg = resolved.pipeline
+    if cfg.experience_model is None:
+        return None
+    try:
+        from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel
+    except ImportError as exc:
+        raise DreamGymError(f"this dreamgym core has no experience model ({exc}); update dreamgym") from exc
+    backend = plugins.build("model", cfg.experience_model.name, resolved.components["experience_model"])
+    return LMExperienceModel(
+        backend,
+        ExperienceModelConfig(
+            history_window=cfg.loop.history_window, top_k=cfg.loop.top_k, temperature=cfg.loop.experience_temperature
+        ),
+    )
+
+
+def _encoder(resolved: Any, plugins: Plugins) -> Any:
+    ref = resolved.pipeline.encoder
+    return plugins.build("encoder", ref.name, resolved.components["encoder"]) if ref else None
+
+
+def build_buffer(run_dir: str) -> Any:
+    """The pipeline's buffer, stored under ``<run_dir>/buffer`` (runs inside the buffer actor)."""
+    resolved, plugins = _load(run_dir)
+    ref = resolved.pipeline.buffer
+    return plugins.build(
+        "buffer", ref.name, resolved.components["buffer"], encoder=_encoder(resolved, plugins), path=str(Path(run_dir) / "buffer")
+    )
+
+
+def build_curriculum(run_dir: str) -> Any:
+    """The pipeline's curriculum over the train tasks (runs inside the curriculum actor)."""
+    resolved, plugins = _load(run_dir)
+    cfg = resolved.pipeline
+    domain = plugins.build("env", cfg.env.name, resolved.components["env"])
+    return plugins.build(
+        "curriculum", cfg.curriculum.name, resolved.components["curriculum"],
+        tasks=domain.tasks(split="train"), task_generator=_experience_model(resolved, plugins),
+        encoder=_encoder(resolved, plugins), seed=cfg.seed, domain=domain,
+    )
+
+
+def synthetic_env_factory(resolved: Any, plugins: Plugins, domain: Any, buffer: Any) -> Any:
+    """A no-argument factory of DreamGym synthetic environments (experience model + buffer)."""
+    try:
+        from dreamgym_core.synthetic import SyntheticEnv
+    except ImportError as exc:
+        raise DreamGymError(f"this dreamgym core has no synthetic environment ({exc}); update dreamgym") from exc
+    model = _experience_model(resolved, plugins)
+    max_steps = resolved.pipeline.loop.max_steps
+
+    def make() -> Any:
+        return SyntheticEnv(model=model, buffer=buffer, domain=domain, max_steps=max_steps, add_to_buffer=False)
+
+    make.model_id = getattr(model, "model_id", "")  # type: ignore[attr-defined]
+    return make
+
+
+def load_runtime(run_dir: str) -> EpisodeRuntime:
+    """The runtime of run ``run_dir`` (called once per agent-loop worker process)."""
+    resolved, plugins = _load(run_dir)
+    pipeline = resolved.pipeline
+    try:
+        spec = json.loads(runtime_spec_path(run_dir).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{run_dir}: not a prepared verl run directory ({exc})") from exc
+    domain = plugins.build("env", pipeline.env.name, resolved.components["env"])
+    buffer = RemoteBuffer.connect(spec["buffer_actor"]) if spec.get("buffer_actor") else None
+    curriculum = RemoteCurriculum.connect(spec["curriculum_actor"]) if spec.get("curriculum_actor") else None
+    synthetic = (
+        synthetic_env_factory(resolved, plugins, domain, buffer) if pipeline.loop.mode in ("dreamgym", "s2r") else None
+    )
+
+    def make_env(phase: str) -> Any:
+        if phase == "real":
+            return domain.make_env()
+        if synthetic is None:
+            raise DreamGymError(f"loop.mode={pipeline.loop.mode!r} has no synthetic environment")
+        return synthetic()
+
+    algo = resolved.components["algo"]
+    return EpisodeRuntime(
+        make_env=make_env,
+        max_steps=pipeline.loop.max_steps,
+        history_window=pipeline.loop.history_window,
+        invalid_action_penalty=algo.invalid_action_penalty,
+        turn_max_tokens=algo.turn_max_tokens,
+        model_id=getattr(synthetic, "model_id", ""),
+        store=(lambda transitions: buffer.add(transitions=transitions)) if buffer is not None else None,
+        report=curriculum.report if curriculum is not None else None,
+    )

@@ -1,0 +1,178 @@
+"""The DreamGym agent loop against verl's agent-loop interface.
+
+The generation server is a stand-in (``ScriptedServer``): verl's real servers are
+vLLM/SGLang on GPUs. It returns fixed token ids per turn and records the prompt ids it
+was given. ``CorridorEnv`` is a small deterministic Env written for these tests. Token
+merging, the chat template and the config are verl's and transformers' own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from verl.experimental.agent_loop.agent_loop import DictConfigWrap, _agent_loop_registry
+from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.workers.rollout.replica import TokenOutput
+
+import msgspec
+
+from dreamgym_core.records import Observation, StepResult, Task, TaskOutcome, Transition
+from dreamgym_plugin_verl.agent_loop import RUNTIMES, DreamGymAgentLoop, EpisodeRuntime, episode_reward
+from dreamgym_plugin_verl.config import AGENT_LOOP_NAME
+from dreamgym_plugin_verl.translate import translate
+
+TASK = Task(id="t1", instruction="go north twice", domain="test")
+
+
+class CorridorEnv:
+    """Success after two 'go north'; 'jump' is invalid; anything else changes nothing."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.closed = 0
+
+    def reset(self, *, task: Task, seed: int | None = None) -> Observation:
+        self.pos = 0
+        return Observation(text="room 0", admissible_actions=["go north", "wait"])
+
+    def step(self, *, action: str) -> StepResult:
+        if action == "jump":
+            return StepResult(observation=Observation(text=f"room {self.pos}"), reward=0.0, done=False, valid=False)
+        if action == "go north":
+            self.pos += 1
+        done = self.pos >= 2
+        obs = Observation(text=f"room {self.pos}", admissible_actions=["go north", "wait"])
+        return StepResult(observation=obs, reward=1.0 if done else 0.0, done=done, success=done)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class ScriptedServer:
+    """Stand-in for verl's LLM server client: fixed replies, records every request."""
+
+    def __init__(self, tokenizer: Any, replies: list[str]) -> None:
+        self.replies = [tokenizer.encode(r + "<|im_end|>", add_special_tokens=False) for r in replies]
+        self.requests: list[dict[str, Any]] = []
+
+    async def generate(self, *, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any], **_: Any) -> TokenOutput:
+        ids = self.replies[min(len(self.requests), len(self.replies) - 1)]
+        self.requests.append({"prompt_ids": list(prompt_ids), "sampling_params": dict(sampling_params)})
+        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids))
+
+
+def act(action: str) -> str:
+    return f"<think>ok</think><action>{action}</action>"
+
+
+@pytest.fixture
+def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
+    """Runs one episode with scripted replies; returns (output, server, runtime record)."""
+
+    def run(replies: list[str], *, max_steps: int = 5, response_length: int = 2048) -> tuple[Any, ScriptedServer, dict]:
+        resolved = resolve_dict({
+            "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"},
+            "algo": {"name": "verl-grpo", "config": {"model_path": "/models/x", "max_response_length": response_length}},
+            "loop": {"mode": "real", "max_steps": max_steps}, "run_dir": str(tmp_path / "run"),
+        })
+        cfg = compose(translate(resolved))
+        record: dict[str, Any] = {"stored": [], "reported": [], "envs": []}
+
+        def make_env(phase: str) -> CorridorEnv:
+            record["envs"].append((phase, CorridorEnv()))
+            return record["envs"][-1][1]
+
+        RUNTIMES["test"] = EpisodeRuntime(
+            make_env=make_env, max_steps=max_steps, invalid_action_penalty=0.1,
+            store=record["stored"].extend, report=record["reported"].append,
+        )
+        server = ScriptedServer(chat_tokenizer, replies)
+
+        async def main() -> Any:
+            loop = DreamGymAgentLoop(
+                trainer_config=DictConfigWrap(cfg), server_manager=server, tokenizer=chat_tokenizer,
+                processor=None, dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data), runtime="test",
+            )
+            task = msgspec.json.encode(TASK).decode()
+            return await loop.run({"temperature": 1.0}, task=task, phase="real", seed=3, raw_prompt=[])
+
+        return asyncio.run(main()), server, record
+
+    yield run
+    RUNTIMES.pop("test", None)
+
+
+def segments(mask: list[int]) -> list[tuple[int, int, int]]:
+    """(value, start, end) runs of a 0/1 mask."""
+    runs, start = [], 0
+    for i in range(1, len(mask) + 1):
+        if i == len(mask) or mask[i] != mask[start]:
+            runs.append((mask[start], start, i))
+            start = i
+    return runs
+
+
+def test_registered_with_verl():
+    assert _agent_loop_registry[AGENT_LOOP_NAME]["_target_"].endswith("agent_loop.DreamGymAgentLoop")
+
+
+def test_success_masks_tokens_and_places_reward(episode, chat_tokenizer):
+    out, server, record = episode([act("go north"), act("go north")])
+    first, second = server.replies[0], server.replies[1]
+    runs = segments(out.response_mask)
+    # policy turn (1), environment turn (0), policy turn (1); the response ends on the policy.
+    assert [r[0] for r in runs] == [1, 0, 1]
+    assert out.response_ids[runs[0][1] : runs[0][2]] == first
+    assert out.response_ids[runs[2][1] : runs[2][2]] == second
+    env_text = chat_tokenizer.decode(out.response_ids[runs[1][1] : runs[1][2]])
+    assert "room 1" in env_text and "Step 2 of at most 5" in env_text
+    # token-in/token-out: each request carries the whole stream so far, verbatim.
+    assert server.requests[0]["prompt_ids"] == out.prompt_ids
+    assert server.requests[1]["prompt_ids"] == out.prompt_ids + out.response_ids[: runs[1][2]]
+    assert "room 0" in chat_tokenizer.decode(out.prompt_ids)
+    assert out.reward_score == 1.0
+    scores = out.as_dict()["rm_scores"]
+    assert scores[-1].item() == 1.0 and scores[:-1].abs().sum().item() == 0.0
+    assert out.response_mask[-1] == 1
+    assert out.response_logprobs == [0.0 if m == 0 else -0.5 for m in out.response_mask]
+    info = out.extra_fields["reward_extra_info"]
+    assert info["success"] == 1.0 and info["episode_steps"] == 2.0 and info["truncated"] == 0.0
+    # the episode went to the shared buffer and curriculum; the env was closed.
+    assert [t.action for t in record["stored"]] == ["go north", "go north"]
+    assert all(isinstance(t, Transition) and t.source == "real" for t in record["stored"])
+    assert record["reported"] == [TaskOutcome(task=TASK, rewards=[1.0])]
+    assert record["envs"][0][0] == "real" and record["envs"][0][1].closed == 1
+
+
+def test_stops_at_max_steps(episode):
+    out, server, _ = episode([act("wait")], max_steps=3)
+    assert len(server.requests) == 3
+    assert [r[0] for r in segments(out.response_mask)] == [1, 0, 1, 0, 1]
+    assert out.reward_score == 0.0
+    assert out.extra_fields["reward_extra_info"]["truncated"] == 1.0
+
+
+def test_invalid_actions_counted_and_penalised(episode):
+    out, _, record = episode([act("jump"), act("go north"), act("jump"), act("go north")])
+    info = out.extra_fields["reward_extra_info"]
+    assert info["invalid_actions"] == 2.0 and info["success"] == 1.0
+    assert out.reward_score == pytest.approx(episode_reward([0, 0, 0, 1], 2, 0.1)) == pytest.approx(0.8)
+    assert [t.valid for t in record["stored"]] == [False, True, False, True]
+
+
+def test_unparsable_output_ends_episode(episode):
+    out, server, record = episode(["I will not use tags"])
+    assert len(server.requests) == 1
+    assert set(out.response_mask) == {1}
+    assert out.extra_fields["reward_extra_info"]["unparsed_actions"] == 1.0
+    assert out.reward_score == pytest.approx(-0.1)
+    assert record["stored"] == []
+
+
+def test_response_budget_caps_turns(episode):
+    out, server, _ = episode([act("wait")], max_steps=50, response_length=64)
+    assert len(out.response_ids) <= 64 and len(server.requests) < 50
+    assert all(r["sampling_params"]["max_tokens"] <= 64 for r in server.requests)
+    assert out.extra_fields["reward_extra_info"]["truncated"] == 1.0

@@ -1,0 +1,87 @@
+"""Pipeline -> verl Hydra overrides: golden files, and verl's own config accepts them.
+
+Regenerate the golden files after an intended change with
+``DREAMGYM_UPDATE_GOLDEN=1 pytest plugins/algos/verl/tests/test_translate.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_plugin_verl.translate import hydra_value, translate
+
+GOLDEN = Path(__file__).parent / "golden"
+PIPELINES = sorted(p.stem for p in GOLDEN.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_golden(name, resolve_file):
+    overrides = translate(resolve_file(GOLDEN / f"{name}.yaml"))
+    expected = GOLDEN / f"{name}.overrides.txt"
+    text = "\n".join(overrides) + "\n"
+    if os.environ.get("DREAMGYM_UPDATE_GOLDEN") == "1":
+        expected.write_text(text)
+    assert text == expected.read_text()
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_verl_config_accepts_overrides(name, resolve_file, compose):
+    resolved = resolve_file(GOLDEN / f"{name}.yaml")
+    cfg = compose(translate(resolved))
+    loop = resolved.pipeline.loop
+    assert cfg.data.train_batch_size == loop.tasks_per_iteration
+    assert cfg.actor_rollout_ref.rollout.n == loop.group_size
+    assert cfg.actor_rollout_ref.rollout.multi_turn.max_assistant_turns == loop.max_steps
+    assert cfg.trainer.total_training_steps == loop.iterations
+    assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "dreamgym_agent"
+    assert cfg.actor_rollout_ref.actor.kl_loss_type == "low_var_kl"
+
+
+def test_grpo_reference_settings(resolve_file, compose):
+    cfg = compose(translate(resolve_file(GOLDEN / "grpo_dreamgym.yaml")))
+    assert cfg.algorithm.adv_estimator == "grpo"
+    assert cfg.actor_rollout_ref.actor.optim.lr == 1e-6
+    assert cfg.actor_rollout_ref.actor.use_kl_loss is True and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.01
+    assert cfg.actor_rollout_ref.model.path == "/models/SmolLM2-135M-Instruct"
+    assert cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 0.4
+    assert cfg.trainer.nnodes == 1 and cfg.trainer.n_gpus_per_node == 1
+    assert "address" not in cfg.ray_kwargs.ray_init
+
+
+def test_ppo_cluster_settings(resolve_file, compose):
+    cfg = compose(translate(resolve_file(GOLDEN / "ppo_s2r_cluster.yaml")))
+    assert cfg.algorithm.adv_estimator == "gae"
+    assert cfg.critic.enable is True and cfg.critic.model.path == "/shared/models/Llama-3.1-8B-Instruct"
+    assert cfg.ray_kwargs.ray_init.address == "auto"
+    assert cfg.trainer.nnodes == 2 and cfg.trainer.n_gpus_per_node == 8
+    assert cfg.actor_rollout_ref.rollout.name == "sglang"
+    # extra_overrides come last and win
+    assert cfg.actor_rollout_ref.rollout.gpu_memory_utilization == 0.6
+    assert cfg.trainer.val_before_train is False
+
+
+def test_bad_mini_batch_is_a_located_error(resolve_dict):
+    data = {
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real", "tasks_per_iteration": 6},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m", "ppo_mini_batch_size": 4}},
+    }
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: algo.config.ppo_mini_batch_size=4 must divide"):
+        translate(resolve_dict(data))
+
+
+def test_missing_model_path_is_an_error(resolve_dict):
+    data = {"plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"}, "algo": {"name": "verl-grpo"}}
+    with pytest.raises(ConfigError, match="model_path is empty"):
+        translate(resolve_dict(data))
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(True, "True"), (None, "null"), (1e-6, "1e-06"), (["a", "b"], "[a,b]"), ("/p/x.yaml", "/p/x.yaml"), ("a b", "'a b'")],
+)
+def test_hydra_value(value, text):
+    assert hydra_value(value) == text

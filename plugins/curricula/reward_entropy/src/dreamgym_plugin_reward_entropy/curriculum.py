@@ -1,0 +1,189 @@
+"""The reward-entropy curriculum (DreamGym section 4.3).
+
+``observe`` values every observed task by the reward variance of its group (or of
+its cluster, for PPO), ranks the tasks by value, and asks ``M_task`` for variations
+of the top ones: ``vary_tasks`` writes ``n_candidates`` candidates, ``select_task``
+(the selection prompt) picks one, and the domain builds the Task (origin
+"synthetic", ``parent_id`` set). ``next_tasks(n)`` draws at most floor(lambda * n)
+synthetic tasks and the rest from the seed tasks, both weighted by value with a
+uniform exploration share.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import msgspec
+import numpy as np
+
+from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.records import Task, TaskOutcome
+
+from .config import RewardEntropyConfig
+from .maths import kmeans, nearest, sampling_weights, synthetic_quota, task_value
+
+__all__ = ["RewardEntropyCurriculum"]
+
+log = logging.getLogger(__name__)
+
+
+class RewardEntropyCurriculum:
+    """Reward-variance task values, M_task variations, a lambda-capped synthetic share."""
+
+    def __init__(
+        self, config: RewardEntropyConfig, *, tasks: Sequence[Task], task_generator: Any = None,
+        encoder: Any = None, seed: int = 0, domain: Any = None,
+    ) -> None:
+        if not tasks:
+            raise ConfigError("curriculum 'reward-entropy' (plugin reward-entropy): no seed tasks to draw from")
+        if config.grouping == "cluster" and encoder is None:
+            raise ConfigError("curriculum 'reward-entropy': grouping='cluster' needs an encoder; set `encoder` or grouping: task")
+        self.config, self.seed_tasks, self.seed = config, list(tasks), seed
+        self.generator, self.encoder, self.domain = task_generator, encoder, domain
+        self.synthetic: list[Task] = []
+        self.values: dict[str, float] = {}
+        self.draws = 0
+        self.stats = {"generated": 0, "rejected": 0, "synthetic_share": 0.0, "mean_value": 0.0, "max_value": 0.0}
+        self.centroids: np.ndarray | None = None
+        self.cluster_of: dict[str, int] = {}
+        if config.grouping == "cluster":
+            labels, self.centroids = kmeans(self._embed(self.seed_tasks), config.n_clusters, seed=seed)
+            self.cluster_of = {t.id: int(c) for t, c in zip(self.seed_tasks, labels)}
+
+    # --- choosing tasks -----------------------------------------------------------------
+
+    def next_tasks(self, *, n: int) -> list[Task]:
+        """``n`` tasks: at most floor(lambda * n) synthetic, the rest seed tasks."""
+        rng = np.random.default_rng([self.seed, self.draws])
+        self.draws += 1
+        quota = min(synthetic_quota(self.config.synthetic_share, n), len(self.synthetic))
+        chosen = self._draw(self.synthetic, quota, rng) + self._draw(self.seed_tasks, n - quota, rng)
+        self.stats["synthetic_share"] = quota / n if n else 0.0
+        return [chosen[i] for i in rng.permutation(len(chosen))]
+
+    def _value(self, task: Task) -> float:
+        return self.values.get(task.id, self.config.unseen_value)
+
+    def _draw(self, pool: list[Task], k: int, rng: np.random.Generator) -> list[Task]:
+        if k <= 0:
+            return []
+        p = sampling_weights([self._value(t) for t in pool], self.config.exploration)
+        index = rng.choice(len(pool), size=k, replace=k > len(pool), p=p)
+        return [pool[i] for i in index]
+
+    # --- learning from outcomes ------------------------------------------------------------
+
+    def observe(self, *, outcomes: Sequence[TaskOutcome]) -> None:
+        """Value the observed tasks, then vary the top-value ones."""
+        observed = {o.task.id: o.task for o in outcomes}
+        if self.config.grouping == "task":
+            fresh = {o.task.id: task_value(o.rewards) for o in outcomes}
+        else:
+            fresh = self._cluster_values(outcomes)
+        self.values.update(fresh)
+        values = [fresh[i] for i in observed]
+        self.stats["mean_value"] = float(np.mean(values)) if values else 0.0
+        self.stats["max_value"] = float(np.max(values)) if values else 0.0
+        for parent in self.rank(observed.values())[: self.config.tasks_to_vary]:
+            self._vary(parent)
+
+    def _cluster_values(self, outcomes: Sequence[TaskOutcome]) -> dict[str, float]:
+        """Every member of an observed cluster gets the variance of the cluster's pooled rewards."""
+        pooled: dict[int, list[float]] = {}
+        for o in outcomes:
+            pooled.setdefault(self._cluster(o.task), []).extend(o.rewards)
+        value = {c: task_value(r) for c, r in pooled.items()}
+        out = {tid: value[c] for tid, c in self.cluster_of.items() if c in value}
+        out.update({o.task.id: value[self._cluster(o.task)] for o in outcomes})
+        return out
+
+    def _cluster(self, task: Task) -> int:
+        if task.id not in self.cluster_of:
+            self.cluster_of[task.id] = int(nearest(self._embed([task]), self.centroids)[0])
+        return self.cluster_of[task.id]
+
+    def rank(self, tasks) -> list[Task]:
+        """Tasks with value above the threshold, highest value first (ties by id);
+        one per cluster when grouping by cluster."""
+        ranked = sorted((t for t in tasks if self._value(t) > self.config.value_threshold), key=lambda t: (-self._value(t), t.id))
+        if self.config.grouping == "cluster":
+            first: dict[int, Task] = {}
+            for task in ranked:
+                first.setdefault(self._cluster(task), task)
+            ranked = list(first.values())
+        return ranked
+
+    # --- task generation (M_task) -------------------------------------------------------------
+
+    def _vary(self, parent: Task) -> None:
+        if self.generator is None:
+            return
+        known = {t.instruction for t in self.seed_tasks + self.synthetic}
+        candidates = list(dict.fromkeys(c.strip() for c in self.generator.vary_tasks(task=parent, n=self.config.n_candidates)))
+        candidates = [c for c in candidates if c and c not in known]
+        choice = self.generator.select_task(task=parent, candidates=candidates) if candidates else None
+        task = self._build(parent, candidates[choice]) if choice is not None and 0 <= choice < len(candidates) else None
+        if task is None:
+            self.stats["rejected"] += 1
+            log.info("reward-entropy: no acceptable variation of task %s", parent.id)
+            return
+        self._add(task)
+
+    def _build(self, parent: Task, text: str) -> Task | None:
+        """The domain builds the Task; without a domain, the parent with the new instruction."""
+        if self.domain is not None and hasattr(self.domain, "make_variation"):
+            task = self.domain.make_variation(parent, text)
+            if task is None:
+                return None
+        else:
+            task = msgspec.structs.replace(parent, instruction=text)
+        known_ids = {t.id for t in self.seed_tasks + self.synthetic}
+        new_id = task.id if task.id not in known_ids else f"{parent.id}~v{self.stats['generated'] + 1}"
+        return msgspec.structs.replace(task, id=new_id, origin="synthetic", parent_id=parent.id)
+
+    def _add(self, task: Task) -> None:
+        self.synthetic.append(task)
+        self.stats["generated"] += 1
+        if self.centroids is not None:
+            self._cluster(task)
+        if len(self.synthetic) > self.config.max_synthetic_tasks:
+            worst = min(range(len(self.synthetic)), key=lambda i: (self._value(self.synthetic[i]), -i))
+            self.synthetic.pop(worst)
+
+    def _embed(self, tasks: Sequence[Task]) -> np.ndarray:
+        return np.asarray(self.encoder.encode(texts=[t.instruction for t in tasks]), dtype=np.float64)
+
+    # --- metrics and state -----------------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "curriculum/synthetic_tasks": float(len(self.synthetic)),
+            "curriculum/generated_tasks": float(self.stats["generated"]),
+            "curriculum/rejected_variations": float(self.stats["rejected"]),
+            "curriculum/synthetic_share": float(self.stats["synthetic_share"]),
+            "curriculum/mean_value": float(self.stats["mean_value"]),
+            "curriculum/max_value": float(self.stats["max_value"]),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-JSON state (tasks via msgspec.to_builtins); seed tasks come from the factory."""
+        return {
+            "draws": self.draws,
+            "values": dict(self.values),
+            "synthetic": msgspec.to_builtins(self.synthetic),
+            "stats": dict(self.stats),
+            "cluster_of": dict(self.cluster_of),
+            "centroids": self.centroids.tolist() if self.centroids is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.draws = int(state["draws"])
+            self.values = {str(k): float(v) for k, v in state["values"].items()}
+            self.synthetic = msgspec.convert(state["synthetic"], type=list[Task])
+            self.stats = dict(state["stats"])
+            self.cluster_of = {str(k): int(v) for k, v in state["cluster_of"].items()}
+            self.centroids = np.asarray(state["centroids"], dtype=np.float64) if state["centroids"] is not None else None
+        except (KeyError, TypeError, ValueError, msgspec.ValidationError) as err:
+            raise DataError(f"curriculum 'reward-entropy': malformed state: {err}") from err

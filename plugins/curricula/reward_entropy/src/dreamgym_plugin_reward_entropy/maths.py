@@ -1,0 +1,64 @@
+"""Pure maths of the reward-entropy curriculum (tests import these directly)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["task_value", "synthetic_quota", "sampling_weights", "kmeans", "nearest"]
+
+
+def task_value(rewards: Sequence[float]) -> float:
+    """Population variance of a group's outcome rewards, ``(1/n) sum (r_i - mean)^2``.
+
+    Equals p(1-p) for binary rewards: 0 when all succeed or all fail, 0.25 at p = 0.5.
+    Non-finite rewards are ignored; an empty group has value 0.
+    """
+    finite = [float(r) for r in rewards if math.isfinite(r)]
+    return float(np.var(finite)) if finite else 0.0
+
+
+def synthetic_quota(share: float, n: int) -> int:
+    """At most ``floor(share * n)`` synthetic tasks in a batch of ``n``."""
+    return int(math.floor(share * n + 1e-9))
+
+
+def sampling_weights(values: Sequence[float], exploration: float) -> np.ndarray:
+    """Probabilities proportional to value, mixed with a uniform share ``exploration``.
+
+    Every task keeps a non-zero probability; all-zero values give a uniform draw.
+    """
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, None)
+    uniform = np.full(len(v), 1.0 / len(v))
+    greedy = v / v.sum() if v.sum() > 0 else uniform
+    p = (1.0 - exploration) * greedy + exploration * uniform + 1e-12
+    return p / p.sum()
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid (Euclidean) of each row."""
+    d = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
+    return d.argmin(axis=1)
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic k-means (k-means++ init from ``seed``): (labels, centroids)."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, dtype=np.float64)
+    k = max(1, min(k, len(x)))
+    centroids = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d = ((x[:, None, :] - np.asarray(centroids)[None]) ** 2).sum(-1).min(axis=1)
+        probs = d / d.sum() if d.sum() > 0 else np.full(len(x), 1.0 / len(x))
+        centroids.append(x[rng.choice(len(x), p=probs)])
+    c = np.asarray(centroids)
+    labels = nearest(x, c)
+    for _ in range(iters):
+        c = np.stack([x[labels == j].mean(axis=0) if (labels == j).any() else c[j] for j in range(k)])
+        new = nearest(x, c)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels, c

@@ -1,0 +1,183 @@
+"""The reward-entropy curriculum, with a fake task generator (a test double for M_task:
+the real one is an LLM experience model, too slow and untrained here)."""
+
+import math
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.records import Task, TaskOutcome
+from dreamgym_core.testing import BagOfWordsEncoder, check_curriculum
+from dreamgym_plugin_reward_entropy import RewardEntropyConfig, dreamgym_register_curricula
+from dreamgym_plugin_reward_entropy.maths import kmeans, sampling_weights, synthetic_quota, task_value
+
+TASKS = [Task(id=f"t{i}", instruction=f"put the {w} in the box", domain="test") for i, w in enumerate(
+    ["apple", "key", "coin", "book", "lamp", "knife", "towel", "cup"])]
+
+
+class FakeTaskGenerator:
+    """Test double for M_task: numbered variations; selection picks candidate ``pick``."""
+
+    def __init__(self, pick=1):
+        self.pick, self.calls = pick, []
+
+    def vary_tasks(self, *, task, n):
+        self.calls.append(task.id)
+        return [f"{task.instruction} variant {len(self.calls)}.{k}" for k in range(n)]
+
+    def select_task(self, *, task, candidates):
+        return self.pick
+
+
+class FakeDomain:
+    """Test double for a domain's make_variation: rejects texts containing 'reject'."""
+
+    def make_variation(self, parent, text):
+        if "reject" in text:
+            return None
+        return Task(id=f"{parent.id}/var", instruction=text, domain=parent.domain, payload={"from": parent.id})
+
+
+def build(config=None, generator=None, encoder=None, domain=None, seed=0):
+    (spec,) = dreamgym_register_curricula()
+    return spec.factory(config or RewardEntropyConfig(), tasks=TASKS, task_generator=generator, encoder=encoder, seed=seed, domain=domain)
+
+
+def test_task_value_is_population_variance():
+    assert task_value([1, 0, 1, 0]) == pytest.approx(0.25)
+    assert task_value([1, 1, 1]) == 0 == task_value([0, 0]) == task_value([])
+    assert task_value([1, 0, 0, 0]) == pytest.approx(0.25 * 0.75)
+    assert task_value([1.0, float("nan"), 0.0]) == pytest.approx(0.25)
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=32))
+def test_binary_value_is_p_times_one_minus_p(outcomes):
+    p = sum(outcomes) / len(outcomes)
+    assert task_value([float(o) for o in outcomes]) == pytest.approx(p * (1 - p))
+
+
+@given(st.floats(0, 1), st.integers(0, 64))
+def test_quota_never_exceeds_lambda_n(share, n):
+    q = synthetic_quota(share, n)
+    assert 0 <= q <= share * n + 1e-9 and q == math.floor(share * n + 1e-9)
+
+
+def test_sampling_weights_prefer_high_value_and_keep_exploring():
+    p = sampling_weights([0.25, 0.0, 0.1], 0.2)
+    assert p[0] > p[2] > p[1] > 0 and p.sum() == pytest.approx(1)
+    assert sampling_weights([0, 0], 0.0) == pytest.approx([0.5, 0.5])
+
+
+def test_kmeans_is_deterministic_and_separates_blobs():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.1, (10, 2)), rng.normal(5, 0.1, (10, 2))])
+    a, _ = kmeans(x, 2, seed=3)
+    b, _ = kmeans(x, 2, seed=3)
+    assert np.array_equal(a, b) and len(set(a[:10])) == 1 and len(set(a[10:])) == 1 and a[0] != a[10]
+
+
+def test_conformance():
+    check_curriculum(build(), rebuild=build)
+    gen = lambda: build(generator=FakeTaskGenerator(), encoder=BagOfWordsEncoder(), config=RewardEntropyConfig(grouping="cluster", n_clusters=3))
+    check_curriculum(gen(), rebuild=gen)
+
+
+def test_observe_ranks_tasks_by_reward_variance():
+    generator = FakeTaskGenerator()
+    c = build(RewardEntropyConfig(tasks_to_vary=2), generator=generator)
+    c.observe(outcomes=[
+        TaskOutcome(task=TASKS[0], rewards=[1, 1, 1, 1]),  # V = 0
+        TaskOutcome(task=TASKS[1], rewards=[1, 0, 0, 0]),  # V = 0.1875
+        TaskOutcome(task=TASKS[2], rewards=[1, 0, 1, 0]),  # V = 0.25
+        TaskOutcome(task=TASKS[3], rewards=[0, 0, 0, 0]),  # V = 0
+    ])
+    assert [t.id for t in c.rank(TASKS[:4])] == ["t2", "t1"]  # zero-variance tasks are never varied
+    assert generator.calls == ["t2", "t1"]
+    assert c.metrics()["curriculum/max_value"] == pytest.approx(0.25)
+    assert c.metrics()["curriculum/mean_value"] == pytest.approx((0.25 + 0.1875) / 4)
+
+
+def test_generated_tasks_carry_parent_id_and_origin():
+    c = build(RewardEntropyConfig(tasks_to_vary=1), generator=FakeTaskGenerator(pick=2), domain=FakeDomain())
+    c.observe(outcomes=[TaskOutcome(task=TASKS[5], rewards=[0, 1])])
+    (task,) = c.synthetic
+    assert task.origin == "synthetic" and task.parent_id == "t5" and task.id == "t5/var"
+    assert task.instruction.endswith("variant 1.2") and task.payload == {"from": "t5"}
+    # without a domain: the parent's payload with the selected instruction, a fresh id
+    bare = build(RewardEntropyConfig(tasks_to_vary=1), generator=FakeTaskGenerator())
+    bare.observe(outcomes=[TaskOutcome(task=TASKS[5], rewards=[0, 1])])
+    assert bare.synthetic[0].parent_id == "t5" and bare.synthetic[0].id != "t5" and bare.synthetic[0].origin == "synthetic"
+
+
+@pytest.mark.parametrize("pick", [None, 99])
+def test_rejected_selection_generates_nothing(pick):
+    c = build(generator=FakeTaskGenerator(pick=pick))
+    c.observe(outcomes=[TaskOutcome(task=TASKS[0], rewards=[0, 1])])
+    assert c.synthetic == [] and c.metrics()["curriculum/rejected_variations"] == 1
+
+
+def test_domain_refusal_generates_nothing():
+    class Rejecting(FakeTaskGenerator):
+        def vary_tasks(self, *, task, n):
+            return ["please reject this"] * n
+
+    c = build(generator=Rejecting(pick=0), domain=FakeDomain())
+    c.observe(outcomes=[TaskOutcome(task=TASKS[0], rewards=[0, 1])])
+    assert c.synthetic == []
+
+
+@pytest.mark.parametrize("share,n", [(0.25, 8), (0.5, 5), (0.0, 4), (1.0, 3)])
+def test_lambda_caps_the_synthetic_share(share, n):
+    c = build(RewardEntropyConfig(synthetic_share=share, tasks_to_vary=8), generator=FakeTaskGenerator())
+    for _ in range(3):  # grow a synthetic pool larger than any batch
+        c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1]) for t in TASKS])
+    assert len(c.synthetic) >= n
+    for _ in range(20):
+        batch = c.next_tasks(n=n)
+        synthetic = sum(t.origin == "synthetic" for t in batch)
+        assert len(batch) == n and synthetic == math.floor(share * n)
+
+
+def test_lambda_is_spelled_lambda_in_pipeline_files():
+    config = msgspec.convert({"lambda": 0.3}, type=RewardEntropyConfig)
+    assert config.synthetic_share == 0.3 and msgspec.to_builtins(config)["lambda"] == 0.3
+    assert msgspec.convert({}, type=RewardEntropyConfig).synthetic_share == 0.5
+
+
+def test_high_value_seed_tasks_are_drawn_more_often():
+    c = build(RewardEntropyConfig(exploration=0.4, tasks_to_vary=0))
+    c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1] if t.id == "t3" else [1, 1]) for t in TASKS])
+    counts = {t.id: 0 for t in TASKS}
+    for _ in range(200):
+        for t in c.next_tasks(n=1):
+            counts[t.id] += 1
+    assert counts["t3"] > 100 and min(counts.values()) > 0
+
+
+def test_cluster_grouping_pools_rewards_of_a_cluster():
+    c = build(RewardEntropyConfig(grouping="cluster", n_clusters=2, tasks_to_vary=0), encoder=BagOfWordsEncoder())
+    # one success and one failure on two tasks of one cluster: each alone has V = 0, the cluster 0.25
+    members = [t for t in TASKS if c.cluster_of[t.id] == c.cluster_of["t0"]]
+    assert len(members) >= 2
+    c.observe(outcomes=[TaskOutcome(task=members[0], rewards=[1, 1]), TaskOutcome(task=members[1], rewards=[0, 0])])
+    assert c.values[members[0].id] == pytest.approx(0.25) == c.values[members[1].id]
+
+
+def test_cluster_grouping_without_encoder_and_empty_tasks_are_clear_errors():
+    with pytest.raises(ConfigError, match="cluster.*encoder"):
+        build(RewardEntropyConfig(grouping="cluster"))
+    with pytest.raises(ConfigError, match="no seed tasks"):
+        dreamgym_register_curricula()[0].factory(RewardEntropyConfig(), tasks=[], seed=0)
+
+
+def test_state_round_trip_keeps_synthetic_tasks_and_draws():
+    c = build(generator=FakeTaskGenerator(), domain=FakeDomain())
+    c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1]) for t in TASKS[:2]])
+    c.next_tasks(n=4)
+    clone = build(generator=FakeTaskGenerator(), domain=FakeDomain())
+    clone.load_state_dict(msgspec.json.decode(msgspec.json.encode(c.state_dict())))
+    assert clone.synthetic == c.synthetic and [t.id for t in clone.next_tasks(n=6)] == [t.id for t in c.next_tasks(n=6)]

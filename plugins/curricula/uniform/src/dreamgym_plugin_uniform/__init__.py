@@ -1,0 +1,67 @@
+"""DreamGym uniform curriculum: seed tasks drawn uniformly (the no-task-generation ablation)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from dreamgym_core import hookimpl
+from dreamgym_core.config import Config
+from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.records import Task, TaskOutcome
+from dreamgym_core.specs import ComponentSpec
+
+__all__ = ["UniformConfig", "UniformCurriculum", "dreamgym_register_curricula"]
+
+
+class UniformConfig(Config):
+    """No settings: every seed task is equally likely, nothing is generated."""
+
+
+class UniformCurriculum:
+    """Draws seed tasks uniformly (without replacement while the pool allows); observe() only records."""
+
+    def __init__(self, config: UniformConfig, *, tasks: Sequence[Task], seed: int = 0) -> None:
+        if not tasks:
+            raise ConfigError("curriculum 'uniform' (plugin uniform): no seed tasks to draw from")
+        self.config, self.tasks, self.seed = config, list(tasks), seed
+        self.draws = 0
+        self.observed_tasks = 0
+        self.mean_reward = 0.0
+
+    def next_tasks(self, *, n: int) -> list[Task]:
+        rng = np.random.default_rng([self.seed, self.draws])
+        self.draws += 1
+        index = rng.choice(len(self.tasks), size=n, replace=n > len(self.tasks))
+        return [self.tasks[i] for i in index]
+
+    def observe(self, *, outcomes: Sequence[TaskOutcome]) -> None:
+        rewards = [r for o in outcomes for r in o.rewards]
+        self.observed_tasks += len(outcomes)
+        self.mean_reward = float(np.mean(rewards)) if rewards else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {"curriculum/observed_tasks": float(self.observed_tasks), "curriculum/mean_reward": self.mean_reward,
+                "curriculum/synthetic_tasks": 0.0}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws, "observed_tasks": self.observed_tasks, "mean_reward": self.mean_reward}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.draws, self.observed_tasks = int(state["draws"]), int(state["observed_tasks"])
+            self.mean_reward = float(state["mean_reward"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"curriculum 'uniform': malformed state: {err!r}") from err
+
+
+def _build(config: UniformConfig, *, tasks, seed: int = 0, **_):
+    """Factory; task_generator, encoder and domain are accepted and unused."""
+    return UniformCurriculum(config, tasks=tasks, seed=seed)
+
+
+@hookimpl
+def dreamgym_register_curricula() -> list[ComponentSpec]:
+    return [ComponentSpec(name="uniform", factory=_build, config_type=UniformConfig,
+                          description="Seed tasks sampled uniformly; no task generation (ablation).")]

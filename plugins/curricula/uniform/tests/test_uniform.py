@@ -1,0 +1,43 @@
+"""The uniform curriculum."""
+
+from collections import Counter
+
+import pytest
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.records import Task, TaskOutcome
+from dreamgym_core.testing import check_curriculum
+from dreamgym_plugin_uniform import UniformConfig, dreamgym_register_curricula
+
+TASKS = [Task(id=f"t{i}", instruction=f"task {i}", domain="test") for i in range(6)]
+
+
+def build(seed=0):
+    (spec,) = dreamgym_register_curricula()
+    return spec.factory(UniformConfig(), tasks=TASKS, task_generator=None, encoder=None, seed=seed, domain=None)
+
+
+def test_conformance():
+    check_curriculum(build(), rebuild=build)
+
+
+def test_draws_are_seeded_distinct_within_a_batch_and_cover_the_pool():
+    a, b = build(seed=1), build(seed=1)
+    first = a.next_tasks(n=4)
+    assert [t.id for t in first] == [t.id for t in b.next_tasks(n=4)]
+    assert len({t.id for t in first}) == 4
+    counts = Counter(t.id for _ in range(300) for t in a.next_tasks(n=2))
+    assert set(counts) == {t.id for t in TASKS} and min(counts.values()) > 60  # ~100 each
+
+
+def test_observe_only_records_and_never_generates():
+    c = build()
+    before = [t.id for t in build().next_tasks(n=3)]
+    c.observe(outcomes=[TaskOutcome(task=TASKS[0], rewards=[1.0, 0.0])])
+    assert [t.id for t in c.next_tasks(n=3)] == before
+    assert c.metrics()["curriculum/observed_tasks"] == 1 and c.metrics()["curriculum/synthetic_tasks"] == 0
+
+
+def test_no_tasks_is_a_clear_error():
+    with pytest.raises(ConfigError, match="uniform.*no seed tasks"):
+        dreamgym_register_curricula()[0].factory(UniformConfig(), tasks=[], seed=0)

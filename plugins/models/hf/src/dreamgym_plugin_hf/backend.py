@@ -116,6 +116,8 @@ class HFBackend:
         return cls.from_config(HFConfig(path=str(path), **settings))
 
     def _attach(self, model: PreTrainedModel, tokenizer: Any) -> None:
+        if self.config.cpu_threads is not None:
+            torch.set_num_threads(self.config.cpu_threads)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         if tokenizer.pad_token is None:

@@ -1,0 +1,59 @@
+"""Shared fixtures: a small tiny-preset model, fitted to a toy household corpus."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import torch
+
+from dreamgym_plugin_hf.config import TinyConfig
+from dreamgym_plugin_hf.tiny import TinyBackend
+
+# Models this small run several times faster on one thread (no thread-pool overhead),
+# and the test machine is shared.
+torch.set_num_threads(1)
+
+ROOMS = ["kitchen", "pantry", "garden", "bedroom"]
+ITEMS = ["apple", "key", "coin", "book"]
+
+
+def make_examples() -> list[list[tuple[str, bool]]]:
+    """(prompt, target) examples: the target repeats the prompt's first item."""
+    out = []
+    for room in ROOMS:
+        for item in ITEMS:
+            prompt = f"Room: {room}. Items: {item}, lamp. Action:"
+            out.append([(prompt, False), (f" take {item}. Result: you take the {item}.", True)])
+    return out
+
+
+def corpus() -> list[str]:
+    return ["".join(text for text, _ in example) for example in make_examples()]
+
+
+SMALL = {"hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size": 128, "vocab_size": 400, "max_positions": 1024, "max_length": 1024}
+
+
+def small_config(**changes) -> TinyConfig:
+    return msgspec.convert({**SMALL, **changes}, type=TinyConfig)
+
+
+@pytest.fixture(name="make_examples")
+def make_examples_fixture():
+    """The example builder, for tests (test modules cannot import conftest)."""
+    return make_examples
+
+
+@pytest.fixture(name="small_config")
+def small_config_fixture():
+    """The small TinyConfig factory."""
+    return small_config
+
+
+@pytest.fixture(scope="module")
+def trained() -> TinyBackend:
+    """A tiny model that has memorised the examples (greedy output is predictable)."""
+    backend = TinyBackend(small_config())
+    backend.prepare(corpus=corpus())
+    backend.sft(examples=make_examples(), epochs=25, lr=5e-3, batch_size=8)
+    return backend

@@ -1,0 +1,147 @@
+"""Behaviour of the transformers backend on the tiny preset (real model code, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_plugin_hf.backend import HFBackend
+from dreamgym_plugin_hf.config import LoraSettings
+from dreamgym_plugin_hf.text import IGNORE
+from dreamgym_plugin_hf.tiny import TinyBackend
+
+PROMPT = "Room: garden. Items: coin, lamp. Action:"
+
+
+def test_trained_model_answers_and_stops_at_stop_sequence(trained):
+    full = trained.generate(prompts=[PROMPT], max_new_tokens=24, temperature=0)[0]
+    assert full.startswith(" take ") and ". Result: you take the " in full
+    cut = trained.generate(prompts=[PROMPT], max_new_tokens=24, temperature=0, stop=["."])
+    assert cut == [full[: full.index(".")]]
+    # the earliest of several stops wins, and only new text is returned
+    assert trained.generate(prompts=[PROMPT], max_new_tokens=24, temperature=0, stop=["you", " take "]) == [""]
+    assert trained.generate(prompts=[PROMPT], max_new_tokens=24, temperature=0, stop=["Result", "you"]) == [
+        full[: full.index("Result")]
+    ]
+
+
+def test_batched_greedy_matches_one_by_one(trained):
+    prompts = [PROMPT, "Room: kitchen. Items: key, lamp. Action:", "Room: pantry."]
+    batched = trained.generate(prompts=prompts, max_new_tokens=12, temperature=0)
+    single = [trained.generate(prompts=[p], max_new_tokens=12, temperature=0)[0] for p in prompts]
+    assert batched == single
+    assert all(isinstance(t, str) for t in batched)
+
+
+def test_sampling_is_deterministic_per_seed(small_config):
+    backend = TinyBackend(small_config())
+    prompts = ["hello", "the kitchen"] * 2
+    a = backend.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=7)
+    b = backend.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=7)
+    c = backend.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=8)
+    assert a == b
+    assert a != c
+
+
+def test_long_prompt_keeps_its_end(small_config):
+    backend = TinyBackend(small_config(max_positions=1024, max_length=1024))
+    long_prompt = "x" * 3000 + " END"
+    ids = backend.encode_prompt(long_prompt, limit=1000)
+    assert len(ids) == 1000
+    assert backend.tokenizer.decode(ids).endswith(" END")
+    assert len(backend.generate(prompts=[long_prompt], max_new_tokens=4, temperature=0)) == 1
+
+
+def test_max_new_tokens_must_leave_room_for_the_prompt(small_config):
+    backend = TinyBackend(small_config())
+    with pytest.raises(ConfigError, match="max_new_tokens=1024"):
+        backend.generate(prompts=["a"], max_new_tokens=1024)
+
+
+def test_sft_reduces_loss(make_examples, small_config):
+    backend = TinyBackend(small_config())
+    backend.prepare(corpus=["".join(t for t, _ in e) for e in make_examples()])
+    before = backend.evaluate_loss(examples=make_examples())
+    metrics = backend.sft(examples=make_examples(), epochs=4, lr=3e-3, batch_size=8)
+    after = backend.evaluate_loss(examples=make_examples())
+    assert metrics["losses/sft_loss"] < metrics["losses/sft_loss_first"]
+    assert after < before * 0.8
+
+
+def test_prompt_tokens_are_masked_out_of_the_labels(trained, make_examples):
+    prompt, target = make_examples()[0]
+    ids, labels = trained.encode_example([prompt, target])
+    n_prompt = len(trained.encode_prompt(prompt[0], limit=10_000))
+    assert labels[:n_prompt] == [IGNORE] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert ids[-1] == trained.tokenizer.eos_token_id  # trained EOS appended
+
+
+def test_masked_text_does_not_contribute_to_the_loss(trained):
+    base = [("Room: kitchen. Items: key, lamp. Action:", False), (" take key.", True)]
+    a = trained.evaluate_loss(examples=[base + [(" some trailing context", False)]])
+    b = trained.evaluate_loss(examples=[base + [(" totally different words here and more", False)]])
+    c = trained.evaluate_loss(examples=[base + [(" some trailing context", True)]])
+    assert a == pytest.approx(b, abs=1e-6)
+    assert a != pytest.approx(c, abs=1e-3)
+
+
+def test_sft_rejects_examples_without_trained_tokens(trained):
+    with pytest.raises(DataError, match="train_on_it"):
+        trained.sft(examples=[[("only a prompt", False)]], epochs=1, lr=1e-3, batch_size=1)
+
+
+def test_save_reload_gives_identical_generations(trained, tmp_path):
+    path = tmp_path / "ckpt"
+    trained.save(path=str(path))
+    trained.save(path=str(path))  # overwriting an existing checkpoint is safe
+    assert (path / "model.safetensors").is_file()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    reloaded = HFBackend.load(str(path))
+    prompts = [PROMPT, "Room: bedroom."]
+    for seed in (0, 1):
+        expected = trained.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=seed)
+        assert reloaded.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=seed) == expected
+
+
+def test_lora_trains_only_adapters_and_merges_on_save(tmp_path, make_examples, small_config):
+    backend = TinyBackend(small_config(lora=LoraSettings(r=4, alpha=8.0)))
+    trainable = {n for n, p in backend.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen_before = {n: p.detach().clone() for n, p in backend.model.named_parameters() if not p.requires_grad}
+    backend.sft(examples=make_examples()[:4], epochs=2, lr=1e-2, batch_size=4)
+    for name, param in backend.model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(param, frozen_before[name]), name
+    backend.save(path=str(tmp_path / "merged"))
+    merged = HFBackend.load(str(tmp_path / "merged"))
+    ids = torch.tensor([backend.encode_prompt(PROMPT, limit=100)])
+    with torch.no_grad():
+        assert torch.allclose(backend.model(input_ids=ids).logits, merged.model(input_ids=ids).logits, atol=1e-4)
+    assert not any("lora" in n for n, _ in merged.model.named_parameters())
+
+
+def test_lora_with_unknown_modules_is_a_config_error(small_config):
+    with pytest.raises(ConfigError, match="target_modules"):
+        TinyBackend(small_config(lora=LoraSettings(target_modules=("no_such_proj",))))
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no-model-here"):
+        HFBackend.load(str(tmp_path / "no-model-here"))
+
+
+def test_chat_template_without_template_is_rejected(trained, tmp_path):
+    trained.save(path=str(tmp_path / "m"))
+    with pytest.raises(ConfigError, match="chat template"):
+        HFBackend.load(str(tmp_path / "m"), chat_template=True)
+
+
+def test_prepare_fits_domain_words_as_single_tokens(small_config):
+    backend = TinyBackend(small_config())
+    assert len(backend.tokenizer.tokenize(" kitchen")) > 1
+    backend.prepare(corpus=["You are in the kitchen. take apple"] * 50)
+    assert backend.tokenizer.tokenize(" kitchen") == ["Ġkitchen"]
+    assert backend.model.get_input_embeddings().num_embeddings == len(backend.tokenizer)
+    assert backend.tokenizer.decode(backend.tokenizer("héllo\n{\"a\": 1}")["input_ids"]) == "héllo\n{\"a\": 1}"

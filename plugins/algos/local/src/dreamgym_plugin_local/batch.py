@@ -9,7 +9,7 @@ Only response tokens are trained: ``response_mask`` marks them, in verl's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,18 +73,20 @@ class TokenBatch:
 
 
 def tokenize_steps(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], *, max_prompt_tokens: int, max_response_tokens: int
+    tokenizer, encode_prompt: Callable[[str], list[int]], prompts: Sequence[str], responses: Sequence[str], *,
+    max_prompt_tokens: int, max_response_tokens: int,
 ) -> TokenBatch:
     """Tokenise prompt and response separately (so the boundary is exact) and pad right.
 
-    The prompt is tokenised as a generation backend would (``tokenizer(prompt)``, with
-    its special tokens); the response without special tokens. Long prompts keep their
-    last ``max_prompt_tokens`` tokens, long responses their first ``max_response_tokens``.
+    ``encode_prompt`` gives the prompt's ids as generation saw them (the backend's own
+    encoding: chat template, BOS); the response is tokenised without special tokens.
+    Long prompts keep their last ``max_prompt_tokens`` tokens, long responses their
+    first ``max_response_tokens``.
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows, starts, lengths = [], [], []
     for prompt, response in zip(prompts, responses):
-        p = list(tokenizer(prompt)["input_ids"])[-max_prompt_tokens:]
+        p = list(encode_prompt(prompt))[-max_prompt_tokens:]
         r = list(tokenizer(response, add_special_tokens=False)["input_ids"])[:max_response_tokens]
         if not p:  # a response needs a context token to be scored
             p = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad]

@@ -66,6 +66,7 @@ class DPO(LocalTrainer):
 
     def _fit(self, pairs: list[tuple[str, str, str]], *, epochs: int) -> dict[str, float]:
         cfg = self.config
+        self._bind()
         if not pairs:
             return {"data/pairs": 0.0}
         # data: rows 2k (chosen) and 2k+1 (rejected) share pair k's prompt

@@ -28,6 +28,7 @@ class GRPO(LocalTrainer):
 
     def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
         cfg = self.config
+        self._bind()
         # rollout data: flatten the groups; each step is one (prompt, response) row
         trajectories = [traj for group in groups for traj in group]
         group_ids = [g for g, group in enumerate(groups) for _ in group]

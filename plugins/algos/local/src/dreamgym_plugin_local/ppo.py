@@ -48,6 +48,7 @@ class PPO(LocalTrainer):
 
     def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
         cfg = self.config
+        self._bind()
         # rollout data: one row per step, one episode per trajectory
         trajectories = [traj for group in groups for traj in group]
         steps, skipped = trajectory_steps(trajectories)

@@ -32,6 +32,7 @@ class SFT(LocalTrainer):
 
     def _fit(self, trajectories: list[Trajectory], *, epochs: int) -> dict[str, float]:
         cfg = self.config
+        self._bind()
         # data: the expert steps
         if cfg.successful_only:
             trajectories = [t for t in trajectories if t.success]

@@ -22,6 +22,7 @@ __all__ = ["LocalTrainer"]
 log = logging.getLogger(__name__)
 
 POLICY_FILE, HEADS_FILE, STATE_FILE = "policy.safetensors", "heads.safetensors", "trainer_state.pt"
+REFERENCE_FILE = "reference.safetensors"
 
 
 class LocalTrainer:
@@ -42,14 +43,33 @@ class LocalTrainer:
                     "use a local-weights backend such as 'hf'"
                 )
         self.config, self.policy, self.seed = config, policy, seed
-        self.model = policy.model
-        self.model.eval()
-        self.device = next(self.model.parameters()).device
-        self.ref = self._frozen_copy(self.model) if self.uses_reference else None
-        self.heads = self._make_heads()
-        self.optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(seed)
         self.counters = {"updates": 0, "act_calls": 0, "nonfinite_loss_steps": 0}
+        self._bound: torch.nn.Module | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The backend's current model (a backend may replace it, e.g. the tiny preset's prepare())."""
+        return self.policy.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _bind(self) -> None:
+        """Build the reference, heads and optimiser for the backend's current model.
+
+        Called at the start of every update, save and load; it does work only when the
+        model object changed. So the reference is the policy as it is at the first
+        update (after any warm start), not at construction.
+        """
+        self.model.eval()
+        if self._bound is self.model:
+            return
+        self._bound = self.model
+        self.ref = self._frozen_copy(self.model) if self.uses_reference else None
+        self.heads = self._make_heads()
+        self.optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=self.config.weight_decay)
 
     # --- construction hooks -----------------------------------------------------------
 
@@ -84,8 +104,13 @@ class LocalTrainer:
 
     def _tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> TokenBatch:
         cfg = self.config
+        tokenizer = self.policy.tokenizer
+        if hasattr(self.policy, "encode_prompt"):  # the backend's own prompt encoding (chat template, BOS)
+            encode = lambda prompt: self.policy.encode_prompt(prompt, cfg.max_prompt_tokens)  # noqa: E731
+        else:
+            encode = lambda prompt: list(tokenizer(prompt)["input_ids"])  # noqa: E731
         batch = tokenize_steps(
-            self.policy.tokenizer, prompts, responses,
+            tokenizer, encode, prompts, responses,
             max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
         )
         return TokenBatch(*(t.to(self.device) for t in (batch.input_ids, batch.attention_mask, batch.positions, batch.response_mask)))
@@ -151,22 +176,29 @@ class LocalTrainer:
     # --- persistence ----------------------------------------------------------------------
 
     def save(self, *, path: str) -> None:
-        """Weights as safetensors; optimiser, RNG and counters via torch.save (tensors only)."""
+        """Weights (policy, reference, heads) as safetensors; optimiser, RNG and counters via
+        torch.save of tensors and plain types only."""
+        self._bind()
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         save_model(self.model, str(out / POLICY_FILE))
+        if self.ref is not None:
+            save_model(self.ref, str(out / REFERENCE_FILE))
         save_file({k: v.contiguous() for k, v in self.heads.state_dict().items()}, str(out / HEADS_FILE))
         state = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(), "counters": dict(self.counters)}
         torch.save(state, out / STATE_FILE)
 
     def load(self, *, path: str) -> None:
-        """Restore what :meth:`save` wrote; the reference policy stays the initial one."""
+        """Restore what :meth:`save` wrote (policy, reference, heads, optimiser, RNG, counters)."""
+        self._bind()
         root = Path(path)
         for name in (POLICY_FILE, HEADS_FILE, STATE_FILE):
             if not (root / name).is_file():
                 raise DataError(f"{root / name}: missing file of a saved {self.name!r} algorithm state")
         try:
             load_model(self.model, str(root / POLICY_FILE), device=str(self.device))
+            if self.ref is not None and (root / REFERENCE_FILE).is_file():
+                load_model(self.ref, str(root / REFERENCE_FILE), device=str(self.device))
             self.heads.load_state_dict(load_file(str(root / HEADS_FILE), device=str(self.device)))
             state = torch.load(root / STATE_FILE, weights_only=True, map_location=self.device)
         except (RuntimeError, OSError, ValueError) as err:

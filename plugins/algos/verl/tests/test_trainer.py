@@ -1,0 +1,69 @@
+"""The verl-grpo / verl-ppo components: registration, run-directory files, metrics, CPU refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from dreamgym_core.errors import DreamGymError
+from dreamgym_core.loop import run_pipeline
+from dreamgym_core.plugins import Plugins
+from dreamgym_core.records import Task
+from dreamgym_plugin_verl.config import VerlConfig
+from dreamgym_plugin_verl.dataset import DreamGymTaskDataset, feed_spec_path
+from dreamgym_plugin_verl.trainer import VerlTrainer, map_verl_metrics, prepare_files, require_cuda
+
+torch = pytest.importorskip("torch")
+TASKS = [Task(id=f"t{i}", instruction=f"task {i}", domain="d") for i in range(3)]
+
+
+def test_registered_through_the_entry_point():
+    specs = Plugins.for_names(["verl"]).components("algo")
+    assert {"verl-grpo", "verl-ppo"} <= set(specs)
+    for name in ("verl-grpo", "verl-ppo"):
+        assert specs[name].plugin == "verl" and specs[name].factory.runs_own_loop is True
+        assert specs[name].config_type is VerlConfig
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cpu_run_is_refused_in_one_line(resolve_dict, tmp_path):
+    resolved = resolve_dict({
+        "plugins": ["verl"], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}}, "run_dir": str(tmp_path / "run"),
+    })
+    with pytest.raises(DreamGymError, match="verl's trainer needs CUDA") as err:
+        run_pipeline(resolved, Plugins.for_names(["verl"]))
+    assert "\n" not in str(err.value)
+    with pytest.raises(DreamGymError):
+        require_cuda()
+
+
+def test_prepare_files_wires_dataset_and_agent_loop(resolve_dict, tmp_path):
+    resolved = resolve_dict({
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"},
+        "loop": {"mode": "real", "tasks_per_iteration": 2, "iterations": 3},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}}, "seed": 5,
+    })
+    files = prepare_files(resolved, tmp_path, train=TASKS, val=TASKS[:1], actors={"buffer_actor": "buffer-x"})
+    loops = yaml.safe_load(files["agent_loop"].read_text())
+    assert loops == [{"name": "dreamgym_agent", "_target_": "dreamgym_plugin_verl.agent_loop.DreamGymAgentLoop", "runtime": str(tmp_path)}]
+    assert json.loads((files["dir"] / "runtime.json").read_text()) == {"buffer_actor": "buffer-x"}
+    spec = json.loads(feed_spec_path(files["train"]).read_text())
+    assert spec["batch_size"] == 2 and spec["iterations"] == 3 and spec["seed"] == 5
+    train = DreamGymTaskDataset(data_files=str(files["train"]))
+    assert len(train) == 6 and [train[i]["extra_info"]["task_id"] for i in range(4)] == ["t0", "t1", "t2", "t0"]
+    assert len(DreamGymTaskDataset(data_files=str(files["val"]))) == 1
+
+
+def test_map_verl_metrics():
+    row = map_verl_metrics({"actor/pg_loss": 0.5, "critic/score/mean": 0.25, "timing_s/step": 3, "flag": True, "s": "x"})
+    assert row["losses/policy_loss"] == 0.5 and row["charts/episodic_return"] == 0.25
+    assert row["perf/iteration_seconds"] == 3.0 and row["verl/actor/pg_loss"] == 0.5
+    assert "verl/flag" not in row and "verl/s" not in row
+
+
+def test_factory_signature_matches_the_core_loop():
+    trainer = VerlTrainer(VerlConfig(), policy=None, seed=3)
+    assert trainer.runs_own_loop and trainer.seed == 3

@@ -1,0 +1,32 @@
+"""The trainers on the real ``hf-tiny`` backend (plugins/models/hf), when it is installed."""
+
+import pytest
+import torch
+
+hf = pytest.importorskip("dreamgym_plugin_hf")
+
+from dreamgym_plugin_hf.config import TinyConfig  # noqa: E402
+
+from dreamgym_plugin_local.config import GRPOConfig, PPOConfig  # noqa: E402
+from dreamgym_plugin_local.grpo import GRPO  # noqa: E402
+from dreamgym_plugin_local.ppo import PPO  # noqa: E402
+
+
+def tiny_backend(groups):
+    backend = hf.build_tiny(TinyConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=300, max_positions=1024, max_length=256))
+    corpus = [d.prompt + d.text for g in groups for t in g for d in t.decisions] * 4
+    return backend, corpus
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_rebinds_after_prepare_and_trains_the_backend_model(cls, config_type, kit):
+    groups = kit.make_groups()
+    backend, corpus = tiny_backend(groups)
+    algo = cls(config_type(lr=1e-3, max_new_tokens=8), policy=backend, seed=0)  # built before prepare(), as in a run
+    backend.prepare(corpus=corpus)  # replaces model and tokenizer
+    before = kit.flat_params(backend.model)
+    metrics = algo.update(groups=groups)
+    assert metrics["perf/optimizer_steps"] >= 1 and metrics["errors/nonfinite_loss_steps"] == 0
+    assert not torch.equal(before, kit.flat_params(backend.model))
+    assert kit.flat_params(algo.ref).equal(before)  # the reference is the policy at its first update
+    assert all(isinstance(x, str) for x in algo.act(prompts=[groups[0][0].decisions[0].prompt], greedy=True))

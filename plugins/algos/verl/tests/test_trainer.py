@@ -67,3 +67,25 @@ def test_map_verl_metrics():
 def test_factory_signature_matches_the_core_loop():
     trainer = VerlTrainer(VerlConfig(), policy=None, seed=3)
     assert trainer.runs_own_loop and trainer.seed == 3
+
+
+def test_backend_config_command(tmp_path):
+    pytest.importorskip("dreamgym_plugin_textworld")
+    pytest.importorskip("dreamgym_plugin_hf")
+    from click.testing import CliRunner
+
+    from dreamgym_core.commands.verl_config import command
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "plugins": ["textworld", "hf", "verl"], "env": {"name": "twx"}, "policy": {"name": "hf-tiny"},
+        "algo": {"name": "verl-ppo", "config": {"model_path": "/models/m"}},
+        "loop": {"mode": "real", "group_size": 2}, "run_dir": str(tmp_path / "run"),
+    }))
+    result = CliRunner().invoke(command, [str(pipeline), "--backend", "verl", "--set", "loop.max_steps=9"])
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.output)
+    assert view["entry_point"] == "verl.trainer.main_ppo"
+    assert "algorithm.adv_estimator=gae" in view["overrides"]
+    assert "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=9" in view["overrides"]
+    assert "actor_rollout_ref.rollout.n=2" in view["overrides"]

@@ -92,6 +92,13 @@ class VerlTrainer:
     """Runs a whole pipeline on verl (see the module docstring). Needs CUDA."""
 
     runs_own_loop = True
+    backend = "verl"
+
+    @staticmethod
+    def backend_config(resolved: ResolvedPipeline) -> dict[str, Any]:
+        """What ``dreamgym backend-config --backend verl`` prints: the verl command and overrides."""
+        overrides = translate(resolved)
+        return {"backend": "verl", "entry_point": "verl.trainer.main_ppo", "overrides": overrides}
 
     def __init__(self, config: VerlConfig, *, policy: Any = None, seed: int = 0, **_: Any) -> None:
         self.config = config

@@ -1,0 +1,144 @@
+"""Fidelity metrics (pure maths) and the eval-model command."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dreamgym_core.commands.eval_model import command, read_transitions
+from dreamgym_core.errors import DataError
+from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, render_output
+from dreamgym_core.fidelity import (
+    agreement,
+    evaluate_model,
+    exact_match,
+    fidelity_metrics,
+    majority_accuracy,
+    token_f1,
+    tokens,
+)
+from dreamgym_core.records import ExperienceResult, Transition
+from experience_doubles import ListBuffer, ScriptedLM
+
+
+def test_token_f1_known_values() -> None:
+    assert token_f1("the red door", "the red door") == 1.0
+    assert token_f1("", "") == 1.0
+    assert token_f1("a b", "") == 0.0
+    # 2 of 3 predicted tokens match 2 of 4 reference tokens: P=2/3, R=1/2 -> F1=4/7
+    assert token_f1("open red door", "the red door opens") == pytest.approx(4 / 7)
+    assert tokens("You see: a Key.") == ["you", "see", ":", "a", "key", "."]
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_token_f1_is_symmetric_and_bounded(a: str, b: str) -> None:
+    assert 0.0 <= token_f1(a, b) <= 1.0
+    assert token_f1(a, b) == pytest.approx(token_f1(b, a))
+
+
+def test_exact_match_ignores_case_and_spacing() -> None:
+    assert exact_match("You  see a Key.\n", "you see a key.")
+    assert not exact_match("you see a key", "you see a key.")
+
+
+def test_agreement_and_majority() -> None:
+    assert agreement([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
+    assert majority_accuracy([0, 0, 0, 1]) == 0.75
+    assert majority_accuracy([]) == 0.0
+    with pytest.raises(ValueError):
+        agreement([1], [1, 0])
+
+
+def _t(step: int, *, done=False, success=False, next_state="room", ep="e") -> Transition:
+    return Transition(task_id="t", episode_id=ep, step=step, state=f"s{step}", action="go", next_state=next_state,
+                      reward=float(done and success), done=done, success=success, instruction="win")  # fmt: skip
+
+
+def _r(*, done=False, success=False, next_state="room", status="ok") -> ExperienceResult:
+    return ExperienceResult(reasoning="", next_state=next_state, reward=float(done and success), done=done,
+                            success=success, parse_status=status)  # fmt: skip
+
+
+def test_fidelity_metrics_against_a_majority_baseline() -> None:
+    real = [_t(0), _t(1), _t(2), _t(3, done=True, success=True)]
+    perfect = [_r(), _r(), _r(), _r(done=True, success=True)]
+    m = fidelity_metrics(perfect, real)
+    assert m["fidelity/reward_agreement"] == 1.0 and m["fidelity/reward_majority_baseline"] == 0.75
+    assert m["fidelity/eps_r_mean"] == 0.0 and m["fidelity/outcome_agreement"] == 1.0
+    constant = [_r(next_state="room here"), _r(), _r(), _r(status="failed", done=True)]
+    m = fidelity_metrics(constant, real)
+    assert m["fidelity/reward_agreement"] == 0.75 == m["fidelity/reward_majority_baseline"]
+    assert m["fidelity/success_agreement"] == 0.75 and m["fidelity/done_agreement"] == 1.0
+    assert m["fidelity/eps_r_mean"] == 0.25 and m["fidelity/parse_failed"] == 0.25
+    assert m["fidelity/next_state_exact_match"] == 0.75
+    assert m["fidelity/next_state_token_f1"] == pytest.approx((2 / 3 + 3) / 4)
+    assert fidelity_metrics([], []) == {"fidelity/n": 0.0}
+
+
+def _oracle(prompt: str) -> str:
+    """A test double that answers with the truth it reads from the prompt (step index s<N>)."""
+    step = int(prompt.split("State: s")[-1].split("\n")[0])
+    done = step == 3
+    return render_output(_r(done=done, success=done, next_state=f"after {step}"))
+
+
+def test_evaluate_model_uses_history_and_demos_and_batches() -> None:
+    real = [_t(i, done=i == 3, success=i == 3, next_state=f"after {i}") for i in range(4)]
+    train = [_t(i, ep="train", next_state=f"train {i}") for i in range(4)]
+    lm = ScriptedLM(answer=_oracle)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    m = evaluate_model(model, real, ListBuffer(train), history_window=2, k=1, batch_size=3)
+    assert m["fidelity/next_state_exact_match"] == 1.0 and m["fidelity/outcome_agreement"] == 1.0
+    assert [len(c["prompts"]) for c in lm.calls] == [3, 1]
+    assert "train " in lm.calls[0]["prompts"][0] and " -> go" in lm.calls[0]["prompts"][2]
+
+
+def test_read_transitions_errors_name_file_and_line(tmp_path) -> None:
+    good = tmp_path / "ok.jsonl"
+    good.write_bytes(msgspec.json.encode(_t(0)) + b"\n\n" + msgspec.json.encode(_t(1)) + b"\n")
+    assert [t.step for t in read_transitions(str(good))] == [0, 1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(msgspec.json.encode(_t(0)) + b'\n{"task_id": 3}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not a Transition"):
+        read_transitions(str(bad))
+    with pytest.raises(DataError, match="cannot read"):
+        read_transitions(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="no transitions"):
+        read_transitions(str(tmp_path / "empty.jsonl"))
+
+
+PIPELINE = """
+plugins: [textworld, hf, local, encoders, exact]
+env: {name: twx, config: {game: coin}}
+policy: {name: hf-tiny, config: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64, vocab_size: 300, max_length: 1024, max_positions: 1024}}
+algo: {name: grpo}
+experience_model: {name: hf-tiny, config: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64, vocab_size: 300, max_length: 1024, max_positions: 1024}}
+encoder: {name: hashing}
+buffer: {name: exact}
+loop: {history_window: 2, top_k: 2}
+"""
+
+
+def test_eval_model_command_prints_metrics(tmp_path) -> None:
+    """Runs the real plugins (untrained byte-level tiny model): the wiring, not the quality."""
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_exact")
+    pytest.importorskip("dreamgym_plugin_textworld")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    heldout, train = tmp_path / "heldout.jsonl", tmp_path / "train.jsonl"
+    heldout.write_bytes(b"\n".join(msgspec.json.encode(_t(i, done=i == 2, success=i == 2)) for i in range(3)))
+    train.write_bytes(b"\n".join(msgspec.json.encode(_t(i, ep="train")) for i in range(3)))
+    args = [str(pipeline), "--heldout", str(heldout), "--train-data", str(train), "--limit", "2", "--max-new-tokens", "24", "--retries", "0",
+            "--set", "experience_model.config.max_length=1024", "--set", "loop.top_k=1"]  # fmt: skip
+    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["fidelity/n"] == 2.0 and report["experience/requests"] == 2.0
+    assert 0.0 <= report["fidelity/reward_agreement"] <= 1.0 and report["model_id"].startswith("hf-tiny")

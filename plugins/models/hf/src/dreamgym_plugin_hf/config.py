@@ -41,8 +41,8 @@ class _Common(Config):
     grad_clip: Annotated[PositiveFloat, Meta(description="SFT: max gradient norm.")] = 1.0
     seed: Annotated[int, Meta(description="Seeds weight init (tiny) and SFT shuffling.")] = 0
     cpu_threads: Annotated[
-        int | None,
-        Meta(ge=1, description="Set torch's intra-op threads for the process (None: leave torch's default). "
+        PositiveInt | None,
+        Meta(description="Set torch's intra-op threads for the process (None: leave torch's default). "
              "1 is several times faster for tiny models on a busy CPU."),
     ] = None
 

@@ -1,0 +1,39 @@
+"""Each registered component builds through the plugin manager and generates strings."""
+
+from __future__ import annotations
+
+import pytest
+
+from dreamgym_core.config import convert_config
+from dreamgym_core.plugins import Plugins
+from dreamgym_core.protocols import LanguageModel, TrainableLanguageModel
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return Plugins.for_names(["hf"])
+
+
+def check_language_model(model) -> None:
+    assert isinstance(model, LanguageModel) and isinstance(model, TrainableLanguageModel)
+    assert isinstance(model.model_id, str) and model.model_id
+    out = model.generate(prompts=["a", "bb"], max_new_tokens=3, temperature=0.7, seed=0)
+    assert isinstance(out, list) and len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+def test_registered_components(plugins):
+    assert set(plugins.components("model")) == {"hf", "hf-tiny", "smollm2"}
+    for spec in plugins.components("model").values():
+        assert spec.plugin == "hf"
+        convert_config({}, spec.config_type, "test", "$")  # buildable from {}
+
+
+def test_hf_tiny_conformance(plugins, small_config):
+    spec = plugins.component("model", "hf-tiny")
+    check_language_model(spec.factory(small_config()))
+
+
+def test_hf_conformance_on_a_saved_checkpoint(plugins, trained, tmp_path):
+    trained.save(path=str(tmp_path / "m"))
+    spec = plugins.component("model", "hf")
+    check_language_model(spec.factory(convert_config({"path": str(tmp_path / "m")}, spec.config_type, "test", "$")))

@@ -1,0 +1,88 @@
+"""The OpenAI-compatible server over a real tiny model, on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from dreamgym_plugin_hf.serve import start_server
+
+
+def call(url: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    srv = start_server(trained, port=0)
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1", trained
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_models_lists_the_backend(server):
+    base, backend = server
+    status, body = call(f"{base}/models")
+    assert status == 200 and body["data"][0]["id"] == backend.model_id
+
+
+def test_completions_match_the_backend(server):
+    base, backend = server
+    prompts = ["Room: garden. Items: coin, lamp. Action:", "Room: pantry. Items: key, lamp. Action:"]
+    status, body = call(f"{base}/completions", {"prompt": prompts, "max_tokens": 20, "temperature": 0, "stop": ["Result"]})
+    assert status == 200
+    expected = backend.generate(prompts=prompts, max_new_tokens=20, temperature=0, stop=["Result"])
+    assert [c["text"] for c in body["choices"]] == expected
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+
+
+def test_seeded_completion_is_reproducible(server):
+    base, _ = server
+    body = {"prompt": "Room:", "max_tokens": 12, "temperature": 1.0, "seed": 3}
+    assert call(f"{base}/completions", body)[1]["choices"] == call(f"{base}/completions", body)[1]["choices"]
+
+
+def test_chat_completion_returns_a_message(server):
+    base, _ = server
+    status, body = call(f"{base}/chat/completions", {"messages": [{"role": "user", "content": "Room: garden."}], "max_tokens": 8})
+    assert status == 200
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert isinstance(body["choices"][0]["message"]["content"], str)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [({"max_tokens": 4}, "'prompt'"), ({"prompt": "a", "max_tokens": 0}, "'max_tokens'"), ({"prompt": "a", "stop": 5}, "'stop'")],
+)
+def test_bad_requests_get_400_with_a_reason(server, body, message):
+    base, _ = server
+    status, answer = call(f"{base}/completions", body)
+    assert status == 400 and message in answer["error"]["message"]
+
+
+def test_unknown_route_is_404(server):
+    base, _ = server
+    assert call(f"{base}/embeddings", {"input": "x"})[0] == 404
+
+
+def test_api_key_is_enforced_when_configured(trained):
+    srv = start_server(trained, port=0, api_key="sekrit")
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        assert call(f"{base}/models")[0] == 401
+        assert call(f"{base}/models", key="wrong")[0] == 401
+        assert call(f"{base}/models", key="sekrit")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -1,0 +1,90 @@
+"""An agent-loop worker's runtime built from a prepared run directory, driving a real
+environment (TextWorldExpress through the textworld plugin) in the agent loop.
+
+The generation server is a stand-in (vLLM/SGLang need GPUs): it always answers with
+the first admissible action it finds in the prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import msgspec
+import pytest
+from verl.experimental.agent_loop.agent_loop import DictConfigWrap
+from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.workers.rollout.replica import TokenOutput
+
+from dreamgym_core.config import load_pipeline, resolve
+from dreamgym_core.loop import prepare_run_dir
+from dreamgym_core.plugins import Plugins
+from dreamgym_plugin_verl.agent_loop import RUNTIMES, DreamGymAgentLoop
+from dreamgym_plugin_verl.runtime import load_runtime
+from dreamgym_plugin_verl.trainer import prepare_files
+from dreamgym_plugin_verl.translate import translate
+
+pytest.importorskip("dreamgym_plugin_textworld")
+pytest.importorskip("dreamgym_plugin_hf")
+
+
+class FirstAdmissibleServer:
+    """Stand-in server: replies with the first admissible action listed in the prompt."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.calls = 0
+
+    async def generate(self, *, request_id, prompt_ids, sampling_params, **_):
+        self.calls += 1
+        prompt = self.tokenizer.decode(prompt_ids)
+        actions = re.findall(r"Admissible actions: ([^\n<]*)", prompt)[-1].split(" | ")
+        ids = self.tokenizer.encode(f"<think>try</think><action>{actions[0]}</action><|im_end|>", add_special_tokens=False)
+        return TokenOutput(token_ids=ids, log_probs=None)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "plugins: [textworld, hf, verl]\n"
+        "env: {name: twx, config: {game: coin, train_seeds: 4, test_seeds: 2}}\n"
+        "policy: {name: hf-tiny}\n"
+        "algo: {name: verl-grpo, config: {model_path: /models/m, invalid_action_penalty: 0.2}}\n"
+        f"loop: {{mode: real, max_steps: 3, tasks_per_iteration: 2}}\nrun_dir: {tmp_path / 'run'}\n"
+    )
+    pipeline = load_pipeline(path)
+    plugins = Plugins.for_names(pipeline.plugins)
+    resolved = resolve(pipeline, plugins, where=str(path))
+    root = prepare_run_dir(resolved, resume=False)
+    domain = plugins.build("env", "twx", resolved.components["env"])
+    prepare_files(resolved, root, train=domain.tasks(split="train"), val=domain.tasks(split="test"), actors={})
+    return resolved, root, domain
+
+
+def test_runtime_from_run_dir_plays_a_real_env(run_dir, compose, chat_tokenizer):
+    resolved, root, domain = run_dir
+    runtime = load_runtime(str(root))
+    assert runtime.max_steps == 3 and runtime.invalid_action_penalty == 0.2 and runtime.store is None
+    RUNTIMES[str(root)] = runtime
+    cfg = compose(translate(resolved, run_dir=str(root)))
+    server = FirstAdmissibleServer(chat_tokenizer)
+    task = domain.tasks(split="train")[0]
+
+    async def main():
+        loop = DreamGymAgentLoop(
+            trainer_config=DictConfigWrap(cfg), server_manager=server, tokenizer=chat_tokenizer, processor=None,
+            dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data), runtime=str(root),
+        )
+        return await loop.run({}, task=msgspec.json.encode(task).decode(), phase="real", seed=0, raw_prompt=[])
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        RUNTIMES.pop(str(root), None)
+    info = out.extra_fields["reward_extra_info"]
+    assert 1 <= server.calls <= 3 and info["episode_steps"] == server.calls
+    assert info["unparsed_actions"] == 0.0 and info["env_errors"] == 0.0
+    assert out.response_mask[0] == 1 and out.response_mask[-1] == 1
+    assert (0 in out.response_mask) == (server.calls > 1)
+    assert task.instruction in chat_tokenizer.decode(out.prompt_ids)

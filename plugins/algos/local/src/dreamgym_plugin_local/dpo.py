@@ -46,7 +46,7 @@ def preference_pairs(group: Sequence[Trajectory], max_pairs: int = 0) -> list[tu
 
 
 class DPO(LocalTrainer):
-    """Direct preference optimisation against the frozen initial policy."""
+    """Direct preference optimisation against the frozen policy of the first update."""
 
     name = "dpo"
     uses_reference = True

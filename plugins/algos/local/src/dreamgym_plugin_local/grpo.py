@@ -18,7 +18,7 @@ __all__ = ["GRPO"]
 
 
 class GRPO(LocalTrainer):
-    """GRPO with PPO-clip, KL to the initial policy and the invalid-action penalty."""
+    """GRPO with PPO-clip, KL to the reference (the policy at its first update) and the invalid-action penalty."""
 
     name = "grpo"
 

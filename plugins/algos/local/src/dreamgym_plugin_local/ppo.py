@@ -25,7 +25,7 @@ __all__ = ["PPO"]
 
 
 class PPO(LocalTrainer):
-    """PPO-clip with GAE, clipped value loss, KL to the initial policy."""
+    """PPO-clip with GAE, clipped value loss, KL to the reference (the policy at its first update)."""
 
     name = "ppo"
 

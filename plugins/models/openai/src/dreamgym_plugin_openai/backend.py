@@ -1,0 +1,166 @@
+"""Async HTTP client for OpenAI-compatible servers: concurrency, timeouts, retries.
+
+Failure contract: a prompt whose request still fails after ``max_retries`` retries
+(connection refused, timeout, 429/5xx) or fails outright (other 4xx, malformed
+answer) is a *failed call*. It is counted in ``stats["failed_calls"]`` and its error
+kept in ``last_errors``; ``generate`` then returns ``""`` for that prompt (the
+experience model's parser turns that into a counted failed transition), or raises
+:class:`ModelCallError` after the whole batch when ``on_failure="raise"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from typing import Any, Coroutine, Sequence
+
+import httpx
+
+from dreamgym_core.errors import DreamGymError
+
+from .config import OpenAIConfig
+
+__all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "cut_at_stop", "RETRY_STATUS"]
+
+#: HTTP statuses worth retrying: rate limits and server-side trouble.
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class ModelCallError(DreamGymError):
+    """Requests to a model server failed after their retries."""
+
+
+class _Failed(Exception):
+    """One request's final failure (internal); ``retry`` says whether retrying may help."""
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Delay before retry number ``attempt`` (0-based): exponential, capped."""
+    return min(cap, base * 2.0**attempt)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` before the earliest stop string (servers differ on whether they cut)."""
+    hits = [text.find(s) for s in stop if s and s in text]
+    return text[: min(hits)] if hits else text
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion, also from code already inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class OpenAIBackend:
+    """A :class:`~dreamgym_core.protocols.LanguageModel` served over HTTP."""
+
+    def __init__(self, config: OpenAIConfig) -> None:
+        self.config = config
+        self.model_id = f"openai:{config.model}"
+        self._api_key = os.environ.get(config.api_key_env) or None  # never logged or shown
+        self.stats: dict[str, int] = {"calls": 0, "succeeded": 0, "retries": 0, "failed_calls": 0}
+        self.last_errors: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
+
+    # --- requests ----------------------------------------------------------------
+
+    def _payload(self, prompt: str, max_new_tokens: int, temperature: float, stop: Sequence[str], seed: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.config.model, "max_tokens": max_new_tokens, "temperature": temperature}
+        if self.config.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        if stop:
+            body["stop"] = list(stop)
+        if seed is not None:
+            body["seed"] = seed
+        return body
+
+    def _text(self, answer: Any) -> str:
+        try:
+            choice = answer["choices"][0]
+            text = choice["message"]["content"] if self.config.endpoint == "chat" else choice["text"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise _Failed(f"malformed answer (no choices[0] text): {exc!r}", retry=False) from exc
+        if not isinstance(text, str):
+            raise _Failed("malformed answer: text is not a string", retry=False)
+        return text
+
+    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
+        path = "/chat/completions" if self.config.endpoint == "chat" else "/completions"
+        try:
+            response = await client.post(path, json=body)
+        except httpx.TransportError as exc:  # refused, reset, timeouts
+            raise _Failed(f"{type(exc).__name__} calling {self.config.base_url}{path}", retry=True) from exc
+        if response.status_code == 401:
+            raise _Failed(f"HTTP 401 from {self.config.base_url}: check the key in ${self.config.api_key_env}", retry=False)
+        if response.status_code != 200:
+            detail = response.text[:200].replace("\n", " ")
+            raise _Failed(f"HTTP {response.status_code} from {self.config.base_url}{path}: {detail}", retry=response.status_code in RETRY_STATUS)
+        try:
+            return self._text(response.json())
+        except ValueError as exc:
+            raise _Failed(f"answer from {self.config.base_url}{path} is not JSON", retry=False) from exc
+
+    async def _call(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, body: dict[str, Any]) -> str | None:
+        """One prompt with retries and backoff; None once it has failed for good."""
+        async with gate:
+            self.stats["calls"] += 1
+            for attempt in range(self.config.max_retries + 1):
+                try:
+                    text = await self._post(client, body)
+                    self.stats["succeeded"] += 1
+                    return text
+                except _Failed as exc:
+                    error = exc
+                    if not exc.retry or attempt == self.config.max_retries:
+                        break
+                self.stats["retries"] += 1
+                await asyncio.sleep(backoff_delay(attempt, self.config.backoff, self.config.max_backoff))
+            self.stats["failed_calls"] += 1
+            self.last_errors.append(str(error))
+            return None
+
+    async def _gather(self, bodies: list[dict[str, Any]]) -> list[str | None]:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        limits = httpx.Limits(max_connections=self.config.concurrency)
+        gate = asyncio.Semaphore(self.config.concurrency)
+        async with httpx.AsyncClient(
+            base_url=self.config.base_url, headers=headers, timeout=self.config.timeout, limits=limits
+        ) as client:
+            return await asyncio.gather(*(self._call(client, gate, b) for b in bodies))
+
+    # --- LanguageModel -------------------------------------------------------------
+
+    def generate(
+        self,
+        *,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[str]:
+        """Completions for ``prompts`` (request ``i`` gets seed ``seed + i``, so equal
+        prompts in a batch still sample independently). Failed calls: see the module doc."""
+        self.last_errors = []
+        bodies = [
+            self._payload(p, max_new_tokens, temperature, stop, None if seed is None else seed + i)
+            for i, p in enumerate(prompts)
+        ]
+        results = _run(self._gather(bodies)) if bodies else []
+        failed = sum(r is None for r in results)
+        if failed and self.config.on_failure == "raise":
+            raise ModelCallError(f"openai: {failed} of {len(results)} calls failed; first: {self.last_errors[0]}")
+        return [cut_at_stop(r, stop) if r is not None else "" for r in results]

@@ -1,0 +1,38 @@
+"""Config of the OpenAI-compatible backend (every field defaulted, documented once)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta
+
+from dreamgym_core.config import Config, NonNegativeInt, PositiveFloat, PositiveInt
+
+__all__ = ["OpenAIConfig"]
+
+
+class OpenAIConfig(Config):
+    """A server speaking the OpenAI HTTP API; one request per prompt, run concurrently."""
+
+    base_url: Annotated[str, Meta(description="API root including /v1, e.g. http://127.0.0.1:8000/v1.")] = (
+        "http://127.0.0.1:8000/v1"
+    )
+    model: Annotated[str, Meta(description="Model name sent with each request.")] = "default"
+    api_key_env: Annotated[
+        str, Meta(description="Name of the environment variable holding the API key (unset: no auth header).")
+    ] = "OPENAI_API_KEY"
+    endpoint: Annotated[
+        Literal["completions", "chat"],
+        Meta(description="completions: raw prompt to /completions; chat: prompt as one user message."),
+    ] = "completions"
+    timeout: Annotated[PositiveFloat, Meta(description="Seconds allowed per HTTP request.")] = 60.0
+    max_retries: Annotated[
+        NonNegativeInt, Meta(description="Retries per prompt after a connection error, timeout, 429 or 5xx.")
+    ] = 3
+    backoff: Annotated[PositiveFloat, Meta(description="First retry delay in seconds; doubles each retry.")] = 0.5
+    max_backoff: Annotated[PositiveFloat, Meta(description="Cap of one retry delay in seconds.")] = 8.0
+    concurrency: Annotated[PositiveInt, Meta(description="Requests in flight at once.")] = 8
+    on_failure: Annotated[
+        Literal["empty", "raise"],
+        Meta(description="After retries run out: return '' for that prompt (counted in stats) or raise ModelCallError."),
+    ] = "empty"

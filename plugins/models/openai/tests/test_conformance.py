@@ -1,0 +1,18 @@
+"""The component builds from {} through the plugin manager; generate returns strings."""
+
+from __future__ import annotations
+
+from dreamgym_core.config import convert_config
+from dreamgym_core.plugins import Plugins
+from dreamgym_core.protocols import LanguageModel
+
+
+def test_openai_conformance(server):
+    plugins = Plugins.for_names(["openai"])
+    spec = plugins.component("model", "openai")
+    assert spec.plugin == "openai"
+    convert_config({}, spec.config_type, "test", "$")  # buildable from defaults
+    model = spec.factory(convert_config({"base_url": server.url}, spec.config_type, "test", "$"))
+    assert isinstance(model, LanguageModel) and isinstance(model.model_id, str)
+    out = model.generate(prompts=["a", "bb"], max_new_tokens=3, temperature=0.7, seed=0)
+    assert isinstance(out, list) and len(out) == 2 and all(isinstance(t, str) for t in out)

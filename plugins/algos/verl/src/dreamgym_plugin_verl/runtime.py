@@ -42,22 +42,22 @@ def _load(run_dir: str | Path) -> tuple[Any, Plugins]:
     return resolve(pipeline, plugins, where=str(config_path)), plugins
 
 
-def _experience_model(resolved: Any, plugins: Plugins) -> Any:
-    """The pipeline's experience model (M_exp, also M_task), or None without one."""
+def _experience_model(resolved: Any, plugins: Plugins, domain: Any) -> Any:
+    """The pipeline's experience model (M_exp, also M_task), or None without one.
+
+    Built exactly as the local loop builds it, so both backends prompt and parse alike.
+    """
+    from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel
+
     cfg = resolved.pipeline
     if cfg.experience_model is None:
         return None
-    try:
-        from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel
-    except ImportError as exc:
-        raise DreamGymError(f"this dreamgym core has no experience model ({exc}); update dreamgym") from exc
     backend = plugins.build("model", cfg.experience_model.name, resolved.components["experience_model"])
-    return LMExperienceModel(
-        backend,
-        ExperienceModelConfig(
-            history_window=cfg.loop.history_window, top_k=cfg.loop.top_k, temperature=cfg.loop.experience_temperature
-        ),
+    config = ExperienceModelConfig(
+        history_window=cfg.loop.history_window, top_k=cfg.loop.top_k,
+        temperature=cfg.loop.experience_temperature, seed=cfg.seed,
     )
+    return LMExperienceModel(backend, config, domain=domain)
 
 
 def _encoder(resolved: Any, plugins: Plugins) -> Any:
@@ -81,22 +81,27 @@ def build_curriculum(run_dir: str) -> Any:
     domain = plugins.build("env", cfg.env.name, resolved.components["env"])
     return plugins.build(
         "curriculum", cfg.curriculum.name, resolved.components["curriculum"],
-        tasks=domain.tasks(split="train"), task_generator=_experience_model(resolved, plugins),
+        tasks=domain.tasks(split="train"), task_generator=_experience_model(resolved, plugins, domain),
         encoder=_encoder(resolved, plugins), seed=cfg.seed, domain=domain,
     )
 
 
 def synthetic_env_factory(resolved: Any, plugins: Plugins, domain: Any, buffer: Any) -> Any:
-    """A no-argument factory of DreamGym synthetic environments (experience model + buffer)."""
-    try:
-        from dreamgym_core.synthetic import SyntheticEnv
-    except ImportError as exc:
-        raise DreamGymError(f"this dreamgym core has no synthetic environment ({exc}); update dreamgym") from exc
-    model = _experience_model(resolved, plugins)
-    max_steps = resolved.pipeline.loop.max_steps
+    """A no-argument factory of DreamGym synthetic environments (experience model + shared buffer).
+
+    Transitions reach the buffer once per finished episode (the agent loop's ``store``),
+    not per step, as in the local loop's store stage.
+    """
+    from dreamgym_core.synthetic import SyntheticEnv, SyntheticEnvConfig
+
+    loop = resolved.pipeline.loop
+    model = _experience_model(resolved, plugins, domain)
+    config = SyntheticEnvConfig(
+        max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, add_to_buffer=False
+    )
 
     def make() -> Any:
-        return SyntheticEnv(model=model, buffer=buffer, domain=domain, max_steps=max_steps, add_to_buffer=False)
+        return SyntheticEnv(model, buffer, domain, config)
 
     make.model_id = getattr(model, "model_id", "")  # type: ignore[attr-defined]
     return make

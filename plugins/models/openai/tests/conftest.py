@@ -80,9 +80,9 @@ def start_server(model_dir) -> Iterator[Callable[..., Server]]:
     """Start servers (optionally with an API key); all are killed at teardown."""
     started: list[Server] = []
 
-    def start(key_env: str | None = None, key: str | None = None) -> Server:
+    def start(key_env: str | None = None, key: str | None = None, directory: str | None = None) -> Server:
         env = {key_env: key} if key_env and key else {}
-        server = Server(model_dir, env, ["--api-key-env", key_env] if key_env else [])
+        server = Server(directory or model_dir, env, ["--api-key-env", key_env] if key_env else [])
         started.append(server)
         server.wait_ready({"Authorization": f"Bearer {key}"} if key else {})
         return server

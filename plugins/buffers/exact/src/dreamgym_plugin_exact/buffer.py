@@ -227,6 +227,8 @@ class ExactBuffer:
             self._log(Frame(kind="add", rids=rids, transitions=records, encoder_id=self.encoder.id,
                             dim=self.encoder.dim, vectors=vectors.astype("<f4").tobytes()))
             self._evict_over_capacity()
+            if self._writer is None and len(self._records) - self._sealed_rows >= self.config.segment_records:
+                self.seal()  # in memory, segments are virtual: seal by count alike
             return len(records)
 
     def _check_embeddings(self, embeddings: Any, n: int) -> np.ndarray:
@@ -291,6 +293,15 @@ class ExactBuffer:
         if sealed:
             self._sealed_rows = len(self._records)
             self._on_sealed()
+
+    def seal(self) -> None:
+        """Write pending records and seal the current segment now (backends index sealed rows)."""
+        with self._lock:
+            if self._writer is not None:
+                self._write_pending()
+                self._writer.seal()
+            self._sealed_rows = len(self._records)
+        self._on_sealed()
 
     def _on_sealed(self) -> None:
         """Hook: a segment was sealed; rows below ``_sealed_rows`` will not change file."""

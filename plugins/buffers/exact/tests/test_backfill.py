@@ -1,0 +1,74 @@
+"""Switching encoders on a populated buffer: online backfill with distance rank merge."""
+
+import numpy as np
+
+from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
+from dreamgym_plugin_exact import EncoderRef, ExactBuffer, ExactConfig, embedding_text, make_exact
+
+OLD = HashingConfig(dim=64, bigrams=False)
+NEW = HashingConfig(dim=256, bigrams=True)
+
+
+def _populate(path, distinct, n=600):
+    records = distinct(n, prefix="bf")
+    with ExactBuffer(ExactConfig(flush_every=100), encoder=HashingEncoder(OLD), path=path) as b:
+        b.add(transitions=records)
+    return records
+
+
+def _recall(buffer, reference_vectors, records, queries, k=5):
+    """Tie-aware recall@k of ``buffer`` against the exact top-k under the new encoder."""
+    enc = HashingEncoder(NEW)
+    qv = enc.encode(texts=[embedding_text(s, a) for s, a in queries])
+    index = {id(t): i for i, t in enumerate(records)}
+    got = buffer.retrieve(queries=queries, k=k)
+    hits = 0
+    for i, row in enumerate(got):
+        kth = np.sort(reference_vectors @ qv[i])[-k]
+        hits += sum(reference_vectors[index[id(t)]] @ qv[i] >= kth - 1e-6 for t in row)
+    return hits / (k * len(queries))
+
+
+def test_backfill_recall_rises_to_one(tmp_path, distinct):
+    records = _populate(tmp_path, distinct)
+    cfg = ExactConfig(backfill_background=False, backfill_batch=100)
+    b = ExactBuffer(cfg, encoder=HashingEncoder(NEW), path=tmp_path, previous_encoders=[HashingEncoder(OLD)])
+    stored = list(b)  # the buffer's own objects, for identity lookups
+    reference = HashingEncoder(NEW).encode(texts=[embedding_text(t.state, t.action) for t in stored])
+    queries = [(t.state.replace("You", "you now"), t.action) for t in stored[::29]]
+    assert b.backfill_progress == (0, 600)
+    recalls = [_recall(b, reference, stored, queries)]
+    while b.backfill_step():
+        recalls.append(_recall(b, reference, stored, queries))
+    assert b.backfill_progress == (600, 600)
+    assert recalls[-1] == 1.0 and recalls[0] < 1.0
+    assert recalls[len(recalls) // 2] > recalls[0]
+    assert list(b.stats()["spaces"]) == [HashingEncoder(NEW).id]
+    b.close()
+    reopened = ExactBuffer(cfg, encoder=HashingEncoder(NEW), path=tmp_path)
+    assert reopened.backfill_progress == (600, 600) and list(reopened) == records
+
+
+def test_background_backfill_serves_queries_throughout(tmp_path, distinct):
+    records = _populate(tmp_path, distinct, n=400)
+    ref = EncoderRef(plugin="encoders", name="hashing", config={"dim": 64, "bigrams": False})
+    b = make_exact(ExactConfig(backfill_batch=20, previous_encoder=ref), encoder=HashingEncoder(NEW), path=tmp_path)
+    while True:
+        done, total = b.backfill_progress
+        hits = b.retrieve(queries=[(records[7].state, records[7].action)], k=3)[0]
+        assert hits[0] == records[7]  # the exact stored pair is top-1 in either space
+        if done == total and b.wait_backfill(timeout=0):
+            break
+    assert total == 400
+    b.close()
+
+
+def test_added_records_during_backfill_use_the_new_encoder(tmp_path, distinct):
+    _populate(tmp_path, distinct, n=50)
+    b = ExactBuffer(ExactConfig(backfill_background=False), encoder=HashingEncoder(NEW), path=tmp_path,
+                    previous_encoders=[HashingEncoder(OLD)])
+    b.add(transitions=distinct(10, prefix="fresh"))
+    assert b.backfill_progress == (10, 60)
+    while b.backfill_step():
+        pass
+    assert b.backfill_progress == (60, 60)

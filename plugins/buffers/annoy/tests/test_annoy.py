@@ -1,0 +1,116 @@
+import json
+
+import msgspec
+import numpy as np
+
+from dreamgym_core.records import Transition
+from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig, angular_to_cosine
+from dreamgym_plugin_encoders import HashingEncoder
+from dreamgym_plugin_exact import ExactBuffer, embedding_text
+
+ROOMS = ["kitchen", "pantry", "garden", "bedroom", "bathroom", "corridor", "cellar", "attic", "study"]
+THINGS = ["apple", "key", "coin", "book", "lamp", "knife", "towel", "bottle", "map", "candle", "rope"]
+VERBS = ["take", "open", "examine", "drop", "put", "push", "eat", "light"]
+
+
+def household(n, seed=0, prefix=""):
+    """Varied household transitions: distinct texts, clustered vocabulary (like real states)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        room, a, b = rng.choice(ROOMS), rng.choice(THINGS), rng.choice(THINGS)
+        state = f"{prefix}You are in the {room}. On the table: a {a} and a {b}. Exits: {rng.choice(ROOMS)}. #{i}"
+        action = f"{rng.choice(VERBS)} {rng.choice([a, b])}"
+        out.append(Transition(task_id=f"t{i % 9}", episode_id=f"e{i // 6}", step=i % 6, state=state, action=action,
+                              next_state=f"{state} -> {action}", reward=0.0, done=False, source="synthetic"))
+    return out
+
+
+def _scores(encoder, query, results):
+    q = encoder.encode(texts=[embedding_text(*query)])[0]
+    return np.round(encoder.encode(texts=[embedding_text(t.state, t.action) for t in results]) @ q, 5)
+
+
+def test_angular_to_cosine():
+    assert np.allclose(angular_to_cosine(np.array([0.0, np.sqrt(2.0), 2.0])), [1.0, 0.0, -1.0])
+
+
+def test_same_topk_as_exact_with_enough_search_effort():
+    enc = HashingEncoder()
+    records = household(3000)
+    annoy = AnnoyBuffer(AnnoyConfig(min_rows=100, n_trees=20, search_k=60000), encoder=enc)
+    exact = ExactBuffer(encoder=enc)
+    annoy.add(transitions=records)
+    exact.add(transitions=records)
+    annoy.seal()
+    annoy.wait_index()
+    assert annoy.stats()["annoy"]["items"] == 3000
+    queries = [(t.state.replace("You are", "you stand"), t.action) for t in household(40, seed=1)]
+    got, want = annoy.retrieve(queries=queries, k=4), exact.retrieve(queries=queries, k=4)
+    for q, a, b in zip(queries, got, want):  # equal up to ties: compare score lists
+        assert np.allclose(_scores(enc, q, a), _scores(enc, q, b), atol=1e-4)
+
+
+def test_fresh_tail_is_searchable_before_any_rebuild():
+    enc = HashingEncoder()
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=1000), encoder=enc)
+    b.add(transitions=household(1000))
+    b.wait_index()
+    assert b.stats()["annoy"]["items"] == 1000
+    fresh = household(30, seed=5, prefix="NEW ")
+    b.add(transitions=fresh)  # unsealed tail: not in the index
+    assert b.stats()["annoy"]["items"] == 1000
+    for t in fresh[:5]:
+        assert b.retrieve(queries=[(t.state, t.action)], k=2)[0][0] == t
+
+
+def test_queries_run_while_an_index_builds():
+    enc = HashingEncoder()
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, n_trees=200, segment_records=10**6), encoder=enc)
+    records = household(4000)
+    b.add(transitions=records)
+    b.seal()  # starts a background build
+    answered_during_build = 0
+    while b.stats()["annoy"]["building"] or b.stats()["annoy"]["items"] == 0:
+        t = records[answered_during_build % 4000]
+        assert b.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
+        answered_during_build += 1
+    b.wait_index()
+    assert answered_during_build > 0 and b.stats()["annoy"]["items"] == 4000
+
+
+def test_evicted_rows_never_returned():
+    enc = HashingEncoder()
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=1500, segment_records=500), encoder=enc)
+    records = household(2000)
+    for i in range(0, 2000, 500):
+        b.add(transitions=records[i : i + 500])
+    b.rebuild()
+    b.add(transitions=household(200, seed=3, prefix="LATE "))  # evicts 200 indexed rows
+    alive = {msgspec.msgpack.encode(t) for t in b}
+    assert len(alive) == 1500
+    hits = b.retrieve(queries=[(t.state, t.action) for t in records[500:700]], k=4)
+    assert all(msgspec.msgpack.encode(t) in alive for row in hits for t in row)
+    assert all(len(row) == 4 for row in hits)
+
+
+def test_index_persists_and_a_broken_manifest_rebuilds(tmp_path):
+    enc = HashingEncoder()
+    cfg = AnnoyConfig(min_rows=100, segment_records=400, flush_every=200)
+    records = household(1200)
+    with AnnoyBuffer(cfg, encoder=enc, path=tmp_path) as b:
+        b.add(transitions=records)
+        b.seal()
+        b.wait_index()
+    reopened = AnnoyBuffer(cfg.__class__(min_rows=10**9), encoder=enc, path=tmp_path)  # no rebuild allowed
+    assert reopened.stats()["annoy"]["items"] == 1200
+    t = records[17]
+    assert reopened.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
+    reopened.close()
+    manifest = tmp_path / "annoy.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"items": 5}))
+    again = AnnoyBuffer(cfg, encoder=enc, path=tmp_path)
+    again.wait_index()
+    assert any("annoy.json" in p for p in again.problems)
+    assert again.stats()["annoy"]["items"] == 1200  # rebuilt
+    again.close()

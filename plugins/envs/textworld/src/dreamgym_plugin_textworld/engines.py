@@ -36,8 +36,8 @@ class TwxEngine:
         self._env: Any = None
         self._loaded: tuple[str, str] | None = None
         self._game: tuple[str, str, str, int] | None = None
-        self._gold: list[str] = []
-        self._gold_pos = 0
+        self._gold: list[str] | None = None
+        self._taken: list[str] = []
 
     def _server(self) -> Any:
         if self._env is None:
@@ -69,18 +69,27 @@ class TwxEngine:
         except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
             message = str(exc.java_exception.getMessage()).strip()
             raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
-        self._gold, self._gold_pos = self._env.getGoldActionSequence(), 0
+        self._gold, self._taken = None, []
         return self._state(infos)
 
     def step(self, action: str) -> RawState:
-        if self._gold_pos < len(self._gold) and action == self._gold[self._gold_pos]:
-            self._gold_pos += 1
+        self._taken.append(action)
         _, _, _, infos = self._env.step(action)
         return self._state(infos)
 
     def expert_action(self) -> str | None:
-        """The next action of the gold path (played in order; it does not re-plan)."""
-        return self._gold[self._gold_pos] if self._gold_pos < len(self._gold) else None
+        """The next action of the gold path, played in order (it does not re-plan).
+
+        The gold path is fetched on first use in an episode (fetching costs one
+        engine call per action, which random play should not pay).
+        """
+        if self._gold is None:
+            self._gold = list(self._env.getGoldActionSequence())
+        position = 0
+        for action in self._taken:
+            if position < len(self._gold) and action == self._gold[position]:
+                position += 1
+        return self._gold[position] if position < len(self._gold) else None
 
     @staticmethod
     def _state(infos: dict[str, Any]) -> RawState:

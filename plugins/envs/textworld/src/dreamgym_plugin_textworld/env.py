@@ -10,7 +10,7 @@ from dreamgym_core.records import Observation, StepResult, Task
 from .engines import RawState
 from .state import normalize_action, render_state
 
-__all__ = ["Engine", "TextWorldEnv", "outcome_reward", "EpisodeOver"]
+__all__ = ["Engine", "TextWorldEnv", "outcome_reward", "is_admissible", "EpisodeOver"]
 
 
 class EpisodeOver(DreamGymError):
@@ -23,6 +23,14 @@ class Engine(Protocol):
     def step(self, action: str) -> RawState: ...
     def expert_action(self) -> str | None: ...
     def close(self) -> None: ...
+
+
+def is_admissible(action: str, admissible: list[str]) -> bool:
+    """Whether ``action`` is one of ``admissible``, ignoring case and spacing."""
+    if action in admissible:
+        return True
+    key = normalize_action(action)
+    return any(normalize_action(a) == key for a in admissible)
 
 
 def outcome_reward(*, success: bool, done: bool) -> float:
@@ -43,7 +51,7 @@ class TextWorldEnv:
         self.engine = engine
         self.max_steps = max_steps
         self._chars = {"max_observation_chars": max_observation_chars, "max_action_chars": max_action_chars}
-        self._admissible: set[str] = set()
+        self._admissible: list[str] = []
         self._score = 0.0
         self._steps = 0
         self._done = True
@@ -57,14 +65,14 @@ class TextWorldEnv:
         """Start ``task``'s game. The game's seed is the payload's; ``seed`` is not used."""
         self.engine.load(task.payload)
         raw = self.engine.reset()
-        self._admissible = {normalize_action(a) for a in raw.admissible}
+        self._admissible = raw.admissible
         self._score, self._steps, self._done = raw.score, 0, False
         return self.observe(raw)
 
     def step(self, *, action: str) -> StepResult:
         if self._done:
             raise EpisodeOver("textworld env: step() needs reset() first (the episode is over or not started)")
-        valid = normalize_action(action) in self._admissible
+        valid = is_admissible(action, self._admissible)
         raw = self.engine.step(action)
         self._steps += 1
         truncated = not (raw.won or raw.lost) and self._steps >= self.max_steps
@@ -77,7 +85,7 @@ class TextWorldEnv:
             "truncated": truncated,
             "steps": self._steps,
         }
-        self._admissible = {normalize_action(a) for a in raw.admissible}
+        self._admissible = raw.admissible
         self._score, self._done = raw.score, done
         return StepResult(
             observation=self.observe(raw),

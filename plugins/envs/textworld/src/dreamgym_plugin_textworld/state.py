@@ -16,6 +16,8 @@ for the rule-based annotator.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from typing import Sequence
 
 __all__ = [
     "render_state",
@@ -26,7 +28,6 @@ __all__ = [
     "normalize_action",
 ]
 
-_SPACE = re.compile(r"\s+")
 _LINE = re.compile(r"^(Observation|Inventory|Score|Actions(?: \((\d+)\))?): ?(.*)$")
 # Headers the engines put before the item list ("Inventory (maximum capacity is 2 items):",
 # "You are carrying:"), and their ways of saying "empty".
@@ -36,13 +37,14 @@ _EMPTY = re.compile(r"^(your inventory is currently empty|nothing)\.?$", re.IGNO
 
 def clean_text(text: str, limit: int) -> str:
     """Collapse whitespace; cut to ``limit`` characters on a word boundary with an ellipsis."""
-    text = _SPACE.sub(" ", text).strip()
+    text = " ".join(text.split())
     if len(text) <= limit:
         return text
     cut = text[: max(limit - 3, 0)].rsplit(" ", 1)[0]
     return cut + "..."
 
 
+@lru_cache(maxsize=256)
 def compact_inventory(raw: str) -> str:
     """Engine inventory text to "a, b, c" or "nothing".
 
@@ -61,17 +63,22 @@ def compact_inventory(raw: str) -> str:
 
 def normalize_action(action: str) -> str:
     """Lower-case, single-spaced action text; the key admissibility is checked on."""
-    return _SPACE.sub(" ", action).strip().lower()
+    return " ".join(action.split()).lower()
 
 
-def compact_actions(actions: list[str], limit: int) -> str:
+def compact_actions(actions: Sequence[str], limit: int) -> str:
     """Group actions by verb ("take apple / knife; open fridge"), cut to ``limit`` chars."""
+    return _compact_actions(tuple(actions), limit)
+
+
+@lru_cache(maxsize=256)  # consecutive states often offer the same actions
+def _compact_actions(actions: tuple[str, ...], limit: int) -> str:
     groups: dict[str, list[str]] = {}
     for action in actions:
         verb, _, rest = action.partition(" ")
-        groups.setdefault(verb, [])
+        objects = groups.setdefault(verb, [])
         if rest:
-            groups[verb].append(rest)
+            objects.append(rest)
     parts = [f"{verb} {' / '.join(objs)}" if objs else verb for verb, objs in groups.items()]
     out, used = [], 0
     for i, part in enumerate(parts):
@@ -86,7 +93,7 @@ def compact_actions(actions: list[str], limit: int) -> str:
 def render_state(
     observation: str,
     inventory: str,
-    admissible: list[str],
+    admissible: Sequence[str],
     score: float,
     *,
     max_observation_chars: int = 600,

@@ -16,9 +16,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from dreamgym_core.records import PolicyDecision, Task, Trajectory, Transition
 
-# One intra-op thread: the test machine is shared and small; oversubscribed threads slow torch down.
-torch.set_num_threads(1)
-
 WORDS = (
     "you are in the kitchen pantry garden room task step go north south east west take open apple key door "
     "fridge look think action < > / done observe your find put it in on a an of to"
@@ -110,3 +107,13 @@ class Kit:
 @pytest.fixture
 def kit() -> type[Kit]:
     return Kit
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread in these tests (tiny models; oversubscribed threads on a shared
+    2-core machine made them 50x slower). Restored afterwards for other plugins' tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

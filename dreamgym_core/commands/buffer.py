@@ -1,0 +1,118 @@
+"""``dreamgym buffer info|import|export|query``: inspect and fill a replay buffer.
+
+The buffer comes from a pipeline file (its ``buffer`` and ``encoder`` components,
+stored under ``<run_dir>/buffer``) or from ``--path/--backend/--encoder``.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import click
+import msgspec
+
+from ..errors import ConfigError
+
+__all__ = ["command"]
+
+
+def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--pipeline", type=click.Path(), help="Pipeline file naming the buffer and encoder."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field."),
+        click.option("--path", type=click.Path(file_okay=False), help="Buffer directory (default: <run_dir>/buffer)."),
+        click.option("--backend", default="exact", show_default=True, help="Buffer component (without --pipeline)."),
+        click.option("--encoder", default="hashing", show_default=True, help="Encoder component (without --pipeline)."),
+        click.option("--plugin", "extra_plugins", multiple=True, help="Extra plugin to load (without --pipeline)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@contextmanager
+def _open_buffer(
+    pipeline: str | None, overrides: tuple[str, ...], path: str | None, backend: str, encoder: str,
+    extra_plugins: tuple[str, ...],
+) -> Iterator[Any]:
+    """Build encoder and buffer from the pipeline (or options), close the buffer after use."""
+    from ..config import convert_config, load_pipeline
+    from ..plugins import Plugins
+
+    if pipeline:
+        cfg = load_pipeline(pipeline, overrides)
+        if cfg.buffer is None or cfg.encoder is None:
+            raise ConfigError(f"{pipeline}: needs 'buffer' and 'encoder' components for buffer commands")
+        plugins = Plugins.for_names(cfg.plugins, where=f"{pipeline}: plugins")
+        typed = {}  # only the two components these commands need are resolved
+        for field, kind, ref in (("encoder", "encoder", cfg.encoder), ("buffer", "buffer", cfg.buffer)):
+            spec = plugins.component(kind, ref.name, where=f"{pipeline}: {field}.name")
+            typed[field] = convert_config(ref.config, spec.config_type, pipeline, f"$.{field}.config")
+        enc = plugins.build("encoder", cfg.encoder.name, typed["encoder"])
+        where, name, buffer_cfg = f"{cfg.run_dir}/buffer", cfg.buffer.name, typed["buffer"]
+    else:
+        if not path:
+            raise click.UsageError("give --pipeline or --path")
+        plugins = Plugins.for_names(dict.fromkeys([backend, "encoders", *extra_plugins]), where="--backend/--plugin")
+        spec = plugins.component("encoder", encoder, where="--encoder")
+        enc = spec.factory(convert_config({}, spec.config_type, "--encoder", "$"))
+        buffer_spec = plugins.component("buffer", backend, where="--backend")
+        where, name, buffer_cfg = path, backend, convert_config({}, buffer_spec.config_type, "--backend", "$")
+    buffer = plugins.build("buffer", name, buffer_cfg, encoder=enc, path=path or where)
+    try:
+        yield buffer
+    finally:
+        buffer.close()
+
+
+@click.group("buffer")
+def command() -> None:
+    """Inspect and fill replay buffers."""
+
+
+@command.command("info")
+@_options
+@click.option("--backfill", is_flag=True, help="Finish a pending encoder backfill before reporting.")
+def info(backfill: bool, **kw: Any) -> None:
+    """Records by source, encoders, segments, problems and backfill progress (JSON)."""
+    with _open_buffer(**kw) as buffer:
+        if backfill:
+            buffer.start_backfill()
+            while not buffer.wait_backfill(timeout=2.0):
+                done, total = buffer.backfill_progress
+                click.echo(f"backfill {done}/{total}", err=True)
+        click.echo(json.dumps(buffer.stats(), indent=2))
+
+
+@command.command("import")
+@_options
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
+    """Add Transition records from JSONL FILES (duplicates are skipped)."""
+    with _open_buffer(**kw) as buffer:
+        for file in files:
+            read, added = buffer.import_jsonl(file)
+            click.echo(f"{file}: read {read}, added {added}, buffer now {len(buffer)}")
+
+
+@command.command("export")
+@_options
+@click.argument("file", type=click.Path(dir_okay=False))
+def export_cmd(file: str, **kw: Any) -> None:
+    """Write every stored transition to FILE as JSONL."""
+    with _open_buffer(**kw) as buffer:
+        click.echo(f"{file}: wrote {buffer.export_jsonl(file)} transitions")
+
+
+@command.command("query")
+@_options
+@click.option("--state", required=True, help="Current state text.")
+@click.option("--action", "action_text", required=True, help="Action text.")
+@click.option("-k", "k", default=4, show_default=True, type=click.IntRange(min=1), help="Neighbours.")
+def query(state: str, action_text: str, k: int, **kw: Any) -> None:
+    """Top-k stored transitions for (STATE, ACTION), one JSON record per line."""
+    with _open_buffer(**kw) as buffer:
+        for transition in buffer.retrieve(queries=[(state, action_text)], k=k)[0]:
+            click.echo(msgspec.json.encode(transition).decode())

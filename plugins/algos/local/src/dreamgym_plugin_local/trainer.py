@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -155,7 +156,7 @@ class LocalTrainer:
     def _train(self, n_rows: int, epochs: int, loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
         """Run ``loss_fn`` over shuffled minibatches, step the optimiser, average metrics."""
         totals: dict[str, float] = {}
-        steps = 0
+        steps, start = 0, time.perf_counter()
         for index in self._minibatches(n_rows, epochs):
             loss, metrics = loss_fn(index)
             if self._optimise(loss):
@@ -165,6 +166,7 @@ class LocalTrainer:
         self.counters["updates"] += 1
         out = {key: value / steps for key, value in totals.items()}
         out["perf/optimizer_steps"] = float(steps)
+        out["perf/train_seconds"] = time.perf_counter() - start
         out["errors/nonfinite_loss_steps"] = float(self.counters["nonfinite_loss_steps"])
         return out
 

@@ -17,7 +17,6 @@ from dreamgym_core.records import Trajectory
 
 from . import maths
 from .batch import response_logprobs
-from .config import DPOConfig
 from .trainer import LocalTrainer
 
 __all__ = ["DPO", "preference_pairs"]

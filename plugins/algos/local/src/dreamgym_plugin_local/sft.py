@@ -10,7 +10,6 @@ from dreamgym_core.records import Trajectory
 
 from . import maths
 from .batch import response_logprobs, trajectory_steps
-from .config import SFTConfig
 from .trainer import LocalTrainer
 
 __all__ = ["SFT"]

@@ -68,7 +68,9 @@ class RemoteBuffer:
         options: dict[str, Any] = {"num_cpus": 0}
         if name:
             options |= {"name": name, "namespace": NAMESPACE, "get_if_exists": True}
-        return cls(ray.remote(BufferActor).options(**options).remote(make_buffer))
+        client = cls(ray.remote(BufferActor).options(**options).remote(make_buffer))
+        len(client)  # raises here, not at first use, if the buffer cannot be built
+        return client
 
     @classmethod
     def connect(cls, name: str) -> RemoteBuffer:

@@ -148,7 +148,9 @@ class RemoteCurriculum:
         options: dict[str, Any] = {"num_cpus": 0}
         if name:
             options |= {"name": name, "namespace": NAMESPACE, "get_if_exists": True}
-        return cls(ray.remote(CurriculumActor).options(**options).remote(make_curriculum, group_size))
+        client = cls(ray.remote(CurriculumActor).options(**options).remote(make_curriculum, group_size))
+        client.metrics()  # raises here, not at first use, if the curriculum cannot be built
+        return client
 
     @classmethod
     def connect(cls, name: str) -> RemoteCurriculum:
@@ -173,3 +175,6 @@ class RemoteCurriculum:
         import ray
 
         return ray.get(self.handle.metrics.remote())
+
+    def close(self) -> None:
+        """Nothing to release: the curriculum's state lives in the actor until the run ends."""

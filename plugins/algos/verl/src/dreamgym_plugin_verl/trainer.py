@@ -105,34 +105,58 @@ class VerlTrainer:
         self.seed = seed
 
     def run(self, *, resolved: ResolvedPipeline, plugins: Plugins, run_dir: str) -> dict[str, Any]:
+        """The whole run; ``run_dir`` already holds ``config.json`` (written by the core)."""
         require_cuda()
         import ray
 
-        from .buffer_actor import NAMESPACE, RemoteBuffer
-        from .curriculum import RemoteCurriculum
-        from .runtime import build_buffer, build_curriculum
+        from .buffer_actor import NAMESPACE
 
         root = Path(run_dir).resolve()
-        cfg, tag = resolved.pipeline, root.name
+        cfg = resolved.pipeline
         overrides = translate(resolved, run_dir=str(root))
         ray.init(address=self.config.ray_address or None, namespace=NAMESPACE, ignore_reinit_error=True)
-        actors: dict[str, str] = {}
-        if cfg.buffer is not None:
-            actors["buffer_actor"] = f"buffer-{tag}"
-            buffer = RemoteBuffer.start(partial(build_buffer, str(root)), name=actors["buffer_actor"])
-            buffer.add(transitions=_offline_transitions(resolved, plugins, root))
-            buffer.flush()
-        if cfg.curriculum is not None:
-            actors["curriculum_actor"] = f"curriculum-{tag}"
-            RemoteCurriculum.start(partial(build_curriculum, str(root)), group_size=cfg.loop.group_size, name=actors["curriculum_actor"])
+        actors, clients = _start_actors(resolved, plugins, root)
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
         val = domain.tasks(split=cfg.eval.split)[: max(cfg.eval.episodes, 1)]
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
         os.environ["VERL_FILE_LOGGER_PATH"] = str(files["metrics"])
         os.environ["TENSORBOARD_DIR"] = str(files["tensorboard"])
         (files["dir"] / "overrides.txt").write_text("\n".join(overrides) + "\n")
-        _run_main_ppo(overrides)
+        try:
+            _run_main_ppo(overrides)
+        finally:
+            for client in clients:
+                client.close()
         return _write_metrics(files["metrics"], root / "metrics.jsonl") | {"run_dir": str(root)}
+
+
+def _start_actors(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> tuple[dict[str, str], list[Any]]:
+    """The shared buffer (seeded with offline real data) and curriculum actors.
+
+    Returns their names and clients; the caller keeps the clients for the whole run
+    (Ray ends an actor once no handle to it is left).
+    """
+    from .buffer_actor import RemoteBuffer
+    from .curriculum import RemoteCurriculum
+    from .runtime import build_buffer, build_curriculum
+
+    cfg, tag = resolved.pipeline, root.name
+    actors: dict[str, str] = {}
+    clients: list[Any] = []
+    if cfg.buffer is not None:
+        actors["buffer_actor"] = f"buffer-{tag}"
+        buffer = RemoteBuffer.start(partial(build_buffer, str(root)), name=actors["buffer_actor"])
+        buffer.add(transitions=_offline_transitions(resolved, plugins, root))
+        buffer.flush()
+        clients.append(buffer)
+    if cfg.curriculum is not None:
+        actors["curriculum_actor"] = f"curriculum-{tag}"
+        clients.append(
+            RemoteCurriculum.start(
+                partial(build_curriculum, str(root)), group_size=cfg.loop.group_size, name=actors["curriculum_actor"]
+            )
+        )
+    return actors, clients
 
 
 def _offline_transitions(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> list:

@@ -1,0 +1,93 @@
+"""VerlTrainer.run on CPU up to verl's trainer: Ray actors, offline seeding, run-dir files,
+verl's dataset hook, and metrics conversion.
+
+verl's PPO trainer itself needs CUDA, so two things are replaced here, and only here:
+the CUDA check, and ``_run_main_ppo`` by ``stand_in_main_ppo``, which does what verl's
+driver and agent-loop workers do with DreamGym's pieces (compose the config, build the
+dataset through ``data.custom_cls``, read a step's rows, report outcomes, add episodes
+to the shared buffer, log metrics with verl's FileLogger).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from dreamgym_core.config import load_pipeline, resolve
+from dreamgym_core.loop import run_pipeline
+from dreamgym_core.plugins import Plugins
+from dreamgym_core.records import Task, TaskOutcome
+from dreamgym_core.testing import make_transitions
+from dreamgym_plugin_verl import trainer as trainer_mod
+from dreamgym_plugin_verl.buffer_actor import RemoteBuffer
+from dreamgym_plugin_verl.curriculum import RemoteCurriculum
+
+for name in ("dreamgym_plugin_textworld", "dreamgym_plugin_hf", "dreamgym_plugin_exact", "dreamgym_plugin_encoders", "dreamgym_plugin_uniform"):
+    pytest.importorskip(name)
+ray = pytest.importorskip("ray")
+seen: dict = {}
+
+
+def stand_in_main_ppo(overrides: list[str]) -> None:
+    """Stand-in for verl's trainer (see the module docstring)."""
+    from hydra import compose, initialize_config_module
+    from verl.trainer.ppo.utils import create_rl_dataset
+    from verl.utils.tracking import FileLogger
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        config = compose(config_name="ppo_trainer", overrides=overrides)
+    dataset = create_rl_dataset(config.data.train_files, config.data, None, None)
+    rows = [dataset[i] for i in range(config.data.train_batch_size)]
+    seen["rows"] = rows
+    runtime = yaml.safe_load(open(config.actor_rollout_ref.rollout.agent.agent_loop_config_path))[0]["runtime"]
+    spec = json.load(open(os.path.join(runtime, "verl", "runtime.json")))
+    buffer = RemoteBuffer.connect(spec["buffer_actor"])
+    seen["seeded"] = len(buffer)
+    buffer.add(transitions=make_transitions(3, source="real", prefix="episode"))
+    seen["after_add"] = len(buffer)
+    curriculum = RemoteCurriculum.connect(spec["curriculum_actor"])
+    for row in rows:
+        task = Task(**json.loads(row["task"]))
+        for reward in (1.0, 0.0):  # one GRPO group of 2 per task
+            curriculum.report(TaskOutcome(task=task, rewards=[reward]))
+    seen["curriculum"] = curriculum.metrics()
+    log = FileLogger("dreamgym", "cpu")
+    for step in (1, 2):
+        log.log({"actor/pg_loss": 0.1 * step, "critic/score/mean": 0.5, "timing_s/step": 2.0}, step)
+    log.finish()
+
+
+@pytest.mark.slow
+def test_run_until_verl_trainer(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "require_cuda", lambda: None)
+    monkeypatch.setattr(trainer_mod, "_run_main_ppo", stand_in_main_ppo)
+    monkeypatch.delenv("VERL_FILE_LOGGER_PATH", raising=False)
+    monkeypatch.delenv("TENSORBOARD_DIR", raising=False)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "plugins": ["textworld", "hf", "exact", "encoders", "uniform", "verl"],
+        "env": {"name": "twx", "config": {"game": "coin", "train_seeds": 4, "test_seeds": 2}},
+        "policy": {"name": "hf-tiny"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"},
+        "curriculum": {"name": "uniform"}, "algo": {"name": "verl-grpo", "config": {"model_path": "/models/m"}},
+        "loop": {"mode": "real", "iterations": 2, "tasks_per_iteration": 2, "group_size": 2, "max_steps": 4},
+        "data": {"expert_episodes": 2, "noisy_episodes": 0, "random_episodes": 2},
+        "eval": {"episodes": 2}, "run_dir": str(tmp_path / "run"),
+    }))
+    pipeline = load_pipeline(path)
+    plugins = Plugins.for_names(pipeline.plugins)
+    try:
+        summary = run_pipeline(resolve(pipeline, plugins, where=str(path)), plugins)
+    finally:
+        ray.shutdown()
+    run = tmp_path / "run"
+    assert summary["losses/policy_loss"] == pytest.approx(0.2) and summary["run_dir"] == str(run.resolve())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1] and rows[0]["charts/episodic_return"] == 0.5
+    assert (run / "config.json").exists() and (run / "offline.jsonl").exists()
+    assert (run / "verl" / "overrides.txt").read_text().startswith("algorithm.adv_estimator=grpo")
+    assert seen["seeded"] > 0 and seen["after_add"] == seen["seeded"] + 3
+    assert len(seen["rows"]) == 2 and all(r["phase"] == "real" for r in seen["rows"])
+    assert seen["curriculum"]["curriculum/observed_tasks"] == 2.0

@@ -46,22 +46,21 @@ def free_port() -> int:
 class Server:
     """A server subprocess; ``url`` is its /v1 root."""
 
-    def __init__(self, model_dir: str, env: dict[str, str], extra: list[str]) -> None:
+    def __init__(self, model_dir: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        command = [sys.executable, "-m", "dreamgym_plugin_hf.serve", "--model-dir", model_dir, "--port", str(self.port), *extra]
+        command = [sys.executable, "-m", "dreamgym_plugin_hf.serve", "--model-dir", model_dir, "--port", str(self.port)]
         # one torch thread: a tiny model is several times faster so on a shared CPU
-        self.proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        self.proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def wait_ready(self, headers: dict[str, str], limit: float = 120.0) -> None:
+    def wait_ready(self, limit: float = 120.0) -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
             try:
-                request = urllib.request.Request(f"{self.url}/models", headers=headers)
-                with urllib.request.urlopen(request, timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as response:
                     json.load(response)
                     return
             except OSError:
@@ -77,14 +76,13 @@ class Server:
 
 @pytest.fixture
 def start_server(model_dir) -> Iterator[Callable[..., Server]]:
-    """Start servers (optionally with an API key); all are killed at teardown."""
+    """Start server subprocesses (on ``model_dir`` or another directory); all are killed at teardown."""
     started: list[Server] = []
 
-    def start(key_env: str | None = None, key: str | None = None, directory: str | None = None) -> Server:
-        env = {key_env: key} if key_env and key else {}
-        server = Server(directory or model_dir, env, ["--api-key-env", key_env] if key_env else [])
+    def start(directory: str | None = None) -> Server:
+        server = Server(directory or model_dir)
         started.append(server)
-        server.wait_ready({"Authorization": f"Bearer {key}"} if key else {})
+        server.wait_ready()
         return server
 
     try:
@@ -97,9 +95,9 @@ def start_server(model_dir) -> Iterator[Callable[..., Server]]:
 @pytest.fixture(scope="session")
 def server(model_dir) -> Iterator[Server]:
     """One shared server for tests that do not kill it."""
-    srv = Server(model_dir, {}, [])
+    srv = Server(model_dir)
     try:
-        srv.wait_ready({})
+        srv.wait_ready()
         yield srv
     finally:
         srv.kill()

@@ -57,15 +57,25 @@ def test_timeout_counts_a_failed_call(server):
     assert "Timeout" in backend.last_errors[0]
 
 
-def test_api_key_comes_from_the_named_env_var_and_is_never_shown(start_server, monkeypatch):
-    key = "sk-test-4f1c9e"
-    srv = start_server(key_env="DREAMGYM_SERVER_KEY", key=key)
+@pytest.fixture
+def keyed_server(model_dir):
+    """An in-process server (same HTTP code, thread instead of subprocess) requiring a key."""
+    from dreamgym_plugin_hf.serve import start_server
+
+    srv = start_server(HFBackend.load(model_dir), port=0, api_key="sk-test-4f1c9e")
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1", "sk-test-4f1c9e"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_api_key_comes_from_the_named_env_var_and_is_never_shown(keyed_server, monkeypatch):
+    url, key = keyed_server
     monkeypatch.setenv("MY_CLIENT_KEY", key)
-    good = OpenAIBackend(OpenAIConfig(base_url=srv.url, api_key_env="MY_CLIENT_KEY"))
+    good = OpenAIBackend(OpenAIConfig(base_url=url, api_key_env="MY_CLIENT_KEY"))
     assert good.generate(prompts=["Room:"], max_new_tokens=3)[0] is not None
     assert good.stats["failed_calls"] == 0
     monkeypatch.setenv("MY_CLIENT_KEY", "sk-wrong-77")
-    bad = OpenAIBackend(OpenAIConfig(base_url=srv.url, api_key_env="MY_CLIENT_KEY", max_retries=3, on_failure="raise"))
+    bad = OpenAIBackend(OpenAIConfig(base_url=url, api_key_env="MY_CLIENT_KEY", max_retries=3, on_failure="raise"))
     with pytest.raises(ModelCallError, match="MY_CLIENT_KEY") as info:
         bad.generate(prompts=["Room:"], max_new_tokens=3)
     assert bad.stats["retries"] == 0  # 401 is not retried

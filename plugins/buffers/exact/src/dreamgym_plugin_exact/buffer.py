@@ -184,7 +184,9 @@ class ExactBuffer:
     def __len__(self) -> int:
         return self._live
 
-    def _append(self, transitions: Sequence[Transition], rids: Sequence[int]) -> np.ndarray:
+    def _append(
+        self, transitions: Sequence[Transition], rids: Sequence[int], keys: Sequence[bytes] | None = None
+    ) -> np.ndarray:
         start = len(self._records)
         n = start + len(transitions)
         self._rids, self._alive = _grow(self._rids, n), _grow(self._alive, n)
@@ -194,8 +196,9 @@ class ExactBuffer:
             self._records.append(t)
             self._row_of[rid] = row
             self._queues[t.source].append(row)
-            if self.config.dedup == "content":
-                self._keys[content_key(t)] = row
+        if self.config.dedup == "content":
+            keys = keys if keys is not None else [content_key(t) for t in transitions]
+            self._keys.update(zip(keys, range(start, n)))
         self._live += len(transitions)
         return np.arange(start, n, dtype=np.int64)
 
@@ -211,7 +214,7 @@ class ExactBuffer:
             embeddings = self._check_embeddings(embeddings, len(transitions))
         with self._lock:
             self._require_open()
-            fresh = self._fresh(transitions)
+            fresh, keys = self._fresh(transitions)
             if not fresh:
                 return 0
             if embeddings is None:
@@ -222,7 +225,7 @@ class ExactBuffer:
             records = [transitions[i] for i in fresh]
             rids = list(range(self._next_rid, self._next_rid + len(records)))
             self._next_rid += len(records)
-            rows = self._append(records, rids)
+            rows = self._append(records, rids, keys)
             self._spaces[self.encoder.id].put(rows, vectors)
             self._log(Frame(kind="add", rids=rids, transitions=records, encoder_id=self.encoder.id,
                             dim=self.encoder.dim, vectors=vectors.astype("<f4").tobytes()))
@@ -243,20 +246,19 @@ class ExactBuffer:
         norms = np.linalg.norm(array, axis=1, keepdims=True)
         return np.divide(array, norms, out=np.zeros_like(array), where=norms > 0)
 
-    def _fresh(self, transitions: Sequence[Transition]) -> list[int]:
-        """Indices of transitions that are neither stored nor repeated earlier in the batch."""
-        if self.config.dedup == "none":
-            return list(range(len(transitions)))
-        seen: set[bytes] = set()
-        fresh = []
+    def _fresh(self, transitions: Sequence[Transition]) -> tuple[list[int], list[bytes] | None]:
+        """Indices (and content keys) of transitions neither stored nor repeated earlier in the batch."""
         for i, t in enumerate(transitions):
             if not isinstance(t, Transition):
                 raise DataError(f"add(): item {i} is a {type(t).__name__}, expected Transition")
+        if self.config.dedup == "none":
+            return list(range(len(transitions))), None
+        seen: dict[bytes, int] = {}
+        for i, t in enumerate(transitions):
             key = content_key(t)
             if key not in self._keys and key not in seen:
-                seen.add(key)
-                fresh.append(i)
-        return fresh
+                seen[key] = i
+        return list(seen.values()), list(seen)
 
     def _evict_over_capacity(self) -> None:
         excess = self._live - self.config.capacity if self.config.capacity else 0

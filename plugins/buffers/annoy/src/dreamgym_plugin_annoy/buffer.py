@@ -96,7 +96,7 @@ class AnnoyBuffer(ExactBuffer):
             if block:
                 self._build_thread.join()
             return
-        self._build_thread = threading.Thread(target=self._build, name="annoy-build", daemon=True)
+        self._build_thread = threading.Thread(target=self._guarded_build, name="annoy-build", daemon=True)
         self._build_thread.start()
         if block:
             self._build_thread.join()
@@ -105,6 +105,13 @@ class AnnoyBuffer(ExactBuffer):
         """Block until a running build has finished."""
         if self._build_thread is not None:
             self._build_thread.join()
+
+    def _guarded_build(self) -> None:
+        try:
+            self._build()
+        except Exception as exc:  # surfaced in stats(); queries fall back to exact search
+            self.problems.append(f"annoy build failed: {type(exc).__name__}: {exc}")
+            raise
 
     def _build(self) -> None:
         with self._lock:

@@ -428,8 +428,12 @@ class ExactBuffer:
         return True
 
     def _backfill_loop(self) -> None:
-        while not self._stop.is_set() and self.backfill_step():
-            pass
+        try:
+            while not self._stop.is_set() and self.backfill_step():
+                pass
+        except Exception as exc:  # surfaced in stats(); the buffer keeps serving queries
+            self.problems.append(f"backfill stopped: {type(exc).__name__}: {exc}")
+            raise
 
     def backfill_step(self) -> int:
         """Re-embed one batch of rows with the current encoder; returns how many (0 when done)."""

@@ -9,9 +9,17 @@ import torch
 from dreamgym_plugin_hf.config import TinyConfig
 from dreamgym_plugin_hf.tiny import TinyBackend
 
-# Models this small run several times faster on one thread (no thread-pool overhead),
-# and the test machine is shared.
-torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Models this small run several times faster on one thread on a shared CPU;
+    restored afterwards so other plugins' tests keep torch's default."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 ROOMS = ["kitchen", "pantry", "garden", "bedroom"]
 ITEMS = ["apple", "key", "coin", "book"]

@@ -47,7 +47,8 @@ def experience_model_dir(tmp_path_factory) -> str:
     from dreamgym_plugin_hf.config import TinyConfig
     from dreamgym_plugin_hf.tiny import TinyBackend
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several times faster for a model this small on a shared CPU
     config = msgspec.convert(
         {"hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size": 128, "vocab_size": 500, "max_length": 1024},
         type=TinyConfig,
@@ -58,6 +59,7 @@ def experience_model_dir(tmp_path_factory) -> str:
     backend.sft(examples=examples, epochs=80, lr=5e-3, batch_size=3)
     path = str(tmp_path_factory.mktemp("exp") / "model")
     backend.save(path=path)
+    torch.set_num_threads(threads)
     return path
 
 

@@ -101,6 +101,8 @@ class ExactBuffer:
         self._pending_records = 0
         self._next_rid = 0
         self._live = 0
+        self._version = 0  # bumped by every change queries can see
+        self._cached: tuple[int, list[tuple[Space, int, np.ndarray]]] | None = None
         self._sealed_rows = 0
         self.problems: list[str] = []
         self._writer: SegmentWriter | None = None
@@ -200,6 +202,7 @@ class ExactBuffer:
             keys = keys if keys is not None else [content_key(t) for t in transitions]
             self._keys.update(zip(keys, range(start, n)))
         self._live += len(transitions)
+        self._version += 1
         return np.arange(start, n, dtype=np.int64)
 
     def add(self, *, transitions: Sequence[Transition], embeddings: np.ndarray | None = None) -> int:
@@ -275,6 +278,7 @@ class ExactBuffer:
             return
         self._alive[victims] = False
         self._live -= len(victims)
+        self._version += 1
         for row in victims:
             self._keys.pop(content_key(self._records[row]), None)
         self._log(Frame(kind="evict", rids=self._rids[victims].tolist()))
@@ -368,8 +372,11 @@ class ExactBuffer:
 
         The current encoder's space serves rows it has embedded; every other space
         serves only rows not yet re-embedded (distance rank merge over a backfill).
+        Cached until the buffer changes, so queries on a static buffer copy nothing.
         """
         with self._lock:
+            if self._cached is not None and self._cached[0] == self._version:
+                return self._cached[1]
             n = len(self._records)
             alive = self._alive[:n].copy()
             current = self._spaces[self.encoder.id]
@@ -381,6 +388,7 @@ class ExactBuffer:
                     has_old = np.zeros(n, dtype=bool)
                     has_old[: min(n, len(space.has))] = space.has[:n]
                     out.append((space, n, alive & has_old & ~has_new))
+            self._cached = (self._version, out)
         return out
 
     def _search(self, space: Space, q: np.ndarray, k: int, n: int, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -452,6 +460,7 @@ class ExactBuffer:
         )
         with self._lock:
             current.put(rows, vectors)
+            self._version += 1
             self._log(Frame(kind="embed", rids=self._rids[rows].tolist(), encoder_id=self.encoder.id,
                             dim=self.encoder.dim, vectors=vectors.astype("<f4").tobytes()))
         return len(rows)
@@ -461,6 +470,7 @@ class ExactBuffer:
         with self._lock:
             for encoder_id in [e for e in self._spaces if e != self.encoder.id]:
                 del self._spaces[encoder_id]
+            self._version += 1
             if self._writer is not None and self._pending:
                 self._write_pending()
         self._on_backfilled()

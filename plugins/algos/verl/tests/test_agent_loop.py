@@ -34,6 +34,8 @@ class CorridorEnv:
         self.closed = 0
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
+        if task.payload.get("broken"):
+            raise RuntimeError("engine crashed")
         self.pos = 0
         return Observation(text="room 0", admissible_actions=["go north", "wait"])
 
@@ -71,7 +73,7 @@ def act(action: str) -> str:
 def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
     """Runs one episode with scripted replies; returns (output, server, runtime record)."""
 
-    def run(replies: list[str], *, max_steps: int = 5, response_length: int = 2048) -> tuple[Any, ScriptedServer, dict]:
+    def run(replies: list[str], *, max_steps: int = 5, response_length: int = 2048, task: Task = TASK) -> tuple[Any, ScriptedServer, dict]:
         resolved = resolve_dict({
             "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"},
             "algo": {"name": "verl-grpo", "config": {"model_path": "/models/x", "max_response_length": response_length}},
@@ -95,8 +97,8 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
                 trainer_config=DictConfigWrap(cfg), server_manager=server, tokenizer=chat_tokenizer,
                 processor=None, dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data), runtime="test",
             )
-            task = msgspec.json.encode(TASK).decode()
-            return await loop.run({"temperature": 1.0}, task=task, phase="real", seed=3, raw_prompt=[])
+            encoded = msgspec.json.encode(task).decode()
+            return await loop.run({"temperature": 1.0}, task=encoded, phase="real", seed=3, raw_prompt=[])
 
         return asyncio.run(main()), server, record
 
@@ -171,8 +173,39 @@ def test_unparsable_output_ends_episode(episode):
     assert record["stored"] == []
 
 
+def test_reset_failure_fails_only_this_episode(episode):
+    broken = Task(id="t2", instruction="x", domain="test", payload={"broken": True})
+    out, server, record = episode([act("go north")], task=broken)
+    assert server.requests == [] and out.response_ids == [] and out.reward_score == 0.0
+    assert out.extra_fields["reward_extra_info"]["env_errors"] == 1.0
+    assert record["envs"][0][1].closed == 1 and record["reported"] == [TaskOutcome(task=broken, rewards=[0.0])]
+
+
 def test_response_budget_caps_turns(episode):
     out, server, _ = episode([act("wait")], max_steps=50, response_length=64)
     assert len(out.response_ids) <= 64 and len(server.requests) < 50
     assert all(r["sampling_params"]["max_tokens"] <= 64 for r in server.requests)
     assert out.extra_fields["reward_extra_info"]["truncated"] == 1.0
+
+
+def test_verl_postprocess_puts_reward_on_last_policy_token(episode, compose, chat_tokenizer):
+    """verl's own padding and batching (AgentLoopWorker._agent_loop_postprocess/_postprocess)
+    on this loop's output: rm_scores sits on the last token whose response_mask is 1."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.utils.config import omega_conf_to_dataclass
+
+    out, _, _ = episode([act("jump"), act("go north"), act("go north")])
+    cfg = compose(["data.max_prompt_length=256", "data.max_response_length=512", "actor_rollout_ref.rollout.name=vllm"])
+    worker = object.__new__(AgentLoopWorker)  # only the attributes these two methods read
+    worker.rollout_config = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    worker.tokenizer, worker.processor = chat_tokenizer, None
+    worker.reward_loop_worker_handles, worker.distillation_enabled = None, False
+    worker.mm_processor_kwargs = {}
+
+    internal = asyncio.run(worker._agent_loop_postprocess(out, False, raw_prompt=[]))
+    batch = worker._postprocess([internal], input_non_tensor_batch=None, validate=False)
+    mask, scores = batch.batch["response_mask"][0], batch.batch["rm_scores"][0]
+    last_policy = int(mask.nonzero().max())
+    assert scores[last_policy].item() == pytest.approx(0.9)
+    assert scores.abs().sum().item() == pytest.approx(0.9)
+    assert int(mask.sum()) == sum(out.response_mask)

@@ -107,8 +107,6 @@ class DreamGymAgentLoop(AgentLoopBase):
     """Plays one DreamGym episode per verl sample; see the module docstring."""
 
     def __init__(self, *args: Any, runtime: str = "", **kwargs: Any) -> None:
-        kwargs.pop("tools", None)
-        kwargs.pop("name", None)
         super().__init__(*args, **kwargs)
         if not runtime:
             raise DreamGymError(f"verl agent loop {AGENT_LOOP_NAME!r}: its config names no `runtime` (run directory)")
@@ -124,10 +122,16 @@ class DreamGymAgentLoop(AgentLoopBase):
         env = rt.make_env(phase)
         transitions: list[Transition] = []
         try:
-            observation = await self._call(env.reset, task=task, seed=seed)
+            try:
+                observation = await self._call(env.reset, task=task, seed=seed)
+            except Exception as exc:  # an engine crash fails this episode (reward 0), never the batch
+                log.warning("env reset failed for task %s: %s", task.id, exc)
+                stats.env_error = True
+                observation = Observation(text=f"[environment error at reset: {type(exc).__name__}]")
             tokens, messages = await self._start(task, observation)
             prompt_len = len(tokens.ids)
-            await self._play(task, env, observation, tokens, messages, sampling_params, stats, transitions, phase)
+            if not stats.env_error:
+                await self._play(task, env, observation, tokens, messages, sampling_params, stats, transitions, phase)
         finally:
             await self._call(env.close)
         reward = episode_reward(stats.step_rewards, stats.invalid_actions + stats.unparsed_actions, rt.invalid_action_penalty)

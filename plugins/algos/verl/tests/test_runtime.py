@@ -29,7 +29,7 @@ pytest.importorskip("dreamgym_plugin_hf")
 
 
 class FirstAdmissibleServer:
-    """Stand-in server: replies with the first admissible action listed in the prompt."""
+    """Stand-in server: replies with the last prompt's first admissible action (or 'look around')."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -38,8 +38,9 @@ class FirstAdmissibleServer:
     async def generate(self, *, request_id, prompt_ids, sampling_params, **_):
         self.calls += 1
         prompt = self.tokenizer.decode(prompt_ids)
-        actions = re.findall(r"Admissible actions: ([^\n<]*)", prompt)[-1].split(" | ")
-        ids = self.tokenizer.encode(f"<think>try</think><action>{actions[0]}</action><|im_end|>", add_special_tokens=False)
+        listed = re.findall(r"Admissible actions: ([^\n<]*)", prompt)
+        action = listed[-1].split(" | ")[0] if listed else "look around"
+        ids = self.tokenizer.encode(f"<think>try</think><action>{action}</action><|im_end|>", add_special_tokens=False)
         return TokenOutput(token_ids=ids, log_probs=None)
 
 
@@ -88,3 +89,48 @@ def test_runtime_from_run_dir_plays_a_real_env(run_dir, compose, chat_tokenizer)
     assert out.response_mask[0] == 1 and out.response_mask[-1] == 1
     assert (0 in out.response_mask) == (server.calls > 1)
     assert task.instruction in chat_tokenizer.decode(out.prompt_ids)
+
+
+@pytest.mark.slow
+def test_dreamgym_runtime_plays_the_synthetic_env(tmp_path, compose, chat_tokenizer):
+    """mode dreamgym: the runtime builds the core's SyntheticEnv over the pipeline's experience
+    model (here the hf plugin's tiny random model: its answers rarely parse, which the
+    synthetic environment turns into a failed transition, as in the local loop)."""
+    pytest.importorskip("dreamgym_plugin_exact")
+    pytest.importorskip("dreamgym_plugin_encoders")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "plugins: [textworld, hf, exact, encoders, verl]\n"
+        "env: {name: twx, config: {game: coin, train_seeds: 2, test_seeds: 1}}\n"
+        "policy: {name: hf-tiny}\n"
+        "experience_model: {name: hf-tiny, config: {hidden_size: 64, layers: 1, heads: 2, intermediate_size: 128, vocab_size: 300}}\n"
+        "encoder: {name: hashing}\nbuffer: {name: exact}\n"
+        "algo: {name: verl-grpo, config: {model_path: /models/m}}\n"
+        f"loop: {{mode: dreamgym, max_steps: 2, tasks_per_iteration: 2}}\nrun_dir: {tmp_path / 'run'}\n"
+    )
+    pipeline = load_pipeline(path)
+    plugins = Plugins.for_names(pipeline.plugins)
+    resolved = resolve(pipeline, plugins, where=str(path))
+    root = prepare_run_dir(resolved, resume=False)
+    domain = plugins.build("env", "twx", resolved.components["env"])
+    prepare_files(resolved, root, train=domain.tasks(split="train"), val=domain.tasks(split="test"), actors={})
+    RUNTIMES[str(root)] = runtime = load_runtime(str(root))
+    assert runtime.model_id.startswith("hf-tiny")
+    cfg = compose(translate(resolved, run_dir=str(root)))
+    task = domain.tasks(split="train")[0]
+
+    async def main():
+        loop = DreamGymAgentLoop(
+            trainer_config=DictConfigWrap(cfg), server_manager=FirstAdmissibleServer(chat_tokenizer),
+            tokenizer=chat_tokenizer, processor=None, dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data),
+            runtime=str(root),
+        )
+        return await loop.run({}, task=msgspec.json.encode(task).decode(), phase="synthetic", seed=0, raw_prompt=[])
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        RUNTIMES.pop(str(root), None)
+    info = out.extra_fields["reward_extra_info"]
+    assert info["env_errors"] == 0.0 and 1.0 <= info["episode_steps"] <= 2.0
+    assert out.response_mask[-1] == 1 and out.reward_score <= 1.0

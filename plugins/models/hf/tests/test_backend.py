@@ -120,6 +120,9 @@ def test_lora_trains_only_adapters_and_merges_on_save(tmp_path, make_examples, s
     with torch.no_grad():
         assert torch.allclose(backend.model(input_ids=ids).logits, merged.model(input_ids=ids).logits, atol=1e-4)
     assert not any("lora" in n for n, _ in merged.model.named_parameters())
+    assert backend.generate(prompts=[PROMPT], max_new_tokens=6, temperature=0) == merged.generate(
+        prompts=[PROMPT], max_new_tokens=6, temperature=0
+    )
 
 
 def test_lora_with_unknown_modules_is_a_config_error(small_config):

@@ -31,3 +31,12 @@ def test_twx_conformance(twx_domains, game: str) -> None:
 )
 def test_tw_conformance(tw_domains, game: str) -> None:
     check_domain(tw_domains[game])
+
+
+@pytest.mark.slow
+def test_dreamgym_check_runs_the_kit_on_default_configs(tmp_path, monkeypatch) -> None:
+    from dreamgym_core.conformance import check_plugin
+
+    monkeypatch.setenv("DREAMGYM_TEXTWORLD_CACHE", str(tmp_path))  # default tw config generates 12 games
+    lines = list(check_plugin("textworld"))
+    assert "ok   env:twx" in lines and "ok   env:tw" in lines

@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
+
 from dreamgym_core.errors import ConfigError
 
 from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
@@ -38,6 +40,7 @@ class TwxEngine:
         self._game: tuple[str, str, str, int] | None = None
         self._gold: list[str] | None = None
         self._taken: list[str] = []
+        self._objective = ""
 
     def _server(self) -> Any:
         if self._env is None:
@@ -69,12 +72,15 @@ class TwxEngine:
         except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
             message = str(exc.java_exception.getMessage()).strip()
             raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
-        self._gold, self._taken = None, []
+        self._gold, self._taken, self._objective = None, [], infos["taskDescription"]
         return self._state(infos)
 
     def step(self, action: str) -> RawState:
         self._taken.append(action)
-        _, _, _, infos = self._env.step(action)
+        # One engine call per step. The wrapper's step() makes a second JVM round trip on
+        # every step to re-fetch the task description, which never changes in an episode.
+        infos = msgspec.json.decode(self._env.server.stepJSON(action))
+        infos["taskDescription"] = self._objective
         return self._state(infos)
 
     def expert_action(self) -> str | None:

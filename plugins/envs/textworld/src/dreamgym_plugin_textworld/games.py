@@ -155,14 +155,14 @@ def _generate(path: Path, game: str, params: dict[str, int], split: str, seed: i
         options = GameOptions()
         options.seeds = seed
         options.path = str(Path(tmp) / path.name)
-        try:
-            made = _make_game(game, params, split, options)
-        except Exception as exc:  # the generator's own message says what is wrong
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"env 'tw': cannot generate {game} with {params}: {message}") from exc
         with warnings.catch_warnings():
-            # compile_game replays the walkthrough with jericho, which warns on every generated game.
+            # Generation replays walkthroughs with jericho, which warns on every generated game.
             warnings.filterwarnings("ignore", message=".*is not fully supported.*")
+            try:
+                made = _make_game(game, params, split, options)
+            except Exception as exc:  # the generator's own message says what is wrong
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"env 'tw': cannot generate {game} with {params}: {message}") from exc
             compiled = Path(compile_game(made, options))
         shutil.move(str(compiled.with_suffix(".json")), path.with_suffix(".json"))
         shutil.move(str(compiled), path)

@@ -45,6 +45,8 @@ class _StopStrings(StoppingCriteria):
 
 def load_pretrained(path: str, dtype: str = "float32") -> tuple[PreTrainedModel, Any]:
     """Model and tokenizer from a directory or hub id; a clear DataError if that fails."""
+    if (os.path.isabs(path) or path.startswith(".")) and not os.path.isdir(path):
+        raise DataError(f"hf: path={path!r} is not a directory (expected a saved model directory or a hub id)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])

@@ -60,6 +60,7 @@ class DreamGymTaskDataset(Dataset):
         self.tasks = [task for f in files for task in read_tasks(f)]
         if max_samples and max_samples > 0:
             self.tasks = self.tasks[:max_samples]
+        self._next = 0
         spec = feed_spec_path(files[0])
         self.feed = self._feed(json.loads(spec.read_text())) if spec.exists() else None
 
@@ -73,8 +74,7 @@ class DreamGymTaskDataset(Dataset):
 
     def _cycle(self, n: int) -> list[Task]:
         """No curriculum: the file's tasks in order, wrapping around."""
-        start = getattr(self, "_next", 0)
-        self._next = start + n
+        start, self._next = self._next, self._next + n
         return [self.tasks[(start + i) % len(self.tasks)] for i in range(n)]
 
     def __len__(self) -> int:

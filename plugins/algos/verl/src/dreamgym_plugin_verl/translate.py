@@ -86,6 +86,7 @@ def _sections(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> dict
         )
     model = model_path(resolved, cfg)
     temperature = resolved.pipeline.eval.temperature
+    evaluate = resolved.pipeline.eval.episodes > 0
     out: dict[str, Any] = {
         "algorithm.adv_estimator": estimator,
         "algorithm.gamma": cfg.gamma,
@@ -146,8 +147,9 @@ def _sections(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> dict
         "trainer.logger": ["console", "file", "tensorboard"],
         "trainer.save_freq": loop.checkpoint_every,
         "trainer.resume_mode": "auto",
-        "trainer.val_before_train": resolved.pipeline.eval.before_training and resolved.pipeline.eval.episodes > 0,
-        "trainer.test_freq": -1,
+        # Evaluate before training (if asked) and after the last step, as the local loop does.
+        "trainer.val_before_train": evaluate and resolved.pipeline.eval.before_training,
+        "trainer.test_freq": loop.iterations if evaluate else -1,
         "trainer.device": "cuda",
     }
     return out

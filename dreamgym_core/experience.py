@@ -76,6 +76,10 @@ class ExperienceModelConfig(Config):
     max_retries: Annotated[
         NonNegativeInt, Meta(description="Re-generations of an answer that fails to parse, per request.")
     ] = 2
+    retry_temperature: Annotated[
+        Annotated[float, Meta(ge=0.0)],
+        Meta(description="Least temperature of a re-generation (a greedy retry would repeat the failure)."),
+    ] = 0.7
     task_temperature: Annotated[
         Annotated[float, Meta(ge=0.0)], Meta(description="Temperature of the task-variation role (M_task).")
     ] = 1.0
@@ -439,11 +443,13 @@ class LMExperienceModel:
         for attempt in range(self.config.max_retries + 1):
             if not pending:
                 break
+            temperature = self.config.temperature
             if attempt:
                 self.counters["retries"] += len(pending)
+                temperature = max(temperature, self.config.retry_temperature)
             texts = self._generate(
                 [prompts[i] for i in pending], max_new_tokens=self.config.max_new_tokens,
-                temperature=self.config.temperature, stop=[END_TAG],
+                temperature=temperature, stop=[END_TAG],
             )
             for i, text in zip(pending, texts):
                 results[i] = parse_output(text)

@@ -252,16 +252,18 @@ def test_predict_batches_and_retries_only_failures() -> None:
     assert [len(c["prompts"]) for c in lm.calls] == [3, 1, 1]
     assert lm.calls[0]["stop"] == [END_TAG]
     assert len({c["seed"] for c in lm.calls}) == 3  # a retry samples afresh
+    assert [c["temperature"] for c in lm.calls] == [0.7, 0.7, 0.7]
     m = model.metrics()
     assert m["experience/retries"] == 2 and m["experience/requests"] == 3 and m["experience/parse_failed"] == 0
 
 
 def test_predict_gives_up_after_max_retries_and_counts() -> None:
     lm = ScriptedLM(answer=lambda p: "no format at all")
-    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=1))
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=1, temperature=0.0, retry_temperature=0.5))
     requests = [ExperienceRequest(instruction="x", history=[], state="s", action="a")]
     check_experience_model(model, requests)
     assert len(lm.calls) == 2 * 1  # check_experience_model calls predict once: 1 try + 1 retry
+    assert [c["temperature"] for c in lm.calls] == [0.0, 0.5]  # greedy first, sampled retry
     assert model.metrics()["experience/parse_failure_rate"] == 1.0
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from dreamgym_core.records import Transition
 from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig, angular_to_cosine
-from dreamgym_plugin_encoders import HashingEncoder
+from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
 from dreamgym_plugin_exact import ExactBuffer, embedding_text
 
 ROOMS = ["kitchen", "pantry", "garden", "bedroom", "bathroom", "corridor", "cellar", "attic", "study"]
@@ -114,3 +114,23 @@ def test_index_persists_and_a_broken_manifest_rebuilds(tmp_path):
     assert any("annoy.json" in p for p in again.problems)
     assert again.stats()["annoy"]["items"] == 1200  # rebuilt
     again.close()
+
+
+def test_backfill_moves_the_index_to_the_new_encoder(tmp_path):
+    old, new = HashingEncoder(HashingConfig(dim=64, bigrams=False)), HashingEncoder()
+    cfg = AnnoyConfig(min_rows=100, segment_records=500)
+    records = household(1000)
+    with AnnoyBuffer(cfg, encoder=old, path=tmp_path) as b:
+        b.add(transitions=records)
+        b.seal()
+        b.wait_index()
+        assert b.stats()["annoy"]["encoder"] == old.id
+    b = AnnoyBuffer(cfg, encoder=new, path=tmp_path, previous_encoders=[old])
+    t = records[42]
+    assert b.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]  # served during the backfill
+    assert b.wait_backfill(timeout=60)
+    b.wait_index()
+    assert b.backfill_progress == (1000, 1000)
+    assert b.stats()["annoy"] == b.stats()["annoy"] | {"encoder": new.id, "items": 1000}
+    assert b.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
+    b.close()

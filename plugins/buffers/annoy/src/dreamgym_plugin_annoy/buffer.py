@@ -82,7 +82,7 @@ class AnnoyBuffer(ExactBuffer):
     def _maybe_rebuild(self, force: bool = False) -> None:
         with self._lock:
             sealed, current = self._sealed_rows, self._spaces[self.encoder.id]
-            eligible = int((current.has[:sealed] & self._alive[:sealed]).sum()) if sealed else 0
+            eligible = int((current.mask(sealed) & self._alive[:sealed]).sum())
             built = self._built
             indexed = len(built.item_rows) if built and built.encoder_id == self.encoder.id else 0
         if eligible < self.config.min_rows or eligible == indexed:
@@ -117,7 +117,7 @@ class AnnoyBuffer(ExactBuffer):
         with self._lock:
             upto = self._sealed_rows
             space = self._spaces[self.encoder.id]
-            rows = np.flatnonzero(space.has[:upto] & self._alive[:upto])
+            rows = np.flatnonzero(space.mask(upto) & self._alive[:upto])
             vectors = space.data[rows].copy()
             rids = self._rids[rows].copy()
         index = AnnoyIndex(space.dim, "angular")

@@ -57,6 +57,13 @@ class Space:
         self.has = np.zeros(0, dtype=bool)
         self.count = 0
 
+    def mask(self, n: int) -> np.ndarray:
+        """(n,) bool: True where row has a vector in this space."""
+        out = np.zeros(n, dtype=bool)
+        m = min(n, len(self.has))
+        out[:m] = self.has[:m]
+        return out
+
     def put(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         top = int(rows.max()) + 1 if len(rows) else 0
         self.data, self.has = _grow(self.data, top), _grow(self.has, top)
@@ -380,14 +387,11 @@ class ExactBuffer:
             n = len(self._records)
             alive = self._alive[:n].copy()
             current = self._spaces[self.encoder.id]
-            has_new = np.zeros(n, dtype=bool)
-            has_new[: min(n, len(current.has))] = current.has[:n]
+            has_new = current.mask(n)
             out = [(current, n, alive & has_new)]
             for space in self._spaces.values():
                 if space is not current:
-                    has_old = np.zeros(n, dtype=bool)
-                    has_old[: min(n, len(space.has))] = space.has[:n]
-                    out.append((space, n, alive & has_old & ~has_new))
+                    out.append((space, n, alive & space.mask(n) & ~has_new))
             self._cached = (self._version, out)
         return out
 
@@ -417,9 +421,7 @@ class ExactBuffer:
         """(live rows embedded by the current encoder, live rows in total)."""
         with self._lock:
             n = len(self._records)
-            current = self._spaces[self.encoder.id]
-            has = np.zeros(n, dtype=bool)
-            has[: min(n, len(current.has))] = current.has[:n]
+            has = self._spaces[self.encoder.id].mask(n)
             return int((has & self._alive[:n]).sum()), self._live
 
     def start_backfill(self) -> None:
@@ -448,9 +450,7 @@ class ExactBuffer:
         with self._lock:
             n = len(self._records)
             current = self._spaces[self.encoder.id]
-            has = np.zeros(n, dtype=bool)
-            has[: min(n, len(current.has))] = current.has[:n]
-            rows = np.flatnonzero(self._alive[:n] & ~has)[: self.config.backfill_batch]
+            rows = np.flatnonzero(self._alive[:n] & ~current.mask(n))[: self.config.backfill_batch]
             records = [self._records[r] for r in rows.tolist()]
         if not len(rows):
             self._finish_backfill()

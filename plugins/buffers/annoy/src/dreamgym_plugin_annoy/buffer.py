@@ -92,14 +92,14 @@ class AnnoyBuffer(ExactBuffer):
 
     def rebuild(self, block: bool = True) -> None:
         """Build an index over the sealed rows now (queries go on meanwhile)."""
-        if self._build_thread is not None and self._build_thread.is_alive():
-            if block:
-                self._build_thread.join()
-            return
-        self._build_thread = threading.Thread(target=self._guarded_build, name="annoy-build", daemon=True)
-        self._build_thread.start()
+        with self._lock:  # one build at a time; a thread is published only once started
+            thread = self._build_thread
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._guarded_build, name="annoy-build", daemon=True)
+                thread.start()
+                self._build_thread = thread
         if block:
-            self._build_thread.join()
+            thread.join()
 
     def wait_index(self) -> None:
         """Block until a running build has finished."""

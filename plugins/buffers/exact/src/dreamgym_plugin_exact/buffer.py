@@ -185,7 +185,8 @@ class ExactBuffer:
 
     def _on_ready(self) -> None:
         """Called once the buffer is loaded: starts a backfill if one is due."""
-        if self.backfill_progress[1] and self.config.backfill_background:
+        done, total = self.backfill_progress
+        if done < total and self.config.backfill_background:
             self.start_backfill()
 
     # --- adding ------------------------------------------------------------
@@ -426,9 +427,11 @@ class ExactBuffer:
 
     def start_backfill(self) -> None:
         """Re-embed rows that lack a current-encoder embedding, in a background thread."""
-        if self._backfill_thread is None or not self._backfill_thread.is_alive():
-            self._backfill_thread = threading.Thread(target=self._backfill_loop, name="buffer-backfill", daemon=True)
-            self._backfill_thread.start()
+        with self._lock:
+            if self._backfill_thread is None or not self._backfill_thread.is_alive():
+                thread = threading.Thread(target=self._backfill_loop, name="buffer-backfill", daemon=True)
+                thread.start()
+                self._backfill_thread = thread
 
     def wait_backfill(self, timeout: float | None = None) -> bool:
         """Block until the background backfill ends; True when it has."""

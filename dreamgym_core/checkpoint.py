@@ -114,6 +114,7 @@ def load_latest(runner: Runner) -> int:
     exp_dir = runner.run_dir / "experience_model"
     if runner.experience_model is not None and (exp_dir / "done").exists():
         runner._reload_experience_model(exp_dir)
+    runner._reload_policy()
     runner.algo.load(path=str(ckpt / "algo"))
     if runner.curriculum is not None and state.curriculum is not None:
         runner.curriculum.load_state_dict(state.curriculum)

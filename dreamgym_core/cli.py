@@ -93,13 +93,19 @@ def config_group() -> None:
 @config_group.command("show")
 @click.argument("pipeline", type=click.Path())
 @_overrides
-def config_show(pipeline: str, overrides: tuple[str, ...]) -> None:
+@click.option("--backend", default="native", show_default=True, help="Also show what a backend trainer (verl) derives.")
+def config_show(pipeline: str, overrides: tuple[str, ...], backend: str) -> None:
     """Print the resolved config of PIPELINE with every default filled in."""
     from .config import config_hash
 
-    resolved, _ = _load(pipeline, overrides)
+    resolved, plugins = _load(pipeline, overrides)
     data = resolved.to_builtins()
-    click.echo(json.dumps({"config": data, "sha256": config_hash(data)}, indent=2))
+    shown: dict[str, Any] = {"config": data, "sha256": config_hash(data)}
+    if backend != "native":
+        from .commands.backend_config import backend_view
+
+        shown[backend] = backend_view(resolved, plugins, backend)
+    click.echo(json.dumps(shown, indent=2))
 
 
 @config_group.command("schema")
@@ -126,6 +132,19 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
     resolved, plugins = _load(pipeline, overrides)
     summary = run_pipeline(resolved, plugins, resume=resume)
     click.echo(json.dumps(summary, indent=2))
+
+
+@cli.command("eval")
+@click.argument("pipeline", type=click.Path())
+@_overrides
+@click.option("--split", default=None, help="Task split (default: the pipeline's eval.split).")
+@click.option("--episodes", type=click.IntRange(min=1), default=None, help="Episodes (default: eval.episodes).")
+def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episodes: int | None) -> None:
+    """Evaluate the policy of PIPELINE's run directory (last checkpoint) on real held-out tasks."""
+    from .loop import evaluate_run
+
+    resolved, plugins = _load(pipeline, overrides)
+    click.echo(json.dumps(evaluate_run(resolved, plugins, split=split, episodes=episodes), indent=2))
 
 
 def _register() -> None:

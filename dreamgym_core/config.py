@@ -68,7 +68,7 @@ class DataConfig(Config):
 
 
 class ExperienceTrainingConfig(Config):
-    """Joint SFT of the experience model (paper Eq. 5)."""
+    """The experience model: joint SFT (paper Eq. 5) and how it answers."""
 
     epochs: Annotated[PositiveInt, Meta(description="Passes over the annotated offline transitions.")] = 3
     lr: Annotated[PositiveFloat, Meta(description="Learning rate.")] = 1e-3
@@ -79,6 +79,8 @@ class ExperienceTrainingConfig(Config):
     ] = "rule"
     teacher: Annotated[ComponentRef | None, Meta(description="Teacher model backend when annotator=teacher.")] = None
     skip: Annotated[bool, Meta(description="Use the experience model as loaded, without training.")] = False
+    max_new_tokens: Annotated[PositiveInt, Meta(description="Token budget of one answer (reasoning + next state + flags).")] = 320
+    max_retries: Annotated[NonNegativeInt, Meta(description="Re-generations of an answer that fails to parse.")] = 1
 
 
 class LoopConfig(Config):

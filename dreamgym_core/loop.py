@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ from .plugins import Plugins
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, rollout, wilson_interval
 
-__all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate"]
+__all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate", "evaluate_run"]
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,16 @@ class Runner:
             "offline_transitions": 0,
         }
         self.history: list[dict[str, float]] = []
+        self._started = time.perf_counter()
         self._build()
 
     # --- construction -----------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        """One progress line on stderr (stdout stays for the JSON summary)."""
+        if self.progress:
+            elapsed = time.perf_counter() - self._started
+            print(f"[dreamgym {elapsed:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     def _component(self, field: str) -> Any:
         return self.resolved.components.get(field)
@@ -110,6 +118,8 @@ class Runner:
                     history_window=cfg.loop.history_window,
                     top_k=cfg.loop.top_k,
                     temperature=cfg.loop.experience_temperature,
+                    max_new_tokens=cfg.experience.max_new_tokens,
+                    max_retries=cfg.experience.max_retries,
                     seed=cfg.seed,
                 ),
                 domain=self.domain,
@@ -201,21 +211,57 @@ class Runner:
         self.exp_backend = type(self.exp_backend).load(str(ckpt))
         self.experience_model.backend = self.exp_backend
 
-    def _warmstart_policy(self, offline: list[Trajectory]) -> dict[str, float]:
+    def _warmstart_policy(self, offline: list[Trajectory], epochs: int | None = None) -> dict[str, float]:
         """SFT on successful offline demos in the agent-prompt format (behaviour cloning)."""
         examples = demo_examples(offline, max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window)
         if hasattr(self.policy, "prepare"):
             corpus = [p + r for p, r in examples] or [build_agent_prompt(
                 task=t, observation=Observation(text=""), history=[], step=0, max_steps=self.cfg.loop.max_steps) for t in self.train_tasks]
             self.policy.prepare(corpus=corpus)
-        if not self.cfg.loop.warmstart_epochs or not examples:
+        epochs = self.cfg.loop.warmstart_epochs if epochs is None else epochs
+        if not epochs or not examples:
             return {}
         exp = self.cfg.experience
         metrics = self.policy.sft(
             examples=[[(p, False), (r, True)] for p, r in examples],
-            epochs=self.cfg.loop.warmstart_epochs, lr=self.cfg.loop.warmstart_lr, batch_size=exp.batch_size,
+            epochs=epochs, lr=self.cfg.loop.warmstart_lr, batch_size=exp.batch_size,
         )
         return {f"warmstart/{k.split('/')[-1]}": v for k, v in metrics.items()}
+
+    def _save_policy_init(self) -> None:
+        """The warm-started policy backend (tokenizer included), which --resume rebuilds from."""
+        if hasattr(self.policy, "save"):
+            self.policy.save(path=str(self.run_dir / "policy_init"))
+
+    def _reload_policy(self) -> None:
+        path = self.run_dir / "policy_init"
+        if path.exists() and hasattr(type(self.policy), "load"):
+            self.policy = type(self.policy).load(str(path))
+            self.algo.policy = self.policy
+
+    def _before_rl(self) -> dict[str, float]:
+        """Data, experience model and warm start, with evaluations of the policy along the way."""
+        cfg, pre = self.cfg, {}
+        self._say("collecting offline real data")
+        offline = self._collect_offline()
+        self.counters["offline_transitions"] = sum(len(t.transitions) for t in offline)
+        self._say(f"{len(offline)} episodes, {int(self.counters['offline_transitions'])} transitions; seeding the buffer")
+        self._seed_buffer(offline)
+        evaluate_before = cfg.eval.before_training and cfg.eval.episodes > 0
+        if evaluate_before and hasattr(self.policy, "prepare"):
+            self._warmstart_policy(offline, epochs=0)  # fits the tokenizer only
+            self._say("evaluating the untrained policy on held-out real tasks")
+            pre.update(self.evaluate(prefix="eval_untrained"))
+        self._say("training the experience model (joint SFT)")
+        pre.update(self._train_experience_model(offline))
+        self._say(f"experience model: {_brief(pre)}; warm-starting the policy (SFT on demos)")
+        pre.update(self._warmstart_policy(offline))
+        self._save_policy_init()
+        if evaluate_before:
+            self._say("evaluating the warm-started policy on held-out real tasks")
+            pre.update(self.evaluate(prefix="eval_before"))
+        self._say(f"before RL: {_brief(pre)}")
+        return pre
 
     # --- the loop's stages ------------------------------------------------------------
 
@@ -319,6 +365,7 @@ class Runner:
             metrics.update(self.experience_model.metrics())
         self.counters["iteration"] = iteration + 1
         self._log(iteration, metrics)
+        self._say(f"iteration {iteration + 1}/{self.cfg.loop.iterations} ({phase}): {_brief(metrics)}")
         if (iteration + 1) % self.cfg.loop.checkpoint_every == 0 or iteration + 1 == self.cfg.loop.iterations:
             self._checkpoint(iteration + 1)
         self.hook.dreamgym_after_iteration(iteration=iteration, metrics=metrics)
@@ -334,19 +381,15 @@ class Runner:
         try:
             start = checkpoint.load_latest(self) if resume else 0
             if start == 0:
-                offline = self._collect_offline()
-                self.counters["offline_transitions"] = sum(len(t.transitions) for t in offline)
-                self._seed_buffer(offline)
-                pre = self._train_experience_model(offline)
-                pre.update(self._warmstart_policy(offline))
-                if cfg.eval.before_training and cfg.eval.episodes:
-                    pre.update(self.evaluate(prefix="eval_before"))
+                pre = self._before_rl()
                 self._log(-1, pre)
                 self._checkpoint(0)
             for iteration in range(start, cfg.loop.iterations):
                 self._iteration(iteration)
             if cfg.eval.episodes:
+                self._say("evaluating the trained policy on held-out real tasks")
                 final.update(self.evaluate(prefix="eval"))
+                self._say(f"after RL: {_brief(final)}")
             final.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
             self._log(cfg.loop.iterations, final)
             summary.update(final)
@@ -362,6 +405,17 @@ class Runner:
     def evaluate(self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None) -> dict[str, float]:
         """Success rate on held-out real tasks, with the training rollout code."""
         return evaluate(self, prefix=prefix, split=split or self.cfg.eval.split, episodes=episodes or self.cfg.eval.episodes)
+
+
+_BRIEF_KEYS = (
+    "rollout/success_rate", "losses/policy_loss", "experience/parse_failure_rate", "eval/success_rate",
+    "eval_untrained/success_rate", "eval_before/success_rate", "experience/sft_loss", "warmstart/sft_loss", "curriculum/synthetic_tasks",
+)
+
+
+def _brief(metrics: dict[str, float]) -> str:
+    shown = [f"{k}={metrics[k]:.3g}" for k in _BRIEF_KEYS if isinstance(metrics.get(k), (int, float))]
+    return ", ".join(shown) or "-"
 
 
 def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[tuple[str, str]]:
@@ -404,6 +458,17 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int) -> dict[
         f"{prefix}/invalid_actions": float(stats.invalid_actions),
         f"{prefix}/unparsed_actions": float(stats.unparsed_actions),
     }
+
+
+def evaluate_run(resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None) -> dict[str, Any]:
+    """``dreamgym eval``: the run's last checkpoint, the training rollout code, real tasks."""
+    run_dir = Path(resolved.pipeline.run_dir)
+    if not (run_dir / "checkpoints" / "latest").exists():
+        raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
+    runner = Runner(resolved, plugins, run_dir, progress=False)
+    iteration = checkpoint.load_latest(runner)
+    metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes)
+    return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **metrics}
 
 
 def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False) -> dict[str, Any]:

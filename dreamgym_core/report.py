@@ -63,7 +63,8 @@ def write(runner: Runner) -> Path:
         "| policy | success rate | 95% CI | episodes |",
         "|---|---|---|---|",
     ]
-    for label, row, prefix in (("before training", before, "eval_before"), ("after training", final, "eval")):
+    rows = (("untrained", before, "eval_untrained"), ("after warm start (SFT)", before, "eval_before"), ("after RL", final, "eval"))
+    for label, row, prefix in rows:
         if f"{prefix}/success_rate" in row:
             lines.append(
                 f"| {label} | {row[f'{prefix}/success_rate']:.3f} | [{row[f'{prefix}/success_ci_low']:.3f}, "

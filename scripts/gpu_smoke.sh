@@ -91,7 +91,7 @@ run_dir: "$OUT/run"
 YAML
 
 # 4. Show the translation, then run.
-"$PY" -c "from dreamgym_core.commands.verl_config import command; command()" "$OUT/pipeline.yaml" --backend verl > "$OUT/verl_overrides.json"
+"$PY" -m dreamgym_core.cli config show "$OUT/pipeline.yaml" --backend verl > "$OUT/verl_overrides.json"
 start=$(date +%s)
 "$PY" -m dreamgym_core.cli run "$OUT/pipeline.yaml" 2>&1 | tee "$OUT/smoke.log"
 end=$(date +%s)

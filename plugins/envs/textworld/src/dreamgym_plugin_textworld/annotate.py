@@ -29,7 +29,10 @@ def _validity(t: Transition) -> str:
 
 
 def _changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    lines = [f"The game responds: {clean_text(after['observation'], 160)}"]
+    # Only the response's first sentence: the next state itself carries the rest, and a
+    # short trace is what a small experience model can learn to write.
+    first = clean_text(after["observation"], 160).split(". ")[0].rstrip(".")
+    lines = [f"The game responds: {first}."]
     if before["inventory"] != after["inventory"]:
         lines.append(f"The inventory changes from {before['inventory'] or 'nothing'} to {after['inventory'] or 'nothing'}.")
     else:

@@ -90,7 +90,7 @@ class LoopConfig(Config):
         Literal["real", "dreamgym", "s2r"],
         Meta(description="real: RL in the real env; dreamgym: synthetic only; s2r: synthetic then real."),
     ] = "dreamgym"
-    iterations: Annotated[PositiveInt, Meta(description="Policy updates in total.")] = 10
+    iterations: Annotated[NonNegativeInt, Meta(description="Policy updates in total (0: warm start only, the SFT baseline).")] = 10
     tasks_per_iteration: Annotated[PositiveInt, Meta(description="Tasks per batch (paper: 16).")] = 4
     group_size: Annotated[PositiveInt, Meta(description="Rollouts per task (GRPO group; paper: 8).")] = 4
     max_steps: Annotated[PositiveInt, Meta(description="Step cap per episode (verl-agent: 15 WebShop, 50 ALFWorld).")] = 15
@@ -115,7 +115,11 @@ class EvalConfig(Config):
     split: Annotated[str, Meta(description="Task split to evaluate on.")] = "test"
     episodes: Annotated[NonNegativeInt, Meta(description="Episodes (0 disables evaluation).")] = 32
     temperature: Annotated[float, Meta(description="Policy temperature; 0 is greedy (paper val: 0.4).")] = 0.0
-    before_training: Annotated[bool, Meta(description="Also evaluate the untrained policy.")] = True
+    before_training: Annotated[bool, Meta(description="Also evaluate the untrained and the warm-started policy.")] = True
+    fidelity_episodes: Annotated[
+        NonNegativeInt,
+        Meta(description="Held-out real episodes (expert and random, each) scoring the experience model's fidelity; 0: off."),
+    ] = 0
 
 
 class PipelineConfig(Config):

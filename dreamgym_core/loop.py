@@ -206,6 +206,25 @@ class Runner:
         (ckpt / "done").write_text("1\n")
         return {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
 
+    def _fidelity(self) -> dict[str, float]:
+        """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps)."""
+        episodes = self.cfg.eval.fidelity_episodes
+        if self.experience_model is None or not episodes:
+            return {}
+        from .fidelity import evaluate_model
+
+        tasks = self.domain.tasks(split=self.cfg.eval.split)
+        held_out = [
+            t
+            for policy in ("expert", "random")
+            for traj in self.domain.collect(tasks=tasks, policy=policy, episodes=episodes, seed=self.cfg.seed + 1)
+            for t in traj.transitions
+        ]
+        self._say(f"scoring the experience model on {len(held_out)} held-out real transitions")
+        return evaluate_model(
+            self.experience_model, held_out, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
+        )
+
     def _reload_experience_model(self, ckpt: Path) -> None:
         """Swap in the trained experience-model weights saved by an earlier (killed) attempt."""
         self.exp_backend = type(self.exp_backend).load(str(ckpt))
@@ -254,6 +273,7 @@ class Runner:
             pre.update(self.evaluate(prefix="eval_untrained"))
         self._say("training the experience model (joint SFT)")
         pre.update(self._train_experience_model(offline))
+        pre.update(self._fidelity())
         self._say(f"experience model: {_brief(pre)}; warm-starting the policy (SFT on demos)")
         pre.update(self._warmstart_policy(offline))
         self._save_policy_init()
@@ -410,6 +430,7 @@ class Runner:
 _BRIEF_KEYS = (
     "rollout/success_rate", "losses/policy_loss", "experience/parse_failure_rate", "eval/success_rate",
     "eval_untrained/success_rate", "eval_before/success_rate", "experience/sft_loss", "warmstart/sft_loss", "curriculum/synthetic_tasks",
+    "fidelity/success_agreement", "fidelity/next_state_token_f1",
 )
 
 

@@ -73,7 +73,7 @@ def write(runner: Runner) -> Path:
     lines += ["", "## Data used", ""]
     for key in ("offline_transitions", "real_transitions", "synthetic_transitions"):
         lines.append(f"- {key.replace('_', ' ')}: {int(runner.counters.get(key, 0))}")
-    extra = {k: v for k, v in before.items() if k.startswith(("experience/", "warmstart/"))}
+    extra = {k: v for k, v in before.items() if k.startswith(("experience/", "warmstart/", "fidelity/"))}
     if extra:
         lines += ["", "## Training before RL", ""] + [f"- {k}: {_fmt(v)}" for k, v in sorted(extra.items())]
     if plots:

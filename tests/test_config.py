@@ -47,8 +47,8 @@ def test_unknown_field_in_component_config_is_rejected(register_plugin, tmp_path
 
 def test_constraint_and_cross_field_errors(tmp_path):
     data = pipeline_dict(str(tmp_path / "run"))
-    data["loop"]["iterations"] = 0
-    with pytest.raises(ConfigError, match=r"Expected `int` >= 1 - at `\$.loop.iterations`"):
+    data["loop"]["tasks_per_iteration"] = 0
+    with pytest.raises(ConfigError, match=r"Expected `int` >= 1 - at `\$.loop.tasks_per_iteration`"):
         load_pipeline(write(tmp_path, data))
     data = pipeline_dict(str(tmp_path / "run"), mode="dreamgym")
     with pytest.raises(ConfigError, match="needs experience_model, encoder, buffer"):

@@ -1,0 +1,176 @@
+"""Table 1 of the paper at small scale, on real TextWorldExpress games.
+
+Each (game, row, seed) is one ``dreamgym run`` of ``examples/default.yaml`` with the
+row's ``--set`` overrides. Runs are cached: a finished cell's summary is stored under
+``results/cells/`` (committed) and is never run again; an interrupted run resumes.
+Offline data and a trained experience model are shared between rows that would
+build identical ones (same game, seed, annotation and retrieval), by copying them
+into the new run directory before it starts (the loop reuses them).
+
+    python benchmarks/table1/run.py --games coin --seeds 0 1 2          # run / fill the cache
+    python benchmarks/table1/run.py --games coin --seeds 0 1 2 --report # table from the cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RUNS = HERE / "runs"  # large, not committed
+CELLS = HERE / "results" / "cells"
+
+GAMES = {
+    "coin": ["env.config.game=coin", "env.config.params={numLocations: 2, includeDoors: 0}"],
+    "mapreader": ["env.config.game=mapreader", "env.config.params={numLocations: 3, maxDistanceApart: 2}"],
+}
+
+# Row -> overrides over examples/default.yaml (GRPO in DreamGym with the curriculum).
+REAL = ["loop.mode=real", "experience.skip=true"]
+ROWS: dict[str, list[str]] = {
+    "SFT": ["loop.iterations=0", *REAL],
+    "DPO (real env)": ["algo.name=dpo", "algo.config={lr: 1.0e-4, max_new_tokens: 24, minibatch_size: 16}", *REAL],
+    "GRPO (real env)": REAL,
+    "PPO (real env)": ["algo.name=ppo", "algo.config={lr: 1.0e-4, max_new_tokens: 24, minibatch_size: 16, value_lr: 1.0e-3}", *REAL],
+    "GRPO DreamGym": [],
+    "PPO DreamGym": ["algo.name=ppo", "algo.config={lr: 1.0e-4, max_new_tokens: 24, minibatch_size: 16, value_lr: 1.0e-3}"],
+    # 6 synthetic iterations, then real ones until the budget of real transitions is spent.
+    "GRPO DreamGym-S2R": ["loop.mode=s2r", "loop.iterations=7", "loop.s2r_synthetic_share=0.85", "loop.real_budget=30"],
+    "w/o retrieval": ["loop.top_k=0"],
+    "w/o reasoning": ["experience.annotator=none"],
+    "w/o curriculum": ["plugins=[textworld, hf, local, encoders, exact, uniform]", "curriculum.name=uniform"],
+}
+COMMON = ["eval.fidelity_episodes=6"]
+# Rows whose experience model equals the default row's (same data, annotation, retrieval).
+SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum"}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def cell_path(game: str, row: str, seed: int) -> Path:
+    return CELLS / f"{game}--{slug(row)}--seed{seed}.json"
+
+
+def overrides(game: str, row: str, seed: int, run_dir: Path) -> list[str]:
+    return [*GAMES[game], *COMMON, *ROWS[row], f"seed={seed}", f"run_dir={run_dir}"]
+
+
+def share_from(game: str, row: str, seed: int, run_dir: Path) -> None:
+    """Copy offline data (always) and the experience model (when identical) from a finished run."""
+    if run_dir.exists():
+        return
+    donor = RUNS / game / slug("GRPO DreamGym") / f"seed{seed}"
+    if not (donor / "offline.jsonl").exists() or row == "GRPO DreamGym":
+        return
+    run_dir.mkdir(parents=True)
+    shutil.copy(donor / "offline.jsonl", run_dir / "offline.jsonl")
+    if row in SHARES_MODEL and (donor / "experience_model" / "done").exists():
+        shutil.copytree(donor / "experience_model", run_dir / "experience_model")
+
+
+def run_cell(game: str, row: str, seed: int) -> dict:
+    run_dir = RUNS / game / slug(row) / f"seed{seed}"
+    share_from(game, row, seed, run_dir)
+    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(ROOT / "examples" / "default.yaml")]
+    for item in overrides(game, row, seed, run_dir):
+        args += ["--set", item]
+    if (run_dir / "checkpoints").exists():
+        args.append("--resume")
+    started = time.time()
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"{game}/{row}/seed{seed} failed:\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout)
+    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    cell = {
+        "game": game, "row": row, "seed": seed, "wall_seconds": round(time.time() - started, 1),
+        "overrides": overrides(game, row, seed, Path("<run_dir>")),
+        "success": summary.get("eval/success_rate"),
+        "success_ci": [summary.get("eval/success_ci_low"), summary.get("eval/success_ci_high")],
+        "real_transitions": summary.get("counters/real_transitions"),
+        "offline_transitions": summary.get("counters/offline_transitions"),
+        "synthetic_transitions": summary.get("counters/synthetic_transitions"),
+        "untrained_success": first.get("eval_untrained/success_rate"),
+        "warmstart_success": first.get("eval_before/success_rate"),
+        "fidelity": {k: v for k, v in first.items() if k.startswith("fidelity/")},
+    }
+    CELLS.mkdir(parents=True, exist_ok=True)
+    cell_path(game, row, seed).write_text(json.dumps(cell, indent=2))
+    return cell
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = 100 * statistics.mean(values)
+    spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{mean:.1f}{spread} (n={len(values)})"
+
+
+def report(games: list[str], seeds: list[int]) -> str:
+    lines = [
+        "# Table 1 at small scale (success % on held-out real test games, mean ± sd over seeds)",
+        "",
+        f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}`;",
+        f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
+        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml. Missing cells were not run.",
+        "",
+        "| method | " + " | ".join(f"{g} success" for g in games) + " | real transitions (RL phase, mean) | offline transitions |",
+        "|---|" + "---|" * len(games) + "---|---|",
+    ]
+    fidelity: dict[str, list[float]] = {}
+    for row in ROWS:
+        cells = {g: [json.loads(cell_path(g, row, s).read_text()) for s in seeds if cell_path(g, row, s).exists()] for g in games}
+        found = [c for g in games for c in cells[g]]
+        if not found:
+            continue
+        real = statistics.mean(c["real_transitions"] or 0 for c in found)
+        offline = statistics.mean(c["offline_transitions"] or 0 for c in found)
+        lines.append(
+            f"| {row} | " + " | ".join(_mean_sd([c["success"] for c in cells[g]]) for g in games) + f" | {real:.0f} | {offline:.0f} |"
+        )
+        if row == "GRPO DreamGym":
+            for c in found:
+                for k, v in c["fidelity"].items():
+                    fidelity.setdefault(k, []).append(v)
+    if fidelity:
+        lines += ["", "Experience-model fidelity on held-out real transitions (GRPO DreamGym runs, mean):", ""]
+        lines += [f"- {k}: {statistics.mean(v):.3f}" for k, v in sorted(fidelity.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--games", nargs="+", default=["coin"], choices=sorted(GAMES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), help="Row names (default: all).")
+    parser.add_argument("--report", action="store_true", help="Only write the table from cached cells.")
+    args = parser.parse_args()
+    if not args.report:
+        # The default row first: it trains the experience model the other rows reuse.
+        rows = sorted(args.rows, key=lambda r: r != "GRPO DreamGym")
+        for seed in args.seeds:
+            for game in args.games:
+                for row in rows:
+                    if not cell_path(game, row, seed).exists():
+                        cell = run_cell(game, row, seed)
+                        print(f"{game} | {row} | seed {seed}: success {cell['success']} ({cell['wall_seconds']} s)", flush=True)
+    table = report(args.games, args.seeds)
+    (HERE / "results" / "table1.md").parent.mkdir(parents=True, exist_ok=True)
+    (HERE / "results" / "table1.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ from dreamgym_core.experience import (
 )
 from dreamgym_core.records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
 from dreamgym_core.testing import check_experience_model, make_transitions
-from experience_doubles import ListBuffer, ScriptedLM
+from test_experience_doubles import ListBuffer, ScriptedLM
 
 GOOD = (
     "<think>The door is unlocked, so opening it works.</think>\n<state>You are in the hall. The door is open.</state>\n"

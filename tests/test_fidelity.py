@@ -23,7 +23,7 @@ from dreamgym_core.fidelity import (
     tokens,
 )
 from dreamgym_core.records import ExperienceResult, Transition
-from experience_doubles import ListBuffer, ScriptedLM
+from test_experience_doubles import ListBuffer, ScriptedLM
 
 
 def test_token_f1_known_values() -> None:

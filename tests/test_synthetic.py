@@ -11,7 +11,7 @@ from dreamgym_core.protocols import Env
 from dreamgym_core.records import ExperienceResult, Observation, StepResult, Task
 from dreamgym_core.synthetic import SyntheticEnv, SyntheticEnvConfig, SyntheticEnvError, initial_state, step_many
 from dreamgym_core.testing import check_env, make_transitions
-from experience_doubles import ListBuffer, ScriptedLM
+from test_experience_doubles import ListBuffer, ScriptedLM
 
 TASK = Task(id="coin-1", instruction="Take the coin.", domain="toy", payload={"initial_state": "You are in room 0."})
 

@@ -227,8 +227,7 @@ class Runner:
 
     def _reload_experience_model(self, ckpt: Path) -> None:
         """Swap in the trained experience-model weights saved by an earlier (killed) attempt."""
-        self.exp_backend = type(self.exp_backend).load(str(ckpt))
-        self.experience_model.backend = self.exp_backend
+        self.exp_backend.reload(path=str(ckpt))
 
     def _warmstart_policy(self, offline: list[Trajectory], epochs: int | None = None) -> dict[str, float]:
         """SFT on successful offline demos in the agent-prompt format (behaviour cloning)."""
@@ -254,9 +253,8 @@ class Runner:
 
     def _reload_policy(self) -> None:
         path = self.run_dir / "policy_init"
-        if path.exists() and hasattr(type(self.policy), "load"):
-            self.policy = type(self.policy).load(str(path))
-            self.algo.policy = self.policy
+        if path.exists() and hasattr(self.policy, "reload"):
+            self.policy.reload(path=str(path))
 
     def _before_rl(self) -> dict[str, float]:
         """Data, experience model and warm start, with evaluations of the policy along the way."""

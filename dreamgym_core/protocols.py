@@ -105,6 +105,9 @@ class TrainableLanguageModel(LanguageModel, Protocol):
 
     def save(self, *, path: str) -> None: ...
 
+    def reload(self, *, path: str) -> None:
+        """Replace the weights (and tokenizer) in place with a directory written by ``save``."""
+
 
 @runtime_checkable
 class ExperienceModel(Protocol):
@@ -113,6 +116,12 @@ class ExperienceModel(Protocol):
     model_id: str
 
     def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]: ...
+
+    def train(self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int) -> Metrics:
+        """Joint SFT (paper Eq. 5) on annotated transitions, prompts built as at inference."""
+
+    def metrics(self) -> Metrics:
+        """Namespaced counters (requests, parse outcomes, retries)."""
 
     def vary_tasks(self, *, task: Task, n: int) -> list[str]:
         """Candidate variations of ``task``'s instruction."""

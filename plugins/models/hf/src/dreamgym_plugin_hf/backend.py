@@ -117,6 +117,12 @@ class HFBackend:
         """Reload a directory written by :meth:`save` (``settings``: other HFConfig fields)."""
         return cls.from_config(HFConfig(path=str(path), **settings))
 
+    def reload(self, *, path: str) -> None:
+        """Replace model and tokenizer in place with a directory written by :meth:`save`
+        (the run loop's ``--resume``); this backend's settings (device, LoRA) still apply."""
+        model, tokenizer = load_pretrained(str(path), getattr(self.config, "dtype", "float32"))
+        self._attach(model, tokenizer)
+
     def _attach(self, model: PreTrainedModel, tokenizer: Any) -> None:
         if self.config.cpu_threads is not None:
             torch.set_num_threads(self.config.cpu_threads)

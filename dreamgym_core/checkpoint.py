@@ -38,6 +38,7 @@ class _State(msgspec.Struct, kw_only=True):
     counters: dict[str, float]
     history: list[dict[str, Any]]
     curriculum: dict[str, Any] | None
+    experience_model: dict[str, Any] | None
     python_rng: list[Any]
     numpy_rng: dict[str, Any]
     torch_rng: list[int]
@@ -89,6 +90,7 @@ def save(runner: Runner, iteration: int) -> Path:
         counters=dict(runner.counters),
         history=runner.history,
         curriculum=runner.curriculum.state_dict() if runner.curriculum is not None else None,
+        experience_model=runner.experience_model.state_dict() if runner.experience_model is not None else None,
         python_rng=python_rng,
         numpy_rng=numpy_rng,
         torch_rng=torch_rng,
@@ -118,6 +120,8 @@ def load_latest(runner: Runner) -> int:
     runner.algo.load(path=str(ckpt / "algo"))
     if runner.curriculum is not None and state.curriculum is not None:
         runner.curriculum.load_state_dict(state.curriculum)
+    if runner.experience_model is not None and state.experience_model is not None:
+        runner.experience_model.load_state_dict(state.experience_model)
     runner.counters.update(state.counters)
     runner.history = list(state.history)
     _restore_rng(state)

@@ -459,6 +459,14 @@ class LMExperienceModel:
             self.counters[f"parse_{result.parse_status}"] += 1  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
 
+    def state_dict(self) -> dict[str, Any]:
+        """Generation call count (it seeds each call) and counters, so a resumed run continues alike."""
+        return {"calls": self._calls, "counters": dict(self.counters)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._calls = int(state["calls"])
+        self.counters.update(state["counters"])
+
     def metrics(self) -> dict[str, float]:
         """Namespaced counters: requests, parse ok/repaired/failed, retries, failure rate."""
         out = {f"experience/{key}": float(value) for key, value in self.counters.items()}

@@ -45,3 +45,64 @@ def test_reduced_main_job_then_resume_and_eval(tmp_path):
     evaluated = run_cli("eval", *args[1:], "--episodes", "2")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)["checkpoint_iteration"] == 2
+
+
+KILLER = """
+import os, signal
+from dreamgym_core import hookimpl
+
+@hookimpl
+def dreamgym_after_iteration(iteration, metrics):
+    if iteration == int(os.environ.get("KILL_AT_ITERATION", "-1")):
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _metric_rows(run_dir):
+    return [
+        {k: v for k, v in json.loads(line).items() if not k.startswith("perf/")}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
+    """Real components end to end; a plugin SIGKILLs the run right after iteration 1."""
+    from conftest import build_plugin_package
+
+    site = build_plugin_package(tmp_path, "dreamgym-plugin-killer", "dreamgym_plugin_killer", KILLER, {"killer": "dreamgym_plugin_killer"})
+
+    def run(run_dir, kill_at, *extra):
+        args = ["run", str(ROOT / "examples" / "default.yaml")]
+        for item in REDUCED:
+            args += ["--set", item]
+        args += ["--set", f"run_dir={run_dir}", "--set", "loop.iterations=3", "--set", "eval.before_training=false",
+                 "--set", "plugins=[textworld, hf, local, encoders, exact, reward-entropy, killer]"]
+        return run_cli(*args, *extra, site=site, env={"KILL_AT_ITERATION": str(kill_at)})
+
+    whole = run(tmp_path / "whole", -1)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run(tmp_path / "killed", 1)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run(tmp_path / "killed", -1, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in _metric_rows(tmp_path / "killed")] == [-1, 0, 1, 2, 3]
+    assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("mode", ["real", "s2r"])
+def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
+    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={tmp_path / 'run'}", "--set", f"loop.mode={mode}",
+            "--set", "eval.before_training=false", "--set", "loop.iterations=2", "--set", "loop.s2r_synthetic_share=0.5",
+            "--set", "loop.real_budget=4"]
+    for item in REDUCED:
+        if not item.startswith("loop.iterations"):
+            args += ["--set", item]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    rows = _metric_rows(tmp_path / "run")
+    phases = [r["charts/synthetic_phase"] for r in rows if 0 <= r["step"] < 2]
+    assert phases == ([0.0, 0.0] if mode == "real" else [1.0, 0.0])
+    assert summary["counters/real_transitions"] > 0
+    if mode == "s2r":
+        assert summary["counters/synthetic_transitions"] > 0

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/dreamgym run examples/default.yaml "$@"
+# A new run directory each time (runs/default-<time>), so the command can be repeated.
+exec .venv/bin/dreamgym run examples/default.yaml --set "run_dir=runs/default-$(date +%Y%m%d-%H%M%S)" "$@"

@@ -130,6 +130,7 @@ def report(games: list[str], seeds: list[int]) -> str:
         "|---|" + "---|" * len(games) + "---|---|",
     ]
     fidelity: dict[str, list[float]] = {}
+    missing = [row for row in ROWS if not any(cell_path(g, row, s).exists() for g in games for s in seeds)]
     for row in ROWS:
         cells = {g: [json.loads(cell_path(g, row, s).read_text()) for s in seeds if cell_path(g, row, s).exists()] for g in games}
         found = [c for g in games for c in cells[g]]
@@ -144,6 +145,8 @@ def report(games: list[str], seeds: list[int]) -> str:
             for c in found:
                 for k, v in c["fidelity"].items():
                     fidelity.setdefault(k, []).append(v)
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(missing) + "."]
     if fidelity:
         lines += ["", "Experience-model fidelity on held-out real transitions (GRPO DreamGym runs, mean):", ""]
         lines += [f"- {k}: {statistics.mean(v):.3f}" for k, v in sorted(fidelity.items())]

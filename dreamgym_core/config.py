@@ -114,7 +114,7 @@ class EvalConfig(Config):
 
     split: Annotated[str, Meta(description="Task split to evaluate on.")] = "test"
     episodes: Annotated[NonNegativeInt, Meta(description="Episodes (0 disables evaluation).")] = 32
-    temperature: Annotated[float, Meta(description="Policy temperature; 0 is greedy (paper val: 0.4).")] = 0.0
+    temperature: Annotated[float, Meta(ge=0.0, description="Policy temperature; 0 is greedy (paper val: 0.4).")] = 0.0
     before_training: Annotated[bool, Meta(description="Also evaluate the untrained and the warm-started policy.")] = True
     fidelity_episodes: Annotated[
         NonNegativeInt,

@@ -313,11 +313,11 @@ class Runner:
         envs = [SyntheticEnv(self.experience_model, self.buffer, self.domain, config) for _ in range(n)]
         return envs, step_many
 
-    def act_fn(self, temperature: float, seed: int):
-        greedy = temperature <= 0
+    def act_fn(self, temperature: float):
+        """The policy as a rollout sees it: temperature 0 is greedy decoding."""
 
         def act(prompts: list[str]) -> list[str]:
-            return self.algo.act(prompts=prompts, greedy=greedy)
+            return self.algo.act(prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None)
 
         return act
 
@@ -327,7 +327,7 @@ class Runner:
         envs, step_many = self._make_envs(phase, len(flat))
         try:
             trajectories, stats = rollout(
-                tasks=flat, envs=envs, act=self.act_fn(self.cfg.loop.sampling_temperature, iteration),
+                tasks=flat, envs=envs, act=self.act_fn(self.cfg.loop.sampling_temperature),
                 max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
                 seeds=[self.cfg.seed * 7919 + iteration * 1000 + i for i in range(len(flat))],
                 source="real" if phase == "real" else "synthetic", tag=f"it{iteration}", step_many=step_many,
@@ -464,7 +464,7 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int) -> dict[
     envs = [runner.domain.make_env() for _ in chosen]
     try:
         trajectories, stats = rollout(
-            tasks=chosen, envs=envs, act=runner.act_fn(runner.cfg.eval.temperature, -1),
+            tasks=chosen, envs=envs, act=runner.act_fn(runner.cfg.eval.temperature),
             max_steps=runner.cfg.loop.max_steps, history_window=runner.cfg.loop.history_window,
             seeds=[10_000 + i for i in range(len(chosen))], source="real", tag=f"{prefix}", model_id="",
         )

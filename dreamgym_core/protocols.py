@@ -177,8 +177,8 @@ class Curriculum(Protocol):
 class Algorithm(Protocol):
     """An RL or baseline trainer owning a policy."""
 
-    def act(self, *, prompts: Sequence[str], greedy: bool = False) -> list[str]:
-        """Policy completions for agent prompts."""
+    def act(self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None) -> list[str]:
+        """Policy completions for agent prompts (``temperature`` None: the algorithm's own)."""
 
     def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> Metrics:
         """One update from groups of trajectories (a group = rollouts of one task)."""

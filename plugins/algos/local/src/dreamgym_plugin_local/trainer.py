@@ -90,13 +90,14 @@ class LocalTrainer:
 
     # --- acting -----------------------------------------------------------------------
 
-    def act(self, *, prompts: Sequence[str], greedy: bool = False) -> list[str]:
-        """Sample (or greedily decode) one response per prompt with the policy backend."""
+    def act(self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None) -> list[str]:
+        """Sample (or greedily decode) one response per prompt with the policy backend;
+        ``temperature`` (the run loop's) overrides the configured one."""
         self.counters["act_calls"] += 1
         return self.policy.generate(
             prompts=list(prompts),
             max_new_tokens=self.config.max_new_tokens,
-            temperature=0.0 if greedy else self.config.temperature,
+            temperature=0.0 if greedy else (self.config.temperature if temperature is None else temperature),
             stop=list(self.config.stop),
             seed=self.seed * 1_000_003 + self.counters["act_calls"],
         )

@@ -343,7 +343,8 @@ class Runner:
         steps = sum(len(t.transitions) for g in groups for t in g)
         self.counters["real_transitions" if phase == "real" else "synthetic_transitions"] += steps
         if self.buffer is not None:
-            self.buffer.add(transitions=[t for g in groups for traj in g for t in traj.transitions])
+            # Unparsable experience-model answers are errors, not experience (see Transition.model_failed).
+            self.buffer.add(transitions=[t for g in groups for traj in g for t in traj.transitions if not t.model_failed])
 
     def _update(self, groups: list[list[Trajectory]]) -> dict[str, float]:
         return self.algo.update(groups=groups)

@@ -88,6 +88,10 @@ class Transition(Record):
     source: Source = "real"
     model_id: str = ""
     instruction: str = ""
+    # Synthetic only: the experience model's answer could not be parsed. The step still
+    # counts in the episode (a failure, reward 0) but is a model error, not experience:
+    # it is never stored in the replay buffer, where retrieval would feed it back.
+    model_failed: bool = False
 
 
 class Trajectory(Record):

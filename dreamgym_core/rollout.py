@@ -109,6 +109,7 @@ def _apply(ep: Episode, decision: PolicyDecision, result: StepResult, source: st
             source=source,  # type: ignore[arg-type]
             model_id=model_id,
             instruction=ep.task.instruction,
+            model_failed=result.info.get("parse_status") == "failed",
         )
     )
     ep.decisions.append(decision)

@@ -136,6 +136,7 @@ class SyntheticEnv:
             action=action, next_state=result.next_state, reward=reward, done=done, success=success,
             valid=result.valid, reasoning=result.reasoning, source="synthetic",
             model_id=getattr(self.model, "model_id", ""), instruction=self._task.instruction,
+            model_failed=failed,
         )
         self._history.append(HistoryStep(state=self._obs.text, action=action))
         self._obs = Observation(text=result.next_state)
@@ -178,7 +179,7 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
     finished = [env._finish(a, r, len(d)) for env, a, r, d in zip(envs, actions, results, demos)]
     to_add: dict[int, tuple[Any, list[Transition]]] = {}
     for env, (_, transition) in zip(envs, finished):
-        if env.buffer is not None and env.config.add_to_buffer:
+        if env.buffer is not None and env.config.add_to_buffer and not transition.model_failed:
             to_add.setdefault(id(env.buffer), (env.buffer, []))[1].append(transition)
     for buffer, transitions in to_add.values():
         buffer.add(transitions=transitions)

@@ -75,9 +75,27 @@ def test_unparsable_output_ends_the_episode_and_is_counted() -> None:
     lm = ScriptedLM(answer=lambda p: "I refuse to follow the format")
     env = SyntheticEnv(LMExperienceModel(lm, ExperienceModelConfig(max_retries=1)), ListBuffer())
     env.reset(task=TASK)
+    buffer = env.buffer
     result = env.step(action="go")
     assert result.done and not result.success and result.reward == 0.0
     assert result.info["parse_status"] == "failed" and result.info["parse_failures"] == 1
+    # a model error is not experience: it never reaches the buffer retrieval reads
+    assert len(buffer) == 0
+
+
+def test_rollout_marks_model_failures_so_the_loop_does_not_store_them() -> None:
+    from dreamgym_core.rollout import rollout
+
+    answers = iter([answer("You are in room 1."), "garbage", "garbage"])
+    lm = ScriptedLM(answer=lambda p: next(answers))
+    config = SyntheticEnvConfig(add_to_buffer=False)
+    env = SyntheticEnv(LMExperienceModel(lm, ExperienceModelConfig(max_retries=1)), ListBuffer(), None, config)
+    trajectories, stats = rollout(
+        tasks=[TASK], envs=[env], act=lambda prompts: ["<action>go</action>"] * len(prompts), max_steps=4,
+        history_window=1, seeds=[0], source="synthetic", tag="t", step_many=step_many, model_id="m",
+    )
+    steps = trajectories[0].transitions
+    assert [t.model_failed for t in steps] == [False, True] and stats.parse_failures == 1
     assert env.model.metrics()["experience/retries"] == 1
 
 

@@ -280,4 +280,5 @@ def _transition(
         source="real" if phase == "real" else "synthetic",
         model_id=model_id if phase != "real" else "",
         instruction=task.instruction,
+        model_failed=result.info.get("parse_status") == "failed",
     )

@@ -7,6 +7,10 @@ Offline data and a trained experience model are shared between rows that would
 build identical ones (same game, seed, annotation and retrieval), by copying them
 into the new run directory before it starts (the loop reuses them).
 
+A cell records the sha256 of the base pipeline it ran on and the commit of the code
+(``<=abc123``: run on code at or before that commit). The report uses only cells of
+the current base pipeline, so editing ``examples/default.yaml`` starts a fresh table.
+
     python benchmarks/table1/run.py --games coin --seeds 0 1 2          # run / fill the cache
     python benchmarks/table1/run.py --games coin --seeds 0 1 2 --report # table from the cache
 """
@@ -14,6 +18,7 @@ into the new run directory before it starts (the loop reuses them).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import shutil
@@ -54,12 +59,30 @@ COMMON = ["eval.fidelity_episodes=6"]
 SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum"}
 
 
+BASE = ROOT / "examples" / "default.yaml"
+
+
+def base_sha256() -> str:
+    """Fingerprint of the base pipeline: a cell run on another base is stale, not comparable."""
+    return hashlib.sha256(BASE.read_bytes()).hexdigest()
+
+
+def git_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return done.stdout.strip() or "unknown"
+
+
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
 def cell_path(game: str, row: str, seed: int) -> Path:
     return CELLS / f"{game}--{slug(row)}--seed{seed}.json"
+
+
+def run_dir_of(game: str, row: str, seed: int) -> Path:
+    # Keyed by the base pipeline, so a changed base never resumes an old run.
+    return RUNS / base_sha256()[:12] / game / slug(row) / f"seed{seed}"
 
 
 def overrides(game: str, row: str, seed: int, run_dir: Path) -> list[str]:
@@ -70,7 +93,7 @@ def share_from(game: str, row: str, seed: int, run_dir: Path) -> None:
     """Copy offline data (always) and the experience model (when identical) from a finished run."""
     if run_dir.exists():
         return
-    donor = RUNS / game / slug("GRPO DreamGym") / f"seed{seed}"
+    donor = run_dir_of(game, "GRPO DreamGym", seed)
     if not (donor / "offline.jsonl").exists() or row == "GRPO DreamGym":
         return
     run_dir.mkdir(parents=True)
@@ -80,9 +103,9 @@ def share_from(game: str, row: str, seed: int, run_dir: Path) -> None:
 
 
 def run_cell(game: str, row: str, seed: int) -> dict:
-    run_dir = RUNS / game / slug(row) / f"seed{seed}"
+    run_dir = run_dir_of(game, row, seed)
     share_from(game, row, seed, run_dir)
-    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(ROOT / "examples" / "default.yaml")]
+    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(BASE)]
     for item in overrides(game, row, seed, run_dir):
         args += ["--set", item]
     if (run_dir / "checkpoints").exists():
@@ -95,6 +118,7 @@ def run_cell(game: str, row: str, seed: int) -> dict:
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     cell = {
         "game": game, "row": row, "seed": seed, "wall_seconds": round(time.time() - started, 1),
+        "base_sha256": base_sha256(), "commit": git_commit(),
         "overrides": overrides(game, row, seed, Path("<run_dir>")),
         "success": summary.get("eval/success_rate"),
         "success_ci": [summary.get("eval/success_ci_low"), summary.get("eval/success_ci_high")],
@@ -108,6 +132,15 @@ def run_cell(game: str, row: str, seed: int) -> dict:
     CELLS.mkdir(parents=True, exist_ok=True)
     cell_path(game, row, seed).write_text(json.dumps(cell, indent=2))
     return cell
+
+
+def current(game: str, row: str, seed: int) -> dict | None:
+    """The cached cell when it was run on the current base pipeline, else None."""
+    path = cell_path(game, row, seed)
+    if not path.exists():
+        return None
+    cell = json.loads(path.read_text())
+    return cell if cell.get("base_sha256") == base_sha256() else None
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -124,15 +157,16 @@ def report(games: list[str], seeds: list[int]) -> str:
         "",
         f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
-        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml. Missing cells were not run.",
+        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}).",
+        "Cells run on another base pipeline are left out; missing cells were not run.",
         "",
         "| method | " + " | ".join(f"{g} success" for g in games) + " | real transitions (RL phase, mean) | offline transitions |",
         "|---|" + "---|" * len(games) + "---|---|",
     ]
     fidelity: dict[str, list[float]] = {}
-    missing = [row for row in ROWS if not any(cell_path(g, row, s).exists() for g in games for s in seeds)]
+    missing = [row for row in ROWS if not any(current(g, row, s) for g in games for s in seeds)]
     for row in ROWS:
-        cells = {g: [json.loads(cell_path(g, row, s).read_text()) for s in seeds if cell_path(g, row, s).exists()] for g in games}
+        cells = {g: [c for s in seeds if (c := current(g, row, s))] for g in games}
         found = [c for g in games for c in cells[g]]
         if not found:
             continue
@@ -166,7 +200,7 @@ def main() -> None:
         for seed in args.seeds:
             for game in args.games:
                 for row in rows:
-                    if not cell_path(game, row, seed).exists():
+                    if current(game, row, seed) is None:
                         cell = run_cell(game, row, seed)
                         print(f"{game} | {row} | seed {seed}: success {cell['success']} ({cell['wall_seconds']} s)", flush=True)
     table = report(args.games, args.seeds)

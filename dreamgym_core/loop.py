@@ -209,8 +209,8 @@ class Runner:
     def _fidelity(self) -> dict[str, float]:
         """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps)."""
         episodes = self.cfg.eval.fidelity_episodes
-        if self.experience_model is None or not episodes:
-            return {}
+        if self.experience_model is None or self.cfg.experience.skip or not episodes:
+            return {}  # an untrained model's scores would only mislead the report
         from .fidelity import evaluate_model
 
         tasks = self.domain.tasks(split=self.cfg.eval.split)
@@ -269,10 +269,12 @@ class Runner:
             self._warmstart_policy(offline, epochs=0)  # fits the tokenizer only
             self._say("evaluating the untrained policy on held-out real tasks")
             pre.update(self.evaluate(prefix="eval_untrained"))
-        self._say("training the experience model (joint SFT)")
-        pre.update(self._train_experience_model(offline))
-        pre.update(self._fidelity())
-        self._say(f"experience model: {_brief(pre)}; warm-starting the policy (SFT on demos)")
+        if not cfg.experience.skip:
+            self._say("training the experience model (joint SFT)")
+            pre.update(self._train_experience_model(offline))
+            pre.update(self._fidelity())
+            self._say(f"experience model: {_brief(pre)}")
+        self._say("warm-starting the policy (SFT on demos)")
         pre.update(self._warmstart_policy(offline))
         self._save_policy_init()
         if evaluate_before:

@@ -97,6 +97,8 @@ def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
     for item in REDUCED:
         if not item.startswith("loop.iterations"):
             args += ["--set", item]
+    if mode == "real":  # the real-env baselines: no experience model is trained or scored
+        args += ["--set", "experience.skip=true", "--set", "eval.fidelity_episodes=2"]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
@@ -104,5 +106,7 @@ def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
     phases = [r["charts/synthetic_phase"] for r in rows if 0 <= r["step"] < 2]
     assert phases == ([0.0, 0.0] if mode == "real" else [1.0, 0.0])
     assert summary["counters/real_transitions"] > 0
+    if mode == "real":
+        assert not [k for k in rows[0] if k.startswith(("fidelity/", "experience/"))]
     if mode == "s2r":
         assert summary["counters/synthetic_transitions"] > 0

@@ -28,6 +28,7 @@ from .errors import ConfigError, DreamGymError
 from .plugins import Plugins
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, rollout, wilson_interval
+from .synthetic import storable
 
 __all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate", "evaluate_run"]
 
@@ -209,8 +210,8 @@ class Runner:
     def _fidelity(self) -> dict[str, float]:
         """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps)."""
         episodes = self.cfg.eval.fidelity_episodes
-        if self.experience_model is None or self.cfg.experience.skip or not episodes:
-            return {}  # an untrained model's scores would only mislead the report
+        if self.experience_model is None or not episodes:
+            return {}
         from .fidelity import evaluate_model
 
         tasks = self.domain.tasks(split=self.cfg.eval.split)
@@ -345,8 +346,7 @@ class Runner:
         steps = sum(len(t.transitions) for g in groups for t in g)
         self.counters["real_transitions" if phase == "real" else "synthetic_transitions"] += steps
         if self.buffer is not None:
-            # Unparsable experience-model answers are errors, not experience (see Transition.model_failed).
-            self.buffer.add(transitions=[t for g in groups for traj in g for t in traj.transitions if not t.model_failed])
+            self.buffer.add(transitions=storable([t for g in groups for traj in g for t in traj.transitions]))
 
     def _update(self, groups: list[list[Trajectory]]) -> dict[str, float]:
         return self.algo.update(groups=groups)

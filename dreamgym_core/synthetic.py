@@ -27,7 +27,7 @@ from .config import Config, NonNegativeInt, PositiveInt
 from .errors import DreamGymError
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
 
-__all__ = ["SyntheticEnvConfig", "SyntheticEnv", "SyntheticEnvError", "step_many", "initial_state", "DreamGymGymEnv"]
+__all__ = ["SyntheticEnvConfig", "SyntheticEnv", "SyntheticEnvError", "step_many", "storable", "initial_state", "DreamGymGymEnv"]
 
 
 class SyntheticEnvError(DreamGymError):
@@ -148,6 +148,12 @@ class SyntheticEnv:
         return step_result, transition
 
 
+def storable(transitions: Sequence[Transition]) -> list[Transition]:
+    """What of ``transitions`` may enter the replay buffer: not the experience model's
+    unparsable answers (errors, not experience; retrieval would feed them back)."""
+    return [t for t in transitions if not t.model_failed]
+
+
 def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list[Transition]]:
     """Demos for every env, one ``retrieve`` call per distinct buffer."""
     demos: list[list[Transition]] = [[] for _ in envs]
@@ -179,10 +185,10 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
     finished = [env._finish(a, r, len(d)) for env, a, r, d in zip(envs, actions, results, demos)]
     to_add: dict[int, tuple[Any, list[Transition]]] = {}
     for env, (_, transition) in zip(envs, finished):
-        if env.buffer is not None and env.config.add_to_buffer and not transition.model_failed:
+        if env.buffer is not None and env.config.add_to_buffer:
             to_add.setdefault(id(env.buffer), (env.buffer, []))[1].append(transition)
     for buffer, transitions in to_add.values():
-        buffer.add(transitions=transitions)
+        buffer.add(transitions=storable(transitions))
     return [step for step, _ in finished]
 
 

@@ -9,7 +9,7 @@ import pytest
 from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, render_output
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import ExperienceResult, Observation, StepResult, Task
-from dreamgym_core.synthetic import SyntheticEnv, SyntheticEnvConfig, SyntheticEnvError, initial_state, step_many
+from dreamgym_core.synthetic import SyntheticEnv, SyntheticEnvConfig, SyntheticEnvError, initial_state, step_many, storable
 from dreamgym_core.testing import check_env, make_transitions
 from test_experience_doubles import ListBuffer, ScriptedLM
 
@@ -79,6 +79,7 @@ def test_unparsable_output_ends_the_episode_and_is_counted() -> None:
     result = env.step(action="go")
     assert result.done and not result.success and result.reward == 0.0
     assert result.info["parse_status"] == "failed" and result.info["parse_failures"] == 1
+    assert env.model.metrics()["experience/retries"] == 1
     # a model error is not experience: it never reaches the buffer retrieval reads
     assert len(buffer) == 0
 
@@ -96,7 +97,7 @@ def test_rollout_marks_model_failures_so_the_loop_does_not_store_them() -> None:
     )
     steps = trajectories[0].transitions
     assert [t.model_failed for t in steps] == [False, True] and stats.parse_failures == 1
-    assert env.model.metrics()["experience/retries"] == 1
+    assert storable(steps) == steps[:1]
 
 
 def test_max_steps_truncates() -> None:

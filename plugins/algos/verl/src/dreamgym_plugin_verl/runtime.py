@@ -18,6 +18,7 @@ import msgspec
 from dreamgym_core.config import PipelineConfig, resolve
 from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.plugins import Plugins
+from dreamgym_core.synthetic import storable
 
 from .agent_loop import EpisodeRuntime
 from .buffer_actor import RemoteBuffer
@@ -137,6 +138,6 @@ def load_runtime(run_dir: str) -> EpisodeRuntime:
         invalid_action_penalty=algo.invalid_action_penalty,
         turn_max_tokens=algo.turn_max_tokens,
         model_id=getattr(synthetic, "model_id", ""),
-        store=(lambda transitions: buffer.add(transitions=[t for t in transitions if not t.model_failed])) if buffer is not None else None,
+        store=(lambda transitions: buffer.add(transitions=storable(transitions))) if buffer is not None else None,
         report=curriculum.report if curriculum is not None else None,
     )

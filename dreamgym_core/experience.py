@@ -134,6 +134,7 @@ def request_for(transition: Transition, history: Sequence[Transition], demos: Se
         history=[HistoryStep(state=h.state, action=h.action) for h in history],
         state=transition.state,
         action=transition.action,
+        admissible_actions=list(transition.admissible_actions),
         demos=list(demos),
     )
 

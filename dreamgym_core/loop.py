@@ -448,7 +448,7 @@ def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history
             continue
         history: list[HistoryStep] = []
         for step, t in enumerate(traj.transitions):
-            obs = Observation(text=t.state, admissible_actions=[])
+            obs = Observation(text=t.state, admissible_actions=list(t.admissible_actions))
             prompt = build_agent_prompt(task=traj.task, observation=obs, history=history, step=step, max_steps=max_steps, history_window=history_window)
             pairs.append((prompt, render_response(t.action)))
             history.append(HistoryStep(state=t.state, action=t.action))

@@ -92,6 +92,10 @@ class Transition(Record):
     # counts in the episode (a failure, reward 0) but is a model error, not experience:
     # it is never stored in the replay buffer, where retrieval would feed it back.
     model_failed: bool = False
+    # The actions the environment offered in ``state`` (empty when unknown). Kept so that
+    # prompts rebuilt from stored transitions (SFT demos, experience-model training) show
+    # the same list the agent and the experience model see at run time.
+    admissible_actions: list[str] = []
 
 
 class Trajectory(Record):

@@ -84,6 +84,7 @@ def _failed_step(ep: Episode, decision: PolicyDecision, note: str, source: str) 
             success=False,
             valid=False,
             source=source,  # type: ignore[arg-type]
+            admissible_actions=list(ep.observation.admissible_actions),
             instruction=ep.task.instruction,
         )
     )
@@ -107,6 +108,7 @@ def _apply(ep: Episode, decision: PolicyDecision, result: StepResult, source: st
             valid=result.valid,
             reasoning=str(result.info.get("reasoning", "")),
             source=source,  # type: ignore[arg-type]
+            admissible_actions=list(ep.observation.admissible_actions),
             model_id=model_id,
             instruction=ep.task.instruction,
             model_failed=result.info.get("parse_status") == "failed",

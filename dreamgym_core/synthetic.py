@@ -99,6 +99,13 @@ class SyntheticEnv:
 
     # -- pieces step_many composes
 
+    def _admissible_in(self, state: str) -> list[str]:
+        """The actions a generated state offers, read back by the domain (when it can), so
+        synthetic steps show the agent the same action list as real ones."""
+        if self.domain is not None and hasattr(self.domain, "admissible_in"):
+            return list(self.domain.admissible_in(state))
+        return []
+
     def _check_running(self) -> None:
         if self._task is None or self._obs is None:
             raise SyntheticEnvError("step() called before reset()")
@@ -136,10 +143,10 @@ class SyntheticEnv:
             action=action, next_state=result.next_state, reward=reward, done=done, success=success,
             valid=result.valid, reasoning=result.reasoning, source="synthetic",
             model_id=getattr(self.model, "model_id", ""), instruction=self._task.instruction,
-            model_failed=failed,
+            model_failed=failed, admissible_actions=list(self._obs.admissible_actions),
         )
         self._history.append(HistoryStep(state=self._obs.text, action=action))
-        self._obs = Observation(text=result.next_state)
+        self._obs = Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state))
         self._done = done
         info = {"parse_status": result.parse_status, "truncated": truncated, "retrieved": retrieved, **self.counters}
         step_result = StepResult(

@@ -132,6 +132,28 @@ def test_admissible_actions_reach_the_prompt() -> None:
     assert "Admissible actions: go, take coin" in lm.calls[0]["prompts"][0]
 
 
+def test_generated_states_offer_the_actions_the_domain_reads_in_them() -> None:
+    """Synthetic steps after the first show an action list too, as real steps do."""
+
+    class Domain:
+        def initial_observation(self, task):
+            return Observation(text="You are in room 0.", admissible_actions=["go", "take coin"])
+
+        def admissible_in(self, state):
+            return ["go", "take coin"] if "room" in state else []
+
+    env, lm = make_env()
+    env.domain = Domain()
+    env.reset(task=TASK)
+    result = env.step(action="go")
+    assert result.observation.admissible_actions == ["go", "take coin"]
+    env.step(action="go")
+    assert "Admissible actions: go, take coin" in lm.calls[1]["prompts"][0]
+    without = make_env()[0]
+    without.reset(task=TASK)
+    assert without.step(action="go").observation.admissible_actions == []
+
+
 class RealEnvDouble:
     """A stand-in real adapter: step_many must call its own step()."""
 

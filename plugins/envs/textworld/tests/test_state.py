@@ -9,6 +9,7 @@ from dreamgym_plugin_textworld.state import (
     clean_text,
     compact_actions,
     compact_inventory,
+    expand_actions,
     normalize_action,
     parse_state,
     render_state,
@@ -28,6 +29,15 @@ def test_actions_are_grouped_by_verb_and_cut_to_budget() -> None:
     many = [f"verb{i} object number {i}" for i in range(40)]
     short = compact_actions(many, 100)
     assert len(short) < 130 and short.endswith("more verbs)")
+
+
+def test_expanding_a_compact_list_gives_back_the_sorted_actions() -> None:
+    actions = sorted(["take apple", "take knife", "open fridge", "look around", "inventory", "put coin in box"])
+    assert expand_actions(compact_actions(actions, 300)) == actions
+    many = [f"verb{i} object" for i in range(40)]
+    kept = expand_actions(compact_actions(many, 100))
+    assert kept == many[: len(kept)] and 0 < len(kept) < 40  # the cut tail is unknown, not invented
+    assert expand_actions("") == []
 
 
 def test_render_then_parse_round_trip() -> None:

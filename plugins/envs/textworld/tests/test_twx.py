@@ -123,3 +123,30 @@ def test_variation_builds_a_synthetic_train_task_from_a_real_reset(twx_domains) 
 def test_invalid_variations_give_none(twx_domains, text: str) -> None:
     domain = twx_domains["coin"]
     assert domain.make_variation(domain.tasks(split="train")[0], text) is None
+
+
+def test_demo_prompts_match_the_prompts_of_real_play() -> None:
+    """SFT demos rebuilt from stored transitions show the agent exactly what real play shows."""
+    from dreamgym_core.agent import build_agent_prompt
+    from dreamgym_core.loop import demo_examples
+
+    from .conftest import twx_config
+
+    domain = make_twx(twx_config("coin"))  # its own engine: a fresh gold path
+    try:
+        (episode,) = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)
+        assert episode.success
+        first_demo_prompt = demo_examples([episode], max_steps=6, history_window=2)[0][0]
+        observation = domain.initial_observation(episode.task)
+    finally:
+        domain.close()
+    assert observation.admissible_actions
+    expected = build_agent_prompt(task=episode.task, observation=observation, history=[], step=0, max_steps=6, history_window=2)
+    assert first_demo_prompt == expected and "Admissible actions: " in expected
+
+
+def test_the_action_list_of_a_state_text_reads_back(twx_domains, twx_env) -> None:
+    domain = twx_domains["coin"]
+    observation = twx_env.reset(task=domain.tasks(split="train")[0])
+    assert domain.admissible_in(observation.text) == observation.admissible_actions
+    assert domain.admissible_in("no actions line") == []

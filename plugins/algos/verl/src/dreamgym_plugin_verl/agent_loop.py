@@ -281,4 +281,5 @@ def _transition(
         model_id=model_id if phase != "real" else "",
         instruction=task.instruction,
         model_failed=result.info.get("parse_status") == "failed",
+        admissible_actions=list(observation.admissible_actions),
     )

@@ -25,6 +25,7 @@ from .games import (
     tw_params,
 )
 from .policies import check_policy, choose_action
+from .state import expand_actions, parse_state
 
 __all__ = ["TextWorldDomain", "parse_variation", "task_id"]
 
@@ -111,6 +112,10 @@ class TextWorldDomain:
         """The task's real initial state (a reset, no steps), for the synthetic environment."""
         return self._probe_env().reset(task=task)
 
+    def admissible_in(self, state: str) -> list[str]:
+        """The actions listed in a state text (real or generated): its "Actions" line expanded."""
+        return expand_actions(parse_state(state)["actions"])
+
     # --- offline data ------------------------------------------------------------
 
     def collect(self, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
@@ -138,6 +143,7 @@ class TextWorldDomain:
                     task_id=task.id, episode_id=episode_id, step=len(transitions), state=obs.text, action=action,
                     next_state=result.observation.text, reward=result.reward, done=result.done,
                     success=result.success, valid=result.valid, source="offline", instruction=task.instruction,
+                    admissible_actions=list(obs.admissible_actions),
                 )
             )  # fmt: skip
             obs = result.observation

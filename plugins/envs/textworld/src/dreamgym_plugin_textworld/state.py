@@ -23,6 +23,7 @@ __all__ = [
     "render_state",
     "parse_state",
     "compact_actions",
+    "expand_actions",
     "compact_inventory",
     "clean_text",
     "normalize_action",
@@ -106,6 +107,19 @@ def render_state(
         f"Score: {score:.2f}\n"
         f"Actions ({len(admissible)}): {compact_actions(admissible, max_action_chars)}"
     )
+
+
+def expand_actions(compact: str) -> list[str]:
+    """The inverse of :func:`compact_actions` ("take apple / knife; look" -> take apple,
+    take knife, look); a "(+n more verbs)" tail is dropped, its actions are unknown."""
+    actions = []
+    for part in compact.split("; "):
+        part = part.strip()
+        if not part or (part.startswith("(+") and part.endswith(")")):
+            continue
+        verb, _, rest = part.partition(" ")
+        actions += [f"{verb} {obj.strip()}" for obj in rest.split(" / ") if obj.strip()] if rest else [verb]
+    return actions
 
 
 def parse_state(text: str) -> dict[str, str]:

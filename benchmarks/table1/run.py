@@ -7,9 +7,11 @@ Offline data and a trained experience model are shared between rows that would
 build identical ones (same game, seed, annotation and retrieval), by copying them
 into the new run directory before it starts (the loop reuses them).
 
-A cell records the sha256 of the base pipeline it ran on and the commit of the code
+A cell records the sha256 of the base pipeline it ran on, the protocol (``PROTOCOL``,
+bumped when a code change makes old cells incomparable) and the commit of the code
 (``<=abc123``: run on code at or before that commit). The report uses only cells of
-the current base pipeline, so editing ``examples/default.yaml`` starts a fresh table.
+the current base pipeline and protocol, so editing ``examples/default.yaml`` or bumping
+the protocol starts a fresh table; cells of protocol N live in ``results/cells/pN/``.
 
     python benchmarks/table1/run.py --games coin --seeds 0 1 2          # run / fill the cache
     python benchmarks/table1/run.py --games coin --seeds 0 1 2 --report # table from the cache
@@ -60,6 +62,9 @@ SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curri
 
 
 BASE = ROOT / "examples" / "default.yaml"
+# Bump when a code change makes earlier cells incomparable although the base pipeline is
+# unchanged. 2: SFT demos and synthetic steps show the admissible-action line (c45ccc7).
+PROTOCOL = 2
 
 
 def base_sha256() -> str:
@@ -77,12 +82,12 @@ def slug(text: str) -> str:
 
 
 def cell_path(game: str, row: str, seed: int) -> Path:
-    return CELLS / f"{game}--{slug(row)}--seed{seed}.json"
+    return CELLS / f"p{PROTOCOL}" / f"{game}--{slug(row)}--seed{seed}.json"
 
 
 def run_dir_of(game: str, row: str, seed: int) -> Path:
     # Keyed by the base pipeline, so a changed base never resumes an old run.
-    return RUNS / base_sha256()[:12] / game / slug(row) / f"seed{seed}"
+    return RUNS / f"{base_sha256()[:12]}-p{PROTOCOL}" / game / slug(row) / f"seed{seed}"
 
 
 def overrides(game: str, row: str, seed: int, run_dir: Path) -> list[str]:
@@ -118,7 +123,7 @@ def run_cell(game: str, row: str, seed: int) -> dict:
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     cell = {
         "game": game, "row": row, "seed": seed, "wall_seconds": round(time.time() - started, 1),
-        "base_sha256": base_sha256(), "commit": git_commit(),
+        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": git_commit(),
         "overrides": overrides(game, row, seed, Path("<run_dir>")),
         "success": summary.get("eval/success_rate"),
         "success_ci": [summary.get("eval/success_ci_low"), summary.get("eval/success_ci_high")],
@@ -129,7 +134,7 @@ def run_cell(game: str, row: str, seed: int) -> dict:
         "warmstart_success": first.get("eval_before/success_rate"),
         "fidelity": {k: v for k, v in first.items() if k.startswith("fidelity/")},
     }
-    CELLS.mkdir(parents=True, exist_ok=True)
+    cell_path(game, row, seed).parent.mkdir(parents=True, exist_ok=True)
     cell_path(game, row, seed).write_text(json.dumps(cell, indent=2))
     return cell
 
@@ -140,7 +145,8 @@ def current(game: str, row: str, seed: int) -> dict | None:
     if not path.exists():
         return None
     cell = json.loads(path.read_text())
-    return cell if cell.get("base_sha256") == base_sha256() else None
+    comparable = cell.get("base_sha256") == base_sha256() and cell.get("protocol", 1) == PROTOCOL
+    return cell if comparable else None
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -157,7 +163,7 @@ def report(games: list[str], seeds: list[int]) -> str:
         "",
         f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
-        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}).",
+        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {PROTOCOL}.",
         "Cells run on another base pipeline are left out; missing cells were not run.",
         "",
         "| method | " + " | ".join(f"{g} success" for g in games) + " | real transitions (RL phase, mean) | offline transitions |",

@@ -86,7 +86,7 @@ def cell_path(game: str, row: str, seed: int) -> Path:
 
 
 def run_dir_of(game: str, row: str, seed: int) -> Path:
-    # Keyed by the base pipeline, so a changed base never resumes an old run.
+    # Keyed by the base pipeline and protocol, so neither a changed base nor a bumped protocol resumes an old run.
     return RUNS / f"{base_sha256()[:12]}-p{PROTOCOL}" / game / slug(row) / f"seed{seed}"
 
 
@@ -140,7 +140,7 @@ def run_cell(game: str, row: str, seed: int) -> dict:
 
 
 def current(game: str, row: str, seed: int) -> dict | None:
-    """The cached cell when it was run on the current base pipeline, else None."""
+    """The cached cell when it was run on the current base pipeline and protocol, else None."""
     path = cell_path(game, row, seed)
     if not path.exists():
         return None
@@ -164,7 +164,7 @@ def report(games: list[str], seeds: list[int]) -> str:
         f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
         f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {PROTOCOL}.",
-        "Cells run on another base pipeline are left out; missing cells were not run.",
+        "Cells run on another base pipeline or protocol are left out; missing cells were not run.",
         "",
         "| method | " + " | ".join(f"{g} success" for g in games) + " | real transitions (RL phase, mean) | offline transitions |",
         "|---|" + "---|" * len(games) + "---|---|",

@@ -1,5 +1,6 @@
 """SFT and DPO baselines on a tiny random Llama."""
 
+import pytest
 import torch
 
 from dreamgym_plugin_local.batch import response_logprobs
@@ -54,3 +55,22 @@ def test_trajectories_without_decisions_are_skipped_and_counted(kit):
     algo = SFT(SFTConfig(), policy=kit.TinyPolicy(), seed=0)
     bare = [msgspec.structs.replace(t, decisions=[]) for t in kit.make_groups()[0]]
     assert algo.fit_offline(bare) == {"data/trainable_steps": 0.0, "data/skipped_trajectories": 2.0}
+
+
+def test_response_logprobs_equal_the_full_logits_computation(kit):
+    # response_logprobs asks the model for logits only where a response token is predicted;
+    # on a padded batch with different prompt and response lengths (one empty) it must equal
+    # the log-softmax of the full logits at the same positions.
+    algo = SFT(SFTConfig(lr=1e-3, epochs=1, minibatch_size=4), policy=kit.TinyPolicy(), seed=0)
+    prompts = ["go", "you are in a long corridor with many doors " * 3, "look around the room", "x"]
+    batch = algo._tokenize(prompts, [" go north", " take the coin now", "", " open door"])
+    with torch.no_grad():
+        kept, _ = response_logprobs(algo.model, batch)
+        logits = algo.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    full = torch.log_softmax(logits, dim=-1)
+    for i in range(len(prompts)):
+        for j in range(int(batch.response_mask[i].sum())):
+            pos = int(batch.positions[i, j])
+            expected = full[i, pos - 1, batch.input_ids[i, pos]]
+            assert float(kept[i, j]) == pytest.approx(float(expected), abs=1e-5)
+    assert float(kept[2].abs().sum()) == 0.0  # the empty response contributes nothing

@@ -87,6 +87,19 @@ def test_masked_text_does_not_contribute_to_the_loss(trained):
     assert a != pytest.approx(c, abs=1e-3)
 
 
+def test_loss_on_kept_positions_equals_the_full_logits_loss(trained, make_examples):
+    # _batch_loss computes logits only where a labelled token follows; on a padded batch of
+    # different lengths it must equal transformers' own loss over the full logits.
+    from dreamgym_plugin_hf.text import right_pad
+
+    rows = trained._trainable_rows(make_examples()[:5] + [[("a much longer prompt " * 6, False), (" take key.", True)]])
+    ids, mask, labels = right_pad(rows, trained.tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = trained.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        kept = trained._batch_loss(rows)
+    assert kept.item() == pytest.approx(full.item(), rel=1e-5)
+
+
 def test_sft_rejects_examples_without_trained_tokens(trained):
     with pytest.raises(DataError, match="train_on_it"):
         trained.sft(examples=[[("only a prompt", False)]], epochs=1, lr=1e-3, batch_size=1)

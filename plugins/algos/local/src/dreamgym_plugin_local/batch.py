@@ -110,13 +110,20 @@ def response_logprobs(model, batch: TokenBatch, *, hidden: bool = False) -> tupl
     """Log-probabilities (B, R) of the response tokens, and optionally the last hidden
     state (B, R, H) at the position that predicts each of them (where a value head reads)."""
     device = next(model.parameters()).device
+    before = (batch.positions - 1).clamp(min=0)
+    # Logits only at the positions that predict a response token (logits_to_keep with explicit
+    # indices): the full (batch, length, vocab) tensor is most of the memory for a large
+    # vocabulary and a long prompt, while responses are a few tokens.
+    keep = torch.unique(before[batch.response_mask > 0]) if batch.response_mask.any() else torch.zeros(1, dtype=torch.long)
     out = model(
         input_ids=batch.input_ids.to(device),
         attention_mask=batch.attention_mask.to(device),
         output_hidden_states=hidden,
+        logits_to_keep=keep.to(device),
     )
-    before = (batch.positions - 1).clamp(min=0).to(device)
-    logits = out.logits.gather(1, before.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1])).float()
+    column = torch.searchsorted(keep, before).clamp(max=len(keep) - 1).to(device)  # padding columns: masked below
+    logits = out.logits.gather(1, column.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1])).float()
+    before = before.to(device)
     targets = batch.input_ids.to(device).gather(1, batch.positions.to(device))
     logp = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     logp = logp * batch.response_mask.to(device)

@@ -247,10 +247,24 @@ class Runner:
         )
         return {f"warmstart/{k.split('/')[-1]}": v for k, v in metrics.items()}
 
+    def _warm_policy(self, offline: list[Trajectory]) -> dict[str, float]:
+        """The SFT warm start, or the finished one found in the run directory (an earlier
+        attempt's, or one copied in so that several runs start RL from the same policy)."""
+        init = self.run_dir / "policy_init"
+        if (init / "done").exists() and hasattr(self.policy, "reload"):
+            self._say(f"reusing the warm-started policy in {init}")
+            self._reload_policy()
+            return {}
+        self._say("warm-starting the policy (SFT on demos)")
+        metrics = self._warmstart_policy(offline)
+        self._save_policy_init()
+        return metrics
+
     def _save_policy_init(self) -> None:
         """The warm-started policy backend (tokenizer included), which --resume rebuilds from."""
         if hasattr(self.policy, "save"):
             self.policy.save(path=str(self.run_dir / "policy_init"))
+            (self.run_dir / "policy_init" / "done").write_text("1\n")
 
     def _reload_policy(self) -> None:
         path = self.run_dir / "policy_init"
@@ -275,9 +289,7 @@ class Runner:
             pre.update(self._train_experience_model(offline))
             pre.update(self._fidelity())
             self._say(f"experience model: {_brief(pre)}")
-        self._say("warm-starting the policy (SFT on demos)")
-        pre.update(self._warmstart_policy(offline))
-        self._save_policy_init()
+        pre.update(self._warm_policy(offline))
         if evaluate_before:
             self._say("evaluating the warm-started policy on held-out real tasks")
             pre.update(self.evaluate(prefix="eval_before"))

@@ -5,8 +5,10 @@ Minutes, not the full budget: it proves the pipeline, not the learning (benchmar
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import torch
 
 from conftest import ROOT, run_cli
 
@@ -110,3 +112,35 @@ def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
         assert not [k for k in rows[0] if k.startswith(("fidelity/", "experience/"))]
     if mode == "s2r":
         assert summary["counters/synthetic_transitions"] > 0
+
+
+def test_a_finished_warm_start_in_the_run_dir_is_reused(tmp_path):
+    # Benchmarks copy one seed's warm-started policy into every row's run directory so that
+    # all methods start RL from the same weights; a run must then skip its own SFT.
+    from safetensors.torch import load_file
+
+    def run(run_dir, *extra):
+        args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
+                "--set", "experience.skip=true", "--set", "eval.before_training=false", "--set", "loop.iterations=0"]
+        for item in [*REDUCED, *extra]:
+            args += ["--set", item]
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    donor, reuser = tmp_path / "donor", tmp_path / "reuser"
+    first = run(donor)
+    assert "warm-starting the policy" in first.stderr and (donor / "policy_init" / "done").exists()
+    reuser.mkdir()
+    for name in ("offline.jsonl", "policy_init"):
+        (shutil.copytree if name == "policy_init" else shutil.copy)(donor / name, reuser / name)
+    second = run(reuser, "loop.warmstart_epochs=3")  # would train differently if it trained
+    assert "reusing the warm-started policy" in second.stderr and "warm-starting" not in second.stderr
+    assert not [k for k in _metric_rows(reuser)[0] if k.startswith("warmstart/")]
+    def weights(path):  # tied embeddings are saved under either name
+        return {k.replace("lm_head.", "model.embed_tokens."): v for k, v in load_file(str(path)).items()}
+
+    donor_weights = weights(donor / "policy_init" / "model.safetensors")
+    used = weights(reuser / "checkpoints" / "it-00000" / "algo" / "policy.safetensors")
+    assert donor_weights.keys() == used.keys()
+    assert all(torch.equal(donor_weights[k], used[k]) for k in used)

@@ -100,6 +100,24 @@ def test_loss_on_kept_positions_equals_the_full_logits_loss(trained, make_exampl
     assert kept.item() == pytest.approx(full.item(), rel=1e-5)
 
 
+def test_micro_batches_give_the_whole_batch_gradient(make_examples, small_config):
+    # Gradient accumulation over micro-batches (sft_micro_batch) weighs each by its labelled
+    # tokens, so the gradient equals the whole batch's although the rows differ in length.
+    # (Compared on gradients: Adam's first step is about lr * sign(g), which amplifies
+    # float noise on near-zero entries.)
+    examples = make_examples()[:6] + [[("a much longer prompt " * 6, False), (" take key.", True)]]
+    grads, losses = [], []
+    for micro in (None, 2):
+        backend = TinyBackend(small_config(sft_micro_batch=micro))
+        backend.prepare(corpus=["".join(t for t, _ in e) for e in examples])
+        losses.append(backend._accumulate(backend._trainable_rows(examples)))
+        grads.append({n: p.grad for n, p in backend.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], atol=1e-6), name
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_sft_rejects_examples_without_trained_tokens(trained):
     with pytest.raises(DataError, match="train_on_it"):
         trained.sft(examples=[[("only a prompt", False)]], epochs=1, lr=1e-3, batch_size=1)

@@ -39,6 +39,11 @@ class _Common(Config):
         bool, Meta(description="SFT: append a trained EOS token to examples whose last segment is trained.")
     ] = True
     grad_clip: Annotated[PositiveFloat, Meta(description="SFT: max gradient norm.")] = 1.0
+    sft_micro_batch: Annotated[
+        PositiveInt | None,
+        Meta(description="SFT: rows per forward/backward, gradients accumulated to the full batch "
+             "(bounds activation memory; None: the whole batch at once)."),
+    ] = None
     seed: Annotated[int, Meta(description="Seeds weight init (tiny) and SFT shuffling.")] = 0
     cpu_threads: Annotated[
         PositiveInt | None,

@@ -168,39 +168,91 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.1f}{spread} (n={len(values)})"
 
 
+def _cells(games: list[str], seeds: list[int]) -> dict[tuple[str, str], dict[int, dict]]:
+    """(game, row) -> seed -> current cell."""
+    return {(g, row): {s: c for s in seeds if (c := current(g, row, s))} for g in games for row in ROWS}
+
+
+def _paired_delta(cells: dict[int, dict], base: dict[int, dict]) -> str:
+    """Mean over seeds of (row - base) on the same seed: rows of a seed share the warm start."""
+    seeds = sorted(set(cells) & set(base))
+    if not seeds:
+        return "-"
+    return f"{100 * statistics.mean(cells[s]['success'] - base[s]['success'] for s in seeds):+.1f}"
+
+
+def _pair(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str, key: str = "success") -> tuple[float, float, int] | None:
+    """Means of ``key`` for rows a and b over the seeds both have (None when none)."""
+    seeds = sorted(set(table[(game, a)]) & set(table[(game, b)]))
+    if not seeds:
+        return None
+    mean = lambda row: statistics.mean(table[(game, row)][s][key] or 0 for s in seeds)  # noqa: E731
+    return mean(a), mean(b), len(seeds)
+
+
+def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
+    """The acceptance targets of the small-scale Table 1, on the seeds both compared rows have."""
+    dg, out = "GRPO DreamGym", []
+    if p := _pair(table, game, dg, "SFT"):
+        out.append(f"DreamGym >= SFT + 10: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}) -> {'met' if p[0] >= p[1] + 0.10 else 'missed'}")
+    if p := _pair(table, game, dg, "GRPO (real env)"):
+        out.append(f"DreamGym within 10 of real GRPO: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}) -> {'met' if p[0] >= p[1] - 0.10 else 'missed'}")
+    if (p := _pair(table, game, "GRPO DreamGym-S2R", "GRPO (real env)")) and (r := _pair(
+            table, game, "GRPO DreamGym-S2R", "GRPO (real env)", "real_transitions")):
+        share = r[0] / max(r[1], 1)
+        met = p[0] >= p[1] and share <= 0.1
+        out.append(f"S2R >= real GRPO with <= 1/10 of its real transitions: {100 * p[0]:.1f} vs {100 * p[1]:.1f}, "
+                   f"{r[0]:.0f} vs {r[1]:.0f} real transitions ({share:.0%}) (n={p[2]}) -> {'met' if met else 'missed'}")
+    for row in ("w/o retrieval", "w/o reasoning", "w/o curriculum"):
+        if p := _pair(table, game, row, dg):
+            out.append(f"{row} below the full method: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}) -> {'met' if p[0] < p[1] else 'missed'}")
+    return [f"- {game}: {line}" for line in out]
+
+
 def report(games: list[str], seeds: list[int]) -> str:
+    table = _cells(games, seeds)
     lines = [
         "# Table 1 at small scale (success % on held-out real test games, mean ± sd over seeds)",
         "",
         f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
         f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {PROTOCOL}.",
-        "Cells run on another base pipeline or protocol are left out; missing cells were not run.",
+        "Cells run on another base pipeline or protocol are left out; missing cells were not run. Every row of a",
+        "seed starts RL from the same warm-started policy, so \"vs SFT\" is a paired difference (mean over seeds).",
         "",
-        "| method | " + " | ".join(f"{g} success" for g in games) + " | real transitions (RL phase, mean) | offline transitions |",
-        "|---|" + "---|" * len(games) + "---|---|",
+        "| method | " + " | ".join(f"{g} success | {g} vs SFT | {g} real transitions" for g in games) + " |",
+        "|---|" + "---|---|---|" * len(games),
     ]
-    fidelity: dict[str, list[float]] = {}
-    missing = [row for row in ROWS if not any(current(g, row, s) for g in games for s in seeds)]
     for row in ROWS:
-        cells = {g: [c for s in seeds if (c := current(g, row, s))] for g in games}
-        found = [c for g in games for c in cells[g]]
-        if not found:
+        if not any(table[(g, row)] for g in games):
             continue
-        real = statistics.mean(c["real_transitions"] or 0 for c in found)
-        offline = statistics.mean(c["offline_transitions"] or 0 for c in found)
-        lines.append(
-            f"| {row} | " + " | ".join(_mean_sd([c["success"] for c in cells[g]]) for g in games) + f" | {real:.0f} | {offline:.0f} |"
-        )
-        if row == "GRPO DreamGym":
-            for c in found:
-                for k, v in c["fidelity"].items():
-                    fidelity.setdefault(k, []).append(v)
-    if missing:
-        lines += ["", "Not run yet: " + ", ".join(missing) + "."]
-    if fidelity:
-        lines += ["", "Experience-model fidelity on held-out real transitions (GRPO DreamGym runs, mean):", ""]
-        lines += [f"- {k}: {statistics.mean(v):.3f}" for k, v in sorted(fidelity.items())]
+        parts = []
+        for g in games:
+            cells = table[(g, row)]
+            real = f"{statistics.mean(c['real_transitions'] or 0 for c in cells.values()):.0f}" if cells else "-"
+            parts += [_mean_sd([c["success"] for c in cells.values()]), _paired_delta(cells, table[(g, "SFT")]), real]
+        lines.append(f"| {row} | " + " | ".join(parts) + " |")
+    missing = [(g, row, [s for s in seeds if s not in table[(g, row)]]) for g in games for row in ROWS]
+    if any(m for _, _, m in missing):
+        lines += ["", "Not run: " + "; ".join(f"{g} / {row} seeds {', '.join(map(str, m))}" for g, row, m in missing if m) + "."]
+    lines += ["", "Per seed (success %, seeds " + ", ".join(map(str, seeds)) + "):", ""]
+    for g in games:
+        for row in ROWS:
+            per = [f"{100 * table[(g, row)][s]['success']:.1f}" if s in table[(g, row)] else "-" for s in seeds]
+            lines.append(f"- {g} / {row}: " + " / ".join(per))
+    lines += ["", "Offline (seed) transitions, mean over seeds: " + ", ".join(
+        f"{g} {statistics.mean(c['offline_transitions'] for c in table[(g, 'SFT')].values()):.0f}" for g in games if table[(g, "SFT")]
+    ) + "."]
+    lines += ["", "Targets (means over seeds):", ""]
+    for g in games:
+        lines += _targets(g, table)
+    lines += ["", "Experience-model fidelity on held-out real transitions (GRPO DreamGym runs, mean over seeds):", ""]
+    for g in games:
+        fidelity: dict[str, list[float]] = {}
+        for c in table[(g, "GRPO DreamGym")].values():
+            for k, v in c["fidelity"].items():
+                fidelity.setdefault(k, []).append(v)
+        lines += [f"- {g} {k}: {statistics.mean(v):.3f}" for k, v in sorted(fidelity.items())]
     return "\n".join(lines) + "\n"
 
 

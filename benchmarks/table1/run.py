@@ -110,7 +110,7 @@ def share_from(game: str, row: str, seed: int, run_dir: Path) -> None:
         return
     donor = run_dir_of(game, "GRPO DreamGym", seed)
     if not (donor / "policy_init" / "done").exists():
-        raise SystemExit(f"{game}/{row}/seed{seed}: run the GRPO DreamGym row of this seed first (it is the donor)")
+        donor = rebuilt_donor(game, seed)
     run_dir.mkdir(parents=True)
     shutil.copy(donor / "offline.jsonl", run_dir / "offline.jsonl")
     shutil.copytree(donor / "policy_init", run_dir / "policy_init")
@@ -118,19 +118,47 @@ def share_from(game: str, row: str, seed: int, run_dir: Path) -> None:
         shutil.copytree(donor / "experience_model", run_dir / "experience_model")
 
 
-def run_cell(game: str, row: str, seed: int) -> dict:
-    run_dir = run_dir_of(game, row, seed)
-    share_from(game, row, seed, run_dir)
+def rebuilt_donor(game: str, seed: int) -> Path:
+    """The shared parts of a seed whose donor cell is cached but whose run directory is gone
+    (a fresh clone): the donor's pipeline up to RL (``loop.iterations=0``) in its own
+    directory. It must reproduce the cached warm start and fidelity, else the new rows
+    would not be paired with the cached ones of the seed."""
+    cached = current(game, "GRPO DreamGym", seed)
+    if cached is None:
+        raise SystemExit(f"{game}/seed{seed}: run the GRPO DreamGym row of this seed first (it is the donor)")
+    run_dir = run_dir_of(game, "GRPO DreamGym", seed).parent.parent / "donor-before-rl" / f"seed{seed}"
+    if not (run_dir / "policy_init" / "done").exists():
+        print(f"{game} | seed {seed}: rebuilding the donor's data, experience model and warm start", flush=True)
+        _dreamgym_run([*overrides(game, "GRPO DreamGym", seed, run_dir), "loop.iterations=0"], run_dir)
+    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    rebuilt = {"warmstart_success": first.get("eval_before/success_rate"),
+               "success_agreement": first.get("fidelity/success_agreement")}
+    expected = {"warmstart_success": cached["warmstart_success"],
+                "success_agreement": cached["fidelity"].get("fidelity/success_agreement")}
+    if rebuilt != expected:
+        raise SystemExit(f"{game}/seed{seed}: the rebuilt donor in {run_dir} gives {rebuilt}, the cached cell {expected}; "
+                         "its rows would not share one warm start (delete the seed's cells to rebuild them all)")
+    return run_dir
+
+
+def _dreamgym_run(items: list[str], run_dir: Path) -> dict:
+    """One ``dreamgym run`` of the base pipeline with ``--set`` items; its JSON summary."""
     args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(BASE)]
-    for item in overrides(game, row, seed, run_dir):
+    for item in items:
         args += ["--set", item]
     if (run_dir / "checkpoints").exists():
         args.append("--resume")
-    started = time.time()
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
-        raise SystemExit(f"{game}/{row}/seed{seed} failed:\n{done.stderr[-3000:]}")
-    summary = json.loads(done.stdout)
+        raise SystemExit(f"{run_dir} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def run_cell(game: str, row: str, seed: int) -> dict:
+    run_dir = run_dir_of(game, row, seed)
+    share_from(game, row, seed, run_dir)
+    started = time.time()
+    summary = _dreamgym_run(overrides(game, row, seed, run_dir), run_dir)
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     cell = {
         "game": game, "row": row, "seed": seed, "wall_seconds": round(time.time() - started, 1),

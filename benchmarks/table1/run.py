@@ -84,6 +84,17 @@ def git_commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def machine() -> str:
+    """The CPU a cell ran on: float rounding, hence the chaotic warm start, depends on it
+    (results/diagnosis.md: the same code and seed gave 0.44 and 0.00 on two machines)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    simd = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    return f"{platform.machine()}, {models[0] if models else platform.processor()}, {len(models)} cpus, {simd}"
+
+
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
@@ -137,7 +148,8 @@ def rebuilt_donor(game: str, seed: int) -> Path:
                 "success_agreement": cached["fidelity"].get("fidelity/success_agreement")}
     if rebuilt != expected:
         raise SystemExit(f"{game}/seed{seed}: the rebuilt donor in {run_dir} gives {rebuilt}, the cached cell {expected}; "
-                         "its rows would not share one warm start (delete the seed's cells to rebuild them all)")
+                         "its rows would not share one warm start (float rounding differs between code versions and CPUs; "
+                         "delete the seed's cells of this game to rebuild them all on this machine)")
     return run_dir
 
 
@@ -162,7 +174,7 @@ def run_cell(game: str, row: str, seed: int) -> dict:
     first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     cell = {
         "game": game, "row": row, "seed": seed, "wall_seconds": round(time.time() - started, 1),
-        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": git_commit(),
+        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": git_commit(), "machine": machine(),
         "overrides": overrides(game, row, seed, Path("<run_dir>")),
         "success": summary.get("eval/success_rate"),
         "success_ci": [summary.get("eval/success_ci_low"), summary.get("eval/success_ci_high")],

@@ -249,6 +249,15 @@ def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]]) -> list[s
     return [f"- {game}: {line}" for line in out]
 
 
+def _machines(table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
+    """Which machine ran which game's seeds (warm starts differ between machines)."""
+    where: dict[str, set[str]] = {}
+    for (game, _), cells in table.items():
+        for seed, cell in cells.items():
+            where.setdefault(cell.get("machine", "a machine not recorded"), set()).add(f"{game} {seed}")
+    return [f"Run on {name}: " + ", ".join(sorted(runs)) + "." for name, runs in sorted(where.items())]
+
+
 def report(games: list[str], seeds: list[int]) -> str:
     table = _cells(games, seeds)
     lines = [
@@ -259,6 +268,8 @@ def report(games: list[str], seeds: list[int]) -> str:
         f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {PROTOCOL}.",
         "Cells run on another base pipeline or protocol are left out; missing cells were not run. Every row of a",
         "seed starts RL from the same warm-started policy, so \"vs SFT\" is a paired difference (mean over seeds).",
+        "Rows may cover different seeds: \"vs SFT\" and the targets use the seeds both rows have.",
+        *_machines(table),
         "",
         "| method | " + " | ".join(f"{g} success | {g} vs SFT | {g} real transitions" for g in games) + " |",
         "|---|" + "---|---|---|" * len(games),

@@ -42,7 +42,9 @@ def test_backfill_recall_rises_to_one(tmp_path, distinct):
         recalls.append(_recall(b, reference, stored, queries))
     assert b.backfill_progress == (600, 600)
     assert recalls[-1] == 1.0 and recalls[0] < 1.0
-    assert recalls[len(recalls) // 2] > recalls[0]
+    # Old-space candidates are re-scored with the new encoder, so recall climbs with the
+    # backfilled share (merged raw, old cosines crowded out new ones: 0.30 at half way).
+    assert recalls[len(recalls) // 2] >= (recalls[0] + 1.0) / 2
     assert list(b.stats()["spaces"]) == [HashingEncoder(NEW).id]
     b.close()
     reopened = ExactBuffer(cfg, encoder=HashingEncoder(NEW), path=tmp_path)

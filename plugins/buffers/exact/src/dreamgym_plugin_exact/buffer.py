@@ -3,7 +3,9 @@
 Rows are kept in insertion order. Each encoder id that embedded some rows has its
 own :class:`Space` (a growable float32 matrix plus a "has a vector" mask). Queries
 are answered per space and merged by score (distance rank merge), so a buffer in
-the middle of a backfill answers from old and new embeddings at once. Subclasses
+the middle of a backfill answers from old and new embeddings at once; an old space's
+candidates are re-scored with the current encoder first, because cosines of two
+encoders are not on one scale. Subclasses
 change how the current space is searched (see the annoy backend).
 """
 
@@ -361,19 +363,38 @@ class ExactBuffer:
         if k <= 0 or self._live == 0:
             return [[] for _ in queries]
         texts = [embedding_text(state, action) for state, action in queries]
+        now = _encode(self.encoder, texts)
         per_space = []
         for space, n, mask in self._snapshot():
             encoder = self._encoders.get(space.encoder_id)
             if encoder is None or not mask.any():
                 continue
-            q = np.ascontiguousarray(encoder.encode(texts=texts), dtype=np.float32)
-            per_space.append(self._search(space, q, k, n, mask))
+            if space.encoder_id == self.encoder.id:
+                per_space.append(self._search(space, now, k, n, mask))
+            else:
+                per_space.append(self._rescored(self._search(space, _encode(encoder, texts), k, n, mask), now))
         records = self._records
         results = []
         for i in range(len(queries)):
             rows = merge_ranked([hits[i] for hits in per_space], k)
             results.append([records[r] for r in rows])
         return results
+
+    def _rescored(self, hits: list[tuple[np.ndarray, np.ndarray]], now: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """An old space's (rows, scores) per query, scored again with the current encoder.
+
+        Old and new cosines are not comparable (the hashing encoder at 64 dims scores
+        every pair higher than at 256 with bigrams), so merging them raw lets the
+        old space crowd out the new one until the backfill ends."""
+        rows = [row for ids, _ in hits for row in ids.tolist()]
+        if not rows:
+            return hits
+        vectors = _encode(self.encoder, [embedding_text(self._records[r].state, self._records[r].action) for r in rows])
+        out, start = [], 0
+        for i, (ids, _) in enumerate(hits):
+            out.append((ids, vectors[start : start + len(ids)] @ now[i]))
+            start += len(ids)
+        return out
 
     def _snapshot(self) -> list[tuple[Space, int, np.ndarray]]:
         """Per space: rows visible now and the mask of rows to search there.
@@ -539,3 +560,7 @@ class ExactBuffer:
                 fh.write(encoder.encode(t) + b"\n")
                 count += 1
         return count
+
+
+def _encode(encoder: Any, texts: list[str]) -> np.ndarray:
+    return np.ascontiguousarray(encoder.encode(texts=texts), dtype=np.float32)

@@ -18,6 +18,21 @@ def test_topk_matches_full_sort():
     assert np.all(np.diff(scores, axis=1) <= 0)
 
 
+def test_ties_go_to_the_earliest_rows_in_rank_order():
+    # Rows 3..9 tie with the query; argpartition alone may pick any 3 of them, and which
+    # ones would differ between CPUs (SIMD partition) and summation orders.
+    data = np.zeros((12, 4), dtype=np.float32)
+    data[:, 1] = 1.0
+    data[3:10] = [1.0, 0.0, 0.0, 0.0]
+    data[11] = [0.6, 0.8, 0.0, 0.0]
+    idx, scores = topk_cosine(np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32), data, 4)
+    assert idx.tolist() == [[3, 4, 5, 6]] and scores.tolist() == [[1.0, 1.0, 1.0, 1.0]]
+    idx, _ = topk_cosine(np.array([[0.6, 0.8, 0.0, 0.0]], dtype=np.float32), data, 3)
+    assert idx.tolist() == [[11, 0, 1]]  # 11 scores 1.0; rows 0-2 and 10 tie at 0.8
+    idx, _ = topk_cosine(np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32), data, 8)
+    assert idx.tolist() == [[3, 4, 5, 6, 7, 8, 9, 11]]  # the whole tie inside the top k
+
+
 def test_topk_respects_mask_and_small_sets():
     rng = np.random.default_rng(1)
     data, queries = _unit(rng, 10, 8), _unit(rng, 3, 8)

@@ -35,13 +35,33 @@ def topk_cosine(
     k = min(k, eligible)
     if k <= 0 or queries.shape[0] == 0:
         return np.zeros((queries.shape[0], 0), dtype=np.int64), np.zeros((queries.shape[0], 0), dtype=np.float32)
-    scores = queries @ matrix.T
+    # Scores equal to 1e-6 are ties, and ties go to the earlier row: which of several
+    # equally similar rows comes back must not depend on the CPU's summation order or on
+    # numpy's SIMD partition (the hashing encoder gives many exact ties).
+    scores = np.round(queries @ matrix.T, 6)
     if mask is not None:
         scores[:, ~mask] = -np.inf
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(queries), 1))
     part_scores = np.take_along_axis(scores, part, axis=1)
+    if k < n:
+        part = np.sort(_earliest_of_ties(scores, part, part_scores.min(axis=1)), axis=1)
+        part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+
+
+def _earliest_of_ties(scores: np.ndarray, part: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """``part`` with the rows scoring exactly ``cut`` (the k-th best) replaced by the
+    earliest such rows; only queries whose tie at the cut spills past k are touched."""
+    k = part.shape[1]
+    spills = np.flatnonzero((scores == cut[:, None]).sum(axis=1) > (np.take_along_axis(scores, part, axis=1) == cut[:, None]).sum(axis=1))
+    if not len(spills):
+        return part
+    part = part.copy()
+    for i in spills:
+        above = np.flatnonzero(scores[i] > cut[i])
+        part[i] = np.concatenate([above, np.flatnonzero(scores[i] == cut[i])[: k - len(above)]])
+    return part
 
 
 def merge_ranked(lists: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[int]:

@@ -283,14 +283,17 @@ def report(games: list[str], seeds: list[int]) -> str:
             real = f"{statistics.mean(c['real_transitions'] or 0 for c in cells.values()):.0f}" if cells else "-"
             parts += [_mean_sd([c["success"] for c in cells.values()]), _paired_delta(cells, table[(g, "SFT")]), real]
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
-    missing = [(g, row, [s for s in seeds if s not in table[(g, row)]]) for g in games for row in ROWS]
+    # A game's seeds: those with any cell of that game (one game may have more seeds than another).
+    game_seeds = {g: [s for s in seeds if any(s in table[(g, row)] for row in ROWS)] for g in games}
+    missing = [(g, row, [s for s in game_seeds[g] if s not in table[(g, row)]]) for g in games for row in ROWS]
     if any(m for _, _, m in missing):
         lines += ["", "Not run: " + "; ".join(f"{g} / {row} seeds {', '.join(map(str, m))}" for g, row, m in missing if m) + "."]
-    lines += ["", "Per seed (success %, seeds " + ", ".join(map(str, seeds)) + "):", ""]
+    lines += ["", "Per seed (success %):", ""]
     for g in games:
+        lines.append(f"- {g}, seeds {', '.join(map(str, game_seeds[g]))}:")
         for row in ROWS:
-            per = [f"{100 * table[(g, row)][s]['success']:.1f}" if s in table[(g, row)] else "-" for s in seeds]
-            lines.append(f"- {g} / {row}: " + " / ".join(per))
+            per = [f"{100 * table[(g, row)][s]['success']:.1f}" if s in table[(g, row)] else "-" for s in game_seeds[g]]
+            lines.append(f"  - {row}: " + " / ".join(per))
     lines += ["", "Offline (seed) transitions, mean over seeds: " + ", ".join(
         f"{g} {statistics.mean(c['offline_transitions'] for c in table[(g, 'SFT')].values()):.0f}" for g in games if table[(g, "SFT")]
     ) + "."]

@@ -19,7 +19,7 @@ def test_topk_matches_full_sort():
 
 
 def test_ties_go_to_the_earliest_rows_in_rank_order():
-    # Rows 3..9 tie with the query; argpartition alone may pick any 3 of them, and which
+    # Rows 3..9 tie with the query; argpartition alone may pick any 4 of them, and which
     # ones would differ between CPUs (SIMD partition) and summation orders.
     data = np.zeros((12, 4), dtype=np.float32)
     data[:, 1] = 1.0

@@ -385,7 +385,8 @@ class ExactBuffer:
 
         Old and new cosines are not comparable (the hashing encoder at 64 dims scores
         every pair higher than at 256 with bigrams), so merging them raw lets the
-        old space crowd out the new one until the backfill ends."""
+        old space crowd out the new one until the backfill ends. Costs k encodes per
+        query, and only while a backfill runs (otherwise there is one space)."""
         rows = [row for ids, _ in hits for row in ids.tolist()]
         if not rows:
             return hits

@@ -87,11 +87,9 @@ def git_commit() -> str:
 def machine() -> str:
     """The CPU a cell ran on: float rounding, hence the chaotic warm start, depends on it
     (results/diagnosis.md: the same code and seed gave 0.44 and 0.00 on two machines)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-              if line.startswith("model name")] if cpuinfo.exists() else []
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    simd = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    simd = "avx512" if "avx512f" in cpuinfo else "avx2" if "avx2" in cpuinfo else "no avx2"
     return f"{platform.machine()}, {models[0] if models else platform.processor()}, {len(models)} cpus, {simd}"
 
 
@@ -141,7 +139,7 @@ def rebuilt_donor(game: str, seed: int) -> Path:
     if not (run_dir / "policy_init" / "done").exists():
         print(f"{game} | seed {seed}: rebuilding the donor's data, experience model and warm start", flush=True)
         _dreamgym_run([*overrides(game, "GRPO DreamGym", seed, run_dir), "loop.iterations=0"], run_dir)
-    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    first = _before_rl_metrics(run_dir)
     rebuilt = {"warmstart_success": first.get("eval_before/success_rate"),
                "success_agreement": first.get("fidelity/success_agreement")}
     expected = {"warmstart_success": cached["warmstart_success"],
@@ -151,6 +149,11 @@ def rebuilt_donor(game: str, seed: int) -> Path:
                          "its rows would not share one warm start (float rounding differs between code versions and CPUs; "
                          "delete the seed's cells of this game to rebuild them all on this machine)")
     return run_dir
+
+
+def _before_rl_metrics(run_dir: Path) -> dict:
+    """The run's first metrics row: evaluations and fidelity before RL."""
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
 
 
 def _dreamgym_run(items: list[str], run_dir: Path) -> dict:
@@ -171,7 +174,7 @@ def run_cell(game: str, row: str, seed: int) -> dict:
     share_from(game, row, seed, run_dir)
     started = time.time()
     summary = _dreamgym_run(overrides(game, row, seed, run_dir), run_dir)
-    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    first = _before_rl_metrics(run_dir)
     cell = {
         "game": game, "row": row, "seed": seed, "wall_seconds": round(time.time() - started, 1),
         "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": git_commit(), "machine": machine(),

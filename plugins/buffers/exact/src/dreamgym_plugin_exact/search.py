@@ -44,17 +44,17 @@ def topk_cosine(
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(queries), 1))
     part_scores = np.take_along_axis(scores, part, axis=1)
     if k < n:
-        part = np.sort(_earliest_of_ties(scores, part, part_scores.min(axis=1)), axis=1)
+        part = np.sort(_earliest_of_ties(scores, part, part_scores), axis=1)
         part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
-def _earliest_of_ties(scores: np.ndarray, part: np.ndarray, cut: np.ndarray) -> np.ndarray:
-    """``part`` with the rows scoring exactly ``cut`` (the k-th best) replaced by the
+def _earliest_of_ties(scores: np.ndarray, part: np.ndarray, part_scores: np.ndarray) -> np.ndarray:
+    """``part`` with the rows scoring exactly the k-th best score (the cut) replaced by the
     earliest such rows; only queries whose tie at the cut spills past k are touched."""
-    k = part.shape[1]
-    spills = np.flatnonzero((scores == cut[:, None]).sum(axis=1) > (np.take_along_axis(scores, part, axis=1) == cut[:, None]).sum(axis=1))
+    k, cut = part.shape[1], part_scores.min(axis=1)
+    spills = np.flatnonzero((scores == cut[:, None]).sum(axis=1) > (part_scores == cut[:, None]).sum(axis=1))
     if not len(spills):
         return part
     part = part.copy()

@@ -97,7 +97,7 @@ class LoopConfig(Config):
     history_window: Annotated[NonNegativeInt, Meta(description="Earlier (state, action) pairs shown to models.")] = 4
     top_k: Annotated[NonNegativeInt, Meta(description="Retrieved transitions per experience-model step.")] = 4
     real_budget: Annotated[
-        NonNegativeInt, Meta(description="s2r: real transitions allowed after the synthetic phase.")
+        NonNegativeInt, Meta(description="s2r: real transitions allowed after the synthetic phase (a hard cap: a real iteration runs only the groups that fit even at max_steps).")
     ] = 0
     s2r_synthetic_share: Annotated[
         Probability, Meta(description="s2r: share of iterations run in the synthetic environment first.")
@@ -148,8 +148,12 @@ class PipelineConfig(Config):
                 raise ValueError(
                     f"loop.mode={self.loop.mode!r} needs {', '.join(missing)}; set them or use mode 'real'"
                 )
-        if self.loop.mode == "s2r" and self.loop.real_budget == 0:
-            raise ValueError("loop.mode='s2r' needs loop.real_budget > 0 (real transitions for the real phase)")
+        group_cap = self.loop.group_size * self.loop.max_steps
+        if self.loop.mode == "s2r" and self.loop.real_budget < group_cap:
+            raise ValueError(
+                f"loop.mode='s2r' needs loop.real_budget >= group_size * max_steps = {group_cap} "
+                f"(one real group at most; got {self.loop.real_budget})"
+            )
 
 
 # Components of a pipeline and the kind each one is, in build order.

@@ -302,13 +302,22 @@ class Runner:
         mode = self.cfg.loop.mode
         if mode == "s2r":
             synthetic_iters = math.ceil(self.cfg.loop.iterations * self.cfg.loop.s2r_synthetic_share)
-            if iteration < synthetic_iters or self.counters["real_transitions"] >= self.cfg.loop.real_budget:
+            if iteration < synthetic_iters or not self._real_tasks_left():
                 return "synthetic"
             return "real"
         return "synthetic" if mode == "dreamgym" else "real"
 
-    def _select_tasks(self) -> list[Task]:
+    def _real_tasks_left(self) -> int:
+        """s2r: groups that fit in what is left of the real budget even if every episode runs
+        to max_steps, so the budget is a hard cap and not overrun by a whole iteration."""
+        loop = self.cfg.loop
+        left = loop.real_budget - int(self.counters["real_transitions"])
+        return max(0, left // (loop.group_size * loop.max_steps))
+
+    def _select_tasks(self, phase: str) -> list[Task]:
         n = self.cfg.loop.tasks_per_iteration
+        if phase == "real" and self.cfg.loop.mode == "s2r":
+            n = min(n, self._real_tasks_left())
         if self.curriculum is not None:
             return self.curriculum.next_tasks(n=n)
         rng = random.Random(self.cfg.seed * 1_000_003 + int(self.counters["iteration"]))
@@ -385,7 +394,7 @@ class Runner:
         self.counters["iteration"] = iteration
         self.hook.dreamgym_before_iteration(iteration=iteration, state=dict(self.counters))
         phase = self._phase(iteration)
-        tasks = self._select_tasks()
+        tasks = self._select_tasks(phase)
         groups, stats = self._rollout(tasks, phase, iteration)
         self._store(groups, phase)
         metrics = self._update(groups)

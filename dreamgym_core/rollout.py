@@ -38,6 +38,7 @@ class RolloutStats:
         eps = max(self.episodes, 1)
         return {
             f"{prefix}/success_rate": self.successes / eps,
+            f"{prefix}/episodes": float(self.episodes),
             f"{prefix}/episode_length": self.steps / eps,
             f"{prefix}/steps": float(self.steps),
             f"errors/{prefix}_unparsed_actions": float(self.unparsed_actions),

@@ -53,6 +53,11 @@ def test_constraint_and_cross_field_errors(tmp_path):
     data = pipeline_dict(str(tmp_path / "run"), mode="dreamgym")
     with pytest.raises(ConfigError, match="needs experience_model, encoder, buffer"):
         load_pipeline(write(tmp_path, data))
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["loop"].update(mode="s2r", group_size=4, max_steps=6, real_budget=23)
+    data.update({k: {"name": "x"} for k in ("experience_model", "encoder", "buffer")})
+    with pytest.raises(ConfigError, match=r"real_budget >= group_size \* max_steps = 24 .*got 23"):
+        load_pipeline(write(tmp_path, data))
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

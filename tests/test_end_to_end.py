@@ -95,7 +95,7 @@ def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
 def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
     args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={tmp_path / 'run'}", "--set", f"loop.mode={mode}",
             "--set", "eval.before_training=false", "--set", "loop.iterations=2", "--set", "loop.s2r_synthetic_share=0.5",
-            "--set", "loop.real_budget=4"]
+            "--set", "loop.real_budget=9"]
     for item in REDUCED:
         if not item.startswith("loop.iterations"):
             args += ["--set", item]
@@ -112,6 +112,9 @@ def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
         assert not [k for k in rows[0] if k.startswith(("fidelity/", "experience/"))]
     if mode == "s2r":
         assert summary["counters/synthetic_transitions"] > 0
+        # A budget of 9 fits one group of 2 episodes of at most 3 steps, not the iteration's 2 groups.
+        assert [r["rollout/episodes"] for r in rows if r["step"] == 1] == [2.0]
+        assert summary["counters/real_transitions"] <= 9
 
 
 def test_a_finished_warm_start_in_the_run_dir_is_reused(tmp_path):

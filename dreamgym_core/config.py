@@ -104,6 +104,10 @@ class LoopConfig(Config):
     ] = 0.75
     warmstart_epochs: Annotated[NonNegativeInt, Meta(description="SFT epochs on offline expert demos before RL.")] = 1
     warmstart_lr: Annotated[PositiveFloat, Meta(description="Learning rate of the warm-start SFT.")] = 1e-3
+    warmstart_select_episodes: Annotated[
+        NonNegativeInt,
+        Meta(description="Greedy episodes on the 'valid' split after each warm-start epoch; the best epoch is kept (0: the last)."),
+    ] = 0
     checkpoint_every: Annotated[PositiveInt, Meta(description="Iterations between checkpoints.")] = 1
     sampling_temperature: Annotated[PositiveFloat, Meta(description="Policy temperature in rollouts.")] = 1.0
     experience_temperature: Annotated[PositiveFloat, Meta(description="M_exp temperature.")] = 0.7

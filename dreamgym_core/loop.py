@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -241,11 +242,23 @@ class Runner:
         if not epochs or not examples:
             return {}
         exp = self.cfg.experience
+        selector = self._epoch_selector(epochs) if self.cfg.loop.warmstart_select_episodes else None
         metrics = self.policy.sft(
             examples=[[(p, False), (r, True)] for p, r in examples],
             epochs=epochs, lr=self.cfg.loop.warmstart_lr, batch_size=exp.batch_size,
+            **({"on_epoch": selector.after_epoch} if selector else {}),
         )
-        return {f"warmstart/{k.split('/')[-1]}": v for k, v in metrics.items()}
+        metrics = {f"warmstart/{k.split('/')[-1]}": v for k, v in metrics.items()}
+        if selector:
+            metrics.update(selector.restore_best())
+        return metrics
+
+    def _epoch_selector(self, epochs: int) -> EpochSelector:
+        episodes = self.cfg.loop.warmstart_select_episodes
+        return EpochSelector(
+            score=lambda: self.evaluate(prefix="valid", split="valid", episodes=episodes)["valid/success_rate"],
+            policy=self.policy, snapshot=self.run_dir / "policy_warmstart_best", epochs=epochs, say=self._say,
+        )
 
     def _warm_policy(self, offline: list[Trajectory]) -> dict[str, float]:
         """The SFT warm start, or the finished one found in the run directory (an earlier
@@ -459,6 +472,39 @@ _BRIEF_KEYS = (
 def _brief(metrics: dict[str, float]) -> str:
     shown = [f"{k}={metrics[k]:.3g}" for k in _BRIEF_KEYS if isinstance(metrics.get(k), (int, float))]
     return ", ".join(shown) or "-"
+
+
+class EpochSelector:
+    """Keeps the SFT epoch that scores best on validation tasks (early stopping without the stop).
+
+    The warm start of a small policy swings between epochs on held-out games (results of
+    benchmarks/table1), so the last epoch is a lottery ticket; the best validation epoch is
+    not. Ties keep the earliest such epoch: it has fitted the demos least."""
+
+    def __init__(self, *, score: Any, policy: Any, snapshot: Path, epochs: int, say: Any) -> None:
+        self.score, self.policy, self.snapshot, self.epochs, self.say = score, policy, snapshot, epochs, say
+        self.best_epoch, self.best_score, self.scores = 0, -math.inf, []
+
+    def after_epoch(self, epoch: int, loss: float) -> None:
+        value = float(self.score())
+        self.scores.append(value)
+        better = value > self.best_score
+        if better:
+            self.best_epoch, self.best_score = epoch, value
+            if epoch < self.epochs:  # the last epoch's weights are in the model anyway
+                self.policy.save(path=str(self.snapshot))
+        self.say(f"warm start epoch {epoch}/{self.epochs}: loss {loss:.4g}, valid success {value:.3f}{' (best)' if better else ''}")
+
+    def restore_best(self) -> dict[str, float]:
+        if self.best_epoch and self.best_epoch < self.epochs:
+            self.policy.reload(path=str(self.snapshot))
+        if self.snapshot.exists():
+            shutil.rmtree(self.snapshot)
+        return {
+            "warmstart/best_epoch": float(self.best_epoch),
+            "warmstart/valid_success": self.best_score if self.scores else 0.0,
+            "warmstart/valid_success_last": self.scores[-1] if self.scores else 0.0,
+        }
 
 
 def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ contract.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,8 +102,19 @@ class LanguageModel(Protocol):
 class TrainableLanguageModel(LanguageModel, Protocol):
     """A backend with local weights that supports supervised fine-tuning."""
 
-    def sft(self, *, examples: Sequence[Sequence[tuple[str, bool]]], epochs: int, lr: float, batch_size: int) -> Metrics:
-        """Train on examples made of (text segment, train-on-it) pairs; returns metrics."""
+    def sft(
+        self,
+        *,
+        examples: Sequence[Sequence[tuple[str, bool]]],
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        on_epoch: Callable[[int, float], None] | None = None,
+    ) -> Metrics:
+        """Train on examples made of (text segment, train-on-it) pairs; returns metrics.
+
+        ``on_epoch(epoch, mean_loss)``, when given, is called after each epoch (1-based) with
+        the model in inference mode, e.g. to score a checkpoint on validation tasks."""
 
     def save(self, *, path: str) -> None: ...
 

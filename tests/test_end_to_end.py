@@ -147,3 +147,22 @@ def test_a_finished_warm_start_in_the_run_dir_is_reused(tmp_path):
     used = weights(reuser / "checkpoints" / "it-00000" / "algo" / "policy.safetensors")
     assert donor_weights.keys() == used.keys()
     assert all(torch.equal(donor_weights[k], used[k]) for k in used)
+
+
+def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
+    # Real TextWorldExpress validation games scored after each of 3 SFT epochs; the run keeps
+    # the best epoch's weights as its warm start and reports which epoch that was.
+    run_dir = tmp_path / "run"
+    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
+            "--set", "experience.skip=true", "--set", "loop.iterations=0"]
+    for item in [*REDUCED, "loop.warmstart_epochs=3", "loop.warmstart_select_episodes=2", "env.config.valid_seeds=2"]:
+        args += ["--set", item]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "warm start epoch" in line]
+    assert [line.split("warm start epoch ")[1][:3] for line in lines] == ["1/3", "2/3", "3/3"]
+    first = _metric_rows(run_dir)[0]
+    scores = [float(line.split("valid success ")[1][:5]) for line in lines]
+    assert first["warmstart/best_epoch"] == 1 + scores.index(max(scores))
+    assert first["warmstart/valid_success"] == max(scores) and first["warmstart/valid_success_last"] == scores[-1]
+    assert not (run_dir / "policy_warmstart_best").exists() and (run_dir / "policy_init" / "done").exists()

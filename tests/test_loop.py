@@ -208,3 +208,44 @@ def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_pa
     assert result["checkpoint_iteration"] == 2
     assert result["eval/episodes"] == 5.0
     assert result["eval/success_ci_low"] <= result["eval/success_rate"] <= result["eval/success_ci_high"]
+
+
+class _SavedWeights:
+    """Stands in for a policy backend's save/reload: 'weights' are the epoch number."""
+
+    def __init__(self) -> None:
+        self.weights, self.saved, self.saves = 0, {}, []
+
+    def save(self, *, path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.saved[path] = self.weights
+        self.saves.append(self.weights)
+
+    def reload(self, *, path: str) -> None:
+        self.weights = self.saved[path]
+
+
+def _select(tmp_path, scores):
+    from dreamgym_core.loop import EpochSelector
+
+    policy, lines = _SavedWeights(), []
+    values = iter(scores)
+    selector = EpochSelector(score=lambda: next(values), policy=policy, snapshot=tmp_path / "best", epochs=len(scores), say=lines.append)
+    for epoch in range(1, len(scores) + 1):
+        policy.weights = epoch  # one more epoch of training
+        selector.after_epoch(epoch, loss=1.0 / epoch)
+    return policy, selector.restore_best(), lines
+
+
+def test_warm_start_keeps_the_earliest_best_validation_epoch(tmp_path):
+    policy, metrics, lines = _select(tmp_path, [0.1, 0.5, 0.3, 0.5, 0.2])
+    assert policy.weights == 2  # epoch 4 ties with 2; the earlier one has fitted the demos less
+    assert metrics == {"warmstart/best_epoch": 2.0, "warmstart/valid_success": 0.5, "warmstart/valid_success_last": 0.2}
+    assert not (tmp_path / "best").exists()  # the snapshot is removed once restored
+    assert "(best)" in lines[1] and "(best)" not in lines[3]
+
+
+def test_warm_start_whose_last_epoch_is_best_reloads_nothing(tmp_path):
+    policy, metrics, _ = _select(tmp_path, [0.0, 0.25, 0.75])
+    assert policy.weights == 3 and metrics["warmstart/best_epoch"] == 3.0
+    assert policy.saves == [1, 2]  # the last epoch needs no snapshot

@@ -69,6 +69,23 @@ def test_sft_reduces_loss(make_examples, small_config):
     assert after < before * 0.8
 
 
+def test_sft_calls_on_epoch_after_each_epoch_in_eval_mode(make_examples, small_config):
+    backend = TinyBackend(small_config())
+    backend.prepare(corpus=["".join(t for t, _ in e) for e in make_examples()])
+    seen = []
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        # what a validation callback would measure: the weights as they are after this epoch
+        seen.append((epoch, round(loss, 6), backend.model.training, round(backend.evaluate_loss(examples=make_examples()), 6)))
+
+    metrics = backend.sft(examples=make_examples(), epochs=3, lr=3e-3, batch_size=8, on_epoch=on_epoch)
+    assert [e for e, *_ in seen] == [1, 2, 3]
+    assert not any(training for _, _, training, _ in seen)
+    assert seen[0][1] == round(metrics["losses/sft_loss_first"], 6) and seen[-1][1] == round(metrics["losses/sft_loss"], 6)
+    assert seen[-1][3] == round(backend.evaluate_loss(examples=make_examples()), 6)  # no update after the last call
+    assert backend.model.training is False
+
+
 def test_prompt_tokens_are_masked_out_of_the_labels(trained, make_examples):
     prompt, target = make_examples()[0]
     ids, labels = trained.encode_example([prompt, target])

@@ -8,7 +8,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -286,8 +286,17 @@ class HFBackend:
         losses = [self._batch_loss(rows[i : i + batch_size]).item() for i in range(0, len(rows), batch_size)]
         return sum(losses) / len(losses)
 
-    def sft(self, *, examples: Sequence[Example], epochs: int, lr: float, batch_size: int) -> dict[str, float]:
-        """Supervised fine-tuning; loss only on segments marked train_on_it."""
+    def sft(
+        self,
+        *,
+        examples: Sequence[Example],
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        on_epoch: Callable[[int, float], None] | None = None,
+    ) -> dict[str, float]:
+        """Supervised fine-tuning; loss only on segments marked train_on_it. ``on_epoch(epoch,
+        mean_loss)`` runs after each epoch with the model in eval mode (validation, snapshots)."""
         if epochs < 1 or batch_size < 1 or lr <= 0:
             raise ConfigError(f"hf: sft needs epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})")
         rows = self._trainable_rows(examples)
@@ -297,7 +306,7 @@ class HFBackend:
         epoch_means: list[float] = []
         self.model.train()
         try:
-            for _ in range(epochs):
+            for epoch in range(1, epochs + 1):
                 index = list(range(len(rows)))
                 order.shuffle(index)
                 losses = []
@@ -307,6 +316,10 @@ class HFBackend:
                     torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
                     optimiser.step()
                 epoch_means.append(sum(losses) / len(losses))
+                if on_epoch is not None:
+                    self.model.eval()
+                    on_epoch(epoch, epoch_means[-1])
+                    self.model.train()
         finally:
             self.model.eval()
         return {

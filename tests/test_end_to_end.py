@@ -19,7 +19,8 @@ pytest.importorskip("dreamgym_plugin_local")
 REDUCED = [
     "env.config.train_seeds=6", "env.config.test_seeds=4",
     "data.expert_episodes=6", "data.noisy_episodes=2", "data.random_episodes=2",
-    "experience.epochs=1", "loop.warmstart_epochs=1", "loop.iterations=2",
+    "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "env.config.valid_seeds=2",
+    "loop.iterations=2",
     "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=3", "eval.episodes=4",
 ]
 
@@ -155,7 +156,7 @@ def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
     run_dir = tmp_path / "run"
     args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
             "--set", "experience.skip=true", "--set", "loop.iterations=0"]
-    for item in [*REDUCED, "loop.warmstart_epochs=3", "loop.warmstart_select_episodes=2", "env.config.valid_seeds=2"]:
+    for item in [*REDUCED, "loop.warmstart_epochs=3"]:
         args += ["--set", item]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -58,7 +58,8 @@ ROWS: dict[str, list[str]] = {
     "GRPO DreamGym": [],
     "PPO DreamGym": ["algo.name=ppo", "algo.config={lr: 1.0e-4, max_new_tokens: 24, minibatch_size: 16, value_lr: 1.0e-3}"],
     # 6 synthetic iterations, then real ones until the budget of real transitions is spent.
-    "GRPO DreamGym-S2R": ["loop.mode=s2r", "loop.iterations=7", "loop.s2r_synthetic_share=0.85", "loop.real_budget=30"],
+    # (The budget is a hard cap: one real group of 4 episodes fits 32 on both games.)
+    "GRPO DreamGym-S2R": ["loop.mode=s2r", "loop.iterations=7", "loop.s2r_synthetic_share=0.85", "loop.real_budget=32"],
     "w/o retrieval": ["loop.top_k=0"],
     "w/o reasoning": ["experience.annotator=none"],
     "w/o curriculum": ["plugins=[textworld, hf, local, encoders, exact, uniform]", "curriculum.name=uniform"],
@@ -71,7 +72,9 @@ SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curri
 BASE = ROOT / "examples" / "default.yaml"
 # Bump when a code change makes earlier cells incomparable although the base pipeline is
 # unchanged. 2: SFT demos and synthetic steps show the admissible-action line (c45ccc7).
-PROTOCOL = 2
+# 3: the warm start keeps its best validation epoch (f352c87), S2R's real budget is a hard
+# cap (2c452fe), retrieval ties go to the earliest rows (2609440).
+PROTOCOL = 3
 
 
 def base_sha256() -> str:

@@ -477,9 +477,11 @@ def _brief(metrics: dict[str, float]) -> str:
 class EpochSelector:
     """Keeps the SFT epoch that scores best on validation tasks (early stopping without the stop).
 
-    The warm start of a small policy swings between epochs on held-out games (results of
-    benchmarks/table1), so the last epoch is a lottery ticket; the best validation epoch is
-    not. Ties keep the earliest such epoch: it has fitted the demos least."""
+    The warm start of a small policy swings between epochs on held-out games while its loss is
+    flat (benchmarks/warmstart), so the last epoch is a lottery ticket. The best validation
+    epoch is a measured choice, but with few validation games a lead of one or two games is
+    noise too (it lost to the last epoch on two of three coin seeds there). Ties keep the
+    earliest such epoch: it has fitted the demos least."""
 
     def __init__(self, *, score: Any, policy: Any, snapshot: Path, epochs: int, say: Any) -> None:
         self.score, self.policy, self.snapshot, self.epochs, self.say = score, policy, snapshot, epochs, say

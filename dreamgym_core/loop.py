@@ -498,14 +498,15 @@ class EpochSelector:
         self.say(f"warm start epoch {epoch}/{self.epochs}: loss {loss:.4g}, valid success {value:.3f}{' (best)' if better else ''}")
 
     def restore_best(self) -> dict[str, float]:
-        if self.best_epoch and self.best_epoch < self.epochs:
+        """Called after at least one epoch (the warm start skips SFT when it has none)."""
+        if self.best_epoch < self.epochs:
             self.policy.reload(path=str(self.snapshot))
         if self.snapshot.exists():
             shutil.rmtree(self.snapshot)
         return {
             "warmstart/best_epoch": float(self.best_epoch),
-            "warmstart/valid_success": self.best_score if self.scores else 0.0,
-            "warmstart/valid_success_last": self.scores[-1] if self.scores else 0.0,
+            "warmstart/valid_success": self.best_score,
+            "warmstart/valid_success_last": self.scores[-1],
         }
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE.parent / "table1"))
 from run import GAMES  # noqa: E402  (benchmarks/table1/run.py: the table's games)
 
 from dreamgym_core.config import load_pipeline, resolve  # noqa: E402
-from dreamgym_core.loop import Runner  # noqa: E402
+from dreamgym_core.loop import Runner, demo_examples  # noqa: E402
 from dreamgym_core.plugins import Plugins  # noqa: E402
 
 VALID, TEST = 16, 32
@@ -53,17 +53,12 @@ def curve(game: str, seed: int, *, epochs: int, lr: float, extra: list[str]) -> 
     runner._warmstart_policy(offline, epochs=0)  # fits the tokenizer, as the pipeline does
     started = time.perf_counter()
     runner.policy.sft(
-        examples=[[(p, False), (r, True)] for p, r in _demos(runner, offline)],
+        examples=[[(p, False), (r, True)] for p, r in demo_examples(
+            offline, max_steps=runner.cfg.loop.max_steps, history_window=runner.cfg.loop.history_window)],
         epochs=epochs, lr=lr, batch_size=runner.cfg.experience.batch_size, on_epoch=after_epoch,
     )
     return {"game": game, "seed": seed, "lr": lr, "epochs": epochs, "extra": extra,
             "seconds": round(time.perf_counter() - started, 1), "curve": rows}
-
-
-def _demos(runner: Runner, offline: list) -> list[tuple[str, str]]:
-    from dreamgym_core.loop import demo_examples
-
-    return demo_examples(offline, max_steps=runner.cfg.loop.max_steps, history_window=runner.cfg.loop.history_window)
 
 
 def main() -> None:

@@ -67,6 +67,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rl_seed(seed: int) -> int:
+    """The seed RL starts from: apart from the pipeline seed's stream used before RL."""
+    return seed * 1_000_003 + 17
+
+
 class Runner:
     """Builds the components of a resolved pipeline and runs its stages."""
 
@@ -438,6 +443,10 @@ class Runner:
             if start == 0:
                 pre = self._before_rl()
                 self._log(-1, pre)
+                # RL starts from one random state whatever came before it (an experience model and
+                # warm start trained here or reloaded from an earlier run), so runs that share
+                # those parts also share RL's sampling draws. The checkpoint keeps it for --resume.
+                seed_everything(rl_seed(cfg.seed))
                 self._checkpoint(0)
             for iteration in range(start, cfg.loop.iterations):
                 self._iteration(iteration)

@@ -249,3 +249,36 @@ def test_warm_start_whose_last_epoch_is_best_reloads_nothing(tmp_path):
     policy, metrics, _ = _select(tmp_path, [0.0, 0.25, 0.75])
     assert policy.weights == 3 and metrics["warmstart/best_epoch"] == 3.0
     assert policy.saves == [1, 2]  # the last epoch needs no snapshot
+
+
+class FirstDraws:
+    """Records the global random draws RL would see at its first iteration."""
+
+    def __init__(self) -> None:
+        self.draws: list[tuple[float, float, float]] = []
+
+    @hookimpl
+    def dreamgym_before_iteration(self, iteration, state):
+        import numpy as np
+        import random
+        import torch
+
+        if iteration == 0:
+            self.draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+
+
+def test_rl_starts_from_the_same_random_state_whatever_ran_before(register_plugin, tmp_path, monkeypatch):
+    """A run that reloads its experience model draws fewer numbers before RL than one that
+    trains it; RL must not depend on that, so rows sharing those parts share RL's draws."""
+    import random
+
+    import torch
+
+    register_plugin(StandIns(), "stand-ins")
+    spy = FirstDraws()
+    plugins = register_plugin(spy, "first-draws")
+    run_pipeline(_resolved(plugins, tmp_path / "a", iterations=1), plugins)
+    plain = Runner._before_rl
+    monkeypatch.setattr(Runner, "_before_rl", lambda self, **kw: (torch.rand(3), random.random(), plain(self, **kw))[2])
+    run_pipeline(_resolved(plugins, tmp_path / "b", iterations=1), plugins)
+    assert len(spy.draws) == 2 and spy.draws[0] == spy.draws[1]

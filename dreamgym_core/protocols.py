@@ -61,7 +61,7 @@ class Domain(Protocol):
     """A domain's knowledge: tasks, real environments, offline data, annotation.
 
     Set in ALL implementations: ``name``, ``tasks``, ``make_env``, ``collect``,
-    ``annotate``. Set in SOME: ``describe_variation``, ``make_variation``,
+    ``annotate``. Set in SOME: ``describe_variation``, ``make_variation``, ``propose_variations``,
     ``initial_observation(task)`` and ``admissible_in(state) -> list[str]`` (the actions a
     state text offers; the synthetic environment uses both).
     """

@@ -181,3 +181,30 @@ def test_state_round_trip_keeps_synthetic_tasks_and_draws():
     clone = build(generator=FakeTaskGenerator(), domain=FakeDomain())
     clone.load_state_dict(msgspec.json.decode(msgspec.json.encode(c.state_dict())))
     assert clone.synthetic == c.synthetic and [t.id for t in clone.next_tasks(n=6)] == [t.id for t in c.next_tasks(n=6)]
+
+
+class ProposingDomain:
+    """Test double for a domain with rule-based variations: worlds numbered by a seed."""
+
+    def propose_variations(self, parent, *, n, rng):
+        return [f"seed={s}" for s in rng.choice(6, size=n, replace=False)]
+
+    def make_variation(self, parent, text):
+        seed = int(text.split("=")[1])
+        return Task(id=f"w{seed}", instruction=parent.instruction, domain=parent.domain, payload={"seed": seed})
+
+
+def test_domain_generator_varies_without_a_model_and_never_repeats_a_world():
+    c = build(RewardEntropyConfig(generator="domain", tasks_to_vary=2, n_candidates=2), domain=ProposingDomain())
+    for _ in range(8):
+        c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1]) for t in TASKS[:2]])
+    seeds = [t.payload["seed"] for t in c.synthetic]
+    assert seeds and len(seeds) == len(set(seeds)) <= 6  # six worlds exist; a repeat is rejected
+    assert c.metrics()["curriculum/generated_tasks"] == len(seeds)
+    assert c.metrics()["curriculum/rejected_variations"] == 16 - len(seeds)
+    assert all(t.origin == "synthetic" and t.parent_id in {"t0", "t1"} for t in c.synthetic)
+
+
+def test_domain_generator_needs_a_domain_that_proposes():
+    with pytest.raises(ConfigError, match="generator='domain' needs a domain with propose_variations"):
+        build(RewardEntropyConfig(generator="domain"), domain=FakeDomain())

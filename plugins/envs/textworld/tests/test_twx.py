@@ -115,6 +115,19 @@ def test_variation_builds_a_synthetic_train_task_from_a_real_reset(twx_domains) 
     assert domain.initial_observation(child) != domain.initial_observation(parent)
 
 
+def test_proposed_variations_are_other_train_worlds_of_the_same_kind(twx_domains) -> None:
+    import numpy as np
+
+    domain = twx_domains["coin"]
+    parent = domain.tasks(split="train")[-1]
+    texts = domain.propose_variations(parent, n=4, rng=np.random.default_rng(0))
+    assert len(set(texts)) == 4
+    children = [domain.make_variation(parent, text) for text in texts]
+    assert all(c is not None and c.split == "train" and c.payload["params"] == parent.payload["params"] for c in children)
+    assert parent.payload["seed"] not in {c.payload["seed"] for c in children}
+    assert texts == domain.propose_variations(parent, n=4, rng=np.random.default_rng(0))  # the rng decides
+
+
 @pytest.mark.parametrize(
     "text",
     ["no numbers here", "seed=20001", "numLocations=99", "seed=0"],

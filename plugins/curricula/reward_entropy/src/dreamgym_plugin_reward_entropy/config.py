@@ -29,6 +29,13 @@ class RewardEntropyConfig(Config):
     n_clusters: Annotated[PositiveInt, Meta(description="k of k-means when grouping is 'cluster'.")] = 8
     value_threshold: Annotated[float, Meta(description="Only tasks with value V > threshold are varied.")] = 0.0
     tasks_to_vary: Annotated[NonNegativeInt, Meta(description="Top-value tasks varied after each observe().")] = 2
+    generator: Annotated[
+        Literal["model", "domain"],
+        Meta(description=(
+            "Who writes variations: 'model' = M_task (the experience model's variation and selection "
+            "prompts); 'domain' = the domain's propose_variations, for a model that cannot write them."
+        )),
+    ] = "model"
     n_candidates: Annotated[PositiveInt, Meta(description="Variations M_task writes per task; the selection prompt picks one.")] = 4
     exploration: Annotated[Probability, Meta(description="Uniform share of the task sampling probabilities.")] = 0.2
     unseen_value: Annotated[

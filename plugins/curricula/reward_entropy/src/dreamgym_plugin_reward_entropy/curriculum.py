@@ -37,6 +37,11 @@ class RewardEntropyCurriculum:
     ) -> None:
         if not tasks:
             raise ConfigError("curriculum 'reward-entropy' (plugin reward-entropy): no seed tasks to draw from")
+        if config.generator == "domain" and not hasattr(domain, "propose_variations"):
+            raise ConfigError(
+                "curriculum 'reward-entropy': generator='domain' needs a domain with propose_variations; "
+                f"{getattr(domain, 'name', domain)!r} has none (use generator: model)"
+            )
         if config.grouping == "cluster" and encoder is None:
             raise ConfigError("curriculum 'reward-entropy': grouping='cluster' needs an encoder; set `encoder` or grouping: task")
         self.config, self.seed_tasks, self.seed = config, list(tasks), seed
@@ -117,12 +122,12 @@ class RewardEntropyCurriculum:
     # --- task generation (M_task) -------------------------------------------------------------
 
     def _vary(self, parent: Task) -> None:
-        if self.generator is None:
+        if self.config.generator == "model" and self.generator is None:
             return
         known = {t.instruction for t in self.seed_tasks + self.synthetic}
-        candidates = list(dict.fromkeys(c.strip() for c in self.generator.vary_tasks(task=parent, n=self.config.n_candidates)))
+        candidates = list(dict.fromkeys(c.strip() for c in self._candidates(parent)))
         candidates = [c for c in candidates if c and c not in known]
-        choice = self.generator.select_task(task=parent, candidates=candidates) if candidates else None
+        choice = self._choose(parent, candidates) if candidates else None
         task = self._build(parent, candidates[choice]) if choice is not None and 0 <= choice < len(candidates) else None
         if task is None:
             self.stats["rejected"] += 1
@@ -130,12 +135,24 @@ class RewardEntropyCurriculum:
             return
         self._add(task)
 
+    def _candidates(self, parent: Task) -> list[str]:
+        if self.config.generator == "domain":
+            rng = np.random.default_rng([self.seed, self.draws, self.stats["generated"] + self.stats["rejected"]])
+            return self.domain.propose_variations(parent, n=self.config.n_candidates, rng=rng)
+        return self.generator.vary_tasks(task=parent, n=self.config.n_candidates)
+
+    def _choose(self, parent: Task, candidates: list[str]) -> int | None:
+        """M_task's selection prompt; the domain's proposals are already in random order."""
+        if self.config.generator == "domain":
+            return 0
+        return self.generator.select_task(task=parent, candidates=candidates)
+
     def _build(self, parent: Task, text: str) -> Task | None:
         """The domain builds the Task; without a domain, the parent with the new instruction."""
         if self.domain is not None and hasattr(self.domain, "make_variation"):
             task = self.domain.make_variation(parent, text)
-            if task is None:
-                return None
+            if task is None or task.payload in [t.payload for t in self.seed_tasks + self.synthetic]:
+                return None  # not a valid variation, or the same world as a task already in the pools
         else:
             task = msgspec.structs.replace(parent, instruction=text)
         known_ids = {t.id for t in self.seed_tasks + self.synthetic}

@@ -174,6 +174,17 @@ class TextWorldDomain:
             + (f"; difficulty parameters: {params}." if params else ".")
         )
 
+    def propose_variations(self, parent: Task, *, n: int, rng: Any) -> list[str]:
+        """``n`` variation texts ``make_variation`` accepts: other train worlds of the parent's kind.
+
+        The rule-based M_task (curriculum ``generator: domain``) for an experience model that
+        cannot write variations, such as a small one trained from scratch on transitions only.
+        Difficulty parameters stay the parent's, so the task distribution keeps its kind.
+        ``rng`` is a numpy Generator.
+        """
+        seeds = [s for s in split_range(self.name, "train") if s != parent.payload["seed"]]
+        return [f"seed={seeds[i]}" for i in rng.choice(len(seeds), size=min(n, len(seeds)), replace=False)]
+
     def make_variation(self, parent: Task, text: str) -> Task | None:
         """A synthetic train Task from a variation text, or None when the text is not a valid variation.
 

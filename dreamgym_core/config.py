@@ -79,6 +79,14 @@ class ExperienceTrainingConfig(Config):
     ] = "rule"
     teacher: Annotated[ComponentRef | None, Meta(description="Teacher model backend when annotator=teacher.")] = None
     skip: Annotated[bool, Meta(description="Use the experience model as loaded, without training.")] = False
+    train_demos: Annotated[
+        Literal["any", "other-tasks"],
+        Meta(description=(
+            "Demos retrieved for a training example: any other transition, or only other tasks' "
+            "(as for a task the buffer has never seen; else a small model learns to copy the same "
+            "task's stored next state and misreads new worlds)."
+        )),
+    ] = "any"
     max_new_tokens: Annotated[PositiveInt, Meta(description="Token budget of one answer (reasoning + next state + flags).")] = 320
     max_retries: Annotated[NonNegativeInt, Meta(description="Re-generations of an answer that fails to parse.")] = 1
 

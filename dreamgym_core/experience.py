@@ -324,33 +324,44 @@ def _history(transitions: Sequence[Transition], history_window: int) -> dict[int
     return out
 
 
-def _demos(transitions: Sequence[Transition], buffer: Any, k: int) -> list[list[Transition]]:
-    """Top-k buffer neighbours of each transition, the transition itself excluded."""
+# How many extra neighbours to fetch when a training example may not use its own task's:
+# a task holds a few dozen stored transitions at most in the offline data of a seed task.
+_OTHER_TASKS_OVERFETCH = 64
+
+
+def _demos(transitions: Sequence[Transition], buffer: Any, k: int, *, other_tasks: bool = False) -> list[list[Transition]]:
+    """Top-k buffer neighbours of each transition, the transition itself excluded (and, with
+    ``other_tasks``, every transition of its task)."""
     if buffer is None or k == 0 or not transitions:
         return [[] for _ in transitions]
-    hits = buffer.retrieve(queries=[(t.state, t.action) for t in transitions], k=k + 1)
-    return [[d for d in found if not _same(d, t)][:k] for t, found in zip(transitions, hits)]
+    extra = _OTHER_TASKS_OVERFETCH if other_tasks else 1
+    hits = buffer.retrieve(queries=[(t.state, t.action) for t in transitions], k=k + extra)
+    keep = (lambda d, t: d.task_id != t.task_id) if other_tasks else (lambda d, t: not _same(d, t))
+    return [[d for d in found if keep(d, t)][:k] for t, found in zip(transitions, hits)]
 
 
 def requests_for(
-    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int
+    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, other_tasks: bool = False
 ) -> list[ExperienceRequest]:
     """The request each transition answers, with its history and retrieved demos."""
     history = _history(transitions, history_window)
-    demos = _demos(transitions, buffer, k)
+    demos = _demos(transitions, buffer, k, other_tasks=other_tasks)
     return [request_for(t, history[id(t)], d) for t, d in zip(transitions, demos)]
 
 
 def training_examples(
-    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int
+    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, other_tasks: bool = False
 ) -> list[Segments]:
     """Joint-SFT examples: the inference prompt (masked), then reasoning and next state.
 
     History comes from each transition's own episode, demos from the buffer with the
-    transition itself excluded, and the prompt from :func:`build_prompt`.
+    transition itself excluded (with ``other_tasks``, its whole task: the model then learns
+    to read the current state rather than copy a stored twin), and the prompt from
+    :func:`build_prompt`.
     """
     examples = []
-    for t, request in zip(transitions, requests_for(transitions, buffer, history_window=history_window, k=k)):
+    requests = requests_for(transitions, buffer, history_window=history_window, k=k, other_tasks=other_tasks)
+    for t, request in zip(transitions, requests):
         target = render_target(
             reasoning=t.reasoning, next_state=t.next_state, valid=t.valid, done=t.done,
             success=t.success, reward=outcome_reward(done=t.done, success=t.success, valid=t.valid),
@@ -474,12 +485,16 @@ class LMExperienceModel:
         out["experience/parse_failure_rate"] = self.counters["parse_failed"] / max(1, self.counters["requests"])
         return out
 
-    def train(self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int) -> dict[str, float]:
-        """Joint SFT (Eq. 5) of the backend on annotated transitions."""
+    def train(
+        self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int,
+        other_tasks: bool = False,
+    ) -> dict[str, float]:
+        """Joint SFT (Eq. 5) of the backend on annotated transitions (``other_tasks``: demos
+        only from other tasks, see :func:`training_examples`)."""
         if not hasattr(self.backend, "sft"):
             raise DreamGymError(f"experience model backend {self.model_id!r} cannot be trained (no sft method)")
         examples = training_examples(
-            transitions, buffer, history_window=self.config.history_window, k=self.config.top_k
+            transitions, buffer, history_window=self.config.history_window, k=self.config.top_k, other_tasks=other_tasks
         )
         return self.backend.sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size)
 

@@ -202,12 +202,16 @@ class Runner:
             return {}
         transitions = self._annotate([t for traj in offline for t in traj.transitions])
         checkpoint.write_transitions(self.run_dir / "offline_annotated.jsonl", transitions)
-        if hasattr(self.exp_backend, "prepare"):
-            examples = training_examples(transitions, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k)
-            self.exp_backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
         exp = self.cfg.experience
+        other_tasks = exp.train_demos == "other-tasks"
+        if hasattr(self.exp_backend, "prepare"):
+            examples = training_examples(
+                transitions, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k, other_tasks=other_tasks
+            )
+            self.exp_backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
         metrics = self.experience_model.train(
-            transitions=transitions, buffer=self.buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size
+            transitions=transitions, buffer=self.buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size,
+            other_tasks=other_tasks,
         )
         self.exp_backend.save(path=str(ckpt))
         (ckpt / "done").write_text("1\n")

@@ -130,8 +130,11 @@ class ExperienceModel(Protocol):
 
     def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]: ...
 
-    def train(self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int) -> Metrics:
-        """Joint SFT (paper Eq. 5) on annotated transitions, prompts built as at inference."""
+    def train(
+        self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int, other_tasks: bool = False
+    ) -> Metrics:
+        """Joint SFT (paper Eq. 5) on annotated transitions, prompts built as at inference
+        (``other_tasks``: retrieved demos only from other tasks than the example's)."""
 
     def metrics(self) -> Metrics:
         """Namespaced counters (requests, parse outcomes, retries)."""

@@ -234,6 +234,16 @@ def test_training_examples_use_the_inference_prompt_history_and_demos() -> None:
         assert (parsed.next_state, parsed.reward, parsed.done) == (t.next_state, t.reward, t.done)
 
 
+def test_training_demos_from_other_tasks_never_show_the_same_task() -> None:
+    data = [msgspec.structs.replace(t, task_id=t.episode_id) for t in _episode("a", 4) + _episode("b", 3) + _episode("c", 2)]
+    requests = requests_for(data, ListBuffer(data), history_window=1, k=2, other_tasks=True)
+    for request, t in zip(requests, data):
+        assert len(request.demos) == 2 and all(d.task_id != t.task_id for d in request.demos)
+    # the default keeps the same task's other transitions (a stored twin can be a demo)
+    same = requests_for(data, ListBuffer(data), history_window=1, k=2)
+    assert any(d.task_id == t.task_id for r, t in zip(same, data) for d in r.demos)
+
+
 def test_training_examples_without_buffer_or_history() -> None:
     data = _episode("a", 3)
     examples = training_examples(list(reversed(data)), None, history_window=0, k=3)

@@ -132,6 +132,13 @@ class EvalConfig(Config):
         NonNegativeInt,
         Meta(description="Held-out real episodes (expert and random, each) scoring the experience model's fidelity; 0: off."),
     ] = 0
+    synthetic_agreement: Annotated[
+        bool,
+        Meta(description=(
+            "Also play the evaluated tasks in the synthetic environment (the warm-started and the trained "
+            "policy) and report how often its success agrees with the real one: fidelity on the policy's own play."
+        )),
+    ] = False
 
 
 class PipelineConfig(Config):

@@ -314,7 +314,7 @@ class Runner:
         pre.update(self._warm_policy(offline))
         if evaluate_before:
             self._say("evaluating the warm-started policy on held-out real tasks")
-            pre.update(self.evaluate(prefix="eval_before"))
+            pre.update(self.evaluate(prefix="eval_before", synthetic=cfg.eval.synthetic_agreement))
         self._say(f"before RL: {_brief(pre)}")
         return pre
 
@@ -456,7 +456,7 @@ class Runner:
                 self._iteration(iteration)
             if cfg.eval.episodes:
                 self._say("evaluating the trained policy on held-out real tasks")
-                final.update(self.evaluate(prefix="eval"))
+                final.update(self.evaluate(prefix="eval", synthetic=cfg.eval.synthetic_agreement))
                 self._say(f"after RL: {_brief(final)}")
             final.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
             self._log(cfg.loop.iterations, final)
@@ -470,9 +470,15 @@ class Runner:
                 self.buffer.close()
         return summary
 
-    def evaluate(self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None) -> dict[str, float]:
-        """Success rate on held-out real tasks, with the training rollout code."""
-        return evaluate(self, prefix=prefix, split=split or self.cfg.eval.split, episodes=episodes or self.cfg.eval.episodes)
+    def evaluate(
+        self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None, synthetic: bool = False
+    ) -> dict[str, float]:
+        """Success rate on held-out real tasks, with the training rollout code (``synthetic``:
+        and its agreement with the same tasks played in the synthetic environment)."""
+        return evaluate(
+            self, prefix=prefix, split=split or self.cfg.eval.split, episodes=episodes or self.cfg.eval.episodes,
+            synthetic=synthetic and self.experience_model is not None,
+        )
 
 
 _BRIEF_KEYS = (
@@ -538,7 +544,7 @@ def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history
     return pairs
 
 
-def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int) -> dict[str, float]:
+def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int, synthetic: bool = False) -> dict[str, float]:
     tasks = runner.domain.tasks(split=split)
     if not tasks:
         raise DreamGymError(f"no tasks in split {split!r} of env {runner.cfg.env.name!r}")
@@ -547,18 +553,17 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int) -> dict[
         log.warning("eval: %d episodes requested on %d %s tasks with greedy play; using %d", episodes, len(tasks), split, len(tasks))
         episodes = len(tasks)
     chosen = [tasks[i % len(tasks)] for i in range(episodes)]
-    envs = [runner.domain.make_env() for _ in chosen]
-    try:
-        trajectories, stats = rollout(
-            tasks=chosen, envs=envs, act=runner.act_fn(runner.cfg.eval.temperature),
-            max_steps=runner.cfg.loop.max_steps, history_window=runner.cfg.loop.history_window,
-            seeds=[10_000 + i for i in range(len(chosen))], source="real", tag=f"{prefix}", model_id="",
-        )
-    finally:
-        for env in envs:
-            env.close()
+    trajectories, stats = _play(runner, chosen, "real", prefix)
     low, high = wilson_interval(stats.successes, stats.episodes)
-    return {
+    extra: dict[str, float] = {}
+    if synthetic:
+        imagined, imagined_stats = _play(runner, chosen, "synthetic", prefix)
+        agree = sum(r.success == s.success for r, s in zip(trajectories, imagined))
+        extra = {
+            f"{prefix}/synthetic_success_rate": imagined_stats.successes / max(imagined_stats.episodes, 1),
+            f"{prefix}/synthetic_agreement": agree / max(len(chosen), 1),
+        }
+    return {**extra,
         f"{prefix}/success_rate": stats.successes / max(stats.episodes, 1),
         f"{prefix}/success_ci_low": low,
         f"{prefix}/success_ci_high": high,
@@ -567,6 +572,23 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int) -> dict[
         f"{prefix}/invalid_actions": float(stats.invalid_actions),
         f"{prefix}/unparsed_actions": float(stats.unparsed_actions),
     }
+
+
+def _play(runner: Runner, tasks: list[Task], phase: str, prefix: str) -> tuple[list[Trajectory], Any]:
+    """One episode per task with the evaluation temperature, in the real or synthetic environment;
+    the same rollout seeds either way, so a task's two episodes are comparable."""
+    envs, step_many = runner._make_envs(phase, len(tasks))
+    try:
+        return rollout(
+            tasks=tasks, envs=envs, act=runner.act_fn(runner.cfg.eval.temperature),
+            max_steps=runner.cfg.loop.max_steps, history_window=runner.cfg.loop.history_window,
+            seeds=[10_000 + i for i in range(len(tasks))], source="real" if phase == "real" else "synthetic",
+            tag=f"{prefix}", step_many=step_many,
+            model_id=getattr(runner.experience_model, "model_id", "") if phase == "synthetic" else "",
+        )
+    finally:
+        for env in envs:
+            env.close()
 
 
 def evaluate_run(resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None) -> dict[str, Any]:

@@ -70,6 +70,14 @@ def write(runner: Runner) -> Path:
                 f"| {label} | {row[f'{prefix}/success_rate']:.3f} | [{row[f'{prefix}/success_ci_low']:.3f}, "
                 f"{row[f'{prefix}/success_ci_high']:.3f}] | {int(row[f'{prefix}/episodes'])} |"
             )
+    replayed = [(label, row, prefix) for label, row, prefix in rows if f"{prefix}/synthetic_agreement" in row]
+    if replayed:
+        lines += ["", "The same tasks played in the synthetic environment (the experience model on the policy's own play):", ""]
+        lines += [
+            f"- {label}: synthetic success {row[f'{prefix}/synthetic_success_rate']:.3f}, "
+            f"outcome agreement with real play {row[f'{prefix}/synthetic_agreement']:.3f}"
+            for label, row, prefix in replayed
+        ]
     lines += ["", "## Data used", ""]
     for key in ("offline_transitions", "real_transitions", "synthetic_transitions"):
         lines.append(f"- {key.replace('_', ' ')}: {int(runner.counters.get(key, 0))}")

@@ -27,13 +27,17 @@ REDUCED = [
 
 def test_reduced_main_job_then_resume_and_eval(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
+    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "eval.synthetic_agreement=true"]
     for item in REDUCED:
         args += ["--set", item]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["eval/episodes"] == 4.0
+    # the same 4 test tasks replayed in the synthetic environment: outcomes can agree at most
+    # as often as the two success rates allow
+    real, imagined = summary["eval/success_rate"], summary["eval/synthetic_success_rate"]
+    assert 0.0 <= summary["eval/synthetic_agreement"] <= 1.0 - abs(real - imagined) + 1e-9
     assert summary["counters/real_transitions"] == 0.0  # DreamGym mode: no real RL transitions
     assert summary["counters/synthetic_transitions"] > 0
     assert summary["counters/offline_transitions"] > 0
@@ -43,6 +47,7 @@ def test_reduced_main_job_then_resume_and_eval(tmp_path):
     assert any("experience/parse_failure_rate" in r for r in rows[1:])
     report = (run_dir / "report.md").read_text()
     assert "| untrained |" in report and "| after RL |" in report
+    assert "- after RL: synthetic success" in report
     assert list((run_dir / "tensorboard").iterdir())
     # --resume of a finished run only re-evaluates; eval reads the last checkpoint
     evaluated = run_cli("eval", *args[1:], "--episodes", "2")

@@ -63,7 +63,7 @@ ROWS: dict[str, list[str]] = {
     "GRPO DreamGym-S2R": ["loop.mode=s2r", "loop.iterations=7", "loop.s2r_synthetic_share=0.85", "loop.real_budget=32"],
     "w/o retrieval": ["loop.top_k=0"],
     "w/o reasoning": ["experience.annotator=none"],
-    "w/o curriculum": ["plugins=[textworld, hf, local, encoders, exact, uniform]", "curriculum.name=uniform"],
+    "w/o curriculum": ["plugins=[textworld, hf, local, encoders, exact, uniform]", "curriculum.name=uniform", "curriculum.config={}"],
 }
 COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).

@@ -30,3 +30,19 @@ def test_rebinds_after_prepare_and_trains_the_backend_model(cls, config_type, ki
     assert not torch.equal(before, kit.flat_params(backend.model))
     assert kit.flat_params(algo.ref).equal(before)  # the reference is the policy at its first update
     assert all(isinstance(x, str) for x in algo.act(prompts=[groups[0][0].decisions[0].prompt], greedy=True))
+
+
+def test_greedy_calls_do_not_move_the_sampling_seed(kit):
+    """A run that evaluated (greedily) more before RL must sample RL's rollouts alike."""
+    groups = kit.make_groups()
+    prompts = [d.prompt for g in groups for t in g for d in t.decisions][:4]
+    sampled = []
+    for greedy_calls_first in (0, 3):
+        backend, corpus = tiny_backend(groups)
+        backend.prepare(corpus=corpus)
+        algo = GRPO(GRPOConfig(lr=1e-3, max_new_tokens=8, temperature=1.0), policy=backend, seed=0)
+        for _ in range(greedy_calls_first):
+            algo.act(prompts=prompts, greedy=True)
+        sampled.append(algo.act(prompts=prompts) + algo.act(prompts=prompts))
+    assert sampled[0] == sampled[1]
+    assert len(set(sampled[0])) > 1  # the draws are random, not one repeated answer

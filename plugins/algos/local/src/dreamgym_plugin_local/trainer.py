@@ -45,7 +45,7 @@ class LocalTrainer:
                 )
         self.config, self.policy, self.seed = config, policy, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.counters = {"updates": 0, "act_calls": 0, "nonfinite_loss_steps": 0}
+        self.counters = {"updates": 0, "act_calls": 0, "sampled_calls": 0, "nonfinite_loss_steps": 0}
         self._bound: torch.nn.Module | None = None
 
     @property
@@ -93,13 +93,17 @@ class LocalTrainer:
     def act(self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None) -> list[str]:
         """Sample (or greedily decode) one response per prompt with the policy backend;
         ``temperature`` (the run loop's) overrides the configured one."""
+        temperature = 0.0 if greedy else (self.config.temperature if temperature is None else temperature)
         self.counters["act_calls"] += 1
+        # Only sampled calls advance the seed stream: greedy play (evaluation, warm-start
+        # validation) draws nothing, so runs that evaluated more or less before RL sample alike.
+        self.counters["sampled_calls"] += int(temperature > 0)
         return self.policy.generate(
             prompts=list(prompts),
             max_new_tokens=self.config.max_new_tokens,
-            temperature=0.0 if greedy else (self.config.temperature if temperature is None else temperature),
+            temperature=temperature,
             stop=list(self.config.stop),
-            seed=self.seed * 1_000_003 + self.counters["act_calls"],
+            seed=self.seed * 1_000_003 + self.counters["sampled_calls"],
         )
 
     # --- shared update machinery -----------------------------------------------------------

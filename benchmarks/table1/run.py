@@ -75,8 +75,9 @@ BASE = ROOT / "examples" / "default.yaml"
 # unchanged. 2: SFT demos and synthetic steps show the admissible-action line (c45ccc7).
 # 3: the warm start keeps its best validation epoch (f352c87), S2R's real budget is a hard
 # cap (2c452fe), retrieval ties go to the earliest rows (2609440).
-# 4: RL starts from one random state, so rows of a seed share RL's draws (7592157); the
-# curriculum's variations come from the domain and are no longer all rejected (f83bf41).
+# 4: RL starts from one random state and greedy play before RL no longer moves the policy's
+# sampling seed, so rows of a seed share RL's draws (7592157, 17931f2); the curriculum's
+# variations come from the domain and are no longer all rejected (f83bf41).
 PROTOCOL = 4
 
 

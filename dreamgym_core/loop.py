@@ -367,21 +367,29 @@ class Runner:
 
         return act
 
-    def _rollout(self, tasks: list[Task], phase: str, iteration: int) -> tuple[list[list[Trajectory]], RolloutStats]:
-        group = self.cfg.loop.group_size
-        flat = [task for task in tasks for _ in range(group)]
-        envs, step_many = self._make_envs(phase, len(flat))
+    def play(
+        self, tasks: list[Task], phase: str, *, temperature: float, seeds: list[int], tag: str
+    ) -> tuple[list[Trajectory], RolloutStats]:
+        """One episode per task in the real or the synthetic environment, closing its envs."""
+        envs, step_many = self._make_envs(phase, len(tasks))
         try:
-            trajectories, stats = rollout(
-                tasks=flat, envs=envs, act=self.act_fn(self.cfg.loop.sampling_temperature),
+            return rollout(
+                tasks=tasks, envs=envs, act=self.act_fn(temperature),
                 max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
-                seeds=[self.cfg.seed * 7919 + iteration * 1000 + i for i in range(len(flat))],
-                source="real" if phase == "real" else "synthetic", tag=f"it{iteration}", step_many=step_many,
+                seeds=seeds, source="real" if phase == "real" else "synthetic", tag=tag, step_many=step_many,
                 model_id=getattr(self.experience_model, "model_id", "") if phase == "synthetic" else "",
             )
         finally:
             for env in envs:
                 env.close()
+
+    def _rollout(self, tasks: list[Task], phase: str, iteration: int) -> tuple[list[list[Trajectory]], RolloutStats]:
+        group = self.cfg.loop.group_size
+        flat = [task for task in tasks for _ in range(group)]
+        trajectories, stats = self.play(
+            flat, phase, temperature=self.cfg.loop.sampling_temperature,
+            seeds=[self.cfg.seed * 7919 + iteration * 1000 + i for i in range(len(flat))], tag=f"it{iteration}",
+        )
         groups = [trajectories[i * group : (i + 1) * group] for i in range(len(tasks))]
         return groups, stats
 
@@ -553,17 +561,22 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int, syntheti
         log.warning("eval: %d episodes requested on %d %s tasks with greedy play; using %d", episodes, len(tasks), split, len(tasks))
         episodes = len(tasks)
     chosen = [tasks[i % len(tasks)] for i in range(episodes)]
-    trajectories, stats = _play(runner, chosen, "real", prefix)
+    # The same rollout seeds in both environments, so a task's two episodes are comparable.
+    play = lambda phase: runner.play(  # noqa: E731
+        chosen, phase, temperature=runner.cfg.eval.temperature, seeds=[10_000 + i for i in range(len(chosen))], tag=prefix
+    )
+    trajectories, stats = play("real")
     low, high = wilson_interval(stats.successes, stats.episodes)
     extra: dict[str, float] = {}
     if synthetic:
-        imagined, imagined_stats = _play(runner, chosen, "synthetic", prefix)
+        imagined, imagined_stats = play("synthetic")
         agree = sum(r.success == s.success for r, s in zip(trajectories, imagined))
         extra = {
             f"{prefix}/synthetic_success_rate": imagined_stats.successes / max(imagined_stats.episodes, 1),
             f"{prefix}/synthetic_agreement": agree / max(len(chosen), 1),
         }
-    return {**extra,
+    return {
+        **extra,
         f"{prefix}/success_rate": stats.successes / max(stats.episodes, 1),
         f"{prefix}/success_ci_low": low,
         f"{prefix}/success_ci_high": high,
@@ -572,23 +585,6 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int, syntheti
         f"{prefix}/invalid_actions": float(stats.invalid_actions),
         f"{prefix}/unparsed_actions": float(stats.unparsed_actions),
     }
-
-
-def _play(runner: Runner, tasks: list[Task], phase: str, prefix: str) -> tuple[list[Trajectory], Any]:
-    """One episode per task with the evaluation temperature, in the real or synthetic environment;
-    the same rollout seeds either way, so a task's two episodes are comparable."""
-    envs, step_many = runner._make_envs(phase, len(tasks))
-    try:
-        return rollout(
-            tasks=tasks, envs=envs, act=runner.act_fn(runner.cfg.eval.temperature),
-            max_steps=runner.cfg.loop.max_steps, history_window=runner.cfg.loop.history_window,
-            seeds=[10_000 + i for i in range(len(tasks))], source="real" if phase == "real" else "synthetic",
-            tag=f"{prefix}", step_many=step_many,
-            model_id=getattr(runner.experience_model, "model_id", "") if phase == "synthetic" else "",
-        )
-    finally:
-        for env in envs:
-            env.close()
 
 
 def evaluate_run(resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None) -> dict[str, Any]:

@@ -562,9 +562,10 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int, syntheti
         episodes = len(tasks)
     chosen = [tasks[i % len(tasks)] for i in range(episodes)]
     # The same rollout seeds in both environments, so a task's two episodes are comparable.
-    play = lambda phase: runner.play(  # noqa: E731
-        chosen, phase, temperature=runner.cfg.eval.temperature, seeds=[10_000 + i for i in range(len(chosen))], tag=prefix
-    )
+    def play(phase: str) -> tuple[list[Trajectory], RolloutStats]:
+        seeds = [10_000 + i for i in range(len(chosen))]
+        return runner.play(chosen, phase, temperature=runner.cfg.eval.temperature, seeds=seeds, tag=prefix)
+
     trajectories, stats = play("real")
     low, high = wilson_interval(stats.successes, stats.episodes)
     extra: dict[str, float] = {}

@@ -119,6 +119,10 @@ class LoopConfig(Config):
     checkpoint_every: Annotated[PositiveInt, Meta(description="Iterations between checkpoints.")] = 1
     sampling_temperature: Annotated[PositiveFloat, Meta(description="Policy temperature in rollouts.")] = 1.0
     experience_temperature: Annotated[PositiveFloat, Meta(description="M_exp temperature.")] = 0.7
+    reject_unlisted_actions: Annotated[
+        bool,
+        Meta(description="Synthetic steps: an action missing from the state's action list fails without asking M_exp."),
+    ] = False
 
 
 class EvalConfig(Config):

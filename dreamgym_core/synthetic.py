@@ -10,7 +10,9 @@
 ``step(action=...)`` builds an :class:`ExperienceRequest` (history window, top-k demos
 from the buffer), calls the model, turns an invalid action or an unparsable answer
 into a failure state with reward 0, adds the synthetic transition to the buffer and
-caps the episode at ``max_steps``. :func:`step_many` steps many environments with one
+caps the episode at ``max_steps``. With ``reject_unlisted``, an action missing from the
+current state's own action list is such a failure without a model call: the abstract state
+lists what can be done, so the model is not asked to judge what the state already rules out. :func:`step_many` steps many environments with one
 model call and one retrieval call per model/buffer, falling back to ``env.step`` for
 real environments. ``DreamGymGymEnv`` (imported lazily, needs ``gymnasium``) wraps any
 ``Env`` with Gymnasium text spaces.
@@ -43,6 +45,10 @@ class SyntheticEnvConfig(Config):
     ] = 4
     top_k: Annotated[NonNegativeInt, Meta(description="Buffer transitions retrieved per step as demos.")] = 4
     add_to_buffer: Annotated[bool, Meta(description="Add every synthetic transition to the buffer.")] = True
+    reject_unlisted: Annotated[
+        bool,
+        Meta(description="An action the current state's action list does not offer is invalid without asking the model."),
+    ] = False
 
 
 def initial_state(task: Task, domain: Any) -> Observation:
@@ -105,6 +111,14 @@ class SyntheticEnv:
         if self.domain is not None and hasattr(self.domain, "admissible_in"):
             return list(self.domain.admissible_in(state))
         return []
+
+    def _rejects(self, action: str) -> bool:
+        """Whether the current state's own action list rules ``action`` out (the real engine
+        would refuse it), so the step is a failure state without a model call. A state whose
+        list is unknown (empty) leaves the verdict to the model."""
+        assert self._obs is not None
+        listed = self._obs.admissible_actions
+        return self.config.reject_unlisted and bool(listed) and action not in listed
 
     def _check_running(self) -> None:
         if self._task is None or self._obs is None:
@@ -176,15 +190,28 @@ def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list
     return demos
 
 
+def _unlisted(env: SyntheticEnv, action: str) -> ExperienceResult:
+    """The failure state for an action the state does not offer: nothing changes."""
+    assert env._obs is not None
+    return ExperienceResult(
+        reasoning=f"'{action}' is not among the actions the state offers, so it fails.",
+        next_state=env._obs.text, reward=0.0, done=True, success=False, valid=False,
+    )
+
+
 def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[StepResult]:
     for env in envs:
         env._check_running()
-    demos = _retrieve(envs, actions)
+    rejected = [env._rejects(a) for env, a in zip(envs, actions)]
+    asked = [i for i in range(len(envs)) if not rejected[i]]
+    demos: list[list[Transition]] = [[] for _ in envs]
+    for i, found in zip(asked, _retrieve([envs[i] for i in asked], [actions[i] for i in asked])):
+        demos[i] = found
     requests = [env._request(a, d) for env, a, d in zip(envs, actions, demos)]
-    results: list[ExperienceResult] = [None] * len(envs)  # type: ignore[list-item]
+    results: list[ExperienceResult] = [_unlisted(env, a) if r else None for env, a, r in zip(envs, actions, rejected)]  # type: ignore[misc]
     by_model: dict[int, list[int]] = {}
-    for i, env in enumerate(envs):
-        by_model.setdefault(id(env.model), []).append(i)
+    for i in asked:
+        by_model.setdefault(id(envs[i].model), []).append(i)
     for members in by_model.values():
         answers = envs[members[0]].model.predict(requests=[requests[i] for i in members])
         for i, answer in zip(members, answers):

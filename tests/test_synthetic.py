@@ -154,6 +154,52 @@ def test_generated_states_offer_the_actions_the_domain_reads_in_them() -> None:
     assert without.step(action="go").observation.admissible_actions == []
 
 
+def test_reject_unlisted_fails_an_action_the_state_does_not_offer_without_a_model_call() -> None:
+    class Domain:
+        def initial_observation(self, task):
+            return Observation(text="You are in room 0.", admissible_actions=["go", "take coin"])
+
+        def admissible_in(self, state):
+            return ["go", "take coin"] if "room" in state else []
+
+    buffer = ListBuffer(make_transitions(4))
+    env, lm = make_env(buffer, reject_unlisted=True, top_k=1)
+    env.domain = Domain()
+    env.reset(task=TASK)
+    first = env.step(action="go")
+    assert first.valid and not first.done and len(lm.calls) == 1
+    refused = env.step(action="dance")
+    assert len(lm.calls) == 1 and buffer.retrieve_calls == 1  # neither the model nor retrieval asked
+    assert refused.done and not refused.valid and not refused.success and refused.reward == 0.0
+    assert refused.observation.text == "You are in room 1." and refused.info["invalid_actions"] == 1
+    assert buffer.items[-1].action == "dance" and not buffer.items[-1].valid and not buffer.items[-1].model_failed
+    # off (the default), or a state without a known action list: the model decides
+    for env in (make_env()[0], make_env(reject_unlisted=True)[0]):
+        env.reset(task=TASK)
+        assert not env.step(action="dance").valid
+    off, off_lm = make_env()
+    off.domain = Domain()
+    off.reset(task=TASK)
+    off.step(action="dance")
+    assert len(off_lm.calls) == 1
+
+
+def test_reject_unlisted_in_a_batch_asks_the_model_only_for_listed_actions() -> None:
+    class Domain:
+        def initial_observation(self, task):
+            return Observation(text="You are in room 0.", admissible_actions=["go", "take coin"])
+
+    lm = ScriptedLM(answer=walker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    envs = [SyntheticEnv(model, None, Domain(), SyntheticEnvConfig(reject_unlisted=True)) for _ in range(3)]
+    for env in envs:
+        env.reset(task=TASK)
+    results = step_many(envs, ["go", "fly", "take coin"])
+    assert len(lm.calls) == 1 and len(lm.calls[0]["prompts"]) == 2
+    assert [r.valid for r in results] == [True, False, True]
+    assert [r.observation.text for r in results] == ["You are in room 1.", "You are in room 0.", "You took the coin."]
+
+
 class RealEnvDouble:
     """A stand-in real adapter: step_many must call its own step()."""
 

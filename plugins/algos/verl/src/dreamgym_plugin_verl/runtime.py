@@ -98,7 +98,8 @@ def synthetic_env_factory(resolved: Any, plugins: Plugins, domain: Any, buffer: 
     loop = resolved.pipeline.loop
     model = _experience_model(resolved, plugins, domain)
     config = SyntheticEnvConfig(
-        max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, add_to_buffer=False
+        max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, add_to_buffer=False,
+        reject_unlisted=loop.reject_unlisted_actions,
     )
 
     def make() -> Any:

@@ -64,6 +64,10 @@ class DataConfig(Config):
     expert_episodes: Annotated[NonNegativeInt, Meta(description="Gold-path episodes per run.")] = 32
     noisy_episodes: Annotated[NonNegativeInt, Meta(description="Noisy-expert episodes.")] = 16
     random_episodes: Annotated[NonNegativeInt, Meta(description="Random-policy episodes.")] = 16
+    explore_episodes: Annotated[
+        NonNegativeInt,
+        Meta(description="Episodes of uniform actions among all the game has offered, listed or not (invalid-action data)."),
+    ] = 0
     path: Annotated[str | None, Meta(description="Existing JSONL of Transition records to use instead.")] = None
 
 

@@ -155,7 +155,7 @@ class Runner:
     # --- stages before the loop -----------------------------------------------------
 
     def _collect_offline(self) -> list[Trajectory]:
-        """Real offline data: expert, noisy-expert and random episodes on train tasks."""
+        """Real offline data: expert, noisy-expert, random and explore episodes on train tasks."""
         path = self.run_dir / "offline.jsonl"
         if path.exists():
             return checkpoint.read_trajectories(path)
@@ -164,7 +164,11 @@ class Runner:
             trajectories = checkpoint.trajectories_from_transitions(checkpoint.read_transitions(Path(data.path)), self.train_tasks)
         else:
             trajectories = []
-            for policy, episodes in (("expert", data.expert_episodes), ("noisy", data.noisy_episodes), ("random", data.random_episodes)):
+            policies = (
+                ("expert", data.expert_episodes), ("noisy", data.noisy_episodes),
+                ("random", data.random_episodes), ("explore", data.explore_episodes),
+            )
+            for policy, episodes in policies:
                 if episodes:
                     trajectories += self.domain.collect(tasks=self.train_tasks, policy=policy, episodes=episodes, seed=self.cfg.seed)
         checkpoint.write_trajectories(path, trajectories)

@@ -18,7 +18,8 @@ pytest.importorskip("dreamgym_plugin_local")
 
 REDUCED = [
     "env.config.train_seeds=6", "env.config.test_seeds=4",
-    "data.expert_episodes=6", "data.noisy_episodes=2", "data.random_episodes=2",
+    "data.expert_episodes=6", "data.noisy_episodes=2", "data.random_episodes=2", "data.explore_episodes=2",
+    "loop.reject_unlisted_actions=true",
     "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "env.config.valid_seeds=2",
     "loop.iterations=2",
     "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=3", "eval.episodes=4",
@@ -42,6 +43,8 @@ def test_reduced_main_job_then_resume_and_eval(tmp_path):
     assert summary["counters/synthetic_transitions"] > 0
     assert summary["counters/offline_transitions"] > 0
     assert "training the experience model" in result.stderr  # progress is visible
+    offline = [json.loads(line) for line in (run_dir / "offline.jsonl").read_text().splitlines()]
+    assert sum("/explore/" in t["transitions"][0]["episode_id"] for t in offline) == 2
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "eval_untrained/success_rate" in rows[0] and "experience/sft_loss" in rows[0]
     assert any("experience/parse_failure_rate" in r for r in rows[1:])

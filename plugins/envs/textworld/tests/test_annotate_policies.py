@@ -47,5 +47,7 @@ def test_policies() -> None:
     noisy = [choose_action("noisy", expert="x", admissible=["a"], rng=rng, noise=0.5) for _ in range(400)]
     assert 120 < noisy.count("a") < 280
     assert choose_action("noisy", expert="x", admissible=["a"], rng=rng, noise=0.0) == "x"
-    with pytest.raises(ConfigError, match="available: expert, random, noisy"):
+    explored = {choose_action("explore", expert="x", admissible=["a"], rng=rng, noise=0.0, known=["a", "b", "c"]) for _ in range(60)}
+    assert explored == {"a", "b", "c"}  # actions the state does not list too, never the expert's
+    with pytest.raises(ConfigError, match="available: expert, random, noisy, explore"):
         check_policy("oracle")

@@ -72,6 +72,21 @@ def test_reset_is_deterministic_and_initial_observation_matches(twx_domains, twx
     assert twx_env.reset(task=task) == twx_env.reset(task=task, seed=123) == domain.initial_observation(task)
 
 
+def test_explore_policy_records_the_engines_answer_to_unlisted_actions(twx_domains) -> None:
+    """Explore episodes take actions the state does not offer; the real engine refuses them
+    (valid=False, reward 0) without ending the episode."""
+    domain = twx_domains["coin"]
+    trajectories = domain.collect(tasks=domain.tasks(split="train")[:4], policy="explore", episodes=8, seed=0)
+    steps = [t for trajectory in trajectories for t in trajectory.transitions]
+    refused = [t for t in steps if not t.valid]
+    assert refused and len(refused) < len(steps)
+    assert all(t.action not in t.admissible_actions for t in refused)
+    assert all(t.action in t.admissible_actions for t in steps if t.valid)
+    lasts = {id(trajectory.transitions[-1]) for trajectory in trajectories}
+    assert all(not t.done or id(t) in lasts for t in refused)  # done only at the step cap
+    assert all(not t.success and t.reward == 0.0 for t in refused)
+
+
 def test_collect_is_reproducible_from_its_seed(twx_domains) -> None:
     domain = twx_domains["mapreader"]
     tasks = domain.tasks(split="train")

@@ -125,17 +125,22 @@ class TextWorldDomain:
             raise ConfigError(f"env {self.name!r}: collect() needs at least one task")
         rng = random.Random(seed)
         env = self._probe_env()
-        out = []
+        out: list[Trajectory] = []
+        known: set[str] = set()  # every action offered so far: what "explore" draws from
         for i in range(episodes):
             task = tasks[i % len(tasks)]
-            out.append(self._play(env, task, policy, rng, f"{task.id}/{policy}/s{seed}/e{i}"))
+            out.append(self._play(env, task, policy, rng, f"{task.id}/{policy}/s{seed}/e{i}", known))
         return out
 
-    def _play(self, env: TextWorldEnv, task: Task, policy: str, rng: random.Random, episode_id: str) -> Trajectory:
+    def _play(
+        self, env: TextWorldEnv, task: Task, policy: str, rng: random.Random, episode_id: str, known: set[str]
+    ) -> Trajectory:
         obs, transitions = env.reset(task=task), []
         while True:
+            known.update(obs.admissible_actions)
             action = choose_action(
-                policy, expert=env.expert_action(), admissible=obs.admissible_actions, rng=rng, noise=self.config.noise
+                policy, expert=env.expert_action(), admissible=obs.admissible_actions, rng=rng,
+                noise=self.config.noise, known=sorted(known),
             )
             result = env.step(action=action)
             transitions.append(

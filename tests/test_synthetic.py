@@ -132,18 +132,21 @@ def test_admissible_actions_reach_the_prompt() -> None:
     assert "Admissible actions: go, take coin" in lm.calls[0]["prompts"][0]
 
 
+class ListingDomain:
+    """A domain whose states list ``go`` and ``take coin`` (any state mentioning a room)."""
+
+    def initial_observation(self, task):
+        return Observation(text="You are in room 0.", admissible_actions=["go", "take coin"])
+
+    def admissible_in(self, state):
+        return ["go", "take coin"] if "room" in state else []
+
+
 def test_generated_states_offer_the_actions_the_domain_reads_in_them() -> None:
     """Synthetic steps after the first show an action list too, as real steps do."""
 
-    class Domain:
-        def initial_observation(self, task):
-            return Observation(text="You are in room 0.", admissible_actions=["go", "take coin"])
-
-        def admissible_in(self, state):
-            return ["go", "take coin"] if "room" in state else []
-
     env, lm = make_env()
-    env.domain = Domain()
+    env.domain = ListingDomain()
     env.reset(task=TASK)
     result = env.step(action="go")
     assert result.observation.admissible_actions == ["go", "take coin"]
@@ -155,16 +158,9 @@ def test_generated_states_offer_the_actions_the_domain_reads_in_them() -> None:
 
 
 def test_reject_unlisted_fails_an_action_the_state_does_not_offer_without_a_model_call() -> None:
-    class Domain:
-        def initial_observation(self, task):
-            return Observation(text="You are in room 0.", admissible_actions=["go", "take coin"])
-
-        def admissible_in(self, state):
-            return ["go", "take coin"] if "room" in state else []
-
     buffer = ListBuffer(make_transitions(4))
     env, lm = make_env(buffer, reject_unlisted=True, top_k=1)
-    env.domain = Domain()
+    env.domain = ListingDomain()
     env.reset(task=TASK)
     first = env.step(action="go")
     assert first.valid and not first.done and len(lm.calls) == 1
@@ -178,20 +174,16 @@ def test_reject_unlisted_fails_an_action_the_state_does_not_offer_without_a_mode
         env.reset(task=TASK)
         assert not env.step(action="dance").valid
     off, off_lm = make_env()
-    off.domain = Domain()
+    off.domain = ListingDomain()
     off.reset(task=TASK)
     off.step(action="dance")
     assert len(off_lm.calls) == 1
 
 
 def test_reject_unlisted_in_a_batch_asks_the_model_only_for_listed_actions() -> None:
-    class Domain:
-        def initial_observation(self, task):
-            return Observation(text="You are in room 0.", admissible_actions=["go", "take coin"])
-
     lm = ScriptedLM(answer=walker)
     model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
-    envs = [SyntheticEnv(model, None, Domain(), SyntheticEnvConfig(reject_unlisted=True)) for _ in range(3)]
+    envs = [SyntheticEnv(model, None, ListingDomain(), SyntheticEnvConfig(reject_unlisted=True)) for _ in range(3)]
     for env in envs:
         env.reset(task=TASK)
     results = step_many(envs, ["go", "fly", "take coin"])

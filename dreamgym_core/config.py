@@ -138,8 +138,12 @@ class EvalConfig(Config):
     before_training: Annotated[bool, Meta(description="Also evaluate the untrained and the warm-started policy.")] = True
     fidelity_episodes: Annotated[
         NonNegativeInt,
-        Meta(description="Held-out real episodes (expert and random, each) scoring the experience model's fidelity; 0: off."),
+        Meta(description="Held-out real episodes per fidelity policy scoring the experience model's fidelity; 0: off."),
     ] = 0
+    fidelity_policies: Annotated[
+        list[str],
+        Meta(description="Data policies of the held-out fidelity episodes ('explore' adds actions the engine refuses)."),
+    ] = msgspec.field(default_factory=lambda: ["expert", "random"])
     synthetic_agreement: Annotated[
         bool,
         Meta(description=(

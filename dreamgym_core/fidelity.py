@@ -8,6 +8,9 @@ transition error eps_P. We estimate both on held-out real transitions:
 - next-state exact match and token-level F1 (a proxy for domain consistency);
 - the accuracy of the best constant predictor (majority class) on the same labels,
   which a useful model must beat.
+- refusal recall: of the held-out actions the real engine refused, the share the model
+  calls invalid (present only when the held-out set has refused actions: expert and
+  random data pick listed actions, so add explore episodes to measure it).
 
 All functions here are pure except :func:`evaluate_model`, which calls the model.
 """
@@ -30,6 +33,7 @@ __all__ = [
     "majority_accuracy",
     "outcome_label",
     "fidelity_metrics",
+    "refusal_recall",
     "evaluate_model",
 ]
 
@@ -102,13 +106,23 @@ def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[
         "fidelity/success_majority_baseline": majority_accuracy(successes),
         "fidelity/done_agreement": agreement([r.done for r in results], [t.done for t in transitions]),
         "fidelity/valid_agreement": agreement([r.valid for r in results], [t.valid for t in transitions]),
+        "fidelity/valid_majority_baseline": majority_accuracy([t.valid for t in transitions]),
         "fidelity/next_state_exact_match": sum(
             exact_match(r.next_state, t.next_state) for r, t in zip(results, transitions)
         ) / n,
         "fidelity/next_state_token_f1": sum(token_f1(r.next_state, t.next_state) for r, t in zip(results, transitions)) / n,
         "fidelity/parse_failed": sum(r.parse_status == "failed" for r in results) / n,
         "fidelity/parse_repaired": sum(r.parse_status == "repaired" for r in results) / n,
+        **refusal_recall(results, transitions),
     }
+
+
+def refusal_recall(results: Sequence[ExperienceResult], transitions: Sequence[Transition]) -> dict[str, float]:
+    """Share of the real engine's refusals the model also calls invalid; no key without refusals."""
+    refused = [r for r, t in zip(results, transitions) if not t.valid]
+    if not refused:
+        return {}
+    return {"fidelity/refusal_recall": sum(not r.valid for r in refused) / len(refused), "fidelity/refused_n": float(len(refused))}
 
 
 def evaluate_model(

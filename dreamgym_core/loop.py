@@ -231,7 +231,7 @@ class Runner:
         tasks = self.domain.tasks(split=self.cfg.eval.split)
         held_out = [
             t
-            for policy in ("expert", "random")
+            for policy in self.cfg.eval.fidelity_policies
             for traj in self.domain.collect(tasks=tasks, policy=policy, episodes=episodes, seed=self.cfg.seed + 1)
             for t in traj.transitions
         ]

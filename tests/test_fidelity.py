@@ -80,6 +80,19 @@ def test_fidelity_metrics_against_a_majority_baseline() -> None:
     assert fidelity_metrics([], []) == {"fidelity/n": 0.0}
 
 
+def test_refusal_recall_counts_only_the_engines_refusals() -> None:
+    real = [_t(0), msgspec.structs.replace(_t(1), valid=False), msgspec.structs.replace(_t(2), valid=False), _t(3)]
+    says_valid = [_r(), _r(), _r(), _r()]
+    m = fidelity_metrics(says_valid, real)
+    assert m["fidelity/refusal_recall"] == 0.0 and m["fidelity/refused_n"] == 2.0
+    assert m["fidelity/valid_agreement"] == 0.5 == m["fidelity/valid_majority_baseline"]
+    one_refused = [_r(), msgspec.structs.replace(_r(), valid=False), _r(), msgspec.structs.replace(_r(), valid=False)]
+    m = fidelity_metrics(one_refused, real)
+    assert m["fidelity/refusal_recall"] == 0.5 and m["fidelity/valid_agreement"] == 0.5
+    # expert-only data has no refusals: no recall to report, rather than a made-up number
+    assert "fidelity/refusal_recall" not in fidelity_metrics([_r()], [_t(0)])
+
+
 def _oracle(prompt: str) -> str:
     """A test double that answers with the truth it reads from the prompt (step index s<N>)."""
     step = int(prompt.split("State: s")[-1].split("\n")[0])

@@ -141,7 +141,7 @@ class EvalConfig(Config):
         Meta(description="Held-out real episodes per fidelity policy scoring the experience model's fidelity; 0: off."),
     ] = 0
     fidelity_policies: Annotated[
-        list[str],
+        list[Literal["expert", "noisy", "random", "explore"]],
         Meta(description="Data policies of the held-out fidelity episodes ('explore' adds actions the engine refuses)."),
     ] = msgspec.field(default_factory=lambda: ["expert", "random"])
     synthetic_agreement: Annotated[

@@ -50,6 +50,10 @@ def test_constraint_and_cross_field_errors(tmp_path):
     data["loop"]["tasks_per_iteration"] = 0
     with pytest.raises(ConfigError, match=r"Expected `int` >= 1 - at `\$.loop.tasks_per_iteration`"):
         load_pipeline(write(tmp_path, data))
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["eval"] = {"fidelity_policies": ["expert", "oracle"]}
+    with pytest.raises(ConfigError, match=r"Invalid enum value 'oracle' - at `\$.eval.fidelity_policies\[1\]`"):
+        load_pipeline(write(tmp_path, data))
     data = pipeline_dict(str(tmp_path / "run"), mode="dreamgym")
     with pytest.raises(ConfigError, match="needs experience_model, encoder, buffer"):
         load_pipeline(write(tmp_path, data))

@@ -12,9 +12,9 @@ from the buffer), calls the model, turns an invalid action or an unparsable answ
 into a failure state with reward 0, adds the synthetic transition to the buffer and
 caps the episode at ``max_steps``. With ``reject_unlisted``, an action missing from the
 current state's own action list is such a failure without a model call: the abstract state
-lists what can be done, so the model is not asked to judge what the state already rules out. :func:`step_many` steps many environments with one
-model call and one retrieval call per model/buffer, falling back to ``env.step`` for
-real environments. ``DreamGymGymEnv`` (imported lazily, needs ``gymnasium``) wraps any
+lists what can be done, so the model is not asked to judge what the state already rules out.
+:func:`step_many` steps many environments with one model call and one retrieval call per
+model/buffer, falling back to ``env.step`` for real environments. ``DreamGymGymEnv`` (imported lazily, needs ``gymnasium``) wraps any
 ``Env`` with Gymnasium text spaces.
 """
 
@@ -207,7 +207,7 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
     demos: list[list[Transition]] = [[] for _ in envs]
     for i, found in zip(asked, _retrieve([envs[i] for i in asked], [actions[i] for i in asked])):
         demos[i] = found
-    requests = [env._request(a, d) for env, a, d in zip(envs, actions, demos)]
+    requests = {i: envs[i]._request(actions[i], demos[i]) for i in asked}
     results: list[ExperienceResult] = [_unlisted(env, a) if r else None for env, a, r in zip(envs, actions, rejected)]  # type: ignore[misc]
     by_model: dict[int, list[int]] = {}
     for i in asked:

@@ -140,7 +140,7 @@ class TextWorldDomain:
             known.update(obs.admissible_actions)
             action = choose_action(
                 policy, expert=env.expert_action(), admissible=obs.admissible_actions, rng=rng,
-                noise=self.config.noise, known=sorted(known),
+                noise=self.config.noise, known=known,
             )
             result = env.step(action=action)
             transitions.append(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Collection
 
 from dreamgym_core.errors import ConfigError
 
@@ -19,7 +19,7 @@ def check_policy(policy: str) -> None:
 
 
 def choose_action(
-    policy: str, *, expert: str | None, admissible: list[str], rng: random.Random, noise: float, known: Sequence[str] = ()
+    policy: str, *, expert: str | None, admissible: list[str], rng: random.Random, noise: float, known: Collection[str] = ()
 ) -> str:
     """One action of ``policy``.
 

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -139,12 +140,16 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
 @_overrides
 @click.option("--split", default=None, help="Task split (default: the pipeline's eval.split).")
 @click.option("--episodes", type=click.IntRange(min=1), default=None, help="Episodes (default: eval.episodes).")
-def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episodes: int | None) -> None:
+@click.option(
+    "--trajectories", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Also write the episodes played (prompts, raw outputs, transitions) to this JSONL file.",
+)
+def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episodes: int | None, trajectories: Path | None) -> None:
     """Evaluate the policy of PIPELINE's run directory (last checkpoint) on real held-out tasks."""
     from .loop import evaluate_run
 
     resolved, plugins = _load(pipeline, overrides)
-    click.echo(json.dumps(evaluate_run(resolved, plugins, split=split, episodes=episodes), indent=2))
+    click.echo(json.dumps(evaluate_run(resolved, plugins, split=split, episodes=episodes, trajectories=trajectories), indent=2))
 
 
 def _register() -> None:

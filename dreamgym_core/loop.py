@@ -557,7 +557,11 @@ def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history
     return pairs
 
 
-def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int, synthetic: bool = False) -> dict[str, float]:
+def evaluate(
+    runner: Runner, *, prefix: str, split: str, episodes: int, synthetic: bool = False, trajectories_out: Path | None = None
+) -> dict[str, float]:
+    """Metrics of one greedy (``eval.temperature``) pass over ``split``; ``trajectories_out`` also
+    keeps its real episodes (prompts, raw outputs, transitions) as JSONL, to read what the policy did."""
     tasks = runner.domain.tasks(split=split)
     if not tasks:
         raise DreamGymError(f"no tasks in split {split!r} of env {runner.cfg.env.name!r}")
@@ -572,6 +576,8 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int, syntheti
         return runner.play(chosen, phase, temperature=runner.cfg.eval.temperature, seeds=seeds, tag=prefix)
 
     trajectories, stats = play("real")
+    if trajectories_out is not None:
+        checkpoint.write_trajectories(trajectories_out, trajectories)
     low, high = wilson_interval(stats.successes, stats.episodes)
     extra: dict[str, float] = {}
     if synthetic:
@@ -593,14 +599,23 @@ def evaluate(runner: Runner, *, prefix: str, split: str, episodes: int, syntheti
     }
 
 
-def evaluate_run(resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None) -> dict[str, Any]:
-    """``dreamgym eval``: the run's last checkpoint, the training rollout code, real tasks."""
+def evaluate_run(
+    resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None, trajectories: Path | None = None
+) -> dict[str, Any]:
+    """``dreamgym eval``: the run's last checkpoint, the training rollout code, real tasks
+    (``trajectories``: where to write the episodes played)."""
     run_dir = Path(resolved.pipeline.run_dir)
     if not (run_dir / "checkpoints" / "latest").exists():
         raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
+    if trajectories is not None and not trajectories.parent.is_dir():
+        # Checked before playing, so a typo costs nothing.
+        raise DreamGymError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
     runner = Runner(resolved, plugins, run_dir, progress=False)
     iteration = checkpoint.load_latest(runner)
-    metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes)
+    cfg = runner.cfg.eval
+    metrics = evaluate(
+        runner, prefix="eval", split=split or cfg.split, episodes=episodes or cfg.episodes, trajectories_out=trajectories
+    )
     return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **metrics}
 
 

@@ -53,9 +53,12 @@ def test_reduced_main_job_then_resume_and_eval(tmp_path):
     assert "- after RL: synthetic success" in report
     assert list((run_dir / "tensorboard").iterdir())
     # --resume of a finished run only re-evaluates; eval reads the last checkpoint
-    evaluated = run_cli("eval", *args[1:], "--episodes", "2")
+    played = tmp_path / "played.jsonl"
+    evaluated = run_cli("eval", *args[1:], "--episodes", "2", "--trajectories", str(played))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)["checkpoint_iteration"] == 2
+    episodes = [json.loads(line) for line in played.read_text().splitlines()]
+    assert [e["task"]["split"] for e in episodes] == ["test", "test"]
 
 
 KILLER = """

@@ -210,6 +210,25 @@ def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_pa
     assert result["eval/success_ci_low"] <= result["eval/success_rate"] <= result["eval/success_ci_high"]
 
 
+def test_eval_writes_the_episodes_it_played(register_plugin, tmp_path):
+    from dreamgym_core.checkpoint import read_trajectories
+    from dreamgym_core.errors import DreamGymError
+    from dreamgym_core.loop import evaluate_run
+
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", iterations=1)
+    run_pipeline(resolved, plugins)
+    with pytest.raises(DreamGymError, match="no-such-dir"):
+        evaluate_run(resolved, plugins, split="test", episodes=3, trajectories=tmp_path / "no-such-dir" / "e.jsonl")
+    out = tmp_path / "episodes.jsonl"
+    result = evaluate_run(resolved, plugins, split="test", episodes=3, trajectories=out)
+    played = read_trajectories(out)
+    assert len(played) == 3 and {t.task.split for t in played} == {"test"}
+    assert sum(t.success for t in played) / 3 == result["eval/success_rate"]
+    # what RL would train on is kept: one prompt and raw output per step
+    assert all(len(t.decisions) == len(t.transitions) > 0 for t in played)
+
+
 class _SavedWeights:
     """Stands in for a policy backend's save/reload: 'weights' are the epoch number."""
 

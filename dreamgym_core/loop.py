@@ -609,7 +609,7 @@ def evaluate_run(
         raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
     if trajectories is not None and not trajectories.parent.is_dir():
         # Checked before playing, so a typo costs nothing.
-        raise DreamGymError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
+        raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
     runner = Runner(resolved, plugins, run_dir, progress=False)
     iteration = checkpoint.load_latest(runner)
     cfg = runner.cfg.eval

@@ -484,13 +484,14 @@ class Runner:
         return summary
 
     def evaluate(
-        self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None, synthetic: bool = False
+        self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None, synthetic: bool = False,
+        trajectories_out: Path | None = None,
     ) -> dict[str, float]:
         """Success rate on held-out real tasks, with the training rollout code (``synthetic``:
         and its agreement with the same tasks played in the synthetic environment)."""
         return evaluate(
             self, prefix=prefix, split=split or self.cfg.eval.split, episodes=episodes or self.cfg.eval.episodes,
-            synthetic=synthetic and self.experience_model is not None,
+            synthetic=synthetic and self.experience_model is not None, trajectories_out=trajectories_out,
         )
 
 
@@ -560,7 +561,7 @@ def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history
 def evaluate(
     runner: Runner, *, prefix: str, split: str, episodes: int, synthetic: bool = False, trajectories_out: Path | None = None
 ) -> dict[str, float]:
-    """Metrics of one greedy (``eval.temperature``) pass over ``split``; ``trajectories_out`` also
+    """Metrics of one pass over ``split`` at ``eval.temperature``; ``trajectories_out`` also
     keeps its real episodes (prompts, raw outputs, transitions) as JSONL, to read what the policy did."""
     tasks = runner.domain.tasks(split=split)
     if not tasks:
@@ -612,10 +613,7 @@ def evaluate_run(
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
     runner = Runner(resolved, plugins, run_dir, progress=False)
     iteration = checkpoint.load_latest(runner)
-    cfg = runner.cfg.eval
-    metrics = evaluate(
-        runner, prefix="eval", split=split or cfg.split, episodes=episodes or cfg.episodes, trajectories_out=trajectories
-    )
+    metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes, trajectories_out=trajectories)
     return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **metrics}
 
 

@@ -212,13 +212,13 @@ def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_pa
 
 def test_eval_writes_the_episodes_it_played(register_plugin, tmp_path):
     from dreamgym_core.checkpoint import read_trajectories
-    from dreamgym_core.errors import DreamGymError
+    from dreamgym_core.errors import ConfigError
     from dreamgym_core.loop import evaluate_run
 
     plugins = register_plugin(StandIns(), "stand-ins")
     resolved = _resolved(plugins, tmp_path / "run", iterations=1)
     run_pipeline(resolved, plugins)
-    with pytest.raises(DreamGymError, match="no-such-dir"):
+    with pytest.raises(ConfigError, match="no-such-dir"):  # bad input: exit 2, nothing played
         evaluate_run(resolved, plugins, split="test", episodes=3, trajectories=tmp_path / "no-such-dir" / "e.jsonl")
     out = tmp_path / "episodes.jsonl"
     result = evaluate_run(resolved, plugins, split="test", episodes=3, trajectories=out)

@@ -14,8 +14,8 @@ caps the episode at ``max_steps``. With ``reject_unlisted``, an action missing f
 current state's own action list is such a failure without a model call: the abstract state
 lists what can be done, so the model is not asked to judge what the state already rules out.
 :func:`step_many` steps many environments with one model call and one retrieval call per
-model/buffer, falling back to ``env.step`` for real environments. ``DreamGymGymEnv`` (imported lazily, needs ``gymnasium``) wraps any
-``Env`` with Gymnasium text spaces.
+model/buffer, falling back to ``env.step`` for real environments. ``DreamGymGymEnv``
+(imported lazily, needs ``gymnasium``) wraps any ``Env`` with Gymnasium text spaces.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Greedy play of a run's last checkpoint on real games, one line per game.
+"""A run's last checkpoint played on real games (as ``dreamgym eval`` plays them), one line per game.
 
 Used by ``results/diagnosis.md`` to see *what* a policy does, not only how often it succeeds:
 whether the coin starts in the first room, which exits that room has, and the actions played.
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import re
+import tempfile
 from pathlib import Path
 
 import msgspec
 
 from dreamgym_core import checkpoint
 from dreamgym_core.cli import _load
-from dreamgym_core.loop import Runner
+from dreamgym_core.loop import evaluate_run
 from dreamgym_plugin_textworld import env as textworld_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,14 +58,14 @@ def main() -> None:
     if args.drop:
         drop_from_observations(args.drop)
     resolved, plugins = _load(str(ROOT / "examples" / "default.yaml"), (*args.overrides, f"run_dir={args.run_dir}"))
-    runner = Runner(resolved, plugins, Path(args.run_dir), progress=False)
-    checkpoint.load_latest(runner)
-    tasks = runner.domain.tasks(split=args.split)
-    seeds = [10_000 + i for i in range(len(tasks))]  # the evaluation's rollout seeds
-    trajectories, stats = runner.play(tasks, "real", temperature=0.0, seeds=seeds, tag="probe")
+    with tempfile.TemporaryDirectory() as tmp:
+        # ``dreamgym eval --trajectories``: the last checkpoint, the evaluation's own seeds and temperature.
+        played = Path(tmp) / "played.jsonl"
+        evaluate_run(resolved, plugins, split=args.split, episodes=None, trajectories=played)
+        trajectories = checkpoint.read_trajectories(played)
     for t in trajectories:
         print(int(t.success), describe(t.transitions[0].state), [x.action for x in t.transitions])
-    print(f"success {stats.successes}/{stats.episodes} on {args.split}")
+    print(f"success {sum(t.success for t in trajectories)}/{len(trajectories)} on {args.split}")
 
 
 if __name__ == "__main__":

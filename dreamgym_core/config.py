@@ -127,6 +127,10 @@ class LoopConfig(Config):
         bool,
         Meta(description="Synthetic steps: an action missing from the state's action list fails without asking M_exp."),
     ] = False
+    state_variation: Annotated[
+        Probability,
+        Meta(description="Synthetic states: strength of the domain's vary_state (TextWorld: chance of dropping each furniture sentence; 0: off)."),
+    ] = 0.0
 
 
 class EvalConfig(Config):

@@ -62,8 +62,10 @@ class Domain(Protocol):
 
     Set in ALL implementations: ``name``, ``tasks``, ``make_env``, ``collect``,
     ``annotate``. Set in SOME: ``describe_variation``, ``make_variation``, ``propose_variations``,
-    ``initial_observation(task)`` and ``admissible_in(state) -> list[str]`` (the actions a
-    state text offers; the synthetic environment uses both).
+    ``initial_observation(task)``, ``admissible_in(state) -> list[str]`` (the actions a
+    state text offers) and ``vary_state(state, actions, *, key, strength) -> str`` (the state
+    with parts the task does not depend on changed; ``loop.state_variation``): the synthetic
+    environment uses these.
     """
 
     name: str

@@ -13,6 +13,11 @@ into a failure state with reward 0, adds the synthetic transition to the buffer 
 caps the episode at ``max_steps``. With ``reject_unlisted``, an action missing from the
 current state's own action list is such a failure without a model call: the abstract state
 lists what can be done, so the model is not asked to judge what the state already rules out.
+With ``state_variation`` > 0 every state the policy sees (the start and each generated one)
+goes through ``domain.vary_state``, keyed by the episode (a room looks the same each time it
+is seen within an episode, and a resumed run redraws the same variations): the synthetic
+worlds then differ from the train worlds in what the task does not depend on (TextWorld:
+furniture), which real rollouts on the train worlds cannot show the policy.
 :func:`step_many` steps many environments with one model call and one retrieval call per
 model/buffer, falling back to ``env.step`` for real environments. ``DreamGymGymEnv``
 (imported lazily, needs ``gymnasium``) wraps any ``Env`` with Gymnasium text spaces.
@@ -25,7 +30,7 @@ from typing import Annotated, Any, Sequence
 
 from msgspec import Meta
 
-from .config import Config, NonNegativeInt, PositiveInt
+from .config import Config, NonNegativeInt, PositiveInt, Probability
 from .errors import DreamGymError
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
 
@@ -49,6 +54,10 @@ class SyntheticEnvConfig(Config):
         bool,
         Meta(description="An action the current state's action list does not offer is invalid without asking the model."),
     ] = False
+    state_variation: Annotated[
+        Probability,
+        Meta(description="Strength of domain.vary_state on every state the policy sees (0: states as generated)."),
+    ] = 0.0
 
 
 def initial_state(task: Task, domain: Any) -> Observation:
@@ -82,17 +91,22 @@ class SyntheticEnv:
         self._done = True
         self._episode = 0
         self.counters = {"parse_failures": 0, "parse_repairs": 0, "invalid_actions": 0}
+        if self.config.state_variation > 0 and not hasattr(domain, "vary_state"):
+            raise SyntheticEnvError(
+                f"state_variation={self.config.state_variation} needs a domain with vary_state; "
+                f"domain {getattr(domain, 'name', None)!r} has none"
+            )
 
     # -- Env contract
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
         """Start an episode of ``task``; ``seed`` names the episode (model sampling is seeded by its config)."""
         self._task = task
-        self._obs = initial_state(task, self.domain)
-        self._history = []
-        self._done = False
         self._episode += 1
         self._episode_id = f"syn-{task.id}-{seed if seed is not None else 'x'}-{self._episode}"
+        self._obs = self._vary(initial_state(task, self.domain))
+        self._history = []
+        self._done = False
         self.counters = {key: 0 for key in self.counters}
         return self._obs
 
@@ -111,6 +125,13 @@ class SyntheticEnv:
         if self.domain is not None and hasattr(self.domain, "admissible_in"):
             return list(self.domain.admissible_in(state))
         return []
+
+    def _vary(self, obs: Observation) -> Observation:
+        """``obs`` as the domain varies it (``state_variation``); the action list stays."""
+        if self.config.state_variation <= 0:
+            return obs
+        text = self.domain.vary_state(obs.text, obs.admissible_actions, key=self._episode_id, strength=self.config.state_variation)
+        return Observation(text=text, admissible_actions=list(obs.admissible_actions))
 
     def _rejects(self, action: str) -> bool:
         """Whether the current state's own action list rules ``action`` out (the real engine
@@ -152,15 +173,16 @@ class SyntheticEnv:
         step = len(self._history)
         truncated = not done and step + 1 >= self.config.max_steps
         done = done or truncated
+        next_obs = self._vary(Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state)))
         transition = Transition(
             task_id=self._task.id, episode_id=self._episode_id, step=step, state=self._obs.text,
-            action=action, next_state=result.next_state, reward=reward, done=done, success=success,
+            action=action, next_state=next_obs.text, reward=reward, done=done, success=success,
             valid=result.valid, reasoning=result.reasoning, source="synthetic",
             model_id=getattr(self.model, "model_id", ""), instruction=self._task.instruction,
             model_failed=failed, admissible_actions=list(self._obs.admissible_actions),
         )
         self._history.append(HistoryStep(state=self._obs.text, action=action))
-        self._obs = Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state))
+        self._obs = next_obs
         self._done = done
         info = {"parse_status": result.parse_status, "truncated": truncated, "retrieved": retrieved, **self.counters}
         step_result = StepResult(

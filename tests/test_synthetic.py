@@ -157,6 +157,38 @@ def test_generated_states_offer_the_actions_the_domain_reads_in_them() -> None:
     assert without.step(action="go").observation.admissible_actions == []
 
 
+class VaryingDomain(ListingDomain):
+    """Marks every state it varies with the episode key and the strength."""
+
+    def vary_state(self, state, actions, *, key, strength):
+        assert actions == ["go", "take coin"]
+        return f"{state} Seen in {key} at {strength}."
+
+
+def test_state_variation_shows_the_policy_and_the_model_the_domains_varied_states() -> None:
+    buffer = ListBuffer()
+    lm = ScriptedLM(answer=walker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    env = SyntheticEnv(model, buffer, VaryingDomain(), SyntheticEnvConfig(state_variation=0.5, top_k=0))
+    start = env.reset(task=TASK, seed=7)
+    assert start.text == "You are in room 0. Seen in syn-coin-1-7-1 at 0.5."
+    assert start.admissible_actions == ["go", "take coin"]
+    step = env.step(action="go")
+    assert step.observation.text == "You are in room 1. Seen in syn-coin-1-7-1 at 0.5."
+    assert "State: You are in room 0. Seen in" in lm.calls[0]["prompts"][0]  # the model continues the varied world
+    stored = buffer.items[0]
+    assert stored.state == start.text and stored.next_state == step.observation.text
+    # off (the default): states as generated, and a domain without vary_state is fine
+    plain = SyntheticEnv(model, None, ListingDomain(), SyntheticEnvConfig())
+    assert plain.reset(task=TASK, seed=7).text == "You are in room 0."
+
+
+def test_state_variation_needs_a_domain_that_can_vary_states() -> None:
+    model = LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0))
+    with pytest.raises(SyntheticEnvError, match="state_variation=0.3 needs a domain with vary_state"):
+        SyntheticEnv(model, None, ListingDomain(), SyntheticEnvConfig(state_variation=0.3))
+
+
 def test_reject_unlisted_fails_an_action_the_state_does_not_offer_without_a_model_call() -> None:
     buffer = ListBuffer(make_transitions(4))
     env, lm = make_env(buffer, reject_unlisted=True, top_k=1)

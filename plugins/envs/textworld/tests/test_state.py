@@ -9,6 +9,7 @@ from dreamgym_plugin_textworld.state import (
     clean_text,
     compact_actions,
     compact_inventory,
+    drop_scenery,
     expand_actions,
     normalize_action,
     parse_state,
@@ -60,3 +61,27 @@ def test_clean_text_respects_its_budget(text: str, limit: int) -> None:
 
 def test_normalize_action() -> None:
     assert normalize_action("  Take   the COIN ") == "take the coin"
+
+
+KITCHEN = (
+    "Observation: You are in the kitchen. In one part of the room you see a stove. There is also an oven. "
+    "You also see a fridge that is closed. There is also a coin. To the North you see the pantry.\n"
+    "Inventory: nothing\nScore: 0.00\nActions (3): look around; move north; take coin"
+)
+KITCHEN_ACTIONS = ["look around", "move north", "take coin"]
+
+
+def test_drop_scenery_drops_only_what_no_action_names() -> None:
+    bare = drop_scenery(KITCHEN, KITCHEN_ACTIONS, key="e1", drop=1.0)
+    assert bare.splitlines()[0] == "Observation: You are in the kitchen. There is also a coin. To the North you see the pantry."
+    assert bare.splitlines()[1:] == KITCHEN.splitlines()[1:]
+    assert drop_scenery(KITCHEN, KITCHEN_ACTIONS, key="e1", drop=0.0) == KITCHEN
+    assert drop_scenery("Inventory: nothing", KITCHEN_ACTIONS, key="e1", drop=1.0) == "Inventory: nothing"
+
+
+def test_drop_scenery_is_a_function_of_the_key_and_varies_between_keys() -> None:
+    once = drop_scenery(KITCHEN, KITCHEN_ACTIONS, key="e1", drop=0.5)
+    assert drop_scenery(KITCHEN, KITCHEN_ACTIONS, key="e1", drop=0.5) == once
+    variants = {drop_scenery(KITCHEN, KITCHEN_ACTIONS, key=f"e{i}", drop=0.5) for i in range(40)}
+    assert len(variants) > 4  # three furniture sentences: up to 8 variants
+    assert all("To the North you see the pantry." in v and "There is also a coin." in v for v in variants)

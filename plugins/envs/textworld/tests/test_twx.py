@@ -178,3 +178,17 @@ def test_the_action_list_of_a_state_text_reads_back(twx_domains, twx_env) -> Non
     observation = twx_env.reset(task=domain.tasks(split="train")[0])
     assert domain.admissible_in(observation.text) == observation.admissible_actions
     assert domain.admissible_in("no actions line") == []
+
+
+def test_varied_coin_states_keep_what_the_task_needs(twx_domains, twx_env) -> None:
+    """On real coin resets: every exit and the coin survive the strongest variation; furniture goes."""
+    domain = twx_domains["coin"]
+    for task in domain.tasks(split="train") + domain.tasks(split="test"):
+        observation = twx_env.reset(task=task)
+        varied = domain.vary_state(observation.text, observation.admissible_actions, key="k", strength=1.0)
+        first_line = varied.splitlines()[0]
+        for action in observation.admissible_actions:
+            if action.startswith("move "):
+                assert f"To the {action.split()[1].capitalize()}" in first_line
+        assert ("take coin" in observation.admissible_actions) == ("coin" in first_line)
+        assert len(varied) < len(observation.text)  # coin kitchens always have furniture

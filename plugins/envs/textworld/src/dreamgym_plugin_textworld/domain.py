@@ -25,7 +25,7 @@ from .games import (
     tw_params,
 )
 from .policies import check_policy, choose_action
-from .state import expand_actions, parse_state
+from .state import drop_scenery, expand_actions, parse_state
 
 __all__ = ["TextWorldDomain", "parse_variation", "task_id"]
 
@@ -115,6 +115,12 @@ class TextWorldDomain:
     def admissible_in(self, state: str) -> list[str]:
         """The actions listed in a state text (real or generated): its "Actions" line expanded."""
         return expand_actions(parse_state(state)["actions"])
+
+    def vary_state(self, state: str, actions: Sequence[str], *, key: str, strength: float) -> str:
+        """The state with each furniture sentence (one no action names) dropped with probability
+        ``strength``: TWX folds furnish rooms differently (coin's test kitchens all have a dining
+        table, which no train kitchen has), and the task never depends on furniture."""
+        return drop_scenery(state, actions, key=key, drop=strength)
 
     # --- offline data ------------------------------------------------------------
 

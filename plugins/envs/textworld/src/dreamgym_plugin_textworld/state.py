@@ -15,6 +15,7 @@ for the rule-based annotator.
 
 from __future__ import annotations
 
+import random
 import re
 from functools import lru_cache
 from typing import Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "compact_inventory",
     "clean_text",
     "normalize_action",
+    "drop_scenery",
 ]
 
 _LINE = re.compile(r"^(Observation|Inventory|Score|Actions(?: \((\d+)\))?): ?(.*)$")
@@ -34,6 +36,10 @@ _LINE = re.compile(r"^(Observation|Inventory|Score|Actions(?: \((\d+)\))?): ?(.*
 # "You are carrying:"), and their ways of saying "empty".
 _INVENTORY_HEADER = re.compile(r"^(inventory[^:]*:|you are carrying:?)\s*", re.IGNORECASE)
 _EMPTY = re.compile(r"^(your inventory is currently empty|nothing)\.?$", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?]) (?=[A-Z])")
+_WORD = re.compile(r"[a-z]+")
+# Words of an action that name no object: verbs come off separately, these join objects.
+_LINKS = frozenset({"a", "an", "the", "in", "into", "on", "to", "from", "with", "at", "around"})
 
 
 def clean_text(text: str, limit: int) -> str:
@@ -133,3 +139,23 @@ def parse_state(text: str) -> dict[str, str]:
             if match.group(2):
                 fields["n_actions"] = match.group(2)
     return fields
+
+
+def drop_scenery(state: str, actions: Sequence[str], *, key: str, drop: float) -> str:
+    """``state`` with each scenery sentence of its Observation line dropped with probability ``drop``.
+
+    Scenery is a sentence after the first (the location) that names nothing an action of
+    ``actions`` acts on: furniture the agent can only look at. What matters to the task (the
+    coin, a box, an exit "To the North") is named by an action and always stays. The draw for
+    a sentence depends only on ``key`` and the sentence, so one key shows a room the same way
+    each time. A state without an Observation line comes back unchanged.
+    """
+    lines = state.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("Observation: "):
+            named = {w for a in actions for w in _WORD.findall(a.lower().partition(" ")[2])} - _LINKS
+            first, *rest = _SENTENCE_END.split(line[len("Observation: "):])
+            kept = [s for s in rest if named & set(_WORD.findall(s.lower())) or random.Random(f"{key}/{s}").random() >= drop]
+            lines[i] = "Observation: " + " ".join([first, *kept])
+            break
+    return "\n".join(lines)

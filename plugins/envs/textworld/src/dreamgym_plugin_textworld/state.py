@@ -144,15 +144,16 @@ def parse_state(text: str) -> dict[str, str]:
 def drop_scenery(state: str, actions: Sequence[str], *, key: str, drop: float) -> str:
     """``state`` with each scenery sentence of its Observation line dropped with probability ``drop``.
 
-    Scenery is a sentence after the first (the location) that names nothing an action of
-    ``actions`` acts on: furniture the agent can only look at. What matters to the task (the
-    coin, a box, an exit "To the North") is named by an action and always stays. The draw for
-    a sentence depends only on ``key`` and the sentence, so one key shows a room the same way
-    each time. A state without an Observation line comes back unchanged.
+    Only room descriptions ("You are in the kitchen. ...") vary: other text, such as what the
+    map reads, is information. Scenery is a sentence after the first (the location) that names
+    nothing an action of ``actions`` acts on: furniture the agent can only look at. What
+    matters to the task (the coin, a box, an exit "To the North") is named by an action and
+    always stays. The draw for a sentence depends only on ``key`` and the sentence, so one key
+    shows a room the same way each time. Any other state comes back unchanged.
     """
     lines = state.split("\n")
     for i, line in enumerate(lines):
-        if line.startswith("Observation: "):
+        if line.startswith("Observation: You are in "):
             named = {w for a in actions for w in _WORD.findall(a.lower().partition(" ")[2])} - _LINKS
             first, *rest = _SENTENCE_END.split(line[len("Observation: "):])
             kept = [s for s in rest if named & set(_WORD.findall(s.lower())) or random.Random(f"{key}/{s}").random() >= drop]

@@ -127,6 +127,10 @@ class LoopConfig(Config):
         bool,
         Meta(description="Synthetic steps: an action missing from the state's action list fails without asking M_exp."),
     ] = False
+    reject_unlisted_at: Annotated[
+        Literal["every-step", "start"],
+        Meta(description="Where reject_unlisted_actions applies: every state, or only the start state (its list is the real reset's; later ones are M_exp's)."),
+    ] = "every-step"
     state_variation: Annotated[
         Probability,
         Meta(description="Synthetic states: strength of the domain's vary_state (TextWorld: chance of dropping each furniture sentence; 0: off)."),

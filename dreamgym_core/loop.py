@@ -359,7 +359,8 @@ class Runner:
         config = SyntheticEnvConfig(
             max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
             top_k=self.cfg.loop.top_k, add_to_buffer=False,
-            reject_unlisted=self.cfg.loop.reject_unlisted_actions, state_variation=self.cfg.loop.state_variation,
+            reject_unlisted=self.cfg.loop.reject_unlisted_actions, reject_unlisted_at=self.cfg.loop.reject_unlisted_at,
+            state_variation=self.cfg.loop.state_variation,
         )
         envs = [SyntheticEnv(self.experience_model, self.buffer, self.domain, config) for _ in range(n)]
         return envs, step_many

@@ -13,6 +13,8 @@ into a failure state with reward 0, adds the synthetic transition to the buffer 
 caps the episode at ``max_steps``. With ``reject_unlisted``, an action missing from the
 current state's own action list is such a failure without a model call: the abstract state
 lists what can be done, so the model is not asked to judge what the state already rules out.
+With ``reject_unlisted_at="start"`` only the start state's list counts: it is the real reset's,
+while later lists are the model's own writing (which can be another world's).
 With ``state_variation`` > 0 every state the policy sees (the start and each generated one)
 goes through ``domain.vary_state``, keyed by the episode (a room looks the same each time it
 is seen within an episode, and a resumed run redraws the same variations): the synthetic
@@ -26,7 +28,7 @@ model/buffer, falling back to ``env.step`` for real environments. ``DreamGymGymE
 from __future__ import annotations
 
 import string
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 from msgspec import Meta
 
@@ -54,6 +56,10 @@ class SyntheticEnvConfig(Config):
         bool,
         Meta(description="An action the current state's action list does not offer is invalid without asking the model."),
     ] = False
+    reject_unlisted_at: Annotated[
+        Literal["every-step", "start"],
+        Meta(description="Where reject_unlisted applies: every state, or only the start state, whose list is the real reset's."),
+    ] = "every-step"
     state_variation: Annotated[
         Probability,
         Meta(description="Strength of domain.vary_state on every state the policy sees (0: states as generated)."),
@@ -139,7 +145,8 @@ class SyntheticEnv:
         list is unknown (empty) leaves the verdict to the model."""
         assert self._obs is not None
         listed = self._obs.admissible_actions
-        return self.config.reject_unlisted and bool(listed) and action not in listed
+        here = self.config.reject_unlisted_at == "every-step" or not self._history
+        return self.config.reject_unlisted and here and bool(listed) and action not in listed
 
     def _check_running(self) -> None:
         if self._task is None or self._obs is None:

@@ -212,6 +212,16 @@ def test_reject_unlisted_fails_an_action_the_state_does_not_offer_without_a_mode
     assert len(off_lm.calls) == 1
 
 
+def test_reject_unlisted_at_start_trusts_only_the_start_states_list() -> None:
+    env, lm = make_env(reject_unlisted=True, reject_unlisted_at="start")
+    env.domain = ListingDomain()
+    env.reset(task=TASK)
+    assert not env.step(action="dance").valid and len(lm.calls) == 0  # the start's (real) list refuses it
+    env.reset(task=TASK)
+    env.step(action="go")
+    assert not env.step(action="dance").valid and len(lm.calls) == 2  # a generated list: the model decides
+
+
 def test_reject_unlisted_in_a_batch_asks_the_model_only_for_listed_actions() -> None:
     lm = ScriptedLM(answer=walker)
     model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))

@@ -77,6 +77,8 @@ def test_drop_scenery_drops_only_what_no_action_names() -> None:
     assert bare.splitlines()[1:] == KITCHEN.splitlines()[1:]
     assert drop_scenery(KITCHEN, KITCHEN_ACTIONS, key="e1", drop=0.0) == KITCHEN
     assert drop_scenery("Inventory: nothing", KITCHEN_ACTIONS, key="e1", drop=1.0) == "Inventory: nothing"
+    # a generated state whose list misses its own exit keeps the exit
+    assert "To the North you see the pantry." in drop_scenery(KITCHEN, ["take coin"], key="e1", drop=1.0)
     the_map = "Observation: The map reads: The chamber connects to the hall. The hall connects to the chamber."
     assert drop_scenery(the_map, ["read map"], key="e1", drop=1.0) == the_map  # not a room: information
 

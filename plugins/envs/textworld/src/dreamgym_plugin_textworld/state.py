@@ -40,6 +40,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?]) (?=[A-Z])")
 _WORD = re.compile(r"[a-z]+")
 # Words of an action that name no object: verbs come off separately, these join objects.
 _LINKS = frozenset({"a", "an", "the", "in", "into", "on", "to", "from", "with", "at", "around"})
+# A sentence with a compass word describes an exit: kept whatever the action list says, since a
+# generated state's list can miss the exit its own text describes.
+_COMPASS = frozenset({"north", "south", "east", "west"})
 
 
 def clean_text(text: str, limit: int) -> str:
@@ -146,15 +149,14 @@ def drop_scenery(state: str, actions: Sequence[str], *, key: str, drop: float) -
 
     Only room descriptions ("You are in the kitchen. ...") vary: other text, such as what the
     map reads, is information. Scenery is a sentence after the first (the location) that names
-    nothing an action of ``actions`` acts on: furniture the agent can only look at. What
-    matters to the task (the coin, a box, an exit "To the North") is named by an action and
-    always stays. The draw for a sentence depends only on ``key`` and the sentence, so one key
+    no exit and nothing an action of ``actions`` acts on: furniture the agent can only look at.
+    What matters to the task (an exit "To the North", the coin, a box) always stays. The draw for a sentence depends only on ``key`` and the sentence, so one key
     shows a room the same way each time. Any other state comes back unchanged.
     """
     lines = state.split("\n")
     for i, line in enumerate(lines):
         if line.startswith("Observation: You are in "):
-            named = {w for a in actions for w in _WORD.findall(a.lower().partition(" ")[2])} - _LINKS
+            named = {w for a in actions for w in _WORD.findall(a.lower().partition(" ")[2])} - _LINKS | _COMPASS
             first, *rest = _SENTENCE_END.split(line[len("Observation: "):])
             kept = [s for s in rest if named & set(_WORD.findall(s.lower())) or random.Random(f"{key}/{s}").random() >= drop]
             lines[i] = "Observation: " + " ".join([first, *kept])

@@ -117,9 +117,9 @@ class TextWorldDomain:
         return expand_actions(parse_state(state)["actions"])
 
     def vary_state(self, state: str, actions: Sequence[str], *, key: str, strength: float) -> str:
-        """The state with each furniture sentence (one no action names) dropped with probability
-        ``strength``: TWX folds furnish rooms differently (coin's test kitchens all have a dining
-        table, which no train kitchen has), and the task never depends on furniture."""
+        """The state with each furniture sentence (no exit, nothing an action acts on) dropped
+        with probability ``strength``: TWX folds furnish rooms differently (coin's test kitchens
+        all have a dining table, which no train kitchen has), and the task never depends on it."""
         return drop_scenery(state, actions, key=key, drop=strength)
 
     # --- offline data ------------------------------------------------------------

@@ -150,8 +150,9 @@ def drop_scenery(state: str, actions: Sequence[str], *, key: str, drop: float) -
     Only room descriptions ("You are in the kitchen. ...") vary: other text, such as what the
     map reads, is information. Scenery is a sentence after the first (the location) that names
     no exit and nothing an action of ``actions`` acts on: furniture the agent can only look at.
-    What matters to the task (an exit "To the North", the coin, a box) always stays. The draw for a sentence depends only on ``key`` and the sentence, so one key
-    shows a room the same way each time. Any other state comes back unchanged.
+    What matters to the task (an exit "To the North", the coin, a box) always stays. The draw
+    for a sentence depends only on ``key`` and the sentence, so one key shows a room the same
+    way each time. Any other state comes back unchanged.
     """
     lines = state.split("\n")
     for i, line in enumerate(lines):

@@ -106,6 +106,11 @@ class Runner:
         cfg, build = self.cfg, self.plugins.build
         seed_everything(cfg.seed)
         self.domain = build("env", cfg.env.name, self._component("env"))
+        if cfg.loop.state_variation > 0 and not hasattr(self.domain, "vary_state"):
+            raise ConfigError(
+                f"{self.resolved.source}: loop.state_variation needs an env whose domain has vary_state; "
+                f"env {cfg.env.name!r} has none"
+            )
         self.encoder = build("encoder", cfg.encoder.name, self._component("encoder")) if cfg.encoder else None
         self.buffer = (
             build("buffer", cfg.buffer.name, self._component("buffer"), encoder=self.encoder, path=str(self.run_dir / "buffer"))

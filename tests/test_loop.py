@@ -108,6 +108,13 @@ def test_rerun_without_resume_refuses_to_overwrite(register_plugin, tmp_path):
         run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
 
 
+def test_state_variation_on_a_domain_that_cannot_vary_states_fails_before_any_rollout(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    with pytest.raises(ConfigError, match="loop.state_variation needs an env whose domain has vary_state"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1, state_variation=0.5), plugins)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_resume_with_a_different_config_is_refused(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)

@@ -99,7 +99,18 @@ def save(runner: Runner, iteration: int) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _atomic_write(root / "latest", final.name.encode())
+    prune(root, keep=runner.cfg.loop.keep_checkpoints)
     return final
+
+
+def prune(root: Path, *, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints under ``root`` (0 keeps every one).
+
+    Runs after ``latest`` points at the new one, so a crash here leaves a resumable run."""
+    if keep <= 0:
+        return
+    for old in sorted(root.glob("it-*"))[:-keep]:
+        shutil.rmtree(old)
 
 
 def load_latest(runner: Runner) -> int:

@@ -121,6 +121,10 @@ class LoopConfig(Config):
         Meta(description="Greedy episodes on the 'valid' split after each warm-start epoch; the best epoch is kept (0: the last)."),
     ] = 0
     checkpoint_every: Annotated[PositiveInt, Meta(description="Iterations between checkpoints.")] = 1
+    keep_checkpoints: Annotated[
+        NonNegativeInt,
+        Meta(description="Newest checkpoints kept on disk (0: all). One of a 135M policy with its optimizer is about 2 GB."),
+    ] = 0
     sampling_temperature: Annotated[PositiveFloat, Meta(description="Policy temperature in rollouts.")] = 1.0
     experience_temperature: Annotated[PositiveFloat, Meta(description="M_exp temperature.")] = 0.7
     reject_unlisted_actions: Annotated[

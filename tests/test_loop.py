@@ -115,6 +115,20 @@ def test_state_variation_on_a_domain_that_cannot_vary_states_fails_before_any_ro
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_keep_checkpoints_deletes_all_but_the_newest_and_the_run_still_resumes(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "all", iterations=3), plugins)
+    assert len(list((tmp_path / "all" / "checkpoints").glob("it-*"))) == 4  # before RL and after each iteration
+    run_pipeline(_resolved(plugins, tmp_path / "one", iterations=3, keep_checkpoints=1), plugins)
+    kept = [p.name for p in (tmp_path / "one" / "checkpoints").glob("it-*")]
+    assert kept == [(tmp_path / "one" / "checkpoints" / "latest").read_text()]
+    rows = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+    summary = run_pipeline(_resolved(plugins, tmp_path / "one", iterations=3, keep_checkpoints=1), plugins, resume=True)
+    assert summary["counters/iteration"] == 3  # resumed from the one checkpoint left
+    again = [json.loads(r) for r in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[len(rows):]]
+    assert not any("rollout/success_rate" in r for r in again)  # no iteration was played again
+
+
 def test_resume_with_a_different_config_is_refused(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)

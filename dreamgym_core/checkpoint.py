@@ -42,6 +42,9 @@ class _State(msgspec.Struct, kw_only=True):
     python_rng: list[Any]
     numpy_rng: dict[str, Any]
     torch_rng: list[int]
+    # The replay buffer's position when the checkpoint was taken (None: a buffer that
+    # cannot roll back, or a checkpoint from before positions were recorded).
+    buffer_position: int | None = None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -94,6 +97,7 @@ def save(runner: Runner, iteration: int) -> Path:
         python_rng=python_rng,
         numpy_rng=numpy_rng,
         torch_rng=torch_rng,
+        buffer_position=_buffer_position(runner.buffer),
     )
     _atomic_write(tmp / "state.json", msgspec.json.encode(state))
     shutil.rmtree(final, ignore_errors=True)
@@ -111,6 +115,27 @@ def prune(root: Path, *, keep: int) -> None:
         return
     for old in sorted(root.glob("it-*"))[:-keep]:
         shutil.rmtree(old)
+
+
+def _buffer_position(buffer: Any) -> int | None:
+    return buffer.position if buffer is not None and hasattr(buffer, "rollback") else None
+
+
+def _rollback_buffer(runner: Runner, state: _State) -> None:
+    """Forget what the buffer stored after the checkpoint: iterations that never reached
+    one are played again, and must not retrieve their own earlier transitions."""
+    buffer = runner.buffer
+    if buffer is None:
+        return
+    if state.buffer_position is None or not hasattr(buffer, "rollback"):
+        runner._say(
+            "the replay buffer cannot roll back to the checkpoint; transitions stored after it stay, "
+            "so the resumed run may retrieve differently from an uninterrupted one"
+        )
+        return
+    dropped = buffer.rollback(to=state.buffer_position)
+    if dropped:
+        runner._say(f"replay buffer rolled back to the checkpoint: {dropped} transitions stored after it forgotten")
 
 
 def load_latest(runner: Runner) -> int:
@@ -133,6 +158,7 @@ def load_latest(runner: Runner) -> int:
         runner.curriculum.load_state_dict(state.curriculum)
     if runner.experience_model is not None and state.experience_model is not None:
         runner.experience_model.load_state_dict(state.experience_model)
+    _rollback_buffer(runner, state)
     runner.counters.update(state.counters)
     runner.history = list(state.history)
     _restore_rng(state)

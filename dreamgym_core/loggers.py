@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import Any, Sequence
 
 import msgspec
 
@@ -24,14 +26,30 @@ class JsonlSink:
         self._file = self.path.open("a")
 
     def log(self, *, step: int, metrics: dict[str, float]) -> None:
-        # NaN/inf are not JSON: write them as null so a bad step is visible, not fatal.
-        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        self._file.write(msgspec.json.encode({"step": step, **row}).decode() + "\n")
+        self._file.write(_line(step, metrics))
         self._file.flush()
+
+    def rewind(self, *, history: Sequence[dict[str, Any]]) -> None:
+        """Keep only the rows of ``history`` (a resumed run's checkpoint): rows of iterations
+        that never reached a checkpoint are played and logged again, not twice."""
+        self._file.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.writelines(_line(row["step"], {k: v for k, v in row.items() if k != "step"}) for row in history)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a")
 
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def _line(step: int, metrics: dict[str, Any]) -> str:
+    # NaN/inf are not JSON: write them as null so a bad step is visible, not fatal.
+    row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    return msgspec.json.encode({"step": step, **row}).decode() + "\n"
 
 
 class TensorBoardConfig(Config):
@@ -44,8 +62,17 @@ class TensorBoardSink:
     def __init__(self, config: TensorBoardConfig, *, run_dir: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / config.subdir))
+        self._log_dir = str(Path(run_dir) / config.subdir)
+        self._writer = SummaryWriter(log_dir=self._log_dir)
         self._closed = False
+
+    def rewind(self, *, history: Sequence[dict[str, Any]]) -> None:
+        """Hide events logged after the checkpoint (TensorBoard's purge_step)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer.close()
+        next_step = history[-1]["step"] + 1 if history else 0
+        self._writer = SummaryWriter(log_dir=self._log_dir, purge_step=next_step)
 
     def log(self, *, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

@@ -425,6 +425,11 @@ class Runner:
         for sink in self.sinks:
             sink.log(step=step, metrics=metrics)
 
+    def _rewind_sinks(self) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "rewind"):
+                sink.rewind(history=self.history)
+
     def _checkpoint(self, iteration: int) -> None:
         if self.buffer is not None:
             self.buffer.flush()
@@ -463,6 +468,8 @@ class Runner:
         final: dict[str, float] = {}
         try:
             start = checkpoint.load_latest(self) if resume else 0
+            if resume:
+                self._rewind_sinks()
             if start == 0:
                 pre = self._before_rl()
                 self._log(-1, pre)

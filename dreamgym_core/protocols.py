@@ -176,6 +176,11 @@ class ReplayBuffer(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional, for an exact --resume: ``position`` (a property) and ``rollback(*, to)``,
+    # which forgets everything added since that position and returns how many. The
+    # checkpoint records the position; a resumed run rolls back to it. A buffer without
+    # them is resumed with whatever it holds, and the run says so.
+
 
 @runtime_checkable
 class Curriculum(Protocol):
@@ -213,3 +218,6 @@ class MetricSink(Protocol):
     def log(self, *, step: int, metrics: Metrics) -> None: ...
 
     def close(self) -> None: ...
+
+    # Optional: ``rewind(*, history)`` on --resume keeps only the checkpoint's rows, so
+    # iterations played again after a kill are not logged twice.

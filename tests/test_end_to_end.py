@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import msgspec
 import pytest
 import torch
 
@@ -80,7 +81,11 @@ def _metric_rows(run_dir):
 
 
 def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
-    """Real components end to end; a plugin SIGKILLs the run right after iteration 1."""
+    """Real components end to end; a plugin SIGKILLs the run after iteration 2, between two
+    checkpoints, when the buffer has already written that iteration's transitions to disk
+    (flush_every 1). The resume plays iteration 2 again from checkpoint it-2, after rolling
+    the buffer back to it; metrics.jsonl keeps one row per iteration. (tests/test_loop.py
+    checks the rolled-back contents; here the reduced models barely use retrieval.)"""
     from conftest import build_plugin_package
 
     site = build_plugin_package(tmp_path, "dreamgym-plugin-killer", "dreamgym_plugin_killer", KILLER, {"killer": "dreamgym_plugin_killer"})
@@ -89,18 +94,32 @@ def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
         args = ["run", str(ROOT / "examples" / "default.yaml")]
         for item in REDUCED:
             args += ["--set", item]
-        args += ["--set", f"run_dir={run_dir}", "--set", "loop.iterations=3", "--set", "eval.before_training=false",
+        args += ["--set", f"run_dir={run_dir}", "--set", "loop.iterations=4", "--set", "loop.checkpoint_every=2",
+                 "--set", "buffer.config={flush_every: 1}", "--set", "eval.before_training=false",
                  "--set", "plugins=[textworld, hf, local, encoders, exact, reward-entropy, killer]"]
         return run_cli(*args, *extra, site=site, env={"KILL_AT_ITERATION": str(kill_at)})
 
     whole = run(tmp_path / "whole", -1)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = run(tmp_path / "killed", 1)
+    killed = run(tmp_path / "killed", 2)
     assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [r["step"] for r in _metric_rows(tmp_path / "killed")] == [-1, 0, 1, 2]
     resumed = run(tmp_path / "killed", -1, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [r["step"] for r in _metric_rows(tmp_path / "killed")] == [-1, 0, 1, 2, 3]
+    assert "replay buffer rolled back to the checkpoint" in resumed.stderr
+    assert [r["step"] for r in _metric_rows(tmp_path / "killed")] == [-1, 0, 1, 2, 3, 4]
     assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "whole")
+    assert json.loads(resumed.stdout) | {"run_dir": ""} == json.loads(whole.stdout) | {"run_dir": ""}
+    assert _stored(tmp_path / "killed") == _stored(tmp_path / "whole")
+
+
+def _stored(run_dir):
+    """The run's replay buffer, in insertion order, as JSON lines."""
+    from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
+    from dreamgym_plugin_exact import ExactBuffer
+
+    with ExactBuffer(encoder=HashingEncoder(HashingConfig()), path=run_dir / "buffer") as buffer:
+        return [msgspec.json.encode(t).decode() for t in buffer]
 
 
 @pytest.mark.parametrize("mode", ["real", "s2r"])

@@ -22,6 +22,7 @@ from dreamgym_core.config import PipelineConfig, resolve
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.loop import Runner, prepare_run_dir, run_pipeline
 from dreamgym_core.rollout import rollout, wilson_interval
+from dreamgym_core.testing import make_transitions
 
 from stand_ins import CountDomain, CountConfig, ScriptConfig, ScriptedPolicy, StandIns, pipeline_dict
 
@@ -122,11 +123,49 @@ def test_keep_checkpoints_deletes_all_but_the_newest_and_the_run_still_resumes(r
     run_pipeline(_resolved(plugins, tmp_path / "one", iterations=3, keep_checkpoints=1), plugins)
     kept = [p.name for p in (tmp_path / "one" / "checkpoints").glob("it-*")]
     assert kept == [(tmp_path / "one" / "checkpoints" / "latest").read_text()]
-    rows = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
     summary = run_pipeline(_resolved(plugins, tmp_path / "one", iterations=3, keep_checkpoints=1), plugins, resume=True)
     assert summary["counters/iteration"] == 3  # resumed from the one checkpoint left
-    again = [json.loads(r) for r in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[len(rows):]]
-    assert not any("rollout/success_rate" in r for r in again)  # no iteration was played again
+    # no iteration was played again, and the final evaluation is logged once, not twice
+    assert [r["step"] for r in _rows(tmp_path / "one")] == [-1, 0, 1, 2, 3]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _open_buffer(run_dir: Path):
+    encoders, exact = pytest.importorskip("dreamgym_plugin_encoders"), pytest.importorskip("dreamgym_plugin_exact")
+    return exact.ExactBuffer(encoder=encoders.HashingEncoder(encoders.HashingConfig()), path=run_dir / "buffer")
+
+
+def _stored(run_dir: Path) -> list[bytes]:
+    with _open_buffer(run_dir) as buffer:
+        return [msgspec.json.encode(t) for t in buffer]
+
+
+def test_resume_rolls_the_buffer_back_to_the_checkpoint_and_rewinds_the_metrics(register_plugin, tmp_path):
+    # What a run killed between two checkpoints leaves behind: transitions the buffer had already
+    # written and metric rows of iterations that will be played again.
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+
+    def resolved():
+        pipeline = pipeline_dict(str(run_dir), iterations=2) | {"encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}
+        return resolve(msgspec.convert(pipeline, type=PipelineConfig), plugins, where="inline.yaml")
+
+    run_pipeline(resolved(), plugins)
+    stored, rows = _stored(run_dir), _rows(run_dir)
+    assert stored and [r["step"] for r in rows] == [-1, 0, 1, 2]
+    stray = [msgspec.structs.replace(t, state=f"stray {t.state}", source="real") for t in make_transitions(5)]
+    with _open_buffer(run_dir) as buffer:
+        buffer.add(transitions=stray)
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 2, "rollout/success_rate": 0.5}) + "\n")
+    run_pipeline(resolved(), plugins, resume=True)  # finished: re-evaluates only
+    assert _stored(run_dir) == stored
+    assert _rows(run_dir)[:-1] == rows[:-1] and [r["step"] for r in _rows(run_dir)] == [-1, 0, 1, 2]
 
 
 def test_resume_with_a_different_config_is_refused(register_plugin, tmp_path):

@@ -167,9 +167,25 @@ def check_buffer(make_buffer: Callable[[], Any]) -> None:
     sample = buffer.sample(n=5, seed=0)
     if len(sample) != 5 or not all(isinstance(t, Transition) for t in sample):
         raise _fail(buffer, "sample(n=5) did not return 5 Transitions")
+    if hasattr(buffer, "rollback"):
+        _check_rollback(buffer, records)
     buffer.flush()
     buffer.close()
     buffer.close()
+
+
+def _check_rollback(buffer: Any, stored: Sequence[Transition]) -> None:
+    """The optional rollback: records added after ``position`` are forgotten, and can come back."""
+    position = buffer.position
+    later = [msgspec.structs.replace(t, state=f"later {t.state}") for t in stored[:3]]
+    buffer.add(transitions=later)
+    dropped = buffer.rollback(to=position)
+    if dropped != 3 or len(buffer) != len(stored):
+        raise _fail(buffer, f"rollback() after adding 3 records gave dropped={dropped}, len={len(buffer)}")
+    if later[0] in buffer.retrieve(queries=[(later[0].state, later[0].action)], k=4)[0]:
+        raise _fail(buffer, "retrieve() returned a rolled-back record")
+    if buffer.add(transitions=later[:1]) != 1 or buffer.rollback(to=position) != 1:
+        raise _fail(buffer, "a rolled-back record could not be added (and rolled back) again")
 
 
 def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:

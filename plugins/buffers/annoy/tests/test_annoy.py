@@ -134,3 +134,17 @@ def test_backfill_moves_the_index_to_the_new_encoder(tmp_path):
     assert b.stats()["annoy"] == b.stats()["annoy"] | {"encoder": new.id, "items": 1000}
     assert b.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
     b.close()
+
+
+def test_rolled_back_rows_never_returned_from_the_index():
+    enc = HashingEncoder()
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=500), encoder=enc)
+    kept, later = household(1000), household(500, seed=5, prefix="LATE ")
+    b.add(transitions=kept)
+    position = b.position
+    b.add(transitions=later)
+    b.rebuild()  # the rolled-back rows are in the index
+    assert b.rollback(to=position) == 500
+    hits = b.retrieve(queries=[(t.state, t.action) for t in later[:50]], k=4)
+    assert all(not t.state.startswith("LATE ") for row in hits for t in row)
+    assert all(len(row) == 4 for row in hits)

@@ -139,3 +139,33 @@ def test_import_export_round_trip(tmp_path):
     bad.write_text('{"task_id": 3}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:1: not a Transition"):
         b.import_jsonl(bad)
+
+
+def test_rollback_forgets_what_came_after_the_position_and_stays_rolled_back(tmp_path, distinct):
+    kept, later = distinct(6, prefix="kept"), distinct(4, source="synthetic", prefix="later")
+    with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=kept)
+        position = b.position
+        b.add(transitions=later)
+        assert b.rollback(to=position) == 4
+        assert list(b) == kept
+        hits = b.retrieve(queries=[(later[0].state, later[0].action)], k=10)[0]
+        assert later[0] not in hits and len(hits) == 6
+        assert b.rollback(to=position) == 0  # nothing left to forget
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert list(b) == kept  # the rollback is on disk
+        assert b.position > position  # ids are never reused, so old frames stay unambiguous
+        assert b.add(transitions=later) == 4  # what was forgotten can be stored again
+        assert list(b) == kept + later
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert list(b) == kept + later
+
+
+def test_rollback_warns_when_capacity_evicted_older_records_since_the_position(distinct):
+    b = ExactBuffer(ExactConfig(capacity=6), encoder=BagOfWordsEncoder())
+    b.add(transitions=distinct(6, source="real", prefix="old"))
+    position = b.position
+    b.add(transitions=distinct(2, source="real", prefix="new"))  # evicts two old records
+    with pytest.warns(UserWarning, match="cannot restore 2 older records"):
+        assert b.rollback(to=position) == 2
+    assert len(b) == 4

@@ -105,6 +105,9 @@ class ExactBuffer:
         self._row_of: dict[int, int] = {}
         self._keys: dict[bytes, int] = {}
         self._queues: dict[str, deque[int]] = {s: deque() for s in EVICTION_ORDER}
+        # (next record id when it happened, record ids) of each capacity eviction, so a
+        # rollback can tell whether it lost older records it cannot bring back
+        self._evictions: list[tuple[int, list[int]]] = []
         self._spaces: dict[str, Space] = {}
         self._pending: list[Frame] = []
         self._pending_records = 0
@@ -141,6 +144,8 @@ class ExactBuffer:
         evicted = {rid for f in frames if f.kind == "evict" for rid in f.rids}
         for frame in frames:
             self._replay(frame, evicted)
+            if frame.kind == "evict" and not frame.rollback:
+                self._evictions.append((self._next_rid, list(frame.rids)))
         self._sealed_rows = len(self._records)
         self._writer = SegmentWriter(self.path, max_records=self.config.segment_records)
 
@@ -291,7 +296,47 @@ class ExactBuffer:
         self._version += 1
         for row in victims:
             self._keys.pop(content_key(self._records[row]), None)
-        self._log(Frame(kind="evict", rids=self._rids[victims].tolist()))
+        rids = self._rids[victims].tolist()
+        self._evictions.append((self._next_rid, rids))
+        self._log(Frame(kind="evict", rids=rids))
+
+    # --- rolling back --------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """Where the buffer stands now: ``rollback(to=position)`` later forgets everything added since."""
+        return self._next_rid
+
+    def rollback(self, *, to: int) -> int:
+        """Forget every record added at or after position ``to``; returns how many.
+
+        A run resumed from a checkpoint calls this with the position the checkpoint
+        recorded, so transitions of an iteration that never reached its checkpoint are
+        not retrieved when that iteration is played again. Persisted as an eviction
+        frame, so a reopened buffer stays rolled back. Older records that the capacity
+        policy evicted since ``to`` are not brought back; a warning says how many.
+        """
+        with self._lock:
+            self._require_open()
+            n = len(self._records)
+            rows = np.flatnonzero(self._alive[:n] & (self._rids[:n] >= to))
+            lost = sum(rid < to for at, rids in self._evictions if at > to for rid in rids)
+            if lost:
+                warnings.warn(
+                    f"replay buffer {self.path or '(in memory)'}: rollback to {to} cannot restore {lost} older "
+                    "records the capacity policy evicted since then",
+                    stacklevel=2,
+                )
+            if not len(rows):
+                return 0
+            self._alive[rows] = False
+            self._live -= len(rows)
+            self._version += 1
+            for row in rows.tolist():
+                self._keys.pop(content_key(self._records[row]), None)
+            self._log(Frame(kind="evict", rids=self._rids[rows].tolist(), rollback=True))
+            self.flush()  # durable at once: a crash right after must not undo it
+            return len(rows)
 
     def _log(self, frame: Frame) -> None:
         if self._writer is None:

@@ -33,7 +33,8 @@ class Frame(msgspec.Struct, frozen=True, kw_only=True):
 
     ``add``: new records with ids ``rids`` and their embeddings (float32 rows, little
     endian) under ``encoder_id``. ``embed``: new embeddings of stored records
-    (backfill). ``evict``: records removed by the capacity policy.
+    (backfill). ``evict``: records removed by the capacity policy, or by a rollback
+    (``rollback`` true).
     """
 
     kind: Literal["add", "embed", "evict"]
@@ -42,6 +43,7 @@ class Frame(msgspec.Struct, frozen=True, kw_only=True):
     encoder_id: str = ""
     dim: int = 0
     vectors: bytes = b""
+    rollback: bool = False
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -1,0 +1,42 @@
+"""The built-in metric sinks rewind to a checkpoint's history on --resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dreamgym_core.loggers import JsonlConfig, JsonlSink, TensorBoardConfig, TensorBoardSink
+
+
+def _play(sink, steps, scale=1.0):
+    for step in steps:
+        sink.log(step=step, metrics={"m": step * scale})
+
+
+def test_jsonl_rewind_keeps_the_history_rows_and_appends_after_them(tmp_path):
+    sink = JsonlSink(JsonlConfig(), run_dir=str(tmp_path))
+    _play(sink, range(4))
+    sink.log(step=4, metrics={"m": math.nan})
+    sink.close()
+    sink = JsonlSink(JsonlConfig(), run_dir=str(tmp_path))  # the resumed run
+    sink.rewind(history=[{"step": 0, "m": 0.0}, {"step": 1, "m": None}])
+    _play(sink, [2], scale=10.0)
+    sink.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 0, "m": 0.0}, {"step": 1, "m": None}, {"step": 2, "m": 20.0}]
+
+
+def test_tensorboard_rewind_hides_the_steps_played_again(tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    sink = TensorBoardSink(TensorBoardConfig(), run_dir=str(tmp_path))
+    _play(sink, range(4))
+    sink.close()
+    sink = TensorBoardSink(TensorBoardConfig(), run_dir=str(tmp_path))
+    sink.rewind(history=[{"step": 0, "m": 0.0}, {"step": 1, "m": 1.0}])
+    _play(sink, [2, 3], scale=10.0)
+    sink.close()
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("m")] == [(0, 0.0), (1, 1.0), (2, 20.0), (3, 30.0)]

@@ -133,6 +133,11 @@ def _rollback_buffer(runner: Runner, state: _State) -> None:
             "so the resumed run may retrieve differently from an uninterrupted one"
         )
         return
+    if buffer.position < state.buffer_position:
+        raise DataError(
+            f"{runner.run_dir / 'buffer'}: the replay buffer ends at position {buffer.position}, before the "
+            f"checkpoint's {state.buffer_position}: records the run stored were lost (deleted or corrupt segments)"
+        )
     dropped = buffer.rollback(to=state.buffer_position)
     if dropped:
         runner._say(f"replay buffer rolled back to the checkpoint: {dropped} transitions stored after it forgotten")

@@ -19,7 +19,7 @@ import pytest
 
 from dreamgym_core import hookimpl
 from dreamgym_core.config import PipelineConfig, resolve
-from dreamgym_core.errors import ConfigError
+from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.loop import Runner, prepare_run_dir, run_pipeline
 from dreamgym_core.rollout import rollout, wilson_interval
 from dreamgym_core.testing import make_transitions
@@ -272,7 +272,7 @@ def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_pa
 
 def test_eval_writes_the_episodes_it_played(register_plugin, tmp_path):
     from dreamgym_core.checkpoint import read_trajectories
-    from dreamgym_core.errors import ConfigError
+    from dreamgym_core.errors import ConfigError, DataError
     from dreamgym_core.loop import evaluate_run
 
     plugins = register_plugin(StandIns(), "stand-ins")
@@ -361,3 +361,16 @@ def test_rl_starts_from_the_same_random_state_whatever_ran_before(register_plugi
     monkeypatch.setattr(Runner, "_before_rl", lambda self, **kw: (torch.rand(3), random.random(), plain(self, **kw))[2])
     run_pipeline(_resolved(plugins, tmp_path / "b", iterations=1), plugins)
     assert len(spy.draws) == 2 and spy.draws[0] == spy.draws[1]
+
+
+def test_resume_refuses_a_buffer_that_lost_records_the_checkpoint_counted(register_plugin, tmp_path):
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+    pipeline = pipeline_dict(str(tmp_path / "run"), iterations=1) | {"encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}
+    resolved = resolve(msgspec.convert(pipeline, type=PipelineConfig), plugins, where="inline.yaml")
+    run_pipeline(resolved, plugins)
+    for segment in (tmp_path / "run" / "buffer").glob("seg-*"):
+        segment.unlink()
+    with pytest.raises(DataError, match=r"run/buffer: the replay buffer ends at position 0, before the checkpoint's \d+"):
+        run_pipeline(resolved, plugins, resume=True)

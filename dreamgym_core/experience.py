@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Annotated, Any, Iterable, Sequence
+from typing import Annotated, Any, Callable, Iterable, Sequence
 
 import msgspec
 from msgspec import Meta
@@ -487,16 +487,18 @@ class LMExperienceModel:
 
     def train(
         self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int,
-        other_tasks: bool = False,
+        other_tasks: bool = False, on_epoch: Callable[[int, float], None] | None = None,
     ) -> dict[str, float]:
         """Joint SFT (Eq. 5) of the backend on annotated transitions (``other_tasks``: demos
-        only from other tasks, see :func:`training_examples`)."""
+        only from other tasks, see :func:`training_examples`; ``on_epoch(epoch, mean_loss)``
+        after each epoch)."""
         if not hasattr(self.backend, "sft"):
             raise DreamGymError(f"experience model backend {self.model_id!r} cannot be trained (no sft method)")
         examples = training_examples(
             transitions, buffer, history_window=self.config.history_window, k=self.config.top_k, other_tasks=other_tasks
         )
-        return self.backend.sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size)
+        progress = {"on_epoch": on_epoch} if on_epoch is not None else {}
+        return self.backend.sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size, **progress)
 
     def vary_tasks(self, *, task: Task, n: int) -> list[str]:
         """Up to ``n`` distinct variations, excluding the original instruction.

@@ -220,7 +220,7 @@ class Runner:
             self.exp_backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
         metrics = self.experience_model.train(
             transitions=transitions, buffer=self.buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size,
-            other_tasks=other_tasks,
+            other_tasks=other_tasks, on_epoch=lambda epoch, loss: self._say(f"experience model epoch {epoch}/{exp.epochs}: loss {loss:.3f}"),
         )
         self.exp_backend.save(path=str(ckpt))
         (ckpt / "done").write_text("1\n")

@@ -133,10 +133,12 @@ class ExperienceModel(Protocol):
     def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]: ...
 
     def train(
-        self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int, other_tasks: bool = False
+        self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int, other_tasks: bool = False,
+        on_epoch: Callable[[int, float], None] | None = None,
     ) -> Metrics:
         """Joint SFT (paper Eq. 5) on annotated transitions, prompts built as at inference
-        (``other_tasks``: retrieved demos only from other tasks than the example's)."""
+        (``other_tasks``: retrieved demos only from other tasks than the example's;
+        ``on_epoch(epoch, mean_loss)`` after each epoch, for progress)."""
 
     def metrics(self) -> Metrics:
         """Namespaced counters (requests, parse outcomes, retries)."""

@@ -143,8 +143,11 @@ def _rollback_buffer(runner: Runner, state: _State) -> None:
         runner._say(f"replay buffer rolled back to the checkpoint: {dropped} transitions stored after it forgotten")
 
 
-def load_latest(runner: Runner) -> int:
-    """Restore the newest complete checkpoint; returns the iteration to continue from."""
+def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int:
+    """Restore the newest complete checkpoint; returns the iteration to continue from.
+
+    ``roll_back_buffer=False`` leaves the replay buffer as it is on disk: for reading a
+    checkpoint (``dreamgym eval``, possibly while the run goes on), not for resuming it."""
     root = runner.run_dir / "checkpoints"
     pointer = root / "latest"
     if not pointer.exists():
@@ -163,7 +166,8 @@ def load_latest(runner: Runner) -> int:
         runner.curriculum.load_state_dict(state.curriculum)
     if runner.experience_model is not None and state.experience_model is not None:
         runner.experience_model.load_state_dict(state.experience_model)
-    _rollback_buffer(runner, state)
+    if roll_back_buffer:
+        _rollback_buffer(runner, state)
     runner.counters.update(state.counters)
     runner.history = list(state.history)
     _restore_rng(state)

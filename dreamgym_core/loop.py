@@ -625,7 +625,7 @@ def evaluate_run(
         # Checked before playing, so a typo costs nothing.
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
     runner = Runner(resolved, plugins, run_dir, progress=False)
-    iteration = checkpoint.load_latest(runner)
+    iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
     metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes, trajectories_out=trajectories)
     return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **metrics}
 

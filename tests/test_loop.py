@@ -20,7 +20,7 @@ import pytest
 from dreamgym_core import hookimpl
 from dreamgym_core.config import PipelineConfig, resolve
 from dreamgym_core.errors import ConfigError, DataError
-from dreamgym_core.loop import Runner, prepare_run_dir, run_pipeline
+from dreamgym_core.loop import Runner, evaluate_run, prepare_run_dir, run_pipeline
 from dreamgym_core.rollout import rollout, wilson_interval
 from dreamgym_core.testing import make_transitions
 
@@ -163,6 +163,8 @@ def test_resume_rolls_the_buffer_back_to_the_checkpoint_and_rewinds_the_metrics(
         buffer.add(transitions=stray)
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 2, "rollout/success_rate": 0.5}) + "\n")
+    evaluate_run(resolved(), plugins, split="test", episodes=2)  # reads the checkpoint, leaves the buffer be
+    assert len(_stored(run_dir)) == len(stored) + 5
     run_pipeline(resolved(), plugins, resume=True)  # finished: re-evaluates only
     assert _stored(run_dir) == stored
     assert _rows(run_dir)[:-1] == rows[:-1] and [r["step"] for r in _rows(run_dir)] == [-1, 0, 1, 2]

@@ -93,3 +93,13 @@ def test_dpo_loss_sanity():
     assert better.item() < math.log(2) < worse.item()
     # TRL's formula: -logsigmoid(beta * (2 - (-2)))
     assert better.item() == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(0.4)).item())
+
+
+@pytest.mark.parametrize("norm_by_std", [True, False])
+def test_zero_signal_groups_are_those_whose_samples_all_scored_alike(norm_by_std):
+    # groups: all succeed | mixed | all fail alike | all fail, one with an invalid step | a group of one
+    scores = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, -0.1, 1.0])
+    groups = [0, 0, 1, 1, 2, 2, 3, 3, 4]
+    adv = maths.grpo_advantages(scores, groups, norm_by_std=norm_by_std)
+    # groups 0 and 2 carry no signal; verl keeps a lone sample's raw score, so group 4 does
+    assert maths.zero_signal_group_share(adv, groups) == pytest.approx(2 / 5)

@@ -42,6 +42,15 @@ def test_updates_change_parameters_and_reduce_the_loss(cls, config_type, kit):
     assert history[-1]["losses/kl_loss"] > 0  # the policy moved away from its reference
     if cls is PPO:
         assert history[-1]["losses/value_loss"] < history[0]["losses/value_loss"]
+    else:
+        assert history[0]["charts/zero_signal_groups"] == 0.0  # both groups mix successes and failures
+
+
+def test_grpo_reports_groups_that_carry_no_signal(kit):
+    algo = GRPO(GRPOConfig(lr=1e-3, minibatch_size=4), policy=kit.TinyPolicy(), seed=0)
+    mixed, other = kit.make_groups()
+    all_won = other[:2]  # two successes without an invalid step: equal scores, zero advantages
+    assert algo.update(groups=[mixed, all_won])["charts/zero_signal_groups"] == 0.5
 
 
 def test_grpo_invalid_action_penalty_lowers_the_advantage(kit):

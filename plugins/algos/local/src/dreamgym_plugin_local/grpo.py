@@ -69,6 +69,7 @@ class GRPO(LocalTrainer):
             "charts/mean_reward": float(sum(t.outcome_reward for t in trajectories) / len(trajectories)),
             "charts/success_rate": float(sum(t.success for t in trajectories) / len(trajectories)),
             "charts/mean_advantage": float(traj_adv.mean()),
+            "charts/zero_signal_groups": maths.zero_signal_group_share(traj_adv, group_ids),
             "charts/invalid_steps": float(sum(invalid)),
             "data/trainable_steps": float(len(steps)),
             "data/response_tokens": float(batch.response_mask.sum()),

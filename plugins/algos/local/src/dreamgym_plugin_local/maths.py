@@ -18,6 +18,7 @@ from verl.trainer.ppo import core_algos
 
 __all__ = [
     "trajectory_scores",
+    "zero_signal_group_share",
     "grpo_advantages",
     "place_step_rewards",
     "pack_episodes",
@@ -58,6 +59,16 @@ def grpo_advantages(
         norm_adv_by_std_in_grpo=norm_by_std,
     )
     return adv[:, 0]
+
+
+def zero_signal_group_share(advantages: torch.Tensor, group_ids: Sequence[int]) -> float:
+    """Share of groups whose advantages are all zero, so they teach the policy nothing: in
+    GRPO, a group of two or more whose trajectories all scored alike (every sample
+    succeeded, or every one failed the same way)."""
+    silent: dict[int, bool] = {}
+    for adv, group in zip(advantages.tolist(), group_ids):
+        silent[group] = silent.get(group, True) and adv == 0.0
+    return sum(silent.values()) / max(len(silent), 1)
 
 
 def place_step_rewards(step_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,20 @@ def build_plugin_package(tmp: Path, dist: str, module: str, source: str, entry_p
     return site
 
 
+def open_run_buffer(run_dir: Path):
+    """A run's replay buffer as the default pipeline stores it (exact, hashing encoder)."""
+    encoders, exact = pytest.importorskip("dreamgym_plugin_encoders"), pytest.importorskip("dreamgym_plugin_exact")
+    return exact.ExactBuffer(encoder=encoders.HashingEncoder(encoders.HashingConfig()), path=run_dir / "buffer")
+
+
+def stored_transitions(run_dir: Path) -> list[bytes]:
+    """The run's replay buffer, in insertion order, as JSON."""
+    import msgspec
+
+    with open_run_buffer(run_dir) as buffer:
+        return [msgspec.json.encode(t) for t in buffer]
+
+
 def run_cli(*args: str, site: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``dreamgym`` in a subprocess, with an extra site directory on the path."""
     full_env = dict(os.environ)

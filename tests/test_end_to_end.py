@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import msgspec
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, stored_transitions
 
 pytest.importorskip("dreamgym_plugin_textworld")
 pytest.importorskip("dreamgym_plugin_hf")
@@ -111,16 +110,7 @@ def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
     assert [r["step"] for r in _metric_rows(tmp_path / "killed")] == [-1, 0, 1, 2, 3, 4]
     assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "whole")
     assert json.loads(resumed.stdout) | {"run_dir": ""} == json.loads(whole.stdout) | {"run_dir": ""}
-    assert _stored(tmp_path / "killed") == _stored(tmp_path / "whole")
-
-
-def _stored(run_dir):
-    """The run's replay buffer, in insertion order, as JSON lines."""
-    from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
-    from dreamgym_plugin_exact import ExactBuffer
-
-    with ExactBuffer(encoder=HashingEncoder(HashingConfig()), path=run_dir / "buffer") as buffer:
-        return [msgspec.json.encode(t).decode() for t in buffer]
+    assert stored_transitions(tmp_path / "killed") == stored_transitions(tmp_path / "whole")
 
 
 @pytest.mark.parametrize("mode", ["real", "s2r"])

@@ -24,6 +24,7 @@ from dreamgym_core.loop import Runner, evaluate_run, prepare_run_dir, run_pipeli
 from dreamgym_core.rollout import rollout, wilson_interval
 from dreamgym_core.testing import make_transitions
 
+from conftest import open_run_buffer, stored_transitions
 from stand_ins import CountDomain, CountConfig, ScriptConfig, ScriptedPolicy, StandIns, pipeline_dict
 
 HERE = Path(__file__).resolve().parent
@@ -133,16 +134,6 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _open_buffer(run_dir: Path):
-    encoders, exact = pytest.importorskip("dreamgym_plugin_encoders"), pytest.importorskip("dreamgym_plugin_exact")
-    return exact.ExactBuffer(encoder=encoders.HashingEncoder(encoders.HashingConfig()), path=run_dir / "buffer")
-
-
-def _stored(run_dir: Path) -> list[bytes]:
-    with _open_buffer(run_dir) as buffer:
-        return [msgspec.json.encode(t) for t in buffer]
-
-
 def test_resume_rolls_the_buffer_back_to_the_checkpoint_and_rewinds_the_metrics(register_plugin, tmp_path):
     # What a run killed between two checkpoints leaves behind: transitions the buffer had already
     # written and metric rows of iterations that will be played again.
@@ -156,17 +147,17 @@ def test_resume_rolls_the_buffer_back_to_the_checkpoint_and_rewinds_the_metrics(
         return resolve(msgspec.convert(pipeline, type=PipelineConfig), plugins, where="inline.yaml")
 
     run_pipeline(resolved(), plugins)
-    stored, rows = _stored(run_dir), _rows(run_dir)
+    stored, rows = stored_transitions(run_dir), _rows(run_dir)
     assert stored and [r["step"] for r in rows] == [-1, 0, 1, 2]
     stray = [msgspec.structs.replace(t, state=f"stray {t.state}", source="real") for t in make_transitions(5)]
-    with _open_buffer(run_dir) as buffer:
+    with open_run_buffer(run_dir) as buffer:
         buffer.add(transitions=stray)
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 2, "rollout/success_rate": 0.5}) + "\n")
     evaluate_run(resolved(), plugins, split="test", episodes=2)  # reads the checkpoint, leaves the buffer be
-    assert len(_stored(run_dir)) == len(stored) + 5
+    assert len(stored_transitions(run_dir)) == len(stored) + 5
     run_pipeline(resolved(), plugins, resume=True)  # finished: re-evaluates only
-    assert _stored(run_dir) == stored
+    assert stored_transitions(run_dir) == stored
     assert _rows(run_dir)[:-1] == rows[:-1] and [r["step"] for r in _rows(run_dir)] == [-1, 0, 1, 2]
 
 

@@ -12,7 +12,6 @@ RL iteration the rollout success and GRPO's share of groups with all-zero advant
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,20 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as table1  # noqa: E402
 
 
-def copy_parts(donor: Path, out: Path) -> None:
-    if out.exists():
-        return  # a rerun resumes
-    out.mkdir(parents=True)
-    shutil.copy(donor / "offline.jsonl", out / "offline.jsonl")
-    for part in ("policy_init", "experience_model"):
-        shutil.copytree(donor / part, out / part)
-
-
 def main() -> None:
     if len(sys.argv) < 5:
         raise SystemExit(__doc__)
     game, seed, donor, out, extra = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:]
-    copy_parts(donor, out)
+    if not out.exists():  # else a rerun resumes
+        table1.copy_parts(donor, out, model=True)
     started = time.time()
     summary = table1._dreamgym_run([*table1.overrides(game, "GRPO DreamGym", seed, out), *extra], out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -22,18 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as table1  # noqa: E402
 
 
-def measured(summary: dict, first: dict) -> dict:
-    return {
-        "success": summary.get("eval/success_rate"),
-        "warmstart_success": first.get("eval_before/success_rate"),
-        "synthetic_success": summary.get("eval/synthetic_success_rate"),
-        "real_transitions": summary.get("counters/real_transitions"),
-        "offline_transitions": summary.get("counters/offline_transitions"),
-        "synthetic_transitions": summary.get("counters/synthetic_transitions"),
-        "fidelity": {k: v for k, v in first.items() if k.startswith("fidelity/")},
-    }
-
-
 def compare(got: dict, cached: dict) -> tuple[dict, list[str]]:
     """(differences as key -> [measured, cached], metrics the cached cell lacks)."""
     diffs = {k: [got[k], cached.get(k)] for k in got if k != "fidelity" and got[k] != cached.get(k)}
@@ -58,7 +46,7 @@ def main() -> None:
     run_dir = args.run_dir or table1.RUNS / "rerun" / args.game / table1.slug(args.row) / f"seed{args.seed}"
     started = time.time()
     summary = table1._dreamgym_run(table1.overrides(args.game, args.row, args.seed, run_dir), run_dir)
-    got = measured(summary, table1._before_rl_metrics(run_dir))
+    got = table1.measured(summary, table1._before_rl_metrics(run_dir))
     diffs, new = compare(got, cached)
     print(json.dumps({
         "cell": f"{args.game} | {args.row} | seed {args.seed}", "cached_commit": cached.get("commit"),

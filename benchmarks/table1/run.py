@@ -131,10 +131,16 @@ def share_from(game: str, row: str, seed: int, run_dir: Path) -> None:
     donor = run_dir_of(game, "GRPO DreamGym", seed)
     if not (donor / "policy_init" / "done").exists():
         donor = rebuilt_donor(game, seed)
+    copy_parts(donor, run_dir, model=row in SHARES_MODEL and (donor / "experience_model" / "done").exists())
+
+
+def copy_parts(donor: Path, run_dir: Path, *, model: bool) -> None:
+    """A donor's offline data and warm-started policy (and with ``model`` its experience
+    model) into a new run directory, which the loop then reuses instead of rebuilding."""
     run_dir.mkdir(parents=True)
     shutil.copy(donor / "offline.jsonl", run_dir / "offline.jsonl")
     shutil.copytree(donor / "policy_init", run_dir / "policy_init")
-    if row in SHARES_MODEL and (donor / "experience_model" / "done").exists():
+    if model:
         shutil.copytree(donor / "experience_model", run_dir / "experience_model")
 
 
@@ -185,11 +191,20 @@ def run_cell(game: str, row: str, seed: int) -> dict:
     share_from(game, row, seed, run_dir)
     started = time.time()
     summary = _dreamgym_run(overrides(game, row, seed, run_dir), run_dir)
-    first = _before_rl_metrics(run_dir)
     cell = {
         "game": game, "row": row, "seed": seed, "wall_seconds": round(time.time() - started, 1),
         "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": git_commit(), "machine": machine(),
         "overrides": overrides(game, row, seed, Path("<run_dir>")),
+        **measured(summary, _before_rl_metrics(run_dir)),
+    }
+    cell_path(game, row, seed).parent.mkdir(parents=True, exist_ok=True)
+    cell_path(game, row, seed).write_text(json.dumps(cell, indent=2))
+    return cell
+
+
+def measured(summary: dict, first: dict) -> dict:
+    """What a cell records of its run: the JSON summary and the first metrics row (before RL)."""
+    return {
         "success": summary.get("eval/success_rate"),
         "success_ci": [summary.get("eval/success_ci_low"), summary.get("eval/success_ci_high")],
         "real_transitions": summary.get("counters/real_transitions"),
@@ -204,9 +219,6 @@ def run_cell(game: str, row: str, seed: int) -> dict:
         "warmstart_synthetic_success": first.get("eval_before/synthetic_success_rate"),
         "warmstart_synthetic_agreement": first.get("eval_before/synthetic_agreement"),
     }
-    cell_path(game, row, seed).parent.mkdir(parents=True, exist_ok=True)
-    cell_path(game, row, seed).write_text(json.dumps(cell, indent=2))
-    return cell
 
 
 def current(game: str, row: str, seed: int) -> dict | None:

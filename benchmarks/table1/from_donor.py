@@ -1,12 +1,15 @@
 """Run a Table 1 donor cell's pipeline again from a donor's parts, with extra overrides.
 
-    python benchmarks/table1/from_donor.py GAME SEED DONOR_DIR OUT_DIR [KEY=VALUE ...]
+    python benchmarks/table1/from_donor.py GAME SEED DONOR_DIR OUT_DIR [--new-model] [KEY=VALUE ...]
 
 DONOR_DIR holds a finished run of the seed's GRPO DreamGym row, or its pipeline up to RL
 (``loop.iterations=0``): its ``offline.jsonl``, ``policy_init/`` and ``experience_model/`` are
 copied into OUT_DIR, so only RL and what the overrides change differ from the cached cell.
-Without overrides the run repeats the cell. Prints one JSON line: held-out success, and per
-RL iteration the rollout success and GRPO's share of groups with all-zero advantages.
+``--new-model`` leaves the experience model behind, for overrides that change how it is
+trained: the run trains it again on the donor's offline data.
+Without overrides the run repeats the cell. Prints one JSON line: held-out success, per RL
+iteration the rollout success and GRPO's share of groups with all-zero advantages, and what
+a cell records (``run.measured``: fidelity, the synthetic replay).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ def main() -> None:
     if len(sys.argv) < 5:
         raise SystemExit(__doc__)
     game, seed, donor, out, extra = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:]
+    new_model = "--new-model" in extra
+    extra = [item for item in extra if item != "--new-model"]
     if not out.exists():  # else a rerun resumes
-        table1.copy_parts(donor, out, model=True)
+        table1.copy_parts(donor, out, model=not new_model)
     started = time.time()
     summary = table1._dreamgym_run([*table1.overrides(game, "GRPO DreamGym", seed, out), *extra], out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -35,8 +40,8 @@ def main() -> None:
         "warmstart_success": rows[0].get("eval_before/success_rate"),
         "rollout_success": [round(r["rollout/success_rate"], 3) for r in iterations],
         "zero_signal_groups": [r.get("charts/zero_signal_groups") for r in iterations],
-        "synthetic_transitions": summary.get("counters/synthetic_transitions"),
         "wall_seconds": round(time.time() - started, 1),
+        "measured": table1.measured(summary, rows[0]),
     }))
 
 

@@ -26,7 +26,9 @@ import run as table1  # noqa: E402
 def main() -> None:
     if len(sys.argv) < 5:
         raise SystemExit(__doc__)
-    game, seed, donor, out, extra = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:]
+    game, seed, extra = sys.argv[1], int(sys.argv[2]), sys.argv[5:]
+    # Absolute: the run itself starts in the repository root, wherever this script was started.
+    donor, out = Path(sys.argv[3]).resolve(), Path(sys.argv[4]).resolve()
     new_model = "--new-model" in extra
     extra = [item for item in extra if item != "--new-model"]
     if not out.exists():  # else a rerun resumes

@@ -43,7 +43,8 @@ def main() -> None:
         raise SystemExit(f"{args.game} | {args.row} | seed {args.seed}: no cached cell of the current base pipeline and protocol")
     if args.row != "GRPO DreamGym":
         raise SystemExit("only donor rows (GRPO DreamGym) run from scratch; other rows reuse the donor's warm start")
-    run_dir = args.run_dir or table1.RUNS / "rerun" / args.game / table1.slug(args.row) / f"seed{args.seed}"
+    # Absolute: the run itself starts in the repository root, wherever this script was started.
+    run_dir = args.run_dir.resolve() if args.run_dir else table1.RUNS / "rerun" / args.game / table1.slug(args.row) / f"seed{args.seed}"
     started = time.time()
     summary = table1._dreamgym_run(table1.overrides(args.game, args.row, args.seed, run_dir), run_dir)
     got = table1.measured(summary, table1._before_rl_metrics(run_dir))

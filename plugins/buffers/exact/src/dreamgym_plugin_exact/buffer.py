@@ -289,16 +289,19 @@ class ExactBuffer:
                 if self._alive[row]:
                     victims.append(row)
                     excess -= 1
-        if not victims:
-            return
-        self._alive[victims] = False
-        self._live -= len(victims)
+        if victims:
+            self._evictions.append((self._next_rid, self._retire(victims, rollback=False)))
+
+    def _retire(self, rows: list[int], *, rollback: bool) -> list[int]:
+        """Mark ``rows`` dead, forget their dedup keys and log the eviction; their record ids."""
+        self._alive[rows] = False
+        self._live -= len(rows)
         self._version += 1
-        for row in victims:
+        for row in rows:
             self._keys.pop(content_key(self._records[row]), None)
-        rids = self._rids[victims].tolist()
-        self._evictions.append((self._next_rid, rids))
-        self._log(Frame(kind="evict", rids=rids))
+        rids = self._rids[rows].tolist()
+        self._log(Frame(kind="evict", rids=rids, rollback=rollback))
+        return rids
 
     # --- rolling back --------------------------------------------------------
 
@@ -329,12 +332,7 @@ class ExactBuffer:
                 )
             if not len(rows):
                 return 0
-            self._alive[rows] = False
-            self._live -= len(rows)
-            self._version += 1
-            for row in rows.tolist():
-                self._keys.pop(content_key(self._records[row]), None)
-            self._log(Frame(kind="evict", rids=self._rids[rows].tolist(), rollback=True))
+            self._retire(rows.tolist(), rollback=True)
             self.flush()  # durable at once: a crash right after must not undo it
             return len(rows)
 

@@ -191,6 +191,10 @@ class PipelineConfig(Config):
                 raise ValueError(
                     f"loop.mode={self.loop.mode!r} needs {', '.join(missing)}; set them or use mode 'real'"
                 )
+        if self.eval.synthetic_agreement:
+            missing = [f for f in ("experience_model", "encoder", "buffer") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"eval.synthetic_agreement replays games in the synthetic environment and needs {', '.join(missing)}")
         group_cap = self.loop.group_size * self.loop.max_steps
         if self.loop.mode == "s2r" and self.loop.real_budget < group_cap:
             raise ValueError(

@@ -21,6 +21,7 @@ reasoning traces R*_t that joint SFT trains on.
 from __future__ import annotations
 
 import re
+import zlib
 from collections import defaultdict
 from typing import Annotated, Any, Callable, Iterable, Sequence
 
@@ -44,6 +45,7 @@ __all__ = [
     "requests_for",
     "training_examples",
     "LMExperienceModel",
+    "stream_seed",
     "variation_prompt",
     "selection_prompt",
     "parse_variation",
@@ -424,6 +426,12 @@ def parse_selection(text: str, n: int) -> int | None:
 # --- the LM-backed experience model ------------------------------------------------
 
 
+def stream_seed(seed: int, name: str) -> int:
+    """Base seed of a named stream: far above the main stream's ``seed + calls`` (calls stay
+    below 2**24 in any run), and a function of the name only, so it does not depend on what ran before."""
+    return seed + ((zlib.crc32(name.encode()) + 1) << 24)
+
+
 class LMExperienceModel:
     """M_exp (and M_task) on any :class:`~dreamgym_core.protocols.LanguageModel` backend.
 
@@ -439,6 +447,15 @@ class LMExperienceModel:
         self.model_id = getattr(backend, "model_id", type(backend).__name__)
         self._calls = 0
         self.counters = {"requests": 0, "parse_ok": 0, "parse_repaired": 0, "parse_failed": 0, "retries": 0}
+
+    def stream(self, name: str) -> LMExperienceModel:
+        """The same weights on a seed stream of their own, with their own call count and counters.
+
+        Measurements (fidelity scoring, the synthetic replay of evaluated games) use one, so
+        turning a measurement on or off leaves RL's synthetic draws, which come from this
+        model's own count, unchanged."""
+        config = msgspec.structs.replace(self.config, seed=stream_seed(self.config.seed, name))
+        return LMExperienceModel(self.backend, config, domain=self.domain)
 
     def _generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
         self._calls += 1

@@ -242,7 +242,7 @@ class Runner:
         ]
         self._say(f"scoring the experience model on {len(held_out)} held-out real transitions")
         return evaluate_model(
-            self.experience_model, held_out, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
+            self.experience_model.stream("fidelity"), held_out, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
         )
 
     def _reload_experience_model(self, ckpt: Path) -> None:
@@ -354,7 +354,7 @@ class Runner:
         rng = random.Random(self.cfg.seed * 1_000_003 + int(self.counters["iteration"]))
         return [rng.choice(self.train_tasks) for _ in range(n)]
 
-    def _make_envs(self, phase: str, n: int) -> tuple[list[Any], Any]:
+    def _make_envs(self, phase: str, n: int, experience_model: Any = None) -> tuple[list[Any], Any]:
         if phase == "real":
             return [self.domain.make_env() for _ in range(n)], None
         from .synthetic import SyntheticEnv, SyntheticEnvConfig, step_many
@@ -367,7 +367,8 @@ class Runner:
             reject_unlisted=self.cfg.loop.reject_unlisted_actions, reject_unlisted_at=self.cfg.loop.reject_unlisted_at,
             state_variation=self.cfg.loop.state_variation,
         )
-        envs = [SyntheticEnv(self.experience_model, self.buffer, self.domain, config) for _ in range(n)]
+        model = experience_model or self.experience_model
+        envs = [SyntheticEnv(model, self.buffer, self.domain, config) for _ in range(n)]
         return envs, step_many
 
     def act_fn(self, temperature: float):
@@ -379,10 +380,11 @@ class Runner:
         return act
 
     def play(
-        self, tasks: list[Task], phase: str, *, temperature: float, seeds: list[int], tag: str
+        self, tasks: list[Task], phase: str, *, temperature: float, seeds: list[int], tag: str, experience_model: Any = None
     ) -> tuple[list[Trajectory], RolloutStats]:
-        """One episode per task in the real or the synthetic environment, closing its envs."""
-        envs, step_many = self._make_envs(phase, len(tasks))
+        """One episode per task in the real or the synthetic environment, closing its envs
+        (``experience_model``: a stream of the run's model for measurements; default, RL's own)."""
+        envs, step_many = self._make_envs(phase, len(tasks), experience_model)
         try:
             return rollout(
                 tasks=tasks, envs=envs, act=self.act_fn(temperature),
@@ -587,7 +589,9 @@ def evaluate(
     # The same rollout seeds in both environments, so a task's two episodes are comparable.
     def play(phase: str) -> tuple[list[Trajectory], RolloutStats]:
         seeds = [10_000 + i for i in range(len(chosen))]
-        return runner.play(chosen, phase, temperature=runner.cfg.eval.temperature, seeds=seeds, tag=prefix)
+        # The replay draws from its own stream, so evaluating leaves RL's synthetic draws alone.
+        model = runner.experience_model.stream(f"replay/{prefix}") if phase == "synthetic" else None
+        return runner.play(chosen, phase, temperature=runner.cfg.eval.temperature, seeds=seeds, tag=prefix, experience_model=model)
 
     trajectories, stats = play("real")
     if trajectories_out is not None:

@@ -58,6 +58,10 @@ def test_constraint_and_cross_field_errors(tmp_path):
     with pytest.raises(ConfigError, match="needs experience_model, encoder, buffer"):
         load_pipeline(write(tmp_path, data))
     data = pipeline_dict(str(tmp_path / "run"))
+    data["eval"] = {"synthetic_agreement": True}
+    with pytest.raises(ConfigError, match="eval.synthetic_agreement replays .* needs experience_model, encoder, buffer"):
+        load_pipeline(write(tmp_path, data))
+    data = pipeline_dict(str(tmp_path / "run"))
     data["loop"].update(mode="s2r", group_size=4, max_steps=6, real_budget=23)
     data.update({k: {"name": "x"} for k in ("experience_model", "encoder", "buffer")})
     with pytest.raises(ConfigError, match=r"real_budget >= group_size \* max_steps = 24 .*got 23"):

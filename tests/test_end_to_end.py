@@ -188,3 +188,27 @@ def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
     assert first["warmstart/best_epoch"] == 1 + scores.index(max(scores))
     assert first["warmstart/valid_success"] == max(scores) and first["warmstart/valid_success_last"] == scores[-1]
     assert not (run_dir / "policy_warmstart_best").exists() and (run_dir / "policy_init" / "done").exists()
+
+
+def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
+    """Fidelity scoring and the synthetic replay of the warm start call the experience model
+    before RL. They draw from streams of their own, so a run that measures and one that does
+    not play the same synthetic episodes and store the same transitions."""
+
+    def run(run_dir, *extra):
+        args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
+        for item in [*REDUCED, *extra]:
+            args += ["--set", item]
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [
+            {k: v for k, v in row.items() if not k.startswith(("perf/", "eval", "fidelity/"))}
+            for row in _metric_rows(run_dir) if row["step"] >= 0
+        ]
+
+    plain = run(tmp_path / "plain", "eval.synthetic_agreement=false", "eval.fidelity_episodes=0")
+    measured = run(tmp_path / "measured", "eval.synthetic_agreement=true", "eval.fidelity_episodes=2")
+    assert "eval_before/synthetic_agreement" in _metric_rows(tmp_path / "measured")[0]
+    assert "fidelity/success_agreement" in _metric_rows(tmp_path / "measured")[0]
+    assert measured == plain
+    assert stored_transitions(tmp_path / "measured") == stored_transitions(tmp_path / "plain")

@@ -26,6 +26,7 @@ from dreamgym_core.experience import (
     render_output,
     render_target,
     requests_for,
+    stream_seed,
     training_examples,
 )
 from dreamgym_core.records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
@@ -275,6 +276,28 @@ def test_predict_gives_up_after_max_retries_and_counts() -> None:
     assert len(lm.calls) == 2 * 1  # check_experience_model calls predict once: 1 try + 1 retry
     assert [c["temperature"] for c in lm.calls] == [0.0, 0.5]  # greedy first, sampled retry
     assert model.metrics()["experience/parse_failure_rate"] == 1.0
+
+
+def test_a_stream_has_its_own_seeds_and_leaves_the_models_count_alone() -> None:
+    lm = ScriptedLM(answer=lambda p: GOOD)
+    model = LMExperienceModel(lm, ExperienceModelConfig(seed=3))
+    request = [ExperienceRequest(instruction="x", history=[], state="s", action="a")]
+    model.predict(requests=request)
+    fidelity = model.stream("fidelity")
+    fidelity.predict(requests=request * 2)
+    model.predict(requests=request)
+    first, measured, second = (c["seed"] for c in lm.calls)
+    assert second == first + 1  # the model's own count goes on as if the measurement had not run
+    assert measured == stream_seed(3, "fidelity") + 1 and measured not in (first, second)
+    model.stream("fidelity").predict(requests=request)
+    assert lm.calls[-1]["seed"] == measured  # a stream is a function of its name, not of what ran before
+    assert model.metrics()["experience/requests"] == 2 and fidelity.metrics()["experience/requests"] == 2
+
+
+def test_stream_seeds_differ_by_name_and_base_seed() -> None:
+    names = ["fidelity", "replay/eval_before", "replay/eval"]
+    seeds = {stream_seed(s, n) for s in range(3) for n in names}
+    assert len(seeds) == 9 and min(seeds) > 2**24
 
 
 def test_config_decodes_from_empty_and_rejects_bad_values() -> None:

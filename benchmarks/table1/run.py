@@ -11,10 +11,12 @@ A cell records the sha256 of the base pipeline it ran on, the protocol (``PROTOC
 bumped when a code change makes old cells incomparable) and the commit of the code
 (``<=abc123``: run on code at or before that commit). The report uses only cells of
 the current base pipeline and protocol, so editing ``examples/default.yaml`` or bumping
-the protocol starts a fresh table; cells of protocol N live in ``results/cells/pN/``.
+the protocol starts a fresh table; cells of protocol N live in ``results/cells/pN/`` and
+its table in ``results/table1-pN.md``.
 
     python benchmarks/table1/run.py --games coin --seeds 0 1 2          # run / fill the cache
     python benchmarks/table1/run.py --games coin --seeds 0 1 2 --report # table from the cache
+    python benchmarks/table1/run.py --games coin --seeds 0 1 2 --report --protocol 4  # an earlier protocol's
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ BASE = ROOT / "examples" / "default.yaml"
 # 4: RL starts from one random state and greedy play before RL no longer moves the policy's
 # sampling seed, so rows of a seed share RL's draws (7592157, 17931f2); the curriculum's
 # variations come from the domain and are no longer all rejected (f83bf41).
-PROTOCOL = 4
+# 5: fidelity scoring and the synthetic replay draw from experience-model streams of their
+# own, so they no longer change RL's synthetic draws (LMExperienceModel.stream).
+PROTOCOL = 5
 
 
 def base_sha256() -> str:
@@ -108,8 +112,8 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-def cell_path(game: str, row: str, seed: int) -> Path:
-    return CELLS / f"p{PROTOCOL}" / f"{game}--{slug(row)}--seed{seed}.json"
+def cell_path(game: str, row: str, seed: int, protocol: int = PROTOCOL) -> Path:
+    return CELLS / f"p{protocol}" / f"{game}--{slug(row)}--seed{seed}.json"
 
 
 def run_dir_of(game: str, row: str, seed: int) -> Path:
@@ -221,13 +225,13 @@ def measured(summary: dict, first: dict) -> dict:
     }
 
 
-def current(game: str, row: str, seed: int) -> dict | None:
-    """The cached cell when it was run on the current base pipeline and protocol, else None."""
-    path = cell_path(game, row, seed)
+def current(game: str, row: str, seed: int, protocol: int = PROTOCOL) -> dict | None:
+    """The cached cell when it was run on the current base pipeline and ``protocol``, else None."""
+    path = cell_path(game, row, seed, protocol)
     if not path.exists():
         return None
     cell = json.loads(path.read_text())
-    comparable = cell.get("base_sha256") == base_sha256() and cell.get("protocol", 1) == PROTOCOL
+    comparable = cell.get("base_sha256") == base_sha256() and cell.get("protocol", 1) == protocol
     return cell if comparable else None
 
 
@@ -239,9 +243,9 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.1f}{spread} (n={len(values)})"
 
 
-def _cells(games: list[str], seeds: list[int]) -> dict[tuple[str, str], dict[int, dict]]:
+def _cells(games: list[str], seeds: list[int], protocol: int) -> dict[tuple[str, str], dict[int, dict]]:
     """(game, row) -> seed -> current cell."""
-    return {(g, row): {s: c for s in seeds if (c := current(g, row, s))} for g in games for row in ROWS}
+    return {(g, row): {s: c for s in seeds if (c := current(g, row, s, protocol))} for g in games for row in ROWS}
 
 
 def _paired_delta(cells: dict[int, dict], base: dict[int, dict]) -> str:
@@ -289,14 +293,14 @@ def _machines(table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
     return [f"Run on {name}: " + ", ".join(sorted(runs)) + "." for name, runs in sorted(where.items())]
 
 
-def report(games: list[str], seeds: list[int]) -> str:
-    table = _cells(games, seeds)
+def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL) -> str:
+    table = _cells(games, seeds, protocol)
     lines = [
         "# Table 1 at small scale (success % on held-out real test games, mean ± sd over seeds)",
         "",
         f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
-        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {PROTOCOL}.",
+        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {protocol}.",
         "Cells run on another base pipeline or protocol are left out; missing cells were not run. Every row of a",
         "seed starts RL from the same warm-started policy, so \"vs SFT\" is a paired difference (mean over seeds).",
         "Rows may cover different seeds: \"vs SFT\" and the targets use the seeds both rows have.",
@@ -367,7 +371,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help="Row names (default: all).")
     parser.add_argument("--report", action="store_true", help="Only write the table from cached cells.")
+    parser.add_argument("--protocol", type=int, default=PROTOCOL, choices=range(1, PROTOCOL + 1),
+                        help=f"With --report: the table of an earlier protocol's cells (default {PROTOCOL}, the current code's).")
     args = parser.parse_args()
+    if args.protocol != PROTOCOL and not args.report:
+        parser.error(f"--protocol {args.protocol} needs --report: this code runs protocol {PROTOCOL} cells only")
     if not args.report:
         # The default row first: it trains the experience model the other rows reuse.
         rows = sorted(args.rows, key=lambda r: r != "GRPO DreamGym")
@@ -377,9 +385,10 @@ def main() -> None:
                     if current(game, row, seed) is None:
                         cell = run_cell(game, row, seed)
                         print(f"{game} | {row} | seed {seed}: success {cell['success']} ({cell['wall_seconds']} s)", flush=True)
-    table = report(args.games, args.seeds)
-    (HERE / "results" / "table1.md").parent.mkdir(parents=True, exist_ok=True)
-    (HERE / "results" / "table1.md").write_text(table)
+    table = report(args.games, args.seeds, args.protocol)
+    out = HERE / "results" / f"table1-p{args.protocol}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
     print(table)
 
 

@@ -12,7 +12,7 @@ from .agent import build_agent_prompt, parse_agent_output
 from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
-__all__ = ["RolloutStats", "Episode", "rollout", "wilson_interval"]
+__all__ = ["RolloutStats", "Episode", "rollout", "step_transition", "wilson_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -93,26 +93,37 @@ def _failed_step(ep: Episode, decision: PolicyDecision, note: str, source: str) 
     ep.done = True
 
 
+def step_transition(
+    task: Task, episode_id: str, step: int, observation: Observation, action: str, result: StepResult, *, source: str, model_id: str
+) -> Transition:
+    """The record of one applied step, for this loop and for other trainers' rollouts (verl).
+
+    A non-finite reward is stored as 0; a synthetic step whose answer did not parse is marked
+    ``model_failed``, so the buffer never serves it as a demo."""
+    return Transition(
+        task_id=task.id,
+        episode_id=episode_id,
+        step=step,
+        state=observation.text,
+        action=action,
+        next_state=result.observation.text,
+        reward=result.reward if math.isfinite(result.reward) else 0.0,
+        done=result.done,
+        success=result.success,
+        valid=result.valid,
+        reasoning=str(result.info.get("reasoning", "")),
+        source=source,  # type: ignore[arg-type]
+        admissible_actions=list(observation.admissible_actions),
+        model_id=model_id,
+        instruction=task.instruction,
+        model_failed=result.info.get("parse_status") == "failed",
+    )
+
+
 def _apply(ep: Episode, decision: PolicyDecision, result: StepResult, source: str, model_id: str) -> None:
-    reward = result.reward if math.isfinite(result.reward) else 0.0
     ep.transitions.append(
-        Transition(
-            task_id=ep.task.id,
-            episode_id=ep.episode_id,
-            step=len(ep.transitions),
-            state=ep.observation.text,
-            action=decision.action,
-            next_state=result.observation.text,
-            reward=reward,
-            done=result.done,
-            success=result.success,
-            valid=result.valid,
-            reasoning=str(result.info.get("reasoning", "")),
-            source=source,  # type: ignore[arg-type]
-            admissible_actions=list(ep.observation.admissible_actions),
-            model_id=model_id,
-            instruction=ep.task.instruction,
-            model_failed=result.info.get("parse_status") == "failed",
+        step_transition(
+            ep.task, ep.episode_id, len(ep.transitions), ep.observation, decision.action, result, source=source, model_id=model_id
         )
     )
     ep.decisions.append(decision)

@@ -26,6 +26,7 @@ from dreamgym_core.agent import build_agent_prompt, parse_agent_output
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import HistoryStep, Observation, StepResult, Task, TaskOutcome, Transition
+from dreamgym_core.rollout import step_transition
 
 from .config import AGENT_LOOP_NAME
 
@@ -177,7 +178,10 @@ class DreamGymAgentLoop(AgentLoopBase):
                 return
             stats.invalid_actions += int(not result.valid)
             stats.step_rewards.append(result.reward)
-            transitions.append(_transition(task, request_id, step, observation, action, result, phase, rt.model_id))
+            transitions.append(step_transition(
+                task, request_id, step, observation, action, result,
+                source="real" if phase == "real" else "synthetic", model_id=rt.model_id if phase != "real" else "",
+            ))
             history.append(HistoryStep(state=observation.text, action=action))
             observation = result.observation
             if result.done:
@@ -260,26 +264,3 @@ class DreamGymAgentLoop(AgentLoopBase):
     async def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
         """Run a blocking environment call off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(**kwargs))
-
-
-def _transition(
-    task: Task, episode_id: str, step: int, observation: Observation, action: str, result: StepResult, phase: str, model_id: str
-) -> Transition:
-    return Transition(
-        task_id=task.id,
-        episode_id=episode_id,
-        step=step,
-        state=observation.text,
-        action=action,
-        next_state=result.observation.text,
-        reward=result.reward,
-        done=result.done,
-        success=result.success,
-        valid=result.valid,
-        reasoning=str(result.info.get("reasoning", "")),
-        source="real" if phase == "real" else "synthetic",
-        model_id=model_id if phase != "real" else "",
-        instruction=task.instruction,
-        model_failed=result.info.get("parse_status") == "failed",
-        admissible_actions=list(observation.admissible_actions),
-    )

@@ -185,16 +185,12 @@ class PipelineConfig(Config):
     run_dir: Annotated[str, Meta(description="Where the run writes config, metrics, checkpoints, report.")] = "runs/default"
 
     def __post_init__(self) -> None:
-        if self.loop.mode in ("dreamgym", "s2r"):
-            missing = [f for f in ("experience_model", "encoder", "buffer") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(
-                    f"loop.mode={self.loop.mode!r} needs {', '.join(missing)}; set them or use mode 'real'"
-                )
-        if self.eval.synthetic_agreement:
-            missing = [f for f in ("experience_model", "encoder", "buffer") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(f"eval.synthetic_agreement replays games in the synthetic environment and needs {', '.join(missing)}")
+        # What a synthetic environment is made of, for training in it or for replaying games in it.
+        missing = [f for f in ("experience_model", "encoder", "buffer") if getattr(self, f) is None]
+        if missing and self.loop.mode in ("dreamgym", "s2r"):
+            raise ValueError(f"loop.mode={self.loop.mode!r} needs {', '.join(missing)}; set them or use mode 'real'")
+        if missing and self.eval.synthetic_agreement:
+            raise ValueError(f"eval.synthetic_agreement replays games in the synthetic environment and needs {', '.join(missing)}")
         group_cap = self.loop.group_size * self.loop.max_steps
         if self.loop.mode == "s2r" and self.loop.real_budget < group_cap:
             raise ValueError(

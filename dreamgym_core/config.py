@@ -127,6 +127,10 @@ class LoopConfig(Config):
     ] = 0
     sampling_temperature: Annotated[PositiveFloat, Meta(description="Policy temperature in rollouts.")] = 1.0
     experience_temperature: Annotated[PositiveFloat, Meta(description="M_exp temperature.")] = 0.7
+    experience_draw: Annotated[
+        NonNegativeInt,
+        Meta(description="Which sampling draw of M_exp RL's synthetic steps use: 0 is the seed's own; k > 0 another draw of the same trained model (fidelity scoring and the replay keep theirs)."),
+    ] = 0
     reject_unlisted_actions: Annotated[
         bool,
         Meta(description="Synthetic steps: an action missing from the state's action list fails without asking M_exp."),

@@ -46,6 +46,8 @@ __all__ = [
     "training_examples",
     "LMExperienceModel",
     "stream_seed",
+    "draw_seed",
+    "model_config_of",
     "variation_prompt",
     "selection_prompt",
     "parse_variation",
@@ -87,6 +89,10 @@ class ExperienceModelConfig(Config):
     ] = 1.0
     task_max_new_tokens: Annotated[PositiveInt, Meta(description="Token budget of one task variation.")] = 64
     seed: Annotated[int, Meta(description="Base seed of generation; each call derives its own.")] = 0
+    draw: Annotated[
+        NonNegativeInt,
+        Meta(description="Which draw of the main stream: 0 is the seed's own, k > 0 another one; streams for measurements ignore it."),
+    ] = 0
 
 
 class AnnotationError(DreamGymError):
@@ -432,6 +438,23 @@ def stream_seed(seed: int, name: str) -> int:
     return seed + ((zlib.crc32(name.encode()) + 1) << 24)
 
 
+def model_config_of(pipeline: Any) -> ExperienceModelConfig:
+    """The experience model's settings from a pipeline config, one place for every backend
+    (the local loop and verl), so both prompt, parse, retry and draw alike."""
+    loop = pipeline.loop
+    return ExperienceModelConfig(
+        history_window=loop.history_window, top_k=loop.top_k, temperature=loop.experience_temperature,
+        max_new_tokens=pipeline.experience.max_new_tokens, max_retries=pipeline.experience.max_retries,
+        seed=pipeline.seed, draw=loop.experience_draw,
+    )
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """Base seed of the main stream's draw ``draw``: the seed itself for draw 0, so runs
+    without draws keep their numbers, and a named stream of its own for every other."""
+    return seed if draw == 0 else stream_seed(seed, f"draw/{draw}")
+
+
 class LMExperienceModel:
     """M_exp (and M_task) on any :class:`~dreamgym_core.protocols.LanguageModel` backend.
 
@@ -454,14 +477,14 @@ class LMExperienceModel:
         Measurements (fidelity scoring, the synthetic replay of evaluated games) use one, so
         turning a measurement on or off leaves RL's synthetic draws, which come from this
         model's own count, unchanged."""
-        config = msgspec.structs.replace(self.config, seed=stream_seed(self.config.seed, name))
+        config = msgspec.structs.replace(self.config, seed=stream_seed(self.config.seed, name), draw=0)
         return LMExperienceModel(self.backend, config, domain=self.domain)
 
     def _generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
         self._calls += 1
         return self.backend.generate(
             prompts=list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
-            stop=list(stop), seed=self.config.seed + self._calls,
+            stop=list(stop), seed=draw_seed(self.config.seed, self.config.draw) + self._calls,
         )
 
     def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]:

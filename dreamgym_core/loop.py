@@ -122,18 +122,11 @@ class Runner:
         )
         self.experience_model = None
         if self.exp_backend is not None:
-            from .experience import ExperienceModelConfig, LMExperienceModel
+            from .experience import LMExperienceModel, model_config_of
 
             self.experience_model = LMExperienceModel(
                 self.exp_backend,
-                ExperienceModelConfig(
-                    history_window=cfg.loop.history_window,
-                    top_k=cfg.loop.top_k,
-                    temperature=cfg.loop.experience_temperature,
-                    max_new_tokens=cfg.experience.max_new_tokens,
-                    max_retries=cfg.experience.max_retries,
-                    seed=cfg.seed,
-                ),
+                model_config_of(cfg),
                 domain=self.domain,
             )
         self.policy = build("model", cfg.policy.name, self._component("policy"))

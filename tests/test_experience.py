@@ -26,6 +26,8 @@ from dreamgym_core.experience import (
     render_output,
     render_target,
     requests_for,
+    draw_seed,
+    model_config_of,
     stream_seed,
     training_examples,
 )
@@ -292,6 +294,34 @@ def test_a_stream_has_its_own_seeds_and_leaves_the_models_count_alone() -> None:
     model.stream("fidelity").predict(requests=request)
     assert lm.calls[-1]["seed"] == measured  # a stream is a function of its name, not of what ran before
     assert model.metrics()["experience/requests"] == 2 and fidelity.metrics()["experience/requests"] == 2
+
+
+def test_a_draw_moves_the_main_stream_only() -> None:
+    request = [ExperienceRequest(instruction="x", history=[], state="s", action="a")]
+    seeds = {}
+    for draw in (0, 1, 2):
+        lm = ScriptedLM(answer=lambda p: GOOD)
+        model = LMExperienceModel(lm, ExperienceModelConfig(seed=3, draw=draw))
+        model.predict(requests=request)
+        model.stream("fidelity").predict(requests=request)
+        seeds[draw] = [c["seed"] for c in lm.calls]
+    assert seeds[0] == [3 + 1, stream_seed(3, "fidelity") + 1]  # draw 0 keeps the seed's own numbers
+    assert seeds[1][0] == draw_seed(3, 1) + 1 and len({seeds[d][0] for d in seeds}) == 3
+    assert seeds[0][1] == seeds[1][1] == seeds[2][1]  # measurement streams ignore the draw
+
+
+def test_model_config_of_a_pipeline() -> None:
+    from dreamgym_core.config import PipelineConfig
+
+    pipeline = msgspec.convert(
+        {"plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "algo": {"name": "a"}, "seed": 7,
+         "loop": {"mode": "real", "history_window": 1, "top_k": 2, "experience_temperature": 0.3, "experience_draw": 2},
+         "experience": {"max_new_tokens": 99, "max_retries": 0}},
+        type=PipelineConfig,
+    )
+    config = model_config_of(pipeline)
+    assert (config.history_window, config.top_k, config.temperature) == (1, 2, 0.3)
+    assert (config.max_new_tokens, config.max_retries, config.seed, config.draw) == (99, 0, 7, 2)
 
 
 def test_stream_seeds_differ_by_name_and_base_seed() -> None:

@@ -17,6 +17,11 @@ its table in ``results/table1-pN.md``.
     python benchmarks/table1/run.py --games coin --seeds 0 1 2          # run / fill the cache
     python benchmarks/table1/run.py --games coin --seeds 0 1 2 --report # table from the cache
     python benchmarks/table1/run.py --games coin --seeds 0 1 2 --report --protocol 4  # an earlier protocol's
+
+``--draws 0 1 2`` repeats each DreamGym row over draws of the experience model
+(``loop.experience_draw``): draw k > 0 of a row reuses the data, experience model and warm
+start of its draw 0 and differs only in RL's synthetic steps. Such a row's value on a seed is
+the mean over the draws, and the table goes to ``results/table1-pN-draws0-1-2.md``.
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ ROWS: dict[str, list[str]] = {
 COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).
 SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation"}
+# Rows whose RL steps the experience model: they can be repeated over its draws
+# (loop.experience_draw). One draw moved protocol-5 coin cells by up to 40 points
+# (results/diagnosis.md), so ranking these rows needs several per seed.
+DRAWN = SHARES_MODEL | {"w/o retrieval", "w/o reasoning"}
 
 
 BASE = ROOT / "examples" / "default.yaml"
@@ -112,25 +121,41 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-def cell_path(game: str, row: str, seed: int, protocol: int = PROTOCOL) -> Path:
-    return CELLS / f"p{protocol}" / f"{game}--{slug(row)}--seed{seed}.json"
+def _draw_suffix(draw: int, sep: str) -> str:
+    """Draw 0 keeps the names cells had before draws existed."""
+    return f"{sep}draw{draw}" if draw else ""
 
 
-def run_dir_of(game: str, row: str, seed: int) -> Path:
+def cell_path(game: str, row: str, seed: int, protocol: int = PROTOCOL, draw: int = 0) -> Path:
+    return CELLS / f"p{protocol}" / f"{game}--{slug(row)}--seed{seed}{_draw_suffix(draw, '--')}.json"
+
+
+def run_dir_of(game: str, row: str, seed: int, draw: int = 0) -> Path:
     # Keyed by the base pipeline and protocol, so neither a changed base nor a bumped protocol resumes an old run.
-    return RUNS / f"{base_sha256()[:12]}-p{PROTOCOL}" / game / slug(row) / f"seed{seed}"
+    return RUNS / f"{base_sha256()[:12]}-p{PROTOCOL}" / game / slug(row) / f"seed{seed}{_draw_suffix(draw, '-')}"
 
 
-def overrides(game: str, row: str, seed: int, run_dir: Path) -> list[str]:
-    return [*GAMES[game], *COMMON, *ROWS[row], f"seed={seed}", f"run_dir={run_dir}"]
+def overrides(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> list[str]:
+    drawn = [f"loop.experience_draw={draw}"] if draw else []
+    return [*GAMES[game], *COMMON, *ROWS[row], *drawn, f"seed={seed}", f"run_dir={run_dir}"]
 
 
-def share_from(game: str, row: str, seed: int, run_dir: Path) -> None:
+def share_from(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> None:
     """Copy offline data and the warm-started policy (always) and the experience model (when
     identical) from the seed's default-row run, so every row of a seed starts RL from the
     same policy. (The SFT warm start of the from-scratch policy is chaotic: on mapreader
-    seed 2 a float-rounding change moved its held-out success from 0.56 to 0.06.)"""
-    if run_dir.exists() or row == "GRPO DreamGym":
+    seed 2 a float-rounding change moved its held-out success from 0.56 to 0.06.)
+    Another draw of a row copies all three from the row's own draw-0 run: only RL differs."""
+    if run_dir.exists():
+        return
+    if draw:
+        first = run_dir_of(game, row, seed)
+        if not (first / "experience_model" / "done").exists() or not (first / "policy_init" / "done").exists():
+            raise SystemExit(f"{game}/{row}/seed{seed}: draw {draw} reuses the trained parts of draw 0 in {first}; "
+                             "run draw 0 of this row on this machine first")
+        copy_parts(first, run_dir, model=True)
+        return
+    if row == "GRPO DreamGym":
         return
     donor = run_dir_of(game, "GRPO DreamGym", seed)
     if not (donor / "policy_init" / "done").exists():
@@ -190,19 +215,21 @@ def _dreamgym_run(items: list[str], run_dir: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def run_cell(game: str, row: str, seed: int) -> dict:
-    run_dir = run_dir_of(game, row, seed)
-    share_from(game, row, seed, run_dir)
+def run_cell(game: str, row: str, seed: int, draw: int = 0) -> dict:
+    run_dir = run_dir_of(game, row, seed, draw)
+    share_from(game, row, seed, run_dir, draw)
     started = time.time()
-    summary = _dreamgym_run(overrides(game, row, seed, run_dir), run_dir)
+    summary = _dreamgym_run(overrides(game, row, seed, run_dir, draw), run_dir)
     cell = {
-        "game": game, "row": row, "seed": seed, "wall_seconds": round(time.time() - started, 1),
+        "game": game, "row": row, "seed": seed, **({"draw": draw} if draw else {}),
+        "wall_seconds": round(time.time() - started, 1),
         "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": git_commit(), "machine": machine(),
-        "overrides": overrides(game, row, seed, Path("<run_dir>")),
+        "overrides": overrides(game, row, seed, Path("<run_dir>"), draw),
         **measured(summary, _before_rl_metrics(run_dir)),
     }
-    cell_path(game, row, seed).parent.mkdir(parents=True, exist_ok=True)
-    cell_path(game, row, seed).write_text(json.dumps(cell, indent=2))
+    path = cell_path(game, row, seed, draw=draw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell, indent=2))
     return cell
 
 
@@ -225,9 +252,9 @@ def measured(summary: dict, first: dict) -> dict:
     }
 
 
-def current(game: str, row: str, seed: int, protocol: int = PROTOCOL) -> dict | None:
+def current(game: str, row: str, seed: int, protocol: int = PROTOCOL, draw: int = 0) -> dict | None:
     """The cached cell when it was run on the current base pipeline and ``protocol``, else None."""
-    path = cell_path(game, row, seed, protocol)
+    path = cell_path(game, row, seed, protocol, draw)
     if not path.exists():
         return None
     cell = json.loads(path.read_text())
@@ -243,9 +270,28 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.1f}{spread} (n={len(values)})"
 
 
-def _cells(games: list[str], seeds: list[int], protocol: int) -> dict[tuple[str, str], dict[int, dict]]:
-    """(game, row) -> seed -> current cell."""
-    return {(g, row): {s: c for s in seeds if (c := current(g, row, s, protocol))} for g in games for row in ROWS}
+def _over_draws(cells: list[dict]) -> dict:
+    """A seed's cell over the experience model's draws: numbers averaged, the rest from draw 0
+    (fidelity is scored before RL on a stream that no draw moves)."""
+    merged = dict(cells[0])
+    for key, value in cells[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and all(c.get(key) is not None for c in cells):
+            merged[key] = statistics.mean(c[key] for c in cells)
+    merged["draw_success"] = [c["success"] for c in cells]
+    return merged
+
+
+def _cells(games: list[str], seeds: list[int], protocol: int, draws: list[int] = [0]) -> dict[tuple[str, str], dict[int, dict]]:  # noqa: B006
+    """(game, row) -> seed -> current cell; a DreamGym row's seed counts once every draw has run."""
+    table: dict[tuple[str, str], dict[int, dict]] = {}
+    for g in games:
+        for row in ROWS:
+            table[(g, row)] = {}
+            for s in seeds:
+                found = [current(g, row, s, protocol, d) for d in (draws if row in DRAWN else [0])]
+                if all(found):
+                    table[(g, row)][s] = _over_draws(found)  # type: ignore[arg-type]
+    return table
 
 
 def _paired_delta(cells: dict[int, dict], base: dict[int, dict]) -> str:
@@ -293,17 +339,22 @@ def _machines(table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
     return [f"Run on {name}: " + ", ".join(sorted(runs)) + "." for name, runs in sorted(where.items())]
 
 
-def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL) -> str:
-    table = _cells(games, seeds, protocol)
+def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: list[int] = [0]) -> str:  # noqa: B006
+    table = _cells(games, seeds, protocol, draws)
+    drawn = len(draws) > 1
     lines = [
         "# Table 1 at small scale (success % on held-out real test games, mean ± sd over seeds)",
         "",
-        f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}`;",
+        f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}"
+        f"{' --draws ' + ' '.join(map(str, draws)) if draws != [0] else ''}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
         f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {protocol}.",
         "Cells run on another base pipeline or protocol are left out; missing cells were not run. Every row of a",
         "seed starts RL from the same warm-started policy, so \"vs SFT\" is a paired difference (mean over seeds).",
         "Rows may cover different seeds: \"vs SFT\" and the targets use the seeds both rows have.",
+        *([f"A DreamGym row's value on a seed is its mean over {len(draws)} draws of the experience model (loop.experience_draw "
+           f"{', '.join(map(str, draws))}; same data, experience model and warm start, only RL differs); the other rows do not use it."]
+          if drawn else []),
         *_machines(table),
         "",
         "| method | " + " | ".join(f"{g} success | {g} vs SFT | {g} real transitions" for g in games) + " |",
@@ -327,7 +378,7 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL) -> str:
     for g in games:
         lines.append(f"- {g}, seeds {', '.join(map(str, game_seeds[g]))}:")
         for row in ROWS:
-            per = [f"{100 * table[(g, row)][s]['success']:.1f}" if s in table[(g, row)] else "-" for s in game_seeds[g]]
+            per = [_per_seed(table[(g, row)][s], drawn) if s in table[(g, row)] else "-" for s in game_seeds[g]]
             lines.append(f"  - {row}: " + " / ".join(per))
     lines += ["", "Offline (seed) transitions, mean over seeds: " + ", ".join(
         f"{g} {statistics.mean(c['offline_transitions'] for c in table[(g, 'SFT')].values()):.0f}" for g in games if table[(g, "SFT")]
@@ -344,6 +395,14 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL) -> str:
         lines += [f"- {g} {k}: {statistics.mean(v):.3f}" for k, v in sorted(fidelity.items())]
     lines += _replayed(games, table)
     return "\n".join(lines) + "\n"
+
+
+def _per_seed(cell: dict, drawn: bool) -> str:
+    """A seed's success, and with several draws each draw's in brackets."""
+    text = f"{100 * cell['success']:.1f}"
+    if drawn and len(cell["draw_success"]) > 1:
+        text += " (" + ", ".join(f"{100 * v:.1f}" for v in cell["draw_success"]) + ")"
+    return text
 
 
 def _replayed(games: list[str], table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
@@ -370,23 +429,31 @@ def main() -> None:
     parser.add_argument("--games", nargs="+", default=["coin"], choices=sorted(GAMES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help="Row names (default: all).")
+    parser.add_argument("--draws", nargs="+", type=int, default=[0],
+                        help="Draws of the experience model for the DreamGym rows (loop.experience_draw; default 0 only).")
     parser.add_argument("--report", action="store_true", help="Only write the table from cached cells.")
     parser.add_argument("--protocol", type=int, default=PROTOCOL, choices=range(1, PROTOCOL + 1),
                         help=f"With --report: the table of an earlier protocol's cells (default {PROTOCOL}, the current code's).")
     args = parser.parse_args()
     if args.protocol != PROTOCOL and not args.report:
         parser.error(f"--protocol {args.protocol} needs --report: this code runs protocol {PROTOCOL} cells only")
+    if args.draws != [0] and args.protocol != PROTOCOL:
+        parser.error("--draws: protocols before this code's ran one draw")
+    draws = sorted(set(args.draws))
     if not args.report:
-        # The default row first: it trains the experience model the other rows reuse.
+        # The default row first: it trains the experience model the other rows reuse; draw 0
+        # of a row before its other draws, which reuse its trained parts.
         rows = sorted(args.rows, key=lambda r: r != "GRPO DreamGym")
         for seed in args.seeds:
             for game in args.games:
-                for row in rows:
-                    if current(game, row, seed) is None:
-                        cell = run_cell(game, row, seed)
-                        print(f"{game} | {row} | seed {seed}: success {cell['success']} ({cell['wall_seconds']} s)", flush=True)
-    table = report(args.games, args.seeds, args.protocol)
-    out = HERE / "results" / f"table1-p{args.protocol}.md"
+                for draw in draws:
+                    for row in rows:
+                        if (draw == 0 or row in DRAWN) and current(game, row, seed, draw=draw) is None:
+                            cell = run_cell(game, row, seed, draw)
+                            print(f"{game} | {row} | seed {seed}{_draw_suffix(draw, ' ')}: success {cell['success']} "
+                                  f"({cell['wall_seconds']} s)", flush=True)
+    table = report(args.games, args.seeds, args.protocol, draws)
+    out = HERE / "results" / f"table1-p{args.protocol}{'-draws' + '-'.join(map(str, draws)) if draws != [0] else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(table)

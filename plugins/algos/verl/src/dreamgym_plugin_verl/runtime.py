@@ -46,18 +46,15 @@ def _load(run_dir: str | Path) -> tuple[Any, Plugins]:
 def _experience_model(resolved: Any, plugins: Plugins, domain: Any) -> Any:
     """The pipeline's experience model (M_exp, also M_task), or None without one.
 
-    Built exactly as the local loop builds it, so both backends prompt and parse alike.
+    Configured by the same function as the local loop's, so both backends prompt, parse and draw alike.
     """
-    from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel
+    from dreamgym_core.experience import LMExperienceModel, model_config_of
 
     cfg = resolved.pipeline
     if cfg.experience_model is None:
         return None
     backend = plugins.build("model", cfg.experience_model.name, resolved.components["experience_model"])
-    config = ExperienceModelConfig(
-        history_window=cfg.loop.history_window, top_k=cfg.loop.top_k,
-        temperature=cfg.loop.experience_temperature, seed=cfg.seed,
-    )
+    config = model_config_of(cfg)
     return LMExperienceModel(backend, config, domain=domain)
 
 

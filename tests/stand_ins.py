@@ -70,6 +70,10 @@ class CountDomain:
     def make_env(self) -> CountEnv:
         return CountEnv(self.config.max_value)
 
+    def initial_observation(self, task: Task) -> Observation:
+        """Where a synthetic episode starts: the real reset."""
+        return self.make_env().reset(task=task)
+
     def collect(self, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
         out = []
         for e in range(episodes):
@@ -112,6 +116,44 @@ class ScriptedPolicy:
             if self.rng.random() < self.config.mistakes:
                 action = "stop"
             out.append(f"<think>at {value}</think><action>{action}</action>")
+        return out
+
+
+class DiceLMConfig(Config):
+    pass
+
+
+class DiceLM:
+    """An experience-model backend for the counting game: moves the count as the action says
+    and, on 'stop', throws a die seeded by the call's seed for success, so which draw a run
+    makes shows in its synthetic transitions."""
+
+    model_id = "dice-lm"
+
+    def __init__(self, config: DiceLMConfig) -> None:
+        self.config = config
+
+    def sft(self, *, examples: Sequence[Any], epochs: int, lr: float, batch_size: int, **_: Any) -> dict[str, float]:
+        return {"losses/sft_loss": 0.0}  # nothing to learn: its answers are rules and dice
+
+    def save(self, *, path: str) -> None:
+        import os
+
+        os.makedirs(path, exist_ok=True)
+
+    def reload(self, *, path: str) -> None:
+        pass
+
+    def generate(self, *, prompts: Sequence[str], max_new_tokens: int = 32, temperature: float = 1.0, stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
+        rng = random.Random(seed)
+        out = []
+        for prompt in prompts:
+            value = int(re.findall(r"count is (\d+)", prompt)[-1])
+            stop_now = re.findall(r"Action: (\w+)", prompt)[-1] == "stop"
+            success = stop_now and rng.random() < 0.5
+            state = f"count is {value if stop_now else value + 1}"
+            out.append(f"<think>die</think><state>{state}</state><valid>true</valid> <done>{str(stop_now).lower()}</done> "
+                       f"<success>{str(success).lower()}</success> <reward>{int(success)}</reward>")
         return out
 
 
@@ -159,7 +201,10 @@ class StandIns:
 
     @hookimpl
     def dreamgym_register_models(self) -> list[ComponentSpec]:
-        return [ComponentSpec(name="scripted", factory=ScriptedPolicy, config_type=ScriptConfig, description="Scripted policy (test double).")]
+        return [
+            ComponentSpec(name="scripted", factory=ScriptedPolicy, config_type=ScriptConfig, description="Scripted policy (test double)."),
+            ComponentSpec(name="dice-lm", factory=DiceLM, config_type=DiceLMConfig, description="Seeded experience-model answers (test double)."),
+        ]
 
     @hookimpl
     def dreamgym_register_algos(self) -> list[ComponentSpec]:

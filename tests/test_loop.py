@@ -367,3 +367,34 @@ def test_resume_refuses_a_buffer_that_lost_records_the_checkpoint_counted(regist
         segment.unlink()
     with pytest.raises(DataError, match=r"run/buffer: the replay buffer ends at position 0, before the checkpoint's \d+"):
         run_pipeline(resolved, plugins, resume=True)
+
+
+def test_rl_draws_from_the_experience_models_main_stream_only(register_plugin, tmp_path):
+    """Synthetic RL steps use the experience model's main stream. Fidelity scoring and the
+    replay of evaluated games draw from streams of their own, so turning them on leaves RL's
+    synthetic transitions unchanged; another draw (loop.experience_draw) changes them and
+    nothing before RL. The dice experience model makes every outcome a function of the seed."""
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+
+    def run(name: str, *, measure: bool, draw: int = 0):
+        pipeline = pipeline_dict(str(tmp_path / name), iterations=3, mode="dreamgym", experience_draw=draw) | {
+            # A policy without mistakes: the stand-in's mistake die also rolls on greedy calls, which measurements add.
+            "policy": {"name": "scripted", "config": {"mistakes": 0.0}},
+            "experience_model": {"name": "dice-lm"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"},
+            "eval": {"episodes": 6, "fidelity_episodes": 2 if measure else 0, "synthetic_agreement": measure},
+        }
+        run_pipeline(resolve(msgspec.convert(pipeline, type=PipelineConfig), plugins, where="inline.yaml"), plugins)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        synthetic = [t for t in map(json.loads, stored_transitions(tmp_path / name)) if t["source"] == "synthetic"]
+        return rows, synthetic
+
+    plain_rows, plain = run("plain", measure=False)
+    measured_rows, measured = run("measured", measure=True)
+    drawn_rows, drawn = run("drawn", measure=False, draw=1)
+    assert "fidelity/success_agreement" in measured_rows[0] and "eval/synthetic_agreement" in measured_rows[-1]
+    assert plain and any(t["success"] for t in plain) and not all(t["success"] for t in plain if t["done"])
+    assert measured == plain
+    assert drawn != plain
+    assert drawn_rows[0] == plain_rows[0]  # before RL: the same run

@@ -193,7 +193,10 @@ def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
 def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
     """Fidelity scoring and the synthetic replay of the warm start call the experience model
     before RL. They draw from streams of their own, so a run that measures and one that does
-    not play the same synthetic episodes and store the same transitions."""
+    not play the same synthetic episodes and store the same transitions. (The reduced job's
+    one-epoch policy writes mostly unparsable actions, so its RL seldom calls the model: this
+    catches measurements leaking into RL's counters; test_loop.py's dice experience model checks
+    the synthetic draws themselves.)"""
 
     def run(run_dir, *extra):
         args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]

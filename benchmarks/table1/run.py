@@ -271,8 +271,8 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def _over_draws(cells: list[dict]) -> dict:
-    """A seed's cell over the experience model's draws: numbers averaged, the rest from draw 0
-    (fidelity is scored before RL on a stream that no draw moves)."""
+    """A seed's cell over the experience model's draws: numbers averaged, the rest from the first
+    draw (fidelity is scored before RL on a stream that no draw moves)."""
     merged = dict(cells[0])
     for key, value in cells[0].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and all(c.get(key) is not None for c in cells):
@@ -281,14 +281,14 @@ def _over_draws(cells: list[dict]) -> dict:
     return merged
 
 
-def _cells(games: list[str], seeds: list[int], protocol: int, draws: list[int] = [0]) -> dict[tuple[str, str], dict[int, dict]]:  # noqa: B006
+def _cells(games: list[str], seeds: list[int], protocol: int, draws: tuple[int, ...] = (0,)) -> dict[tuple[str, str], dict[int, dict]]:
     """(game, row) -> seed -> current cell; a DreamGym row's seed counts once every draw has run."""
     table: dict[tuple[str, str], dict[int, dict]] = {}
     for g in games:
         for row in ROWS:
             table[(g, row)] = {}
             for s in seeds:
-                found = [current(g, row, s, protocol, d) for d in (draws if row in DRAWN else [0])]
+                found = [current(g, row, s, protocol, d) for d in (draws if row in DRAWN else (0,))]
                 if all(found):
                     table[(g, row)][s] = _over_draws(found)  # type: ignore[arg-type]
     return table
@@ -339,14 +339,14 @@ def _machines(table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
     return [f"Run on {name}: " + ", ".join(sorted(runs)) + "." for name, runs in sorted(where.items())]
 
 
-def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: list[int] = [0]) -> str:  # noqa: B006
+def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: tuple[int, ...] = (0,)) -> str:
     table = _cells(games, seeds, protocol, draws)
     drawn = len(draws) > 1
     lines = [
         "# Table 1 at small scale (success % on held-out real test games, mean ± sd over seeds)",
         "",
         f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}"
-        f"{' --draws ' + ' '.join(map(str, draws)) if draws != [0] else ''}`;",
+        f"{' --draws ' + ' '.join(map(str, draws)) if draws != (0,) else ''}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
         f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {protocol}.",
         "Cells run on another base pipeline or protocol are left out; missing cells were not run. Every row of a",
@@ -373,7 +373,9 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
     game_seeds = {g: [s for s in seeds if any(s in table[(g, row)] for row in ROWS)] for g in games}
     missing = [(g, row, [s for s in game_seeds[g] if s not in table[(g, row)]]) for g in games for row in ROWS]
     if any(m for _, _, m in missing):
-        lines += ["", "Not run: " + "; ".join(f"{g} / {row} seeds {', '.join(map(str, m))}" for g, row, m in missing if m) + "."]
+        every = f" (every draw of {', '.join(map(str, draws))})" if drawn else ""
+        lines += ["", "Not run: " + "; ".join(
+            f"{g} / {row} seeds {', '.join(map(str, m))}{every if row in DRAWN else ''}" for g, row, m in missing if m) + "."]
     lines += ["", "Per seed (success %):", ""]
     for g in games:
         lines.append(f"- {g}, seeds {', '.join(map(str, game_seeds[g]))}:")
@@ -439,7 +441,7 @@ def main() -> None:
         parser.error(f"--protocol {args.protocol} needs --report: this code runs protocol {PROTOCOL} cells only")
     if args.draws != [0] and args.protocol != PROTOCOL:
         parser.error("--draws: protocols before this code's ran one draw")
-    draws = sorted(set(args.draws))
+    draws = tuple(sorted(set(args.draws)))
     if not args.report:
         # The default row first: it trains the experience model the other rows reuse; draw 0
         # of a row before its other draws, which reuse its trained parts.
@@ -453,7 +455,7 @@ def main() -> None:
                             print(f"{game} | {row} | seed {seed}{_draw_suffix(draw, ' ')}: success {cell['success']} "
                                   f"({cell['wall_seconds']} s)", flush=True)
     table = report(args.games, args.seeds, args.protocol, draws)
-    out = HERE / "results" / f"table1-p{args.protocol}{'-draws' + '-'.join(map(str, draws)) if draws != [0] else ''}.md"
+    out = HERE / "results" / f"table1-p{args.protocol}{'-draws' + '-'.join(map(str, draws)) if draws != (0,) else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(table)

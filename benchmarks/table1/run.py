@@ -373,7 +373,7 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
     game_seeds = {g: [s for s in seeds if any(s in table[(g, row)] for row in ROWS)] for g in games}
     missing = [(g, row, [s for s in game_seeds[g] if s not in table[(g, row)]]) for g in games for row in ROWS]
     if any(m for _, _, m in missing):
-        every = f" (every draw of {', '.join(map(str, draws))})" if drawn else ""
+        every = f" (some of draws {', '.join(map(str, draws))} missing)" if drawn else ""
         lines += ["", "Not run: " + "; ".join(
             f"{g} / {row} seeds {', '.join(map(str, m))}{every if row in DRAWN else ''}" for g, row, m in missing if m) + "."]
     lines += ["", "Per seed (success %):", ""]

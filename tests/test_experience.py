@@ -19,6 +19,8 @@ from dreamgym_core.experience import (
     annotate_with_domain,
     annotation_prompt,
     build_prompt,
+    draw_seed,
+    model_config_of,
     parse_annotation,
     parse_output,
     parse_selection,
@@ -26,8 +28,6 @@ from dreamgym_core.experience import (
     render_output,
     render_target,
     requests_for,
-    draw_seed,
-    model_config_of,
     stream_seed,
     training_examples,
 )

@@ -30,8 +30,9 @@ from stand_ins import CountDomain, CountConfig, ScriptConfig, ScriptedPolicy, St
 HERE = Path(__file__).resolve().parent
 
 
-def _resolved(plugins, run_dir: Path, **loop):
-    pipeline = msgspec.convert(pipeline_dict(str(run_dir), **loop), type=PipelineConfig)
+def _resolved(plugins, run_dir: Path, parts: dict | None = None, **loop):
+    """The stand-in pipeline with loop settings, and ``parts`` replacing its top-level sections."""
+    pipeline = msgspec.convert(pipeline_dict(str(run_dir), **loop) | (parts or {}), type=PipelineConfig)
     return resolve(pipeline, plugins, where="inline.yaml")
 
 
@@ -143,8 +144,7 @@ def test_resume_rolls_the_buffer_back_to_the_checkpoint_and_rewinds_the_metrics(
     run_dir = tmp_path / "run"
 
     def resolved():
-        pipeline = pipeline_dict(str(run_dir), iterations=2) | {"encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}
-        return resolve(msgspec.convert(pipeline, type=PipelineConfig), plugins, where="inline.yaml")
+        return _resolved(plugins, run_dir, {"encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}, iterations=2)
 
     run_pipeline(resolved(), plugins)
     stored, rows = stored_transitions(run_dir), _rows(run_dir)
@@ -360,8 +360,7 @@ def test_resume_refuses_a_buffer_that_lost_records_the_checkpoint_counted(regist
     register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
     register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
     plugins = register_plugin(StandIns(), "stand-ins")
-    pipeline = pipeline_dict(str(tmp_path / "run"), iterations=1) | {"encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}
-    resolved = resolve(msgspec.convert(pipeline, type=PipelineConfig), plugins, where="inline.yaml")
+    resolved = _resolved(plugins, tmp_path / "run", {"encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}, iterations=1)
     run_pipeline(resolved, plugins)
     for segment in (tmp_path / "run" / "buffer").glob("seg-*"):
         segment.unlink()
@@ -379,13 +378,13 @@ def test_rl_draws_from_the_experience_models_main_stream_only(register_plugin, t
     plugins = register_plugin(StandIns(), "stand-ins")
 
     def run(name: str, *, measure: bool, draw: int = 0):
-        pipeline = pipeline_dict(str(tmp_path / name), iterations=3, mode="dreamgym", experience_draw=draw) | {
+        parts = {
             # A policy without mistakes: the stand-in's mistake die also rolls on greedy calls, which measurements add.
             "policy": {"name": "scripted", "config": {"mistakes": 0.0}},
             "experience_model": {"name": "dice-lm"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"},
             "eval": {"episodes": 6, "fidelity_episodes": 2 if measure else 0, "synthetic_agreement": measure},
         }
-        run_pipeline(resolve(msgspec.convert(pipeline, type=PipelineConfig), plugins, where="inline.yaml"), plugins)
+        run_pipeline(_resolved(plugins, tmp_path / name, parts, iterations=3, mode="dreamgym", experience_draw=draw), plugins)
         rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         synthetic = [t for t in map(json.loads, stored_transitions(tmp_path / name)) if t["source"] == "synthetic"]
         return rows, synthetic

@@ -149,18 +149,23 @@ def share_from(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> 
     if run_dir.exists():
         return
     if draw:
-        first = run_dir_of(game, row, seed)
-        if not (first / "experience_model" / "done").exists() or not (first / "policy_init" / "done").exists():
-            raise SystemExit(f"{game}/{row}/seed{seed}: draw {draw} reuses the trained parts of draw 0 in {first}; "
-                             "run draw 0 of this row on this machine first")
-        copy_parts(first, run_dir, model=True)
+        copy_parts(_before_rl(game, row, seed), run_dir, model=True)
         return
     if row == "GRPO DreamGym":
         return
-    donor = run_dir_of(game, "GRPO DreamGym", seed)
-    if not (donor / "policy_init" / "done").exists():
-        donor = rebuilt_donor(game, seed)
+    donor = _before_rl(game, "GRPO DreamGym", seed)
     copy_parts(donor, run_dir, model=row in SHARES_MODEL and (donor / "experience_model" / "done").exists())
+
+
+def _before_rl(game: str, row: str, seed: int) -> Path:
+    """A directory holding what the row's draw-0 cell built before RL: its own run directory,
+    or, when that is gone (a fresh clone), one rebuilt and checked against the cached cell."""
+    first = run_dir_of(game, row, seed)
+    if all((first / part / "done").exists() for part in ("policy_init", "experience_model")):
+        return first
+    if row in SHARES_MODEL and row != "GRPO DreamGym":
+        return _before_rl(game, "GRPO DreamGym", seed)  # its parts are copies of the donor's
+    return rebuilt_before_rl(game, row, seed)
 
 
 def copy_parts(donor: Path, run_dir: Path, *, model: bool) -> None:
@@ -173,26 +178,29 @@ def copy_parts(donor: Path, run_dir: Path, *, model: bool) -> None:
         shutil.copytree(donor / "experience_model", run_dir / "experience_model")
 
 
-def rebuilt_donor(game: str, seed: int) -> Path:
-    """The shared parts of a seed whose donor cell is cached but whose run directory is gone
-    (a fresh clone): the donor's pipeline up to RL (``loop.iterations=0``) in its own
-    directory. It must reproduce the cached warm start and fidelity, else the new rows
-    would not be paired with the cached ones of the seed."""
-    cached = current(game, "GRPO DreamGym", seed)
+def rebuilt_before_rl(game: str, row: str, seed: int) -> Path:
+    """What a row's draw-0 cell built before RL (offline data, experience model, warm start),
+    for a cell that is cached but whose run directory is gone (a fresh clone): the row's
+    pipeline up to RL (``loop.iterations=0``) in its own directory, from the donor's shared
+    parts like the cell itself. It must reproduce the cached warm start and fidelity, else new
+    cells (other rows, other draws) would not be paired with the cached ones of the seed."""
+    cached = current(game, row, seed)
     if cached is None:
-        raise SystemExit(f"{game}/seed{seed}: run the GRPO DreamGym row of this seed first (it is the donor)")
-    run_dir = run_dir_of(game, "GRPO DreamGym", seed).parent.parent / "donor-before-rl" / f"seed{seed}"
-    if not (run_dir / "policy_init" / "done").exists():
-        print(f"{game} | seed {seed}: rebuilding the donor's data, experience model and warm start", flush=True)
-        _dreamgym_run([*overrides(game, "GRPO DreamGym", seed, run_dir), "loop.iterations=0"], run_dir)
+        raise SystemExit(f"{game}/{row}/seed{seed}: run draw 0 of this row first (the seed's other rows and draws reuse its parts)")
+    run_dir = run_dir_of(game, row, seed).parent.parent / "before-rl" / slug(row) / f"seed{seed}"
+    metrics = run_dir / "metrics.jsonl"  # its first row: the warm start evaluated and the model scored
+    if not (metrics.exists() and metrics.read_text().strip()):
+        print(f"{game} | {row} | seed {seed}: rebuilding its data, experience model and warm start", flush=True)
+        share_from(game, row, seed, run_dir)
+        _dreamgym_run([*overrides(game, row, seed, run_dir), "loop.iterations=0"], run_dir)
     first = _before_rl_metrics(run_dir)
     rebuilt = {"warmstart_success": first.get("eval_before/success_rate"),
                "success_agreement": first.get("fidelity/success_agreement")}
     expected = {"warmstart_success": cached["warmstart_success"],
                 "success_agreement": cached["fidelity"].get("fidelity/success_agreement")}
     if rebuilt != expected:
-        raise SystemExit(f"{game}/seed{seed}: the rebuilt donor in {run_dir} gives {rebuilt}, the cached cell {expected}; "
-                         "its rows would not share one warm start (float rounding differs between code versions and CPUs; "
+        raise SystemExit(f"{game}/{row}/seed{seed}: the rebuilt run in {run_dir} gives {rebuilt}, the cached cell {expected}; "
+                         "new cells would not share its warm start (float rounding differs between code versions and CPUs; "
                          "delete the seed's cells of this game to rebuild them all on this machine)")
     return run_dir
 

@@ -1,0 +1,78 @@
+"""The Table 1 report's arithmetic (benchmarks/table1/run.py): the committed table and its
+met/missed verdicts are computed here, from cached cells, so they get the same tests as the
+framework's maths. Cells are written to a temporary cache; nothing is run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "table1" / "run.py"
+
+
+@pytest.fixture
+def table1(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("table1_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "CELLS", tmp_path / "cells")
+    return module
+
+
+def _write(table1, game: str, row: str, seed: int, success: float, *, draw: int = 0, real: float = 0.0, **extra) -> None:
+    cell = {
+        "game": game, "row": row, "seed": seed, "base_sha256": table1.base_sha256(), "protocol": table1.PROTOCOL,
+        "machine": "test cpu", "success": success, "real_transitions": real, "offline_transitions": 400.0,
+        "warmstart_success": 0.5, "fidelity": {"fidelity/success_agreement": 0.95}, **extra,
+    }
+    path = table1.cell_path(game, row, seed, draw=draw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell))
+
+
+def test_a_seed_over_draws_averages_numbers_and_keeps_each_draw(table1) -> None:
+    cells = [{"success": 0.75, "real_transitions": 0.0, "fidelity": {"a": 1.0}, "machine": "m"},
+             {"success": 0.25, "real_transitions": 0.0, "fidelity": {"a": 2.0}, "machine": "m"},
+             {"success": 0.5, "real_transitions": 3.0, "fidelity": {"a": 3.0}, "machine": "m"}]
+    merged = table1._over_draws(cells)
+    assert merged["success"] == pytest.approx(0.5)
+    assert merged["real_transitions"] == pytest.approx(1.0)
+    assert merged["draw_success"] == [0.75, 0.25, 0.5]
+    assert merged["fidelity"] == {"a": 1.0}  # scored before RL, on a stream no draw moves
+
+
+def test_targets_are_judged_on_the_seeds_both_rows_have(table1) -> None:
+    for seed, (sft, dg, real_grpo, s2r) in enumerate([(0.5, 0.625, 0.6, 0.625), (0.5, 0.625, 0.6, 0.625)]):
+        _write(table1, "coin", "SFT", seed, sft)
+        _write(table1, "coin", "GRPO DreamGym", seed, dg)
+        _write(table1, "coin", "GRPO (real env)", seed, real_grpo, real=300.0)
+        _write(table1, "coin", "GRPO DreamGym-S2R", seed, s2r, real=31.0)  # 31 / 300 > 1/10
+        _write(table1, "coin", "w/o retrieval", seed, dg)  # a tie is not "below"
+    _write(table1, "coin", "SFT", 2, 0.0)  # a seed DreamGym lacks does not lower SFT's mean
+    lines = table1._targets("coin", table1._cells(["coin"], [0, 1, 2], table1.PROTOCOL))
+    verdict = {line.split(": ")[1]: line.rsplit("-> ", 1)[1] for line in lines}
+    assert verdict == {
+        "DreamGym >= SFT + 10": "met",  # 62.5 vs 50.0 on seeds 0-1
+        "DreamGym within 10 of real GRPO": "met",
+        "S2R >= real GRPO with <= 1/10 of its real transitions": "missed",
+        "w/o retrieval below the full method": "missed",
+    }
+    assert "62.5 vs 50.0 (n=2)" in lines[0]
+
+
+def test_a_drawn_row_counts_a_seed_only_once_every_draw_has_run(table1) -> None:
+    _write(table1, "coin", "SFT", 0, 0.5)
+    _write(table1, "coin", "GRPO (real env)", 0, 0.625, real=300.0)
+    for draw, success in enumerate([0.75, 0.5, 0.625]):
+        _write(table1, "coin", "GRPO DreamGym", 0, success, draw=draw)
+    _write(table1, "coin", "w/o curriculum", 0, 0.5)  # draw 0 only
+    table = table1._cells(["coin"], [0], table1.PROTOCOL, draws=(0, 1, 2))
+    assert table[("coin", "GRPO DreamGym")][0]["success"] == pytest.approx(0.625)
+    assert table[("coin", "GRPO (real env)")][0]["success"] == 0.625  # real rows run once
+    assert table[("coin", "w/o curriculum")] == {}
+    text = table1.report(["coin"], [0], draws=(0, 1, 2))
+    assert "- GRPO DreamGym: 62.5 (75.0, 50.0, 62.5)" in text
+    assert "coin / w/o curriculum seeds 0 (some of draws 0, 1, 2 missing)" in text

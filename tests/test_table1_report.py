@@ -52,6 +52,8 @@ def test_targets_are_judged_on_the_seeds_both_rows_have(table1) -> None:
         _write(table1, "coin", "GRPO DreamGym-S2R", seed, s2r, real=31.0)  # 31 / 300 > 1/10
         _write(table1, "coin", "w/o retrieval", seed, dg)  # a tie is not "below"
     _write(table1, "coin", "SFT", 2, 0.0)  # a seed DreamGym lacks does not lower SFT's mean
+    _write(table1, "coin", "w/o reasoning", 0, 0.5)  # below on one seed, above on the other: the mean is below
+    _write(table1, "coin", "w/o reasoning", 1, 0.7)
     lines = table1._targets("coin", table1._cells(["coin"], [0, 1, 2], table1.PROTOCOL))
     verdict = {line.split(": ")[1]: line.rsplit("-> ", 1)[1] for line in lines}
     assert verdict == {
@@ -59,8 +61,11 @@ def test_targets_are_judged_on_the_seeds_both_rows_have(table1) -> None:
         "DreamGym within 10 of real GRPO": "met",
         "S2R >= real GRPO with <= 1/10 of its real transitions": "missed",
         "w/o retrieval below the full method": "missed",
+        "w/o reasoning below the full method": "met",
     }
     assert "62.5 vs 50.0 (n=2)" in lines[0]
+    assert "(n=2; seeds below / tied / above: 0 / 2 / 0)" in lines[3]
+    assert "60.0 vs 62.5 (n=2; seeds below / tied / above: 1 / 0 / 1) -> met" in lines[4]
 
 
 def test_a_drawn_row_counts_a_seed_only_once_every_draw_has_run(table1) -> None:

@@ -319,6 +319,15 @@ def _pair(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: s
     return mean(a), mean(b), len(seeds)
 
 
+def _seed_signs(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> tuple[int, int, int]:
+    """On how many shared seeds row a ends below, level with and above row b: a mean can be
+    "below" because of one seed, and the target's verdict should show it."""
+    seeds = sorted(set(table[(game, a)]) & set(table[(game, b)]))
+    diffs = [table[(game, a)][s]["success"] - table[(game, b)][s]["success"] for s in seeds]
+    tie = 1e-9  # draw means of the same 32 games: equal up to float rounding
+    return sum(d < -tie for d in diffs), sum(abs(d) <= tie for d in diffs), sum(d > tie for d in diffs)
+
+
 def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
     """The acceptance targets of the small-scale Table 1, on the seeds both compared rows have."""
     dg, out = "GRPO DreamGym", []
@@ -334,7 +343,9 @@ def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]]) -> list[s
                    f"{r[0]:.0f} vs {r[1]:.0f} real transitions ({share:.0%}) (n={p[2]}) -> {'met' if met else 'missed'}")
     for row in ("w/o retrieval", "w/o reasoning", "w/o curriculum"):
         if p := _pair(table, game, row, dg):
-            out.append(f"{row} below the full method: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}) -> {'met' if p[0] < p[1] else 'missed'}")
+            below, tied, above = _seed_signs(table, game, row, dg)
+            out.append(f"{row} below the full method: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}; "
+                       f"seeds below / tied / above: {below} / {tied} / {above}) -> {'met' if p[0] < p[1] else 'missed'}")
     return [f"- {game}: {line}" for line in out]
 
 

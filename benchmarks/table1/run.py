@@ -310,9 +310,13 @@ def _paired_delta(cells: dict[int, dict], base: dict[int, dict]) -> str:
     return f"{100 * statistics.mean(cells[s]['success'] - base[s]['success'] for s in seeds):+.1f}"
 
 
+def _shared_seeds(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> list[int]:
+    return sorted(set(table[(game, a)]) & set(table[(game, b)]))
+
+
 def _pair(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str, key: str = "success") -> tuple[float, float, int] | None:
     """Means of ``key`` for rows a and b over the seeds both have (None when none)."""
-    seeds = sorted(set(table[(game, a)]) & set(table[(game, b)]))
+    seeds = _shared_seeds(table, game, a, b)
     if not seeds:
         return None
     mean = lambda row: statistics.mean(table[(game, row)][s][key] or 0 for s in seeds)  # noqa: E731
@@ -322,7 +326,7 @@ def _pair(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: s
 def _seed_signs(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> tuple[int, int, int]:
     """On how many shared seeds row a ends below, level with and above row b: a mean can be
     "below" because of one seed, and the target's verdict should show it."""
-    seeds = sorted(set(table[(game, a)]) & set(table[(game, b)]))
+    seeds = _shared_seeds(table, game, a, b)
     diffs = [table[(game, a)][s]["success"] - table[(game, b)][s]["success"] for s in seeds]
     tie = 1e-9  # draw means of the same 32 games: equal up to float rounding
     return sum(d < -tie for d in diffs), sum(abs(d) <= tie for d in diffs), sum(d > tie for d in diffs)

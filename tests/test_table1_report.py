@@ -64,8 +64,8 @@ def test_targets_are_judged_on_the_seeds_both_rows_have(table1) -> None:
         "w/o reasoning below the full method": "met",
     }
     assert "62.5 vs 50.0 (n=2)" in lines[0]
-    assert "(n=2; seeds below / tied / above: 0 / 2 / 0)" in lines[3]
-    assert "60.0 vs 62.5 (n=2; seeds below / tied / above: 1 / 0 / 1) -> met" in lines[4]
+    assert "(n=2; seeds below / tied / above: 0 / 2 / 0, sign test p = 1.00)" in lines[3]
+    assert "60.0 vs 62.5 (n=2; seeds below / tied / above: 1 / 0 / 1, sign test p = 1.00) -> met" in lines[4]
 
 
 def test_a_drawn_row_counts_a_seed_only_once_every_draw_has_run(table1) -> None:
@@ -81,3 +81,11 @@ def test_a_drawn_row_counts_a_seed_only_once_every_draw_has_run(table1) -> None:
     text = table1.report(["coin"], [0], draws=(0, 1, 2))
     assert "- GRPO DreamGym: 62.5 (75.0, 50.0, 62.5)" in text
     assert "coin / w/o curriculum seeds 0 (some of draws 0, 1, 2 missing)" in text
+
+
+def test_the_sign_test_is_the_exact_two_sided_binomial_tail(table1) -> None:
+    assert table1.sign_test_p(5, 0) == pytest.approx(2 / 32)  # all five one way: 0.0625
+    assert table1.sign_test_p(4, 1) == pytest.approx(2 * 6 / 32)  # 0.375
+    assert table1.sign_test_p(0, 9) == pytest.approx(2 / 512)
+    assert table1.sign_test_p(3, 3) == 1.0  # capped: an even split is no evidence either way
+    assert table1.sign_test_p(0, 0) == 1.0  # every seed tied

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import platform
 import shutil
 import statistics
@@ -340,6 +341,15 @@ def _seed_signs(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str
     return sum(d < -tie for d in diffs), sum(abs(d) <= tie for d in diffs), sum(d > tie for d in diffs)
 
 
+def sign_test_p(below: int, above: int) -> float:
+    """Two-sided exact sign test over the seeds that are not tied: the chance, if either row
+    were as likely to end above the other on a seed, of a split at least this uneven."""
+    n, k = below + above, min(below, above)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
 def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
     """The acceptance targets of the small-scale Table 1, on the seeds both compared rows have."""
     dg, out = "GRPO DreamGym", []
@@ -357,7 +367,8 @@ def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]]) -> list[s
         if p := _pair(table, game, row, dg):
             below, tied, above = _seed_signs(table, game, row, dg)
             out.append(f"{row} below the full method: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}; "
-                       f"seeds below / tied / above: {below} / {tied} / {above}) -> {'met' if p[0] < p[1] else 'missed'}")
+                       f"seeds below / tied / above: {below} / {tied} / {above}, sign test p = {sign_test_p(below, above):.2f})"
+                       f" -> {'met' if p[0] < p[1] else 'missed'}")
     return [f"- {game}: {line}" for line in out]
 
 

@@ -381,14 +381,14 @@ def _machines(table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
     return [f"Run on {name}: " + ", ".join(sorted(runs)) + "." for name, runs in sorted(where.items())]
 
 
-def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: tuple[int, ...] = (0,)) -> str:
+def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: tuple[int, ...] = (0,), out: Path | None = None) -> str:
     table = _cells(games, seeds, protocol, draws)
     drawn = len(draws) > 1
     lines = [
         "# Table 1 at small scale (success % on held-out real test games, mean ± sd over seeds)",
         "",
         f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}"
-        f"{' --draws ' + ' '.join(map(str, draws)) if draws != (0,) else ''}`;",
+        f"{' --draws ' + ' '.join(map(str, draws)) if draws != (0,) else ''}{f' --out {out}' if out else ''}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
         f"textworld-express {metadata.version('textworld-express')}. Base pipeline: examples/default.yaml (sha256 {base_sha256()[:12]}), protocol {protocol}.",
         "Cells run on another base pipeline or protocol are left out; missing cells were not run. Every row of a",
@@ -478,6 +478,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="Only write the table from cached cells.")
     parser.add_argument("--protocol", type=int, default=PROTOCOL, choices=range(1, PROTOCOL + 1),
                         help=f"With --report: the table of an earlier protocol's cells (default {PROTOCOL}, the current code's).")
+    parser.add_argument("--out", type=Path, help="Write the table here instead of results/table1-pN[-drawsK].md "
+                        "(a table of other games must not replace the main one).")
     args = parser.parse_args()
     if args.protocol != PROTOCOL and not args.report:
         parser.error(f"--protocol {args.protocol} needs --report: this code runs protocol {PROTOCOL} cells only")
@@ -496,8 +498,8 @@ def main() -> None:
                             cell = run_cell(game, row, seed, draw)
                             print(f"{game} | {row} | seed {seed}{_draw_suffix(draw, ' ')}: success {cell['success']} "
                                   f"({cell['wall_seconds']} s)", flush=True)
-    table = report(args.games, args.seeds, args.protocol, draws)
-    out = HERE / "results" / f"table1-p{args.protocol}{'-draws' + '-'.join(map(str, draws)) if draws != (0,) else ''}.md"
+    table = report(args.games, args.seeds, args.protocol, draws, args.out)
+    out = args.out or HERE / "results" / f"table1-p{args.protocol}{'-draws' + '-'.join(map(str, draws)) if draws != (0,) else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(table)

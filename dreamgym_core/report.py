@@ -44,6 +44,20 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _unlisted_lines(history: list[dict[str, Any]]) -> list[str]:
+    """How lenient the synthetic environment was with actions the state did not offer, over
+    the synthetic RL iterations (a real engine refuses them; accepting them rewards blind moves)."""
+    synthetic = [r for r in history if r.get("step", -1) >= 0 and r.get("charts/synthetic_phase") == 1.0]
+    offered = sum(r.get("rollout/unlisted_actions", 0.0) for r in synthetic)
+    if not offered:
+        return []
+    accepted = sum(r.get("rollout/unlisted_accepted", 0.0) for r in synthetic)
+    return [
+        "", f"During synthetic RL the policy took {int(offered)} actions its state did not offer; the synthetic "
+        f"environment accepted {int(accepted)} of them ({accepted / offered:.0%}).",
+    ]
+
+
 def write(runner: Runner) -> Path:
     """Write report.md and plots into the run directory."""
     run_dir = runner.run_dir
@@ -78,6 +92,7 @@ def write(runner: Runner) -> Path:
             f"outcome agreement with real play {row[f'{prefix}/synthetic_agreement']:.3f}"
             for label, row, prefix in replayed
         ]
+    lines += _unlisted_lines(runner.history)
     lines += ["", "## Data used", ""]
     for key in ("offline_transitions", "real_transitions", "synthetic_transitions"):
         lines.append(f"- {key.replace('_', ' ')}: {int(runner.counters.get(key, 0))}")

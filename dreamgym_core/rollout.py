@@ -33,6 +33,10 @@ class RolloutStats:
     env_errors: int = 0
     truncated: int = 0
     parse_failures: int = 0
+    # Steps whose action the observation's own list does not offer, and those the environment
+    # still accepted: a real engine refuses them, so accepted ones show a lenient experience model.
+    unlisted_actions: int = 0
+    unlisted_accepted: int = 0
 
     def metrics(self, prefix: str) -> dict[str, float]:
         eps = max(self.episodes, 1)
@@ -46,6 +50,8 @@ class RolloutStats:
             f"errors/{prefix}_env_errors": float(self.env_errors),
             f"errors/{prefix}_model_parse_failures": float(self.parse_failures),
             f"{prefix}/truncated": float(self.truncated),
+            f"{prefix}/unlisted_actions": float(self.unlisted_actions),
+            f"{prefix}/unlisted_accepted": float(self.unlisted_accepted),
         }
 
 
@@ -206,6 +212,10 @@ def rollout(
                 log.warning("env step failed for task %s: %s", ep.task.id, exc)
                 _failed_step(ep, decision, f"[environment error: {type(exc).__name__}]", source)
                 continue
+            listed = ep.observation.admissible_actions  # before _apply moves the episode on
+            unlisted = bool(listed) and decision.action not in listed
+            stats.unlisted_actions += unlisted
+            stats.unlisted_accepted += unlisted and result.valid
             _apply(ep, decision, result, source, model_id)
             stats.invalid_actions += int(not result.valid)
             stats.parse_failures += int(result.info.get("parse_status") == "failed")

@@ -307,3 +307,36 @@ def test_gymnasium_wrapper_reports_truncation() -> None:
     assert truncated and not terminated
     with pytest.raises(SyntheticEnvError, match="options"):
         DreamGymGymEnv(make_env()[0]).reset()
+
+
+@pytest.mark.parametrize("reject_unlisted, accepted", [(False, 1), (True, 0)])
+def test_rollout_counts_unlisted_actions_and_those_the_synthetic_env_accepted(reject_unlisted, accepted) -> None:
+    """A lenient experience model accepts an action the state does not offer; the counter shows it."""
+    from dreamgym_core.rollout import rollout
+
+    lm = ScriptedLM(answer=lambda p: answer("You are in room 1."))  # accepts anything
+    config = SyntheticEnvConfig(add_to_buffer=False, reject_unlisted=reject_unlisted)
+    env = SyntheticEnv(LMExperienceModel(lm, ExperienceModelConfig(max_retries=0)), None, ListingDomain(), config)
+    plays = iter(["<action>fly</action>", "<action>go</action>"])
+    trajectories, stats = rollout(
+        tasks=[TASK], envs=[env], act=lambda prompts: [next(plays)] * len(prompts), max_steps=2,
+        history_window=1, seeds=[0], source="synthetic", tag="t", step_many=step_many,
+    )
+    assert stats.unlisted_actions == 1 and stats.unlisted_accepted == accepted
+    metrics = stats.metrics("rollout")
+    assert metrics["rollout/unlisted_actions"] == 1.0 and metrics["rollout/unlisted_accepted"] == float(accepted)
+    assert [t.action for t in trajectories[0].transitions] == (["fly", "go"] if accepted else ["fly"])
+
+
+def test_report_says_how_many_unlisted_actions_the_synthetic_env_accepted() -> None:
+    from dreamgym_core.report import _unlisted_lines
+
+    history = [
+        {"step": -1, "rollout/unlisted_actions": 9.0},  # before RL: not counted
+        {"step": 0, "charts/synthetic_phase": 1.0, "rollout/unlisted_actions": 3.0, "rollout/unlisted_accepted": 3.0},
+        {"step": 1, "charts/synthetic_phase": 0.0, "rollout/unlisted_actions": 5.0, "rollout/unlisted_accepted": 0.0},
+        {"step": 2, "charts/synthetic_phase": 1.0, "rollout/unlisted_actions": 1.0, "rollout/unlisted_accepted": 0.0},
+    ]
+    text = " ".join(_unlisted_lines(history))
+    assert "took 4 actions" in text and "accepted 3 of them (75%)" in text
+    assert _unlisted_lines([{"step": 0, "charts/synthetic_phase": 1.0, "rollout/unlisted_actions": 0.0}]) == []

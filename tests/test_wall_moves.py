@@ -62,3 +62,17 @@ def test_stored_transitions_drops_evicted_records(tmp_path):
     kept = wall.stored_transitions(tmp_path)
     assert [t.action for t in kept] == ["look around", "move west"]
     assert len(list(tmp_path.glob("seg-*.dgs"))) == 2
+
+
+def test_a_damaged_frame_is_reported_by_file_and_the_rest_still_read(tmp_path, capsys):
+    wall = _module()
+    writer = SegmentWriter(tmp_path, max_records=10)
+    writer.write(Frame(kind="add", rids=[0], transitions=[_step("move east")]))
+    writer.write(Frame(kind="add", rids=[1], transitions=[_step("move west")]))
+    writer.seal()
+    segment = next(tmp_path.glob("seg-*.dgs"))
+    data = bytearray(segment.read_bytes())
+    data[20] ^= 0xFF  # inside the first frame's payload: its checksum fails
+    segment.write_bytes(bytes(data))
+    assert [t.action for t in wall.stored_transitions(tmp_path)] == ["move west"]
+    assert f"warning: {tmp_path}: {segment.name}" in capsys.readouterr().err

@@ -4,19 +4,21 @@ A "wall move" is an RL step whose action is ``move <direction>`` while the state
 list offers no such move. The real engine refuses it (the step is wasted); an experience
 model may accept it and show another room. This reads the replay buffers of a game's run
 directories (``runs/<base>-p<protocol>/<game>/<row>/<seed>``, on the machine that ran the
-cells) and counts, per row over every cell found: the RL steps, the wall moves among the
-moves, the share of them the environment accepted, and the success of RL episodes with and
-without a wall move. Step 0 is counted apart: its action list is the real reset's even in
-DreamGym, while later synthetic lists are the experience model's own writing.
+cells) and counts, per row over every cell found: the wall moves among its RL steps, the
+share the environment accepted, and the share of accepted ones whose next state offers
+``take coin``. The buffer keeps one copy of identical steps (same state, action, next state
+and outcome), so these are counts of distinct steps. Step 0 is counted apart: its action
+list is the real reset's even in DreamGym, while later synthetic lists are the experience
+model's own writing.
 
-    python benchmarks/table1/wall_moves.py --game coin --out benchmarks/table1/results/wall-moves.md
+    python benchmarks/table1/wall_moves.py --game coin --out benchmarks/table1/results/wall-moves-coin.md
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from dreamgym_core.records import Transition
@@ -34,7 +36,9 @@ def stored_transitions(buffer_dir: Path) -> list[Transition]:
     """The live records of a buffer directory: its adds minus its evictions (rollbacks included)."""
     live: dict[int, Transition] = {}
     for segment in segment_files(buffer_dir):
-        frames, _problems = read_segment(segment)
+        frames, problems = read_segment(segment)
+        for problem in problems:  # a damaged frame is skipped by the reader; say so, do not hide it
+            print(f"warning: {buffer_dir}: {problem}", file=sys.stderr)
         for frame in frames:
             if frame.kind == "add":
                 live.update(zip(frame.rids, frame.transitions))

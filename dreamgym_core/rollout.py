@@ -12,7 +12,7 @@ from .agent import build_agent_prompt, parse_agent_output
 from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
-__all__ = ["RolloutStats", "Episode", "rollout", "step_transition", "wilson_interval"]
+__all__ = ["RolloutStats", "Episode", "rollout", "step_transition", "unlisted", "wilson_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ class Episode:
 
     def trajectory(self) -> Trajectory:
         return Trajectory(task=self.task, transitions=self.transitions, decisions=self.decisions)
+
+
+def unlisted(action: str, admissible: Sequence[str]) -> bool:
+    """Whether the state's own action list leaves ``action`` out (False when the list is unknown)."""
+    return bool(admissible) and action not in admissible
 
 
 def _default_step_many(envs: Sequence[Env], actions: Sequence[str]) -> list[StepResult]:
@@ -212,10 +217,9 @@ def rollout(
                 log.warning("env step failed for task %s: %s", ep.task.id, exc)
                 _failed_step(ep, decision, f"[environment error: {type(exc).__name__}]", source)
                 continue
-            listed = ep.observation.admissible_actions  # before _apply moves the episode on
-            unlisted = bool(listed) and decision.action not in listed
-            stats.unlisted_actions += unlisted
-            stats.unlisted_accepted += unlisted and result.valid
+            offered = unlisted(decision.action, ep.observation.admissible_actions)  # before _apply moves on
+            stats.unlisted_actions += offered
+            stats.unlisted_accepted += offered and result.valid
             _apply(ep, decision, result, source, model_id)
             stats.invalid_actions += int(not result.valid)
             stats.parse_failures += int(result.info.get("parse_status") == "failed")

@@ -209,3 +209,10 @@ def test_verl_postprocess_puts_reward_on_last_policy_token(episode, compose, cha
     assert scores[last_policy].item() == pytest.approx(0.9)
     assert scores.abs().sum().item() == pytest.approx(0.9)
     assert int(mask.sum()) == sum(out.response_mask)
+
+
+def test_unlisted_actions_counted_with_those_the_env_accepted(episode):
+    # "dance" is not offered and the corridor lets it pass; "jump" is not offered and refused.
+    out, _, _ = episode([act("dance"), act("jump"), act("go north"), act("go north")])
+    info = out.extra_fields["reward_extra_info"]
+    assert info["unlisted_actions"] == 2.0 and info["unlisted_accepted"] == 1.0 and info["success"] == 1.0

@@ -26,7 +26,7 @@ from dreamgym_core.agent import build_agent_prompt, parse_agent_output
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import HistoryStep, Observation, StepResult, Task, TaskOutcome, Transition
-from dreamgym_core.rollout import step_transition
+from dreamgym_core.rollout import step_transition, unlisted
 
 from .config import AGENT_LOOP_NAME
 
@@ -88,6 +88,8 @@ class EpisodeStats:
     steps: int = 0
     invalid_actions: int = 0
     unparsed_actions: int = 0
+    unlisted_actions: int = 0  # not in the state's own list; a real engine refuses them
+    unlisted_accepted: int = 0  # ... and the environment still accepted them (a lenient experience model)
     success: bool = False
     truncated: bool = False
     env_error: bool = False
@@ -177,6 +179,9 @@ class DreamGymAgentLoop(AgentLoopBase):
                 stats.env_error = True
                 return
             stats.invalid_actions += int(not result.valid)
+            offered = unlisted(action, observation.admissible_actions)
+            stats.unlisted_actions += offered
+            stats.unlisted_accepted += offered and result.valid
             stats.step_rewards.append(result.reward)
             transitions.append(step_transition(
                 task, request_id, step, observation, action, result,
@@ -254,6 +259,8 @@ class DreamGymAgentLoop(AgentLoopBase):
                     "episode_steps": float(stats.steps),
                     "invalid_actions": float(stats.invalid_actions),
                     "unparsed_actions": float(stats.unparsed_actions),
+                    "unlisted_actions": float(stats.unlisted_actions),
+                    "unlisted_accepted": float(stats.unlisted_accepted),
                     "truncated": float(stats.truncated),
                     "env_errors": float(stats.env_error),
                 },

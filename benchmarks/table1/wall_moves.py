@@ -22,7 +22,8 @@ from collections import Counter
 from pathlib import Path
 
 from dreamgym_core.records import Transition
-from dreamgym_plugin_exact.segments import read_segment, segment_files
+from dreamgym_plugin_encoders import HashingEncoder
+from dreamgym_plugin_exact import ExactBuffer, ExactConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -33,19 +34,13 @@ RL_SOURCES = {"GRPO (real env)": "real", "PPO (real env)": "real"}
 
 
 def stored_transitions(buffer_dir: Path) -> list[Transition]:
-    """The live records of a buffer directory: its adds minus its evictions (rollbacks included)."""
-    live: dict[int, Transition] = {}
-    for segment in segment_files(buffer_dir):
-        frames, problems = read_segment(segment)
-        for problem in problems:  # a damaged frame is skipped by the reader; say so, do not hide it
-            print(f"warning: {buffer_dir}: {problem}", file=sys.stderr)
-        for frame in frames:
-            if frame.kind == "add":
-                live.update(zip(frame.rids, frame.transitions))
-            elif frame.kind == "evict":
-                for rid in frame.rids:
-                    live.pop(rid, None)
-    return list(live.values())
+    """The live records of a run's replay buffer, read by the buffer itself: evictions and
+    rollbacks applied, a damaged frame warned about by file. The encoder is the default
+    pipeline's (another one's embeddings raise a DataError naming it); nothing is embedded or
+    written, as no record is added and no backfill is started."""
+    config = ExactConfig(on_encoder_change="error", backfill_background=False)
+    with ExactBuffer(config, encoder=HashingEncoder(), path=buffer_dir) as buffer:
+        return list(buffer)
 
 
 def is_wall_move(t: Transition) -> bool:

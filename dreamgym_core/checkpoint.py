@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import msgspec
 import numpy as np
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "save",
     "load_latest",
+    "rng_kept",
     "write_trajectories",
     "read_trajectories",
     "read_transitions",
@@ -45,6 +47,8 @@ class _State(msgspec.Struct, kw_only=True):
     # The replay buffer's position when the checkpoint was taken (None: a buffer that
     # cannot roll back, or a checkpoint from before positions were recorded).
     buffer_position: int | None = None
+    # Validation scores by iteration (eval.valid_every; None when off).
+    selection: dict[str, Any] | None = None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -68,14 +72,25 @@ def _rng_state() -> tuple[list[Any], dict[str, Any], list[int]]:
     )
 
 
-def _restore_rng(state: _State) -> None:
+def _restore_rng(python_rng: list[Any], numpy_rng: dict[str, Any], torch_rng: list[int]) -> None:
     import torch
 
-    version, internal, gauss = state.python_rng
+    version, internal, gauss = python_rng
     random.setstate((version, tuple(internal), gauss))
-    n = state.numpy_rng
+    n = numpy_rng
     np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(torch.tensor(state.torch_rng, dtype=torch.uint8))
+    torch.set_rng_state(torch.tensor(torch_rng, dtype=torch.uint8))
+
+
+@contextmanager
+def rng_kept() -> Iterator[None]:
+    """Run a measurement without moving the global RNGs, so that training draws what it
+    would have drawn without it (validation plays between RL iterations)."""
+    saved = _rng_state()
+    try:
+        yield
+    finally:
+        _restore_rng(*saved)
 
 
 def save(runner: Runner, iteration: int) -> Path:
@@ -98,12 +113,15 @@ def save(runner: Runner, iteration: int) -> Path:
         numpy_rng=numpy_rng,
         torch_rng=torch_rng,
         buffer_position=_buffer_position(runner.buffer),
+        selection=runner.selection.state_dict() if runner.selection is not None else None,
     )
     _atomic_write(tmp / "state.json", msgspec.json.encode(state))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _atomic_write(root / "latest", final.name.encode())
     prune(root, keep=runner.cfg.loop.keep_checkpoints)
+    if runner.selection is not None:
+        runner.selection.prune()
     return final
 
 
@@ -170,7 +188,9 @@ def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int:
         _rollback_buffer(runner, state)
     runner.counters.update(state.counters)
     runner.history = list(state.history)
-    _restore_rng(state)
+    if runner.selection is not None:
+        runner.selection.load_state_dict(state.selection or {})
+    _restore_rng(state.python_rng, state.numpy_rng, state.torch_rng)
     return state.iteration
 
 

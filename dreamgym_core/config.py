@@ -160,6 +160,15 @@ class EvalConfig(Config):
         list[Literal["expert", "noisy", "random", "explore"]],
         Meta(description="Data policies of the held-out fidelity episodes ('explore' adds actions the engine refuses)."),
     ] = msgspec.field(default_factory=lambda: ["expert", "random"])
+    valid_every: Annotated[
+        NonNegativeInt,
+        Meta(description="Iterations between greedy plays of the 'valid' split during RL; the warm start and the last iteration are scored too (0: off)."),
+    ] = 0
+    valid_episodes: Annotated[PositiveInt, Meta(description="Greedy episodes of each validation play (valid_every).")] = 16
+    keep: Annotated[
+        Literal["last", "best-valid"],
+        Meta(description="The policy the final evaluation plays: the last iteration's, or the one that scored best on validation (the warm start included; ties keep the earliest). best-valid needs valid_every."),
+    ] = "last"
     synthetic_agreement: Annotated[
         bool,
         Meta(description=(
@@ -195,6 +204,8 @@ class PipelineConfig(Config):
             raise ValueError(f"loop.mode={self.loop.mode!r} needs {', '.join(missing)}; set them or use mode 'real'")
         if missing and self.eval.synthetic_agreement:
             raise ValueError(f"eval.synthetic_agreement replays games in the synthetic environment and needs {', '.join(missing)}")
+        if self.eval.keep == "best-valid" and not self.eval.valid_every:
+            raise ValueError("eval.keep='best-valid' needs eval.valid_every > 0 (no validation play would score a policy)")
         group_cap = self.loop.group_size * self.loop.max_steps
         if self.loop.mode == "s2r" and self.loop.real_budget < group_cap:
             raise ValueError(

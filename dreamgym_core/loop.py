@@ -29,6 +29,7 @@ from .errors import ConfigError, DreamGymError
 from .plugins import Plugins
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, rollout, wilson_interval
+from .selection import ValidSelection
 from .synthetic import storable
 
 __all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate", "evaluate_run"]
@@ -88,6 +89,7 @@ class Runner:
             "offline_transitions": 0,
         }
         self.history: list[dict[str, float]] = []
+        self.selection = ValidSelection(run_dir / "policy_best") if self.cfg.eval.valid_every else None
         self._started = time.perf_counter()
         self._build()
 
@@ -132,6 +134,7 @@ class Runner:
         self.policy = build("model", cfg.policy.name, self._component("policy"))
         self.algo = build("algo", cfg.algo.name, self._component("algo"), policy=self.policy, seed=cfg.seed)
         self.train_tasks = self.domain.tasks(split="train")
+        self._check_validation()
         self.curriculum = (
             build(
                 "curriculum", cfg.curriculum.name, self._component("curriculum"),
@@ -149,6 +152,18 @@ class Runner:
             self.sinks.append(JsonlSink(JsonlConfig(), run_dir=str(self.run_dir)))
         self.hook = self.plugins.hook
         self.hook.dreamgym_configure.call_historic(kwargs={"config": cfg})
+
+    def _check_validation(self) -> None:
+        """eval.valid_every's needs, checked before minutes of data and training go by."""
+        cfg, where = self.cfg, self.resolved.source
+        if not cfg.eval.valid_every:
+            return
+        if not self.domain.tasks(split="valid"):
+            raise ConfigError(f"{where}: eval.valid_every plays the 'valid' split, and env {cfg.env.name!r} has no valid tasks")
+        if cfg.eval.keep == "best-valid" and not (hasattr(self.policy, "save") and hasattr(self.policy, "reload")):
+            raise ConfigError(
+                f"{where}: eval.keep='best-valid' snapshots the policy, and policy {cfg.policy.name!r} cannot save and reload"
+            )
 
     # --- stages before the loop -----------------------------------------------------
 
@@ -446,6 +461,8 @@ class Runner:
         metrics["perf/iteration_seconds"] = time.perf_counter() - started
         if self.experience_model is not None and hasattr(self.experience_model, "metrics"):
             metrics.update(self.experience_model.metrics())
+        if self._validation_due(iteration + 1):
+            metrics.update(self._score_valid(iteration + 1))
         self.counters["iteration"] = iteration + 1
         self._log(iteration, metrics)
         self._say(f"iteration {iteration + 1}/{self.cfg.loop.iterations} ({phase}): {_brief(metrics)}")
@@ -453,6 +470,35 @@ class Runner:
             self._checkpoint(iteration + 1)
         self.hook.dreamgym_after_iteration(iteration=iteration, metrics=metrics)
         return metrics
+
+    # --- validation plays and the policy the run keeps --------------------------------
+
+    def _validation_due(self, iteration: int) -> bool:
+        every = self.cfg.eval.valid_every
+        return bool(every) and (iteration % every == 0 or iteration == self.cfg.loop.iterations)
+
+    def _score_valid(self, iteration: int) -> dict[str, float]:
+        """Greedy play of the 'valid' split by the policy after ``iteration`` RL updates (0: the
+        warm start), snapshotting it if it is the best so far. The global RNGs are put back, so
+        RL samples what it would have sampled without this play."""
+        assert self.selection is not None
+        with checkpoint.rng_kept():
+            metrics = self.evaluate(prefix="valid", split="valid", episodes=self.cfg.eval.valid_episodes)
+        score = metrics["valid/success_rate"]
+        snapshot = (lambda path: self.policy.save(path=str(path))) if self.cfg.eval.keep == "best-valid" else None
+        better = self.selection.offer(iteration, score, save=snapshot)
+        self._say(f"validation after iteration {iteration}: success {score:.3f}{' (best so far)' if better else ''}")
+        return {**metrics, **self.selection.metrics()}
+
+    def keep_selected_policy(self) -> dict[str, float]:
+        """Under ``eval.keep: best-valid``, load the best validation policy for the final
+        evaluation; returns the iteration whose policy that evaluation plays."""
+        if self.cfg.eval.keep != "best-valid" or self.selection is None:
+            return {"eval/policy_iteration": float(self.counters["iteration"])}
+        path = self.selection.best_path()
+        self.policy.reload(path=str(path))
+        self._say(f"keeping the policy of iteration {self.selection.best} (best validation success)")
+        return {"eval/policy_iteration": float(self.selection.best)}
 
     # --- the whole run ------------------------------------------------------------------
 
@@ -467,6 +513,8 @@ class Runner:
                 self._rewind_sinks()
             if start == 0:
                 pre = self._before_rl()
+                if self.selection is not None:
+                    pre.update(self._score_valid(0))
                 self._log(-1, pre)
                 # RL starts from one random state whatever came before it (an experience model and
                 # warm start trained here or reloaded from an earlier run), so runs that share
@@ -475,6 +523,7 @@ class Runner:
                 self._checkpoint(0)
             for iteration in range(start, cfg.loop.iterations):
                 self._iteration(iteration)
+            final.update(self.keep_selected_policy())
             if cfg.eval.episodes:
                 self._say("evaluating the trained policy on held-out real tasks")
                 final.update(self.evaluate(prefix="eval", synthetic=cfg.eval.synthetic_agreement))
@@ -506,7 +555,7 @@ class Runner:
 _BRIEF_KEYS = (
     "rollout/success_rate", "losses/policy_loss", "experience/parse_failure_rate", "eval/success_rate",
     "eval_untrained/success_rate", "eval_before/success_rate", "experience/sft_loss", "warmstart/sft_loss", "curriculum/synthetic_tasks",
-    "fidelity/success_agreement", "fidelity/next_state_token_f1",
+    "fidelity/success_agreement", "fidelity/next_state_token_f1", "valid/success_rate",
 )
 
 
@@ -613,8 +662,9 @@ def evaluate(
 def evaluate_run(
     resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None, trajectories: Path | None = None
 ) -> dict[str, Any]:
-    """``dreamgym eval``: the run's last checkpoint, the training rollout code, real tasks
-    (``trajectories``: where to write the episodes played)."""
+    """``dreamgym eval``: the run's last checkpoint (under ``eval.keep: best-valid``, the policy
+    the run kept), the training rollout code, real tasks (``trajectories``: where to write the
+    episodes played)."""
     run_dir = Path(resolved.pipeline.run_dir)
     if not (run_dir / "checkpoints" / "latest").exists():
         raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
@@ -623,8 +673,9 @@ def evaluate_run(
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
     runner = Runner(resolved, plugins, run_dir, progress=False)
     iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
+    kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played
     metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes, trajectories_out=trajectories)
-    return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **metrics}
+    return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **kept, **metrics}
 
 
 def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False) -> dict[str, Any]:

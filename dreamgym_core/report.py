@@ -58,6 +58,16 @@ def _unlisted_lines(history: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _validation_lines(runner: Runner, final: dict[str, Any]) -> list[str]:
+    """Greedy validation success by iteration (eval.valid_every) and which policy was evaluated."""
+    if runner.selection is None or not runner.selection.scores:
+        return []
+    scores = ", ".join(f"{it}: {score:.3f}" for it, score in sorted(runner.selection.scores.items()))
+    kept = final.get("eval/policy_iteration")
+    which = "" if kept is None else f" The policy evaluated after RL is iteration {int(kept)}'s ({runner.cfg.eval.keep})."
+    return ["", f"Validation success by iteration (greedy, 'valid' split): {scores}.{which}"]
+
+
 def write(runner: Runner) -> Path:
     """Write report.md and plots into the run directory."""
     run_dir = runner.run_dir
@@ -92,6 +102,7 @@ def write(runner: Runner) -> Path:
             f"outcome agreement with real play {row[f'{prefix}/synthetic_agreement']:.3f}"
             for label, row, prefix in replayed
         ]
+    lines += _validation_lines(runner, final)
     lines += _unlisted_lines(runner.history)
     lines += ["", "## Data used", ""]
     for key in ("offline_transitions", "real_transitions", "synthetic_transitions"):

@@ -119,6 +119,30 @@ class ScriptedPolicy:
         return out
 
 
+class SavingScriptedPolicy(ScriptedPolicy):
+    """The scripted policy with weights to snapshot: its random state, and which snapshot it
+    last reloaded (``reloaded``), so tests can see which policy an evaluation played."""
+
+    def __init__(self, config: ScriptConfig) -> None:
+        super().__init__(config)
+        self.reloaded: str | None = None
+
+    def save(self, *, path: str) -> None:
+        import json, os
+
+        os.makedirs(path, exist_ok=True)
+        with open(f"{path}/weights.json", "w") as f:
+            json.dump({"rng": list(self.rng.getstate()[1]), "saved_as": os.path.basename(path)}, f)
+
+    def reload(self, *, path: str) -> None:
+        import json
+
+        with open(f"{path}/weights.json") as f:
+            state = json.load(f)
+        self.rng.setstate((3, tuple(state["rng"]), None))
+        self.reloaded = path
+
+
 class DiceLMConfig(Config):
     pass
 
@@ -203,6 +227,7 @@ class StandIns:
     def dreamgym_register_models(self) -> list[ComponentSpec]:
         return [
             ComponentSpec(name="scripted", factory=ScriptedPolicy, config_type=ScriptConfig, description="Scripted policy (test double)."),
+            ComponentSpec(name="scripted-saving", factory=SavingScriptedPolicy, config_type=ScriptConfig, description="Scripted policy that saves (test double)."),
             ComponentSpec(name="dice-lm", factory=DiceLM, config_type=DiceLMConfig, description="Seeded experience-model answers (test double)."),
         ]
 

@@ -66,6 +66,10 @@ def test_constraint_and_cross_field_errors(tmp_path):
     data.update({k: {"name": "x"} for k in ("experience_model", "encoder", "buffer")})
     with pytest.raises(ConfigError, match=r"real_budget >= group_size \* max_steps = 24 .*got 23"):
         load_pipeline(write(tmp_path, data))
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["eval"] = {"keep": "best-valid"}
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: .*eval.keep='best-valid' needs eval.valid_every > 0"):
+        load_pipeline(write(tmp_path, data))
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

@@ -215,3 +215,36 @@ def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
     assert "fidelity/success_agreement" in _metric_rows(tmp_path / "measured")[0]
     assert measured == plain
     assert stored_transitions(tmp_path / "measured") == stored_transitions(tmp_path / "plain")
+
+
+def test_validation_plays_leave_rl_unchanged_and_eval_plays_the_kept_policy(tmp_path):
+    """Greedy validation plays between RL iterations draw no random numbers RL would have
+    drawn: the run that validates (and keeps its best policy) trains exactly like the one
+    that does not. ``dreamgym eval`` then plays the policy the run kept, as its report did."""
+
+    def run(run_dir, *extra):
+        args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
+        for item in [*REDUCED, "eval.synthetic_agreement=false", *extra]:
+            args += ["--set", item]
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return args, json.loads(result.stdout)
+
+    def rl_rows(run_dir):
+        return [
+            {k: v for k, v in row.items() if not k.startswith(("perf/", "eval", "valid/"))}
+            for row in _metric_rows(run_dir) if row["step"] >= 0
+        ]
+
+    _, plain = run(tmp_path / "plain")
+    args, kept = run(tmp_path / "kept", "eval.valid_every=1", "eval.valid_episodes=2", "eval.keep=best-valid")
+    assert rl_rows(tmp_path / "kept") == rl_rows(tmp_path / "plain")
+    assert stored_transitions(tmp_path / "kept") == stored_transitions(tmp_path / "plain")
+    scored = [row["valid/success_rate"] for row in _metric_rows(tmp_path / "kept") if "valid/success_rate" in row]
+    assert len(scored) == 3  # the warm start and both iterations
+    assert plain["eval/policy_iteration"] == 2.0 and kept["eval/policy_iteration"] == scored.index(max(scored))
+    evaluated = run_cli("eval", *args[1:])
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    again = json.loads(evaluated.stdout)
+    assert again["eval/policy_iteration"] == kept["eval/policy_iteration"]
+    assert again["eval/success_rate"] == kept["eval/success_rate"]

@@ -73,6 +73,15 @@ def test_bad_mini_batch_is_a_located_error(resolve_dict):
         translate(resolve_dict(data))
 
 
+def test_validation_between_steps_is_refused_not_ignored(resolve_dict):
+    data = {
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}}, "eval": {"valid_every": 2},
+    }
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: eval.valid_every and eval.keep='best-valid' are local-loop options"):
+        translate(resolve_dict(data))
+
+
 def test_missing_model_path_is_an_error(resolve_dict):
     data = {"plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"}, "algo": {"name": "verl-grpo"}}
     with pytest.raises(ConfigError, match="model_path is empty"):

@@ -84,6 +84,12 @@ def _sections(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> dict
         raise ConfigError(
             f"{resolved.source}: algo.config.ppo_mini_batch_size={mini} must divide loop.tasks_per_iteration={tasks}"
         )
+    if resolved.pipeline.eval.valid_every or resolved.pipeline.eval.keep != "last":
+        # verl validates on its val files (eval.split) at trainer.test_freq and keeps its own checkpoints.
+        raise ConfigError(
+            f"{resolved.source}: eval.valid_every and eval.keep='best-valid' are local-loop options; "
+            "the verl backend does not play validation games between steps"
+        )
     model = model_path(resolved, cfg)
     temperature = resolved.pipeline.eval.temperature
     evaluate = resolved.pipeline.eval.episodes > 0

@@ -1,0 +1,179 @@
+"""Validation plays during RL and the policy a run keeps (eval.valid_every, eval.keep).
+
+The loop tests use the stand-ins of tests/stand_ins.py (test doubles); the real policy's
+version, which also checks that validation leaves RL's draws alone, is in test_end_to_end.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from dreamgym_core.config import PipelineConfig, resolve
+from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.loop import evaluate_run, run_pipeline
+from dreamgym_core.selection import ValidSelection, best_iteration
+
+from stand_ins import StandIns, pipeline_dict
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_best_iteration_keeps_the_earliest_of_a_tie():
+    assert best_iteration({0: 0.5, 2: 0.75, 4: 0.75, 6: 0.25}) == 2
+    assert best_iteration({0: 0.5, 1: 0.25}) == 0
+    with pytest.raises(ValueError):
+        best_iteration({})
+
+
+def _save_marker(path: Path) -> None:
+    path.mkdir(parents=True)
+    (path / "weights").write_text(path.name)
+
+
+def test_selection_snapshots_only_a_new_best_and_prunes_to_it(tmp_path):
+    selection = ValidSelection(tmp_path / "best")
+    saved = []
+
+    def save(path):
+        saved.append(path.name)
+        _save_marker(path)
+
+    assert [selection.offer(it, s, save) for it, s in [(0, 0.5), (1, 0.5), (2, 0.75), (3, 0.25)]] == [True, False, True, False]
+    assert saved == [".it-00000.partial", ".it-00002.partial"]  # written aside, then renamed
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["it-00000", "it-00002"]
+    selection.prune()
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["it-00002"]
+    assert selection.best_path() == tmp_path / "best" / "it-00002"
+    assert selection.metrics() == {"valid/best_iteration": 2.0, "valid/best_success_rate": 0.75}
+    again = ValidSelection(tmp_path / "best")
+    again.load_state_dict(json.loads(json.dumps(selection.state_dict())))
+    assert again.scores == selection.scores and again.best == 2
+
+
+def test_selection_without_a_save_keeps_scores_only(tmp_path):
+    selection = ValidSelection(tmp_path / "best")
+    assert selection.offer(0, 0.25, None) and selection.offer(1, 0.5, None)
+    assert not (tmp_path / "best").exists() and selection.best == 1
+
+
+def test_a_lost_snapshot_is_named_in_the_error(tmp_path):
+    selection = ValidSelection(tmp_path / "best")
+    with pytest.raises(DataError, match="no validation score recorded"):
+        selection.best_path()
+    selection.offer(3, 0.5, _save_marker)
+    (tmp_path / "best" / "it-00003" / "weights").unlink()
+    (tmp_path / "best" / "it-00003").rmdir()
+    with pytest.raises(DataError, match=r"best/it-00003: the snapshot of the best validation policy \(iteration 3\) is missing"):
+        selection.best_path()
+
+
+def _resolved(plugins, run_dir: Path, eval_cfg: dict, policy: str = "scripted-saving", **loop):
+    data = pipeline_dict(str(run_dir), **loop)
+    data["policy"]["name"] = policy
+    data["eval"] |= eval_cfg
+    return resolve(msgspec.convert(data, type=PipelineConfig), plugins, where="inline.yaml")
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+KEEP_BEST = {"valid_every": 2, "valid_episodes": 6, "keep": "best-valid"}
+
+
+def test_run_scores_validation_and_evaluates_the_best_policy(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    summary = run_pipeline(_resolved(plugins, run_dir, KEEP_BEST, iterations=5), plugins)
+    rows = _rows(run_dir)
+    # the warm start (logged with the step -1 row), every second iteration, and the last
+    scored = {int(r["step"]) + 1: r["valid/success_rate"] for r in rows if "valid/success_rate" in r}
+    assert sorted(scored) == [0, 2, 4, 5]
+    best = best_iteration(scored)
+    assert summary["eval/policy_iteration"] == best == rows[-2]["valid/best_iteration"]
+    assert [p.name for p in (run_dir / "policy_best").iterdir()] == [f"it-{best:05d}"]
+    assert f"The policy evaluated after RL is iteration {best}'s (best-valid)." in (run_dir / "report.md").read_text()
+    # dreamgym eval plays the kept policy too
+    evaluated = evaluate_run(_resolved(plugins, run_dir, KEEP_BEST, iterations=5), plugins, split="test", episodes=6)
+    assert evaluated["eval/policy_iteration"] == best and evaluated["checkpoint_iteration"] == 5
+
+
+def test_keep_last_scores_validation_without_snapshots(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    summary = run_pipeline(_resolved(plugins, tmp_path / "run", {"valid_every": 1}, policy="scripted", iterations=2), plugins)
+    assert summary["eval/policy_iteration"] == 2.0
+    assert not (tmp_path / "run" / "policy_best").exists()
+    assert sum("valid/success_rate" in r for r in _rows(tmp_path / "run")) == 3
+
+
+def test_validation_settings_are_checked_before_the_run(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    with pytest.raises(ConfigError, match=r"inline.yaml: eval.keep='best-valid' snapshots the policy, and policy 'scripted' cannot"):
+        run_pipeline(_resolved(plugins, tmp_path / "b", KEEP_BEST, policy="scripted"), plugins)
+    assert not (tmp_path / "b" / "offline.jsonl").exists()  # nothing was collected first
+
+
+def test_resume_needs_the_kept_snapshot(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    run_pipeline(_resolved(plugins, run_dir, KEEP_BEST, iterations=2), plugins)
+    for snapshot in (run_dir / "policy_best").iterdir():
+        (snapshot / "weights.json").unlink()
+        snapshot.rmdir()
+    with pytest.raises(DataError, match=r"policy_best/it-0000\d: the snapshot of the best validation policy"):
+        run_pipeline(_resolved(plugins, run_dir, KEEP_BEST, iterations=2), plugins, resume=True)
+
+
+KILLER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    sys.path.insert(0, {here!r})
+    import msgspec
+    from dreamgym_core import hookimpl
+    from dreamgym_core.config import PipelineConfig, resolve
+    from dreamgym_core.loop import run_pipeline
+    from dreamgym_core.plugins import Plugins, get_plugin_manager
+    from stand_ins import StandIns, pipeline_dict
+
+    class Killer:
+        @hookimpl
+        def dreamgym_after_iteration(self, iteration, metrics):
+            if iteration == int(sys.argv[2]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    pm = get_plugin_manager([])
+    pm.register(StandIns(), name="stand-ins")
+    pm.register(Killer(), name="killer")
+    plugins = Plugins(pm)
+    data = pipeline_dict(sys.argv[1], iterations=6, checkpoint_every=2)
+    data["policy"]["name"] = "scripted-saving"
+    data["eval"] |= {keep!r}
+    pipeline = msgspec.convert(data, type=PipelineConfig)
+    print(msgspec.json.encode(run_pipeline(resolve(pipeline, plugins, "inline.yaml"), plugins, resume=len(sys.argv) > 3)).decode())
+    """
+)
+
+
+def test_killed_between_checkpoints_resumes_to_the_same_kept_policy(tmp_path):
+    # Killed after iteration 3 (index 2): iteration 3 was scored and perhaps snapshotted, but the
+    # last checkpoint is iteration 2's, so the resumed run plays iteration 3 again.
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(here=str(HERE), keep={"valid_every": 1, "valid_episodes": 6, "keep": "best-valid"}))
+
+    def run(run_dir, kill_at, *resume):
+        return subprocess.run([sys.executable, str(script), str(run_dir), str(kill_at), *resume], capture_output=True, text=True)
+
+    whole = run(tmp_path / "whole", -1)
+    assert whole.returncode == 0, whole.stderr
+    assert run(tmp_path / "killed", 2).returncode != 0
+    resumed = run(tmp_path / "killed", -1, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    last = json.loads(resumed.stdout.splitlines()[-1])
+    assert last | {"run_dir": ""} == json.loads(whole.stdout.splitlines()[-1]) | {"run_dir": ""}
+    assert [p.name for p in (tmp_path / "killed" / "policy_best").iterdir()] == [f"it-{int(last['eval/policy_iteration']):05d}"]

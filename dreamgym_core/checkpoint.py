@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "save",
     "load_latest",
+    "load",
     "rng_kept",
     "write_trajectories",
     "read_trajectories",
@@ -166,11 +167,15 @@ def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int:
 
     ``roll_back_buffer=False`` leaves the replay buffer as it is on disk: for reading a
     checkpoint (``dreamgym eval``, possibly while the run goes on), not for resuming it."""
-    root = runner.run_dir / "checkpoints"
-    pointer = root / "latest"
+    pointer = runner.run_dir / "checkpoints" / "latest"
     if not pointer.exists():
         return 0
-    ckpt = root / pointer.read_text().strip()
+    return load(runner, pointer.read_text().strip(), roll_back_buffer=roll_back_buffer)
+
+
+def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
+    """Restore checkpoint ``name`` (``it-00003``); returns its iteration."""
+    ckpt = runner.run_dir / "checkpoints" / name
     try:
         state = msgspec.json.decode((ckpt / "state.json").read_bytes(), type=_State)
     except (OSError, msgspec.DecodeError) as exc:

@@ -263,6 +263,19 @@ def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_pa
     assert result["eval/success_ci_low"] <= result["eval/success_rate"] <= result["eval/success_ci_high"]
 
 
+def test_a_named_checkpoint_restores_that_iteration(register_plugin, tmp_path):
+    from dreamgym_core import checkpoint
+
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", iterations=3)
+    run_pipeline(resolved, plugins)
+    runner = Runner(resolved, plugins, tmp_path / "run", progress=False)
+    assert checkpoint.load(runner, "it-00001", roll_back_buffer=False) == 1
+    assert runner.algo.updates == 1 and runner.counters["iteration"] == 1
+    with pytest.raises(DataError, match=r"checkpoints/it-00009/state.json: unreadable checkpoint state"):
+        checkpoint.load(runner, "it-00009")
+
+
 def test_eval_writes_the_episodes_it_played(register_plugin, tmp_path):
     from dreamgym_core.checkpoint import read_trajectories
     from dreamgym_core.errors import ConfigError, DataError

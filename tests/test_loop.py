@@ -170,7 +170,7 @@ def test_resume_with_a_different_config_is_refused(register_plugin, tmp_path):
 
 KILLER = textwrap.dedent(
     """
-    import os, signal, sys
+    import json, os, signal, sys
     sys.path.insert(0, {here!r})
     import msgspec
     from dreamgym_core import hookimpl
@@ -189,27 +189,38 @@ KILLER = textwrap.dedent(
     pm.register(StandIns(), name="stand-ins")
     pm.register(Killer(), name="killer")
     plugins = Plugins(pm)
-    pipeline = msgspec.convert(pipeline_dict(sys.argv[1], iterations=5), type=PipelineConfig)
-    resume = len(sys.argv) > 3
+    data = pipeline_dict(sys.argv[1], iterations=5)
+    for section, values in json.loads(sys.argv[3]).items():  # e.g. {{"eval": {{"valid_every": 1}}}}
+        data[section] |= values
+    pipeline = msgspec.convert(data, type=PipelineConfig)
+    resume = len(sys.argv) > 4
     print(msgspec.json.encode(run_pipeline(resolve(pipeline, plugins, "inline.yaml"), plugins, resume=resume)).decode())
     """
 )
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
+def _whole_and_resumed(tmp_path: Path, kill_at: int, parts: dict | None = None) -> tuple[dict, dict]:
+    """Final summaries of an uninterrupted run and of one SIGKILLed after iteration index
+    ``kill_at`` and resumed (``parts``: sections merged into the stand-in pipeline)."""
     script = tmp_path / "killer.py"
     script.write_text(KILLER.format(here=str(HERE)))
 
-    def run(run_dir, kill_at, *resume):
-        return subprocess.run([sys.executable, str(script), str(run_dir), str(kill_at), *resume], capture_output=True, text=True)
+    def run(run_dir, kill, *resume):
+        args = [sys.executable, str(script), str(run_dir), str(kill), json.dumps(parts or {}), *resume]
+        return subprocess.run(args, capture_output=True, text=True)
 
     whole = run(tmp_path / "whole", -1)
     assert whole.returncode == 0, whole.stderr
-    killed = run(tmp_path / "killed", 2)
+    killed = run(tmp_path / "killed", kill_at)
     assert killed.returncode == -signal.SIGKILL
     resumed = run(tmp_path / "killed", -1, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout.splitlines()[-1]) | {"run_dir": ""} == json.loads(whole.stdout.splitlines()[-1]) | {"run_dir": ""}
+    return json.loads(whole.stdout.splitlines()[-1]), json.loads(resumed.stdout.splitlines()[-1])
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
+    whole, resumed = _whole_and_resumed(tmp_path, 2)
+    assert resumed | {"run_dir": ""} == whole | {"run_dir": ""}
 
     def rows(run_dir):
         return [
@@ -221,6 +232,19 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     resumed_rows = rows(tmp_path / "killed")
     assert [r["step"] for r in resumed_rows] == [-1, 0, 1, 2, 3, 4, 5]
     assert resumed_rows == rows(tmp_path / "whole")
+
+
+def test_killed_between_checkpoints_resumes_to_the_same_kept_policy(tmp_path):
+    # Checkpoints every second iteration; killed after iteration 3 (index 2), which was scored
+    # on validation and perhaps snapshotted, so the resumed run plays iteration 3 again.
+    parts = {
+        "policy": {"name": "scripted-saving"}, "loop": {"checkpoint_every": 2},
+        "eval": {"valid_every": 1, "valid_episodes": 6, "keep": "best-valid"},
+    }
+    whole, resumed = _whole_and_resumed(tmp_path, 2, parts)
+    assert resumed | {"run_dir": ""} == whole | {"run_dir": ""}
+    kept = int(resumed["eval/policy_iteration"])
+    assert [p.name for p in (tmp_path / "killed" / "policy_best").iterdir()] == [f"it-{kept:05d}"]
 
 
 class CrashingDomain(CountDomain):

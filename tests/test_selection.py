@@ -1,14 +1,12 @@
 """Validation plays during RL and the policy a run keeps (eval.valid_every, eval.keep).
 
 The loop tests use the stand-ins of tests/stand_ins.py (test doubles); the real policy's
-version, which also checks that validation leaves RL's draws alone, is in test_end_to_end.py."""
+version, which also checks that validation leaves RL's draws alone, is in test_end_to_end.py; a run
+killed between a new best and its checkpoint is in test_loop.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import msgspec
@@ -20,8 +18,6 @@ from dreamgym_core.loop import evaluate_run, run_pipeline
 from dreamgym_core.selection import ValidSelection, best_iteration
 
 from stand_ins import StandIns, pipeline_dict
-
-HERE = Path(__file__).resolve().parent
 
 
 def test_best_iteration_keeps_the_earliest_of_a_tie():
@@ -128,52 +124,3 @@ def test_resume_needs_the_kept_snapshot(register_plugin, tmp_path):
         snapshot.rmdir()
     with pytest.raises(DataError, match=r"policy_best/it-0000\d: the snapshot of the best validation policy"):
         run_pipeline(_resolved(plugins, run_dir, KEEP_BEST, iterations=2), plugins, resume=True)
-
-
-KILLER = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    sys.path.insert(0, {here!r})
-    import msgspec
-    from dreamgym_core import hookimpl
-    from dreamgym_core.config import PipelineConfig, resolve
-    from dreamgym_core.loop import run_pipeline
-    from dreamgym_core.plugins import Plugins, get_plugin_manager
-    from stand_ins import StandIns, pipeline_dict
-
-    class Killer:
-        @hookimpl
-        def dreamgym_after_iteration(self, iteration, metrics):
-            if iteration == int(sys.argv[2]):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    pm = get_plugin_manager([])
-    pm.register(StandIns(), name="stand-ins")
-    pm.register(Killer(), name="killer")
-    plugins = Plugins(pm)
-    data = pipeline_dict(sys.argv[1], iterations=6, checkpoint_every=2)
-    data["policy"]["name"] = "scripted-saving"
-    data["eval"] |= {keep!r}
-    pipeline = msgspec.convert(data, type=PipelineConfig)
-    print(msgspec.json.encode(run_pipeline(resolve(pipeline, plugins, "inline.yaml"), plugins, resume=len(sys.argv) > 3)).decode())
-    """
-)
-
-
-def test_killed_between_checkpoints_resumes_to_the_same_kept_policy(tmp_path):
-    # Killed after iteration 3 (index 2): iteration 3 was scored and perhaps snapshotted, but the
-    # last checkpoint is iteration 2's, so the resumed run plays iteration 3 again.
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER.format(here=str(HERE), keep={"valid_every": 1, "valid_episodes": 6, "keep": "best-valid"}))
-
-    def run(run_dir, kill_at, *resume):
-        return subprocess.run([sys.executable, str(script), str(run_dir), str(kill_at), *resume], capture_output=True, text=True)
-
-    whole = run(tmp_path / "whole", -1)
-    assert whole.returncode == 0, whole.stderr
-    assert run(tmp_path / "killed", 2).returncode != 0
-    resumed = run(tmp_path / "killed", -1, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    last = json.loads(resumed.stdout.splitlines()[-1])
-    assert last | {"run_dir": ""} == json.loads(whole.stdout.splitlines()[-1]) | {"run_dir": ""}
-    assert [p.name for p in (tmp_path / "killed" / "policy_best").iterdir()] == [f"it-{int(last['eval/policy_iteration']):05d}"]

@@ -482,8 +482,9 @@ class Runner:
         warm start), snapshotting it if it is the best so far. The global RNGs are put back, so
         RL samples what it would have sampled without this play."""
         assert self.selection is not None
+        # Greedy whatever eval.temperature says: a sampled play would move the policy's seed stream.
         with checkpoint.rng_kept():
-            metrics = self.evaluate(prefix="valid", split="valid", episodes=self.cfg.eval.valid_episodes)
+            metrics = self.evaluate(prefix="valid", split="valid", episodes=self.cfg.eval.valid_episodes, temperature=0.0)
         score = metrics["valid/success_rate"]
         snapshot = (lambda path: self.policy.save(path=str(path))) if self.cfg.eval.keep == "best-valid" else None
         better = self.selection.offer(iteration, score, save=snapshot)
@@ -542,13 +543,15 @@ class Runner:
 
     def evaluate(
         self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None, synthetic: bool = False,
-        trajectories_out: Path | None = None,
+        trajectories_out: Path | None = None, temperature: float | None = None,
     ) -> dict[str, float]:
         """Success rate on held-out real tasks, with the training rollout code (``synthetic``:
-        and its agreement with the same tasks played in the synthetic environment)."""
+        and its agreement with the same tasks played in the synthetic environment;
+        ``temperature``: the policy's, default ``eval.temperature``)."""
         return evaluate(
             self, prefix=prefix, split=split or self.cfg.eval.split, episodes=episodes or self.cfg.eval.episodes,
             synthetic=synthetic and self.experience_model is not None, trajectories_out=trajectories_out,
+            temperature=self.cfg.eval.temperature if temperature is None else temperature,
         )
 
 
@@ -616,14 +619,15 @@ def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history
 
 
 def evaluate(
-    runner: Runner, *, prefix: str, split: str, episodes: int, synthetic: bool = False, trajectories_out: Path | None = None
+    runner: Runner, *, prefix: str, split: str, episodes: int, temperature: float, synthetic: bool = False,
+    trajectories_out: Path | None = None,
 ) -> dict[str, float]:
-    """Metrics of one pass over ``split`` at ``eval.temperature``; ``trajectories_out`` also
-    keeps its real episodes (prompts, raw outputs, transitions) as JSONL, to read what the policy did."""
+    """Metrics of one pass over ``split`` at ``temperature``; ``trajectories_out`` also keeps
+    its real episodes (prompts, raw outputs, transitions) as JSONL, to read what the policy did."""
     tasks = runner.domain.tasks(split=split)
     if not tasks:
         raise DreamGymError(f"no tasks in split {split!r} of env {runner.cfg.env.name!r}")
-    if runner.cfg.eval.temperature <= 0 and episodes > len(tasks):
+    if temperature <= 0 and episodes > len(tasks):
         # Greedy play of a task repeats itself: extra episodes would only narrow the CI falsely.
         log.warning("eval: %d episodes requested on %d %s tasks with greedy play; using %d", episodes, len(tasks), split, len(tasks))
         episodes = len(tasks)
@@ -633,7 +637,7 @@ def evaluate(
         seeds = [10_000 + i for i in range(len(chosen))]
         # The replay draws from its own stream, so evaluating leaves RL's synthetic draws alone.
         model = runner.experience_model.stream(f"replay/{prefix}") if phase == "synthetic" else None
-        return runner.play(chosen, phase, temperature=runner.cfg.eval.temperature, seeds=seeds, tag=prefix, experience_model=model)
+        return runner.play(chosen, phase, temperature=temperature, seeds=seeds, tag=prefix, experience_model=model)
 
     trajectories, stats = play("real")
     if trajectories_out is not None:

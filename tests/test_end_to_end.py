@@ -218,13 +218,14 @@ def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
 
 
 def test_validation_plays_leave_rl_unchanged_and_eval_plays_the_kept_policy(tmp_path):
-    """Greedy validation plays between RL iterations draw no random numbers RL would have
-    drawn: the run that validates (and keeps its best policy) trains exactly like the one
-    that does not. ``dreamgym eval`` then plays the policy the run kept, as its report did."""
+    """Validation plays between RL iterations are greedy, whatever eval.temperature says, and
+    draw no random numbers RL would have drawn: the run that validates (and keeps its best
+    policy) trains exactly like the one that does not. ``dreamgym eval`` then plays the policy
+    the run kept, as the run's own final evaluation did."""
 
     def run(run_dir, *extra):
         args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
-        for item in [*REDUCED, "eval.synthetic_agreement=false", *extra]:
+        for item in [*REDUCED, "eval.synthetic_agreement=false", "eval.temperature=0.5", *extra]:
             args += ["--set", item]
         result = run_cli(*args)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -124,3 +124,22 @@ def test_resume_needs_the_kept_snapshot(register_plugin, tmp_path):
         snapshot.rmdir()
     with pytest.raises(DataError, match=r"policy_best/it-0000\d: the snapshot of the best validation policy"):
         run_pipeline(_resolved(plugins, run_dir, KEEP_BEST, iterations=2), plugins, resume=True)
+
+
+def test_rng_kept_puts_every_global_generator_back():
+    import random
+
+    import numpy as np
+    import torch
+
+    from dreamgym_core.checkpoint import rng_kept
+
+    def draw():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    expected = draw()
+    random.setstate(python_state), np.random.set_state(numpy_state), torch.set_rng_state(torch_state)
+    with rng_kept():
+        assert draw() == expected  # the same state inside ...
+    assert draw() == expected  # ... and put back after it

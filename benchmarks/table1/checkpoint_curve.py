@@ -50,7 +50,7 @@ def score_cell(game: str, row: str, seed: int, draw: int, valid_episodes: int) -
     valid, test = {}, {}
     for name in names:
         iteration = checkpoint.load(runner, name, roll_back_buffer=False)
-        valid[iteration] = runner.evaluate(prefix="v", split="valid", episodes=valid_episodes)["v/success_rate"]
+        valid[iteration] = runner.evaluate(prefix="v", split="valid", episodes=valid_episodes, temperature=0.0)["v/success_rate"]
         test[iteration] = runner.evaluate(prefix="t", split="test")["t/success_rate"]
         print(f"{game} | {row} | seed {seed} draw {draw} | checkpoint {iteration}: valid {valid[iteration]:.3f}, test {test[iteration]:.3f}", flush=True)
     last = max(test)

@@ -89,3 +89,23 @@ def test_the_sign_test_is_the_exact_two_sided_binomial_tail(table1) -> None:
     assert table1.sign_test_p(0, 9) == pytest.approx(2 / 512)
     assert table1.sign_test_p(3, 3) == 1.0  # capped: an even split is no evidence either way
     assert table1.sign_test_p(0, 0) == 1.0  # every seed tied
+
+
+def test_checkpoint_curve_summary_picks_like_the_loop_and_bounds_every_pick() -> None:
+    import sys
+
+    sys.path.insert(0, str(RUN_PY.parent))
+    spec = importlib.util.spec_from_file_location("checkpoint_curve", RUN_PY.parent / "checkpoint_curve.py")
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    cells = [
+        # validation ties at 0.75 on checkpoints 1 and 2: the earlier is kept (test 0.5)
+        {"valid": {"0": 0.5, "1": 0.75, "2": 0.75}, "test": {"0": 0.25, "1": 0.5, "2": 1.0}},
+        # flat validation: the warm start is kept although the last checkpoint is better on test
+        {"valid": {"0": 0.5, "1": 0.5, "2": 0.5}, "test": {"0": 0.0, "1": 0.75, "2": 0.5}},
+    ]
+    assert curve.summary(cells) == {
+        "warm start": 12.5, "last checkpoint": 75.0, "validation pick": 25.0,
+        "best test checkpoint (picked on test: a ceiling for any pick, not a method)": 87.5,
+        "cells with flat validation": 1.0,
+    }

@@ -145,7 +145,7 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
     help="Also write the episodes played (prompts, raw outputs, transitions) to this JSONL file.",
 )
 def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episodes: int | None, trajectories: Path | None) -> None:
-    """Evaluate the policy of PIPELINE's run directory (last checkpoint) on real held-out tasks."""
+    """Evaluate the policy of PIPELINE's run directory (last checkpoint, or the one eval.keep kept) on real held-out tasks."""
     from .loop import evaluate_run
 
     resolved, plugins = _load(pipeline, overrides)

@@ -14,7 +14,7 @@ import pytest
 
 from dreamgym_core.config import PipelineConfig, resolve
 from dreamgym_core.errors import ConfigError, DataError
-from dreamgym_core.loop import evaluate_run, run_pipeline
+from dreamgym_core.loop import Runner, evaluate_run, prepare_run_dir, run_pipeline
 from dreamgym_core.selection import ValidSelection, best_iteration
 
 from stand_ins import StandIns, pipeline_dict
@@ -86,13 +86,16 @@ KEEP_BEST = {"valid_every": 2, "valid_episodes": 6, "keep": "best-valid"}
 def test_run_scores_validation_and_evaluates_the_best_policy(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_dir = tmp_path / "run"
-    summary = run_pipeline(_resolved(plugins, run_dir, KEEP_BEST, iterations=5), plugins)
+    resolved = _resolved(plugins, run_dir, KEEP_BEST, iterations=5)
+    runner = Runner(resolved, plugins, prepare_run_dir(resolved, resume=False))
+    summary = runner.run(resume=False)
     rows = _rows(run_dir)
     # the warm start (logged with the step -1 row), every second iteration, and the last
     scored = {int(r["step"]) + 1: r["valid/success_rate"] for r in rows if "valid/success_rate" in r}
     assert sorted(scored) == [0, 2, 4, 5]
     best = best_iteration(scored)
     assert summary["eval/policy_iteration"] == best == rows[-2]["valid/best_iteration"]
+    assert runner.policy.reloaded == str(run_dir / "policy_best" / f"it-{best:05d}")  # before the final evaluation
     assert [p.name for p in (run_dir / "policy_best").iterdir()] == [f"it-{best:05d}"]
     assert f"The policy evaluated after RL is iteration {best}'s (best-valid)." in (run_dir / "report.md").read_text()
     # dreamgym eval plays the kept policy too

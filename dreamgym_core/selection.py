@@ -4,6 +4,8 @@ Training rollouts are sampled; the held-out evaluation is greedy. A policy can c
 greedy play while its sampled rollouts still win (Table 1's coin seed 7: one blind move on every
 test game, 69-81% rollout success), so the loop can play the 'valid' split greedily every few
 iterations (``eval.valid_every``) and end with the best policy it saw (``eval.keep: best-valid``).
+That is only as good as the validation games: coin's score most of Table 1's checkpoints alike,
+collapsed ones included (benchmarks/table1/results/validation).
 
 Snapshots live in ``<run_dir>/policy_best/it-<iteration>``. Only the best one that a checkpoint
 records is kept after that checkpoint, so a run killed between a new best and its checkpoint

@@ -70,12 +70,16 @@ def cell_scores(game: str, row: str, seed: int, draw: int, valid_episodes: int) 
     return scores
 
 
+def curves(cell: dict) -> tuple[dict[int, float], dict[int, float]]:
+    """A cached cell's validation and test success by checkpoint (JSON keys are strings)."""
+    return ({int(k): v for k, v in cell["valid"].items()}, {int(k): v for k, v in cell["test"].items()})
+
+
 def summary(cells: list[dict]) -> dict[str, float]:
     """Mean test success (%) of the warm start, the last checkpoint and the validation pick."""
     rows = []
     for cell in cells:
-        valid = {int(k): v for k, v in cell["valid"].items()}
-        test = {int(k): v for k, v in cell["test"].items()}
+        valid, test = curves(cell)
         rows.append((test[0], test[max(test)], test[best_iteration(valid)], max(test.values()), len(set(valid.values())) == 1))
     return {
         "warm start": 100 * statistics.mean(r[0] for r in rows),
@@ -96,8 +100,7 @@ def report(cells: list[dict], command: str) -> str:
         "| cell | validation by checkpoint | test by checkpoint | test: last / validation pick |", "|---|---|---|---|",
     ]
     for c in cells:
-        valid = {int(k): v for k, v in c["valid"].items()}
-        test = {int(k): v for k, v in c["test"].items()}
+        valid, test = curves(c)
         pick = best_iteration(valid)
         name = f"{c['game']} {c['row']} seed {c['seed']}" + (f" draw {c['draw']}" if c["draw"] else "")
         lines.append(

@@ -1,3 +1,5 @@
+import warnings
+
 import msgspec
 import numpy as np
 import pytest
@@ -125,6 +127,45 @@ def test_torn_tail_is_dropped_silently(tmp_path):
     b = ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path)
     assert len(b) == 0 and b.stats()["problems"]  # the only frame was torn
     assert b.add(transitions=records) == 20
+
+
+def test_corrupt_length_field_is_not_mistaken_for_a_torn_tail(tmp_path, recwarn):
+    # A length that runs past the end of the file looks like a torn write, but a torn
+    # write is the last thing in a file: intact frames after it mean the length is corrupt.
+    records = make_transitions(50)
+    cfg = ExactConfig(flush_every=10)
+    with ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        for i in range(0, 50, 10):
+            b.add(transitions=records[i : i + 10])
+            b.flush()
+    seg = segment_files(tmp_path)[0]
+    data = bytearray(seg.read_bytes())
+    data[7] = 0x10  # high byte of the first frame's length: now far past the end of the file
+    seg.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=f"{seg.name}: offset 0: .*corrupt length"):
+        b = ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path)
+    assert list(b) == records[10:]  # the four intact frames after it are recovered
+    b.close()
+    with pytest.raises(DataError, match=f"{seg.name}: offset 0"):
+        ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=tmp_path)
+
+
+def test_torn_tail_of_an_earlier_segment_stays_quiet(tmp_path):
+    # A buffer reopened after a crash starts a new segment, so a torn tail need not be in the last file.
+    records = make_transitions(40)
+    with ExactBuffer(ExactConfig(flush_every=10), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=records[:10])
+        b.add(transitions=records[10:20])
+    seg = segment_files(tmp_path)[0]
+    seg.write_bytes(seg.read_bytes()[:-7])
+    with ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=records[20:])
+    assert len(segment_files(tmp_path)) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=tmp_path)
+    assert list(b) == records[:10] + records[20:]
+    assert all("torn frame" in p for p in b.problems)
 
 
 def test_import_export_round_trip(tmp_path):

@@ -4,8 +4,10 @@ A segment is a file ``seg-<n>.dgs``: a sequence of frames, each
 ``MAGIC (4 bytes) | payload length (u32 LE) | crc32 of payload (u32 LE) | payload``
 where the payload is a msgpack-encoded :class:`Frame`. A frame is written with a
 single ``write`` call, so a kill -9 leaves at most one torn frame at the end of
-the file being written; readers drop it. A frame whose checksum fails is reported
-with its file name and offset, and reading resumes at the next magic marker.
+the file being written; readers drop it. A frame that runs past the end of its
+file while an intact frame follows it is not torn but corrupt (its length field).
+A corrupt frame is reported with its file name and offset, and reading resumes at
+the next magic marker (or, for a corrupt length, at the next intact frame).
 Files are never rewritten: a reopened buffer starts a new segment.
 """
 
@@ -82,8 +84,18 @@ def _scan(data: bytes) -> Iterator[Frame | str]:
             pos = _resync(data, pos + 1)
             continue
         if end > len(data):
-            yield f"offset {pos}: torn frame at end of file (unflushed write), dropped"
-            return
+            following = _next_intact(data, pos + 1)
+            if following < 0:
+                yield f"offset {pos}: torn frame at end of file (unflushed write), dropped"
+                return
+            # A torn write is always the last thing in a file: intact frames after it
+            # mean the length field itself is corrupt.
+            yield (
+                f"offset {pos}: frame length {length} runs past the end of the file but an intact frame "
+                f"follows at offset {following} (corrupt length field), skipping to it"
+            )
+            pos = following
+            continue
         payload = data[start:end]
         if zlib.crc32(payload) != crc:
             yield f"offset {pos}: checksum mismatch, frame skipped"
@@ -94,6 +106,23 @@ def _scan(data: bytes) -> Iterator[Frame | str]:
         except msgspec.DecodeError as exc:
             yield f"offset {pos}: undecodable frame ({exc}), skipped"
         pos = end
+
+
+def _intact_at(data: bytes, pos: int) -> bool:
+    """Whether a whole frame with a matching checksum starts at ``pos``."""
+    if len(data) - pos < _HEADER.size:
+        return False
+    magic, length, crc = _HEADER.unpack_from(data, pos)
+    start = pos + _HEADER.size
+    return magic == MAGIC and start + length <= len(data) and zlib.crc32(data[start : start + length]) == crc
+
+
+def _next_intact(data: bytes, pos: int) -> int:
+    """Offset of the first intact frame at or after ``pos``, or -1."""
+    found = data.find(MAGIC, pos)
+    while found >= 0 and not _intact_at(data, found):
+        found = data.find(MAGIC, found + 1)
+    return found
 
 
 def _resync(data: bytes, pos: int) -> int:

@@ -210,3 +210,14 @@ def test_rollback_warns_when_capacity_evicted_older_records_since_the_position(d
     with pytest.warns(UserWarning, match="cannot restore 2 older records"):
         assert b.rollback(to=position) == 2
     assert len(b) == 4
+
+
+def test_rollback_to_a_negative_position_is_refused_and_forgets_nothing(tmp_path, distinct):
+    kept = distinct(5)
+    with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=kept)
+        with pytest.raises(DataError, match="rollback position must be >= 0, got -5"):
+            b.rollback(to=-5)
+        assert list(b) == kept
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert list(b) == kept

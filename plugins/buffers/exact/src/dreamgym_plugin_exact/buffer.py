@@ -318,7 +318,12 @@ class ExactBuffer:
         not retrieved when that iteration is played again. Persisted as an eviction
         frame, so a reopened buffer stays rolled back. Older records that the capacity
         policy evicted since ``to`` are not brought back; a warning says how many.
+
+        Raises:
+            DataError: ``to`` is negative (no position is; it would forget everything).
         """
+        if to < 0:
+            raise DataError(f"replay buffer {self.path or '(in memory)'}: rollback position must be >= 0, got {to}")
         with self._lock:
             self._require_open()
             n = len(self._records)

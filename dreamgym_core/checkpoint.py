@@ -12,7 +12,7 @@ import random
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Sequence
 
 import msgspec
 import numpy as np
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "save",
+    "atomic_write",
     "load_latest",
     "load",
     "rng_kept",
@@ -37,7 +38,7 @@ __all__ = [
 
 
 class _State(msgspec.Struct, kw_only=True):
-    iteration: int
+    iteration: Annotated[int, msgspec.Meta(ge=0)]
     counters: dict[str, float]
     history: list[dict[str, Any]]
     curriculum: dict[str, Any] | None
@@ -47,12 +48,13 @@ class _State(msgspec.Struct, kw_only=True):
     torch_rng: list[int]
     # The replay buffer's position when the checkpoint was taken (None: a buffer that
     # cannot roll back, or a checkpoint from before positions were recorded).
-    buffer_position: int | None = None
+    buffer_position: Annotated[int, msgspec.Meta(ge=0)] | None = None
     # Validation scores by iteration (eval.valid_every; None when off).
     selection: dict[str, Any] | None = None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a kill leaves the old or the new file, whole."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -81,6 +83,17 @@ def _restore_rng(python_rng: list[Any], numpy_rng: dict[str, Any], torch_rng: li
     n = numpy_rng
     np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(torch.tensor(torch_rng, dtype=torch.uint8))
+
+
+def _check_rng(state: _State, path: Path) -> None:
+    """A clear error for random-generator state that valid JSON can still get wrong."""
+    saved = _rng_state()
+    try:
+        _restore_rng(state.python_rng, state.numpy_rng, state.torch_rng)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        raise DataError(f"{path}: unusable random-generator state: {exc}") from exc
+    finally:
+        _restore_rng(*saved)
 
 
 @contextmanager
@@ -116,10 +129,10 @@ def save(runner: Runner, iteration: int) -> Path:
         buffer_position=_buffer_position(runner.buffer),
         selection=runner.selection.state_dict() if runner.selection is not None else None,
     )
-    _atomic_write(tmp / "state.json", msgspec.json.encode(state))
+    atomic_write(tmp / "state.json", msgspec.json.encode(state))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _atomic_write(root / "latest", final.name.encode())
+    atomic_write(root / "latest", final.name.encode())
     prune(root, keep=runner.cfg.loop.keep_checkpoints)
     if runner.selection is not None:
         runner.selection.prune()
@@ -162,14 +175,21 @@ def _rollback_buffer(runner: Runner, state: _State) -> None:
         runner._say(f"replay buffer rolled back to the checkpoint: {dropped} transitions stored after it forgotten")
 
 
-def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int:
-    """Restore the newest complete checkpoint; returns the iteration to continue from.
+def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int | None:
+    """Restore the newest complete checkpoint; returns the iteration to continue from, or
+    None when the run has none yet (killed before its first: the stages before RL run again,
+    reusing what they stored).
 
     ``roll_back_buffer=False`` leaves the replay buffer as it is on disk: for reading a
     checkpoint (``dreamgym eval``, possibly while the run goes on), not for resuming it."""
-    pointer = runner.run_dir / "checkpoints" / "latest"
+    root = runner.run_dir / "checkpoints"
+    pointer = root / "latest"
     if not pointer.exists():
-        return 0
+        written = sorted(p.name for p in root.glob("it-*")) if root.is_dir() else []
+        if written:
+            # Starting over would overwrite them and the run's metrics: never guess.
+            raise DataError(f"{pointer}: missing, but {root} holds {', '.join(written)}; restore the pointer (one line naming the checkpoint)")
+        return None
     return load(runner, pointer.read_text().strip(), roll_back_buffer=roll_back_buffer)
 
 
@@ -180,6 +200,7 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
         state = msgspec.json.decode((ckpt / "state.json").read_bytes(), type=_State)
     except (OSError, msgspec.DecodeError) as exc:
         raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
+    _check_rng(state, ckpt / "state.json")  # before anything is restored or rolled back
     exp_dir = runner.run_dir / "experience_model"
     if runner.experience_model is not None and (exp_dir / "done").exists():
         runner._reload_experience_model(exp_dir)

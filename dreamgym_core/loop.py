@@ -25,7 +25,7 @@ import numpy as np
 from . import checkpoint, report
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash
-from .errors import ConfigError, DreamGymError
+from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, rollout, wilson_interval
@@ -40,24 +40,46 @@ log = logging.getLogger(__name__)
 def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
     """Create the run directory and write the resolved config and its hash.
 
-    On ``--resume`` the stored hash must match: resuming with another config
-    would silently mix two experiments.
-    """
+    A directory that holds another config's run is refused, with or without ``--resume``:
+    continuing it would silently mix two experiments, and starting over in it would reuse its
+    data and overwrite its record of the config."""
     run_dir = Path(resolved.pipeline.run_dir)
     data = resolved.to_builtins()
     digest = config_hash(data)
-    stored = run_dir / "config.sha256"
-    if resume and stored.exists() and stored.read_text().strip() != digest:
+    stored_digest = _stored_digest(run_dir)
+    if stored_digest is not None and stored_digest != digest:
         raise ConfigError(
-            f"{resolved.source}: config differs from the one in {run_dir} (sha256 {stored.read_text().strip()[:12]}...); "
-            "resume with the same pipeline and --set values, or choose another run_dir"
+            f"{resolved.source}: config differs from the one in {run_dir} (sha256 {stored_digest[:12]}...); "
+            + ("resume with the same pipeline and --set values" if resume else "that directory holds another run")
+            + ", or choose another run_dir"
         )
-    if not resume and (run_dir / "checkpoints").exists():
+    has_checkpoints = (run_dir / "checkpoints").exists()
+    if not resume and has_checkpoints:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume or choose another run_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True))
-    stored.write_text(digest + "\n")
+    if resume and has_checkpoints and stored_digest is None:
+        raise DataError(f"{run_dir / 'config.sha256'}: missing or empty, so --resume cannot check that the config is the run's")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"run_dir {run_dir}: cannot create it ({exc.strerror or exc})") from exc
+    checkpoint.atomic_write(run_dir / "config.json", json.dumps(data, indent=2, sort_keys=True).encode())
+    checkpoint.atomic_write(run_dir / "config.sha256", (digest + "\n").encode())
     return run_dir
+
+
+def _stored_digest(run_dir: Path) -> str | None:
+    try:
+        return (run_dir / "config.sha256").read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_position(path: Path) -> int | None:
+    """The buffer position a marker file records; None when it is absent or unreadable."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def seed_everything(seed: int) -> None:
@@ -188,9 +210,20 @@ class Runner:
         return trajectories
 
     def _seed_buffer(self, offline: Sequence[Trajectory]) -> None:
-        if self.buffer is not None:
-            self.buffer.add(transitions=[t for traj in offline for t in traj.transitions])
-            self.buffer.flush()
+        """Add the offline transitions once: a run resumed before its first checkpoint finds
+        them stored already (a buffer without deduplication would hold them twice)."""
+        if self.buffer is None:
+            return
+        marker = self.run_dir / "buffer_seeded"
+        position = getattr(self.buffer, "position", None)
+        seeded_at = _read_position(marker)
+        if position is not None and seeded_at is not None and position >= seeded_at:
+            self._say("the replay buffer already holds the offline transitions")
+            return
+        self.buffer.add(transitions=[t for traj in offline for t in traj.transitions])
+        self.buffer.flush()
+        if position is not None:
+            checkpoint.atomic_write(marker, f"{self.buffer.position}\n".encode())
 
     def _annotate(self, transitions: list[Transition]) -> list[Transition]:
         """Reasoning traces for joint SFT: the domain's rule-based annotator or a teacher."""
@@ -509,10 +542,11 @@ class Runner:
         summary: dict[str, Any] = {"run_dir": str(self.run_dir)}
         final: dict[str, float] = {}
         try:
-            start = checkpoint.load_latest(self) if resume else 0
+            start = checkpoint.load_latest(self) if resume else None
             if resume:
                 self._rewind_sinks()
-            if start == 0:
+            if start is None:  # no checkpoint yet, not even it-00000 (which follows the stages before RL)
+                start = 0
                 pre = self._before_rl()
                 if self.selection is not None:
                     pre.update(self._score_valid(0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,6 +246,99 @@ def test_killed_between_checkpoints_resumes_to_the_same_kept_policy(tmp_path):
     assert resumed | {"run_dir": ""} == whole | {"run_dir": ""}
     kept = int(resumed["eval/policy_iteration"])
     assert [p.name for p in (tmp_path / "killed" / "policy_best").iterdir()] == [f"it-{kept:05d}"]
+
+
+def test_killed_after_the_checkpoint_before_rl_resumes_without_redoing_that_stage(tmp_path):
+    # With checkpoints every second iteration, a kill after iteration 0 leaves it-00000 (taken
+    # after the stages before RL) as the latest: the resumed run must start RL there.
+    whole, resumed = _whole_and_resumed(tmp_path, 0, {"loop": {"checkpoint_every": 2}})
+    assert (tmp_path / "killed" / "checkpoints" / "it-00000").is_dir()
+    assert resumed | {"run_dir": ""} == whole | {"run_dir": ""}
+    assert [r["step"] for r in _rows(tmp_path / "killed")] == [-1, 0, 1, 2, 3, 4, 5]
+
+
+def _exact_buffer_plugins(register_plugin):
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    return register_plugin(StandIns(), "stand-ins")
+
+
+def _exact_buffer_pipeline(plugins, run_dir: Path, **buffer_config):
+    parts = {"encoder": {"name": "hashing"}, "buffer": {"name": "exact", "config": buffer_config}}
+    return _resolved(plugins, run_dir, parts, iterations=1)
+
+
+def _exact_buffer_run(register_plugin, run_dir: Path):
+    plugins = _exact_buffer_plugins(register_plugin)
+    return plugins, _exact_buffer_pipeline(plugins, run_dir)
+
+
+def test_resume_without_the_latest_pointer_refuses_and_keeps_every_file(register_plugin, tmp_path):
+    plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
+    run_pipeline(resolved, plugins)
+    (tmp_path / "run" / "checkpoints" / "latest").unlink()
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=r"checkpoints/latest: missing, but .* holds it-00000, it-00001"):
+        run_pipeline(resolved, plugins, resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+def test_resume_before_the_first_checkpoint_does_not_store_the_offline_data_twice(register_plugin, tmp_path):
+    # A buffer that keeps duplicates, and a run killed before its first checkpoint: the
+    # offline transitions it stored are already there when the resumed run seeds the buffer.
+    plugins = _exact_buffer_plugins(register_plugin)
+    resolved = _exact_buffer_pipeline(plugins, tmp_path / "run", dedup="none")
+    run_pipeline(_exact_buffer_pipeline(plugins, tmp_path / "whole", dedup="none"), plugins)
+    runner = Runner(resolved, plugins, prepare_run_dir(resolved, resume=False))
+    runner._seed_buffer(runner._collect_offline())
+    runner.buffer.close()
+    run_pipeline(resolved, plugins, resume=True)
+    assert stored_transitions(tmp_path / "run") == stored_transitions(tmp_path / "whole")
+
+
+def test_a_fresh_run_in_a_directory_of_another_config_is_refused(register_plugin, tmp_path):
+    # A run killed before its first checkpoint leaves its data and config behind; starting
+    # another config there would reuse that data and overwrite the record of the config.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    config = (tmp_path / "run" / "config.json").read_bytes()
+    with pytest.raises(ConfigError, match="config differs from the one in .*that directory holds another run"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=2), plugins)
+    assert (tmp_path / "run" / "config.json").read_bytes() == config
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)  # the same config may start over
+
+
+def test_resume_without_a_stored_config_hash_is_refused(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    (tmp_path / "run" / "config.sha256").write_text("")
+    with pytest.raises(DataError, match=r"config.sha256: missing or empty"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=3), plugins, resume=True)
+
+
+def test_a_run_dir_that_cannot_be_created_is_a_config_error(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"run_dir .*file/run: cannot create it"):
+        run_pipeline(_resolved(plugins, tmp_path / "file" / "run", iterations=1), plugins)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("python_rng", [3, [1, 2], None]), ("torch_rng", [1, 2, 3]), ("numpy_rng", {"kind": "MT19937", "keys": [1, 2]})],
+)
+def test_a_checkpoint_with_broken_random_state_is_refused_before_the_buffer_rolls_back(register_plugin, tmp_path, field, value):
+    plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
+    run_pipeline(resolved, plugins)
+    with open_run_buffer(tmp_path / "run") as buffer:  # stored after the checkpoint: a resume would forget them
+        buffer.add(transitions=[msgspec.structs.replace(t, source="real") for t in make_transitions(3)])
+    stored = stored_transitions(tmp_path / "run")
+    state_file = tmp_path / "run" / "checkpoints" / "it-00001" / "state.json"
+    state_file.write_text(json.dumps(json.loads(state_file.read_text()) | {field: value}))
+    with pytest.raises(DataError, match=r"it-00001/state.json: unusable random-generator state"):
+        run_pipeline(resolved, plugins, resume=True)
+    assert stored_transitions(tmp_path / "run") == stored
 
 
 class CrashingDomain(CountDomain):

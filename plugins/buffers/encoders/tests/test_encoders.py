@@ -1,3 +1,6 @@
+import hashlib
+import re
+
 import numpy as np
 import pytest
 
@@ -47,3 +50,36 @@ def test_plugin_registers_both_encoders():
     assert set(plugins.components("encoder")) >= {"minilm", "hashing"}
     enc = plugins.build("encoder", "hashing", HashingConfig(dim=32))
     assert enc.encode(texts=["hi"]).shape == (1, 32)
+
+
+def test_hashing_ascii_text_gives_the_same_words_and_vectors_as_ever():
+    # Stored hashing embeddings of ASCII text must not change: the words are checked against
+    # the original pattern on random ASCII text, the vectors against a digest recorded with
+    # the encoder before it learned other scripts.
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        text = "".join(chr(c) for c in rng.integers(0, 128, int(rng.integers(0, 80))))
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        assert features(text) == words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    texts = [
+        "action: take the KEY!\nstate: You are in the kitchen_2. A fridge (closed) is here; score=0.5",
+        "".join(chr(c) for c in range(128)),
+        "  open   door\t\tx1 y22 __init__ a-b c.d e/f",
+        "",
+        "Go NORTH-east, then 3 steps 42x9",
+    ]
+    digest = hashlib.sha256()
+    for cfg in (HashingConfig(), HashingConfig(dim=64, bigrams=False), HashingConfig(dim=1000)):
+        digest.update(HashingEncoder(cfg).encode(texts=texts).astype("<f4").tobytes())
+    assert digest.hexdigest() == "662aa358a503ff1f66ebeacf665d02eae3c4a13aeed7e0da178a9c719494f251"
+
+
+def test_hashing_keeps_letters_of_every_script():
+    assert features("Du bist in der Küche.", bigrams=False) == ["du", "bist", "in", "der", "küche"]
+    assert features("Вы на кухне", bigrams=False) == ["вы", "на", "кухне"]
+    assert features("किताब", bigrams=False) == ["किताब"]  # vowel signs stay inside the word
+    assert features("Cafe\u0301") == features("Caf\u00e9")  # one word however the accent is encoded
+    states = ["Вы на кухне. Здесь монета.", "你在厨房里。这里有一枚硬币。", "Είσαι στην κουζίνα.", "Du bist in der Küche."]
+    vectors = HashingEncoder().encode(texts=states)
+    assert np.abs(vectors).sum(axis=1).min() > 0
+    assert np.allclose(vectors @ vectors.T, np.eye(4), atol=0.25)  # four different texts, four directions

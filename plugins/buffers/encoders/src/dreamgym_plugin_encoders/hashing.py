@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
+import unicodedata
 import zlib
 from typing import Annotated, Sequence
 
@@ -13,7 +16,33 @@ from dreamgym_core.config import Config
 
 __all__ = ["HashingConfig", "HashingEncoder", "features"]
 
-_WORD = re.compile(r"[a-z0-9]+")
+# ASCII text keeps the tokens every stored hashing embedding was made with.
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
+
+
+@functools.cache
+def _unicode_word() -> re.Pattern[str]:
+    """Letters and digits of any script, with the combining marks that belong to them.
+
+    On ASCII text it finds exactly what ``_ASCII_WORD`` finds. Python's ``\\w`` leaves
+    out combining marks (Devanagari vowel signs, for one), so they are listed.
+    """
+    ranges: list[list[int]] = []
+    for code in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(code))[0] == "M":
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    marks = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+    return re.compile(rf"[^\W_](?:[^\W_]|[{marks}])*")
+
+
+def _words(text: str) -> list[str]:
+    text = text.lower()
+    if text.isascii():
+        return _ASCII_WORD.findall(text)
+    return _unicode_word().findall(unicodedata.normalize("NFC", text))
 
 
 class HashingConfig(Config):
@@ -24,8 +53,13 @@ class HashingConfig(Config):
 
 
 def features(text: str, bigrams: bool = True) -> list[str]:
-    """The hashed features of ``text``: lower-cased words, then adjacent pairs."""
-    words = _WORD.findall(text.lower())
+    """The hashed features of ``text``: lower-cased words, then adjacent pairs.
+
+    A word is a run of letters and digits of any script (with their combining
+    marks); text that is not ASCII is NFC-normalised first. ASCII text gives the
+    same words as ever (``[a-z0-9]+``), so its embeddings do not change.
+    """
+    words = _words(text)
     if not bigrams:
         return words
     return words + [f"{a} {b}" for a, b in zip(words, words[1:])]

@@ -221,3 +221,18 @@ def test_rollback_to_a_negative_position_is_refused_and_forgets_nothing(tmp_path
         assert list(b) == kept
     with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
         assert list(b) == kept
+
+
+@pytest.mark.parametrize("dedup", ["content", "none"])
+def test_lone_surrogate_is_refused_without_harming_later_writes(tmp_path, distinct, dedup):
+    good, later = distinct(3, prefix="good"), distinct(2, prefix="later")
+    bad = msgspec.structs.replace(good[0], state="", next_state="broken \ud800 text")
+    with ExactBuffer(ExactConfig(dedup=dedup, flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=good[:2])
+        with pytest.raises(DataError, match=r"transition 1: next_state holds a lone surrogate '\\ud800' at character 7"):
+            b.add(transitions=[good[2], bad])
+        assert list(b) == good[:2]  # the whole batch was refused
+        assert b.add(transitions=later) == 2
+        b.flush()
+    with ExactBuffer(ExactConfig(dedup=dedup), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert list(b) == good[:2] + later

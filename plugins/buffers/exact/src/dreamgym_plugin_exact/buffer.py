@@ -40,6 +40,34 @@ def content_key(t: Transition) -> bytes:
     return hashlib.blake2b(blob, digest_size=16).digest()
 
 
+_record_encoder = msgspec.msgpack.Encoder()
+
+
+def _check_storable(transitions: Sequence[Transition], where: str) -> None:
+    """Raise DataError if some text cannot be stored (segments hold UTF-8).
+
+    The one Python ``str`` that is not valid Unicode text holds a lone surrogate
+    (U+D800..U+DFFF), e.g. from ``bytes.decode(errors="surrogateescape")``.
+    """
+    try:
+        _record_encoder.encode(transitions)
+    except UnicodeEncodeError:
+        for i, t in enumerate(transitions):
+            for name in t.__struct_fields__:
+                value = getattr(t, name)
+                for text in value if isinstance(value, list) else [value]:
+                    if isinstance(text, str):
+                        try:
+                            text.encode()
+                        except UnicodeEncodeError as exc:
+                            raise DataError(
+                                f"{where}: transition {i}: {name} holds a lone surrogate {text[exc.start]!r} at character "
+                                f"{exc.start}, which is not valid Unicode and cannot be stored; nothing of this "
+                                "batch was added (replace it where the text is made, e.g. errors='replace')"
+                            ) from None
+        raise
+
+
 def _grow(array: np.ndarray, n: int) -> np.ndarray:
     """``array`` with room for at least ``n`` rows (doubling), contents kept."""
     if n <= len(array):
@@ -227,7 +255,13 @@ class ExactBuffer:
             transitions: records to add.
             embeddings: optional precomputed phi rows (float32, one per transition,
                 from this buffer's encoder, of ``embedding_text(state, action)``).
+
+        Raises:
+            DataError: some text holds a lone surrogate (not valid Unicode, so it
+                cannot be stored); nothing of the batch is added and later adds,
+                flushes and the segment files are unaffected.
         """
+        _check_storable(transitions, f"replay buffer {self.path or '(in memory)'}")
         if embeddings is not None:
             embeddings = self._check_embeddings(embeddings, len(transitions))
         with self._lock:

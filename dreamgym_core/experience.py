@@ -198,20 +198,24 @@ _ANY_TAG = re.compile(r"</?(think|state|valid|done|success|reward)>", re.IGNOREC
 
 
 def _span(text: str, tag: str) -> tuple[str | None, bool]:
-    """Content of ``<tag>...</tag>`` and whether a repair was needed to get it.
+    """Content of the first ``<tag>...</tag>`` and whether a repair was needed to get it.
 
-    A missing closing tag is repaired by ending the span at the next known tag
-    (or the end of the text).
+    A missing closing tag (or one in another case) is repaired by ending the span at
+    the next known tag (or the end of the text). Plain ``find`` calls keep this linear
+    in the text's length, whatever it repeats (a lazy regex from every repeated
+    opening tag is quadratic).
     """
-    match = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)
-    if match:
-        return match.group(1), False
-    opened = re.search(rf"<{tag}>", text, re.IGNORECASE)
-    if not opened:
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    start = text.find(opening)
+    if start >= 0:
+        close = text.find(closing, start + len(opening))
+        if close >= 0:
+            return text[start + len(opening): close], False
+    opened = re.search(re.escape(opening), text, re.IGNORECASE)
+    if opened is None:
         return None, False
-    rest = text[opened.end():]
-    following = _ANY_TAG.search(rest)
-    return (rest[: following.start()] if following else rest), True
+    following = _ANY_TAG.search(text, opened.end())
+    return text[opened.end(): following.start() if following else len(text)], True
 
 
 def _parse_bool(raw: str | None) -> tuple[bool | None, bool]:

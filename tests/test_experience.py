@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import msgspec
 import pytest
@@ -131,6 +132,23 @@ def test_failed_keeps_what_was_parsed() -> None:
 def test_overlong_state_is_cut() -> None:
     r = parse_output(GOOD.replace("You are in the hall.", "x" * 10_000))
     assert r.parse_status == "repaired" and len(r.next_state) <= 4000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>" * 32_000,
+        "<think>a</think>" + "<state>" * 32_000,
+        "<think>a</think><state>s</state>" + "<done>" * 32_000,
+    ],
+    ids=["think", "state", "done"],
+)
+def test_repeated_opening_tags_parse_in_linear_time(text: str) -> None:
+    # a lazy regex tried from every repeated opening tag took about 20 s here
+    start = time.perf_counter()
+    r = parse_output(text)
+    assert r.parse_status == "failed"
+    assert time.perf_counter() - start < 2.0
 
 
 # --- parser: fuzz ---------------------------------------------------------------

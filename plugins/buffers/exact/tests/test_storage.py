@@ -7,7 +7,7 @@ import pytest
 from dreamgym_core.errors import DataError
 from dreamgym_core.testing import BagOfWordsEncoder, make_transitions
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig
-from dreamgym_plugin_exact.segments import segment_files
+from dreamgym_plugin_exact.segments import Frame, encode_frame, segment_files
 
 
 def _blob(records):
@@ -236,3 +236,35 @@ def test_lone_surrogate_is_refused_without_harming_later_writes(tmp_path, distin
         b.flush()
     with ExactBuffer(ExactConfig(dedup=dedup), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
         assert list(b) == good[:2] + later
+
+
+def test_frames_that_pass_the_checksum_but_do_not_fit_are_skipped_by_name(tmp_path, distinct):
+    enc = BagOfWordsEncoder(dim=64)
+    first, second = distinct(2, prefix="first"), distinct(1, prefix="second")
+    with ExactBuffer(encoder=enc, path=tmp_path) as b:
+        b.add(transitions=first)
+
+    def add(rids, transitions, dim=64, floats=None):
+        floats = len(rids) * dim if floats is None else floats
+        vectors = np.eye(1, floats, dtype="<f4").tobytes()
+        return Frame(kind="add", rids=rids, transitions=transitions, encoder_id=enc.id, dim=dim, vectors=vectors)
+
+    bad = [
+        add([10, 11], second),  # fewer transitions than record ids
+        add([12], second, floats=16),  # vectors too short for the dim
+        add([13], second, dim=32),  # another dim than the encoder's earlier frames
+        add([14, 14], second * 2),  # a repeated record id
+    ]
+    blobs = [encode_frame(f) for f in bad] + [encode_frame(add([20], second))]
+    seg = tmp_path / "seg-000009.dgs"
+    seg.write_bytes(b"".join(blobs))
+    offsets = np.cumsum([0] + [len(blob) for blob in blobs])[:-1].tolist()
+    with pytest.warns(UserWarning) as caught:
+        b = ExactBuffer(encoder=enc, path=tmp_path)
+    assert list(b) == first + second  # the intact frame after the bad ones is kept
+    assert [str(w.message).split("/")[-1].split(";")[0] for w in caught] == b.problems
+    assert sorted(p.split(": ")[:2] for p in b.problems) == sorted([seg.name, f"offset {o}"] for o in offsets[:4])
+    assert all("inconsistent frame" in p for p in b.problems)
+    b.close()
+    with pytest.raises(DataError, match=f"{seg.name}: offset 0: inconsistent frame \\(1 transitions for 2 record ids"):
+        ExactBuffer(ExactConfig(strict=True), encoder=enc, path=tmp_path)

@@ -160,9 +160,18 @@ class ExactBuffer:
     def _open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         frames: list[Frame] = []
+        dims: dict[str, int] = {}  # the first frame of an encoder sets its dimension
         for file in segment_files(self.path):
             got, problems = read_segment(file)
-            frames += got
+            for offset, frame in got:
+                dim = dims.setdefault(frame.encoder_id, frame.dim) if frame.encoder_id else frame.dim
+                if dim != frame.dim:
+                    problems.append(
+                        f"{file.name}: offset {offset}: inconsistent frame (dim {frame.dim}, earlier frames of "
+                        f"encoder {frame.encoder_id!r} have dim {dim}), skipped"
+                    )
+                else:
+                    frames.append(frame)
             for problem in problems:
                 if "torn frame" not in problem:
                     if self.config.strict:
@@ -178,8 +187,7 @@ class ExactBuffer:
         self._writer = SegmentWriter(self.path, max_records=self.config.segment_records)
 
     def _replay(self, frame: Frame, evicted: set[int]) -> None:
-        where = f"{self.path}: frame of {len(frame.rids)} records"
-        vectors = self._vectors(frame, where)
+        vectors = self._vectors(frame)
         if frame.kind == "add":
             keep = [i for i, rid in enumerate(frame.rids) if rid not in evicted and rid not in self._row_of]
             rows = self._append([frame.transitions[i] for i in keep], [frame.rids[i] for i in keep])
@@ -192,12 +200,12 @@ class ExactBuffer:
                 rows, idx = (np.array(x, dtype=np.int64) for x in zip(*pairs))
                 self._space(frame.encoder_id, frame.dim).put(rows, vectors[idx])
 
-    def _vectors(self, frame: Frame, where: str) -> np.ndarray | None:
+    @staticmethod
+    def _vectors(frame: Frame) -> np.ndarray | None:
+        """The frame's embeddings as rows (sizes were checked when it was read)."""
         if not frame.encoder_id:
             return None
         vectors = np.frombuffer(frame.vectors, dtype="<f4")
-        if frame.dim <= 0 or vectors.size != frame.dim * len(frame.rids):
-            raise DataError(f"{where}: {vectors.size} floats do not fit {len(frame.rids)} x dim {frame.dim}")
         return vectors.reshape(len(frame.rids), frame.dim).astype(np.float32)
 
     def _space(self, encoder_id: str, dim: int) -> Space:

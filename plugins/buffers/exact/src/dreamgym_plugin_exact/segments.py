@@ -7,7 +7,9 @@ single ``write`` call, so a kill -9 leaves at most one torn frame at the end of
 the file being written; readers drop it. A frame that runs past the end of its
 file while an intact frame follows it is not torn but corrupt (its length field).
 A corrupt frame is reported with its file name and offset, and reading resumes at
-the next magic marker (or, for a corrupt length, at the next intact frame).
+the next magic marker (or, for a corrupt length, at the next intact frame). So is
+a frame that passes its checksum but cannot be what a writer wrote (say, fewer
+transitions than record ids); it is skipped.
 Files are never rewritten: a reopened buffer starts a new segment.
 """
 
@@ -23,7 +25,7 @@ import msgspec
 
 from dreamgym_core.records import Transition
 
-__all__ = ["Frame", "encode_frame", "read_segment", "SegmentWriter", "segment_files", "MAGIC"]
+__all__ = ["Frame", "encode_frame", "frame_inconsistency", "read_segment", "SegmentWriter", "segment_files", "MAGIC"]
 
 MAGIC = b"DGF1"
 _HEADER = struct.Struct("<4sII")
@@ -58,20 +60,31 @@ def encode_frame(frame: Frame) -> bytes:
     return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def read_segment(path: Path) -> tuple[list[Frame], list[str]]:
-    """Every intact frame of ``path`` and a list of problems found (file: offset: what)."""
+def read_segment(path: Path) -> tuple[list[tuple[int, Frame]], list[str]]:
+    """Every intact frame of ``path`` with its offset, and the problems found (file: offset: what)."""
     data = path.read_bytes()
-    frames: list[Frame] = []
+    frames: list[tuple[int, Frame]] = []
     problems: list[str] = []
     for result in _scan(data):
-        if isinstance(result, Frame):
-            frames.append(result)
-        else:
+        if isinstance(result, str):
             problems.append(f"{path.name}: {result}")
+        else:
+            frames.append(result)
     return frames, problems
 
 
-def _scan(data: bytes) -> Iterator[Frame | str]:
+def frame_inconsistency(frame: Frame) -> str | None:
+    """What is wrong with a frame that decodes but cannot be what a writer wrote, or None."""
+    if frame.kind == "add" and len(frame.transitions) != len(frame.rids):
+        return f"{len(frame.transitions)} transitions for {len(frame.rids)} record ids"
+    if any(rid < 0 or rid >= 1 << 63 for rid in frame.rids) or len(set(frame.rids)) != len(frame.rids):
+        return "record ids out of range or repeated"
+    if frame.encoder_id and (frame.dim <= 0 or len(frame.vectors) != 4 * frame.dim * len(frame.rids)):
+        return f"{len(frame.vectors)} bytes of vectors do not fit {len(frame.rids)} x dim {frame.dim}"
+    return None
+
+
+def _scan(data: bytes) -> Iterator[tuple[int, Frame] | str]:
     pos = 0
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
@@ -102,9 +115,12 @@ def _scan(data: bytes) -> Iterator[Frame | str]:
             pos = _resync(data, pos + 1)
             continue
         try:
-            yield _decoder.decode(payload)
+            frame = _decoder.decode(payload)
         except msgspec.DecodeError as exc:
             yield f"offset {pos}: undecodable frame ({exc}), skipped"
+        else:
+            wrong = frame_inconsistency(frame)
+            yield f"offset {pos}: inconsistent frame ({wrong}), skipped" if wrong else (pos, frame)
         pos = end
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections import defaultdict
-from typing import Annotated, Any, Callable, Iterable, Sequence
+from typing import Annotated, Any, Callable, Iterable, NamedTuple, Sequence
 
 import msgspec
 from msgspec import Meta
@@ -197,8 +197,15 @@ _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True
 _ANY_TAG = re.compile(r"</?(think|state|valid|done|success|reward)>", re.IGNORECASE)
 
 
-def _span(text: str, tag: str) -> tuple[str | None, bool]:
-    """Content of the first ``<tag>...</tag>`` and whether a repair was needed to get it.
+class _Span(NamedTuple):
+    text: str
+    start: int  # where its opening tag starts
+    end: int  # after its closing tag; at the next known tag when repaired
+    repaired: bool
+
+
+def _span(text: str, tag: str) -> _Span | None:
+    """The first ``<tag>...</tag>`` of ``text``; None when no ``<tag>`` opens.
 
     A missing closing tag (or one in another case) is repaired by ending the span at
     the next known tag (or the end of the text). Plain ``find`` calls keep this linear
@@ -210,12 +217,27 @@ def _span(text: str, tag: str) -> tuple[str | None, bool]:
     if start >= 0:
         close = text.find(closing, start + len(opening))
         if close >= 0:
-            return text[start + len(opening): close], False
+            return _Span(text[start + len(opening): close], start, close + len(closing), False)
     opened = re.search(re.escape(opening), text, re.IGNORECASE)
     if opened is None:
-        return None, False
+        return None
     following = _ANY_TAG.search(text, opened.end())
-    return text[opened.end(): following.start() if following else len(text)], True
+    stop = following.start() if following else len(text)
+    return _Span(text[opened.end(): stop], opened.start(), stop, True)
+
+
+def _tag_readings(region: str) -> dict[str, list[tuple[str, bool]]]:
+    """Every tag's contents in ``region``, in order, each with whether reading it needed a
+    repair (a tag in another case, or no closing tag before the next known tag)."""
+    tags = list(_ANY_TAG.finditer(region))
+    readings: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    for tag, following in zip(tags, [*tags[1:], None]):
+        if tag.group(0).startswith("</"):
+            continue
+        name = tag.group(1).lower()
+        exact = tag.group(0) == f"<{name}>" and following is not None and following.group(0) == f"</{name}>"
+        readings[name].append((region[tag.end(): following.start() if following else len(region)], not exact))
+    return readings
 
 
 def _parse_bool(raw: str | None) -> tuple[bool | None, bool]:
@@ -227,6 +249,20 @@ def _parse_bool(raw: str | None) -> tuple[bool | None, bool]:
         return word == "true", False
     value = _BOOL_WORDS.get(word.lower().rstrip("."))
     return value, value is not None
+
+
+def _flag(readings: list[tuple[str, bool]]) -> tuple[bool | None, bool]:
+    """(value, repaired) of one flag from all its readings; value None when it is missing,
+    unreadable, or written twice with different values (neither can be trusted)."""
+    values: set[bool] = set()
+    repaired = len(readings) > 1
+    for raw, fix in readings:
+        value, fix_value = _parse_bool(raw)
+        if value is None:
+            return None, repaired
+        values.add(value)
+        repaired |= fix or fix_value
+    return (values.pop(), repaired) if len(values) == 1 else (None, repaired)
 
 
 def _parse_reward(raw: str | None) -> tuple[float | None, bool]:
@@ -259,11 +295,19 @@ def _clip(text: str) -> tuple[str, bool]:
 def parse_output(text: Any) -> ExperienceResult:
     """Parse one model answer; never raises.
 
+    Where tags are read: the reasoning is the first ``<think>`` block; the next state is
+    the first ``<state>`` block after it (anywhere when there is no ``<think>``); the
+    outcome flags are read only outside those two blocks, so reasoning or a state that
+    quotes a tag (``<done>true</done>``, ``<state>``) changes nothing.
+
     Repairs (status ``repaired``): a missing closing tag, a boolean written in another
     case or as yes/no/1/0, a missing ``<valid>`` (taken as true), a reward that is not
     exactly 0 or 1 or that disagrees with done/success (reward is recomputed from them),
-    success on a step that is not done (done is set), an over-long span (cut).
-    Anything else is ``failed``: done, not success, reward 0.
+    success on a step that is not done (done is set), an over-long span (cut), a flag
+    or reward written more than once with the same value.
+    Anything else is ``failed``: done, not success, reward 0. That includes a
+    ``<done>`` or ``<success>`` that is present but unreadable, or written twice with
+    different values.
     """
     if not isinstance(text, str):
         return _failed(repr(text)[:200])
@@ -273,30 +317,36 @@ def parse_output(text: Any) -> ExperienceResult:
         return _failed(text)
 
 
+def _outside(body: str, think: _Span | None, after: int, state: _Span) -> str:
+    """``body`` without the think block and the state block (``state`` is relative to ``after``).
+    The newlines keep a tag from forming across a cut."""
+    before = body[: think.start] if think else ""
+    return "\n".join((before, body[after: after + state.start], body[after + state.end:]))
+
+
 def _parse(text: str) -> ExperienceResult:
     body = text if END_TAG in text or "<reward>" not in text else text + END_TAG
-    repaired = False
-    reasoning, fix = _span(body, "think")
-    repaired |= fix
-    state, fix = _span(body, "state")
-    repaired |= fix
-    reasoning, fix = _clip(reasoning or "")
-    repaired |= fix
-    if state is None or not state.strip():
+    think = _span(body, "think")
+    after = think.end if think else 0
+    state = _span(body[after:], "state")  # the state follows the reasoning, never inside it
+    reasoning, repaired = _clip(think.text if think else "")
+    repaired |= bool(think and think.repaired)
+    if state is None or not state.text.strip():
         return _failed(text, reasoning=reasoning)
-    state, fix = _clip(state)
-    repaired |= fix
+    next_state, fix = _clip(state.text)
+    repaired |= fix or state.repaired
+    readings = _tag_readings(_outside(body, think, after, state))
     flags: dict[str, bool | None] = {}
     for tag in FLAG_TAGS:
-        raw, fix = _span(body, tag)
-        flags[tag], fix_value = _parse_bool(raw)
-        repaired |= fix or fix_value
+        flags[tag], fix = _flag(readings[tag])
+        repaired |= fix
     if flags["valid"] is None:
         flags["valid"], repaired = True, True
-    if flags["done"] is None or flags["success"] is None:
-        return _failed(text, reasoning=reasoning, next_state=state, valid=bool(flags["valid"]))
-    reward, fix = _parse_reward(_span(body, "reward")[0])
-    repaired |= fix
+    if None in flags.values():
+        return _failed(text, reasoning=reasoning, next_state=next_state, valid=bool(flags["valid"]))
+    rewards = readings["reward"]
+    reward, fix = _parse_reward(rewards[0][0] if rewards else None)
+    repaired |= fix or len(rewards) > 1
     done, success, valid = bool(flags["done"]), bool(flags["success"]), bool(flags["valid"])
     if success and not done:
         done, repaired = True, True
@@ -306,7 +356,7 @@ def _parse(text: str) -> ExperienceResult:
     if reward != expected:
         reward, repaired = expected, True
     return ExperienceResult(
-        reasoning=reasoning, next_state=state, reward=reward, done=done, success=success,
+        reasoning=reasoning, next_state=next_state, reward=reward, done=done, success=success,
         valid=valid, parse_status="repaired" if repaired else "ok", raw=text,
     )
 

@@ -134,6 +134,77 @@ def test_overlong_state_is_cut() -> None:
     assert r.parse_status == "repaired" and len(r.next_state) <= 4000
 
 
+FLAGS = "<valid>true</valid> <done>false</done> <success>false</success> <reward>0</reward>"
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        (GOOD, ("The door is unlocked, so opening it works.", "You are in the hall. The door is open.", True, False, False, 0.0, "ok")),
+        (
+            "<think>2 < 3, and a -> b.</think>\n<state>Room: hall\nItems: key, lamp\nActions (2): look, take key</state>\n"
+            "<valid>true</valid> <done>false</done> <success>false</success> <reward>0",
+            ("2 < 3, and a -> b.", "Room: hall\nItems: key, lamp\nActions (2): look, take key", True, False, False, 0.0, "ok"),
+        ),
+        (
+            "<think>Taking the coin wins.</think>\n<state>You hold the coin.</state>\n"
+            "<valid>true</valid> <done>true</done> <success>true</success> <reward>1</reward>",
+            ("Taking the coin wins.", "You hold the coin.", True, True, True, 1.0, "ok"),
+        ),
+        (
+            "<think></think>\n<state>Nothing happens.</state>\n"
+            "<valid>false</valid> <done>false</done> <success>false</success> <reward>0</reward>",
+            ("", "Nothing happens.", False, False, False, 0.0, "ok"),
+        ),
+        (
+            "<think>Out of moves.</think>\n<state>The game is over.</state>\n"
+            "<valid>true</valid> <done>true</done> <success>false</success> <reward>0</reward>\n",
+            ("Out of moves.", "The game is over.", True, True, False, 0.0, "ok"),
+        ),
+    ],
+    ids=["good", "symbols-and-lines", "win", "invalid", "lost"],
+)
+def test_well_formed_answers_parse_to_fixed_expectations(text: str, expect: tuple) -> None:
+    # the format render_target trains on; results measured with this parser depend on it
+    r = parse_output(text)
+    assert (r.reasoning, r.next_state, r.valid, r.done, r.success, r.reward, r.parse_status) == expect
+
+
+@pytest.mark.parametrize(
+    "text, state",
+    [
+        ("<think>Taking it would give <done>true</done> <success>true</success>, but it is elsewhere.</think>\n"
+         f"<state>No coin here.</state>\n{FLAGS}", "No coin here."),
+        (f"<think>Unlike 'fly', which gives <valid>false</valid>, 'look' is listed.</think>\n<state>A kitchen.</state>\n{FLAGS}",
+         "A kitchen."),
+        (f"<think>The <state> will show the hallway.</think>\n<state>A hallway.</state>\n{FLAGS}", "A hallway."),
+        (f"<think>r</think>\n<state>A sign reads <valid>false</valid> <done>true</done>.</state>\n{FLAGS}",
+         "A sign reads <valid>false</valid> <done>true</done>."),
+    ],
+    ids=["flags-in-think", "valid-in-think", "state-tag-in-think", "flags-in-state"],
+)
+def test_tags_quoted_in_reasoning_or_state_are_not_read(text: str, state: str) -> None:
+    r = parse_output(text)
+    assert (r.next_state, r.valid, r.done, r.success, r.reward, r.parse_status) == (state, True, False, False, 0.0, "ok")
+
+
+def test_a_state_inside_the_reasoning_only_is_no_state() -> None:
+    r = parse_output("<think>It should say <state>A hall.</state></think>\n<valid>true</valid> <done>false</done> <success>false</success>")
+    assert r.parse_status == "failed"
+
+
+@pytest.mark.parametrize("flag", ["done", "success"])
+def test_a_flag_written_twice_with_different_values_fails(flag: str) -> None:
+    text = GOOD.replace(f"<{flag}>false</{flag}>", f"<{flag}>true</{flag}><{flag}>false</{flag}>")
+    r = parse_output(text)
+    assert r.parse_status == "failed" and r.done and not r.success and r.reward == 0.0
+
+
+def test_a_flag_written_twice_alike_is_a_repair() -> None:
+    r = parse_output(GOOD.replace("<done>false</done>", "<done>false</done><done>false</done>"))
+    assert r.parse_status == "repaired" and not r.done
+
+
 @pytest.mark.parametrize(
     "text",
     [

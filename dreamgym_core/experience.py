@@ -306,8 +306,8 @@ def parse_output(text: Any) -> ExperienceResult:
     success on a step that is not done (done is set), an over-long span (cut), a flag
     or reward written more than once with the same value.
     Anything else is ``failed``: done, not success, reward 0. That includes a
-    ``<done>`` or ``<success>`` that is present but unreadable, or written twice with
-    different values.
+    ``<valid>``, ``<done>`` or ``<success>`` that is present but unreadable, or written
+    twice with different values.
     """
     if not isinstance(text, str):
         return _failed(repr(text)[:200])
@@ -340,8 +340,8 @@ def _parse(text: str) -> ExperienceResult:
     for tag in FLAG_TAGS:
         flags[tag], fix = _flag(readings[tag])
         repaired |= fix
-    if flags["valid"] is None:
-        flags["valid"], repaired = True, True
+    if not readings["valid"]:
+        flags["valid"], repaired = True, True  # a missing <valid> is documented as true
     if None in flags.values():
         return _failed(text, reasoning=reasoning, next_state=next_state, valid=bool(flags["valid"]))
     rewards = readings["reward"]

@@ -200,6 +200,14 @@ def test_a_flag_written_twice_with_different_values_fails(flag: str) -> None:
     assert r.parse_status == "failed" and r.done and not r.success and r.reward == 0.0
 
 
+@pytest.mark.parametrize("word", ["invalid", "false (not listed)", "maybe", ""])
+def test_an_unreadable_valid_fails_like_an_unreadable_done(word: str) -> None:
+    # a missing <valid> is taken as true; one that is there but unreadable is not guessed
+    r = parse_output(GOOD.replace("<valid>true</valid>", f"<valid>{word}</valid>"))
+    assert r.parse_status == "failed" and not r.valid and r.done and r.reward == 0.0
+    assert parse_output(GOOD.replace("<done>false</done>", f"<done>{word}</done>")).parse_status == "failed"
+
+
 def test_a_flag_written_twice_alike_is_a_repair() -> None:
     r = parse_output(GOOD.replace("<done>false</done>", "<done>false</done><done>false</done>"))
     assert r.parse_status == "repaired" and not r.done

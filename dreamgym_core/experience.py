@@ -195,6 +195,8 @@ def render_output(result: ExperienceResult) -> str:
 
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 _ANY_TAG = re.compile(r"</?(think|state|valid|done|success|reward)>", re.IGNORECASE)
+# Lone UTF-16 surrogates (a server's JSON may carry "\ud800") cannot be written as UTF-8.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class _Span(NamedTuple):
@@ -292,6 +294,11 @@ def _clip(text: str) -> tuple[str, bool]:
     return (text[:MAX_TEXT_CHARS], True) if len(text) > MAX_TEXT_CHARS else (text, False)
 
 
+def _utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD, so it can always be encoded as UTF-8."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
 def parse_output(text: Any) -> ExperienceResult:
     """Parse one model answer; never raises.
 
@@ -307,10 +314,11 @@ def parse_output(text: Any) -> ExperienceResult:
     or reward written more than once with the same value.
     Anything else is ``failed``: done, not success, reward 0. That includes a
     ``<valid>``, ``<done>`` or ``<success>`` that is present but unreadable, or written
-    twice with different values.
+    twice with different values. Lone surrogates in ``text`` become U+FFFD.
     """
     if not isinstance(text, str):
         return _failed(repr(text)[:200])
+    text = _utf8_safe(text)
     try:
         return _parse(text)
     except Exception:  # the contract is "never raises"; a parser bug must not crash a run

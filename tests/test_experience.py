@@ -230,6 +230,14 @@ def test_repeated_opening_tags_parse_in_linear_time(text: str) -> None:
     assert time.perf_counter() - start < 2.0
 
 
+def test_lone_surrogates_become_replacement_characters() -> None:
+    # a server's JSON can carry "\\ud800"; records must always encode as UTF-8 (buffer files)
+    r = parse_output(GOOD.replace("the hall", "the hall \ud800").replace("unlocked", "unlocked\udfff"))
+    assert r.parse_status == "ok" and r.next_state == "You are in the hall \ufffd. The door is open."
+    for text in (r.next_state, r.reasoning, r.raw):
+        text.encode("utf-8")
+
+
 # --- parser: fuzz ---------------------------------------------------------------
 
 FRAGMENTS = st.sampled_from(

@@ -487,7 +487,10 @@ def parse_selection(text: str, n: int) -> int | None:
         match = re.match(r"\s*(?:candidate\s*)?#?\s*(\d+)", text, re.IGNORECASE)
     if not match:
         return None
-    choice = int(match.group(1))
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > 9:  # no candidate list is that long; int() refuses past 4,300 digits
+        return None
+    choice = int(digits)
     return choice - 1 if 1 <= choice <= n else None
 
 

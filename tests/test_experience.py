@@ -471,6 +471,8 @@ TASK = Task(id="t1", instruction="Collect the coin in the kitchen.", domain="twx
         ("SELECTION: 0\nREASONING: none fits", 3, None),
         ("SELECTION: 7", 3, None),
         ("I like the second one", 3, None),
+        ("SELECTION: " + "9" * 5000, 3, None),  # past Python's int-conversion digit limit
+        ("SELECTION: 0002", 3, 1),
     ],
 )
 def test_parse_selection_is_tolerant(text: str, n: int, expect) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 from typing import Any, Coroutine, Sequence
 
 import httpx
@@ -25,6 +26,9 @@ __all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "cut_at_stop", "R
 
 #: HTTP statuses worth retrying: rate limits and server-side trouble.
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+# JSON can escape a lone UTF-16 surrogate ("\ud800"); such text cannot be written as UTF-8.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class ModelCallError(DreamGymError):
@@ -95,7 +99,7 @@ class OpenAIBackend:
             raise _Failed(f"malformed answer (no choices[0] text): {exc!r}", retry=False) from exc
         if not isinstance(text, str):
             raise _Failed("malformed answer: text is not a string", retry=False)
-        return text
+        return _SURROGATES.sub("\ufffd", text)
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
         path = "/chat/completions" if self.config.endpoint == "chat" else "/completions"

@@ -1,0 +1,85 @@
+"""The openai backend against a server that misbehaves: what it answers is never trusted."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import pytest
+
+from dreamgym_plugin_openai import ModelCallError, OpenAIBackend, OpenAIConfig
+
+ANSWER = "<think>r</think>\n<state>ok</state>\n<valid>true</valid> <done>false</done> <success>false</success> <reward>0"
+KEY = "sk-test-secret-5d2a7c"
+
+
+class Misbehaving(BaseHTTPRequestHandler):
+    """Answers according to the request's ``model`` field."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        mode = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["model"]
+        auth = self.headers.get("Authorization", "")
+        if mode == "surrogate":  # JSON may escape a lone surrogate
+            self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).replace("ok", "ok \\ud800").encode())
+        elif mode == "echo-auth":  # some proxies echo the request's headers in an error
+            self._send(400, json.dumps({"error": f"bad request; headers: Authorization: {auth}"}).encode())
+        elif mode == "echo-auth-at-cut":  # the key straddles the client's 200-character cut of a detail
+            self._send(400, ("x" * 190 + auth).encode())
+        elif mode == "trickle":  # headers, then one byte at a time: no single read ever times out
+            self._trickle()
+        elif mode == "huge":
+            self._send(200, json.dumps({"choices": [{"text": "a" * (9 * 2**20)}]}).encode())
+        else:
+            self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
+
+    def _trickle(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(10**6))
+        self.end_headers()
+        try:
+            for _ in range(200):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:  # the client gave up
+            pass
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def backend(url: str, mode: str, **settings) -> OpenAIBackend:
+    return OpenAIBackend(OpenAIConfig(base_url=url, model=mode, api_key_env="DREAMGYM_TEST_KEY", **settings))
+
+
+def test_a_plain_answer(url):
+    assert backend(url, "plain").generate(prompts=["p"], max_new_tokens=8) == [ANSWER]
+
+
+def test_lone_surrogates_in_an_answer_become_replacement_characters(url):
+    (text,) = backend(url, "surrogate").generate(prompts=["p"], max_new_tokens=8)
+    assert "ok \ufffd" in text
+    text.encode("utf-8")  # what a buffer writes to disk

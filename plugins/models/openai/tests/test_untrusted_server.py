@@ -39,7 +39,7 @@ class Misbehaving(BaseHTTPRequestHandler):
         elif mode == "echo-auth":  # some proxies echo the request's headers in an error
             self._send(400, json.dumps({"error": f"bad request; headers: Authorization: {auth}"}).encode())
         elif mode == "echo-auth-at-cut":  # the key straddles the client's 200-character cut of a detail
-            self._send(400, ("x" * 190 + auth).encode())
+            self._send(400, ("x" * 180 + auth).encode())
         elif mode == "trickle":  # headers, then one byte at a time: no single read ever times out
             self._trickle()
         elif mode == "huge":
@@ -83,3 +83,14 @@ def test_lone_surrogates_in_an_answer_become_replacement_characters(url):
     (text,) = backend(url, "surrogate").generate(prompts=["p"], max_new_tokens=8)
     assert "ok \ufffd" in text
     text.encode("utf-8")  # what a buffer writes to disk
+
+
+@pytest.mark.parametrize("mode", ["echo-auth", "echo-auth-at-cut"])
+def test_a_key_echoed_by_the_server_is_never_kept_or_raised(url, monkeypatch, mode):
+    monkeypatch.setenv("DREAMGYM_TEST_KEY", KEY)
+    strict = backend(url, mode, max_retries=0, on_failure="raise")
+    with pytest.raises(ModelCallError, match="HTTP 400") as info:
+        strict.generate(prompts=["p"], max_new_tokens=8)
+    for shown in (str(info.value), *strict.last_errors):
+        assert KEY[:8] not in shown  # not even the part before a cut
+    assert "[redacted]" in strict.last_errors[0]

@@ -77,6 +77,10 @@ class OpenAIBackend:
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
 
+    def _redact(self, text: str) -> str:
+        """``text`` without the API key: a server or proxy may echo the Authorization header."""
+        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+
     # --- requests ----------------------------------------------------------------
 
     def _payload(self, prompt: str, max_new_tokens: int, temperature: float, stop: Sequence[str], seed: int | None) -> dict[str, Any]:
@@ -110,7 +114,7 @@ class OpenAIBackend:
         if response.status_code == 401:
             raise _Failed(f"HTTP 401 from {self.config.base_url}: check the key in ${self.config.api_key_env}", retry=False)
         if response.status_code != 200:
-            detail = response.text[:200].replace("\n", " ")
+            detail = self._redact(response.text)[:200].replace("\n", " ")  # redact first: a cut may split the key
             raise _Failed(f"HTTP {response.status_code} from {self.config.base_url}{path}: {detail}", retry=response.status_code in RETRY_STATUS)
         try:
             return self._text(response.json())
@@ -133,7 +137,7 @@ class OpenAIBackend:
                 self.stats["retries"] += 1
                 await asyncio.sleep(backoff_delay(attempt, self.config.backoff, self.config.max_backoff))
             self.stats["failed_calls"] += 1
-            self.last_errors.append(str(error))
+            self.last_errors.append(self._redact(str(error)))
             return None
 
     async def _gather(self, bodies: list[dict[str, Any]]) -> list[str | None]:

@@ -243,7 +243,7 @@ def _read_lines(path: Path, kind: type) -> list[Any]:
                 if line.strip():
                     try:
                         out.append(decoder.decode(line))
-                    except msgspec.DecodeError as exc:
+                    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                         raise DataError(f"{path}:{number}: not a valid {kind.__name__} record: {exc}") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc

@@ -178,6 +178,11 @@ class EvalConfig(Config):
     ] = False
 
 
+# torch seeds are unsigned 64-bit, and RL seeds from seed * 1_000_003 + 17 (loop.rl_seed): a
+# larger seed would fail only after the data, experience model and warm start were built.
+MAX_SEED = (2**64 - 1 - 17) // 1_000_003
+
+
 class PipelineConfig(Config):
     """A whole run: which plugins, which components, and the loop settings."""
 
@@ -194,7 +199,7 @@ class PipelineConfig(Config):
     experience: ExperienceTrainingConfig = ExperienceTrainingConfig()
     loop: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
-    seed: Annotated[int, Meta(description="Seeds every RNG of the run.")] = 0
+    seed: Annotated[int, Meta(ge=0, le=MAX_SEED, description="Seeds every RNG of the run.")] = 0
     run_dir: Annotated[str, Meta(description="Where the run writes config, metrics, checkpoints, report.")] = "runs/default"
 
     def __post_init__(self) -> None:
@@ -271,16 +276,22 @@ def _located(error: Exception, where: str, prefix: str = "$") -> ConfigError:
     return ConfigError(f"{where}: {message}")
 
 
-def _set_path(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+def set_path(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    """Apply one ``--set key.path=value`` to raw settings (list items by index)."""
     keys = dotted.split(".")
     target: Any = data
     for key in keys[:-1]:
         if isinstance(target, list) and key.isdigit():
+            if int(key) >= len(target):
+                raise ConfigError(f"{where}: --set {dotted}: index {key} is past the end of a list of {len(target)}")
             target = target[int(key)]
             continue
         if not isinstance(target, dict):
             raise ConfigError(f"{where}: --set {dotted}: {key!r} is not a mapping")
         target = target.setdefault(key, {})
+    if isinstance(target, list) and keys[-1].isdigit() and int(keys[-1]) < len(target):
+        target[int(keys[-1])] = value
+        return
     if not isinstance(target, dict):
         raise ConfigError(f"{where}: --set {dotted}: parent is not a mapping")
     target[keys[-1]] = value
@@ -293,7 +304,11 @@ def parse_overrides(overrides: Sequence[str], where: str) -> list[tuple[str, Any
         if "=" not in item or not re.match(r"^[A-Za-z_][\w.]*=", item):
             raise ConfigError(f"{where}: --set expects key.path=value, got {item!r}")
         key, raw = item.split("=", 1)
-        parsed.append((key, yaml_load(raw) if raw else ""))
+        try:
+            value = yaml_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: --set {item!r}: the value is not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        parsed.append((key, value))
     return parsed
 
 
@@ -301,9 +316,11 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
     """Phase 1: read YAML, apply ``--set`` overrides, decode the outer schema."""
     where = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read pipeline file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not a text file (byte {exc.start} is not UTF-8)") from exc
     try:
         data = yaml_load(text)
     except yaml.YAMLError as exc:
@@ -313,7 +330,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a pipeline file must be a mapping at the top level")
     for key, value in parse_overrides(overrides, where):
-        _set_path(data, key, value, where)
+        set_path(data, key, value, where)
     try:
         return msgspec.convert(data, type=PipelineConfig)
     except msgspec.ValidationError as exc:

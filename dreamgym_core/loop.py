@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import msgspec
 import numpy as np
 
 from . import checkpoint, report
@@ -192,11 +191,18 @@ class Runner:
     def _collect_offline(self) -> list[Trajectory]:
         """Real offline data: expert, noisy-expert, random and explore episodes on train tasks."""
         path = self.run_dir / "offline.jsonl"
-        if path.exists():
-            return checkpoint.read_trajectories(path)
         data = self.cfg.data
+        wanted = data.path or data.expert_episodes + data.noisy_episodes + data.random_episodes + data.explore_episodes
+        if path.exists():
+            stored = checkpoint.read_trajectories(path)
+            if wanted and not stored:
+                raise DataError(f"{path}: holds no episodes, but the config asks for offline data; delete it to collect again")
+            return stored
         if data.path:
-            trajectories = checkpoint.trajectories_from_transitions(checkpoint.read_transitions(Path(data.path)), self.train_tasks)
+            transitions = checkpoint.read_transitions(Path(data.path))
+            if not transitions:
+                raise DataError(f"data.path {data.path}: no transitions")
+            trajectories = checkpoint.trajectories_from_transitions(transitions, self.train_tasks)
         else:
             trajectories = []
             policies = (

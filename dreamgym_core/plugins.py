@@ -95,7 +95,10 @@ def get_plugin_manager(names: Sequence[str], where: str = "") -> pluggy.PluginMa
             raise PluginNotFound(name, installed, where=where)
         if pm.get_plugin(name) is not None:
             continue
-        pm.register(load_plugin(installed[name]), name=name)
+        try:
+            pm.register(load_plugin(installed[name]), name=name)
+        except pluggy.PluginValidationError as exc:  # a hook implementation that does not match its spec
+            raise DreamGymError(f"plugin {name!r}: {exc}") from exc
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -104,6 +107,19 @@ def get_plugin_manager(names: Sequence[str], where: str = "") -> pluggy.PluginMa
         pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
         pm.enable_tracing()
     return pm
+
+
+def _registered(impl: Any, hook_name: str) -> list[Any]:
+    """What one plugin's registration hook returns, as a list; its failure names the plugin."""
+    try:
+        specs = impl.function()
+    except Exception as exc:  # plugin code: any failure is the plugin's, and says which
+        raise DreamGymError(f"plugin {impl.plugin_name!r}: {hook_name} failed: {type(exc).__name__}: {exc}") from exc
+    if specs is None:
+        return []
+    if not isinstance(specs, (list, tuple)):
+        raise DreamGymError(f"plugin {impl.plugin_name!r}: {hook_name} returned {type(specs).__name__}, expected a list of ComponentSpec")
+    return list(specs)
 
 
 class Plugins:
@@ -125,7 +141,7 @@ class Plugins:
             found: dict[str, ComponentSpec] = {}
             # Call each implementation on its own so every spec knows its plugin.
             for impl in hook.get_hookimpls():  # registration order
-                for spec in impl.function() or []:
+                for spec in _registered(impl, _REGISTER_HOOK[kind]):
                     if not isinstance(spec, ComponentSpec):
                         raise DreamGymError(
                             f"plugin {impl.plugin_name!r}: {_REGISTER_HOOK[kind]} returned "

@@ -61,6 +61,8 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     bad.write_text("not json\n")
     result = _invoke("buffer", "import", "--path", str(tmp_path / "b"), str(bad))
     assert result.exit_code != 0 and "bad.jsonl:1: not a Transition record" in result.output
+    result = _invoke("buffer", "export", "--path", str(tmp_path / "b"), str(tmp_path / "nodir" / "out.jsonl"))
+    assert result.exit_code != 0 and "nodir/out.jsonl: directory" in result.output and "does not exist" in result.output
     result = _invoke("buffer", "info", "--path", str(tmp_path / "b"), "--backend", "exactt")
     assert result.exit_code != 0 and "Did you mean 'exact'" in result.output
     empty = _invoke("buffer", "query", "--path", str(tmp_path / "e"), "--state", "s", "--action", "a")

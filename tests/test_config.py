@@ -79,6 +79,10 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_pipeline(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_pipeline(write(tmp_path, "- a\n- b\n", "list.yaml"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"plugins: [a]\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=r"binary.yaml: not a text file \(byte 13 is not UTF-8\)"):
+        load_pipeline(binary)
 
 
 def test_set_overrides_parse_yaml_scalars(tmp_path):
@@ -87,6 +91,28 @@ def test_set_overrides_parse_yaml_scalars(tmp_path):
     assert cfg.loop.iterations == 7 and cfg.algo.config == {"lr": 1e-5} and cfg.seed == 3
     with pytest.raises(ConfigError, match="--set expects key.path=value"):
         load_pipeline(path, ["nonsense"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loop.iterations=[1", r"--set 'loop.iterations=\[1': the value is not valid YAML"),
+        ("seed={a", r"--set 'seed=\{a': the value is not valid YAML"),
+        ("loggers.5.name=x", r"--set loggers.5.name: index 5 is past the end of a list of 0"),
+        ("seed=99999999999999999999999999", r"Expected `int` <= \d+ - at `\$.seed`"),
+        ("seed=-1", r"Expected `int` >= 0 - at `\$.seed`"),
+    ],
+)
+def test_bad_set_overrides_are_one_line_errors(tmp_path, override, message):
+    path = write(tmp_path, pipeline_dict(str(tmp_path / "run")) | {"loggers": []})
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(path, [override])
+
+
+def test_set_can_replace_a_list_item(tmp_path):
+    data = pipeline_dict(str(tmp_path / "run")) | {"loggers": [{"name": "jsonl"}]}
+    cfg = load_pipeline(write(tmp_path, data), ["loggers.0={name: tensorboard}", "loggers.0.config.x=1"])
+    assert cfg.loggers[0].name == "tensorboard" and cfg.loggers[0].config == {"x": 1}
 
 
 def test_unknown_component_suggests_the_closest(register_plugin, tmp_path):

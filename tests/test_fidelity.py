@@ -117,8 +117,11 @@ def test_read_transitions_errors_name_file_and_line(tmp_path) -> None:
     assert [t.step for t in read_transitions(str(good))] == [0, 1]
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(msgspec.json.encode(_t(0)) + b'\n{"task_id": 3}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: not a Transition"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not a valid Transition record"):
         read_transitions(str(bad))
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x81\n")
+    with pytest.raises(DataError, match=r"binary.jsonl:1: not a valid Transition record"):
+        read_transitions(str(tmp_path / "binary.jsonl"))
     with pytest.raises(DataError, match="cannot read"):
         read_transitions(str(tmp_path / "missing.jsonl"))
     (tmp_path / "empty.jsonl").write_text("")

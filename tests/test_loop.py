@@ -341,6 +341,18 @@ def test_a_checkpoint_with_broken_random_state_is_refused_before_the_buffer_roll
     assert stored_transitions(tmp_path / "run") == stored
 
 
+def test_empty_offline_data_is_refused_not_trained_on(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"data.path .*empty.jsonl: no transitions"):
+        run_pipeline(_resolved(plugins, tmp_path / "a", {"data": {"path": str(empty)}}, iterations=1), plugins)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "offline.jsonl").write_text("")  # a run dir whose stored offline data was emptied
+    with pytest.raises(DataError, match=r"b/offline.jsonl: holds no episodes, but the config asks for offline data"):
+        run_pipeline(_resolved(plugins, tmp_path / "b", iterations=1), plugins)
+
+
 class CrashingDomain(CountDomain):
     """Its env raises on 'explode'."""
 

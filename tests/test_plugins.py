@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT, build_plugin_package, run_cli
 from dreamgym_core import ComponentSpec, hookimpl
 from dreamgym_core.config import Config
-from dreamgym_core.errors import DuplicateComponentError
+from dreamgym_core.errors import DreamGymError, DuplicateComponentError
 from dreamgym_core.plugins import Plugins, get_plugin_manager
 
 from stand_ins import CountConfig, CountDomain, StandIns
@@ -50,6 +50,9 @@ def third_party_site(tmp_path_factory):
         THIRD_PARTY.format(tests=str(ROOT / "tests")), {"guess": "dreamgym_plugin_guess"},
     )
     build_plugin_package(tmp, "dreamgym-plugin-broken", "dreamgym_plugin_broken", "import a_module_that_does_not_exist\n", {"broken": "dreamgym_plugin_broken"})
+    # A hook implementation asking for an argument its hook specification does not pass.
+    mismatched = "from dreamgym_core import hookimpl\n\n@hookimpl\ndef dreamgym_register_envs(colour):\n    return []\n"
+    build_plugin_package(tmp, "dreamgym-plugin-mismatched", "dreamgym_plugin_mismatched", mismatched, {"mismatched": "dreamgym_plugin_mismatched"})
     return site
 
 
@@ -113,6 +116,12 @@ def test_broken_plugin_is_named_and_listing_still_works(third_party_site, tmp_pa
     ) in result.stderr
 
 
+def test_a_hook_implementation_that_does_not_match_its_spec_is_one_line(third_party_site, tmp_path):
+    result = run_cli("run", str(pipeline(tmp_path, plugins=["guess", "mismatched"])), site=third_party_site)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "plugin 'mismatched':" in result.stderr and "colour" in result.stderr
+
+
 def test_blocked_plugin_is_not_loaded(third_party_site, tmp_path):
     result = run_cli("config", "show", str(pipeline(tmp_path)), site=third_party_site, env={"DREAMGYM_BLOCK_PLUGINS": "guess"})
     assert result.returncode == 2 and "plugin 'guess' is not installed" in result.stderr
@@ -169,6 +178,26 @@ def test_registration_hook_must_return_specs(register_plugin):
 
     plugins = register_plugin(Wrong(), "wrong")
     with pytest.raises(Exception, match="plugin 'wrong': dreamgym_register_algos returned dict, expected ComponentSpec"):
+        plugins.components("algo")
+
+
+@pytest.mark.parametrize(
+    "returned, message",
+    [
+        ("spec", r"dreamgym_register_algos returned ComponentSpec, expected a list of ComponentSpec"),
+        ("raise", r"dreamgym_register_algos failed: KeyError: 'oops'"),
+    ],
+)
+def test_a_registration_hook_that_fails_is_named(register_plugin, returned, message):
+    class Wrong:
+        @hookimpl
+        def dreamgym_register_algos(self):
+            if returned == "raise":
+                raise KeyError("oops")
+            return ComponentSpec(name="x", factory=object, config_type=object, description="x")
+
+    plugins = register_plugin(Wrong(), "wrong")
+    with pytest.raises(DreamGymError, match="plugin 'wrong': " + message):
         plugins.components("algo")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
@@ -102,6 +103,8 @@ def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def export_cmd(file: str, **kw: Any) -> None:
     """Write every stored transition to FILE as JSONL."""
+    if not Path(file).resolve().parent.is_dir():  # checked before the buffer opens
+        raise ConfigError(f"{file}: directory {Path(file).parent} does not exist")
     with _open_buffer(**kw) as buffer:
         click.echo(f"{file}: wrote {buffer.export_jsonl(file)} transitions")
 

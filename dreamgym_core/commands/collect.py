@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import click
 import msgspec
 
-from ..config import convert_config, load_pipeline, parse_overrides
+from ..config import convert_config, load_pipeline, parse_overrides, set_path
 from ..errors import ConfigError
 from ..plugins import Plugins, installed_plugins
 from ..records import Transition
@@ -34,11 +34,7 @@ def _domain_from_cli(env: str, plugin_names: Sequence[str], overrides: Sequence[
     spec = plugins.component("env", env, where="--env")
     raw: dict[str, Any] = {}
     for key, value in parse_overrides(overrides, "--set"):
-        *parents, last = key.split(".")
-        target = raw
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[last] = value
+        set_path(raw, key, value, "--set")
     config = convert_config(raw, spec.config_type, "--set", "$")
     return spec.factory(config)
 

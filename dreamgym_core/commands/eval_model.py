@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
 
+from .. import checkpoint
 from ..errors import ConfigError, DataError
 from ..records import Transition
 
@@ -17,18 +17,7 @@ __all__ = ["command", "read_transitions", "build_experience_model"]
 
 def read_transitions(path: str) -> list[Transition]:
     """Transitions from a JSONL file, one record a line; errors name file and line."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read transitions: {exc.strerror or exc}") from exc
-    decoder = msgspec.json.Decoder(Transition)
-    out = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                out.append(decoder.decode(line))
-            except msgspec.DecodeError as exc:
-                raise DataError(f"{path}:{number}: not a Transition record: {exc}") from exc
+    out = checkpoint.read_transitions(Path(path))
     if not out:
         raise DataError(f"{path}: no transitions")
     return out

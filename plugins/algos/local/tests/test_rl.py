@@ -109,6 +109,26 @@ def test_load_of_a_missing_checkpoint_names_the_file(kit, tmp_path):
         algo.load(path=str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("policy.safetensors", b"junk"), ("heads.safetensors", b"junk"), ("trainer_state.pt", b"junk"),
+        ("trainer_state.pt", b""), ("trainer_state.pt", None),  # None: a loadable pickle of the wrong content
+    ],
+)
+def test_load_of_a_damaged_checkpoint_file_is_a_data_error(kit, tmp_path, name, damage):
+    from dreamgym_core.errors import DataError
+
+    algo = GRPO(GRPOConfig(), policy=kit.TinyPolicy(), seed=0)
+    algo.save(path=str(tmp_path))
+    if damage is None:
+        torch.save({"optimizer": {}}, tmp_path / name)
+    else:
+        (tmp_path / name).write_bytes(damage)
+    with pytest.raises(DataError, match="cannot load 'grpo' algorithm state"):
+        GRPO(GRPOConfig(), policy=kit.TinyPolicy(), seed=0).load(path=str(tmp_path))
+
+
 def test_act_samples_with_the_backend_and_is_seeded(kit):
     a = GRPO(GRPOConfig(max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)
     b = GRPO(GRPOConfig(max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)

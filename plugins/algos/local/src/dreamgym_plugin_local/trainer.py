@@ -6,11 +6,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import pickle
+import struct
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from dreamgym_core.errors import ConfigError, DataError
@@ -24,6 +27,12 @@ log = logging.getLogger(__name__)
 
 POLICY_FILE, HEADS_FILE, STATE_FILE = "policy.safetensors", "heads.safetensors", "trainer_state.pt"
 REFERENCE_FILE = "reference.safetensors"
+# What a damaged or foreign file raises from safetensors and torch.load(weights_only=True):
+# header errors, unpickling refusals, truncated or junk pickles, and states missing their keys.
+_DAMAGED_FILE_ERRORS = (
+    RuntimeError, OSError, ValueError, SafetensorError, pickle.UnpicklingError, EOFError, struct.error,
+    KeyError, TypeError, AttributeError,
+)
 
 
 class LocalTrainer:
@@ -208,8 +217,8 @@ class LocalTrainer:
                 load_model(self.ref, str(root / REFERENCE_FILE), device=str(self.device))
             self.heads.load_state_dict(load_file(str(root / HEADS_FILE), device=str(self.device)))
             state = torch.load(root / STATE_FILE, weights_only=True, map_location=self.device)
-        except (RuntimeError, OSError, ValueError) as err:
-            raise DataError(f"{root}: cannot load {self.name!r} algorithm state: {err}") from err
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].cpu())
-        self.counters.update({k: int(v) for k, v in state["counters"].items()})
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"].cpu())
+            self.counters.update({k: int(v) for k, v in state["counters"].items()})
+        except _DAMAGED_FILE_ERRORS as err:
+            raise DataError(f"{root}: cannot load {self.name!r} algorithm state: {type(err).__name__}: {err}") from err

@@ -2,6 +2,7 @@ import json
 
 import msgspec
 import numpy as np
+import pytest
 
 from dreamgym_core.records import Transition
 from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig, angular_to_cosine
@@ -148,3 +149,75 @@ def test_rolled_back_rows_never_returned_from_the_index():
     hits = b.retrieve(queries=[(t.state, t.action) for t in later[:50]], k=4)
     assert all(not t.state.startswith("LATE ") for row in hits for t in row)
     assert all(len(row) == 4 for row in hits)
+
+
+def _saved(path, records, cfg):
+    with AnnoyBuffer(cfg, encoder=HashingEncoder(), path=path) as b:
+        b.add(transitions=records)
+        b.seal()
+        b.wait_index()
+
+
+def _reopened(path, cfg):
+    b = AnnoyBuffer(cfg, encoder=HashingEncoder(), path=path)
+    b.wait_index()
+    return b
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '"annoy"', "3"])
+def test_a_manifest_that_is_not_an_object_rebuilds(tmp_path, content):
+    cfg = AnnoyConfig(min_rows=100, segment_records=400)
+    _saved(tmp_path, household(800), cfg)
+    (tmp_path / "annoy.json").write_text(content)
+    b = _reopened(tmp_path, cfg)
+    assert any("annoy.json" in p and "JSON object" in p for p in b.problems)
+    assert b.stats()["annoy"]["items"] == 800  # rebuilt
+    b.close()
+
+
+def test_a_corrupt_index_file_is_rebuilt_not_mapped(tmp_path):
+    # annoy maps the file unchecked; a flipped byte in a tree node can crash the process.
+    # This flips a byte of the first item's vector, which cannot crash: before digests
+    # were kept the damage went unnoticed.
+    cfg = AnnoyConfig(min_rows=100, segment_records=400)
+    records = household(800)
+    _saved(tmp_path, records, cfg)
+    ann = tmp_path / "annoy.ann"
+    data = bytearray(ann.read_bytes())
+    data[20] ^= 0x40
+    ann.write_bytes(bytes(data))
+    b = _reopened(tmp_path, cfg)
+    assert any("annoy.ann does not match the digest" in p for p in b.problems)
+    assert b.stats()["annoy"]["items"] == 800
+    t = records[5]
+    assert b.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
+    b.close()
+
+
+def test_an_index_saved_without_its_ids_is_not_used(tmp_path):
+    # A kill between replacing annoy.ann and annoy.rids.npy leaves a new index with the
+    # old ids and manifest: same item count, wrong records. Made here by copying in the
+    # index of another buffer of the same size.
+    cfg = AnnoyConfig(min_rows=100, segment_records=400)
+    records = household(800)
+    _saved(tmp_path / "a", records, cfg)
+    _saved(tmp_path / "b", household(800, seed=9, prefix="OTHER "), cfg)
+    (tmp_path / "a" / "annoy.ann").write_bytes((tmp_path / "b" / "annoy.ann").read_bytes())
+    b = _reopened(tmp_path / "a", cfg)
+    assert any("annoy.ann does not match the digest" in p for p in b.problems)
+    assert b.stats()["annoy"]["items"] == 800
+    hits = b.retrieve(queries=[(t.state, t.action) for t in records[:20]], k=1)
+    assert [row[0] for row in hits] == records[:20]
+    b.close()
+
+
+def test_a_manifest_without_digests_loads_as_before(tmp_path):
+    # Indexes saved before digests were kept are used without a rebuild.
+    cfg = AnnoyConfig(min_rows=100, segment_records=400)
+    _saved(tmp_path, household(800), cfg)
+    manifest = tmp_path / "annoy.json"
+    meta = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({k: v for k, v in meta.items() if not k.endswith("_sha256")}))
+    b = AnnoyBuffer(AnnoyConfig(min_rows=10**9), encoder=HashingEncoder(), path=tmp_path)  # no rebuild allowed
+    assert b.stats()["annoy"]["items"] == 800 and not b.problems
+    b.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -18,6 +19,7 @@ from dreamgym_plugin_exact.buffer import Space
 __all__ = ["AnnoyConfig", "AnnoyBuffer", "BuiltIndex", "angular_to_cosine"]
 
 _FILES = ("annoy.ann", "annoy.rids.npy", "annoy.json")
+_DIGESTS = ("ann_sha256", "rids_sha256")  # manifest keys: sha256 of the first two files
 
 
 class AnnoyConfig(ExactConfig):
@@ -32,6 +34,14 @@ class AnnoyConfig(ExactConfig):
         float, Meta(gt=0.0, description="Rebuild when unindexed sealed rows exceed this share of indexed rows.")
     ] = 0.25
     build_jobs: Annotated[int, Meta(description="Threads annoy builds with; -1 is all cores.")] = 1
+
+
+def _sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def angular_to_cosine(distance: np.ndarray) -> np.ndarray:
@@ -132,27 +142,45 @@ class AnnoyBuffer(ExactBuffer):
                 self._built = built
 
     def _save(self, index: AnnoyIndex, rids: np.ndarray, encoder_id: str, upto: int) -> None:
-        """Write index, item ids and a manifest; each file replaced atomically, manifest last."""
+        """Write index, item ids and a manifest; each file replaced atomically, manifest last.
+
+        The manifest holds the sha256 of the other two files, so a set torn by a kill
+        between the replaces (new index, old ids) or a corrupt file is never loaded.
+        """
         assert self.path is not None  # only called with a path (not user input)
         ann, rid_file, manifest = (self.path / name for name in _FILES)
         np.save(str(rid_file) + ".tmp.npy", rids, allow_pickle=False)
         index.save(str(ann) + ".tmp")
+        meta = {"encoder_id": encoder_id, "items": len(rids), "n_trees": self.config.n_trees, "dim": index.f,
+                _DIGESTS[0]: _sha256(str(ann) + ".tmp"), _DIGESTS[1]: _sha256(str(rid_file) + ".tmp.npy")}
         os.replace(str(ann) + ".tmp", ann)
         os.replace(str(rid_file) + ".tmp.npy", rid_file)
-        meta = {"encoder_id": encoder_id, "items": len(rids), "n_trees": self.config.n_trees, "dim": index.f}
         Path(str(manifest) + ".tmp").write_text(json.dumps(meta))
         os.replace(str(manifest) + ".tmp", manifest)
 
     def _load_saved(self) -> BuiltIndex | None:
-        """The saved index if it matches the manifest and the current encoder; else None."""
+        """The saved index if it matches the manifest and the current encoder; else None.
+
+        annoy does not check the file it maps (a flipped byte can crash the process),
+        so the index and id files are checked against the manifest's digests first.
+        A manifest written before digests were kept is trusted as it always was.
+        """
         if self.path is None or not all((self.path / name).is_file() for name in _FILES):
             return None
         ann, rid_file, manifest = (self.path / name for name in _FILES)
         try:
             meta = json.loads(manifest.read_text())
-            rids = np.load(rid_file, allow_pickle=False)
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
             if meta.get("encoder_id") != self.encoder.id or meta.get("dim") != self.encoder.dim:
                 return None
+            for file, key in zip((ann, rid_file), _DIGESTS):
+                if key in meta and _sha256(file) != meta[key]:
+                    self.problems.append(
+                        f"{file.name} does not match the digest in {manifest.name} (torn save or corrupt file); rebuilding"
+                    )
+                    return None
+            rids = np.load(rid_file, allow_pickle=False)
             index = AnnoyIndex(self.encoder.dim, "angular")
             index.load(str(ann))
         except (OSError, ValueError, KeyError) as exc:

@@ -180,6 +180,9 @@ def test_import_export_round_trip(tmp_path):
     bad.write_text('{"task_id": 3}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:1: not a Transition"):
         b.import_jsonl(bad)
+    missing = tmp_path / "no such folder" / "out.jsonl"
+    with pytest.raises(DataError, match=f"{missing}: cannot write: No such file or directory"):
+        b.export_jsonl(missing)
 
 
 def test_rollback_forgets_what_came_after_the_position_and_stays_rolled_back(tmp_path, distinct):

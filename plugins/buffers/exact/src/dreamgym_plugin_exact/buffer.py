@@ -643,13 +643,20 @@ class ExactBuffer:
         return read, added
 
     def export_jsonl(self, path: str | Path) -> int:
-        """Write every live transition as JSONL, in insertion order; returns the count."""
+        """Write every live transition as JSONL, in insertion order; returns the count.
+
+        Raises:
+            DataError: ``path`` cannot be written (say, its directory does not exist).
+        """
         encoder = msgspec.json.Encoder()
         count = 0
-        with open(path, "wb") as fh:
-            for t in self:
-                fh.write(encoder.encode(t) + b"\n")
-                count += 1
+        try:
+            with open(path, "wb") as fh:
+                for t in self:
+                    fh.write(encoder.encode(t) + b"\n")
+                    count += 1
+        except OSError as exc:
+            raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from exc
         return count
 
 

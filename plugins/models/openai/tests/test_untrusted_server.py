@@ -61,9 +61,14 @@ class Misbehaving(BaseHTTPRequestHandler):
             pass
 
 
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the client hanging up on a huge or trickling answer is the point of those tests
+
+
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+    server = QuietServer(("127.0.0.1", 0), Misbehaving)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -94,3 +99,18 @@ def test_a_key_echoed_by_the_server_is_never_kept_or_raised(url, monkeypatch, mo
     for shown in (str(info.value), *strict.last_errors):
         assert KEY[:8] not in shown  # not even the part before a cut
     assert "[redacted]" in strict.last_errors[0]
+
+
+def test_timeout_caps_the_whole_request_not_each_read(url):
+    slow = backend(url, "trickle", timeout=1.0, max_retries=0)
+    start = time.monotonic()
+    assert slow.generate(prompts=["p"], max_new_tokens=8) == [""]
+    assert time.monotonic() - start < 5.0  # the server would trickle for 20 s
+    assert "Timeout" in slow.last_errors[0] and slow.stats["failed_calls"] == 1
+
+
+def test_an_answer_over_the_size_limit_fails_the_call(url):
+    big = backend(url, "huge", max_retries=2)
+    assert big.generate(prompts=["p"], max_new_tokens=8) == [""]
+    assert "larger than" in big.last_errors[0]
+    assert big.stats["retries"] == 0  # the same server would answer the same again

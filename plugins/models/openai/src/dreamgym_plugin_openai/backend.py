@@ -1,8 +1,11 @@
 """Async HTTP client for OpenAI-compatible servers: concurrency, timeouts, retries.
 
+Each request has ``timeout`` seconds from sending to the answer's last byte, and an
+answer may be at most :data:`MAX_RESPONSE_BYTES` long.
+
 Failure contract: a prompt whose request still fails after ``max_retries`` retries
-(connection refused, timeout, 429/5xx) or fails outright (other 4xx, malformed
-answer) is a *failed call*. It is counted in ``stats["failed_calls"]`` and its error
+(connection refused, timeout, 429/5xx) or fails outright (other 4xx, malformed or
+over-long answer) is a *failed call*. It is counted in ``stats["failed_calls"]`` and its error
 kept in ``last_errors``; ``generate`` then returns ``""`` for that prompt (the
 experience model's parser turns that into a counted failed transition), or raises
 :class:`ModelCallError` after the whole batch when ``on_failure="raise"``.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import re
 from typing import Any, Coroutine, Sequence
@@ -22,10 +26,13 @@ from dreamgym_core.errors import DreamGymError
 
 from .config import OpenAIConfig
 
-__all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "cut_at_stop", "RETRY_STATUS"]
+__all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "cut_at_stop", "RETRY_STATUS", "MAX_RESPONSE_BYTES"]
 
 #: HTTP statuses worth retrying: rate limits and server-side trouble.
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+#: Longest answer body accepted, in bytes: one completion is a few KB; more is a broken server.
+MAX_RESPONSE_BYTES = 8 * 2**20
 
 # JSON can escape a lone UTF-16 surrogate ("\ud800"); such text cannot be written as UTF-8.
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -108,18 +115,33 @@ class OpenAIBackend:
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
         path = "/chat/completions" if self.config.endpoint == "chat" else "/completions"
         try:
-            response = await client.post(path, json=body)
+            # httpx's timeout bounds each read; a server trickling bytes would never hit it
+            status, raw = await asyncio.wait_for(self._exchange(client, path, body), self.config.timeout)
+        except asyncio.TimeoutError as exc:
+            raise _Failed(f"Timeout: no whole answer from {self.config.base_url}{path} in {self.config.timeout} s", retry=True) from exc
         except httpx.TransportError as exc:  # refused, reset, timeouts
             raise _Failed(f"{type(exc).__name__} calling {self.config.base_url}{path}", retry=True) from exc
-        if response.status_code == 401:
+        if status == 401:
             raise _Failed(f"HTTP 401 from {self.config.base_url}: check the key in ${self.config.api_key_env}", retry=False)
-        if response.status_code != 200:
-            detail = self._redact(response.text)[:200].replace("\n", " ")  # redact first: a cut may split the key
-            raise _Failed(f"HTTP {response.status_code} from {self.config.base_url}{path}: {detail}", retry=response.status_code in RETRY_STATUS)
+        if status != 200:
+            text = raw.decode("utf-8", errors="replace")
+            detail = self._redact(text)[:200].replace("\n", " ")  # redact first: a cut may split the key
+            raise _Failed(f"HTTP {status} from {self.config.base_url}{path}: {detail}", retry=status in RETRY_STATUS)
         try:
-            return self._text(response.json())
-        except ValueError as exc:
+            return self._text(json.loads(raw))
+        except ValueError as exc:  # UnicodeDecodeError included
             raise _Failed(f"answer from {self.config.base_url}{path} is not JSON", retry=False) from exc
+
+    async def _exchange(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """Status and body of one request, reading no more than MAX_RESPONSE_BYTES."""
+        async with client.stream("POST", path, json=body) as response:
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise _Failed(f"answer from {self.config.base_url}{path} is larger than {MAX_RESPONSE_BYTES} bytes", retry=False)
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
 
     async def _call(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, body: dict[str, Any]) -> str | None:
         """One prompt with retries and backoff; None once it has failed for good."""

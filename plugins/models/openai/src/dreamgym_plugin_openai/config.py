@@ -25,7 +25,9 @@ class OpenAIConfig(Config):
         Literal["completions", "chat"],
         Meta(description="completions: raw prompt to /completions; chat: prompt as one user message."),
     ] = "completions"
-    timeout: Annotated[PositiveFloat, Meta(description="Seconds allowed per HTTP request.")] = 60.0
+    timeout: Annotated[
+        PositiveFloat, Meta(description="Seconds allowed per HTTP request, from sending it to the answer's last byte.")
+    ] = 60.0
     max_retries: Annotated[
         NonNegativeInt, Meta(description="Retries per prompt after a connection error, timeout, 429 or 5xx.")
     ] = 3

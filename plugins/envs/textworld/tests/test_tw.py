@@ -5,8 +5,11 @@ Games are generated once per session into a temporary cache (see conftest).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from dreamgym_core.errors import ConfigError
@@ -92,3 +95,25 @@ def test_unknown_game_and_parameter_fail_listing_what_exists(tmp_path) -> None:
         make_tw(TwConfig(game="zork"))
     with pytest.raises(ConfigError, match=r"no parameter 'levle' \(known: level\)"):
         make_tw(TwConfig(game="coin_collector", params={"levle": 3}))
+
+
+CHILD = """
+import sys, msgspec
+from dreamgym_plugin_textworld import TwConfig, make_tw
+domain = make_tw(msgspec.json.decode(sys.argv[1], type=TwConfig))
+env = domain.make_env()
+env.reset(task=domain.tasks(split="train")[0])
+refused = env.step(action="look\\x00")
+after = env.step(action="look")
+print(msgspec.json.encode([refused.valid, refused.done, refused.observation.text, after.valid]).decode())
+"""
+
+
+def test_nul_in_an_action_is_refused_before_the_interpreter(tw_domains) -> None:
+    # Sent to the interpreter, a NUL kills the whole process (SIGSEGV): the step runs in a child.
+    config = msgspec.json.encode(tw_domains["coin_collector"].config).decode()
+    child = subprocess.run([sys.executable, "-c", CHILD, config], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-500:]
+    valid, done, text, after_valid = msgspec.json.decode(child.stdout.splitlines()[-1])
+    assert not valid and not done and after_valid
+    assert "control character U+0000" in text

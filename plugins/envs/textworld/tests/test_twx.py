@@ -192,3 +192,11 @@ def test_varied_coin_states_keep_what_the_task_needs(twx_domains, twx_env) -> No
                 assert f"To the {action.split()[1].capitalize()}" in first_line
         assert ("take coin" in observation.admissible_actions) == ("coin" in first_line)
         assert len(varied) < len(observation.text)  # coin kitchens always have furniture
+
+
+def test_lone_surrogate_in_an_action_is_an_invalid_step(twx_domains, twx_env) -> None:
+    before = twx_env.reset(task=twx_domains["coin"].tasks(split="train")[0])
+    result = twx_env.step(action="take \ud800coin")  # cannot be encoded for the JVM: never sent
+    assert not result.valid and not result.done and "lone surrogate U+D800" in result.observation.text
+    assert result.observation.admissible_actions == before.admissible_actions
+    assert twx_env.step(action="look around").valid

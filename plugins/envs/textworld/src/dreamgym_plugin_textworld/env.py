@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Protocol
 
 from dreamgym_core.errors import DreamGymError
@@ -10,7 +11,7 @@ from dreamgym_core.records import Observation, StepResult, Task
 from .engines import RawState
 from .state import normalize_action, render_state
 
-__all__ = ["Engine", "TextWorldEnv", "outcome_reward", "is_admissible", "EpisodeOver"]
+__all__ = ["Engine", "TextWorldEnv", "outcome_reward", "is_admissible", "unreadable_character", "EpisodeOver"]
 
 
 class EpisodeOver(DreamGymError):
@@ -33,6 +34,24 @@ def is_admissible(action: str, admissible: list[str]) -> bool:
     return any(normalize_action(a) == key for a in admissible)
 
 
+def unreadable_character(action: str) -> str | None:
+    """The first character of ``action`` no engine is sent, described, or None.
+
+    Control characters other than whitespace, and lone surrogates (not valid Unicode).
+    A NUL crashes TextWorld's interpreter with the whole process; a surrogate cannot
+    be sent to TextWorldExpress's JVM at all.
+    """
+    if action.isprintable():
+        return None
+    for char in action:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return f"lone surrogate U+{ord(char):04X}"
+        if category == "Cc" and not char.isspace():
+            return f"control character U+{ord(char):04X}"
+    return None
+
+
 def outcome_reward(*, success: bool, done: bool) -> float:
     """The paper's reward: 1.0 on the final step of a successful episode, else 0.0."""
     return 1.0 if success and done else 0.0
@@ -42,7 +61,10 @@ class TextWorldEnv:
     """Real TextWorld / TextWorldExpress episodes in the abstract text state.
 
     An action outside the admissible list still goes to the engine (which answers it
-    in its own words) and the transition is flagged ``valid=False``. The episode ends
+    in its own words) and the transition is flagged ``valid=False``. An action holding
+    a control character or a lone surrogate (see :func:`unreadable_character`) is not
+    sent: the state stays, the observation says why, and the step counts as invalid.
+    The episode ends
     on a win, a loss, or after ``max_steps`` steps (a failure). ``info`` keeps the
     engine's progress score and its change.
     """
@@ -52,6 +74,7 @@ class TextWorldEnv:
         self.max_steps = max_steps
         self._chars = {"max_observation_chars": max_observation_chars, "max_action_chars": max_action_chars}
         self._admissible: list[str] = []
+        self._raw: RawState | None = None
         self._score = 0.0
         self._steps = 0
         self._done = True
@@ -64,7 +87,7 @@ class TextWorldEnv:
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
         """Start ``task``'s game. The game's seed is the payload's; ``seed`` is not used."""
         self.engine.load(task.payload)
-        raw = self.engine.reset()
+        raw = self._raw = self.engine.reset()
         self._admissible = raw.admissible
         self._score, self._steps, self._done = raw.score, 0, False
         return self.observe(raw)
@@ -72,8 +95,15 @@ class TextWorldEnv:
     def step(self, *, action: str) -> StepResult:
         if self._done:
             raise EpisodeOver("textworld env: step() needs reset() first (the episode is over or not started)")
-        valid = is_admissible(action, self._admissible)
-        raw = self.engine.step(action)
+        unreadable = unreadable_character(action)
+        if unreadable is None:
+            valid = is_admissible(action, self._admissible)
+            raw = self._raw = self.engine.step(action)
+        else:
+            assert self._raw is not None  # set by reset(), which step() needs first
+            valid = False
+            text = f"The game cannot read this action (it holds the {unreadable}); it was not sent."
+            raw = self._raw._replace(text=text)
         self._steps += 1
         truncated = not (raw.won or raw.lost) and self._steps >= self.max_steps
         done = raw.won or raw.lost or truncated

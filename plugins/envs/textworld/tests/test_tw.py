@@ -117,3 +117,15 @@ def test_nul_in_an_action_is_refused_before_the_interpreter(tw_domains) -> None:
     valid, done, text, after_valid = msgspec.json.decode(child.stdout.splitlines()[-1])
     assert not valid and not done and after_valid
     assert "control character U+0000" in text
+
+
+def test_a_line_break_inside_an_action_does_not_queue_a_command(tw_domains) -> None:
+    # The interpreter ends a command at a line break and keeps the rest for the next step.
+    domain = tw_domains["coin_collector"]
+    env = domain.make_env()
+    try:
+        env.reset(task=domain.tasks(split="train")[0])
+        env.step(action="inventory\nlook")
+        assert "carrying" in env.step(action="inventory").observation.text.splitlines()[0]
+    finally:
+        env.close()

@@ -147,7 +147,10 @@ class TwEngine:
         return self._state(self._env.reset(), text_key="description")
 
     def step(self, action: str) -> RawState:
-        state, _, _ = self._env.step(action)
+        # The interpreter reads a line break inside an action as the end of a command and
+        # keeps the rest for the next step; single-spaced text is one command (the text
+        # admissibility is checked on, and what the agent's parser returns anyway).
+        state, _, _ = self._env.step(" ".join(action.split()))
         return self._state(state, text_key="feedback")
 
     def expert_action(self) -> str | None:

@@ -7,6 +7,7 @@ import pytest
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_plugin_textworld import TextWorldEnv, TwxConfig, make_twx
+from dreamgym_plugin_textworld.engines import TwxEngine
 from dreamgym_plugin_textworld.env import EpisodeOver
 
 from .conftest import TWX_GAMES
@@ -118,6 +119,32 @@ def test_bad_parameter_fails_listing_known_ones() -> None:
         domain.close()
 
 
+def test_parameter_past_32_bits_fails_naming_it() -> None:
+    # The engine reads 32-bit integers and, given more, leaves the game unloaded without a word.
+    domain = make_twx(TwxConfig(game="coin", params={"numLocations": 99999999999}))
+    try:
+        with pytest.raises(ConfigError, match=r"^env 'twx': game 'coin' parameter numLocations=99999999999 is out of range"):
+            domain.tasks(split="train")
+    finally:
+        domain.close()
+
+
+def test_a_game_the_engine_did_not_load_is_a_config_error() -> None:
+    class Unloaded:  # what the engine answers when it has no game
+        def load(self, game: str, params: str) -> None:
+            pass
+
+        def reset(self, **_: object) -> tuple[str, dict[str, str]]:
+            text = "ERROR: Game generator is not initialized.  Call load() before attempting to generate new games."
+            return text, {"observation": text, "taskDescription": "Task description unavailable"}
+
+    engine = TwxEngine()
+    engine._env = Unloaded()
+    engine.load({"game": "coin", "params": {"numLocations": 2}, "seed": 0})
+    with pytest.raises(ConfigError, match=r"game 'coin' params 'numLocations=2': the engine did not load the game"):
+        engine.reset()
+
+
 def test_variation_builds_a_synthetic_train_task_from_a_real_reset(twx_domains) -> None:
     domain = twx_domains["mapreader"]
     parent = domain.tasks(split="train")[0]
@@ -145,8 +172,8 @@ def test_proposed_variations_are_other_train_worlds_of_the_same_kind(twx_domains
 
 @pytest.mark.parametrize(
     "text",
-    ["no numbers here", "seed=20001", "numLocations=99", "seed=0"],
-    ids=["nothing", "test-seed", "engine-rejects", "unchanged"],
+    ["no numbers here", "seed=20001", "numLocations=99", "seed=0", "numLocations=99999999999"],
+    ids=["nothing", "test-seed", "engine-rejects", "unchanged", "past-32-bits"],
 )
 def test_invalid_variations_give_none(twx_domains, text: str) -> None:
     domain = twx_domains["coin"]

@@ -31,6 +31,11 @@ class RawState(NamedTuple):
     objective: str
 
 
+# TextWorldExpress reads game parameters as 32-bit integers.
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+_NOT_LOADED = "ERROR: Game generator is not initialized"
+
+
 class TwxEngine:
     """TextWorldExpress through its Python API (one JVM per engine, started lazily)."""
 
@@ -52,6 +57,9 @@ class TwxEngine:
 
     def load(self, payload: dict[str, Any]) -> None:
         game, params = payload["game"], twx_params_string(payload.get("params", {}))
+        for name, value in sorted(payload.get("params", {}).items()):
+            if not _INT32[0] <= value <= _INT32[1]:  # the engine leaves the game unloaded, silently
+                raise ConfigError(f"env 'twx': game {game!r} parameter {name}={value} is out of range (at most {_INT32[1]})")
         fold = TWX_FOLD_SEEDS[payload.get("split", "train")][0]
         env = self._server()
         if self._loaded != (game, params):
@@ -72,6 +80,8 @@ class TwxEngine:
         except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
             message = str(exc.java_exception.getMessage()).strip()
             raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
+        if str(infos["observation"]).startswith(_NOT_LOADED):
+            raise ConfigError(f"env 'twx': game {game!r} params {params!r}: the engine did not load the game")
         self._gold, self._taken, self._objective = None, [], infos["taskDescription"]
         return self._state(infos)
 

@@ -129,6 +129,15 @@ def test_parameter_past_32_bits_fails_naming_it() -> None:
         domain.close()
 
 
+def test_a_rejected_variation_leaves_the_parent_game_playable(twx_domains) -> None:
+    # The engine drops its loaded game when it rejects a load; the parent must be loaded again.
+    domain = twx_domains["coin"]
+    parent = domain.tasks(split="train")[0]
+    before = domain.initial_observation(parent)
+    assert domain.make_variation(parent, "numLocations=99") is None
+    assert domain.initial_observation(parent) == before
+
+
 def test_a_game_the_engine_did_not_load_is_a_config_error() -> None:
     class Unloaded:  # what the engine answers when it has no game
         def load(self, game: str, params: str) -> None:

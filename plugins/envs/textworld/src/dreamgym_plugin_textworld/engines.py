@@ -63,6 +63,7 @@ class TwxEngine:
         fold = TWX_FOLD_SEEDS[payload.get("split", "train")][0]
         env = self._server()
         if self._loaded != (game, params):
+            self._loaded = None  # a rejected load leaves the engine with no game at all
             try:
                 env.load(game, params)
             except ValueError as exc:

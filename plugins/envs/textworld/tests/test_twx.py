@@ -7,7 +7,7 @@ import pytest
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_plugin_textworld import TextWorldEnv, TwxConfig, make_twx
-from dreamgym_plugin_textworld.engines import TwxEngine
+from dreamgym_plugin_textworld.engines import EngineError, TwxEngine
 from dreamgym_plugin_textworld.env import EpisodeOver
 
 from .conftest import TWX_GAMES
@@ -236,3 +236,39 @@ def test_lone_surrogate_in_an_action_is_an_invalid_step(twx_domains, twx_env) ->
     assert not result.valid and not result.done and "lone surrogate U+D800" in result.observation.text
     assert result.observation.admissible_actions == before.admissible_actions
     assert twx_env.step(action="look around").valid
+
+
+def test_a_dead_engine_is_a_one_line_error_and_the_next_reset_starts_another(twx_domains) -> None:
+    domain = twx_domains["coin"]
+    task = domain.tasks(split="train")[0]
+    env = domain.make_env()  # its own JVM, to kill
+    try:
+        first = env.reset(task=task)
+        process = env.engine._env._gateway.java_process
+        process.kill()
+        process.wait()
+        with pytest.raises(EngineError, match=r"^env 'twx': step: the TextWorldExpress engine \(JVM\) has exited"):
+            env.step(action="look around")
+        assert env.reset(task=task) == first  # a new JVM
+    finally:
+        env.close()
+
+
+def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains) -> None:
+    from py4j.protocol import Py4JNetworkError
+
+    class Broken:
+        def stepJSON(self, action: str) -> str:
+            raise Py4JNetworkError("Answer from Java side is empty")
+
+    domain = twx_domains["coin"]
+    env = domain.make_env()
+    try:
+        env.reset(task=domain.tasks(split="train")[0])
+        env.engine._env.server = Broken()
+        with pytest.raises(EngineError, match=r"step: .* stopped answering \(Answer from Java side is empty\)$"):
+            env.step(action="look around")
+        with pytest.raises(EngineError, match="no game loaded"):
+            env.engine.step("look around")
+    finally:
+        env.close()

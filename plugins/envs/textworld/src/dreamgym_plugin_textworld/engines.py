@@ -7,16 +7,17 @@ next action. Nothing here renders text for models: that is :mod:`.state`.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import msgspec
 
-from dreamgym_core.errors import ConfigError
+from dreamgym_core.errors import ConfigError, DreamGymError
 
 from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
 
-__all__ = ["RawState", "TwxEngine", "TwEngine"]
+__all__ = ["RawState", "TwxEngine", "TwEngine", "EngineError"]
 
 
 class RawState(NamedTuple):
@@ -31,13 +32,21 @@ class RawState(NamedTuple):
     objective: str
 
 
+class EngineError(DreamGymError):
+    """A game engine stopped answering (its process died or its connection broke)."""
+
+
 # TextWorldExpress reads game parameters as 32-bit integers.
 _INT32 = (-(1 << 31), (1 << 31) - 1)
 _NOT_LOADED = "ERROR: Game generator is not initialized"
 
 
 class TwxEngine:
-    """TextWorldExpress through its Python API (one JVM per engine, started lazily)."""
+    """TextWorldExpress through its Python API (one JVM per engine, started lazily).
+
+    If the JVM dies, the call that finds out raises :class:`EngineError` and the
+    engine is dropped: the episode is lost, and the next ``load`` starts a new JVM.
+    """
 
     def __init__(self) -> None:
         self._env: Any = None
@@ -55,42 +64,75 @@ class TwxEngine:
             self._env = TextWorldExpressEnv(envStepLimit=10**9)
         return self._env
 
+    @contextmanager
+    def _call(self, what: str) -> Iterator[Any]:
+        """The running engine for one call; a dead one raises EngineError and is dropped.
+
+        A JVM known to have exited is not called at all (py4j would log pages of
+        retries); one that dies during the call surfaces as a py4j network error.
+        """
+        from py4j.protocol import Py4JError, Py4JJavaError
+
+        if self._game is None and what != "load":
+            raise EngineError(f"env 'twx': {what}: no game loaded (after an engine stops, reset first)")
+        env = self._server()
+        process = getattr(getattr(env, "_gateway", None), "java_process", None)
+        if process is not None and process.poll() is not None:
+            self._drop()
+            raise EngineError(f"env 'twx': {what}: the TextWorldExpress engine (JVM) has exited (code {process.returncode})")
+        try:
+            yield env
+        except Py4JJavaError:
+            raise  # the engine answered with an error of its own
+        except Py4JError as exc:
+            self._drop()
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineError(f"env 'twx': {what}: the TextWorldExpress engine (JVM) stopped answering ({cause})") from exc
+
+    def _drop(self) -> None:
+        env, self._env = self._env, None
+        self._loaded = self._game = None
+        if env is not None:
+            env.close()
+
     def load(self, payload: dict[str, Any]) -> None:
         game, params = payload["game"], twx_params_string(payload.get("params", {}))
         for name, value in sorted(payload.get("params", {}).items()):
             if not _INT32[0] <= value <= _INT32[1]:  # the engine leaves the game unloaded, silently
                 raise ConfigError(f"env 'twx': game {game!r} parameter {name}={value} is out of range (at most {_INT32[1]})")
         fold = TWX_FOLD_SEEDS[payload.get("split", "train")][0]
-        env = self._server()
         if self._loaded != (game, params):
             self._loaded = None  # a rejected load leaves the engine with no game at all
-            try:
-                env.load(game, params)
-            except ValueError as exc:
-                raise ConfigError(f"env 'twx': game {game!r} params {params!r}: {str(exc).strip()}") from exc
+            with self._call("load") as env:
+                try:
+                    env.load(game, params)
+                except ValueError as exc:
+                    raise ConfigError(f"env 'twx': game {game!r} params {params!r}: {str(exc).strip()}") from exc
             self._loaded = (game, params)
         self._game = (game, params, fold, int(payload["seed"]))
 
     def reset(self) -> RawState:
-        assert self._game is not None, "load() a game first"
-        game, params, fold, seed = self._game
         from py4j.protocol import Py4JJavaError
 
-        try:
-            _, infos = self._env.reset(seed=seed, gameFold=fold, generateGoldPath=True)
-        except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
-            message = str(exc.java_exception.getMessage()).strip()
-            raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
+        with self._call("reset") as env:
+            assert self._game is not None  # checked by _call
+            game, params, fold, seed = self._game
+            try:
+                _, infos = env.reset(seed=seed, gameFold=fold, generateGoldPath=True)
+            except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
+                message = str(exc.java_exception.getMessage()).strip()
+                raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
         if str(infos["observation"]).startswith(_NOT_LOADED):
             raise ConfigError(f"env 'twx': game {game!r} params {params!r}: the engine did not load the game")
         self._gold, self._taken, self._objective = None, [], infos["taskDescription"]
         return self._state(infos)
 
     def step(self, action: str) -> RawState:
-        self._taken.append(action)
         # One engine call per step. The wrapper's step() makes a second JVM round trip on
         # every step to re-fetch the task description, which never changes in an episode.
-        infos = msgspec.json.decode(self._env.server.stepJSON(action))
+        with self._call("step") as env:
+            infos = msgspec.json.decode(env.server.stepJSON(action))
+        self._taken.append(action)
         infos["taskDescription"] = self._objective
         return self._state(infos)
 
@@ -101,7 +143,8 @@ class TwxEngine:
         engine call per action, which random play should not pay).
         """
         if self._gold is None:
-            self._gold = list(self._env.getGoldActionSequence())
+            with self._call("expert_action") as env:
+                self._gold = list(env.getGoldActionSequence())
         position = 0
         for action in self._taken:
             if position < len(self._gold) and action == self._gold[position]:

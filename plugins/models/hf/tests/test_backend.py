@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 
@@ -181,6 +183,64 @@ def test_lora_with_unknown_modules_is_a_config_error(small_config):
 def test_missing_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no-model-here"):
         HFBackend.load(str(tmp_path / "no-model-here"))
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every host lookup or socket connect the test makes (none are let through)."""
+    seen: list[object] = []
+
+    def refuse(*args, **kwargs):
+        seen.append(args)
+        raise OSError("network use in a test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return seen
+
+
+@pytest.mark.parametrize("path", ["runs/exp-model", "HuggingFaceTB/SmolLM2-135M-Instruct"])
+def test_a_path_that_is_no_directory_nor_cached_is_an_error_without_network(path, connections, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataError, match="allow_download") as info:
+        HFBackend.load(path)
+    assert repr(path) in str(info.value) and "\n" not in str(info.value)
+    assert connections == []
+
+
+def test_a_hub_id_in_the_local_cache_loads_without_network(trained, connections, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    trained.save(path=str(repo / "snapshots" / "abc123"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded = HFBackend.load("someone/tiny")
+    assert loaded.model_id == "someone/tiny"
+    assert loaded.generate(prompts=[PROMPT], max_new_tokens=8, temperature=0) == trained.generate(
+        prompts=[PROMPT], max_new_tokens=8, temperature=0
+    )
+    assert connections == []
+
+
+def test_allow_download_lets_transformers_fetch(monkeypatch):
+    from dreamgym_plugin_hf import backend as module
+
+    calls = []
+
+    class Refusing:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            calls.append((source, kwargs["local_files_only"]))
+            raise OSError("offline")
+
+    monkeypatch.setattr(module, "AutoTokenizer", Refusing)
+    with pytest.raises(DataError, match="cannot load"):
+        HFBackend.load("someone/not-cached", allow_download=True)
+    assert calls == [("someone/not-cached", False)]
 
 
 def test_chat_template_without_template_is_rejected(trained, tmp_path):

@@ -44,13 +44,37 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def load_pretrained(path: str, dtype: str = "float32") -> tuple[PreTrainedModel, Any]:
-    """Model and tokenizer from a directory or hub id; a clear DataError if that fails."""
+def _cached_snapshot(hub_id: str) -> str | None:
+    """The local hub cache's directory of ``hub_id`` (a pure file-system look-up), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id=hub_id, filename="config.json")
+    except ValueError:  # not a valid hub id
+        return None
+    return os.path.dirname(found) if isinstance(found, str) else None
+
+
+def load_pretrained(path: str, dtype: str = "float32", *, allow_download: bool = False) -> tuple[PreTrainedModel, Any]:
+    """Model and tokenizer from a directory or hub id; a clear DataError if that fails.
+
+    Without ``allow_download`` a run touches no network: a hub id loads from the local
+    hub cache's directory or not at all, and a mistyped directory (``runs/exp-model``
+    reads as a hub id) is an error naming it rather than a hub request. Even
+    ``local_files_only`` lets the hub library send telemetry for a non-directory, hence
+    the look-up here.
+    """
     if (os.path.isabs(path) or path.startswith(".")) and not os.path.isdir(path):
         raise DataError(f"hf: path={path!r} is not a directory (expected a saved model directory or a hub id)")
+    source = path if allow_download or os.path.isdir(path) else _cached_snapshot(path)
+    if source is None:
+        raise DataError(
+            f"hf: path={path!r} is not a directory, nor a hub id in the local cache; "
+            "set allow_download: true to fetch it from the Hugging Face hub"
+        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], local_files_only=not allow_download)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"hf: cannot load a causal LM from path={path!r}: {first}") from exc
@@ -110,7 +134,7 @@ class HFBackend:
     @classmethod
     def from_config(cls, config: HFConfig) -> HFBackend:
         """The ``hf`` component's factory."""
-        model, tokenizer = load_pretrained(config.path, config.dtype)
+        model, tokenizer = load_pretrained(config.path, config.dtype, allow_download=config.allow_download)
         return cls(config, model=model, tokenizer=tokenizer, model_id=config.path, chat_template=config.chat_template)
 
     @classmethod

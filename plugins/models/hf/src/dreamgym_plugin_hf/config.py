@@ -58,6 +58,11 @@ class HFConfig(_Common):
     path: Annotated[
         str, Meta(description="Model directory (e.g. a saved DreamGym checkpoint) or hub id.")
     ] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    allow_download: Annotated[
+        bool,
+        Meta(description="Fetch a hub id from the Hugging Face hub when it is not in the local cache "
+             "(false: no network; only directories and cached hub models load)."),
+    ] = False
     dtype: Annotated[Dtype, Meta(description="Weight dtype.")] = "float32"
     chat_template: Annotated[
         bool, Meta(description="Wrap each prompt as one user turn with the tokenizer's chat template.")

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from dreamgym_plugin_hf.serve import start_server
+from dreamgym_plugin_hf.serve import main, start_server
 
 
 def call(url: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:
@@ -86,3 +86,13 @@ def test_api_key_is_enforced_when_configured(trained):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_an_api_key_variable_that_is_unset_stops_the_server(monkeypatch, capsys, tmp_path):
+    # starting without authentication when a key was asked for would serve anyone
+    monkeypatch.delenv("DREAMGYM_TEST_SERVE_KEY", raising=False)
+    with pytest.raises(SystemExit) as info:
+        main(["--model-dir", str(tmp_path), "--port", "0", "--api-key-env", "DREAMGYM_TEST_SERVE_KEY"])
+    assert info.value.code != 0
+    error = capsys.readouterr().err
+    assert "DREAMGYM_TEST_SERVE_KEY" in error and error.count("\n") == 1

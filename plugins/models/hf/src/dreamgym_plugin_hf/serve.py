@@ -2,9 +2,9 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions`` (prompt string or list,
 max_tokens, temperature, stop, seed) and ``POST /v1/chat/completions`` (messages).
-Requests are served one generate() at a time (the model is not thread-safe). If
-``--api-key-env NAME`` is given and that variable is set, requests must carry
-``Authorization: Bearer <key>``.
+Requests are served one generate() at a time (the model is not thread-safe). With
+``--api-key-env NAME``, requests must carry ``Authorization: Bearer <key>`` where the
+key is that variable's value; the server refuses to start when it is unset or empty.
 
     python -m dreamgym_plugin_hf.serve --model-dir runs/x/policy --port 8011
 """
@@ -177,13 +177,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-template", action="store_true", help="wrap /v1/completions prompts as a user turn")
     parser.add_argument("--api-key-env", default=None, help="env var holding the key clients must send")
     args = parser.parse_args(argv)
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not api_key:  # serving without the asked-for key would be open to anyone
+        parser.exit(2, f"error: --api-key-env {args.api_key_env}: that environment variable is unset or empty\n")
     from .backend import HFBackend
 
     try:
         backend = HFBackend.load(args.model_dir, chat_template=args.chat_template)
     except DreamGymError as exc:
         parser.exit(2, f"error: {exc}\n")
-    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     server = make_server(backend, host=args.host, port=args.port, api_key=api_key)
     print(f"serving {backend.model_id} on http://{args.host}:{server.server_address[1]}/v1", flush=True)
     try:

@@ -55,6 +55,12 @@ def test_long_prompt_keeps_its_end(small_config):
     assert len(backend.generate(prompts=[long_prompt], max_new_tokens=4, temperature=0)) == 1
 
 
+def test_an_empty_prompt_is_refused_clearly(trained):
+    # the tiny tokenizer adds no start token, so an empty prompt leaves nothing to condition on
+    with pytest.raises(DataError, match="empty"):
+        trained.generate(prompts=["Room:", ""], max_new_tokens=4, temperature=0)
+
+
 def test_max_new_tokens_must_leave_room_for_the_prompt(small_config):
     backend = TinyBackend(small_config())
     with pytest.raises(ConfigError, match="max_new_tokens=1024"):

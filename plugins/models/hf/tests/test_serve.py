@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -68,6 +69,42 @@ def test_chat_completion_returns_a_message(server):
 def test_bad_requests_get_400_with_a_reason(server, body, message):
     base, _ = server
     status, answer = call(f"{base}/completions", body)
+    assert status == 400 and message in answer["error"]["message"]
+
+
+def raw_post(base: str, head: bytes, body: bytes) -> tuple[int, dict]:
+    """Status and JSON body of one hand-written POST (headers a normal client would not send)."""
+    host, port = base.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n" + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            top, _, rest = data.partition(b"\r\n\r\n")
+            length = [int(line.split(b":")[1]) for line in top.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+            if length and len(rest) >= length[0]:
+                return int(top.split(b" ")[1]), json.loads(rest[: length[0]])
+    raise AssertionError(f"connection closed without an answer: {data[:200]!r}")
+
+
+def with_length(body: bytes) -> tuple[bytes, bytes]:
+    return b"Content-Length: " + str(len(body)).encode() + b"\r\n", body
+
+
+@pytest.mark.parametrize(
+    "head, body, message",
+    [
+        (b"Content-Length: abc\r\n", b"{}", "Content-Length"),
+        (b"Content-Length: -1\r\n", b"{}", "Content-Length"),
+        (*with_length(b'{"prompt": "\xff\xfe", "max_tokens": 4}'), "UTF-8"),
+        (*with_length(b'{"prompt": "Room", '), "not JSON"),
+        (*with_length(b'{"prompt": "", "max_tokens": 4, "temperature": 0}'), "empty"),
+    ],
+    ids=["length-not-a-number", "length-negative", "not-utf8", "not-json", "empty-prompt"],
+)
+def test_malformed_requests_get_a_json_400_not_a_dropped_connection(server, head, body, message):
+    base, _ = server
+    status, answer = raw_post(base, head, body)
     assert status == 400 and message in answer["error"]["message"]
 
 

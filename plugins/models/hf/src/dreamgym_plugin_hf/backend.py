@@ -244,7 +244,10 @@ class HFBackend:
     @torch.no_grad()
     def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
         limit = self.config.max_length - max_new_tokens
-        ids, mask = left_pad([self.encode_prompt(p, limit) for p in prompts], self.tokenizer.pad_token_id)
+        encoded = [self.encode_prompt(p, limit) for p in prompts]
+        if not all(encoded):  # the model has no position to start from (transformers fails obscurely)
+            raise DataError("hf: a prompt is empty and this tokenizer adds no start token: nothing to generate from")
+        ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)
         criteria = StoppingCriteriaList([_StopStrings(self.tokenizer, stop, ids.shape[1])]) if stop else None
         device = self.config.device
         output = self.model.generate(

@@ -102,6 +102,19 @@ def _envelope(kind: str, backend: Any, choices: list[dict[str, Any]]) -> dict[st
     return {"id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": kind, "created": int(time.time()), "model": backend.model_id, "choices": choices}
 
 
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; RequestError if it is not UTF-8 JSON of an object."""
+    try:
+        body = json.loads(raw.decode("utf-8") or "{}")
+    except UnicodeDecodeError as exc:
+        raise RequestError("the request body is not UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"the request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
 def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
     lock = threading.Lock()
     routes = {"/v1/completions": completion_body, "/v1/chat/completions": chat_body}
@@ -117,11 +130,21 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
         def _error(self, status: int, message: str) -> None:
             self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
+
+        def _read_body(self) -> bytes:
+            """The request body; a Content-Length that is no count is a RequestError."""
+            declared = self.headers.get("Content-Length") or "0"
+            if not (declared.strip().isascii() and declared.strip().isdigit()):
+                self.close_connection = True  # where this body ends, and the next request starts, is unknown
+                raise RequestError(f"Content-Length {declared!r} is not a byte count")
+            return self.rfile.read(int(declared))
 
         def _authorised(self) -> bool:
             if api_key is None or self.headers.get("Authorization") == f"Bearer {api_key}":
@@ -137,19 +160,18 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
             self._send(200, {"object": "list", "data": [{"id": backend.model_id, "object": "model", "owned_by": "dreamgym"}]})
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length)
+            try:
+                raw = self._read_body()
+            except RequestError as exc:
+                return self._error(400, str(exc))
             if not self._authorised():
                 return
             route = routes.get(self.path.rstrip("/"))
             if route is None:
                 return self._error(404, f"no route {self.path}")
             try:
-                body = json.loads(raw or b"{}")
-                if not isinstance(body, dict):
-                    raise RequestError("the request body must be a JSON object")
-                self._send(200, route(backend, body, lock))
-            except (json.JSONDecodeError, RequestError, DreamGymError) as exc:
+                self._send(200, route(backend, _json_object(raw), lock))
+            except (RequestError, DreamGymError) as exc:
                 self._error(400, str(exc))
 
     return Handler

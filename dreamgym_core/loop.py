@@ -31,7 +31,7 @@ from .rollout import RolloutStats, rollout, wilson_interval
 from .selection import ValidSelection
 from .synthetic import storable
 
-__all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate", "evaluate_run"]
+__all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate", "evaluate_run", "changed_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
     stored_digest = _stored_digest(run_dir)
     if stored_digest is not None and stored_digest != digest:
         raise ConfigError(
-            f"{resolved.source}: config differs from the one in {run_dir} (sha256 {stored_digest[:12]}...); "
+            f"{resolved.source}: config differs from the one in {run_dir} (sha256 {stored_digest[:12]}...{_changes(run_dir, data)}); "
             + ("resume with the same pipeline and --set values" if resume else "that directory holds another run")
             + ", or choose another run_dir"
         )
@@ -64,6 +64,24 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
     checkpoint.atomic_write(run_dir / "config.json", json.dumps(data, indent=2, sort_keys=True).encode())
     checkpoint.atomic_write(run_dir / "config.sha256", (digest + "\n").encode())
     return run_dir
+
+
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two resolved configs differ (lists compared whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [path for key in keys for path in changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _changes(run_dir: Path, data: dict[str, Any]) -> str:
+    """', differs at x.y, z' from the stored config.json; '' when it cannot be read."""
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    fields = changed_fields(stored, json.loads(json.dumps(data)))
+    return f"; differs at {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}" if fields else ""
 
 
 def _stored_digest(run_dir: Path) -> str | None:

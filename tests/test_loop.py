@@ -21,7 +21,7 @@ import pytest
 from dreamgym_core import hookimpl
 from dreamgym_core.config import PipelineConfig, resolve
 from dreamgym_core.errors import ConfigError, DataError
-from dreamgym_core.loop import Runner, evaluate_run, prepare_run_dir, run_pipeline
+from dreamgym_core.loop import Runner, changed_fields, evaluate_run, prepare_run_dir, run_pipeline
 from dreamgym_core.rollout import rollout, wilson_interval
 from dreamgym_core.testing import make_transitions
 
@@ -162,10 +162,17 @@ def test_resume_rolls_the_buffer_back_to_the_checkpoint_and_rewinds_the_metrics(
     assert _rows(run_dir)[:-1] == rows[:-1] and [r["step"] for r in _rows(run_dir)] == [-1, 0, 1, 2]
 
 
+def test_changed_fields_lists_the_dotted_paths_that_differ():
+    old = {"loop": {"iterations": 1, "mode": "real"}, "seed": 0, "plugins": ["a"]}
+    new = {"loop": {"iterations": 3, "mode": "real", "top_k": 2}, "seed": 0, "plugins": ["a", "b"]}
+    assert changed_fields(old, new) == ["loop.iterations", "loop.top_k", "plugins"]
+    assert changed_fields(old, old) == []
+
+
 def test_resume_with_a_different_config_is_refused(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
-    with pytest.raises(ConfigError, match="config differs"):
+    with pytest.raises(ConfigError, match=r"config differs .*; differs at loop.iterations\); resume with the same"):
         prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=3), resume=True)
 
 

@@ -585,9 +585,14 @@ class LMExperienceModel:
         self.counters.update(state["counters"])
 
     def metrics(self) -> dict[str, float]:
-        """Namespaced counters: requests, parse ok/repaired/failed, retries, failure rate."""
+        """Namespaced counters: requests, parse ok/repaired/failed, retries, failure rate, and
+        a backend's own call counters (``stats``: a model server's failed calls), so that a dead
+        server is not mistaken for a model writing unparsable answers."""
         out = {f"experience/{key}": float(value) for key, value in self.counters.items()}
         out["experience/parse_failure_rate"] = self.counters["parse_failed"] / max(1, self.counters["requests"])
+        stats = getattr(self.backend, "stats", None)
+        if isinstance(stats, dict):
+            out |= {f"experience/backend_{key}": float(value) for key, value in stats.items() if isinstance(value, (int, float))}
         return out
 
     def train(

@@ -102,3 +102,7 @@ def test_episodes_survive_a_server_killed_mid_episode(start_server, experience_m
     assert backend.stats["failed_calls"] == 4 * 2
     assert backend.stats["retries"] == 2 * backend.stats["failed_calls"]
     assert model.counters["parse_failed"] >= 4
+    # the run's metrics tell a dead server apart from a model writing unparsable answers
+    metrics = model.metrics()
+    # 4 episodes x 3 steps while alive, then the 4 first steps before the kill
+    assert metrics["experience/backend_failed_calls"] == 8 and metrics["experience/backend_succeeded"] == 12 + 4

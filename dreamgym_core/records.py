@@ -88,9 +88,10 @@ class Transition(Record):
     source: Source = "real"
     model_id: str = ""
     instruction: str = ""
-    # Synthetic only: the experience model's answer could not be parsed. The step still
-    # counts in the episode (a failure, reward 0) but is a model error, not experience:
-    # it is never stored in the replay buffer, where retrieval would feed it back.
+    # The step's outcome is an error note, not experience: the experience model's answer
+    # could not be parsed, the policy's output held no action, or the environment raised.
+    # The step still counts in the episode (a failure, reward 0, and the policy's update
+    # sees it) but is never stored in the replay buffer, where retrieval would feed it back.
     model_failed: bool = False
     # The actions the environment offered in ``state`` (empty when unknown). Kept so that
     # prompts rebuilt from stored transitions (SFT demos, experience-model training) show

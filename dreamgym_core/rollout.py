@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 # act(prompts) -> raw policy outputs, one per prompt.
 ActFn = Callable[[list[str]], list[str]]
-StepManyFn = Callable[[Sequence[Env], Sequence[str]], list[StepResult]]
+# Steps envs with their actions; a slot holds the exception its env raised. A step_many that
+# raises instead must do so before stepping any env: the rollout then steps them one by one.
+StepManyFn = Callable[[Sequence[Env], Sequence[str]], list[StepResult | Exception]]
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Episode:
     transitions: list[Transition] = field(default_factory=list)
     decisions: list[PolicyDecision] = field(default_factory=list)
     done: bool = False
+    truncated: bool = False  # ended by the env's own step cap (info["truncated"]), not by the game
 
     def trajectory(self) -> Trajectory:
         return Trajectory(task=self.task, transitions=self.transitions, decisions=self.decisions)
@@ -77,8 +80,17 @@ def unlisted(action: str, admissible: Sequence[str]) -> bool:
     return bool(admissible) and action not in admissible
 
 
-def _default_step_many(envs: Sequence[Env], actions: Sequence[str]) -> list[StepResult]:
-    return [env.step(action=action) for env, action in zip(envs, actions)]
+def _default_step_many(envs: Sequence[Env], actions: Sequence[str]) -> list[StepResult | Exception]:
+    return [step_or_error(env, action) for env, action in zip(envs, actions)]
+
+
+def step_or_error(env: Env, action: str) -> StepResult | Exception:
+    """``env.step(action)``, or what it raised: a step_many slot, so that one env's crash
+    fails its own episode and the envs already stepped are not stepped again."""
+    try:
+        return env.step(action=action)
+    except Exception as exc:  # an engine crash is the episode's failure, never the batch's
+        return exc
 
 
 def _failed_step(ep: Episode, decision: PolicyDecision, note: str, source: str) -> None:
@@ -98,6 +110,7 @@ def _failed_step(ep: Episode, decision: PolicyDecision, note: str, source: str) 
             source=source,  # type: ignore[arg-type]
             admissible_actions=list(ep.observation.admissible_actions),
             instruction=ep.task.instruction,
+            model_failed=True,  # a note, not an environment's answer: kept out of the replay buffer
         )
     )
     ep.decisions.append(decision)
@@ -141,6 +154,7 @@ def _apply(ep: Episode, decision: PolicyDecision, result: StepResult, source: st
     ep.history.append(HistoryStep(state=ep.observation.text, action=decision.action))
     ep.observation = result.observation
     ep.done = result.done
+    ep.truncated = bool(result.info.get("truncated", False))
 
 
 def _start(tasks: Sequence[Task], envs: Sequence[Env], seeds: Sequence[int], tag: str, stats: RolloutStats) -> list[Episode]:
@@ -207,15 +221,13 @@ def rollout(
         # environment
         try:
             results = step_many([ep.env for ep, _ in stepping], [d.action for _, d in stepping])
-        except Exception:
-            results = None  # retry one by one below, so one crash only fails its own episode
-        for index, (ep, decision) in enumerate(stepping):
-            try:
-                result = results[index] if results is not None else ep.env.step(action=decision.action)
-            except Exception as exc:
+        except Exception:  # raised before any env moved (StepManyFn): step them one by one
+            results = [step_or_error(ep.env, d.action) for ep, d in stepping]
+        for (ep, decision), result in zip(stepping, results):
+            if isinstance(result, Exception):
                 stats.env_errors += 1
-                log.warning("env step failed for task %s: %s", ep.task.id, exc)
-                _failed_step(ep, decision, f"[environment error: {type(exc).__name__}]", source)
+                log.warning("env step failed for task %s: %s", ep.task.id, result)
+                _failed_step(ep, decision, f"[environment error: {type(result).__name__}]", source)
                 continue
             offered = unlisted(decision.action, ep.observation.admissible_actions)  # before _apply moves on
             stats.unlisted_actions += offered
@@ -227,7 +239,7 @@ def rollout(
         stats.steps += len(ep.transitions)
         if ep.transitions and ep.transitions[-1].success:
             stats.successes += 1
-        if not ep.done:
+        if not ep.done or ep.truncated:  # cut by this rollout's cap or by the env's own
             stats.truncated += 1
     return [ep.trajectory() for ep in episodes], stats
 

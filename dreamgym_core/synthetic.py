@@ -35,6 +35,7 @@ from msgspec import Meta
 from .config import Config, NonNegativeInt, PositiveInt, Probability
 from .errors import DreamGymError
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
+from .rollout import step_or_error
 
 __all__ = ["SyntheticEnvConfig", "SyntheticEnv", "SyntheticEnvError", "step_many", "storable", "initial_state", "DreamGymGymEnv"]
 
@@ -255,19 +256,21 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
     return [step for step, _ in finished]
 
 
-def step_many(envs: Sequence[Any], actions: Sequence[str]) -> list[StepResult]:
+def step_many(envs: Sequence[Any], actions: Sequence[str]) -> list[StepResult | Exception]:
     """Step every env with its action: synthetic ones in one batched model call.
 
     Real environments (anything not a :class:`SyntheticEnv`) are stepped one by one
-    with ``env.step(action=...)``. Results come back in the order of ``envs``.
+    with ``env.step(action=...)``; the slot of one that raises holds the exception.
+    Results come back in the order of ``envs``. A failing model call raises before any
+    synthetic env moves.
     """
     if len(envs) != len(actions):
         raise SyntheticEnvError(f"step_many got {len(envs)} envs and {len(actions)} actions")
-    results: list[StepResult] = [None] * len(envs)  # type: ignore[list-item]
+    results: list[StepResult | Exception] = [None] * len(envs)  # type: ignore[list-item]
     synthetic = [i for i, env in enumerate(envs) if isinstance(env, SyntheticEnv)]
     for i, env in enumerate(envs):
         if not isinstance(env, SyntheticEnv):
-            results[i] = env.step(action=actions[i])
+            results[i] = step_or_error(env, actions[i])
     if synthetic:
         for i, step in zip(synthetic, _step_synthetic([envs[i] for i in synthetic], [actions[i] for i in synthetic])):
             results[i] = step

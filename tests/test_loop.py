@@ -23,10 +23,11 @@ from dreamgym_core.config import PipelineConfig, resolve
 from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.loop import Runner, changed_fields, evaluate_run, prepare_run_dir, run_pipeline
 from dreamgym_core.rollout import rollout, wilson_interval
+from dreamgym_core.synthetic import storable
 from dreamgym_core.testing import make_transitions
 
 from conftest import open_run_buffer, stored_transitions
-from stand_ins import CountDomain, CountConfig, ScriptConfig, ScriptedPolicy, StandIns, pipeline_dict
+from stand_ins import CountConfig, CountDomain, CountEnv, ScriptConfig, ScriptedPolicy, StandIns, pipeline_dict
 
 HERE = Path(__file__).resolve().parent
 
@@ -376,6 +377,47 @@ def test_rollout_counts_unparsable_actions_and_env_crashes():
     assert [len(t.transitions) for t in trajectories] == [1, 1, 2]
     assert all(not t.success for t in trajectories[:2])
     assert trajectories[0].transitions[-1].valid is False and trajectories[0].transitions[-1].done
+
+
+def test_an_env_that_crashes_after_others_stepped_fails_alone_and_nothing_steps_twice():
+    domain = CountDomain(CountConfig())
+    tasks = domain.tasks(split="train")[:2]
+    envs = [domain.make_env() for _ in tasks]
+    outputs = iter([["<action>inc</action>", "<action>explode</action>"], ["<action>inc</action>"]])
+    trajectories, stats = rollout(
+        tasks=tasks, envs=envs, act=lambda prompts: next(outputs)[: len(prompts)],
+        max_steps=2, history_window=2, seeds=[0, 1], source="real", tag="t",
+    )
+    assert stats.env_errors == 1 and envs[0].value == 2  # two steps, not three
+    assert [t.next_state for t in trajectories[0].transitions] == ["count is 1", "count is 2"]
+
+
+def test_error_notes_are_kept_for_the_update_and_out_of_the_buffer():
+    domain = CountDomain(CountConfig())
+    tasks = domain.tasks(split="train")[:3]
+    outputs = iter([["no tags at all", "<action>explode</action>", "<action>inc</action>"], ["<action>stop</action>"]])
+    trajectories, _ = rollout(
+        tasks=tasks, envs=[domain.make_env() for _ in tasks], act=lambda prompts: next(outputs)[: len(prompts)],
+        max_steps=2, history_window=2, seeds=[0, 1, 2], source="real", tag="t",
+    )
+    notes = [t.transitions[-1] for t in trajectories[:2]]
+    assert [n.next_state for n in notes] == ["[no parsable action in the policy output]", "[environment error: RuntimeError]"]
+    kept = storable([t for traj in trajectories for t in traj.transitions])
+    assert [t.next_state for t in kept] == ["count is 1", "count is 1"]  # the third episode's two real steps
+
+
+def test_episodes_ended_by_the_envs_own_step_cap_count_as_truncated():
+    class CappedEnv(CountEnv):
+        def step(self, *, action):
+            result = super().step(action=action)
+            return msgspec.structs.replace(result, done=True, info={"truncated": True}) if self.value >= 1 else result
+
+    tasks = CountDomain(CountConfig()).tasks(split="train")[:2]
+    _, stats = rollout(
+        tasks=tasks, envs=[CappedEnv(5), CountEnv(5)], act=lambda prompts: ["<action>inc</action>"] * len(prompts),
+        max_steps=2, history_window=2, seeds=[0, 1], source="real", tag="t",
+    )
+    assert stats.truncated == 2  # one by the env's own cap, one by this rollout's
 
 
 def test_wilson_interval_brackets_the_rate():

@@ -105,6 +105,7 @@ def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[
         "fidelity/success_agreement": agreement([r.success for r in results], successes),
         "fidelity/success_majority_baseline": majority_accuracy(successes),
         "fidelity/done_agreement": agreement([r.done for r in results], [t.done for t in transitions]),
+        "fidelity/done_majority_baseline": majority_accuracy([t.done for t in transitions]),
         "fidelity/valid_agreement": agreement([r.valid for r in results], [t.valid for t in transitions]),
         "fidelity/valid_majority_baseline": majority_accuracy([t.valid for t in transitions]),
         "fidelity/next_state_exact_match": sum(

@@ -74,6 +74,7 @@ def test_fidelity_metrics_against_a_majority_baseline() -> None:
     m = fidelity_metrics(constant, real)
     assert m["fidelity/reward_agreement"] == 0.75 == m["fidelity/reward_majority_baseline"]
     assert m["fidelity/success_agreement"] == 0.75 and m["fidelity/done_agreement"] == 1.0
+    assert m["fidelity/done_majority_baseline"] == 0.75
     assert m["fidelity/eps_r_mean"] == 0.25 and m["fidelity/parse_failed"] == 0.25
     assert m["fidelity/next_state_exact_match"] == 0.75
     assert m["fidelity/next_state_token_f1"] == pytest.approx((2 / 3 + 3) / 4)

@@ -101,6 +101,15 @@ def test_observe_ranks_tasks_by_reward_variance():
     assert c.metrics()["curriculum/mean_value"] == pytest.approx((0.25 + 0.1875) / 4)
 
 
+def test_a_task_drawn_twice_in_one_batch_is_valued_on_all_its_rewards():
+    pooled = []
+    for order in ([[1, 1], [0, 0]], [[0, 0], [1, 1]]):
+        c = build(RewardEntropyConfig(tasks_to_vary=0))
+        c.observe(outcomes=[TaskOutcome(task=TASKS[0], rewards=rewards) for rewards in order])
+        pooled.append(c.values["t0"])
+    assert pooled == [0.25, 0.25]  # the variance of [1, 1, 0, 0], whichever group came last
+
+
 def test_generated_tasks_carry_parent_id_and_origin():
     c = build(RewardEntropyConfig(tasks_to_vary=1), generator=FakeTaskGenerator(pick=2), domain=FakeDomain())
     c.observe(outcomes=[TaskOutcome(task=TASKS[5], rewards=[0, 1])])

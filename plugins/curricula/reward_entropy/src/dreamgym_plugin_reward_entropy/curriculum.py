@@ -83,7 +83,12 @@ class RewardEntropyCurriculum:
         """Value the observed tasks, then vary the top-value ones."""
         observed = {o.task.id: o.task for o in outcomes}
         if self.config.grouping == "task":
-            fresh = {o.task.id: task_value(o.rewards) for o in outcomes}
+            # A task drawn twice in one batch (more draws than tasks) is valued on all its
+            # rewards, not on whichever group came last.
+            pooled: dict[str, list[float]] = {}
+            for o in outcomes:
+                pooled.setdefault(o.task.id, []).extend(o.rewards)
+            fresh = {task_id: task_value(rewards) for task_id, rewards in pooled.items()}
         else:
             fresh = self._cluster_values(outcomes)
         self.values.update(fresh)

@@ -34,6 +34,31 @@ def test_grpo_without_std_normalisation_is_mean_centred():
     assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25]))
 
 
+@pytest.mark.parametrize("norm_by_std", [True, False])
+def test_groups_that_all_scored_alike_get_exactly_zero_advantage(norm_by_std):
+    # eight successes, each with one invalid step: all score 0.9; in float32 verl's group mean
+    # missed 0.9 by an ulp and every member got -0.056 (norm_by_std) instead of 0
+    scores = maths.trajectory_scores([1.0] * 8, [1] * 8, 0.1)
+    adv = maths.grpo_advantages(scores, [0] * 8, norm_by_std=norm_by_std)
+    assert adv.tolist() == [0.0] * 8
+    assert maths.zero_signal_group_share(adv, [0] * 8) == 1.0
+    # every group size, penalty count and outcome: an all-alike group carries no signal
+    for n in (2, 3, 4, 5, 6, 7, 8, 16):
+        for k in range(16):
+            for outcome in (0.0, 1.0):
+                scores = maths.trajectory_scores([outcome] * n, [k] * n, 0.1)
+                adv = maths.grpo_advantages(scores, [0] * n, norm_by_std=norm_by_std)
+                assert adv.abs().max().item() == 0.0, (n, k, outcome)
+
+
+def test_a_zeroed_group_leaves_the_other_groups_as_verl_computes_them():
+    scores = maths.trajectory_scores([1.0, 1.0, 1.0, 0.0], [1, 1, 0, 0], 0.1)
+    adv = maths.grpo_advantages(scores, [0, 0, 1, 1])
+    assert adv[:2].tolist() == [0.0, 0.0]
+    assert adv[2].item() == pytest.approx(1 / math.sqrt(2), rel=1e-5) and adv[3].item() == pytest.approx(-1 / math.sqrt(2), rel=1e-5)
+    assert adv.dtype == torch.float32
+
+
 def test_trajectory_scores_subtract_penalty_per_invalid_step():
     assert maths.trajectory_scores([1.0, 0.0], [0, 3], 0.1).tolist() == pytest.approx([1.0, -0.3])
 

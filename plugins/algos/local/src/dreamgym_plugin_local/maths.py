@@ -34,8 +34,8 @@ __all__ = [
 
 
 def trajectory_scores(outcomes: Sequence[float], invalid_steps: Sequence[int], penalty: float) -> torch.Tensor:
-    """Outcome reward of each trajectory minus ``penalty`` per invalid or unparsed step."""
-    return torch.tensor([o - penalty * n for o, n in zip(outcomes, invalid_steps)], dtype=torch.float32)
+    """Outcome reward of each trajectory minus ``penalty`` per invalid or unparsed step (float64)."""
+    return torch.tensor([o - penalty * n for o, n in zip(outcomes, invalid_steps)], dtype=torch.float64)
 
 
 def grpo_advantages(
@@ -48,17 +48,29 @@ def grpo_advantages(
         group_ids: the group (task) of each trajectory.
 
     Returns:
-        (n,) advantages; the trainer broadcasts each to all response tokens of its trajectory.
+        (n,) float32 advantages; the trainer broadcasts each to all response tokens of its
+        trajectory. A group of two or more whose scores are all equal gets exactly 0: in
+        float32 the group mean of, say, eight scores of 0.9 misses 0.9 by an ulp, and
+        dividing that by (std + epsilon) with std ~1e-8 gave every member the same
+        non-zero advantage (-0.056). verl's estimator therefore runs in float64, and such
+        groups are zeroed explicitly.
     """
-    rewards = scores.reshape(-1, 1).float().clone()
+    rewards = scores.reshape(-1, 1).double().clone()
+    index = np.asarray(list(group_ids))
     adv, _ = core_algos.compute_grpo_outcome_advantage(
         token_level_rewards=rewards,
         response_mask=torch.ones_like(rewards),
-        index=np.asarray(list(group_ids)),
+        index=index,
         epsilon=epsilon,
         norm_adv_by_std_in_grpo=norm_by_std,
     )
-    return adv[:, 0]
+    adv = adv[:, 0]
+    for group in np.unique(index):
+        members = torch.from_numpy(np.flatnonzero(index == group))
+        values = rewards[members, 0]
+        if len(members) > 1 and values.max() == values.min():
+            adv[members] = 0.0
+    return adv.float()
 
 
 def zero_signal_group_share(advantages: torch.Tensor, group_ids: Sequence[int]) -> float:

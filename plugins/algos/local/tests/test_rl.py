@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dreamgym_plugin_local import maths
-from dreamgym_plugin_local.batch import trajectory_steps
+from dreamgym_plugin_local.batch import invalid_steps, trajectory_steps
 from dreamgym_plugin_local.config import GRPOConfig, PPOConfig
 from dreamgym_plugin_local.grpo import GRPO
 from dreamgym_plugin_local.ppo import PPO
@@ -62,6 +62,52 @@ def test_grpo_invalid_action_penalty_lowers_the_advantage(kit):
     scores = maths.trajectory_scores([0.0, 0.0], n_invalid, GRPOConfig().invalid_action_penalty)
     adv = maths.grpo_advantages(scores, [0, 0])
     assert n_invalid == [0, 2] and adv[0] > 0 > adv[1]
+
+
+def unparsed(kit, task, text):
+    """A one-step failed trajectory whose response held no action (``text``: what the policy wrote)."""
+    traj = kit.trajectory(task, ["go north"], False, valid=[False])
+    decision = msgspec.structs.replace(traj.decisions[0], text=text, action="", parsed=False)
+    return msgspec.structs.replace(traj, decisions=[decision])
+
+
+def test_invalid_steps_count_every_transition_even_with_an_empty_response(kit):
+    task = kit.make_groups()[0][0].task
+    group = [kit.trajectory(task, ["go north"], True), unparsed(kit, task, "blah blah"), unparsed(kit, task, ""),
+             kit.trajectory(task, ["go south"], False)]
+    assert [invalid_steps(t) for t in group] == [0, 1, 1, 0]
+
+
+def eos_logprob(algo, prompt):
+    batch = algo._tokenize([prompt], [""])
+    return algo._logprobs_no_grad(algo.model, batch)[0].sum().item()
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_an_empty_response_is_penalised_and_trained_as_eos(cls, config_type, kit):
+    # producing nothing must not be favoured over a wrong answer: its penalty counts, and its
+    # (negative) advantage lands on the EOS token, which the update makes less likely
+    task = kit.make_groups()[0][0].task
+    empty = unparsed(kit, task, "")
+    group = [kit.trajectory(task, ["go north"], True), unparsed(kit, task, "blah blah"), empty,
+             kit.trajectory(task, ["go south"], False)]
+    algo = cls(config_type(lr=1e-3, minibatch_size=8, kl_coef=0.0), policy=kit.TinyPolicy(), seed=0)
+    batch = algo._tokenize([empty.decisions[0].prompt], [""])
+    assert batch.response_mask.sum().item() == 1
+    assert batch.input_ids[0, batch.positions[0, 0]].item() == algo.policy.tokenizer.eos_token_id
+    before = eos_logprob(algo, empty.decisions[0].prompt)
+    metrics = algo.update(groups=[group])
+    assert metrics["charts/invalid_steps"] == 2 and metrics["data/trainable_steps"] == 4
+    assert metrics["data/empty_responses"] == 1
+    for _ in range(3):
+        algo.update(groups=[group])
+    assert eos_logprob(algo, empty.decisions[0].prompt) < before - 1e-3
+
+
+def test_sft_still_drops_empty_responses(kit):
+    task = kit.make_groups()[0][0].task
+    steps, _ = trajectory_steps([unparsed(kit, task, ""), kit.trajectory(task, ["go north"], True)])
+    assert [s.response for s in steps] == ["< action > go north < / action >"]
 
 
 @pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])

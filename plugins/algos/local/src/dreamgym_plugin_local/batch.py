@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Trajectory
 
-__all__ = ["Step", "trajectory_steps", "TokenBatch", "tokenize_steps", "response_logprobs"]
+__all__ = ["Step", "invalid_steps", "trajectory_steps", "TokenBatch", "tokenize_steps", "response_logprobs"]
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,34 @@ class Step:
     valid: bool  # the environment accepted the action and the output parsed
 
 
-def trajectory_steps(trajectories: Sequence[Trajectory]) -> tuple[list[Step], int]:
+def _check_aligned(traj: Trajectory) -> None:
+    if traj.decisions and len(traj.decisions) != len(traj.transitions):
+        raise DataError(
+            f"trajectory of task {traj.task.id!r}: {len(traj.decisions)} decisions for "
+            f"{len(traj.transitions)} transitions (they must align one to one)"
+        )
+
+
+def invalid_steps(traj: Trajectory) -> int:
+    """How many steps of ``traj`` are invalid: the transition is not ``valid`` or, where the
+    trajectory has decisions, the aligned decision did not parse. Every transition counts,
+    whatever its response (an empty one included), so producing nothing is penalised
+    like any other invalid output.
+
+    Raises:
+        DataError: the trajectory's decisions do not align with its transitions.
+    """
+    _check_aligned(traj)
+    parsed = [d.parsed for d in traj.decisions] if traj.decisions else [True] * len(traj.transitions)
+    return sum(not (t.valid and p) for t, p in zip(traj.transitions, parsed))
+
+
+def trajectory_steps(trajectories: Sequence[Trajectory], *, keep_empty: bool = False) -> tuple[list[Step], int]:
     """The trainable steps of ``trajectories`` and how many trajectories had no decisions.
+
+    Args:
+        keep_empty: keep steps whose response is empty (the RL trainers train them as the
+            tokenizer's EOS token, see :func:`tokenize_steps`); otherwise they are dropped.
 
     Raises:
         DataError: a trajectory has decisions that do not align with its transitions.
@@ -43,13 +69,9 @@ def trajectory_steps(trajectories: Sequence[Trajectory]) -> tuple[list[Step], in
         if not traj.decisions:
             skipped += 1
             continue
-        if len(traj.decisions) != len(traj.transitions):
-            raise DataError(
-                f"trajectory of task {traj.task.id!r}: {len(traj.decisions)} decisions for "
-                f"{len(traj.transitions)} transitions (they must align one to one)"
-            )
+        _check_aligned(traj)
         for decision, transition in zip(traj.decisions, traj.transitions):
-            if decision.text:
+            if decision.text or keep_empty:
                 valid = transition.valid and decision.parsed
                 steps.append(Step(decision.prompt, decision.text, index, transition.reward, valid))
     return steps, skipped
@@ -74,20 +96,22 @@ class TokenBatch:
 
 def tokenize_steps(
     tokenizer, encode_prompt: Callable[[str], list[int]], prompts: Sequence[str], responses: Sequence[str], *,
-    max_prompt_tokens: int, max_response_tokens: int,
+    max_prompt_tokens: int, max_response_tokens: int, empty_response_ids: Sequence[int] = (),
 ) -> TokenBatch:
     """Tokenise prompt and response separately (so the boundary is exact) and pad right.
 
     ``encode_prompt`` gives the prompt's ids as generation saw them (the backend's own
     encoding: chat template, BOS); the response is tokenised without special tokens.
     Long prompts keep their last ``max_prompt_tokens`` tokens, long responses their
-    first ``max_response_tokens``.
+    first ``max_response_tokens``. A response with no tokens (the policy produced
+    nothing) becomes ``empty_response_ids`` (the RL trainers pass the EOS token), so
+    that its advantage has a token to land on; with none given it has no tokens.
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows, starts, lengths = [], [], []
     for prompt, response in zip(prompts, responses):
         p = list(encode_prompt(prompt))[-max_prompt_tokens:]
-        r = list(tokenizer(response, add_special_tokens=False)["input_ids"])[:max_response_tokens]
+        r = list(tokenizer(response, add_special_tokens=False)["input_ids"])[:max_response_tokens] or list(empty_response_ids)
         if not p:  # a response needs a context token to be scored
             p = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad]
         rows.append(p + r)

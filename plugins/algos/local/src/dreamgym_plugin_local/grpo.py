@@ -10,7 +10,7 @@ import torch
 from dreamgym_core.records import Trajectory
 
 from . import maths
-from .batch import response_logprobs, trajectory_steps
+from .batch import invalid_steps, response_logprobs, trajectory_steps
 from .config import GRPOConfig
 from .trainer import LocalTrainer
 
@@ -21,6 +21,7 @@ class GRPO(LocalTrainer):
     """GRPO with PPO-clip, KL to the reference (the policy at its first update) and the invalid-action penalty."""
 
     name = "grpo"
+    on_policy = True
 
     def __init__(self, config: GRPOConfig, *, policy, seed: int = 0) -> None:
         self.uses_reference = config.kl_coef > 0
@@ -32,12 +33,13 @@ class GRPO(LocalTrainer):
         # rollout data: flatten the groups; each step is one (prompt, response) row
         trajectories = [traj for group in groups for traj in group]
         group_ids = [g for g, group in enumerate(groups) for _ in group]
-        steps, skipped = trajectory_steps(trajectories)
+        steps, skipped = trajectory_steps(trajectories, keep_empty=True)
         if not steps:
             return {"data/trainable_steps": 0.0, "data/skipped_trajectories": float(skipped)}
 
-        # advantages: trajectory outcome minus penalties, normalised within each group
-        invalid = [sum(not s.valid for s in steps if s.trajectory == i) for i in range(len(trajectories))]
+        # advantages: trajectory outcome minus penalties (every invalid transition, whether or
+        # not its response has tokens), normalised within each group
+        invalid = [invalid_steps(t) for t in trajectories]
         scores = maths.trajectory_scores([t.outcome_reward for t in trajectories], invalid, cfg.invalid_action_penalty)
         traj_adv = maths.grpo_advantages(scores, group_ids, norm_by_std=cfg.norm_adv_by_std, epsilon=cfg.epsilon)
         batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
@@ -72,6 +74,7 @@ class GRPO(LocalTrainer):
             "charts/zero_signal_groups": maths.zero_signal_group_share(traj_adv, group_ids),
             "charts/invalid_steps": float(sum(invalid)),
             "data/trainable_steps": float(len(steps)),
+            "data/empty_responses": float(sum(not s.response for s in steps)),
             "data/response_tokens": float(batch.response_mask.sum()),
             "data/skipped_trajectories": float(skipped),
         })

@@ -17,7 +17,7 @@ import torch
 from dreamgym_core.records import Trajectory
 
 from . import maths
-from .batch import response_logprobs, trajectory_steps
+from .batch import invalid_steps, response_logprobs, trajectory_steps
 from .config import PPOConfig
 from .trainer import LocalTrainer
 
@@ -28,6 +28,7 @@ class PPO(LocalTrainer):
     """PPO-clip with GAE, clipped value loss, KL to the reference (the policy at its first update)."""
 
     name = "ppo"
+    on_policy = True
 
     def __init__(self, config: PPOConfig, *, policy, seed: int = 0) -> None:
         self.uses_reference = config.kl_coef > 0
@@ -51,7 +52,7 @@ class PPO(LocalTrainer):
         self._bind()
         # rollout data: one row per step, one episode per trajectory
         trajectories = [traj for group in groups for traj in group]
-        steps, skipped = trajectory_steps(trajectories)
+        steps, skipped = trajectory_steps(trajectories, keep_empty=True)
         if not steps:
             return {"data/trainable_steps": 0.0, "data/skipped_trajectories": float(skipped)}
         batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
@@ -99,8 +100,9 @@ class PPO(LocalTrainer):
             "charts/success_rate": float(sum(t.success for t in trajectories) / len(trajectories)),
             "charts/mean_value": float(old_values.sum() / batch.response_mask.sum()),
             "charts/mean_return": float((returns * batch.response_mask).sum() / batch.response_mask.sum()),
-            "charts/invalid_steps": float(sum(not s.valid for s in steps)),
+            "charts/invalid_steps": float(sum(invalid_steps(t) for t in trajectories)),
             "data/trainable_steps": float(len(steps)),
+            "data/empty_responses": float(sum(not s.response for s in steps)),
             "data/response_tokens": float(batch.response_mask.sum()),
             "data/skipped_trajectories": float(skipped),
         })

@@ -44,6 +44,9 @@ class LocalTrainer:
 
     name = "local"
     uses_reference = True
+    # GRPO and PPO train on the policy's own samples: a sampled empty response is a step
+    # too (trained as the EOS token, see tokenize_steps). SFT and DPO train given data.
+    on_policy = False
 
     def __init__(self, config: TrainerConfig, *, policy: Any, seed: int = 0) -> None:
         for attr in ("model", "tokenizer", "generate"):
@@ -124,9 +127,11 @@ class LocalTrainer:
             encode = lambda prompt: self.policy.encode_prompt(prompt, cfg.max_prompt_tokens)  # noqa: E731
         else:
             encode = lambda prompt: list(tokenizer(prompt)["input_ids"])  # noqa: E731
+        eos = tokenizer.eos_token_id
         batch = tokenize_steps(
             tokenizer, encode, prompts, responses,
             max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
+            empty_response_ids=[eos] if self.on_policy and eos is not None else (),
         )
         return TokenBatch(*(t.to(self.device) for t in (batch.input_ids, batch.attention_mask, batch.positions, batch.response_mask)))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dreamgym_plugin_local import maths
-from dreamgym_plugin_local.batch import invalid_steps, trajectory_steps
+from dreamgym_plugin_local.batch import invalid_steps, response_logprobs, trajectory_steps
 from dreamgym_plugin_local.config import GRPOConfig, PPOConfig
 from dreamgym_plugin_local.grpo import GRPO
 from dreamgym_plugin_local.ppo import PPO
@@ -108,6 +108,71 @@ def test_sft_still_drops_empty_responses(kit):
     task = kit.make_groups()[0][0].task
     steps, _ = trajectory_steps([unparsed(kit, task, ""), kit.trajectory(task, ["go north"], True)])
     assert [s.response for s in steps] == ["< action > go north < / action >"]
+
+
+def logprobs_at(model, batch, temperature):
+    """Response log-probs under softmax(logits / temperature), from the full logits."""
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    rows = torch.arange(len(batch)).unsqueeze(1)
+    targets = batch.input_ids.gather(1, batch.positions)
+    return logp[rows, batch.positions - 1].gather(-1, targets.unsqueeze(-1)).squeeze(-1) * batch.response_mask
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_updates_score_responses_at_the_temperature_they_were_sampled_at(cls, config_type, kit, monkeypatch):
+    # the run loop samples at its own temperature (act's argument); the update's old, new and
+    # reference log-probs must be those of that distribution, softmax(logits / T)
+    task = kit.make_groups()[0][0].task
+    group = [kit.trajectory(task, ["go north"], True), kit.trajectory(task, ["go north"], False)]  # identical rows
+    decision = group[0].decisions[0]
+    algo = cls(config_type(lr=1e-3, minibatch_size=8, max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)
+    algo.act(prompts=[decision.prompt], temperature=0.4)
+    algo.act(prompts=[decision.prompt], greedy=True)  # greedy play does not change what was sampled at
+    seen = {}
+    real_policy_loss, real_kl_loss = maths.policy_loss, maths.kl_loss
+
+    def policy_loss(old_logp, logp, advantages, mask, *, config):
+        seen.setdefault("old", old_logp.detach().clone())
+        seen.setdefault("new", logp.detach().clone())
+        return real_policy_loss(old_logp, logp, advantages, mask, config=config)
+
+    def kl_loss(logp, ref_logp, mask, **kwargs):
+        seen.setdefault("ref", ref_logp.detach().clone())
+        return real_kl_loss(logp, ref_logp, mask, **kwargs)
+
+    monkeypatch.setattr(maths, "policy_loss", policy_loss)
+    monkeypatch.setattr(maths, "kl_loss", kl_loss)
+    expected = logprobs_at(algo.model, algo._tokenize([decision.prompt], [decision.text]), 0.4)[0]
+    at_one = logprobs_at(algo.model, algo._tokenize([decision.prompt], [decision.text]), 1.0)[0]
+    assert (expected - at_one).abs().max() > 0.1  # the two temperatures are told apart
+    algo.update(groups=[group])
+    for key in ("old", "new", "ref"):
+        assert torch.allclose(seen[key], expected.expand_as(seen[key]), atol=1e-5), key
+    assert algo.sampling_temperature == 0.4
+
+
+def test_scoring_at_temperature_one_divides_nothing(kit):
+    algo = GRPO(GRPOConfig(), policy=kit.TinyPolicy(), seed=0)
+    decision = kit.make_groups()[0][0].decisions[0]
+    batch = algo._tokenize([decision.prompt], [decision.text])
+    assert algo.sampling_temperature == 1.0
+    assert torch.equal(response_logprobs(algo.model, batch)[0], response_logprobs(algo.model, batch, temperature=1.0)[0])
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_rl_refuses_a_policy_that_samples_from_a_nucleus(cls, config_type, kit):
+    from types import SimpleNamespace
+
+    from dreamgym_core.errors import ConfigError
+
+    policy = kit.TinyPolicy()
+    policy.config = SimpleNamespace(top_p=0.9)
+    with pytest.raises(ConfigError, match="top_p=0.9"):
+        cls(config_type(), policy=policy, seed=0)
+    policy.config = SimpleNamespace(top_p=1.0)
+    cls(config_type(), policy=policy, seed=0)
 
 
 @pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])

@@ -130,9 +130,15 @@ def tokenize_steps(
     return TokenBatch(input_ids, attention, positions, mask)
 
 
-def response_logprobs(model, batch: TokenBatch, *, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def response_logprobs(
+    model, batch: TokenBatch, *, hidden: bool = False, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (B, R) of the response tokens, and optionally the last hidden
-    state (B, R, H) at the position that predicts each of them (where a value head reads)."""
+    state (B, R, H) at the position that predicts each of them (where a value head reads).
+
+    ``temperature``: the logits are divided by it first, so the log-probs are those of the
+    distribution a sampler at that temperature drew from (at 1.0 nothing is divided).
+    """
     device = next(model.parameters()).device
     before = (batch.positions - 1).clamp(min=0)
     # Logits only at the positions that predict a response token (logits_to_keep with explicit
@@ -147,6 +153,8 @@ def response_logprobs(model, batch: TokenBatch, *, hidden: bool = False) -> tupl
     )
     column = torch.searchsorted(keep, before).clamp(max=len(keep) - 1).to(device)  # padding columns: masked below
     logits = out.logits.gather(1, column.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1])).float()
+    if temperature != 1.0:
+        logits = logits / temperature
     before = before.to(device)
     targets = batch.input_ids.to(device).gather(1, batch.positions.to(device))
     logp = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -30,7 +30,11 @@ class TrainerConfig(Config):
     max_prompt_tokens: Annotated[PositiveInt, Meta(description="Prompt tokens kept (the oldest are cut).")] = 1024
     max_response_tokens: Annotated[PositiveInt, Meta(description="Response tokens trained on (the rest are cut).")] = 256
     max_new_tokens: Annotated[PositiveInt, Meta(description="Tokens generated per act() call.")] = 128
-    temperature: Annotated[PositiveFloat, Meta(description="Sampling temperature of act(greedy=False).")] = 1.0
+    temperature: Annotated[
+        PositiveFloat,
+        Meta(description="Sampling temperature of act(greedy=False) when the caller gives none (the run loop gives "
+             "loop.sampling_temperature). GRPO and PPO score their updates at the latest sampled act()'s temperature."),
+    ] = 1.0
     stop: Annotated[tuple[str, ...], Meta(description="Stop strings for act().")] = ("</action>",)
     loss_agg_mode: Annotated[LossAggMode, Meta(description="verl agg_loss mode.")] = "token-mean"
 

@@ -46,15 +46,17 @@ class GRPO(LocalTrainer):
         row_adv = traj_adv[[s.trajectory for s in steps]].to(self.device)
         advantages = row_adv.unsqueeze(1) * batch.response_mask
 
-        # old and reference log-probs, recomputed before the update (on-policy)
-        old_logp, _ = self._logprobs_no_grad(self.model, batch)
-        ref_logp = self._logprobs_no_grad(self.ref, batch)[0] if self.ref is not None else None
+        # old and reference log-probs, recomputed before the update (on-policy), like every
+        # log-prob below at the temperature the responses were sampled at
+        temperature = self.sampling_temperature
+        old_logp, _ = self._logprobs_no_grad(self.model, batch, temperature=temperature)
+        ref_logp = self._logprobs_no_grad(self.ref, batch, temperature=temperature)[0] if self.ref is not None else None
         actor = maths.actor_config(cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_agg_mode)
 
         # policy loss + KL, optimised over ppo_epochs x minibatches
         def loss_fn(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
             mb = batch.rows(index)
-            logp, _ = response_logprobs(self.model, mb)
+            logp, _ = response_logprobs(self.model, mb, temperature=temperature)
             pg, pg_metrics = maths.policy_loss(old_logp[index], logp, advantages[index], mb.response_mask, config=actor)
             metrics = {"losses/policy_loss": pg.item(), "losses/approx_kl": pg_metrics["actor/ppo_kl"],
                        "losses/clipfrac": pg_metrics["actor/pg_clipfrac"]}

@@ -58,11 +58,13 @@ class PPO(LocalTrainer):
         batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
         episode = [s.trajectory for s in steps]
 
-        # old log-probs and values, reference log-probs (recomputed: on-policy)
-        old_logp, states = self._logprobs_no_grad(self.model, batch, hidden=True)
+        # old log-probs and values, reference log-probs (recomputed: on-policy); every log-prob
+        # at the temperature the responses were sampled at
+        temperature = self.sampling_temperature
+        old_logp, states = self._logprobs_no_grad(self.model, batch, hidden=True, temperature=temperature)
         with torch.no_grad():
             old_values = self._values(states, batch.response_mask)
-        ref_logp = self._logprobs_no_grad(self.ref, batch)[0] if self.ref is not None else None
+        ref_logp = self._logprobs_no_grad(self.ref, batch, temperature=temperature)[0] if self.ref is not None else None
 
         # advantages: step rewards on last response tokens, GAE per episode over its response tokens
         penalised = torch.tensor([s.reward - cfg.invalid_action_penalty * (not s.valid) for s in steps])
@@ -78,7 +80,7 @@ class PPO(LocalTrainer):
         # policy loss + value loss + KL, optimised over ppo_epochs x minibatches
         def loss_fn(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
             mb = batch.rows(index)
-            logp, h = response_logprobs(self.model, mb, hidden=True)
+            logp, h = response_logprobs(self.model, mb, hidden=True, temperature=temperature)
             pg, pg_metrics = maths.policy_loss(old_logp[index], logp, advantages[index], mb.response_mask, config=actor)
             vf, vf_clip = maths.value_loss(
                 self._values(h, mb.response_mask), returns[index], old_values[index], mb.response_mask,

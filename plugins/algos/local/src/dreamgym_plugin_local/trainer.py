@@ -59,6 +59,16 @@ class LocalTrainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.counters = {"updates": 0, "act_calls": 0, "sampled_calls": 0, "nonfinite_loss_steps": 0}
         self._bound: torch.nn.Module | None = None
+        # The temperature of the latest sampled act() call (the run loop passes its
+        # sampling_temperature), config.temperature before any: GRPO and PPO score the
+        # responses they train on under this temperature, the distribution they came from.
+        self.sampling_temperature = config.temperature
+        top_p = getattr(getattr(policy, "config", None), "top_p", 1.0)
+        if self.on_policy and top_p < 1.0:
+            raise ConfigError(
+                f"algo {self.name!r} (plugin local): policy top_p={top_p} samples from a nucleus the update does not "
+                "score (it uses the full softmax); set the policy's top_p to 1.0"
+            )
 
     @property
     def model(self) -> torch.nn.Module:
@@ -107,6 +117,8 @@ class LocalTrainer:
         ``temperature`` (the run loop's) overrides the configured one."""
         temperature = 0.0 if greedy else (self.config.temperature if temperature is None else temperature)
         self.counters["act_calls"] += 1
+        if temperature > 0:
+            self.sampling_temperature = temperature
         # Only sampled calls advance the seed stream: greedy play (evaluation, warm-start
         # validation) draws nothing, so runs that evaluated more or less before RL sample alike.
         self.counters["sampled_calls"] += int(temperature > 0)
@@ -136,11 +148,11 @@ class LocalTrainer:
         return TokenBatch(*(t.to(self.device) for t in (batch.input_ids, batch.attention_mask, batch.positions, batch.response_mask)))
 
     @torch.no_grad()
-    def _logprobs_no_grad(self, model: torch.nn.Module, batch: TokenBatch, *, hidden: bool = False):
+    def _logprobs_no_grad(self, model: torch.nn.Module, batch: TokenBatch, *, hidden: bool = False, temperature: float = 1.0):
         """Log-probs (and hidden states) of every row, computed minibatch by minibatch."""
         logps, states = [], []
         for index in torch.arange(len(batch)).split(self.config.minibatch_size):
-            logp, h = response_logprobs(model, batch.rows(index.to(self.device)), hidden=hidden)
+            logp, h = response_logprobs(model, batch.rows(index.to(self.device)), hidden=hidden, temperature=temperature)
             logps.append(logp)
             states.append(h)
         return torch.cat(logps), (torch.cat(states) if hidden else None)

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 import torch
 
-from dreamgym_plugin_local import maths
+from dreamgym_plugin_local import dreamgym_register_algos, maths
 from dreamgym_plugin_local.batch import invalid_steps, response_logprobs, trajectory_steps
 from dreamgym_plugin_local.config import GRPOConfig, PPOConfig
 from dreamgym_plugin_local.grpo import GRPO
@@ -173,6 +173,49 @@ def test_rl_refuses_a_policy_that_samples_from_a_nucleus(cls, config_type, kit):
         cls(config_type(), policy=policy, seed=0)
     policy.config = SimpleNamespace(top_p=1.0)
     cls(config_type(), policy=policy, seed=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("spec", dreamgym_register_algos(), ids=lambda s: s.name)
+def test_low_precision_policies_are_refused(spec, dtype, kit):
+    # AdamW on the weights themselves: in float16 its eps rounds to 0 and the weights turn
+    # NaN, in bfloat16 most lr=1e-6 updates round away
+    from dreamgym_core.errors import ConfigError
+
+    policy = kit.TinyPolicy()
+    policy.model.to(dtype)
+    with pytest.raises(ConfigError, match=f"weights are {str(dtype).removeprefix('torch.')}.*float32"):
+        spec.factory(spec.config_type(), policy=policy, seed=0)
+
+
+def test_a_policy_turned_low_precision_after_construction_is_refused_at_update(kit):
+    from dreamgym_core.errors import ConfigError
+
+    policy = kit.TinyPolicy()
+    algo = GRPO(GRPOConfig(), policy=policy, seed=0)
+    policy.model = kit.TinyPolicy().model.to(torch.bfloat16)  # a backend that replaced its model
+    with pytest.raises(ConfigError, match="bfloat16"):
+        algo.update(groups=kit.make_groups())
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_weights_that_turn_non_finite_in_a_step_stop_training(cls, config_type, kit):
+    from dreamgym_core.errors import DreamGymError
+
+    # finite loss and gradient, and a step that leaves a weight NaN (as float16 AdamW did)
+    algo = cls(config_type(lr=1e-3, minibatch_size=64), policy=kit.TinyPolicy(), seed=0)
+    algo._bind()
+    step = algo.optimizer.step
+
+    def corrupting_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        with torch.no_grad():
+            next(algo.model.parameters()).view(-1)[0] = float("nan")
+        return out
+
+    algo.optimizer.step = corrupting_step
+    with pytest.raises(DreamGymError, match="weights are not finite after an optimiser step"):
+        algo.update(groups=kit.make_groups())
 
 
 @pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])

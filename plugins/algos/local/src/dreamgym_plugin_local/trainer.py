@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.errors import ConfigError, DataError, DreamGymError
 
 from .batch import TokenBatch, response_logprobs, tokenize_steps
 from .config import TrainerConfig
@@ -40,6 +40,10 @@ class LocalTrainer:
 
     The model runs in eval mode throughout (dropout off) so that the log-probs
     recomputed before an update equal those of the first minibatch step.
+
+    The optimiser steps the policy's own weights (no float32 master copy), so the
+    policy must be float32: float16 or bfloat16 weights are refused (in float16 AdamW's
+    eps rounds to 0 and the weights turn NaN; in bfloat16 most updates round away).
     """
 
     name = "local"
@@ -55,6 +59,7 @@ class LocalTrainer:
                     f"algo {self.name!r} (plugin local): policy backend {type(policy).__name__} has no {attr!r}; "
                     "use a local-weights backend such as 'hf'"
                 )
+        self._check_precision(policy.model)
         self.config, self.policy, self.seed = config, policy, seed
         self.generator = torch.Generator().manual_seed(seed)
         self.counters = {"updates": 0, "act_calls": 0, "sampled_calls": 0, "nonfinite_loss_steps": 0}
@@ -89,10 +94,20 @@ class LocalTrainer:
         self.model.eval()
         if self._bound is self.model:
             return
+        self._check_precision(self.model)
         self._bound = self.model
         self.ref = self._frozen_copy(self.model) if self.uses_reference else None
         self.heads = self._make_heads()
         self.optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=self.config.weight_decay)
+
+    def _check_precision(self, model: torch.nn.Module) -> None:
+        low = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()} & {"float16", "bfloat16"})
+        if low:
+            raise ConfigError(
+                f"algo {self.name!r} (plugin local): the policy's weights are {low[0]}, and these trainers step the "
+                "optimiser on the weights themselves; load the policy in float32 (hf: dtype: float32), "
+                "or train with verl for mixed precision"
+            )
 
     # --- construction hooks -----------------------------------------------------------
 
@@ -165,7 +180,12 @@ class LocalTrainer:
 
     def _optimise(self, loss: torch.Tensor) -> bool:
         """One guarded optimiser step. A non-finite loss or gradient skips the step,
-        is counted in ``errors/nonfinite_loss_steps`` and logged; it never raises."""
+        is counted in ``errors/nonfinite_loss_steps`` and logged.
+
+        Raises:
+            DreamGymError: the weights are not finite after the step (loss and gradient
+                were): the policy is lost, so training stops rather than go on from it.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return self._skip(f"loss is {loss.item()}")
@@ -177,6 +197,12 @@ class LocalTrainer:
             return self._skip(f"gradient norm is {grad_norm.item()}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            lrs = sorted({group["lr"] for group in self.optimizer.param_groups})
+            raise DreamGymError(
+                f"algo {self.name!r} (plugin local): the weights are not finite after an optimiser step whose loss and "
+                f"gradient were finite; lower the learning rate (now {', '.join(map(str, lrs))})"
+            )
         return True
 
     def _skip(self, reason: str) -> bool:

@@ -46,3 +46,42 @@ def test_greedy_calls_do_not_move_the_sampling_seed(kit):
         sampled.append(algo.act(prompts=prompts) + algo.act(prompts=prompts))
     assert sampled[0] == sampled[1]
     assert len(set(sampled[0])) > 1  # the draws are random, not one repeated answer
+
+
+def long_prompt_backend(max_length=256):
+    prompt = " ".join(f"room {i} has a door to the north ." for i in range(60)) + " action"
+    backend = hf.build_tiny(TinyConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=300,
+                                       max_positions=1024, max_length=max_length))
+    backend.prepare(corpus=[prompt] * 4)
+    return backend, prompt
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_updates_score_a_response_on_the_context_it_was_sampled_from(cls, config_type):
+    # generation keeps the prompt's last max_length - max_new_tokens tokens (240); the update
+    # must condition on the same ones, not on its own max_prompt_tokens (1024)
+    backend, prompt = long_prompt_backend()
+    algo = cls(config_type(max_new_tokens=16), policy=backend, seed=0)
+    sampled = backend.encode_prompt(prompt, 256 - 16)
+    assert len(backend.encode_prompt(prompt, 1024)) > len(sampled) == 240
+    batch = algo._tokenize([prompt], [" go north"])
+    start = int(batch.positions[0, 0])
+    assert batch.input_ids[0, :start].tolist() == sampled
+
+
+def test_an_update_refuses_a_prompt_it_would_cut_shorter_than_sampling_did(kit, caplog):
+    from dreamgym_core.errors import DataError
+    from dreamgym_core.records import Task
+
+    backend, prompt = long_prompt_backend()
+    with caplog.at_level("WARNING"):
+        algo = GRPO(GRPOConfig(max_new_tokens=16, max_prompt_tokens=128), policy=backend, seed=0)
+    assert "max_prompt_tokens=128" in caplog.text
+    task = Task(id="long", instruction=prompt, domain="test")
+    group = [kit.trajectory(task, ["go north"], True), kit.trajectory(task, ["go south"], False)]
+    with pytest.raises(DataError, match=r"max_prompt_tokens=128 would cut it.*>= 240.*max_length <= 144"):
+        algo.update(groups=[group])
+    # prompts within both limits train as before
+    short = Task(id="short", instruction="find the apple", domain="test")
+    assert algo.update(groups=[[kit.trajectory(short, ["go north"], True), kit.trajectory(short, ["go south"], False)]])[
+        "perf/optimizer_steps"] == 1

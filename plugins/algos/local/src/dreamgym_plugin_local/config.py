@@ -27,7 +27,11 @@ class TrainerConfig(Config):
     weight_decay: Annotated[NonNegativeFloat, Meta(description="AdamW weight decay.")] = 0.0
     max_grad_norm: Annotated[PositiveFloat, Meta(description="Gradient clipping norm.")] = 1.0
     minibatch_size: Annotated[PositiveInt, Meta(description="Policy steps (prompt, response) per optimizer step.")] = 8
-    max_prompt_tokens: Annotated[PositiveInt, Meta(description="Prompt tokens kept (the oldest are cut).")] = 1024
+    max_prompt_tokens: Annotated[
+        PositiveInt,
+        Meta(description="Prompt tokens kept (the oldest are cut). GRPO/PPO keep what generation kept "
+             "(policy max_length - max_new_tokens) and refuse a prompt sampled from more than this."),
+    ] = 1024
     max_response_tokens: Annotated[PositiveInt, Meta(description="Response tokens trained on (the rest are cut).")] = 256
     max_new_tokens: Annotated[PositiveInt, Meta(description="Tokens generated per act() call.")] = 128
     temperature: Annotated[

@@ -74,6 +74,12 @@ class LocalTrainer:
                 f"algo {self.name!r} (plugin local): policy top_p={top_p} samples from a nucleus the update does not "
                 "score (it uses the full softmax); set the policy's top_p to 1.0"
             )
+        sampled = self._sampled_prompt_limit()
+        if sampled is not None and sampled > config.max_prompt_tokens:
+            log.warning(
+                "%s: the policy samples from up to %d prompt tokens but max_prompt_tokens=%d: an update that meets "
+                "a longer prompt will refuse it", self.name, sampled, config.max_prompt_tokens,
+            )
 
     @property
     def model(self) -> torch.nn.Module:
@@ -147,10 +153,32 @@ class LocalTrainer:
 
     # --- shared update machinery -----------------------------------------------------------
 
+    def _sampled_prompt_limit(self) -> int | None:
+        """How many prompt tokens the backend's generate() keeps for ``act()`` (the hf
+        backends: ``max_length - max_new_tokens``); None when unknown or not on-policy."""
+        max_length = getattr(getattr(self.policy, "config", None), "max_length", None)
+        if not self.on_policy or not hasattr(self.policy, "encode_prompt") or not isinstance(max_length, int):
+            return None
+        return max(max_length - self.config.max_new_tokens, 1)
+
+    def _encode_as_sampled(self, prompt: str, limit: int) -> list[int]:
+        """The prompt's ids exactly as generation conditioned on them (its last ``limit``)."""
+        ids = self.policy.encode_prompt(prompt, limit)
+        if len(ids) > self.config.max_prompt_tokens:
+            raise DataError(
+                f"algo {self.name!r} (plugin local): a prompt was sampled from {len(ids)} tokens but "
+                f"max_prompt_tokens={self.config.max_prompt_tokens} would cut it for the update; set max_prompt_tokens "
+                f">= {limit} or the policy's max_length <= {self.config.max_prompt_tokens + self.config.max_new_tokens}"
+            )
+        return ids
+
     def _tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> TokenBatch:
         cfg = self.config
         tokenizer = self.policy.tokenizer
-        if hasattr(self.policy, "encode_prompt"):  # the backend's own prompt encoding (chat template, BOS)
+        sampled = self._sampled_prompt_limit()
+        if sampled is not None:  # GRPO/PPO: the context each response was sampled from
+            encode = lambda prompt: self._encode_as_sampled(prompt, sampled)  # noqa: E731
+        elif hasattr(self.policy, "encode_prompt"):  # the backend's own prompt encoding (chat template, BOS)
             encode = lambda prompt: self.policy.encode_prompt(prompt, cfg.max_prompt_tokens)  # noqa: E731
         else:
             encode = lambda prompt: list(tokenizer(prompt)["input_ids"])  # noqa: E731

@@ -53,15 +53,27 @@ def test_grpo_reports_groups_that_carry_no_signal(kit):
     assert algo.update(groups=[mixed, all_won])["charts/zero_signal_groups"] == 0.5
 
 
-def test_grpo_invalid_action_penalty_lowers_the_advantage(kit):
+def sequence_logprob(algo, decision):
+    batch = algo._tokenize([decision.prompt], [decision.text])
+    return algo._logprobs_no_grad(algo.model, batch)[0].sum().item()
+
+
+def test_grpo_invalid_action_penalty_steers_the_update(kit):
+    # two failures alike but for an invalid step: the update makes the clean response more
+    # likely and the invalid one less, and counts the invalid step
     task = kit.make_groups()[0][0].task
-    clean = kit.trajectory(task, ["go north", "look"], False)
-    invalid = kit.trajectory(task, ["go north", "look"], False, valid=[False, False])
-    steps, _ = trajectory_steps([clean, invalid])
-    n_invalid = [sum(not s.valid for s in steps if s.trajectory == i) for i in range(2)]
-    scores = maths.trajectory_scores([0.0, 0.0], n_invalid, GRPOConfig().invalid_action_penalty)
-    adv = maths.grpo_advantages(scores, [0, 0])
-    assert n_invalid == [0, 2] and adv[0] > 0 > adv[1]
+    clean = kit.trajectory(task, ["go north"], False)
+    invalid = kit.trajectory(task, ["go south"], False, valid=[False])
+    algo = GRPO(GRPOConfig(lr=1e-3, minibatch_size=8, kl_coef=0.0), policy=kit.TinyPolicy(), seed=0)
+    before = [sequence_logprob(algo, t.decisions[0]) for t in (clean, invalid)]
+    metrics = algo.update(groups=[[clean, invalid]])
+    assert metrics["charts/invalid_steps"] == 1 and metrics["charts/zero_signal_groups"] == 0.0
+    after = [sequence_logprob(algo, t.decisions[0]) for t in (clean, invalid)]
+    assert after[0] > before[0] and after[1] < before[1]
+    # without the penalty the two score alike: no signal, no change
+    algo = GRPO(GRPOConfig(lr=1e-3, minibatch_size=8, kl_coef=0.0, invalid_action_penalty=0.0), policy=kit.TinyPolicy(), seed=0)
+    assert algo.update(groups=[[clean, invalid]])["charts/zero_signal_groups"] == 1.0
+    assert [sequence_logprob(algo, t.decisions[0]) for t in (clean, invalid)] == before
 
 
 def unparsed(kit, task, text):
@@ -232,7 +244,8 @@ def test_nan_reward_skips_the_step_and_is_counted(cls, config_type, kit, caplog)
     assert metrics["errors/nonfinite_loss_steps"] == 1 and metrics["perf/optimizer_steps"] == 0
     assert torch.equal(before, kit.flat_params(policy.model))
     assert "optimizer step skipped" in caplog.text
-    assert all(v == v for v in metrics.values())  # no NaN reaches the metrics
+    assert all(v == v for v in metrics.values())  # no NaN reaches the metrics...
+    assert metrics["errors/nonfinite_metrics"] >= 1  # ...but the ones left out are counted
     # the next, clean batch trains normally
     assert algo.update(groups=kit.make_groups())["perf/optimizer_steps"] == 1
 

@@ -255,10 +255,15 @@ class LocalTrainer:
         out["errors/nonfinite_loss_steps"] = float(self.counters["nonfinite_loss_steps"])
         return out
 
-    @staticmethod
-    def _finite(metrics: dict[str, float]) -> dict[str, float]:
-        """Metrics with non-finite values dropped (a skipped step must not poison logs)."""
-        return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+    def _finite(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Metrics with non-finite values dropped (a skipped step must not poison logs), and
+        how many were dropped in ``errors/nonfinite_metrics`` (their names are logged)."""
+        dropped = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if dropped:
+            log.warning("%s: non-finite metrics left out: %s", self.name, ", ".join(dropped))
+        out = {k: float(v) for k, v in metrics.items() if k not in dropped}
+        out["errors/nonfinite_metrics"] = float(len(dropped))
+        return out
 
     # --- persistence ----------------------------------------------------------------------
 

@@ -45,13 +45,13 @@ def main() -> None:
         raise SystemExit("only donor rows (GRPO DreamGym) run from scratch; other rows reuse the donor's warm start")
     # Absolute: the run itself starts in the repository root, wherever this script was started.
     run_dir = args.run_dir.resolve() if args.run_dir else table1.RUNS / "rerun" / args.game / table1.slug(args.row) / f"seed{args.seed}"
-    started = time.time()
+    started, commit = time.time(), table1.git_commit()  # the code the run starts with
     summary = table1._dreamgym_run(table1.overrides(args.game, args.row, args.seed, run_dir), run_dir)
     got = table1.measured(summary, table1._before_rl_metrics(run_dir))
     diffs, new = compare(got, cached)
     print(json.dumps({
         "cell": f"{args.game} | {args.row} | seed {args.seed}", "cached_commit": cached.get("commit"),
-        "cached_machine": cached.get("machine"), "machine": table1.machine(), "commit": table1.git_commit(),
+        "cached_machine": cached.get("machine"), "machine": table1.machine(), "commit": commit,
         "wall_seconds": round(time.time() - started, 1), "identical": not diffs, "differences": diffs,
         "not_compared (new metrics)": new, "measured": got,
     }, indent=1))

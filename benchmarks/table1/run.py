@@ -108,8 +108,8 @@ BASE = ROOT / "examples" / "default.yaml"
 # 6: the experience parser reads flags only outside the reasoning and the state, and fails
 # conflicting or unreadable ones (77d8bbe, 05a2b88); policy and environment errors stay out
 # of the replay buffer (3b85e99); GRPO gives all-equal groups exactly zero advantage (4d0b54b);
-# an empty policy response keeps its penalty (64bf235). Mapreader seed 3's GRPO DreamGym cell
-# moved from 59.4 to 40.6 with the parser change alone (results/rerun/README.md).
+# an empty policy response keeps its penalty (64bf235). Rerun at 681828f, before the last three,
+# mapreader seed 3's GRPO DreamGym cell moved from 59.4 to 40.6 (results/rerun/README.md).
 PROTOCOL = 6
 # The first protocol whose cells were run over several experience-model draws.
 FIRST_DRAWN_PROTOCOL = 5
@@ -243,12 +243,12 @@ def _dreamgym_run(items: list[str], run_dir: Path) -> dict:
 def run_cell(game: str, row: str, seed: int, draw: int = 0) -> dict:
     run_dir = run_dir_of(game, row, seed, draw)
     share_from(game, row, seed, run_dir, draw)
-    started = time.time()
+    started, commit = time.time(), git_commit()  # the code the run starts with, not whatever HEAD is when it ends
     summary = _dreamgym_run(overrides(game, row, seed, run_dir, draw), run_dir)
     cell = {
         "game": game, "row": row, "seed": seed, **({"draw": draw} if draw else {}),
         "wall_seconds": round(time.time() - started, 1),
-        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": git_commit(), "machine": machine(),
+        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": commit, "machine": machine(),
         "overrides": overrides(game, row, seed, Path("<run_dir>"), draw),
         **measured(summary, _before_rl_metrics(run_dir)),
     }

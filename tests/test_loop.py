@@ -361,49 +361,37 @@ def test_empty_offline_data_is_refused_not_trained_on(register_plugin, tmp_path)
         run_pipeline(_resolved(plugins, tmp_path / "b", iterations=1), plugins)
 
 
-class CrashingDomain(CountDomain):
-    """Its env raises on 'explode'."""
+def _scripted_rollout(turns: list[list[str]], envs: list) -> tuple[list, object]:
+    """Two steps of CountDomain train tasks, one env each; ``turns``: the policy's outputs per step."""
+    outputs = iter(turns)
+    return rollout(
+        tasks=CountDomain(CountConfig()).tasks(split="train")[: len(envs)], envs=envs,
+        act=lambda prompts: next(outputs)[: len(prompts)],
+        max_steps=2, history_window=2, seeds=list(range(len(envs))), source="real", tag="t",
+    )
 
 
-def test_rollout_counts_unparsable_actions_and_env_crashes():
-    domain = CountDomain(CountConfig())
-    tasks = domain.tasks(split="train")[:3]
-    outputs = iter([["no tags at all", "<action>explode</action>", "<action>inc</action>"], ["<action>stop</action>"]])
-    trajectories, stats = rollout(
-        tasks=tasks, envs=[domain.make_env() for _ in tasks], act=lambda prompts: next(outputs)[: len(prompts)],
-        max_steps=2, history_window=2, seeds=[0, 1, 2], source="real", tag="t",
+def test_rollout_counts_unparsable_actions_and_env_crashes_and_keeps_their_notes_out_of_the_buffer():
+    envs = [CountEnv(5) for _ in range(3)]
+    trajectories, stats = _scripted_rollout(
+        [["no tags at all", "<action>explode</action>", "<action>inc</action>"], ["<action>stop</action>"]], envs
     )
     assert stats.unparsed_actions == 1 and stats.env_errors == 1
     assert [len(t.transitions) for t in trajectories] == [1, 1, 2]
     assert all(not t.success for t in trajectories[:2])
     assert trajectories[0].transitions[-1].valid is False and trajectories[0].transitions[-1].done
-
-
-def test_an_env_that_crashes_after_others_stepped_fails_alone_and_nothing_steps_twice():
-    domain = CountDomain(CountConfig())
-    tasks = domain.tasks(split="train")[:2]
-    envs = [domain.make_env() for _ in tasks]
-    outputs = iter([["<action>inc</action>", "<action>explode</action>"], ["<action>inc</action>"]])
-    trajectories, stats = rollout(
-        tasks=tasks, envs=envs, act=lambda prompts: next(outputs)[: len(prompts)],
-        max_steps=2, history_window=2, seeds=[0, 1], source="real", tag="t",
-    )
-    assert stats.env_errors == 1 and envs[0].value == 2  # two steps, not three
-    assert [t.next_state for t in trajectories[0].transitions] == ["count is 1", "count is 2"]
-
-
-def test_error_notes_are_kept_for_the_update_and_out_of_the_buffer():
-    domain = CountDomain(CountConfig())
-    tasks = domain.tasks(split="train")[:3]
-    outputs = iter([["no tags at all", "<action>explode</action>", "<action>inc</action>"], ["<action>stop</action>"]])
-    trajectories, _ = rollout(
-        tasks=tasks, envs=[domain.make_env() for _ in tasks], act=lambda prompts: next(outputs)[: len(prompts)],
-        max_steps=2, history_window=2, seeds=[0, 1, 2], source="real", tag="t",
-    )
+    # the two notes stay in their episodes (the update sees them) and out of the replay buffer
     notes = [t.transitions[-1] for t in trajectories[:2]]
     assert [n.next_state for n in notes] == ["[no parsable action in the policy output]", "[environment error: RuntimeError]"]
     kept = storable([t for traj in trajectories for t in traj.transitions])
     assert [t.next_state for t in kept] == ["count is 1", "count is 1"]  # the third episode's two real steps
+
+
+def test_an_env_that_crashes_after_others_stepped_fails_alone_and_nothing_steps_twice():
+    envs = [CountEnv(5), CountEnv(5)]
+    trajectories, stats = _scripted_rollout([["<action>inc</action>", "<action>explode</action>"], ["<action>inc</action>"]], envs)
+    assert stats.env_errors == 1 and envs[0].value == 2  # two steps, not three
+    assert [t.next_state for t in trajectories[0].transitions] == ["count is 1", "count is 2"]
 
 
 def test_episodes_ended_by_the_envs_own_step_cap_count_as_truncated():
@@ -412,11 +400,7 @@ def test_episodes_ended_by_the_envs_own_step_cap_count_as_truncated():
             result = super().step(action=action)
             return msgspec.structs.replace(result, done=True, info={"truncated": True}) if self.value >= 1 else result
 
-    tasks = CountDomain(CountConfig()).tasks(split="train")[:2]
-    _, stats = rollout(
-        tasks=tasks, envs=[CappedEnv(5), CountEnv(5)], act=lambda prompts: ["<action>inc</action>"] * len(prompts),
-        max_steps=2, history_window=2, seeds=[0, 1], source="real", tag="t",
-    )
+    _, stats = _scripted_rollout([["<action>inc</action>"] * 2] * 2, [CappedEnv(5), CountEnv(5)])
     assert stats.truncated == 2  # one by the env's own cap, one by this rollout's
 
 

@@ -33,6 +33,7 @@ from .errors import DreamGymError
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
 
 __all__ = [
+    "utf8_safe",
     "ExperienceModelConfig",
     "AnnotationError",
     "END_TAG",
@@ -294,7 +295,7 @@ def _clip(text: str) -> tuple[str, bool]:
     return (text[:MAX_TEXT_CHARS], True) if len(text) > MAX_TEXT_CHARS else (text, False)
 
 
-def _utf8_safe(text: str) -> str:
+def utf8_safe(text: str) -> str:
     """``text`` with lone surrogates replaced by U+FFFD, so it can always be encoded as UTF-8."""
     return _SURROGATES.sub("\ufffd", text)
 
@@ -318,7 +319,7 @@ def parse_output(text: Any) -> ExperienceResult:
     """
     if not isinstance(text, str):
         return _failed(repr(text)[:200])
-    text = _utf8_safe(text)
+    text = utf8_safe(text)
     try:
         return _parse(text)
     except Exception:  # the contract is "never raises"; a parser bug must not crash a run

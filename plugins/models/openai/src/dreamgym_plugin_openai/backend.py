@@ -17,12 +17,12 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import re
 from typing import Any, Coroutine, Sequence
 
 import httpx
 
 from dreamgym_core.errors import DreamGymError
+from dreamgym_core.experience import utf8_safe
 
 from .config import OpenAIConfig
 
@@ -33,9 +33,6 @@ RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 #: Longest answer body accepted, in bytes: one completion is a few KB; more is a broken server.
 MAX_RESPONSE_BYTES = 8 * 2**20
-
-# JSON can escape a lone UTF-16 surrogate ("\ud800"); such text cannot be written as UTF-8.
-_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class ModelCallError(DreamGymError):
@@ -110,7 +107,7 @@ class OpenAIBackend:
             raise _Failed(f"malformed answer (no choices[0] text): {exc!r}", retry=False) from exc
         if not isinstance(text, str):
             raise _Failed("malformed answer: text is not a string", retry=False)
-        return _SURROGATES.sub("\ufffd", text)
+        return utf8_safe(text)  # JSON can escape a lone surrogate ("\ud800"), which UTF-8 cannot hold
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
         path = "/chat/completions" if self.config.endpoint == "chat" else "/completions"

@@ -363,6 +363,9 @@ def resolve(pipeline: PipelineConfig, plugins: Plugins, where: str) -> ResolvedP
     return ResolvedPipeline(source=where, pipeline=pipeline, components=components)
 
 
-def config_hash(resolved: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a resolved config (keys sorted)."""
-    return hashlib.sha256(msgspec.json.encode(resolved, order="sorted")).hexdigest()
+def config_hash(resolved: dict[str, Any], *, with_run_dir: bool = False) -> str:
+    """sha256 of the canonical JSON of a resolved config (keys sorted), without ``run_dir``:
+    where a run lives is not what it is, so a moved or copied run directory still resumes.
+    ``with_run_dir``: the hash that run directories stored before that was so."""
+    identity = resolved if with_run_dir else {k: v for k, v in resolved.items() if k != "run_dir"}
+    return hashlib.sha256(msgspec.json.encode(identity, order="sorted")).hexdigest()

@@ -46,12 +46,17 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
     data = resolved.to_builtins()
     digest = config_hash(data)
     stored_digest = _stored_digest(run_dir)
-    if stored_digest is not None and stored_digest != digest:
-        raise ConfigError(
-            f"{resolved.source}: config differs from the one in {run_dir} (sha256 {stored_digest[:12]}...{_changes(run_dir, data)}); "
-            + ("resume with the same pipeline and --set values" if resume else "that directory holds another run")
-            + ", or choose another run_dir"
-        )
+    if stored_digest is not None and stored_digest not in (digest, config_hash(data, with_run_dir=True)):
+        changed, added = _differences(run_dir, data)
+        if changed or added is None:
+            raise ConfigError(
+                f"{resolved.source}: config differs from the one in {run_dir} (sha256 {stored_digest[:12]}..."
+                + (f"; differs at {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}" if changed else "")
+                + "); "
+                + ("resume with the same pipeline and --set values" if resume else "that directory holds another run")
+                + ", or choose another run_dir"
+            )
+        log.warning("%s: options new since this run started take their defaults: %s", run_dir, ", ".join(added))
     has_checkpoints = (run_dir / "checkpoints").exists()
     if not resume and has_checkpoints:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume or choose another run_dir")
@@ -74,14 +79,28 @@ def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _changes(run_dir: Path, data: dict[str, Any]) -> str:
-    """', differs at x.y, z' from the stored config.json; '' when it cannot be read."""
+def _differences(run_dir: Path, data: dict[str, Any]) -> tuple[list[str], list[str] | None]:
+    """How ``data`` differs from the stored config.json: fields whose values changed, and
+    fields the stored config lacks (options added by a newer version; they take their defaults
+    on resume, as the rest of the newer code does). ``added`` is None when it cannot be read."""
     try:
         stored = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
-        return ""
-    fields = changed_fields(stored, json.loads(json.dumps(data)))
-    return f"; differs at {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}" if fields else ""
+        return [], None
+    changed, added = [], []
+    for field in changed_fields(stored, json.loads(json.dumps(data))):
+        if field == "run_dir":
+            continue
+        (added if _absent(stored, field) else changed).append(field)
+    return changed, added
+
+
+def _absent(config: Any, dotted: str) -> bool:
+    for key in dotted.split("."):
+        if not isinstance(config, dict) or key not in config:
+            return True
+        config = config[key]
+    return False
 
 
 def _stored_digest(run_dir: Path) -> str | None:

@@ -83,7 +83,7 @@ def _metric_rows(run_dir):
 def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
     """Real components end to end; a plugin SIGKILLs the run after iteration 2, between two
     checkpoints, when the buffer has already written that iteration's transitions to disk
-    (flush_every 1). The resume plays iteration 2 again from checkpoint it-2, after rolling
+    (flush_every 1). The run directory is moved, and the resume plays iteration 2 again from checkpoint it-2, after rolling
     the buffer back to it; metrics.jsonl keeps one row per iteration. (tests/test_loop.py
     checks the rolled-back contents; here the reduced models barely use retrieval.)"""
     from conftest import build_plugin_package
@@ -110,13 +110,15 @@ def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
     at_checkpoint = json.loads((latest / "state.json").read_text())["buffer_position"]
     with open_run_buffer(tmp_path / "killed") as buffer:
         stored_since = buffer.position - at_checkpoint
-    resumed = run(tmp_path / "killed", -1, "--resume")
+    # resumed after a move: nothing in a run directory may depend on where it lives
+    shutil.move(tmp_path / "killed", tmp_path / "moved")
+    resumed = run(tmp_path / "moved", -1, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ("replay buffer rolled back to the checkpoint" in resumed.stderr) == (stored_since > 0)
-    assert [r["step"] for r in _metric_rows(tmp_path / "killed")] == [-1, 0, 1, 2, 3, 4]
-    assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "whole")
+    assert [r["step"] for r in _metric_rows(tmp_path / "moved")] == [-1, 0, 1, 2, 3, 4]
+    assert _metric_rows(tmp_path / "moved") == _metric_rows(tmp_path / "whole")
     assert json.loads(resumed.stdout) | {"run_dir": ""} == json.loads(whole.stdout) | {"run_dir": ""}
-    assert stored_transitions(tmp_path / "killed") == stored_transitions(tmp_path / "whole")
+    assert stored_transitions(tmp_path / "moved") == stored_transitions(tmp_path / "whole")
 
 
 @pytest.mark.parametrize("mode", ["real", "s2r"])

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from dreamgym_core import hookimpl
-from dreamgym_core.config import PipelineConfig, resolve
+from dreamgym_core.config import PipelineConfig, config_hash, resolve
 from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.loop import Runner, changed_fields, evaluate_run, prepare_run_dir, run_pipeline
 from dreamgym_core.rollout import rollout, wilson_interval
@@ -208,9 +208,10 @@ KILLER = textwrap.dedent(
 )
 
 
-def _whole_and_resumed(tmp_path: Path, kill_at: int, parts: dict | None = None) -> tuple[dict, dict]:
+def _whole_and_resumed(tmp_path: Path, kill_at: int, parts: dict | None = None, *, move_to: str = "") -> tuple[dict, dict]:
     """Final summaries of an uninterrupted run and of one SIGKILLed after iteration index
-    ``kill_at`` and resumed (``parts``: sections merged into the stand-in pipeline)."""
+    ``kill_at`` and resumed (``parts``: sections merged into the stand-in pipeline; ``move_to``:
+    the killed run's directory is moved there before it resumes)."""
     script = tmp_path / "killer.py"
     script.write_text(KILLER.format(here=str(HERE)))
 
@@ -222,7 +223,9 @@ def _whole_and_resumed(tmp_path: Path, kill_at: int, parts: dict | None = None) 
     assert whole.returncode == 0, whole.stderr
     killed = run(tmp_path / "killed", kill_at)
     assert killed.returncode == -signal.SIGKILL
-    resumed = run(tmp_path / "killed", -1, "--resume")
+    if move_to:
+        shutil.move(tmp_path / "killed", tmp_path / move_to)
+    resumed = run(tmp_path / (move_to or "killed"), -1, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     return json.loads(whole.stdout.splitlines()[-1]), json.loads(resumed.stdout.splitlines()[-1])
 
@@ -241,6 +244,47 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     resumed_rows = rows(tmp_path / "killed")
     assert [r["step"] for r in resumed_rows] == [-1, 0, 1, 2, 3, 4, 5]
     assert resumed_rows == rows(tmp_path / "whole")
+
+
+def test_a_moved_run_directory_resumes_where_it_stopped(tmp_path):
+    # Where a run lives is not part of its config's identity: runs are copied between disks.
+    whole, resumed = _whole_and_resumed(tmp_path, 2, move_to="elsewhere")
+    assert resumed | {"run_dir": ""} == whole | {"run_dir": ""}
+    assert resumed["run_dir"] == str(tmp_path / "elsewhere")
+    assert json.loads((tmp_path / "elsewhere" / "config.json").read_text())["run_dir"] == str(tmp_path / "elsewhere")
+
+
+def _as_stored_by_an_older_version(run_dir: Path, dropped: tuple[str, str], *, with_run_dir: bool = False) -> None:
+    """Rewrite a run's stored config as a version without option ``dropped`` would have."""
+    stored = json.loads((run_dir / "config.json").read_text())
+    del stored[dropped[0]][dropped[1]]
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    (run_dir / "config.sha256").write_text(config_hash(stored, with_run_dir=with_run_dir) + "\n")
+
+
+def test_a_run_stored_before_an_option_existed_resumes_with_its_default(register_plugin, tmp_path, caplog):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    _as_stored_by_an_older_version(tmp_path / "run", ("loop", "checkpoint_every"))
+    with caplog.at_level("WARNING", logger="dreamgym_core.loop"):
+        prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=1), resume=True)
+    assert "options new since this run started take their defaults: loop.checkpoint_every" in caplog.text
+    assert "checkpoint_every" in json.loads((tmp_path / "run" / "config.json").read_text())["loop"]
+    # a changed value next to the new option is still refused, naming only the changed value
+    _as_stored_by_an_older_version(tmp_path / "run", ("loop", "checkpoint_every"))
+    with pytest.raises(ConfigError, match=r"; differs at loop.iterations\); resume with the same"):
+        prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=2), resume=True)
+
+
+def test_a_run_whose_stored_hash_covers_its_run_dir_still_resumes(register_plugin, tmp_path, caplog):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.sha256").write_text(config_hash(stored, with_run_dir=True) + "\n")
+    with caplog.at_level("WARNING", logger="dreamgym_core.loop"):
+        prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=1), resume=True)
+    assert "options new" not in caplog.text
+    assert (tmp_path / "run" / "config.sha256").read_text().strip() == config_hash(stored)
 
 
 def test_killed_between_checkpoints_resumes_to_the_same_kept_policy(tmp_path):

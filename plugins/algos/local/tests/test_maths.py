@@ -92,6 +92,19 @@ def test_gae_equals_verl_and_returns_are_reward_to_go_at_lambda_one():
     assert ret[0, 3:].tolist() == pytest.approx([1.0, 1.0, 1.0])
 
 
+@pytest.mark.parametrize("mask", [[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [[], []]],
+                         ids=["one-token", "no-token", "no-column"])
+def test_gae_on_fewer_than_two_tokens_gives_zero_advantage_and_the_reward_as_return(mask):
+    # verl's whitening raises on a batch of one response token (Bessel: n - 1 = 0) or none;
+    # a PPO batch of one step whose response is a single token (an empty response trained as
+    # EOS) got there. Whitening one value centres it to 0; its return is its reward (terminal).
+    mask = torch.tensor(mask).reshape(2, -1)
+    rewards, values = 0.7 * mask, 0.3 * mask
+    adv, ret = maths.gae_advantages(rewards, values, mask, gamma=0.9, lam=0.95)
+    assert adv.shape == ret.shape == mask.shape
+    assert torch.equal(adv, torch.zeros_like(mask)) and torch.allclose(ret, 0.7 * mask)
+
+
 def test_policy_loss_equals_verl_vanilla():
     torch.manual_seed(1)
     old, new, adv = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)

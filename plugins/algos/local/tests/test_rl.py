@@ -116,6 +116,18 @@ def test_an_empty_response_is_penalised_and_trained_as_eos(cls, config_type, kit
     assert eos_logprob(algo, empty.decisions[0].prompt) < before - 1e-3
 
 
+def test_ppo_trains_a_batch_of_a_single_response_token(kit):
+    # one step whose response is empty (trained as one EOS token): verl's advantage whitening
+    # raised ValueError on a single token. Its advantage is 0 (whitened alone), and the value
+    # head still learns its return, the penalised reward.
+    task = kit.make_groups()[0][0].task
+    algo = PPO(PPOConfig(lr=1e-3, kl_coef=0.0), policy=kit.TinyPolicy(), seed=0)
+    metrics = algo.update(groups=[[unparsed(kit, task, "")]])
+    assert metrics["data/response_tokens"] == 1 and metrics["perf/optimizer_steps"] == 1
+    assert metrics["charts/mean_return"] == pytest.approx(-0.1)
+    assert metrics["losses/policy_loss"] == 0.0 and metrics["losses/value_loss"] > 0
+
+
 def test_sft_still_drops_empty_responses(kit):
     task = kit.make_groups()[0][0].task
     steps, _ = trajectory_steps([unparsed(kit, task, ""), kit.trajectory(task, ["go north"], True)])

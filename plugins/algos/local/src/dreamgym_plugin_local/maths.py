@@ -130,7 +130,16 @@ def unpack_episodes(packed: torch.Tensor, mask: torch.Tensor, episode_of_row: Se
 def gae_advantages(
     token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl's GAE over (E, T) episode token rows: (whitened advantages, returns)."""
+    """verl's GAE over (E, T) episode token rows: (whitened advantages, returns).
+
+    verl's whitening needs two or more response tokens in the batch (it raises on fewer:
+    Bessel's n - 1 is 0). On one token, whitening centres the lone advantage to 0, and the
+    token ends its episode (next value 0), so its return is its reward; on none there is
+    nothing to compute.
+    """
+    if mask.sum() < 2:
+        returns = token_rewards.float() * mask.float()
+        return torch.zeros_like(returns), returns
     return core_algos.compute_gae_advantage_return(
         token_level_rewards=token_rewards.float(), values=values.float(), response_mask=mask.float(), gamma=gamma, lam=lam
     )

@@ -262,3 +262,28 @@ def test_prepare_fits_domain_words_as_single_tokens(small_config):
     assert backend.tokenizer.tokenize(" kitchen") == ["Ġkitchen"]
     assert backend.model.get_input_embeddings().num_embeddings == len(backend.tokenizer)
     assert backend.tokenizer.decode(backend.tokenizer("héllo\n{\"a\": 1}")["input_ids"]) == "héllo\n{\"a\": 1}"
+
+
+def test_a_checkpoints_generation_config_does_not_change_sampling(make_examples, small_config, tmp_path):
+    # Hub checkpoints ship sampling defaults in generation_config.json (Qwen2.5-Instruct:
+    # repetition_penalty 1.05, top_k 20, top_p 0.8, temperature 0.7, do_sample true). generate()
+    # must sample exactly as its own arguments say (what RL log-probs score), not with those.
+    import json
+
+    backend = TinyBackend(small_config())
+    backend.prepare(corpus=["".join(t for t, _ in e) for e in make_examples()])
+    backend.save(path=str(tmp_path / "plain"))
+    backend.save(path=str(tmp_path / "tuned"))
+    config_file = tmp_path / "tuned" / "generation_config.json"
+    settings = {"repetition_penalty": 1.5, "no_repeat_ngram_size": 1, "do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8}
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **settings}))
+    plain, tuned = HFBackend.load(str(tmp_path / "plain")), HFBackend.load(str(tmp_path / "tuned"))
+    prompts = [PROMPT, "Room: bedroom."]
+    for kwargs in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}):
+        assert tuned.generate(prompts=prompts, max_new_tokens=12, **kwargs) == plain.generate(
+            prompts=prompts, max_new_tokens=12, **kwargs
+        ), kwargs
+    # the checkpoint's own settings are kept (and saved again), only not applied
+    assert tuned.model.generation_config.repetition_penalty == 1.5
+    tuned.save(path=str(tmp_path / "again"))
+    assert json.loads((tmp_path / "again" / "generation_config.json").read_text())["repetition_penalty"] == 1.5

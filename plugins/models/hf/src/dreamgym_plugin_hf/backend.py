@@ -250,12 +250,21 @@ class HFBackend:
         ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)
         criteria = StoppingCriteriaList([_StopStrings(self.tokenizer, stop, ids.shape[1])]) if stop else None
         device = self.config.device
-        output = self.model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            generation_config=self._generation_config(max_new_tokens, temperature),
-            stopping_criteria=criteria,
-        )
+        # transformers fills every setting our config leaves unset from the model's own
+        # generation_config (a hub checkpoint's repetition_penalty, no_repeat_ngram_size, ...),
+        # so sampling would not be the distribution asked for (nor the one RL log-probs score).
+        # A blank one stands in during the call; the checkpoint's is kept and saved as it was.
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        own, base.generation_config = base.generation_config, GenerationConfig()
+        try:
+            output = self.model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=self._generation_config(max_new_tokens, temperature),
+                stopping_criteria=criteria,
+            )
+        finally:
+            base.generation_config = own
         texts = self.tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
         return [cut_at_stop(t, stop) for t in texts]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 
 import pytest
@@ -287,3 +288,19 @@ def test_a_checkpoints_generation_config_does_not_change_sampling(make_examples,
     assert tuned.model.generation_config.repetition_penalty == 1.5
     tuned.save(path=str(tmp_path / "again"))
     assert json.loads((tmp_path / "again" / "generation_config.json").read_text())["repetition_penalty"] == 1.5
+
+
+def test_sft_refuses_to_update_float16_weights_but_trains_float16_lora(trained, make_examples, tmp_path):
+    # AdamW on float16 weights (no float32 master copy) turned every weight NaN after one step:
+    # its eps (1e-8) is 0 in float16, and 0/0 where a gradient is 0 (unused embedding rows).
+    trained.save(path=str(tmp_path / "m"))
+    half = HFBackend.load(str(tmp_path / "m"), dtype="float16")
+    before = {n: p.detach().clone() for n, p in half.model.named_parameters()}
+    with pytest.raises(ConfigError, match="float16"):
+        half.sft(examples=make_examples()[:4], epochs=1, lr=1e-3, batch_size=4)
+    assert all(torch.equal(p, before[n]) for n, p in half.model.named_parameters())
+    # LoRA adapters on a float16 model are float32 (peft), so that trains
+    adapted = HFBackend.load(str(tmp_path / "m"), dtype="float16", lora=LoraSettings(r=4))
+    metrics = adapted.sft(examples=make_examples()[:4], epochs=1, lr=1e-3, batch_size=4)
+    assert math.isfinite(metrics["losses/sft_loss"])
+    assert all(torch.isfinite(p).all() for p in adapted.model.parameters())

@@ -335,8 +335,13 @@ class HFBackend:
         mean_loss)`` runs after each epoch with the model in eval mode (validation, snapshots)."""
         if epochs < 1 or batch_size < 1 or lr <= 0:
             raise ConfigError(f"hf: sft needs epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})")
-        rows = self._trainable_rows(examples)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if any(p.dtype == torch.float16 for p in params):
+            raise ConfigError(
+                "hf: sft cannot update float16 weights (AdamW without a float32 copy turns them to NaN); "
+                "load with dtype bfloat16 or float32, or train LoRA adapters (kept in float32)"
+            )
+        rows = self._trainable_rows(examples)
         optimiser = torch.optim.AdamW(params, lr=lr)
         order = random.Random(self.config.seed)
         epoch_means: list[float] = []

@@ -304,3 +304,11 @@ def test_sft_refuses_to_update_float16_weights_but_trains_float16_lora(trained, 
     metrics = adapted.sft(examples=make_examples()[:4], epochs=1, lr=1e-3, batch_size=4)
     assert math.isfinite(metrics["losses/sft_loss"])
     assert all(torch.isfinite(p).all() for p in adapted.model.parameters())
+
+
+def test_evaluate_loss_is_the_token_mean_whatever_the_batch_size(trained, make_examples):
+    # 9 examples in batches of 8: the last batch (one example) must not weigh as much as the other 8
+    examples = make_examples()[:8] + [[("Room: garden.", False), (" take coin. Result: you take the coin, then the lamp.", True)]]
+    per_batch = {size: trained.evaluate_loss(examples=examples, batch_size=size) for size in (1, 8, 9)}
+    assert per_batch[1] == pytest.approx(per_batch[9], rel=1e-5)
+    assert per_batch[8] == pytest.approx(per_batch[9], rel=1e-5)

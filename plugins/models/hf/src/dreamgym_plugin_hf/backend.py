@@ -316,11 +316,12 @@ class HFBackend:
 
     @torch.no_grad()
     def evaluate_loss(self, *, examples: Sequence[Example], batch_size: int = 8) -> float:
-        """Mean masked next-token loss over ``examples`` (no update)."""
+        """Mean masked next-token loss over the trained tokens of ``examples`` (no update);
+        ``batch_size`` only bounds memory."""
         rows = self._trainable_rows(examples)
         self.model.eval()
-        losses = [self._batch_loss(rows[i : i + batch_size]).item() for i in range(0, len(rows), batch_size)]
-        return sum(losses) / len(losses)
+        sums = [self._loss_sum(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+        return sum(total.item() for total, _ in sums) / sum(count for _, count in sums)
 
     def sft(
         self,

@@ -133,3 +133,33 @@ def test_an_api_key_variable_that_is_unset_stops_the_server(monkeypatch, capsys,
     assert info.value.code != 0
     error = capsys.readouterr().err
     assert "DREAMGYM_TEST_SERVE_KEY" in error and error.count("\n") == 1
+
+
+def test_chat_completion_conditions_on_one_start_token(trained, tmp_path):
+    # Llama-3-style: the chat template writes the BOS text and the tokenizer adds BOS itself.
+    # A chat request must be tokenised as the backend tokenises a templated prompt (one BOS),
+    # not with a second BOS in front.
+    import threading
+
+    from tokenizers.processors import TemplateProcessing
+
+    from dreamgym_plugin_hf.backend import HFBackend
+    from dreamgym_plugin_hf.serve import chat_body
+
+    trained.save(path=str(tmp_path / "m"))
+    backend = HFBackend.load(str(tmp_path / "m"))
+    tok = backend.tokenizer
+    bos = [("<|bos|>", tok.bos_token_id)]
+    tok._tokenizer.post_processor = TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A $B", special_tokens=bos)
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert tok("", add_special_tokens=True)["input_ids"] == [tok.bos_token_id]
+    seen = []
+    generate = backend.model.generate
+    backend.model.generate = lambda **kwargs: seen.append(kwargs["input_ids"][0].tolist()) or generate(**kwargs)
+    chat_body(backend, {"messages": [{"role": "user", "content": "Room: garden."}], "max_tokens": 4, "temperature": 0}, threading.Lock())
+    backend.chat_template = True
+    backend.generate(prompts=["Room: garden."], max_new_tokens=4, temperature=0)
+    assert seen[0] == seen[1] and seen[0][:2] != [tok.bos_token_id] * 2

@@ -62,6 +62,17 @@ def chat_prompt(tokenizer: Any, messages: Any) -> str:
     return "\n".join(lines + ["assistant: "])
 
 
+def _without_added_start(tokenizer: Any, prompt: str) -> str:
+    """``prompt`` less leading special tokens the tokenizer adds to any text itself.
+
+    Templates such as Llama 3's write ``<|begin_of_text|>`` and the tokenizer adds it again;
+    the backend's own chat-template path tokenises without special tokens, so one stays.
+    """
+    added = tokenizer("", add_special_tokens=True)["input_ids"]
+    start = tokenizer.decode(added) if added else ""
+    return prompt[len(start) :] if start and prompt.startswith(start) else prompt
+
+
 def completion_body(backend: Any, body: dict[str, Any], lock: threading.Lock) -> dict[str, Any]:
     """Answer of ``POST /v1/completions``."""
     prompt = body.get("prompt")
@@ -80,7 +91,8 @@ def completion_body(backend: Any, body: dict[str, Any], lock: threading.Lock) ->
 
 def chat_body(backend: Any, body: dict[str, Any], lock: threading.Lock) -> dict[str, Any]:
     """Answer of ``POST /v1/chat/completions`` (one choice)."""
-    prompt = chat_prompt(backend.tokenizer, body.get("messages"))
+    # generate() below adds the tokenizer's own start token, which a template may already hold
+    prompt = _without_added_start(backend.tokenizer, chat_prompt(backend.tokenizer, body.get("messages")))
     args = _sampling(body)
     with lock:
         # the chat template is already applied: generate on raw text

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
 import msgspec
 import pytest
 
@@ -10,7 +19,7 @@ from dreamgym_plugin_textworld import TextWorldEnv, TwxConfig, make_twx
 from dreamgym_plugin_textworld.engines import EngineError, TwxEngine
 from dreamgym_plugin_textworld.env import EpisodeOver
 
-from .conftest import TWX_GAMES
+from .conftest import TWX_GAMES, twx_config
 
 
 @pytest.mark.parametrize("game", TWX_GAMES)
@@ -272,3 +281,144 @@ def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains
             env.engine.step("look around")
     finally:
         env.close()
+
+
+def test_a_connection_error_during_a_call_is_a_one_line_engine_error(twx_domains) -> None:
+    class Broken:
+        def stepJSON(self, action: str) -> str:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    domain = twx_domains["coin"]
+    env = domain.make_env()
+    try:
+        first = env.reset(task=domain.tasks(split="train")[0])
+        env.engine._env.server = Broken()
+        with pytest.raises(EngineError, match=r"step: .* stopped answering \(\[Errno 32\] Broken pipe\)$"):
+            env.step(action="look around")
+        assert env.reset(task=domain.tasks(split="train")[0]) == first
+    finally:
+        env.close()
+
+
+_LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops a JVM with SIGSTOP, watched in /proc")
+
+
+def _py4j_noise(records: list[logging.LogRecord]) -> list[str]:
+    """What py4j logged (some of it on the root logger) that a default setup would print."""
+    return [
+        f"{r.name}: {r.getMessage()}" for r in records
+        if r.levelno >= logging.WARNING and (r.name.startswith("py4j") or "py4j" in r.pathname)
+    ]  # fmt: skip
+
+
+def _stop(pid: int) -> None:
+    """SIGSTOP the process and wait until every thread has stopped: a thread the kernel has
+    not stopped yet could still answer the next call."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                states.append(Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:  # a thread that ended
+                pass
+        if states and all(state in "Tt" for state in states):
+            return
+        time.sleep(0.01)
+    pytest.fail(f"process {pid} did not stop")
+
+
+def _bounded(call: Callable[[], Any], *, limit_s: float, unblock: Callable[[], None]) -> tuple[Any, float]:
+    """``call()``'s result or exception, and its duration; past ``limit_s`` the test fails
+    (after ``unblock()``) instead of hanging the suite: pytest-timeout is not installed."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(limit_s)
+    elapsed = time.monotonic() - start
+    if thread.is_alive():
+        unblock()
+        thread.join(10)
+        pytest.fail(f"the call was still blocked after {limit_s} s")
+    return outcome[0], elapsed
+
+
+@_LINUX
+def test_a_hung_engine_is_stopped_after_call_timeout_s_and_the_next_reset_starts_another(twx_domains, caplog) -> None:
+    task = twx_domains["coin"].tasks(split="train")[0]
+    domain = make_twx(twx_config("coin", call_timeout_s=2))  # its own JVM, to stop; no probe
+    env = domain.make_env()
+    before = set(threading.enumerate())
+    try:
+        first = env.reset(task=task)
+        process = env.engine._env._gateway.java_process
+        jvm_threads = set(threading.enumerate()) - before  # the watchdog's, and py4j's for that JVM
+        _stop(process.pid)  # hung: its sockets stay open, nothing answers
+        with caplog.at_level(logging.INFO):
+            error, elapsed = _bounded(lambda: env.step(action="look around"), limit_s=30, unblock=process.kill)
+        assert isinstance(error, EngineError), error
+        assert str(error) == (
+            "env 'twx': step: the TextWorldExpress engine (JVM) did not answer within 2 s (call_timeout_s)"
+            " and was stopped"
+        )
+        assert 2 <= elapsed < 15
+        assert process.returncode == -signal.SIGKILL  # killed and reaped
+        assert _py4j_noise(caplog.records) == []
+        assert f"twx-watchdog-{process.pid}" in {t.name for t in jvm_threads}
+        for thread in jvm_threads:
+            thread.join(10)
+        assert not [t.name for t in jvm_threads if t.is_alive()]
+        assert env.reset(task=task) == first  # a new JVM
+        assert env.step(action="look around").valid
+    finally:
+        env.close()
+
+
+@_LINUX
+def test_a_jvm_killed_during_a_call_is_one_line_without_py4j_tracebacks(twx_domains, caplog) -> None:
+    task = twx_domains["coin"].tasks(split="train")[0]
+    env = twx_domains["coin"].make_env()  # its own JVM, to kill
+    try:
+        first = env.reset(task=task)
+        process = env.engine._env._gateway.java_process
+        _stop(process.pid)
+        killer = threading.Timer(0.5, process.kill)  # dies mid-call; the limit is far off
+        killer.start()
+        with caplog.at_level(logging.INFO):
+            error, _ = _bounded(lambda: env.step(action="look around"), limit_s=30, unblock=process.kill)
+        killer.join()
+        assert isinstance(error, EngineError), error
+        assert "step: the TextWorldExpress engine (JVM) stopped answering" in str(error)
+        assert _py4j_noise(caplog.records) == []
+        assert env.reset(task=task) == first
+    finally:
+        env.close()
+
+
+def test_what_py4j_logs_during_a_call_that_succeeds_is_kept(twx_domains, caplog) -> None:
+    domain = make_twx(twx_config("coin", call_timeout_s=0))  # no limit: no watchdog
+    env = domain.make_env()
+    try:
+        env.reset(task=twx_domains["coin"].tasks(split="train")[0])
+        assert env.engine._watchdog is None
+        with caplog.at_level(logging.DEBUG, logger="py4j"):
+            env.step(action="look around")
+        sent = [r.getMessage() for r in caplog.records if r.name == "py4j.java_gateway"]
+        assert any(m.startswith("Command to send") and "stepJSON" in m and "look around" in m for m in sent)
+    finally:
+        env.close()
+
+
+def test_call_timeout_s_is_checked() -> None:
+    with pytest.raises(msgspec.ValidationError, match="call_timeout_s"):
+        twx_config("coin", call_timeout_s=-1)
+    assert TwxConfig().call_timeout_s == 60.0

@@ -10,7 +10,7 @@ from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Observation, Task, Trajectory, Transition
 
 from .annotate import annotate_transition
-from .config import TwConfig, TwxConfig
+from .config import DEFAULT_CALL_TIMEOUT_S, TwConfig, TwxConfig
 from .engines import RawState, TwEngine, TwxEngine
 from .env import TextWorldEnv
 from .games import (
@@ -90,7 +90,11 @@ class TextWorldDomain:
 
     def make_env(self) -> TextWorldEnv:
         """A fresh real environment (TextWorldExpress starts its JVM on first reset)."""
-        engine = TwxEngine() if self.name == "twx" else TwEngine(self.cache_dir)
+        if self.name == "twx":
+            timeout = getattr(self.config, "call_timeout_s", DEFAULT_CALL_TIMEOUT_S)
+            engine: TwxEngine | TwEngine = TwxEngine(call_timeout_s=timeout)
+        else:
+            engine = TwEngine(self.cache_dir)
         return TextWorldEnv(
             engine,
             max_steps=self.config.max_steps,

@@ -6,6 +6,11 @@ next action. Nothing here renders text for models: that is :mod:`.state`.
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import threading
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +20,7 @@ import msgspec
 
 from dreamgym_core.errors import ConfigError, DreamGymError
 
+from .config import DEFAULT_CALL_TIMEOUT_S
 from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
 
 __all__ = ["RawState", "TwxEngine", "TwEngine", "EngineError"]
@@ -39,6 +45,128 @@ class EngineError(DreamGymError):
 # TextWorldExpress reads game parameters as 32-bit integers.
 _INT32 = (-(1 << 31), (1 << 31) - 1)
 _NOT_LOADED = "ERROR: Game generator is not initialized"
+# How long a killed JVM may take to be reaped before the engine is dropped anyway (its
+# py4j process thread still reaps it later).
+_REAP_S = 10.0
+
+_log = logging.getLogger(__name__)
+
+
+class _Watchdog:
+    """Kills a JVM when a call to it outlives ``limit_s``, so the blocked call fails.
+
+    One thread per JVM. Arming and disarming take a lock (microseconds): a timer thread
+    per call would cost about as much as a step. The thread sleeps while no call runs
+    and wakes about once per ``limit_s`` while calls follow one another.
+    """
+
+    def __init__(self, process: Any, limit_s: float) -> None:
+        self.process = process
+        self.limit_s = limit_s
+        self._lock = threading.Condition()
+        self._deadline: float | None = None  # while a call runs
+        self._idle = False  # the thread waits for a call (no deadline to sleep to)
+        self._fired = self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"twx-watchdog-{process.pid}", daemon=True)
+        self._thread.start()
+
+    def arm(self) -> None:
+        with self._lock:
+            self._deadline = time.monotonic() + self.limit_s
+            if self._idle:
+                self._lock.notify()
+
+    def disarm(self) -> bool:
+        """End the watch of a call: whether its limit passed (then the JVM was killed)."""
+        with self._lock:
+            self._deadline = None
+            return self._fired
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._lock.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        with self._lock:
+            while not self._stopped:
+                if self._deadline is None:
+                    self._idle = True
+                    self._lock.wait()
+                    self._idle = False
+                elif (left := self._deadline - time.monotonic()) > 0:
+                    self._lock.wait(min(left, threading.TIMEOUT_MAX))
+                else:
+                    self._fired, self._deadline = True, None
+                    try:
+                        self.process.kill()  # SIGKILL: a stopped or deadlocked JVM dies too
+                    except OSError:  # it has exited already
+                        pass
+
+
+class _HeldPy4JLogs(logging.Filter):
+    """Holds back what py4j logs on a thread during an engine call, until the call ends.
+
+    py4j logs tracebacks (some on the root logger) for a connection that breaks, and for
+    each connection it then fails to open, before it raises. A call that becomes an
+    :class:`EngineError` says what happened in one line, so those records go to this
+    module's logger at DEBUG; a call that ends any other way lets them through as py4j
+    logged them. Records of other threads, of other libraries, and outside calls pass.
+    """
+
+    LOGGERS = ("root", "py4j.java_gateway", "py4j.clientserver")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: dict[int, list[logging.LogRecord]] = {}
+        self._py4j_dir = ""
+
+    def install(self) -> None:
+        if self._py4j_dir:
+            return
+        import py4j
+
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        self._py4j_dir = os.path.dirname(py4j.__file__) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = self._held.get(record.thread) if self._held else None
+        if held is None or not self._py4j_dir or not record.pathname.startswith(self._py4j_dir):
+            return True
+        held.append(record)
+        return False
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        thread = threading.get_ident()
+        if thread in self._held:  # a call inside a call: the outer one decides
+            yield
+            return
+        records = self._held[thread] = []
+        engine_error = False
+        try:
+            yield
+        except EngineError:
+            engine_error = True
+            raise
+        finally:
+            del self._held[thread]
+            for record in records:
+                if engine_error:
+                    _log.debug("py4j logged, before an EngineError: %s", record.getMessage(), exc_info=record.exc_info)
+                else:
+                    logging.getLogger(record.name).handle(record)
+
+
+_PY4J_LOGS = _HeldPy4JLogs()
+
+
+def _java_process(env: Any) -> Any:
+    """The JVM's ``subprocess.Popen`` (TextWorldExpress starts it through py4j), or None."""
+    return getattr(getattr(env, "_gateway", None), "java_process", None)
 
 
 class TwxEngine:
@@ -46,10 +174,16 @@ class TwxEngine:
 
     If the JVM dies, the call that finds out raises :class:`EngineError` and the
     engine is dropped: the episode is lost, and the next ``load`` starts a new JVM.
+    A call to a started JVM that does not answer within ``call_timeout_s`` (a hung or
+    stopped JVM) is the same failure: a watchdog kills the JVM, which ends the call.
+    ``call_timeout_s=0`` turns the limit off. Starting the JVM itself is not limited
+    (py4j hands over its process only once it is up).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
+        self.call_timeout_s = call_timeout_s
         self._env: Any = None
+        self._watchdog: _Watchdog | None = None
         self._loaded: tuple[str, str] | None = None
         self._game: tuple[str, str, str, int] | None = None
         self._gold: list[str] | None = None
@@ -62,38 +196,88 @@ class TwxEngine:
 
             # The plugin enforces its own step cap; the engine's is set out of the way.
             self._env = TextWorldExpressEnv(envStepLimit=10**9)
+            process = _java_process(self._env)
+            if self.call_timeout_s > 0 and process is not None:
+                self._watchdog = _Watchdog(process, self.call_timeout_s)
         return self._env
 
     @contextmanager
     def _call(self, what: str) -> Iterator[Any]:
-        """The running engine for one call; a dead one raises EngineError and is dropped.
+        """The running engine for one call; a dead or hung one raises EngineError and is dropped.
 
         A JVM known to have exited is not called at all (py4j would log pages of
-        retries); one that dies during the call surfaces as a py4j network error.
+        retries); one that dies during the call surfaces as a py4j network error, and
+        one that hangs is killed by the watchdog after ``call_timeout_s``. What py4j
+        logs on the way is held back (see :class:`_HeldPy4JLogs`).
         """
         from py4j.protocol import Py4JError, Py4JJavaError
 
         if self._game is None and what != "load":
             raise EngineError(f"env 'twx': {what}: no game loaded (after an engine stops, reset first)")
-        env = self._server()
-        process = getattr(getattr(env, "_gateway", None), "java_process", None)
-        if process is not None and process.poll() is not None:
-            self._drop()
-            raise EngineError(f"env 'twx': {what}: the TextWorldExpress engine (JVM) has exited (code {process.returncode})")
-        try:
-            yield env
-        except Py4JJavaError:
-            raise  # the engine answered with an error of its own
-        except Py4JError as exc:
-            self._drop()
-            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"env 'twx': {what}: the TextWorldExpress engine (JVM) stopped answering ({cause})") from exc
+        _PY4J_LOGS.install()
+        with _PY4J_LOGS.hold():
+            env = self._server()
+            process = _java_process(env)
+            if process is not None and process.poll() is not None:
+                self._drop()
+                raise EngineError(
+                    f"env 'twx': {what}: the TextWorldExpress engine (JVM) has exited (code {process.returncode})"
+                )
+            watchdog = self._watchdog
+            if watchdog is not None:
+                watchdog.arm()
+            try:
+                yield env
+            except BaseException as exc:  # KeyboardInterrupt too: the watch must end
+                if watchdog is not None and watchdog.disarm():
+                    self._drop()
+                    raise EngineError(self._timed_out(what)) from exc
+                if isinstance(exc, Py4JJavaError):
+                    raise  # the engine answered with an error of its own
+                if isinstance(exc, (Py4JError, ConnectionError)):  # py4j lets a broken pipe through, rarely
+                    self._drop()
+                    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise EngineError(
+                        f"env 'twx': {what}: the TextWorldExpress engine (JVM) stopped answering ({cause})"
+                    ) from exc
+                raise
+            if watchdog is not None and watchdog.disarm():  # the answer came as the limit passed
+                self._drop()
+                raise EngineError(self._timed_out(what))
+
+    def _timed_out(self, what: str) -> str:
+        return (
+            f"env 'twx': {what}: the TextWorldExpress engine (JVM) did not answer within"
+            f" {self.call_timeout_s:g} s (call_timeout_s) and was stopped"
+        )
 
     def _drop(self) -> None:
+        """Forget a failed engine: its JVM is killed and reaped, and nothing more is sent to it."""
         env, self._env = self._env, None
         self._loaded = self._game = None
-        if env is not None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.stop()
+        if env is None:
+            return
+        process = _java_process(env)
+        if process is not None:
+            process.kill()
+            try:
+                process.wait(timeout=_REAP_S)
+            except subprocess.TimeoutExpired:
+                _log.warning("env 'twx': the killed JVM (pid %s) has not exited after %s s", process.pid, _REAP_S)
+        # Close py4j's side without a shutdown request (nothing would answer it). Marked
+        # disconnected, the client also stops sending the JVM deletes for its Java objects
+        # as Python collects them, each of which would log a failed connection.
+        gateway = getattr(env, "_gateway", None)
+        client = getattr(gateway, "_gateway_client", None)
+        if client is None:  # not the py4j layout this was written for
             env.close()
+            return
+        client.is_connected = False
+        client.close()
+        gateway.shutdown_callback_server()
 
     def load(self, payload: dict[str, Any]) -> None:
         game, params = payload["game"], twx_params_string(payload.get("params", {}))
@@ -164,10 +348,18 @@ class TwxEngine:
         )
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-            self._loaded = None
+        if self._env is None:
+            return
+        process = _java_process(self._env)
+        if process is not None and process.poll() is not None:
+            self._drop()  # its JVM has exited: nothing would answer a shutdown request
+            return
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.stop()
+        self._env.close()
+        self._env = None
+        self._loaded = None
 
 
 class TwEngine:

@@ -47,6 +47,21 @@ def test_sampling_is_deterministic_per_seed(small_config):
     assert a != c
 
 
+def test_unseeded_sampling_draws_fresh_text_and_seeded_leaves_global_rng_alone(small_config):
+    # seed=None used to sample inside a forked RNG that was then restored: every unseeded call
+    # (a server request without "seed") returned the very same "sample".
+    backend = TinyBackend(small_config())
+    prompts = ["hello", "the kitchen"]
+    torch.manual_seed(0)
+    unseeded = [backend.generate(prompts=prompts, max_new_tokens=16, temperature=1.0) for _ in range(3)]
+    assert unseeded[0] != unseeded[1] != unseeded[2]
+    torch.manual_seed(0)
+    assert backend.generate(prompts=prompts, max_new_tokens=16, temperature=1.0) == unseeded[0]  # global seed rules
+    state = torch.get_rng_state()
+    backend.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_long_prompt_keeps_its_end(small_config):
     backend = TinyBackend(small_config(max_positions=1024, max_length=1024))
     long_prompt = "x" * 3000 + " END"

@@ -215,7 +215,12 @@ class HFBackend:
         stop: Sequence[str] = (),
         seed: int | None = None,
     ) -> list[str]:
-        """New text for each prompt, cut before the first stop string; temperature 0 is greedy."""
+        """New text for each prompt, cut before the first stop string; temperature 0 is greedy.
+
+        With a ``seed`` the sample is drawn from a forked torch RNG (the same seed gives the same
+        text; the global RNG is untouched); without one it comes from the global RNG, which it
+        advances, so that unseeded calls differ.
+        """
         if max_new_tokens < 1 or max_new_tokens >= self.config.max_length:
             raise ConfigError(
                 f"hf: max_new_tokens={max_new_tokens} must be in [1, max_length={self.config.max_length})"
@@ -224,7 +229,7 @@ class HFBackend:
             raise ConfigError(f"hf: temperature={temperature} must be >= 0")
         prompts = list(prompts)
         size = self.config.generation_batch_size
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             out: list[str] = []

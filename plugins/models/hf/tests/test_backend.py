@@ -327,3 +327,23 @@ def test_evaluate_loss_is_the_token_mean_whatever_the_batch_size(trained, make_e
     per_batch = {size: trained.evaluate_loss(examples=examples, batch_size=size) for size in (1, 8, 9)}
     assert per_batch[1] == pytest.approx(per_batch[9], rel=1e-5)
     assert per_batch[8] == pytest.approx(per_batch[9], rel=1e-5)
+
+
+def test_a_checkpoint_whose_generation_config_transformers_calls_invalid_saves(trained, tmp_path):
+    # Some hub checkpoints set temperature/top_p in generation_config.json without do_sample.
+    # transformers loads such a generation_config.json but refuses to save it, so a run on one
+    # crashed at its first checkpoint after training; it is written back as it was read.
+    import json
+
+    trained.save(path=str(tmp_path / "hub"))
+    config_file = tmp_path / "hub" / "generation_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "temperature": 0.6, "top_p": 0.9}))
+    loaded = HFBackend.load(str(tmp_path / "hub"))
+    loaded.save(path=str(tmp_path / "trained"))
+    saved = json.loads((tmp_path / "trained" / "generation_config.json").read_text())
+    assert saved["temperature"] == 0.6 and saved["top_p"] == 0.9 and "do_sample" not in saved
+    assert loaded.model.generation_config.temperature == 0.6  # the live model's config is back
+    again = HFBackend.load(str(tmp_path / "trained"))
+    assert again.generate(prompts=[PROMPT], max_new_tokens=8, temperature=0) == trained.generate(
+        prompts=[PROMPT], max_new_tokens=8, temperature=0
+    )

@@ -81,6 +81,25 @@ def load_pretrained(path: str, dtype: str = "float32", *, allow_download: bool =
     return model, tokenizer
 
 
+def _save_model(model: PreTrainedModel, directory: Path) -> None:
+    """``model.save_pretrained``, also for a generation config transformers loads but refuses
+    to save (sampling flags such as temperature without do_sample, as some hub checkpoints
+    ship): that one is written back as it was read rather than failing the save."""
+    own = getattr(model, "generation_config", None)
+    try:
+        if own is not None:
+            own.validate(strict=True)
+    except ValueError:
+        model.generation_config = GenerationConfig()
+        try:
+            model.save_pretrained(directory, safe_serialization=True)
+        finally:
+            model.generation_config = own
+        own.to_json_file(directory / "generation_config.json")
+        return
+    model.save_pretrained(directory, safe_serialization=True)
+
+
 def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
     """Save model (safetensors) and tokenizer to ``path`` atomically.
 
@@ -91,7 +110,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        _save_model(model, tmp)
         tokenizer.save_pretrained(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():

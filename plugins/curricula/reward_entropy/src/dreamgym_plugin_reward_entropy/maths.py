@@ -14,10 +14,14 @@ def task_value(rewards: Sequence[float]) -> float:
     """Population variance of a group's outcome rewards, ``(1/n) sum (r_i - mean)^2``.
 
     Equals p(1-p) for binary rewards: 0 when all succeed or all fail, 0.25 at p = 0.5.
-    Non-finite rewards are ignored; an empty group has value 0.
+    Non-finite rewards are ignored; an empty group has value 0. All-equal rewards give
+    exactly 0: ``np.var([0.7] * 3)`` is 1.2e-32 (the mean rounds), which would pass a
+    threshold of 0 and take the whole greedy share of ``sampling_weights``.
     """
     finite = [float(r) for r in rewards if math.isfinite(r)]
-    return float(np.var(finite)) if finite else 0.0
+    if not finite or min(finite) == max(finite):
+        return 0.0
+    return float(np.var(finite))
 
 
 def synthetic_quota(share: float, n: int) -> int:

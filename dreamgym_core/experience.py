@@ -382,8 +382,8 @@ def _episodes(transitions: Iterable[Transition]) -> dict[tuple[str, str], list[T
     return episodes
 
 
-def _same(a: Transition, b: Transition) -> bool:
-    return (a.task_id, a.episode_id, a.step, a.state, a.action) == (b.task_id, b.episode_id, b.step, b.state, b.action)
+def _same_episode(a: Transition, b: Transition) -> bool:
+    return (a.task_id, a.episode_id) == (b.task_id, b.episode_id)
 
 
 def _history(transitions: Sequence[Transition], history_window: int) -> dict[int, list[Transition]]:
@@ -395,20 +395,41 @@ def _history(transitions: Sequence[Transition], history_window: int) -> dict[int
     return out
 
 
-# How many extra neighbours to fetch when a training example may not use its own task's:
+# How many extra neighbours to fetch at first when a training example may not use its own task's:
 # a task holds a few dozen stored transitions at most in the offline data of a seed task.
 _OTHER_TASKS_OVERFETCH = 64
 
 
 def _demos(transitions: Sequence[Transition], buffer: Any, k: int, *, other_tasks: bool = False) -> list[list[Transition]]:
-    """Top-k buffer neighbours of each transition, the transition itself excluded (and, with
-    ``other_tasks``, every transition of its task)."""
+    """Top-k buffer neighbours of each transition, never from its own episode (and, with
+    ``other_tasks``, never from its task).
+
+    At inference the buffer never holds the episode being played (the loop and verl store an
+    episode once it has ended), so a training or held-out prompt must not show it either: a
+    later step of the same episode shows the very next state the prompt asks for. A query
+    whose nearest neighbours are all excluded is asked again for more, until k remain or
+    the buffer has no more to give.
+    """
     if buffer is None or k == 0 or not transitions:
         return [[] for _ in transitions]
-    extra = _OTHER_TASKS_OVERFETCH if other_tasks else 1
-    hits = buffer.retrieve(queries=[(t.state, t.action) for t in transitions], k=k + extra)
-    keep = (lambda d, t: d.task_id != t.task_id) if other_tasks else (lambda d, t: not _same(d, t))
-    return [[d for d in found if keep(d, t)][:k] for t, found in zip(transitions, hits)]
+    if other_tasks:
+        extra = _OTHER_TASKS_OVERFETCH
+        keep: Callable[[Transition, Transition], bool] = lambda d, t: d.task_id != t.task_id
+    else:
+        extra = max(len(steps) for steps in _episodes(transitions).values())
+        keep = lambda d, t: not _same_episode(d, t)
+    out: list[list[Transition]] = [[] for _ in transitions]
+    pending, fetch = list(range(len(transitions))), k + extra
+    while pending:
+        hits = buffer.retrieve(queries=[(transitions[i].state, transitions[i].action) for i in pending], k=fetch)
+        short = []
+        for i, found in zip(pending, hits):
+            found = list(found)
+            out[i] = [d for d in found if keep(d, transitions[i])][:k]
+            if len(out[i]) < k and len(found) >= fetch:  # all excluded so far; the buffer may hold more
+                short.append(i)
+        pending, fetch = short, fetch * 4
+    return out
 
 
 def requests_for(
@@ -425,9 +446,9 @@ def training_examples(
 ) -> list[Segments]:
     """Joint-SFT examples: the inference prompt (masked), then reasoning and next state.
 
-    History comes from each transition's own episode, demos from the buffer with the
-    transition itself excluded (with ``other_tasks``, its whole task: the model then learns
-    to read the current state rather than copy a stored twin), and the prompt from
+    History comes from each transition's own episode, demos from the buffer with its own
+    episode excluded, as at inference (with ``other_tasks``, its whole task: the model then
+    learns to read the current state rather than copy a stored twin), and the prompt from
     :func:`build_prompt`.
     """
     examples = []

@@ -132,7 +132,7 @@ def evaluate_model(
     """Predict every held-out transition (prompts built as in training) and score it.
 
     History comes from the held-out episodes themselves; demos from ``buffer`` (the
-    training data), never the transition being predicted.
+    training data), never a step of the episode being predicted.
     """
     requests = requests_for(transitions, buffer, history_window=history_window, k=k)
     results: list[ExperienceResult] = []

@@ -335,7 +335,7 @@ def test_training_examples_use_the_inference_prompt_history_and_demos() -> None:
         prompt, train = example[0]
         assert train is False and prompt == build_prompt(request)
         assert all(train for _, train in example[1:])
-        assert t not in request.demos and len(request.demos) == 2  # itself excluded
+        assert t not in request.demos and len(request.demos) == 2  # itself (and its episode) excluded
         assert [h.action for h in request.history] == [f"go {i}" for i in range(max(0, t.step - 2), t.step)]
         assert example[1][0] == f"<think>{t.reasoning}</think>\n"
         parsed = parse_output("".join(s for s, _ in example[1:]))
@@ -347,9 +347,38 @@ def test_training_demos_from_other_tasks_never_show_the_same_task() -> None:
     requests = requests_for(data, ListBuffer(data), history_window=1, k=2, other_tasks=True)
     for request, t in zip(requests, data):
         assert len(request.demos) == 2 and all(d.task_id != t.task_id for d in request.demos)
-    # the default keeps the same task's other transitions (a stored twin can be a demo)
-    same = requests_for(data, ListBuffer(data), history_window=1, k=2)
-    assert any(d.task_id == t.task_id for r, t in zip(same, data) for d in r.demos)
+    # the default keeps the same task's other episodes (a stored twin can be a demo)
+    twins = _episode("a", 4) + _episode("b", 3)
+    same = requests_for(twins, ListBuffer(twins), history_window=1, k=2)
+    assert any(d.task_id == t.task_id for r, t in zip(same, twins) for d in r.demos)
+
+
+def _world(ep: str, word: str, n: int) -> list[Transition]:
+    """An episode whose states share ``word``: its own steps are each other's nearest neighbours."""
+    return [
+        Transition(task_id="t", episode_id=ep, step=i, state=f"{word} room {i}", action="look",
+                   next_state=f"{word} room {i + 1}", reward=0.0, done=False, reasoning="", source="offline")
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_training_demos_never_come_from_the_examples_own_episode() -> None:
+    """At inference the buffer never holds the current episode (the loop and verl store an
+    episode after it ends), so a training example must not see its own episode as a demo:
+    step t+1 of it shows the very next state the example is trained to write."""
+    data = _world("a", "alpha", 5) + _world("b", "beta", 5)
+    requests = requests_for(data, ListBuffer(data), history_window=1, k=2)
+    for request, t in zip(requests, data):
+        assert len(request.demos) == 2, "own-episode neighbours must not starve the demos"
+        assert all(d.episode_id != t.episode_id for d in request.demos)
+
+
+def test_training_demos_from_other_tasks_are_found_past_a_large_task() -> None:
+    """A task with more nearest neighbours than the first fetch still gets k demos."""
+    data = _world("big", "alpha", 70) + [msgspec.structs.replace(t, task_id="u") for t in _world("small", "beta", 3)]
+    data = [msgspec.structs.replace(t, task_id="t2") if t.episode_id == "big" else t for t in data]
+    request = requests_for(data[:1], ListBuffer(data), history_window=0, k=2, other_tasks=True)[0]
+    assert [d.task_id for d in request.demos] == ["u", "u"]
 
 
 def test_training_examples_without_buffer_or_history() -> None:

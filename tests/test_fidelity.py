@@ -112,6 +112,20 @@ def test_evaluate_model_uses_history_and_demos_and_batches() -> None:
     assert "train " in lm.calls[0]["prompts"][0] and " -> go" in lm.calls[0]["prompts"][2]
 
 
+def test_evaluate_model_never_shows_a_held_out_episode_its_own_steps() -> None:
+    """Held-out data that also sits in the buffer (eval-model --train-data holding the
+    held-out file, an eval split that is the train split): a demo from the same episode
+    would show the next state being scored (step t+1's state is step t's next state)."""
+    real = [_t(i, done=i == 3, success=i == 3, next_state=f"after {i}") for i in range(4)]
+    train = [_t(i, ep="train", next_state=f"train {i}") for i in range(4)]
+    lm = ScriptedLM(answer=_oracle)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    evaluate_model(model, real, ListBuffer(real + train), history_window=0, k=2)
+    prompts = lm.calls[0]["prompts"]
+    demos = [p.split("Similar transitions:\n")[1].split("\n\nState:")[0] for p in prompts]
+    assert all(d.count("- state:") == 2 and "after" not in d for d in demos)
+
+
 def test_read_transitions_errors_name_file_and_line(tmp_path) -> None:
     good = tmp_path / "ok.jsonl"
     good.write_bytes(msgspec.json.encode(_t(0)) + b"\n\n" + msgspec.json.encode(_t(1)) + b"\n")

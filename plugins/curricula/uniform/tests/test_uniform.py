@@ -1,6 +1,9 @@
 """The uniform curriculum."""
 
+import math
 from collections import Counter
+
+import msgspec
 
 import pytest
 
@@ -41,3 +44,13 @@ def test_observe_only_records_and_never_generates():
 def test_no_tasks_is_a_clear_error():
     with pytest.raises(ConfigError, match="uniform.*no seed tasks"):
         dreamgym_register_curricula()[0].factory(UniformConfig(), tasks=[], seed=0)
+
+
+def test_a_nan_reward_leaves_a_restorable_state():
+    # NaN is written as JSON null in the checkpoint; float(None) made the resume fail
+    c = build()
+    c.observe(outcomes=[TaskOutcome(task=TASKS[0], rewards=[float("nan"), 1.0, 0.0])])
+    assert math.isfinite(c.metrics()["curriculum/mean_reward"]) and c.metrics()["curriculum/mean_reward"] == 0.5
+    clone = build()
+    clone.load_state_dict(msgspec.json.decode(msgspec.json.encode(c.state_dict())))
+    assert clone.state_dict() == c.state_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,7 +38,9 @@ class UniformCurriculum:
         return [self.tasks[i] for i in index]
 
     def observe(self, *, outcomes: Sequence[TaskOutcome]) -> None:
-        rewards = [r for o in outcomes for r in o.rewards]
+        # Non-finite rewards are left out, as reward-entropy's task_value does: a NaN mean is
+        # written as JSON null in the checkpoint, which the resume could not read back.
+        rewards = [r for o in outcomes for r in o.rewards if math.isfinite(r)]
         self.observed_tasks += len(outcomes)
         self.mean_reward = float(np.mean(rewards)) if rewards else 0.0
 

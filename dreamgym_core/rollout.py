@@ -233,8 +233,11 @@ def rollout(
             stats.unlisted_actions += offered
             stats.unlisted_accepted += offered and result.valid
             _apply(ep, decision, result, source, model_id)
-            stats.invalid_actions += int(not result.valid)
-            stats.parse_failures += int(result.info.get("parse_status") == "failed")
+            model_failed = result.info.get("parse_status") == "failed"
+            # an unparsable experience-model answer is the model's failure, counted once as such
+            # (as SyntheticEnv's own info counters do), not also as an invalid action of the policy
+            stats.invalid_actions += int(not result.valid and not model_failed)
+            stats.parse_failures += int(model_failed)
     for ep in episodes:
         stats.steps += len(ep.transitions)
         if ep.transitions and ep.transitions[-1].success:

@@ -20,6 +20,7 @@ reasoning traces R*_t that joint SFT trains on.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from collections import defaultdict
@@ -47,6 +48,7 @@ __all__ = [
     "training_examples",
     "LMExperienceModel",
     "stream_seed",
+    "call_seed",
     "draw_seed",
     "model_config_of",
     "variation_prompt",
@@ -520,9 +522,17 @@ def parse_selection(text: str, n: int) -> int | None:
 
 
 def stream_seed(seed: int, name: str) -> int:
-    """Base seed of a named stream: far above the main stream's ``seed + calls`` (calls stay
-    below 2**24 in any run), and a function of the name only, so it does not depend on what ran before."""
+    """Base seed of a named stream: a function of the run's seed and the name only, so it does
+    not depend on what ran before."""
     return seed + ((zlib.crc32(name.encode()) + 1) << 24)
+
+
+def call_seed(base: int, call: int) -> int:
+    """The sampling seed of call ``call`` of the stream with base seed ``base``: a hash, so that
+    no two runs or streams share noise. (``base + call`` let run s + 1 sample with run s's noise
+    one call later, so replicate seeds were not independent.) 63 bits: every backend takes it."""
+    digest = hashlib.blake2b(f"{base}/{call}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def model_config_of(pipeline: Any) -> ExperienceModelConfig:
@@ -571,7 +581,7 @@ class LMExperienceModel:
         self._calls += 1
         return self.backend.generate(
             prompts=list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
-            stop=list(stop), seed=draw_seed(self.config.seed, self.config.draw) + self._calls,
+            stop=list(stop), seed=call_seed(draw_seed(self.config.seed, self.config.draw), self._calls),
         )
 
     def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]:
@@ -761,7 +771,7 @@ class TeacherAnnotator:
                 self.counters["retries"] += len(pending)
             texts = self.backend.generate(
                 prompts=[annotation_prompt(episodes[i]) for i in pending], max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, stop=[], seed=self.seed + attempt,
+                temperature=self.temperature, stop=[], seed=call_seed(stream_seed(self.seed, "annotate"), attempt),
             )
             for i, text in zip(pending, texts):
                 plans[i] = parse_annotation(text, len(episodes[i]))

@@ -20,6 +20,7 @@ from dreamgym_core.experience import (
     annotate_with_domain,
     annotation_prompt,
     build_prompt,
+    call_seed,
     draw_seed,
     model_config_of,
     parse_annotation,
@@ -423,8 +424,9 @@ def test_a_stream_has_its_own_seeds_and_leaves_the_models_count_alone() -> None:
     fidelity.predict(requests=request * 2)
     model.predict(requests=request)
     first, measured, second = (c["seed"] for c in lm.calls)
-    assert second == first + 1  # the model's own count goes on as if the measurement had not run
-    assert measured == stream_seed(3, "fidelity") + 1 and measured not in (first, second)
+    # the model's own count goes on as if the measurement had not run
+    assert (first, second) == (call_seed(3, 1), call_seed(3, 2))
+    assert measured == call_seed(stream_seed(3, "fidelity"), 1) and measured not in (first, second)
     model.stream("fidelity").predict(requests=request)
     assert lm.calls[-1]["seed"] == measured  # a stream is a function of its name, not of what ran before
     assert model.metrics()["experience/requests"] == 2 and fidelity.metrics()["experience/requests"] == 2
@@ -439,8 +441,8 @@ def test_a_draw_moves_the_main_stream_only() -> None:
         model.predict(requests=request)
         model.stream("fidelity").predict(requests=request)
         seeds[draw] = [c["seed"] for c in lm.calls]
-    assert seeds[0] == [3 + 1, stream_seed(3, "fidelity") + 1]  # draw 0 keeps the seed's own numbers
-    assert seeds[1][0] == draw_seed(3, 1) + 1 and len({seeds[d][0] for d in seeds}) == 3
+    assert seeds[0] == [call_seed(3, 1), call_seed(stream_seed(3, "fidelity"), 1)]  # draw 0: the seed's own stream
+    assert seeds[1][0] == call_seed(draw_seed(3, 1), 1) and len({seeds[d][0] for d in seeds}) == 3
     assert seeds[0][1] == seeds[1][1] == seeds[2][1]  # measurement streams ignore the draw
 
 
@@ -456,6 +458,13 @@ def test_model_config_of_a_pipeline() -> None:
     config = model_config_of(pipeline)
     assert (config.history_window, config.top_k, config.temperature) == (1, 2, 0.3)
     assert (config.max_new_tokens, config.max_retries, config.seed, config.draw) == (99, 0, 7, 2)
+
+
+def test_replicate_seeds_share_no_sampling_noise() -> None:
+    # With base + call, run s + 1's call c sampled with run s's call c + 1's seed.
+    calls = {s: {call_seed(draw_seed(s, 0), c) for c in range(1, 1001)} for s in range(3)}
+    assert len(calls[0] | calls[1] | calls[2]) == 3000
+    assert all(0 <= seed < 2**63 for seed in calls[0])
 
 
 def test_stream_seeds_differ_by_name_and_base_seed() -> None:

@@ -90,6 +90,20 @@ def test_invalid_steps_count_every_transition_even_with_an_empty_response(kit):
     assert [invalid_steps(t) for t in group] == [0, 1, 1, 0]
 
 
+def test_a_step_the_environment_could_not_answer_is_not_the_policys_invalid_step(kit):
+    # The experience model's unparsable answer (or an engine error) ends the episode as a
+    # failure (valid False, model_failed True) after a parsed policy output: no penalty. An
+    # action the environment refused, and an unparsable policy output, keep theirs.
+    task = kit.make_groups()[0][0].task
+    refused = kit.trajectory(task, ["go north"], False, valid=[False])
+    unanswered = msgspec.structs.replace(refused, transitions=[msgspec.structs.replace(refused.transitions[0], model_failed=True)])
+    note = unparsed(kit, task, "blah blah")  # the rollout's note for an unparsable output
+    note = msgspec.structs.replace(note, transitions=[msgspec.structs.replace(note.transitions[0], model_failed=True)])
+    group = [refused, unanswered, note]
+    assert [invalid_steps(t) for t in group] == [1, 0, 1]
+    assert [s.valid for s in trajectory_steps(group)[0]] == [False, True, False]  # PPO's per-step penalty
+
+
 def eos_logprob(algo, prompt):
     batch = algo._tokenize([prompt], [""])
     return algo._logprobs_no_grad(algo.model, batch)[0].sum().item()

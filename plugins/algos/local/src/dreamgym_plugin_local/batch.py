@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamgym_core.errors import DataError
-from dreamgym_core.records import Trajectory
+from dreamgym_core.records import Trajectory, Transition
 
 __all__ = ["Step", "invalid_steps", "trajectory_steps", "TokenBatch", "tokenize_steps", "response_logprobs"]
 
@@ -50,7 +50,15 @@ def invalid_steps(traj: Trajectory) -> int:
     """
     _check_aligned(traj)
     parsed = [d.parsed for d in traj.decisions] if traj.decisions else [True] * len(traj.transitions)
-    return sum(not (t.valid and p) for t, p in zip(traj.transitions, parsed))
+    return sum(not _policy_valid(t, p) for t, p in zip(traj.transitions, parsed))
+
+
+def _policy_valid(transition: Transition, parsed: bool) -> bool:
+    """Whether the policy's step was valid: its output parsed, and the environment accepted the
+    action. A step the environment could not answer (``model_failed`` with a parsed output: the
+    experience model's unparsable answer, an engine error) is not the policy's fault, so it
+    is not penalised; it still ends the episode with reward 0."""
+    return parsed and (transition.valid or transition.model_failed)
 
 
 def trajectory_steps(trajectories: Sequence[Trajectory], *, keep_empty: bool = False) -> tuple[list[Step], int]:
@@ -72,7 +80,7 @@ def trajectory_steps(trajectories: Sequence[Trajectory], *, keep_empty: bool = F
         _check_aligned(traj)
         for decision, transition in zip(traj.decisions, traj.transitions):
             if decision.text or keep_empty:
-                valid = transition.valid and decision.parsed
+                valid = _policy_valid(transition, decision.parsed)
                 steps.append(Step(decision.prompt, decision.text, index, transition.reward, valid))
     return steps, skipped
 

@@ -61,8 +61,12 @@ class ScriptedServer:
 
     async def generate(self, *, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any], **_: Any) -> TokenOutput:
         ids = self.replies[min(len(self.requests), len(self.replies) - 1)]
+        # verl's LLMServerClient.generate stamps the weights version that served the turn
+        # (verl/workers/rollout/llm_server.py:160-162); here it advances by one per turn.
+        version = 3 + len(self.requests)
         self.requests.append({"prompt_ids": list(prompt_ids), "sampling_params": dict(sampling_params)})
-        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids))
+        extra = {"global_steps": version, "min_global_steps": version, "max_global_steps": version}
+        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids), extra_fields=extra)
 
 
 def act(action: str) -> str:
@@ -216,3 +220,17 @@ def test_unlisted_actions_counted_with_those_the_env_accepted(episode):
     out, _, _ = episode([act("dance"), act("jump"), act("go north"), act("go north")])
     info = out.extra_fields["reward_extra_info"]
     assert info["unlisted_actions"] == 2.0 and info["unlisted_accepted"] == 1.0 and info["success"] == 1.0
+
+
+def test_server_weight_versions_reach_verl_v1_tags(episode):
+    """verl's V1 worker tags every output with extra_fields' min/max_global_steps
+    (verl/trainer/ppo/v1/agent_loop_tq.py:214-218) and the trainer reads the tags with
+    np.array(..., dtype=int) (trainer_base.py:1897-1898), so the loop must pass on the
+    versions its turns were generated with: first turn's min, last turn's max."""
+    import numpy as np
+
+    out, server, _ = episode([act("go north"), act("go north")])
+    assert len(server.requests) == 2
+    assert out.extra_fields["min_global_steps"] == 3 and out.extra_fields["max_global_steps"] == 4
+    tags = [{"min_global_steps": out.extra_fields.get("min_global_steps"), "max_global_steps": out.extra_fields.get("max_global_steps")}]
+    assert np.array([t["min_global_steps"] for t in tags], dtype=int).tolist() == [3]

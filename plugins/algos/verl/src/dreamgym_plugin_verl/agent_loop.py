@@ -21,6 +21,7 @@ from uuid import uuid4
 
 import msgspec
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 
 from dreamgym_core.agent import build_agent_prompt, parse_agent_output
 from dreamgym_core.errors import DreamGymError
@@ -98,11 +99,13 @@ class EpisodeStats:
 
 @dataclass
 class _Tokens:
-    """The growing token stream: prompt + response, with the response's mask and logprobs."""
+    """The growing token stream: prompt + response, with the response's mask and logprobs,
+    and the generation server's extra fields (weights versions, as verl's tool agent keeps them)."""
 
     ids: list[int]
     mask: list[int] = field(default_factory=list)
     logprobs: Optional[list[float]] = None
+    server_fields: dict[str, Any] = field(default_factory=dict)
 
 
 @register(AGENT_LOOP_NAME)
@@ -215,7 +218,22 @@ class DreamGymAgentLoop(AgentLoopBase):
             tokens.ids, output.token_ids, tokens.mask, tokens.logprobs, assistant_logprobs=logprobs
         )
         tokens.ids = merge.token_ids
+        self._keep_server_fields(tokens, dict(output.extra_fields or {}))
         return self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
+
+    @staticmethod
+    def _keep_server_fields(tokens: _Tokens, fields: dict[str, Any]) -> None:
+        """The first turn's server fields; later turns raise max_global_steps and add
+        speculative-decoding counts (as verl's ToolAgentLoop does). verl's V1 trainer tags each
+        output with min/max_global_steps and reads them as ints."""
+        if not tokens.server_fields:
+            tokens.server_fields.update(fields)
+            return
+        if fields.get("max_global_steps") is not None:
+            tokens.server_fields["max_global_steps"] = fields["max_global_steps"]
+        for key in SPEC_DECODE_EXTRA_KEYS:
+            if key in fields and key in tokens.server_fields:
+                tokens.server_fields[key] = int(tokens.server_fields[key]) + int(fields[key])
 
     async def _env_turn(self, tokens: _Tokens, messages: list[dict[str, str]], prompt: str) -> None:
         updated = messages + [{"role": "user", "content": prompt}]
@@ -252,6 +270,7 @@ class DreamGymAgentLoop(AgentLoopBase):
             num_turns=1 + 2 * stats.steps,
             metrics={},
             extra_fields={
+                **tokens.server_fields,
                 "turn_scores": list(stats.step_rewards),
                 "tool_rewards": [],
                 "reward_extra_info": {

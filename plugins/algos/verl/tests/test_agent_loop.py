@@ -69,6 +69,10 @@ class ScriptedServer:
         return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids), extra_fields=extra)
 
 
+# What verl's AgentLoopWorker passes (agent_loop.py:590-596; calculate_log_probs defaults to True).
+SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
+
+
 def act(action: str) -> str:
     return f"<think>ok</think><action>{action}</action>"
 
@@ -77,7 +81,9 @@ def act(action: str) -> str:
 def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
     """Runs one episode with scripted replies; returns (output, server, runtime record)."""
 
-    def run(replies: list[str], *, max_steps: int = 5, response_length: int = 2048, task: Task = TASK) -> tuple[Any, ScriptedServer, dict]:
+    def run(
+        replies: list[str], *, max_steps: int = 5, response_length: int = 2048, task: Task = TASK, kwargs: dict | None = None
+    ) -> tuple[Any, ScriptedServer, dict]:
         resolved = resolve_dict({
             "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"},
             "algo": {"name": "verl-grpo", "config": {"model_path": "/models/x", "max_response_length": response_length}},
@@ -102,7 +108,8 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
                 processor=None, dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data), runtime="test",
             )
             encoded = msgspec.json.encode(task).decode()
-            return await loop.run({"temperature": 1.0}, task=encoded, phase="real", seed=3, raw_prompt=[])
+            row = {"task": encoded, "phase": "real", "seed": 3, "raw_prompt": [], **(kwargs or {})}
+            return await loop.run(dict(SAMPLING), **row)
 
         return asyncio.run(main()), server, record
 
@@ -179,8 +186,14 @@ def test_unparsable_output_ends_episode(episode):
 
 def test_reset_failure_fails_only_this_episode(episode):
     broken = Task(id="t2", instruction="x", domain="test", payload={"broken": True})
-    out, server, record = episode([act("go north")], task=broken)
-    assert server.requests == [] and out.response_ids == [] and out.reward_score == 0.0
+    out, server, record = episode([act("go north")], task=broken, kwargs={"global_steps": 7})
+    assert server.requests == [] and out.reward_score == 0.0
+    # verl's V1 worker calls as_dict() on every output (verl/trainer/ppo/v1/agent_loop_tq.py:189),
+    # which puts the reward on the last response token (agent_loop.py:146-147): the response
+    # needs one token, and it carries no loss.
+    assert len(out.response_ids) == 1 and out.response_mask == [0] and out.response_logprobs == [0.0]
+    assert out.as_dict()["rm_scores"].tolist() == [0.0]
+    assert out.extra_fields["min_global_steps"] == 7 == out.extra_fields["max_global_steps"]
     assert out.extra_fields["reward_extra_info"]["env_errors"] == 1.0
     assert record["envs"][0][1].closed == 1 and record["reported"] == [TaskOutcome(task=broken, rewards=[0.0])]
 

@@ -142,7 +142,7 @@ class DreamGymAgentLoop(AgentLoopBase):
             await self._call(env.close)
         reward = episode_reward(stats.step_rewards, stats.invalid_actions + stats.unparsed_actions, rt.invalid_action_penalty)
         self._publish(task, transitions, reward)
-        return self._output(tokens, prompt_len, reward, stats, task)
+        return self._output(tokens, prompt_len, reward, stats, task, sampling_params, kwargs.get("global_steps"))
 
     # --- turns ---------------------------------------------------------------------
 
@@ -252,7 +252,10 @@ class DreamGymAgentLoop(AgentLoopBase):
         if self.runtime.report is not None:
             self.runtime.report(TaskOutcome(task=task, rewards=[reward]))
 
-    def _output(self, tokens: _Tokens, prompt_len: int, reward: float, stats: EpisodeStats, task: Task) -> AgentLoopOutput:
+    def _output(
+        self, tokens: _Tokens, prompt_len: int, reward: float, stats: EpisodeStats, task: Task,
+        sampling_params: dict[str, Any], global_steps: Any,
+    ) -> AgentLoopOutput:
         n = self.response_length
         response = tokens.ids[prompt_len:]
         mask = tokens.mask
@@ -261,6 +264,16 @@ class DreamGymAgentLoop(AgentLoopBase):
             mask = mask[:-1]
         response = response[: len(mask)]
         logprobs = tokens.logprobs[: len(mask)] if tokens.logprobs else None
+        server_fields = dict(tokens.server_fields)
+        if not mask:
+            # No policy turn (the environment failed at reset). verl puts the reward on the last
+            # response token (AgentLoopOutput.as_dict, which the V1 worker calls): give it one
+            # end-of-sequence token that carries no loss, and the prompt's weights version.
+            eos = self.tokenizer.eos_token_id
+            response, mask = [eos if eos is not None else (self.tokenizer.pad_token_id or 0)], [0]
+            logprobs = [0.0] if sampling_params.get("logprobs") else None
+            if global_steps is not None:
+                server_fields |= {"min_global_steps": int(global_steps), "max_global_steps": int(global_steps)}
         return AgentLoopOutput(
             prompt_ids=tokens.ids[:prompt_len],
             response_ids=response[:n],
@@ -270,7 +283,7 @@ class DreamGymAgentLoop(AgentLoopBase):
             num_turns=1 + 2 * stats.steps,
             metrics={},
             extra_fields={
-                **tokens.server_fields,
+                **server_fields,
                 "turn_scores": list(stats.step_rewards),
                 "tool_rewards": [],
                 "reward_extra_info": {

@@ -247,3 +247,24 @@ def test_server_weight_versions_reach_verl_v1_tags(episode):
     assert out.extra_fields["min_global_steps"] == 3 and out.extra_fields["max_global_steps"] == 4
     tags = [{"min_global_steps": out.extra_fields.get("min_global_steps"), "max_global_steps": out.extra_fields.get("max_global_steps")}]
     assert np.array([t["min_global_steps"] for t in tags], dtype=int).tolist() == [3]
+
+
+def test_validation_episodes_stay_out_of_the_buffer_and_curriculum(episode, tmp_path):
+    """verl plays the val files (eval.split tasks) through the same agent loop. As in the local
+    loop's evaluation, those episodes must not reach the shared buffer (the experience model
+    would retrieve held-out games) nor the curriculum; training rows still publish."""
+    from dreamgym_plugin_verl.curriculum import TaskFeed
+    from dreamgym_plugin_verl.dataset import DreamGymTaskDataset, write_tasks
+
+    write_tasks(tmp_path / "val.jsonl", [TASK])
+    val_row = DreamGymTaskDataset(data_files=str(tmp_path / "val.jsonl"))[0]
+    val_row.pop("agent_name")  # verl's worker consumes it (AgentLoopWorker._run_agent_loop)
+    out, _, record = episode([act("go north"), act("go north")], kwargs=val_row)
+    assert out.extra_fields["reward_extra_info"]["success"] == 1.0
+    assert record["stored"] == [] and record["reported"] == []
+
+    feed = TaskFeed(lambda n: [TASK] * n, batch_size=1, iterations=1, phase=lambda step: "real")
+    train_row = feed.row(0)
+    train_row.pop("agent_name")
+    _, _, record = episode([act("go north"), act("go north")], kwargs=train_row)
+    assert len(record["stored"]) == 2 and record["reported"] == [TaskOutcome(task=TASK, rewards=[1.0])]

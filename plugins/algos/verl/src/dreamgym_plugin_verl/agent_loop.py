@@ -120,7 +120,8 @@ class DreamGymAgentLoop(AgentLoopBase):
         self.response_length = self.rollout_config.response_length
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
-        """One episode of the task in ``kwargs["task"]`` (a JSON-encoded Task)."""
+        """One episode of the task in ``kwargs["task"]`` (a JSON-encoded Task); ``publish``
+        False (validation rows) keeps it out of the shared buffer and curriculum."""
         task = msgspec.json.decode(kwargs["task"], type=Task)
         phase = str(kwargs.get("phase", "synthetic"))
         seed = int(kwargs.get("seed", 0))
@@ -141,7 +142,8 @@ class DreamGymAgentLoop(AgentLoopBase):
         finally:
             await self._call(env.close)
         reward = episode_reward(stats.step_rewards, stats.invalid_actions + stats.unparsed_actions, rt.invalid_action_penalty)
-        self._publish(task, transitions, reward)
+        if bool(kwargs.get("publish", True)):  # validation rows say False
+            self._publish(task, transitions, reward)
         return self._output(tokens, prompt_len, reward, stats, task, sampling_params, kwargs.get("global_steps"))
 
     # --- turns ---------------------------------------------------------------------

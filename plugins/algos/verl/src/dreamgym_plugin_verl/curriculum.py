@@ -88,8 +88,9 @@ class TaskFeed:
         return task_row(task, index=index, phase=self.phase(step), seed=self.seed * 1_000_003 + index)
 
 
-def task_row(task: Task, *, index: int, phase: str, seed: int) -> dict[str, Any]:
-    """One verl dataset row: the agent loop reads ``task``, ``phase`` and ``seed``."""
+def task_row(task: Task, *, index: int, phase: str, seed: int, publish: bool = True) -> dict[str, Any]:
+    """One verl dataset row: the agent loop reads ``task``, ``phase``, ``seed`` and ``publish``
+    (False for validation rows: their episodes reach neither the buffer nor the curriculum)."""
     import torch
 
     from .config import AGENT_LOOP_NAME
@@ -99,6 +100,7 @@ def task_row(task: Task, *, index: int, phase: str, seed: int) -> dict[str, Any]
         "task": msgspec.json.encode(task).decode(),
         "phase": phase,
         "seed": seed,
+        "publish": publish,
         "agent_name": AGENT_LOOP_NAME,
         "data_source": f"dreamgym/{task.domain}",
         "index": index,

@@ -4,7 +4,7 @@ verl 0.9.1 builds its train sampler itself (random or sequential, no plug-in
 class), so the curriculum is wired through the dataset: with a feed spec beside
 the task file (``<file>.feed.json``, written by the trainer) rows come from the
 shared curriculum actor, one curriculum batch per step; without one (validation)
-rows are the file's tasks in order.
+rows are the file's tasks in order, marked so that their episodes are not published.
 """
 
 from __future__ import annotations
@@ -83,4 +83,5 @@ class DreamGymTaskDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.feed is not None:
             return self.feed.row(int(index))
-        return task_row(self.tasks[index], index=int(index), phase="real", seed=10_000 + int(index))
+        # Validation (verl's val files): played like evaluation, never stored nor observed.
+        return task_row(self.tasks[index], index=int(index), phase="real", seed=10_000 + int(index), publish=False)

@@ -90,7 +90,22 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
             "loop": {"mode": "real", "max_steps": max_steps}, "run_dir": str(tmp_path / "run"),
         })
         cfg = compose(translate(resolved))
-        record: dict[str, Any] = {"stored": [], "reported": [], "envs": []}
+        record: dict[str, Any] = {"stored": [], "reported": [], "envs": [], "publish_on_event_loop": []}
+
+        def on_event_loop() -> bool:
+            try:
+                asyncio.get_running_loop()
+                return True
+            except RuntimeError:
+                return False
+
+        def store(transitions: list[Transition]) -> None:
+            record["publish_on_event_loop"].append(on_event_loop())
+            record["stored"].extend(transitions)
+
+        def report(outcome: TaskOutcome) -> None:
+            record["publish_on_event_loop"].append(on_event_loop())
+            record["reported"].append(outcome)
 
         def make_env(phase: str) -> CorridorEnv:
             record["envs"].append((phase, CorridorEnv()))
@@ -98,7 +113,7 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
 
         RUNTIMES["test"] = EpisodeRuntime(
             make_env=make_env, max_steps=max_steps, invalid_action_penalty=0.1,
-            store=record["stored"].extend, report=record["reported"].append,
+            store=store, report=report,
         )
         server = ScriptedServer(chat_tokenizer, replies)
 
@@ -268,3 +283,12 @@ def test_validation_episodes_stay_out_of_the_buffer_and_curriculum(episode, tmp_
     train_row.pop("agent_name")
     _, _, record = episode([act("go north"), act("go north")], kwargs=train_row)
     assert len(record["stored"]) == 2 and record["reported"] == [TaskOutcome(task=TASK, rewards=[1.0])]
+
+
+def test_publishing_runs_off_the_event_loop(episode):
+    """store/report are blocking Ray calls to the shared actors (RemoteBuffer.add encodes the
+    episode in the buffer actor). verl runs every episode of a worker as a coroutine on one
+    event loop (AgentLoopWorker.generate_sequences, asyncio.gather), so a blocking call there
+    stalls all the worker's other episodes; like env calls, they must run in an executor."""
+    _, _, record = episode([act("go north"), act("go north")])
+    assert record["publish_on_event_loop"] == [False, False]

@@ -143,7 +143,8 @@ class DreamGymAgentLoop(AgentLoopBase):
             await self._call(env.close)
         reward = episode_reward(stats.step_rewards, stats.invalid_actions + stats.unparsed_actions, rt.invalid_action_penalty)
         if bool(kwargs.get("publish", True)):  # validation rows say False
-            self._publish(task, transitions, reward)
+            # Blocking Ray calls to the shared actors: off the event loop, like env calls.
+            await self._call(self._publish, task=task, transitions=transitions, reward=reward)
         return self._output(tokens, prompt_len, reward, stats, task, sampling_params, kwargs.get("global_steps"))
 
     # --- turns ---------------------------------------------------------------------
@@ -303,5 +304,5 @@ class DreamGymAgentLoop(AgentLoopBase):
         )
 
     async def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        """Run a blocking environment call off the event loop."""
+        """Run a blocking call (environment, shared actors) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(**kwargs))

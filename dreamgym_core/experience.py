@@ -110,7 +110,7 @@ def _one_line(text: str) -> str:
 
 
 def _render_demo(demo: Transition) -> str:
-    outcome = f"valid={_bool(demo.valid)} done={_bool(demo.done)} success={_bool(demo.success)} reward={_reward_text(demo.reward)}"
+    outcome = f"valid={_bool(demo.valid)} done={_bool(demo.game_over)} success={_bool(demo.success)} reward={_reward_text(demo.reward)}"
     return f"- state: {_one_line(demo.state)}\n  action: {_one_line(demo.action)}\n  next: {_one_line(demo.next_state)}\n  {outcome}"
 
 
@@ -457,8 +457,8 @@ def training_examples(
     requests = requests_for(transitions, buffer, history_window=history_window, k=k, other_tasks=other_tasks)
     for t, request in zip(transitions, requests):
         target = render_target(
-            reasoning=t.reasoning, next_state=t.next_state, valid=t.valid, done=t.done,
-            success=t.success, reward=outcome_reward(done=t.done, success=t.success, valid=t.valid),
+            reasoning=t.reasoning, next_state=t.next_state, valid=t.valid, done=t.game_over,
+            success=t.success, reward=outcome_reward(done=t.game_over, success=t.success, valid=t.valid),
         )
         examples.append([(build_prompt(request), False), *target])
     return examples

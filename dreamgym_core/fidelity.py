@@ -91,7 +91,8 @@ def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[
     if not transitions:
         return {"fidelity/n": 0.0}
     pred_outcome = [outcome_label(reward=r.reward, done=r.done, success=r.success) for r in results]
-    real_outcome = [outcome_label(reward=t.reward, done=t.done, success=t.success) for t in transitions]
+    # a real episode cut by its step cap has not ended: the model is scored on the game's own end
+    real_outcome = [outcome_label(reward=t.reward, done=t.game_over, success=t.success) for t in transitions]
     rewards = [o[0] for o in real_outcome]
     successes = [t.success for t in transitions]
     n = len(transitions)
@@ -104,8 +105,8 @@ def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[
         "fidelity/eps_r_mean": sum(abs(r.reward - t.reward) for r, t in zip(results, transitions)) / n,
         "fidelity/success_agreement": agreement([r.success for r in results], successes),
         "fidelity/success_majority_baseline": majority_accuracy(successes),
-        "fidelity/done_agreement": agreement([r.done for r in results], [t.done for t in transitions]),
-        "fidelity/done_majority_baseline": majority_accuracy([t.done for t in transitions]),
+        "fidelity/done_agreement": agreement([r.done for r in results], [t.game_over for t in transitions]),
+        "fidelity/done_majority_baseline": majority_accuracy([t.game_over for t in transitions]),
         "fidelity/valid_agreement": agreement([r.valid for r in results], [t.valid for t in transitions]),
         "fidelity/valid_majority_baseline": majority_accuracy([t.valid for t in transitions]),
         "fidelity/next_state_exact_match": sum(

@@ -97,6 +97,16 @@ class Transition(Record):
     # prompts rebuilt from stored transitions (SFT demos, experience-model training) show
     # the same list the agent and the experience model see at run time.
     admissible_actions: list[str] = []
+    # The episode ended here only because the environment's step cap was reached (``done``
+    # is True, the game itself goes on). The experience model is not trained or scored on
+    # such an ending: its prompt has no step count to foresee it, and the synthetic
+    # environment applies its own cap.
+    truncated: bool = False
+
+    @property
+    def game_over(self) -> bool:
+        """Whether the game itself ended at this step (``done`` and not cut by a step cap)."""
+        return self.done and not self.truncated
 
 
 class Trajectory(Record):

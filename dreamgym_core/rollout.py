@@ -141,6 +141,7 @@ def step_transition(
         model_id=model_id,
         instruction=task.instruction,
         model_failed=result.info.get("parse_status") == "failed",
+        truncated=bool(result.info.get("truncated", False)),
     )
 
 

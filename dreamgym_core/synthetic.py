@@ -187,7 +187,7 @@ class SyntheticEnv:
             action=action, next_state=next_obs.text, reward=reward, done=done, success=success,
             valid=result.valid, reasoning=result.reasoning, source="synthetic",
             model_id=getattr(self.model, "model_id", ""), instruction=self._task.instruction,
-            model_failed=failed, admissible_actions=list(self._obs.admissible_actions),
+            model_failed=failed, admissible_actions=list(self._obs.admissible_actions), truncated=truncated,
         )
         self._history.append(HistoryStep(state=self._obs.text, action=action))
         self._obs = next_obs

@@ -317,6 +317,18 @@ def test_target_segments_train_reasoning_and_next_state() -> None:
     assert parse_output("".join(s for s, _ in segments)).parse_status == "ok"
 
 
+def test_a_step_cap_ending_is_neither_trained_nor_shown_as_the_games_end() -> None:
+    # The model's prompt has no step count: a target or demo saying done at the cap would
+    # teach it to end episodes on ordinary moves.
+    capped = [msgspec.structs.replace(t, truncated=t.done) for t in _episode("a", 3)]
+    capped = [msgspec.structs.replace(t, success=False, reward=0.0) for t in capped]
+    last = training_examples(capped, ListBuffer([]), history_window=0, k=0)[-1]
+    assert parse_output("".join(text for text, _ in last[1:])).done is False
+    demo = build_prompt(ExperienceRequest(instruction="x", history=[], state="s", action="a", demos=[capped[-1]]))
+    assert "valid=true done=false success=false" in demo
+    assert capped[-1].done and not capped[-1].game_over and _episode("a", 3)[-1].game_over
+
+
 def _episode(ep: str, n: int, instruction: str = "collect the coin") -> list[Transition]:
     return [
         Transition(task_id="t", episode_id=ep, step=i, state=f"room {ep}{i}", action=f"go {i}",

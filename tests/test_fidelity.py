@@ -81,6 +81,15 @@ def test_fidelity_metrics_against_a_majority_baseline() -> None:
     assert fidelity_metrics([], []) == {"fidelity/n": 0.0}
 
 
+def test_an_episode_cut_by_its_step_cap_has_not_ended_for_the_model() -> None:
+    # The last real step of a capped episode is done=True only because of the cap: the
+    # game goes on, so a model that predicts it goes on agrees.
+    capped = msgspec.structs.replace(_t(7, done=True), truncated=True)
+    m = fidelity_metrics([_r()], [capped])
+    assert m["fidelity/done_agreement"] == 1.0 and m["fidelity/outcome_agreement"] == 1.0
+    assert fidelity_metrics([_r(done=True)], [capped])["fidelity/done_agreement"] == 0.0
+
+
 def test_refusal_recall_counts_only_the_engines_refusals() -> None:
     real = [_t(0), msgspec.structs.replace(_t(1), valid=False), msgspec.structs.replace(_t(2), valid=False), _t(3)]
     says_valid = [_r(), _r(), _r(), _r()]

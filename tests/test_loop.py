@@ -444,8 +444,9 @@ def test_episodes_ended_by_the_envs_own_step_cap_count_as_truncated():
             result = super().step(action=action)
             return msgspec.structs.replace(result, done=True, info={"truncated": True}) if self.value >= 1 else result
 
-    _, stats = _scripted_rollout([["<action>inc</action>"] * 2] * 2, [CappedEnv(5), CountEnv(5)])
+    trajectories, stats = _scripted_rollout([["<action>inc</action>"] * 2] * 2, [CappedEnv(5), CountEnv(5)])
     assert stats.truncated == 2  # one by the env's own cap, one by this rollout's
+    assert [t.truncated for t in trajectories[0].transitions] == [True]  # recorded as a cap ending
 
 
 def test_wilson_interval_brackets_the_rate():

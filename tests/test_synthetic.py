@@ -104,10 +104,12 @@ def test_rollout_marks_model_failures_so_the_loop_does_not_store_them() -> None:
 
 
 def test_max_steps_truncates() -> None:
-    env, _ = make_env(max_steps=2)
+    buffer = ListBuffer([])
+    env, _ = make_env(buffer, max_steps=2)
     env.reset(task=TASK)
     first, second = env.step(action="go"), env.step(action="go")
     assert not first.done and second.done and not second.success and second.info["truncated"]
+    assert [t.truncated for t in buffer.items[-2:]] == [False, True]  # stored as a cap ending, not the game's
 
 
 def test_initial_state_rule() -> None:

@@ -94,6 +94,8 @@ def test_explore_policy_records_the_engines_answer_to_unlisted_actions(twx_domai
     assert all(t.action in t.admissible_actions for t in steps if t.valid)
     lasts = {id(trajectory.transitions[-1]) for trajectory in trajectories}
     assert all(not t.done or id(t) in lasts for t in refused)  # done only at the step cap
+    assert all(t.truncated == (t.done and not (t.success or t.reward)) for t in steps if id(t) in lasts)
+    assert any(t.truncated for t in steps) and not any(t.truncated for t in steps if id(t) not in lasts)
     assert all(not t.success and t.reward == 0.0 for t in refused)
 
 

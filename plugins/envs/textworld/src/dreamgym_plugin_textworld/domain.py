@@ -158,7 +158,7 @@ class TextWorldDomain:
                     task_id=task.id, episode_id=episode_id, step=len(transitions), state=obs.text, action=action,
                     next_state=result.observation.text, reward=result.reward, done=result.done,
                     success=result.success, valid=result.valid, source="offline", instruction=task.instruction,
-                    admissible_actions=list(obs.admissible_actions),
+                    admissible_actions=list(obs.admissible_actions), truncated=bool(result.info.get("truncated", False)),
                 )
             )  # fmt: skip
             obs = result.observation

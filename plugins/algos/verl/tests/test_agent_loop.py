@@ -292,3 +292,19 @@ def test_publishing_runs_off_the_event_loop(episode):
     stalls all the worker's other episodes; like env calls, they must run in an executor."""
     _, _, record = episode([act("go north"), act("go north")])
     assert record["publish_on_event_loop"] == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("replies", "max_steps", "turns"),
+    [
+        ([act("go north"), act("go north")], 5, 4),  # user, assistant, user, assistant (done)
+        ([act("wait")], 3, 6),  # three policy turns, two environment turns in between
+        (["no tags"], 5, 2),  # the first answer does not parse
+    ],
+)
+def test_num_turns_counts_the_turns_in_the_output(episode, replies, max_steps, turns):
+    """AgentLoopOutput.num_turns: 'Number of chat turns, including user, assistant, tool'
+    (verl/experimental/agent_loop/agent_loop.py:105-106; ToolAgentLoop: user + assistant + 1).
+    The environment turn after the last policy turn is not in the output."""
+    out, _, _ = episode(replies, max_steps=max_steps)
+    assert out.num_turns == turns == len(segments(out.response_mask)) + 1

@@ -283,7 +283,8 @@ class DreamGymAgentLoop(AgentLoopBase):
             response_mask=mask[:n],
             response_logprobs=logprobs[:n] if logprobs else None,
             reward_score=reward,
-            num_turns=1 + 2 * stats.steps,
+            # first prompt + one policy turn per step + the environment turns between them
+            num_turns=2 * stats.steps if stats.steps else 1,
             metrics={},
             extra_fields={
                 **server_fields,

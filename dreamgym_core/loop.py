@@ -681,13 +681,16 @@ class EpochSelector:
 
 
 def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[tuple[str, str]]:
-    """(agent prompt, expert response) pairs from successful offline episodes."""
+    """(agent prompt, expert response) pairs from successful offline episodes.
+
+    Only their first ``max_steps`` steps: the policy never meets a later one (the offline
+    env's own cap may be higher), and its prompt would read "Step 7 of at most 6"."""
     pairs = []
     for traj in trajectories:
         if not traj.success:
             continue
         history: list[HistoryStep] = []
-        for step, t in enumerate(traj.transitions):
+        for step, t in enumerate(traj.transitions[:max_steps]):
             obs = Observation(text=t.state, admissible_actions=list(t.admissible_actions))
             prompt = build_agent_prompt(task=traj.task, observation=obs, history=history, step=step, max_steps=max_steps, history_window=history_window)
             pairs.append((prompt, render_response(t.action)))

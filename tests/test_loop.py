@@ -21,7 +21,8 @@ import pytest
 from dreamgym_core import hookimpl
 from dreamgym_core.config import PipelineConfig, config_hash, resolve
 from dreamgym_core.errors import ConfigError, DataError
-from dreamgym_core.loop import Runner, changed_fields, evaluate_run, prepare_run_dir, run_pipeline
+from dreamgym_core.loop import Runner, changed_fields, demo_examples, evaluate_run, prepare_run_dir, run_pipeline
+from dreamgym_core.records import Task, Trajectory, Transition
 from dreamgym_core.rollout import rollout, wilson_interval
 from dreamgym_core.synthetic import storable
 from dreamgym_core.testing import make_transitions
@@ -618,3 +619,14 @@ def test_rl_draws_from_the_experience_models_main_stream_only(register_plugin, t
     assert measured == plain
     assert drawn != plain
     assert drawn_rows[0] == plain_rows[0]  # before RL: the same run
+
+
+def test_warm_start_demos_stop_at_the_policys_step_cap():
+    # Offline episodes may run past loop.max_steps (the env's own cap can be higher); the
+    # policy never meets those steps, and their prompts would read "Step 7 of at most 6".
+    task = Task(id="t", instruction="count", domain="count")
+    steps = [Transition(task_id="t", episode_id="e", step=i, state=f"s{i}", action=f"a{i}", next_state=f"s{i + 1}",
+                        reward=float(i == 7), done=i == 7, success=i == 7) for i in range(8)]  # fmt: skip
+    pairs = demo_examples([Trajectory(task=task, transitions=steps)], max_steps=6, history_window=2)
+    assert len(pairs) == 6 and "Step 6 of at most 6." in pairs[-1][0]
+    assert not any("Step 7" in prompt for prompt, _ in pairs)

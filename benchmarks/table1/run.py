@@ -110,7 +110,12 @@ BASE = ROOT / "examples" / "default.yaml"
 # of the replay buffer (3b85e99); GRPO gives all-equal groups exactly zero advantage (4d0b54b);
 # an empty policy response keeps its penalty (64bf235). Rerun at 681828f, before the last three,
 # mapreader seed 3's GRPO DreamGym cell moved from 59.4 to 40.6 (results/rerun/README.md).
-PROTOCOL = 6
+# 7: the experience model's training demos never come from the example's own episode
+# (b164ea6), and step-cap endings are neither trained nor scored as the game's end (4266fdb);
+# its sampling seeds are hashed per call, so replicate seeds share no noise (940f3b2); its
+# unparsable answers no longer cost the policy the invalid-step penalty (531f664); warm-start
+# demos stop at the policy's step cap (ba563ab).
+PROTOCOL = 7
 # The first protocol whose cells were run over several experience-model draws.
 FIRST_DRAWN_PROTOCOL = 5
 

@@ -35,7 +35,6 @@ def stand_in_main_ppo(overrides: list[str]) -> None:
     """Stand-in for verl's trainer (see the module docstring)."""
     from hydra import compose, initialize_config_module
     from verl.trainer.ppo.utils import create_rl_dataset
-    from verl.utils.tracking import FileLogger
 
     with initialize_config_module(config_module="verl.trainer.config", version_base=None):
         config = compose(config_name="ppo_trainer", overrides=overrides)
@@ -54,10 +53,20 @@ def stand_in_main_ppo(overrides: list[str]) -> None:
         for reward in (1.0, 0.0):  # one GRPO group of 2 per task
             curriculum.report(TaskOutcome(task=task, rewards=[reward]))
     seen["curriculum"] = curriculum.metrics()
+    # verl's Tracking (FileLogger, TensorBoard) lives in the TaskRunner, a Ray actor
+    # (verl/trainer/main_ppo.py TaskRunnerV1.run; trainer_base.py fit), not in the driver.
+    seen["worker_tensorboard_dir"] = ray.get(log_in_a_ray_worker.remote())
+
+
+@ray.remote
+def log_in_a_ray_worker() -> str | None:
+    from verl.utils.tracking import FileLogger
+
     log = FileLogger("dreamgym", "cpu")
     for step in (1, 2):
         log.log({"actor/pg_loss": 0.1 * step, "critic/score/mean": 0.5, "timing_s/step": 2.0}, step)
     log.finish()
+    return os.environ.get("TENSORBOARD_DIR")
 
 
 @pytest.mark.slow
@@ -91,3 +100,4 @@ def test_run_until_verl_trainer(tmp_path, monkeypatch):
     assert seen["seeded"] > 0 and seen["after_add"] == seen["seeded"] + 3
     assert len(seen["rows"]) == 2 and all(r["phase"] == "real" for r in seen["rows"])
     assert seen["curriculum"]["curriculum/observed_tasks"] == 2.0
+    assert seen["worker_tensorboard_dir"] == str(run.resolve() / "tensorboard")

@@ -104,3 +104,21 @@ def test_dependencies_cover_the_trainer_main_ppo_runs():
     names = {re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower() for dep in meta["project"]["dependencies"]}
     assert {"transferqueue", "pyzmq"} <= names
     importlib.import_module("verl.trainer.ppo.v1")
+
+
+def test_ray_init_carries_verls_runtime_env_and_the_log_paths(resolve_file, compose, monkeypatch):
+    """DreamGym calls ray.init before verl, so verl's run_ppo skips its own: the arguments it
+    would have used (address, runtime env, user runtime_env) and the log paths, which verl's
+    TaskRunner actor reads from its environment, go into DreamGym's ray.init."""
+    from dreamgym_plugin_verl.trainer import ray_init_kwargs
+    from dreamgym_plugin_verl.translate import translate
+
+    for key in ("TOKENIZERS_PARALLELISM", "VLLM_LOGGING_LEVEL"):
+        monkeypatch.delenv(key, raising=False)  # verl's defaults skip variables the shell already set
+    golden = Path(__file__).parent / "golden" / "ppo_s2r_cluster.yaml"
+    overrides = translate(resolve_file(golden)) + ["+ray_kwargs.ray_init.runtime_env.env_vars.MY_VAR=abc"]
+    kwargs = ray_init_kwargs(compose(overrides), env_vars={"VERL_FILE_LOGGER_PATH": "/run/verl/m.jsonl"})
+    assert kwargs["address"] == "auto" and kwargs["namespace"] == "dreamgym"
+    env = kwargs["runtime_env"]["env_vars"]
+    assert env["VERL_FILE_LOGGER_PATH"] == "/run/verl/m.jsonl" and env["MY_VAR"] == "abc"
+    assert env["TOKENIZERS_PARALLELISM"] == "true" and env["VLLM_LOGGING_LEVEL"] == "WARN"

@@ -27,7 +27,7 @@ from .config import AGENT_LOOP_NAME, VerlConfig
 from .dataset import feed_spec_path, write_tasks
 from .translate import run_files, translate
 
-__all__ = ["VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "METRIC_NAMES"]
+__all__ = ["VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "ray_init_kwargs", "METRIC_NAMES"]
 
 # verl metric -> DreamGym metric (the local trainer's names); every verl metric is also kept under verl/.
 METRIC_NAMES: dict[str, str] = {
@@ -109,18 +109,18 @@ class VerlTrainer:
         require_cuda()
         import ray
 
-        from .buffer_actor import NAMESPACE
-
         root = Path(run_dir).resolve()
         cfg = resolved.pipeline
         overrides = translate(resolved, run_dir=str(root))
-        ray.init(address=self.config.ray_address or None, namespace=NAMESPACE, ignore_reinit_error=True)
+        files = run_files(root)
+        # verl's loggers run in its TaskRunner actor: the paths reach it through Ray's runtime env.
+        log_env = {"VERL_FILE_LOGGER_PATH": str(files["metrics"]), "TENSORBOARD_DIR": str(files["tensorboard"])}
+        os.environ.update(log_env)
+        ray.init(**ray_init_kwargs(_compose(overrides), env_vars=log_env))
         actors, clients = _start_actors(resolved, plugins, root)
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
         val = domain.tasks(split=cfg.eval.split)[: max(cfg.eval.episodes, 1)]
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
-        os.environ["VERL_FILE_LOGGER_PATH"] = str(files["metrics"])
-        os.environ["TENSORBOARD_DIR"] = str(files["tensorboard"])
         (files["dir"] / "overrides.txt").write_text("\n".join(overrides) + "\n")
         try:
             _run_main_ppo(overrides)
@@ -176,15 +176,47 @@ def _offline_transitions(resolved: ResolvedPipeline, plugins: Plugins, root: Pat
     return [t for traj in trajectories for t in traj.transitions]
 
 
+def _compose(overrides: list[str]) -> Any:
+    """verl's ppo_trainer config with ``overrides`` (what ``verl.trainer.main_ppo`` gets from Hydra)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return compose(config_name="ppo_trainer", overrides=overrides)
+
+
+def ray_init_kwargs(config: Any, *, env_vars: dict[str, str]) -> dict[str, Any]:
+    """``ray.init`` arguments as verl's ``run_ppo`` builds them, plus DreamGym's env vars and namespace.
+
+    DreamGym starts Ray itself (its shared actors must exist before verl's workers), so
+    ``run_ppo`` then skips its own ``ray.init`` (verl/trainer/main_ppo.py, run_ppo): verl's
+    runtime env, ``ray_kwargs.ray_init`` and these variables must be given here. Ray workers
+    do not see variables the driver sets after ``ray.init``.
+    """
+    from omegaconf import OmegaConf
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    from .buffer_actor import NAMESPACE
+
+    # As run_ppo does before its ray.init: determinism and rl_insight reach workers through env vars.
+    rollout, reward_rollout = config.actor_rollout_ref.rollout, config.reward.reward_model.rollout
+    if rollout.full_determinism or (config.reward.reward_model.enable and reward_rollout.full_determinism):
+        os.environ |= {"VERL_FULL_DETERMINISM": "1", "VLLM_BATCH_INVARIANT": "1", "PYTHONHASHSEED": str(rollout.seed)}
+    loggers = config.trainer.get("logger", [])
+    if "rl_insight" in ([loggers] if isinstance(loggers, str) else loggers or []):
+        os.environ["VERL_RL_INSIGHT_ENABLE"] = "1"
+    ray_init = config.ray_kwargs.get("ray_init", {})
+    runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(config), ray_init.get("runtime_env", {}), {"env_vars": env_vars})
+    kwargs = OmegaConf.to_container(OmegaConf.create({**ray_init, "runtime_env": runtime_env}))
+    return kwargs | {"namespace": NAMESPACE, "ignore_reinit_error": True}
+
+
 def _run_main_ppo(overrides: list[str]) -> None:
     """``python -m verl.trainer.main_ppo OVERRIDES`` in this process (Ray already initialised)."""
-    from hydra import compose, initialize_config_module
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
-        config = compose(config_name="ppo_trainer", overrides=overrides)
+    config = _compose(overrides)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     run_ppo(config, task_runner_class=TaskRunnerV1)
 

@@ -122,3 +122,16 @@ def test_ray_init_carries_verls_runtime_env_and_the_log_paths(resolve_file, comp
     env = kwargs["runtime_env"]["env_vars"]
     assert env["VERL_FILE_LOGGER_PATH"] == "/run/verl/m.jsonl" and env["MY_VAR"] == "abc"
     assert env["TOKENIZERS_PARALLELISM"] == "true" and env["VLLM_LOGGING_LEVEL"] == "WARN"
+
+
+def test_main_ppo_runner_follows_trainer_use_v1(compose):
+    """verl's main_ppo.main runs TaskRunnerV1 only when trainer.use_v1 (the default) and the
+    legacy main_ppo_v0.TaskRunner otherwise; an extra override trainer.use_v1=False must not
+    be ignored."""
+    from verl.trainer.main_ppo import TaskRunnerV1
+    from verl.trainer.main_ppo_v0 import TaskRunner
+
+    from dreamgym_plugin_verl.trainer import _task_runner
+
+    assert _task_runner(compose([])) is TaskRunnerV1
+    assert _task_runner(compose(["trainer.use_v1=False"])) is TaskRunner

@@ -210,15 +210,26 @@ def ray_init_kwargs(config: Any, *, env_vars: dict[str, str]) -> dict[str, Any]:
     return kwargs | {"namespace": NAMESPACE, "ignore_reinit_error": True}
 
 
+def _task_runner(config: Any) -> Any:
+    """The TaskRunner ``verl.trainer.main_ppo.main`` picks: V1 unless ``trainer.use_v1=False``."""
+    if config.trainer.use_v1:
+        from verl.trainer.main_ppo import TaskRunnerV1
+
+        return TaskRunnerV1
+    from verl.trainer.main_ppo_v0 import TaskRunner
+
+    return TaskRunner
+
+
 def _run_main_ppo(overrides: list[str]) -> None:
     """``python -m verl.trainer.main_ppo OVERRIDES`` in this process (Ray already initialised)."""
-    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+    from verl.trainer.main_ppo import run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
     config = _compose(overrides)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    run_ppo(config, task_runner_class=TaskRunnerV1)
+    run_ppo(config, task_runner_class=_task_runner(config))
 
 
 def _write_metrics(verl_file: Path, out_file: Path) -> dict[str, float]:

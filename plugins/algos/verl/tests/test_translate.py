@@ -94,3 +94,33 @@ def test_missing_model_path_is_an_error(resolve_dict):
 )
 def test_hydra_value(value, text):
     assert hydra_value(value) == text
+
+
+@pytest.fixture
+def model_dir(tmp_path, chat_tokenizer):
+    """A model directory verl's HFModelConfig can read (config and tokenizer; no weights needed)."""
+    from transformers import LlamaConfig
+
+    path = tmp_path / "model"
+    LlamaConfig(
+        vocab_size=len(chat_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8192, architectures=["LlamaForCausalLM"],
+    ).save_pretrained(path)
+    chat_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_verl_validate_config_accepts_translation(name, resolve_dict, compose, model_dir):
+    """What _run_main_ppo does before training (as verl's main_ppo.main): verl's validate_config
+    on the composed config, which builds the actor/critic dataclasses and checks batch sizes."""
+    import yaml
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    data = yaml.safe_load((GOLDEN / f"{name}.yaml").read_text())
+    data["algo"].setdefault("config", {})["model_path"] = str(model_dir)
+    cfg = compose(translate(resolve_dict(data)))
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    assert need_critic(cfg) == (data["algo"]["name"] == "verl-ppo")
+    assert need_reference_policy(cfg)  # the KL loss needs the reference policy

@@ -441,16 +441,9 @@ class Runner:
     def _make_envs(self, phase: str, n: int, experience_model: Any = None) -> tuple[list[Any], Any]:
         if phase == "real":
             return [self.domain.make_env() for _ in range(n)], None
-        from .synthetic import SyntheticEnv, SyntheticEnvConfig, step_many
+        from .synthetic import SyntheticEnv, step_many, synthetic_config_of
 
-        # Synthetic transitions enter the buffer in the store stage, after the rollout:
-        # a resumed iteration then retrieves exactly what the uninterrupted one did.
-        config = SyntheticEnvConfig(
-            max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
-            top_k=self.cfg.loop.top_k, add_to_buffer=False,
-            reject_unlisted=self.cfg.loop.reject_unlisted_actions, reject_unlisted_at=self.cfg.loop.reject_unlisted_at,
-            state_variation=self.cfg.loop.state_variation,
-        )
+        config = synthetic_config_of(self.cfg)
         model = experience_model or self.experience_model
         envs = [SyntheticEnv(model, self.buffer, self.domain, config) for _ in range(n)]
         return envs, step_many

@@ -37,7 +37,7 @@ from .errors import DreamGymError
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
 from .rollout import step_or_error
 
-__all__ = ["SyntheticEnvConfig", "SyntheticEnv", "SyntheticEnvError", "step_many", "storable", "initial_state", "DreamGymGymEnv"]
+__all__ = ["SyntheticEnvConfig", "synthetic_config_of", "SyntheticEnv", "SyntheticEnvError", "step_many", "storable", "initial_state", "DreamGymGymEnv"]
 
 
 class SyntheticEnvError(DreamGymError):
@@ -65,6 +65,19 @@ class SyntheticEnvConfig(Config):
         Probability,
         Meta(description="Strength of domain.vary_state on every state the policy sees (0: states as generated)."),
     ] = 0.0
+
+
+def synthetic_config_of(pipeline: Any) -> SyntheticEnvConfig:
+    """The synthetic environment's settings from a pipeline config, one place for every
+    trainer (the local loop and verl), so both cap, retrieve, refuse and vary alike.
+    Transitions enter the buffer in the trainer's store stage, after the rollout
+    (``add_to_buffer`` off): a resumed iteration then retrieves what the uninterrupted one did."""
+    loop = pipeline.loop
+    return SyntheticEnvConfig(
+        max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, add_to_buffer=False,
+        reject_unlisted=loop.reject_unlisted_actions, reject_unlisted_at=loop.reject_unlisted_at,
+        state_variation=loop.state_variation,
+    )
 
 
 def initial_state(task: Task, domain: Any) -> Observation:

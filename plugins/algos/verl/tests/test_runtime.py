@@ -91,6 +91,22 @@ def test_runtime_from_run_dir_plays_a_real_env(run_dir, compose, chat_tokenizer)
     assert task.instruction in chat_tokenizer.decode(out.prompt_ids)
 
 
+def test_the_synthetic_env_takes_every_loop_setting_the_local_loop_does(run_dir, monkeypatch):
+    # verl's synthetic env used to drop reject_unlisted_at and state_variation.
+    from dreamgym_core.synthetic import synthetic_config_of
+    from dreamgym_plugin_verl import runtime
+
+    resolved, _, domain = run_dir
+    loop = msgspec.structs.replace(
+        resolved.pipeline.loop, reject_unlisted_actions=True, reject_unlisted_at="start", state_variation=0.5
+    )
+    resolved = msgspec.structs.replace(resolved, pipeline=msgspec.structs.replace(resolved.pipeline, loop=loop))
+    monkeypatch.setattr(runtime, "_experience_model", lambda *args: object())  # no model is called here
+    env = runtime.synthetic_env_factory(resolved, None, domain, None)()
+    assert env.config == synthetic_config_of(resolved.pipeline)
+    assert (env.config.reject_unlisted_at, env.config.state_variation) == ("start", 0.5)
+
+
 @pytest.mark.slow
 def test_dreamgym_runtime_plays_the_synthetic_env(tmp_path, compose, chat_tokenizer):
     """mode dreamgym: the runtime builds the core's SyntheticEnv over the pipeline's experience

@@ -90,14 +90,10 @@ def synthetic_env_factory(resolved: Any, plugins: Plugins, domain: Any, buffer: 
     Transitions reach the buffer once per finished episode (the agent loop's ``store``),
     not per step, as in the local loop's store stage.
     """
-    from dreamgym_core.synthetic import SyntheticEnv, SyntheticEnvConfig
+    from dreamgym_core.synthetic import SyntheticEnv, synthetic_config_of
 
-    loop = resolved.pipeline.loop
     model = _experience_model(resolved, plugins, domain)
-    config = SyntheticEnvConfig(
-        max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, add_to_buffer=False,
-        reject_unlisted=loop.reject_unlisted_actions,
-    )
+    config = synthetic_config_of(resolved.pipeline)
 
     def make() -> Any:
         return SyntheticEnv(model, buffer, domain, config)

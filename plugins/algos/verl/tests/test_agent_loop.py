@@ -42,6 +42,8 @@ class CorridorEnv:
     def step(self, *, action: str) -> StepResult:
         if action == "jump":
             return StepResult(observation=Observation(text=f"room {self.pos}"), reward=0.0, done=False, valid=False)
+        if action == "wait" and self.pos == 1:  # as the synthetic env answers an unparsable model output
+            return StepResult(observation=Observation(text="?"), reward=0.0, done=True, valid=False, info={"parse_status": "failed"})
         if action == "go north":
             self.pos += 1
         done = self.pos >= 2
@@ -188,6 +190,13 @@ def test_invalid_actions_counted_and_penalised(episode):
     assert info["invalid_actions"] == 2.0 and info["success"] == 1.0
     assert out.reward_score == pytest.approx(episode_reward([0, 0, 0, 1], 2, 0.1)) == pytest.approx(0.8)
     assert [t.valid for t in record["stored"]] == [False, True, False, True]
+
+
+def test_an_experience_model_failure_is_not_the_policys_invalid_action(episode):
+    out, _, record = episode([act("go north"), act("wait")])
+    info = out.extra_fields["reward_extra_info"]
+    assert info["invalid_actions"] == 0.0 and out.reward_score == 0.0  # no penalty: not the policy's fault
+    assert [t.model_failed for t in record["stored"]] == [False, True]
 
 
 def test_unparsable_output_ends_episode(episode):

@@ -184,15 +184,17 @@ class DreamGymAgentLoop(AgentLoopBase):
                 log.warning("env step failed for task %s: %s", task.id, exc)
                 stats.env_error = True
                 return
-            stats.invalid_actions += int(not result.valid)
+            transition = step_transition(
+                task, request_id, step, observation, action, result,
+                source="real" if phase == "real" else "synthetic", model_id=rt.model_id if phase != "real" else "",
+            )
+            # an experience-model answer that did not parse is the environment's failure, not the policy's
+            stats.invalid_actions += int(not result.valid and not transition.model_failed)
             offered = unlisted(action, observation.admissible_actions)
             stats.unlisted_actions += offered
             stats.unlisted_accepted += offered and result.valid
             stats.step_rewards.append(result.reward)
-            transitions.append(step_transition(
-                task, request_id, step, observation, action, result,
-                source="real" if phase == "real" else "synthetic", model_id=rt.model_id if phase != "real" else "",
-            ))
+            transitions.append(transition)
             history.append(HistoryStep(state=observation.text, action=action))
             observation = result.observation
             if result.done:

@@ -24,10 +24,12 @@ class Misbehaving(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def _send(self, status: int, data: bytes) -> None:
+    def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -42,6 +44,10 @@ class Misbehaving(BaseHTTPRequestHandler):
             self._send(400, ("x" * 180 + auth).encode())
         elif mode == "trickle":  # headers, then one byte at a time: no single read ever times out
             self._trickle()
+        elif mode == "bad-gzip":  # a body its Content-Encoding does not decode
+            self._send(200, b"not gzip", headers={"Content-Encoding": "gzip"})
+        elif mode == "deep":  # valid JSON nested deeper than the decoder recurses
+            self._send(200, b"[" * 100_000 + b"]" * 100_000)
         elif mode == "huge":
             self._send(200, json.dumps({"choices": [{"text": "a" * (9 * 2**20)}]}).encode())
         else:
@@ -114,3 +120,11 @@ def test_an_answer_over_the_size_limit_fails_the_call(url):
     assert big.generate(prompts=["p"], max_new_tokens=8) == [""]
     assert "larger than" in big.last_errors[0]
     assert big.stats["retries"] == 0  # the same server would answer the same again
+
+
+@pytest.mark.parametrize(("mode", "error"), [("bad-gzip", "does not decode"), ("deep", "is not JSON")])
+def test_an_answer_that_does_not_decode_is_a_counted_failure(url, mode, error):
+    odd = backend(url, mode, max_retries=2)
+    assert odd.generate(prompts=["p", "q"], max_new_tokens=8) == ["", ""]  # no exception for the batch
+    assert odd.stats["failed_calls"] == 2 and odd.stats["retries"] == 0
+    assert error in odd.last_errors[0] and "\n" not in odd.last_errors[0]

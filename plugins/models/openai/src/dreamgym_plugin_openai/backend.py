@@ -118,6 +118,8 @@ class OpenAIBackend:
             raise _Failed(f"Timeout: no whole answer from {self.config.base_url}{path} in {self.config.timeout} s", retry=True) from exc
         except httpx.TransportError as exc:  # refused, reset, timeouts
             raise _Failed(f"{type(exc).__name__} calling {self.config.base_url}{path}", retry=True) from exc
+        except httpx.DecodingError as exc:  # a body its Content-Encoding does not decode
+            raise _Failed(f"answer from {self.config.base_url}{path} does not decode: {exc}", retry=False) from exc
         if status == 401:
             raise _Failed(f"HTTP 401 from {self.config.base_url}: check the key in ${self.config.api_key_env}", retry=False)
         if status != 200:
@@ -126,7 +128,7 @@ class OpenAIBackend:
             raise _Failed(f"HTTP {status} from {self.config.base_url}{path}: {detail}", retry=status in RETRY_STATUS)
         try:
             return self._text(json.loads(raw))
-        except ValueError as exc:  # UnicodeDecodeError included
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included; RecursionError: nested too deep
             raise _Failed(f"answer from {self.config.base_url}{path} is not JSON", retry=False) from exc
 
     async def _exchange(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[int, bytes]:

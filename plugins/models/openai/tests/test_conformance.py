@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dreamgym_core.config import convert_config
+from dreamgym_core.errors import DreamGymError
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.protocols import LanguageModel
 
@@ -16,3 +19,10 @@ def test_openai_conformance(server):
     assert isinstance(model, LanguageModel) and isinstance(model.model_id, str)
     out = model.generate(prompts=["a", "bb"], max_new_tokens=3, temperature=0.7, seed=0)
     assert isinstance(out, list) and len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "localhost:8000/v1", "ftp://host/v1", "http:///v1", "http://127.0.0.1:99999/v1", ""])
+def test_a_base_url_that_cannot_work_is_a_config_error(url):
+    spec = Plugins.for_names(["openai"]).component("model", "openai")
+    with pytest.raises(DreamGymError, match="base_url"):
+        convert_config({"base_url": url}, spec.config_type, "test.yaml", "$.experience_model.config")

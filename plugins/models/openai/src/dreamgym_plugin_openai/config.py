@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import httpx
 from msgspec import Meta
 
 from dreamgym_core.config import Config, NonNegativeInt, PositiveFloat, PositiveInt
@@ -38,3 +39,15 @@ class OpenAIConfig(Config):
         Literal["empty", "raise"],
         Meta(description="After retries run out: return '' for that prompt (counted in stats) or raise ModelCallError."),
     ] = "empty"
+
+    def __post_init__(self) -> None:
+        # a typo here would otherwise fail every call at run time, each one retried first
+        try:
+            url = httpx.URL(self.base_url)
+            port = url.port
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"base_url {self.base_url!r} is not a URL: {exc}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url {self.base_url!r} must start http:// or https:// and name a host")
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"base_url {self.base_url!r}: port {port} is not in 1-65535")

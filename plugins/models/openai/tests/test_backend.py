@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from dreamgym_core.errors import ConfigError
 from dreamgym_plugin_hf.backend import HFBackend
 from dreamgym_plugin_openai import ModelCallError, OpenAIBackend, OpenAIConfig
 from dreamgym_plugin_openai.backend import backoff_delay, cut_at_stop
@@ -81,6 +82,21 @@ def test_api_key_comes_from_the_named_env_var_and_is_never_shown(keyed_server, m
     assert bad.stats["retries"] == 0  # 401 is not retried
     for shown in (repr(good), repr(bad), str(info.value), repr(good.config)):
         assert key not in shown and "sk-wrong-77" not in shown
+
+
+def test_a_key_read_with_its_newline_still_authenticates(keyed_server, monkeypatch):
+    url, key = keyed_server
+    monkeypatch.setenv("MY_CLIENT_KEY", key + "\n")  # as a secret file mounted into the environment holds it
+    backend = OpenAIBackend(OpenAIConfig(base_url=url, api_key_env="MY_CLIENT_KEY", max_retries=0))
+    backend.generate(prompts=["Room:"], max_new_tokens=3)
+    assert backend.stats["succeeded"] == 1, backend.last_errors
+
+
+def test_a_key_no_header_can_carry_is_refused_at_build(monkeypatch):
+    monkeypatch.setenv("MY_CLIENT_KEY", "sk-\u00e9t\u00e9-9c1")
+    with pytest.raises(ConfigError, match=r"\$MY_CLIENT_KEY holds characters") as info:
+        OpenAIBackend(OpenAIConfig(api_key_env="MY_CLIENT_KEY"))
+    assert "t\u00e9-9c1" not in str(info.value)
 
 
 def test_killing_the_server_mid_run_gives_retries_then_counted_failures(start_server):

@@ -21,7 +21,7 @@ from typing import Any, Coroutine, Sequence
 
 import httpx
 
-from dreamgym_core.errors import DreamGymError
+from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.experience import utf8_safe
 
 from .config import OpenAIConfig
@@ -74,7 +74,10 @@ class OpenAIBackend:
     def __init__(self, config: OpenAIConfig) -> None:
         self.config = config
         self.model_id = f"openai:{config.model}"
-        self._api_key = os.environ.get(config.api_key_env) or None  # never logged or shown
+        # never logged or shown; a key file's trailing newline is no part of the key
+        self._api_key = os.environ.get(config.api_key_env, "").strip() or None
+        if self._api_key and not (self._api_key.isascii() and self._api_key.isprintable()):
+            raise ConfigError(f"openai: ${config.api_key_env} holds characters an HTTP header cannot carry (not printable ASCII)")
         self.stats: dict[str, int] = {"calls": 0, "succeeded": 0, "retries": 0, "failed_calls": 0}
         self.last_errors: list[str] = []
 

@@ -34,7 +34,10 @@ class Misbehaving(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self) -> None:
-        mode = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["model"]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        mode = body["model"]
+        if mode == "by-prompt":  # "fail": an HTTP 400 at once; "slow": the answer after a second
+            mode = {"fail": "echo-auth", "slow": "slow"}.get(body["prompt"], "plain")
         auth = self.headers.get("Authorization", "")
         if mode == "surrogate":  # JSON may escape a lone surrogate
             self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).replace("ok", "ok \\ud800").encode())
@@ -48,6 +51,9 @@ class Misbehaving(BaseHTTPRequestHandler):
             self._send(200, b"not gzip", headers={"Content-Encoding": "gzip"})
         elif mode == "deep":  # valid JSON nested deeper than the decoder recurses
             self._send(200, b"[" * 100_000 + b"]" * 100_000)
+        elif mode == "slow":
+            time.sleep(1.0)
+            self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
         elif mode == "huge":
             self._send(200, json.dumps({"choices": [{"text": "a" * (9 * 2**20)}]}).encode())
         else:
@@ -128,3 +134,24 @@ def test_an_answer_that_does_not_decode_is_a_counted_failure(url, mode, error):
     assert odd.generate(prompts=["p", "q"], max_new_tokens=8) == ["", ""]  # no exception for the batch
     assert odd.stats["failed_calls"] == 2 and odd.stats["retries"] == 0
     assert error in odd.last_errors[0] and "\n" not in odd.last_errors[0]
+
+
+def test_generate_from_several_threads_keeps_each_call_its_own_errors(url):
+    """One backend called from worker threads (as an agent loop's executor does)."""
+    shared = backend(url, "by-prompt", max_retries=0, on_failure="raise")
+    outcome: list[BaseException] = []
+
+    def failing_call() -> None:
+        try:
+            shared.generate(prompts=["fail", "slow"], max_new_tokens=8)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects what came out
+            outcome.append(exc)
+
+    worker = threading.Thread(target=failing_call)
+    worker.start()
+    time.sleep(0.3)  # the worker's "fail" has failed; its "slow" is still in flight
+    assert shared.generate(prompts=["ok"], max_new_tokens=8) == [ANSWER]
+    worker.join(timeout=30)
+    (error,) = outcome
+    assert isinstance(error, ModelCallError) and "1 of 2 calls failed" in str(error) and "HTTP 400" in str(error)
+    assert shared.stats == {"calls": 3, "succeeded": 2, "retries": 0, "failed_calls": 1}

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import threading
 from typing import Any, Coroutine, Sequence
 
 import httpx
@@ -80,6 +81,11 @@ class OpenAIBackend:
             raise ConfigError(f"openai: ${config.api_key_env} holds characters an HTTP header cannot carry (not printable ASCII)")
         self.stats: dict[str, int] = {"calls": 0, "succeeded": 0, "retries": 0, "failed_calls": 0}
         self.last_errors: list[str] = []
+        self._stats_lock = threading.Lock()  # generate() may run in several threads at once
+
+    def _count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] += 1
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
@@ -145,33 +151,33 @@ class OpenAIBackend:
                 chunks.append(chunk)
             return response.status_code, b"".join(chunks)
 
-    async def _call(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, body: dict[str, Any]) -> str | None:
-        """One prompt with retries and backoff; None once it has failed for good."""
+    async def _call(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, body: dict[str, Any], errors: list[str]) -> str | None:
+        """One prompt with retries and backoff; None (its error added to ``errors``) once it has failed for good."""
         async with gate:
-            self.stats["calls"] += 1
+            self._count("calls")
             for attempt in range(self.config.max_retries + 1):
                 try:
                     text = await self._post(client, body)
-                    self.stats["succeeded"] += 1
+                    self._count("succeeded")
                     return text
                 except _Failed as exc:
                     error = exc
                     if not exc.retry or attempt == self.config.max_retries:
                         break
-                self.stats["retries"] += 1
+                self._count("retries")
                 await asyncio.sleep(backoff_delay(attempt, self.config.backoff, self.config.max_backoff))
-            self.stats["failed_calls"] += 1
-            self.last_errors.append(self._redact(str(error)))
+            self._count("failed_calls")
+            errors.append(self._redact(str(error)))
             return None
 
-    async def _gather(self, bodies: list[dict[str, Any]]) -> list[str | None]:
+    async def _gather(self, bodies: list[dict[str, Any]], errors: list[str]) -> list[str | None]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(max_connections=self.config.concurrency)
         gate = asyncio.Semaphore(self.config.concurrency)
         async with httpx.AsyncClient(
             base_url=self.config.base_url, headers=headers, timeout=self.config.timeout, limits=limits
         ) as client:
-            return await asyncio.gather(*(self._call(client, gate, b) for b in bodies))
+            return await asyncio.gather(*(self._call(client, gate, b, errors) for b in bodies))
 
     # --- LanguageModel -------------------------------------------------------------
 
@@ -186,13 +192,14 @@ class OpenAIBackend:
     ) -> list[str]:
         """Completions for ``prompts`` (request ``i`` gets seed ``seed + i``, so equal
         prompts in a batch still sample independently). Failed calls: see the module doc."""
-        self.last_errors = []
+        errors: list[str] = []  # this call's own: another thread's call may be running too
         bodies = [
             self._payload(p, max_new_tokens, temperature, stop, None if seed is None else seed + i)
             for i, p in enumerate(prompts)
         ]
-        results = _run(self._gather(bodies)) if bodies else []
+        results = _run(self._gather(bodies, errors)) if bodies else []
+        self.last_errors = errors
         failed = sum(r is None for r in results)
         if failed and self.config.on_failure == "raise":
-            raise ModelCallError(f"openai: {failed} of {len(results)} calls failed; first: {self.last_errors[0]}")
+            raise ModelCallError(f"openai: {failed} of {len(results)} calls failed; first: {errors[0]}")
         return [cut_at_stop(r, stop) if r is not None else "" for r in results]

@@ -108,6 +108,30 @@ def test_malformed_requests_get_a_json_400_not_a_dropped_connection(server, head
     assert status == 400 and message in answer["error"]["message"]
 
 
+class FailingModel:
+    """A served model whose generate() fails inside (as a GPU out of memory does)."""
+
+    def __init__(self, inner) -> None:
+        self.tokenizer, self.model_id, self.chat_template = inner.tokenizer, inner.model_id, False
+
+    def generate(self, **_):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_failure_inside_generate_is_a_json_500_and_the_server_goes_on(trained, capsys):
+    srv = start_server(FailingModel(trained), port=0)
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        for route, body in (("completions", {"prompt": "Room:"}), ("chat/completions", {"messages": [{"role": "user", "content": "x"}]})):
+            status, answer = call(f"{base}/{route}", body)  # before: the connection dropped, no answer
+            assert status == 500 and answer["error"]["message"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+        assert call(f"{base}/models")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "CUDA out of memory" in capsys.readouterr().err  # the operator still sees the traceback
+
+
 def test_unknown_route_is_404(server):
     base, _ = server
     assert call(f"{base}/embeddings", {"input": "x"})[0] == 404

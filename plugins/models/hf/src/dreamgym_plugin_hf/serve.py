@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -185,6 +186,9 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
                 self._send(200, route(backend, _json_object(raw), lock))
             except (RequestError, DreamGymError) as exc:
                 self._error(400, str(exc))
+            except Exception as exc:  # noqa: BLE001 - the model failed inside: say so, not hang up
+                traceback.print_exc()
+                self._error(500, f"{type(exc).__name__}: {exc}".splitlines()[0])
 
     return Handler
 

@@ -64,7 +64,8 @@ def test_chat_completion_returns_a_message(server):
 
 @pytest.mark.parametrize(
     "body, message",
-    [({"max_tokens": 4}, "'prompt'"), ({"prompt": "a", "max_tokens": 0}, "'max_tokens'"), ({"prompt": "a", "stop": 5}, "'stop'")],
+    [({"max_tokens": 4}, "'prompt'"), ({"prompt": "a", "max_tokens": 0}, "'max_tokens'"), ({"prompt": "a", "stop": 5}, "'stop'"),
+     ({"prompt": "a", "seed": 2**64}, "'seed'"), ({"prompt": "a", "seed": "3"}, "'seed'")],
 )
 def test_bad_requests_get_400_with_a_reason(server, body, message):
     base, _ = server

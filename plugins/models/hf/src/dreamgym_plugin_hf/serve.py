@@ -48,8 +48,8 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("'max_tokens' must be a positive integer")
     if not isinstance(temperature, (int, float)) or temperature < 0:
         raise RequestError("'temperature' must be a number >= 0")
-    if seed is not None and not isinstance(seed, int):
-        raise RequestError("'seed' must be an integer")
+    if seed is not None and not (isinstance(seed, int) and -(2**63) <= seed < 2**64):  # what torch.manual_seed takes
+        raise RequestError("'seed' must be an integer in [-2**63, 2**64)")
     return {"max_new_tokens": max_tokens, "temperature": float(temperature), "stop": _stop_list(body.get("stop")), "seed": seed}
 
 

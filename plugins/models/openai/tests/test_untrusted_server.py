@@ -54,6 +54,8 @@ class Misbehaving(BaseHTTPRequestHandler):
         elif mode == "slow":
             time.sleep(1.0)
             self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
+        elif mode.startswith("status-"):
+            self._send(int(mode[7:]), b'{"error": "try again"}')
         elif mode == "huge":
             self._send(200, json.dumps({"choices": [{"text": "a" * (9 * 2**20)}]}).encode())
         else:
@@ -155,3 +157,11 @@ def test_generate_from_several_threads_keeps_each_call_its_own_errors(url):
     (error,) = outcome
     assert isinstance(error, ModelCallError) and "1 of 2 calls failed" in str(error) and "HTTP 400" in str(error)
     assert shared.stats == {"calls": 3, "succeeded": 2, "retries": 0, "failed_calls": 1}
+
+
+@pytest.mark.parametrize("status", [500, 503, 520, 529])
+def test_every_5xx_is_retried(url, status):
+    troubled = backend(url, f"status-{status}", max_retries=2, backoff=0.01)
+    assert troubled.generate(prompts=["p"], max_new_tokens=8) == [""]
+    assert troubled.stats["retries"] == 2 and troubled.stats["failed_calls"] == 1
+    assert f"HTTP {status}" in troubled.last_errors[0]

@@ -4,7 +4,7 @@ Each request has ``timeout`` seconds from sending to the answer's last byte, and
 answer may be at most :data:`MAX_RESPONSE_BYTES` long.
 
 Failure contract: a prompt whose request still fails after ``max_retries`` retries
-(connection refused, timeout, 429/5xx) or fails outright (other 4xx, malformed or
+(connection refused, timeout, 408/409/429, any 5xx) or fails outright (other 4xx, malformed or
 over-long answer) is a *failed call*. It is counted in ``stats["failed_calls"]`` and its error
 kept in ``last_errors``; ``generate`` then returns ``""`` for that prompt (the
 experience model's parser turns that into a counted failed transition), or raises
@@ -29,8 +29,9 @@ from .config import OpenAIConfig
 
 __all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "cut_at_stop", "RETRY_STATUS", "MAX_RESPONSE_BYTES"]
 
-#: HTTP statuses worth retrying: rate limits and server-side trouble.
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+#: HTTP statuses below 500 worth retrying (every 5xx is retried too: server-side trouble,
+#: such as a proxy's 520-524 or an overloaded server's 529).
+RETRY_STATUS = frozenset({408, 409, 429})
 
 #: Longest answer body accepted, in bytes: one completion is a few KB; more is a broken server.
 MAX_RESPONSE_BYTES = 8 * 2**20
@@ -134,7 +135,7 @@ class OpenAIBackend:
         if status != 200:
             text = raw.decode("utf-8", errors="replace")
             detail = self._redact(text)[:200].replace("\n", " ")  # redact first: a cut may split the key
-            raise _Failed(f"HTTP {status} from {self.config.base_url}{path}: {detail}", retry=status in RETRY_STATUS)
+            raise _Failed(f"HTTP {status} from {self.config.base_url}{path}: {detail}", retry=status in RETRY_STATUS or status >= 500)
         try:
             return self._text(json.loads(raw))
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included; RecursionError: nested too deep

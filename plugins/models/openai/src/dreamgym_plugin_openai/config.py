@@ -30,7 +30,7 @@ class OpenAIConfig(Config):
         PositiveFloat, Meta(description="Seconds allowed per HTTP request, from sending it to the answer's last byte.")
     ] = 60.0
     max_retries: Annotated[
-        NonNegativeInt, Meta(description="Retries per prompt after a connection error, timeout, 429 or 5xx.")
+        NonNegativeInt, Meta(description="Retries per prompt after a connection error, timeout, 408, 409, 429 or any 5xx.")
     ] = 3
     backoff: Annotated[PositiveFloat, Meta(description="First retry delay in seconds; doubles each retry.")] = 0.5
     max_backoff: Annotated[PositiveFloat, Meta(description="Cap of one retry delay in seconds.")] = 8.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -131,6 +133,40 @@ def test_a_failure_inside_generate_is_a_json_500_and_the_server_goes_on(trained,
         srv.shutdown()
         srv.server_close()
     assert "CUDA out of memory" in capsys.readouterr().err  # the operator still sees the traceback
+
+
+class SlowModel(FailingModel):
+    """A served model that takes a second per call and counts its calls."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.prompts: list[str] = []
+
+    def generate(self, *, prompts, **_):
+        self.prompts += prompts
+        time.sleep(1.0)
+        return ["ok"] * len(prompts)
+
+
+def test_a_request_whose_client_hung_up_in_the_queue_is_not_generated(trained):
+    model = SlowModel(trained)
+    srv = start_server(model, port=0)
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        first = threading.Thread(target=call, args=(f"{base}/completions", {"prompt": "first"}))
+        first.start()
+        time.sleep(0.3)  # "first" holds the model
+        head, body = with_length(json.dumps({"prompt": "abandoned"}).encode())
+        with socket.create_connection(("127.0.0.1", srv.server_address[1])) as sock:  # a client that times out
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
+            time.sleep(0.3)
+        first.join(timeout=30)
+        status, answer = call(f"{base}/completions", {"prompt": "last"})
+        assert status == 200 and answer["choices"][0]["text"] == "ok"
+        assert model.prompts == ["first", "last"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_unknown_route_is_404(server):

@@ -2,7 +2,8 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions`` (prompt string or list,
 max_tokens, temperature, stop, seed) and ``POST /v1/chat/completions`` (messages).
-Requests are served one generate() at a time (the model is not thread-safe). With
+Requests are served one generate() at a time (the model is not thread-safe); one whose
+client hung up while it waited (a client timeout) is dropped, not generated. With
 ``--api-key-env NAME``, requests must carry ``Authorization: Bearer <key>`` where the
 key is that variable's value; the server refuses to start when it is unset or empty.
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import socket
 import threading
 import time
 import traceback
@@ -28,6 +31,32 @@ __all__ = ["make_server", "start_server", "completion_body", "chat_prompt", "mai
 
 class RequestError(ValueError):
     """A malformed request; answered with HTTP 400."""
+
+
+class ClientGone(Exception):
+    """The client hung up (gave up waiting) before its turn at the model came."""
+
+
+class _Turn:
+    """The model's lock, taken for one request: once it is held, a request whose client has
+    hung up in the queue is dropped instead of generated for nobody."""
+
+    def __init__(self, lock: threading.Lock, connection: Any) -> None:
+        self.lock, self.connection = lock, connection
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            gone = bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            gone = True
+        if gone:
+            self.lock.release()
+            raise ClientGone
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 def _stop_list(stop: Any) -> list[str]:
@@ -74,7 +103,7 @@ def _without_added_start(tokenizer: Any, prompt: str) -> str:
     return prompt[len(start) :] if start and prompt.startswith(start) else prompt
 
 
-def completion_body(backend: Any, body: dict[str, Any], lock: threading.Lock) -> dict[str, Any]:
+def completion_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
     """Answer of ``POST /v1/completions``."""
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -90,7 +119,7 @@ def completion_body(backend: Any, body: dict[str, Any], lock: threading.Lock) ->
     return _envelope("text_completion", backend, choices)
 
 
-def chat_body(backend: Any, body: dict[str, Any], lock: threading.Lock) -> dict[str, Any]:
+def chat_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
     """Answer of ``POST /v1/chat/completions`` (one choice)."""
     # generate() below adds the tokenizer's own start token, which a template may already hold
     prompt = _without_added_start(backend.tokenizer, chat_prompt(backend.tokenizer, body.get("messages")))
@@ -183,7 +212,9 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
             if route is None:
                 return self._error(404, f"no route {self.path}")
             try:
-                self._send(200, route(backend, _json_object(raw), lock))
+                self._send(200, route(backend, _json_object(raw), _Turn(lock, self.connection)))
+            except ClientGone:
+                self.close_connection = True
             except (RequestError, DreamGymError) as exc:
                 self._error(400, str(exc))
             except Exception as exc:  # noqa: BLE001 - the model failed inside: say so, not hang up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -167,6 +168,22 @@ def test_a_request_whose_client_hung_up_in_the_queue_is_not_generated(trained):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_client_hanging_up_during_generation_leaves_no_traceback(trained, capsys):
+    srv = start_server(SlowModel(trained), port=0)
+    try:
+        head, body = with_length(json.dumps({"prompt": "abandoned"}).encode())
+        with socket.create_connection(("127.0.0.1", srv.server_address[1])) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # hang up with a reset
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
+            time.sleep(0.3)  # generating
+        time.sleep(1.5)  # the answer was written to a closed connection
+        assert call(f"http://127.0.0.1:{srv.server_address[1]}/v1/models")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_unknown_route_is_404(server):

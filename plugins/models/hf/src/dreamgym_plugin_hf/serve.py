@@ -174,8 +174,11 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             if self.close_connection:
                 self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting: nobody to tell
+                self.close_connection = True
 
         def _error(self, status: int, message: str) -> None:
             self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})

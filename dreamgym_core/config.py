@@ -253,7 +253,26 @@ class ResolvedPipeline(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-5`` as a float (YAML 1.2), as ML configs expect."""
+    """SafeLoader that reads ``1e-5`` as a float (YAML 1.2), as ML configs expect, and
+    refuses a key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # "<<" merges are meant to be overridden
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

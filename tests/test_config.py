@@ -140,3 +140,18 @@ def test_configs_are_frozen():
     cfg = msgspec.convert(pipeline_dict("r"), type=PipelineConfig)
     with pytest.raises(AttributeError):
         cfg.seed = 4  # type: ignore[misc]
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    text = "plugins: [a]\nloop: {iterations: 3}\nenv: {name: x}\nloop: {mode: real}\n"
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(line 4, column 1\): duplicate key 'loop'"):
+        load_pipeline(write(tmp_path, text, "twice.yaml"))
+    nested = "plugins: [a]\nenv: {name: x, config: {game: coin, game: mapreader}}\n"
+    with pytest.raises(ConfigError, match=r"duplicate key 'game'"):
+        load_pipeline(write(tmp_path, nested, "nested.yaml"))
+    with pytest.raises(ConfigError, match=r"duplicate key 'a'"):
+        load_pipeline(write(tmp_path, "plugins: [a]\n", "ok.yaml"), ["env={a: 1, a: 2}"])
+    from dreamgym_core.config import yaml_load
+
+    merged = "base: &b {name: x, config: {game: coin}}\nenv: {<<: *b, name: y}\n"  # a "<<" merge may be overridden
+    assert yaml_load(merged)["env"] == {"name": "y", "config": {"game": "coin"}}

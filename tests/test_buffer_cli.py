@@ -65,5 +65,29 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert result.exit_code != 0 and "nodir/out.jsonl: directory" in result.output and "does not exist" in result.output
     result = _invoke("buffer", "info", "--path", str(tmp_path / "b"), "--backend", "exactt")
     assert result.exit_code != 0 and "Did you mean 'exact'" in result.output
+    (tmp_path / "e").mkdir()
     empty = _invoke("buffer", "query", "--path", str(tmp_path / "e"), "--state", "s", "--action", "a")
     assert empty.exit_code == 0 and empty.output == ""
+
+
+@pytest.mark.parametrize("args", [["info"], ["query", "--state", "s", "--action", "a"], ["export", "out.jsonl"]])
+def test_reading_a_buffer_that_is_not_there_is_an_error_and_creates_nothing(tmp_path, args):
+    missing = tmp_path / "typo"
+    command_name, rest = args[0], args[1:]
+    rest = [str(tmp_path / a) if a.endswith(".jsonl") else a for a in rest]
+    result = CliRunner().invoke(cli, ["buffer", command_name, "--path", str(missing), *rest])
+    assert result.exit_code == 1 and f"{missing}: no replay buffer there" in result.output
+    assert not missing.exists() and not (tmp_path / "out.jsonl").exists()
+
+
+def test_reading_with_another_encoder_neither_rewrites_the_buffer_nor_answers_partly(tmp_path, jsonl):
+    buf = tmp_path / "buf"
+    assert _invoke("buffer", "import", "--path", str(buf), str(jsonl)).exit_code == 0
+    before = sorted(p.name for p in buf.iterdir())
+    other = ["--path", str(buf), "--encoder", "minilm"]
+    stats = json.loads(_invoke("buffer", "info", *other).stdout)
+    assert stats["backfill"] == {"done": 0, "total": 30}
+    result = CliRunner().invoke(cli, ["buffer", "query", *other, "--state", "s", "--action", "a"])
+    assert result.exit_code == 1 and "30 of 30 stored transitions have no embedding from encoder" in result.output
+    assert "hashing" in result.output and "--backfill" in result.output
+    assert sorted(p.name for p in buf.iterdir()) == before  # nothing re-embedded, nothing written

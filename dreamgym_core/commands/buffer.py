@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import click
 import msgspec
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 __all__ = ["command"]
 
@@ -36,9 +36,12 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @contextmanager
 def _open_buffer(
     pipeline: str | None, overrides: tuple[str, ...], path: str | None, backend: str, encoder: str,
-    extra_plugins: tuple[str, ...],
+    extra_plugins: tuple[str, ...], *, read_only: bool = False,
 ) -> Iterator[Any]:
-    """Build encoder and buffer from the pipeline (or options), close the buffer after use."""
+    """Build encoder and buffer from the pipeline (or options), close the buffer after use.
+
+    ``read_only``: the buffer must exist already (a mistyped path is an error, not a new
+    empty buffer), and opening it with another encoder does not start re-embedding it."""
     from ..config import convert_config, load_pipeline
     from ..plugins import Plugins
 
@@ -61,6 +64,11 @@ def _open_buffer(
         enc = spec.factory(convert_config({}, spec.config_type, "--encoder", "$"))
         buffer_spec = plugins.component("buffer", backend, where="--backend")
         where, name, buffer_cfg = path, backend, convert_config({}, buffer_spec.config_type, "--backend", "$")
+    if read_only:
+        if not Path(path or where).is_dir():
+            raise DataError(f"{path or where}: no replay buffer there (the directory does not exist)")
+        if "backfill_background" in getattr(buffer_cfg, "__struct_fields__", ()):
+            buffer_cfg = msgspec.structs.replace(buffer_cfg, backfill_background=False)
     buffer = plugins.build("buffer", name, buffer_cfg, encoder=enc, path=path or where)
     try:
         yield buffer
@@ -78,7 +86,7 @@ def command() -> None:
 @click.option("--backfill", is_flag=True, help="Finish a pending encoder backfill before reporting.")
 def info(backfill: bool, **kw: Any) -> None:
     """Records by source, encoders, segments, problems and backfill progress (JSON)."""
-    with _open_buffer(**kw) as buffer:
+    with _open_buffer(**kw, read_only=True) as buffer:
         if backfill:
             buffer.start_backfill()
             while not buffer.wait_backfill(timeout=2.0):
@@ -105,7 +113,7 @@ def export_cmd(file: str, **kw: Any) -> None:
     """Write every stored transition to FILE as JSONL."""
     if not Path(file).resolve().parent.is_dir():  # checked before the buffer opens
         raise ConfigError(f"{file}: directory {Path(file).parent} does not exist")
-    with _open_buffer(**kw) as buffer:
+    with _open_buffer(**kw, read_only=True) as buffer:
         click.echo(f"{file}: wrote {buffer.export_jsonl(file)} transitions")
 
 
@@ -116,6 +124,14 @@ def export_cmd(file: str, **kw: Any) -> None:
 @click.option("-k", "k", default=4, show_default=True, type=click.IntRange(min=1), help="Neighbours.")
 def query(state: str, action_text: str, k: int, **kw: Any) -> None:
     """Top-k stored transitions for (STATE, ACTION), one JSON record per line."""
-    with _open_buffer(**kw) as buffer:
+    with _open_buffer(**kw, read_only=True) as buffer:
+        missing = getattr(buffer, "unsearchable", 0)
+        if missing:
+            stored = ", ".join(buffer.stats()["spaces"]) if hasattr(buffer, "stats") else "another encoder"
+            raise DataError(
+                f"{buffer.path}: {missing} of {len(buffer)} stored transitions have no embedding from encoder "
+                f"{buffer.encoder.id!r} (stored: {stored}); query with the encoder that built the buffer "
+                "(--encoder, or the run's --pipeline), or re-embed them with 'dreamgym buffer info --backfill'"
+            )
         for transition in buffer.retrieve(queries=[(state, action_text)], k=k)[0]:
             click.echo(msgspec.json.encode(transition).decode())

@@ -537,6 +537,18 @@ class ExactBuffer:
             has = self._spaces[self.encoder.id].mask(n)
             return int((has & self._alive[:n]).sum()), self._live
 
+    @property
+    def unsearchable(self) -> int:
+        """Live rows that no encoder of this buffer has embedded: retrieve() cannot return them
+        (stored by another encoder, not given as ``previous_encoder``, and not re-embedded yet)."""
+        with self._lock:
+            n = len(self._records)
+            searchable = np.zeros(n, dtype=bool)
+            for space in self._spaces.values():
+                if space.encoder_id in self._encoders:
+                    searchable |= space.mask(n)
+            return int((self._alive[:n] & ~searchable).sum())
+
     def start_backfill(self) -> None:
         """Re-embed rows that lack a current-encoder embedding, in a background thread."""
         with self._lock:

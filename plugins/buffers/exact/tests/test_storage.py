@@ -185,6 +185,26 @@ def test_import_export_round_trip(tmp_path):
         b.export_jsonl(missing)
 
 
+def test_an_export_that_fails_part_way_leaves_the_earlier_file_whole(tmp_path, monkeypatch):
+    b = ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path / "buf")
+    b.add(transitions=make_transitions(12))
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"an earlier export\n")
+
+    def disk_full(self):
+        yield next(iter(self._records))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ExactBuffer, "__iter__", disk_full)
+    with pytest.raises(DataError, match=f"{out}: cannot write: No space left on device"):
+        b.export_jsonl(out)
+    assert out.read_bytes() == b"an earlier export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buf", "out.jsonl"]
+    monkeypatch.undo()
+    assert b.export_jsonl(out) == 12 and len(out.read_bytes().splitlines()) == 12
+    assert b.export_jsonl("/dev/null") == 12  # not a regular file: written in place, not replaced
+
+
 def test_rollback_forgets_what_came_after_the_position_and_stays_rolled_back(tmp_path, distinct):
     kept, later = distinct(6, prefix="kept"), distinct(4, source="synthetic", prefix="later")
     with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:

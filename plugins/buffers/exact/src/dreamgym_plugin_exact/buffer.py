@@ -12,6 +12,7 @@ change how the current space is searched (see the annoy backend).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import warnings
 from collections import deque
@@ -657,18 +658,33 @@ class ExactBuffer:
     def export_jsonl(self, path: str | Path) -> int:
         """Write every live transition as JSONL, in insertion order; returns the count.
 
+        A regular file is replaced atomically: a failure part way (a full disk) leaves the
+        file that was there whole. Anything else (``/dev/stdout``, a pipe) is written directly.
+
         Raises:
             DataError: ``path`` cannot be written (say, its directory does not exist).
         """
         encoder = msgspec.json.Encoder()
+        target = Path(path)
+        direct = target.exists() and not target.is_file()
+        tmp = target if direct else target.with_name(target.name + ".tmp")
         count = 0
         try:
-            with open(path, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 for t in self:
                     fh.write(encoder.encode(t) + b"\n")
                     count += 1
-        except OSError as exc:
-            raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+                if not direct:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if not direct:
+                os.replace(tmp, target)
+        except BaseException as exc:
+            if not direct:
+                tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+            raise
         return count
 
 

@@ -205,6 +205,23 @@ def test_an_export_that_fails_part_way_leaves_the_earlier_file_whole(tmp_path, m
     assert b.export_jsonl("/dev/null") == 12  # not a regular file: written in place, not replaced
 
 
+def test_stray_and_unreadable_segment_files(tmp_path, distinct):
+    first, second = distinct(3, prefix="first"), distinct(3, prefix="second")
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=first)
+    (tmp_path / "seg-000001.dgs").rename(tmp_path / "seg-999999.dgs")
+    (tmp_path / "seg-copy.dgs").write_bytes(b"not a segment")  # not a name the writer uses: left out
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert b.problems == []
+        b.add(transitions=second)  # a new segment numbered after the last one
+    assert [p.name for p in segment_files(tmp_path)] == ["seg-999999.dgs", "seg-1000000.dgs"]
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert list(b) == first + second
+    (tmp_path / "seg-1000001.dgs").mkdir()
+    with pytest.raises(DataError, match=r"seg-1000001.dgs: cannot read replay buffer segment: Is a directory"):
+        ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path)
+
+
 def test_rollback_forgets_what_came_after_the_position_and_stays_rolled_back(tmp_path, distinct):
     kept, later = distinct(6, prefix="kept"), distinct(4, source="synthetic", prefix="later")
     with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:

@@ -16,6 +16,7 @@ Files are never rewritten: a reopened buffer starts a new segment.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Iterator, Literal
 
 import msgspec
 
+from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 
 __all__ = ["Frame", "encode_frame", "frame_inconsistency", "read_segment", "SegmentWriter", "segment_files", "MAGIC"]
@@ -61,8 +63,15 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def read_segment(path: Path) -> tuple[list[tuple[int, Frame]], list[str]]:
-    """Every intact frame of ``path`` with its offset, and the problems found (file: offset: what)."""
-    data = path.read_bytes()
+    """Every intact frame of ``path`` with its offset, and the problems found (file: offset: what).
+
+    Raises:
+        DataError: the file cannot be read (permissions, not a file).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read replay buffer segment: {exc.strerror or exc}") from exc
     frames: list[tuple[int, Frame]] = []
     problems: list[str] = []
     for result in _scan(data):
@@ -146,9 +155,14 @@ def _resync(data: bytes, pos: int) -> int:
     return len(data) if found < 0 else found
 
 
+_SEGMENT_NAME = re.compile(r"seg-(\d+)\.dgs")
+
+
 def segment_files(directory: Path) -> list[Path]:
-    """Segment files of a buffer directory in write order."""
-    return sorted(directory.glob("seg-*.dgs"))
+    """Segment files of a buffer directory in write order (by number: seg-1000000 follows
+    seg-999999). Other files, say a stray ``seg-copy.dgs``, are not segments and are left out."""
+    numbered = [(m, p) for p in directory.glob("seg-*.dgs") if (m := _SEGMENT_NAME.fullmatch(p.name))]
+    return [p for m, p in sorted(numbered, key=lambda mp: int(mp[0].group(1)))]
 
 
 class SegmentWriter:

@@ -12,8 +12,13 @@ from .plugins import Plugins
 from .records import Task
 
 
-def _default_config(spec):  # every config Struct must be buildable from defaults
-    return msgspec.convert({}, type=spec.config_type)
+def _default_config(spec):
+    """The component's config with every default, or None when some field has none (the kit
+    cannot guess a model path or a server URL; the plugin's own tests run its check)."""
+    try:
+        return msgspec.convert({}, type=spec.config_type)
+    except msgspec.ValidationError:
+        return None
 
 
 def _stand_in_tasks(n: int) -> list[Task]:
@@ -29,6 +34,9 @@ def check_plugin(name: str) -> Iterator[str]:
             if spec.plugin != name:
                 continue
             config = _default_config(spec)
+            if config is None:
+                yield f"skip {kind}:{spec.name} ({spec.config_type.__name__} has required fields; the plugin's own tests run its check)"
+                continue
             if kind == "env":
                 testing.check_domain(spec.factory(config))
             elif kind == "encoder":

@@ -159,6 +159,26 @@ def test_duplicate_component_names_name_both_plugins(register_plugin):
         plugins.components("env")
 
 
+def test_check_skips_a_component_whose_config_has_required_fields(register_plugin, monkeypatch):
+    from dreamgym_core import conformance
+
+    class NeedsPath(Config):
+        model_dir: str
+
+    class Needy:
+        @hookimpl
+        def dreamgym_register_envs(self):
+            return [ComponentSpec(name="needy", factory=CountDomain, config_type=NeedsPath, description="needs a path")]
+
+    plugins = register_plugin(Needy(), "needy")
+    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    lines = list(conformance.check_plugin("needy"))
+    assert lines == [
+        "skip env:needy (NeedsPath has required fields; the plugin's own tests run its check)",
+        "0 component(s) of plugin 'needy' passed",
+    ]
+
+
 def test_misspelled_hook_is_rejected(dreamgym_pm):
     class Typo:
         @hookimpl

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -190,7 +191,17 @@ def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int | None:
             # Starting over would overwrite them and the run's metrics: never guess.
             raise DataError(f"{pointer}: missing, but {root} holds {', '.join(written)}; restore the pointer (one line naming the checkpoint)")
         return None
-    return load(runner, pointer.read_text().strip(), roll_back_buffer=roll_back_buffer)
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        name = f"unreadable ({exc})"
+    if not re.fullmatch(r"it-\d+", name) or not (root / name).is_dir():
+        written = sorted(p.name for p in root.glob("it-*"))
+        raise DataError(
+            f"{pointer}: names {name!r}, not a checkpoint of {root} (it holds {', '.join(written) or 'none'}); "
+            "restore the pointer (one line naming the checkpoint)"
+        )
+    return load(runner, name, roll_back_buffer=roll_back_buffer)
 
 
 def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:

@@ -336,6 +336,17 @@ def test_resume_without_the_latest_pointer_refuses_and_keeps_every_file(register
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("pointer", [b"\xff\xfe", b"", b"it-00009\n", b"../../elsewhere\n"])
+def test_resume_with_a_corrupt_latest_pointer_refuses_and_keeps_every_file(register_plugin, tmp_path, pointer):
+    plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
+    run_pipeline(resolved, plugins)
+    (tmp_path / "run" / "checkpoints" / "latest").write_bytes(pointer)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=r"checkpoints/latest: names .*, not a checkpoint of .* \(it holds it-00000, it-00001\)"):
+        run_pipeline(resolved, plugins, resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
 def test_resume_before_the_first_checkpoint_does_not_store_the_offline_data_twice(register_plugin, tmp_path):
     # A buffer that keeps duplicates, and a run killed before its first checkpoint: the
     # offline transitions it stored are already there when the resumed run seeds the buffer.

@@ -45,6 +45,22 @@ def test_minilm_bad_model_path_is_a_config_error(tmp_path):
         MiniLMEncoder(MiniLMConfig(model_path=str(tmp_path)))
 
 
+@pytest.mark.parametrize("broken", ["only_weights", "truncated_weights"])
+def test_minilm_unloadable_model_dir_is_one_line_naming_it(tmp_path, broken):
+    from dreamgym_plugin_encoders.minilm import packaged_model_dir
+
+    packaged = packaged_model_dir()
+    if broken == "truncated_weights":  # every file of the model, the weights cut short
+        for item in packaged.iterdir():
+            if item.name != "model.safetensors":
+                (tmp_path / item.name).symlink_to(item)
+    with open(packaged / "model.safetensors", "rb") as fh:
+        (tmp_path / "model.safetensors").write_bytes(fh.read(4096))
+    with pytest.raises(ConfigError, match=rf"minilm: cannot load the model in {re.escape(str(tmp_path))} \(config field model_path\): ") as err:
+        MiniLMEncoder(MiniLMConfig(model_path=str(tmp_path)))
+    assert "\n" not in str(err.value)
+
+
 def test_plugin_registers_both_encoders():
     plugins = Plugins.for_names(["encoders"])
     assert set(plugins.components("encoder")) >= {"minilm", "hashing"}

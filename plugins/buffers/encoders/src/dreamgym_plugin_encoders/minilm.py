@@ -59,8 +59,14 @@ class MiniLMEncoder:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).to(self.config.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).to(self.config.device).eval()
+        except Exception as exc:  # transformers and safetensors raise many types for a bad directory
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(
+                f"minilm: cannot load the model in {model_dir} (config field model_path): {type(exc).__name__}: {reason}"
+            ) from exc
         self.dim = int(self.model.config.hidden_size)
         self.id = f"all-MiniLM-L6-v2@{_weights_digest(model_dir)}-len{self.config.max_length}"
 

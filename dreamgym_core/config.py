@@ -308,7 +308,9 @@ def set_path(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
         if not isinstance(target, dict):
             raise ConfigError(f"{where}: --set {dotted}: {key!r} is not a mapping")
         target = target.setdefault(key, {})
-    if isinstance(target, list) and keys[-1].isdigit() and int(keys[-1]) < len(target):
+    if isinstance(target, list) and keys[-1].isdigit():
+        if int(keys[-1]) >= len(target):
+            raise ConfigError(f"{where}: --set {dotted}: index {keys[-1]} is past the end of a list of {len(target)}")
         target[int(keys[-1])] = value
         return
     if not isinstance(target, dict):

@@ -99,6 +99,7 @@ def test_set_overrides_parse_yaml_scalars(tmp_path):
         ("loop.iterations=[1", r"--set 'loop.iterations=\[1': the value is not valid YAML"),
         ("seed={a", r"--set 'seed=\{a': the value is not valid YAML"),
         ("loggers.5.name=x", r"--set loggers.5.name: index 5 is past the end of a list of 0"),
+        ("loggers.0={name: jsonl}", r"--set loggers.0: index 0 is past the end of a list of 0"),
         ("seed=99999999999999999999999999", r"Expected `int` <= \d+ - at `\$.seed`"),
         ("seed=-1", r"Expected `int` >= 0 - at `\$.seed`"),
     ],

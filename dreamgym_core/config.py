@@ -203,6 +203,12 @@ class PipelineConfig(Config):
     run_dir: Annotated[str, Meta(description="Where the run writes config, metrics, checkpoints, report.")] = "runs/default"
 
     def __post_init__(self) -> None:
+        # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
+        # there: the working directory or a filesystem root would have its files overwritten.
+        where = Path(self.run_dir.strip() or ".")
+        if where == Path(".") or where == Path(where.anchor):
+            what = "the working directory" if where == Path(".") else "a filesystem root"
+            raise ValueError(f"run_dir={self.run_dir!r} must name a directory of the run's own, not {what}")
         # What a synthetic environment is made of, for training in it or for replaying games in it.
         missing = [f for f in ("experience_model", "encoder", "buffer") if getattr(self, f) is None]
         if missing and self.loop.mode in ("dreamgym", "s2r"):

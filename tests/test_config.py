@@ -72,6 +72,14 @@ def test_constraint_and_cross_field_errors(tmp_path):
         load_pipeline(write(tmp_path, data))
 
 
+@pytest.mark.parametrize("run_dir", ["", " ", ".", "./", "/"])
+def test_run_dir_must_be_a_directory_of_its_own(tmp_path, run_dir):
+    # A run writes config.json and the rest into run_dir: "" or "." would overwrite the working directory's.
+    data = pipeline_dict(run_dir)
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: .*run_dir=.* must name a directory of the run's own"):
+        load_pipeline(write(tmp_path, data))
+
+
 def test_malformed_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line 2"):
         load_pipeline(write(tmp_path, "plugins: [a\nenv: {", "bad.yaml"))

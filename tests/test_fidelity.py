@@ -182,3 +182,32 @@ def test_eval_model_command_prints_metrics(tmp_path) -> None:
     report = json.loads(result.output)
     assert report["fidelity/n"] == 2.0 and report["experience/requests"] == 2.0
     assert 0.0 <= report["fidelity/reward_agreement"] <= 1.0 and report["model_id"].startswith("hf-tiny")
+
+
+def test_eval_model_loads_a_trained_tiny_model_dir(tmp_path) -> None:
+    """--model-dir loads a saved hf-tiny model (what a run's experience_model/ holds) in place;
+    an empty or missing directory is a one-line error naming it."""
+    pytest.importorskip("dreamgym_plugin_exact")
+    pytest.importorskip("dreamgym_plugin_textworld")
+    tiny = pytest.importorskip("dreamgym_plugin_hf.tiny")
+    from dreamgym_plugin_hf.config import TinyConfig
+
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    saved = tmp_path / "experience_model"
+    config = msgspec.convert({"hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64, "vocab_size": 300,
+                              "max_length": 1024, "max_positions": 1024}, type=TinyConfig)  # fmt: skip
+    tiny.TinyBackend(config).save(path=str(saved))
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_bytes(b"\n".join(msgspec.json.encode(_t(i, done=i == 1, success=i == 1)) for i in range(2)))
+    args = [str(pipeline), "--heldout", str(heldout), "--max-new-tokens", "8", "--retries", "0"]
+    result = CliRunner().invoke(command, [*args, "--model-dir", str(saved)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # stderr carries transformers' loading progress
+    assert report["model_dir"] == str(saved) and report["fidelity/n"] == 2.0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(command, [*args, "--model-dir", str(empty)])
+    assert result.exit_code != 0 and "cannot load a causal LM" in str(result.exception) and str(empty) in str(result.exception)
+    result = CliRunner().invoke(command, [*args, "--model-dir", str(tmp_path / "missing")])
+    assert result.exit_code != 0 and "not a directory" in str(result.exception)

@@ -23,9 +23,11 @@ def read_transitions(path: str) -> list[Transition]:
     return out
 
 
-def build_experience_model(resolved: Any, plugins: Any, **settings: Any) -> Any:
+def build_experience_model(resolved: Any, plugins: Any, model_dir: str | None = None, **settings: Any) -> Any:
     """The pipeline's experience-model backend as an :class:`LMExperienceModel`.
 
+    ``model_dir``: trained weights to load in place, as the run loop does with a run's
+    ``experience_model/`` (so it works for every backend with ``reload``, hf-tiny included).
     History window and k come from the pipeline's ``loop``; ``settings`` are other
     :class:`ExperienceModelConfig` fields.
     """
@@ -34,7 +36,14 @@ def build_experience_model(resolved: Any, plugins: Any, **settings: Any) -> Any:
     pipeline = resolved.pipeline
     if pipeline.experience_model is None:
         raise ConfigError(f"{resolved.source}: experience_model is not set; eval-model needs one")
-    backend = plugins.build("model", pipeline.experience_model.name, resolved.components["experience_model"])
+    name = pipeline.experience_model.name
+    backend = plugins.build("model", name, resolved.components["experience_model"])
+    if model_dir is not None:
+        if not Path(model_dir).is_dir():
+            raise DataError(f"--model-dir {model_dir}: not a directory (expected a run's experience_model/)")
+        if not callable(getattr(backend, "reload", None)):
+            raise ConfigError(f"{resolved.source}: experience_model {name!r} cannot load trained weights (--model-dir)")
+        backend.reload(path=model_dir)
     config = ExperienceModelConfig(
         history_window=pipeline.loop.history_window, top_k=pipeline.loop.top_k, seed=pipeline.seed, **settings
     )
@@ -56,7 +65,7 @@ def _build_buffer(resolved: Any, plugins: Any, train: list[Transition]) -> Any:
 @click.argument("pipeline", type=click.Path())
 @click.option("--heldout", required=True, type=click.Path(), help="JSONL of held-out real Transition records.")
 @click.option("--train-data", type=click.Path(), help="JSONL of training transitions; retrieved as demos (top-k).")
-@click.option("--model-dir", help="A trained experience model directory (sets experience_model.config.path).")
+@click.option("--model-dir", help="A trained experience model directory, e.g. a run's experience_model/.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N held-out transitions only.")
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="Sampling temperature.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True, help="Answer budget.")
@@ -77,19 +86,17 @@ def command(
     from ..fidelity import evaluate_model
     from ..plugins import Plugins
 
-    if model_dir:
-        overrides = (*overrides, f"experience_model.config.path={model_dir}")
     outer = load_pipeline(pipeline, overrides)
     plugins = Plugins.for_names(outer.plugins, where=f"{pipeline}: plugins")
     resolved = resolve(outer, plugins, where=pipeline)
     transitions = read_transitions(heldout)[:limit]
     model = build_experience_model(
-        resolved, plugins, temperature=temperature, max_new_tokens=max_new_tokens, max_retries=retries
+        resolved, plugins, model_dir, temperature=temperature, max_new_tokens=max_new_tokens, max_retries=retries
     )
     buffer = _build_buffer(resolved, plugins, read_transitions(train_data) if train_data else [])
     loop = resolved.pipeline.loop
     metrics = evaluate_model(
         model, transitions, buffer, history_window=loop.history_window, k=loop.top_k, batch_size=batch_size
     )
-    report = {"model_id": model.model_id, "heldout": heldout, "demos_from": train_data, **metrics, **model.metrics()}
+    report = {"model_id": model.model_id, "model_dir": model_dir, "heldout": heldout, "demos_from": train_data, **metrics, **model.metrics()}
     click.echo(json.dumps(report, indent=2, sort_keys=True))

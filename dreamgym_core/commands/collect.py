@@ -21,7 +21,7 @@ import click
 import msgspec
 
 from ..config import convert_config, load_pipeline, parse_overrides, set_path
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..plugins import Plugins, installed_plugins
 from ..records import Transition
 
@@ -54,10 +54,15 @@ def collect_transitions(
     tasks = domain.tasks(split=split)
     if not tasks:
         raise ConfigError(f"env {domain.name!r}: split {split!r} has no tasks")
-    produced, episode = 0, 0
+    produced, episode, empty_in_a_row = 0, 0, 0
     while produced < transitions:
         task = tasks[episode % len(tasks)]
         (trajectory,) = domain.collect(tasks=[task], policy=policy, episodes=1, seed=seed + episode)
+        # A domain whose episodes hold no step would otherwise be asked forever.
+        empty_in_a_row = 0 if trajectory.transitions else empty_in_a_row + 1
+        if empty_in_a_row >= len(tasks):
+            raise DataError(f"env {domain.name!r}: {len(tasks)} episodes in a row on split {split!r} "
+                            f"with policy {policy!r} produced no transition")
         for t in trajectory.transitions[: transitions - produced]:
             if annotate:
                 t = msgspec.structs.replace(t, reasoning=domain.annotate(transition=t))

@@ -1,0 +1,33 @@
+"""``dreamgym collect``'s episode loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from dreamgym_core.commands.collect import collect_transitions
+from dreamgym_core.errors import DataError
+from dreamgym_core.records import Trajectory
+
+from stand_ins import CountConfig, CountDomain
+
+
+class EmptyEpisodes(CountDomain):
+    """A broken domain: every episode ends before its first step."""
+
+    calls = 0
+
+    def collect(self, *, tasks, policy, episodes, seed):
+        self.calls += 1
+        assert self.calls < 1000, "collect kept asking a domain whose episodes are empty"
+        return [Trajectory(task=tasks[0], transitions=[]) for _ in range(episodes)]
+
+
+def test_collect_writes_exactly_the_asked_number_across_episodes():
+    out = list(collect_transitions(CountDomain(CountConfig()), split="train", policy="expert", transitions=7, seed=0))
+    assert len(out) == 7 and len({t.episode_id + t.task_id for t in out}) > 1
+
+
+def test_a_domain_whose_episodes_hold_no_step_is_an_error_not_an_endless_loop():
+    records = collect_transitions(EmptyEpisodes(CountConfig()), split="train", policy="expert", transitions=3, seed=0)
+    with pytest.raises(DataError, match=r"env 'count': \d+ episodes in a row on split 'train' with policy 'expert' produced no transition"):
+        next(records)

@@ -62,6 +62,23 @@ def test_unseeded_sampling_draws_fresh_text_and_seeded_leaves_global_rng_alone(s
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_seeded_calls_fork_the_model_devices_rng():
+    from dreamgym_plugin_hf.backend import forked_devices
+
+    assert forked_devices("cpu") == [] and forked_devices(torch.device("cuda", 1)) == [1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_seeded_generation_on_cuda_leaves_the_device_rng_alone(small_config):
+    # torch.manual_seed reseeds every CUDA generator; only a forked one is restored afterwards.
+    backend = TinyBackend(small_config(device="cuda"))
+    state = torch.cuda.get_rng_state()
+    a = backend.generate(prompts=["hello"], max_new_tokens=8, temperature=1.0, seed=5)
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    assert backend.generate(prompts=["hello"], max_new_tokens=8, temperature=1.0, seed=5) == a
+
+
 def test_long_prompt_keeps_its_end(small_config):
     backend = TinyBackend(small_config(max_positions=1024, max_length=1024))
     long_prompt = "x" * 3000 + " END"

@@ -44,6 +44,15 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def forked_devices(device: torch.device | str) -> list[int]:
+    """The CUDA devices whose generators a seeded call must fork as well as the CPU's:
+    ``torch.manual_seed`` reseeds every device, and only forked states are restored."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def _cached_snapshot(hub_id: str) -> str | None:
     """The local hub cache's directory of ``hub_id`` (a pure file-system look-up), or None."""
     from huggingface_hub import try_to_load_from_cache
@@ -236,8 +245,8 @@ class HFBackend:
     ) -> list[str]:
         """New text for each prompt, cut before the first stop string; temperature 0 is greedy.
 
-        With a ``seed`` the sample is drawn from a forked torch RNG (the same seed gives the same
-        text; the global RNG is untouched); without one it comes from the global RNG, which it
+        With a ``seed`` the sample is drawn from forked torch RNGs, the CPU's and the model's CUDA
+        device's (the same seed gives the same text; the global RNGs are untouched); without one it comes from the global RNG, which it
         advances, so that unseeded calls differ.
         """
         if max_new_tokens < 1 or max_new_tokens >= self.config.max_length:
@@ -248,7 +257,7 @@ class HFBackend:
             raise ConfigError(f"hf: temperature={temperature} must be >= 0")
         prompts = list(prompts)
         size = self.config.generation_batch_size
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        with torch.random.fork_rng(devices=forked_devices(self.config.device), enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             out: list[str] = []

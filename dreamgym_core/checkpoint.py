@@ -185,8 +185,8 @@ def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int | None:
     checkpoint (``dreamgym eval``, possibly while the run goes on), not for resuming it."""
     root = runner.run_dir / "checkpoints"
     pointer = root / "latest"
+    written = sorted(p.name for p in root.glob("it-*")) if root.is_dir() else []
     if not pointer.exists():
-        written = sorted(p.name for p in root.glob("it-*")) if root.is_dir() else []
         if written:
             # Starting over would overwrite them and the run's metrics: never guess.
             raise DataError(f"{pointer}: missing, but {root} holds {', '.join(written)}; restore the pointer (one line naming the checkpoint)")
@@ -196,7 +196,6 @@ def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int | None:
     except (OSError, UnicodeDecodeError) as exc:
         name = f"unreadable ({exc})"
     if not re.fullmatch(r"it-\d+", name) or not (root / name).is_dir():
-        written = sorted(p.name for p in root.glob("it-*"))
         raise DataError(
             f"{pointer}: names {name!r}, not a checkpoint of {root} (it holds {', '.join(written) or 'none'}); "
             "restore the pointer (one line naming the checkpoint)"

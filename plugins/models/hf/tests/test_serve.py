@@ -112,6 +112,15 @@ def test_malformed_requests_get_a_json_400_not_a_dropped_connection(server, head
     assert status == 400 and message in answer["error"]["message"]
 
 
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(server):
+    # the server must not allocate what a client merely declares (a terabyte here)
+    from dreamgym_plugin_hf.serve import MAX_BODY_BYTES
+
+    base, _ = server
+    status, answer = raw_post(base, f"Content-Length: {10**12}\r\n".encode(), b"{}")
+    assert status == 413 and str(MAX_BODY_BYTES) in answer["error"]["message"]
+
+
 class FailingModel:
     """A served model whose generate() fails inside (as a GPU out of memory does)."""
 

@@ -29,8 +29,16 @@ from dreamgym_core.errors import DreamGymError
 __all__ = ["make_server", "start_server", "completion_body", "chat_prompt", "main"]
 
 
+# A request is prompts and parameters: 16 MiB is millions of tokens, beyond any context window.
+MAX_BODY_BYTES = 16 * 2**20
+
+
 class RequestError(ValueError):
-    """A malformed request; answered with HTTP 400."""
+    """A malformed request; answered with HTTP ``status`` (400 unless given)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ClientGone(Exception):
@@ -189,6 +197,9 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
             if not (declared.strip().isascii() and declared.strip().isdigit()):
                 self.close_connection = True  # where this body ends, and the next request starts, is unknown
                 raise RequestError(f"Content-Length {declared!r} is not a byte count")
+            if int(declared) > MAX_BODY_BYTES:
+                self.close_connection = True  # the body is left unread
+                raise RequestError(f"request body of {int(declared)} bytes is over the {MAX_BODY_BYTES}-byte limit", status=413)
             return self.rfile.read(int(declared))
 
         def _authorised(self) -> bool:
@@ -208,7 +219,7 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
             try:
                 raw = self._read_body()
             except RequestError as exc:
-                return self._error(400, str(exc))
+                return self._error(exc.status, str(exc))
             if not self._authorised():
                 return
             route = routes.get(self.path.rstrip("/"))

@@ -265,6 +265,17 @@ def test_a_dead_engine_is_a_one_line_error_and_the_next_reset_starts_another(twx
         env.close()
 
 
+def test_a_machine_without_java_is_a_one_line_error_naming_it(twx_domains, monkeypatch, tmp_path) -> None:
+    domain = twx_domains["coin"]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java here
+    env = domain.make_env()
+    try:
+        with pytest.raises(EngineError, match=r"^env 'twx': load: no `java` on PATH: TextWorldExpress needs a Java runtime"):
+            env.reset(task=domain.tasks(split="train")[0])
+    finally:
+        env.close()
+
+
 def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains) -> None:
     from py4j.protocol import Py4JNetworkError
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -190,10 +191,16 @@ class TwxEngine:
         self._taken: list[str] = []
         self._objective = ""
 
-    def _server(self) -> Any:
+    def _server(self, what: str) -> Any:
         if self._env is None:
             from textworld_express import TextWorldExpressEnv
 
+            # py4j starts the `java` on PATH; without one it fails with a bare FileNotFoundError
+            if shutil.which("java") is None:
+                raise EngineError(
+                    f"env 'twx': {what}: no `java` on PATH: TextWorldExpress needs a Java runtime"
+                    " (Debian: apt install openjdk-17-jre-headless)"
+                )
             # The plugin enforces its own step cap; the engine's is set out of the way.
             self._env = TextWorldExpressEnv(envStepLimit=10**9)
             process = _java_process(self._env)
@@ -216,7 +223,7 @@ class TwxEngine:
             raise EngineError(f"env 'twx': {what}: no game loaded (after an engine stops, reset first)")
         _PY4J_LOGS.install()
         with _PY4J_LOGS.hold():
-            env = self._server()
+            env = self._server(what)
             process = _java_process(env)
             if process is not None and process.poll() is not None:
                 self._drop()

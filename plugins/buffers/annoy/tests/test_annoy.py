@@ -52,6 +52,26 @@ def test_same_topk_as_exact_with_enough_search_effort():
         assert np.allclose(_scores(enc, q, a), _scores(enc, q, b), atol=1e-4)
 
 
+def test_ties_come_back_as_exact_returns_them():
+    # Rows that share a state and differ only in a one-word action are equally similar to a
+    # query of that state with another action. exact returns the earliest of equally similar
+    # rows, and so must annoy, or what the experience model is shown would depend on the backend.
+    enc = HashingEncoder()
+    records = household(400)
+    words = [f"zq{c}{d}" for c in "abcdefgh" for d in "abcdefgh"]
+    for i, base in enumerate(range(0, 400, 40)):
+        for j in range(1, 9):
+            records[base + j] = msgspec.structs.replace(records[base], action=words[(8 * i + j) % 64], episode_id=f"v{i}-{j}")
+    annoy = AnnoyBuffer(AnnoyConfig(min_rows=100, n_trees=20, search_k=60000), encoder=enc)
+    exact = ExactBuffer(encoder=enc)
+    annoy.add(transitions=records)
+    exact.add(transitions=records)
+    annoy.seal()
+    annoy.wait_index()
+    queries = [(records[base].state, "look around") for base in range(0, 400, 40)]
+    assert annoy.retrieve(queries=queries, k=4) == exact.retrieve(queries=queries, k=4)
+
+
 def test_fresh_tail_is_searchable_before_any_rebuild():
     enc = HashingEncoder()
     b = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=1000), encoder=enc)

@@ -32,19 +32,24 @@ def _scores(encoder, query, results):
     return np.round(encoder.encode(texts=[embedding_text(t.state, t.action) for t in results]) @ q, 5)
 
 
+def _indexed_and_exact(encoder, records):
+    """An annoy buffer with every row indexed (high search effort), and an exact one, on ``records``."""
+    annoy = AnnoyBuffer(AnnoyConfig(min_rows=100, n_trees=20, search_k=60000), encoder=encoder)
+    exact = ExactBuffer(encoder=encoder)
+    annoy.add(transitions=records)
+    exact.add(transitions=records)
+    annoy.seal()
+    annoy.wait_index()
+    return annoy, exact
+
+
 def test_angular_to_cosine():
     assert np.allclose(angular_to_cosine(np.array([0.0, np.sqrt(2.0), 2.0])), [1.0, 0.0, -1.0])
 
 
 def test_same_topk_as_exact_with_enough_search_effort():
     enc = HashingEncoder()
-    records = household(3000)
-    annoy = AnnoyBuffer(AnnoyConfig(min_rows=100, n_trees=20, search_k=60000), encoder=enc)
-    exact = ExactBuffer(encoder=enc)
-    annoy.add(transitions=records)
-    exact.add(transitions=records)
-    annoy.seal()
-    annoy.wait_index()
+    annoy, exact = _indexed_and_exact(enc, household(3000))
     assert annoy.stats()["annoy"]["items"] == 3000
     queries = [(t.state.replace("You are", "you stand"), t.action) for t in household(40, seed=1)]
     got, want = annoy.retrieve(queries=queries, k=4), exact.retrieve(queries=queries, k=4)
@@ -62,12 +67,7 @@ def test_ties_come_back_as_exact_returns_them():
     for i, base in enumerate(range(0, 400, 40)):
         for j in range(1, 9):
             records[base + j] = msgspec.structs.replace(records[base], action=words[(8 * i + j) % 64], episode_id=f"v{i}-{j}")
-    annoy = AnnoyBuffer(AnnoyConfig(min_rows=100, n_trees=20, search_k=60000), encoder=enc)
-    exact = ExactBuffer(encoder=enc)
-    annoy.add(transitions=records)
-    exact.add(transitions=records)
-    annoy.seal()
-    annoy.wait_index()
+    annoy, exact = _indexed_and_exact(enc, records)
     queries = [(records[base].state, "look around") for base in range(0, 400, 40)]
     assert annoy.retrieve(queries=queries, k=4) == exact.retrieve(queries=queries, k=4)
 

@@ -88,6 +88,19 @@ def test_long_prompt_keeps_its_end(small_config):
     assert len(backend.generate(prompts=[long_prompt], max_new_tokens=4, temperature=0)) == 1
 
 
+def test_a_prompt_cut_to_fit_is_counted_and_warned_about_once(small_config, caplog):
+    # the cut drops the prompt's start (an experience model's role and task): say so, not silently
+    backend = TinyBackend(small_config(max_positions=1024, max_length=1024))
+    backend.generate(prompts=["short one"], max_new_tokens=4, temperature=0)
+    assert backend.prompts_cut == 0 and not caplog.records
+    with caplog.at_level("WARNING"):
+        backend.generate(prompts=["x" * 3000, "short", "y" * 3000], max_new_tokens=24, temperature=0)
+        backend.generate(prompts=["z" * 3000], max_new_tokens=24, temperature=0)
+    assert backend.prompts_cut == 3
+    (warning,) = caplog.records
+    assert "cut to its last 1000 tokens" in warning.getMessage() and "max_length 1024" in warning.getMessage()
+
+
 def test_an_empty_prompt_is_refused_clearly(trained):
     # the tiny tokenizer adds no start token, so an empty prompt leaves nothing to condition on
     with pytest.raises(DataError, match="empty"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 import shutil
@@ -25,6 +26,8 @@ from dreamgym_core.errors import ConfigError, DataError
 
 from .config import HFConfig, LoraSettings
 from .text import IGNORE, cut_at_stop, keep_end, left_pad, right_pad, segment_labels
+
+log = logging.getLogger(__name__)
 
 __all__ = ["HFBackend", "load_pretrained", "save_checkpoint"]
 
@@ -155,6 +158,8 @@ class HFBackend:
         self.config = config
         self.model_id = model_id
         self.chat_template = chat_template
+        # generation keeps a long prompt's end; each prompt cut so is counted, the first is a warning
+        self.prompts_cut = 0
         self._attach(model, tokenizer)
 
     # --- construction -----------------------------------------------------------
@@ -214,7 +219,20 @@ class HFBackend:
 
     def encode_prompt(self, prompt: str, limit: int) -> list[int]:
         """Token ids of one prompt as generation sees it, keeping its last ``limit`` tokens."""
-        return keep_end(self._prefix() + self._encode(self._format_prompt(prompt)), limit)
+        return keep_end(self._prompt_ids(prompt), limit)
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        return self._prefix() + self._encode(self._format_prompt(prompt))
+
+    def _count_cuts(self, lengths: list[int], limit: int, max_new_tokens: int) -> None:
+        cut = [n for n in lengths if n > limit]
+        if cut and not self.prompts_cut:
+            log.warning(
+                "hf %s: a prompt of %d tokens was cut to its last %d tokens (max_length %d - max_new_tokens %d):"
+                " its start is lost; further cuts are only counted (prompts_cut)",
+                self.model_id or type(self).__name__, max(cut), limit, self.config.max_length, max_new_tokens,
+            )
+        self.prompts_cut += len(cut)
 
     def encode_example(self, example: Example) -> tuple[list[int], list[int]]:
         """(input ids, labels) of one SFT example, tokenised segment by segment.
@@ -277,7 +295,9 @@ class HFBackend:
     @torch.no_grad()
     def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
         limit = self.config.max_length - max_new_tokens
-        encoded = [self.encode_prompt(p, limit) for p in prompts]
+        full = [self._prompt_ids(p) for p in prompts]
+        self._count_cuts([len(ids) for ids in full], limit, max_new_tokens)
+        encoded = [keep_end(ids, limit) for ids in full]
         if not all(encoded):  # the model has no position to start from (transformers fails obscurely)
             raise DataError("hf: a prompt is empty and this tokenizer adds no start token: nothing to generate from")
         ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)

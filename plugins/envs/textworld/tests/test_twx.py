@@ -276,6 +276,36 @@ def test_a_machine_without_java_is_a_one_line_error_naming_it(twx_domains, monke
         env.close()
 
 
+def fake_java(tmp_path: Path, body: str) -> None:
+    """A `java` on PATH that runs ``body`` (a shell script) instead of starting a JVM."""
+    script = tmp_path / "java"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+
+
+def test_a_java_that_exits_at_start_is_a_one_line_error(monkeypatch, tmp_path) -> None:
+    fake_java(tmp_path, 'echo "UnsupportedClassVersionError" >&2; exit 1')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    engine = TwxEngine()
+    with pytest.raises(EngineError, match=r"^env 'twx': load: the TextWorldExpress engine \(JVM\) did not start \(java exited before it was up"):
+        engine.load({"game": "coin", "params": {"numLocations": 2}, "seed": 0})
+    engine.close()
+
+
+def test_a_jvm_that_hangs_at_start_is_stopped_after_the_call_limit(monkeypatch, tmp_path) -> None:
+    fake_java(tmp_path, f'echo $$ > {tmp_path}/pid; exec sleep 600')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    engine = TwxEngine(call_timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(EngineError, match=r"^env 'twx': load: the TextWorldExpress engine \(JVM\) did not start within 1 s"):
+        engine.load({"game": "coin", "params": {"numLocations": 2}, "seed": 0})
+    assert time.monotonic() - start < 30
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left sleeping
+        os.kill(pid, 0)
+    engine.close()
+
+
 def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains) -> None:
     from py4j.protocol import Py4JNetworkError
 

@@ -46,7 +46,7 @@ class TwxConfig(_Common):
         Meta(
             ge=0.0,
             description=(
-                "Time limit of one engine call (load, reset, step, expert path), in seconds. An engine that"
+                "Time limit of the JVM's start and of one engine call (load, reset, step, expert path), in seconds. An engine that"
                 " does not answer within it (a hung JVM) is killed, the call fails with EngineError and the"
                 " next reset starts a new JVM. Normal calls take milliseconds; 0 turns the limit off."
             ),

@@ -170,6 +170,73 @@ def _java_process(env: Any) -> Any:
     return getattr(getattr(env, "_gateway", None), "java_process", None)
 
 
+def _child_pids() -> set[int]:
+    """Processes whose parent is this one (read from /proc; empty where there is none)."""
+    me, found = os.getpid(), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # it exited meanwhile
+            continue
+        if int(fields[1]) == me:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):  # gone, or reaped by its Popen already
+        pass
+
+
+def _quiet_when_unstarted(engine_class: type) -> type:
+    """``engine_class`` whose ``__del__`` skips an engine that never started: the stock one
+    raises (no ``_gateway``), and Python prints that after the run's own one-line error."""
+
+    class Engine(engine_class):  # type: ignore[misc, valid-type]
+        def __del__(self) -> None:
+            if hasattr(self, "_gateway"):
+                super().__del__()
+
+    return Engine
+
+
+def _start_engine(factory: Any, what: str, limit_s: float) -> Any:
+    """A started engine (``factory`` is TextWorldExpressEnv). A JVM that fails to start is an
+    EngineError; one not up within ``limit_s`` (0: no limit) is killed first. py4j hands over
+    the JVM's process only once it is up, so the one to kill is the child that appeared meanwhile."""
+    outcome: dict[str, Any] = {}
+    children_before = _child_pids()
+
+    def start() -> None:
+        try:
+            # The plugin enforces its own step cap; the engine's is set out of the way.
+            outcome["env"] = factory(envStepLimit=10**9)
+        except Exception as exc:  # noqa: BLE001 - py4j fails with bare ValueErrors, OSErrors, ...
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=start, name="twx-start", daemon=True)
+    thread.start()
+    thread.join(limit_s if limit_s > 0 else None)
+    if thread.is_alive():
+        for pid in _child_pids() - children_before:
+            _kill_and_reap(pid)
+        thread.join(5.0)
+        raise EngineError(
+            f"env 'twx': {what}: the TextWorldExpress engine (JVM) did not start within {limit_s:g} s"
+            " (call_timeout_s) and was stopped"
+        )
+    if "error" in outcome:
+        exc = outcome["error"]
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ValueError) and "invalid literal for int()" in cause:  # py4j read no port
+            cause = "java exited before it was up; `java -version` shows the runtime it found"
+        raise EngineError(f"env 'twx': {what}: the TextWorldExpress engine (JVM) did not start ({cause})") from exc
+    return outcome["env"]
+
+
 class TwxEngine:
     """TextWorldExpress through its Python API (one JVM per engine, started lazily).
 
@@ -177,8 +244,8 @@ class TwxEngine:
     engine is dropped: the episode is lost, and the next ``load`` starts a new JVM.
     A call to a started JVM that does not answer within ``call_timeout_s`` (a hung or
     stopped JVM) is the same failure: a watchdog kills the JVM, which ends the call.
-    ``call_timeout_s=0`` turns the limit off. Starting the JVM itself is not limited
-    (py4j hands over its process only once it is up).
+    ``call_timeout_s=0`` turns the limit off. Starting the JVM has the same limit, and a JVM
+    that fails to start is an :class:`EngineError` too.
     """
 
     def __init__(self, *, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
@@ -201,8 +268,7 @@ class TwxEngine:
                     f"env 'twx': {what}: no `java` on PATH: TextWorldExpress needs a Java runtime"
                     " (Debian: apt install openjdk-17-jre-headless)"
                 )
-            # The plugin enforces its own step cap; the engine's is set out of the way.
-            self._env = TextWorldExpressEnv(envStepLimit=10**9)
+            self._env = _start_engine(_quiet_when_unstarted(TextWorldExpressEnv), what, self.call_timeout_s)
             process = _java_process(self._env)
             if self.call_timeout_s > 0 and process is not None:
                 self._watchdog = _Watchdog(process, self.call_timeout_s)

@@ -121,6 +121,7 @@ def test_timeout_caps_the_whole_request_not_each_read(url):
     assert slow.generate(prompts=["p"], max_new_tokens=8) == [""]
     assert time.monotonic() - start < 5.0  # the server would trickle for 20 s
     assert "Timeout" in slow.last_errors[0] and slow.stats["failed_calls"] == 1
+    assert slow.last_errors[0].endswith("in 1 s")  # the limit as configured, not as a float prints
 
 
 def test_an_answer_over_the_size_limit_fails_the_call(url):

@@ -125,7 +125,7 @@ class OpenAIBackend:
             # httpx's timeout bounds each read; a server trickling bytes would never hit it
             status, raw = await asyncio.wait_for(self._exchange(client, path, body), self.config.timeout)
         except asyncio.TimeoutError as exc:
-            raise _Failed(f"Timeout: no whole answer from {self.config.base_url}{path} in {self.config.timeout} s", retry=True) from exc
+            raise _Failed(f"Timeout: no whole answer from {self.config.base_url}{path} in {self.config.timeout:g} s", retry=True) from exc
         except httpx.TransportError as exc:  # refused, reset, timeouts
             raise _Failed(f"{type(exc).__name__} calling {self.config.base_url}{path}", retry=True) from exc
         except httpx.DecodingError as exc:  # a body its Content-Encoding does not decode

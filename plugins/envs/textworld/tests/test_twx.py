@@ -169,6 +169,7 @@ def test_variation_builds_a_synthetic_train_task_from_a_real_reset(twx_domains) 
     domain = twx_domains["mapreader"]
     parent = domain.tasks(split="train")[0]
     assert "seed" in domain.describe_variation(parent) and "maxDistanceApart" in domain.describe_variation(parent)
+    assert "includeDoors (0 or 1, now" in domain.describe_variation(parent)
     child = domain.make_variation(parent, "seed=42, numLocations: 6")
     assert child is not None
     assert (child.origin, child.parent_id, child.split) == ("synthetic", parent.id, "train")
@@ -192,8 +193,8 @@ def test_proposed_variations_are_other_train_worlds_of_the_same_kind(twx_domains
 
 @pytest.mark.parametrize(
     "text",
-    ["no numbers here", "seed=20001", "numLocations=99", "seed=0", "numLocations=99999999999"],
-    ids=["nothing", "test-seed", "engine-rejects", "unchanged", "past-32-bits"],
+    ["no numbers here", "seed=20001", "numLocations=99", "seed=0", "numLocations=99999999999", "includeDoors=2", "seed=5, limitInventorySize=-1"],
+    ids=["nothing", "test-seed", "engine-rejects", "unchanged", "past-32-bits", "flag-not-0-or-1", "negative-flag"],
 )
 def test_invalid_variations_give_none(twx_domains, text: str) -> None:
     domain = twx_domains["coin"]

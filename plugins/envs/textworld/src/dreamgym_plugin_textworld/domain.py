@@ -15,6 +15,7 @@ from .engines import RawState, TwEngine, TwxEngine
 from .env import TextWorldEnv
 from .games import (
     TW_GAMES,
+    TWX_FLAGS,
     TWX_GAMES,
     check_game,
     check_split,
@@ -180,7 +181,8 @@ class TextWorldDomain:
         seeds = split_range(self.name, "train")
         first, last = seeds[0], seeds[-1]
         params = ", ".join(
-            f"{p} (now {task.payload['params'].get(p, 'engine default')})" for p in self.variable_params()
+            f"{p} ({'0 or 1, ' if self.name == 'twx' and p in TWX_FLAGS else ''}now {task.payload['params'].get(p, 'engine default')})"
+            for p in self.variable_params()
         )
         return (
             f"This is a {self.config.game} game; its instruction comes from the generated game itself. "
@@ -206,6 +208,8 @@ class TextWorldDomain:
         Its payload resets the real engine, so the initial state is the varied game's real reset.
         """
         changes = parse_variation(text, ("seed", *self.variable_params()))
+        if self.name == "twx" and any(changes[k] not in (0, 1) for k in TWX_FLAGS & changes.keys()):
+            return None
         seed = changes.pop("seed", parent.payload["seed"])
         params = {**parent.payload["params"], **changes}
         if seed_split(self.name, seed) != "train":

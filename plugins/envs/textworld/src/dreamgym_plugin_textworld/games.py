@@ -19,6 +19,7 @@ from dreamgym_core.errors import ConfigError
 
 __all__ = [
     "TWX_GAMES",
+    "TWX_FLAGS",
     "TW_GAMES",
     "TWX_FOLD_SEEDS",
     "TW_SPLIT_SEEDS",
@@ -48,6 +49,9 @@ TWX_GAMES: dict[str, tuple[str, ...]] = {
     "simonsays": ("gameLength", "numDistractors", "memorization", "verbose"),
     "peckingorder": (),
 }
+# TWX_GAMES parameters that are on/off switches: 0 or 1 (the engine reads -1 as 0, and what it
+# makes of 2 is not documented), so a variation may not set them to anything else.
+TWX_FLAGS = frozenset({"includeDoors", "limitInventorySize", "memorization", "verbose"})
 # The engine's own seed ranges per fold (1,000 seeds each); splits map to folds.
 TWX_FOLD_SEEDS: dict[str, tuple[str, int]] = {"train": ("train", 0), "valid": ("dev", 10000), "test": ("test", 20000)}
 FOLD_SIZE = 1000

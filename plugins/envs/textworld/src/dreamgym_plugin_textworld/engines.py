@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -185,7 +186,7 @@ def _child_pids() -> set[int]:
 
 def _kill_and_reap(pid: int) -> None:
     try:
-        os.kill(pid, 9)
+        os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     except (ProcessLookupError, ChildProcessError):  # gone, or reaped by its Popen already
         pass

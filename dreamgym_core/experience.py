@@ -8,7 +8,10 @@ One text format is what every experience model emits (docs/experience-format.md)
 
 :func:`build_prompt` is the only prompt code: inference (:class:`LMExperienceModel`)
 and training (:func:`training_examples`) both call it, so SFT prompts carry history
-and retrieved demos exactly as at inference (paper Eq. 5). :func:`parse_output`
+and retrieved demos exactly as at inference (paper Eq. 5). A backend with a token budget
+(``prompt_fits``) gets prompts shortened by :func:`fit_request`, at training and inference
+alike: the least similar demos go first, then the oldest history steps, never the role,
+task, state or action. :func:`parse_output`
 never raises: it returns an :class:`ExperienceResult` whose ``parse_status`` is
 ``ok``, ``repaired`` (a bounded set of fixes was applied) or ``failed`` (the episode
 ends as a failure with reward 0).
@@ -39,6 +42,7 @@ __all__ = [
     "AnnotationError",
     "END_TAG",
     "build_prompt",
+    "fit_request",
     "render_output",
     "render_target",
     "parse_output",
@@ -136,6 +140,24 @@ def build_prompt(request: ExperienceRequest) -> str:
         parts.append("Admissible actions: " + ", ".join(request.admissible_actions))
     parts.append(f"Action: {_one_line(request.action)}")
     return "\n\n".join(parts) + "\n\nAnswer:\n"
+
+
+def fit_request(request: ExperienceRequest, fits: Callable[[str], bool] | None) -> ExperienceRequest:
+    """``request`` shortened until ``fits(build_prompt(request))``: its least similar demo
+    (demos come best first) is dropped first, then its oldest history step.
+
+    Why: a backend that cuts an over-long prompt keeps its end, which loses the role, the
+    task and the most similar demos first, the parts the model most needs. A request that
+    still does not fit with no demo and no history is returned so, and the backend cuts it.
+    """
+    if fits is None:
+        return request
+    while not fits(build_prompt(request)) and (request.demos or request.history):
+        if request.demos:
+            request = msgspec.structs.replace(request, demos=request.demos[:-1])
+        else:
+            request = msgspec.structs.replace(request, history=request.history[1:])
+    return request
 
 
 def request_for(transition: Transition, history: Sequence[Transition], demos: Sequence[Transition]) -> ExperienceRequest:
@@ -444,18 +466,20 @@ def requests_for(
 
 
 def training_examples(
-    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, other_tasks: bool = False
+    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, other_tasks: bool = False,
+    fits: Callable[[str], bool] | None = None,
 ) -> list[Segments]:
     """Joint-SFT examples: the inference prompt (masked), then reasoning and next state.
 
     History comes from each transition's own episode, demos from the buffer with its own
     episode excluded, as at inference (with ``other_tasks``, its whole task: the model then
     learns to read the current state rather than copy a stored twin), and the prompt from
-    :func:`build_prompt`.
+    :func:`build_prompt`, shortened by :func:`fit_request` with the inference budget ``fits``.
     """
     examples = []
     requests = requests_for(transitions, buffer, history_window=history_window, k=k, other_tasks=other_tasks)
     for t, request in zip(transitions, requests):
+        request = fit_request(request, fits)
         target = render_target(
             reasoning=t.reasoning, next_state=t.next_state, valid=t.valid, done=t.game_over,
             success=t.success, reward=outcome_reward(done=t.game_over, success=t.success, valid=t.valid),
@@ -566,7 +590,9 @@ class LMExperienceModel:
         self.domain = domain
         self.model_id = getattr(backend, "model_id", type(backend).__name__)
         self._calls = 0
-        self.counters = {"requests": 0, "parse_ok": 0, "parse_repaired": 0, "parse_failed": 0, "retries": 0}
+        self.counters = {
+            "requests": 0, "parse_ok": 0, "parse_repaired": 0, "parse_failed": 0, "retries": 0, "prompts_shortened": 0,
+        }
 
     def stream(self, name: str) -> LMExperienceModel:
         """The same weights on a seed stream of their own, with their own call count and counters.
@@ -584,9 +610,19 @@ class LMExperienceModel:
             stop=list(stop), seed=call_seed(draw_seed(self.config.seed, self.config.draw), self._calls),
         )
 
+    def _fits(self) -> Callable[[str], bool] | None:
+        """The backend's prompt budget at this model's answer length (None: the backend has none)."""
+        prompt_fits = getattr(self.backend, "prompt_fits", None)
+        if prompt_fits is None:
+            return None
+        return lambda prompt: prompt_fits(prompt, max_new_tokens=self.config.max_new_tokens)
+
     def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]:
         """One parsed result per request; unparsable answers come back ``failed``."""
-        prompts = [build_prompt(r) for r in requests]
+        fits = self._fits()
+        fitted = [fit_request(r, fits) for r in requests]
+        self.counters["prompts_shortened"] += sum(f is not r for f, r in zip(fitted, requests))
+        prompts = [build_prompt(r) for r in fitted]
         results: list[ExperienceResult | None] = [None] * len(prompts)
         pending = list(range(len(prompts)))
         for attempt in range(self.config.max_retries + 1):
@@ -637,7 +673,8 @@ class LMExperienceModel:
         if not hasattr(self.backend, "sft"):
             raise DreamGymError(f"experience model backend {self.model_id!r} cannot be trained (no sft method)")
         examples = training_examples(
-            transitions, buffer, history_window=self.config.history_window, k=self.config.top_k, other_tasks=other_tasks
+            transitions, buffer, history_window=self.config.history_window, k=self.config.top_k,
+            other_tasks=other_tasks, fits=self._fits(),
         )
         progress = {"on_epoch": on_epoch} if on_epoch is not None else {}
         return self.backend.sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size, **progress)

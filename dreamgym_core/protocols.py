@@ -99,6 +99,10 @@ class LanguageModel(Protocol):
         seed: int | None = None,
     ) -> list[str]: ...
 
+    # Optional: ``prompt_fits(prompt, *, max_new_tokens) -> bool``, whether generation would see
+    # the whole prompt. The experience model then shortens its prompts itself (fit_request)
+    # instead of letting the backend cut their start.
+
 
 @runtime_checkable
 class TrainableLanguageModel(LanguageModel, Protocol):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dreamgym_core.config import Config
 from dreamgym_core.experience import (
+    fit_request,
     END_TAG,
     AnnotationError,
     ExperienceModelConfig,
@@ -398,6 +399,62 @@ def test_training_examples_without_buffer_or_history() -> None:
     data = _episode("a", 3)
     examples = training_examples(list(reversed(data)), None, history_window=0, k=3)
     assert all("History:" not in e[0][0] and "Similar transitions" not in e[0][0] for e in examples)
+
+
+def _long_request(n_demos: int = 4, n_history: int = 3) -> ExperienceRequest:
+    demos = [msgspec.structs.replace(t, state=f"demo{i} " + "word " * 40) for i, t in enumerate(make_transitions(n_demos))]
+    history = [HistoryStep(state=f"past{i}", action=f"go {i}") for i in range(n_history)]
+    return ExperienceRequest(instruction="find the coin", history=history, state="You are in the pantry.", action="take coin", demos=demos)
+
+
+def test_fit_request_drops_the_least_similar_demos_then_the_oldest_history() -> None:
+    request = _long_request()
+    full = len(build_prompt(request))
+    budget = full - 1  # one demo must go: the last (least similar), never the role or task
+    fitted = fit_request(request, lambda p: len(p) <= budget)
+    assert [d.state.split()[0] for d in fitted.demos] == ["demo0", "demo1", "demo2"]
+    assert fitted.history == request.history
+    prompt = build_prompt(fitted)
+    assert prompt.startswith("You simulate a text environment.") and "Task: find the coin" in prompt
+    bare = msgspec.structs.replace(request, demos=[], history=request.history[2:])
+    fitted = fit_request(request, lambda p: len(p) <= len(build_prompt(bare)))
+    assert fitted.demos == [] and [h.state for h in fitted.history] == ["past2"]
+    assert fit_request(request, None) is request and fit_request(request, lambda p: True) is request
+    # nothing left to drop: returned as it is, the backend cuts it
+    assert fit_request(request, lambda p: False) == msgspec.structs.replace(request, demos=[], history=[])
+
+
+class BudgetLM(ScriptedLM):
+    """A backend with a prompt budget in characters (the hf backend's is in tokens)."""
+
+    def __init__(self, budget: int, **kw) -> None:
+        super().__init__(**kw)
+        self.budget = budget
+        self.sft_examples: list = []
+
+    def prompt_fits(self, prompt: str, *, max_new_tokens: int) -> bool:
+        return len(prompt) + max_new_tokens <= self.budget
+
+    def sft(self, *, examples, epochs, lr, batch_size, on_epoch=None):
+        self.sft_examples = list(examples)
+        return {}
+
+
+def test_training_and_inference_prompts_are_shortened_alike_to_the_backends_budget() -> None:
+    data = _episode("a", 4) + _episode("b", 4) + _episode("c", 4)
+    buffer = ListBuffer(data)
+    full = [build_prompt(r) for r in requests_for(data, buffer, history_window=3, k=3)]
+    budget = sorted(len(p) for p in full)[len(full) // 2] + 8  # about half the prompts are too long
+    lm = BudgetLM(budget, answer=lambda p: GOOD)
+    model = LMExperienceModel(lm, ExperienceModelConfig(history_window=3, top_k=3, max_new_tokens=8))
+    model.train(transitions=data, buffer=buffer, epochs=1, lr=1e-3, batch_size=2)
+    trained = [example[0][0] for example in lm.sft_examples]
+    assert all(len(p) + 8 <= budget for p in trained) and trained != full
+    assert all(p.startswith("You simulate") and "Task: collect the coin" in p for p in trained)
+    model.predict(requests=requests_for(data, buffer, history_window=3, k=3))
+    assert lm.calls[0]["prompts"] == trained  # the prompt a transition was trained on is the one it is asked
+    shortened = sum(len(p) + 8 > budget for p in full)
+    assert 0 < shortened < len(full) and model.metrics()["experience/prompts_shortened"] == shortened
 
 
 # --- LMExperienceModel ------------------------------------------------------------

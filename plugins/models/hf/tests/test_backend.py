@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import socket
 
+import msgspec
 import pytest
 import torch
 
@@ -99,6 +100,22 @@ def test_a_prompt_cut_to_fit_is_counted_and_warned_about_once(small_config, capl
     assert backend.prompts_cut == 3
     (warning,) = caplog.records
     assert "cut to its last 1000 tokens" in warning.getMessage() and "max_length 1024" in warning.getMessage()
+
+
+def test_an_experience_model_prompt_is_shortened_to_the_budget_instead_of_cut(small_config):
+    # The experience model drops its least similar demos to fit max_length - max_new_tokens, so the
+    # backend never cuts the role and task off the prompt's start.
+    from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, build_prompt
+    from dreamgym_core.records import ExperienceRequest
+    from dreamgym_core.testing import make_transitions
+
+    backend = TinyBackend(small_config(max_positions=1024, max_length=1024))
+    demos = [msgspec.structs.replace(t, state="room " * 300) for t in make_transitions(4)]
+    request = ExperienceRequest(instruction="find the coin", history=[], state="You are in the pantry.", action="look", demos=demos)
+    assert not backend.prompt_fits(build_prompt(request), max_new_tokens=24)
+    model = LMExperienceModel(backend, ExperienceModelConfig(max_new_tokens=24, max_retries=0))
+    model.predict(requests=[request])
+    assert backend.prompts_cut == 0 and model.metrics()["experience/prompts_shortened"] == 1
 
 
 def test_an_empty_prompt_is_refused_clearly(trained):

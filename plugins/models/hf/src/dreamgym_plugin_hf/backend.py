@@ -221,6 +221,11 @@ class HFBackend:
         """Token ids of one prompt as generation sees it, keeping its last ``limit`` tokens."""
         return keep_end(self._prompt_ids(prompt), limit)
 
+    def prompt_fits(self, prompt: str, *, max_new_tokens: int) -> bool:
+        """Whether generation with ``max_new_tokens`` would see the whole prompt (it cuts the start
+        of a longer one), so that a caller can shorten it where it chooses instead."""
+        return len(self._prompt_ids(prompt)) <= self.config.max_length - max_new_tokens
+
     def _prompt_ids(self, prompt: str) -> list[int]:
         return self._prefix() + self._encode(self._format_prompt(prompt))
 

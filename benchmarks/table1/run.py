@@ -115,7 +115,10 @@ BASE = ROOT / "examples" / "default.yaml"
 # its sampling seeds are hashed per call, so replicate seeds share no noise (940f3b2); its
 # unparsable answers no longer cost the policy the invalid-step penalty (531f664); warm-start
 # demos stop at the policy's step cap (ba563ab).
-PROTOCOL = 7
+# 8: an experience-model prompt over the backend's budget drops its least similar demos instead
+# of losing its start (role, task, best demos) to the backend's cut, in training and inference
+# (b3081fd); before, 436 of 441 coin seed-0 prompts were cut.
+PROTOCOL = 8
 # The first protocol whose cells were run over several experience-model draws.
 FIRST_DRAWN_PROTOCOL = 5
 

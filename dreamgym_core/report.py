@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from .loop import Runner
@@ -34,8 +37,12 @@ def plot_success(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out_dir / name
-        fig.savefig(path)
-        plt.close(fig)
+        png = io.BytesIO()  # rendered whole first: a failed or killed save leaves the old plot
+        try:
+            fig.savefig(png, format="png")
+        finally:
+            plt.close(fig)
+        atomic_write(path, png.getvalue())
         paths.append(path)
     return paths
 
@@ -113,5 +120,5 @@ def write(runner: Runner) -> Path:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
     return path

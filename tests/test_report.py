@@ -1,0 +1,33 @@
+"""The run's plots are replaced whole: a save that fails part-way leaves the previous plot."""
+
+from __future__ import annotations
+
+import matplotlib.figure
+import pytest
+
+from dreamgym_core.report import plot_success
+
+HISTORY = [{"step": i, "rollout/success_rate": 0.25 * i, "counters/real_transitions": 8.0 * i} for i in range(3)]
+
+
+def test_plots_are_written_and_readable(tmp_path) -> None:
+    paths = plot_success(HISTORY, tmp_path)
+    assert [p.name for p in paths] == ["success_vs_iteration.png", "success_vs_real_transitions.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    assert plot_success([{"step": -1}], tmp_path) == []
+
+
+def test_a_save_that_fails_part_way_leaves_the_previous_plot(tmp_path, monkeypatch) -> None:
+    old = plot_success(HISTORY, tmp_path)[0].read_bytes()
+
+    def broken_save(self, target, **kwargs):  # writes a truncated image, then fails (a full disk, a kill)
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG trunc")
+        else:
+            open(target, "wb").write(b"\x89PNG trunc")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken_save)
+    with pytest.raises(OSError, match="No space"):
+        plot_success(HISTORY[:2], tmp_path)
+    assert (tmp_path / "success_vs_iteration.png").read_bytes() == old

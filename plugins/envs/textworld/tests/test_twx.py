@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -305,6 +306,30 @@ def test_a_jvm_that_hangs_at_start_is_stopped_after_the_call_limit(monkeypatch, 
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left sleeping
         os.kill(pid, 0)
     engine.close()
+
+
+def test_a_start_that_times_out_kills_only_its_own_jvm(tmp_path) -> None:
+    """Two engines starting at once in one process: the hung one's kill must spare the other's JVM."""
+    from dreamgym_plugin_textworld.engines import _start_engine
+
+    def hung(**_):  # a JVM that never comes up
+        subprocess.Popen(["sleep", "600"])
+        time.sleep(3)
+
+    def healthy(**_):
+        return subprocess.Popen(["sleep", "600"])
+
+    started: dict = {}
+    other = threading.Thread(target=lambda: started.update(jvm=_start_engine(healthy, "load", 30.0)))
+    with pytest.raises(EngineError, match="did not start within 1 s"):
+        threading.Timer(0.3, other.start).start()  # while the hung start is under way
+        _start_engine(hung, "load", 1.0)
+    other.join(30)
+    try:
+        assert started["jvm"].poll() is None, "the healthy engine's JVM was killed by the other start's timeout"
+    finally:
+        started["jvm"].kill()
+        started["jvm"].wait()
 
 
 def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains) -> None:

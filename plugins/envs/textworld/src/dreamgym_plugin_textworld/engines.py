@@ -204,10 +204,20 @@ def _quiet_when_unstarted(engine_class: type) -> type:
     return Engine
 
 
+# One engine starts at a time in a process: a start that times out kills the child processes
+# that appeared during it, which must not include another engine's JVM starting meanwhile.
+_START_LOCK = threading.Lock()
+
+
 def _start_engine(factory: Any, what: str, limit_s: float) -> Any:
     """A started engine (``factory`` is TextWorldExpressEnv). A JVM that fails to start is an
     EngineError; one not up within ``limit_s`` (0: no limit) is killed first. py4j hands over
     the JVM's process only once it is up, so the one to kill is the child that appeared meanwhile."""
+    with _START_LOCK:
+        return _start_alone(factory, what, limit_s)
+
+
+def _start_alone(factory: Any, what: str, limit_s: float) -> Any:
     outcome: dict[str, Any] = {}
     children_before = _child_pids()
 

@@ -298,6 +298,7 @@ class Runner:
         exp = self.cfg.experience
         other_tasks = exp.train_demos == "other-tasks"
         if hasattr(self.exp_backend, "prepare"):
+            # Unshortened prompts: shortening them to the budget needs the tokenizer this trains.
             examples = training_examples(
                 transitions, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k, other_tasks=other_tasks
             )

@@ -117,7 +117,8 @@ BASE = ROOT / "examples" / "default.yaml"
 # demos stop at the policy's step cap (ba563ab).
 # 8: an experience-model prompt over the backend's budget drops its least similar demos instead
 # of losing its start (role, task, best demos) to the backend's cut, in training and inference
-# (b3081fd); before, 436 of 441 coin seed-0 prompts were cut.
+# (b3081fd). With the default top_k 1 and history_window 2 that changes 23 of 441 coin seed-0
+# training prompts (their one demo goes) and no mapreader one; b3081fd's message overstates it.
 PROTOCOL = 8
 # The first protocol whose cells were run over several experience-model draws.
 FIRST_DRAWN_PROTOCOL = 5

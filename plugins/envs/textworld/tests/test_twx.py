@@ -308,7 +308,7 @@ def test_a_jvm_that_hangs_at_start_is_stopped_after_the_call_limit(monkeypatch, 
     engine.close()
 
 
-def test_a_start_that_times_out_kills_only_its_own_jvm(tmp_path) -> None:
+def test_a_start_that_times_out_kills_only_its_own_jvm() -> None:
     """Two engines starting at once in one process: the hung one's kill must spare the other's JVM."""
     from dreamgym_plugin_textworld.engines import _start_engine
 

@@ -101,7 +101,8 @@ class LanguageModel(Protocol):
 
     # Optional: ``prompt_fits(prompt, *, max_new_tokens) -> bool``, whether generation would see
     # the whole prompt. The experience model then shortens its prompts itself (fit_request)
-    # instead of letting the backend cut their start.
+    # instead of letting the backend cut their start. The hf backends have it; the openai
+    # backend has it when its ``tokenize_url`` names the server's /tokenize.
 
 
 @runtime_checkable

@@ -250,3 +250,32 @@ def test_chat_completion_conditions_on_one_start_token(trained, tmp_path):
     backend.chat_template = True
     backend.generate(prompts=["Room: garden."], max_new_tokens=4, temperature=0)
     assert seen[0] == seen[1] and seen[0][:2] != [tok.bos_token_id] * 2
+
+
+def test_tokenize_reports_the_ids_generation_sees_and_the_context(server):
+    base, backend = server
+    root = base.removesuffix("/v1")
+    prompt = "Room: garden. Items: coin, lamp. Action:"
+    status, body = call(f"{root}/tokenize", {"model": "any", "prompt": prompt})
+    assert status == 200
+    assert body == {"count": len(backend.prompt_ids(prompt)), "max_model_len": backend.config.max_length,
+                    "tokens": backend.prompt_ids(prompt)}
+    status, answer = call(f"{root}/tokenize", {"model": "any", "prompt": ["a", "b"]})
+    assert status == 400 and "'prompt'" in answer["error"]["message"]
+
+
+def test_tokenize_of_messages_counts_what_the_chat_endpoint_generates_from(trained):
+    import threading
+
+    from dreamgym_plugin_hf.serve import chat_body, tokenize_body
+
+    seen = []
+    generate = trained.model.generate
+    trained.model.generate = lambda **kwargs: seen.append(kwargs["input_ids"][0].tolist()) or generate(**kwargs)
+    messages = [{"role": "user", "content": "Room: garden."}]
+    try:
+        chat_body(trained, {"messages": messages, "max_tokens": 2, "temperature": 0}, threading.Lock())
+        counted = tokenize_body(trained, {"messages": messages}, threading.Lock())
+    finally:
+        trained.model.generate = generate
+    assert counted["tokens"] == seen[0] and counted["count"] == len(seen[0])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
+import msgspec
 import pytest
 
 from dreamgym_core.errors import ConfigError
@@ -123,3 +125,64 @@ def test_killing_the_server_mid_run_gives_retries_then_counted_failures(start_se
     with pytest.raises(ModelCallError, match=f"2 of 2 calls failed.*127.0.0.1:{srv.port}"):
         strict.generate(prompts=["a", "b"], max_new_tokens=4)
     assert strict.stats["retries"] == 2
+
+
+def tokenize_url(server) -> str:
+    return server.url.removesuffix("/v1") + "/tokenize"
+
+
+def test_prompt_fits_exists_only_where_a_tokenize_url_lets_it_answer(server):
+    assert not hasattr(backend_for(server.url), "prompt_fits")
+    assert callable(backend_for(server.url, tokenize_url=tokenize_url(server)).prompt_fits)
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_prompt_fits_agrees_with_the_served_model_at_the_boundary(server, model_dir, endpoint):
+    from dreamgym_plugin_hf.serve import chat_prompt
+
+    local = HFBackend.load(model_dir)
+    remote = backend_for(server.url, tokenize_url=tokenize_url(server), endpoint=endpoint)
+    prompt = " ".join(PROMPTS)
+    # the chat endpoint sends the prompt as a user turn, which the server renders before counting
+    served = chat_prompt(local.tokenizer, [{"role": "user", "content": prompt}]) if endpoint == "chat" else prompt
+    room = local.config.max_length - len(local.prompt_ids(served))  # new tokens that still fit
+    answers = [remote.prompt_fits(prompt, max_new_tokens=n) for n in (room - 1, room, room + 1)]
+    assert answers == [local.prompt_fits(served, max_new_tokens=n) for n in (room - 1, room, room + 1)]
+    assert answers == [True, True, False]
+    assert remote.stats["tokenize_calls"] == 3 and remote.stats["tokenize_failed"] == 0
+
+
+def test_an_experience_request_is_shortened_as_the_local_model_would(server, model_dir):
+    from dreamgym_core.experience import build_prompt, fit_request
+    from dreamgym_core.records import ExperienceRequest, HistoryStep
+
+    history = [HistoryStep(state=f"Room: kitchen {i}. Items: apple, key. " * 8, action="take key") for i in range(12)]
+    request = ExperienceRequest(instruction="take the key", history=history, state="Room: garden.", action="take apple")
+    local = HFBackend.load(model_dir)
+    remote = backend_for(server.url, tokenize_url=tokenize_url(server))
+    # an answer budget that leaves room for about half of the history
+    half = build_prompt(msgspec.structs.replace(request, history=history[6:]))
+    new_tokens = local.config.max_length - len(local.prompt_ids(half))
+    fitted = fit_request(request, lambda p: remote.prompt_fits(p, max_new_tokens=new_tokens))
+    assert fitted == fit_request(request, lambda p: local.prompt_fits(p, max_new_tokens=new_tokens))
+    assert fitted.history == history[6:]
+
+
+def test_a_tokenize_failure_is_counted_and_the_prompt_sent_whole_or_raised(server, caplog):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/tokenize"
+    remote = backend_for(server.url, tokenize_url=dead, max_retries=1, backoff=0.01)
+    with caplog.at_level("WARNING"):
+        assert remote.prompt_fits("Room: kitchen.", max_new_tokens=8) and remote.prompt_fits("x", max_new_tokens=8)
+    assert remote.stats["tokenize_failed"] == 2 and remote.stats["tokenize_retries"] == 2
+    assert remote.stats["calls"] == 0  # generation's own counters are untouched
+    assert len([r for r in caplog.records if "tokenize" in r.getMessage() or dead in r.getMessage()]) == 1
+    strict = backend_for(server.url, tokenize_url=dead, max_retries=0, on_failure="raise")
+    with pytest.raises(ModelCallError, match="tokenize request failed"):
+        strict.prompt_fits("Room: kitchen.", max_new_tokens=8)
+
+
+def test_a_tokenize_url_that_cannot_work_is_refused_at_build(server):
+    with pytest.raises(ValueError, match="tokenize_url"):
+        OpenAIConfig(base_url=server.url, tokenize_url="127.0.0.1:8000/tokenize")

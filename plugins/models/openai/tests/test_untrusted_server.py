@@ -166,3 +166,18 @@ def test_every_5xx_is_retried(url, status):
     assert troubled.generate(prompts=["p"], max_new_tokens=8) == [""]
     assert troubled.stats["retries"] == 2 and troubled.stats["failed_calls"] == 1
     assert f"HTTP {status}" in troubled.last_errors[0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "retries"),
+    [("plain", "malformed tokenize answer", 0), ("deep", "is not JSON", 0), ("status-503", "HTTP 503", 2)],
+)
+def test_a_tokenize_answer_that_cannot_be_read_is_a_counted_failure(url, mode, error, retries, monkeypatch):
+    monkeypatch.setenv("DREAMGYM_TEST_KEY", KEY)
+    odd = backend(url, mode, tokenize_url=url.removesuffix("/v1") + "/tokenize", max_retries=2, backoff=0.01)
+    assert odd.prompt_fits("p", max_new_tokens=8)  # taken to fit: sent whole, as without a tokenize_url
+    assert odd.stats["tokenize_failed"] == 1 and odd.stats["tokenize_retries"] == retries
+    strict = backend(url, mode, tokenize_url=url.removesuffix("/v1") + "/tokenize", max_retries=0, on_failure="raise")
+    with pytest.raises(ModelCallError, match=error) as info:
+        strict.prompt_fits("p", max_new_tokens=8)
+    assert KEY[:8] not in str(info.value) and "\n" not in str(info.value)

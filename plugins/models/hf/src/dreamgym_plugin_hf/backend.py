@@ -219,14 +219,15 @@ class HFBackend:
 
     def encode_prompt(self, prompt: str, limit: int) -> list[int]:
         """Token ids of one prompt as generation sees it, keeping its last ``limit`` tokens."""
-        return keep_end(self._prompt_ids(prompt), limit)
+        return keep_end(self.prompt_ids(prompt), limit)
 
     def prompt_fits(self, prompt: str, *, max_new_tokens: int) -> bool:
         """Whether generation with ``max_new_tokens`` would see the whole prompt (it cuts the start
         of a longer one), so that a caller can shorten it where it chooses instead."""
-        return len(self._prompt_ids(prompt)) <= self.config.max_length - max_new_tokens
+        return len(self.prompt_ids(prompt)) <= self.config.max_length - max_new_tokens
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` as generation sees it, uncut (the server's ``/tokenize`` reports these)."""
         return self._prefix() + self._encode(self._format_prompt(prompt))
 
     def _count_cuts(self, lengths: list[int], limit: int, max_new_tokens: int) -> None:
@@ -300,7 +301,7 @@ class HFBackend:
     @torch.no_grad()
     def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
         limit = self.config.max_length - max_new_tokens
-        full = [self._prompt_ids(p) for p in prompts]
+        full = [self.prompt_ids(p) for p in prompts]
         self._count_cuts([len(ids) for ids in full], limit, max_new_tokens)
         encoded = [keep_end(ids, limit) for ids in full]
         if not all(encoded):  # the model has no position to start from (transformers fails obscurely)

@@ -1,7 +1,9 @@
 """A minimal OpenAI-compatible HTTP server around any hf backend (stdlib only).
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions`` (prompt string or list,
-max_tokens, temperature, stop, seed) and ``POST /v1/chat/completions`` (messages).
+max_tokens, temperature, stop, seed), ``POST /v1/chat/completions`` (messages) and vLLM's
+``POST /tokenize`` (prompt or messages: ``count``, ``max_model_len`` and ``tokens``, so a
+client can shorten a prompt before the server would cut its start).
 Requests are served one generate() at a time (the model is not thread-safe); one whose
 client hung up while it waited (a client timeout) is dropped, not generated. With
 ``--api-key-env NAME``, requests must carry ``Authorization: Bearer <key>`` where the
@@ -21,12 +23,13 @@ import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Iterator
 
 from dreamgym_core.errors import DreamGymError
 
-__all__ = ["make_server", "start_server", "completion_body", "chat_prompt", "main"]
+__all__ = ["make_server", "start_server", "completion_body", "tokenize_body", "chat_prompt", "main"]
 
 
 # A request is prompts and parameters: 16 MiB is millions of tokens, beyond any context window.
@@ -127,21 +130,46 @@ def completion_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, 
     return _envelope("text_completion", backend, choices)
 
 
+@contextmanager
+def _template_applied(backend: Any) -> Iterator[None]:
+    """The backend taking prompts as raw text: a chat's template is already applied."""
+    chat, backend.chat_template = backend.chat_template, False
+    try:
+        yield
+    finally:
+        backend.chat_template = chat
+
+
+def _chat_text(backend: Any, messages: Any) -> str:
+    # generate() adds the tokenizer's own start token, which a template may already hold
+    return _without_added_start(backend.tokenizer, chat_prompt(backend.tokenizer, messages))
+
+
 def chat_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
     """Answer of ``POST /v1/chat/completions`` (one choice)."""
-    # generate() below adds the tokenizer's own start token, which a template may already hold
-    prompt = _without_added_start(backend.tokenizer, chat_prompt(backend.tokenizer, body.get("messages")))
+    prompt = _chat_text(backend, body.get("messages"))
     args = _sampling(body)
-    with lock:
-        # the chat template is already applied: generate on raw text
-        chat, backend.chat_template = backend.chat_template, False
-        try:
-            (text,) = backend.generate(prompts=[prompt], **args)
-        finally:
-            backend.chat_template = chat
+    with lock, _template_applied(backend):
+        (text,) = backend.generate(prompts=[prompt], **args)
     message = {"role": "assistant", "content": text}
     choice = {"index": 0, "message": message, "finish_reason": _finish(backend, text, args["max_new_tokens"])}
     return _envelope("chat.completion", backend, [choice])
+
+
+def tokenize_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
+    """Answer of ``POST /tokenize`` in vLLM's shape: the token ids generation would see, uncut,
+    and the context length (a prompt fits when ``count + max_tokens <= max_model_len``)."""
+    if "messages" in body:
+        prompt = _chat_text(backend, body["messages"])
+        with lock, _template_applied(backend):
+            ids = backend.prompt_ids(prompt)
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise RequestError("'prompt' must be a string (or send 'messages')")
+        with lock:
+            ids = backend.prompt_ids(prompt)
+    return {"count": len(ids), "max_model_len": backend.config.max_length, "tokens": ids}
 
 
 def _finish(backend: Any, text: str, max_tokens: int) -> str:
@@ -167,7 +195,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
     lock = threading.Lock()
-    routes = {"/v1/completions": completion_body, "/v1/chat/completions": chat_body}
+    routes = {"/v1/completions": completion_body, "/v1/chat/completions": chat_body, "/tokenize": tokenize_body}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

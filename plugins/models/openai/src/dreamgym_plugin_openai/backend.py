@@ -3,6 +3,13 @@
 Each request has ``timeout`` seconds from sending to the answer's last byte, and an
 answer may be at most :data:`MAX_RESPONSE_BYTES` long.
 
+With ``tokenize_url`` set the backend also has ``prompt_fits`` (the optional
+:class:`~dreamgym_core.protocols.LanguageModel` method), asked of the server's vLLM-style
+``/tokenize``: its token count plus ``max_new_tokens`` must be within ``max_model_len``.
+A tokenize request that fails for good (same retries) is counted (``tokenize_failed``) and the
+prompt is taken to fit, so it is sent whole as without ``tokenize_url``; with
+``on_failure="raise"`` it raises :class:`ModelCallError` instead.
+
 Failure contract: a prompt whose request still fails after ``max_retries`` retries
 (connection refused, timeout, 408/409/429, any 5xx) or fails outright (other 4xx, malformed or
 over-long answer) is a *failed call*. It is counted in ``stats["failed_calls"]`` and its error
@@ -16,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import threading
-from typing import Any, Coroutine, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
 import httpx
 
@@ -26,6 +34,8 @@ from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.experience import utf8_safe
 
 from .config import OpenAIConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "cut_at_stop", "RETRY_STATUS", "MAX_RESPONSE_BYTES"]
 
@@ -35,6 +45,12 @@ RETRY_STATUS = frozenset({408, 409, 429})
 
 #: Longest answer body accepted, in bytes: one completion is a few KB; more is a broken server.
 MAX_RESPONSE_BYTES = 8 * 2**20
+
+
+# (url, body, answer reader, the four stats keys: calls, succeeded, retries, failed)
+_Request = tuple[str, dict[str, Any], Callable[[Any], Any], tuple[str, str, str, str]]
+_GENERATE = ("calls", "succeeded", "retries", "failed_calls")
+_TOKENIZE = ("tokenize_calls", "tokenize_succeeded", "tokenize_retries", "tokenize_failed")
 
 
 class ModelCallError(DreamGymError):
@@ -83,6 +99,10 @@ class OpenAIBackend:
         self.stats: dict[str, int] = {"calls": 0, "succeeded": 0, "retries": 0, "failed_calls": 0}
         self.last_errors: list[str] = []
         self._stats_lock = threading.Lock()  # generate() may run in several threads at once
+        if config.tokenize_url is not None:
+            # an optional protocol method: callers test for it, so it exists only when it can answer
+            self.prompt_fits = self._prompt_fits
+            self.stats.update(tokenize_calls=0, tokenize_succeeded=0, tokenize_retries=0, tokenize_failed=0)
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -109,6 +129,22 @@ class OpenAIBackend:
             body["seed"] = seed
         return body
 
+    def _tokenize_payload(self, prompt: str) -> dict[str, Any]:
+        if self.config.endpoint == "chat":  # counted with the chat template, as the chat endpoint applies it
+            return {"model": self.config.model, "messages": [{"role": "user", "content": prompt}], "add_generation_prompt": True}
+        return {"model": self.config.model, "prompt": prompt}
+
+    @staticmethod
+    def _token_count(answer: Any) -> tuple[int, int]:
+        """(count, max_model_len) of a /tokenize answer."""
+        try:
+            count, limit = answer["count"], answer["max_model_len"]
+        except (KeyError, TypeError) as exc:
+            raise _Failed(f"malformed tokenize answer (no count and max_model_len): {exc!r}", retry=False) from exc
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (count, limit)):
+            raise _Failed("malformed tokenize answer: count and max_model_len must be non-negative integers", retry=False)
+        return count, limit
+
     def _text(self, answer: Any) -> str:
         try:
             choice = answer["choices"][0]
@@ -119,66 +155,68 @@ class OpenAIBackend:
             raise _Failed("malformed answer: text is not a string", retry=False)
         return utf8_safe(text)  # JSON can escape a lone surrogate ("\ud800"), which UTF-8 cannot hold
 
-    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
-        path = "/chat/completions" if self.config.endpoint == "chat" else "/completions"
+    def _completion_url(self) -> str:
+        return self.config.base_url.rstrip("/") + ("/chat/completions" if self.config.endpoint == "chat" else "/completions")
+
+    async def _post(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Any:
+        """The JSON answer of one request to ``url``; :class:`_Failed` says whether to retry."""
         try:
             # httpx's timeout bounds each read; a server trickling bytes would never hit it
-            status, raw = await asyncio.wait_for(self._exchange(client, path, body), self.config.timeout)
+            status, raw = await asyncio.wait_for(self._exchange(client, url, body), self.config.timeout)
         except asyncio.TimeoutError as exc:
-            raise _Failed(f"Timeout: no whole answer from {self.config.base_url}{path} in {self.config.timeout:g} s", retry=True) from exc
+            raise _Failed(f"Timeout: no whole answer from {url} in {self.config.timeout:g} s", retry=True) from exc
         except httpx.TransportError as exc:  # refused, reset, timeouts
-            raise _Failed(f"{type(exc).__name__} calling {self.config.base_url}{path}", retry=True) from exc
+            raise _Failed(f"{type(exc).__name__} calling {url}", retry=True) from exc
         except httpx.DecodingError as exc:  # a body its Content-Encoding does not decode
-            raise _Failed(f"answer from {self.config.base_url}{path} does not decode: {exc}", retry=False) from exc
+            raise _Failed(f"answer from {url} does not decode: {exc}", retry=False) from exc
         if status == 401:
             raise _Failed(f"HTTP 401 from {self.config.base_url}: check the key in ${self.config.api_key_env}", retry=False)
         if status != 200:
             text = raw.decode("utf-8", errors="replace")
             detail = self._redact(text)[:200].replace("\n", " ")  # redact first: a cut may split the key
-            raise _Failed(f"HTTP {status} from {self.config.base_url}{path}: {detail}", retry=status in RETRY_STATUS or status >= 500)
+            raise _Failed(f"HTTP {status} from {url}: {detail}", retry=status in RETRY_STATUS or status >= 500)
         try:
-            return self._text(json.loads(raw))
+            return json.loads(raw)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included; RecursionError: nested too deep
-            raise _Failed(f"answer from {self.config.base_url}{path} is not JSON", retry=False) from exc
+            raise _Failed(f"answer from {url} is not JSON", retry=False) from exc
 
-    async def _exchange(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    async def _exchange(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tuple[int, bytes]:
         """Status and body of one request, reading no more than MAX_RESPONSE_BYTES."""
-        async with client.stream("POST", path, json=body) as response:
+        async with client.stream("POST", url, json=body) as response:
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
-                    raise _Failed(f"answer from {self.config.base_url}{path} is larger than {MAX_RESPONSE_BYTES} bytes", retry=False)
+                    raise _Failed(f"answer from {url} is larger than {MAX_RESPONSE_BYTES} bytes", retry=False)
                 chunks.append(chunk)
             return response.status_code, b"".join(chunks)
 
-    async def _call(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, body: dict[str, Any], errors: list[str]) -> str | None:
-        """One prompt with retries and backoff; None (its error added to ``errors``) once it has failed for good."""
+    async def _call(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, request: _Request, errors: list[str]) -> Any:
+        """One request with retries and backoff; None (its error added to ``errors``) once it has failed for good."""
+        url, body, read, counts = request
         async with gate:
-            self._count("calls")
+            self._count(counts[0])
             for attempt in range(self.config.max_retries + 1):
                 try:
-                    text = await self._post(client, body)
-                    self._count("succeeded")
-                    return text
+                    result = read(await self._post(client, url, body))
+                    self._count(counts[1])
+                    return result
                 except _Failed as exc:
                     error = exc
                     if not exc.retry or attempt == self.config.max_retries:
                         break
-                self._count("retries")
+                self._count(counts[2])
                 await asyncio.sleep(backoff_delay(attempt, self.config.backoff, self.config.max_backoff))
-            self._count("failed_calls")
+            self._count(counts[3])
             errors.append(self._redact(str(error)))
             return None
 
-    async def _gather(self, bodies: list[dict[str, Any]], errors: list[str]) -> list[str | None]:
+    async def _gather(self, requests: list[_Request], errors: list[str]) -> list[Any]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(max_connections=self.config.concurrency)
         gate = asyncio.Semaphore(self.config.concurrency)
-        async with httpx.AsyncClient(
-            base_url=self.config.base_url, headers=headers, timeout=self.config.timeout, limits=limits
-        ) as client:
-            return await asyncio.gather(*(self._call(client, gate, b, errors) for b in bodies))
+        async with httpx.AsyncClient(headers=headers, timeout=self.config.timeout, limits=limits) as client:
+            return await asyncio.gather(*(self._call(client, gate, r, errors) for r in requests))
 
     # --- LanguageModel -------------------------------------------------------------
 
@@ -194,13 +232,29 @@ class OpenAIBackend:
         """Completions for ``prompts`` (request ``i`` gets seed ``seed + i``, so equal
         prompts in a batch still sample independently). Failed calls: see the module doc."""
         errors: list[str] = []  # this call's own: another thread's call may be running too
-        bodies = [
-            self._payload(p, max_new_tokens, temperature, stop, None if seed is None else seed + i)
+        url = self._completion_url()
+        requests = [
+            (url, self._payload(p, max_new_tokens, temperature, stop, None if seed is None else seed + i), self._text, _GENERATE)
             for i, p in enumerate(prompts)
         ]
-        results = _run(self._gather(bodies, errors)) if bodies else []
+        results = _run(self._gather(requests, errors)) if requests else []
         self.last_errors = errors
         failed = sum(r is None for r in results)
         if failed and self.config.on_failure == "raise":
             raise ModelCallError(f"openai: {failed} of {len(results)} calls failed; first: {errors[0]}")
         return [cut_at_stop(r, stop) if r is not None else "" for r in results]
+
+    def _prompt_fits(self, prompt: str, *, max_new_tokens: int) -> bool:
+        """Whether the server's context holds ``prompt`` and ``max_new_tokens`` more (bound as
+        ``prompt_fits`` when ``tokenize_url`` is set). Failures: see the module doc."""
+        errors: list[str] = []
+        request = (self.config.tokenize_url, self._tokenize_payload(prompt), self._token_count, _TOKENIZE)
+        (answer,) = _run(self._gather([request], errors))
+        if answer is None:
+            if self.config.on_failure == "raise":
+                raise ModelCallError(f"openai: the tokenize request failed: {errors[0]}")
+            if self.stats["tokenize_failed"] == 1:  # the first: later ones are only counted
+                log.warning("openai: %s; the prompt is sent whole (further tokenize failures are only counted)", errors[0])
+            return True
+        count, limit = answer
+        return count + max_new_tokens <= limit

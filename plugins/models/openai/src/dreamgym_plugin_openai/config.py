@@ -35,6 +35,12 @@ class OpenAIConfig(Config):
     backoff: Annotated[PositiveFloat, Meta(description="First retry delay in seconds; doubles each retry.")] = 0.5
     max_backoff: Annotated[PositiveFloat, Meta(description="Cap of one retry delay in seconds.")] = 8.0
     concurrency: Annotated[PositiveInt, Meta(description="Requests in flight at once.")] = 8
+    tokenize_url: Annotated[
+        str | None,
+        Meta(description="vLLM-style POST /tokenize URL, e.g. http://127.0.0.1:8000/tokenize (unset: prompts go whole,"
+             " and a server cuts or refuses one over its context). Set: a caller such as the experience model"
+             " shortens such a prompt itself."),
+    ] = None
     on_failure: Annotated[
         Literal["empty", "raise"],
         Meta(description="After retries run out: return '' for that prompt (counted in stats) or raise ModelCallError."),
@@ -42,12 +48,18 @@ class OpenAIConfig(Config):
 
     def __post_init__(self) -> None:
         # a typo here would otherwise fail every call at run time, each one retried first
-        try:
-            url = httpx.URL(self.base_url)
-            port = url.port
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"base_url {self.base_url!r} is not a URL: {exc}") from exc
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url {self.base_url!r} must start http:// or https:// and name a host")
-        if port is not None and not 0 < port < 65536:
-            raise ValueError(f"base_url {self.base_url!r}: port {port} is not in 1-65535")
+        _check_url("base_url", self.base_url)
+        if self.tokenize_url is not None:
+            _check_url("tokenize_url", self.tokenize_url)
+
+
+def _check_url(field: str, value: str) -> None:
+    try:
+        url = httpx.URL(value)
+        port = url.port
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{field} {value!r} is not a URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{field} {value!r} must start http:// or https:// and name a host")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{field} {value!r}: port {port} is not in 1-65535")

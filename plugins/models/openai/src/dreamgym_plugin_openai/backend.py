@@ -96,13 +96,13 @@ class OpenAIBackend:
         self._api_key = os.environ.get(config.api_key_env, "").strip() or None
         if self._api_key and not (self._api_key.isascii() and self._api_key.isprintable()):
             raise ConfigError(f"openai: ${config.api_key_env} holds characters an HTTP header cannot carry (not printable ASCII)")
-        self.stats: dict[str, int] = {"calls": 0, "succeeded": 0, "retries": 0, "failed_calls": 0}
+        self.stats: dict[str, int] = dict.fromkeys(_GENERATE, 0)
         self.last_errors: list[str] = []
         self._stats_lock = threading.Lock()  # generate() may run in several threads at once
         if config.tokenize_url is not None:
             # an optional protocol method: callers test for it, so it exists only when it can answer
             self.prompt_fits = self._prompt_fits
-            self.stats.update(tokenize_calls=0, tokenize_succeeded=0, tokenize_retries=0, tokenize_failed=0)
+            self.stats.update(dict.fromkeys(_TOKENIZE, 0))
 
     def _count(self, key: str) -> None:
         with self._stats_lock:

@@ -63,9 +63,11 @@ def test_targets_are_judged_on_the_seeds_both_rows_have(table1) -> None:
         "w/o retrieval below the full method": "missed",
         "w/o reasoning below the full method": "met",
     }
-    assert "62.5 vs 50.0 (n=2)" in lines[0]
-    assert "(n=2; seeds below / tied / above: 0 / 2 / 0, sign test p = 1.00)" in lines[3]
-    assert "60.0 vs 62.5 (n=2; seeds below / tied / above: 1 / 0 / 1, sign test p = 1.00) -> met" in lines[4]
+    assert "62.5 vs 50.0 (n=2; paired difference +12.5) -> met" in lines[0]  # no spread: no interval
+    assert "(n=2; seeds below / tied / above: 0 / 2 / 0, sign test p = 1.00; paired difference +0.0)" in lines[3]
+    # -12.5 and +7.5 on the two seeds: mean -2.5, sd 14.1, t(0.975, 1) = 12.706
+    assert ("60.0 vs 62.5 (n=2; seeds below / tied / above: 1 / 0 / 1, sign test p = 1.00; "
+            "paired difference -2.5, 95% CI [-129.6, +124.6]) -> met") in lines[4]
 
 
 def test_a_drawn_row_counts_a_seed_only_once_every_draw_has_run(table1) -> None:
@@ -81,6 +83,15 @@ def test_a_drawn_row_counts_a_seed_only_once_every_draw_has_run(table1) -> None:
     text = table1.report(["coin"], [0], draws=(0, 1, 2))
     assert "- GRPO DreamGym: 62.5 (75.0, 50.0, 62.5)" in text
     assert "coin / w/o curriculum seeds 0 (some of draws 0, 1, 2 missing)" in text
+
+
+def test_the_paired_interval_is_the_student_t_interval_of_the_mean_difference(table1) -> None:
+    # Textbook value t(0.975, df=4) = 2.776; mean 0.1, sd sqrt(0.005), so half-width 2.776 * 0.0316
+    low, high = table1.paired_interval([0.0, 0.1, 0.2, 0.1, 0.1])
+    assert low == pytest.approx(0.1 - 0.08779, abs=1e-4)
+    assert high == pytest.approx(0.1 + 0.08779, abs=1e-4)
+    assert table1.paired_interval([0.1]) is None  # one seed has no spread to estimate
+    assert table1.paired_interval([0.0, 0.0, 0.0]) is None  # every seed equal: no interval, not a zero-width one
 
 
 def test_the_sign_test_is_the_exact_two_sided_binomial_tail(table1) -> None:

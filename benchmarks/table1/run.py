@@ -351,11 +351,15 @@ def _pair(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: s
     return mean(a), mean(b), len(seeds)
 
 
+def _paired_diffs(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> list[float]:
+    """Row a's success minus row b's on each seed both have."""
+    return [table[(game, a)][s]["success"] - table[(game, b)][s]["success"] for s in _shared_seeds(table, game, a, b)]
+
+
 def _seed_signs(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> tuple[int, int, int]:
     """On how many shared seeds row a ends below, level with and above row b: a mean can be
     "below" because of one seed, and the target's verdict should show it."""
-    seeds = _shared_seeds(table, game, a, b)
-    diffs = [table[(game, a)][s]["success"] - table[(game, b)][s]["success"] for s in seeds]
+    diffs = _paired_diffs(table, game, a, b)
     tie = 1e-9  # draw means of the same 32 games: equal up to float rounding
     return sum(d < -tie for d in diffs), sum(abs(d) <= tie for d in diffs), sum(d > tie for d in diffs)
 
@@ -364,7 +368,8 @@ def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, flo
     """Student-t confidence interval of the mean paired difference (row minus row on the same
     seed). It says which gains the seeds rule out: a +10 target outside the interval is missed
     beyond seed noise. None below two seeds or when every difference is equal (no spread to scale)."""
-    if len(diffs) < 2 or len(set(diffs)) == 1:
+    # Draw means are not exact binary fractions, so "all equal" is judged on the spread.
+    if len(diffs) < 2 or statistics.pstdev(diffs) < 1e-12:
         return None
     ci = stats.ttest_1samp(diffs, 0.0).confidence_interval(level)
     return float(ci.low), float(ci.high)
@@ -372,8 +377,7 @@ def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, flo
 
 def _interval_text(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> str:
     """"; paired difference +d, 95% CI [lo, hi]" for row a minus row b over their shared seeds."""
-    seeds = _shared_seeds(table, game, a, b)
-    diffs = [table[(game, a)][s]["success"] - table[(game, b)][s]["success"] for s in seeds]
+    diffs = _paired_diffs(table, game, a, b)
     if not diffs:
         return ""
     text = f"; paired difference {100 * statistics.mean(diffs):+.1f}"

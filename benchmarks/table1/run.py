@@ -330,12 +330,15 @@ def _cells(games: list[str], seeds: list[int], protocol: int, draws: tuple[int, 
     return table
 
 
+def _paired_diffs(cells: dict[int, dict], base: dict[int, dict]) -> list[float]:
+    """Success of a row minus that of base on each seed both have: rows of a seed share the warm start."""
+    return [cells[s]["success"] - base[s]["success"] for s in sorted(set(cells) & set(base))]
+
+
 def _paired_delta(cells: dict[int, dict], base: dict[int, dict]) -> str:
-    """Mean over seeds of (row - base) on the same seed: rows of a seed share the warm start."""
-    seeds = sorted(set(cells) & set(base))
-    if not seeds:
-        return "-"
-    return f"{100 * statistics.mean(cells[s]['success'] - base[s]['success'] for s in seeds):+.1f}"
+    """Mean over seeds of (row - base) on the same seed."""
+    diffs = _paired_diffs(cells, base)
+    return f"{100 * statistics.mean(diffs):+.1f}" if diffs else "-"
 
 
 def _shared_seeds(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> list[int]:
@@ -351,15 +354,10 @@ def _pair(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: s
     return mean(a), mean(b), len(seeds)
 
 
-def _paired_diffs(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> list[float]:
-    """Row a's success minus row b's on each seed both have."""
-    return [table[(game, a)][s]["success"] - table[(game, b)][s]["success"] for s in _shared_seeds(table, game, a, b)]
-
-
 def _seed_signs(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> tuple[int, int, int]:
     """On how many shared seeds row a ends below, level with and above row b: a mean can be
     "below" because of one seed, and the target's verdict should show it."""
-    diffs = _paired_diffs(table, game, a, b)
+    diffs = _paired_diffs(table[(game, a)], table[(game, b)])
     tie = 1e-9  # draw means of the same 32 games: equal up to float rounding
     return sum(d < -tie for d in diffs), sum(abs(d) <= tie for d in diffs), sum(d > tie for d in diffs)
 
@@ -377,7 +375,7 @@ def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, flo
 
 def _interval_text(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> str:
     """"; paired difference +d, 95% CI [lo, hi]" for row a minus row b over their shared seeds."""
-    diffs = _paired_diffs(table, game, a, b)
+    diffs = _paired_diffs(table[(game, a)], table[(game, b)])
     if not diffs:
         return ""
     text = f"; paired difference {100 * statistics.mean(diffs):+.1f}"

@@ -9,23 +9,28 @@ import json
 import sys
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"  # "-": measured before the metric existed
+
+
 def rows(name: str, section: dict, k: int) -> list[str]:
     exact = section["exact"]
     out = [
-        f"| {name} | {section['items']:,} | exact | - | {exact['p50_ms']:.2f} | {exact['p99_ms']:.2f} | 1.000 | - |"
+        f"| {name} | {section['items']:,} | exact | - | {exact['p50_ms']:.2f} | {exact['p99_ms']:.2f} | 1.000 | 1.000 | - |"
     ]
     for search_k, r in section["annoy"].items():
         out.append(
             f"| {name} | {section['items']:,} | annoy | {int(search_k):,} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {r[f'recall@{k}']:.3f} | {r['speedup_p50']:.1f}x / {r['speedup_p99']:.1f}x |"
+            f"| {r[f'recall@{k}']:.3f} | {_share(r.get('same_list_as_exact'))} "
+            f"| {r['speedup_p50']:.1f}x / {r['speedup_p99']:.1f}x |"
         )
     return out
 
 
 def main() -> None:
     lines = [
-        f"| phi | items | backend | search_k | p50 ms | p99 ms | recall@k | speedup p50 / p99 |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| phi | items | backend | search_k | p50 ms | p99 ms | recall@k | same list as exact | speedup p50 / p99 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for path in sys.argv[1:]:

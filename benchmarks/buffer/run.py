@@ -5,7 +5,8 @@ Measures, for the ``exact`` and ``annoy`` buffers:
 - single-query ``retrieve`` latency p50/p99 (snapshot, search, merge; the query's
   embedding is precomputed, so encoder speed is excluded) at 100k and 1M stored transitions, both backends in the same run;
 - annoy recall@k against exact, counting ties (an annoy hit whose exact score
-  reaches the k-th exact score is a hit).
+  reaches the k-th exact score is a hit), and the share of queries whose annoy result
+  list equals exact's (same rows, same order: ties go to the earliest row in both).
 A small section repeats the recall/latency check on all-MiniLM-L6-v2 embeddings.
 
     python benchmarks/buffer/collect.py --count 520000 --seed-offset 0 --out /tmp/dgbench/part0.jsonl
@@ -124,6 +125,7 @@ def compare(items, vectors, queries, qvec, encoder, k, annoy_cfg, search_ks) -> 
         rec = recall(res, exact_res, qvec, vectors, index_of, k)
         out["annoy"][str(search_k)] = lat | {
             f"recall@{k}": rec,
+            "same_list_as_exact": sum(a == e for a, e in zip(res, exact_res)) / len(res),
             "speedup_p50": exact_lat["p50_ms"] / lat["p50_ms"],
             "speedup_p99": exact_lat["p99_ms"] / lat["p99_ms"],
         }

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dreamgym_core.records import Transition
-from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig, angular_to_cosine
+from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig
 from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
 from dreamgym_plugin_exact import ExactBuffer, embedding_text
 
@@ -43,10 +43,6 @@ def _indexed_and_exact(encoder, records):
     return annoy, exact
 
 
-def test_angular_to_cosine():
-    assert np.allclose(angular_to_cosine(np.array([0.0, np.sqrt(2.0), 2.0])), [1.0, 0.0, -1.0])
-
-
 def test_same_topk_as_exact_with_enough_search_effort():
     enc = HashingEncoder()
     annoy, exact = _indexed_and_exact(enc, household(3000))
@@ -70,6 +66,42 @@ def test_ties_come_back_as_exact_returns_them():
     annoy, exact = _indexed_and_exact(enc, records)
     queries = [(records[base].state, "look around") for base in range(0, 400, 40)]
     assert annoy.retrieve(queries=queries, k=4) == exact.retrieve(queries=queries, k=4)
+
+
+class TableEncoder:
+    """Fixed vectors per text: scores the test can state exactly."""
+
+    id, dim = "table-test", 8
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors = vectors
+
+    def encode(self, *, texts):
+        return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
+
+
+def test_a_tie_wider_than_annoys_candidates_goes_to_the_earliest_rows():
+    # 40 rows score exactly 0.75 against the query (the query is the first axis, and
+    # 0.75 is exact in float32), more than the k + 8 candidates first asked of the index.
+    # annoy's own float32 distances differ within such a tie (the rows differ elsewhere),
+    # so unless candidates are scored again and widened, which tied rows come back
+    # depends on the index, not on the exact search's rule: the earliest rows.
+    rng = np.random.default_rng(0)
+    records, vectors, tied = household(1000), {}, []
+    for row, record in enumerate(records):
+        first = 0.875 if row in (500, 900) else 0.75 if row % 25 == 7 else rng.uniform(0.0, 0.4)
+        rest = rng.normal(size=7)
+        rest *= np.sqrt(1 - first**2) / np.linalg.norm(rest)  # unit rows that differ off the query's axis
+        vectors[embedding_text(record.state, record.action)] = np.concatenate([[first], rest])
+        if first == 0.75:
+            tied.append(row)
+    query = ("the query", "look")
+    vectors[embedding_text(*query)] = np.eye(8)[0]
+    annoy, exact = _indexed_and_exact(TableEncoder(vectors), records)
+    assert len(tied) == 40
+    want = [records[r] for r in (500, 900, *tied[:2])]
+    assert exact.retrieve(queries=[query], k=4) == [want]
+    assert annoy.retrieve(queries=[query], k=4) == [want]
 
 
 def test_fresh_tail_is_searchable_before_any_rebuild():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dreamgym_plugin_exact import embedding_text, merge_ranked, topk_cosine
+from dreamgym_plugin_exact import best_first, embedding_text, merge_ranked, topk_cosine
 
 
 def _unit(rng, n, d):
@@ -54,3 +54,11 @@ def test_merge_ranked_orders_by_score_and_keeps_best_duplicate():
 def test_embedding_text_puts_action_first(state, action):
     text = embedding_text(state, action)
     assert text.startswith("action:") and action in text and state in text
+
+
+def test_best_first_orders_by_score_then_earlier_row():
+    rows = np.array([9, 4, 7, 2, 5])
+    scores = np.array([0.5, 0.9, 0.5, 0.5, 0.1], dtype=np.float32)
+    got_rows, got_scores = best_first(rows, scores, 3)
+    assert got_rows.tolist() == [4, 2, 7]
+    assert got_scores.tolist() == [np.float32(0.9), np.float32(0.5), np.float32(0.5)]

@@ -15,9 +15,9 @@ from dreamgym_core import hookimpl
 from dreamgym_core.specs import ComponentSpec
 from dreamgym_plugin_exact import build_encoder
 
-from .buffer import AnnoyBuffer, AnnoyConfig, angular_to_cosine
+from .buffer import AnnoyBuffer, AnnoyConfig
 
-__all__ = ["AnnoyBuffer", "AnnoyConfig", "angular_to_cosine", "make_annoy"]
+__all__ = ["AnnoyBuffer", "AnnoyConfig", "make_annoy"]
 
 
 def make_annoy(config: AnnoyConfig, *, encoder: Any, path: str | Path | None = None) -> AnnoyBuffer:

@@ -13,10 +13,10 @@ import numpy as np
 from annoy import AnnoyIndex
 from msgspec import Meta
 
-from dreamgym_plugin_exact import ExactBuffer, ExactConfig, topk_cosine
+from dreamgym_plugin_exact import ExactBuffer, ExactConfig, best_first, topk_cosine
 from dreamgym_plugin_exact.buffer import Space
 
-__all__ = ["AnnoyConfig", "AnnoyBuffer", "BuiltIndex", "angular_to_cosine"]
+__all__ = ["AnnoyConfig", "AnnoyBuffer", "BuiltIndex"]
 
 _FILES = ("annoy.ann", "annoy.rids.npy", "annoy.json")
 _DIGESTS = ("ann_sha256", "rids_sha256")  # manifest keys: sha256 of the first two files
@@ -34,6 +34,11 @@ class AnnoyConfig(ExactConfig):
         float, Meta(gt=0.0, description="Rebuild when unindexed sealed rows exceed this share of indexed rows.")
     ] = 0.25
     build_jobs: Annotated[int, Meta(description="Threads annoy builds with; -1 is all cores.")] = 1
+    tie_candidates: Annotated[
+        int,
+        Meta(gt=0, description="Most index candidates asked for per query while a tie at the k-th place may spill "
+             "past them (ties go to the earliest row, as in the exact search)."),
+    ] = 256
 
 
 def _sha256(path: Path | str) -> str:
@@ -42,11 +47,6 @@ def _sha256(path: Path | str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def angular_to_cosine(distance: np.ndarray) -> np.ndarray:
-    """annoy's angular distance sqrt(2 - 2 cos) back to cosine similarity."""
-    return 1.0 - np.square(distance) / 2.0
 
 
 class BuiltIndex:
@@ -206,28 +206,41 @@ class AnnoyBuffer(ExactBuffer):
         exact = topk_cosine(q, space.data[rest], k) if len(rest) else None
         hits = []
         for i, vector in enumerate(q):
-            rows, scores = self._annoy_hits(built, vector, k, mask)
+            rows, scores = self._annoy_hits(built, space, vector, k, mask)
             if exact is not None:
                 rows = np.concatenate([rows, rest[exact[0][i]]])
                 scores = np.concatenate([scores, exact[1][i]])
-            hits.append((rows, scores))
+            hits.append(best_first(rows, scores, k))
         return hits
 
-    def _annoy_hits(self, built: BuiltIndex, vector: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k eligible rows from the index, asking for more when evicted rows crowd in."""
+    def _annoy_hits(
+        self, built: BuiltIndex, space: Space, vector: np.ndarray, k: int, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k eligible rows from the index, scored and tie-broken as the exact search does.
+
+        annoy orders candidates by float32 distances, so rows the exact search scores
+        alike (its ties go to the earliest row) come back in rounding-noise order, and a
+        tie at the k-th place keeps whichever tied rows annoy met first. Candidates are
+        therefore scored again from the stored vectors, and more are asked for while
+        ineligible rows crowd in or the k-th score ties the last candidate's (the tie may
+        spill past them), up to ``tie_candidates``. A score from the stored float32
+        vectors can still differ from the exact search's in its last bit (another
+        summation order), so a cosine that close to a 1e-6 rounding boundary may rank
+        otherwise; measured on 300 real TextWorldExpress queries, 1 list differed in order.
+        """
         total = len(built.item_rows)
-        want = min(k, total)
+        tie_limit = max(self.config.tie_candidates, k + 8)
         ask = min(total, k + 8)
         while True:
-            items, distances = built.annoy.get_nns_by_vector(
-                vector, ask, search_k=self.config.search_k, include_distances=True
-            )
+            items = built.annoy.get_nns_by_vector(vector, ask, search_k=self.config.search_k)
             rows = built.item_rows[np.asarray(items, dtype=np.int64)]
-            keep = (rows >= 0) & mask[np.maximum(rows, 0)]
-            if keep.sum() >= want or ask >= total:
-                scores = angular_to_cosine(np.asarray(distances, dtype=np.float32))
-                return rows[keep][:k], scores[keep][:k]
-            ask = min(total, ask * 4)
+            rows = rows[(rows >= 0) & mask[np.maximum(rows, 0)]]
+            rows, scores = best_first(rows, np.round(space.data[rows] @ vector, 6), len(rows))
+            short = len(rows) < k
+            spills = not short and scores[k - 1] == scores[-1] and ask < tie_limit
+            if ask >= total or not (short or spills):
+                return rows[:k], scores[:k]
+            ask = min(total, ask * 4 if short else min(ask * 4, tie_limit))
 
     def stats(self) -> dict:
         out = super().stats()

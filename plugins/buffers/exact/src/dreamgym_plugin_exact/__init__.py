@@ -14,7 +14,7 @@ from dreamgym_core.specs import ComponentSpec
 
 from .buffer import ExactBuffer, content_key
 from .config import EncoderRef, ExactConfig
-from .search import embedding_text, merge_ranked, topk_cosine
+from .search import best_first, embedding_text, merge_ranked, topk_cosine
 
 __all__ = [
     "ExactBuffer",
@@ -22,6 +22,7 @@ __all__ = [
     "EncoderRef",
     "build_encoder",
     "content_key",
+    "best_first",
     "embedding_text",
     "merge_ranked",
     "topk_cosine",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["topk_cosine", "merge_ranked", "embedding_text"]
+__all__ = ["topk_cosine", "best_first", "merge_ranked", "embedding_text"]
 
 
 def embedding_text(state: str, action: str) -> str:
@@ -62,6 +62,13 @@ def _earliest_of_ties(scores: np.ndarray, part: np.ndarray, part_scores: np.ndar
         above = np.flatnonzero(scores[i] > cut[i])
         part[i] = np.concatenate([above, np.flatnonzero(scores[i] == cut[i])[: k - len(above)]])
     return part
+
+
+def best_first(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (rows, scores) by score, ties to the earlier row: ``topk_cosine``'s order
+    for candidates gathered elsewhere (an approximate index, several row ranges)."""
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order], scores[order]
 
 
 def merge_ranked(lists: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[int]:

@@ -120,3 +120,12 @@ def test_checkpoint_curve_summary_picks_like_the_loop_and_bounds_every_pick() ->
         "best test checkpoint (picked on test: a ceiling for any pick, not a method)": 87.5,
         "cells with flat validation": 1.0,
     }
+
+
+def test_the_committed_cells_ran_on_the_pinned_base_pipeline(table1) -> None:
+    # The report drops cells whose base digest differs, so an edit to base.yaml would silently
+    # empty the committed table; the main job's own examples/default.yaml is free to change.
+    committed = sorted((RUN_PY.parent / "results" / "cells" / f"p{table1.PROTOCOL}").glob("*.json"))
+    assert committed
+    digests = {json.loads(path.read_text())["base_sha256"] for path in committed}
+    assert digests == {table1.base_sha256()}

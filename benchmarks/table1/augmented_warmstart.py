@@ -3,7 +3,7 @@ only on train-fold worlds can learn to ignore furniture it has not seen (results
 
 Each demo prompt gets ``COPIES`` extra copies in which every furniture sentence of the observation
 (not the coin's, not an exit's) is dropped with probability ``DROP``. Only train-fold words are used;
-nothing from the test fold enters. Then the usual ``dreamgym run`` of examples/default.yaml:
+nothing from the test fold enters. Then the usual ``dreamgym run`` of the table's base pipeline (``base.yaml``):
 
     python benchmarks/table1/augmented_warmstart.py --set run_dir=R --set seed=1 --set loop.iterations=0 \
         --set loop.mode=real --set experience.skip=true --set eval.synthetic_agreement=false \
@@ -46,4 +46,4 @@ def augmented(original):  # type: ignore[no-untyped-def]
 
 if __name__ == "__main__":
     loop.demo_examples = augmented(loop.demo_examples)
-    sys.exit(cli(["run", "examples/default.yaml", *sys.argv[1:]]))
+    sys.exit(cli(["run", "benchmarks/table1/base.yaml", *sys.argv[1:]]))

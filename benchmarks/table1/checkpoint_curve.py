@@ -44,7 +44,7 @@ def score_cell(game: str, row: str, seed: int, draw: int, valid_episodes: int) -
     run_dir = table1.run_dir_of(game, row, seed, draw)
     if cached is None or not (run_dir / "checkpoints" / "latest").exists():
         raise SystemExit(f"{game} | {row} | seed {seed} draw {draw}: no cached cell or no run directory {run_dir}")
-    resolved, plugins = _load(str(table1.ROOT / "examples" / "default.yaml"), tuple(table1.overrides(game, row, seed, run_dir, draw)))
+    resolved, plugins = _load(str(table1.BASE), tuple(table1.overrides(game, row, seed, run_dir, draw)))
     runner = Runner(resolved, plugins, run_dir, progress=False)
     names = sorted(p.name for p in (run_dir / "checkpoints").glob("it-*"))
     valid, test = {}, {}

@@ -9,7 +9,7 @@ to test whether one unfamiliar sentence explains a failure.
     python benchmarks/table1/probe_policy.py RUN_DIR --split test --set seed=1 \
         --drop ' In one part of the room you see a dining table, that has nothing on it\\.'
 
-``--set`` takes the run's own overrides of ``examples/default.yaml``.
+``--set`` takes the run's own overrides of the table's base pipeline (``base.yaml``).
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--split", default="test")
     parser.add_argument("--drop", default=None, help="Regular expression removed from every observation.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="Override of examples/default.yaml.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="Override of benchmarks/table1/base.yaml.")
     args = parser.parse_args()
     if args.drop:
         drop_from_observations(args.drop)
-    resolved, plugins = _load(str(ROOT / "examples" / "default.yaml"), (*args.overrides, f"run_dir={args.run_dir}"))
+    resolved, plugins = _load(str(ROOT / "benchmarks" / "table1" / "base.yaml"), (*args.overrides, f"run_dir={args.run_dir}"))
     with tempfile.TemporaryDirectory() as tmp:
         # ``dreamgym eval --trajectories``: the last checkpoint, the evaluation's own seeds and temperature.
         played = Path(tmp) / "played.jsonl"

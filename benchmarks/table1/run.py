@@ -3,8 +3,9 @@
 Each (game, row, seed) is one ``dreamgym run`` of the table's base pipeline, ``base.yaml``
 beside this file, with the row's ``--set`` overrides. ``base.yaml`` is the main job's
 ``examples/default.yaml`` as protocol 8 ran it, kept byte for byte (cells record its digest),
-so tuning the main job to its time budget leaves the table alone. Runs are cached: a finished cell's summary is stored under
-``results/cells/`` (committed) and is never run again; an interrupted run resumes.
+so tuning the main job to its time budget leaves the table alone. Runs are cached: a
+finished cell's summary is stored under ``results/cells/`` (committed) and is never run
+again; an interrupted run resumes.
 Offline data and a trained experience model are shared between rows that would
 build identical ones (same game, seed, annotation and retrieval), by copying them
 into the new run directory before it starts (the loop reuses them).

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import re
 import sys
+from pathlib import Path
 
 from dreamgym_core import loop
 from dreamgym_core.cli import cli
@@ -46,4 +47,4 @@ def augmented(original):  # type: ignore[no-untyped-def]
 
 if __name__ == "__main__":
     loop.demo_examples = augmented(loop.demo_examples)
-    sys.exit(cli(["run", "benchmarks/table1/base.yaml", *sys.argv[1:]]))
+    sys.exit(cli(["run", str(Path(__file__).resolve().with_name("base.yaml")), *sys.argv[1:]]))

@@ -26,7 +26,7 @@ from dreamgym_core.cli import _load
 from dreamgym_core.loop import evaluate_run
 from dreamgym_plugin_textworld import env as textworld_env
 
-ROOT = Path(__file__).resolve().parents[2]
+BASE = Path(__file__).resolve().with_name("base.yaml")  # the table's pinned pipeline (run.py's BASE)
 DIRECTIONS = ("North", "South", "East", "West")
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.drop:
         drop_from_observations(args.drop)
-    resolved, plugins = _load(str(ROOT / "benchmarks" / "table1" / "base.yaml"), (*args.overrides, f"run_dir={args.run_dir}"))
+    resolved, plugins = _load(str(BASE), (*args.overrides, f"run_dir={args.run_dir}"))
     with tempfile.TemporaryDirectory() as tmp:
         # ``dreamgym eval --trajectories``: the last checkpoint, the evaluation's own seeds and temperature.
         played = Path(tmp) / "played.jsonl"

@@ -1,12 +1,13 @@
-"""Speed of the default tiny model on 1 and 2 CPU threads, alone and beside one busy process,
+"""Speed of the main job's tiny model on 1 and 2 CPU threads, alone and beside one busy process,
 with OpenMP's default wait policy, with ``OMP_WAIT_POLICY=passive`` and with a shorter spin
 (libgomp's ``GOMP_SPINCOUNT=10000``; its default is 300000).
 
     python benchmarks/cpu_threads/run.py  # writes benchmarks/cpu_threads/results.json
 
-Each case runs in a fresh process, because OpenMP reads these variables once, when torch loads it. The "busy" cases start one pure-Python spin loop first: a stand-in for any other
+Each case runs in a fresh process, because OpenMP reads these variables once, when torch loads
+it. The "busy" cases start one pure-Python spin loop first: a stand-in for any other
 single-threaded job on the machine. Run it on an otherwise idle machine; the ratios within one
-run are the result, not the seconds.
+run are the result, not the seconds (benchmarks/cpu_threads/README.md).
 
 Why it matters: with OpenMP's default policy a thread that reaches a barrier spins before it
 sleeps. Beside a busy process one of the two threads is often descheduled, so the other spins

@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-# The default pipeline's hf-tiny sizes (examples/default.yaml).
-TINY = dict(hidden_size=128, layers=2, heads=4, intermediate_size=344, vocab_size=1024, max_positions=1024, max_length=1024)
+MAIN_JOB = HERE.parents[1] / "examples" / "default.yaml"  # its policy's hf-tiny sizes are the ones timed
 WAITS = {"default": {}, "passive": {"OMP_WAIT_POLICY": "passive"}, "spin-10000": {"GOMP_SPINCOUNT": "10000"}}
 CASES = [  # (threads, OpenMP wait settings, busy neighbour)
     (threads, wait, busy)
@@ -40,14 +38,16 @@ def one_case(threads: int) -> dict:
     """Time batched sampling and SFT of the tiny model on prompts of about the experience model's
     length (several hundred tokens), the median of REPEATS."""
     import torch
+    import yaml
 
     from dreamgym_plugin_hf import TinyConfig, build_tiny
 
     torch.set_num_threads(threads)
+    sizes = yaml.safe_load(MAIN_JOB.read_text())["policy"]["config"]
     rooms, items = ["kitchen", "pantry", "garden", "bedroom"], ["apple", "key", "coin", "book"]
     lines = [f"Room: {r}. Items: {i}, lamp. Action: take {i}. Result: you take the {i}." for r in rooms for i in items]
     prompts = [" ".join(lines[i:] + lines[:i]) * 2 for i in range(16)]
-    backend = build_tiny(TinyConfig(**TINY, cpu_threads=threads))
+    backend = build_tiny(TinyConfig(**{**sizes, "cpu_threads": threads}))
     backend.prepare(corpus=lines * 20)
     examples = [[(p, False), (f" take {items[i % 4]}", True)] for i, p in enumerate(prompts * 2)]
     generate, sft = [], []

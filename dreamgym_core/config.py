@@ -143,6 +143,10 @@ class LoopConfig(Config):
         Probability,
         Meta(description="Synthetic states: strength of the domain's vary_state (TextWorld: chance of dropping each furniture sentence; 0: off)."),
     ] = 0.0
+    unanswered_episodes: Annotated[
+        Literal["penalise", "drop"],
+        Meta(description="Episodes ended by a step the environment could not answer (M_exp's unparsable answer, an engine error): penalise them as failures (reward 0), or drop them from the policy update and the curriculum's groups."),
+    ] = "penalise"
 
 
 class EvalConfig(Config):

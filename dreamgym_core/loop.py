@@ -27,7 +27,7 @@ from .config import PipelineConfig, ResolvedPipeline, config_hash
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
-from .rollout import RolloutStats, rollout, wilson_interval
+from .rollout import RolloutStats, drop_unanswered, rollout, wilson_interval
 from .selection import ValidSelection
 from .synthetic import storable
 
@@ -490,6 +490,13 @@ class Runner:
         if self.buffer is not None:
             self.buffer.add(transitions=storable([t for g in groups for traj in g for t in traj.transitions]))
 
+    def _trainable(self, tasks: list[Task], groups: list[list[Trajectory]]) -> tuple[list[Task], list[list[Trajectory]], int]:
+        """What the update and the curriculum see: every group, or (``loop.unanswered_episodes:
+        drop``) the groups without the episodes their environment could not answer."""
+        if self.cfg.loop.unanswered_episodes == "drop":
+            return drop_unanswered(tasks, groups)
+        return tasks, groups, 0
+
     def _update(self, groups: list[list[Trajectory]]) -> dict[str, float]:
         return self.algo.update(groups=groups)
 
@@ -523,8 +530,10 @@ class Runner:
         tasks = self._select_tasks(phase)
         groups, stats = self._rollout(tasks, phase, iteration)
         self._store(groups, phase)
+        tasks, groups, dropped = self._trainable(tasks, groups)
         metrics = self._update(groups)
         metrics.update(self._advance_curriculum(tasks, groups))
+        metrics["rollout/dropped_unanswered_episodes"] = float(dropped)
         metrics.update(stats.metrics("rollout"))
         metrics.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
         metrics["charts/synthetic_phase"] = float(phase == "synthetic")

@@ -12,7 +12,9 @@ from .agent import build_agent_prompt, parse_agent_output
 from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
-__all__ = ["RolloutStats", "Episode", "rollout", "step_transition", "unlisted", "wilson_interval"]
+__all__ = [
+    "RolloutStats", "Episode", "rollout", "step_transition", "unlisted", "wilson_interval", "unanswered", "drop_unanswered",
+]
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +248,35 @@ def rollout(
         if not ep.done or ep.truncated:  # cut by this rollout's cap or by the env's own
             stats.truncated += 1
     return [ep.trajectory() for ep in episodes], stats
+
+
+def unanswered(traj: Trajectory) -> bool:
+    """Whether ``traj`` ended on a step its environment could not answer (the experience
+    model's unparsable answer, an engine error) after the policy gave a parsable action:
+    then its reward 0 says nothing about the policy's play."""
+    if not traj.transitions or not traj.transitions[-1].model_failed:
+        return False
+    return not traj.decisions or traj.decisions[-1].parsed
+
+
+def drop_unanswered(
+    tasks: Sequence[Task], groups: Sequence[Sequence[Trajectory]]
+) -> tuple[list[Task], list[list[Trajectory]], int]:
+    """``tasks`` and their ``groups`` without the :func:`unanswered` episodes, and how many
+    episodes were left out. A group left with a single episode of several goes whole: a
+    group-relative advantage (GRPO) or a reward variance (the curriculum) needs two."""
+    kept_tasks: list[Task] = []
+    kept_groups: list[list[Trajectory]] = []
+    dropped = 0
+    for task, group in zip(tasks, groups, strict=True):
+        answered = [traj for traj in group if not unanswered(traj)]
+        if len(answered) < min(2, len(group)):
+            dropped += len(group)
+            continue
+        dropped += len(group) - len(answered)
+        kept_tasks.append(task)
+        kept_groups.append(answered)
+    return kept_tasks, kept_groups, dropped
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -198,7 +198,10 @@ class RecordingAlgo:
         rewards = [t.outcome_reward for g in groups for t in g]
         self.updates += 1
         self.param += sum(rewards) / max(len(rewards), 1)
-        return {"losses/policy_loss": -self.param, "charts/mean_reward": sum(rewards) / max(len(rewards), 1)}
+        # what the update was given: its episodes, and those ended by a step the env could not answer
+        unanswered = sum(bool(t.transitions) and t.transitions[-1].model_failed for g in groups for t in g)
+        return {"losses/policy_loss": -self.param, "charts/mean_reward": sum(rewards) / max(len(rewards), 1),
+                "data/episodes": float(len(rewards)), "data/unanswered_episodes": float(unanswered)}
 
     def save(self, *, path: str) -> None:
         import json, os

@@ -18,12 +18,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from dreamgym_core import hookimpl
+from dreamgym_core import ComponentSpec, hookimpl
 from dreamgym_core.config import PipelineConfig, config_hash, resolve
 from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.loop import Runner, changed_fields, demo_examples, evaluate_run, prepare_run_dir, run_pipeline
 from dreamgym_core.records import Task, Trajectory, Transition
-from dreamgym_core.rollout import rollout, wilson_interval
+from dreamgym_core.rollout import drop_unanswered, rollout, unanswered, wilson_interval
 from dreamgym_core.synthetic import storable
 from dreamgym_core.testing import make_transitions
 
@@ -459,6 +459,71 @@ def test_episodes_ended_by_the_envs_own_step_cap_count_as_truncated():
     trajectories, stats = _scripted_rollout([["<action>inc</action>"] * 2] * 2, [CappedEnv(5), CountEnv(5)])
     assert stats.truncated == 2  # one by the env's own cap, one by this rollout's
     assert [t.truncated for t in trajectories[0].transitions] == [True]  # recorded as a cap ending
+
+
+def test_unanswered_episodes_are_the_envs_failures_not_the_policys():
+    envs = [CountEnv(5) for _ in range(3)]
+    trajectories, _ = _scripted_rollout(
+        [["no tags at all", "<action>explode</action>", "<action>inc</action>"], ["<action>stop</action>"]], envs
+    )
+    # the policy's unparsable output is its own failure; the engine's crash is not
+    assert [unanswered(t) for t in trajectories] == [False, True, False]
+
+
+def test_drop_unanswered_leaves_out_the_envs_failures_and_groups_left_with_one_episode():
+    envs = [CountEnv(5) for _ in range(3)]
+    unparsed, crashed, played = _scripted_rollout(
+        [["no tags at all", "<action>explode</action>", "<action>inc</action>"], ["<action>stop</action>"]], envs
+    )[0]
+    tasks = CountDomain(CountConfig()).tasks(split="train")[:3]
+    kept_tasks, kept_groups, dropped = drop_unanswered(tasks, [[unparsed, crashed, played], [crashed, played], [played]])
+    assert kept_tasks == [tasks[0], tasks[2]]
+    assert kept_groups == [[unparsed, played], [played]]  # a group of one stays whole
+    assert dropped == 3  # the crash of the first group, and the second group whole (one episode left of two)
+
+
+class EarlyStopCrashEnv(CountEnv):
+    """The engine crashes on 'stop' before the target (the scripted policy's mistake);
+    the expert demos never stop early, so offline collection does not crash."""
+
+    def step(self, *, action: str):
+        if action == "stop" and self.value < self.target:
+            raise RuntimeError("engine crashed")
+        return super().step(action=action)
+
+
+class EarlyStopCrashDomain(CountDomain):
+    name = "early-stop-crash"
+
+    def make_env(self) -> CountEnv:
+        return EarlyStopCrashEnv(self.config.max_value)
+
+
+class EarlyStopCrash:
+    @hookimpl
+    def dreamgym_register_envs(self):
+        return [ComponentSpec(name="early-stop-crash", factory=EarlyStopCrashDomain, config_type=CountConfig,
+                              description="Counting game whose engine crashes on an early stop (test double).")]
+
+
+@pytest.mark.parametrize("handling", ["penalise", "drop"])
+def test_unanswered_episodes_drop_keeps_the_envs_crashes_out_of_the_update(register_plugin, tmp_path, handling):
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(EarlyStopCrash(), "early-stop-crash")
+    parts = {"env": {"name": "early-stop-crash"}}
+    run_pipeline(_resolved(plugins, tmp_path / "run", parts, iterations=4, unanswered_episodes=handling), plugins)
+    rows = [r for r in _rows(tmp_path / "run") if "data/episodes" in r]
+    assert len(rows) == 4
+    crashes = sum(r["errors/rollout_env_errors"] for r in rows)
+    assert crashes > 0  # the scripted policy's mistakes crash the engine
+    seen = [r["data/episodes"] for r in rows]
+    dropped = [r["rollout/dropped_unanswered_episodes"] for r in rows]
+    if handling == "penalise":
+        assert seen == [6.0] * 4 and dropped == [0.0] * 4
+        assert sum(r["data/unanswered_episodes"] for r in rows) == crashes
+    else:
+        assert all(r["data/unanswered_episodes"] == 0 for r in rows)
+        assert [a + b for a, b in zip(seen, dropped)] == [6.0] * 4 and sum(dropped) >= crashes
 
 
 def test_wilson_interval_brackets_the_rate():

@@ -82,6 +82,15 @@ def test_validation_between_steps_is_refused_not_ignored(resolve_dict):
         translate(resolve_dict(data))
 
 
+def test_dropping_unanswered_episodes_is_refused_not_ignored(resolve_dict):
+    data = {
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real", "unanswered_episodes": "drop"},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}},
+    }
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.unanswered_episodes='drop' is a local-loop option"):
+        translate(resolve_dict(data))
+
+
 def test_missing_model_path_is_an_error(resolve_dict):
     data = {"plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"}, "algo": {"name": "verl-grpo"}}
     with pytest.raises(ConfigError, match="model_path is empty"):

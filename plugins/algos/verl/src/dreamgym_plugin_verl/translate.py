@@ -90,6 +90,12 @@ def _sections(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> dict
             f"{resolved.source}: eval.valid_every and eval.keep='best-valid' are local-loop options; "
             "the verl backend does not play validation games between steps"
         )
+    if loop.unanswered_episodes != "penalise":
+        # verl's trainer advantages every rollout of a batch; the agent loop cannot withdraw one.
+        raise ConfigError(
+            f"{resolved.source}: loop.unanswered_episodes={loop.unanswered_episodes!r} is a local-loop option; "
+            "the verl backend penalises unanswered episodes"
+        )
     model = model_path(resolved, cfg)
     temperature = resolved.pipeline.eval.temperature
     evaluate = resolved.pipeline.eval.episodes > 0

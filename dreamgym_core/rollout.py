@@ -13,7 +13,8 @@ from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
 __all__ = [
-    "RolloutStats", "Episode", "rollout", "step_transition", "unlisted", "wilson_interval", "unanswered", "drop_unanswered",
+    "RolloutStats", "Episode", "rollout", "step_transition", "unlisted", "wilson_interval", "unanswered_step", "unanswered",
+    "drop_unanswered",
 ]
 
 log = logging.getLogger(__name__)
@@ -250,13 +251,18 @@ def rollout(
     return [ep.trajectory() for ep in episodes], stats
 
 
+def unanswered_step(transition: Transition, parsed: bool) -> bool:
+    """Whether the environment could not answer a parsable action (the experience model's
+    unparsable answer, an engine error): the step's failure is not the policy's."""
+    return parsed and transition.model_failed
+
+
 def unanswered(traj: Trajectory) -> bool:
-    """Whether ``traj`` ended on a step its environment could not answer (the experience
-    model's unparsable answer, an engine error) after the policy gave a parsable action:
-    then its reward 0 says nothing about the policy's play."""
-    if not traj.transitions or not traj.transitions[-1].model_failed:
+    """Whether ``traj`` ended on an :func:`unanswered_step`: then its reward 0 says nothing
+    about the policy's play."""
+    if not traj.transitions:
         return False
-    return not traj.decisions or traj.decisions[-1].parsed
+    return unanswered_step(traj.transitions[-1], not traj.decisions or traj.decisions[-1].parsed)
 
 
 def drop_unanswered(

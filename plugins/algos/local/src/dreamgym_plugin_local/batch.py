@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Trajectory, Transition
+from dreamgym_core.rollout import unanswered_step
 
 __all__ = ["Step", "invalid_steps", "trajectory_steps", "TokenBatch", "tokenize_steps", "response_logprobs"]
 
@@ -55,10 +56,9 @@ def invalid_steps(traj: Trajectory) -> int:
 
 def _policy_valid(transition: Transition, parsed: bool) -> bool:
     """Whether the policy's step was valid: its output parsed, and the environment accepted the
-    action. A step the environment could not answer (``model_failed`` with a parsed output: the
-    experience model's unparsable answer, an engine error) is not the policy's fault, so it
-    is not penalised; it still ends the episode with reward 0."""
-    return parsed and (transition.valid or transition.model_failed)
+    action. A step the environment could not answer (:func:`unanswered_step`) is not the
+    policy's fault, so it is not penalised; it still ends the episode with reward 0."""
+    return (parsed and transition.valid) or unanswered_step(transition, parsed)
 
 
 def trajectory_steps(trajectories: Sequence[Trajectory], *, keep_empty: bool = False) -> tuple[list[Step], int]:

@@ -34,6 +34,7 @@ __all__ = [
     "read_trajectories",
     "read_transitions",
     "write_transitions",
+    "write_records",
     "trajectories_from_transitions",
 ]
 
@@ -233,7 +234,8 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
 # --- record files (JSON lines) ---------------------------------------------------------
 
 
-def _write_lines(path: Path, records: Sequence[Any]) -> None:
+def write_records(path: Path, records: Sequence[Any]) -> None:
+    """Structs as JSON lines, replacing ``path`` whole (a kill leaves the old file)."""
     encoder = msgspec.json.Encoder()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -261,7 +263,7 @@ def _read_lines(path: Path, kind: type) -> list[Any]:
 
 
 def write_trajectories(path: Path, trajectories: Sequence[Trajectory]) -> None:
-    _write_lines(path, trajectories)
+    write_records(path, trajectories)
 
 
 def read_trajectories(path: Path) -> list[Trajectory]:
@@ -269,7 +271,7 @@ def read_trajectories(path: Path) -> list[Trajectory]:
 
 
 def write_transitions(path: Path, transitions: Sequence[Transition]) -> None:
-    _write_lines(path, transitions)
+    write_records(path, transitions)
 
 
 def read_transitions(path: Path) -> list[Transition]:

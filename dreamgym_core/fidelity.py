@@ -12,7 +12,8 @@ transition error eps_P. We estimate both on held-out real transitions:
   calls invalid (present only when the held-out set has refused actions: expert and
   random data pick listed actions, so add explore episodes to measure it).
 
-All functions here are pure except :func:`evaluate_model`, which calls the model.
+All functions here are pure except :func:`predict_all` and :func:`evaluate_model`,
+which call the model.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from typing import Any, Hashable, Sequence
+
+import msgspec
 
 from .experience import requests_for
 from .records import ExperienceResult, Transition
@@ -34,6 +37,9 @@ __all__ = [
     "outcome_label",
     "fidelity_metrics",
     "refusal_recall",
+    "UnparsedAnswer",
+    "unparsed_answers",
+    "predict_all",
     "evaluate_model",
 ]
 
@@ -127,10 +133,35 @@ def refusal_recall(results: Sequence[ExperienceResult], transitions: Sequence[Tr
     return {"fidelity/refusal_recall": sum(not r.valid for r in refused) / len(refused), "fidelity/refused_n": float(len(refused))}
 
 
-def evaluate_model(
+class UnparsedAnswer(msgspec.Struct, frozen=True):
+    """A held-out transition whose answer stayed unparsable after every retry: the model's
+    raw text beside what the real environment answered, for reading why a model fails."""
+
+    task_id: str
+    episode_id: str
+    step: int
+    action: str
+    raw: str
+    reference_state: str
+
+
+def unparsed_answers(results: Sequence[ExperienceResult], transitions: Sequence[Transition]) -> list[UnparsedAnswer]:
+    """The failed answers of ``results``, each with its held-out transition (same order)."""
+    if len(results) != len(transitions):
+        raise ValueError(f"{len(results)} results for {len(transitions)} transitions")
+    return [
+        UnparsedAnswer(
+            task_id=t.task_id, episode_id=t.episode_id, step=t.step, action=t.action, raw=r.raw, reference_state=t.next_state
+        )
+        for r, t in zip(results, transitions)
+        if r.parse_status == "failed"
+    ]
+
+
+def predict_all(
     model: Any, transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, batch_size: int = 16
-) -> dict[str, float]:
-    """Predict every held-out transition (prompts built as in training) and score it.
+) -> list[ExperienceResult]:
+    """The model's answer to every held-out transition (prompts built as in training).
 
     History comes from the held-out episodes themselves; demos from ``buffer`` (the
     training data), never a step of the episode being predicted.
@@ -139,4 +170,12 @@ def evaluate_model(
     results: list[ExperienceResult] = []
     for start in range(0, len(requests), batch_size):
         results.extend(model.predict(requests=requests[start: start + batch_size]))
+    return results
+
+
+def evaluate_model(
+    model: Any, transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, batch_size: int = 16
+) -> dict[str, float]:
+    """Predict every held-out transition (:func:`predict_all`) and score it."""
+    results = predict_all(model, transitions, buffer, history_window=history_window, k=k, batch_size=batch_size)
     return fidelity_metrics(results, transitions)

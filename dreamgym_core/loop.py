@@ -312,11 +312,13 @@ class Runner:
         return {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
 
     def _fidelity(self) -> dict[str, float]:
-        """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps)."""
+        """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps).
+        The answers that stayed unparsable go to ``fidelity_unparsed.jsonl``, to be read
+        beside the real next states when the failure rate is high."""
         episodes = self.cfg.eval.fidelity_episodes
         if self.experience_model is None or not episodes:
             return {}
-        from .fidelity import evaluate_model
+        from .fidelity import fidelity_metrics, predict_all, unparsed_answers
 
         tasks = self.domain.tasks(split=self.cfg.eval.split)
         held_out = [
@@ -326,9 +328,12 @@ class Runner:
             for t in traj.transitions
         ]
         self._say(f"scoring the experience model on {len(held_out)} held-out real transitions")
-        return evaluate_model(
+        results = predict_all(
             self.experience_model.stream("fidelity"), held_out, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
         )
+        unparsed = unparsed_answers(results, held_out)
+        checkpoint.write_records(self.run_dir / "fidelity_unparsed.jsonl", unparsed)
+        return fidelity_metrics(results, held_out)
 
     def _reload_experience_model(self, ckpt: Path) -> None:
         """Swap in the trained experience-model weights saved by an earlier (killed) attempt."""

@@ -19,8 +19,10 @@ from dreamgym_core.fidelity import (
     exact_match,
     fidelity_metrics,
     majority_accuracy,
+    predict_all,
     token_f1,
     tokens,
+    unparsed_answers,
 )
 from dreamgym_core.records import ExperienceResult, Transition
 from test_experience_doubles import ListBuffer, ScriptedLM
@@ -135,6 +137,25 @@ def test_evaluate_model_never_shows_a_held_out_episode_its_own_steps() -> None:
     assert all(d.count("- state:") == 2 and "after" not in d for d in demos)
 
 
+def test_unparsed_answers_pair_each_failed_answer_with_its_transition() -> None:
+    """Steps 1 and 3 come back as tag soup: exactly those two are kept, with the raw
+    text and the real next state, in held-out order."""
+    real = [_t(i, done=i == 3, success=i == 3, next_state=f"after {i}") for i in range(4)]
+
+    def answer(prompt: str) -> str:
+        step = int(prompt.split("State: s")[-1].split("\n")[0])
+        return f"<state>x</valid> soup {step}" if step in (1, 3) else _oracle(prompt)
+
+    model = LMExperienceModel(ScriptedLM(answer=answer), ExperienceModelConfig(max_retries=1))
+    results = predict_all(model, real, ListBuffer(), history_window=1, k=0)
+    failed = unparsed_answers(results, real)
+    assert [(f.step, f.reference_state) for f in failed] == [(1, "after 1"), (3, "after 3")]
+    assert failed[0].raw == "<state>x</valid> soup 1" and failed[0].action == real[1].action
+    assert fidelity_metrics(results, real)["fidelity/parse_failed"] == 0.5
+    with pytest.raises(ValueError, match="3 results for 4 transitions"):
+        unparsed_answers(results[:3], real)
+
+
 def test_read_transitions_errors_name_file_and_line(tmp_path) -> None:
     good = tmp_path / "ok.jsonl"
     good.write_bytes(msgspec.json.encode(_t(0)) + b"\n\n" + msgspec.json.encode(_t(1)) + b"\n")
@@ -211,3 +232,27 @@ def test_eval_model_loads_a_trained_tiny_model_dir(tmp_path) -> None:
     assert result.exit_code != 0 and "cannot load a causal LM" in str(result.exception) and str(empty) in str(result.exception)
     result = CliRunner().invoke(command, [*args, "--model-dir", str(tmp_path / "missing")])
     assert result.exit_code != 0 and "not a directory" in str(result.exception)
+
+
+def test_eval_model_writes_the_unparsable_answers(tmp_path) -> None:
+    """An untrained byte-level model writes no tagged answer in 8 tokens, so every held-out
+    answer fails: the file holds one record per failure, matching the printed counter.
+    A --failures path in a missing directory is refused before the model runs."""
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_exact")
+    pytest.importorskip("dreamgym_plugin_textworld")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_bytes(b"\n".join(msgspec.json.encode(_t(i, next_state=f"after {i}")) for i in range(3)))
+    out = tmp_path / "failed.jsonl"
+    args = [str(pipeline), "--heldout", str(heldout), "--max-new-tokens", "8", "--retries", "0"]
+    result = CliRunner().invoke(command, [*args, "--failures", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == report["experience/parse_failed"] == 3.0
+    assert [(r["step"], r["reference_state"]) for r in records] == [(i, f"after {i}") for i in range(3)]
+    missing = tmp_path / "nowhere" / "failed.jsonl"
+    result = CliRunner().invoke(command, [*args, "--failures", str(missing)])
+    assert result.exit_code != 0 and "does not exist" in str(result.exception) and "nowhere" in str(result.exception)

@@ -691,6 +691,10 @@ def test_rl_draws_from_the_experience_models_main_stream_only(register_plugin, t
     measured_rows, measured = run("measured", measure=True)
     drawn_rows, drawn = run("drawn", measure=False, draw=1)
     assert "fidelity/success_agreement" in measured_rows[0] and "eval/synthetic_agreement" in measured_rows[-1]
+    # The fidelity answers that failed to parse are kept, one line each; none without scoring.
+    unparsed = (tmp_path / "measured" / "fidelity_unparsed.jsonl").read_text().splitlines()
+    assert len(unparsed) == round(measured_rows[0]["fidelity/parse_failed"] * measured_rows[0]["fidelity/n"])
+    assert not (tmp_path / "plain" / "fidelity_unparsed.jsonl").exists()
     assert plain and any(t["success"] for t in plain) and not all(t["success"] for t in plain if t["done"])
     assert measured == plain
     assert drawn != plain

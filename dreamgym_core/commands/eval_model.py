@@ -61,6 +61,12 @@ def _build_buffer(resolved: Any, plugins: Any, train: list[Transition]) -> Any:
     return buffer
 
 
+def _check_writable(path: Path) -> None:
+    """Before the model runs, so a typo costs no generation."""
+    if not path.parent.is_dir():
+        raise DataError(f"--failures {path}: its directory {path.parent} does not exist")
+
+
 @click.command("eval-model")
 @click.argument("pipeline", type=click.Path())
 @click.option("--heldout", required=True, type=click.Path(), help="JSONL of held-out real Transition records.")
@@ -71,21 +77,29 @@ def _build_buffer(resolved: Any, plugins: Any, train: list[Transition]) -> Any:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True, help="Answer budget.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Re-generations of unparsable answers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Requests per model call.")
+@click.option(
+    "--failures", type=click.Path(dir_okay=False),
+    help="Write the answers that stayed unparsable to this JSONL file (raw text beside the real next state).",
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field.")
 def command(
     pipeline: str, heldout: str, train_data: str | None, model_dir: str | None, limit: int | None,
-    temperature: float, max_new_tokens: int, retries: int, batch_size: int, overrides: tuple[str, ...],
+    temperature: float, max_new_tokens: int, retries: int, batch_size: int, failures: str | None,
+    overrides: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Print reward/success agreement and next-state fidelity of PIPELINE's experience model as JSON.
 
     History comes from the held-out episodes themselves, demos from --train-data,
     and prompts are built exactly as in training. Baselines are the best constant
-    (majority-class) predictors on the same labels.
+    (majority-class) predictors on the same labels. With --failures, every answer that
+    stayed unparsable after the retries is written out beside its held-out transition.
     """
     from ..config import load_pipeline, resolve
-    from ..fidelity import evaluate_model
+    from ..fidelity import fidelity_metrics, predict_all, unparsed_answers
     from ..plugins import Plugins
 
+    if failures is not None:
+        _check_writable(Path(failures))
     outer = load_pipeline(pipeline, overrides)
     plugins = Plugins.for_names(outer.plugins, where=f"{pipeline}: plugins")
     resolved = resolve(outer, plugins, where=pipeline)
@@ -95,8 +109,9 @@ def command(
     )
     buffer = _build_buffer(resolved, plugins, read_transitions(train_data) if train_data else [])
     loop = resolved.pipeline.loop
-    metrics = evaluate_model(
-        model, transitions, buffer, history_window=loop.history_window, k=loop.top_k, batch_size=batch_size
-    )
+    results = predict_all(model, transitions, buffer, history_window=loop.history_window, k=loop.top_k, batch_size=batch_size)
+    metrics = fidelity_metrics(results, transitions)
+    if failures is not None:
+        checkpoint.write_records(Path(failures), unparsed_answers(results, transitions))
     report = {"model_id": model.model_id, "model_dir": model_dir, "heldout": heldout, "demos_from": train_data, **metrics, **model.metrics()}
     click.echo(json.dumps(report, indent=2, sort_keys=True))

@@ -617,6 +617,11 @@ class LMExperienceModel:
             return None
         return lambda prompt: prompt_fits(prompt, max_new_tokens=self.config.max_new_tokens)
 
+    def _answer(self, prompts: Sequence[str], temperature: float) -> list[ExperienceResult]:
+        """One attempt at every prompt: a generation each, parsed."""
+        texts = self._generate(prompts, max_new_tokens=self.config.max_new_tokens, temperature=temperature, stop=[END_TAG])
+        return [parse_output(text) for text in texts]
+
     def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]:
         """One parsed result per request; unparsable answers come back ``failed``."""
         fits = self._fits()
@@ -632,12 +637,8 @@ class LMExperienceModel:
             if attempt:
                 self.counters["retries"] += len(pending)
                 temperature = max(temperature, self.config.retry_temperature)
-            texts = self._generate(
-                [prompts[i] for i in pending], max_new_tokens=self.config.max_new_tokens,
-                temperature=temperature, stop=[END_TAG],
-            )
-            for i, text in zip(pending, texts):
-                results[i] = parse_output(text)
+            for i, result in zip(pending, self._answer([prompts[i] for i in pending], temperature)):
+                results[i] = result
             pending = [i for i in pending if results[i].parse_status == "failed"]  # type: ignore[union-attr]
         self.counters["requests"] += len(prompts)
         for result in results:

@@ -25,22 +25,15 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from dreamgym_core import checkpoint
 from dreamgym_core.config import load_pipeline, resolve
-from dreamgym_core.experience import (
-    LMExperienceModel,
-    build_prompt,
-    fit_request,
-    outcome_reward,
-    parse_output,
-    render_output,
-)
+from dreamgym_core.experience import LMExperienceModel, outcome_reward, parse_output, render_output
 from dreamgym_core.fidelity import fidelity_metrics, predict_all, unparsed_answers
 from dreamgym_core.loop import Runner
 from dreamgym_core.plugins import Plugins
-from dreamgym_core.records import ExperienceRequest, ExperienceResult
+from dreamgym_core.records import ExperienceResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as table1  # noqa: E402
@@ -63,11 +56,27 @@ def first_flag(text: str) -> bool | None:
     return _BOOL.get(words[0].lower()) if words else None
 
 
+def staged_result(reasoning: str, state: str, flags: list[bool | None], *, raw: str) -> ExperienceResult:
+    """The parsed answer of one staged attempt; failed, as :func:`parse_output` fails an
+    answer, when the state is empty or a flag (valid, done, success) was unreadable."""
+    valid, done, success = flags
+    if not state or None in flags:
+        return ExperienceResult(reasoning=reasoning, next_state=state, reward=0.0, done=True, success=False,
+                                valid=bool(valid), parse_status="failed", raw=raw)  # fmt: skip
+    answer = ExperienceResult(
+        reasoning=reasoning, next_state=state, done=bool(done), success=bool(success), valid=bool(valid),
+        reward=outcome_reward(done=bool(done), success=bool(success), valid=bool(valid)), parse_status="ok",
+    )
+    return parse_output(render_output(answer))
+
+
 class StagedExperienceModel(LMExperienceModel):
     """:class:`LMExperienceModel` whose answers are written in stages, the tags given."""
 
-    def _staged(self, prompts: list[str], temperature: float) -> list[ExperienceResult]:
+    def _answer(self, prompts: Sequence[str], temperature: float) -> list[ExperienceResult]:
+        """One staged attempt at every prompt (the retry loop is the base class's)."""
         budget = self.config.max_new_tokens
+
         def gen(ps: Sequence[str], n: int, stop: str) -> list[str]:
             return self._generate(ps, max_new_tokens=n, temperature=temperature, stop=[stop])
 
@@ -83,38 +92,10 @@ class StagedExperienceModel(LMExperienceModel):
             for row, value in zip(flags, answers):
                 row.append(value)
             asked = [a + ("true" if v else "false") + f"</{tag}>{follows}" for a, v in zip(asked, answers)]
-        results = []
-        for prompt, text, think, state, (valid, done, success) in zip(prompts, asked, reasoning, states, flags):
-            if not state or None in (valid, done, success):  # as parse_output fails an answer
-                results.append(ExperienceResult(reasoning=think, next_state=state, reward=0.0, done=True, success=False,
-                                                valid=bool(valid), parse_status="failed", raw=text[len(prompt):]))  # fmt: skip
-                continue
-            reward = outcome_reward(done=bool(done), success=bool(success), valid=bool(valid))
-            answer = ExperienceResult(reasoning=think, next_state=state, reward=reward, done=bool(done),
-                                      success=bool(success), valid=bool(valid), parse_status="ok")  # fmt: skip
-            results.append(parse_output(render_output(answer)))
-        return results
-
-    def predict(self, *, requests: Sequence[ExperienceRequest]) -> list[ExperienceResult]:
-        fits = self._fits()
-        prompts = [build_prompt(fit_request(r, fits)) for r in requests]
-        results: list[Any] = [None] * len(prompts)
-        pending = list(range(len(prompts)))
-        for attempt in range(self.config.max_retries + 1):
-            if not pending:
-                break
-            temperature = self.config.temperature
-            if attempt:
-                self.counters["retries"] += len(pending)
-                temperature = max(temperature, self.config.retry_temperature)
-            for i, result in zip(pending, self._staged([prompts[i] for i in pending], temperature)):
-                results[i] = result
-            pending = [i for i in pending if results[i].parse_status == "failed"]
-        self.counters["requests"] += len(prompts)
-        for result in results:
-            self.counters[f"parse_{result.parse_status}"] += 1
-        return results
-
+        return [
+            staged_result(think, state, row, raw=text[len(prompt):])
+            for prompt, text, think, state, row in zip(prompts, asked, reasoning, states, flags)
+        ]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -246,10 +246,12 @@ def test_eval_model_writes_the_unparsable_answers(tmp_path) -> None:
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_bytes(b"\n".join(msgspec.json.encode(_t(i, next_state=f"after {i}")) for i in range(3)))
     out = tmp_path / "failed.jsonl"
-    args = [str(pipeline), "--heldout", str(heldout), "--max-new-tokens", "8", "--retries", "0"]
-    result = CliRunner().invoke(command, [*args, "--failures", str(out)])
+    # Answer budget and retries from the pipeline (no option given), temperature from the command line.
+    args = [str(pipeline), "--heldout", str(heldout), "--set", "experience.max_new_tokens=8", "--set", "experience.max_retries=0"]
+    result = CliRunner().invoke(command, [*args, "--failures", str(out), "--temperature", "0"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+    assert report["settings"] == {"temperature": 0.0, "max_new_tokens": 8, "max_retries": 0}
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == report["experience/parse_failed"] == 3.0
     assert [(r["step"], r["reference_state"]) for r in records] == [(i, f"after {i}") for i in range(3)]

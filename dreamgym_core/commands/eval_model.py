@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from .. import checkpoint
 from ..errors import ConfigError, DataError
@@ -28,10 +29,11 @@ def build_experience_model(resolved: Any, plugins: Any, model_dir: str | None = 
 
     ``model_dir``: trained weights to load in place, as the run loop does with a run's
     ``experience_model/`` (so it works for every backend with ``reload``, hf-tiny included).
-    History window and k come from the pipeline's ``loop``; ``settings`` are other
-    :class:`ExperienceModelConfig` fields.
+    Settings are the pipeline's, as a run uses them (history window, k, temperature, answer
+    budget, retries, seed); ``settings`` replace some of them (:class:`ExperienceModelConfig`
+    fields; None keeps the pipeline's).
     """
-    from ..experience import ExperienceModelConfig, LMExperienceModel
+    from ..experience import LMExperienceModel, model_config_of
 
     pipeline = resolved.pipeline
     if pipeline.experience_model is None:
@@ -44,10 +46,8 @@ def build_experience_model(resolved: Any, plugins: Any, model_dir: str | None = 
         if not callable(getattr(backend, "reload", None)):
             raise ConfigError(f"{resolved.source}: experience_model {name!r} cannot load trained weights (--model-dir)")
         backend.reload(path=model_dir)
-    config = ExperienceModelConfig(
-        history_window=pipeline.loop.history_window, top_k=pipeline.loop.top_k, seed=pipeline.seed, **settings
-    )
-    return LMExperienceModel(backend, config)
+    given = {key: value for key, value in settings.items() if value is not None}
+    return LMExperienceModel(backend, msgspec.structs.replace(model_config_of(pipeline), **given))
 
 
 def _build_buffer(resolved: Any, plugins: Any, train: list[Transition]) -> Any:
@@ -73,9 +73,11 @@ def _check_writable(path: Path) -> None:
 @click.option("--train-data", type=click.Path(), help="JSONL of training transitions; retrieved as demos (top-k).")
 @click.option("--model-dir", help="A trained experience model directory, e.g. a run's experience_model/.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N held-out transitions only.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="Sampling temperature.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True, help="Answer budget.")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Re-generations of unparsable answers.")
+@click.option(
+    "--temperature", type=click.FloatRange(min=0.0), help="Sampling temperature [default: the pipeline's loop.experience_temperature]."
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), help="Answer budget [default: the pipeline's experience.max_new_tokens].")
+@click.option("--retries", type=click.IntRange(min=0), help="Re-generations of unparsable answers [default: the pipeline's experience.max_retries].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Requests per model call.")
 @click.option(
     "--failures", type=click.Path(dir_okay=False),
@@ -84,13 +86,14 @@ def _check_writable(path: Path) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field.")
 def command(
     pipeline: str, heldout: str, train_data: str | None, model_dir: str | None, limit: int | None,
-    temperature: float, max_new_tokens: int, retries: int, batch_size: int, failures: str | None,
+    temperature: float | None, max_new_tokens: int | None, retries: int | None, batch_size: int, failures: str | None,
     overrides: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Print reward/success agreement and next-state fidelity of PIPELINE's experience model as JSON.
 
-    History comes from the held-out episodes themselves, demos from --train-data,
-    and prompts are built exactly as in training. Baselines are the best constant
+    History comes from the held-out episodes themselves, demos from --train-data, and
+    prompts are built exactly as in training. Temperature, answer budget and retries are
+    the pipeline's unless given (the report's "settings"). Baselines are the best constant
     (majority-class) predictors on the same labels. With --failures, every answer that
     stayed unparsable after the retries is written out beside its held-out transition.
     """
@@ -113,5 +116,10 @@ def command(
     metrics = fidelity_metrics(results, transitions)
     if failures is not None:
         checkpoint.write_records(Path(failures), unparsed_answers(results, transitions))
-    report = {"model_id": model.model_id, "model_dir": model_dir, "heldout": heldout, "demos_from": train_data, **metrics, **model.metrics()}
+    used = model.config
+    settings = {"temperature": used.temperature, "max_new_tokens": used.max_new_tokens, "max_retries": used.max_retries}
+    report = {
+        "model_id": model.model_id, "model_dir": model_dir, "heldout": heldout, "demos_from": train_data,
+        "settings": settings, **metrics, **model.metrics(),
+    }
     click.echo(json.dumps(report, indent=2, sort_keys=True))

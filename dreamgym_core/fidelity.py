@@ -41,7 +41,12 @@ __all__ = [
     "unparsed_answers",
     "predict_all",
     "evaluate_model",
+    "FIDELITY_STREAM",
 ]
+
+# The experience model's sampling stream for fidelity scoring (LMExperienceModel.stream): the run
+# loop and ``dreamgym eval-model`` share it, so the command can repeat a run's numbers.
+FIDELITY_STREAM = "fidelity"
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

@@ -313,12 +313,12 @@ class Runner:
 
     def _fidelity(self) -> dict[str, float]:
         """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps).
-        The answers that stayed unparsable go to ``fidelity_unparsed.jsonl``, to be read
-        beside the real next states when the failure rate is high."""
+        The held-out transitions go to ``fidelity_heldout.jsonl`` (``dreamgym eval-model``
+        scores them again), the answers that stayed unparsable to ``fidelity_unparsed.jsonl``."""
         episodes = self.cfg.eval.fidelity_episodes
         if self.experience_model is None or not episodes:
             return {}
-        from .fidelity import fidelity_metrics, predict_all, unparsed_answers
+        from .fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, unparsed_answers
 
         tasks = self.domain.tasks(split=self.cfg.eval.split)
         held_out = [
@@ -328,8 +328,9 @@ class Runner:
             for t in traj.transitions
         ]
         self._say(f"scoring the experience model on {len(held_out)} held-out real transitions")
+        checkpoint.write_transitions(self.run_dir / "fidelity_heldout.jsonl", held_out)
         results = predict_all(
-            self.experience_model.stream("fidelity"), held_out, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
+            self.experience_model.stream(FIDELITY_STREAM), held_out, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
         )
         unparsed = unparsed_answers(results, held_out)
         checkpoint.write_records(self.run_dir / "fidelity_unparsed.jsonl", unparsed)

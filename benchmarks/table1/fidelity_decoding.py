@@ -30,7 +30,7 @@ from typing import Sequence
 from dreamgym_core import checkpoint
 from dreamgym_core.config import load_pipeline, resolve
 from dreamgym_core.experience import LMExperienceModel, outcome_reward, parse_output, render_output
-from dreamgym_core.fidelity import fidelity_metrics, predict_all, unparsed_answers
+from dreamgym_core.fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, unparsed_answers
 from dreamgym_core.loop import Runner
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import ExperienceResult
@@ -122,7 +122,7 @@ def main() -> None:
         for traj in runner.domain.collect(tasks=tasks, policy=policy, episodes=cfg.eval.fidelity_episodes, seed=cfg.seed + 1)
         for t in traj.transitions
     ]  # fmt: skip
-    base = runner.experience_model.stream("fidelity")
+    base = runner.experience_model.stream(FIDELITY_STREAM)
     model = StagedExperienceModel(base.backend, base.config, domain=base.domain) if args.staged else base
     results = predict_all(model, held_out, runner.buffer, history_window=cfg.loop.history_window, k=cfg.loop.top_k)
     if args.failures:

@@ -98,7 +98,7 @@ def command(
     stayed unparsable after the retries is written out beside its held-out transition.
     """
     from ..config import load_pipeline, resolve
-    from ..fidelity import fidelity_metrics, predict_all, unparsed_answers
+    from ..fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, unparsed_answers
     from ..plugins import Plugins
 
     if failures is not None:
@@ -107,9 +107,11 @@ def command(
     plugins = Plugins.for_names(outer.plugins, where=f"{pipeline}: plugins")
     resolved = resolve(outer, plugins, where=pipeline)
     transitions = read_transitions(heldout)[:limit]
+    # The sampling stream a run's fidelity scoring draws from: on a run's own held-out set and
+    # demos (its fidelity_heldout.jsonl and offline_annotated.jsonl) this repeats its fidelity/*.
     model = build_experience_model(
         resolved, plugins, model_dir, temperature=temperature, max_new_tokens=max_new_tokens, max_retries=retries
-    )
+    ).stream(FIDELITY_STREAM)
     buffer = _build_buffer(resolved, plugins, read_transitions(train_data) if train_data else [])
     loop = resolved.pipeline.loop
     results = predict_all(model, transitions, buffer, history_window=loop.history_window, k=loop.top_k, batch_size=batch_size)

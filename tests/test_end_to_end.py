@@ -226,16 +226,15 @@ def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
     assert "fidelity/success_agreement" in _metric_rows(tmp_path / "measured")[0]
     assert measured == plain
     assert stored_transitions(tmp_path / "measured") == stored_transitions(tmp_path / "plain")
-    # eval-model on the run's own held-out set, demos and saved weights repeats its fidelity numbers
+    # eval-model on the run's own config, held-out set, demos and weights repeats its fidelity numbers
     # and its unparsable answers word for word (the one-epoch model's answers are mostly sampled
     # noise, so another sampling stream would write other text).
     run_dir, failures = tmp_path / "measured", tmp_path / "failures.jsonl"
-    args = ["eval-model", str(ROOT / "examples" / "default.yaml"), "--heldout", str(run_dir / "fidelity_heldout.jsonl"),
-            "--train-data", str(run_dir / "offline_annotated.jsonl"), "--model-dir", str(run_dir / "experience_model"),
-            "--failures", str(failures)]  # fmt: skip
-    for item in REDUCED:
-        args += ["--set", item]
-    scored = run_cli(*args)
+    scored = run_cli(
+        "eval-model", str(run_dir / "config.json"), "--heldout", str(run_dir / "fidelity_heldout.jsonl"),
+        "--train-data", str(run_dir / "offline_annotated.jsonl"), "--model-dir", str(run_dir / "experience_model"),
+        "--failures", str(failures),
+    )  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-3000:]
     report = json.loads(scored.stdout)
     fidelity = {k: v for k, v in _metric_rows(run_dir)[0].items() if k.startswith("fidelity/")}

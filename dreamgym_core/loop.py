@@ -311,29 +311,32 @@ class Runner:
         (ckpt / "done").write_text("1\n")
         return {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
 
+    def fidelity_transitions(self) -> list[Transition]:
+        """The held-out real transitions fidelity is scored on: ``eval.fidelity_episodes`` of
+        each ``eval.fidelity_policies`` policy on the eval split, from their own seed."""
+        tasks = self.domain.tasks(split=self.cfg.eval.split)
+        return [
+            t
+            for policy in self.cfg.eval.fidelity_policies
+            for traj in self.domain.collect(tasks=tasks, policy=policy, episodes=self.cfg.eval.fidelity_episodes, seed=self.cfg.seed + 1)
+            for t in traj.transitions
+        ]
+
     def _fidelity(self) -> dict[str, float]:
         """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps).
         The held-out transitions go to ``fidelity_heldout.jsonl`` (``dreamgym eval-model``
         scores them again), the answers that stayed unparsable to ``fidelity_unparsed.jsonl``."""
-        episodes = self.cfg.eval.fidelity_episodes
-        if self.experience_model is None or not episodes:
+        if self.experience_model is None or not self.cfg.eval.fidelity_episodes:
             return {}
         from .fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, unparsed_answers
 
-        tasks = self.domain.tasks(split=self.cfg.eval.split)
-        held_out = [
-            t
-            for policy in self.cfg.eval.fidelity_policies
-            for traj in self.domain.collect(tasks=tasks, policy=policy, episodes=episodes, seed=self.cfg.seed + 1)
-            for t in traj.transitions
-        ]
+        held_out = self.fidelity_transitions()
         self._say(f"scoring the experience model on {len(held_out)} held-out real transitions")
         checkpoint.write_transitions(self.run_dir / "fidelity_heldout.jsonl", held_out)
         results = predict_all(
             self.experience_model.stream(FIDELITY_STREAM), held_out, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
         )
-        unparsed = unparsed_answers(results, held_out)
-        checkpoint.write_records(self.run_dir / "fidelity_unparsed.jsonl", unparsed)
+        checkpoint.write_records(self.run_dir / "fidelity_unparsed.jsonl", unparsed_answers(results, held_out))
         return fidelity_metrics(results, held_out)
 
     def _reload_experience_model(self, ckpt: Path) -> None:

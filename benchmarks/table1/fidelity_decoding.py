@@ -116,12 +116,7 @@ def main() -> None:
     runner.exp_backend.reload(path=str(args.run_dir / "experience_model"))
     runner.buffer.add(transitions=[t for traj in checkpoint.read_trajectories(args.run_dir / "offline.jsonl") for t in traj.transitions])
     cfg = runner.cfg
-    tasks = runner.domain.tasks(split=cfg.eval.split)
-    held_out = [  # the run loop's own held-out fidelity set (Runner._fidelity)
-        t for policy in cfg.eval.fidelity_policies
-        for traj in runner.domain.collect(tasks=tasks, policy=policy, episodes=cfg.eval.fidelity_episodes, seed=cfg.seed + 1)
-        for t in traj.transitions
-    ]  # fmt: skip
+    held_out = runner.fidelity_transitions()
     base = runner.experience_model.stream(FIDELITY_STREAM)
     model = StagedExperienceModel(base.backend, base.config, domain=base.domain) if args.staged else base
     results = predict_all(model, held_out, runner.buffer, history_window=cfg.loop.history_window, k=cfg.loop.top_k)

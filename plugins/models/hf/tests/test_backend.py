@@ -224,6 +224,21 @@ def test_save_reload_gives_identical_generations(trained, tmp_path):
         assert reloaded.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=seed) == expected
 
 
+def test_saves_and_loads_print_no_progress_bars_and_leave_the_setting_as_it_was(trained, tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    path = tmp_path / "ckpt"
+    for shown in (True, False):
+        (hf_logging.enable_progress_bar if shown else hf_logging.disable_progress_bar)()
+        capfd.readouterr()
+        trained.save(path=str(path))
+        HFBackend.load(str(path))
+        err = capfd.readouterr().err
+        assert "Writing model shards" not in err and "Loading weights" not in err
+        assert hf_logging.is_progress_bar_enabled() is shown
+    hf_logging.enable_progress_bar()
+
+
 def test_lora_trains_only_adapters_and_merges_on_save(tmp_path, make_examples, small_config):
     backend = TinyBackend(small_config(lora=LoraSettings(r=4, alpha=8.0)))
     trainable = {n for n, p in backend.model.named_parameters() if p.requires_grad}

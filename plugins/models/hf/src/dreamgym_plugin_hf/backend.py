@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -9,7 +10,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,22 @@ def forked_devices(device: torch.device | str) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars for one save or load. A run saves and reloads these
+    small models many times, and each bar ("Writing model shards", "Loading weights") would
+    interleave with the run's own progress lines; the setting is put back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def _cached_snapshot(hub_id: str) -> str | None:
     """The local hub cache's directory of ``hub_id`` (a pure file-system look-up), or None."""
     from huggingface_hub import try_to_load_from_cache
@@ -85,8 +102,9 @@ def load_pretrained(path: str, dtype: str = "float32", *, allow_download: bool =
             "set allow_download: true to fetch it from the Hugging Face hub"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], local_files_only=not allow_download)
+        with quiet_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], local_files_only=not allow_download)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"hf: cannot load a causal LM from path={path!r}: {first}") from exc
@@ -122,8 +140,9 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _save_model(model, tmp)
-        tokenizer.save_pretrained(tmp)
+        with quiet_progress_bars():
+            _save_model(model, tmp)
+            tokenizer.save_pretrained(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -621,7 +621,7 @@ class Runner:
             final.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
             self._log(cfg.loop.iterations, final)
             summary.update(final)
-            report.write(self)
+            self._say(f"report: {report.write(self)}")
         finally:
             self.hook.dreamgym_run_finished(run_dir=str(self.run_dir), metrics=final)
             for sink in self.sinks:

@@ -47,6 +47,8 @@ def test_reduced_main_job_then_resume_and_eval(tmp_path):
     assert summary["counters/offline_transitions"] > 0
     assert "training the experience model" in result.stderr  # progress is visible
     assert "experience model epoch 1/1: loss" in result.stderr
+    assert f"report: {run_dir / 'report.md'}" in result.stderr  # the last progress line says where to look
+    assert "Writing model shards" not in result.stderr and "Loading weights" not in result.stderr
     offline = [json.loads(line) for line in (run_dir / "offline.jsonl").read_text().splitlines()]
     assert sum("/explore/" in t["transitions"][0]["episode_id"] for t in offline) == 2
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -228,15 +228,18 @@ def test_saves_and_loads_print_no_progress_bars_and_leave_the_setting_as_it_was(
     from transformers.utils import logging as hf_logging
 
     path = tmp_path / "ckpt"
-    for shown in (True, False):
-        (hf_logging.enable_progress_bar if shown else hf_logging.disable_progress_bar)()
-        capfd.readouterr()
-        trained.save(path=str(path))
-        HFBackend.load(str(path))
-        err = capfd.readouterr().err
-        assert "Writing model shards" not in err and "Loading weights" not in err
-        assert hf_logging.is_progress_bar_enabled() is shown
-    hf_logging.enable_progress_bar()
+    before = hf_logging.is_progress_bar_enabled()
+    try:
+        for shown in (True, False):
+            (hf_logging.enable_progress_bar if shown else hf_logging.disable_progress_bar)()
+            capfd.readouterr()
+            trained.save(path=str(path))
+            HFBackend.load(str(path))
+            err = capfd.readouterr().err
+            assert "Writing model shards" not in err and "Loading weights" not in err
+            assert hf_logging.is_progress_bar_enabled() is shown
+    finally:  # other tests see the setting they started with
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
 def test_lora_trains_only_adapters_and_merges_on_save(tmp_path, make_examples, small_config):

@@ -97,6 +97,7 @@ class StagedExperienceModel(LMExperienceModel):
             for prompt, text, think, state, row in zip(prompts, asked, reasoning, states, flags)
         ]
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("game")

@@ -164,6 +164,9 @@ class Runner:
 
     def _build(self) -> None:
         cfg, build = self.cfg, self.plugins.build
+        self.hook = self.plugins.hook
+        # Before any component exists, as the hookspec promises (historic: later plugins get it too).
+        self.hook.dreamgym_configure.call_historic(kwargs={"config": cfg})
         seed_everything(cfg.seed)
         self.domain = build("env", cfg.env.name, self._component("env"))
         if cfg.loop.state_variation > 0 and not hasattr(self.domain, "vary_state"):
@@ -208,8 +211,6 @@ class Runner:
             from .loggers import JsonlConfig, JsonlSink
 
             self.sinks.append(JsonlSink(JsonlConfig(), run_dir=str(self.run_dir)))
-        self.hook = self.plugins.hook
-        self.hook.dreamgym_configure.call_historic(kwargs={"config": cfg})
 
     def _check_validation(self) -> None:
         """eval.valid_every's needs, checked before minutes of data and training go by."""

@@ -79,6 +79,33 @@ def test_lifecycle_hook_order(register_plugin, tmp_path):
     assert 0.0 <= summary["eval/success_rate"] <= 1.0
 
 
+class BuildOrder:
+    """Records dreamgym_configure and the building of its own env, in call order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def dreamgym_configure(self, config):
+        self.calls.append("configure")
+
+    @hookimpl
+    def dreamgym_register_envs(self):
+        def build(config):
+            self.calls.append("env built")
+            return CountDomain(config)
+
+        return [ComponentSpec(name="count-spied", factory=build, config_type=CountConfig, description="Counting game, spied.")]
+
+
+def test_configure_reaches_plugins_before_any_component_is_built(register_plugin, tmp_path):
+    register_plugin(StandIns(), "stand-ins")
+    spy = BuildOrder()
+    plugins = register_plugin(spy, "build-order")
+    run_pipeline(_resolved(plugins, tmp_path / "run", {"env": {"name": "count-spied"}}, iterations=1), plugins)
+    assert spy.calls[:2] == ["configure", "env built"]
+
+
 # Each hook has a test named test_hook_<name> (checked by test_meta.py).
 def test_hook_dreamgym_configure(register_plugin, tmp_path):
     test_lifecycle_hook_order(register_plugin, tmp_path)

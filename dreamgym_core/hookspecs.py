@@ -110,9 +110,11 @@ def dreamgym_register_curricula() -> list[ComponentSpec]:
     Called once per run, after plugin loading.
 
     Returns:
-        Specs whose ``factory(config, tasks=..., task_generator=..., encoder=..., seed=...)``
-        returns a :class:`~dreamgym_core.protocols.Curriculum`. ``task_generator`` is the
-        experience model (M_task shares its weights) or None.
+        Specs whose ``factory(config, tasks=..., task_generator=..., encoder=..., seed=...,
+        domain=...)`` returns a :class:`~dreamgym_core.protocols.Curriculum`. ``task_generator``
+        is the experience model (M_task shares its weights) or None; ``domain`` is the env's
+        domain (its optional ``propose_variations`` writes variations without a model). Accept
+        ``**kwargs`` so that context added later does not break the factory.
 
     Notes for plugin authors:
         Run ``dreamgym_core.testing.check_curriculum`` on your curriculum.

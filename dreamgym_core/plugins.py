@@ -169,5 +169,18 @@ class Plugins:
         return specs[name]
 
     def build(self, kind: ComponentKind, name: str, config: Any, **context: Any) -> Any:
-        """Construct a component from its typed config and collaborators."""
-        return self.component(kind, name).factory(config, **context)
+        """Construct a component from its typed config and collaborators.
+
+        A failure inside the plugin's factory (a missing system dependency, a bug) becomes one
+        line naming the component and its plugin; errors DreamGym raises on purpose pass as they are.
+        """
+        spec = self.component(kind, name)
+        try:
+            return spec.factory(config, **context)
+        except DreamGymError:
+            raise
+        except Exception as exc:  # plugin code: any failure is the plugin's, and says which
+            detail = " ".join(str(exc).split())  # one line, however the plugin formatted it
+            raise DreamGymError(
+                f"{kind} {name!r} (plugin {spec.plugin!r}) failed to build: {type(exc).__name__}: {detail}"
+            ) from exc

@@ -53,6 +53,17 @@ def third_party_site(tmp_path_factory):
     # A hook implementation asking for an argument its hook specification does not pass.
     mismatched = "from dreamgym_core import hookimpl\n\n@hookimpl\ndef dreamgym_register_envs(colour):\n    return []\n"
     build_plugin_package(tmp, "dreamgym-plugin-mismatched", "dreamgym_plugin_mismatched", mismatched, {"mismatched": "dreamgym_plugin_mismatched"})
+    # An env whose factory fails the way a missing system dependency does.
+    crashing = (
+        "from dreamgym_core import ComponentSpec, hookimpl\n"
+        "from dreamgym_core.config import Config\n\n"
+        "def build(config):\n"
+        "    raise FileNotFoundError('java: not found\\nthe engine needs Java 17')\n\n"
+        "@hookimpl\n"
+        "def dreamgym_register_envs():\n"
+        "    return [ComponentSpec(name='crashing', factory=build, config_type=Config, description='Fails to build.')]\n"
+    )
+    build_plugin_package(tmp, "dreamgym-plugin-crashing", "dreamgym_plugin_crashing", crashing, {"crashing": "dreamgym_plugin_crashing"})
     return site
 
 
@@ -114,6 +125,16 @@ def test_broken_plugin_is_named_and_listing_still_works(third_party_site, tmp_pa
         "plugin 'broken' (distribution dreamgym-plugin-broken) failed to load: "
         "ModuleNotFoundError: No module named 'a_module_that_does_not_exist'"
     ) in result.stderr
+
+
+def test_a_component_that_fails_to_build_names_itself_and_its_plugin_in_one_line(third_party_site, tmp_path):
+    path = pipeline(tmp_path, plugins=["guess", "crashing"], env={"name": "crashing"})
+    result = run_cli("run", str(path), site=third_party_site)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: env 'crashing' (plugin 'crashing') failed to build: "
+        "FileNotFoundError: java: not found the engine needs Java 17"
+    )
 
 
 def test_a_hook_implementation_that_does_not_match_its_spec_is_one_line(third_party_site, tmp_path):

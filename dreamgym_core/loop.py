@@ -41,12 +41,15 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
 
     A directory that holds another config's run is refused, with or without ``--resume``:
     continuing it would silently mix two experiments, and starting over in it would reuse its
-    data and overwrite its record of the config."""
+    data and overwrite its record of the config. A directory that holds only another config's
+    record (its run failed on bad input before storing anything) is taken over, so the corrected
+    command can run where the first one was meant to."""
     run_dir = Path(resolved.pipeline.run_dir)
     data = resolved.to_builtins()
     digest = config_hash(data)
     stored_digest = _stored_digest(run_dir)
-    if stored_digest is not None and stored_digest not in (digest, config_hash(data, with_run_dir=True)):
+    another_run = stored_digest not in (None, digest, config_hash(data, with_run_dir=True))
+    if another_run and _holds_run_output(run_dir):
         changed, added = _differences(run_dir, data)
         if changed or added is None:
             raise ConfigError(
@@ -69,6 +72,16 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
     checkpoint.atomic_write(run_dir / "config.json", json.dumps(data, indent=2, sort_keys=True).encode())
     checkpoint.atomic_write(run_dir / "config.sha256", (digest + "\n").encode())
     return run_dir
+
+
+_CONFIG_RECORD = ("config.json", "config.sha256")
+
+
+def _holds_run_output(run_dir: Path) -> bool:
+    """Whether a run stored anything in ``run_dir`` beyond its config record (data, logs, checkpoints)."""
+    return run_dir.is_dir() and any(
+        path.is_file() and path.relative_to(run_dir).as_posix() not in _CONFIG_RECORD for path in run_dir.rglob("*")
+    )
 
 
 def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:

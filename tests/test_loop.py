@@ -400,6 +400,16 @@ def test_a_fresh_run_in_a_directory_of_another_config_is_refused(register_plugin
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)  # the same config may start over
 
 
+def test_a_run_that_stored_nothing_but_its_config_leaves_the_directory_to_the_corrected_run(register_plugin, tmp_path):
+    # A run that fails on bad input while building its components has written only its config record.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=1), resume=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "config.sha256"]
+    summary = run_pipeline(_resolved(plugins, tmp_path / "run", iterations=2), plugins)
+    assert summary["counters/iteration"] == 2.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["loop"]["iterations"] == 2
+
+
 def test_resume_without_a_stored_config_hash_is_refused(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)

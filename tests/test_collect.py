@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dreamgym_core.commands.collect import collect_transitions
+from dreamgym_core.commands.collect import collect_transitions, write_jsonl
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Trajectory
 
@@ -31,3 +31,12 @@ def test_a_domain_whose_episodes_hold_no_step_is_an_error_not_an_endless_loop():
     records = collect_transitions(EmptyEpisodes(CountConfig()), split="train", policy="expert", transitions=3, seed=0)
     with pytest.raises(DataError, match=r"env 'count': \d+ episodes in a row on split 'train' with policy 'expert' produced no transition"):
         next(records)
+
+
+def test_an_output_path_that_cannot_be_written_fails_before_any_episode_is_played(tmp_path):
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+    domain = EmptyEpisodes(CountConfig())
+    records = collect_transitions(domain, split="train", policy="expert", transitions=3, seed=0)
+    with pytest.raises(DataError, match=r"^--out .*taken/c\.jsonl: cannot write there \((File exists|Not a directory)\)$"):
+        write_jsonl(records, tmp_path / "taken" / "c.jsonl", 3)
+    assert domain.calls == 0

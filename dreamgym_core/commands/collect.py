@@ -36,7 +36,7 @@ def _domain_from_cli(env: str, plugin_names: Sequence[str], overrides: Sequence[
     for key, value in parse_overrides(overrides, "--set"):
         set_path(raw, key, value, "--set")
     config = convert_config(raw, spec.config_type, "--set", "$")
-    return spec.factory(config)
+    return plugins.build("env", env, config)
 
 
 def _domain_from_pipeline(path: str, overrides: Sequence[str]) -> Any:
@@ -44,7 +44,7 @@ def _domain_from_pipeline(path: str, overrides: Sequence[str]) -> Any:
     plugins = Plugins.for_names(pipeline.plugins, where=f"{path}: plugins")
     spec = plugins.component("env", pipeline.env.name, where=f"{path}: env.name")
     config = convert_config(pipeline.env.config, spec.config_type, path, "$.env.config")
-    return spec.factory(config)
+    return plugins.build("env", pipeline.env.name, config)
 
 
 def collect_transitions(
@@ -76,11 +76,15 @@ def write_jsonl(records: Iterator[Transition], out: Path, total: int) -> int:
     from tqdm import tqdm
 
     encoder = msgspec.json.Encoder()
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
+    try:  # before the first episode is played: a bad --out costs no collection
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(partial, "wb")
+    except OSError as exc:
+        raise DataError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
     count = 0
     try:
-        with open(partial, "wb") as fh, tqdm(total=total, unit="tr", desc=f"collect {out.name}") as bar:
+        with fh, tqdm(total=total, unit="tr", desc=f"collect {out.name}") as bar:
             for record in records:
                 fh.write(encoder.encode(record) + b"\n")
                 count += 1

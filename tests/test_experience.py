@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import time
+import threading
 
 import msgspec
 import pytest
@@ -218,18 +218,22 @@ def test_a_flag_written_twice_alike_is_a_repair() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "<think>" * 32_000,
-        "<think>a</think>" + "<state>" * 32_000,
-        "<think>a</think><state>s</state>" + "<done>" * 32_000,
+        "<think>" * 128_000,
+        "<think>a</think>" + "<state>" * 128_000,
+        "<think>a</think><state>s</state>" + "<done>" * 128_000,
     ],
     ids=["think", "state", "done"],
 )
-def test_repeated_opening_tags_parse_in_linear_time(text: str) -> None:
-    # a lazy regex tried from every repeated opening tag took about 20 s here
-    start = time.perf_counter()
-    r = parse_output(text)
-    assert r.parse_status == "failed"
-    assert time.perf_counter() - start < 2.0
+def test_repeated_opening_tags_do_not_hang_the_parser(text: str) -> None:
+    # A lazy regex tried from every repeated opening tag is quadratic: about 20 s for 32,000
+    # tags here, so about 5 minutes for these 128,000. The guard only catches that hang (a
+    # linear parse takes well under a second); it is not a speed target.
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(parse_output(text)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "parse_output did not finish in 60 s: quadratic on repeated tags"
+    assert results[0].parse_status == "failed"
 
 
 def test_lone_surrogates_become_replacement_characters() -> None:

@@ -26,6 +26,7 @@ from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
+from .provenance import VERSIONS_FILE, record_versions
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, drop_unanswered, rollout, wilson_interval
 from .selection import ValidSelection
@@ -71,10 +72,11 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
         raise ConfigError(f"run_dir {run_dir}: cannot create it ({exc.strerror or exc})") from exc
     checkpoint.atomic_write(run_dir / "config.json", json.dumps(data, indent=2, sort_keys=True).encode())
     checkpoint.atomic_write(run_dir / "config.sha256", (digest + "\n").encode())
+    record_versions(run_dir, resolved.pipeline.plugins)
     return run_dir
 
 
-_CONFIG_RECORD = ("config.json", "config.sha256")
+_CONFIG_RECORD = ("config.json", "config.sha256", VERSIONS_FILE)
 
 
 def _holds_run_output(run_dir: Path) -> bool:

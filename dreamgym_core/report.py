@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import atomic_write
+from .provenance import VERSIONS_FILE
 
 if TYPE_CHECKING:
     from .loop import Runner
@@ -75,6 +77,16 @@ def _validation_lines(runner: Runner, final: dict[str, Any]) -> list[str]:
     return ["", f"Validation success by iteration (greedy, 'valid' split): {scores}.{which}"]
 
 
+def _versions_lines(run_dir: Path) -> list[str]:
+    """The software the run ran on, from versions.json (written when the run started)."""
+    try:
+        versions = json.loads((run_dir / VERSIONS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    packages = ", ".join(f"{name} {version}" for name, version in versions.get("packages", {}).items())
+    return ["", "## Software", "", f"Python {versions.get('python')} on {versions.get('platform')}: {packages} ({VERSIONS_FILE})."]
+
+
 def write(runner: Runner) -> Path:
     """Write report.md and plots into the run directory."""
     run_dir = runner.run_dir
@@ -117,6 +129,7 @@ def write(runner: Runner) -> Path:
     extra = {k: v for k, v in before.items() if k.startswith(("experience/", "warmstart/", "fidelity/"))}
     if extra:
         lines += ["", "## Training before RL", ""] + [f"- {k}: {_fmt(v)}" for k, v in sorted(extra.items())]
+    lines += _versions_lines(run_dir)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"

@@ -132,6 +132,9 @@ def test_run_dir_has_config_hash_metrics_report_and_plots(register_plugin, tmp_p
     assert (run / "report.md").read_text().count("after RL") == 1
     assert (run / "success_vs_iteration.png").stat().st_size > 1000
     assert (run / "success_vs_real_transitions.png").exists()
+    versions = json.loads((run / "versions.json").read_text())
+    assert versions["packages"]["msgspec"] == msgspec.__version__
+    assert f"msgspec {msgspec.__version__}" in (run / "report.md").read_text().split("## Software")[1]
 
 
 def test_rerun_without_resume_refuses_to_overwrite(register_plugin, tmp_path):
@@ -404,7 +407,7 @@ def test_a_run_that_stored_nothing_but_its_config_leaves_the_directory_to_the_co
     # A run that fails on bad input while building its components has written only its config record.
     plugins = register_plugin(StandIns(), "stand-ins")
     prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=1), resume=False)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "config.sha256"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "config.sha256", "versions.json"]
     summary = run_pipeline(_resolved(plugins, tmp_path / "run", iterations=2), plugins)
     assert summary["counters/iteration"] == 2.0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["loop"]["iterations"] == 2

@@ -1,0 +1,37 @@
+"""versions.json: the software a run ran on, read from installed package metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import metadata
+
+from dreamgym_core.provenance import changed_packages, record_versions, software_versions
+
+
+def test_the_core_a_plugin_and_what_they_require_at_run_time_are_recorded():
+    packages = software_versions(["textworld"])["packages"]
+    assert packages["dreamgym"] == metadata.version("dreamgym")
+    assert packages["dreamgym-plugin-textworld"] == metadata.version("dreamgym-plugin-textworld")
+    assert packages["textworld-express"] == metadata.version("textworld-express")  # the plugin's engine
+    assert packages["msgspec"] == metadata.version("msgspec")  # the core's requirement
+    assert "pytest" not in packages  # a test extra, not needed to run
+    assert "dreamgym-plugin-hf" not in packages  # not loaded by this pipeline
+    assert list(packages) == sorted(packages)
+
+
+def test_changed_packages_names_each_difference():
+    old = {"packages": {"torch": "2.13.0", "numpy": "2.4.6", "gone": "1.0"}}
+    new = {"packages": {"torch": "2.14.0", "numpy": "2.4.6", "added": "0.1"}}
+    assert changed_packages(old, new) == ["added absent -> 0.1", "gone 1.0 -> absent", "torch 2.13.0 -> 2.14.0"]
+    assert changed_packages(new, new) == []
+
+
+def test_a_run_resumed_under_other_versions_says_which_changed(tmp_path, caplog):
+    stale = software_versions([])
+    stale["packages"]["msgspec"] = "0.0.1"
+    (tmp_path / "versions.json").write_text(json.dumps(stale))
+    with caplog.at_level(logging.WARNING, logger="dreamgym_core.provenance"):
+        current = record_versions(tmp_path, [])
+    assert f"msgspec 0.0.1 -> {metadata.version('msgspec')}" in caplog.text
+    assert json.loads((tmp_path / "versions.json").read_text()) == current

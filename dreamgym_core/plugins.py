@@ -53,16 +53,24 @@ class InstalledPlugin:
         self.distribution = dist.metadata["Name"] if dist is not None else "unknown"
         self.version = dist.version if dist is not None else "unknown"
         self.module = entry_point.value
+        # Other distributions that register the same entry-point name (see installed_plugins).
+        self.clashes: list[str] = []
 
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "distribution": self.distribution, "version": self.version, "module": self.module}
 
 
 def installed_plugins() -> dict[str, InstalledPlugin]:
-    """Every installed plugin by entry-point name (first distribution wins on a clash)."""
+    """Every installed plugin by entry-point name. A name that another distribution also
+    registers keeps the first and lists the others in ``clashes``: loading it is then refused,
+    since which one a run would get depends on the order of sys.path. (One distribution seen
+    twice, as an editable install on two path entries can be, is no clash.)"""
     found: dict[str, InstalledPlugin] = {}
     for ep in metadata.entry_points(group=GROUP):
-        found.setdefault(ep.name, InstalledPlugin(ep))
+        plugin = InstalledPlugin(ep)
+        first = found.setdefault(ep.name, plugin)
+        if plugin.distribution != first.distribution and plugin.distribution not in first.clashes:
+            first.clashes.append(plugin.distribution)
     return found
 
 
@@ -95,6 +103,10 @@ def get_plugin_manager(names: Sequence[str], where: str = "") -> pluggy.PluginMa
             raise PluginNotFound(name, installed, where=where)
         if pm.get_plugin(name) is not None:
             continue
+        if installed[name].clashes:
+            prefix = f"{where}: " if where else ""
+            owners = " and ".join([installed[name].distribution, *installed[name].clashes])
+            raise DreamGymError(f"{prefix}plugin {name!r} is registered by {owners}; uninstall all but one")
         try:
             pm.register(load_plugin(installed[name]), name=name)
         except pluggy.PluginValidationError as exc:  # a hook implementation that does not match its spec

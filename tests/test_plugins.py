@@ -4,6 +4,7 @@ into a temporary directory (offline), and the CLI's error surface."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -64,6 +65,10 @@ def third_party_site(tmp_path_factory):
         "    return [ComponentSpec(name='crashing', factory=build, config_type=Config, description='Fails to build.')]\n"
     )
     build_plugin_package(tmp, "dreamgym-plugin-crashing", "dreamgym_plugin_crashing", crashing, {"crashing": "dreamgym_plugin_crashing"})
+    # Two distributions registering one entry-point name.
+    for dist in ("dreamgym-plugin-twin-a", "dreamgym-plugin-twin-b"):
+        module = dist.replace("-", "_")
+        build_plugin_package(tmp, dist, module, "", {"twin": module})
     return site
 
 
@@ -135,6 +140,17 @@ def test_a_component_that_fails_to_build_names_itself_and_its_plugin_in_one_line
         "Error: env 'crashing' (plugin 'crashing') failed to build: "
         "FileNotFoundError: java: not found the engine needs Java 17"
     )
+
+
+def test_a_plugin_name_that_two_distributions_register_is_refused_naming_both(third_party_site, tmp_path):
+    result = run_cli("run", str(pipeline(tmp_path, plugins=["guess", "twin"])), site=third_party_site)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]  # the two are listed in sys.path's order
+    assert re.fullmatch(
+        r"Error: .*pipeline\.yaml: plugins: plugin 'twin' is registered by "
+        r"dreamgym-plugin-twin-(a|b) and dreamgym-plugin-twin-(a|b); uninstall all but one", line
+    ) and "twin-a" in line and "twin-b" in line
+    assert run_cli("plugins", site=third_party_site).returncode == 0  # listing still works
 
 
 def test_a_hook_implementation_that_does_not_match_its_spec_is_one_line(third_party_site, tmp_path):

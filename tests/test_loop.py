@@ -79,15 +79,8 @@ def test_lifecycle_hook_order(register_plugin, tmp_path):
     assert 0.0 <= summary["eval/success_rate"] <= 1.0
 
 
-class BuildOrder:
-    """Records dreamgym_configure and the building of its own env, in call order."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    @hookimpl
-    def dreamgym_configure(self, config):
-        self.calls.append("configure")
+class BuildOrder(Spy):
+    """The lifecycle spy, also recording when its own env is built."""
 
     @hookimpl
     def dreamgym_register_envs(self):

@@ -73,6 +73,8 @@ def plugins_cmd(as_json: bool, pipeline: str | None) -> None:
         return
     for row in rows:
         extra = f"  [{', '.join(row['components'])}]" if "components" in row else ""
+        if "clashes" in row:
+            extra += f"  (also registered by {', '.join(row['clashes'])}: refused in pipelines)"
         click.echo(f"{row['name']:<14} {row['distribution']:<34} {row['version']}{extra}")
 
 

@@ -56,8 +56,11 @@ class InstalledPlugin:
         # Other distributions that register the same entry-point name (see installed_plugins).
         self.clashes: list[str] = []
 
-    def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "distribution": self.distribution, "version": self.version, "module": self.module}
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": self.name, "distribution": self.distribution, "version": self.version, "module": self.module}
+        if self.clashes:
+            row["clashes"] = list(self.clashes)
+        return row
 
 
 def installed_plugins() -> dict[str, InstalledPlugin]:

@@ -150,7 +150,10 @@ def test_a_plugin_name_that_two_distributions_register_is_refused_naming_both(th
         r"Error: .*pipeline\.yaml: plugins: plugin 'twin' is registered by "
         r"dreamgym-plugin-twin-(a|b) and dreamgym-plugin-twin-(a|b); uninstall all but one", line
     ) and "twin-a" in line and "twin-b" in line
-    assert run_cli("plugins", site=third_party_site).returncode == 0  # listing still works
+    listed = run_cli("plugins", site=third_party_site)
+    assert listed.returncode == 0  # listing still works, and shows the clash
+    (twin,) = [row for row in listed.stdout.splitlines() if row.startswith("twin ")]
+    assert re.search(r"\(also registered by dreamgym-plugin-twin-(a|b): refused in pipelines\)$", twin)
 
 
 def test_a_hook_implementation_that_does_not_match_its_spec_is_one_line(third_party_site, tmp_path):

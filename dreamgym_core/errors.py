@@ -8,6 +8,7 @@ from typing import Iterable
 __all__ = [
     "DreamGymError",
     "PluginNotFound",
+    "PluginNameClash",
     "PluginLoadError",
     "DuplicateComponentError",
     "ComponentNotFound",
@@ -40,6 +41,14 @@ class PluginNotFound(DreamGymError):
             f"{prefix}plugin {name!r} is not installed (installed: {', '.join(installed) or 'none'})."
             + _suggest(name, installed)
         )
+
+
+class PluginNameClash(DreamGymError):
+    """A pipeline names a plugin that two installed distributions register."""
+
+    def __init__(self, name: str, distributions: Iterable[str], where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}plugin {name!r} is registered by {' and '.join(distributions)}; uninstall all but one")
 
 
 class ComponentNotFound(DreamGymError):

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import pluggy
 
 from . import hookspecs
-from .errors import ComponentNotFound, DreamGymError, DuplicateComponentError, PluginLoadError, PluginNotFound
+from .errors import ComponentNotFound, DreamGymError, DuplicateComponentError, PluginLoadError, PluginNameClash, PluginNotFound
 from .specs import KINDS, ComponentKind, ComponentSpec
 
 __all__ = [
@@ -107,9 +107,7 @@ def get_plugin_manager(names: Sequence[str], where: str = "") -> pluggy.PluginMa
         if pm.get_plugin(name) is not None:
             continue
         if installed[name].clashes:
-            prefix = f"{where}: " if where else ""
-            owners = " and ".join([installed[name].distribution, *installed[name].clashes])
-            raise DreamGymError(f"{prefix}plugin {name!r} is registered by {owners}; uninstall all but one")
+            raise PluginNameClash(name, [installed[name].distribution, *installed[name].clashes], where=where)
         try:
             pm.register(load_plugin(installed[name]), name=name)
         except pluggy.PluginValidationError as exc:  # a hook implementation that does not match its spec

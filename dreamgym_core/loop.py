@@ -637,7 +637,8 @@ class Runner:
             final.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
             self._log(cfg.loop.iterations, final)
             summary.update(final)
-            self._say(f"report: {report.write(self)}")
+            path = report.write(self.run_dir, cfg, self.history, counters=self.counters, selection=self.selection)
+            self._say(f"report: {path}")
         finally:
             self.hook.dreamgym_run_finished(run_dir=str(self.run_dir), metrics=final)
             for sink in self.sinks:

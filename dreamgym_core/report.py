@@ -11,31 +11,44 @@ from .checkpoint import atomic_write
 from .provenance import VERSIONS_FILE
 
 if TYPE_CHECKING:
-    from .loop import Runner
+    from .config import PipelineConfig
+    from .selection import ValidSelection
 
 __all__ = ["write", "plot_success"]
 
 
 def plot_success(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Success rate against iterations and against real transitions used."""
+    """Success rate against iterations and against real transitions used.
+
+    A run whose rows carry no rollout success (verl logs the reward, not the success, of its
+    training rollouts) gets its training return against iterations instead.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in history if r.get("step", -1) >= 0 and r.get("rollout/success_rate") is not None]
+    curves = [("training-rollout success rate", "rollout/success_rate", "success_vs")]
+    if not rows:
+        rows = [r for r in history if r.get("step", -1) >= 0 and r.get("charts/episodic_return") is not None]
+        curves = [("training-rollout return", "charts/episodic_return", "return_vs")]
     if not rows:
         return []
-    steps = [r["step"] for r in rows]
-    success = [r["rollout/success_rate"] for r in rows]
-    real = [r.get("counters/real_transitions", 0.0) for r in rows]
+    ylabel, key, stem = curves[0]
+    axes = [([r["step"] for r in rows], "iteration", f"{stem}_iteration.png")]
+    if any("counters/real_transitions" in r for r in rows):
+        real = [r.get("counters/real_transitions", 0.0) for r in rows]
+        axes.append((real, "real transitions used (RL phase)", f"{stem}_real_transitions.png"))
+    values = [r[key] for r in rows]
     paths = []
-    for x, label, name in ((steps, "iteration", "success_vs_iteration.png"), (real, "real transitions used (RL phase)", "success_vs_real_transitions.png")):
+    for x, label, name in axes:
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
-        ax.plot(x, success, marker="o")
+        ax.plot(x, values, marker="o")
         ax.set_xlabel(label)
-        ax.set_ylabel("training-rollout success rate")
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(ylabel)
+        if key == "rollout/success_rate":
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out_dir / name
@@ -67,13 +80,13 @@ def _unlisted_lines(history: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _validation_lines(runner: Runner, final: dict[str, Any]) -> list[str]:
+def _validation_lines(cfg: PipelineConfig, selection: ValidSelection | None, final: dict[str, Any]) -> list[str]:
     """Greedy validation success by iteration (eval.valid_every) and which policy was evaluated."""
-    if runner.selection is None or not runner.selection.scores:
+    if selection is None or not selection.scores:
         return []
-    scores = ", ".join(f"{it}: {score:.3f}" for it, score in sorted(runner.selection.scores.items()))
+    scores = ", ".join(f"{it}: {score:.3f}" for it, score in sorted(selection.scores.items()))
     kept = final.get("eval/policy_iteration")
-    which = "" if kept is None else f" The policy evaluated after RL is iteration {int(kept)}'s ({runner.cfg.eval.keep})."
+    which = "" if kept is None else f" The policy evaluated after RL is iteration {int(kept)}'s ({cfg.eval.keep})."
     return ["", f"Validation success by iteration (greedy, 'valid' split): {scores}.{which}"]
 
 
@@ -87,13 +100,15 @@ def _versions_lines(run_dir: Path) -> list[str]:
     return ["", "## Software", "", f"Python {versions.get('python')} on {versions.get('platform')}: {packages} ({VERSIONS_FILE})."]
 
 
-def write(runner: Runner) -> Path:
-    """Write report.md and plots into the run directory."""
-    run_dir = runner.run_dir
-    plots = plot_success(runner.history, run_dir)
-    final = runner.history[-1] if runner.history else {}
-    before = next((r for r in runner.history if r.get("step") == -1), {})
-    cfg = runner.cfg
+def write(
+    run_dir: Path, cfg: PipelineConfig, history: list[dict[str, Any]], *, counters: dict[str, float],
+    selection: ValidSelection | None = None,
+) -> Path:
+    """Write report.md and plots into the run directory, from the run's metric rows (``history``:
+    step -1 before RL, the last row after it) and its transition ``counters`` (those it has)."""
+    plots = plot_success(history, run_dir)
+    final = history[-1] if history else {}
+    before = next((r for r in history if r.get("step") == -1), {})
     lines = [
         f"# DreamGym run: {run_dir.name}",
         "",
@@ -121,11 +136,12 @@ def write(runner: Runner) -> Path:
             f"outcome agreement with real play {row[f'{prefix}/synthetic_agreement']:.3f}"
             for label, row, prefix in replayed
         ]
-    lines += _validation_lines(runner, final)
-    lines += _unlisted_lines(runner.history)
+    lines += _validation_lines(cfg, selection, final)
+    lines += _unlisted_lines(history)
     lines += ["", "## Data used", ""]
     for key in ("offline_transitions", "real_transitions", "synthetic_transitions"):
-        lines.append(f"- {key.replace('_', ' ')}: {int(runner.counters.get(key, 0))}")
+        if key in counters:
+            lines.append(f"- {key.replace('_', ' ')}: {int(counters[key])}")
     extra = {k: v for k, v in before.items() if k.startswith(("experience/", "warmstart/", "fidelity/"))}
     if extra:
         lines += ["", "## Training before RL", ""] + [f"- {k}: {_fmt(v)}" for k, v in sorted(extra.items())]

@@ -25,7 +25,7 @@ from dreamgym_core.loop import Runner, changed_fields, demo_examples, evaluate_r
 from dreamgym_core.records import Task, Trajectory, Transition
 from dreamgym_core.rollout import drop_unanswered, rollout, unanswered, wilson_interval
 from dreamgym_core.synthetic import storable
-from dreamgym_core.testing import make_transitions
+from dreamgym_core.testing import LifecycleRecorder, make_transitions
 
 from conftest import open_run_buffer, stored_transitions
 from stand_ins import CountConfig, CountDomain, CountEnv, ScriptConfig, ScriptedPolicy, StandIns, pipeline_dict
@@ -39,35 +39,9 @@ def _resolved(plugins, run_dir: Path, parts: dict | None = None, **loop):
     return resolve(pipeline, plugins, where="inline.yaml")
 
 
-class Spy:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    @hookimpl
-    def dreamgym_configure(self, config):
-        self.calls.append("configure")
-
-    @hookimpl
-    def dreamgym_run_started(self, run_dir, config):
-        self.calls.append("run_started")
-
-    @hookimpl
-    def dreamgym_before_iteration(self, iteration, state):
-        self.calls.append(f"before_iteration:{iteration}")
-
-    @hookimpl
-    def dreamgym_after_iteration(self, iteration, metrics):
-        assert "losses/policy_loss" in metrics
-        self.calls.append(f"after_iteration:{iteration}")
-
-    @hookimpl
-    def dreamgym_run_finished(self, run_dir, metrics):
-        self.calls.append("run_finished")
-
-
 def test_lifecycle_hook_order(register_plugin, tmp_path):
     register_plugin(StandIns(), "stand-ins")
-    spy = Spy()
+    spy = LifecycleRecorder()
     plugins = register_plugin(spy, "spy")
     summary = run_pipeline(_resolved(plugins, tmp_path / "run", iterations=2), plugins)
     assert spy.calls == [
@@ -76,10 +50,11 @@ def test_lifecycle_hook_order(register_plugin, tmp_path):
         "before_iteration:1", "after_iteration:1",
         "run_finished",
     ]
-    assert 0.0 <= summary["eval/success_rate"] <= 1.0
+    assert all("losses/policy_loss" in metrics for metrics in spy.iteration_metrics.values())
+    assert 0.0 <= summary["eval/success_rate"] <= 1.0 and spy.final_metrics["eval/success_rate"] == summary["eval/success_rate"]
 
 
-class BuildOrder(Spy):
+class BuildOrder(LifecycleRecorder):
     """The lifecycle spy, also recording when its own env is built."""
 
     @hookimpl

@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 
 from ..errors import ConformanceError
+from ..hookspecs import hookimpl
 from ..records import ExperienceRequest, ExperienceResult, Observation, StepResult, Task, TaskOutcome, Trajectory, Transition
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "check_algorithm",
     "make_transitions",
     "BagOfWordsEncoder",
+    "LifecycleRecorder",
 ]
 
 DOCS = "see docs/conformance.md"
@@ -242,3 +244,35 @@ class BagOfWordsEncoder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out
+
+
+class LifecycleRecorder:
+    """Records the run lifecycle hooks in the order a run fires them (register it as a
+    plugin), to check that a trainer, or a backend that runs its own loop, fires them."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.iteration_metrics: dict[int, dict[str, float]] = {}
+        self.final_metrics: dict[str, float] | None = None
+
+    @hookimpl
+    def dreamgym_configure(self, config: Any) -> None:
+        self.calls.append("configure")
+
+    @hookimpl
+    def dreamgym_run_started(self, run_dir: str, config: Any) -> None:
+        self.calls.append("run_started")
+
+    @hookimpl
+    def dreamgym_before_iteration(self, iteration: int, state: dict[str, Any]) -> None:
+        self.calls.append(f"before_iteration:{iteration}")
+
+    @hookimpl
+    def dreamgym_after_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
+        self.calls.append(f"after_iteration:{iteration}")
+        self.iteration_metrics[iteration] = dict(metrics)
+
+    @hookimpl
+    def dreamgym_run_finished(self, run_dir: str, metrics: dict[str, float]) -> None:
+        self.calls.append("run_finished")
+        self.final_metrics = dict(metrics)

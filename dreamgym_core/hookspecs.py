@@ -177,6 +177,9 @@ def dreamgym_run_started(run_dir: str, config: PipelineConfig) -> None:
 def dreamgym_before_iteration(iteration: int, state: dict[str, Any]) -> None:
     """Observe the start of a training iteration.
 
+    Not called on a backend that runs its own loop (verl starts each step inside its
+    trainer actor); ``dreamgym_after_iteration`` is.
+
     Args:
         iteration: zero-based iteration index.
         state: read-only view of the run's counters (real transitions used, ...).
@@ -186,6 +189,8 @@ def dreamgym_before_iteration(iteration: int, state: dict[str, Any]) -> None:
 @hookspec
 def dreamgym_after_iteration(iteration: int, metrics: dict[str, float]) -> None:
     """Observe the metrics of a finished training iteration.
+
+    On the verl backend, called as verl logs each step (read from its metrics file).
 
     Args:
         iteration

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 import yaml
+
 
 from dreamgym_core.config import load_pipeline, resolve
 from dreamgym_core.loop import run_pipeline
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import Task, TaskOutcome
-from dreamgym_core.testing import make_transitions
+from dreamgym_core.testing import LifecycleRecorder, make_transitions
 from dreamgym_plugin_verl import trainer as trainer_mod
 from dreamgym_plugin_verl.buffer_actor import RemoteBuffer
 from dreamgym_plugin_verl.curriculum import RemoteCurriculum
@@ -55,24 +58,46 @@ def stand_in_main_ppo(overrides: list[str]) -> None:
     seen["curriculum"] = curriculum.metrics()
     # verl's Tracking (FileLogger, TensorBoard) lives in the TaskRunner, a Ray actor
     # (verl/trainer/main_ppo.py TaskRunnerV1.run; trainer_base.py fit), not in the driver.
-    seen["worker_tensorboard_dir"] = ray.get(log_in_a_ray_worker.remote())
+    seen["worker_tensorboard_dir"], seen["followed_live"] = ray.get(log_in_a_ray_worker.remote(runtime))
+
+
+def validation(success: float) -> dict[str, float]:
+    """What verl's V1 trainer logs for a validation of DreamGym's agent loop on coin
+    (trainer_base.py ``_val_metrics_update``: val-core for the reward, val-aux for extra info)."""
+    return {
+        "val-core/dreamgym/twx/reward/mean@1": success - 0.1, "val-aux/dreamgym/twx/success/mean@1": success,
+        "val-aux/dreamgym/twx/episode_steps/mean@1": 3.0, "val-aux/num_turns/mean": 6.0,
+    }
 
 
 @ray.remote
-def log_in_a_ray_worker() -> str | None:
+def log_in_a_ray_worker(run_dir: str) -> tuple[str | None, bool]:
     from verl.utils.tracking import FileLogger
 
     log = FileLogger("dreamgym", "cpu")
-    for step in (1, 2):
-        log.log({"actor/pg_loss": 0.1 * step, "critic/score/mean": 0.5, "timing_s/step": 2.0}, step)
+    log.log(validation(0.5), 0)
+    log.log({"actor/pg_loss": 0.1, "critic/score/mean": 0.5, "timing_s/step": 2.0}, 1)
+    # The run directory shows step 0 while verl still trains (the driver follows verl's file).
+    followed_live = _wait_for_row(Path(run_dir) / "metrics.jsonl", step=0)
+    log.log({"actor/pg_loss": 0.2, "critic/score/mean": 0.75, "timing_s/step": 2.0} | validation(1.0), 2)
     log.finish()
-    return os.environ.get("TENSORBOARD_DIR")
+    return os.environ.get("TENSORBOARD_DIR"), followed_live
+
+
+def _wait_for_row(path: Path, *, step: int, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and any(json.loads(line)["step"] == step for line in path.read_text().splitlines()):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.mark.slow
 def test_run_until_verl_trainer(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "require_cuda", lambda: None)
     monkeypatch.setattr(trainer_mod, "_run_main_ppo", stand_in_main_ppo)
+    monkeypatch.setattr(trainer_mod, "POLL_SECONDS", 0.05)
     monkeypatch.delenv("VERL_FILE_LOGGER_PATH", raising=False)
     monkeypatch.delenv("TENSORBOARD_DIR", raising=False)
     path = tmp_path / "pipeline.yaml"
@@ -87,14 +112,25 @@ def test_run_until_verl_trainer(tmp_path, monkeypatch):
     }))
     pipeline = load_pipeline(path)
     plugins = Plugins.for_names(pipeline.plugins)
+    spy = LifecycleRecorder()
+    plugins.pm.register(spy, name="spy")
     try:
         summary = run_pipeline(resolve(pipeline, plugins, where=str(path)), plugins)
     finally:
         ray.shutdown()
     run = tmp_path / "run"
     assert summary["losses/policy_loss"] == pytest.approx(0.2) and summary["run_dir"] == str(run.resolve())
+    assert summary["eval/success_rate"] == 1.0 and summary["eval/episodes"] == 2.0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1] and rows[0]["charts/episodic_return"] == 0.5
+    assert [r["step"] for r in rows] == [-1, 0, 1, 2] and rows[1]["charts/episodic_return"] == 0.5
+    assert rows[0]["eval_before/success_rate"] == 0.5 and rows[3]["eval/success_rate"] == 1.0
+    assert seen["followed_live"]
+    assert spy.calls == ["configure", "run_started", "after_iteration:0", "after_iteration:1", "run_finished"]
+    assert spy.iteration_metrics[1]["losses/policy_loss"] == pytest.approx(0.2) and spy.final_metrics["eval/success_rate"] == 1.0
+    report = (run / "report.md").read_text()
+    assert "| after warm start (SFT) | 0.500 |" in report and "| after RL | 1.000 |" in report
+    assert "offline transitions" in report and "real transitions" not in report  # verl does not count them
+    assert (run / "return_vs_iteration.png").read_bytes().startswith(b"\x89PNG")
     assert (run / "config.json").exists() and (run / "offline.jsonl").exists()
     assert (run / "verl" / "overrides.txt").read_text().startswith("algorithm.adv_estimator=grpo")
     assert seen["seeded"] > 0 and seen["after_add"] == seen["seeded"] + 3

@@ -4,45 +4,37 @@ The core loop sees ``runs_own_loop`` and hands the whole run to :meth:`VerlTrain
 prepare the run directory (task files, the curriculum feed spec, the agent-loop
 config), start the shared buffer and curriculum actors in the Ray cluster, seed the
 buffer with offline real transitions, run ``verl.trainer.main_ppo`` with the
-translated overrides, and write verl's metrics into the run directory's
-``metrics.jsonl`` under DreamGym's metric names.
+translated overrides while verl's metrics go into the run directory's ``metrics.jsonl``
+under DreamGym's metric names as verl logs them, and write report.md when it ends.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import sys
+import threading
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from dreamgym_core import report
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.plugins import Plugins
 
 from .config import AGENT_LOOP_NAME, VerlConfig
 from .dataset import feed_spec_path, write_tasks
+from .metrics import METRIC_NAMES, MetricRows, MetricsFollower, map_verl_metrics
 from .translate import run_files, translate
 
-__all__ = ["VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "ray_init_kwargs", "METRIC_NAMES"]
-
-# verl metric -> DreamGym metric (the local trainer's names); every verl metric is also kept under verl/.
-METRIC_NAMES: dict[str, str] = {
-    "actor/pg_loss": "losses/policy_loss",
-    "actor/ppo_kl": "losses/approx_kl",
-    "actor/kl_loss": "losses/kl_loss",
-    "actor/entropy": "losses/entropy",
-    "actor/pg_clipfrac": "losses/clipfrac",
-    "critic/vf_loss": "losses/value_loss",
-    "critic/score/mean": "charts/episodic_return",
-    "critic/advantages/mean": "charts/advantage_mean",
-    "response_length/mean": "rollout/response_tokens",
-    "perf/throughput": "perf/tokens_per_second",
-    "timing_s/step": "perf/iteration_seconds",
-}
+__all__ = [
+    "VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "ray_init_kwargs", "run_alongside", "METRIC_NAMES",
+]
 
 
 def require_cuda() -> None:
@@ -54,17 +46,6 @@ def require_cuda() -> None:
             "verl's trainer needs CUDA GPUs and none is visible here; "
             "on CPU use the local plugin's 'grpo' or 'ppo' with the same pipeline"
         )
-
-
-def map_verl_metrics(data: dict[str, Any]) -> dict[str, float]:
-    """One verl step's metrics under DreamGym names (plus every scalar under ``verl/``)."""
-    out: dict[str, float] = {}
-    for key, value in data.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"verl/{key}"] = float(value)
-            if key in METRIC_NAMES:
-                out[METRIC_NAMES[key]] = float(value)
-    return out
 
 
 def prepare_files(resolved: ResolvedPipeline, run_dir: Path, *, train: list, val: list, actors: dict[str, str]) -> dict[str, Path]:
@@ -105,36 +86,114 @@ class VerlTrainer:
         self.seed = seed
 
     def run(self, *, resolved: ResolvedPipeline, plugins: Plugins, run_dir: str) -> dict[str, Any]:
-        """The whole run; ``run_dir`` already holds ``config.json`` (written by the core)."""
+        """The whole run; ``run_dir`` already holds ``config.json`` (written by the core).
+
+        Lifecycle hooks as in the local loop, except ``dreamgym_before_iteration``: verl's
+        trainer starts each step inside its own actor. ``dreamgym_after_iteration`` fires
+        as verl logs each step.
+        """
         require_cuda()
         import ray
 
         root = Path(run_dir).resolve()
         cfg = resolved.pipeline
+        hook = plugins.hook
+        hook.dreamgym_configure.call_historic(kwargs={"config": cfg})
         overrides = translate(resolved, run_dir=str(root))
         files = run_files(root)
         # verl's loggers run in its TaskRunner actor: the paths reach it through Ray's runtime env.
         log_env = {"VERL_FILE_LOGGER_PATH": str(files["metrics"]), "TENSORBOARD_DIR": str(files["tensorboard"])}
         os.environ.update(log_env)
         ray.init(**ray_init_kwargs(_compose(overrides), env_vars=log_env))
-        actors, clients = _start_actors(resolved, plugins, root)
+        actors, clients, offline = _start_actors(resolved, plugins, root)
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
         val = domain.tasks(split=cfg.eval.split)[: max(cfg.eval.episodes, 1)]
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
         (files["dir"] / "overrides.txt").write_text("\n".join(overrides) + "\n")
+        files["metrics"].unlink(missing_ok=True)  # an earlier run's lines are not this run's steps
+        progress = _Progress(cfg.loop.iterations)
+        follower = MetricsFollower(
+            files["metrics"], root / "metrics.jsonl", convert=MetricRows(iterations=cfg.loop.iterations, eval_tasks=len(val)),
+            on_row=lambda row: _after_row(hook, progress, row),
+        )
+        hook.dreamgym_run_started(run_dir=str(root), config=cfg)
+        final: dict[str, Any] = {}
         try:
-            _run_main_ppo(overrides)
+            run_alongside(lambda: _run_main_ppo(overrides), tick=follower.poll)
+            counters = {"offline_transitions": float(offline)}
+            final = _summary(follower.rows, cfg.loop.iterations) | {f"counters/{k}": v for k, v in counters.items()}
+            progress.say(f"report: {report.write(root, cfg, follower.rows, counters=counters)}")
         finally:
+            hook.dreamgym_run_finished(run_dir=str(root), metrics=final)
             for client in clients:
                 client.close()
-        return _write_metrics(files["metrics"], root / "metrics.jsonl") | {"run_dir": str(root)}
+        return final | {"run_dir": str(root)}
 
 
-def _start_actors(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> tuple[dict[str, str], list[Any]]:
+class _Progress:
+    """One line on stderr per verl step, as the local loop prints (stdout keeps the JSON summary)."""
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
+        self.started = time.perf_counter()
+
+    def say(self, message: str) -> None:
+        print(f"[dreamgym {time.perf_counter() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def row(self, row: dict[str, Any]) -> None:
+        shown = [(k, v) for k, v in row.items() if k.endswith(("/success_rate", "episodic_return", "policy_loss")) and v is not None]
+        values = ", ".join(f"{k} {v:.3f}" for k, v in shown)
+        step = row["step"]
+        where = "before RL" if step < 0 else "after RL" if step >= self.iterations else f"iteration {step + 1}/{self.iterations}"
+        self.say(f"verl {where}: {values}")
+
+
+def _after_row(hook: Any, progress: _Progress, row: dict[str, Any]) -> None:
+    progress.row(row)
+    if 0 <= row["step"] < progress.iterations:
+        hook.dreamgym_after_iteration(iteration=row["step"], metrics={k: v for k, v in row.items() if k != "step"})
+
+
+def _summary(rows: list[dict[str, Any]], iterations: int) -> dict[str, Any]:
+    """The last training step's metrics and the evaluation after RL (the run's summary)."""
+    last_step = [r for r in rows if r["step"] == iterations - 1][-1:]
+    evaluated = [r for r in rows if r["step"] >= iterations][-1:]
+    merged: dict[str, Any] = {}
+    for row in last_step + evaluated:
+        merged |= {k: v for k, v in row.items() if k != "step"}
+    return merged
+
+
+# How often the driver reads verl's metrics file while verl trains.
+POLL_SECONDS = 2.0
+
+
+def run_alongside(work: Callable[[], None], *, tick: Callable[[], Any], every: float | None = None) -> None:
+    """Run ``work`` on a thread and ``tick`` on this one every ``every`` seconds and once at
+    the end; ``work``'s exception is raised here. Hooks that ``tick`` fires run on the
+    caller's thread, as in the local loop."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as exc:  # re-raised on the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="verl-main-ppo", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(POLL_SECONDS if every is None else every)
+        tick()
+    if failure:
+        raise failure[0]
+
+
+def _start_actors(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> tuple[dict[str, str], list[Any], int]:
     """The shared buffer (seeded with offline real data) and curriculum actors.
 
-    Returns their names and clients; the caller keeps the clients for the whole run
-    (Ray ends an actor once no handle to it is left).
+    Returns their names, their clients and the number of offline transitions seeded; the
+    caller keeps the clients for the whole run (Ray ends an actor once no handle to it is left).
     """
     from .buffer_actor import RemoteBuffer
     from .curriculum import RemoteCurriculum
@@ -143,10 +202,13 @@ def _start_actors(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> t
     cfg, tag = resolved.pipeline, root.name
     actors: dict[str, str] = {}
     clients: list[Any] = []
+    offline = 0
     if cfg.buffer is not None:
         actors["buffer_actor"] = f"buffer-{tag}"
         buffer = RemoteBuffer.start(partial(build_buffer, str(root)), name=actors["buffer_actor"])
-        buffer.add(transitions=_offline_transitions(resolved, plugins, root))
+        transitions = _offline_transitions(resolved, plugins, root)
+        offline = len(transitions)
+        buffer.add(transitions=transitions)
         buffer.flush()
         clients.append(buffer)
     if cfg.curriculum is not None:
@@ -156,7 +218,7 @@ def _start_actors(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> t
                 partial(build_curriculum, str(root)), group_size=cfg.loop.group_size, name=actors["curriculum_actor"]
             )
         )
-    return actors, clients
+    return actors, clients, offline
 
 
 def _offline_transitions(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> list:
@@ -230,17 +292,3 @@ def _run_main_ppo(overrides: list[str]) -> None:
     config = _compose(overrides)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     run_ppo(config, task_runner_class=_task_runner(config))
-
-
-def _write_metrics(verl_file: Path, out_file: Path) -> dict[str, float]:
-    """verl's JSONL metrics as DreamGym rows in ``metrics.jsonl``; returns the last row."""
-    last: dict[str, float] = {}
-    if not verl_file.exists():
-        return last
-    with out_file.open("a") as out:
-        for line in verl_file.read_text().splitlines():
-            row = json.loads(line)
-            last = map_verl_metrics(row.get("data", {}))
-            clean = {k: (v if math.isfinite(v) else None) for k, v in last.items()}
-            out.write(json.dumps({"step": int(row.get("step", 0)) - 1, **clean}) + "\n")
-    return last

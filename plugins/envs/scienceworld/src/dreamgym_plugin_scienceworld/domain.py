@@ -1,0 +1,202 @@
+"""The ScienceWorld domain: seed tasks from the task's variation splits, real envs, offline
+collection (gold path, noisy, random), annotation and task variation."""
+
+from __future__ import annotations
+
+import difflib
+import random
+import re
+from typing import Any, Sequence
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.records import Observation, Task, Trajectory, Transition
+
+from .config import SciWorldConfig
+from .env import SciWorldEnv
+
+__all__ = ["SciWorldDomain", "POLICIES", "annotate_transition"]
+
+POLICIES = ("expert", "noisy", "random")
+# ScienceWorld's own splits of a task's variations; DreamGym's "valid" split is its "dev".
+_SPLIT_METHODS = {"train": "get_variations_train", "valid": "get_variations_dev", "test": "get_variations_test"}
+_VARIATION = re.compile(r"variation\s*[=:]\s*(\d+)")
+
+
+class SciWorldDomain:
+    """One ScienceWorld task; each split's seed tasks are the first variations of its split."""
+
+    name = "sciworld"
+
+    def __init__(self, config: SciWorldConfig) -> None:
+        self.config = config
+        self._probe: SciWorldEnv | None = None
+        self._variations: dict[str, list[int]] = {}
+        self._tasks: dict[str, list[Task]] = {}
+        self._instruction: str | None = None
+        names = self._probe_env()._started().get_task_names()
+        if config.task not in names:
+            close = difflib.get_close_matches(config.task, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (tasks: {', '.join(names)})"
+            raise ConfigError(f"env.config.task: unknown ScienceWorld task {config.task!r}{hint}")
+
+    # --- tasks -------------------------------------------------------------------
+
+    def variations(self, split: str) -> list[int]:
+        """Every variation ScienceWorld puts in ``split`` (train, valid = its dev, test)."""
+        if split not in _SPLIT_METHODS:
+            raise ConfigError(f"unknown split {split!r} (splits: {', '.join(_SPLIT_METHODS)})")
+        if split not in self._variations:
+            engine = self._probe_env()._started()
+            engine.load(self.config.task, 0, self.config.simplifications)
+            self._variations[split] = list(getattr(engine, _SPLIT_METHODS[split])())
+        return list(self._variations[split])
+
+    def tasks(self, *, split: str) -> list[Task]:
+        """Seed tasks of ``split``: its first ``<split>_variations`` variations."""
+        if split not in self._tasks:
+            variations = self.variations(split)  # checks the split name
+            n = {"train": self.config.train_variations, "valid": self.config.valid_variations, "test": self.config.test_variations}[split]
+            self._tasks[split] = [self._task(split, v) for v in variations[:n]]
+        return list(self._tasks[split])
+
+    def _task(self, split: str, variation: int, parent: Task | None = None) -> Task:
+        payload = {"task": self.config.task, "variation": variation, "simplifications": self.config.simplifications, "split": split}
+        engine = self._probe_env()._started()
+        engine.load(self.config.task, variation, self.config.simplifications)
+        instruction = " ".join(engine.get_task_description().split())
+        if self.config.describe_actions:
+            instruction += " Actions: " + ", ".join(self._probe_env().action_templates()) + "."
+        origin = "synthetic" if parent else "seed"
+        return Task(
+            id=f"sciworld/{self.config.task}/{variation}" + ("~syn" if parent else ""),
+            instruction=instruction,
+            domain=self.name,
+            split=split,
+            origin=origin,
+            parent_id=parent.id if parent else None,
+            payload=payload,
+        )
+
+    # --- real environments -------------------------------------------------------
+
+    def make_env(self) -> SciWorldEnv:
+        """A fresh real environment (its JVM starts on the first reset)."""
+        return SciWorldEnv(max_steps=self.config.max_steps, max_observation_chars=self.config.max_observation_chars)
+
+    def _probe_env(self) -> SciWorldEnv:
+        if self._probe is None:
+            self._probe = SciWorldEnv(
+                max_steps=self.config.max_steps, max_observation_chars=self.config.max_observation_chars, gold_path=True
+            )
+        return self._probe
+
+    def initial_observation(self, task: Task) -> Observation:
+        """The task's real initial state (a reset, no steps), for the synthetic environment."""
+        return self._probe_env().reset(task=task)
+
+    # --- offline data ------------------------------------------------------------
+
+    def collect(self, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
+        """Play ``episodes`` real episodes (tasks in turn) with ``policy``.
+
+        expert: the simulator's gold path; noisy: the gold path with each step replaced, with
+        probability ``noise``, by a uniform valid action (the gold path resumes after it: most
+        detours, such as looking at things, leave it valid); random: uniform valid actions.
+        """
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown data policy {policy!r} (available: {', '.join(POLICIES)})")
+        if not tasks:
+            raise ConfigError("env 'sciworld': collect() needs at least one task")
+        rng = random.Random(seed)
+        env = self._probe_env()
+        return [
+            self._play(env, tasks[i % len(tasks)], policy, rng, f"{tasks[i % len(tasks)].id}/{policy}/s{seed}/e{i}")
+            for i in range(episodes)
+        ]
+
+    def _play(self, env: SciWorldEnv, task: Task, policy: str, rng: random.Random, episode_id: str) -> Trajectory:
+        obs, transitions = env.reset(task=task), []
+        gold = env.gold_actions()
+        while True:
+            detour = policy == "random" or not gold or (policy == "noisy" and rng.random() < self.config.noise)
+            action = rng.choice(env.valid_actions()) if detour else gold.pop(0)
+            result = env.step(action=action)
+            transitions.append(
+                Transition(
+                    task_id=task.id, episode_id=episode_id, step=len(transitions), state=obs.text, action=action,
+                    next_state=result.observation.text, reward=result.reward, done=result.done, success=result.success,
+                    valid=result.valid, source="offline", instruction=task.instruction,
+                    truncated=bool(result.info.get("truncated", False)),
+                )
+            )  # fmt: skip
+            obs = result.observation
+            if result.done:
+                return Trajectory(task=task, transitions=transitions)
+
+    def annotate(self, *, transition: Transition) -> str:
+        """A rule-based reasoning trace from ground truth (see :func:`annotate_transition`)."""
+        return annotate_transition(transition)
+
+    # --- task variation ----------------------------------------------------------
+
+    def describe_variation(self, task: Task) -> str:
+        """Tells the task generator what a variation of ``task`` may change, and how to write it."""
+        train = self.variations("train")
+        return (
+            f"This is the ScienceWorld task {self.config.task}; each variation changes its objects, "
+            f"substances or rooms. Write variation=K with K one of its train variations "
+            f"{train[0]}-{train[-1]} (now {task.payload['variation']})."
+        )
+
+    def propose_variations(self, parent: Task, *, n: int, rng: Any) -> list[str]:
+        """``n`` variation texts ``make_variation`` accepts: other train variations of the task
+        (the rule-based M_task; ``rng`` is a numpy Generator)."""
+        others = [v for v in self.variations("train") if v != parent.payload["variation"]]
+        return [f"variation={others[i]}" for i in rng.choice(len(others), size=min(n, len(others)), replace=False)]
+
+    def make_variation(self, parent: Task, text: str) -> Task | None:
+        """A synthetic train Task from ``variation=K``, or None when K is not another train variation."""
+        match = _VARIATION.search(text)
+        if match is None:
+            return None
+        variation = int(match.group(1))
+        if variation == parent.payload["variation"] or variation not in self.variations("train"):
+            return None
+        return self._task("train", variation, parent=parent)
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+
+def _first_sentence(text: str) -> str:
+    first = text.splitlines()[0] if text.strip() else ""
+    return first.split(". ")[0].rstrip(".")
+
+
+def _score(state: str) -> float | None:
+    match = re.search(r"^Score: (-?[\d.]+)$", state, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def annotate_transition(t: Transition) -> str:
+    """A short reasoning trace explaining why ``t.action`` in ``t.state`` led to ``t.next_state``:
+    whether the simulator understood it, its answer, how the score moved, and the outcome."""
+    lines = []
+    if not t.valid:
+        lines.append(f"'{t.action}' is not an action the simulator knows, so nothing changes.")
+    else:
+        lines.append(f"The simulator carries out '{t.action}' and answers: {_first_sentence(t.next_state)}.")
+    old, new = _score(t.state), _score(t.next_state)
+    if old is not None and new is not None and new != old:
+        lines.append(f"The score {'rises' if new > old else 'falls'} from {old:g} to {new:g}.")
+    elif new is not None:
+        lines.append(f"The score stays at {new:g}.")
+    if t.done and t.success:
+        lines.append("This completes the task: the episode ends in success with reward 1.")
+    elif t.done:
+        lines.append("The episode ends without success (the task failed or the steps ran out), reward 0.")
+    else:
+        lines.append("The task is not complete yet, so the episode continues with reward 0.")
+    return " ".join(lines)

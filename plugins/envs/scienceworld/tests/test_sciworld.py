@@ -1,0 +1,128 @@
+"""The sciworld domain on the real ScienceWorld simulator (its JVM ships in the wheel)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.plugins import Plugins
+from dreamgym_core.testing import check_domain
+from dreamgym_plugin_scienceworld import SciWorldConfig, SciWorldDomain
+from dreamgym_plugin_scienceworld.env import EngineError, inventory_items, render_state
+
+CONFIG = SciWorldConfig(train_variations=3, valid_variations=2, test_variations=2, max_steps=12)
+
+
+@pytest.fixture(scope="module")
+def domain():
+    built = SciWorldDomain(CONFIG)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def env(domain):
+    made = domain.make_env()
+    yield made
+    made.close()
+
+
+def test_registered_through_the_entry_point():
+    spec = Plugins.for_names(["scienceworld"]).components("env")["sciworld"]
+    assert spec.plugin == "scienceworld" and spec.config_type is SciWorldConfig
+
+
+def test_splits_are_scienceworlds_own_and_disjoint(domain):
+    ids = {split: [t.payload["variation"] for t in domain.tasks(split=split)] for split in ("train", "valid", "test")}
+    assert ids == {"train": [0, 1, 2], "valid": [150, 151], "test": [225, 226]}
+    assert set(domain.variations("valid")).isdisjoint(domain.variations("train") + domain.variations("test"))
+    task = domain.tasks(split="test")[0]
+    assert task.instruction.startswith("Your task is to find a(n) non-living thing.") and "focus on OBJ" in task.instruction
+
+
+def test_conformance(domain):
+    check_domain(domain)
+
+
+def test_expert_demos_complete_the_task_with_the_outcome_reward(domain):
+    trajectories = domain.collect(tasks=domain.tasks(split="train"), policy="expert", episodes=3, seed=0)
+    for trajectory in trajectories:
+        last = trajectory.transitions[-1]
+        assert last.done and last.success and last.reward == 1.0
+        assert all(t.reward == 0.0 and not t.done for t in trajectory.transitions[:-1])
+        assert all(t.valid and t.source == "offline" for t in trajectory.transitions)
+        assert last.next_state.endswith("Score: 100")
+
+
+def test_random_play_fails_within_the_step_cap_and_counts_unknown_actions(domain):
+    trajectory = domain.collect(tasks=domain.tasks(split="train"), policy="random", episodes=1, seed=3)[0]
+    assert not trajectory.transitions[-1].success and trajectory.transitions[-1].reward == 0.0
+    assert len(trajectory.transitions) <= CONFIG.max_steps
+
+
+def test_unknown_and_ambiguous_actions(domain, env):
+    env.reset(task=domain.tasks(split="train")[0])
+    unknown = env.step(action="fly to the moon")
+    assert not unknown.valid and unknown.observation.text.startswith("No known action matches that input.")
+    ambiguous = env.step(action="open door")  # several doors: the simulator's first reading is taken
+    assert ambiguous.valid and not ambiguous.observation.text.startswith("Ambiguous request")
+
+
+def test_a_failed_task_ends_the_episode_as_a_failure():
+    living = SciWorldDomain(SciWorldConfig(task="find-living-thing", train_variations=1, valid_variations=0, test_variations=1))
+    try:
+        env = living.make_env()
+        env.reset(task=living.tasks(split="train")[0])
+        result = env.step(action="focus on air")  # air is not alive: the simulator fails the task
+        assert result.done and not result.success and result.reward == 0.0 and result.info["score"] < 0
+        with pytest.raises(EngineError, match="needs reset"):
+            env.step(action="look around")
+        env.close()
+    finally:
+        living.close()
+
+
+def test_a_crashed_simulator_fails_the_step_in_one_line(domain, env):
+    env.reset(task=domain.tasks(split="train")[0])
+    env._engine._gateway.java_process.kill()  # the JVM dies under the adapter
+    env._engine._gateway.java_process.wait()
+    with pytest.raises(EngineError, match=r"scienceworld: step 'look around' failed") as err:
+        env.step(action="look around")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_task_names_the_field_and_the_closest_task():
+    with pytest.raises(ConfigError, match=r"env.config.task: unknown ScienceWorld task 'find-livng-thing'; did you mean 'find-living-thing'"):
+        SciWorldDomain(SciWorldConfig(task="find-livng-thing"))
+
+
+def test_unknown_split_and_policy_are_config_errors(domain):
+    with pytest.raises(ConfigError, match="unknown split 'dev'"):
+        domain.tasks(split="dev")
+    with pytest.raises(ConfigError, match="unknown data policy 'oracle'"):
+        domain.collect(tasks=domain.tasks(split="train"), policy="oracle", episodes=1, seed=0)
+
+
+def test_variations_are_other_train_variations(domain):
+    parent = domain.tasks(split="train")[0]
+    texts = domain.propose_variations(parent, n=3, rng=np.random.default_rng(0))
+    children = [domain.make_variation(parent, text) for text in texts]
+    assert all(c is not None and c.origin == "synthetic" and c.parent_id == parent.id and c.split == "train" for c in children)
+    assert domain.make_variation(parent, "variation=0") is None  # the parent itself
+    assert domain.make_variation(parent, "variation=225") is None  # a test variation
+    assert domain.make_variation(parent, "something else") is None
+
+
+def test_annotation_reads_the_score_change(domain):
+    trajectory = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)[0]
+    traces = [domain.annotate(transition=t) for t in trajectory.transitions]
+    assert any("The score rises from" in trace for trace in traces)
+    assert traces[-1].endswith("This completes the task: the episode ends in success with reward 1.")
+
+
+def test_state_rendering():
+    state = render_state("You move to the kitchen.\n\n", "In your inventory, you see:\n\tan orange\n", 25.0, max_observation_chars=100)
+    assert state == "You move to the kitchen.\nInventory: an orange\nScore: 25"
+    assert inventory_items("In your inventory, you see:\n") == "nothing"
+    assert render_state("x" * 50, "", 0.0, max_observation_chars=10).splitlines()[0] == "xxxxxxx..."

@@ -126,3 +126,31 @@ def test_state_rendering():
     assert state == "You move to the kitchen.\nInventory: an orange\nScore: 25"
     assert inventory_items("In your inventory, you see:\n") == "nothing"
     assert render_state("x" * 50, "", 0.0, max_observation_chars=10).splitlines()[0] == "xxxxxxx..."
+
+
+@pytest.mark.slow
+def test_reduced_example_pipeline_runs_on_the_simulator(tmp_path):
+    """examples/scienceworld.yaml, reduced: collect -> buffer -> annotate -> joint SFT ->
+    warm start -> GRPO in DreamGym with domain variations -> evaluate, on the real simulator."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_local")
+    example = Path(__file__).parents[4] / "examples" / "scienceworld.yaml"
+    reduced = [
+        f"run_dir={tmp_path / 'run'}", "env.config.train_variations=4", "env.config.valid_variations=2",
+        "env.config.test_variations=2", "data.expert_episodes=4", "data.noisy_episodes=1", "data.random_episodes=1",
+        "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "loop.iterations=1",
+        "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=3", "eval.episodes=2",
+        "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
+    ]
+    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(example)] + [x for item in reduced for x in ("--set", item)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["eval/episodes"] == 2.0 and summary["counters/synthetic_transitions"] > 0
+    assert summary["counters/offline_transitions"] > 0 and summary["counters/real_transitions"] == 0.0
+    assert "| after RL |" in (tmp_path / "run" / "report.md").read_text()

@@ -34,14 +34,26 @@ def test_held_out_success_is_read_from_verls_own_validation_metrics():
 def test_rows_count_like_the_local_loop():
     rows = MetricRows(iterations=3, eval_tasks=2)
     assert rows({"step": 0, "data": verl_validation([0.0, 1.0])})[0]["eval_before/success_rate"] == 0.5
-    first = rows({"step": 1, "data": {"actor/pg_loss": 0.3, "critic/score/mean": float("nan")}})
-    assert first == [{"step": 0, "losses/policy_loss": 0.3, "verl/actor/pg_loss": 0.3, "charts/episodic_return": None, "verl/critic/score/mean": None}]
-    middle = rows({"step": 2, "data": verl_validation([1.0, 1.0])})  # a user's trainer.test_freq
+    first = rows({"step": 1, "data": {"actor/pg_loss": 0.3, "critic/score/mean": float("nan"), "timing_s/step": 2}})
+    assert first == [{
+        "step": 0, "losses/policy_loss": 0.3, "verl/actor/pg_loss": 0.3, "charts/episodic_return": None,
+        "verl/critic/score/mean": None, "perf/iteration_seconds": 2.0, "verl/timing_s/step": 2.0,
+    }]
+    middle = rows({"step": 2, "data": {"timing_s/step": 2} | verl_validation([1.0, 1.0])})  # a user's trainer.test_freq
     assert middle[0]["step"] == 1 and middle[0]["valid/success_rate"] == 1.0
-    last = rows({"step": 3, "data": {"actor/pg_loss": 0.1} | verl_validation([1.0, 0.0])})
+    last = rows({"step": 3, "data": {"actor/pg_loss": 0.1, "timing_s/step": 2} | verl_validation([1.0, 0.0])})
     assert [r["step"] for r in last] == [2, 3]
     assert "eval/success_rate" not in last[0] and last[1]["eval/success_rate"] == 0.5
-    assert [r["step"] for r in rows({"step": 3, "data": {"actor/pg_loss": 0.1}})] == [2]  # no validation, no eval row
+    no_validation = rows({"step": 3, "data": {"actor/pg_loss": 0.1, "timing_s/step": 2}})
+    assert [r["step"] for r in no_validation] == [2]
+
+
+def test_validation_before_a_resumed_run_is_not_a_training_step():
+    """verl (trainer.resume_mode=auto) validates before its first resumed step, logged at the
+    step it resumes from: that row holds validation only."""
+    resumed = MetricRows(iterations=5, eval_tasks=2)({"step": 2, "data": verl_validation([1.0, 0.0])})
+    assert resumed == [{"step": 1, **held_out_metrics(verl_validation([1.0, 0.0]), prefix="valid", tasks=2)}]
+    assert "perf/iteration_seconds" not in resumed[0]  # so dreamgym_after_iteration does not fire for it
 
 
 def test_follower_reads_only_complete_lines_and_appends_rows(tmp_path):
@@ -93,3 +105,26 @@ def test_run_alongside_raises_the_works_error_here():
 
     with pytest.raises(RuntimeError, match="verl's trainer failed"):
         run_alongside(work, tick=lambda: None, every=0.01)
+
+
+def test_after_iteration_fires_for_training_steps_only():
+    from dreamgym_plugin_verl.trainer import _after_row, _Progress
+
+    fired: list[int] = []
+
+    class Hook:
+        def dreamgym_after_iteration(self, iteration, metrics):
+            fired.append(iteration)
+
+    rows = MetricRows(iterations=3, eval_tasks=2)
+    logged = [
+        {"step": 0, "data": verl_validation([0.0, 1.0])},  # before training
+        {"step": 1, "data": {"actor/pg_loss": 0.3, "timing_s/step": 2}},
+        {"step": 1, "data": verl_validation([1.0, 1.0])},  # validation before a resume from step 1
+        {"step": 2, "data": {"actor/pg_loss": 0.2, "timing_s/step": 2}},
+        {"step": 3, "data": {"actor/pg_loss": 0.1, "timing_s/step": 2} | verl_validation([1.0, 0.0])},
+    ]
+    for line in logged:
+        for row in rows(line):
+            _after_row(Hook(), _Progress(3), row)
+    assert fired == [0, 1, 2]

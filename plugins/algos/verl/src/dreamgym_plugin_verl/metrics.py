@@ -20,7 +20,7 @@ from typing import Any
 from dreamgym_core.errors import DataError
 from dreamgym_core.rollout import wilson_interval
 
-__all__ = ["METRIC_NAMES", "map_verl_metrics", "held_out_metrics", "MetricRows", "MetricsFollower"]
+__all__ = ["METRIC_NAMES", "TRAINING_STEP_KEY", "map_verl_metrics", "held_out_metrics", "MetricRows", "MetricsFollower"]
 
 # verl metric -> DreamGym metric (the local trainer's names); every verl metric is also kept under verl/.
 METRIC_NAMES: dict[str, str] = {
@@ -36,6 +36,9 @@ METRIC_NAMES: dict[str, str] = {
     "perf/throughput": "perf/tokens_per_second",
     "timing_s/step": "perf/iteration_seconds",
 }
+
+# Every training step of verl's trainer logs its duration (trainer_base.py fit: marked_timer("step")).
+TRAINING_STEP_KEY = "timing_s/step"
 
 # verl's validation metric for a reward-extra-info field of DreamGym's agent loop, per data
 # source ("dreamgym/<domain>"): val-aux/<source>/<field>/mean@<samples per prompt>.
@@ -95,6 +98,10 @@ class MetricRows:
         data = logged.get("data", {})
         if step < 0:
             return [{"step": -1, **_finite(held_out_metrics(data, prefix="eval_before", tasks=self.eval_tasks))}]
+        if TRAINING_STEP_KEY not in data:
+            # Validation before a resumed run's first step (verl logs it at the step it resumes
+            # from): the policy of that step, not a training step of its own.
+            return [{"step": step, **_finite(held_out_metrics(data, prefix="valid", tasks=self.eval_tasks))}]
         row = {"step": step, **_finite(map_verl_metrics(data))}
         if step < self.iterations - 1:
             return [row | _finite(held_out_metrics(data, prefix="valid", tasks=self.eval_tasks))]

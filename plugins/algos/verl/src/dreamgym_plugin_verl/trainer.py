@@ -150,7 +150,7 @@ class _Progress:
 
 def _after_row(hook: Any, progress: _Progress, row: dict[str, Any]) -> None:
     progress.row(row)
-    if 0 <= row["step"] < progress.iterations:
+    if 0 <= row["step"] < progress.iterations and "perf/iteration_seconds" in row:  # a training step's row
         hook.dreamgym_after_iteration(iteration=row["step"], metrics={k: v for k, v in row.items() if k != "step"})
 
 

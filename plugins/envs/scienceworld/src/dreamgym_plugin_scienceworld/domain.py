@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Observation, Task, Trajectory, Transition
+from dreamgym_core.rollout import step_transition
 
 from .config import SciWorldConfig
 from .env import SciWorldEnv
@@ -121,14 +122,7 @@ class SciWorldDomain:
             detour = policy == "random" or not gold or (policy == "noisy" and rng.random() < self.config.noise)
             action = rng.choice(env.valid_actions()) if detour else gold.pop(0)
             result = env.step(action=action)
-            transitions.append(
-                Transition(
-                    task_id=task.id, episode_id=episode_id, step=len(transitions), state=obs.text, action=action,
-                    next_state=result.observation.text, reward=result.reward, done=result.done, success=result.success,
-                    valid=result.valid, source="offline", instruction=task.instruction,
-                    truncated=bool(result.info.get("truncated", False)),
-                )
-            )  # fmt: skip
+            transitions.append(step_transition(task, episode_id, len(transitions), obs, action, result, source="offline", model_id=""))
             obs = result.observation
             if result.done:
                 return Trajectory(task=task, transitions=transitions)

@@ -28,14 +28,16 @@ def plot_success(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in history if r.get("step", -1) >= 0 and r.get("rollout/success_rate") is not None]
-    curves = [("training-rollout success rate", "rollout/success_rate", "success_vs")]
+    def rows_with(key: str) -> list[dict[str, Any]]:
+        return [r for r in history if r.get("step", -1) >= 0 and r.get(key) is not None]
+
+    ylabel, key, stem = "training-rollout success rate", "rollout/success_rate", "success_vs"
+    rows = rows_with(key)
     if not rows:
-        rows = [r for r in history if r.get("step", -1) >= 0 and r.get("charts/episodic_return") is not None]
-        curves = [("training-rollout return", "charts/episodic_return", "return_vs")]
+        ylabel, key, stem = "training-rollout return", "charts/episodic_return", "return_vs"
+        rows = rows_with(key)
     if not rows:
         return []
-    ylabel, key, stem = curves[0]
     axes = [([r["step"] for r in rows], "iteration", f"{stem}_iteration.png")]
     if any("counters/real_transitions" in r for r in rows):
         real = [r.get("counters/real_transitions", 0.0) for r in rows]

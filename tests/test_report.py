@@ -17,6 +17,13 @@ def test_plots_are_written_and_readable(tmp_path) -> None:
     assert plot_success([{"step": -1}], tmp_path) == []
 
 
+def test_a_run_without_rollout_success_plots_its_training_return(tmp_path) -> None:
+    """verl logs its rollouts' reward, not their success, and no transition counters."""
+    paths = plot_success([{"step": -1}, {"step": 0, "charts/episodic_return": 0.2}, {"step": 1, "charts/episodic_return": 0.5}], tmp_path)
+    assert [p.name for p in paths] == ["return_vs_iteration.png"]
+    assert paths[0].read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_save_that_fails_part_way_leaves_the_previous_plot(tmp_path, monkeypatch) -> None:
     old = plot_success(HISTORY, tmp_path)[0].read_bytes()
 

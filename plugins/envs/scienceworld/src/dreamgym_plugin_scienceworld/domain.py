@@ -33,7 +33,6 @@ class SciWorldDomain:
         self._probe: SciWorldEnv | None = None
         self._variations: dict[str, list[int]] = {}
         self._tasks: dict[str, list[Task]] = {}
-        self._instruction: str | None = None
         names = self._probe_env()._started().get_task_names()
         if config.task not in names:
             close = difflib.get_close_matches(config.task, names, n=1)
@@ -46,10 +45,10 @@ class SciWorldDomain:
         """Every variation ScienceWorld puts in ``split`` (train, valid = its dev, test)."""
         if split not in _SPLIT_METHODS:
             raise ConfigError(f"unknown split {split!r} (splits: {', '.join(_SPLIT_METHODS)})")
-        if split not in self._variations:
+        if not self._variations:  # one load gives the task's three splits
             engine = self._probe_env()._started()
             engine.load(self.config.task, 0, self.config.simplifications)
-            self._variations[split] = list(getattr(engine, _SPLIT_METHODS[split])())
+            self._variations = {name: list(getattr(engine, method)()) for name, method in _SPLIT_METHODS.items()}
         return list(self._variations[split])
 
     def tasks(self, *, split: str) -> list[Task]:

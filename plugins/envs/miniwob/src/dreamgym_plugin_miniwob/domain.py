@@ -1,0 +1,204 @@
+"""The MiniWoB++ domain: seed tasks from page seeds, real browser envs, offline collection
+(scripted expert, noisy, random), annotation and task variation."""
+
+from __future__ import annotations
+
+import difflib
+import random
+import re
+from typing import Any, Sequence
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.records import Observation, Task, Trajectory, Transition
+from dreamgym_core.rollout import step_transition
+
+from .config import MiniWoBConfig
+from .env import ACTION_SYNTAX, MiniWoBEnv, parse_action
+from .experts import EXPERTS, plan
+from .page import Element, task_names
+
+__all__ = ["MiniWoBDomain", "POLICIES", "SPLIT_SEED_BASE", "annotate_transition", "random_action"]
+
+POLICIES = ("expert", "noisy", "random")
+# Page seeds of each split: disjoint ranges, so no test problem is ever trained on.
+SPLIT_SEED_BASE = {"train": 0, "valid": 100_000, "test": 200_000}
+_SEED = re.compile(r"seed\s*[=:]\s*(\d+)")
+
+
+def random_action(utterance: str, elements: Sequence[Element], rng: random.Random) -> str:
+    """A uniform action on the page: click a listed element, or type a word of the utterance
+    (or a made-up one) into a text field."""
+    shown = [e for e in elements if e.text or e.interactive]
+    fields = [e for e in shown if e.tag in ("input_text", "input_password", "textarea")]
+    if fields and rng.random() < len(fields) / len(shown):
+        words = re.findall(r'"([^"]+)"', utterance) or ["hello"]
+        return f'type [{rng.choice(fields).ref}] "{rng.choice(words)}"'
+    return f"click [{rng.choice(shown).ref}]" if shown else "click [1]"
+
+
+class MiniWoBDomain:
+    """One MiniWoB++ task; each split's seed tasks are problems the page generates from seeds."""
+
+    name = "miniwob"
+
+    def __init__(self, config: MiniWoBConfig) -> None:
+        names = task_names()
+        if config.task not in names:
+            close = difflib.get_close_matches(config.task, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" ({len(names)} tasks, e.g. {', '.join(sorted(EXPERTS))})"
+            raise ConfigError(f"env.config.task: unknown MiniWoB++ task {config.task!r}{hint}")
+        self.config = config
+        self._probe: MiniWoBEnv | None = None
+        self._tasks: dict[str, list[Task]] = {}
+
+    # --- tasks -------------------------------------------------------------------
+
+    def seeds(self, split: str) -> list[int]:
+        if split not in SPLIT_SEED_BASE:
+            raise ConfigError(f"unknown split {split!r} (splits: {', '.join(SPLIT_SEED_BASE)})")
+        n = {"train": self.config.train_seeds, "valid": self.config.valid_seeds, "test": self.config.test_seeds}[split]
+        return [SPLIT_SEED_BASE[split] + i for i in range(n)]
+
+    def tasks(self, *, split: str) -> list[Task]:
+        """Seed tasks of ``split``: the problems of its page seeds, each instruction the page's utterance."""
+        if split not in self._tasks:
+            self._tasks[split] = [self._task(split, seed) for seed in self.seeds(split)]
+        return list(self._tasks[split])
+
+    def _task(self, split: str, seed: int, parent: Task | None = None) -> Task:
+        page = self._probe_env().page
+        page.start(seed)
+        instruction = " ".join(page.utterance().split())
+        if self.config.describe_actions:
+            instruction += f" Actions: {ACTION_SYNTAX}."
+        return Task(
+            id=f"miniwob/{self.config.task}/{seed}" + ("~syn" if parent else ""),
+            instruction=instruction,
+            domain=self.name,
+            split=split,
+            origin="synthetic" if parent else "seed",
+            parent_id=parent.id if parent else None,
+            payload={"task": self.config.task, "seed": seed, "split": split},
+        )
+
+    # --- real environments -------------------------------------------------------
+
+    def make_env(self) -> MiniWoBEnv:
+        """A fresh real environment (its Chromium starts on the first reset)."""
+        c = self.config
+        return MiniWoBEnv(task=c.task, max_steps=c.max_steps, max_elements=c.max_elements, chromium=c.chromium, chromedriver=c.chromedriver)
+
+    def _probe_env(self) -> MiniWoBEnv:
+        if self._probe is None:
+            self._probe = self.make_env()
+        return self._probe
+
+    def initial_observation(self, task: Task) -> Observation:
+        """The task's real initial state (a reset, no steps), for the synthetic environment."""
+        return self._probe_env().reset(task=task)
+
+    # --- offline data ------------------------------------------------------------
+
+    def collect(self, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
+        """Play ``episodes`` real episodes (tasks in turn) with ``policy``.
+
+        expert: the task's scripted plan (:mod:`.experts`); noisy: the plan with each step
+        replaced, with probability ``noise``, by a random action (the plan resumes after it);
+        random: uniform actions (:func:`random_action`)."""
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown data policy {policy!r} (available: {', '.join(POLICIES)})")
+        if policy != "random" and self.config.task not in EXPERTS:
+            raise ConfigError(
+                f"env.config.task: MiniWoB++ task {self.config.task!r} has no scripted expert for policy {policy!r} "
+                f"(tasks with one: {', '.join(sorted(EXPERTS))}); collect it with policy 'random'"
+            )
+        if not tasks:
+            raise ConfigError("env 'miniwob': collect() needs at least one task")
+        rng = random.Random(seed)
+        env = self._probe_env()
+        return [
+            self._play(env, tasks[i % len(tasks)], policy, rng, f"{tasks[i % len(tasks)].id}/{policy}/s{seed}/e{i}")
+            for i in range(episodes)
+        ]
+
+    def _play(self, env: MiniWoBEnv, task: Task, policy: str, rng: random.Random, episode_id: str) -> Trajectory:
+        obs, transitions = env.reset(task=task), []
+        utterance = env.page.utterance()
+        steps = [] if policy == "random" else plan(self.config.task, utterance, env.elements())
+        while True:
+            detour = policy == "random" or not steps or (policy == "noisy" and rng.random() < self.config.noise)
+            action = random_action(utterance, env.elements(), rng) if detour else steps.pop(0)
+            result = env.step(action=action)
+            transitions.append(step_transition(task, episode_id, len(transitions), obs, action, result, source="offline", model_id=""))
+            obs = result.observation
+            if result.done:
+                return Trajectory(task=task, transitions=transitions)
+
+    def annotate(self, *, transition: Transition) -> str:
+        """A rule-based reasoning trace from ground truth (see :func:`annotate_transition`)."""
+        return annotate_transition(transition)
+
+    # --- task variation ----------------------------------------------------------
+
+    def describe_variation(self, task: Task) -> str:
+        """Tells the task generator what a variation of ``task`` may change, and how to write it."""
+        train = self.seeds("train")
+        return (
+            f"This is the MiniWoB++ task {self.config.task}; each page seed generates another problem "
+            f"(other words, labels and layout). Write seed=K with K one of its train seeds "
+            f"{train[0]}-{train[-1]} (now {task.payload['seed']})."
+        )
+
+    def propose_variations(self, parent: Task, *, n: int, rng: Any) -> list[str]:
+        """``n`` variation texts ``make_variation`` accepts: other train seeds (the rule-based
+        M_task; ``rng`` is a numpy Generator)."""
+        others = [s for s in self.seeds("train") if s != parent.payload["seed"]]
+        return [f"seed={others[i]}" for i in rng.choice(len(others), size=min(n, len(others)), replace=False)]
+
+    def make_variation(self, parent: Task, text: str) -> Task | None:
+        """A synthetic train Task from ``seed=K``, or None when K is not another train seed."""
+        match = _SEED.search(text)
+        if match is None:
+            return None
+        seed = int(match.group(1))
+        if seed == parent.payload["seed"] or seed not in self.seeds("train"):
+            return None
+        return self._task("train", seed, parent=parent)
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+
+def _line_of(state: str, ref: int) -> str | None:
+    for line in state.splitlines():
+        if line.startswith(f"[{ref}] "):
+            return line
+    return None
+
+
+def annotate_transition(t: Transition) -> str:
+    """A short reasoning trace explaining why ``t.action`` in ``t.state`` led to ``t.next_state``:
+    which element it acted on, what changed on the page, and the outcome."""
+    parsed = parse_action(t.action)
+    lines = []
+    if not t.valid or parsed is None:
+        lines.append(f"'{t.action}' is not a click or type on an element of this page, so nothing changes.")
+    else:
+        verb, ref, text = parsed
+        target = _line_of(t.state, ref) or f"[{ref}]"
+        lines.append(f"Clicking {target}" + (f' and typing "{text}"' if verb == "type" else "") + " acts on the page.")
+        before = set(t.state.splitlines())
+        changed = [line for line in t.next_state.splitlines() if line not in before]
+        if changed:
+            lines.append("The page now shows: " + "; ".join(changed[:3]) + ".")
+        else:
+            lines.append("The elements on the page stay as they were.")
+    if t.done and t.success:
+        lines.append("This completes the task: the page scores the episode a success, reward 1.")
+    elif t.done:
+        lines.append("The episode ends without success (the page scored it a failure or the steps ran out), reward 0.")
+    else:
+        lines.append("The task is not complete yet, so the episode continues with reward 0.")
+    return " ".join(lines)

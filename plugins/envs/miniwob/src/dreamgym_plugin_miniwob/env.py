@@ -1,0 +1,128 @@
+"""The real MiniWoB++ adapter behind DreamGym's ``Env`` contract, and its abstract state.
+
+The abstract state lists the page's elements in document order, one a line, each with the
+ref the agent's actions name::
+
+    [4] button "no"
+    [5] input_text value="" (focused)
+    [6] label "91YPF"
+    [7] input_checkbox unchecked
+
+Actions are ``click [N]`` (the element's click handler; a text field takes the focus) and
+``type [N] TEXT`` (click N, then type TEXT as key events). An action that does not parse,
+or names an element the page does not have, changes nothing and is flagged ``valid=False``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from dreamgym_core.errors import DreamGymError
+from dreamgym_core.records import Observation, StepResult, Task
+
+from .page import Element, Page
+
+__all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "render_state"]
+
+ACTION_SYNTAX = "click [N] (click element N), type [N] TEXT (click element N, then type TEXT)"
+_ACTION = re.compile(r"^\s*(click|type)\s*\[?\s*(\d+)\s*\]?\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def parse_action(action: str) -> tuple[str, int, str] | None:
+    """``'type [5] "Myron"'`` -> ``('type', 5, 'Myron')``; None when it is not an action.
+
+    One pair of quotes around TEXT is taken off; ``click`` takes no text."""
+    match = _ACTION.match(action)
+    if match is None:
+        return None
+    verb, ref, text = match.group(1).lower(), int(match.group(2)), match.group(3)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    if (verb == "click") == bool(text):  # click takes no text; type needs some
+        return None
+    return verb, ref, text
+
+
+def _describe(e: Element) -> str:
+    parts = [f"[{e.ref}] {e.tag}"]
+    if e.text:
+        parts.append(f'"{e.text}"')
+    if isinstance(e.value, bool):
+        parts.append("checked" if e.value else "unchecked")
+    elif e.value is not None:
+        parts.append(f'value="{e.value}"')
+    if e.focused:
+        parts.append("(focused)")
+    return " ".join(parts)
+
+
+def render_state(elements: Sequence[Element], *, max_elements: int) -> str:
+    """The abstract state (module docstring): elements that show text or take input, at most
+    ``max_elements`` of them; layout-only containers are left out."""
+    shown = [e for e in elements if e.text or e.interactive]
+    lines = [_describe(e) for e in shown[:max_elements]]
+    if len(shown) > max_elements:
+        lines.append(f"... {len(shown) - max_elements} more elements")
+    return "\n".join(lines) or "(empty page)"
+
+
+class MiniWoBEnv:
+    """Real MiniWoB++ episodes in the abstract state.
+
+    A task's payload names the page and the seed of its problem. Reward is the paper's outcome
+    reward: 1.0 on the step that ends the episode with a positive MiniWoB reward (the page's
+    own check), else 0; ``info`` keeps the page's raw reward in [-1, 1]. The episode also ends,
+    as a failure, after ``max_steps`` steps. Chromium starts on the first reset (about 0.5 s);
+    ``close`` stops it.
+    """
+
+    def __init__(self, *, task: str, max_steps: int, max_elements: int, chromium: str = "", chromedriver: str = "") -> None:
+        self.page = Page(task, chromium=chromium, chromedriver=chromedriver)
+        self.max_steps = max_steps
+        self.max_elements = max_elements
+        self._elements: list[Element] = []
+        self._steps = 0
+        self._done = True
+
+    def _observe(self) -> Observation:
+        self._elements = self.page.elements()
+        return Observation(text=render_state(self._elements, max_elements=self.max_elements), admissible_actions=[])
+
+    def reset(self, *, task: Task, seed: int | None = None) -> Observation:
+        """Start the problem ``task.payload['seed']`` generates; ``seed`` is not used."""
+        if task.payload.get("task") != self.page.task:
+            raise DreamGymError(f"miniwob env for {self.page.task!r} cannot play task {task.id!r}")
+        self.page.start(task.payload["seed"])
+        self._steps, self._done = 0, False
+        return self._observe()
+
+    def step(self, *, action: str) -> StepResult:
+        if self._done:
+            raise DreamGymError("miniwob env: step() needs reset() first (the episode is over or not started)")
+        parsed = parse_action(action)
+        valid = parsed is not None and self.page.click(parsed[1])
+        if valid and parsed[0] == "type":
+            self.page.type_text(parsed[2])
+        self._steps += 1
+        over, raw_reward = self.page.outcome()
+        success = over and raw_reward > 0
+        truncated = not over and self._steps >= self.max_steps
+        self._done = over or truncated
+        observation = self._observe()
+        return StepResult(
+            observation=observation,
+            reward=1.0 if success else 0.0,
+            done=self._done,
+            success=success,
+            valid=valid,
+            info={"raw_reward": raw_reward, "truncated": truncated, "steps": self._steps},
+        )
+
+    def elements(self) -> list[Element]:
+        """The elements of the current state (what ``render_state`` listed, and the rest)."""
+        return list(self._elements)
+
+    def close(self) -> None:
+        self.page.close()
+        self._done = True

@@ -1,0 +1,189 @@
+"""A real MiniWoB++ task page in headless Chromium, driven through the page's own ``core`` API.
+
+MiniWoB++ ships each task as an HTML page whose script generates a problem from
+``Math.random`` and scores the episode itself (``WOB_DONE_GLOBAL``, ``WOB_RAW_REWARD_GLOBAL``).
+This module starts Debian's Chromium through its ChromeDriver (never a browser download),
+seeds the generator so that a seed names one problem, and reads the page's element tree
+(``core.getDOMInfo``) through :class:`miniwob.dom.DOMElement`. Clicks go through
+``core.elementClick`` (the element's own click handler, as MiniWoB's element actions do) and
+typing through real key events.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import msgspec
+
+from dreamgym_core.errors import ConfigError, DreamGymError
+
+__all__ = ["BrowserError", "Element", "Page", "task_names", "find_browser"]
+
+# The flags a closed network needs: without the background-networking ones Chromium keeps
+# trying to reach its vendor's hosts at every start.
+_CHROMIUM_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)
+# A MiniWoB episode ends by itself after 10 s of wall time; a language-model agent on a CPU
+# thinks for longer than that, so the episode's length is bounded by steps instead. The limit
+# is a setTimeout delay, whose largest value is 2**31 - 1 ms (24.8 days): a larger one fires at once.
+_NO_TIME_LIMIT = "core.EPISODE_MAX_TIME = 2147483647;"
+_INTERACTIVE = ("button", "textarea", "select", "option", "a")
+
+
+class BrowserError(DreamGymError):
+    """Chromium or its driver is missing, failed to start, or failed during an episode."""
+
+
+class Element(msgspec.Struct, frozen=True):
+    """One page element as the agent sees it (a ``core.getDOMInfo`` node)."""
+
+    ref: int
+    tag: str
+    text: str = ""
+    value: str | bool | None = None
+    focused: bool = False
+
+    @property
+    def interactive(self) -> bool:
+        return self.tag.startswith("input") or self.tag in _INTERACTIVE
+
+
+def _html_dir() -> pathlib.Path:
+    import miniwob
+
+    return pathlib.Path(miniwob.__file__).parent / "html" / "miniwob"
+
+
+def task_names() -> list[str]:
+    """The MiniWoB++ tasks that run from the package's own files (FlightWoB's need a server)."""
+    return sorted(p.stem for p in _html_dir().glob("*.html"))
+
+
+def find_browser(chromium: str = "", chromedriver: str = "") -> tuple[str, str]:
+    """The Chromium and ChromeDriver binaries: the given paths, else MiniWoB's environment
+    variables, else ``chromium`` and ``chromedriver`` on PATH."""
+    binary = chromium or os.environ.get("MINIWOB_CHROME_BINARY", "") or shutil.which("chromium") or ""
+    driver = chromedriver or os.environ.get("MINIWOB_CHROMEDRIVER", "") or shutil.which("chromedriver") or ""
+    missing = [name for name, path in (("Chromium", binary), ("ChromeDriver", driver)) if not path or not os.path.exists(path)]
+    if missing:
+        raise BrowserError(
+            f"miniwob: no {' or '.join(missing)} found (install Debian's packages: apt-get install chromium "
+            "chromium-driver, or set env.config.chromium/chromedriver or MINIWOB_CHROME_BINARY/MINIWOB_CHROMEDRIVER)"
+        )
+    return binary, driver
+
+
+def _flatten(node: Any) -> list[Element]:
+    """Document-order elements with a ref, each with its own text: a leaf's text, or the text
+    of its text-node children (``t`` nodes, which cannot be clicked)."""
+    out: list[Element] = []
+
+    def visit(e: Any) -> None:
+        if e.ref > 0:
+            text = e.text if e.text is not None else " ".join(c.text for c in e.children if c.tag == "t" and c.text)
+            out.append(Element(ref=e.ref, tag=e.tag, text=" ".join(text.split()), value=e.value, focused=bool(e.focused)))
+        for child in e.children:
+            visit(child)
+
+    visit(node)
+    return out
+
+
+class Page:
+    """One headless Chromium showing one MiniWoB++ task page (started on first use)."""
+
+    def __init__(self, task: str, *, chromium: str = "", chromedriver: str = "") -> None:
+        if task not in task_names():
+            raise ConfigError(f"env.config.task: unknown MiniWoB++ task {task!r}")
+        self.task = task
+        self.url = (_html_dir() / f"{task}.html").as_uri()
+        self._binaries = (chromium, chromedriver)
+        self._driver: Any = None
+        self._profile: tempfile.TemporaryDirectory[str] | None = None
+
+    def _script(self, script: str) -> Any:
+        try:
+            return self._started().execute_script(script)
+        except BrowserError:
+            raise
+        except Exception as exc:  # a crashed browser or a closed window
+            raise BrowserError(f"miniwob {self.task}: the browser failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+    def _started(self) -> Any:
+        if self._driver is None:
+            from selenium import webdriver
+            from selenium.webdriver.chrome.service import Service
+
+            binary, driver = find_browser(*self._binaries)
+            self._profile = tempfile.TemporaryDirectory(prefix="dreamgym-chromium-")
+            options = webdriver.ChromeOptions()
+            for flag in (*_CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}"):
+                options.add_argument(flag)
+            options.binary_location = binary
+            try:
+                self._driver = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+                self._driver.get(self.url)
+            except Exception as exc:
+                self.close()
+                raise BrowserError(f"miniwob {self.task}: Chromium did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        return self._driver
+
+    def start(self, seed: int) -> None:
+        """Start the episode whose problem the page generates from ``seed``.
+
+        An episode still running is ended first (as MiniWoB's own reset does), and the refs the
+        page stored on its elements are cleared: the page numbers elements from 1 at every
+        episode but keeps a surviving element's old number, so without this the same seed would
+        show other refs (or two elements one ref) depending on what was played before. The focus
+        is taken off the last episode's element for the same reason."""
+        self._script(
+            "core.endEpisode(0, false, 'reset');"
+            "document.querySelectorAll('[data-wob_ref]').forEach(function (e) { delete e.dataset.wob_ref; });"
+            "if (document.activeElement) { document.activeElement.blur(); }"
+            f"Math.seedrandom({int(seed)}); {_NO_TIME_LIMIT} core.startEpisodeReal();"
+        )
+
+    def utterance(self) -> str:
+        answer = self._script("return core.getUtterance();")
+        return answer["utterance"] if isinstance(answer, dict) else str(answer)
+
+    def elements(self) -> list[Element]:
+        """The page's elements now (this also renews the refs ``click`` accepts)."""
+        from miniwob.dom import DOMElement
+
+        return _flatten(DOMElement(self._script("return core.getDOMInfo();")))
+
+    def click(self, ref: int) -> bool:
+        """Click element ``ref`` of the last ``elements()``; False when the page has no such element."""
+        return self._script(f"return core.elementClick({int(ref)});") is True
+
+    def type_text(self, text: str) -> None:
+        """Real key events into the focused element."""
+        from miniwob.selenium_actions import execute_type_text
+
+        try:
+            execute_type_text(text, self._started())
+        except Exception as exc:
+            raise BrowserError(f"miniwob {self.task}: typing failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+    def outcome(self) -> tuple[bool, float]:
+        """(episode over, the page's raw reward in [-1, 1])."""
+        answer = self._script('return [WOB_DONE_GLOBAL, WOB_RAW_REWARD_GLOBAL];')
+        return bool(answer[0]), float(answer[1])
+
+    def close(self) -> None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            try:
+                driver.quit()
+            except Exception:  # a browser that already died: nothing left to release
+                pass
+        if self._profile is not None:
+            self._profile.cleanup()
+            self._profile = None

@@ -1,0 +1,193 @@
+"""The miniwob domain on real MiniWoB++ pages in Debian's headless Chromium.
+
+Every test but the pure ones needs Chromium and ChromeDriver (``apt-get install chromium
+chromium-driver``, which .ci/run does); without them they skip, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dreamgym_core.errors import ConfigError
+from dreamgym_core.plugins import Plugins
+from dreamgym_core.records import Task
+from dreamgym_core.testing import check_domain
+from dreamgym_plugin_miniwob import BrowserError, MiniWoBConfig, MiniWoBDomain, parse_action, render_state
+from dreamgym_plugin_miniwob.domain import annotate_transition
+from dreamgym_plugin_miniwob.experts import EXPERTS
+from dreamgym_plugin_miniwob.page import Element, find_browser
+
+try:
+    find_browser()
+    NO_BROWSER = ""
+except BrowserError as exc:
+    NO_BROWSER = str(exc)
+browser = pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)
+
+CONFIG = MiniWoBConfig(task="login-user", train_seeds=4, valid_seeds=2, test_seeds=3)
+
+
+@pytest.fixture(scope="module")
+def domain():
+    if NO_BROWSER:
+        pytest.skip(NO_BROWSER)
+    built = MiniWoBDomain(CONFIG)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def env(domain):
+    made = domain.make_env()
+    yield made
+    made.close()
+
+
+def test_registered_through_the_entry_point():
+    spec = Plugins.for_names(["miniwob"]).components("env")["miniwob"]
+    assert spec.plugin == "miniwob" and spec.config_type is MiniWoBConfig
+
+
+def test_action_parsing():
+    assert parse_action('type [5] "Myron"') == ("type", 5, "Myron")
+    assert parse_action("type 5 two words") == ("type", 5, "two words")
+    assert parse_action("Click [12]") == ("click", 12, "")
+    assert parse_action("click 3") == ("click", 3, "")
+    for bad in ("click [4] now", "type [5]", 'type [5] ""', "press enter", "click [x]", ""):
+        assert parse_action(bad) is None, bad
+
+
+def test_state_rendering_lists_text_and_inputs_only():
+    elements = [
+        Element(ref=1, tag="body"), Element(ref=2, tag="div"),  # layout only: left out
+        Element(ref=4, tag="button", text="no"),
+        Element(ref=5, tag="input_text", value="ab", focused=True),
+        Element(ref=6, tag="input_checkbox", value=False),
+        Element(ref=7, tag="label", text="91YPF"),
+    ]
+    assert render_state(elements, max_elements=10) == (
+        '[4] button "no"\n[5] input_text value="ab" (focused)\n[6] input_checkbox unchecked\n[7] label "91YPF"'
+    )
+    assert render_state(elements, max_elements=2).splitlines()[-1] == "... 2 more elements"
+    assert render_state(elements[:2], max_elements=2) == "(empty page)"
+
+
+@browser
+def test_splits_are_disjoint_page_seeds_and_instructions_are_the_utterances(domain):
+    seeds = {split: [t.payload["seed"] for t in domain.tasks(split=split)] for split in ("train", "valid", "test")}
+    assert seeds == {"train": [0, 1, 2, 3], "valid": [100000, 100001], "test": [200000, 200001, 200002]}
+    task = domain.tasks(split="test")[0]
+    assert task.instruction.startswith('Enter the username "') and task.instruction.endswith("then type TEXT).")
+    assert len({t.instruction for t in domain.tasks(split="train")}) == 4  # each seed another problem
+
+
+@browser
+def test_conformance(domain):
+    check_domain(domain)
+
+
+@browser
+@pytest.mark.parametrize("task", sorted(EXPERTS))
+def test_each_scripted_expert_solves_its_task(task):
+    domain = MiniWoBDomain(MiniWoBConfig(task=task, train_seeds=3, valid_seeds=0, test_seeds=1))
+    try:
+        for trajectory in domain.collect(tasks=domain.tasks(split="train"), policy="expert", episodes=3, seed=0):
+            last = trajectory.transitions[-1]
+            assert last.done and last.success and last.reward == 1.0, (trajectory.task.instruction, [t.action for t in trajectory.transitions])
+            assert all(t.valid and not t.done and t.reward == 0.0 for t in trajectory.transitions[:-1])
+    finally:
+        domain.close()
+
+
+@browser
+def test_a_seed_shows_the_same_page_whatever_was_played_before(domain):
+    tasks = domain.tasks(split="train")
+    first = [domain.initial_observation(t).text for t in tasks]
+    domain.collect(tasks=tasks, policy="random", episodes=5, seed=1)  # episodes that end, and one cut off
+    assert [domain.initial_observation(t).text for t in reversed(tasks)] == list(reversed(first))
+    refs = [line.split("]")[0] for line in first[0].splitlines()]
+    assert len(refs) == len(set(refs))
+
+
+@browser
+def test_typing_and_invalid_actions(domain, env):
+    first = env.reset(task=domain.tasks(split="train")[0])
+    field = next(line for line in first.text.splitlines() if "input_text" in line)
+    ref = int(field[1:].split("]")[0])
+    typed = env.step(action=f'type [{ref}] "abc"')
+    assert typed.valid and f'[{ref}] input_text value="abc" (focused)' in typed.observation.text and not typed.done
+    for bad in ("click [999]", "press the login button"):
+        result = env.step(action=bad)
+        assert not result.valid and result.observation.text == typed.observation.text and result.reward == 0.0
+
+
+@browser
+def test_a_wrong_submission_fails_and_the_step_cap_ends_an_episode(domain, env):
+    first = env.reset(task=domain.tasks(split="train")[1])
+    login = next(line for line in first.text.splitlines() if '"Login"' in line)
+    result = env.step(action=login.split()[0].replace("[", "click ["))  # empty fields
+    assert result.done and not result.success and result.reward == 0.0 and result.info["raw_reward"] < 0
+    with pytest.raises(Exception, match="needs reset"):
+        env.step(action="click [4]")
+    env.reset(task=domain.tasks(split="train")[1])
+    results = [env.step(action="click [999]") for _ in range(CONFIG.max_steps)]
+    assert [r.done for r in results] == [False] * (CONFIG.max_steps - 1) + [True]
+    assert results[-1].info["truncated"] and not results[-1].success
+
+
+@browser
+def test_a_crashed_browser_fails_the_step_in_one_line(domain):
+    env = domain.make_env()
+    try:
+        env.reset(task=domain.tasks(split="train")[0])
+        env.page._driver.service.process.kill()  # ChromeDriver dies under the adapter
+        env.page._driver.service.process.wait()
+        with pytest.raises(BrowserError, match=r"miniwob login-user: the browser failed") as err:
+            env.step(action="click [4]")
+        assert "\n" not in str(err.value)
+    finally:
+        env.close()
+
+
+def test_missing_browser_is_one_line_naming_the_fix(tmp_path):
+    env = MiniWoBDomain(MiniWoBConfig(chromium=str(tmp_path / "no-chromium"), chromedriver=str(tmp_path / "no-driver"))).make_env()
+    task = Task(id="miniwob/click-button/0", instruction="x", domain="miniwob", payload={"task": "click-button", "seed": 0})
+    with pytest.raises(BrowserError, match=r"no Chromium or ChromeDriver found \(install Debian's packages: apt-get install chromium"):
+        env.reset(task=task)
+
+
+def test_unknown_task_and_tasks_without_an_expert_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"env.config.task: unknown MiniWoB\+\+ task 'click-buton'; did you mean 'click-button'"):
+        MiniWoBDomain(MiniWoBConfig(task="click-buton"))
+    no_expert = MiniWoBDomain(MiniWoBConfig(task="use-slider", chromium=str(tmp_path / "x")))
+    with pytest.raises(ConfigError, match=r"'use-slider' has no scripted expert for policy 'noisy'.*collect it with policy 'random'"):
+        no_expert.collect(tasks=[], policy="noisy", episodes=1, seed=0)
+
+
+@browser
+def test_unknown_split_and_policy(domain):
+    with pytest.raises(ConfigError, match="unknown split 'dev'"):
+        domain.tasks(split="dev")
+    with pytest.raises(ConfigError, match="unknown data policy 'oracle'"):
+        domain.collect(tasks=domain.tasks(split="train"), policy="oracle", episodes=1, seed=0)
+
+
+@browser
+def test_variations_are_other_train_seeds(domain):
+    parent = domain.tasks(split="train")[0]
+    children = [domain.make_variation(parent, text) for text in domain.propose_variations(parent, n=3, rng=np.random.default_rng(0))]
+    assert all(c is not None and c.origin == "synthetic" and c.parent_id == parent.id and c.split == "train" for c in children)
+    assert len({c.instruction for c in children}) == 3 and parent.instruction not in {c.instruction for c in children}
+    for text in ("seed=0", "seed=200000", "something else"):  # the parent, a test seed, no seed
+        assert domain.make_variation(parent, text) is None
+
+
+@browser
+def test_annotation_names_the_element_and_the_change(domain):
+    trajectory = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)[0]
+    traces = [domain.annotate(transition=t) for t in trajectory.transitions]
+    assert traces[0].startswith("Clicking [") and "and typing" in traces[0] and "The page now shows:" in traces[0]
+    assert traces[-1].endswith("This completes the task: the page scores the episode a success, reward 1.")
+    invalid = trajectory.transitions[0].__class__(**{**{f: getattr(trajectory.transitions[0], f) for f in trajectory.transitions[0].__struct_fields__}, "valid": False})
+    assert annotate_transition(invalid).startswith("'type [")

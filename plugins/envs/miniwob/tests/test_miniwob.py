@@ -191,3 +191,31 @@ def test_annotation_names_the_element_and_the_change(domain):
     assert traces[-1].endswith("This completes the task: the page scores the episode a success, reward 1.")
     invalid = trajectory.transitions[0].__class__(**{**{f: getattr(trajectory.transitions[0], f) for f in trajectory.transitions[0].__struct_fields__}, "valid": False})
     assert annotate_transition(invalid).startswith("'type [")
+
+
+@browser
+@pytest.mark.slow
+def test_reduced_example_pipeline_runs_in_the_browser(tmp_path):
+    """examples/miniwob.yaml, reduced: collect -> buffer -> annotate -> joint SFT -> warm start
+    -> GRPO in DreamGym with domain variations -> evaluate, on real pages in Chromium."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_local")
+    example = Path(__file__).parents[4] / "examples" / "miniwob.yaml"
+    reduced = [
+        f"run_dir={tmp_path / 'run'}", "env.config.train_seeds=4", "env.config.valid_seeds=2", "env.config.test_seeds=2",
+        "data.expert_episodes=4", "data.noisy_episodes=2", "data.random_episodes=2", "experience.epochs=1",
+        "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "loop.iterations=1", "loop.tasks_per_iteration=2",
+        "loop.group_size=2", "eval.episodes=2", "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
+    ]
+    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(example)] + [x for item in reduced for x in ("--set", item)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["eval/episodes"] == 2.0 and summary["counters/synthetic_transitions"] > 0
+    assert summary["counters/offline_transitions"] > 0 and summary["counters/real_transitions"] == 0.0
+    assert "| after RL |" in (tmp_path / "run" / "report.md").read_text()

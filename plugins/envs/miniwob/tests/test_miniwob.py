@@ -174,12 +174,16 @@ def test_unknown_split_and_policy(domain):
 
 
 @browser
-def test_variations_are_other_train_seeds(domain):
+def test_variations_are_train_seeds_beyond_the_seed_tasks(domain):
     parent = domain.tasks(split="train")[0]
-    children = [domain.make_variation(parent, text) for text in domain.propose_variations(parent, n=3, rng=np.random.default_rng(0))]
+    texts = domain.propose_variations(parent, n=3, rng=np.random.default_rng(0))
+    seeds = {t.payload["seed"] for t in domain.tasks(split="train")}
+    children = [domain.make_variation(parent, text) for text in texts]
     assert all(c is not None and c.origin == "synthetic" and c.parent_id == parent.id and c.split == "train" for c in children)
+    assert all(c.payload["seed"] not in seeds and c.payload["seed"] < 100000 for c in children)
     assert len({c.instruction for c in children}) == 3 and parent.instruction not in {c.instruction for c in children}
-    for text in ("seed=0", "seed=200000", "something else"):  # the parent, a test seed, no seed
+    assert domain.make_variation(parent, "seed=99999") is not None
+    for text in ("seed=0", "seed=100000", "something else"):  # the parent, a validation seed, no seed
         assert domain.make_variation(parent, text) is None
 
 

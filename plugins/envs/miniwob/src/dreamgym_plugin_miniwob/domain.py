@@ -142,26 +142,27 @@ class MiniWoBDomain:
 
     def describe_variation(self, task: Task) -> str:
         """Tells the task generator what a variation of ``task`` may change, and how to write it."""
-        train = self.seeds("train")
         return (
             f"This is the MiniWoB++ task {self.config.task}; each page seed generates another problem "
-            f"(other words, labels and layout). Write seed=K with K one of its train seeds "
-            f"{train[0]}-{train[-1]} (now {task.payload['seed']})."
+            f"(other words, labels and layout). Write seed=K with K a train seed, 0-{SPLIT_SEED_BASE['valid'] - 1} "
+            f"(now {task.payload['seed']})."
         )
 
     def propose_variations(self, parent: Task, *, n: int, rng: Any) -> list[str]:
-        """``n`` variation texts ``make_variation`` accepts: other train seeds (the rule-based
-        M_task; ``rng`` is a numpy Generator)."""
-        others = [s for s in self.seeds("train") if s != parent.payload["seed"]]
-        return [f"seed={others[i]}" for i in rng.choice(len(others), size=min(n, len(others)), replace=False)]
+        """``n`` variation texts ``make_variation`` accepts: problems from train seeds that are
+        not seed tasks (the rule-based M_task; ``rng`` is a numpy Generator). The train seed
+        range is the whole of [0, 100000): the seed tasks are only its first ``train_seeds``."""
+        first, end = self.config.train_seeds, SPLIT_SEED_BASE["valid"]
+        return [f"seed={first + int(i)}" for i in rng.choice(end - first, size=min(n, end - first), replace=False)]
 
     def make_variation(self, parent: Task, text: str) -> Task | None:
-        """A synthetic train Task from ``seed=K``, or None when K is not another train seed."""
+        """A synthetic train Task from ``seed=K``, or None when K is the parent's seed or not a
+        train seed."""
         match = _SEED.search(text)
         if match is None:
             return None
         seed = int(match.group(1))
-        if seed == parent.payload["seed"] or seed not in self.seeds("train"):
+        if seed == parent.payload["seed"] or not SPLIT_SEED_BASE["train"] <= seed < SPLIT_SEED_BASE["valid"]:
             return None
         return self._task("train", seed, parent=parent)
 

@@ -13,8 +13,8 @@ from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
 __all__ = [
-    "RolloutStats", "Episode", "rollout", "step_transition", "unlisted", "wilson_interval", "unanswered_step", "unanswered",
-    "drop_unanswered",
+    "RolloutStats", "Episode", "rollout", "step_transition", "play_offline", "unlisted", "wilson_interval", "unanswered_step",
+    "unanswered", "drop_unanswered",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,20 @@ def step_transition(
         model_failed=result.info.get("parse_status") == "failed",
         truncated=bool(result.info.get("truncated", False)),
     )
+
+
+def play_offline(env: Env, task: Task, episode_id: str, next_action: Callable[[Observation], str]) -> Trajectory:
+    """One real episode of a domain's scripted data policy (expert, noisy, random play in
+    ``collect``): ``next_action`` picks each action from the state it sees, until the env ends
+    the episode. Its transitions are ``source="offline"``."""
+    observation, transitions = env.reset(task=task), []
+    while True:
+        action = next_action(observation)
+        result = env.step(action=action)
+        transitions.append(step_transition(task, episode_id, len(transitions), observation, action, result, source="offline", model_id=""))
+        observation = result.observation
+        if result.done:
+            return Trajectory(task=task, transitions=transitions)
 
 
 def _apply(ep: Episode, decision: PolicyDecision, result: StepResult, source: str, model_id: str) -> None:

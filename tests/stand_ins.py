@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from dreamgym_core import ComponentSpec, hookimpl
 from dreamgym_core.config import Config
 from dreamgym_core.records import Observation, StepResult, Task, Trajectory, Transition
+from dreamgym_core.rollout import play_offline
 
 
 class CountConfig(Config):
@@ -78,16 +79,8 @@ class CountDomain:
         out = []
         for e in range(episodes):
             task = tasks[e % len(tasks)]
-            env, obs, steps = self.make_env(), None, []
-            obs = env.reset(task=task)
-            actions = ["inc"] * int(task.payload["target"]) + ["stop"]
-            for i, a in enumerate(actions):
-                r = env.step(action=a)
-                steps.append(Transition(task_id=task.id, episode_id=f"{policy}-{e}", step=i, state=obs.text, action=a,
-                                        next_state=r.observation.text, reward=r.reward, done=r.done, success=r.success,
-                                        source="offline", instruction=task.instruction))
-                obs = r.observation
-            out.append(Trajectory(task=task, transitions=steps))
+            actions = iter(["inc"] * int(task.payload["target"]) + ["stop"])
+            out.append(play_offline(self.make_env(), task, f"{policy}-{e}", lambda obs: next(actions)))
         return out
 
     def annotate(self, *, transition: Transition) -> str:

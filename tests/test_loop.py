@@ -718,3 +718,25 @@ def test_warm_start_demos_stop_at_the_policys_step_cap():
     pairs = demo_examples([Trajectory(task=task, transitions=steps)], max_steps=6, history_window=2)
     assert len(pairs) == 6 and "Step 6 of at most 6." in pairs[-1][0]
     assert not any("Step 7" in prompt for prompt, _ in pairs)
+
+
+def test_play_offline_records_one_episode_until_the_env_ends_it():
+    from stand_ins import CountConfig, CountDomain
+
+    from dreamgym_core.rollout import play_offline
+
+    domain = CountDomain(CountConfig())
+    task = domain.tasks(split="train")[2]  # count to 3
+    actions, seen = iter(["inc", "bogus", "inc", "inc", "stop", "inc"]), []
+
+    def next_action(observation):
+        seen.append(observation.text)
+        return next(actions)
+
+    trajectory = play_offline(domain.make_env(), task, "e0", next_action)
+    steps = trajectory.transitions
+    assert [t.action for t in steps] == ["inc", "bogus", "inc", "inc", "stop"]  # the env ended it: "inc" never asked for
+    assert seen == ["count is 0", "count is 1", "count is 1", "count is 2", "count is 3"]
+    assert [t.step for t in steps] == [0, 1, 2, 3, 4] and [t.valid for t in steps] == [True, False, True, True, True]
+    assert all(t.source == "offline" and t.episode_id == "e0" and t.instruction == task.instruction for t in steps)
+    assert steps[-1].done and steps[-1].success and steps[-1].reward == 1.0 and not any(t.done for t in steps[:-1])

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Observation, Task, Trajectory, Transition
-from dreamgym_core.rollout import step_transition
+from dreamgym_core.rollout import play_offline
 
 from .config import MiniWoBConfig
 from .env import ACTION_SYNTAX, MiniWoBEnv, parse_action
@@ -122,17 +122,17 @@ class MiniWoBDomain:
         ]
 
     def _play(self, env: MiniWoBEnv, task: Task, policy: str, rng: random.Random, episode_id: str) -> Trajectory:
-        obs, transitions = env.reset(task=task), []
-        utterance = env.page.utterance()
-        steps = [] if policy == "random" else plan(self.config.task, utterance, env.elements())
-        while True:
+        problem: dict[str, Any] = {}  # the utterance and the expert's plan, read after the reset
+
+        def next_action(obs: Observation) -> str:
+            if not problem:
+                problem["utterance"] = utterance = env.page.utterance()
+                problem["plan"] = [] if policy == "random" else plan(self.config.task, utterance, env.elements())
+            steps = problem["plan"]
             detour = policy == "random" or not steps or (policy == "noisy" and rng.random() < self.config.noise)
-            action = random_action(utterance, env.elements(), rng) if detour else steps.pop(0)
-            result = env.step(action=action)
-            transitions.append(step_transition(task, episode_id, len(transitions), obs, action, result, source="offline", model_id=""))
-            obs = result.observation
-            if result.done:
-                return Trajectory(task=task, transitions=transitions)
+            return random_action(problem["utterance"], env.elements(), rng) if detour else steps.pop(0)
+
+        return play_offline(env, task, episode_id, next_action)
 
     def annotate(self, *, transition: Transition) -> str:
         """A rule-based reasoning trace from ground truth (see :func:`annotate_transition`)."""

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Observation, Task, Trajectory, Transition
-from dreamgym_core.rollout import step_transition
+from dreamgym_core.rollout import play_offline
 
 from .config import SciWorldConfig
 from .env import SciWorldEnv
@@ -115,16 +115,15 @@ class SciWorldDomain:
         ]
 
     def _play(self, env: SciWorldEnv, task: Task, policy: str, rng: random.Random, episode_id: str) -> Trajectory:
-        obs, transitions = env.reset(task=task), []
-        gold = env.gold_actions()
-        while True:
+        gold: list[str] | None = None  # the gold path, read after the reset
+
+        def next_action(obs: Observation) -> str:
+            nonlocal gold
+            gold = env.gold_actions() if gold is None else gold
             detour = policy == "random" or not gold or (policy == "noisy" and rng.random() < self.config.noise)
-            action = rng.choice(env.valid_actions()) if detour else gold.pop(0)
-            result = env.step(action=action)
-            transitions.append(step_transition(task, episode_id, len(transitions), obs, action, result, source="offline", model_id=""))
-            obs = result.observation
-            if result.done:
-                return Trajectory(task=task, transitions=transitions)
+            return rng.choice(env.valid_actions()) if detour else gold.pop(0)
+
+        return play_offline(env, task, episode_id, next_action)
 
     def annotate(self, *, transition: Transition) -> str:
         """A rule-based reasoning trace from ground truth (see :func:`annotate_transition`)."""

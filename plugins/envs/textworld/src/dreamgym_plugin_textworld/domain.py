@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Observation, Task, Trajectory, Transition
+from dreamgym_core.rollout import play_offline
 
 from .annotate import annotate_transition
 from .config import DEFAULT_CALL_TIMEOUT_S, TwConfig, TwxConfig
@@ -146,25 +147,13 @@ class TextWorldDomain:
     def _play(
         self, env: TextWorldEnv, task: Task, policy: str, rng: random.Random, episode_id: str, known: set[str]
     ) -> Trajectory:
-        obs, transitions = env.reset(task=task), []
-        while True:
+        def next_action(obs: Observation) -> str:
             known.update(obs.admissible_actions)
-            action = choose_action(
-                policy, expert=env.expert_action(), admissible=obs.admissible_actions, rng=rng,
-                noise=self.config.noise, known=known,
+            return choose_action(
+                policy, expert=env.expert_action(), admissible=obs.admissible_actions, rng=rng, noise=self.config.noise, known=known
             )
-            result = env.step(action=action)
-            transitions.append(
-                Transition(
-                    task_id=task.id, episode_id=episode_id, step=len(transitions), state=obs.text, action=action,
-                    next_state=result.observation.text, reward=result.reward, done=result.done,
-                    success=result.success, valid=result.valid, source="offline", instruction=task.instruction,
-                    admissible_actions=list(obs.admissible_actions), truncated=bool(result.info.get("truncated", False)),
-                )
-            )  # fmt: skip
-            obs = result.observation
-            if result.done:
-                return Trajectory(task=task, transitions=transitions)
+
+        return play_offline(env, task, episode_id, next_action)
 
     def annotate(self, *, transition: Transition) -> str:
         """A rule-based reasoning trace from ground truth (see :mod:`.annotate`)."""

@@ -150,6 +150,18 @@ def test_a_crashed_browser_fails_the_step_in_one_line(domain):
         env.close()
 
 
+def test_an_expert_that_cannot_read_the_problem_names_task_and_utterance():
+    from dreamgym_core.errors import DreamGymError
+    from dreamgym_plugin_miniwob.experts import NoPlan, plan
+
+    page = [Element(ref=4, tag="button", text="yes")]
+    with pytest.raises(NoPlan, match=r"click-button: cannot read 'Click on the button\.'") as err:
+        plan("click-button", "Click on the button.", page)  # no quoted label
+    assert isinstance(err.value, DreamGymError)
+    with pytest.raises(NoPlan, match=r"no element with tag=button text='no'"):
+        plan("click-button", 'Click on the "no" button.', page)
+
+
 def test_missing_browser_is_one_line_naming_the_fix(tmp_path):
     env = MiniWoBDomain(MiniWoBConfig(chromium=str(tmp_path / "no-chromium"), chromedriver=str(tmp_path / "no-driver"))).make_env()
     task = Task(id="miniwob/click-button/0", instruction="x", domain="miniwob", payload={"task": "click-button", "seed": 0})

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
+from dreamgym_core.errors import DataError
+
 from .page import Element
 
 __all__ = ["EXPERTS", "NoPlan", "plan"]
@@ -17,8 +19,9 @@ __all__ = ["EXPERTS", "NoPlan", "plan"]
 Expert = Callable[[str, Sequence[Element]], list[str]]
 
 
-class NoPlan(ValueError):
-    """The expert could not read the problem (an utterance or page it does not know)."""
+class NoPlan(DataError):
+    """The expert could not read the problem (an utterance or page it does not know): a
+    one-line error naming the task and the utterance, like any other bad data."""
 
 
 def _quoted(utterance: str) -> list[str]:

@@ -25,7 +25,7 @@ except BrowserError as exc:
     NO_BROWSER = str(exc)
 browser = pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)
 
-CONFIG = MiniWoBConfig(task="login-user", train_seeds=4, valid_seeds=2, test_seeds=3)
+CONFIG = MiniWoBConfig(tasks=["login-user"], train_seeds=4, valid_seeds=2, test_seeds=3)
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,32 @@ def test_conformance(domain):
 @browser
 @pytest.mark.parametrize("task", sorted(EXPERTS))
 def test_each_scripted_expert_solves_its_task(task):
-    domain = MiniWoBDomain(MiniWoBConfig(task=task, train_seeds=3, valid_seeds=0, test_seeds=1))
+    domain = MiniWoBDomain(MiniWoBConfig(tasks=[task], train_seeds=3, valid_seeds=0, test_seeds=1))
     try:
         for trajectory in domain.collect(tasks=domain.tasks(split="train"), policy="expert", episodes=3, seed=0):
             last = trajectory.transitions[-1]
             assert last.done and last.success and last.reward == 1.0, (trajectory.task.instruction, [t.action for t in trajectory.transitions])
             assert all(t.valid and not t.done and t.reward == 0.0 for t in trajectory.transitions[:-1])
+    finally:
+        domain.close()
+
+
+@browser
+def test_several_tasks_interleave_and_one_browser_plays_them_all():
+    domain = MiniWoBDomain(MiniWoBConfig(tasks=["click-button", "enter-text", "focus-text"], train_seeds=2, valid_seeds=0, test_seeds=1))
+    try:
+        tasks = domain.tasks(split="train")
+        assert [t.id for t in tasks] == [
+            "miniwob/click-button/0", "miniwob/enter-text/0", "miniwob/focus-text/0",
+            "miniwob/click-button/1", "miniwob/enter-text/1", "miniwob/focus-text/1",
+        ]
+        first = [domain.initial_observation(t).text for t in tasks]
+        trajectories = domain.collect(tasks=tasks, policy="expert", episodes=6, seed=0)  # the page changes every episode
+        assert all(t.transitions[-1].success for t in trajectories)
+        assert [t.transitions[0].state for t in trajectories] == first
+        parent = tasks[1]
+        child = domain.make_variation(parent, domain.propose_variations(parent, n=1, rng=np.random.default_rng(0))[0])
+        assert child.payload["task"] == "enter-text" and child.instruction.startswith("Enter ")
     finally:
         domain.close()
 
@@ -170,9 +190,11 @@ def test_missing_browser_is_one_line_naming_the_fix(tmp_path):
 
 
 def test_unknown_task_and_tasks_without_an_expert_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"env.config.task: unknown MiniWoB\+\+ task 'click-buton'; did you mean 'click-button'"):
-        MiniWoBDomain(MiniWoBConfig(task="click-buton"))
-    no_expert = MiniWoBDomain(MiniWoBConfig(task="use-slider", chromium=str(tmp_path / "x")))
+    with pytest.raises(ConfigError, match=r"env.config.tasks\[0\]: unknown MiniWoB\+\+ task 'click-buton'; did you mean 'click-button'"):
+        MiniWoBDomain(MiniWoBConfig(tasks=["click-buton"]))
+    with pytest.raises(ConfigError, match=r"env.config.tasks: a task is named twice"):
+        MiniWoBDomain(MiniWoBConfig(tasks=["click-button", "click-button"]))
+    no_expert = MiniWoBDomain(MiniWoBConfig(tasks=["click-button", "use-slider"], chromium=str(tmp_path / "x")))
     with pytest.raises(ConfigError, match=r"'use-slider' has no scripted expert for policy 'noisy'.*collect it with policy 'random'"):
         no_expert.collect(tasks=[], policy="noisy", episodes=1, seed=0)
 

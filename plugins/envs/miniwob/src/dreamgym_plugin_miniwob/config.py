@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from msgspec import Meta
 
 from dreamgym_core.config import Config, NonNegativeInt, PositiveInt, Probability
@@ -12,12 +13,14 @@ __all__ = ["MiniWoBConfig"]
 
 
 class MiniWoBConfig(Config):
-    """One MiniWoB++ task; each seed of its page generator is one seed task."""
+    """MiniWoB++ tasks; each seed of a task's page generator is one seed task."""
 
-    task: Annotated[str, Meta(description="MiniWoB++ task name (e.g. click-button, enter-text, login-user).")] = "click-button"
-    train_seeds: Annotated[PositiveInt, Meta(description="Seed tasks in the train split (page seeds 0..N-1).")] = 64
-    valid_seeds: Annotated[NonNegativeInt, Meta(description="Seed tasks in the validation split (page seeds from 100000).")] = 16
-    test_seeds: Annotated[PositiveInt, Meta(description="Seed tasks in the test split (page seeds from 200000).")] = 32
+    tasks: Annotated[
+        list[str], Meta(min_length=1, description="MiniWoB++ task names (e.g. [click-button, enter-text, login-user]).")
+    ] = msgspec.field(default_factory=lambda: ["click-button"])
+    train_seeds: Annotated[PositiveInt, Meta(description="Seed tasks per task in the train split (page seeds 0..N-1).")] = 64
+    valid_seeds: Annotated[NonNegativeInt, Meta(description="Seed tasks per task in the validation split (page seeds from 100000).")] = 16
+    test_seeds: Annotated[PositiveInt, Meta(description="Seed tasks per task in the test split (page seeds from 200000).")] = 32
     max_steps: Annotated[PositiveInt, Meta(description="Step cap per episode; reaching it ends the episode as a failure.")] = 8
     noise: Annotated[
         Probability, Meta(description="Noisy-expert policy: chance of a random action instead of the expert's next one.")

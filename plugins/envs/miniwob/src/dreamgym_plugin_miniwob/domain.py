@@ -37,16 +37,19 @@ def random_action(utterance: str, elements: Sequence[Element], rng: random.Rando
 
 
 class MiniWoBDomain:
-    """One MiniWoB++ task; each split's seed tasks are problems the page generates from seeds."""
+    """MiniWoB++ tasks; each split's seed tasks are problems their pages generate from seeds."""
 
     name = "miniwob"
 
     def __init__(self, config: MiniWoBConfig) -> None:
         names = task_names()
-        if config.task not in names:
-            close = difflib.get_close_matches(config.task, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" ({len(names)} tasks, e.g. {', '.join(sorted(EXPERTS))})"
-            raise ConfigError(f"env.config.task: unknown MiniWoB++ task {config.task!r}{hint}")
+        for i, task in enumerate(config.tasks):
+            if task not in names:
+                close = difflib.get_close_matches(task, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" ({len(names)} tasks, e.g. {', '.join(sorted(EXPERTS))})"
+                raise ConfigError(f"env.config.tasks[{i}]: unknown MiniWoB++ task {task!r}{hint}")
+        if len(set(config.tasks)) < len(config.tasks):
+            raise ConfigError(f"env.config.tasks: a task is named twice in {config.tasks}")
         self.config = config
         self._probe: MiniWoBEnv | None = None
         self._tasks: dict[str, list[Task]] = {}
@@ -60,25 +63,27 @@ class MiniWoBDomain:
         return [SPLIT_SEED_BASE[split] + i for i in range(n)]
 
     def tasks(self, *, split: str) -> list[Task]:
-        """Seed tasks of ``split``: the problems of its page seeds, each instruction the page's utterance."""
+        """Seed tasks of ``split``: the problems of its page seeds, each instruction the page's
+        utterance. Tasks are interleaved (seed 0 of every task, then seed 1, ...), so that the
+        first N episodes of a collection cover every task."""
         if split not in self._tasks:
-            self._tasks[split] = [self._task(split, seed) for seed in self.seeds(split)]
+            self._tasks[split] = [self._task(split, name, seed) for seed in self.seeds(split) for name in self.config.tasks]
         return list(self._tasks[split])
 
-    def _task(self, split: str, seed: int, parent: Task | None = None) -> Task:
+    def _task(self, split: str, name: str, seed: int, parent: Task | None = None) -> Task:
         page = self._probe_env().page
-        page.start(seed)
+        page.start(name, seed)
         instruction = " ".join(page.utterance().split())
         if self.config.describe_actions:
             instruction += f" Actions: {ACTION_SYNTAX}."
         return Task(
-            id=f"miniwob/{self.config.task}/{seed}" + ("~syn" if parent else ""),
+            id=f"miniwob/{name}/{seed}" + ("~syn" if parent else ""),
             instruction=instruction,
             domain=self.name,
             split=split,
             origin="synthetic" if parent else "seed",
             parent_id=parent.id if parent else None,
-            payload={"task": self.config.task, "seed": seed, "split": split},
+            payload={"task": name, "seed": seed, "split": split},
         )
 
     # --- real environments -------------------------------------------------------
@@ -86,7 +91,7 @@ class MiniWoBDomain:
     def make_env(self) -> MiniWoBEnv:
         """A fresh real environment (its Chromium starts on the first reset)."""
         c = self.config
-        return MiniWoBEnv(task=c.task, max_steps=c.max_steps, max_elements=c.max_elements, chromium=c.chromium, chromedriver=c.chromedriver)
+        return MiniWoBEnv(max_steps=c.max_steps, max_elements=c.max_elements, chromium=c.chromium, chromedriver=c.chromedriver)
 
     def _probe_env(self) -> MiniWoBEnv:
         if self._probe is None:
@@ -107,9 +112,10 @@ class MiniWoBDomain:
         random: uniform actions (:func:`random_action`)."""
         if policy not in POLICIES:
             raise ConfigError(f"unknown data policy {policy!r} (available: {', '.join(POLICIES)})")
-        if policy != "random" and self.config.task not in EXPERTS:
+        without = [t for t in self.config.tasks if t not in EXPERTS]
+        if policy != "random" and without:
             raise ConfigError(
-                f"env.config.task: MiniWoB++ task {self.config.task!r} has no scripted expert for policy {policy!r} "
+                f"env.config.tasks: MiniWoB++ task {without[0]!r} has no scripted expert for policy {policy!r} "
                 f"(tasks with one: {', '.join(sorted(EXPERTS))}); collect it with policy 'random'"
             )
         if not tasks:
@@ -127,7 +133,7 @@ class MiniWoBDomain:
         def next_action(obs: Observation) -> str:
             if not problem:
                 problem["utterance"] = utterance = env.page.utterance()
-                problem["plan"] = [] if policy == "random" else plan(self.config.task, utterance, env.elements())
+                problem["plan"] = [] if policy == "random" else plan(task.payload["task"], utterance, env.elements())
             steps = problem["plan"]
             detour = policy == "random" or not steps or (policy == "noisy" and rng.random() < self.config.noise)
             return random_action(problem["utterance"], env.elements(), rng) if detour else steps.pop(0)
@@ -143,7 +149,7 @@ class MiniWoBDomain:
     def describe_variation(self, task: Task) -> str:
         """Tells the task generator what a variation of ``task`` may change, and how to write it."""
         return (
-            f"This is the MiniWoB++ task {self.config.task}; each page seed generates another problem "
+            f"This is the MiniWoB++ task {task.payload['task']}; each page seed generates another problem "
             f"(other words, labels and layout). Write seed=K with K a train seed, 0-{SPLIT_SEED_BASE['valid'] - 1} "
             f"(now {task.payload['seed']})."
         )
@@ -164,7 +170,7 @@ class MiniWoBDomain:
         seed = int(match.group(1))
         if seed == parent.payload["seed"] or not SPLIT_SEED_BASE["train"] <= seed < SPLIT_SEED_BASE["valid"]:
             return None
-        return self._task("train", seed, parent=parent)
+        return self._task("train", parent.payload["task"], seed, parent=parent)
 
     def close(self) -> None:
         if self._probe is not None:

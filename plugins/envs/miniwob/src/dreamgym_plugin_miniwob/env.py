@@ -70,15 +70,16 @@ def render_state(elements: Sequence[Element], *, max_elements: int) -> str:
 class MiniWoBEnv:
     """Real MiniWoB++ episodes in the abstract state.
 
-    A task's payload names the page and the seed of its problem. Reward is the paper's outcome
+    A task's payload names the page and the seed of its problem; one browser plays every task,
+    opening a task's page when the task changes. Reward is the paper's outcome
     reward: 1.0 on the step that ends the episode with a positive MiniWoB reward (the page's
     own check), else 0; ``info`` keeps the page's raw reward in [-1, 1]. The episode also ends,
     as a failure, after ``max_steps`` steps. Chromium starts on the first reset (about 0.5 s);
     ``close`` stops it.
     """
 
-    def __init__(self, *, task: str, max_steps: int, max_elements: int, chromium: str = "", chromedriver: str = "") -> None:
-        self.page = Page(task, chromium=chromium, chromedriver=chromedriver)
+    def __init__(self, *, max_steps: int, max_elements: int, chromium: str = "", chromedriver: str = "") -> None:
+        self.page = Page(chromium=chromium, chromedriver=chromedriver)
         self.max_steps = max_steps
         self.max_elements = max_elements
         self._elements: list[Element] = []
@@ -90,10 +91,9 @@ class MiniWoBEnv:
         return Observation(text=render_state(self._elements, max_elements=self.max_elements), admissible_actions=[])
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
-        """Start the problem ``task.payload['seed']`` generates; ``seed`` is not used."""
-        if task.payload.get("task") != self.page.task:
-            raise DreamGymError(f"miniwob env for {self.page.task!r} cannot play task {task.id!r}")
-        self.page.start(task.payload["seed"])
+        """Start the problem ``task.payload['seed']`` generates on page ``task.payload['task']``;
+        ``seed`` is not used."""
+        self.page.start(task.payload["task"], task.payload["seed"])
         self._steps, self._done = 0, False
         return self._observe()
 

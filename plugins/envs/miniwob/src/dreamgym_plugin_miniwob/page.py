@@ -1,4 +1,4 @@
-"""A real MiniWoB++ task page in headless Chromium, driven through the page's own ``core`` API.
+"""Real MiniWoB++ task pages in headless Chromium, driven through the page's own ``core`` API.
 
 MiniWoB++ ships each task as an HTML page whose script generates a problem from
 ``Math.random`` and scores the episode itself (``WOB_DONE_GLOBAL``, ``WOB_RAW_REWARD_GLOBAL``).
@@ -96,13 +96,10 @@ def _flatten(node: Any) -> list[Element]:
 
 
 class Page:
-    """One headless Chromium showing one MiniWoB++ task page (started on first use)."""
+    """One headless Chromium (started on first use) showing the page of the task last started."""
 
-    def __init__(self, task: str, *, chromium: str = "", chromedriver: str = "") -> None:
-        if task not in task_names():
-            raise ConfigError(f"env.config.task: unknown MiniWoB++ task {task!r}")
-        self.task = task
-        self.url = (_html_dir() / f"{task}.html").as_uri()
+    def __init__(self, *, chromium: str = "", chromedriver: str = "") -> None:
+        self.task = ""  # the task whose page is open
         self._binaries = (chromium, chromedriver)
         self._driver: Any = None
         self._profile: tempfile.TemporaryDirectory[str] | None = None
@@ -113,7 +110,7 @@ class Page:
         except BrowserError:
             raise
         except Exception as exc:  # a crashed browser or a closed window
-            raise BrowserError(f"miniwob {self.task}: the browser failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            raise BrowserError(f"miniwob {self.task or '(no page)'}: the browser failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
     def _started(self) -> Any:
         if self._driver is None:
@@ -128,20 +125,31 @@ class Page:
             options.binary_location = binary
             try:
                 self._driver = webdriver.Chrome(service=Service(executable_path=driver), options=options)
-                self._driver.get(self.url)
             except Exception as exc:
                 self.close()
-                raise BrowserError(f"miniwob {self.task}: Chromium did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+                raise BrowserError(f"miniwob: Chromium did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         return self._driver
 
-    def start(self, seed: int) -> None:
-        """Start the episode whose problem the page generates from ``seed``.
+    def start(self, task: str, seed: int) -> None:
+        """Start the episode whose problem ``task``'s page generates from ``seed`` (the page is
+        opened first when another task's is showing).
 
         An episode still running is ended first (as MiniWoB's own reset does), and the refs the
         page stored on its elements are cleared: the page numbers elements from 1 at every
         episode but keeps a surviving element's old number, so without this the same seed would
         show other refs (or two elements one ref) depending on what was played before. The focus
         is taken off the last episode's element for the same reason."""
+        if task != self.task:
+            if task not in task_names():
+                raise ConfigError(f"unknown MiniWoB++ task {task!r}")
+            self.task = ""
+            try:  # returns once the page has loaded, its core script included
+                self._started().get((_html_dir() / f"{task}.html").as_uri())
+            except BrowserError:
+                raise
+            except Exception as exc:
+                raise BrowserError(f"miniwob {task}: the page did not load: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            self.task = task
         self._script(
             "core.endEpisode(0, false, 'reset');"
             "document.querySelectorAll('[data-wob_ref]').forEach(function (e) { delete e.dataset.wob_ref; });"
@@ -170,7 +178,7 @@ class Page:
         try:
             execute_type_text(text, self._started())
         except Exception as exc:
-            raise BrowserError(f"miniwob {self.task}: typing failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            raise BrowserError(f"miniwob {self.task or '(no page)'}: typing failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
     def outcome(self) -> tuple[bool, float]:
         """(episode over, the page's raw reward in [-1, 1])."""

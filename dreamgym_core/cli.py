@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -133,8 +134,15 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
     from .loop import run_pipeline
 
     resolved, plugins = _load(pipeline, overrides)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     summary = run_pipeline(resolved, plugins, resume=resume)
     click.echo(json.dumps(summary, indent=2))
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """A scheduler's stop or ``kill`` ends a run as Ctrl-C does, through its cleanup (buffer,
+    loggers, the env's browser or JVM, which would otherwise outlive it), with exit status 143."""
+    raise SystemExit(128 + signum)
 
 
 @cli.command("eval")

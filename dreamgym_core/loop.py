@@ -645,6 +645,9 @@ class Runner:
                 sink.close()
             if self.buffer is not None:
                 self.buffer.close()
+            close_domain = getattr(self.domain, "close", None)
+            if close_domain is not None:  # a domain's probe env holds a simulator or a browser
+                close_domain()
         return summary
 
     def evaluate(

@@ -257,3 +257,41 @@ def test_reduced_example_pipeline_runs_in_the_browser(tmp_path):
     assert summary["eval/episodes"] == 2.0 and summary["counters/synthetic_transitions"] > 0
     assert summary["counters/offline_transitions"] > 0 and summary["counters/real_transitions"] == 0.0
     assert "| after RL |" in (tmp_path / "run" / "report.md").read_text()
+
+
+def _our_browsers() -> set[str]:
+    import subprocess
+
+    listing = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in listing.splitlines() if "dreamgym-chromium-" in line}
+
+
+@browser
+@pytest.mark.slow
+def test_a_terminated_run_closes_its_browser(tmp_path):
+    """SIGTERM (a scheduler's stop) mid-run: exit 143 after the run's cleanup, no browser left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pytest.importorskip("dreamgym_plugin_hf")
+    example = Path(__file__).parents[4] / "examples" / "miniwob.yaml"
+    before = _our_browsers()
+    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(example), "--set", f"run_dir={tmp_path / 'run'}",
+            "--set", "data.expert_episodes=8", "--set", "experience.epochs=50", "--set", "experience_model.config.cpu_threads=1"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:  # the browser is up once collection is over
+            if "training the experience model" in line:
+                break
+        assert _our_browsers() - before, "the run's browser should be running"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 10
+    while _our_browsers() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _our_browsers() - before

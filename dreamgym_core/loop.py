@@ -28,7 +28,7 @@ from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .provenance import VERSIONS_FILE, record_versions
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
-from .rollout import RolloutStats, drop_unanswered, rollout, wilson_interval
+from .rollout import RolloutStats, drop_unanswered, rollout, success_by_family, wilson_interval
 from .selection import ValidSelection
 from .synthetic import storable
 
@@ -756,6 +756,11 @@ def evaluate(
         checkpoint.write_trajectories(trajectories_out, trajectories)
     low, high = wilson_interval(stats.successes, stats.episodes)
     extra: dict[str, float] = {}
+    by_family: dict[str, float] = {}
+    families = success_by_family(trajectories)
+    if len(families) > 1:  # several kinds of task (a multi-task domain): success on each
+        for family, (wins, n) in families.items():
+            by_family.update({f"{prefix}/success_rate/{family}": wins / n, f"{prefix}/episodes/{family}": float(n)})
     if synthetic:
         imagined, imagined_stats = play("synthetic")
         agree = sum(r.success == s.success for r, s in zip(trajectories, imagined))
@@ -765,6 +770,7 @@ def evaluate(
         }
     return {
         **extra,
+        **by_family,
         f"{prefix}/success_rate": stats.successes / max(stats.episodes, 1),
         f"{prefix}/success_ci_low": low,
         f"{prefix}/success_ci_high": high,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .checkpoint import atomic_write
 from .provenance import VERSIONS_FILE
@@ -82,6 +82,24 @@ def _unlisted_lines(history: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _family_lines(rows: Sequence[tuple[str, dict[str, float], str]]) -> list[str]:
+    """Success per task family (a multi-task domain's evaluations log one rate per family)."""
+    shown = [(label, row, prefix) for label, row, prefix in rows if any(k.startswith(f"{prefix}/success_rate/") for k in row)]
+    if not shown:
+        return []
+    families = list(dict.fromkeys(k.split("/", 2)[2] for _, row, prefix in shown for k in row if k.startswith(f"{prefix}/success_rate/")))
+    lines = ["", "By task family (success rate, episodes):", "", "| family | " + " | ".join(label for label, _, _ in shown) + " |"]
+    lines.append("|---|" + "---|" * len(shown))
+    for family in families:
+        cells = [
+            f"{row[f'{prefix}/success_rate/{family}']:.3f} ({int(row[f'{prefix}/episodes/{family}'])})"
+            if f"{prefix}/success_rate/{family}" in row else "-"
+            for _, row, prefix in shown
+        ]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _validation_lines(cfg: PipelineConfig, selection: ValidSelection | None, final: dict[str, Any]) -> list[str]:
     """Greedy validation success by iteration (eval.valid_every) and which policy was evaluated."""
     if selection is None or not selection.scores:
@@ -130,6 +148,7 @@ def write(
                 f"| {label} | {row[f'{prefix}/success_rate']:.3f} | [{row[f'{prefix}/success_ci_low']:.3f}, "
                 f"{row[f'{prefix}/success_ci_high']:.3f}] | {int(row[f'{prefix}/episodes'])} |"
             )
+    lines += _family_lines(rows)
     replayed = [(label, row, prefix) for label, row, prefix in rows if f"{prefix}/synthetic_agreement" in row]
     if replayed:
         lines += ["", "The same tasks played in the synthetic environment (the experience model on the policy's own play):", ""]

@@ -14,7 +14,7 @@ from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task,
 
 __all__ = [
     "RolloutStats", "Episode", "rollout", "step_transition", "play_offline", "unlisted", "wilson_interval", "unanswered_step",
-    "unanswered", "drop_unanswered",
+    "unanswered", "drop_unanswered", "task_family", "success_by_family",
 ]
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,21 @@ def drop_unanswered(
         kept_tasks.append(task)
         kept_groups.append(answered)
     return kept_tasks, kept_groups, dropped
+
+
+def task_family(task: Task) -> str:
+    """The kind of problem a task is: its id up to the last ``/`` (``miniwob/click-button`` for
+    ``miniwob/click-button/7``), the convention of the built-in domains' ids; "" without one."""
+    return task.id.rsplit("/", 1)[0] if "/" in task.id else ""
+
+
+def success_by_family(trajectories: Sequence[Trajectory]) -> dict[str, tuple[int, int]]:
+    """(successes, episodes) per :func:`task_family`, in order of first appearance."""
+    out: dict[str, tuple[int, int]] = {}
+    for traj in trajectories:
+        wins, n = out.get(task_family(traj.task), (0, 0))
+        out[task_family(traj.task)] = (wins + int(traj.success), n + 1)
+    return out
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -740,3 +740,23 @@ def test_play_offline_records_one_episode_until_the_env_ends_it():
     assert [t.step for t in steps] == [0, 1, 2, 3, 4] and [t.valid for t in steps] == [True, False, True, True, True]
     assert all(t.source == "offline" and t.episode_id == "e0" and t.instruction == task.instruction for t in steps)
     assert steps[-1].done and steps[-1].success and steps[-1].reward == 1.0 and not any(t.done for t in steps[:-1])
+
+
+def test_success_by_task_family():
+    from dreamgym_core.report import _family_lines
+    from dreamgym_core.rollout import success_by_family, task_family
+
+    def played(task_id, success):
+        task = Task(id=task_id, instruction="x", domain="d")
+        step = Transition(task_id=task_id, episode_id="e", step=0, state="s", action="a", next_state="t", reward=float(success),
+                          done=True, success=success)
+        return Trajectory(task=task, transitions=[step])
+
+    assert task_family(Task(id="miniwob/click-button/7", instruction="x", domain="d")) == "miniwob/click-button"
+    assert task_family(Task(id="count-3", instruction="x", domain="d")) == ""
+    games = [played("w/a/1", True), played("w/b/1", False), played("w/a/2", False), played("w/b/2", False), played("w/a/3", True)]
+    assert success_by_family(games) == {"w/a": (2, 3), "w/b": (0, 2)}
+    rows = [("untrained", {"eval_untrained/success_rate": 0.0}, "eval_untrained"),
+            ("after RL", {"eval/success_rate/w/a": 2 / 3, "eval/episodes/w/a": 3.0, "eval/success_rate/w/b": 0.0, "eval/episodes/w/b": 2.0}, "eval")]
+    assert _family_lines(rows)[3:] == ["| family | after RL |", "|---|---|", "| w/a | 0.667 (3) |", "| w/b | 0.000 (2) |"]
+    assert _family_lines(rows[:1]) == []  # one family: no table

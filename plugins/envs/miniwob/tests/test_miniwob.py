@@ -245,18 +245,22 @@ def test_reduced_example_pipeline_runs_in_the_browser(tmp_path):
     pytest.importorskip("dreamgym_plugin_local")
     example = Path(__file__).parents[4] / "examples" / "miniwob.yaml"
     reduced = [
-        f"run_dir={tmp_path / 'run'}", "env.config.train_seeds=4", "env.config.valid_seeds=2", "env.config.test_seeds=2",
+        f"run_dir={tmp_path / 'run'}", "env.config.tasks=[click-button, click-tab]", "env.config.train_seeds=4",
+        "env.config.valid_seeds=2", "env.config.test_seeds=2",
         "data.expert_episodes=4", "data.noisy_episodes=2", "data.random_episodes=2", "experience.epochs=1",
         "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "loop.iterations=1", "loop.tasks_per_iteration=2",
-        "loop.group_size=2", "eval.episodes=2", "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
+        "loop.group_size=2", "eval.episodes=4", "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
     ]
     args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(example)] + [x for item in reduced for x in ("--set", item)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert summary["eval/episodes"] == 2.0 and summary["counters/synthetic_transitions"] > 0
+    assert summary["eval/episodes"] == 4.0 and summary["counters/synthetic_transitions"] > 0
     assert summary["counters/offline_transitions"] > 0 and summary["counters/real_transitions"] == 0.0
-    assert "| after RL |" in (tmp_path / "run" / "report.md").read_text()
+    # both tasks' test seeds were played (interleaved), and the report shows each
+    assert summary["eval/episodes/miniwob/click-button"] == summary["eval/episodes/miniwob/click-tab"] == 2.0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| after RL |" in report and "| miniwob/click-tab |" in report
 
 
 def _our_browsers() -> set[str]:

@@ -6,6 +6,8 @@ chromium-driver``, which .ci/run does); without them they skip, naming what is m
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,15 @@ try:
 except BrowserError as exc:
     NO_BROWSER = str(exc)
 browser = pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)
+
+def _our_browsers() -> set[str]:
+    """Profile directories of the running browsers this plugin started (one per browser)."""
+    import re
+    import subprocess
+
+    listing = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"--user-data-dir=(\S*dreamgym-chromium-\S+)", listing))
+
 
 CONFIG = MiniWoBConfig(tasks=["login-user"], train_seeds=4, valid_seeds=2, test_seeds=3)
 
@@ -166,8 +177,14 @@ def test_a_crashed_browser_fails_the_step_in_one_line(domain):
         with pytest.raises(BrowserError, match=r"miniwob login-user: the browser failed") as err:
             env.step(action="click [4]")
         assert "\n" not in str(err.value)
+        profile = env.page._profile.name
+        assert profile in _our_browsers()  # Chromium outlived its driver
     finally:
         env.close()
+    deadline = time.monotonic() + 10  # killed processes leave the process table shortly after
+    while profile in _our_browsers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert profile not in _our_browsers()
 
 
 def test_an_expert_that_cannot_read_the_problem_names_task_and_utterance():
@@ -262,12 +279,6 @@ def test_reduced_example_pipeline_runs_in_the_browser(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| after RL |" in report and "| miniwob/click-tab |" in report
 
-
-def _our_browsers() -> set[str]:
-    import subprocess
-
-    listing = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in listing.splitlines() if "dreamgym-chromium-" in line}
 
 
 @browser

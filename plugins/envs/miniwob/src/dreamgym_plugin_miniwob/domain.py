@@ -28,8 +28,8 @@ _SEED = re.compile(r"seed\s*[=:]\s*(\d+)")
 def random_action(utterance: str, elements: Sequence[Element], rng: random.Random) -> str:
     """A uniform action on the page: click a listed element, or type a word of the utterance
     (or a made-up one) into a text field."""
-    shown = [e for e in elements if e.text or e.interactive]
-    fields = [e for e in shown if e.tag in ("input_text", "input_password", "textarea")]
+    shown = [e for e in elements if e.listed]
+    fields = [e for e in shown if e.takes_text]
     if fields and rng.random() < len(fields) / len(shown):
         words = re.findall(r'"([^"]+)"', utterance) or ["hello"]
         return f'type [{rng.choice(fields).ref}] "{rng.choice(words)}"'

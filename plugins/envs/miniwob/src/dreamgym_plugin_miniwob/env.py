@@ -60,7 +60,7 @@ def _describe(e: Element) -> str:
 def render_state(elements: Sequence[Element], *, max_elements: int) -> str:
     """The abstract state (module docstring): elements that show text or take input, at most
     ``max_elements`` of them; layout-only containers are left out."""
-    shown = [e for e in elements if e.text or e.interactive]
+    shown = [e for e in elements if e.listed]
     lines = [_describe(e) for e in shown[:max_elements]]
     if len(shown) > max_elements:
         lines.append(f"... {len(shown) - max_elements} more elements")

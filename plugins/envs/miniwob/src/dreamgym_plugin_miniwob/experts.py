@@ -36,7 +36,7 @@ def _first(elements: Sequence[Element], *, tag: str | None = None, text: str | N
 
 
 def _text_fields(elements: Sequence[Element]) -> list[Element]:
-    return [e for e in elements if e.tag in ("input_text", "input_password", "textarea")]
+    return [e for e in elements if e.takes_text]
 
 
 def _click(e: Element) -> str:

@@ -11,9 +11,11 @@ typing through real key events.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -53,6 +55,15 @@ class Element(msgspec.Struct, frozen=True):
     def interactive(self) -> bool:
         return self.tag.startswith("input") or self.tag in _INTERACTIVE
 
+    @property
+    def listed(self) -> bool:
+        """Shown in the abstract state: it shows text or takes input (layout-only containers do not)."""
+        return bool(self.text) or self.interactive
+
+    @property
+    def takes_text(self) -> bool:
+        return self.tag in ("input_text", "input_password", "textarea")
+
 
 def _html_dir() -> pathlib.Path:
     import miniwob
@@ -60,9 +71,11 @@ def _html_dir() -> pathlib.Path:
     return pathlib.Path(miniwob.__file__).parent / "html" / "miniwob"
 
 
-def task_names() -> list[str]:
-    """The MiniWoB++ tasks that run from the package's own files (FlightWoB's need a server)."""
-    return sorted(p.stem for p in _html_dir().glob("*.html"))
+@functools.cache
+def task_names() -> tuple[str, ...]:
+    """The MiniWoB++ tasks that run from the package's own files (FlightWoB's need a server);
+    read once, since a multi-task run checks a name at every change of page."""
+    return tuple(sorted(p.stem for p in _html_dir().glob("*.html")))
 
 
 def find_browser(chromium: str = "", chromedriver: str = "") -> tuple[str, str]:
@@ -190,8 +203,25 @@ class Page:
         if driver is not None:
             try:
                 driver.quit()
-            except Exception:  # a browser that already died: nothing left to release
+            except Exception:  # a dead ChromeDriver cannot quit its browser: done below
                 pass
         if self._profile is not None:
+            kill_processes_using(self._profile.name)
             self._profile.cleanup()
             self._profile = None
+
+
+def kill_processes_using(profile: str) -> int:
+    """Kill every process started with ``--user-data-dir=<profile>`` (this page's Chromium and
+    its helpers): when ChromeDriver dies first, the browser outlives it with no parent to stop
+    it. Reads /proc; elsewhere it finds nothing. Returns how many were killed."""
+    flag = f"--user-data-dir={profile}".encode()
+    killed = 0
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if flag in cmdline.read_bytes().split(b"\0"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ValueError):  # the process ended meanwhile, or is not ours to kill
+            continue
+    return killed

@@ -6,6 +6,11 @@ chromium-driver``, which .ci/run does); without them they skip, naming what is m
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -18,7 +23,7 @@ from dreamgym_core.testing import check_domain
 from dreamgym_plugin_miniwob import BrowserError, MiniWoBConfig, MiniWoBDomain, parse_action, render_state
 from dreamgym_plugin_miniwob.domain import annotate_transition
 from dreamgym_plugin_miniwob.experts import EXPERTS
-from dreamgym_plugin_miniwob.page import Element, find_browser
+from dreamgym_plugin_miniwob.page import Element, find_browser, kill_processes_using
 
 try:
     find_browser()
@@ -29,9 +34,6 @@ browser = pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)
 
 def _our_browsers() -> set[str]:
     """Profile directories of the running browsers this plugin started (one per browser)."""
-    import re
-    import subprocess
-
     listing = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True, check=True).stdout
     return set(re.findall(r"--user-data-dir=(\S*dreamgym-chromium-\S+)", listing))
 
@@ -181,10 +183,25 @@ def test_a_crashed_browser_fails_the_step_in_one_line(domain):
         assert profile in _our_browsers()  # Chromium outlived its driver
     finally:
         env.close()
-    deadline = time.monotonic() + 10  # killed processes leave the process table shortly after
-    while profile in _our_browsers() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert profile not in _our_browsers()
+    assert profile not in _our_browsers()  # close waits until the killed browser is gone
+    assert not os.path.exists(profile)
+
+
+def test_kill_processes_using_kills_only_that_profiles_processes_and_waits_for_them(tmp_path):
+    def started(profile):
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--user-data-dir={profile}"])
+
+    mine, other = started(tmp_path / "mine"), started(tmp_path / "other")
+    try:
+        time.sleep(0.2)  # let both exec, so /proc shows their command lines
+        assert kill_processes_using(str(tmp_path / "mine")) == 1
+        assert mine.wait(timeout=5) == -signal.SIGKILL
+        assert other.poll() is None
+        assert kill_processes_using(str(tmp_path / "nobody")) == 0
+    finally:
+        for proc in (mine, other):
+            proc.kill()
+            proc.wait()
 
 
 def test_an_expert_that_cannot_read_the_problem_names_task_and_utterance():

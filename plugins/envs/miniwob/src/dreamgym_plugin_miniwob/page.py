@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import signal
 import tempfile
+import time
 from typing import Any
 
 import msgspec
@@ -207,21 +208,43 @@ class Page:
                 pass
         if self._profile is not None:
             kill_processes_using(self._profile.name)
-            self._profile.cleanup()
+            try:
+                self._profile.cleanup()
+            except OSError:  # a write still in flight at the last scan: once more
+                time.sleep(0.5)
+                self._profile.cleanup()
             self._profile = None
 
 
-def kill_processes_using(profile: str) -> int:
+def kill_processes_using(profile: str, wait_s: float = 10.0) -> int:
     """Kill every process started with ``--user-data-dir=<profile>`` (this page's Chromium and
-    its helpers): when ChromeDriver dies first, the browser outlives it with no parent to stop
-    it. Reads /proc; elsewhere it finds nothing. Returns how many were killed."""
+    its helpers) and wait until none is left: when ChromeDriver dies first, the browser outlives
+    it with no parent to stop it. Scans again after each round because a zygote can fork a
+    helper between the scan and its own kill, and that helper would keep writing the profile
+    while it is removed. Reads /proc; elsewhere it finds nothing. Returns how many were killed."""
     flag = f"--user-data-dir={profile}".encode()
-    killed = 0
+    killed: set[int] = set()
+    deadline = time.monotonic() + wait_s
+    while pids := _processes_with_argument(flag):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except OSError:  # it ended meanwhile, or is not ours to kill
+                continue
+        if time.monotonic() > deadline:
+            raise BrowserError(f"miniwob: {len(pids)} browser processes of {profile} survived SIGKILL")
+        time.sleep(0.05)
+    return len(killed)
+
+
+def _processes_with_argument(argument: bytes) -> list[int]:
+    """Live processes whose command line holds ``argument`` (a zombie's reads empty)."""
+    found = []
     for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if flag in cmdline.read_bytes().split(b"\0"):
-                os.kill(int(cmdline.parent.name), signal.SIGKILL)
-                killed += 1
-        except (OSError, ValueError):  # the process ended meanwhile, or is not ours to kill
+            if argument in cmdline.read_bytes().split(b"\0"):
+                found.append(int(cmdline.parent.name))
+        except (OSError, ValueError):  # the process ended meanwhile
             continue
-    return killed
+    return found

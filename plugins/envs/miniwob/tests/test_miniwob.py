@@ -23,7 +23,7 @@ from dreamgym_core.testing import check_domain
 from dreamgym_plugin_miniwob import BrowserError, MiniWoBConfig, MiniWoBDomain, parse_action, render_state
 from dreamgym_plugin_miniwob.domain import annotate_transition
 from dreamgym_plugin_miniwob.experts import EXPERTS
-from dreamgym_plugin_miniwob.page import Element, find_browser, kill_processes_using
+from dreamgym_plugin_miniwob.page import Element, Page, find_browser, kill_processes_using, reap_orphaned_browsers
 
 try:
     find_browser()
@@ -298,14 +298,41 @@ def test_reduced_example_pipeline_runs_in_the_browser(tmp_path):
 
 
 
+_KILLED_OWNER = """
+from dreamgym_plugin_miniwob.page import Page
+page = Page()
+page.start("click-button", 0)
+print(page._profile.name, flush=True)
+input()
+"""
+
+
+@browser
+def test_the_browser_of_a_killed_run_is_reaped_by_the_next_browser_started():
+    """SIGKILL leaves the browser running (Chromium outlives ChromeDriver, nothing runs in the
+    killed process); the next Page started finds its owner gone and removes both."""
+    owner = subprocess.Popen([sys.executable, "-c", _KILLED_OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        profile = owner.stdout.readline().strip()
+        assert profile in _our_browsers() and os.path.isdir(profile)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert profile in _our_browsers()  # orphaned
+    page = Page()
+    try:
+        page.start("click-button", 0)
+        assert profile not in _our_browsers() and not os.path.exists(profile)
+        assert page._profile.name in _our_browsers()  # a live owner's browser is kept
+        assert reap_orphaned_browsers() == 0
+    finally:
+        page.close()
+
+
 @browser
 @pytest.mark.slow
 def test_a_terminated_run_closes_its_browser(tmp_path):
     """SIGTERM (a scheduler's stop) mid-run: exit 143 after the run's cleanup, no browser left."""
-    import signal
-    import subprocess
-    import sys
-    import time
     from pathlib import Path
 
     pytest.importorskip("dreamgym_plugin_hf")

@@ -24,7 +24,7 @@ import msgspec
 
 from dreamgym_core.errors import ConfigError, DreamGymError
 
-__all__ = ["BrowserError", "Element", "Page", "task_names", "find_browser"]
+__all__ = ["BrowserError", "Element", "Page", "task_names", "find_browser", "kill_processes_using", "reap_orphaned_browsers"]
 
 # The flags a closed network needs: without the background-networking ones Chromium keeps
 # trying to reach its vendor's hosts at every start.
@@ -37,6 +37,9 @@ _CHROMIUM_FLAGS = (
 # is a setTimeout delay, whose largest value is 2**31 - 1 ms (24.8 days): a larger one fires at once.
 _NO_TIME_LIMIT = "core.EPISODE_MAX_TIME = 2147483647;"
 _INTERACTIVE = ("button", "textarea", "select", "option", "a")
+# A browser's profile directory is named after the process that started it, so that a later
+# run can tell a profile whose owner died without closing it (SIGKILL, the OOM killer).
+_PROFILE_PREFIX = "dreamgym-chromium-"
 
 
 class BrowserError(DreamGymError):
@@ -132,7 +135,8 @@ class Page:
             from selenium.webdriver.chrome.service import Service
 
             binary, driver = find_browser(*self._binaries)
-            self._profile = tempfile.TemporaryDirectory(prefix="dreamgym-chromium-")
+            reap_orphaned_browsers()
+            self._profile = tempfile.TemporaryDirectory(prefix=f"{_PROFILE_PREFIX}{os.getpid()}-")
             options = webdriver.ChromeOptions()
             for flag in (*_CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}"):
                 options.add_argument(flag)
@@ -236,6 +240,36 @@ def kill_processes_using(profile: str, wait_s: float = 10.0) -> int:
             raise BrowserError(f"miniwob: {len(pids)} browser processes of {profile} survived SIGKILL")
         time.sleep(0.05)
     return len(killed)
+
+
+def reap_orphaned_browsers(tmp_dir: str | None = None) -> int:
+    """Kill the browsers, and remove the profiles, that runs which died without closing left
+    behind (nothing runs on SIGKILL, and Chromium outlives its ChromeDriver): a profile whose
+    owner process is gone belongs to no one. Only this user's profiles are touched, and a
+    reused owner pid only keeps a profile a while longer. Returns how many were removed."""
+    removed = 0
+    for profile in pathlib.Path(tmp_dir or tempfile.gettempdir()).glob(f"{_PROFILE_PREFIX}*-*"):
+        owner = profile.name[len(_PROFILE_PREFIX):].split("-", 1)[0]
+        try:
+            mine = profile.is_dir() and profile.stat().st_uid == os.getuid()
+        except OSError:  # removed meanwhile by another run's sweep
+            continue
+        if not owner.isdigit() or not mine or _alive(int(owner)):
+            continue
+        kill_processes_using(str(profile))
+        shutil.rmtree(profile, ignore_errors=True)  # another run may be sweeping it too
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _processes_with_argument(argument: bytes) -> list[int]:

@@ -298,6 +298,20 @@ def test_reduced_example_pipeline_runs_in_the_browser(tmp_path):
 
 
 
+def _children(pid: int, program: str) -> list[int]:
+    listing = subprocess.run(["ps", "-eo", "pid,ppid,comm"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in listing.splitlines()[1:]]
+    return [int(child) for child, parent, comm in rows if int(parent) == pid and program in comm]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has exited; its parent has not collected it yet)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 _KILLED_OWNER = """
 from dreamgym_plugin_miniwob.page import Page
 page = Page()
@@ -315,14 +329,17 @@ def test_the_browser_of_a_killed_run_is_reaped_by_the_next_browser_started():
     try:
         profile = owner.stdout.readline().strip()
         assert profile in _our_browsers() and os.path.isdir(profile)
+        driver = _children(owner.pid, "chromedriver")
+        assert len(driver) == 1
     finally:
         owner.kill()
         owner.wait()
-    assert profile in _our_browsers()  # orphaned
+    assert profile in _our_browsers() and _running(driver[0])  # orphaned
     page = Page()
     try:
         page.start("click-button", 0)
         assert profile not in _our_browsers() and not os.path.exists(profile)
+        assert not _running(driver[0])
         assert page._profile.name in _our_browsers()  # a live owner's browser is kept
         assert reap_orphaned_browsers() == 0
     finally:

@@ -230,7 +230,7 @@ def kill_processes_using(profile: str, wait_s: float = 10.0) -> int:
     flag = f"--user-data-dir={profile}".encode()
     killed: set[int] = set()
     deadline = time.monotonic() + wait_s
-    while pids := _processes_with_argument(flag):
+    while pids := _with_driver_parents(_processes_with_argument(flag)):
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -274,6 +274,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _with_driver_parents(pids: list[int]) -> list[int]:
+    """``pids`` and the ChromeDriver that started them, when it still runs: the owner of a run
+    killed with SIGKILL leaves its ChromeDriver behind too, and that one carries no profile."""
+    parents = []
+    for pid in pids:
+        try:
+            parent = int(pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+            program = pathlib.Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[0]
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+        if b"chromedriver" in pathlib.Path(program.decode(errors="replace")).name.encode():
+            parents.append(parent)
+    return list(dict.fromkeys([*pids, *parents])) if pids else []
 
 
 def _processes_with_argument(argument: bytes) -> list[int]:

@@ -286,9 +286,9 @@ def _with_driver_parents(pids: list[int]) -> list[int]:
             program = pathlib.Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[0]
         except (OSError, ValueError, IndexError):  # ended meanwhile
             continue
-        if b"chromedriver" in pathlib.Path(program.decode(errors="replace")).name.encode():
+        if b"chromedriver" in program.rpartition(b"/")[2]:
             parents.append(parent)
-    return list(dict.fromkeys([*pids, *parents])) if pids else []
+    return list(dict.fromkeys([*pids, *parents]))
 
 
 def _processes_with_argument(argument: bytes) -> list[int]:

@@ -309,8 +309,9 @@ def success_by_family(trajectories: Sequence[Trajectory]) -> dict[str, tuple[int
     """(successes, episodes) per :func:`task_family`, in order of first appearance."""
     out: dict[str, tuple[int, int]] = {}
     for traj in trajectories:
-        wins, n = out.get(task_family(traj.task), (0, 0))
-        out[task_family(traj.task)] = (wins + int(traj.success), n + 1)
+        family = task_family(traj.task)
+        wins, n = out.get(family, (0, 0))
+        out[family] = (wins + int(traj.success), n + 1)
     return out
 
 

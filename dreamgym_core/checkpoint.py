@@ -212,9 +212,10 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
     except (OSError, msgspec.DecodeError) as exc:
         raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
     _check_rng(state, ckpt / "state.json")  # before anything is restored or rolled back
-    exp_dir = runner.run_dir / "experience_model"
-    if runner.experience_model is not None and (exp_dir / "done").exists():
-        runner._reload_experience_model(exp_dir)
+    if runner.experience_model is not None:
+        from .stages import reload_trained  # stages writes through this module
+
+        reload_trained(runner.exp_backend, runner.run_dir)
     runner._reload_policy()
     runner.algo.load(path=str(ckpt / "algo"))
     if runner.curriculum is not None and state.curriculum is not None:

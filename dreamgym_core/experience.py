@@ -672,7 +672,10 @@ class LMExperienceModel:
         only from other tasks, see :func:`training_examples`; ``on_epoch(epoch, mean_loss)``
         after each epoch)."""
         if not hasattr(self.backend, "sft"):
-            raise DreamGymError(f"experience model backend {self.model_id!r} cannot be trained (no sft method)")
+            raise DreamGymError(
+                f"experience model backend {self.model_id!r} cannot be trained (no sft method); "
+                "to use it as it is (e.g. a served model), set experience.skip: true"
+            )
         examples = training_examples(
             transitions, buffer, history_window=self.config.history_window, k=self.config.top_k,
             other_tasks=other_tasks, fits=self._fits(),

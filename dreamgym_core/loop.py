@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import checkpoint, report
+from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash
 from .errors import ConfigError, DataError, DreamGymError
@@ -242,31 +242,8 @@ class Runner:
     # --- stages before the loop -----------------------------------------------------
 
     def _collect_offline(self) -> list[Trajectory]:
-        """Real offline data: expert, noisy-expert, random and explore episodes on train tasks."""
-        path = self.run_dir / "offline.jsonl"
-        data = self.cfg.data
-        wanted = data.path or data.expert_episodes + data.noisy_episodes + data.random_episodes + data.explore_episodes
-        if path.exists():
-            stored = checkpoint.read_trajectories(path)
-            if wanted and not stored:
-                raise DataError(f"{path}: holds no episodes, but the config asks for offline data; delete it to collect again")
-            return stored
-        if data.path:
-            transitions = checkpoint.read_transitions(Path(data.path))
-            if not transitions:
-                raise DataError(f"data.path {data.path}: no transitions")
-            trajectories = checkpoint.trajectories_from_transitions(transitions, self.train_tasks)
-        else:
-            trajectories = []
-            policies = (
-                ("expert", data.expert_episodes), ("noisy", data.noisy_episodes),
-                ("random", data.random_episodes), ("explore", data.explore_episodes),
-            )
-            for policy, episodes in policies:
-                if episodes:
-                    trajectories += self.domain.collect(tasks=self.train_tasks, policy=policy, episodes=episodes, seed=self.cfg.seed)
-        checkpoint.write_trajectories(path, trajectories)
-        return trajectories
+        """Real offline data on the train tasks (:func:`dreamgym_core.stages.collect_offline`)."""
+        return stages.collect_offline(self.domain, self.train_tasks, self.cfg.data, seed=self.cfg.seed, run_dir=self.run_dir)
 
     def _seed_buffer(self, offline: Sequence[Trajectory]) -> None:
         """Add the offline transitions once: a run resumed before its first checkpoint finds
@@ -286,46 +263,19 @@ class Runner:
 
     def _annotate(self, transitions: list[Transition]) -> list[Transition]:
         """Reasoning traces for joint SFT: the domain's rule-based annotator or a teacher."""
-        from .experience import TeacherAnnotator, annotate_with_domain
-
-        mode = self.cfg.experience.annotator
-        if mode == "none":
-            return transitions
-        if mode == "rule":
-            return annotate_with_domain(transitions, self.domain)
-        ref = self.cfg.experience.teacher
-        if ref is None:
-            raise ConfigError(f"{self.resolved.source}: experience.annotator='teacher' needs experience.teacher")
-        teacher = self.plugins.build("model", ref.name, self._component("experience.teacher"))
-        return TeacherAnnotator(teacher, seed=self.cfg.seed).annotate(transitions=transitions)
+        return stages.annotate_offline(
+            transitions, domain=self.domain, pipeline=self.cfg, source=str(self.resolved.source),
+            build_teacher=lambda: self.plugins.build("model", self.cfg.experience.teacher.name, self._component("experience.teacher")),
+        )
 
     def _train_experience_model(self, offline: list[Trajectory]) -> dict[str, float]:
         """Joint SFT (Eq. 5) on annotated offline transitions; the checkpoint is reused on resume."""
         if self.experience_model is None or self.cfg.experience.skip:
             return {}
-        from .experience import training_examples
-
-        ckpt = self.run_dir / "experience_model"
-        if (ckpt / "done").exists():
-            self._reload_experience_model(ckpt)
-            return {}
-        transitions = self._annotate([t for traj in offline for t in traj.transitions])
-        checkpoint.write_transitions(self.run_dir / "offline_annotated.jsonl", transitions)
-        exp = self.cfg.experience
-        other_tasks = exp.train_demos == "other-tasks"
-        if hasattr(self.exp_backend, "prepare"):
-            # Unshortened prompts: shortening them to the budget needs the tokenizer this trains.
-            examples = training_examples(
-                transitions, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k, other_tasks=other_tasks
-            )
-            self.exp_backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
-        metrics = self.experience_model.train(
-            transitions=transitions, buffer=self.buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size,
-            other_tasks=other_tasks, on_epoch=lambda epoch, loss: self._say(f"experience model epoch {epoch}/{exp.epochs}: loss {loss:.3f}"),
+        return stages.train_experience_model(
+            self.experience_model, self.exp_backend, [t for traj in offline for t in traj.transitions], annotate=self._annotate,
+            buffer=self.buffer, pipeline=self.cfg, run_dir=self.run_dir, say=self._say,
         )
-        self.exp_backend.save(path=str(ckpt))
-        (ckpt / "done").write_text("1\n")
-        return {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
 
     def fidelity_transitions(self) -> list[Transition]:
         """The held-out real transitions fidelity is scored on: ``eval.fidelity_episodes`` of
@@ -354,10 +304,6 @@ class Runner:
         )
         checkpoint.write_records(self.run_dir / "fidelity_unparsed.jsonl", unparsed_answers(results, held_out))
         return fidelity_metrics(results, held_out)
-
-    def _reload_experience_model(self, ckpt: Path) -> None:
-        """Swap in the trained experience-model weights saved by an earlier (killed) attempt."""
-        self.exp_backend.reload(path=str(ckpt))
 
     def _warmstart_policy(self, offline: list[Trajectory], epochs: int | None = None) -> dict[str, float]:
         """SFT on successful offline demos in the agent-prompt format (behaviour cloning)."""

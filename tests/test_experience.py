@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dreamgym_core.config import Config
+from dreamgym_core.errors import DreamGymError
 from dreamgym_core.experience import (
     fit_request,
     END_TAG,
@@ -659,3 +660,10 @@ def test_prompt_renders_reward_consistently() -> None:
     demo = _episode("a", 1)[0]
     text = build_prompt(ExperienceRequest(instruction="x", history=[], state="s", action="a", demos=[demo]))
     assert re.search(r"done=true success=true reward=1", text)
+
+
+def test_training_a_backend_without_sft_names_the_setting_that_uses_it_as_it_is():
+    # A served model (the openai backend) has no sft; the error says how to run with it untrained.
+    model = LMExperienceModel(ScriptedLM(lambda p: ""), ExperienceModelConfig())
+    with pytest.raises(DreamGymError, match=r"'scripted-lm' cannot be trained .*set experience.skip: true"):
+        model.train(transitions=make_transitions(2), buffer=ListBuffer(), epochs=1, lr=1e-3, batch_size=2)

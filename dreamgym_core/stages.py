@@ -1,0 +1,123 @@
+"""Stages before RL that every trainer backend runs alike: the offline real data and the
+experience model's joint SFT.
+
+The local loop (:mod:`dreamgym_core.loop`) and a backend that runs its own trainer (verl)
+both call these, so one pipeline file collects the same data and trains the same
+experience model whichever trainer runs it. Each stage writes its output to the run
+directory and reuses it when it is there, so a resumed run does not redo it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .config import DataConfig, PipelineConfig
+from .errors import ConfigError, DataError, DreamGymError
+from .records import Task, Trajectory, Transition
+
+__all__ = [
+    "OFFLINE_FILE", "EXPERIENCE_DIR", "collect_offline", "annotate_offline", "trained_experience_model", "train_experience_model",
+    "reload_trained",
+]
+
+# Run-directory names of the stages' outputs.
+OFFLINE_FILE = "offline.jsonl"
+EXPERIENCE_DIR = "experience_model"
+
+
+def collect_offline(domain: Any, tasks: Sequence[Task], data: DataConfig, *, seed: int, run_dir: Path) -> list[Trajectory]:
+    """Real offline data: expert, noisy-expert, random and explore episodes on ``tasks``
+    (or ``data.path``'s transitions), stored in ``run_dir/offline.jsonl`` and read back
+    from there when that file exists."""
+    path = run_dir / OFFLINE_FILE
+    wanted = data.path or data.expert_episodes + data.noisy_episodes + data.random_episodes + data.explore_episodes
+    if path.exists():
+        stored = checkpoint.read_trajectories(path)
+        if wanted and not stored:
+            raise DataError(f"{path}: holds no episodes, but the config asks for offline data; delete it to collect again")
+        return stored
+    if data.path:
+        transitions = checkpoint.read_transitions(Path(data.path))
+        if not transitions:
+            raise DataError(f"data.path {data.path}: no transitions")
+        trajectories = checkpoint.trajectories_from_transitions(transitions, list(tasks))
+    else:
+        trajectories = []
+        policies = (
+            ("expert", data.expert_episodes), ("noisy", data.noisy_episodes),
+            ("random", data.random_episodes), ("explore", data.explore_episodes),
+        )
+        for policy, episodes in policies:
+            if episodes:
+                trajectories += domain.collect(tasks=list(tasks), policy=policy, episodes=episodes, seed=seed)
+    checkpoint.write_trajectories(path, trajectories)
+    return trajectories
+
+
+def annotate_offline(
+    transitions: list[Transition], *, domain: Any, pipeline: PipelineConfig, build_teacher: Callable[[], Any], source: str
+) -> list[Transition]:
+    """Reasoning traces for joint SFT: the domain's rule-based annotator or a teacher model
+    (``build_teacher()`` builds ``experience.teacher``; ``source`` names the pipeline file in errors)."""
+    from .experience import TeacherAnnotator, annotate_with_domain
+
+    mode = pipeline.experience.annotator
+    if mode == "none":
+        return transitions
+    if mode == "rule":
+        return annotate_with_domain(transitions, domain)
+    if pipeline.experience.teacher is None:
+        raise ConfigError(f"{source}: experience.annotator='teacher' needs experience.teacher")
+    return TeacherAnnotator(build_teacher(), seed=pipeline.seed).annotate(transitions=transitions)
+
+
+def trained_experience_model(run_dir: Path) -> Path | None:
+    """The experience-model checkpoint a finished joint SFT left in ``run_dir``, if any."""
+    ckpt = run_dir / EXPERIENCE_DIR
+    return ckpt if (ckpt / "done").exists() else None
+
+
+def reload_trained(backend: Any, run_dir: Path) -> bool:
+    """Swap the trained weights of ``run_dir`` into ``backend``; False when there are none."""
+    ckpt = trained_experience_model(run_dir)
+    if ckpt is None:
+        return False
+    if not hasattr(backend, "reload"):
+        raise DreamGymError(f"{ckpt}: the experience model's backend cannot load trained weights (no reload method)")
+    backend.reload(path=str(ckpt))
+    return True
+
+
+def train_experience_model(
+    model: Any, backend: Any, transitions: Sequence[Transition], *, annotate: Callable[[list[Transition]], list[Transition]],
+    buffer: Any, pipeline: PipelineConfig, run_dir: Path, say: Callable[[str], None],
+) -> dict[str, float]:
+    """Joint SFT (paper Eq. 5) of ``model`` (an :class:`~dreamgym_core.experience.LMExperienceModel`
+    over ``backend``) on the annotated offline ``transitions``, saved to ``run_dir/experience_model``.
+
+    A checkpoint that an earlier attempt finished is reloaded instead (``--resume``, or a
+    verl run started again). Returns the training metrics under ``experience/``.
+    """
+    from .experience import training_examples
+
+    if reload_trained(backend, run_dir):
+        return {}
+    annotated = annotate(list(transitions))
+    checkpoint.write_transitions(run_dir / "offline_annotated.jsonl", annotated)
+    exp, loop = pipeline.experience, pipeline.loop
+    other_tasks = exp.train_demos == "other-tasks"
+    if hasattr(backend, "prepare"):
+        # Unshortened prompts: shortening them to the budget needs the tokenizer this trains.
+        examples = training_examples(annotated, buffer, history_window=loop.history_window, k=loop.top_k, other_tasks=other_tasks)
+        backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
+    metrics = model.train(
+        transitions=annotated, buffer=buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size, other_tasks=other_tasks,
+        on_epoch=lambda epoch, loss: say(f"experience model epoch {epoch}/{exp.epochs}: loss {loss:.3f}"),
+    )
+    ckpt = run_dir / EXPERIENCE_DIR
+    backend.save(path=str(ckpt))
+    (ckpt / "done").write_text("1\n")
+    return {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}

@@ -137,3 +137,73 @@ def test_run_until_verl_trainer(tmp_path, monkeypatch):
     assert len(seen["rows"]) == 2 and all(r["phase"] == "real" for r in seen["rows"])
     assert seen["curriculum"]["curriculum/observed_tasks"] == 2.0
     assert seen["worker_tensorboard_dir"] == str(run.resolve() / "tensorboard")
+
+
+def _fingerprint(model: object) -> float:
+    """Sum of absolute parameter values: tells trained weights from freshly initialised ones."""
+    return float(sum(p.detach().abs().sum() for p in model.parameters()))
+
+
+@ray.remote
+def experience_model_in_a_worker(run_dir: str) -> float:
+    """What an agent-loop worker builds for a synthetic episode (runtime.load_runtime)."""
+    from dreamgym_plugin_verl.runtime import load_runtime
+
+    env = load_runtime(run_dir).make_env("synthetic")
+    return _fingerprint(env.model.backend.model)
+
+
+def stand_in_main_ppo_dreamgym(overrides: list[str]) -> None:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        config = compose(config_name="ppo_trainer", overrides=overrides)
+    runtime = yaml.safe_load(open(config.actor_rollout_ref.rollout.agent.agent_loop_config_path))[0]["runtime"]
+    seen["worker_model"] = ray.get(experience_model_in_a_worker.remote(runtime))
+    spec = json.load(open(os.path.join(runtime, "verl", "runtime.json")))
+    seen.setdefault("buffer_sizes", []).append(len(RemoteBuffer.connect(spec["buffer_actor"])))
+
+
+@pytest.mark.slow
+def test_a_dreamgym_run_trains_the_experience_model_its_workers_play(tmp_path, monkeypatch, capsys):
+    """verl's path runs the local loop's data and joint-SFT stages on the driver: explore
+    episodes are collected too, and every worker's synthetic environment answers with the
+    trained weights (it used to build an untrained model from the config)."""
+    from dreamgym_core import checkpoint
+
+    monkeypatch.setattr(trainer_mod, "require_cuda", lambda: None)
+    monkeypatch.setattr(trainer_mod, "_run_main_ppo", stand_in_main_ppo_dreamgym)
+    monkeypatch.delenv("VERL_FILE_LOGGER_PATH", raising=False)
+    monkeypatch.delenv("TENSORBOARD_DIR", raising=False)
+    tiny = {"hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64, "vocab_size": 300}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "plugins": ["textworld", "hf", "exact", "encoders", "uniform", "verl"],
+        "env": {"name": "twx", "config": {"game": "coin", "train_seeds": 4, "test_seeds": 2}},
+        "policy": {"name": "hf-tiny"}, "experience_model": {"name": "hf-tiny", "config": tiny},
+        "encoder": {"name": "hashing"}, "buffer": {"name": "exact", "config": {"dedup": "none"}}, "curriculum": {"name": "uniform"},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/models/m"}},
+        "loop": {"mode": "dreamgym", "iterations": 1, "tasks_per_iteration": 2, "group_size": 2, "max_steps": 4},
+        "data": {"expert_episodes": 2, "noisy_episodes": 0, "random_episodes": 1, "explore_episodes": 1},
+        "experience": {"epochs": 1}, "eval": {"episodes": 2}, "run_dir": str(tmp_path / "run"),
+    }))
+    pipeline = load_pipeline(path)
+    plugins = Plugins.for_names(pipeline.plugins)
+    seen.pop("buffer_sizes", None)
+    for resume in (False, True):  # started again with --resume: the same data, model and buffer (not seeded twice)
+        try:
+            run_pipeline(resolve(pipeline, plugins, where=str(path)), plugins, resume=resume)
+        finally:
+            ray.shutdown()
+    run = tmp_path / "run"
+    offline = checkpoint.read_trajectories(run / "offline.jsonl")
+    assert len(offline) == 4  # expert 2, random 1, explore 1
+    assert seen["buffer_sizes"] == [sum(len(t.transitions) for t in offline)] * 2
+    assert (run / "experience_model" / "done").exists() and (run / "offline_annotated.jsonl").exists()
+    trained, fresh = (plugins.build("model", "hf-tiny", resolve(pipeline, plugins, where=str(path)).components["experience_model"]) for _ in range(2))
+    trained.reload(path=str(run / "experience_model"))
+    assert seen["worker_model"] == pytest.approx(_fingerprint(trained.model))
+    assert seen["worker_model"] != pytest.approx(_fingerprint(fresh.model))
+    err = capsys.readouterr().err
+    assert "training the experience model (joint SFT)" in err
+    assert "loop.warmstart_epochs=1 is not run on verl" in err

@@ -102,7 +102,7 @@ def test_the_synthetic_env_takes_every_loop_setting_the_local_loop_does(run_dir,
     )
     resolved = msgspec.structs.replace(resolved, pipeline=msgspec.structs.replace(resolved.pipeline, loop=loop))
     monkeypatch.setattr(runtime, "_experience_model", lambda *args: object())  # no model is called here
-    env = runtime.synthetic_env_factory(resolved, None, domain, None)()
+    env = runtime.synthetic_env_factory(resolved, None, domain, None, run_dir="unused")()
     assert env.config == synthetic_config_of(resolved.pipeline)
     assert (env.config.reject_unlisted_at, env.config.state_variation) == ("start", 0.5)
 

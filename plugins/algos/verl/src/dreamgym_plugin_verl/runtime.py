@@ -3,7 +3,8 @@
 The trainer writes ``config.json`` (the resolved pipeline) and ``verl/runtime.json``
 (the names of the shared buffer and curriculum actors). Each worker process loads
 the same plugins, builds the domain (real environments) and the experience model
-(for DreamGym's synthetic environment, typically the ``openai`` backend pointed at a
+(for DreamGym's synthetic environment: a local backend with the weights the driver
+trained into ``<run_dir>/experience_model``, or the ``openai`` backend pointed at a
 vLLM/SGLang server), and connects to the shared actors.
 """
 
@@ -18,6 +19,7 @@ import msgspec
 from dreamgym_core.config import PipelineConfig, resolve
 from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.plugins import Plugins
+from dreamgym_core.stages import reload_trained
 from dreamgym_core.synthetic import storable
 
 from .agent_loop import EpisodeRuntime
@@ -43,10 +45,11 @@ def _load(run_dir: str | Path) -> tuple[Any, Plugins]:
     return resolve(pipeline, plugins, where=str(config_path)), plugins
 
 
-def _experience_model(resolved: Any, plugins: Plugins, domain: Any) -> Any:
+def _experience_model(resolved: Any, plugins: Plugins, domain: Any, run_dir: str | Path) -> Any:
     """The pipeline's experience model (M_exp, also M_task), or None without one.
 
-    Configured by the same function as the local loop's, so both backends prompt, parse and draw alike.
+    Configured by the same function as the local loop's, so both backends prompt, parse and
+    draw alike; with the weights the driver's joint SFT saved in ``run_dir``, when it trained one.
     """
     from dreamgym_core.experience import LMExperienceModel, model_config_of
 
@@ -54,8 +57,9 @@ def _experience_model(resolved: Any, plugins: Plugins, domain: Any) -> Any:
     if cfg.experience_model is None:
         return None
     backend = plugins.build("model", cfg.experience_model.name, resolved.components["experience_model"])
-    config = model_config_of(cfg)
-    return LMExperienceModel(backend, config, domain=domain)
+    if not cfg.experience.skip:
+        reload_trained(backend, Path(run_dir))
+    return LMExperienceModel(backend, model_config_of(cfg), domain=domain)
 
 
 def _encoder(resolved: Any, plugins: Plugins) -> Any:
@@ -79,12 +83,12 @@ def build_curriculum(run_dir: str) -> Any:
     domain = plugins.build("env", cfg.env.name, resolved.components["env"])
     return plugins.build(
         "curriculum", cfg.curriculum.name, resolved.components["curriculum"],
-        tasks=domain.tasks(split="train"), task_generator=_experience_model(resolved, plugins, domain),
+        tasks=domain.tasks(split="train"), task_generator=_experience_model(resolved, plugins, domain, run_dir),
         encoder=_encoder(resolved, plugins), seed=cfg.seed, domain=domain,
     )
 
 
-def synthetic_env_factory(resolved: Any, plugins: Plugins, domain: Any, buffer: Any) -> Any:
+def synthetic_env_factory(resolved: Any, plugins: Plugins, domain: Any, buffer: Any, *, run_dir: str | Path) -> Any:
     """A no-argument factory of DreamGym synthetic environments (experience model + shared buffer).
 
     Transitions reach the buffer once per finished episode (the agent loop's ``store``),
@@ -92,7 +96,7 @@ def synthetic_env_factory(resolved: Any, plugins: Plugins, domain: Any, buffer: 
     """
     from dreamgym_core.synthetic import SyntheticEnv, synthetic_config_of
 
-    model = _experience_model(resolved, plugins, domain)
+    model = _experience_model(resolved, plugins, domain, run_dir)
     config = synthetic_config_of(resolved.pipeline)
 
     def make() -> Any:
@@ -114,7 +118,7 @@ def load_runtime(run_dir: str) -> EpisodeRuntime:
     buffer = RemoteBuffer.connect(spec["buffer_actor"]) if spec.get("buffer_actor") else None
     curriculum = RemoteCurriculum.connect(spec["curriculum_actor"]) if spec.get("curriculum_actor") else None
     synthetic = (
-        synthetic_env_factory(resolved, plugins, domain, buffer) if pipeline.loop.mode in ("dreamgym", "s2r") else None
+        synthetic_env_factory(resolved, plugins, domain, buffer, run_dir=run_dir) if pipeline.loop.mode in ("dreamgym", "s2r") else None
     )
 
     def make_env(phase: str) -> Any:

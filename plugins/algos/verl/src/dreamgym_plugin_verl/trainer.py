@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from dreamgym_core import report
+from dreamgym_core import report, stages
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.plugins import Plugins
@@ -105,13 +105,18 @@ class VerlTrainer:
         log_env = {"VERL_FILE_LOGGER_PATH": str(files["metrics"]), "TENSORBOARD_DIR": str(files["tensorboard"])}
         os.environ.update(log_env)
         ray.init(**ray_init_kwargs(_compose(overrides), env_vars=log_env))
-        actors, clients, offline = _start_actors(resolved, plugins, root)
+        progress = _Progress(cfg.loop.iterations)
+        if cfg.loop.warmstart_epochs:
+            progress.say(
+                f"loop.warmstart_epochs={cfg.loop.warmstart_epochs} is not run on verl: RL starts from the policy's "
+                "weights as they are (algo.config.model_path, or the policy's path)"
+            )
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
+        actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=progress.say)
         val = domain.tasks(split=cfg.eval.split)[: max(cfg.eval.episodes, 1)]
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
         (files["dir"] / "overrides.txt").write_text("\n".join(overrides) + "\n")
         files["metrics"].unlink(missing_ok=True)  # an earlier run's lines are not this run's steps
-        progress = _Progress(cfg.loop.iterations)
         follower = MetricsFollower(
             files["metrics"], root / "metrics.jsonl", convert=MetricRows(iterations=cfg.loop.iterations, eval_tasks=len(val)),
             on_row=lambda row: _after_row(hook, progress, row),
@@ -120,7 +125,6 @@ class VerlTrainer:
         final: dict[str, Any] = {}
         try:
             run_alongside(lambda: _run_main_ppo(overrides), tick=follower.poll)
-            counters = {"offline_transitions": float(offline)}
             final = _summary(follower.rows, cfg.loop.iterations) | {f"counters/{k}": v for k, v in counters.items()}
             progress.say(f"report: {report.write(root, cfg, follower.rows, counters=counters)}")
         finally:
@@ -189,11 +193,15 @@ def run_alongside(work: Callable[[], None], *, tick: Callable[[], Any], every: f
         raise failure[0]
 
 
-def _start_actors(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> tuple[dict[str, str], list[Any], int]:
-    """The shared buffer (seeded with offline real data) and curriculum actors.
+def _start_actors(
+    resolved: ResolvedPipeline, plugins: Plugins, root: Path, *, domain: Any, say: Callable[[str], None]
+) -> tuple[dict[str, str], list[Any], dict[str, float]]:
+    """The offline data, the shared buffer seeded with it, the trained experience model and
+    the curriculum actor, in the local loop's order (the curriculum's task writer is the
+    trained model).
 
-    Returns their names, their clients and the number of offline transitions seeded; the
-    caller keeps the clients for the whole run (Ray ends an actor once no handle to it is left).
+    Returns the actors' names, their clients and the run's counters; the caller keeps the
+    clients for the whole run (Ray ends an actor once no handle to it is left).
     """
     from .buffer_actor import RemoteBuffer
     from .curriculum import RemoteCurriculum
@@ -202,15 +210,21 @@ def _start_actors(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> t
     cfg, tag = resolved.pipeline, root.name
     actors: dict[str, str] = {}
     clients: list[Any] = []
-    offline = 0
+    say("collecting offline real data")
+    offline = stages.collect_offline(domain, domain.tasks(split="train"), cfg.data, seed=cfg.seed, run_dir=root)
+    transitions = [t for traj in offline for t in traj.transitions]
+    say(f"{len(offline)} episodes, {len(transitions)} transitions")
+    buffer = None
     if cfg.buffer is not None:
         actors["buffer_actor"] = f"buffer-{tag}"
         buffer = RemoteBuffer.start(partial(build_buffer, str(root)), name=actors["buffer_actor"])
-        transitions = _offline_transitions(resolved, plugins, root)
-        offline = len(transitions)
-        buffer.add(transitions=transitions)
-        buffer.flush()
         clients.append(buffer)
+        if len(buffer):  # a resumed run's stored buffer holds them already, first
+            say(f"the replay buffer already holds {len(buffer)} transitions")
+        else:
+            buffer.add(transitions=transitions)
+            buffer.flush()
+    _train_experience_model(resolved, plugins, root, transitions, domain=domain, buffer=buffer, say=say)
     if cfg.curriculum is not None:
         actors["curriculum_actor"] = f"curriculum-{tag}"
         clients.append(
@@ -218,24 +232,43 @@ def _start_actors(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> t
                 partial(build_curriculum, str(root)), group_size=cfg.loop.group_size, name=actors["curriculum_actor"]
             )
         )
-    return actors, clients, offline
+    return actors, clients, {"offline_transitions": float(len(transitions))}
 
 
-def _offline_transitions(resolved: ResolvedPipeline, plugins: Plugins, root: Path) -> list:
-    """Offline real transitions that seed the shared buffer (same sources as the local loop)."""
-    from dreamgym_core import checkpoint
+def _train_experience_model(
+    resolved: ResolvedPipeline, plugins: Plugins, root: Path, transitions: list, *, domain: Any, buffer: Any, say: Callable[[str], None],
+) -> None:
+    """Joint SFT of the experience model on the driver, as the local loop's stage; the agent-loop
+    workers and the curriculum actor then load ``root/experience_model`` (see runtime.py)."""
+    from dreamgym_core.experience import LMExperienceModel, model_config_of
 
-    data, cfg = resolved.pipeline.data, resolved.pipeline
-    if data.path:
-        return checkpoint.read_transitions(Path(data.path))
-    domain = plugins.build("env", cfg.env.name, resolved.components["env"])
-    tasks = domain.tasks(split="train")
-    trajectories = []
-    for policy, episodes in (("expert", data.expert_episodes), ("noisy", data.noisy_episodes), ("random", data.random_episodes)):
-        if episodes:
-            trajectories += domain.collect(tasks=tasks, policy=policy, episodes=episodes, seed=cfg.seed)
-    checkpoint.write_trajectories(root / "offline.jsonl", trajectories)
-    return [t for traj in trajectories for t in traj.transitions]
+    cfg = resolved.pipeline
+    if cfg.experience_model is None or cfg.experience.skip:
+        return
+    backend = plugins.build("model", cfg.experience_model.name, resolved.components["experience_model"])
+    model = LMExperienceModel(backend, model_config_of(cfg), domain=domain)
+    say("training the experience model (joint SFT)")
+    metrics = stages.train_experience_model(
+        model, backend, transitions, buffer=buffer, pipeline=cfg, run_dir=root, say=say,
+        annotate=partial(
+            stages.annotate_offline, domain=domain, pipeline=cfg, source=resolved.source,
+            build_teacher=lambda: plugins.build("model", cfg.experience.teacher.name, resolved.components.get("experience.teacher")),
+        ),
+    )
+    loss = metrics.get("experience/sft_loss")
+    say(f"experience model in {root / stages.EXPERIENCE_DIR}" + (f" (last epoch's loss {loss:.3f})" if loss is not None else ""))
+    del model, backend
+    _release_gpu_memory()  # verl's workers place themselves on the GPUs next
+
+
+def _release_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _compose(overrides: list[str]) -> Any:

@@ -1,0 +1,226 @@
+"""The alfworld domain on ALFWorld's own text engine, over games these tests write in ALFWorld's
+on-disk format (ALFWorld's downloaded games cannot be fetched here). One test loads the written
+games with ALFWorld's own loader and expert, to show the format is the real one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.plugins import Plugins
+from dreamgym_core.records import Task
+from dreamgym_core.testing import check_domain
+from dreamgym_plugin_alfworld import AlfWorldConfig, AlfWorldDomain, EngineError, PickAndPlace, write_game
+from dreamgym_plugin_alfworld.env import NOTHING_HAPPENS, intro_parts
+
+TRAIN = [
+    PickAndPlace(receptacles=["CounterTop", "Fridge", "Cabinet"], objects=[("Apple", 0), ("Mug", 2)], target=("Apple", "Fridge")),
+    PickAndPlace(receptacles=["CounterTop", "Cabinet", "Cabinet", "Microwave"], objects=[("Mug", 1), ("Apple", 0)], target=("Mug", "Microwave")),
+    PickAndPlace(receptacles=["Desk", "Drawer", "Shelf"], objects=[("Pencil", 0), ("Book", 2)], target=("Book", "Drawer")),
+]
+VALID = [PickAndPlace(receptacles=["Sofa", "Shelf"], objects=[("Pillow", 0)], target=("Pillow", "Shelf"))]
+TEST = [
+    PickAndPlace(receptacles=["Desk", "Shelf", "Drawer"], objects=[("Pen", 0), ("Book", 1)], target=("Pen", "Drawer")),
+    PickAndPlace(receptacles=["Fridge", "CounterTop"], objects=[("Egg", 1)], target=("Egg", "Fridge")),
+]
+
+
+def write_folder(root: Path) -> Path:
+    for split, scenes, first in (("train", TRAIN, 1), ("valid_seen", VALID, 10), ("valid_unseen", TEST, 20)):
+        for i, scene in enumerate(scenes):
+            write_game(root, split, scene, number=first + i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("alfworld") / "json_2.1.1")
+
+
+@pytest.fixture(scope="module")
+def domain(data):
+    domain = AlfWorldDomain(AlfWorldConfig(data_path=str(data), max_steps=12))
+    yield domain
+    domain.close()
+
+
+def test_registered_through_the_entry_point():
+    plugins = Plugins.for_names(["alfworld"])
+    assert plugins.component("env", "alfworld").factory is AlfWorldDomain
+
+
+def test_conformance(domain):
+    check_domain(domain)
+
+
+def test_splits_are_alfworlds_folders_with_the_goal_from_each_game(domain):
+    train, valid, test = (domain.tasks(split=s) for s in ("train", "valid", "test"))
+    assert (len(train), len(valid), len(test)) == (3, 1, 2)
+    assert not {t.id for t in train} & {t.id for t in test}
+    apple = next(t for t in train if "Apple-None-Fridge" in t.id)
+    assert apple.instruction == "Your task is to: put a apple in fridge."
+    assert apple.id.rsplit("/", 1)[0] == "alfworld/pick_and_place_simple"  # the task type is the family
+    assert apple.payload["game"].startswith("train/pick_and_place_simple-Apple-None-Fridge-1/")
+
+
+def test_a_split_is_limited_and_filtered_by_task_type(data):
+    assert len(AlfWorldDomain(AlfWorldConfig(data_path=str(data), train_games=2)).tasks(split="train")) == 2
+    with pytest.raises(ConfigError, match=r"env.config.data_path: no pick_two_obj_and_place games in .*train.*alfworld-download"):
+        AlfWorldDomain(AlfWorldConfig(data_path=str(data), task_types=["pick_two_obj_and_place"])).tasks(split="train")
+    with pytest.raises(ValueError, match="unknown task type 'pick_and_place'"):
+        AlfWorldConfig(task_types=["pick_and_place"])
+
+
+def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"env.config.data_path: no ALFWorld games in {tmp_path}/json_2.1.1 .*alfworld-download"):
+        AlfWorldDomain(AlfWorldConfig())
+
+
+def test_expert_demos_complete_the_task_with_the_outcome_reward(domain):
+    tasks = domain.tasks(split="train")
+    for traj in domain.collect(tasks=tasks, policy="expert", episodes=3, seed=0):
+        assert traj.success and traj.transitions[-1].reward == 1.0 and traj.transitions[-1].done
+        assert all(t.reward == 0.0 and not t.done for t in traj.transitions[:-1])
+        assert all(t.valid for t in traj.transitions) and len(traj.transitions) <= 7
+    noisy = domain.collect(tasks=tasks, policy="noisy", episodes=6, seed=1)
+    assert sum(t.success for t in noisy) >= 4  # the planner plans again after each detour
+
+
+def test_random_play_stops_at_the_step_cap_as_a_failure(domain):
+    for traj in domain.collect(tasks=domain.tasks(split="train")[:1], policy="random", episodes=2, seed=0):
+        last = traj.transitions[-1]
+        assert len(traj.transitions) == 12 and last.done and not last.success and last.reward == 0.0
+
+
+def test_an_action_the_engine_cannot_carry_out_changes_nothing_and_is_flagged(domain):
+    env = domain.make_env()
+    try:
+        start = env.reset(task=domain.tasks(split="train")[0])
+        assert "help" not in start.admissible_actions and "look" in start.admissible_actions
+        result = env.step(action="take apple 1 from fridge 1")
+        assert not result.valid and result.observation.text.startswith(f"Observation: {NOTHING_HAPPENS}")
+        assert result.observation.admissible_actions == start.admissible_actions and not result.done
+    finally:
+        env.close()
+
+
+def test_the_state_shows_what_the_agent_holds(domain):
+    env = domain.make_env()
+    try:
+        env.reset(task=domain.tasks(split="train")[0])
+        env.step(action="go to countertop 1")
+        held = env.step(action="take apple 1 from countertop 1").observation.text
+        assert "Inventory: apple 1\n" in held and "move apple 1 to countertop 1" in domain.admissible_in(held)
+    finally:
+        env.close()
+
+
+def test_a_broken_game_fails_in_one_line_naming_it(data, tmp_path):
+    root = tmp_path / "json_2.1.1"
+    shutil.copytree(data, root)
+    domain = AlfWorldDomain(AlfWorldConfig(data_path=str(root)))
+    task = domain.tasks(split="train")[0]
+    game = root / task.payload["game"]
+    data_ = json.loads(game.read_text())
+    game.write_text(json.dumps(data_ | {"pddl_problem": "(define (problem broken"}))
+    env = domain.make_env()
+    with pytest.raises(EngineError, match=rf"alfworld {game}: the engine could not load the game: ") as info:
+        env.reset(task=task)
+    assert "\n" not in str(info.value)
+    game.write_text("{not json")
+    with pytest.raises(DataError, match=rf"{game}: unreadable ALFWorld file"):
+        AlfWorldDomain(AlfWorldConfig(data_path=str(root))).tasks(split="train")
+
+
+def test_unsolvable_and_movable_games_are_left_out_as_alfworld_does(data, tmp_path):
+    root = tmp_path / "json_2.1.1"
+    shutil.copytree(data, root)
+    games = sorted((root / "train").rglob("game.tw-pddl"))
+    game = json.loads(games[0].read_text())
+    games[0].write_text(json.dumps(game | {"solvable": False}))
+    shutil.move(games[1].parents[1], root / "train" / (games[1].parents[1].name + "-movable"))
+    assert len(AlfWorldDomain(AlfWorldConfig(data_path=str(root))).tasks(split="train")) == 1
+
+
+def test_variations_are_other_train_games_of_the_same_task_type(domain):
+    train = domain.tasks(split="train")
+    parent = train[0]
+    texts = domain.propose_variations(parent, n=5, rng=np.random.default_rng(0))
+    assert sorted(texts) == ["game=1", "game=2"]
+    child = domain.make_variation(parent, "game=2")
+    assert child is not None and child.origin == "synthetic" and child.parent_id == parent.id
+    assert child.payload["game"] == train[2].payload["game"] and child.instruction == train[2].instruction
+    assert domain.make_variation(parent, "game=0") is None and domain.make_variation(parent, "game=7") is None
+    assert domain.make_variation(parent, "another room") is None
+    other_type = Task(id="x/y", instruction="", domain="alfworld", split="train", payload=parent.payload | {"task_type": "look_at_obj_in_light"})
+    assert domain.make_variation(other_type, "game=1") is None
+
+
+def test_annotation_reads_the_engine_answer_and_the_inventory(domain):
+    traj = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)[0]
+    take = next(t for t in traj.transitions if t.action.startswith("take "))
+    text = domain.annotate(transition=take)
+    assert "You pick up the apple 1 from the countertop 1" in text and "nothing to apple 1" in text
+    assert "reward 1" in domain.annotate(transition=traj.transitions[-1])
+
+
+def test_intro_parts():
+    intro = "-= Welcome to TextWorld, ALFRED! =-\n\nYou are in the middle of a room. You see a desk 1.\n\nYour task is to: put a pen in desk."
+    assert intro_parts(intro) == ("You are in the middle of a room. You see a desk 1.", "put a pen in desk")
+
+
+def test_the_written_games_are_alfworlds_own_format(data, tmp_path, monkeypatch):
+    """ALFWorld's own loader (AlfredTWEnv) finds every written game and its hand-coded expert,
+    which reads traj_data.json and the engine's text, wins one."""
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))  # alfworld's import creates this folder
+    from alfworld.agents.environment import get_environment
+
+    config = {
+        "dataset": {"data_path": str(data / "train"), "eval_id_data_path": "", "eval_ood_data_path": "", "num_train_games": -1, "num_eval_games": -1},
+        "env": {"type": "AlfredTWEnv", "goal_desc_human_anns_prob": 0.0, "task_types": [1, 2, 3, 4, 5, 6], "domain_randomization": False, "expert_type": "handcoded"},
+        "general": {"training_method": "dagger"}, "dagger": {"training": {"max_nb_steps_per_episode": 30}},
+        "rl": {"training": {"max_nb_steps_per_episode": 30}},
+    }
+    loader = get_environment("AlfredTWEnv")(config, train_eval="train")
+    assert loader.num_games == len(TRAIN)
+    env = loader.init_env(batch_size=1)
+    try:
+        _, infos = env.reset()
+        for _ in range(30):
+            _, _, dones, infos = env.step([infos["extra.expert_plan"][0][0]])
+            if dones[0]:
+                break
+        assert infos["won"][0]
+    finally:
+        env.close()
+
+
+def test_reduced_example_pipeline_runs_on_the_engine(data, tmp_path):
+    """examples/alfworld.yaml, reduced, over the written games: collect -> buffer -> annotate ->
+    joint SFT -> warm start -> GRPO in DreamGym with domain variations -> evaluate."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_local")
+    example = Path(__file__).parents[4] / "examples" / "alfworld.yaml"
+    reduced = [
+        f"run_dir={tmp_path / 'run'}", f"env.config.data_path={data}", "data.expert_episodes=3", "data.noisy_episodes=1",
+        "data.random_episodes=1", "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=1",
+        "loop.iterations=1", "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=4", "eval.episodes=2",
+        "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
+    ]
+    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(example)] + [x for item in reduced for x in ("--set", item)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["eval/episodes"] == 2.0 and summary["counters/synthetic_transitions"] > 0
+    assert summary["counters/offline_transitions"] > 0 and summary["counters/real_transitions"] == 0.0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| after RL |" in report

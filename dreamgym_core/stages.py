@@ -19,8 +19,7 @@ from .errors import ConfigError, DataError, DreamGymError
 from .records import Task, Trajectory, Transition
 
 __all__ = [
-    "OFFLINE_FILE", "EXPERIENCE_DIR", "collect_offline", "annotate_offline", "trained_experience_model", "train_experience_model",
-    "reload_trained",
+    "OFFLINE_FILE", "EXPERIENCE_DIR", "collect_offline", "annotate_offline", "train_experience_model", "reload_trained",
 ]
 
 # Run-directory names of the stages' outputs.
@@ -74,16 +73,11 @@ def annotate_offline(
     return TeacherAnnotator(build_teacher(), seed=pipeline.seed).annotate(transitions=transitions)
 
 
-def trained_experience_model(run_dir: Path) -> Path | None:
-    """The experience-model checkpoint a finished joint SFT left in ``run_dir``, if any."""
-    ckpt = run_dir / EXPERIENCE_DIR
-    return ckpt if (ckpt / "done").exists() else None
-
-
 def reload_trained(backend: Any, run_dir: Path) -> bool:
-    """Swap the trained weights of ``run_dir`` into ``backend``; False when there are none."""
-    ckpt = trained_experience_model(run_dir)
-    if ckpt is None:
+    """Swap the weights a finished joint SFT saved in ``run_dir`` into ``backend``; False when
+    there are none (its ``done`` marker is written last)."""
+    ckpt = run_dir / EXPERIENCE_DIR
+    if not (ckpt / "done").exists():
         return False
     if not hasattr(backend, "reload"):
         raise DreamGymError(f"{ckpt}: the experience model's backend cannot load trained weights (no reload method)")

@@ -186,9 +186,6 @@ class AlfWorldDomain:
 
     # --- task variation ----------------------------------------------------------
 
-    def _same_kind(self, task: Task) -> list[Task]:
-        return [t for t in self.tasks(split="train") if t.payload["task_type"] == task.payload["task_type"]]
-
     def describe_variation(self, task: Task) -> str:
         """Tells the task generator what a variation of ``task`` may change, and how to write it."""
         n = len(self.tasks(split="train"))
@@ -201,7 +198,8 @@ class AlfWorldDomain:
         """``n`` texts ``make_variation`` accepts: other train games of the parent's task type
         (the rule-based M_task; ``rng`` is a numpy Generator)."""
         train = self.tasks(split="train")
-        others = [i for i, t in enumerate(train) if t.payload["task_type"] == parent.payload["task_type"] and t.payload["game"] != parent.payload["game"]]
+        kind, game = parent.payload["task_type"], parent.payload["game"]
+        others = [i for i, t in enumerate(train) if t.payload["task_type"] == kind and t.payload["game"] != game]
         return [f"game={others[i]}" for i in rng.choice(len(others), size=min(n, len(others)), replace=False)]
 
     def make_variation(self, parent: Task, text: str) -> Task | None:

@@ -38,7 +38,7 @@ class EngineError(DreamGymError):
 
 def intro_parts(feedback: str) -> tuple[str, str]:
     """A game's opening text split into (room description, task sentence): ALFWorld writes
-    the banner, "You are in the middle of a room. ...", then "Your task is to: ...".)"""
+    the banner, "You are in the middle of a room. ...", then "Your task is to: ..."."""
     text = _BANNER.sub("", feedback).strip()
     match = _TASK.search(text)
     if match is None:

@@ -115,6 +115,8 @@ class VerlTrainer:
         actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=progress.say)
         val = domain.tasks(split=cfg.eval.split)[: max(cfg.eval.episodes, 1)]
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
+        if hasattr(domain, "close"):  # its probe env (a simulator) played the offline data; workers build their own
+            domain.close()
         (files["dir"] / "overrides.txt").write_text("\n".join(overrides) + "\n")
         files["metrics"].unlink(missing_ok=True)  # an earlier run's lines are not this run's steps
         follower = MetricsFollower(

@@ -43,12 +43,14 @@ class Game(NamedTuple):
     goal: str
 
 
-def find_games(folder: Path, task_types: Sequence[str]) -> list[Game]:
-    """Every playable game under ``folder``, in path order, as ALFWorld's loader keeps them: a
-    trial folder with traj_data.json and a game.tw-pddl marked solvable, of a wanted task type;
-    ALFWorld leaves out "movable" and "Sliced" trials."""
-    games = []
+def find_games(folder: Path, task_types: Sequence[str], limit: int = 0) -> list[Game]:
+    """The playable games under ``folder`` (the first ``limit``, 0: all), in path order, as
+    ALFWorld's loader keeps them: a trial folder with traj_data.json and a game.tw-pddl marked
+    solvable, of a wanted task type; ALFWorld leaves out "movable" and "Sliced" trials."""
+    games: list[Game] = []
     for traj in sorted(folder.rglob("traj_data.json")):
+        if limit and len(games) == limit:  # game files are tens of KB each: read no more than needed
+            break
         trial = traj.parent
         path = trial / "game.tw-pddl"
         where = trial.relative_to(folder).as_posix()  # ALFWorld looks at its whole path, even above the data
@@ -77,9 +79,10 @@ def goal_sentence(grammar: str, path: Path) -> str:
     """The goal ALFWorld wrote into a game's grammar when it generated the game ("put a apple
     in fridge"), read without loading the engine."""
     match = _TASK_SENTENCE.search(grammar)
-    if match is None or match.group(1).strip() == "UNKNOWN GOAL":
+    goal = match.group(1).strip() if match else ""
+    if goal in ("", "UNKNOWN GOAL"):
         raise DataError(f"{path}: its grammar states no task ('Your task is to: ...'); generate it with alfworld-generate")
-    return match.group(1).strip()
+    return goal
 
 
 class AlfWorldDomain:
@@ -106,10 +109,10 @@ class AlfWorldDomain:
         if split not in self._tasks:
             limit = {"train": self.config.train_games, "valid": self.config.valid_games, "test": self.config.test_games}[split]
             folder = self.root / SPLIT_DIRS[split]
-            games = find_games(folder, self.task_types) if folder.is_dir() else []
+            games = find_games(folder, self.task_types, limit) if folder.is_dir() else []
             if not games and (split != "valid" or limit):
                 raise ConfigError(f"env.config.data_path: no {', '.join(self.task_types)} games in {folder}; {_GET_DATA}")
-            self._tasks[split] = [self._task(split, game) for game in games[: limit or None]]
+            self._tasks[split] = [self._task(split, game) for game in games]
         return list(self._tasks[split])
 
     def _task(self, split: str, game: Game, parent: Task | None = None) -> Task:

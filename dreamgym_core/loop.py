@@ -658,22 +658,31 @@ class EpochSelector:
         }
 
 
-def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[tuple[str, str]]:
-    """(agent prompt, expert response) pairs from successful offline episodes.
+def demo_conversations(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[list[tuple[str, str]]]:
+    """The (agent prompt, expert response) turns of each successful offline episode.
 
     Only their first ``max_steps`` steps: the policy never meets a later one (the offline
     env's own cap may be higher), and its prompt would read "Step 7 of at most 6"."""
-    pairs = []
+    conversations = []
     for traj in trajectories:
         if not traj.success:
             continue
         history: list[HistoryStep] = []
+        turns = []
         for step, t in enumerate(traj.transitions[:max_steps]):
             obs = Observation(text=t.state, admissible_actions=list(t.admissible_actions))
             prompt = build_agent_prompt(task=traj.task, observation=obs, history=history, step=step, max_steps=max_steps, history_window=history_window)
-            pairs.append((prompt, render_response(t.action)))
+            turns.append((prompt, render_response(t.action)))
             history.append(HistoryStep(state=t.state, action=t.action))
-    return pairs
+        conversations.append(turns)
+    return conversations
+
+
+def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[tuple[str, str]]:
+    """(agent prompt, expert response) pairs from successful offline episodes, one per step
+    (the local policy reads each step's prompt on its own; see :func:`demo_conversations`)."""
+    conversations = demo_conversations(trajectories, max_steps=max_steps, history_window=history_window)
+    return [pair for turns in conversations for pair in turns]
 
 
 def evaluate(

@@ -69,7 +69,7 @@ fi
 cat > "$OUT/pipeline.yaml" <<YAML
 plugins: [$PLUGINS]
 env: {name: twx, config: {game: coin, train_seeds: 16, test_seeds: 4}}
-policy: {name: hf, config: {path: "$MODEL"}}
+policy: {name: hf, config: {path: "$MODEL", device: cuda}}
 $EXP_BLOCK
 encoder: {name: hashing}
 buffer: {name: exact}
@@ -84,7 +84,7 @@ algo:
     gpu_memory_utilization: 0.3
     agent_workers: 2
     extra_overrides: ["trainer.val_before_train=False", "actor_rollout_ref.rollout.enforce_eager=True"]
-loop: {mode: $MODE, iterations: $STEPS, tasks_per_iteration: 4, group_size: 4, max_steps: 4}
+loop: {mode: $MODE, iterations: $STEPS, tasks_per_iteration: 4, group_size: 4, max_steps: 4, warmstart_epochs: 1, warmstart_lr: 1.0e-4}
 data: {expert_episodes: 8, noisy_episodes: 0, random_episodes: 8}
 eval: {episodes: 0}
 run_dir: "$OUT/run"

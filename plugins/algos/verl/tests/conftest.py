@@ -84,3 +84,21 @@ def chat_tokenizer() -> PreTrainedTokenizerFast:
     )
     tok.chat_template = CHATML
     return tok
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory, chat_tokenizer) -> Path:
+    """A small Llama with weights and the ChatML tokenizer: an instruct-model directory that
+    the ``hf`` policy loads and the warm start trains (random weights, real model code)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("chat_model")
+    config = LlamaConfig(
+        vocab_size=len(chat_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8192,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    chat_tokenizer.save_pretrained(path)
+    return path

@@ -106,7 +106,7 @@ def test_run_until_verl_trainer(tmp_path, monkeypatch):
         "env": {"name": "twx", "config": {"game": "coin", "train_seeds": 4, "test_seeds": 2}},
         "policy": {"name": "hf-tiny"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"},
         "curriculum": {"name": "uniform"}, "algo": {"name": "verl-grpo", "config": {"model_path": "/models/m"}},
-        "loop": {"mode": "real", "iterations": 2, "tasks_per_iteration": 2, "group_size": 2, "max_steps": 4},
+        "loop": {"mode": "real", "iterations": 2, "tasks_per_iteration": 2, "group_size": 2, "max_steps": 4, "warmstart_epochs": 0},
         "data": {"expert_episodes": 2, "noisy_episodes": 0, "random_episodes": 2},
         "eval": {"episodes": 2}, "run_dir": str(tmp_path / "run"),
     }))
@@ -160,15 +160,18 @@ def stand_in_main_ppo_dreamgym(overrides: list[str]) -> None:
         config = compose(config_name="ppo_trainer", overrides=overrides)
     runtime = yaml.safe_load(open(config.actor_rollout_ref.rollout.agent.agent_loop_config_path))[0]["runtime"]
     seen["worker_model"] = ray.get(experience_model_in_a_worker.remote(runtime))
+    actor = Path(config.actor_rollout_ref.model.path)
+    seen.setdefault("actor_weights", []).append((actor, (actor / "done").exists(), (actor / "model.safetensors").stat().st_mtime_ns))
     spec = json.load(open(os.path.join(runtime, "verl", "runtime.json")))
     seen.setdefault("buffer_sizes", []).append(len(RemoteBuffer.connect(spec["buffer_actor"])))
 
 
 @pytest.mark.slow
-def test_a_dreamgym_run_trains_the_experience_model_its_workers_play(tmp_path, monkeypatch, capsys):
-    """verl's path runs the local loop's data and joint-SFT stages on the driver: explore
-    episodes are collected too, and every worker's synthetic environment answers with the
-    trained weights (it used to build an untrained model from the config)."""
+def test_a_dreamgym_run_trains_the_experience_model_its_workers_play(tmp_path, monkeypatch, capsys, chat_model):
+    """verl's path runs the local loop's data, joint-SFT and warm-start stages on the driver:
+    explore episodes are collected too, every worker's synthetic environment answers with the
+    trained weights (it used to build an untrained model from the config), and verl's actor
+    starts from the warm-started policy (it used to start from the weights as given)."""
     from dreamgym_core import checkpoint
 
     monkeypatch.setattr(trainer_mod, "require_cuda", lambda: None)
@@ -180,16 +183,16 @@ def test_a_dreamgym_run_trains_the_experience_model_its_workers_play(tmp_path, m
     path.write_text(yaml.safe_dump({
         "plugins": ["textworld", "hf", "exact", "encoders", "uniform", "verl"],
         "env": {"name": "twx", "config": {"game": "coin", "train_seeds": 4, "test_seeds": 2}},
-        "policy": {"name": "hf-tiny"}, "experience_model": {"name": "hf-tiny", "config": tiny},
+        "policy": {"name": "hf", "config": {"path": str(chat_model)}}, "experience_model": {"name": "hf-tiny", "config": tiny},
         "encoder": {"name": "hashing"}, "buffer": {"name": "exact", "config": {"dedup": "none"}}, "curriculum": {"name": "uniform"},
-        "algo": {"name": "verl-grpo", "config": {"model_path": "/models/m"}},
+        "algo": {"name": "verl-grpo"},
         "loop": {"mode": "dreamgym", "iterations": 1, "tasks_per_iteration": 2, "group_size": 2, "max_steps": 4},
         "data": {"expert_episodes": 2, "noisy_episodes": 0, "random_episodes": 1, "explore_episodes": 1},
         "experience": {"epochs": 1}, "eval": {"episodes": 2}, "run_dir": str(tmp_path / "run"),
     }))
     pipeline = load_pipeline(path)
     plugins = Plugins.for_names(pipeline.plugins)
-    seen.pop("buffer_sizes", None)
+    seen.pop("buffer_sizes", None), seen.pop("actor_weights", None)
     for resume in (False, True):  # started again with --resume: the same data, model and buffer (not seeded twice)
         try:
             run_pipeline(resolve(pipeline, plugins, where=str(path)), plugins, resume=resume)
@@ -204,6 +207,9 @@ def test_a_dreamgym_run_trains_the_experience_model_its_workers_play(tmp_path, m
     trained.reload(path=str(run / "experience_model"))
     assert seen["worker_model"] == pytest.approx(_fingerprint(trained.model))
     assert seen["worker_model"] != pytest.approx(_fingerprint(fresh.model))
+    # both starts hand verl the one warm start, trained once
+    (first, done, stamp), again = seen["actor_weights"]
+    assert first == (run / "policy_init").resolve() and done and again == (first, done, stamp)
     err = capsys.readouterr().err
     assert "training the experience model (joint SFT)" in err
-    assert "loop.warmstart_epochs=1 is not run on verl" in err
+    assert "warm-starting the policy on the driver (SFT on 2 expert episodes" in err and "reusing the warm-started policy" in err

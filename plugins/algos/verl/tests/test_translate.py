@@ -46,7 +46,8 @@ def test_grpo_reference_settings(resolve_file, compose):
     assert cfg.algorithm.adv_estimator == "grpo"
     assert cfg.actor_rollout_ref.actor.optim.lr == 1e-6
     assert cfg.actor_rollout_ref.actor.use_kl_loss is True and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.01
-    assert cfg.actor_rollout_ref.model.path == "/models/SmolLM2-135M-Instruct"
+    # loop.warmstart_epochs (default 1): verl starts from the policy the driver warm-started
+    assert cfg.actor_rollout_ref.model.path == "runs/golden-grpo/policy_init"
     assert cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 0.4
     assert cfg.trainer.nnodes == 1 and cfg.trainer.n_gpus_per_node == 1
     assert "address" not in cfg.ray_kwargs.ray_init
@@ -91,6 +92,20 @@ def test_dropping_unanswered_episodes_is_refused_not_ignored(resolve_dict):
         translate(resolve_dict(data))
 
 
+def test_verl_starts_from_the_warm_start_or_the_weights_as_given(resolve_dict):
+    data = {
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"},
+        "algo": {"name": "verl-ppo", "config": {"model_path": "/m"}}, "run_dir": "/runs/r",
+    }
+    paths = {o.split("=")[0]: o.split("=")[1] for o in translate(resolve_dict(data)) if o.split("=")[0].endswith("model.path")}
+    assert paths == {"actor_rollout_ref.model.path": "/runs/r/policy_init", "critic.model.path": "/runs/r/policy_init"}
+    data["loop"]["warmstart_epochs"] = 0
+    assert "actor_rollout_ref.model.path=/m" in translate(resolve_dict(data))
+    data["loop"] |= {"warmstart_epochs": 2, "warmstart_select_episodes": 8}
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.warmstart_select_episodes is a local-loop option"):
+        translate(resolve_dict(data))
+
+
 def test_missing_model_path_is_an_error(resolve_dict):
     data = {"plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"}, "algo": {"name": "verl-grpo"}}
     with pytest.raises(ConfigError, match="model_path is empty"):
@@ -129,6 +144,7 @@ def test_verl_validate_config_accepts_translation(name, resolve_dict, compose, m
 
     data = yaml.safe_load((GOLDEN / f"{name}.yaml").read_text())
     data["algo"].setdefault("config", {})["model_path"] = str(model_dir)
+    data["loop"]["warmstart_epochs"] = 0  # verl reads model_dir itself (the warm start's output is checked in test_warmstart.py)
     cfg = compose(translate(resolve_dict(data)))
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     assert need_critic(cfg) == (data["algo"]["name"] == "verl-ppo")

@@ -3,7 +3,8 @@
 The core loop sees ``runs_own_loop`` and hands the whole run to :meth:`VerlTrainer.run`:
 prepare the run directory (task files, the curriculum feed spec, the agent-loop
 config), start the shared buffer and curriculum actors in the Ray cluster, seed the
-buffer with offline real transitions, run ``verl.trainer.main_ppo`` with the
+buffer with offline real transitions, train the experience model and warm-start the
+policy on the driver (as the local loop's stages), run ``verl.trainer.main_ppo`` with the
 translated overrides while verl's metrics go into the run directory's ``metrics.jsonl``
 under DreamGym's metric names as verl logs them, and write report.md when it ends.
 """
@@ -31,6 +32,7 @@ from .config import AGENT_LOOP_NAME, VerlConfig
 from .dataset import feed_spec_path, write_tasks
 from .metrics import METRIC_NAMES, MetricRows, MetricsFollower, map_verl_metrics
 from .translate import run_files, translate
+from .warmstart import warm_start
 
 __all__ = [
     "VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "ray_init_kwargs", "run_alongside", "METRIC_NAMES",
@@ -106,11 +108,6 @@ class VerlTrainer:
         os.environ.update(log_env)
         ray.init(**ray_init_kwargs(_compose(overrides), env_vars=log_env))
         progress = _Progress(cfg.loop.iterations)
-        if cfg.loop.warmstart_epochs:
-            progress.say(
-                f"loop.warmstart_epochs={cfg.loop.warmstart_epochs} is not run on verl: RL starts from the policy's "
-                "weights as they are (algo.config.model_path, or the policy's path)"
-            )
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
         actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=progress.say)
         val = domain.tasks(split=cfg.eval.split)[: max(cfg.eval.episodes, 1)]
@@ -198,9 +195,9 @@ def run_alongside(work: Callable[[], None], *, tick: Callable[[], Any], every: f
 def _start_actors(
     resolved: ResolvedPipeline, plugins: Plugins, root: Path, *, domain: Any, say: Callable[[str], None]
 ) -> tuple[dict[str, str], list[Any], dict[str, float]]:
-    """The offline data, the shared buffer seeded with it, the trained experience model and
-    the curriculum actor, in the local loop's order (the curriculum's task writer is the
-    trained model).
+    """The offline data, the shared buffer seeded with it, the trained experience model, the
+    warm-started policy and the curriculum actor, in the local loop's order (the curriculum's
+    task writer is the trained model).
 
     Returns the actors' names, their clients and the run's counters; the caller keeps the
     clients for the whole run (Ray ends an actor once no handle to it is left).
@@ -227,6 +224,9 @@ def _start_actors(
             buffer.add(transitions=transitions)
             buffer.flush()
     _train_experience_model(resolved, plugins, root, transitions, domain=domain, buffer=buffer, say=say)
+    if cfg.loop.warmstart_epochs:
+        warm_start(resolved, plugins, offline, run_dir=root, say=say)
+        _release_gpu_memory()
     if cfg.curriculum is not None:
         actors["curriculum_actor"] = f"curriculum-{tag}"
         clients.append(

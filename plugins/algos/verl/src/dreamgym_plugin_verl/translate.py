@@ -15,12 +15,15 @@ from dreamgym_core.errors import ConfigError
 
 from .config import AGENT_LOOP_NAME, VerlConfig
 
-__all__ = ["ESTIMATORS", "translate", "hydra_value", "run_files", "model_path"]
+__all__ = ["ESTIMATORS", "WARMSTART_DIR", "translate", "hydra_value", "run_files", "model_path", "start_weights"]
 
 # verl's advantage estimator for each component this plugin registers.
 ESTIMATORS: dict[str, str] = {"verl-grpo": "grpo", "verl-ppo": "gae"}
 
 _BARE = re.compile(r"^[A-Za-z0-9_./:+\-]+$")
+
+# Run-directory folder of the warm-started policy, verl's starting weights (warmstart.py).
+WARMSTART_DIR = "policy_init"
 
 
 def hydra_value(value: Any) -> str:
@@ -67,6 +70,21 @@ def model_path(resolved: ResolvedPipeline, cfg: VerlConfig) -> str:
     return str(path)
 
 
+def start_weights(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> str:
+    """Where verl's actor (and critic) start: the policy warm-started on the driver from
+    :func:`model_path` (``run_dir/policy_init``, warmstart.py) when ``loop.warmstart_epochs``
+    > 0, else :func:`model_path` itself."""
+    loop, base = resolved.pipeline.loop, model_path(resolved, cfg)
+    if not loop.warmstart_epochs:
+        return base
+    if loop.warmstart_select_episodes:
+        raise ConfigError(
+            f"{resolved.source}: loop.warmstart_select_episodes is a local-loop option; "
+            "the verl backend's warm start keeps its last epoch"
+        )
+    return str(Path(run_dir) / WARMSTART_DIR)
+
+
 def _estimator(resolved: ResolvedPipeline) -> str:
     name = resolved.pipeline.algo.name
     if name not in ESTIMATORS:
@@ -96,7 +114,7 @@ def _sections(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> dict
             f"{resolved.source}: loop.unanswered_episodes={loop.unanswered_episodes!r} is a local-loop option; "
             "the verl backend penalises unanswered episodes"
         )
-    model = model_path(resolved, cfg)
+    model = start_weights(resolved, cfg, run_dir)
     temperature = resolved.pipeline.eval.temperature
     evaluate = resolved.pipeline.eval.episodes > 0
     out: dict[str, Any] = {

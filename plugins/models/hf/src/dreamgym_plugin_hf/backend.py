@@ -230,9 +230,11 @@ class HFBackend:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _prefix(self) -> list[int]:
-        """Special tokens the tokenizer puts before text (BOS for Llama); none under a chat template."""
-        if self.chat_template:
+    def _prefix(self, text: str = "") -> list[int]:
+        """Special tokens the tokenizer puts before ``text`` (BOS for Llama); none under a chat
+        template, nor before text that starts with the BOS already (a rendered chat template)."""
+        bos = self.tokenizer.bos_token
+        if self.chat_template or (bos and text.startswith(bos)):
             return []
         return list(self.tokenizer("", add_special_tokens=True)["input_ids"])
 
@@ -247,7 +249,7 @@ class HFBackend:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of ``prompt`` as generation sees it, uncut (the server's ``/tokenize`` reports these)."""
-        return self._prefix() + self._encode(self._format_prompt(prompt))
+        return self._prefix(prompt) + self._encode(self._format_prompt(prompt))
 
     def _count_cuts(self, lengths: list[int], limit: int, max_new_tokens: int) -> None:
         cut = [n for n in lengths if n > limit]
@@ -268,7 +270,7 @@ class HFBackend:
         example = list(example)
         split = next((i for i, (_, train) in enumerate(example) if train), len(example))
         prompt = "".join(text for text, _ in example[:split])
-        head = self._prefix() + (self._encode(self._format_prompt(prompt)) if split else [])
+        head = self._prefix(prompt) + (self._encode(self._format_prompt(prompt)) if split else [])
         pieces = [(head, False)]
         pieces += [(self._encode(text), train) for text, train in example[split:] if text]
         if self.config.sft_append_eos and example and example[-1][1] and self.tokenizer.eos_token_id is not None:

@@ -1,0 +1,124 @@
+"""The policy's warm start on the driver: SFT on the offline expert demos before verl's RL.
+
+verl's agent loop plays an episode as one chat (agent_loop.py): the first agent prompt is a
+user turn, each policy reply an assistant turn, each next agent prompt a user turn, all
+rendered by the policy tokenizer's chat template. The warm start trains on the successful
+expert episodes in that same layout, with the loss on the assistant turns only, so SFT sees
+what RL's rollouts will see. (The local loop trains on each step's prompt alone, the layout
+its own rollouts use.)
+
+The policy component is trained as configured (device, dtype, LoRA, micro-batches) and saved
+as an HF directory, ``run_dir/policy_init`` (LoRA merged), which translate.py names as verl's
+actor weights. It must fit the driver's device: for a model that does not, warm-start it
+elsewhere and give it as ``algo.config.model_path`` with ``loop.warmstart_epochs: 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from dreamgym_core.config import ResolvedPipeline
+from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.loop import demo_conversations
+from dreamgym_core.plugins import Plugins
+from dreamgym_core.records import Trajectory
+
+from .translate import WARMSTART_DIR, model_path
+
+__all__ = ["chat_segments", "warm_start"]
+
+Segments = list[tuple[str, bool]]
+
+
+def chat_segments(tokenizer: Any, turns: Sequence[tuple[str, str]]) -> Segments:
+    """(text, trained) segments of one episode as the chat template renders it: each
+    assistant reply up to its end-of-turn tokens is trained, everything else is not.
+
+    The segments join to the template's rendering of the whole conversation; a template
+    that renders earlier turns differently once later ones follow (some drop past
+    reasoning) cannot be cut so and is refused in one line.
+    """
+    messages: list[dict[str, str]] = []
+    segments: Segments = []
+    done = ""
+    for prompt, reply in turns:
+        messages.append({"role": "user", "content": prompt})
+        head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages.append({"role": "assistant", "content": reply})
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not head.startswith(done) or not full.startswith(head):
+            raise DataError(
+                f"warm start: the chat template of {tokenizer.name_or_path!r} renders a conversation's earlier turns "
+                "differently once later turns follow, so its replies cannot be marked for SFT; set loop.warmstart_epochs: 0"
+            )
+        answer = full[len(head):]
+        trained = answer.rstrip()  # the template's line break after a turn is the next prompt's (verl masks it)
+        segments += [(head[len(done):], False), (trained, True)]
+        if answer != trained:
+            segments.append((answer[len(trained):], False))
+        done = full
+    return segments
+
+
+def _policy(resolved: ResolvedPipeline, plugins: Plugins) -> Any:
+    """The policy component as configured, loading verl's weights (:func:`model_path`),
+    taking the segments as rendered (no chat template of its own on top, no EOS after the
+    template's end of turn) and as long as verl lets an episode be."""
+    config = resolved.components["policy"]
+    name = resolved.pipeline.policy.name
+    verl = resolved.components["algo"]
+    base = model_path(resolved, verl)
+    if not hasattr(config, "path"):
+        raise ConfigError(
+            f"{resolved.source}: the warm start loads {base!r} into policy {name!r}, which has no `path`; "
+            "use policy 'hf', or set loop.warmstart_epochs: 0"
+        )
+    # As long as a whole episode may be in verl, so that SFT keeps what RL's rollouts keep.
+    fields = {"path": base, "chat_template": False, "sft_append_eos": False, "max_length": verl.max_prompt_length + verl.max_response_length}
+    policy = plugins.build("model", name, msgspec.structs.replace(config, **{k: v for k, v in fields.items() if hasattr(config, k)}))
+    missing = [attr for attr in ("sft", "save", "tokenizer") if not hasattr(policy, attr)]
+    if missing:
+        raise ConfigError(
+            f"{resolved.source}: policy {name!r} has no {missing[0]!r}, so the warm start cannot train it; "
+            "set loop.warmstart_epochs: 0"
+        )
+    if not getattr(policy.tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"{resolved.source}: the tokenizer of {base!r} has no chat template, and verl's agent loop renders "
+            "every turn with it; use an instruct model"
+        )
+    return policy
+
+
+def warm_start(
+    resolved: ResolvedPipeline, plugins: Plugins, offline: list[Trajectory], *, run_dir: Path, say: Callable[[str], None],
+) -> dict[str, float]:
+    """SFT of the policy component on the expert episodes of ``offline``, saved to
+    ``run_dir/policy_init``; an earlier attempt's finished one is kept (``--resume``)."""
+    target = run_dir / WARMSTART_DIR
+    if (target / "done").exists():
+        say(f"reusing the warm-started policy in {target}")
+        return {}
+    cfg = resolved.pipeline
+    loop = cfg.loop
+    policy = _policy(resolved, plugins)
+    conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window)
+    metrics: dict[str, float] = {}
+    if conversations:
+        say(f"warm-starting the policy on the driver (SFT on {len(conversations)} expert episodes, verl's chat layout)")
+        trained = policy.sft(
+            examples=[chat_segments(policy.tokenizer, turns) for turns in conversations],
+            epochs=loop.warmstart_epochs, lr=loop.warmstart_lr, batch_size=cfg.experience.batch_size,
+            on_epoch=lambda epoch, loss: say(f"warm start epoch {epoch}/{loop.warmstart_epochs}: loss {loss:.4g}"),
+        )
+        metrics = {f"warmstart/{k.split('/')[-1]}": v for k, v in trained.items()}
+    else:
+        say("no successful expert episode in the offline data: verl starts from the policy's weights as they are")
+    policy.save(path=str(target))
+    (target / "done").write_text("1\n")
+    say(f"warm-started policy in {target}")
+    return metrics

@@ -69,6 +69,13 @@ class DataConfig(Config):
         Meta(description="Episodes of uniform actions among all the game has offered, listed or not (invalid-action data)."),
     ] = 0
     path: Annotated[str | None, Meta(description="Existing JSONL of Transition records to use instead.")] = None
+    branch_actions: Annotated[
+        NonNegativeInt,
+        Meta(description=(
+            "Early Experience: at each state of a successful expert episode, run up to this many other offered "
+            "actions in the real environment and keep the next states they reach (branches.jsonl; 0: none)."
+        )),
+    ] = 0
 
 
 class ExperienceTrainingConfig(Config):
@@ -115,6 +122,13 @@ class LoopConfig(Config):
         Probability, Meta(description="s2r: share of iterations run in the synthetic environment first.")
     ] = 0.75
     warmstart_epochs: Annotated[NonNegativeInt, Meta(description="SFT epochs on offline expert demos before RL.")] = 1
+    world_model_epochs: Annotated[
+        NonNegativeInt,
+        Meta(description=(
+            "Early Experience's implicit world modelling: epochs of SFT that teach the policy the next observation "
+            "of each branch (data.branch_actions) from its state and action, before the warm start's imitation (0: off)."
+        )),
+    ] = 0
     warmstart_lr: Annotated[PositiveFloat, Meta(description="Learning rate of the warm-start SFT.")] = 1e-3
     warmstart_select_episodes: Annotated[
         NonNegativeInt,
@@ -207,6 +221,8 @@ class PipelineConfig(Config):
     run_dir: Annotated[str, Meta(description="Where the run writes config, metrics, checkpoints, report.")] = "runs/default"
 
     def __post_init__(self) -> None:
+        if self.loop.world_model_epochs and not self.data.branch_actions:
+            raise ValueError("loop.world_model_epochs needs branch transitions to learn from: set data.branch_actions > 0")
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
         where = Path(self.run_dir.strip() or ".")

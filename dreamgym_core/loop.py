@@ -24,6 +24,7 @@ import numpy as np
 from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash
+from .early import world_model_examples
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .provenance import VERSIONS_FILE, record_versions
@@ -162,6 +163,7 @@ class Runner:
             "offline_transitions": 0,
         }
         self.history: list[dict[str, float]] = []
+        self.branches: list[Transition] = []  # Early Experience's branch transitions (data.branch_actions)
         self.selection = ValidSelection(run_dir / "policy_best") if self.cfg.eval.valid_every else None
         self._started = time.perf_counter()
         self._build()
@@ -306,23 +308,30 @@ class Runner:
         return fidelity_metrics(results, held_out)
 
     def _warmstart_policy(self, offline: list[Trajectory], epochs: int | None = None) -> dict[str, float]:
-        """SFT on successful offline demos in the agent-prompt format (behaviour cloning)."""
-        examples = demo_examples(offline, max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window)
+        """SFT on successful offline demos in the agent-prompt format (behaviour cloning),
+        after implicit world modelling on the branch transitions when it is asked for."""
+        loop = self.cfg.loop
+        examples = demo_examples(offline, max_steps=loop.max_steps, history_window=loop.history_window)
+        world = world_model_examples(self.branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
         if hasattr(self.policy, "prepare"):
-            corpus = [p + r for p, r in examples] or [build_agent_prompt(
-                task=t, observation=Observation(text=""), history=[], step=0, max_steps=self.cfg.loop.max_steps) for t in self.train_tasks]
+            corpus = [p + r for p, r in examples] + ["".join(text for text, _ in ex) for ex in world] or [build_agent_prompt(
+                task=t, observation=Observation(text=""), history=[], step=0, max_steps=loop.max_steps) for t in self.train_tasks]
             self.policy.prepare(corpus=corpus)
-        epochs = self.cfg.loop.warmstart_epochs if epochs is None else epochs
+        epochs = loop.warmstart_epochs if epochs is None else epochs
         if not epochs or not examples:
             return {}
-        exp = self.cfg.experience
-        selector = self._epoch_selector(epochs) if self.cfg.loop.warmstart_select_episodes else None
-        metrics = self.policy.sft(
+        exp, metrics = self.cfg.experience, {}
+        if world:
+            self._say(f"implicit world modelling: {len(world)} branch transitions, epochs: {loop.world_model_epochs}")
+            trained = self.policy.sft(examples=world, epochs=loop.world_model_epochs, lr=loop.warmstart_lr, batch_size=exp.batch_size)
+            metrics = {f"world_model/{k.split('/')[-1]}": v for k, v in trained.items()}
+        selector = self._epoch_selector(epochs) if loop.warmstart_select_episodes else None
+        trained = self.policy.sft(
             examples=[[(p, False), (r, True)] for p, r in examples],
-            epochs=epochs, lr=self.cfg.loop.warmstart_lr, batch_size=exp.batch_size,
+            epochs=epochs, lr=loop.warmstart_lr, batch_size=exp.batch_size,
             **({"on_epoch": selector.after_epoch} if selector else {}),
         )
-        metrics = {f"warmstart/{k.split('/')[-1]}": v for k, v in metrics.items()}
+        metrics |= {f"warmstart/{k.split('/')[-1]}": v for k, v in trained.items()}
         if selector:
             metrics.update(selector.restore_best())
         return metrics
@@ -366,6 +375,9 @@ class Runner:
         self.counters["offline_transitions"] = sum(len(t.transitions) for t in offline)
         self._say(f"{len(offline)} episodes, {int(self.counters['offline_transitions'])} transitions; seeding the buffer")
         self._seed_buffer(offline)
+        self.branches = stages.collect_branch_data(self.domain, offline, cfg.data, seed=cfg.seed, run_dir=self.run_dir, say=self._say)
+        if self.branches:
+            self.counters["branch_transitions"] = len(self.branches)
         evaluate_before = cfg.eval.before_training and cfg.eval.episodes > 0
         if evaluate_before and hasattr(self.policy, "prepare"):
             self._warmstart_policy(offline, epochs=0)  # fits the tokenizer only

@@ -160,10 +160,10 @@ def write(
     lines += _validation_lines(cfg, selection, final)
     lines += _unlisted_lines(history)
     lines += ["", "## Data used", ""]
-    for key in ("offline_transitions", "real_transitions", "synthetic_transitions"):
+    for key in ("offline_transitions", "branch_transitions", "real_transitions", "synthetic_transitions"):
         if key in counters:
             lines.append(f"- {key.replace('_', ' ')}: {int(counters[key])}")
-    extra = {k: v for k, v in before.items() if k.startswith(("experience/", "warmstart/", "fidelity/"))}
+    extra = {k: v for k, v in before.items() if k.startswith(("experience/", "world_model/", "warmstart/", "fidelity/"))}
     if extra:
         lines += ["", "## Training before RL", ""] + [f"- {k}: {_fmt(v)}" for k, v in sorted(extra.items())]
     lines += _versions_lines(run_dir)

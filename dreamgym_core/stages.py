@@ -19,11 +19,13 @@ from .errors import ConfigError, DataError, DreamGymError
 from .records import Task, Trajectory, Transition
 
 __all__ = [
-    "OFFLINE_FILE", "EXPERIENCE_DIR", "collect_offline", "annotate_offline", "train_experience_model", "reload_trained",
+    "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "annotate_offline",
+    "train_experience_model", "reload_trained",
 ]
 
 # Run-directory names of the stages' outputs.
 OFFLINE_FILE = "offline.jsonl"
+BRANCHES_FILE = "branches.jsonl"
 EXPERIENCE_DIR = "experience_model"
 
 
@@ -54,6 +56,33 @@ def collect_offline(domain: Any, tasks: Sequence[Task], data: DataConfig, *, see
                 trajectories += domain.collect(tasks=list(tasks), policy=policy, episodes=episodes, seed=seed)
     checkpoint.write_trajectories(path, trajectories)
     return trajectories
+
+
+def collect_branch_data(
+    domain: Any, offline: Sequence[Trajectory], data: DataConfig, *, seed: int, run_dir: Path, say: Callable[[str], None],
+) -> list[Transition]:
+    """Early Experience's branch transitions at the states of the successful episodes of
+    ``offline``, the demos the warm start imitates (:mod:`dreamgym_core.early`), stored in
+    ``run_dir/branches.jsonl`` and read back from there when that file exists; none when
+    ``data.branch_actions`` is 0."""
+    from .early import collect_branches
+
+    path = run_dir / BRANCHES_FILE
+    if not data.branch_actions:
+        return []
+    if path.exists():
+        return checkpoint.read_transitions(path)
+    demos = [t for t in offline if t.success]  # the episodes the warm start imitates
+    branches, diverged = collect_branches(domain.make_env, demos, k=data.branch_actions, seed=seed)
+    if not branches:  # a world model with nothing to learn from would pass for one that learnt
+        raise DataError(
+            f"data.branch_actions={data.branch_actions}: no branch transitions from the {len(demos)} successful offline "
+            f"episodes of env {getattr(domain, 'name', '?')!r} (their states list no other actions, or every replay diverged)"
+        )
+    say(f"{len(branches)} branch transitions at the states of {len(demos)} successful episodes"
+        + (f"; {diverged} states not branched (the replay reached another state)" if diverged else ""))
+    checkpoint.write_transitions(path, branches)
+    return branches
 
 
 def annotate_offline(

@@ -203,6 +203,27 @@ def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
     assert not (run_dir / "policy_warmstart_best").exists() and (run_dir / "policy_init" / "done").exists()
 
 
+def test_early_experience_world_modelling_comes_before_the_warm_start(tmp_path):
+    # Branch transitions from the real engine at the demos' states, one epoch of implicit world
+    # modelling on them, then the imitation warm start; the branches are real data the report counts.
+    run_dir = tmp_path / "run"
+    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
+            "--set", "experience.skip=true", "--set", "loop.iterations=0"]
+    for item in [*REDUCED, "data.branch_actions=2", "loop.world_model_epochs=1"]:
+        args += ["--set", item]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    branches = (run_dir / "branches.jsonl").read_text().splitlines()
+    assert len(branches) > 0 and all(json.loads(line)["source"] == "offline" for line in branches)
+    said = result.stderr
+    assert f"{len(branches)} branch transitions at the states of" in said
+    assert said.index("implicit world modelling: ") < said.index("warm start epoch 1/1")
+    first = _metric_rows(run_dir)[0]
+    assert first["world_model/examples"] > 0 and first["world_model/sft_loss"] > 0
+    report = (run_dir / "report.md").read_text()
+    assert f"- branch transitions: {len(branches)}" in report and "world_model/sft_loss" in report
+
+
 def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
     """Fidelity scoring and the synthetic replay of the warm start call the experience model
     before RL. They draw from streams of their own, so a run that measures and one that does

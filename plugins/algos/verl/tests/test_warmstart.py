@@ -47,14 +47,14 @@ def test_a_template_that_rewrites_past_turns_is_refused(chat_tokenizer):
         chat_tokenizer.chat_template = original  # a session fixture
 
 
-def _pipeline(tmp_path, policy: dict, **loop):
+def _pipeline(tmp_path, policy: dict, data: dict | None = None, **loop):
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({
         "plugins": ["textworld", "hf", "verl"],
         "env": {"name": "twx", "config": {"game": "coin", "train_seeds": 3, "test_seeds": 1}},
         "policy": policy, "algo": {"name": "verl-grpo"},
         "loop": {"mode": "real", "max_steps": 6, "warmstart_lr": 1e-2, **loop},
-        "data": {"expert_episodes": 3, "noisy_episodes": 0, "random_episodes": 1},
+        "data": {"expert_episodes": 3, "noisy_episodes": 0, "random_episodes": 1, **(data or {})},
         "experience": {"batch_size": 2}, "run_dir": str(tmp_path / "run"),
     }))
     pipeline = load_pipeline(path)
@@ -143,3 +143,19 @@ def test_sft_tokens_are_the_rendered_conversation_with_no_second_bos_or_eos(tmp_
     messages = [m for p, r in TURNS for m in ({"role": "user", "content": p}, {"role": "assistant", "content": r})]
     assert tok.decode(ids) == tok.apply_chat_template(messages, tokenize=False)
     assert tok.decode([t for t, label in zip(ids, labels) if label != -100]) == "".join(r + "<|im_end|>" for _, r in TURNS)
+
+
+def test_implicit_world_modelling_comes_first_each_branch_one_exchange(tmp_path, chat_model):
+    from dreamgym_core.early import collect_branches, world_model_examples
+
+    resolved, plugins = _pipeline(tmp_path, {"name": "hf", "config": {"path": str(chat_model)}}, {"branch_actions": 1}, world_model_epochs=1)
+    offline = _offline(resolved, plugins)
+    domain = plugins.build("env", "twx", resolved.components["env"])
+    branches, _ = collect_branches(domain.make_env, offline, k=1, seed=0)
+    lines: list[str] = []
+    metrics = warm_start(resolved, plugins, offline, run_dir=tmp_path / "run", say=lines.append, branches=branches)
+    world = world_model_examples(branches, offline, max_steps=6, history_window=resolved.pipeline.loop.history_window)
+    assert metrics["world_model/examples"] == len(world) > 0 and metrics["warmstart/examples"] == 3
+    assert [line.split(":")[0] for line in lines[:2]] == ["implicit world modelling", "warm-starting the policy on the driver (SFT on 3 expert episodes, verl's chat layout)"]
+    (ask, _), (seen, _) = world[0]
+    assert [text for text, trained in chat_segments(_policy(resolved, plugins).tokenizer, [(ask, seen)]) if trained] == [seen + "<|im_end|>"]

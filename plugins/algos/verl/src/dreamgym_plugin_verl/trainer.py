@@ -225,7 +225,8 @@ def _start_actors(
             buffer.flush()
     _train_experience_model(resolved, plugins, root, transitions, domain=domain, buffer=buffer, say=say)
     if cfg.loop.warmstart_epochs:
-        warm_start(resolved, plugins, offline, run_dir=root, say=say)
+        branches = stages.collect_branch_data(domain, offline, cfg.data, seed=cfg.seed, run_dir=root, say=say)
+        warm_start(resolved, plugins, offline, run_dir=root, say=say, branches=branches)
         _release_gpu_memory()
     if cfg.curriculum is not None:
         actors["curriculum_actor"] = f"curriculum-{tag}"

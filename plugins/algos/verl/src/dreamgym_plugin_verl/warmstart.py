@@ -5,7 +5,8 @@ user turn, each policy reply an assistant turn, each next agent prompt a user tu
 rendered by the policy tokenizer's chat template. The warm start trains on the successful
 expert episodes in that same layout, with the loss on the assistant turns only, so SFT sees
 what RL's rollouts will see. (The local loop trains on each step's prompt alone, the layout
-its own rollouts use.)
+its own rollouts use.) With ``loop.world_model_epochs``, Early Experience's implicit world
+modelling on the branch transitions comes first, as in the local loop.
 
 The policy component is trained as configured (device, dtype, LoRA, micro-batches) and saved
 as an HF directory, ``run_dir/policy_init`` (LoRA merged), which translate.py names as verl's
@@ -23,9 +24,10 @@ import msgspec
 
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.early import world_model_examples
 from dreamgym_core.loop import demo_conversations
 from dreamgym_core.plugins import Plugins
-from dreamgym_core.records import Trajectory
+from dreamgym_core.records import Trajectory, Transition
 
 from .translate import WARMSTART_DIR, model_path
 
@@ -96,9 +98,14 @@ def _policy(resolved: ResolvedPipeline, plugins: Plugins) -> Any:
 
 def warm_start(
     resolved: ResolvedPipeline, plugins: Plugins, offline: list[Trajectory], *, run_dir: Path, say: Callable[[str], None],
+    branches: Sequence[Transition] = (),
 ) -> dict[str, float]:
     """SFT of the policy component on the expert episodes of ``offline``, saved to
-    ``run_dir/policy_init``; an earlier attempt's finished one is kept (``--resume``)."""
+    ``run_dir/policy_init``; an earlier attempt's finished one is kept (``--resume``).
+
+    With ``loop.world_model_epochs``, implicit world modelling on ``branches`` comes first
+    (dreamgym_core.early), each branch one exchange: its prompt and action as the user turn,
+    the observation that followed as the reply."""
     target = run_dir / WARMSTART_DIR
     if (target / "done").exists():
         say(f"reusing the warm-started policy in {target}")
@@ -108,6 +115,14 @@ def warm_start(
     policy = _policy(resolved, plugins)
     conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window)
     metrics: dict[str, float] = {}
+    world = world_model_examples(branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
+    if world and conversations:
+        say(f"implicit world modelling: {len(world)} branch transitions, epochs: {loop.world_model_epochs}")
+        trained = policy.sft(
+            examples=[chat_segments(policy.tokenizer, [(ask, seen)]) for (ask, _), (seen, _) in world],
+            epochs=loop.world_model_epochs, lr=loop.warmstart_lr, batch_size=cfg.experience.batch_size,
+        )
+        metrics = {f"world_model/{k.split('/')[-1]}": v for k, v in trained.items()}
     if conversations:
         say(f"warm-starting the policy on the driver (SFT on {len(conversations)} expert episodes, verl's chat layout)")
         trained = policy.sft(
@@ -115,7 +130,7 @@ def warm_start(
             epochs=loop.warmstart_epochs, lr=loop.warmstart_lr, batch_size=cfg.experience.batch_size,
             on_epoch=lambda epoch, loss: say(f"warm start epoch {epoch}/{loop.warmstart_epochs}: loss {loss:.4g}"),
         )
-        metrics = {f"warmstart/{k.split('/')[-1]}": v for k, v in trained.items()}
+        metrics |= {f"warmstart/{k.split('/')[-1]}": v for k, v in trained.items()}
     else:
         say("no successful expert episode in the offline data: verl starts from the policy's weights as they are")
     policy.save(path=str(target))

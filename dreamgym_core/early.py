@@ -1,0 +1,90 @@
+"""Early Experience (METHOD.md section 5): the agent's alternatives at expert states, run in
+the real environment, as warm-start data that needs no reward.
+
+At each state of a successful offline episode (the demos the warm start imitates), up to K
+actions other than the demo's are drawn from those the state offered, and each is run in a real environment replayed to that
+state (reset, then the expert's earlier actions). The next states they reach are *branch*
+transitions. Implicit world modelling then trains the policy itself to write the next
+observation of each branch from its prompt and action, before imitation (the warm start).
+
+Replaying assumes a deterministic environment: a replay that does not reach the recorded
+state is not branched and is counted (``diverged``), never silently used.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from .agent import build_agent_prompt, render_response
+from .protocols import Env
+from .records import HistoryStep, Observation, Trajectory, Transition
+from .rollout import step_transition
+
+__all__ = ["BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples"]
+
+# A branch's episode id is its expert episode's id + BRANCH_TAG + step.alternative.
+BRANCH_TAG = "/branch"
+
+Segments = list[tuple[str, bool]]
+
+
+def _replay(env: Env, demo: Trajectory, step: int) -> Observation | None:
+    """The environment reset and moved by the demo's first ``step`` actions; None when it
+    does not reach the state the demo recorded there."""
+    observation = env.reset(task=demo.task)
+    for t in demo.transitions[:step]:
+        observation = env.step(action=t.action).observation
+    return observation if observation.text == demo.transitions[step].state else None
+
+
+def collect_branches(make_env: Callable[[], Env], demos: Sequence[Trajectory], *, k: int, seed: int) -> tuple[list[Transition], int]:
+    """Up to ``k`` branch transitions at each state of each successful episode in ``demos``
+    (``source="offline"``; ``step`` is the state's index in its episode), and the number of
+    states whose replay diverged (not branched)."""
+    rng = random.Random(seed)
+    out: list[Transition] = []
+    diverged = 0
+    env = make_env()
+    try:
+        for demo in (d for d in demos if d.success):
+            for step, t in enumerate(demo.transitions):
+                others = [a for a in t.admissible_actions if a != t.action]
+                for j, action in enumerate(rng.sample(others, min(k, len(others)))):
+                    observation = _replay(env, demo, step)
+                    if observation is None:
+                        diverged += 1
+                        break
+                    result = env.step(action=action)
+                    episode = f"{t.episode_id}{BRANCH_TAG}{step}.{j}"
+                    out.append(step_transition(demo.task, episode, step, observation, action, result, source="offline", model_id=""))
+    finally:
+        env.close()
+    return out, diverged
+
+
+def world_model_segments(prompt: str, action: str, next_state: str) -> Segments:
+    """One implicit-world-model example: the agent prompt and the policy's response for
+    ``action`` (not trained), then the observation that followed (trained)."""
+    return [(prompt + render_response(action) + "\nNext observation:\n", False), (next_state, True)]
+
+
+def world_model_examples(
+    branches: Sequence[Transition], demos: Sequence[Trajectory], *, max_steps: int, history_window: int
+) -> list[Segments]:
+    """The branches as SFT examples, each prompt as the policy saw that state in its demo
+    (task, recent history, offered actions). Branches past ``max_steps`` are left out, as
+    the demos are: the policy never meets that step."""
+    by_episode = {d.transitions[0].episode_id: d for d in demos if d.transitions}
+    examples = []
+    for b in branches:
+        demo = by_episode[b.episode_id.rsplit(BRANCH_TAG, 1)[0]]
+        if b.step >= max_steps:
+            continue
+        history = [HistoryStep(state=t.state, action=t.action) for t in demo.transitions[: b.step]]
+        observation = Observation(text=b.state, admissible_actions=list(b.admissible_actions))
+        prompt = build_agent_prompt(
+            task=demo.task, observation=observation, history=history, step=b.step, max_steps=max_steps, history_window=history_window
+        )
+        examples.append(world_model_segments(prompt, b.action, b.next_state))
+    return examples

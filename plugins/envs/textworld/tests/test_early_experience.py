@@ -1,0 +1,84 @@
+"""Early Experience's branch transitions on the real TextWorldExpress engine: the demos'
+states replayed, other offered actions run there, and the implicit-world-model examples
+built from what the engine answered."""
+
+from __future__ import annotations
+
+import msgspec
+
+from dreamgym_core.agent import build_agent_prompt
+from dreamgym_core.early import BRANCH_TAG, collect_branches, world_model_examples
+from dreamgym_core.records import HistoryStep, Observation
+
+
+def _demos(domain):
+    demos = domain.collect(tasks=domain.tasks(split="train"), policy="expert", episodes=2, seed=0)
+    assert all(d.success for d in demos) and sum(len(d.transitions) for d in demos) >= 4
+    return demos
+
+
+def test_branches_run_other_offered_actions_from_the_demos_own_states(twx_domains, twx_env) -> None:
+    domain = twx_domains["coin"]
+    demos = _demos(domain)
+    branches, diverged = collect_branches(domain.make_env, demos, k=2, seed=0)
+    assert diverged == 0
+    expected = sum(min(2, len(t.admissible_actions) - 1) for d in demos for t in d.transitions)
+    assert len(branches) == expected > 0
+    by_state = {(d.transitions[0].episode_id, t.step): t for d in demos for t in d.transitions}
+    for b in branches:
+        episode, _, index = b.episode_id.rpartition(BRANCH_TAG)
+        demo_step = by_state[(episode, b.step)]
+        assert index.split(".")[0] == str(b.step) and b.source == "offline"
+        assert b.state == demo_step.state and b.action != demo_step.action and b.action in demo_step.admissible_actions
+    # what the engine answers when the demo's first steps and the branch's action are played by hand
+    b = branches[-1]
+    demo = next(d for d in demos if b.episode_id.startswith(d.transitions[0].episode_id))
+    twx_env.reset(task=demo.task)
+    for t in demo.transitions[: b.step]:
+        twx_env.step(action=t.action)
+    assert twx_env.step(action=b.action).observation.text == b.next_state
+    # the same seed draws the same branches
+    assert collect_branches(domain.make_env, demos, k=2, seed=0)[0] == branches
+
+
+def test_a_replay_that_reaches_another_state_is_counted_not_branched(twx_domains) -> None:
+    domain = twx_domains["coin"]
+    demo = _demos(domain)[0]
+    moved = [msgspec.structs.replace(t, state=t.state + " (recorded elsewhere)") if t.step == 1 else t for t in demo.transitions]
+    tampered = msgspec.structs.replace(demo, transitions=moved)
+    branches, diverged = collect_branches(domain.make_env, [tampered], k=1, seed=0)
+    assert diverged == 1 and {b.step for b in branches} == set(range(len(moved))) - {1}
+
+
+def test_world_model_examples_train_the_next_observation_after_the_demos_prompt(twx_domains) -> None:
+    domain = twx_domains["coin"]
+    demos = _demos(domain)
+    branches, _ = collect_branches(domain.make_env, demos, k=1, seed=0)
+    examples = world_model_examples(branches, demos, max_steps=2, history_window=1)
+    kept = [b for b in branches if b.step < 2]  # the policy never meets a later step
+    assert len(examples) == len(kept) > 0
+    for b, ((prompt, trained_prompt), (target, trained)) in zip(kept, examples):
+        demo = next(d for d in demos if b.episode_id.startswith(d.transitions[0].episode_id))
+        history = [HistoryStep(state=t.state, action=t.action) for t in demo.transitions[: b.step]]
+        seen = build_agent_prompt(
+            task=demo.task, observation=Observation(text=b.state, admissible_actions=b.admissible_actions),
+            history=history, step=b.step, max_steps=2, history_window=1,
+        )
+        assert prompt.startswith(seen) and f"<action>{b.action}</action>" in prompt[len(seen):]
+        assert (trained_prompt, target, trained) == (False, b.next_state, True)
+
+
+def test_branching_states_that_list_no_other_action_is_a_data_error(twx_domains, tmp_path) -> None:
+    import pytest
+
+    from dreamgym_core.config import DataConfig
+    from dreamgym_core.errors import DataError
+    from dreamgym_core.stages import collect_branch_data
+
+    domain = twx_domains["coin"]
+    demo = _demos(domain)[0]
+    only_the_demos = msgspec.structs.replace(
+        demo, transitions=[msgspec.structs.replace(t, admissible_actions=[t.action]) for t in demo.transitions])
+    with pytest.raises(DataError, match=r"data.branch_actions=2: no branch transitions from the 1 successful offline episodes of env 'twx'"):
+        collect_branch_data(domain, [only_the_demos], DataConfig(branch_actions=2), seed=0, run_dir=tmp_path, say=print)
+    assert not (tmp_path / "branches.jsonl").exists()

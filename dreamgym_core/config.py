@@ -72,7 +72,7 @@ class DataConfig(Config):
     branch_actions: Annotated[
         NonNegativeInt,
         Meta(description=(
-            "Early Experience: at each state of a successful expert episode, run up to this many other offered "
+            "Early Experience: at each state of a successful offline episode, run up to this many other offered "
             "actions in the real environment and keep the next states they reach (branches.jsonl; 0: none)."
         )),
     ] = 0
@@ -223,6 +223,8 @@ class PipelineConfig(Config):
     def __post_init__(self) -> None:
         if self.loop.world_model_epochs and not self.data.branch_actions:
             raise ValueError("loop.world_model_epochs needs branch transitions to learn from: set data.branch_actions > 0")
+        if self.loop.world_model_epochs and not self.loop.warmstart_epochs:
+            raise ValueError("loop.world_model_epochs runs before the warm start's imitation: set loop.warmstart_epochs > 0")
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
         where = Path(self.run_dir.strip() or ".")

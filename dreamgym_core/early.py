@@ -2,9 +2,9 @@
 the real environment, as warm-start data that needs no reward.
 
 At each state of a successful offline episode (the demos the warm start imitates), up to K
-actions other than the demo's are drawn from those the state offered, and each is run in a real environment replayed to that
-state (reset, then the expert's earlier actions). The next states they reach are *branch*
-transitions. Implicit world modelling then trains the policy itself to write the next
+actions other than the demo's are drawn from those the state offered, and each is run in a
+real environment replayed to that state (reset, then the demo's earlier actions). The next
+states they reach are *branch* transitions. Implicit world modelling then trains the policy itself to write the next
 observation of each branch from its prompt and action, before imitation (the warm start).
 
 Replaying assumes a deterministic environment: a replay that does not reach the recorded
@@ -23,7 +23,7 @@ from .rollout import step_transition
 
 __all__ = ["BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples"]
 
-# A branch's episode id is its expert episode's id + BRANCH_TAG + step.alternative.
+# A branch's episode id is its demo's episode id + BRANCH_TAG + step.alternative.
 BRANCH_TAG = "/branch"
 
 Segments = list[tuple[str, bool]]

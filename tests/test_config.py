@@ -70,6 +70,16 @@ def test_constraint_and_cross_field_errors(tmp_path):
     data["eval"] = {"keep": "best-valid"}
     with pytest.raises(ConfigError, match=r"pipeline.yaml: .*eval.keep='best-valid' needs eval.valid_every > 0"):
         load_pipeline(write(tmp_path, data))
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["loop"]["world_model_epochs"] = 1
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.world_model_epochs needs branch transitions .* data.branch_actions > 0"):
+        load_pipeline(write(tmp_path, data))
+    data["data"] = {"branch_actions": 2}
+    data["loop"]["warmstart_epochs"] = 0
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.world_model_epochs runs before .* set loop.warmstart_epochs > 0"):
+        load_pipeline(write(tmp_path, data))
+    data["loop"]["warmstart_epochs"] = 1
+    assert load_pipeline(write(tmp_path, data)).loop.world_model_epochs == 1
 
 
 @pytest.mark.parametrize("run_dir", ["", " ", ".", "./", "/"])

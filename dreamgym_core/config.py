@@ -129,6 +129,13 @@ class LoopConfig(Config):
             "of each branch (data.branch_actions) from its state and action, before the warm start's imitation (0: off)."
         )),
     ] = 0
+    self_reflection: Annotated[
+        bool,
+        Meta(description=(
+            "Early Experience's self-reflection: the warm start's demos think, in <think>, why their action beats the "
+            "branches' (data.branch_actions), written from what each led to; raise the algo's max_new_tokens to fit it."
+        )),
+    ] = False
     warmstart_lr: Annotated[PositiveFloat, Meta(description="Learning rate of the warm-start SFT.")] = 1e-3
     warmstart_select_episodes: Annotated[
         NonNegativeInt,
@@ -221,10 +228,11 @@ class PipelineConfig(Config):
     run_dir: Annotated[str, Meta(description="Where the run writes config, metrics, checkpoints, report.")] = "runs/default"
 
     def __post_init__(self) -> None:
-        if self.loop.world_model_epochs and not self.data.branch_actions:
-            raise ValueError("loop.world_model_epochs needs branch transitions to learn from: set data.branch_actions > 0")
-        if self.loop.world_model_epochs and not self.loop.warmstart_epochs:
-            raise ValueError("loop.world_model_epochs runs before the warm start's imitation: set loop.warmstart_epochs > 0")
+        for option in ("world_model_epochs", "self_reflection"):
+            if getattr(self.loop, option) and not self.data.branch_actions:
+                raise ValueError(f"loop.{option} needs branch transitions to learn from: set data.branch_actions > 0")
+            if getattr(self.loop, option) and not self.loop.warmstart_epochs:
+                raise ValueError(f"loop.{option} is part of the warm start: set loop.warmstart_epochs > 0")
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
         where = Path(self.run_dir.strip() or ".")

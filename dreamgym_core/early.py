@@ -6,6 +6,10 @@ actions other than the demo's are drawn from those the state offered, and each i
 real environment replayed to that state (reset, then the demo's earlier actions). The next
 states they reach are *branch* transitions. Implicit world modelling then trains the policy itself to write the next
 observation of each branch from its prompt and action, before imitation (the warm start).
+Self-reflection instead puts, in the demo's ``<think>``, what the demo's action and the
+branches' led to (a rule-based writer that states the observed outcomes; the paper's teacher
+model also argues why the demo's choice is better), so that imitation teaches the
+consequences with the action.
 
 Replaying assumes a deterministic environment: a replay that does not reach the recorded
 state is not branched and is counted (``diverged``), never silently used.
@@ -21,7 +25,7 @@ from .protocols import Env
 from .records import HistoryStep, Observation, Trajectory, Transition
 from .rollout import step_transition
 
-__all__ = ["BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples"]
+__all__ = ["BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples", "outcome", "reflection", "reflections"]
 
 # A branch's episode id is its demo's episode id + BRANCH_TAG + step.alternative.
 BRANCH_TAG = "/branch"
@@ -88,3 +92,31 @@ def world_model_examples(
         )
         examples.append(world_model_segments(prompt, b.action, b.next_state))
     return examples
+
+
+def outcome(step: Transition, *, limit: int = 60) -> str:
+    """What one action led to, in a few words: refused, won, lost, or the first sentence of
+    the next observation (cut to ``limit`` characters)."""
+    if not step.valid:
+        return "not possible here"
+    if step.done:
+        return "completes the task" if step.success else "ends the episode without success"
+    first = step.next_state.strip().split("\n")[0].split(". ")[0].strip().rstrip(".")
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
+def reflection(demo_step: Transition, branches: Sequence[Transition]) -> str:
+    """What the demo's action and the branches' led to at one state, from the observed next
+    states (rule-based: it states outcomes and claims no more; a teacher model would also
+    argue why the demo's choice is the better one)."""
+    others = "; ".join(f"'{b.action}' {outcome(b)}" for b in branches)
+    return f"'{demo_step.action}' {outcome(demo_step)}. Others: {others}."
+
+
+def reflections(branches: Sequence[Transition], demos: Sequence[Trajectory]) -> dict[tuple[str, int], str]:
+    """A reflection for each (demo episode id, step) that has branches."""
+    grouped: dict[tuple[str, int], list[Transition]] = {}
+    for b in branches:
+        grouped.setdefault((b.episode_id.rsplit(BRANCH_TAG, 1)[0], b.step), []).append(b)
+    steps = {(t.episode_id, t.step): t for d in demos for t in d.transitions}
+    return {key: reflection(steps[key], group) for key, group in grouped.items() if key in steps}

@@ -17,14 +17,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash
-from .early import world_model_examples
+from .early import reflections, world_model_examples
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .provenance import VERSIONS_FILE, record_versions
@@ -309,9 +309,11 @@ class Runner:
 
     def _warmstart_policy(self, offline: list[Trajectory], epochs: int | None = None) -> dict[str, float]:
         """SFT on successful offline demos in the agent-prompt format (behaviour cloning),
-        after implicit world modelling on the branch transitions when it is asked for."""
+        after implicit world modelling on the branch transitions when it is asked for, and
+        with self-reflections in the demos' ``<think>`` when those are."""
         loop = self.cfg.loop
-        examples = demo_examples(offline, max_steps=loop.max_steps, history_window=loop.history_window)
+        thoughts = reflections(self.branches, offline) if loop.self_reflection else None
+        examples = demo_examples(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
         world = world_model_examples(self.branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
         if hasattr(self.policy, "prepare"):
             corpus = [p + r for p, r in examples] + ["".join(text for text, _ in ex) for ex in world] or [build_agent_prompt(
@@ -321,6 +323,9 @@ class Runner:
         if not epochs or not examples:
             return {}
         exp, metrics = self.cfg.experience, {}
+        if thoughts is not None:
+            thinking = sum(1 for _, response in examples if not response.startswith("<think></think>"))
+            self._say(f"self-reflection: {thinking} of {len(examples)} demo steps think about their branches")
         if world:
             self._say(f"implicit world modelling: {len(world)} branch transitions, epochs: {loop.world_model_epochs}")
             trained = self.policy.sft(examples=world, epochs=loop.world_model_epochs, lr=loop.warmstart_lr, batch_size=exp.batch_size)
@@ -670,11 +675,15 @@ class EpochSelector:
         }
 
 
-def demo_conversations(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[list[tuple[str, str]]]:
-    """The (agent prompt, expert response) turns of each successful offline episode.
+def demo_conversations(
+    trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int, thoughts: Mapping[tuple[str, int], str] | None = None,
+) -> list[list[tuple[str, str]]]:
+    """The (agent prompt, expert response) turns of each successful offline episode; a
+    response's ``<think>`` holds ``thoughts[(episode_id, step)]`` where given (self-reflection).
 
     Only their first ``max_steps`` steps: the policy never meets a later one (the offline
     env's own cap may be higher), and its prompt would read "Step 7 of at most 6"."""
+    thoughts = thoughts or {}
     conversations = []
     for traj in trajectories:
         if not traj.success:
@@ -684,16 +693,18 @@ def demo_conversations(trajectories: Sequence[Trajectory], *, max_steps: int, hi
         for step, t in enumerate(traj.transitions[:max_steps]):
             obs = Observation(text=t.state, admissible_actions=list(t.admissible_actions))
             prompt = build_agent_prompt(task=traj.task, observation=obs, history=history, step=step, max_steps=max_steps, history_window=history_window)
-            turns.append((prompt, render_response(t.action)))
+            turns.append((prompt, render_response(t.action, thought=thoughts.get((t.episode_id, t.step), ""))))
             history.append(HistoryStep(state=t.state, action=t.action))
         conversations.append(turns)
     return conversations
 
 
-def demo_examples(trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int) -> list[tuple[str, str]]:
+def demo_examples(
+    trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int, thoughts: Mapping[tuple[str, int], str] | None = None,
+) -> list[tuple[str, str]]:
     """(agent prompt, expert response) pairs from successful offline episodes, one per step
     (the local policy reads each step's prompt on its own; see :func:`demo_conversations`)."""
-    conversations = demo_conversations(trajectories, max_steps=max_steps, history_window=history_window)
+    conversations = demo_conversations(trajectories, max_steps=max_steps, history_window=history_window, thoughts=thoughts)
     return [pair for turns in conversations for pair in turns]
 
 

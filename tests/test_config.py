@@ -76,10 +76,14 @@ def test_constraint_and_cross_field_errors(tmp_path):
         load_pipeline(write(tmp_path, data))
     data["data"] = {"branch_actions": 2}
     data["loop"]["warmstart_epochs"] = 0
-    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.world_model_epochs runs before .* set loop.warmstart_epochs > 0"):
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.world_model_epochs is part of the warm start: set loop.warmstart_epochs > 0"):
         load_pipeline(write(tmp_path, data))
     data["loop"]["warmstart_epochs"] = 1
     assert load_pipeline(write(tmp_path, data)).loop.world_model_epochs == 1
+    data = pipeline_dict(str(tmp_path / "run"))
+    data["loop"]["self_reflection"] = True
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.self_reflection needs branch transitions .* data.branch_actions > 0"):
+        load_pipeline(write(tmp_path, data))
 
 
 @pytest.mark.parametrize("run_dir", ["", " ", ".", "./", "/"])

@@ -205,11 +205,12 @@ def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
 
 def test_early_experience_world_modelling_comes_before_the_warm_start(tmp_path):
     # Branch transitions from the real engine at the demos' states, one epoch of implicit world
-    # modelling on them, then the imitation warm start; the branches are real data the report counts.
+    # modelling on them, then the imitation warm start with self-reflections in the demos' <think>;
+    # the branches are real data the report counts.
     run_dir = tmp_path / "run"
     args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
             "--set", "experience.skip=true", "--set", "loop.iterations=0"]
-    for item in [*REDUCED, "data.branch_actions=2", "loop.world_model_epochs=1"]:
+    for item in [*REDUCED, "data.branch_actions=2", "loop.world_model_epochs=1", "loop.self_reflection=true", "algo.config.max_new_tokens=96"]:
         args += ["--set", item]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -218,6 +219,8 @@ def test_early_experience_world_modelling_comes_before_the_warm_start(tmp_path):
     said = result.stderr
     assert f"{len(branches)} branch transitions at the states of" in said
     assert said.index("implicit world modelling: ") < said.index("warm start epoch 1/1")
+    thinking, steps = said.split("self-reflection: ")[1].split(" demo steps")[0].split(" of ")
+    assert 0 < int(thinking) <= int(steps)
     first = _metric_rows(run_dir)[0]
     assert first["world_model/examples"] > 0 and first["world_model/sft_loss"] > 0
     report = (run_dir / "report.md").read_text()

@@ -82,3 +82,36 @@ def test_branching_states_that_list_no_other_action_is_a_data_error(twx_domains,
     with pytest.raises(DataError, match=r"data.branch_actions=2: no branch transitions from the 1 successful offline episodes of env 'twx'"):
         collect_branch_data(domain, [only_the_demos], DataConfig(branch_actions=2), seed=0, run_dir=tmp_path, say=print)
     assert not (tmp_path / "branches.jsonl").exists()
+
+
+def test_outcome_says_what_an_action_led_to() -> None:
+    from dreamgym_core.early import outcome
+    from dreamgym_core.testing import make_transitions
+
+    (t,) = make_transitions(1)
+    assert outcome(msgspec.structs.replace(t, valid=False)) == "not possible here"
+    assert outcome(msgspec.structs.replace(t, done=True, success=True)) == "completes the task"
+    assert outcome(msgspec.structs.replace(t, done=True, success=False)) == "ends the episode without success"
+    assert outcome(msgspec.structs.replace(t, next_state="You are in the kitchen. A door leads north.\nInventory: none")) == "You are in the kitchen"
+    assert outcome(msgspec.structs.replace(t, next_state="x" * 80), limit=20) == "x" * 17 + "..."
+
+
+def test_self_reflections_put_the_branches_outcomes_in_the_demos_think(twx_domains) -> None:
+    from dreamgym_core.early import outcome, reflections
+    from dreamgym_core.loop import demo_examples
+
+    domain = twx_domains["coin"]
+    demos = _demos(domain)
+    branches, _ = collect_branches(domain.make_env, demos, k=2, seed=0)
+    thoughts = reflections(branches, demos)
+    assert set(thoughts) == {(b.episode_id.rsplit(BRANCH_TAG, 1)[0], b.step) for b in branches}
+    last = demos[0].transitions[-1]
+    text = thoughts[(last.episode_id, last.step)]
+    assert text.startswith(f"'{last.action}' completes the task. Others: ")
+    for b in (b for b in branches if b.episode_id.startswith(f"{last.episode_id}{BRANCH_TAG}{last.step}.")):
+        assert f"'{b.action}' {outcome(b)}" in text
+    pairs = demo_examples(demos, max_steps=10, history_window=1, thoughts=thoughts)
+    plain = demo_examples(demos, max_steps=10, history_window=1)
+    assert [p for p, _ in pairs] == [p for p, _ in plain]
+    steps = [t for d in demos for t in d.transitions]
+    assert [r for _, r in pairs] == [f"<think>{thoughts.get((t.episode_id, t.step), '')}</think><action>{t.action}</action>" for t in steps]

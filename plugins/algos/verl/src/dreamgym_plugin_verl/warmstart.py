@@ -6,7 +6,8 @@ rendered by the policy tokenizer's chat template. The warm start trains on the s
 expert episodes in that same layout, with the loss on the assistant turns only, so SFT sees
 what RL's rollouts will see. (The local loop trains on each step's prompt alone, the layout
 its own rollouts use.) With ``loop.world_model_epochs``, Early Experience's implicit world
-modelling on the branch transitions comes first, as in the local loop.
+modelling on the branch transitions comes first, and with ``loop.self_reflection`` the
+replies think why the demo's action beats the branches', as in the local loop.
 
 The policy component is trained as configured (device, dtype, LoRA, micro-batches) and saved
 as an HF directory, ``run_dir/policy_init`` (LoRA merged), which translate.py names as verl's
@@ -24,7 +25,7 @@ import msgspec
 
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import ConfigError, DataError
-from dreamgym_core.early import world_model_examples
+from dreamgym_core.early import reflections, world_model_examples
 from dreamgym_core.loop import demo_conversations
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import Trajectory, Transition
@@ -113,9 +114,12 @@ def warm_start(
     cfg = resolved.pipeline
     loop = cfg.loop
     policy = _policy(resolved, plugins)
-    conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window)
+    thoughts = reflections(branches, offline) if loop.self_reflection else None
+    conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
     metrics: dict[str, float] = {}
     world = world_model_examples(branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
+    if thoughts is not None:
+        say(f"self-reflection: {len(thoughts)} demo states think about their branches")
     if world and conversations:
         say(f"implicit world modelling: {len(world)} branch transitions, epochs: {loop.world_model_epochs}")
         trained = policy.sft(

@@ -1,48 +1,61 @@
-"""The table of benchmarks/early_experience/results.md from the run directories run.sh wrote:
-held-out success of each seed's warm start, plain and after implicit world modelling."""
+"""The tables of benchmarks/early_experience/results.md from the run directories run.sh wrote:
+held-out success of each seed's warm start, plain and with Early Experience.
+
+Usage: python benchmarks/early_experience/summarize.py world-model|reflection"""
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ARMS = ("imitation", "world-model")
+# experiment: the plain arm's folder, the Early Experience arm's folder, its title, its loss metric
+EXPERIMENTS = {
+    "world-model": ("imitation", "world-model", "world model, then imitation", "world_model/sft_loss"),
+    "reflection": ("reflection/imitation", "reflection/self-reflection", "self-reflection", "warmstart/sft_loss"),
+}
 
 
 def first_row(run: Path) -> dict:
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
 
 
-def main() -> None:
-    seeds = sorted({p.name for arm in ARMS for p in (HERE / "runs" / arm).glob("seed*") if (p / "report.md").exists()})
-    seeds = [s for s in seeds if all((HERE / "runs" / arm / s / "report.md").exists() for arm in ARMS)]
+def table(experiment: str) -> str:
+    plain_dir, early_dir, title, loss = EXPERIMENTS[experiment]
+    arms = (HERE / "runs" / plain_dir, HERE / "runs" / early_dir)
+    seeds = sorted(
+        {p.name for p in arms[1].glob("seed*") if p.is_dir() and all((arm / p.name / "report.md").exists() for arm in arms)},
+        key=lambda name: int(name[4:]),
+    )
     lines = [
-        "| seed | imitation | world model, then imitation | difference | branch transitions | world-model loss (last epoch) |",
+        f"| seed | imitation | {title} | difference | branch transitions | {loss} (last epoch) |",
         "|---|---|---|---|---|---|",
     ]
-    diffs, plains, worlds = [], [], []
-    for seed in sorted(seeds, key=lambda s: int(s[4:])):
-        plain, world = (first_row(HERE / "runs" / arm / seed) for arm in ARMS)
-        a, b = 100 * plain["eval_before/success_rate"], 100 * world["eval_before/success_rate"]
-        diffs.append(b - a)
+    plains, earlies = [], []
+    for seed in seeds:
+        plain, early = (first_row(arm / seed) for arm in arms)
+        a, b = 100 * plain["eval_before/success_rate"], 100 * early["eval_before/success_rate"]
         plains.append(a)
-        worlds.append(b)
-        branches = len((HERE / "runs" / "world-model" / seed / "branches.jsonl").read_text().splitlines())
-        lines.append(
-            f"| {seed[4:]} | {a:.1f} | {b:.1f} | {b - a:+.1f} | {branches} | "
-            f"{world['world_model/sft_loss']:.3f} |"
-        )
+        earlies.append(b)
+        branches = len((arms[1] / seed / "branches.jsonl").read_text().splitlines())
+        lines.append(f"| {seed[4:]} | {a:.1f} | {b:.1f} | {b - a:+.1f} | {branches} | {early[loss]:.3f} |")
+    diffs = [b - a for a, b in zip(plains, earlies)]
     if diffs:
         spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
         lines.append(
-            f"| mean of {len(diffs)} | {statistics.mean(plains):.1f} | {statistics.mean(worlds):.1f} | "
+            f"| mean of {len(diffs)} | {statistics.mean(plains):.1f} | {statistics.mean(earlies):.1f} | "
             f"{statistics.mean(diffs):+.1f} (sd {spread:.1f}) | | |"
         )
-    table = "\n".join(lines) + "\n"
-    (HERE / "table.md").write_text(table)
-    print(table)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    experiment = sys.argv[1] if len(sys.argv) > 1 else "world-model"
+    text = table(experiment)
+    (HERE / f"table-{experiment}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,12 @@ def test_the_warm_start_trains_the_policy_in_verls_layout_and_saves_what_verl_lo
     base = AutoModelForCausalLM.from_pretrained(chat_model)
     assert any(not a.equal(b) for a, b in zip(_weights(trained), _weights(base)))
     assert AutoTokenizer.from_pretrained(target).chat_template == AutoTokenizer.from_pretrained(chat_model).chat_template
+    from verl.workers.config.model import HFModelConfig  # what verl's workers build from actor_rollout_ref.model.path
+
+    verl_model = HFModelConfig(path=str(target))
+    assert verl_model.hf_config.architectures == ["LlamaForCausalLM"]
+    assert verl_model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
     # one example per successful expert episode, whole conversations, loss on the replies only
     conversations = demo_conversations(offline, max_steps=6, history_window=resolved.pipeline.loop.history_window)

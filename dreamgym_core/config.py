@@ -130,12 +130,13 @@ class LoopConfig(Config):
         )),
     ] = 0
     self_reflection: Annotated[
-        bool,
+        Literal["off", "rule", "teacher"],
         Meta(description=(
-            "Early Experience's self-reflection: the warm start's demos think, in <think>, why their action beats the "
-            "branches' (data.branch_actions), written from what each led to; raise the algo's max_new_tokens to fit it."
+            "Early Experience's self-reflection: the warm start's demos think, in <think>, about what their action and "
+            "the branches' (data.branch_actions) led to; written by rule (the outcomes) or by experience.teacher (why "
+            "the demo's action is better). Raise the algo's max_new_tokens to fit them."
         )),
-    ] = False
+    ] = "off"
     warmstart_lr: Annotated[PositiveFloat, Meta(description="Learning rate of the warm-start SFT.")] = 1e-3
     warmstart_select_episodes: Annotated[
         NonNegativeInt,
@@ -228,11 +229,13 @@ class PipelineConfig(Config):
     run_dir: Annotated[str, Meta(description="Where the run writes config, metrics, checkpoints, report.")] = "runs/default"
 
     def __post_init__(self) -> None:
-        for option in ("world_model_epochs", "self_reflection"):
-            if getattr(self.loop, option) and not self.data.branch_actions:
+        for option, on in (("world_model_epochs", self.loop.world_model_epochs), ("self_reflection", self.loop.self_reflection != "off")):
+            if on and not self.data.branch_actions:
                 raise ValueError(f"loop.{option} needs branch transitions to learn from: set data.branch_actions > 0")
-            if getattr(self.loop, option) and not self.loop.warmstart_epochs:
+            if on and not self.loop.warmstart_epochs:
                 raise ValueError(f"loop.{option} is part of the warm start: set loop.warmstart_epochs > 0")
+        if self.loop.self_reflection == "teacher" and self.experience.teacher is None:
+            raise ValueError("loop.self_reflection='teacher' needs experience.teacher (the model that writes them)")
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
         where = Path(self.run_dir.strip() or ".")

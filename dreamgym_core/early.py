@@ -6,9 +6,9 @@ actions other than the demo's are drawn from those the state offered, and each i
 real environment replayed to that state (reset, then the demo's earlier actions). The next
 states they reach are *branch* transitions. Implicit world modelling then trains the policy itself to write the next
 observation of each branch from its prompt and action, before imitation (the warm start).
-Self-reflection instead puts, in the demo's ``<think>``, what the demo's action and the
-branches' led to (a rule-based writer that states the observed outcomes; the paper's teacher
-model also argues why the demo's choice is better), so that imitation teaches the
+Self-reflection instead puts, in the demo's ``<think>``, a reflection on what the demo's
+action and the branches' led to: a teacher model's, as in the paper, or a rule-based one
+that states the observed outcomes and claims no more, so that imitation teaches the
 consequences with the action.
 
 Replaying assumes a deterministic environment: a replay that does not reach the recorded
@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .agent import build_agent_prompt, render_response
 from .protocols import Env
-from .records import HistoryStep, Observation, Trajectory, Transition
+from .records import HistoryStep, Observation, Task, Trajectory, Transition
 from .rollout import step_transition
 
-__all__ = ["BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples", "outcome", "reflection", "reflections"]
+__all__ = [
+    "BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples", "outcome", "reflection",
+    "reflection_prompt", "parse_reflection", "TeacherReflector", "reflections",
+]
 
 # A branch's episode id is its demo's episode id + BRANCH_TAG + step.alternative.
 BRANCH_TAG = "/branch"
@@ -113,10 +117,80 @@ def reflection(demo_step: Transition, branches: Sequence[Transition]) -> str:
     return f"'{demo_step.action}' {outcome(demo_step)}. Others: {others}."
 
 
-def reflections(branches: Sequence[Transition], demos: Sequence[Trajectory]) -> dict[tuple[str, int], str]:
-    """A reflection for each (demo episode id, step) that has branches."""
+def _reflection_items(branches: Sequence[Transition], demos: Sequence[Trajectory]) -> dict[tuple[str, int], tuple[Task, Transition, list[Transition]]]:
+    """(task, demo step, its branches) for each (demo episode id, step) that has branches."""
     grouped: dict[tuple[str, int], list[Transition]] = {}
     for b in branches:
         grouped.setdefault((b.episode_id.rsplit(BRANCH_TAG, 1)[0], b.step), []).append(b)
-    steps = {(t.episode_id, t.step): t for d in demos for t in d.transitions}
-    return {key: reflection(steps[key], group) for key, group in grouped.items() if key in steps}
+    steps = {(t.episode_id, t.step): (d.task, t) for d in demos for t in d.transitions}
+    return {key: (*steps[key], group) for key, group in grouped.items() if key in steps}
+
+
+def reflection_prompt(task: Task, demo_step: Transition, branches: Sequence[Transition]) -> str:
+    """What a teacher model reads to write one reflection: the task, the state, and what the
+    demo's action and each branch led to."""
+    lines = [
+        "An agent acts in a text environment. Explain its choice.",
+        f"Task: {task.instruction}",
+        f"State:\n{demo_step.state}",
+        f"The agent chose '{demo_step.action}', which led to:\n{demo_step.next_state}",
+    ]
+    lines += [f"The alternative '{b.action}' would have led to:\n{b.next_state}" for b in branches]
+    lines.append(
+        "In at most three sentences, say why the chosen action is better than the alternatives, from what each "
+        "led to. Write only the explanation."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def parse_reflection(text: str, *, max_chars: int = 600) -> str | None:
+    """A teacher's reflection on one line, or None when it is empty, too long, or holds a tag
+    that would end the response's ``<think>`` early."""
+    flat = " ".join(text.split())
+    if not flat or len(flat) > max_chars or "<" in flat:
+        return None
+    return flat
+
+
+class TeacherReflector:
+    """Reflections written by a teacher model (METHOD.md section 5), one prompt per demo state;
+    an answer that stays unusable after ``max_retries`` re-generations falls back to the
+    rule-based :func:`reflection` and is counted in ``counters["fallback"]``."""
+
+    def __init__(self, backend: Any, *, max_new_tokens: int = 160, max_retries: int = 1, seed: int = 0) -> None:
+        self.backend = backend
+        self.max_new_tokens = max_new_tokens
+        self.max_retries = max_retries
+        self.seed = seed
+        self.counters = {"teacher": 0, "fallback": 0}
+
+    def reflect(self, items: dict[tuple[str, int], tuple[Task, Transition, list[Transition]]]) -> dict[tuple[str, int], str]:
+        from .experience import call_seed, stream_seed
+
+        written: dict[tuple[str, int], str] = {}
+        pending = list(items)
+        for attempt in range(self.max_retries + 1):
+            if not pending:
+                break
+            texts = self.backend.generate(
+                prompts=[reflection_prompt(*items[key]) for key in pending], max_new_tokens=self.max_new_tokens,
+                temperature=0.0, stop=[], seed=call_seed(stream_seed(self.seed, "reflect"), attempt),
+            )
+            for key, text in zip(pending, texts):
+                if (parsed := parse_reflection(text)) is not None:
+                    written[key] = parsed
+            pending = [key for key in pending if key not in written]
+        self.counters["teacher"] += len(written)
+        self.counters["fallback"] += len(pending)
+        return written | {key: reflection(items[key][1], items[key][2]) for key in pending}
+
+
+def reflections(
+    branches: Sequence[Transition], demos: Sequence[Trajectory], *, teacher: TeacherReflector | None = None
+) -> dict[tuple[str, int], str]:
+    """A reflection for each (demo episode id, step) that has branches: the teacher's when one
+    is given, else the rule-based :func:`reflection`."""
+    items = _reflection_items(branches, demos)
+    if teacher is not None:
+        return teacher.reflect(items)
+    return {key: reflection(step, group) for key, (_, step, group) in items.items()}

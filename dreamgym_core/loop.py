@@ -24,7 +24,7 @@ import numpy as np
 from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash
-from .early import reflections, world_model_examples
+from .early import TeacherReflector, reflections, world_model_examples
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .provenance import VERSIONS_FILE, record_versions
@@ -164,6 +164,7 @@ class Runner:
         }
         self.history: list[dict[str, float]] = []
         self.branches: list[Transition] = []  # Early Experience's branch transitions (data.branch_actions)
+        self._thoughts: dict[tuple[str, int], str] | None = None  # their self-reflections (loop.self_reflection)
         self.selection = ValidSelection(run_dir / "policy_best") if self.cfg.eval.valid_every else None
         self._started = time.perf_counter()
         self._build()
@@ -312,7 +313,7 @@ class Runner:
         after implicit world modelling on the branch transitions when it is asked for, and
         with self-reflections in the demos' ``<think>`` when those are."""
         loop = self.cfg.loop
-        thoughts = reflections(self.branches, offline) if loop.self_reflection else None
+        thoughts = self._reflections(offline)
         examples = demo_examples(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
         world = world_model_examples(self.branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
         if hasattr(self.policy, "prepare"):
@@ -340,6 +341,22 @@ class Runner:
         if selector:
             metrics.update(selector.restore_best())
         return metrics
+
+    def _reflections(self, offline: list[Trajectory]) -> dict[tuple[str, int], str] | None:
+        """Self-reflections for the demos' states (loop.self_reflection), written once: the
+        tokenizer is fitted on them before the warm start trains on them."""
+        mode = self.cfg.loop.self_reflection
+        if mode == "off":
+            return None
+        if self._thoughts is None:
+            teacher = None
+            if mode == "teacher":
+                backend = self.plugins.build("model", self.cfg.experience.teacher.name, self._component("experience.teacher"))
+                teacher = TeacherReflector(backend, seed=self.cfg.seed)
+            self._thoughts = reflections(self.branches, offline, teacher=teacher)
+            if teacher is not None:
+                self._say(f"self-reflections: {teacher.counters['teacher']} by the teacher, {teacher.counters['fallback']} by rule (unusable answers)")
+        return self._thoughts
 
     def _epoch_selector(self, epochs: int) -> EpochSelector:
         episodes = self.cfg.loop.warmstart_select_episodes

@@ -81,8 +81,12 @@ def test_constraint_and_cross_field_errors(tmp_path):
     data["loop"]["warmstart_epochs"] = 1
     assert load_pipeline(write(tmp_path, data)).loop.world_model_epochs == 1
     data = pipeline_dict(str(tmp_path / "run"))
-    data["loop"]["self_reflection"] = True
+    data["loop"]["self_reflection"] = "rule"
     with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.self_reflection needs branch transitions .* data.branch_actions > 0"):
+        load_pipeline(write(tmp_path, data))
+    data["data"] = {"branch_actions": 2}
+    data["loop"].update(self_reflection="teacher", warmstart_epochs=1)
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.self_reflection='teacher' needs experience.teacher"):
         load_pipeline(write(tmp_path, data))
 
 

@@ -210,7 +210,7 @@ def test_early_experience_world_modelling_comes_before_the_warm_start(tmp_path):
     run_dir = tmp_path / "run"
     args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
             "--set", "experience.skip=true", "--set", "loop.iterations=0"]
-    for item in [*REDUCED, "data.branch_actions=2", "loop.world_model_epochs=1", "loop.self_reflection=true", "algo.config.max_new_tokens=96"]:
+    for item in [*REDUCED, "data.branch_actions=2", "loop.world_model_epochs=1", "loop.self_reflection=rule", "algo.config.max_new_tokens=96"]:
         args += ["--set", item]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]

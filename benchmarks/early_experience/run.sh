@@ -4,7 +4,7 @@
 # its offline data and run side by side, one core each, so that the machine's load falls on both.
 #
 #   world-model: imitation | data.branch_actions=4 + loop.world_model_epochs=1, then the same imitation
-#   reflection:  imitation | data.branch_actions=4 + loop.self_reflection=true (demos think about their
+#   reflection:  imitation | data.branch_actions=4 + loop.self_reflection=rule (demos think about their
 #                branches); both arms with algo.config.max_new_tokens=192 so that a reflection fits
 #
 # Usage: bash benchmarks/early_experience/run.sh EXPERIMENT [SEED ...]   (default seeds: 0 1 2 3 4 5)
@@ -34,7 +34,7 @@ for seed in "${SEEDS[@]}"; do
     reflection)
       arm reflection/imitation "$seed" --set algo.config.max_new_tokens=192 &
       arm reflection/self-reflection "$seed" --set algo.config.max_new_tokens=192 \
-        --set data.branch_actions=4 --set loop.self_reflection=true & ;;
+        --set data.branch_actions=4 --set loop.self_reflection=rule & ;;
     *) echo "unknown experiment $EXPERIMENT (world-model or reflection)" >&2; exit 2 ;;
   esac
   wait

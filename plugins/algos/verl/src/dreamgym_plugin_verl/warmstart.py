@@ -25,7 +25,7 @@ import msgspec
 
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import ConfigError, DataError
-from dreamgym_core.early import reflections, world_model_examples
+from dreamgym_core.early import TeacherReflector, reflections, world_model_examples
 from dreamgym_core.loop import demo_conversations
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import Trajectory, Transition
@@ -114,7 +114,12 @@ def warm_start(
     cfg = resolved.pipeline
     loop = cfg.loop
     policy = _policy(resolved, plugins)
-    thoughts = reflections(branches, offline) if loop.self_reflection else None
+    thoughts = None
+    if loop.self_reflection != "off":
+        teacher = None
+        if loop.self_reflection == "teacher":
+            teacher = TeacherReflector(plugins.build("model", cfg.experience.teacher.name, resolved.components["experience.teacher"]), seed=cfg.seed)
+        thoughts = reflections(branches, offline, teacher=teacher)
     conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
     metrics: dict[str, float] = {}
     world = world_model_examples(branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []

@@ -4,9 +4,9 @@ the real environment, as warm-start data that needs no reward.
 At each state of a successful offline episode (the demos the warm start imitates), up to K
 actions other than the demo's are drawn from those the state offered, and each is run in a
 real environment replayed to that state (reset, then the demo's earlier actions). The next
-states they reach are *branch* transitions. Implicit world modelling then trains the policy itself to write the next
-observation of each branch from its prompt and action, before imitation (the warm start).
-Self-reflection instead puts, in the demo's ``<think>``, a reflection on what the demo's
+states they reach are *branch* transitions. Implicit world modelling then trains the policy
+itself to write the next observation of each branch from its prompt and action, before
+imitation (the warm start). Self-reflection instead puts, in the demo's ``<think>``, a reflection on what the demo's
 action and the branches' led to: a teacher model's, as in the paper, or a rule-based one
 that states the observed outcomes and claims no more, so that imitation teaches the
 consequences with the action.
@@ -117,7 +117,10 @@ def reflection(demo_step: Transition, branches: Sequence[Transition]) -> str:
     return f"'{demo_step.action}' {outcome(demo_step)}. Others: {others}."
 
 
-def _reflection_items(branches: Sequence[Transition], demos: Sequence[Trajectory]) -> dict[tuple[str, int], tuple[Task, Transition, list[Transition]]]:
+ReflectionItems = dict[tuple[str, int], tuple[Task, Transition, list[Transition]]]
+
+
+def _reflection_items(branches: Sequence[Transition], demos: Sequence[Trajectory]) -> ReflectionItems:
     """(task, demo step, its branches) for each (demo episode id, step) that has branches."""
     grouped: dict[tuple[str, int], list[Transition]] = {}
     for b in branches:
@@ -164,7 +167,7 @@ class TeacherReflector:
         self.seed = seed
         self.counters = {"teacher": 0, "fallback": 0}
 
-    def reflect(self, items: dict[tuple[str, int], tuple[Task, Transition, list[Transition]]]) -> dict[tuple[str, int], str]:
+    def reflect(self, items: ReflectionItems) -> dict[tuple[str, int], str]:
         from .experience import call_seed, stream_seed
 
         written: dict[tuple[str, int], str] = {}

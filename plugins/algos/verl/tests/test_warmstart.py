@@ -151,10 +151,11 @@ def test_sft_tokens_are_the_rendered_conversation_with_no_second_bos_or_eos(tmp_
     assert tok.decode([t for t, label in zip(ids, labels) if label != -100]) == "".join(r + "<|im_end|>" for _, r in TURNS)
 
 
-def test_implicit_world_modelling_comes_first_each_branch_one_exchange(tmp_path, chat_model):
+def test_implicit_world_modelling_comes_first_and_the_replies_reflect(tmp_path, chat_model):
     from dreamgym_core.early import collect_branches, world_model_examples
 
-    resolved, plugins = _pipeline(tmp_path, {"name": "hf", "config": {"path": str(chat_model)}}, {"branch_actions": 1}, world_model_epochs=1)
+    resolved, plugins = _pipeline(
+        tmp_path, {"name": "hf", "config": {"path": str(chat_model)}}, {"branch_actions": 1}, world_model_epochs=1, self_reflection="rule")
     offline = _offline(resolved, plugins)
     domain = plugins.build("env", "twx", resolved.components["env"])
     branches, _ = collect_branches(domain.make_env, offline, k=1, seed=0)
@@ -162,6 +163,10 @@ def test_implicit_world_modelling_comes_first_each_branch_one_exchange(tmp_path,
     metrics = warm_start(resolved, plugins, offline, run_dir=tmp_path / "run", say=lines.append, branches=branches)
     world = world_model_examples(branches, offline, max_steps=6, history_window=resolved.pipeline.loop.history_window)
     assert metrics["world_model/examples"] == len(world) > 0 and metrics["warmstart/examples"] == 3
-    assert [line.split(":")[0] for line in lines[:2]] == ["implicit world modelling", "warm-starting the policy on the driver (SFT on 3 expert episodes, verl's chat layout)"]
+    assert [line.split(":")[0] for line in lines[:3]] == [
+        "self-reflection", "implicit world modelling", "warm-starting the policy on the driver (SFT on 3 expert episodes, verl's chat layout)"]
+    (tmp_path / "plain").mkdir()
+    plain = warm_start(*_pipeline(tmp_path / "plain", {"name": "hf", "config": {"path": str(chat_model)}}), offline, run_dir=tmp_path / "plain", say=print)
+    assert metrics["warmstart/trained_tokens"] > plain["warmstart/trained_tokens"]  # the replies think about their branches
     (ask, _), (seen, _) = world[0]
     assert [text for text, trained in chat_segments(_policy(resolved, plugins).tokenizer, [(ask, seen)]) if trained] == [seen + "<|im_end|>"]

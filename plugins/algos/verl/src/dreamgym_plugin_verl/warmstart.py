@@ -97,6 +97,29 @@ def _policy(resolved: ResolvedPipeline, plugins: Plugins) -> Any:
     return policy
 
 
+def _reflections(resolved: ResolvedPipeline, plugins: Plugins, branches: Sequence[Transition], offline: list[Trajectory]) -> dict | None:
+    """The demos' self-reflections (``loop.self_reflection``), or None when off."""
+    cfg = resolved.pipeline
+    if cfg.loop.self_reflection == "off":
+        return None
+    teacher = None
+    if cfg.loop.self_reflection == "teacher":
+        backend = plugins.build("model", cfg.experience.teacher.name, resolved.components["experience.teacher"])
+        teacher = TeacherReflector(backend, seed=cfg.seed)
+    return reflections(branches, offline, teacher=teacher)
+
+
+def _world_model(policy: Any, world: list, *, resolved: ResolvedPipeline, say: Callable[[str], None]) -> dict[str, float]:
+    """Implicit world modelling, each branch one exchange (see :func:`warm_start`)."""
+    cfg = resolved.pipeline
+    say(f"implicit world modelling: {len(world)} branch transitions, epochs: {cfg.loop.world_model_epochs}")
+    trained = policy.sft(
+        examples=[chat_segments(policy.tokenizer, [(ask, seen)]) for (ask, _), (seen, _) in world],
+        epochs=cfg.loop.world_model_epochs, lr=cfg.loop.warmstart_lr, batch_size=cfg.experience.batch_size,
+    )
+    return {f"world_model/{k.split('/')[-1]}": v for k, v in trained.items()}
+
+
 def warm_start(
     resolved: ResolvedPipeline, plugins: Plugins, offline: list[Trajectory], *, run_dir: Path, say: Callable[[str], None],
     branches: Sequence[Transition] = (),
@@ -106,37 +129,25 @@ def warm_start(
 
     With ``loop.world_model_epochs``, implicit world modelling on ``branches`` comes first
     (dreamgym_core.early), each branch one exchange: its prompt and action as the user turn,
-    the observation that followed as the reply."""
+    the observation that followed as the reply. With ``loop.self_reflection``, the replies
+    think about what their action and the branches' led to."""
     target = run_dir / WARMSTART_DIR
     if (target / "done").exists():
         say(f"reusing the warm-started policy in {target}")
         return {}
-    cfg = resolved.pipeline
-    loop = cfg.loop
+    loop = resolved.pipeline.loop
     policy = _policy(resolved, plugins)
-    thoughts = None
-    if loop.self_reflection != "off":
-        teacher = None
-        if loop.self_reflection == "teacher":
-            teacher = TeacherReflector(plugins.build("model", cfg.experience.teacher.name, resolved.components["experience.teacher"]), seed=cfg.seed)
-        thoughts = reflections(branches, offline, teacher=teacher)
-    conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
-    metrics: dict[str, float] = {}
-    world = world_model_examples(branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
+    thoughts = _reflections(resolved, plugins, branches, offline)
     if thoughts is not None:
         say(f"self-reflection: {len(thoughts)} demo states think about their branches")
-    if world and conversations:
-        say(f"implicit world modelling: {len(world)} branch transitions, epochs: {loop.world_model_epochs}")
-        trained = policy.sft(
-            examples=[chat_segments(policy.tokenizer, [(ask, seen)]) for (ask, _), (seen, _) in world],
-            epochs=loop.world_model_epochs, lr=loop.warmstart_lr, batch_size=cfg.experience.batch_size,
-        )
-        metrics = {f"world_model/{k.split('/')[-1]}": v for k, v in trained.items()}
+    conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
+    world = world_model_examples(branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
+    metrics = _world_model(policy, world, resolved=resolved, say=say) if world and conversations else {}
     if conversations:
         say(f"warm-starting the policy on the driver (SFT on {len(conversations)} expert episodes, verl's chat layout)")
         trained = policy.sft(
             examples=[chat_segments(policy.tokenizer, turns) for turns in conversations],
-            epochs=loop.warmstart_epochs, lr=loop.warmstart_lr, batch_size=cfg.experience.batch_size,
+            epochs=loop.warmstart_epochs, lr=loop.warmstart_lr, batch_size=resolved.pipeline.experience.batch_size,
             on_epoch=lambda epoch, loss: say(f"warm start epoch {epoch}/{loop.warmstart_epochs}: loss {loss:.4g}"),
         )
         metrics |= {f"warmstart/{k.split('/')[-1]}": v for k, v in trained.items()}

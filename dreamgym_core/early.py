@@ -28,7 +28,7 @@ from .rollout import step_transition
 
 __all__ = [
     "BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples", "outcome", "reflection",
-    "reflection_prompt", "parse_reflection", "TeacherReflector", "reflections",
+    "reflection_prompt", "parse_reflection", "TeacherReflector", "reflections", "write_reflections",
 ]
 
 # A branch's episode id is its demo's episode id + BRANCH_TAG + step.alternative.
@@ -197,3 +197,18 @@ def reflections(
     if teacher is not None:
         return teacher.reflect(items)
     return {key: reflection(step, group) for key, (_, step, group) in items.items()}
+
+
+def write_reflections(
+    mode: str, branches: Sequence[Transition], demos: Sequence[Trajectory], *,
+    build_teacher: Callable[[], Any], seed: int, say: Callable[[str], None],
+) -> dict[tuple[str, int], str] | None:
+    """The demos' self-reflections for ``loop.self_reflection`` = ``mode`` (None when "off");
+    ``build_teacher()`` builds the teacher's backend for "teacher"."""
+    if mode == "off":
+        return None
+    teacher = TeacherReflector(build_teacher(), seed=seed) if mode == "teacher" else None
+    written = reflections(branches, demos, teacher=teacher)
+    if teacher is not None:
+        say(f"self-reflections: {teacher.counters['teacher']} by the teacher, {teacher.counters['fallback']} by rule (unusable answers)")
+    return written

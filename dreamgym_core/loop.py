@@ -24,7 +24,7 @@ import numpy as np
 from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash
-from .early import TeacherReflector, reflections, world_model_examples
+from .early import world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .provenance import VERSIONS_FILE, record_versions
@@ -328,9 +328,7 @@ class Runner:
             thinking = sum(1 for _, response in examples if not response.startswith("<think></think>"))
             self._say(f"self-reflection: {thinking} of {len(examples)} demo steps think about their branches")
         if world:
-            self._say(f"implicit world modelling: {len(world)} branch transitions, epochs: {loop.world_model_epochs}")
-            trained = self.policy.sft(examples=world, epochs=loop.world_model_epochs, lr=loop.warmstart_lr, batch_size=exp.batch_size)
-            metrics = {f"world_model/{k.split('/')[-1]}": v for k, v in trained.items()}
+            metrics = self._world_model(world)
         selector = self._epoch_selector(epochs) if loop.warmstart_select_episodes else None
         trained = self.policy.sft(
             examples=[[(p, False), (r, True)] for p, r in examples],
@@ -345,18 +343,20 @@ class Runner:
     def _reflections(self, offline: list[Trajectory]) -> dict[tuple[str, int], str] | None:
         """Self-reflections for the demos' states (loop.self_reflection), written once: the
         tokenizer is fitted on them before the warm start trains on them."""
-        mode = self.cfg.loop.self_reflection
-        if mode == "off":
-            return None
         if self._thoughts is None:
-            teacher = None
-            if mode == "teacher":
-                backend = self.plugins.build("model", self.cfg.experience.teacher.name, self._component("experience.teacher"))
-                teacher = TeacherReflector(backend, seed=self.cfg.seed)
-            self._thoughts = reflections(self.branches, offline, teacher=teacher)
-            if teacher is not None:
-                self._say(f"self-reflections: {teacher.counters['teacher']} by the teacher, {teacher.counters['fallback']} by rule (unusable answers)")
+            cfg = self.cfg
+            self._thoughts = write_reflections(
+                cfg.loop.self_reflection, self.branches, offline, seed=cfg.seed, say=self._say,
+                build_teacher=lambda: self.plugins.build("model", cfg.experience.teacher.name, self._component("experience.teacher")),
+            )
         return self._thoughts
+
+    def _world_model(self, world: list) -> dict[str, float]:
+        """Implicit world modelling on the branch transitions, before imitation."""
+        loop = self.cfg.loop
+        self._say(f"implicit world modelling: {len(world)} branch transitions, epochs: {loop.world_model_epochs}")
+        trained = self.policy.sft(examples=world, epochs=loop.world_model_epochs, lr=loop.warmstart_lr, batch_size=self.cfg.experience.batch_size)
+        return {f"world_model/{k.split('/')[-1]}": v for k, v in trained.items()}
 
     def _epoch_selector(self, epochs: int) -> EpochSelector:
         episodes = self.cfg.loop.warmstart_select_episodes

@@ -131,7 +131,7 @@ def test_smollm2_writes_the_reflections_and_unusable_ones_fall_back_to_the_rule(
     """A real instruct model as the teacher (the packaged SmolLM2-135M-Instruct, CPU)."""
     import importlib.util
 
-    from dreamgym_core.early import TeacherReflector, reflection, reflection_prompt, reflections
+    from dreamgym_core.early import TeacherReflector, reflection, reflection_prompt, reflections, write_reflections
     from dreamgym_plugin_hf.config import SmolLM2Config
     from dreamgym_plugin_hf.smollm2 import SmolLM2Backend
 
@@ -140,10 +140,15 @@ def test_smollm2_writes_the_reflections_and_unusable_ones_fall_back_to_the_rule(
     domain = twx_domains["coin"]
     demo = _demos(domain)[0]
     branches, _ = collect_branches(domain.make_env, [demo], k=2, seed=0)
-    teacher = TeacherReflector(SmolLM2Backend.from_config(SmolLM2Config()), max_new_tokens=64, seed=0)
+    backend = SmolLM2Backend.from_config(SmolLM2Config())
+    teacher = TeacherReflector(backend, max_new_tokens=64, seed=0)
     written = reflections(branches, [demo], teacher=teacher)
     assert set(written) == {(demo.transitions[0].episode_id, t.step) for t in demo.transitions}
     assert teacher.counters["teacher"] + teacher.counters["fallback"] == len(written) and teacher.counters["teacher"] > 0
+    said: list[str] = []  # what the run loop and verl's warm start call
+    assert write_reflections("teacher", branches, [demo], build_teacher=lambda: backend, seed=0, say=said.append).keys() == written.keys()
+    assert said[0].startswith("self-reflections: ") and " by the teacher, " in said[0]
+    assert write_reflections("off", branches, [demo], build_teacher=lambda: backend, seed=0, say=said.append) is None
     rule = reflections(branches, [demo])
     for key, text in written.items():
         assert "<" not in text and "\n" not in text and 0 < len(text) <= 600

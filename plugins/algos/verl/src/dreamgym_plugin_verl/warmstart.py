@@ -25,7 +25,7 @@ import msgspec
 
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import ConfigError, DataError
-from dreamgym_core.early import TeacherReflector, reflections, world_model_examples
+from dreamgym_core.early import world_model_examples, write_reflections
 from dreamgym_core.loop import demo_conversations
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import Trajectory, Transition
@@ -97,16 +97,15 @@ def _policy(resolved: ResolvedPipeline, plugins: Plugins) -> Any:
     return policy
 
 
-def _reflections(resolved: ResolvedPipeline, plugins: Plugins, branches: Sequence[Transition], offline: list[Trajectory]) -> dict | None:
+def _reflections(
+    resolved: ResolvedPipeline, plugins: Plugins, branches: Sequence[Transition], offline: list[Trajectory], say: Callable[[str], None],
+) -> dict | None:
     """The demos' self-reflections (``loop.self_reflection``), or None when off."""
     cfg = resolved.pipeline
-    if cfg.loop.self_reflection == "off":
-        return None
-    teacher = None
-    if cfg.loop.self_reflection == "teacher":
-        backend = plugins.build("model", cfg.experience.teacher.name, resolved.components["experience.teacher"])
-        teacher = TeacherReflector(backend, seed=cfg.seed)
-    return reflections(branches, offline, teacher=teacher)
+    return write_reflections(
+        cfg.loop.self_reflection, branches, offline, seed=cfg.seed, say=say,
+        build_teacher=lambda: plugins.build("model", cfg.experience.teacher.name, resolved.components["experience.teacher"]),
+    )
 
 
 def _world_model(policy: Any, world: list, *, resolved: ResolvedPipeline, say: Callable[[str], None]) -> dict[str, float]:
@@ -137,7 +136,7 @@ def warm_start(
         return {}
     loop = resolved.pipeline.loop
     policy = _policy(resolved, plugins)
-    thoughts = _reflections(resolved, plugins, branches, offline)
+    thoughts = _reflections(resolved, plugins, branches, offline, say)
     if thoughts is not None:
         say(f"self-reflection: {len(thoughts)} demo states think about their branches")
     conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)

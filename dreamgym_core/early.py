@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .agent import build_agent_prompt, render_response
+from .experience import Segments, call_seed, stream_seed
 from .protocols import Env
 from .records import HistoryStep, Observation, Task, Trajectory, Transition
 from .rollout import step_transition
@@ -33,8 +34,6 @@ __all__ = [
 
 # A branch's episode id is its demo's episode id + BRANCH_TAG + step.alternative.
 BRANCH_TAG = "/branch"
-
-Segments = list[tuple[str, bool]]
 
 
 def _replay(env: Env, demo: Trajectory, step: int) -> Observation | None:
@@ -168,8 +167,6 @@ class TeacherReflector:
         self.counters = {"teacher": 0, "fallback": 0}
 
     def reflect(self, items: ReflectionItems) -> dict[tuple[str, int], str]:
-        from .experience import call_seed, stream_seed
-
         written: dict[tuple[str, int], str] = {}
         pending = list(items)
         for attempt in range(self.max_retries + 1):

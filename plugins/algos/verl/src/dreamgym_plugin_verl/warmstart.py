@@ -26,6 +26,7 @@ import msgspec
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.early import world_model_examples, write_reflections
+from dreamgym_core.experience import Segments
 from dreamgym_core.loop import demo_conversations
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import Trajectory, Transition
@@ -33,8 +34,6 @@ from dreamgym_core.records import Trajectory, Transition
 from .translate import WARMSTART_DIR, model_path
 
 __all__ = ["chat_segments", "warm_start"]
-
-Segments = list[tuple[str, bool]]
 
 
 def chat_segments(tokenizer: Any, turns: Sequence[tuple[str, str]]) -> Segments:

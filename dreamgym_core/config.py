@@ -100,6 +100,13 @@ class ExperienceTrainingConfig(Config):
     ] = "any"
     max_new_tokens: Annotated[PositiveInt, Meta(description="Token budget of one answer (reasoning + next state + flags).")] = 320
     max_retries: Annotated[NonNegativeInt, Meta(description="Re-generations of an answer that fails to parse.")] = 1
+    branches: Annotated[
+        bool,
+        Meta(description=(
+            "Early Experience's branch transitions (data.branch_actions) also seed the replay buffer and join the "
+            "joint SFT: real outcomes of the actions the demos did not take, which the expert data never shows."
+        )),
+    ] = False
 
 
 class LoopConfig(Config):
@@ -234,6 +241,8 @@ class PipelineConfig(Config):
                 raise ValueError(f"loop.{option} needs branch transitions to learn from: set data.branch_actions > 0")
             if on and not self.loop.warmstart_epochs:
                 raise ValueError(f"loop.{option} is part of the warm start: set loop.warmstart_epochs > 0")
+        if self.experience.branches and not self.data.branch_actions:
+            raise ValueError("experience.branches needs branch transitions: set data.branch_actions > 0")
         if self.loop.self_reflection == "teacher" and self.experience.teacher is None:
             raise ValueError("loop.self_reflection='teacher' needs experience.teacher (the model that writes them)")
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is

@@ -24,17 +24,13 @@ from typing import Any
 from .agent import build_agent_prompt, render_response
 from .experience import Segments, call_seed, stream_seed
 from .protocols import Env
-from .records import HistoryStep, Observation, Task, Trajectory, Transition
+from .records import BRANCH_TAG, HistoryStep, Observation, Task, Trajectory, Transition, branch_episode_id, branch_parent
 from .rollout import step_transition
 
 __all__ = [
     "BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples", "outcome", "reflection",
     "reflection_prompt", "parse_reflection", "TeacherReflector", "reflections", "write_reflections",
 ]
-
-# A branch's episode id is its demo's episode id + BRANCH_TAG + step.alternative.
-BRANCH_TAG = "/branch"
-
 
 def _replay(env: Env, demo: Trajectory, step: int) -> Observation | None:
     """The environment reset and moved by the demo's first ``step`` actions; None when it
@@ -63,7 +59,7 @@ def collect_branches(make_env: Callable[[], Env], demos: Sequence[Trajectory], *
                         diverged += 1
                         break
                     result = env.step(action=action)
-                    episode = f"{t.episode_id}{BRANCH_TAG}{step}.{j}"
+                    episode = branch_episode_id(t.episode_id, step, j)
                     out.append(step_transition(demo.task, episode, step, observation, action, result, source="offline", model_id=""))
     finally:
         env.close()
@@ -85,7 +81,7 @@ def world_model_examples(
     by_episode = {d.transitions[0].episode_id: d for d in demos if d.transitions}
     examples = []
     for b in branches:
-        demo = by_episode[b.episode_id.rsplit(BRANCH_TAG, 1)[0]]
+        demo = by_episode[branch_parent(b.episode_id)]
         if b.step >= max_steps:
             continue
         history = [HistoryStep(state=t.state, action=t.action) for t in demo.transitions[: b.step]]
@@ -123,7 +119,7 @@ def _reflection_items(branches: Sequence[Transition], demos: Sequence[Trajectory
     """(task, demo step, its branches) for each (demo episode id, step) that has branches."""
     grouped: dict[tuple[str, int], list[Transition]] = {}
     for b in branches:
-        grouped.setdefault((b.episode_id.rsplit(BRANCH_TAG, 1)[0], b.step), []).append(b)
+        grouped.setdefault((branch_parent(b.episode_id), b.step), []).append(b)
     steps = {(t.episode_id, t.step): (d.task, t) for d in demos for t in d.transitions}
     return {key: (*steps[key], group) for key, group in grouped.items() if key in steps}
 

@@ -34,7 +34,7 @@ from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt
 from .errors import DreamGymError
-from .records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
+from .records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
 
 __all__ = [
     "utf8_safe",
@@ -411,10 +411,16 @@ def _same_episode(a: Transition, b: Transition) -> bool:
 
 
 def _history(transitions: Sequence[Transition], history_window: int) -> dict[int, list[Transition]]:
-    """For each transition (by id) the window of earlier steps of its own episode."""
+    """For each transition (by id) the window of earlier steps of its own episode; a branch
+    transition's (Early Experience) are its demo's steps before it, when the demo is among
+    ``transitions``, as the real environment it was run in had been through them."""
+    episodes = _episodes(transitions)
     out: dict[int, list[Transition]] = {}
-    for steps in _episodes(transitions).values():
-        for i, t in enumerate(steps):
+    for (task_id, episode_id), steps in episodes.items():
+        parent = branch_parent(episode_id)
+        before = [t for t in episodes.get((task_id, parent), []) if t.step < steps[0].step] if parent is not None else []
+        steps = before + steps
+        for i, t in enumerate(steps[len(before):], start=len(before)):
             out[id(t)] = steps[max(0, i - history_window): i] if history_window else []
     return out
 

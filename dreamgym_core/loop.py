@@ -248,9 +248,10 @@ class Runner:
         """Real offline data on the train tasks (:func:`dreamgym_core.stages.collect_offline`)."""
         return stages.collect_offline(self.domain, self.train_tasks, self.cfg.data, seed=self.cfg.seed, run_dir=self.run_dir)
 
-    def _seed_buffer(self, offline: Sequence[Trajectory]) -> None:
-        """Add the offline transitions once: a run resumed before its first checkpoint finds
-        them stored already (a buffer without deduplication would hold them twice)."""
+    def _seed_buffer(self, transitions: Sequence[Transition]) -> None:
+        """Add the real seed transitions (:func:`dreamgym_core.stages.experience_data`) once: a run
+        resumed before its first checkpoint finds them stored already (a buffer without
+        deduplication would hold them twice)."""
         if self.buffer is None:
             return
         marker = self.run_dir / "buffer_seeded"
@@ -259,7 +260,7 @@ class Runner:
         if position is not None and seeded_at is not None and position >= seeded_at:
             self._say("the replay buffer already holds the offline transitions")
             return
-        self.buffer.add(transitions=[t for traj in offline for t in traj.transitions])
+        self.buffer.add(transitions=list(transitions))
         self.buffer.flush()
         if position is not None:
             checkpoint.atomic_write(marker, f"{self.buffer.position}\n".encode())
@@ -271,12 +272,12 @@ class Runner:
             build_teacher=lambda: self.plugins.build("model", self.cfg.experience.teacher.name, self._component("experience.teacher")),
         )
 
-    def _train_experience_model(self, offline: list[Trajectory]) -> dict[str, float]:
-        """Joint SFT (Eq. 5) on annotated offline transitions; the checkpoint is reused on resume."""
+    def _train_experience_model(self, transitions: list[Transition]) -> dict[str, float]:
+        """Joint SFT (Eq. 5) on the annotated real seed transitions; the checkpoint is reused on resume."""
         if self.experience_model is None or self.cfg.experience.skip:
             return {}
         return stages.train_experience_model(
-            self.experience_model, self.exp_backend, [t for traj in offline for t in traj.transitions], annotate=self._annotate,
+            self.experience_model, self.exp_backend, transitions, annotate=self._annotate,
             buffer=self.buffer, pipeline=self.cfg, run_dir=self.run_dir, say=self._say,
         )
 
@@ -395,11 +396,13 @@ class Runner:
         self._say("collecting offline real data")
         offline = self._collect_offline()
         self.counters["offline_transitions"] = sum(len(t.transitions) for t in offline)
-        self._say(f"{len(offline)} episodes, {int(self.counters['offline_transitions'])} transitions; seeding the buffer")
-        self._seed_buffer(offline)
+        self._say(f"{len(offline)} episodes, {int(self.counters['offline_transitions'])} transitions")
         self.branches = stages.collect_branch_data(self.domain, offline, cfg.data, seed=cfg.seed, run_dir=self.run_dir, say=self._say)
         if self.branches:
             self.counters["branch_transitions"] = len(self.branches)
+        seed_data = stages.experience_data(offline, self.branches, cfg)
+        self._say(f"seeding the buffer with {len(seed_data)} real transitions")
+        self._seed_buffer(seed_data)
         evaluate_before = cfg.eval.before_training and cfg.eval.episodes > 0
         if evaluate_before and hasattr(self.policy, "prepare"):
             self._warmstart_policy(offline, epochs=0)  # fits the tokenizer only
@@ -407,7 +410,7 @@ class Runner:
             pre.update(self.evaluate(prefix="eval_untrained"))
         if not cfg.experience.skip:
             self._say("training the experience model (joint SFT)")
-            pre.update(self._train_experience_model(offline))
+            pre.update(self._train_experience_model(seed_data))
             pre.update(self._fidelity())
             self._say(f"experience model: {_brief(pre)}")
         pre.update(self._warm_policy(offline))

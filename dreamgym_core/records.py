@@ -25,11 +25,30 @@ __all__ = [
     "ExperienceResult",
     "PolicyDecision",
     "TaskOutcome",
+    "BRANCH_TAG",
+    "branch_episode_id",
+    "branch_parent",
 ]
 
 Origin = Literal["seed", "synthetic"]
 Source = Literal["offline", "real", "synthetic"]
 ParseStatus = Literal["ok", "repaired", "failed"]
+
+# Early Experience's branch transitions (dreamgym_core.early) name their episode after the
+# demo they branch from: the demo's episode id + BRANCH_TAG + "<step>.<alternative>". A
+# branch's history is then its demo's steps before it, wherever branches are read.
+BRANCH_TAG = "/branch"
+
+
+def branch_episode_id(demo_episode_id: str, step: int, alternative: int) -> str:
+    """The episode id of the ``alternative``-th branch at ``step`` of a demo."""
+    return f"{demo_episode_id}{BRANCH_TAG}{step}.{alternative}"
+
+
+def branch_parent(episode_id: str) -> str | None:
+    """The demo episode a branch transition's ``episode_id`` branches from; None for any other."""
+    parent, tag, _ = episode_id.rpartition(BRANCH_TAG)
+    return parent if tag else None
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -19,7 +19,7 @@ from .errors import ConfigError, DataError, DreamGymError
 from .records import Task, Trajectory, Transition
 
 __all__ = [
-    "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "annotate_offline",
+    "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "experience_data", "annotate_offline",
     "train_experience_model", "reload_trained",
 ]
 
@@ -83,6 +83,13 @@ def collect_branch_data(
         + (f"; {diverged} states not branched (the replay reached another state)" if diverged else ""))
     checkpoint.write_transitions(path, branches)
     return branches
+
+
+def experience_data(offline: Sequence[Trajectory], branches: Sequence[Transition], pipeline: PipelineConfig) -> list[Transition]:
+    """The real transitions that seed the replay buffer and train the experience model: the
+    offline episodes' and, with ``experience.branches``, the branch transitions at their states."""
+    transitions = [t for traj in offline for t in traj.transitions]
+    return transitions + list(branches) if pipeline.experience.branches else transitions
 
 
 def annotate_offline(

@@ -88,6 +88,12 @@ def test_constraint_and_cross_field_errors(tmp_path):
     data["loop"].update(self_reflection="teacher", warmstart_epochs=1)
     with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.self_reflection='teacher' needs experience.teacher"):
         load_pipeline(write(tmp_path, data))
+    data = pipeline_dict(str(tmp_path / "run"))
+    data.setdefault("experience", {})["branches"] = True
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: experience.branches needs branch transitions: set data.branch_actions > 0"):
+        load_pipeline(write(tmp_path, data))
+    data["data"] = {"branch_actions": 2}
+    assert load_pipeline(write(tmp_path, data)).experience.branches
 
 
 @pytest.mark.parametrize("run_dir", ["", " ", ".", "./", "/"])

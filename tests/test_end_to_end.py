@@ -227,6 +227,31 @@ def test_early_experience_world_modelling_comes_before_the_warm_start(tmp_path):
     assert f"- branch transitions: {len(branches)}" in report and "world_model/sft_loss" in report
 
 
+def test_branch_transitions_seed_the_buffer_and_train_the_experience_model(tmp_path):
+    # experience.branches: the real engine's branch transitions join the replay buffer after the
+    # offline episodes (the buffer drops content it holds already), and the joint SFT data
+    # (offline_annotated.jsonl), with the rule-based reasoning of any other real transition.
+    run_dir = tmp_path / "run"
+    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
+    for item in [*REDUCED, "loop.iterations=1", "data.branch_actions=2", "experience.branches=true", "eval.fidelity_episodes=0"]:
+        args += ["--set", item]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    offline = [json.loads(line) for line in (run_dir / "offline.jsonl").read_text().splitlines()]
+    offline_steps = sum(len(episode["transitions"]) for episode in offline)
+    branches = [json.loads(line) for line in (run_dir / "branches.jsonl").read_text().splitlines()]
+    assert branches
+    stored = [json.loads(t) for t in stored_transitions(run_dir)]
+    content = [(t["state"], t["action"], t["next_state"]) for t in stored]
+    assert {(b["state"], b["action"], b["next_state"]) for b in branches} <= set(content)
+    is_branch = ["/branch" in t["episode_id"] for t in stored]
+    assert any(is_branch) and is_branch == sorted(is_branch)  # offline episodes first, then branches
+    trained = [json.loads(line) for line in (run_dir / "offline_annotated.jsonl").read_text().splitlines()]
+    assert len(trained) == offline_steps + len(branches)
+    assert all(t["reasoning"] for t in trained[offline_steps:])
+    assert f"seeding the buffer with {offline_steps + len(branches)} real transitions" in result.stderr
+
+
 def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
     """Fidelity scoring and the synthetic replay of the warm start call the experience model
     before RL. They draw from streams of their own, so a run that measures and one that does

@@ -352,7 +352,7 @@ def test_resume_before_the_first_checkpoint_does_not_store_the_offline_data_twic
     resolved = _exact_buffer_pipeline(plugins, tmp_path / "run", dedup="none")
     run_pipeline(_exact_buffer_pipeline(plugins, tmp_path / "whole", dedup="none"), plugins)
     runner = Runner(resolved, plugins, prepare_run_dir(resolved, resume=False))
-    runner._seed_buffer(runner._collect_offline())
+    runner._seed_buffer([t for traj in runner._collect_offline() for t in traj.transitions])
     runner.buffer.close()
     run_pipeline(resolved, plugins, resume=True)
     assert stored_transitions(tmp_path / "run") == stored_transitions(tmp_path / "whole")

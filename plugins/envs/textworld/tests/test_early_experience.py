@@ -157,3 +157,23 @@ def test_smollm2_writes_the_reflections_and_unusable_ones_fall_back_to_the_rule(
     prompt = reflection_prompt(demo.task, step, [b for b in branches if b.step == step.step])
     assert f"The agent chose '{step.action}', which led to:\n{step.next_state}" in prompt
     assert rule[(step.episode_id, step.step)] == reflection(step, [b for b in branches if b.step == step.step])
+
+
+def test_a_branch_asks_the_experience_model_with_its_demos_history(twx_domains) -> None:
+    # experience.branches trains the experience model on branches too: a branch's request shows
+    # the demo's steps before it (the real environment had been through them), as the demo's own
+    # step there does; only the action differs.
+    from dreamgym_core.experience import requests_for
+
+    domain = twx_domains["coin"]
+    demos = _demos(domain)
+    branches, _ = collect_branches(domain.make_env, demos, k=1, seed=0)
+    demo_steps = [t for d in demos for t in d.transitions]
+    requests = requests_for([*demo_steps, *branches], None, history_window=2, k=0)
+    by_step = {(t.episode_id, t.step): r for t, r in zip(demo_steps, requests)}
+    later = [(b, r) for b, r in zip(branches, requests[len(demo_steps):]) if b.step > 0]
+    assert later
+    for b, request in later:
+        twin = by_step[(b.episode_id.rpartition(BRANCH_TAG)[0], b.step)]
+        assert request.history == twin.history and len(request.history) == min(2, b.step)
+        assert request.state == twin.state and request.action == b.action != twin.action

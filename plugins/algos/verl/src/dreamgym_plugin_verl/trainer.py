@@ -211,8 +211,10 @@ def _start_actors(
     clients: list[Any] = []
     say("collecting offline real data")
     offline = stages.collect_offline(domain, domain.tasks(split="train"), cfg.data, seed=cfg.seed, run_dir=root)
-    transitions = [t for traj in offline for t in traj.transitions]
-    say(f"{len(offline)} episodes, {len(transitions)} transitions")
+    offline_count = sum(len(traj.transitions) for traj in offline)
+    say(f"{len(offline)} episodes, {offline_count} transitions")
+    branches = stages.collect_branch_data(domain, offline, cfg.data, seed=cfg.seed, run_dir=root, say=say)
+    transitions = stages.experience_data(offline, branches, cfg)
     buffer = None
     if cfg.buffer is not None:
         actors["buffer_actor"] = f"buffer-{tag}"
@@ -225,7 +227,6 @@ def _start_actors(
             buffer.flush()
     _train_experience_model(resolved, plugins, root, transitions, domain=domain, buffer=buffer, say=say)
     if cfg.loop.warmstart_epochs:
-        branches = stages.collect_branch_data(domain, offline, cfg.data, seed=cfg.seed, run_dir=root, say=say)
         warm_start(resolved, plugins, offline, run_dir=root, say=say, branches=branches)
         _release_gpu_memory()
     if cfg.curriculum is not None:
@@ -235,7 +236,10 @@ def _start_actors(
                 partial(build_curriculum, str(root)), group_size=cfg.loop.group_size, name=actors["curriculum_actor"]
             )
         )
-    return actors, clients, {"offline_transitions": float(len(transitions))}
+    counters = {"offline_transitions": float(offline_count)}
+    if branches:
+        counters["branch_transitions"] = float(len(branches))
+    return actors, clients, counters
 
 
 def _train_experience_model(

@@ -417,8 +417,8 @@ def _history(transitions: Sequence[Transition], history_window: int) -> dict[int
     episodes = _episodes(transitions)
     out: dict[int, list[Transition]] = {}
     for (task_id, episode_id), steps in episodes.items():
-        parent = branch_parent(episode_id)
-        before = [t for t in episodes.get((task_id, parent), []) if t.step < steps[0].step] if parent is not None else []
+        parent = episodes.get((task_id, branch_parent(episode_id) or ""), [])  # a branch's demo, else none
+        before = [t for t in parent if t.step < steps[0].step]
         steps = before + steps
         for i, t in enumerate(steps[len(before):], start=len(before)):
             out[id(t)] = steps[max(0, i - history_window): i] if history_window else []

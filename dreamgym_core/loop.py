@@ -258,7 +258,7 @@ class Runner:
         position = getattr(self.buffer, "position", None)
         seeded_at = _read_position(marker)
         if position is not None and seeded_at is not None and position >= seeded_at:
-            self._say("the replay buffer already holds the offline transitions")
+            self._say("the replay buffer already holds the real seed transitions")
             return
         self.buffer.add(transitions=list(transitions))
         self.buffer.flush()

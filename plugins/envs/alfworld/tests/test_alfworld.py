@@ -121,6 +121,31 @@ def test_the_state_shows_what_the_agent_holds(domain):
         env.close()
 
 
+def _planner_library_copies() -> int:
+    """Copies of fast_downward's planner library mapped into this process (one per engine made)."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    return len({line.split()[4] for line in lines if "libdownward.so" in line})
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts mapped libraries through Linux's /proc")
+def test_engines_are_reused_across_games_and_envs(domain):
+    # Each engine pins a 34 MB deleted copy of the planner library until the process exits;
+    # one per game used to fill /tmp in long runs.
+    tasks = domain.tasks(split="train") + domain.tasks(split="test")
+    domain.make_env().close()  # an idle engine for the envs below
+    before, first = _planner_library_copies(), None
+    for _ in range(3):
+        env = domain.make_env()
+        try:
+            seen = [env.reset(task=task).text for task in tasks]
+            seen.append(env.step(action="look").observation.text)
+        finally:
+            env.close()
+        first = first or seen
+        assert seen == first  # a reused engine plays each game as a fresh one did
+    assert _planner_library_copies() == before
+
+
 def test_a_broken_game_fails_in_one_line_naming_it(data, tmp_path):
     root = tmp_path / "json_2.1.1"
     shutil.copytree(data, root)
@@ -133,6 +158,9 @@ def test_a_broken_game_fails_in_one_line_naming_it(data, tmp_path):
     with pytest.raises(EngineError, match=rf"alfworld {game}: the engine could not load the game: ") as info:
         env.reset(task=task)
     assert "\n" not in str(info.value)
+    good = domain.tasks(split="train")[1]  # the engine that failed the broken game plays the next one
+    assert env.reset(task=good).admissible_actions and env.step(action="look").valid
+    env.close()
     game.write_text("{not json")
     with pytest.raises(DataError, match=rf"{game}: unreadable ALFWorld file"):
         AlfWorldDomain(AlfWorldConfig(data_path=str(root))).tasks(split="train")

@@ -16,6 +16,7 @@ ALFWorld's engine reports no inventory, so it is read from the game's facts (wha
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,33 @@ _META_COMMANDS = frozenset({"help"})
 
 class EngineError(DreamGymError):
     """ALFWorld's text engine failed to load or step a game, or was used out of order."""
+
+
+# Every PddlEnv makes its own temporary copy of fast_downward's planner library (34 MB) and
+# loads it; ctypes never unloads it, so the deleted copy holds its disk space until the
+# process exits. One engine per game (the old behaviour) filled /tmp in long runs. Engines
+# are therefore reused: an env loads each new game into its engine, and a closed env returns
+# its engine here for the next env to take. One engine serves one env at a time, because the
+# planner library keeps one game's state.
+_IDLE_ENGINES: dict[bool, list[Any]] = {False: [], True: []}
+_IDLE_LOCK = threading.Lock()
+
+
+def _take_engine(gold_path: bool) -> Any:
+    with _IDLE_LOCK:
+        if _IDLE_ENGINES[gold_path]:
+            return _IDLE_ENGINES[gold_path].pop()
+    import textworld
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
+    from textworld.envs import PddlEnv
+
+    infos = textworld.EnvInfos(won=True, admissible_commands=True, facts=True, policy_commands=gold_path)
+    return AlfredDemangler(PddlEnv(infos))
+
+
+def _return_engine(engine: Any, gold_path: bool) -> None:
+    with _IDLE_LOCK:
+        _IDLE_ENGINES[gold_path].append(engine)
 
 
 def intro_parts(feedback: str) -> tuple[str, str]:
@@ -78,19 +106,15 @@ class AlfWorldEnv:
         """The engine with ``game`` loaded (the same game is not loaded twice in a row)."""
         if self._engine is not None and self._game == game:
             return self._engine
-        import textworld
-        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
-        from textworld.envs import PddlEnv
-
-        self.close()
-        infos = textworld.EnvInfos(won=True, admissible_commands=True, facts=True, policy_commands=self.gold_path)
-        engine = AlfredDemangler(PddlEnv(infos))
+        if self._engine is None:
+            self._engine = _take_engine(self.gold_path)
+        self._game = None  # a failed load leaves no game behind
         try:
-            engine.load(str(game))
+            self._engine.load(str(game))
         except Exception as exc:  # a missing, corrupt or unsolvable game file
             raise EngineError(f"alfworld {game}: the engine could not load the game: {type(exc).__name__}: {exc}") from exc
-        self._engine, self._game = engine, game
-        return engine
+        self._game = game
+        return self._engine
 
     def _observe(self, feedback: str, state: Any) -> Observation:
         actions = [a for a in state["admissible_commands"] if a not in _META_COMMANDS]
@@ -142,10 +166,8 @@ class AlfWorldEnv:
         return list(self._state.get("policy_commands") or []) if self._state is not None else []
 
     def close(self) -> None:
+        """Ends the episode and hands the engine to the next env (see ``_IDLE_ENGINES``)."""
         if self._engine is not None:
-            engine, self._engine, self._game = self._engine, None, None
-            try:
-                engine.close()
-            except Exception:  # closing an engine whose game failed to load: nothing left to release
-                pass
+            engine, self._engine, self._game, self._state = self._engine, None, None, None
+            _return_engine(engine, self.gold_path)
         self._done = True

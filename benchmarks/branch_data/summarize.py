@@ -8,7 +8,7 @@ success there, and the share of games whose outcome agrees with real play: fidel
 policy's own play); held-out real success after RL. The cached protocol-8 cell of the seed
 (run on another CPU) is shown beside the plain arm.
 
-Usage: python benchmarks/branch_data/summarize.py"""
+Usage: python benchmarks/branch_data/summarize.py [GAME] (default coin; writes table-GAME.md)"""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _finished_seeds() -> list[int]:
-    names = {p.name for p in (HERE / "runs" / ARMS[1]).glob("seed*") if (p / "summary.json").exists()}
-    return sorted(int(n[4:]) for n in names if (HERE / "runs" / ARMS[0] / n / "summary.json").exists())
+def _finished_seeds(runs: Path) -> list[int]:
+    names = {p.name for p in (runs / ARMS[1]).glob("seed*") if (p / "summary.json").exists()}
+    return sorted(int(n[4:]) for n in names if (runs / ARMS[0] / n / "summary.json").exists())
 
 
 def _interval(diffs: list[float]) -> str:
@@ -48,19 +48,20 @@ def _interval(diffs: list[float]) -> str:
     return text
 
 
-def table() -> str:
+def table(game: str) -> str:
     lines = [
         "| seed | warm start | branch transitions | success agreement (plain / branches) | warm start replayed: synthetic success "
         "(plain / branches) | replay agrees with real play | held out after RL (plain / branches) | cached p8 cell |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    seeds = _finished_seeds()
-    cells = {seed: [measured(HERE / "runs" / arm / f"seed{seed}") for arm in ARMS] for seed in seeds}
+    runs = HERE / "runs" / game
+    seeds = _finished_seeds(runs)
+    cells = {seed: [measured(runs / arm / f"seed{seed}") for arm in ARMS] for seed in seeds}
     for seed, (plain, branches) in cells.items():
         if plain["warmstart_success"] != branches["warmstart_success"]:
             raise SystemExit(f"seed {seed}: the arms' warm starts differ ({plain['warmstart_success']} vs "
                              f"{branches['warmstart_success']}); they are not paired")
-        cached = table1.current("coin", "GRPO DreamGym", seed)
+        cached = table1.current(game, "GRPO DreamGym", seed)
         lines.append(
             f"| {seed} | {_pct(plain['warmstart_success'])} | {branches['branch_transitions']} | "
             f"{_pct(plain['fidelity'].get('fidelity/success_agreement'))} / {_pct(branches['fidelity'].get('fidelity/success_agreement'))} | "
@@ -86,8 +87,11 @@ def table() -> str:
 
 
 def main() -> None:
-    text = table()
-    (HERE / "table.md").write_text(text)
+    game = sys.argv[1] if len(sys.argv) > 1 else "coin"
+    if game not in table1.GAMES:
+        raise SystemExit(f"summarize.py: {game!r} is not a game of benchmarks/table1/run.py's GAMES")
+    text = table(game)
+    (HERE / f"table-{game}.md").write_text(text)
     print(text)
 
 

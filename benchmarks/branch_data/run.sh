@@ -18,7 +18,7 @@ SEEDS=("$@")
 [ ${#SEEDS[@]} -gt 0 ] || SEEDS=(0 1 2 3 4 5)
 OUT=benchmarks/branch_data/runs/$GAME
 GAME_SETS=()
-while IFS= read -r override; do GAME_SETS+=(--set "$override"); done < <(
+while IFS= read -r override; do [ -n "$override" ] && GAME_SETS+=(--set "$override"); done < <(
   .venv/bin/python -c "import sys; sys.path.insert(0, 'benchmarks/table1'); import run; print('\n'.join(run.GAMES.get(sys.argv[1], [])))" "$GAME")
 [ ${#GAME_SETS[@]} -gt 0 ] || { echo "run.sh: GAME=$GAME is not a game of benchmarks/table1/run.py's GAMES" >&2; exit 2; }
 run() {  # run DIR SEED [--set ...]: the JSON summary goes to DIR/summary.json

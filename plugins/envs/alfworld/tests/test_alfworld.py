@@ -154,11 +154,14 @@ def test_a_broken_game_fails_in_one_line_naming_it(data, tmp_path):
     game = root / task.payload["game"]
     data_ = json.loads(game.read_text())
     game.write_text(json.dumps(data_ | {"pddl_problem": "(define (problem broken"}))
-    env = domain.make_env()
+    env, good = domain.make_env(), domain.tasks(split="train")[1]
+    env.reset(task=good)  # an episode in progress when the broken game is asked for
     with pytest.raises(EngineError, match=rf"alfworld {game}: the engine could not load the game: ") as info:
         env.reset(task=task)
     assert "\n" not in str(info.value)
-    good = domain.tasks(split="train")[1]  # the engine that failed the broken game plays the next one
+    with pytest.raises(EngineError, match=r"step\(\) needs reset\(\) first"):
+        env.step(action="look")
+    # the engine that failed the broken game plays the next one
     assert env.reset(task=good).admissible_actions and env.step(action="look").valid
     env.close()
     game.write_text("{not json")

@@ -39,8 +39,8 @@ class EngineError(DreamGymError):
 
 # Every PddlEnv makes its own temporary copy of fast_downward's planner library (34 MB) and
 # loads it; ctypes never unloads it, so the deleted copy holds its disk space until the
-# process exits. One engine per game (the old behaviour) filled /tmp in long runs. Engines
-# are therefore reused: an env loads each new game into its engine, and a closed env returns
+# process exits, and an engine per game would fill /tmp in long runs. Engines are
+# therefore reused: an env loads each new game into its engine, and a closed env returns
 # its engine here for the next env to take. One engine serves one env at a time, because the
 # planner library keeps one game's state.
 _IDLE_ENGINES: dict[bool, list[Any]] = {False: [], True: []}
@@ -108,7 +108,7 @@ class AlfWorldEnv:
             return self._engine
         if self._engine is None:
             self._engine = _take_engine(self.gold_path)
-        self._game = None  # a failed load leaves no game behind
+        self._game, self._done = None, True  # a failed load leaves no game or episode behind
         try:
             self._engine.load(str(game))
         except Exception as exc:  # a missing, corrupt or unsolvable game file

@@ -47,6 +47,13 @@ class EngineError(DreamGymError):
 # TextWorldExpress reads game parameters as 32-bit integers.
 _INT32 = (-(1 << 31), (1 << 31) - 1)
 _NOT_LOADED = "ERROR: Game generator is not initialized"
+# TextWorldExpress 1.1's gold agents for these games walk the map at random, with a generator
+# it seeds from the clock (`new Random()` in their mkGameWithGoldPath), so one game's expert
+# path, and every demo built on it, changes from one JVM launch to the next. For them the
+# engine runs the same gold agent with a generator seeded by the game's seed, as cookingworld's
+# generator already is. Upstream walks this many times before it gives up on a path.
+_RANDOM_WALK_GOLD_AGENTS = {"coin": "CoinGoldAgent", "twc": "TWCGoldAgent"}
+_GOLD_WALKS = 50
 # How long a killed JVM may take to be reaped before the engine is dropped anyway (its
 # py4j process thread still reaps it later).
 _REAP_S = 10.0
@@ -386,7 +393,8 @@ class TwxEngine:
             assert self._game is not None  # checked by _call
             game, params, fold, seed = self._game
             try:
-                _, infos = env.reset(seed=seed, gameFold=fold, generateGoldPath=True)
+                # a path the seeded walk replaces is not asked for
+                _, infos = env.reset(seed=seed, gameFold=fold, generateGoldPath=game not in _RANDOM_WALK_GOLD_AGENTS)
             except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
                 message = str(exc.java_exception.getMessage()).strip()
                 raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
@@ -412,12 +420,42 @@ class TwxEngine:
         """
         if self._gold is None:
             with self._call("expert_action") as env:
-                self._gold = list(env.getGoldActionSequence())
+                self._gold = self._gold_path(env)
         position = 0
         for action in self._taken:
             if position < len(self._gold) and action == self._gold[position]:
                 position += 1
         return self._gold[position] if position < len(self._gold) else None
+
+    def _gold_path(self, env: Any) -> list[str]:
+        assert self._game is not None  # checked by _call
+        game, _, fold, seed = self._game
+        # Every Java object proxied here is released before the call ends. A py4j proxy whose
+        # method was called sits in a reference cycle, so Python frees it at some later
+        # collection, from whatever thread runs it, and py4j then messages its JVM. If that
+        # JVM has been stopped by then, the message blocks that thread with no time limit.
+        proxies: list[Any] = []
+
+        def held(proxy: Any) -> Any:
+            proxies.append(proxy)
+            return proxy
+
+        try:
+            agent = _RANDOM_WALK_GOLD_AGENTS.get(game)
+            if agent is None:
+                return list(env.getGoldActionSequence())  # a python list (py4j converts it)
+            # The gold agent plays a fresh copy of this seed's game, as upstream's does.
+            jvm = env._gateway.jvm
+            rng, generator = held(jvm.scala.util.Random(seed)), held(env.server.gameGenerator())
+            for _ in range(_GOLD_WALKS):
+                walker = held(getattr(jvm.textworldexpress.goldagent, agent)(held(generator.mkGame(seed, fold))))
+                walk = held(walker.mkGoldPath(rng))
+                if walk._1:  # a scala Tuple2 (reached the goal, the actions)
+                    return list(held(walk._2))
+            return []  # upstream's answer too: the expert has no move, and collection plays at random
+        finally:
+            for proxy in proxies:
+                env._gateway.detach(proxy)
 
     @staticmethod
     def _state(infos: dict[str, Any]) -> RawState:

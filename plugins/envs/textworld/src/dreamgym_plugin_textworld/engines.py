@@ -430,6 +430,9 @@ class TwxEngine:
     def _gold_path(self, env: Any) -> list[str]:
         assert self._game is not None  # checked by _call
         game, _, fold, seed = self._game
+        agent = _RANDOM_WALK_GOLD_AGENTS.get(game)
+        if agent is None:
+            return list(env.getGoldActionSequence())  # a python list (py4j converts it)
         # Every Java object proxied here is released before the call ends. A py4j proxy whose
         # method was called sits in a reference cycle, so Python frees it at some later
         # collection, from whatever thread runs it, and py4j then messages its JVM. If that
@@ -441,9 +444,6 @@ class TwxEngine:
             return proxy
 
         try:
-            agent = _RANDOM_WALK_GOLD_AGENTS.get(game)
-            if agent is None:
-                return list(env.getGoldActionSequence())  # a python list (py4j converts it)
             # The gold agent plays a fresh copy of this seed's game, as upstream's does.
             jvm = env._gateway.jvm
             rng, generator = held(jvm.scala.util.Random(seed)), held(env.server.gameGenerator())

@@ -253,6 +253,22 @@ def _span(text: str, tag: str) -> _Span | None:
     return _Span(text[opened.end(): stop], opened.start(), stop, True)
 
 
+def _think_span(body: str) -> _Span | None:
+    """The reasoning block. Without any ``</think>``, it ends where the *last* ``<state>``
+    opens: the answer's state block comes after the reasoning, so a tag the reasoning
+    quotes (``<done>true</done>``, an example ``<state>``) stays reasoning and is never
+    read as the answer. Cutting at the first known tag instead turned a quoted
+    ``<success>true</success>`` into a success."""
+    think = _span(body, "think")
+    if think is None or not think.repaired or re.search("</think>", body, re.IGNORECASE):
+        return think
+    states = [m.start() for m in re.finditer("<state>", body[think.start:], re.IGNORECASE)]
+    if not states:
+        return think
+    stop = think.start + states[-1]
+    return _Span(body[think.start + len("<think>"): stop], think.start, stop, True)
+
+
 def _tag_readings(region: str) -> dict[str, list[tuple[str, bool]]]:
     """Every tag's contents in ``region``, in order, each with whether reading it needed a
     repair (a tag in another case, or no closing tag before the next known tag)."""
@@ -327,7 +343,8 @@ def utf8_safe(text: str) -> str:
 def parse_output(text: Any) -> ExperienceResult:
     """Parse one model answer; never raises.
 
-    Where tags are read: the reasoning is the first ``<think>`` block; the next state is
+    Where tags are read: the reasoning is the first ``<think>`` block (without a
+    ``</think>``, everything up to the last ``<state>``); the next state is
     the first ``<state>`` block after it (anywhere when there is no ``<think>``); the
     outcome flags are read only outside those two blocks, so reasoning or a state that
     quotes a tag (``<done>true</done>``, ``<state>``) changes nothing.
@@ -359,7 +376,7 @@ def _outside(body: str, think: _Span | None, after: int, state: _Span) -> str:
 
 def _parse(text: str) -> ExperienceResult:
     body = text if END_TAG in text or "<reward>" not in text else text + END_TAG
-    think = _span(body, "think")
+    think = _think_span(body)
     after = think.end if think else 0
     state = _span(body[after:], "state")  # the state follows the reasoning, never inside it
     reasoning, repaired = _clip(think.text if think else "")

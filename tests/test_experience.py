@@ -191,6 +191,24 @@ def test_tags_quoted_in_reasoning_or_state_are_not_read(text: str, state: str) -
     assert (r.next_state, r.valid, r.done, r.success, r.reward, r.parse_status) == (state, True, False, False, 0.0, "ok")
 
 
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        # the quoted flags once read as the answer: a success with reward 1
+        ("<think>If taking the key wins, the answer is <done>true</done> <success>true</success>. Not yet.\n"
+         "<state>You hold the key.</state>\n<valid>true</valid> <reward>0", ("You hold the key.", "failed", False)),
+        # the quoted state once read as the next state
+        ("<think>Now <state>You are in the hall</state>; north is the kitchen.\n"
+         f"<state>You are in the kitchen.</state>\n{FLAGS}", ("You are in the kitchen.", "repaired", False)),
+    ],
+    ids=["flags-quoted", "state-quoted"],
+)
+def test_without_a_closing_think_the_reasoning_runs_to_the_last_state(text: str, expect: tuple) -> None:
+    r = parse_output(text)
+    assert (r.next_state, r.parse_status, r.success) == expect
+    assert r.reasoning.startswith(text[len("<think>"): len("<think>") + 10])
+
+
 def test_a_state_inside_the_reasoning_only_is_no_state() -> None:
     r = parse_output("<think>It should say <state>A hall.</state></think>\n<valid>true</valid> <done>false</done> <success>false</success>")
     assert r.parse_status == "failed"

@@ -213,10 +213,15 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
         raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
     _check_rng(state, ckpt / "state.json")  # before anything is restored or rolled back
     if runner.experience_model is not None:
-        from .stages import reload_trained  # stages writes through this module
+        from .stages import EXPERIENCE_DIR, reload_trained  # stages writes through this module
 
-        reload_trained(runner.exp_backend, runner.run_dir)
-    runner._reload_policy()
+        if not reload_trained(runner.exp_backend, runner.run_dir) and not runner.cfg.experience.skip:
+            # RL would go on in an untrained model's world and the run would look resumed
+            raise DataError(
+                f"{runner.run_dir / EXPERIENCE_DIR}: the trained experience model is missing (no 'done' marker), "
+                f"and checkpoint {name} was trained with it; restore that directory or start the run again"
+            )
+    runner._reload_policy(required_by=name)
     runner.algo.load(path=str(ckpt / "algo"))
     if runner.curriculum is not None and state.curriculum is not None:
         runner.curriculum.load_state_dict(state.curriculum)

@@ -385,10 +385,20 @@ class Runner:
             self.policy.save(path=str(self.run_dir / "policy_init"))
             (self.run_dir / "policy_init" / "done").write_text("1\n")
 
-    def _reload_policy(self) -> None:
+    def _reload_policy(self, *, required_by: str = "") -> None:
+        """The saved warm start (tokenizer included). ``required_by`` names the checkpoint that
+        was trained from it: a policy that saves one must then find it, or the resumed run
+        would go on from untrained weights."""
         path = self.run_dir / "policy_init"
-        if path.exists() and hasattr(self.policy, "reload"):
+        if not hasattr(self.policy, "reload"):
+            return
+        if (path / "done").exists():
             self.policy.reload(path=str(path))
+        elif required_by and hasattr(self.policy, "save"):
+            raise DataError(
+                f"{path}: the warm-started policy is missing (no 'done' marker), and checkpoint {required_by} "
+                "was trained from it; restore that directory or start the run again"
+            )
 
     def _before_rl(self) -> dict[str, float]:
         """Data, experience model and warm start, with evaluations of the policy along the way."""

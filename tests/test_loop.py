@@ -345,6 +345,23 @@ def test_resume_with_a_corrupt_latest_pointer_refuses_and_keeps_every_file(regis
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("part", ["experience_model", "policy_init"])
+def test_resume_without_the_trained_parts_the_checkpoints_need_refuses_and_keeps_every_file(register_plugin, tmp_path, part):
+    # Without the guard a resume went on silently from an untrained experience model or policy.
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+    parts = {"policy": {"name": "scripted-saving"}, "experience_model": {"name": "dice-lm"},
+             "encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}  # fmt: skip
+    resolved = _resolved(plugins, tmp_path / "run", parts, iterations=2, mode="dreamgym")
+    run_pipeline(resolved, plugins)
+    (tmp_path / "run" / part / "done").unlink()
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=rf"run/{part}: the .* is missing \(no 'done' marker\), and checkpoint it-00002"):
+        run_pipeline(resolved, plugins, resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
 def test_resume_before_the_first_checkpoint_does_not_store_the_offline_data_twice(register_plugin, tmp_path):
     # A buffer that keeps duplicates, and a run killed before its first checkpoint: the
     # offline transitions it stored are already there when the resumed run seeds the buffer.

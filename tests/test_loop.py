@@ -7,7 +7,6 @@ in tests/test_end_to_end.py and the plugins' own tests.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from dreamgym_core.synthetic import storable
 from dreamgym_core.testing import LifecycleRecorder, make_transitions
 
 from conftest import open_run_buffer, stored_transitions
-from stand_ins import CountConfig, CountDomain, CountEnv, ScriptConfig, ScriptedPolicy, StandIns, pipeline_dict
+from stand_ins import CountConfig, CountDomain, CountEnv, StandIns, pipeline_dict
 
 HERE = Path(__file__).resolve().parent
 
@@ -588,7 +587,7 @@ def test_a_named_checkpoint_restores_that_iteration(register_plugin, tmp_path):
 
 def test_eval_writes_the_episodes_it_played(register_plugin, tmp_path):
     from dreamgym_core.checkpoint import read_trajectories
-    from dreamgym_core.errors import ConfigError, DataError
+    from dreamgym_core.errors import ConfigError
     from dreamgym_core.loop import evaluate_run
 
     plugins = register_plugin(StandIns(), "stand-ins")

@@ -789,6 +789,35 @@ def evaluate(
     }
 
 
+# Top-level sections ``dreamgym eval`` may set otherwise than the run did: they change how and
+# where the run's policy is played (other evaluation settings, another variant of the
+# environment for a transfer test), not which policy the checkpoints hold.
+_EVAL_MAY_DIFFER = ("eval", "env")
+
+
+def _check_evaluated_config(resolved: ResolvedPipeline, run_dir: Path) -> None:
+    """Refuse to evaluate a run with components built from another config: its checkpoint
+    would be loaded into them and the result reported as the run's."""
+    data = resolved.to_builtins()
+    stored = _stored_digest(run_dir)
+    if stored in (config_hash(data), config_hash(data, with_run_dir=True)):
+        return
+    if stored is None:
+        raise DataError(f"{run_dir / 'config.sha256'}: missing or empty, so eval cannot check that the config is the run's")
+    changed, added = _differences(run_dir, data)
+    if added is None:
+        raise DataError(f"{run_dir / 'config.json'}: unreadable, so eval cannot check that the config is the run's")
+    refused = [field for field in changed if field.split(".")[0] not in _EVAL_MAY_DIFFER]
+    if refused:
+        raise ConfigError(
+            f"{resolved.source}: config differs from the run's in {run_dir} at {', '.join(refused[:5])}"
+            f"{' ...' if len(refused) > 5 else ''}; evaluate with the run's pipeline and --set values "
+            f"(only {', '.join(f'{s}.*' for s in _EVAL_MAY_DIFFER)} may differ)"
+        )
+    if changed:
+        log.warning("%s: evaluating with settings other than the run's: %s", run_dir, ", ".join(changed))
+
+
 def evaluate_run(
     resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None, trajectories: Path | None = None
 ) -> dict[str, Any]:
@@ -801,6 +830,7 @@ def evaluate_run(
     if trajectories is not None and not trajectories.parent.is_dir():
         # Checked before playing, so a typo costs nothing.
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
+    _check_evaluated_config(resolved, run_dir)
     runner = Runner(resolved, plugins, run_dir, progress=False)
     iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
     kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played

@@ -572,6 +572,21 @@ def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_pa
     assert result["eval/success_ci_low"] <= result["eval/success_rate"] <= result["eval/success_ci_high"]
 
 
+def test_eval_refuses_a_config_whose_policy_or_training_differs_from_the_runs(register_plugin, tmp_path, caplog):
+    # The checkpoint would be loaded into components built from the other config and the
+    # result reported as the run's; settings of how and where it is played may differ.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    other_policy = _resolved(plugins, tmp_path / "run", {"policy": {"name": "scripted", "config": {"mistakes": 0.9}}}, iterations=1)
+    with pytest.raises(ConfigError, match=r"config differs from the run's in .*run at policy.config.mistakes; evaluate with"):
+        evaluate_run(other_policy, plugins, split="test", episodes=2)
+    with pytest.raises(ConfigError, match=r"at loop.group_size"):
+        evaluate_run(_resolved(plugins, tmp_path / "run", iterations=1, group_size=7), plugins, split="test", episodes=2)
+    more_games = _resolved(plugins, tmp_path / "run", {"eval": {"episodes": 4}}, iterations=1)
+    assert evaluate_run(more_games, plugins, split="test", episodes=None)["eval/episodes"] == 4.0
+    assert "evaluating with settings other than the run's: eval.episodes" in caplog.text
+
+
 def test_a_named_checkpoint_restores_that_iteration(register_plugin, tmp_path):
     from dreamgym_core import checkpoint
 

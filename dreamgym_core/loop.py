@@ -67,6 +67,9 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume or choose another run_dir")
     if resume and has_checkpoints and stored_digest is None:
         raise DataError(f"{run_dir / 'config.sha256'}: missing or empty, so --resume cannot check that the config is the run's")
+    if resume and stored_digest is None:
+        # a typo in run_dir, or the wrong working directory, would otherwise start a fresh run
+        raise ConfigError(f"run_dir {run_dir}: no run to resume there (config.sha256 missing or empty); check run_dir, or drop --resume to start one")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

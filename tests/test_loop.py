@@ -397,6 +397,13 @@ def test_a_run_that_stored_nothing_but_its_config_leaves_the_directory_to_the_co
     assert json.loads((tmp_path / "run" / "config.json").read_text())["loop"]["iterations"] == 2
 
 
+def test_resume_where_no_run_was_started_is_refused_and_creates_nothing(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    with pytest.raises(ConfigError, match=r"run_dir .*typo: no run to resume there"):
+        run_pipeline(_resolved(plugins, tmp_path / "typo", iterations=1), plugins, resume=True)
+    assert not (tmp_path / "typo").exists()
+
+
 def test_resume_without_a_stored_config_hash_is_refused(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)

@@ -21,18 +21,23 @@ class JsonlConfig(Config):
 
 
 class JsonlSink:
+    """Opens its file on the first row: a run that fails on bad input before logging anything
+    leaves no empty file that would make its directory look like another run's output."""
+
     def __init__(self, config: JsonlConfig, *, run_dir: str) -> None:
         self.path = Path(run_dir) / config.filename
-        self._file = self.path.open("a")
+        self._file: Any = None
 
     def log(self, *, step: int, metrics: dict[str, float]) -> None:
+        if self._file is None:
+            self._file = self.path.open("a")
         self._file.write(_line(step, metrics))
         self._file.flush()
 
     def rewind(self, *, history: Sequence[dict[str, Any]]) -> None:
         """Keep only the rows of ``history`` (a resumed run's checkpoint): rows of iterations
         that never reached a checkpoint are played and logged again, not twice."""
-        self._file.close()
+        self.close()
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as f:
             f.writelines(_line(row["step"], {k: v for k, v in row.items() if k != "step"}) for row in history)
@@ -42,7 +47,7 @@ class JsonlSink:
         self._file = self.path.open("a")
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
 
 
@@ -59,31 +64,35 @@ class TensorBoardConfig(Config):
 
 
 class TensorBoardSink:
+    """Starts its event file on the first row, like :class:`JsonlSink`."""
+
     def __init__(self, config: TensorBoardConfig, *, run_dir: str) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (a missing tensorboard fails at build)
 
         self._log_dir = str(Path(run_dir) / config.subdir)
-        self._writer = SummaryWriter(log_dir=self._log_dir)
-        self._closed = False
+        self._writer: Any = None
+        self._purge_step: int | None = None
 
     def rewind(self, *, history: Sequence[dict[str, Any]]) -> None:
-        """Hide events logged after the checkpoint (TensorBoard's purge_step)."""
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer.close()
-        next_step = history[-1]["step"] + 1 if history else 0
-        self._writer = SummaryWriter(log_dir=self._log_dir, purge_step=next_step)
+        """Hide events logged after the checkpoint (TensorBoard's purge_step, applied when the
+        next writer starts)."""
+        self.close()
+        self._purge_step = history[-1]["step"] + 1 if history else 0
 
     def log(self, *, step: int, metrics: dict[str, float]) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self._log_dir, purge_step=self._purge_step)
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
                 self._writer.add_scalar(key, float(value), global_step=step)
         self._writer.flush()
 
     def close(self) -> None:
-        if not self._closed:
+        if self._writer is not None:
             self._writer.close()
-            self._closed = True
+            self._writer = None
 
 
 @hookimpl

@@ -404,6 +404,19 @@ def test_resume_where_no_run_was_started_is_refused_and_creates_nothing(register
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.parametrize("loggers", [[], [{"name": "jsonl"}, {"name": "tensorboard"}]])
+def test_a_run_that_failed_before_logging_leaves_the_directory_to_the_corrected_run(register_plugin, tmp_path, loggers):
+    # The sinks used to create their files when built, so a run that failed on bad input
+    # left an empty metrics.jsonl that made the directory look like another run's output.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    bad = {"data": {"path": str(tmp_path / "no-such.jsonl")}, "loggers": loggers}
+    with pytest.raises(DataError, match="no-such.jsonl"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", bad, iterations=1), plugins)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "config.sha256", "versions.json"]
+    summary = run_pipeline(_resolved(plugins, tmp_path / "run", {"loggers": loggers}, iterations=1), plugins)
+    assert summary["counters/iteration"] == 1.0
+
+
 def test_resume_without_a_stored_config_hash_is_refused(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)

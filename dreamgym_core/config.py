@@ -247,9 +247,10 @@ class PipelineConfig(Config):
             raise ValueError("loop.self_reflection='teacher' needs experience.teacher (the model that writes them)")
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
-        where = Path(self.run_dir.strip() or ".")
-        if where == Path(".") or where == Path(where.anchor):
-            what = "the working directory" if where == Path(".") else "a filesystem root"
+        # Resolved, so that 'x/..' or the working directory's own absolute path is caught too.
+        where = Path(self.run_dir.strip() or ".").resolve()
+        if where == Path.cwd().resolve() or where == Path(where.anchor):
+            what = "the working directory" if where == Path.cwd().resolve() else "a filesystem root"
             raise ValueError(f"run_dir={self.run_dir!r} must name a directory of the run's own, not {what}")
         # What a synthetic environment is made of, for training in it or for replaying games in it.
         missing = [f for f in ("experience_model", "encoder", "buffer") if getattr(self, f) is None]

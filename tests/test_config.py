@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 import yaml
@@ -96,10 +98,11 @@ def test_constraint_and_cross_field_errors(tmp_path):
     assert load_pipeline(write(tmp_path, data)).experience.branches
 
 
-@pytest.mark.parametrize("run_dir", ["", " ", ".", "./", "/"])
+@pytest.mark.parametrize("run_dir", ["", " ", ".", "./", "/", "x/..", "runs/../x/../", "/tmp/..", "<cwd>"])
 def test_run_dir_must_be_a_directory_of_its_own(tmp_path, run_dir):
     # A run writes config.json and the rest into run_dir: "" or "." would overwrite the working directory's.
-    data = pipeline_dict(run_dir)
+    # Spelled another way ('x/..', its absolute path) it is still the working directory.
+    data = pipeline_dict(run_dir.replace("<cwd>", str(Path.cwd())))
     with pytest.raises(ConfigError, match=r"pipeline.yaml: .*run_dir=.* must name a directory of the run's own"):
         load_pipeline(write(tmp_path, data))
 

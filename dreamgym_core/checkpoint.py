@@ -65,6 +65,26 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+STAGE_METRICS = "metrics.json"
+
+
+def write_stage_metrics(directory: Path, metrics: dict[str, float]) -> None:
+    """A finished stage's training metrics, beside its weights: a run that reuses the stage
+    (``--resume``, or a warm start copied in) reports them instead of nothing."""
+    atomic_write(directory / STAGE_METRICS, msgspec.json.encode(metrics))
+
+
+def read_stage_metrics(directory: Path) -> dict[str, float]:
+    """What :func:`write_stage_metrics` kept; empty for a stage saved before the file existed."""
+    path = directory / STAGE_METRICS
+    if not path.exists():
+        return {}
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=dict[str, float])
+    except (OSError, msgspec.DecodeError) as exc:
+        raise DataError(f"{path}: unreadable stage metrics ({exc}); delete the file to report the stage without them") from exc
+
+
 def _rng_state() -> tuple[list[Any], dict[str, Any], list[int]]:
     import torch
 

@@ -376,17 +376,19 @@ class Runner:
         if (init / "done").exists() and hasattr(self.policy, "reload"):
             self._say(f"reusing the warm-started policy in {init}")
             self._reload_policy()
-            return {}
+            return checkpoint.read_stage_metrics(init)
         self._say("warm-starting the policy (SFT on demos)")
         metrics = self._warmstart_policy(offline)
-        self._save_policy_init()
+        self._save_policy_init(metrics)
         return metrics
 
-    def _save_policy_init(self) -> None:
+    def _save_policy_init(self, metrics: dict[str, float]) -> None:
         """The warm-started policy backend (tokenizer included), which --resume rebuilds from."""
         if hasattr(self.policy, "save"):
-            self.policy.save(path=str(self.run_dir / "policy_init"))
-            (self.run_dir / "policy_init" / "done").write_text("1\n")
+            init = self.run_dir / "policy_init"
+            self.policy.save(path=str(init))
+            checkpoint.write_stage_metrics(init, metrics)
+            (init / "done").write_text("1\n")
 
     def _reload_policy(self, *, required_by: str = "") -> None:
         """The saved warm start (tokenizer included). ``required_by`` names the checkpoint that

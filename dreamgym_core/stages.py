@@ -134,7 +134,7 @@ def train_experience_model(
     from .experience import training_examples
 
     if reload_trained(backend, run_dir):
-        return {}
+        return checkpoint.read_stage_metrics(run_dir / EXPERIENCE_DIR)
     annotated = annotate(list(transitions))
     checkpoint.write_transitions(run_dir / "offline_annotated.jsonl", annotated)
     exp, loop = pipeline.experience, pipeline.loop
@@ -149,5 +149,7 @@ def train_experience_model(
     )
     ckpt = run_dir / EXPERIENCE_DIR
     backend.save(path=str(ckpt))
+    trained = {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
+    checkpoint.write_stage_metrics(ckpt, trained)
     (ckpt / "done").write_text("1\n")
-    return {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
+    return trained

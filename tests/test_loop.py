@@ -361,6 +361,27 @@ def test_resume_without_the_trained_parts_the_checkpoints_need_refuses_and_keeps
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
+def test_a_resume_that_reuses_the_trained_stages_reports_their_training_metrics(register_plugin, tmp_path):
+    # Killed after the experience model and the warm start were saved but before the first
+    # checkpoint: the resumed run reloads both, and its row before RL used to lose their metrics.
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+    parts = {"policy": {"name": "scripted-saving"}, "experience_model": {"name": "dice-lm"},
+             "encoder": {"name": "hashing"}, "buffer": {"name": "exact", "config": {"dedup": "none"}}}  # fmt: skip
+    resolved = _resolved(plugins, tmp_path / "run", parts, iterations=1, mode="dreamgym", warmstart_epochs=1)
+    run_pipeline(resolved, plugins)
+    whole = _rows(tmp_path / "run")[0]
+    for name in ("checkpoints", "buffer"):
+        shutil.rmtree(tmp_path / "run" / name)
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    run_pipeline(resolved, plugins, resume=True)
+    resumed = _rows(tmp_path / "run")[0]
+    trained = [k for k in whole if k.startswith(("experience/", "warmstart/"))]
+    assert any(k.startswith("experience/") for k in trained) and any(k.startswith("warmstart/") for k in trained)
+    assert {k: resumed.get(k) for k in trained} == {k: whole[k] for k in trained}
+
+
 def test_resume_before_the_first_checkpoint_does_not_store_the_offline_data_twice(register_plugin, tmp_path):
     # A buffer that keeps duplicates, and a run killed before its first checkpoint: the
     # offline transitions it stored are already there when the resumed run seeds the buffer.

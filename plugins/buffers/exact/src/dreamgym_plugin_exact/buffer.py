@@ -393,10 +393,16 @@ class ExactBuffer:
             self._write_pending()
 
     def _write_pending(self) -> None:
-        sealed = False
-        for frame in self._pending:
-            sealed = self._writer.write(frame) or sealed  # type: ignore[union-attr]
-        self._pending, self._pending_records = [], 0
+        sealed, written = False, 0
+        try:
+            for frame in self._pending:
+                sealed = self._writer.write(frame) or sealed  # type: ignore[union-attr]
+                written += 1
+        finally:
+            # Frames leave the queue as they reach the file: after a failed write (a full
+            # disk) the next flush retries from the failed frame, not from the first one.
+            del self._pending[:written]
+            self._pending_records = sum(len(f.rids) for f in self._pending)
         if sealed:
             self._sealed_rows = len(self._records)
             self._on_sealed()

@@ -4,8 +4,10 @@ A segment is a file ``seg-<n>.dgs``: a sequence of frames, each
 ``MAGIC (4 bytes) | payload length (u32 LE) | crc32 of payload (u32 LE) | payload``
 where the payload is a msgpack-encoded :class:`Frame`. A frame is written with a
 single ``write`` call, so a kill -9 leaves at most one torn frame at the end of
-the file being written; readers drop it. A frame that runs past the end of its
-file while an intact frame follows it is not torn but corrupt (its length field).
+the file being written; readers drop it. A write that fails (a full disk) is
+cut back off the file, so later frames follow an intact one. A frame that runs
+past the end of its file while an intact frame follows it is not torn but
+corrupt (its length field).
 A corrupt frame is reported with its file name and offset, and reading resumes at
 the next magic marker (or, for a corrupt length, at the next intact frame). So is
 a frame that passes its checksum but cannot be what a writer wrote (say, fewer
@@ -184,15 +186,37 @@ class SegmentWriter:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             self.records_in_segment = 0
         blob = encode_frame(frame)
-        written = os.write(self._fd, blob)
-        if written != len(blob):
-            raise OSError(f"short write to segment ({written} of {len(blob)} bytes)")
+        size = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, blob)
+            if written != len(blob):
+                raise OSError(f"short write to segment ({written} of {len(blob)} bytes)")
+        except OSError:
+            self._cut_back(size)
+            raise
         if frame.kind == "add":
             self.records_in_segment += len(frame.rids)
         if self.records_in_segment >= self.max_records:
             self.seal()
             return True
         return False
+
+    def _cut_back(self, size: int) -> None:
+        """Drop what a failed write (a full disk) left after byte ``size`` of the open segment.
+
+        Torn bytes left there would sit between intact frames once the write is retried:
+        every open would warn of a corrupt frame, and a strict open would refuse the buffer.
+        If the file cannot be cut, it is closed instead, so the torn bytes stay its last
+        ones (which readers drop quietly) and the next write starts a new segment, as
+        :meth:`seal` does (frames written before the torn one may not be synced yet)."""
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def sync(self) -> None:
         """fsync the open segment (survives power loss, not only process death)."""

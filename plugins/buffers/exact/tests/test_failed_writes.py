@@ -1,0 +1,95 @@
+"""A segment write that fails part way (a full disk) must leave the segment as it was."""
+
+import errno
+import os
+import warnings
+
+import msgspec
+import pytest
+
+from dreamgym_core.testing import BagOfWordsEncoder
+from dreamgym_plugin_exact import ExactBuffer, ExactConfig
+from dreamgym_plugin_exact import segments
+from dreamgym_plugin_exact.segments import read_segment, segment_files
+
+
+def _failing_write(monkeypatch, buffer, *, call, short):
+    """Make the ``call``-th write to the buffer's open segment fail: write half the bytes
+    (``short``) or nothing (ENOSPC, as Linux does when not a byte fits)."""
+    real, calls = os.write, [0]
+
+    def write(fd, blob):
+        if fd != buffer._writer._fd:
+            return real(fd, blob)
+        calls[0] += 1
+        if calls[0] != call:
+            return real(fd, blob)
+        if short:
+            return real(fd, blob[: len(blob) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(segments.os, "write", write)
+
+
+def _rids_on_disk(path):
+    return [rid for file in segment_files(path) for _, frame in read_segment(file)[0] for rid in frame.rids]
+
+
+def _reopen_strictly(path, records):
+    """The problems a strict, warning-free reopen notes; it must hold exactly ``records``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a torn frame left mid-file warns "checksum mismatch"
+        with ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=path) as b:
+            assert [msgspec.msgpack.encode(t) for t in b] == [msgspec.msgpack.encode(t) for t in records]
+            return b.problems
+
+
+@pytest.mark.parametrize("short", [True, False], ids=["short-write", "enospc"])
+def test_a_failed_write_leaves_no_torn_frame_and_is_retried_once(tmp_path, distinct, monkeypatch, short):
+    records = distinct(15, prefix="disk")
+    b = ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path)
+    b.add(transitions=records[:5])
+    _failing_write(monkeypatch, b, call=1, short=short)
+    with pytest.raises(OSError):
+        b.add(transitions=records[5:10])
+    monkeypatch.undo()
+    b.add(transitions=records[10:])  # retries the failed frame first
+    b.close()
+    assert len(segment_files(tmp_path)) == 1
+    assert _rids_on_disk(tmp_path) == list(range(15))  # each frame once, in order
+    assert _reopen_strictly(tmp_path, records) == []
+
+
+def test_frames_written_before_a_failed_one_are_not_written_again(tmp_path, distinct, monkeypatch):
+    records = distinct(15, prefix="queue")
+    b = ExactBuffer(ExactConfig(flush_every=1000), encoder=BagOfWordsEncoder(), path=tmp_path)
+    for i in range(0, 15, 5):
+        b.add(transitions=records[i : i + 5])  # three frames wait for the flush
+    _failing_write(monkeypatch, b, call=2, short=True)
+    with pytest.raises(OSError, match="short write"):
+        b.flush()
+    monkeypatch.undo()
+    b.close()
+    assert _rids_on_disk(tmp_path) == list(range(15))
+    assert _reopen_strictly(tmp_path, records) == []
+
+
+def test_a_segment_that_cannot_be_cut_back_is_closed_and_a_new_one_started(tmp_path, distinct, monkeypatch):
+    records = distinct(10, prefix="cut")
+    b = ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path)
+    b.add(transitions=records[:5])
+    _failing_write(monkeypatch, b, call=1, short=True)
+
+    def no_truncate(fd, size):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(segments.os, "ftruncate", no_truncate)
+    with pytest.raises(OSError, match="short write"):
+        b.add(transitions=records[5:])
+    monkeypatch.undo()
+    b.close()
+    first, second = segment_files(tmp_path)
+    assert _rids_on_disk(tmp_path) == list(range(10))
+    # the torn frame is the last thing in the closed file, which readers drop quietly
+    assert [p.split(":")[0] for p in _reopen_strictly(tmp_path, records)] == [first.name]
+    assert "torn frame at end of file" in read_segment(first)[1][0] and read_segment(second)[1] == []

@@ -70,6 +70,17 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert empty.exit_code == 0 and empty.output == ""
 
 
+def test_a_failed_import_stores_nothing(tmp_path):
+    # more good lines than one batch of import_jsonl (4096) before the bad one
+    bad = tmp_path / "bad.jsonl"
+    good = [msgspec.json.encode(t) for t in make_transitions(4100, prefix="bulk")]
+    bad.write_bytes(b"\n".join(good) + b'\n{"oops": 1}\n')
+    buf = ["--path", str(tmp_path / "b"), "--backend", "exact"]
+    result = _invoke("buffer", "import", *buf, str(bad))
+    assert result.exit_code == 1 and "bad.jsonl:4101: not a Transition record" in result.output
+    assert json.loads(_invoke("buffer", "info", *buf).output)["records"] == 0
+
+
 @pytest.mark.parametrize("args", [["info"], ["query", "--state", "s", "--action", "a"], ["export", "out.jsonl"]])
 def test_reading_a_buffer_that_is_not_there_is_an_error_and_creates_nothing(tmp_path, args):
     missing = tmp_path / "typo"

@@ -185,6 +185,25 @@ def test_import_export_round_trip(tmp_path):
         b.export_jsonl(missing)
 
 
+@pytest.mark.parametrize("dedup", ["content", "none"])
+def test_an_import_with_a_bad_line_stores_nothing(tmp_path, distinct, dedup):
+    records = distinct(25, prefix="import")
+    src = tmp_path / "in.jsonl"
+    good = b"".join(msgspec.json.encode(r) + b"\n" for r in records)
+    src.write_bytes(good + b'{"oops": 1}\n')
+    cfg = ExactConfig(dedup=dedup, flush_every=1)
+    with ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path / "buf") as b:
+        with pytest.raises(DataError, match=r"in.jsonl:26: not a Transition record"):
+            b.import_jsonl(src, batch=10)  # two batches of 10 come before the bad line
+        assert len(b) == 0
+    src.write_bytes(good)  # the file fixed and imported again: each record once
+    with ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path / "buf") as b:
+        assert len(b) == 0
+        assert b.import_jsonl(src, batch=10) == (25, 25)
+    with ExactBuffer(cfg, encoder=BagOfWordsEncoder(), path=tmp_path / "buf") as b:
+        assert _blob(b) == _blob(records)
+
+
 def test_an_export_that_fails_part_way_leaves_the_earlier_file_whole(tmp_path, monkeypatch):
     b = ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path / "buf")
     b.add(transitions=make_transitions(12))

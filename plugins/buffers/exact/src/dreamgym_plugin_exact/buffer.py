@@ -637,29 +637,16 @@ class ExactBuffer:
             }
 
     def import_jsonl(self, path: str | Path, batch: int = 4096) -> tuple[int, int]:
-        """Add Transition records from a JSONL file; returns (read, added)."""
-        decoder = msgspec.json.Decoder(Transition)
-        read = added = 0
-        chunk: list[Transition] = []
-        try:
-            with open(path, "rb") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        chunk.append(decoder.decode(line))
-                    except msgspec.DecodeError as exc:
-                        raise DataError(f"{path}:{lineno}: not a Transition record: {exc}") from exc
-                    read += 1
-                    if len(chunk) >= batch:
-                        added += self.add(transitions=chunk)
-                        chunk = []
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-        if chunk:
-            added += self.add(transitions=chunk)
+        """Add Transition records from a JSONL file, ``batch`` per add; returns (read, added).
+
+        Raises:
+            DataError: the file cannot be read, or a line is not a Transition record. The
+                whole file is read first, so then nothing of it is added.
+        """
+        records = _read_jsonl(path)
+        added = sum(self.add(transitions=records[i : i + batch]) for i in range(0, len(records), batch))
         self.flush()
-        return read, added
+        return len(records), added
 
     def export_jsonl(self, path: str | Path) -> int:
         """Write every live transition as JSONL, in insertion order; returns the count.
@@ -692,6 +679,30 @@ class ExactBuffer:
                 raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from exc
             raise
         return count
+
+
+def _read_jsonl(path: str | Path) -> list[Transition]:
+    """Every Transition record of a JSONL file (blank lines skipped).
+
+    Decoded in full before any is added: adding batch by batch as lines came in stored
+    the batches before a bad line (4096 of a 5001-line file whose last line was bad),
+    and a retry of the fixed file with ``dedup: none`` stored those twice. Decoding also
+    rejects text a segment cannot hold (lone surrogates, invalid UTF-8).
+    """
+    decoder = msgspec.json.Decoder(Transition)
+    records: list[Transition] = []
+    try:
+        with open(path, "rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(decoder.decode(line))
+                except msgspec.DecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not a Transition record: {exc}") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return records
 
 
 def _encode(encoder: Any, texts: list[str]) -> np.ndarray:

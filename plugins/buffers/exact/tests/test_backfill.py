@@ -1,7 +1,9 @@
 """Switching encoders on a populated buffer: online backfill with distance rank merge."""
 
 import numpy as np
+import pytest
 
+from dreamgym_core.errors import DataError
 from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
 from dreamgym_plugin_exact import EncoderRef, ExactBuffer, ExactConfig, embedding_text, make_exact
 
@@ -74,3 +76,42 @@ def test_added_records_during_backfill_use_the_new_encoder(tmp_path, distinct):
     while b.backfill_step():
         pass
     assert b.backfill_progress == (60, 60)
+
+
+def _backfill(path, batches=None):
+    """Re-embed the buffer at ``path`` with the new encoder: ``batches`` batches of 30, or all."""
+    cfg = ExactConfig(backfill_background=False, backfill_batch=30)
+    with ExactBuffer(cfg, encoder=HashingEncoder(NEW), path=path) as b:
+        done = 0
+        while (batches is None or done < batches) and b.backfill_step():
+            done += 1
+
+
+def test_a_finished_backfill_stays_finished_after_reopening(tmp_path, distinct):
+    records = _populate(tmp_path, distinct, n=100)
+    _backfill(tmp_path)
+    new, old = HashingEncoder(NEW), HashingEncoder(OLD)
+    cfg = ExactConfig(backfill_background=False)
+    with ExactBuffer(cfg, encoder=new, path=tmp_path) as b:
+        assert b.stats()["spaces"] == {new.id: 100}  # the old vectors are not loaded again
+        assert b.backfill_progress == (100, 100)
+    with ExactBuffer(ExactConfig(on_encoder_change="error"), encoder=new, path=tmp_path) as b:
+        assert list(b) == records
+        assert b.retrieve(queries=[(records[7].state, records[7].action)], k=1) == [[records[7]]]
+    # nothing stored is lost: opened with the old encoder, the buffer has its embeddings
+    with ExactBuffer(ExactConfig(on_encoder_change="error"), encoder=old, path=tmp_path) as b:
+        assert b.stats()["spaces"] == {old.id: 100}
+
+
+def test_a_half_done_backfill_reloads_old_vectors_only_for_rows_not_re_embedded(tmp_path, distinct):
+    records = _populate(tmp_path, distinct, n=100)
+    _backfill(tmp_path, batches=2)
+    new, old = HashingEncoder(NEW), HashingEncoder(OLD)
+    cfg = ExactConfig(backfill_background=False)
+    with ExactBuffer(cfg, encoder=new, path=tmp_path, previous_encoders=[old]) as b:
+        assert b.stats()["spaces"] == {old.id: 40, new.id: 60}
+        assert b.backfill_progress == (60, 100)
+        for t in (records[7], records[90]):  # re-embedded, and not yet
+            assert b.retrieve(queries=[(t.state, t.action)], k=1) == [[t]]
+    with pytest.raises(DataError, match=f"{old.id!r}, configured encoder is {new.id!r}"):
+        ExactBuffer(ExactConfig(on_encoder_change="error"), encoder=new, path=tmp_path)

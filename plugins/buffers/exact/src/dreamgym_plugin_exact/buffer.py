@@ -180,26 +180,47 @@ class ExactBuffer:
                     warnings.warn(f"replay buffer {self.path}/{problem}; the rest is recovered", stacklevel=3)
                 self.problems.append(problem)
         evicted = {rid for f in frames if f.kind == "evict" for rid in f.rids}
+        covered = self._embedded_by_current(frames)
         for frame in frames:
-            self._replay(frame, evicted)
+            self._replay(frame, evicted, covered)
             if frame.kind == "evict" and not frame.rollback:
                 self._evictions.append((self._next_rid, list(frame.rids)))
         self._sealed_rows = len(self._records)
         self._writer = SegmentWriter(self.path, max_records=self.config.segment_records)
 
-    def _replay(self, frame: Frame, evicted: set[int]) -> None:
+    def _embedded_by_current(self, frames: list[Frame]) -> np.ndarray:
+        """Sorted record ids that some frame embeds with the configured encoder."""
+        ids = [np.asarray(f.rids, dtype=np.int64) for f in frames if f.encoder_id == self.encoder.id]
+        return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+
+    def _replay(self, frame: Frame, evicted: set[int], covered: np.ndarray) -> None:
         vectors = self._vectors(frame)
         if frame.kind == "add":
             keep = [i for i, rid in enumerate(frame.rids) if rid not in evicted and rid not in self._row_of]
             rows = self._append([frame.transitions[i] for i in keep], [frame.rids[i] for i in keep])
             self._next_rid = max(self._next_rid, max(frame.rids, default=-1) + 1)
             if vectors is not None:
-                self._space(frame.encoder_id, frame.dim).put(rows, vectors[keep])
+                self._load_vectors(frame, rows, vectors[keep], covered)
         elif frame.kind == "embed" and vectors is not None:
             pairs = [(self._row_of[rid], i) for i, rid in enumerate(frame.rids) if rid in self._row_of]
             if pairs:
                 rows, idx = (np.array(x, dtype=np.int64) for x in zip(*pairs))
-                self._space(frame.encoder_id, frame.dim).put(rows, vectors[idx])
+                self._load_vectors(frame, rows, vectors[idx], covered)
+
+    def _load_vectors(self, frame: Frame, rows: np.ndarray, vectors: np.ndarray, covered: np.ndarray) -> None:
+        """Put a replayed frame's vectors in its encoder's space, except another encoder's
+        vectors of rows in ``covered`` (re-embedded by the configured one).
+
+        Queries never search those (see :meth:`_snapshot`), and a finished backfill drops
+        them in memory only: loaded again, they doubled the memory of a re-embedded buffer,
+        and ``on_encoder_change: error`` refused to open it. They stay in the files, so
+        opening with the old encoder again still finds them."""
+        if frame.encoder_id != self.encoder.id:
+            wanted = ~np.isin(self._rids[rows], covered)
+            rows, vectors = rows[wanted], vectors[wanted]
+            if not len(rows):
+                return
+        self._space(frame.encoder_id, frame.dim).put(rows, vectors)
 
     @staticmethod
     def _vectors(frame: Frame) -> np.ndarray | None:

@@ -27,7 +27,8 @@ class _Group(click.Group):
         except DreamGymError as exc:
             if ctx.obj and ctx.obj.get("traceback") or os.environ.get("DREAMGYM_DEBUG") == "1":
                 traceback.print_exc()
-            click.echo(f"Error: {exc}", err=True)
+            # one line whatever the message quotes (a YAML reader's or pluggy's own lines)
+            click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
             ctx.exit(exc.exit_code)
 
 

@@ -108,14 +108,20 @@ def get_plugin_manager(names: Sequence[str], where: str = "") -> pluggy.PluginMa
             continue
         if installed[name].clashes:
             raise PluginNameClash(name, [installed[name].distribution, *installed[name].clashes], where=where)
+        plugin = load_plugin(installed[name])
+        if pm.get_name(plugin) is not None:  # pluggy refuses one object under two names
+            raise DreamGymError(
+                f"plugin {name!r}: its entry point loads the object plugin {pm.get_name(plugin)!r} already registered "
+                f"({installed[name].distribution}); point it at an object of its own"
+            )
         try:
-            pm.register(load_plugin(installed[name]), name=name)
+            pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:  # a hook implementation that does not match its spec
             raise DreamGymError(f"plugin {name!r}: {exc}") from exc
     try:
         pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise DreamGymError(f"plugin {exc.plugin!r}: {exc}") from exc
+    except pluggy.PluginValidationError as exc:  # a hook implementation no spec names
+        raise DreamGymError(f"plugin {pm.get_name(exc.plugin) or exc.plugin!r}: {exc}") from exc
     if os.environ.get("DREAMGYM_TRACE_HOOKS") == "1":
         pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
         pm.enable_tracing()

@@ -54,6 +54,11 @@ def third_party_site(tmp_path_factory):
     # A hook implementation asking for an argument its hook specification does not pass.
     mismatched = "from dreamgym_core import hookimpl\n\n@hookimpl\ndef dreamgym_register_envs(colour):\n    return []\n"
     build_plugin_package(tmp, "dreamgym-plugin-mismatched", "dreamgym_plugin_mismatched", mismatched, {"mismatched": "dreamgym_plugin_mismatched"})
+    # A hook implementation whose name no hook specification has (a typo).
+    misnamed = "from dreamgym_core import hookimpl\n\n@hookimpl\ndef dreamgym_register_env():\n    return []\n"
+    build_plugin_package(tmp, "dreamgym-plugin-misnamed", "dreamgym_plugin_misnamed", misnamed, {"misnamed": "dreamgym_plugin_misnamed"})
+    # An entry point that loads another plugin's module (pluggy refuses one object under two names).
+    build_plugin_package(tmp, "dreamgym-plugin-alias", "dreamgym_plugin_alias", "", {"alias": "dreamgym_plugin_guess"})
     # An env whose factory fails the way a missing system dependency does.
     crashing = (
         "from dreamgym_core import ComponentSpec, hookimpl\n"
@@ -159,7 +164,31 @@ def test_a_plugin_name_that_two_distributions_register_is_refused_naming_both(th
 def test_a_hook_implementation_that_does_not_match_its_spec_is_one_line(third_party_site, tmp_path):
     result = run_cli("run", str(pipeline(tmp_path, plugins=["guess", "mismatched"])), site=third_party_site)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "plugin 'mismatched':" in result.stderr and "colour" in result.stderr
+    (line,) = result.stderr.strip().splitlines()  # pluggy's own message spans three lines
+    assert line.startswith("Error: plugin 'mismatched':") and "colour" in line
+
+
+def test_a_hook_implementation_no_spec_names_is_one_line_naming_the_plugin(third_party_site, tmp_path):
+    result = run_cli("run", str(pipeline(tmp_path, plugins=["guess", "misnamed"])), site=third_party_site)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()  # was the module's repr, "<module 'dreamgym_plugin_misnamed' from ...>"
+    assert line.startswith("Error: plugin 'misnamed':") and "unknown hook 'dreamgym_register_env'" in line
+
+
+def test_two_entry_points_loading_one_object_is_one_line_naming_both(third_party_site, tmp_path):
+    result = run_cli("run", str(pipeline(tmp_path, plugins=["guess", "alias"])), site=third_party_site)
+    assert result.returncode != 0 and "Traceback" not in result.stderr  # was pluggy's ValueError, uncaught
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: plugin 'alias': its entry point loads the object plugin 'guess' already registered")
+
+
+def test_a_control_character_in_the_pipeline_file_is_one_line(third_party_site, tmp_path):
+    path = tmp_path / "ctrl.yaml"
+    path.write_text(pipeline(tmp_path).read_text() + "note: a\x01b\n")
+    result = run_cli("config", "show", str(path), site=third_party_site)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()  # the YAML reader's message spans two lines
+    assert line.startswith(f"Error: {path}: not valid YAML") and "special characters are not allowed" in line
 
 
 def test_blocked_plugin_is_not_loaded(third_party_site, tmp_path):

@@ -7,7 +7,6 @@ import json
 import re
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +15,6 @@ from conftest import ROOT, build_plugin_package, run_cli
 from dreamgym_core import ComponentSpec, hookimpl
 from dreamgym_core.config import Config
 from dreamgym_core.errors import DreamGymError, DuplicateComponentError
-from dreamgym_core.plugins import Plugins, get_plugin_manager
 
 from stand_ins import CountConfig, CountDomain, StandIns
 

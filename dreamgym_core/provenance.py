@@ -66,17 +66,20 @@ def software_versions(plugin_names: Iterable[str]) -> dict[str, Any]:
 
 
 def changed_packages(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``name old -> new`` for every package whose version differs between two records."""
-    before, after = old.get("packages", {}), new.get("packages", {})
+    """``name old -> new`` for Python and every package whose version differs between two records."""
+    before = {"python": old.get("python"), **old.get("packages", {})}
+    after = {"python": new.get("python"), **new.get("packages", {})}
     return [
-        f"{name} {before.get(name, 'absent')} -> {after.get(name, 'absent')}"
+        f"{name} {before.get(name) or 'absent'} -> {after.get(name) or 'absent'}"
         for name in sorted(set(before) | set(after))
         if before.get(name) != after.get(name)
     ]
 
 
 def record_versions(run_dir: Path, plugin_names: Iterable[str]) -> dict[str, Any]:
-    """Write ``versions.json``; a run resumed under other versions says which changed."""
+    """Write ``versions.json``. A run resumed under other versions says which changed, and
+    keeps the record it replaces as ``versions.<n>.json`` (n = 1 for the first start), so the
+    versions each part of the run ran under stay known."""
     current = software_versions(plugin_names)
     path = run_dir / VERSIONS_FILE
     try:
@@ -84,6 +87,10 @@ def record_versions(run_dir: Path, plugin_names: Iterable[str]) -> dict[str, Any
     except (OSError, ValueError):
         stored = None
     if isinstance(stored, dict) and (changed := changed_packages(stored, current)):
-        log.warning("%s: this run continues under other package versions: %s", run_dir, "; ".join(changed))
+        earlier = 1 + sum(1 for _ in run_dir.glob("versions.*.json"))
+        kept = run_dir / f"versions.{earlier}.json"
+        atomic_write(kept, path.read_bytes())
+        log.warning("%s: this run continues under other versions: %s (the earlier record is kept in %s)",
+                    run_dir, "; ".join(changed), kept.name)
     atomic_write(path, (json.dumps(current, indent=2, sort_keys=True) + "\n").encode())
     return current

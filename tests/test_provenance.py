@@ -35,3 +35,15 @@ def test_a_run_resumed_under_other_versions_says_which_changed(tmp_path, caplog)
         current = record_versions(tmp_path, [])
     assert f"msgspec 0.0.1 -> {metadata.version('msgspec')}" in caplog.text
     assert json.loads((tmp_path / "versions.json").read_text()) == current
+    assert json.loads((tmp_path / "versions.1.json").read_text()) == stale  # the record of the first start is kept
+
+
+def test_a_resume_under_another_python_says_so_and_keeps_each_earlier_record(tmp_path, caplog):
+    first = software_versions([]) | {"python": "3.9.0"}
+    (tmp_path / "versions.json").write_text(json.dumps(first))
+    with caplog.at_level(logging.WARNING, logger="dreamgym_core.provenance"):
+        record_versions(tmp_path, [])
+        record_versions(tmp_path, [])  # same versions again: nothing to keep
+    assert caplog.text.count("python 3.9.0 -> ") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["versions.1.json", "versions.json"]
+    assert json.loads((tmp_path / "versions.1.json").read_text()) == first

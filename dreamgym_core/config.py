@@ -9,6 +9,7 @@ file and the JSON path of the field.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
@@ -401,10 +402,25 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
         raise ConfigError(f"{where}: a pipeline file must be a mapping at the top level")
     for key, value in parse_overrides(overrides, where):
         set_path(data, key, value, where)
+    _refuse_non_finite(data, where)
     try:
         return msgspec.convert(data, type=PipelineConfig)
     except msgspec.ValidationError as exc:
         raise _located(exc, where) from exc
+
+
+def _refuse_non_finite(value: Any, where: str, path: str = "") -> None:
+    """YAML's ``.inf`` and ``.nan`` are floats that pass ``gt=0``: an ``lr`` of inf would train
+    on NaN weights, and the config's JSON record (``Infinity``) is not JSON. No setting means
+    them, so they are refused wherever they appear, components' settings included."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {path or 'value'} is {value}; settings must be finite numbers")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, where, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_non_finite(item, where, f"{path}[{i}]")
 
 
 def convert_config(raw: dict[str, Any], config_type: type, where: str, path: str) -> Any:

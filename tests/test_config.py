@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
@@ -105,6 +106,13 @@ def test_run_dir_must_be_a_directory_of_its_own(tmp_path, run_dir):
     data = pipeline_dict(run_dir.replace("<cwd>", str(Path.cwd())))
     with pytest.raises(ConfigError, match=r"pipeline.yaml: .*run_dir=.* must name a directory of the run's own"):
         load_pipeline(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("value, field", [(".inf", "experience.lr"), ("-.inf", "algo.config.lr"), (".nan", "loop.top_k")])
+def test_infinite_or_nan_settings_are_refused_naming_the_field(tmp_path, value, field):
+    # .inf passed gt=0 checks, trained on NaN weights and wrote "Infinity" into config.json
+    with pytest.raises(ConfigError, match=rf"pipeline.yaml: {re.escape(field)} is (-?inf|nan); settings must be finite"):
+        load_pipeline(write(tmp_path, pipeline_dict("runs/x")), [f"{field}={value}"])
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

@@ -8,6 +8,7 @@ from typing import Iterable
 __all__ = [
     "DreamGymError",
     "PluginNotFound",
+    "PluginBlocked",
     "PluginNameClash",
     "PluginLoadError",
     "DuplicateComponentError",
@@ -41,6 +42,14 @@ class PluginNotFound(DreamGymError):
             f"{prefix}plugin {name!r} is not installed (installed: {', '.join(installed) or 'none'})."
             + _suggest(name, installed)
         )
+
+
+class PluginBlocked(PluginNotFound):
+    """A pipeline names an installed plugin that ``DREAMGYM_BLOCK_PLUGINS`` blocks."""
+
+    def __init__(self, name: str, where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        DreamGymError.__init__(self, f"{prefix}plugin {name!r} is blocked by DREAMGYM_BLOCK_PLUGINS; unset it there to use it")
 
 
 class PluginNameClash(DreamGymError):

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import pluggy
 
 from . import hookspecs
-from .errors import ComponentNotFound, DreamGymError, DuplicateComponentError, PluginLoadError, PluginNameClash, PluginNotFound
+from .errors import ComponentNotFound, DreamGymError, DuplicateComponentError, PluginBlocked, PluginLoadError, PluginNameClash, PluginNotFound
 from .specs import KINDS, ComponentKind, ComponentSpec
 
 __all__ = [
@@ -101,7 +101,7 @@ def get_plugin_manager(names: Sequence[str], where: str = "") -> pluggy.PluginMa
     installed = installed_plugins()
     for name in names:
         if pm.is_blocked(name):
-            raise PluginNotFound(name, [n for n in installed if not pm.is_blocked(n)], where=where)
+            raise PluginBlocked(name, where=where)
         if name not in installed:
             raise PluginNotFound(name, installed, where=where)
         if pm.get_plugin(name) is not None:

@@ -191,7 +191,7 @@ def test_a_control_character_in_the_pipeline_file_is_one_line(third_party_site, 
 
 def test_blocked_plugin_is_not_loaded(third_party_site, tmp_path):
     result = run_cli("config", "show", str(pipeline(tmp_path)), site=third_party_site, env={"DREAMGYM_BLOCK_PLUGINS": "guess"})
-    assert result.returncode == 2 and "plugin 'guess' is not installed" in result.stderr
+    assert result.returncode == 2 and "plugin 'guess' is blocked by DREAMGYM_BLOCK_PLUGINS" in result.stderr
 
 
 def test_config_show_prints_resolved_defaults(third_party_site, tmp_path):

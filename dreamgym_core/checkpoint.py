@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterator, Sequence
 import msgspec
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, DreamGymError
 from .records import Task, Trajectory, Transition
 
 if TYPE_CHECKING:
@@ -224,6 +224,17 @@ def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int | None:
     return load(runner, name, roll_back_buffer=roll_back_buffer)
 
 
+@contextmanager
+def _restoring(path: Path, what: str) -> Iterator[None]:
+    """A plugin's failure to read its own saved state, as one line naming the file."""
+    try:
+        yield
+    except DreamGymError:
+        raise
+    except Exception as exc:  # plugin code: whatever it raises on a damaged file
+        raise DataError(f"{path}: cannot restore {what}: {type(exc).__name__}: {exc}") from exc
+
+
 def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
     """Restore checkpoint ``name`` (``it-00003``); returns its iteration."""
     ckpt = runner.run_dir / "checkpoints" / name
@@ -232,6 +243,8 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
     except (OSError, msgspec.DecodeError) as exc:
         raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
     _check_rng(state, ckpt / "state.json")  # before anything is restored or rolled back
+    if any(not isinstance(row.get("step"), int) for row in state.history):
+        raise DataError(f"{ckpt / 'state.json'}: a history row has no integer 'step'; the checkpoint is damaged")
     if runner.experience_model is not None:
         from .stages import EXPERIENCE_DIR, reload_trained  # stages writes through this module
 
@@ -242,11 +255,14 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
                 f"and checkpoint {name} was trained with it; restore that directory or start the run again"
             )
     runner._reload_policy(required_by=name)
-    runner.algo.load(path=str(ckpt / "algo"))
-    if runner.curriculum is not None and state.curriculum is not None:
-        runner.curriculum.load_state_dict(state.curriculum)
-    if runner.experience_model is not None and state.experience_model is not None:
-        runner.experience_model.load_state_dict(state.experience_model)
+    with _restoring(ckpt / "algo", "the algorithm's state"):
+        runner.algo.load(path=str(ckpt / "algo"))
+    with _restoring(ckpt / "state.json", "the curriculum's state"):
+        if runner.curriculum is not None and state.curriculum is not None:
+            runner.curriculum.load_state_dict(state.curriculum)
+    with _restoring(ckpt / "state.json", "the experience model's state"):
+        if runner.experience_model is not None and state.experience_model is not None:
+            runner.experience_model.load_state_dict(state.experience_model)
     if roll_back_buffer:
         _rollback_buffer(runner, state)
     runner.counters.update(state.counters)

@@ -453,6 +453,26 @@ def test_a_run_dir_that_cannot_be_created_is_a_config_error(register_plugin, tmp
         run_pipeline(_resolved(plugins, tmp_path / "file" / "run", iterations=1), plugins)
 
 
+@pytest.mark.parametrize("damage", ["history", "algo"])
+def test_a_checkpoint_with_a_damaged_history_or_algorithm_state_is_one_line_and_changes_nothing(register_plugin, tmp_path, damage):
+    # Both were tracebacks: KeyError 'step' from the metrics rewind, JSONDecodeError from the algorithm's load.
+    plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
+    run_pipeline(resolved, plugins)
+    ckpt = tmp_path / "run" / "checkpoints" / "it-00001"
+    if damage == "history":
+        state = json.loads((ckpt / "state.json").read_text())
+        state["history"][0].pop("step")
+        (ckpt / "state.json").write_text(json.dumps(state))
+    else:
+        (ckpt / "algo" / "state.json").write_text('{"updates": 1, "par')
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    expected = r"it-00001/state.json: a history row has no integer 'step'" if damage == "history" else (
+        r"it-00001/algo: cannot restore the algorithm's state: JSONDecodeError")
+    with pytest.raises(DataError, match=expected):
+        run_pipeline(resolved, plugins, resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("python_rng", [3, [1, 2], None]), ("torch_rng", [1, 2, 3]), ("numpy_rng", {"kind": "MT19937", "keys": [1, 2]})],

@@ -272,10 +272,11 @@ def unanswered_step(transition: Transition, parsed: bool) -> bool:
 
 
 def unanswered(traj: Trajectory) -> bool:
-    """Whether ``traj`` ended on an :func:`unanswered_step`: then its reward 0 says nothing
-    about the policy's play."""
+    """Whether ``traj`` ended on an :func:`unanswered_step`, or has no step at all (its env
+    crashed at reset, before the policy acted): then its reward 0 says nothing about the
+    policy's play."""
     if not traj.transitions:
-        return False
+        return True
     return unanswered_step(traj.transitions[-1], not traj.decisions or traj.decisions[-1].parsed)
 
 

@@ -567,6 +567,20 @@ def test_drop_unanswered_leaves_out_the_envs_failures_and_groups_left_with_one_e
     assert dropped == 3  # the crash of the first group, and the second group whole (one episode left of two)
 
 
+def test_an_episode_whose_env_crashed_at_reset_is_unanswered_and_dropped():
+    class ResetCrashEnv(CountEnv):
+        def reset(self, *, task, seed=None):
+            raise RuntimeError("engine crashed at reset")
+
+    crashed, played = _scripted_rollout([["<action>inc</action>"], ["<action>stop</action>"]], [ResetCrashEnv(5), CountEnv(5)])[0]
+    assert crashed.transitions == [] and not played.transitions[-1].model_failed
+    # the policy never acted: its reward 0 is the engine's failure, not the policy's
+    assert [unanswered(crashed), unanswered(played)] == [True, False]
+    tasks = CountDomain(CountConfig()).tasks(split="train")[:2]
+    kept_tasks, kept_groups, dropped = drop_unanswered(tasks, [[crashed, played, played], [crashed, played]])
+    assert kept_tasks == [tasks[0]] and kept_groups == [[played, played]] and dropped == 3
+
+
 class EarlyStopCrashEnv(CountEnv):
     """The engine crashes on 'stop' before the target (the scripted policy's mistake);
     the expert demos never stop early, so offline collection does not crash."""

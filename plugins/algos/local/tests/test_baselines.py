@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dreamgym_core.records import PolicyDecision, Task, Trajectory, Transition
 from dreamgym_plugin_local.batch import response_logprobs
 from dreamgym_plugin_local.config import DPOConfig, SFTConfig
 from dreamgym_plugin_local.dpo import DPO, preference_pairs
@@ -24,6 +25,29 @@ def test_preference_pairs_prefer_same_prompt_then_same_step(kit):
     assert all(c != r for _, c, r in pairs)
     assert preference_pairs(group, max_pairs=1) == pairs[:1]
     assert preference_pairs([t for t in group if t.success]) == []
+
+
+def _played(task, steps, success):
+    """A trajectory of (prompt, action) steps: the prompts name the states."""
+    transitions = [Transition(task_id=task.id, episode_id="e", step=i, state=p, action=a, next_state="", reward=float(success and i == len(steps) - 1),
+                              done=i == len(steps) - 1, success=success and i == len(steps) - 1) for i, (p, a) in enumerate(steps)]
+    decisions = [PolicyDecision(text=a, action=a, parsed=True, prompt=p) for p, a in steps]
+    return Trajectory(task=task, transitions=transitions, decisions=decisions)
+
+
+def test_preference_pairs_take_a_rejected_response_at_the_same_state_from_any_failed_trajectory():
+    task = Task(id="t", instruction="find the key", domain="d")
+    win = _played(task, [("P0", "go north"), ("P1", "take key")], True)
+    lose_a = _played(task, [("P0", "go west"), ("Q1", "look")], False)
+    lose_b = _played(task, [("P0", "go north"), ("P1", "drop key")], False)
+    # at P0 the assigned loser's own answer; at P1 the other loser's, not "look" from state Q1
+    assert preference_pairs([win, lose_a, lose_b]) == [("P0", "go north", "go west"), ("P1", "take key", "drop key")]
+    # no failed trajectory reached the state: the assigned loser's step at the same index
+    assert preference_pairs([win, lose_a]) == [("P0", "go north", "go west"), ("P1", "take key", "look")]
+    # a failed trajectory's same-state answer that equals the chosen one is no preference: the next loser's is taken
+    assert preference_pairs([win, lose_b, lose_a]) == [("P0", "go north", "go west"), ("P1", "take key", "drop key")]
+    # the same state, answered only as the winner did: no pair there
+    assert preference_pairs([win, lose_b]) == [("P1", "take key", "drop key")]
 
 
 def test_dpo_raises_chosen_relative_to_rejected(kit):

@@ -1,9 +1,11 @@
 """DPO baseline on preference pairs built from trajectories of the same task.
 
 A pair is (prompt, chosen, rejected): ``chosen`` is a step response of a successful
-trajectory, ``rejected`` a response of a failed trajectory of the same task at the
-same state (same prompt) when one exists, else at the same step index (a similar
-state). Both are scored under the chosen step's prompt.
+trajectory, ``rejected`` a different response of a failed trajectory of the same task at
+the same state (same prompt) when one exists (the winner's assigned failed trajectory
+first, then the others in turn), else the assigned one's response at the same step index
+(a similar state). A state the failed trajectories answered only as the winner did gives
+no pair. Both are scored under the chosen step's prompt.
 """
 
 from __future__ import annotations
@@ -35,10 +37,15 @@ def preference_pairs(group: Sequence[Trajectory], max_pairs: int = 0) -> list[tu
     for w, chosen_steps in enumerate(winners):
         if not losers:
             break
-        rejected_steps = losers[w % len(losers)]
-        by_prompt = {p: r for p, r in rejected_steps}
+        k = w % len(losers)
+        rejected_steps = losers[k]
         for i, (prompt, chosen) in enumerate(chosen_steps):
-            rejected = by_prompt.get(prompt, rejected_steps[min(i, len(rejected_steps) - 1)][1])
+            # the same state: the assigned loser first, then the others in turn
+            same_state = [r for steps in losers[k:] + losers[:k] for p, r in steps if p == prompt]
+            if same_state:
+                rejected = next((r for r in same_state if r != chosen), chosen)
+            else:
+                rejected = rejected_steps[min(i, len(rejected_steps) - 1)][1]
             if rejected != chosen:
                 pairs.append((prompt, chosen, rejected))
     return pairs[:max_pairs] if max_pairs else pairs

@@ -472,23 +472,27 @@ class Runner:
         envs = [SyntheticEnv(model, self.buffer, self.domain, config) for _ in range(n)]
         return envs, step_many
 
-    def act_fn(self, temperature: float):
-        """The policy as a rollout sees it: temperature 0 is greedy decoding."""
+    def act_fn(self, temperature: float, *, evaluation: bool = False):
+        """The policy as a rollout sees it: temperature 0 is greedy decoding (``evaluation``:
+        tells the algorithm, whose sampled evaluations then leave RL's seed stream alone)."""
 
         def act(prompts: list[str]) -> list[str]:
-            return self.algo.act(prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None)
+            return self.algo.act(
+                prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, evaluation=evaluation
+            )
 
         return act
 
     def play(
-        self, tasks: list[Task], phase: str, *, temperature: float, seeds: list[int], tag: str, experience_model: Any = None
+        self, tasks: list[Task], phase: str, *, temperature: float, seeds: list[int], tag: str, experience_model: Any = None,
+        evaluation: bool = False,
     ) -> tuple[list[Trajectory], RolloutStats]:
         """One episode per task in the real or the synthetic environment, closing its envs
         (``experience_model``: a stream of the run's model for measurements; default, RL's own)."""
         envs, step_many = self._make_envs(phase, len(tasks), experience_model)
         try:
             return rollout(
-                tasks=tasks, envs=envs, act=self.act_fn(temperature),
+                tasks=tasks, envs=envs, act=self.act_fn(temperature, evaluation=evaluation),
                 max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
                 seeds=seeds, source="real" if phase == "real" else "synthetic", tag=tag, step_many=step_many,
                 model_id=getattr(self.experience_model, "model_id", "") if phase == "synthetic" else "",
@@ -762,7 +766,7 @@ def evaluate(
         seeds = [10_000 + i for i in range(len(chosen))]
         # The replay draws from its own stream, so evaluating leaves RL's synthetic draws alone.
         model = runner.experience_model.stream(f"replay/{prefix}") if phase == "synthetic" else None
-        return runner.play(chosen, phase, temperature=temperature, seeds=seeds, tag=prefix, experience_model=model)
+        return runner.play(chosen, phase, temperature=temperature, seeds=seeds, tag=prefix, experience_model=model, evaluation=True)
 
     trajectories, stats = play("real")
     if trajectories_out is not None:

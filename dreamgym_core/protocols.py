@@ -207,8 +207,12 @@ class Curriculum(Protocol):
 class Algorithm(Protocol):
     """An RL or baseline trainer owning a policy."""
 
-    def act(self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None) -> list[str]:
-        """Policy completions for agent prompts (``temperature`` None: the algorithm's own)."""
+    def act(
+        self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None, evaluation: bool = False
+    ) -> list[str]:
+        """Policy completions for agent prompts (``temperature`` None: the algorithm's own;
+        ``evaluation``: an evaluation's play, not RL's, whose sampled calls should draw from a
+        seed stream of their own so that RL samples alike whatever was evaluated)."""
 
     def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> Metrics:
         """One update from groups of trajectories (a group = rollouts of one task)."""

@@ -188,7 +188,7 @@ class RecordingAlgo:
     def __init__(self, config: RecordConfig, *, policy: Any, seed: int) -> None:
         self.policy, self.updates, self.param = policy, 0, 0.0
 
-    def act(self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None) -> list[str]:
+    def act(self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None, evaluation: bool = False) -> list[str]:
         return self.policy.generate(prompts=list(prompts), max_new_tokens=32)
 
     def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:

@@ -581,6 +581,37 @@ def test_an_episode_whose_env_crashed_at_reset_is_unanswered_and_dropped():
     assert kept_tasks == [tasks[0]] and kept_groups == [[played, played]] and dropped == 3
 
 
+class EvalFlagAlgo:
+    """The recording algorithm, keeping how each act() call was made."""
+
+    calls: list[tuple[bool, float | None, bool]] = []
+
+    @hookimpl
+    def dreamgym_register_algos(self):
+        from stand_ins import RecordConfig, RecordingAlgo
+
+        class FlagRecordingAlgo(RecordingAlgo):
+            def act(self, *, prompts, greedy=False, temperature=None, evaluation=False):
+                EvalFlagAlgo.calls.append((greedy, temperature, evaluation))
+                return super().act(prompts=prompts, greedy=greedy, temperature=temperature)
+
+        return [ComponentSpec(name="record-flags", factory=FlagRecordingAlgo, config_type=RecordConfig,
+                              description="Recording algorithm keeping its act() calls (test double).")]
+
+
+@pytest.mark.parametrize("eval_temperature", [0.0, 0.5])
+def test_evaluation_plays_tell_the_algorithm_they_are_evaluations(register_plugin, tmp_path, eval_temperature):
+    """So that a sampled evaluation draws from a seed stream of its own and leaves RL's alone."""
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(EvalFlagAlgo(), "eval-flags")
+    EvalFlagAlgo.calls = []
+    parts = {"algo": {"name": "record-flags"}, "eval": {"episodes": 2, "temperature": eval_temperature}}
+    run_pipeline(_resolved(plugins, tmp_path / "run", parts, iterations=1, sampling_temperature=0.7), plugins)
+    rl = (False, 0.7, False)
+    evaluation = (True, None, True) if eval_temperature == 0 else (False, 0.5, True)
+    assert set(EvalFlagAlgo.calls) == {rl, evaluation}
+
+
 class EarlyStopCrashEnv(CountEnv):
     """The engine crashes on 'stop' before the target (the scripted policy's mistake);
     the expert demos never stop early, so offline collection does not crash."""

@@ -48,6 +48,24 @@ def test_greedy_calls_do_not_move_the_sampling_seed(kit):
     assert len(set(sampled[0])) > 1  # the draws are random, not one repeated answer
 
 
+def test_sampled_evaluation_calls_draw_from_a_stream_of_their_own(kit):
+    """A run that evaluated at eval.temperature > 0 before RL (or evaluated more) must sample
+    RL's rollouts alike; the evaluations' own draws are seeded and are not RL's."""
+    groups = kit.make_groups()
+    prompts = [d.prompt for g in groups for t in g for d in t.decisions][:4]
+    sampled, evaluated = [], []
+    for evaluations_first in (0, 3, 3):
+        backend, corpus = tiny_backend(groups)
+        backend.prepare(corpus=corpus)
+        algo = GRPO(GRPOConfig(lr=1e-3, max_new_tokens=8, temperature=0.5), policy=backend, seed=0)
+        evaluated.append([algo.act(prompts=prompts, temperature=0.5, evaluation=True) for _ in range(evaluations_first)])
+        sampled.append(algo.act(prompts=prompts) + algo.act(prompts=prompts))
+    assert sampled[0] == sampled[1] == sampled[2]
+    assert evaluated[1] == evaluated[2]  # seeded: the same evaluations draw the same answers
+    assert evaluated[1][0] != sampled[0][:4]  # and not with RL's noise
+    assert len({a for answers in evaluated[1] for a in answers}) > 1
+
+
 def long_prompt_backend(max_length=256):
     prompt = " ".join(f"room {i} has a door to the north ." for i in range(60)) + " action"
     backend = hf.build_tiny(TinyConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=300,

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from dreamgym_core.errors import ConfigError, DataError, DreamGymError
+from dreamgym_core.experience import call_seed, stream_seed
 
 from .batch import TokenBatch, response_logprobs, tokenize_steps
 from .config import TrainerConfig
@@ -62,7 +63,7 @@ class LocalTrainer:
         self._check_precision(policy.model)
         self.config, self.policy, self.seed = config, policy, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.counters = {"updates": 0, "act_calls": 0, "sampled_calls": 0, "nonfinite_loss_steps": 0}
+        self.counters = {"updates": 0, "act_calls": 0, "sampled_calls": 0, "eval_sampled_calls": 0, "nonfinite_loss_steps": 0}
         self._bound: torch.nn.Module | None = None
         # The temperature of the latest sampled act() call (the run loop passes its
         # sampling_temperature), config.temperature before any: GRPO and PPO score the
@@ -133,22 +134,32 @@ class LocalTrainer:
 
     # --- acting -----------------------------------------------------------------------
 
-    def act(self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None) -> list[str]:
+    def act(
+        self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None, evaluation: bool = False
+    ) -> list[str]:
         """Sample (or greedily decode) one response per prompt with the policy backend;
-        ``temperature`` (the run loop's) overrides the configured one."""
+        ``temperature`` (the run loop's) overrides the configured one; ``evaluation``: an
+        evaluation's play, sampled from a seed stream of its own."""
         temperature = 0.0 if greedy else (self.config.temperature if temperature is None else temperature)
         self.counters["act_calls"] += 1
-        if temperature > 0:
-            self.sampling_temperature = temperature
-        # Only sampled calls advance the seed stream: greedy play (evaluation, warm-start
-        # validation) draws nothing, so runs that evaluated more or less before RL sample alike.
-        self.counters["sampled_calls"] += int(temperature > 0)
+        if evaluation and temperature > 0:
+            # Sampled evaluations (eval.temperature > 0) count and seed apart from RL's calls, so
+            # runs that evaluated more or less before RL sample RL's rollouts alike.
+            self.counters["eval_sampled_calls"] += 1
+            seed = call_seed(stream_seed(self.seed, "evaluation"), self.counters["eval_sampled_calls"])
+        else:
+            if temperature > 0:
+                self.sampling_temperature = temperature
+            # Only sampled calls advance the seed stream: greedy play (evaluation, warm-start
+            # validation) draws nothing, so runs that evaluated more or less before RL sample alike.
+            self.counters["sampled_calls"] += int(temperature > 0)
+            seed = self.seed * 1_000_003 + self.counters["sampled_calls"]
         return self.policy.generate(
             prompts=list(prompts),
             max_new_tokens=self.config.max_new_tokens,
             temperature=temperature,
             stop=list(self.config.stop),
-            seed=self.seed * 1_000_003 + self.counters["sampled_calls"],
+            seed=seed,
         )
 
     # --- shared update machinery -----------------------------------------------------------

@@ -153,12 +153,17 @@ def parse_reflection(text: str, *, max_chars: int = 600) -> str | None:
 class TeacherReflector:
     """Reflections written by a teacher model (METHOD.md section 5), one prompt per demo state;
     an answer that stays unusable after ``max_retries`` re-generations falls back to the
-    rule-based :func:`reflection` and is counted in ``counters["fallback"]``."""
+    rule-based :func:`reflection` and is counted in ``counters["fallback"]``. The first answer
+    is greedy; re-generations sample at ``retry_temperature`` (as the experience model's do):
+    a greedy retry would repeat the failure."""
 
-    def __init__(self, backend: Any, *, max_new_tokens: int = 160, max_retries: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self, backend: Any, *, max_new_tokens: int = 160, max_retries: int = 1, retry_temperature: float = 0.7, seed: int = 0
+    ) -> None:
         self.backend = backend
         self.max_new_tokens = max_new_tokens
         self.max_retries = max_retries
+        self.retry_temperature = retry_temperature
         self.seed = seed
         self.counters = {"teacher": 0, "fallback": 0}
 
@@ -170,7 +175,8 @@ class TeacherReflector:
                 break
             texts = self.backend.generate(
                 prompts=[reflection_prompt(*items[key]) for key in pending], max_new_tokens=self.max_new_tokens,
-                temperature=0.0, stop=[], seed=call_seed(stream_seed(self.seed, "reflect"), attempt),
+                temperature=self.retry_temperature if attempt else 0.0, stop=[],
+                seed=call_seed(stream_seed(self.seed, "reflect"), attempt),
             )
             for key, text in zip(pending, texts):
                 if (parsed := parse_reflection(text)) is not None:

@@ -808,18 +808,20 @@ class TeacherAnnotator:
     An episode whose answer stays unusable after ``max_retries`` re-generations falls
     back to ``fallback.annotate`` (a domain's rule-based annotator) when one is given,
     and is counted in ``counters["fallback"]``; without a fallback it raises
-    :class:`AnnotationError`.
+    :class:`AnnotationError`. Re-generations sample at ``retry_temperature`` at least
+    (as the experience model's do): a greedy retry would repeat the failure.
     """
 
     def __init__(
         self, backend: Any, *, fallback: Any = None, max_retries: int = 2, max_new_tokens: int = 1024,
-        temperature: float = 0.0, seed: int = 0,
+        temperature: float = 0.0, retry_temperature: float = 0.7, seed: int = 0,
     ) -> None:
         self.backend = backend
         self.fallback = fallback
         self.max_retries = max_retries
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.retry_temperature = retry_temperature
         self.seed = seed
         self.counters = {"episodes": 0, "teacher": 0, "fallback": 0, "retries": 0}
 
@@ -831,11 +833,13 @@ class TeacherAnnotator:
         for attempt in range(self.max_retries + 1):
             if not pending:
                 break
+            temperature = self.temperature
             if attempt:
                 self.counters["retries"] += len(pending)
+                temperature = max(temperature, self.retry_temperature)
             texts = self.backend.generate(
                 prompts=[annotation_prompt(episodes[i]) for i in pending], max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, stop=[], seed=call_seed(stream_seed(self.seed, "annotate"), attempt),
+                temperature=temperature, stop=[], seed=call_seed(stream_seed(self.seed, "annotate"), attempt),
             )
             for i, text in zip(pending, texts):
                 plans[i] = parse_annotation(text, len(episodes[i]))

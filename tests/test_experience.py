@@ -659,6 +659,32 @@ def test_teacher_annotates_and_retries() -> None:
     assert "Task succeeded: true" in lm.calls[0]["prompts"][0] and "transition_plan" in annotation_prompt(data[:3])
 
 
+def test_teacher_retries_are_sampled_not_greedy_repeats() -> None:
+    # a greedy retry repeats the answer that failed: retries run at least at retry_temperature
+    data = _episode("a", 2)
+    lm = ScriptedLM(queue=["oops", "oops", _teacher_json(2)])
+    annotator = TeacherAnnotator(lm)
+    assert [t.reasoning for t in annotator.annotate(transitions=data)] == ["plan 0", "plan 1"]
+    assert [c["temperature"] for c in lm.calls] == [0.0, 0.7, 0.7]
+    lm = ScriptedLM(queue=["oops", _teacher_json(2)])
+    TeacherAnnotator(lm, temperature=0.9, retry_temperature=0.5).annotate(transitions=data)
+    assert [c["temperature"] for c in lm.calls] == [0.9, 0.9]  # never below the configured temperature
+
+
+def test_teacher_reflection_retries_are_sampled_not_greedy_repeats() -> None:
+    from dreamgym_core.early import TeacherReflector
+
+    step = _episode("a", 1)[0]
+    branch = msgspec.structs.replace(step, episode_id="a/branch-0", action="look", next_state="nothing")
+    lm = ScriptedLM(queue=["", "Taking it wins."])
+    teacher = TeacherReflector(lm, max_retries=2)
+    assert teacher.reflect({("a", 0): (TASK, step, [branch])}) == {("a", 0): "Taking it wins."}
+    assert [c["temperature"] for c in lm.calls] == [0.0, 0.7]
+    lm = ScriptedLM(queue=["", "Taking it wins."])
+    TeacherReflector(lm, retry_temperature=0.3).reflect({("a", 0): (TASK, step, [branch])})
+    assert [c["temperature"] for c in lm.calls] == [0.0, 0.3]
+
+
 def test_teacher_failure_is_never_silent() -> None:
     data = _episode("a", 2)
     with pytest.raises(AnnotationError, match="episode 'a'"):

@@ -8,9 +8,9 @@
 3. otherwise :class:`SyntheticEnvError`.
 
 ``step(action=...)`` builds an :class:`ExperienceRequest` (history window, top-k demos
-from the buffer), calls the model, turns an invalid action or an unparsable answer
-into a failure state with reward 0, adds the synthetic transition to the buffer and
-caps the episode at ``max_steps``. With ``reject_unlisted``, an action missing from the
+from the buffer, never of the episode being played), calls the model, turns an invalid
+action or an unparsable answer into a failure state with reward 0, adds the synthetic
+transition to the buffer and caps the episode at ``max_steps``. With ``reject_unlisted``, an action missing from the
 current state's own action list is such a failure without a model call: the abstract state
 lists what can be done, so the model is not asked to judge what the state already rules out.
 With ``reject_unlisted_at="start"`` only the start state's list counts: it is the real reset's,
@@ -51,7 +51,9 @@ class SyntheticEnvConfig(Config):
     history_window: Annotated[
         NonNegativeInt, Meta(description="Earlier (state, action) pairs given to the experience model.")
     ] = 4
-    top_k: Annotated[NonNegativeInt, Meta(description="Buffer transitions retrieved per step as demos.")] = 4
+    top_k: Annotated[
+        NonNegativeInt, Meta(description="Buffer transitions retrieved per step as demos (never of the episode being played).")
+    ] = 4
     add_to_buffer: Annotated[bool, Meta(description="Add every synthetic transition to the buffer.")] = True
     reject_unlisted: Annotated[
         bool,
@@ -218,18 +220,28 @@ def storable(transitions: Sequence[Transition]) -> list[Transition]:
     return [t for t in transitions if not t.model_failed]
 
 
+def _own_steps(env: SyntheticEnv) -> int:
+    """How many of the current episode's steps ``env`` may have put in its buffer so far."""
+    return len(env._history) if env.config.add_to_buffer else 0
+
+
 def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list[Transition]]:
-    """Demos for every env, one ``retrieve`` call per distinct buffer."""
+    """Demos for every env, one ``retrieve`` call per distinct buffer. An env that adds its
+    steps at once (``add_to_buffer``) is never shown its own episode's steps, as training's
+    demos never are (:func:`~dreamgym_core.experience.requests_for`): it asks for as many
+    more neighbours as it has stored, so ``top_k`` remain when the buffer holds them."""
     demos: list[list[Transition]] = [[] for _ in envs]
     groups: dict[int, list[int]] = {}
     for i, env in enumerate(envs):
         if env.buffer is not None and env.config.top_k > 0:
             groups.setdefault(id(env.buffer), []).append(i)
     for members in groups.values():
-        buffer, k = envs[members[0]].buffer, max(envs[i].config.top_k for i in members)
+        buffer, k = envs[members[0]].buffer, max(envs[i].config.top_k + _own_steps(envs[i]) for i in members)
         hits = buffer.retrieve(queries=[(envs[i]._obs.text, actions[i]) for i in members], k=k)  # type: ignore[union-attr]
         for i, found in zip(members, hits):
-            demos[i] = list(found)[: envs[i].config.top_k]
+            env = envs[i]
+            own = (env._task.id, env._episode_id) if _own_steps(env) else None  # type: ignore[union-attr]
+            demos[i] = [d for d in found if (d.task_id, d.episode_id) != own][: env.config.top_k]
     return demos
 
 

@@ -56,11 +56,34 @@ def test_episode_reaches_success_with_outcome_reward() -> None:
     assert [t.step for t in stored] == [0, 1, 2] and {t.source for t in stored} == {"synthetic"}
     assert stored[2].state == "You are in room 2." and stored[2].model_id == "scripted-lm"
     assert stored[0].reasoning == "because" and stored[0].instruction == TASK.instruction
-    # step 3's prompt: history window 1 and demos retrieved from what the buffer held
+    # step 3's prompt: history window 1, and no demos: the buffer holds only this episode's own steps
     prompt = lm.calls[2]["prompts"][0]
-    assert prompt.count(" -> ") == 1 and "Similar transitions" in prompt
+    assert prompt.count(" -> ") == 1 and "Similar transitions" not in prompt
     with pytest.raises(SyntheticEnvError, match="after the episode"):
         env.step(action="go")
+
+
+def test_retrieval_never_shows_the_episodes_own_steps_and_still_gives_k_demos() -> None:
+    # training's demos leave out a transition's own episode (experience._demos): the standalone
+    # env, which adds each step at once, must not show the episode its own steps either
+    buffer = ListBuffer(make_transitions(2))
+    env, _ = make_env(buffer, top_k=2, history_window=0)
+    requests = []
+    predict = env.model.predict
+    env.model.predict = lambda **kw: (requests.extend(kw["requests"]), predict(**kw))[1]
+    for seed in (1, 2):
+        env.reset(task=TASK, seed=seed)
+        for action in ("go", "go", "take coin"):
+            assert env.step(action=action).info["retrieved"] == 2
+    assert len(buffer) == 8 and len(requests) == 6
+    first, second = {t.episode_id for t in buffer.items[2:5]}, {t.episode_id for t in buffer.items[5:]}
+    assert len(first) == len(second) == 1 and first != second
+    for request in requests[:3]:
+        assert len(request.demos) == 2 and not {d.episode_id for d in request.demos} & first
+    for request in requests[3:]:
+        assert len(request.demos) == 2 and not {d.episode_id for d in request.demos} & second
+    # an episode that has ended is experience like any other
+    assert any(d.episode_id in first for r in requests[4:] for d in r.demos)
 
 
 def test_invalid_action_is_a_failure_state_with_zero_reward() -> None:

@@ -65,3 +65,20 @@ def trained() -> TinyBackend:
     backend.prepare(corpus=corpus())
     backend.sft(examples=make_examples(), epochs=25, lr=5e-3, batch_size=8)
     return backend
+
+
+@pytest.fixture(scope="session")
+def short_gpt2(tmp_path_factory) -> str:
+    """A saved GPT-2 of 64 positions (learned position embeddings: position 64 does not exist)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "<eos>": 2}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", eos_token="<eos>")
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=3, n_positions=64, n_embd=16, n_layer=1, n_head=2, bos_token_id=2, eos_token_id=2))
+    path = tmp_path_factory.mktemp("gpt2") / "short"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+

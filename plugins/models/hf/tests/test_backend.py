@@ -217,7 +217,7 @@ def test_save_reload_gives_identical_generations(trained, tmp_path):
     trained.save(path=str(path))  # overwriting an existing checkpoint is safe
     assert (path / "model.safetensors").is_file()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
-    reloaded = HFBackend.load(str(path))
+    reloaded = HFBackend.load(str(path), max_length=1024)
     prompts = [PROMPT, "Room: bedroom."]
     for seed in (0, 1):
         expected = trained.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=seed)
@@ -234,7 +234,7 @@ def test_saves_and_loads_print_no_progress_bars_and_leave_the_setting_as_it_was(
             (hf_logging.enable_progress_bar if shown else hf_logging.disable_progress_bar)()
             capfd.readouterr()
             trained.save(path=str(path))
-            HFBackend.load(str(path))
+            HFBackend.load(str(path), max_length=1024)
             err = capfd.readouterr().err
             assert "Writing model shards" not in err and "Loading weights" not in err
             assert hf_logging.is_progress_bar_enabled() is shown
@@ -252,7 +252,7 @@ def test_lora_trains_only_adapters_and_merges_on_save(tmp_path, make_examples, s
         if name in frozen_before:
             assert torch.equal(param, frozen_before[name]), name
     backend.save(path=str(tmp_path / "merged"))
-    merged = HFBackend.load(str(tmp_path / "merged"))
+    merged = HFBackend.load(str(tmp_path / "merged"), max_length=1024)
     ids = torch.tensor([backend.encode_prompt(PROMPT, limit=100)])
     with torch.no_grad():
         assert torch.allclose(backend.model(input_ids=ids).logits, merged.model(input_ids=ids).logits, atol=1e-4)
@@ -305,7 +305,7 @@ def test_a_hub_id_in_the_local_cache_loads_without_network(trained, connections,
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    loaded = HFBackend.load("someone/tiny")
+    loaded = HFBackend.load("someone/tiny", max_length=1024)
     assert loaded.model_id == "someone/tiny"
     assert loaded.generate(prompts=[PROMPT], max_new_tokens=8, temperature=0) == trained.generate(
         prompts=[PROMPT], max_new_tokens=8, temperature=0
@@ -358,7 +358,7 @@ def test_a_checkpoints_generation_config_does_not_change_sampling(make_examples,
     config_file = tmp_path / "tuned" / "generation_config.json"
     settings = {"repetition_penalty": 1.5, "no_repeat_ngram_size": 1, "do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8}
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **settings}))
-    plain, tuned = HFBackend.load(str(tmp_path / "plain")), HFBackend.load(str(tmp_path / "tuned"))
+    plain, tuned = HFBackend.load(str(tmp_path / "plain"), max_length=1024), HFBackend.load(str(tmp_path / "tuned"), max_length=1024)
     prompts = [PROMPT, "Room: bedroom."]
     for kwargs in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}):
         assert tuned.generate(prompts=prompts, max_new_tokens=12, **kwargs) == plain.generate(
@@ -374,13 +374,13 @@ def test_sft_refuses_to_update_float16_weights_but_trains_float16_lora(trained, 
     # AdamW on float16 weights (no float32 master copy) turned every weight NaN after one step:
     # its eps (1e-8) is 0 in float16, and 0/0 where a gradient is 0 (unused embedding rows).
     trained.save(path=str(tmp_path / "m"))
-    half = HFBackend.load(str(tmp_path / "m"), dtype="float16")
+    half = HFBackend.load(str(tmp_path / "m"), dtype="float16", max_length=1024)
     before = {n: p.detach().clone() for n, p in half.model.named_parameters()}
     with pytest.raises(ConfigError, match="float16"):
         half.sft(examples=make_examples()[:4], epochs=1, lr=1e-3, batch_size=4)
     assert all(torch.equal(p, before[n]) for n, p in half.model.named_parameters())
     # LoRA adapters on a float16 model are float32 (peft), so that trains
-    adapted = HFBackend.load(str(tmp_path / "m"), dtype="float16", lora=LoraSettings(r=4))
+    adapted = HFBackend.load(str(tmp_path / "m"), dtype="float16", lora=LoraSettings(r=4), max_length=1024)
     metrics = adapted.sft(examples=make_examples()[:4], epochs=1, lr=1e-3, batch_size=4)
     assert math.isfinite(metrics["losses/sft_loss"])
     assert all(torch.isfinite(p).all() for p in adapted.model.parameters())
@@ -403,12 +403,31 @@ def test_a_checkpoint_whose_generation_config_transformers_calls_invalid_saves(t
     trained.save(path=str(tmp_path / "hub"))
     config_file = tmp_path / "hub" / "generation_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "temperature": 0.6, "top_p": 0.9}))
-    loaded = HFBackend.load(str(tmp_path / "hub"))
+    loaded = HFBackend.load(str(tmp_path / "hub"), max_length=1024)
     loaded.save(path=str(tmp_path / "trained"))
     saved = json.loads((tmp_path / "trained" / "generation_config.json").read_text())
     assert saved["temperature"] == 0.6 and saved["top_p"] == 0.9 and "do_sample" not in saved
     assert loaded.model.generation_config.temperature == 0.6  # the live model's config is back
-    again = HFBackend.load(str(tmp_path / "trained"))
+    again = HFBackend.load(str(tmp_path / "trained"), max_length=1024)
     assert again.generate(prompts=[PROMPT], max_new_tokens=8, temperature=0) == trained.generate(
         prompts=[PROMPT], max_new_tokens=8, temperature=0
     )
+
+
+def test_a_max_length_over_the_models_positions_is_a_config_error(short_gpt2):
+    # before: the default max_length 2048 was taken on a 64-position model, and a 100-token
+    # prompt failed inside the embedding with "IndexError: index out of range in self"
+    with pytest.raises(ConfigError) as info:
+        HFBackend.load(short_gpt2)
+    message = str(info.value)
+    assert "max_length=2048" in message and "64" in message and "n_positions" in message and "\n" not in message
+    backend = HFBackend.load(short_gpt2, max_length=64)
+    assert backend.prompt_fits("a " * 50, max_new_tokens=4) and not backend.prompt_fits("a " * 61, max_new_tokens=4)
+    (text,) = backend.generate(prompts=["a " * 100], max_new_tokens=4, temperature=0)  # the prompt keeps its end
+    assert isinstance(text, str) and backend.prompts_cut == 1
+
+
+def test_reloading_a_model_with_fewer_positions_than_max_length_is_refused(short_gpt2, small_config):
+    backend = TinyBackend(small_config())  # max_length 1024
+    with pytest.raises(ConfigError, match="max_length=1024"):
+        backend.reload(path=short_gpt2)

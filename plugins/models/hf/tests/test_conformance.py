@@ -36,4 +36,4 @@ def test_hf_tiny_conformance(plugins, small_config):
 def test_hf_conformance_on_a_saved_checkpoint(plugins, trained, tmp_path):
     trained.save(path=str(tmp_path / "m"))
     spec = plugins.component("model", "hf")
-    check_language_model(spec.factory(convert_config({"path": str(tmp_path / "m")}, spec.config_type, "test", "$")))
+    check_language_model(spec.factory(convert_config({"path": str(tmp_path / "m"), "max_length": 1024}, spec.config_type, "test", "$")))

@@ -234,7 +234,7 @@ def test_chat_completion_conditions_on_one_start_token(trained, tmp_path):
     from dreamgym_plugin_hf.serve import chat_body
 
     trained.save(path=str(tmp_path / "m"))
-    backend = HFBackend.load(str(tmp_path / "m"))
+    backend = HFBackend.load(str(tmp_path / "m"), max_length=1024)
     tok = backend.tokenizer
     bos = [("<|bos|>", tok.bos_token_id)]
     tok._tokenizer.post_processor = TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A $B", special_tokens=bos)
@@ -279,3 +279,21 @@ def test_tokenize_of_messages_counts_what_the_chat_endpoint_generates_from(train
     finally:
         trained.model.generate = generate
     assert counted["tokens"] == seen[0] and counted["count"] == len(seen[0])
+
+
+def test_the_servers_max_length_is_the_models_context_at_most_2048(short_gpt2, small_config, tmp_path, capsys):
+    # before: the server took max_length 2048 whatever the model, so /tokenize promised a
+    # 64-position model 2048 tokens and a long prompt failed inside it
+    from dreamgym_plugin_hf.serve import load_backend, tokenize_body
+    from dreamgym_plugin_hf.tiny import TinyBackend
+
+    backend = load_backend(short_gpt2)
+    assert tokenize_body(backend, {"prompt": "a a"}, threading.Lock())["max_model_len"] == 64
+    assert load_backend(short_gpt2, max_length=32).config.max_length == 32
+    TinyBackend(small_config(max_positions=4096)).save(path=str(tmp_path / "long"))
+    assert load_backend(str(tmp_path / "long")).config.max_length == 2048
+    with pytest.raises(SystemExit) as info:
+        main(["--model-dir", short_gpt2, "--port", "0", "--max-length", "100"])
+    assert info.value.code != 0
+    error = capsys.readouterr().err
+    assert "max_length=100" in error and "64 positions" in error and error.count("\n") == 1

@@ -30,7 +30,7 @@ from .text import IGNORE, cut_at_stop, keep_end, left_pad, right_pad, segment_la
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HFBackend", "load_pretrained", "save_checkpoint"]
+__all__ = ["HFBackend", "context_length", "load_pretrained", "save_checkpoint"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Example = Sequence[tuple[str, bool]]
@@ -109,6 +109,16 @@ def load_pretrained(path: str, dtype: str = "float32", *, allow_download: bool =
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"hf: cannot load a causal LM from path={path!r}: {first}") from exc
     return model, tokenizer
+
+
+def context_length(model: PreTrainedModel) -> tuple[str, int] | None:
+    """The model's number of positions and the config field that holds it (GPT-2's
+    ``n_positions``, else ``max_position_embeddings``); None when its config names neither."""
+    for field in ("n_positions", "max_position_embeddings"):
+        value = getattr(model.config, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return field, value
+    return None
 
 
 def _save_model(model: PreTrainedModel, directory: Path) -> None:
@@ -210,6 +220,15 @@ class HFBackend:
         tokenizer.padding_side = "left"
         if self.chat_template and not tokenizer.chat_template:
             raise ConfigError(f"hf: chat_template=true but the tokenizer of {self.model_id!r} has no chat template")
+        # past its positions a model fails inside (GPT-2: IndexError) or extrapolates unseen ones
+        positions = context_length(model)
+        if positions is not None and self.config.max_length > positions[1]:
+            field, n = positions
+            source = getattr(model, "name_or_path", "") or self.model_id
+            raise ConfigError(
+                f"hf: max_length={self.config.max_length} exceeds the {n} positions of the model"
+                f"{f' {source!r}' if source else ''} (config.{field}); set max_length to {n} or less"
+            )
         model = model.to(self.config.device)
         if self.config.lora is not None:
             model = _wrap_lora(model, self.config.lora)

@@ -8,6 +8,8 @@ Requests are served one generate() at a time (the model is not thread-safe); one
 client hung up while it waited (a client timeout) is dropped, not generated. With
 ``--api-key-env NAME``, requests must carry ``Authorization: Bearer <key>`` where the
 key is that variable's value; the server refuses to start when it is unset or empty.
+``--max-length`` (the ``max_model_len`` ``/tokenize`` reports) defaults to the model's own
+context, at most 2048; one over the model's context stops the server with a one-line error.
 
     python -m dreamgym_plugin_hf.serve --model-dir runs/x/policy --port 8011
 """
@@ -29,7 +31,7 @@ from typing import Any, Iterator
 
 from dreamgym_core.errors import DreamGymError
 
-__all__ = ["make_server", "start_server", "completion_body", "tokenize_body", "chat_prompt", "main"]
+__all__ = ["make_server", "start_server", "load_backend", "completion_body", "tokenize_body", "chat_prompt", "main"]
 
 
 # A request is prompts and parameters: 16 MiB is millions of tokens, beyond any context window.
@@ -280,6 +282,28 @@ def start_server(backend: Any, *, host: str = "127.0.0.1", port: int = 0, api_ke
     return server
 
 
+def load_backend(model_dir: str, *, chat_template: bool = False, max_length: int | None = None) -> Any:
+    """The HFBackend served for ``model_dir``. Without ``max_length`` it is the model's own
+    context (its config's ``n_positions`` or ``max_position_embeddings``), at most the hf
+    config's default 2048; a larger ``max_length`` than the model's context is a ConfigError."""
+    from .backend import HFBackend, context_length, load_pretrained
+    from .config import HFConfig
+
+    model, tokenizer = load_pretrained(model_dir)
+    if max_length is None:
+        default = HFConfig().max_length
+        positions = context_length(model)
+        max_length = min(default, positions[1]) if positions is not None else default
+    config = HFConfig(path=model_dir, chat_template=chat_template, max_length=max_length)
+    return HFBackend(config, model=model, tokenizer=tokenizer, model_id=model_dir, chat_template=chat_template)
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dreamgym-hf-serve", description="OpenAI-compatible server for an hf model directory.")
     parser.add_argument("--model-dir", required=True, help="a directory saved by an hf backend (or any causal LM)")
@@ -287,18 +311,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--chat-template", action="store_true", help="wrap /v1/completions prompts as a user turn")
     parser.add_argument("--api-key-env", default=None, help="env var holding the key clients must send")
+    parser.add_argument("--max-length", type=_positive_int, default=None,
+                        help="token cap of prompt + completion (default: the model's context, at most 2048)")
     args = parser.parse_args(argv)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:  # serving without the asked-for key would be open to anyone
         parser.exit(2, f"error: --api-key-env {args.api_key_env}: that environment variable is unset or empty\n")
-    from .backend import HFBackend
-
     try:
-        backend = HFBackend.load(args.model_dir, chat_template=args.chat_template)
+        backend = load_backend(args.model_dir, chat_template=args.chat_template, max_length=args.max_length)
     except DreamGymError as exc:
         parser.exit(2, f"error: {exc}\n")
     server = make_server(backend, host=args.host, port=args.port, api_key=api_key)
-    print(f"serving {backend.model_id} on http://{args.host}:{server.server_address[1]}/v1", flush=True)
+    print(f"serving {backend.model_id} on http://{args.host}:{server.server_address[1]}/v1"
+          f" (max_length {backend.config.max_length})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -14,18 +14,26 @@ Failure contract: a prompt whose request still fails after ``max_retries`` retri
 (connection refused, timeout, 408/409/429, any 5xx) or fails outright (other 4xx, malformed or
 over-long answer) is a *failed call*. It is counted in ``stats["failed_calls"]`` and its error
 kept in ``last_errors``; ``generate`` then returns ``""`` for that prompt (the
-experience model's parser turns that into a counted failed transition), or raises
-:class:`ModelCallError` after the whole batch when ``on_failure="raise"``.
+experience model's parser turns that into a counted failed transition; the first such
+``generate`` call is also a warning), or raises :class:`ModelCallError` after the whole batch
+when ``on_failure="raise"``.
+
+Proxies: httpx follows ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` (and ``NO_PROXY``), except
+for a loopback server (``localhost``, ``127.0.0.0/8``, ``::1``), which is always called
+directly: no proxy can reach this machine's loopback for it, and the request carries the API
+key. A connection failure through a proxy names the proxy (host and port) in its error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import json
 import logging
 import os
 import threading
+import urllib.request
 from typing import Any, Callable, Coroutine, Sequence
 
 import httpx
@@ -76,6 +84,34 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(hits)] if hits else text
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as :class:`httpx.URL` gives it) names this machine's loopback."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def env_proxy(url: str) -> str | None:
+    """``host:port`` of the proxy the environment sends ``url`` through (the variables httpx
+    reads), or None: none set, ``NO_PROXY`` exempts it, or it is a loopback URL."""
+    target = httpx.URL(url)
+    if is_loopback(target.host):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(target.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(target.host):
+        return None
+    try:
+        found = httpx.URL(proxy if "://" in proxy else f"http://{proxy}")
+    except httpx.InvalidURL:
+        return "from the environment"
+    return f"{found.host}:{found.port}" if found.port else found.host  # never its user:password
+
+
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine to completion, also from code already inside an event loop."""
     try:
@@ -99,6 +135,7 @@ class OpenAIBackend:
         self.stats: dict[str, int] = dict.fromkeys(_GENERATE, 0)
         self.last_errors: list[str] = []
         self._stats_lock = threading.Lock()  # generate() may run in several threads at once
+        self._warned_failure = False
         if config.tokenize_url is not None:
             # an optional protocol method: callers test for it, so it exists only when it can answer
             self.prompt_fits = self._prompt_fits
@@ -166,7 +203,9 @@ class OpenAIBackend:
         except asyncio.TimeoutError as exc:
             raise _Failed(f"Timeout: no whole answer from {url} in {self.config.timeout:g} s", retry=True) from exc
         except httpx.TransportError as exc:  # refused, reset, timeouts
-            raise _Failed(f"{type(exc).__name__} calling {url}", retry=True) from exc
+            proxy = env_proxy(url)
+            through = f" through the proxy {proxy} (HTTP_PROXY/HTTPS_PROXY/ALL_PROXY)" if proxy else ""
+            raise _Failed(f"{type(exc).__name__} calling {url}{through}", retry=True) from exc
         except httpx.DecodingError as exc:  # a body its Content-Encoding does not decode
             raise _Failed(f"answer from {url} does not decode: {exc}", retry=False) from exc
         if status == 401:
@@ -211,11 +250,21 @@ class OpenAIBackend:
             errors.append(self._redact(str(error)))
             return None
 
+    def _direct_mounts(self, limits: httpx.Limits) -> dict[str, httpx.AsyncBaseTransport]:
+        """A proxy-less transport for each loopback host configured: httpx would send those
+        through an environment proxy too (with the Authorization header)."""
+        hosts = {httpx.URL(u).host for u in (self.config.base_url, self.config.tokenize_url) if u is not None}
+        return {
+            f"all://[{h}]" if ":" in h else f"all://{h}": httpx.AsyncHTTPTransport(limits=limits)
+            for h in sorted(hosts) if is_loopback(h)
+        }
+
     async def _gather(self, requests: list[_Request], errors: list[str]) -> list[Any]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(max_connections=self.config.concurrency)
         gate = asyncio.Semaphore(self.config.concurrency)
-        async with httpx.AsyncClient(headers=headers, timeout=self.config.timeout, limits=limits) as client:
+        mounts = self._direct_mounts(limits)
+        async with httpx.AsyncClient(headers=headers, timeout=self.config.timeout, limits=limits, mounts=mounts) as client:
             return await asyncio.gather(*(self._call(client, gate, r, errors) for r in requests))
 
     # --- LanguageModel -------------------------------------------------------------
@@ -242,6 +291,10 @@ class OpenAIBackend:
         failed = sum(r is None for r in results)
         if failed and self.config.on_failure == "raise":
             raise ModelCallError(f"openai: {failed} of {len(results)} calls failed; first: {errors[0]}")
+        if failed and not self._warned_failure:  # the first: later ones are only counted
+            self._warned_failure = True
+            log.warning("openai: %d of %d calls failed and return ''; first: %s (further failed calls are only"
+                        " counted: stats['failed_calls'])", failed, len(results), errors[0])
         return [cut_at_stop(r, stop) if r is not None else "" for r in results]
 
     def _prompt_fits(self, prompt: str, *, max_new_tokens: int) -> bool:

@@ -297,3 +297,68 @@ def test_the_servers_max_length_is_the_models_context_at_most_2048(short_gpt2, s
     assert info.value.code != 0
     error = capsys.readouterr().err
     assert "max_length=100" in error and "64 positions" in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "route, body, field",
+    [
+        ("completions", {"prompt": "a", "temperature": float("nan")}, "'temperature'"),
+        ("completions", {"prompt": "a", "temperature": float("inf")}, "'temperature'"),
+        ("completions", {"prompt": "a", "temperature": True}, "'temperature'"),
+        ("completions", {"prompt": "a", "max_tokens": True}, "'max_tokens'"),
+        ("completions", {"prompt": "a", "max_completion_tokens": False}, "'max_completion_tokens'"),
+        ("completions", {"prompt": "a", "seed": True}, "'seed'"),
+        ("chat/completions", {"messages": []}, "'messages'"),
+        ("chat/completions", {"messages": {"role": "user", "content": "hi"}}, "'messages'"),
+        ("chat/completions", {"messages": [{"role": "user", "content": None}]}, "'messages[0].content'"),
+        ("chat/completions", {"messages": [{"role": "user", "content": 5}]}, "'messages[0].content'"),
+        ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "'messages[0].content[0]'"),
+        ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": 7}]}]},
+         "'messages[0].content[0]'"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "a"}, {"role": {"x": 1}, "content": "hi"}]},
+         "'messages[1].role'"),
+        ("chat/completions", {"messages": [{"content": "hi"}]}, "'messages[0].role'"),
+        ("chat/completions", {"messages": ["hi"]}, "'messages[0]'"),
+    ],
+    ids=["temperature-nan", "temperature-inf", "temperature-bool", "max-tokens-bool", "max-completion-tokens-bool",
+         "seed-bool", "messages-empty", "messages-not-a-list", "content-null", "content-number", "content-image-part",
+         "content-part-not-text", "role-object", "role-missing", "message-not-an-object"],
+)
+def test_bad_sampling_values_and_messages_get_400_naming_the_field(server, route, body, field):
+    # before: every one of these was answered 200 (a NaN or infinite temperature sampled, True was
+    # 1 token or seed 1, a null content became the prompt "user: None", no messages generated from nothing)
+    base, _ = server
+    status, answer = call(f"{base}/{route}", body if "max_completion_tokens" in body else {"max_tokens": 4, **body})
+    message = answer["error"]["message"]
+    assert status == 400 and field in message and "\n" not in message
+
+
+def test_tokenize_checks_messages_as_the_chat_endpoint_does(server):
+    base, _ = server
+    status, answer = call(f"{base.removesuffix('/v1')}/tokenize", {"messages": [{"content": 5}]})
+    assert status == 400 and "'messages[0]" in answer["error"]["message"]
+
+
+class TemplateTokenizer:
+    """Records the messages a chat template is applied to."""
+
+    chat_template = "set"
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def apply_chat_template(self, messages, **_):
+        self.seen.append(messages)
+        return "templated"
+
+
+def test_text_parts_of_a_message_are_joined_as_its_content(trained):
+    from dreamgym_plugin_hf.serve import chat_prompt
+
+    parts = [{"type": "text", "text": "Room: garden."}, {"type": "text", "text": "Action:"}]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": parts, "name": "ann"}]
+    assert chat_prompt(trained.tokenizer, messages) == "system: Be brief.\nuser: Room: garden.\nAction:\nassistant: "
+    templated = TemplateTokenizer()
+    assert chat_prompt(templated, messages) == "templated"
+    assert templated.seen == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Room: garden.\nAction:", "name": "ann"}]]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import socket
@@ -31,7 +32,7 @@ from typing import Any, Iterator
 
 from dreamgym_core.errors import DreamGymError
 
-__all__ = ["make_server", "start_server", "load_backend", "completion_body", "tokenize_body", "chat_prompt", "main"]
+__all__ = ["make_server", "start_server", "load_backend", "completion_body", "tokenize_body", "chat_messages", "chat_prompt", "main"]
 
 
 # A request is prompts and parameters: 16 MiB is millions of tokens, beyond any context window.
@@ -82,26 +83,59 @@ def _stop_list(stop: Any) -> list[str]:
     raise RequestError("'stop' must be a string or a list of strings")
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no count nor seed
+
+
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
+    name = "max_tokens" if "max_tokens" in body or "max_completion_tokens" not in body else "max_completion_tokens"
+    max_tokens = body.get(name, 16)
     temperature = body.get("temperature", 1.0)
     seed = body.get("seed")
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise RequestError("'max_tokens' must be a positive integer")
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise RequestError("'temperature' must be a number >= 0")
-    if seed is not None and not (isinstance(seed, int) and -(2**63) <= seed < 2**64):  # what torch.manual_seed takes
+    if not _integer(max_tokens) or max_tokens < 1:
+        raise RequestError(f"'{name}' must be a positive integer")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise RequestError("'temperature' must be a finite number >= 0")
+    if seed is not None and not (_integer(seed) and -(2**63) <= seed < 2**64):  # what torch.manual_seed takes
         raise RequestError("'seed' must be an integer in [-2**63, 2**64)")
     return {"max_new_tokens": max_tokens, "temperature": float(temperature), "stop": _stop_list(body.get("stop")), "seed": seed}
 
 
+def _content(content: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI-style text parts joined by line breaks (as vLLM does)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise RequestError(f"'{where}' must be a string or a list of text parts")
+    texts = []
+    for i, part in enumerate(content):
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            raise RequestError(f"'{where}[{i}]' must be a text part {{\"type\": \"text\", \"text\": <string>}} (only text is served)")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def chat_messages(messages: Any) -> list[dict[str, Any]]:
+    """``messages`` checked, each content as one string; RequestError naming the field otherwise."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RequestError(f"'messages[{i}]' must be a {{role, content}} object")
+        if not isinstance(message.get("role"), str):
+            raise RequestError(f"'messages[{i}].role' must be a string")
+        out.append({**message, "content": _content(message.get("content"), f"messages[{i}].content")})
+    return out
+
+
 def chat_prompt(tokenizer: Any, messages: Any) -> str:
-    """The prompt text of a chat: the tokenizer's template, or ``role: content`` lines."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
-        raise RequestError("'messages' must be a list of {role, content} objects")
+    """The prompt text of a chat (checked by :func:`chat_messages`): the tokenizer's template,
+    or ``role: content`` lines."""
+    messages = chat_messages(messages)
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    lines = [f"{m.get('role', 'user')}: {m['content']}" for m in messages]
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join(lines + ["assistant: "])
 
 

@@ -5,7 +5,9 @@ max_tokens, temperature, stop, seed), ``POST /v1/chat/completions`` (messages) a
 ``POST /tokenize`` (prompt or messages: ``count``, ``max_model_len`` and ``tokens``, so a
 client can shorten a prompt before the server would cut its start).
 Requests are served one generate() at a time (the model is not thread-safe); one whose
-client hung up while it waited (a client timeout) is dropped, not generated. With
+client hung up while it waited (a client timeout) is dropped, not generated (a client that
+only half-closed, shutdown(SHUT_WR), reads the same: an end of input). Bodies need a
+Content-Length: a Transfer-Encoding (chunked) request gets 411 and the connection closes. With
 ``--api-key-env NAME``, requests must carry ``Authorization: Bearer <key>`` where the
 key is that variable's value; the server refuses to start when it is unset or empty.
 ``--max-length`` (the ``max_model_len`` ``/tokenize`` reports) defaults to the model's own
@@ -255,6 +257,16 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
         def _error(self, status: int, message: str) -> None:
             self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
 
+        def _transfer_encoded(self) -> bool:
+            """Answer 411 and close for a request framed by Transfer-Encoding (chunked): its body
+            is not read, so where the next request on the connection starts is unknown."""
+            encoding = self.headers.get("Transfer-Encoding")
+            if encoding is None:
+                return False
+            self.close_connection = True
+            self._error(411, f"Transfer-Encoding {encoding!r} is not supported; send the body with a Content-Length")
+            return True
+
         def _read_body(self) -> bytes:
             """The request body; a Content-Length that is no count is a RequestError."""
             declared = self.headers.get("Content-Length") or "0"
@@ -273,13 +285,15 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
             return False
 
         def do_GET(self) -> None:
-            if not self._authorised():
+            if self._transfer_encoded() or not self._authorised():
                 return
             if self.path.rstrip("/") != "/v1/models":
                 return self._error(404, f"no route {self.path}")
             self._send(200, {"object": "list", "data": [{"id": backend.model_id, "object": "model", "owned_by": "dreamgym"}]})
 
         def do_POST(self) -> None:
+            if self._transfer_encoded():
+                return
             try:
                 raw = self._read_body()
             except RequestError as exc:

@@ -9,6 +9,7 @@ directory, so ``--resume`` continues after a kill.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -476,10 +477,12 @@ class Runner:
         """The policy as a rollout sees it: temperature 0 is greedy decoding (``evaluation``:
         tells the algorithm, whose sampled evaluations then leave RL's seed stream alone)."""
 
+        # Only when it is an evaluation and the algorithm takes the flag (added to the protocol
+        # later): an algorithm plugin written before it keeps working, sharing one seed stream.
+        flag = {"evaluation": True} if evaluation and _accepts(self.algo.act, "evaluation") else {}
+
         def act(prompts: list[str]) -> list[str]:
-            return self.algo.act(
-                prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, evaluation=evaluation
-            )
+            return self.algo.act(prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, **flag)
 
         return act
 
@@ -825,6 +828,12 @@ def _check_evaluated_config(resolved: ResolvedPipeline, run_dir: Path) -> None:
         )
     if changed:
         log.warning("%s: evaluating with settings other than the run's: %s", run_dir, ", ".join(changed))
+
+
+def _accepts(function: Any, keyword: str) -> bool:
+    """Whether ``function`` takes ``keyword`` (by name or through ``**kwargs``)."""
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def evaluate_run(

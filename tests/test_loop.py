@@ -663,6 +663,25 @@ def test_wilson_interval_brackets_the_rate():
     assert wilson_interval(0, 0) == (0.0, 0.0)
 
 
+def test_an_algorithm_written_before_the_evaluation_flag_still_runs(register_plugin, tmp_path):
+    # Algorithm.act gained ``evaluation``; a plugin whose act does not take it must keep working.
+    from stand_ins import RecordConfig, RecordingAlgo
+
+    class OlderAlgo(RecordingAlgo):
+        def act(self, *, prompts, greedy=False, temperature=None):
+            return self.policy.generate(prompts=list(prompts), max_new_tokens=32)
+
+    class Older:
+        @hookimpl
+        def dreamgym_register_algos(self):
+            return [ComponentSpec(name="older", factory=OlderAlgo, config_type=RecordConfig, description="act without evaluation")]
+
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(Older(), "older")
+    summary = run_pipeline(_resolved(plugins, tmp_path / "run", {"algo": {"name": "older"}}, iterations=1), plugins)
+    assert summary["eval/episodes"] == 6.0
+
+
 def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_path):
     from dreamgym_core.errors import DreamGymError
     from dreamgym_core.loop import evaluate_run

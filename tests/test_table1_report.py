@@ -70,6 +70,18 @@ def test_targets_are_judged_on_the_seeds_both_rows_have(table1) -> None:
             "paired difference -2.5, 95% CI [-129.6, +124.6]) -> met") in lines[4]
 
 
+def test_a_gain_of_exactly_ten_points_is_met(table1) -> None:
+    # 40.9375 vs 30.9375: float arithmetic put SFT + 0.10 one ulp above DreamGym ("missed")
+    sft, dg = [9, 2, 5, 5, 8, 16, 5, 21, 8, 20], [13, 4, 7, 9, 12, 18, 10, 25, 12, 21]
+    for seed, (a, b) in enumerate(zip(sft, dg)):
+        _write(table1, "coin", "SFT", seed, a / 32)
+        _write(table1, "coin", "GRPO DreamGym", seed, b / 32)
+        _write(table1, "coin", "GRPO (real env)", seed, (b + 3.2) / 32)  # 10 points above DreamGym
+    lines = table1._targets("coin", table1._cells(["coin"], list(range(10)), table1.PROTOCOL))
+    assert lines[0].startswith("- coin: DreamGym >= SFT + 10: 40.9 vs 30.9") and lines[0].endswith("-> met")
+    assert lines[1].endswith("-> met")  # exactly 10 points below real GRPO is still within 10
+
+
 def test_a_drawn_row_counts_a_seed_only_once_every_draw_has_run(table1) -> None:
     _write(table1, "coin", "SFT", 0, 0.5)
     _write(table1, "coin", "GRPO (real env)", 0, 0.625, real=300.0)

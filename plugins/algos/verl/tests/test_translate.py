@@ -149,3 +149,15 @@ def test_verl_validate_config_accepts_translation(name, resolve_dict, compose, m
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     assert need_critic(cfg) == (data["algo"]["name"] == "verl-ppo")
     assert need_reference_policy(cfg)  # the KL loss needs the reference policy
+
+
+def test_a_kl_estimator_verl_does_not_implement_is_refused_when_the_config_is_read():
+    # verl 0.9 lists kl_penalty 'full' and raises NotImplementedError at the first actor update,
+    # on a GPU after the offline data, experience model and warm start have run
+    import msgspec
+
+    from dreamgym_plugin_verl.config import VerlConfig
+
+    with pytest.raises(msgspec.ValidationError, match="kl_loss_type"):
+        msgspec.convert({"kl_loss_type": "full"}, type=VerlConfig)
+    assert msgspec.convert({"kl_loss_type": "mse"}, type=VerlConfig).kl_loss_type == "mse"

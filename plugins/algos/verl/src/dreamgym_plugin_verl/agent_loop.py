@@ -22,6 +22,7 @@ from uuid import uuid4
 import msgspec
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
+from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, QwenContinuousTokenBuilder
 
 from dreamgym_core.agent import build_agent_prompt, parse_agent_output
 from dreamgym_core.errors import DreamGymError
@@ -108,6 +109,29 @@ class _Tokens:
     server_fields: dict[str, Any] = field(default_factory=dict)
 
 
+def _renders_chatml(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template ends a turn with ``<|im_end|>`` and a newline."""
+    if "<|im_end|>" not in tokenizer.get_vocab() or not getattr(tokenizer, "chat_template", None):
+        return False
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    except Exception:  # a template that cannot render a plain user turn is not ChatML
+        return False
+    return "<|im_end|>\n" in text
+
+
+def _serving_version(kwargs: dict[str, Any]) -> int | None:
+    """The weights version the rollout servers hold for this row, which an episode with no
+    policy turn reports in place of the server's. verl 0.9's synchronous trainer pushes the
+    weights of step k at its end and then counts step k+1, so training rows (``publish``) are
+    played by version ``global_steps - 1``; reporting ``global_steps`` logged a staleness of -1.
+    Validation rows keep ``global_steps``."""
+    steps = kwargs.get("global_steps")
+    if steps is None:
+        return None
+    return max(int(steps) - 1, 0) if bool(kwargs.get("publish", True)) else int(steps)
+
+
 @register(AGENT_LOOP_NAME)
 class DreamGymAgentLoop(AgentLoopBase):
     """Plays one DreamGym episode per verl sample; see the module docstring."""
@@ -118,6 +142,14 @@ class DreamGymAgentLoop(AgentLoopBase):
             raise DreamGymError(f"verl agent loop {AGENT_LOOP_NAME!r}: its config names no `runtime` (run directory)")
         self.runtime = get_runtime(runtime)
         self.response_length = self.rollout_config.response_length
+        if type(self.continuous_token_builder) is ContinuousTokenBuilder and _renders_chatml(self.tokenizer):
+            # verl picks Qwen's ChatML boundary handling by model_type only; a ChatML model of
+            # another type (SmolLM2 is 'llama') gets the generic builder, which appends the
+            # environment's turn right after the generated <|im_end|>, without the newline the
+            # chat template (and so the warm start) puts there.
+            self.continuous_token_builder = QwenContinuousTokenBuilder(
+                self.tokenizer, chat_template_kwargs=self.apply_chat_template_kwargs
+            )
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         """One episode of the task in ``kwargs["task"]`` (a JSON-encoded Task); ``publish``
@@ -145,7 +177,7 @@ class DreamGymAgentLoop(AgentLoopBase):
         if bool(kwargs.get("publish", True)):  # validation rows say False
             # Blocking Ray calls to the shared actors: off the event loop, like env calls.
             await self._call(self._publish, task=task, transitions=transitions, reward=reward)
-        return self._output(tokens, prompt_len, reward, stats, task, sampling_params, kwargs.get("global_steps"))
+        return self._output(tokens, prompt_len, reward, stats, task, sampling_params, _serving_version(kwargs))
 
     # --- turns ---------------------------------------------------------------------
 
@@ -259,7 +291,7 @@ class DreamGymAgentLoop(AgentLoopBase):
 
     def _output(
         self, tokens: _Tokens, prompt_len: int, reward: float, stats: EpisodeStats, task: Task,
-        sampling_params: dict[str, Any], global_steps: Any,
+        sampling_params: dict[str, Any], weights_version: int | None,
     ) -> AgentLoopOutput:
         n = self.response_length
         response = tokens.ids[prompt_len:]
@@ -277,8 +309,8 @@ class DreamGymAgentLoop(AgentLoopBase):
             eos = self.tokenizer.eos_token_id
             response, mask = [eos if eos is not None else (self.tokenizer.pad_token_id or 0)], [0]
             logprobs = [0.0] if sampling_params.get("logprobs") else None
-            if global_steps is not None:
-                server_fields |= {"min_global_steps": int(global_steps), "max_global_steps": int(global_steps)}
+            if weights_version is not None:
+                server_fields |= {"min_global_steps": weights_version, "max_global_steps": weights_version}
         return AgentLoopOutput(
             prompt_ids=tokens.ids[:prompt_len],
             response_ids=response[:n],

@@ -5,17 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import msgspec
 import pytest
 
 from dreamgym_core.errors import ConfigError
+from dreamgym_core.testing.processes import bounded, stop_process
 from dreamgym_plugin_textworld import TextWorldEnv, TwxConfig, make_twx
 from dreamgym_plugin_textworld.engines import EngineError, TwxEngine
 from dreamgym_plugin_textworld.env import EpisodeOver
@@ -124,12 +123,14 @@ def test_expert_demos_are_the_same_in_every_engine_launch(game: str, params: dic
     assert expert_paths() == expert_paths()
 
 
-def test_the_seeded_expert_leaves_no_java_object_to_release_later(twx_domains) -> None:
+@pytest.mark.parametrize("game", TWX_GAMES)
+def test_the_expert_leaves_no_java_object_to_release_later(twx_domains, game: str) -> None:
     # A proxy left for Python's cycle collector messages its JVM at some later moment, from
-    # any thread; with that JVM stopped (a hung engine) the thread blocks for good.
+    # any thread; with that JVM stopped (a hung engine) the thread blocks for good. Coin and
+    # twc run the seeded gold agent, the others read upstream's gold path (a Java list).
     from py4j.finalizer import ThreadSafeFinalizer
 
-    domain = twx_domains["coin"]
+    domain = twx_domains[game]
     domain.collect(tasks=domain.tasks(split="train")[:1], policy="random", episodes=1, seed=0)  # the JVM's own objects
     before = set(ThreadSafeFinalizer.finalizers)
     (trajectory,) = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)
@@ -189,7 +190,7 @@ def test_a_game_the_engine_did_not_load_is_a_config_error() -> None:
             return text, {"observation": text, "taskDescription": "Task description unavailable"}
 
     engine = TwxEngine()
-    engine._env = Unloaded()
+    engine._jvm.wrapper = Unloaded()
     engine.load({"game": "coin", "params": {"numLocations": 2}, "seed": 0})
     with pytest.raises(ConfigError, match=r"game 'coin' params 'numLocations=2': the engine did not load the game"):
         engine.reset()
@@ -286,7 +287,7 @@ def test_a_dead_engine_is_a_one_line_error_and_the_next_reset_starts_another(twx
     env = domain.make_env()  # its own JVM, to kill
     try:
         first = env.reset(task=task)
-        process = env.engine._env._gateway.java_process
+        process = env.engine._jvm.wrapper._gateway.java_process
         process.kill()
         process.wait()
         with pytest.raises(EngineError, match=r"^env 'twx': step: the TextWorldExpress engine \(JVM\) has exited"):
@@ -337,30 +338,6 @@ def test_a_jvm_that_hangs_at_start_is_stopped_after_the_call_limit(monkeypatch, 
     engine.close()
 
 
-def test_a_start_that_times_out_kills_only_its_own_jvm() -> None:
-    """Two engines starting at once in one process: the hung one's kill must spare the other's JVM."""
-    from dreamgym_plugin_textworld.engines import _start_engine
-
-    def hung(**_):  # a JVM that never comes up
-        subprocess.Popen(["sleep", "600"])
-        time.sleep(3)
-
-    def healthy(**_):
-        return subprocess.Popen(["sleep", "600"])
-
-    started: dict = {}
-    other = threading.Thread(target=lambda: started.update(jvm=_start_engine(healthy, "load", 30.0)))
-    with pytest.raises(EngineError, match="did not start within 1 s"):
-        threading.Timer(0.3, other.start).start()  # while the hung start is under way
-        _start_engine(hung, "load", 1.0)
-    other.join(30)
-    try:
-        assert started["jvm"].poll() is None, "the healthy engine's JVM was killed by the other start's timeout"
-    finally:
-        started["jvm"].kill()
-        started["jvm"].wait()
-
-
 def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains) -> None:
     from py4j.protocol import Py4JNetworkError
 
@@ -372,7 +349,7 @@ def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains
     env = domain.make_env()
     try:
         env.reset(task=domain.tasks(split="train")[0])
-        env.engine._env.server = Broken()
+        env.engine._jvm.wrapper.server = Broken()
         with pytest.raises(EngineError, match=r"step: .* stopped answering \(Answer from Java side is empty\)$"):
             env.step(action="look around")
         with pytest.raises(EngineError, match="no game loaded"):
@@ -390,7 +367,7 @@ def test_a_connection_error_during_a_call_is_a_one_line_engine_error(twx_domains
     env = domain.make_env()
     try:
         first = env.reset(task=domain.tasks(split="train")[0])
-        env.engine._env.server = Broken()
+        env.engine._jvm.wrapper.server = Broken()
         with pytest.raises(EngineError, match=r"step: .* stopped answering \(\[Errno 32\] Broken pipe\)$"):
             env.step(action="look around")
         assert env.reset(task=domain.tasks(split="train")[0]) == first
@@ -409,47 +386,6 @@ def _py4j_noise(records: list[logging.LogRecord]) -> list[str]:
     ]  # fmt: skip
 
 
-def _stop(pid: int) -> None:
-    """SIGSTOP the process and wait until every thread has stopped: a thread the kernel has
-    not stopped yet could still answer the next call."""
-    os.kill(pid, signal.SIGSTOP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        states = []
-        for task in os.listdir(f"/proc/{pid}/task"):
-            try:
-                states.append(Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[0])
-            except FileNotFoundError:  # a thread that ended
-                pass
-        if states and all(state in "Tt" for state in states):
-            return
-        time.sleep(0.01)
-    pytest.fail(f"process {pid} did not stop")
-
-
-def _bounded(call: Callable[[], Any], *, limit_s: float, unblock: Callable[[], None]) -> tuple[Any, float]:
-    """``call()``'s result or exception, and its duration; past ``limit_s`` the test fails
-    (after ``unblock()``) instead of hanging the suite: pytest-timeout is not installed."""
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    start = time.monotonic()
-    thread.start()
-    thread.join(limit_s)
-    elapsed = time.monotonic() - start
-    if thread.is_alive():
-        unblock()
-        thread.join(10)
-        pytest.fail(f"the call was still blocked after {limit_s} s")
-    return outcome[0], elapsed
-
-
 @_LINUX
 def test_a_hung_engine_is_stopped_after_call_timeout_s_and_the_next_reset_starts_another(twx_domains, caplog) -> None:
     task = twx_domains["coin"].tasks(split="train")[0]
@@ -458,11 +394,11 @@ def test_a_hung_engine_is_stopped_after_call_timeout_s_and_the_next_reset_starts
     before = set(threading.enumerate())
     try:
         first = env.reset(task=task)
-        process = env.engine._env._gateway.java_process
+        process = env.engine._jvm.wrapper._gateway.java_process
         jvm_threads = set(threading.enumerate()) - before  # the watchdog's, and py4j's for that JVM
-        _stop(process.pid)  # hung: its sockets stay open, nothing answers
+        stop_process(process.pid)  # hung: its sockets stay open, nothing answers
         with caplog.at_level(logging.INFO):
-            error, elapsed = _bounded(lambda: env.step(action="look around"), limit_s=30, unblock=process.kill)
+            error, elapsed = bounded(lambda: env.step(action="look around"), limit_s=30, unblock=process.kill)
         assert isinstance(error, EngineError), error
         assert str(error) == (
             "env 'twx': step: the TextWorldExpress engine (JVM) did not answer within 2 s (call_timeout_s)"
@@ -487,12 +423,12 @@ def test_a_jvm_killed_during_a_call_is_one_line_without_py4j_tracebacks(twx_doma
     env = twx_domains["coin"].make_env()  # its own JVM, to kill
     try:
         first = env.reset(task=task)
-        process = env.engine._env._gateway.java_process
-        _stop(process.pid)
+        process = env.engine._jvm.wrapper._gateway.java_process
+        stop_process(process.pid)
         killer = threading.Timer(0.5, process.kill)  # dies mid-call; the limit is far off
         killer.start()
         with caplog.at_level(logging.INFO):
-            error, _ = _bounded(lambda: env.step(action="look around"), limit_s=30, unblock=process.kill)
+            error, _ = bounded(lambda: env.step(action="look around"), limit_s=30, unblock=process.kill)
         killer.join()
         assert isinstance(error, EngineError), error
         assert "step: the TextWorldExpress engine (JVM) stopped answering" in str(error)
@@ -507,7 +443,7 @@ def test_what_py4j_logs_during_a_call_that_succeeds_is_kept(twx_domains, caplog)
     env = domain.make_env()
     try:
         env.reset(task=twx_domains["coin"].tasks(split="train")[0])
-        assert env.engine._watchdog is None
+        assert env.engine._jvm.watchdog is None
         with caplog.at_level(logging.DEBUG, logger="py4j"):
             env.step(action="look around")
         sent = [r.getMessage() for r in caplog.records if r.name == "py4j.java_gateway"]

@@ -6,13 +6,6 @@ next action. Nothing here renders text for models: that is :mod:`.state`.
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import signal
-import subprocess
-import threading
-import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +14,7 @@ from typing import Any, Iterator, NamedTuple
 import msgspec
 
 from dreamgym_core.errors import ConfigError, DreamGymError
+from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
 
 from .config import DEFAULT_CALL_TIMEOUT_S
 from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
@@ -54,205 +48,14 @@ _NOT_LOADED = "ERROR: Game generator is not initialized"
 # generator already is. Upstream walks this many times before it gives up on a path.
 _RANDOM_WALK_GOLD_AGENTS = {"coin": "CoinGoldAgent", "twc": "TWCGoldAgent"}
 _GOLD_WALKS = 50
-# How long a killed JVM may take to be reaped before the engine is dropped anyway (its
-# py4j process thread still reaps it later).
-_REAP_S = 10.0
-
-_log = logging.getLogger(__name__)
 
 
-class _Watchdog:
-    """Kills a JVM when a call to it outlives ``limit_s``, so the blocked call fails.
+def _start_twx() -> Any:
+    """A started TextWorldExpress wrapper (its JVM up)."""
+    from textworld_express import TextWorldExpressEnv
 
-    One thread per JVM. Arming and disarming take a lock (microseconds): a timer thread
-    per call would cost about as much as a step. The thread sleeps while no call runs
-    and wakes about once per ``limit_s`` while calls follow one another.
-    """
-
-    def __init__(self, process: Any, limit_s: float) -> None:
-        self.process = process
-        self.limit_s = limit_s
-        self._lock = threading.Condition()
-        self._deadline: float | None = None  # while a call runs
-        self._idle = False  # the thread waits for a call (no deadline to sleep to)
-        self._fired = self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"twx-watchdog-{process.pid}", daemon=True)
-        self._thread.start()
-
-    def arm(self) -> None:
-        with self._lock:
-            self._deadline = time.monotonic() + self.limit_s
-            if self._idle:
-                self._lock.notify()
-
-    def disarm(self) -> bool:
-        """End the watch of a call: whether its limit passed (then the JVM was killed)."""
-        with self._lock:
-            self._deadline = None
-            return self._fired
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            self._lock.notify()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _run(self) -> None:
-        with self._lock:
-            while not self._stopped:
-                if self._deadline is None:
-                    self._idle = True
-                    self._lock.wait()
-                    self._idle = False
-                elif (left := self._deadline - time.monotonic()) > 0:
-                    self._lock.wait(min(left, threading.TIMEOUT_MAX))
-                else:
-                    self._fired, self._deadline = True, None
-                    try:
-                        self.process.kill()  # SIGKILL: a stopped or deadlocked JVM dies too
-                    except OSError:  # it has exited already
-                        pass
-
-
-class _HeldPy4JLogs(logging.Filter):
-    """Holds back what py4j logs on a thread during an engine call, until the call ends.
-
-    py4j logs tracebacks (some on the root logger) for a connection that breaks, and for
-    each connection it then fails to open, before it raises. A call that becomes an
-    :class:`EngineError` says what happened in one line, so those records go to this
-    module's logger at DEBUG; a call that ends any other way lets them through as py4j
-    logged them. Records of other threads, of other libraries, and outside calls pass.
-    """
-
-    LOGGERS = ("root", "py4j.java_gateway", "py4j.clientserver")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._held: dict[int, list[logging.LogRecord]] = {}
-        self._py4j_dir = ""
-
-    def install(self) -> None:
-        if self._py4j_dir:
-            return
-        import py4j
-
-        for name in self.LOGGERS:
-            logging.getLogger(name).addFilter(self)
-        self._py4j_dir = os.path.dirname(py4j.__file__) + os.sep
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        held = self._held.get(record.thread) if self._held else None
-        if held is None or not self._py4j_dir or not record.pathname.startswith(self._py4j_dir):
-            return True
-        held.append(record)
-        return False
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        thread = threading.get_ident()
-        if thread in self._held:  # a call inside a call: the outer one decides
-            yield
-            return
-        records = self._held[thread] = []
-        engine_error = False
-        try:
-            yield
-        except EngineError:
-            engine_error = True
-            raise
-        finally:
-            del self._held[thread]
-            for record in records:
-                if engine_error:
-                    _log.debug("py4j logged, before an EngineError: %s", record.getMessage(), exc_info=record.exc_info)
-                else:
-                    logging.getLogger(record.name).handle(record)
-
-
-_PY4J_LOGS = _HeldPy4JLogs()
-
-
-def _java_process(env: Any) -> Any:
-    """The JVM's ``subprocess.Popen`` (TextWorldExpress starts it through py4j), or None."""
-    return getattr(getattr(env, "_gateway", None), "java_process", None)
-
-
-def _child_pids() -> set[int]:
-    """Processes whose parent is this one (read from /proc; empty where there is none)."""
-    me, found = os.getpid(), set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # it exited meanwhile
-            continue
-        if int(fields[1]) == me:
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _kill_and_reap(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):  # gone, or reaped by its Popen already
-        pass
-
-
-def _quiet_when_unstarted(engine_class: type) -> type:
-    """``engine_class`` whose ``__del__`` skips an engine that never started: the stock one
-    raises (no ``_gateway``), and Python prints that after the run's own one-line error."""
-
-    class Engine(engine_class):  # type: ignore[misc, valid-type]
-        def __del__(self) -> None:
-            if hasattr(self, "_gateway"):
-                super().__del__()
-
-    return Engine
-
-
-# One engine starts at a time in a process: a start that times out kills the child processes
-# that appeared during it, which must not include another engine's JVM starting meanwhile.
-_START_LOCK = threading.Lock()
-
-
-def _start_engine(factory: Any, what: str, limit_s: float) -> Any:
-    """A started engine (``factory`` is TextWorldExpressEnv). A JVM that fails to start is an
-    EngineError; one not up within ``limit_s`` (0: no limit) is killed first. py4j hands over
-    the JVM's process only once it is up, so the one to kill is the child that appeared meanwhile."""
-    with _START_LOCK:
-        return _start_alone(factory, what, limit_s)
-
-
-def _start_alone(factory: Any, what: str, limit_s: float) -> Any:
-    outcome: dict[str, Any] = {}
-    children_before = _child_pids()
-
-    def start() -> None:
-        try:
-            # The plugin enforces its own step cap; the engine's is set out of the way.
-            outcome["env"] = factory(envStepLimit=10**9)
-        except Exception as exc:  # noqa: BLE001 - py4j fails with bare ValueErrors, OSErrors, ...
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=start, name="twx-start", daemon=True)
-    thread.start()
-    thread.join(limit_s if limit_s > 0 else None)
-    if thread.is_alive():
-        for pid in _child_pids() - children_before:
-            _kill_and_reap(pid)
-        thread.join(5.0)
-        raise EngineError(
-            f"env 'twx': {what}: the TextWorldExpress engine (JVM) did not start within {limit_s:g} s"
-            " (call_timeout_s) and was stopped"
-        )
-    if "error" in outcome:
-        exc = outcome["error"]
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, ValueError) and "invalid literal for int()" in cause:  # py4j read no port
-            cause = "java exited before it was up; `java -version` shows the runtime it found"
-        raise EngineError(f"env 'twx': {what}: the TextWorldExpress engine (JVM) did not start ({cause})") from exc
-    return outcome["env"]
+    # The plugin enforces its own step cap; the engine's is set out of the way.
+    return quiet_del(TextWorldExpressEnv)(envStepLimit=10**9)
 
 
 class TwxEngine:
@@ -268,107 +71,28 @@ class TwxEngine:
 
     def __init__(self, *, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
         self.call_timeout_s = call_timeout_s
-        self._env: Any = None
-        self._watchdog: _Watchdog | None = None
+        self._jvm = JvmGuard(
+            start=_start_twx, name="twx", label="env 'twx'", simulator="TextWorldExpress", error=EngineError,
+            call_timeout_s=call_timeout_s, on_drop=self._forget,
+        )  # fmt: skip
         self._loaded: tuple[str, str] | None = None
         self._game: tuple[str, str, str, int] | None = None
         self._gold: list[str] | None = None
         self._taken: list[str] = []
         self._objective = ""
 
-    def _server(self, what: str) -> Any:
-        if self._env is None:
-            from textworld_express import TextWorldExpressEnv
-
-            # py4j starts the `java` on PATH; without one it fails with a bare FileNotFoundError
-            if shutil.which("java") is None:
-                raise EngineError(
-                    f"env 'twx': {what}: no `java` on PATH: TextWorldExpress needs a Java runtime"
-                    " (Debian: apt install openjdk-17-jre-headless)"
-                )
-            self._env = _start_engine(_quiet_when_unstarted(TextWorldExpressEnv), what, self.call_timeout_s)
-            process = _java_process(self._env)
-            if self.call_timeout_s > 0 and process is not None:
-                self._watchdog = _Watchdog(process, self.call_timeout_s)
-        return self._env
+    def _forget(self) -> None:
+        """The JVM was dropped: its game is gone with it."""
+        self._loaded = self._game = None
 
     @contextmanager
     def _call(self, what: str) -> Iterator[Any]:
-        """The running engine for one call; a dead or hung one raises EngineError and is dropped.
-
-        A JVM known to have exited is not called at all (py4j would log pages of
-        retries); one that dies during the call surfaces as a py4j network error, and
-        one that hangs is killed by the watchdog after ``call_timeout_s``. What py4j
-        logs on the way is held back (see :class:`_HeldPy4JLogs`).
-        """
-        from py4j.protocol import Py4JError, Py4JJavaError
-
+        """The running engine for one call (see :meth:`JvmGuard.call`): a dead or hung one
+        raises EngineError and is dropped, with its game."""
         if self._game is None and what != "load":
             raise EngineError(f"env 'twx': {what}: no game loaded (after an engine stops, reset first)")
-        _PY4J_LOGS.install()
-        with _PY4J_LOGS.hold():
-            env = self._server(what)
-            process = _java_process(env)
-            if process is not None and process.poll() is not None:
-                self._drop()
-                raise EngineError(
-                    f"env 'twx': {what}: the TextWorldExpress engine (JVM) has exited (code {process.returncode})"
-                )
-            watchdog = self._watchdog
-            if watchdog is not None:
-                watchdog.arm()
-            try:
-                yield env
-            except BaseException as exc:  # KeyboardInterrupt too: the watch must end
-                if watchdog is not None and watchdog.disarm():
-                    self._drop()
-                    raise EngineError(self._timed_out(what)) from exc
-                if isinstance(exc, Py4JJavaError):
-                    raise  # the engine answered with an error of its own
-                if isinstance(exc, (Py4JError, ConnectionError)):  # py4j lets a broken pipe through, rarely
-                    self._drop()
-                    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise EngineError(
-                        f"env 'twx': {what}: the TextWorldExpress engine (JVM) stopped answering ({cause})"
-                    ) from exc
-                raise
-            if watchdog is not None and watchdog.disarm():  # the answer came as the limit passed
-                self._drop()
-                raise EngineError(self._timed_out(what))
-
-    def _timed_out(self, what: str) -> str:
-        return (
-            f"env 'twx': {what}: the TextWorldExpress engine (JVM) did not answer within"
-            f" {self.call_timeout_s:g} s (call_timeout_s) and was stopped"
-        )
-
-    def _drop(self) -> None:
-        """Forget a failed engine: its JVM is killed and reaped, and nothing more is sent to it."""
-        env, self._env = self._env, None
-        self._loaded = self._game = None
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            watchdog.stop()
-        if env is None:
-            return
-        process = _java_process(env)
-        if process is not None:
-            process.kill()
-            try:
-                process.wait(timeout=_REAP_S)
-            except subprocess.TimeoutExpired:
-                _log.warning("env 'twx': the killed JVM (pid %s) has not exited after %s s", process.pid, _REAP_S)
-        # Close py4j's side without a shutdown request (nothing would answer it). Marked
-        # disconnected, the client also stops sending the JVM deletes for its Java objects
-        # as Python collects them, each of which would log a failed connection.
-        gateway = getattr(env, "_gateway", None)
-        client = getattr(gateway, "_gateway_client", None)
-        if client is None:  # not the py4j layout this was written for
-            env.close()
-            return
-        client.is_connected = False
-        client.close()
-        gateway.shutdown_callback_server()
+        with self._jvm.call(what) as env:
+            yield env
 
     def load(self, payload: dict[str, Any]) -> None:
         game, params = payload["game"], twx_params_string(payload.get("params", {}))
@@ -432,7 +156,7 @@ class TwxEngine:
         game, _, fold, seed = self._game
         agent = _RANDOM_WALK_GOLD_AGENTS.get(game)
         if agent is None:
-            return list(env.getGoldActionSequence())  # a python list (py4j converts it)
+            return list_items(env, env.server.getGoldActionSequence())
         # Every Java object proxied here is released before the call ends. A py4j proxy whose
         # method was called sits in a reference cycle, so Python frees it at some later
         # collection, from whatever thread runs it, and py4j then messages its JVM. If that
@@ -470,17 +194,7 @@ class TwxEngine:
         )
 
     def close(self) -> None:
-        if self._env is None:
-            return
-        process = _java_process(self._env)
-        if process is not None and process.poll() is not None:
-            self._drop()  # its JVM has exited: nothing would answer a shutdown request
-            return
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            watchdog.stop()
-        self._env.close()
-        self._env = None
+        self._jvm.close()
         self._loaded = None
 
 

@@ -1,0 +1,108 @@
+"""dreamgym_core.jvm without a JVM: the start's time limit, the watchdog, and dropping.
+
+The plugins that use the guard (textworld's twx engine, scienceworld) test it on their real
+JVMs: hung, stopped and killed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from dreamgym_core.errors import DreamGymError
+from dreamgym_core.jvm import JvmGuard, _start_within, _Watchdog
+
+_LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the started process in /proc")
+
+
+class SimError(DreamGymError):
+    pass
+
+
+@_LINUX
+def test_a_start_that_times_out_kills_only_its_own_jvm() -> None:
+    """Two guards starting at once in one process: the hung one's kill must spare the other's JVM."""
+
+    def hung():  # a JVM that never comes up
+        subprocess.Popen(["sleep", "600"])
+        time.sleep(3)
+
+    def healthy():
+        return subprocess.Popen(["sleep", "600"])
+
+    started: dict = {}
+    other = threading.Thread(target=lambda: started.update(jvm=_start_within(healthy, 30.0, "test")))
+    with pytest.raises(TimeoutError):
+        threading.Timer(0.3, other.start).start()  # while the hung start is under way
+        _start_within(hung, 1.0, "test")
+    other.join(30)
+    try:
+        assert started["jvm"].poll() is None, "the healthy JVM was killed by the other start's timeout"
+    finally:
+        started["jvm"].kill()
+        started["jvm"].wait()
+
+
+def test_the_watchdog_kills_only_a_call_that_outlives_its_limit() -> None:
+    process = subprocess.Popen(["sleep", "600"])
+    watchdog = _Watchdog(process, 0.5, "test")
+    try:
+        watchdog.arm()
+        assert not watchdog.disarm()  # answered in time
+        watchdog.arm()
+        process.wait(timeout=10)  # killed at the limit
+        assert watchdog.disarm()
+    finally:
+        watchdog.stop()
+        process.kill()
+        process.wait()
+
+
+def test_a_start_that_fails_is_one_line_naming_the_plugin(monkeypatch, tmp_path) -> None:
+    pytest.importorskip("py4j")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    (tmp_path / "java").write_text("#!/bin/sh\n")  # `java` found; the start itself fails
+    (tmp_path / "java").chmod(0o755)
+
+    def start():
+        raise OSError("no room\nsecond line")
+
+    guard = JvmGuard(start=start, name="sim", label="env 'sim'", simulator="Sim", error=SimError, call_timeout_s=5)
+    with pytest.raises(SimError, match=r"^env 'sim': reset: the Sim engine \(JVM\) did not start \(no room\)$"):
+        with guard.call("reset"):
+            pass
+    assert guard.wrapper is None
+
+
+def test_a_wrapper_without_a_jvm_process_is_dropped_on_a_broken_call(monkeypatch, tmp_path) -> None:
+    Py4JNetworkError = pytest.importorskip("py4j.protocol").Py4JNetworkError
+
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    (tmp_path / "java").write_text("#!/bin/sh\n")
+    (tmp_path / "java").chmod(0o755)
+    closed, dropped = [], []
+
+    class Wrapper:
+        def close(self) -> None:
+            closed.append(True)
+
+    guard = JvmGuard(
+        start=Wrapper, name="sim", label="env 'sim'", simulator="Sim", error=SimError, call_timeout_s=5,
+        on_drop=lambda: dropped.append(True),
+    )  # fmt: skip
+    with pytest.raises(SimError, match=r"^env 'sim': step: the Sim engine \(JVM\) stopped answering \(gone\)$"):
+        with guard.call("step"):
+            raise Py4JNetworkError("gone")
+    assert guard.wrapper is None and closed == [True] and dropped == [True]
+    with guard.call("reset") as wrapper:  # the next call starts another
+        assert isinstance(wrapper, Wrapper)
+    with pytest.raises(ValueError):  # the caller's own errors pass, and keep the wrapper
+        with guard.call("step"):
+            raise ValueError("bad action")
+    assert guard.wrapper is wrapper
+    guard.close()
+    assert guard.wrapper is None and closed == [True, True]

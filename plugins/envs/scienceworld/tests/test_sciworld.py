@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import logging
+import signal
+import sys
+import threading
+
+import msgspec
 import numpy as np
 import pytest
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.testing import check_domain
-from dreamgym_plugin_scienceworld import SciWorldConfig, SciWorldDomain
+from dreamgym_core.testing.processes import bounded, stop_process
+from dreamgym_plugin_scienceworld import SciWorldConfig, SciWorldDomain, SciWorldEnv
 from dreamgym_plugin_scienceworld.env import EngineError, inventory_items, render_state
 
 CONFIG = SciWorldConfig(train_variations=3, valid_variations=2, test_variations=2, max_steps=12)
@@ -83,13 +91,141 @@ def test_a_failed_task_ends_the_episode_as_a_failure():
         living.close()
 
 
-def test_a_crashed_simulator_fails_the_step_in_one_line(domain, env):
-    env.reset(task=domain.tasks(split="train")[0])
-    env._engine._gateway.java_process.kill()  # the JVM dies under the adapter
-    env._engine._gateway.java_process.wait()
-    with pytest.raises(EngineError, match=r"scienceworld: step 'look around' failed") as err:
+def _java(env):
+    """The JVM of an env that has been reset."""
+    return env._engine._gateway.java_process
+
+
+def test_a_dead_simulator_fails_in_one_line_and_the_next_reset_starts_another(domain, env):
+    task = domain.tasks(split="train")[0]
+    first = env.reset(task=task)
+    process = _java(env)
+    process.kill()  # the JVM dies under the adapter
+    process.wait()
+    with pytest.raises(EngineError, match=r"^scienceworld: step 'look around': the ScienceWorld engine \(JVM\) has exited") as err:
         env.step(action="look around")
     assert "\n" not in str(err.value)
+    with pytest.raises(EngineError, match="needs reset"):  # the episode went with the JVM
+        env.step(action="look around")
+    assert env.reset(task=task) == first  # a new JVM
+    assert env.step(action="look around").valid
+
+
+def test_the_probe_survives_its_simulators_death():
+    """The domain's probe env answers initial_observation for every synthetic episode: one
+    JVM death must cost one call at most, and no call may leak a raw py4j error."""
+    probe_domain = SciWorldDomain(CONFIG)
+    try:
+        parent = probe_domain.tasks(split="train")[0]
+        first = probe_domain.initial_observation(parent)
+        process = _java(probe_domain._probe)
+        process.kill()
+        process.wait()
+        with pytest.raises(EngineError, match=r"^scienceworld: .*has exited"):
+            probe_domain.make_variation(parent, "variation=5")
+        child = probe_domain.make_variation(parent, "variation=5")  # a new JVM
+        assert child is not None and child.payload["variation"] == 5
+        process = _java(probe_domain._probe)
+        process.kill()
+        process.wait()
+        with pytest.raises(EngineError, match=r"^scienceworld: reset sciworld/find-non-living-thing/0: .*has exited"):
+            probe_domain.initial_observation(parent)
+        assert probe_domain.initial_observation(parent) == first
+    finally:
+        probe_domain.close()
+
+
+_LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops a JVM with SIGSTOP, watched in /proc")
+
+
+def _py4j_noise(records: list[logging.LogRecord]) -> list[str]:
+    """What py4j logged (some of it on the root logger) that a default setup would print."""
+    return [
+        f"{r.name}: {r.getMessage()}" for r in records
+        if r.levelno >= logging.WARNING and (r.name.startswith("py4j") or "py4j" in r.pathname)
+    ]  # fmt: skip
+
+
+@_LINUX
+def test_a_hung_simulator_fails_after_call_timeout_s_and_the_next_reset_starts_another(domain, caplog):
+    task = domain.tasks(split="train")[0]
+    limit = 10.0  # the JVM's start is under it too (about 2 s; more on a loaded machine)
+    env = SciWorldEnv(max_steps=CONFIG.max_steps, max_observation_chars=CONFIG.max_observation_chars, call_timeout_s=limit)
+    try:
+        first = env.reset(task=task)
+        process = _java(env)
+        stop_process(process.pid)  # hung: its sockets stay open, nothing answers
+        with caplog.at_level(logging.INFO):
+            error, elapsed = bounded(lambda: env.step(action="look around"), limit_s=60, unblock=process.kill)
+        assert isinstance(error, EngineError), error
+        assert str(error) == (
+            "scienceworld: step 'look around': the ScienceWorld engine (JVM) did not answer within 10 s"
+            " (call_timeout_s) and was stopped"
+        )
+        assert limit <= elapsed < limit + 15
+        assert process.returncode == -signal.SIGKILL  # killed and reaped
+        assert _py4j_noise(caplog.records) == []
+        assert env.reset(task=task) == first  # a new JVM
+        assert env.step(action="look around").valid
+        process = _java(env)
+        stop_process(process.pid)  # closing a hung JVM is bounded too
+        _, elapsed = bounded(env.close, limit_s=60, unblock=process.kill)
+        assert elapsed < limit + 15 and process.poll() is not None
+    finally:
+        env.close()
+
+
+@_LINUX
+def test_a_jvm_killed_during_a_call_is_one_line_without_py4j_tracebacks(domain, env, caplog):
+    task = domain.tasks(split="train")[0]
+    first = env.reset(task=task)
+    process = _java(env)
+    stop_process(process.pid)
+    killer = threading.Timer(0.5, process.kill)  # dies mid-call; the limit is far off
+    killer.start()
+    with caplog.at_level(logging.INFO):
+        error, _ = bounded(lambda: env.step(action="look around"), limit_s=30, unblock=process.kill)
+    killer.join()
+    assert isinstance(error, EngineError), error
+    assert str(error).startswith("scienceworld: step 'look around': the ScienceWorld engine (JVM) stopped answering")
+    assert "\n" not in str(error)
+    assert _py4j_noise(caplog.records) == []
+    assert env.reset(task=task) == first
+
+
+def test_the_simulator_leaves_no_java_proxies_for_the_garbage_collector(domain, env):
+    """A py4j proxy sits in a reference cycle; freed by a later collection, it messages its JVM
+    from whatever thread runs it, and a stopped JVM blocks that thread with no time limit."""
+    from py4j.finalizer import ThreadSafeFinalizer
+
+    gc.collect()
+    gc.disable()
+    try:
+        env.reset(task=domain.tasks(split="train")[1])  # starts the JVM
+        env.step(action="look around")
+        env.step(action="open door")  # ambiguous: a second engine step
+        env.valid_actions()
+        env.action_templates()
+        env.reset(task=domain.tasks(split="train")[0])
+        client = env._engine._gateway._gateway_client
+        prefix = f"{client.address}{client.port}"
+        live = {key[len(prefix):] for key, ref in list(ThreadSafeFinalizer.finalizers.items()) if key.startswith(prefix) and ref() is not None}
+        # what the gateway and the wrapper hold for good: nothing left for the collector
+        assert live == {"GATEWAY_SERVER", "t", env._engine.server._target_id}
+    finally:
+        gc.enable()
+
+
+def test_call_timeout_s_is_a_checked_config_field(domain):
+    assert SciWorldConfig().call_timeout_s == 120.0
+    with pytest.raises(msgspec.ValidationError, match="call_timeout_s"):
+        msgspec.convert({"call_timeout_s": -1}, type=SciWorldConfig)
+    assert domain.make_env().call_timeout_s == CONFIG.call_timeout_s
+
+
+def test_an_unknown_simplification_names_the_field():
+    with pytest.raises(ConfigError, match=r"env.config.simplifications: unknown ScienceWorld simplification 'teleport'"):
+        SciWorldDomain(SciWorldConfig(simplifications="openDoors,teleport"))
 
 
 def test_unknown_task_names_the_field_and_the_closest_task():

@@ -8,7 +8,13 @@ from msgspec import Meta
 
 from dreamgym_core.config import Config, NonNegativeInt, PositiveInt, Probability
 
-__all__ = ["SciWorldConfig"]
+__all__ = ["SciWorldConfig", "DEFAULT_CALL_TIMEOUT_S"]
+
+# Measured on a 2-core machine at load 5-7: a step answers in 1-15 ms, listing the valid actions
+# in at most 0.2 s, the JVM's start in about 1.5 s, and a load with its gold path plus a reset
+# in 0.2-4.5 s on 28 of the 30 tasks; the mendelian-genetics tasks' gold paths take 11-19 s. Two
+# minutes is six times that, so only a hung simulator reaches it, and short next to a run.
+DEFAULT_CALL_TIMEOUT_S = 120.0
 
 
 class SciWorldConfig(Config):
@@ -29,6 +35,18 @@ class SciWorldConfig(Config):
         Probability, Meta(description="Noisy-expert policy: chance of a random valid action instead of the gold path's next one.")
     ] = 0.3
     max_observation_chars: Annotated[PositiveInt, Meta(description="Budget of the observation part of the abstract state.")] = 1200
+    call_timeout_s: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            description=(
+                "Time limit of the JVM's start and of one simulator call (load, reset, step, listing actions), in seconds."
+                " A simulator that does not answer within it (a hung JVM) is killed, the call fails with EngineError and"
+                " the next call starts a new JVM. Normal calls take milliseconds to 20 s (a mendelian-genetics gold"
+                " path); 0 turns the limit off."
+            ),
+        ),
+    ] = DEFAULT_CALL_TIMEOUT_S
     describe_actions: Annotated[
         bool, Meta(description="Append ScienceWorld's action templates to each task's instruction (its states list no actions).")
     ] = True

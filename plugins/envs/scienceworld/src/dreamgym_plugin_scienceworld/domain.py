@@ -19,7 +19,7 @@ __all__ = ["SciWorldDomain", "POLICIES", "annotate_transition"]
 
 POLICIES = ("expert", "noisy", "random")
 # ScienceWorld's own splits of a task's variations; DreamGym's "valid" split is its "dev".
-_SPLIT_METHODS = {"train": "get_variations_train", "valid": "get_variations_dev", "test": "get_variations_test"}
+_SPLITS = {"train": "train", "valid": "dev", "test": "test"}
 _VARIATION = re.compile(r"variation\s*[=:]\s*(\d+)")
 
 
@@ -33,22 +33,39 @@ class SciWorldDomain:
         self._probe: SciWorldEnv | None = None
         self._variations: dict[str, list[int]] = {}
         self._tasks: dict[str, list[Task]] = {}
-        names = self._probe_env()._started().get_task_names()
+        try:
+            self._check(config, self._probe_env())
+        except BaseException:
+            self.close()  # its JVM is up
+            raise
+
+    @staticmethod
+    def _check(config: SciWorldConfig, probe: SciWorldEnv) -> None:
+        names = probe.task_names()
         if config.task not in names:
             close = difflib.get_close_matches(config.task, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f" (tasks: {', '.join(names)})"
             raise ConfigError(f"env.config.task: unknown ScienceWorld task {config.task!r}{hint}")
+        # The env loads through the simulator's server, which takes an unknown simplification
+        # silently and answers every later step with an error: so the names are checked here.
+        known = ["easy", *probe.simplifications()]
+        for name in filter(None, config.simplifications.split(",")):
+            if name not in known:
+                raise ConfigError(
+                    f"env.config.simplifications: unknown ScienceWorld simplification {name!r} (known: {', '.join(known)})"
+                )
+        if "noElectricalAction" in config.simplifications and ("power-component" in config.task or "conductivity" in config.task):
+            raise ConfigError(f"env.config.simplifications: task {config.task!r} needs electrical actions; drop noElectricalAction")
 
     # --- tasks -------------------------------------------------------------------
 
     def variations(self, split: str) -> list[int]:
         """Every variation ScienceWorld puts in ``split`` (train, valid = its dev, test)."""
-        if split not in _SPLIT_METHODS:
-            raise ConfigError(f"unknown split {split!r} (splits: {', '.join(_SPLIT_METHODS)})")
+        if split not in _SPLITS:
+            raise ConfigError(f"unknown split {split!r} (splits: {', '.join(_SPLITS)})")
         if not self._variations:  # one load gives the task's three splits
-            engine = self._probe_env()._started()
-            engine.load(self.config.task, 0, self.config.simplifications)
-            self._variations = {name: list(getattr(engine, method)()) for name, method in _SPLIT_METHODS.items()}
+            splits = self._probe_env().split_variations(self.config.task, self.config.simplifications)
+            self._variations = {name: splits[theirs] for name, theirs in _SPLITS.items()}
         return list(self._variations[split])
 
     def tasks(self, *, split: str) -> list[Task]:
@@ -61,11 +78,10 @@ class SciWorldDomain:
 
     def _task(self, split: str, variation: int, parent: Task | None = None) -> Task:
         payload = {"task": self.config.task, "variation": variation, "simplifications": self.config.simplifications, "split": split}
-        engine = self._probe_env()._started()
-        engine.load(self.config.task, variation, self.config.simplifications)
-        instruction = " ".join(engine.get_task_description().split())
+        probe = self._probe_env()
+        instruction = " ".join(probe.task_description(self.config.task, variation, self.config.simplifications).split())
         if self.config.describe_actions:
-            instruction += " Actions: " + ", ".join(self._probe_env().action_templates()) + "."
+            instruction += " Actions: " + ", ".join(probe.action_templates()) + "."
         origin = "synthetic" if parent else "seed"
         return Task(
             id=f"sciworld/{self.config.task}/{variation}" + ("~syn" if parent else ""),
@@ -79,15 +95,18 @@ class SciWorldDomain:
 
     # --- real environments -------------------------------------------------------
 
-    def make_env(self) -> SciWorldEnv:
+    def make_env(self, *, gold_path: bool = False) -> SciWorldEnv:
         """A fresh real environment (its JVM starts on the first reset)."""
-        return SciWorldEnv(max_steps=self.config.max_steps, max_observation_chars=self.config.max_observation_chars)
+        c = self.config
+        return SciWorldEnv(
+            max_steps=c.max_steps, max_observation_chars=c.max_observation_chars, gold_path=gold_path, call_timeout_s=c.call_timeout_s
+        )
 
     def _probe_env(self) -> SciWorldEnv:
+        """The domain's own env (gold paths on): tasks, initial observations and collection.
+        A JVM of its that dies or hangs costs the call that finds out; the next starts another."""
         if self._probe is None:
-            self._probe = SciWorldEnv(
-                max_steps=self.config.max_steps, max_observation_chars=self.config.max_observation_chars, gold_path=True
-            )
+            self._probe = self.make_env(gold_path=True)
         return self._probe
 
     def initial_observation(self, task: Task) -> Observation:

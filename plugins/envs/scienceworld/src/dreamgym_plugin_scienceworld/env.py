@@ -18,7 +18,10 @@ import re
 from typing import Any
 
 from dreamgym_core.errors import DreamGymError
+from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
 from dreamgym_core.records import Observation, StepResult, Task
+
+from .config import DEFAULT_CALL_TIMEOUT_S
 
 __all__ = ["SciWorldEnv", "EngineError", "render_state", "inventory_items", "UNKNOWN_ACTION", "is_ambiguous"]
 
@@ -30,7 +33,7 @@ _ENGINE_STEP_LIMIT = 10_000
 
 
 class EngineError(DreamGymError):
-    """The ScienceWorld simulator (a JVM behind py4j) failed or was used out of order."""
+    """The ScienceWorld simulator (a JVM behind py4j) died, hung, refused a task, or was used out of order."""
 
 
 def inventory_items(inventory: str) -> str:
@@ -52,6 +55,13 @@ def is_ambiguous(observation: str) -> bool:
     return observation.startswith(_AMBIGUOUS)
 
 
+def _start() -> Any:
+    """A started ScienceWorld wrapper (its JVM up, about 2 s)."""
+    from scienceworld import ScienceWorldEnv
+
+    return quiet_del(ScienceWorldEnv)("", envStepLimit=_ENGINE_STEP_LIMIT)
+
+
 class SciWorldEnv:
     """Real ScienceWorld episodes in the abstract state.
 
@@ -62,66 +72,124 @@ class SciWorldEnv:
     simulator does not know is sent, answered with its "No known action" message, and the
     transition is flagged ``valid=False``. An ambiguous action (several objects match) is
     resolved to the simulator's first reading, as its own examples do.
-    The JVM starts on the first reset (about 2 s); ``close`` stops it.
+
+    The JVM starts on the first call (about 2 s); ``close`` stops it. Each call to it is
+    bounded by ``call_timeout_s`` (0: no limit): a JVM that does not answer in time is
+    killed, and one that died is dropped; the call fails with a one-line
+    :class:`EngineError`, the episode is over, and the next call starts a new JVM.
     """
 
-    def __init__(self, *, max_steps: int, max_observation_chars: int, gold_path: bool = False) -> None:
+    def __init__(
+        self, *, max_steps: int, max_observation_chars: int, gold_path: bool = False,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+    ) -> None:  # fmt: skip
         self.max_steps = max_steps
         self.max_observation_chars = max_observation_chars
         self.gold_path = gold_path
-        self._engine: Any = None
+        self.call_timeout_s = call_timeout_s
+        self._jvm = JvmGuard(
+            start=_start, name="sciworld", label="scienceworld", simulator="ScienceWorld", error=EngineError,
+            call_timeout_s=call_timeout_s, on_drop=self._end_episode,
+        )  # fmt: skip
         self._gold: list[str] = []
         self._score = 0.0
         self._steps = 0
         self._done = True
 
-    def _started(self) -> Any:
-        if self._engine is None:
-            from scienceworld import ScienceWorldEnv
+    @property
+    def _engine(self) -> Any:
+        """The started ScienceWorld wrapper, or None (for tests and debugging)."""
+        return self._jvm.wrapper
 
-            try:
-                self._engine = ScienceWorldEnv("", envStepLimit=_ENGINE_STEP_LIMIT)
-            except Exception as exc:  # no Java, a JVM that cannot start
-                raise EngineError(f"scienceworld: the simulator did not start: {type(exc).__name__}: {exc}") from exc
-        return self._engine
+    def _end_episode(self) -> None:
+        self._done = True
 
-    def _observe(self, observation: str, info: dict[str, Any]) -> Observation:
-        text = render_state(observation, info.get("inv", ""), float(info["score"]), max_observation_chars=self.max_observation_chars)
+    # --- what the domain asks of the simulator (each one bounded call) ---------------
+
+    def task_names(self) -> list[str]:
+        with self._jvm.call("list tasks") as engine:
+            return list_items(engine, engine.server.getTaskNames())
+
+    def simplifications(self) -> list[str]:
+        """The simplification names the simulator knows (``easy`` names a set of them)."""
+        with self._jvm.call("list simplifications") as engine:
+            return str(engine.server.getPossibleSimplifications()).split(", ")
+
+    def split_variations(self, task: str, simplifications: str) -> dict[str, list[int]]:
+        """``task``'s variations in ScienceWorld's own train, dev and test splits."""
+        with self._jvm.call(f"list the variations of {task}") as engine:
+            server = engine.server
+            self._load(server, task, 0, simplifications, gold_path=False)
+            return {
+                "train": list_items(engine, server.getVariationsTrain()),
+                "dev": list_items(engine, server.getVariationsDev()),
+                "test": list_items(engine, server.getVariationsTest()),
+            }
+
+    def task_description(self, task: str, variation: int, simplifications: str) -> str:
+        """The simulator's description of one variation (loading it ends an episode under way)."""
+        with self._jvm.call(f"describe {task} variation {variation}") as engine:
+            self._load(engine.server, task, variation, simplifications, gold_path=False)
+            return str(engine.server.getTaskDescription())
+
+    def action_templates(self) -> list[str]:
+        """The simulator's action templates ("open OBJ", "move OBJ to OBJ", ...) but "reset task"."""
+        with self._jvm.call("list action templates") as engine:
+            return [a for a in list_items(engine, engine.server.getPossibleActions()) if a != "reset task"]
+
+    # --- episodes ------------------------------------------------------------------
+
+    def _load(self, server: Any, task: str, variation: int, simplifications: str, *, gold_path: bool) -> None:
+        """Load a variation (this ends an episode under way). The server itself, not the
+        wrapper's load: that one lists the task names on every load, a Java list whose proxy
+        only the garbage collector would release; the domain checks the names once."""
+        self._done = True
+        answer = str(server.load(task, variation, simplifications, gold_path))
+        if answer.startswith("ERROR"):  # an unknown task or variation
+            raise EngineError(f"scienceworld: {task} variation {variation}: {answer}")
+
+    @staticmethod
+    def _send(server: Any, action: str) -> tuple[str, float, bool, str]:
+        """One simulator step: (its answer, the 0-100 score, completed, inventory). The
+        wrapper's step() also lists every valid action, costing about 70 ms a step."""
+        observation = str(server.step(action))
+        score = float(round(100 * server.getScore()))
+        return observation, score, bool(server.getCompleted()), str(server.freeActionInventory())
+
+    def _observe(self, observation: str, inventory: str, score: float) -> Observation:
+        text = render_state(observation, inventory, score, max_observation_chars=self.max_observation_chars)
         return Observation(text=text, admissible_actions=[])
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
         """Start ``task``'s variation. The variation is the payload's; ``seed`` is not used."""
-        engine = self._started()
         payload = task.payload
-        try:
-            engine.load(payload["task"], payload["variation"], payload["simplifications"], generateGoldPath=self.gold_path)
-            observation, info = engine.reset()
-            self._gold = list(engine.get_gold_action_sequence()) if self.gold_path else []
-        except Exception as exc:
-            raise EngineError(f"scienceworld {task.id}: reset failed: {type(exc).__name__}: {exc}") from exc
-        self._score, self._steps, self._done = float(info["score"]), 0, False
-        return self._observe(observation, info)
+        with self._jvm.call(f"reset {task.id}") as engine:
+            server = engine.server
+            self._load(server, payload["task"], payload["variation"], payload["simplifications"], gold_path=self.gold_path)
+            server.reset()
+            observation, score, _, inventory = self._send(server, "look around")  # as the wrapper's reset does
+            self._gold = list_items(engine, server.getGoldActionSequence()) if self.gold_path else []
+        if observation.startswith("ERROR"):  # e.g. an unknown simplification
+            raise EngineError(f"scienceworld: reset {task.id}: {observation.strip()}")
+        self._score, self._steps, self._done = score, 0, False
+        return self._observe(observation, inventory, score)
 
     def step(self, *, action: str) -> StepResult:
         if self._done:
             raise EngineError("scienceworld env: step() needs reset() first (the episode is over or not started)")
-        engine = self._engine
-        try:
-            observation, _, completed, info = engine.step(action)
+        with self._jvm.call(f"step {action!r}") as engine:
+            observation, score, completed, inventory = self._send(engine.server, action)
             if is_ambiguous(observation):
-                observation, _, completed, info = engine.step("0")
-        except Exception as exc:
-            raise EngineError(f"scienceworld: step {action!r} failed: {type(exc).__name__}: {exc}") from exc
-        score = float(info["score"])
+                observation, score, completed, inventory = self._send(engine.server, "0")
         self._steps += 1
-        success = bool(completed) and score >= 100
-        failed = (bool(completed) and not success) or score < 0
+        success = completed and score >= 100
+        failed = (completed and not success) or score < 0
         truncated = not (success or failed) and self._steps >= self.max_steps
         done = success or failed or truncated
         result_info = {"score": score, "score_delta": score - self._score, "truncated": truncated, "steps": self._steps}
         self._score, self._done = score, done
         return StepResult(
-            observation=self._observe(observation, info),
+            observation=self._observe(observation, inventory, score),
             reward=1.0 if success else 0.0,
             done=done,
             success=success,
@@ -135,20 +203,9 @@ class SciWorldEnv:
 
     def valid_actions(self) -> list[str]:
         """Every action string the simulator accepts in the current state (hundreds)."""
-        try:
-            return [a for a in self._engine.get_valid_action_object_combinations() if a != "reset task"]
-        except Exception as exc:
-            raise EngineError(f"scienceworld: listing valid actions failed: {type(exc).__name__}: {exc}") from exc
-
-    def action_templates(self) -> list[str]:
-        """The simulator's action templates ("open OBJ", "move OBJ to OBJ", ...) but "reset task"."""
-        return [a for a in self._started().get_possible_actions() if a != "reset task"]
+        with self._jvm.call("list valid actions") as engine:
+            return [a for a in list_items(engine, engine.server.getValidActionObjectCombinations()) if a != "reset task"]
 
     def close(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            try:
-                engine.close()
-            except Exception:  # closing a JVM that already died: nothing left to release
-                pass
+        self._jvm.close()
         self._done = True

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -20,10 +21,13 @@ from dreamgym_core.errors import ConfigError
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import Task
 from dreamgym_core.testing import check_domain
+from dreamgym_core.testing.processes import bounded, stop_process
 from dreamgym_plugin_miniwob import BrowserError, MiniWoBConfig, MiniWoBDomain, parse_action, render_state
 from dreamgym_plugin_miniwob.domain import annotate_transition
 from dreamgym_plugin_miniwob.experts import EXPERTS
-from dreamgym_plugin_miniwob.page import Element, Page, find_browser, kill_processes_using, reap_orphaned_browsers
+from dreamgym_plugin_miniwob.page import (
+    Element, Page, _processes_with_argument, find_browser, kill_processes_using, reap_orphaned_browsers,
+)
 
 try:
     find_browser()
@@ -169,22 +173,80 @@ def test_a_wrong_submission_fails_and_the_step_cap_ends_an_episode(domain, env):
     assert results[-1].info["truncated"] and not results[-1].success
 
 
+def _browser_pids(page: Page) -> list[int]:
+    """The Chromium processes (browser and helpers) of a started page."""
+    return _processes_with_argument(f"--user-data-dir={page._profile.name}".encode())
+
+
 @browser
-def test_a_crashed_browser_fails_the_step_in_one_line(domain):
+def test_a_crashed_driver_fails_the_step_in_one_line_and_the_next_reset_starts_another(domain):
     env = domain.make_env()
     try:
-        env.reset(task=domain.tasks(split="train")[0])
+        first = env.reset(task=domain.tasks(split="train")[0])
+        profile = env.page._profile.name
         env.page._driver.service.process.kill()  # ChromeDriver dies under the adapter
         env.page._driver.service.process.wait()
         with pytest.raises(BrowserError, match=r"miniwob login-user: the browser failed") as err:
             env.step(action="click [4]")
         assert "\n" not in str(err.value)
-        profile = env.page._profile.name
-        assert profile in _our_browsers()  # Chromium outlived its driver
+        assert profile not in _our_browsers() and not os.path.exists(profile)  # the orphaned browser went with it
+        assert env.reset(task=domain.tasks(split="train")[0]) == first  # a new browser
     finally:
         env.close()
-    assert profile not in _our_browsers()  # close waits until the killed browser is gone
-    assert not os.path.exists(profile)
+
+
+@browser
+def test_the_probe_replaces_a_killed_browser():
+    """The domain's probe env answers initial_observation for every synthetic episode: a dead
+    browser must cost one call, not every later one."""
+    probe_domain = MiniWoBDomain(CONFIG)
+    try:
+        task = probe_domain.tasks(split="train")[0]
+        first = probe_domain.initial_observation(task)
+        for pid in _browser_pids(probe_domain._probe.page):
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrowserError, match=r"^miniwob login-user: the browser failed") as err:
+            probe_domain.initial_observation(task)
+        assert "\n" not in str(err.value)
+        assert probe_domain.initial_observation(task) == first
+        child = probe_domain.make_variation(task, "seed=77")
+        assert child is not None and child.payload["seed"] == 77
+    finally:
+        probe_domain.close()
+
+
+@browser
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops the browser with SIGSTOP, watched in /proc")
+def test_a_stopped_browser_fails_the_call_after_call_timeout_s_and_the_next_reset_starts_another():
+    stopped_domain = MiniWoBDomain(msgspec.structs.replace(CONFIG, call_timeout_s=3.0))
+    env = stopped_domain.make_env()
+    try:
+        task = stopped_domain.tasks(split="train")[0]
+        first = env.reset(task=task)
+        profile = env.page._profile.name
+        pids = _browser_pids(env.page)
+        for pid in pids:
+            stop_process(pid)
+
+        def unblock() -> None:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+
+        error, elapsed = bounded(lambda: env.step(action="click [4]"), limit_s=60, unblock=unblock)
+        assert isinstance(error, BrowserError), error
+        assert str(error).startswith("miniwob login-user: the browser failed") and "\n" not in str(error)
+        assert 3 <= elapsed < 15
+        assert profile not in _our_browsers() and not os.path.exists(profile)  # killed, profile removed
+        assert env.reset(task=task) == first  # a new browser
+    finally:
+        env.close()
+        stopped_domain.close()
+
+
+def test_call_timeout_s_is_a_checked_config_field():
+    assert MiniWoBConfig().call_timeout_s == 10.0
+    with pytest.raises(msgspec.ValidationError, match="call_timeout_s"):
+        msgspec.convert({"call_timeout_s": 0}, type=MiniWoBConfig)
 
 
 def test_kill_processes_using_kills_only_that_profiles_processes_and_waits_for_them(tmp_path):

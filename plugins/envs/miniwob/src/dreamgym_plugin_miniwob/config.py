@@ -9,7 +9,13 @@ from msgspec import Meta
 
 from dreamgym_core.config import Config, NonNegativeInt, PositiveInt, Probability
 
-__all__ = ["MiniWoBConfig"]
+__all__ = ["MiniWoBConfig", "DEFAULT_CALL_TIMEOUT_S"]
+
+# Measured on a 2-core machine at load 2: a task's page loads in at most 0.5 s, a script (the
+# elements, the utterance, a click) answers in at most 20 ms, typing a few words in 30 ms, and
+# Chromium starts in 0.75 s. Ten seconds is twenty times the slowest call, and a stopped
+# browser then costs a run seconds instead of Selenium's 120.
+DEFAULT_CALL_TIMEOUT_S = 10.0
 
 
 class MiniWoBConfig(Config):
@@ -32,6 +38,17 @@ class MiniWoBConfig(Config):
     chromedriver: Annotated[
         str, Meta(description="ChromeDriver binary ('' : $MINIWOB_CHROMEDRIVER, else chromedriver on PATH).")
     ] = ""
+    call_timeout_s: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            description=(
+                "Time limit of one browser call (a page load, a script, typing), in seconds. A browser that does not"
+                " answer within it (a stopped or hung one) is killed, the call fails with BrowserError, and the next"
+                " reset starts a new browser. Normal calls take 20 ms to 0.5 s."
+            ),
+        ),
+    ] = DEFAULT_CALL_TIMEOUT_S
     describe_actions: Annotated[
         bool, Meta(description="Append the action syntax (click [N], type [N] TEXT) to each task's instruction.")
     ] = True

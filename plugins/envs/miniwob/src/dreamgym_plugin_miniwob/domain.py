@@ -91,7 +91,10 @@ class MiniWoBDomain:
     def make_env(self) -> MiniWoBEnv:
         """A fresh real environment (its Chromium starts on the first reset)."""
         c = self.config
-        return MiniWoBEnv(max_steps=c.max_steps, max_elements=c.max_elements, chromium=c.chromium, chromedriver=c.chromedriver)
+        return MiniWoBEnv(
+            max_steps=c.max_steps, max_elements=c.max_elements, chromium=c.chromium, chromedriver=c.chromedriver,
+            call_timeout_s=c.call_timeout_s,
+        )  # fmt: skip
 
     def _probe_env(self) -> MiniWoBEnv:
         if self._probe is None:

@@ -21,6 +21,7 @@ from typing import Sequence
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 
+from .config import DEFAULT_CALL_TIMEOUT_S
 from .page import Element, Page
 
 __all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "render_state"]
@@ -78,8 +79,11 @@ class MiniWoBEnv:
     ``close`` stops it.
     """
 
-    def __init__(self, *, max_steps: int, max_elements: int, chromium: str = "", chromedriver: str = "") -> None:
-        self.page = Page(chromium=chromium, chromedriver=chromedriver)
+    def __init__(
+        self, *, max_steps: int, max_elements: int, chromium: str = "", chromedriver: str = "",
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+    ) -> None:  # fmt: skip
+        self.page = Page(chromium=chromium, chromedriver=chromedriver, call_timeout_s=call_timeout_s)
         self.max_steps = max_steps
         self.max_elements = max_elements
         self._elements: list[Element] = []

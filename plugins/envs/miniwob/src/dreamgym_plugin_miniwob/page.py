@@ -24,6 +24,8 @@ import msgspec
 
 from dreamgym_core.errors import ConfigError, DreamGymError
 
+from .config import DEFAULT_CALL_TIMEOUT_S
+
 __all__ = ["BrowserError", "Element", "Page", "task_names", "find_browser", "kill_processes_using", "reap_orphaned_browsers"]
 
 # The flags a closed network needs: without the background-networking ones Chromium keeps
@@ -113,21 +115,34 @@ def _flatten(node: Any) -> list[Element]:
 
 
 class Page:
-    """One headless Chromium (started on first use) showing the page of the task last started."""
+    """One headless Chromium (started on first use) showing the page of the task last started.
 
-    def __init__(self, *, chromium: str = "", chromedriver: str = "") -> None:
+    Every call to the browser is bounded by ``call_timeout_s`` (ChromeDriver's answer, the
+    page's load, a script). A call that fails (a crashed or stopped browser, a dead
+    ChromeDriver, a limit passed) raises :class:`BrowserError` and closes the page, killing
+    what is left of the browser: the next ``start`` launches a new one.
+    """
+
+    def __init__(self, *, chromium: str = "", chromedriver: str = "", call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
         self.task = ""  # the task whose page is open
+        self.call_timeout_s = call_timeout_s
         self._binaries = (chromium, chromedriver)
         self._driver: Any = None
         self._profile: tempfile.TemporaryDirectory[str] | None = None
 
+    def _failed(self, what: str, exc: Exception) -> BrowserError:
+        """``exc`` of a browser call as a one-line BrowserError, the browser closed first."""
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        task = self.task or "(no page)"
+        self.close(broken=True)
+        return BrowserError(f"miniwob {task}: {what}: {type(exc).__name__}: {message}")
+
     def _script(self, script: str) -> Any:
+        driver = self._started()
         try:
-            return self._started().execute_script(script)
-        except BrowserError:
-            raise
-        except Exception as exc:  # a crashed browser or a closed window
-            raise BrowserError(f"miniwob {self.task or '(no page)'}: the browser failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            return driver.execute_script(script)
+        except Exception as exc:  # a crashed or stopped browser, a closed window, a dead driver
+            raise self._failed("the browser failed", exc) from exc
 
     def _started(self) -> Any:
         if self._driver is None:
@@ -143,8 +158,13 @@ class Page:
             options.binary_location = binary
             try:
                 self._driver = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+                # Selenium waits 120 s for ChromeDriver's answer, which a stopped browser never
+                # sends; the page's load and a script get the same limit on ChromeDriver's side.
+                self._driver.command_executor.client_config.timeout = self.call_timeout_s
+                self._driver.set_page_load_timeout(self.call_timeout_s)
+                self._driver.set_script_timeout(self.call_timeout_s)
             except Exception as exc:
-                self.close()
+                self.close(broken=True)
                 raise BrowserError(f"miniwob: Chromium did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         return self._driver
 
@@ -161,12 +181,12 @@ class Page:
             if task not in task_names():
                 raise ConfigError(f"unknown MiniWoB++ task {task!r}")
             self.task = ""
+            driver = self._started()
             try:  # returns once the page has loaded, its core script included
-                self._started().get((_html_dir() / f"{task}.html").as_uri())
-            except BrowserError:
-                raise
+                driver.get((_html_dir() / f"{task}.html").as_uri())
             except Exception as exc:
-                raise BrowserError(f"miniwob {task}: the page did not load: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+                self.task = task
+                raise self._failed("the page did not load", exc) from exc
             self.task = task
         self._script(
             "core.endEpisode(0, false, 'reset');"
@@ -193,18 +213,24 @@ class Page:
         """Real key events into the focused element."""
         from miniwob.selenium_actions import execute_type_text
 
+        driver = self._started()
         try:
-            execute_type_text(text, self._started())
+            execute_type_text(text, driver)
         except Exception as exc:
-            raise BrowserError(f"miniwob {self.task or '(no page)'}: typing failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            raise self._failed("typing failed", exc) from exc
 
     def outcome(self) -> tuple[bool, float]:
         """(episode over, the page's raw reward in [-1, 1])."""
         answer = self._script('return [WOB_DONE_GLOBAL, WOB_RAW_REWARD_GLOBAL];')
         return bool(answer[0]), float(answer[1])
 
-    def close(self) -> None:
+    def close(self, *, broken: bool = False) -> None:
+        """Quit the browser and remove its profile. A ``broken`` one (a call to it failed) is
+        killed first: asking a stopped browser to quit would wait out the time limit again."""
         driver, self._driver = self._driver, None
+        self.task = ""  # a new browser opens the page again
+        if broken and self._profile is not None:
+            kill_processes_using(self._profile.name)
         if driver is not None:
             try:
                 driver.quit()

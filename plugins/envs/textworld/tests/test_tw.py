@@ -5,6 +5,7 @@ Games are generated once per session into a temporary cache (see conftest).
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import msgspec
 import pytest
 
 from dreamgym_core.errors import ConfigError
+from dreamgym_core.testing.processes import bounded
 from dreamgym_plugin_textworld import TwConfig, make_tw
 
 from .conftest import TW_GAMES
@@ -88,6 +90,32 @@ def test_variation_changes_the_generated_world(tw_domains) -> None:
     assert child is not None and child.origin == "synthetic" and child.parent_id == parent.id
     assert child.instruction and domain.initial_observation(child).text.startswith("Observation: ")
     assert domain.make_variation(parent, "seed=2000001") is None  # a test seed
+
+
+def test_out_of_range_variations_are_skipped_at_once_naming_the_range(tw_domains, caplog) -> None:
+    """A generated world of world_size=100000 never finishes generating: the bound is checked first."""
+    domain = tw_domains["custom"]
+    parent = domain.tasks(split="train")[0]
+    description = domain.describe_variation(parent)
+    assert "world_size (1-20, now 2)" in description and "quest_length (1-10, now 2)" in description
+    with caplog.at_level(logging.INFO, logger="dreamgym_plugin_textworld"):
+        child, elapsed = bounded(lambda: domain.make_variation(parent, "world_size=100000"), limit_s=30, unblock=lambda: None)
+    assert child is None and elapsed < 5
+    assert "game 'custom' parameter world_size=100000 is out of range (1-20)" in caplog.text
+    assert domain.make_variation(parent, "nb_objects=-1") is None
+    cooking = tw_domains["cooking"].tasks(split="train")[0]
+    assert "go (1, 6, 9 or 12, now 1)" in tw_domains["cooking"].describe_variation(cooking)
+    assert tw_domains["cooking"].make_variation(cooking, "go=4") is None
+    assert tw_domains["cooking"].make_variation(cooking, "take=2") is None  # more than the recipe's 1 ingredient
+
+
+def test_out_of_range_parameters_are_config_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"^env 'tw': game 'custom' parameter world_size=100000 is out of range \(1-20\)$"):
+        make_tw(TwConfig(game="custom", params={"world_size": 100000}, cache_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"parameter level=151 is out of range \(1-150\)"):
+        make_tw(TwConfig(game="coin_collector", params={"level": 151}, cache_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"parameter take=3 is out of range \(0-2: at most recipe\)"):
+        make_tw(TwConfig(game="cooking", params={"recipe": 2, "take": 3}, cache_dir=str(tmp_path)))
 
 
 def test_unknown_game_and_parameter_fail_listing_what_exists(tmp_path) -> None:

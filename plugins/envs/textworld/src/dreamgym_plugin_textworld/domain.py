@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ from .games import (
     check_game,
     check_split,
     default_cache_dir,
+    describe_allowed,
     seed_split,
     split_range,
     split_seeds,
@@ -30,6 +32,8 @@ from .policies import check_policy, choose_action
 from .state import drop_scenery, expand_actions, parse_state
 
 __all__ = ["TextWorldDomain", "parse_variation", "task_id"]
+
+log = logging.getLogger(__name__)
 
 _PAIR = re.compile(r"([A-Za-z_]+)\s*[=:]\s*(-?\d+)")
 
@@ -169,16 +173,20 @@ class TextWorldDomain:
         """Tells the task generator what a variation of ``task`` may change, and how to write it."""
         seeds = split_range(self.name, "train")
         first, last = seeds[0], seeds[-1]
-        params = ", ".join(
-            f"{p} ({'0 or 1, ' if self.name == 'twx' and p in TWX_FLAGS else ''}now {task.payload['params'].get(p, 'engine default')})"
-            for p in self.variable_params()
-        )
+        now = task.payload["params"]
+        params = ", ".join(f"{p} ({self._allowed(p, now)}now {now.get(p, 'engine default')})" for p in self.variable_params())
         return (
             f"This is a {self.config.game} game; its instruction comes from the generated game itself. "
             f"A variation changes the generated world: write key=value pairs (integers) separated by commas. "
             f"seed: a train seed in [{first}, {last}] (now {task.payload['seed']}) gives another world of the same kind"
             + (f"; difficulty parameters: {params}." if params else ".")
         )
+
+    def _allowed(self, param: str, params: dict[str, int]) -> str:
+        """``'1-20, '``: the values a variation may give ``param`` (twx checks its own but flags)."""
+        if self.name == "twx":
+            return "0 or 1, " if param in TWX_FLAGS else ""
+        return describe_allowed(self.config.game, param, params) + ", "
 
     def propose_variations(self, parent: Task, *, n: int, rng: Any) -> list[str]:
         """``n`` variation texts ``make_variation`` accepts: other train worlds of the parent's kind.
@@ -203,6 +211,12 @@ class TextWorldDomain:
         params = {**parent.payload["params"], **changes}
         if seed_split(self.name, seed) != "train":
             return None
+        if self.name == "tw":
+            try:  # before generating: a world too large never finishes
+                tw_params(self.config.game, params)
+            except ConfigError as exc:
+                log.info("%s; variation %r of %s skipped", exc, text, parent.id)
+                return None
         payload = self.payload("train", seed, params)
         if {k: v for k, v in payload.items() if k != "split"} == {k: v for k, v in parent.payload.items() if k != "split"}:
             return None

@@ -26,6 +26,9 @@ __all__ = [
     "SPLITS",
     "check_game",
     "tw_params",
+    "TW_RANGES",
+    "tw_allowed",
+    "describe_allowed",
     "twx_params_string",
     "check_split",
     "split_range",
@@ -63,6 +66,24 @@ TW_GAMES: dict[str, dict[str, int]] = {
     "cooking": {"recipe": 1, "take": 1, "go": 1, "open": 0, "cook": 0, "cut": 0, "drop": 0},
     "custom": {"world_size": 3, "nb_objects": 6, "quest_length": 3},
 }
+# The values each TextWorld parameter may take (ranges are inclusive). A variation the task
+# generator writes is checked against them before a game is generated: generation time grows
+# with the world, and world_size=100000 never finishes. Measured on the 2-core machine: custom
+# at the corners of its box generates in 1.7-6.3 s (world_size=20, nb_objects=40,
+# quest_length=10), while 30/60/30 took over 120 s; coin_collector levels above 150 need more
+# than 100 rooms, which TextWorld 1.7 no longer compiles; treasure_hunter's level 30 (its
+# hardest) takes 40 s; cooking's own bounds are TextWorld's (its recipe check is an assert).
+TW_RANGES: dict[str, dict[str, tuple[int, int] | tuple[int, ...]]] = {
+    "coin_collector": {"level": (1, 150)},
+    "treasure_hunter": {"level": (1, 30)},
+    "cooking": {
+        "recipe": (1, 5), "take": (0, 5), "go": (1, 6, 9, 12),
+        "open": (0, 1), "cook": (0, 1), "cut": (0, 1), "drop": (0, 1),
+    },  # fmt: skip
+    "custom": {"world_size": (1, 20), "nb_objects": (0, 40), "quest_length": (1, 10)},
+}
+# Sets of allowed values, as opposed to (lowest, highest) ranges.
+_VALUE_SETS = {("cooking", "go")}
 # Generation seeds per split: disjoint ranges, so a generated game belongs to one split.
 TW_SPLIT_SEEDS: dict[str, int] = {"train": 0, "valid": 1_000_000, "test": 2_000_000}
 TW_SPLIT_SIZE = 1_000_000
@@ -115,7 +136,32 @@ def tw_params(game: str, params: dict[str, int]) -> dict[str, int]:
         raise ConfigError(
             f"env 'tw': game {game!r} has no parameter {unknown[0]!r} (known: {', '.join(sorted(defaults))})"
         )
-    return {**defaults, **params}
+    merged = {**defaults, **params}
+    for name, value in sorted(merged.items()):
+        if value not in tw_allowed(game, name, merged):
+            allowed_text = describe_allowed(game, name, merged)
+            raise ConfigError(f"env 'tw': game {game!r} parameter {name}={value} is out of range ({allowed_text})")
+    return merged
+
+
+def tw_allowed(game: str, name: str, params: dict[str, int]) -> range | tuple[int, ...]:
+    """The values TextWorld parameter ``name`` of ``game`` may take, given the other ``params``."""
+    bounds = TW_RANGES[game][name]
+    if (game, name) in _VALUE_SETS:
+        return bounds
+    low, high = bounds
+    if game == "cooking" and name == "take":  # the ingredients to fetch are some of the recipe's
+        high = min(high, params.get("recipe", high))
+    return range(low, high + 1)
+
+
+def describe_allowed(game: str, name: str, params: dict[str, int]) -> str:
+    """``'1-20'``, ``'1, 6, 9 or 12'`` or ``'0-2: at most recipe'``, for messages and prompts."""
+    allowed = tw_allowed(game, name, params)
+    if isinstance(allowed, tuple):
+        return ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
+    text = f"{allowed.start}-{allowed.stop - 1}"
+    return text + (": at most recipe" if game == "cooking" and name == "take" else "")
 
 
 def default_cache_dir() -> str:

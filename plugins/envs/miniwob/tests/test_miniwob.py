@@ -243,6 +243,16 @@ def test_a_stopped_browser_fails_the_call_after_call_timeout_s_and_the_next_rese
         stopped_domain.close()
 
 
+def test_seed_counts_are_bounded_so_the_splits_never_overlap():
+    for field in ("train_seeds", "valid_seeds", "test_seeds"):
+        with pytest.raises(msgspec.ValidationError, match=rf"<= 100000 - at `\$.{field}`"):
+            msgspec.convert({field: 100_001}, type=MiniWoBConfig)
+    widest = MiniWoBDomain(MiniWoBConfig(train_seeds=100_000, valid_seeds=100_000, test_seeds=100_000))  # no browser yet
+    train, valid, test = (set(widest.seeds(split)) for split in ("train", "valid", "test"))
+    assert len(train) == len(valid) == len(test) == 100_000
+    assert not train & valid and not train & test and not valid & test
+
+
 def test_call_timeout_s_is_a_checked_config_field():
     assert MiniWoBConfig().call_timeout_s == 10.0
     with pytest.raises(msgspec.ValidationError, match="call_timeout_s"):

@@ -9,7 +9,12 @@ from msgspec import Meta
 
 from dreamgym_core.config import Config, NonNegativeInt, PositiveInt, Probability
 
-__all__ = ["MiniWoBConfig", "DEFAULT_CALL_TIMEOUT_S"]
+__all__ = ["MiniWoBConfig", "DEFAULT_CALL_TIMEOUT_S", "SPLIT_SIZE"]
+
+# Page seeds per split: train 0-99999, valid from 100000, test from 200000. A split's seed
+# count is at most this, so no split reaches into the next one's seeds.
+SPLIT_SIZE = 100_000
+_AT_MOST_SPLIT = Meta(le=SPLIT_SIZE)
 
 # Measured on a 2-core machine at load 2: a task's page loads in at most 0.5 s, a script (the
 # elements, the utterance, a click) answers in at most 20 ms, typing a few words in 30 ms, and
@@ -24,9 +29,16 @@ class MiniWoBConfig(Config):
     tasks: Annotated[
         list[str], Meta(min_length=1, description="MiniWoB++ task names (e.g. [click-button, enter-text, login-user]).")
     ] = msgspec.field(default_factory=lambda: ["click-button"])
-    train_seeds: Annotated[PositiveInt, Meta(description="Seed tasks per task in the train split (page seeds 0..N-1).")] = 64
-    valid_seeds: Annotated[NonNegativeInt, Meta(description="Seed tasks per task in the validation split (page seeds from 100000).")] = 16
-    test_seeds: Annotated[PositiveInt, Meta(description="Seed tasks per task in the test split (page seeds from 200000).")] = 32
+    train_seeds: Annotated[
+        PositiveInt, _AT_MOST_SPLIT, Meta(description="Seed tasks per task in the train split (page seeds 0..N-1; at most 100000).")
+    ] = 64
+    valid_seeds: Annotated[
+        NonNegativeInt, _AT_MOST_SPLIT,
+        Meta(description="Seed tasks per task in the validation split (page seeds from 100000; at most 100000)."),
+    ] = 16
+    test_seeds: Annotated[
+        PositiveInt, _AT_MOST_SPLIT, Meta(description="Seed tasks per task in the test split (page seeds from 200000; at most 100000).")
+    ] = 32
     max_steps: Annotated[PositiveInt, Meta(description="Step cap per episode; reaching it ends the episode as a failure.")] = 8
     noise: Annotated[
         Probability, Meta(description="Noisy-expert policy: chance of a random action instead of the expert's next one.")

@@ -12,7 +12,7 @@ from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Observation, Task, Trajectory, Transition
 from dreamgym_core.rollout import play_offline
 
-from .config import MiniWoBConfig
+from .config import SPLIT_SIZE, MiniWoBConfig
 from .env import ACTION_SYNTAX, MiniWoBEnv, parse_action
 from .experts import EXPERTS, plan
 from .page import Element, task_names
@@ -20,8 +20,9 @@ from .page import Element, task_names
 __all__ = ["MiniWoBDomain", "POLICIES", "SPLIT_SEED_BASE", "annotate_transition", "random_action"]
 
 POLICIES = ("expert", "noisy", "random")
-# Page seeds of each split: disjoint ranges, so no test problem is ever trained on.
-SPLIT_SEED_BASE = {"train": 0, "valid": 100_000, "test": 200_000}
+# Page seeds of each split: disjoint ranges (the config caps each count at SPLIT_SIZE), so no
+# test problem is ever trained on.
+SPLIT_SEED_BASE = {"train": 0, "valid": SPLIT_SIZE, "test": 2 * SPLIT_SIZE}
 _SEED = re.compile(r"seed\s*[=:]\s*(\d+)")
 
 

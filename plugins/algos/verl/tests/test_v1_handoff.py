@@ -82,7 +82,7 @@ def test_v1_worker_stores_what_the_v1_trainer_reads(transfer_queue, resolve_dict
     })
     from dreamgym_plugin_verl.trainer import prepare_files
 
-    files = prepare_files(resolved, run_dir, train=[TASK, BROKEN], val=[TASK], actors={})
+    prepare_files(resolved, run_dir, train=[TASK, BROKEN], val=[TASK], actors={})
     cfg = compose(translate(resolved))
     stored, reported = [], []
     RUNTIMES[str(run_dir)] = EpisodeRuntime(

@@ -5,6 +5,7 @@ pytest-timeout is not a dependency, so a test whose call blocks must bound it it
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["stop_process", "bounded"]
+__all__ = ["stop_process", "bounded", "py4j_noise"]
 
 
 def stop_process(pid: int, wait_s: float = 10.0) -> None:
@@ -54,3 +55,12 @@ def bounded(call: Callable[[], Any], *, limit_s: float, unblock: Callable[[], No
         thread.join(10)
         raise AssertionError(f"the call was still blocked after {limit_s} s")
     return outcome[0], elapsed
+
+
+def py4j_noise(records: list[logging.LogRecord]) -> list[str]:
+    """What py4j logged (some of it on the root logger) that a default setup would print:
+    a simulator's failed call should say what happened in its own one-line error instead."""
+    return [
+        f"{r.name}: {r.getMessage()}" for r in records
+        if r.levelno >= logging.WARNING and (r.name.startswith("py4j") or "py4j" in r.pathname)
+    ]  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.testing import check_domain
-from dreamgym_core.testing.processes import bounded, stop_process
+from dreamgym_core.testing.processes import bounded, py4j_noise, stop_process
 from dreamgym_plugin_scienceworld import SciWorldConfig, SciWorldDomain, SciWorldEnv
 from dreamgym_plugin_scienceworld.env import EngineError, inventory_items, render_state
 
@@ -138,14 +138,6 @@ def test_the_probe_survives_its_simulators_death():
 _LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops a JVM with SIGSTOP, watched in /proc")
 
 
-def _py4j_noise(records: list[logging.LogRecord]) -> list[str]:
-    """What py4j logged (some of it on the root logger) that a default setup would print."""
-    return [
-        f"{r.name}: {r.getMessage()}" for r in records
-        if r.levelno >= logging.WARNING and (r.name.startswith("py4j") or "py4j" in r.pathname)
-    ]  # fmt: skip
-
-
 @_LINUX
 def test_a_hung_simulator_fails_after_call_timeout_s_and_the_next_reset_starts_another(domain, caplog):
     task = domain.tasks(split="train")[0]
@@ -164,7 +156,7 @@ def test_a_hung_simulator_fails_after_call_timeout_s_and_the_next_reset_starts_a
         )
         assert limit <= elapsed < limit + 15
         assert process.returncode == -signal.SIGKILL  # killed and reaped
-        assert _py4j_noise(caplog.records) == []
+        assert py4j_noise(caplog.records) == []
         assert env.reset(task=task) == first  # a new JVM
         assert env.step(action="look around").valid
         process = _java(env)
@@ -189,7 +181,7 @@ def test_a_jvm_killed_during_a_call_is_one_line_without_py4j_tracebacks(domain, 
     assert isinstance(error, EngineError), error
     assert str(error).startswith("scienceworld: step 'look around': the ScienceWorld engine (JVM) stopped answering")
     assert "\n" not in str(error)
-    assert _py4j_noise(caplog.records) == []
+    assert py4j_noise(caplog.records) == []
     assert env.reset(task=task) == first
 
 

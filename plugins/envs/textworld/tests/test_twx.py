@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from dreamgym_core.errors import ConfigError
-from dreamgym_core.testing.processes import bounded, stop_process
+from dreamgym_core.testing.processes import bounded, py4j_noise, stop_process
 from dreamgym_plugin_textworld import TextWorldEnv, TwxConfig, make_twx
 from dreamgym_plugin_textworld.engines import EngineError, TwxEngine
 from dreamgym_plugin_textworld.env import EpisodeOver
@@ -378,14 +378,6 @@ def test_a_connection_error_during_a_call_is_a_one_line_engine_error(twx_domains
 _LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops a JVM with SIGSTOP, watched in /proc")
 
 
-def _py4j_noise(records: list[logging.LogRecord]) -> list[str]:
-    """What py4j logged (some of it on the root logger) that a default setup would print."""
-    return [
-        f"{r.name}: {r.getMessage()}" for r in records
-        if r.levelno >= logging.WARNING and (r.name.startswith("py4j") or "py4j" in r.pathname)
-    ]  # fmt: skip
-
-
 @_LINUX
 def test_a_hung_engine_is_stopped_after_call_timeout_s_and_the_next_reset_starts_another(twx_domains, caplog) -> None:
     task = twx_domains["coin"].tasks(split="train")[0]
@@ -406,7 +398,7 @@ def test_a_hung_engine_is_stopped_after_call_timeout_s_and_the_next_reset_starts
         )
         assert 2 <= elapsed < 15
         assert process.returncode == -signal.SIGKILL  # killed and reaped
-        assert _py4j_noise(caplog.records) == []
+        assert py4j_noise(caplog.records) == []
         assert f"twx-watchdog-{process.pid}" in {t.name for t in jvm_threads}
         for thread in jvm_threads:
             thread.join(10)
@@ -432,7 +424,7 @@ def test_a_jvm_killed_during_a_call_is_one_line_without_py4j_tracebacks(twx_doma
         killer.join()
         assert isinstance(error, EngineError), error
         assert "step: the TextWorldExpress engine (JVM) stopped answering" in str(error)
-        assert _py4j_noise(caplog.records) == []
+        assert py4j_noise(caplog.records) == []
         assert env.reset(task=task) == first
     finally:
         env.close()

@@ -798,6 +798,9 @@ def evaluate(
         f"{prefix}/episode_length": stats.steps / max(stats.episodes, 1),
         f"{prefix}/invalid_actions": float(stats.invalid_actions),
         f"{prefix}/unparsed_actions": float(stats.unparsed_actions),
+        # episodes the environment ended by failing (counted above as failures): an
+        # infrastructure problem the success rate alone would pass off as the policy's
+        f"{prefix}/env_errors": float(stats.env_errors),
     }
 
 

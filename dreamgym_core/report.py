@@ -17,36 +17,54 @@ if TYPE_CHECKING:
 __all__ = ["write", "plot_success"]
 
 
-def plot_success(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Success rate against iterations and against real transitions used.
+SYNTHETIC_CURVE = "synthetic rollouts (success as the experience model judged it)"
 
-    A run whose rows carry no rollout success (verl logs the reward, not the success, of its
-    training rollouts) gets its training return against iterations instead.
+
+def success_curves(history: list[dict[str, Any]]) -> tuple[str, str, list[tuple[str, list[dict[str, Any]]]]]:
+    """(y label, metric, [(curve label, rows)]) of the run's success plots.
+
+    Rollouts in the synthetic environment succeed when the experience model says so, not the
+    environment: they get a curve of their own (``charts/synthetic_phase``), apart from real
+    rollouts. A run whose rows carry no rollout success (verl logs the reward, not the
+    success, of its training rollouts) gets its training return instead.
     """
+
+    def rows_with(key: str) -> list[dict[str, Any]]:
+        return [r for r in history if r.get("step", -1) >= 0 and r.get(key) is not None]
+
+    rows = rows_with("rollout/success_rate")
+    if not rows:
+        returns = rows_with("charts/episodic_return")
+        return "training-rollout return", "charts/episodic_return", [("training rollouts", returns)] if returns else []
+    synthetic = [r for r in rows if r.get("charts/synthetic_phase") == 1.0]
+    real = [r for r in rows if r.get("charts/synthetic_phase") != 1.0]
+    curves = [(SYNTHETIC_CURVE, synthetic), ("real rollouts", real)]
+    return "training-rollout success rate", "rollout/success_rate", [(label, part) for label, part in curves if part]
+
+
+def plot_success(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Success rate against iterations, and real rollouts' success against the real
+    transitions used (:func:`success_curves`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def rows_with(key: str) -> list[dict[str, Any]]:
-        return [r for r in history if r.get("step", -1) >= 0 and r.get(key) is not None]
-
-    ylabel, key, stem = "training-rollout success rate", "rollout/success_rate", "success_vs"
-    rows = rows_with(key)
-    if not rows:
-        ylabel, key, stem = "training-rollout return", "charts/episodic_return", "return_vs"
-        rows = rows_with(key)
-    if not rows:
+    ylabel, key, curves = success_curves(history)
+    if not curves:
         return []
-    axes = [([r["step"] for r in rows], "iteration", f"{stem}_iteration.png")]
-    if any("counters/real_transitions" in r for r in rows):
-        real = [r.get("counters/real_transitions", 0.0) for r in rows]
-        axes.append((real, "real transitions used (RL phase)", f"{stem}_real_transitions.png"))
-    values = [r[key] for r in rows]
+    stem = "success_vs" if key == "rollout/success_rate" else "return_vs"
+    axes = [([(label, [r["step"] for r in part], [r[key] for r in part]) for label, part in curves], "iteration", f"{stem}_iteration.png")]
+    real = [(label, part) for label, part in curves if label != SYNTHETIC_CURVE and any("counters/real_transitions" in r for r in part)]
+    if real:
+        lines = [(label, [r.get("counters/real_transitions", 0.0) for r in part], [r[key] for r in part]) for label, part in real]
+        axes.append((lines, "real transitions used (RL phase)", f"{stem}_real_transitions.png"))
     paths = []
-    for x, label, name in axes:
+    for lines, label, name in axes:
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
-        ax.plot(x, values, marker="o")
+        for curve, x, y in lines:
+            ax.plot(x, y, marker="o", label=curve)
+        ax.legend(fontsize="small")  # which curve is the experience model's judgement
         ax.set_xlabel(label)
         ax.set_ylabel(ylabel)
         if key == "rollout/success_rate":
@@ -148,6 +166,12 @@ def write(
                 f"| {label} | {row[f'{prefix}/success_rate']:.3f} | [{row[f'{prefix}/success_ci_low']:.3f}, "
                 f"{row[f'{prefix}/success_ci_high']:.3f}] | {int(row[f'{prefix}/episodes'])} |"
             )
+    crashed = [(label, row, prefix) for label, row, prefix in rows if row.get(f"{prefix}/env_errors")]
+    if crashed:
+        lines += [""] + [
+            f"- {label}: {int(row[f'{prefix}/env_errors'])} of {int(row[f'{prefix}/episodes'])} episodes ended by an "
+            "environment error, counted as failures above" for label, row, prefix in crashed
+        ]
     lines += _family_lines(rows)
     replayed = [(label, row, prefix) for label, row, prefix in rows if f"{prefix}/synthetic_agreement" in row]
     if replayed:

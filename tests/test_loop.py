@@ -656,6 +656,18 @@ def test_unanswered_episodes_drop_keeps_the_envs_crashes_out_of_the_update(regis
         assert [a + b for a, b in zip(seen, dropped)] == [6.0] * 4 and sum(dropped) >= crashes
 
 
+def test_evaluation_counts_and_reports_the_episodes_the_environment_ended_by_failing(register_plugin, tmp_path):
+    # Crashed episodes count as failures in the success rate; the report says how many there were.
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(EarlyStopCrash(), "early-stop-crash")
+    parts = {"env": {"name": "early-stop-crash"}, "policy": {"name": "scripted", "config": {"mistakes": 0.9}}}
+    summary = run_pipeline(_resolved(plugins, tmp_path / "run", parts, iterations=1), plugins)
+    crashed = int(summary["eval/env_errors"])
+    assert 0 < crashed <= summary["eval/episodes"] * (1 - summary["eval/success_rate"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"- after RL: {crashed} of {int(summary['eval/episodes'])} episodes ended by an environment error" in report
+
+
 def test_wilson_interval_brackets_the_rate():
     low, high = wilson_interval(5, 10)
     assert low < 0.5 < high

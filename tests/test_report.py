@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.figure
 import pytest
 
-from dreamgym_core.report import plot_success
+from dreamgym_core.report import SYNTHETIC_CURVE, plot_success, success_curves
 
 HISTORY = [{"step": i, "rollout/success_rate": 0.25 * i, "counters/real_transitions": 8.0 * i} for i in range(3)]
 
@@ -38,3 +38,18 @@ def test_a_save_that_fails_part_way_leaves_the_previous_plot(tmp_path, monkeypat
     with pytest.raises(OSError, match="No space"):
         plot_success(HISTORY[:2], tmp_path)
     assert (tmp_path / "success_vs_iteration.png").read_bytes() == old
+
+
+def test_synthetic_success_is_a_curve_of_its_own_and_not_plotted_against_real_transitions(tmp_path) -> None:
+    # s2r: two synthetic iterations (success as the experience model judged it), then two real
+    # ones; one curve used to mix them, and put the synthetic points at 0 real transitions.
+    history = [{"step": -1}] + [
+        {"step": i, "rollout/success_rate": v, "counters/real_transitions": r, "charts/synthetic_phase": float(i < 2)}
+        for i, (v, r) in enumerate([(0.9, 0.0), (0.95, 0.0), (0.3, 96.0), (0.35, 190.0)])
+    ]
+    _, _, curves = success_curves(history)
+    assert [(label, [r["step"] for r in rows]) for label, rows in curves] == [(SYNTHETIC_CURVE, [0, 1]), ("real rollouts", [2, 3])]
+    assert [p.name for p in plot_success(history, tmp_path)] == ["success_vs_iteration.png", "success_vs_real_transitions.png"]
+    (tmp_path / "dreamgym").mkdir()
+    dreamgym_only = [r for r in history if r["step"] < 2]  # no real rollout: no plot against real transitions
+    assert [p.name for p in plot_success(dreamgym_only, tmp_path / "dreamgym")] == ["success_vs_iteration.png"]

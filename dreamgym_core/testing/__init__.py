@@ -158,22 +158,49 @@ def check_buffer(make_buffer: Callable[[], Any]) -> None:
         raise _fail(buffer, f"add() of 24 distinct records gave added={added}, len={len(buffer)}")
     if buffer.add(transitions=records[:5]) != 0 or len(buffer) != 24:
         raise _fail(buffer, "duplicate transitions were stored again")
-    target = records[7]
-    hits = buffer.retrieve(queries=[(target.state, target.action)], k=4)
-    if len(hits) != 1 or not hits[0]:
-        raise _fail(buffer, "retrieve() returned no neighbours for a stored query")
-    for hit in hits[0]:
-        _expect(buffer, hit, Transition, "retrieve()")
-    if hits[0][0] != target:
-        raise _fail(buffer, "the exact stored (state, action) is not the top-1 neighbour")
+    stored = {_key(t) for t in records}
+    targets = [records[7], records[13]]
+    for k in (4, len(records) + 6):
+        hits = buffer.retrieve(queries=[(t.state, t.action) for t in targets], k=k)
+        _check_hits(buffer, hits, targets, k=k, size=len(buffer), stored=stored)
     sample = buffer.sample(n=5, seed=0)
     if len(sample) != 5 or not all(isinstance(t, Transition) for t in sample):
         raise _fail(buffer, "sample(n=5) did not return 5 Transitions")
+    if any(_key(t) not in stored for t in sample):
+        raise _fail(buffer, "sample() returned a record that was never added")
+    if [_key(t) for t in buffer.sample(n=5, seed=0)] != [_key(t) for t in sample]:
+        raise _fail(buffer, "sample(n=5, seed=0) twice gave different records")
     if hasattr(buffer, "rollback"):
         _check_rollback(buffer, records)
     buffer.flush()
     buffer.close()
     buffer.close()
+
+
+def _key(record: Any) -> bytes:
+    return msgspec.json.encode(record)
+
+
+def _check_hits(buffer: Any, hits: Any, targets: Sequence[Transition], *, k: int, size: int, stored: set[bytes]) -> None:
+    """One list per query, at most k (and at most the buffer's size) long, no record twice,
+    only stored records, each query's own record first."""
+    if not isinstance(hits, list) or len(hits) != len(targets):
+        got = f"{len(hits)} lists" if isinstance(hits, list) else type(hits).__name__
+        raise _fail(buffer, f"retrieve() of {len(targets)} queries returned {got}, expected one list per query")
+    for target, found in zip(targets, hits):
+        if not isinstance(found, list) or not found:
+            raise _fail(buffer, "retrieve() returned no neighbours for a stored query")
+        for hit in found:
+            _expect(buffer, hit, Transition, "retrieve()")
+        if len(found) > min(k, size):
+            raise _fail(buffer, f"retrieve(k={k}) on {size} records returned {len(found)} for one query, expected at most {min(k, size)}")
+        keys = [_key(t) for t in found]
+        if len(set(keys)) != len(keys):
+            raise _fail(buffer, f"retrieve(k={k}) returned the same record more than once for one query")
+        if any(key not in stored for key in keys):
+            raise _fail(buffer, "retrieve() returned a record that was never added")
+        if found[0] != target:
+            raise _fail(buffer, "the exact stored (state, action) is not the top-1 neighbour")
 
 
 def _check_rollback(buffer: Any, stored: Sequence[Transition]) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dreamgym_core.errors import ConformanceError
-from dreamgym_core.testing import BagOfWordsEncoder, check_buffer
+from dreamgym_core.records import Observation, StepResult, Task
+from dreamgym_core.testing import BagOfWordsEncoder, check_buffer, check_curriculum, check_env
 
 # --- buffers ---
 
@@ -99,3 +100,121 @@ def test_a_good_buffer_passes():
 def test_check_buffer_fails_a_broken_buffer(broken, message):
     with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
         check_buffer(broken)
+
+
+class CloseOnceBuffer(GoodBuffer):
+    def close(self):
+        if self.closed:
+            raise RuntimeError("closed twice")
+        self.closed = True
+
+
+def test_check_buffer_turns_a_raising_close_into_a_conformance_error():
+    with pytest.raises(ConformanceError, match=r"CloseOnceBuffer: a second close\(\) \(close must be idempotent\) raised RuntimeError: closed twice"):
+        check_buffer(CloseOnceBuffer)
+
+
+# --- envs ---
+
+TASK = Task(id="t0", instruction="find the coin", domain="check")
+
+
+class GoodEnv:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def reset(self, *, task, seed=None):
+        self.rng, self.n = random.Random(seed), 0
+        return Observation(text=f"start {self.rng.random()}", admissible_actions=["a", "b"])
+
+    def step(self, *, action):
+        self.n += 1
+        done = self.n >= 2
+        return StepResult(observation=Observation(text=f"s{self.n} {self.rng.random()}", admissible_actions=["a"]), reward=float(done), done=done, success=done)
+
+    def close(self):
+        self.closed = True
+
+
+class CloseOnceEnv(GoodEnv):
+    def close(self):
+        if self.closed:
+            raise RuntimeError("already closed")
+        self.closed = True
+
+
+class RewardNone(GoodEnv):
+    def step(self, *, action):
+        return msgspec.structs.replace(super().step(action=action), reward=None)
+
+
+class InfoNotJson(GoodEnv):
+    def step(self, *, action):
+        return msgspec.structs.replace(super().step(action=action), info={"obj": object()})
+
+
+def test_a_good_env_passes():
+    check_env(GoodEnv(), TASK)
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (CloseOnceEnv, r"a second close\(\) \(close must be idempotent\) raised RuntimeError: already closed"),
+        (RewardNone, r"step\(\) reward None is not a finite number"),
+        (InfoNotJson, r"JSON-encoding the observations and step results raised TypeError"),
+    ],
+)
+def test_check_env_fails_a_broken_env(broken, message):
+    with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
+        check_env(broken(), TASK)
+
+
+# --- curricula ---
+
+CURRICULUM_TASKS = [Task(id=f"c{i}", instruction=f"task {i}", domain="check") for i in range(8)]
+
+
+class GoodCurriculum:
+    def __init__(self) -> None:
+        self.draws = 0
+
+    def next_tasks(self, *, n):
+        rng = np.random.default_rng([0, self.draws])
+        self.draws += 1
+        return [CURRICULUM_TASKS[i] for i in rng.choice(len(CURRICULUM_TASKS), size=n, replace=False)]
+
+    def observe(self, *, outcomes):
+        pass
+
+    def state_dict(self):
+        return {"draws": self.draws}
+
+    def load_state_dict(self, state):
+        self.draws = state["draws"]
+
+
+class NumpyState(GoodCurriculum):
+    def state_dict(self):
+        return {"draws": np.int64(self.draws)}
+
+
+class LoadNeedsAKey(GoodCurriculum):
+    def load_state_dict(self, state):
+        self.draws = state["missing"]
+
+
+def test_a_good_curriculum_passes():
+    check_curriculum(GoodCurriculum(), rebuild=GoodCurriculum)
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (NumpyState, r"JSON-encoding state_dict\(\) raised TypeError"),
+        (LoadNeedsAKey, r"rebuild\(\) and load_state_dict\(\) of the JSON state raised KeyError"),
+    ],
+)
+def test_check_curriculum_fails_a_broken_curriculum(broken, message):
+    with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
+        check_curriculum(broken(), rebuild=broken)

@@ -8,7 +8,8 @@ message. Every built-in plugin runs the kit against itself in its own tests, and
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import msgspec
 import numpy as np
@@ -34,7 +35,26 @@ DOCS = "see docs/conformance.md"
 
 
 def _fail(component: Any, message: str) -> ConformanceError:
-    return ConformanceError(f"{type(component).__name__}: {message} ({DOCS})")
+    """``component`` is the object checked, or a str naming it."""
+    name = component if isinstance(component, str) else type(component).__name__
+    return ConformanceError(f"{name}: {message} ({DOCS})")
+
+
+@contextmanager
+def _step(component: Any, what: str) -> Iterator[None]:
+    """Turn any exception a component raises during ``what`` into a ConformanceError naming
+    the component and the step, so that breakage fails the check instead of crashing it."""
+    try:
+        yield
+    except ConformanceError:
+        raise
+    except Exception as exc:
+        raise _fail(component, f"{what} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _json(component: Any, value: Any, what: str) -> bytes:
+    with _step(component, f"JSON-encoding {what}"):
+        return msgspec.json.encode(value)
 
 
 def _expect(component: Any, value: Any, kind: type, what: str) -> None:
@@ -47,15 +67,17 @@ def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
 
     def play() -> list[Any]:
         trace: list[Any] = []
-        obs = env.reset(task=task, seed=seed)
+        with _step(env, f"reset(task=..., seed={seed})"):
+            obs = env.reset(task=task, seed=seed)
         _expect(env, obs, Observation, "reset()")
         trace.append(obs)
         for _ in range(actions):
             action = obs.admissible_actions[0] if obs.admissible_actions else "look"
-            result = env.step(action=action)
+            with _step(env, f"step(action={action!r})"):
+                result = env.step(action=action)
             _expect(env, result, StepResult, "step()")
-            if not math.isfinite(result.reward):
-                raise _fail(env, f"step() reward {result.reward} is not finite")
+            if not _finite_number(result.reward):
+                raise _fail(env, f"step() reward {result.reward!r} is not a finite number")
             if result.success and not result.done:
                 raise _fail(env, "step() reported success on a step that is not done")
             trace.append(result)
@@ -65,17 +87,24 @@ def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
         return trace
 
     first, second = play(), play()
-    if msgspec.json.encode(first) != msgspec.json.encode(second):
+    if _json(env, first, "the observations and step results") != _json(env, second, "the observations and step results"):
         raise _fail(env, "same task and seed gave different observations or rewards")
-    env.close()
-    env.close()  # must be idempotent
+    with _step(env, "close()"):
+        env.close()
+    with _step(env, "a second close() (close must be idempotent)"):
+        env.close()
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_domain(domain: Any) -> None:
     """Splits are non-empty, disjoint by id; make_env passes check_env on a train task."""
     ids: dict[str, set[str]] = {}
     for split in ("train", "test"):
-        tasks = domain.tasks(split=split)
+        with _step(domain, f"tasks(split={split!r})"):
+            tasks = domain.tasks(split=split)
         if not tasks:
             raise _fail(domain, f"tasks(split={split!r}) is empty")
         for task in tasks:
@@ -83,12 +112,15 @@ def check_domain(domain: Any) -> None:
         ids[split] = {t.id for t in tasks}
     if ids["train"] & ids["test"]:
         raise _fail(domain, f"train and test splits share tasks: {sorted(ids['train'] & ids['test'])[:3]}")
-    check_env(domain.make_env(), domain.tasks(split="train")[0])
+    with _step(domain, "make_env()"):
+        env = domain.make_env()
+    check_env(env, domain.tasks(split="train")[0])
 
 
 def check_experience_model(model: Any, requests: Sequence[ExperienceRequest]) -> None:
     """Batched predict returns one parsed result per request, with valid fields."""
-    results = model.predict(requests=list(requests))
+    with _step(model, f"predict() of {len(requests)} requests"):
+        results = model.predict(requests=list(requests))
     if not isinstance(results, list) or len(results) != len(requests):
         raise _fail(model, f"predict() returned {len(results) if isinstance(results, list) else results!r} results for {len(requests)} requests")
     for result in results:
@@ -104,8 +136,9 @@ def check_experience_model(model: Any, requests: Sequence[ExperienceRequest]) ->
 def check_encoder(encoder: Any) -> None:
     """float32 rows of the declared dim, L2-normalised, deterministic."""
     texts = ["open the fridge", "take apple from table", ""]
-    a = encoder.encode(texts=texts)
-    b = encoder.encode(texts=texts)
+    with _step(encoder, "encode()"):
+        a = encoder.encode(texts=texts)
+        b = encoder.encode(texts=texts)
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (3, encoder.dim):
         raise _fail(encoder, f"encode() returned {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}, expected float32 (3, {encoder.dim})")
     norms = np.linalg.norm(a[:2], axis=1)
@@ -146,35 +179,49 @@ def check_buffer(make_buffer: Callable[[], Any]) -> None:
 
     ``make_buffer`` returns a new, empty buffer each call.
     """
-    buffer = make_buffer()
-    if len(buffer) != 0:
+    with _step(getattr(make_buffer, "__qualname__", "make_buffer"), "make_buffer()"):
+        buffer = make_buffer()
+    with _step(buffer, "len() of a new buffer"):
+        size = len(buffer)
+    if size != 0:
         raise _fail(buffer, "a new buffer is not empty")
-    empty = buffer.retrieve(queries=[("a state", "an action")], k=3)
+    with _step(buffer, "retrieve() on an empty buffer"):
+        empty = buffer.retrieve(queries=[("a state", "an action")], k=3)
     if empty != [[]]:
         raise _fail(buffer, f"retrieve() on an empty buffer must return [[]], got {empty!r}")
     records = make_transitions(24)
-    added = buffer.add(transitions=records)
-    if added != 24 or len(buffer) != 24:
-        raise _fail(buffer, f"add() of 24 distinct records gave added={added}, len={len(buffer)}")
-    if buffer.add(transitions=records[:5]) != 0 or len(buffer) != 24:
+    with _step(buffer, "add() of 24 records"):
+        added = buffer.add(transitions=records)
+        size = len(buffer)
+    if added != 24 or size != 24:
+        raise _fail(buffer, f"add() of 24 distinct records gave added={added}, len={size}")
+    with _step(buffer, "add() of 5 stored records again"):
+        added, size = buffer.add(transitions=records[:5]), len(buffer)
+    if added != 0 or size != 24:
         raise _fail(buffer, "duplicate transitions were stored again")
     stored = {_key(t) for t in records}
     targets = [records[7], records[13]]
     for k in (4, len(records) + 6):
-        hits = buffer.retrieve(queries=[(t.state, t.action) for t in targets], k=k)
-        _check_hits(buffer, hits, targets, k=k, size=len(buffer), stored=stored)
-    sample = buffer.sample(n=5, seed=0)
-    if len(sample) != 5 or not all(isinstance(t, Transition) for t in sample):
+        with _step(buffer, f"retrieve() of {len(targets)} queries, k={k}"):
+            hits = buffer.retrieve(queries=[(t.state, t.action) for t in targets], k=k)
+        _check_hits(buffer, hits, targets, k=k, size=size, stored=stored)
+    with _step(buffer, "sample(n=5, seed=0)"):
+        sample = buffer.sample(n=5, seed=0)
+        again = buffer.sample(n=5, seed=0)
+    if not isinstance(sample, list) or len(sample) != 5 or not all(isinstance(t, Transition) for t in sample):
         raise _fail(buffer, "sample(n=5) did not return 5 Transitions")
     if any(_key(t) not in stored for t in sample):
         raise _fail(buffer, "sample() returned a record that was never added")
-    if [_key(t) for t in buffer.sample(n=5, seed=0)] != [_key(t) for t in sample]:
+    if not isinstance(again, list) or [_key(t) for t in again] != [_key(t) for t in sample]:
         raise _fail(buffer, "sample(n=5, seed=0) twice gave different records")
     if hasattr(buffer, "rollback"):
         _check_rollback(buffer, records)
-    buffer.flush()
-    buffer.close()
-    buffer.close()
+    with _step(buffer, "flush()"):
+        buffer.flush()
+    with _step(buffer, "close()"):
+        buffer.close()
+    with _step(buffer, "a second close() (close must be idempotent)"):
+        buffer.close()
 
 
 def _key(record: Any) -> bytes:
@@ -205,32 +252,44 @@ def _check_hits(buffer: Any, hits: Any, targets: Sequence[Transition], *, k: int
 
 def _check_rollback(buffer: Any, stored: Sequence[Transition]) -> None:
     """The optional rollback: records added after ``position`` are forgotten, and can come back."""
-    position = buffer.position
     later = [msgspec.structs.replace(t, state=f"later {t.state}") for t in stored[:3]]
-    buffer.add(transitions=later)
-    dropped = buffer.rollback(to=position)
-    if dropped != 3 or len(buffer) != len(stored):
-        raise _fail(buffer, f"rollback() after adding 3 records gave dropped={dropped}, len={len(buffer)}")
-    if later[0] in buffer.retrieve(queries=[(later[0].state, later[0].action)], k=4)[0]:
+    with _step(buffer, "add() then rollback(to=position)"):
+        position = buffer.position
+        buffer.add(transitions=later)
+        dropped = buffer.rollback(to=position)
+        size = len(buffer)
+    if dropped != 3 or size != len(stored):
+        raise _fail(buffer, f"rollback() after adding 3 records gave dropped={dropped}, len={size}")
+    with _step(buffer, "retrieve() after rollback()"):
+        hits = buffer.retrieve(queries=[(later[0].state, later[0].action)], k=4)[0]
+    if later[0] in hits:
         raise _fail(buffer, "retrieve() returned a rolled-back record")
-    if buffer.add(transitions=later[:1]) != 1 or buffer.rollback(to=position) != 1:
+    with _step(buffer, "add() of a rolled-back record, then rollback()"):
+        readded = buffer.add(transitions=later[:1]) == 1 and buffer.rollback(to=position) == 1
+    if not readded:
         raise _fail(buffer, "a rolled-back record could not be added (and rolled back) again")
 
 
 def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:
     """next_tasks returns Tasks; state survives encode/decode into a fresh instance."""
-    tasks = curriculum.next_tasks(n=3)
-    if len(tasks) != 3 or not all(isinstance(t, Task) for t in tasks):
+    with _step(curriculum, "next_tasks(n=3)"):
+        tasks = curriculum.next_tasks(n=3)
+    if not isinstance(tasks, list) or len(tasks) != 3 or not all(isinstance(t, Task) for t in tasks):
         raise _fail(curriculum, "next_tasks(n=3) did not return 3 Tasks")
-    curriculum.observe(outcomes=[TaskOutcome(task=t, rewards=[0.0, 1.0, 1.0, 0.0]) for t in tasks])
-    state = curriculum.state_dict()
-    blob = msgspec.json.encode(state)
-    clone = rebuild()
-    clone.load_state_dict(msgspec.json.decode(blob))
-    if msgspec.json.encode(clone.state_dict()) != blob:
+    with _step(curriculum, "observe()"):
+        curriculum.observe(outcomes=[TaskOutcome(task=t, rewards=[0.0, 1.0, 1.0, 0.0]) for t in tasks])
+    with _step(curriculum, "state_dict()"):
+        state = curriculum.state_dict()
+    blob = _json(curriculum, state, "state_dict()")
+    with _step(curriculum, "rebuild() and load_state_dict() of the JSON state"):
+        clone = rebuild()
+        clone.load_state_dict(msgspec.json.decode(blob))
+        restored = clone.state_dict()
+    if _json(curriculum, restored, "the restored state_dict()") != blob:
         raise _fail(curriculum, "state_dict() does not survive a JSON round trip")
-    a = [t.id for t in curriculum.next_tasks(n=4)]
-    b = [t.id for t in clone.next_tasks(n=4)]
+    with _step(curriculum, "next_tasks(n=4) of the original and the restored curriculum"):
+        a = [t.id for t in curriculum.next_tasks(n=4)]
+        b = [t.id for t in clone.next_tasks(n=4)]
     if a != b:
         raise _fail(curriculum, f"restored curriculum chose {b}, original chose {a}")
 
@@ -240,15 +299,19 @@ def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameter
 
     ``parameters`` returns a flat copy of the policy's parameters (a tensor or array).
     """
-    before = parameters()
-    metrics = algo.update(groups=groups)
+    with _step(algo, "parameters() before update()"):
+        before = parameters()
+    with _step(algo, "update()"):
+        metrics = algo.update(groups=groups)
     if not isinstance(metrics, dict) or not metrics:
         raise _fail(algo, "update() must return a non-empty dict of metrics")
     for key, value in metrics.items():
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _fail(algo, f"metric {key!r} = {value!r} is not a finite number")
-    after = parameters()
-    if bool((before == after).all()):
+    with _step(algo, "parameters() after update()"):
+        after = parameters()
+        unchanged = bool((before == after).all())
+    if unchanged:
         raise _fail(algo, "update() did not change the policy's parameters")
     return metrics
 

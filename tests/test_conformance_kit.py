@@ -153,6 +153,11 @@ class InfoNotJson(GoodEnv):
         return msgspec.structs.replace(super().step(action=action), info={"obj": object()})
 
 
+class SeedRequired(GoodEnv):
+    def reset(self, *, task, seed):
+        return super().reset(task=task, seed=seed)
+
+
 def test_a_good_env_passes():
     check_env(GoodEnv(), TASK)
 
@@ -163,6 +168,7 @@ def test_a_good_env_passes():
         (CloseOnceEnv, r"a second close\(\) \(close must be idempotent\) raised RuntimeError: already closed"),
         (RewardNone, r"step\(\) reward None is not a finite number"),
         (InfoNotJson, r"JSON-encoding the observations and step results raised TypeError"),
+        (SeedRequired, r"reset\(task=\.\.\.\) without a seed raised TypeError"),
     ],
 )
 def test_check_env_fails_a_broken_env(broken, message):

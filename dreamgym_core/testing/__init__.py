@@ -63,7 +63,7 @@ def _expect(component: Any, value: Any, kind: type, what: str) -> None:
 
 
 def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
-    """Types of reset/step, determinism under one seed, idempotent close."""
+    """Types of reset/step, determinism under one seed, reset without a seed, idempotent close."""
 
     def play() -> list[Any]:
         trace: list[Any] = []
@@ -89,6 +89,10 @@ def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
     first, second = play(), play()
     if _json(env, first, "the observations and step results") != _json(env, second, "the observations and step results"):
         raise _fail(env, "same task and seed gave different observations or rewards")
+    # the core's rollouts call reset(task=task) with no seed
+    with _step(env, "reset(task=...) without a seed"):
+        obs = env.reset(task=task)
+    _expect(env, obs, Observation, "reset() without a seed")
     with _step(env, "close()"):
         env.close()
     with _step(env, "a second close() (close must be idempotent)"):

@@ -10,7 +10,7 @@ import pytest
 
 from dreamgym_core.errors import ConformanceError
 from dreamgym_core.records import Observation, StepResult, Task
-from dreamgym_core.testing import BagOfWordsEncoder, check_buffer, check_curriculum, check_env
+from dreamgym_core.testing import BagOfWordsEncoder, check_algorithm, check_buffer, check_curriculum, check_env
 
 # --- buffers ---
 
@@ -224,3 +224,43 @@ def test_a_good_curriculum_passes():
 def test_check_curriculum_fails_a_broken_curriculum(broken, message):
     with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
         check_curriculum(broken(), rebuild=broken)
+
+
+# --- algorithms ---
+
+
+class GoodAlgo:
+    def __init__(self) -> None:
+        self.weights = np.zeros(4)
+
+    def update(self, *, groups):
+        self.weights = self.weights + 1
+        return {"loss": 0.5}
+
+
+class NaNParameters(GoodAlgo):
+    def update(self, *, groups):
+        self.weights = self.weights * np.nan
+        return {"loss": 0.5}
+
+
+@pytest.mark.parametrize("algo_type", [GoodAlgo, NaNParameters])
+def test_check_algorithm_requires_finite_updated_parameters(algo_type):
+    algo = algo_type()
+    if algo_type is GoodAlgo:
+        assert check_algorithm(algo, [[]], lambda: algo.weights.copy()) == {"loss": 0.5}
+        return
+    with pytest.raises(ConformanceError, match=r"NaNParameters: update\(\) left non-finite \(NaN or inf\) parameters"):
+        check_algorithm(algo, [[]], lambda: algo.weights.copy())
+
+
+def test_check_algorithm_accepts_torch_parameters():
+    torch = pytest.importorskip("torch")
+    weights = torch.zeros(4, dtype=torch.bfloat16)
+
+    class TorchAlgo:
+        def update(self, *, groups):
+            weights.add_(1)
+            return {"loss": 0.5}
+
+    check_algorithm(TorchAlgo(), [[]], lambda: weights.clone())

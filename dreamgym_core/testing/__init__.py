@@ -299,7 +299,7 @@ def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:
 
 
 def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameters: Callable[[], Any]) -> dict[str, float]:
-    """One update on a tiny batch gives finite metrics and changes the parameters.
+    """One update on a tiny batch gives finite metrics and changes the parameters, to finite values.
 
     ``parameters`` returns a flat copy of the policy's parameters (a tensor or array).
     """
@@ -315,9 +315,19 @@ def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameter
     with _step(algo, "parameters() after update()"):
         after = parameters()
         unchanged = bool((before == after).all())
+        finite = _all_finite(after)
+    if not finite:
+        raise _fail(algo, "update() left non-finite (NaN or inf) parameters")
     if unchanged:
         raise _fail(algo, "update() did not change the policy's parameters")
     return metrics
+
+
+def _all_finite(values: Any) -> bool:
+    """Whether every parameter is finite: a tensor (any device or dtype) or an array."""
+    if hasattr(values, "isfinite") and callable(values.isfinite):
+        return bool(values.isfinite().all())
+    return bool(np.isfinite(np.asarray(values, dtype=np.float64)).all())
 
 
 class BagOfWordsEncoder:

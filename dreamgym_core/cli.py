@@ -82,12 +82,17 @@ def plugins_cmd(as_json: bool, pipeline: str | None) -> None:
 
 @cli.command("check")
 @click.argument("plugin")
-def check_cmd(plugin: str) -> None:
-    """Run the conformance kit on every component PLUGIN registers."""
+@click.pass_context
+def check_cmd(ctx: click.Context, plugin: str) -> None:
+    """Run the conformance kit on every component PLUGIN registers; exit 1 if any fails."""
     from .conformance import check_plugin
 
+    failed = False
     for line in check_plugin(plugin):
+        failed = failed or line.startswith("FAIL ")
         click.echo(line)
+    if failed:
+        ctx.exit(1)
 
 
 @cli.group("config")

@@ -8,6 +8,7 @@ from typing import Iterator
 import msgspec
 
 from . import testing
+from .errors import ConformanceError
 from .plugins import Plugins
 from .records import Task
 
@@ -26,9 +27,11 @@ def _stand_in_tasks(n: int) -> list[Task]:
 
 
 def check_plugin(name: str) -> Iterator[str]:
-    """Yield one line per component checked; raise ConformanceError on the first failure."""
+    """Yield one line per component checked (``ok   kind:name``, ``FAIL kind:name: message``
+    or ``skip ...``), checking every component whatever fails, then a summary line. A caller
+    (the CLI) counts the ``FAIL`` lines to set its exit status."""
     plugins = Plugins.for_names([name])
-    checked = 0
+    checked = failed = 0
     for kind, specs in plugins.all_components().items():
         for spec in specs.values():
             if spec.plugin != name:
@@ -37,26 +40,46 @@ def check_plugin(name: str) -> Iterator[str]:
             if config is None:
                 yield f"skip {kind}:{spec.name} ({spec.config_type.__name__} has required fields; the plugin's own tests run its check)"
                 continue
-            if kind == "env":
-                testing.check_domain(spec.factory(config))
-            elif kind == "encoder":
-                testing.check_encoder(spec.factory(config))
-            elif kind == "buffer":
-                encoder = testing.BagOfWordsEncoder()
-                with tempfile.TemporaryDirectory() as tmp:
-                    counter = iter(range(1000))
-                    testing.check_buffer(
-                        lambda: spec.factory(config, encoder=encoder, path=f"{tmp}/{next(counter)}")
-                    )
-            elif kind == "curriculum":
-                tasks = _stand_in_tasks(8)
-                testing.check_curriculum(
-                    spec.factory(config, tasks=tasks, task_generator=None, encoder=None, seed=0),
-                    rebuild=lambda: spec.factory(config, tasks=tasks, task_generator=None, encoder=None, seed=0),
-                )
-            else:
+            if kind not in _CHECKS:
                 yield f"skip {kind}:{spec.name} (needs collaborators; the plugin's own tests run its check)"
                 continue
             checked += 1
-            yield f"ok   {kind}:{spec.name}"
-    yield f"{checked} component(s) of plugin {name!r} passed"
+            try:
+                _CHECKS[kind](spec, config)
+            except Exception as exc:  # a failure of this component, whatever it raised
+                failed += 1
+                message = str(exc) if isinstance(exc, ConformanceError) else f"{type(exc).__name__}: {exc}"
+                yield f"FAIL {kind}:{spec.name}: {' '.join(message.split())}"
+            else:
+                yield f"ok   {kind}:{spec.name}"
+    if failed:
+        yield f"{failed} of {checked} component(s) of plugin {name!r} failed"
+    else:
+        yield f"{checked} component(s) of plugin {name!r} passed"
+
+
+def _check_env(spec, config) -> None:
+    testing.check_domain(spec.factory(config))
+
+
+def _check_encoder(spec, config) -> None:
+    testing.check_encoder(spec.factory(config))
+
+
+def _check_buffer(spec, config) -> None:
+    encoder = testing.BagOfWordsEncoder()
+    with tempfile.TemporaryDirectory() as tmp:
+        counter = iter(range(1000))
+        testing.check_buffer(lambda: spec.factory(config, encoder=encoder, path=f"{tmp}/{next(counter)}"))
+
+
+def _check_curriculum(spec, config) -> None:
+    tasks = _stand_in_tasks(8)
+
+    def build():
+        return spec.factory(config, tasks=tasks, task_generator=None, encoder=None, seed=0)
+
+    testing.check_curriculum(build(), rebuild=build)
+
+
+_CHECKS = {"env": _check_env, "encoder": _check_encoder, "buffer": _check_buffer, "curriculum": _check_curriculum}

@@ -246,6 +246,61 @@ def test_check_skips_a_component_whose_config_has_required_fields(register_plugi
     ]
 
 
+class _CloseOnceEnv:
+    """A CountEnv whose second close() raises."""
+
+    def __init__(self, env) -> None:
+        self.env, self.closed = env, False
+
+    def reset(self, **kwargs):
+        return self.env.reset(**kwargs)
+
+    def step(self, **kwargs):
+        return self.env.step(**kwargs)
+
+    def close(self) -> None:
+        if self.closed:
+            raise RuntimeError("already closed")
+        self.closed = True
+
+
+class _CloseOnceDomain(CountDomain):
+    def make_env(self):
+        return _CloseOnceEnv(super().make_env())
+
+
+class _BrokenFactoryDomain(CountDomain):
+    def __init__(self, config) -> None:
+        raise ValueError("no such data")
+
+
+def test_check_reports_every_component_and_exits_1_if_any_failed(register_plugin, monkeypatch):
+    from click.testing import CliRunner
+
+    from dreamgym_core import conformance
+    from dreamgym_core.cli import cli
+
+    class Mixed:
+        @hookimpl
+        def dreamgym_register_envs(self):
+            return [
+                ComponentSpec(name="closes-once", factory=_CloseOnceDomain, config_type=CountConfig, description="raises on a 2nd close"),
+                ComponentSpec(name="no-data", factory=_BrokenFactoryDomain, config_type=CountConfig, description="factory raises"),
+                ComponentSpec(name="count", factory=CountDomain, config_type=CountConfig, description="good"),
+            ]
+
+    plugins = register_plugin(Mixed(), "mixed")
+    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    result = CliRunner().invoke(cli, ["check", "mixed"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "FAIL env:closes-once: _CloseOnceEnv: a second close() (close must be idempotent) raised RuntimeError: already closed (see docs/conformance.md)",
+        "FAIL env:no-data: ValueError: no such data",
+        "ok   env:count",
+        "2 of 3 component(s) of plugin 'mixed' failed",
+    ]
+
+
 def test_misspelled_hook_is_rejected(dreamgym_pm):
     class Typo:
         @hookimpl

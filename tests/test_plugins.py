@@ -301,6 +301,23 @@ def test_check_reports_every_component_and_exits_1_if_any_failed(register_plugin
     ]
 
 
+def test_check_builds_a_curriculum_with_the_arguments_the_loop_passes(register_plugin, monkeypatch):
+    from dreamgym_core import conformance
+    from dreamgym_plugin_uniform import UniformConfig, UniformCurriculum
+
+    def factory(config, *, tasks, task_generator, encoder, seed, domain):  # no **kwargs: domain is required
+        return UniformCurriculum(config, tasks=tasks, seed=seed)
+
+    class Strict:
+        @hookimpl
+        def dreamgym_register_curricula(self):
+            return [ComponentSpec(name="strict", factory=factory, config_type=UniformConfig, description="takes domain")]
+
+    plugins = register_plugin(Strict(), "strict")
+    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    assert list(conformance.check_plugin("strict")) == ["ok   curriculum:strict", "1 component(s) of plugin 'strict' passed"]
+
+
 def test_misspelled_hook_is_rejected(dreamgym_pm):
     class Typo:
         @hookimpl

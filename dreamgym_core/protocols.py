@@ -99,6 +99,10 @@ class LanguageModel(Protocol):
         seed: int | None = None,
     ) -> list[str]: ...
 
+    # Optional: ``prepare(*, corpus: Sequence[str]) -> None``, called before fine-tuning (the
+    # policy's warm start, the experience model's training) with the texts it will train on,
+    # e.g. to build or extend a tokenizer; the core calls it only where it exists.
+    #
     # Optional: ``prompt_fits(prompt, *, max_new_tokens) -> bool``, whether generation would see
     # the whole prompt. The experience model then shortens its prompts itself (fit_request)
     # instead of letting the backend cut their start. The hf backends have it; the openai
@@ -173,7 +177,9 @@ class ReplayBuffer(Protocol):
         """Store transitions; returns how many were new (duplicates are suppressed)."""
 
     def retrieve(self, *, queries: Sequence[tuple[str, str]], k: int) -> list[list[Transition]]:
-        """Top-k stored transitions for each (state, action) query; [] on an empty buffer."""
+        """One list per query, in order: its at most ``k`` nearest stored transitions, best
+        first, no record twice (fewer when fewer are stored; an empty list per query on an
+        empty buffer, e.g. ``[[]]`` for one query)."""
 
     def sample(self, *, n: int, seed: int | None = None) -> list[Transition]: ...
 
@@ -201,6 +207,10 @@ class Curriculum(Protocol):
         """Plain-JSON state; ``load_state_dict`` of it restores the curriculum."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    # Optional: ``metrics() -> dict[str, float]``, namespaced numbers (``curriculum/...``) that
+    # the loop asks for after each ``observe`` and logs with the iteration's metrics (e.g. how
+    # many tasks were generated); the core calls it only where it exists.
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ import pytest
 
 from dreamgym_core.errors import ConformanceError
 from dreamgym_core.records import Observation, StepResult, Task
-from dreamgym_core.testing import BagOfWordsEncoder, check_algorithm, check_buffer, check_curriculum, check_env
+from dreamgym_core.testing import BagOfWordsEncoder, check_algorithm, check_buffer, check_curriculum, check_domain, check_env
 
 # --- buffers ---
 
@@ -264,3 +264,46 @@ def test_check_algorithm_accepts_torch_parameters():
             return {"loss": 0.5}
 
     check_algorithm(TorchAlgo(), [[]], lambda: weights.clone())
+
+
+# --- domains ---
+
+
+class GoodDomain:
+    name = "splits"
+    splits = {"train": ["a", "b"], "valid": ["c"], "test": ["d"]}
+
+    def tasks(self, *, split):
+        return [Task(id=i, instruction=f"task {i}", domain="splits", split=split) for i in self.splits[split]]
+
+    def make_env(self):
+        return GoodEnv()
+
+
+class TrainValidOverlap(GoodDomain):
+    splits = {"train": ["a", "b"], "valid": ["a"], "test": ["d"]}
+
+
+class ValidTestOverlap(GoodDomain):
+    splits = {"train": ["a", "b"], "valid": ["d"], "test": ["d"]}
+
+
+class NoValid(GoodDomain):
+    splits = {"train": ["a", "b"], "valid": [], "test": ["d"]}
+
+
+@pytest.mark.parametrize("domain_type", [GoodDomain, NoValid])
+def test_a_good_domain_passes(domain_type):
+    check_domain(domain_type())
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (TrainValidOverlap, r"train and valid splits share tasks: \['a'\]"),
+        (ValidTestOverlap, r"valid and test splits share tasks: \['d'\]"),
+    ],
+)
+def test_check_domain_fails_overlapping_splits(broken, message):
+    with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
+        check_domain(broken())

@@ -104,18 +104,20 @@ def _finite_number(value: Any) -> bool:
 
 
 def check_domain(domain: Any) -> None:
-    """Splits are non-empty, disjoint by id; make_env passes check_env on a train task."""
+    """Train and test splits are non-empty; no two of train/valid/test share a task id;
+    make_env passes check_env on a train task."""
     ids: dict[str, set[str]] = {}
-    for split in ("train", "test"):
+    for split in ("train", "valid", "test"):
         with _step(domain, f"tasks(split={split!r})"):
             tasks = domain.tasks(split=split)
-        if not tasks:
+        if not tasks and split != "valid":
             raise _fail(domain, f"tasks(split={split!r}) is empty")
-        for task in tasks:
+        for task in tasks or []:
             _expect(domain, task, Task, "tasks()")
-        ids[split] = {t.id for t in tasks}
-    if ids["train"] & ids["test"]:
-        raise _fail(domain, f"train and test splits share tasks: {sorted(ids['train'] & ids['test'])[:3]}")
+        ids[split] = {t.id for t in tasks or []}
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        if shared := ids[a] & ids[b]:
+            raise _fail(domain, f"{a} and {b} splits share tasks: {sorted(shared)[:3]}")
     with _step(domain, "make_env()"):
         env = domain.make_env()
     check_env(env, domain.tasks(split="train")[0])

@@ -140,7 +140,7 @@ def bench_twx(game: str, params: dict[str, int], steps: int, chunks: int) -> dic
     env = domain.make_env()
     env.max_steps = 10**9  # same episode ends as the raw loop: the game's own
     env.reset(task=task)  # starts the engine; the raw side then drives the same engine object
-    raw_env = env.engine._env
+    raw_env = env.engine._jvm.wrapper  # the TextWorldExpressEnv the engine's JVM guard started
     reset_args = {"seed": task.payload["seed"], "gameFold": TWX_FOLD_SEEDS["train"][0], "generateGoldPath": True}
     try:
         result = compare(

@@ -59,7 +59,13 @@ def check_plugin(name: str) -> Iterator[str]:
 
 
 def _check_env(spec, config) -> None:
-    testing.check_domain(spec.factory(config))
+    domain = spec.factory(config)
+    try:
+        testing.check_domain(domain)
+    finally:  # as the loop does: a domain's probe env holds a simulator or a browser
+        close = getattr(domain, "close", None)
+        if close is not None:
+            close()
 
 
 def _check_encoder(spec, config) -> None:

@@ -301,6 +301,30 @@ def test_check_reports_every_component_and_exits_1_if_any_failed(register_plugin
     ]
 
 
+class _ClosedDomain(CountDomain):
+    """A CountDomain that counts its close() calls, as a browser's or a simulator's domain must be closed."""
+
+    closed = 0
+
+    def close(self) -> None:
+        type(self).closed += 1
+
+
+def test_check_closes_the_domain_it_built(register_plugin, monkeypatch):
+    from dreamgym_core import conformance
+
+    class Closing:
+        @hookimpl
+        def dreamgym_register_envs(self):
+            return [ComponentSpec(name="closing", factory=_ClosedDomain, config_type=CountConfig, description="counts close()")]
+
+    plugins = register_plugin(Closing(), "closing")
+    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    monkeypatch.setattr(_ClosedDomain, "closed", 0)
+    assert list(conformance.check_plugin("closing")) == ["ok   env:closing", "1 component(s) of plugin 'closing' passed"]
+    assert _ClosedDomain.closed == 1
+
+
 def test_check_builds_a_curriculum_with_the_arguments_the_loop_passes(register_plugin, monkeypatch):
     from dreamgym_core import conformance
     from dreamgym_plugin_uniform import UniformConfig, UniformCurriculum

@@ -544,8 +544,11 @@ def selection_prompt(task: Task, candidates: Sequence[str]) -> str:
 def parse_variation(text: str) -> str | None:
     """The first non-empty line, without a ``New task:``/``Task:`` label, quotes or numbering."""
     for line in text.splitlines():
-        line = re.sub(r"^\s*(new task|task|variation)\s*[:\-]\s*", "", line, flags=re.IGNORECASE)
-        line = re.sub(r"^\s*(\d+[.)]|[-*])\s+", "", line).strip().strip("\"'").strip()
+        # numbering and label in either order ("1. New task: ..." as well as "New task: 1. ...")
+        for _ in range(2):
+            line = re.sub(r"^\s*(\d+[.)]|[-*])\s+", "", line)
+            line = re.sub(r"^\s*(new task|task|variation)\s*[:\-]\s*", "", line, flags=re.IGNORECASE)
+        line = line.strip().strip("\"'").strip()
         if line:
             return line
     return None

@@ -613,6 +613,9 @@ def test_parse_variation() -> None:
     assert parse_variation("\n New task: \"Find two coins.\"\nmore") == "Find two coins."
     assert parse_variation("1. seed=12, numLocations=5") == "seed=12, numLocations=5"
     assert parse_variation("   \n") is None
+    # a numbered list item that carries the label too
+    assert parse_variation('1. New task: "Find two coins."') == "Find two coins."
+    assert parse_variation("New task: 2) seed=3") == "seed=3"
 
 
 def test_vary_and_select_use_domain_description() -> None:

@@ -262,11 +262,25 @@ class PipelineConfig(Config):
         if self.eval.keep == "best-valid" and not self.eval.valid_every:
             raise ValueError("eval.keep='best-valid' needs eval.valid_every > 0 (no validation play would score a policy)")
         group_cap = self.loop.group_size * self.loop.max_steps
+        synthetic = s2r_synthetic_iterations(self.loop.iterations, self.loop.s2r_synthetic_share)
+        if self.loop.mode == "s2r" and 0 < self.loop.iterations <= synthetic:
+            # The synthetic share is rounded up, so a short run can leave no real phase: real_budget
+            # would go unused and the run would be a plain DreamGym run under the name s2r.
+            raise ValueError(
+                f"loop.mode='s2r' leaves no real iteration: ceil(loop.iterations={self.loop.iterations} * "
+                f"loop.s2r_synthetic_share={self.loop.s2r_synthetic_share}) = {synthetic}; "
+                "raise loop.iterations or lower loop.s2r_synthetic_share"
+            )
         if self.loop.mode == "s2r" and self.loop.real_budget < group_cap:
             raise ValueError(
                 f"loop.mode='s2r' needs loop.real_budget >= group_size * max_steps = {group_cap} "
                 f"(one real group at most; got {self.loop.real_budget})"
             )
+
+
+def s2r_synthetic_iterations(iterations: int, share: float) -> int:
+    """s2r: how many of the first iterations run in the synthetic environment (the share rounded up)."""
+    return math.ceil(iterations * share)
 
 
 # Components of a pipeline and the kind each one is, in build order.

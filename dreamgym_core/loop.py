@@ -24,7 +24,7 @@ import numpy as np
 
 from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
-from .config import PipelineConfig, ResolvedPipeline, config_hash
+from .config import PipelineConfig, ResolvedPipeline, config_hash, s2r_synthetic_iterations
 from .early import world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
@@ -441,7 +441,7 @@ class Runner:
     def _phase(self, iteration: int) -> str:
         mode = self.cfg.loop.mode
         if mode == "s2r":
-            synthetic_iters = math.ceil(self.cfg.loop.iterations * self.cfg.loop.s2r_synthetic_share)
+            synthetic_iters = s2r_synthetic_iterations(self.cfg.loop.iterations, self.cfg.loop.s2r_synthetic_share)
             if iteration < synthetic_iters or not self._real_tasks_left():
                 return "synthetic"
             return "real"

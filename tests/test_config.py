@@ -69,6 +69,12 @@ def test_constraint_and_cross_field_errors(tmp_path):
     data.update({k: {"name": "x"} for k in ("experience_model", "encoder", "buffer")})
     with pytest.raises(ConfigError, match=r"real_budget >= group_size \* max_steps = 24 .*got 23"):
         load_pipeline(write(tmp_path, data))
+    # The synthetic share is rounded up: 2 iterations at 0.75 would both be synthetic.
+    data["loop"].update(real_budget=24, iterations=2, s2r_synthetic_share=0.75)
+    with pytest.raises(ConfigError, match=r"s2r' leaves no real iteration: ceil\(loop.iterations=2 \* loop.s2r_synthetic_share=0.75\) = 2"):
+        load_pipeline(write(tmp_path, data))
+    data["loop"].update(iterations=5)  # ceil(3.75) = 4 synthetic, then 1 real
+    load_pipeline(write(tmp_path, data))
     data = pipeline_dict(str(tmp_path / "run"))
     data["eval"] = {"keep": "best-valid"}
     with pytest.raises(ConfigError, match=r"pipeline.yaml: .*eval.keep='best-valid' needs eval.valid_every > 0"):

@@ -12,11 +12,11 @@ curriculum in one Ray actor that the dataset and every worker share.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import msgspec
 
+from dreamgym_core.config import s2r_synthetic_iterations
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Task, TaskOutcome
 
@@ -32,7 +32,7 @@ _encode = msgspec.msgpack.Encoder().encode
 def phase_for(iteration: int, *, mode: str, iterations: int, s2r_synthetic_share: float) -> str:
     """The environment of ``iteration``: "synthetic" or "real" (s2r: synthetic first)."""
     if mode == "s2r":
-        return "synthetic" if iteration < math.ceil(iterations * s2r_synthetic_share) else "real"
+        return "synthetic" if iteration < s2r_synthetic_iterations(iterations, s2r_synthetic_share) else "real"
     return "synthetic" if mode == "dreamgym" else "real"
 
 

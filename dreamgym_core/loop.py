@@ -14,9 +14,12 @@ import json
 import logging
 import math
 import random
+import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -859,13 +862,49 @@ def evaluate_run(
     return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **kept, **metrics}
 
 
+@contextmanager
+def _one_process(run_dir: Path) -> Iterator[Callable[[], None]]:
+    """Hold ``run_dir`` for this process (an advisory lock on the directory itself, which the
+    system drops when the process ends, even by SIGKILL): two runs in one directory would
+    write the same buffer segments, checkpoints and metrics over each other. Locks it now if it
+    exists; call the yielded function to lock a directory created since."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded
+        yield lambda: None
+        return
+    held: list[int] = []
+
+    def lock() -> None:
+        if held or not run_dir.is_dir():
+            return
+        fd = os.open(run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"run_dir {run_dir}: another dreamgym process is running there; wait for it to end (or stop it), or choose another run_dir"
+            ) from None
+        held.append(fd)
+
+    lock()
+    try:
+        yield lock
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False) -> dict[str, Any]:
-    run_dir = prepare_run_dir(resolved, resume=resume)
-    algo_spec = plugins.component("algo", resolved.pipeline.algo.name)
-    if getattr(algo_spec.factory, "runs_own_loop", False):
-        # A backend with its own trainer (verl) runs the same pipeline itself.
-        return algo_spec.factory(resolved.components["algo"], policy=None, seed=resolved.pipeline.seed).run(
-            resolved=resolved, plugins=plugins, run_dir=str(run_dir)
-        )
-    runner = Runner(resolved, plugins, run_dir)
-    return runner.run(resume=resume)
+    with _one_process(Path(resolved.pipeline.run_dir)) as lock:
+        run_dir = prepare_run_dir(resolved, resume=resume)
+        lock()  # a run directory prepare_run_dir created
+        algo_spec = plugins.component("algo", resolved.pipeline.algo.name)
+        if getattr(algo_spec.factory, "runs_own_loop", False):
+            # A backend with its own trainer (verl) runs the same pipeline itself.
+            return algo_spec.factory(resolved.components["algo"], policy=None, seed=resolved.pipeline.seed).run(
+                resolved=resolved, plugins=plugins, run_dir=str(run_dir)
+            )
+        runner = Runner(resolved, plugins, run_dir)
+        return runner.run(resume=resume)

@@ -111,6 +111,35 @@ def test_rerun_without_resume_refuses_to_overwrite(register_plugin, tmp_path):
         run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
 
 
+class SecondRun:
+    """Starts a second run in the same directory while the first one plays its first iteration."""
+
+    def __init__(self, start):
+        self.start, self.errors = start, []
+
+    @hookimpl
+    def dreamgym_after_iteration(self, iteration, metrics):
+        try:
+            self.start()
+        except ConfigError as exc:
+            self.errors.append(str(exc))
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_second_run_in_a_running_run_directory_is_refused(register_plugin, tmp_path, resume):
+    # Two processes in one run directory would write the same buffer segments, checkpoints
+    # and metrics over each other (a scheduler restarting a job that is still running).
+    register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    second = SecondRun(lambda: run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins, resume=resume))
+    plugins = register_plugin(second, "second-run")
+    run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins)
+    assert len(second.errors) == 2 and "another dreamgym process is running there" in second.errors[0]
+    assert [r["step"] for r in _rows(run_dir)] == [-1, 0, 1, 2]
+    second.start = lambda: None
+    run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins, resume=True)  # free once the first has ended
+
+
 def test_state_variation_on_a_domain_that_cannot_vary_states_fails_before_any_rollout(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     with pytest.raises(ConfigError, match="loop.state_variation needs an env whose domain has vary_state"):

@@ -30,6 +30,13 @@ class _Group(click.Group):
             # one line whatever the message quotes (a YAML reader's or pluggy's own lines)
             click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, or SIGTERM during a run: one line and the shell's status for that signal
+            # (130, 143), not click's bare "Aborted!" and status 1, which reads as a failure.
+            signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
+            hint = "; what the run stored is kept: continue it with --resume" if ctx.invoked_subcommand == "run" else ""
+            click.echo(f"Error: interrupted by {signal.Signals(signum).name}{hint}", err=True)
+            ctx.exit(128 + signum)
 
 
 @click.group(cls=_Group)
@@ -145,10 +152,18 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
+class _Stopped(KeyboardInterrupt):
+    """A signal other than SIGINT that stops a run as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     """A scheduler's stop or ``kill`` ends a run as Ctrl-C does, through its cleanup (buffer,
     loggers, the env's browser or JVM, which would otherwise outlive it), with exit status 143."""
-    raise SystemExit(128 + signum)
+    raise _Stopped(signum)
 
 
 @cli.command("eval")

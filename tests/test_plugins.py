@@ -68,6 +68,16 @@ def third_party_site(tmp_path_factory):
         "    return [ComponentSpec(name='crashing', factory=build, config_type=Config, description='Fails to build.')]\n"
     )
     build_plugin_package(tmp, "dreamgym-plugin-crashing", "dreamgym_plugin_crashing", crashing, {"crashing": "dreamgym_plugin_crashing"})
+    # Stops its own run after iteration 0 with the signal named by DREAMGYM_TEST_STOP (Ctrl-C, a scheduler's stop).
+    stopper = (
+        "import os, signal\n"
+        "from dreamgym_core import hookimpl\n\n"
+        "@hookimpl\n"
+        "def dreamgym_after_iteration(iteration, metrics):\n"
+        "    if iteration == 0 and os.environ.get('DREAMGYM_TEST_STOP'):\n"
+        "        os.kill(os.getpid(), getattr(signal, os.environ['DREAMGYM_TEST_STOP']))\n"
+    )
+    build_plugin_package(tmp, "dreamgym-plugin-stopper", "dreamgym_plugin_stopper", stopper, {"stopper": "dreamgym_plugin_stopper"})
     # Two distributions registering one entry-point name.
     for dist in ("dreamgym-plugin-twin-a", "dreamgym-plugin-twin-b"):
         module = dist.replace("-", "_")
@@ -90,6 +100,22 @@ def pipeline(tmp_path, **changes):
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@pytest.mark.parametrize(("signal_name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupted_run_says_so_in_one_line_and_resumes(third_party_site, tmp_path, signal_name, status):
+    # click's own handling printed a bare "Aborted!" with status 1 (a failure's) for Ctrl-C,
+    # and SIGTERM ended the run without a word.
+    path = pipeline(tmp_path, plugins=["guess", "stopper"])
+    stopped = run_cli("run", str(path), site=third_party_site, env={"DREAMGYM_TEST_STOP": signal_name})
+    assert stopped.returncode == status, stopped.stderr
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last == f"Error: interrupted by {signal_name}; what the run stored is kept: continue it with --resume"
+    assert "Traceback" not in stopped.stderr and "Aborted" not in stopped.stderr
+    resumed = run_cli("run", str(path), "--resume", site=third_party_site)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [-1, 0, 1, 2]
 
 
 def test_third_party_plugin_installed_by_pip_runs_a_pipeline(third_party_site, tmp_path):

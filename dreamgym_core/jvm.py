@@ -133,7 +133,7 @@ class _HeldPy4JLogs(logging.Filter):
         return False
 
     @contextmanager
-    def hold(self, error: type[BaseException]) -> Iterator[None]:
+    def hold(self, error: type[BaseException] | tuple[type[BaseException], ...]) -> Iterator[None]:
         thread = threading.get_ident()
         if thread in self._held:  # a call inside a call: the outer one decides
             yield
@@ -241,6 +241,15 @@ def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
     return outcome["wrapper"]
 
 
+def _interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt ``exc`` is, or was raised while handling, if any."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__context__
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -325,7 +334,7 @@ class JvmGuard:
         from py4j.protocol import Py4JError, Py4JJavaError
 
         _PY4J_LOGS.install()
-        with _PY4J_LOGS.hold(self.error):
+        with _PY4J_LOGS.hold((self.error, KeyboardInterrupt)):
             wrapper = self._started(what)
             process = _java_process(wrapper)
             if process is not None and process.poll() is not None:
@@ -337,6 +346,14 @@ class JvmGuard:
             try:
                 yield wrapper
             except BaseException as exc:  # KeyboardInterrupt too: the watch must end
+                interrupt = _interrupt_behind(exc)
+                if interrupt is not None and interrupt is not exc:
+                    # Ctrl-C (or SIGTERM, raised as one) mid-call: py4j's handler of it fails in turn
+                    # (its GatewayConnection has no shutdown_socket), and the caller would take that
+                    # AttributeError for the engine's failure and go on playing.
+                    if watchdog is not None:
+                        watchdog.disarm()
+                    raise interrupt from None
                 if watchdog is not None and watchdog.disarm():
                     self.drop()
                     raise self.error(self._timed_out(what)) from exc

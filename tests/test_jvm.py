@@ -106,3 +106,28 @@ def test_a_wrapper_without_a_jvm_process_is_dropped_on_a_broken_call(monkeypatch
     assert guard.wrapper is wrapper
     guard.close()
     assert guard.wrapper is None and closed == [True, True]
+
+
+def test_an_interrupt_during_a_call_stays_an_interrupt(monkeypatch, tmp_path) -> None:
+    """py4j handles a KeyboardInterrupt during a call by closing the connection, with a method
+    its GatewayConnection lacks: the AttributeError that replaces the interrupt would pass for
+    the engine's failure, and a run would take Ctrl-C for a failed episode and play on."""
+    pytest.importorskip("py4j")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    (tmp_path / "java").write_text("#!/bin/sh\n")
+    (tmp_path / "java").chmod(0o755)
+
+    class Wrapper:
+        def close(self) -> None:
+            pass
+
+    guard = JvmGuard(start=Wrapper, name="sim", label="env 'sim'", simulator="Sim", error=SimError, call_timeout_s=5)
+    interrupt = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with guard.call("step"):
+            try:
+                raise interrupt
+            except KeyboardInterrupt:  # what py4j's GatewayClient.send_command does
+                raise AttributeError("'GatewayConnection' object has no attribute 'shutdown_socket'")
+    assert raised.value is interrupt
+    guard.close()

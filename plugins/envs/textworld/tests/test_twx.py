@@ -430,6 +430,27 @@ def test_a_jvm_killed_during_a_call_is_one_line_without_py4j_tracebacks(twx_doma
         env.close()
 
 
+@_LINUX
+def test_ctrl_c_during_a_call_is_an_interrupt_without_py4j_tracebacks(twx_domains, caplog) -> None:
+    # py4j's handling of the interrupt raised an AttributeError of its own, which a rollout
+    # took for the engine's failure: a run went on playing after Ctrl-C.
+    task = twx_domains["coin"].tasks(split="train")[0]
+    env = make_twx(twx_config("coin", call_timeout_s=30)).make_env()  # its own JVM, to stop
+    try:
+        env.reset(task=task)
+        process = env.engine._jvm.wrapper._gateway.java_process
+        stop_process(process.pid)  # the call below waits for an answer until the interrupt
+        ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        ctrl_c.start()
+        with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt):
+            env.step(action="look around")
+        ctrl_c.join()
+        assert py4j_noise(caplog.records) == []
+        process.kill()
+    finally:
+        env.close()
+
+
 def test_what_py4j_logs_during_a_call_that_succeeds_is_kept(twx_domains, caplog) -> None:
     domain = make_twx(twx_config("coin", call_timeout_s=0))  # no limit: no watchdog
     env = domain.make_env()

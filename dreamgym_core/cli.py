@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -13,6 +15,7 @@ from typing import Any, Callable
 import click
 import msgspec
 
+from . import stopping
 from .errors import DreamGymError
 
 __all__ = ["main", "cli"]
@@ -25,18 +28,23 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except DreamGymError as exc:
+            if stopping.requested() is not None:  # what the stop broke (an engine it killed), not a failure
+                _interrupted(ctx, stopping.requested())
             if ctx.obj and ctx.obj.get("traceback") or os.environ.get("DREAMGYM_DEBUG") == "1":
                 traceback.print_exc()
             # one line whatever the message quotes (a YAML reader's or pluggy's own lines)
             click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
-            # Ctrl-C, or SIGTERM during a run: one line and the shell's status for that signal
-            # (130, 143), not click's bare "Aborted!" and status 1, which reads as a failure.
-            signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
-            hint = "; what the run stored is kept: continue it with --resume" if ctx.invoked_subcommand == "run" else ""
-            click.echo(f"Error: interrupted by {signal.Signals(signum).name}{hint}", err=True)
-            ctx.exit(128 + signum)
+            _interrupted(ctx, exc.signum if isinstance(exc, stopping.Stopped) else signal.SIGINT)
+
+
+def _interrupted(ctx: click.Context, signum: int) -> None:
+    """Ctrl-C, or SIGTERM during a run: one line and the shell's status for that signal (130,
+    143), not click's bare "Aborted!" and status 1, which reads as a failure."""
+    hint = "; what the run stored is kept: continue it with --resume" if ctx.invoked_subcommand == "run" else ""
+    click.echo(f"Error: interrupted by {stopping.name(signum)}{hint}", err=True)
+    ctx.exit(128 + signum)
 
 
 @click.group(cls=_Group)
@@ -46,6 +54,33 @@ class _Group(click.Group):
 def cli(ctx: click.Context, show_traceback: bool) -> None:
     """DreamGym: RL for LLM agents on synthetic experience."""
     ctx.ensure_object(dict)["traceback"] = show_traceback
+    # not where Ctrl-C is ignored (a background job), nor off the main thread (where Python cannot set it)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, stopping.handle)
+    if not getattr(sys.unraisablehook, "keeps_interrupts", False):
+        sys.unraisablehook = _keeping_interrupts(sys.unraisablehook)
+
+
+def _keeping_interrupts(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that delivers an interrupt again when it was raised in a
+    finalizer (a weakref callback or ``__del__``; py4j's proxies run many). Python prints such
+    an exception as "Exception ignored" and drops it, and the command would go on as if Ctrl-C
+    or SIGTERM had not come. The signal is sent to the main thread again, a moment later, when
+    that finalizer is over."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        signum = unraisable.exc_value.signum if isinstance(unraisable.exc_value, stopping.Stopped) else signal.SIGINT
+        main = threading.main_thread().ident
+        resend = signal.pthread_kill if hasattr(signal, "pthread_kill") else (lambda _, sig: _thread.interrupt_main(sig))
+        timer = threading.Timer(0.05, resend, (main, signum))
+        timer.daemon = True
+        timer.start()
+
+    hook.keeps_interrupts = True  # type: ignore[attr-defined]
+    return hook
 
 
 def _overrides(option: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,23 +182,11 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
     from .loop import run_pipeline
 
     resolved, plugins = _load(pipeline, overrides)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # A scheduler's stop or `kill` ends a run as Ctrl-C does, through its cleanup (buffer, loggers,
+    # the env's browser or JVM, which would otherwise outlive it), with exit status 143.
+    signal.signal(signal.SIGTERM, stopping.handle)
     summary = run_pipeline(resolved, plugins, resume=resume)
     click.echo(json.dumps(summary, indent=2))
-
-
-class _Stopped(KeyboardInterrupt):
-    """A signal other than SIGINT that stops a run as Ctrl-C does."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    """A scheduler's stop or ``kill`` ends a run as Ctrl-C does, through its cleanup (buffer,
-    loggers, the env's browser or JVM, which would otherwise outlive it), with exit status 143."""
-    raise _Stopped(signum)
 
 
 @cli.command("eval")

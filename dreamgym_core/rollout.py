@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from . import stopping
 from .agent import build_agent_prompt, parse_agent_output
 from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
@@ -93,6 +94,7 @@ def step_or_error(env: Env, action: str) -> StepResult | Exception:
     try:
         return env.step(action=action)
     except Exception as exc:  # an engine crash is the episode's failure, never the batch's
+        stopping.check()  # unless Ctrl-C brought it about
         return exc
 
 
@@ -181,6 +183,7 @@ def _start(tasks: Sequence[Task], envs: Sequence[Env], seeds: Sequence[int], tag
         try:
             obs = env.reset(task=task, seed=seed)
         except Exception as exc:  # an engine crash fails this episode, never the run
+            stopping.check()  # unless Ctrl-C brought it about
             stats.env_errors += 1
             log.warning("env reset failed for task %s: %s", task.id, exc)
             obs = Observation(text=f"[environment error at reset: {type(exc).__name__}]")
@@ -213,6 +216,7 @@ def rollout(
     step_many = step_many or _default_step_many
     episodes = _start(tasks, envs, seeds, tag, stats)
     for step in range(max_steps):
+        stopping.check()  # a stop that was dropped where it was raised
         live = [ep for ep in episodes if not ep.done]
         if not live:
             break

@@ -564,6 +564,23 @@ def test_an_env_that_crashes_after_others_stepped_fails_alone_and_nothing_steps_
     assert [t.next_state for t in trajectories[0].transitions] == ["count is 1", "count is 2"]
 
 
+@pytest.mark.parametrize("crash_at", ["reset", "step"])
+def test_an_env_crash_after_a_stop_was_asked_for_is_the_stop(monkeypatch, crash_at):
+    # Ctrl-C stops the simulator in the process group too, and the interrupt itself may be
+    # dropped where it was raised (a finalizer): the engine's failures that follow must end
+    # the rollout as the stop, not be played on as failed episodes of the evaluation.
+    from dreamgym_core import stopping
+
+    class ResetCrashEnv(CountEnv):
+        def reset(self, *, task, seed=None):
+            raise RuntimeError("the engine has exited (code 130)")
+
+    env = ResetCrashEnv(5) if crash_at == "reset" else CountEnv(5)
+    monkeypatch.setattr(stopping, "_requested", signal.SIGINT)
+    with pytest.raises(stopping.Stopped):
+        _scripted_rollout([["<action>explode</action>"], ["<action>inc</action>"]], [env])
+
+
 def test_episodes_ended_by_the_envs_own_step_cap_count_as_truncated():
     class CappedEnv(CountEnv):
         def step(self, *, action):

@@ -68,13 +68,22 @@ def third_party_site(tmp_path_factory):
         "    return [ComponentSpec(name='crashing', factory=build, config_type=Config, description='Fails to build.')]\n"
     )
     build_plugin_package(tmp, "dreamgym-plugin-crashing", "dreamgym_plugin_crashing", crashing, {"crashing": "dreamgym_plugin_crashing"})
-    # Stops its own run after iteration 0 with the signal named by DREAMGYM_TEST_STOP (Ctrl-C, a scheduler's stop).
+    # Stops its own run after iteration 0 with the signal named by DREAMGYM_TEST_STOP (Ctrl-C, a
+    # scheduler's stop); with DREAMGYM_TEST_STOP_IN=finalizer, the signal lands in a __del__.
     stopper = (
-        "import os, signal\n"
+        "import os, signal, time\n"
         "from dreamgym_core import hookimpl\n\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), getattr(signal, os.environ['DREAMGYM_TEST_STOP']))\n"
+        "        for _ in range(1000):  # the handler runs here, inside the finalizer\n"
+        "            pass\n\n"
         "@hookimpl\n"
         "def dreamgym_after_iteration(iteration, metrics):\n"
-        "    if iteration == 0 and os.environ.get('DREAMGYM_TEST_STOP'):\n"
+        "    if iteration == 0 and os.environ.get('DREAMGYM_TEST_STOP_IN') == 'finalizer':\n"
+        "        Finalized()\n"
+        "        time.sleep(60)  # where an interrupt delivered again lands\n"
+        "    elif iteration == 0 and os.environ.get('DREAMGYM_TEST_STOP'):\n"
         "        os.kill(os.getpid(), getattr(signal, os.environ['DREAMGYM_TEST_STOP']))\n"
     )
     build_plugin_package(tmp, "dreamgym-plugin-stopper", "dreamgym_plugin_stopper", stopper, {"stopper": "dreamgym_plugin_stopper"})
@@ -116,6 +125,20 @@ def test_an_interrupted_run_says_so_in_one_line_and_resumes(third_party_site, tm
     assert resumed.returncode == 0, resumed.stderr
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [-1, 0, 1, 2]
+
+
+@pytest.mark.parametrize(("signal_name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupt_raised_in_a_finalizer_still_stops_the_run(third_party_site, tmp_path, signal_name, status):
+    # Python drops an exception raised in a __del__ or weakref callback ("Exception ignored"),
+    # and py4j's proxies run such finalizers all the time: Ctrl-C there was lost, the run went on.
+    path = pipeline(tmp_path, plugins=["guess", "stopper"])
+    env = {"DREAMGYM_TEST_STOP": signal_name, "DREAMGYM_TEST_STOP_IN": "finalizer"}
+    stopped = run_cli("run", str(path), site=third_party_site, env=env)
+    assert stopped.returncode == status, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1].startswith(f"Error: interrupted by {signal_name};")
+    assert "Exception ignored" not in stopped.stderr and "Traceback" not in stopped.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [-1, 0]
 
 
 def test_third_party_plugin_installed_by_pip_runs_a_pipeline(third_party_site, tmp_path):

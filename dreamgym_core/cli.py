@@ -54,6 +54,7 @@ def _interrupted(ctx: click.Context, signum: int) -> None:
 def cli(ctx: click.Context, show_traceback: bool) -> None:
     """DreamGym: RL for LLM agents on synthetic experience."""
     ctx.ensure_object(dict)["traceback"] = show_traceback
+    stopping.clear()
     # not where Ctrl-C is ignored (a background job), nor off the main thread (where Python cannot set it)
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, stopping.handle)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-__all__ = ["Stopped", "handle", "requested", "check", "name"]
+__all__ = ["Stopped", "handle", "requested", "check", "clear", "name"]
 
 _requested: int | None = None
 
@@ -42,6 +42,13 @@ def check() -> None:
     """Raise the stop again if one was asked for (it may have been dropped where it was raised)."""
     if _requested is not None:
         raise Stopped(_requested)
+
+
+def clear() -> None:
+    """Forget an earlier stop: a new command starts unstopped (the CLI run again in one process,
+    as a notebook or ``CliRunner`` does)."""
+    global _requested
+    _requested = None
 
 
 def name(signum: int) -> str:

@@ -141,6 +141,26 @@ def test_an_interrupt_raised_in_a_finalizer_still_stops_the_run(third_party_site
     assert [r["step"] for r in rows] == [-1, 0]
 
 
+def test_a_stop_of_an_earlier_command_does_not_reach_the_next_one(tmp_path, monkeypatch):
+    # The CLI run again in one process (a notebook, CliRunner) after a Ctrl-C: the new command's
+    # own error is reported as itself, not as that old interruption.
+    import signal
+
+    from click.testing import CliRunner
+
+    from dreamgym_core import stopping
+    from dreamgym_core.cli import cli
+
+    monkeypatch.setattr(stopping, "_requested", signal.SIGINT)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        result = CliRunner().invoke(cli, ["config", "show", str(tmp_path / "missing.yaml")])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert result.exit_code == 2, result.output
+    assert "interrupted" not in result.output and "missing.yaml" in result.output
+
+
 def test_third_party_plugin_installed_by_pip_runs_a_pipeline(third_party_site, tmp_path):
     listed = json.loads(run_cli("plugins", "--json", site=third_party_site).stdout)
     guess = next(p for p in listed if p["name"] == "guess")

@@ -346,8 +346,49 @@ _Loader.add_implicit_resolver(
 )
 
 
+# A pipeline file is a few hundred values; aliases that expand past this are a mistake or an
+# attack ("billion laughs": nine aliases of nine aliases ... expand to 9**9 values).
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values ``node`` becomes once its aliases are expanded (shared nodes counted
+    each time they are used, each computed once); an alias inside the node it names is refused."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise yaml.constructor.ConstructorError(
+            None, None, "an alias refers to a collection that contains it (a recursive value)", node.start_mark
+        )
+    size = 1
+    if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+        open_nodes.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        for child in children:
+            size += _expanded_size(child, sizes, open_nodes)
+            if size > MAX_YAML_VALUES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"more than {MAX_YAML_VALUES} values once aliases are expanded", node.start_mark
+                )
+        open_nodes.discard(key)
+    sizes[key] = size
+    return size
+
+
 def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    """One YAML document, its aliases expanded only when the result stays small and finite.
+
+    Raises ``yaml.YAMLError``, and ``RecursionError`` for collections nested too deeply to parse."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _located(error: Exception, where: str, prefix: str = "$") -> ConfigError:
@@ -391,6 +432,8 @@ def parse_overrides(overrides: Sequence[str], where: str) -> list[tuple[str, Any
         key, raw = item.split("=", 1)
         try:
             value = yaml_load(raw) if raw else ""
+        except RecursionError as exc:
+            raise ConfigError(f"{where}: --set {key}=...: the value is nested too deeply") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{where}: --set {item!r}: the value is not valid YAML: {getattr(exc, 'problem', exc)}") from exc
         parsed.append((key, value))
@@ -408,6 +451,8 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
         raise ConfigError(f"{where}: not a text file (byte {exc.start} is not UTF-8)") from exc
     try:
         data = yaml_load(text)
+    except RecursionError as exc:
+        raise ConfigError(f"{where}: not valid YAML: collections nested too deeply") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -205,3 +205,22 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
 
     merged = "base: &b {name: x, config: {game: coin}}\nenv: {<<: *b, name: y}\n"  # a "<<" merge may be overridden
     assert yaml_load(merged)["env"] == {"name": "y", "config": {"game": "coin"}}
+
+
+def test_alias_bombs_recursive_aliases_and_deep_nesting_are_refused(tmp_path):
+    # nine aliases of nine aliases ...: a few hundred bytes that expand to 9**9 values
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = "\n".join(levels) + "\nplugins: *l8\n"
+    with pytest.raises(ConfigError, match=r"bomb.yaml: not valid YAML \(line \d+, column \d+\): more than 100000 values once aliases are expanded"):
+        load_pipeline(write(tmp_path, bomb, "bomb.yaml"))
+    with pytest.raises(ConfigError, match=r"loop.yaml: not valid YAML \(line 1, column 4\): an alias refers to a collection that contains it"):
+        load_pipeline(write(tmp_path, "a: &a {b: *a}\nplugins: [x]\n", "loop.yaml"))
+    with pytest.raises(ConfigError, match=r"deep.yaml: not valid YAML: collections nested too deeply"):
+        load_pipeline(write(tmp_path, "plugins: " + "[" * 3000 + "]" * 3000 + "\n", "deep.yaml"))
+    with pytest.raises(ConfigError, match=r"ok.yaml: --set seed=...: the value is nested too deeply"):
+        load_pipeline(write(tmp_path, "plugins: [a]\n", "ok.yaml"), ["seed=" + "[" * 3000])
+    from dreamgym_core.config import yaml_load
+
+    shared = yaml_load("env: {config: &c {game: coin}}\npolicy: {config: *c}\n")  # an alias used a few times is fine
+    assert shared["policy"]["config"] == {"game": "coin"}

@@ -782,7 +782,11 @@ def annotation_prompt(steps: Sequence[Transition]) -> str:
 
 
 def parse_annotation(text: str, n_steps: int) -> list[str] | None:
-    """The per-step plans of a teacher's JSON answer, or None when it breaks the format."""
+    """The per-step plans of a teacher's JSON answer, or None when it breaks the format.
+
+    Lone surrogates (a backend may pass on JSON's ``"\\ud800"``) become U+FFFD first: the JSON
+    decoder and the plans' later JSONL record both need text that UTF-8 can hold."""
+    text = utf8_safe(text)
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end <= start:
         return None

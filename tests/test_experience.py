@@ -649,6 +649,9 @@ def test_parse_annotation_requires_one_plan_per_step() -> None:
     assert parse_annotation(_teacher_json(2), 3) is None
     assert parse_annotation("not json {", 1) is None
     assert parse_annotation('{"task_tutorial": {}, "state_transitions": [{"step_id": 0}]}', 1) is None
+    # a teacher backend may return a lone surrogate (JSON can escape one): a plan, not a UnicodeEncodeError
+    assert parse_annotation(_teacher_json(1).replace("plan 0", "plan \udcff 0"), 1) == ["plan \ufffd 0"]
+    assert parse_annotation('{"oops": "\ud800"}', 1) is None
 
 
 def test_teacher_annotates_and_retries() -> None:

@@ -82,15 +82,38 @@ def record_versions(run_dir: Path, plugin_names: Iterable[str]) -> dict[str, Any
     versions each part of the run ran under stay known."""
     current = software_versions(plugin_names)
     path = run_dir / VERSIONS_FILE
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError):
+    if not path.exists():
         stored = None
-    if isinstance(stored, dict) and (changed := changed_packages(stored, current)):
-        earlier = 1 + sum(1 for _ in run_dir.glob("versions.*.json"))
-        kept = run_dir / f"versions.{earlier}.json"
-        atomic_write(kept, path.read_bytes())
-        log.warning("%s: this run continues under other versions: %s (the earlier record is kept in %s)",
-                    run_dir, "; ".join(changed), kept.name)
+    else:
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = None
+        if not _is_record(stored):
+            # damaged: which versions the earlier part ran under is unknown, so its bytes are kept as they are
+            kept = _keep_earlier(run_dir, path)
+            log.warning("%s: %s is not a readable versions record; kept as %s", run_dir, VERSIONS_FILE, kept.name)
+        elif changed := changed_packages(stored, current):
+            kept = _keep_earlier(run_dir, path)
+            log.warning("%s: this run continues under other versions: %s (the earlier record is kept in %s)",
+                        run_dir, "; ".join(changed), kept.name)
     atomic_write(path, (json.dumps(current, indent=2, sort_keys=True) + "\n").encode())
     return current
+
+
+def _is_record(stored: Any) -> bool:
+    """Whether ``stored`` has the shape :func:`software_versions` writes (its keys may be missing)."""
+    if not isinstance(stored, dict):
+        return False
+    packages = stored.get("packages", {})
+    return (
+        isinstance(packages, dict)
+        and all(isinstance(v, str) for v in packages.values())
+        and isinstance(stored.get("python", ""), (str, type(None)))
+    )
+
+
+def _keep_earlier(run_dir: Path, path: Path) -> Path:
+    kept = run_dir / f"versions.{1 + sum(1 for _ in run_dir.glob('versions.*.json'))}.json"
+    atomic_write(kept, path.read_bytes())
+    return kept

@@ -47,3 +47,13 @@ def test_a_resume_under_another_python_says_so_and_keeps_each_earlier_record(tmp
     assert caplog.text.count("python 3.9.0 -> ") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["versions.1.json", "versions.json"]
     assert json.loads((tmp_path / "versions.1.json").read_text()) == first
+
+
+def test_a_damaged_record_is_kept_aside_not_a_traceback_or_lost(tmp_path, caplog):
+    for n, damaged in enumerate([b'{"python": "3.11", "packages": ["torch"]}', b'{"packages": {"torch": 2}}', b"[1, 2]", b'{"pyth', b"\xff\xfe"], 1):
+        (tmp_path / "versions.json").write_bytes(damaged)
+        with caplog.at_level(logging.WARNING, logger="dreamgym_core.provenance"):
+            current = record_versions(tmp_path, [])
+        assert f"versions.json is not a readable versions record; kept as versions.{n}.json" in caplog.text
+        assert (tmp_path / f"versions.{n}.json").read_bytes() == damaged
+        assert json.loads((tmp_path / "versions.json").read_text()) == current

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import msgspec
 import numpy as np
 
 from . import checkpoint, report, stages
@@ -102,13 +103,21 @@ def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+# Fields every resolved pipeline config has (no default): a stored config.json without them is damaged.
+_REQUIRED_FIELDS = tuple(f.encode_name for f in msgspec.structs.fields(PipelineConfig) if f.required)
+
+
 def _differences(run_dir: Path, data: dict[str, Any]) -> tuple[list[str], list[str] | None]:
     """How ``data`` differs from the stored config.json: fields whose values changed, and
     fields the stored config lacks (options added by a newer version; they take their defaults
-    on resume, as the rest of the newer code does). ``added`` is None when it cannot be read."""
+    on resume, as the rest of the newer code does). ``added`` is None when it cannot be read or
+    is not a pipeline config."""
     try:
         stored = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
+        return [], None
+    if not isinstance(stored, dict) or any(field not in stored for field in _REQUIRED_FIELDS):
+        # damaged ({} or [1, 2]): every field would count as new and the other run's config be taken over
         return [], None
     changed, added = [], []
     for field in changed_fields(stored, json.loads(json.dumps(data))):

@@ -303,6 +303,21 @@ def test_a_run_stored_before_an_option_existed_resumes_with_its_default(register
         prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=2), resume=True)
 
 
+@pytest.mark.parametrize("damaged", ["{}", "[1, 2]", '{"loop": {"iterations": 1}}'])
+def test_a_damaged_config_record_is_no_licence_to_resume_with_another_config(register_plugin, tmp_path, damaged):
+    # Every field of a config.json that is {} would count as "new since the run started".
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    (tmp_path / "run" / "config.json").write_text(damaged)
+    digest = (tmp_path / "run" / "config.sha256").read_text()
+    with pytest.raises(ConfigError, match=r"config differs from the one in .*; resume with the same"):
+        prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=3), resume=True)
+    with pytest.raises(DataError, match=r"config.json: unreadable, so eval cannot check"):
+        evaluate_run(_resolved(plugins, tmp_path / "run", iterations=3), plugins, split=None, episodes=1)
+    assert (tmp_path / "run" / "config.json").read_text() == damaged  # the record stays for a person to mend
+    assert (tmp_path / "run" / "config.sha256").read_text() == digest
+
+
 def test_a_run_whose_stored_hash_covers_its_run_dir_still_resumes(register_plugin, tmp_path, caplog):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)

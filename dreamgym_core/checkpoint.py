@@ -13,7 +13,7 @@ import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Sequence
 
 import msgspec
 import numpy as np
@@ -51,8 +51,9 @@ class _State(msgspec.Struct, kw_only=True):
     # The replay buffer's position when the checkpoint was taken (None: a buffer that
     # cannot roll back, or a checkpoint from before positions were recorded).
     buffer_position: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    # Validation scores by iteration (eval.valid_every; None when off).
-    selection: dict[str, Any] | None = None
+    # Validation scores by iteration (eval.valid_every; None when off), typed so that a damaged
+    # score is refused with the rest of the file, before anything is restored or rolled back.
+    selection: dict[Literal["scores"], dict[int, float]] | None = None
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -517,6 +517,26 @@ def test_a_checkpoint_with_a_damaged_history_or_algorithm_state_is_one_line_and_
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("selection", [{"scores": {"best": 1.0}}, {"scores": [0.5]}, {"scores": {"0": "high"}}, {"best": 0}])
+def test_a_checkpoint_with_damaged_validation_scores_is_one_line_and_changes_nothing(register_plugin, tmp_path, selection):
+    # These were tracebacks (int('best'), list.items) after the buffer had been rolled back.
+    plugins = _exact_buffer_plugins(register_plugin)
+    parts = {"encoder": {"name": "hashing"}, "buffer": {"name": "exact"}, "policy": {"name": "scripted-saving"},
+             "eval": {"valid_every": 1, "valid_episodes": 2, "keep": "best-valid", "episodes": 2}}
+    resolved = _resolved(plugins, tmp_path / "run", parts, iterations=1)
+    run_pipeline(resolved, plugins)
+    state_file = tmp_path / "run" / "checkpoints" / "it-00001" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["selection"] = selection
+    state_file.write_text(json.dumps(state))
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=r"it-00001/state.json: unreadable checkpoint state: .*`\$.selection"):
+        run_pipeline(resolved, plugins, resume=True)
+    with pytest.raises(DataError, match=r"it-00001/state.json: unreadable checkpoint state"):
+        evaluate_run(resolved, plugins, split=None, episodes=1)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("python_rng", [3, [1, 2], None]), ("torch_rng", [1, 2, 3]), ("numpy_rng", {"kind": "MT19937", "keys": [1, 2]})],

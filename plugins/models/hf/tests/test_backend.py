@@ -330,6 +330,23 @@ def test_allow_download_lets_transformers_fetch(monkeypatch):
     assert calls == [("someone/not-cached", False)]
 
 
+@pytest.mark.parametrize(
+    "name, damage, error",
+    [
+        ("model.safetensors", b"", "SafetensorError"),
+        ("config.json", b"[1, 2]", "TypeError"),
+        ("generation_config.json", b"5", "TypeError"),
+        ("tokenizer.json", b"{}", "KeyError"),
+    ],
+)
+def test_a_damaged_saved_model_is_a_data_error_naming_it(trained, tmp_path, name, damage, error):
+    # Each was a traceback from inside transformers when a run resumed or was evaluated.
+    trained.save(path=str(tmp_path / "m"))
+    (tmp_path / "m" / name).write_bytes(damage)
+    with pytest.raises(DataError, match=rf"hf: cannot load a causal LM from path='{tmp_path / 'm'}': {error}"):
+        HFBackend.load(str(tmp_path / "m"))
+
+
 def test_chat_template_without_template_is_rejected(trained, tmp_path):
     trained.save(path=str(tmp_path / "m"))
     with pytest.raises(ConfigError, match="chat template"):

@@ -108,6 +108,11 @@ def load_pretrained(path: str, dtype: str = "float32", *, allow_download: bool =
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"hf: cannot load a causal LM from path={path!r}: {first}") from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged saved directory, as transformers and its readers report it
+        # (SafetensorError for torn weights, TypeError for a config.json that is not an object,
+        # RuntimeError for weights of another shape, KeyError for a tokenizer.json missing a part)
+        first = " ".join(str(exc).split())[:300] or "no detail"
+        raise DataError(f"hf: cannot load a causal LM from path={path!r}: {type(exc).__name__}: {first}") from exc
     return model, tokenizer
 
 

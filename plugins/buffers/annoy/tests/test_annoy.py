@@ -147,6 +147,22 @@ def test_evicted_rows_never_returned():
     assert all(len(row) == 4 for row in hits)
 
 
+def test_index_follows_the_rows_when_evicted_ones_leave_memory():
+    enc = HashingEncoder()
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=1500, segment_records=500), encoder=enc)
+    records = household(2000)
+    for i in range(0, 2000, 500):
+        b.add(transitions=records[i : i + 500])
+    b.rebuild()
+    late = household(1100, seed=3, prefix="LATE ")
+    b.add(transitions=late)  # 1600 evicted rows, more than the live ones: dropped from memory
+    assert b.stats()["spaces"][enc.id] == 1500
+    live = records[1600:]
+    hits = b.retrieve(queries=[(t.state, t.action) for t in live], k=1)
+    assert [row[0] for row in hits] == live  # the index's items still name their own rows
+    b.close()
+
+
 def test_index_persists_and_a_broken_manifest_rebuilds(tmp_path):
     enc = HashingEncoder()
     cfg = AnnoyConfig(min_rows=100, segment_records=400, flush_every=200)

@@ -51,6 +51,27 @@ def test_capacity_evicts_oldest_synthetic_first_and_keeps_offline(tmp_path, dist
         assert synthetic[0] not in hits and len(hits) == 10
 
 
+def test_memory_at_capacity_stays_bounded_as_records_keep_coming(tmp_path, distinct):
+    """Evicted rows leave memory (a long run's synthetic records would otherwise pile up
+    behind a fixed capacity); the live ones are still found, deduplicated and persisted."""
+    cfg = ExactConfig(capacity=50, flush_every=1)
+    encoder = BagOfWordsEncoder()
+    batches = [distinct(50, source="synthetic", prefix=f"b{i}") for i in range(60)]
+    with ExactBuffer(cfg, encoder=encoder, path=tmp_path) as b:
+        for batch in batches:
+            b.add(transitions=batch)
+        held = b.stats()["spaces"][encoder.id]  # rows with an embedding in memory, evicted ones included
+        assert len(b) == 50 and held <= 50 + 1024 + 50  # 3000 added in all
+        assert list(b) == batches[-1]
+        hits = b.retrieve(queries=[(t.state, t.action) for t in batches[-1]], k=1)
+        assert [row[0] for row in hits] == batches[-1]
+        assert b.add(transitions=batches[-1][:3]) == 0  # still known
+        assert b.add(transitions=batches[0][:3]) == 3  # evicted, so new again
+        kept = list(b)
+    with ExactBuffer(cfg, encoder=encoder, path=tmp_path) as b:
+        assert list(b) == kept
+
+
 def test_offline_evicted_only_when_not_kept():
     b = ExactBuffer(ExactConfig(capacity=4, keep_offline=False), encoder=BagOfWordsEncoder())
     b.add(transitions=make_transitions(6, source="offline"))

@@ -89,6 +89,18 @@ class AnnoyBuffer(ExactBuffer):
     def _on_backfilled(self) -> None:
         self._maybe_rebuild(force=True)
 
+    def _compactable(self) -> bool:
+        # a build under way holds row numbers of the buffer as it was
+        return self._build_thread is None or not self._build_thread.is_alive()
+
+    def _on_compacted(self, new_of_old: np.ndarray) -> None:
+        built = self._built
+        if built is not None:
+            rows = built.item_rows
+            moved = np.where(rows >= 0, new_of_old[np.maximum(rows, 0)], -1)
+            upto = int((new_of_old[: built.upto] >= 0).sum())
+            self._built = BuiltIndex(built.annoy, built.encoder_id, moved, upto)
+
     def _maybe_rebuild(self, force: bool = False) -> None:
         with self._lock:
             sealed, current = self._sealed_rows, self._spaces[self.encoder.id]

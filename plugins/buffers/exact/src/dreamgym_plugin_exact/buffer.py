@@ -33,6 +33,9 @@ __all__ = ["ExactBuffer", "Space", "content_key", "EVICTION_ORDER"]
 
 # Sources evicted first to last when the buffer is over capacity.
 EVICTION_ORDER = ("synthetic", "real", "offline")
+# Evicted rows kept in memory before they are dropped: at least this many, and at least as
+# many as the live rows, so a buffer at capacity holds at most about twice its capacity.
+_COMPACT_MIN_DEAD = 1024
 
 
 def content_key(t: Transition) -> bytes:
@@ -312,6 +315,7 @@ class ExactBuffer:
             self._log(Frame(kind="add", rids=rids, transitions=records, encoder_id=self.encoder.id,
                             dim=self.encoder.dim, vectors=vectors.astype("<f4").tobytes()))
             self._evict_over_capacity()
+            self._compact()
             if self._writer is None and len(self._records) - self._sealed_rows >= self.config.segment_records:
                 self.seal()  # in memory, segments are virtual: seal by count alike
             return len(records)
@@ -355,6 +359,51 @@ class ExactBuffer:
                     excess -= 1
         if victims:
             self._evictions.append((self._next_rid, self._retire(victims, rollback=False)))
+
+    def _compact(self) -> None:
+        """Drop evicted rows from memory once they outnumber the live ones (the lock held).
+
+        Evicted rows are only marked dead, and every add appends: without this a buffer at
+        capacity still grew by each record it evicted (its text, embedding and indexes), so
+        ``capacity`` bounded the searchable rows but not the memory. Rows keep their order,
+        so searches and their ties are unchanged; the segment files are not touched (a
+        reopened buffer skips evicted records anyway). Skipped while a backfill has other
+        embedding spaces to serve, or when a subclass says its row numbers are in use."""
+        n = len(self._records)
+        dead = n - self._live
+        if dead < max(self._live, _COMPACT_MIN_DEAD) or len(self._spaces) != 1 or not self._compactable():
+            return
+        keep = np.flatnonzero(self._alive[:n])
+        new_of_old = np.full(n, -1, dtype=np.int64)
+        new_of_old[keep] = np.arange(len(keep))
+        # New objects throughout: a query that took its snapshot before still reads the old ones.
+        self._records = [self._records[r] for r in keep.tolist()]
+        self._rids = self._rids[keep]
+        self._alive = np.ones(len(keep), dtype=bool)
+        self._row_of = {rid: row for row, rid in enumerate(self._rids.tolist())}
+        self._keys = {key: int(new_of_old[row]) for key, row in self._keys.items() if new_of_old[row] >= 0}
+        self._queues = {
+            source: deque(int(new_of_old[row]) for row in queue if new_of_old[row] >= 0) for source, queue in self._queues.items()
+        }
+        spaces = {}
+        for encoder_id, old in self._spaces.items():
+            space = spaces[encoder_id] = Space(encoder_id, old.dim)
+            stored = keep[keep < len(old.data)]  # rows past the end have no vector
+            space.data = np.zeros((len(keep), old.dim), dtype=np.float32)
+            space.data[: len(stored)] = old.data[stored]
+            space.has = old.mask(n)[keep]
+            space.count = int(space.has.sum())
+        self._spaces = spaces
+        self._sealed_rows = int((new_of_old[: self._sealed_rows] >= 0).sum())
+        self._version += 1
+        self._on_compacted(new_of_old)
+
+    def _compactable(self) -> bool:
+        """Hook: whether rows may be renumbered now (no background work holds row numbers)."""
+        return True
+
+    def _on_compacted(self, new_of_old: np.ndarray) -> None:
+        """Hook: rows were renumbered; ``new_of_old[row]`` is a row's new number, -1 if dropped."""
 
     def _retire(self, rows: list[int], *, rollback: bool) -> list[int]:
         """Mark ``rows`` dead, forget their dedup keys and log the eviction; their record ids."""
@@ -483,7 +532,9 @@ class ExactBuffer:
         texts = [embedding_text(state, action) for state, action in queries]
         now = _encode(self.encoder, texts)
         per_space = []
-        for space, n, mask in self._snapshot():
+        with self._lock:  # rows of one state of the buffer (a compaction renumbers them)
+            snapshot, records = self._snapshot(), self._records
+        for space, n, mask in snapshot:
             encoder = self._encoders.get(space.encoder_id)
             if encoder is None or not mask.any():
                 continue
@@ -491,7 +542,6 @@ class ExactBuffer:
                 per_space.append(self._search(space, now, k, n, mask))
             else:
                 per_space.append(self._rescored(self._search(space, _encode(encoder, texts), k, n, mask), now))
-        records = self._records
         results = []
         for i in range(len(queries)):
             rows = merge_ranked([hits[i] for hits in per_space], k)

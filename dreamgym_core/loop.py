@@ -658,14 +658,18 @@ class Runner:
             self._say(f"report: {path}")
         finally:
             self.hook.dreamgym_run_finished(run_dir=str(self.run_dir), metrics=final)
-            for sink in self.sinks:
-                sink.close()
-            if self.buffer is not None:
-                self.buffer.close()
-            close_domain = getattr(self.domain, "close", None)
-            if close_domain is not None:  # a domain's probe env holds a simulator or a browser
-                close_domain()
+            self.close()
         return summary
+
+    def close(self) -> None:
+        """Close the loggers, the buffer and the domain (whose probe env holds a simulator or a browser)."""
+        for sink in self.sinks:
+            sink.close()
+        if self.buffer is not None:
+            self.buffer.close()
+        close_domain = getattr(self.domain, "close", None)
+        if close_domain is not None:
+            close_domain()
 
     def evaluate(
         self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None, synthetic: bool = False,
@@ -865,9 +869,12 @@ def evaluate_run(
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
     _check_evaluated_config(resolved, run_dir)
     runner = Runner(resolved, plugins, run_dir, progress=False)
-    iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
-    kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played
-    metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes, trajectories_out=trajectories)
+    try:
+        iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
+        kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played
+        metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes, trajectories_out=trajectories)
+    finally:
+        runner.close()  # the domain's simulator or browser would outlive the call
     return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **kept, **metrics}
 
 

@@ -790,6 +790,40 @@ def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_pa
     assert result["eval/success_ci_low"] <= result["eval/success_rate"] <= result["eval/success_ci_high"]
 
 
+class ClosingDomains:
+    """The counting game whose domains record their close() calls."""
+
+    def __init__(self):
+        self.built, self.closed = 0, 0
+
+    @hookimpl
+    def dreamgym_register_envs(self):
+        spy = self
+
+        class Closing(CountDomain):
+            def __init__(self, config):
+                super().__init__(config)
+                spy.built += 1
+
+            def close(self):
+                spy.closed += 1
+
+        return [ComponentSpec(name="count-closing", factory=Closing, config_type=CountConfig, description="Counting game, closes counted.")]
+
+
+def test_eval_closes_the_domain_it_built(register_plugin, tmp_path):
+    # A real domain's probe env holds a JVM or a browser: each evaluation left one behind
+    # (three `evaluate_run` calls on a TextWorldExpress run: one more thread and fd each).
+    register_plugin(StandIns(), "stand-ins")
+    spy = ClosingDomains()
+    plugins = register_plugin(spy, "closing")
+    resolved = _resolved(plugins, tmp_path / "run", {"env": {"name": "count-closing"}}, iterations=1)
+    run_pipeline(resolved, plugins)
+    for _ in range(3):
+        evaluate_run(resolved, plugins, split="test", episodes=2)
+    assert (spy.built, spy.closed) == (4, 4)
+
+
 def test_eval_refuses_a_config_whose_policy_or_training_differs_from_the_runs(register_plugin, tmp_path, caplog):
     # The checkpoint would be loaded into components built from the other config and the
     # result reported as the run's; settings of how and where it is played may differ.

@@ -168,8 +168,15 @@ def prune(root: Path, *, keep: int) -> None:
     Runs after ``latest`` points at the new one, so a crash here leaves a resumable run."""
     if keep <= 0:
         return
-    for old in sorted(root.glob("it-*"))[:-keep]:
+    for old in _checkpoints(root)[:-keep]:
         shutil.rmtree(old)
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    """The ``it-<n>`` checkpoints under ``root``, oldest first: by number, since past
+    it-99999 the names no longer sort as the iterations do."""
+    numbered = [(int(m.group(1)), p) for p in root.glob("it-*") if (m := re.fullmatch(r"it-(\d+)", p.name))]
+    return [p for _, p in sorted(numbered)]
 
 
 def _buffer_position(buffer: Any) -> int | None:

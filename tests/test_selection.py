@@ -146,3 +146,12 @@ def test_rng_kept_puts_every_global_generator_back():
     with rng_kept():
         assert draw() == expected  # the same state inside ...
     assert draw() == expected  # ... and put back after it
+
+
+def test_checkpoint_pruning_keeps_the_newest_by_number_past_it_99999(tmp_path):
+    from dreamgym_core.checkpoint import prune
+
+    for name in ("it-99998", "it-99999", "it-100000", "it-notes"):
+        (tmp_path / name).mkdir()
+    prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["it-100000", "it-99999", "it-notes"]

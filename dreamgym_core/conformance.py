@@ -77,6 +77,7 @@ def _check_buffer(spec, config) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         counter = iter(range(1000))
         testing.check_buffer(lambda: spec.factory(config, encoder=encoder, path=f"{tmp}/{next(counter)}"))
+        testing.check_buffer_reopens(lambda: spec.factory(config, encoder=encoder, path=f"{tmp}/reopened"))
 
 
 def _check_curriculum(spec, config) -> None:

@@ -96,10 +96,12 @@ def dreamgym_register_buffers() -> list[ComponentSpec]:
     Returns:
         Specs whose ``factory(config, encoder=..., path=...)`` returns a
         :class:`~dreamgym_core.protocols.ReplayBuffer`; ``path`` is a directory the
-        buffer owns (None for an in-memory buffer).
+        buffer owns and keeps its records in: a run passes ``RUN/buffer`` and
+        ``--resume`` opens it again, expecting what was stored there. None asks for an
+        in-memory buffer (``dreamgym eval-model``).
 
     Notes for plugin authors:
-        Run ``dreamgym_core.testing.check_buffer`` on your buffer.
+        Run ``dreamgym_core.testing.check_buffer`` and ``check_buffer_reopens`` on your buffer.
     """
 
 

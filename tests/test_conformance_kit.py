@@ -10,7 +10,15 @@ import pytest
 
 from dreamgym_core.errors import ConformanceError
 from dreamgym_core.records import Observation, StepResult, Task
-from dreamgym_core.testing import BagOfWordsEncoder, check_algorithm, check_buffer, check_curriculum, check_domain, check_env
+from dreamgym_core.testing import (
+    BagOfWordsEncoder,
+    check_algorithm,
+    check_buffer,
+    check_buffer_reopens,
+    check_curriculum,
+    check_domain,
+    check_env,
+)
 
 # --- buffers ---
 
@@ -112,6 +120,24 @@ class CloseOnceBuffer(GoodBuffer):
 def test_check_buffer_turns_a_raising_close_into_a_conformance_error():
     with pytest.raises(ConformanceError, match=r"CloseOnceBuffer: a second close\(\) \(close must be idempotent\) raised RuntimeError: closed twice"):
         check_buffer(CloseOnceBuffer)
+
+
+def test_check_buffer_reopens_fails_a_buffer_that_keeps_nothing_at_its_path():
+    # it passes check_buffer, but a --resume would reopen RUN/buffer empty
+    check_buffer(GoodBuffer)
+    with pytest.raises(ConformanceError, match=r"GoodBuffer: reopened at its path, the buffer holds 0 of the 6 records it stored"):
+        check_buffer_reopens(GoodBuffer)
+
+
+def test_check_buffer_reopens_passes_a_buffer_kept_at_its_path():
+    shelf: list = []
+
+    class Kept(GoodBuffer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.items = shelf
+
+    check_buffer_reopens(Kept)
 
 
 # --- envs ---

@@ -500,3 +500,53 @@ def test_hook_dreamgym_register_algos(register_plugin):
 
 def test_hook_dreamgym_register_loggers(register_plugin):
     _registers("logger", "dreamgym_register_loggers", register_plugin)
+
+
+class _MemoryConfig(Config):
+    dim: int = 4
+
+
+class _MemoryBuffer:
+    """A buffer that ignores its path: every instance starts empty."""
+
+    def __init__(self, config, *, encoder, path=None) -> None:
+        self.items: list = []
+
+    def add(self, *, transitions):
+        new = [t for t in transitions if t not in self.items]
+        self.items += new
+        return len(new)
+
+    def retrieve(self, *, queries, k):
+        # the exact (state, action) first, then the rest in insertion order
+        return [sorted(self.items, key=lambda t: (t.state, t.action) != q)[:k] for q in queries]
+
+    def sample(self, *, n, seed=None):
+        return self.items[:n]
+
+    def __len__(self):
+        return len(self.items)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_check_fails_a_buffer_that_does_not_keep_its_records_at_its_path(register_plugin, monkeypatch):
+    from click.testing import CliRunner
+
+    from dreamgym_core import conformance
+    from dreamgym_core.cli import cli
+
+    class Memory:
+        @hookimpl
+        def dreamgym_register_buffers(self):
+            return [ComponentSpec(name="memory", factory=_MemoryBuffer, config_type=_MemoryConfig, description="in memory")]
+
+    plugins = register_plugin(Memory(), "memory")
+    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    result = CliRunner().invoke(cli, ["check", "memory"])
+    assert result.exit_code == 1, result.output
+    assert "FAIL buffer:memory: _MemoryBuffer: reopened at its path, the buffer holds 0 of the 6 records it stored" in result.output

@@ -24,6 +24,7 @@ __all__ = [
     "check_experience_model",
     "check_encoder",
     "check_buffer",
+    "check_buffer_reopens",
     "check_curriculum",
     "check_algorithm",
     "make_transitions",
@@ -274,6 +275,36 @@ def _check_rollback(buffer: Any, stored: Sequence[Transition]) -> None:
         readded = buffer.add(transitions=later[:1]) == 1 and buffer.rollback(to=position) == 1
     if not readded:
         raise _fail(buffer, "a rolled-back record could not be added (and rolled back) again")
+
+
+def check_buffer_reopens(open_buffer: Callable[[], Any]) -> None:
+    """What a flushed and closed buffer stored is there when its path is opened again.
+
+    ``open_buffer`` opens the buffer at one and the same (at first empty) path each call, as
+    a run opens ``RUN/buffer`` and ``--resume`` opens it again.
+    """
+    with _step(getattr(open_buffer, "__qualname__", "open_buffer"), "open_buffer()"):
+        buffer = open_buffer()
+    records = make_transitions(6)
+    with _step(buffer, "add() of 6 records, flush() and close()"):
+        buffer.add(transitions=records)
+        buffer.flush()
+        buffer.close()
+    with _step(buffer, "open_buffer() again at the same path"):
+        again = open_buffer()
+    try:
+        with _step(again, "len() and sample() of the reopened buffer"):
+            size = len(again)
+            kept = {_key(t) for t in again.sample(n=6, seed=0)} if size else set()
+    finally:
+        with _step(again, "close() of the reopened buffer"):
+            again.close()
+    if size != len(records) or kept != {_key(t) for t in records}:
+        raise _fail(
+            buffer,
+            f"reopened at its path, the buffer holds {size} of the {len(records)} records it stored; "
+            "a run reopens RUN/buffer on --resume, so a buffer keeps its records under its path",
+        )
 
 
 def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:

@@ -230,6 +230,7 @@ class Runner:
         self.algo = build("algo", cfg.algo.name, self._component("algo"), policy=self.policy, seed=cfg.seed)
         self.train_tasks = self.domain.tasks(split="train")
         self._check_validation()
+        self._check_initial_states()
         self.curriculum = (
             build(
                 "curriculum", cfg.curriculum.name, self._component("curriculum"),
@@ -245,6 +246,25 @@ class Runner:
             from .loggers import JsonlConfig, JsonlSink
 
             self.sinks.append(JsonlSink(JsonlConfig(), run_dir=str(self.run_dir)))
+
+    def _check_initial_states(self) -> None:
+        """The synthetic environment starts each episode from the domain's initial_observation or
+        the task's payload["initial_state"]; without either, every synthetic episode would end as
+        an environment error and the run would train on nothing, so it stops here instead."""
+        cfg = self.cfg
+        if hasattr(self.domain, "initial_observation"):
+            return
+        splits = (["train"] if cfg.loop.mode != "real" else []) + ([cfg.eval.split] if cfg.eval.synthetic_agreement else [])
+        for split in splits:
+            for task in self.train_tasks if split == "train" else self.domain.tasks(split=split):
+                state = task.payload.get("initial_state")
+                if not (isinstance(state, str) and state.strip()):
+                    why = f"loop.mode={cfg.loop.mode!r}" if split == "train" else "eval.synthetic_agreement"
+                    raise ConfigError(
+                        f"{self.resolved.source}: {why} plays {split!r} tasks in the synthetic environment, which needs "
+                        f"their start state: env {cfg.env.name!r} has no initial_observation(task) and task {task.id!r} "
+                        "has no payload['initial_state'] string (docs/experience-format.md)"
+                    )
 
     def _check_validation(self) -> None:
         """eval.valid_every's needs, checked before minutes of data and training go by."""

@@ -147,6 +147,29 @@ def test_state_variation_on_a_domain_that_cannot_vary_states_fails_before_any_ro
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("where", ["mode", "synthetic_agreement"])
+def test_synthetic_play_without_a_start_state_fails_before_any_rollout(register_plugin, tmp_path, monkeypatch, where):
+    # Without the guard every synthetic episode ended as an environment error, and the run
+    # finished with exit 0 having trained on nothing.
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+    monkeypatch.delattr(CountDomain, "initial_observation")
+    parts = {"experience_model": {"name": "dice-lm"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}
+    if where == "mode":
+        resolved = _resolved(plugins, tmp_path / "run", parts, iterations=1, mode="dreamgym")
+        message = r"loop.mode='dreamgym' plays 'train' tasks .* task 'count-train-0' has no payload\['initial_state'\]"
+    else:
+        parts["eval"] = {"episodes": 2, "synthetic_agreement": True}
+        resolved = _resolved(plugins, tmp_path / "run", parts, iterations=1)
+        message = r"eval.synthetic_agreement plays 'test' tasks .* task 'count-test-0' has no payload\['initial_state'\]"
+    with pytest.raises(ConfigError, match=message + r" string \(docs/experience-format.md\)"):
+        run_pipeline(resolved, plugins)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    # real play needs no start state
+    run_pipeline(_resolved(plugins, tmp_path / "real", parts | {"eval": {"episodes": 2}}, iterations=1), plugins)
+
+
 def test_keep_checkpoints_deletes_all_but_the_newest_and_the_run_still_resumes(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "all", iterations=3), plugins)

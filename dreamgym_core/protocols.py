@@ -227,9 +227,14 @@ class Algorithm(Protocol):
     def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> Metrics:
         """One update from groups of trajectories (a group = rollouts of one task)."""
 
-    def save(self, *, path: str) -> None: ...
+    def save(self, *, path: str) -> None:
+        """Write everything training needs to go on at ``path`` (a file or a directory, not
+        there yet, inside a checkpoint): the policy's weights, optimiser state, and the
+        algorithm's own counters and random streams."""
 
-    def load(self, *, path: str) -> None: ...
+    def load(self, *, path: str) -> None:
+        """Restore what ``save`` wrote, policy weights included: ``--resume`` goes on from it
+        and ``dreamgym eval`` plays that policy."""
 
 
 @runtime_checkable

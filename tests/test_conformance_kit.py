@@ -280,6 +280,31 @@ def test_check_algorithm_requires_finite_updated_parameters(algo_type):
         check_algorithm(algo, [[]], lambda: algo.weights.copy())
 
 
+class SavingAlgo(GoodAlgo):
+    def save(self, *, path):
+        np.save(f"{path}.npy", self.weights)
+
+    def load(self, *, path):
+        self.weights = np.load(f"{path}.npy")
+
+
+class LoadKeepsWeights(SavingAlgo):
+    """Saves, but load() leaves the parameters as they are: a resumed run or dreamgym eval
+    would play the policy of the last update() instead of the checkpoint's."""
+
+    def load(self, *, path):
+        pass
+
+
+def test_check_algorithm_requires_load_to_restore_what_save_saw():
+    algo = SavingAlgo()
+    check_algorithm(algo, [[]], lambda: algo.weights.copy())
+    assert (algo.weights == 1).all()  # back to the weights save() saw, after the second update
+    broken = LoadKeepsWeights()
+    with pytest.raises(ConformanceError, match=r"LoadKeepsWeights: load\(\) did not restore the parameters save\(\) saw"):
+        check_algorithm(broken, [[]], lambda: broken.weights.copy())
+
+
 def test_check_algorithm_accepts_torch_parameters():
     torch = pytest.importorskip("torch")
     weights = torch.zeros(4, dtype=torch.bfloat16)

@@ -8,6 +8,8 @@ message. Every built-in plugin runs the kit against itself in its own tests, and
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -353,7 +355,26 @@ def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameter
         raise _fail(algo, "update() left non-finite (NaN or inf) parameters")
     if unchanged:
         raise _fail(algo, "update() did not change the policy's parameters")
+    if hasattr(algo, "save") and hasattr(algo, "load"):
+        _check_save_load(algo, groups, parameters, after)
     return metrics
+
+
+def _check_save_load(algo: Any, groups: Sequence[Sequence[Trajectory]], parameters: Callable[[], Any], saved: Any) -> None:
+    """``load`` of what ``save`` wrote brings the saved parameters back: ``--resume`` and
+    ``dreamgym eval`` play the policy that ``load`` restores from the run's checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "algo")
+        with _step(algo, "save(path=...)"):
+            algo.save(path=path)
+        with _step(algo, "update() after save()"):
+            algo.update(groups=groups)
+        with _step(algo, "load(path=...) of what save() wrote"):
+            algo.load(path=path)
+            restored = parameters()
+            same = bool((restored == saved).all())
+    if not same:
+        raise _fail(algo, "load() did not restore the parameters save() saw (--resume and dreamgym eval play what load() restores)")
 
 
 def _all_finite(values: Any) -> bool:

@@ -222,7 +222,13 @@ class Algorithm(Protocol):
     ) -> list[str]:
         """Policy completions for agent prompts (``temperature`` None: the algorithm's own;
         ``evaluation``: an evaluation's play, not RL's, whose sampled calls should draw from a
-        seed stream of their own so that RL samples alike whatever was evaluated)."""
+        seed stream of their own so that RL samples alike whatever was evaluated).
+
+        The raw text, one per prompt: the core reads the action from it
+        (``dreamgym_core.agent.parse_agent_output``: the first ``<action>...</action>``, as the
+        prompt asks after a ``<think>`` block), so generation may stop at
+        ``dreamgym_core.agent.ACTION_STOP`` and needs tokens enough for both tags; a completion
+        without an action ends its episode as a failure."""
 
     def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> Metrics:
         """One update from groups of trajectories (a group = rollouts of one task)."""

@@ -61,11 +61,17 @@ class Domain(Protocol):
     """A domain's knowledge: tasks, real environments, offline data, annotation.
 
     Set in ALL implementations: ``name``, ``tasks``, ``make_env``, ``collect``,
-    ``annotate``. Set in SOME: ``describe_variation``, ``make_variation``, ``propose_variations``,
-    ``initial_observation(task)``, ``admissible_in(state) -> list[str]`` (the actions a
-    state text offers) and ``vary_state(state, actions, *, key, strength) -> str`` (the state
-    with parts the task does not depend on changed; ``loop.state_variation``): the synthetic
-    environment uses these.
+    ``annotate``. Set in SOME: ``initial_observation(task) -> Observation`` (where a synthetic
+    episode starts; else the task's ``payload["initial_state"]``), ``admissible_in(state) ->
+    list[str]`` (the actions a state text offers) and ``vary_state(state, actions, *, key,
+    strength) -> str`` (the state with parts the task does not depend on changed;
+    ``loop.state_variation``): the synthetic environment uses these. For task variations:
+    ``describe_variation(task) -> str`` (what a variation may change, put in M_task's prompt),
+    ``make_variation(parent, text) -> Task | None`` (the Task a variation text describes, None
+    when it is not a valid one) and ``propose_variations(parent, *, n, rng) -> list[str]``
+    (``n`` texts ``make_variation`` accepts, drawn with the numpy Generator ``rng``; curriculum
+    ``generator: domain``). ``close()`` releases what the domain holds (a simulator, a browser)
+    and is called when the run ends.
     """
 
     name: str
@@ -77,7 +83,11 @@ class Domain(Protocol):
         """A fresh real environment adapter."""
 
     def collect(self, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
-        """Play ``episodes`` real episodes with a named data policy (expert, random, noisy)."""
+        """Play ``episodes`` real episodes with a named data policy: ``expert``, ``noisy``
+        (expert with mistakes), ``random`` (listed actions) or ``explore`` (any action the game
+        has offered, listed or not: ``data.explore_episodes``, ``eval.fidelity_policies``).
+        Transitions are ``source="offline"``, with ``truncated`` set where the step cap ended the
+        episode; ``dreamgym_core.rollout.play_offline`` plays one such episode."""
 
     def annotate(self, *, transition: Transition) -> str:
         """A rule-based reasoning trace explaining ``transition`` from ground truth."""

@@ -18,7 +18,7 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from .errors import ConfigError
+from .errors import ComponentNotFound, ConfigError
 
 if TYPE_CHECKING:
     from .plugins import Plugins
@@ -502,7 +502,12 @@ def resolve(pipeline: PipelineConfig, plugins: Plugins, where: str) -> ResolvedP
     if pipeline.experience.teacher is not None:
         refs.append(("experience.teacher", "model", pipeline.experience.teacher))
     for field, kind, ref in refs:
-        spec = plugins.component(kind, ref.name, where=f"{where}: {field}.name")
+        try:
+            spec = plugins.component(kind, ref.name, where=f"{where}: {field}.name")
+        except ComponentNotFound as exc:  # the usual cause: its plugin is not in `plugins:`
+            loaded = ", ".join(pipeline.plugins) or "none"
+            hint = f"Components come from the plugins listed in `plugins:` ({loaded}); add the one that registers {ref.name!r}."
+            raise ComponentNotFound(kind, ref.name, plugins.components(kind), where=f"{where}: {field}.name", hint=hint) from exc
         json_path = re.sub(r"\.(\d+)", r"[\1]", f"$.{field}.config")
         components[field] = convert_config(ref.config, spec.config_type, where, json_path)
     return ResolvedPipeline(source=where, pipeline=pipeline, components=components)

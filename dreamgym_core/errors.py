@@ -65,12 +65,13 @@ class ComponentNotFound(DreamGymError):
 
     exit_code = 2
 
-    def __init__(self, kind: str, name: str, available: Iterable[str], where: str = "") -> None:
+    def __init__(self, kind: str, name: str, available: Iterable[str], where: str = "", hint: str = "") -> None:
         available = sorted(available)
         prefix = f"{where}: " if where else ""
         super().__init__(
             f"{prefix}no {kind} named {name!r} (available: {', '.join(available) or 'none'})."
             + _suggest(name, available)
+            + (f" {hint}" if hint else "")
         )
 
 

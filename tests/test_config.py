@@ -174,6 +174,20 @@ def test_unknown_component_suggests_the_closest(register_plugin, tmp_path):
         resolve(load_pipeline(path), plugins, where=str(path))
 
 
+def test_unknown_component_says_its_plugin_must_be_listed(register_plugin, tmp_path):
+    # A component of an installed plugin left out of `plugins:` was reported as unknown,
+    # without a word on where components come from.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    data = pipeline_dict(str(tmp_path / "run")) | {"plugins": ["stand-ins"], "encoder": {"name": "trigram"}}
+    path = write(tmp_path, data)
+    with pytest.raises(ComponentNotFound) as caught:
+        resolve(load_pipeline(path), plugins, where=str(path))
+    assert str(caught.value) == (
+        f"{path}: encoder.name: no encoder named 'trigram' (available: none). Components come from the plugins "
+        "listed in `plugins:` (stand-ins); add the one that registers 'trigram'."
+    )
+
+
 def test_resolved_config_fills_defaults_and_hash_is_stable(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     path = write(tmp_path, pipeline_dict(str(tmp_path / "run")))

@@ -262,4 +262,6 @@ class MetricSink(Protocol):
     def close(self) -> None: ...
 
     # Optional: ``rewind(*, history)`` on --resume keeps only the checkpoint's rows, so
-    # iterations played again after a kill are not logged twice.
+    # iterations played again after a kill are not logged twice. ``history`` is the list of
+    # rows logged up to the checkpoint, oldest first, each ``{"step": step, **metrics}``;
+    # it is called before the resumed run logs anything.

@@ -113,7 +113,8 @@ def dreamgym_register_curricula() -> list[ComponentSpec]:
 
     Returns:
         Specs whose ``factory(config, tasks=..., task_generator=..., encoder=..., seed=...,
-        domain=...)`` returns a :class:`~dreamgym_core.protocols.Curriculum`. ``task_generator``
+        domain=...)`` returns a :class:`~dreamgym_core.protocols.Curriculum`. ``tasks`` are the
+        env's ``train`` seed tasks; ``encoder`` is the pipeline's (or None). ``task_generator``
         is the experience model (M_task shares its weights) or None; ``domain`` is the env's
         domain (its optional ``propose_variations`` writes variations without a model). Accept
         ``**kwargs`` so that context added later does not break the factory.
@@ -132,7 +133,10 @@ def dreamgym_register_algos() -> list[ComponentSpec]:
     Returns:
         Specs whose ``factory(config, policy=..., seed=...)`` returns an
         :class:`~dreamgym_core.protocols.Algorithm`; ``policy`` is the built policy
-        model backend.
+        model backend. The core fine-tunes that same object after the factory returns (the
+        warm start's ``sft``) and may replace its weights in place (``reload``, on ``--resume``
+        and to restore a kept policy), so an algorithm reads the policy's weights when it acts,
+        updates and saves, not once when it is built.
 
     Notes for plugin authors:
         Run ``dreamgym_core.testing.check_algorithm`` on your algorithm.

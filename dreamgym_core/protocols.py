@@ -86,8 +86,10 @@ class Domain(Protocol):
         """Play ``episodes`` real episodes with a named data policy: ``expert``, ``noisy``
         (expert with mistakes), ``random`` (listed actions) or ``explore`` (any action the game
         has offered, listed or not: ``data.explore_episodes``, ``eval.fidelity_policies``).
-        Transitions are ``source="offline"``, with ``truncated`` set where the step cap ended the
-        episode; ``dreamgym_core.rollout.play_offline`` plays one such episode."""
+        Transitions carry ``source="offline"``, the task's ``id`` and ``instruction`` (the
+        experience model's training prompts read them from here), the ``admissible_actions`` of
+        their state, and ``truncated`` where the step cap ended the episode;
+        ``dreamgym_core.rollout.play_offline`` plays one such episode."""
 
     def annotate(self, *, transition: Transition) -> str:
         """A rule-based reasoning trace explaining ``transition`` from ground truth."""

@@ -116,7 +116,8 @@ def dreamgym_register_curricula() -> list[ComponentSpec]:
         domain=...)`` returns a :class:`~dreamgym_core.protocols.Curriculum`. ``tasks`` are the
         env's ``train`` seed tasks; ``encoder`` is the pipeline's (or None). ``task_generator``
         is the experience model (M_task shares its weights) or None; ``domain`` is the env's
-        domain (its optional ``propose_variations`` writes variations without a model). Accept
+        domain (its optional ``propose_variations`` writes variations without a model), or None:
+        ``dreamgym check`` builds curricula with none, on stand-in tasks. Accept
         ``**kwargs`` so that context added later does not break the factory.
 
     Notes for plugin authors:

@@ -79,7 +79,10 @@ class StepResult(Record):
     """What ``Env.step`` returns.
 
     ``reward`` follows the paper: 1.0 only on the final step of a successful episode.
-    ``info`` carries domain extras (for instance the engine's intermediate score).
+    ``info`` carries domain extras (for instance the engine's intermediate score). The core
+    reads ``info["truncated"]``: a real env whose own step cap ends an episode (``done`` while
+    the game goes on) sets it True, so that the stored transition is marked ``truncated`` and
+    the experience model does not learn that ending as the game's.
     """
 
     observation: Observation

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import _thread
 import json
 import os
 import signal
 import sys
-import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -25,18 +23,19 @@ class _Group(click.Group):
     """Turns a DreamGymError into one line and a non-zero exit; --traceback shows it."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except DreamGymError as exc:
-            if stopping.requested() is not None:  # what the stop broke (an engine it killed), not a failure
-                _interrupted(ctx, stopping.requested())
-            if ctx.obj and ctx.obj.get("traceback") or os.environ.get("DREAMGYM_DEBUG") == "1":
-                traceback.print_exc()
-            # one line whatever the message quotes (a YAML reader's or pluggy's own lines)
-            click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt as exc:
-            _interrupted(ctx, exc.signum if isinstance(exc, stopping.Stopped) else signal.SIGINT)
+        with stopping.handled():
+            try:
+                return super().invoke(ctx)
+            except DreamGymError as exc:
+                if stopping.requested() is not None:  # what the stop broke (an engine it killed), not a failure
+                    _interrupted(ctx, stopping.requested())
+                if ctx.obj and ctx.obj.get("traceback") or os.environ.get("DREAMGYM_DEBUG") == "1":
+                    traceback.print_exc()
+                # one line whatever the message quotes (a YAML reader's or pluggy's own lines)
+                click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
+                ctx.exit(exc.exit_code)
+            except KeyboardInterrupt as exc:
+                _interrupted(ctx, exc.signum if isinstance(exc, stopping.Stopped) else signal.SIGINT)
 
 
 def _interrupted(ctx: click.Context, signum: int) -> None:
@@ -54,34 +53,6 @@ def _interrupted(ctx: click.Context, signum: int) -> None:
 def cli(ctx: click.Context, show_traceback: bool) -> None:
     """DreamGym: RL for LLM agents on synthetic experience."""
     ctx.ensure_object(dict)["traceback"] = show_traceback
-    stopping.clear()
-    # not where Ctrl-C is ignored (a background job), nor off the main thread (where Python cannot set it)
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, stopping.handle)
-    if not getattr(sys.unraisablehook, "keeps_interrupts", False):
-        sys.unraisablehook = _keeping_interrupts(sys.unraisablehook)
-
-
-def _keeping_interrupts(previous: Callable[[Any], None]) -> Callable[[Any], None]:
-    """An unraisable-exception hook that delivers an interrupt again when it was raised in a
-    finalizer (a weakref callback or ``__del__``; py4j's proxies run many). Python prints such
-    an exception as "Exception ignored" and drops it, and the command would go on as if Ctrl-C
-    or SIGTERM had not come. The signal is sent to the main thread again, a moment later, when
-    that finalizer is over."""
-
-    def hook(unraisable: Any) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-            previous(unraisable)
-            return
-        signum = unraisable.exc_value.signum if isinstance(unraisable.exc_value, stopping.Stopped) else signal.SIGINT
-        main = threading.main_thread().ident
-        resend = signal.pthread_kill if hasattr(signal, "pthread_kill") else (lambda _, sig: _thread.interrupt_main(sig))
-        timer = threading.Timer(0.05, resend, (main, signum))
-        timer.daemon = True
-        timer.start()
-
-    hook.keeps_interrupts = True  # type: ignore[attr-defined]
-    return hook
 
 
 def _overrides(option: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,14 +6,22 @@ library's own handler of it that fails in turn. The same Ctrl-C also stops a sim
 the process group, whose failures then look like the environment's. A rollout that meets
 an environment error, and the CLI that meets a failure, ask :func:`requested` first, so that
 either ends as the stop it is rather than as failed episodes or a failed run.
+
+The handlers are the command's, not the process's: :func:`handled` installs them for one
+command and puts back what was there, so the CLI called in-process (a notebook, a test's
+``CliRunner``) leaves no stop and no handler behind.
 """
 
 from __future__ import annotations
 
+import _thread
 import signal
-from typing import Any
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
-__all__ = ["Stopped", "handle", "requested", "check", "clear", "name"]
+__all__ = ["Stopped", "handle", "handled", "requested", "check", "clear", "name"]
 
 _requested: int | None = None
 
@@ -45,11 +53,55 @@ def check() -> None:
 
 
 def clear() -> None:
-    """Forget an earlier stop: a new command starts unstopped (the CLI run again in one process,
-    as a notebook or ``CliRunner`` does)."""
+    """Forget a stop: the next command starts unstopped."""
     global _requested
     _requested = None
 
 
 def name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """For one command: Ctrl-C raises a remembered :class:`Stopped`, and an interrupt dropped in
+    a finalizer is delivered again. SIGTERM handlers the command sets are undone with the rest.
+
+    Ctrl-C's handler is set only where Python's default one is (not where a background job
+    ignores it) and only on the main thread (the only one that may set handlers)."""
+    clear()
+    on_main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+    saved_hook = sys.unraisablehook
+    if saved.get(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handle)
+    sys.unraisablehook = _keeping_interrupts(saved_hook)
+    try:
+        yield
+    finally:
+        for sig, previous in saved.items():
+            if previous is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, previous)
+        sys.unraisablehook = saved_hook
+        clear()
+
+
+def _keeping_interrupts(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that delivers an interrupt again when it was raised in a
+    finalizer (a weakref callback or ``__del__``). Python prints such an exception as
+    "Exception ignored" and drops it, and the command would go on as if Ctrl-C or SIGTERM had
+    not come. The signal is sent to the main thread again, a moment later, when that
+    finalizer is over."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        signum = unraisable.exc_value.signum if isinstance(unraisable.exc_value, Stopped) else signal.SIGINT
+        main = threading.main_thread().ident
+        resend = signal.pthread_kill if hasattr(signal, "pthread_kill") else (lambda _, sig: _thread.interrupt_main(sig))
+        timer = threading.Timer(0.05, resend, (main, signum))
+        timer.daemon = True
+        timer.start()
+
+    return hook

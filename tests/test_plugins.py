@@ -141,9 +141,11 @@ def test_an_interrupt_raised_in_a_finalizer_still_stops_the_run(third_party_site
     assert [r["step"] for r in rows] == [-1, 0]
 
 
-def test_a_stop_of_an_earlier_command_does_not_reach_the_next_one(tmp_path, monkeypatch):
-    # The CLI run again in one process (a notebook, CliRunner) after a Ctrl-C: the new command's
-    # own error is reported as itself, not as that old interruption.
+def test_the_cli_run_in_process_leaves_no_stop_and_no_handler_behind(tmp_path, monkeypatch):
+    # The CLI run in one process with other work (a notebook, CliRunner): its Ctrl-C handler
+    # used to stay, so a later Ctrl-C of that process was recorded as a stop that every later
+    # rollout raised again at its first environment error; and a stop recorded before a
+    # command was reported as that command's interruption.
     import signal
 
     from click.testing import CliRunner
@@ -151,14 +153,13 @@ def test_a_stop_of_an_earlier_command_does_not_reach_the_next_one(tmp_path, monk
     from dreamgym_core import stopping
     from dreamgym_core.cli import cli
 
+    handler, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     monkeypatch.setattr(stopping, "_requested", signal.SIGINT)
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        result = CliRunner().invoke(cli, ["config", "show", str(tmp_path / "missing.yaml")])
-    finally:
-        signal.signal(signal.SIGINT, handler)
+    result = CliRunner().invoke(cli, ["config", "show", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2, result.output
     assert "interrupted" not in result.output and "missing.yaml" in result.output
+    assert signal.getsignal(signal.SIGINT) is handler and sys.unraisablehook is hook
+    assert stopping.requested() is None
 
 
 def test_third_party_plugin_installed_by_pip_runs_a_pipeline(third_party_site, tmp_path):

@@ -505,13 +505,17 @@ class Runner:
         envs = [SyntheticEnv(model, self.buffer, self.domain, config) for _ in range(n)]
         return envs, step_many
 
-    def act_fn(self, temperature: float, *, evaluation: bool = False):
+    def act_fn(self, temperature: float, *, evaluation: bool = False, stream: str | None = None):
         """The policy as a rollout sees it: temperature 0 is greedy decoding (``evaluation``:
-        tells the algorithm, whose sampled evaluations then leave RL's seed stream alone)."""
+        tells the algorithm, whose sampled evaluations then leave RL's seed stream alone;
+        ``stream``: names the evaluation's own seed stream, so one evaluation's draws do not
+        depend on which other evaluations sampled before it)."""
 
         # Only when it is an evaluation and the algorithm takes the flag (added to the protocol
         # later): an algorithm plugin written before it keeps working, sharing one seed stream.
         flag = {"evaluation": True} if evaluation and _accepts(self.algo.act, "evaluation") else {}
+        if flag and stream is not None and _accepts(self.algo.act, "stream"):
+            flag["stream"] = stream
 
         def act(prompts: list[str]) -> list[str]:
             return self.algo.act(prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, **flag)
@@ -520,14 +524,14 @@ class Runner:
 
     def play(
         self, tasks: list[Task], phase: str, *, temperature: float, seeds: list[int], tag: str, experience_model: Any = None,
-        evaluation: bool = False,
+        evaluation: bool = False, stream: str | None = None,
     ) -> tuple[list[Trajectory], RolloutStats]:
         """One episode per task in the real or the synthetic environment, closing its envs
         (``experience_model``: a stream of the run's model for measurements; default, RL's own)."""
         envs, step_many = self._make_envs(phase, len(tasks), experience_model)
         try:
             return rollout(
-                tasks=tasks, envs=envs, act=self.act_fn(temperature, evaluation=evaluation),
+                tasks=tasks, envs=envs, act=self.act_fn(temperature, evaluation=evaluation, stream=stream),
                 max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
                 seeds=seeds, source="real" if phase == "real" else "synthetic", tag=tag, step_many=step_many,
                 model_id=getattr(self.experience_model, "model_id", "") if phase == "synthetic" else "",
@@ -803,9 +807,13 @@ def evaluate(
     # The same rollout seeds in both environments, so a task's two episodes are comparable.
     def play(phase: str) -> tuple[list[Trajectory], RolloutStats]:
         seeds = [10_000 + i for i in range(len(chosen))]
-        # The replay draws from its own stream, so evaluating leaves RL's synthetic draws alone.
+        # The replay draws from its own stream, so evaluating leaves RL's synthetic draws alone;
+        # the policy too (eval.temperature > 0), so the real play samples alike with or without it.
         model = runner.experience_model.stream(f"replay/{prefix}") if phase == "synthetic" else None
-        return runner.play(chosen, phase, temperature=temperature, seeds=seeds, tag=prefix, experience_model=model, evaluation=True)
+        return runner.play(
+            chosen, phase, temperature=temperature, seeds=seeds, tag=prefix, experience_model=model, evaluation=True,
+            stream=f"{prefix}/{phase}",
+        )
 
     trajectories, stats = play("real")
     if trajectories_out is not None:

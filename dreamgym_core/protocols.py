@@ -234,7 +234,8 @@ class Algorithm(Protocol):
     ) -> list[str]:
         """Policy completions for agent prompts (``temperature`` None: the algorithm's own;
         ``evaluation``: an evaluation's play, not RL's, whose sampled calls should draw from a
-        seed stream of their own so that RL samples alike whatever was evaluated).
+        seed stream of their own so that RL samples alike whatever was evaluated). An act that
+        also takes ``stream`` gets the name of each evaluation play's stream (``eval/real``).
 
         The raw text, one per prompt: the core reads the action from it
         (``dreamgym_core.agent.parse_agent_output``: the first ``<action>...</action>``, as the

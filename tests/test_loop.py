@@ -716,6 +716,42 @@ def test_evaluation_plays_tell_the_algorithm_they_are_evaluations(register_plugi
     assert set(EvalFlagAlgo.calls) == {rl, evaluation}
 
 
+class EvalStreamAlgo:
+    """The recording algorithm, keeping the stream each sampled evaluation call names."""
+
+    calls: list[tuple[bool, str | None]] = []
+
+    @hookimpl
+    def dreamgym_register_algos(self):
+        from stand_ins import RecordConfig, RecordingAlgo
+
+        class StreamRecordingAlgo(RecordingAlgo):
+            def act(self, *, prompts, greedy=False, temperature=None, evaluation=False, stream=None):
+                EvalStreamAlgo.calls.append((evaluation, stream))
+                return super().act(prompts=prompts, greedy=greedy, temperature=temperature)
+
+        return [ComponentSpec(name="record-streams", factory=StreamRecordingAlgo, config_type=RecordConfig,
+                              description="Recording algorithm keeping its evaluation streams (test double).")]
+
+
+def test_each_evaluation_play_names_a_seed_stream_of_its_own(register_plugin, tmp_path):
+    """At eval.temperature > 0, a synthetic replay (eval.synthetic_agreement) sampled before the
+    next evaluation's real play must not move that play's draws: each play its own stream."""
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(EvalStreamAlgo(), "eval-streams")
+    EvalStreamAlgo.calls = []
+    parts = {
+        "algo": {"name": "record-streams"}, "experience_model": {"name": "dice-lm"}, "encoder": {"name": "hashing"},
+        "buffer": {"name": "exact"}, "eval": {"episodes": 2, "temperature": 0.5, "synthetic_agreement": True},
+    }
+    run_pipeline(_resolved(plugins, tmp_path / "run", parts, iterations=1, mode="dreamgym", sampling_temperature=0.7), plugins)
+    streams = {stream for evaluation, stream in EvalStreamAlgo.calls if evaluation}
+    assert {"eval_before/real", "eval_before/synthetic", "eval/real", "eval/synthetic"} <= streams
+    assert all(stream is None for evaluation, stream in EvalStreamAlgo.calls if not evaluation)  # RL's own
+
+
 class EarlyStopCrashEnv(CountEnv):
     """The engine crashes on 'stop' before the target (the scripted policy's mistake);
     the expert demos never stop early, so offline collection does not crash."""

@@ -66,6 +66,23 @@ def test_sampled_evaluation_calls_draw_from_a_stream_of_their_own(kit):
     assert len({a for answers in evaluated[1] for a in answers}) > 1
 
 
+def test_a_named_evaluation_stream_samples_alike_whatever_other_evaluations_sampled(kit):
+    """eval's real play must draw the same answers whether or not eval_before's synthetic replay
+    (eval.synthetic_agreement) sampled before it."""
+    groups = kit.make_groups()
+    prompts = [d.prompt for g in groups for t in g for d in t.decisions][:4]
+    played = []
+    for replay_first in (0, 3):
+        backend, corpus = tiny_backend(groups)
+        backend.prepare(corpus=corpus)
+        algo = GRPO(GRPOConfig(lr=1e-3, max_new_tokens=8, temperature=0.5), policy=backend, seed=0)
+        for _ in range(replay_first):
+            algo.act(prompts=prompts, temperature=0.5, evaluation=True, stream="eval_before/synthetic")
+        played.append([algo.act(prompts=prompts, temperature=0.5, evaluation=True, stream="eval/real") for _ in range(2)])
+    assert played[0] == played[1]
+    assert len({a for answers in played[0] for a in answers}) > 1
+
+
 def long_prompt_backend(max_length=256):
     prompt = " ".join(f"room {i} has a door to the north ." for i in range(60)) + " action"
     backend = hf.build_tiny(TinyConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=300,

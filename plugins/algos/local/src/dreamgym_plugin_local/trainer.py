@@ -135,18 +135,23 @@ class LocalTrainer:
     # --- acting -----------------------------------------------------------------------
 
     def act(
-        self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None, evaluation: bool = False
+        self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None, evaluation: bool = False,
+        stream: str | None = None,
     ) -> list[str]:
         """Sample (or greedily decode) one response per prompt with the policy backend;
         ``temperature`` (the run loop's) overrides the configured one; ``evaluation``: an
-        evaluation's play, sampled from a seed stream of its own."""
+        evaluation's play, sampled from a seed stream of its own (``stream``: named, counted
+        apart from the other evaluations')."""
         temperature = 0.0 if greedy else (self.config.temperature if temperature is None else temperature)
         self.counters["act_calls"] += 1
         if evaluation and temperature > 0:
             # Sampled evaluations (eval.temperature > 0) count and seed apart from RL's calls, so
-            # runs that evaluated more or less before RL sample RL's rollouts alike.
-            self.counters["eval_sampled_calls"] += 1
-            seed = call_seed(stream_seed(self.seed, "evaluation"), self.counters["eval_sampled_calls"])
+            # runs that evaluated more or less before RL sample RL's rollouts alike; a named
+            # stream also apart from the other evaluations' (a synthetic replay before the real
+            # play of the next evaluation must not move that play's draws).
+            name, key = ("evaluation", "eval_sampled_calls") if stream is None else (f"evaluation/{stream}", f"eval_sampled_calls/{stream}")
+            self.counters[key] = self.counters.get(key, 0) + 1
+            seed = call_seed(stream_seed(self.seed, name), self.counters[key])
         else:
             if temperature > 0:
                 self.sampling_temperature = temperature

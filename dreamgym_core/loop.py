@@ -13,8 +13,8 @@ import inspect
 import json
 import logging
 import math
-import random
 import os
+import random
 import shutil
 import sys
 import time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -67,8 +68,16 @@ def run_cli(*args: str, site: Path | None = None, env: dict[str, str] | None = N
         full_env["PYTHONPATH"] = os.pathsep.join([str(site), full_env.get("PYTHONPATH", "")])
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "dreamgym_core.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd
+        [sys.executable, "-m", "dreamgym_core.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The child's Ctrl-C back to the system default: a suite started in the background
+    (``pytest &``) passes on an ignored SIGINT, which the CLI rightly leaves ignored, and its
+    interrupt tests would then test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

@@ -296,7 +296,20 @@ def test_duplicate_component_names_name_both_plugins(register_plugin):
         plugins.components("env")
 
 
-def test_check_skips_a_component_whose_config_has_required_fields(register_plugin, monkeypatch):
+@pytest.fixture
+def checked_plugin(register_plugin, monkeypatch):
+    """Register an in-test plugin object as the only one ``dreamgym check`` loads by name."""
+    from dreamgym_core import conformance
+
+    def register(plugin, name):
+        plugins = register_plugin(plugin, name)
+        monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+        return plugins
+
+    return register
+
+
+def test_check_skips_a_component_whose_config_has_required_fields(checked_plugin):
     from dreamgym_core import conformance
 
     class NeedsPath(Config):
@@ -307,8 +320,7 @@ def test_check_skips_a_component_whose_config_has_required_fields(register_plugi
         def dreamgym_register_envs(self):
             return [ComponentSpec(name="needy", factory=CountDomain, config_type=NeedsPath, description="needs a path")]
 
-    plugins = register_plugin(Needy(), "needy")
-    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    checked_plugin(Needy(), "needy")
     lines = list(conformance.check_plugin("needy"))
     assert lines == [
         "skip env:needy (NeedsPath has required fields; the plugin's own tests run its check)",
@@ -344,10 +356,9 @@ class _BrokenFactoryDomain(CountDomain):
         raise ValueError("no such data")
 
 
-def test_check_reports_every_component_and_exits_1_if_any_failed(register_plugin, monkeypatch):
+def test_check_reports_every_component_and_exits_1_if_any_failed(checked_plugin):
     from click.testing import CliRunner
 
-    from dreamgym_core import conformance
     from dreamgym_core.cli import cli
 
     class Mixed:
@@ -359,8 +370,7 @@ def test_check_reports_every_component_and_exits_1_if_any_failed(register_plugin
                 ComponentSpec(name="count", factory=CountDomain, config_type=CountConfig, description="good"),
             ]
 
-    plugins = register_plugin(Mixed(), "mixed")
-    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    checked_plugin(Mixed(), "mixed")
     result = CliRunner().invoke(cli, ["check", "mixed"])
     assert result.exit_code == 1, result.output
     assert result.output.splitlines() == [
@@ -380,7 +390,7 @@ class _ClosedDomain(CountDomain):
         type(self).closed += 1
 
 
-def test_check_closes_the_domain_it_built(register_plugin, monkeypatch):
+def test_check_closes_the_domain_it_built(checked_plugin, monkeypatch):
     from dreamgym_core import conformance
 
     class Closing:
@@ -388,14 +398,13 @@ def test_check_closes_the_domain_it_built(register_plugin, monkeypatch):
         def dreamgym_register_envs(self):
             return [ComponentSpec(name="closing", factory=_ClosedDomain, config_type=CountConfig, description="counts close()")]
 
-    plugins = register_plugin(Closing(), "closing")
-    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    checked_plugin(Closing(), "closing")
     monkeypatch.setattr(_ClosedDomain, "closed", 0)
     assert list(conformance.check_plugin("closing")) == ["ok   env:closing", "1 component(s) of plugin 'closing' passed"]
     assert _ClosedDomain.closed == 1
 
 
-def test_check_builds_a_curriculum_with_the_arguments_the_loop_passes(register_plugin, monkeypatch):
+def test_check_builds_a_curriculum_with_the_arguments_the_loop_passes(checked_plugin):
     from dreamgym_core import conformance
     from dreamgym_plugin_uniform import UniformConfig, UniformCurriculum
 
@@ -407,8 +416,7 @@ def test_check_builds_a_curriculum_with_the_arguments_the_loop_passes(register_p
         def dreamgym_register_curricula(self):
             return [ComponentSpec(name="strict", factory=factory, config_type=UniformConfig, description="takes domain")]
 
-    plugins = register_plugin(Strict(), "strict")
-    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    checked_plugin(Strict(), "strict")
     assert list(conformance.check_plugin("strict")) == ["ok   curriculum:strict", "1 component(s) of plugin 'strict' passed"]
 
 
@@ -535,10 +543,9 @@ class _MemoryBuffer:
         pass
 
 
-def test_check_fails_a_buffer_that_does_not_keep_its_records_at_its_path(register_plugin, monkeypatch):
+def test_check_fails_a_buffer_that_does_not_keep_its_records_at_its_path(checked_plugin):
     from click.testing import CliRunner
 
-    from dreamgym_core import conformance
     from dreamgym_core.cli import cli
 
     class Memory:
@@ -546,8 +553,7 @@ def test_check_fails_a_buffer_that_does_not_keep_its_records_at_its_path(registe
         def dreamgym_register_buffers(self):
             return [ComponentSpec(name="memory", factory=_MemoryBuffer, config_type=_MemoryConfig, description="in memory")]
 
-    plugins = register_plugin(Memory(), "memory")
-    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    checked_plugin(Memory(), "memory")
     result = CliRunner().invoke(cli, ["check", "memory"])
     assert result.exit_code == 1, result.output
     assert "FAIL buffer:memory: _MemoryBuffer: reopened at its path, the buffer holds 0 of the 6 records it stored" in result.output

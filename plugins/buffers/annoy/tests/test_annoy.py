@@ -132,13 +132,18 @@ def test_queries_run_while_an_index_builds():
     assert answered_during_build > 0 and b.stats()["annoy"]["items"] == 4000
 
 
-def test_evicted_rows_never_returned():
-    enc = HashingEncoder()
-    b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=1500, segment_records=500), encoder=enc)
+def _full_indexed_buffer() -> tuple[AnnoyBuffer, list]:
+    """A buffer of capacity 1500 holding 2000 added rows, its index built over them."""
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=1500, segment_records=500), encoder=HashingEncoder())
     records = household(2000)
     for i in range(0, 2000, 500):
         b.add(transitions=records[i : i + 500])
     b.rebuild()
+    return b, records
+
+
+def test_evicted_rows_never_returned():
+    b, records = _full_indexed_buffer()
     b.add(transitions=household(200, seed=3, prefix="LATE "))  # evicts 200 indexed rows
     alive = {msgspec.msgpack.encode(t) for t in b}
     assert len(alive) == 1500
@@ -148,15 +153,10 @@ def test_evicted_rows_never_returned():
 
 
 def test_index_follows_the_rows_when_evicted_ones_leave_memory():
-    enc = HashingEncoder()
-    b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=1500, segment_records=500), encoder=enc)
-    records = household(2000)
-    for i in range(0, 2000, 500):
-        b.add(transitions=records[i : i + 500])
-    b.rebuild()
+    b, records = _full_indexed_buffer()
     late = household(1100, seed=3, prefix="LATE ")
     b.add(transitions=late)  # 1600 evicted rows, more than the live ones: dropped from memory
-    assert b.stats()["spaces"][enc.id] == 1500
+    assert b.stats()["spaces"][b.encoder.id] == 1500
     live = records[1600:]
     hits = b.retrieve(queries=[(t.state, t.action) for t in live], k=1)
     assert [row[0] for row in hits] == live  # the index's items still name their own rows

@@ -32,13 +32,23 @@ EXPERIENCE_DIR = "experience_model"
 def collect_offline(domain: Any, tasks: Sequence[Task], data: DataConfig, *, seed: int, run_dir: Path) -> list[Trajectory]:
     """Real offline data: expert, noisy-expert, random and explore episodes on ``tasks``
     (or ``data.path``'s transitions), stored in ``run_dir/offline.jsonl`` and read back
-    from there when that file exists."""
+    from there when that file exists.
+
+    The file is written whole (a kill leaves none), so one that holds fewer collected episodes
+    than the config asks for was cut short elsewhere (a copy that stopped part way): it is
+    refused, not trained on as if it were the data the config describes."""
     path = run_dir / OFFLINE_FILE
-    wanted = data.path or data.expert_episodes + data.noisy_episodes + data.random_episodes + data.explore_episodes
+    episodes = data.expert_episodes + data.noisy_episodes + data.random_episodes + data.explore_episodes
+    wanted = data.path or episodes
     if path.exists():
         stored = checkpoint.read_trajectories(path)
         if wanted and not stored:
             raise DataError(f"{path}: holds no episodes, but the config asks for offline data; delete it to collect again")
+        if not data.path and len(stored) < episodes:
+            raise DataError(
+                f"{path}: holds {len(stored)} episodes, but data.expert/noisy/random/explore_episodes ask for {episodes} "
+                "(the file was cut short); restore it, or delete it to collect again"
+            )
         return stored
     if data.path:
         transitions = checkpoint.read_transitions(Path(data.path))

@@ -60,7 +60,7 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
     result = _invoke("buffer", "import", "--path", str(tmp_path / "b"), str(bad))
-    assert result.exit_code != 0 and "bad.jsonl:1: not a Transition record" in result.output
+    assert result.exit_code != 0 and "bad.jsonl:1: not a valid Transition record" in result.output
     result = _invoke("buffer", "export", "--path", str(tmp_path / "b"), str(tmp_path / "nodir" / "out.jsonl"))
     assert result.exit_code != 0 and "nodir/out.jsonl: directory" in result.output and "does not exist" in result.output
     result = _invoke("buffer", "info", "--path", str(tmp_path / "b"), "--backend", "exactt")
@@ -77,8 +77,24 @@ def test_a_failed_import_stores_nothing(tmp_path):
     bad.write_bytes(b"\n".join(good) + b'\n{"oops": 1}\n')
     buf = ["--path", str(tmp_path / "b"), "--backend", "exact"]
     result = _invoke("buffer", "import", *buf, str(bad))
-    assert result.exit_code == 1 and "bad.jsonl:4101: not a Transition record" in result.output
-    assert json.loads(_invoke("buffer", "info", *buf).output)["records"] == 0
+    assert result.exit_code == 1 and "bad.jsonl:4101: not a valid Transition record" in result.output
+    assert not (tmp_path / "b").exists()  # read before the buffer opens: not even an empty one
+
+
+@pytest.mark.parametrize("backend", ["exact", "annoy"])
+def test_an_import_of_several_files_stores_nothing_when_one_is_bad(tmp_path, jsonl, backend):
+    # the first file is good and would be stored whole before the second is read
+    second = b"".join(msgspec.json.encode(msgspec.structs.replace(t, state=f"later: {t.state}")) + b"\n" for t in make_transitions(3))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(second + b'{"oops": 1}\n')
+    buf = ["--path", str(tmp_path / "b"), "--backend", backend]
+    result = _invoke("buffer", "import", *buf, str(jsonl), str(bad))
+    assert result.exit_code == 1 and not (tmp_path / "b").exists() and "read 30" not in result.output
+    assert "bad.jsonl:4: not a valid Transition record" in result.output
+    bad.write_bytes(second)
+    result = _invoke("buffer", "import", *buf, str(jsonl), str(bad))  # fixed: each record once
+    assert result.exit_code == 0 and "read 30, added 30" in result.output and "read 3, added 3, buffer now 33" in result.output
+    assert json.loads(_invoke("buffer", "info", *buf).output)["records"] == 33
 
 
 @pytest.mark.parametrize("args", [["info"], ["query", "--state", "s", "--action", "a"], ["export", "out.jsonl"]])

@@ -99,7 +99,14 @@ def info(backfill: bool, **kw: Any) -> None:
 @_options
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
-    """Add Transition records from JSONL FILES (duplicates are skipped)."""
+    """Add Transition records from JSONL FILES (duplicates are skipped).
+
+    Every file is read whole before the buffer opens: one unreadable file or bad line stores
+    nothing of any file, so the import can be run again once it is fixed."""
+    from ..checkpoint import read_transitions
+
+    for file in files:
+        read_transitions(Path(file))
     with _open_buffer(**kw) as buffer:
         for file in files:
             read, added = buffer.import_jsonl(file)

@@ -243,6 +243,45 @@ def test_a_stopped_browser_fails_the_call_after_call_timeout_s_and_the_next_rese
         stopped_domain.close()
 
 
+HUNG_CHROMIUM = """#!{python}
+# A Chromium that never comes up: ChromeDriver waits 60 s for it on its own.
+import time
+time.sleep(600)
+"""
+
+
+@browser
+def test_a_browser_that_never_starts_fails_after_start_timeout_s_and_leaves_nothing_running(tmp_path):
+    fake = tmp_path / "chromium"
+    fake.write_text(HUNG_CHROMIUM.format(python=sys.executable))
+    fake.chmod(0o755)
+    hung = MiniWoBDomain(msgspec.structs.replace(CONFIG, chromium=str(fake), start_timeout_s=2.0))
+    env = hung.make_env()
+    before = _our_browsers()
+    try:
+        def unblock() -> None:
+            if env.page._profile is not None:
+                kill_processes_using(env.page._profile.name)
+
+        # the limit only keeps a hang from stalling the suite: without start_timeout_s this waits 60 s
+        error, _ = bounded(lambda: env.reset(task=hung.tasks(split="train")[0]), limit_s=30, unblock=unblock)
+        assert isinstance(error, BrowserError), error
+        assert str(error) == (
+            "miniwob: Chromium did not start within 2 s (env.config.start_timeout_s); its ChromeDriver and browser were killed"
+        )
+        assert _our_browsers() == before and env.page._profile is None  # the fake browser killed, its profile removed
+        assert str(fake) not in subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    finally:
+        env.close()
+        hung.close()
+
+
+def test_start_timeout_s_is_a_checked_config_field():
+    assert MiniWoBConfig().start_timeout_s == 30.0
+    with pytest.raises(msgspec.ValidationError, match="start_timeout_s"):
+        msgspec.convert({"start_timeout_s": 0}, type=MiniWoBConfig)
+
+
 def test_seed_counts_are_bounded_so_the_splits_never_overlap():
     for field in ("train_seeds", "valid_seeds", "test_seeds"):
         with pytest.raises(msgspec.ValidationError, match=rf"<= 100000 - at `\$.{field}`"):

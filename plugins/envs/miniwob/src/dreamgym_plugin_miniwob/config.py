@@ -9,7 +9,7 @@ from msgspec import Meta
 
 from dreamgym_core.config import Config, NonNegativeInt, PositiveInt, Probability
 
-__all__ = ["MiniWoBConfig", "DEFAULT_CALL_TIMEOUT_S", "SPLIT_SIZE"]
+__all__ = ["MiniWoBConfig", "DEFAULT_CALL_TIMEOUT_S", "DEFAULT_START_TIMEOUT_S", "SPLIT_SIZE"]
 
 # Page seeds per split: train 0-99999, valid from 100000, test from 200000. A split's seed
 # count is at most this, so no split reaches into the next one's seeds.
@@ -21,6 +21,11 @@ _AT_MOST_SPLIT = Meta(le=SPLIT_SIZE)
 # Chromium starts in 0.75 s. Ten seconds is twenty times the slowest call, and a stopped
 # browser then costs a run seconds instead of Selenium's 120.
 DEFAULT_CALL_TIMEOUT_S = 10.0
+# Chromium and its ChromeDriver start in 0.75 s there (3 s with five test runs sharing the two
+# cores). Left to themselves, a browser that never comes up costs ChromeDriver's 60 s and a
+# ChromeDriver that never answers Selenium's 120 s or more, both fixed; thirty seconds is forty
+# times a normal start.
+DEFAULT_START_TIMEOUT_S = 30.0
 
 
 class MiniWoBConfig(Config):
@@ -61,6 +66,17 @@ class MiniWoBConfig(Config):
             ),
         ),
     ] = DEFAULT_CALL_TIMEOUT_S
+    start_timeout_s: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            description=(
+                "Time limit of a browser's start (ChromeDriver and Chromium, until they answer), in seconds. A start that"
+                " does not finish within it (a hung Chromium or ChromeDriver) is killed and fails with BrowserError."
+                " A normal start takes 0.75 s."
+            ),
+        ),
+    ] = DEFAULT_START_TIMEOUT_S
     describe_actions: Annotated[
         bool, Meta(description="Append the action syntax (click [N], type [N] TEXT) to each task's instruction.")
     ] = True

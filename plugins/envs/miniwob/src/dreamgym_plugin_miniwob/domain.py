@@ -94,7 +94,7 @@ class MiniWoBDomain:
         c = self.config
         return MiniWoBEnv(
             max_steps=c.max_steps, max_elements=c.max_elements, chromium=c.chromium, chromedriver=c.chromedriver,
-            call_timeout_s=c.call_timeout_s,
+            call_timeout_s=c.call_timeout_s, start_timeout_s=c.start_timeout_s,
         )  # fmt: skip
 
     def _probe_env(self) -> MiniWoBEnv:

@@ -21,7 +21,7 @@ from typing import Sequence
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 
-from .config import DEFAULT_CALL_TIMEOUT_S
+from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
 from .page import Element, Page
 
 __all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "render_state"]
@@ -81,9 +81,11 @@ class MiniWoBEnv:
 
     def __init__(
         self, *, max_steps: int, max_elements: int, chromium: str = "", chromedriver: str = "",
-        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
     ) -> None:  # fmt: skip
-        self.page = Page(chromium=chromium, chromedriver=chromedriver, call_timeout_s=call_timeout_s)
+        self.page = Page(
+            chromium=chromium, chromedriver=chromedriver, call_timeout_s=call_timeout_s, start_timeout_s=start_timeout_s
+        )
         self.max_steps = max_steps
         self.max_elements = max_elements
         self._elements: list[Element] = []

@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ import msgspec
 
 from dreamgym_core.errors import ConfigError, DreamGymError
 
-from .config import DEFAULT_CALL_TIMEOUT_S
+from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
 
 __all__ = ["BrowserError", "Element", "Page", "task_names", "find_browser", "kill_processes_using", "reap_orphaned_browsers"]
 
@@ -118,14 +119,18 @@ class Page:
     """One headless Chromium (started on first use) showing the page of the task last started.
 
     Every call to the browser is bounded by ``call_timeout_s`` (ChromeDriver's answer, the
-    page's load, a script). A call that fails (a crashed or stopped browser, a dead
-    ChromeDriver, a limit passed) raises :class:`BrowserError` and closes the page, killing
-    what is left of the browser: the next ``start`` launches a new one.
+    page's load, a script), and its start by ``start_timeout_s``. A call that fails (a crashed
+    or stopped browser, a dead ChromeDriver, a limit passed) raises :class:`BrowserError` and
+    closes the page, killing what is left of the browser: the next ``start`` launches a new one.
     """
 
-    def __init__(self, *, chromium: str = "", chromedriver: str = "", call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self, *, chromium: str = "", chromedriver: str = "", call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+    ) -> None:  # fmt: skip
         self.task = ""  # the task whose page is open
         self.call_timeout_s = call_timeout_s
+        self.start_timeout_s = start_timeout_s
         self._binaries = (chromium, chromedriver)
         self._driver: Any = None
         self._profile: tempfile.TemporaryDirectory[str] | None = None
@@ -156,17 +161,67 @@ class Page:
             for flag in (*_CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}"):
                 options.add_argument(flag)
             options.binary_location = binary
+            service = Service(executable_path=driver)
             try:
-                self._driver = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+                self._driver = self._launch(lambda: webdriver.Chrome(service=service, options=options), service)
                 # Selenium waits 120 s for ChromeDriver's answer, which a stopped browser never
                 # sends; the page's load and a script get the same limit on ChromeDriver's side.
                 self._driver.command_executor.client_config.timeout = self.call_timeout_s
                 self._driver.set_page_load_timeout(self.call_timeout_s)
                 self._driver.set_script_timeout(self.call_timeout_s)
+            except BrowserError:
+                self.close(broken=True)
+                raise
             except Exception as exc:
                 self.close(broken=True)
                 raise BrowserError(f"miniwob: Chromium did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         return self._driver
+
+    def _launch(self, start: Any, service: Any) -> Any:
+        """``start()`` (ChromeDriver, then Chromium through it) within ``start_timeout_s``.
+
+        Selenium and ChromeDriver bound a start only by their own fixed limits (60 s for a
+        browser that never comes up, 120 s or more for a ChromeDriver that never answers), so
+        the start runs in a thread; past the limit its ChromeDriver and browser are killed,
+        which ends the thread's wait, and the start fails in one line."""
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append(start())
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run, name="miniwob-browser-start", daemon=True)
+        thread.start()
+        try:
+            thread.join(self.start_timeout_s)
+        except BaseException:  # Ctrl-C: nothing may outlive the run
+            self._kill_start(service, thread)
+            raise
+        if thread.is_alive():
+            self._kill_start(service, thread)
+            raise BrowserError(
+                f"miniwob: Chromium did not start within {self.start_timeout_s:g} s (env.config.start_timeout_s); "
+                "its ChromeDriver and browser were killed"
+            )
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _kill_start(self, service: Any, thread: threading.Thread) -> None:
+        """Kill a start still under way: its ChromeDriver and every process of the profile
+        (twice, for a process spawned while the first kill ran)."""
+        for wait_s in (5.0, 5.0):
+            process = getattr(service, "process", None)
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+            if self._profile is not None:
+                kill_processes_using(self._profile.name)
+            thread.join(wait_s)
+            if not thread.is_alive():
+                return
 
     def start(self, task: str, seed: int) -> None:
         """Start the episode whose problem ``task``'s page generates from ``seed`` (the page is

@@ -75,6 +75,8 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
     if resume and stored_digest is None:
         # a typo in run_dir, or the wrong working directory, would otherwise start a fresh run
         raise ConfigError(f"run_dir {run_dir}: no run to resume there (config.sha256 missing or empty); check run_dir, or drop --resume to start one")
+    if resume and _finished(run_dir):
+        return run_dir  # nothing to write (run_pipeline reports it)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -86,6 +88,9 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
 
 
 _CONFIG_RECORD = ("config.json", "config.sha256", VERSIONS_FILE)
+# The run's JSON summary (what `dreamgym run` prints), written last, once the run has ended
+# and closed its components: a run directory that holds it holds a finished run.
+SUMMARY_FILE = "summary.json"
 
 
 def _holds_run_output(run_dir: Path) -> bool:
@@ -940,10 +945,37 @@ def _one_process(run_dir: Path) -> Iterator[Callable[[], None]]:
             os.close(fd)
 
 
+def _finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: its summary, and the checkpoints it came from
+    (without them, a resume plays the run again from the stages it stored)."""
+    return (run_dir / SUMMARY_FILE).exists() and (run_dir / "checkpoints").is_dir()
+
+
+def _finished_summary(run_dir: Path) -> dict[str, Any]:
+    """The summary a finished run stored, for a ``--resume`` of it (which runs nothing)."""
+    path = run_dir / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable run summary ({exc}); delete it to play the run's final evaluation again") from exc
+    if not isinstance(summary, dict):
+        raise DataError(f"{path}: not a run summary (a JSON object); delete it to play the run's final evaluation again")
+    print(
+        f"[dreamgym] {run_dir}: the run is already complete ({SUMMARY_FILE}); nothing to resume. "
+        "'dreamgym eval' evaluates its policy again", file=sys.stderr, flush=True,
+    )
+    return summary | {"run_dir": str(run_dir)}  # where it is now (a run directory may be moved)
+
+
 def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False) -> dict[str, Any]:
+    """Run a pipeline, or with ``resume`` continue the run in its ``run_dir`` from its newest
+    checkpoint. A finished run (``summary.json``) is not run again: its summary is returned, and
+    nothing in its directory is written."""
     with _one_process(Path(resolved.pipeline.run_dir)) as lock:
         run_dir = prepare_run_dir(resolved, resume=resume)
         lock()  # a run directory prepare_run_dir created
+        if resume and _finished(run_dir):
+            return _finished_summary(run_dir)
         algo_spec = plugins.component("algo", resolved.pipeline.algo.name)
         if getattr(algo_spec.factory, "runs_own_loop", False):
             # A backend with its own trainer (verl) runs the same pipeline itself.
@@ -951,4 +983,6 @@ def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool =
                 resolved=resolved, plugins=plugins, run_dir=str(run_dir)
             )
         runner = Runner(resolved, plugins, run_dir)
-        return runner.run(resume=resume)
+        summary = runner.run(resume=resume)
+        checkpoint.atomic_write(run_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+        return summary

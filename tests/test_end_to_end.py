@@ -58,7 +58,14 @@ def test_reduced_main_job_then_resume_and_eval(tmp_path):
     assert "| untrained |" in report and "| after RL |" in report
     assert "- after RL: synthetic success" in report
     assert list((run_dir / "tensorboard").iterdir())
-    # --resume of a finished run only re-evaluates; eval reads the last checkpoint
+    # --resume of a finished run plays nothing and writes nothing; eval reads the last checkpoint
+    written = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout) == summary, resumed.stderr[-2000:]
+    assert resumed.stderr.splitlines() == [
+        f"[dreamgym] {run_dir}: the run is already complete (summary.json); nothing to resume. 'dreamgym eval' evaluates its policy again"
+    ]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
     played = tmp_path / "played.jsonl"
     evaluated = run_cli("eval", *args[1:], "--episodes", "2", "--trajectories", str(played))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]

@@ -177,14 +177,43 @@ def test_keep_checkpoints_deletes_all_but_the_newest_and_the_run_still_resumes(r
     run_pipeline(_resolved(plugins, tmp_path / "one", iterations=3, keep_checkpoints=1), plugins)
     kept = [p.name for p in (tmp_path / "one" / "checkpoints").glob("it-*")]
     assert kept == [(tmp_path / "one" / "checkpoints" / "latest").read_text()]
+    _unfinished(tmp_path / "one")
     summary = run_pipeline(_resolved(plugins, tmp_path / "one", iterations=3, keep_checkpoints=1), plugins, resume=True)
     assert summary["counters/iteration"] == 3  # resumed from the one checkpoint left
     # no iteration was played again, and the final evaluation is logged once, not twice
     assert [r["step"] for r in _rows(tmp_path / "one")] == [-1, 0, 1, 2, 3]
 
 
+def test_resuming_a_finished_run_says_so_and_writes_nothing(register_plugin, tmp_path, capsys):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    summary = run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins)
+    capsys.readouterr()
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+    again = run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins, resume=True)
+    assert again == summary  # the run's own summary, not a second evaluation's
+    said = capsys.readouterr().err.splitlines()
+    assert said == [f"[dreamgym] {run_dir}: the run is already complete (summary.json); nothing to resume. "
+                    "'dreamgym eval' evaluates its policy again"]
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()} == before
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    # moved elsewhere, it names where it is now
+    shutil.move(run_dir, tmp_path / "moved")
+    moved = run_pipeline(_resolved(plugins, tmp_path / "moved", iterations=2), plugins, resume=True)
+    assert moved == summary | {"run_dir": str(tmp_path / "moved")}
+    (tmp_path / "moved" / "summary.json").write_text("{")
+    with pytest.raises(DataError, match=r"moved/summary.json: unreadable run summary .*; delete it to play the run's final evaluation again"):
+        run_pipeline(_resolved(plugins, tmp_path / "moved", iterations=2), plugins, resume=True)
+
+
 def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _unfinished(run_dir: Path) -> None:
+    """A finished run as a kill during its final evaluation would have left it: without the
+    summary written last, so that --resume continues it from its newest checkpoint."""
+    (run_dir / "summary.json").unlink()
 
 
 def test_resume_rolls_the_buffer_back_to_the_checkpoint_and_rewinds_the_metrics(register_plugin, tmp_path):
@@ -208,7 +237,8 @@ def test_resume_rolls_the_buffer_back_to_the_checkpoint_and_rewinds_the_metrics(
         f.write(json.dumps({"step": 2, "rollout/success_rate": 0.5}) + "\n")
     evaluate_run(resolved(), plugins, split="test", episodes=2)  # reads the checkpoint, leaves the buffer be
     assert len(stored_transitions(run_dir)) == len(stored) + 5
-    run_pipeline(resolved(), plugins, resume=True)  # finished: re-evaluates only
+    _unfinished(run_dir)  # the final evaluation is played again
+    run_pipeline(resolved(), plugins, resume=True)
     assert stored_transitions(run_dir) == stored
     assert _rows(run_dir)[:-1] == rows[:-1] and [r["step"] for r in _rows(run_dir)] == [-1, 0, 1, 2]
 
@@ -315,6 +345,7 @@ def _as_stored_by_an_older_version(run_dir: Path, dropped: tuple[str, str], *, w
 def test_a_run_stored_before_an_option_existed_resumes_with_its_default(register_plugin, tmp_path, caplog):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    _unfinished(tmp_path / "run")
     _as_stored_by_an_older_version(tmp_path / "run", ("loop", "checkpoint_every"))
     with caplog.at_level("WARNING", logger="dreamgym_core.loop"):
         prepare_run_dir(_resolved(plugins, tmp_path / "run", iterations=1), resume=True)
@@ -344,6 +375,7 @@ def test_a_damaged_config_record_is_no_licence_to_resume_with_another_config(reg
 def test_a_run_whose_stored_hash_covers_its_run_dir_still_resumes(register_plugin, tmp_path, caplog):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    _unfinished(tmp_path / "run")
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
     (tmp_path / "run" / "config.sha256").write_text(config_hash(stored, with_run_dir=True) + "\n")
     with caplog.at_level("WARNING", logger="dreamgym_core.loop"):
@@ -393,6 +425,7 @@ def _exact_buffer_run(register_plugin, run_dir: Path):
 def test_resume_without_the_latest_pointer_refuses_and_keeps_every_file(register_plugin, tmp_path):
     plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
     run_pipeline(resolved, plugins)
+    _unfinished(tmp_path / "run")
     (tmp_path / "run" / "checkpoints" / "latest").unlink()
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     with pytest.raises(DataError, match=r"checkpoints/latest: missing, but .* holds it-00000, it-00001"):
@@ -404,6 +437,7 @@ def test_resume_without_the_latest_pointer_refuses_and_keeps_every_file(register
 def test_resume_with_a_corrupt_latest_pointer_refuses_and_keeps_every_file(register_plugin, tmp_path, pointer):
     plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
     run_pipeline(resolved, plugins)
+    _unfinished(tmp_path / "run")
     (tmp_path / "run" / "checkpoints" / "latest").write_bytes(pointer)
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     with pytest.raises(DataError, match=r"checkpoints/latest: names .*, not a checkpoint of .* \(it holds it-00000, it-00001\)"):
@@ -421,6 +455,7 @@ def test_resume_without_the_trained_parts_the_checkpoints_need_refuses_and_keeps
              "encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}  # fmt: skip
     resolved = _resolved(plugins, tmp_path / "run", parts, iterations=2, mode="dreamgym")
     run_pipeline(resolved, plugins)
+    _unfinished(tmp_path / "run")
     (tmp_path / "run" / part / "done").unlink()
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     with pytest.raises(DataError, match=rf"run/{part}: the .* is missing \(no 'done' marker\), and checkpoint it-00002"):
@@ -525,6 +560,7 @@ def test_a_checkpoint_with_a_damaged_history_or_algorithm_state_is_one_line_and_
     # Both were tracebacks: KeyError 'step' from the metrics rewind, JSONDecodeError from the algorithm's load.
     plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
     run_pipeline(resolved, plugins)
+    _unfinished(tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "it-00001"
     if damage == "history":
         state = json.loads((ckpt / "state.json").read_text())
@@ -548,6 +584,7 @@ def test_a_checkpoint_with_damaged_validation_scores_is_one_line_and_changes_not
              "eval": {"valid_every": 1, "valid_episodes": 2, "keep": "best-valid", "episodes": 2}}
     resolved = _resolved(plugins, tmp_path / "run", parts, iterations=1)
     run_pipeline(resolved, plugins)
+    _unfinished(tmp_path / "run")
     state_file = tmp_path / "run" / "checkpoints" / "it-00001" / "state.json"
     state = json.loads(state_file.read_text())
     state["selection"] = selection
@@ -567,6 +604,7 @@ def test_a_checkpoint_with_damaged_validation_scores_is_one_line_and_changes_not
 def test_a_checkpoint_with_broken_random_state_is_refused_before_the_buffer_rolls_back(register_plugin, tmp_path, field, value):
     plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
     run_pipeline(resolved, plugins)
+    _unfinished(tmp_path / "run")
     with open_run_buffer(tmp_path / "run") as buffer:  # stored after the checkpoint: a resume would forget them
         buffer.add(transitions=[msgspec.structs.replace(t, source="real") for t in make_transitions(3)])
     stored = stored_transitions(tmp_path / "run")
@@ -1010,6 +1048,7 @@ def test_resume_refuses_a_buffer_that_lost_records_the_checkpoint_counted(regist
     plugins = register_plugin(StandIns(), "stand-ins")
     resolved = _resolved(plugins, tmp_path / "run", {"encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}, iterations=1)
     run_pipeline(resolved, plugins)
+    _unfinished(tmp_path / "run")
     for segment in (tmp_path / "run" / "buffer").glob("seg-*"):
         segment.unlink()
     with pytest.raises(DataError, match=r"run/buffer: the replay buffer ends at position 0, before the checkpoint's \d+"):

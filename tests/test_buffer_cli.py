@@ -97,6 +97,45 @@ def test_an_import_of_several_files_stores_nothing_when_one_is_bad(tmp_path, jso
     assert json.loads(_invoke("buffer", "info", *buf).output)["records"] == 33
 
 
+def _corrupt_frames(buf, every: bool) -> None:
+    """Flip a payload byte of every intact frame of the buffer (``every``), or of its first one only."""
+    from dreamgym_plugin_exact.segments import read_segment, segment_files
+
+    for segment in segment_files(buf):
+        data = bytearray(segment.read_bytes())
+        for offset, _ in read_segment(segment)[0]:
+            data[offset + 14] ^= 0xFF  # past the 12-byte header: the payload, which its checksum covers
+            if not every:
+                segment.write_bytes(bytes(data))
+                return
+        segment.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("backend", ["exact", "annoy"])
+def test_an_export_of_a_buffer_with_corrupt_frames_is_refused_unless_partial(tmp_path, backend):
+    buf = ["--path", str(tmp_path / "b"), "--backend", backend]
+    records = make_transitions(30)
+    for part in range(3):  # three frames: one per import
+        path = tmp_path / f"part{part}.jsonl"
+        path.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in records[part * 10 : part * 10 + 10]))
+        assert _invoke("buffer", "import", *buf, str(path)).exit_code == 0
+    out = tmp_path / "out.jsonl"
+    for every, readable in ((False, 20), (True, 0)):  # a third of the records lost, then all
+        _corrupt_frames(tmp_path / "b", every)
+        refused = CliRunner().invoke(cli, ["buffer", "export", *buf, str(out)])
+        assert refused.exit_code == 1 and not out.exists()
+        assert refused.output.startswith("Error: ") and len(refused.output.splitlines()) == 1
+        assert "seg-000001.dgs: offset 0: checksum mismatch" in refused.output and "nothing exported ('--partial'" in refused.output
+        with pytest.warns(UserWarning, match="checksum mismatch"):  # what --partial leaves out is said
+            partial = CliRunner().invoke(cli, ["buffer", "export", *buf, "--partial", str(out)])
+        assert partial.exit_code == 0 and f"wrote {readable} transitions" in partial.output
+        assert len(out.read_bytes().splitlines()) == readable
+        out.unlink()
+    with pytest.warns(UserWarning, match="checksum mismatch"):  # reading it as a run resumes it still recovers the rest
+        stats = json.loads(_invoke("buffer", "info", *buf).output)
+    assert stats["records"] == 0 and len(stats["problems"]) == 3
+
+
 @pytest.mark.parametrize("args", [["info"], ["query", "--state", "s", "--action", "a"], ["export", "out.jsonl"]])
 def test_reading_a_buffer_that_is_not_there_is_an_error_and_creates_nothing(tmp_path, args):
     missing = tmp_path / "typo"

@@ -36,12 +36,15 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @contextmanager
 def _open_buffer(
     pipeline: str | None, overrides: tuple[str, ...], path: str | None, backend: str, encoder: str,
-    extra_plugins: tuple[str, ...], *, read_only: bool = False,
+    extra_plugins: tuple[str, ...], *, read_only: bool = False, strict: bool | None = None, refused: str = "",
 ) -> Iterator[Any]:
     """Build encoder and buffer from the pipeline (or options), close the buffer after use.
 
     ``read_only``: the buffer must exist already (a mistyped path is an error, not a new
-    empty buffer), and opening it with another encoder does not start re-embedding it."""
+    empty buffer), and opening it with another encoder does not start re-embedding it.
+    ``strict``: the buffer's own ``strict`` setting (refuse a corrupt segment, or skip its
+    corrupt frames), for a buffer that has one; None leaves it as configured. ``refused`` is
+    added to the error of a buffer that fails to open strictly."""
     from ..config import convert_config, load_pipeline
     from ..plugins import Plugins
 
@@ -69,7 +72,15 @@ def _open_buffer(
             raise DataError(f"{path or where}: no replay buffer there (the directory does not exist)")
         if "backfill_background" in getattr(buffer_cfg, "__struct_fields__", ()):
             buffer_cfg = msgspec.structs.replace(buffer_cfg, backfill_background=False)
-    buffer = plugins.build("buffer", name, buffer_cfg, encoder=enc, path=path or where)
+    strictly = "strict" in getattr(buffer_cfg, "__struct_fields__", ())
+    if strict is not None and strictly:
+        buffer_cfg = msgspec.structs.replace(buffer_cfg, strict=strict)
+    try:
+        buffer = plugins.build("buffer", name, buffer_cfg, encoder=enc, path=path or where)
+    except DataError as exc:
+        if not (refused and strictly and buffer_cfg.strict):
+            raise
+        raise DataError(f"{exc}; {refused}") from exc
     try:
         yield buffer
     finally:
@@ -115,12 +126,21 @@ def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
 
 @command.command("export")
 @_options
+@click.option(
+    "--partial", is_flag=True,
+    help="Export what can be read of a buffer with corrupt segments (their frames are skipped, with a warning).",
+)
 @click.argument("file", type=click.Path(dir_okay=False))
-def export_cmd(file: str, **kw: Any) -> None:
-    """Write every stored transition to FILE as JSONL."""
+def export_cmd(file: str, partial: bool, **kw: Any) -> None:
+    """Write every stored transition to FILE as JSONL.
+
+    A buffer with a corrupt segment is refused, and nothing is written: an export missing the
+    records of skipped frames (all of them, when every frame is corrupt) would pass for the
+    whole buffer. --partial exports the rest (as a run's --resume reads it)."""
     if not Path(file).resolve().parent.is_dir():  # checked before the buffer opens
         raise ConfigError(f"{file}: directory {Path(file).parent} does not exist")
-    with _open_buffer(**kw, read_only=True) as buffer:
+    refused = "nothing exported ('--partial' exports the records that can be read)"
+    with _open_buffer(**kw, read_only=True, strict=not partial, refused=refused) as buffer:
         click.echo(f"{file}: wrote {buffer.export_jsonl(file)} transitions")
 
 

@@ -169,6 +169,10 @@ class Page:
                 self._driver.command_executor.client_config.timeout = self.call_timeout_s
                 self._driver.set_page_load_timeout(self.call_timeout_s)
                 self._driver.set_script_timeout(self.call_timeout_s)
+                # A headless window need not hold the system focus (Debian's Chromium 150 does
+                # not), and then an element's focus() fires no focus event: tasks that score
+                # focus (focus-text-2) never ended. The page is told it has the focus, as on a screen.
+                self._driver.execute_cdp_cmd("Emulation.setFocusEmulationEnabled", {"enabled": True})
             except BrowserError:
                 self.close(broken=True)
                 raise

@@ -186,3 +186,16 @@ def test_a_tokenize_failure_is_counted_and_the_prompt_sent_whole_or_raised(serve
 def test_a_tokenize_url_that_cannot_work_is_refused_at_build(server):
     with pytest.raises(ValueError, match="tokenize_url"):
         OpenAIConfig(base_url=server.url, tokenize_url="127.0.0.1:8000/tokenize")
+
+
+@pytest.mark.parametrize("field", ["base_url", "tokenize_url"])
+@pytest.mark.parametrize("url", ["http://user:s3cret@127.0.0.1:8000/v1", "https://s3cret@api.example/v1?x=1", "user:s3cret@host:8000/v1"])
+def test_a_password_in_a_url_is_refused_without_showing_it(field, url):
+    """A URL's user:password would be stored in the run's config.json and named in every failed
+    call's error: the secret belongs in the environment variable api_key_env names."""
+    from dreamgym_core.config import convert_config
+
+    settings = {"base_url": "http://127.0.0.1:8000/v1", field: url}
+    with pytest.raises(ConfigError, match=f"{field} .*user name or password.*api_key_env") as caught:
+        convert_config(settings, OpenAIConfig, "pipeline.yaml", "$.experience_model.config")
+    assert "s3cret" not in str(caught.value)

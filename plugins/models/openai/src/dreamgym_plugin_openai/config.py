@@ -54,6 +54,17 @@ class OpenAIConfig(Config):
 
 
 def _check_url(field: str, value: str) -> None:
+    scheme, sep, rest = value.partition("://")
+    authority = (rest if sep else value).split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority:
+        # it would be kept in the run's config.json and shown in every error naming the URL;
+        # the message leaves it out too
+        host = authority.rsplit("@", 1)[1]
+        shown = f"{scheme}://***@{host}" if sep else f"***@{host}"
+        raise ValueError(
+            f"{field} {shown!r} holds a user name or password; give the API key through api_key_env "
+            "(an environment variable) instead"
+        )
     try:
         url = httpx.URL(value)
         port = url.port

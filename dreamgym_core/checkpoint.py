@@ -13,7 +13,7 @@ import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Sequence
+from typing import IO, TYPE_CHECKING, Annotated, Any, Iterator, Literal, Sequence
 
 import msgspec
 import numpy as np
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "save",
     "atomic_write",
+    "open_new",
     "load_latest",
     "load",
     "rng_kept",
@@ -56,10 +57,22 @@ class _State(msgspec.Struct, kw_only=True):
     selection: dict[Literal["scores"], dict[int, float]] | None = None
 
 
+def open_new(path: Path, mode: str = "wb") -> IO[Any]:
+    """``path`` created anew for writing (a temporary file, renamed into place afterwards).
+
+    Whatever is there already (left by a killed write) is removed first, and the file is
+    created exclusively: a symbolic link planted at the name, in a run directory others can
+    write to, is never written through (that would overwrite the file it points at), and
+    one planted again between the removal and the creation makes the write fail instead."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    return os.fdopen(fd, mode)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a kill leaves the old or the new file, whole."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open_new(tmp) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -288,7 +301,7 @@ def write_records(path: Path, records: Sequence[Any]) -> None:
     """Structs as JSON lines, replacing ``path`` whole (a kill leaves the old file)."""
     encoder = msgspec.json.Encoder()
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open_new(tmp) as f:
         for record in records:
             f.write(encoder.encode(record) + b"\n")
         f.flush()

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import msgspec
 
+from .checkpoint import open_new
 from .config import Config
 from .hookspecs import hookimpl
 from .specs import ComponentSpec
@@ -39,7 +40,7 @@ class JsonlSink:
         that never reached a checkpoint are played and logged again, not twice."""
         self.close()
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
+        with open_new(tmp, "w") as f:
             f.writelines(_line(row["step"], {k: v for k, v in row.items() if k != "step"}) for row in history)
             f.flush()
             os.fsync(f.fileno())

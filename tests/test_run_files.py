@@ -1,0 +1,59 @@
+"""Files a run writes into its directory are never written through a planted symbolic link."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dreamgym_core.checkpoint import atomic_write, read_transitions, write_records
+from dreamgym_core.loggers import JsonlConfig, JsonlSink
+from dreamgym_core.testing import make_transitions
+
+
+def _atomic(path: Path) -> None:
+    atomic_write(path, b'{"new": 1}\n')
+
+
+def _records(path: Path) -> None:
+    write_records(path, make_transitions(2))
+
+
+def _rewind(path: Path) -> None:
+    sink = JsonlSink(JsonlConfig(filename=path.name), run_dir=str(path.parent))
+    sink.rewind(history=[{"step": 0, "m": 1.0}])
+    sink.close()
+
+
+WRITERS = {"atomic_write": _atomic, "write_records": _records, "metrics rewind": _rewind}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(tmp_path, writer):
+    """A run directory others can write to (say, under /tmp) could hold ``<file>.tmp`` linking to
+    one of the user's files: writing the temporary file would overwrite that file."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    target = run_dir / "config.json"
+    os.symlink(victim, run_dir / "config.json.tmp")
+    WRITERS[writer](target)
+    assert victim.read_text() == "precious\n"
+    assert target.is_file() and not target.is_symlink()
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_temporary_file_left_by_a_killed_write_is_replaced(tmp_path, writer):
+    target = tmp_path / "config.json"
+    (tmp_path / "config.json.tmp").write_text("half a file")
+    WRITERS[writer](target)
+    assert not (tmp_path / "config.json.tmp").exists()
+    assert "half a file" not in target.read_text()
+
+
+def test_records_written_so_read_back(tmp_path):
+    path = tmp_path / "offline.jsonl"
+    write_records(path, make_transitions(3))
+    assert len(read_transitions(path)) == 3

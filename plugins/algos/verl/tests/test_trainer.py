@@ -135,3 +135,52 @@ def test_main_ppo_runner_follows_trainer_use_v1(compose):
 
     assert _task_runner(compose([])) is TaskRunnerV1
     assert _task_runner(compose(["trainer.use_v1=False"])) is TaskRunner
+
+
+class _RayStarted(Exception):
+    """Raised by the stand-in ray.init: what it was given is all this test needs."""
+
+
+@pytest.mark.parametrize("allow_download", [None, False, True])
+def test_verls_workers_stay_off_the_network_unless_the_policy_allows_downloads(resolve_file, monkeypatch, tmp_path, allow_download):
+    """verl's workers load the policy with transformers and serve it with vLLM: without these
+    variables a hub id would be fetched from the hub (the hf policy's allow_download says no),
+    and the hub's telemetry and vLLM's usage statistics sent, none of which the user asked for."""
+    import ray
+
+    from dreamgym_plugin_verl import trainer as trainer_mod
+
+    for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "VLLM_NO_USAGE_STATS"):
+        monkeypatch.delenv(name, raising=False)
+    resolved = resolve_file(Path(__file__).parent / "golden" / "ppo_s2r_cluster.yaml")
+    if allow_download is not None:
+        from dreamgym_plugin_hf.config import HFConfig
+
+        policy = HFConfig(path="HuggingFaceTB/SmolLM2-135M-Instruct", allow_download=allow_download)
+        resolved = type(resolved)(source=resolved.source, pipeline=resolved.pipeline, components={**resolved.components, "policy": policy})
+    seen = {}
+
+    def stand_in_init(**kwargs):
+        seen.update(kwargs)
+        raise _RayStarted
+
+    monkeypatch.setattr(trainer_mod, "require_cuda", lambda: None)
+    monkeypatch.setattr(ray, "init", stand_in_init)
+    with pytest.raises(_RayStarted):
+        VerlTrainer(resolved.components["algo"]).run(resolved=resolved, plugins=Plugins.for_names(["verl"]), run_dir=str(tmp_path))
+    env = seen["runtime_env"]["env_vars"]
+    assert env["VLLM_NO_USAGE_STATS"] == "1" and env["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert env.get("HF_HUB_OFFLINE") == (None if allow_download else "1")
+
+
+def test_the_pipelines_runtime_env_and_the_shell_still_decide_the_network_variables(resolve_file, compose, monkeypatch):
+    from dreamgym_plugin_verl.trainer import offline_env, ray_init_kwargs
+    from dreamgym_plugin_verl.translate import translate
+
+    for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VLLM_NO_USAGE_STATS", "0")  # set in the shell: workers inherit it
+    resolved = resolve_file(Path(__file__).parent / "golden" / "ppo_s2r_cluster.yaml")
+    overrides = translate(resolved) + ["+ray_kwargs.ray_init.runtime_env.env_vars.HF_HUB_OFFLINE='0'"]
+    env = ray_init_kwargs(compose(overrides), env_vars={}, offline=offline_env(resolved))["runtime_env"]["env_vars"]
+    assert env["HF_HUB_OFFLINE"] == "0" and env["HF_HUB_DISABLE_TELEMETRY"] == "1" and "VLLM_NO_USAGE_STATS" not in env

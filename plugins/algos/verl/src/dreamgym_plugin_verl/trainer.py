@@ -35,7 +35,8 @@ from .translate import run_files, translate
 from .warmstart import warm_start
 
 __all__ = [
-    "VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "ray_init_kwargs", "run_alongside", "METRIC_NAMES",
+    "VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "offline_env", "ray_init_kwargs", "run_alongside",
+    "METRIC_NAMES",
 ]
 
 
@@ -106,7 +107,7 @@ class VerlTrainer:
         # verl's loggers run in its TaskRunner actor: the paths reach it through Ray's runtime env.
         log_env = {"VERL_FILE_LOGGER_PATH": str(files["metrics"]), "TENSORBOARD_DIR": str(files["tensorboard"])}
         os.environ.update(log_env)
-        ray.init(**ray_init_kwargs(_compose(overrides), env_vars=log_env))
+        ray.init(**ray_init_kwargs(_compose(overrides), env_vars=log_env, offline=offline_env(resolved)))
         progress = _Progress(cfg.loop.iterations)
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
         actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=progress.say)
@@ -286,13 +287,29 @@ def _compose(overrides: list[str]) -> Any:
         return compose(config_name="ppo_trainer", overrides=overrides)
 
 
-def ray_init_kwargs(config: Any, *, env_vars: dict[str, str]) -> dict[str, Any]:
+def offline_env(resolved: ResolvedPipeline) -> dict[str, str]:
+    """Variables that keep verl's workers off the network unless the pipeline asks for it.
+
+    The workers load the policy with transformers and serve it with vLLM (or SGLang), which
+    would fetch a hub id from the Hugging Face hub, send the hub its telemetry and vLLM its
+    usage statistics. Downloads stay allowed where the policy allows them (the hf policy's
+    ``allow_download``); a variable already set in this environment is left to it (Ray's
+    workers inherit it), and the pipeline's own ``ray_kwargs.ray_init.runtime_env`` wins.
+    """
+    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    if not getattr(resolved.components.get("policy"), "allow_download", False):
+        env["HF_HUB_OFFLINE"] = "1"
+    return {name: value for name, value in env.items() if name not in os.environ}
+
+
+def ray_init_kwargs(config: Any, *, env_vars: dict[str, str], offline: dict[str, str] | None = None) -> dict[str, Any]:
     """``ray.init`` arguments as verl's ``run_ppo`` builds them, plus DreamGym's env vars and namespace.
 
     DreamGym starts Ray itself (its shared actors must exist before verl's workers), so
     ``run_ppo`` then skips its own ``ray.init`` (verl/trainer/main_ppo.py, run_ppo): verl's
     runtime env, ``ray_kwargs.ray_init`` and these variables must be given here. Ray workers
-    do not see variables the driver sets after ``ray.init``.
+    do not see variables the driver sets after ``ray.init``. ``offline`` (:func:`offline_env`)
+    comes before the pipeline's runtime env, so that one can still set those variables.
     """
     from omegaconf import OmegaConf
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
@@ -307,7 +324,9 @@ def ray_init_kwargs(config: Any, *, env_vars: dict[str, str]) -> dict[str, Any]:
     if "rl_insight" in ([loggers] if isinstance(loggers, str) else loggers or []):
         os.environ["VERL_RL_INSIGHT_ENABLE"] = "1"
     ray_init = config.ray_kwargs.get("ray_init", {})
-    runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(config), ray_init.get("runtime_env", {}), {"env_vars": env_vars})
+    runtime_env = OmegaConf.merge(
+        get_ppo_ray_runtime_env(config), {"env_vars": offline or {}}, ray_init.get("runtime_env", {}), {"env_vars": env_vars}
+    )
     kwargs = OmegaConf.to_container(OmegaConf.create({**ray_init, "runtime_env": runtime_env}))
     return kwargs | {"namespace": NAMESPACE, "ignore_reinit_error": True}
 

@@ -15,10 +15,22 @@ from .hookspecs import hookimpl
 from .specs import ComponentSpec
 
 
+def _in_run_dir(field: str, value: str, *, nested: bool) -> None:
+    """Refuse a path that would put a sink's output outside the run directory."""
+    path = Path(value)
+    if path.is_absolute() or not value.strip() or any(part == ".." for part in path.parts) or path == Path("."):
+        raise ValueError(f"{field} {value!r} must name a place inside the run directory (relative, no '..')")
+    if not nested and len(path.parts) != 1:
+        raise ValueError(f"{field} {value!r} must be a file name in the run directory, without a directory part")
+
+
 class JsonlConfig(Config):
     """Metrics as one JSON object per line in ``<run_dir>/metrics.jsonl``."""
 
     filename: str = "metrics.jsonl"
+
+    def __post_init__(self) -> None:
+        _in_run_dir("filename", self.filename, nested=False)
 
 
 class JsonlSink:
@@ -62,6 +74,9 @@ class TensorBoardConfig(Config):
     """TensorBoard event files under ``<run_dir>/<subdir>``."""
 
     subdir: str = "tensorboard"
+
+    def __post_init__(self) -> None:
+        _in_run_dir("subdir", self.subdir, nested=True)
 
 
 class TensorBoardSink:

@@ -40,3 +40,31 @@ def test_tensorboard_rewind_hides_the_steps_played_again(tmp_path):
     events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("m")] == [(0, 0.0), (1, 1.0), (2, 20.0), (3, 30.0)]
+
+
+@pytest.mark.parametrize(("config_type", "field", "value"), [
+    (JsonlConfig, "filename", "../metrics.jsonl"),
+    (JsonlConfig, "filename", "/tmp/metrics.jsonl"),
+    (JsonlConfig, "filename", "logs/metrics.jsonl"),
+    (JsonlConfig, "filename", ""),
+    (TensorBoardConfig, "subdir", "../tensorboard"),
+    (TensorBoardConfig, "subdir", "tb/../../tensorboard"),
+    (TensorBoardConfig, "subdir", "/tmp/tensorboard"),
+    (TensorBoardConfig, "subdir", "."),
+])
+def test_a_sink_writing_outside_the_run_directory_is_refused(config_type, field, value):
+    """The sinks write into the run directory; a name that leads out of it (or rewinds a file
+    elsewhere on --resume) is a config error naming the field."""
+    from dreamgym_core.config import convert_config
+    from dreamgym_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"pipeline.yaml: {field} .*run directory.* - at `\$.loggers.0.config`"):
+        convert_config({field: value}, config_type, "pipeline.yaml", "$.loggers.0.config")
+
+
+def test_sinks_may_still_name_their_own_files_and_folders(tmp_path):
+    JsonlConfig(filename="rl.jsonl")
+    sink = TensorBoardSink(TensorBoardConfig(subdir="logs/tensorboard"), run_dir=str(tmp_path))
+    sink.log(step=0, metrics={"m": 1.0})
+    sink.close()
+    assert list((tmp_path / "logs" / "tensorboard").iterdir())

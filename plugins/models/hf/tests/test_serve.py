@@ -80,7 +80,7 @@ def raw_post(base: str, head: bytes, body: bytes) -> tuple[int, dict]:
     """Status and JSON body of one hand-written POST (headers a normal client would not send)."""
     host, port = base.split("//")[1].split("/")[0].split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n" + body)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + head + b"\r\n" + body)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -168,7 +168,7 @@ def test_a_request_whose_client_hung_up_in_the_queue_is_not_generated(trained):
         time.sleep(0.3)  # "first" holds the model
         head, body = with_length(json.dumps({"prompt": "abandoned"}).encode())
         with socket.create_connection(("127.0.0.1", srv.server_address[1])) as sock:  # a client that times out
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n" + body)
             time.sleep(0.3)
         first.join(timeout=30)
         status, answer = call(f"{base}/completions", {"prompt": "last"})
@@ -185,7 +185,7 @@ def test_a_client_hanging_up_during_generation_leaves_no_traceback(trained, caps
         head, body = with_length(json.dumps({"prompt": "abandoned"}).encode())
         with socket.create_connection(("127.0.0.1", srv.server_address[1])) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # hang up with a reset
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n" + body)
             time.sleep(0.3)  # generating
         time.sleep(1.5)  # the answer was written to a closed connection
         assert call(f"http://127.0.0.1:{srv.server_address[1]}/v1/models")[0] == 200
@@ -373,7 +373,7 @@ def test_a_transfer_encoded_request_gets_411_and_the_connection_closes(server, m
     body = json.dumps({"prompt": "Room:", "max_tokens": 4}).encode()
     chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(method + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+        sock.sendall(method + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
         data = b""
         try:
             while chunk := sock.recv(65536):  # the server closes the connection after its one answer
@@ -385,3 +385,39 @@ def test_a_transfer_encoded_request_gets_411_and_the_connection_closes(server, m
     answer = json.loads(rest)
     assert "Transfer-Encoding" in answer["error"]["message"] and "Content-Length" in answer["error"]["message"]
     assert b"HTTP/" not in rest  # one answer only
+
+
+def call_with(url: str, headers: dict[str, str], body: dict | None = None) -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        assert "loopback" in json.load(exc)["error"]["message"] or exc.code != 403
+        return exc.code
+
+
+@pytest.mark.parametrize("route, body", [("models", None), ("completions", {"prompt": "Room:", "max_tokens": 2})])
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({}, 200),
+        ({"Host": "localhost:{port}"}, 200),
+        ({"Host": "[::1]:{port}"}, 200),
+        ({"Origin": "http://127.0.0.1:{port}"}, 200),
+        # DNS rebinding: a page of evil.example, its name now pointing at 127.0.0.1, calls its own host
+        ({"Host": "evil.example:{port}"}, 403),
+        ({"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"}, 403),
+        # a cross-site request from a page in the user's browser
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Origin": "null"}, 403),
+    ],
+    ids=["plain", "localhost", "ipv6-loopback", "loopback-origin", "rebound-host", "rebound-page", "cross-site", "opaque-origin"],
+)
+def test_a_loopback_server_answers_no_web_page_of_another_host(server, route, body, headers, status):
+    """Bound to 127.0.0.1, the server is still reachable from a page in the user's browser:
+    requests naming another host (DNS rebinding) or coming from another origin are refused."""
+    base, _ = server
+    port = base.split(":")[2].split("/")[0]
+    assert call_with(f"{base}/{route}", {k: v.format(port=port) for k, v in headers.items()}, body) == status

@@ -10,6 +10,9 @@ only half-closed, shutdown(SHUT_WR), reads the same: an end of input). Bodies ne
 Content-Length: a Transfer-Encoding (chunked) request gets 411 and the connection closes. With
 ``--api-key-env NAME``, requests must carry ``Authorization: Bearer <key>`` where the
 key is that variable's value; the server refuses to start when it is unset or empty.
+Bound to a loopback address (the default), it answers only requests that name a loopback host
+(``Host``) and come from no web page of another host (``Origin``): a page in the user's
+browser could otherwise reach it, through DNS rebinding or a cross-site POST (403).
 ``--max-length`` (the ``max_model_len`` ``/tokenize`` reports) defaults to the model's own
 context, at most 2048; one over the model's context stops the server with a one-line error.
 
@@ -19,6 +22,7 @@ context, at most 2048; one over the model's context stops the server with a one-
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import os
@@ -31,6 +35,7 @@ import uuid
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 from dreamgym_core.errors import DreamGymError
 
@@ -231,7 +236,29 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
+def _is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or address, without port or brackets) is this machine's loopback."""
+    host = (host or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _foreign(header: str | None, *, origin: bool) -> bool:
+    """Whether a ``Host`` or ``Origin`` header names a host other than the loopback (an absent
+    one names none; a browser's opaque origin, ``null``, is foreign)."""
+    if header is None:
+        return False
+    try:
+        return not _is_loopback(urlsplit(header if origin else f"//{header}").hostname)
+    except ValueError:  # a malformed port or bracket
+        return True
+
+
+def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[BaseHTTPRequestHandler]:
     lock = threading.Lock()
     routes = {"/v1/completions": completion_body, "/v1/chat/completions": chat_body, "/tokenize": tokenize_body}
 
@@ -279,6 +306,10 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
             return self.rfile.read(int(declared))
 
         def _authorised(self) -> bool:
+            if loopback and (_foreign(self.headers.get("Host"), origin=False) or _foreign(self.headers.get("Origin"), origin=True)):
+                # a web page's request: DNS rebinding names the page's host, a cross-site one its origin
+                self._error(403, "this server answers only requests to a loopback host that come from no web page")
+                return False
             if api_key is None or self.headers.get("Authorization") == f"Bearer {api_key}":
                 return True
             self._error(401, "missing or wrong API key")
@@ -318,7 +349,7 @@ def _handler(backend: Any, api_key: str | None) -> type[BaseHTTPRequestHandler]:
 
 def make_server(backend: Any, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> ThreadingHTTPServer:
     """A bound (not yet serving) server; ``port=0`` picks a free port (see ``server_address``)."""
-    server = ThreadingHTTPServer((host, port), _handler(backend, api_key))
+    server = ThreadingHTTPServer((host, port), _handler(backend, api_key, loopback=_is_loopback(host)))
     server.daemon_threads = True
     return server
 

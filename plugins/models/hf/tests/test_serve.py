@@ -421,3 +421,28 @@ def test_a_loopback_server_answers_no_web_page_of_another_host(server, route, bo
     base, _ = server
     port = base.split(":")[2].split("/")[0]
     assert call_with(f"{base}/{route}", {k: v.format(port=port) for k, v in headers.items()}, body) == status
+
+
+def test_the_api_key_is_compared_in_constant_time(trained, monkeypatch):
+    """A server on a network (--host) must not tell by its answer time how much of a guessed
+    key was right: the key is compared with hmac.compare_digest."""
+    import hmac
+
+    compared = []
+
+    def spy(a, b):
+        compared.append((a, b))
+        return hmac_compare(a, b)
+
+    hmac_compare = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    srv = start_server(trained, port=0, api_key="sekrit")
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        assert call(f"{base}/models", key="sekriX")[0] == 401
+        assert call(f"{base}/models", key="sekrit")[0] == 200
+        assert call_with(f"{base}/models", {"Authorization": "Bearer s\u00e9krit"}) == 401  # not ASCII: still a 401
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [b for _, b in compared] == [b"Bearer sekrit"] * 3

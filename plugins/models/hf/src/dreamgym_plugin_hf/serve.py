@@ -22,6 +22,7 @@ context, at most 2048; one over the model's context stops the server with a one-
 from __future__ import annotations
 
 import argparse
+import hmac
 import ipaddress
 import json
 import math
@@ -310,7 +311,9 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
                 # a web page's request: DNS rebinding names the page's host, a cross-site one its origin
                 self._error(403, "this server answers only requests to a loopback host that come from no web page")
                 return False
-            if api_key is None or self.headers.get("Authorization") == f"Bearer {api_key}":
+            # compared in constant time: how long a wrong key takes to refuse says nothing of the right one
+            sent = self.headers.get("Authorization", "").encode("latin-1")  # as http.server decoded it
+            if api_key is None or hmac.compare_digest(sent, f"Bearer {api_key}".encode()):
                 return True
             self._error(401, "missing or wrong API key")
             return False

@@ -28,6 +28,7 @@ __all__ = [
     "save",
     "atomic_write",
     "open_new",
+    "open_append",
     "load_latest",
     "load",
     "rng_kept",
@@ -66,6 +67,19 @@ def open_new(path: Path, mode: str = "wb") -> IO[Any]:
     one planted again between the removal and the creation makes the write fail instead."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    return os.fdopen(fd, mode)
+
+
+def open_append(path: Path, mode: str = "a") -> IO[Any]:
+    """``path`` opened to append to (created if missing), never through a symbolic link: one
+    planted in a run directory others can write to would have the run append to the file it
+    points at. Such a link is a DataError naming it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise DataError(f"{path}: a symbolic link; the run appends only to a file of its own there (remove the link)") from exc
+        raise
     return os.fdopen(fd, mode)
 
 

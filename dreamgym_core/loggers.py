@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import msgspec
 
-from .checkpoint import open_new
+from .checkpoint import open_append, open_new
 from .config import Config
 from .hookspecs import hookimpl
 from .specs import ComponentSpec
@@ -43,7 +43,7 @@ class JsonlSink:
 
     def log(self, *, step: int, metrics: dict[str, float]) -> None:
         if self._file is None:
-            self._file = self.path.open("a")
+            self._file = open_append(self.path)
         self._file.write(_line(step, metrics))
         self._file.flush()
 
@@ -57,7 +57,7 @@ class JsonlSink:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        self._file = self.path.open("a")
+        self._file = open_append(self.path)
 
     def close(self) -> None:
         if self._file is not None and not self._file.closed:

@@ -57,3 +57,29 @@ def test_records_written_so_read_back(tmp_path):
     path = tmp_path / "offline.jsonl"
     write_records(path, make_transitions(3))
     assert len(read_transitions(path)) == 3
+
+
+def test_metrics_are_not_appended_through_a_planted_link(tmp_path):
+    """metrics.jsonl is appended to: a link planted at that name would have the run append to
+    the file it points at. Such a link is a one-line error naming the file."""
+    from dreamgym_core.errors import DataError
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.symlink(victim, run_dir / "metrics.jsonl")
+    sink = JsonlSink(JsonlConfig(), run_dir=str(run_dir))
+    with pytest.raises(DataError, match="metrics.jsonl: a symbolic link"):
+        sink.log(step=0, metrics={"m": 1.0})
+    assert victim.read_text() == "precious\n"
+
+
+def test_metrics_are_appended_to_a_file_of_the_run(tmp_path):
+    sink = JsonlSink(JsonlConfig(), run_dir=str(tmp_path))
+    sink.log(step=0, metrics={"m": 1.0})
+    sink.close()
+    sink = JsonlSink(JsonlConfig(), run_dir=str(tmp_path))
+    sink.log(step=1, metrics={"m": 2.0})
+    sink.close()
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2

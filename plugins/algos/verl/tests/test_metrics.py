@@ -128,3 +128,16 @@ def test_after_iteration_fires_for_training_steps_only():
         for row in rows(line):
             _after_row(Hook(), _Progress(3), row)
     assert fired == [0, 1, 2]
+
+
+def test_the_follower_does_not_append_through_a_planted_link(tmp_path):
+    """The run's metrics.jsonl, linked by someone else to another file, is refused, not appended to."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    source, sink = tmp_path / "verl.jsonl", tmp_path / "metrics.jsonl"
+    sink.symlink_to(victim)
+    source.write_text(json.dumps({"step": 1, "data": {"actor/pg_loss": 0.5}}) + "\n")
+    follower = MetricsFollower(source, sink, convert=MetricRows(iterations=5, eval_tasks=1))
+    with pytest.raises(DataError, match="metrics.jsonl: a symbolic link"):
+        follower.poll()
+    assert victim.read_text() == "precious\n"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dreamgym_core.checkpoint import open_append
 from dreamgym_core.errors import DataError
 from dreamgym_core.rollout import wilson_interval
 
@@ -146,7 +147,7 @@ class MetricsFollower:
                 raise DataError(f"{self.source} line {self.lines}: not a JSON metrics record ({exc})") from None
             rows += self.convert(logged)
         if rows:
-            with self.sink.open("a") as out:
+            with open_append(self.sink) as out:
                 out.writelines(json.dumps(row) + "\n" for row in rows)
         for row in rows:
             self.rows.append(row)

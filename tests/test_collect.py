@@ -40,3 +40,15 @@ def test_an_output_path_that_cannot_be_written_fails_before_any_episode_is_playe
     with pytest.raises(DataError, match=r"^--out .*taken/c\.jsonl: cannot write there \((File exists|Not a directory)\)$"):
         write_jsonl(records, tmp_path / "taken" / "c.jsonl", 3)
     assert domain.calls == 0
+
+
+def test_the_partial_file_is_never_written_through_a_planted_link(tmp_path):
+    """--out under a directory others can write to (/tmp) could find ``<out>.partial`` linking
+    to one of the user's files: collecting would overwrite it."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "c.jsonl"
+    (tmp_path / "c.jsonl.partial").symlink_to(victim)
+    records = collect_transitions(CountDomain(CountConfig()), split="train", policy="expert", transitions=3, seed=0)
+    assert write_jsonl(records, out, 3) == 3
+    assert victim.read_text() == "precious\n" and len(out.read_text().splitlines()) == 3 and not out.is_symlink()

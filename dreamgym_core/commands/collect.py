@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import click
 import msgspec
 
+from ..checkpoint import open_new
 from ..config import convert_config, load_pipeline, parse_overrides, set_path
 from ..errors import ConfigError, DataError
 from ..plugins import Plugins, installed_plugins
@@ -79,7 +80,7 @@ def write_jsonl(records: Iterator[Transition], out: Path, total: int) -> int:
     partial = out.with_name(out.name + ".partial")
     try:  # before the first episode is played: a bad --out costs no collection
         out.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(partial, "wb")
+        fh = open_new(partial)  # never through a link planted there (an --out under /tmp, say)
     except OSError as exc:
         raise DataError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
     count = 0

@@ -348,3 +348,17 @@ def test_frames_that_pass_the_checksum_but_do_not_fit_are_skipped_by_name(tmp_pa
     b.close()
     with pytest.raises(DataError, match=f"{seg.name}: offset 0: inconsistent frame \\(1 transitions for 2 record ids"):
         ExactBuffer(ExactConfig(strict=True), encoder=enc, path=tmp_path)
+
+
+def test_an_export_never_writes_through_a_link_planted_at_its_temporary_name(tmp_path):
+    """``buffer export /tmp/x.jsonl`` writes ``/tmp/x.jsonl.tmp`` first: a link someone planted
+    there must not make it overwrite the file the link points at."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    b = ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path / "buf")
+    b.add(transitions=make_transitions(3))
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.tmp").symlink_to(victim)
+    assert b.export_jsonl(out) == 3
+    assert victim.read_text() == "precious\n" and len(out.read_text().splitlines()) == 3 and not out.is_symlink()
+    b.close()

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import msgspec
 import numpy as np
 
+from dreamgym_core.checkpoint import open_new
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 
@@ -734,7 +735,7 @@ class ExactBuffer:
         tmp = target if direct else target.with_name(target.name + ".tmp")
         count = 0
         try:
-            with open(tmp, "wb") as fh:
+            with (open(tmp, "wb") if direct else open_new(tmp)) as fh:  # the temporary file never through a link
                 for t in self:
                     fh.write(encoder.encode(t) + b"\n")
                     count += 1

@@ -289,3 +289,41 @@ def test_a_manifest_without_digests_loads_as_before(tmp_path):
     b = AnnoyBuffer(AnnoyConfig(min_rows=10**9), encoder=HashingEncoder(), path=tmp_path)  # no rebuild allowed
     assert b.stats()["annoy"]["items"] == 800 and not b.problems
     b.close()
+
+
+def test_an_index_naming_nodes_it_does_not_hold_is_rebuilt_not_searched(tmp_path):
+    """annoy follows the node numbers of the file it maps unchecked: an index file whose numbers
+    point past its end (and whose manifest digests were made to match, or left out as before
+    digests were kept) crashed the process at the first query. Reopened in a child process,
+    so that such a crash fails this test instead of ending the suite."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    cfg = AnnoyConfig(min_rows=100, segment_records=400)
+    _saved(tmp_path, household(800), cfg)
+    ann, manifest = tmp_path / "annoy.ann", tmp_path / "annoy.json"
+    dim = HashingEncoder().dim
+    nodes = np.frombuffer(ann.read_bytes(), dtype=np.int32).reshape(-1, dim + 3).copy()
+    splits = np.flatnonzero((np.arange(len(nodes)) >= 800) & (nodes[:, 0] > dim + 2))
+    nodes[splits, 1:3] = 2**30  # every inner node's children, far past the file's end; the roots still count 800 items
+    data = nodes.tobytes()
+    ann.write_bytes(data)
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"ann_sha256": hashlib.sha256(data).hexdigest()}))
+    child = textwrap.dedent(f"""
+        from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig
+        from dreamgym_plugin_encoders import HashingEncoder
+        b = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=400), encoder=HashingEncoder(), path={str(tmp_path)!r})
+        b.wait_index()
+        print(len(b.retrieve(queries=[("You are in the kitchen.", "take apple")], k=3)[0]))
+        print(*b.problems, sep="\\n")
+        print(b.stats()["annoy"]["items"])
+        b.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert done.returncode == 0, f"the reopened buffer crashed (status {done.returncode}): {done.stderr[-500:]}"
+    lines = done.stdout.splitlines()
+    assert lines[0] == "3" and lines[-1] == "800"  # answered, and the index rebuilt
+    assert any(line.startswith("annoy.ann: not a sound annoy index") for line in lines)

@@ -16,7 +16,7 @@ from msgspec import Meta
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig, best_first, topk_cosine
 from dreamgym_plugin_exact.buffer import Space
 
-__all__ = ["AnnoyConfig", "AnnoyBuffer", "BuiltIndex"]
+__all__ = ["AnnoyConfig", "AnnoyBuffer", "BuiltIndex", "unsafe_index"]
 
 _FILES = ("annoy.ann", "annoy.rids.npy", "annoy.json")
 _DIGESTS = ("ann_sha256", "rids_sha256")  # manifest keys: sha256 of the first two files
@@ -47,6 +47,44 @@ def _sha256(path: Path | str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def unsafe_index(path: Path, dim: int) -> str | None:
+    """What makes a saved angular annoy index unsafe to map and search, or None.
+
+    annoy follows the node and item numbers in the file unchecked: a number out of range (a
+    damaged file, or one made so, whose manifest digests were made to match) reads outside
+    the mapping and crashes the process at the first query. A node is ``dim + 3`` int32-sized
+    fields: its number of descendants, then two children and the vector; item ``i`` is node
+    ``i``, the roots are the last nodes (their count of descendants is the number of items),
+    a node of at most ``dim + 2`` descendants lists its items in the fields after the first,
+    and any other node names its two child nodes.
+    """
+    width = dim + 3
+    size = path.stat().st_size
+    if size == 0 or size % (4 * width):
+        return f"its size ({size} bytes) is no whole number of {dim}-dimensional nodes"
+    nodes = np.memmap(path, dtype=np.int32, mode="r").reshape(-1, width)
+    total, items, bucket_size = len(nodes), int(nodes[-1, 0]), width - 1
+    if not 0 < items <= total:
+        return f"its roots count {items} items in {total} nodes"
+    for start in range(0, total, 1 << 14):
+        block = np.asarray(nodes[start : start + (1 << 14)])
+        number = np.arange(start, start + len(block))
+        count, fields = block[:, 0], block[:, 1:]
+        if (count[number < items] != 1).any():
+            return "an item's node is not a leaf"
+        count, fields = count[number >= items], fields[number >= items]
+        if (count < 0).any():
+            return "a node has a negative count of descendants"
+        bucket = count <= bucket_size
+        listed = np.arange(bucket_size)[None, :] < count[bucket, None]
+        if ((fields[bucket] < 0) | (fields[bucket] >= items))[listed].any():
+            return "a node lists an item that does not exist"
+        children = fields[~bucket, :2]
+        if ((children < 0) | (children >= total)).any():
+            return "a node names a child node that does not exist"
+    return None
 
 
 class BuiltIndex:
@@ -192,6 +230,10 @@ class AnnoyBuffer(ExactBuffer):
                         f"{file.name} does not match the digest in {manifest.name} (torn save or corrupt file); rebuilding"
                     )
                     return None
+            unsafe = unsafe_index(ann, self.encoder.dim)
+            if unsafe is not None:
+                self.problems.append(f"{ann.name}: not a sound annoy index ({unsafe}); rebuilding")
+                return None
             rids = np.load(rid_file, allow_pickle=False)
             index = AnnoyIndex(self.encoder.dim, "angular")
             index.load(str(ann))

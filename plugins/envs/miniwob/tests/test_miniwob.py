@@ -482,3 +482,27 @@ def test_a_terminated_run_closes_its_browser(tmp_path):
     while _our_browsers() - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _our_browsers() - before
+
+
+@browser
+@pytest.mark.slow
+def test_chromium_resolves_no_host_name(tmp_path):
+    """The task pages are local files: a run touches no network, so Chromium must not look up
+    its vendor's hosts (it did at every start, background-networking flags or not: DNS queries
+    for accounts.google.com, www.google.com, clients2.google.com). Seen with strace: no connect
+    to a DNS server (port 53) from any process of the browser."""
+    import shutil
+
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    log = tmp_path / "strace.log"
+    script = "from dreamgym_plugin_miniwob.page import Page\np = Page()\np.start('login-user', 1)\nimport time; time.sleep(3)\np.close()\n"
+    done = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(log), sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-500:]
+    lookups = [line for line in log.read_text().splitlines() if "htons(53)" in line]
+    assert lookups == [], f"{len(lookups)} connections to a DNS server, e.g. {lookups[0]}"

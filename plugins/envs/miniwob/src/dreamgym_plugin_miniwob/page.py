@@ -30,10 +30,13 @@ from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
 __all__ = ["BrowserError", "Element", "Page", "task_names", "find_browser", "kill_processes_using", "reap_orphaned_browsers"]
 
 # The flags a closed network needs: without the background-networking ones Chromium keeps
-# trying to reach its vendor's hosts at every start.
+# trying to reach its vendor's hosts at every start, and even with them it still looked up
+# accounts.google.com, www.google.com and clients2.google.com at every start. The task pages
+# are local files and need no host name, so none is resolved at all (the resolver rules).
 _CHROMIUM_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost", "--no-pings", "--disable-domain-reliability",
 )
 # A MiniWoB episode ends by itself after 10 s of wall time; a language-model agent on a CPU
 # thinks for longer than that, so the episode's length is bounded by steps instead. The limit

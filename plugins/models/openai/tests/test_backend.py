@@ -199,3 +199,25 @@ def test_a_password_in_a_url_is_refused_without_showing_it(field, url):
     with pytest.raises(ConfigError, match=f"{field} .*user name or password.*api_key_env") as caught:
         convert_config(settings, OpenAIConfig, "pipeline.yaml", "$.experience_model.config")
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "warned"), [
+    ("http://10.1.2.3:8000/v1", True),
+    ("http://models.example:8000/v1", True),
+    ("https://models.example/v1", False),
+    ("http://127.0.0.1:8000/v1", False),
+    ("http://localhost:8000/v1", False),
+    ("http://[::1]:8000/v1", False),
+])
+def test_a_key_sent_unencrypted_over_a_network_is_warned_about(monkeypatch, caplog, url, warned):
+    """The key goes in the Authorization header: to a server over plain http:// on another
+    machine, anyone on the network path reads it. Said once, at build; the key itself never."""
+    monkeypatch.setenv("MY_CLIENT_KEY", "sk-abc123")
+    with caplog.at_level("WARNING", logger="dreamgym_plugin_openai.backend"):
+        OpenAIBackend(OpenAIConfig(base_url=url, api_key_env="MY_CLIENT_KEY"))
+    said = [r.getMessage() for r in caplog.records]
+    assert bool(said) == warned and all("unencrypted" in m and "$MY_CLIENT_KEY" in m and "sk-abc123" not in m for m in said)
+    monkeypatch.delenv("MY_CLIENT_KEY")
+    caplog.clear()
+    OpenAIBackend(OpenAIConfig(base_url=url, api_key_env="MY_CLIENT_KEY"))  # no key, nothing to expose
+    assert not caplog.records

@@ -132,6 +132,13 @@ class OpenAIBackend:
         self._api_key = os.environ.get(config.api_key_env, "").strip() or None
         if self._api_key and not (self._api_key.isascii() and self._api_key.isprintable()):
             raise ConfigError(f"openai: ${config.api_key_env} holds characters an HTTP header cannot carry (not printable ASCII)")
+        if self._api_key:
+            for url in dict.fromkeys(u for u in (config.base_url, config.tokenize_url) if u is not None):
+                target = httpx.URL(url)
+                if target.scheme == "http" and not is_loopback(target.host):
+                    # anyone on the network path reads the Authorization header
+                    log.warning("openai: the API key in $%s is sent to %s unencrypted (http://); use https:// "
+                                "or reach the server over a network only the cluster shares", config.api_key_env, url)
         self.stats: dict[str, int] = dict.fromkeys(_GENERATE, 0)
         self.last_errors: list[str] = []
         self._stats_lock = threading.Lock()  # generate() may run in several threads at once

@@ -405,6 +405,7 @@ def call_with(url: str, headers: dict[str, str], body: dict | None = None) -> in
         ({}, 200),
         ({"Host": "localhost:{port}"}, 200),
         ({"Host": "[::1]:{port}"}, 200),
+        ({"Host": "0.0.0.0:{port}"}, 200),  # a client of http://0.0.0.0:PORT reaches this machine
         ({"Origin": "http://127.0.0.1:{port}"}, 200),
         # DNS rebinding: a page of evil.example, its name now pointing at 127.0.0.1, calls its own host
         ({"Host": "evil.example:{port}"}, 403),
@@ -413,7 +414,7 @@ def call_with(url: str, headers: dict[str, str], body: dict | None = None) -> in
         ({"Origin": "https://evil.example"}, 403),
         ({"Origin": "null"}, 403),
     ],
-    ids=["plain", "localhost", "ipv6-loopback", "loopback-origin", "rebound-host", "rebound-page", "cross-site", "opaque-origin"],
+    ids=["plain", "localhost", "ipv6-loopback", "unspecified", "loopback-origin", "rebound-host", "rebound-page", "cross-site", "opaque-origin"],
 )
 def test_a_loopback_server_answers_no_web_page_of_another_host(server, route, body, headers, status):
     """Bound to 127.0.0.1, the server is still reachable from a page in the user's browser:

@@ -249,14 +249,16 @@ def _is_loopback(host: str | None) -> bool:
 
 
 def _foreign(header: str | None, *, origin: bool) -> bool:
-    """Whether a ``Host`` or ``Origin`` header names a host other than the loopback (an absent
-    one names none; a browser's opaque origin, ``null``, is foreign)."""
+    """Whether a ``Host`` or ``Origin`` header names a host other than this machine (an absent
+    one names none; a browser's opaque origin, ``null``, is foreign). The loopback names this
+    machine, and so does the unspecified address (a client of ``http://0.0.0.0:8000``)."""
     if header is None:
         return False
     try:
-        return not _is_loopback(urlsplit(header if origin else f"//{header}").hostname)
+        name = urlsplit(header if origin else f"//{header}").hostname
     except ValueError:  # a malformed port or bracket
         return True
+    return not (_is_loopback(name) or name in ("0.0.0.0", "::"))
 
 
 def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[BaseHTTPRequestHandler]:

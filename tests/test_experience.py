@@ -717,3 +717,91 @@ def test_training_a_backend_without_sft_names_the_setting_that_uses_it_as_it_is(
     model = LMExperienceModel(ScriptedLM(lambda p: ""), ExperienceModelConfig())
     with pytest.raises(DreamGymError, match=r"'scripted-lm' cannot be trained .*set experience.skip: true"):
         model.train(transitions=make_transitions(2), buffer=ListBuffer(), epochs=1, lr=1e-3, batch_size=2)
+
+
+# --- parser: cases each rule of the docstring decides -------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        # a flag tag in another case, or left open before the next tag: read, and a repair
+        (GOOD.replace("<done>false</done>", "<DONE>false</DONE>"), dict(done=False)),
+        (GOOD.replace("<done>false</done>", "<Done>false</done>"), dict(done=False)),
+        (GOOD.replace("<success>false</success>", "<success>false"), dict(success=False)),
+        (GOOD.replace("<done>false</done>", "<done>true</done>").replace("</done>", ""), dict(done=True)),
+        # a boolean with a trailing full stop
+        (GOOD.replace("<done>false</done>", "<done>false.</done>"), dict(done=False)),
+    ],
+)
+def test_flags_read_with_a_repair(text: str, expect: dict) -> None:
+    r = parse_output(text)
+    assert r.parse_status == "repaired"
+    for key, value in expect.items():
+        assert getattr(r, key) == value
+
+
+def test_a_flag_written_twice_once_unreadable_fails() -> None:
+    # the readable copy is not trusted over the unreadable one
+    r = parse_output(GOOD.replace("<done>false</done>", "<done>false</done><done>maybe</done>"))
+    assert r.parse_status == "failed" and r.done and r.reward == 0.0
+
+
+def test_flags_written_before_the_reasoning_are_read() -> None:
+    # outside the think and state blocks means before the reasoning too
+    text = "<valid>false</valid>\n" + GOOD.replace("<valid>true</valid> ", "")
+    r = parse_output(text)
+    assert r.parse_status == "ok" and r.valid is False and (r.done, r.success, r.reward) == (False, False, 0.0)
+
+
+def test_a_stray_closing_state_tag_before_the_state_does_not_empty_it() -> None:
+    text = GOOD.replace("<state>", "</state>\n<state>", 1)
+    r = parse_output(text)
+    assert r.parse_status != "failed" and r.next_state == "You are in the hall. The door is open."
+
+
+def test_a_state_of_exactly_the_limit_is_kept_whole() -> None:
+    from dreamgym_core.experience import MAX_TEXT_CHARS
+
+    state = "x" * MAX_TEXT_CHARS
+    r = parse_output(GOOD.replace("You are in the hall. The door is open.", state))
+    assert r.parse_status == "ok" and r.next_state == state
+    r = parse_output(GOOD.replace("You are in the hall. The door is open.", state + "y"))
+    assert r.parse_status == "repaired" and r.next_state == state
+
+
+def test_the_outcome_reward_is_one_only_on_the_valid_final_step_of_a_success() -> None:
+    from dreamgym_core.experience import outcome_reward
+
+    assert outcome_reward(done=True, success=True) == 1.0
+    assert outcome_reward(done=False, success=True) == 0.0  # not the final step
+    assert outcome_reward(done=True, success=True, valid=False) == 0.0
+    assert outcome_reward(done=True, success=False) == 0.0
+
+
+@pytest.mark.parametrize("reward, shown", [(0.0, "0"), (0.49, "0"), (0.5, "1"), (1.0, "1")])
+def test_a_fractional_reward_is_shown_rounded_half_up(reward: float, shown: str) -> None:
+    segments = render_target(reasoning="r", next_state="s", valid=True, done=True, success=True, reward=reward)
+    assert segments[1][0].endswith(f"<reward>{shown}</reward>")
+
+
+def test_no_flag_tag_forms_across_a_cut_out_state_block() -> None:
+    # "<su" before the state block and "ccess>..." after it are not a <success> tag
+    text = "<think>x</think>\n<valid>true</valid> <done>false</done> <su<state>room</state>ccess>true</success>"
+    assert parse_output(text).parse_status == "failed"  # no <success> was written
+
+
+def test_parse_annotation_refuses_a_step_planned_twice() -> None:
+    twice = ('{"task_tutorial": {}, "state_transitions": [{"step_id": 0, "transition_plan": "a"}, '
+             '{"step_id": 0, "transition_plan": "b"}, {"step_id": 1, "transition_plan": "c"}]}')
+    assert parse_annotation(twice, 2) is None
+
+
+def test_a_reward_written_twice_alike_is_a_repair() -> None:
+    r = parse_output(GOOD.replace("<reward>0</reward>", "<reward>0</reward><reward>0</reward>"))
+    assert r.parse_status == "repaired" and r.reward == 0.0
+
+
+def test_parse_annotation_refuses_an_empty_plan() -> None:
+    blank = '{"task_tutorial": {}, "state_transitions": [{"step_id": 0, "transition_plan": "  "}]}'
+    assert parse_annotation(blank, 1) is None

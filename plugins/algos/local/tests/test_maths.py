@@ -141,3 +141,124 @@ def test_zero_signal_groups_are_those_whose_samples_all_scored_alike(norm_by_std
     adv = maths.grpo_advantages(scores, groups, norm_by_std=norm_by_std)
     # groups 0 and 2 carry no signal; verl keeps a lone sample's raw score, so group 4 does
     assert maths.zero_signal_group_share(adv, groups) == pytest.approx(2 / 5)
+
+
+# --- values computed by hand (the formulas are written out, not taken from verl) ---------
+
+
+def test_gae_discounts_by_gamma_and_lambda_as_written():
+    # one episode of three tokens, gamma != lambda: A_t = delta_t + gamma * lam * A_{t+1},
+    # delta_t = r_t + gamma * V_{t+1} - V_t (V after the last token is 0); returns = A + V
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.2, 0.4]])
+    mask = torch.ones(1, 3)
+    adv, ret = maths.gae_advantages(rewards, values, mask, gamma=0.9, lam=0.5)
+    a2 = 1.0 - 0.4
+    a1 = 0.9 * 0.4 - 0.2 + 0.9 * 0.5 * a2
+    a0 = 0.9 * 0.2 - 0.5 + 0.9 * 0.5 * a1
+    assert ret[0].tolist() == pytest.approx([a0 + 0.5, a1 + 0.2, a2 + 0.4], abs=1e-6)
+    raw = torch.tensor([a0, a1, a2])
+    assert adv[0].tolist() == pytest.approx(((raw - raw.mean()) / raw.std()).tolist(), abs=1e-4)  # whitened (n - 1)
+
+
+def test_gae_on_exactly_two_tokens_is_whitened_not_zeroed():
+    rewards = torch.tensor([[0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.2, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    adv, ret = maths.gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
+    # raw advantages 0.5 and 0.8: whitened with Bessel's n - 1 = 1 they are -/+ 1/sqrt(2)
+    assert adv[0, :2].tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], abs=1e-4)
+    assert ret[0, :2].tolist() == pytest.approx([1.0, 1.0])
+
+
+def _pg_by_hand(ratio, adv, low, high, c):
+    """The dual-clip PPO loss of one token, written out."""
+    unclipped, clipped = -adv * ratio, -adv * min(max(ratio, 1 - low), 1 + high)
+    loss = max(unclipped, clipped)
+    return min(loss, -adv * c) if adv < 0 else loss
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum"])
+def test_policy_loss_clips_with_both_ratios_and_the_dual_clip_bound(agg):
+    # tokens: (ratio 1.5, A +1) hits the upper bound 1.28; (ratio 5, A -1) the dual-clip bound 4;
+    # (ratio 0.5, A +1) is unclipped. Rows: [a, b] and [c, padding].
+    ratio = torch.tensor([[1.5, 5.0], [0.5, 1.0]])
+    adv = torch.tensor([[1.0, -1.0], [1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    old = torch.zeros(2, 2)
+    config = maths.actor_config(0.2, 0.28, 4.0, agg)
+    loss, _ = maths.policy_loss(old, torch.log(ratio), adv, mask, config=config)
+    a, b, c = (_pg_by_hand(r, x, 0.2, 0.28, 4.0) for r, x in ((1.5, 1.0), (5.0, -1.0), (0.5, 1.0)))
+    assert (a, b, c) == pytest.approx((-1.28, 4.0, -0.5))
+    expected = (a + b + c) / 3 if agg == "token-mean" else ((a + b) + c) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("kl_type,per_token", [
+    ("low_var_kl", lambda d: math.exp(-d) + d - 1),  # k3 with d = logp - ref_logp
+    ("k1", lambda d: d),
+    ("k2", lambda d: 0.5 * d * d),
+])
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_kl_loss_is_the_named_estimator_of_logp_minus_ref(kl_type, per_token, agg):
+    logp = torch.log(torch.tensor([[0.5, 0.2], [0.4, 0.9]]))
+    ref = torch.log(torch.tensor([[0.25, 0.3], [0.1, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    d = (logp - ref).tolist()
+    t = [[per_token(x) for x in row] for row in d]
+    expected = (t[0][0] + t[0][1] + t[1][0]) / 3 if agg == "token-mean" else ((t[0][0] + t[0][1]) / 2 + t[1][0]) / 2
+    got = maths.kl_loss(logp, ref, mask, kl_type=kl_type, agg_mode=agg).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("agg,expected", [
+    ("token-mean", 0.5 * (0.25 + 1.44 + 2.25) / 3),
+    ("seq-mean-token-sum", 0.5 * ((0.25 + 1.44) + 2.25) / 2),
+])
+def test_value_loss_is_half_the_worse_of_clipped_and_unclipped_squared_errors(agg, expected):
+    # token 1: vpred 1.0 moved 1.0 from old 0.0 and is clipped to 0.5 (return 1.0): (0.5 - 1)^2
+    # token 2: vpred 0.2 within the range (return -1.0): 1.2^2 either way
+    # token 3: vpred -2.0 clipped to -0.5 (return -2.0): the unclipped error 0 is not taken
+    vpreds = torch.tensor([[1.0, 0.2], [-2.0, 9.0]])
+    returns = torch.tensor([[1.0, -1.0], [-2.0, 0.0]])
+    old = torch.zeros(2, 2)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    loss, clipfrac = maths.value_loss(vpreds, returns, old, mask, cliprange=0.5, agg_mode=agg)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert float(clipfrac) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("agg,expected", [("token-mean", (1 + 2 + 3) / 3), ("seq-mean-token-sum", ((1 + 2) + 3) / 2)])
+def test_nll_loss_aggregates_as_configured(agg, expected):
+    logp = -torch.tensor([[1.0, 2.0], [3.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    assert maths.nll_loss(logp, mask, agg_mode=agg).item() == pytest.approx(expected)
+
+
+def test_dpo_loss_takes_each_response_against_its_own_reference():
+    beta = 0.5
+    chosen, rejected = torch.tensor([-2.0]), torch.tensor([-4.0])
+    ref_chosen, ref_rejected = torch.tensor([-1.0]), torch.tensor([-6.0])
+    losses, cr, rr = maths.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
+    # chosen fell by 1 against its reference, rejected rose by 2: margin beta * (-1 - 2) = -1.5
+    assert cr.item() == pytest.approx(-0.5) and rr.item() == pytest.approx(1.0)
+    assert losses.item() == pytest.approx(math.log(1 + math.exp(1.5)))
+
+
+def test_grpo_advantages_add_epsilon_to_the_group_std():
+    # scores 1 and 0: mean 0.5, std (n - 1) 1/sqrt(2); epsilon 1.0 is visible in the quotient
+    adv = maths.grpo_advantages(torch.tensor([1.0, 0.0]), [0, 0], epsilon=1.0)
+    std = 1 / math.sqrt(2)
+    assert adv.tolist() == pytest.approx([0.5 / (std + 1.0), -0.5 / (std + 1.0)], rel=1e-5)
+
+
+def test_zero_signal_share_of_no_groups_is_zero():
+    assert maths.zero_signal_group_share(torch.zeros(0), []) == 0.0
+
+
+def test_a_group_with_one_zero_advantage_still_carries_signal():
+    # scores 1, 0 and 0.5: the last sits on the group mean (advantage 0), the others do not
+    adv = maths.grpo_advantages(torch.tensor([1.0, 0.0, 0.5]), [0, 0, 0])
+    assert adv[2].item() == 0.0 and adv[0].item() > 0 > adv[1].item()
+    assert maths.zero_signal_group_share(adv, [0, 0, 0]) == 0.0
+

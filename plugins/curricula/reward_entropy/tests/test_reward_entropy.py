@@ -13,7 +13,7 @@ from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Task, TaskOutcome
 from dreamgym_core.testing import BagOfWordsEncoder, check_curriculum
 from dreamgym_plugin_reward_entropy import RewardEntropyConfig, dreamgym_register_curricula
-from dreamgym_plugin_reward_entropy.maths import kmeans, sampling_weights, synthetic_quota, task_value
+from dreamgym_plugin_reward_entropy.maths import kmeans, nearest, sampling_weights, synthetic_quota, task_value
 
 TASKS = [Task(id=f"t{i}", instruction=f"put the {w} in the box", domain="test") for i, w in enumerate(
     ["apple", "key", "coin", "book", "lamp", "knife", "towel", "cup"])]
@@ -236,3 +236,81 @@ def test_domain_generator_varies_without_a_model_and_never_repeats_a_world():
 def test_domain_generator_needs_a_domain_that_proposes():
     with pytest.raises(ConfigError, match="generator='domain' needs a domain with propose_variations"):
         build(RewardEntropyConfig(generator="domain"), domain=FakeDomain())
+
+
+def test_sampling_weights_are_the_stated_mixture():
+    # greedy share proportional to value, plus a uniform share `exploration`
+    p = sampling_weights([0.25, 0.0, 0.1], 0.2)
+    greedy = np.array([0.25, 0.0, 0.1]) / 0.35
+    assert p == pytest.approx(0.8 * greedy + 0.2 / 3)
+
+
+def test_sampling_weights_ignore_negative_values_and_keep_every_task_possible():
+    # a negative unseen_value counts as 0, not as a negative probability
+    assert sampling_weights([-1.0, 1.0], 0.0) == pytest.approx([0.0, 1.0], abs=1e-9)
+    assert sampling_weights([-1.0, 1.0], 0.0)[0] > 0  # never exactly zero
+    assert sampling_weights([1.0, 0.0], 0.0)[1] > 0
+
+
+def test_nearest_is_the_closest_centroid():
+    centroids = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = np.array([[1.0, 1.0], [9.0, 1.0], [1.0, 8.0], [6.0, 0.0]])
+    assert nearest(x, centroids).tolist() == [0, 1, 2, 1]
+
+
+def test_kmeans_never_makes_more_clusters_than_points():
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels, centroids = kmeans(x, 5, seed=0)
+    assert len(centroids) == 3 and sorted(labels.tolist()) == [0, 1, 2]
+
+
+def test_rank_breaks_value_ties_by_task_id():
+    c = build(RewardEntropyConfig(tasks_to_vary=0))
+    c.observe(outcomes=[TaskOutcome(task=TASKS[3], rewards=[0, 1]), TaskOutcome(task=TASKS[1], rewards=[1, 0])])
+    assert [t.id for t in c.rank([TASKS[3], TASKS[1]])] == ["t1", "t3"]
+
+
+def test_unobserved_tasks_rank_at_the_unseen_value():
+    c = build(RewardEntropyConfig(tasks_to_vary=0))
+    c.observe(outcomes=[TaskOutcome(task=TASKS[0], rewards=[1, 0, 0, 0])])  # V = 0.1875 < 0.25
+    assert [t.id for t in c.rank(TASKS[:2])] == ["t1", "t0"]
+
+
+def test_cluster_grouping_ranks_one_task_per_cluster_the_first_by_id():
+    c = build(RewardEntropyConfig(grouping="cluster", n_clusters=2, tasks_to_vary=0), encoder=BagOfWordsEncoder())
+    members = sorted((t for t in TASKS if c.cluster_of[t.id] == c.cluster_of["t0"]), key=lambda t: t.id)
+    assert len(members) >= 2
+    c.observe(outcomes=[TaskOutcome(task=members[-1], rewards=[0, 1])])
+    # the whole cluster took the observed member's value, the unobserved members included
+    assert all(c.values[t.id] == pytest.approx(0.25) for t in members)
+    assert [t.id for t in c.rank(members)] == [members[0].id]
+
+
+def test_a_batch_no_larger_than_the_pool_has_no_repeats():
+    c = build(RewardEntropyConfig(synthetic_share=0.0, tasks_to_vary=0))
+    c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1] if t.id == "t3" else [1, 1]) for t in TASKS])
+    for _ in range(5):
+        assert sorted(t.id for t in c.next_tasks(n=len(TASKS))) == sorted(t.id for t in TASKS)
+
+
+def test_a_full_synthetic_pool_drops_its_lowest_value_task_the_newest_of_equals():
+    c = build(RewardEntropyConfig(max_synthetic_tasks=2, tasks_to_vary=1), generator=FakeTaskGenerator())
+    for task in TASKS[:3]:
+        c.observe(outcomes=[TaskOutcome(task=task, rewards=[0, 1])])
+    # three variations, all unseen (equal value): the pool keeps the two it had
+    assert [t.parent_id for t in c.synthetic] == ["t0", "t1"]
+    # the variation of t0 turns out to carry no signal (V = 0): the next one replaces it
+    c.observe(outcomes=[TaskOutcome(task=c.synthetic[0], rewards=[1, 1])])
+    c.observe(outcomes=[TaskOutcome(task=TASKS[3], rewards=[0, 1])])
+    assert [t.parent_id for t in c.synthetic] == ["t1", "t3"]
+
+
+def test_only_the_top_tasks_to_vary_are_varied():
+    generator = FakeTaskGenerator()
+    c = build(RewardEntropyConfig(tasks_to_vary=1), generator=generator)
+    c.observe(outcomes=[
+        TaskOutcome(task=TASKS[0], rewards=[1, 0, 0, 0]),  # V = 0.1875
+        TaskOutcome(task=TASKS[1], rewards=[1, 0]),  # V = 0.25
+        TaskOutcome(task=TASKS[2], rewards=[1, 1, 1, 0]),  # V = 0.1875
+    ])
+    assert generator.calls == ["t1"]

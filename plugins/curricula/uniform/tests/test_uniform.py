@@ -54,3 +54,15 @@ def test_a_nan_reward_leaves_a_restorable_state():
     clone = build()
     clone.load_state_dict(msgspec.json.decode(msgspec.json.encode(c.state_dict())))
     assert clone.state_dict() == c.state_dict()
+
+
+def test_a_batch_of_the_whole_pool_is_a_permutation_of_it():
+    c = build()
+    for _ in range(20):
+        assert sorted(t.id for t in c.next_tasks(n=len(TASKS))) == sorted(t.id for t in TASKS)
+
+
+def test_observed_tasks_count_every_outcome():
+    c = build()
+    c.observe(outcomes=[TaskOutcome(task=TASKS[0], rewards=[1.0]), TaskOutcome(task=TASKS[1], rewards=[0.0])])
+    assert c.metrics()["curriculum/observed_tasks"] == 2 and c.metrics()["curriculum/mean_reward"] == 0.5

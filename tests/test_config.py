@@ -238,3 +238,11 @@ def test_alias_bombs_recursive_aliases_and_deep_nesting_are_refused(tmp_path):
 
     shared = yaml_load("env: {config: &c {game: coin}}\npolicy: {config: *c}\n")  # an alias used a few times is fine
     assert shared["policy"]["config"] == {"game": "coin"}
+
+
+@pytest.mark.parametrize("iterations, share, synthetic", [(10, 0.25, 3), (10, 0.21, 3), (4, 0.5, 2), (10, 0.0, 0), (3, 1.0, 3)])
+def test_s2r_synthetic_iterations_round_the_share_up(iterations, share, synthetic):
+    from dreamgym_core.config import s2r_synthetic_iterations
+
+    # ceil(10 * 0.25) = ceil(2.5) = 3, where round() would give 2 (half to even)
+    assert s2r_synthetic_iterations(iterations, share) == synthetic

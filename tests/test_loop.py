@@ -1141,3 +1141,23 @@ def test_success_by_task_family():
             ("after RL", {"eval/success_rate/w/a": 2 / 3, "eval/episodes/w/a": 3.0, "eval/success_rate/w/b": 0.0, "eval/episodes/w/b": 2.0}, "eval")]
     assert _family_lines(rows)[3:] == ["| family | after RL |", "|---|---|", "| w/a | 0.667 (3) |", "| w/b | 0.000 (2) |"]
     assert _family_lines(rows[:1]) == []  # one family: no table
+
+
+def _s2r_runner(iterations=4, share=0.5, real_budget=20, spent=0):
+    """A Runner with only what _phase and _real_tasks_left read (two episodes of at most 3 steps a group)."""
+    from types import SimpleNamespace
+
+    runner = Runner.__new__(Runner)
+    loop = SimpleNamespace(mode="s2r", iterations=iterations, s2r_synthetic_share=share, real_budget=real_budget,
+                           group_size=2, max_steps=3)
+    runner.cfg = SimpleNamespace(loop=loop)
+    runner.counters = {"real_transitions": spent}
+    return runner
+
+
+def test_s2r_runs_the_synthetic_share_first_then_real_while_a_whole_group_fits():
+    runner = _s2r_runner()
+    assert [runner._phase(i) for i in range(4)] == ["synthetic", "synthetic", "real", "real"]
+    # a group may take 2 * 3 = 6 real transitions: 20 - 15 = 5 left fits none, so the rest is synthetic
+    assert _s2r_runner(spent=14)._real_tasks_left() == 1 and _s2r_runner(spent=15)._real_tasks_left() == 0
+    assert _s2r_runner(spent=15)._phase(3) == "synthetic"

@@ -62,3 +62,21 @@ def test_best_first_orders_by_score_then_earlier_row():
     got_rows, got_scores = best_first(rows, scores, 3)
     assert got_rows.tolist() == [4, 2, 7]
     assert got_scores.tolist() == [np.float32(0.9), np.float32(0.5), np.float32(0.5)]
+
+
+def test_scores_within_rounding_of_each_other_tie_and_go_to_the_earlier_row():
+    # row 1 beats row 0 by one float32 ulp: a summation-order difference, not a better match
+    data = np.array([[0.8, 0.6], [np.nextafter(np.float32(0.8), np.float32(1)), 0.6]], dtype=np.float32)
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert (query @ data.T)[0, 1] > (query @ data.T)[0, 0]
+    idx, scores = topk_cosine(query, data, 1)
+    assert idx.tolist() == [[0]] and scores.tolist() == [[pytest.approx(0.8)]]
+
+
+@pytest.mark.parametrize("k", [50, 299, 300])
+def test_large_ties_come_back_in_row_order(k):
+    # three score levels spread over 300 rows: more tied rows than a small sort keeps stable by accident
+    levels = np.random.default_rng(0).integers(0, 3, 300)
+    units = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    idx, _ = topk_cosine(np.array([[1.0, 0.0]], dtype=np.float32), units[levels], k)
+    assert idx[0].tolist() == sorted(range(300), key=lambda i: (levels[i], i))[:k]

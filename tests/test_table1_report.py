@@ -141,3 +141,20 @@ def test_the_committed_cells_ran_on_the_pinned_base_pipeline(table1) -> None:
     assert committed
     digests = {json.loads(path.read_text())["base_sha256"] for path in committed}
     assert digests == {table1.base_sha256()}
+
+
+def test_the_paired_interval_of_two_seeds_and_at_another_level(table1) -> None:
+    # two seeds: t(0.975, df=1) = 12.706, mean 0.1, sd 0.1414, standard error 0.1
+    low, high = table1.paired_interval([0.0, 0.2])
+    assert (low, high) == pytest.approx((0.1 - 1.27062, 0.1 + 1.27062), abs=1e-4)
+    # 90%: t(0.95, df=4) = 2.1318 on the five seeds above, standard error sqrt(0.005 / 5)
+    low, high = table1.paired_interval([0.0, 0.1, 0.2, 0.1, 0.1], level=0.90)
+    assert (low, high) == pytest.approx((0.1 - 2.13185 * 0.0316228, 0.1 + 2.13185 * 0.0316228), abs=1e-4)
+
+
+def test_seeds_whose_means_differ_by_float_rounding_are_tied(table1) -> None:
+    # a mean summed as 0.1 + 0.2 and one of 0.3 differ by about 6e-17 in floats: the same result
+    table = {("coin", "a"): {0: {"success": 0.1 + 0.2}, 1: {"success": 0.5}, 2: {"success": 0.25}},
+             ("coin", "b"): {0: {"success": 0.3}, 1: {"success": 0.25}, 2: {"success": 0.5}}}
+    assert 0.1 + 0.2 != 0.3
+    assert table1._seed_signs(table, "coin", "a", "b") == (1, 1, 1)

@@ -1,5 +1,7 @@
 """SFT and DPO baselines on a tiny random Llama."""
 
+import math
+
 import pytest
 import torch
 
@@ -98,3 +100,36 @@ def test_response_logprobs_equal_the_full_logits_computation(kit):
             expected = full[i, pos - 1, batch.input_ids[i, pos]]
             assert float(kept[i, j]) == pytest.approx(float(expected), abs=1e-5)
     assert float(kept[2].abs().sum()) == 0.0  # the empty response contributes nothing
+
+
+def test_each_winner_is_assigned_the_next_failed_trajectory_in_turn():
+    task = Task(id="t", instruction="find the key", domain="d")
+    wins = [_played(task, [(f"W{i}", f"win {i}")], True) for i in range(3)]
+    losses = [_played(task, [(f"L{i}", f"lose {i}")], False) for i in range(2)]
+    # no loser reached a winner's state: winner w takes loser w mod 2's answer at the same step
+    assert preference_pairs([*wins, *losses]) == [("W0", "win 0", "lose 0"), ("W1", "win 1", "lose 1"), ("W2", "win 2", "lose 0")]
+
+
+def test_the_same_state_is_looked_up_in_the_assigned_failed_trajectory_first():
+    task = Task(id="t", instruction="find the key", domain="d")
+    wins = [_played(task, [("P0", "go north")], True) for _ in range(2)]
+    losses = [_played(task, [("P0", f"go {d}")], False) for d in ("west", "east")]
+    assert preference_pairs([*wins, *losses]) == [("P0", "go north", "go west"), ("P0", "go north", "go east")]
+
+
+def test_trajectories_with_no_response_are_not_assigned_as_losers():
+    task = Task(id="t", instruction="find the key", domain="d")
+    win = _played(task, [("W0", "go north")], True)
+    silent = _played(task, [("L0", "")], False)  # failed without writing anything
+    loss = _played(task, [("L1", "look")], False)
+    assert preference_pairs([win, silent, loss]) == [("W0", "go north", "look")]
+
+
+def test_the_dpo_loss_of_a_step_is_the_mean_over_its_pairs(kit):
+    # before the first step the policy is its reference: every pair's loss is log 2
+    algo = DPO(DPOConfig(lr=1e-3, minibatch_size=8), policy=kit.TinyPolicy(), seed=0)
+    group = kit.make_groups()[0]
+    metrics = algo.update(groups=[group])
+    assert metrics["data/pairs"] == 4 and metrics["losses/dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # and no pair is counted as ranked right while its two implicit rewards are equal
+    assert metrics["charts/reward_margin"] == 0.0 and metrics["charts/reward_accuracy"] == 0.0

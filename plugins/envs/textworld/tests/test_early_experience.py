@@ -126,6 +126,14 @@ def test_a_teachers_reflection_is_one_line_without_tags() -> None:
     assert parse_reflection("x" * 601) is None and parse_reflection("x" * 600) == "x" * 600
 
 
+def test_a_reflection_with_an_opening_tag_alone_is_refused() -> None:
+    from dreamgym_core.early import parse_reflection
+
+    # no closing tag, but "<action>" inside the reasoning could still be read as the response's action
+    assert parse_reflection("Better to write <action>take coin first.") is None
+    assert parse_reflection("Better to take the coin first.") == "Better to take the coin first."
+
+
 @pytest.mark.slow
 def test_smollm2_writes_the_reflections_and_unusable_ones_fall_back_to_the_rule(twx_domains) -> None:
     """A real instruct model as the teacher (the packaged SmolLM2-135M-Instruct, CPU)."""

@@ -342,3 +342,36 @@ def test_a_backend_without_local_weights_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="grpo.*no 'model'"):
         GRPO(GRPOConfig(), policy=Remote(), seed=0)
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_the_total_loss_adds_the_weighted_kl_and_value_terms(cls, config_type, kit):
+    config = config_type(lr=1e-3, minibatch_size=4, kl_coef=0.5)
+    algo = cls(config, policy=kit.TinyPolicy(), seed=0)
+    groups = kit.make_groups()
+    metrics = [algo.update(groups=groups) for _ in range(2)][-1]
+    assert metrics["losses/kl_loss"] > 0  # the policy has moved from its reference
+    expected = metrics["losses/policy_loss"] + 0.5 * metrics["losses/kl_loss"]
+    if cls is PPO:
+        expected += config.vf_coef * metrics["losses/value_loss"]
+    assert metrics["losses/total_loss"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_ppo_runs_gae_with_its_gamma_and_lambda_on_the_value_heads_estimates(kit, monkeypatch):
+    calls = []
+    gae = maths.gae_advantages
+
+    def spy(rewards, values, mask, *, gamma, lam):
+        calls.append((values.clone(), mask.clone(), gamma, lam))
+        return gae(rewards, values, mask, gamma=gamma, lam=lam)
+
+    monkeypatch.setattr(maths, "gae_advantages", spy)
+    algo = PPO(PPOConfig(lr=1e-3, minibatch_size=4, gamma=0.9, lam=0.5), policy=kit.TinyPolicy(), seed=0)
+    groups = kit.make_groups()
+    metrics = [algo.update(groups=groups) for _ in range(2)][-1]
+    values, mask, gamma, lam = calls[-1]
+    assert (gamma, lam) == (0.9, 0.5)
+    # the second update's values come from the value head the first one trained: not all zero,
+    # and their mean over response tokens is the mean value the update reports
+    assert values.abs().sum() > 0
+    assert float(values.sum() / mask.sum()) == pytest.approx(metrics["charts/mean_value"], rel=1e-4)

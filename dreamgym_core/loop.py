@@ -188,7 +188,19 @@ class Runner:
         self._thoughts: dict[tuple[str, int], str] | None = None  # their self-reflections (loop.self_reflection)
         self.selection = ValidSelection(run_dir / "policy_best") if self.cfg.eval.valid_every else None
         self._started = time.perf_counter()
-        self._build()
+        self.domain = self.buffer = None
+        self.sinks: list[Any] = []
+        try:
+            self._build()
+        except BaseException:
+            # A component that fails to build (or a check that refuses the pipeline) leaves the
+            # ones built before it to close: the domain's simulator or browser, the buffer's open
+            # segment. A program that calls run_pipeline or evaluate_run again goes on without them.
+            try:
+                self.close()
+            except Exception as exc:  # the build's failure is the one to report
+                log.warning("closing the components built before the failure: %s: %s", type(exc).__name__, exc)
+            raise
 
     # --- construction -----------------------------------------------------------
 
@@ -691,7 +703,8 @@ class Runner:
         return summary
 
     def close(self) -> None:
-        """Close the loggers, the buffer and the domain (whose probe env holds a simulator or a browser)."""
+        """Close the loggers, the buffer and the domain (whose probe env holds a simulator or a browser):
+        those built so far, when construction failed."""
         for sink in self.sinks:
             sink.close()
         if self.buffer is not None:

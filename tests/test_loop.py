@@ -19,7 +19,7 @@ import pytest
 
 from dreamgym_core import ComponentSpec, hookimpl
 from dreamgym_core.config import PipelineConfig, config_hash, resolve
-from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.errors import ConfigError, DataError, DreamGymError
 from dreamgym_core.loop import Runner, changed_fields, demo_examples, evaluate_run, prepare_run_dir, run_pipeline
 from dreamgym_core.records import Task, Trajectory, Transition
 from dreamgym_core.rollout import drop_unanswered, rollout, unanswered, wilson_interval
@@ -919,6 +919,41 @@ def test_eval_closes_the_domain_it_built(register_plugin, tmp_path):
     for _ in range(3):
         evaluate_run(resolved, plugins, split="test", episodes=2)
     assert (spy.built, spy.closed) == (4, 4)
+
+
+class FailingAlgo:
+    """An algorithm whose factory fails, after the domain, the buffer and the models were built."""
+
+    @hookimpl
+    def dreamgym_register_algos(self):
+        def build(config, **context):
+            raise RuntimeError("no accelerator")
+
+        return [ComponentSpec(name="broken", factory=build, config_type=CountConfig, description="Fails to build.")]
+
+
+@pytest.mark.parametrize("failure", ["component", "check"])
+def test_a_run_that_fails_while_building_closes_what_it_built(register_plugin, tmp_path, failure):
+    # In a program that goes on after the error (a notebook, a sweep), the domain's simulator or
+    # browser and the buffer's open segment stayed behind: only a finished run closed them.
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    register_plugin(StandIns(), "stand-ins")
+    register_plugin(FailingAlgo(), "failing")
+    spy = ClosingDomains()
+    plugins = register_plugin(spy, "closing")
+    parts = {"env": {"name": "count-closing"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}
+    if failure == "component":
+        resolved, error = _resolved(plugins, tmp_path / "run", parts | {"algo": {"name": "broken"}}, iterations=1), "failed to build"
+    else:
+        resolved, error = _resolved(plugins, tmp_path / "run", parts, iterations=1, state_variation=0.5), "vary_state"
+    for run in (run_pipeline, lambda r, p: evaluate_run(r, p, split="test", episodes=1)):
+        if run is not run_pipeline:
+            (tmp_path / "run" / "checkpoints" / "latest").parent.mkdir(exist_ok=True)
+            (tmp_path / "run" / "checkpoints" / "latest").write_text("it-00000")
+        with pytest.raises(DreamGymError, match=error):
+            run(resolved, plugins)
+    assert (spy.built, spy.closed) == (2, 2)
 
 
 def test_eval_refuses_a_config_whose_policy_or_training_differs_from_the_runs(register_plugin, tmp_path, caplog):

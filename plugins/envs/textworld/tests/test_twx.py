@@ -59,6 +59,19 @@ def test_env_step_info_keeps_the_engine_score(twx_domains, twx_env) -> None:
         twx_env.step(action="look around")
 
 
+def test_step_after_close_is_refused_and_starts_no_engine(twx_domains) -> None:
+    # It went on to a new JVM, which answered "ERROR: Interface is not initialized" as if it
+    # were the game's observation, and that JVM outlived the env.
+    env = twx_domains["coin"].make_env()
+    env.reset(task=twx_domains["coin"].tasks(split="train")[0])
+    env.close()
+    with pytest.raises(EpisodeOver, match="reset"):
+        env.step(action="look around")
+    assert env.engine._jvm.wrapper is None
+    assert env.reset(task=twx_domains["coin"].tasks(split="train")[0]).admissible_actions  # a new episode
+    env.close()
+
+
 def test_invalid_action_reaches_the_engine_and_is_flagged(twx_domains, twx_env) -> None:
     before = twx_env.reset(task=twx_domains["twc"].tasks(split="train")[0])
     result = twx_env.step(action="juggle the wardrobe")

@@ -131,4 +131,7 @@ class TextWorldEnv:
         return self.engine.expert_action()
 
     def close(self) -> None:
+        """Stop the engine and end the episode: a later ``step`` raises :class:`EpisodeOver`
+        instead of starting another engine. ``reset`` starts a new episode (and engine)."""
         self.engine.close()
+        self._done = True

@@ -321,7 +321,9 @@ def _make_gym_class() -> type:
         action from them gives random text, as for any text space).
         ``reset(options={"task": Task})`` picks the task; without it, tasks are drawn
         from ``tasks`` with the env's seeded RNG. ``info`` carries the admissible
-        actions, success, validity and the wrapped env's own info.
+        actions, success, validity and the wrapped env's own info. An action that is not a
+        str, or a task that is not a :class:`~dreamgym_core.records.Task`, raises
+        :class:`SyntheticEnvError`.
         """
 
         metadata = {"render_modes": []}
@@ -339,10 +341,14 @@ def _make_gym_class() -> type:
                 if not self.tasks:
                     raise SyntheticEnvError("DreamGymGymEnv.reset needs options={'task': Task} or a tasks list")
                 task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+            if not isinstance(task, Task):
+                raise SyntheticEnvError(f"DreamGymGymEnv.reset: options['task'] must be a Task, got {type(task).__name__}")
             obs = self.env.reset(task=task, seed=seed)
             return obs.text, {"admissible_actions": list(obs.admissible_actions), "task_id": task.id}
 
         def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+            if not isinstance(action, str):  # the env would fail deep inside, on a str method
+                raise SyntheticEnvError(f"DreamGymGymEnv.step: an action is a str (action_space is Text), got {type(action).__name__}")
             result = self.env.step(action=action)
             truncated = bool(result.info.get("truncated", False))
             info = {

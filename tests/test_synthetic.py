@@ -337,6 +337,20 @@ def test_gymnasium_wrapper_reports_truncation() -> None:
         DreamGymGymEnv(make_env()[0]).reset()
 
 
+@pytest.mark.parametrize("action", [None, 3, b"go", ["go"]])
+def test_gymnasium_wrapper_refuses_an_action_that_is_not_text_in_one_line(action) -> None:
+    pytest.importorskip("gymnasium")
+    from dreamgym_core.synthetic import DreamGymGymEnv
+
+    gym_env = DreamGymGymEnv(make_env()[0], tasks=[TASK])
+    gym_env.reset(seed=0)
+    with pytest.raises(SyntheticEnvError, match=f"an action is a str .*got {type(action).__name__}"):
+        gym_env.step(action)
+    assert gym_env.step("go")[0] == "You are in room 1."  # the episode goes on
+    with pytest.raises(SyntheticEnvError, match="options\\['task'\\] must be a Task, got str"):
+        gym_env.reset(options={"task": "coin-1"})
+
+
 @pytest.mark.parametrize("reject_unlisted, accepted", [(False, 1), (True, 0)])
 def test_rollout_counts_unlisted_actions_and_those_the_synthetic_env_accepted(reject_unlisted, accepted) -> None:
     """A lenient experience model accepts an action the state does not offer; the counter shows it."""

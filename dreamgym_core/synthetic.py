@@ -320,7 +320,14 @@ def _make_gym_class() -> type:
         Both spaces are ``gymnasium.spaces.Text`` over printable ASCII (sampling an
         action from them gives random text, as for any text space).
         ``reset(options={"task": Task})`` picks the task; without it, tasks are drawn
-        from ``tasks`` with the env's seeded RNG. ``info`` carries the admissible
+        from ``tasks`` with the env's seeded RNG. Each reset also draws the episode's seed
+        from that RNG; on a :class:`SyntheticEnv` whose model has ``stream``
+        (:class:`~dreamgym_core.experience.LMExperienceModel`), the episode's answers come from
+        the stream that seed names, so ``reset(seed=s)`` and the same actions replay the same
+        episode, and so do the resets after it (given a buffer that does not change meanwhile:
+        ``SyntheticEnvConfig(add_to_buffer=False)``). The wrapped env's ``model`` is that
+        stream during an episode (its ``metrics()`` are the episode's); ``close()`` puts the
+        given model back. ``info`` carries the admissible
         actions, success, validity and the wrapped env's own info. An action that is not a
         str, or a task that is not a :class:`~dreamgym_core.records.Task`, raises
         :class:`SyntheticEnvError`.
@@ -331,6 +338,7 @@ def _make_gym_class() -> type:
         def __init__(self, env: Any, tasks: Sequence[Task] = (), max_length: int = 8192) -> None:
             self.env = env
             self.tasks = list(tasks)
+            self._model = env.model if isinstance(env, SyntheticEnv) else None
             self.observation_space = spaces.Text(max_length=max_length, min_length=0, charset=string.printable)
             self.action_space = spaces.Text(max_length=max_length, min_length=1, charset=string.printable)
 
@@ -343,7 +351,13 @@ def _make_gym_class() -> type:
                 task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
             if not isinstance(task, Task):
                 raise SyntheticEnvError(f"DreamGymGymEnv.reset: options['task'] must be a Task, got {type(task).__name__}")
-            obs = self.env.reset(task=task, seed=seed)
+            # The model samples with a seed per call from a call count: without a stream of the
+            # episode's own, the same seed replayed another draw of the model each time.
+            episode_seed = int(self.np_random.integers(2**31))
+            stream = getattr(self._model, "stream", None)
+            if stream is not None:
+                self.env.model = stream(f"gym/{episode_seed}")
+            obs = self.env.reset(task=task, seed=episode_seed if seed is None else seed)
             return obs.text, {"admissible_actions": list(obs.admissible_actions), "task_id": task.id}
 
         def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -359,6 +373,8 @@ def _make_gym_class() -> type:
 
         def close(self) -> None:
             self.env.close()
+            if self._model is not None:
+                self.env.model = self._model
 
     return DreamGymGymEnv
 

@@ -337,6 +337,41 @@ def test_gymnasium_wrapper_reports_truncation() -> None:
         DreamGymGymEnv(make_env()[0]).reset()
 
 
+class SeededLM(ScriptedLM):
+    """A sampling model: the room it answers is drawn from the call's seed."""
+
+    def generate(self, *, prompts, max_new_tokens, temperature=1.0, stop=(), seed=None) -> list[str]:
+        self.calls.append({"seed": seed})
+        return [answer(f"You are in room {seed % 1000}.") for _ in prompts]
+
+
+def test_gymnasium_wrapper_replays_a_seeded_episode_of_a_sampling_model() -> None:
+    # The model seeded each call from its call count, so reset(seed=s) and the same actions
+    # played another draw each time: seeds did not reproduce synthetic episodes.
+    pytest.importorskip("gymnasium")
+    from gymnasium.utils.env_checker import check_env as check_gym_env
+
+    from dreamgym_core.synthetic import DreamGymGymEnv
+
+    model = LMExperienceModel(SeededLM(), ExperienceModelConfig(max_retries=0))
+    env = SyntheticEnv(model, None, None, SyntheticEnvConfig(max_steps=8))
+    gym_env = DreamGymGymEnv(env, tasks=[TASK])
+
+    def episode(**reset):
+        obs = [gym_env.reset(**reset)[0]]
+        return obs + [gym_env.step(action)[0] for action in ("go", "go", "look")]
+
+    first = episode(seed=7)
+    assert episode(seed=7) == first and len(set(first[1:])) == 3
+    assert episode(seed=8) != first
+    follow = [episode(seed=3)[1:], episode()[1:], episode()[1:]]  # the resets after a seeded one, too
+    assert [episode(seed=3)[1:], episode()[1:], episode()[1:]] == follow and follow[1] != follow[2]
+    gym_env.close()
+    assert env.model is model
+    # Gymnasium's own checker steps a seeded reset twice with one action and compares
+    check_gym_env(DreamGymGymEnv(SyntheticEnv(model, None, None, SyntheticEnvConfig(max_steps=8)), tasks=[TASK]), skip_render_check=True)
+
+
 @pytest.mark.parametrize("action", [None, 3, b"go", ["go"]])
 def test_gymnasium_wrapper_refuses_an_action_that_is_not_text_in_one_line(action) -> None:
     pytest.importorskip("gymnasium")

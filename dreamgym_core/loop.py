@@ -721,7 +721,7 @@ class Runner:
         and its agreement with the same tasks played in the synthetic environment;
         ``temperature``: the policy's, default ``eval.temperature``)."""
         return evaluate(
-            self, prefix=prefix, split=split or self.cfg.eval.split, episodes=episodes or self.cfg.eval.episodes,
+            self, prefix=prefix, split=split or self.cfg.eval.split, episodes=self.cfg.eval.episodes if episodes is None else episodes,
             synthetic=synthetic and self.experience_model is not None, trajectories_out=trajectories_out,
             temperature=self.cfg.eval.temperature if temperature is None else temperature,
         )
@@ -814,6 +814,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of one pass over ``split`` at ``temperature``; ``trajectories_out`` also keeps
     its real episodes (prompts, raw outputs, transitions) as JSONL, to read what the policy did."""
+    if episodes < 1:
+        raise ConfigError(f"evaluate: episodes={episodes}; play at least one episode")
     tasks = runner.domain.tasks(split=split)
     if not tasks:
         raise DreamGymError(f"no tasks in split {split!r} of env {runner.cfg.env.name!r}")
@@ -905,9 +907,12 @@ def evaluate_run(
     resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None, trajectories: Path | None = None
 ) -> dict[str, Any]:
     """``dreamgym eval``: the run's last checkpoint (under ``eval.keep: best-valid``, the policy
-    the run kept), the training rollout code, real tasks (``trajectories``: where to write the
+    the run kept), the training rollout code, real tasks (``split``, ``episodes``: None takes
+    the pipeline's ``eval.split``, ``eval.episodes``; ``trajectories``: where to write the
     episodes played)."""
     run_dir = Path(resolved.pipeline.run_dir)
+    if episodes is not None and episodes < 1:  # checked before a component is built
+        raise ConfigError(f"episodes={episodes}: evaluate at least one episode (None: eval.episodes)")
     if not (run_dir / "checkpoints" / "latest").exists():
         raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
     if trajectories is not None and not trajectories.parent.is_dir():

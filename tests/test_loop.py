@@ -921,6 +921,17 @@ def test_eval_closes_the_domain_it_built(register_plugin, tmp_path):
     assert (spy.built, spy.closed) == (4, 4)
 
 
+def test_eval_of_zero_episodes_is_refused_not_replaced_by_the_pipelines_count(register_plugin, tmp_path):
+    # evaluate_run(episodes=0) played eval.episodes games, as if None had been given.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", {"eval": {"episodes": 3}}, iterations=1)
+    run_pipeline(resolved, plugins)
+    with pytest.raises(ConfigError, match="episodes=0: evaluate at least one episode"):
+        evaluate_run(resolved, plugins, split="test", episodes=0)
+    assert evaluate_run(resolved, plugins, split="test", episodes=1)["eval/episodes"] == 1.0
+    assert evaluate_run(resolved, plugins, split=None, episodes=None)["eval/episodes"] == 3.0
+
+
 class FailingAlgo:
     """An algorithm whose factory fails, after the domain, the buffer and the models were built."""
 

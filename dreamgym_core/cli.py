@@ -60,12 +60,9 @@ def _overrides(option: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(path: str, overrides: tuple[str, ...]) -> Any:
-    from .config import load_pipeline, resolve
-    from .plugins import Plugins
+    from .config import load_resolved
 
-    pipeline = load_pipeline(path, overrides)
-    plugins = Plugins.for_names(pipeline.plugins, where=f"{path}: plugins")
-    return resolve(pipeline, plugins, where=path), plugins
+    return load_resolved(path, overrides)
 
 
 @cli.command("plugins")

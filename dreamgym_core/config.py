@@ -1,17 +1,20 @@
 """Pipeline files: YAML decoded into frozen msgspec Structs in two phases.
 
-Phase 1 (:func:`load_pipeline`) types the outer shape and leaves each component's
-settings raw. Phase 2 (:func:`resolve`) converts each raw dict into the config
-Struct its plugin declares, once the plugins are loaded. Every error names the
-file and the JSON path of the field.
+Phase 1 (:func:`load_pipeline`, or :func:`pipeline_from_dict` for a mapping built in
+Python) types the outer shape and leaves each component's settings raw. Phase 2
+(:func:`resolve`) converts each raw dict into the config Struct its plugin declares,
+once the plugins are loaded. Every error names the file (or the mapping) and the JSON
+path of the field. :func:`load_resolved` does both and loads the plugins, as the CLI does.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 import msgspec
@@ -37,7 +40,9 @@ __all__ = [
     "PipelineConfig",
     "ResolvedPipeline",
     "load_pipeline",
+    "pipeline_from_dict",
     "resolve",
+    "load_resolved",
     "convert_config",
     "config_hash",
 ]
@@ -459,6 +464,16 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
         raise ConfigError(f"{where}: not valid YAML{loc}: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a pipeline file must be a mapping at the top level")
+    return pipeline_from_dict(data, overrides, where=where)
+
+
+def pipeline_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), *, where: str = "<pipeline dict>") -> PipelineConfig:
+    """Phase 1 for a pipeline built in Python: the mapping a pipeline file holds, with
+    ``--set``-style ``overrides`` (``"loop.iterations=2"``) applied to a copy (``data`` is left
+    as it was). Errors are a :class:`ConfigError` naming ``where`` and the field, as for a file."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: a pipeline must be a mapping, got {type(data).__name__}")
+    data = copy.deepcopy(dict(data))
     for key, value in parse_overrides(overrides, where):
         set_path(data, key, value, where)
     _refuse_non_finite(data, where)
@@ -466,6 +481,22 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
         return msgspec.convert(data, type=PipelineConfig)
     except msgspec.ValidationError as exc:
         raise _located(exc, where) from exc
+
+
+def load_resolved(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[ResolvedPipeline, Plugins]:
+    """A pipeline file (a path) or mapping, with ``overrides``, resolved with its plugins loaded:
+    what ``dreamgym run`` and ``dreamgym eval`` start from, to pass to
+    :func:`dreamgym_core.loop.run_pipeline` or :func:`dreamgym_core.loop.evaluate_run`."""
+    from .plugins import Plugins
+
+    if isinstance(source, Mapping):
+        where = "<pipeline dict>"
+        pipeline = pipeline_from_dict(source, overrides, where=where)
+    else:
+        where = str(source)
+        pipeline = load_pipeline(source, overrides)
+    plugins = Plugins.for_names(pipeline.plugins, where=f"{where}: plugins")
+    return resolve(pipeline, plugins, where=where), plugins
 
 
 def _refuse_non_finite(value: Any, where: str, path: str = "") -> None:

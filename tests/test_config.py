@@ -9,7 +9,7 @@ import msgspec
 import pytest
 import yaml
 
-from dreamgym_core.config import PipelineConfig, config_hash, load_pipeline, resolve
+from dreamgym_core.config import PipelineConfig, config_hash, load_pipeline, load_resolved, pipeline_from_dict, resolve
 from dreamgym_core.errors import ComponentNotFound, ConfigError
 
 from stand_ins import StandIns, pipeline_dict
@@ -119,6 +119,37 @@ def test_infinite_or_nan_settings_are_refused_naming_the_field(tmp_path, value, 
     # .inf passed gt=0 checks, trained on NaN weights and wrote "Infinity" into config.json
     with pytest.raises(ConfigError, match=rf"pipeline.yaml: {re.escape(field)} is (-?inf|nan); settings must be finite"):
         load_pipeline(write(tmp_path, pipeline_dict("runs/x")), [f"{field}={value}"])
+
+
+def test_a_pipeline_built_in_python_is_checked_as_a_file_is(tmp_path):
+    # msgspec.convert, the only way from a dict, let .inf through and raised msgspec's own
+    # errors, without the pipeline's name, where a file gave one ConfigError line.
+    data = pipeline_dict(str(tmp_path / "run"))
+    pipeline = pipeline_from_dict(data, ["loop.iterations=2", "algo.config.lr=0.5"])
+    assert pipeline.loop.iterations == 2 and pipeline.algo.config == {"lr": 0.5}
+    assert data["loop"]["iterations"] == 4 and "config" not in data["algo"]  # the caller's dict is left alone
+    assert pipeline == load_pipeline(write(tmp_path, data), ["loop.iterations=2", "algo.config.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"^<pipeline dict>: experience.lr is inf; settings must be finite"):
+        pipeline_from_dict(data | {"experience": {"lr": float("inf")}})
+    with pytest.raises(ConfigError, match=r"^sweep\[3\]: Expected `int` >= 1 - at `\$.loop.tasks_per_iteration`"):
+        pipeline_from_dict(data, ["loop.tasks_per_iteration=0"], where="sweep[3]")
+    with pytest.raises(ConfigError, match=r"^<pipeline dict>: loop.mode='dreamgym' needs experience_model"):
+        pipeline_from_dict(data, ["loop.mode=dreamgym"])
+    with pytest.raises(ConfigError, match="a pipeline must be a mapping, got list"):
+        pipeline_from_dict([data])
+
+
+def test_load_resolved_takes_a_file_or_a_mapping_and_loads_their_plugins(tmp_path, tiny_pipeline):
+    pytest.importorskip("dreamgym_plugin_textworld")
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_local")
+    resolved, plugins = load_resolved(tiny_pipeline, ["loop.iterations=3"])
+    from_file, _ = load_resolved(write(tmp_path, tiny_pipeline), ["loop.iterations=3"])
+    assert resolved.pipeline.loop.iterations == 3 and resolved.source == "<pipeline dict>"
+    assert config_hash(resolved.to_builtins()) == config_hash(from_file.to_builtins())
+    assert plugins.component("env", "twx").plugin == "textworld"
+    with pytest.raises(ConfigError, match=r"<pipeline dict>: Expected `int`.* - at `\$.env.config.train_seeds`"):
+        load_resolved(tiny_pipeline, ["env.config.train_seeds=many"])
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

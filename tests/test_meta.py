@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
+
+import pytest
 
 from conftest import ROOT
 from dreamgym_core import hookspecs
@@ -26,3 +30,23 @@ def test_hooks_have_tests():
 def test_every_spec_is_in_all():
     specs = [n for n in dir(hookspecs) if n.startswith("dreamgym_") and callable(getattr(hookspecs, n))]
     assert sorted(specs) == sorted(hook_names())
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    """Every ```python block of the README and docs/, with the file it is in."""
+    blocks = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL):
+            blocks.append((path.name, block))
+    return blocks
+
+
+@pytest.mark.parametrize("where, block", _python_blocks(), ids=[f"{name}-{i}" for i, (name, _) in enumerate(_python_blocks())])
+def test_the_names_python_examples_import_exist(where, block):
+    # A reader copies these into a script: each must parse and import what it names.
+    tree = ast.parse(block)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0].startswith("dreamgym"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"{where}: {node.module} has no {alias.name}"

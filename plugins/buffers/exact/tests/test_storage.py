@@ -88,6 +88,28 @@ def test_empty_buffer_and_bad_k_give_empty_results():
     assert b.sample(n=10, seed=0) and len(b.sample(n=10, seed=0)) == 3
 
 
+@pytest.mark.parametrize("empty", [True, False])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda b: b.retrieve(queries=["sa"], k=1), r"query 0 is 'sa'; expected a \(state, action\) pair of str"),
+        (lambda b: b.retrieve(queries=[("s", "a"), ("s", None)], k=1), r"query 1 is \('s', None\)"),
+        (lambda b: b.retrieve(queries=[("s", "a", "x")], k=1), r"query 0 is \('s', 'a', 'x'\)"),
+        (lambda b: b.retrieve(queries=[("s", "a")], k=2.5), r"k=2.5; expected an int"),
+        (lambda b: b.sample(n=-1, seed=0), r"sample\(\): n=-1; expected an int >= 0"),
+    ],
+)
+def test_a_query_or_count_it_cannot_answer_is_one_line(empty, call, message):
+    # A 2-character string passed as a (state, action) pair, and the rest failed deep in the
+    # encoder or numpy (AttributeError, TypeError, ValueError), or not at all on an empty buffer.
+    b = ExactBuffer(encoder=BagOfWordsEncoder())
+    if not empty:
+        b.add(transitions=make_transitions(3))
+    with pytest.raises(DataError, match=message):
+        call(b)
+    assert len(b.retrieve(queries=[["s", "a"]], k=np.int64(2))[0]) == (0 if empty else 2)  # a list pair, a numpy int
+
+
 def test_wrong_embedding_dimension_is_rejected():
     b = ExactBuffer(encoder=BagOfWordsEncoder(dim=64))
     with pytest.raises(DataError, match=r"shape \(2, 32\), expected \(2, 64\)"):

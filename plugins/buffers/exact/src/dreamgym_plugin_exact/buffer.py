@@ -73,6 +73,16 @@ def _check_storable(transitions: Sequence[Transition], where: str) -> None:
         raise
 
 
+def _check_queries(queries: Sequence[tuple[str, str]], k: int) -> None:
+    """Refuse what retrieve() cannot answer, in one line: a 2-character string would pass as a
+    (state, action) pair, and other values failed deep in the encoder or the search."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise DataError(f"retrieve(): k={k!r}; expected an int")
+    for i, query in enumerate(queries):
+        if not (isinstance(query, (tuple, list)) and len(query) == 2 and all(isinstance(part, str) for part in query)):
+            raise DataError(f"retrieve(): query {i} is {query!r:.80}; expected a (state, action) pair of str")
+
+
 def _grow(array: np.ndarray, n: int) -> np.ndarray:
     """``array`` with room for at least ``n`` rows (doubling), contents kept."""
     if n <= len(array):
@@ -525,7 +535,12 @@ class ExactBuffer:
     # --- querying ----------------------------------------------------------
 
     def retrieve(self, *, queries: Sequence[tuple[str, str]], k: int) -> list[list[Transition]]:
-        """Top-k stored transitions per (state, action) query; [] per query when empty."""
+        """Top-k stored transitions per (state, action) query; [] per query when empty.
+
+        Raises:
+            DataError: a query is not a (state, action) pair of str, or ``k`` is not an int.
+        """
+        _check_queries(queries, k)
         if not queries:
             return []
         if k <= 0 or self._live == 0:
@@ -594,7 +609,9 @@ class ExactBuffer:
         return list(zip(idx, scores))
 
     def sample(self, *, n: int, seed: int | None = None) -> list[Transition]:
-        """Up to ``n`` distinct live transitions, uniformly at random."""
+        """Up to ``n`` distinct live transitions, uniformly at random (``n`` >= 0, else DataError)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise DataError(f"sample(): n={n!r}; expected an int >= 0")
         with self._lock:
             rows = np.flatnonzero(self._alive[: len(self._records)])
         rng = np.random.default_rng(seed)

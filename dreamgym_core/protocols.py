@@ -253,7 +253,8 @@ class Algorithm(Protocol):
 
     def load(self, *, path: str) -> None:
         """Restore what ``save`` wrote, policy weights included: ``--resume`` goes on from it
-        and ``dreamgym eval`` plays that policy."""
+        and ``dreamgym eval`` plays that policy. Both first reload the run's warm-started policy
+        backend (``RUN/policy_init``), whose tokenizer the saved weights were trained with."""
 
 
 @runtime_checkable

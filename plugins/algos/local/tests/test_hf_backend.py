@@ -5,6 +5,7 @@ import torch
 
 hf = pytest.importorskip("dreamgym_plugin_hf")
 
+from dreamgym_core.errors import DataError  # noqa: E402
 from dreamgym_plugin_hf.config import TinyConfig  # noqa: E402
 
 from dreamgym_plugin_local.config import GRPOConfig, PPOConfig  # noqa: E402
@@ -120,3 +121,23 @@ def test_an_update_refuses_a_prompt_it_would_cut_shorter_than_sampling_did(kit, 
     short = Task(id="short", instruction="find the apple", domain="test")
     assert algo.update(groups=[[kit.trajectory(short, ["go north"], True), kit.trajectory(short, ["go south"], False)]])[
         "perf/optimizer_steps"] == 1
+
+
+def test_a_checkpoint_loads_into_the_warm_started_policy_and_says_so_otherwise(kit, tmp_path):
+    # A fresh hf-tiny policy has the byte vocabulary; a run's checkpoint was trained after its warm
+    # start extended it. The load failed as "cannot load ... state: RuntimeError: Error(s) in
+    # loading state_dict ... size mismatch", read as a damaged file, with no way forward.
+    groups = kit.make_groups()
+    trained, corpus = tiny_backend(groups)
+    trained.prepare(corpus=corpus)
+    trained.save(path=str(tmp_path / "policy_init"))
+    GRPO(GRPOConfig(lr=1e-3), policy=trained, seed=0).save(path=str(tmp_path / "algo"))
+    fresh, _ = tiny_backend(groups)
+    algo = GRPO(GRPOConfig(lr=1e-3), policy=fresh, seed=0)
+    with pytest.raises(DataError, match=r"algo: cannot load 'grpo' algorithm state into this policy \(size mismatch for .*\); "
+                                        r"load the run's warm-started policy first \(policy.reload\(path=RUN/policy_init\)") as info:
+        algo.load(path=str(tmp_path / "algo"))
+    assert "\n" not in str(info.value)
+    fresh.reload(path=str(tmp_path / "policy_init"))
+    algo.load(path=str(tmp_path / "algo"))
+    assert kit.flat_params(fresh.model).equal(kit.flat_params(trained.model))

@@ -313,4 +313,12 @@ class LocalTrainer:
             self.generator.set_state(state["generator"].cpu())
             self.counters.update({k: int(v) for k, v in state["counters"].items()})
         except _DAMAGED_FILE_ERRORS as err:
+            if isinstance(err, RuntimeError) and "size mismatch" in str(err):
+                # The policy backend holds another vocabulary (a fresh tiny model, whose tokenizer a
+                # run's warm start extended), not a damaged file.
+                mismatch = next(line.strip() for line in str(err).splitlines() if "size mismatch" in line)
+                raise DataError(
+                    f"{root}: cannot load {self.name!r} algorithm state into this policy ({mismatch}); load the "
+                    "run's warm-started policy first (policy.reload(path=RUN/policy_init), as --resume and dreamgym eval do)"
+                ) from err
             raise DataError(f"{root}: cannot load {self.name!r} algorithm state: {type(err).__name__}: {err}") from err

@@ -904,7 +904,7 @@ def _accepts(function: Any, keyword: str) -> bool:
 
 
 def evaluate_run(
-    resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None, trajectories: Path | None = None
+    resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None, trajectories: str | Path | None = None
 ) -> dict[str, Any]:
     """``dreamgym eval``: the run's last checkpoint (under ``eval.keep: best-valid``, the policy
     the run kept), the training rollout code, real tasks (``split``, ``episodes``: None takes
@@ -915,6 +915,7 @@ def evaluate_run(
         raise ConfigError(f"episodes={episodes}: evaluate at least one episode (None: eval.episodes)")
     if not (run_dir / "checkpoints" / "latest").exists():
         raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
+    trajectories = Path(trajectories) if trajectories is not None else None  # a str from a script
     if trajectories is not None and not trajectories.parent.is_dir():
         # Checked before playing, so a typo costs nothing.
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")

@@ -1012,6 +1012,11 @@ def test_eval_writes_the_episodes_it_played(register_plugin, tmp_path):
     assert sum(t.success for t in played) / 3 == result["eval/success_rate"]
     # what RL would train on is kept: one prompt and raw output per step
     assert all(len(t.decisions) == len(t.transitions) > 0 for t in played)
+    # a path given as a str, as a script writes it (it failed: 'str' object has no attribute 'parent')
+    evaluate_run(resolved, plugins, split="test", episodes=2, trajectories=str(tmp_path / "as-str.jsonl"))
+    assert len(read_trajectories(tmp_path / "as-str.jsonl")) == 2
+    with pytest.raises(ConfigError, match="no-such-dir"):
+        evaluate_run(resolved, plugins, split="test", episodes=3, trajectories=str(tmp_path / "no-such-dir" / "e.jsonl"))
 
 
 class _SavedWeights:

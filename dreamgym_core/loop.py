@@ -171,11 +171,11 @@ def rl_seed(seed: int) -> int:
 class Runner:
     """Builds the components of a resolved pipeline and runs its stages."""
 
-    def __init__(self, resolved: ResolvedPipeline, plugins: Plugins, run_dir: Path, *, progress: bool = True) -> None:
+    def __init__(self, resolved: ResolvedPipeline, plugins: Plugins, run_dir: str | Path, *, progress: bool = True) -> None:
         self.resolved = resolved
         self.cfg: PipelineConfig = resolved.pipeline
         self.plugins = plugins
-        self.run_dir = run_dir
+        self.run_dir = Path(run_dir)
         self.progress = progress
         self.counters: dict[str, float] = {
             "iteration": 0,
@@ -186,7 +186,7 @@ class Runner:
         self.history: list[dict[str, float]] = []
         self.branches: list[Transition] = []  # Early Experience's branch transitions (data.branch_actions)
         self._thoughts: dict[tuple[str, int], str] | None = None  # their self-reflections (loop.self_reflection)
-        self.selection = ValidSelection(run_dir / "policy_best") if self.cfg.eval.valid_every else None
+        self.selection = ValidSelection(self.run_dir / "policy_best") if self.cfg.eval.valid_every else None
         self._started = time.perf_counter()
         self.domain = self.buffer = None
         self.sinks: list[Any] = []

@@ -993,6 +993,11 @@ def test_a_named_checkpoint_restores_that_iteration(register_plugin, tmp_path):
     assert runner.algo.updates == 1 and runner.counters["iteration"] == 1
     with pytest.raises(DataError, match=r"checkpoints/it-00009/state.json: unreadable checkpoint state"):
         checkpoint.load(runner, "it-00009")
+    runner.close()
+    # the run directory as a str, as a script names it (it failed: unsupported operand type for /)
+    runner = Runner(resolved, plugins, str(tmp_path / "run"), progress=False)
+    assert checkpoint.load(runner, "it-00002", roll_back_buffer=False) == 2 and runner.algo.updates == 2
+    runner.close()
 
 
 def test_eval_writes_the_episodes_it_played(register_plugin, tmp_path):

@@ -904,7 +904,8 @@ def _accepts(function: Any, keyword: str) -> bool:
 
 
 def evaluate_run(
-    resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None, episodes: int | None, trajectories: str | Path | None = None
+    resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None = None, episodes: int | None = None,
+    trajectories: str | Path | None = None,
 ) -> dict[str, Any]:
     """``dreamgym eval``: the run's last checkpoint (under ``eval.keep: best-valid``, the policy
     the run kept), the training rollout code, real tasks (``split``, ``episodes``: None takes

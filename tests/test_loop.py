@@ -930,6 +930,7 @@ def test_eval_of_zero_episodes_is_refused_not_replaced_by_the_pipelines_count(re
         evaluate_run(resolved, plugins, split="test", episodes=0)
     assert evaluate_run(resolved, plugins, split="test", episodes=1)["eval/episodes"] == 1.0
     assert evaluate_run(resolved, plugins, split=None, episodes=None)["eval/episodes"] == 3.0
+    assert evaluate_run(resolved, plugins)["eval/episodes"] == 3.0  # both default to the pipeline's
 
 
 class FailingAlgo:

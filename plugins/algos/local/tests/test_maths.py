@@ -262,3 +262,18 @@ def test_a_group_with_one_zero_advantage_still_carries_signal():
     assert adv[2].item() == 0.0 and adv[0].item() > 0 > adv[1].item()
     assert maths.zero_signal_group_share(adv, [0, 0, 0]) == 0.0
 
+
+def test_loading_the_plugin_leaves_the_programs_logging_alone():
+    # verl's import ran logging.basicConfig on the root logger: a script's own basicConfig
+    # (its level, its format) then did nothing once the local trainer was loaded.
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; import dreamgym_plugin_local.maths;"
+        "assert logging.root.handlers == [], logging.root.handlers;"
+        "logging.basicConfig(level=logging.INFO, format='mine %(message)s'); logging.getLogger('x').info('hello')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mine hello" in done.stderr

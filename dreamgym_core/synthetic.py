@@ -113,6 +113,12 @@ class SyntheticEnv:
         self._done = True
         self._episode = 0
         self.counters = {"parse_failures": 0, "parse_repairs": 0, "invalid_actions": 0}
+        if not callable(getattr(model, "predict", None)):  # else the first step fails on .predict
+            hint = (
+                ": it is a language model backend; wrap it as dreamgym_core.experience.LMExperienceModel(backend)"
+                if callable(getattr(model, "generate", None)) else ""
+            )
+            raise SyntheticEnvError(f"SyntheticEnv needs an experience model (with predict), got {type(model).__name__}{hint}")
         if self.config.state_variation > 0 and not hasattr(domain, "vary_state"):
             raise SyntheticEnvError(
                 f"state_variation={self.config.state_variation} needs a domain with vary_state; "

@@ -337,6 +337,14 @@ def test_gymnasium_wrapper_reports_truncation() -> None:
         DreamGymGymEnv(make_env()[0]).reset()
 
 
+def test_a_language_model_backend_given_as_the_model_is_refused_with_what_to_do() -> None:
+    # It was accepted, and the first step failed: AttributeError: ... has no attribute 'predict'.
+    with pytest.raises(SyntheticEnvError, match=r"got ScriptedLM: it is a language model backend; wrap it as .*LMExperienceModel\(backend\)"):
+        SyntheticEnv(ScriptedLM(answer=walker), None)
+    with pytest.raises(SyntheticEnvError, match=r"needs an experience model \(with predict\), got NoneType$"):
+        SyntheticEnv(None, None)
+
+
 class SeededLM(ScriptedLM):
     """A sampling model: the room it answers is drawn from the call's seed."""
 

@@ -988,9 +988,15 @@ def _finished_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False) -> dict[str, Any]:
-    """Run a pipeline, or with ``resume`` continue the run in its ``run_dir`` from its newest
-    checkpoint. A finished run (``summary.json``) is not run again: its summary is returned, and
-    nothing in its directory is written."""
+    """``dreamgym run``: run ``resolved`` (from :func:`dreamgym_core.config.load_resolved`) end to
+    end in its ``run_dir``, or go on from that directory's newest checkpoint (``resume``). A
+    finished run (``summary.json``) is not run again: its stored summary is returned, and nothing
+    in its directory is written.
+
+    Returns the summary the CLI prints: ``run_dir`` and the final evaluation's metrics and
+    counters. Progress lines go to stderr. Raises :class:`~dreamgym_core.errors.ConfigError`
+    for a run directory that holds another config's run or that another process is running in.
+    """
     with _one_process(Path(resolved.pipeline.run_dir)) as lock:
         run_dir = prepare_run_dir(resolved, resume=resume)
         lock()  # a run directory prepare_run_dir created

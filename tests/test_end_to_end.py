@@ -335,3 +335,14 @@ def test_validation_plays_leave_rl_unchanged_and_eval_plays_the_kept_policy(tmp_
     again = json.loads(evaluated.stdout)
     assert again["eval/policy_iteration"] == kept["eval/policy_iteration"]
     assert again["eval/success_rate"] == kept["eval/success_rate"]
+
+
+def test_the_tiny_pipeline_fixture_runs_a_small_budget(tiny_pipeline):
+    # It collected the default 64 offline episodes (1789 transitions) and trained a 4-layer policy
+    # on them: about 200 s for what docs/conformance.md calls a small pipeline.
+    from dreamgym_core.config import load_resolved
+    from dreamgym_core.loop import run_pipeline
+
+    summary = run_pipeline(*load_resolved(tiny_pipeline))
+    assert summary["counters/offline_transitions"] <= 40 and summary["counters/real_transitions"] > 0
+    assert summary["eval/episodes"] == 2.0

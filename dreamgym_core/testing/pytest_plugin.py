@@ -35,14 +35,20 @@ def register_plugin(dreamgym_pm: pluggy.PluginManager) -> Iterator[Callable[[Any
                 dreamgym_pm.unregister(plugin)
 
 
+# The smallest hf-tiny model (hf's TinyConfig bounds: vocab_size >= 300, max_positions >= 1024).
+_TINY_MODEL = {"hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64, "vocab_size": 300, "max_positions": 1024, "max_length": 512}
+
+
 @pytest.fixture
 def tiny_pipeline(tmp_path: Any) -> dict[str, Any]:
-    """A minimal pipeline mapping (real mode) on tiny components, as a YAML-ready dict."""
+    """A minimal pipeline mapping (real mode) on tiny components, as a YAML-ready dict: a run of it
+    (``run_pipeline(*load_resolved(tiny_pipeline))``) takes seconds, mostly the engine starting."""
     return {
         "plugins": ["textworld", "hf", "local"],
-        "env": {"name": "twx", "config": {"game": "coin", "train_seeds": 4, "test_seeds": 2}},
-        "policy": {"name": "hf-tiny", "config": {}},
-        "algo": {"name": "grpo", "config": {}},
+        "env": {"name": "twx", "config": {"game": "coin", "train_seeds": 4, "valid_seeds": 0, "test_seeds": 2, "max_steps": 6}},
+        "policy": {"name": "hf-tiny", "config": dict(_TINY_MODEL)},
+        "algo": {"name": "grpo", "config": {"max_new_tokens": 16}},
+        "data": {"expert_episodes": 4, "noisy_episodes": 0, "random_episodes": 0},
         "loop": {"mode": "real", "iterations": 1, "tasks_per_iteration": 2, "group_size": 2, "max_steps": 4},
         "eval": {"episodes": 2, "before_training": False},
         "run_dir": str(tmp_path / "run"),

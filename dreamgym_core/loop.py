@@ -466,14 +466,15 @@ class Runner:
         if self.branches:
             self.counters["branch_transitions"] = len(self.branches)
         seed_data = stages.experience_data(offline, self.branches, cfg)
-        self._say(f"seeding the buffer with {len(seed_data)} real transitions")
+        if self.buffer is not None:
+            self._say(f"seeding the buffer with {len(seed_data)} real transitions")
         self._seed_buffer(seed_data)
         evaluate_before = cfg.eval.before_training and cfg.eval.episodes > 0
         if evaluate_before and hasattr(self.policy, "prepare"):
             self._warmstart_policy(offline, epochs=0)  # fits the tokenizer only
             self._say("evaluating the untrained policy on held-out real tasks")
             pre.update(self.evaluate(prefix="eval_untrained"))
-        if not cfg.experience.skip:
+        if not cfg.experience.skip and self.experience_model is not None:
             self._say("training the experience model (joint SFT)")
             pre.update(self._train_experience_model(seed_data))
             pre.update(self._fidelity())

@@ -65,6 +65,22 @@ class BuildOrder(LifecycleRecorder):
         return [ComponentSpec(name="count-spied", factory=build, config_type=CountConfig, description="Counting game, spied.")]
 
 
+def test_progress_names_only_the_stages_a_pipeline_has(register_plugin, tmp_path, capsys):
+    # A pipeline without buffer or experience model said "seeding the buffer with N real
+    # transitions" and "training the experience model (joint SFT)", then "experience model: -".
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "real", iterations=1), plugins)
+    err = capsys.readouterr().err
+    assert "collecting offline real data" in err
+    assert "seeding the buffer" not in err and "experience model" not in err
+    parts = {"experience_model": {"name": "dice-lm"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}
+    run_pipeline(_resolved(plugins, tmp_path / "dreamgym", parts, iterations=1, mode="dreamgym"), plugins)
+    err = capsys.readouterr().err
+    assert "seeding the buffer with" in err and "training the experience model (joint SFT)" in err
+
+
 def test_configure_reaches_plugins_before_any_component_is_built(register_plugin, tmp_path):
     register_plugin(StandIns(), "stand-ins")
     spy = BuildOrder()

@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 import re
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 import msgspec
@@ -468,12 +469,12 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
 
 
 def pipeline_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), *, where: str = "<pipeline dict>") -> PipelineConfig:
-    """Phase 1 for a pipeline built in Python: the mapping a pipeline file holds, with
-    ``--set``-style ``overrides`` (``"loop.iterations=2"``) applied to a copy (``data`` is left
-    as it was). Errors are a :class:`ConfigError` naming ``where`` and the field, as for a file."""
+    """Phase 1 for a pipeline built in Python: the mapping a pipeline file holds (paths may be
+    ``pathlib.Path``s), with ``--set``-style ``overrides`` (``"loop.iterations=2"``) applied to a
+    copy (``data`` is left as it was). Errors are a :class:`ConfigError` naming ``where`` and the field, as for a file."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: a pipeline must be a mapping, got {type(data).__name__}")
-    data = copy.deepcopy(dict(data))
+    data = _with_paths_as_str(copy.deepcopy(dict(data)))
     for key, value in parse_overrides(overrides, where):
         set_path(data, key, value, where)
     _refuse_non_finite(data, where)
@@ -481,6 +482,17 @@ def pipeline_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), *
         return msgspec.convert(data, type=PipelineConfig)
     except msgspec.ValidationError as exc:
         raise _located(exc, where) from exc
+
+
+def _with_paths_as_str(value: Any) -> Any:
+    """``value`` with every path object (``run_dir=Path(...)``) as the str a file would hold."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {key: _with_paths_as_str(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_paths_as_str(item) for item in value]
+    return value
 
 
 def load_resolved(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> tuple[ResolvedPipeline, Plugins]:

@@ -139,6 +139,13 @@ def test_a_pipeline_built_in_python_is_checked_as_a_file_is(tmp_path):
         pipeline_from_dict([data])
 
 
+def test_a_pipeline_built_in_python_may_name_its_paths_with_path_objects(tmp_path):
+    # Expected `str`, got `PosixPath` - at `$.run_dir`
+    data = pipeline_dict("unused") | {"run_dir": tmp_path / "run", "data": {"path": tmp_path / "offline.jsonl"}}
+    pipeline = pipeline_from_dict(data)
+    assert pipeline.run_dir == str(tmp_path / "run") and pipeline.data.path == str(tmp_path / "offline.jsonl")
+
+
 def test_load_resolved_takes_a_file_or_a_mapping_and_loads_their_plugins(tmp_path, tiny_pipeline):
     pytest.importorskip("dreamgym_plugin_textworld")
     pytest.importorskip("dreamgym_plugin_hf")

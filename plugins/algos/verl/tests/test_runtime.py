@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import types
 
 import msgspec
 import pytest
@@ -101,7 +102,8 @@ def test_the_synthetic_env_takes_every_loop_setting_the_local_loop_does(run_dir,
         resolved.pipeline.loop, reject_unlisted_actions=True, reject_unlisted_at="start", state_variation=0.5
     )
     resolved = msgspec.structs.replace(resolved, pipeline=msgspec.structs.replace(resolved.pipeline, loop=loop))
-    monkeypatch.setattr(runtime, "_experience_model", lambda *args: object())  # no model is called here
+    model = types.SimpleNamespace(predict=lambda **kw: [])  # an experience model's shape; it is not called here
+    monkeypatch.setattr(runtime, "_experience_model", lambda *args: model)
     env = runtime.synthetic_env_factory(resolved, None, domain, None, run_dir="unused")()
     assert env.config == synthetic_config_of(resolved.pipeline)
     assert (env.config.reject_unlisted_at, env.config.state_variation) == ("start", 0.5)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import ipaddress
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from dreamgym_core.errors import DreamGymError
+from dreamgym_core.net import is_loopback
 
 __all__ = ["make_server", "start_server", "load_backend", "completion_body", "tokenize_body", "chat_messages", "chat_prompt", "main"]
 
@@ -237,17 +237,6 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _is_loopback(host: str | None) -> bool:
-    """Whether ``host`` (a name or address, without port or brackets) is this machine's loopback."""
-    host = (host or "").lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _foreign(header: str | None, *, origin: bool) -> bool:
     """Whether a ``Host`` or ``Origin`` header names a host other than this machine (an absent
     one names none; a browser's opaque origin, ``null``, is foreign). The loopback names this
@@ -258,7 +247,7 @@ def _foreign(header: str | None, *, origin: bool) -> bool:
         name = urlsplit(header if origin else f"//{header}").hostname
     except ValueError:  # a malformed port or bracket
         return True
-    return not (_is_loopback(name) or name in ("0.0.0.0", "::"))
+    return not (is_loopback(name) or name in ("0.0.0.0", "::"))
 
 
 def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[BaseHTTPRequestHandler]:
@@ -354,7 +343,7 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
 
 def make_server(backend: Any, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> ThreadingHTTPServer:
     """A bound (not yet serving) server; ``port=0`` picks a free port (see ``server_address``)."""
-    server = ThreadingHTTPServer((host, port), _handler(backend, api_key, loopback=_is_loopback(host)))
+    server = ThreadingHTTPServer((host, port), _handler(backend, api_key, loopback=is_loopback(host)))
     server.daemon_threads = True
     return server
 

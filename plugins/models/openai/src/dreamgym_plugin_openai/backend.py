@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ipaddress
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ import httpx
 
 from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.experience import utf8_safe
+from dreamgym_core.net import is_loopback
 
 from .config import OpenAIConfig
 
@@ -82,17 +82,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """``text`` before the earliest stop string (servers differ on whether they cut)."""
     hits = [text.find(s) for s in stop if s and s in text]
     return text[: min(hits)] if hits else text
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (as :class:`httpx.URL` gives it) names this machine's loopback."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def env_proxy(url: str) -> str | None:

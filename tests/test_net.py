@@ -1,0 +1,18 @@
+"""dreamgym_core.net: which host names are this machine's loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from dreamgym_core.net import is_loopback
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST.", "api.localhost", "127.0.0.1", "127.8.9.10", "::1"])
+def test_loopback_names_and_addresses(host):
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", [None, "", "example.com", "localhost.example.com", "10.0.0.1", "0.0.0.0", "::", "128.0.0.1"])
+def test_other_hosts_are_not_loopback(host):
+    # 0.0.0.0 and :: are "any address" for a bind, not a host that a request may name as this one
+    assert not is_loopback(host)

@@ -19,6 +19,13 @@ def tiny_backend(groups):
     return backend, corpus
 
 
+def prepared_grpo(groups, temperature):
+    """GRPO over a tiny backend already prepared on ``groups``' text: a fresh run's policy."""
+    backend, corpus = tiny_backend(groups)
+    backend.prepare(corpus=corpus)
+    return GRPO(GRPOConfig(lr=1e-3, max_new_tokens=8, temperature=temperature), policy=backend, seed=0)
+
+
 @pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
 def test_rebinds_after_prepare_and_trains_the_backend_model(cls, config_type, kit):
     groups = kit.make_groups()
@@ -39,9 +46,7 @@ def test_greedy_calls_do_not_move_the_sampling_seed(kit):
     prompts = [d.prompt for g in groups for t in g for d in t.decisions][:4]
     sampled = []
     for greedy_calls_first in (0, 3):
-        backend, corpus = tiny_backend(groups)
-        backend.prepare(corpus=corpus)
-        algo = GRPO(GRPOConfig(lr=1e-3, max_new_tokens=8, temperature=1.0), policy=backend, seed=0)
+        algo = prepared_grpo(groups, temperature=1.0)
         for _ in range(greedy_calls_first):
             algo.act(prompts=prompts, greedy=True)
         sampled.append(algo.act(prompts=prompts) + algo.act(prompts=prompts))
@@ -56,9 +61,7 @@ def test_sampled_evaluation_calls_draw_from_a_stream_of_their_own(kit):
     prompts = [d.prompt for g in groups for t in g for d in t.decisions][:4]
     sampled, evaluated = [], []
     for evaluations_first in (0, 3, 3):
-        backend, corpus = tiny_backend(groups)
-        backend.prepare(corpus=corpus)
-        algo = GRPO(GRPOConfig(lr=1e-3, max_new_tokens=8, temperature=0.5), policy=backend, seed=0)
+        algo = prepared_grpo(groups, temperature=0.5)
         evaluated.append([algo.act(prompts=prompts, temperature=0.5, evaluation=True) for _ in range(evaluations_first)])
         sampled.append(algo.act(prompts=prompts) + algo.act(prompts=prompts))
     assert sampled[0] == sampled[1] == sampled[2]
@@ -74,9 +77,7 @@ def test_a_named_evaluation_stream_samples_alike_whatever_other_evaluations_samp
     prompts = [d.prompt for g in groups for t in g for d in t.decisions][:4]
     played = []
     for replay_first in (0, 3):
-        backend, corpus = tiny_backend(groups)
-        backend.prepare(corpus=corpus)
-        algo = GRPO(GRPOConfig(lr=1e-3, max_new_tokens=8, temperature=0.5), policy=backend, seed=0)
+        algo = prepared_grpo(groups, temperature=0.5)
         for _ in range(replay_first):
             algo.act(prompts=prompts, temperature=0.5, evaluation=True, stream="eval_before/synthetic")
         played.append([algo.act(prompts=prompts, temperature=0.5, evaluation=True, stream="eval/real") for _ in range(2)])

@@ -73,6 +73,29 @@ def run_cli(*args: str, site: Path | None = None, env: dict[str, str] | None = N
     )
 
 
+def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """Run ``dreamgym`` in this process, as a notebook or a script calling the CLI would.
+
+    For tests that run several real pipelines: a subprocess imports torch and transformers
+    again each time (about 10 s on these CPUs), and a run must not depend on what ran before
+    it in its process anyway. Tests of exit by signal, of installed third-party plugins and of
+    the process's own streams use ``run_cli``. torch's thread count, which a run sets, is put
+    back afterwards so the run leaves later tests as it found them."""
+    import torch
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, list(args), prog_name="dreamgym")
+    finally:
+        torch.set_num_threads(threads)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["dreamgym", *args], result.exit_code, result.stdout, result.stderr)
+
+
 def _ctrl_c_as_in_a_terminal() -> None:
     """The child's Ctrl-C back to the system default: a suite started in the background
     (``pytest &``) passes on an ignored SIGINT, which the CLI rightly leaves ignored, and its

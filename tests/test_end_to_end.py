@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT, open_run_buffer, run_cli, stored_transitions
+from conftest import ROOT, open_run_buffer, run_cli, run_cli_in_process, stored_transitions
 
 pytest.importorskip("dreamgym_plugin_textworld")
 pytest.importorskip("dreamgym_plugin_hf")
@@ -29,13 +29,38 @@ REDUCED = [
 ]
 
 
-def test_reduced_main_job_then_resume_and_eval(tmp_path):
-    run_dir = tmp_path / "run"
-    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "eval.synthetic_agreement=true"]
-    for item in REDUCED:
+def reduced_args(run_dir, *extra):
+    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
+    for item in [*REDUCED, *extra]:
         args += ["--set", item]
+    return args
+
+
+# Two reduced runs that several tests read (a reduced run costs about a minute); tests that read
+# them write only outside their run directories.
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """The reduced main job, measuring its experience model (synthetic agreement, fidelity), run
+    as the README's command runs it: in a process of its own."""
+    run_dir = tmp_path_factory.mktemp("measured") / "run"
+    args = reduced_args(run_dir, "eval.synthetic_agreement=true", "eval.fidelity_episodes=2")
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
+    return args, result, run_dir
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """The same job measuring nothing, with a sampling final evaluation."""
+    run_dir = tmp_path_factory.mktemp("plain") / "run"
+    args = reduced_args(run_dir, "eval.synthetic_agreement=false", "eval.fidelity_episodes=0", "eval.temperature=0.5")
+    result = run_cli_in_process(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return args, result, run_dir
+
+
+def test_reduced_main_job_then_resume_and_eval(measured, tmp_path):
+    args, result, run_dir = measured
     summary = json.loads(result.stdout)
     assert summary["eval/episodes"] == 4.0
     # the same 4 test tasks replayed in the synthetic environment: outcomes can agree at most
@@ -60,14 +85,14 @@ def test_reduced_main_job_then_resume_and_eval(tmp_path):
     assert list((run_dir / "tensorboard").iterdir())
     # --resume of a finished run plays nothing and writes nothing; eval reads the last checkpoint
     written = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
-    resumed = run_cli(*args, "--resume")
+    resumed = run_cli_in_process(*args, "--resume")
     assert resumed.returncode == 0 and json.loads(resumed.stdout) == summary, resumed.stderr[-2000:]
     assert resumed.stderr.splitlines() == [
         f"[dreamgym] {run_dir}: the run is already complete (summary.json); nothing to resume. 'dreamgym eval' evaluates its policy again"
     ]
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
     played = tmp_path / "played.jsonl"
-    evaluated = run_cli("eval", *args[1:], "--episodes", "2", "--trajectories", str(played))
+    evaluated = run_cli_in_process("eval", *args[1:], "--episodes", "2", "--trajectories", str(played))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)["checkpoint_iteration"] == 2
     episodes = [json.loads(line) for line in played.read_text().splitlines()]
@@ -143,7 +168,7 @@ def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
             args += ["--set", item]
     if mode == "real":  # the real-env baselines: no experience model is trained or scored
         args += ["--set", "experience.skip=true", "--set", "eval.fidelity_episodes=2"]
-    result = run_cli(*args)
+    result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     rows = _metric_rows(tmp_path / "run")
@@ -169,7 +194,7 @@ def test_a_finished_warm_start_in_the_run_dir_is_reused(tmp_path):
                 "--set", "experience.skip=true", "--set", "eval.before_training=false", "--set", "loop.iterations=0"]
         for item in [*REDUCED, *extra]:
             args += ["--set", item]
-        result = run_cli(*args)
+        result = run_cli_in_process(*args)
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
@@ -201,7 +226,7 @@ def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
             "--set", "experience.skip=true", "--set", "loop.iterations=0"]
     for item in [*REDUCED, "loop.warmstart_epochs=3"]:
         args += ["--set", item]
-    result = run_cli(*args)
+    result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "warm start epoch" in line]
     assert [line.split("warm start epoch ")[1][:3] for line in lines] == ["1/3", "2/3", "3/3"]
@@ -221,7 +246,7 @@ def test_early_experience_world_modelling_comes_before_the_warm_start(tmp_path):
             "--set", "experience.skip=true", "--set", "loop.iterations=0"]
     for item in [*REDUCED, "data.branch_actions=2", "loop.world_model_epochs=1", "loop.self_reflection=rule", "algo.config.max_new_tokens=96"]:
         args += ["--set", item]
-    result = run_cli(*args)
+    result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     branches = (run_dir / "branches.jsonl").read_text().splitlines()
     assert len(branches) > 0 and all(json.loads(line)["source"] == "offline" for line in branches)
@@ -244,7 +269,7 @@ def test_branch_transitions_seed_the_buffer_and_train_the_experience_model(tmp_p
     args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
     for item in [*REDUCED, "loop.iterations=1", "data.branch_actions=2", "experience.branches=true", "eval.fidelity_episodes=0"]:
         args += ["--set", item]
-    result = run_cli(*args)
+    result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     offline = [json.loads(line) for line in (run_dir / "offline.jsonl").read_text().splitlines()]
     offline_steps = sum(len(episode["transitions"]) for episode in offline)
@@ -261,36 +286,32 @@ def test_branch_transitions_seed_the_buffer_and_train_the_experience_model(tmp_p
     assert f"seeding the buffer with {offline_steps + len(branches)} real transitions" in result.stderr
 
 
-def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
+def _rl_rows(run_dir, *measurements):
+    return [
+        {k: v for k, v in row.items() if not k.startswith(("perf/", "eval", *measurements))}
+        for row in _metric_rows(run_dir) if row["step"] >= 0
+    ]
+
+
+def test_measuring_the_experience_model_leaves_rl_unchanged(measured, plain, tmp_path):
     """Fidelity scoring and the synthetic replay of the warm start call the experience model
     before RL. They draw from streams of their own, so a run that measures and one that does
-    not play the same synthetic episodes and store the same transitions. (The reduced job's
-    one-epoch policy writes mostly unparsable actions, so its RL seldom calls the model: this
-    catches measurements leaking into RL's counters; test_loop.py's dice experience model checks
-    the synthetic draws themselves.)"""
-
-    def run(run_dir, *extra):
-        args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
-        for item in [*REDUCED, *extra]:
-            args += ["--set", item]
-        result = run_cli(*args)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return [
-            {k: v for k, v in row.items() if not k.startswith(("perf/", "eval", "fidelity/"))}
-            for row in _metric_rows(run_dir) if row["step"] >= 0
-        ]
-
-    plain = run(tmp_path / "plain", "eval.synthetic_agreement=false", "eval.fidelity_episodes=0")
-    measured = run(tmp_path / "measured", "eval.synthetic_agreement=true", "eval.fidelity_episodes=2")
-    assert "eval_before/synthetic_agreement" in _metric_rows(tmp_path / "measured")[0]
-    assert "fidelity/success_agreement" in _metric_rows(tmp_path / "measured")[0]
-    assert measured == plain
-    assert stored_transitions(tmp_path / "measured") == stored_transitions(tmp_path / "plain")
+    not play the same synthetic episodes and store the same transitions; the evaluations'
+    sampling (the plain run's temperature 0.5) draws from streams of its own too. (The reduced
+    job's one-epoch policy writes mostly unparsable actions, so its RL seldom calls the model:
+    this catches measurements leaking into RL's counters; test_loop.py's dice experience model
+    checks the synthetic draws themselves.)"""
+    _, _, run_dir = measured
+    assert "eval_before/synthetic_agreement" in _metric_rows(run_dir)[0]
+    assert "fidelity/success_agreement" in _metric_rows(run_dir)[0]
+    assert not [k for k in _metric_rows(plain[2])[0] if k.startswith("fidelity/") or k.endswith("synthetic_agreement")]
+    assert _rl_rows(run_dir, "fidelity/") == _rl_rows(plain[2], "fidelity/")
+    assert stored_transitions(run_dir) == stored_transitions(plain[2])
     # eval-model on the run's own config, held-out set, demos and weights repeats its fidelity numbers
     # and its unparsable answers word for word (the one-epoch model's answers are mostly sampled
     # noise, so another sampling stream would write other text).
-    run_dir, failures = tmp_path / "measured", tmp_path / "failures.jsonl"
-    scored = run_cli(
+    failures = tmp_path / "failures.jsonl"
+    scored = run_cli_in_process(
         "eval-model", str(run_dir / "config.json"), "--heldout", str(run_dir / "fidelity_heldout.jsonl"),
         "--train-data", str(run_dir / "offline_annotated.jsonl"), "--model-dir", str(run_dir / "experience_model"),
         "--failures", str(failures),
@@ -303,34 +324,27 @@ def test_measuring_the_experience_model_leaves_rl_unchanged(tmp_path):
     assert unparsed and failures.read_text() == unparsed
 
 
-def test_validation_plays_leave_rl_unchanged_and_eval_plays_the_kept_policy(tmp_path):
+def test_validation_plays_leave_rl_unchanged_and_eval_plays_the_kept_policy(plain, tmp_path):
     """Validation plays between RL iterations are greedy, whatever eval.temperature says, and
     draw no random numbers RL would have drawn: the run that validates (and keeps its best
     policy) trains exactly like the one that does not. ``dreamgym eval`` then plays the policy
     the run kept, as the run's own final evaluation did."""
-
-    def run(run_dir, *extra):
-        args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
-        for item in [*REDUCED, "eval.synthetic_agreement=false", "eval.temperature=0.5", *extra]:
-            args += ["--set", item]
-        result = run_cli(*args)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return args, json.loads(result.stdout)
-
-    def rl_rows(run_dir):
-        return [
-            {k: v for k, v in row.items() if not k.startswith(("perf/", "eval", "valid/"))}
-            for row in _metric_rows(run_dir) if row["step"] >= 0
-        ]
-
-    _, plain = run(tmp_path / "plain")
-    args, kept = run(tmp_path / "kept", "eval.valid_every=1", "eval.valid_episodes=2", "eval.keep=best-valid")
-    assert rl_rows(tmp_path / "kept") == rl_rows(tmp_path / "plain")
-    assert stored_transitions(tmp_path / "kept") == stored_transitions(tmp_path / "plain")
-    scored = [row["valid/success_rate"] for row in _metric_rows(tmp_path / "kept") if "valid/success_rate" in row]
+    _, plain_result, plain_dir = plain
+    run_dir = tmp_path / "kept"
+    args = reduced_args(
+        run_dir, "eval.synthetic_agreement=false", "eval.fidelity_episodes=0", "eval.temperature=0.5",
+        "eval.valid_every=1", "eval.valid_episodes=2", "eval.keep=best-valid",
+    )  # fmt: skip
+    result = run_cli_in_process(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = json.loads(result.stdout)
+    assert _rl_rows(run_dir, "valid/") == _rl_rows(plain_dir, "valid/")
+    assert stored_transitions(run_dir) == stored_transitions(plain_dir)
+    scored = [row["valid/success_rate"] for row in _metric_rows(run_dir) if "valid/success_rate" in row]
     assert len(scored) == 3  # the warm start and both iterations
-    assert plain["eval/policy_iteration"] == 2.0 and kept["eval/policy_iteration"] == scored.index(max(scored))
-    evaluated = run_cli("eval", *args[1:])
+    assert json.loads(plain_result.stdout)["eval/policy_iteration"] == 2.0
+    assert kept["eval/policy_iteration"] == scored.index(max(scored))
+    evaluated = run_cli_in_process("eval", *args[1:])
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     again = json.loads(evaluated.stdout)
     assert again["eval/policy_iteration"] == kept["eval/policy_iteration"]

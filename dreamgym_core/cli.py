@@ -146,7 +146,8 @@ def config_schema(pipeline: str | None) -> None:
 @click.argument("pipeline", type=click.Path())
 @_overrides
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
-def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr (warnings and errors still show).")
+def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool, quiet: bool) -> None:
     """Run PIPELINE end to end and write its run directory."""
     from .loop import run_pipeline
 
@@ -154,7 +155,7 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool) -> None:
     # A scheduler's stop or `kill` ends a run as Ctrl-C does, through its cleanup (buffer, loggers,
     # the env's browser or JVM, which would otherwise outlive it), with exit status 143.
     signal.signal(signal.SIGTERM, stopping.handle)
-    summary = run_pipeline(resolved, plugins, resume=resume)
+    summary = run_pipeline(resolved, plugins, resume=resume, progress=not quiet)
     click.echo(json.dumps(summary, indent=2))
 
 

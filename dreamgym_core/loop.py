@@ -988,15 +988,20 @@ def _finished_summary(run_dir: Path) -> dict[str, Any]:
     return summary | {"run_dir": str(run_dir)}  # where it is now (a run directory may be moved)
 
 
-def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False) -> dict[str, Any]:
+def run_pipeline(
+    resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False, progress: bool = True,
+) -> dict[str, Any]:
     """``dreamgym run``: run ``resolved`` (from :func:`dreamgym_core.config.load_resolved`) end to
     end in its ``run_dir``, or go on from that directory's newest checkpoint (``resume``). A
     finished run (``summary.json``) is not run again: its stored summary is returned, and nothing
     in its directory is written.
 
     Returns the summary the CLI prints: ``run_dir`` and the final evaluation's metrics and
-    counters. Progress lines go to stderr. Raises :class:`~dreamgym_core.errors.ConfigError`
-    for a run directory that holds another config's run or that another process is running in.
+    counters. Progress lines (``[dreamgym   12.3s] ...``) go to stderr; ``progress=False``
+    (``dreamgym run --quiet``) leaves them out, for this run only; warnings and the line saying
+    that a finished run is not run again still show.
+    Raises :class:`~dreamgym_core.errors.ConfigError` for a run directory that holds another
+    config's run or that another process is running in.
     """
     with _one_process(Path(resolved.pipeline.run_dir)) as lock:
         run_dir = prepare_run_dir(resolved, resume=resume)
@@ -1006,10 +1011,10 @@ def run_pipeline(resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool =
         algo_spec = plugins.component("algo", resolved.pipeline.algo.name)
         if getattr(algo_spec.factory, "runs_own_loop", False):
             # A backend with its own trainer (verl) runs the same pipeline itself.
-            return algo_spec.factory(resolved.components["algo"], policy=None, seed=resolved.pipeline.seed).run(
-                resolved=resolved, plugins=plugins, run_dir=str(run_dir)
-            )
-        runner = Runner(resolved, plugins, run_dir)
+            trainer = algo_spec.factory(resolved.components["algo"], policy=None, seed=resolved.pipeline.seed)
+            option = {"progress": progress} if _accepts(trainer.run, "progress") else {}  # a trainer written before it: as it was
+            return trainer.run(resolved=resolved, plugins=plugins, run_dir=str(run_dir), **option)
+        runner = Runner(resolved, plugins, run_dir, progress=progress)
         summary = runner.run(resume=resume)
         checkpoint.atomic_write(run_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
         return summary

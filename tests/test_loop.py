@@ -81,6 +81,60 @@ def test_progress_names_only_the_stages_a_pipeline_has(register_plugin, tmp_path
     assert "seeding the buffer with" in err and "training the experience model (joint SFT)" in err
 
 
+def test_a_run_without_progress_prints_no_progress_line_but_its_warnings(register_plugin, tmp_path, capfd, caplog):
+    # A script or notebook had no way to silence the "[dreamgym   1.2s] ..." lines; leaving them
+    # out of one run leaves the next run in the same process its own.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    greedy = {"eval": {"episodes": 9}}  # more greedy games than the 6 test tasks: a warning
+    quiet = run_pipeline(_resolved(plugins, tmp_path / "quiet", greedy, iterations=1), plugins, progress=False)
+    assert "[dreamgym" not in capfd.readouterr().err
+    assert "eval: 9 episodes requested on 6 test tasks with greedy play; using 6" in caplog.text
+    assert quiet["eval/episodes"] == 6.0
+    run_pipeline(_resolved(plugins, tmp_path / "loud", greedy, iterations=1), plugins)
+    assert "] collecting offline real data" in capfd.readouterr().err
+
+
+class OwnLoop:
+    """Algorithms that run the whole pipeline themselves, as verl's trainer does; ``asked``
+    records the progress each was given (``older``: one written before the option)."""
+
+    def __init__(self):
+        self.asked: list = []
+
+    @hookimpl
+    def dreamgym_register_algos(self):
+        spy = self
+
+        class Trainer:
+            runs_own_loop = True
+
+            def __init__(self, config, **context):
+                pass
+
+            def run(self, *, resolved, plugins, run_dir, progress=True):
+                spy.asked.append(progress)
+                return {"run_dir": run_dir}
+
+        class Older(Trainer):
+            def run(self, *, resolved, plugins, run_dir):
+                spy.asked.append("older")
+                return {"run_dir": run_dir}
+
+        return [
+            ComponentSpec(name="own-loop", factory=Trainer, config_type=CountConfig, description="Runs its own loop."),
+            ComponentSpec(name="own-loop-older", factory=Older, config_type=CountConfig, description="Runs its own loop."),
+        ]
+
+
+def test_a_backend_that_runs_its_own_loop_is_told_to_leave_out_its_progress(register_plugin, tmp_path):
+    register_plugin(StandIns(), "stand-ins")
+    spy = OwnLoop()
+    plugins = register_plugin(spy, "own-loop")
+    for name, progress in [("own-loop", False), ("own-loop", True), ("own-loop-older", False)]:
+        run_pipeline(_resolved(plugins, tmp_path / f"{name}-{progress}", {"algo": {"name": name}}), plugins, progress=progress)
+    assert spy.asked == [False, True, "older"]
+
+
 def test_configure_reaches_plugins_before_any_component_is_built(register_plugin, tmp_path):
     register_plugin(StandIns(), "stand-ins")
     spy = BuildOrder()

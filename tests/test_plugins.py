@@ -176,6 +176,20 @@ def test_third_party_plugin_installed_by_pip_runs_a_pipeline(third_party_site, t
     assert "ok   env:guess" in checked.stdout
 
 
+def test_a_quiet_run_prints_no_progress_line_but_its_warnings_errors_and_summary(third_party_site, tmp_path):
+    # Sweeps had no way to silence the "[dreamgym   1.2s] ..." lines on stderr.
+    path = pipeline(tmp_path, eval={"episodes": 6})  # more greedy games than the 4 test tasks: a warning
+    quiet = run_cli("run", str(path), "--quiet", site=third_party_site)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "[dreamgym" not in quiet.stderr
+    assert "eval: 6 episodes requested on 4 test tasks with greedy play; using 4" in quiet.stderr
+    assert json.loads(quiet.stdout)["eval/episodes"] == 4.0
+    again = run_cli("run", str(path), "-q", site=third_party_site)  # the run directory is taken
+    assert again.returncode == 2 and again.stderr == f"Error: {tmp_path / 'run'} already holds a run; pass --resume or choose another run_dir\n"
+    loud = run_cli("run", str(path), "--set", f"run_dir={tmp_path / 'loud'}", site=third_party_site)
+    assert loud.returncode == 0 and "] collecting offline real data" in loud.stderr, loud.stderr
+
+
 def test_unknown_plugin_is_one_line_with_suggestion_and_exit_2(third_party_site, tmp_path):
     result = run_cli("run", str(pipeline(tmp_path, plugins=["gues"])), site=third_party_site)
     assert result.returncode == 2

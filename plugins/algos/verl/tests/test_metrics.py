@@ -130,6 +130,15 @@ def test_after_iteration_fires_for_training_steps_only():
     assert fired == [0, 1, 2]
 
 
+def test_progress_lines_are_left_out_of_a_quiet_run(capsys):
+    from dreamgym_plugin_verl.trainer import _Progress
+
+    _Progress(3, shown=False).say("collecting offline real data")
+    assert capsys.readouterr().err == ""
+    _Progress(3).say("collecting offline real data")
+    assert capsys.readouterr().err.endswith("s] collecting offline real data\n")
+
+
 def test_the_follower_does_not_append_through_a_planted_link(tmp_path):
     """The run's metrics.jsonl, linked by someone else to another file, is refused, not appended to."""
     victim = tmp_path / "victim"

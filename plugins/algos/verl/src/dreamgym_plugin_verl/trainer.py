@@ -88,8 +88,9 @@ class VerlTrainer:
         self.config = config
         self.seed = seed
 
-    def run(self, *, resolved: ResolvedPipeline, plugins: Plugins, run_dir: str) -> dict[str, Any]:
-        """The whole run; ``run_dir`` already holds ``config.json`` (written by the core).
+    def run(self, *, resolved: ResolvedPipeline, plugins: Plugins, run_dir: str, progress: bool = True) -> dict[str, Any]:
+        """The whole run; ``run_dir`` already holds ``config.json`` (written by the core);
+        ``progress=False`` (``dreamgym run --quiet``): no progress lines on stderr.
 
         Lifecycle hooks as in the local loop, except ``dreamgym_before_iteration``: verl's
         trainer starts each step inside its own actor. ``dreamgym_after_iteration`` fires
@@ -108,9 +109,9 @@ class VerlTrainer:
         log_env = {"VERL_FILE_LOGGER_PATH": str(files["metrics"]), "TENSORBOARD_DIR": str(files["tensorboard"])}
         os.environ.update(log_env)
         ray.init(**ray_init_kwargs(_compose(overrides), env_vars=log_env, offline=offline_env(resolved)))
-        progress = _Progress(cfg.loop.iterations)
+        lines = _Progress(cfg.loop.iterations, shown=progress)
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
-        actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=progress.say)
+        actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=lines.say)
         val = domain.tasks(split=cfg.eval.split)[: max(cfg.eval.episodes, 1)]
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
         if hasattr(domain, "close"):  # its probe env (a simulator) played the offline data; workers build their own
@@ -119,14 +120,14 @@ class VerlTrainer:
         files["metrics"].unlink(missing_ok=True)  # an earlier run's lines are not this run's steps
         follower = MetricsFollower(
             files["metrics"], root / "metrics.jsonl", convert=MetricRows(iterations=cfg.loop.iterations, eval_tasks=len(val)),
-            on_row=lambda row: _after_row(hook, progress, row),
+            on_row=lambda row: _after_row(hook, lines, row),
         )
         hook.dreamgym_run_started(run_dir=str(root), config=cfg)
         final: dict[str, Any] = {}
         try:
             run_alongside(lambda: _run_main_ppo(overrides), tick=follower.poll)
             final = _summary(follower.rows, cfg.loop.iterations) | {f"counters/{k}": v for k, v in counters.items()}
-            progress.say(f"report: {report.write(root, cfg, follower.rows, counters=counters)}")
+            lines.say(f"report: {report.write(root, cfg, follower.rows, counters=counters)}")
         finally:
             hook.dreamgym_run_finished(run_dir=str(root), metrics=final)
             for client in clients:
@@ -137,12 +138,14 @@ class VerlTrainer:
 class _Progress:
     """One line on stderr per verl step, as the local loop prints (stdout keeps the JSON summary)."""
 
-    def __init__(self, iterations: int) -> None:
+    def __init__(self, iterations: int, *, shown: bool = True) -> None:
         self.iterations = iterations
+        self.shown = shown
         self.started = time.perf_counter()
 
     def say(self, message: str) -> None:
-        print(f"[dreamgym {time.perf_counter() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
+        if self.shown:
+            print(f"[dreamgym {time.perf_counter() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     def row(self, row: dict[str, Any]) -> None:
         shown = [(k, v) for k, v in row.items() if k.endswith(("/success_rate", "episodic_return", "policy_loss")) and v is not None]

@@ -52,3 +52,13 @@ def test_the_partial_file_is_never_written_through_a_planted_link(tmp_path):
     records = collect_transitions(CountDomain(CountConfig()), split="train", policy="expert", transitions=3, seed=0)
     assert write_jsonl(records, out, 3) == 3
     assert victim.read_text() == "precious\n" and len(out.read_text().splitlines()) == 3 and not out.is_symlink()
+
+
+def test_writing_without_progress_shows_no_bar(tmp_path, capfd):
+    def records():
+        return collect_transitions(CountDomain(CountConfig()), split="train", policy="expert", transitions=3, seed=0)
+
+    assert write_jsonl(records(), tmp_path / "loud.jsonl", 3) == 3
+    assert "collect loud.jsonl" in capfd.readouterr().err
+    assert write_jsonl(records(), tmp_path / "quiet.jsonl", 3, progress=False) == 3
+    assert capfd.readouterr().err == "" and len((tmp_path / "quiet.jsonl").read_text().splitlines()) == 3

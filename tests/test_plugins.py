@@ -190,6 +190,19 @@ def test_a_quiet_run_prints_no_progress_line_but_its_warnings_errors_and_summary
     assert loud.returncode == 0 and "] collecting offline real data" in loud.stderr, loud.stderr
 
 
+def test_a_quiet_collect_prints_no_progress_bar_but_its_errors(third_party_site, tmp_path):
+    args = ("collect", "--env", "guess", "--plugin", "guess", "--transitions", "5")
+    loud = run_cli(*args, "--out", str(tmp_path / "loud.jsonl"), site=third_party_site)
+    assert loud.returncode == 0 and "collect loud.jsonl: 100%" in loud.stderr, loud.stderr
+    quiet = run_cli(*args, "--out", str(tmp_path / "quiet.jsonl"), "--quiet", site=third_party_site)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert quiet.stdout == f"wrote 5 transitions to {tmp_path / 'quiet.jsonl'}\n"
+    assert len((tmp_path / "quiet.jsonl").read_text().splitlines()) == 5
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+    failed = run_cli(*args, "--out", str(tmp_path / "taken" / "c.jsonl"), "-q", site=third_party_site)
+    assert failed.returncode == 1 and failed.stderr.startswith(f"Error: --out {tmp_path / 'taken' / 'c.jsonl'}: cannot write there")
+
+
 def test_unknown_plugin_is_one_line_with_suggestion_and_exit_2(third_party_site, tmp_path):
     result = run_cli("run", str(pipeline(tmp_path, plugins=["gues"])), site=third_party_site)
     assert result.returncode == 2

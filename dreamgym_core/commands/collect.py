@@ -72,8 +72,9 @@ def collect_transitions(
         episode += 1
 
 
-def write_jsonl(records: Iterator[Transition], out: Path, total: int) -> int:
-    """Write records as JSONL with a progress bar; atomic rename on completion."""
+def write_jsonl(records: Iterator[Transition], out: Path, total: int, *, progress: bool = True) -> int:
+    """Write records as JSONL with a progress bar on stderr (none with ``progress=False``);
+    atomic rename on completion."""
     from tqdm import tqdm
 
     encoder = msgspec.json.Encoder()
@@ -85,7 +86,7 @@ def write_jsonl(records: Iterator[Transition], out: Path, total: int) -> int:
         raise DataError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
     count = 0
     try:
-        with fh, tqdm(total=total, unit="tr", desc=f"collect {out.name}") as bar:
+        with fh, tqdm(total=total, unit="tr", desc=f"collect {out.name}", disable=not progress) as bar:
             for record in records:
                 fh.write(encoder.encode(record) + b"\n")
                 count += 1
@@ -109,6 +110,7 @@ def write_jsonl(records: Iterator[Transition], out: Path, total: int) -> int:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data policy.")
 @click.option("--annotate", is_flag=True, help="Fill Transition.reasoning with the domain's rule-based annotator.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output JSONL file of Transition records.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar on stderr (errors still show).")
 def command(
     env: str | None,
     pipeline: str | None,
@@ -120,6 +122,7 @@ def command(
     seed: int,
     annotate: bool,
     out: str,
+    quiet: bool,
 ) -> None:
     """Collect offline transitions from a real environment into a JSONL file."""
     if (env is None) == (pipeline is None):
@@ -129,7 +132,7 @@ def command(
         records = collect_transitions(
             domain, split=split, policy=policy, transitions=transitions, seed=seed, annotate=annotate
         )
-        count = write_jsonl(records, Path(out), transitions)
+        count = write_jsonl(records, Path(out), transitions, progress=not quiet)
     finally:
         close = getattr(domain, "close", None)
         if close is not None:

@@ -237,17 +237,25 @@ def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
     assert not (run_dir / "policy_warmstart_best").exists() and (run_dir / "policy_init" / "done").exists()
 
 
-def test_early_experience_world_modelling_comes_before_the_warm_start(tmp_path):
-    # Branch transitions from the real engine at the demos' states, one epoch of implicit world
-    # modelling on them, then the imitation warm start with self-reflections in the demos' <think>;
-    # the branches are real data the report counts.
-    run_dir = tmp_path / "run"
-    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
-            "--set", "experience.skip=true", "--set", "loop.iterations=0"]
-    for item in [*REDUCED, "data.branch_actions=2", "loop.world_model_epochs=1", "loop.self_reflection=rule", "algo.config.max_new_tokens=96"]:
-        args += ["--set", item]
+@pytest.fixture(scope="module")
+def branched(tmp_path_factory):
+    """Early experience and branch transitions in one reduced DreamGym run: branch transitions
+    from the real engine at the demos' states, one epoch of implicit world modelling on them,
+    the imitation warm start with self-reflections in the demos' <think>, and the branches in
+    the replay buffer and the experience model's SFT data."""
+    run_dir = tmp_path_factory.mktemp("branched") / "run"
+    args = reduced_args(
+        run_dir, "loop.iterations=1", "data.branch_actions=2", "experience.branches=true", "eval.fidelity_episodes=0",
+        "loop.world_model_epochs=1", "loop.self_reflection=rule", "algo.config.max_new_tokens=96",
+    )  # fmt: skip
     result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, run_dir
+
+
+def test_early_experience_world_modelling_comes_before_the_warm_start(branched):
+    # the branches are real data the report counts
+    result, run_dir = branched
     branches = (run_dir / "branches.jsonl").read_text().splitlines()
     assert len(branches) > 0 and all(json.loads(line)["source"] == "offline" for line in branches)
     said = result.stderr
@@ -261,16 +269,11 @@ def test_early_experience_world_modelling_comes_before_the_warm_start(tmp_path):
     assert f"- branch transitions: {len(branches)}" in report and "world_model/sft_loss" in report
 
 
-def test_branch_transitions_seed_the_buffer_and_train_the_experience_model(tmp_path):
+def test_branch_transitions_seed_the_buffer_and_train_the_experience_model(branched):
     # experience.branches: the real engine's branch transitions join the replay buffer after the
     # offline episodes (the buffer drops content it holds already), and the joint SFT data
     # (offline_annotated.jsonl), with the rule-based reasoning of any other real transition.
-    run_dir = tmp_path / "run"
-    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
-    for item in [*REDUCED, "loop.iterations=1", "data.branch_actions=2", "experience.branches=true", "eval.fidelity_episodes=0"]:
-        args += ["--set", item]
-    result = run_cli_in_process(*args)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, run_dir = branched
     offline = [json.loads(line) for line in (run_dir / "offline.jsonl").read_text().splitlines()]
     offline_steps = sum(len(episode["transitions"]) for episode in offline)
     branches = [json.loads(line) for line in (run_dir / "branches.jsonl").read_text().splitlines()]

@@ -448,3 +448,33 @@ def test_reloading_a_model_with_fewer_positions_than_max_length_is_refused(short
     backend = TinyBackend(small_config())  # max_length 1024
     with pytest.raises(ConfigError, match="max_length=1024"):
         backend.reload(path=short_gpt2)
+
+
+@pytest.mark.parametrize(
+    "field, largest",
+    [("hidden_size", 65_536), ("layers", 1_024), ("heads", 1_024), ("intermediate_size", 262_144),
+     ("vocab_size", 1_048_576), ("max_positions", 16_777_216)],
+)
+def test_an_absurd_tiny_model_size_is_refused_before_the_model_is_built(small_config, field, largest):
+    # before: layers: 10**30 (or a huge width or vocabulary) was accepted, and building the
+    # model looped or allocated until the process was killed
+    for value in (10**30, largest + 1):
+        with pytest.raises(msgspec.ValidationError) as info:
+            small_config(**{field: value})
+        assert str(info.value) == f"Expected `int` <= {largest} - at `$.{field}`"
+
+
+def test_an_absurd_tiny_model_size_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pipeline = Path(__file__).resolve().parents[4] / "examples" / "default.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamgym_core.cli", "run", str(pipeline), "--set", f"run_dir={tmp_path / 'run'}",
+         "--set", "policy.config.layers=1000000000000000000000000000000"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == f"Error: {pipeline}: Expected `int` <= 1024 - at `$.policy.config.layers`"
+    assert not (tmp_path / "run").exists()

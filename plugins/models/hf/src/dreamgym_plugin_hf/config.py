@@ -69,17 +69,41 @@ class HFConfig(_Common):
     ] = False
 
 
+# Upper bounds of the tiny preset's sizes. Unbounded, an absurd value (layers: 10**30) was
+# accepted and the run hung building the model (or tried to allocate it) instead of failing.
+# Each bound is several times the largest published dense model's (Llama 3.1 405B: width 16384,
+# 126 blocks, 128 heads, MLP 53248; Gemma: vocabulary 262144; Llama 4 Scout: 10M positions),
+# so no model this preset can usefully train from scratch comes near one.
+MAX_TINY_HIDDEN = 65_536
+MAX_TINY_LAYERS = 1_024
+MAX_TINY_HEADS = 1_024
+MAX_TINY_INTERMEDIATE = 262_144
+MAX_TINY_VOCAB = 1_048_576
+MAX_TINY_POSITIONS = 16_777_216
+
+
 class TinyConfig(_Common):
     """A small Llama-style model trained from scratch; prepare() fits its tokenizer."""
 
-    hidden_size: Annotated[PositiveInt, Meta(description="Model width.")] = 256
-    layers: Annotated[PositiveInt, Meta(description="Transformer blocks.")] = 4
-    heads: Annotated[PositiveInt, Meta(description="Attention heads (hidden_size must divide by it).")] = 4
-    intermediate_size: Annotated[PositiveInt, Meta(description="MLP width.")] = 688
+    hidden_size: Annotated[
+        PositiveInt, Meta(le=MAX_TINY_HIDDEN, description="Model width (at most 65536).")
+    ] = 256
+    layers: Annotated[PositiveInt, Meta(le=MAX_TINY_LAYERS, description="Transformer blocks (at most 1024).")] = 4
+    heads: Annotated[
+        PositiveInt,
+        Meta(le=MAX_TINY_HEADS, description="Attention heads (hidden_size must divide by it; at most 1024)."),
+    ] = 4
+    intermediate_size: Annotated[
+        PositiveInt, Meta(le=MAX_TINY_INTERMEDIATE, description="MLP width (at most 262144).")
+    ] = 688
     vocab_size: Annotated[
-        int, Meta(ge=300, description="Target BPE vocabulary (byte alphabet + merges + specials).")
+        int,
+        Meta(ge=300, le=MAX_TINY_VOCAB,
+             description="Target BPE vocabulary (byte alphabet + merges + specials; at most 1048576)."),
     ] = 4096
-    max_positions: Annotated[int, Meta(ge=1024, description="Context length of the model.")] = 2048
+    max_positions: Annotated[
+        int, Meta(ge=1024, le=MAX_TINY_POSITIONS, description="Context length of the model (at most 16777216).")
+    ] = 2048
     max_length: Annotated[
         PositiveInt, Meta(description="Token cap of prompt + completion; prompts keep their end.")
     ] = 2048

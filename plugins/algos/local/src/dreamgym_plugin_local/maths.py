@@ -8,30 +8,17 @@ Only the DPO loss is ours (verl has none); it follows TRL's sigmoid formula.
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dreamgym_core.imports import root_logging_kept
 
-def _import_core_algos() -> Any:
-    """verl's ``core_algos``, with the root logger left as it was: importing verl calls
-    ``logging.basicConfig``, after which a program's own ``basicConfig`` does nothing (its log
-    level and format were silently ignored once this plugin was loaded)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        from verl.trainer.ppo import core_algos
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    return core_algos
-
-
-core_algos = _import_core_algos()
+with root_logging_kept():  # importing verl runs logging.basicConfig on the program's root logger
+    from verl.trainer.ppo import core_algos
 
 __all__ = [
     "trajectory_scores",

@@ -184,3 +184,40 @@ def test_the_pipelines_runtime_env_and_the_shell_still_decide_the_network_variab
     overrides = translate(resolved) + ["+ray_kwargs.ray_init.runtime_env.env_vars.HF_HUB_OFFLINE='0'"]
     env = ray_init_kwargs(compose(overrides), env_vars={}, offline=offline_env(resolved))["runtime_env"]["env_vars"]
     assert env["HF_HUB_OFFLINE"] == "0" and env["HF_HUB_DISABLE_TELEMETRY"] == "1" and "VLLM_NO_USAGE_STATS" not in env
+
+
+
+LOAD_THE_MODULES = """
+for module in pkgutil.iter_modules(dreamgym_plugin_verl.__path__):
+    importlib.import_module(f"dreamgym_plugin_verl.{module.name}")
+assert "verl" in sys.modules
+"""
+START_THE_TRAINER = """
+from dreamgym_plugin_verl import trainer
+for v1 in (True, False):  # the trainer imports verl's own when the run starts
+    trainer._task_runner(NS(trainer=NS(use_v1=v1)))
+assert "verl" in sys.modules
+"""
+
+
+@pytest.mark.parametrize("first", [LOAD_THE_MODULES, START_THE_TRAINER], ids=["modules", "trainer"])
+def test_loading_the_plugin_or_verls_trainer_leaves_the_programs_logging_alone(first):
+    # verl's import runs logging.basicConfig on the root logger: a script's own basicConfig (its
+    # level, its format) then did nothing once the agent loop (or the trainer's verl) was loaded.
+    # Only verl's first import configures it, so each order runs in a fresh interpreter.
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import importlib, logging, pkgutil, sys",
+        "from types import SimpleNamespace as NS",
+        "import dreamgym_plugin_verl",
+        "root = logging.getLogger(); level = root.level",
+        first,
+        "assert root.handlers == [] and root.level == level, (root.handlers, root.level)",
+        "logging.basicConfig(level=logging.INFO, format='mine %(message)s')",
+        "logging.getLogger('x').info('hello')",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mine hello" in done.stderr

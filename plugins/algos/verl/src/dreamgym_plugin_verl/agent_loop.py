@@ -20,17 +20,20 @@ from typing import Any, Callable, Optional
 from uuid import uuid4
 
 import msgspec
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
-from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
-from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, QwenContinuousTokenBuilder
 
 from dreamgym_core.agent import build_agent_prompt, parse_agent_output
 from dreamgym_core.errors import DreamGymError
+from dreamgym_core.imports import root_logging_kept
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import HistoryStep, Observation, StepResult, Task, TaskOutcome, Transition
 from dreamgym_core.rollout import step_transition, unlisted
 
 from .config import AGENT_LOOP_NAME
+
+with root_logging_kept():  # importing verl runs logging.basicConfig on the program's root logger
+    from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+    from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
+    from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, QwenContinuousTokenBuilder
 
 __all__ = [
     "EpisodeRuntime",

@@ -26,6 +26,7 @@ import yaml
 from dreamgym_core import report, stages
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import DreamGymError
+from dreamgym_core.imports import root_logging_kept
 from dreamgym_core.plugins import Plugins
 
 from .config import AGENT_LOOP_NAME, VerlConfig
@@ -315,7 +316,9 @@ def ray_init_kwargs(config: Any, *, env_vars: dict[str, str], offline: dict[str,
     comes before the pipeline's runtime env, so that one can still set those variables.
     """
     from omegaconf import OmegaConf
-    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    with root_logging_kept():
+        from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
 
     from .buffer_actor import NAMESPACE
 
@@ -336,20 +339,22 @@ def ray_init_kwargs(config: Any, *, env_vars: dict[str, str], offline: dict[str,
 
 def _task_runner(config: Any) -> Any:
     """The TaskRunner ``verl.trainer.main_ppo.main`` picks: V1 unless ``trainer.use_v1=False``."""
-    if config.trainer.use_v1:
-        from verl.trainer.main_ppo import TaskRunnerV1
+    with root_logging_kept():
+        if config.trainer.use_v1:
+            from verl.trainer.main_ppo import TaskRunnerV1
 
-        return TaskRunnerV1
-    from verl.trainer.main_ppo_v0 import TaskRunner
+            return TaskRunnerV1
+        from verl.trainer.main_ppo_v0 import TaskRunner
 
     return TaskRunner
 
 
 def _run_main_ppo(overrides: list[str]) -> None:
     """``python -m verl.trainer.main_ppo OVERRIDES`` in this process (Ray already initialised)."""
-    from verl.trainer.main_ppo import run_ppo
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
+    with root_logging_kept():
+        from verl.trainer.main_ppo import run_ppo
+        from verl.trainer.ppo.utils import need_critic, need_reference_policy
+        from verl.utils.config import validate_config
 
     config = _compose(overrides)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))

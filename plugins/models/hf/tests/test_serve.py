@@ -447,3 +447,74 @@ def test_the_api_key_is_compared_in_constant_time(trained, monkeypatch):
         srv.shutdown()
         srv.server_close()
     assert [b for _, b in compared] == [b"Bearer sekrit"] * 3
+
+
+@pytest.fixture(scope="module")
+def saved_model(trained, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("served") / "model"
+    trained.save(path=str(path))
+    return str(path)
+
+
+def serve_main_once(monkeypatch, argv: list[str], key: str | None = None) -> int:
+    """Run ``main(argv)`` in a thread until its real server answers ``GET /v1/models`` on
+    127.0.0.1, then shut it down; the status of that answer."""
+    from dreamgym_plugin_hf import serve
+
+    made = []
+
+    def making(*args, **kwargs):
+        made.append(real_make(*args, **kwargs))
+        return made[-1]
+
+    real_make = serve.make_server
+    monkeypatch.setattr(serve, "make_server", making)
+    thread = threading.Thread(target=main, args=(argv,), daemon=True)
+    thread.start()
+    while not made and thread.is_alive():
+        time.sleep(0.05)
+    assert made, "main stopped before it made its server"
+    try:
+        return call(f"http://127.0.0.1:{made[0].server_address[1]}/v1/models", key=key)[0]
+    finally:
+        made[0].shutdown()
+        thread.join(timeout=60)
+
+
+@pytest.mark.parametrize(
+    "host, key, warned",
+    [("0.0.0.0", None, True), ("0.0.0.0", "s3kr1t-value", False), ("127.0.0.1", None, False), ("localhost", None, False)],
+    ids=["all-interfaces-no-key", "all-interfaces-key", "loopback", "localhost"],
+)
+def test_a_server_open_to_the_network_without_a_key_says_so_once_on_stderr(
+    saved_model, monkeypatch, capsys, host, key, warned
+):
+    # before: --host 0.0.0.0 without --api-key-env served the model to the whole network silently
+    argv = ["--model-dir", saved_model, "--host", host, "--port", "0"]
+    if key:
+        monkeypatch.setenv("DREAMGYM_TEST_SERVE_KEY", key)
+        argv += ["--api-key-env", "DREAMGYM_TEST_SERVE_KEY"]
+    assert serve_main_once(monkeypatch, argv, key=key) == 200
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    if warned:
+        assert len(warnings) == 1, err
+        assert "'0.0.0.0'" in warnings[0] and "--api-key-env" in warnings[0] and "without an API key" in warnings[0]
+    else:
+        assert warnings == [], err
+    assert "serving" in out and (key is None or key not in out + err)
+
+
+@pytest.mark.parametrize(
+    "host, key, warned",
+    [("0.0.0.0", None, True), ("::", None, True), ("", None, True), ("192.168.1.20", None, True),
+     ("0.0.0.0", "k", False), ("127.0.0.1", None, False), ("127.0.1.1", None, False), ("::1", None, False),
+     ("localhost", None, False)],
+)
+def test_which_servers_are_warned_about(host, key, warned):
+    from dreamgym_plugin_hf.serve import open_server_warning
+
+    warning = open_server_warning(host, key)
+    assert (warning is not None) is warned
+    if warning:
+        assert repr(host) in warning and "--api-key-env" in warning and "\n" not in warning

@@ -13,6 +13,8 @@ key is that variable's value; the server refuses to start when it is unset or em
 Bound to a loopback address (the default), it answers only requests that name a loopback host
 (``Host``) and come from no web page of another host (``Origin``): a page in the user's
 browser could otherwise reach it, through DNS rebinding or a cross-site POST (403).
+Bound to any other address (``--host 0.0.0.0``) without a key, it serves the model to whoever
+can reach the machine: it says so in one line on stderr at start.
 ``--max-length`` (the ``max_model_len`` ``/tokenize`` reports) defaults to the model's own
 context, at most 2048; one over the model's context stops the server with a one-line error.
 
@@ -28,6 +30,7 @@ import math
 import os
 import select
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -40,7 +43,10 @@ from urllib.parse import urlsplit
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.net import is_loopback
 
-__all__ = ["make_server", "start_server", "load_backend", "completion_body", "tokenize_body", "chat_messages", "chat_prompt", "main"]
+__all__ = [
+    "make_server", "start_server", "load_backend", "completion_body", "tokenize_body", "chat_messages", "chat_prompt",
+    "open_server_warning", "main",
+]
 
 
 # A request is prompts and parameters: 16 MiB is millions of tokens, beyond any context window.
@@ -371,6 +377,16 @@ def load_backend(model_dir: str, *, chat_template: bool = False, max_length: int
     return HFBackend(config, model=model, tokenizer=tokenizer, model_id=model_dir, chat_template=chat_template)
 
 
+def open_server_warning(host: str, api_key: str | None) -> str | None:
+    """The one-line warning for a server that answers anyone who can reach it: bound to an
+    address other than loopback (``0.0.0.0``, a LAN address) and started without an API key.
+    None when it is bound to loopback or clients need a key (whose value it never names)."""
+    if api_key or is_loopback(host):
+        return None
+    return (f"warning: serving on host {host!r} without an API key: anyone who can reach this machine can use "
+            "the model; require a key with --api-key-env NAME, or bind to 127.0.0.1")
+
+
 def _positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit() and int(text) > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
@@ -395,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     except DreamGymError as exc:
         parser.exit(2, f"error: {exc}\n")
     server = make_server(backend, host=args.host, port=args.port, api_key=api_key)
+    warning = open_server_warning(args.host, api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(f"serving {backend.model_id} on http://{args.host}:{server.server_address[1]}/v1"
           f" (max_length {backend.config.max_length})", flush=True)
     try:

@@ -67,9 +67,64 @@ def test_step_after_close_is_refused_and_starts_no_engine(twx_domains) -> None:
     env.close()
     with pytest.raises(EpisodeOver, match="reset"):
         env.step(action="look around")
-    assert env.engine._jvm.wrapper is None
+    assert env.engine is None  # handed back to the domain's idle engines; nothing started
     assert env.reset(task=twx_domains["coin"].tasks(split="train")[0]).admissible_actions  # a new episode
     env.close()
+
+
+def _expert_play(env, task) -> list[str]:
+    """The observations of ``task``'s expert episode on ``env``."""
+    seen = [env.reset(task=task).text]
+    for _ in range(40):
+        result = env.step(action=env.expert_action())
+        seen.append(result.observation.text)
+        if result.done:
+            break
+    assert result.success
+    return seen
+
+
+def test_closed_envs_hand_their_jvm_to_the_next_envs_and_the_domain_stops_them() -> None:
+    # An evaluation of 32 games started 32 JVMs, and the next one 32 more: a JVM with the
+    # garbage collection after its start takes 0.5-1 s, and 32 hold about 2.6 GB.
+    domain = make_twx(twx_config("coin", train_seeds=4))
+    tasks = domain.tasks(split="train")
+    try:
+        first = [domain.make_env() for _ in range(3)]
+        for env, task in zip(first, tasks):
+            env.reset(task=task)
+        engines = {id(env.engine) for env in first}
+        processes = [env.engine._jvm.wrapper._gateway.java_process for env in first]
+        for env in first:
+            env.close()
+        second = [domain.make_env() for _ in range(3)]
+        assert {id(env.engine) for env in second} == engines
+        # a game depends on its task, not on what the engine played before: the reused
+        # engines play the tasks the others played as a fresh domain's engine does
+        reused = [_expert_play(env, task) for env, task in zip(second, reversed(tasks[:3]))]
+        assert all(p.poll() is None for p in processes)  # no JVM was stopped, none started
+        for env in second:
+            env.close()
+    finally:
+        domain.close()
+    for process in processes:
+        assert process.wait(timeout=30) is not None  # the domain stopped its idle JVMs
+    fresh = make_twx(twx_config("coin", train_seeds=4))
+    try:
+        assert [_expert_play(fresh.make_env(), task) for task in reversed(tasks[:3])] == reused
+    finally:
+        fresh.close()
+
+
+def test_an_env_closed_after_its_domain_stops_its_jvm() -> None:
+    domain = make_twx(twx_config("coin", train_seeds=2))
+    env = domain.make_env()
+    env.reset(task=domain.tasks(split="train")[0])
+    process = env.engine._jvm.wrapper._gateway.java_process
+    domain.close()  # a run interrupted while its envs are out
+    assert process.poll() is None
+    env.close()
+    assert process.wait(timeout=30) is not None
 
 
 def test_invalid_action_reaches_the_engine_and_is_flagged(twx_domains, twx_env) -> None:
@@ -310,8 +365,8 @@ def test_a_dead_engine_is_a_one_line_error_and_the_next_reset_starts_another(twx
         env.close()
 
 
-def test_a_machine_without_java_is_a_one_line_error_naming_it(twx_domains, monkeypatch, tmp_path) -> None:
-    domain = twx_domains["coin"]
+def test_a_machine_without_java_is_a_one_line_error_naming_it(monkeypatch, tmp_path) -> None:
+    domain = make_twx(twx_config("coin"))  # its own, with no running engine to reuse
     monkeypatch.setenv("PATH", str(tmp_path))  # no java here
     env = domain.make_env()
     try:
@@ -319,6 +374,7 @@ def test_a_machine_without_java_is_a_one_line_error_naming_it(twx_domains, monke
             env.reset(task=domain.tasks(split="train")[0])
     finally:
         env.close()
+        domain.close()
 
 
 def fake_java(tmp_path: Path, body: str) -> None:

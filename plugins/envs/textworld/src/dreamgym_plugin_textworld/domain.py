@@ -13,7 +13,7 @@ from dreamgym_core.rollout import play_offline
 
 from .annotate import annotate_transition
 from .config import DEFAULT_CALL_TIMEOUT_S, TwConfig, TwxConfig
-from .engines import RawState, TwEngine, TwxEngine
+from .engines import EnginePool, RawState, TwEngine, TwxEngine
 from .env import TextWorldEnv
 from .games import (
     TW_GAMES,
@@ -64,6 +64,8 @@ class TextWorldDomain:
             self.cache_dir = getattr(config, "cache_dir", "") or default_cache_dir()
         self._tasks: dict[str, list[Task]] = {}
         self._probe: TextWorldEnv | None = None
+        timeout = getattr(config, "call_timeout_s", DEFAULT_CALL_TIMEOUT_S)
+        self._twx_engines = EnginePool(lambda: TwxEngine(call_timeout_s=timeout))
 
     # --- tasks -------------------------------------------------------------------
 
@@ -96,17 +98,14 @@ class TextWorldDomain:
 
     def make_env(self) -> TextWorldEnv:
         """A fresh real environment (TextWorldExpress starts its JVM on first reset)."""
-        if self.name == "twx":
-            timeout = getattr(self.config, "call_timeout_s", DEFAULT_CALL_TIMEOUT_S)
-            engine: TwxEngine | TwEngine = TwxEngine(call_timeout_s=timeout)
-        else:
-            engine = TwEngine(self.cache_dir)
-        return TextWorldEnv(
-            engine,
-            max_steps=self.config.max_steps,
-            max_observation_chars=self.config.max_observation_chars,
-            max_action_chars=self.config.max_action_chars,
-        )
+        limits = {
+            "max_steps": self.config.max_steps,
+            "max_observation_chars": self.config.max_observation_chars,
+            "max_action_chars": self.config.max_action_chars,
+        }
+        if self.name == "twx":  # JVMs are slow to start: a closed env's engine serves the next env
+            return TextWorldEnv(None, pool=self._twx_engines, **limits)
+        return TextWorldEnv(TwEngine(self.cache_dir), **limits)
 
     def _probe_env(self) -> TextWorldEnv:
         if self._probe is None:
@@ -229,4 +228,5 @@ class TextWorldDomain:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
+        self._twx_engines.close()
 

@@ -69,8 +69,13 @@ class TextWorldEnv:
     engine's progress score and its change.
     """
 
-    def __init__(self, engine: Engine, *, max_steps: int, max_observation_chars: int, max_action_chars: int) -> None:
-        self.engine = engine
+    def __init__(
+        self, engine: Engine | None, *, max_steps: int, max_observation_chars: int, max_action_chars: int, pool: Any = None,
+    ) -> None:
+        # With a pool (:class:`.engines.EnginePool`) the env takes its engine there and hands it
+        # back on close, so the next env reuses the running engine.
+        self.pool = pool
+        self.engine: Any = engine if engine is not None else pool.take()
         self.max_steps = max_steps
         self._chars = {"max_observation_chars": max_observation_chars, "max_action_chars": max_action_chars}
         self._admissible: list[str] = []
@@ -86,6 +91,8 @@ class TextWorldEnv:
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
         """Start ``task``'s game. The game's seed is the payload's; ``seed`` is not used."""
+        if self.engine is None:  # closed, its engine handed back to the pool
+            self.engine = self.pool.take()
         self.engine.load(task.payload)
         raw = self._raw = self.engine.reset()
         self._admissible = raw.admissible
@@ -128,10 +135,17 @@ class TextWorldEnv:
 
     def expert_action(self) -> str | None:
         """The engine's expert move from here (gold path / planner), or None."""
+        if self.engine is None:
+            raise EpisodeOver("textworld env: expert_action() needs reset() first (the env is closed)")
         return self.engine.expert_action()
 
     def close(self) -> None:
-        """Stop the engine and end the episode: a later ``step`` raises :class:`EpisodeOver`
-        instead of starting another engine. ``reset`` starts a new episode (and engine)."""
-        self.engine.close()
+        """Stop the engine, or hand it back to the pool, and end the episode: a later ``step``
+        raises :class:`EpisodeOver` instead of starting another engine. ``reset`` starts a new
+        episode (and engine)."""
         self._done = True
+        if self.pool is None:
+            self.engine.close()
+        elif self.engine is not None:
+            engine, self.engine = self.engine, None
+            self.pool.give(engine)

@@ -133,14 +133,17 @@ def plugin_python_cost(env: Any, task: Any, holder: Any, attr: str, method: str,
 
 
 def bench_twx(game: str, params: dict[str, int], steps: int, chunks: int) -> dict[str, Any]:
-    from dreamgym_plugin_textworld.games import TWX_FOLD_SEEDS
+    from dreamgym_plugin_textworld.games import TWX_FOLD_SEEDS, twx_params_string
 
     domain = make_twx(msgspec.convert({"game": game, "params": params, "train_seeds": 1}, type=TwxConfig))
     task = domain.tasks(split="train")[0]
     env = domain.make_env()
     env.max_steps = 10**9  # same episode ends as the raw loop: the game's own
     env.reset(task=task)  # starts the engine; the raw side then drives the same engine object
-    raw_env = env.engine._jvm.wrapper  # the TextWorldExpressEnv the engine's JVM guard started
+    # The TextWorldExpressEnv the engine's JVM guard started: the same JVM, with an engine
+    # interface of its own (see TwxJvm), into which the raw side loads the same game.
+    raw_env = env.engine._jvm.wrapper
+    raw_env.load(game, twx_params_string(task.payload["params"]))
     reset_args = {"seed": task.payload["seed"], "gameFold": TWX_FOLD_SEEDS["train"][0], "generateGoldPath": True}
     try:
         result = compare(
@@ -148,7 +151,7 @@ def bench_twx(game: str, params: dict[str, int], steps: int, chunks: int) -> dic
             lambda i: plugin_chunk(env, task, steps, i),
             chunks,
         )
-        return {**result, "plugin_python_us_per_step": plugin_python_cost(env, task, raw_env, "server", "stepJSON", steps, chunks // 3)}
+        return {**result, "plugin_python_us_per_step": plugin_python_cost(env, task, env.engine, "_server", "stepJSON", steps, chunks // 3)}
     finally:
         env.close()
         domain.close()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import msgspec
 import pytest
@@ -114,6 +117,82 @@ def test_closed_envs_hand_their_jvm_to_the_next_envs_and_the_domain_stops_them()
         assert [_expert_play(fresh.make_env(), task) for task in reversed(tasks[:3])] == reused
     finally:
         fresh.close()
+
+
+def _interleaved_expert_play(envs, tasks) -> list[list[str]]:
+    """Each env's observations over its task's expert episode, the envs stepping in turn."""
+    seen = [[env.reset(task=task).text] for env, task in zip(envs, tasks)]
+    done = [False] * len(envs)
+    for _ in range(40):
+        for i, env in enumerate(envs):
+            if not done[i]:
+                result = env.step(action=env.expert_action() or "look around")
+                seen[i].append(result.observation.text)
+                done[i] = result.done
+    return seen
+
+
+@pytest.mark.parametrize("game", TWX_GAMES)
+def test_games_sharing_a_jvm_play_as_games_alone_in_theirs(game: str) -> None:
+    # 32 test games in 32 JVMs held 2.6 GB; games_per_jvm puts several in one JVM, each in
+    # its own interface, which must keep the games apart (no shared generator or state).
+    played, jvms = {}, {}
+    for per_jvm in (3, 1):
+        domain = make_twx(twx_config(game, train_seeds=5, games_per_jvm=per_jvm))
+        tasks = domain.tasks(split="train")  # the domain's probe engine takes the first seat
+        envs = [domain.make_env() for _ in tasks]
+        try:
+            played[per_jvm] = _interleaved_expert_play(envs, tasks)
+            jvms[per_jvm] = {env.engine._jvm.wrapper._gateway.java_process.pid for env in envs}
+        finally:
+            for env in envs:
+                env.close()
+            domain.close()
+    assert len(jvms[3]) == 2 and len(jvms[1]) == 5  # seats: probe + 2, then 3
+    assert played[3] == played[1]
+    assert all(len(episode) > 2 for episode in played[3])
+
+
+def test_a_jvm_that_dies_ends_every_game_in_it_and_each_next_reset_starts_again(twx_domains) -> None:
+    domain = make_twx(twx_config("coin", train_seeds=2, games_per_jvm=2))
+    tasks = twx_domains["coin"].tasks(split="train")[:2]
+    envs = [domain.make_env() for _ in tasks]  # no probe here: both sit in one JVM
+    try:
+        firsts = [env.reset(task=task) for env, task in zip(envs, tasks)]
+        process = envs[0].engine._jvm.wrapper._gateway.java_process
+        assert envs[1].engine._jvm.wrapper._gateway.java_process is process
+        process.kill()
+        process.wait()
+        with pytest.raises(EngineError, match=r"^env 'twx': step: the TextWorldExpress engine \(JVM\) has exited"):
+            envs[0].step(action="look around")
+        # the other game went with the JVM: one line, not an answer from a new JVM's empty interface
+        with pytest.raises(EngineError, match=r"^env 'twx': step: no game loaded \(after an engine stops, reset first\)$"):
+            envs[1].step(action="look around")
+        assert [env.reset(task=task) for env, task in zip(envs, tasks)] == firsts  # one new JVM for both
+        assert envs[0].engine._jvm.wrapper._gateway.java_process is envs[1].engine._jvm.wrapper._gateway.java_process
+        assert all(env.step(action="look around").valid for env in envs)
+    finally:
+        for env in envs:
+            env.close()
+        domain.close()
+
+
+def test_a_shared_jvm_stops_when_its_last_engine_closes() -> None:
+    domain = make_twx(twx_config("coin", train_seeds=2, games_per_jvm=2))
+    envs = [domain.make_env() for _ in range(2)]
+    try:
+        for env in envs:
+            env.reset(task=domain.tasks(split="train")[0])  # the probe: a third engine, its own JVM
+        process = envs[0].engine._jvm.wrapper._gateway.java_process
+        domain.close()  # the envs are still out
+        envs[0].close()
+        assert process.poll() is None  # the other env's game still runs in it
+        assert envs[1].step(action="look around").valid
+        envs[1].close()
+        assert process.wait(timeout=30) is not None
+    finally:
+        for env in envs:
+            env.close()
 
 
 def test_an_env_closed_after_its_domain_stops_its_jvm() -> None:
@@ -249,16 +328,20 @@ def test_a_rejected_variation_leaves_the_parent_game_playable(twx_domains) -> No
 
 
 def test_a_game_the_engine_did_not_load_is_a_config_error() -> None:
-    class Unloaded:  # what the engine answers when it has no game
-        def load(self, game: str, params: str) -> None:
-            pass
+    class Unloaded:  # what the engine's interface answers when it has no game
+        def load(self, game: str, params: str) -> str:
+            return ""
 
-        def reset(self, **_: object) -> tuple[str, dict[str, str]]:
+        def generateNewGameJSON(self, seed: int, fold: str, gold: bool) -> str:
             text = "ERROR: Game generator is not initialized.  Call load() before attempting to generate new games."
-            return text, {"observation": text, "taskDescription": "Task description unavailable"}
+            return json.dumps({"observation": text})
+
+        def getTaskDescription(self) -> str:
+            return "Task description unavailable"
 
     engine = TwxEngine()
-    engine._jvm.wrapper = Unloaded()
+    engine._jvm.wrapper = object()  # no JVM: the calls go to the interface above
+    engine._server, engine._generation = Unloaded(), engine.host.generation
     engine.load({"game": "coin", "params": {"numLocations": 2}, "seed": 0})
     with pytest.raises(ConfigError, match=r"game 'coin' params 'numLocations=2': the engine did not load the game"):
         engine.reset()
@@ -349,11 +432,21 @@ def test_lone_surrogate_in_an_action_is_an_invalid_step(twx_domains, twx_env) ->
     assert twx_env.step(action="look around").valid
 
 
-def test_a_dead_engine_is_a_one_line_error_and_the_next_reset_starts_another(twx_domains) -> None:
-    domain = twx_domains["coin"]
-    task = domain.tasks(split="train")[0]
-    env = domain.make_env()  # its own JVM, to kill
+@contextmanager
+def own_jvm_env() -> Iterator[TextWorldEnv]:
+    """A coin env alone in its JVM, to break: the shared domains' games run in JVMs of their own."""
+    domain = make_twx(twx_config("coin", games_per_jvm=1))
+    env = domain.make_env()
     try:
+        yield env
+    finally:
+        env.close()
+        domain.close()
+
+
+def test_a_dead_engine_is_a_one_line_error_and_the_next_reset_starts_another(twx_domains) -> None:
+    task = twx_domains["coin"].tasks(split="train")[0]
+    with own_jvm_env() as env:
         first = env.reset(task=task)
         process = env.engine._jvm.wrapper._gateway.java_process
         process.kill()
@@ -361,8 +454,6 @@ def test_a_dead_engine_is_a_one_line_error_and_the_next_reset_starts_another(twx
         with pytest.raises(EngineError, match=r"^env 'twx': step: the TextWorldExpress engine \(JVM\) has exited"):
             env.step(action="look around")
         assert env.reset(task=task) == first  # a new JVM
-    finally:
-        env.close()
 
 
 def test_a_machine_without_java_is_a_one_line_error_naming_it(monkeypatch, tmp_path) -> None:
@@ -414,17 +505,13 @@ def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains
         def stepJSON(self, action: str) -> str:
             raise Py4JNetworkError("Answer from Java side is empty")
 
-    domain = twx_domains["coin"]
-    env = domain.make_env()
-    try:
-        env.reset(task=domain.tasks(split="train")[0])
-        env.engine._jvm.wrapper.server = Broken()
+    with own_jvm_env() as env:
+        env.reset(task=twx_domains["coin"].tasks(split="train")[0])
+        env.engine._server = Broken()
         with pytest.raises(EngineError, match=r"step: .* stopped answering \(Answer from Java side is empty\)$"):
             env.step(action="look around")
         with pytest.raises(EngineError, match="no game loaded"):
             env.engine.step("look around")
-    finally:
-        env.close()
 
 
 def test_a_connection_error_during_a_call_is_a_one_line_engine_error(twx_domains) -> None:
@@ -432,16 +519,13 @@ def test_a_connection_error_during_a_call_is_a_one_line_engine_error(twx_domains
         def stepJSON(self, action: str) -> str:
             raise BrokenPipeError(32, "Broken pipe")
 
-    domain = twx_domains["coin"]
-    env = domain.make_env()
-    try:
-        first = env.reset(task=domain.tasks(split="train")[0])
-        env.engine._jvm.wrapper.server = Broken()
+    task = twx_domains["coin"].tasks(split="train")[0]
+    with own_jvm_env() as env:
+        first = env.reset(task=task)
+        env.engine._server = Broken()
         with pytest.raises(EngineError, match=r"step: .* stopped answering \(\[Errno 32\] Broken pipe\)$"):
             env.step(action="look around")
-        assert env.reset(task=domain.tasks(split="train")[0]) == first
-    finally:
-        env.close()
+        assert env.reset(task=task) == first
 
 
 _LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops a JVM with SIGSTOP, watched in /proc")
@@ -481,8 +565,7 @@ def test_a_hung_engine_is_stopped_after_call_timeout_s_and_the_next_reset_starts
 @_LINUX
 def test_a_jvm_killed_during_a_call_is_one_line_without_py4j_tracebacks(twx_domains, caplog) -> None:
     task = twx_domains["coin"].tasks(split="train")[0]
-    env = twx_domains["coin"].make_env()  # its own JVM, to kill
-    try:
+    with own_jvm_env() as env:
         first = env.reset(task=task)
         process = env.engine._jvm.wrapper._gateway.java_process
         stop_process(process.pid)
@@ -495,8 +578,6 @@ def test_a_jvm_killed_during_a_call_is_one_line_without_py4j_tracebacks(twx_doma
         assert "step: the TextWorldExpress engine (JVM) stopped answering" in str(error)
         assert py4j_noise(caplog.records) == []
         assert env.reset(task=task) == first
-    finally:
-        env.close()
 
 
 @_LINUX

@@ -52,6 +52,18 @@ class TwxConfig(_Common):
             ),
         ),
     ] = DEFAULT_CALL_TIMEOUT_S
+    games_per_jvm: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1024,
+            description=(
+                "Games (envs) that share one JVM, each in its own engine interface. A JVM holds about 80 MB, and an"
+                " evaluation plays one game per test task at once. A JVM that dies or hangs ends every game in it"
+                " (each is an env error); 1 gives every game its own JVM."
+            ),
+        ),
+    ] = 8
 
 
 class TwConfig(_Common):

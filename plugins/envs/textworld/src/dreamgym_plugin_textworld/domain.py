@@ -13,7 +13,7 @@ from dreamgym_core.rollout import play_offline
 
 from .annotate import annotate_transition
 from .config import DEFAULT_CALL_TIMEOUT_S, TwConfig, TwxConfig
-from .engines import EnginePool, RawState, TwEngine, TwxEngine
+from .engines import EnginePool, RawState, TwEngine, TwxJvms
 from .env import TextWorldEnv
 from .games import (
     TW_GAMES,
@@ -64,8 +64,11 @@ class TextWorldDomain:
             self.cache_dir = getattr(config, "cache_dir", "") or default_cache_dir()
         self._tasks: dict[str, list[Task]] = {}
         self._probe: TextWorldEnv | None = None
-        timeout = getattr(config, "call_timeout_s", DEFAULT_CALL_TIMEOUT_S)
-        self._twx_engines = EnginePool(lambda: TwxEngine(call_timeout_s=timeout))
+        jvms = TwxJvms(
+            games_per_jvm=getattr(config, "games_per_jvm", 1),
+            call_timeout_s=getattr(config, "call_timeout_s", DEFAULT_CALL_TIMEOUT_S),
+        )
+        self._twx_engines = EnginePool(jvms.engine)
 
     # --- tasks -------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
 from .config import DEFAULT_CALL_TIMEOUT_S
 from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
 
-__all__ = ["RawState", "TwxEngine", "TwEngine", "EnginePool", "EngineError"]
+__all__ = ["RawState", "TwxEngine", "TwxJvm", "TwxJvms", "TwEngine", "EnginePool", "EngineError"]
 
 
 class RawState(NamedTuple):
@@ -59,41 +59,107 @@ def _start_twx() -> Any:
     return quiet_del(TextWorldExpressEnv)(envStepLimit=10**9)
 
 
-class TwxEngine:
-    """TextWorldExpress through its Python API (one JVM per engine, started lazily).
+class TwxJvm:
+    """One TextWorldExpress JVM that several engines play their games in.
 
-    If the JVM dies, the call that finds out raises :class:`EngineError` and the
-    engine is dropped: the episode is lost, and the next ``load`` starts a new JVM.
-    A call to a started JVM that does not answer within ``call_timeout_s`` (a hung or
-    stopped JVM) is the same failure: a watchdog kills the JVM, which ends the call.
-    ``call_timeout_s=0`` turns the limit off. Starting the JVM has the same limit, and a JVM
-    that fails to start is an :class:`EngineError` too.
+    Each engine has its own ``PythonInterface`` in the JVM, and a game lives in its interface,
+    so games that share a JVM do not meet (an engine's game depends on its payload only). The
+    JVM starts on the first call of one of its engines and stops when the last one closes.
+    It is one process, though: when it dies or hangs (and is killed), every game in it ends,
+    each engine's next call fails with :class:`EngineError`, and the next load starts a new JVM.
     """
 
     def __init__(self, *, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
-        self.call_timeout_s = call_timeout_s
-        self._jvm = JvmGuard(
+        self.guard = JvmGuard(
             start=_start_twx, name="twx", label="env 'twx'", simulator="TextWorldExpress", error=EngineError,
-            call_timeout_s=call_timeout_s, on_drop=self._forget,
+            call_timeout_s=call_timeout_s, on_drop=self._dropped,
         )  # fmt: skip
+        self.generation = 0  # counts the JVMs dropped: an engine's interface belongs to one of them
+        self.holders = 0  # engines that have called it and not closed since
+        self.seats = 0  # engines made for it (see :class:`TwxJvms`)
+
+    def _dropped(self) -> None:
+        self.generation += 1
+
+    def hold(self) -> None:
+        self.holders += 1
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0:
+            self.guard.close()
+            self.generation += 1  # no interface outlives its JVM
+
+
+class TwxJvms:
+    """A domain's TextWorldExpress JVMs: each new engine gets a seat in the newest JVM until
+    ``games_per_jvm`` engines sit there, then a new JVM. One JVM holds about 80 MB; an
+    evaluation of 32 games in 32 JVMs held 2.6 GB."""
+
+    def __init__(self, *, games_per_jvm: int, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
+        self.games_per_jvm, self.call_timeout_s = games_per_jvm, call_timeout_s
+        self._newest: TwxJvm | None = None
+
+    def engine(self) -> TwxEngine:
+        if self._newest is None or self._newest.seats >= self.games_per_jvm:
+            self._newest = TwxJvm(call_timeout_s=self.call_timeout_s)
+        self._newest.seats += 1
+        return TwxEngine(jvm=self._newest)
+
+
+class TwxEngine:
+    """TextWorldExpress through its Java interface, in a JVM of its own or one it shares
+    (:class:`TwxJvm`), started lazily.
+
+    If the JVM dies, the call that finds out raises :class:`EngineError` and the game is
+    lost: the next ``load`` starts a new JVM. A call to a started JVM that does not answer
+    within ``call_timeout_s`` (a hung or stopped JVM) is the same failure: a watchdog kills
+    the JVM, which ends the call. ``call_timeout_s=0`` turns the limit off. Starting the JVM
+    has the same limit, and a JVM that fails to start is an :class:`EngineError` too.
+    """
+
+    def __init__(self, *, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, jvm: TwxJvm | None = None) -> None:
+        self.host = jvm if jvm is not None else TwxJvm(call_timeout_s=call_timeout_s)
+        self.call_timeout_s = self.host.guard.call_timeout_s
+        self._server: Any = None  # this engine's PythonInterface in the host's JVM
+        self._generation = -1  # the host's JVM that ``_server`` lives in
+        self._holding = False
         self._loaded: tuple[str, str] | None = None
         self._game: tuple[str, str, str, int] | None = None
         self._gold: list[str] | None = None
         self._taken: list[str] = []
         self._objective = ""
 
+    @property
+    def _jvm(self) -> JvmGuard:
+        return self.host.guard
+
     def _forget(self) -> None:
         """The JVM was dropped: its game is gone with it."""
-        self._loaded = self._game = None
+        self._loaded = self._game = self._server = None
+
+    def _forget_if_dropped(self) -> None:
+        """Forget the game if its JVM was dropped since this engine's last call (maybe in
+        another engine's call)."""
+        if self._server is not None and self._generation != self.host.generation:
+            self._forget()
 
     @contextmanager
     def _call(self, what: str) -> Iterator[Any]:
-        """The running engine for one call (see :meth:`JvmGuard.call`): a dead or hung one
-        raises EngineError and is dropped, with its game."""
+        """The running JVM's wrapper for one call (see :meth:`JvmGuard.call`), with this engine's
+        interface in ``self._server``: a dead or hung JVM raises EngineError and is dropped, and
+        with it the game of every engine in it."""
+        self._forget_if_dropped()
         if self._game is None and what != "load":
             raise EngineError(f"env 'twx': {what}: no game loaded (after an engine stops, reset first)")
-        with self._jvm.call(what) as env:
-            yield env
+        if not self._holding:
+            self.host.hold()
+            self._holding = True
+        with self._jvm.call(what) as wrapper:
+            if self._server is None:
+                self._server = wrapper._gateway.jvm.textworldexpress.runtime.PythonInterface()
+                self._generation = self.host.generation
+            yield wrapper
 
     def load(self, payload: dict[str, Any]) -> None:
         game, params = payload["game"], twx_params_string(payload.get("params", {}))
@@ -101,25 +167,26 @@ class TwxEngine:
             if not _INT32[0] <= value <= _INT32[1]:  # the engine leaves the game unloaded, silently
                 raise ConfigError(f"env 'twx': game {game!r} parameter {name}={value} is out of range (at most {_INT32[1]})")
         fold = TWX_FOLD_SEEDS[payload.get("split", "train")][0]
+        self._forget_if_dropped()
         if self._loaded != (game, params):
             self._loaded = None  # a rejected load leaves the engine with no game at all
-            with self._call("load") as env:
-                try:
-                    env.load(game, params)
-                except ValueError as exc:
-                    raise ConfigError(f"env 'twx': game {game!r} params {params!r}: {str(exc).strip()}") from exc
+            with self._call("load"):
+                refused = self._server.load(game, params)
+            if refused:
+                raise ConfigError(f"env 'twx': game {game!r} params {params!r}: {str(refused).strip()}")
             self._loaded = (game, params)
         self._game = (game, params, fold, int(payload["seed"]))
 
     def reset(self) -> RawState:
         from py4j.protocol import Py4JJavaError
 
-        with self._call("reset") as env:
+        with self._call("reset"):
             assert self._game is not None  # checked by _call
             game, params, fold, seed = self._game
             try:
                 # a path the seeded walk replaces is not asked for
-                _, infos = env.reset(seed=seed, gameFold=fold, generateGoldPath=game not in _RANDOM_WALK_GOLD_AGENTS)
+                infos = msgspec.json.decode(self._server.generateNewGameJSON(seed, fold, game not in _RANDOM_WALK_GOLD_AGENTS))
+                infos["taskDescription"] = self._server.getTaskDescription()
             except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
                 message = str(exc.java_exception.getMessage()).strip()
                 raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
@@ -131,8 +198,8 @@ class TwxEngine:
     def step(self, action: str) -> RawState:
         # One engine call per step. The wrapper's step() makes a second JVM round trip on
         # every step to re-fetch the task description, which never changes in an episode.
-        with self._call("step") as env:
-            infos = msgspec.json.decode(env.server.stepJSON(action))
+        with self._call("step"):
+            infos = msgspec.json.decode(self._server.stepJSON(action))
         self._taken.append(action)
         infos["taskDescription"] = self._objective
         return self._state(infos)
@@ -157,7 +224,7 @@ class TwxEngine:
         game, _, fold, seed = self._game
         agent = _RANDOM_WALK_GOLD_AGENTS.get(game)
         if agent is None:
-            return list_items(env, env.server.getGoldActionSequence())
+            return list_items(env, self._server.getGoldActionSequence())
         # Every Java object proxied here is released before the call ends. A py4j proxy whose
         # method was called sits in a reference cycle, so Python frees it at some later
         # collection, from whatever thread runs it, and py4j then messages its JVM. If that
@@ -171,7 +238,7 @@ class TwxEngine:
         try:
             # The gold agent plays a fresh copy of this seed's game, as upstream's does.
             jvm = env._gateway.jvm
-            rng, generator = held(jvm.scala.util.Random(seed)), held(env.server.gameGenerator())
+            rng, generator = held(jvm.scala.util.Random(seed)), held(self._server.gameGenerator())
             for _ in range(_GOLD_WALKS):
                 walker = held(getattr(jvm.textworldexpress.goldagent, agent)(held(generator.mkGame(seed, fold))))
                 walk = held(walker.mkGoldPath(rng))
@@ -195,8 +262,19 @@ class TwxEngine:
         )
 
     def close(self) -> None:
-        self._jvm.close()
-        self._loaded = None
+        """Release this engine's interface, and stop the JVM if no other engine holds it. A
+        later ``load`` starts again."""
+        self._forget_if_dropped()
+        if self._server is not None:  # the JVM runs on for its other engines: free the game now
+            try:
+                with self._jvm.call("close") as wrapper:
+                    wrapper._gateway.detach(self._server)
+            except EngineError:  # dropped: the interface went with its JVM
+                pass
+        self._forget()
+        if self._holding:
+            self._holding = False
+            self.host.release()
 
 
 class EnginePool:

@@ -224,6 +224,25 @@ def test_save_reload_gives_identical_generations(trained, tmp_path):
         assert reloaded.generate(prompts=prompts, max_new_tokens=16, temperature=1.0, seed=seed) == expected
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_a_saved_model_directory_has_the_mode_a_plain_mkdir_gives(small_config, tmp_path, umask):
+    # before: the directory was made by tempfile.mkdtemp (always 0o700) and renamed into place,
+    # so a run's experience model and policy checkpoints were private unlike its other files
+    import os
+    import stat
+
+    backend = TinyBackend(small_config())
+    before = os.umask(umask)
+    try:
+        backend.save(path=str(tmp_path / "ckpt"))
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(before)
+    mode = stat.S_IMODE((tmp_path / "ckpt").stat().st_mode)
+    assert mode == 0o777 & ~umask == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "ckpt" / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
 def test_saves_and_loads_print_no_progress_bars_and_leave_the_setting_as_it_was(trained, tmp_path, capfd):
     from transformers.utils import logging as hf_logging
 

@@ -497,3 +497,59 @@ def test_an_absurd_tiny_model_size_on_the_command_line_is_one_line_and_exit_2(tm
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == f"Error: {pipeline}: Expected `int` <= 1024 - at `$.policy.config.layers`"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tiny_model_too_large_as_a_whole_is_refused_before_it_is_built(small_config):
+    # before: each size was bounded but not their product: width 65536 with 1024 blocks passed
+    # validation and building the model tried to allocate some 1.8e13 parameters
+    with pytest.raises(msgspec.ValidationError) as info:
+        small_config(hidden_size=65_536, layers=1_024, heads=4, intermediate_size=344)
+    message = str(info.value)
+    assert message.startswith("hf-tiny: hidden_size=65536, layers=1024, intermediate_size=344, vocab_size=400 ")
+    assert "about 1.8e+13 parameters, over the cap of 2e+09" in message and "\n" not in message
+    small_config(hidden_size=4_096, layers=8, heads=32, intermediate_size=11_008, vocab_size=32_000)  # 1.8e9: accepted
+
+
+def test_the_tiny_parameter_estimate_is_the_built_models_count(small_config):
+    from dreamgym_plugin_hf.config import tiny_parameters
+
+    backend = TinyBackend(small_config())
+    c = backend.config
+    built = sum(p.numel() for p in backend.model.parameters())
+    assert built == tiny_parameters(
+        hidden_size=c.hidden_size, layers=c.layers, intermediate_size=c.intermediate_size, vocab_size=len(backend.tokenizer)
+    )
+
+
+def test_an_absurd_lora_rank_is_refused_at_validation():
+    # before: the rank had no upper bound and peft tried to allocate the adapters
+    for value in (10**30, 4_097):
+        with pytest.raises(msgspec.ValidationError) as info:
+            msgspec.convert({"r": value}, type=LoraSettings)
+        assert str(info.value) == "Expected `int` <= 4096 - at `$.r`"
+    assert msgspec.convert({"r": 4_096}, type=LoraSettings).r == 4_096
+
+
+@pytest.mark.parametrize(
+    "settings, error",
+    [
+        (["policy.config.hidden_size=65536", "policy.config.layers=1024"],
+         "hf-tiny: hidden_size=65536, layers=1024, intermediate_size=344, vocab_size=1024 make about 1.8e+13 "
+         "parameters, over the cap of 2e+09; make the model smaller - at `$.policy.config`"),
+        (["policy.config.lora.r=100000"], "Expected `int` <= 4096 - at `$.policy.config.lora.r`"),
+    ],
+)
+def test_a_tiny_model_too_large_or_an_absurd_lora_rank_on_the_command_line_is_one_line_and_exit_2(tmp_path, settings, error):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pipeline = Path(__file__).resolve().parents[4] / "examples" / "default.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamgym_core.cli", "run", str(pipeline), "--set", f"run_dir={tmp_path / 'run'}",
+         *[arg for setting in settings for arg in ("--set", setting)]],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == f"Error: {pipeline}: {error}"
+    assert not (tmp_path / "run").exists()

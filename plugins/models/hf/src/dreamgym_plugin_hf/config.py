@@ -13,10 +13,15 @@ __all__ = ["LoraSettings", "HFConfig", "TinyConfig", "SmolLM2Config"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
+# A rank of 4096 is already the full width of a 7B model (LoRA ranks are 8 to a few hundred);
+# unbounded, an absurd rank was accepted and peft tried to allocate the adapters.
+MAX_LORA_RANK = 4_096
+
+
 class LoraSettings(Config):
     """Low-rank adapters through peft; only the adapters are trained."""
 
-    r: Annotated[PositiveInt, Meta(description="Adapter rank.")] = 8
+    r: Annotated[PositiveInt, Meta(le=MAX_LORA_RANK, description="Adapter rank (at most 4096).")] = 8
     alpha: Annotated[PositiveFloat, Meta(description="LoRA scaling numerator (scale = alpha / r).")] = 16.0
     dropout: Annotated[float, Meta(ge=0.0, lt=1.0, description="Dropout on the adapter input.")] = 0.0
     target_modules: Annotated[
@@ -80,6 +85,18 @@ MAX_TINY_HEADS = 1_024
 MAX_TINY_INTERMEDIATE = 262_144
 MAX_TINY_VOCAB = 1_048_576
 MAX_TINY_POSITIONS = 16_777_216
+# The bounds above are per field; their product is not: width 65536 with 1024 blocks passes each
+# and is about 1.8e13 parameters at the default MLP width. A tiny model is also refused above 2e9
+# estimated parameters: about 500 times the defaults' 4.2M, 8 GB of float32 weights (some 32 GB
+# with AdamW's state), far beyond what this preset trains from scratch on one machine.
+MAX_TINY_PARAMETERS = 2_000_000_000
+
+
+def tiny_parameters(*, hidden_size: int, layers: int, intermediate_size: int, vocab_size: int) -> int:
+    """The Llama-style tiny model's parameter count: the (tied) embedding, then per block the
+    attention's four projections, the MLP's three and two norms, then the final norm."""
+    block = 4 * hidden_size * hidden_size + 3 * hidden_size * intermediate_size + 2 * hidden_size
+    return vocab_size * hidden_size + layers * block + hidden_size
 
 
 class TinyConfig(_Common):
@@ -114,6 +131,15 @@ class TinyConfig(_Common):
             raise ValueError(f"hidden_size={self.hidden_size} must be divisible by heads={self.heads}")
         if self.max_length > self.max_positions:
             raise ValueError(f"max_length={self.max_length} exceeds max_positions={self.max_positions}; lower it")
+        size = tiny_parameters(
+            hidden_size=self.hidden_size, layers=self.layers, intermediate_size=self.intermediate_size, vocab_size=self.vocab_size
+        )
+        if size > MAX_TINY_PARAMETERS:
+            raise ValueError(
+                f"hf-tiny: hidden_size={self.hidden_size}, layers={self.layers}, intermediate_size={self.intermediate_size}, "
+                f"vocab_size={self.vocab_size} make about {size:.2g} parameters, over the cap of "
+                f"{MAX_TINY_PARAMETERS:.0e}; make the model smaller"
+            )
 
 
 class SmolLM2Config(_Common):

@@ -438,7 +438,7 @@ class Runner:
             init = self.run_dir / "policy_init"
             self.policy.save(path=str(init))
             checkpoint.write_stage_metrics(init, metrics)
-            (init / "done").write_text("1\n")
+            checkpoint.atomic_write(init / "done", b"1\n")
 
     def _reload_policy(self, *, required_by: str = "") -> None:
         """The saved warm start (tokenizer included). ``required_by`` names the checkpoint that

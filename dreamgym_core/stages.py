@@ -161,5 +161,5 @@ def train_experience_model(
     backend.save(path=str(ckpt))
     trained = {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
     checkpoint.write_stage_metrics(ckpt, trained)
-    (ckpt / "done").write_text("1\n")
+    checkpoint.atomic_write(ckpt / "done", b"1\n")
     return trained

@@ -83,3 +83,68 @@ def test_metrics_are_appended_to_a_file_of_the_run(tmp_path):
     sink.log(step=1, metrics={"m": 2.0})
     sink.close()
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_link_planted_at_the_file_itself_is_replaced_not_written_through(tmp_path, writer):
+    """``run/report.md -> ~/notes`` is replaced by the run's file; the file it pointed at stays."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    target = run_dir / "report.md"
+    os.symlink(victim, target)
+    WRITERS[writer](target)
+    assert victim.read_text() == "precious\n"
+    assert target.is_file() and not target.is_symlink()
+
+
+class _SavesInPlace:
+    """A backend whose save writes into the folder it is given, keeping what is there."""
+
+    def save(self, *, path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "weights").write_bytes(b"w")
+
+
+def _experience_model_done(run_dir: Path) -> Path:
+    from types import SimpleNamespace
+
+    from dreamgym_core.stages import EXPERIENCE_DIR, train_experience_model
+
+    pipeline = SimpleNamespace(
+        experience=SimpleNamespace(train_demos="same-task", epochs=1, lr=1e-3, batch_size=1), loop=SimpleNamespace()
+    )
+    model = SimpleNamespace(train=lambda **_: {"loss": 1.0})
+    train_experience_model(
+        model, _SavesInPlace(), make_transitions(2), annotate=lambda t: t, buffer=None, pipeline=pipeline, run_dir=run_dir,
+        say=lambda _: None,
+    )
+    return run_dir / EXPERIENCE_DIR / "done"
+
+
+def _policy_init_done(run_dir: Path) -> Path:
+    from types import SimpleNamespace
+
+    from dreamgym_core.loop import Runner
+
+    Runner._save_policy_init(SimpleNamespace(run_dir=run_dir, policy=_SavesInPlace()), {"loss": 1.0})
+    return run_dir / "policy_init" / "done"
+
+
+MARKERS = {"experience_model/done": _experience_model_done, "policy_init/done": _policy_init_done}
+
+
+@pytest.mark.parametrize("marker", MARKERS)
+def test_a_saved_stages_done_marker_is_not_written_through_a_planted_link(tmp_path, marker):
+    # before: the marker was written with write_text, which follows a link planted at its name
+    # and created the file it names outside the run directory (the link names no file yet: one
+    # to an existing file reads as a finished stage, which is then reloaded, not saved)
+    victim = tmp_path / "elsewhere" / "victim"
+    victim.parent.mkdir()
+    run_dir = tmp_path / "run"
+    (run_dir / marker).parent.mkdir(parents=True)
+    os.symlink(victim, run_dir / marker)
+    done = MARKERS[marker](run_dir)
+    assert not victim.exists()
+    assert done.is_file() and not done.is_symlink() and done.read_text() == "1\n"

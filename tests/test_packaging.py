@@ -62,3 +62,9 @@ def test_requires_python_fits_the_pinned_dependencies(path):
         checked += 1
     if any(map(_pinned, project.get("dependencies", []))) and not checked:
         pytest.skip("the pinned dependencies are not installed here")
+
+
+def test_dreamgym_core_is_marked_typed_and_the_marker_is_packaged():
+    # PEP 561: without py.typed, a type checker ignores the annotations of an installed dreamgym_core
+    assert (ROOT / "dreamgym_core" / "py.typed").is_file()
+    assert "py.typed" in _toml(ROOT / "pyproject.toml")["tool"]["setuptools"]["package-data"]["dreamgym_core"]

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from torch.utils.data import Dataset
 
+from dreamgym_core.checkpoint import atomic_write
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Task
 
@@ -31,7 +32,7 @@ def feed_spec_path(task_file: str | Path) -> Path:
 
 def write_tasks(path: Path, tasks: list[Task]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in tasks))
+    atomic_write(path, b"".join(msgspec.json.encode(t) + b"\n" for t in tasks))
 
 
 def read_tasks(path: str | Path) -> list[Task]:

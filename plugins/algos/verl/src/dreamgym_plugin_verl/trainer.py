@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from dreamgym_core import report, stages
+from dreamgym_core.checkpoint import atomic_write
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.imports import root_logging_kept
@@ -66,11 +67,18 @@ def prepare_files(resolved: ResolvedPipeline, run_dir: Path, *, train: list, val
         "seed": resolved.pipeline.seed,
         "curriculum_actor": actors.get("curriculum_actor", ""),
     }
-    feed_spec_path(files["train"]).write_text(json.dumps(feed, indent=2))
+    atomic_write(feed_spec_path(files["train"]), json.dumps(feed, indent=2).encode())
     agent_loops = [{"name": AGENT_LOOP_NAME, "_target_": "dreamgym_plugin_verl.agent_loop.DreamGymAgentLoop", "runtime": str(run_dir)}]
-    files["agent_loop"].write_text(yaml.safe_dump(agent_loops, sort_keys=False))
-    (files["dir"] / "runtime.json").write_text(json.dumps(actors, indent=2))
+    atomic_write(files["agent_loop"], yaml.safe_dump(agent_loops, sort_keys=False).encode())
+    atomic_write(files["dir"] / "runtime.json", json.dumps(actors, indent=2).encode())
     return files
+
+
+def _write_overrides(directory: Path, overrides: list[str]) -> Path:
+    """The verl overrides the run starts with, one a line, in ``directory/overrides.txt``."""
+    path = directory / "overrides.txt"
+    atomic_write(path, ("\n".join(overrides) + "\n").encode())
+    return path
 
 
 class VerlTrainer:
@@ -117,7 +125,7 @@ class VerlTrainer:
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
         if hasattr(domain, "close"):  # its probe env (a simulator) played the offline data; workers build their own
             domain.close()
-        (files["dir"] / "overrides.txt").write_text("\n".join(overrides) + "\n")
+        _write_overrides(files["dir"], overrides)
         files["metrics"].unlink(missing_ok=True)  # an earlier run's lines are not this run's steps
         follower = MetricsFollower(
             files["metrics"], root / "metrics.jsonl", convert=MetricRows(iterations=cfg.loop.iterations, eval_tasks=len(val)),

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from dreamgym_core import checkpoint
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.early import world_model_examples, write_reflections
@@ -152,6 +153,6 @@ def warm_start(
     else:
         say("no successful expert episode in the offline data: verl starts from the policy's weights as they are")
     policy.save(path=str(target))
-    (target / "done").write_text("1\n")
+    checkpoint.atomic_write(target / "done", b"1\n")
     say(f"warm-started policy in {target}")
     return metrics

@@ -185,6 +185,28 @@ def test_index_persists_and_a_broken_manifest_rebuilds(tmp_path):
     again.close()
 
 
+@pytest.mark.parametrize("tmp_name", ["annoy.json.tmp", "annoy.rids.npy.tmp.npy", "annoy.ann.tmp"])
+def test_a_saved_index_is_not_written_through_a_link_planted_at_a_temporary_name(tmp_path, tmp_name):
+    # before: the manifest's and the ids' temporary files were written through such a link
+    # (write_text, np.save), overwriting the file it points at outside the buffer's folder
+    import os
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    folder = tmp_path / "buffer"
+    folder.mkdir()
+    os.symlink(victim, folder / tmp_name)
+    records = household(300)
+    with AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=200, flush_every=100), encoder=HashingEncoder(), path=folder) as b:
+        b.add(transitions=records)
+        b.seal()
+        b.wait_index()
+    assert victim.read_text() == "precious\n"
+    reopened = AnnoyBuffer(AnnoyConfig(min_rows=10**9), encoder=HashingEncoder(), path=folder)  # no rebuild allowed
+    assert reopened.stats()["annoy"]["items"] == 300 and not reopened.problems
+    reopened.close()
+
+
 def test_backfill_moves_the_index_to_the_new_encoder(tmp_path):
     old, new = HashingEncoder(HashingConfig(dim=64, bigrams=False)), HashingEncoder()
     cfg = AnnoyConfig(min_rows=100, segment_records=500)

@@ -13,6 +13,7 @@ import numpy as np
 from annoy import AnnoyIndex
 from msgspec import Meta
 
+from dreamgym_core.checkpoint import atomic_write, open_new
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig, best_first, topk_cosine
 from dreamgym_plugin_exact.buffer import Space
 
@@ -196,17 +197,20 @@ class AnnoyBuffer(ExactBuffer):
 
         The manifest holds the sha256 of the other two files, so a set torn by a kill
         between the replaces (new index, old ids) or a corrupt file is never loaded.
+        No temporary file is written through a link planted at its name: the ids and the
+        manifest are created anew (open_new, atomic_write), and annoy's save removes what
+        is at its name before it writes.
         """
         assert self.path is not None  # only called with a path (not user input)
         ann, rid_file, manifest = (self.path / name for name in _FILES)
-        np.save(str(rid_file) + ".tmp.npy", rids, allow_pickle=False)
+        with open_new(Path(str(rid_file) + ".tmp.npy")) as f:
+            np.save(f, rids, allow_pickle=False)
         index.save(str(ann) + ".tmp")
         meta = {"encoder_id": encoder_id, "items": len(rids), "n_trees": self.config.n_trees, "dim": index.f,
                 _DIGESTS[0]: _sha256(str(ann) + ".tmp"), _DIGESTS[1]: _sha256(str(rid_file) + ".tmp.npy")}
         os.replace(str(ann) + ".tmp", ann)
         os.replace(str(rid_file) + ".tmp.npy", rid_file)
-        Path(str(manifest) + ".tmp").write_text(json.dumps(meta))
-        os.replace(str(manifest) + ".tmp", manifest)
+        atomic_write(manifest, json.dumps(meta).encode())
 
     def _load_saved(self) -> BuiltIndex | None:
         """The saved index if it matches the manifest and the current encoder; else None.

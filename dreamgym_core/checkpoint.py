@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import random
 import re
+import secrets
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, Iterator, Literal, Sequence
@@ -29,6 +31,8 @@ __all__ = [
     "atomic_write",
     "open_new",
     "open_append",
+    "new_directory",
+    "plain_file_modes",
     "load_latest",
     "load",
     "rng_kept",
@@ -91,6 +95,29 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def new_directory(parent: Path, *, prefix: str) -> Path:
+    """A directory of a fresh name in ``parent``, made as a plain mkdir makes one (mode 0o777
+    less the umask). ``tempfile.mkdtemp`` makes it 0o700, a mode a saved model, renamed into
+    place, would keep, unlike every other file of the run directory."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+
+
+def plain_file_modes(directory: Path) -> None:
+    """Each file in ``directory`` (one a plain mkdir or :func:`new_directory` made) gets the
+    mode a plain open gives, the directory's without the execute bits: safetensors writes
+    its weights 0o600."""
+    mode = stat.S_IMODE(directory.stat().st_mode) & 0o666
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 STAGE_METRICS = "metrics.json"

@@ -7,9 +7,7 @@ import copy
 import logging
 import os
 import random
-import secrets
 import shutil
-import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -24,6 +22,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from dreamgym_core.checkpoint import new_directory, plain_file_modes
 from dreamgym_core.errors import ConfigError, DataError
 
 from .config import HFConfig, LoraSettings
@@ -146,28 +145,6 @@ def _save_model(model: PreTrainedModel, directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True)
 
 
-def _new_directory(parent: Path, *, prefix: str) -> Path:
-    """A directory of a fresh name in ``parent``, made as a plain mkdir makes one (mode 0o777
-    less the umask). ``tempfile.mkdtemp`` makes it 0o700, a mode the saved model, renamed into
-    place, would have kept, unlike every other file of the run directory."""
-    while True:
-        path = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-
-
-def _plain_file_modes(directory: Path) -> None:
-    """Each file in ``directory`` (one :func:`_new_directory` made) gets the mode a plain open
-    gives, the directory's without the execute bits: safetensors writes its weights 0o600."""
-    mode = stat.S_IMODE(directory.stat().st_mode) & 0o666
-    for path in directory.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            path.chmod(mode)
-
-
 def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
     """Save model (safetensors) and tokenizer to ``path`` atomically.
 
@@ -176,12 +153,12 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_directory(target.parent, prefix=f".{target.name}.")
+    tmp = new_directory(target.parent, prefix=f".{target.name}.")
     try:
         with quiet_progress_bars():
             _save_model(model, tmp)
             tokenizer.save_pretrained(tmp)
-        _plain_file_modes(tmp)
+        plain_file_modes(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -110,12 +110,12 @@ def new_directory(parent: Path, *, prefix: str) -> Path:
         return path
 
 
-def plain_file_modes(directory: Path) -> None:
-    """Each file in ``directory`` (one a plain mkdir or :func:`new_directory` made) gets the
-    mode a plain open gives, the directory's without the execute bits: safetensors writes
-    its weights 0o600."""
+def plain_file_modes(directory: Path, names: Sequence[str] | None = None) -> None:
+    """Each file in ``directory`` (one a plain mkdir or :func:`new_directory` made), or each
+    of its files ``names`` names, gets the mode a plain open gives, the directory's without
+    the execute bits: safetensors writes its weights 0o600."""
     mode = stat.S_IMODE(directory.stat().st_mode) & 0o666
-    for path in directory.rglob("*"):
+    for path in directory.rglob("*") if names is None else (directory / name for name in names):
         if path.is_file() and not path.is_symlink():
             path.chmod(mode)
 

@@ -294,6 +294,26 @@ def test_save_load_resumes_identically(cls, config_type, kit, tmp_path):
     assert resumed.counters == algo.counters
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_weights_have_the_mode_a_plain_open_gives(kit, tmp_path, umask):
+    # before: safetensors wrote the policy, reference and heads files 0o600, unlike the state
+    # file beside them and every other file of the run directory
+    import os
+    import stat
+
+    algo = PPO(PPOConfig(), policy=kit.TinyPolicy(), seed=0)  # kl_coef > 0: a reference too
+    before = os.umask(umask)
+    try:
+        algo.save(path=str(tmp_path / "ckpt"))
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(before)
+    plain = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ckpt").iterdir()}
+    assert set(modes) == {"policy.safetensors", "reference.safetensors", "heads.safetensors", "trainer_state.pt"}
+    assert modes == dict.fromkeys(modes, plain) and plain == 0o666 & ~umask
+
+
 def test_load_of_a_missing_checkpoint_names_the_file(kit, tmp_path):
     from dreamgym_core.errors import DataError
 

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from dreamgym_core.checkpoint import plain_file_modes
 from dreamgym_core.errors import ConfigError, DataError, DreamGymError
 from dreamgym_core.experience import call_seed, stream_seed
 
@@ -285,7 +286,8 @@ class LocalTrainer:
 
     def save(self, *, path: str) -> None:
         """Weights (policy, reference, heads) as safetensors; optimiser, RNG and counters via
-        torch.save of tensors and plain types only."""
+        torch.save of tensors and plain types only. The weights get the mode a plain open
+        gives (safetensors writes them 0o600), as the state file has."""
         self._bind()
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +295,7 @@ class LocalTrainer:
         if self.ref is not None:
             save_model(self.ref, str(out / REFERENCE_FILE))
         save_file({k: v.contiguous() for k, v in self.heads.state_dict().items()}, str(out / HEADS_FILE))
+        plain_file_modes(out, [POLICY_FILE, HEADS_FILE] + ([REFERENCE_FILE] if self.ref is not None else []))
         state = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(), "counters": dict(self.counters)}
         torch.save(state, out / STATE_FILE)
 

@@ -33,6 +33,7 @@ __all__ = [
     "open_append",
     "new_directory",
     "plain_file_modes",
+    "stage_done",
     "load_latest",
     "load",
     "rng_kept",
@@ -121,6 +122,15 @@ def plain_file_modes(directory: Path, names: Sequence[str] | None = None) -> Non
 
 
 STAGE_METRICS = "metrics.json"
+
+
+def stage_done(directory: Path) -> bool:
+    """Whether ``directory`` holds a finished stage: its ``done`` marker (written last) is a
+    file of its own. A symbolic link planted at the name, in a run directory others can
+    write to, is not one: followed, a link to any file would make an unfinished stage count
+    as finished and be loaded."""
+    marker = directory / "done"
+    return not marker.is_symlink() and marker.is_file()
 
 
 def write_stage_metrics(directory: Path, metrics: dict[str, float]) -> None:

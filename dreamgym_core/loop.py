@@ -423,7 +423,7 @@ class Runner:
         """The SFT warm start, or the finished one found in the run directory (an earlier
         attempt's, or one copied in so that several runs start RL from the same policy)."""
         init = self.run_dir / "policy_init"
-        if (init / "done").exists() and hasattr(self.policy, "reload"):
+        if checkpoint.stage_done(init) and hasattr(self.policy, "reload"):
             self._say(f"reusing the warm-started policy in {init}")
             self._reload_policy()
             return checkpoint.read_stage_metrics(init)
@@ -447,7 +447,7 @@ class Runner:
         path = self.run_dir / "policy_init"
         if not hasattr(self.policy, "reload"):
             return
-        if (path / "done").exists():
+        if checkpoint.stage_done(path):
             self.policy.reload(path=str(path))
         elif required_by and hasattr(self.policy, "save"):
             raise DataError(

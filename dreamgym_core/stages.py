@@ -123,7 +123,7 @@ def reload_trained(backend: Any, run_dir: Path) -> bool:
     """Swap the weights a finished joint SFT saved in ``run_dir`` into ``backend``; False when
     there are none (its ``done`` marker is written last)."""
     ckpt = run_dir / EXPERIENCE_DIR
-    if not (ckpt / "done").exists():
+    if not checkpoint.stage_done(ckpt):
         return False
     if not hasattr(backend, "reload"):
         raise DreamGymError(f"{ckpt}: the experience model's backend cannot load trained weights (no reload method)")

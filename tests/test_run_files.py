@@ -148,3 +148,77 @@ def test_a_saved_stages_done_marker_is_not_written_through_a_planted_link(tmp_pa
     done = MARKERS[marker](run_dir)
     assert not victim.exists()
     assert done.is_file() and not done.is_symlink() and done.read_text() == "1\n"
+
+
+class _Reloads:
+    """A backend that records the folders it reloads, and saves as :class:`_SavesInPlace`."""
+
+    def __init__(self) -> None:
+        self.reloaded: list[str] = []
+
+    def reload(self, *, path: str) -> None:
+        self.reloaded.append(path)
+
+    def save(self, *, path: str) -> None:
+        _SavesInPlace().save(path=path)
+
+
+def _reload_trained(run_dir: Path) -> bool:
+    from dreamgym_core.stages import EXPERIENCE_DIR, reload_trained
+
+    backend = _Reloads()
+    found = reload_trained(backend, run_dir)
+    assert found == bool(backend.reloaded)
+    return found and backend.reloaded == [str(run_dir / EXPERIENCE_DIR)]
+
+
+def _warm_policy_reused(run_dir: Path) -> bool:
+    from types import SimpleNamespace
+
+    from dreamgym_core.loop import Runner
+
+    runner = SimpleNamespace(run_dir=run_dir, policy=_Reloads(), _say=lambda _: None)
+    runner._reload_policy = lambda: Runner._reload_policy(runner)
+    runner._warmstart_policy = lambda offline: {"warmstart/sft_loss": 1.0}
+    runner._save_policy_init = lambda metrics: None
+    metrics = Runner._warm_policy(runner, [])
+    reused = bool(runner.policy.reloaded)
+    assert metrics == ({} if reused else {"warmstart/sft_loss": 1.0})  # reloaded, or trained
+    return reused
+
+
+def _checkpoints_policy_reloaded(run_dir: Path) -> bool:
+    from types import SimpleNamespace
+
+    from dreamgym_core.errors import DataError
+    from dreamgym_core.loop import Runner
+
+    runner = SimpleNamespace(run_dir=run_dir, policy=_Reloads())
+    try:
+        Runner._reload_policy(runner, required_by="it-00001")
+    except DataError as err:
+        assert "no 'done' marker" in str(err) and not runner.policy.reloaded
+        return False
+    return runner.policy.reloaded == [str(run_dir / "policy_init")]
+
+
+FINISHED = {
+    "experience_model": _reload_trained, "policy_init (warm start)": _warm_policy_reused,
+    "policy_init (a checkpoint's)": _checkpoints_policy_reloaded,
+}
+
+
+@pytest.mark.parametrize("stage", FINISHED)
+def test_a_link_planted_at_a_done_marker_is_not_a_finished_stage(tmp_path, stage):
+    # before: the check was (dir / "done").exists(), which follows the link: one to any file
+    # made the stage count as finished, and whatever its folder held was loaded as trained
+    run_dir = tmp_path / "run"
+    folder = run_dir / stage.split()[0]
+    folder.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("1\n")
+    os.symlink(elsewhere, folder / "done")
+    assert not FINISHED[stage](run_dir)
+    (folder / "done").unlink()
+    (folder / "done").write_text("1\n")
+    assert FINISHED[stage](run_dir)  # a marker of its own still is one

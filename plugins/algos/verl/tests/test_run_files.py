@@ -83,3 +83,22 @@ def test_the_warm_starts_done_marker_is_not_written_through_a_planted_link(resol
     done = run / WARMSTART_DIR / "done"
     assert not victim.exists()
     assert done.is_file() and not done.is_symlink() and done.read_text() == "1\n"
+
+
+def test_a_link_planted_at_the_warm_starts_done_marker_is_not_a_finished_warm_start(resolve_dict, tmp_path, monkeypatch):
+    # before: the check was (policy_init / "done").exists(), which follows the link: one to
+    # any file skipped the warm start, and verl's actor loaded whatever policy_init held
+    saved: list[str] = []
+    monkeypatch.setattr(warmstart, "_policy", lambda resolved, plugins: _SavesInPlace())
+    monkeypatch.setattr(warmstart, "_reflections", lambda *args: None)
+    monkeypatch.setattr(_SavesInPlace, "save", lambda self, *, path: saved.append(path) or Path(path).mkdir(exist_ok=True))
+    run = tmp_path / "run"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("1\n")
+    (run / WARMSTART_DIR).mkdir(parents=True)
+    os.symlink(elsewhere, run / WARMSTART_DIR / "done")
+    lines: list[str] = []
+    warmstart.warm_start(resolve_dict(PIPELINE), None, [], run_dir=run, say=lines.append)
+    assert saved == [str(run / WARMSTART_DIR)] and not (run / WARMSTART_DIR / "done").is_symlink()
+    warmstart.warm_start(resolve_dict(PIPELINE), None, [], run_dir=run, say=lines.append)  # its own marker now
+    assert len(saved) == 1 and lines[-1].startswith("reusing the warm-started policy")

@@ -131,7 +131,7 @@ def warm_start(
     the observation that followed as the reply. With ``loop.self_reflection``, the replies
     think about what their action and the branches' led to."""
     target = run_dir / WARMSTART_DIR
-    if (target / "done").exists():
+    if checkpoint.stage_done(target):
         say(f"reusing the warm-started policy in {target}")
         return {}
     loop = resolved.pipeline.loop

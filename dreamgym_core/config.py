@@ -183,6 +183,10 @@ class LoopConfig(Config):
         Literal["penalise", "drop"],
         Meta(description="Episodes ended by a step the environment could not answer (M_exp's unparsable answer, an engine error): penalise them as failures (reward 0), or drop them from the policy update and the curriculum's groups."),
     ] = "penalise"
+    real_envs_at_once: Annotated[
+        NonNegativeInt,
+        Meta(description="Real envs open at once in one play (an evaluation, a real RL rollout): a play of more episodes runs in batches of this many, each batch's envs closed before the next opens. Bounds the simulators' memory (a ScienceWorld env is a JVM of about 0.27 GB); smaller batches mean more, smaller policy calls. 0: every episode of a play at once."),
+    ] = 0
 
 
 class EvalConfig(Config):

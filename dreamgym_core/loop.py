@@ -34,7 +34,7 @@ from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .provenance import VERSIONS_FILE, record_versions
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
-from .rollout import RolloutStats, drop_unanswered, rollout, success_by_family, wilson_interval
+from .rollout import RolloutStats, drop_unanswered, rollout, success_by_family, sum_stats, wilson_interval
 from .selection import ValidSelection
 from .synthetic import storable
 
@@ -545,7 +545,18 @@ class Runner:
         evaluation: bool = False, stream: str | None = None,
     ) -> tuple[list[Trajectory], RolloutStats]:
         """One episode per task in the real or the synthetic environment, closing its envs
-        (``experience_model``: a stream of the run's model for measurements; default, RL's own)."""
+        (``experience_model``: a stream of the run's model for measurements; default, RL's own).
+        Real envs open ``loop.real_envs_at_once`` at a time (0: all), batch after batch."""
+        at_once = self.cfg.loop.real_envs_at_once if phase == "real" else 0
+        if 0 < at_once < len(tasks):
+            batches = [
+                self.play(
+                    tasks[i : i + at_once], phase, temperature=temperature, seeds=seeds[i : i + at_once], tag=tag,
+                    experience_model=experience_model, evaluation=evaluation, stream=stream,
+                )
+                for i in range(0, len(tasks), at_once)
+            ]
+            return [traj for trajs, _ in batches for traj in trajs], sum_stats([stats for _, stats in batches])
         envs, step_many = self._make_envs(phase, len(tasks), experience_model)
         try:
             return rollout(

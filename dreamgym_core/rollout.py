@@ -14,7 +14,7 @@ from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
 __all__ = [
-    "RolloutStats", "Episode", "rollout", "step_transition", "play_offline", "unlisted", "wilson_interval", "unanswered_step",
+    "RolloutStats", "sum_stats", "Episode", "rollout", "step_transition", "play_offline", "unlisted", "wilson_interval", "unanswered_step",
     "unanswered", "drop_unanswered", "task_family", "success_by_family",
 ]
 
@@ -59,6 +59,11 @@ class RolloutStats:
             f"{prefix}/unlisted_actions": float(self.unlisted_actions),
             f"{prefix}/unlisted_accepted": float(self.unlisted_accepted),
         }
+
+
+def sum_stats(parts: Sequence[RolloutStats]) -> RolloutStats:
+    """The counters of several rollout calls that make one play, added up."""
+    return RolloutStats(**{field: sum(getattr(part, field) for part in parts) for field in RolloutStats.__dataclass_fields__})
 
 
 @dataclass

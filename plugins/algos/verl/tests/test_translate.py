@@ -92,6 +92,15 @@ def test_dropping_unanswered_episodes_is_refused_not_ignored(resolve_dict):
         translate(resolve_dict(data))
 
 
+def test_a_cap_on_real_envs_at_once_is_refused_not_ignored(resolve_dict):
+    data = {
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real", "real_envs_at_once": 4},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}},
+    }
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.real_envs_at_once=4 is a local-loop option"):
+        translate(resolve_dict(data))
+
+
 def test_verl_starts_from_the_warm_start_or_the_weights_as_given(resolve_dict):
     data = {
         "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"},

@@ -114,6 +114,12 @@ def _sections(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> dict
             f"{resolved.source}: loop.unanswered_episodes={loop.unanswered_episodes!r} is a local-loop option; "
             "the verl backend penalises unanswered episodes"
         )
+    if loop.real_envs_at_once:
+        # verl's agent-loop workers open an env per request, as many as the rollout batch holds.
+        raise ConfigError(
+            f"{resolved.source}: loop.real_envs_at_once={loop.real_envs_at_once} is a local-loop option; "
+            "the verl backend opens an env per rollout of its batch"
+        )
     model = start_weights(resolved, cfg, run_dir)
     temperature = resolved.pipeline.eval.temperature
     evaluate = resolved.pipeline.eval.episodes > 0

@@ -76,7 +76,6 @@ class TwxJvm:
         )  # fmt: skip
         self.generation = 0  # counts the JVMs dropped: an engine's interface belongs to one of them
         self.holders = 0  # engines that have called it and not closed since
-        self.seats = 0  # engines made for it (see :class:`TwxJvms`)
 
     def _dropped(self) -> None:
         self.generation += 1
@@ -99,11 +98,12 @@ class TwxJvms:
     def __init__(self, *, games_per_jvm: int, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
         self.games_per_jvm, self.call_timeout_s = games_per_jvm, call_timeout_s
         self._newest: TwxJvm | None = None
+        self._seated = 0  # engines made for the newest JVM
 
     def engine(self) -> TwxEngine:
-        if self._newest is None or self._newest.seats >= self.games_per_jvm:
-            self._newest = TwxJvm(call_timeout_s=self.call_timeout_s)
-        self._newest.seats += 1
+        if self._newest is None or self._seated >= self.games_per_jvm:
+            self._newest, self._seated = TwxJvm(call_timeout_s=self.call_timeout_s), 0
+        self._seated += 1
         return TwxEngine(jvm=self._newest)
 
 

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import stopping
 from .errors import DreamGymError
 
 __all__ = ["JvmGuard", "quiet_del", "list_items"]
@@ -105,8 +106,11 @@ class _HeldPy4JLogs(logging.Filter):
     py4j logs tracebacks (some on the root logger) for a connection that breaks, and for
     each connection it then fails to open, before it raises. A call that fails with the
     guard's error says what happened in one line, so those records go to this module's
-    logger at DEBUG; a call that ends any other way lets them through as py4j logged them.
-    Records of other threads, of other libraries, and outside calls pass.
+    logger at DEBUG; so do those of any call once Ctrl-C or SIGTERM has asked the command to
+    stop: the terminal's Ctrl-C reaches the JVMs in its process group too, and the run's
+    closing calls (detaching games, shutting gateways) meet JVMs on their way out, which py4j
+    logs and does not raise. A call that ends any other way lets them through as py4j logged
+    them. Records of other threads, of other libraries, and outside calls pass.
     """
 
     LOGGERS = ("root", "py4j.java_gateway", "py4j.clientserver")
@@ -147,9 +151,10 @@ class _HeldPy4JLogs(logging.Filter):
             raise
         finally:
             del self._held[thread]
+            quiet = failed or stopping.requested() is not None
             for record in records:
-                if failed:
-                    _log.debug("py4j logged, before an engine error: %s", record.getMessage(), exc_info=record.exc_info)
+                if quiet:
+                    _log.debug("py4j logged, before an engine error or in a stop: %s", record.getMessage(), exc_info=record.exc_info)
                 else:
                     logging.getLogger(record.name).handle(record)
 
@@ -176,6 +181,20 @@ def quiet_del(wrapper_class: type) -> type:
 
     Wrapper.__name__ = Wrapper.__qualname__ = wrapper_class.__name__
     return Wrapper
+
+
+def _disconnect(wrapper: Any) -> bool:
+    """Mark ``wrapper``'s py4j client disconnected and close its connections; False where the
+    wrapper does not have py4j's layout. A client marked so stops sending the JVM deletes for
+    the Java objects Python collects later (at exit, say), each of which would otherwise log a
+    failed connection once the JVM is gone."""
+    gateway = getattr(wrapper, "_gateway", None)
+    client = getattr(gateway, "_gateway_client", None)
+    if client is None:
+        return False
+    client.is_connected = False
+    client.close()
+    return True
 
 
 def list_items(wrapper: Any, java_list: Any) -> list[Any]:
@@ -390,17 +409,11 @@ class JvmGuard:
                 process.wait(timeout=_REAP_S)
             except subprocess.TimeoutExpired:
                 _log.warning("%s: the killed JVM (pid %s) has not exited after %s s", self.label, process.pid, _REAP_S)
-        # Close py4j's side without a shutdown request (nothing would answer it). Marked
-        # disconnected, the client also stops sending the JVM deletes for its Java objects
-        # as Python collects them, each of which would log a failed connection.
-        gateway = getattr(wrapper, "_gateway", None)
-        client = getattr(gateway, "_gateway_client", None)
-        if client is None:  # not the py4j layout this was written for
+        # Close py4j's side without a shutdown request (nothing would answer it).
+        if not _disconnect(wrapper):  # not the py4j layout this was written for
             wrapper.close()
             return
-        client.is_connected = False
-        client.close()
-        gateway.shutdown_callback_server()
+        wrapper._gateway.shutdown_callback_server()
 
     def close(self) -> None:
         """Shut the JVM down and wait for it to exit (a healthy one takes about 0.1 s). One that
@@ -413,6 +426,9 @@ class JvmGuard:
                 wrapper.close()
         except self.error:  # dropped: its JVM was dead or has been killed
             return
+        # A JVM on its way out already (the terminal's Ctrl-C reached it too) refuses the
+        # shutdown request, and py4j's client, still marked connected, would message it later.
+        _disconnect(wrapper)
         watchdog, self.watchdog = self.watchdog, None
         if watchdog is not None:
             watchdog.stop()

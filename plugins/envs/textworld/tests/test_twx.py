@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Iterator
 import msgspec
 import pytest
 
+from dreamgym_core import jvm, stopping
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.testing.processes import bounded, py4j_noise, stop_process
 from dreamgym_plugin_textworld import TextWorldEnv, TwxConfig, make_twx
@@ -585,7 +587,8 @@ def test_ctrl_c_during_a_call_is_an_interrupt_without_py4j_tracebacks(twx_domain
     # py4j's handling of the interrupt raised an AttributeError of its own, which a rollout
     # took for the engine's failure: a run went on playing after Ctrl-C.
     task = twx_domains["coin"].tasks(split="train")[0]
-    env = make_twx(twx_config("coin", call_timeout_s=30)).make_env()  # its own JVM, to stop
+    domain = make_twx(twx_config("coin", call_timeout_s=30))
+    env = domain.make_env()  # its own JVM, to stop
     try:
         env.reset(task=task)
         process = env.engine._jvm.wrapper._gateway.java_process
@@ -599,6 +602,34 @@ def test_ctrl_c_during_a_call_is_an_interrupt_without_py4j_tracebacks(twx_domain
         process.kill()
     finally:
         env.close()
+        domain.close()  # which closes the engine, and py4j's client of the killed JVM with it
+
+
+@_LINUX
+def test_closing_after_ctrl_c_killed_the_jvm_logs_no_py4j_traceback(twx_domains, caplog, monkeypatch) -> None:
+    # The terminal's Ctrl-C reaches the JVMs in its process group too. The run then closes its
+    # engines, and detaching a game from a JVM still on its way out is a call that "succeeds":
+    # py4j logs a page of tracebacks at ERROR and returns. Its shutdown request fails the same
+    # way, and a Java object Python collects later (at exit) would be deleted through a client
+    # still marked connected, logging a failed connection. Here the JVM is killed and, as while
+    # it shuts down, not seen to have exited before each call.
+    task = twx_domains["coin"].tasks(split="train")[0]
+    domain = make_twx(twx_config("coin", games_per_jvm=1))
+    env = domain.make_env()
+    env.reset(task=task)
+    gateway = env.engine._jvm.wrapper._gateway
+    left_over = gateway.jvm.java.util.ArrayList()  # a proxy still held when the run ends
+    gateway.java_process.kill()
+    gateway.java_process.wait()
+    monkeypatch.setattr(jvm, "_java_process", lambda wrapper: None)
+    monkeypatch.setattr(stopping, "_requested", signal.SIGINT)
+    with caplog.at_level(logging.DEBUG):
+        env.close()  # the engine goes back to the domain's pool
+        domain.close()  # which closes it: the game is detached, the JVM is asked to shut down
+        del left_over
+        gc.collect()
+    assert py4j_noise(caplog.records) == []
+    assert any(r.name == "dreamgym_core.jvm" and "in a stop" in r.getMessage() for r in caplog.records)
 
 
 def test_what_py4j_logs_during_a_call_that_succeeds_is_kept(twx_domains, caplog) -> None:

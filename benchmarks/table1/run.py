@@ -44,6 +44,8 @@ from pathlib import Path
 
 from scipy import stats
 
+from dreamgym_core import checkpoint
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RUNS = HERE / "runs"  # large, not committed
@@ -185,14 +187,14 @@ def share_from(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> 
     if row == "GRPO DreamGym":
         return
     donor = _before_rl(game, "GRPO DreamGym", seed)
-    copy_parts(donor, run_dir, model=row in SHARES_MODEL and (donor / "experience_model" / "done").exists())
+    copy_parts(donor, run_dir, model=row in SHARES_MODEL and checkpoint.stage_done(donor / "experience_model"))
 
 
 def _before_rl(game: str, row: str, seed: int) -> Path:
     """A directory holding what the row's draw-0 cell built before RL: its own run directory,
     or, when that is gone (a fresh clone), one rebuilt and checked against the cached cell."""
     first = run_dir_of(game, row, seed)
-    if all((first / part / "done").exists() for part in ("policy_init", "experience_model")):
+    if all(checkpoint.stage_done(first / part) for part in ("policy_init", "experience_model")):
         return first
     if row in SHARES_MODEL and row != "GRPO DreamGym":
         return _before_rl(game, "GRPO DreamGym", seed)  # its parts are copies of the donor's

@@ -197,6 +197,15 @@ def _disconnect(wrapper: Any) -> bool:
     return True
 
 
+def _abandon(wrapper: Any) -> None:
+    """Close py4j's side of a wrapper whose JVM was killed, without a shutdown request
+    (nothing would answer it)."""
+    if not _disconnect(wrapper):  # not the py4j layout this was written for
+        wrapper.close()
+        return
+    wrapper._gateway.shutdown_callback_server()
+
+
 def list_items(wrapper: Any, java_list: Any) -> list[Any]:
     """The items of a Java list (a py4j proxy), the proxy released at once (see :class:`JvmGuard`).
     Read by index: iterating would proxy a Java iterator too."""
@@ -232,6 +241,14 @@ def _kill_and_reap(pid: int) -> None:
 _START_LOCK = threading.Lock()
 
 
+def _stop_start(thread: threading.Thread, children_before: set[int]) -> None:
+    """Kill the JVM a start thread is bringing up (the child that appeared since it began),
+    and let the thread end."""
+    for pid in _child_pids() - children_before:
+        _kill_and_reap(pid)
+    thread.join(5.0)
+
+
 def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
     """``start()``'s wrapper, or its exception. One not up within ``limit_s`` (0: no limit)
     raises TimeoutError once killed: py4j hands over the JVM's process only once it is up,
@@ -249,11 +266,15 @@ def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
 
         thread = threading.Thread(target=run, name=f"{name}-start", daemon=True)
         thread.start()
-        thread.join(limit_s if limit_s > 0 else None)
+        try:
+            thread.join(limit_s if limit_s > 0 else None)
+        except BaseException:  # Ctrl-C or SIGTERM meanwhile: no guard would own the JVM it starts
+            _stop_start(thread, children_before)
+            if "wrapper" in outcome:  # it was up: its client would message the killed JVM at exit
+                _abandon(outcome["wrapper"])
+            raise
         if thread.is_alive():
-            for pid in _child_pids() - children_before:
-                _kill_and_reap(pid)
-            thread.join(5.0)
+            _stop_start(thread, children_before)
             raise TimeoutError
     if "error" in outcome:
         raise outcome["error"]
@@ -409,11 +430,7 @@ class JvmGuard:
                 process.wait(timeout=_REAP_S)
             except subprocess.TimeoutExpired:
                 _log.warning("%s: the killed JVM (pid %s) has not exited after %s s", self.label, process.pid, _REAP_S)
-        # Close py4j's side without a shutdown request (nothing would answer it).
-        if not _disconnect(wrapper):  # not the py4j layout this was written for
-            wrapper.close()
-            return
-        wrapper._gateway.shutdown_callback_server()
+        _abandon(wrapper)
 
     def close(self) -> None:
         """Shut the JVM down and wait for it to exit (a healthy one takes about 0.1 s). One that

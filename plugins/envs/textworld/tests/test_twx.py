@@ -500,6 +500,25 @@ def test_a_jvm_that_hangs_at_start_is_stopped_after_the_call_limit(monkeypatch, 
     engine.close()
 
 
+def test_ctrl_c_while_a_jvm_starts_stops_that_jvm(monkeypatch, tmp_path) -> None:
+    # The start runs in a thread of its own; an interrupt of the thread waiting for it left the
+    # JVM it was starting unowned: no guard held it, so no close reached it, and it ran until
+    # the process exited.
+    fake_java(tmp_path, f'echo $$ > {tmp_path}/pid; exec sleep 600')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    engine = TwxEngine(call_timeout_s=60.0)
+    ctrl_c = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    ctrl_c.start()
+    with pytest.raises(KeyboardInterrupt):
+        engine.load({"game": "coin", "params": {"numLocations": 2}, "seed": 0})
+    ctrl_c.join()
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left sleeping
+        os.kill(pid, 0)
+    assert not [t.name for t in threading.enumerate() if t.name == "twx-start"]
+    engine.close()
+
+
 def test_an_engine_that_stops_answering_mid_call_is_a_one_line_error(twx_domains) -> None:
     from py4j.protocol import Py4JNetworkError
 

@@ -24,6 +24,10 @@ from typing import Any, Callable, Iterator
 __all__ = ["Stopped", "handle", "handled", "requested", "check", "clear", "name"]
 
 _requested: int | None = None
+# Stops raised (by the handler or by check) and, of those, dropped in a finalizer, since the
+# command began: a dropped stop is delivered again only while every one raised was dropped.
+_raised = 0
+_dropped = 0
 
 
 class Stopped(KeyboardInterrupt):
@@ -36,8 +40,9 @@ class Stopped(KeyboardInterrupt):
 
 def handle(signum: int, frame: Any) -> None:
     """Signal handler for SIGINT and SIGTERM: remember the stop and raise it here."""
-    global _requested
+    global _requested, _raised
     _requested = signum
+    _raised += 1
     raise Stopped(signum)
 
 
@@ -48,14 +53,17 @@ def requested() -> int | None:
 
 def check() -> None:
     """Raise the stop again if one was asked for (it may have been dropped where it was raised)."""
+    global _raised
     if _requested is not None:
+        _raised += 1
         raise Stopped(_requested)
 
 
 def clear() -> None:
     """Forget a stop: the next command starts unstopped."""
-    global _requested
+    global _requested, _raised, _dropped
     _requested = None
+    _raised = _dropped = 0
 
 
 def name(signum: int) -> str:
@@ -91,17 +99,26 @@ def _keeping_interrupts(previous: Callable[[Any], None]) -> Callable[[Any], None
     finalizer (a weakref callback or ``__del__``). Python prints such an exception as
     "Exception ignored" and drops it, and the command would go on as if Ctrl-C or SIGTERM had
     not come. The signal is sent to the main thread again, a moment later, when that
-    finalizer is over."""
+    finalizer is over, unless the stop has reached the command meanwhile (a rollout's
+    :func:`check`): the command is then unwinding, and a second stop would cut its cleanup
+    short, leaving simulators and browsers open."""
 
     def hook(unraisable: Any) -> None:
+        global _dropped
         if not isinstance(unraisable.exc_value, KeyboardInterrupt):
             previous(unraisable)
             return
+        _dropped += 1
         signum = unraisable.exc_value.signum if isinstance(unraisable.exc_value, Stopped) else signal.SIGINT
-        main = threading.main_thread().ident
-        resend = signal.pthread_kill if hasattr(signal, "pthread_kill") else (lambda _, sig: _thread.interrupt_main(sig))
-        timer = threading.Timer(0.05, resend, (main, signum))
+        timer = threading.Timer(0.05, _deliver_again, (threading.main_thread().ident, signum))
         timer.daemon = True
         timer.start()
 
     return hook
+
+
+def _deliver_again(main: int | None, signum: int) -> None:
+    if _raised > _dropped:  # a stop raised since was not dropped: the command has it
+        return
+    resend = signal.pthread_kill if hasattr(signal, "pthread_kill") else (lambda _, sig: _thread.interrupt_main(sig))
+    resend(main, signum)

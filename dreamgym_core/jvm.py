@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -281,9 +282,10 @@ def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
     return outcome["wrapper"]
 
 
-def _interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt ``exc`` is, or was raised while handling, if any."""
-    while exc is not None:
+def _interrupt_behind(exc: BaseException | None, *, before: BaseException | None = None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt ``exc`` is, or was raised while handling, if any, short of
+    ``before`` (what was being handled already when the call began)."""
+    while exc is not None and exc is not before:
         if isinstance(exc, KeyboardInterrupt):
             return exc
         exc = exc.__context__
@@ -373,6 +375,10 @@ class JvmGuard:
         """
         from py4j.protocol import Py4JError, Py4JJavaError
 
+        # A call in a stop's cleanup (closing engines while Ctrl-C unwinds the run) starts with
+        # that interrupt being handled, and whatever the call raises is chained to it: an
+        # interrupt there is not this call's.
+        in_flight = sys.exc_info()[1]
         _PY4J_LOGS.install()
         with _PY4J_LOGS.hold((self.error, KeyboardInterrupt)):
             wrapper = self._started(what)
@@ -386,7 +392,7 @@ class JvmGuard:
             try:
                 yield wrapper
             except BaseException as exc:  # KeyboardInterrupt too: the watch must end
-                interrupt = _interrupt_behind(exc)
+                interrupt = _interrupt_behind(exc, before=in_flight)
                 if interrupt is not None and interrupt is not exc:
                     # Ctrl-C (or SIGTERM, raised as one) mid-call: py4j's handler of it fails in turn
                     # (its GatewayConnection has no shutdown_socket), and the caller would take that

@@ -131,3 +131,36 @@ def test_an_interrupt_during_a_call_stays_an_interrupt(monkeypatch, tmp_path) ->
                 raise AttributeError("'GatewayConnection' object has no attribute 'shutdown_socket'")
     assert raised.value is interrupt
     guard.close()
+
+
+def test_a_call_in_a_stops_cleanup_that_meets_a_dead_jvm_is_the_engines_error(monkeypatch, tmp_path) -> None:
+    """A run that Ctrl-C unwinds closes its engines, and their calls meet JVMs the same Ctrl-C
+    killed. Such a call's broken pipe is chained to the interrupt in flight, which is not this
+    call's: taken for one, it was raised again without dropping the wrapper, which ended the
+    rest of the cleanup (the other engines stayed open) and left py4j's client of the dead JVM
+    marked connected, to message it at exit."""
+    pytest.importorskip("py4j")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    (tmp_path / "java").write_text("#!/bin/sh\n")
+    (tmp_path / "java").chmod(0o755)
+
+    class Wrapper:
+        def close(self) -> None:
+            pass
+
+    guard = JvmGuard(start=Wrapper, name="sim", label="env 'sim'", simulator="Sim", error=SimError, call_timeout_s=5)
+    with guard.call("reset"):
+        pass
+    raised: list[BaseException] = []
+    try:
+        raise KeyboardInterrupt  # the stop the run is unwinding for
+    except KeyboardInterrupt:
+        try:
+            with guard.call("close"):
+                raise BrokenPipeError(32, "Broken pipe")
+        except BaseException as exc:  # noqa: BLE001 - the interrupt too, to fail the test rather than stop pytest
+            raised.append(exc)
+    assert isinstance(raised[0], SimError), repr(raised[0])
+    assert str(raised[0]) == "env 'sim': close: the Sim engine (JVM) stopped answering ([Errno 32] Broken pipe)"
+    assert guard.wrapper is None  # dropped
+    guard.close()

@@ -108,10 +108,9 @@ def test_a_wrapper_without_a_jvm_process_is_dropped_on_a_broken_call(monkeypatch
     assert guard.wrapper is None and closed == [True, True]
 
 
-def test_an_interrupt_during_a_call_stays_an_interrupt(monkeypatch, tmp_path) -> None:
-    """py4j handles a KeyboardInterrupt during a call by closing the connection, with a method
-    its GatewayConnection lacks: the AttributeError that replaces the interrupt would pass for
-    the engine's failure, and a run would take Ctrl-C for a failed episode and play on."""
+@pytest.fixture
+def guard(monkeypatch, tmp_path) -> JvmGuard:
+    """A guard whose wrapper is a plain object: no JVM, a `java` on PATH only to be found."""
     pytest.importorskip("py4j")
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     (tmp_path / "java").write_text("#!/bin/sh\n")
@@ -121,7 +120,13 @@ def test_an_interrupt_during_a_call_stays_an_interrupt(monkeypatch, tmp_path) ->
         def close(self) -> None:
             pass
 
-    guard = JvmGuard(start=Wrapper, name="sim", label="env 'sim'", simulator="Sim", error=SimError, call_timeout_s=5)
+    return JvmGuard(start=Wrapper, name="sim", label="env 'sim'", simulator="Sim", error=SimError, call_timeout_s=5)
+
+
+def test_an_interrupt_during_a_call_stays_an_interrupt(guard: JvmGuard) -> None:
+    """py4j handles a KeyboardInterrupt during a call by closing the connection, with a method
+    its GatewayConnection lacks: the AttributeError that replaces the interrupt would pass for
+    the engine's failure, and a run would take Ctrl-C for a failed episode and play on."""
     interrupt = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt) as raised:
         with guard.call("step"):
@@ -133,22 +138,12 @@ def test_an_interrupt_during_a_call_stays_an_interrupt(monkeypatch, tmp_path) ->
     guard.close()
 
 
-def test_a_call_in_a_stops_cleanup_that_meets_a_dead_jvm_is_the_engines_error(monkeypatch, tmp_path) -> None:
+def test_a_call_in_a_stops_cleanup_that_meets_a_dead_jvm_is_the_engines_error(guard: JvmGuard) -> None:
     """A run that Ctrl-C unwinds closes its engines, and their calls meet JVMs the same Ctrl-C
     killed. Such a call's broken pipe is chained to the interrupt in flight, which is not this
     call's: taken for one, it was raised again without dropping the wrapper, which ended the
     rest of the cleanup (the other engines stayed open) and left py4j's client of the dead JVM
     marked connected, to message it at exit."""
-    pytest.importorskip("py4j")
-    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    (tmp_path / "java").write_text("#!/bin/sh\n")
-    (tmp_path / "java").chmod(0o755)
-
-    class Wrapper:
-        def close(self) -> None:
-            pass
-
-    guard = JvmGuard(start=Wrapper, name="sim", label="env 'sim'", simulator="Sim", error=SimError, call_timeout_s=5)
     with guard.call("reset"):
         pass
     raised: list[BaseException] = []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from dreamgym_core.testing.processes import sigint_as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,28 @@ def build_plugin_package(tmp: Path, dist: str, module: str, source: str, entry_p
     return site
 
 
+# The README's main job cut to about a minute (tests/test_end_to_end.py, tests/test_ctrl_c.py).
+REDUCED = [
+    "env.config.train_seeds=6", "env.config.test_seeds=4",
+    "data.expert_episodes=6", "data.noisy_episodes=2", "data.random_episodes=2", "data.explore_episodes=2",
+    "loop.reject_unlisted_actions=true",
+    "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "env.config.valid_seeds=2",
+    "loop.iterations=2",
+    "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=3", "eval.episodes=4",
+    # One torch thread, not the main job's two: the suite shares the cores with whatever runs beside
+    # it, and two threads beside one busy core ran these tests 2.2x slower (1371 s against 625 s).
+    "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
+]
+
+
+def reduced_args(run_dir: Path, *extra: str) -> list[str]:
+    """``dreamgym run`` arguments for the reduced main job in ``run_dir``, with ``extra`` overrides."""
+    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
+    for item in [*REDUCED, *extra]:
+        args += ["--set", item]
+    return args
+
+
 def open_run_buffer(run_dir: Path):
     """A run's replay buffer as the default pipeline stores it (exact, hashing encoder)."""
     encoders, exact = pytest.importorskip("dreamgym_plugin_encoders"), pytest.importorskip("dreamgym_plugin_exact")
@@ -69,7 +92,7 @@ def run_cli(*args: str, site: Path | None = None, env: dict[str, str] | None = N
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "dreamgym_core.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd,
-        preexec_fn=_ctrl_c_as_in_a_terminal,
+        preexec_fn=sigint_as_in_a_terminal,
     )
 
 
@@ -94,13 +117,6 @@ def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return subprocess.CompletedProcess(["dreamgym", *args], result.exit_code, result.stdout, result.stderr)
-
-
-def _ctrl_c_as_in_a_terminal() -> None:
-    """The child's Ctrl-C back to the system default: a suite started in the background
-    (``pytest &``) passes on an ignored SIGINT, which the CLI rightly leaves ignored, and its
-    interrupt tests would then test nothing."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

@@ -10,30 +10,11 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT, open_run_buffer, run_cli, run_cli_in_process, stored_transitions
+from conftest import REDUCED, ROOT, open_run_buffer, reduced_args, run_cli, run_cli_in_process, stored_transitions
 
 pytest.importorskip("dreamgym_plugin_textworld")
 pytest.importorskip("dreamgym_plugin_hf")
 pytest.importorskip("dreamgym_plugin_local")
-
-REDUCED = [
-    "env.config.train_seeds=6", "env.config.test_seeds=4",
-    "data.expert_episodes=6", "data.noisy_episodes=2", "data.random_episodes=2", "data.explore_episodes=2",
-    "loop.reject_unlisted_actions=true",
-    "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "env.config.valid_seeds=2",
-    "loop.iterations=2",
-    "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=3", "eval.episodes=4",
-    # One torch thread, not the main job's two: the suite shares the cores with whatever runs beside
-    # it, and two threads beside one busy core ran these tests 2.2x slower (1371 s against 625 s).
-    "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
-]
-
-
-def reduced_args(run_dir, *extra):
-    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
-    for item in [*REDUCED, *extra]:
-        args += ["--set", item]
-    return args
 
 
 # Two reduced runs that several tests read (a reduced run costs about a minute); tests that read

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -21,7 +22,7 @@ from dreamgym_core.errors import ConfigError
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import Task
 from dreamgym_core.testing import check_domain
-from dreamgym_core.testing.processes import bounded, stop_process
+from dreamgym_core.testing.processes import STOP_LINE, bounded, ctrl_c_run, stop_process
 from dreamgym_plugin_miniwob import BrowserError, MiniWoBConfig, MiniWoBDomain, parse_action, render_state
 from dreamgym_plugin_miniwob.domain import annotate_transition
 from dreamgym_plugin_miniwob.experts import EXPERTS
@@ -376,27 +377,29 @@ def test_annotation_names_the_element_and_the_change(domain):
     assert annotate_transition(invalid).startswith("'type [")
 
 
+def reduced_example(run_dir: Path) -> list[str]:
+    """``dreamgym run`` arguments for examples/miniwob.yaml cut to a few minutes, on two tasks."""
+    example = Path(__file__).parents[4] / "examples" / "miniwob.yaml"
+    reduced = [
+        f"run_dir={run_dir}", "env.config.tasks=[click-button, click-tab]", "env.config.train_seeds=4",
+        "env.config.valid_seeds=2", "env.config.test_seeds=2",
+        "data.expert_episodes=4", "data.noisy_episodes=2", "data.random_episodes=2", "experience.epochs=1",
+        "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "loop.iterations=1", "loop.tasks_per_iteration=2",
+        "loop.group_size=2", "eval.episodes=4", "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
+    ]
+    return ["run", str(example)] + [x for item in reduced for x in ("--set", item)]
+
+
 @browser
 @pytest.mark.slow
 def test_reduced_example_pipeline_runs_in_the_browser(tmp_path):
     """examples/miniwob.yaml, reduced: collect -> buffer -> annotate -> joint SFT -> warm start
     -> GRPO in DreamGym with domain variations -> evaluate, on real pages in Chromium."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     pytest.importorskip("dreamgym_plugin_hf")
     pytest.importorskip("dreamgym_plugin_local")
-    example = Path(__file__).parents[4] / "examples" / "miniwob.yaml"
-    reduced = [
-        f"run_dir={tmp_path / 'run'}", "env.config.tasks=[click-button, click-tab]", "env.config.train_seeds=4",
-        "env.config.valid_seeds=2", "env.config.test_seeds=2",
-        "data.expert_episodes=4", "data.noisy_episodes=2", "data.random_episodes=2", "experience.epochs=1",
-        "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "loop.iterations=1", "loop.tasks_per_iteration=2",
-        "loop.group_size=2", "eval.episodes=4", "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
-    ]
-    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(example)] + [x for item in reduced for x in ("--set", item)]
+    args = [sys.executable, "-m", "dreamgym_core.cli", *reduced_example(tmp_path / "run")]
     result = subprocess.run(args, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
@@ -406,6 +409,23 @@ def test_reduced_example_pipeline_runs_in_the_browser(tmp_path):
     assert summary["eval/episodes/miniwob/click-button"] == summary["eval/episodes/miniwob/click-tab"] == 2.0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| after RL |" in report and "| miniwob/click-tab |" in report
+
+
+@browser
+@pytest.mark.slow
+@pytest.mark.parametrize("lands", ["in_a_call", "after_the_simulators"])
+@pytest.mark.parametrize("marker", ["collecting offline real data", "evaluating the untrained policy"])
+def test_ctrl_c_of_the_example_ends_in_one_line_and_leaves_no_browser(tmp_path, marker, lands):
+    """Ctrl-C as a terminal sends it (to the run, ChromeDriver and Chromium at once) while the
+    run drives the browser: one line, exit 130, no browser process left."""
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_local")
+    before = _our_browsers()
+    stopped = ctrl_c_run(reduced_example(tmp_path / "run"), marker, 0.2, tmp_path / "stdout", lands=lands)
+    assert stopped.status == 130, "\n".join(stopped.lines[-40:])
+    assert stopped.lines[1:2] == [STOP_LINE], "the Ctrl-C should land in that stage:\n" + "\n".join(stopped.lines[:3])
+    assert stopped.said() == [STOP_LINE], "\n".join(stopped.said()[:60])
+    assert stopped.left == [] and not _our_browsers() - before
 
 
 
@@ -461,8 +481,6 @@ def test_the_browser_of_a_killed_run_is_reaped_by_the_next_browser_started():
 @pytest.mark.slow
 def test_a_terminated_run_closes_its_browser(tmp_path):
     """SIGTERM (a scheduler's stop) mid-run: exit 143 after the run's cleanup, no browser left."""
-    from pathlib import Path
-
     pytest.importorskip("dreamgym_plugin_hf")
     example = Path(__file__).parents[4] / "examples" / "miniwob.yaml"
     before = _our_browsers()

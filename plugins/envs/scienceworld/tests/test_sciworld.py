@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.testing import check_domain
-from dreamgym_core.testing.processes import bounded, py4j_noise, stop_process
+from dreamgym_core.testing.processes import STOP_LINE, bounded, ctrl_c_run, py4j_noise, stop_process
 from dreamgym_plugin_scienceworld import SciWorldConfig, SciWorldDomain, SciWorldEnv
 from dreamgym_plugin_scienceworld.env import EngineError, inventory_items, render_state
 
@@ -256,29 +257,47 @@ def test_state_rendering():
     assert render_state("x" * 50, "", 0.0, max_observation_chars=10).splitlines()[0] == "xxxxxxx..."
 
 
+def reduced_example(run_dir: Path) -> list[str]:
+    """``dreamgym run`` arguments for examples/scienceworld.yaml cut to a few minutes."""
+    example = Path(__file__).parents[4] / "examples" / "scienceworld.yaml"
+    reduced = [
+        f"run_dir={run_dir}", "env.config.train_variations=4", "env.config.valid_variations=2",
+        "env.config.test_variations=2", "data.expert_episodes=4", "data.noisy_episodes=1", "data.random_episodes=1",
+        "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "loop.iterations=1",
+        "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=3", "eval.episodes=2",
+        "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
+    ]
+    return ["run", str(example)] + [x for item in reduced for x in ("--set", item)]
+
+
 @pytest.mark.slow
 def test_reduced_example_pipeline_runs_on_the_simulator(tmp_path):
     """examples/scienceworld.yaml, reduced: collect -> buffer -> annotate -> joint SFT ->
     warm start -> GRPO in DreamGym with domain variations -> evaluate, on the real simulator."""
     import json
     import subprocess
-    import sys
-    from pathlib import Path
 
     pytest.importorskip("dreamgym_plugin_hf")
     pytest.importorskip("dreamgym_plugin_local")
-    example = Path(__file__).parents[4] / "examples" / "scienceworld.yaml"
-    reduced = [
-        f"run_dir={tmp_path / 'run'}", "env.config.train_variations=4", "env.config.valid_variations=2",
-        "env.config.test_variations=2", "data.expert_episodes=4", "data.noisy_episodes=1", "data.random_episodes=1",
-        "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "loop.iterations=1",
-        "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=3", "eval.episodes=2",
-        "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
-    ]
-    args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(example)] + [x for item in reduced for x in ("--set", item)]
+    args = [sys.executable, "-m", "dreamgym_core.cli", *reduced_example(tmp_path / "run")]
     result = subprocess.run(args, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["eval/episodes"] == 2.0 and summary["counters/synthetic_transitions"] > 0
     assert summary["counters/offline_transitions"] > 0 and summary["counters/real_transitions"] == 0.0
     assert "| after RL |" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lands", ["in_a_call", "after_the_simulators"])
+@pytest.mark.parametrize("marker", ["collecting offline real data", "evaluating the untrained policy"])
+def test_ctrl_c_of_the_example_ends_in_one_line_and_leaves_no_jvm(tmp_path, marker, lands):
+    """Ctrl-C as a terminal sends it (to the run and its JVMs at once) while the run talks to
+    the simulator: one line, exit 130, no JVM left."""
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_local")
+    stopped = ctrl_c_run(reduced_example(tmp_path / "run"), marker, 0.2, tmp_path / "stdout", lands=lands)
+    assert stopped.status == 130, "\n".join(stopped.lines[-40:])
+    assert stopped.lines[1:2] == [STOP_LINE], "the Ctrl-C should land in that stage:\n" + "\n".join(stopped.lines[:3])
+    assert stopped.said() == [STOP_LINE], "\n".join(stopped.said()[:60])
+    assert stopped.left == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import reduced_args
-from dreamgym_core.testing.processes import STOP_LINE, ctrl_c_run
+from dreamgym_core.testing.processes import ctrl_c_run
 
 pytest.importorskip("dreamgym_plugin_textworld")
 
@@ -31,7 +31,4 @@ LONGER_COLLECTION = ["env.config.train_seeds=48", "data.expert_episodes=48"]
 )
 def test_ctrl_c_of_the_main_job_ends_in_one_line_and_leaves_no_jvm(tmp_path, marker, longer, lands):
     stopped = ctrl_c_run(reduced_args(tmp_path / "run", *longer), marker, 0.2, tmp_path / "stdout", lands=lands)
-    assert stopped.status == 130, "\n".join(stopped.lines[-40:])
-    assert stopped.lines[1:2] == [STOP_LINE], "the Ctrl-C should land in that stage:\n" + "\n".join(stopped.lines[:3])
-    assert stopped.said() == [STOP_LINE], f"{len(stopped.said())} lines besides progress:\n" + "\n".join(stopped.said()[:60])
-    assert stopped.left == []
+    stopped.assert_stopped_in_one_line()

@@ -82,6 +82,15 @@ class Interrupted(NamedTuple):
         """What the run printed on stderr from the marker on, progress lines aside."""
         return [line for line in self.lines if not line.startswith(PROGRESS)]
 
+    def assert_stopped_in_one_line(self) -> None:
+        """The README's promise for Ctrl-C, checked: exit 130 within the marker's stage, the stop
+        line and nothing else besides progress, and no process of the group left."""
+        assert self.status == 130, "\n".join(self.lines[-40:])
+        assert self.lines[1:2] == [STOP_LINE], "the Ctrl-C should land in that stage:\n" + "\n".join(self.lines[:3])
+        said = self.said()
+        assert said == [STOP_LINE], f"{len(said)} lines besides progress:\n" + "\n".join(said[:60])
+        assert self.left == [], self.left
+
 
 def ctrl_c_run(args: Sequence[str], marker: str, delay_s: float, stdout: Path, *, lands: str = "anywhere",
                limit_s: float = 600, settle_s: float = 10) -> Interrupted:

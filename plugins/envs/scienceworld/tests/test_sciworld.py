@@ -16,7 +16,7 @@ import pytest
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.testing import check_domain
-from dreamgym_core.testing.processes import STOP_LINE, bounded, ctrl_c_run, py4j_noise, stop_process
+from dreamgym_core.testing.processes import bounded, ctrl_c_run, py4j_noise, stop_process
 from dreamgym_plugin_scienceworld import SciWorldConfig, SciWorldDomain, SciWorldEnv
 from dreamgym_plugin_scienceworld.env import EngineError, inventory_items, render_state
 
@@ -297,7 +297,4 @@ def test_ctrl_c_of_the_example_ends_in_one_line_and_leaves_no_jvm(tmp_path, mark
     pytest.importorskip("dreamgym_plugin_hf")
     pytest.importorskip("dreamgym_plugin_local")
     stopped = ctrl_c_run(reduced_example(tmp_path / "run"), marker, 0.2, tmp_path / "stdout", lands=lands)
-    assert stopped.status == 130, "\n".join(stopped.lines[-40:])
-    assert stopped.lines[1:2] == [STOP_LINE], "the Ctrl-C should land in that stage:\n" + "\n".join(stopped.lines[:3])
-    assert stopped.said() == [STOP_LINE], "\n".join(stopped.said()[:60])
-    assert stopped.left == []
+    stopped.assert_stopped_in_one_line()

@@ -42,6 +42,13 @@ _CHROMIUM_FLAGS = (
 # thinks for longer than that, so the episode's length is bounded by steps instead. The limit
 # is a setTimeout delay, whose largest value is 2**31 - 1 ms (24.8 days): a larger one fires at once.
 _NO_TIME_LIMIT = "core.EPISODE_MAX_TIME = 2147483647;"
+# The page of task {task} is showing (not the one shown before) and can start an episode:
+# loaded (its onload made the start cover that core.startEpisodeReal hides), with core's
+# script and its genProblem defined.
+_READY = (
+    "return location.pathname.endsWith('/{task}.html') && document.readyState === 'complete'"
+    " && typeof core !== 'undefined' && typeof genProblem === 'function';"
+)
 _INTERACTIVE = ("button", "textarea", "select", "option", "a")
 # A browser's profile directory is named after the process that started it, so that a later
 # run can tell a profile whose owner died without closing it (SIGKILL, the OOM killer).
@@ -244,18 +251,35 @@ class Page:
                 raise ConfigError(f"unknown MiniWoB++ task {task!r}")
             self.task = ""
             driver = self._started()
-            try:  # returns once the page has loaded, its core script included
+            try:
                 driver.get((_html_dir() / f"{task}.html").as_uri())
             except Exception as exc:
                 self.task = task
                 raise self._failed("the page did not load", exc) from exc
             self.task = task
+            self._wait_until_ready()
         self._script(
             "core.endEpisode(0, false, 'reset');"
             "document.querySelectorAll('[data-wob_ref]').forEach(function (e) { delete e.dataset.wob_ref; });"
             "if (document.activeElement) { document.activeElement.blur(); }"
             f"Math.seedrandom({int(seed)}); {_NO_TIME_LIMIT} core.startEpisodeReal();"
         )
+
+    def _wait_until_ready(self) -> None:
+        """Wait, within ``call_timeout_s``, until the page just opened can start an episode.
+
+        ChromeDriver's get() can return before the page has run its inline script, which
+        defines the ``genProblem`` that ``core.startEpisodeReal`` calls (every task page does):
+        a start at once then failed with "genProblem is not defined"."""
+        deadline = time.monotonic() + self.call_timeout_s
+        while self._script(_READY.format(task=self.task)) is not True:
+            if time.monotonic() > deadline:
+                task, self.task = self.task, ""  # the next start opens the page again
+                raise BrowserError(
+                    f"miniwob: task page {task}.html did not load with core and genProblem defined "
+                    f"within {self.call_timeout_s:g} s (env.config.call_timeout_s)"
+                )
+            time.sleep(0.05)
 
     def utterance(self) -> str:
         answer = self._script("return core.getUtterance();")

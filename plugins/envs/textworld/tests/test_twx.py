@@ -653,7 +653,7 @@ def test_closing_after_ctrl_c_killed_the_jvm_logs_no_py4j_traceback(twx_domains,
 
 def test_a_jvm_that_dies_while_its_wrapper_is_built_leaves_no_client_to_message_it(caplog) -> None:
     # Ctrl-C reaches a JVM while its wrapper's constructor still talks to it (ScienceWorld's
-    # makes four calls once its gateway is up). The constructor fails, and the half-built
+    # makes several calls once its gateway is up). The constructor fails, and the half-built
     # wrapper, never handed to a guard, kept a py4j client marked connected: each Java object
     # Python freed later (at exit) logged a failed connection to the dead JVM.
     from textworld_express import TextWorldExpressEnv

@@ -109,12 +109,10 @@ def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
     site = build_plugin_package(tmp_path, "dreamgym-plugin-killer", "dreamgym_plugin_killer", KILLER, {"killer": "dreamgym_plugin_killer"})
 
     def run(run_dir, kill_at, *extra):
-        args = ["run", str(ROOT / "examples" / "default.yaml")]
-        for item in REDUCED:
-            args += ["--set", item]
-        args += ["--set", f"run_dir={run_dir}", "--set", "loop.iterations=4", "--set", "loop.checkpoint_every=2",
-                 "--set", "buffer.config={flush_every: 1}", "--set", "eval.before_training=false",
-                 "--set", "plugins=[textworld, hf, local, encoders, exact, reward-entropy, killer]"]
+        args = reduced_args(
+            run_dir, "loop.iterations=4", "loop.checkpoint_every=2", "buffer.config={flush_every: 1}",
+            "eval.before_training=false", "plugins=[textworld, hf, local, encoders, exact, reward-entropy, killer]",
+        )  # fmt: skip
         return run_cli(*args, *extra, site=site, env={"KILL_AT_ITERATION": str(kill_at)})
 
     whole = run(tmp_path / "whole", -1)
@@ -141,12 +139,10 @@ def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
 
 @pytest.mark.parametrize("mode", ["real", "s2r"])
 def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
-    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={tmp_path / 'run'}", "--set", f"loop.mode={mode}",
-            "--set", "eval.before_training=false", "--set", "loop.iterations=2", "--set", "loop.s2r_synthetic_share=0.5",
-            "--set", "loop.real_budget=9"]
-    for item in REDUCED:
-        if not item.startswith("loop.iterations"):
-            args += ["--set", item]
+    args = reduced_args(
+        tmp_path / "run", f"loop.mode={mode}", "eval.before_training=false", "loop.iterations=2",
+        "loop.s2r_synthetic_share=0.5", "loop.real_budget=9",
+    )  # fmt: skip
     if mode == "real":  # the real-env baselines: no experience model is trained or scored
         args += ["--set", "experience.skip=true", "--set", "eval.fidelity_episodes=2"]
     result = run_cli_in_process(*args)

@@ -9,8 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
-from test_end_to_end import REDUCED
+from conftest import reduced_args, run_cli
 
 pytest.importorskip("dreamgym_plugin_textworld")
 pytest.importorskip("dreamgym_plugin_hf")
@@ -34,10 +33,8 @@ ALGOS = {
 @pytest.mark.parametrize("row", sorted(ALGOS))
 def test_reduced_main_job_on_cuda(tmp_path, row):
     run_dir = tmp_path / "run"
-    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}"]
     overrides, logged = ALGOS[row]
-    for item in [*REDUCED, *ON_CUDA, *overrides]:
-        args += ["--set", item]
+    args = reduced_args(run_dir, *ON_CUDA, *overrides)
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)

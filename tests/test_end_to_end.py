@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import REDUCED, ROOT, open_run_buffer, reduced_args, run_cli, run_cli_in_process, stored_transitions
+from conftest import open_run_buffer, reduced_args, run_cli, run_cli_in_process, stored_transitions
 
 pytest.importorskip("dreamgym_plugin_textworld")
 pytest.importorskip("dreamgym_plugin_hf")
@@ -167,10 +167,9 @@ def test_a_finished_warm_start_in_the_run_dir_is_reused(tmp_path):
     from safetensors.torch import load_file
 
     def run(run_dir, *extra):
-        args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
-                "--set", "experience.skip=true", "--set", "eval.before_training=false", "--set", "loop.iterations=0"]
-        for item in [*REDUCED, *extra]:
-            args += ["--set", item]
+        # loop.iterations=0 after the reduced job's own (the last --set wins): no RL is needed here
+        args = reduced_args(run_dir, "loop.mode=real", "experience.skip=true", "eval.before_training=false",
+                            "loop.iterations=0", *extra)
         result = run_cli_in_process(*args)
         assert result.returncode == 0, result.stderr[-3000:]
         return result
@@ -199,10 +198,7 @@ def test_warm_start_keeps_the_best_validation_epoch(tmp_path):
     # Real TextWorldExpress validation games scored after each of 3 SFT epochs; the run keeps
     # the best epoch's weights as its warm start and reports which epoch that was.
     run_dir = tmp_path / "run"
-    args = ["run", str(ROOT / "examples" / "default.yaml"), "--set", f"run_dir={run_dir}", "--set", "loop.mode=real",
-            "--set", "experience.skip=true", "--set", "loop.iterations=0"]
-    for item in [*REDUCED, "loop.warmstart_epochs=3"]:
-        args += ["--set", item]
+    args = reduced_args(run_dir, "loop.mode=real", "experience.skip=true", "loop.iterations=0", "loop.warmstart_epochs=3")
     result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "warm start epoch" in line]

@@ -34,6 +34,7 @@ from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt
 from .errors import DreamGymError
+from .progress import takes
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
 
 __all__ = [
@@ -693,10 +694,12 @@ class LMExperienceModel:
     def train(
         self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int,
         other_tasks: bool = False, on_epoch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, int, int, float], None] | None = None,
     ) -> dict[str, float]:
         """Joint SFT (Eq. 5) of the backend on annotated transitions (``other_tasks``: demos
         only from other tasks, see :func:`training_examples`; ``on_epoch(epoch, mean_loss)``
-        after each epoch)."""
+        after each epoch; ``on_batch(epoch, step, steps_per_epoch, loss)`` after each step,
+        where the backend's ``sft`` takes it)."""
         if not hasattr(self.backend, "sft"):
             raise DreamGymError(
                 f"experience model backend {self.model_id!r} cannot be trained (no sft method); "
@@ -706,7 +709,9 @@ class LMExperienceModel:
             transitions, buffer, history_window=self.config.history_window, k=self.config.top_k,
             other_tasks=other_tasks, fits=self._fits(),
         )
-        progress = {"on_epoch": on_epoch} if on_epoch is not None else {}
+        progress: dict[str, Any] = {"on_epoch": on_epoch} if on_epoch is not None else {}
+        if on_batch is not None and takes(self.backend.sft, "on_batch"):
+            progress["on_batch"] = on_batch
         return self.backend.sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size, **progress)
 
     def vary_tasks(self, *, task: Task, n: int) -> list[str]:

@@ -133,11 +133,15 @@ class TrainableLanguageModel(LanguageModel, Protocol):
         lr: float,
         batch_size: int,
         on_epoch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, int, int, float], None] | None = None,
     ) -> Metrics:
         """Train on examples made of (text segment, train-on-it) pairs; returns metrics.
 
         ``on_epoch(epoch, mean_loss)``, when given, is called after each epoch (1-based) with
-        the model in inference mode, e.g. to score a checkpoint on validation tasks."""
+        the model in inference mode, e.g. to score a checkpoint on validation tasks.
+        ``on_batch(epoch, step, steps_per_epoch, loss)``, when given, after each optimiser step
+        (1-based), for progress within long epochs. Optional: callers pass it only to backends
+        whose ``sft`` takes it."""
 
     def save(self, *, path: str) -> None: ...
 
@@ -156,10 +160,13 @@ class ExperienceModel(Protocol):
     def train(
         self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int, other_tasks: bool = False,
         on_epoch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, int, int, float], None] | None = None,
     ) -> Metrics:
         """Joint SFT (paper Eq. 5) on annotated transitions, prompts built as at inference
         (``other_tasks``: retrieved demos only from other tasks than the example's;
-        ``on_epoch(epoch, mean_loss)`` after each epoch, for progress)."""
+        ``on_epoch(epoch, mean_loss)`` after each epoch and ``on_batch(epoch, step,
+        steps_per_epoch, loss)`` after each optimiser step, for progress; ``on_batch`` is passed
+        only to models whose ``train`` takes it)."""
 
     def metrics(self) -> Metrics:
         """Namespaced counters (requests, parse outcomes, retries)."""

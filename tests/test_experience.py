@@ -585,6 +585,23 @@ def test_train_runs_joint_sft_on_segments() -> None:
     assert lm.examples == training_examples(data, ListBuffer(data), history_window=1, k=1)
 
 
+def test_train_passes_step_progress_only_to_a_backend_that_takes_it() -> None:
+    class Stepping(ScriptedLM):
+        def sft(self, *, examples, epochs, lr, batch_size, on_batch=None):
+            on_batch(1, 1, 1, 0.5)
+            return {"losses/sft_loss": 0.5}
+
+    class Old(ScriptedLM):
+        def sft(self, *, examples, epochs, lr, batch_size):
+            return {"losses/sft_loss": 1.0}
+
+    data, seen = _episode("a", 3), []
+    for lm in (Stepping(answer=lambda p: GOOD), Old(answer=lambda p: GOOD)):
+        model = LMExperienceModel(lm, ExperienceModelConfig(top_k=1, history_window=1))
+        model.train(transitions=data, buffer=ListBuffer(data), epochs=1, lr=1e-3, batch_size=2, on_batch=lambda *step: seen.append(step))
+    assert seen == [(1, 1, 1, 0.5)]
+
+
 # --- M_task -------------------------------------------------------------------------
 
 

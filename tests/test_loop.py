@@ -27,7 +27,7 @@ from dreamgym_core.synthetic import storable
 from dreamgym_core.testing import LifecycleRecorder, make_transitions
 
 from conftest import open_run_buffer, stored_transitions
-from stand_ins import CountConfig, CountDomain, CountEnv, StandIns, pipeline_dict
+from stand_ins import CountConfig, CountDomain, CountEnv, SavingScriptedPolicy, ScriptConfig, StandIns, pipeline_dict
 
 HERE = Path(__file__).resolve().parent
 
@@ -1333,3 +1333,44 @@ def test_s2r_runs_the_synthetic_share_first_then_real_while_a_whole_group_fits()
     # a group may take 2 * 3 = 6 real transitions: 20 - 15 = 5 left fits none, so the rest is synthetic
     assert _s2r_runner(spent=14)._real_tasks_left() == 1 and _s2r_runner(spent=15)._real_tasks_left() == 0
     assert _s2r_runner(spent=15)._phase(3) == "synthetic"
+
+
+
+class _Policies:
+    """Warm-startable policies whose ``sft`` takes no progress callback, or both (test doubles)."""
+
+    class Old(SavingScriptedPolicy):
+        def sft(self, *, examples, epochs, lr, batch_size):  # written before on_epoch and on_batch
+            return {"losses/sft_loss": 1.0}
+
+    class Stepping(SavingScriptedPolicy):
+        def sft(self, *, examples, epochs, lr, batch_size, on_epoch=None, on_batch=None):
+            for epoch in range(1, epochs + 1):
+                for step in range(1, 4):
+                    on_batch(epoch, step, 3, float(step))
+                on_epoch(epoch, 2.0)
+            return {"losses/sft_loss": 2.0}
+
+    @hookimpl
+    def dreamgym_register_models(self):
+        return [ComponentSpec(name=f"scripted-{name}", factory=cls, config_type=ScriptConfig, description="Warm-startable (test double).")
+                for name, cls in (("old", self.Old), ("stepping", self.Stepping))]
+
+
+def test_the_warm_start_reports_steps_to_a_policy_that_takes_them_and_spares_one_that_does_not(register_plugin, tmp_path, capsys, monkeypatch):
+    import dreamgym_core.loop as loop_module
+    from dreamgym_core.progress import StepProgress
+
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(_Policies(), "policies")
+    monkeypatch.setattr(loop_module, "StepProgress", lambda say, what, epochs: StepProgress(say, what, epochs, every_s=0.0))
+    run_pipeline(_resolved(plugins, tmp_path / "old", {"policy": {"name": "scripted-old"}}, iterations=0, warmstart_epochs=2), plugins)
+    assert "warm start epoch" not in capsys.readouterr().err
+    run_pipeline(_resolved(plugins, tmp_path / "new", {"policy": {"name": "scripted-stepping"}}, iterations=0, warmstart_epochs=2), plugins)
+    said = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines() if "warm start epoch" in line]
+    assert said == [
+        "warm start epoch 1/2: step 1/3, loss 1", "warm start epoch 1/2: step 2/3, loss 2", "warm start epoch 1/2: step 3/3, loss 3",
+        "warm start epoch 1/2: loss 2",
+        "warm start epoch 2/2: step 1/3, loss 1", "warm start epoch 2/2: step 2/3, loss 2", "warm start epoch 2/2: step 3/3, loss 3",
+        "warm start epoch 2/2: loss 2",
+    ]

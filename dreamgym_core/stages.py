@@ -16,7 +16,7 @@ from typing import Any
 from . import checkpoint
 from .config import DataConfig, PipelineConfig
 from .errors import ConfigError, DataError, DreamGymError
-from .progress import StepProgress, takes
+from .progress import step_progress
 from .records import Task, Trajectory, Transition
 
 __all__ = [
@@ -154,12 +154,10 @@ def train_experience_model(
         # Unshortened prompts: shortening them to the budget needs the tokenizer this trains.
         examples = training_examples(annotated, buffer, history_window=loop.history_window, k=loop.top_k, other_tasks=other_tasks)
         backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
-    progress: dict[str, Any] = {"on_epoch": lambda epoch, loss: say(f"experience model epoch {epoch}/{exp.epochs}: loss {loss:.3f}")}
-    if takes(model.train, "on_batch"):
-        progress["on_batch"] = StepProgress(say, "experience model", exp.epochs)
     metrics = model.train(
         transitions=annotated, buffer=buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size, other_tasks=other_tasks,
-        **progress,
+        on_epoch=lambda epoch, loss: say(f"experience model epoch {epoch}/{exp.epochs}: loss {loss:.3f}"),
+        **step_progress(model.train, say, "experience model", exp.epochs),
     )
     ckpt = run_dir / EXPERIENCE_DIR
     backend.save(path=str(ckpt))

@@ -1358,12 +1358,12 @@ class _Policies:
 
 
 def test_the_warm_start_reports_steps_to_a_policy_that_takes_them_and_spares_one_that_does_not(register_plugin, tmp_path, capsys, monkeypatch):
-    import dreamgym_core.loop as loop_module
+    import dreamgym_core.progress as progress_module
     from dreamgym_core.progress import StepProgress
 
     register_plugin(StandIns(), "stand-ins")
     plugins = register_plugin(_Policies(), "policies")
-    monkeypatch.setattr(loop_module, "StepProgress", lambda say, what, epochs: StepProgress(say, what, epochs, every_s=0.0))
+    monkeypatch.setattr(progress_module, "StepProgress", lambda say, what, epochs: StepProgress(say, what, epochs, every_s=0.0))
     run_pipeline(_resolved(plugins, tmp_path / "old", {"policy": {"name": "scripted-old"}}, iterations=0, warmstart_epochs=2), plugins)
     assert "warm start epoch" not in capsys.readouterr().err
     run_pipeline(_resolved(plugins, tmp_path / "new", {"policy": {"name": "scripted-stepping"}}, iterations=0, warmstart_epochs=2), plugins)

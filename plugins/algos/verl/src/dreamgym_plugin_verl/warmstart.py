@@ -30,7 +30,7 @@ from dreamgym_core.early import world_model_examples, write_reflections
 from dreamgym_core.experience import Segments
 from dreamgym_core.loop import demo_conversations
 from dreamgym_core.plugins import Plugins
-from dreamgym_core.progress import StepProgress, takes
+from dreamgym_core.progress import step_progress
 from dreamgym_core.records import Trajectory, Transition
 
 from .translate import WARMSTART_DIR, model_path
@@ -145,11 +145,11 @@ def warm_start(
     metrics = _world_model(policy, world, resolved=resolved, say=say) if world and conversations else {}
     if conversations:
         say(f"warm-starting the policy on the driver (SFT on {len(conversations)} expert episodes, verl's chat layout)")
-        steps = {"on_batch": StepProgress(say, "warm start", loop.warmstart_epochs)} if takes(policy.sft, "on_batch") else {}
         trained = policy.sft(
             examples=[chat_segments(policy.tokenizer, turns) for turns in conversations],
             epochs=loop.warmstart_epochs, lr=loop.warmstart_lr, batch_size=resolved.pipeline.experience.batch_size,
-            on_epoch=lambda epoch, loss: say(f"warm start epoch {epoch}/{loop.warmstart_epochs}: loss {loss:.4g}"), **steps,
+            on_epoch=lambda epoch, loss: say(f"warm start epoch {epoch}/{loop.warmstart_epochs}: loss {loss:.4g}"),
+            **step_progress(policy.sft, say, "warm start", loop.warmstart_epochs),
         )
         metrics |= {f"warmstart/{k.split('/')[-1]}": v for k, v in trained.items()}
     else:

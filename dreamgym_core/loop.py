@@ -32,7 +32,7 @@ from .config import PipelineConfig, ResolvedPipeline, config_hash, s2r_synthetic
 from .early import world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
-from .progress import step_progress, takes
+from .progress import RolloutProgress, step_progress, takes
 from .provenance import VERSIONS_FILE, record_versions
 from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, drop_unanswered, rollout, success_by_family, sum_stats, wilson_interval
@@ -547,17 +547,18 @@ class Runner:
 
     def play(
         self, tasks: list[Task], phase: str, *, temperature: float, seeds: list[int], tag: str, experience_model: Any = None,
-        evaluation: bool = False, stream: str | None = None,
+        evaluation: bool = False, stream: str | None = None, what: str | None = None,
     ) -> tuple[list[Trajectory], RolloutStats]:
         """One episode per task in the real or the synthetic environment, closing its envs
-        (``experience_model``: a stream of the run's model for measurements; default, RL's own).
+        (``experience_model``: a stream of the run's model for measurements; default, RL's own;
+        ``what``: the play in its progress lines, default "playing <tag>").
         Real envs open ``loop.real_envs_at_once`` at a time (0: all), batch after batch."""
         at_once = self.cfg.loop.real_envs_at_once if phase == "real" else 0
         if 0 < at_once < len(tasks):
             batches = [
                 self.play(
                     tasks[i : i + at_once], phase, temperature=temperature, seeds=seeds[i : i + at_once], tag=tag,
-                    experience_model=experience_model, evaluation=evaluation, stream=stream,
+                    experience_model=experience_model, evaluation=evaluation, stream=stream, what=what,
                 )
                 for i in range(0, len(tasks), at_once)
             ]
@@ -569,6 +570,7 @@ class Runner:
                 max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
                 seeds=seeds, source="real" if phase == "real" else "synthetic", tag=tag, step_many=step_many,
                 model_id=getattr(self.experience_model, "model_id", "") if phase == "synthetic" else "",
+                on_step=RolloutProgress(self._say, f"{what or f'playing {tag}'} ({phase})"),
             )
         finally:
             for env in envs:
@@ -580,6 +582,7 @@ class Runner:
         trajectories, stats = self.play(
             flat, phase, temperature=self.cfg.loop.sampling_temperature,
             seeds=[self.cfg.seed * 7919 + iteration * 1000 + i for i in range(len(flat))], tag=f"it{iteration}",
+            what=f"iteration {iteration + 1}/{self.cfg.loop.iterations} rollout",
         )
         groups = [trajectories[i * group : (i + 1) * group] for i in range(len(tasks))]
         return groups, stats
@@ -597,8 +600,9 @@ class Runner:
             return drop_unanswered(tasks, groups)
         return tasks, groups, 0
 
-    def _update(self, groups: list[list[Trajectory]]) -> dict[str, float]:
-        return self.algo.update(groups=groups)
+    def _update(self, groups: list[list[Trajectory]], iteration: int) -> dict[str, float]:
+        what = f"iteration {iteration + 1}/{self.cfg.loop.iterations} update"
+        return self.algo.update(groups=groups, **step_progress(self.algo.update, self._say, what, None))
 
     def _advance_curriculum(self, tasks: list[Task], groups: list[list[Trajectory]]) -> dict[str, float]:
         if self.curriculum is None:
@@ -631,7 +635,7 @@ class Runner:
         groups, stats = self._rollout(tasks, phase, iteration)
         self._store(groups, phase)
         tasks, groups, dropped = self._trainable(tasks, groups)
-        metrics = self._update(groups)
+        metrics = self._update(groups, iteration)
         metrics.update(self._advance_curriculum(tasks, groups))
         metrics["rollout/dropped_unanswered_episodes"] = float(dropped)
         metrics.update(stats.metrics("rollout"))

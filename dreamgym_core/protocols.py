@@ -250,8 +250,10 @@ class Algorithm(Protocol):
         ``dreamgym_core.agent.ACTION_STOP`` and needs tokens enough for both tags; a completion
         without an action ends its episode as a failure."""
 
-    def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> Metrics:
-        """One update from groups of trajectories (a group = rollouts of one task)."""
+    def update(self, *, groups: Sequence[Sequence[Trajectory]], on_batch: Callable[[int, int, int, float], None] | None = None) -> Metrics:
+        """One update from groups of trajectories (a group = rollouts of one task).
+        ``on_batch(epoch, step, steps_per_epoch, loss)``, when given, after each optimiser step,
+        for progress; it is optional: the loop passes it only to an ``update`` that takes it."""
 
     def save(self, *, path: str) -> None:
         """Write everything training needs to go on at ``path`` (a file or a directory, not

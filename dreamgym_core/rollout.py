@@ -25,6 +25,8 @@ ActFn = Callable[[list[str]], list[str]]
 # Steps envs with their actions; a slot holds the exception its env raised. A step_many that
 # raises instead must do so before stepping any env: the rollout then steps them one by one.
 StepManyFn = Callable[[Sequence[Env], Sequence[str]], list[StepResult | Exception]]
+# on_step(step, max_steps, playing, episodes): told as each lockstep step begins (progress lines).
+StepFn = Callable[[int, int, int, int], None]
 
 
 @dataclass
@@ -211,11 +213,13 @@ def rollout(
     tag: str,
     step_many: StepManyFn | None = None,
     model_id: str = "",
+    on_step: StepFn | None = None,
 ) -> tuple[list[Trajectory], RolloutStats]:
     """Play one episode per (task, env) in lockstep; return trajectories and counters.
 
     A policy output with no parsable action, or an environment that raises, ends
     that episode as a failure (reward 0) and is counted; it never stops the others.
+    ``on_step`` hears of each step before it is played (``RolloutProgress``).
     """
     stats = RolloutStats(episodes=len(tasks))
     step_many = step_many or _default_step_many
@@ -225,6 +229,8 @@ def rollout(
         live = [ep for ep in episodes if not ep.done]
         if not live:
             break
+        if on_step is not None:
+            on_step(step, max_steps, len(live), len(episodes))
         # policy
         prompts = [
             build_agent_prompt(

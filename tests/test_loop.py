@@ -27,7 +27,9 @@ from dreamgym_core.synthetic import storable
 from dreamgym_core.testing import LifecycleRecorder, make_transitions
 
 from conftest import open_run_buffer, stored_transitions
-from stand_ins import CountConfig, CountDomain, CountEnv, SavingScriptedPolicy, ScriptConfig, StandIns, pipeline_dict
+from stand_ins import (
+    CountConfig, CountDomain, CountEnv, RecordConfig, RecordingAlgo, SavingScriptedPolicy, ScriptConfig, StandIns, pipeline_dict,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -1373,4 +1375,60 @@ def test_the_warm_start_reports_steps_to_a_policy_that_takes_them_and_spares_one
         "warm start epoch 1/2: loss 2",
         "warm start epoch 2/2: step 1/3, loss 1", "warm start epoch 2/2: step 2/3, loss 2", "warm start epoch 2/2: step 3/3, loss 3",
         "warm start epoch 2/2: loss 2",
+    ]
+
+
+def test_rollouts_and_evaluations_report_their_steps(register_plugin, tmp_path, capsys, monkeypatch):
+    # An RL iteration or an evaluation of a pretrained policy on a CPU runs for minutes; each
+    # play tells its lockstep steps (here every one: no minimum interval).
+    import dreamgym_core.loop as loop_module
+    from dreamgym_core.progress import RolloutProgress
+
+    monkeypatch.setattr(loop_module, "RolloutProgress", lambda say, what: RolloutProgress(say, what, every_s=0.0))
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1, tasks_per_iteration=3, group_size=2), plugins)
+    said = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines() if "still playing" in line]
+    plays: dict[str, list[str]] = {}
+    for line in said:
+        plays.setdefault(line.split(": ")[0], []).append(line)
+    # the warm-started policy's evaluation, the RL rollout (3 tasks x 2), the trained policy's evaluation
+    assert list(plays) == ["playing eval_before (real)", "iteration 1/1 rollout (real)", "playing eval (real)"]
+    for what, lines in plays.items():
+        assert lines[0] == f"{what}: step 1/8, 6 of 6 episodes still playing"
+        # one line per step played, with no more episodes playing than the step before
+        steps = [int(line.split("step ")[1].split("/")[0]) for line in lines]
+        playing = [int(line.split(", ")[1].split(" of ")[0]) for line in lines]
+        assert steps == list(range(1, len(lines) + 1)) and playing == sorted(playing, reverse=True) and playing[-1] >= 1
+
+
+class _SteppingAlgo:
+    """The recording algorithm with an ``update`` that reports two optimiser steps (test double)."""
+
+    class Stepping(RecordingAlgo):
+        def update(self, *, groups, on_batch=None):
+            for step in (1, 2):
+                on_batch(1, step, 2, 0.5 * step)
+            return super().update(groups=groups)
+
+    @hookimpl
+    def dreamgym_register_algos(self):
+        return [ComponentSpec(name="record-stepping", factory=self.Stepping, config_type=RecordConfig, description="Stepping (test double).")]
+
+
+def test_rl_updates_report_their_steps_to_an_algorithm_that_takes_them_and_spare_one_that_does_not(
+    register_plugin, tmp_path, capsys, monkeypatch,
+):
+    import dreamgym_core.progress as progress_module
+    from dreamgym_core.progress import StepProgress
+
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(_SteppingAlgo(), "stepping")
+    monkeypatch.setattr(progress_module, "StepProgress", lambda say, what, epochs: StepProgress(say, what, epochs, every_s=0.0))
+    run_pipeline(_resolved(plugins, tmp_path / "old", iterations=2), plugins)  # "record": update(groups) only
+    assert " update epoch" not in capsys.readouterr().err
+    run_pipeline(_resolved(plugins, tmp_path / "new", {"algo": {"name": "record-stepping"}}, iterations=2), plugins)
+    said = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines() if " update epoch" in line]
+    assert said == [
+        "iteration 1/2 update epoch 1: step 1/2, loss 0.5", "iteration 1/2 update epoch 1: step 2/2, loss 1",
+        "iteration 2/2 update epoch 1: step 1/2, loss 0.5", "iteration 2/2 update epoch 1: step 2/2, loss 1",
     ]

@@ -1,8 +1,8 @@
-"""Progress lines inside long training epochs (dreamgym_core.progress)."""
+"""Progress lines inside long training epochs and rollouts (dreamgym_core.progress)."""
 
 from __future__ import annotations
 
-from dreamgym_core.progress import StepProgress, takes
+from dreamgym_core.progress import RolloutProgress, StepProgress, takes
 
 
 class Clock:
@@ -40,3 +40,15 @@ def test_takes_reads_the_keyword_arguments_a_method_accepts():
 
     assert not takes(old, "on_batch") and takes(old, "on_epoch")
     assert takes(new, "on_batch") and takes(open_ended, "on_batch")
+
+
+def test_a_rollout_line_at_most_every_interval_with_the_episodes_still_playing():
+    clock, said = Clock(), []
+    progress = RolloutProgress(said.append, "iteration 2/6 rollout (synthetic)", every_s=60.0, clock=clock)
+    for step, (at, playing) in enumerate([(30, 16), (61, 16), (90, 12), (125, 5), (130, 1)]):
+        clock.now = 100.0 + at
+        progress(step, 12, playing, 16)
+    assert said == [
+        "iteration 2/6 rollout (synthetic): step 2/12, 16 of 16 episodes still playing",
+        "iteration 2/6 rollout (synthetic): step 4/12, 5 of 16 episodes still playing",
+    ]

@@ -1,6 +1,7 @@
 """GRPO and PPO on a tiny random Llama: learning, NaN handling, save/load."""
 
 import logging
+import math
 
 import msgspec
 import pytest
@@ -395,3 +396,18 @@ def test_ppo_runs_gae_with_its_gamma_and_lambda_on_the_value_heads_estimates(kit
     # and their mean over response tokens is the mean value the update reports
     assert values.abs().sum() > 0
     assert float(values.sum() / mask.sum()) == pytest.approx(metrics["charts/mean_value"], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["grpo", "ppo", "dpo", "sft"])
+def test_an_update_reports_each_minibatch_with_its_epoch_and_loss(name, kit):
+    # The loop's progress lines inside an RL update (minutes with a pretrained policy on a CPU).
+    spec = {s.name: s for s in dreamgym_register_algos()}[name]
+    config = msgspec.convert({"lr": 1e-3, "minibatch_size": 3, **({"ppo_epochs": 2} if name in ("grpo", "ppo") else {})}, spec.config_type)
+    algo = spec.factory(config, policy=kit.TinyPolicy(), seed=0)
+    told = []
+    metrics = algo.update(groups=kit.make_groups(), on_batch=lambda *args: told.append(args))
+    epochs = 2 if name in ("grpo", "ppo") else 1
+    per_epoch = told[0][2]
+    assert len(told) == epochs * per_epoch == metrics["perf/optimizer_steps"]
+    assert [(e, s) for e, s, _, _ in told] == [(e, s) for e in range(1, epochs + 1) for s in range(1, per_epoch + 1)]
+    assert all(steps == per_epoch and math.isfinite(loss) for _, _, steps, loss in told)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from dreamgym_core.progress import OnBatch
 from dreamgym_core.records import Trajectory
 
 from . import maths
@@ -57,10 +58,10 @@ class DPO(LocalTrainer):
     name = "dpo"
     uses_reference = True
 
-    def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
+    def update(self, *, groups: Sequence[Sequence[Trajectory]], on_batch: OnBatch | None = None) -> dict[str, float]:
         """One epoch on the pairs built within each group (a group = one task)."""
         pairs = [p for group in groups for p in preference_pairs(group, self.config.max_pairs_per_group)]
-        return self._fit(pairs, epochs=1)
+        return self._fit(pairs, epochs=1, on_batch=on_batch)
 
     def fit_offline(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
         """``config.epochs`` epochs on pairs from offline trajectories grouped by task id."""
@@ -70,7 +71,7 @@ class DPO(LocalTrainer):
         pairs = [p for group in by_task.values() for p in preference_pairs(group, self.config.max_pairs_per_group)]
         return self._fit(pairs, epochs=self.config.epochs)
 
-    def _fit(self, pairs: list[tuple[str, str, str]], *, epochs: int) -> dict[str, float]:
+    def _fit(self, pairs: list[tuple[str, str, str]], *, epochs: int, on_batch: OnBatch | None = None) -> dict[str, float]:
         cfg = self.config
         self._bind()
         if not pairs:
@@ -91,6 +92,6 @@ class DPO(LocalTrainer):
             return loss, {"losses/dpo_loss": loss.item(), "charts/reward_margin": float((chosen_r - rejected_r).mean()),
                           "charts/reward_accuracy": float((chosen_r > rejected_r).float().mean())}
 
-        metrics = self._train(len(pairs), epochs, loss_fn)
+        metrics = self._train(len(pairs), epochs, loss_fn, on_batch)
         metrics["data/pairs"] = float(len(pairs))
         return self._finite(metrics)

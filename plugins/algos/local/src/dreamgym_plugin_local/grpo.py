@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from dreamgym_core.progress import OnBatch
 from dreamgym_core.records import Trajectory
 
 from . import maths
@@ -27,7 +28,7 @@ class GRPO(LocalTrainer):
         self.uses_reference = config.kl_coef > 0
         super().__init__(config, policy=policy, seed=seed)
 
-    def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
+    def update(self, *, groups: Sequence[Sequence[Trajectory]], on_batch: OnBatch | None = None) -> dict[str, float]:
         cfg = self.config
         self._bind()
         # rollout data: flatten the groups; each step is one (prompt, response) row
@@ -68,7 +69,7 @@ class GRPO(LocalTrainer):
             metrics["losses/total_loss"] = loss.item()
             return loss, metrics
 
-        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn)
+        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn, on_batch)
         metrics.update({
             "charts/mean_reward": float(sum(t.outcome_reward for t in trajectories) / len(trajectories)),
             "charts/success_rate": float(sum(t.success for t in trajectories) / len(trajectories)),

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from dreamgym_core.progress import OnBatch
 from dreamgym_core.records import Trajectory
 
 from . import maths
@@ -47,7 +48,7 @@ class PPO(LocalTrainer):
     def _values(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.heads["value"](states).squeeze(-1).float() * mask
 
-    def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
+    def update(self, *, groups: Sequence[Sequence[Trajectory]], on_batch: OnBatch | None = None) -> dict[str, float]:
         cfg = self.config
         self._bind()
         # rollout data: one row per step, one episode per trajectory
@@ -96,7 +97,7 @@ class PPO(LocalTrainer):
             metrics["losses/total_loss"] = loss.item()
             return loss, metrics
 
-        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn)
+        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn, on_batch)
         metrics.update({
             "charts/mean_reward": float(sum(t.outcome_reward for t in trajectories) / len(trajectories)),
             "charts/success_rate": float(sum(t.success for t in trajectories) / len(trajectories)),

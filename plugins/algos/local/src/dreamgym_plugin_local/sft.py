@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from dreamgym_core.progress import OnBatch
 from dreamgym_core.records import Trajectory
 
 from . import maths
@@ -21,15 +22,15 @@ class SFT(LocalTrainer):
     name = "sft"
     uses_reference = False
 
-    def update(self, *, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
+    def update(self, *, groups: Sequence[Sequence[Trajectory]], on_batch: OnBatch | None = None) -> dict[str, float]:
         """One epoch on the successful trajectories of ``groups``."""
-        return self._fit([traj for group in groups for traj in group], epochs=1)
+        return self._fit([traj for group in groups for traj in group], epochs=1, on_batch=on_batch)
 
     def fit_offline(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
         """``config.epochs`` epochs on offline expert trajectories (with decisions)."""
         return self._fit(list(trajectories), epochs=self.config.epochs)
 
-    def _fit(self, trajectories: list[Trajectory], *, epochs: int) -> dict[str, float]:
+    def _fit(self, trajectories: list[Trajectory], *, epochs: int, on_batch: OnBatch | None = None) -> dict[str, float]:
         cfg = self.config
         self._bind()
         # data: the expert steps
@@ -47,7 +48,7 @@ class SFT(LocalTrainer):
             loss = maths.nll_loss(logp, mb.response_mask, agg_mode=cfg.loss_agg_mode)
             return loss, {"losses/sft_loss": loss.item()}
 
-        metrics = self._train(len(batch), epochs, loss_fn)
+        metrics = self._train(len(batch), epochs, loss_fn, on_batch)
         metrics.update({
             "data/trainable_steps": float(len(steps)),
             "data/response_tokens": float(batch.response_mask.sum()),

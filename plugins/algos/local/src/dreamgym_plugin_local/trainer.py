@@ -19,6 +19,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from dreamgym_core.checkpoint import plain_file_modes
 from dreamgym_core.errors import ConfigError, DataError, DreamGymError
 from dreamgym_core.experience import call_seed, stream_seed
+from dreamgym_core.progress import OnBatch
 
 from .batch import TokenBatch, response_logprobs, tokenize_steps
 from .config import TrainerConfig
@@ -255,16 +256,23 @@ class LocalTrainer:
         log.warning("%s: optimizer step skipped: %s", self.name, reason)
         return False
 
-    def _train(self, n_rows: int, epochs: int, loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
-        """Run ``loss_fn`` over shuffled minibatches, step the optimiser, average metrics."""
+    def _train(
+        self, n_rows: int, epochs: int, loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
+        on_batch: OnBatch | None = None,
+    ) -> dict[str, float]:
+        """Run ``loss_fn`` over shuffled minibatches, step the optimiser, average metrics
+        (``on_batch(epoch, step, steps, loss)``: told after each minibatch, for progress lines)."""
         totals: dict[str, float] = {}
         steps, start = 0, time.perf_counter()
-        for index in self._minibatches(n_rows, epochs):
+        per_epoch = math.ceil(n_rows / self.config.minibatch_size)
+        for i, index in enumerate(self._minibatches(n_rows, epochs)):
             loss, metrics = loss_fn(index)
             if self._optimise(loss):
                 steps += 1
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
+            if on_batch is not None:
+                on_batch(i // per_epoch + 1, i % per_epoch + 1, per_epoch, float(loss.detach()))
         self.counters["updates"] += 1
         out = {key: value / steps for key, value in totals.items()}
         out["perf/optimizer_steps"] = float(steps)

@@ -277,3 +277,26 @@ def test_loading_the_plugin_leaves_the_programs_logging_alone():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "mine hello" in done.stderr
+
+
+def test_micro_shares_split_the_loss_normaliser_of_each_aggregation():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    chunks = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+    assert maths.micro_shares(maths.row_weights(mask, "token-mean"), chunks) == [4 / 8, 4 / 8]
+    # sequences count once, and a sequence without response tokens not at all (as in verl's agg_loss)
+    assert maths.micro_shares(maths.row_weights(mask, "seq-mean-token-mean"), chunks) == [2 / 3, 1 / 3]
+    assert maths.micro_shares(maths.row_weights(mask, "seq-mean-token-sum"), [torch.tensor([0]), torch.tensor([1, 2, 3])]) == [1 / 3, 2 / 3]
+    assert maths.row_weights(mask, "token-sum") is None and maths.micro_shares(None, chunks) == [1.0, 1.0]
+    # nothing to normalise by: no split (the minibatch's loss is 0/0 and its step is skipped whole)
+    assert maths.micro_shares(maths.row_weights(mask, "token-mean"), [torch.tensor([2])]) is None
+
+
+def test_the_shared_micro_batch_losses_add_up_to_the_minibatch_loss():
+    torch.manual_seed(0)
+    loss_mat, mask = torch.randn(5, 6), (torch.rand(5, 6) > 0.4).float()
+    chunks = [torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4])]
+    for mode in ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean"):
+        whole = maths.core_algos.agg_loss(loss_mat=loss_mat, loss_mask=mask, loss_agg_mode=mode)
+        shares = maths.micro_shares(maths.row_weights(mask, mode), chunks)
+        parts = [maths.core_algos.agg_loss(loss_mat=loss_mat[c], loss_mask=mask[c], loss_agg_mode=mode) for c in chunks]
+        assert float(sum(s * p for s, p in zip(shares, parts))) == pytest.approx(float(whole), rel=1e-6), mode

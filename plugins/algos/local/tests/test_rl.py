@@ -411,3 +411,33 @@ def test_an_update_reports_each_minibatch_with_its_epoch_and_loss(name, kit):
     assert len(told) == epochs * per_epoch == metrics["perf/optimizer_steps"]
     assert [(e, s) for e, s, _, _ in told] == [(e, s) for e in range(1, epochs + 1) for s in range(1, per_epoch + 1)]
     assert all(steps == per_epoch and math.isfinite(loss) for _, _, steps, loss in told)
+
+
+MICRO_CASES = [("grpo", mode) for mode in ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean")] + [
+    ("ppo", "token-mean"), ("ppo", "seq-mean-token-mean"), ("sft", "token-mean"), ("dpo", "token-mean"),
+]
+
+
+@pytest.mark.parametrize("name,mode", MICRO_CASES, ids=[f"{n}-{m}" for n, m in MICRO_CASES])
+def test_micro_batches_give_the_update_of_the_whole_minibatch(name, mode, kit):
+    # Gradients accumulated over micro-batches of 3 rows (uneven: 8 = 3 + 3 + 2, with responses of
+    # different lengths) must move the policy as one minibatch of 8 does, in every aggregation.
+    spec = {s.name: s for s in dreamgym_register_algos()}[name]
+    groups = kit.make_groups()
+    moved = []
+    for micro in (None, 3):
+        config = msgspec.convert({"lr": 0.5, "minibatch_size": 8, "micro_batch_size": micro, "loss_agg_mode": mode}, spec.config_type)
+        algo = spec.factory(config, policy=kit.TinyPolicy(seed=1), seed=0)
+        # plain SGD: the step is the gradient (AdamW divides near-zero gradients by their own size,
+        # so rounding-level differences there would become whole steps)
+        algo._bind()
+        algo.optimizer = torch.optim.SGD(algo._param_groups())
+        start = kit.flat_params(algo.policy.model)
+        losses = []  # each minibatch's loss, as on_batch hears it
+        steps = [algo.update(groups=groups, on_batch=lambda *told: losses.append(told[3]))["perf/optimizer_steps"] for _ in range(2)]
+        moved.append((kit.flat_params(algo.policy.model) - start, losses, steps))
+    (whole, whole_losses, whole_steps), (micro, micro_losses, micro_steps) = moved
+    assert whole.abs().max() > 1e-3  # the update moved the weights, so the comparison means something
+    assert torch.allclose(micro, whole, atol=1e-5, rtol=1e-4), float((micro - whole).abs().max())
+    assert micro_steps == whole_steps and len(whole_losses) == sum(whole_steps) >= 2
+    assert micro_losses == pytest.approx(whole_losses, rel=1e-4, abs=1e-6)

@@ -27,6 +27,12 @@ class TrainerConfig(Config):
     weight_decay: Annotated[NonNegativeFloat, Meta(description="AdamW weight decay.")] = 0.0
     max_grad_norm: Annotated[PositiveFloat, Meta(description="Gradient clipping norm.")] = 1.0
     minibatch_size: Annotated[PositiveInt, Meta(description="Policy steps (prompt, response) per optimizer step.")] = 8
+    micro_batch_size: Annotated[
+        PositiveInt | None,
+        Meta(description="Rows per forward/backward within a minibatch, gradients accumulated to the minibatch's "
+             "(bounds activation memory; the update is the same up to rounding, logged losses are the micro-batches' "
+             "mean by rows, as verl logs them). None: the whole minibatch at once."),
+    ] = None
     max_prompt_tokens: Annotated[
         PositiveInt,
         Meta(description="Prompt tokens kept (the oldest are cut). GRPO/PPO keep what generation kept "

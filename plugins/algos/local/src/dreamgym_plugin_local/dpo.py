@@ -92,6 +92,6 @@ class DPO(LocalTrainer):
             return loss, {"losses/dpo_loss": loss.item(), "charts/reward_margin": float((chosen_r - rejected_r).mean()),
                           "charts/reward_accuracy": float((chosen_r > rejected_r).float().mean())}
 
-        metrics = self._train(len(pairs), epochs, loss_fn, on_batch)
+        metrics = self._train(len(pairs), epochs, loss_fn, on_batch, weights=torch.ones(len(pairs)))  # a mean over pairs
         metrics["data/pairs"] = float(len(pairs))
         return self._finite(metrics)

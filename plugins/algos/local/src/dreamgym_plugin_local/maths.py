@@ -34,6 +34,8 @@ __all__ = [
     "value_loss",
     "nll_loss",
     "dpo_loss",
+    "row_weights",
+    "micro_shares",
 ]
 
 
@@ -211,3 +213,24 @@ def dpo_loss(
     rejected_reward = beta * (rejected - ref_rejected)
     losses = -F.logsigmoid(chosen_reward - rejected_reward)
     return losses, chosen_reward.detach(), rejected_reward.detach()
+
+
+def row_weights(mask: torch.Tensor, agg_mode: str) -> torch.Tensor | None:
+    """What each row adds to the normaliser of verl's ``agg_loss`` in ``agg_mode``: its response
+    tokens (token-mean), 1 if it has any (seq-mean-*), or None (token-sum: nothing divides)."""
+    if agg_mode == "token-sum":
+        return None
+    tokens = mask.sum(-1).float()
+    return tokens if agg_mode == "token-mean" else (tokens > 0).float()
+
+
+def micro_shares(weights: torch.Tensor | None, chunks: Sequence[torch.Tensor]) -> list[float] | None:
+    """Each micro-batch's share of its minibatch's loss normaliser: the sum over micro-batches of
+    share x (micro-batch loss) is the minibatch loss, and so are its gradients. ``weights``: per
+    row of the batch (:func:`row_weights`; None: the loss is a sum, each share 1). None when the
+    minibatch has nothing to normalise by (its loss is not finite and its step is skipped whole)."""
+    if weights is None:
+        return [1.0] * len(chunks)
+    parts = [float(weights[chunk.cpu()].sum()) for chunk in chunks]
+    total = sum(parts)
+    return [part / total for part in parts] if total > 0 else None

@@ -97,7 +97,8 @@ class PPO(LocalTrainer):
             metrics["losses/total_loss"] = loss.item()
             return loss, metrics
 
-        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn, on_batch)
+        weights = maths.row_weights(batch.response_mask, cfg.loss_agg_mode)
+        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn, on_batch, weights)
         metrics.update({
             "charts/mean_reward": float(sum(t.outcome_reward for t in trajectories) / len(trajectories)),
             "charts/success_rate": float(sum(t.success for t in trajectories) / len(trajectories)),

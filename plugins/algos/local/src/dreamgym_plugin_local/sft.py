@@ -48,7 +48,8 @@ class SFT(LocalTrainer):
             loss = maths.nll_loss(logp, mb.response_mask, agg_mode=cfg.loss_agg_mode)
             return loss, {"losses/sft_loss": loss.item()}
 
-        metrics = self._train(len(batch), epochs, loss_fn, on_batch)
+        weights = maths.row_weights(batch.response_mask, cfg.loss_agg_mode)
+        metrics = self._train(len(batch), epochs, loss_fn, on_batch, weights)
         metrics.update({
             "data/trainable_steps": float(len(steps)),
             "data/response_tokens": float(batch.response_mask.sum()),

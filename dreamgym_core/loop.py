@@ -602,6 +602,10 @@ class Runner:
 
     def _update(self, groups: list[list[Trajectory]], iteration: int) -> dict[str, float]:
         what = f"iteration {iteration + 1}/{self.cfg.loop.iterations} update"
+        # Said at once: an algorithm first scores every row under its old (and reference)
+        # policy, minutes of silence with a pretrained policy on a CPU before its first minibatch.
+        steps = sum(len(traj.transitions) for group in groups for traj in group)
+        self._say(f"{what}: {sum(map(len, groups))} episodes, {steps} steps")
         return self.algo.update(groups=groups, **step_progress(self.algo.update, self._say, what, None))
 
     def _advance_curriculum(self, tasks: list[Task], groups: list[list[Trajectory]]) -> dict[str, float]:
@@ -926,12 +930,13 @@ def _accepts(function: Any, keyword: str) -> bool:
 
 def evaluate_run(
     resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None = None, episodes: int | None = None,
-    trajectories: str | Path | None = None,
+    trajectories: str | Path | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """``dreamgym eval``: the run's last checkpoint (under ``eval.keep: best-valid``, the policy
     the run kept), the training rollout code, real tasks (``split``, ``episodes``: None takes
     the pipeline's ``eval.split``, ``eval.episodes``; ``trajectories``: where to write the
-    episodes played)."""
+    episodes played). Progress lines go to stderr as in a run (none with ``progress=False``):
+    a pretrained policy's evaluation on a CPU takes minutes."""
     run_dir = Path(resolved.pipeline.run_dir)
     if episodes is not None and episodes < 1:  # checked before a component is built
         raise ConfigError(f"episodes={episodes}: evaluate at least one episode (None: eval.episodes)")
@@ -942,10 +947,11 @@ def evaluate_run(
         # Checked before playing, so a typo costs nothing.
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
     _check_evaluated_config(resolved, run_dir)
-    runner = Runner(resolved, plugins, run_dir, progress=False)
+    runner = Runner(resolved, plugins, run_dir, progress=progress)
     try:
         iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
         kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played
+        runner._say(f"evaluating the policy of checkpoint {iteration} on real {split or resolved.pipeline.eval.split} tasks")
         metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes, trajectories_out=trajectories)
     finally:
         runner.close()  # the domain's simulator or browser would outlive the call

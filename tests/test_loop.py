@@ -1401,6 +1401,24 @@ def test_rollouts_and_evaluations_report_their_steps(register_plugin, tmp_path, 
         assert steps == list(range(1, len(lines) + 1)) and playing == sorted(playing, reverse=True) and playing[-1] >= 1
 
 
+def test_evaluating_a_run_reports_its_steps(register_plugin, tmp_path, capsys, monkeypatch):
+    # ``dreamgym eval`` of a pretrained policy on a CPU plays for minutes too.
+    import dreamgym_core.loop as loop_module
+    from dreamgym_core.progress import RolloutProgress
+
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", iterations=1)
+    run_pipeline(resolved, plugins, progress=False)
+    capsys.readouterr()
+    monkeypatch.setattr(loop_module, "RolloutProgress", lambda say, what: RolloutProgress(say, what, every_s=0.0))
+    evaluate_run(resolved, plugins, split="test", episodes=2)
+    said = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines() if line.startswith("[dreamgym")]
+    assert said[0] == "evaluating the policy of checkpoint 1 on real test tasks"
+    assert said[1] == "playing eval (real): step 1/8, 2 of 2 episodes still playing"
+    evaluate_run(resolved, plugins, split="test", episodes=2, progress=False)
+    assert "[dreamgym" not in capsys.readouterr().err
+
+
 class _SteppingAlgo:
     """The recording algorithm with an ``update`` that reports two optimiser steps (test double)."""
 
@@ -1425,7 +1443,17 @@ def test_rl_updates_report_their_steps_to_an_algorithm_that_takes_them_and_spare
     plugins = register_plugin(_SteppingAlgo(), "stepping")
     monkeypatch.setattr(progress_module, "StepProgress", lambda say, what, epochs: StepProgress(say, what, epochs, every_s=0.0))
     run_pipeline(_resolved(plugins, tmp_path / "old", iterations=2), plugins)  # "record": update(groups) only
-    assert " update epoch" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert " update epoch" not in err
+    # the start of every update is said whatever the algorithm takes, before its first minibatch
+    started = [line.split("] ", 1)[1] for line in err.splitlines() if " update: " in line]
+    logged = [json.loads(line) for line in (tmp_path / "old" / "metrics.jsonl").read_text().splitlines()]
+    rollouts = [row for row in logged if "rollout/steps" in row]
+    assert len(rollouts) == 2
+    assert started == [
+        f"iteration {i}/2 update: {row['rollout/episodes']:.0f} episodes, {row['rollout/steps']:.0f} steps"
+        for i, row in enumerate(rollouts, 1)
+    ]
     run_pipeline(_resolved(plugins, tmp_path / "new", {"algo": {"name": "record-stepping"}}, iterations=2), plugins)
     said = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines() if " update epoch" in line]
     assert said == [

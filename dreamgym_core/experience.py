@@ -34,7 +34,7 @@ from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt
 from .errors import DreamGymError
-from .progress import takes
+from .progress import OnBatch, takes
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
 
 __all__ = [
@@ -694,7 +694,7 @@ class LMExperienceModel:
     def train(
         self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int,
         other_tasks: bool = False, on_epoch: Callable[[int, float], None] | None = None,
-        on_batch: Callable[[int, int, int, float], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> dict[str, float]:
         """Joint SFT (Eq. 5) of the backend on annotated transitions (``other_tasks``: demos
         only from other tasks, see :func:`training_examples`; ``on_epoch(epoch, mean_loss)``

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_che
 if TYPE_CHECKING:
     import numpy as np
 
+    from .progress import OnBatch
     from .records import (
         ExperienceRequest,
         ExperienceResult,
@@ -133,7 +134,7 @@ class TrainableLanguageModel(LanguageModel, Protocol):
         lr: float,
         batch_size: int,
         on_epoch: Callable[[int, float], None] | None = None,
-        on_batch: Callable[[int, int, int, float], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> Metrics:
         """Train on examples made of (text segment, train-on-it) pairs; returns metrics.
 
@@ -160,7 +161,7 @@ class ExperienceModel(Protocol):
     def train(
         self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int, other_tasks: bool = False,
         on_epoch: Callable[[int, float], None] | None = None,
-        on_batch: Callable[[int, int, int, float], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> Metrics:
         """Joint SFT (paper Eq. 5) on annotated transitions, prompts built as at inference
         (``other_tasks``: retrieved demos only from other tasks than the example's;
@@ -250,7 +251,7 @@ class Algorithm(Protocol):
         ``dreamgym_core.agent.ACTION_STOP`` and needs tokens enough for both tags; a completion
         without an action ends its episode as a failure."""
 
-    def update(self, *, groups: Sequence[Sequence[Trajectory]], on_batch: Callable[[int, int, int, float], None] | None = None) -> Metrics:
+    def update(self, *, groups: Sequence[Sequence[Trajectory]], on_batch: OnBatch | None = None) -> Metrics:
         """One update from groups of trajectories (a group = rollouts of one task).
         ``on_batch(epoch, step, steps_per_epoch, loss)``, when given, after each optimiser step,
         for progress; it is optional: the loop passes it only to an ``update`` that takes it."""

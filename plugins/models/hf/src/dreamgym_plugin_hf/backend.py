@@ -24,6 +24,7 @@ from transformers import (
 
 from dreamgym_core.checkpoint import new_directory, plain_file_modes
 from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.progress import OnBatch
 
 from .config import HFConfig, LoraSettings
 from .text import IGNORE, cut_at_stop, keep_end, left_pad, right_pad, segment_labels
@@ -436,7 +437,7 @@ class HFBackend:
         lr: float,
         batch_size: int,
         on_epoch: Callable[[int, float], None] | None = None,
-        on_batch: Callable[[int, int, int, float], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> dict[str, float]:
         """Supervised fine-tuning; loss only on segments marked train_on_it. ``on_epoch(epoch,
         mean_loss)`` runs after each epoch with the model in eval mode (validation, snapshots);

@@ -39,6 +39,8 @@ __all__ = [
     "refusal_recall",
     "UnparsedAnswer",
     "unparsed_answers",
+    "ScoredAnswer",
+    "scored_answers",
     "predict_all",
     "evaluate_model",
     "FIDELITY_STREAM",
@@ -160,6 +162,47 @@ def unparsed_answers(results: Sequence[ExperienceResult], transitions: Sequence[
         )
         for r, t in zip(results, transitions)
         if r.parse_status == "failed"
+    ]
+
+
+class ScoredAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """One held-out step with the model's answer beside the real one, for reading where a
+    model errs (on which actions, states, steps), beyond the averages of :func:`fidelity_metrics`."""
+
+    task_id: str
+    episode_id: str
+    step: int
+    state: str
+    action: str
+    listed: bool  # the action is on the state's list of actions (True when the state lists none)
+    parse_status: str
+    real_next_state: str
+    model_next_state: str
+    real_outcome: tuple[int, bool, bool]  # (reward >= 0.5, game over, success): what the metrics score
+    model_outcome: tuple[int, bool, bool]
+    real_valid: bool
+    model_valid: bool
+    next_state_exact: bool
+    next_state_f1: float
+    reasoning: str
+
+
+def scored_answers(results: Sequence[ExperienceResult], transitions: Sequence[Transition]) -> list[ScoredAnswer]:
+    """Every answer of ``results`` beside its held-out transition (same order), scored as
+    :func:`fidelity_metrics` scores it."""
+    if len(results) != len(transitions):
+        raise ValueError(f"{len(results)} results for {len(transitions)} transitions")
+    return [
+        ScoredAnswer(
+            task_id=t.task_id, episode_id=t.episode_id, step=t.step, state=t.state, action=t.action,
+            listed=not t.admissible_actions or t.action in t.admissible_actions, parse_status=r.parse_status,
+            real_next_state=t.next_state, model_next_state=r.next_state,
+            real_outcome=outcome_label(reward=t.reward, done=t.game_over, success=t.success),
+            model_outcome=outcome_label(reward=r.reward, done=r.done, success=r.success),
+            real_valid=t.valid, model_valid=r.valid, next_state_exact=exact_match(r.next_state, t.next_state),
+            next_state_f1=token_f1(r.next_state, t.next_state), reasoning=r.reasoning,
+        )
+        for r, t in zip(results, transitions)
     ]
 
 

@@ -105,6 +105,27 @@ def test_refusal_recall_counts_only_the_engines_refusals() -> None:
     assert "fidelity/refusal_recall" not in fidelity_metrics([_r()], [_t(0)])
 
 
+def test_scored_answers_put_each_answer_beside_its_real_step() -> None:
+    from dreamgym_core.fidelity import scored_answers
+
+    listed = msgspec.structs.replace(_t(0, next_state="hall"), admissible_actions=["go", "look"])
+    refused = msgspec.structs.replace(_t(1), admissible_actions=["look"], valid=False)
+    won = _t(2, done=True, success=True, next_state="won")
+    answers = scored_answers([_r(next_state="Hall"), _r(next_state="cellar"), _r(status="failed")], [listed, refused, won])
+    assert [a.listed for a in answers] == [True, False, True]  # a state that lists nothing counts as listed
+    assert [a.next_state_exact for a in answers] == [True, False, False]
+    assert [(a.real_valid, a.model_valid) for a in answers] == [(True, True), (False, True), (True, True)]
+    assert answers[2].real_outcome == (1, True, True) and answers[2].model_outcome == (0, False, False)
+    assert answers[2].parse_status == "failed" and answers[1].model_next_state == "cellar"
+    assert answers[1].next_state_f1 == 0.0 and answers[0].next_state_f1 == 1.0
+    # the same scoring as the averages
+    assert sum(a.next_state_exact for a in answers) / 3 == fidelity_metrics(
+        [_r(next_state="Hall"), _r(next_state="cellar"), _r(status="failed")], [listed, refused, won]
+    )["fidelity/next_state_exact_match"]
+    with pytest.raises(ValueError, match="2 results for 3 transitions"):
+        scored_answers([_r(), _r()], [listed, refused, won])
+
+
 def _oracle(prompt: str) -> str:
     """A test double that answers with the truth it reads from the prompt (step index s<N>)."""
     step = int(prompt.split("State: s")[-1].split("\n")[0])
@@ -248,13 +269,18 @@ def test_eval_model_writes_the_unparsable_answers(tmp_path) -> None:
     out = tmp_path / "failed.jsonl"
     # Answer budget and retries from the pipeline (no option given), temperature from the command line.
     args = [str(pipeline), "--heldout", str(heldout), "--set", "experience.max_new_tokens=8", "--set", "experience.max_retries=0"]
-    result = CliRunner().invoke(command, [*args, "--failures", str(out), "--temperature", "0"])
+    scored = tmp_path / "scored.jsonl"
+    result = CliRunner().invoke(command, [*args, "--failures", str(out), "--temperature", "0", "--predictions", str(scored)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["settings"] == {"temperature": 0.0, "max_new_tokens": 8, "max_retries": 0}
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == report["experience/parse_failed"] == 3.0
     assert [(r["step"], r["reference_state"]) for r in records] == [(i, f"after {i}") for i in range(3)]
-    missing = tmp_path / "nowhere" / "failed.jsonl"
-    result = CliRunner().invoke(command, [*args, "--failures", str(missing)])
-    assert result.exit_code != 0 and "does not exist" in str(result.exception) and "nowhere" in str(result.exception)
+    # --predictions: every answer (here all failed), beside its real step
+    answers = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert [(a["step"], a["real_next_state"], a["parse_status"]) for a in answers] == [(i, f"after {i}", "failed") for i in range(3)]
+    for option in ("--failures", "--predictions"):
+        missing = tmp_path / "nowhere" / "failed.jsonl"
+        result = CliRunner().invoke(command, [*args, option, str(missing)])
+        assert result.exit_code != 0 and f"{option} " in str(result.exception) and "nowhere" in str(result.exception)

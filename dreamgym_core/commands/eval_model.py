@@ -61,10 +61,10 @@ def _build_buffer(resolved: Any, plugins: Any, train: list[Transition]) -> Any:
     return buffer
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, option: str) -> None:
     """Before the model runs, so a typo costs no generation."""
     if not path.parent.is_dir():
-        raise DataError(f"--failures {path}: its directory {path.parent} does not exist")
+        raise DataError(f"{option} {path}: its directory {path.parent} does not exist")
 
 
 @click.command("eval-model")
@@ -83,11 +83,15 @@ def _check_writable(path: Path) -> None:
     "--failures", type=click.Path(dir_okay=False),
     help="Write the answers that stayed unparsable to this JSONL file (raw text beside the real next state).",
 )
+@click.option(
+    "--predictions", type=click.Path(dir_okay=False),
+    help="Write every answer beside its held-out transition, scored, to this JSONL file (to read where the model errs).",
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline field.")
 def command(
     pipeline: str, heldout: str, train_data: str | None, model_dir: str | None, limit: int | None,
     temperature: float | None, max_new_tokens: int | None, retries: int | None, batch_size: int, failures: str | None,
-    overrides: tuple[str, ...],
+    predictions: str | None, overrides: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Print reward/success agreement and next-state fidelity of PIPELINE's experience model as JSON.
 
@@ -95,14 +99,16 @@ def command(
     prompts are built exactly as in training. Temperature, answer budget and retries are
     the pipeline's unless given (the report's "settings"). Baselines are the best constant
     (majority-class) predictors on the same labels. With --failures, every answer that
-    stayed unparsable after the retries is written out beside its held-out transition.
+    stayed unparsable after the retries is written out beside its held-out transition; with
+    --predictions, every answer, scored.
     """
     from ..config import load_pipeline, resolve
-    from ..fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, unparsed_answers
+    from ..fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, scored_answers, unparsed_answers
     from ..plugins import Plugins
 
-    if failures is not None:
-        _check_writable(Path(failures))
+    for option, path in (("--failures", failures), ("--predictions", predictions)):
+        if path is not None:
+            _check_writable(Path(path), option)
     outer = load_pipeline(pipeline, overrides)
     plugins = Plugins.for_names(outer.plugins, where=f"{pipeline}: plugins")
     resolved = resolve(outer, plugins, where=pipeline)
@@ -118,6 +124,8 @@ def command(
     metrics = fidelity_metrics(results, transitions)
     if failures is not None:
         checkpoint.write_records(Path(failures), unparsed_answers(results, transitions))
+    if predictions is not None:
+        checkpoint.write_records(Path(predictions), scored_answers(results, transitions))
     used = model.config
     settings = {"temperature": used.temperature, "max_new_tokens": used.max_new_tokens, "max_retries": used.max_retries}
     report = {

@@ -1,0 +1,99 @@
+"""Which parts of its next states an experience model gets right, by kind of action.
+
+Reads the JSONL that ``dreamgym eval-model --predictions FILE`` writes (every answer beside its
+held-out real step) and prints a markdown table: for each kind of action (the action's first
+word: move, read, take, put, look, ...; "unlisted" for actions off the state's list), the steps,
+how often the whole next state matches, and how often each of its lines does. TextWorldExpress
+states are lines ``Observation: ...``, ``Inventory: ...``, ``Score: ...`` and
+``Actions (N): ...``; a line is right when the model wrote it word for word (whitespace and case
+aside, as the fidelity metrics compare). Outcome agreement is counted too, and the real
+engine's refusals the model also refused.
+
+    python benchmarks/table1/next_state_parts.py PREDICTIONS.jsonl [MORE.jsonl ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from dreamgym_core.fidelity import normalise
+
+#: The lines of a TextWorldExpress state, by the word they start with.
+PARTS = ("Observation", "Inventory", "Score", "Actions")
+
+
+def state_lines(state: str) -> dict[str, str]:
+    """The state's lines by part (``Actions (7): ...`` is the part ``Actions``), normalised."""
+    lines: dict[str, str] = {}
+    for line in state.splitlines():
+        head = line.split(":", 1)[0].split(" (", 1)[0].strip()
+        if head in PARTS and head not in lines:
+            lines[head] = normalise(line)
+    return lines
+
+
+def action_kind(answer: dict) -> str:
+    """``unlisted`` for an action off the state's list, else the action's first word."""
+    if not answer["listed"]:
+        return "unlisted"
+    words = answer["action"].split()
+    return words[0] if words else "(empty)"
+
+
+def tally(answers: Iterable[dict]) -> dict[str, Counter]:
+    """Per kind of action (and ``all``): steps, whole-state and per-line matches, outcome
+    agreement, refusals and refusals matched (pure: tests import it)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for a in answers:
+        real, model = state_lines(a["real_next_state"]), state_lines(a["model_next_state"])
+        for kind in (action_kind(a), "all"):
+            c = counts[kind]
+            c["steps"] += 1
+            c["exact"] += a["next_state_exact"]
+            c["outcome"] += a["real_outcome"] == a["model_outcome"]
+            c["refused"] += not a["real_valid"]
+            c["refused_matched"] += not a["real_valid"] and not a["model_valid"]
+            for part in PARTS:
+                if part in real:
+                    c[f"{part}_n"] += 1
+                    c[f"{part}_right"] += real[part] == model.get(part)
+    return counts
+
+
+def share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+def table(counts: dict[str, Counter]) -> list[str]:
+    lines = [
+        "| action | steps | whole state right | " + " | ".join(f"`{p}` line right" for p in PARTS)
+        + " | outcome agrees | engine refused | model refused too |",
+        "|---|---|---|" + "---|" * len(PARTS) + "---|---|---|",
+    ]
+    order = sorted((k for k in counts if k != "all"), key=lambda k: -counts[k]["steps"]) + ["all"]
+    for kind in order:
+        c = counts[kind]
+        parts = " | ".join(share(c[f"{p}_right"], c[f"{p}_n"]) for p in PARTS)
+        lines.append(
+            f"| {kind} | {c['steps']} | {share(c['exact'], c['steps'])} | {parts} | {share(c['outcome'], c['steps'])} "
+            f"| {c['refused']} | {share(c['refused_matched'], c['refused'])} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("predictions", nargs="+", type=Path)
+    args = parser.parse_args()
+    for path in args.predictions:
+        answers = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        print(f"{path} ({len(answers)} steps)\n")
+        print("\n".join(table(tally(answers))) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""benchmarks/table1/next_state_parts.py: per-line scoring of an experience model's next states."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import msgspec
+
+from dreamgym_core.fidelity import scored_answers
+from dreamgym_core.records import ExperienceResult, Transition
+
+PARTS_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "table1" / "next_state_parts.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("table1_next_state_parts", PARTS_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _state(room: str, actions: str, inventory: str = "a map") -> str:
+    return f"Observation: You are in the {room}.\nInventory: {inventory}\nScore: 0.00\nActions (2): {actions}"
+
+
+def _answers(pairs):
+    """JSON records as eval-model --predictions writes them, from (transition, result) pairs."""
+    steps, results = zip(*pairs)
+    return [msgspec.json.decode(msgspec.json.encode(a)) for a in scored_answers(list(results), list(steps))]
+
+
+def _pair(action, real_next, model_next, *, listed=("move east", "look around"), real_valid=True, model_valid=True):
+    step = Transition(task_id="t", episode_id="e", step=0, state=_state("hall", "; ".join(listed)), action=action,
+                      next_state=real_next, reward=0.0, done=False, valid=real_valid, admissible_actions=list(listed))
+    result = ExperienceResult(reasoning="", next_state=model_next, reward=0.0, done=False, success=False, valid=model_valid)
+    return step, result
+
+
+def test_lines_are_scored_apart_and_by_kind_of_action():
+    parts = _module()
+    kitchen = _state("kitchen", "move west; look around")
+    pairs = [
+        _pair("move east", kitchen, kitchen),  # all right
+        _pair("move east", kitchen, _state("cellar", "move west; look around")),  # wrong room, right list
+        _pair("look around", kitchen, _state("kitchen", "move west; look around", inventory="nothing")),
+        # off the list: the engine refuses, the model walks on
+        _pair("move north", _state("hall", "move east; look around"), kitchen, real_valid=False),
+    ]
+    counts = parts.tally(_answers(pairs))
+    move = counts["move"]
+    assert (move["steps"], move["exact"], move["Observation_right"], move["Actions_right"]) == (2, 1, 1, 2)
+    look = counts["look"]
+    assert (look["Observation_right"], look["Inventory_right"], look["Inventory_n"]) == (1, 0, 1)
+    unlisted = counts["unlisted"]
+    assert (unlisted["steps"], unlisted["refused"], unlisted["refused_matched"], unlisted["Observation_right"]) == (1, 1, 0, 0)
+    assert counts["all"]["steps"] == 4 and counts["all"]["exact"] == 1
+    table = parts.table(counts)
+    assert table[2].startswith("| move | 2 | 50% | 50% |") and table[-1].startswith("| all | 4 | 25% |")
+
+
+def test_a_state_line_is_found_by_its_part_and_compared_normalised():
+    parts = _module()
+    lines = parts.state_lines("Observation:  You are in the Hall.\nActions (3): a; b; c\nnoise line")
+    assert lines == {"Observation": "observation: you are in the hall.", "Actions": "actions (3): a; b; c"}

@@ -50,6 +50,7 @@ def test_lines_are_scored_apart_and_by_kind_of_action():
     counts = parts.tally(_answers(pairs))
     move = counts["move"]
     assert (move["steps"], move["exact"], move["Observation_right"], move["Actions_right"]) == (2, 1, 1, 2)
+    assert (move["room_n"], move["room_right"]) == (2, 1)
     look = counts["look"]
     assert (look["Observation_right"], look["Inventory_right"], look["Inventory_n"]) == (1, 0, 1)
     unlisted = counts["unlisted"]
@@ -63,3 +64,9 @@ def test_a_state_line_is_found_by_its_part_and_compared_normalised():
     parts = _module()
     lines = parts.state_lines("Observation:  You are in the Hall.\nActions (3): a; b; c\nnoise line")
     assert lines == {"Observation": "observation: you are in the hall.", "Actions": "actions (3): a; b; c"}
+
+
+def test_the_room_is_read_from_the_observation():
+    parts = _module()
+    assert parts.room("Observation: You are in the Living Room. To the North you see the hall.") == "living room"
+    assert parts.room("Observation: You put the map in the box.") is None

@@ -6,8 +6,9 @@ word: move, read, take, put, look, ...; "unlisted" for actions off the state's l
 how often the whole next state matches, and how often each of its lines does. TextWorldExpress
 states are lines ``Observation: ...``, ``Inventory: ...``, ``Score: ...`` and
 ``Actions (N): ...``; a line is right when the model wrote it word for word (whitespace and case
-aside, as the fidelity metrics compare). Outcome agreement is counted too, and the real
-engine's refusals the model also refused.
+aside, as the fidelity metrics compare). A weaker test of the observation: the room it puts the
+agent in (``You are in the <room>.``), where the real one names a room. Outcome agreement is
+counted too, and the real engine's refusals the model also refused.
 
     python benchmarks/table1/next_state_parts.py PREDICTIONS.jsonl [MORE.jsonl ...]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -24,6 +26,13 @@ from dreamgym_core.fidelity import normalise
 
 #: The lines of a TextWorldExpress state, by the word they start with.
 PARTS = ("Observation", "Inventory", "Score", "Actions")
+_ROOM = re.compile(r"you are in the ([^.]+)\.", re.IGNORECASE)
+
+
+def room(state: str) -> str | None:
+    """The room a TextWorldExpress observation puts the agent in, lower case (None: names none)."""
+    found = _ROOM.search(state)
+    return found.group(1).lower() if found else None
 
 
 def state_lines(state: str) -> dict[str, str]:
@@ -57,6 +66,9 @@ def tally(answers: Iterable[dict]) -> dict[str, Counter]:
             c["outcome"] += a["real_outcome"] == a["model_outcome"]
             c["refused"] += not a["real_valid"]
             c["refused_matched"] += not a["real_valid"] and not a["model_valid"]
+            if room(a["real_next_state"]) is not None:
+                c["room_n"] += 1
+                c["room_right"] += room(a["real_next_state"]) == room(a["model_next_state"])
             for part in PARTS:
                 if part in real:
                     c[f"{part}_n"] += 1
@@ -71,15 +83,16 @@ def share(part: int, whole: int) -> str:
 def table(counts: dict[str, Counter]) -> list[str]:
     lines = [
         "| action | steps | whole state right | " + " | ".join(f"`{p}` line right" for p in PARTS)
-        + " | outcome agrees | engine refused | model refused too |",
-        "|---|---|---|" + "---|" * len(PARTS) + "---|---|---|",
+        + " | room right | outcome agrees | engine refused | model refused too |",
+        "|---|---|---|" + "---|" * len(PARTS) + "---|---|---|---|",
     ]
     order = sorted((k for k in counts if k != "all"), key=lambda k: -counts[k]["steps"]) + ["all"]
     for kind in order:
         c = counts[kind]
         parts = " | ".join(share(c[f"{p}_right"], c[f"{p}_n"]) for p in PARTS)
         lines.append(
-            f"| {kind} | {c['steps']} | {share(c['exact'], c['steps'])} | {parts} | {share(c['outcome'], c['steps'])} "
+            f"| {kind} | {c['steps']} | {share(c['exact'], c['steps'])} | {parts} | {share(c['room_right'], c['room_n'])} "
+            f"| {share(c['outcome'], c['steps'])} "
             f"| {c['refused']} | {share(c['refused_matched'], c['refused'])} |"
         )
     return lines

@@ -5,7 +5,8 @@ transition error eps_P. We estimate both on held-out real transitions:
 
 - reward / success / done / valid agreement, and the mean absolute reward error
   (an empirical eps_R; the supremum is not observable on a finite sample);
-- next-state exact match and token-level F1 (a proxy for domain consistency);
+- next-state exact match, token-level F1 (a proxy for domain consistency) and line recall
+  (the share of the real state's lines written word for word: a room, a map, an action list);
 - the accuracy of the best constant predictor (majority class) on the same labels,
   which a useful model must beat.
 - refusal recall: of the held-out actions the real engine refused, the share the model
@@ -32,6 +33,7 @@ __all__ = [
     "tokens",
     "exact_match",
     "token_f1",
+    "line_recall",
     "agreement",
     "majority_accuracy",
     "outcome_label",
@@ -80,6 +82,17 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def line_recall(prediction: str, reference: str) -> float:
+    """Share of the reference's non-blank lines the prediction also has, each compared whole
+    after :func:`normalise`; 1.0 when the reference has none. Token F1 credits a state whose
+    words are right but whose room, map or action list is wrong; a line is right or not."""
+    ref = [normalise(line) for line in reference.splitlines() if line.strip()]
+    if not ref:
+        return 1.0
+    pred = Counter(normalise(line) for line in prediction.splitlines() if line.strip())
+    return sum((Counter(ref) & pred).values()) / len(ref)
+
+
 def agreement(predicted: Sequence[Hashable], actual: Sequence[Hashable]) -> float:
     """Share of positions where the labels are equal (0.0 for empty input)."""
     if len(predicted) != len(actual):
@@ -126,6 +139,7 @@ def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[
             exact_match(r.next_state, t.next_state) for r, t in zip(results, transitions)
         ) / n,
         "fidelity/next_state_token_f1": sum(token_f1(r.next_state, t.next_state) for r, t in zip(results, transitions)) / n,
+        "fidelity/next_state_line_recall": sum(line_recall(r.next_state, t.next_state) for r, t in zip(results, transitions)) / n,
         "fidelity/parse_failed": sum(r.parse_status == "failed" for r in results) / n,
         "fidelity/parse_repaired": sum(r.parse_status == "repaired" for r in results) / n,
         **refusal_recall(results, transitions),

@@ -80,7 +80,20 @@ def test_fidelity_metrics_against_a_majority_baseline() -> None:
     assert m["fidelity/eps_r_mean"] == 0.25 and m["fidelity/parse_failed"] == 0.25
     assert m["fidelity/next_state_exact_match"] == 0.75
     assert m["fidelity/next_state_token_f1"] == pytest.approx((2 / 3 + 3) / 4)
+    assert m["fidelity/next_state_line_recall"] == 0.75  # "room here" is not the line "room"
     assert fidelity_metrics([], []) == {"fidelity/n": 0.0}
+
+
+def test_line_recall_takes_each_line_whole() -> None:
+    from dreamgym_core.fidelity import line_recall
+
+    real = "Observation: You are in the hall.\nInventory: a map\nScore: 0.00\nActions (2): look; move east"
+    # every word of the real state is there (token F1 near 1), but the room line is not
+    swapped = "Observation: You are in the map.\nInventory: a hall\nScore: 0.00\nActions (2): look; move east"
+    assert line_recall(swapped, real) == 0.5 and token_f1(swapped, real) == 1.0
+    assert line_recall(real.upper().replace("\n", "\n\n  "), real) == 1.0  # case, spacing and blank lines aside
+    assert line_recall("Score: 0.00\nScore: 0.00", "Score: 0.00\nScore: 0.00\nScore: 1.00") == pytest.approx(2 / 3)
+    assert line_recall("", real) == 0.0 and line_recall("anything", "  ") == 1.0
 
 
 def test_an_episode_cut_by_its_step_cap_has_not_ended_for_the_model() -> None:

@@ -70,3 +70,28 @@ def test_the_room_is_read_from_the_observation():
     parts = _module()
     assert parts.room("Observation: You are in the Living Room. To the North you see the hall.") == "living room"
     assert parts.room("Observation: You put the map in the box.") is None
+
+
+def test_retrieval_coverage_counts_the_moves_a_demo_answers():
+    import sys
+
+    sys.path.insert(0, str(PARTS_PY.parent))  # the script imports its neighbour, as when run
+    try:
+        spec = importlib.util.spec_from_file_location("table1_retrieval_coverage", PARTS_PY.parent / "retrieval_coverage.py")
+        coverage = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(coverage)
+    finally:
+        sys.path.remove(str(PARTS_PY.parent))
+    kitchen, cellar = _state("kitchen", "look around"), _state("cellar", "look around")
+
+    def step(action, next_state, *, task="w1", valid=True):
+        return Transition(task_id=task, episode_id="e", step=0, state=_state("hall", action), action=action,
+                          next_state=next_state, reward=0.0, done=False, valid=valid)
+
+    steps = [step("move east", kitchen), step("move west", cellar), step("look around", kitchen), step("move north", kitchen, valid=False)]
+    train = [step("move east", kitchen), step("move west", cellar, task="w2")]  # the cellar step is of another world
+    demos = [[train[0]], [train[1]], [train[0]], [train[0]]]
+    answers = [{"model_next_state": kitchen}, {"model_next_state": kitchen}, {"model_next_state": kitchen}, {"model_next_state": kitchen}]
+    c = coverage.coverage(steps, demos, train, answers)
+    # two valid moves; only the first world's step is in the data, both are shown by a demo
+    assert (c["moves"], c["in_data"], c["in_demo"], c["right_in_demo"], c["right_not_in_demo"]) == (2, 1, 2, 1, 0)

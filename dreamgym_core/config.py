@@ -129,6 +129,14 @@ class LoopConfig(Config):
     max_steps: Annotated[PositiveInt, Meta(description="Step cap per episode (verl-agent: 15 WebShop, 50 ALFWorld).")] = 15
     history_window: Annotated[NonNegativeInt, Meta(description="Earlier (state, action) pairs shown to models.")] = 4
     top_k: Annotated[NonNegativeInt, Meta(description="Retrieved transitions per experience-model step.")] = 4
+    demos: Annotated[
+        Literal["nearest", "same-world-first"],
+        Meta(description=(
+            "Which retrieved transitions the experience model is shown, in training, RL and fidelity scoring alike: the "
+            "top_k nearest by (state, action), or the episode's own world's first (among the nearest 256; the domain's "
+            "world_of, else the task id), since rooms that read alike lead elsewhere in each world."
+        )),
+    ] = "nearest"
     real_budget: Annotated[
         NonNegativeInt, Meta(description="s2r: real transitions allowed after the synthetic phase (a hard cap: a real iteration runs only the groups that fit even at max_steps).")
     ] = 0
@@ -252,6 +260,8 @@ class PipelineConfig(Config):
                 raise ValueError(f"loop.{option} needs branch transitions to learn from: set data.branch_actions > 0")
             if on and not self.loop.warmstart_epochs:
                 raise ValueError(f"loop.{option} is part of the warm start: set loop.warmstart_epochs > 0")
+        if self.experience.train_demos == "other-tasks" and self.loop.demos == "same-world-first":
+            raise ValueError("experience.train_demos='other-tasks' contradicts loop.demos='same-world-first'")
         if self.experience.branches and not self.data.branch_actions:
             raise ValueError("experience.branches needs branch transitions: set data.branch_actions > 0")
         if self.loop.self_reflection == "teacher" and self.experience.teacher is None:

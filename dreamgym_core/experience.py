@@ -51,6 +51,9 @@ __all__ = [
     "request_for",
     "requests_for",
     "training_examples",
+    "same_world_first",
+    "world_key",
+    "SAME_WORLD_POOL",
     "LMExperienceModel",
     "stream_seed",
     "call_seed",
@@ -446,11 +449,36 @@ def _history(transitions: Sequence[Transition], history_window: int) -> dict[int
 # How many extra neighbours to fetch at first when a training example may not use its own task's:
 # a task holds a few dozen stored transitions at most in the offline data of a seed task.
 _OTHER_TASKS_OVERFETCH = 64
+# How many nearest neighbours are searched for the episode's own world's transitions
+# (``loop.demos: same-world-first``): a world holds a few dozen in a seed task's offline data.
+SAME_WORLD_POOL = 256
 
 
-def _demos(transitions: Sequence[Transition], buffer: Any, k: int, *, other_tasks: bool = False) -> list[list[Transition]]:
+def world_key(domain: Any) -> Callable[[str], str]:
+    """The domain's ``world_of(task_id)`` (the world a task plays in: a TextWorld variation
+    ``.../7~syn`` plays seed 7's), else the task id itself."""
+    world_of = getattr(domain, "world_of", None)
+    return world_of if callable(world_of) else (lambda task_id: task_id)
+
+
+def same_world_first(found: Sequence[Transition], world: str, world_of: Callable[[str], str]) -> list[Transition]:
+    """``found`` (best first) with the transitions of ``world`` moved ahead, each part in its order.
+
+    The (state, action) query alone cannot tell apart worlds whose rooms read alike: a move
+    from a kitchen leads elsewhere in each world, and the nearest stored move from a kitchen
+    is often another world's. A demo of the episode's own world shows where this one leads.
+    """
+    mine = [d for d in found if world_of(d.task_id) == world]
+    return mine + [d for d in found if world_of(d.task_id) != world]
+
+
+def _demos(
+    transitions: Sequence[Transition], buffer: Any, k: int, *, other_tasks: bool = False,
+    world_of: Callable[[str], str] | None = None,
+) -> list[list[Transition]]:
     """Top-k buffer neighbours of each transition, never from its own episode (and, with
-    ``other_tasks``, never from its task).
+    ``other_tasks``, never from its task; with ``world_of``, its world's first among the
+    nearest :data:`SAME_WORLD_POOL`).
 
     At inference the buffer never holds the episode being played (the loop and verl store an
     episode once it has ended), so a training or held-out prompt must not show it either: a
@@ -460,6 +488,8 @@ def _demos(transitions: Sequence[Transition], buffer: Any, k: int, *, other_task
     """
     if buffer is None or k == 0 or not transitions:
         return [[] for _ in transitions]
+    if other_tasks and world_of is not None:
+        raise ValueError("demos cannot be both only other tasks' and their own world's first")
     if other_tasks:
         extra = _OTHER_TASKS_OVERFETCH
         keep: Callable[[Transition, Transition], bool] = lambda d, t: d.task_id != t.task_id
@@ -467,12 +497,13 @@ def _demos(transitions: Sequence[Transition], buffer: Any, k: int, *, other_task
         extra = max(len(steps) for steps in _episodes(transitions).values())
         keep = lambda d, t: not _same_episode(d, t)
     out: list[list[Transition]] = [[] for _ in transitions]
-    pending, fetch = list(range(len(transitions))), k + extra
+    pending = list(range(len(transitions)))
+    fetch = k + extra if world_of is None else max(k + extra, SAME_WORLD_POOL)
     while pending:
         hits = buffer.retrieve(queries=[(transitions[i].state, transitions[i].action) for i in pending], k=fetch)
         short = []
         for i, found in zip(pending, hits):
-            found = list(found)
+            found = list(found) if world_of is None else same_world_first(found, world_of(transitions[i].task_id), world_of)
             out[i] = [d for d in found if keep(d, transitions[i])][:k]
             if len(out[i]) < k and len(found) >= fetch:  # all excluded so far; the buffer may hold more
                 short.append(i)
@@ -481,17 +512,19 @@ def _demos(transitions: Sequence[Transition], buffer: Any, k: int, *, other_task
 
 
 def requests_for(
-    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, other_tasks: bool = False
+    transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, other_tasks: bool = False,
+    world_of: Callable[[str], str] | None = None,
 ) -> list[ExperienceRequest]:
-    """The request each transition answers, with its history and retrieved demos."""
+    """The request each transition answers, with its history and retrieved demos (with
+    ``world_of``, its own world's first: ``loop.demos: same-world-first``)."""
     history = _history(transitions, history_window)
-    demos = _demos(transitions, buffer, k, other_tasks=other_tasks)
+    demos = _demos(transitions, buffer, k, other_tasks=other_tasks, world_of=world_of)
     return [request_for(t, history[id(t)], d) for t, d in zip(transitions, demos)]
 
 
 def training_examples(
     transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, other_tasks: bool = False,
-    fits: Callable[[str], bool] | None = None,
+    fits: Callable[[str], bool] | None = None, world_of: Callable[[str], str] | None = None,
 ) -> list[Segments]:
     """Joint-SFT examples: the inference prompt (masked), then reasoning and next state.
 
@@ -501,7 +534,7 @@ def training_examples(
     :func:`build_prompt`, shortened by :func:`fit_request` with the inference budget ``fits``.
     """
     examples = []
-    requests = requests_for(transitions, buffer, history_window=history_window, k=k, other_tasks=other_tasks)
+    requests = requests_for(transitions, buffer, history_window=history_window, k=k, other_tasks=other_tasks, world_of=world_of)
     for t, request in zip(transitions, requests):
         request = fit_request(request, fits)
         target = render_target(
@@ -694,10 +727,11 @@ class LMExperienceModel:
     def train(
         self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int,
         other_tasks: bool = False, on_epoch: Callable[[int, float], None] | None = None,
-        on_batch: OnBatch | None = None,
+        on_batch: OnBatch | None = None, world_of: Callable[[str], str] | None = None,
     ) -> dict[str, float]:
         """Joint SFT (Eq. 5) of the backend on annotated transitions (``other_tasks``: demos
-        only from other tasks, see :func:`training_examples`; ``on_epoch(epoch, mean_loss)``
+        only from other tasks, see :func:`training_examples`; ``world_of``: the example's own
+        world's demos first, as at inference with ``loop.demos: same-world-first``; ``on_epoch(epoch, mean_loss)``
         after each epoch; ``on_batch(epoch, step, steps_per_epoch, loss)`` after each step,
         where the backend's ``sft`` takes it)."""
         if not hasattr(self.backend, "sft"):
@@ -707,7 +741,7 @@ class LMExperienceModel:
             )
         examples = training_examples(
             transitions, buffer, history_window=self.config.history_window, k=self.config.top_k,
-            other_tasks=other_tasks, fits=self._fits(),
+            other_tasks=other_tasks, fits=self._fits(), world_of=world_of,
         )
         progress: dict[str, Any] = {"on_epoch": on_epoch} if on_epoch is not None else {}
         if on_batch is not None and takes(self.backend.sft, "on_batch"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import msgspec
 
@@ -221,14 +221,16 @@ def scored_answers(results: Sequence[ExperienceResult], transitions: Sequence[Tr
 
 
 def predict_all(
-    model: Any, transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, batch_size: int = 16
+    model: Any, transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, batch_size: int = 16,
+    world_of: Callable[[str], str] | None = None,
 ) -> list[ExperienceResult]:
     """The model's answer to every held-out transition (prompts built as in training).
 
     History comes from the held-out episodes themselves; demos from ``buffer`` (the
-    training data), never a step of the episode being predicted.
+    training data), never a step of the episode being predicted (with ``world_of``, its
+    own world's first, as ``loop.demos: same-world-first`` retrieves them).
     """
-    requests = requests_for(transitions, buffer, history_window=history_window, k=k)
+    requests = requests_for(transitions, buffer, history_window=history_window, k=k, world_of=world_of)
     results: list[ExperienceResult] = []
     for start in range(0, len(requests), batch_size):
         results.extend(model.predict(requests=requests[start: start + batch_size]))

@@ -352,13 +352,16 @@ class Runner:
         scores them again), the answers that stayed unparsable to ``fidelity_unparsed.jsonl``."""
         if self.experience_model is None or not self.cfg.eval.fidelity_episodes:
             return {}
+        from .experience import world_key
         from .fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, unparsed_answers
 
         held_out = self.fidelity_transitions()
         self._say(f"scoring the experience model on {len(held_out)} held-out real transitions")
         checkpoint.write_transitions(self.run_dir / "fidelity_heldout.jsonl", held_out)
+        loop = self.cfg.loop
         results = predict_all(
-            self.experience_model.stream(FIDELITY_STREAM), held_out, self.buffer, history_window=self.cfg.loop.history_window, k=self.cfg.loop.top_k
+            self.experience_model.stream(FIDELITY_STREAM), held_out, self.buffer, history_window=loop.history_window, k=loop.top_k,
+            world_of=world_key(self.domain) if loop.demos == "same-world-first" else None,
         )
         checkpoint.write_records(self.run_dir / "fidelity_unparsed.jsonl", unparsed_answers(results, held_out))
         return fidelity_metrics(results, held_out)

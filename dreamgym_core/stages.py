@@ -142,7 +142,7 @@ def train_experience_model(
     A checkpoint that an earlier attempt finished is reloaded instead (``--resume``, or a
     verl run started again). Returns the training metrics under ``experience/``.
     """
-    from .experience import training_examples
+    from .experience import training_examples, world_key
 
     if reload_trained(backend, run_dir):
         return checkpoint.read_stage_metrics(run_dir / EXPERIENCE_DIR)
@@ -150,12 +150,16 @@ def train_experience_model(
     checkpoint.write_transitions(run_dir / "offline_annotated.jsonl", annotated)
     exp, loop = pipeline.experience, pipeline.loop
     other_tasks = exp.train_demos == "other-tasks"
+    # Passed only when asked for: an experience model of another plugin need not take it.
+    world = {"world_of": world_key(getattr(model, "domain", None))} if loop.demos == "same-world-first" else {}
     if hasattr(backend, "prepare"):
         # Unshortened prompts: shortening them to the budget needs the tokenizer this trains.
-        examples = training_examples(annotated, buffer, history_window=loop.history_window, k=loop.top_k, other_tasks=other_tasks)
+        examples = training_examples(
+            annotated, buffer, history_window=loop.history_window, k=loop.top_k, other_tasks=other_tasks, **world
+        )
         backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
     metrics = model.train(
-        transitions=annotated, buffer=buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size, other_tasks=other_tasks,
+        transitions=annotated, buffer=buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size, other_tasks=other_tasks, **world,
         on_epoch=lambda epoch, loss: say(f"experience model epoch {epoch}/{exp.epochs}: loss {loss:.3f}"),
         **step_progress(model.train, say, "experience model", exp.epochs),
     )

@@ -34,6 +34,7 @@ from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt, Probability
 from .errors import DreamGymError
+from .experience import SAME_WORLD_POOL, same_world_first, world_key
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
 from .rollout import step_or_error
 
@@ -54,6 +55,10 @@ class SyntheticEnvConfig(Config):
     top_k: Annotated[
         NonNegativeInt, Meta(description="Buffer transitions retrieved per step as demos (never of the episode being played).")
     ] = 4
+    demos: Annotated[
+        Literal["nearest", "same-world-first"],
+        Meta(description="Retrieved demos: the top_k nearest, or the episode's own world's first (loop.demos)."),
+    ] = "nearest"
     add_to_buffer: Annotated[bool, Meta(description="Add every synthetic transition to the buffer.")] = True
     reject_unlisted: Annotated[
         bool,
@@ -76,7 +81,7 @@ def synthetic_config_of(pipeline: Any) -> SyntheticEnvConfig:
     (``add_to_buffer`` off): a resumed iteration then retrieves what the uninterrupted one did."""
     loop = pipeline.loop
     return SyntheticEnvConfig(
-        max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, add_to_buffer=False,
+        max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, demos=loop.demos, add_to_buffer=False,
         reject_unlisted=loop.reject_unlisted_actions, reject_unlisted_at=loop.reject_unlisted_at,
         state_variation=loop.state_variation,
     )
@@ -235,20 +240,31 @@ def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list
     """Demos for every env, one ``retrieve`` call per distinct buffer. An env that adds its
     steps at once (``add_to_buffer``) is never shown its own episode's steps, as training's
     demos never are (:func:`~dreamgym_core.experience.requests_for`): it asks for as many
-    more neighbours as it has stored, so ``top_k`` remain when the buffer holds them."""
+    more neighbours as it has stored, so ``top_k`` remain when the buffer holds them. With
+    ``demos: same-world-first`` the episode's own world's come first among the nearest
+    :data:`~dreamgym_core.experience.SAME_WORLD_POOL`, as in training."""
     demos: list[list[Transition]] = [[] for _ in envs]
     groups: dict[int, list[int]] = {}
     for i, env in enumerate(envs):
         if env.buffer is not None and env.config.top_k > 0:
             groups.setdefault(id(env.buffer), []).append(i)
     for members in groups.values():
-        buffer, k = envs[members[0]].buffer, max(envs[i].config.top_k + _own_steps(envs[i]) for i in members)
+        buffer, k = envs[members[0]].buffer, max(_fetch(envs[i]) for i in members)
         hits = buffer.retrieve(queries=[(envs[i]._obs.text, actions[i]) for i in members], k=k)  # type: ignore[union-attr]
         for i, found in zip(members, hits):
             env = envs[i]
+            if env.config.demos == "same-world-first":
+                world_of = world_key(env.domain)
+                found = same_world_first(found, world_of(env._task.id), world_of)  # type: ignore[union-attr]
             own = (env._task.id, env._episode_id) if _own_steps(env) else None  # type: ignore[union-attr]
             demos[i] = [d for d in found if (d.task_id, d.episode_id) != own][: env.config.top_k]
     return demos
+
+
+def _fetch(env: SyntheticEnv) -> int:
+    """How many neighbours ``env``'s step asks the buffer for (see :func:`_retrieve`)."""
+    wanted = env.config.top_k + _own_steps(env)
+    return max(wanted, SAME_WORLD_POOL) if env.config.demos == "same-world-first" else wanted
 
 
 def _unlisted(env: SyntheticEnv, action: str) -> ExperienceResult:

@@ -135,6 +135,8 @@ def test_a_pipeline_built_in_python_is_checked_as_a_file_is(tmp_path):
         pipeline_from_dict(data, ["loop.tasks_per_iteration=0"], where="sweep[3]")
     with pytest.raises(ConfigError, match=r"^<pipeline dict>: loop.mode='dreamgym' needs experience_model"):
         pipeline_from_dict(data, ["loop.mode=dreamgym"])
+    with pytest.raises(ConfigError, match="train_demos='other-tasks' contradicts loop.demos='same-world-first'"):
+        pipeline_from_dict(data, ["experience.train_demos=other-tasks", "loop.demos=same-world-first"])
     with pytest.raises(ConfigError, match="a pipeline must be a mapping, got list"):
         pipeline_from_dict([data])
 

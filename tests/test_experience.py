@@ -32,7 +32,9 @@ from dreamgym_core.experience import (
     render_output,
     render_target,
     requests_for,
+    same_world_first,
     stream_seed,
+    world_key,
     training_examples,
 )
 from dreamgym_core.records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
@@ -408,6 +410,42 @@ def test_training_demos_never_come_from_the_examples_own_episode() -> None:
     for request, t in zip(requests, data):
         assert len(request.demos) == 2, "own-episode neighbours must not starve the demos"
         assert all(d.episode_id != t.episode_id for d in request.demos)
+
+
+def _kitchen_move(task: str, ep: str, where: str) -> Transition:
+    """The same (state, action) in every world; where the move leads is the world's own."""
+    return Transition(task_id=task, episode_id=ep, step=0, state="You are in the kitchen.", action="move north",
+                      next_state=f"You are in the {where}.", reward=0.0, done=False, source="offline")  # fmt: skip
+
+
+def test_same_world_first_moves_the_worlds_own_ahead_keeping_each_parts_order() -> None:
+    found = [_kitchen_move(t, e, "x") for t, e in (("w0", "a"), ("w1", "b"), ("w0", "c"), ("w1", "d"))]
+    order = same_world_first(found, "w1", lambda task_id: task_id)
+    assert [d.episode_id for d in order] == ["b", "d", "a", "c"]
+    assert same_world_first(found, "w9", lambda task_id: task_id) == found
+
+
+def test_same_world_demos_show_where_the_episodes_own_world_leads() -> None:
+    """Kitchens read alike in every world, so the nearest stored move is the first stored (the
+    ties go to the earlier row) and comes from another world; same-world-first shows the
+    episode's own world's, also for a variation (``~syn``) of that world."""
+    stored = [_kitchen_move(f"w{i}", f"e{i}", f"room {i}") for i in range(6)] + [_kitchen_move("w4", "e4b", "room 4")]
+    strip = lambda task_id: task_id.removesuffix("~syn")
+    asked = [msgspec.structs.replace(stored[4], episode_id="now"), msgspec.structs.replace(stored[4], task_id="w4~syn", episode_id="v")]
+    nearest = requests_for(asked, ListBuffer(stored), history_window=0, k=1)
+    assert [r.demos[0].next_state for r in nearest] == ["You are in the room 0."] * 2
+    own = requests_for(asked, ListBuffer(stored), history_window=0, k=2, world_of=strip)
+    assert [[d.next_state for d in r.demos] for r in own] == [["You are in the room 4."] * 2] * 2
+    # an example's own episode stays out: its world's other episode is shown, then the nearest others
+    trained = requests_for([stored[4]], ListBuffer(stored), history_window=0, k=2, world_of=strip)[0]
+    assert [d.episode_id for d in trained.demos] == ["e4b", "e0"]
+    with pytest.raises(ValueError, match="other tasks"):
+        requests_for(asked, ListBuffer(stored), history_window=0, k=1, other_tasks=True, world_of=strip)
+
+
+def test_a_domain_without_world_of_makes_each_task_its_own_world() -> None:
+    assert world_key(None)("t~syn") == "t~syn"
+    assert world_key(type("D", (), {"world_of": staticmethod(lambda t: "w")})())("t") == "w"
 
 
 def test_training_demos_from_other_tasks_are_found_past_a_large_task() -> None:

@@ -52,7 +52,8 @@ class ListBuffer:
             return [[] for _ in queries]
         stored = self.encoder.encode(texts=[self._key(t.state, t.action) for t in self.items])
         asked = self.encoder.encode(texts=[self._key(s, a) for s, a in queries])
-        order = np.argsort(-(asked @ stored.T), axis=1, kind="stable")[:, :k]
+        # Rounded as the real buffers round, so ties go to the earlier item whatever the batch shape.
+        order = np.argsort(-np.round(asked @ stored.T, 6), axis=1, kind="stable")[:, :k]
         return [[self.items[j] for j in row] for row in order]
 
     def sample(self, *, n, seed=None):

@@ -113,7 +113,7 @@ def _experience_model_done(run_dir: Path) -> Path:
     from dreamgym_core.stages import EXPERIENCE_DIR, train_experience_model
 
     pipeline = SimpleNamespace(
-        experience=SimpleNamespace(train_demos="same-task", epochs=1, lr=1e-3, batch_size=1), loop=SimpleNamespace()
+        experience=SimpleNamespace(train_demos="same-task", epochs=1, lr=1e-3, batch_size=1), loop=SimpleNamespace(demos="nearest")
     )
     model = SimpleNamespace(train=lambda **_: {"loss": 1.0})
     train_experience_model(

@@ -86,6 +86,33 @@ def test_retrieval_never_shows_the_episodes_own_steps_and_still_gives_k_demos() 
     assert any(d.episode_id in first for r in requests[4:] for d in r.demos)
 
 
+def test_same_world_demos_come_from_the_episodes_own_world() -> None:
+    """Rooms read alike in every world; with demos: same-world-first the step is shown the
+    stored step of its own world (a variation ``~syn`` plays its seed world), not the nearest."""
+    from dreamgym_core.records import Transition
+
+    stored = [
+        Transition(task_id=f"w{i}", episode_id=f"e{i}", step=0, state="You are in room 0.", action="go",
+                   next_state=f"You are in room {i}.", reward=0.0, done=False, source="offline")
+        for i in (1, 2, 3)
+    ]  # fmt: skip
+    domain = type("Domain", (), {"world_of": staticmethod(lambda task_id: task_id.removesuffix("~syn"))})()
+    task = Task(id="w3~syn", instruction="Take the coin.", domain="toy", payload={"initial_state": "You are in room 0."})
+    shown = {}
+    for demos in ("nearest", "same-world-first"):
+        env = SyntheticEnv(
+            LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0)), ListBuffer(stored), domain,
+            SyntheticEnvConfig(top_k=1, history_window=0, add_to_buffer=False, demos=demos),
+        )
+        requests = []
+        predict = env.model.predict
+        env.model.predict = lambda **kw: (requests.extend(kw["requests"]), predict(**kw))[1]
+        env.reset(task=task, seed=0)
+        env.step(action="go")
+        shown[demos] = [d.task_id for d in requests[0].demos]
+    assert shown == {"nearest": ["w1"], "same-world-first": ["w3"]}
+
+
 def test_invalid_action_is_a_failure_state_with_zero_reward() -> None:
     env, _ = make_env()
     env.reset(task=TASK)

@@ -61,6 +61,14 @@ def _build_buffer(resolved: Any, plugins: Any, train: list[Transition]) -> Any:
     return buffer
 
 
+def _world_of(resolved: Any, plugins: Any) -> Any:
+    """The world each task id plays in, by the pipeline's domain (``loop.demos: same-world-first``)."""
+    from ..experience import world_key
+
+    pipeline = resolved.pipeline
+    return world_key(plugins.build("env", pipeline.env.name, resolved.components["env"]))
+
+
 def _check_writable(path: Path, option: str) -> None:
     """Before the model runs, so a typo costs no generation."""
     if not path.parent.is_dir():
@@ -120,7 +128,10 @@ def command(
     ).stream(FIDELITY_STREAM)
     buffer = _build_buffer(resolved, plugins, read_transitions(train_data) if train_data else [])
     loop = resolved.pipeline.loop
-    results = predict_all(model, transitions, buffer, history_window=loop.history_window, k=loop.top_k, batch_size=batch_size)
+    results = predict_all(
+        model, transitions, buffer, history_window=loop.history_window, k=loop.top_k, batch_size=batch_size,
+        world_of=_world_of(resolved, plugins) if loop.demos == "same-world-first" else None,
+    )
     metrics = fidelity_metrics(results, transitions)
     if failures is not None:
         checkpoint.write_records(Path(failures), unparsed_answers(results, transitions))

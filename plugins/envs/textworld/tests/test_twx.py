@@ -362,6 +362,15 @@ def test_variation_builds_a_synthetic_train_task_from_a_real_reset(twx_domains) 
     assert domain.initial_observation(child) != domain.initial_observation(parent)
 
 
+def test_a_variation_of_a_train_world_plays_in_that_world(twx_domains) -> None:
+    """loop.demos: same-world-first shows a variation the offline steps of its world's seed task."""
+    domain = twx_domains["coin"]
+    parent, other = domain.tasks(split="train")[:2]
+    child = domain.make_variation(parent, f"seed={other.payload['seed']}")
+    assert child is not None and child.id != other.id
+    assert domain.world_of(child.id) == domain.world_of(other.id) == other.id != domain.world_of(parent.id)
+
+
 def test_proposed_variations_are_other_train_worlds_of_the_same_kind(twx_domains) -> None:
     import numpy as np
 

@@ -461,15 +461,19 @@ def world_key(domain: Any) -> Callable[[str], str]:
     return world_of if callable(world_of) else (lambda task_id: task_id)
 
 
-def same_world_first(found: Sequence[Transition], world: str, world_of: Callable[[str], str]) -> list[Transition]:
-    """``found`` (best first) with the transitions of ``world`` moved ahead, each part in its order.
+def same_world_first(
+    found: Sequence[Transition], *, world: str, action: str, world_of: Callable[[str], str]
+) -> list[Transition]:
+    """``found`` (best first) with the transitions of ``world`` moved ahead, and in each part
+    those of ``action``; otherwise in the order found.
 
     The (state, action) query alone cannot tell apart worlds whose rooms read alike: a move
     from a kitchen leads elsewhere in each world, and the nearest stored move from a kitchen
-    is often another world's. A demo of the episode's own world shows where this one leads.
+    is often another world's. And the state outweighs the action in the embedding: the nearest
+    stored step is often another exit of the same room. A demo of the episode's own world and
+    of the same action shows where this step leads.
     """
-    mine = [d for d in found if world_of(d.task_id) == world]
-    return mine + [d for d in found if world_of(d.task_id) != world]
+    return sorted(found, key=lambda d: (world_of(d.task_id) != world, d.action != action))
 
 
 def _demos(
@@ -503,7 +507,8 @@ def _demos(
         hits = buffer.retrieve(queries=[(transitions[i].state, transitions[i].action) for i in pending], k=fetch)
         short = []
         for i, found in zip(pending, hits):
-            found = list(found) if world_of is None else same_world_first(found, world_of(transitions[i].task_id), world_of)
+            t = transitions[i]
+            found = list(found) if world_of is None else same_world_first(found, world=world_of(t.task_id), action=t.action, world_of=world_of)
             out[i] = [d for d in found if keep(d, transitions[i])][:k]
             if len(out[i]) < k and len(found) >= fetch:  # all excluded so far; the buffer may hold more
                 short.append(i)

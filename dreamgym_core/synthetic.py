@@ -57,7 +57,7 @@ class SyntheticEnvConfig(Config):
     ] = 4
     demos: Annotated[
         Literal["nearest", "same-world-first"],
-        Meta(description="Retrieved demos: the top_k nearest, or the episode's own world's first (loop.demos)."),
+        Meta(description="Retrieved demos: the top_k nearest, or the episode's own world's and action's first (loop.demos)."),
     ] = "nearest"
     add_to_buffer: Annotated[bool, Meta(description="Add every synthetic transition to the buffer.")] = True
     reject_unlisted: Annotated[
@@ -255,7 +255,7 @@ def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list
             env = envs[i]
             if env.config.demos == "same-world-first":
                 world_of = world_key(env.domain)
-                found = same_world_first(found, world_of(env._task.id), world_of)  # type: ignore[union-attr]
+                found = same_world_first(found, world=world_of(env._task.id), action=actions[i], world_of=world_of)  # type: ignore[union-attr]
             own = (env._task.id, env._episode_id) if _own_steps(env) else None  # type: ignore[union-attr]
             demos[i] = [d for d in found if (d.task_id, d.episode_id) != own][: env.config.top_k]
     return demos

@@ -418,11 +418,15 @@ def _kitchen_move(task: str, ep: str, where: str) -> Transition:
                       next_state=f"You are in the {where}.", reward=0.0, done=False, source="offline")  # fmt: skip
 
 
-def test_same_world_first_moves_the_worlds_own_ahead_keeping_each_parts_order() -> None:
-    found = [_kitchen_move(t, e, "x") for t, e in (("w0", "a"), ("w1", "b"), ("w0", "c"), ("w1", "d"))]
-    order = same_world_first(found, "w1", lambda task_id: task_id)
-    assert [d.episode_id for d in order] == ["b", "d", "a", "c"]
-    assert same_world_first(found, "w9", lambda task_id: task_id) == found
+def test_same_world_first_puts_the_worlds_own_then_the_same_action_ahead() -> None:
+    found = [_kitchen_move(t, e, "x") for t, e in (("w0", "a"), ("w1", "b"), ("w0", "c"), ("w1", "d"), ("w1", "e"))]
+    found[4] = msgspec.structs.replace(found[4], action="move south")
+    found[2] = msgspec.structs.replace(found[2], action="move south")
+    same = lambda task_id: task_id
+    order = same_world_first(found, world="w1", action="move south", world_of=same)
+    assert [d.episode_id for d in order] == ["e", "b", "d", "c", "a"]
+    assert same_world_first(found, world="w9", action="move north", world_of=same) == [found[i] for i in (0, 1, 3, 2, 4)]
+    assert same_world_first(found, world="w9", action="look", world_of=same) == found
 
 
 def test_same_world_demos_show_where_the_episodes_own_world_leads() -> None:

@@ -2,7 +2,7 @@
 
 For every valid ``move`` among held-out real steps (TextWorldExpress): whether the demos the
 pipeline's buffer retrieves for it (as ``dreamgym eval-model`` builds its prompts: same encoder,
-``loop.top_k``, never the step's own episode) include a step with the same action that reached the
+``loop.top_k`` and ``loop.demos``, never the step's own episode) include a step with the same action that reached the
 same observation, whether the training data holds such a step of the same world (task) at all, and
 how often the model's answer names the real room in each case (from ``eval-model --predictions``).
 
@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from dreamgym_core.checkpoint import read_transitions
-from dreamgym_core.commands.eval_model import _build_buffer
+from dreamgym_core.commands.eval_model import _build_buffer, _world_of
 from dreamgym_core.config import load_pipeline, resolve
 from dreamgym_core.experience import requests_for
 from dreamgym_core.fidelity import normalise
@@ -63,7 +63,10 @@ def main() -> None:
     if len(answers) != len(steps):
         raise SystemExit(f"{args.predictions}: {len(answers)} answers for {len(steps)} held-out steps")
     loop = resolved.pipeline.loop
-    requests = requests_for(steps, _build_buffer(resolved, plugins, train), history_window=loop.history_window, k=loop.top_k)
+    world_of = _world_of(resolved, plugins) if loop.demos == "same-world-first" else None
+    requests = requests_for(
+        steps, _build_buffer(resolved, plugins, train), history_window=loop.history_window, k=loop.top_k, world_of=world_of
+    )
     c = coverage(steps, [r.demos for r in requests], train, answers)
     shown, hidden = c["in_demo"], c["moves"] - c["in_demo"]
     print(f"valid moves: {c['moves']}; the data holds the real destination for {c['in_data']}, "

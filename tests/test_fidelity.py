@@ -239,6 +239,28 @@ def test_eval_model_command_prints_metrics(tmp_path) -> None:
     assert 0.0 <= report["fidelity/reward_agreement"] <= 1.0 and report["model_id"].startswith("hf-tiny")
 
 
+def test_eval_model_with_same_world_demos_reads_worlds_from_the_pipelines_domain(tmp_path) -> None:
+    pytest.importorskip("dreamgym_plugin_hf")
+    pytest.importorskip("dreamgym_plugin_exact")
+    pytest.importorskip("dreamgym_plugin_textworld")
+    from dreamgym_core.commands.eval_model import _world_of
+    from dreamgym_core.config import load_resolved
+
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    resolved, plugins = load_resolved(pipeline)
+    world_of = _world_of(resolved, plugins)
+    assert world_of("twx/coin/numLocations=2/7~syn") == world_of("twx/coin/numLocations=2/7") == "twx/coin/numLocations=2/7"
+    heldout, train = tmp_path / "heldout.jsonl", tmp_path / "train.jsonl"
+    heldout.write_bytes(b"\n".join(msgspec.json.encode(_t(i)) for i in range(2)))
+    train.write_bytes(b"\n".join(msgspec.json.encode(_t(i, ep="train")) for i in range(3)))
+    args = [str(pipeline), "--heldout", str(heldout), "--train-data", str(train), "--max-new-tokens", "8", "--retries", "0",
+            "--set", "loop.demos=same-world-first"]  # fmt: skip
+    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fidelity/n"] == 2.0
+
+
 def test_eval_model_loads_a_trained_tiny_model_dir(tmp_path) -> None:
     """--model-dir loads a saved hf-tiny model (what a run's experience_model/ holds) in place;
     an empty or missing directory is a one-line error naming it."""

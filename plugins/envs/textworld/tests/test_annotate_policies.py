@@ -8,7 +8,7 @@ import pytest
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Transition
-from dreamgym_plugin_textworld.annotate import annotate_transition
+from dreamgym_plugin_textworld.annotate import annotate_transition, exit_sentence
 from dreamgym_plugin_textworld.policies import check_policy, choose_action
 from dreamgym_plugin_textworld.state import render_state
 
@@ -37,6 +37,24 @@ def test_invalid_action_trace() -> None:
 
 def test_failed_end_trace() -> None:
     assert "without success" in annotate_transition(_transition(reward=0.0, success=False, next_state=BEFORE))
+
+
+ROOM = render_state("You are in the parlor. You see a shoe. To the East you see the chamber. To the North you see the attic.",
+                    "Inventory: a map", ["move east", "move north", "look around"], 0.0)  # fmt: skip
+CHAMBER = render_state("You are in the chamber. To the West you see the parlor.", "Inventory: a map", ["move west"], 0.0)
+
+
+def test_a_grounded_move_quotes_what_the_state_says_lies_that_way() -> None:
+    move = _transition(state=ROOM, action="move east", next_state=CHAMBER, reward=0.0, done=False, success=False)
+    assert exit_sentence(ROOM, "move east") == "To the East you see the chamber."
+    assert exit_sentence(ROOM, "go north") == "To the North you see the attic."
+    trace = annotate_transition(move, grounded_moves=True)
+    assert "The state says of that way: To the East you see the chamber. The game responds: You are in the chamber." in trace
+    assert "The state says" not in annotate_transition(move)  # off by default
+    # no sentence about that way, not a move, or a move the game refused: the trace is as without it
+    for state, action, valid in ((ROOM, "move south", True), (ROOM, "look around", True), (BEFORE, "move east", True), (ROOM, "move east", False)):
+        t = _transition(state=state, action=action, valid=valid, next_state=CHAMBER, reward=0.0, done=False, success=False)
+        assert annotate_transition(t, grounded_moves=True) == annotate_transition(t)
 
 
 def test_policies() -> None:

@@ -3,16 +3,20 @@
 The trace says whether the action was admissible, what changed between s and s'
 (game response, inventory, available actions), how the score moved, and why the
 reward is what it is. It reads only the rendered states, so it works on any
-transition in the abstract state format.
+transition in the abstract state format. With ``grounded_moves`` a move's trace first
+quotes what the state says lies that way (:func:`exit_sentence`), so the model writes the
+destination after reading it off the state instead of recalling it.
 """
 
 from __future__ import annotations
 
+import re
+
 from dreamgym_core.records import Transition
 
-from .state import clean_text, parse_state
+from .state import _COMPASS, _SENTENCE_END, clean_text, parse_state
 
-__all__ = ["annotate_transition"]
+__all__ = ["annotate_transition", "exit_sentence"]
 
 
 def _score(text: str) -> float | None:
@@ -56,7 +60,25 @@ def _outcome(t: Transition) -> str:
     return "The task is not complete yet, so the episode continues with reward 0."
 
 
-def annotate_transition(t: Transition) -> str:
-    """A short reasoning trace explaining why ``t.action`` in ``t.state`` led to ``t.next_state``."""
+def exit_sentence(state: str, action: str) -> str | None:
+    """The sentence of ``state``'s observation about the direction ``action`` moves in
+    ("To the East you see the chamber." for ``move east``); None for an action that is not a
+    move (``move``/``go`` and a compass word) or a state that says nothing about that way."""
+    words = action.lower().split()
+    if len(words) != 2 or words[0] not in ("move", "go") or words[1] not in _COMPASS:
+        return None
+    sentences = _SENTENCE_END.split(parse_state(state)["observation"])
+    return next((s for s in sentences if re.search(rf"\b{words[1]}\b", s, re.IGNORECASE)), None)
+
+
+def _grounding(t: Transition) -> list[str]:
+    seen = exit_sentence(t.state, t.action) if t.valid else None
+    return [f"The state says of that way: {seen}"] if seen else []
+
+
+def annotate_transition(t: Transition, *, grounded_moves: bool = False) -> str:
+    """A short reasoning trace explaining why ``t.action`` in ``t.state`` led to ``t.next_state``
+    (with ``grounded_moves``, a move's quotes first what the state says lies that way)."""
     before, after = parse_state(t.state), parse_state(t.next_state)
-    return " ".join([_validity(t), *_changes(before, after), _outcome(t)])
+    grounding = _grounding(t) if grounded_moves else []
+    return " ".join([_validity(t), *grounding, *_changes(before, after), _outcome(t)])

@@ -35,6 +35,14 @@ class _Common(Config):
         PositiveInt, Meta(description="Budget of the Observation line of the abstract state.")
     ] = 600
     max_action_chars: Annotated[PositiveInt, Meta(description="Budget of the Actions summary line of the abstract state.")] = 300
+    grounded_moves: Annotated[
+        bool,
+        Meta(description=(
+            "The rule-based reasoning of a move (move/go and a compass word) quotes the state's sentence about that "
+            "way (\"To the East you see the chamber.\") before the game's response, so the experience model reads "
+            "the destination off the state rather than recalls it."
+        )),
+    ] = False
 
 
 class TwxConfig(_Common):

@@ -172,7 +172,7 @@ class TextWorldDomain:
 
     def annotate(self, *, transition: Transition) -> str:
         """A rule-based reasoning trace from ground truth (see :mod:`.annotate`)."""
-        return annotate_transition(transition)
+        return annotate_transition(transition, grounded_moves=self.config.grounded_moves)
 
     # --- task variation ----------------------------------------------------------
 

@@ -56,8 +56,18 @@ def test_lines_are_scored_apart_and_by_kind_of_action():
     unlisted = counts["unlisted"]
     assert (unlisted["steps"], unlisted["refused"], unlisted["refused_matched"], unlisted["Observation_right"]) == (1, 1, 0, 0)
     assert counts["all"]["steps"] == 4 and counts["all"]["exact"] == 1
+    assert counts["all"]["way_shown"] == 0  # no state here says what lies east
     table = parts.table(counts)
     assert table[2].startswith("| move | 2 | 50% | 50% |") and table[-1].startswith("| all | 4 | 25% |")
+
+
+def test_moves_whose_state_names_the_way_are_counted_apart():
+    parts = _module()
+    step, result = _pair("move east", _state("kitchen", "move west"), _state("kitchen", "move west"))
+    step = msgspec.structs.replace(step, state=step.state.replace("the hall.", "the hall. To the East you see the kitchen."))
+    wrong = msgspec.structs.replace(result, next_state=_state("cellar", "move west"))
+    c = parts.tally(_answers([(step, result), (step, wrong), _pair("move east", _state("kitchen", "x"), _state("kitchen", "x"))]))["all"]
+    assert (c["room_n"], c["way_shown"], c["way_shown_room_right"]) == (3, 2, 1)
 
 
 def test_a_state_line_is_found_by_its_part_and_compared_normalised():

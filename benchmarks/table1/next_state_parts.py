@@ -8,7 +8,9 @@ states are lines ``Observation: ...``, ``Inventory: ...``, ``Score: ...`` and
 ``Actions (N): ...``; a line is right when the model wrote it word for word (whitespace and case
 aside, as the fidelity metrics compare). A weaker test of the observation: the room it puts the
 agent in (``You are in the <room>.``), where the real one names a room. Outcome agreement is
-counted too, and the real engine's refusals the model also refused.
+counted too, and the real engine's refusals the model also refused. A last line counts the valid
+moves whose state says what lies that way ("To the East you see the chamber."), where the room
+can be read off the prompt, and how often the model names it.
 
     python benchmarks/table1/next_state_parts.py PREDICTIONS.jsonl [MORE.jsonl ...]
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from dreamgym_core.fidelity import normalise
+from dreamgym_plugin_textworld.annotate import exit_sentence
 
 #: The lines of a TextWorldExpress state, by the word they start with.
 PARTS = ("Observation", "Inventory", "Score", "Actions")
@@ -69,6 +72,9 @@ def tally(answers: Iterable[dict]) -> dict[str, Counter]:
             if room(a["real_next_state"]) is not None:
                 c["room_n"] += 1
                 c["room_right"] += room(a["real_next_state"]) == room(a["model_next_state"])
+                if a["real_valid"] and exit_sentence(a["state"], a["action"]):
+                    c["way_shown"] += 1
+                    c["way_shown_room_right"] += room(a["real_next_state"]) == room(a["model_next_state"])
             for part in PARTS:
                 if part in real:
                     c[f"{part}_n"] += 1
@@ -105,7 +111,11 @@ def main() -> None:
     for path in args.predictions:
         answers = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         print(f"{path} ({len(answers)} steps)\n")
-        print("\n".join(table(tally(answers))) + "\n")
+        counts = tally(answers)
+        print("\n".join(table(counts)) + "\n")
+        c = counts["all"]
+        print(f"valid moves whose state says what lies that way: {c['way_shown']}; room right on "
+              f"{c['way_shown_room_right']} ({share(c['way_shown_room_right'], c['way_shown'])})\n")
 
 
 if __name__ == "__main__":

@@ -163,13 +163,14 @@ class ExperienceModel(Protocol):
     def train(
         self, *, transitions: Sequence[Transition], buffer: Any, epochs: int, lr: float, batch_size: int, other_tasks: bool = False,
         on_epoch: Callable[[int, float], None] | None = None,
-        on_batch: OnBatch | None = None,
+        on_batch: OnBatch | None = None, world_of: Callable[[str], str] | None = None,
     ) -> Metrics:
         """Joint SFT (paper Eq. 5) on annotated transitions, prompts built as at inference
         (``other_tasks``: retrieved demos only from other tasks than the example's;
         ``on_epoch(epoch, mean_loss)`` after each epoch and ``on_batch(epoch, step,
         steps_per_epoch, loss)`` after each optimiser step, for progress; ``on_batch`` is passed
-        only to models whose ``train`` takes it)."""
+        only to models whose ``train`` takes it; ``world_of``, the world of a task id, only
+        under ``loop.demos: same-world-first``, whose demos come from the example's world first)."""
 
     def metrics(self) -> Metrics:
         """Namespaced counters (requests, parse outcomes, retries)."""

@@ -123,6 +123,31 @@ def _experience_model_done(run_dir: Path) -> Path:
     return run_dir / EXPERIENCE_DIR / "done"
 
 
+def test_the_experience_model_trains_on_same_world_demos_when_the_pipeline_asks(tmp_path) -> None:
+    """loop.demos: same-world-first reaches training with the model's domain's world_of; the
+    default passes nothing, so an experience model whose train lacks the argument still trains."""
+    from types import SimpleNamespace
+
+    from dreamgym_core.stages import train_experience_model
+
+    domain = SimpleNamespace(world_of=lambda task_id: task_id.removesuffix("~syn"))
+    for demos in ("same-world-first", "nearest"):
+        seen: dict = {}
+        pipeline = SimpleNamespace(
+            experience=SimpleNamespace(train_demos="any", epochs=1, lr=1e-3, batch_size=1), loop=SimpleNamespace(demos=demos)
+        )
+        model = SimpleNamespace(train=lambda **kw: seen.update(kw) or {"loss": 1.0}, domain=domain)
+        (tmp_path / demos).mkdir()
+        train_experience_model(
+            model, _SavesInPlace(), make_transitions(2), annotate=lambda t: t, buffer=None, pipeline=pipeline,
+            run_dir=tmp_path / demos, say=lambda _: None,
+        )
+        if demos == "nearest":
+            assert "world_of" not in seen
+        else:
+            assert seen["world_of"]("t~syn") == "t"
+
+
 def _policy_init_done(run_dir: Path) -> Path:
     from types import SimpleNamespace
 

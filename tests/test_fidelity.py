@@ -220,16 +220,20 @@ loop: {history_window: 2, top_k: 2}
 """
 
 
-def test_eval_model_command_prints_metrics(tmp_path) -> None:
-    """Runs the real plugins (untrained byte-level tiny model): the wiring, not the quality."""
-    pytest.importorskip("dreamgym_plugin_hf")
-    pytest.importorskip("dreamgym_plugin_exact")
-    pytest.importorskip("dreamgym_plugin_textworld")
-    pipeline = tmp_path / "pipeline.yaml"
+def _eval_model_files(tmp_path) -> tuple:
+    """PIPELINE, three held-out steps (the last wins) and three training steps as files."""
+    for plugin in ("dreamgym_plugin_hf", "dreamgym_plugin_exact", "dreamgym_plugin_textworld"):
+        pytest.importorskip(plugin)
+    pipeline, heldout, train = tmp_path / "pipeline.yaml", tmp_path / "heldout.jsonl", tmp_path / "train.jsonl"
     pipeline.write_text(PIPELINE)
-    heldout, train = tmp_path / "heldout.jsonl", tmp_path / "train.jsonl"
     heldout.write_bytes(b"\n".join(msgspec.json.encode(_t(i, done=i == 2, success=i == 2)) for i in range(3)))
     train.write_bytes(b"\n".join(msgspec.json.encode(_t(i, ep="train")) for i in range(3)))
+    return pipeline, heldout, train
+
+
+def test_eval_model_command_prints_metrics(tmp_path) -> None:
+    """Runs the real plugins (untrained byte-level tiny model): the wiring, not the quality."""
+    pipeline, heldout, train = _eval_model_files(tmp_path)
     args = [str(pipeline), "--heldout", str(heldout), "--train-data", str(train), "--limit", "2", "--max-new-tokens", "24", "--retries", "0",
             "--set", "experience_model.config.max_length=1024", "--set", "loop.top_k=1"]  # fmt: skip
     result = CliRunner().invoke(command, args, catch_exceptions=False)
@@ -240,22 +244,14 @@ def test_eval_model_command_prints_metrics(tmp_path) -> None:
 
 
 def test_eval_model_with_same_world_demos_reads_worlds_from_the_pipelines_domain(tmp_path) -> None:
-    pytest.importorskip("dreamgym_plugin_hf")
-    pytest.importorskip("dreamgym_plugin_exact")
-    pytest.importorskip("dreamgym_plugin_textworld")
     from dreamgym_core.commands.eval_model import _world_of
     from dreamgym_core.config import load_resolved
 
-    pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(PIPELINE)
-    resolved, plugins = load_resolved(pipeline)
-    world_of = _world_of(resolved, plugins)
+    pipeline, heldout, train = _eval_model_files(tmp_path)
+    world_of = _world_of(*load_resolved(pipeline))
     assert world_of("twx/coin/numLocations=2/7~syn") == world_of("twx/coin/numLocations=2/7") == "twx/coin/numLocations=2/7"
-    heldout, train = tmp_path / "heldout.jsonl", tmp_path / "train.jsonl"
-    heldout.write_bytes(b"\n".join(msgspec.json.encode(_t(i)) for i in range(2)))
-    train.write_bytes(b"\n".join(msgspec.json.encode(_t(i, ep="train")) for i in range(3)))
-    args = [str(pipeline), "--heldout", str(heldout), "--train-data", str(train), "--max-new-tokens", "8", "--retries", "0",
-            "--set", "loop.demos=same-world-first"]  # fmt: skip
+    args = [str(pipeline), "--heldout", str(heldout), "--train-data", str(train), "--limit", "2", "--max-new-tokens", "8",
+            "--retries", "0", "--set", "loop.demos=same-world-first"]  # fmt: skip
     result = CliRunner().invoke(command, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["fidelity/n"] == 2.0

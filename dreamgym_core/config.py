@@ -134,7 +134,7 @@ class LoopConfig(Config):
         Meta(description=(
             "Which retrieved transitions the experience model is shown, in training, RL and fidelity scoring alike: the "
             "top_k nearest by (state, action), or the episode's own world's first and in it the same action's (among the "
-            "nearest 256; the domain's world_of, else the task id), since rooms that read alike lead elsewhere in each "
+            "nearest 256; the domain's world_of, else the task id without a variation's ~syn), since rooms that read alike lead elsewhere in each "
             "world and the nearest stored step is often another exit of the same room."
         )),
     ] = "nearest"

@@ -35,7 +35,7 @@ from msgspec import Meta
 from .config import Config, NonNegativeInt, PositiveInt
 from .errors import DreamGymError
 from .progress import OnBatch, takes
-from .records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
+from .records import VARIATION_SUFFIX, ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
 
 __all__ = [
     "utf8_safe",
@@ -455,10 +455,11 @@ SAME_WORLD_POOL = 256
 
 
 def world_key(domain: Any) -> Callable[[str], str]:
-    """The domain's ``world_of(task_id)`` (the world a task plays in: a TextWorld variation
-    ``.../7~syn`` plays seed 7's), else the task id itself."""
+    """The world a task id plays in: the domain's ``world_of(task_id)``, else the id without a
+    variation's :data:`~dreamgym_core.records.VARIATION_SUFFIX` (``.../7~syn`` plays in the
+    world of the seed task ``.../7``)."""
     world_of = getattr(domain, "world_of", None)
-    return world_of if callable(world_of) else (lambda task_id: task_id)
+    return world_of if callable(world_of) else (lambda task_id: task_id.removesuffix(VARIATION_SUFFIX))
 
 
 def same_world_first(

@@ -72,8 +72,8 @@ class Domain(Protocol):
     when it is not a valid one) and ``propose_variations(parent, *, n, rng) -> list[str]``
     (``n`` texts ``make_variation`` accepts, drawn with the numpy Generator ``rng``; curriculum
     ``generator: domain``). ``world_of(task_id) -> str`` names the world a task plays in
-    (tasks of one world share their demos under ``loop.demos: same-world-first``; else each
-    task is its own world). ``close()`` releases what the domain holds (a simulator, a browser)
+    (tasks of one world share their demos under ``loop.demos: same-world-first``; else the id
+    without a variation's ``records.VARIATION_SUFFIX``, the built-in domains' convention). ``close()`` releases what the domain holds (a simulator, a browser)
     and is called when the run ends.
     """
 

@@ -26,6 +26,7 @@ __all__ = [
     "PolicyDecision",
     "TaskOutcome",
     "BRANCH_TAG",
+    "VARIATION_SUFFIX",
     "branch_episode_id",
     "branch_parent",
 ]
@@ -38,6 +39,11 @@ ParseStatus = Literal["ok", "repaired", "failed"]
 # demo they branch from: the demo's episode id + BRANCH_TAG + "<step>.<alternative>". A
 # branch's history is then its demo's steps before it, wherever branches are read.
 BRANCH_TAG = "/branch"
+
+# A task variation's id, by the built-in domains' convention: the id of the seed task of the same
+# world + VARIATION_SUFFIX. The curriculum keeps the two apart; ``loop.demos: same-world-first``
+# shows a variation its world's stored steps (``dreamgym_core.experience.world_key``).
+VARIATION_SUFFIX = "~syn"
 
 
 def branch_episode_id(demo_episode_id: str, step: int, alternative: int) -> str:

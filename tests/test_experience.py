@@ -447,8 +447,8 @@ def test_same_world_demos_show_where_the_episodes_own_world_leads() -> None:
         requests_for(asked, ListBuffer(stored), history_window=0, k=1, other_tasks=True, world_of=strip)
 
 
-def test_a_domain_without_world_of_makes_each_task_its_own_world() -> None:
-    assert world_key(None)("t~syn") == "t~syn"
+def test_a_variation_plays_in_its_seed_tasks_world_unless_the_domain_says_otherwise() -> None:
+    assert world_key(None)("twx/coin/7~syn") == world_key(None)("twx/coin/7") == "twx/coin/7"
     assert world_key(type("D", (), {"world_of": staticmethod(lambda t: "w")})())("t") == "w"
 
 

@@ -366,9 +366,12 @@ def test_a_variation_of_a_train_world_plays_in_that_world(twx_domains) -> None:
     """loop.demos: same-world-first shows a variation the offline steps of its world's seed task."""
     domain = twx_domains["coin"]
     parent, other = domain.tasks(split="train")[:2]
+    from dreamgym_core.experience import world_key
+
     child = domain.make_variation(parent, f"seed={other.payload['seed']}")
     assert child is not None and child.id != other.id
-    assert domain.world_of(child.id) == domain.world_of(other.id) == other.id != domain.world_of(parent.id)
+    world_of = world_key(domain)
+    assert world_of(child.id) == world_of(other.id) == other.id != world_of(parent.id)
 
 
 def test_proposed_variations_are_other_train_worlds_of_the_same_kind(twx_domains) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from dreamgym_core.errors import ConfigError, DataError
-from dreamgym_core.records import Observation, Task, Trajectory, Transition
+from dreamgym_core.records import VARIATION_SUFFIX, Observation, Task, Trajectory, Transition
 from dreamgym_core.rollout import play_offline
 from dreamgym_plugin_textworld.annotate import annotate_transition
 from dreamgym_plugin_textworld.policies import check_policy, choose_action
@@ -119,7 +119,7 @@ class AlfWorldDomain:
         trial = game.path.parent
         return Task(
             # The family (the id up to its last "/") is the task type, as ALFWorld reports success.
-            id=f"alfworld/{game.task_type}/{trial.parent.name}@{trial.name}" + ("~syn" if parent else ""),
+            id=f"alfworld/{game.task_type}/{trial.parent.name}@{trial.name}" + (VARIATION_SUFFIX if parent else ""),
             instruction=f"Your task is to: {game.goal}.",
             domain=self.name,
             split=split,

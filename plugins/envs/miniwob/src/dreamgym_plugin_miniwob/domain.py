@@ -9,7 +9,7 @@ import re
 from typing import Any, Sequence
 
 from dreamgym_core.errors import ConfigError
-from dreamgym_core.records import Observation, Task, Trajectory, Transition
+from dreamgym_core.records import VARIATION_SUFFIX, Observation, Task, Trajectory, Transition
 from dreamgym_core.rollout import play_offline
 
 from .config import SPLIT_SIZE, MiniWoBConfig
@@ -78,7 +78,7 @@ class MiniWoBDomain:
         if self.config.describe_actions:
             instruction += f" Actions: {ACTION_SYNTAX}."
         return Task(
-            id=f"miniwob/{name}/{seed}" + ("~syn" if parent else ""),
+            id=f"miniwob/{name}/{seed}" + (VARIATION_SUFFIX if parent else ""),
             instruction=instruction,
             domain=self.name,
             split=split,

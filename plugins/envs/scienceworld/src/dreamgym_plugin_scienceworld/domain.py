@@ -9,7 +9,7 @@ import re
 from typing import Any, Sequence
 
 from dreamgym_core.errors import ConfigError
-from dreamgym_core.records import Observation, Task, Trajectory, Transition
+from dreamgym_core.records import VARIATION_SUFFIX, Observation, Task, Trajectory, Transition
 from dreamgym_core.rollout import play_offline
 
 from .config import SciWorldConfig
@@ -84,7 +84,7 @@ class SciWorldDomain:
             instruction += " Actions: " + ", ".join(probe.action_templates()) + "."
         origin = "synthetic" if parent else "seed"
         return Task(
-            id=f"sciworld/{self.config.task}/{variation}" + ("~syn" if parent else ""),
+            id=f"sciworld/{self.config.task}/{variation}" + (VARIATION_SUFFIX if parent else ""),
             instruction=instruction,
             domain=self.name,
             split=split,

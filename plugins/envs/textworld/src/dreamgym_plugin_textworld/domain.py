@@ -8,7 +8,7 @@ import re
 from typing import Any, Sequence
 
 from dreamgym_core.errors import ConfigError
-from dreamgym_core.records import Observation, Task, Trajectory, Transition
+from dreamgym_core.records import VARIATION_SUFFIX, Observation, Task, Trajectory, Transition
 from dreamgym_core.rollout import play_offline
 
 from .annotate import annotate_transition
@@ -38,14 +38,10 @@ log = logging.getLogger(__name__)
 _PAIR = re.compile(r"([A-Za-z_]+)\s*[=:]\s*(-?\d+)")
 
 
-# Marks a variation's task id: the curriculum keeps it apart from the seed task of its world.
-SYNTHETIC_SUFFIX = "~syn"
-
-
 def task_id(payload: dict[str, Any], origin: str = "seed") -> str:
     """A stable id from what defines the game: engine, game, params and seed."""
     slug = ",".join(f"{k}={v}" for k, v in sorted(payload["params"].items())) or "default"
-    suffix = SYNTHETIC_SUFFIX if origin == "synthetic" else ""
+    suffix = VARIATION_SUFFIX if origin == "synthetic" else ""
     return f"{payload['engine']}/{payload['game']}/{slug}/{payload['seed']}{suffix}"
 
 
@@ -123,11 +119,6 @@ class TextWorldDomain:
         engine = self._probe_env().engine
         engine.load(payload)
         return engine.reset()
-
-    def world_of(self, task_id: str) -> str:
-        """The world a task plays in: a variation (``.../7~syn``, see :func:`task_id`) plays the
-        seed task's world, whose offline transitions show where its moves lead."""
-        return task_id.removesuffix(SYNTHETIC_SUFFIX)
 
     def initial_observation(self, task: Task) -> Observation:
         """The task's real initial state (a reset, no steps), for the synthetic environment."""

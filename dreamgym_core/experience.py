@@ -509,8 +509,9 @@ def _demos(
         short = []
         for i, found in zip(pending, hits):
             t = transitions[i]
-            found = list(found) if world_of is None else same_world_first(found, world=world_of(t.task_id), action=t.action, world_of=world_of)
-            out[i] = [d for d in found if keep(d, transitions[i])][:k]
+            if world_of is not None:
+                found = same_world_first(found, world=world_of(t.task_id), action=t.action, world_of=world_of)
+            out[i] = [d for d in found if keep(d, t)][:k]
             if len(out[i]) < k and len(found) >= fetch:  # all excluded so far; the buffer may hold more
                 short.append(i)
         pending, fetch = short, fetch * 4

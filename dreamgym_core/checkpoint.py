@@ -36,6 +36,8 @@ __all__ = [
     "stage_done",
     "load_latest",
     "load",
+    "checkpoint_name",
+    "checkpoint_iterations",
     "rng_kept",
     "write_trajectories",
     "read_trajectories",
@@ -198,8 +200,8 @@ def save(runner: Runner, iteration: int) -> Path:
     """Write checkpoint ``it-<iteration>`` (policy, algorithm, curriculum, counters, RNG)."""
     root = runner.run_dir / "checkpoints"
     root.mkdir(exist_ok=True)
-    final = root / f"it-{iteration:05d}"
-    tmp = root / f".it-{iteration:05d}.partial"
+    final = root / checkpoint_name(iteration)
+    tmp = root / f".{checkpoint_name(iteration)}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     runner.algo.save(path=str(tmp / "algo"))
@@ -234,6 +236,16 @@ def prune(root: Path, *, keep: int) -> None:
         return
     for old in _checkpoints(root)[:-keep]:
         shutil.rmtree(old)
+
+
+def checkpoint_name(iteration: int) -> str:
+    """The directory name of the checkpoint taken after ``iteration`` iterations."""
+    return f"it-{iteration:05d}"
+
+
+def checkpoint_iterations(root: Path) -> list[int]:
+    """The iterations of the checkpoints under ``root``, oldest first."""
+    return [int(p.name[3:]) for p in _checkpoints(root)]
 
 
 def _checkpoints(root: Path) -> list[Path]:

@@ -168,12 +168,18 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool, quiet: bool
     "--trajectories", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Also write the episodes played (prompts, raw outputs, transitions) to this JSONL file.",
 )
-def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episodes: int | None, trajectories: Path | None) -> None:
+@click.option(
+    "--checkpoint", "at_checkpoint", type=click.IntRange(min=0), default=None,
+    help="Evaluate the policy of this iteration's checkpoint instead (0: the warm start).",
+)
+def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episodes: int | None, trajectories: Path | None,
+             at_checkpoint: int | None) -> None:
     """Evaluate the policy of PIPELINE's run directory (last checkpoint, or the one eval.keep kept) on real held-out tasks."""
     from .loop import evaluate_run
 
     resolved, plugins = _load(pipeline, overrides)
-    click.echo(json.dumps(evaluate_run(resolved, plugins, split=split, episodes=episodes, trajectories=trajectories), indent=2))
+    result = evaluate_run(resolved, plugins, split=split, episodes=episodes, trajectories=trajectories, at_checkpoint=at_checkpoint)
+    click.echo(json.dumps(result, indent=2))
 
 
 def _register() -> None:

@@ -933,18 +933,23 @@ def _accepts(function: Any, keyword: str) -> bool:
 
 def evaluate_run(
     resolved: ResolvedPipeline, plugins: Plugins, *, split: str | None = None, episodes: int | None = None,
-    trajectories: str | Path | None = None, progress: bool = True,
+    trajectories: str | Path | None = None, progress: bool = True, at_checkpoint: int | None = None,
 ) -> dict[str, Any]:
     """``dreamgym eval``: the run's last checkpoint (under ``eval.keep: best-valid``, the policy
     the run kept), the training rollout code, real tasks (``split``, ``episodes``: None takes
     the pipeline's ``eval.split``, ``eval.episodes``; ``trajectories``: where to write the
     episodes played). Progress lines go to stderr as in a run (none with ``progress=False``):
-    a pretrained policy's evaluation on a CPU takes minutes."""
+    a pretrained policy's evaluation on a CPU takes minutes.
+
+    ``at_checkpoint``: the policy of that iteration's checkpoint instead, as it was saved
+    (a learning curve on held-out tasks after the run, which evaluates only its final policy)."""
     run_dir = Path(resolved.pipeline.run_dir)
     if episodes is not None and episodes < 1:  # checked before a component is built
         raise ConfigError(f"episodes={episodes}: evaluate at least one episode (None: eval.episodes)")
     if not (run_dir / "checkpoints" / "latest").exists():
         raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
+    if at_checkpoint is not None:
+        _check_checkpoint_exists(run_dir / "checkpoints", at_checkpoint)
     trajectories = Path(trajectories) if trajectories is not None else None  # a str from a script
     if trajectories is not None and not trajectories.parent.is_dir():
         # Checked before playing, so a typo costs nothing.
@@ -952,13 +957,26 @@ def evaluate_run(
     _check_evaluated_config(resolved, run_dir)
     runner = Runner(resolved, plugins, run_dir, progress=progress)
     try:
-        iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
-        kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played
+        if at_checkpoint is None:
+            iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
+            kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played
+        else:
+            iteration = checkpoint.load(runner, checkpoint.checkpoint_name(at_checkpoint), roll_back_buffer=False)
+            kept = {"eval/policy_iteration": float(iteration)}
         runner._say(f"evaluating the policy of checkpoint {iteration} on real {split or resolved.pipeline.eval.split} tasks")
         metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes, trajectories_out=trajectories)
     finally:
         runner.close()  # the domain's simulator or browser would outlive the call
     return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **kept, **metrics}
+
+
+def _check_checkpoint_exists(root: Path, iteration: int) -> None:
+    """One line naming the checkpoints there are, before anything is built."""
+    if iteration < 0:
+        raise ConfigError(f"checkpoint {iteration}: iterations are numbered from 0")
+    if not (root / checkpoint.checkpoint_name(iteration)).is_dir():
+        held = ", ".join(str(n) for n in checkpoint.checkpoint_iterations(root)) or "none"
+        raise DataError(f"{root}: no checkpoint of iteration {iteration} (it holds iterations {held}; loop.keep_checkpoints prunes old ones)")
 
 
 @contextmanager

@@ -1004,6 +1004,25 @@ def test_eval_uses_the_last_checkpoint_on_held_out_tasks(register_plugin, tmp_pa
     assert result["eval/success_ci_low"] <= result["eval/success_rate"] <= result["eval/success_ci_high"]
 
 
+def test_eval_of_an_earlier_checkpoint_plays_that_iterations_policy(register_plugin, tmp_path):
+    # A learning curve on held-out tasks, after the run: each checkpoint's own counters and
+    # policy, and the run's pointer left as it was.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", iterations=3)
+    run_pipeline(resolved, plugins)
+    pointer = tmp_path / "run" / "checkpoints" / "latest"
+    before = pointer.read_bytes()
+    for iteration in (0, 1, 3):
+        result = evaluate_run(resolved, plugins, split="test", episodes=2, at_checkpoint=iteration)
+        assert (result["checkpoint_iteration"], result["eval/policy_iteration"]) == (iteration, float(iteration))
+    assert evaluate_run(resolved, plugins, split="test", episodes=2)["checkpoint_iteration"] == 3
+    assert pointer.read_bytes() == before
+    with pytest.raises(DataError, match=r"no checkpoint of iteration 7 \(it holds iterations 0, 1, 2, 3;"):
+        evaluate_run(resolved, plugins, split="test", episodes=2, at_checkpoint=7)
+    with pytest.raises(ConfigError, match="checkpoint -1: iterations are numbered from 0"):
+        evaluate_run(resolved, plugins, split="test", episodes=2, at_checkpoint=-1)
+
+
 class ClosingDomains:
     """The counting game whose domains record their close() calls."""
 

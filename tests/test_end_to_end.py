@@ -78,6 +78,13 @@ def test_reduced_main_job_then_resume_and_eval(measured, tmp_path):
     assert json.loads(evaluated.stdout)["checkpoint_iteration"] == 2
     episodes = [json.loads(line) for line in played.read_text().splitlines()]
     assert [e["task"]["split"] for e in episodes] == ["test", "test"]
+    earlier = run_cli_in_process("eval", *args[1:], "--episodes", "1", "--checkpoint", "1")
+    assert earlier.returncode == 0 and json.loads(earlier.stdout)["checkpoint_iteration"] == 1, earlier.stderr[-2000:]
+    missing = run_cli_in_process("eval", *args[1:], "--episodes", "1", "--checkpoint", "9")
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"Error: {run_dir / 'checkpoints'}: no checkpoint of iteration 9 (it holds iterations 0, 1, 2; loop.keep_checkpoints prunes old ones)"
+    )
 
 
 KILLER = """

@@ -14,7 +14,7 @@ import click
 import msgspec
 
 from . import stopping
-from .errors import DreamGymError
+from .errors import ConfigError, DreamGymError
 
 __all__ = ["main", "cli"]
 
@@ -180,6 +180,35 @@ def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episo
     resolved, plugins = _load(pipeline, overrides)
     result = evaluate_run(resolved, plugins, split=split, episodes=episodes, trajectories=trajectories, at_checkpoint=at_checkpoint)
     click.echo(json.dumps(result, indent=2))
+
+
+@cli.command("curve")
+@click.argument("pipeline", type=click.Path())
+@_overrides
+@click.option("--split", default=None, help="Task split (default: the pipeline's eval.split).")
+@click.option("--episodes", type=click.IntRange(min=1), default=None, help="Episodes per checkpoint (default: eval.episodes).")
+@click.option(
+    "--checkpoint", "iterations", type=click.IntRange(min=0), multiple=True,
+    help="A checkpoint to evaluate (0: the warm start); repeat it for several. Default: every checkpoint the run holds.",
+)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Also draw the curve, with each point's 95% interval, as a PNG here.",
+)
+def curve_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episodes: int | None,
+              iterations: tuple[int, ...], plot: Path | None) -> None:
+    """Held-out success of each checkpoint of PIPELINE's run directory: the run's learning curve on real tasks."""
+    from .loop import evaluate_checkpoints
+    from .report import plot_heldout_curve
+
+    if plot is not None and not plot.parent.is_dir():  # before minutes of play
+        raise ConfigError(f"--plot {plot}: directory {plot.parent} does not exist")
+    resolved, plugins = _load(pipeline, overrides)
+    rows = evaluate_checkpoints(resolved, plugins, iterations or None, split=split, episodes=episodes)
+    split = split or resolved.pipeline.eval.split
+    if plot is not None:
+        plot_heldout_curve(rows, plot, split=split)
+    click.echo(json.dumps({"run_dir": resolved.pipeline.run_dir, "split": split, "curve": rows}, indent=2))
 
 
 def _register() -> None:

@@ -39,7 +39,7 @@ from .rollout import RolloutStats, drop_unanswered, rollout, success_by_family, 
 from .selection import ValidSelection
 from .synthetic import storable
 
-__all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate", "evaluate_run", "changed_fields"]
+__all__ = ["prepare_run_dir", "run_pipeline", "Runner", "evaluate", "evaluate_run", "evaluate_checkpoints", "changed_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -968,6 +968,37 @@ def evaluate_run(
     finally:
         runner.close()  # the domain's simulator or browser would outlive the call
     return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **kept, **metrics}
+
+
+def evaluate_checkpoints(
+    resolved: ResolvedPipeline, plugins: Plugins, iterations: Sequence[int] | None = None, *, split: str | None = None,
+    episodes: int | None = None, progress: bool = True,
+) -> list[dict[str, Any]]:
+    """``dreamgym curve``: held-out success of the policy of each checkpoint in ``iterations``
+    (None: every checkpoint the run holds, 0 being the warm start), in that order, as
+    :func:`evaluate_run` with ``at_checkpoint`` gives each, but with one environment and one
+    set of models for them all. A run evaluates only its final policy; this is its learning
+    curve on held-out tasks. Every checkpoint is looked for before any is played."""
+    run_dir = Path(resolved.pipeline.run_dir)
+    root = run_dir / "checkpoints"
+    if episodes is not None and episodes < 1:
+        raise ConfigError(f"episodes={episodes}: evaluate at least one episode (None: eval.episodes)")
+    chosen = list(iterations) if iterations is not None else checkpoint.checkpoint_iterations(root)
+    if not chosen:
+        raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
+    for iteration in chosen:
+        _check_checkpoint_exists(root, iteration)
+    _check_evaluated_config(resolved, run_dir)
+    runner = Runner(resolved, plugins, run_dir, progress=progress)
+    rows = []
+    try:
+        for at in chosen:
+            iteration = checkpoint.load(runner, checkpoint.checkpoint_name(at), roll_back_buffer=False)
+            runner._say(f"curve: the policy of checkpoint {iteration} on real {split or resolved.pipeline.eval.split} tasks")
+            rows.append({"checkpoint_iteration": iteration, **runner.evaluate(prefix="eval", split=split, episodes=episodes)})
+    finally:
+        runner.close()
+    return rows
 
 
 def _check_checkpoint_exists(root: Path, iteration: int) -> None:

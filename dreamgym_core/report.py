@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .config import PipelineConfig
     from .selection import ValidSelection
 
-__all__ = ["write", "plot_success"]
+__all__ = ["write", "plot_success", "plot_heldout_curve"]
 
 
 SYNTHETIC_CURVE = "synthetic rollouts (success as the experience model judged it)"
@@ -45,11 +45,7 @@ def success_curves(history: list[dict[str, Any]]) -> tuple[str, str, list[tuple[
 def plot_success(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Success rate against iterations, and real rollouts' success against the real
     transitions used (:func:`success_curves`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     ylabel, key, curves = success_curves(history)
     if not curves:
         return []
@@ -70,16 +66,51 @@ def plot_success(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         if key == "rollout/success_rate":
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / name
-        png = io.BytesIO()  # rendered whole first: a failed or killed save leaves the old plot
-        try:
-            fig.savefig(png, format="png")
-        finally:
-            plt.close(fig)
-        atomic_write(path, png.getvalue())
-        paths.append(path)
+        paths.append(_save(fig, out_dir / name))
     return paths
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend (a run has no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``, closed after."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    png = io.BytesIO()  # rendered whole first: a failed or killed save leaves the old plot
+    try:
+        fig.savefig(png, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write(path, png.getvalue())
+    return path
+
+
+def plot_heldout_curve(rows: Sequence[dict[str, Any]], path: Path, *, split: str) -> Path:
+    """Held-out success of each checkpoint (``dreamgym curve``'s rows) against its iteration,
+    with the Wilson 95% interval of each as an error bar: with 32 games an interval spans
+    about 30 points, and a curve without them reads noise as learning."""
+    plt = _pyplot()
+    x = [row["checkpoint_iteration"] for row in rows]
+    y = [row["eval/success_rate"] for row in rows]
+    below = [rate - row["eval/success_ci_low"] for rate, row in zip(y, rows)]
+    above = [row["eval/success_ci_high"] - rate for rate, row in zip(y, rows)]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+    ax.errorbar(x, y, yerr=[below, above], marker="o", capsize=3)
+    ax.set_xlabel("checkpoint (iteration; 0: warm start)")
+    ax.set_ylabel(f"success on real {split} tasks")
+    ax.set_xticks(x)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def _fmt(value: Any) -> str:

@@ -80,6 +80,17 @@ def test_reduced_main_job_then_resume_and_eval(measured, tmp_path):
     assert [e["task"]["split"] for e in episodes] == ["test", "test"]
     earlier = run_cli_in_process("eval", *args[1:], "--episodes", "1", "--checkpoint", "1")
     assert earlier.returncode == 0 and json.loads(earlier.stdout)["checkpoint_iteration"] == 1, earlier.stderr[-2000:]
+    # the learning curve plays each checkpoint as eval --checkpoint does, in one process
+    plot = tmp_path / "curve.png"
+    curve = run_cli_in_process("curve", *args[1:], "--episodes", "1", "--checkpoint", "0", "--checkpoint", "1", "--plot", str(plot))
+    assert curve.returncode == 0, curve.stderr[-2000:]
+    rows = json.loads(curve.stdout)["curve"]
+    alone = {k: v for k, v in json.loads(earlier.stdout).items() if k not in ("run_dir", "eval/policy_iteration")}
+    assert [row["checkpoint_iteration"] for row in rows] == [0, 1] and rows[1] == alone
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    nowhere = run_cli_in_process("curve", *args[1:], "--plot", str(tmp_path / "no" / "curve.png"))
+    assert nowhere.returncode != 0
+    assert nowhere.stderr.strip().splitlines()[-1] == f"Error: --plot {tmp_path / 'no' / 'curve.png'}: directory {tmp_path / 'no'} does not exist"
     missing = run_cli_in_process("eval", *args[1:], "--episodes", "1", "--checkpoint", "9")
     assert missing.returncode != 0
     assert missing.stderr.strip().splitlines()[-1] == (

@@ -20,7 +20,9 @@ import pytest
 from dreamgym_core import ComponentSpec, hookimpl
 from dreamgym_core.config import PipelineConfig, config_hash, resolve
 from dreamgym_core.errors import ConfigError, DataError, DreamGymError
-from dreamgym_core.loop import Runner, changed_fields, demo_examples, evaluate_run, prepare_run_dir, run_pipeline
+from dreamgym_core.loop import (
+    Runner, changed_fields, demo_examples, evaluate_checkpoints, evaluate_run, prepare_run_dir, run_pipeline,
+)
 from dreamgym_core.records import Task, Trajectory, Transition
 from dreamgym_core.rollout import drop_unanswered, rollout, unanswered, wilson_interval
 from dreamgym_core.synthetic import storable
@@ -1021,6 +1023,43 @@ def test_eval_of_an_earlier_checkpoint_plays_that_iterations_policy(register_plu
         evaluate_run(resolved, plugins, split="test", episodes=2, at_checkpoint=7)
     with pytest.raises(ConfigError, match="checkpoint -1: iterations are numbered from 0"):
         evaluate_run(resolved, plugins, split="test", episodes=2, at_checkpoint=-1)
+
+
+def test_curve_plays_each_checkpoint_as_eval_of_that_checkpoint_alone(register_plugin, tmp_path):
+    # One runner for every checkpoint must play each as a fresh `eval --checkpoint K` does:
+    # a state left by the checkpoint before (the policy's random state, the global RNGs)
+    # would shift the later rows. The scripted policy's mistakes come from its saved random
+    # state, so the checkpoints play differently.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", iterations=3)
+    run_pipeline(resolved, plugins)
+    curve = evaluate_checkpoints(resolved, plugins, [3, 0, 2], split="test", episodes=6, progress=False)
+    alone = [evaluate_run(resolved, plugins, split="test", episodes=6, at_checkpoint=k, progress=False) for k in (3, 0, 2)]
+    for row, single in zip(curve, alone):
+        del single["run_dir"], single["eval/policy_iteration"]
+        assert row == single
+    assert [row["checkpoint_iteration"] for row in curve] == [3, 0, 2]
+    assert len({row["eval/episode_length"] for row in curve}) > 1  # the rows are not one policy's
+    every = evaluate_checkpoints(resolved, plugins, split="test", episodes=6, progress=False)
+    assert [row["checkpoint_iteration"] for row in every] == [0, 1, 2, 3]
+    assert every[0] == curve[1] and every[2] == curve[2] and every[3] == curve[0]
+
+
+def test_curve_names_a_missing_checkpoint_before_playing_any(register_plugin, tmp_path, monkeypatch):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", iterations=1)
+    with pytest.raises(DreamGymError, match="no checkpoint to evaluate; run the pipeline first"):
+        evaluate_checkpoints(resolved, plugins, progress=False)
+    run_pipeline(resolved, plugins)
+
+    def no_runner(*args, **kwargs):
+        raise AssertionError("a runner was built: checkpoint 0 would have been played first")
+
+    monkeypatch.setattr("dreamgym_core.loop.Runner", no_runner)
+    with pytest.raises(DataError, match=r"no checkpoint of iteration 5 \(it holds iterations 0, 1;"):
+        evaluate_checkpoints(resolved, plugins, [0, 5], progress=False)
+    with pytest.raises(ConfigError, match="episodes=0"):
+        evaluate_checkpoints(resolved, plugins, [0], episodes=0, progress=False)
 
 
 class ClosingDomains:

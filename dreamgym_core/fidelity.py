@@ -198,6 +198,7 @@ class ScoredAnswer(msgspec.Struct, frozen=True, kw_only=True):
     model_valid: bool
     next_state_exact: bool
     next_state_f1: float
+    next_state_line_recall: float  # the share of the real state's lines the model wrote word for word
     reasoning: str
 
 
@@ -214,7 +215,8 @@ def scored_answers(results: Sequence[ExperienceResult], transitions: Sequence[Tr
             real_outcome=outcome_label(reward=t.reward, done=t.game_over, success=t.success),
             model_outcome=outcome_label(reward=r.reward, done=r.done, success=r.success),
             real_valid=t.valid, model_valid=r.valid, next_state_exact=exact_match(r.next_state, t.next_state),
-            next_state_f1=token_f1(r.next_state, t.next_state), reasoning=r.reasoning,
+            next_state_f1=token_f1(r.next_state, t.next_state),
+            next_state_line_recall=line_recall(r.next_state, t.next_state), reasoning=r.reasoning,
         )
         for r, t in zip(results, transitions)
     ]

@@ -132,9 +132,12 @@ def test_scored_answers_put_each_answer_beside_its_real_step() -> None:
     assert answers[2].parse_status == "failed" and answers[1].model_next_state == "cellar"
     assert answers[1].next_state_f1 == 0.0 and answers[0].next_state_f1 == 1.0
     # the same scoring as the averages
-    assert sum(a.next_state_exact for a in answers) / 3 == fidelity_metrics(
-        [_r(next_state="Hall"), _r(next_state="cellar"), _r(status="failed")], [listed, refused, won]
-    )["fidelity/next_state_exact_match"]
+    averages = fidelity_metrics([_r(next_state="Hall"), _r(next_state="cellar"), _r(status="failed")], [listed, refused, won])
+    assert sum(a.next_state_exact for a in answers) / 3 == averages["fidelity/next_state_exact_match"]
+    assert sum(a.next_state_line_recall for a in answers) / 3 == averages["fidelity/next_state_line_recall"]
+    two_lines = _t(3, next_state="Observation: a hall.\nScore: 0")
+    (half,) = scored_answers([_r(next_state="Observation: a cellar.\nScore: 0")], [two_lines])
+    assert half.next_state_line_recall == 0.5  # the score line right, the observation not
     with pytest.raises(ValueError, match="2 results for 3 transitions"):
         scored_answers([_r(), _r()], [listed, refused, won])
 

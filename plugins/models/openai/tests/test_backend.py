@@ -201,6 +201,30 @@ def test_a_password_in_a_url_is_refused_without_showing_it(field, url):
     assert "s3cret" not in str(caught.value)
 
 
+@pytest.mark.parametrize("field", ["base_url", "tokenize_url"])
+@pytest.mark.parametrize(("url", "named"), [
+    ("https://api.example/v1?key=s3cret", "key"),
+    ("https://api.example/v1?api-version=2024-02-01&api_key=s3cret", "api_key"),
+    ("https://api.example/v1?access_token=s3cret", "access_token"),
+    ("https://api.example/v1?apikey=s3cret", "apikey"),
+    ("https://store.example/v1?sv=2022&sig=s3cret", "sig"),
+])
+def test_a_credential_in_a_urls_query_is_refused_without_showing_it(field, url, named):
+    """A key in the query string leaks as a password in the URL does (config.json, every error
+    naming the URL); the parameter is named, its value never shown."""
+    from dreamgym_core.config import convert_config
+
+    settings = {"base_url": "http://127.0.0.1:8000/v1", field: url}
+    with pytest.raises(ConfigError, match=f"{field} 'https://[a-z.]+/v1' carries a credential in its query \\({named}\\)") as caught:
+        convert_config(settings, OpenAIConfig, "pipeline.yaml", "$.experience_model.config")
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["https://api.example/v1?api-version=2024-02-01", "http://127.0.0.1:8000/v1?x=1&monkeys=3"])
+def test_a_query_without_a_credential_is_kept(url):
+    assert OpenAIConfig(base_url=url).base_url == url
+
+
 @pytest.mark.parametrize(("url", "warned"), [
     ("http://10.1.2.3:8000/v1", True),
     ("http://models.example:8000/v1", True),

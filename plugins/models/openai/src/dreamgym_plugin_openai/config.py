@@ -53,6 +53,20 @@ class OpenAIConfig(Config):
             _check_url("tokenize_url", self.tokenize_url)
 
 
+# Query parameter names that carry a credential (``?key=``, ``?api_key=``, ``?access_token=``,
+# ``?sig=``); ``api-version`` and the like pass.
+_CREDENTIAL_WORDS = ("key", "token", "secret", "password", "passwd", "sig", "signature", "auth", "credential")
+
+
+def credential_parameter(name: str) -> bool:
+    """Whether a URL query parameter of this name holds a credential: one of its words
+    (split at ``-``, ``_`` and ``.``) is a credential word, or the whole name ends in one
+    (``apikey``)."""
+    lowered = name.lower()
+    words = lowered.replace("-", "_").replace(".", "_").split("_")
+    return any(word in _CREDENTIAL_WORDS for word in words) or lowered.endswith(("key", "token", "secret"))
+
+
 def _check_url(field: str, value: str) -> None:
     scheme, sep, rest = value.partition("://")
     authority = (rest if sep else value).split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
@@ -70,6 +84,15 @@ def _check_url(field: str, value: str) -> None:
         port = url.port
     except httpx.InvalidURL as exc:
         raise ValueError(f"{field} {value!r} is not a URL: {exc}") from exc
+    credentials = sorted({name for name in url.params if credential_parameter(name)})
+    if credentials:
+        # the same leak as a password in the authority (config.json, error lines); the
+        # parameter is named, its value never shown
+        shown = f"{url.scheme}://{url.host}{url.path}"
+        raise ValueError(
+            f"{field} {shown!r} carries a credential in its query ({', '.join(credentials)}); give the API key "
+            "through api_key_env (an environment variable) instead"
+        )
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"{field} {value!r} must start http:// or https:// and name a host")
     if port is not None and not 0 < port < 65536:

@@ -336,11 +336,20 @@ def _make_gym_class() -> type:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise DreamGymError("DreamGymGymEnv needs gymnasium: pip install gymnasium") from exc
 
+    class AnyText(spaces.Text):
+        """Text of any characters within the length bounds: observations and actions are
+        whatever an env and a policy write (a degree sign, an accented name), not ASCII.
+        ``sample()`` still draws printable ASCII: a text space samples from a finite set."""
+
+        def contains(self, x: Any) -> bool:
+            return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+
     class DreamGymGymEnv(gymnasium.Env):
         """Any DreamGym ``Env`` as a Gymnasium env with text observation and action spaces.
 
-        Both spaces are ``gymnasium.spaces.Text`` over printable ASCII (sampling an
-        action from them gives random text, as for any text space).
+        Both spaces are ``gymnasium.spaces.Text`` that hold text of any characters up to
+        ``max_length`` (sampling an action from them gives random printable ASCII, as for any
+        text space).
         ``reset(options={"task": Task})`` picks the task; without it, tasks are drawn
         from ``tasks`` with the env's seeded RNG. Each reset also draws the episode's seed
         from that RNG; on a :class:`SyntheticEnv` whose model has ``stream``
@@ -361,8 +370,8 @@ def _make_gym_class() -> type:
             self.env = env
             self.tasks = list(tasks)
             self._model = env.model if isinstance(env, SyntheticEnv) else None
-            self.observation_space = spaces.Text(max_length=max_length, min_length=0, charset=string.printable)
-            self.action_space = spaces.Text(max_length=max_length, min_length=1, charset=string.printable)
+            self.observation_space = AnyText(max_length=max_length, min_length=0, charset=string.printable)
+            self.action_space = AnyText(max_length=max_length, min_length=1, charset=string.printable)
 
         def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
             super().reset(seed=seed)

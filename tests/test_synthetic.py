@@ -343,6 +343,11 @@ def test_gymnasium_wrapper() -> None:
     obs, info = gym_env.reset(seed=0)
     assert obs == "You are in room 0." and info["task_id"] == "coin-1"
     assert gym_env.action_space.contains("go") and gym_env.observation_space.contains(obs)
+    # text is any characters, not ASCII only; the bounds still hold
+    assert gym_env.observation_space.contains("Température: 20°C") and gym_env.action_space.contains("ouvrir la fenêtre")
+    assert not gym_env.action_space.contains("") and not gym_env.observation_space.contains(b"room")
+    assert not gym_env.observation_space.contains("x" * 8193)
+    assert gym_env.action_space.sample().isascii()
     obs, reward, terminated, truncated, info = gym_env.step("go")
     assert (obs, reward, terminated, truncated) == ("You are in room 1.", 0.0, False, False)
     gym_env.step("go")

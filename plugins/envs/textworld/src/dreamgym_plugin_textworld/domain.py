@@ -107,7 +107,7 @@ class TextWorldDomain:
             "max_action_chars": self.config.max_action_chars,
         }
         if self.name == "twx":  # JVMs are slow to start: a closed env's engine serves the next env
-            return TextWorldEnv(None, pool=self._twx_engines, **limits)
+            return TextWorldEnv.from_pool(self._twx_engines, **limits)
         return TextWorldEnv(TwEngine(self.cache_dir), **limits)
 
     def _probe_env(self) -> TextWorldEnv:

@@ -70,12 +70,10 @@ class TextWorldEnv:
     """
 
     def __init__(
-        self, engine: Engine | None, *, max_steps: int, max_observation_chars: int, max_action_chars: int, pool: Any = None,
+        self, engine: Engine, *, max_steps: int, max_observation_chars: int, max_action_chars: int,
     ) -> None:
-        # With a pool (:class:`.engines.EnginePool`) the env takes its engine there and hands it
-        # back on close, so the next env reuses the running engine.
-        self.pool = pool
-        self.engine: Any = engine if engine is not None else pool.take()
+        self.pool: Any = None  # see from_pool
+        self.engine: Any = engine
         self.max_steps = max_steps
         self._chars = {"max_observation_chars": max_observation_chars, "max_action_chars": max_action_chars}
         self._admissible: list[str] = []
@@ -83,6 +81,14 @@ class TextWorldEnv:
         self._score = 0.0
         self._steps = 0
         self._done = True
+
+    @classmethod
+    def from_pool(cls, pool: Any, **limits: int) -> TextWorldEnv:
+        """An env whose engine comes from ``pool`` (:class:`.engines.EnginePool`) and goes back
+        there on close, so the next env reuses the running engine (``limits``: as ``__init__``)."""
+        env = cls(pool.take(), **limits)
+        env.pool = pool
+        return env
 
     def observe(self, raw: RawState) -> Observation:
         """Map an engine state to the abstract state (see :func:`.state.render_state`)."""

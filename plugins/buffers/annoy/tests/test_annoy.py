@@ -132,6 +132,22 @@ def test_queries_run_while_an_index_builds():
     assert answered_during_build > 0 and b.stats()["annoy"]["items"] == 4000
 
 
+def test_a_foreground_build_is_done_when_the_rows_seal():
+    # background_build: false makes retrieval independent of timing: the call that seals
+    # rows past the rebuild threshold returns with them indexed. (In the background, a build
+    # of this size is still running when seal() returns: test_queries_run_while_an_index_builds.)
+    enc = HashingEncoder()
+    cfg = AnnoyConfig(min_rows=100, n_trees=200, segment_records=10**6, background_build=False)
+    b = AnnoyBuffer(cfg, encoder=enc)
+    records = household(5500)
+    b.add(transitions=records[:4000])
+    b.seal()
+    assert b.stats()["annoy"]["items"] == 4000 and not b.stats()["annoy"]["building"]
+    b.add(transitions=records[4000:])
+    b.seal()  # 1500 new sealed rows > rebuild_growth (0.25) x 4000: rebuilt before seal() returns
+    assert b.stats()["annoy"]["items"] == 5500 and not b.stats()["annoy"]["building"]
+
+
 def _full_indexed_buffer() -> tuple[AnnoyBuffer, list]:
     """A buffer of capacity 1500 holding 2000 added rows, its index built over them."""
     b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=1500, segment_records=500), encoder=HashingEncoder())

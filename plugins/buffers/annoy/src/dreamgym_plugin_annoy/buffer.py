@@ -35,6 +35,12 @@ class AnnoyConfig(ExactConfig):
         float, Meta(gt=0.0, description="Rebuild when unindexed sealed rows exceed this share of indexed rows.")
     ] = 0.25
     build_jobs: Annotated[int, Meta(description="Threads annoy builds with; -1 is all cores.")] = 1
+    background_build: Annotated[
+        bool,
+        Meta(description="Build in a background thread, queries going on meanwhile (true), or in the call that "
+             "sealed the rows (false): then a query always sees the index of every sealed row, and runs repeat "
+             "their retrievals whatever the machine's timing."),
+    ] = True
     tie_candidates: Annotated[
         int,
         Meta(gt=0, description="Most index candidates asked for per query while a tie at the k-th place may spill "
@@ -149,7 +155,7 @@ class AnnoyBuffer(ExactBuffer):
         if eligible < self.config.min_rows or eligible == indexed:
             return
         if force or eligible - indexed > self.config.rebuild_growth * indexed:
-            self.rebuild(block=False)
+            self.rebuild(block=not self.config.background_build)
 
     def rebuild(self, block: bool = True) -> None:
         """Build an index over the sealed rows now (queries go on meanwhile)."""

@@ -36,6 +36,7 @@ __all__ = [
     "line_recall",
     "agreement",
     "majority_accuracy",
+    "balanced_accuracy",
     "outcome_label",
     "fidelity_metrics",
     "refusal_recall",
@@ -105,6 +106,26 @@ def majority_accuracy(labels: Sequence[Hashable]) -> float:
     return Counter(labels).most_common(1)[0][1] / len(labels) if labels else 0.0
 
 
+def balanced_accuracy(predicted: Sequence[Hashable], actual: Sequence[Hashable]) -> float | None:
+    """Mean over the real labels of the share of each label's positions predicted right; None
+    when the real labels are all one (nothing to balance). Any constant predictor scores
+    1 / (number of labels), 0.5 for a yes/no label, however rare one answer is: where nine
+    steps in ten are plain moves, agreement rewards a model that never says "won" with 0.9."""
+    if len(predicted) != len(actual):
+        raise ValueError(f"balanced_accuracy needs equal lengths, got {len(predicted)} and {len(actual)}")
+    positions: dict[Hashable, list[int]] = {}
+    for i, label in enumerate(actual):
+        positions.setdefault(label, []).append(i)
+    if len(positions) < 2:
+        return None
+    return sum(sum(predicted[i] == label for i in where) / len(where) for label, where in positions.items()) / len(positions)
+
+
+def _balanced(name: str, predicted: Sequence[Hashable], actual: Sequence[Hashable]) -> dict[str, float]:
+    value = balanced_accuracy(predicted, actual)
+    return {} if value is None else {f"fidelity/{name}_balanced_accuracy": value}
+
+
 def outcome_label(*, reward: float, done: bool, success: bool) -> tuple[int, bool, bool]:
     """The (reward, done, success) triple one step is scored on."""
     return int(reward >= 0.5), bool(done), bool(success)
@@ -143,6 +164,8 @@ def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[
         "fidelity/parse_failed": sum(r.parse_status == "failed" for r in results) / n,
         "fidelity/parse_repaired": sum(r.parse_status == "repaired" for r in results) / n,
         **refusal_recall(results, transitions),
+        **_balanced("reward", [o[0] for o in pred_outcome], rewards),
+        **_balanced("success", [r.success for r in results], successes),
     }
 
 

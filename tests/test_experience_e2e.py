@@ -2,8 +2,8 @@
 
 Trains a tiny experience model from scratch (joint SFT, Eq. 5) on real offline
 transitions of the TextWorldExpress coin game, checks that its reward and success
-predictions on held-out real transitions (other game seeds) beat the majority-class
-baseline, then runs multi-step synthetic episodes with it. No test doubles.
+predictions on held-out real transitions (other game seeds) beat any constant answer
+(balanced accuracy), then runs multi-step synthetic episodes with it. No test doubles.
 """
 
 from __future__ import annotations
@@ -79,13 +79,17 @@ def _trained():
 
 
 @pytest.mark.slow
-def test_tiny_model_beats_majority_on_heldout_real_transitions(trained) -> None:
+def test_tiny_model_beats_a_constant_answer_on_heldout_real_transitions(trained) -> None:
     domain, buffer, model, heldout, sft = trained
     assert sft["losses/sft_loss"] < sft["losses/sft_loss_first"]
     m = evaluate_model(model, heldout, buffer, history_window=MODEL.history_window, k=MODEL.top_k)
     print({k: round(v, 3) for k, v in m.items()})
-    assert m["fidelity/reward_agreement"] > m["fidelity/reward_majority_baseline"]
-    assert m["fidelity/success_agreement"] > m["fidelity/success_majority_baseline"]
+    # Better than any constant answer. One held-out step in ten is a win, so agreement is a poor
+    # judge here: on a 2-core AMD EPYC the model found all 3 wins and called 3 of 27 plain steps
+    # wins, and its 0.9 agreement tied the constant "never won"; balanced accuracy gives any
+    # constant 0.5 and that model 0.94.
+    assert m["fidelity/reward_balanced_accuracy"] > 0.5
+    assert m["fidelity/success_balanced_accuracy"] > 0.5
     assert m["fidelity/parse_failed"] < 0.5
 
 

@@ -15,6 +15,7 @@ from dreamgym_core.errors import DataError
 from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, render_output
 from dreamgym_core.fidelity import (
     agreement,
+    balanced_accuracy,
     evaluate_model,
     exact_match,
     fidelity_metrics,
@@ -56,6 +57,19 @@ def test_agreement_and_majority() -> None:
         agreement([1], [1, 0])
 
 
+def test_balanced_accuracy_gives_any_constant_one_over_the_labels() -> None:
+    real = [0] * 9 + [1]
+    assert balanced_accuracy([0] * 10, real) == 0.5 and agreement([0] * 10, real) == 0.9
+    assert balanced_accuracy([1] * 10, real) == 0.5
+    # every win found, one plain step in nine called a win: agreement 0.9 ties the constant
+    one_false_alarm = [1] + [0] * 8 + [1]
+    assert agreement(one_false_alarm, real) == 0.9 and balanced_accuracy(one_false_alarm, real) == pytest.approx((8 / 9 + 1) / 2)
+    assert balanced_accuracy([0, 1, 2], [0, 1, 1]) == pytest.approx((1 + 1 / 2) / 2)
+    assert balanced_accuracy([1, 0], [0, 0]) is None
+    with pytest.raises(ValueError):
+        balanced_accuracy([1], [1, 0])
+
+
 def _t(step: int, *, done=False, success=False, next_state="room", ep="e") -> Transition:
     return Transition(task_id="t", episode_id=ep, step=step, state=f"s{step}", action="go", next_state=next_state,
                       reward=float(done and success), done=done, success=success, instruction="win")  # fmt: skip
@@ -81,6 +95,9 @@ def test_fidelity_metrics_against_a_majority_baseline() -> None:
     assert m["fidelity/next_state_exact_match"] == 0.75
     assert m["fidelity/next_state_token_f1"] == pytest.approx((2 / 3 + 3) / 4)
     assert m["fidelity/next_state_line_recall"] == 0.75  # "room here" is not the line "room"
+    assert m["fidelity/reward_balanced_accuracy"] == 0.5 == m["fidelity/success_balanced_accuracy"]  # a constant's
+    assert fidelity_metrics(perfect, real)["fidelity/reward_balanced_accuracy"] == 1.0
+    assert "fidelity/reward_balanced_accuracy" not in fidelity_metrics([_r()], [_t(0)])  # no win to find
     assert fidelity_metrics([], []) == {"fidelity/n": 0.0}
 
 

@@ -159,11 +159,20 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool, quiet: bool
     click.echo(json.dumps(summary, indent=2))
 
 
+def _played_run(command: Callable[..., Any]) -> Callable[..., Any]:
+    """PIPELINE, --set, --split and --episodes: what the commands that play a run's policy share."""
+    for decorator in reversed((
+        click.argument("pipeline", type=click.Path()),
+        _overrides,
+        click.option("--split", default=None, help="Task split (default: the pipeline's eval.split)."),
+        click.option("--episodes", type=click.IntRange(min=1), default=None, help="Episodes (default: eval.episodes)."),
+    )):
+        command = decorator(command)
+    return command
+
+
 @cli.command("eval")
-@click.argument("pipeline", type=click.Path())
-@_overrides
-@click.option("--split", default=None, help="Task split (default: the pipeline's eval.split).")
-@click.option("--episodes", type=click.IntRange(min=1), default=None, help="Episodes (default: eval.episodes).")
+@_played_run
 @click.option(
     "--trajectories", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Also write the episodes played (prompts, raw outputs, transitions) to this JSONL file.",
@@ -183,10 +192,7 @@ def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episo
 
 
 @cli.command("curve")
-@click.argument("pipeline", type=click.Path())
-@_overrides
-@click.option("--split", default=None, help="Task split (default: the pipeline's eval.split).")
-@click.option("--episodes", type=click.IntRange(min=1), default=None, help="Episodes per checkpoint (default: eval.episodes).")
+@_played_run
 @click.option(
     "--checkpoint", "iterations", type=click.IntRange(min=0), multiple=True,
     help="A checkpoint to evaluate (0: the warm start); repeat it for several. Default: every checkpoint the run holds.",

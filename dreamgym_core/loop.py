@@ -944,8 +944,7 @@ def evaluate_run(
     ``at_checkpoint``: the policy of that iteration's checkpoint instead, as it was saved
     (a learning curve on held-out tasks after the run, which evaluates only its final policy)."""
     run_dir = Path(resolved.pipeline.run_dir)
-    if episodes is not None and episodes < 1:  # checked before a component is built
-        raise ConfigError(f"episodes={episodes}: evaluate at least one episode (None: eval.episodes)")
+    _check_episodes(episodes)
     if not (run_dir / "checkpoints" / "latest").exists():
         raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
     if at_checkpoint is not None:
@@ -954,9 +953,7 @@ def evaluate_run(
     if trajectories is not None and not trajectories.parent.is_dir():
         # Checked before playing, so a typo costs nothing.
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
-    _check_evaluated_config(resolved, run_dir)
-    runner = Runner(resolved, plugins, run_dir, progress=progress)
-    try:
+    with _evaluation_runner(resolved, plugins, run_dir, progress) as runner:
         if at_checkpoint is None:
             iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
             kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played
@@ -965,8 +962,6 @@ def evaluate_run(
             kept = {"eval/policy_iteration": float(iteration)}
         runner._say(f"evaluating the policy of checkpoint {iteration} on real {split or resolved.pipeline.eval.split} tasks")
         metrics = runner.evaluate(prefix="eval", split=split, episodes=episodes, trajectories_out=trajectories)
-    finally:
-        runner.close()  # the domain's simulator or browser would outlive the call
     return {"run_dir": str(run_dir), "checkpoint_iteration": iteration, **kept, **metrics}
 
 
@@ -981,24 +976,36 @@ def evaluate_checkpoints(
     curve on held-out tasks. Every checkpoint is looked for before any is played."""
     run_dir = Path(resolved.pipeline.run_dir)
     root = run_dir / "checkpoints"
-    if episodes is not None and episodes < 1:
-        raise ConfigError(f"episodes={episodes}: evaluate at least one episode (None: eval.episodes)")
+    _check_episodes(episodes)
     chosen = list(iterations) if iterations is not None else checkpoint.checkpoint_iterations(root)
     if not chosen:
         raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
     for iteration in chosen:
         _check_checkpoint_exists(root, iteration)
-    _check_evaluated_config(resolved, run_dir)
-    runner = Runner(resolved, plugins, run_dir, progress=progress)
     rows = []
-    try:
+    with _evaluation_runner(resolved, plugins, run_dir, progress) as runner:
         for at in chosen:
             iteration = checkpoint.load(runner, checkpoint.checkpoint_name(at), roll_back_buffer=False)
             runner._say(f"curve: the policy of checkpoint {iteration} on real {split or resolved.pipeline.eval.split} tasks")
             rows.append({"checkpoint_iteration": iteration, **runner.evaluate(prefix="eval", split=split, episodes=episodes)})
+    return rows
+
+
+def _check_episodes(episodes: int | None) -> None:
+    if episodes is not None and episodes < 1:  # checked before a component is built
+        raise ConfigError(f"episodes={episodes}: evaluate at least one episode (None: eval.episodes)")
+
+
+@contextmanager
+def _evaluation_runner(resolved: ResolvedPipeline, plugins: Plugins, run_dir: Path, progress: bool) -> Iterator[Runner]:
+    """A runner of the run's own pipeline, to play its checkpoints; closed after, since the
+    domain's simulator or browser would outlive the call."""
+    _check_evaluated_config(resolved, run_dir)
+    runner = Runner(resolved, plugins, run_dir, progress=progress)
+    try:
+        yield runner
     finally:
         runner.close()
-    return rows
 
 
 def _check_checkpoint_exists(root: Path, iteration: int) -> None:

@@ -82,14 +82,12 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     """``fig`` as a PNG at ``path``, closed after."""
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     png = io.BytesIO()  # rendered whole first: a failed or killed save leaves the old plot
     try:
         fig.savefig(png, format="png")
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
     atomic_write(path, png.getvalue())
     return path
 

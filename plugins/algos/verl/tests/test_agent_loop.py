@@ -57,9 +57,10 @@ class CorridorEnv:
 class ScriptedServer:
     """Stand-in for verl's LLM server client: fixed replies, records every request."""
 
-    def __init__(self, tokenizer: Any, replies: list[str]) -> None:
+    def __init__(self, tokenizer: Any, replies: list[str], *, moe_layers: int = 0) -> None:
         self.replies = [tokenizer.encode(r + "<|im_end|>", add_special_tokens=False) for r in replies]
         self.requests: list[dict[str, Any]] = []
+        self.moe_layers = moe_layers  # > 0: route as an MoE policy's server does, one expert per layer
 
     async def generate(self, *, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any], **_: Any) -> TokenOutput:
         ids = self.replies[min(len(self.requests), len(self.replies) - 1)]
@@ -68,7 +69,18 @@ class ScriptedServer:
         version = 3 + len(self.requests)
         self.requests.append({"prompt_ids": list(prompt_ids), "sampling_params": dict(sampling_params)})
         extra = {"global_steps": version, "min_global_steps": version, "max_global_steps": version}
-        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids), extra_fields=extra)
+        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids), extra_fields=extra, routed_experts=self._routing(len(prompt_ids) + len(ids)))
+
+    def _routing(self, length: int) -> Any:
+        """vLLM's routing rows for a request: one per token of prompt + generation, shape
+        (tokens, layers, top-k); here token i goes to expert i % 97 + turn (1, 2, ...) in every layer,
+        so a test can tell which turn's rows and which positions reached verl."""
+        if not self.moe_layers:
+            return None
+        import numpy as np
+
+        experts = np.arange(length) % 97 + len(self.requests)
+        return np.repeat(experts[:, None, None], self.moe_layers, axis=1).astype(np.int32)
 
 
 # What verl's AgentLoopWorker passes (agent_loop.py:590-596; calculate_log_probs defaults to True).
@@ -84,7 +96,8 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
     """Runs one episode with scripted replies; returns (output, server, runtime record)."""
 
     def run(
-        replies: list[str], *, max_steps: int = 5, response_length: int = 2048, task: Task = TASK, kwargs: dict | None = None
+        replies: list[str], *, max_steps: int = 5, response_length: int = 2048, task: Task = TASK, kwargs: dict | None = None,
+        moe_layers: int = 0,
     ) -> tuple[Any, ScriptedServer, dict]:
         resolved = resolve_dict({
             "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"},
@@ -117,7 +130,7 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
             make_env=make_env, max_steps=max_steps, invalid_action_penalty=0.1,
             store=store, report=report,
         )
-        server = ScriptedServer(chat_tokenizer, replies)
+        server = ScriptedServer(chat_tokenizer, replies, moe_layers=moe_layers)
 
         async def main() -> Any:
             loop = DreamGymAgentLoop(
@@ -240,27 +253,57 @@ def test_response_budget_caps_turns(episode):
     assert out.extra_fields["reward_extra_info"]["truncated"] == 1.0
 
 
-def test_verl_postprocess_puts_reward_on_last_policy_token(episode, compose, chat_tokenizer):
+def verl_batch(out: Any, compose, tokenizer) -> Any:
     """verl's own padding and batching (AgentLoopWorker._agent_loop_postprocess/_postprocess)
-    on this loop's output: rm_scores sits on the last token whose response_mask is 1."""
+    of one output of this loop."""
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.utils.config import omega_conf_to_dataclass
 
-    out, _, _ = episode([act("jump"), act("go north"), act("go north")])
     cfg = compose(["data.max_prompt_length=256", "data.max_response_length=512", "actor_rollout_ref.rollout.name=vllm"])
     worker = object.__new__(AgentLoopWorker)  # only the attributes these two methods read
     worker.rollout_config = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
-    worker.tokenizer, worker.processor = chat_tokenizer, None
+    worker.tokenizer, worker.processor = tokenizer, None
     worker.reward_loop_worker_handles, worker.distillation_enabled = None, False
     worker.mm_processor_kwargs = {}
-
     internal = asyncio.run(worker._agent_loop_postprocess(out, False, raw_prompt=[]))
-    batch = worker._postprocess([internal], input_non_tensor_batch=None, validate=False)
+    return worker._postprocess([internal], input_non_tensor_batch=None, validate=False)
+
+
+def test_verl_postprocess_puts_reward_on_last_policy_token(episode, compose, chat_tokenizer):
+    """verl's own padding and batching (AgentLoopWorker._agent_loop_postprocess/_postprocess)
+    on this loop's output: rm_scores sits on the last token whose response_mask is 1."""
+    out, _, _ = episode([act("jump"), act("go north"), act("go north")])
+    batch = verl_batch(out, compose, chat_tokenizer)
     mask, scores = batch.batch["response_mask"][0], batch.batch["rm_scores"][0]
     last_policy = int(mask.nonzero().max())
     assert scores[last_policy].item() == pytest.approx(0.9)
     assert scores.abs().sum().item() == pytest.approx(0.9)
     assert int(mask.sum()) == sum(out.response_mask)
+
+
+def test_an_moe_policys_routed_experts_reach_verls_batch(episode, compose, chat_tokenizer):
+    """Router replay trains an MoE policy on the experts its rollout routed each token to. As
+    verl's tool agent, the loop keeps the last turn's routing rows (they cover every earlier
+    turn); verl's postprocess places them by position, so each token of the padded batch must
+    carry the expert the last turn routed it to, and padding none."""
+    import numpy as np
+
+    out, server, _ = episode([act("jump"), act("go north"), act("go north")], moe_layers=2)
+    assert len(server.requests) == 3
+    total = len(out.prompt_ids) + len(out.response_ids)
+    expected = np.arange(total) % 97 + 3  # the third turn's rows
+    assert out.routed_experts.shape == (total, 2, 1)
+    assert (out.routed_experts[:, 1, 0] == expected).all()
+
+    batch = verl_batch(out, compose, chat_tokenizer)
+    routed, attention = batch.batch["routed_experts"][0], batch.batch["attention_mask"][0].bool()
+    assert routed[attention][:, 0, 0].tolist() == expected.tolist()
+    assert not routed[~attention].any()
+
+
+def test_a_dense_policy_passes_no_routed_experts(episode):
+    out, _, _ = episode([act("go north"), act("go north")])
+    assert out.routed_experts is None
 
 
 def test_unlisted_actions_counted_with_those_the_env_accepted(episode):

@@ -104,12 +104,14 @@ class EpisodeStats:
 @dataclass
 class _Tokens:
     """The growing token stream: prompt + response, with the response's mask and logprobs,
-    and the generation server's extra fields (weights versions, as verl's tool agent keeps them)."""
+    the generation server's extra fields (weights versions, as verl's tool agent keeps them)
+    and the experts an MoE policy routed each token to (the last turn's: it covers all before)."""
 
     ids: list[int]
     mask: list[int] = field(default_factory=list)
     logprobs: Optional[list[float]] = None
     server_fields: dict[str, Any] = field(default_factory=dict)
+    routed_experts: Any = None
 
 
 def _renders_chatml(tokenizer: Any) -> bool:
@@ -259,6 +261,10 @@ class DreamGymAgentLoop(AgentLoopBase):
         )
         tokens.ids = merge.token_ids
         self._keep_server_fields(tokens, dict(output.extra_fields or {}))
+        if output.routed_experts is not None:
+            # The server routes the whole request (every earlier turn) plus this turn's tokens,
+            # so the last turn's rows are the episode's: router replay trains on them.
+            tokens.routed_experts = output.routed_experts
         return self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
 
     @staticmethod
@@ -304,6 +310,9 @@ class DreamGymAgentLoop(AgentLoopBase):
             mask = mask[:-1]
         response = response[: len(mask)]
         logprobs = tokens.logprobs[: len(mask)] if tokens.logprobs else None
+        routed = tokens.routed_experts
+        if routed is not None:  # verl aligns these rows to prompt + response by position
+            routed = routed[: prompt_len + min(len(response), n)]
         server_fields = dict(tokens.server_fields)
         if not mask:
             # No policy turn (the environment failed at reset). verl puts the reward on the last
@@ -319,6 +328,7 @@ class DreamGymAgentLoop(AgentLoopBase):
             response_ids=response[:n],
             response_mask=mask[:n],
             response_logprobs=logprobs[:n] if logprobs else None,
+            routed_experts=routed,
             reward_score=reward,
             # first prompt + one policy turn per step + the environment turns between them
             num_turns=2 * stats.steps if stats.steps else 1,

@@ -117,7 +117,7 @@ def test_v1_worker_stores_what_the_v1_trainer_reads(transfer_queue, resolve_dict
     data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["rm_scores", "response_mask", "rollout_log_probs", "num_turns", "extra_fields"])
     extra = data.pop("extra_fields").tolist()  # as _validate reads it
     turns = np.array(data.pop("num_turns").tolist())  # as _compute_metrics reads it
-    for i, key in enumerate(keys):
+    for i in range(len(keys)):
         mask, scores = data["response_mask"][i], data["rm_scores"][i]
         assert scores.shape == mask.shape == data["rollout_log_probs"][i].shape
         if extra[i]["task_id"] == TASK.id:  # go north twice: success on the last policy token

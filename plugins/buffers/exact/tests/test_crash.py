@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 
 from dreamgym_core.testing import BagOfWordsEncoder
-from dreamgym_plugin_exact import ExactBuffer, ExactConfig
+from dreamgym_plugin_exact import ExactBuffer
 
 WRITER = textwrap.dedent(
     """
@@ -62,7 +62,7 @@ def _run_and_kill(path, flushes, tmp_path):
 def test_sigkill_mid_ingest_loses_only_unflushed_records(tmp_path):
     path = tmp_path / "buffer"
     rng = np.random.default_rng(0)
-    for round_ in range(4):
+    for _ in range(4):
         flushed = _run_and_kill(path, int(rng.integers(2, 8)), tmp_path)
         buffer = ExactBuffer(encoder=BagOfWordsEncoder(), path=path)
         stored = [msgspec.msgpack.encode(t) for t in buffer]

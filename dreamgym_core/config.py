@@ -194,7 +194,7 @@ class LoopConfig(Config):
     ] = "penalise"
     real_envs_at_once: Annotated[
         NonNegativeInt,
-        Meta(description="Real envs open at once in one play (an evaluation, a real RL rollout): a play of more episodes runs in batches of this many, each batch's envs closed before the next opens. Bounds the simulators' memory (a ScienceWorld env is a JVM of about 0.27 GB); smaller batches mean more, smaller policy calls. 0: every episode of a play at once."),
+        Meta(description="Real envs open at once in one play (an evaluation, a real RL rollout): a play of more episodes runs in batches of this many, each batch's envs closed before the next opens. Bounds the simulators' memory (a ScienceWorld env is a JVM of about 0.27 GB); smaller batches mean more, smaller policy calls. A sampled play (real RL, eval.temperature > 0) draws from one seed per policy call, so another value samples other actions. 0: every episode of a play at once."),
     ] = 0
 
 

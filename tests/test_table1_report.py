@@ -158,3 +158,19 @@ def test_seeds_whose_means_differ_by_float_rounding_are_tied(table1) -> None:
              ("coin", "b"): {0: {"success": 0.3}, 1: {"success": 0.25}, 2: {"success": 0.5}}}
     assert 0.1 + 0.2 != 0.3
     assert table1._seed_signs(table, "coin", "a", "b") == (1, 1, 1)
+
+
+def test_a_seed_built_on_avx2_is_rebuilt_held_to_avx2_on_an_avx512_cpu(table1, monkeypatch) -> None:
+    """A seed's rows start from its default-row cell's warm start, which only the same rounding
+    rebuilds: on an AVX-512 CPU, a seed whose cells ran on AVX2 runs with the kernels held there."""
+    _write(table1, "coin", "GRPO DreamGym", 5, 0.5, machine="x86_64, AMD EPYC, 2 cpus, avx2")
+    _write(table1, "coin", "GRPO DreamGym", 6, 0.5, machine="x86_64, AMD EPYC, 2 cpus, avx512")
+    _write(table1, "coin", "GRPO DreamGym", 7, 0.5, machine="x86_64, AMD EPYC, 2 cpus, avx2 (avx512 held to avx2)")
+    monkeypatch.setattr(table1, "cpu_simd", lambda: "avx512")
+    assert table1.kernel_env("coin", 5) == table1.kernel_env("coin", 7) == table1.HELD_TO_AVX2
+    assert table1.kernel_env("coin", 6) == {}
+    assert table1.kernel_env("coin", 8) == {}  # no cell yet: this CPU's own rounding
+    monkeypatch.setattr(table1, "cpu_simd", lambda: "avx2")  # an AVX2 CPU rounds so already
+    assert table1.kernel_env("coin", 5) == {}
+    assert table1.machine(held=True).endswith(", avx2 (avx512 held to avx2)")
+    assert table1.simd_of(table1.machine(held=True)) == "avx2"

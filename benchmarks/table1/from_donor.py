@@ -34,7 +34,7 @@ def main() -> None:
     if not out.exists():  # else a rerun resumes
         table1.copy_parts(donor, out, model=not new_model)
     started = time.time()
-    summary = table1._dreamgym_run([*table1.overrides(game, "GRPO DreamGym", seed, out), *extra], out)
+    summary = table1._dreamgym_run([*table1.overrides(game, "GRPO DreamGym", seed, out), *extra], out, table1.kernel_env(game, seed))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     iterations = [r for r in rows if "rollout/success_rate" in r]
     print(json.dumps({

@@ -46,12 +46,13 @@ def main() -> None:
     # Absolute: the run itself starts in the repository root, wherever this script was started.
     run_dir = args.run_dir.resolve() if args.run_dir else table1.RUNS / "rerun" / args.game / table1.slug(args.row) / f"seed{args.seed}"
     started, commit = time.time(), table1.git_commit()  # the code the run starts with
-    summary = table1._dreamgym_run(table1.overrides(args.game, args.row, args.seed, run_dir), run_dir)
+    env = table1.kernel_env(args.game, args.seed)  # rounds as the cached cell's machine did
+    summary = table1._dreamgym_run(table1.overrides(args.game, args.row, args.seed, run_dir), run_dir, env)
     got = table1.measured(summary, table1._before_rl_metrics(run_dir))
     diffs, new = compare(got, cached)
     print(json.dumps({
         "cell": f"{args.game} | {args.row} | seed {args.seed}", "cached_commit": cached.get("commit"),
-        "cached_machine": cached.get("machine"), "machine": table1.machine(), "commit": commit,
+        "cached_machine": cached.get("machine"), "machine": table1.machine(held=bool(env)), "commit": commit,
         "wall_seconds": round(time.time() - started, 1), "identical": not diffs, "differences": diffs,
         "not_compared (new metrics)": new, "measured": got,
     }, indent=1))

@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
 import statistics
@@ -146,13 +147,43 @@ def git_commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def machine() -> str:
+# Hold torch's kernels, oneDNN and MKL to AVX2 on an AVX-512 CPU: it then rounds as an AVX2 CPU does
+# (../main_job/results.md: the main job's AVX2 result, 50.0 against 59.4, came back exactly).
+HELD_TO_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def _cpuinfo() -> str:
+    return Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+
+
+def cpu_simd() -> str:
+    """This CPU's widest vector instructions, as cells record them."""
+    cpuinfo = _cpuinfo()
+    return "avx512" if "avx512f" in cpuinfo else "avx2" if "avx2" in cpuinfo else "no avx2"
+
+
+def machine(held: bool = False) -> str:
     """The CPU a cell ran on: float rounding, hence the chaotic warm start, depends on it
-    (results/diagnosis.md: the same code and seed gave 0.44 and 0.00 on two machines)."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    simd = "avx512" if "avx512f" in cpuinfo else "avx2" if "avx2" in cpuinfo else "no avx2"
+    (results/diagnosis.md: the same code and seed gave 0.44 and 0.00 on two machines);
+    ``held``: its kernels were held to AVX2, so it rounded as an AVX2 machine."""
+    models = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
+    simd = "avx2 (avx512 held to avx2)" if held else cpu_simd()
     return f"{platform.machine()}, {models[0] if models else platform.processor()}, {len(models)} cpus, {simd}"
+
+
+def simd_of(machine_text: str) -> str:
+    """The instructions a cell's ``machine`` says it rounded with: avx512, avx2, ..."""
+    return machine_text.rsplit(", ", 1)[-1].split(" ")[0]
+
+
+def kernel_env(game: str, seed: int) -> dict[str, str]:
+    """Variables for a seed's runs, so that they round as the seed's cached cells did: where
+    its default-row cell ran on AVX2 and this CPU has AVX-512, hold this one to AVX2 (every
+    row of a seed starts from that cell's warm start, which another rounding does not rebuild)."""
+    cell = current(game, "GRPO DreamGym", seed)
+    if cell is not None and simd_of(cell.get("machine", "")) == "avx2" and cpu_simd() == "avx512":
+        return HELD_TO_AVX2
+    return {}
 
 
 def slug(text: str) -> str:
@@ -230,7 +261,7 @@ def rebuilt_before_rl(game: str, row: str, seed: int) -> Path:
     if not (metrics.exists() and metrics.read_text().strip()):
         print(f"{game} | {row} | seed {seed}: rebuilding its data, experience model and warm start", flush=True)
         share_from(game, row, seed, run_dir)
-        _dreamgym_run([*overrides(game, row, seed, run_dir), "loop.iterations=0"], run_dir)
+        _dreamgym_run([*overrides(game, row, seed, run_dir), "loop.iterations=0"], run_dir, kernel_env(game, seed))
     first = _before_rl_metrics(run_dir)
     rebuilt = {"warmstart_success": first.get("eval_before/success_rate"),
                "success_agreement": first.get("fidelity/success_agreement")}
@@ -239,6 +270,7 @@ def rebuilt_before_rl(game: str, row: str, seed: int) -> Path:
     if rebuilt != expected:
         raise SystemExit(f"{game}/{row}/seed{seed}: the rebuilt run in {run_dir} gives {rebuilt}, the cached cell {expected}; "
                          "new cells would not share its warm start (float rounding differs between code versions and CPUs; "
+                         f"the seed's cells ran on {simd_of(cached.get('machine', ''))}, this CPU has {cpu_simd()}; "
                          "delete the seed's cells of this game to rebuild them all on this machine)")
     return run_dir
 
@@ -248,14 +280,15 @@ def _before_rl_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
 
 
-def _dreamgym_run(items: list[str], run_dir: Path) -> dict:
-    """One ``dreamgym run`` of the base pipeline with ``--set`` items; its JSON summary."""
+def _dreamgym_run(items: list[str], run_dir: Path, env: dict[str, str]) -> dict:
+    """One ``dreamgym run`` of the base pipeline with ``--set`` items and ``env`` (:func:`kernel_env`)
+    added to this environment; its JSON summary."""
     args = [sys.executable, "-m", "dreamgym_core.cli", "run", str(BASE)]
     for item in items:
         args += ["--set", item]
     if (run_dir / "checkpoints").exists():
         args.append("--resume")
-    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env})
     if done.returncode != 0:
         raise SystemExit(f"{run_dir} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout)
@@ -265,11 +298,12 @@ def run_cell(game: str, row: str, seed: int, draw: int = 0) -> dict:
     run_dir = run_dir_of(game, row, seed, draw)
     share_from(game, row, seed, run_dir, draw)
     started, commit = time.time(), git_commit()  # the code the run starts with, not whatever HEAD is when it ends
-    summary = _dreamgym_run(overrides(game, row, seed, run_dir, draw), run_dir)
+    env = kernel_env(game, seed)
+    summary = _dreamgym_run(overrides(game, row, seed, run_dir, draw), run_dir, env)
     cell = {
         "game": game, "row": row, "seed": seed, **({"draw": draw} if draw else {}),
         "wall_seconds": round(time.time() - started, 1),
-        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": commit, "machine": machine(),
+        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": commit, "machine": machine(held=bool(env)),
         "overrides": overrides(game, row, seed, Path("<run_dir>"), draw),
         **measured(summary, _before_rl_metrics(run_dir)),
     }

@@ -165,9 +165,10 @@ def cpu_simd() -> str:
 def machine(held: bool = False) -> str:
     """The CPU a cell ran on: float rounding, hence the chaotic warm start, depends on it
     (results/diagnosis.md: the same code and seed gave 0.44 and 0.00 on two machines);
-    ``held``: its kernels were held to AVX2, so it rounded as an AVX2 machine."""
+    ``held``: its kernels were held to AVX2 (or this process's are), so it rounded as an AVX2 machine."""
     models = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
-    simd = "avx2 (avx512 held to avx2)" if held else cpu_simd()
+    held = held or all(os.environ.get(name) == value for name, value in HELD_TO_AVX2.items())
+    simd = "avx2 (avx512 held to avx2)" if held and cpu_simd() == "avx512" else cpu_simd()
     return f"{platform.machine()}, {models[0] if models else platform.processor()}, {len(models)} cpus, {simd}"
 
 

@@ -33,7 +33,7 @@ def main(specs: list[str]) -> None:
         except SystemExit as exc:  # not the cached cell's model: say so, score nothing
             print(f"{game} seed {seed}: {exc}", flush=True)
             continue
-        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        first = table1._before_rl_metrics(run_dir)
         fidelity = {k: v for k, v in first.items() if k.startswith("fidelity/")}
         print(json.dumps({"game": game, "seed": int(seed), "seconds": round(time.time() - start), "run_dir": str(run_dir), **fidelity}), flush=True)
 

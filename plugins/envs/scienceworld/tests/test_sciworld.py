@@ -18,7 +18,7 @@ from dreamgym_core.plugins import Plugins
 from dreamgym_core.testing import check_domain
 from dreamgym_core.testing.processes import bounded, ctrl_c_run, py4j_noise, stop_process
 from dreamgym_plugin_scienceworld import SciWorldConfig, SciWorldDomain, SciWorldEnv
-from dreamgym_plugin_scienceworld.env import EngineError, inventory_items, render_state
+from dreamgym_plugin_scienceworld.env import EngineError, inventory_items, render_state, sorted_listings
 
 CONFIG = SciWorldConfig(train_variations=3, valid_variations=2, test_variations=2, max_steps=12)
 
@@ -255,6 +255,20 @@ def test_state_rendering():
     assert state == "You move to the kitchen.\nInventory: an orange\nScore: 25"
     assert inventory_items("In your inventory, you see:\n") == "nothing"
     assert render_state("x" * 50, "", 0.0, max_observation_chars=10).splitlines()[0] == "xxxxxxx..."
+
+
+def test_listed_objects_read_the_same_in_any_order():
+    # ScienceWorld lists a room's objects in its hash set's order, which a JVM's history changes
+    one = "In it, you see: \n\tthe agent\n\ta wood cup (containing red paint)\n\ta table\nYou also see:\n\tA door to the hallway\n\tA door to the kitchen"
+    other = "In it, you see: \n\ta table\n\tthe agent\n\ta wood cup (containing red paint)\nYou also see:\n\tA door to the kitchen\n\tA door to the hallway"
+    inventory = "In your inventory, you see:\n\tan orange\n\ta key\n"
+    state = render_state(one, inventory, 0.0, max_observation_chars=500)
+    assert state == render_state(other, inventory, 0.0, max_observation_chars=500)
+    assert state.splitlines() == [
+        "In it, you see:", "a table", "a wood cup (containing red paint)", "the agent",
+        "You also see:", "A door to the hallway", "A door to the kitchen", "Inventory: a key, an orange", "Score: 0",
+    ]  # fmt: skip
+    assert sorted_listings("a\n\tz\n\ty") == ["a", "\ty", "\tz"]  # a listing that ends the text is sorted too
 
 
 def reduced_example(run_dir: Path) -> list[str]:

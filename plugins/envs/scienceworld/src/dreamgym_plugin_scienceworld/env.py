@@ -23,7 +23,7 @@ from dreamgym_core.records import Observation, StepResult, Task
 
 from .config import DEFAULT_CALL_TIMEOUT_S
 
-__all__ = ["SciWorldEnv", "EngineError", "render_state", "inventory_items", "UNKNOWN_ACTION", "is_ambiguous"]
+__all__ = ["SciWorldEnv", "EngineError", "render_state", "sorted_listings", "inventory_items", "UNKNOWN_ACTION", "is_ambiguous"]
 
 # The simulator's answer to an action its parser does not know (the step then changes nothing).
 UNKNOWN_ACTION = "No known action matches that input."
@@ -37,14 +37,33 @@ class EngineError(DreamGymError):
 
 
 def inventory_items(inventory: str) -> str:
-    """``'In your inventory, you see:\\n\\tan orange\\n'`` -> ``'an orange'`` (``'nothing'`` when empty)."""
-    items = [line.strip() for line in inventory.splitlines()[1:] if line.strip()]
+    """``'In your inventory, you see:\\n\\tan orange\\n'`` -> ``'an orange'`` (``'nothing'`` when empty),
+    the items in alphabetical order (see :func:`sorted_listings`)."""
+    items = sorted(line.strip() for line in inventory.splitlines()[1:] if line.strip())
     return ", ".join(items) or "nothing"
 
 
+def sorted_listings(text: str) -> list[str]:
+    """``text``'s lines, each run of tab-indented ones (the objects a room or container lists)
+    in alphabetical order. ScienceWorld keeps a container's objects in a hash set, so it lists
+    the same objects in another order after another history of loads in its JVM: without the
+    sort, one variation's state would read differently in the JVM that collected the offline
+    data and in the one that evaluates, and the experience model would learn that noise."""
+    lines: list[str] = []
+    listing: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("\t"):
+            listing.append(line)
+            continue
+        lines += sorted(listing) + [line]
+        listing = []
+    return lines + sorted(listing)
+
+
 def render_state(observation: str, inventory: str, score: float, *, max_observation_chars: int) -> str:
-    """The abstract state text (see the module docstring); tabs and blank lines are tidied."""
-    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in observation.strip().splitlines()]
+    """The abstract state text (see the module docstring); listed objects are sorted
+    (:func:`sorted_listings`), tabs and blank lines tidied."""
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in sorted_listings(observation.strip())]
     text = "\n".join(line for line in lines if line)
     if len(text) > max_observation_chars:
         text = text[: max_observation_chars - 3].rstrip() + "..."

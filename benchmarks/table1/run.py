@@ -178,14 +178,14 @@ def machine(held: bool = False) -> str:
     return f"{platform.machine()}, {models[0] if models else platform.processor()}, {len(models)} cpus, {simd}"
 
 
-def simd_of(machine_text: str) -> str:
-    """The instructions a cell's ``machine`` says it rounded with: avx512, avx2, ..."""
-    return machine_text.rsplit(", ", 1)[-1].split(" ")[0]
-
-
 def _simd_text(machine_text: str) -> str:
     """The instructions part of a ``machine`` text, with how it was held: ``avx2 (avx512 held to avx2)``."""
     return machine_text.rsplit(", ", 1)[-1]
+
+
+def simd_of(machine_text: str) -> str:
+    """The instructions a cell's ``machine`` says it rounded with: avx512, avx2, ..."""
+    return _simd_text(machine_text).split(" ")[0]
 
 
 def kernel_env(game: str, seed: int) -> dict[str, str]:

@@ -53,7 +53,7 @@ class VerlConfig(Config):
     n_gpus_per_node: Annotated[PositiveInt, Meta(description="GPUs per node.")] = 1
     nnodes: Annotated[PositiveInt, Meta(description="Nodes in the Ray cluster.")] = 1
     ray_address: Annotated[
-        str, Meta(description="Ray cluster address ('auto', 'ray://host:10001'); empty: start a local Ray.")
+        str, Meta(description="Ray cluster address ('auto', 'ray://host:10001'); empty: start a Ray of its own, listening on 127.0.0.1 only.")
     ] = ""
     tensor_parallel_size: Annotated[PositiveInt, Meta(description="Rollout tensor parallelism.")] = 1
     gpu_memory_utilization: Annotated[

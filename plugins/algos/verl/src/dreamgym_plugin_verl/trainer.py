@@ -37,7 +37,7 @@ from .translate import run_files, translate
 from .warmstart import warm_start
 
 __all__ = [
-    "VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "offline_env", "ray_init_kwargs", "run_alongside",
+    "VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "offline_env", "ray_init_kwargs", "start_ray", "run_alongside",
     "METRIC_NAMES",
 ]
 
@@ -106,8 +106,6 @@ class VerlTrainer:
         as verl logs each step.
         """
         require_cuda()
-        import ray
-
         root = Path(run_dir).resolve()
         cfg = resolved.pipeline
         hook = plugins.hook
@@ -117,7 +115,7 @@ class VerlTrainer:
         # verl's loggers run in its TaskRunner actor: the paths reach it through Ray's runtime env.
         log_env = {"VERL_FILE_LOGGER_PATH": str(files["metrics"]), "TENSORBOARD_DIR": str(files["tensorboard"])}
         os.environ.update(log_env)
-        ray.init(**ray_init_kwargs(_compose(overrides), env_vars=log_env, offline=offline_env(resolved)))
+        start_ray(ray_init_kwargs(_compose(overrides), env_vars=log_env, offline=offline_env(resolved)))
         lines = _Progress(cfg.loop.iterations, shown=progress)
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
         actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=lines.say)
@@ -343,6 +341,33 @@ def ray_init_kwargs(config: Any, *, env_vars: dict[str, str], offline: dict[str,
     )
     kwargs = OmegaConf.to_container(OmegaConf.create({**ray_init, "runtime_env": runtime_env}))
     return kwargs | {"namespace": NAMESPACE, "ignore_reinit_error": True}
+
+
+def start_ray(kwargs: dict[str, Any]) -> None:
+    """``ray.init(**kwargs)``; without a cluster address (``algo.config.ray_address`` or
+    ``RAY_ADDRESS``) it starts a Ray of its own that listens on loopback only.
+
+    Ray resolves a local node to the machine's reachable IP, so its GCS, raylet, workers and
+    dashboard would listen on every interface, and ``_node_ip_address="127.0.0.1"`` is turned
+    back into that IP (``services.resolve_ip_for_localhost``). What Ray does on macOS and
+    Windows, where a node is local only, keeps every port on 127.0.0.1: the node's address
+    comes from ``ray_constants.ENABLE_RAY_CLUSTER``, which this process alone reads, once,
+    while ``ray.init`` starts the node. ``address="local"`` keeps ``ray.init`` from joining a
+    cluster that ``ray start`` left running here instead (the config promises a Ray of its own).
+    """
+    import ray
+
+    if kwargs.get("address") or os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)
+        return
+    from ray._private import ray_constants
+
+    shared = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(**(kwargs | {"address": "local"}))
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = shared
 
 
 def _task_runner(config: Any) -> Any:

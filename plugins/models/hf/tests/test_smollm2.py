@@ -33,3 +33,7 @@ def test_smollm2_loads_answers_and_caches_as_safetensors(tmp_path):
     assert (cache / "model.safetensors").is_file()
     cached = SmolLM2Backend.from_config(SmolLM2Config(cache_dir=str(cache)))
     assert cached.generate(prompts=prompt, max_new_tokens=12, temperature=0) == answer
+    for loaded in (backend, cached):  # no space clean-up, so no transformers warning and text kept as written
+        assert loaded.tokenizer.clean_up_tokenization_spaces is False
+        ids = loaded.tokenizer.encode("go north . take coin , then stop", add_special_tokens=False)
+        assert loaded.tokenizer.decode(ids) == "go north . take coin , then stop"

@@ -64,6 +64,10 @@ class SmolLM2Backend(HFBackend):
             model, tokenizer = load_gguf(Path(config.gguf_file) if config.gguf_file else locate_gguf())
             if cache is not None:
                 save_checkpoint(model, tokenizer, str(cache))
+        # Decode as tokenized: the saved tokenizer asks for WordPiece's space clean-up, which would
+        # strip the space before punctuation ("go north ." -> "go north."), and which transformers 5
+        # refuses for this BPE tokenizer with a warning on the first decode.
+        tokenizer.clean_up_tokenization_spaces = False
         return cls(
             config, model=model, tokenizer=tokenizer, model_id="SmolLM2-135M-Instruct", chat_template=config.chat_template
         )

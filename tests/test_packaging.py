@@ -68,3 +68,47 @@ def test_dreamgym_core_is_marked_typed_and_the_marker_is_packaged():
     # PEP 561: without py.typed, a type checker ignores the annotations of an installed dreamgym_core
     assert (ROOT / "dreamgym_core" / "py.typed").is_file()
     assert "py.typed" in _toml(ROOT / "pyproject.toml")["tool"]["setuptools"]["package-data"]["dreamgym_core"]
+
+
+def _constraints() -> dict[str, list[str]]:
+    """constraints.txt as {canonical name: [version, ...]} (one per Python fork)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, list[str]] = {}
+    for number, line in enumerate((ROOT / "constraints.txt").read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        requirement = Requirement(line)
+        (spec,) = requirement.specifier  # one exact version per line
+        assert spec.operator == "==", f"constraints.txt:{number}: {line!r} is not an exact pin"
+        pins.setdefault(canonicalize_name(requirement.name), []).append(spec.version)
+    return pins
+
+
+def test_every_requirement_is_pinned_in_constraints():
+    # scripts/setup.sh installs with constraints.txt, so a fresh clone gets the versions the tests
+    # passed with; a requirement added without running scripts/lock.sh would be resolved anew.
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _constraints()
+    ours = {canonicalize_name(_toml(path)["project"]["name"]) for path in PYPROJECTS}
+    missing = set()
+    for path in PYPROJECTS:
+        project = _toml(path)["project"]
+        extras = project.get("optional-dependencies", {}).values()
+        for line in [*project.get("dependencies", []), *(r for extra in extras for r in extra)]:
+            name = canonicalize_name(Requirement(line).name)
+            if name not in ours and name != "torch" and name not in pins:
+                missing.add(f"{name} ({path.relative_to(ROOT)})")
+    assert not missing, f"not in constraints.txt (run scripts/lock.sh): {sorted(missing)}"
+
+
+def test_constraints_leave_torch_to_setup_and_were_resolved_against_its_pin():
+    # setup.sh installs torch itself (pip picks the CPU build here); lock.sh resolves the other
+    # packages against that same version, so the two pins must move together.
+    assert "torch" not in _constraints()
+    setup = re.search(r'"torch==([^"]+)"', (ROOT / "scripts" / "setup.sh").read_text())
+    lock = re.search(r'"torch==([^"]+)"', (ROOT / "scripts" / "lock.sh").read_text())
+    assert setup and lock and setup.group(1) == lock.group(1)

@@ -2,7 +2,7 @@
 # Write constraints.txt: the versions scripts/setup.sh installs, resolved once for every Python
 # the project supports (3.10 to 3.12) from the core's and every plugin's requirements, so that a
 # fresh clone installs what the tests last passed with. Run it after changing a requirement
-# (tests/test_constraints.py fails until then) or to move to newer releases, then run the tests.
+# (tests/test_packaging.py fails until then) or to move to newer releases, then run the tests.
 # torch and its CUDA libraries are left out: setup.sh installs torch itself (the CPU build here).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -11,7 +11,7 @@ stamp=.venv/.dreamgym-installed
 # DREAMGYM_UNLOCKED=1 resolves the newest releases the requirements allow instead.
 locked=(-c constraints.txt)
 [ "${DREAMGYM_UNLOCKED:-}" = 1 ] && locked=()
-want=$(cat pyproject.toml plugins/*/*/pyproject.toml "${locked[@]:1}" | sha256sum | cut -d' ' -f1)
+want=$({ cat pyproject.toml plugins/*/*/pyproject.toml constraints.txt; echo "unlocked=${DREAMGYM_UNLOCKED:-}"; } | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

@@ -89,4 +89,8 @@ def _check_curriculum(spec, config) -> None:
     testing.check_curriculum(build(), rebuild=build)
 
 
-_CHECKS = {"env": _check_env, "encoder": _check_encoder, "buffer": _check_buffer, "curriculum": _check_curriculum}
+def _check_model(spec, config) -> None:
+    testing.check_language_model(spec.factory(config))
+
+
+_CHECKS = {"env": _check_env, "encoder": _check_encoder, "buffer": _check_buffer, "curriculum": _check_curriculum, "model": _check_model}

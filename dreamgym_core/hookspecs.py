@@ -69,6 +69,7 @@ def dreamgym_register_models() -> list[ComponentSpec]:
 
     Notes for plugin authors:
         Backends with local weights should also satisfy ``TrainableLanguageModel``.
+        Run ``dreamgym_core.testing.check_language_model`` on a built backend in your tests.
     """
 
 

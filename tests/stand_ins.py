@@ -103,12 +103,16 @@ class ScriptedPolicy:
     def generate(self, *, prompts: Sequence[str], max_new_tokens: int = 32, temperature: float = 1.0, stop: Sequence[str] = (), seed: int | None = None) -> list[str]:
         out = []
         for prompt in prompts:
-            target = int(re.search(r"count to (\d+)", prompt).group(1))
-            value = int(re.findall(r"count is (\d+)", prompt)[-1])
-            action = "inc" if value < target else "stop"
+            target, values = re.search(r"count to (\d+)", prompt), re.findall(r"count is (\d+)", prompt)
+            if target is None or not values:  # not a counting prompt: nothing to say
+                out.append("")
+                continue
+            value = int(values[-1])
+            action = "inc" if value < int(target.group(1)) else "stop"
             if self.rng.random() < self.config.mistakes:
                 action = "stop"
-            out.append(f"<think>at {value}</think><action>{action}</action>")
+            text = f"<think>at {value}</think><action>{action}</action>"
+            out.append(text[: min((text.index(s) for s in stop if s and s in text), default=len(text))])
         return out
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import zlib
 
 import msgspec
 import numpy as np
@@ -18,6 +20,7 @@ from dreamgym_core.testing import (
     check_curriculum,
     check_domain,
     check_env,
+    check_language_model,
 )
 
 # --- buffers ---
@@ -358,3 +361,108 @@ def test_a_good_domain_passes(domain_type):
 def test_check_domain_fails_overlapping_splits(broken, message):
     with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
         check_domain(broken())
+
+
+# --- language models ---
+
+
+class GoodLM:
+    """A trainable stand-in: its text is a hash of the prompt, the seed and its "weights" (a
+    step counter), so greedy and seeded output repeat and SFT changes what it writes."""
+
+    model_id = "good-lm"
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def _text(self, prompt, n, seed):
+        rng = random.Random(zlib.crc32(f"{prompt}|{seed}|{self.steps}".encode()))
+        return "".join(rng.choice("abcde .") for _ in range(n))
+
+    def _raw(self, prompts, max_new_tokens, temperature, seed):
+        if temperature == 0:
+            return [self._text(p, max_new_tokens, "greedy") for p in prompts]
+        seed = random.random() if seed is None else seed
+        return [self._text(p, max_new_tokens, f"{seed}+{i}") for i, p in enumerate(prompts)]
+
+    def generate(self, *, prompts, max_new_tokens, temperature=1.0, stop=(), seed=None):
+        texts = self._raw(prompts, max_new_tokens, temperature, seed)
+        return [t[: min((t.index(s) for s in stop if s and s in t), default=len(t))] for t in texts]
+
+    def sft(self, *, examples, epochs, lr, batch_size, on_epoch=None, on_batch=None):
+        for epoch in range(1, epochs + 1):
+            self.steps += 1
+            if on_epoch is not None:
+                on_epoch(epoch, 1.0 / epoch)
+        return {"sft/loss": 0.5}
+
+    def save(self, *, path):
+        with open(path, "w") as f:
+            json.dump({"steps": self.steps}, f)
+
+    def reload(self, *, path):
+        with open(path) as f:
+            self.steps = json.load(f)["steps"]
+
+
+class UnseededLM(GoodLM):
+    def generate(self, *, prompts, max_new_tokens, temperature=1.0, stop=(), seed=None):
+        return super().generate(prompts=prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
+
+
+class StopKeptLM(GoodLM):
+    def generate(self, *, prompts, max_new_tokens, temperature=1.0, stop=(), seed=None):
+        return self._raw(prompts, max_new_tokens, temperature, seed)
+
+
+class OneTextLM(GoodLM):
+    def generate(self, *, prompts, max_new_tokens, temperature=1.0, stop=(), seed=None):
+        return super().generate(prompts=prompts[:1], max_new_tokens=max_new_tokens, temperature=temperature, stop=stop, seed=seed)
+
+
+class NoEpochReportLM(GoodLM):
+    def sft(self, *, examples, epochs, lr, batch_size, on_epoch=None, on_batch=None):
+        return super().sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size)
+
+
+class NanLossLM(GoodLM):
+    def sft(self, *, examples, epochs, lr, batch_size, on_epoch=None, on_batch=None):
+        super().sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size, on_epoch=on_epoch)
+        return {"sft/loss": float("nan")}
+
+
+class ReloadKeepsWeightsLM(GoodLM):
+    def reload(self, *, path):
+        pass
+
+
+class EmptyIdLM(GoodLM):
+    model_id = ""
+
+
+class UntrainableLM(GoodLM):
+    """A generator without sft (a server backend): only generation is checked."""
+
+    sft = None
+
+
+def test_a_good_language_model_passes():
+    check_language_model(GoodLM())
+    check_language_model(UntrainableLM())
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (UnseededLM, r"sampling with the same seed gave another text"),
+        (StopKeptLM, r"generate\(stop=\[.*\]\) returned '.+'; without the stops the text was"),
+        (OneTextLM, r"generate\(\) at temperature 0 returned .*, expected a list of 3 str \(one per prompt\)"),
+        (NoEpochReportLM, r"sft\(epochs=2, on_epoch=\.\.\.\) must call on_epoch\(1, loss\) then on_epoch\(2, loss\) with finite losses, got \[\]"),
+        (NanLossLM, r"sft\(\) must return a dict of finite numbers by name"),
+        (ReloadKeepsWeightsLM, r"reload\(\) of the weights saved before sft\(\) generated"),
+        (EmptyIdLM, r"model_id must be a non-empty str"),
+    ],
+)
+def test_check_language_model_fails_a_broken_model(broken, message):
+    with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
+        check_language_model(broken())

@@ -408,6 +408,49 @@ def test_check_reports_every_component_and_exits_1_if_any_failed(checked_plugin)
     ]
 
 
+class _EchoLM:
+    """A generator that echoes the last letters of its prompt; ``cut_stops`` False keeps a
+    stop string in its text, as a backend that ignores ``stop`` would."""
+
+    model_id = "echo"
+    cut_stops = True
+
+    def __init__(self, config) -> None:
+        pass
+
+    def generate(self, *, prompts, max_new_tokens, temperature=1.0, stop=(), seed=None):
+        texts = [p[-max_new_tokens:] for p in prompts]
+        if not self.cut_stops:
+            return texts
+        return [t[: min((t.index(s) for s in stop if s in t), default=len(t))] for t in texts]
+
+
+class _StopKeptLM(_EchoLM):
+    cut_stops = False
+
+
+def test_check_runs_the_language_model_check_on_a_model_backend(checked_plugin):
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    class Models:
+        @hookimpl
+        def dreamgym_register_models(self):
+            return [
+                ComponentSpec(name="echo", factory=_EchoLM, config_type=CountConfig, description="good"),
+                ComponentSpec(name="stop-kept", factory=_StopKeptLM, config_type=CountConfig, description="ignores stop"),
+            ]
+
+    checked_plugin(Models(), "models")
+    result = CliRunner().invoke(cli, ["check", "models"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "ok   model:echo"
+    assert lines[1].startswith("FAIL model:stop-kept: _StopKeptLM: generate(stop=[")
+    assert lines[2] == "1 of 2 component(s) of plugin 'models' failed"
+
+
 class _ClosedDomain(CountDomain):
     """A CountDomain that counts its close() calls, as a browser's or a simulator's domain must be closed."""
 

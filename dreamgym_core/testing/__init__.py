@@ -29,6 +29,7 @@ __all__ = [
     "check_buffer_reopens",
     "check_curriculum",
     "check_algorithm",
+    "check_language_model",
     "make_transitions",
     "BagOfWordsEncoder",
     "LifecycleRecorder",
@@ -375,6 +376,86 @@ def _check_save_load(algo: Any, groups: Sequence[Sequence[Trajectory]], paramete
             same = bool((restored == saved).all())
     if not same:
         raise _fail(algo, "load() did not restore the parameters save() saw (--resume and dreamgym eval play what load() restores)")
+
+
+# What check_language_model asks a backend to continue and to learn: short, plain prompts
+# that any tokenizer encodes, each paired with an answer for the trainable checks.
+LM_PROMPTS = ("Task: find the coin.\nAction:", "You are in the kitchen. Exits: north.\nAction:", "Observation: a closed door.\nAction:")
+LM_ANSWERS = (" take coin", " move north", " open door")
+
+
+def _generated(model: Any, what: str, **kwargs: Any) -> list[str]:
+    prompts = list(kwargs.pop("prompts", LM_PROMPTS))
+    with _step(model, f"generate() {what}"):
+        out = model.generate(prompts=prompts, **kwargs)
+    if not isinstance(out, list) or len(out) != len(prompts) or not all(isinstance(t, str) for t in out):
+        raise _fail(model, f"generate() {what} returned {out!r:.120}, expected a list of {len(prompts)} str (one per prompt)")
+    return out
+
+
+def check_language_model(model: Any, *, max_new_tokens: int = 8) -> None:
+    """Generation: one str per prompt, greedy output and seeded samples repeat, a stop string
+    cuts the text before it. A trainable backend (``sft``, ``save``, ``reload``) also: SFT
+    returns finite metrics and reports each epoch; ``reload`` of what ``save`` wrote before
+    SFT gives back the text generated before SFT (checked where SFT changed that text)."""
+    model_id = getattr(model, "model_id", None)
+    if not isinstance(model_id, str) or not model_id:
+        raise _fail(model, f"model_id must be a non-empty str, got {model_id!r}")
+    greedy = _generated(model, "at temperature 0", max_new_tokens=max_new_tokens, temperature=0.0)
+    if _generated(model, "at temperature 0, again", max_new_tokens=max_new_tokens, temperature=0.0) != greedy:
+        raise _fail(model, "greedy generation (temperature 0) gave another text the second time")
+    sampled = _generated(model, "with seed=0", max_new_tokens=max_new_tokens, temperature=1.0, seed=0)
+    if _generated(model, "with seed=0, again", max_new_tokens=max_new_tokens, temperature=1.0, seed=0) != sampled:
+        raise _fail(model, "sampling with the same seed gave another text (runs replay their draws from seeds)")
+    _check_stop(model, greedy, max_new_tokens)
+    fits = getattr(model, "prompt_fits", None)
+    if callable(fits):
+        with _step(model, "prompt_fits() of a short prompt"):
+            answer = fits(LM_PROMPTS[0], max_new_tokens=max_new_tokens)
+        if answer is not True:
+            raise _fail(model, f"prompt_fits() of a {len(LM_PROMPTS[0])}-character prompt returned {answer!r}, expected True")
+    if all(callable(getattr(model, name, None)) for name in ("sft", "save", "reload")):
+        _check_trainable(model, max_new_tokens)
+
+
+def _check_stop(model: Any, greedy: list[str], max_new_tokens: int) -> None:
+    """The greedy texts, asked for again with the last visible ASCII character of each as a
+    stop string, must come back cut just before the first occurrence of any of them. (ASCII:
+    a byte-level tokenizer can show half a multi-byte character as U+FFFD while it generates.)"""
+    visible = [[c for c in text if c.isascii() and c.isprintable() and not c.isspace()] for text in greedy]
+    stops = sorted({chars[-1] for chars in visible if chars})
+    if not stops:
+        return  # no visible ASCII character to stop at
+    cut = _generated(model, f"with stop={stops!r}", max_new_tokens=max_new_tokens, temperature=0.0, stop=stops)
+    for text, got in zip(greedy, cut, strict=True):
+        want = text[: min((text.index(s) for s in stops if s in text), default=len(text))]
+        if got != want:
+            raise _fail(model, f"generate(stop={stops!r}) returned {got!r}; without the stops the text was {text!r}, so expected {want!r}")
+
+
+def _check_trainable(model: Any, max_new_tokens: int) -> None:
+    examples = [[(prompt, False), (answer, True)] for prompt, answer in zip(LM_PROMPTS, LM_ANSWERS, strict=True)]
+    prepare = getattr(model, "prepare", None)
+    if callable(prepare):  # as the core does before fine-tuning
+        with _step(model, "prepare(corpus=...)"):
+            prepare(corpus=[prompt + answer for prompt, answer in zip(LM_PROMPTS, LM_ANSWERS, strict=True)])
+    before = _generated(model, "before sft()", max_new_tokens=max_new_tokens, temperature=0.0)
+    epochs: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        with _step(model, "save(path=...) before sft()"):
+            model.save(path=os.path.join(tmp, "before"))
+        with _step(model, "sft() of 3 examples, 2 epochs"):
+            metrics = model.sft(examples=examples, epochs=2, lr=1e-3, batch_size=2, on_epoch=lambda epoch, loss: epochs.append((epoch, loss)))
+        if not isinstance(metrics, dict) or any(not isinstance(k, str) or not isinstance(v, (int, float)) or not math.isfinite(v) for k, v in metrics.items()):
+            raise _fail(model, f"sft() must return a dict of finite numbers by name, got {metrics!r:.120}")
+        if [e for e, _ in epochs] != [1, 2] or not all(isinstance(loss, (int, float)) and math.isfinite(loss) for _, loss in epochs):
+            raise _fail(model, f"sft(epochs=2, on_epoch=...) must call on_epoch(1, loss) then on_epoch(2, loss) with finite losses, got {epochs}")
+        after = _generated(model, "after sft()", max_new_tokens=max_new_tokens, temperature=0.0)
+        with _step(model, "reload(path=...) of what save() wrote"):
+            model.reload(path=os.path.join(tmp, "before"))
+        restored = _generated(model, "after reload()", max_new_tokens=max_new_tokens, temperature=0.0)
+    if after != before and restored != before:
+        raise _fail(model, f"reload() of the weights saved before sft() generated {restored!r:.120}, not the text before sft(): {before!r:.120}")
 
 
 def _all_finite(values: Any) -> bool:

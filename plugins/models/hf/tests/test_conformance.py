@@ -1,4 +1,5 @@
-"""Each registered component builds through the plugin manager and generates strings."""
+"""Each registered component builds through the plugin manager and passes the conformance
+kit's language-model check (generation, stop strings, seeds, SFT, save and reload)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from dreamgym_core.config import convert_config
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.protocols import LanguageModel, TrainableLanguageModel
+from dreamgym_core.testing import check_language_model as kit_check
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +18,7 @@ def plugins():
 
 def check_language_model(model) -> None:
     assert isinstance(model, LanguageModel) and isinstance(model, TrainableLanguageModel)
-    assert isinstance(model.model_id, str) and model.model_id
-    out = model.generate(prompts=["a", "bb"], max_new_tokens=3, temperature=0.7, seed=0)
-    assert isinstance(out, list) and len(out) == 2 and all(isinstance(t, str) for t in out)
+    kit_check(model)
 
 
 def test_registered_components(plugins):

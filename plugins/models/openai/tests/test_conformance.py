@@ -1,4 +1,5 @@
-"""The component builds from {} through the plugin manager; generate returns strings."""
+"""The component builds from {} through the plugin manager and passes the conformance kit's
+language-model check against a served model on loopback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dreamgym_core.config import convert_config
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.plugins import Plugins
 from dreamgym_core.protocols import LanguageModel
+from dreamgym_core.testing import check_language_model
 
 
 def test_openai_conformance(server):
@@ -16,9 +18,8 @@ def test_openai_conformance(server):
     assert spec.plugin == "openai"
     convert_config({}, spec.config_type, "test", "$")  # buildable from defaults
     model = spec.factory(convert_config({"base_url": server.url}, spec.config_type, "test", "$"))
-    assert isinstance(model, LanguageModel) and isinstance(model.model_id, str)
-    out = model.generate(prompts=["a", "bb"], max_new_tokens=3, temperature=0.7, seed=0)
-    assert isinstance(out, list) and len(out) == 2 and all(isinstance(t, str) for t in out)
+    assert isinstance(model, LanguageModel)
+    check_language_model(model)  # generation only: the backend has no sft
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "localhost:8000/v1", "ftp://host/v1", "http:///v1", "http://127.0.0.1:99999/v1", ""])

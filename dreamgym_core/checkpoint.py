@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Iterator, Literal, Sequenc
 import msgspec
 import numpy as np
 
-from .errors import DataError, DreamGymError
+from .errors import ConfigError, DataError, DreamGymError
 from .records import Task, Trajectory, Transition
 
 if TYPE_CHECKING:
@@ -75,6 +75,33 @@ def open_new(path: Path, mode: str = "wb") -> IO[Any]:
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     return os.fdopen(fd, mode)
+
+
+def check_output_file(path: Path, option: str, *, inputs: dict[str, str | Path | None] | None = None) -> None:
+    """Before a command's work (minutes of play or generation): ``path`` can be written as its
+    write will write it (a ``.tmp`` sibling renamed into place), and is none of the command's
+    ``inputs`` (option -> path), which the write would replace. A ConfigError naming ``option``."""
+    for source, given in (inputs or {}).items():
+        if given is not None and same_file(path, Path(given)):
+            raise ConfigError(f"{option} {path}: is the {source} file, which it would overwrite; write elsewhere")
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory, not a file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: its directory {path.parent} does not exist")
+    probe = path.with_name(path.name + ".tmp")
+    try:
+        open_new(probe).close()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write {probe.name} there ({exc.strerror or exc})") from exc
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same path, or links to one file)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
 
 
 def open_append(path: Path, mode: str = "a") -> IO[Any]:
@@ -313,6 +340,10 @@ def _restoring(path: Path, what: str) -> Iterator[None]:
     """A plugin's failure to read its own saved state, as one line naming the file."""
     try:
         yield
+    except DataError as exc:  # a plugin's own one-line error, which may not name the file
+        if str(path) in str(exc):
+            raise
+        raise DataError(f"{path}: cannot restore {what}: {exc}") from exc
     except DreamGymError:
         raise
     except Exception as exc:  # plugin code: whatever it raises on a damaged file

@@ -14,7 +14,7 @@ import click
 import msgspec
 
 from . import stopping
-from .errors import ConfigError, DreamGymError
+from .errors import DreamGymError
 
 __all__ = ["main", "cli"]
 
@@ -184,8 +184,11 @@ def _played_run(command: Callable[..., Any]) -> Callable[..., Any]:
 def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episodes: int | None, trajectories: Path | None,
              at_checkpoint: int | None) -> None:
     """Evaluate the policy of PIPELINE's run directory (last checkpoint, or the one eval.keep kept) on real held-out tasks."""
+    from .checkpoint import check_output_file
     from .loop import evaluate_run
 
+    if trajectories is not None:  # before minutes of play
+        check_output_file(trajectories, "--trajectories")
     resolved, plugins = _load(pipeline, overrides)
     result = evaluate_run(resolved, plugins, split=split, episodes=episodes, trajectories=trajectories, at_checkpoint=at_checkpoint)
     click.echo(json.dumps(result, indent=2))
@@ -207,8 +210,10 @@ def curve_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, epis
     from .loop import evaluate_checkpoints
     from .report import plot_heldout_curve
 
-    if plot is not None and not plot.parent.is_dir():  # before minutes of play
-        raise ConfigError(f"--plot {plot}: directory {plot.parent} does not exist")
+    from .checkpoint import check_output_file
+
+    if plot is not None:  # before minutes of play
+        check_output_file(plot, "--plot")
     resolved, plugins = _load(pipeline, overrides)
     rows = evaluate_checkpoints(resolved, plugins, iterations or None, split=split, episodes=episodes)
     split = split or resolved.pipeline.eval.split

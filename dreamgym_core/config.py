@@ -365,11 +365,19 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)$"),
     list("-+0123456789."),
 )
+# Nor does YAML 1.2 read dates: a run_dir or a name such as 2026-12-05 stays a string (PyYAML
+# would make it a datetime, and an impossible one such as 2026-13-45 a ValueError).
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
 
 
 # A pipeline file is a few hundred values; aliases that expand past this are a mistake or an
 # attack ("billion laughs": nine aliases of nine aliases ... expand to 9**9 values).
 MAX_YAML_VALUES = 100_000
+# and a pipeline file a few kilobytes (the commented examples are under 10 KiB).
+MAX_PIPELINE_BYTES = 2**20
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
@@ -400,14 +408,18 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
 def yaml_load(text: str) -> Any:
     """One YAML document, its aliases expanded only when the result stays small and finite.
 
-    Raises ``yaml.YAMLError``, and ``RecursionError`` for collections nested too deeply to parse."""
+    Raises ``yaml.YAMLError`` (also for an explicitly tagged value its constructor refuses), and
+    ``RecursionError`` for collections nested too deeply to parse."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         _expanded_size(node, {}, set())
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, OverflowError) as exc:  # an explicit tag on a value it cannot read (!!float abc)
+            raise yaml.constructor.ConstructorError(None, None, f"a tagged value cannot be read: {exc}", None) from exc
     finally:
         loader.dispose()
 
@@ -465,9 +477,14 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineCo
     """Phase 1: read YAML, apply ``--set`` overrides, decode the outer schema."""
     where = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # bounded: a device or a huge file is not read whole
+            raw = f.read(MAX_PIPELINE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read pipeline file: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_PIPELINE_BYTES:
+        raise ConfigError(f"{where}: not a pipeline file: larger than {MAX_PIPELINE_BYTES // 2**20} MiB")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{where}: not a text file (byte {exc.start} is not UTF-8)") from exc
     try:

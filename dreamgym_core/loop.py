@@ -67,12 +67,15 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
                 + ("resume with the same pipeline and --set values" if resume else "that directory holds another run")
                 + ", or choose another run_dir"
             )
-        log.warning("%s: options new since this run started take their defaults: %s", run_dir, ", ".join(added))
+        if added:
+            log.warning("%s: options new since this run started take their defaults: %s", run_dir, ", ".join(added))
+        else:  # config.json holds this very config: the digest beside it was damaged
+            log.warning("%s: does not match config.json, which holds this very config (a damaged digest)", run_dir / "config.sha256")
     has_checkpoints = (run_dir / "checkpoints").exists()
     if not resume and has_checkpoints:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume or choose another run_dir")
     if resume and has_checkpoints and stored_digest is None:
-        raise DataError(f"{run_dir / 'config.sha256'}: missing or empty, so --resume cannot check that the config is the run's")
+        raise DataError(f"{run_dir / 'config.sha256'}: {_digest_trouble(run_dir)}, so --resume cannot check that the config is the run's")
     if resume and stored_digest is None:
         # a typo in run_dir, or the wrong working directory, would otherwise start a fresh run
         raise ConfigError(f"run_dir {run_dir}: no run to resume there (config.sha256 missing or empty); check run_dir, or drop --resume to start one")
@@ -146,6 +149,17 @@ def _stored_digest(run_dir: Path) -> str | None:
         return (run_dir / "config.sha256").read_text().strip() or None
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _digest_trouble(run_dir: Path) -> str:
+    """Why ``_stored_digest`` found no digest, for the error that says so."""
+    path = run_dir / "config.sha256"
+    if not path.is_file():
+        return "missing"
+    try:
+        return "empty" if not path.read_text().strip() else "damaged"
+    except (OSError, UnicodeDecodeError):
+        return "damaged (not text)"
 
 
 def _read_position(path: Path) -> int | None:
@@ -910,7 +924,7 @@ def _check_evaluated_config(resolved: ResolvedPipeline, run_dir: Path) -> None:
     if stored in (config_hash(data), config_hash(data, with_run_dir=True)):
         return
     if stored is None:
-        raise DataError(f"{run_dir / 'config.sha256'}: missing or empty, so eval cannot check that the config is the run's")
+        raise DataError(f"{run_dir / 'config.sha256'}: {_digest_trouble(run_dir)}, so eval cannot check that the config is the run's")
     changed, added = _differences(run_dir, data)
     if added is None:
         raise DataError(f"{run_dir / 'config.json'}: unreadable, so eval cannot check that the config is the run's")

@@ -157,3 +157,29 @@ def test_reading_with_another_encoder_neither_rewrites_the_buffer_nor_answers_pa
     assert result.exit_code == 1 and "30 of 30 stored transitions have no embedding from encoder" in result.output
     assert "hashing" in result.output and "--backfill" in result.output
     assert sorted(p.name for p in buf.iterdir()) == before  # nothing re-embedded, nothing written
+
+
+def test_an_export_into_the_buffer_directory_is_refused_and_the_buffer_kept(tmp_path, jsonl):
+    # It replaced the only segment with JSONL, and exit 0: every record was gone.
+    buf = tmp_path / "buf"
+    _invoke("buffer", "import", "--path", str(buf), str(jsonl))
+    segments = {p.name: p.read_bytes() for p in buf.iterdir()}
+    segment = sorted(p for p in buf.iterdir() if p.suffix == ".dgs")[0]
+    for target in (segment, buf / "seg-999999.dgs"):
+        result = CliRunner().invoke(cli, ["buffer", "export", "--path", str(buf), str(target)])
+        assert result.exit_code == 2 and f"inside the buffer directory {buf.resolve()}" in result.output
+    assert {p.name: p.read_bytes() for p in buf.iterdir()} == segments
+
+
+def test_an_export_names_a_torn_frame_it_dropped(tmp_path, jsonl):
+    buf = tmp_path / "buf"
+    _invoke("buffer", "import", "--path", str(buf), str(jsonl))
+    segment = sorted(p for p in buf.iterdir() if p.suffix == ".dgs")[-1]
+    size = segment.stat().st_size
+    with open(segment, "r+b") as f:
+        f.truncate(size - 10)  # as a write cut short, or a damaged length field, leaves it
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(cli, ["buffer", "export", "--path", str(buf), str(out)])
+    assert result.exit_code == 0
+    assert f"warning: {buf.resolve()}/{segment.name}: offset " in result.stderr
+    assert "torn frame at end of file (an unfinished write, or a damaged length field), its" in result.stderr

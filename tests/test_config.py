@@ -174,6 +174,23 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_pipeline(binary)
 
 
+def test_dates_stay_strings_and_bad_tagged_values_or_huge_files_are_one_line_errors(tmp_path):
+    # PyYAML reads 2026-12-05 as a date and 2001-13-45 raised a ValueError traceback.
+    path = write(tmp_path, pipeline_dict("2026-12-05"))
+    assert load_pipeline(path).run_dir == "2026-12-05"
+    assert load_pipeline(path, ["run_dir=2001-12-14 25:59:43"]).run_dir == "2001-12-14 25:59:43"
+    with pytest.raises(ConfigError, match=r"Object contains unknown field `when`"):
+        load_pipeline(write(tmp_path, "when: 2001-13-45\n", "date.yaml"))
+    with pytest.raises(ConfigError, match=r"tag.yaml: not valid YAML: a tagged value cannot be read: could not convert string to float: 'abc'"):
+        load_pipeline(write(tmp_path, "seed: !!float abc\n", "tag.yaml"))
+    with pytest.raises(ConfigError, match=r"--set 'seed=!!timestamp 2001-13-45': the value is not valid YAML: a tagged value cannot be read"):
+        load_pipeline(path, ["seed=!!timestamp 2001-13-45"])
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"#" * (2**20 + 1))
+    with pytest.raises(ConfigError, match=r"huge.yaml: not a pipeline file: larger than 1 MiB"):
+        load_pipeline(huge)
+
+
 def test_set_overrides_parse_yaml_scalars(tmp_path):
     path = write(tmp_path, pipeline_dict(str(tmp_path / "run")))
     cfg = load_pipeline(path, ["loop.iterations=7", "algo.config.lr=1e-5", "seed=3"])

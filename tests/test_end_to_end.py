@@ -90,7 +90,7 @@ def test_reduced_main_job_then_resume_and_eval(measured, tmp_path):
     assert plot.read_bytes().startswith(b"\x89PNG")
     nowhere = run_cli_in_process("curve", *args[1:], "--plot", str(tmp_path / "no" / "curve.png"))
     assert nowhere.returncode != 0
-    assert nowhere.stderr.strip().splitlines()[-1] == f"Error: --plot {tmp_path / 'no' / 'curve.png'}: directory {tmp_path / 'no'} does not exist"
+    assert nowhere.stderr.strip().splitlines()[-1] == f"Error: --plot {tmp_path / 'no' / 'curve.png'}: its directory {tmp_path / 'no'} does not exist"
     missing = run_cli_in_process("eval", *args[1:], "--episodes", "1", "--checkpoint", "9")
     assert missing.returncode != 0
     assert missing.stderr.strip().splitlines()[-1] == (

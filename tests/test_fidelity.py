@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dreamgym_core.commands.eval_model import command, read_transitions
-from dreamgym_core.errors import DataError
+from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, render_output
 from dreamgym_core.fidelity import (
     agreement,
@@ -335,3 +335,17 @@ def test_eval_model_writes_the_unparsable_answers(tmp_path) -> None:
         missing = tmp_path / "nowhere" / "failed.jsonl"
         result = CliRunner().invoke(command, [*args, option, str(missing)])
         assert result.exit_code != 0 and f"{option} " in str(result.exception) and "nowhere" in str(result.exception)
+    kept = heldout.read_bytes()
+    for option in ("--failures", "--predictions"):  # refused before the model runs, the input kept
+        result = CliRunner().invoke(command, [*args, option, str(heldout)])
+        assert isinstance(result.exception, ConfigError)
+        assert f"{option} {heldout}: is the --heldout file, which it would overwrite" in str(result.exception)
+        (tmp_path / "blocked.jsonl.tmp").mkdir(exist_ok=True)
+        result = CliRunner().invoke(command, [*args, option, str(tmp_path / "blocked.jsonl")])
+        assert isinstance(result.exception, ConfigError) and "cannot write blocked.jsonl.tmp there (Is a directory)" in str(result.exception)
+    assert heldout.read_bytes() == kept
+    result = CliRunner().invoke(command, [*args, "--failures", str(out), "--predictions", str(out)])
+    assert isinstance(result.exception, ConfigError) and "--failures and --predictions name one file" in str(result.exception)
+    for value in ("nan", "inf"):
+        result = CliRunner().invoke(command, [*args, "--temperature", value])
+        assert result.exit_code == 2 and f"Invalid value for '--temperature': {value} is not a finite number" in result.output

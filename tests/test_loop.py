@@ -618,8 +618,25 @@ def test_resume_without_a_stored_config_hash_is_refused(register_plugin, tmp_pat
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
     (tmp_path / "run" / "config.sha256").write_text("")
-    with pytest.raises(DataError, match=r"config.sha256: missing or empty"):
+    with pytest.raises(DataError, match=r"config.sha256: empty, so --resume cannot check"):
         run_pipeline(_resolved(plugins, tmp_path / "run", iterations=3), plugins, resume=True)
+    (tmp_path / "run" / "config.sha256").write_bytes(b"\xff\xfe junk")
+    with pytest.raises(DataError, match=r"config.sha256: damaged \(not text\), so --resume cannot check"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=3), plugins, resume=True)
+    (tmp_path / "run" / "config.sha256").unlink()
+    with pytest.raises(DataError, match=r"config.sha256: missing, so --resume cannot check"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=3), plugins, resume=True)
+
+
+def test_a_damaged_digest_beside_the_same_config_is_named_in_a_warning(register_plugin, tmp_path, caplog):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)
+    digest = (tmp_path / "run" / "config.sha256").read_text()
+    (tmp_path / "run" / "config.sha256").write_text(digest[:20] + "\n")  # cut short
+    with caplog.at_level("WARNING"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins, resume=True)
+    assert "config.sha256: does not match config.json, which holds this very config (a damaged digest)" in caplog.text
+    assert "options new since" not in caplog.text  # it said so with an empty list of options
 
 
 def test_a_run_dir_that_cannot_be_created_is_a_config_error(register_plugin, tmp_path):

@@ -1,4 +1,5 @@
-"""Files a run writes into its directory are never written through a planted symbolic link."""
+"""Files a run writes into its directory: never written through a planted symbolic link; errors
+restoring them name the file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dreamgym_core.checkpoint import atomic_write, read_transitions, write_records
+from dreamgym_core.errors import DataError
 from dreamgym_core.loggers import JsonlConfig, JsonlSink
 from dreamgym_core.testing import make_transitions
 
@@ -247,3 +249,19 @@ def test_a_link_planted_at_a_done_marker_is_not_a_finished_stage(tmp_path, stage
     (folder / "done").unlink()
     (folder / "done").write_text("1\n")
     assert FINISHED[stage](run_dir)  # a marker of its own still is one
+
+
+def test_a_plugins_own_error_restoring_its_state_is_given_the_file(tmp_path):
+    """A curriculum's DataError ("malformed state: 'draws'") named neither the checkpoint nor
+    its state.json; an error that names the file already is left as it is."""
+    from dreamgym_core.checkpoint import _restoring
+
+    state = tmp_path / "checkpoints" / "it-00001" / "state.json"
+    with pytest.raises(DataError) as info:
+        with _restoring(state, "the curriculum's state"):
+            raise DataError("curriculum 'reward-entropy': malformed state: 'draws'")
+    assert str(info.value) == f"{state}: cannot restore the curriculum's state: curriculum 'reward-entropy': malformed state: 'draws'"
+    with pytest.raises(DataError) as info:
+        with _restoring(state, "the curriculum's state"):
+            raise DataError(f"{state}: bad")
+    assert str(info.value) == f"{state}: bad"

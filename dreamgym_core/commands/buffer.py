@@ -141,7 +141,13 @@ def export_cmd(file: str, partial: bool, **kw: Any) -> None:
         raise ConfigError(f"{file}: directory {Path(file).parent} does not exist")
     refused = "nothing exported ('--partial' exports the records that can be read)"
     with _open_buffer(**kw, read_only=True, strict=not partial, refused=refused) as buffer:
+        home = Path(getattr(buffer, "path", None) or kw["path"]).resolve()
+        if Path(file).resolve().is_relative_to(home):  # it would replace (or pose as) a segment
+            raise ConfigError(f"{file}: inside the buffer directory {home}; export to a file outside it")
         click.echo(f"{file}: wrote {buffer.export_jsonl(file)} transitions")
+        for problem in getattr(buffer, "problems", []):  # dropped as a crash leaves them, yet not in FILE
+            if "torn frame" in problem:
+                click.echo(f"warning: {home}/{problem}", err=True)
 
 
 @command.command("query")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,11 @@ def _world_of(resolved: Any, plugins: Any) -> Any:
     return world_key(plugins.build("env", pipeline.env.name, resolved.components["env"]))
 
 
-def _check_writable(path: Path, option: str) -> None:
-    """Before the model runs, so a typo costs no generation."""
-    if not path.parent.is_dir():
-        raise DataError(f"{option} {path}: its directory {path.parent} does not exist")
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """FloatRange lets nan through (every comparison with it is false) and inf (no upper bound)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 @click.command("eval-model")
@@ -82,7 +84,8 @@ def _check_writable(path: Path, option: str) -> None:
 @click.option("--model-dir", help="A trained experience model directory, e.g. a run's experience_model/.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N held-out transitions only.")
 @click.option(
-    "--temperature", type=click.FloatRange(min=0.0), help="Sampling temperature [default: the pipeline's loop.experience_temperature]."
+    "--temperature", type=click.FloatRange(min=0.0), callback=_finite,
+    help="Sampling temperature [default: the pipeline's loop.experience_temperature]."
 )
 @click.option("--max-new-tokens", type=click.IntRange(min=1), help="Answer budget [default: the pipeline's experience.max_new_tokens].")
 @click.option("--retries", type=click.IntRange(min=0), help="Re-generations of unparsable answers [default: the pipeline's experience.max_retries].")
@@ -114,9 +117,12 @@ def command(
     from ..fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, scored_answers, unparsed_answers
     from ..plugins import Plugins
 
+    inputs = {"--heldout": heldout, "--train-data": train_data}
     for option, path in (("--failures", failures), ("--predictions", predictions)):
-        if path is not None:
-            _check_writable(Path(path), option)
+        if path is not None:  # before the model runs, so a typo costs no generation
+            checkpoint.check_output_file(Path(path), option, inputs=inputs)
+    if failures is not None and predictions is not None and checkpoint.same_file(Path(failures), Path(predictions)):
+        raise ConfigError(f"--failures and --predictions name one file, {failures}: one would overwrite the other")
     outer = load_pipeline(pipeline, overrides)
     plugins = Plugins.for_names(outer.plugins, where=f"{pipeline}: plugins")
     resolved = resolve(outer, plugins, where=pipeline)

@@ -99,7 +99,7 @@ def _scan(data: bytes) -> Iterator[tuple[int, Frame] | str]:
     pos = 0
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
-            yield f"offset {pos}: torn frame header at end of file (unflushed write), dropped"
+            yield f"offset {pos}: torn frame header at end of file (an unfinished write), its {len(data) - pos} bytes dropped"
             return
         magic, length, crc = _HEADER.unpack_from(data, pos)
         start, end = pos + _HEADER.size, pos + _HEADER.size + length
@@ -110,7 +110,7 @@ def _scan(data: bytes) -> Iterator[tuple[int, Frame] | str]:
         if end > len(data):
             following = _next_intact(data, pos + 1)
             if following < 0:
-                yield f"offset {pos}: torn frame at end of file (unflushed write), dropped"
+                yield f"offset {pos}: torn frame at end of file (an unfinished write, or a damaged length field), its {len(data) - pos} bytes dropped"
                 return
             # A torn write is always the last thing in a file: intact frames after it
             # mean the length field itself is corrupt.

@@ -31,11 +31,12 @@ def check_plugin(name: str) -> Iterator[str]:
     or ``skip ...``), checking every component whatever fails, then a summary line. A caller
     (the CLI) counts the ``FAIL`` lines to set its exit status."""
     plugins = Plugins.for_names([name])
-    checked = failed = 0
+    checked = failed = registered = 0
     for kind, specs in plugins.all_components().items():
         for spec in specs.values():
             if spec.plugin != name:
                 continue
+            registered += 1
             config = _default_config(spec)
             if config is None:
                 yield f"skip {kind}:{spec.name} ({spec.config_type.__name__} has required fields; the plugin's own tests run its check)"
@@ -52,6 +53,9 @@ def check_plugin(name: str) -> Iterator[str]:
                 yield f"FAIL {kind}:{spec.name}: {' '.join(message.split())}"
             else:
                 yield f"ok   {kind}:{spec.name}"
+    if not registered:  # a register hook without @hookimpl is a plain function pluggy never calls
+        yield f"FAIL plugin {name!r} registers no components (is each dreamgym_register_* function marked @hookimpl?)"
+        return
     if failed:
         yield f"{failed} of {checked} component(s) of plugin {name!r} failed"
     else:

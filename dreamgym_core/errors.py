@@ -87,6 +87,15 @@ class PluginLoadError(DreamGymError):
         )
 
 
+class UnknownHookError(DreamGymError):
+    """A plugin implements a hook no specification names (a misspelt hook)."""
+
+    exit_code = 2
+
+    def __init__(self, plugin: str, hook: str, hooks: Iterable[str]) -> None:
+        super().__init__(f"plugin {plugin!r}: unknown hook {hook!r}.{_suggest(hook, hooks)} (the hooks: docs/hooks.md)")
+
+
 class DuplicateComponentError(DreamGymError):
     """Two plugins register a component of one kind under one name."""
 

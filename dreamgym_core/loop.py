@@ -356,7 +356,7 @@ class Runner:
         return [
             t
             for policy in self.cfg.eval.fidelity_policies
-            for traj in self.domain.collect(tasks=tasks, policy=policy, episodes=self.cfg.eval.fidelity_episodes, seed=self.cfg.seed + 1)
+            for traj in stages.collect(self.domain, tasks=tasks, policy=policy, episodes=self.cfg.eval.fidelity_episodes, seed=self.cfg.seed + 1)
             for t in traj.transitions
         ]
 
@@ -863,7 +863,10 @@ def evaluate(
         raise DreamGymError(f"no tasks in split {split!r} of env {runner.cfg.env.name!r}")
     if temperature <= 0 and episodes > len(tasks):
         # Greedy play of a task repeats itself: extra episodes would only narrow the CI falsely.
-        log.warning("eval: %d episodes requested on %d %s tasks with greedy play; using %d", episodes, len(tasks), split, len(tasks))
+        said = runner.__dict__.setdefault("_capped_evaluations", set())  # once a run, not once each epoch
+        if (split, episodes) not in said:
+            said.add((split, episodes))
+            log.warning("eval: %d episodes requested on %d %s tasks with greedy play; using %d", episodes, len(tasks), split, len(tasks))
         episodes = len(tasks)
     chosen = [tasks[i % len(tasks)] for i in range(episodes)]
     # The same rollout seeds in both environments, so a task's two episodes are comparable.

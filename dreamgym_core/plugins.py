@@ -8,6 +8,7 @@ working.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from importlib import metadata
 from typing import Any, Iterable, Sequence
@@ -15,7 +16,10 @@ from typing import Any, Iterable, Sequence
 import pluggy
 
 from . import hookspecs
-from .errors import ComponentNotFound, DreamGymError, DuplicateComponentError, PluginBlocked, PluginLoadError, PluginNameClash, PluginNotFound
+from .errors import (
+    ComponentNotFound, DreamGymError, DuplicateComponentError, PluginBlocked, PluginLoadError, PluginNameClash, PluginNotFound,
+    UnknownHookError,
+)
 from .specs import KINDS, ComponentKind, ComponentSpec
 
 __all__ = [
@@ -121,7 +125,12 @@ def get_plugin_manager(names: Sequence[str], where: str = "") -> pluggy.PluginMa
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:  # a hook implementation no spec names
-        raise DreamGymError(f"plugin {pm.get_name(exc.plugin) or exc.plugin!r}: {exc}") from exc
+        named = re.search(r"unknown hook '([^']+)'", str(exc))
+        plugin = pm.get_name(exc.plugin) or repr(exc.plugin)
+        if named is None:
+            raise DreamGymError(f"plugin {plugin!r}: {exc}") from exc
+        hooks = [name for name in dir(hookspecs) if name.startswith("dreamgym_")]
+        raise UnknownHookError(plugin, named.group(1), hooks) from exc
     if os.environ.get("DREAMGYM_TRACE_HOOKS") == "1":
         pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
         pm.enable_tracing()

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import checkpoint
 from .config import DataConfig, PipelineConfig
-from .errors import ConfigError, DataError, DreamGymError
+from .errors import ConfigError, ConformanceError, DataError, DreamGymError
 from .progress import step_progress
 from .records import Task, Trajectory, Transition
 
@@ -64,9 +64,27 @@ def collect_offline(domain: Any, tasks: Sequence[Task], data: DataConfig, *, see
         )
         for policy, episodes in policies:
             if episodes:
-                trajectories += domain.collect(tasks=list(tasks), policy=policy, episodes=episodes, seed=seed)
+                trajectories += collect(domain, tasks=list(tasks), policy=policy, episodes=episodes, seed=seed)
     checkpoint.write_trajectories(path, trajectories)
     return trajectories
+
+
+def collect(domain: Any, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:
+    """``domain.collect``, its answer checked: a list of ``episodes`` Trajectory records (a
+    domain that returns something else would fail deep in the core, far from its cause)."""
+    got = domain.collect(tasks=list(tasks), policy=policy, episodes=episodes, seed=seed)
+    if not isinstance(got, list) or not all(isinstance(t, Trajectory) for t in got):
+        kinds = "/".join(sorted({type(t).__name__ for t in got})) if isinstance(got, list) else type(got).__name__
+        raise ConformanceError(
+            f"env {getattr(domain, 'name', type(domain).__name__)!r}: collect(policy={policy!r}) returned {kinds or 'an empty list'}"
+            f"{' items' if isinstance(got, list) else ''}, expected a list of Trajectory (dreamgym check runs the conformance kit)"
+        )
+    if len(got) != episodes:
+        raise ConformanceError(
+            f"env {getattr(domain, 'name', type(domain).__name__)!r}: collect(policy={policy!r}, episodes={episodes}) "
+            f"returned {len(got)} episodes"
+        )
+    return got
 
 
 def collect_branch_data(

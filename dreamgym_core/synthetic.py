@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal, Sequence
 from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt, Probability
-from .errors import DreamGymError
+from .errors import ConformanceError, DreamGymError
 from .experience import SAME_WORLD_POOL, same_world_first, world_key
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
 from .rollout import step_or_error
@@ -90,7 +90,13 @@ def synthetic_config_of(pipeline: Any) -> SyntheticEnvConfig:
 def initial_state(task: Task, domain: Any) -> Observation:
     """The start observation of ``task`` by the rule in the module docstring."""
     if domain is not None and hasattr(domain, "initial_observation"):
-        return domain.initial_observation(task)
+        observation = domain.initial_observation(task)
+        if not isinstance(observation, Observation):  # else the agent's prompt fails on .text, deep in a rollout
+            raise ConformanceError(
+                f"env {getattr(domain, 'name', type(domain).__name__)!r}: initial_observation({task.id!r}) returned "
+                f"{type(observation).__name__}, expected an Observation (dreamgym check runs the conformance kit)"
+            )
+        return observation
     state = task.payload.get("initial_state")
     if isinstance(state, str) and state.strip():
         return Observation(text=state)

@@ -12,6 +12,7 @@ import pytest
 
 from dreamgym_core.errors import ConformanceError
 from dreamgym_core.records import Observation, StepResult, Task
+from dreamgym_core.rollout import play_offline
 from dreamgym_core.testing import (
     BagOfWordsEncoder,
     check_algorithm,
@@ -333,6 +334,67 @@ class GoodDomain:
     def make_env(self):
         return GoodEnv()
 
+    def collect(self, *, tasks, policy, episodes, seed):
+        if policy not in ("expert", "noisy", "random"):
+            raise ValueError(f"no {policy!r} policy")
+        pick = lambda observation: observation.admissible_actions[0]  # noqa: E731
+        return [play_offline(self.make_env(), tasks[i % len(tasks)], f"{policy}-{i}", pick) for i in range(episodes)]
+
+    def annotate(self, *, transition):
+        return f"{transition.action} was the first action listed."
+
+
+class VaryingDomain(GoodDomain):
+    """Every optional member, well typed."""
+
+    def initial_observation(self, task):
+        return Observation(text=f"start of {task.id}", admissible_actions=["a", "b"])
+
+    def admissible_in(self, state):
+        return ["a"]
+
+    def describe_variation(self, task):
+        return "another task number"
+
+    def propose_variations(self, parent, *, n, rng):
+        return [f"task {int(rng.integers(100))}" for _ in range(n)]
+
+    def make_variation(self, parent, text):
+        return Task(id=f"{parent.id}~syn", instruction=text, domain="splits", split="train")
+
+
+class Nameless(GoodDomain):
+    name = ""
+
+
+class FlatCollect(GoodDomain):
+    def collect(self, **kwargs):
+        return [t for traj in super().collect(**kwargs) for t in traj.transitions]
+
+
+class OtherTask(GoodDomain):
+    def collect(self, *, tasks, policy, episodes, seed):
+        return super().collect(tasks=self.tasks(split="test"), policy=policy, episodes=episodes, seed=seed)
+
+
+class AnnotatesNothing(GoodDomain):
+    def annotate(self, *, transition):
+        return None
+
+
+class StartAsText(VaryingDomain):
+    def initial_observation(self, task):
+        return "start"
+
+
+class NumberVariations(VaryingDomain):
+    def propose_variations(self, parent, *, n, rng):
+        return list(range(n))
+
+
+class ProposesOnly(VaryingDomain):
+    make_variation = None
+
 
 class TrainValidOverlap(GoodDomain):
     splits = {"train": ["a", "b"], "valid": ["a"], "test": ["d"]}
@@ -346,7 +408,7 @@ class NoValid(GoodDomain):
     splits = {"train": ["a", "b"], "valid": [], "test": ["d"]}
 
 
-@pytest.mark.parametrize("domain_type", [GoodDomain, NoValid])
+@pytest.mark.parametrize("domain_type", [GoodDomain, NoValid, VaryingDomain])
 def test_a_good_domain_passes(domain_type):
     check_domain(domain_type())
 
@@ -356,9 +418,16 @@ def test_a_good_domain_passes(domain_type):
     [
         (TrainValidOverlap, r"train and valid splits share tasks: \['a'\]"),
         (ValidTestOverlap, r"valid and test splits share tasks: \['d'\]"),
+        (Nameless, r"name must be a non-empty str"),
+        (FlatCollect, r"collect\(policy='expert', episodes=1\) returned 2 Transition, expected a list of 1 Trajectory"),
+        (OtherTask, r"collect\(policy='expert'\) gave a transition of task 'd', source 'offline'; expected task 'a'"),
+        (AnnotatesNothing, r"annotate\(\) returned NoneType, expected str"),
+        (StartAsText, r"initial_observation\(\) returned str, expected Observation"),
+        (NumberVariations, r"propose_variations\(\) must return a list of str, got \[0, 1\]"),
+        (ProposesOnly, r"has propose_variations but no make_variation"),
     ],
 )
-def test_check_domain_fails_overlapping_splits(broken, message):
+def test_check_domain_fails_a_broken_domain(broken, message):
     with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
         check_domain(broken())
 

@@ -92,7 +92,8 @@ def test_a_run_without_progress_prints_no_progress_line_but_its_warnings(registe
     greedy = {"eval": {"episodes": 9}}  # more greedy games than the 6 test tasks: a warning
     quiet = run_pipeline(_resolved(plugins, tmp_path / "quiet", greedy, iterations=1), plugins, progress=False)
     assert "[dreamgym" not in capfd.readouterr().err
-    assert "eval: 9 episodes requested on 6 test tasks with greedy play; using 6" in caplog.text
+    # said once, though the untrained, the warm-started and the final policy were all evaluated
+    assert caplog.text.count("eval: 9 episodes requested on 6 test tasks with greedy play; using 6") == 1
     assert quiet["eval/episodes"] == 6.0
     run_pipeline(_resolved(plugins, tmp_path / "loud", greedy, iterations=1), plugins)
     assert "] collecting offline real data" in capfd.readouterr().err

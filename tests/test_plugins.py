@@ -267,7 +267,8 @@ def test_a_hook_implementation_no_spec_names_is_one_line_naming_the_plugin(third
     result = run_cli("run", str(pipeline(tmp_path, plugins=["guess", "misnamed"])), site=third_party_site)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()  # was the module's repr, "<module 'dreamgym_plugin_misnamed' from ...>"
-    assert line.startswith("Error: plugin 'misnamed':") and "unknown hook 'dreamgym_register_env'" in line
+    assert line == "Error: plugin 'misnamed': unknown hook 'dreamgym_register_env'. Did you mean 'dreamgym_register_envs'? (the hooks: docs/hooks.md)"
+    assert result.returncode == 2  # a plugin that cannot be used, as an unknown or broken one
 
 
 def test_two_entry_points_loading_one_object_is_one_line_naming_both(third_party_site, tmp_path):
@@ -449,6 +450,23 @@ def test_check_runs_the_language_model_check_on_a_model_backend(checked_plugin):
     assert lines[0] == "ok   model:echo"
     assert lines[1].startswith("FAIL model:stop-kept: _StopKeptLM: generate(stop=[")
     assert lines[2] == "1 of 2 component(s) of plugin 'models' failed"
+
+
+def test_check_fails_a_plugin_that_registers_nothing(checked_plugin):
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    class Unmarked:  # the register function lacks @hookimpl, so pluggy never calls it
+        def dreamgym_register_envs(self):
+            return [ComponentSpec(name="count", factory=CountDomain, config_type=CountConfig, description="never seen")]
+
+    checked_plugin(Unmarked(), "unmarked")
+    result = CliRunner().invoke(cli, ["check", "unmarked"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "FAIL plugin 'unmarked' registers no components (is each dreamgym_register_* function marked @hookimpl?)"
+    ]
 
 
 class _ClosedDomain(CountDomain):

@@ -265,3 +265,19 @@ def test_a_plugins_own_error_restoring_its_state_is_given_the_file(tmp_path):
         with _restoring(state, "the curriculum's state"):
             raise DataError(f"{state}: bad")
     assert str(info.value) == f"{state}: bad"
+
+
+def test_collected_data_of_the_wrong_type_names_the_env():
+    """A domain whose collect returns Transitions, not Trajectories, failed deep in the loop
+    ('Transition' object has no attribute 'transitions')."""
+    from types import SimpleNamespace
+
+    from dreamgym_core.errors import ConformanceError
+    from dreamgym_core.stages import collect
+
+    flat = SimpleNamespace(name="guessnum", collect=lambda **kw: make_transitions(2))
+    with pytest.raises(ConformanceError, match=r"env 'guessnum': collect\(policy='expert'\) returned Transition items, expected a list of Trajectory"):
+        collect(flat, tasks=[], policy="expert", episodes=1, seed=0)
+    nothing = SimpleNamespace(name="guessnum", collect=lambda **kw: None)
+    with pytest.raises(ConformanceError, match=r"returned NoneType, expected a list of Trajectory"):
+        collect(nothing, tasks=[], policy="expert", episodes=1, seed=0)

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, render_output
+from dreamgym_core.errors import ConformanceError
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import ExperienceResult, Observation, StepResult, Task
 from dreamgym_core.synthetic import SyntheticEnv, SyntheticEnvConfig, SyntheticEnvError, initial_state, step_many, storable
@@ -173,6 +174,18 @@ def test_initial_state_rule() -> None:
         initial_state(Task(id="coin-2", instruction="x", domain="toy"), None)
     with pytest.raises(SyntheticEnvError, match="before reset"):
         make_env()[0].step(action="go")
+
+
+def test_a_start_state_of_the_wrong_type_names_the_env() -> None:
+    # A str here failed later in the agent's prompt, on .text, with a traceback.
+    class Domain:
+        name = "toy"
+
+        def initial_observation(self, task):
+            return "You are in room 0."
+
+    with pytest.raises(ConformanceError, match=r"env 'toy': initial_observation\('coin-1'\) returned str, expected an Observation"):
+        initial_state(TASK, Domain())
 
 
 def test_admissible_actions_reach_the_prompt() -> None:

@@ -25,6 +25,7 @@ from ..config import convert_config, load_pipeline, parse_overrides, set_path
 from ..errors import ConfigError, DataError
 from ..plugins import Plugins, installed_plugins
 from ..records import Transition
+from ..stages import collect
 
 __all__ = ["command", "collect_transitions", "write_jsonl"]
 
@@ -58,7 +59,7 @@ def collect_transitions(
     produced, episode, empty_in_a_row = 0, 0, 0
     while produced < transitions:
         task = tasks[episode % len(tasks)]
-        (trajectory,) = domain.collect(tasks=[task], policy=policy, episodes=1, seed=seed + episode)
+        trajectory = collect(domain, tasks=[task], policy=policy, episodes=1, seed=seed + episode)[0]
         # A domain whose episodes hold no step would otherwise be asked forever.
         empty_in_a_row = 0 if trajectory.transitions else empty_in_a_row + 1
         if empty_in_a_row >= len(tasks):
@@ -104,7 +105,7 @@ def write_jsonl(records: Iterator[Transition], out: Path, total: int, *, progres
 @click.option("--pipeline", type=click.Path(), help="Take plugins and env settings from this pipeline file.")
 @click.option("--plugin", "plugin_names", multiple=True, metavar="NAME", help="Plugins to load with --env (default: all installed).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Env config field (with --pipeline: any pipeline field).")
-@click.option("--policy", type=click.Choice(["expert", "random", "noisy"]), default="expert", show_default=True)
+@click.option("--policy", type=click.Choice(["expert", "random", "noisy", "explore"]), default="expert", show_default=True)
 @click.option("--transitions", type=click.IntRange(min=1), required=True, help="How many transitions to write.")
 @click.option("--split", default="train", show_default=True, help="Task split to play.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data policy.")

@@ -108,8 +108,14 @@ def _finite_number(value: Any) -> bool:
 
 
 def check_domain(domain: Any) -> None:
-    """Train and test splits are non-empty; no two of train/valid/test share a task id;
-    make_env passes check_env on a train task."""
+    """A non-empty ``name``; train and test splits are non-empty; no two of train/valid/test
+    share a task id; make_env passes check_env on a train task; ``collect`` with each data
+    policy a run uses returns Trajectories of that task, which ``annotate`` explains in text;
+    the optional members a run calls, where present, return what the run reads
+    (:func:`check_domain_extras`)."""
+    name = getattr(domain, "name", None)
+    if not isinstance(name, str) or not name:
+        raise _fail(domain, f"name must be a non-empty str (pipelines and errors name the env by it), got {name!r}")
     ids: dict[str, set[str]] = {}
     for split in ("train", "valid", "test"):
         with _step(domain, f"tasks(split={split!r})"):
@@ -124,7 +130,66 @@ def check_domain(domain: Any) -> None:
             raise _fail(domain, f"{a} and {b} splits share tasks: {sorted(shared)[:3]}")
     with _step(domain, "make_env()"):
         env = domain.make_env()
-    check_env(env, domain.tasks(split="train")[0])
+    task = domain.tasks(split="train")[0]
+    check_env(env, task)
+    transitions = [t for policy in DATA_POLICIES for t in _check_collect(domain, task, policy)]
+    if not transitions:
+        raise _fail(domain, f"collect() of one episode of task {task.id!r} returned no transitions, for any of {', '.join(DATA_POLICIES)}")
+    with _step(domain, "annotate(transition=...)"):
+        reasoning = domain.annotate(transition=transitions[0])
+    _expect(domain, reasoning, str, "annotate()")
+    check_domain_extras(domain, task, transitions[0])
+
+
+# The data policies every domain plays (data.*_episodes, eval.fidelity_policies); "explore"
+# is optional: a domain without it refuses it by name.
+DATA_POLICIES = ("expert", "noisy", "random")
+
+
+def _check_collect(domain: Any, task: Task, policy: str) -> list[Transition]:
+    with _step(domain, f"collect(policy={policy!r}, episodes=1)"):
+        got = domain.collect(tasks=[task], policy=policy, episodes=1, seed=0)
+    if not isinstance(got, list) or len(got) != 1 or not isinstance(got[0], Trajectory):
+        kinds = sorted({type(t).__name__ for t in got}) if isinstance(got, list) else [type(got).__name__]
+        size = f"{len(got)} " if isinstance(got, list) else ""
+        raise _fail(domain, f"collect(policy={policy!r}, episodes=1) returned {size}{'/'.join(kinds)}, expected a list of 1 Trajectory")
+    for transition in got[0].transitions:
+        _expect(domain, transition, Transition, f"collect(policy={policy!r}) trajectory's transitions:")
+        if transition.task_id != task.id or transition.source != "offline":
+            raise _fail(domain, f"collect(policy={policy!r}) gave a transition of task {transition.task_id!r}, source {transition.source!r}; expected task {task.id!r}, source 'offline'")
+    return list(got[0].transitions)
+
+
+def check_domain_extras(domain: Any, task: Task, transition: Transition) -> None:
+    """The optional members a run calls, where the domain has them: ``initial_observation``
+    (an Observation), ``admissible_in`` (a list of str), ``world_of`` (a str), and for the
+    curriculum ``describe_variation`` (a str), ``propose_variations`` (a list of str) whose
+    texts ``make_variation`` turns into Tasks (or None for one it refuses)."""
+    calls = (
+        ("initial_observation", lambda: domain.initial_observation(task), Observation),
+        ("admissible_in", lambda: domain.admissible_in(transition.next_state), list),
+        ("world_of", lambda: domain.world_of(task.id), str),
+        ("describe_variation", lambda: domain.describe_variation(task), str),
+    )
+    for member, call, kind in calls:
+        if callable(getattr(domain, member, None)):
+            with _step(domain, f"{member}()"):
+                value = call()
+            _expect(domain, value, kind, f"{member}()")
+            if kind is list and not all(isinstance(a, str) for a in value):
+                raise _fail(domain, f"{member}() must return a list of str, got {value!r:.120}")
+    if callable(getattr(domain, "propose_variations", None)):
+        with _step(domain, "propose_variations(n=2)"):
+            texts = domain.propose_variations(task, n=2, rng=np.random.default_rng(0))
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise _fail(domain, f"propose_variations() must return a list of str, got {texts!r:.120}")
+        if not callable(getattr(domain, "make_variation", None)):
+            raise _fail(domain, "has propose_variations but no make_variation (the curriculum turns each text into a Task with it)")
+        for text in texts:
+            with _step(domain, "make_variation() of a proposed text"):
+                made = domain.make_variation(task, text)
+            if made is not None and not isinstance(made, Task):
+                raise _fail(domain, f"make_variation() returned {type(made).__name__}, expected a Task or None")
 
 
 def check_experience_model(model: Any, requests: Sequence[ExperienceRequest]) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dreamgym_core.errors import ConfigError
+from dreamgym_core.errors import ConfigError, ConformanceError
 from dreamgym_core.records import Task, TaskOutcome
 from dreamgym_core.testing import BagOfWordsEncoder, check_curriculum
 from dreamgym_plugin_reward_entropy import RewardEntropyConfig, dreamgym_register_curricula
@@ -234,8 +234,41 @@ def test_domain_generator_varies_without_a_model_and_never_repeats_a_world():
 
 
 def test_domain_generator_needs_a_domain_that_proposes():
-    with pytest.raises(ConfigError, match="generator='domain' needs a domain with propose_variations"):
+    with pytest.raises(ConfigError, match="needs a domain with propose_variations and make_variation; .* has no propose_variations \\(use"):
         build(RewardEntropyConfig(generator="domain"), domain=FakeDomain())
+
+    class ProposesOnly(ProposingDomain):
+        make_variation = None
+
+    with pytest.raises(ConfigError, match="has no make_variation \\(use generator: model\\)"):
+        build(RewardEntropyConfig(generator="domain"), domain=ProposesOnly())
+
+
+class _Proposes(ProposingDomain):
+    name = "numbers"
+
+    def propose_variations(self, parent, *, n, rng):
+        return list(range(n))
+
+
+class _MakesText(ProposingDomain):
+    name = "texts"
+
+    def make_variation(self, parent, text):
+        return text
+
+
+@pytest.mark.parametrize(
+    "domain, message",
+    [
+        (_Proposes(), r"env 'numbers': propose_variations\(\) returned \[0, 1\], expected a list of str"),
+        (_MakesText(), r"env 'texts': make_variation\(\) returned str, expected a Task or None"),
+    ],
+)
+def test_a_domain_answering_with_the_wrong_type_is_named(domain, message):
+    c = build(RewardEntropyConfig(generator="domain", tasks_to_vary=1, n_candidates=2), domain=domain)
+    with pytest.raises(ConformanceError, match=message):
+        c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1]) for t in TASKS[:2]])
 
 
 def test_sampling_weights_are_the_stated_mixture():

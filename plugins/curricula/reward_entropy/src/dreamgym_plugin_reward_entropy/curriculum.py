@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import msgspec
 import numpy as np
 
-from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.errors import ConfigError, ConformanceError, DataError
 from dreamgym_core.records import Task, TaskOutcome
 
 from .config import RewardEntropyConfig
@@ -37,10 +37,11 @@ class RewardEntropyCurriculum:
     ) -> None:
         if not tasks:
             raise ConfigError("curriculum 'reward-entropy' (plugin reward-entropy): no seed tasks to draw from")
-        if config.generator == "domain" and not hasattr(domain, "propose_variations"):
+        missing = [m for m in ("propose_variations", "make_variation") if not callable(getattr(domain, m, None))]
+        if config.generator == "domain" and missing:
             raise ConfigError(
-                "curriculum 'reward-entropy': generator='domain' needs a domain with propose_variations; "
-                f"{getattr(domain, 'name', domain)!r} has none (use generator: model)"
+                "curriculum 'reward-entropy': generator='domain' needs a domain with propose_variations and "
+                f"make_variation; {getattr(domain, 'name', domain)!r} has no {' or '.join(missing)} (use generator: model)"
             )
         if config.grouping == "cluster" and encoder is None:
             raise ConfigError("curriculum 'reward-entropy': grouping='cluster' needs an encoder; set `encoder` or grouping: task")
@@ -143,7 +144,12 @@ class RewardEntropyCurriculum:
     def _candidates(self, parent: Task) -> list[str]:
         if self.config.generator == "domain":
             rng = np.random.default_rng([self.seed, self.draws, self.stats["generated"] + self.stats["rejected"]])
-            return self.domain.propose_variations(parent, n=self.config.n_candidates, rng=rng)
+            texts = self.domain.propose_variations(parent, n=self.config.n_candidates, rng=rng)
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise ConformanceError(
+                    f"env {getattr(self.domain, 'name', '?')!r}: propose_variations() returned {texts!r:.80}, expected a list of str"
+                )
+            return texts
         return self.generator.vary_tasks(task=parent, n=self.config.n_candidates)
 
     def _choose(self, parent: Task, candidates: list[str]) -> int | None:
@@ -156,6 +162,10 @@ class RewardEntropyCurriculum:
         """The domain builds the Task; without a domain, the parent with the new instruction."""
         if self.domain is not None and hasattr(self.domain, "make_variation"):
             task = self.domain.make_variation(parent, text)
+            if task is not None and not isinstance(task, Task):
+                raise ConformanceError(
+                    f"env {getattr(self.domain, 'name', '?')!r}: make_variation() returned {type(task).__name__}, expected a Task or None"
+                )
             if task is None or task.payload in [t.payload for t in self.seed_tasks + self.synthetic]:
                 return None  # not a valid variation, or the same world as a task already in the pools
         else:

@@ -183,6 +183,13 @@ class InfoNotJson(GoodEnv):
         return msgspec.structs.replace(super().step(action=action), info={"obj": object()})
 
 
+class RaisesOnUnlisted(GoodEnv):
+    def step(self, *, action):
+        if action not in ("a", "b"):
+            raise KeyError(action)
+        return super().step(action=action)
+
+
 class SeedRequired(GoodEnv):
     def reset(self, *, task, seed):
         return super().reset(task=task, seed=seed)
@@ -199,6 +206,7 @@ def test_a_good_env_passes():
         (RewardNone, r"step\(\) reward None is not a finite number"),
         (InfoNotJson, r"JSON-encoding the observations and step results raised TypeError"),
         (SeedRequired, r"reset\(task=\.\.\.\) without a seed raised TypeError"),
+        (RaisesOnUnlisted, r"step\(action='xyzzy the unlisted action'\), an action no state lists raised KeyError"),
     ],
 )
 def test_check_env_fails_a_broken_env(broken, message):

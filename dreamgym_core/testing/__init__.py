@@ -66,8 +66,12 @@ def _expect(component: Any, value: Any, kind: type, what: str) -> None:
         raise _fail(component, f"{what} returned {type(value).__name__}, expected {kind.__name__}")
 
 
+UNLISTED_ACTION = "xyzzy the unlisted action"
+
+
 def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
-    """Types of reset/step, determinism under one seed, reset without a seed, idempotent close."""
+    """Types of reset/step, determinism under one seed, reset without a seed, a step of an
+    action no state lists, idempotent close."""
 
     def play() -> list[Any]:
         trace: list[Any] = []
@@ -97,6 +101,13 @@ def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
     with _step(env, "reset(task=...) without a seed"):
         obs = env.reset(task=task)
     _expect(env, obs, Observation, "reset() without a seed")
+    # A policy writes any text: an action no state offers is a step of the game (refused, as
+    # the engine refuses it), not an exception that ends the run.
+    with _step(env, f"step(action={UNLISTED_ACTION!r}), an action no state lists"):
+        result = env.step(action=UNLISTED_ACTION)
+    _expect(env, result, StepResult, "step() of an unlisted action")
+    if not _finite_number(result.reward):
+        raise _fail(env, f"step() of an unlisted action gave reward {result.reward!r}, not a finite number")
     with _step(env, "close()"):
         env.close()
     with _step(env, "a second close() (close must be idempotent)"):

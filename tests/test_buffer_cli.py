@@ -183,3 +183,16 @@ def test_an_export_names_a_torn_frame_it_dropped(tmp_path, jsonl):
     assert result.exit_code == 0
     assert f"warning: {buf.resolve()}/{segment.name}: offset " in result.stderr
     assert "torn frame at end of file (an unfinished write, or a damaged length field), its" in result.stderr
+
+
+def test_a_run_directory_given_as_the_buffer_is_named(tmp_path, jsonl):
+    # It read as a buffer of 0 records, exit 0.
+    run = tmp_path / "run"
+    _invoke("buffer", "import", "--path", str(run / "buffer"), str(jsonl))
+    (run / "config.json").write_text("{}")
+    for command in ("info", "export"):
+        args = [str(tmp_path / "out.jsonl")] if command == "export" else []
+        result = CliRunner().invoke(cli, ["buffer", command, "--path", str(run), *args])
+        assert result.exit_code == 1, result.output
+        assert f"{run}: a run directory, not a replay buffer; its buffer is {run / 'buffer'}" in result.output
+    assert not (tmp_path / "out.jsonl").exists()

@@ -358,6 +358,8 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
     except (OSError, msgspec.DecodeError) as exc:
         raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
     _check_rng(state, ckpt / "state.json")  # before anything is restored or rolled back
+    if re.fullmatch(r"it-\d{5,}", name) and int(name[3:]) != state.iteration:
+        raise DataError(f"{ckpt / 'state.json'}: holds iteration {state.iteration} in the checkpoint of iteration {int(name[3:])}; the checkpoint is damaged")
     if any(not isinstance(row.get("step"), int) for row in state.history):
         raise DataError(f"{ckpt / 'state.json'}: a history row has no integer 'step'; the checkpoint is damaged")
     if runner.experience_model is not None:

@@ -647,22 +647,27 @@ def test_a_run_dir_that_cannot_be_created_is_a_config_error(register_plugin, tmp
         run_pipeline(_resolved(plugins, tmp_path / "file" / "run", iterations=1), plugins)
 
 
-@pytest.mark.parametrize("damage", ["history", "algo"])
+@pytest.mark.parametrize("damage", ["history", "algo", "iteration"])
 def test_a_checkpoint_with_a_damaged_history_or_algorithm_state_is_one_line_and_changes_nothing(register_plugin, tmp_path, damage):
     # Both were tracebacks: KeyError 'step' from the metrics rewind, JSONDecodeError from the algorithm's load.
     plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
     run_pipeline(resolved, plugins)
     _unfinished(tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "it-00001"
+    state = json.loads((ckpt / "state.json").read_text())
     if damage == "history":
-        state = json.loads((ckpt / "state.json").read_text())
         state["history"][0].pop("step")
-        (ckpt / "state.json").write_text(json.dumps(state))
+    elif damage == "iteration":  # was taken as it stood: "evaluating the policy of checkpoint 10**30"
+        state["iteration"] = 10**30
     else:
         (ckpt / "algo" / "state.json").write_text('{"updates": 1, "par')
+    (ckpt / "state.json").write_text(json.dumps(state))
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    expected = r"it-00001/state.json: a history row has no integer 'step'" if damage == "history" else (
-        r"it-00001/algo: cannot restore the algorithm's state: JSONDecodeError")
+    expected = {
+        "history": r"it-00001/state.json: a history row has no integer 'step'",
+        "iteration": r"it-00001/state.json: holds iteration 10{30} in the checkpoint of iteration 1; the checkpoint is damaged",
+        "algo": r"it-00001/algo: cannot restore the algorithm's state: JSONDecodeError",
+    }[damage]
     with pytest.raises(DataError, match=expected):
         run_pipeline(resolved, plugins, resume=True)
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before

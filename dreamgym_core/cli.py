@@ -159,12 +159,19 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool, quiet: bool
     click.echo(json.dumps(summary, indent=2))
 
 
+def _named_split(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty --split read as "not given" and played the default split without a word."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty split name (drop --split for the pipeline's eval.split)")
+    return value
+
+
 def _played_run(command: Callable[..., Any]) -> Callable[..., Any]:
     """PIPELINE, --set, --split and --episodes: what the commands that play a run's policy share."""
     for decorator in reversed((
         click.argument("pipeline", type=click.Path()),
         _overrides,
-        click.option("--split", default=None, help="Task split (default: the pipeline's eval.split)."),
+        click.option("--split", default=None, callback=_named_split, help="Task split (default: the pipeline's eval.split)."),
         click.option("--episodes", type=click.IntRange(min=1), default=None, help="Episodes (default: eval.episodes)."),
     )):
         command = decorator(command)

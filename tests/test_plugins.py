@@ -645,3 +645,14 @@ def test_check_fails_a_buffer_that_does_not_keep_its_records_at_its_path(checked
     result = CliRunner().invoke(cli, ["check", "memory"])
     assert result.exit_code == 1, result.output
     assert "FAIL buffer:memory: _MemoryBuffer: reopened at its path, the buffer holds 0 of the 6 records it stored" in result.output
+
+
+@pytest.mark.parametrize("command", ["eval", "curve"])
+def test_an_empty_split_is_refused_not_read_as_the_default(command, tmp_path):
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    result = CliRunner().invoke(cli, [command, str(tmp_path / "pipeline.yaml"), "--split", " "])
+    assert result.exit_code == 2
+    assert "Invalid value for '--split': an empty split name (drop --split for the pipeline's eval.split)" in result.output

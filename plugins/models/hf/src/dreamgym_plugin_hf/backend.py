@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import random
@@ -108,13 +109,28 @@ def load_pretrained(path: str, dtype: str = "float32", *, allow_download: bool =
             model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], local_files_only=not allow_download)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"hf: cannot load a causal LM from path={path!r}: {first}") from exc
+        raise DataError(f"hf: cannot load a causal LM from path={path!r}{_damaged_json(source)}: {first}") from exc
     except Exception as exc:  # noqa: BLE001 - a damaged saved directory, as transformers and its readers report it
         # (SafetensorError for torn weights, TypeError for a config.json that is not an object,
         # RuntimeError for weights of another shape, KeyError for a tokenizer.json missing a part)
         first = " ".join(str(exc).split())[:300] or "no detail"
-        raise DataError(f"hf: cannot load a causal LM from path={path!r}: {type(exc).__name__}: {first}") from exc
+        raise DataError(f"hf: cannot load a causal LM from path={path!r}{_damaged_json(source)}: {type(exc).__name__}: {first}") from exc
     return model, tokenizer
+
+
+def _damaged_json(source: str) -> str:
+    """Names the first JSON file of a saved directory that is not valid JSON, so a load error
+    names the file (transformers' own error names at most the directory); "" when none."""
+    if not os.path.isdir(source):
+        return ""
+    for name in sorted(os.listdir(source)):
+        if name.endswith(".json"):
+            try:
+                with open(os.path.join(source, name), "rb") as f:
+                    json.loads(f.read())
+            except (OSError, ValueError):
+                return f" ({name} there is not valid JSON)"
+    return ""
 
 
 def context_length(model: PreTrainedModel) -> tuple[str, int] | None:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,8 @@ class _Group(click.Group):
     """Turns a DreamGymError into one line and a non-zero exit; --traceback shows it."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        with stopping.handled():
+        with stopping.handled(), warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
             try:
                 return super().invoke(ctx)
             except DreamGymError as exc:
@@ -36,6 +38,13 @@ class _Group(click.Group):
                 ctx.exit(exc.exit_code)
             except KeyboardInterrupt as exc:
                 _interrupted(ctx, exc.signum if isinstance(exc, stopping.Stopped) else signal.SIGINT)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    """A warning as one line on stderr ("warning: ..."), as errors are, not Python's two lines
+    naming the source file and line that raised it."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    click.echo(f"warning{kind}: {' '.join(str(message).split())}", err=True)
 
 
 def _interrupted(ctx: click.Context, signum: int) -> None:

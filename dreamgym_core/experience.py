@@ -24,6 +24,7 @@ reasoning traces R*_t that joint SFT trains on.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import zlib
 from collections import defaultdict
@@ -36,6 +37,8 @@ from .config import Config, NonNegativeInt, PositiveInt
 from .errors import DreamGymError
 from .progress import OnBatch, takes
 from .records import VARIATION_SUFFIX, ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "utf8_safe",
@@ -750,10 +753,28 @@ class LMExperienceModel:
             transitions, buffer, history_window=self.config.history_window, k=self.config.top_k,
             other_tasks=other_tasks, fits=self._fits(), world_of=world_of,
         )
+        self._warn_of_long_answers(examples)
         progress: dict[str, Any] = {"on_epoch": on_epoch} if on_epoch is not None else {}
         if on_batch is not None and takes(self.backend.sft, "on_batch"):
             progress["on_batch"] = on_batch
         return self.backend.sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size, **progress)
+
+    def _warn_of_long_answers(self, examples: Sequence[Segments]) -> None:
+        """An answer longer than ``max_new_tokens`` is cut at inference, and a cut answer does
+        not parse: every such step would end its episode. Said before the training, for a
+        backend that counts tokens (``count_tokens``); a new env's states may be longer than
+        the budget its pipeline copied."""
+        count = getattr(self.backend, "count_tokens", None)
+        if not callable(count) or not examples:
+            return
+        lengths = count(["".join(text for text, trained in example if trained) for example in examples])
+        over = [n for n in lengths if n > self.config.max_new_tokens]
+        if over:
+            log.warning(
+                "experience model %s: %d of %d training answers are longer than experience.max_new_tokens=%d tokens "
+                "(the longest %d): answers that long are cut at generation and do not parse; raise it to at least %d",
+                self.model_id, len(over), len(lengths), self.config.max_new_tokens, max(over), max(over),
+            )
 
     def vary_tasks(self, *, task: Task, n: int) -> list[str]:
         """Up to ``n`` distinct variations, excluding the original instruction.

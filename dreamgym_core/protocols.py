@@ -122,6 +122,10 @@ class LanguageModel(Protocol):
     # the whole prompt. The experience model then shortens its prompts itself (fit_request)
     # instead of letting the backend cut their start. The hf backends have it; the openai
     # backend has it when its ``tokenize_url`` names the server's /tokenize.
+    #
+    # Optional: ``count_tokens(texts) -> list[int]``, the tokens of each text as an answer. The
+    # experience model warns before training when its training answers are longer than its
+    # ``max_new_tokens`` (answers cut at generation do not parse). The hf backends have it.
 
 
 @runtime_checkable

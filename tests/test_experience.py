@@ -644,6 +644,28 @@ def test_train_passes_step_progress_only_to_a_backend_that_takes_it() -> None:
     assert seen == [(1, 1, 1, 0.5)]
 
 
+def test_training_answers_longer_than_the_answer_budget_are_warned_of(caplog) -> None:
+    # A new env's states can outgrow the max_new_tokens its pipeline copied: every answer
+    # was then cut at generation and failed to parse, with no word why.
+    class Counting(ScriptedLM):
+        def sft(self, *, examples, epochs, lr, batch_size):
+            return {"losses/sft_loss": 1.0}
+
+        def count_tokens(self, texts):
+            return [len(text.split()) for text in texts]  # a word a token
+
+    data = _episode("a", 3)
+    lengths = Counting().count_tokens(["".join(t for t, trained in ex if trained) for ex in training_examples(data, None, history_window=1, k=1)])
+    for budget, warned in ((max(lengths), False), (max(lengths) - 1, True)):
+        caplog.clear()
+        model = LMExperienceModel(Counting(answer=lambda p: GOOD), ExperienceModelConfig(top_k=1, history_window=1, max_new_tokens=budget))
+        with caplog.at_level("WARNING"):
+            model.train(transitions=data, buffer=ListBuffer(data), epochs=1, lr=1e-3, batch_size=2)
+        said = f"training answers are longer than experience.max_new_tokens={budget} tokens (the longest {max(lengths)})"
+        assert (said in caplog.text) is warned
+    assert f"raise it to at least {max(lengths)}" in caplog.text
+
+
 # --- M_task -------------------------------------------------------------------------
 
 

@@ -572,3 +572,13 @@ def test_a_tiny_model_too_large_or_an_absurd_lora_rank_on_the_command_line_is_on
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == f"Error: {pipeline}: {error}"
     assert not (tmp_path / "run").exists()
+
+
+def test_count_tokens_counts_an_answer_as_generation_spends_its_budget(trained):
+    # What the experience model compares with max_new_tokens before training.
+    text = "<think>the coin is here</think>\n<state>You take the coin.</state>\n"
+    assert trained.count_tokens([text, "", text + text]) == [
+        len(trained.tokenizer(text, add_special_tokens=False)["input_ids"]), 0,
+        len(trained.tokenizer(text + text, add_special_tokens=False)["input_ids"]),
+    ]
+    assert 0 < trained.count_tokens([text])[0] < trained.count_tokens([text + text])[0]

@@ -289,6 +289,10 @@ class HFBackend:
         of a longer one), so that a caller can shorten it where it chooses instead."""
         return len(self.prompt_ids(prompt)) <= self.config.max_length - max_new_tokens
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as an answer (no special tokens): what it needs of max_new_tokens."""
+        return [len(self._encode(text)) for text in texts]
+
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of ``prompt`` as generation sees it, uncut (the server's ``/tokenize`` reports these)."""
         return self._prefix(prompt) + self._encode(self._format_prompt(prompt))

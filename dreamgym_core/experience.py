@@ -760,8 +760,8 @@ class LMExperienceModel:
         return self.backend.sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size, **progress)
 
     def _warn_of_long_answers(self, examples: Sequence[Segments]) -> None:
-        """An answer longer than ``max_new_tokens`` is cut at inference, and a cut answer does
-        not parse: every such step would end its episode. Said before the training, for a
+        """An answer longer than ``max_new_tokens`` is cut at inference, and a cut answer usually
+        loses its outcome flags and fails to parse, which ends its episode. Said before the training, for a
         backend that counts tokens (``count_tokens``); a new env's states may be longer than
         the budget its pipeline copied."""
         count = getattr(self.backend, "count_tokens", None)
@@ -772,7 +772,8 @@ class LMExperienceModel:
         if over:
             log.warning(
                 "experience model %s: %d of %d training answers are longer than experience.max_new_tokens=%d tokens "
-                "(the longest %d): answers that long are cut at generation and do not parse; raise it to at least %d",
+                "(the longest %d): an answer that long is cut at generation and usually loses its outcome flags, so it fails "
+                "to parse; raise it to at least %d",
                 self.model_id, len(over), len(lengths), self.config.max_new_tokens, max(over), max(over),
             )
 

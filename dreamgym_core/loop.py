@@ -192,6 +192,7 @@ class Runner:
         self.plugins = plugins
         self.run_dir = Path(run_dir)
         self.progress = progress
+        self.capped_evaluations: set[tuple[str, int]] = set()  # (split, episodes) already warned of
         self.counters: dict[str, float] = {
             "iteration": 0,
             "real_transitions": 0,
@@ -863,9 +864,8 @@ def evaluate(
         raise DreamGymError(f"no tasks in split {split!r} of env {runner.cfg.env.name!r}")
     if temperature <= 0 and episodes > len(tasks):
         # Greedy play of a task repeats itself: extra episodes would only narrow the CI falsely.
-        said = runner.__dict__.setdefault("_capped_evaluations", set())  # once a run, not once each epoch
-        if (split, episodes) not in said:
-            said.add((split, episodes))
+        if (split, episodes) not in runner.capped_evaluations:  # once a run, not once each warm-start epoch
+            runner.capped_evaluations.add((split, episodes))
             log.warning("eval: %d episodes requested on %d %s tasks with greedy play; using %d", episodes, len(tasks), split, len(tasks))
         episodes = len(tasks)
     chosen = [tasks[i % len(tasks)] for i in range(episodes)]

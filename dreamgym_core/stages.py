@@ -76,7 +76,7 @@ def collect(domain: Any, *, tasks: Sequence[Task], policy: str, episodes: int, s
     if not isinstance(got, list) or not all(isinstance(t, Trajectory) for t in got):
         kinds = "/".join(sorted({type(t).__name__ for t in got})) if isinstance(got, list) else type(got).__name__
         raise ConformanceError(
-            f"env {getattr(domain, 'name', type(domain).__name__)!r}: collect(policy={policy!r}) returned {kinds or 'an empty list'}"
+            f"env {getattr(domain, 'name', type(domain).__name__)!r}: collect(policy={policy!r}) returned {kinds}"
             f"{' items' if isinstance(got, list) else ''}, expected a list of Trajectory (dreamgym check runs the conformance kit)"
         )
     if len(got) != episodes:

@@ -68,11 +68,12 @@ def _open_buffer(
         buffer_spec = plugins.component("buffer", backend, where="--backend")
         where, name, buffer_cfg = path, backend, convert_config({}, buffer_spec.config_type, "--backend", "$")
     if read_only:
-        if not Path(path or where).is_dir():
-            raise DataError(f"{path or where}: no replay buffer there (the directory does not exist)")
-        if (Path(path or where) / "buffer").is_dir() and (Path(path or where) / "config.json").is_file():
+        home = Path(path or where)
+        if not home.is_dir():
+            raise DataError(f"{home}: no replay buffer there (the directory does not exist)")
+        if (home / "buffer").is_dir() and (home / "config.json").is_file():
             # a run directory: read as a buffer it holds no records, which would pass for an empty buffer
-            raise DataError(f"{path or where}: a run directory, not a replay buffer; its buffer is {Path(path or where) / 'buffer'}")
+            raise DataError(f"{home}: a run directory, not a replay buffer; its buffer is {home / 'buffer'}")
         if "backfill_background" in getattr(buffer_cfg, "__struct_fields__", ()):
             buffer_cfg = msgspec.structs.replace(buffer_cfg, backfill_background=False)
     strictly = "strict" in getattr(buffer_cfg, "__struct_fields__", ())

@@ -152,14 +152,16 @@ def _stored_digest(run_dir: Path) -> str | None:
 
 
 def _digest_trouble(run_dir: Path) -> str:
-    """Why ``_stored_digest`` found no digest, for the error that says so."""
+    """Why ``_stored_digest`` found no digest (the file is absent, blank, or not text), for the
+    error that says so."""
     path = run_dir / "config.sha256"
     if not path.is_file():
         return "missing"
     try:
-        return "empty" if not path.read_text().strip() else "damaged"
+        path.read_text()
     except (OSError, UnicodeDecodeError):
         return "damaged (not text)"
+    return "empty"
 
 
 def _read_position(path: Path) -> int | None:

@@ -222,7 +222,6 @@ def rollout(
     ``on_step`` hears of each step before it is played (``RolloutProgress``).
     """
     stats = RolloutStats(episodes=len(tasks))
-    step_many = step_many or _default_step_many
     episodes = _start(tasks, envs, seeds, tag, stats)
     for step in range(max_steps):
         stopping.check()  # a stop that was dropped where it was raised
@@ -231,53 +230,71 @@ def rollout(
             break
         if on_step is not None:
             on_step(step, max_steps, len(live), len(episodes))
-        # policy
-        prompts = [
-            build_agent_prompt(
-                task=ep.task, observation=ep.observation, history=ep.history, step=step,
-                max_steps=max_steps, history_window=history_window,
-            )
-            for ep in live
-        ]
-        outputs = act(prompts)
-        stepping: list[tuple[Episode, PolicyDecision]] = []
-        for ep, prompt, text in zip(live, prompts, outputs):
-            action, parsed = parse_agent_output(text, ep.observation.admissible_actions)
-            decision = PolicyDecision(text=text, action=action, parsed=parsed, prompt=prompt)
-            if not parsed:
-                stats.unparsed_actions += 1
-                _failed_step(ep, decision, "[no parsable action in the policy output]", source)
-            else:
-                stepping.append((ep, decision))
-        if not stepping:
+        stepping = _decide(live, act, step=step, max_steps=max_steps, history_window=history_window, source=source, stats=stats)
+        if stepping:
+            _step_envs(stepping, step_many or _default_step_many, source=source, model_id=model_id, stats=stats)
+    _tally(episodes, stats)
+    return [ep.trajectory() for ep in episodes], stats
+
+
+def _decide(
+    live: list[Episode], act: ActFn, *, step: int, max_steps: int, history_window: int, source: str, stats: RolloutStats
+) -> list[tuple[Episode, PolicyDecision]]:
+    """The policy's stage of one lockstep step: one prompt per live episode, one action each.
+    An output with no parsable action ends its episode as a failure; the rest are returned."""
+    prompts = [
+        build_agent_prompt(
+            task=ep.task, observation=ep.observation, history=ep.history, step=step,
+            max_steps=max_steps, history_window=history_window,
+        )
+        for ep in live
+    ]
+    stepping: list[tuple[Episode, PolicyDecision]] = []
+    for ep, prompt, text in zip(live, prompts, act(prompts)):
+        action, parsed = parse_agent_output(text, ep.observation.admissible_actions)
+        decision = PolicyDecision(text=text, action=action, parsed=parsed, prompt=prompt)
+        if not parsed:
+            stats.unparsed_actions += 1
+            _failed_step(ep, decision, "[no parsable action in the policy output]", source)
+        else:
+            stepping.append((ep, decision))
+    return stepping
+
+
+def _step_envs(
+    stepping: list[tuple[Episode, PolicyDecision]], step_many: StepManyFn, *, source: str, model_id: str, stats: RolloutStats
+) -> None:
+    """The environments' stage: step each episode with its action and apply the result; an
+    environment that raises ends its own episode as a failure."""
+    try:
+        results = step_many([ep.env for ep, _ in stepping], [d.action for _, d in stepping])
+    except Exception:  # raised before any env moved (StepManyFn): step them one by one
+        results = [step_or_error(ep.env, d.action) for ep, d in stepping]
+    for (ep, decision), result in zip(stepping, results):
+        if isinstance(result, Exception):
+            stats.env_errors += 1
+            log.warning("env step failed for task %s: %s", ep.task.id, result)
+            _failed_step(ep, decision, f"[environment error: {type(result).__name__}]", source)
             continue
-        # environment
-        try:
-            results = step_many([ep.env for ep, _ in stepping], [d.action for _, d in stepping])
-        except Exception:  # raised before any env moved (StepManyFn): step them one by one
-            results = [step_or_error(ep.env, d.action) for ep, d in stepping]
-        for (ep, decision), result in zip(stepping, results):
-            if isinstance(result, Exception):
-                stats.env_errors += 1
-                log.warning("env step failed for task %s: %s", ep.task.id, result)
-                _failed_step(ep, decision, f"[environment error: {type(result).__name__}]", source)
-                continue
-            offered = unlisted(decision.action, ep.observation.admissible_actions)  # before _apply moves on
-            stats.unlisted_actions += offered
-            stats.unlisted_accepted += offered and result.valid
-            _apply(ep, decision, result, source, model_id)
-            model_failed = result.info.get("parse_status") == "failed"
-            # an unparsable experience-model answer is the model's failure, counted once as such
-            # (as SyntheticEnv's own info counters do), not also as an invalid action of the policy
-            stats.invalid_actions += int(not result.valid and not model_failed)
-            stats.parse_failures += int(model_failed)
+        offered = unlisted(decision.action, ep.observation.admissible_actions)  # before _apply moves on
+        stats.unlisted_actions += offered
+        stats.unlisted_accepted += offered and result.valid
+        _apply(ep, decision, result, source, model_id)
+        model_failed = result.info.get("parse_status") == "failed"
+        # an unparsable experience-model answer is the model's failure, counted once as such
+        # (as SyntheticEnv's own info counters do), not also as an invalid action of the policy
+        stats.invalid_actions += int(not result.valid and not model_failed)
+        stats.parse_failures += int(model_failed)
+
+
+def _tally(episodes: list[Episode], stats: RolloutStats) -> None:
+    """Steps, successes and truncations of the finished rollout."""
     for ep in episodes:
         stats.steps += len(ep.transitions)
         if ep.transitions and ep.transitions[-1].success:
             stats.successes += 1
         if not ep.done or ep.truncated:  # cut by this rollout's cap or by the env's own
             stats.truncated += 1
-    return [ep.trajectory() for ep in episodes], stats
 
 
 def unanswered_step(transition: Transition, parsed: bool) -> bool:

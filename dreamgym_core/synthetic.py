@@ -59,7 +59,16 @@ class SyntheticEnvConfig(Config):
         Literal["nearest", "same-world-first"],
         Meta(description="Retrieved demos: the top_k nearest, or the episode's own world's and action's first (loop.demos)."),
     ] = "nearest"
-    add_to_buffer: Annotated[bool, Meta(description="Add every synthetic transition to the buffer.")] = True
+    # Off by default: a buffer opened from a finished run to play in it must stay as the run left it.
+    add_to_buffer: Annotated[bool, Meta(description="Add every synthetic transition to the buffer (written to its files).")] = False
+    seeded_episodes: Annotated[
+        bool,
+        Meta(description=(
+            "reset(seed=s) draws the episode's answers from the model's stream named by s (a model with stream(), as "
+            "LMExperienceModel), so the same seed and actions replay the episode; trainers turn it off to answer every "
+            "episode's step in one batched model call, seeded by their rollout's own stream."
+        )),
+    ] = True
     reject_unlisted: Annotated[
         bool,
         Meta(description="An action the current state's action list does not offer is invalid without asking the model."),
@@ -74,15 +83,18 @@ class SyntheticEnvConfig(Config):
     ] = 0.0
 
 
-def synthetic_config_of(pipeline: Any) -> SyntheticEnvConfig:
+def synthetic_config_of(pipeline: Any, *, seeded_episodes: bool = True) -> SyntheticEnvConfig:
     """The synthetic environment's settings from a pipeline config, one place for every
     trainer (the local loop and verl), so both cap, retrieve, refuse and vary alike.
     Transitions enter the buffer in the trainer's store stage, after the rollout
-    (``add_to_buffer`` off): a resumed iteration then retrieves what the uninterrupted one did."""
+    (``add_to_buffer`` off): a resumed iteration then retrieves what the uninterrupted one did.
+    Trainers pass ``seeded_episodes=False``: their episodes share the model given, so each
+    lockstep step is one model call, seeded by the rollout's own stream; a single env played
+    from Python keeps seeded episodes, which replay from ``reset(seed=...)``."""
     loop = pipeline.loop
     return SyntheticEnvConfig(
         max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, demos=loop.demos, add_to_buffer=False,
-        reject_unlisted=loop.reject_unlisted_actions, reject_unlisted_at=loop.reject_unlisted_at,
+        seeded_episodes=seeded_episodes, reject_unlisted=loop.reject_unlisted_actions, reject_unlisted_at=loop.reject_unlisted_at,
         state_variation=loop.state_variation,
     )
 
@@ -114,7 +126,7 @@ class SyntheticEnv:
     """
 
     def __init__(self, model: Any, buffer: Any = None, domain: Any = None, config: SyntheticEnvConfig | None = None) -> None:
-        self.model = model
+        self.model = self._given_model = model
         self.buffer = buffer
         self.domain = domain
         self.config = config or SyntheticEnvConfig()
@@ -139,7 +151,13 @@ class SyntheticEnv:
     # -- Env contract
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
-        """Start an episode of ``task``; ``seed`` names the episode (model sampling is seeded by its config)."""
+        """Start an episode of ``task``. With ``seed`` (and ``seeded_episodes``), the model's answers
+        come from the stream that seed names: the same task, seed and actions replay the episode
+        (given a buffer that does not change meanwhile). Without one, the model given is used
+        as it stands (its own call count seeds its draws)."""
+        if not isinstance(task, Task):  # checked before anything changes: the env stays as it was
+            raise SyntheticEnvError(f"SyntheticEnv.reset: task must be a Task, got {type(task).__name__}")
+        self.model = self._episode_model(seed)
         self._task = task
         self._episode += 1
         self._episode_id = f"syn-{task.id}-{seed if seed is not None else 'x'}-{self._episode}"
@@ -153,8 +171,17 @@ class SyntheticEnv:
         return step_many([self], [action])[0]
 
     def close(self) -> None:
-        """Nothing to release: the model and buffer are shared and owned by the caller."""
+        """Nothing to release: the model and buffer are shared and owned by the caller (who
+        gets the model given back as ``model``, not an episode's stream of it)."""
         self._done = True
+        self.model = self._given_model
+
+    def _episode_model(self, seed: int | None) -> Any:
+        """The model an episode started with ``seed`` draws from (see :meth:`reset`)."""
+        stream = getattr(self._given_model, "stream", None)
+        if seed is None or not self.config.seeded_episodes or not callable(stream):
+            return self._given_model
+        return stream(f"episode/{seed}")
 
     # -- pieces step_many composes
 
@@ -283,8 +310,10 @@ def _unlisted(env: SyntheticEnv, action: str) -> ExperienceResult:
 
 
 def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[StepResult]:
-    for env in envs:
+    for env, action in zip(envs, actions, strict=True):
         env._check_running()
+        if not isinstance(action, str):  # else it fails deep in the prompt, after other envs were asked
+            raise SyntheticEnvError(f"SyntheticEnv.step: an action is a str, got {type(action).__name__}")
     rejected = [env._rejects(a) for env, a in zip(envs, actions)]
     asked = [i for i in range(len(envs)) if not rejected[i]]
     demos: list[list[Transition]] = [[] for _ in envs]
@@ -357,17 +386,17 @@ def _make_gym_class() -> type:
         ``max_length`` (sampling an action from them gives random printable ASCII, as for any
         text space).
         ``reset(options={"task": Task})`` picks the task; without it, tasks are drawn
-        from ``tasks`` with the env's seeded RNG. Each reset also draws the episode's seed
-        from that RNG; on a :class:`SyntheticEnv` whose model has ``stream``
-        (:class:`~dreamgym_core.experience.LMExperienceModel`), the episode's answers come from
-        the stream that seed names, so ``reset(seed=s)`` and the same actions replay the same
-        episode, and so do the resets after it (given a buffer that does not change meanwhile:
-        ``SyntheticEnvConfig(add_to_buffer=False)``). The wrapped env's ``model`` is that
+        from ``tasks`` with the env's seeded RNG. A reset without ``seed`` draws the episode's
+        seed from that RNG, and the wrapped env is reset with it (or with ``seed``); a
+        :class:`SyntheticEnv` then draws the episode's answers from the model stream that seed
+        names (``seeded_episodes``), so ``reset(seed=s)`` and the same actions replay the same
+        episode, and so do the resets after it (given a buffer that does not change meanwhile,
+        as with the default ``add_to_buffer=False``). The wrapped env's ``model`` is that
         stream during an episode (its ``metrics()`` are the episode's); ``close()`` puts the
         given model back. ``info`` carries the admissible
         actions, success, validity and the wrapped env's own info. An action that is not a
-        str, or a task that is not a :class:`~dreamgym_core.records.Task`, raises
-        :class:`SyntheticEnvError`.
+        str or is longer than ``max_length`` (the action space's bound), or a task that is not
+        a :class:`~dreamgym_core.records.Task`, raises :class:`SyntheticEnvError`.
         """
 
         metadata = {"render_modes": []}
@@ -375,7 +404,6 @@ def _make_gym_class() -> type:
         def __init__(self, env: Any, tasks: Sequence[Task] = (), max_length: int = 8192) -> None:
             self.env = env
             self.tasks = list(tasks)
-            self._model = env.model if isinstance(env, SyntheticEnv) else None
             self.observation_space = AnyText(max_length=max_length, min_length=0, charset=string.printable)
             self.action_space = AnyText(max_length=max_length, min_length=1, charset=string.printable)
 
@@ -388,18 +416,19 @@ def _make_gym_class() -> type:
                 task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
             if not isinstance(task, Task):
                 raise SyntheticEnvError(f"DreamGymGymEnv.reset: options['task'] must be a Task, got {type(task).__name__}")
-            # The model samples with a seed per call from a call count: without a stream of the
-            # episode's own, the same seed replayed another draw of the model each time.
+            # Drawn on every reset, so the resets after a seeded one replay too.
             episode_seed = int(self.np_random.integers(2**31))
-            stream = getattr(self._model, "stream", None)
-            if stream is not None:
-                self.env.model = stream(f"gym/{episode_seed}")
             obs = self.env.reset(task=task, seed=episode_seed if seed is None else seed)
             return obs.text, {"admissible_actions": list(obs.admissible_actions), "task_id": task.id}
 
         def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
             if not isinstance(action, str):  # the env would fail deep inside, on a str method
                 raise SyntheticEnvError(f"DreamGymGymEnv.step: an action is a str (action_space is Text), got {type(action).__name__}")
+            if len(action) > self.action_space.max_length:  # its start would crowd the task out of the model's prompt
+                raise SyntheticEnvError(
+                    f"DreamGymGymEnv.step: an action of {len(action)} characters is longer than action_space's "
+                    f"max_length ({self.action_space.max_length})"
+                )
             result = self.env.step(action=action)
             truncated = bool(result.info.get("truncated", False))
             info = {
@@ -410,8 +439,6 @@ def _make_gym_class() -> type:
 
         def close(self) -> None:
             self.env.close()
-            if self._model is not None:
-                self.env.model = self._model
 
     return DreamGymGymEnv
 

@@ -10,7 +10,9 @@ from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, r
 from dreamgym_core.errors import ConformanceError
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import ExperienceResult, Observation, StepResult, Task
-from dreamgym_core.synthetic import SyntheticEnv, SyntheticEnvConfig, SyntheticEnvError, initial_state, step_many, storable
+from dreamgym_core.synthetic import (
+    SyntheticEnv, SyntheticEnvConfig, SyntheticEnvError, initial_state, step_many, storable, synthetic_config_of,
+)
 from dreamgym_core.testing import check_env, make_transitions
 from test_experience_doubles import ListBuffer, ScriptedLM
 
@@ -36,7 +38,7 @@ def walker(prompt: str) -> str:
 def make_env(buffer=None, **config) -> tuple[SyntheticEnv, ScriptedLM]:
     lm = ScriptedLM(answer=walker)
     model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
-    return SyntheticEnv(model, buffer, None, SyntheticEnvConfig(**config)), lm
+    return SyntheticEnv(model, buffer, None, SyntheticEnvConfig(**{"add_to_buffer": True, "seeded_episodes": False, **config})), lm
 
 
 def test_is_an_env_and_passes_the_conformance_kit() -> None:
@@ -103,7 +105,7 @@ def test_same_world_demos_come_from_the_episodes_own_world() -> None:
     for demos in ("nearest", "same-world-first"):
         env = SyntheticEnv(
             LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0)), ListBuffer(stored), domain,
-            SyntheticEnvConfig(top_k=1, history_window=0, add_to_buffer=False, demos=demos),
+            SyntheticEnvConfig(top_k=1, history_window=0, demos=demos, seeded_episodes=False),  # predict patched below
         )
         requests = []
         predict = env.model.predict
@@ -237,7 +239,7 @@ def test_state_variation_shows_the_policy_and_the_model_the_domains_varied_state
     buffer = ListBuffer()
     lm = ScriptedLM(answer=walker)
     model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
-    env = SyntheticEnv(model, buffer, VaryingDomain(), SyntheticEnvConfig(state_variation=0.5, top_k=0))
+    env = SyntheticEnv(model, buffer, VaryingDomain(), SyntheticEnvConfig(state_variation=0.5, top_k=0, add_to_buffer=True))
     start = env.reset(task=TASK, seed=7)
     assert start.text == "You are in room 0. Seen in syn-coin-1-7-1 at 0.5."
     assert start.admissible_actions == ["go", "take coin"]
@@ -323,7 +325,7 @@ def test_step_many_batches_one_model_call_and_one_retrieval() -> None:
     buffer = ListBuffer(make_transitions(6))
     lm = ScriptedLM(answer=walker)
     model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
-    envs = [SyntheticEnv(model, buffer, None, SyntheticEnvConfig(top_k=2)) for _ in range(4)]
+    envs = [SyntheticEnv(model, buffer, None, SyntheticEnvConfig(top_k=2, add_to_buffer=True)) for _ in range(4)]
     real = RealEnvDouble()
     for env in envs:
         env.reset(task=TASK)
@@ -470,3 +472,73 @@ def test_report_says_how_many_unlisted_actions_the_synthetic_env_accepted() -> N
     text = " ".join(_unlisted_lines(history))
     assert "took 4 actions" in text and "accepted 3 of them (75%)" in text
     assert _unlisted_lines([{"step": 0, "charts/synthetic_phase": 1.0, "rollout/unlisted_actions": 0.0}]) == []
+
+
+def test_a_seeded_reset_replays_a_sampling_models_episode_without_the_gym_wrapper() -> None:
+    # reset(seed=s) only named the episode: a sampling model drew from its own call count, so the
+    # env failed the kit's own replay check (same task and seed, same observations).
+    model = LMExperienceModel(SeededLM(), ExperienceModelConfig(max_retries=0))
+    env = SyntheticEnv(model, None, None, SyntheticEnvConfig(max_steps=8))
+    check_env(env, TASK, actions=3)
+
+    def episode(seed):
+        env.reset(task=TASK, seed=seed)
+        return [env.step(action="go").observation.text for _ in range(3)]
+
+    assert episode(5) == episode(5) and episode(5) != episode(6)
+    assert len(set(episode(5))) == 3  # a draw per step, not one per episode
+    unseeded = [episode(None), episode(None)]  # the model given, on its own count: new draws each time
+    assert unseeded[0] != unseeded[1]
+    env.close()
+    assert env.model is model
+
+
+def test_trainers_share_the_given_model_so_a_lockstep_step_is_one_call() -> None:
+    from pathlib import Path
+
+    from dreamgym_core.config import load_resolved
+
+    pipeline = load_resolved(Path(__file__).parents[1] / "examples" / "default.yaml")[0].pipeline
+    assert synthetic_config_of(pipeline).seeded_episodes  # as the README's Gym snippet plays one env
+    config = synthetic_config_of(pipeline, seeded_episodes=False)  # as the loop and verl build theirs
+    assert not config.add_to_buffer
+    lm = SeededLM()
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    envs = [SyntheticEnv(model, None, None, config) for _ in range(3)]
+    for seed, env in enumerate(envs):
+        env.reset(task=TASK, seed=seed)
+    step_many(envs, ["go"] * 3)
+    assert len(lm.calls) == 1
+
+
+def test_by_default_playing_leaves_the_buffer_as_it_was() -> None:
+    # add_to_buffer was on by default: opening a finished run's buffer to play in it wrote the
+    # episode's steps into that run's buffer files.
+    buffer = ListBuffer(make_transitions(4))
+    env = SyntheticEnv(LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0)), buffer)
+    env.reset(task=TASK, seed=0)
+    for action in ("go", "go", "take coin"):
+        env.step(action=action)
+    assert len(buffer) == 4
+
+
+def test_wrong_types_are_refused_in_one_line_before_anything_changes() -> None:
+    env, lm = make_env()
+    env.reset(task=TASK, seed=0)
+    with pytest.raises(SyntheticEnvError, match="^SyntheticEnv.reset: task must be a Task, got str$"):
+        env.reset(task="coin-1")
+    with pytest.raises(SyntheticEnvError, match="^SyntheticEnv.step: an action is a str, got int$"):
+        env.step(action=3)
+    assert not lm.calls and env.step(action="go").observation.text == "You are in room 1."  # the episode goes on
+
+
+def test_gymnasium_wrapper_refuses_an_action_longer_than_its_action_space() -> None:
+    # It was played: the prompt was then cut from its start, losing the task, with only a warning.
+    pytest.importorskip("gymnasium")
+    from dreamgym_core.synthetic import DreamGymGymEnv
+
+    gym_env = DreamGymGymEnv(make_env()[0], tasks=[TASK], max_length=16)
+    gym_env.reset(seed=0)
+    with pytest.raises(SyntheticEnvError, match=r"an action of 17 characters is longer than action_space's max_length \(16\)"):
+        gym_env.step("go" + "o" * 15)
+    assert gym_env.step("g" + "o" * 15)[0] == "Nothing happens."  # 16 characters: played (and refused by the game)

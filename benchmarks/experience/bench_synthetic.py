@@ -79,7 +79,10 @@ def run(batch: int, steps: int, buffer: Any, data: list[Any], starts: list[Any],
     backend.prepare(corpus=["".join(text for text, _ in e) for e in examples])
     timed = TimedBackend(backend)
     model = LMExperienceModel(timed, ExperienceModelConfig(max_new_tokens=max_new_tokens, max_retries=0, temperature=1.0))
-    envs = [SyntheticEnv(model, buffer, None, SyntheticEnvConfig(max_steps=15)) for _ in range(batch)]
+    # One shared model (one batched call per step) and steps added to the buffer as they are
+    # made: the settings these results were measured with, before those stopped being the defaults.
+    config = SyntheticEnvConfig(max_steps=15, add_to_buffer=True, seeded_episodes=False)
+    envs = [SyntheticEnv(model, buffer, None, config) for _ in range(batch)]
     actions = ["look around", "move north", "take coin", "open door to east"]
     for i, env in enumerate(envs):
         env.reset(task=starts[i % len(starts)], seed=i)

@@ -171,6 +171,8 @@ def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[
 
 def refusal_recall(results: Sequence[ExperienceResult], transitions: Sequence[Transition]) -> dict[str, float]:
     """Share of the real engine's refusals the model also calls invalid; no key without refusals."""
+    if len(results) != len(transitions):
+        raise ValueError(f"{len(results)} results for {len(transitions)} transitions")
     refused = [r for r, t in zip(results, transitions) if not t.valid]
     if not refused:
         return {}

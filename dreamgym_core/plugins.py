@@ -164,6 +164,8 @@ class Plugins:
 
     def components(self, kind: ComponentKind) -> dict[str, ComponentSpec]:
         """Every spec of ``kind`` by name; a name registered twice raises naming both plugins."""
+        if kind not in _REGISTER_HOOK:
+            raise DreamGymError(f"unknown component kind {kind!r}; the kinds are {', '.join(_REGISTER_HOOK)}")
         if kind not in self._specs:
             hook = getattr(self.pm.hook, _REGISTER_HOOK[kind])
             found: dict[str, ComponentSpec] = {}

@@ -350,6 +350,8 @@ def success_by_family(trajectories: Sequence[Trajectory]) -> dict[str, tuple[int
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a success rate (sound at small n and p near 0 or 1)."""
+    if n < 0 or not 0 <= successes <= max(n, 0):  # else a bound outside [0, 1] or a math domain error
+        raise ValueError(f"wilson_interval: {successes} successes of {n} trials; needs 0 <= successes <= n")
     if n == 0:
         return 0.0, 0.0
     p = successes / n

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dreamgym_core.config import PipelineConfig, config_hash, load_pipeline, load_resolved, pipeline_from_dict, resolve
-from dreamgym_core.errors import ComponentNotFound, ConfigError
+from dreamgym_core.errors import ComponentNotFound, ConfigError, DreamGymError
 
 from stand_ins import StandIns, pipeline_dict
 
@@ -159,6 +159,15 @@ def test_load_resolved_takes_a_file_or_a_mapping_and_loads_their_plugins(tmp_pat
     assert plugins.component("env", "twx").plugin == "textworld"
     with pytest.raises(ConfigError, match=r"<pipeline dict>: Expected `int`.* - at `\$.env.config.train_seeds`"):
         load_resolved(tiny_pipeline, ["env.config.train_seeds=many"])
+    # A caller's wrong types: a TypeError from open(), or a lone string read as one-character overrides
+    for source in ([1, 2], None):
+        with pytest.raises(ConfigError, match=f"^a pipeline is a file path or a mapping, got {type(source).__name__}$"):
+            load_resolved(source)
+    for overrides in ("loop.iterations=2", [3]):
+        with pytest.raises(ConfigError, match=r"^<pipeline dict>: overrides must be a list of 'key.path=value' strings, got"):
+            load_resolved(tiny_pipeline, overrides)
+    with pytest.raises(DreamGymError, match="^unknown component kind 'envs'; the kinds are env, model, encoder"):
+        plugins.build("envs", "twx", resolved.components["env"])
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

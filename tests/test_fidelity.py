@@ -21,6 +21,7 @@ from dreamgym_core.fidelity import (
     fidelity_metrics,
     majority_accuracy,
     predict_all,
+    refusal_recall,
     token_f1,
     tokens,
     unparsed_answers,
@@ -349,3 +350,13 @@ def test_eval_model_writes_the_unparsable_answers(tmp_path) -> None:
     for value in ("nan", "inf"):
         result = CliRunner().invoke(command, [*args, "--temperature", value])
         assert result.exit_code == 2 and f"Invalid value for '--temperature': {value} is not a finite number" in result.output
+
+
+def test_refusal_recall_refuses_results_and_transitions_of_different_lengths() -> None:
+    # It zipped them and returned {} (no refusals seen), where its siblings raise.
+    transition = Transition(task_id="t", episode_id="e", step=0, state="s", action="a", next_state="s", reward=0.0,
+                            done=False, success=False, valid=False)
+    result = ExperienceResult(reasoning="", next_state="s", reward=0.0, done=False, success=False, valid=False)
+    assert refusal_recall([result], [transition])["fidelity/refusal_recall"] == 1.0
+    with pytest.raises(ValueError, match="1 results for 2 transitions"):
+        refusal_recall([result], [transition, transition])

@@ -993,6 +993,9 @@ def test_wilson_interval_brackets_the_rate():
     assert low < 0.5 < high
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 0.0)
+    for successes, n in ((1, -3), (5, 3), (-1, 3)):  # gave a low bound above 1, or a math domain error
+        with pytest.raises(ValueError, match=f"{successes} successes of {n} trials"):
+            wilson_interval(successes, n)
 
 
 def test_an_algorithm_written_before_the_evaluation_flag_still_runs(register_plugin, tmp_path):

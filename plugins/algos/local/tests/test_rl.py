@@ -350,6 +350,8 @@ def test_act_samples_with_the_backend_and_is_seeded(kit):
     out = a.act(prompts=prompts)
     assert out == b.act(prompts=prompts) and len(out) == 2 and all(isinstance(x, str) for x in out)
     assert a.act(prompts=prompts[:1], greedy=True) == b.act(prompts=prompts[:1], greedy=True)
+    with pytest.raises(TypeError, match="takes a list of prompts, got one str"):  # it played each character
+        a.act(prompts=prompts[0])
 
 
 def test_a_backend_without_local_weights_is_a_clear_error():

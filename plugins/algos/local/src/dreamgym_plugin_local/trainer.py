@@ -148,6 +148,8 @@ class LocalTrainer:
         ``temperature`` (the run loop's) overrides the configured one; ``evaluation``: an
         evaluation's play, sampled from a seed stream of its own (``stream``: named, counted
         apart from the other evaluations')."""
+        if isinstance(prompts, str):  # else each of its characters is a prompt
+            raise TypeError("act(prompts=...) takes a list of prompts, got one str")
         temperature = 0.0 if greedy else (self.config.temperature if temperature is None else temperature)
         self.counters["act_calls"] += 1
         if evaluation and temperature > 0:

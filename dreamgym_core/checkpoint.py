@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Iterator, Literal, Sequenc
 import msgspec
 import numpy as np
 
+from .contracts import checked_saved
 from .errors import ConfigError, DataError, DreamGymError
 from .records import Task, Trajectory, Transition
 
@@ -232,6 +233,7 @@ def save(runner: Runner, iteration: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     runner.algo.save(path=str(tmp / "algo"))
+    checked_saved(tmp / "algo", runner.who("algo"), "save(path=...)")
     python_rng, numpy_rng, torch_rng = _rng_state()
     state = _State(
         iteration=iteration,

@@ -34,6 +34,7 @@ import msgspec
 from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt
+from .contracts import checked_texts
 from .errors import DreamGymError
 from .progress import OnBatch, takes
 from .records import VARIATION_SUFFIX, ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
@@ -675,10 +676,12 @@ class LMExperienceModel:
 
     def _generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
         self._calls += 1
-        return self.backend.generate(
+        out = self.backend.generate(
             prompts=list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
             stop=list(stop), seed=call_seed(draw_seed(self.config.seed, self.config.draw), self._calls),
         )
+        # a short list was zipped with the requests: answers went to the wrong steps, or none came
+        return checked_texts(out, len(prompts), f"experience model backend {self.model_id!r}", "generate()")
 
     def _fits(self) -> Callable[[str], bool] | None:
         """The backend's prompt budget at this model's answer length (None: the backend has none)."""

@@ -29,6 +29,7 @@ import numpy as np
 from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash, s2r_synthetic_iterations
+from .contracts import checked_metrics, checked_saved, checked_texts
 from .early import world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
@@ -231,6 +232,11 @@ class Runner:
     def _component(self, field: str) -> Any:
         return self.resolved.components.get(field)
 
+    def who(self, field: str) -> str:
+        """How errors name the component of pipeline field ``field`` (``algo``, ``policy``, ``experience_model``)."""
+        kind = "model" if field in ("policy", "experience_model") else field
+        return self.plugins.who(kind, getattr(self.cfg, field).name, role=field if kind == "model" else "")
+
     def _build(self) -> None:
         cfg, build = self.cfg, self.plugins.build
         self.hook = self.plugins.hook
@@ -349,7 +355,7 @@ class Runner:
             return {}
         return stages.train_experience_model(
             self.experience_model, self.exp_backend, transitions, annotate=self._annotate,
-            buffer=self.buffer, pipeline=self.cfg, run_dir=self.run_dir, say=self._say,
+            buffer=self.buffer, pipeline=self.cfg, run_dir=self.run_dir, say=self._say, who=self.who("experience_model"),
         )
 
     def fidelity_transitions(self) -> list[Transition]:
@@ -414,6 +420,7 @@ class Runner:
             examples=[[(p, False), (r, True)] for p, r in examples],
             epochs=epochs, lr=loop.warmstart_lr, batch_size=exp.batch_size, **progress,
         )
+        trained = checked_metrics(trained, self.who("policy"), "sft()")
         metrics |= {f"warmstart/{k.split('/')[-1]}": v for k, v in trained.items()}
         if selector:
             metrics.update(selector.restore_best())
@@ -435,6 +442,7 @@ class Runner:
         loop = self.cfg.loop
         self._say(f"implicit world modelling: {len(world)} branch transitions, epochs: {loop.world_model_epochs}")
         trained = self.policy.sft(examples=world, epochs=loop.world_model_epochs, lr=loop.warmstart_lr, batch_size=self.cfg.experience.batch_size)
+        trained = checked_metrics(trained, self.who("policy"), "sft()")
         return {f"world_model/{k.split('/')[-1]}": v for k, v in trained.items()}
 
     def _epoch_selector(self, epochs: int) -> EpochSelector:
@@ -462,6 +470,7 @@ class Runner:
         if hasattr(self.policy, "save"):
             init = self.run_dir / "policy_init"
             self.policy.save(path=str(init))
+            checked_saved(init, self.who("policy"), "save(path=...)")
             checkpoint.write_stage_metrics(init, metrics)
             checkpoint.atomic_write(init / "done", b"1\n")
 
@@ -561,7 +570,8 @@ class Runner:
             flag["stream"] = stream
 
         def act(prompts: list[str]) -> list[str]:
-            return self.algo.act(prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, **flag)
+            out = self.algo.act(prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, **flag)
+            return checked_texts(out, len(prompts), self.who("algo"), "act()")
 
         return act
 
@@ -626,7 +636,8 @@ class Runner:
         # policy, minutes of silence with a pretrained policy on a CPU before its first minibatch.
         steps = sum(len(traj.transitions) for group in groups for traj in group)
         self._say(f"{what}: {sum(map(len, groups))} episodes, {steps} steps")
-        return self.algo.update(groups=groups, **step_progress(self.algo.update, self._say, what, None))
+        metrics = self.algo.update(groups=groups, **step_progress(self.algo.update, self._say, what, None))
+        return checked_metrics(metrics, self.who("algo"), "update()")
 
     def _advance_curriculum(self, tasks: list[Task], groups: list[list[Trajectory]]) -> dict[str, float]:
         if self.curriculum is None:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import pluggy
 
 from . import hookspecs
+from .contracts import ComponentError, missing_members
 from .errors import (
     ComponentNotFound, DreamGymError, DuplicateComponentError, PluginBlocked, PluginLoadError, PluginNameClash, PluginNotFound,
     UnknownHookError,
@@ -206,7 +207,7 @@ class Plugins:
         """
         spec = self.component(kind, name)
         try:
-            return spec.factory(config, **context)
+            component = spec.factory(config, **context)
         except DreamGymError:
             raise
         except Exception as exc:  # plugin code: any failure is the plugin's, and says which
@@ -214,3 +215,24 @@ class Plugins:
             raise DreamGymError(
                 f"{kind} {name!r} (plugin {spec.plugin!r}) failed to build: {type(exc).__name__}: {detail}"
             ) from exc
+        self._check_built(kind, spec, component)
+        return component
+
+    def who(self, kind: ComponentKind, name: str, role: str = "") -> str:
+        """How errors name a component: ``algo 'grpo' (plugin 'local')``; ``role`` says what a
+        model is there for (``policy``, ``experience_model``) in place of its kind."""
+        return f"{role or kind} {name!r} (plugin {self.component(kind, name).plugin!r})"
+
+    def _check_built(self, kind: ComponentKind, spec: ComponentSpec, component: Any) -> None:
+        """The factory's product has what the core calls on it (else the first call, minutes into
+        a run, failed as a traceback in core code; a None experience model quietly turned off)."""
+        who = f"{kind} {spec.name!r} (plugin {spec.plugin!r})"
+        if component is None:
+            raise ComponentError(f"{who}: its factory returned None")
+        if getattr(spec.factory, "runs_own_loop", False):  # a trainer that runs the whole pipeline itself
+            return
+        missing = missing_members(kind, component)
+        if missing:
+            raise ComponentError(
+                f"{who}: {type(component).__name__} has no {', '.join(missing)} (dreamgym check {spec.plugin} runs the conformance kit)"
+            )

@@ -150,7 +150,9 @@ class TrainableLanguageModel(LanguageModel, Protocol):
         (1-based), for progress within long epochs. Optional: callers pass it only to backends
         whose ``sft`` takes it."""
 
-    def save(self, *, path: str) -> None: ...
+    def save(self, *, path: str) -> None:
+        """Write the weights (and tokenizer) to the directory ``path``, created if absent. The
+        core then writes ``metrics.json`` and ``done`` into it: names a backend must not use."""
 
     def reload(self, *, path: str) -> None:
         """Replace the weights (and tokenizer) in place with a directory written by ``save``."""

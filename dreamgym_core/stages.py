@@ -15,6 +15,7 @@ from typing import Any
 
 from . import checkpoint
 from .config import DataConfig, PipelineConfig
+from .contracts import checked_metrics, checked_saved
 from .errors import ConfigError, ConformanceError, DataError, DreamGymError
 from .progress import step_progress
 from .records import Task, Trajectory, Transition
@@ -152,7 +153,7 @@ def reload_trained(backend: Any, run_dir: Path) -> bool:
 
 def train_experience_model(
     model: Any, backend: Any, transitions: Sequence[Transition], *, annotate: Callable[[list[Transition]], list[Transition]],
-    buffer: Any, pipeline: PipelineConfig, run_dir: Path, say: Callable[[str], None],
+    buffer: Any, pipeline: PipelineConfig, run_dir: Path, say: Callable[[str], None], who: str = "",
 ) -> dict[str, float]:
     """Joint SFT (paper Eq. 5) of ``model`` (an :class:`~dreamgym_core.experience.LMExperienceModel`
     over ``backend``) on the annotated offline ``transitions``, saved to ``run_dir/experience_model``.
@@ -181,8 +182,11 @@ def train_experience_model(
         on_epoch=lambda epoch, loss: say(f"experience model epoch {epoch}/{exp.epochs}: loss {loss:.3f}"),
         **step_progress(model.train, say, "experience model", exp.epochs),
     )
+    who = who or "the experience model"
+    metrics = checked_metrics(metrics, who, "sft()")
     ckpt = run_dir / EXPERIENCE_DIR
     backend.save(path=str(ckpt))
+    checked_saved(ckpt, who, "save(path=...)")
     trained = {f"experience/{k.split('/')[-1]}": v for k, v in metrics.items()}
     checkpoint.write_stage_metrics(ckpt, trained)
     checkpoint.atomic_write(ckpt / "done", b"1\n")

@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal, Sequence
 from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt, Probability
+from .contracts import ComponentError
 from .errors import ConformanceError, DreamGymError
 from .experience import SAME_WORLD_POOL, same_world_first, world_key
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
@@ -325,8 +326,8 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
     for i in asked:
         by_model.setdefault(id(envs[i].model), []).append(i)
     for members in by_model.values():
-        answers = envs[members[0]].model.predict(requests=[requests[i] for i in members])
-        for i, answer in zip(members, answers):
+        answers = _predict(envs[members[0]].model, [requests[i] for i in members])
+        for i, answer in zip(members, answers, strict=True):
             results[i] = answer
     finished = [env._finish(a, r, len(d)) for env, a, r, d in zip(envs, actions, results, demos)]
     to_add: dict[int, tuple[Any, list[Transition]]] = {}
@@ -336,6 +337,22 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
     for buffer, transitions in to_add.values():
         buffer.add(transitions=storable(transitions))
     return [step for step, _ in finished]
+
+
+def _predict(model: Any, requests: list[ExperienceRequest]) -> list[ExperienceResult]:
+    """``model.predict``, with what it raised named as the experience model's failure: the
+    rollout fails only the episodes it could not step, and stops when it could step none."""
+    who = f"experience model {getattr(model, 'model_id', type(model).__name__)!r}"
+    try:
+        answers = model.predict(requests=requests)
+    except DreamGymError:
+        raise
+    except Exception as exc:  # the model's (a plugin's) failure: say whose, in one line
+        raise ComponentError(f"{who}: predict() raised {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+    if not isinstance(answers, list) or len(answers) != len(requests):
+        raise ComponentError(f"{who}: predict() returned {len(answers) if isinstance(answers, list) else type(answers).__name__} "
+                             f"answers for {len(requests)} requests")
+    return answers
 
 
 def step_many(envs: Sequence[Any], actions: Sequence[str]) -> list[StepResult | Exception]:

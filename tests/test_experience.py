@@ -539,6 +539,20 @@ def test_predict_batches_and_retries_only_failures() -> None:
     assert m["experience/retries"] == 2 and m["experience/requests"] == 3 and m["experience/parse_failed"] == 0
 
 
+def test_a_backend_that_answers_fewer_prompts_than_it_was_given_is_named() -> None:
+    # Its answers were zipped with the requests: the last steps went unanswered without a word.
+    from dreamgym_core.contracts import ComponentError
+
+    class Short(ScriptedLM):
+        def generate(self, *, prompts, **kwargs):
+            return super().generate(prompts=prompts, **kwargs)[:-1]
+
+    model = LMExperienceModel(Short(queue=[GOOD, GOOD]), ExperienceModelConfig(max_retries=0))
+    requests = [ExperienceRequest(instruction="x", history=[], state=f"s{i}", action="a") for i in range(2)]
+    with pytest.raises(ComponentError, match=r"^experience model backend '.*': generate\(\) returned 1 texts for 2 prompts"):
+        model.predict(requests=requests)
+
+
 def test_predict_gives_up_after_max_retries_and_counts() -> None:
     lm = ScriptedLM(answer=lambda p: "no format at all")
     model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=1, temperature=0.0, retry_temperature=0.5))

@@ -1544,3 +1544,85 @@ def test_rl_updates_report_their_steps_to_an_algorithm_that_takes_them_and_spare
         "iteration 1/2 update epoch 1: step 1/2, loss 0.5", "iteration 1/2 update epoch 1: step 2/2, loss 1",
         "iteration 2/2 update epoch 1: step 1/2, loss 0.5", "iteration 2/2 update epoch 1: step 2/2, loss 1",
     ]
+
+
+def _broken_algo(how: str):
+    """A RecordingAlgo that breaks its contract as ``how`` says."""
+    from stand_ins import RecordingAlgo
+
+    class Broken(RecordingAlgo):
+        def act(self, *, prompts, greedy=False, temperature=None, evaluation=False):
+            out = super().act(prompts=prompts, greedy=greedy, temperature=temperature, evaluation=evaluation)
+            return out[:-1] if how == "act drops a prompt" else out
+
+        def update(self, *, groups):
+            metrics = super().update(groups=groups)
+            return {
+                "update returns None": None, "update returns NaN": {**metrics, "losses/policy_loss": float("nan")},
+                "update returns text": {**metrics, "losses/policy_loss": "high"},
+            }.get(how, metrics)
+
+        def save(self, *, path):
+            if how != "save writes nothing":
+                super().save(path=path)
+
+    if how == "no update":
+        Broken.update = None  # type: ignore[assignment]
+    return Broken
+
+
+@pytest.mark.parametrize("how, message", [
+    ("update returns None", r"update\(\) returned NoneType, expected a dict of metrics"),
+    ("update returns NaN", r"update\(\) returned metric 'losses/policy_loss' = nan: training diverged"),
+    ("update returns text", r"update\(\) returned metric 'losses/policy_loss' = 'high', expected a number"),
+    ("act drops a prompt", r"act\(\) returned \d+ texts for \d+ prompts"),
+    ("save writes nothing", r"save\(path=\.\.\.\) wrote nothing at .*checkpoints/\.it-00000\.partial/algo$"),
+    ("no update", r"Broken has no update \(dreamgym check broken runs the conformance kit\)"),
+    ("factory returns None", r"its factory returned None"),
+])
+def test_an_algorithm_that_breaks_its_contract_stops_the_run_naming_it(register_plugin, tmp_path, how, message):
+    # Each was a traceback in core code minutes into a run, or a run that exited 0: a dropped
+    # prompt lost its episode, a NaN loss left NaN weights, a save that wrote nothing a checkpoint
+    # that --resume and eval could not use.
+    from dreamgym_core.contracts import ComponentError
+    from stand_ins import RecordConfig
+
+    factory = (lambda config, **_: None) if how == "factory returns None" else _broken_algo(how)
+
+    class Plugin:
+        @hookimpl
+        def dreamgym_register_algos(self):
+            return [ComponentSpec(name="broken", factory=factory, config_type=RecordConfig, description=how)]
+
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(Plugin(), "broken")
+    with pytest.raises(ComponentError, match=r"^algo 'broken' \(plugin 'broken'\): " + message):
+        run_pipeline(_resolved(plugins, tmp_path / "run", {"algo": {"name": "broken"}}, iterations=1), plugins)
+
+
+def test_an_experience_model_that_cannot_answer_at_all_stops_the_run(register_plugin, tmp_path):
+    # Its errors were counted as environment errors, every synthetic episode failed, and the run
+    # exited 0 having trained on nothing (data/trainable_steps 0).
+    from dreamgym_core.contracts import ComponentError
+    from stand_ins import DiceLM, DiceLMConfig
+
+    class Mute(DiceLM):
+        model_id = "mute"
+
+        def generate(self, **_):
+            raise RuntimeError("no server at 127.0.0.1:9")
+
+    class Plugin:
+        @hookimpl
+        def dreamgym_register_models(self):
+            return [ComponentSpec(name="mute", factory=Mute, config_type=DiceLMConfig, description="raises")]
+
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(Plugin(), "mute")
+    parts = {"experience_model": {"name": "mute"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"},
+             "experience": {"skip": True}}
+    resolved = _resolved(plugins, tmp_path / "run", parts, iterations=1, mode="dreamgym")
+    with pytest.raises(ComponentError, match=r"^experience model 'mute': predict\(\) raised RuntimeError: no server at 127.0.0.1:9$"):
+        run_pipeline(resolved, plugins)

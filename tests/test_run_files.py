@@ -155,7 +155,8 @@ def _policy_init_done(run_dir: Path) -> Path:
 
     from dreamgym_core.loop import Runner
 
-    Runner._save_policy_init(SimpleNamespace(run_dir=run_dir, policy=_SavesInPlace()), {"loss": 1.0})
+    runner = SimpleNamespace(run_dir=run_dir, policy=_SavesInPlace(), who=lambda field: field)
+    Runner._save_policy_init(runner, {"loss": 1.0})
     return run_dir / "policy_init" / "done"
 
 

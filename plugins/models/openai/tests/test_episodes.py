@@ -64,7 +64,8 @@ def experience_model_dir(tmp_path_factory) -> str:
 
 
 def play(model: LMExperienceModel, n: int, act) -> tuple[list, object]:
-    envs = [SyntheticEnv(model, config=SyntheticEnvConfig(max_steps=6, top_k=0)) for _ in range(n)]
+    # as the trainers build them: one shared model, so its counters are the episodes' and a step is one call
+    envs = [SyntheticEnv(model, config=SyntheticEnvConfig(max_steps=6, top_k=0, seeded_episodes=False)) for _ in range(n)]
     return rollout(
         tasks=[TASK] * n, envs=envs, act=act, max_steps=6, history_window=4,
         seeds=list(range(n)), source="synthetic", tag="walk", step_many=step_many,

@@ -268,6 +268,7 @@ def _train_experience_model(
     say("training the experience model (joint SFT)")
     metrics = stages.train_experience_model(
         model, backend, transitions, buffer=buffer, pipeline=cfg, run_dir=root, say=say,
+        who=plugins.who("model", cfg.experience_model.name, role="experience_model"),
         annotate=partial(
             stages.annotate_offline, domain=domain, pipeline=cfg, source=resolved.source,
             build_teacher=lambda: plugins.build("model", cfg.experience.teacher.name, resolved.components.get("experience.teacher")),

@@ -1,0 +1,74 @@
+"""What the core checks of a plugin's component when it builds one and when it calls one.
+
+A component that breaks its contract at run time (an ``update`` that returns None, an ``act``
+that drops a prompt, a ``save`` that writes nothing, a NaN loss) is stopped here with one line
+naming it and its plugin, at the call that broke it. Left alone, it failed later as a
+traceback in core code, or not at all: a run that exited 0 after training on nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .errors import DreamGymError
+
+__all__ = ["ComponentError", "REQUIRED_MEMBERS", "missing_members", "checked_metrics", "checked_texts", "checked_saved"]
+
+
+class ComponentError(DreamGymError):
+    """A component broke its contract (a missing method, a wrong return value)."""
+
+
+# The members every component of a kind must have (protocols.py; optional members are not here).
+REQUIRED_MEMBERS: dict[str, tuple[str, ...]] = {
+    "env": ("tasks", "make_env", "collect", "annotate"),
+    "model": ("generate",),
+    "encoder": ("encode",),
+    "buffer": ("add", "retrieve", "sample", "__len__", "flush", "close"),
+    "curriculum": ("next_tasks", "observe", "state_dict", "load_state_dict"),
+    "algo": ("act", "update", "save", "load"),
+    "logger": ("log", "close"),
+}
+
+
+def missing_members(kind: str, component: Any) -> list[str]:
+    """The required members of ``kind`` that ``component`` lacks (not callable counts as lacking)."""
+    return [name for name in REQUIRED_MEMBERS.get(kind, ()) if not callable(getattr(component, name, None))]
+
+
+def checked_metrics(value: Any, who: str, call: str) -> dict[str, float]:
+    """``value`` if it is a dict of finite numbers by str name, as every metrics sink and
+    report reads them; else a :class:`ComponentError` naming ``who`` and its ``call``.
+
+    A NaN or inf is refused: the update or fine-tuning that gave it has diverged, and the
+    weights it left would fail the next generation deep inside the model code."""
+    if not isinstance(value, dict):
+        raise ComponentError(f"{who}: {call} returned {type(value).__name__}, expected a dict of metrics (str: number)")
+    for key, number in value.items():
+        if not isinstance(key, str) or not isinstance(number, (int, float)):
+            raise ComponentError(f"{who}: {call} returned metric {key!r} = {number!r:.60}, expected a number by str name")
+        if not math.isfinite(number):
+            raise ComponentError(f"{who}: {call} returned metric {key!r} = {number}: training diverged (non-finite)")
+    return value
+
+
+def checked_texts(value: Any, n: int, who: str, call: str) -> list[str]:
+    """``value`` if it is a list of ``n`` str (one per prompt); else a :class:`ComponentError`.
+    A shorter list used to be zipped with the prompts, dropping episodes without a word."""
+    if not isinstance(value, list):
+        raise ComponentError(f"{who}: {call} returned {type(value).__name__}, expected a list of {n} str (one per prompt)")
+    if len(value) != n:
+        raise ComponentError(f"{who}: {call} returned {len(value)} texts for {n} prompts, expected one per prompt")
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            raise ComponentError(f"{who}: {call} returned {type(text).__name__} at position {i}, expected str")
+    return value
+
+
+def checked_saved(path: str | Path, who: str, call: str) -> None:
+    """A :class:`ComponentError` unless ``save`` wrote something at ``path``: a checkpoint
+    without it looks finished, and ``--resume`` or ``dreamgym eval`` cannot use it."""
+    if not Path(path).exists():
+        raise ComponentError(f"{who}: {call} wrote nothing at {path}")

@@ -271,6 +271,9 @@ class GoodAlgo:
     def __init__(self) -> None:
         self.weights = np.zeros(4)
 
+    def act(self, *, prompts, greedy=False, temperature=None, evaluation=False):
+        return ["<action>go north</action>" for _ in prompts]
+
     def update(self, *, groups):
         self.weights = self.weights + 1
         return {"loss": 0.5}
@@ -282,6 +285,11 @@ class NaNParameters(GoodAlgo):
         return {"loss": 0.5}
 
 
+class DropsAPrompt(GoodAlgo):
+    def act(self, *, prompts, **_):
+        return super().act(prompts=prompts[1:])
+
+
 @pytest.mark.parametrize("algo_type", [GoodAlgo, NaNParameters])
 def test_check_algorithm_requires_finite_updated_parameters(algo_type):
     algo = algo_type()
@@ -290,6 +298,24 @@ def test_check_algorithm_requires_finite_updated_parameters(algo_type):
         return
     with pytest.raises(ConformanceError, match=r"NaNParameters: update\(\) left non-finite \(NaN or inf\) parameters"):
         check_algorithm(algo, [[]], lambda: algo.weights.copy())
+
+
+def test_check_algorithm_requires_one_str_per_prompt_from_act():
+    from dreamgym_core.testing import stand_in_groups
+
+    with pytest.raises(ConformanceError, match=r"DropsAPrompt: act\(greedy=True\) returned .*expected a list of 2 str"):
+        check_algorithm(DropsAPrompt(), stand_in_groups(), lambda: np.zeros(1))
+
+
+def test_stand_in_groups_give_an_update_signal():
+    from dreamgym_core.testing import stand_in_groups
+
+    groups = stand_in_groups()
+    assert [len(g) for g in groups] == [4, 4]
+    for group in groups:
+        assert sorted(t.outcome_reward for t in group) == [0.0, 0.0, 1.0, 1.0]  # GRPO advantages are not all 0
+        assert all(len(t.decisions) == len(t.transitions) == 2 for t in group)
+        assert group[0].decisions[0].text == "<action>go north</action>" and "find the apple" in groups[0][0].decisions[0].prompt
 
 
 class SavingAlgo(GoodAlgo):
@@ -321,7 +347,7 @@ def test_check_algorithm_accepts_torch_parameters():
     torch = pytest.importorskip("torch")
     weights = torch.zeros(4, dtype=torch.bfloat16)
 
-    class TorchAlgo:
+    class TorchAlgo(GoodAlgo):
         def update(self, *, groups):
             weights.add_(1)
             return {"loss": 0.5}

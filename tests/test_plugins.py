@@ -352,7 +352,7 @@ def test_check_skips_a_component_whose_config_has_required_fields(checked_plugin
     lines = list(conformance.check_plugin("needy"))
     assert lines == [
         "skip env:needy (NeedsPath has required fields; the plugin's own tests run its check)",
-        "0 component(s) of plugin 'needy' passed",
+        "nothing checked: each of the 1 component(s) of plugin 'needy' was skipped",  # was "0 ... passed"
     ]
 
 
@@ -450,6 +450,39 @@ def test_check_runs_the_language_model_check_on_a_model_backend(checked_plugin):
     assert lines[0] == "ok   model:echo"
     assert lines[1].startswith("FAIL model:stop-kept: _StopKeptLM: generate(stop=[")
     assert lines[2] == "1 of 2 component(s) of plugin 'models' failed"
+
+
+def test_check_runs_the_algorithm_check_with_a_stand_in_policy(checked_plugin, register_plugin):
+    # Algorithms were skipped ("needs collaborators"): an update that returned nothing passed.
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    register_plugin(pytest.importorskip("dreamgym_plugin_hf"), "hf")  # the hf-tiny stand-in policy
+    local = pytest.importorskip("dreamgym_plugin_local")
+    grpo = next(spec for spec in local.dreamgym_register_algos() if spec.name == "grpo")
+
+    def lazy(config, *, policy, seed):  # an update that changes nothing
+        algo = grpo.factory(config, policy=policy, seed=seed)
+        algo.update = lambda **_: {"loss": 0.0}
+        return algo
+
+    class Algos:
+        @hookimpl
+        def dreamgym_register_algos(self):
+            return [
+                ComponentSpec(name="mine", factory=grpo.factory, config_type=grpo.config_type, description="good"),
+                ComponentSpec(name="lazy", factory=lazy, config_type=grpo.config_type, description="updates nothing"),
+            ]
+
+    checked_plugin(Algos(), "algos")
+    result = CliRunner().invoke(cli, ["check", "algos"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "ok   algo:mine",
+        "FAIL algo:lazy: GRPO: update() did not change the policy's parameters (see docs/conformance.md)",
+        "1 of 2 component(s) of plugin 'algos' failed",
+    ]
 
 
 def test_check_fails_a_plugin_that_registers_nothing(checked_plugin):

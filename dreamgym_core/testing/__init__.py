@@ -18,7 +18,9 @@ import numpy as np
 
 from ..errors import ConformanceError
 from ..hookspecs import hookimpl
-from ..records import ExperienceRequest, ExperienceResult, Observation, StepResult, Task, TaskOutcome, Trajectory, Transition
+from ..records import (
+    ExperienceRequest, ExperienceResult, Observation, PolicyDecision, StepResult, Task, TaskOutcome, Trajectory, Transition,
+)
 
 __all__ = [
     "check_env",
@@ -31,6 +33,8 @@ __all__ = [
     "check_algorithm",
     "check_language_model",
     "make_transitions",
+    "stand_in_trajectory",
+    "stand_in_groups",
     "BagOfWordsEncoder",
     "LifecycleRecorder",
 ]
@@ -410,11 +414,59 @@ def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:
         raise _fail(curriculum, f"restored curriculum chose {b}, original chose {a}")
 
 
-def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameters: Callable[[], Any]) -> dict[str, float]:
-    """One update on a tiny batch gives finite metrics and changes the parameters, to finite values.
+def stand_in_trajectory(
+    task: Task, actions: Sequence[str], success: bool, *, valid: Sequence[bool] | None = None, reward: float | None = None,
+    episode: str = "e", prompt: Callable[[Task, int], str] | None = None, response: Callable[[str], str] | None = None,
+) -> Trajectory:
+    """A finished episode of ``task`` that played ``actions``, with the policy's decisions (its
+    prompts and responses) as an algorithm's ``update`` reads them. The outcome reward
+    (``reward``, else 1 for a success) is on the last step; ``valid`` marks refused actions.
+    ``prompt(task, step)`` and ``response(action)`` write the decisions' text (default: the
+    agent format, ``<action>go north</action>``), for a policy whose tokenizer wants another."""
+    valid = list(valid) if valid is not None else [True] * len(actions)
+    prompt = prompt or (lambda t, i: f"Task: {t.instruction}\nStep {i}. Observation: you are in room {i}.\nAction:")
+    response = response or (lambda action: f"<action>{action}</action>")
+    transitions, decisions = [], []
+    for i, action in enumerate(actions):
+        last = i == len(actions) - 1
+        transitions.append(Transition(
+            task_id=task.id, episode_id=episode, step=i, state=f"you are in the room {i}", action=action,
+            next_state=f"you are in the room {i + 1}", reward=(reward if reward is not None else float(success)) if last else 0.0,
+            done=last, success=success and last, valid=valid[i],
+        ))
+        decisions.append(PolicyDecision(text=response(action), action=action, parsed=True, prompt=prompt(task, i)))
+    return Trajectory(task=task, transitions=transitions, decisions=decisions)
 
-    ``parameters`` returns a flat copy of the policy's parameters (a tensor or array).
+
+def stand_in_groups(make: Callable[..., Trajectory] = stand_in_trajectory) -> list[list[Trajectory]]:
+    """Two tasks x four rollouts of two steps each (``make``: :func:`stand_in_trajectory` or one
+    with its own text): two successes, two failures (one with a refused action) per group, so
+    GRPO's group advantages are non-zero and an update has something to learn (go north)."""
+    groups = []
+    for k, instruction in enumerate(["find the apple", "open the door"]):
+        task = Task(id=f"t{k}", instruction=instruction, domain="test")
+        groups.append([
+            make(task, ["go north", "take apple"], True, episode=f"{k}a"),
+            make(task, ["go north", "open door"], True, episode=f"{k}b"),
+            make(task, ["go south", "look"], False, episode=f"{k}c"),
+            make(task, ["go west", "look"], False, valid=[True, False], episode=f"{k}d"),
+        ])
+    return groups
+
+
+def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameters: Callable[[], Any]) -> dict[str, float]:
+    """``act`` gives one str per prompt; one update on a tiny batch gives finite metrics and
+    changes the parameters, to finite values.
+
+    ``parameters`` returns a flat copy of the policy's parameters (a tensor or array);
+    ``groups``: :func:`stand_in_groups` will do.
     """
+    prompts = [d.prompt for d in groups[0][0].decisions][:2] if groups and groups[0] and groups[0][0].decisions else ["Action:"]
+    for greedy in (True, False):
+        with _step(algo, f"act(greedy={greedy})"):
+            out = algo.act(prompts=prompts, greedy=greedy)
+        if not isinstance(out, list) or len(out) != len(prompts) or not all(isinstance(text, str) for text in out):
+            raise _fail(algo, f"act(greedy={greedy}) returned {out!r:.120}, expected a list of {len(prompts)} str (one per prompt)")
     with _step(algo, "parameters() before update()"):
         before = parameters()
     with _step(algo, "update()"):

@@ -14,7 +14,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from dreamgym_core.records import PolicyDecision, Task, Trajectory, Transition
+from dreamgym_core.records import Task, Trajectory
+from dreamgym_core.testing import stand_in_groups, stand_in_trajectory
 
 WORDS = (
     "you are in the kitchen pantry garden room task step go north south east west take open apple key door "
@@ -60,35 +61,23 @@ class TinyPolicy:
         return out
 
 
-def trajectory(task: Task, actions: Sequence[str], success: bool, *, valid: Sequence[bool] | None = None,
-               reward: float | None = None, episode: str = "e") -> Trajectory:
-    """A multi-step trajectory whose decisions carry agent prompts and responses."""
-    valid = list(valid) if valid is not None else [True] * len(actions)
-    transitions, decisions = [], []
-    for i, action in enumerate(actions):
-        last = i == len(actions) - 1
-        r = (reward if reward is not None else float(success)) if last else 0.0
-        transitions.append(Transition(
-            task_id=task.id, episode_id=episode, step=i, state=f"you are in the room {i}", action=action,
-            next_state=f"you are in the room {i + 1}", reward=r, done=last, success=success and last, valid=valid[i],
-        ))
-        prompt = f"task : {task.instruction} step {i} observe : you are in the room {i} action"
-        decisions.append(PolicyDecision(text=f"< action > {action} < / action >", action=action, parsed=True, prompt=prompt))
-    return Trajectory(task=task, transitions=transitions, decisions=decisions)
+def _prompt(task: Task, step: int) -> str:  # in the words of the fixture tokenizer
+    return f"task : {task.instruction} step {step} observe : you are in the room {step} action"
+
+
+def _response(action: str) -> str:
+    return f"< action > {action} < / action >"
+
+
+def trajectory(task: Task, actions: Sequence[str], success: bool, **kwargs) -> Trajectory:
+    """A multi-step trajectory whose decisions carry agent prompts and responses (the kit's, in
+    words the fixture tokenizer knows)."""
+    return stand_in_trajectory(task, actions, success, prompt=_prompt, response=_response, **kwargs)
 
 
 def make_groups() -> list[list[Trajectory]]:
     """Two tasks x four rollouts, two steps each; successes prefer 'go north'."""
-    groups = []
-    for k, instruction in enumerate(["find the apple", "open the door"]):
-        task = Task(id=f"t{k}", instruction=instruction, domain="test")
-        groups.append([
-            trajectory(task, ["go north", "take apple"], True, episode=f"{k}a"),
-            trajectory(task, ["go north", "open door"], True, episode=f"{k}b"),
-            trajectory(task, ["go south", "look"], False, episode=f"{k}c"),
-            trajectory(task, ["go west", "look"], False, valid=[True, False], episode=f"{k}d"),
-        ])
-    return groups
+    return stand_in_groups(trajectory)
 
 
 def flat_params(model: torch.nn.Module) -> torch.Tensor:

@@ -539,6 +539,13 @@ class ReloadKeepsWeightsLM(GoodLM):
         pass
 
 
+class SilentUntilTrainedLM(StopKeptLM):
+    """Writes nothing before SFT, as a from-scratch backend, and ignores stop after it."""
+
+    def _raw(self, prompts, max_new_tokens, temperature, seed):
+        return super()._raw(prompts, max_new_tokens, temperature, seed) if self.steps else [""] * len(prompts)
+
+
 class EmptyIdLM(GoodLM):
     model_id = ""
 
@@ -563,6 +570,7 @@ def test_a_good_language_model_passes():
         (NoEpochReportLM, r"sft\(epochs=2, on_epoch=\.\.\.\) must call on_epoch\(1, loss\) then on_epoch\(2, loss\) with finite losses, got \[\]"),
         (NanLossLM, r"sft\(\) must return a dict of finite numbers by name"),
         (ReloadKeepsWeightsLM, r"reload\(\) of the weights saved before sft\(\) generated"),
+        (SilentUntilTrainedLM, r"generate\(stop=\[.*\]\) returned '.+'; without the stops"),  # passed: "" has nothing to stop
         (EmptyIdLM, r"model_id must be a non-empty str"),
     ],
 )

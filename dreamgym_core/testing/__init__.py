@@ -579,6 +579,11 @@ def _check_trainable(model: Any, max_new_tokens: int) -> None:
         if [e for e, _ in epochs] != [1, 2] or not all(isinstance(loss, (int, float)) and math.isfinite(loss) for _, loss in epochs):
             raise _fail(model, f"sft(epochs=2, on_epoch=...) must call on_epoch(1, loss) then on_epoch(2, loss) with finite losses, got {epochs}")
         after = _generated(model, "after sft()", max_new_tokens=max_new_tokens, temperature=0.0)
+        # Again on the trained weights: a from-scratch backend writes nothing before SFT, which
+        # left the repeat and stop checks above nothing to check.
+        if _generated(model, "after sft(), again", max_new_tokens=max_new_tokens, temperature=0.0) != after:
+            raise _fail(model, "greedy generation (temperature 0) after sft() gave another text the second time")
+        _check_stop(model, after, max_new_tokens)
         with _step(model, "reload(path=...) of what save() wrote"):
             model.reload(path=os.path.join(tmp, "before"))
         restored = _generated(model, "after reload()", max_new_tokens=max_new_tokens, temperature=0.0)

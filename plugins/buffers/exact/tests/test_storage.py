@@ -96,6 +96,7 @@ def test_empty_buffer_and_bad_k_give_empty_results():
         (lambda b: b.retrieve(queries=[("s", "a"), ("s", None)], k=1), r"query 1 is \('s', None\)"),
         (lambda b: b.retrieve(queries=[("s", "a", "x")], k=1), r"query 0 is \('s', 'a', 'x'\)"),
         (lambda b: b.retrieve(queries=[("s", "a")], k=2.5), r"k=2.5; expected an int"),
+        (lambda b: b.retrieve(queries=[("s", "a")], k=-1), r"retrieve\(\): k=-1; expected an int >= 0"),  # gave [[]]
         (lambda b: b.sample(n=-1, seed=0), r"sample\(\): n=-1; expected an int >= 0"),
     ],
 )

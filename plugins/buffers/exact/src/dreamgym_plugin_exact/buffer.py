@@ -76,8 +76,8 @@ def _check_storable(transitions: Sequence[Transition], where: str) -> None:
 def _check_queries(queries: Sequence[tuple[str, str]], k: int) -> None:
     """Refuse what retrieve() cannot answer, in one line: a 2-character string would pass as a
     (state, action) pair, and other values failed deep in the encoder or the search."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise DataError(f"retrieve(): k={k!r}; expected an int")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:  # k=-1 gave [[]], as if empty
+        raise DataError(f"retrieve(): k={k!r}; expected an int >= 0")
     for i, query in enumerate(queries):
         if not (isinstance(query, (tuple, list)) and len(query) == 2 and all(isinstance(part, str) for part in query)):
             raise DataError(f"retrieve(): query {i} is {query!r:.80}; expected a (state, action) pair of str")
@@ -538,7 +538,7 @@ class ExactBuffer:
         """Top-k stored transitions per (state, action) query; [] per query when empty.
 
         Raises:
-            DataError: a query is not a (state, action) pair of str, or ``k`` is not an int.
+            DataError: a query is not a (state, action) pair of str, or ``k`` is not an int >= 0.
         """
         _check_queries(queries, k)
         if not queries:

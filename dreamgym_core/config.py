@@ -458,8 +458,10 @@ def set_path(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
 
 def parse_overrides(overrides: Sequence[str], where: str) -> list[tuple[str, Any]]:
     """``key.path=value`` strings; values are parsed as YAML scalars (1e-5, true, [a])."""
-    if isinstance(overrides, (str, bytes)) or not all(isinstance(item, str) for item in overrides):
-        # a lone string was read as a list of one-character overrides ("--set expects key.path=value, got 'l'")
+    if isinstance(overrides, (str, bytes)):  # was read as a list of one-character overrides
+        raise ConfigError(f"{where}: overrides must be a list of 'key.path=value' strings, got {overrides!r:.80}")
+    overrides = list(overrides)  # a generator is read once
+    if not all(isinstance(item, str) for item in overrides):
         raise ConfigError(f"{where}: overrides must be a list of 'key.path=value' strings, got {overrides!r:.80}")
     parsed = []
     for item in overrides:
@@ -536,7 +538,7 @@ def load_resolved(source: str | Path | Mapping[str, Any], overrides: Sequence[st
     :func:`dreamgym_core.loop.run_pipeline` or :func:`dreamgym_core.loop.evaluate_run`."""
     from .plugins import Plugins
 
-    if not isinstance(source, (str, Path, Mapping)):
+    if not isinstance(source, (str, os.PathLike, Mapping)):
         raise ConfigError(f"a pipeline is a file path or a mapping, got {type(source).__name__}")
     if isinstance(source, Mapping):
         where = "<pipeline dict>"

@@ -9,6 +9,7 @@ traceback in core code, or not at all: a run that exited 0 after training on not
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,29 @@ def missing_members(kind: str, component: Any) -> list[str]:
 
 
 def checked_metrics(value: Any, who: str, call: str) -> dict[str, float]:
-    """``value`` if it is a dict of finite numbers by str name, as every metrics sink and
-    report reads them; else a :class:`ComponentError` naming ``who`` and its ``call``.
+    """``value`` as a dict of floats by str name, as every metrics sink and report reads them;
+    a value that is not a real number is a :class:`ComponentError` naming ``who`` and ``call``.
 
-    A NaN or inf is refused: the update or fine-tuning that gave it has diverged, and the
-    weights it left would fail the next generation deep inside the model code."""
+    A non-finite loss (a key with ``loss`` in it) is refused: the update or fine-tuning that gave
+    it has diverged, and the weights it left would fail the next generation deep inside the model
+    code. Other non-finite metrics (a 0/0 diagnostic) are dropped and counted under
+    ``errors/nonfinite_metrics``, as the built-in trainers count theirs."""
     if not isinstance(value, dict):
         raise ComponentError(f"{who}: {call} returned {type(value).__name__}, expected a dict of metrics (str: number)")
+    metrics: dict[str, float] = {}
+    dropped = 0
     for key, number in value.items():
-        if not isinstance(key, str) or not isinstance(number, (int, float)):
+        if not isinstance(key, str) or not isinstance(number, numbers.Real):
             raise ComponentError(f"{who}: {call} returned metric {key!r} = {number!r:.60}, expected a number by str name")
-        if not math.isfinite(number):
-            raise ComponentError(f"{who}: {call} returned metric {key!r} = {number}: training diverged (non-finite)")
-    return value
+        if math.isfinite(number):
+            metrics[key] = float(number)
+        elif "loss" in key:
+            raise ComponentError(f"{who}: {call} returned metric {key!r} = {float(number)}: training diverged (a non-finite loss)")
+        else:
+            dropped += 1
+    if dropped:
+        metrics["errors/nonfinite_metrics"] = metrics.get("errors/nonfinite_metrics", 0.0) + dropped
+    return metrics
 
 
 def checked_texts(value: Any, n: int, who: str, call: str) -> list[str]:

@@ -552,7 +552,7 @@ class Runner:
             return [self.domain.make_env() for _ in range(n)], None
         from .synthetic import SyntheticEnv, step_many, synthetic_config_of
 
-        config = synthetic_config_of(self.cfg, seeded_episodes=False)
+        config = synthetic_config_of(self.cfg)
         model = experience_model or self.experience_model
         envs = [SyntheticEnv(model, self.buffer, self.domain, config) for _ in range(n)]
         return envs, step_many

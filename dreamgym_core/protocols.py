@@ -268,7 +268,8 @@ class Algorithm(Protocol):
     def save(self, *, path: str) -> None:
         """Write everything training needs to go on at ``path`` (a file or a directory, not
         there yet, inside a checkpoint): the policy's weights, optimiser state, and the
-        algorithm's own counters and random streams."""
+        algorithm's own counters and random streams. ``path`` itself must exist afterwards
+        (``np.save(path, ...)`` writes ``path.npy``): the run stops when it does not."""
 
     def load(self, *, path: str) -> None:
         """Restore what ``save`` wrote, policy weights included: ``--resume`` goes on from it

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 ActFn = Callable[[list[str]], list[str]]
 # Steps envs with their actions; a slot holds the exception its env raised. A step_many that
 # raises instead must do so before stepping any env: the rollout then steps them one by one,
-# and stops with the first error if every one of them raises too.
+# and stops with the first error if there are several and every one of them raises too.
 StepManyFn = Callable[[Sequence[Env], Sequence[str]], list[StepResult | Exception]]
 # on_step(step, max_steps, playing, episodes): told as each lockstep step begins (progress lines).
 StepFn = Callable[[int, int, int, int], None]
@@ -269,12 +269,13 @@ def _step_envs(
     environment that raises ends its own episode as a failure."""
     try:
         results = step_many([ep.env for ep, _ in stepping], [d.action for _, d in stepping])
-    except Exception as batched:  # raised before any env moved (StepManyFn): step them one by one
+    except Exception:  # raised before any env moved (StepManyFn): step them one by one
         results = [step_or_error(ep.env, d.action) for ep, d in stepping]
-        if all(isinstance(result, Exception) for result in results):
-            # No episode could be stepped (an experience model that cannot answer at all): the
-            # run's failure, not the episodes'. Counted as env errors, it trained on nothing and exited 0.
-            raise results[0] from batched
+        if len(results) > 1 and all(isinstance(result, Exception) for result in results):
+            # Several episodes, none of which could be stepped (an experience model that cannot
+            # answer at all): the run's failure. Counted as env errors, it trained on nothing and
+            # exited 0. One episode alone failing is its own failure (a request its server refused).
+            raise results[0]  # noqa: B904 - its own cause (the model's error) is the one to show
     for (ep, decision), result in zip(stepping, results):
         if isinstance(result, Exception):
             stats.env_errors += 1

@@ -84,14 +84,14 @@ class SyntheticEnvConfig(Config):
     ] = 0.0
 
 
-def synthetic_config_of(pipeline: Any, *, seeded_episodes: bool = True) -> SyntheticEnvConfig:
+def synthetic_config_of(pipeline: Any, *, seeded_episodes: bool = False) -> SyntheticEnvConfig:
     """The synthetic environment's settings from a pipeline config, one place for every
     trainer (the local loop and verl), so both cap, retrieve, refuse and vary alike.
     Transitions enter the buffer in the trainer's store stage, after the rollout
     (``add_to_buffer`` off): a resumed iteration then retrieves what the uninterrupted one did.
-    Trainers pass ``seeded_episodes=False``: their episodes share the model given, so each
-    lockstep step is one model call, seeded by the rollout's own stream; a single env played
-    from Python keeps seeded episodes, which replay from ``reset(seed=...)``."""
+    Episodes share the model given (``seeded_episodes`` off), so each lockstep step is one model
+    call, seeded by the rollout's own stream; a single env played from Python passes
+    ``seeded_episodes=True``, so that its episodes replay from ``reset(seed=...)``."""
     loop = pipeline.loop
     return SyntheticEnvConfig(
         max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, demos=loop.demos, add_to_buffer=False,
@@ -169,7 +169,10 @@ class SyntheticEnv:
         return self._obs
 
     def step(self, *, action: str) -> StepResult:
-        return step_many([self], [action])[0]
+        result = step_many([self], [action])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def close(self) -> None:
         """Nothing to release: the model and buffer are shared and owned by the caller (who
@@ -310,7 +313,7 @@ def _unlisted(env: SyntheticEnv, action: str) -> ExperienceResult:
     )
 
 
-def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[StepResult]:
+def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[StepResult | Exception]:
     for env, action in zip(envs, actions, strict=True):
         env._check_running()
         if not isinstance(action, str):  # else it fails deep in the prompt, after other envs were asked
@@ -329,14 +332,28 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
         answers = _predict(envs[members[0]].model, [requests[i] for i in members])
         for i, answer in zip(members, answers, strict=True):
             results[i] = answer
-    finished = [env._finish(a, r, len(d)) for env, a, r, d in zip(envs, actions, results, demos)]
-    to_add: dict[int, tuple[Any, list[Transition]]] = {}
-    for env, (_, transition) in zip(envs, finished):
+    # From here envs move: what fails now is its env's slot (StepManyFn), not a raise that would
+    # have the rollout step the envs already moved a second time.
+    steps: list[StepResult | Exception] = []
+    to_add: dict[int, tuple[Any, list[int], list[Transition]]] = {}
+    for i, (env, action, result, found) in enumerate(zip(envs, actions, results, demos)):
+        try:
+            step, transition = env._finish(action, result, len(found))  # a domain's admissible_in or vary_state runs here
+        except Exception as exc:
+            steps.append(exc)
+            continue
+        steps.append(step)
         if env.buffer is not None and env.config.add_to_buffer:
-            to_add.setdefault(id(env.buffer), (env.buffer, []))[1].append(transition)
-    for buffer, transitions in to_add.values():
-        buffer.add(transitions=storable(transitions))
-    return [step for step, _ in finished]
+            entry = to_add.setdefault(id(env.buffer), (env.buffer, [], []))
+            entry[1].append(i)
+            entry[2].append(transition)
+    for buffer, members, transitions in to_add.values():
+        try:
+            buffer.add(transitions=storable(transitions))
+        except Exception as exc:
+            for i in members:
+                steps[i] = exc
+    return steps
 
 
 def _predict(model: Any, requests: list[ExperienceRequest]) -> list[ExperienceResult]:

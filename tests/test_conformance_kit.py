@@ -320,7 +320,18 @@ def test_stand_in_groups_give_an_update_signal():
 
 class SavingAlgo(GoodAlgo):
     def save(self, *, path):
-        np.save(f"{path}.npy", self.weights)
+        with open(path, "wb") as f:
+            np.save(f, self.weights)
+
+    def load(self, *, path):
+        self.weights = np.load(path)
+
+
+class SavesBesideItsPath(SavingAlgo):
+    """np.save(path) writes path.npy: a checkpoint without ``path`` that resume cannot find."""
+
+    def save(self, *, path):
+        np.save(path, self.weights)
 
     def load(self, *, path):
         self.weights = np.load(f"{path}.npy")
@@ -341,6 +352,9 @@ def test_check_algorithm_requires_load_to_restore_what_save_saw():
     broken = LoadKeepsWeights()
     with pytest.raises(ConformanceError, match=r"LoadKeepsWeights: load\(\) did not restore the parameters save\(\) saw"):
         check_algorithm(broken, [[]], lambda: broken.weights.copy())
+    beside = SavesBesideItsPath()
+    with pytest.raises(ConformanceError, match=r"SavesBesideItsPath: save\(path='.*algo'\) wrote nothing at that path"):
+        check_algorithm(beside, [[]], lambda: beside.weights.copy())
 
 
 def test_check_algorithm_accepts_torch_parameters():

@@ -98,7 +98,8 @@ def test_synthetic_env_runs_multistep_episodes_with_the_trained_model(trained) -
     domain, buffer, model, _, _ = trained
     before = len(buffer)
     tasks = domain.tasks(split="test")
-    envs = [SyntheticEnv(model, buffer, domain, SyntheticEnvConfig(max_steps=6, history_window=1, top_k=1)) for _ in tasks]
+    config = SyntheticEnvConfig(max_steps=6, history_window=1, top_k=1, add_to_buffer=True, seeded_episodes=False)  # as before both defaults changed
+    envs = [SyntheticEnv(model, buffer, domain, config) for _ in tasks]
     observations = [env.reset(task=task, seed=0) for env, task in zip(envs, tasks)]
     assert all(obs.admissible_actions for obs in observations)
     lengths, running = [0] * len(envs), list(range(len(envs)))

@@ -1626,3 +1626,15 @@ def test_an_experience_model_that_cannot_answer_at_all_stops_the_run(register_pl
     resolved = _resolved(plugins, tmp_path / "run", parts, iterations=1, mode="dreamgym")
     with pytest.raises(ComponentError, match=r"^experience model 'mute': predict\(\) raised RuntimeError: no server at 127.0.0.1:9$"):
         run_pipeline(resolved, plugins)
+
+
+def test_plugin_metrics_become_floats_and_a_non_finite_diagnostic_is_counted_not_fatal():
+    import numpy as np
+
+    from dreamgym_core.contracts import ComponentError, checked_metrics
+
+    metrics = checked_metrics({"loss": np.float32(0.5), "steps": np.int64(3), "explained_variance": float("nan")}, "algo 'x'", "update()")
+    assert metrics == {"loss": 0.5, "steps": 3.0, "errors/nonfinite_metrics": 1.0}
+    assert all(type(v) is float for v in metrics.values())  # numpy scalars are not JSON
+    with pytest.raises(ComponentError, match=r"^algo 'x': update\(\) returned metric 'losses/pg_loss' = inf: training diverged"):
+        checked_metrics({"losses/pg_loss": float("inf")}, "algo 'x'", "update()")

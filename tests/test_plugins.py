@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT, build_plugin_package, run_cli
 from dreamgym_core import ComponentSpec, hookimpl
 from dreamgym_core.config import Config
-from dreamgym_core.errors import DreamGymError, DuplicateComponentError
+from dreamgym_core.errors import ConfigError, DreamGymError, DuplicateComponentError
 
 from stand_ins import CountConfig, CountDomain, StandIns
 
@@ -469,21 +469,36 @@ def test_check_runs_the_algorithm_check_with_a_stand_in_policy(checked_plugin, r
         algo.update = lambda **_: {"loss": 0.0}
         return algo
 
-    class Algos:
+    def api_only(config, *, policy, seed):
+        raise ConfigError("needs a served policy (base_url), got a local model")
+
+    class Good:
         @hookimpl
         def dreamgym_register_algos(self):
             return [
                 ComponentSpec(name="mine", factory=grpo.factory, config_type=grpo.config_type, description="good"),
-                ComponentSpec(name="lazy", factory=lazy, config_type=grpo.config_type, description="updates nothing"),
+                ComponentSpec(name="api", factory=api_only, config_type=grpo.config_type, description="another kind of policy"),
             ]
 
-    checked_plugin(Algos(), "algos")
-    result = CliRunner().invoke(cli, ["check", "algos"])
-    assert result.exit_code == 1, result.output
+    class Lazy:
+        @hookimpl
+        def dreamgym_register_algos(self):
+            return [ComponentSpec(name="lazy", factory=lazy, config_type=grpo.config_type, description="updates nothing")]
+
+    checked_plugin(Good(), "good")
+    checked_plugin(Lazy(), "lazy")
+    result = CliRunner().invoke(cli, ["check", "good"])
+    assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "ok   algo:mine",
+        "skip algo:api (its factory refuses the hf-tiny stand-in policy: needs a served policy (base_url), got a local model)",
+        "1 component(s) of plugin 'good' passed",
+    ]
+    result = CliRunner().invoke(cli, ["check", "lazy"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
         "FAIL algo:lazy: GRPO: update() did not change the policy's parameters (see docs/conformance.md)",
-        "1 of 2 component(s) of plugin 'algos' failed",
+        "1 of 1 component(s) of plugin 'lazy' failed",
     ]
 
 

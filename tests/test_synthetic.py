@@ -499,9 +499,9 @@ def test_trainers_share_the_given_model_so_a_lockstep_step_is_one_call() -> None
     from dreamgym_core.config import load_resolved
 
     pipeline = load_resolved(Path(__file__).parents[1] / "examples" / "default.yaml")[0].pipeline
-    assert synthetic_config_of(pipeline).seeded_episodes  # as the README's Gym snippet plays one env
-    config = synthetic_config_of(pipeline, seeded_episodes=False)  # as the loop and verl build theirs
-    assert not config.add_to_buffer
+    config = synthetic_config_of(pipeline)  # as the loop and verl build theirs
+    assert not config.seeded_episodes and not config.add_to_buffer
+    assert synthetic_config_of(pipeline, seeded_episodes=True).seeded_episodes  # as the README's Gym snippet plays one env
     lm = SeededLM()
     model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
     envs = [SyntheticEnv(model, None, None, config) for _ in range(3)]
@@ -542,3 +542,65 @@ def test_gymnasium_wrapper_refuses_an_action_longer_than_its_action_space() -> N
     with pytest.raises(SyntheticEnvError, match=r"an action of 17 characters is longer than action_space's max_length \(16\)"):
         gym_env.step("go" + "o" * 15)
     assert gym_env.step("g" + "o" * 15)[0] == "Nothing happens."  # 16 characters: played (and refused by the game)
+
+
+def test_a_request_one_episode_alone_cannot_get_answered_fails_that_episode_only() -> None:
+    # The rollout stops a run whose experience model answers no episode at all; an error that
+    # only one request meets (a server refusing an over-long prompt) must fail its own episode,
+    # also when it is the only episode still playing.
+    from dreamgym_core.contracts import ComponentError
+    from dreamgym_core.rollout import rollout
+
+    class PicksyLM(ScriptedLM):
+        def generate(self, *, prompts, **kwargs):
+            if any("refused" in p for p in prompts):
+                raise RuntimeError("HTTP 400: prompt too long")
+            return super().generate(prompts=prompts, **kwargs)
+
+    model = LMExperienceModel(PicksyLM(answer=walker), ExperienceModelConfig(max_retries=0))
+    config = SyntheticEnvConfig(seeded_episodes=False)
+    refused = Task(id="refused", instruction="find the coin", domain="test", payload={"initial_state": "refused room"})
+
+    def play(tasks):
+        envs = [SyntheticEnv(model, None, None, config) for _ in tasks]
+        return rollout(tasks=tasks, envs=envs, act=lambda prompts: ["<action>go</action>"] * len(prompts), max_steps=2,
+                       history_window=1, seeds=list(range(len(tasks))), source="synthetic", tag="t", step_many=step_many)
+
+    for tasks in ([refused], [TASK, refused]):
+        trajectories, stats = play(tasks)
+        assert stats.env_errors == 1 and trajectories[-1].transitions[-1].next_state == "[environment error: ComponentError]"
+    with pytest.raises(ComponentError, match="HTTP 400"):  # several episodes, none answered: the run's failure
+        play([refused, refused])
+
+
+def test_a_domain_failing_on_one_generated_state_fails_that_env_alone_and_steps_no_env_twice() -> None:
+    # step_many raised after the envs before it had moved; the rollout then stepped every env
+    # again one by one, so those episodes jumped two steps.
+    from dreamgym_core.rollout import rollout
+
+    class FailsOnce(ListingDomain):
+        calls = 0
+
+        def admissible_in(self, state):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 2:
+                raise ValueError("unreadable state")
+            return super().admissible_in(state)
+
+    lm = ScriptedLM(answer=walker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    envs = [SyntheticEnv(model, None, FailsOnce(), SyntheticEnvConfig(seeded_episodes=False)) for _ in range(3)]
+    trajectories, stats = rollout(
+        tasks=[TASK] * 3, envs=envs, act=lambda prompts: ["<action>go</action>"] * len(prompts), max_steps=1,
+        history_window=1, seeds=[0, 1, 2], source="synthetic", tag="t", step_many=step_many,
+    )
+    assert stats.env_errors == 1 and len(lm.calls) == 1  # one batched call, no second round
+    assert [t.transitions[-1].next_state for t in trajectories] == [
+        "You are in room 1.", "[environment error: ValueError]", "You are in room 1."
+    ]
+    assert [len(env._history) for env in envs] == [1, 0, 1]  # each env moved once, the failed one not at all
+    with pytest.raises(ValueError, match="unreadable state"):  # step() of one env raises what its slot holds
+        FailsOnce.calls = 1
+        env = SyntheticEnv(model, None, FailsOnce(), SyntheticEnvConfig(seeded_episodes=False))
+        env.reset(task=TASK)
+        env.step(action="go")

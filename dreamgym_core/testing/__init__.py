@@ -496,6 +496,8 @@ def _check_save_load(algo: Any, groups: Sequence[Sequence[Trajectory]], paramete
         path = os.path.join(tmp, "algo")
         with _step(algo, "save(path=...)"):
             algo.save(path=path)
+        if not os.path.exists(path):  # as a run checks each checkpoint's
+            raise _fail(algo, f"save(path={path!r}) wrote nothing at that path")
         with _step(algo, "update() after save()"):
             algo.update(groups=groups)
         with _step(algo, "load(path=...) of what save() wrote"):

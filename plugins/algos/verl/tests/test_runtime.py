@@ -105,7 +105,7 @@ def test_the_synthetic_env_takes_every_loop_setting_the_local_loop_does(run_dir,
     model = types.SimpleNamespace(predict=lambda **kw: [])  # an experience model's shape; it is not called here
     monkeypatch.setattr(runtime, "_experience_model", lambda *args: model)
     env = runtime.synthetic_env_factory(resolved, None, domain, None, run_dir="unused")()
-    assert env.config == synthetic_config_of(resolved.pipeline, seeded_episodes=False)  # as the local loop's
+    assert env.config == synthetic_config_of(resolved.pipeline)
     assert (env.config.reject_unlisted_at, env.config.state_variation) == ("start", 0.5)
 
 

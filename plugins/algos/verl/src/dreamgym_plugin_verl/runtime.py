@@ -97,7 +97,7 @@ def synthetic_env_factory(resolved: Any, plugins: Plugins, domain: Any, buffer: 
     from dreamgym_core.synthetic import SyntheticEnv, synthetic_config_of
 
     model = _experience_model(resolved, plugins, domain, run_dir)
-    config = synthetic_config_of(resolved.pipeline, seeded_episodes=False)
+    config = synthetic_config_of(resolved.pipeline)
 
     def make() -> Any:
         return SyntheticEnv(model, buffer, domain, config)

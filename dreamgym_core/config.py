@@ -591,7 +591,14 @@ def resolve(pipeline: PipelineConfig, plugins: Plugins, where: str) -> ResolvedP
             hint = f"Components come from the plugins listed in `plugins:` ({loaded}); add the one that registers {ref.name!r}."
             raise ComponentNotFound(kind, ref.name, plugins.components(kind), where=f"{where}: {field}.name", hint=hint) from exc
         json_path = re.sub(r"\.(\d+)", r"[\1]", f"$.{field}.config")
-        components[field] = convert_config(ref.config, spec.config_type, where, json_path)
+        try:
+            components[field] = convert_config(ref.config, spec.config_type, where, json_path)
+        except ConfigError as exc:
+            if "unknown field" not in str(exc):
+                raise
+            # Often another component's settings: `--set algo.name=X` keeps the file's algo.config.
+            fields = ", ".join(f.name for f in msgspec.structs.fields(spec.config_type)) or "none"
+            raise ConfigError(f"{exc} ({kind} {ref.name!r} takes: {fields})") from exc
     return ResolvedPipeline(source=where, pipeline=pipeline, components=components)
 
 

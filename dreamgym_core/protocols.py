@@ -1,6 +1,7 @@
 """Component contracts.
 
-Every component a plugin provides satisfies one of these Protocols. Methods take
+Every component a plugin provides satisfies one of these Protocols (``ExperienceModel``
+is the core's, over a model backend; see its docstring). Methods take
 keyword-named parameters so call sites read without a signature at hand. The
 conformance kit in :mod:`dreamgym_core.testing` checks a component against its
 contract.
@@ -160,7 +161,12 @@ class TrainableLanguageModel(LanguageModel, Protocol):
 
 @runtime_checkable
 class ExperienceModel(Protocol):
-    """M_exp: predicts the next state and reward; also plays M_task (same weights)."""
+    """M_exp: predicts the next state and reward; also plays M_task (same weights).
+
+    No hook registers one: a pipeline's ``experience_model`` names a model backend (a
+    ``LanguageModel``), which the core wraps in ``dreamgym_core.experience.LMExperienceModel``
+    (the text format of docs/experience-format.md). ``SyntheticEnv`` takes any object with
+    ``predict``, so Python code may pass its own."""
 
     model_id: str
 

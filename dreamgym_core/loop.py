@@ -569,9 +569,11 @@ class Runner:
         if flag and stream is not None and _accepts(self.algo.act, "stream"):
             flag["stream"] = stream
 
+        who = self.who("algo")
+
         def act(prompts: list[str]) -> list[str]:
             out = self.algo.act(prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, **flag)
-            return checked_texts(out, len(prompts), self.who("algo"), "act()")
+            return checked_texts(out, len(prompts), who, "act()")
 
         return act
 

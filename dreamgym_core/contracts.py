@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import DreamGymError
 
-__all__ = ["ComponentError", "REQUIRED_MEMBERS", "missing_members", "checked_metrics", "checked_texts", "checked_saved"]
+__all__ = ["ComponentError", "REQUIRED_MEMBERS", "missing_members", "checked_metrics", "checked_texts", "checked_saved", "checked_action"]
 
 
 class ComponentError(DreamGymError):
@@ -83,3 +83,12 @@ def checked_saved(path: str | Path, who: str, call: str) -> None:
     without it looks finished, and ``--resume`` or ``dreamgym eval`` cannot use it."""
     if not Path(path).exists():
         raise ComponentError(f"{who}: {call} wrote nothing at {path}")
+
+
+def checked_action(action: Any, who: str) -> str:
+    """``action`` if it is a str; else a TypeError naming ``who``, raised before the env moves.
+    The core only ever sends str (``act`` is checked); this is for Python callers, whose int or
+    None used to fail inside an engine (an AttributeError, or an alfworld episode ended)."""
+    if not isinstance(action, str):
+        raise TypeError(f"{who}: step(action=...) takes a str, got {type(action).__name__}")
+    return action

@@ -110,6 +110,19 @@ def test_an_action_the_engine_cannot_carry_out_changes_nothing_and_is_flagged(do
         env.close()
 
 
+def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(domain):
+    # An int used to reach the engine, whose failure ended the episode.
+    env = domain.make_env()
+    try:
+        start = env.reset(task=domain.tasks(split="train")[0])
+        with pytest.raises(TypeError, match=r"^alfworld env: step\(action=\.\.\.\) takes a str, got int$"):
+            env.step(action=5)
+        result = env.step(action="look")
+        assert result.valid and result.info["steps"] == 1 and result.observation.admissible_actions == start.admissible_actions
+    finally:
+        env.close()
+
+
 def test_the_state_shows_what_the_agent_holds(domain):
     env = domain.make_env()
     try:

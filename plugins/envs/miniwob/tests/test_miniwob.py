@@ -161,6 +161,15 @@ def test_typing_and_invalid_actions(domain, env):
 
 
 @browser
+def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(domain, env):
+    first = env.reset(task=domain.tasks(split="train")[1])
+    with pytest.raises(TypeError, match=r"^miniwob env: step\(action=\.\.\.\) takes a str, got NoneType$"):
+        env.step(action=None)
+    result = env.step(action="click [999]")
+    assert result.info["steps"] == 1 and not result.done and result.observation.text == first.text
+
+
+@browser
 def test_a_wrong_submission_fails_and_the_step_cap_ends_an_episode(domain, env):
     first = env.reset(task=domain.tasks(split="train")[1])
     login = next(line for line in first.text.splitlines() if '"Login"' in line)

@@ -78,6 +78,14 @@ def test_unknown_and_ambiguous_actions(domain, env):
     assert ambiguous.valid and not ambiguous.observation.text.startswith("Ambiguous request")
 
 
+def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(domain, env):
+    env.reset(task=domain.tasks(split="train")[0])
+    with pytest.raises(TypeError, match=r"^scienceworld env: step\(action=\.\.\.\) takes a str, got int$"):
+        env.step(action=5)
+    result = env.step(action="look around")
+    assert result.valid and result.info["steps"] == 1
+
+
 def test_a_failed_task_ends_the_episode_as_a_failure():
     living = SciWorldDomain(SciWorldConfig(task="find-living-thing", train_variations=1, valid_variations=0, test_variations=1))
     try:

@@ -714,3 +714,14 @@ def test_call_timeout_s_is_checked() -> None:
     with pytest.raises(msgspec.ValidationError, match="call_timeout_s"):
         twx_config("coin", call_timeout_s=-1)
     assert TwxConfig().call_timeout_s == 60.0
+
+
+@pytest.mark.parametrize("action", [5, None, b"look around"])
+def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(twx_domains, twx_env, action) -> None:
+    # A Python caller's int used to fail inside the action check with an AttributeError.
+    task = twx_domains["coin"].tasks(split="train")[0]
+    first = twx_env.reset(task=task)
+    with pytest.raises(TypeError, match=rf"^textworld env: step\(action=\.\.\.\) takes a str, got {type(action).__name__}$"):
+        twx_env.step(action=action)
+    result = twx_env.step(action="look around")
+    assert result.valid and result.info["steps"] == 1 and result.observation.admissible_actions == first.admissible_actions

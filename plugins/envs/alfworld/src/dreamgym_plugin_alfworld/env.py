@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from dreamgym_core.contracts import checked_action
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 from dreamgym_plugin_textworld.state import render_state
@@ -140,6 +141,7 @@ class AlfWorldEnv:
         return self._observe(room, self._state)
 
     def step(self, *, action: str) -> StepResult:
+        checked_action(action, "alfworld env")  # before the engine, whose failure ends the episode
         if self._done:
             raise EngineError("alfworld env: step() needs reset() first (the episode is over or not started)")
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from dreamgym_core.contracts import checked_action
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 
@@ -104,6 +105,7 @@ class MiniWoBEnv:
         return self._observe()
 
     def step(self, *, action: str) -> StepResult:
+        checked_action(action, "miniwob env")
         if self._done:
             raise DreamGymError("miniwob env: step() needs reset() first (the episode is over or not started)")
         parsed = parse_action(action)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dreamgym_core.contracts import checked_action
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
 from dreamgym_core.records import Observation, StepResult, Task
@@ -194,6 +195,7 @@ class SciWorldEnv:
         return self._observe(observation, inventory, score)
 
     def step(self, *, action: str) -> StepResult:
+        checked_action(action, "scienceworld env")  # py4j finds no step(Integer): read as a JVM that stopped answering
         if self._done:
             raise EngineError("scienceworld env: step() needs reset() first (the episode is over or not started)")
         with self._jvm.call(f"step {action!r}") as engine:

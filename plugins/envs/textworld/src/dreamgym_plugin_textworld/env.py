@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, Protocol
 
+from dreamgym_core.contracts import checked_action
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 
@@ -106,6 +107,7 @@ class TextWorldEnv:
         return self.observe(raw)
 
     def step(self, *, action: str) -> StepResult:
+        checked_action(action, "textworld env")
         if self._done:
             raise EpisodeOver("textworld env: step() needs reset() first (the episode is over or not started)")
         unreadable = unreadable_character(action)

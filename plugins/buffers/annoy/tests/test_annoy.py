@@ -4,6 +4,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig
 from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
@@ -365,3 +366,14 @@ def test_an_index_naming_nodes_it_does_not_hold_is_rebuilt_not_searched(tmp_path
     lines = done.stdout.splitlines()
     assert lines[0] == "3" and lines[-1] == "800"  # answered, and the index rebuilt
     assert any(line.startswith("annoy.ann: not a sound annoy index") for line in lines)
+
+
+def test_a_closed_buffer_refuses_queries_made_through_its_index():
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=1000), encoder=HashingEncoder())
+    records = household(1000)
+    b.add(transitions=records)
+    b.wait_index()
+    assert b.stats()["annoy"]["items"] == 1000
+    b.close()
+    with pytest.raises(DataError, match=r"replay buffer \(in memory\) is closed$"):
+        b.retrieve(queries=[(records[0].state, records[0].action)], k=1)

@@ -385,3 +385,17 @@ def test_an_export_never_writes_through_a_link_planted_at_its_temporary_name(tmp
     assert b.export_jsonl(out) == 3
     assert victim.read_text() == "precious\n" and len(out.read_text().splitlines()) == 3 and not out.is_symlink()
     b.close()
+
+
+
+def test_a_closed_buffer_refuses_reads_as_it_refuses_writes(tmp_path):
+    # It used to answer retrieve() and sample() after close() while add() was refused.
+    b = ExactBuffer(ExactConfig(), encoder=BagOfWordsEncoder(), path=tmp_path)
+    b.add(transitions=make_transitions(5))
+    assert len(b.retrieve(queries=[("state", "action")], k=2)[0]) == 2 and len(b.sample(n=2, seed=0)) == 2
+    b.close()
+    for call in (lambda: b.retrieve(queries=[("state", "action")], k=2), lambda: b.sample(n=2, seed=0),
+                 lambda: b.add(transitions=make_transitions(1))):
+        with pytest.raises(DataError, match=r" is closed$"):
+            call()
+    assert len(b) == 5 and len(list(ExactBuffer(ExactConfig(), encoder=BagOfWordsEncoder(), path=tmp_path))) == 5

@@ -538,9 +538,11 @@ class ExactBuffer:
         """Top-k stored transitions per (state, action) query; [] per query when empty.
 
         Raises:
-            DataError: a query is not a (state, action) pair of str, or ``k`` is not an int >= 0.
+            DataError: a query is not a (state, action) pair of str, ``k`` is not an int >= 0,
+                or the buffer is closed.
         """
         _check_queries(queries, k)
+        self._require_open()  # as a closed file refuses reads: a caller still using it has a bug
         if not queries:
             return []
         if k <= 0 or self._live == 0:
@@ -613,6 +615,7 @@ class ExactBuffer:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise DataError(f"sample(): n={n!r}; expected an int >= 0")
         with self._lock:
+            self._require_open()
             rows = np.flatnonzero(self._alive[: len(self._records)])
         rng = np.random.default_rng(seed)
         picked = rng.choice(rows, size=min(n, len(rows)), replace=False) if len(rows) else rows

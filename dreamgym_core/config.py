@@ -10,6 +10,7 @@ path of the field. :func:`load_resolved` does both and loads the plugins, as the
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 import os
@@ -55,7 +56,36 @@ PositiveFloat = Annotated[float, Meta(gt=0.0)]
 
 
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Base for every DreamGym config: immutable, keyword-only, typo-proof."""
+    """Base for every DreamGym config: immutable, keyword-only, typo-proof, and checked when built.
+
+    msgspec checks types and bounds only when it decodes, so a config built in Python
+    (``HFConfig(max_length="1024")``) would carry its wrong value to wherever it is used.
+    ``__post_init__`` checks it as a pipeline file's would be; a subclass that has its own
+    ``__post_init__`` calls ``super().__post_init__()`` first."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def check_fields(config: Config) -> None:
+    """A ``msgspec.ValidationError`` naming ``config``'s class and field unless every field has
+    its declared type and bounds: the config's builtins decoded into :func:`_fields_only`."""
+    try:
+        msgspec.convert(msgspec.to_builtins(config), _fields_only(type(config)))
+    except msgspec.ValidationError as exc:
+        raise msgspec.ValidationError(f"{type(config).__name__}: {exc}") from None
+
+
+@functools.cache
+def _fields_only(config_type: type) -> type:
+    """A Struct with ``config_type``'s fields and none of its ``__post_init__`` checks, which
+    run on the config itself (decoding into the config type would run them on a copy too, and
+    their errors would come back under a second name)."""
+    fields = msgspec.structs.fields(config_type)
+    rename = {f.name: f.encode_name for f in fields}  # e.g. reward-entropy's ``lambda_`` is ``lambda``
+    return msgspec.defstruct(
+        config_type.__name__, [(f.name, f.type) for f in fields], kw_only=True, forbid_unknown_fields=True, rename=rename
+    )
 
 
 class ComponentRef(Config):
@@ -256,6 +286,7 @@ class PipelineConfig(Config):
     run_dir: Annotated[str, Meta(description="Where the run writes config, metrics, checkpoints, report.")] = "runs/default"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for option, on in (("world_model_epochs", self.loop.world_model_epochs), ("self_reflection", self.loop.self_reflection != "off")):
             if on and not self.data.branch_actions:
                 raise ValueError(f"loop.{option} needs branch transitions to learn from: set data.branch_actions > 0")

@@ -30,6 +30,7 @@ class JsonlConfig(Config):
     filename: str = "metrics.jsonl"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _in_run_dir("filename", self.filename, nested=False)
 
 
@@ -76,6 +77,7 @@ class TensorBoardConfig(Config):
     subdir: str = "tensorboard"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _in_run_dir("subdir", self.subdir, nested=True)
 
 

@@ -9,8 +9,9 @@ import msgspec
 import pytest
 import yaml
 
-from dreamgym_core.config import PipelineConfig, config_hash, load_pipeline, load_resolved, pipeline_from_dict, resolve
+from dreamgym_core.config import EvalConfig, LoopConfig, PipelineConfig, config_hash, load_pipeline, load_resolved, pipeline_from_dict, resolve
 from dreamgym_core.errors import ComponentNotFound, ConfigError, DreamGymError
+from dreamgym_core.synthetic import SyntheticEnvConfig
 
 from stand_ins import StandIns, pipeline_dict
 
@@ -313,3 +314,26 @@ def test_s2r_synthetic_iterations_round_the_share_up(iterations, share, syntheti
 
     # ceil(10 * 0.25) = ceil(2.5) = 3, where round() would give 2 (half to even)
     assert s2r_synthetic_iterations(iterations, share) == synthetic
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: LoopConfig(iterations="3"), r"^LoopConfig: Expected `int`, got `str` - at `\$\.iterations`$"),
+        (lambda: LoopConfig(group_size=0), r"^LoopConfig: Expected `int` >= 1 - at `\$\.group_size`$"),
+        (lambda: SyntheticEnvConfig(max_steps=2.5), r"^SyntheticEnvConfig: Expected `int`, got `float` - at `\$\.max_steps`$"),
+        (lambda: EvalConfig(episodes=None), r"^EvalConfig: Expected `int`, got `null` - at `\$\.episodes`$"),
+    ],
+)
+def test_a_config_built_in_python_is_checked_as_a_pipeline_files_would_be(build, message):
+    # msgspec checks types and bounds only when it decodes: these were accepted, and failed
+    # wherever the value was later used.
+    with pytest.raises(msgspec.ValidationError, match=message):
+        build()
+
+
+def test_a_checked_config_keeps_its_values_and_a_subclass_check_still_runs(tmp_path):
+    loop = LoopConfig(iterations=3, warmstart_lr=1)  # an int where a float is declared, as YAML gives
+    assert loop.iterations == 3 and loop.warmstart_lr == 1
+    with pytest.raises(ValueError, match="must name a directory of the run.s own"):
+        msgspec.structs.replace(pipeline_from_dict(pipeline_dict(str(tmp_path))), run_dir="/")

@@ -67,6 +67,7 @@ class VerlConfig(Config):
     ] = []
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         bad = [o for o in self.extra_overrides if "=" not in o]
         if bad:
             raise ValueError(f"extra_overrides must be Hydra 'key=value' strings, got {bad[0]!r}")

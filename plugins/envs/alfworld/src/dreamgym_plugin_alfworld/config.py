@@ -43,6 +43,7 @@ class AlfWorldConfig(Config):
     max_action_chars: Annotated[PositiveInt, Meta(description="Budget of the compact action list in the state text.")] = 400
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = [t for t in self.task_types if t not in TASK_TYPES]
         if unknown:
             raise ValueError(f"unknown task type {unknown[0]!r} (ALFWorld's: {', '.join(TASK_TYPES)})")

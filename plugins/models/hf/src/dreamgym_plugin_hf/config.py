@@ -127,6 +127,7 @@ class TinyConfig(_Common):
     min_frequency: Annotated[PositiveInt, Meta(description="Tokenizer: minimum pair count for a merge.")] = 2
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size={self.hidden_size} must be divisible by heads={self.heads}")
         if self.max_length > self.max_positions:

@@ -47,6 +47,7 @@ class OpenAIConfig(Config):
     ] = "empty"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # a typo here would otherwise fail every call at run time, each one retried first
         _check_url("base_url", self.base_url)
         if self.tokenize_url is not None:

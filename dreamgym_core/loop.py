@@ -270,6 +270,7 @@ class Runner:
         self.policy = build("model", cfg.policy.name, self._component("policy"))
         self.algo = build("algo", cfg.algo.name, self._component("algo"), policy=self.policy, seed=cfg.seed)
         self.train_tasks = self.domain.tasks(split="train")
+        self._check_worlds()
         self._check_validation()
         self._check_initial_states()
         self.curriculum = (
@@ -306,6 +307,22 @@ class Runner:
                         f"their start state: env {cfg.env.name!r} has no initial_observation(task) and task {task.id!r} "
                         "has no payload['initial_state'] string (docs/experience-format.md)"
                     )
+
+    def _check_worlds(self) -> None:
+        """Warn when the held-out or validation tasks repeat a world, or share one with the train
+        tasks (a domain's optional ``world_key``): seeds of a small game often generate the same
+        world, and then a success rate counts one world several times, or counts a trained one."""
+        cfg = self.cfg
+        if not hasattr(self.domain, "world_key"):
+            return
+        used = [cfg.eval.split] + (["valid"] if cfg.eval.valid_every or cfg.loop.warmstart_select_episodes else [])
+        for split in dict.fromkeys(used):
+            tasks = self.domain.tasks(split=split)
+            distinct, trained = world_counts(self.domain, tasks, self.train_tasks)
+            if distinct < len(tasks):
+                log.warning("env %r: the %d %r tasks are %d distinct worlds; a repeated world counts more than once", cfg.env.name, len(tasks), split, distinct)
+            if trained and split != "train":
+                log.warning("env %r: %d of the %r tasks' worlds are train tasks' worlds; play on them is not held out", cfg.env.name, trained, split)
 
     def _check_validation(self) -> None:
         """eval.valid_every's needs, checked before minutes of data and training go by."""
@@ -895,11 +912,14 @@ def evaluate(
             stream=f"{prefix}/{phase}",
         )
 
+    extra: dict[str, float] = {}
     trajectories, stats = play("real")
+    if hasattr(runner.domain, "world_key"):
+        distinct, trained = world_counts(runner.domain, chosen, runner.train_tasks)
+        extra[f"{prefix}/worlds"], extra[f"{prefix}/train_worlds"] = float(distinct), float(trained)
     if trajectories_out is not None:
         checkpoint.write_trajectories(trajectories_out, trajectories)
     low, high = wilson_interval(stats.successes, stats.episodes)
-    extra: dict[str, float] = {}
     by_family: dict[str, float] = {}
     families = success_by_family(trajectories)
     if len(families) > 1:  # several kinds of task (a multi-task domain): success on each
@@ -908,7 +928,7 @@ def evaluate(
     if synthetic:
         imagined, imagined_stats = play("synthetic")
         agree = sum(r.success == s.success for r, s in zip(trajectories, imagined))
-        extra = {
+        extra |= {
             f"{prefix}/synthetic_success_rate": imagined_stats.successes / max(imagined_stats.episodes, 1),
             f"{prefix}/synthetic_agreement": agree / max(len(chosen), 1),
         }
@@ -926,6 +946,13 @@ def evaluate(
         # infrastructure problem the success rate alone would pass off as the policy's
         f"{prefix}/env_errors": float(stats.env_errors),
     }
+
+
+def world_counts(domain: Any, tasks: Sequence[Task], train_tasks: Sequence[Task]) -> tuple[int, int]:
+    """(distinct worlds among ``tasks``, how many of those are worlds of ``train_tasks``), by the
+    domain's ``world_key``."""
+    worlds = {domain.world_key(t) for t in tasks}
+    return len(worlds), len(worlds & {domain.world_key(t) for t in train_tasks})
 
 
 # Top-level sections ``dreamgym eval`` may set otherwise than the run did: they change how and

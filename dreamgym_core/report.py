@@ -167,6 +167,30 @@ def _versions_lines(run_dir: Path) -> list[str]:
     return ["", "## Software", "", f"Python {versions.get('python')} on {versions.get('platform')}: {packages} ({VERSIONS_FILE})."]
 
 
+def _held_out_heading(split: str) -> str:
+    """Only other splits than train are held out; the heading names the split either way."""
+    if split == "train":
+        return "## Real tasks of the train split (eval.split: not held out)"
+    return f"## Held-out real tasks (split `{split}`)"
+
+
+def _world_lines(rows: Sequence[tuple[str, dict[str, Any], str]]) -> list[str]:
+    """How many distinct worlds the evaluations played, where the domain can tell (``world_key``),
+    and how many of them the train tasks share: the interval above counts episodes."""
+    row, prefix = next(((row, prefix) for _, row, prefix in reversed(rows) if f"{prefix}/worlds" in row), ({}, ""))
+    if not row:
+        return []
+    episodes, worlds, trained = (int(row[f"{prefix}/{key}"]) for key in ("episodes", "worlds", "train_worlds"))
+    lines = [""]
+    if worlds < episodes:
+        lines.append(f"- {episodes} episodes over **{worlds} distinct worlds**: a repeated world counts more than once, and the interval counts episodes, so it is too narrow")
+    else:
+        lines.append(f"- {episodes} episodes, each in a distinct world")
+    if trained:
+        lines.append(f"- **{trained} of these worlds are worlds of the train tasks**: play on them is not held out")
+    return lines
+
+
 def write(
     run_dir: Path, cfg: PipelineConfig, history: list[dict[str, Any]], *, counters: dict[str, float],
     selection: ValidSelection | None = None,
@@ -183,7 +207,7 @@ def write(
         f"- config sha256: `{(run_dir / 'config.sha256').read_text().strip()}`",
         f"- iterations: {cfg.loop.iterations}, tasks x group: {cfg.loop.tasks_per_iteration} x {cfg.loop.group_size}",
         "",
-        "## Held-out real tasks",
+        _held_out_heading(cfg.eval.split),
         "",
         "| policy | success rate | 95% CI | episodes |",
         "|---|---|---|---|",
@@ -195,6 +219,7 @@ def write(
                 f"| {label} | {row[f'{prefix}/success_rate']:.3f} | [{row[f'{prefix}/success_ci_low']:.3f}, "
                 f"{row[f'{prefix}/success_ci_high']:.3f}] | {int(row[f'{prefix}/episodes'])} |"
             )
+    lines += _world_lines(rows)
     crashed = [(label, row, prefix) for label, row, prefix in rows if row.get(f"{prefix}/env_errors")]
     if crashed:
         lines += [""] + [

@@ -1638,3 +1638,40 @@ def test_plugin_metrics_become_floats_and_a_non_finite_diagnostic_is_counted_not
     assert all(type(v) is float for v in metrics.values())  # numpy scalars are not JSON
     with pytest.raises(ComponentError, match=r"^algo 'x': update\(\) returned metric 'losses/pg_loss' = inf: training diverged"):
         checked_metrics({"losses/pg_loss": float("inf")}, "algo 'x'", "update()")
+
+
+class WorldCount:
+    """The counting game whose world is its target: 6 tasks a split, 5 worlds, all shared by the splits."""
+
+    @hookimpl
+    def dreamgym_register_envs(self):
+        class WorldDomain(CountDomain):
+            def world_key(self, task: Task) -> str:
+                return f"target {task.payload['target']}"
+
+        return [ComponentSpec(name="count-worlds", factory=WorldDomain, config_type=CountConfig, description="Counting game with worlds (test double).")]
+
+
+def test_held_out_play_counts_its_worlds_and_those_the_train_tasks_share(register_plugin, tmp_path, caplog):
+    # 6 test tasks of 5 worlds, each a train task's world: the success rate counts one world twice and
+    # trained worlds, which only a domain's world_key can tell; the run says so and the report shows it.
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(WorldCount(), "world-count")
+    with caplog.at_level("WARNING"):
+        summary = run_pipeline(_resolved(plugins, tmp_path / "run", {"env": {"name": "count-worlds"}}, iterations=1), plugins)
+    assert (summary["eval/episodes"], summary["eval/worlds"], summary["eval/train_worlds"]) == (6, 5, 5)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "env 'count-worlds': the 6 'test' tasks are 5 distinct worlds; a repeated world counts more than once" in warned
+    assert "env 'count-worlds': 5 of the 'test' tasks' worlds are train tasks' worlds; play on them is not held out" in warned
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Held-out real tasks (split `test`)" in report
+    assert "- 6 episodes over **5 distinct worlds**" in report and "- **5 of these worlds are worlds of the train tasks**" in report
+
+
+def test_a_domain_without_world_keys_reports_no_world_counts_and_the_train_split_is_not_called_held_out(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    parts = {"eval": {"episodes": 6, "split": "train"}}
+    summary = run_pipeline(_resolved(plugins, tmp_path / "run", parts, iterations=1), plugins)
+    assert "eval/worlds" not in summary
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Real tasks of the train split (eval.split: not held out)" in report and "Held-out" not in report

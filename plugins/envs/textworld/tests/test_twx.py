@@ -725,3 +725,51 @@ def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(twx_domains, t
         twx_env.step(action=action)
     result = twx_env.step(action="look around")
     assert result.valid and result.info["steps"] == 1 and result.observation.admissible_actions == first.admissible_actions
+
+
+COIN_2 = {"numLocations": 2, "includeDoors": 0}  # a fold of 1,000 seeds holds 8 worlds (measured)
+
+
+def test_distinct_worlds_draws_each_split_from_worlds_no_earlier_task_has() -> None:
+    plain = make_twx(TwxConfig(game="coin", params=COIN_2, train_seeds=32, valid_seeds=4, test_seeds=32))
+    picky = make_twx(TwxConfig(game="coin", params=COIN_2, train_seeds=8, valid_seeds=4, test_seeds=4, distinct_worlds=True))
+    try:
+        # Seeds as they come: 32 train or test seeds are 8 worlds each, and the valid worlds are train worlds.
+        plain_worlds = {s: [plain.world_key(t) for t in plain.tasks(split=s)] for s in ("train", "valid", "test")}
+        assert len(set(plain_worlds["train"])) == len(set(plain_worlds["test"])) == 8
+        assert set(plain_worlds["valid"]) <= set(plain_worlds["train"])
+        worlds = {s: [picky.world_key(t) for t in picky.tasks(split=s)] for s in ("train", "valid", "test")}
+        assert [len(set(w)) for w in worlds.values()] == [8, 4, 4]
+        assert len(set().union(*worlds.values())) == 16  # no world in two splits
+        assert [t.payload["seed"] for t in picky.tasks(split="train")][0] == 0  # the first new seeds, in order
+    finally:
+        plain.close()
+        picky.close()
+
+
+def test_distinct_worlds_names_a_split_the_game_cannot_fill() -> None:
+    domain = make_twx(TwxConfig(game="coin", params=COIN_2, train_seeds=8, valid_seeds=4, test_seeds=5, distinct_worlds=True))
+    try:
+        with pytest.raises(ConfigError, match=r"^env 'twx': coin \{'numLocations': 2, 'includeDoors': 0\}: the test seeds hold "
+                           r"4 distinct worlds that no task of train or valid has, and env.config.test_seeds asks for 5"):
+            domain.tasks(split="test")
+    finally:
+        domain.close()
+
+
+def test_with_distinct_worlds_a_variation_never_gives_a_held_out_world() -> None:
+    params = {"numLocations": 2, "maxDistanceApart": 1}
+    domains = [make_twx(TwxConfig(game="mapreader", params=params, train_seeds=4, valid_seeds=0, test_seeds=32, distinct_worlds=on))
+               for on in (False, True)]
+    try:
+        plain, picky = domains
+        held_out = {plain.world_key(t) for t in plain.tasks(split="test")}
+        parent = plain.tasks(split="train")[0]
+        # a train seed whose world is a test task's (measured: one of mapreader's first 32 test worlds)
+        seed = next(s for s in range(1, 1000) if plain.world_key(plain.make_variation(parent, f"seed={s}")) in held_out)
+        assert plain.make_variation(parent, f"seed={seed}") is not None
+        assert picky.make_variation(picky.tasks(split="train")[0], f"seed={seed}") is None
+        assert picky.make_variation(picky.tasks(split="train")[0], f"seed={seed + 1}") is not None
+    finally:
+        for domain in domains:
+            domain.close()

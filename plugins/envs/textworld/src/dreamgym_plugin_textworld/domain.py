@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import re
@@ -16,6 +17,7 @@ from .config import DEFAULT_CALL_TIMEOUT_S, TwConfig, TwxConfig
 from .engines import EnginePool, RawState, TwEngine, TwxJvms
 from .env import TextWorldEnv
 from .games import (
+    SPLITS,
     TW_GAMES,
     TWX_FLAGS,
     TWX_GAMES,
@@ -45,6 +47,12 @@ def task_id(payload: dict[str, Any], origin: str = "seed") -> str:
     return f"{payload['engine']}/{payload['game']}/{slug}/{payload['seed']}{suffix}"
 
 
+def world_digest(raw: RawState) -> str:
+    """A digest of the instruction and the initial state (text, inventory, actions) of a reset."""
+    parts = (raw.objective, raw.text, raw.inventory, *raw.admissible)
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
 def parse_variation(text: str, allowed: Sequence[str]) -> dict[str, int]:
     """``key=value`` (or ``key: value``) integer pairs of ``text`` whose key is in ``allowed``."""
     return {key: int(value) for key, value in _PAIR.findall(text) if key in allowed}
@@ -63,6 +71,7 @@ class TextWorldDomain:
             self.params = tw_params(config.game, config.params)
             self.cache_dir = getattr(config, "cache_dir", "") or default_cache_dir()
         self._tasks: dict[str, list[Task]] = {}
+        self._worlds: dict[str, str] = {}  # task id -> world_key
         self._probe: TextWorldEnv | None = None
         jvms = TwxJvms(
             games_per_jvm=getattr(config, "games_per_jvm", 1),
@@ -78,21 +87,56 @@ class TextWorldDomain:
         return {"engine": self.name, "game": self.config.game, "params": params, "split": split, "seed": seed}
 
     def tasks(self, *, split: str) -> list[Task]:
-        """Seed tasks of ``split``; each split draws seeds from its own disjoint range."""
+        """Seed tasks of ``split``; each split draws seeds from its own disjoint range (with
+        ``distinct_worlds``, only those whose world is new: :meth:`_distinct_tasks`)."""
         check_split(split)
         if split not in self._tasks:
             n = {"train": self.config.train_seeds, "valid": self.config.valid_seeds, "test": self.config.test_seeds}[split]
-            self._tasks[split] = [self._task(self.payload(split, seed)) for seed in split_seeds(self.name, split, n)]
+            if getattr(self.config, "distinct_worlds", False):
+                self._tasks[split] = self._distinct_tasks(split, n)
+            else:
+                self._tasks[split] = [self._task(self.payload(split, seed)) for seed in split_seeds(self.name, split, n)]
         return list(self._tasks[split])
+
+    def _distinct_tasks(self, split: str, n: int) -> list[Task]:
+        """The first ``n`` seeds of ``split`` whose worlds are new to it and to the splits
+        before it (train, then valid, then test): held-out play on worlds the policy trained on,
+        or one world counted as several, would overstate what it learned."""
+        if n == 0:
+            return []
+        taken = {self.world_key(t) for before in SPLITS[: SPLITS.index(split)] for t in self.tasks(split=before)}
+        picked: list[Task] = []
+        for seed in split_range(self.name, split):
+            task = self._task(self.payload(split, seed))
+            if self.world_key(task) not in taken:
+                taken.add(self.world_key(task))
+                picked.append(task)
+                if len(picked) == n:
+                    return picked
+        new = "distinct worlds" if split == "train" else "distinct worlds that no task of " + " or ".join(SPLITS[: SPLITS.index(split)]) + " has"
+        raise ConfigError(
+            f"env {self.name!r}: {self.config.game} {self.params}: the {split} seeds hold {len(picked)} {new}, and "
+            f"env.config.{split}_seeds asks for {n} (distinct_worlds); ask for fewer, or for params that make more worlds"
+        )
+
+    def world_key(self, task: Task) -> str:
+        """What identifies ``task``'s world: a digest of its instruction and initial state. Different
+        seeds of a small game often generate the same world."""
+        key = self._worlds.get(task.id)
+        if key is None:
+            key = self._worlds[task.id] = world_digest(self._reset_raw(task.payload))
+        return key
 
     def _task(self, payload: dict[str, Any], parent: Task | None = None) -> Task:
         raw = self._reset_raw(payload)
+        origin = "synthetic" if parent else "seed"
+        self._worlds[task_id(payload, origin)] = world_digest(raw)
         return Task(
-            id=task_id(payload, "synthetic" if parent else "seed"),
+            id=task_id(payload, origin),
             instruction=" ".join(raw.objective.split()),
             domain=self.name,
             split=payload["split"],
-            origin="synthetic" if parent else "seed",
+            origin=origin,
             parent_id=parent.id if parent else None,
             payload=payload,
         )
@@ -223,9 +267,16 @@ class TextWorldDomain:
         if {k: v for k, v in payload.items() if k != "split"} == {k: v for k, v in parent.payload.items() if k != "split"}:
             return None
         try:
-            return self._task(payload, parent=parent)
+            task = self._task(payload, parent=parent)
         except ConfigError:
             return None
+        if getattr(self.config, "distinct_worlds", False) and self.world_key(task) in self._held_out_worlds():
+            log.info("variation %r of %s gives a valid or test task's world; skipped", text, parent.id)
+            return None
+        return task
+
+    def _held_out_worlds(self) -> set[str]:
+        return {self.world_key(t) for split in ("valid", "test") for t in self.tasks(split=split)}
 
     def close(self) -> None:
         if self._probe is not None:

@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import stat
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, Iterator, Literal, Sequence
@@ -440,11 +441,20 @@ def read_transitions(path: Path) -> list[Transition]:
 
 
 def trajectories_from_transitions(transitions: Sequence[Transition], tasks: Sequence[Task]) -> list[Trajectory]:
-    """Regroup stored transitions into episodes (by episode id, in step order)."""
+    """Regroup stored transitions into episodes (by task and episode id, in step order).
+
+    Raises:
+        DataError: an episode holds a step twice (a file appended to itself, say), whose
+            second copy would be trained with the first in its history.
+    """
     by_task = {t.id: t for t in tasks}
-    episodes: dict[str, list[Transition]] = {}
+    episodes: dict[tuple[str, str], list[Transition]] = {}
     for t in transitions:
-        episodes.setdefault(t.episode_id, []).append(t)
+        episodes.setdefault((t.task_id, t.episode_id), []).append(t)
+    for (task_id, episode_id), steps in episodes.items():
+        repeated = sorted(step for step, n in Counter(t.step for t in steps).items() if n > 1)
+        if repeated:
+            raise DataError(f"episode {episode_id!r} of task {task_id!r} holds step {repeated[0]} more than once")
     out = []
     for steps in episodes.values():
         steps.sort(key=lambda t: t.step)

@@ -53,10 +53,7 @@ def collect_offline(domain: Any, tasks: Sequence[Task], data: DataConfig, *, see
             )
         return stored
     if data.path:
-        transitions = checkpoint.read_transitions(Path(data.path))
-        if not transitions:
-            raise DataError(f"data.path {data.path}: no transitions")
-        trajectories = checkpoint.trajectories_from_transitions(transitions, list(tasks))
+        trajectories = _read_offline_file(Path(data.path), domain, tasks)
     else:
         trajectories = []
         policies = (
@@ -68,6 +65,29 @@ def collect_offline(domain: Any, tasks: Sequence[Task], data: DataConfig, *, see
                 trajectories += collect(domain, tasks=list(tasks), policy=policy, episodes=episodes, seed=seed)
     checkpoint.write_trajectories(path, trajectories)
     return trajectories
+
+
+def _read_offline_file(path: Path, domain: Any, tasks: Sequence[Task]) -> list[Trajectory]:
+    """``data.path``'s transitions as episodes, refused (one line naming the file) where they
+    cannot be real offline data: steps of a valid or test task, which the evaluation plays
+    (trained on, they are not held out), or an experience model's failed answers."""
+    transitions = checkpoint.read_transitions(path)
+    if not transitions:
+        raise DataError(f"data.path {path}: no transitions")
+    failed = next((t for t in transitions if t.model_failed), None)
+    if failed is not None:
+        raise DataError(f"data.path {path}: step {failed.step} of episode {failed.episode_id!r} is model_failed (an experience model's failed answer, not real data)")
+    held_out = {t.id: split for split in ("valid", "test") for t in domain.tasks(split=split)}
+    leaked = sorted({t.task_id for t in transitions if t.task_id in held_out})
+    if leaked:
+        raise DataError(
+            f"data.path {path}: holds steps of {len(leaked)} {held_out[leaked[0]]}-split task(s) (e.g. {leaked[0]!r}), which "
+            "the run evaluates on: trained on, they would not be held out"
+        )
+    try:
+        return checkpoint.trajectories_from_transitions(transitions, list(tasks))
+    except DataError as exc:
+        raise DataError(f"data.path {path}: {exc}") from None
 
 
 def collect(domain: Any, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:

@@ -7,6 +7,7 @@ in tests/test_end_to_end.py and the plugins' own tests.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -722,6 +723,44 @@ def test_empty_offline_data_is_refused_not_trained_on(register_plugin, tmp_path)
     (tmp_path / "b" / "offline.jsonl").write_text("")  # a run dir whose stored offline data was emptied
     with pytest.raises(DataError, match=r"b/offline.jsonl: holds no episodes, but the config asks for offline data"):
         run_pipeline(_resolved(plugins, tmp_path / "b", iterations=1), plugins)
+
+
+def _offline_file(path: Path, records: list[dict]) -> Path:
+    base = {"state": "count is 0", "action": "inc", "next_state": "count is 1", "reward": 0.0, "done": False}
+    path.write_text("".join(json.dumps(base | r) + "\n" for r in records))
+    return path
+
+
+def test_offline_data_of_two_tasks_sharing_an_episode_id_stays_two_episodes(register_plugin, tmp_path):
+    # Episodes were grouped by episode id alone: task B's steps joined task A's episode.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    data = _offline_file(tmp_path / "mine.jsonl", [
+        {"task_id": "count-train-0", "episode_id": "ep0", "step": 0, "action": "stop", "reward": 1.0, "done": True, "success": True},
+        {"task_id": "count-train-1", "episode_id": "ep0", "step": 0},
+        {"task_id": "count-train-1", "episode_id": "ep0", "step": 1, "action": "stop", "done": True},
+    ])
+    run_pipeline(_resolved(plugins, tmp_path / "run", {"data": {"path": str(data)}}, iterations=0), plugins)
+    stored = [json.loads(line) for line in (tmp_path / "run" / "offline.jsonl").read_text().splitlines()]
+    assert [(e["task"]["id"], len(e["transitions"])) for e in stored] == [("count-train-0", 1), ("count-train-1", 2)]
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([{"task_id": "count-train-0", "episode_id": "e", "step": 0}] * 2, r"episode 'e' of task 'count-train-0' holds step 0 more than once"),
+        ([{"task_id": "count-test-3", "episode_id": "e", "step": 0}], r"holds steps of 1 test-split task\(s\) \(e.g. 'count-test-3'\), which the run evaluates on"),
+        ([{"task_id": "count-valid-0", "episode_id": "e", "step": 0}], r"holds steps of 1 valid-split task\(s\)"),
+        ([{"task_id": "count-train-0", "episode_id": "e", "step": 0, "model_failed": True}], r"step 0 of episode 'e' is model_failed"),
+    ],
+)
+def test_offline_data_that_cannot_be_real_training_data_is_refused_in_one_line(register_plugin, tmp_path, records, message):
+    # Each was trained on without a word: a step twice (its copy with itself in its history), the
+    # held-out tasks the run then evaluated on, an experience model's failed answer.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    data = _offline_file(tmp_path / "mine.jsonl", records)
+    with pytest.raises(DataError, match=rf"^data.path {re.escape(str(data))}: {message}"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", {"data": {"path": str(data)}}, iterations=0), plugins)
+    assert not (tmp_path / "run" / "offline.jsonl").exists()
 
 
 def _scripted_rollout(turns: list[list[str]], envs: list) -> tuple[list, object]:

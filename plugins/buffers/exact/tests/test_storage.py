@@ -229,6 +229,18 @@ def test_import_export_round_trip(tmp_path):
         b.export_jsonl(missing)
 
 
+def test_an_import_refuses_an_experience_models_failed_answer_and_stores_nothing(tmp_path):
+    # model_failed records are notes on unparsable answers; imported, retrieve() served them as demos.
+    records = make_transitions(3)
+    records[2] = msgspec.structs.replace(records[2], model_failed=True)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in records))
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path / "buf") as b:
+        with pytest.raises(DataError, match=r"in.jsonl:3: a model_failed record \(an experience model's failed answer\) is not stored$"):
+            b.import_jsonl(src)
+        assert len(b) == 0
+
+
 @pytest.mark.parametrize("dedup", ["content", "none"])
 def test_an_import_with_a_bad_line_stores_nothing(tmp_path, distinct, dedup):
     records = distinct(25, prefix="import")

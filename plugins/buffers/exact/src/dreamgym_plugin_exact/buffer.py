@@ -732,8 +732,8 @@ class ExactBuffer:
         """Add Transition records from a JSONL file, ``batch`` per add; returns (read, added).
 
         Raises:
-            DataError: the file cannot be read, or a line is not a Transition record. The
-                whole file is read first, so then nothing of it is added.
+            DataError: the file cannot be read, or a line is not a Transition record or is
+                marked ``model_failed``. The whole file is read first, so then nothing of it is added.
         """
         records = _read_jsonl(path)
         added = sum(self.add(transitions=records[i : i + batch]) for i in range(0, len(records), batch))
@@ -789,9 +789,12 @@ def _read_jsonl(path: str | Path) -> list[Transition]:
                 if not line.strip():
                     continue
                 try:
-                    records.append(decoder.decode(line))
+                    record = decoder.decode(line)
                 except msgspec.DecodeError as exc:
                     raise DataError(f"{path}:{lineno}: not a Transition record: {exc}") from exc
+                if record.model_failed:  # a note on an unparsable answer: retrieved, it would be served as a demo
+                    raise DataError(f"{path}:{lineno}: a model_failed record (an experience model's failed answer) is not stored")
+                records.append(record)
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     return records

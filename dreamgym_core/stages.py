@@ -67,6 +67,25 @@ def collect_offline(domain: Any, tasks: Sequence[Task], data: DataConfig, *, see
     return trajectories
 
 
+def offline_step_problem(t: Transition) -> str | None:
+    """Why ``t`` cannot be a real offline step, or None. The experience model learns the outcome
+    flags and the outcome reward (1 on the final step of a success, else 0) from such steps, and
+    fidelity scores its answers against them, so a step must carry them consistently."""
+    if t.model_failed:
+        return "is model_failed (an experience model's failed answer, not real data)"
+    if t.source == "synthetic":
+        return "is synthetic (an experience model's answer): offline data is real"
+    if t.step < 0:
+        return "has a negative step number"
+    if not t.next_state.strip():
+        return "has an empty next_state (a model trained on it answers an empty state, which its parser rates failed)"
+    if t.success and not t.done:
+        return "is a success that is not done (success is the outcome of an episode's final step)"
+    if t.reward != (1.0 if t.done and t.success else 0.0):
+        return f"has reward {t.reward}, but the outcome reward is 1.0 on a success's final step and 0.0 elsewhere"
+    return None
+
+
 def _read_offline_file(path: Path, domain: Any, tasks: Sequence[Task]) -> list[Trajectory]:
     """``data.path``'s transitions as episodes, refused (one line naming the file) where they
     cannot be real offline data: steps of a valid or test task, which the evaluation plays
@@ -74,9 +93,10 @@ def _read_offline_file(path: Path, domain: Any, tasks: Sequence[Task]) -> list[T
     transitions = checkpoint.read_transitions(path)
     if not transitions:
         raise DataError(f"data.path {path}: no transitions")
-    failed = next((t for t in transitions if t.model_failed), None)
-    if failed is not None:
-        raise DataError(f"data.path {path}: step {failed.step} of episode {failed.episode_id!r} is model_failed (an experience model's failed answer, not real data)")
+    for t in transitions:
+        problem = offline_step_problem(t)
+        if problem:
+            raise DataError(f"data.path {path}: step {t.step} of episode {t.episode_id!r} {problem}")
     held_out = {t.id: split for split in ("valid", "test") for t in domain.tasks(split=split)}
     leaked = sorted({t.task_id for t in transitions if t.task_id in held_out})
     if leaked:

@@ -751,6 +751,12 @@ def test_offline_data_of_two_tasks_sharing_an_episode_id_stays_two_episodes(regi
         ([{"task_id": "count-test-3", "episode_id": "e", "step": 0}], r"holds steps of 1 test-split task\(s\) \(e.g. 'count-test-3'\), which the run evaluates on"),
         ([{"task_id": "count-valid-0", "episode_id": "e", "step": 0}], r"holds steps of 1 valid-split task\(s\)"),
         ([{"task_id": "count-train-0", "episode_id": "e", "step": 0, "model_failed": True}], r"step 0 of episode 'e' is model_failed"),
+        ([{"task_id": "count-train-0", "episode_id": "e", "step": 0, "source": "synthetic"}], r"step 0 of episode 'e' is synthetic"),
+        ([{"task_id": "count-train-0", "episode_id": "e", "step": -3}], r"step -3 of episode 'e' has a negative step number"),
+        ([{"task_id": "count-train-0", "episode_id": "e", "step": 0, "next_state": " "}], r"step 0 of episode 'e' has an empty next_state"),
+        ([{"task_id": "count-train-0", "episode_id": "e", "step": 0, "success": True}], r"step 0 of episode 'e' is a success that is not done"),
+        ([{"task_id": "count-train-0", "episode_id": "e", "step": 0, "reward": 1.0}], r"step 0 of episode 'e' has reward 1.0, but the outcome reward"),
+        ([{"task_id": "count-train-0", "episode_id": "e", "step": 0, "done": True, "success": True}], r"step 0 of episode 'e' has reward 0.0, but"),
     ],
 )
 def test_offline_data_that_cannot_be_real_training_data_is_refused_in_one_line(register_plugin, tmp_path, records, message):

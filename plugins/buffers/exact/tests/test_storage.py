@@ -411,3 +411,12 @@ def test_a_closed_buffer_refuses_reads_as_it_refuses_writes(tmp_path):
         with pytest.raises(DataError, match=r" is closed$"):
             call()
     assert len(b) == 5 and len(list(ExactBuffer(ExactConfig(), encoder=BagOfWordsEncoder(), path=tmp_path))) == 5
+
+
+def test_a_step_cap_ending_and_the_games_own_ending_are_not_duplicates(tmp_path):
+    # content_key left out truncated: of the two, only the first stored was kept.
+    (ended,) = make_transitions(1)
+    ended = msgspec.structs.replace(ended, done=True)
+    capped = msgspec.structs.replace(ended, truncated=True)
+    b = ExactBuffer(encoder=BagOfWordsEncoder())
+    assert b.add(transitions=[capped, ended]) == 2 and b.add(transitions=[ended]) == 0

@@ -40,8 +40,9 @@ _COMPACT_MIN_DEAD = 1024
 
 
 def content_key(t: Transition) -> bytes:
-    """Duplicate key: what a transition says about the environment, not who logged it."""
-    blob = msgspec.msgpack.encode((t.state, t.action, t.next_state, t.reward, t.done, t.success, t.valid))
+    """Duplicate key: what a transition says about the environment, not who logged it. A step-cap
+    ending (``truncated``) is not the game's own ending: kept as one, the game-over was lost."""
+    blob = msgspec.msgpack.encode((t.state, t.action, t.next_state, t.reward, t.done, t.success, t.valid, t.truncated))
     return hashlib.blake2b(blob, digest_size=16).digest()
 
 

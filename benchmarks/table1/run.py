@@ -71,6 +71,13 @@ GAMES = {
         "env.config.game=coin", "env.config.params={numLocations: 2, includeDoors: 0}",
         "data={expert_episodes: 16, noisy_episodes: 32, random_episodes: 32}",
     ],
+    # Coin with three rooms and three distractor items, every split's tasks worlds of their own
+    # (env.config.distinct_worlds): the 32 test games of "coin" above are 8 worlds, repeated 3-6
+    # times, and its validation games are train worlds. The main job's game since they were found.
+    "coin-3": [
+        "env.config.game=coin", "env.config.params={numLocations: 3, includeDoors: 0, numDistractorItems: 3}",
+        "env.config.distinct_worlds=true",
+    ],
 }
 
 # Row -> overrides over base.yaml (GRPO in DreamGym with the curriculum).

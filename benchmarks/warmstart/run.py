@@ -34,7 +34,7 @@ VALID, TEST = 16, 32
 def curve(game: str, seed: int, *, epochs: int, lr: float, extra: list[str]) -> dict:
     run_dir = HERE / "runs" / game / f"seed{seed}-e{epochs}-lr{lr:g}"
     overrides = [
-        *GAMES[game], "loop.iterations=0", "experience.skip=true", f"env.config.valid_seeds={VALID}",
+        *GAMES[game], "env.config.distinct_worlds=false", "loop.iterations=0", "experience.skip=true", f"env.config.valid_seeds={VALID}",
         f"loop.warmstart_lr={lr}", f"seed={seed}", f"run_dir={run_dir}", *extra,
     ]
     pipeline = load_pipeline(str(ROOT / "examples" / "default.yaml"), tuple(overrides))

@@ -56,7 +56,7 @@ __all__ = [
     "requests_for",
     "training_examples",
     "same_world_first",
-    "world_key",
+    "world_namer",
     "SAME_WORLD_POOL",
     "LMExperienceModel",
     "stream_seed",
@@ -458,10 +458,12 @@ _OTHER_TASKS_OVERFETCH = 64
 SAME_WORLD_POOL = 256
 
 
-def world_key(domain: Any) -> Callable[[str], str]:
+def world_namer(domain: Any) -> Callable[[str], str]:
     """The world a task id plays in: the domain's ``world_of(task_id)``, else the id without a
     variation's :data:`~dreamgym_core.records.VARIATION_SUFFIX` (``.../7~syn`` plays in the
-    world of the seed task ``.../7``)."""
+    world of the seed task ``.../7``). That names a task's family of variations, for demos; a
+    domain's optional ``world_key(task)`` instead digests the world a task generates, which
+    seeds of a small game share."""
     world_of = getattr(domain, "world_of", None)
     return world_of if callable(world_of) else (lambda task_id: task_id.removesuffix(VARIATION_SUFFIX))
 

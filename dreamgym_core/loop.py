@@ -392,7 +392,7 @@ class Runner:
         scores them again), the answers that stayed unparsable to ``fidelity_unparsed.jsonl``."""
         if self.experience_model is None or not self.cfg.eval.fidelity_episodes:
             return {}
-        from .experience import world_key
+        from .experience import world_namer
         from .fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, unparsed_answers
 
         held_out = self.fidelity_transitions()
@@ -401,7 +401,7 @@ class Runner:
         loop = self.cfg.loop
         results = predict_all(
             self.experience_model.stream(FIDELITY_STREAM), held_out, self.buffer, history_window=loop.history_window, k=loop.top_k,
-            world_of=world_key(self.domain) if loop.demos == "same-world-first" else None,
+            world_of=world_namer(self.domain) if loop.demos == "same-world-first" else None,
         )
         checkpoint.write_records(self.run_dir / "fidelity_unparsed.jsonl", unparsed_answers(results, held_out))
         return fidelity_metrics(results, held_out)

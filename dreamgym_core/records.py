@@ -42,7 +42,7 @@ BRANCH_TAG = "/branch"
 
 # A task variation's id, by the built-in domains' convention: the id of the seed task of the same
 # world + VARIATION_SUFFIX. The curriculum keeps the two apart; ``loop.demos: same-world-first``
-# shows a variation its world's stored steps (``dreamgym_core.experience.world_key``).
+# shows a variation its world's stored steps (``dreamgym_core.experience.world_namer``).
 VARIATION_SUFFIX = "~syn"
 
 

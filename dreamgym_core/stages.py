@@ -81,7 +81,9 @@ def offline_step_problem(t: Transition) -> str | None:
         return "has an empty next_state (a model trained on it answers an empty state, which its parser rates failed)"
     if t.success and not t.done:
         return "is a success that is not done (success is the outcome of an episode's final step)"
-    if t.reward != (1.0 if t.done and t.success else 0.0):
+    from .experience import outcome_reward
+
+    if t.reward != outcome_reward(done=t.done, success=t.success):
         return f"has reward {t.reward}, but the outcome reward is 1.0 on a success's final step and 0.0 elsewhere"
     return None
 
@@ -201,7 +203,7 @@ def train_experience_model(
     A checkpoint that an earlier attempt finished is reloaded instead (``--resume``, or a
     verl run started again). Returns the training metrics under ``experience/``.
     """
-    from .experience import training_examples, world_key
+    from .experience import training_examples, world_namer
 
     if reload_trained(backend, run_dir):
         return checkpoint.read_stage_metrics(run_dir / EXPERIENCE_DIR)
@@ -210,7 +212,7 @@ def train_experience_model(
     exp, loop = pipeline.experience, pipeline.loop
     other_tasks = exp.train_demos == "other-tasks"
     # Passed only when asked for: an experience model of another plugin need not take it.
-    world = {"world_of": world_key(getattr(model, "domain", None))} if loop.demos == "same-world-first" else {}
+    world = {"world_of": world_namer(getattr(model, "domain", None))} if loop.demos == "same-world-first" else {}
     if hasattr(backend, "prepare"):
         # Unshortened prompts: shortening them to the budget needs the tokenizer this trains.
         examples = training_examples(

@@ -35,7 +35,7 @@ from msgspec import Meta
 from .config import Config, NonNegativeInt, PositiveInt, Probability
 from .contracts import ComponentError
 from .errors import ConformanceError, DreamGymError
-from .experience import SAME_WORLD_POOL, same_world_first, world_key
+from .experience import SAME_WORLD_POOL, same_world_first, world_namer
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
 from .rollout import step_or_error
 
@@ -291,7 +291,7 @@ def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list
         for i, found in zip(members, hits):
             env = envs[i]
             if env.config.demos == "same-world-first":
-                world_of = world_key(env.domain)
+                world_of = world_namer(env.domain)
                 found = same_world_first(found, world=world_of(env._task.id), action=actions[i], world_of=world_of)  # type: ignore[union-attr]
             own = (env._task.id, env._episode_id) if _own_steps(env) else None  # type: ignore[union-attr]
             demos[i] = [d for d in found if (d.task_id, d.episode_id) != own][: env.config.top_k]

@@ -34,7 +34,7 @@ from dreamgym_core.experience import (
     requests_for,
     same_world_first,
     stream_seed,
-    world_key,
+    world_namer,
     training_examples,
 )
 from dreamgym_core.records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
@@ -448,8 +448,8 @@ def test_same_world_demos_show_where_the_episodes_own_world_leads() -> None:
 
 
 def test_a_variation_plays_in_its_seed_tasks_world_unless_the_domain_says_otherwise() -> None:
-    assert world_key(None)("twx/coin/7~syn") == world_key(None)("twx/coin/7") == "twx/coin/7"
-    assert world_key(type("D", (), {"world_of": staticmethod(lambda t: "w")})())("t") == "w"
+    assert world_namer(None)("twx/coin/7~syn") == world_namer(None)("twx/coin/7") == "twx/coin/7"
+    assert world_namer(type("D", (), {"world_of": staticmethod(lambda t: "w")})())("t") == "w"
 
 
 def test_training_demos_from_other_tasks_are_found_past_a_large_task() -> None:

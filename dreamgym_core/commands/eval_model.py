@@ -64,10 +64,10 @@ def _build_buffer(resolved: Any, plugins: Any, train: list[Transition]) -> Any:
 
 def _world_of(resolved: Any, plugins: Any) -> Any:
     """The world each task id plays in, by the pipeline's domain (``loop.demos: same-world-first``)."""
-    from ..experience import world_key
+    from ..experience import world_namer
 
     pipeline = resolved.pipeline
-    return world_key(plugins.build("env", pipeline.env.name, resolved.components["env"]))
+    return world_namer(plugins.build("env", pipeline.env.name, resolved.components["env"]))
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

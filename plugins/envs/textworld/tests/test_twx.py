@@ -366,11 +366,11 @@ def test_a_variation_of_a_train_world_plays_in_that_world(twx_domains) -> None:
     """loop.demos: same-world-first shows a variation the offline steps of its world's seed task."""
     domain = twx_domains["coin"]
     parent, other = domain.tasks(split="train")[:2]
-    from dreamgym_core.experience import world_key
+    from dreamgym_core.experience import world_namer
 
     child = domain.make_variation(parent, f"seed={other.payload['seed']}")
     assert child is not None and child.id != other.id
-    world_of = world_key(domain)
+    world_of = world_namer(domain)
     assert world_of(child.id) == world_of(other.id) == other.id != world_of(parent.id)
 
 

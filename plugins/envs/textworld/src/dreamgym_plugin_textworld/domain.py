@@ -108,8 +108,9 @@ class TextWorldDomain:
         picked: list[Task] = []
         for seed in split_range(self.name, split):
             task = self._task(self.payload(split, seed))
-            if self.world_key(task) not in taken:
-                taken.add(self.world_key(task))
+            world = self.world_key(task)
+            if world not in taken:
+                taken.add(world)
                 picked.append(task)
                 if len(picked) == n:
                     return picked
@@ -130,9 +131,10 @@ class TextWorldDomain:
     def _task(self, payload: dict[str, Any], parent: Task | None = None) -> Task:
         raw = self._reset_raw(payload)
         origin = "synthetic" if parent else "seed"
-        self._worlds[task_id(payload, origin)] = world_digest(raw)
+        tid = task_id(payload, origin)
+        self._worlds[tid] = world_digest(raw)
         return Task(
-            id=task_id(payload, origin),
+            id=tid,
             instruction=" ".join(raw.objective.split()),
             domain=self.name,
             split=payload["split"],

@@ -201,6 +201,9 @@ class Runner:
             "real_transitions": 0,
             "synthetic_transitions": 0,
             "offline_transitions": 0,
+            # real steps played on validation tasks to pick a policy (warm-start epochs,
+            # eval.valid_every): real experience the method used, though not trained on
+            "valid_transitions": 0,
         }
         self.history: list[dict[str, float]] = []
         self.branches: list[Transition] = []  # Early Experience's branch transitions (data.branch_actions)
@@ -914,6 +917,8 @@ def evaluate(
 
     extra: dict[str, float] = {}
     trajectories, stats = play("real")
+    if split == "valid":
+        runner.counters["valid_transitions"] += stats.steps
     if hasattr(runner.domain, "world_key"):
         distinct, trained = world_counts(runner.domain, chosen, runner.train_tasks)
         extra[f"{prefix}/worlds"], extra[f"{prefix}/train_worlds"] = float(distinct), float(trained)

@@ -241,6 +241,8 @@ def write(
     for key in ("offline_transitions", "branch_transitions", "real_transitions", "synthetic_transitions"):
         if key in counters:
             lines.append(f"- {key.replace('_', ' ')}: {int(counters[key])}")
+    if counters.get("valid_transitions"):
+        lines.append(f"- real transitions on validation tasks, to pick a policy (not trained on): {int(counters['valid_transitions'])}")
     extra = {k: v for k, v in before.items() if k.startswith(("experience/", "world_model/", "warmstart/", "fidelity/"))}
     if extra:
         lines += ["", "## Training before RL", ""] + [f"- {k}: {_fmt(v)}" for k, v in sorted(extra.items())]

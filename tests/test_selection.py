@@ -111,6 +111,15 @@ def test_keep_last_scores_validation_without_snapshots(register_plugin, tmp_path
     assert sum("valid/success_rate" in r for r in _rows(tmp_path / "run")) == 3
 
 
+def test_validation_plays_are_counted_as_real_transitions_apart(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    summary = run_pipeline(_resolved(plugins, run_dir, {"valid_every": 1}, policy="scripted", iterations=2), plugins)
+    played = sum(r["valid/episode_length"] * r["valid/episodes"] for r in _rows(run_dir) if "valid/success_rate" in r)
+    assert played > 0 and summary["counters/valid_transitions"] == played
+    assert f"real transitions on validation tasks, to pick a policy (not trained on): {int(played)}" in (run_dir / "report.md").read_text()
+
+
 def test_validation_settings_are_checked_before_the_run(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     with pytest.raises(ConfigError, match=r"inline.yaml: eval.keep='best-valid' snapshots the policy, and policy 'scripted' cannot"):

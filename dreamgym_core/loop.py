@@ -1017,7 +1017,7 @@ def evaluate_run(
     if trajectories is not None and not trajectories.parent.is_dir():
         # Checked before playing, so a typo costs nothing.
         raise ConfigError(f"--trajectories {trajectories}: directory {trajectories.parent} does not exist")
-    with _evaluation_runner(resolved, plugins, run_dir, progress) as runner:
+    with torch_threads_kept(), _evaluation_runner(resolved, plugins, run_dir, progress) as runner:
         if at_checkpoint is None:
             iteration = checkpoint.load_latest(runner, roll_back_buffer=False)
             kept = runner.keep_selected_policy()  # the policy the run's own final evaluation played
@@ -1047,7 +1047,7 @@ def evaluate_checkpoints(
     for iteration in chosen:
         _check_checkpoint_exists(root, iteration)
     rows = []
-    with _evaluation_runner(resolved, plugins, run_dir, progress) as runner:
+    with torch_threads_kept(), _evaluation_runner(resolved, plugins, run_dir, progress) as runner:
         for at in chosen:
             iteration = checkpoint.load(runner, checkpoint.checkpoint_name(at), roll_back_buffer=False)
             runner._say(f"curve: the policy of checkpoint {iteration} on real {split or resolved.pipeline.eval.split} tasks")
@@ -1137,6 +1137,20 @@ def _finished_summary(run_dir: Path) -> dict[str, Any]:
     return summary | {"run_dir": str(run_dir)}  # where it is now (a run directory may be moved)
 
 
+@contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """torch's thread count as it was before: a backend's ``cpu_threads`` sets it for the whole
+    process, and a later run in the same process with ``cpu_threads: null`` would otherwise
+    get this run's count instead of torch's own."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_pipeline(
     resolved: ResolvedPipeline, plugins: Plugins, *, resume: bool = False, progress: bool = True,
 ) -> dict[str, Any]:
@@ -1152,7 +1166,7 @@ def run_pipeline(
     Raises :class:`~dreamgym_core.errors.ConfigError` for a run directory that holds another
     config's run or that another process is running in.
     """
-    with _one_process(Path(resolved.pipeline.run_dir)) as lock:
+    with _one_process(Path(resolved.pipeline.run_dir)) as lock, torch_threads_kept():
         run_dir = prepare_run_dir(resolved, resume=resume)
         lock()  # a run directory prepare_run_dir created
         if resume and _finished(run_dir):

@@ -139,6 +139,30 @@ def test_resume_needs_the_kept_snapshot(register_plugin, tmp_path):
         run_pipeline(_resolved(plugins, run_dir, KEEP_BEST, iterations=2), plugins, resume=True)
 
 
+def test_a_run_puts_torchs_thread_count_back(register_plugin, tmp_path, monkeypatch):
+    import torch
+
+    import stand_ins
+
+    plugins = register_plugin(StandIns(), "stand-ins")
+    before = torch.get_num_threads()
+    seen = []
+    build = stand_ins.ScriptedPolicy.__init__
+
+    def build_setting_threads(self, *args, **kwargs):  # as the hf backend's cpu_threads does
+        torch.set_num_threads(1 if before != 1 else 2)
+        seen.append(torch.get_num_threads())
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(stand_ins.ScriptedPolicy, "__init__", build_setting_threads)
+    try:
+        run_pipeline(_resolved(plugins, tmp_path / "run", {}, policy="scripted", iterations=1), plugins)
+        assert seen and seen[0] != before
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_rng_kept_puts_every_global_generator_back():
     import random
 

@@ -58,6 +58,10 @@ PositiveFloat = Annotated[float, Meta(gt=0.0)]
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Base for every DreamGym config: immutable, keyword-only, typo-proof, and checked when built.
 
+    msgspec applies ``kw_only`` to the fields of the class that declares it only: a subclass
+    declares it too (``class MyConfig(Config, kw_only=True)``) to make its own fields
+    keyword-only, which also lets a required field follow one with a default.
+
     msgspec checks types and bounds only when it decodes, so a config built in Python
     (``HFConfig(max_length="1024")``) would carry its wrong value to wherever it is used.
     ``__post_init__`` checks it as a pipeline file's would be; a subclass that has its own

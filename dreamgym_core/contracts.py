@@ -15,11 +15,16 @@ from typing import Any
 
 from .errors import DreamGymError
 
-__all__ = ["ComponentError", "REQUIRED_MEMBERS", "missing_members", "checked_metrics", "checked_texts", "checked_saved", "checked_action"]
+__all__ = ["ComponentError", "WrongReturn", "REQUIRED_MEMBERS", "missing_members", "checked_metrics", "checked_texts", "checked_saved", "checked_action"]
 
 
 class ComponentError(DreamGymError):
     """A component broke its contract (a missing method, a wrong return value)."""
+
+
+class WrongReturn(ComponentError):
+    """A component returned a value of the wrong kind: a bug in the plugin, so the run's failure
+    even inside a rollout, where what a component raises fails only its own episode."""
 
 
 # The members every component of a kind must have (protocols.py; optional members are not here).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from importlib import metadata
 from typing import Iterable
 
 __all__ = [
@@ -40,8 +41,20 @@ class PluginNotFound(DreamGymError):
         prefix = f"{where}: " if where else ""
         super().__init__(
             f"{prefix}plugin {name!r} is not installed (installed: {', '.join(installed) or 'none'})."
-            + _suggest(name, installed)
+            + (_no_entry_point(name) or _suggest(name, installed))
         )
+
+
+def _no_entry_point(name: str) -> str:
+    """A hint when the plugin's distribution is installed but declares no entry point, the one
+    thing discovery reads (else an empty string)."""
+    dist = f"dreamgym-plugin-{name}"
+    try:
+        metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return ""
+    return (f" Distribution {dist!r} is installed but declares no entry point {name!r} in the 'dreamgym' group "
+            f"([project.entry-points.dreamgym] {name} = \"<module>\" in its pyproject.toml).")
 
 
 class PluginBlocked(PluginNotFound):

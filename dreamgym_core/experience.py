@@ -34,7 +34,7 @@ import msgspec
 from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt
-from .contracts import checked_texts
+from .contracts import WrongReturn, checked_texts
 from .errors import DreamGymError
 from .progress import OnBatch, takes
 from .records import VARIATION_SUFFIX, ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
@@ -875,9 +875,20 @@ def parse_annotation(text: str, n_steps: int) -> list[str] | None:
     return [plans[i] for i in range(n_steps)]
 
 
-def annotate_with_domain(transitions: Sequence[Transition], domain: Any) -> list[Transition]:
-    """Rule-based reasoning from the domain's ground truth (``domain.annotate``)."""
-    return [msgspec.structs.replace(t, reasoning=domain.annotate(transition=t)) for t in transitions]
+def annotate_with_domain(transitions: Sequence[Transition], domain: Any, who: str = "env") -> list[Transition]:
+    """Rule-based reasoning from the domain's ground truth (``domain.annotate``), which must
+    give a str for each transition (``who`` names the domain if not): a None stored as the
+    reasoning would fail later in the prompt builder, far from its cause."""
+    annotated = []
+    for t in transitions:
+        reasoning = domain.annotate(transition=t)
+        if not isinstance(reasoning, str):
+            raise WrongReturn(
+                f"{who}: annotate(transition=...) returned {type(reasoning).__name__} {reasoning!r:.60} for task {t.task_id!r} "
+                f"step {t.step}, expected a str"
+            )
+        annotated.append(msgspec.structs.replace(t, reasoning=reasoning))
+    return annotated
 
 
 class TeacherAnnotator:

@@ -53,7 +53,9 @@ def dreamgym_register_envs() -> list[ComponentSpec]:
         returns a :class:`~dreamgym_core.protocols.Domain`.
 
     Notes for plugin authors:
-        Run ``dreamgym_core.testing.check_env`` on ``domain.make_env()`` in your tests.
+        Run ``dreamgym_core.testing.check_domain(domain)`` in your tests (``dreamgym check
+        <plugin>`` does the same): it checks the splits, ``collect``, ``annotate`` and the
+        optional members, and ``check_env(domain.make_env(), task)`` on a train task.
     """
 
 

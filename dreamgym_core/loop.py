@@ -29,7 +29,7 @@ import numpy as np
 from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash, s2r_synthetic_iterations
-from .contracts import checked_metrics, checked_saved, checked_texts
+from .contracts import WrongReturn, checked_metrics, checked_saved, checked_texts
 from .early import world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
@@ -273,6 +273,7 @@ class Runner:
         self.policy = build("model", cfg.policy.name, self._component("policy"))
         self.algo = build("algo", cfg.algo.name, self._component("algo"), policy=self.policy, seed=cfg.seed)
         self.train_tasks = self.domain.tasks(split="train")
+        self._check_splits()
         self._check_worlds()
         self._check_validation()
         self._check_initial_states()
@@ -311,6 +312,33 @@ class Runner:
                         "has no payload['initial_state'] string (docs/experience-format.md)"
                     )
 
+    def _check_splits(self) -> None:
+        """The splits the run plays have tasks, and the held-out ones share no task id with the
+        train split: a misspelt eval.split or an empty valid split fails here, naming its field,
+        not after minutes of training, and a trained task is never scored as held out."""
+        cfg, where, env = self.cfg, self.resolved.source, self.cfg.env.name
+        played = {}  # split -> the field that plays it
+        if cfg.eval.episodes:
+            played[cfg.eval.split] = "eval.split"
+        if cfg.loop.warmstart_select_episodes:
+            played.setdefault("valid", "loop.warmstart_select_episodes")
+        if cfg.eval.valid_every:
+            played.setdefault("valid", "eval.valid_every")
+        train_ids = {task.id for task in self.train_tasks}
+        for split, field in played.items():
+            try:
+                tasks = self.domain.tasks(split=split)
+            except Exception as exc:  # a domain may raise for a split it does not know
+                raise ConfigError(f"{where}: {field} plays the {split!r} split, and env {env!r} cannot list it: {type(exc).__name__}: {exc}") from exc
+            if not tasks:
+                raise ConfigError(f"{where}: {field} plays the {split!r} split, and env {env!r} has no tasks in it")
+            shared = [task.id for task in tasks if task.id in train_ids] if split != "train" else []  # train: "not held out"
+            if shared:
+                raise ConfigError(
+                    f"{where}: env {env!r}: {len(shared)} of its {split!r} tasks are train tasks too (first: {shared[0]!r}); "
+                    "play on them would be scored as held out"
+                )
+
     def _check_worlds(self) -> None:
         """Warn when the held-out or validation tasks repeat a world, or share one with the train
         tasks (a domain's optional ``world_key``): seeds of a small game often generate the same
@@ -321,19 +349,18 @@ class Runner:
         used = [cfg.eval.split] + (["valid"] if cfg.eval.valid_every or cfg.loop.warmstart_select_episodes else [])
         for split in dict.fromkeys(used):
             tasks = self.domain.tasks(split=split)
-            distinct, trained = world_counts(self.domain, tasks, self.train_tasks)
+            distinct, trained = world_counts(self.domain, tasks, self.train_tasks, who=self.who("env"))
             if distinct < len(tasks):
                 log.warning("env %r: the %d %r tasks are %d distinct worlds; a repeated world counts more than once", cfg.env.name, len(tasks), split, distinct)
             if trained and split != "train":
                 log.warning("env %r: %d of the %r tasks' worlds are train tasks' worlds; play on them is not held out", cfg.env.name, trained, split)
 
     def _check_validation(self) -> None:
-        """eval.valid_every's needs, checked before minutes of data and training go by."""
+        """eval.valid_every's needs (its split: :meth:`_check_splits`), checked before minutes of
+        data and training go by."""
         cfg, where = self.cfg, self.resolved.source
         if not cfg.eval.valid_every:
             return
-        if not self.domain.tasks(split="valid"):
-            raise ConfigError(f"{where}: eval.valid_every plays the 'valid' split, and env {cfg.env.name!r} has no valid tasks")
         if cfg.eval.keep == "best-valid" and not (hasattr(self.policy, "save") and hasattr(self.policy, "reload")):
             raise ConfigError(
                 f"{where}: eval.keep='best-valid' snapshots the policy, and policy {cfg.policy.name!r} cannot save and reload"
@@ -365,7 +392,7 @@ class Runner:
     def _annotate(self, transitions: list[Transition]) -> list[Transition]:
         """Reasoning traces for joint SFT: the domain's rule-based annotator or a teacher."""
         return stages.annotate_offline(
-            transitions, domain=self.domain, pipeline=self.cfg, source=str(self.resolved.source),
+            transitions, domain=self.domain, pipeline=self.cfg, source=str(self.resolved.source), who=self.who("env"),
             build_teacher=lambda: self.plugins.build("model", self.cfg.experience.teacher.name, self._component("experience.teacher")),
         )
 
@@ -666,7 +693,9 @@ class Runner:
             return {}
         outcomes = [TaskOutcome(task=task, rewards=[traj.outcome_reward for traj in g]) for task, g in zip(tasks, groups)]
         self.curriculum.observe(outcomes=outcomes)
-        return dict(self.curriculum.metrics()) if hasattr(self.curriculum, "metrics") else {}
+        if not hasattr(self.curriculum, "metrics"):
+            return {}
+        return checked_metrics(self.curriculum.metrics(), self.who("curriculum"), "metrics()")
 
     def _log(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})
@@ -917,10 +946,16 @@ def evaluate(
 
     extra: dict[str, float] = {}
     trajectories, stats = play("real")
+    if stats.env_errors and not any(t.transitions for t in trajectories):
+        # no episode could start: a broken split or engine, not a policy that scores 0
+        raise DreamGymError(
+            f"env {runner.cfg.env.name!r}: none of the {len(trajectories)} {split!r} episodes of {prefix!r} could start "
+            "(environment errors at reset; the warnings above name them); there is no success rate to report"
+        )
     if split == "valid":
         runner.counters["valid_transitions"] += stats.steps
     if hasattr(runner.domain, "world_key"):
-        distinct, trained = world_counts(runner.domain, chosen, runner.train_tasks)
+        distinct, trained = world_counts(runner.domain, chosen, runner.train_tasks, who=runner.who("env"))
         extra[f"{prefix}/worlds"], extra[f"{prefix}/train_worlds"] = float(distinct), float(trained)
     if trajectories_out is not None:
         checkpoint.write_trajectories(trajectories_out, trajectories)
@@ -932,11 +967,11 @@ def evaluate(
             by_family.update({f"{prefix}/success_rate/{family}": wins / n, f"{prefix}/episodes/{family}": float(n)})
     if synthetic:
         imagined, imagined_stats = play("synthetic")
-        agree = sum(r.success == s.success for r, s in zip(trajectories, imagined))
-        extra |= {
-            f"{prefix}/synthetic_success_rate": imagined_stats.successes / max(imagined_stats.episodes, 1),
-            f"{prefix}/synthetic_agreement": agree / max(len(chosen), 1),
-        }
+        # An episode that could not start in either environment has no outcome to agree on.
+        pairs = [(r, s) for r, s in zip(trajectories, imagined) if r.transitions and s.transitions]
+        extra[f"{prefix}/synthetic_success_rate"] = imagined_stats.successes / max(imagined_stats.episodes, 1)
+        if pairs:
+            extra[f"{prefix}/synthetic_agreement"] = sum(r.success == s.success for r, s in pairs) / len(pairs)
     return {
         **extra,
         **by_family,
@@ -953,11 +988,19 @@ def evaluate(
     }
 
 
-def world_counts(domain: Any, tasks: Sequence[Task], train_tasks: Sequence[Task]) -> tuple[int, int]:
+def world_counts(domain: Any, tasks: Sequence[Task], train_tasks: Sequence[Task], *, who: str = "env") -> tuple[int, int]:
     """(distinct worlds among ``tasks``, how many of those are worlds of ``train_tasks``), by the
-    domain's ``world_key``."""
-    worlds = {domain.world_key(t) for t in tasks}
-    return len(worlds), len(worlds & {domain.world_key(t) for t in train_tasks})
+    domain's ``world_key``, which must give a str (``who`` names the domain if not)."""
+
+    def keys(of: Sequence[Task]) -> set[str]:
+        found = [domain.world_key(t) for t in of]
+        wrong = next((k for k in found if not isinstance(k, str)), None)
+        if wrong is not None:
+            raise WrongReturn(f"{who}: world_key(task) returned {type(wrong).__name__} {wrong!r:.60}, expected a str")
+        return set(found)
+
+    worlds = keys(tasks)
+    return len(worlds), len(worlds & keys(train_tasks))
 
 
 # Top-level sections ``dreamgym eval`` may set otherwise than the run did: they change how and

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 from . import stopping
 from .agent import build_agent_prompt, parse_agent_output
+from .contracts import WrongReturn
 from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
@@ -101,6 +102,8 @@ def step_or_error(env: Env, action: str) -> StepResult | Exception:
     fails its own episode and the envs already stepped are not stepped again."""
     try:
         return env.step(action=action)
+    except WrongReturn:  # a plugin's bug: the run's failure, not an engine crash
+        raise
     except Exception as exc:  # an engine crash is the episode's failure, never the batch's
         stopping.check()  # unless Ctrl-C brought it about
         return exc
@@ -190,6 +193,8 @@ def _start(tasks: Sequence[Task], envs: Sequence[Env], seeds: Sequence[int], tag
     for i, (task, env, seed) in enumerate(zip(tasks, envs, seeds)):
         try:
             obs = env.reset(task=task, seed=seed)
+        except WrongReturn:  # a plugin's bug: the run's failure, not an engine crash
+            raise
         except Exception as exc:  # an engine crash fails this episode, never the run
             stopping.check()  # unless Ctrl-C brought it about
             stats.env_errors += 1
@@ -276,6 +281,9 @@ def _step_envs(
             # answer at all): the run's failure. Counted as env errors, it trained on nothing and
             # exited 0. One episode alone failing is its own failure (a request its server refused).
             raise results[0]  # noqa: B904 - its own cause (the model's error) is the one to show
+    broken = next((result for result in results if isinstance(result, WrongReturn)), None)
+    if broken is not None:  # a plugin's bug in its env's slot: the run's failure
+        raise broken
     for (ep, decision), result in zip(stepping, results):
         if isinstance(result, Exception):
             stats.env_errors += 1

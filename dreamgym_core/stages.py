@@ -165,7 +165,8 @@ def experience_data(offline: Sequence[Trajectory], branches: Sequence[Transition
 
 
 def annotate_offline(
-    transitions: list[Transition], *, domain: Any, pipeline: PipelineConfig, build_teacher: Callable[[], Any], source: str
+    transitions: list[Transition], *, domain: Any, pipeline: PipelineConfig, build_teacher: Callable[[], Any], source: str,
+    who: str = "env",
 ) -> list[Transition]:
     """Reasoning traces for joint SFT: the domain's rule-based annotator or a teacher model
     (``build_teacher()`` builds ``experience.teacher``; ``source`` names the pipeline file in errors)."""
@@ -175,7 +176,7 @@ def annotate_offline(
     if mode == "none":
         return transitions
     if mode == "rule":
-        return annotate_with_domain(transitions, domain)
+        return annotate_with_domain(transitions, domain, who)
     if pipeline.experience.teacher is None:
         raise ConfigError(f"{source}: experience.annotator='teacher' needs experience.teacher")
     return TeacherAnnotator(build_teacher(), seed=pipeline.seed).annotate(transitions=transitions)

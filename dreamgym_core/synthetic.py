@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal, Sequence
 from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt, Probability
-from .contracts import ComponentError
+from .contracts import ComponentError, WrongReturn
 from .errors import ConformanceError, DreamGymError
 from .experience import SAME_WORLD_POOL, same_world_first, world_namer
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
@@ -192,9 +192,16 @@ class SyntheticEnv:
     def _admissible_in(self, state: str) -> list[str]:
         """The actions a generated state offers, read back by the domain (when it can), so
         synthetic steps show the agent the same action list as real ones."""
-        if self.domain is not None and hasattr(self.domain, "admissible_in"):
-            return list(self.domain.admissible_in(state))
-        return []
+        if self.domain is None or not hasattr(self.domain, "admissible_in"):
+            return []
+        actions = self.domain.admissible_in(state)
+        # a str would become a list of one-letter actions
+        if not isinstance(actions, (list, tuple)) or not all(isinstance(a, str) for a in actions):
+            raise WrongReturn(
+                f"env domain {type(self.domain).__name__}: admissible_in(state) returned {type(actions).__name__} "
+                f"{actions!r:.60}, expected a list of str"
+            )
+        return list(actions)
 
     def _vary(self, obs: Observation) -> Observation:
         """``obs`` as the domain varies it (``state_variation``); the action list stays."""

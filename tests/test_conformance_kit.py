@@ -248,6 +248,16 @@ class LoadNeedsAKey(GoodCurriculum):
         self.draws = state["missing"]
 
 
+class TextMetrics(GoodCurriculum):
+    def metrics(self):
+        return {"curriculum/last": "a"}
+
+
+class NoneMetrics(GoodCurriculum):
+    def metrics(self):
+        return None
+
+
 def test_a_good_curriculum_passes():
     check_curriculum(GoodCurriculum(), rebuild=GoodCurriculum)
 
@@ -257,6 +267,8 @@ def test_a_good_curriculum_passes():
     [
         (NumpyState, r"JSON-encoding state_dict\(\) raised TypeError"),
         (LoadNeedsAKey, r"rebuild\(\) and load_state_dict\(\) of the JSON state raised KeyError"),
+        (TextMetrics, r"metrics\(\) gave 'curriculum/last' = 'a', expected a finite number by str name"),
+        (NoneMetrics, r"metrics\(\) returned NoneType, expected a dict of metrics"),
     ],
 )
 def test_check_curriculum_fails_a_broken_curriculum(broken, message):
@@ -430,6 +442,21 @@ class AnnotatesNothing(GoodDomain):
         return None
 
 
+class AnnotatesFirstStepsOnly(GoodDomain):
+    def annotate(self, *, transition):
+        return None if transition.done else "a plan"
+
+
+class OneEpisodePerTask(GoodDomain):
+    def collect(self, *, tasks, policy, episodes, seed):
+        return super().collect(tasks=tasks, policy=policy, episodes=min(episodes, len(tasks)), seed=seed)
+
+
+class WorldKeyDict(GoodDomain):
+    def world_key(self, task):
+        return {"id": task.id}
+
+
 class StartAsText(VaryingDomain):
     def initial_observation(self, task):
         return "start"
@@ -467,9 +494,12 @@ def test_a_good_domain_passes(domain_type):
         (TrainValidOverlap, r"train and valid splits share tasks: \['a'\]"),
         (ValidTestOverlap, r"valid and test splits share tasks: \['d'\]"),
         (Nameless, r"name must be a non-empty str"),
-        (FlatCollect, r"collect\(policy='expert', episodes=1\) returned 2 Transition, expected a list of 1 Trajectory"),
+        (FlatCollect, r"collect\(policy='expert', episodes=2\) returned 4 Transition, expected a list of 2 Trajectory"),
         (OtherTask, r"collect\(policy='expert'\) gave a transition of task 'd', source 'offline'; expected task 'a'"),
         (AnnotatesNothing, r"annotate\(\) returned NoneType, expected str"),
+        (AnnotatesFirstStepsOnly, r"annotate\(\) returned NoneType, expected str"),
+        (OneEpisodePerTask, r"collect\(policy='expert', episodes=2\) returned 1 Trajectory, expected a list of 2 Trajectory"),
+        (WorldKeyDict, r"world_key\(\) returned dict, expected str"),
         (StartAsText, r"initial_observation\(\) returned str, expected Observation"),
         (NumberVariations, r"propose_variations\(\) must return a list of str, got \[0, 1\]"),
         (ProposesOnly, r"has propose_variations but no make_variation"),

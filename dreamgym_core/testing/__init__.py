@@ -8,6 +8,7 @@ message. Every built-in plugin runs the kit against itself in its own tests, and
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 from contextlib import contextmanager
@@ -147,12 +148,14 @@ def check_domain(domain: Any) -> None:
         env = domain.make_env()
     task = domain.tasks(split="train")[0]
     check_env(env, task)
-    transitions = [t for policy in DATA_POLICIES for t in _check_collect(domain, task, policy)]
+    # two expert episodes of one task: a run asks for more episodes than it has tasks
+    transitions = [t for policy in DATA_POLICIES for t in _check_collect(domain, task, policy, episodes=2 if policy == "expert" else 1)]
     if not transitions:
         raise _fail(domain, f"collect() of one episode of task {task.id!r} returned no transitions, for any of {', '.join(DATA_POLICIES)}")
-    with _step(domain, "annotate(transition=...)"):
-        reasoning = domain.annotate(transition=transitions[0])
-    _expect(domain, reasoning, str, "annotate()")
+    for transition in transitions:  # every step: an annotator may fail on winning steps only
+        with _step(domain, "annotate(transition=...)"):
+            reasoning = domain.annotate(transition=transition)
+        _expect(domain, reasoning, str, "annotate()")
     check_domain_extras(domain, task, transitions[0])
 
 
@@ -161,29 +164,34 @@ def check_domain(domain: Any) -> None:
 DATA_POLICIES = ("expert", "noisy", "random")
 
 
-def _check_collect(domain: Any, task: Task, policy: str) -> list[Transition]:
-    with _step(domain, f"collect(policy={policy!r}, episodes=1)"):
-        got = domain.collect(tasks=[task], policy=policy, episodes=1, seed=0)
-    if not isinstance(got, list) or len(got) != 1 or not isinstance(got[0], Trajectory):
+def _check_collect(domain: Any, task: Task, policy: str, episodes: int = 1) -> list[Transition]:
+    """``episodes`` of ``policy`` on ``task``: a run asks for more episodes than it has tasks,
+    so one task must give any number of them."""
+    call = f"collect(policy={policy!r}, episodes={episodes})"
+    with _step(domain, call):
+        got = domain.collect(tasks=[task], policy=policy, episodes=episodes, seed=0)
+    if not isinstance(got, list) or len(got) != episodes or not all(isinstance(t, Trajectory) for t in got):
         kinds = sorted({type(t).__name__ for t in got}) if isinstance(got, list) else [type(got).__name__]
         size = f"{len(got)} " if isinstance(got, list) else ""
-        raise _fail(domain, f"collect(policy={policy!r}, episodes=1) returned {size}{'/'.join(kinds)}, expected a list of 1 Trajectory")
-    for transition in got[0].transitions:
+        raise _fail(domain, f"{call} returned {size}{'/'.join(kinds)}, expected a list of {episodes} Trajectory")
+    steps = [transition for trajectory in got for transition in trajectory.transitions]
+    for transition in steps:
         _expect(domain, transition, Transition, f"collect(policy={policy!r}) trajectory's transitions:")
         if transition.task_id != task.id or transition.source != "offline":
             raise _fail(domain, f"collect(policy={policy!r}) gave a transition of task {transition.task_id!r}, source {transition.source!r}; expected task {task.id!r}, source 'offline'")
-    return list(got[0].transitions)
+    return steps
 
 
 def check_domain_extras(domain: Any, task: Task, transition: Transition) -> None:
     """The optional members a run calls, where the domain has them: ``initial_observation``
-    (an Observation), ``admissible_in`` (a list of str), ``world_of`` (a str), and for the
+    (an Observation), ``admissible_in`` (a list of str), ``world_of`` and ``world_key`` (a str), and for the
     curriculum ``describe_variation`` (a str), ``propose_variations`` (a list of str) whose
     texts ``make_variation`` turns into Tasks (or None for one it refuses)."""
     calls = (
         ("initial_observation", lambda: domain.initial_observation(task), Observation),
         ("admissible_in", lambda: domain.admissible_in(transition.next_state), list),
         ("world_of", lambda: domain.world_of(task.id), str),
+        ("world_key", lambda: domain.world_key(task), str),
         ("describe_variation", lambda: domain.describe_variation(task), str),
     )
     for member, call, kind in calls:
@@ -412,6 +420,14 @@ def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:
         b = [t.id for t in clone.next_tasks(n=4)]
     if a != b:
         raise _fail(curriculum, f"restored curriculum chose {b}, original chose {a}")
+    if callable(getattr(curriculum, "metrics", None)):  # optional; the run logs what it returns
+        with _step(curriculum, "metrics()"):
+            metrics = curriculum.metrics()
+        if not isinstance(metrics, dict):
+            raise _fail(curriculum, f"metrics() returned {type(metrics).__name__}, expected a dict of metrics (str: number)")
+        for key, value in metrics.items():
+            if not isinstance(key, str) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise _fail(curriculum, f"metrics() gave {key!r} = {value!r:.60}, expected a finite number by str name")
 
 
 def stand_in_trajectory(

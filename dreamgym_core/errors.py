@@ -130,3 +130,8 @@ class ConformanceError(DreamGymError):
 
 class DataError(DreamGymError):
     """Stored data (buffer segment, checkpoint, dataset file) is missing or corrupt."""
+
+
+class ModelUnavailable(DataError):
+    """A model named by hub id that is not in the local cache, with downloads off: missing
+    here, not broken (the conformance kit skips a component whose default model it is)."""

@@ -339,6 +339,25 @@ def checked_plugin(register_plugin, monkeypatch):
     return register
 
 
+def test_check_skips_a_model_whose_default_weights_are_not_on_this_machine(checked_plugin):
+    from dreamgym_core import conformance
+    from dreamgym_core.errors import ModelUnavailable
+
+    def not_cached(config):
+        raise ModelUnavailable("hf: path='org/model' is not a directory, nor a hub id in the local cache")
+
+    class Hub:
+        @hookimpl
+        def dreamgym_register_models(self):
+            return [ComponentSpec(name="hub", factory=not_cached, config_type=Config, description="a hub model")]
+
+    checked_plugin(Hub(), "hub")
+    assert list(conformance.check_plugin("hub")) == [
+        "skip model:hub (its default model is not here: hf: path='org/model' is not a directory, nor a hub id in the local cache)",
+        "nothing checked: each of the 1 component(s) of plugin 'hub' was skipped",
+    ]
+
+
 def test_check_skips_a_component_whose_config_has_required_fields(checked_plugin):
     from dreamgym_core import conformance
 

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from dreamgym_core.checkpoint import new_directory, plain_file_modes
-from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.errors import ConfigError, DataError, ModelUnavailable
 from dreamgym_core.progress import OnBatch
 
 from .config import HFConfig, LoraSettings
@@ -99,7 +99,7 @@ def load_pretrained(path: str, dtype: str = "float32", *, allow_download: bool =
         raise DataError(f"hf: path={path!r} is not a directory (expected a saved model directory or a hub id)")
     source = path if allow_download or os.path.isdir(path) else _cached_snapshot(path)
     if source is None:
-        raise DataError(
+        raise ModelUnavailable(
             f"hf: path={path!r} is not a directory, nor a hub id in the local cache; "
             "set allow_download: true to fetch it from the Hugging Face hub"
         )

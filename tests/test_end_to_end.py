@@ -332,7 +332,10 @@ def test_validation_plays_leave_rl_unchanged_and_eval_plays_the_kept_policy(plai
     result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     kept = json.loads(result.stdout)
-    assert _rl_rows(run_dir, "valid/") == _rl_rows(plain_dir, "valid/")
+    # the validation plays' own counter aside (counters/valid_transitions), RL logs the same rows
+    assert _rl_rows(run_dir, "valid/", "counters/valid_") == _rl_rows(plain_dir, "valid/", "counters/valid_")
+    # both pick the warm start's epoch on validation games; this run also plays them each iteration
+    assert _metric_rows(run_dir)[-1]["counters/valid_transitions"] > _metric_rows(plain_dir)[-1]["counters/valid_transitions"] > 0
     assert stored_transitions(run_dir) == stored_transitions(plain_dir)
     scored = [row["valid/success_rate"] for row in _metric_rows(run_dir) if "valid/success_rate" in row]
     assert len(scored) == 3  # the warm start and both iterations

@@ -210,6 +210,10 @@ class LoopConfig(Config):
         NonNegativeInt,
         Meta(description="Which sampling draw of M_exp RL's synthetic steps use: 0 is the seed's own; k > 0 another draw of the same trained model (fidelity scoring and the replay keep theirs)."),
     ] = 0
+    action_choice: Annotated[
+        Literal["generate", "listed"],
+        Meta(description="How the policy acts: generate its answer freely, or (listed) pick one of the state's listed actions by the probability it gives each one's answer (<think></think><action>...</action>), sampled at the rollout's temperature, the likeliest at temperature 0; a state that lists none is generated. The algorithm's act() must take candidates (the local trainers do)."),
+    ] = "generate"
     reject_unlisted_actions: Annotated[
         bool,
         Meta(description="Synthetic steps: an action missing from the state's action list fails without asking M_exp."),

@@ -272,6 +272,7 @@ class Runner:
             )
         self.policy = build("model", cfg.policy.name, self._component("policy"))
         self.algo = build("algo", cfg.algo.name, self._component("algo"), policy=self.policy, seed=cfg.seed)
+        self._check_action_choice()
         self.train_tasks = self.domain.tasks(split="train")
         self._check_splits()
         self._check_worlds()
@@ -292,6 +293,16 @@ class Runner:
             from .loggers import JsonlConfig, JsonlSink
 
             self.sinks.append(JsonlSink(JsonlConfig(), run_dir=str(self.run_dir)))
+
+    def _check_action_choice(self) -> None:
+        """loop.action_choice=listed hands the algorithm each state's answers to pick from; an
+        algorithm whose act() cannot take them would generate freely and the setting would do
+        nothing, so the run stops before it starts."""
+        if self.cfg.loop.action_choice == "listed" and not _accepts(self.algo.act, "candidates"):
+            raise ConfigError(
+                f"{self.resolved.source}: loop.action_choice=listed needs an algorithm whose act() takes candidates; "
+                f"{self.who('algo')} does not (use action_choice: generate)"
+            )
 
     def _check_initial_states(self) -> None:
         """The synthetic environment starts each episode from the domain's initial_observation or
@@ -618,8 +629,12 @@ class Runner:
 
         who = self.who("algo")
 
-        def act(prompts: list[str]) -> list[str]:
-            out = self.algo.act(prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, **flag)
+        def act(prompts: list[str], listed: list[list[str]] | None = None) -> list[str]:
+            # loop.action_choice=listed: the answers the policy may pick from, one list per prompt
+            choice = {} if listed is None else {"candidates": [[render_response(a) for a in acts] for acts in listed]}
+            out = self.algo.act(
+                prompts=prompts, greedy=temperature <= 0, temperature=temperature if temperature > 0 else None, **flag, **choice,
+            )
             return checked_texts(out, len(prompts), who, "act()")
 
         return act
@@ -650,6 +665,7 @@ class Runner:
                 seeds=seeds, source="real" if phase == "real" else "synthetic", tag=tag, step_many=step_many,
                 model_id=getattr(self.experience_model, "model_id", "") if phase == "synthetic" else "",
                 on_step=RolloutProgress(self._say, f"{what or f'playing {tag}'} ({phase})"),
+                listed_choice=self.cfg.loop.action_choice == "listed",
             )
         finally:
             for env in envs:

@@ -258,7 +258,10 @@ class Algorithm(Protocol):
         """Policy completions for agent prompts (``temperature`` None: the algorithm's own;
         ``evaluation``: an evaluation's play, not RL's, whose sampled calls should draw from a
         seed stream of their own so that RL samples alike whatever was evaluated). An act that
-        also takes ``stream`` gets the name of each evaluation play's stream (``eval/real``).
+        also takes ``stream`` gets the name of each evaluation play's stream (``eval/real``). An
+        act that also takes ``candidates`` can run ``loop.action_choice: listed``: per prompt, the
+        answers (``render_response`` of each listed action) it must return one of, or an empty
+        list where the state lists none (then it generates).
 
         The raw text, one per prompt: the core reads the action from it
         (``dreamgym_core.agent.parse_agent_output``: the first ``<action>...</action>``, as the

@@ -22,7 +22,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # act(prompts) -> raw policy outputs, one per prompt.
-ActFn = Callable[[list[str]], list[str]]
+# act(prompts) -> one output per prompt; with a rollout's ``listed_choice``, act(prompts, listed)
+# where ``listed`` holds each prompt's listed actions.
+ActFn = Callable[..., list[str]]
 # Steps envs with their actions; a slot holds the exception its env raised. A step_many that
 # raises instead must do so before stepping any env: the rollout then steps them one by one,
 # and stops with the first error if there are several and every one of them raises too.
@@ -220,12 +222,14 @@ def rollout(
     step_many: StepManyFn | None = None,
     model_id: str = "",
     on_step: StepFn | None = None,
+    listed_choice: bool = False,
 ) -> tuple[list[Trajectory], RolloutStats]:
     """Play one episode per (task, env) in lockstep; return trajectories and counters.
 
     A policy output with no parsable action, or an environment that raises, ends
     that episode as a failure (reward 0) and is counted; it never stops the others.
     ``on_step`` hears of each step before it is played (``RolloutProgress``).
+    ``listed_choice``: ``act`` also gets each state's listed actions (``loop.action_choice``).
     """
     stats = RolloutStats(episodes=len(tasks))
     episodes = _start(tasks, envs, seeds, tag, stats)
@@ -236,7 +240,10 @@ def rollout(
             break
         if on_step is not None:
             on_step(step, max_steps, len(live), len(episodes))
-        stepping = _decide(live, act, step=step, max_steps=max_steps, history_window=history_window, source=source, stats=stats)
+        stepping = _decide(
+            live, act, step=step, max_steps=max_steps, history_window=history_window, source=source, stats=stats,
+            listed_choice=listed_choice,
+        )
         if stepping:
             _step_envs(stepping, step_many or _default_step_many, source=source, model_id=model_id, stats=stats)
     _tally(episodes, stats)
@@ -244,7 +251,8 @@ def rollout(
 
 
 def _decide(
-    live: list[Episode], act: ActFn, *, step: int, max_steps: int, history_window: int, source: str, stats: RolloutStats
+    live: list[Episode], act: ActFn, *, step: int, max_steps: int, history_window: int, source: str, stats: RolloutStats,
+    listed_choice: bool = False,
 ) -> list[tuple[Episode, PolicyDecision]]:
     """The policy's stage of one lockstep step: one prompt per live episode, one action each.
     An output with no parsable action ends its episode as a failure; the rest are returned."""
@@ -256,7 +264,8 @@ def _decide(
         for ep in live
     ]
     stepping: list[tuple[Episode, PolicyDecision]] = []
-    for ep, prompt, text in zip(live, prompts, act(prompts)):
+    texts = act(prompts, [list(ep.observation.admissible_actions) for ep in live]) if listed_choice else act(prompts)
+    for ep, prompt, text in zip(live, prompts, texts):
         action, parsed = parse_agent_output(text, ep.observation.admissible_actions)
         decision = PolicyDecision(text=text, action=action, parsed=parsed, prompt=prompt)
         if not parsed:

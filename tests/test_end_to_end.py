@@ -357,3 +357,22 @@ def test_the_tiny_pipeline_fixture_runs_a_small_budget(tiny_pipeline):
     summary = run_pipeline(*load_resolved(tiny_pipeline))
     assert summary["counters/offline_transitions"] <= 40 and summary["counters/real_transitions"] > 0
     assert summary["eval/episodes"] == 2.0
+
+
+def test_listed_action_choice_plays_only_listed_actions(tmp_path):
+    # The reduced job, but the policy picks among each state's listed actions (real RL rollouts,
+    # sampled, and the greedy evaluations); the same job generating its answers plays unlisted ones.
+    rows = {}
+    for choice in ("generate", "listed"):
+        run_dir = tmp_path / choice
+        args = reduced_args(
+            run_dir, "loop.mode=real", "experience.skip=true", "eval.synthetic_agreement=false", "eval.fidelity_episodes=0",
+            "loop.iterations=1", "loop.reject_unlisted_actions=false", f"loop.action_choice={choice}",
+        )  # fmt: skip
+        result = run_cli_in_process(*args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows[choice] = _metric_rows(run_dir)
+    off_list = lambda row: [row[k] for k in row if k.endswith(("/unlisted_actions", "_unparsed_actions"))]  # noqa: E731
+    assert any("rollout/unlisted_actions" in r for r in rows["listed"])  # the RL rollouts are counted
+    assert all(n == 0 for r in rows["listed"] for n in off_list(r))
+    assert sum(n for r in rows["generate"] for n in off_list(r)) > 0

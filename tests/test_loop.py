@@ -1720,3 +1720,25 @@ def test_a_domain_without_world_keys_reports_no_world_counts_and_the_train_split
     assert "eval/worlds" not in summary
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Real tasks of the train split (eval.split: not held out)" in report and "Held-out" not in report
+
+
+def test_listed_action_choice_with_an_algorithm_that_cannot_take_candidates_fails_before_anything_runs(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")  # RecordingAlgo.act takes no candidates
+    with pytest.raises(ConfigError, match=r"^inline.yaml: loop.action_choice=listed needs an algorithm whose act\(\) takes candidates"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1, action_choice="listed"), plugins)
+    assert not (tmp_path / "run" / "offline.jsonl").exists()
+
+
+def test_a_rollout_with_listed_choice_gives_act_each_states_listed_actions():
+    seen = []
+
+    def act(prompts, listed=None):
+        seen.append(listed)
+        return ["<action>inc</action>"] * len(prompts)
+
+    tasks = CountDomain(CountConfig()).tasks(split="train")[:2]
+    common = dict(tasks=tasks, max_steps=2, history_window=2, seeds=[0, 1], source="real", tag="t")
+    rollout(envs=[CountEnv(5), CountEnv(5)], act=act, listed_choice=True, **common)
+    assert seen == [[["inc", "stop"], ["inc", "stop"]]] * 2
+    rollout(envs=[CountEnv(5), CountEnv(5)], act=act, **common)  # generated: act gets the prompts alone
+    assert seen[2:] == [None, None]

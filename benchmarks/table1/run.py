@@ -105,10 +105,19 @@ ROWS: dict[str, list[str]] = {
     # policy play one demo showed a move's real destination for 49 of the 79 moves the data
     # holds it for, and 72 with it (results/pretrained-policy).
     "GRPO DreamGym + same-world demos": ["loop.demos=same-world-first"],
+    # Beyond the paper: the policy picks one of the state's listed actions by the probability it
+    # gives each one's answer (loop.action_choice=listed) instead of generating its answer, from
+    # the same warm-started weights. The from-scratch policies that generate walk one way
+    # whatever the exits (results/coin-3-games-won.md).
+    "SFT (listed actions)": ["loop.iterations=0", "loop.action_choice=listed", *REAL],
+    "GRPO DreamGym (listed actions)": ["loop.action_choice=listed"],
 }
 COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).
-SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation"}
+SHARES_MODEL = {
+    "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation",
+    "GRPO DreamGym (listed actions)",
+}
 # Rows whose RL steps the experience model: they can be repeated over its draws
 # (loop.experience_draw). One draw moved protocol-5 coin cells by up to 40 points
 # (results/diagnosis.md), so ranking these rows needs several per seed.

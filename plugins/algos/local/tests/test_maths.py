@@ -300,3 +300,15 @@ def test_the_shared_micro_batch_losses_add_up_to_the_minibatch_loss():
         shares = maths.micro_shares(maths.row_weights(mask, mode), chunks)
         parts = [maths.core_algos.agg_loss(loss_mat=loss_mat[c], loss_mask=mask[c], loss_agg_mode=mode) for c in chunks]
         assert float(sum(s * p for s, p in zip(shares, parts))) == pytest.approx(float(whole), rel=1e-6), mode
+
+
+def test_pick_candidate_takes_the_likeliest_when_greedy_and_draws_from_the_softmax_otherwise():
+    scores = torch.tensor([math.log(1.0), math.log(3.0), float("-inf")])
+    assert maths.pick_candidate(scores, greedy=True) == 1
+    assert maths.pick_candidate(torch.tensor([0.5, 0.5]), greedy=True) == 0  # the first of ties
+    generator = torch.Generator().manual_seed(0)
+    picks = [maths.pick_candidate(scores, greedy=False, generator=generator) for _ in range(4000)]
+    assert 2 not in picks  # probability 0
+    assert abs(picks.count(1) / len(picks) - 0.75) < 0.03  # softmax([0, log 3]) = [0.25, 0.75]
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        maths.pick_candidate(torch.tensor([]), greedy=True)

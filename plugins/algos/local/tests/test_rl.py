@@ -443,3 +443,44 @@ def test_micro_batches_give_the_update_of_the_whole_minibatch(name, mode, kit):
     assert torch.allclose(micro, whole, atol=1e-5, rtol=1e-4), float((micro - whole).abs().max())
     assert micro_steps == whole_steps and len(whole_losses) == sum(whole_steps) >= 2
     assert micro_losses == pytest.approx(whole_losses, rel=1e-4, abs=1e-6)
+
+
+def _answer_logprob(algo, prompt: str, answer: str) -> float:
+    """The policy's summed log-prob of ``answer`` after ``prompt``, computed on its own."""
+    batch = algo._tokenize([prompt], [answer])
+    logp, _ = response_logprobs(algo.model, batch)
+    return logp.sum().item()
+
+
+def test_act_with_candidates_picks_the_likeliest_listed_answer_when_greedy(kit):
+    algo = GRPO(GRPOConfig(max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)
+    prompt = "task : find the apple step 0 observe : you are in the room 0 action"
+    options = ["< action > go north < / action >", "< action > take apple < / action >", "< action > look < / action >"]
+    with torch.no_grad():
+        scores = [_answer_logprob(algo, prompt, o) for o in options]
+    best = options[scores.index(max(scores))]
+    out = algo.act(prompts=[prompt, prompt], greedy=True, candidates=[options, list(reversed(options))])
+    assert out == [best, best]
+    # the choice follows the weights: make another answer the likeliest and it is picked
+    other = next(o for o in options if o != best)
+    opt = torch.optim.SGD(algo.model.parameters(), lr=0.5)
+    for _ in range(30):
+        opt.zero_grad()
+        (-response_logprobs(algo.model, algo._tokenize([prompt], [other]))[0].sum()).backward()
+        opt.step()
+    assert algo.act(prompts=[prompt], greedy=True, candidates=[options]) == [other]
+
+
+def test_act_with_candidates_samples_only_listed_answers_seeded_and_generates_where_none_are_listed(kit):
+    make = lambda: GRPO(GRPOConfig(max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)  # noqa: E731
+    a, b = make(), make()
+    prompt = "task : find the apple step 0 observe : you are in the room 0 action"
+    options = ["< action > go north < / action >", "< action > go south < / action >"]
+    picks = a.act(prompts=[prompt] * 40, candidates=[options] * 40)
+    assert set(picks) == set(options)  # both drawn: nearly even odds under random weights
+    assert picks == b.act(prompts=[prompt] * 40, candidates=[options] * 40)  # same seed, same draws
+    mixed = a.act(prompts=[prompt, prompt], greedy=True, candidates=[[], options])
+    assert mixed[1] in options
+    assert mixed[0] == a.act(prompts=[prompt], greedy=True)[0]  # no candidates: generated as without them
+    with pytest.raises(ValueError, match="1 candidate lists for 2 prompts"):
+        a.act(prompts=[prompt, prompt], candidates=[options])

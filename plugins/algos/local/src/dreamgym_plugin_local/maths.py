@@ -36,6 +36,7 @@ __all__ = [
     "dpo_loss",
     "row_weights",
     "micro_shares",
+    "pick_candidate",
 ]
 
 
@@ -234,3 +235,15 @@ def micro_shares(weights: torch.Tensor | None, chunks: Sequence[torch.Tensor]) -
     parts = [float(weights[chunk.cpu()].sum()) for chunk in chunks]
     total = sum(parts)
     return [part / total for part in parts] if total > 0 else None
+
+
+def pick_candidate(scores: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None) -> int:
+    """The index of one candidate answer from their summed response log-probs ``scores`` (1-D):
+    the likeliest when ``greedy`` (the first of ties), else a draw from their softmax, i.e. the
+    policy's distribution renormalised over the candidates (the scores already carry the
+    sampling temperature, applied per token as the trainers score a response)."""
+    if scores.ndim != 1 or scores.numel() == 0:
+        raise ValueError(f"pick_candidate: needs a non-empty 1-D tensor of scores, got shape {tuple(scores.shape)}")
+    if greedy:
+        return int(torch.argmax(scores))
+    return int(torch.multinomial(torch.softmax(scores.double(), dim=0), 1, generator=generator))

@@ -142,14 +142,17 @@ class LocalTrainer:
 
     def act(
         self, *, prompts: Sequence[str], greedy: bool = False, temperature: float | None = None, evaluation: bool = False,
-        stream: str | None = None,
+        stream: str | None = None, candidates: Sequence[Sequence[str]] | None = None,
     ) -> list[str]:
         """Sample (or greedily decode) one response per prompt with the policy backend;
         ``temperature`` (the run loop's) overrides the configured one; ``evaluation``: an
         evaluation's play, sampled from a seed stream of its own (``stream``: named, counted
-        apart from the other evaluations')."""
+        apart from the other evaluations'). ``candidates`` (``loop.action_choice=listed``): per
+        prompt, the answers to pick from (:meth:`_choose`); a prompt with none is generated."""
         if isinstance(prompts, str):  # else each of its characters is a prompt
             raise TypeError("act(prompts=...) takes a list of prompts, got one str")
+        if candidates is not None and len(candidates) != len(prompts):
+            raise ValueError(f"act(): {len(candidates)} candidate lists for {len(prompts)} prompts")
         temperature = 0.0 if greedy else (self.config.temperature if temperature is None else temperature)
         self.counters["act_calls"] += 1
         if evaluation and temperature > 0:
@@ -167,13 +170,45 @@ class LocalTrainer:
             # validation) draws nothing, so runs that evaluated more or less before RL sample alike.
             self.counters["sampled_calls"] += int(temperature > 0)
             seed = self.seed * 1_000_003 + self.counters["sampled_calls"]
-        return self.policy.generate(
-            prompts=list(prompts),
-            max_new_tokens=self.config.max_new_tokens,
-            temperature=temperature,
-            stop=list(self.config.stop),
-            seed=seed,
-        )
+        chosen = self._choose(prompts, candidates, temperature, seed) if candidates is not None else [None] * len(prompts)
+        free = [i for i, text in enumerate(chosen) if text is None]
+        if free:
+            generated = self.policy.generate(
+                prompts=[prompts[i] for i in free],
+                max_new_tokens=self.config.max_new_tokens,
+                temperature=temperature,
+                stop=list(self.config.stop),
+                seed=seed,
+            )
+            for i, text in zip(free, generated, strict=True):
+                chosen[i] = text
+        return chosen
+
+    @torch.no_grad()
+    def _choose(
+        self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], temperature: float, seed: int,
+    ) -> list[str | None]:
+        """Per prompt, one of its candidate answers (None where it has none): each is scored by
+        the policy's log-prob of it as a response, summed over its tokens, under ``temperature``
+        (1 when greedy) as the update scores a response, then picked by
+        :func:`maths.pick_candidate`. The update then trains the picked answer's own log-prob
+        (over the whole vocabulary), as for a generated one."""
+        rows = [(i, text) for i, options in enumerate(candidates) for text in options]
+        if not rows:
+            return [None] * len(prompts)
+        batch = self._tokenize([prompts[i] for i, _ in rows], [text for _, text in rows])
+        logp, _ = self._logprobs_no_grad(self.model, batch, temperature=temperature if temperature > 0 else 1.0)
+        scores = logp.sum(dim=-1).cpu()
+        owner = torch.tensor([i for i, _ in rows])
+        generator = torch.Generator().manual_seed(seed)
+        chosen: list[str | None] = []
+        for i, options in enumerate(candidates):
+            if not options:
+                chosen.append(None)
+                continue
+            pick = maths.pick_candidate(scores[owner == i], greedy=temperature <= 0, generator=generator)
+            chosen.append(options[pick])
+        return chosen
 
     # --- shared update machinery -----------------------------------------------------------
 

@@ -178,3 +178,19 @@ def test_a_seed_built_on_avx2_is_rebuilt_held_to_avx2_on_an_avx512_cpu(table1, m
     monkeypatch.setattr(table1, "cpu_simd", lambda: "avx2")  # an AVX2 CPU rounds so already
     assert table1.kernel_env("coin", 5) == {}
     assert table1.machine(held=True).endswith(", avx2")
+
+
+def test_listed_action_rows_are_paired_with_their_own_sft_and_judged_apart(table1) -> None:
+    for seed in (0, 1):
+        _write(table1, "coin", "SFT", seed, 0.5)
+        _write(table1, "coin", "GRPO DreamGym", seed, 0.5625)
+        _write(table1, "coin", "SFT" + table1.LISTED, seed, 0.25)
+        _write(table1, "coin", "GRPO DreamGym" + table1.LISTED, seed, 0.375)
+    assert table1.ROWS["w/o retrieval" + table1.LISTED] == [*table1.ROWS["w/o retrieval"], "loop.action_choice=listed"]
+    table = table1._cells(["coin"], [0, 1], table1.PROTOCOL)
+    assert table1._targets("coin", table)[0].endswith("-> missed")  # +6.2 between the generating rows
+    listed = table1._targets("coin", table, table1.LISTED)
+    assert listed[0].startswith("- coin (listed actions): DreamGym >= SFT + 10: 37.5 vs 25.0") and listed[0].endswith("-> met")
+    text = table1.report(["coin"], [0, 1])
+    assert "| GRPO DreamGym (listed actions) | 37.5 ± 0.0 (n=2) | +12.5 | 0 |" in text  # vs its own SFT, not the generating one
+    assert "The same targets between the rows whose policy picks among the listed actions:" in text

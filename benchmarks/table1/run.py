@@ -105,23 +105,38 @@ ROWS: dict[str, list[str]] = {
     # policy play one demo showed a move's real destination for 49 of the 79 moves the data
     # holds it for, and 72 with it (results/pretrained-policy).
     "GRPO DreamGym + same-world demos": ["loop.demos=same-world-first"],
-    # Beyond the paper: the policy picks one of the state's listed actions by the probability it
-    # gives each one's answer (loop.action_choice=listed) instead of generating its answer, from
-    # the same warm-started weights. The from-scratch policies that generate walk one way
-    # whatever the exits (results/coin-3-games-won.md).
-    "SFT (listed actions)": ["loop.iterations=0", "loop.action_choice=listed", *REAL],
-    "GRPO DreamGym (listed actions)": ["loop.action_choice=listed"],
 }
+# The paper's rows: the acceptance targets compare these.
+PAPER_ROWS = [
+    "SFT", "DPO (real env)", "GRPO (real env)", "PPO (real env)", "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R",
+    "w/o retrieval", "w/o reasoning", "w/o curriculum",
+]
+# Beyond the paper: each paper row again, but the policy picks one of the state's listed actions
+# by the probability it gives each one's answer (loop.action_choice=listed) instead of generating
+# its answer, from the same warm-started weights (and the same experience model where the row
+# trains one). The from-scratch policies that generate walk one way whatever the exits
+# (results/coin-3-games-won.md).
+LISTED = " (listed actions)"
+ROWS.update({row + LISTED: [*ROWS[row], "loop.action_choice=listed"] for row in PAPER_ROWS})
 COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).
-SHARES_MODEL = {
-    "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation",
-    "GRPO DreamGym (listed actions)",
-}
+SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation"}
+SHARES_MODEL |= {row + LISTED for row in SHARES_MODEL if row + LISTED in ROWS}
 # Rows whose RL steps the experience model: they can be repeated over its draws
 # (loop.experience_draw). One draw moved protocol-5 coin cells by up to 40 points
 # (results/diagnosis.md), so ranking these rows needs several per seed.
 DRAWN = SHARES_MODEL | {"w/o retrieval", "w/o reasoning", "GRPO DreamGym + same-world demos"}
+DRAWN |= {row + LISTED for row in DRAWN if row + LISTED in ROWS}
+
+
+def unlisted_row(row: str) -> str:
+    """The row a listed-actions row repeats (the row itself for any other)."""
+    return row.removesuffix(LISTED)
+
+
+def sft_of(row: str) -> str:
+    """The SFT row a row is paired with: the one that acts as it does."""
+    return "SFT" + LISTED if row.endswith(LISTED) else "SFT"
 
 
 BASE = HERE / "base.yaml"
@@ -252,6 +267,11 @@ def share_from(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> 
         return
     donor = _before_rl(game, "GRPO DreamGym", seed)
     copy_parts(donor, run_dir, model=row in SHARES_MODEL and checkpoint.stage_done(donor / "experience_model"))
+    base = unlisted_row(row)
+    if base != row and base in DRAWN and base not in SHARES_MODEL:
+        # a row that trains its own experience model (w/o retrieval, w/o reasoning): the listed
+        # variant plays with the model that row trained, which the choice of actions cannot change
+        shutil.copytree(_before_rl(game, base, seed) / "experience_model", run_dir / "experience_model")
 
 
 def _before_rl(game: str, row: str, seed: int) -> Path:
@@ -472,32 +492,33 @@ def _at_least(value: float, bound: float) -> bool:
     return value >= bound - 1e-9
 
 
-def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
-    """The acceptance targets of the small-scale Table 1, on the seeds both compared rows have.
-    The verdict is on the means, as the targets are stated; the paired interval beside it says
-    how much of the verdict the seeds can carry."""
-    dg, out = "GRPO DreamGym", []
+def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]], suffix: str = "") -> list[str]:
+    """The acceptance targets of the small-scale Table 1, on the seeds both compared rows have
+    (``suffix``: between the rows of that variant, e.g. :data:`LISTED`). The verdict is on the
+    means, as the targets are stated; the paired interval beside it says how much of the verdict
+    the seeds can carry."""
+    dg, sft, real, s2r = (name + suffix for name in ("GRPO DreamGym", "SFT", "GRPO (real env)", "GRPO DreamGym-S2R"))
+    out: list[str] = []
     ci = lambda a, b: _interval_text(table, game, a, b)  # noqa: E731
-    if p := _pair(table, game, dg, "SFT"):
-        out.append(f"DreamGym >= SFT + 10: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}{ci(dg, 'SFT')}) "
+    if p := _pair(table, game, dg, sft):
+        out.append(f"DreamGym >= SFT + 10: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}{ci(dg, sft)}) "
                    f"-> {'met' if _at_least(p[0] - p[1], 0.10) else 'missed'}")
-    if p := _pair(table, game, dg, "GRPO (real env)"):
-        out.append(f"DreamGym within 10 of real GRPO: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}{ci(dg, 'GRPO (real env)')}) "
+    if p := _pair(table, game, dg, real):
+        out.append(f"DreamGym within 10 of real GRPO: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}{ci(dg, real)}) "
                    f"-> {'met' if _at_least(p[0] - p[1], -0.10) else 'missed'}")
-    if (p := _pair(table, game, "GRPO DreamGym-S2R", "GRPO (real env)")) and (r := _pair(
-            table, game, "GRPO DreamGym-S2R", "GRPO (real env)", "real_transitions")):
+    if (p := _pair(table, game, s2r, real)) and (r := _pair(table, game, s2r, real, "real_transitions")):
         share = r[0] / max(r[1], 1)
         met = _at_least(p[0] - p[1], 0.0) and _at_least(0.1 - share, 0.0)
         out.append(f"S2R >= real GRPO with <= 1/10 of its real transitions: {100 * p[0]:.1f} vs {100 * p[1]:.1f}, "
-                   f"{r[0]:.0f} vs {r[1]:.0f} real transitions ({share:.0%}) (n={p[2]}{ci('GRPO DreamGym-S2R', 'GRPO (real env)')}) "
+                   f"{r[0]:.0f} vs {r[1]:.0f} real transitions ({share:.0%}) (n={p[2]}{ci(s2r, real)}) "
                    f"-> {'met' if met else 'missed'}")
-    for row in ("w/o retrieval", "w/o reasoning", "w/o curriculum"):
+    for row in (name + suffix for name in ("w/o retrieval", "w/o reasoning", "w/o curriculum")):
         if p := _pair(table, game, row, dg):
             below, tied, above = _seed_signs(table, game, row, dg)
-            out.append(f"{row} below the full method: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}; "
+            out.append(f"{row.removesuffix(suffix)} below the full method: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}; "
                        f"seeds below / tied / above: {below} / {tied} / {above}, sign test p = {sign_test_p(below, above):.2f}"
                        f"{ci(row, dg)}) -> {'met' if not _at_least(p[0] - p[1], 0.0) else 'missed'}")
-    return [f"- {game}: {line}" for line in out]
+    return [f"- {game}{suffix}: {line}" for line in out]
 
 
 def _machines(table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
@@ -537,7 +558,7 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
         for g in games:
             cells = table[(g, row)]
             real = f"{statistics.mean(c['real_transitions'] or 0 for c in cells.values()):.0f}" if cells else "-"
-            parts += [_mean_sd([c["success"] for c in cells.values()]), _paired_delta(cells, table[(g, "SFT")]), real]
+            parts += [_mean_sd([c["success"] for c in cells.values()]), _paired_delta(cells, table[(g, sft_of(row))]), real]
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
     # A game's seeds: those with any cell of that game (one game may have more seeds than another).
     game_seeds = {g: [s for s in seeds if any(s in table[(g, row)] for row in ROWS)] for g in games}
@@ -558,6 +579,9 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
     lines += ["", "Targets (means over seeds):", ""]
     for g in games:
         lines += _targets(g, table)
+    listed = [line for g in games for line in _targets(g, table, LISTED)]
+    if listed:
+        lines += ["", "The same targets between the rows whose policy picks among the listed actions:", "", *listed]
     lines += ["", "Experience-model fidelity on held-out real transitions (GRPO DreamGym runs, mean over seeds):", ""]
     for g in games:
         fidelity: dict[str, list[float]] = {}

@@ -1,0 +1,47 @@
+"""benchmarks/table1/phantom_wins.py: RL's synthetic coin wins the real game could not give."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import msgspec
+
+from dreamgym_core.records import Transition
+
+PHANTOM_WINS_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "table1" / "phantom_wins.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("table1_phantom_wins", PHANTOM_WINS_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _steps(episode: str, actions: list[str], won: bool, listed: list[str], source: str = "synthetic") -> list[Transition]:
+    last = len(actions) - 1
+    return [
+        Transition(task_id="twx/coin/p/1", episode_id=episode, step=i, state="s", action=a, next_state="s2", source=source,
+                   reward=float(won and i == last), done=i == last, success=won and i == last,
+                   admissible_actions=listed if i == 0 else ["inventory", "take coin"])
+        for i, a in enumerate(actions)
+    ]
+
+
+def test_counts_wins_without_a_move_of_an_action_the_start_did_not_list(tmp_path):
+    phantom_wins = _module()
+    start = ["inventory", "look around", "move east"]
+    records = [
+        *_steps("it0-0", ["inventory", "take coin"], True, start),  # phantom: the coin appeared in place
+        *_steps("it0-1", ["move east", "take coin"], True, start),  # moved: a real way to win
+        *_steps("it1-0", ["take coin"], True, [*start, "take coin"]),  # the start room holds the coin
+        *_steps("it1-1", ["inventory", "inventory"], False, start),
+        *_steps("fidelity-0", ["inventory", "take coin"], True, start),  # not an RL episode
+        *_steps("e0", ["inventory", "take coin"], True, start, source="offline"),
+    ]
+    path = tmp_path / "buffer.jsonl"
+    path.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in reversed(records)))  # any order
+    episodes = phantom_wins.rl_episodes(path)
+    assert phantom_wins.counts(episodes) == (4, 3, 1)
+    assert [t.step for t in next(e for e in episodes if e[0].episode_id == "it0-0")] == [0, 1]

@@ -21,9 +21,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# act(prompts) -> raw policy outputs, one per prompt.
-# act(prompts) -> one output per prompt; with a rollout's ``listed_choice``, act(prompts, listed)
-# where ``listed`` holds each prompt's listed actions.
+# act(prompts) -> raw policy outputs, one per prompt; with a rollout's ``listed_choice``,
+# act(prompts, listed), where ``listed`` holds each prompt's listed actions.
 ActFn = Callable[..., list[str]]
 # Steps envs with their actions; a slot holds the exception its env raised. A step_many that
 # raises instead must do so before stepping any env: the rollout then steps them one by one,

@@ -184,7 +184,6 @@ class LocalTrainer:
                 chosen[i] = text
         return chosen
 
-    @torch.no_grad()
     def _choose(
         self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], temperature: float, seed: int,
     ) -> list[str | None]:
@@ -198,17 +197,12 @@ class LocalTrainer:
             return [None] * len(prompts)
         batch = self._tokenize([prompts[i] for i, _ in rows], [text for _, text in rows])
         logp, _ = self._logprobs_no_grad(self.model, batch, temperature=temperature if temperature > 0 else 1.0)
-        scores = logp.sum(dim=-1).cpu()
-        owner = torch.tensor([i for i, _ in rows])
+        per_prompt = logp.sum(dim=-1).cpu().split([len(options) for options in candidates])
         generator = torch.Generator().manual_seed(seed)
-        chosen: list[str | None] = []
-        for i, options in enumerate(candidates):
-            if not options:
-                chosen.append(None)
-                continue
-            pick = maths.pick_candidate(scores[owner == i], greedy=temperature <= 0, generator=generator)
-            chosen.append(options[pick])
-        return chosen
+        return [
+            options[maths.pick_candidate(scores, greedy=temperature <= 0, generator=generator)] if options else None
+            for options, scores in zip(candidates, per_prompt, strict=True)
+        ]
 
     # --- shared update machinery -----------------------------------------------------------
 

@@ -279,12 +279,12 @@ def _kill_and_reap(pid: int) -> None:
 _START_LOCK = threading.Lock()
 
 
-def _stop_start(thread: threading.Thread, children_before: set[int]) -> None:
+def _stop_start(ended: threading.Event, children_before: set[int]) -> None:
     """Kill the JVM a start thread is bringing up (the child that appeared since it began),
     and let the thread end."""
     for pid in _child_pids() - children_before:
         _kill_and_reap(pid)
-    thread.join(5.0)
+    ended.wait(5.0)
 
 
 def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
@@ -294,6 +294,10 @@ def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
     with _START_LOCK:
         outcome: dict[str, Any] = {}
         children_before = _child_pids()
+        # Waited on instead of Thread.join: a join interrupted by Ctrl-C marks a thread that is
+        # still running as stopped (CPython 3.11's bpo-45274 handling), so a second join, or
+        # is_alive, would no longer wait for it.
+        ended = threading.Event()
 
         def run() -> None:
             try:
@@ -305,18 +309,19 @@ def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
                         raise
             except Exception as exc:  # noqa: BLE001 - py4j fails with bare ValueErrors, OSErrors, ...
                 outcome["error"] = exc
+            finally:
+                ended.set()
 
-        thread = threading.Thread(target=run, name=f"{name}-start", daemon=True)
-        thread.start()
+        threading.Thread(target=run, name=f"{name}-start", daemon=True).start()
         try:
-            thread.join(limit_s if limit_s > 0 else None)
+            up = ended.wait(limit_s if limit_s > 0 else None)
         except BaseException:  # Ctrl-C or SIGTERM meanwhile: no guard would own the JVM it starts
-            _stop_start(thread, children_before)
+            _stop_start(ended, children_before)
             if "wrapper" in outcome:  # it was up: its client would message the killed JVM at exit
                 _abandon(outcome["wrapper"])
             raise
-        if thread.is_alive():
-            _stop_start(thread, children_before)
+        if not up:
+            _stop_start(ended, children_before)
             raise TimeoutError
     if "error" in outcome:
         raise outcome["error"]

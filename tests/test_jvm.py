@@ -6,6 +6,8 @@ JVMs: hung, stopped and killed.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -45,6 +47,24 @@ def test_a_start_that_times_out_kills_only_its_own_jvm() -> None:
     finally:
         started["jvm"].kill()
         started["jvm"].wait()
+
+
+def test_ctrl_c_during_a_start_waits_for_the_start_thread_to_end() -> None:
+    """An interrupted Thread.join marks a thread that is still running as stopped (CPython 3.11),
+    so a later join returns at once: the start must be waited for another way."""
+    finished = threading.Event()
+
+    def slow():  # a start whose JVM was killed fails; killing ends a real one within moments
+        time.sleep(1.5)
+        finished.set()
+        raise OSError("the JVM exited")
+
+    ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    ctrl_c.start()
+    with pytest.raises(KeyboardInterrupt):
+        _start_within(slow, 30.0, "test")
+    ctrl_c.join()
+    assert finished.is_set(), "the start thread was still running when the interrupt was raised"
 
 
 def test_the_watchdog_kills_only_a_call_that_outlives_its_limit() -> None:

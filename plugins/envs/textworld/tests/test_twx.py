@@ -527,6 +527,10 @@ def test_ctrl_c_while_a_jvm_starts_stops_that_jvm(monkeypatch, tmp_path) -> None
     pid = int((tmp_path / "pid").read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left sleeping
         os.kill(pid, 0)
+    # The start thread ends once its JVM is gone; it may take a moment on a loaded machine.
+    deadline = time.monotonic() + 10.0
+    while [t for t in threading.enumerate() if t.name == "twx-start"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [t.name for t in threading.enumerate() if t.name == "twx-start"]
     engine.close()
 

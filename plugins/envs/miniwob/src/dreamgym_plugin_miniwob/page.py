@@ -199,22 +199,26 @@ class Page:
         the start runs in a thread; past the limit its ChromeDriver and browser are killed,
         which ends the thread's wait, and the start fails in one line."""
         outcome: list[Any] = []
+        # Waited on instead of Thread.join: a join interrupted by Ctrl-C marks a thread that is
+        # still running as stopped (CPython 3.11), so a later join would not wait for it.
+        ended = threading.Event()
 
         def run() -> None:
             try:
                 outcome.append(start())
             except BaseException as exc:  # handed to the caller's thread
                 outcome.append(exc)
+            finally:
+                ended.set()
 
-        thread = threading.Thread(target=run, name="miniwob-browser-start", daemon=True)
-        thread.start()
+        threading.Thread(target=run, name="miniwob-browser-start", daemon=True).start()
         try:
-            thread.join(self.start_timeout_s)
+            up = ended.wait(self.start_timeout_s)
         except BaseException:  # Ctrl-C: nothing may outlive the run
-            self._kill_start(service, thread)
+            self._kill_start(service, ended)
             raise
-        if thread.is_alive():
-            self._kill_start(service, thread)
+        if not up:
+            self._kill_start(service, ended)
             raise BrowserError(
                 f"miniwob: Chromium did not start within {self.start_timeout_s:g} s (env.config.start_timeout_s); "
                 "its ChromeDriver and browser were killed"
@@ -223,7 +227,7 @@ class Page:
             raise outcome[0]
         return outcome[0]
 
-    def _kill_start(self, service: Any, thread: threading.Thread) -> None:
+    def _kill_start(self, service: Any, ended: threading.Event) -> None:
         """Kill a start still under way: its ChromeDriver and every process of the profile
         (twice, for a process spawned while the first kill ran)."""
         for wait_s in (5.0, 5.0):
@@ -233,8 +237,7 @@ class Page:
                 process.wait()
             if self._profile is not None:
                 kill_processes_using(self._profile.name)
-            thread.join(wait_s)
-            if not thread.is_alive():
+            if ended.wait(wait_s):
                 return
 
     def start(self, task: str, seed: int) -> None:

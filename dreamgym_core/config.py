@@ -222,6 +222,10 @@ class LoopConfig(Config):
         Literal["every-step", "start"],
         Meta(description="Where reject_unlisted_actions applies: every state, or only the start state (its list is the real reset's; later ones are M_exp's)."),
     ] = "every-step"
+    check_transitions: Annotated[
+        bool,
+        Meta(description="Synthetic steps: the domain's implausible(state=, action=, next_state=) judges each M_exp answer, and one it rules out (TextWorld: a look or inventory that changes the inventory, score or action list) is M_exp's failure, as an unparsable answer is (not stored; its episode handled by unanswered_episodes). Needs a domain with implausible."),
+    ] = False
     state_variation: Annotated[
         Probability,
         Meta(description="Synthetic states: strength of the domain's vary_state (TextWorld: chance of dropping each furniture sentence; 0: off)."),

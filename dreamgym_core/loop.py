@@ -252,6 +252,11 @@ class Runner:
                 f"{self.resolved.source}: loop.state_variation needs an env whose domain has vary_state; "
                 f"env {cfg.env.name!r} has none"
             )
+        if cfg.loop.check_transitions and not hasattr(self.domain, "implausible"):
+            raise ConfigError(
+                f"{self.resolved.source}: loop.check_transitions needs an env whose domain has implausible; "
+                f"env {cfg.env.name!r} has none"
+            )
         self.encoder = build("encoder", cfg.encoder.name, self._component("encoder")) if cfg.encoder else None
         self.buffer = (
             build("buffer", cfg.buffer.name, self._component("buffer"), encoder=self.encoder, path=str(self.run_dir / "buffer"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import stopping
 from .agent import build_agent_prompt, parse_agent_output
@@ -15,8 +15,8 @@ from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
 __all__ = [
-    "RolloutStats", "sum_stats", "Episode", "rollout", "step_transition", "play_offline", "unlisted", "wilson_interval", "unanswered_step",
-    "unanswered", "drop_unanswered", "task_family", "success_by_family",
+    "RolloutStats", "sum_stats", "Episode", "rollout", "step_transition", "answer_failed", "play_offline", "unlisted", "wilson_interval",
+    "unanswered_step", "unanswered", "drop_unanswered", "task_family", "success_by_family",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ class RolloutStats:
     # still accepted: a real engine refuses them, so accepted ones show a lenient experience model.
     unlisted_actions: int = 0
     unlisted_accepted: int = 0
+    # Experience-model answers the domain ruled out (loop.check_transitions): failures of the
+    # model, as parse_failures are, counted apart.
+    implausible_answers: int = 0
 
     def metrics(self, prefix: str) -> dict[str, float]:
         eps = max(self.episodes, 1)
@@ -63,6 +66,7 @@ class RolloutStats:
             f"{prefix}/truncated": float(self.truncated),
             f"{prefix}/unlisted_actions": float(self.unlisted_actions),
             f"{prefix}/unlisted_accepted": float(self.unlisted_accepted),
+            f"errors/{prefix}_implausible_answers": float(self.implausible_answers),
         }
 
 
@@ -134,6 +138,12 @@ def _failed_step(ep: Episode, decision: PolicyDecision, note: str, source: str) 
     ep.done = True
 
 
+def answer_failed(info: dict[str, Any]) -> bool:
+    """Whether a step's info marks the experience model's failure (an unparsable answer, or one
+    the domain ruled out): then the step is not the environment's answer."""
+    return bool(info.get("model_failed")) or info.get("parse_status") == "failed"
+
+
 def step_transition(
     task: Task, episode_id: str, step: int, observation: Observation, action: str, result: StepResult, *, source: str, model_id: str
 ) -> Transition:
@@ -157,7 +167,7 @@ def step_transition(
         admissible_actions=list(observation.admissible_actions),
         model_id=model_id,
         instruction=task.instruction,
-        model_failed=result.info.get("parse_status") == "failed",
+        model_failed=answer_failed(result.info),
         truncated=bool(result.info.get("truncated", False)),
     )
 
@@ -302,11 +312,12 @@ def _step_envs(
         stats.unlisted_actions += offered
         stats.unlisted_accepted += offered and result.valid
         _apply(ep, decision, result, source, model_id)
-        model_failed = result.info.get("parse_status") == "failed"
-        # an unparsable experience-model answer is the model's failure, counted once as such
-        # (as SyntheticEnv's own info counters do), not also as an invalid action of the policy
+        model_failed = answer_failed(result.info)
+        # an unparsable or implausible experience-model answer is the model's failure, counted once
+        # as such (as SyntheticEnv's own info counters do), not also as an invalid action of the policy
         stats.invalid_actions += int(not result.valid and not model_failed)
-        stats.parse_failures += int(model_failed)
+        stats.implausible_answers += int(bool(result.info.get("implausible")))
+        stats.parse_failures += int(model_failed and not result.info.get("implausible"))
 
 
 def _tally(episodes: list[Episode], stats: RolloutStats) -> None:

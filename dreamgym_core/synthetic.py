@@ -82,6 +82,10 @@ class SyntheticEnvConfig(Config):
         Probability,
         Meta(description="Strength of domain.vary_state on every state the policy sees (0: states as generated)."),
     ] = 0.0
+    check_transitions: Annotated[
+        bool,
+        Meta(description="domain.implausible judges each answer; one it rules out is the model's failure, as an unparsable one is."),
+    ] = False
 
 
 def synthetic_config_of(pipeline: Any, *, seeded_episodes: bool = False) -> SyntheticEnvConfig:
@@ -96,7 +100,7 @@ def synthetic_config_of(pipeline: Any, *, seeded_episodes: bool = False) -> Synt
     return SyntheticEnvConfig(
         max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, demos=loop.demos, add_to_buffer=False,
         seeded_episodes=seeded_episodes, reject_unlisted=loop.reject_unlisted_actions, reject_unlisted_at=loop.reject_unlisted_at,
-        state_variation=loop.state_variation,
+        state_variation=loop.state_variation, check_transitions=loop.check_transitions,
     )
 
 
@@ -136,7 +140,7 @@ class SyntheticEnv:
         self._history: list[HistoryStep] = []
         self._done = True
         self._episode = 0
-        self.counters = {"parse_failures": 0, "parse_repairs": 0, "invalid_actions": 0}
+        self.counters = {"parse_failures": 0, "parse_repairs": 0, "invalid_actions": 0, "implausible_answers": 0}
         if not callable(getattr(model, "predict", None)):  # else the first step fails on .predict
             hint = (
                 ": it is a language model backend; wrap it as dreamgym_core.experience.LMExperienceModel(backend)"
@@ -148,6 +152,8 @@ class SyntheticEnv:
                 f"state_variation={self.config.state_variation} needs a domain with vary_state; "
                 f"domain {getattr(domain, 'name', None)!r} has none"
             )
+        if self.config.check_transitions and not hasattr(domain, "implausible"):
+            raise SyntheticEnvError(f"check_transitions needs a domain with implausible; domain {getattr(domain, 'name', None)!r} has none")
 
     # -- Env contract
 
@@ -219,6 +225,19 @@ class SyntheticEnv:
         here = self.config.reject_unlisted_at == "every-step" or not self._history
         return self.config.reject_unlisted and here and bool(listed) and action not in listed
 
+    def _implausible(self, action: str, next_obs: Observation) -> str:
+        """Why the domain rules out the model's answer to ``action`` ("" when it does not, or
+        when ``check_transitions`` is off). Judged on the state as generated, before variation."""
+        assert self._obs is not None
+        if not self.config.check_transitions:
+            return ""
+        reason = self.domain.implausible(state=self._obs, action=action, next_state=next_obs)
+        if not isinstance(reason, str):
+            raise WrongReturn(
+                f"env domain {type(self.domain).__name__}: implausible(...) returned {type(reason).__name__}, expected a str"
+            )
+        return reason
+
     def _check_running(self) -> None:
         if self._task is None or self._obs is None:
             raise SyntheticEnvError("step() called before reset()")
@@ -240,8 +259,18 @@ class SyntheticEnv:
     def _finish(self, action: str, result: ExperienceResult, retrieved: int) -> tuple[StepResult, Transition]:
         """Apply the failure rules and the step cap; record the transition."""
         assert self._task is not None and self._obs is not None
-        failed = result.parse_status == "failed"
-        self.counters["parse_failures"] += failed
+        unparsed = result.parse_status == "failed"
+        generated = Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state))
+        implausible = "" if unparsed else self._implausible(action, generated)
+        if implausible:  # the model's failure, as an unparsable answer is: nothing changes, nothing is stored
+            result = ExperienceResult(
+                reasoning=f"implausible answer: {implausible}", next_state=self._obs.text, reward=0.0, done=True,
+                success=False, raw=result.raw,
+            )
+            generated = Observation(text=self._obs.text, admissible_actions=list(self._obs.admissible_actions))
+        failed = unparsed or bool(implausible)
+        self.counters["parse_failures"] += unparsed
+        self.counters["implausible_answers"] += bool(implausible)
         self.counters["parse_repairs"] += result.parse_status == "repaired"
         self.counters["invalid_actions"] += not result.valid and not failed
         done, success = result.done, result.success
@@ -251,7 +280,7 @@ class SyntheticEnv:
         step = len(self._history)
         truncated = not done and step + 1 >= self.config.max_steps
         done = done or truncated
-        next_obs = self._vary(Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state)))
+        next_obs = self._vary(generated)
         transition = Transition(
             task_id=self._task.id, episode_id=self._episode_id, step=step, state=self._obs.text,
             action=action, next_state=next_obs.text, reward=reward, done=done, success=success,
@@ -262,7 +291,10 @@ class SyntheticEnv:
         self._history.append(HistoryStep(state=self._obs.text, action=action))
         self._obs = next_obs
         self._done = done
-        info = {"parse_status": result.parse_status, "truncated": truncated, "retrieved": retrieved, **self.counters}
+        info = {
+            "parse_status": result.parse_status, "truncated": truncated, "retrieved": retrieved, "model_failed": failed,
+            "implausible": implausible, **self.counters,
+        }  # fmt: skip
         step_result = StepResult(
             observation=self._obs, reward=reward, done=done, success=success, valid=result.valid, info=info
         )

@@ -471,6 +471,16 @@ class ProposesOnly(VaryingDomain):
     make_variation = None
 
 
+class JudgingDomain(GoodDomain):
+    def implausible(self, *, state, action, next_state):
+        return ""
+
+
+class RulesOutTheRealGame(GoodDomain):
+    def implausible(self, *, state, action, next_state):
+        return "nothing can change"
+
+
 class TrainValidOverlap(GoodDomain):
     splits = {"train": ["a", "b"], "valid": ["a"], "test": ["d"]}
 
@@ -483,7 +493,7 @@ class NoValid(GoodDomain):
     splits = {"train": ["a", "b"], "valid": [], "test": ["d"]}
 
 
-@pytest.mark.parametrize("domain_type", [GoodDomain, NoValid, VaryingDomain])
+@pytest.mark.parametrize("domain_type", [GoodDomain, NoValid, VaryingDomain, JudgingDomain])
 def test_a_good_domain_passes(domain_type):
     check_domain(domain_type())
 
@@ -503,6 +513,7 @@ def test_a_good_domain_passes(domain_type):
         (StartAsText, r"initial_observation\(\) returned str, expected Observation"),
         (NumberVariations, r"propose_variations\(\) must return a list of str, got \[0, 1\]"),
         (ProposesOnly, r"has propose_variations but no make_variation"),
+        (RulesOutTheRealGame, r"implausible\(\) ruled out a real transition \('.*'\): 'nothing can change'; expected \"\""),
     ],
 )
 def test_check_domain_fails_a_broken_domain(broken, message):

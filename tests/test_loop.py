@@ -223,6 +223,13 @@ def test_state_variation_on_a_domain_that_cannot_vary_states_fails_before_any_ro
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_check_transitions_on_a_domain_that_cannot_judge_answers_fails_before_any_rollout(register_plugin, tmp_path):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    with pytest.raises(ConfigError, match="inline.yaml: loop.check_transitions needs an env whose domain has implausible; env 'count' has none"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1, check_transitions=True), plugins)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 @pytest.mark.parametrize("where", ["mode", "synthetic_agreement"])
 def test_synthetic_play_without_a_start_state_fails_before_any_rollout(register_plugin, tmp_path, monkeypatch, where):
     # Without the guard every synthetic episode ended as an environment error, and the run

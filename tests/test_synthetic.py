@@ -7,6 +7,7 @@ import re
 import pytest
 
 from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, render_output
+from dreamgym_core.contracts import WrongReturn
 from dreamgym_core.errors import ConformanceError
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import ExperienceResult, Observation, StepResult, Task
@@ -257,6 +258,80 @@ def test_state_variation_needs_a_domain_that_can_vary_states() -> None:
     model = LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0))
     with pytest.raises(SyntheticEnvError, match="state_variation=0.3 needs a domain with vary_state"):
         SyntheticEnv(model, None, ListingDomain(), SyntheticEnvConfig(state_variation=0.3))
+
+
+class CheckingDomain(ListingDomain):
+    """Rules out an answer to 'look' that is not the state it was asked in."""
+
+    def __init__(self):
+        self.judged = []
+
+    def implausible(self, *, state, action, next_state):
+        self.judged.append((state.text, action, next_state.text, list(next_state.admissible_actions)))
+        return "a look changes nothing" if action == "look" and next_state.text != state.text else ""
+
+
+def looker(prompt: str) -> str:
+    """walker, but a 'look' in room 0 answers a room whose coin can be taken (a phantom)."""
+    action = re.findall(r"Action: (.*)", prompt)[-1]
+    return answer("You are in room 2.") if action == "look" else walker(prompt)
+
+
+def test_check_transitions_fails_an_answer_the_domain_rules_out_as_the_models_failure() -> None:
+    buffer = ListBuffer()
+    lm = ScriptedLM(answer=looker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    domain = CheckingDomain()
+    env = SyntheticEnv(model, buffer, domain, SyntheticEnvConfig(check_transitions=True, top_k=0, add_to_buffer=True))
+    env.reset(task=TASK)
+    moved = env.step(action="go")
+    assert not moved.done and moved.info["implausible"] == "" and not moved.info["model_failed"]
+    assert domain.judged[0] == ("You are in room 0.", "go", "You are in room 1.", ["go", "take coin"])
+    env.reset(task=TASK)
+    ruled_out = env.step(action="look")
+    assert ruled_out.done and not ruled_out.success and ruled_out.reward == 0.0
+    assert ruled_out.observation.text == "You are in room 0."  # nothing changed: the answer is not shown
+    assert ruled_out.info["implausible"] == "a look changes nothing" and ruled_out.info["model_failed"]
+    assert ruled_out.info["implausible_answers"] == 1 and ruled_out.info["parse_failures"] == 0
+    assert ruled_out.info["invalid_actions"] == 0  # not the policy's invalid step
+    assert len(buffer) == 1 and buffer.items[0].action == "go"  # the ruled-out answer is not stored
+    # off (the default): the same answer is played, and the domain is not asked
+    off = SyntheticEnv(model, None, domain, SyntheticEnvConfig(top_k=0))
+    off.reset(task=TASK)
+    judged = len(domain.judged)
+    assert off.step(action="look").observation.text == "You are in room 2." and len(domain.judged) == judged
+
+
+def test_check_transitions_needs_a_domain_that_can_judge_and_a_str_verdict() -> None:
+    model = LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0))
+    with pytest.raises(SyntheticEnvError, match="check_transitions needs a domain with implausible"):
+        SyntheticEnv(model, None, ListingDomain(), SyntheticEnvConfig(check_transitions=True))
+
+    class Sloppy(ListingDomain):
+        def implausible(self, *, state, action, next_state):
+            return None
+
+    env = SyntheticEnv(model, None, Sloppy(), SyntheticEnvConfig(check_transitions=True, top_k=0))
+    env.reset(task=TASK)
+    with pytest.raises(WrongReturn, match="implausible\\(...\\) returned NoneType, expected a str"):
+        env.step(action="go")
+
+
+def test_rollout_counts_implausible_answers_apart_and_marks_them_model_failed() -> None:
+    from dreamgym_core.rollout import rollout, unanswered
+
+    lm = ScriptedLM(answer=looker)
+    config = SyntheticEnvConfig(check_transitions=True, top_k=0)
+    env = SyntheticEnv(LMExperienceModel(lm, ExperienceModelConfig(max_retries=0)), None, CheckingDomain(), config)
+    trajectories, stats = rollout(
+        tasks=[TASK], envs=[env], act=lambda prompts: ["<action>look</action>"] * len(prompts), max_steps=3,
+        history_window=1, seeds=[0], source="synthetic", tag="t", step_many=step_many,
+    )
+    assert stats.implausible_answers == 1 and stats.parse_failures == 0 and stats.invalid_actions == 0
+    assert stats.metrics("rollout")["errors/rollout_implausible_answers"] == 1.0
+    (last,) = trajectories[0].transitions
+    assert last.model_failed and not last.success
+    assert unanswered(trajectories[0])  # handled by loop.unanswered_episodes, as an unparsable answer
 
 
 def test_reject_unlisted_fails_an_action_the_state_does_not_offer_without_a_model_call() -> None:

@@ -157,3 +157,17 @@ def test_a_line_break_inside_an_action_does_not_queue_a_command(tw_domains) -> N
         assert "carrying" in env.step(action="inventory").observation.text.splitlines()[0]
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("game", ["coin_collector", "treasure_hunter", "cooking"])
+def test_no_real_no_op_step_is_judged_implausible(tw_domains, game: str) -> None:
+    from dreamgym_core.records import Observation
+
+    from .test_twx import no_op_steps
+
+    domain = tw_domains[game]
+    steps = no_op_steps(domain, episodes=8)
+    assert len(steps) >= 3, f"random play took {len(steps)} no-op actions: too few to check the rule"
+    for t in steps:
+        reason = domain.implausible(state=Observation(text=t.state), action=t.action, next_state=Observation(text=t.next_state))
+        assert reason == "", f"{game}: the real step {t.action!r} was judged implausible: {reason}"

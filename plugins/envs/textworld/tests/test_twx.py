@@ -49,6 +49,45 @@ def test_random_policy_reaches_a_defined_end(twx_domains, game: str) -> None:
         assert all(t.valid for t in trajectory.transitions)
 
 
+def no_op_steps(domain, split: str = "train", episodes: int = 16) -> list:
+    """The real steps of random play that took an action of NO_OP_ACTIONS."""
+    from dreamgym_plugin_textworld.domain import NO_OP_ACTIONS
+
+    played = domain.collect(tasks=domain.tasks(split=split), policy="random", episodes=episodes, seed=3)
+    return [t for trajectory in played for t in trajectory.transitions if t.action.lower() in NO_OP_ACTIONS]
+
+
+@pytest.mark.parametrize("game", TWX_GAMES)
+def test_no_real_no_op_step_is_judged_implausible(twx_domains, game: str) -> None:
+    # loop.check_transitions fails the experience model's answers the domain rules out: a rule
+    # the real game breaks would fail its true answers too.
+    from dreamgym_core.records import Observation
+
+    domain = twx_domains[game]
+    steps = no_op_steps(domain)
+    assert len(steps) >= 5, f"random play took {len(steps)} no-op actions: too few to check the rule"
+    for t in steps:
+        reason = domain.implausible(state=Observation(text=t.state), action=t.action, next_state=Observation(text=t.next_state))
+        assert reason == "", f"{game}: the real step {t.action!r} was judged implausible: {reason}"
+
+
+def test_a_look_that_lists_a_new_item_to_take_is_implausible(twx_domains) -> None:
+    from dreamgym_core.records import Observation
+
+    domain = twx_domains["coin"]
+    starts = [domain.initial_observation(task) for task in domain.tasks(split="train") + domain.tasks(split="test")]
+    start = next(obs for obs in starts if "take coin" not in obs.admissible_actions)  # the coin is elsewhere
+    lines = start.text.splitlines()
+    invented = "\n".join([*lines[:-1], lines[-1] + "; take coin"])
+    reason = domain.implausible(state=start, action="look around", next_state=Observation(text=invented))
+    assert reason == "'look around' changes nothing in the game, but the answer changed the actions"
+    scored = start.text.replace("Score: 0.00", "Score: 1.00")
+    assert "score" in domain.implausible(state=start, action="inventory", next_state=Observation(text=scored))
+    # a move's answer depends on the unseen room: not judged
+    assert domain.implausible(state=start, action="move east", next_state=Observation(text=invented)) == ""
+    assert domain.implausible(state=start, action="inventory", next_state=start) == ""
+
+
 def test_env_step_info_keeps_the_engine_score(twx_domains, twx_env) -> None:
     obs = twx_env.reset(task=twx_domains["coin"].tasks(split="train")[0])
     scores = []

@@ -31,13 +31,19 @@ from .games import (
     tw_params,
 )
 from .policies import check_policy, choose_action
-from .state import drop_scenery, expand_actions, parse_state
+from .state import drop_scenery, expand_actions, normalize_action, parse_state
 
 __all__ = ["TextWorldDomain", "parse_variation", "task_id"]
 
 log = logging.getLogger(__name__)
 
 _PAIR = re.compile(r"([A-Za-z_]+)\s*[=:]\s*(-?\d+)")
+# Actions that change nothing in any of these games: the state after one carries the same
+# inventory, score and action list as the state before (tests/test_twx.py checks it on real
+# play of each game). An experience model that answers one with a new item to take invents a
+# win the real game cannot give.
+NO_OP_ACTIONS = frozenset({"look around", "inventory", "look"})
+_UNCHANGED_BY_NO_OPS = ("inventory", "score", "actions")
 
 
 def task_id(payload: dict[str, Any], origin: str = "seed") -> str:
@@ -173,6 +179,18 @@ class TextWorldDomain:
     def admissible_in(self, state: str) -> list[str]:
         """The actions listed in a state text (real or generated): its "Actions" line expanded."""
         return expand_actions(parse_state(state)["actions"])
+
+    def implausible(self, *, state: Observation, action: str, next_state: Observation) -> str:
+        """Why ``next_state`` cannot follow ``action`` in ``state`` ("" when it can): after an
+        action that changes nothing (:data:`NO_OP_ACTIONS`), a changed inventory, score or action
+        list. Other answers are left to the experience model: the world they depend on is unseen."""
+        if normalize_action(action) not in NO_OP_ACTIONS:
+            return ""
+        before, after = parse_state(state.text), parse_state(next_state.text)
+        changed = [part for part in _UNCHANGED_BY_NO_OPS if before[part] != after[part]]
+        if not changed:
+            return ""
+        return f"'{action}' changes nothing in the game, but the answer changed the {' and '.join(changed)}"
 
     def vary_state(self, state: str, actions: Sequence[str], *, key: str, strength: float) -> str:
         """The state with each furniture sentence (no exit, nothing an action acts on) dropped

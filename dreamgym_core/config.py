@@ -226,6 +226,10 @@ class LoopConfig(Config):
         bool,
         Meta(description="Synthetic steps: the domain's implausible(state=, action=, next_state=) judges each M_exp answer, and one it rules out (TextWorld: a look or inventory that changes the inventory, score or action list) is M_exp's failure, as an unparsable answer is (not stored; its episode handled by unanswered_episodes). Needs a domain with implausible."),
     ] = False
+    implausible_answers: Annotated[
+        Literal["fail", "correct"],
+        Meta(description="What loop.check_transitions does with an M_exp answer the domain rules out: fail it as M_exp's failure, or play the domain's correction instead (domain.correct(state=, action=, answer=) -> ExperienceResult; TextWorld: the state unchanged), which is stored as the step's answer."),
+    ] = "fail"
     state_variation: Annotated[
         Probability,
         Meta(description="Synthetic states: strength of the domain's vary_state (TextWorld: chance of dropping each furniture sentence; 0: off)."),

@@ -257,6 +257,11 @@ class Runner:
                 f"{self.resolved.source}: loop.check_transitions needs an env whose domain has implausible; "
                 f"env {cfg.env.name!r} has none"
             )
+        if cfg.loop.check_transitions and cfg.loop.implausible_answers == "correct" and not hasattr(self.domain, "correct"):
+            raise ConfigError(
+                f"{self.resolved.source}: loop.implausible_answers=correct needs an env whose domain has correct; "
+                f"env {cfg.env.name!r} has none"
+            )
         self.encoder = build("encoder", cfg.encoder.name, self._component("encoder")) if cfg.encoder else None
         self.buffer = (
             build("buffer", cfg.buffer.name, self._component("buffer"), encoder=self.encoder, path=str(self.run_dir / "buffer"))

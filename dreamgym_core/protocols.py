@@ -68,8 +68,9 @@ class Domain(Protocol):
     list[str]`` (the actions a state text offers), ``vary_state(state, actions, *, key,
     strength) -> str`` (the state with parts the task does not depend on changed;
     ``loop.state_variation``) and ``implausible(*, state, action, next_state) -> str`` (why an
-    experience-model answer cannot be, "" when it can; ``loop.check_transitions``): the
-    synthetic environment uses these. For task variations:
+    experience-model answer cannot be, "" when it can; ``loop.check_transitions``) with
+    ``correct(*, state, action, answer) -> ExperienceResult`` (the answer to play instead;
+    ``loop.implausible_answers: correct``): the synthetic environment uses these. For task variations:
     ``describe_variation(task) -> str`` (what a variation may change, put in M_task's prompt),
     ``make_variation(parent, text) -> Task | None`` (the Task a variation text describes, None
     when it is not a valid one) and ``propose_variations(parent, *, n, rng) -> list[str]``

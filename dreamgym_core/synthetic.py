@@ -86,6 +86,10 @@ class SyntheticEnvConfig(Config):
         bool,
         Meta(description="domain.implausible judges each answer; one it rules out is the model's failure, as an unparsable one is."),
     ] = False
+    implausible_answers: Annotated[
+        Literal["fail", "correct"],
+        Meta(description="An answer check_transitions rules out: the model's failure, or replaced by domain.correct's answer."),
+    ] = "fail"
 
 
 def synthetic_config_of(pipeline: Any, *, seeded_episodes: bool = False) -> SyntheticEnvConfig:
@@ -101,6 +105,7 @@ def synthetic_config_of(pipeline: Any, *, seeded_episodes: bool = False) -> Synt
         max_steps=loop.max_steps, history_window=loop.history_window, top_k=loop.top_k, demos=loop.demos, add_to_buffer=False,
         seeded_episodes=seeded_episodes, reject_unlisted=loop.reject_unlisted_actions, reject_unlisted_at=loop.reject_unlisted_at,
         state_variation=loop.state_variation, check_transitions=loop.check_transitions,
+        implausible_answers=loop.implausible_answers,
     )
 
 
@@ -154,6 +159,8 @@ class SyntheticEnv:
             )
         if self.config.check_transitions and not hasattr(domain, "implausible"):
             raise SyntheticEnvError(f"check_transitions needs a domain with implausible; domain {getattr(domain, 'name', None)!r} has none")
+        if self.config.check_transitions and self.config.implausible_answers == "correct" and not hasattr(domain, "correct"):
+            raise SyntheticEnvError(f"implausible_answers='correct' needs a domain with correct; domain {getattr(domain, 'name', None)!r} has none")
 
     # -- Env contract
 
@@ -238,6 +245,16 @@ class SyntheticEnv:
             )
         return reason
 
+    def _corrected(self, action: str, answer: ExperienceResult) -> ExperienceResult:
+        """The domain's answer in place of the model's implausible ``answer``."""
+        assert self._obs is not None
+        corrected = self.domain.correct(state=self._obs, action=action, answer=answer)
+        if not isinstance(corrected, ExperienceResult):
+            raise WrongReturn(
+                f"env domain {type(self.domain).__name__}: correct(...) returned {type(corrected).__name__}, expected an ExperienceResult"
+            )
+        return corrected
+
     def _check_running(self) -> None:
         if self._task is None or self._obs is None:
             raise SyntheticEnvError("step() called before reset()")
@@ -262,13 +279,17 @@ class SyntheticEnv:
         unparsed = result.parse_status == "failed"
         generated = Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state))
         implausible = "" if unparsed else self._implausible(action, generated)
-        if implausible:  # the model's failure, as an unparsable answer is: nothing changes, nothing is stored
+        corrected = bool(implausible) and self.config.implausible_answers == "correct"
+        if corrected:  # the domain's answer is played and stored in its place
+            result = self._corrected(action, result)
+            generated = Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state))
+        elif implausible:  # the model's failure, as an unparsable answer is: nothing changes, nothing is stored
             result = ExperienceResult(
                 reasoning=f"implausible answer: {implausible}", next_state=self._obs.text, reward=0.0, done=True,
                 success=False, raw=result.raw,
             )
             generated = Observation(text=self._obs.text, admissible_actions=list(self._obs.admissible_actions))
-        failed = unparsed or bool(implausible)
+        failed = unparsed or (bool(implausible) and not corrected)
         self.counters["parse_failures"] += unparsed
         self.counters["implausible_answers"] += bool(implausible)
         self.counters["parse_repairs"] += result.parse_status == "repaired"

@@ -476,6 +476,11 @@ class JudgingDomain(GoodDomain):
         return ""
 
 
+class CorrectsWithText(JudgingDomain):
+    def correct(self, *, state, action, answer):
+        return state.text
+
+
 class RulesOutTheRealGame(GoodDomain):
     def implausible(self, *, state, action, next_state):
         return "nothing can change"
@@ -513,6 +518,7 @@ def test_a_good_domain_passes(domain_type):
         (StartAsText, r"initial_observation\(\) returned str, expected Observation"),
         (NumberVariations, r"propose_variations\(\) must return a list of str, got \[0, 1\]"),
         (ProposesOnly, r"has propose_variations but no make_variation"),
+        (CorrectsWithText, r"correct\(\) returned str, expected ExperienceResult"),
         (RulesOutTheRealGame, r"implausible\(\) ruled out a real transition \('.*'\): 'nothing can change'; expected \"\""),
     ],
 )

@@ -230,6 +230,25 @@ def test_check_transitions_on_a_domain_that_cannot_judge_answers_fails_before_an
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_correcting_implausible_answers_on_a_domain_that_cannot_correct_fails_before_any_rollout(register_plugin, tmp_path):
+    class JudgingDomain(CountDomain):
+        def implausible(self, *, state, action, next_state):
+            return ""
+
+    class Judging:
+        @hookimpl
+        def dreamgym_register_envs(self):
+            return [ComponentSpec(name="judging", factory=JudgingDomain, config_type=CountConfig, description="Judges answers (test double).")]
+
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(Judging(), "judging")
+    parts = {"env": {"name": "judging"}}
+    resolved = _resolved(plugins, tmp_path / "run", parts, iterations=1, check_transitions=True, implausible_answers="correct")
+    with pytest.raises(ConfigError, match="loop.implausible_answers=correct needs an env whose domain has correct; env 'judging' has none"):
+        run_pipeline(resolved, plugins)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 @pytest.mark.parametrize("where", ["mode", "synthetic_agreement"])
 def test_synthetic_play_without_a_start_state_fails_before_any_rollout(register_plugin, tmp_path, monkeypatch, where):
     # Without the guard every synthetic episode ended as an environment error, and the run

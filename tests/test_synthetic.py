@@ -261,7 +261,7 @@ def test_state_variation_needs_a_domain_that_can_vary_states() -> None:
 
 
 class CheckingDomain(ListingDomain):
-    """Rules out an answer to 'look' that is not the state it was asked in."""
+    """Rules out an answer to 'look' that is not the state it was asked in, and corrects it to that state."""
 
     def __init__(self):
         self.judged = []
@@ -269,6 +269,9 @@ class CheckingDomain(ListingDomain):
     def implausible(self, *, state, action, next_state):
         self.judged.append((state.text, action, next_state.text, list(next_state.admissible_actions)))
         return "a look changes nothing" if action == "look" and next_state.text != state.text else ""
+
+    def correct(self, *, state, action, answer):
+        return ExperienceResult(reasoning="a look changes nothing", next_state=state.text, reward=0.0, done=False, success=False)
 
 
 def looker(prompt: str) -> str:
@@ -302,10 +305,43 @@ def test_check_transitions_fails_an_answer_the_domain_rules_out_as_the_models_fa
     assert off.step(action="look").observation.text == "You are in room 2." and len(domain.judged) == judged
 
 
+def test_implausible_answers_correct_plays_and_stores_the_domains_answer_instead() -> None:
+    buffer = ListBuffer()
+    lm = ScriptedLM(answer=looker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    config = SyntheticEnvConfig(check_transitions=True, implausible_answers="correct", top_k=0, add_to_buffer=True)
+    env = SyntheticEnv(model, buffer, CheckingDomain(), config)
+    env.reset(task=TASK)
+    looked = env.step(action="look")  # the model answered room 2, where the coin can be taken
+    assert not looked.done and looked.valid and looked.reward == 0.0
+    assert looked.observation.text == "You are in room 0." and looked.observation.admissible_actions == ["go", "take coin"]
+    assert looked.info["implausible"] == "a look changes nothing" and not looked.info["model_failed"]
+    assert looked.info["implausible_answers"] == 1 and looked.info["parse_failures"] == 0
+    assert not env.step(action="take coin").success  # still in room 0: the phantom win is gone
+    stored = buffer.items[0]
+    assert (stored.action, stored.next_state, stored.reasoning, stored.model_failed) == ("look", "You are in room 0.", "a look changes nothing", False)
+
+
 def test_check_transitions_needs_a_domain_that_can_judge_and_a_str_verdict() -> None:
     model = LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0))
     with pytest.raises(SyntheticEnvError, match="check_transitions needs a domain with implausible"):
         SyntheticEnv(model, None, ListingDomain(), SyntheticEnvConfig(check_transitions=True))
+
+    class JudgesOnly(ListingDomain):
+        def implausible(self, *, state, action, next_state):
+            return "never"
+
+    with pytest.raises(SyntheticEnvError, match="implausible_answers='correct' needs a domain with correct"):
+        SyntheticEnv(model, None, JudgesOnly(), SyntheticEnvConfig(check_transitions=True, implausible_answers="correct"))
+
+    class CorrectsWithText(JudgesOnly):
+        def correct(self, *, state, action, answer):
+            return state.text
+
+    env = SyntheticEnv(model, None, CorrectsWithText(), SyntheticEnvConfig(check_transitions=True, implausible_answers="correct", top_k=0))
+    env.reset(task=TASK)
+    with pytest.raises(WrongReturn, match="correct\\(...\\) returned str, expected an ExperienceResult"):
+        env.step(action="go")
 
     class Sloppy(ListingDomain):
         def implausible(self, *, state, action, next_state):

@@ -185,7 +185,8 @@ def _check_collect(domain: Any, task: Task, policy: str, episodes: int = 1) -> l
 def check_domain_extras(domain: Any, task: Task, transition: Transition) -> None:
     """The optional members a run calls, where the domain has them: ``initial_observation``
     (an Observation), ``admissible_in`` (a list of str), ``world_of`` and ``world_key`` (a str),
-    ``implausible`` ("" for a real transition: the real game's answer is never ruled out), and for the
+    ``implausible`` ("" for a real transition: the real game's answer is never ruled out), ``correct``
+    (an ExperienceResult), and for the
     curriculum ``describe_variation`` (a str), ``propose_variations`` (a list of str) whose
     texts ``make_variation`` turns into Tasks (or None for one it refuses)."""
     calls = (
@@ -208,6 +209,12 @@ def check_domain_extras(domain: Any, task: Task, transition: Transition) -> None
             verdict = domain.implausible(state=state, action=transition.action, next_state=Observation(text=transition.next_state))
         if verdict != "":
             raise _fail(domain, f"implausible() ruled out a real transition ({transition.action!r}): {verdict!r:.120}; expected \"\"")
+    if callable(getattr(domain, "correct", None)):
+        state = Observation(text=transition.state, admissible_actions=list(transition.admissible_actions))
+        answer = ExperienceResult(reasoning="", next_state=transition.next_state, reward=0.0, done=False, success=False)
+        with _step(domain, "correct()"):
+            corrected = domain.correct(state=state, action=transition.action, answer=answer)
+        _expect(domain, corrected, ExperienceResult, "correct()")
     if callable(getattr(domain, "propose_variations", None)):
         with _step(domain, "propose_variations(n=2)"):
             texts = domain.propose_variations(task, n=2, rng=np.random.default_rng(0))

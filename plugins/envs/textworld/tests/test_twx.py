@@ -72,7 +72,7 @@ def test_no_real_no_op_step_is_judged_implausible(twx_domains, game: str) -> Non
 
 
 def test_a_look_that_lists_a_new_item_to_take_is_implausible(twx_domains) -> None:
-    from dreamgym_core.records import Observation
+    from dreamgym_core.records import ExperienceResult, Observation
 
     domain = twx_domains["coin"]
     starts = [domain.initial_observation(task) for task in domain.tasks(split="train") + domain.tasks(split="test")]
@@ -86,6 +86,11 @@ def test_a_look_that_lists_a_new_item_to_take_is_implausible(twx_domains) -> Non
     # a move's answer depends on the unseen room: not judged
     assert domain.implausible(state=start, action="move east", next_state=Observation(text=invented)) == ""
     assert domain.implausible(state=start, action="inventory", next_state=start) == ""
+    # corrected, the look changes nothing: the state, and no win
+    corrected = domain.correct(state=start, action="look around", answer=ExperienceResult(
+        reasoning="", next_state=invented, reward=0.0, done=False, success=False))  # fmt: skip
+    assert (corrected.next_state, corrected.done, corrected.success, corrected.valid) == (start.text, False, False, True)
+    assert domain.implausible(state=start, action="look around", next_state=Observation(text=corrected.next_state)) == ""
 
 
 def test_env_step_info_keeps_the_engine_score(twx_domains, twx_env) -> None:

@@ -9,7 +9,7 @@ import re
 from typing import Any, Sequence
 
 from dreamgym_core.errors import ConfigError
-from dreamgym_core.records import VARIATION_SUFFIX, Observation, Task, Trajectory, Transition
+from dreamgym_core.records import VARIATION_SUFFIX, ExperienceResult, Observation, Task, Trajectory, Transition
 from dreamgym_core.rollout import play_offline
 
 from .annotate import annotate_transition
@@ -191,6 +191,16 @@ class TextWorldDomain:
         if not changed:
             return ""
         return f"'{action}' changes nothing in the game, but the answer changed the {' and '.join(changed)}"
+
+    def correct(self, *, state: Observation, action: str, answer: ExperienceResult) -> ExperienceResult:
+        """The answer to an action :meth:`implausible` ruled out (one of :data:`NO_OP_ACTIONS`):
+        nothing changes, so the next state is the state itself. (The real game words its
+        answer to an inventory differently; what the policy acts on, the inventory, score and
+        action list, is exactly the real one.)"""
+        return ExperienceResult(
+            reasoning=f"'{action}' changes nothing in the game, so the state stays as it was.", next_state=state.text,
+            reward=0.0, done=False, success=False, raw=answer.raw,
+        )
 
     def vary_state(self, state: str, actions: Sequence[str], *, key: str, strength: float) -> str:
         """The state with each furniture sentence (no exit, nothing an action acts on) dropped

@@ -245,6 +245,23 @@ class SyntheticEnv:
             )
         return reason
 
+    def _judged(self, action: str, result: ExperienceResult) -> tuple[ExperienceResult, Observation, str]:
+        """The answer to play, its next observation (before variation), and why the domain ruled
+        the model's answer out ("" when it did not; see ``check_transitions``)."""
+        assert self._obs is not None
+        generated = Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state))
+        implausible = "" if result.parse_status == "failed" else self._implausible(action, generated)
+        if not implausible:
+            return result, generated, ""
+        if self.config.implausible_answers == "correct":  # the domain's answer is played and stored in its place
+            result = self._corrected(action, result)
+            return result, Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state)), implausible
+        # the model's failure, as an unparsable answer is: nothing changes, nothing is stored
+        failure = ExperienceResult(
+            reasoning=f"implausible answer: {implausible}", next_state=self._obs.text, reward=0.0, done=True, success=False, raw=result.raw,
+        )
+        return failure, Observation(text=self._obs.text, admissible_actions=list(self._obs.admissible_actions)), implausible
+
     def _corrected(self, action: str, answer: ExperienceResult) -> ExperienceResult:
         """The domain's answer in place of the model's implausible ``answer``."""
         assert self._obs is not None
@@ -276,20 +293,9 @@ class SyntheticEnv:
     def _finish(self, action: str, result: ExperienceResult, retrieved: int) -> tuple[StepResult, Transition]:
         """Apply the failure rules and the step cap; record the transition."""
         assert self._task is not None and self._obs is not None
+        result, generated, implausible = self._judged(action, result)
         unparsed = result.parse_status == "failed"
-        generated = Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state))
-        implausible = "" if unparsed else self._implausible(action, generated)
-        corrected = bool(implausible) and self.config.implausible_answers == "correct"
-        if corrected:  # the domain's answer is played and stored in its place
-            result = self._corrected(action, result)
-            generated = Observation(text=result.next_state, admissible_actions=self._admissible_in(result.next_state))
-        elif implausible:  # the model's failure, as an unparsable answer is: nothing changes, nothing is stored
-            result = ExperienceResult(
-                reasoning=f"implausible answer: {implausible}", next_state=self._obs.text, reward=0.0, done=True,
-                success=False, raw=result.raw,
-            )
-            generated = Observation(text=self._obs.text, admissible_actions=list(self._obs.admissible_actions))
-        failed = unparsed or (bool(implausible) and not corrected)
+        failed = unparsed or (bool(implausible) and self.config.implausible_answers == "fail")
         self.counters["parse_failures"] += unparsed
         self.counters["implausible_answers"] += bool(implausible)
         self.counters["parse_repairs"] += result.parse_status == "repaired"

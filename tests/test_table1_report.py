@@ -198,6 +198,7 @@ def test_listed_action_rows_are_paired_with_their_own_sft_and_judged_apart(table
 
 def test_checked_transition_rows_play_the_default_rows_experience_model(table1) -> None:
     # the check judges the model's answers in RL; it does not change how the model is trained
-    for row in (table1.CHECKED, table1.CHECKED + table1.LISTED, table1.CORRECTED, table1.CORRECTED + table1.LISTED, table1.CORRECTED_S2R):
+    for row in (table1.CHECKED, table1.CHECKED + table1.LISTED, table1.CORRECTED, table1.CORRECTED + table1.LISTED, table1.CORRECTED_S2R,
+                table1.CORRECTED_REJECTING):
         assert "loop.check_transitions=true" in table1.ROWS[row] and row in table1.SHARES_MODEL and row in table1.DRAWN
     assert table1.sft_of(table1.CHECKED + table1.LISTED) == "SFT" + table1.LISTED and table1.sft_of(table1.CHECKED) == "SFT"

@@ -131,12 +131,18 @@ ROWS[CHECKED + LISTED] = [*ROWS[CHECKED], "loop.action_choice=listed"]
 CORRECTED = "GRPO DreamGym + corrected transitions"
 ROWS[CORRECTED] = ["loop.check_transitions=true", "loop.implausible_answers=correct"]
 ROWS[CORRECTED + LISTED] = [*ROWS[CORRECTED], "loop.action_choice=listed"]
+# The generating policy's remaining phantom wins are unlisted actions the model accepts (in the
+# checked runs, an unlisted `take coin` as the episode's only action in 26 of 53): the correction with
+# the start state's real list enforced (loop.reject_unlisted_actions at the start only; later lists
+# are the model's).
+CORRECTED_REJECTING = CORRECTED + " + unlisted refused at the start"
+ROWS[CORRECTED_REJECTING] = [*ROWS[CORRECTED], "loop.reject_unlisted_actions=true", "loop.reject_unlisted_at=start"]
 # S2R with the same correction, against the listed real GRPO (the paper's S2R target).
 CORRECTED_S2R = "GRPO DreamGym-S2R + corrected transitions" + LISTED
 ROWS[CORRECTED_S2R] = [*ROWS["GRPO DreamGym-S2R" + LISTED], *ROWS[CORRECTED]]
 COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).
-SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED, CORRECTED_S2R}
+SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED, CORRECTED_S2R, CORRECTED_REJECTING}
 SHARES_MODEL |= {row + LISTED for row in SHARES_MODEL if row + LISTED in ROWS}
 # Rows whose RL steps the experience model: they can be repeated over its draws
 # (loop.experience_draw). One draw moved protocol-5 coin cells by up to 40 points

@@ -44,6 +44,12 @@ class CorridorEnv:
             return StepResult(observation=Observation(text=f"room {self.pos}"), reward=0.0, done=False, valid=False)
         if action == "wait" and self.pos == 1:  # as the synthetic env answers an unparsable model output
             return StepResult(observation=Observation(text="?"), reward=0.0, done=True, valid=False, info={"parse_status": "failed"})
+        if action == "look":  # as the synthetic env answers an implausible one it corrects (state kept)
+            return StepResult(observation=Observation(text=f"room {self.pos}", admissible_actions=["go north", "wait"]), reward=0.0,
+                              done=False, info={"implausible": "the list changed"})
+        if action == "inventory":  # ... and one it fails (loop.implausible_answers: fail)
+            return StepResult(observation=Observation(text="?"), reward=0.0, done=True, valid=False,
+                              info={"implausible": "the score changed", "model_failed": True})
         if action == "go north":
             self.pos += 1
         done = self.pos >= 2
@@ -220,6 +226,18 @@ def test_an_experience_model_failure_is_not_the_policys_invalid_action(episode):
     info = out.extra_fields["reward_extra_info"]
     assert info["invalid_actions"] == 0.0 and out.reward_score == 0.0  # no penalty: not the policy's fault
     assert [t.model_failed for t in record["stored"]] == [False, True]
+
+
+def test_experience_model_failures_are_counted_as_the_local_rollout_counts_them(episode):
+    # a corrected implausible answer plays on; a failed one ends the episode, uncharged to the policy
+    out, _, record = episode([act("look"), act("go north"), act("inventory")])
+    info = out.extra_fields["reward_extra_info"]
+    assert info["implausible_answers"] == 2.0 and info["model_parse_failures"] == 0.0
+    assert info["invalid_actions"] == 0.0 and info["episode_steps"] == 3.0
+    assert [t.model_failed for t in record["stored"]] == [False, False, True]
+    out, _, _ = episode([act("go north"), act("wait")])
+    info = out.extra_fields["reward_extra_info"]
+    assert info["model_parse_failures"] == 1.0 and info["implausible_answers"] == 0.0
 
 
 def test_unparsable_output_ends_episode(episode):

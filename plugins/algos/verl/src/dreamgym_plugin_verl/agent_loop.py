@@ -95,6 +95,10 @@ class EpisodeStats:
     unparsed_actions: int = 0
     unlisted_actions: int = 0  # not in the state's own list; a real engine refuses them
     unlisted_accepted: int = 0  # ... and the environment still accepted them (a lenient experience model)
+    # experience-model failures, as the local rollout counts them: unparsable answers, and answers
+    # the domain ruled out (loop.check_transitions; counted whether failed or corrected)
+    model_parse_failures: int = 0
+    implausible_answers: int = 0
     success: bool = False
     truncated: bool = False
     env_error: bool = False
@@ -227,6 +231,9 @@ class DreamGymAgentLoop(AgentLoopBase):
             )
             # an experience-model answer that did not parse is the environment's failure, not the policy's
             stats.invalid_actions += int(not result.valid and not transition.model_failed)
+            implausible = bool(result.info.get("implausible"))
+            stats.implausible_answers += int(implausible)
+            stats.model_parse_failures += int(transition.model_failed and not implausible)
             offered = unlisted(action, observation.admissible_actions)
             stats.unlisted_actions += offered
             stats.unlisted_accepted += offered and result.valid
@@ -344,6 +351,8 @@ class DreamGymAgentLoop(AgentLoopBase):
                     "unparsed_actions": float(stats.unparsed_actions),
                     "unlisted_actions": float(stats.unlisted_actions),
                     "unlisted_accepted": float(stats.unlisted_accepted),
+                    "model_parse_failures": float(stats.model_parse_failures),
+                    "implausible_answers": float(stats.implausible_answers),
                     "truncated": float(stats.truncated),
                     "env_errors": float(stats.env_error),
                 },

@@ -202,3 +202,25 @@ def test_checked_transition_rows_play_the_default_rows_experience_model(table1) 
                 table1.CORRECTED_REJECTING):
         assert "loop.check_transitions=true" in table1.ROWS[row] and row in table1.SHARES_MODEL and row in table1.DRAWN
     assert table1.sft_of(table1.CHECKED + table1.LISTED) == "SFT" + table1.LISTED and table1.sft_of(table1.CHECKED) == "SFT"
+
+
+def test_corrected_rows_carry_every_target_with_the_listed_sft_and_real_grpo(table1) -> None:
+    # the ablations play their own row's experience model, with the default row's correction and listed actions
+    suffix = table1.CORRECTED_SUFFIX
+    assert table1.ROWS["w/o retrieval" + suffix] == [*table1.ROWS["w/o retrieval" + table1.LISTED], *table1.ROWS[table1.CORRECTED]]
+    assert table1.MODEL_FROM["w/o reasoning" + suffix] == "w/o reasoning" and "w/o reasoning" + suffix not in table1.SHARES_MODEL
+    assert "w/o curriculum" + suffix in table1.SHARES_MODEL and table1.sft_of("w/o retrieval" + suffix) == "SFT" + table1.LISTED
+    for seed in (0, 1):
+        _write(table1, "coin", "SFT" + table1.LISTED, seed, 0.5)
+        _write(table1, "coin", "GRPO (real env)" + table1.LISTED, seed, 0.625, real=300.0)
+        _write(table1, "coin", "GRPO DreamGym" + suffix, seed, 0.625)
+        _write(table1, "coin", "w/o retrieval" + suffix, seed, 0.5625)
+        _write(table1, "coin", "w/o curriculum" + suffix, seed, 0.625)  # level: not below
+    lines = table1._targets("coin", table1._cells(["coin"], [0, 1], table1.PROTOCOL), suffix, table1.LISTED)
+    verdict = {line.split(": ")[1]: line.rsplit("-> ", 1)[1] for line in lines}
+    assert verdict == {
+        "DreamGym >= SFT + 10": "met", "DreamGym within 10 of real GRPO": "met",
+        "w/o retrieval below the full method": "met", "w/o curriculum below the full method": "missed",
+    }
+    assert lines[0].startswith(f"- coin{suffix}: DreamGym >= SFT + 10: 62.5 vs 50.0")
+    assert "rows whose experience model's no-op answers are corrected" in table1.report(["coin"], [0, 1])

@@ -140,6 +140,16 @@ ROWS[CORRECTED_REJECTING] = [*ROWS[CORRECTED], "loop.reject_unlisted_actions=tru
 # S2R with the same correction, against the listed real GRPO (the paper's S2R target).
 CORRECTED_S2R = "GRPO DreamGym-S2R + corrected transitions" + LISTED
 ROWS[CORRECTED_S2R] = [*ROWS["GRPO DreamGym-S2R" + LISTED], *ROWS[CORRECTED]]
+# The paper's ablations with the same correction and listed actions, so that the corrected listed
+# rows carry every target of the table between themselves (CORRECTED_TARGETS). Each plays the
+# experience model of the ablation row it repeats (MODEL_FROM): w/o retrieval's and w/o reasoning's
+# own, w/o curriculum's the default row's.
+CORRECTED_SUFFIX = CORRECTED.removeprefix("GRPO DreamGym") + LISTED
+ABLATIONS = ("w/o retrieval", "w/o reasoning", "w/o curriculum")
+MODEL_FROM: dict[str, str] = {}
+for _ablation in ABLATIONS:
+    ROWS[_ablation + CORRECTED_SUFFIX] = [*ROWS[_ablation + LISTED], *ROWS[CORRECTED]]
+    MODEL_FROM[_ablation + CORRECTED_SUFFIX] = _ablation
 # Beyond the paper: synthetic experience costs no real transitions, so a DreamGym row can train
 # longer at no real cost. The corrected listed row with 18 iterations instead of 6 (asked before
 # it ran: does three times the synthetic RL reach SFT + 10?), and real GRPO with 18 iterations as
@@ -152,13 +162,17 @@ REAL_LONGER = "GRPO (real env)" + LONGER + LISTED
 ROWS[REAL_LONGER] = [*ROWS["GRPO (real env)" + LISTED], "loop.iterations=18"]
 COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).
-SHARES_MODEL = {"GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED, CORRECTED_S2R, CORRECTED_REJECTING, CORRECTED_LONGER}
+SHARES_MODEL = {
+    "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED,
+    CORRECTED_S2R, CORRECTED_REJECTING, CORRECTED_LONGER, "w/o curriculum" + CORRECTED_SUFFIX,
+}
 SHARES_MODEL |= {row + LISTED for row in SHARES_MODEL if row + LISTED in ROWS}
 # Rows whose RL steps the experience model: they can be repeated over its draws
 # (loop.experience_draw). One draw moved protocol-5 coin cells by up to 40 points
 # (results/diagnosis.md), so ranking these rows needs several per seed.
 DRAWN = SHARES_MODEL | {"w/o retrieval", "w/o reasoning", "GRPO DreamGym + same-world demos"}
 DRAWN |= {row + LISTED for row in DRAWN if row + LISTED in ROWS}
+DRAWN |= set(MODEL_FROM)
 
 
 def unlisted_row(row: str) -> str:
@@ -299,7 +313,7 @@ def share_from(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> 
         return
     donor = _before_rl(game, "GRPO DreamGym", seed)
     copy_parts(donor, run_dir, model=row in SHARES_MODEL and checkpoint.stage_done(donor / "experience_model"))
-    base = unlisted_row(row)
+    base = MODEL_FROM.get(row, unlisted_row(row))
     if base != row and base in DRAWN and base not in SHARES_MODEL:
         # a row that trains its own experience model (w/o retrieval, w/o reasoning): the listed
         # variant plays with the model that row trained, which the choice of actions cannot change
@@ -524,12 +538,15 @@ def _at_least(value: float, bound: float) -> bool:
     return value >= bound - 1e-9
 
 
-def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]], suffix: str = "") -> list[str]:
+def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]], suffix: str = "", real_suffix: str | None = None) -> list[str]:
     """The acceptance targets of the small-scale Table 1, on the seeds both compared rows have
-    (``suffix``: between the rows of that variant, e.g. :data:`LISTED`). The verdict is on the
-    means, as the targets are stated; the paired interval beside it says how much of the verdict
-    the seeds can carry."""
-    dg, sft, real, s2r = (name + suffix for name in ("GRPO DreamGym", "SFT", "GRPO (real env)", "GRPO DreamGym-S2R"))
+    (``suffix``: between the rows of that variant, e.g. :data:`LISTED`; ``real_suffix``, when
+    given, names the variant's SFT and real GRPO rows, which play no experience model: e.g.
+    :data:`LISTED` for :data:`CORRECTED_SUFFIX`). The verdict is on the means, as the targets are
+    stated; the paired interval beside it says how much of the verdict the seeds can carry."""
+    real_suffix = suffix if real_suffix is None else real_suffix
+    dg, s2r = "GRPO DreamGym" + suffix, "GRPO DreamGym-S2R" + suffix
+    sft, real = "SFT" + real_suffix, "GRPO (real env)" + real_suffix
     out: list[str] = []
     ci = lambda a, b: _interval_text(table, game, a, b)  # noqa: E731
     if p := _pair(table, game, dg, sft):
@@ -544,7 +561,7 @@ def _targets(game: str, table: dict[tuple[str, str], dict[int, dict]], suffix: s
         out.append(f"S2R >= real GRPO with <= 1/10 of its real transitions: {100 * p[0]:.1f} vs {100 * p[1]:.1f}, "
                    f"{r[0]:.0f} vs {r[1]:.0f} real transitions ({share:.0%}) (n={p[2]}{ci(s2r, real)}) "
                    f"-> {'met' if met else 'missed'}")
-    for row in (name + suffix for name in ("w/o retrieval", "w/o reasoning", "w/o curriculum")):
+    for row in (name + suffix for name in ABLATIONS):
         if p := _pair(table, game, row, dg):
             below, tied, above = _seed_signs(table, game, row, dg)
             out.append(f"{row.removesuffix(suffix)} below the full method: {100 * p[0]:.1f} vs {100 * p[1]:.1f} (n={p[2]}; "
@@ -614,6 +631,10 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
     listed = [line for g in games for line in _targets(g, table, LISTED)]
     if listed:
         lines += ["", "The same targets between the rows whose policy picks among the listed actions:", "", *listed]
+    corrected = [line for g in games for line in _targets(g, table, CORRECTED_SUFFIX, LISTED)]
+    if corrected:
+        lines += ["", "The same targets between the listed rows whose experience model's no-op answers are corrected "
+                  "(SFT and real GRPO: the listed rows, which play no experience model):", "", *corrected]
     lines += ["", "Experience-model fidelity on held-out real transitions (GRPO DreamGym runs, mean over seeds):", ""]
     for g in games:
         fidelity: dict[str, list[float]] = {}

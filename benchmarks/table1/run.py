@@ -141,7 +141,7 @@ ROWS[CORRECTED_REJECTING] = [*ROWS[CORRECTED], "loop.reject_unlisted_actions=tru
 CORRECTED_S2R = "GRPO DreamGym-S2R + corrected transitions" + LISTED
 ROWS[CORRECTED_S2R] = [*ROWS["GRPO DreamGym-S2R" + LISTED], *ROWS[CORRECTED]]
 # The paper's ablations with the same correction and listed actions, so that the corrected listed
-# rows carry every target of the table between themselves (CORRECTED_TARGETS). Each plays the
+# rows carry every target of the table between themselves (the report's last targets). Each plays the
 # experience model of the ablation row it repeats (MODEL_FROM): w/o retrieval's and w/o reasoning's
 # own, w/o curriculum's the default row's.
 CORRECTED_SUFFIX = CORRECTED.removeprefix("GRPO DreamGym") + LISTED

@@ -224,7 +224,7 @@ class LoopConfig(Config):
     ] = "every-step"
     check_transitions: Annotated[
         bool,
-        Meta(description="Synthetic steps: the domain's implausible(state=, action=, next_state=) judges each M_exp answer, and one it rules out (TextWorld: a look or inventory that changes the inventory, score or action list) is M_exp's failure, as an unparsable answer is (not stored; its episode handled by unanswered_episodes). Needs a domain with implausible."),
+        Meta(description="Synthetic steps: the domain's implausible(state=, action=, next_state=) judges each M_exp answer, and one it rules out (TextWorld: a look or inventory that changes the inventory, score or action list) is by default M_exp's failure, as an unparsable answer is (not stored; its episode handled by unanswered_episodes), or corrected (loop.implausible_answers). Needs a domain with implausible."),
     ] = False
     implausible_answers: Annotated[
         Literal["fail", "correct"],

@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 _PAIR = re.compile(r"([A-Za-z_]+)\s*[=:]\s*(-?\d+)")
 # Actions that change nothing in any of these games: the state after one carries the same
 # inventory, score and action list as the state before (the plugin's tests check it on random
-# real play of the four TextWorldExpress games and three TextWorld ones). An experience model that answers one with a new item to take invents a
-# win the real game cannot give.
+# real play of the four TextWorldExpress games and three TextWorld ones). An experience model
+# that answers one with a new item to take invents a win the real game cannot give.
 NO_OP_ACTIONS = frozenset({"look around", "inventory", "look"})
 _UNCHANGED_BY_NO_OPS = ("inventory", "score", "actions")
 

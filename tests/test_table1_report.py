@@ -224,3 +224,11 @@ def test_corrected_rows_carry_every_target_with_the_listed_sft_and_real_grpo(tab
     }
     assert lines[0].startswith(f"- coin{suffix}: DreamGym >= SFT + 10: 62.5 vs 50.0")
     assert "rows whose experience model's no-op answers are corrected" in table1.report(["coin"], [0, 1])
+
+
+def test_no_variations_row_keeps_the_curriculum_but_never_plays_a_variation(table1) -> None:
+    # lambda 0: seed tasks still drawn by reward variance, no synthetic task in any batch
+    row = table1.NO_VARIATIONS
+    assert table1.ROWS[row][: len(table1.ROWS[table1.CORRECTED + table1.LISTED])] == table1.ROWS[table1.CORRECTED + table1.LISTED]
+    assert table1.ROWS[row][-1] == "curriculum.config={generator: domain, lambda: 0.0}"
+    assert row in table1.SHARES_MODEL and table1.sft_of(row) == "SFT" + table1.LISTED

@@ -347,3 +347,34 @@ def test_only_the_top_tasks_to_vary_are_varied():
         TaskOutcome(task=TASKS[2], rewards=[1, 1, 1, 0]),  # V = 0.1875
     ])
     assert generator.calls == ["t1"]
+
+
+def test_uniform_seed_sampling_ignores_value_but_not_the_synthetic_share():
+    # one high-value seed task would take most draws by value; uniformly it takes its 1/8
+    config = RewardEntropyConfig(exploration=0.0, tasks_to_vary=1, synthetic_share=0.5, seed_sampling="uniform")
+    c = build(config, generator=FakeTaskGenerator())
+    c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1] if t.id == "t3" else [1, 1]) for t in TASKS])
+    assert len(c.synthetic) == 1  # t3's variation
+    counts = {t.id: 0 for t in TASKS}
+    for _ in range(400):
+        batch = c.next_tasks(n=2)
+        assert sum(t.origin == "synthetic" for t in batch) == 1
+        for t in batch:
+            if t.origin != "synthetic":
+                counts[t.id] += 1
+    assert 25 < counts["t3"] < 80 and min(counts.values()) > 25  # expected 50 each
+    by_value = build(msgspec.structs.replace(config, seed_sampling="value"), generator=FakeTaskGenerator())
+    by_value.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1] if t.id == "t3" else [1, 1]) for t in TASKS])
+    assert all(t.id == "t3" for _ in range(20) for t in by_value.next_tasks(n=2) if t.origin != "synthetic")
+
+
+def test_seed_sampling_value_draws_as_before():
+    # the default keeps the draws of runs made before the option existed
+    c = build(RewardEntropyConfig(tasks_to_vary=1), generator=FakeTaskGenerator())
+    c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1] if t.id in ("t3", "t5") else [1, 1]) for t in TASKS])
+    rng = np.random.default_rng([0, 0])
+    synthetic = [c.synthetic[i] for i in rng.choice(len(c.synthetic), size=1, replace=False,
+                                                     p=sampling_weights([c._value(t) for t in c.synthetic], 0.2))]
+    seeds = [TASKS[i] for i in rng.choice(len(TASKS), size=3, replace=False, p=sampling_weights([c._value(t) for t in TASKS], 0.2))]
+    chosen = synthetic + seeds
+    assert c.next_tasks(n=4) == [chosen[i] for i in rng.permutation(4)]

@@ -38,6 +38,14 @@ class RewardEntropyConfig(Config):
     ] = "model"
     n_candidates: Annotated[PositiveInt, Meta(description="Variations M_task writes per task; the selection prompt picks one.")] = 4
     exploration: Annotated[Probability, Meta(description="Uniform share of the task sampling probabilities.")] = 0.2
+    seed_sampling: Annotated[
+        Literal["value", "uniform"],
+        Meta(description=(
+            "How the seed tasks' share of a batch is drawn: by value, as the synthetic share is ('value'), "
+            "or uniformly ('uniform'), so the original task distribution stays evenly covered. The paper "
+            "says only that lambda keeps it covered."
+        )),
+    ] = "value"
     unseen_value: Annotated[
         float, Meta(description="Value assumed for never-observed tasks (0.25 = the binary maximum: try them).")
     ] = 0.25

@@ -6,7 +6,7 @@ of the top ones: ``vary_tasks`` writes ``n_candidates`` candidates, ``select_tas
 (the selection prompt) picks one, and the domain builds the Task (origin
 "synthetic", ``parent_id`` set). ``next_tasks(n)`` draws at most floor(lambda * n)
 synthetic tasks and the rest from the seed tasks, both weighted by value with a
-uniform exploration share.
+uniform exploration share (``seed_sampling: uniform``: the seed tasks uniformly).
 """
 
 from __future__ import annotations
@@ -64,17 +64,18 @@ class RewardEntropyCurriculum:
         rng = np.random.default_rng([self.seed, self.draws])
         self.draws += 1
         quota = min(synthetic_quota(self.config.synthetic_share, n), len(self.synthetic))
-        chosen = self._draw(self.synthetic, quota, rng) + self._draw(self.seed_tasks, n - quota, rng)
+        synthetic = self._draw(self.synthetic, quota, rng)  # first: the order of the rng's draws is part of a run
+        chosen = synthetic + self._draw(self.seed_tasks, n - quota, rng, by_value=self.config.seed_sampling == "value")
         self.stats["synthetic_share"] = quota / n if n else 0.0
         return [chosen[i] for i in rng.permutation(len(chosen))]
 
     def _value(self, task: Task) -> float:
         return self.values.get(task.id, self.config.unseen_value)
 
-    def _draw(self, pool: list[Task], k: int, rng: np.random.Generator) -> list[Task]:
+    def _draw(self, pool: list[Task], k: int, rng: np.random.Generator, *, by_value: bool = True) -> list[Task]:
         if k <= 0:
             return []
-        p = sampling_weights([self._value(t) for t in pool], self.config.exploration)
+        p = sampling_weights([self._value(t) for t in pool], self.config.exploration) if by_value else None
         index = rng.choice(len(pool), size=k, replace=k > len(pool), p=p)
         return [pool[i] for i in index]
 

@@ -232,3 +232,9 @@ def test_no_variations_row_keeps_the_curriculum_but_never_plays_a_variation(tabl
     assert table1.ROWS[row][: len(table1.ROWS[table1.CORRECTED + table1.LISTED])] == table1.ROWS[table1.CORRECTED + table1.LISTED]
     assert table1.ROWS[row][-1] == "curriculum.config={generator: domain, lambda: 0.0}"
     assert row in table1.SHARES_MODEL and table1.sft_of(row) == "SFT" + table1.LISTED
+
+
+def test_uniform_seeds_row_is_the_full_corrected_method_with_seed_tasks_drawn_uniformly(table1) -> None:
+    row = table1.UNIFORM_SEEDS
+    assert table1.ROWS[row] == [*table1.ROWS[table1.CORRECTED + table1.LISTED], "curriculum.config={generator: domain, seed_sampling: uniform}"]
+    assert row in table1.SHARES_MODEL and row in table1.DRAWN and table1.sft_of(row) == "SFT" + table1.LISTED

@@ -156,6 +156,12 @@ for _ablation in ABLATIONS:
 # seed tasks are still drawn by value but no variation is ever played.
 NO_VARIATIONS = "w/o task variations" + CORRECTED_SUFFIX
 ROWS[NO_VARIATIONS] = [*ROWS[CORRECTED + LISTED], "curriculum.config={generator: domain, lambda: 0.0}"]
+# The full corrected method again, but its seed tasks drawn uniformly (seed_sampling: uniform); the
+# variations are still made from high-value tasks and drawn by value, up to lambda. Asked before it
+# ran: with the original tasks covered evenly, does the method with its curriculum reach w/o
+# curriculum's level, SFT + 10?
+UNIFORM_SEEDS = CORRECTED + " + seed tasks drawn uniformly" + LISTED
+ROWS[UNIFORM_SEEDS] = [*ROWS[CORRECTED + LISTED], "curriculum.config={generator: domain, seed_sampling: uniform}"]
 # Beyond the paper: synthetic experience costs no real transitions, so a DreamGym row can train
 # longer at no real cost. The corrected listed row with 18 iterations instead of 6 (asked before
 # it ran: does three times the synthetic RL reach SFT + 10?), and real GRPO with 18 iterations as
@@ -171,6 +177,7 @@ COMMON = ["eval.fidelity_episodes=6"]
 SHARES_MODEL = {
     "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED,
     CORRECTED_S2R, CORRECTED_REJECTING, CORRECTED_LONGER, "w/o curriculum" + CORRECTED_SUFFIX, NO_VARIATIONS,
+    UNIFORM_SEEDS,
 }
 SHARES_MODEL |= {row + LISTED for row in SHARES_MODEL if row + LISTED in ROWS}
 # Rows whose RL steps the experience model: they can be repeated over its draws

@@ -5,22 +5,16 @@ refactor of those internals must not leave the benchmark unable to start."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+
+from scripts import load_script
 
 pytest.importorskip("textworld_express")
 pytest.importorskip("dreamgym_plugin_textworld")
 
-BENCH_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "envs" / "bench_textworld.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_textworld", BENCH_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("envs/bench_textworld.py", "bench_textworld")
 
 
 def test_twx_benchmark_runs_on_the_engine_the_plugin_started():

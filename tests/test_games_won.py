@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import msgspec
 
 from dreamgym_core.records import Task, Trajectory, Transition
 
-GAMES_WON_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "table1" / "games_won.py"
+from scripts import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("table1_games_won", GAMES_WON_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("table1/games_won.py", "table1_games_won")
 
 
 def _episode(seed: int, actions: list[str], success: bool) -> Trajectory:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import msgspec
 
 from dreamgym_core.records import Transition
 
-PHANTOM_WINS_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "table1" / "phantom_wins.py"
+from scripts import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("table1_phantom_wins", PHANTOM_WINS_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("table1/phantom_wins.py", "table1_phantom_wins")
 
 
 def _steps(episode: str, actions: list[str], won: bool, listed: list[str], source: str = "synthetic") -> list[Transition]:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-VARIATION_FIDELITY_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "table1" / "variation_fidelity.py"
+from scripts import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("table1_variation_fidelity", VARIATION_FIDELITY_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("table1/variation_fidelity.py", "table1_variation_fidelity")
 
 
 def test_summarise_counts_agreement_and_optimistic_episodes():

@@ -238,3 +238,9 @@ def test_uniform_seeds_row_is_the_full_corrected_method_with_seed_tasks_drawn_un
     row = table1.UNIFORM_SEEDS
     assert table1.ROWS[row] == [*table1.ROWS[table1.CORRECTED + table1.LISTED], "curriculum.config={generator: domain, seed_sampling: uniform}"]
     assert row in table1.SHARES_MODEL and row in table1.DRAWN and table1.sft_of(row) == "SFT" + table1.LISTED
+
+
+def test_both_halves_off_row_draws_as_the_uniform_plugin_does(table1) -> None:
+    row = table1.BOTH_OFF
+    assert table1.ROWS[row][-1] == "curriculum.config={generator: domain, lambda: 0.0, seed_sampling: uniform}"
+    assert row in table1.SHARES_MODEL and table1.sft_of(row) == "SFT" + table1.LISTED

@@ -162,6 +162,11 @@ ROWS[NO_VARIATIONS] = [*ROWS[CORRECTED + LISTED], "curriculum.config={generator:
 # curriculum's level, SFT + 10?
 UNIFORM_SEEDS = CORRECTED + " + seed tasks drawn uniformly" + LISTED
 ROWS[UNIFORM_SEEDS] = [*ROWS[CORRECTED + LISTED], "curriculum.config={generator: domain, seed_sampling: uniform}"]
+# Both halves off inside the reward-entropy curriculum: lambda 0 and seed tasks drawn uniformly make
+# the same generator calls as the uniform plugin (w/o curriculum), so each batch holds the same tasks
+# in another order. Asked before it ran: does it give w/o curriculum's numbers?
+BOTH_OFF = "w/o task variations, seed tasks drawn uniformly" + CORRECTED_SUFFIX
+ROWS[BOTH_OFF] = [*ROWS[CORRECTED + LISTED], "curriculum.config={generator: domain, lambda: 0.0, seed_sampling: uniform}"]
 # Beyond the paper: synthetic experience costs no real transitions, so a DreamGym row can train
 # longer at no real cost. The corrected listed row with 18 iterations instead of 6 (asked before
 # it ran: does three times the synthetic RL reach SFT + 10?), and real GRPO with 18 iterations as
@@ -177,7 +182,7 @@ COMMON = ["eval.fidelity_episodes=6"]
 SHARES_MODEL = {
     "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED,
     CORRECTED_S2R, CORRECTED_REJECTING, CORRECTED_LONGER, "w/o curriculum" + CORRECTED_SUFFIX, NO_VARIATIONS,
-    UNIFORM_SEEDS,
+    UNIFORM_SEEDS, BOTH_OFF,
 }
 SHARES_MODEL |= {row + LISTED for row in SHARES_MODEL if row + LISTED in ROWS}
 # Rows whose RL steps the experience model: they can be repeated over its draws

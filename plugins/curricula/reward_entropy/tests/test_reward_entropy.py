@@ -378,3 +378,13 @@ def test_seed_sampling_value_draws_as_before():
     seeds = [TASKS[i] for i in rng.choice(len(TASKS), size=3, replace=False, p=sampling_weights([c._value(t) for t in TASKS], 0.2))]
     chosen = synthetic + seeds
     assert c.next_tasks(n=4) == [chosen[i] for i in rng.permutation(4)]
+
+
+def test_lambda_zero_with_uniform_seeds_draws_the_uniform_curriculums_tasks():
+    # the same generator calls as the 'uniform' plugin (another distribution): the same tasks, in another order
+    uniform = pytest.importorskip("dreamgym_plugin_uniform")
+    c = build(RewardEntropyConfig(synthetic_share=0.0, seed_sampling="uniform", tasks_to_vary=1), generator=FakeTaskGenerator(), seed=7)
+    u = uniform.UniformCurriculum(uniform.UniformConfig(), tasks=TASKS, seed=7)
+    for _ in range(5):
+        assert sorted(t.id for t in c.next_tasks(n=4)) == sorted(t.id for t in u.next_tasks(n=4))
+        c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1]) for t in TASKS[:2]])

@@ -60,9 +60,8 @@ def outcomes(runner: Runner, tasks: list[Task], tag: str) -> list[tuple[bool, bo
 
 
 def score_seed(game: str, seed: int) -> dict:
-    source = table1.run_dir_of(game, ROW, seed)
-    last = source / "checkpoints" / "latest"
-    if table1.current(game, ROW, seed) is None or not last.exists():
+    source, cell = table1.run_dir_of(game, ROW, seed), table1.current(game, ROW, seed)
+    if cell is None or not (source / "checkpoints" / "latest").exists():
         raise SystemExit(f"{game} | {ROW} | seed {seed}: no cached cell or no run directory {source}")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
@@ -85,7 +84,7 @@ def score_seed(game: str, seed: int) -> dict:
             played["test"] = outcomes(runner, runner.domain.tasks(split="test"), "eval_before")
         finally:
             runner.close()
-    check_test(played["test"], table1.current(game, ROW, seed), source)
+    check_test(played["test"], cell, source)
     return {
         "game": game, "seed": seed, "row": ROW, "variation_worlds": [t.payload.get("seed") for t in variations],
         "played": {name: [list(pair) for pair in pairs] for name, pairs in played.items()},
@@ -94,8 +93,8 @@ def score_seed(game: str, seed: int) -> dict:
 
 def check_test(pairs: list[tuple[bool, bool]], cell: dict, run_dir: Path) -> None:
     """The replay of the test games must reproduce the cell's warm-start replay, else this is not the run's setup."""
-    n = len(pairs)
-    mine = (sum(r for r, _ in pairs) / n, sum(s for _, s in pairs) / n, sum(r == s for r, s in pairs) / n)
+    played = summarise(pairs)
+    mine = tuple(played[key] / 100 for key in ("real", "synthetic", "agreement"))
     cached = (cell["warmstart_success"], cell["warmstart_synthetic_success"], cell["warmstart_synthetic_agreement"])
     if any(abs(a - b) > 1e-9 for a, b in zip(mine, cached, strict=True)):
         raise SystemExit(f"{run_dir}: the test replay gives (real, synthetic, agreement) {mine}, the cell {cached}")
@@ -111,7 +110,7 @@ def seed_scores(game: str, seed: int) -> dict:
     return scores
 
 
-def summarise(pairs: list[list[bool]]) -> dict[str, float]:
+def summarise(pairs) -> dict[str, float]:
     """Percent real success, synthetic success, agreement and optimistic episodes of (real, synthetic) pairs."""
     n = len(pairs)
     return {

@@ -192,6 +192,9 @@ class PolicyDecision(Record):
     action: str
     parsed: bool
     prompt: str = ""
+    # loop.action_choice=listed: the answers ``text`` was picked from, as the policy scored them
+    # (an update may train the choice among them); empty when the policy generated ``text``.
+    candidates: list[str] = []
 
 
 class TaskOutcome(Record):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import stopping
-from .agent import build_agent_prompt, parse_agent_output
+from .agent import build_agent_prompt, parse_agent_output, render_response
 from .contracts import WrongReturn
 from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
@@ -273,10 +273,13 @@ def _decide(
         for ep in live
     ]
     stepping: list[tuple[Episode, PolicyDecision]] = []
-    texts = act(prompts, [list(ep.observation.admissible_actions) for ep in live]) if listed_choice else act(prompts)
-    for ep, prompt, text in zip(live, prompts, texts):
+    listed = [list(ep.observation.admissible_actions) for ep in live] if listed_choice else None
+    texts = act(prompts, listed) if listed is not None else act(prompts)
+    for i, (ep, prompt, text) in enumerate(zip(live, prompts, texts)):
         action, parsed = parse_agent_output(text, ep.observation.admissible_actions)
-        decision = PolicyDecision(text=text, action=action, parsed=parsed, prompt=prompt)
+        # the answers as act() scored them (the loop renders each listed action so)
+        candidates = [render_response(a) for a in listed[i]] if listed is not None else []
+        decision = PolicyDecision(text=text, action=action, parsed=parsed, prompt=prompt, candidates=candidates)
         if not parsed:
             stats.unparsed_actions += 1
             _failed_step(ep, decision, "[no parsable action in the policy output]", source)

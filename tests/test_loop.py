@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from dreamgym_core import ComponentSpec, hookimpl
+from dreamgym_core.agent import render_response
 from dreamgym_core.config import PipelineConfig, config_hash, resolve
 from dreamgym_core.errors import ConfigError, DataError, DreamGymError
 from dreamgym_core.loop import (
@@ -1764,7 +1765,10 @@ def test_a_rollout_with_listed_choice_gives_act_each_states_listed_actions():
 
     tasks = CountDomain(CountConfig()).tasks(split="train")[:2]
     common = dict(tasks=tasks, max_steps=2, history_window=2, seeds=[0, 1], source="real", tag="t")
-    rollout(envs=[CountEnv(5), CountEnv(5)], act=act, listed_choice=True, **common)
+    listed, _ = rollout(envs=[CountEnv(5), CountEnv(5)], act=act, listed_choice=True, **common)
     assert seen == [[["inc", "stop"], ["inc", "stop"]]] * 2
-    rollout(envs=[CountEnv(5), CountEnv(5)], act=act, **common)  # generated: act gets the prompts alone
+    # each decision keeps the answers it was picked from, rendered as act() scored them
+    assert [d.candidates for t in listed for d in t.decisions] == [[render_response("inc"), render_response("stop")]] * 4
+    generated, _ = rollout(envs=[CountEnv(5), CountEnv(5)], act=act, **common)  # generated: act gets the prompts alone
     assert seen[2:] == [None, None]
+    assert [d.candidates for t in generated for d in t.decisions] == [[]] * 4

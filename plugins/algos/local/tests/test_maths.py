@@ -312,3 +312,21 @@ def test_pick_candidate_takes_the_likeliest_when_greedy_and_draws_from_the_softm
     assert abs(picks.count(1) / len(picks) - 0.75) < 0.03  # softmax([0, log 3]) = [0.25, 0.75]
     with pytest.raises(ValueError, match="non-empty 1-D"):
         maths.pick_candidate(torch.tensor([]), greedy=True)
+
+
+def test_choice_logprob_is_the_log_softmax_within_each_steps_answers_and_a_generated_answers_own_score():
+    scores = torch.tensor([-1.0, -3.0, -2.0, -0.5, -4.0], requires_grad=True)
+    segment = torch.tensor([0, 0, 0, 1, 2])  # step 0 lists three answers, step 1 one, step 2 generated its own
+    chosen, listed = torch.tensor([1, 3, 4]), torch.tensor([True, True, False])
+    out = maths.choice_logprob(scores, segment, chosen, listed)
+    expected = [torch.log_softmax(scores[:3], dim=0)[1].item(), 0.0, -4.0]  # one listed answer: a sure pick
+    assert out.tolist() == pytest.approx(expected, abs=1e-6)
+    # the pick's gradient is one minus its probability on it, minus the others' probabilities on
+    # them: scores every answer of a step shares (the same prefix) cancel out
+    out[0].backward()
+    p = torch.softmax(scores[:3].detach(), dim=0)
+    assert scores.grad[:3].tolist() == pytest.approx([-p[0].item(), 1 - p[1].item(), -p[2].item()], abs=1e-6)
+    assert scores.grad[:3].sum().item() == pytest.approx(0.0, abs=1e-6) and scores.grad[3:].tolist() == [0.0, 0.0]
+    # stable where a plain exp would underflow to log(0)
+    far = maths.choice_logprob(torch.tensor([-2000.0, -2001.0]), torch.tensor([0, 0]), torch.tensor([0]), torch.tensor([True]))
+    assert far.item() == pytest.approx(-math.log1p(math.exp(-1.0)), abs=1e-3)  # float32 spacing near 2000: 1.2e-4

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dreamgym_plugin_local import dreamgym_register_algos, maths
-from dreamgym_plugin_local.batch import invalid_steps, response_logprobs, trajectory_steps
+from dreamgym_core.errors import DataError
+from dreamgym_plugin_local.batch import choice_logprobs, choice_rows, invalid_steps, response_logprobs, trajectory_steps
 from dreamgym_plugin_local.config import GRPOConfig, PPOConfig
 from dreamgym_plugin_local.grpo import GRPO
 from dreamgym_plugin_local.ppo import PPO
@@ -484,3 +485,67 @@ def test_act_with_candidates_samples_only_listed_answers_seeded_and_generates_wh
     assert mixed[0] == a.act(prompts=[prompt], greedy=True)[0]  # no candidates: generated as without them
     with pytest.raises(ValueError, match="1 candidate lists for 2 prompts"):
         a.act(prompts=[prompt, prompt], candidates=[options])
+
+
+def _listed(traj, options):
+    """``traj`` as a listed choice played it: each decision picked among ``options`` (its own answer included)."""
+    return msgspec.structs.replace(traj, decisions=[msgspec.structs.replace(d, candidates=list(options)) for d in traj.decisions])
+
+
+CHOICE_OPTIONS = ["< action > go north < / action >", "< action > go south < / action >", "< action > take apple < / action >"]
+
+
+def _choice_probs(algo, prompt: str, options) -> list[float]:
+    with torch.no_grad():
+        return torch.softmax(torch.tensor([_answer_logprob(algo, prompt, o) for o in options]), dim=0).tolist()
+
+
+def test_choice_logprobs_are_the_log_softmax_of_the_answers_scored_one_by_one(kit):
+    algo = GRPO(GRPOConfig(listed_update="choice"), policy=kit.TinyPolicy(), seed=0)
+    task = kit.make_groups()[0][0].task
+    listed = _listed(kit.trajectory(task, ["go south", "take apple"], False), CHOICE_OPTIONS)
+    generated = kit.trajectory(task, ["go north"], True)
+    steps, _ = trajectory_steps([listed, generated])
+    rows = choice_rows(steps)
+    rows.tokens = algo._tokenize([steps[int(o)].prompt for o in rows.owner], rows.texts)
+    with torch.no_grad():
+        got = choice_logprobs(algo.model, rows, torch.tensor([2, 0, 1])).squeeze(1).tolist()
+    expected = [math.log(_choice_probs(algo, steps[i].prompt, CHOICE_OPTIONS)[CHOICE_OPTIONS.index(steps[i].response)]) for i in (0, 1)]
+    own = _answer_logprob(algo, steps[2].prompt, steps[2].response)  # generated: its answer's own log-prob
+    assert got == pytest.approx([own, *expected], abs=1e-5)
+
+
+def test_a_choice_update_moves_probability_between_the_listed_answers_towards_the_winner(kit):
+    task = kit.make_groups()[0][0].task
+    won = _listed(kit.trajectory(task, ["go north"], True), CHOICE_OPTIONS)
+    lost = _listed(kit.trajectory(task, ["go south"], False), CHOICE_OPTIONS)
+    algo = GRPO(GRPOConfig(lr=1e-2, minibatch_size=8, kl_coef=0.0, listed_update="choice"), policy=kit.TinyPolicy(), seed=0)
+    prompt = won.decisions[0].prompt
+    before = _choice_probs(algo, prompt, CHOICE_OPTIONS)
+    for _ in range(3):
+        metrics = algo.update(groups=[[won, lost]])
+    after = _choice_probs(algo, prompt, CHOICE_OPTIONS)
+    assert after[0] > before[0] + 0.05 and after[1] < before[1]
+    assert metrics["errors/nonfinite_loss_steps"] == 0 and metrics["data/trainable_steps"] == 2
+
+
+def test_a_choice_among_one_listed_answer_trains_nothing_while_its_response_would(kit):
+    task = kit.make_groups()[0][0].task
+    only = [CHOICE_OPTIONS[0]]
+    group = [_listed(kit.trajectory(task, ["go north"], True), only), _listed(kit.trajectory(task, ["go north"], False, reward=0.0), only)]
+    moved = {}
+    for mode in ("choice", "response"):
+        algo = GRPO(GRPOConfig(lr=1e-2, minibatch_size=8, kl_coef=0.0, listed_update=mode), policy=kit.TinyPolicy(), seed=0)
+        start = kit.flat_params(algo.policy.model)
+        algo.update(groups=[group])
+        moved[mode] = (kit.flat_params(algo.policy.model) - start).abs().max().item()
+    # a sure pick has log-prob 0 whatever the weights: no gradient; the response's own tokens still move
+    assert moved == {"choice": 0.0, "response": pytest.approx(moved["response"])} and moved["response"] > 1e-4
+
+
+def test_a_choice_update_refuses_a_step_whose_answer_is_not_among_its_listed_ones(kit):
+    task = kit.make_groups()[0][0].task
+    stray = _listed(kit.trajectory(task, ["open door"], True), CHOICE_OPTIONS)
+    algo = GRPO(GRPOConfig(listed_update="choice"), policy=kit.TinyPolicy(), seed=0)
+    with pytest.raises(DataError, match=r"^step 0: its answer '< action > open door < / action >' is not among the 3 listed answers"):
+        algo.update(groups=[[stray, _listed(kit.trajectory(task, ["go north"], False), CHOICE_OPTIONS)]])

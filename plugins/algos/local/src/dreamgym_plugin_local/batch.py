@@ -18,7 +18,12 @@ from dreamgym_core.errors import DataError
 from dreamgym_core.records import Trajectory, Transition
 from dreamgym_core.rollout import unanswered_step
 
-__all__ = ["Step", "invalid_steps", "trajectory_steps", "TokenBatch", "tokenize_steps", "response_logprobs"]
+from . import maths
+
+__all__ = [
+    "Step", "invalid_steps", "trajectory_steps", "TokenBatch", "tokenize_steps", "response_logprobs", "ChoiceRows", "choice_rows",
+    "choice_logprobs",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Step:
     trajectory: int  # index of the trajectory in the flattened batch
     reward: float
     valid: bool  # the environment accepted the action and the output parsed
+    candidates: tuple[str, ...] = ()  # the listed answers ``response`` was picked from (none: generated)
 
 
 def _check_aligned(traj: Trajectory) -> None:
@@ -81,7 +87,7 @@ def trajectory_steps(trajectories: Sequence[Trajectory], *, keep_empty: bool = F
         for decision, transition in zip(traj.decisions, traj.transitions):
             if decision.text or keep_empty:
                 valid = _policy_valid(transition, decision.parsed)
-                steps.append(Step(decision.prompt, decision.text, index, transition.reward, valid))
+                steps.append(Step(decision.prompt, decision.text, index, transition.reward, valid, tuple(decision.candidates)))
     return steps, skipped
 
 
@@ -172,3 +178,57 @@ def response_logprobs(
         last = out.hidden_states[-1]
         states = last.gather(1, before.unsqueeze(-1).expand(-1, -1, last.shape[-1]))
     return logp, states
+
+
+@dataclass
+class ChoiceRows:
+    """Each step's answers to choose among, one row each (``loop.action_choice=listed``): a step's
+    listed answers, or its own answer alone where it listed none. ``tokens`` holds them tokenised."""
+
+    texts: list[str]
+    owner: torch.Tensor  # (C,) the step each row belongs to
+    chosen: torch.Tensor  # (S,) the row of each step's own answer
+    listed: torch.Tensor  # (S,) bool: the step picked among listed answers
+    tokens: TokenBatch | None = None
+
+
+def choice_rows(steps: Sequence[Step]) -> ChoiceRows:
+    """The rows :func:`choice_logprobs` scores, from steps in order.
+
+    Raises:
+        DataError: a step lists answers but its own is not among them (its policy did not pick it
+            from that list, so the choice among them says nothing of it).
+    """
+    texts: list[str] = []
+    owner: list[int] = []
+    chosen: list[int] = []
+    for index, step in enumerate(steps):
+        options = step.candidates or (step.response,)
+        if step.response not in options:
+            raise DataError(
+                f"step {index}: its answer {step.response!r} is not among the {len(options)} listed answers it was picked from"
+            )
+        chosen.append(len(texts) + options.index(step.response))
+        texts.extend(options)
+        owner.extend([index] * len(options))
+    return ChoiceRows(
+        texts, torch.tensor(owner, dtype=torch.long), torch.tensor(chosen, dtype=torch.long),
+        torch.tensor([bool(step.candidates) for step in steps]),
+    )
+
+
+def choice_logprobs(model, rows: ChoiceRows, index: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """(len(index), 1): for each step ``index`` names, the log-prob of picking its answer among
+    its listed ones (:func:`maths.choice_logprob`), every answer scored by its summed response
+    log-probs at ``temperature``, as the listed choice scored them when it picked."""
+    if rows.tokens is None:
+        raise ValueError("choice_logprobs: tokenise the rows first (ChoiceRows.tokens)")
+    index = index.cpu()
+    slot = torch.full((len(rows.chosen),), -1, dtype=torch.long)
+    slot[index] = torch.arange(len(index))
+    mine = torch.nonzero(slot[rows.owner] >= 0).squeeze(1)  # the rows of these steps, ascending
+    device = rows.tokens.input_ids.device
+    logp, _ = response_logprobs(model, rows.tokens.rows(mine.to(device)), temperature=temperature)
+    segment = slot[rows.owner[mine]].to(logp.device)
+    chosen = torch.searchsorted(mine, rows.chosen[index]).to(logp.device)
+    return maths.choice_logprob(logp.sum(dim=-1), segment, chosen, rows.listed[index].to(logp.device)).unsqueeze(1)

@@ -70,6 +70,13 @@ class GRPOConfig(RLConfig):
 
     norm_adv_by_std: Annotated[bool, Meta(description="Divide by the group std (False: Dr.GRPO).")] = True
     epsilon: Annotated[PositiveFloat, Meta(description="Added to the group std.")] = 1e-6
+    listed_update: Annotated[
+        Literal["response", "choice"],
+        Meta(description="What a step of loop.action_choice=listed trains: response, its answer's log-prob token by token over "
+             "the whole vocabulary, as for a generated answer; choice, the log-prob of picking its answer among the state's "
+             "listed ones (the distribution the rollout sampled from), one unit per step, so tokens all listed answers share "
+             "carry no gradient. With choice a generated step is one unit too, its answer's summed log-prob."),
+    ] = "response"
 
 
 class PPOConfig(RLConfig):

@@ -3,7 +3,7 @@ to every response token of every step of that trajectory; no critic."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -11,11 +11,14 @@ from dreamgym_core.progress import OnBatch
 from dreamgym_core.records import Trajectory
 
 from . import maths
-from .batch import invalid_steps, response_logprobs, trajectory_steps
+from .batch import Step, choice_logprobs, choice_rows, invalid_steps, response_logprobs, trajectory_steps
 from .config import GRPOConfig
 from .trainer import LocalTrainer
 
 __all__ = ["GRPO"]
+
+# score(model, row index) -> the rows' log-probs, one column per unit the loss weighs
+Scorer = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 
 class GRPO(LocalTrainer):
@@ -43,34 +46,35 @@ class GRPO(LocalTrainer):
         invalid = [invalid_steps(t) for t in trajectories]
         scores = maths.trajectory_scores([t.outcome_reward for t in trajectories], invalid, cfg.invalid_action_penalty)
         traj_adv = maths.grpo_advantages(scores, group_ids, norm_by_std=cfg.norm_adv_by_std, epsilon=cfg.epsilon)
-        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
         row_adv = traj_adv[[s.trajectory for s in steps]].to(self.device)
-        advantages = row_adv.unsqueeze(1) * batch.response_mask
-
-        # old and reference log-probs, recomputed before the update (on-policy), like every
-        # log-prob below at the temperature the responses were sampled at
+        # What one row's log-prob is: its answer's, token by token, or (listed_update: choice) that
+        # of picking its answer among the listed ones, one unit per row. Every log-prob below is at
+        # the temperature the responses were sampled at.
         temperature = self.sampling_temperature
-        old_logp, _ = self._logprobs_no_grad(self.model, batch, temperature=temperature)
-        ref_logp = self._logprobs_no_grad(self.ref, batch, temperature=temperature)[0] if self.ref is not None else None
+        logprobs, mask, response_tokens = self._scorer(steps, temperature)
+        advantages = row_adv.unsqueeze(1) * mask
+
+        # old and reference log-probs, recomputed before the update (on-policy)
+        old_logp = self._scored_no_grad(logprobs, self.model, len(steps))
+        ref_logp = self._scored_no_grad(logprobs, self.ref, len(steps)) if self.ref is not None else None
         actor = maths.actor_config(cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_agg_mode)
 
         # policy loss + KL, optimised over ppo_epochs x minibatches
         def loss_fn(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-            mb = batch.rows(index)
-            logp, _ = response_logprobs(self.model, mb, temperature=temperature)
-            pg, pg_metrics = maths.policy_loss(old_logp[index], logp, advantages[index], mb.response_mask, config=actor)
+            logp = logprobs(self.model, index)
+            pg, pg_metrics = maths.policy_loss(old_logp[index], logp, advantages[index], mask[index], config=actor)
             metrics = {"losses/policy_loss": pg.item(), "losses/approx_kl": pg_metrics["actor/ppo_kl"],
                        "losses/clipfrac": pg_metrics["actor/pg_clipfrac"]}
             loss = pg
             if ref_logp is not None:
-                kl = maths.kl_loss(logp, ref_logp[index], mb.response_mask, kl_type=cfg.kl_type, agg_mode=cfg.loss_agg_mode)
+                kl = maths.kl_loss(logp, ref_logp[index], mask[index], kl_type=cfg.kl_type, agg_mode=cfg.loss_agg_mode)
                 loss = loss + cfg.kl_coef * kl
                 metrics["losses/kl_loss"] = kl.item()
             metrics["losses/total_loss"] = loss.item()
             return loss, metrics
 
-        weights = maths.row_weights(batch.response_mask, cfg.loss_agg_mode)
-        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn, on_batch, weights)
+        weights = maths.row_weights(mask, cfg.loss_agg_mode)
+        metrics = self._train(len(steps), cfg.ppo_epochs, loss_fn, on_batch, weights)
         metrics.update({
             "charts/mean_reward": float(sum(t.outcome_reward for t in trajectories) / len(trajectories)),
             "charts/success_rate": float(sum(t.success for t in trajectories) / len(trajectories)),
@@ -79,8 +83,25 @@ class GRPO(LocalTrainer):
             "charts/invalid_steps": float(sum(invalid)),
             "data/trainable_steps": float(len(steps)),
             "data/empty_responses": float(sum(not s.response for s in steps)),
-            "data/response_tokens": float(batch.response_mask.sum()),
+            "data/response_tokens": response_tokens,
             "data/skipped_trajectories": float(skipped),
         })
         return self._finite(metrics)
 
+    def _scorer(self, steps: Sequence[Step], temperature: float) -> tuple[Scorer, torch.Tensor, float]:
+        """How the update scores rows of ``steps`` (``score(model, index)``, with grad), the mask of
+        its units (a response's tokens, or one unit per step with listed_update: choice), and how
+        many response tokens the steps' own answers have."""
+        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
+        response_tokens = float(batch.response_mask.sum())
+        if self.config.listed_update == "choice":
+            rows = choice_rows(steps)
+            rows.tokens = self._tokenize([steps[int(o)].prompt for o in rows.owner], rows.texts)
+            ones = torch.ones(len(steps), 1, device=self.device)
+            return (lambda model, index: choice_logprobs(model, rows, index, temperature=temperature)), ones, response_tokens
+        return (lambda model, index: response_logprobs(model, batch.rows(index), temperature=temperature)[0]), batch.response_mask, response_tokens
+
+    def _scored_no_grad(self, score: Scorer, model: torch.nn.Module, n_rows: int) -> torch.Tensor:
+        """``score`` of every row, minibatch by minibatch, without gradients."""
+        with torch.no_grad():
+            return torch.cat([score(model, index.to(self.device)) for index in torch.arange(n_rows).split(self.config.minibatch_size)])

@@ -8,6 +8,7 @@ Only the DPO loss is ours (verl has none); it follows TRL's sigmoid formula.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Sequence
 
@@ -21,6 +22,7 @@ with root_logging_kept():  # importing verl runs logging.basicConfig on the prog
     from verl.trainer.ppo import core_algos
 
 __all__ = [
+    "choice_logprob",
     "trajectory_scores",
     "zero_signal_group_share",
     "grpo_advantages",
@@ -247,3 +249,21 @@ def pick_candidate(scores: torch.Tensor, *, greedy: bool, generator: torch.Gener
     if greedy:
         return int(torch.argmax(scores))
     return int(torch.multinomial(torch.softmax(scores.double(), dim=0), 1, generator=generator))
+
+
+def choice_logprob(scores: torch.Tensor, segment: torch.Tensor, chosen: torch.Tensor, listed: torch.Tensor) -> torch.Tensor:
+    """Per step, the log-prob of the policy's pick among listed answers: the log-softmax, within
+    the step's answers, of their summed response log-probs. That is the distribution the listed
+    choice samples from (:func:`pick_candidate`), so its gradient moves probability between the
+    listed answers only, and tokens every answer shares carry none.
+
+    ``scores`` (C,): one per answer row; ``segment`` (C,): the step (0..S-1) each row belongs to;
+    ``chosen`` (S,): the row of each step's own answer; ``listed`` (S,) bool: False for a step
+    whose answer was generated (its only row), which keeps its answer's whole log-prob.
+    """
+    steps = len(chosen)
+    top = torch.full((steps,), -math.inf, dtype=scores.dtype, device=scores.device)
+    top = top.scatter_reduce(0, segment, scores.detach(), reduce="amax")  # for a stable log-sum-exp
+    total = torch.zeros(steps, dtype=scores.dtype, device=scores.device).scatter_add(0, segment, (scores - top[segment]).exp())
+    normaliser = total.log() + top
+    return scores[chosen] - torch.where(listed, normaliser, torch.zeros_like(normaliser))

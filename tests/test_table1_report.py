@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "table1" / "run.py"
 
@@ -244,3 +245,14 @@ def test_both_halves_off_row_draws_as_the_uniform_plugin_does(table1) -> None:
     row = table1.BOTH_OFF
     assert table1.ROWS[row][-1] == "curriculum.config={generator: domain, lambda: 0.0, seed_sampling: uniform}"
     assert row in table1.SHARES_MODEL and table1.sft_of(row) == "SFT" + table1.LISTED
+
+
+def test_choice_trained_rows_change_only_the_grpo_update_of_the_base_algo_config(table1) -> None:
+    algo = yaml.safe_load(table1.BASE.read_text())["algo"]
+    assert algo["name"] == "grpo"
+    override = yaml.safe_load(table1.CHOICE_ALGO.split("=", 1)[1])
+    assert override == {**algo["config"], "listed_update": "choice"}  # the same lr and batch as the rows it is compared with
+    assert table1.ROWS[table1.CORRECTED_CHOICE] == [*table1.ROWS[table1.CORRECTED + table1.LISTED], table1.CHOICE_ALGO]
+    assert table1.ROWS[table1.REAL_CHOICE] == [*table1.ROWS["GRPO (real env)" + table1.LISTED], table1.CHOICE_ALGO]
+    assert table1.CORRECTED_CHOICE in table1.SHARES_MODEL and table1.REAL_CHOICE not in table1.DRAWN
+    assert {table1.sft_of(table1.CORRECTED_CHOICE), table1.sft_of(table1.REAL_CHOICE)} == {"SFT" + table1.LISTED}

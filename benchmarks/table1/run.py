@@ -177,12 +177,23 @@ CORRECTED_LONGER = CORRECTED + LONGER + LISTED
 ROWS[CORRECTED_LONGER] = [*ROWS[CORRECTED + LISTED], "loop.iterations=18"]
 REAL_LONGER = "GRPO (real env)" + LONGER + LISTED
 ROWS[REAL_LONGER] = [*ROWS["GRPO (real env)" + LISTED], "loop.iterations=18"]
+# Beyond the paper: GRPO trains the listed choice itself (algo listed_update: choice): the log-prob of
+# the picked answer among the state's listed ones, the distribution the rollout sampled from, instead
+# of the answer's own tokens over the whole vocabulary (the base algo config otherwise, same lr). Asked
+# before it ran: with RL's gradient on what tells the listed answers apart, does the corrected method
+# reach SFT + 10, and does real GRPO gain alike?
+CHOICE = ", choice-trained"
+CHOICE_ALGO = "algo.config={lr: 1.0e-4, max_new_tokens: 24, minibatch_size: 16, listed_update: choice}"
+CORRECTED_CHOICE = CORRECTED + CHOICE + LISTED
+ROWS[CORRECTED_CHOICE] = [*ROWS[CORRECTED + LISTED], CHOICE_ALGO]
+REAL_CHOICE = "GRPO (real env)" + CHOICE + LISTED
+ROWS[REAL_CHOICE] = [*ROWS["GRPO (real env)" + LISTED], CHOICE_ALGO]
 COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).
 SHARES_MODEL = {
     "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED,
     CORRECTED_S2R, CORRECTED_REJECTING, CORRECTED_LONGER, "w/o curriculum" + CORRECTED_SUFFIX, NO_VARIATIONS,
-    UNIFORM_SEEDS, BOTH_OFF,
+    UNIFORM_SEEDS, BOTH_OFF, CORRECTED_CHOICE,
 }
 SHARES_MODEL |= {row + LISTED for row in SHARES_MODEL if row + LISTED in ROWS}
 # Rows whose RL steps the experience model: they can be repeated over its draws

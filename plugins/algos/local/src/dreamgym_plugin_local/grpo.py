@@ -92,14 +92,14 @@ class GRPO(LocalTrainer):
         """How the update scores rows of ``steps`` (``score(model, index)``, with grad), the mask of
         its units (a response's tokens, or one unit per step with listed_update: choice), and how
         many response tokens the steps' own answers have."""
-        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
-        response_tokens = float(batch.response_mask.sum())
         if self.config.listed_update == "choice":
             rows = choice_rows(steps)
             rows.tokens = self._tokenize([steps[int(o)].prompt for o in rows.owner], rows.texts)
             ones = torch.ones(len(steps), 1, device=self.device)
+            response_tokens = float(rows.tokens.response_mask[rows.chosen.to(self.device)].sum())  # each step's own answer
             return (lambda model, index: choice_logprobs(model, rows, index, temperature=temperature)), ones, response_tokens
-        return (lambda model, index: response_logprobs(model, batch.rows(index), temperature=temperature)[0]), batch.response_mask, response_tokens
+        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
+        return (lambda model, index: response_logprobs(model, batch.rows(index), temperature=temperature)[0]), batch.response_mask, float(batch.response_mask.sum())
 
     def _scored_no_grad(self, score: Scorer, model: torch.nn.Module, n_rows: int) -> torch.Tensor:
         """``score`` of every row, minibatch by minibatch, without gradients."""

@@ -172,6 +172,14 @@ class LoopConfig(Config):
             "world and the nearest stored step is often another exit of the same room."
         )),
     ] = "nearest"
+    store_synthetic: Annotated[
+        bool,
+        Meta(description=(
+            "Add RL's synthetic transitions to the replay buffer, where later synthetic steps retrieve them as demos "
+            "(the paper's buffer, enriched during RL). false keeps the buffer to real transitions (the offline seed and "
+            "s2r's real phase), so the experience model is only ever shown real steps, never its own earlier answers."
+        )),
+    ] = True
     real_budget: Annotated[
         NonNegativeInt, Meta(description="s2r: real transitions allowed after the synthetic phase (a hard cap: a real iteration runs only the groups that fit even at max_steps).")
     ] = 0

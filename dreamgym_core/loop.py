@@ -693,10 +693,10 @@ class Runner:
         return groups, stats
 
     def _store(self, groups: list[list[Trajectory]], phase: str) -> None:
-        steps = sum(len(t.transitions) for g in groups for t in g)
-        self.counters["real_transitions" if phase == "real" else "synthetic_transitions"] += steps
+        steps = [t for g in groups for traj in g for t in traj.transitions]
+        self.counters["real_transitions" if phase == "real" else "synthetic_transitions"] += len(steps)
         if self.buffer is not None:
-            self.buffer.add(transitions=storable([t for g in groups for traj in g for t in traj.transitions]))
+            self.buffer.add(transitions=storable(steps, synthetic=self.cfg.loop.store_synthetic))
 
     def _trainable(self, tasks: list[Task], groups: list[list[Trajectory]]) -> tuple[list[Task], list[list[Trajectory]], int]:
         """What the update and the curriculum see: every group, or (``loop.unanswered_episodes:

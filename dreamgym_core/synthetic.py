@@ -328,10 +328,11 @@ class SyntheticEnv:
         return step_result, transition
 
 
-def storable(transitions: Sequence[Transition]) -> list[Transition]:
+def storable(transitions: Sequence[Transition], *, synthetic: bool = True) -> list[Transition]:
     """What of ``transitions`` may enter the replay buffer: not the experience model's
-    unparsable answers (errors, not experience; retrieval would feed them back)."""
-    return [t for t in transitions if not t.model_failed]
+    unparsable answers (errors, not experience; retrieval would feed them back), and no
+    synthetic step at all without ``synthetic`` (``loop.store_synthetic``)."""
+    return [t for t in transitions if not t.model_failed and (synthetic or t.source != "synthetic")]
 
 
 def _own_steps(env: SyntheticEnv) -> int:

@@ -1385,6 +1385,26 @@ def test_resume_refuses_a_buffer_that_lost_records_the_checkpoint_counted(regist
         run_pipeline(resolved, plugins, resume=True)
 
 
+def test_store_synthetic_false_keeps_the_buffer_to_real_transitions(register_plugin, tmp_path):
+    """By default RL's synthetic steps join the buffer (later steps retrieve them as demos);
+    loop.store_synthetic: false stores none, and the offline seed stays as it was."""
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+    parts = {"experience_model": {"name": "dice-lm"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"}}
+
+    def run(name: str, **loop) -> tuple[dict, list[dict]]:
+        summary = run_pipeline(_resolved(plugins, tmp_path / name, parts, iterations=2, mode="dreamgym", **loop), plugins)
+        return summary, [json.loads(line) for line in stored_transitions(tmp_path / name)]
+
+    enriched_summary, enriched = run("enriched")
+    real_summary, real = run("real-only", store_synthetic=False)
+    assert real_summary["counters/synthetic_transitions"] > 0 and enriched_summary["counters/synthetic_transitions"] > 0
+    assert any(t["source"] == "synthetic" for t in enriched)
+    assert real and all(t["source"] == "offline" for t in real)
+    assert real == [t for t in enriched if t["source"] == "offline"]
+
+
 def test_rl_draws_from_the_experience_models_main_stream_only(register_plugin, tmp_path):
     """Synthetic RL steps use the experience model's main stream. Fidelity scoring and the
     replay of evaluated games draw from streams of their own, so turning them on leaves RL's

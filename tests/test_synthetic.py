@@ -152,6 +152,7 @@ def test_rollout_marks_model_failures_so_the_loop_does_not_store_them() -> None:
     steps = trajectories[0].transitions
     assert [t.model_failed for t in steps] == [False, True] and stats.parse_failures == 1
     assert storable(steps) == steps[:1]
+    assert storable(steps, synthetic=False) == []  # loop.store_synthetic: false keeps every synthetic step out
     # the experience model's failure is counted once, as such, not also as the policy's invalid action
     # (the env's own counters keep them apart too: info["invalid_actions"] stays 0)
     assert stats.invalid_actions == 0 and stats.metrics("synthetic")["errors/synthetic_invalid_actions"] == 0.0

@@ -136,6 +136,9 @@ def load_runtime(run_dir: str) -> EpisodeRuntime:
         invalid_action_penalty=algo.invalid_action_penalty,
         turn_max_tokens=algo.turn_max_tokens,
         model_id=getattr(synthetic, "model_id", ""),
-        store=(lambda transitions: buffer.add(transitions=storable(transitions))) if buffer is not None else None,
+        store=(
+            (lambda transitions: buffer.add(transitions=storable(transitions, synthetic=pipeline.loop.store_synthetic)))
+            if buffer is not None else None
+        ),
         report=curriculum.report if curriculum is not None else None,
     )

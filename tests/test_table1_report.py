@@ -256,3 +256,13 @@ def test_choice_trained_rows_change_only_the_grpo_update_of_the_base_algo_config
     assert table1.ROWS[table1.REAL_CHOICE] == [*table1.ROWS["GRPO (real env)" + table1.LISTED], table1.CHOICE_ALGO]
     assert table1.CORRECTED_CHOICE in table1.SHARES_MODEL and table1.REAL_CHOICE not in table1.DRAWN
     assert {table1.sft_of(table1.CORRECTED_CHOICE), table1.sft_of(table1.REAL_CHOICE)} == {"SFT" + table1.LISTED}
+
+
+def test_real_demos_rows_add_only_the_real_only_buffer_and_resolve(table1) -> None:
+    from dreamgym_core.config import load_pipeline
+
+    for row, repeated in ((table1.CORRECTED_REAL_DEMOS, table1.CORRECTED + table1.LISTED), (table1.CORRECTED_LONGER_REAL_DEMOS, table1.CORRECTED_LONGER)):
+        assert table1.ROWS[row] == [*table1.ROWS[repeated], "loop.store_synthetic=false"]
+        assert row in table1.SHARES_MODEL and table1.sft_of(row) == "SFT" + table1.LISTED
+        loop = load_pipeline(str(table1.BASE), table1.ROWS[row]).loop
+        assert loop.store_synthetic is False and loop.action_choice == "listed" and loop.implausible_answers == "correct"

@@ -266,3 +266,8 @@ def test_real_demos_rows_add_only_the_real_only_buffer_and_resolve(table1) -> No
         assert row in table1.SHARES_MODEL and table1.sft_of(row) == "SFT" + table1.LISTED
         loop = load_pipeline(str(table1.BASE), table1.ROWS[row]).loop
         assert loop.store_synthetic is False and loop.action_choice == "listed" and loop.implausible_answers == "correct"
+    for ablation in ("w/o reasoning", "w/o curriculum"):
+        row = ablation + table1.REAL_DEMOS_SUFFIX
+        assert table1.ROWS[row] == [*table1.ROWS[ablation + table1.CORRECTED_SUFFIX], "loop.store_synthetic=false"]
+        assert table1.MODEL_FROM[row] == ablation  # each plays its own row's experience model
+        assert (row in table1.SHARES_MODEL) == (ablation in table1.SHARES_MODEL)

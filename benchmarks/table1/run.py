@@ -199,12 +199,18 @@ CORRECTED_REAL_DEMOS = CORRECTED + REAL_DEMOS + LISTED
 ROWS[CORRECTED_REAL_DEMOS] = [*ROWS[CORRECTED + LISTED], "loop.store_synthetic=false"]
 CORRECTED_LONGER_REAL_DEMOS = CORRECTED + LONGER + REAL_DEMOS + LISTED
 ROWS[CORRECTED_LONGER_REAL_DEMOS] = [*ROWS[CORRECTED_LONGER], "loop.store_synthetic=false"]
+# Two of the paper's ablations of the 6-iteration row, each on its corrected row's experience model.
+REAL_DEMOS_SUFFIX = CORRECTED_SUFFIX.removesuffix(LISTED) + REAL_DEMOS + LISTED
+for _ablation in ("w/o reasoning", "w/o curriculum"):
+    ROWS[_ablation + REAL_DEMOS_SUFFIX] = [*ROWS[_ablation + CORRECTED_SUFFIX], "loop.store_synthetic=false"]
+    MODEL_FROM[_ablation + REAL_DEMOS_SUFFIX] = _ablation
 COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).
 SHARES_MODEL = {
     "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED,
     CORRECTED_S2R, CORRECTED_REJECTING, CORRECTED_LONGER, "w/o curriculum" + CORRECTED_SUFFIX, NO_VARIATIONS,
     UNIFORM_SEEDS, BOTH_OFF, CORRECTED_CHOICE, CORRECTED_REAL_DEMOS, CORRECTED_LONGER_REAL_DEMOS,
+    "w/o curriculum" + REAL_DEMOS_SUFFIX,
 }
 SHARES_MODEL |= {row + LISTED for row in SHARES_MODEL if row + LISTED in ROWS}
 # Rows whose RL steps the experience model: they can be repeated over its draws

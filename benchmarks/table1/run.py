@@ -193,7 +193,7 @@ ROWS[REAL_CHOICE] = [*ROWS["GRPO (real env)" + LISTED], CHOICE_ALGO]
 # corrected listed coin-3 run), so its errors come back as evidence. The corrected listed row with
 # the buffer kept to real transitions (loop.store_synthetic=false), for 6 and for 18 iterations.
 # Asked before it ran: shown only real steps, does the method stop losing ground with longer RL
-# (18 iterations: 65.9 against 66.9 after 6), and does it reach SFT + 10?
+# (seeds 0-9, 18 iterations: 65.9 against 67.8 after 6), and does it reach SFT + 10?
 REAL_DEMOS = ", real demos only"
 CORRECTED_REAL_DEMOS = CORRECTED + REAL_DEMOS + LISTED
 ROWS[CORRECTED_REAL_DEMOS] = [*ROWS[CORRECTED + LISTED], "loop.store_synthetic=false"]

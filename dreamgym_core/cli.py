@@ -104,15 +104,19 @@ def plugins_cmd(as_json: bool, pipeline: str | None) -> None:
 @click.argument("plugin")
 @click.pass_context
 def check_cmd(ctx: click.Context, plugin: str) -> None:
-    """Run the conformance kit on every component PLUGIN registers; exit 1 if any fails."""
-    from .conformance import check_plugin
+    """Run the conformance kit on every component PLUGIN registers; exit 1 if any fails, 5 if
+    every one was skipped (nothing checked)."""
+    from .conformance import NOTHING_CHECKED, check_plugin
 
-    failed = False
+    failed = skipped_all = False
     for line in check_plugin(plugin):
         failed = failed or line.startswith("FAIL ")
+        skipped_all = line.startswith(NOTHING_CHECKED)
         click.echo(line)
     if failed:
         ctx.exit(1)
+    if skipped_all:  # a CI step that checks a plugin must not read "checked nothing" as a pass
+        ctx.exit(5)  # pytest's code for "no tests collected"
 
 
 @cli.group("config")

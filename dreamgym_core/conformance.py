@@ -35,6 +35,9 @@ STAND_IN_POLICY = {"hidden_size": 32, "layers": 1, "heads": 2, "intermediate_siz
 def _stand_in_tasks(n: int) -> list[Task]:
     return [Task(id=f"check-{i}", instruction=f"find the coin number {i}", domain="check") for i in range(n)]
 
+# The summary line of a check that skipped every component (the CLI then exits 5).
+NOTHING_CHECKED = "nothing checked"
+
 
 def check_plugin(name: str) -> Iterator[str]:
     """Yield one line per component checked (``ok   kind:name``, ``FAIL kind:name: message``
@@ -73,7 +76,7 @@ def check_plugin(name: str) -> Iterator[str]:
     if failed:
         yield f"{failed} of {checked} component(s) of plugin {name!r} failed"
     elif not checked:  # "0 component(s) passed" read as a pass
-        yield f"nothing checked: each of the {registered} component(s) of plugin {name!r} was skipped"
+        yield f"{NOTHING_CHECKED}: each of the {registered} component(s) of plugin {name!r} was skipped"
     else:
         yield f"{checked} component(s) of plugin {name!r} passed"
 

@@ -356,6 +356,14 @@ def test_check_skips_a_model_whose_default_weights_are_not_on_this_machine(check
         "skip model:hub (its default model is not here: hf: path='org/model' is not a directory, nor a hub id in the local cache)",
         "nothing checked: each of the 1 component(s) of plugin 'hub' was skipped",
     ]
+    # the CLI does not read "nothing checked" as a pass: exit 5, as pytest's "no tests collected"
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    result = CliRunner().invoke(cli, ["check", "hub"])
+    assert result.exit_code == 5, result.output
+    assert result.output.splitlines()[-1].startswith("nothing checked")
 
 
 def test_check_skips_a_component_whose_config_has_required_fields(checked_plugin):

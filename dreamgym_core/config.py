@@ -570,6 +570,7 @@ def pipeline_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), *
     for key, value in parse_overrides(overrides, where):
         set_path(data, key, value, where)
     _refuse_non_finite(data, where)
+    _refuse_glued_colons(data, where)
     try:
         return msgspec.convert(data, type=PipelineConfig)
     except msgspec.ValidationError as exc:
@@ -617,6 +618,28 @@ def _refuse_non_finite(value: Any, where: str, path: str = "") -> None:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _refuse_non_finite(item, where, f"{path}[{i}]")
+
+
+# ``{numLocations:3}``: YAML reads a colon without a space after it as part of the key, so the
+# mapping holds the key "numLocations:3" with no value, and the error would only say "got null".
+_GLUED_COLON = re.compile(r"^[A-Za-z_][\w.-]*:[^\s:/]")
+
+
+def _refuse_glued_colons(value: Any, where: str, path: str = "") -> None:
+    """A key like ``numLocations:3`` with no value anywhere in the pipeline is refused with the fix."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if item is None and isinstance(key, str) and _GLUED_COLON.match(key):
+                name, _, rest = key.partition(":")
+                raise ConfigError(
+                    f"{where}: {path or 'top level'}: key {key!r} has no value; YAML needs a space after the colon "
+                    f"({name}: {rest})"
+                )
+            _refuse_glued_colons(item, where, here)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_glued_colons(item, where, f"{path}[{i}]")
 
 
 def convert_config(raw: dict[str, Any], config_type: type, where: str, path: str) -> Any:

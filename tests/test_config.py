@@ -123,6 +123,20 @@ def test_infinite_or_nan_settings_are_refused_naming_the_field(tmp_path, value, 
         load_pipeline(write(tmp_path, pipeline_dict("runs/x")), [f"{field}={value}"])
 
 
+def test_a_colon_without_a_space_is_refused_with_the_fix(tmp_path):
+    # {numLocations:3} is YAML for the key "numLocations:3" with no value: msgspec then said only
+    # "Expected `int`, got `null` - at `$.env.config.params[...]`"
+    with pytest.raises(ConfigError, match=re.escape("pipeline.yaml: algo.config: key 'lr:0.5' has no value; YAML needs a space after the colon (lr: 0.5)")):
+        load_pipeline(write(tmp_path, pipeline_dict("runs/x")), ["algo.config={lr:0.5}"])
+    text = yaml.safe_dump(pipeline_dict("runs/x")) + "extra_top:1:\n"
+    with pytest.raises(ConfigError, match=re.escape("top level: key 'extra_top:1' has no value")):
+        load_pipeline(write(tmp_path, text))
+    # a URL-like key or one with a value is not this mistake: left to the schema
+    assert load_pipeline(write(tmp_path, pipeline_dict("runs/x")), ["algo.config={lr: 0.5}"]).algo.config == {"lr": 0.5}
+    with pytest.raises(ConfigError, match="unknown field `http://x`"):
+        load_pipeline(write(tmp_path, pipeline_dict("runs/x") | {"http://x": None}))
+
+
 def test_a_pipeline_built_in_python_is_checked_as_a_file_is(tmp_path):
     # msgspec.convert, the only way from a dict, let .inf through and raised msgspec's own
     # errors, without the pipeline's name, where a file gave one ConfigError line.

@@ -181,6 +181,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def close_all(closers: Sequence[Callable[[], Any]], *, raise_first: bool = True) -> None:
+    """Call every closer even when one raises; then raise the first error (``raise_first``),
+    or drop them all (while another error is already on its way out)."""
+    errors: list[BaseException] = []
+    for close in closers:
+        try:
+            close()
+        except Exception as exc:
+            errors.append(exc)
+    if errors and raise_first:
+        raise errors[0]
+
+
 def rl_seed(seed: int) -> int:
     """The seed RL starts from: apart from the pipeline seed's stream used before RL."""
     return seed * 1_000_003 + 17
@@ -516,7 +529,9 @@ class Runner:
     def _epoch_selector(self, epochs: int) -> EpochSelector:
         episodes = self.cfg.loop.warmstart_select_episodes
         return EpochSelector(
-            score=lambda: self.evaluate(prefix="valid", split="valid", episodes=episodes)["valid/success_rate"],
+            # greedy, as warmstart_select_episodes says and _score_valid plays: at eval.temperature > 0
+            # each epoch would be scored on another random draw
+            score=lambda: self.evaluate(prefix="valid", split="valid", episodes=episodes, temperature=0.0)["valid/success_rate"],
             policy=self.policy, snapshot=self.run_dir / "policy_warmstart_best", epochs=epochs, say=self._say,
         )
 
@@ -617,7 +632,14 @@ class Runner:
 
     def _make_envs(self, phase: str, n: int, experience_model: Any = None) -> tuple[list[Any], Any]:
         if phase == "real":
-            return [self.domain.make_env() for _ in range(n)], None
+            envs: list[Any] = []
+            try:
+                for _ in range(n):
+                    envs.append(self.domain.make_env())
+            except BaseException:  # the ones already open hold simulators or browsers
+                close_all([env.close for env in envs], raise_first=False)
+                raise
+            return envs, None
         from .synthetic import SyntheticEnv, step_many, synthetic_config_of
 
         config = synthetic_config_of(self.cfg)
@@ -831,20 +853,23 @@ class Runner:
             path = report.write(self.run_dir, cfg, self.history, counters=self.counters, selection=self.selection)
             self._say(f"report: {path}")
         finally:
-            self.hook.dreamgym_run_finished(run_dir=str(self.run_dir), metrics=final)
-            self.close()
+            try:  # a hook that raises must not leave the buffer unsealed or the simulator running
+                self.hook.dreamgym_run_finished(run_dir=str(self.run_dir), metrics=final)
+            finally:
+                self.close()
         return summary
 
     def close(self) -> None:
         """Close the loggers, the buffer and the domain (whose probe env holds a simulator or a browser):
-        those built so far, when construction failed."""
-        for sink in self.sinks:
-            sink.close()
+        those built so far, when construction failed. Each is closed even when an earlier one
+        raises; the first error is raised after."""
+        closers = [sink.close for sink in self.sinks]
         if self.buffer is not None:
-            self.buffer.close()
+            closers.append(self.buffer.close)
         close_domain = getattr(self.domain, "close", None)
         if close_domain is not None:
-            close_domain()
+            closers.append(close_domain)
+        close_all(closers)
 
     def evaluate(
         self, *, prefix: str = "eval", split: str | None = None, episodes: int | None = None, synthetic: bool = False,

@@ -1792,3 +1792,93 @@ def test_a_rollout_with_listed_choice_gives_act_each_states_listed_actions():
     generated, _ = rollout(envs=[CountEnv(5), CountEnv(5)], act=act, **common)  # generated: act gets the prompts alone
     assert seen[2:] == [None, None]
     assert [d.candidates for t in generated for d in t.decisions] == [[]] * 4
+
+
+class FlakyOpenDomains:
+    """The counting game whose third env fails to open; every env records its close()."""
+
+    def __init__(self):
+        self.envs: list = []
+
+    @hookimpl
+    def dreamgym_register_envs(self):
+        spy = self
+
+        class FlakyOpen(CountDomain):
+            def collect(self, **kwargs):  # offline data from envs of its own, not counted
+                return CountDomain(self.config).collect(**kwargs)
+
+            def make_env(self):
+                if len(spy.envs) == 2:
+                    raise RuntimeError("simulator did not start")
+                spy.envs.append(super().make_env())
+                return spy.envs[-1]
+
+        return [ComponentSpec(name="count-flaky", factory=FlakyOpen, config_type=CountConfig, description="Third env fails.")]
+
+
+def test_envs_opened_before_one_fails_to_open_are_closed(register_plugin, tmp_path):
+    # The envs were opened in a comprehension before play()'s try: the two that opened
+    # (JVMs or browsers in a real domain) stayed open when the third failed.
+    register_plugin(StandIns(), "stand-ins")
+    spy = FlakyOpenDomains()
+    plugins = register_plugin(spy, "flaky")
+    resolved = _resolved(plugins, tmp_path / "run", {"env": {"name": "count-flaky"}}, iterations=1)
+    with pytest.raises(Exception, match="simulator did not start"):
+        run_pipeline(resolved, plugins)
+    assert len(spy.envs) == 2 and all(env.closed for env in spy.envs)
+
+
+class FailingFinish:
+    """A lifecycle plugin whose run_finished hook raises."""
+
+    @hookimpl
+    def dreamgym_run_finished(self, run_dir, metrics):
+        raise RuntimeError("hook failed")
+
+
+def test_a_raising_run_finished_hook_still_closes_the_run(register_plugin, tmp_path):
+    # run()'s finally called the hook before close(): a hook that raised left the domain
+    # (and the buffer's open segment) unclosed.
+    register_plugin(StandIns(), "stand-ins")
+    spy = ClosingDomains()
+    plugins = register_plugin(spy, "closing")
+    register_plugin(FailingFinish(), "failing-finish")
+    with pytest.raises(RuntimeError, match="hook failed"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", {"env": {"name": "count-closing"}}, iterations=1), plugins)
+    assert (spy.built, spy.closed) == (1, 1)
+
+
+def test_close_all_calls_every_closer_and_raises_the_first_error():
+    from dreamgym_core.loop import close_all
+
+    called = []
+
+    def fails(name):
+        def close():
+            called.append(name)
+            raise OSError(f"{name} failed")
+
+        return close
+
+    with pytest.raises(OSError, match="logger failed"):
+        close_all([fails("logger"), lambda: called.append("buffer"), fails("domain")])
+    assert called == ["logger", "buffer", "domain"]
+    close_all([fails("env")], raise_first=False)  # while another error is on its way out
+    assert called[-1] == "env"
+
+
+def test_warm_start_epochs_are_scored_greedily_whatever_eval_temperature(register_plugin, tmp_path, monkeypatch):
+    # warmstart_select_episodes plays "greedy episodes"; the selector played at eval.temperature,
+    # so with eval.temperature > 0 each epoch was scored on another random draw.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", {"eval": {"episodes": 2, "temperature": 0.4}}, iterations=1,
+                         warmstart_select_episodes=2)
+    seen = []
+    monkeypatch.setattr(Runner, "evaluate", lambda self, **kwargs: seen.append(kwargs) or {"valid/success_rate": 0.5})
+    runner = Runner(resolved, plugins, tmp_path / "run", progress=False)
+    try:
+        assert runner._epoch_selector(2).score() == 0.5
+    finally:
+        runner.close()
+    assert seen == [{"prefix": "valid", "split": "valid", "episodes": 2, "temperature": 0.0}]

@@ -51,6 +51,19 @@ def test_groups_that_all_scored_alike_get_exactly_zero_advantage(norm_by_std):
                 assert adv.abs().max().item() == 0.0, (n, k, outcome)
 
 
+@pytest.mark.parametrize("norm_by_std", [True, False])
+def test_scores_alike_but_for_rounding_are_one_score(norm_by_std):
+    # 0.3 with one invalid step is 0.19999999999999998, not 0.2: the group got +-2.8e-11
+    # advantages and was not counted as a zero-signal group
+    scores = maths.trajectory_scores([0.3, 0.2], [1, 0], 0.1)
+    assert scores[0].item() != scores[1].item()
+    adv = maths.grpo_advantages(scores, [0, 0], norm_by_std=norm_by_std)
+    assert adv.tolist() == [0.0, 0.0] and maths.zero_signal_group_share(adv, [0, 0]) == 1.0
+    # scores apart by more than rounding still carry their signal
+    adv = maths.grpo_advantages(maths.trajectory_scores([0.3, 0.2], [0, 0], 0.1), [0, 0], norm_by_std=norm_by_std)
+    assert adv[0].item() > 0 > adv[1].item()
+
+
 def test_a_zeroed_group_leaves_the_other_groups_as_verl_computes_them():
     scores = maths.trajectory_scores([1.0, 1.0, 1.0, 0.0], [1, 1, 0, 0], 0.1)
     adv = maths.grpo_advantages(scores, [0, 0, 1, 1])

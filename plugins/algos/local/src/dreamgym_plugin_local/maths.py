@@ -42,6 +42,10 @@ __all__ = [
 ]
 
 
+# Scores closer than this (relative to the larger magnitude, at least 1) are one score.
+SAME_SCORE_TOLERANCE = 1e-9
+
+
 def trajectory_scores(outcomes: Sequence[float], invalid_steps: Sequence[int], penalty: float) -> torch.Tensor:
     """Outcome reward of each trajectory minus ``penalty`` per invalid or unparsed step (float64)."""
     return torch.tensor([o - penalty * n for o, n in zip(outcomes, invalid_steps)], dtype=torch.float64)
@@ -62,7 +66,8 @@ def grpo_advantages(
         float32 the group mean of, say, eight scores of 0.9 misses 0.9 by an ulp, and
         dividing that by (std + epsilon) with std ~1e-8 gave every member the same
         non-zero advantage (-0.056). verl's estimator therefore runs in float64, and such
-        groups are zeroed explicitly.
+        groups are zeroed explicitly; scores within :data:`SAME_SCORE_TOLERANCE` (relative)
+        count as equal, since an outcome minus penalties can land an ulp from another outcome.
     """
     rewards = scores.reshape(-1, 1).double().clone()
     index = np.asarray(list(group_ids))
@@ -77,7 +82,8 @@ def grpo_advantages(
     for group in np.unique(index):
         members = torch.from_numpy(np.flatnonzero(index == group))
         values = rewards[members, 0]
-        if len(members) > 1 and values.max() == values.min():
+        # alike up to rounding: 0.3 - 0.1 * 1 and 0.2 are one score (an ulp apart), not a signal
+        if len(members) > 1 and values.max() - values.min() <= SAME_SCORE_TOLERANCE * max(1.0, values.abs().max().item()):
             adv[members] = 0.0
     return adv.float()
 

@@ -16,8 +16,8 @@ lists what can be done, so the model is not asked to judge what the state alread
 With ``reject_unlisted_at="start"`` only the start state's list counts: it is the real reset's,
 while later lists are the model's own writing (which can be another world's).
 With ``state_variation`` > 0 every state the policy sees (the start and each generated one)
-goes through ``domain.vary_state``, keyed by the episode (a room looks the same each time it
-is seen within an episode, and a resumed run redraws the same variations): the synthetic
+goes through ``domain.vary_state``, keyed by the episode's task and seed (a room looks the same each
+time it is seen within an episode, and a replay or a resumed run redraws the same variations): the synthetic
 worlds then differ from the train worlds in what the task does not depend on (TextWorld:
 furniture), which real rollouts on the train worlds cannot show the policy.
 :func:`step_many` steps many environments with one model call and one retrieval call per
@@ -28,6 +28,7 @@ model/buffer, falling back to ``env.step`` for real environments. ``DreamGymGymE
 from __future__ import annotations
 
 import string
+import uuid
 from typing import Annotated, Any, Literal, Sequence
 
 from msgspec import Meta
@@ -145,6 +146,8 @@ class SyntheticEnv:
         self._history: list[HistoryStep] = []
         self._done = True
         self._episode = 0
+        self._env_token = uuid.uuid4().hex[:8]
+        self._variation_key = ""
         self.counters = {"parse_failures": 0, "parse_repairs": 0, "invalid_actions": 0, "implausible_answers": 0}
         if not callable(getattr(model, "predict", None)):  # else the first step fails on .predict
             hint = (
@@ -171,11 +174,16 @@ class SyntheticEnv:
         as it stands (its own call count seeds its draws)."""
         if not isinstance(task, Task):  # checked before anything changes: the env stays as it was
             raise SyntheticEnvError(f"SyntheticEnv.reset: task must be a Task, got {type(task).__name__}")
-        self.model = self._episode_model(seed)
-        self._task = task
+        model = self._episode_model(seed)
+        start = initial_state(task, self.domain)  # may raise: nothing of the last episode has changed yet
+        self.model, self._task = model, task
         self._episode += 1
-        self._episode_id = f"syn-{task.id}-{seed if seed is not None else 'x'}-{self._episode}"
-        self._obs = self._vary(initial_state(task, self.domain))
+        # Unique across envs and runs sharing a buffer (add_to_buffer): a per-env counter alone gave
+        # two envs' first episodes of a task one id, and the buffer could not be regrouped by episode.
+        self._episode_id = f"syn-{task.id}-{seed if seed is not None else 'x'}-{self._env_token}-{self._episode}"
+        # The variation is keyed by what replays an episode (task and seed), not by its id.
+        self._variation_key = f"{task.id}/{seed}" if seed is not None else self._episode_id
+        self._obs = self._vary(start)
         self._history = []
         self._done = False
         self.counters = {key: 0 for key in self.counters}
@@ -220,7 +228,7 @@ class SyntheticEnv:
         """``obs`` as the domain varies it (``state_variation``); the action list stays."""
         if self.config.state_variation <= 0:
             return obs
-        text = self.domain.vary_state(obs.text, obs.admissible_actions, key=self._episode_id, strength=self.config.state_variation)
+        text = self.domain.vary_state(obs.text, obs.admissible_actions, key=self._variation_key, strength=self.config.state_variation)
         return Observation(text=text, admissible_actions=list(obs.admissible_actions))
 
     def _rejects(self, action: str) -> bool:

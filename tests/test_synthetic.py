@@ -243,16 +243,60 @@ def test_state_variation_shows_the_policy_and_the_model_the_domains_varied_state
     model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
     env = SyntheticEnv(model, buffer, VaryingDomain(), SyntheticEnvConfig(state_variation=0.5, top_k=0, add_to_buffer=True))
     start = env.reset(task=TASK, seed=7)
-    assert start.text == "You are in room 0. Seen in syn-coin-1-7-1 at 0.5."
+    assert start.text == "You are in room 0. Seen in coin-1/7 at 0.5."  # keyed by task and seed
     assert start.admissible_actions == ["go", "take coin"]
     step = env.step(action="go")
-    assert step.observation.text == "You are in room 1. Seen in syn-coin-1-7-1 at 0.5."
+    assert step.observation.text == "You are in room 1. Seen in coin-1/7 at 0.5."
     assert "State: You are in room 0. Seen in" in lm.calls[0]["prompts"][0]  # the model continues the varied world
     stored = buffer.items[0]
     assert stored.state == start.text and stored.next_state == step.observation.text
     # off (the default): states as generated, and a domain without vary_state is fine
     plain = SyntheticEnv(model, None, ListingDomain(), SyntheticEnvConfig())
     assert plain.reset(task=TASK, seed=7).text == "You are in room 0."
+
+
+def test_a_replayed_episode_sees_the_same_state_variation() -> None:
+    # the variation was keyed by the episode id, which counts resets: the second reset of one
+    # task and seed saw other states, though the same task, seed and actions replay an episode
+    model = LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0))
+    env = SyntheticEnv(model, None, VaryingDomain(), SyntheticEnvConfig(state_variation=0.5, top_k=0))
+    assert env.reset(task=TASK, seed=7).text == env.reset(task=TASK, seed=7).text
+    unseeded = [env.reset(task=TASK).text, env.reset(task=TASK).text]  # no seed: not a replay
+    assert unseeded[0] != unseeded[1]
+
+
+def test_envs_sharing_a_buffer_give_their_episodes_ids_of_their_own() -> None:
+    # a per-env counter alone named both envs' first episode of a task alike, and the buffer
+    # then held step 0 of one "episode" twice (it could not be regrouped into episodes)
+    from dreamgym_core.checkpoint import trajectories_from_transitions
+
+    buffer = ListBuffer()
+    model = LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0))
+    envs = [SyntheticEnv(model, buffer, ListingDomain(), SyntheticEnvConfig(top_k=0, add_to_buffer=True)) for _ in range(2)]
+    for env in envs:
+        env.reset(task=TASK)
+        env.step(action="go")
+    assert len({t.episode_id for t in buffer.items}) == 2
+    assert len(trajectories_from_transitions(buffer.items, [TASK])) == 2
+
+
+def test_a_reset_that_fails_leaves_the_last_episode_as_it_was() -> None:
+    # the task and episode id changed before the start state was known: a failed reset left an
+    # env whose next step mixed the new task with the old episode's state and history
+    class NoStart(ListingDomain):
+        def initial_observation(self, task):
+            if task.id != TASK.id:
+                raise ValueError(f"no start state for {task.id}")
+            return super().initial_observation(task)
+
+    model = LMExperienceModel(ScriptedLM(answer=walker), ExperienceModelConfig(max_retries=0))
+    env = SyntheticEnv(model, None, NoStart(), SyntheticEnvConfig(top_k=0))
+    env.reset(task=TASK)
+    env.step(action="go")
+    before = (env._task, env._episode_id, env._obs, list(env._history))
+    with pytest.raises(ValueError, match="no start state"):
+        env.reset(task=Task(id="other", instruction="do B", domain="toy"))
+    assert (env._task, env._episode_id, env._obs, list(env._history)) == before
 
 
 def test_state_variation_needs_a_domain_that_can_vary_states() -> None:

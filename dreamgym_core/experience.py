@@ -266,15 +266,20 @@ def _think_span(body: str) -> _Span | None:
     opens: the answer's state block comes after the reasoning, so a tag the reasoning
     quotes (``<done>true</done>``, an example ``<state>``) stays reasoning and is never
     read as the answer. Cutting at the first known tag instead turned a quoted
-    ``<success>true</success>`` into a success."""
+    ``<success>true</success>`` into a success. Closed in another case (``</Think>``), it
+    ends at that closing tag, for the same reason."""
     think = _span(body, "think")
-    if think is None or not think.repaired or re.search("</think>", body, re.IGNORECASE):
+    if think is None or not think.repaired:
         return think
+    text_start = think.start + len("<think>")
+    closed = re.compile("</think>", re.IGNORECASE).search(body, text_start)
+    if closed is not None:  # closed in another case: the reasoning still ends there, not at a tag it quotes
+        return _Span(body[text_start: closed.start()], think.start, closed.end(), True)
     states = [m.start() for m in re.finditer("<state>", body[think.start:], re.IGNORECASE)]
     if not states:
         return think
     stop = think.start + states[-1]
-    return _Span(body[think.start + len("<think>"): stop], think.start, stop, True)
+    return _Span(body[text_start: stop], think.start, stop, True)
 
 
 def _tag_readings(region: str) -> dict[str, list[tuple[str, bool]]]:
@@ -952,4 +957,5 @@ class TeacherAnnotator:
                 "(experience.annotator: rule) or a stronger teacher"
             )
         self.counters["fallback"] += 1
-        return [self.fallback.annotate(transition=t) for t in steps]
+        # checked as annotate_with_domain checks it: a None stored here failed in the prompt builder
+        return [t.reasoning for t in annotate_with_domain(steps, self.fallback, who="annotator fallback")]

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dreamgym_core.config import Config
+from dreamgym_core.contracts import WrongReturn
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.experience import (
     fit_request,
@@ -209,6 +210,16 @@ def test_without_a_closing_think_the_reasoning_runs_to_the_last_state(text: str,
     r = parse_output(text)
     assert (r.next_state, r.parse_status, r.success) == expect
     assert r.reasoning.startswith(text[len("<think>"): len("<think>") + 10])
+
+
+def test_a_closing_think_in_another_case_still_ends_the_reasoning() -> None:
+    # </Think>: the reasoning was cut at the first tag it quoted, so a quoted <valid>false</valid>
+    # was read as the answer's flag and a valid action ended its episode as invalid
+    text = f"<think>typing xyzzy would give <valid>false</valid>, but open door is listed</Think>\n<state>Door open</state>\n{FLAGS}"
+    r = parse_output(text)
+    assert (r.next_state, r.valid, r.parse_status) == ("Door open", True, "repaired")
+    assert r.reasoning == "typing xyzzy would give <valid>false</valid>, but open door is listed"
+    assert parse_output(text.replace("</Think>", "</think>")).parse_status == "ok"
 
 
 def test_a_state_inside_the_reasoning_only_is_no_state() -> None:
@@ -799,6 +810,14 @@ def test_teacher_failure_is_never_silent() -> None:
     assert [t.reasoning for t in annotator.annotate(transitions=data)] == ["rule 0", "rule 1"]
     assert annotator.counters["fallback"] == 1
     assert [t.reasoning for t in annotate_with_domain(data, Rules())] == ["rule 0", "rule 1"]
+
+    class NoRules:
+        def annotate(self, *, transition):
+            return None
+
+    # a fallback that returns no str fails here, naming it, not later in the prompt builder
+    with pytest.raises(WrongReturn, match="annotator fallback: annotate.*returned NoneType"):
+        TeacherAnnotator(ScriptedLM(answer=lambda p: "no"), fallback=NoRules(), max_retries=0).annotate(transitions=data)
 
 
 def test_prompt_renders_reward_consistently() -> None:

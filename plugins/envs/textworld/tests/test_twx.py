@@ -91,6 +91,15 @@ def test_a_look_that_lists_a_new_item_to_take_is_implausible(twx_domains) -> Non
         reasoning="", next_state=invented, reward=0.0, done=False, success=False))  # fmt: skip
     assert (corrected.next_state, corrected.done, corrected.success, corrected.valid) == (start.text, False, False, True)
     assert domain.implausible(state=start, action="look around", next_state=Observation(text=corrected.next_state)) == ""
+    # "look" is a no-op the state never lists: the real game refuses it, so the correction does too
+    # (it was valid=True, whatever the model answered, and the synthetic episode went on)
+    assert "look" not in start.admissible_actions
+    unlisted = domain.correct(state=start, action="look", answer=ExperienceResult(
+        reasoning="", next_state=invented, reward=0.0, done=False, success=False, valid=False))  # fmt: skip
+    assert (unlisted.next_state, unlisted.valid) == (start.text, False)
+    unknown = Observation(text=start.text)  # no action list: the model's verdict stands
+    assert not domain.correct(state=unknown, action="look", answer=ExperienceResult(
+        reasoning="", next_state=invented, reward=0.0, done=False, success=False, valid=False)).valid  # fmt: skip
 
 
 def test_env_step_info_keeps_the_engine_score(twx_domains, twx_env) -> None:
@@ -258,7 +267,11 @@ def test_invalid_action_reaches_the_engine_and_is_flagged(twx_domains, twx_env) 
     assert not result.valid and not result.done and result.reward == 0.0
     assert "not sure what you mean" in result.observation.text  # the engine's own answer
     assert result.observation.admissible_actions == before.admissible_actions
-    assert twx_env.step(action="  LOOK   around ").valid  # admissibility ignores case and spacing
+    shouted = twx_env.step(action="  LOOK   around ")
+    assert shouted.valid  # admissibility ignores case and spacing
+    # and the engine carries it out: sent as written, it answered "Unknown action" yet was recorded valid
+    assert "not sure what you mean" not in shouted.observation.text
+    assert shouted.observation.text == twx_env.step(action="look around").observation.text
 
 
 def test_max_steps_truncates_as_failure(twx_domains, twx_env) -> None:

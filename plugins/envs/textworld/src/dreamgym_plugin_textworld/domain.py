@@ -15,7 +15,7 @@ from dreamgym_core.rollout import play_offline
 from .annotate import annotate_transition
 from .config import DEFAULT_CALL_TIMEOUT_S, TwConfig, TwxConfig
 from .engines import EnginePool, RawState, TwEngine, TwxJvms
-from .env import TextWorldEnv
+from .env import TextWorldEnv, is_admissible
 from .games import (
     SPLITS,
     TW_GAMES,
@@ -196,10 +196,13 @@ class TextWorldDomain:
         """The answer to an action :meth:`implausible` ruled out (one of :data:`NO_OP_ACTIONS`):
         nothing changes, so the next state is the state itself. (The real game words its
         answer to an inventory differently; what the policy acts on, the inventory, score and
-        action list, is exactly the real one.)"""
+        action list, is exactly the real one.) Valid only where the state lists the action
+        (TextWorldExpress lists ``look around`` but never ``look``), as the real game judges it; a
+        state whose list is unknown keeps the model's verdict."""
+        listed = is_admissible(action, state.admissible_actions) if state.admissible_actions else answer.valid
         return ExperienceResult(
             reasoning=f"'{action}' changes nothing in the game, so the state stays as it was.", next_state=state.text,
-            reward=0.0, done=False, success=False, raw=answer.raw,
+            reward=0.0, done=False, success=False, valid=listed, raw=answer.raw,
         )
 
     def vary_state(self, state: str, actions: Sequence[str], *, key: str, strength: float) -> str:

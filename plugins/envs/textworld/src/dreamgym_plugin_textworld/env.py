@@ -12,7 +12,7 @@ from dreamgym_core.records import Observation, StepResult, Task
 from .engines import RawState
 from .state import normalize_action, render_state
 
-__all__ = ["Engine", "TextWorldEnv", "outcome_reward", "is_admissible", "unreadable_character", "EpisodeOver"]
+__all__ = ["Engine", "TextWorldEnv", "outcome_reward", "is_admissible", "listed_form", "unreadable_character", "EpisodeOver"]
 
 
 class EpisodeOver(DreamGymError):
@@ -29,10 +29,17 @@ class Engine(Protocol):
 
 def is_admissible(action: str, admissible: list[str]) -> bool:
     """Whether ``action`` is one of ``admissible``, ignoring case and spacing."""
+    return listed_form(action, admissible) is not None
+
+
+def listed_form(action: str, admissible: list[str]) -> str | None:
+    """The listed action ``action`` names, ignoring case and spacing (``Move  East`` ->
+    ``move east``), or None. TextWorldExpress only understands the listed text itself: sent
+    ``LOOK AROUND`` it answers "Unknown action" and nothing happens."""
     if action in admissible:
-        return True
+        return action
     key = normalize_action(action)
-    return any(normalize_action(a) == key for a in admissible)
+    return next((a for a in admissible if normalize_action(a) == key), None)
 
 
 def unreadable_character(action: str) -> str | None:
@@ -112,8 +119,10 @@ class TextWorldEnv:
             raise EpisodeOver("textworld env: step() needs reset() first (the episode is over or not started)")
         unreadable = unreadable_character(action)
         if unreadable is None:
-            valid = is_admissible(action, self._admissible)
-            raw = self._raw = self.engine.step(action)
+            listed = listed_form(action, self._admissible)
+            valid = listed is not None
+            # the listed text, so that an admissible action in another case or spacing is carried out
+            raw = self._raw = self.engine.step(listed or action)
         else:
             assert self._raw is not None  # set by reset(), which step() needs first
             valid = False

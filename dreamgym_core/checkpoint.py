@@ -79,10 +79,28 @@ def open_new(path: Path, mode: str = "wb") -> IO[Any]:
     return os.fdopen(fd, mode)
 
 
-def check_output_file(path: Path, option: str, *, inputs: dict[str, str | Path | None] | None = None) -> None:
+def is_stream_path(path: str | Path) -> bool:
+    """Whether ``path`` names a device or a process's open file (``/dev/stdout``,
+    ``/proc/self/fd/1``): written in place, never replaced through a ``.tmp`` sibling (that
+    replaced the ``/dev/stdout`` link itself, as root, when stdout went to a file)."""
+    return os.path.abspath(path).startswith(("/dev/", "/proc/"))
+
+
+def output_file(path: Path) -> Path:
+    """The file a command writes for an output path the user named: a symbolic link is followed
+    to the file it names. The write replaces a file whole (a ``.tmp`` sibling renamed into place),
+    and renaming onto the link replaced the link, leaving the file it named as it was."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def check_output_file(path: Path, option: str, *, inputs: dict[str, str | Path | None] | None = None) -> Path:
     """Before a command's work (minutes of play or generation): ``path`` can be written as its
     write will write it (a ``.tmp`` sibling renamed into place), and is none of the command's
-    ``inputs`` (option -> path), which the write would replace. A ConfigError naming ``option``."""
+    ``inputs`` (option -> path), which the write would replace. A ConfigError naming ``option``.
+    Returns the file to write (:func:`output_file`)."""
+    if is_stream_path(path):
+        raise ConfigError(f"{option} {path}: a device or stream; {option} writes a file (replaced whole when it is done)")
+    path = output_file(path)
     for source, given in (inputs or {}).items():
         if given is not None and same_file(path, Path(given)):
             raise ConfigError(f"{option} {path}: is the {source} file, which it would overwrite; write elsewhere")
@@ -96,6 +114,7 @@ def check_output_file(path: Path, option: str, *, inputs: dict[str, str | Path |
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"{option} {path}: cannot write {probe.name} there ({exc.strerror or exc})") from exc
+    return path
 
 
 def same_file(a: Path, b: Path) -> bool:

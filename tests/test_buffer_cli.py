@@ -200,3 +200,52 @@ def test_a_run_directory_given_as_the_buffer_is_named(tmp_path, jsonl):
         assert result.exit_code == 1, result.output
         assert f"{run}: a run directory, not a replay buffer; its buffer is {run / 'buffer'}" in result.output
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_import_with_a_model_failed_record_in_a_later_file_stores_nothing(tmp_path, jsonl):
+    # the buffer refused the record while importing, after the earlier files were stored
+    failed = tmp_path / "failed.jsonl"
+    failed.write_bytes(msgspec.json.encode(msgspec.structs.replace(make_transitions(1, prefix="f")[0], model_failed=True)) + b"\n")
+    result = _invoke("buffer", "import", "--path", str(tmp_path / "b"), str(jsonl), str(failed))
+    assert result.exit_code == 1 and "failed.jsonl: record 1 is model_failed" in result.output and "nothing imported" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_import_into_a_run_directory_is_refused(tmp_path, jsonl):
+    # it stored a buffer at RUN_DIR itself, which the run (reading RUN_DIR/buffer) never reads, and exited 0
+    run = tmp_path / "run"
+    (run / "buffer").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    result = _invoke("buffer", "import", "--path", str(run), str(jsonl))
+    assert result.exit_code == 1 and "a run directory, not a replay buffer; its buffer is" in result.output
+    assert sorted(p.name for p in run.iterdir()) == ["buffer", "config.json"]
+
+
+def test_an_export_through_a_link_writes_the_file_it_names(tmp_path, jsonl):
+    # the .tmp sibling was renamed onto the link: the link became a file and its file kept the old records
+    buf = ["--path", str(tmp_path / "buf")]
+    _invoke("buffer", "import", *buf, str(jsonl))
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    assert _invoke("buffer", "export", *buf, str(link)).exit_code == 0
+    assert link.is_symlink() and real.read_bytes() == jsonl.read_bytes()
+
+
+def test_an_export_to_stdout_that_leads_to_a_file_writes_the_records_there(tmp_path, jsonl):
+    # /dev/fd/1 (like /dev/stdout) resolves to the file stdout was sent to: the export tried a .tmp
+    # sibling beside the link (for /dev/stdout, as root, it replaced the link itself), and the
+    # status line went to stdout among the records
+    import subprocess
+    import sys
+
+    buf = ["--path", str(tmp_path / "buf")]
+    _invoke("buffer", "import", *buf, str(jsonl))
+    out = tmp_path / "out.jsonl"
+    with open(out, "wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "dreamgym_core.cli", "buffer", "export", *buf, "/dev/fd/1"], stdout=stdout, stderr=subprocess.PIPE, text=True,
+        )
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == jsonl.read_bytes() and "wrote 30 transitions" in done.stderr

@@ -62,3 +62,30 @@ def test_writing_without_progress_shows_no_bar(tmp_path, capfd):
     assert "collect loud.jsonl" in capfd.readouterr().err
     assert write_jsonl(records(), tmp_path / "quiet.jsonl", 3, progress=False) == 3
     assert capfd.readouterr().err == "" and len((tmp_path / "quiet.jsonl").read_text().splitlines()) == 3
+
+
+def test_output_files_follow_links_and_refuse_streams(tmp_path):
+    # a command's output is replaced through a .tmp sibling: renamed onto a link it replaced the link
+    # (its file kept the old content), and onto /dev/stdout, as root, the /dev/stdout link itself
+    from dreamgym_core.checkpoint import check_output_file, is_stream_path, output_file
+    from dreamgym_core.errors import ConfigError
+
+    real = tmp_path / "real.jsonl"
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    assert output_file(link) == real.resolve() and output_file(real) == real
+    assert check_output_file(link, "--predictions") == real.resolve()
+    assert is_stream_path("/dev/stdout") and is_stream_path("/proc/self/fd/1") and not is_stream_path(real)
+    # /dev/fd/1 rather than /dev/stdout: code that still replaced it could not (the fd directory takes no new file)
+    with pytest.raises(ConfigError, match=r"^--trajectories /dev/fd/1: a device or stream; --trajectories writes a file"):
+        check_output_file(__import__("pathlib").Path("/dev/fd/1"), "--trajectories")
+
+
+def test_collect_refuses_a_stream_before_playing(tmp_path):
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    # /dev/fd/1, not /dev/stdout: the code before replaced /dev/stdout (as root) with the records
+    result = CliRunner().invoke(cli, ["collect", "--env", "twx", "--transitions", "3", "--out", "/dev/fd/1"])
+    assert result.exit_code != 0 and "--out /dev/fd/1: a device or stream" in result.output

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import click
 import msgspec
 
+from ..checkpoint import is_stream_path
 from ..errors import ConfigError, DataError
 
 __all__ = ["command"]
@@ -67,13 +68,14 @@ def _open_buffer(
         enc = spec.factory(convert_config({}, spec.config_type, "--encoder", "$"))
         buffer_spec = plugins.component("buffer", backend, where="--backend")
         where, name, buffer_cfg = path, backend, convert_config({}, buffer_spec.config_type, "--backend", "$")
+    home = Path(path or where)
+    if (home / "buffer").is_dir() and (home / "config.json").is_file():
+        # a run directory: read as a buffer it holds no records, which would pass for an empty
+        # buffer; written as one, its records went where the run never reads them
+        raise DataError(f"{home}: a run directory, not a replay buffer; its buffer is {home / 'buffer'}")
     if read_only:
-        home = Path(path or where)
         if not home.is_dir():
             raise DataError(f"{home}: no replay buffer there (the directory does not exist)")
-        if (home / "buffer").is_dir() and (home / "config.json").is_file():
-            # a run directory: read as a buffer it holds no records, which would pass for an empty buffer
-            raise DataError(f"{home}: a run directory, not a replay buffer; its buffer is {home / 'buffer'}")
         if "backfill_background" in getattr(buffer_cfg, "__struct_fields__", ()):
             buffer_cfg = msgspec.structs.replace(buffer_cfg, backfill_background=False)
     strictly = "strict" in getattr(buffer_cfg, "__struct_fields__", ())
@@ -121,7 +123,12 @@ def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
     from ..checkpoint import read_transitions
 
     for file in files:
-        read_transitions(Path(file))
+        failed = next((i for i, t in enumerate(read_transitions(Path(file)), 1) if t.model_failed), None)
+        if failed is not None:  # a buffer refuses these while importing, after the files before it were stored
+            raise DataError(
+                f"{file}: record {failed} is model_failed (an experience model's failed answer), which a replay buffer "
+                "does not store; nothing imported"
+            )
     with _open_buffer(**kw) as buffer:
         for file in files:
             read, added = buffer.import_jsonl(file)
@@ -148,7 +155,8 @@ def export_cmd(file: str, partial: bool, **kw: Any) -> None:
         home = Path(getattr(buffer, "path", None) or kw["path"]).resolve()
         if Path(file).resolve().is_relative_to(home):  # it would replace (or pose as) a segment
             raise ConfigError(f"{file}: inside the buffer directory {home}; export to a file outside it")
-        click.echo(f"{file}: wrote {buffer.export_jsonl(file)} transitions")
+        # beside the records, not among them, when they go to stdout
+        click.echo(f"{file}: wrote {buffer.export_jsonl(file)} transitions", err=is_stream_path(file))
         for problem in getattr(buffer, "problems", []):  # dropped as a crash leaves them, yet not in FILE
             if "torn frame" in problem:
                 click.echo(f"warning: {home}/{problem}", err=True)

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import click
 import msgspec
 
-from ..checkpoint import open_new
+from ..checkpoint import is_stream_path, open_new, output_file
 from ..config import convert_config, load_pipeline, parse_overrides, set_path
 from ..errors import ConfigError, DataError
 from ..plugins import Plugins, installed_plugins
@@ -128,12 +128,15 @@ def command(
     """Collect offline transitions from a real environment into a JSONL file."""
     if (env is None) == (pipeline is None):
         raise ConfigError("collect: give exactly one of --env NAME or --pipeline FILE")
+    if is_stream_path(out):
+        raise ConfigError(f"--out {out}: a device or stream; --out writes a file (replaced whole when it is done)")
+    target = output_file(Path(out))  # a link is written through to its file, not replaced
     domain = _domain_from_pipeline(pipeline, overrides) if pipeline else _domain_from_cli(env, plugin_names, overrides)
     try:
         records = collect_transitions(
             domain, split=split, policy=policy, transitions=transitions, seed=seed, annotate=annotate
         )
-        count = write_jsonl(records, Path(out), transitions, progress=not quiet)
+        count = write_jsonl(records, target, transitions, progress=not quiet)
     finally:
         close = getattr(domain, "close", None)
         if close is not None:

@@ -118,9 +118,9 @@ def command(
     from ..plugins import Plugins
 
     inputs = {"--heldout": heldout, "--train-data": train_data}
-    for option, path in (("--failures", failures), ("--predictions", predictions)):
-        if path is not None:  # before the model runs, so a typo costs no generation
-            checkpoint.check_output_file(Path(path), option, inputs=inputs)
+    # before the model runs, so a typo costs no generation; a link is written through to its file
+    failures = str(checkpoint.check_output_file(Path(failures), "--failures", inputs=inputs)) if failures is not None else None
+    predictions = str(checkpoint.check_output_file(Path(predictions), "--predictions", inputs=inputs)) if predictions is not None else None
     if failures is not None and predictions is not None and checkpoint.same_file(Path(failures), Path(predictions)):
         raise ConfigError(f"--failures and --predictions name one file, {failures}: one would overwrite the other")
     outer = load_pipeline(pipeline, overrides)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import msgspec
 import numpy as np
 
-from dreamgym_core.checkpoint import open_new
+from dreamgym_core.checkpoint import is_stream_path, open_new, output_file
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 
@@ -745,14 +745,17 @@ class ExactBuffer:
         """Write every live transition as JSONL, in insertion order; returns the count.
 
         A regular file is replaced atomically: a failure part way (a full disk) leaves the
-        file that was there whole. Anything else (``/dev/stdout``, a pipe) is written directly.
+        file that was there whole; a symbolic link is followed to the file it names. A device
+        (``/dev/stdout``, even when it leads to a file) or a pipe is written directly.
 
         Raises:
             DataError: ``path`` cannot be written (say, its directory does not exist).
         """
         encoder = msgspec.json.Encoder()
         target = Path(path)
-        direct = target.exists() and not target.is_file()
+        direct = is_stream_path(target) or (target.exists() and not target.is_file())
+        if not direct:  # renaming onto a link replaced the link and left its file as it was
+            target = output_file(target)
         tmp = target if direct else target.with_name(target.name + ".tmp")
         count = 0
         try:

@@ -149,6 +149,21 @@ def test_a_foreground_build_is_done_when_the_rows_seal():
     assert b.stats()["annoy"]["items"] == 5500 and not b.stats()["annoy"]["building"]
 
 
+def test_a_foreground_build_when_an_add_seals_a_segment_does_not_hang():
+    # the add that fills a segment seals it holding the buffer's lock; the build thread it
+    # started then waited for that lock while add joined it: the first automatic seal hung
+    import threading
+
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=50, background_build=False), encoder=HashingEncoder())
+    records = household(400)
+    worker = threading.Thread(target=lambda: [b.add(transitions=records[i : i + 50]) for i in range(0, 400, 50)], daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "add() hung on a foreground annoy build"
+    assert b.stats()["annoy"]["items"] >= 100 and not b.stats()["annoy"]["building"]
+    b.close()
+
+
 def _full_indexed_buffer() -> tuple[AnnoyBuffer, list]:
     """A buffer of capacity 1500 holding 2000 added rows, its index built over them."""
     b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=1500, segment_records=500), encoder=HashingEncoder())

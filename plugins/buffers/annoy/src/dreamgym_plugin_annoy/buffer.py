@@ -158,15 +158,22 @@ class AnnoyBuffer(ExactBuffer):
             self.rebuild(block=not self.config.background_build)
 
     def rebuild(self, block: bool = True) -> None:
-        """Build an index over the sealed rows now (queries go on meanwhile)."""
+        """Build an index over the sealed rows now: in a thread, queries going on meanwhile, or
+        (``block``) in this call, which returns once it is built. A blocking build runs in the
+        calling thread: the call that seals rows inside ``add``, ``flush`` or ``close`` holds the
+        buffer's lock, which a build thread would wait for while this one joined it (forever)."""
+        if block:
+            try:
+                self._build()
+            except Exception as exc:  # surfaced in stats(); queries fall back to exact search
+                self.problems.append(f"annoy build failed: {type(exc).__name__}: {exc}")
+            return
         with self._lock:  # one build at a time; a thread is published only once started
             thread = self._build_thread
             if thread is None or not thread.is_alive():
                 thread = threading.Thread(target=self._guarded_build, name="annoy-build", daemon=True)
                 thread.start()
                 self._build_thread = thread
-        if block:
-            thread.join()
 
     def wait_index(self) -> None:
         """Block until a running build has finished."""

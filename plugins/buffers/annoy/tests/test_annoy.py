@@ -164,6 +164,19 @@ def test_a_foreground_build_when_an_add_seals_a_segment_does_not_hang():
     b.close()
 
 
+def test_a_buffer_at_capacity_rebuilds_its_index_as_rows_are_evicted():
+    # the rebuild test counted the index's evicted items as indexed: once full, a buffer never
+    # rebuilt, and every query searched an index of dead rows before falling back to exact search
+    from dreamgym_plugin_annoy.buffer import _live_items
+
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=200, segment_records=100, background_build=False), encoder=HashingEncoder())
+    records = household(1000)
+    for i in range(0, 1000, 100):
+        b.add(transitions=records[i : i + 100])
+    assert _live_items(b._built, b._alive) >= 150  # of the 200 rows held
+    b.close()
+
+
 def _full_indexed_buffer() -> tuple[AnnoyBuffer, list]:
     """A buffer of capacity 1500 holding 2000 added rows, its index built over them."""
     b = AnnoyBuffer(AnnoyConfig(min_rows=100, capacity=1500, segment_records=500), encoder=HashingEncoder())

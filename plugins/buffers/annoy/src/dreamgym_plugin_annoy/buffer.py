@@ -111,6 +111,13 @@ class BuiltIndex:
         self.holes = np.flatnonzero(~covered)
 
 
+def _live_items(built: BuiltIndex, alive: np.ndarray) -> int:
+    """How many of the index's items are rows the buffer still holds."""
+    rows = built.item_rows
+    held = (rows >= 0) & (rows < len(alive))
+    return int(alive[rows[held]].sum())
+
+
 class AnnoyBuffer(ExactBuffer):
     """Replay buffer whose current embedding space is searched with annoy."""
 
@@ -151,7 +158,9 @@ class AnnoyBuffer(ExactBuffer):
             sealed, current = self._sealed_rows, self._spaces[self.encoder.id]
             eligible = int((current.mask(sealed) & self._alive[:sealed]).sum())
             built = self._built
-            indexed = len(built.item_rows) if built and built.encoder_id == self.encoder.id else 0
+            # live rows only: at capacity the evicted ones stay indexed until compaction, and counting
+            # them kept a full buffer from ever rebuilding (an index of dead rows, searched in vain)
+            indexed = _live_items(built, self._alive) if built and built.encoder_id == self.encoder.id else 0
         if eligible < self.config.min_rows or eligible == indexed:
             return
         if force or eligible - indexed > self.config.rebuild_growth * indexed:

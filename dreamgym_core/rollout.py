@@ -388,8 +388,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     """95% Wilson score interval of a success rate (sound at small n and p near 0 or 1)."""
     if n < 0 or not 0 <= successes <= max(n, 0):  # else a bound outside [0, 1] or a math domain error
         raise ValueError(f"wilson_interval: {successes} successes of {n} trials; needs 0 <= successes <= n")
-    if n == 0:
-        return 0.0, 0.0
+    if n == 0:  # no trial says nothing: the whole range, not a certain 0%
+        return 0.0, 1.0
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom

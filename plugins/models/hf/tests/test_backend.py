@@ -89,6 +89,21 @@ def test_long_prompt_keeps_its_end(small_config):
     assert len(backend.generate(prompts=[long_prompt], max_new_tokens=4, temperature=0)) == 1
 
 
+def test_a_long_prompt_keeps_the_tokenizers_start_token(trained, tmp_path):
+    # keep_end cut the BOS (from the tokenizer's post-processor) with the prompt's start
+    from tokenizers.processors import TemplateProcessing
+
+    trained.save(path=str(tmp_path / "m"))
+    backend = HFBackend.load(str(tmp_path / "m"), max_length=64)
+    tok = backend.tokenizer
+    tok._tokenizer.post_processor = TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", tok.bos_token_id)])
+    assert backend.encode_prompt("hi", 54)[0] == tok.bos_token_id
+    cut = backend.encode_prompt("word " * 200 + "END", 54)
+    assert len(cut) == 54 and cut[0] == tok.bos_token_id and tok.decode(cut[1:]).endswith("END")
+    ids, labels = backend.encode_example([("word " * 200, False), (" END", True)])
+    assert len(ids) == 64 and ids[0] == tok.bos_token_id and labels[-1] != IGNORE
+
+
 def test_a_prompt_cut_to_fit_is_counted_and_warned_about_once(small_config, caplog):
     # the cut drops the prompt's start (an experience model's role and task): say so, not silently
     backend = TinyBackend(small_config(max_positions=1024, max_length=1024))

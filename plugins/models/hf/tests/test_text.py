@@ -15,6 +15,15 @@ def test_keep_end_keeps_most_recent_tokens():
     assert keep_end([1, 2], 5) == [1, 2]
 
 
+def test_keep_end_can_keep_the_start_token():
+    # a long prompt lost its BOS with its start: a Llama-style model never saw that in training
+    assert keep_end([0, 1, 2, 3, 4], 3, keep_start=1) == [0, 3, 4]
+    assert keep_end([0, 1, 2], 5, keep_start=1) == [0, 1, 2]
+    assert keep_end([0, 1, 2, 3], 1, keep_start=1) == [0]
+    ids, labels = segment_labels([([0, 7, 8], False), ([5, 6], True)], 4, keep_start=1)
+    assert ids == [0, 8, 5, 6] and labels == [IGNORE, IGNORE, 5, 6]
+
+
 def test_left_pad_aligns_rows_on_the_right():
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]

@@ -282,7 +282,7 @@ class HFBackend:
 
     def encode_prompt(self, prompt: str, limit: int) -> list[int]:
         """Token ids of one prompt as generation sees it, keeping its last ``limit`` tokens."""
-        return keep_end(self.prompt_ids(prompt), limit)
+        return keep_end(self.prompt_ids(prompt), limit, keep_start=len(self._prefix(prompt)))
 
     def prompt_fits(self, prompt: str, *, max_new_tokens: int) -> bool:
         """Whether generation with ``max_new_tokens`` would see the whole prompt (it cuts the start
@@ -321,7 +321,7 @@ class HFBackend:
         pieces += [(self._encode(text), train) for text, train in example[split:] if text]
         if self.config.sft_append_eos and example and example[-1][1] and self.tokenizer.eos_token_id is not None:
             pieces.append(([self.tokenizer.eos_token_id], True))
-        return segment_labels(pieces, self.config.max_length)
+        return segment_labels(pieces, self.config.max_length, keep_start=len(self._prefix(prompt)))
 
     # --- generation -------------------------------------------------------------
 
@@ -370,7 +370,7 @@ class HFBackend:
         limit = self.config.max_length - max_new_tokens
         full = [self.prompt_ids(p) for p in prompts]
         self._count_cuts([len(ids) for ids in full], limit, max_new_tokens)
-        encoded = [keep_end(ids, limit) for ids in full]
+        encoded = [keep_end(ids, limit, keep_start=len(self._prefix(p))) for ids, p in zip(full, prompts, strict=True)]
         if not all(encoded):  # the model has no position to start from (transformers fails obscurely)
             raise DataError("hf: a prompt is empty and this tokenizer adds no start token: nothing to generate from")
         ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)

@@ -23,9 +23,15 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-def keep_end(ids: list[int], limit: int) -> list[int]:
-    """The last ``limit`` tokens: long prompts keep their most recent context."""
-    return ids[-limit:] if len(ids) > limit else ids
+def keep_end(ids: list[int], limit: int, *, keep_start: int = 0) -> list[int]:
+    """The last ``limit`` tokens: long prompts keep their most recent context. ``keep_start``:
+    that many leading tokens (the tokenizer's BOS) stay, and the cut takes the rest from the
+    text after them: a model trained with BOS at position 0 always sees it there."""
+    if len(ids) <= limit:
+        return ids
+    head = ids[: min(keep_start, limit)]
+    rest = limit - len(head)
+    return head + (ids[len(ids) - rest :] if rest > 0 else [])
 
 
 def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,15 +61,16 @@ def right_pad(
     return ids, mask, labels
 
 
-def segment_labels(pieces: Sequence[tuple[list[int], bool]], limit: int) -> tuple[list[int], list[int]]:
+def segment_labels(pieces: Sequence[tuple[list[int], bool]], limit: int, *, keep_start: int = 0) -> tuple[list[int], list[int]]:
     """Concatenate tokenised segments; labels copy trained tokens and IGNORE the rest.
 
     Each segment is tokenised on its own by the caller, so the mask falls exactly on
-    segment boundaries. Over-long examples keep their end (where targets usually are).
+    segment boundaries. Over-long examples keep their end (where targets usually are),
+    and their first ``keep_start`` tokens (the BOS, as :func:`keep_end`).
     """
     ids: list[int] = []
     labels: list[int] = []
     for tokens, train in pieces:
         ids.extend(tokens)
         labels.extend(tokens if train else [IGNORE] * len(tokens))
-    return keep_end(ids, limit), keep_end(labels, limit)
+    return keep_end(ids, limit, keep_start=keep_start), keep_end(labels, limit, keep_start=keep_start)

@@ -53,6 +53,22 @@ def test_chat_endpoint(server):
     assert isinstance(text, str) and backend.stats["succeeded"] == 1
 
 
+def test_a_prompt_holding_a_lone_surrogate_is_sent_not_a_crash_of_the_batch(server):
+    # httpx encodes the body as UTF-8: a lone surrogate (JSON data can hold one) raised
+    # UnicodeEncodeError out of generate() and the batch's other answers were lost
+    backend = backend_for(server.url)
+    texts = backend.generate(prompts=["Room: kitchen.", "Room: \ud800garden."], max_new_tokens=5, temperature=0)
+    assert len(texts) == 2 and backend.stats == {"calls": 2, "succeeded": 2, "retries": 0, "failed_calls": 0}
+
+
+def test_a_base_url_with_a_query_keeps_it_a_query(server):
+    # "/completions" was appended after the query: ".../v1?api-version=1/completions", a 404 for every call
+    backend = backend_for(server.url + "?api-version=2024-02-01")
+    assert backend._completion_url() == server.url + "/completions?api-version=2024-02-01"
+    (text,) = backend.generate(prompts=["Room: kitchen."], max_new_tokens=5, temperature=0)
+    assert backend.stats["succeeded"] == 1
+
+
 def test_timeout_counts_a_failed_call(server):
     backend = backend_for(server.url, timeout=0.001, max_retries=1, backoff=0.01)
     assert backend.generate(prompts=["Room:"], max_new_tokens=200, temperature=0) == [""]

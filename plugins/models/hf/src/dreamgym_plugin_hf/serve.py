@@ -87,6 +87,11 @@ class _Turn:
         self.lock.release()
 
 
+def _route_path(target: str) -> str:
+    """The path a request asks for, without its query (a client may add ``?api-version=...``)."""
+    return urlsplit(target).path.rstrip("/")
+
+
 def _stop_list(stop: Any) -> list[str]:
     if stop is None:
         return []
@@ -318,7 +323,7 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
         def do_GET(self) -> None:
             if self._transfer_encoded() or not self._authorised():
                 return
-            if self.path.rstrip("/") != "/v1/models":
+            if _route_path(self.path) != "/v1/models":
                 return self._error(404, f"no route {self.path}")
             self._send(200, {"object": "list", "data": [{"id": backend.model_id, "object": "model", "owned_by": "dreamgym"}]})
 
@@ -331,7 +336,7 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
                 return self._error(exc.status, str(exc))
             if not self._authorised():
                 return
-            route = routes.get(self.path.rstrip("/"))
+            route = routes.get(_route_path(self.path))
             if route is None:
                 return self._error(404, f"no route {self.path}")
             try:

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import threading
+import urllib.parse
 import urllib.request
 from typing import Any, Callable, Coroutine, Sequence
 
@@ -151,6 +152,8 @@ class OpenAIBackend:
     # --- requests ----------------------------------------------------------------
 
     def _payload(self, prompt: str, max_new_tokens: int, temperature: float, stop: Sequence[str], seed: int | None) -> dict[str, Any]:
+        # a lone surrogate (JSON data can hold one) is not UTF-8: httpx raised on it and the whole batch was lost
+        prompt, stop = utf8_safe(prompt), [utf8_safe(s) for s in stop]
         body: dict[str, Any] = {"model": self.config.model, "max_tokens": max_new_tokens, "temperature": temperature}
         if self.config.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
@@ -163,6 +166,7 @@ class OpenAIBackend:
         return body
 
     def _tokenize_payload(self, prompt: str) -> dict[str, Any]:
+        prompt = utf8_safe(prompt)
         if self.config.endpoint == "chat":  # counted with the chat template, as the chat endpoint applies it
             return {"model": self.config.model, "messages": [{"role": "user", "content": prompt}], "add_generation_prompt": True}
         return {"model": self.config.model, "prompt": prompt}
@@ -189,7 +193,12 @@ class OpenAIBackend:
         return utf8_safe(text)  # JSON can escape a lone surrogate ("\ud800"), which UTF-8 cannot hold
 
     def _completion_url(self) -> str:
-        return self.config.base_url.rstrip("/") + ("/chat/completions" if self.config.endpoint == "chat" else "/completions")
+        return self._url("/chat/completions" if self.config.endpoint == "chat" else "/completions")
+
+    def _url(self, path: str) -> str:
+        """``path`` under the base URL, before its query (``...?api-version=...`` stays a query)."""
+        parts = urllib.parse.urlsplit(self.config.base_url)
+        return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
 
     async def _post(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Any:
         """The JSON answer of one request to ``url``; :class:`_Failed` says whether to retry."""

@@ -78,6 +78,17 @@ def test_unknown_and_ambiguous_actions(domain, env):
     assert ambiguous.valid and not ambiguous.observation.text.startswith("Ambiguous request")
 
 
+def test_reset_task_mid_episode_is_refused_and_keeps_the_progress(domain, env):
+    # "reset task" is in no action list, yet it was sent: it wiped the goal progress and counted as valid
+    env.reset(task=domain.tasks(split="train")[0])
+    before = env.step(action="look around")
+    refused = env.step(action="  Reset  Task ")
+    assert not refused.valid and not refused.done and refused.reward == 0.0
+    assert refused.observation.text.startswith("No known action matches that input.")
+    assert refused.info["score"] == before.info["score"] and refused.info["steps"] == 2
+    assert env.step(action="look around").info["score"] == before.info["score"]
+
+
 def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(domain, env):
     env.reset(task=domain.tasks(split="train")[0])
     with pytest.raises(TypeError, match=r"^scienceworld env: step\(action=\.\.\.\) takes a str, got int$"):

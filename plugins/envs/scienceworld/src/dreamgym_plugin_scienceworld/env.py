@@ -114,6 +114,7 @@ class SciWorldEnv:
         self._gold: list[str] = []
         self._score = 0.0
         self._steps = 0
+        self._last = ("", "")  # the last answer and inventory the simulator gave
         self._done = True
 
     @property
@@ -192,17 +193,23 @@ class SciWorldEnv:
         if observation.startswith("ERROR"):  # e.g. an unknown simplification
             raise EngineError(f"scienceworld: reset {task.id}: {observation.strip()}")
         self._score, self._steps, self._done = score, 0, False
+        self._last = (observation, inventory)
         return self._observe(observation, inventory, score)
 
     def step(self, *, action: str) -> StepResult:
         checked_action(action, "scienceworld env")  # py4j finds no step(Integer): read as a JVM that stopped answering
         if self._done:
             raise EngineError("scienceworld env: step() needs reset() first (the episode is over or not started)")
+        if " ".join(action.split()).lower() == "reset task":
+            # not an action of the task (left out of every action list): sent, it wiped the
+            # episode's progress mid-episode and counted as a valid step
+            return self._refused(action)
         with self._jvm.call(f"step {action!r}") as engine:
             observation, score, completed, inventory = self._send(engine.server, action)
             if is_ambiguous(observation):
                 observation, score, completed, inventory = self._send(engine.server, "0")
         self._steps += 1
+        self._last = (observation, inventory)
         success = completed and score >= 100
         failed = (completed and not success) or score < 0
         truncated = not (success or failed) and self._steps >= self.max_steps
@@ -216,6 +223,19 @@ class SciWorldEnv:
             success=success,
             valid=observation.strip() != UNKNOWN_ACTION,
             info=result_info,
+        )
+
+    def _refused(self, action: str) -> StepResult:
+        """A step the simulator is not sent: invalid, the state as it was, a step counted."""
+        self._steps += 1
+        truncated = self._steps >= self.max_steps
+        self._done = truncated
+        _, inventory = self._last  # nothing is sent: in the simulator even a look lets time pass
+        observation = f"{UNKNOWN_ACTION} ('{action}' is not an action of the task)"
+        return StepResult(
+            observation=self._observe(observation, inventory, self._score),
+            reward=0.0, done=truncated, success=False, valid=False,
+            info={"score": self._score, "score_delta": 0.0, "truncated": truncated, "steps": self._steps},
         )
 
     def gold_actions(self) -> list[str]:

@@ -20,8 +20,8 @@ from .page import Element, task_names
 __all__ = ["MiniWoBDomain", "POLICIES", "SPLIT_SEED_BASE", "annotate_transition", "random_action"]
 
 POLICIES = ("expert", "noisy", "random")
-# Page seeds of each split: disjoint ranges (the config caps each count at SPLIT_SIZE), so no
-# test problem is ever trained on.
+# Page seeds of each split: disjoint ranges (the config caps each count at SPLIT_SIZE). Seeds are
+# not problems: a task with few problems (click-test has one) repeats train problems in test (README).
 SPLIT_SEED_BASE = {"train": 0, "valid": SPLIT_SIZE, "test": 2 * SPLIT_SIZE}
 _SEED = re.compile(r"seed\s*[=:]\s*(\d+)")
 

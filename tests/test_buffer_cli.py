@@ -249,3 +249,18 @@ def test_an_export_to_stdout_that_leads_to_a_file_writes_the_records_there(tmp_p
         )
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == jsonl.read_bytes() and "wrote 30 transitions" in done.stderr
+
+
+def test_options_the_chosen_source_would_ignore_are_refused(tmp_path, jsonl):
+    # --set without --pipeline, or --backend beside it, were read by nothing and the command exited 0
+    result = CliRunner().invoke(cli, ["buffer", "import", "--path", str(tmp_path / "b"), "--set", "x=1", str(jsonl)])
+    assert result.exit_code == 2 and "--set overrides a pipeline field: give --pipeline too" in result.output
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "plugins: [exact, encoders]\nenv: {name: x}\npolicy: {name: x}\nalgo: {name: x}\nloop: {mode: real}\n"
+        f"encoder: {{name: hashing}}\nbuffer: {{name: exact}}\nrun_dir: {tmp_path / 'run'}\n"
+    )
+    result = CliRunner().invoke(cli, ["buffer", "import", "--pipeline", str(pipeline), "--backend", "annoy", str(jsonl)])
+    assert result.exit_code == 2 and "--backend choose the buffer without --pipeline" in result.output
+    assert not (tmp_path / "run").exists()
+    assert "added 30" in _invoke("buffer", "import", "--pipeline", str(pipeline), str(jsonl)).output

@@ -34,6 +34,21 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _check_option_sources(pipeline: str | None, overrides: tuple[str, ...], extra_plugins: tuple[str, ...]) -> None:
+    """Options that the chosen source (a pipeline, or --path with components) would ignore are an error:
+    --set without --pipeline, and --backend, --encoder or --plugin beside it, once exited 0 unread."""
+    ctx = click.get_current_context(silent=True)
+    given = {
+        name for name in ("backend", "encoder")
+        if ctx is not None and ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    }
+    if pipeline and (given or extra_plugins):
+        options = ", ".join(f"--{name}" for name in sorted(given) + (["plugin"] if extra_plugins else []))
+        raise click.UsageError(f"{options} choose the buffer without --pipeline; with --pipeline, the pipeline's buffer and encoder are used")
+    if overrides and not pipeline:
+        raise click.UsageError("--set overrides a pipeline field: give --pipeline too")
+
+
 @contextmanager
 def _open_buffer(
     pipeline: str | None, overrides: tuple[str, ...], path: str | None, backend: str, encoder: str,
@@ -49,6 +64,7 @@ def _open_buffer(
     from ..config import convert_config, load_pipeline
     from ..plugins import Plugins
 
+    _check_option_sources(pipeline, overrides, extra_plugins)
     if pipeline:
         cfg = load_pipeline(pipeline, overrides)
         if cfg.buffer is None or cfg.encoder is None:

@@ -271,3 +271,24 @@ def test_real_demos_rows_add_only_the_real_only_buffer_and_resolve(table1) -> No
         assert table1.ROWS[row] == [*table1.ROWS[ablation + table1.CORRECTED_SUFFIX], "loop.store_synthetic=false"]
         assert table1.MODEL_FROM[row] == ablation  # each plays its own row's experience model
         assert (row in table1.SHARES_MODEL) == (ablation in table1.SHARES_MODEL)
+
+
+def test_a_cell_missing_a_value_stops_the_report_instead_of_counting_zero(table1) -> None:
+    # `or 0` read a missing success as 0% and missing real transitions as 0, which met the S2R
+    # target's "at most 1/10" by itself
+    for seed in (0, 1):
+        _write(table1, "coin", "SFT", seed, 0.5)
+        _write(table1, "coin", "GRPO (real env)", seed, 0.6, real=300.0)
+    _write(table1, "coin", "GRPO DreamGym", 0, 0.6)
+    _write(table1, "coin", "GRPO DreamGym", 1, None)
+    table = table1._cells(["coin"], [0, 1], table1.PROTOCOL)
+    with pytest.raises(SystemExit, match=r"coin \| GRPO DreamGym \| seed 1: the cell records no 'success'"):
+        table1._pair(table, "coin", "GRPO DreamGym", "SFT")
+
+
+def test_a_fidelity_mean_some_seeds_lack_says_on_how_many_it_rests(table1) -> None:
+    _write(table1, "coin", "GRPO DreamGym", 0, 0.6, fidelity={"fidelity/success_agreement": 0.9, "fidelity/success_balanced_accuracy": 0.8})
+    _write(table1, "coin", "GRPO DreamGym", 1, 0.6, fidelity={"fidelity/success_agreement": 1.0})
+    text = table1.report(["coin"], [0, 1])
+    assert "- coin fidelity/success_agreement: 0.950\n" in text
+    assert "- coin fidelity/success_balanced_accuracy: 0.800 (1 of 2 seeds)" in text

@@ -535,7 +535,15 @@ def _pair(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: s
     seeds = _shared_seeds(table, game, a, b)
     if not seeds:
         return None
-    mean = lambda row: statistics.mean(table[(game, row)][s][key] or 0 for s in seeds)  # noqa: E731
+    def value(row: str, seed: int) -> float:
+        # a missing value was read as 0: a cell without its success counted as 0%, and one without
+        # its real transitions met the S2R target's "at most 1/10"
+        got = table[(game, row)][seed].get(key)
+        if got is None:
+            raise SystemExit(f"{game} | {row} | seed {seed}: the cell records no {key!r}; run it again")
+        return got
+
+    mean = lambda row: statistics.mean(value(row, s) for s in seeds)  # noqa: E731
     return mean(a), mean(b), len(seeds)
 
 
@@ -687,7 +695,9 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
         for c in table[(g, "GRPO DreamGym")].values():
             for k, v in c["fidelity"].items():
                 fidelity.setdefault(k, []).append(v)
-        lines += [f"- {g} {k}: {statistics.mean(v):.3f}" for k, v in sorted(fidelity.items())]
+        seeds = len(table[(g, "GRPO DreamGym")])  # a key some seeds lack (no win held out) says on how many it rests
+        lines += [f"- {g} {k}: {statistics.mean(v):.3f}" + (f" ({len(v)} of {seeds} seeds)" if len(v) < seeds else "")
+                  for k, v in sorted(fidelity.items())]
     lines += _replayed(games, table)
     return "\n".join(lines) + "\n"
 

@@ -331,3 +331,17 @@ def test_ctrl_c_of_the_example_ends_in_one_line_and_leaves_no_jvm(tmp_path, mark
     pytest.importorskip("dreamgym_plugin_local")
     stopped = ctrl_c_run(reduced_example(tmp_path / "run"), marker, 0.2, tmp_path / "stdout", lands=lands)
     stopped.assert_stopped_in_one_line()
+
+
+def test_a_gold_path_longer_than_the_step_cap_is_warned_about_once(caplog):
+    # boil's gold paths (39 and 50 steps) outran the default cap of 30: its "expert" episodes were
+    # stored as failures without a word
+    short = SciWorldDomain(SciWorldConfig(train_variations=1, valid_variations=0, test_variations=1, max_steps=2))
+    try:
+        with caplog.at_level("WARNING"):
+            episodes = short.collect(tasks=short.tasks(split="train"), policy="expert", episodes=2, seed=0)
+    finally:
+        short.close()
+    assert all(not e.transitions[-1].success for e in episodes)
+    warned = [r.getMessage() for r in caplog.records if "more than max_steps=2" in r.getMessage()]
+    assert len(warned) == 1 and "raise env.config.max_steps" in warned[0]

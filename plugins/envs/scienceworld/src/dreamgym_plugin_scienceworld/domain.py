@@ -4,6 +4,7 @@ collection (gold path, noisy, random), annotation and task variation."""
 from __future__ import annotations
 
 import difflib
+import logging
 import random
 import re
 from typing import Any, Sequence
@@ -14,6 +15,8 @@ from dreamgym_core.rollout import play_offline
 
 from .config import SciWorldConfig
 from .env import SciWorldEnv
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SciWorldDomain", "POLICIES", "annotate_transition"]
 
@@ -33,6 +36,7 @@ class SciWorldDomain:
         self._probe: SciWorldEnv | None = None
         self._variations: dict[str, list[int]] = {}
         self._tasks: dict[str, list[Task]] = {}
+        self._warned_long: set[str] = set()  # tasks whose gold path outruns max_steps, warned once each
         try:
             self._check(config, self._probe_env())
         except BaseException:
@@ -138,7 +142,15 @@ class SciWorldDomain:
 
         def next_action(obs: Observation) -> str:
             nonlocal gold
-            gold = env.gold_actions() if gold is None else gold
+            if gold is None:
+                gold = env.gold_actions()
+                if policy == "expert" and len(gold) > self.config.max_steps and task.id not in self._warned_long:
+                    # its expert episodes end at the cap, unfinished, and are stored as failures
+                    self._warned_long.add(task.id)
+                    log.warning(
+                        "sciworld %s: the gold path has %d steps, more than max_steps=%d; its expert episodes end unfinished "
+                        "(raise env.config.max_steps)", task.id, len(gold), self.config.max_steps,
+                    )
             detour = policy == "random" or not gold or (policy == "noisy" and rng.random() < self.config.noise)
             return rng.choice(env.valid_actions()) if detour else gold.pop(0)
 

@@ -190,6 +190,8 @@ def _browser_pids(page: Page) -> list[int]:
 
 @browser
 def test_a_crashed_driver_fails_the_step_in_one_line_and_the_next_reset_starts_another(domain):
+    from dreamgym_core.errors import DreamGymError
+
     env = domain.make_env()
     try:
         first = env.reset(task=domain.tasks(split="train")[0])
@@ -200,6 +202,9 @@ def test_a_crashed_driver_fails_the_step_in_one_line_and_the_next_reset_starts_a
             env.step(action="click [4]")
         assert "\n" not in str(err.value)
         assert profile not in _our_browsers() and not os.path.exists(profile)  # the orphaned browser went with it
+        # the episode is over: a step now says so, where it started a browser on a blank page
+        with pytest.raises(DreamGymError, match=r"step\(\) needs reset\(\) first"):
+            env.step(action="click [4]")
         assert env.reset(task=domain.tasks(split="train")[0]) == first  # a new browser
     finally:
         env.close()

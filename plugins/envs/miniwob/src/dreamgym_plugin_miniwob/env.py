@@ -23,7 +23,7 @@ from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 
 from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
-from .page import Element, Page
+from .page import BrowserError, Element, Page
 
 __all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "render_state"]
 
@@ -109,11 +109,17 @@ class MiniWoBEnv:
         if self._done:
             raise DreamGymError("miniwob env: step() needs reset() first (the episode is over or not started)")
         parsed = parse_action(action)
-        valid = parsed is not None and self.page.click(parsed[1])
-        if valid and parsed[0] == "type":
-            self.page.type_text(parsed[2])
+        try:
+            valid = parsed is not None and self.page.click(parsed[1])
+            if valid and parsed[0] == "type":
+                self.page.type_text(parsed[2])
+            over, raw_reward = self.page.outcome()
+        except BrowserError:
+            # the page is gone with the browser: a next step would start a blank one ("core is not
+            # defined"), so the episode is over and the next call must be a reset
+            self._done = True
+            raise
         self._steps += 1
-        over, raw_reward = self.page.outcome()
         success = over and raw_reward > 0
         truncated = not over and self._steps >= self.max_steps
         self._done = over or truncated

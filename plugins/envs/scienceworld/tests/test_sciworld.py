@@ -345,3 +345,34 @@ def test_a_gold_path_longer_than_the_step_cap_is_warned_about_once(caplog):
     assert all(not e.transitions[-1].success for e in episodes)
     warned = [r.getMessage() for r in caplog.records if "more than max_steps=2" in r.getMessage()]
     assert len(warned) == 1 and "raise env.config.max_steps" in warned[0]
+
+
+def test_an_ambiguous_action_takes_the_reading_whose_text_sorts_first():
+    # the simulator's own order depends on what its JVM ran before: "0" was another door in another JVM
+    from dreamgym_plugin_scienceworld.env import first_reading
+
+    listing = ("Ambiguous request: Please enter the number for the action you intended (or blank to cancel):\n"
+               "0:\topen door between workshop and hallway\n1:\topen door between art studio and hallway\n"
+               "2:\topen door between kitchen and hallway\n")
+    assert first_reading(listing) == "1"
+    reordered = listing.replace("0:\topen door between workshop", "9:\topen door between workshop")
+    assert first_reading(reordered.replace("1:\topen door between art", "0:\topen door between art")) == "0"
+    assert first_reading("Ambiguous request:") == "0"  # nothing readable: the simulator's first
+
+
+def test_an_ambiguous_action_reaches_the_same_state_whatever_the_jvm_ran_before():
+    fresh = SciWorldDomain(SciWorldConfig(task="find-non-living-thing", train_variations=8, valid_variations=0, test_variations=1))
+    try:
+        task = fresh.tasks(split="train")[7]
+        env = fresh.make_env()
+        env.reset(task=task)
+        first = env.step(action="look at door").observation.text
+        env.close()
+        used = fresh.make_env()
+        for earlier in fresh.tasks(split="train")[:7]:
+            used.reset(task=earlier)
+        used.reset(task=task)
+        assert used.step(action="look at door").observation.text == first
+        used.close()
+    finally:
+        fresh.close()

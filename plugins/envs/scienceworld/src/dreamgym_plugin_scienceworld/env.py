@@ -75,6 +75,14 @@ def is_ambiguous(observation: str) -> bool:
     return observation.startswith(_AMBIGUOUS)
 
 
+def first_reading(observation: str) -> str:
+    """The number to answer an ambiguity with: the reading whose text sorts first. The simulator
+    lists the readings in an order that depends on what its JVM ran before, so "0" made the same
+    state and action reach different next states in the collecting and the evaluating JVM."""
+    readings = re.findall(r"^(\d+):\s*(.+?)\s*$", observation, re.MULTILINE)
+    return min(readings, key=lambda reading: (reading[1], int(reading[0])))[0] if readings else "0"
+
+
 def _start() -> Any:
     """A started ScienceWorld wrapper (its JVM up, about 2 s)."""
     from scienceworld import ScienceWorldEnv
@@ -91,7 +99,7 @@ class SciWorldEnv:
     focusing on the wrong object), or after ``max_steps`` steps (a failure). An action the
     simulator does not know is sent, answered with its "No known action" message, and the
     transition is flagged ``valid=False``. An ambiguous action (several objects match) is
-    resolved to the simulator's first reading, as its own examples do.
+    resolved to the reading whose text sorts first (:func:`first_reading`).
 
     The JVM starts on the first call (about 2 s); ``close`` stops it. Each call to it is
     bounded by ``call_timeout_s`` (0: no limit): a JVM that does not answer in time is
@@ -207,7 +215,7 @@ class SciWorldEnv:
         with self._jvm.call(f"step {action!r}") as engine:
             observation, score, completed, inventory = self._send(engine.server, action)
             if is_ambiguous(observation):
-                observation, score, completed, inventory = self._send(engine.server, "0")
+                observation, score, completed, inventory = self._send(engine.server, first_reading(observation))
         self._steps += 1
         self._last = (observation, inventory)
         success = completed and score >= 100

@@ -122,7 +122,7 @@ class SciWorldEnv:
         self._gold: list[str] = []
         self._score = 0.0
         self._steps = 0
-        self._last = ("", "")  # the last answer and inventory the simulator gave
+        self._inventory = ""  # the inventory the simulator last gave (a refused step shows it)
         self._done = True
 
     @property
@@ -201,7 +201,7 @@ class SciWorldEnv:
         if observation.startswith("ERROR"):  # e.g. an unknown simplification
             raise EngineError(f"scienceworld: reset {task.id}: {observation.strip()}")
         self._score, self._steps, self._done = score, 0, False
-        self._last = (observation, inventory)
+        self._inventory = inventory
         return self._observe(observation, inventory, score)
 
     def step(self, *, action: str) -> StepResult:
@@ -217,7 +217,7 @@ class SciWorldEnv:
             if is_ambiguous(observation):
                 observation, score, completed, inventory = self._send(engine.server, first_reading(observation))
         self._steps += 1
-        self._last = (observation, inventory)
+        self._inventory = inventory
         success = completed and score >= 100
         failed = (completed and not success) or score < 0
         truncated = not (success or failed) and self._steps >= self.max_steps
@@ -238,10 +238,10 @@ class SciWorldEnv:
         self._steps += 1
         truncated = self._steps >= self.max_steps
         self._done = truncated
-        _, inventory = self._last  # nothing is sent: in the simulator even a look lets time pass
+        # nothing is sent: in the simulator even a look lets time pass
         observation = f"{UNKNOWN_ACTION} ('{action}' is not an action of the task)"
         return StepResult(
-            observation=self._observe(observation, inventory, self._score),
+            observation=self._observe(observation, self._inventory, self._score),
             reward=0.0, done=truncated, success=False, valid=False,
             info={"score": self._score, "score_delta": 0.0, "truncated": truncated, "steps": self._steps},
         )

@@ -1,4 +1,6 @@
+import struct
 import warnings
+import zlib
 
 import msgspec
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 from dreamgym_core.errors import DataError
 from dreamgym_core.testing import BagOfWordsEncoder, make_transitions
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig
-from dreamgym_plugin_exact.segments import Frame, encode_frame, segment_files
+from dreamgym_plugin_exact.segments import Frame, encode_frame, read_segment, segment_files
 
 
 def _blob(records):
@@ -338,6 +340,32 @@ def test_rollback_to_a_negative_position_is_refused_and_forgets_nothing(tmp_path
         assert list(b) == kept
 
 
+def test_ids_named_only_by_an_evict_frame_are_never_given_again(tmp_path, distinct):
+    """The add frame of rolled-back records is damaged, its evict frame intact: a reopened buffer
+    took its next id from the surviving adds, gave those ids to new records, and the next open
+    dropped the new records as evicted."""
+    kept, later, new = distinct(6, prefix="kept"), distinct(4, source="synthetic", prefix="later"), distinct(3, prefix="new")
+    with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=kept)
+        position = b.position
+        b.add(transitions=later)
+        b.rollback(to=position)
+    (segment,) = segment_files(tmp_path)
+    frames, _ = read_segment(segment)
+    assert [f.kind for _, f in frames] == ["add", "add", "evict"]
+    data = bytearray(segment.read_bytes())
+    data[frames[1][0] + 20] ^= 0xFF  # inside the rolled-back add frame's payload
+    segment.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="checksum mismatch"):
+        with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+            assert list(b) == kept
+            assert b.position == position + len(later)
+            assert b.add(transitions=new) == 3
+    with pytest.warns(UserWarning, match="checksum mismatch"):
+        with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+            assert list(b) == kept + new
+
+
 @pytest.mark.parametrize("dedup", ["content", "none"])
 def test_lone_surrogate_is_refused_without_harming_later_writes(tmp_path, distinct, dedup):
     good, later = distinct(3, prefix="good"), distinct(2, prefix="later")
@@ -382,6 +410,28 @@ def test_frames_that_pass_the_checksum_but_do_not_fit_are_skipped_by_name(tmp_pa
     assert all("inconsistent frame" in p for p in b.problems)
     b.close()
     with pytest.raises(DataError, match=f"{seg.name}: offset 0: inconsistent frame \\(1 transitions for 2 record ids"):
+        ExactBuffer(ExactConfig(strict=True), encoder=enc, path=tmp_path)
+
+
+def test_a_frame_whose_ids_decode_but_whose_transitions_do_not_is_reported_and_skipped(tmp_path, distinct):
+    """An open reads record ids first and transitions after: a frame that passes the first
+    read and fails the second is still a named problem, and refused when strict."""
+    enc = BagOfWordsEncoder()
+    first, second = distinct(3, prefix="a"), distinct(1, prefix="b")
+    with ExactBuffer(encoder=enc, path=tmp_path) as b:
+        b.add(transitions=first)
+    vectors = np.eye(1, enc.dim, dtype="<f4").tobytes()
+    payload = msgspec.msgpack.encode(
+        {"kind": "add", "rids": [10], "transitions": [{"state": 5}], "encoder_id": enc.id, "dim": enc.dim, "vectors": vectors}
+    )
+    seg = tmp_path / "seg-000009.dgs"
+    seg.write_bytes(struct.pack("<4sII", b"DGF1", len(payload), zlib.crc32(payload)) + payload
+                    + encode_frame(Frame(kind="add", rids=[11], transitions=second, encoder_id=enc.id, dim=enc.dim, vectors=vectors)))
+    with pytest.warns(UserWarning, match=f"{seg.name}: offset 0: undecodable frame"):
+        b = ExactBuffer(encoder=enc, path=tmp_path)
+    assert list(b) == first + second and len(b.problems) == 1
+    b.close()
+    with pytest.raises(DataError, match=f"{seg.name}: offset 0: undecodable frame"):
         ExactBuffer(ExactConfig(strict=True), encoder=enc, path=tmp_path)
 
 

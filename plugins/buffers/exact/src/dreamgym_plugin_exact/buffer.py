@@ -28,7 +28,7 @@ from dreamgym_core.records import Transition
 
 from .config import ExactConfig
 from .search import embedding_text, merge_ranked, topk_cosine
-from .segments import Frame, SegmentWriter, read_segment, segment_files
+from .segments import Frame, SegmentWriter, iter_segment, segment_files
 
 __all__ = ["ExactBuffer", "Space", "content_key", "EVICTION_ORDER"]
 
@@ -151,7 +151,7 @@ class ExactBuffer:
         self._queues: dict[str, deque[int]] = {s: deque() for s in EVICTION_ORDER}
         # (next record id when it happened, record ids) of each capacity eviction, so a
         # rollback can tell whether it lost older records it cannot bring back
-        self._evictions: list[tuple[int, list[int]]] = []
+        self._evictions: list[tuple[int, np.ndarray]] = []
         self._spaces: dict[str, Space] = {}
         self._pending: list[Frame] = []
         self._pending_records = 0
@@ -174,44 +174,52 @@ class ExactBuffer:
     # --- opening -----------------------------------------------------------
 
     def _open(self) -> None:
+        """Load the segment files in two passes, so memory follows the live records, not the history.
+
+        Loading every frame first held each record ever written (a long run at a fixed capacity
+        reopened with all it had evicted). The first pass keeps only record ids: what was
+        evicted, what the configured encoder embedded, the highest id. The second replays one
+        file at a time, only frames the first pass accepted."""
         self.path.mkdir(parents=True, exist_ok=True)
-        frames: list[Frame] = []
-        dims: dict[str, int] = {}  # the first frame of an encoder sets its dimension
-        for file in segment_files(self.path):
-            got, problems = read_segment(file)
-            for offset, frame in got:
-                dim = dims.setdefault(frame.encoder_id, frame.dim) if frame.encoder_id else frame.dim
-                if dim != frame.dim:
-                    problems.append(
-                        f"{file.name}: offset {offset}: inconsistent frame (dim {frame.dim}, earlier frames of "
-                        f"encoder {frame.encoder_id!r} have dim {dim}), skipped"
-                    )
-                else:
-                    frames.append(frame)
-            for problem in problems:
-                if "torn frame" not in problem:
-                    if self.config.strict:
-                        raise DataError(f"{self.path}/{problem}")
-                    warnings.warn(f"replay buffer {self.path}/{problem}; the rest is recovered", stacklevel=3)
-                self.problems.append(problem)
-        evicted = {rid for f in frames if f.kind == "evict" for rid in f.rids}
-        covered = self._embedded_by_current(frames)
-        for frame in frames:
-            self._replay(frame, evicted, covered)
-            if frame.kind == "evict" and not frame.rollback:
-                self._evictions.append((self._next_rid, list(frame.rids)))
+        files = segment_files(self.path)
+        index = _SegmentIndex(self.encoder.id)
+        for file in files:
+            for problem in index.scan(file):
+                self._problem(problem)
+        evicted, covered = index.evicted(), index.covered()
+        for file in files:
+            accepted = index.accepted[file.name]
+            for offset, frame in iter_segment(file):
+                if offset not in accepted:
+                    continue
+                if isinstance(frame, str):  # its record ids decoded, a transition did not
+                    self._problem(f"{file.name}: {frame}")
+                    continue
+                self._replay(frame, evicted, covered)
+                if frame.kind == "evict" and not frame.rollback:
+                    self._evictions.append((self._next_rid, np.asarray(frame.rids, dtype=np.int64)))
+        # Ids of every frame, not only of the adds that survived: an add frame lost to corruption
+        # whose ids a later evict frame names left them free, and new records given them were
+        # dropped as evicted on the next open.
+        self._next_rid = max(self._next_rid, index.next_rid)
         self._sealed_rows = len(self._records)
         self._writer = SegmentWriter(self.path, max_records=self.config.segment_records)
 
-    def _embedded_by_current(self, frames: list[Frame]) -> np.ndarray:
-        """Sorted record ids that some frame embeds with the configured encoder."""
-        ids = [np.asarray(f.rids, dtype=np.int64) for f in frames if f.encoder_id == self.encoder.id]
-        return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+    def _problem(self, problem: str) -> None:
+        """A damaged part of a segment found on opening: refused when strict, else a warning
+        (none for a torn last frame, what a killed writer leaves)."""
+        if "torn frame" not in problem:
+            if self.config.strict:
+                raise DataError(f"{self.path}/{problem}")
+            warnings.warn(f"replay buffer {self.path}/{problem}; the rest is recovered", stacklevel=4)
+        self.problems.append(problem)
 
-    def _replay(self, frame: Frame, evicted: set[int], covered: np.ndarray) -> None:
+    def _replay(self, frame: Frame, evicted: np.ndarray, covered: np.ndarray) -> None:
         vectors = self._vectors(frame)
         if frame.kind == "add":
-            keep = [i for i, rid in enumerate(frame.rids) if rid not in evicted and rid not in self._row_of]
+            rids = np.asarray(frame.rids, dtype=np.int64)
+            gone = np.isin(rids, evicted)
+            keep = [i for i, rid in enumerate(frame.rids) if not gone[i] and rid not in self._row_of]
             rows = self._append([frame.transitions[i] for i in keep], [frame.rids[i] for i in keep])
             self._next_rid = max(self._next_rid, max(frame.rids, default=-1) + 1)
             if vectors is not None:
@@ -370,7 +378,7 @@ class ExactBuffer:
                     victims.append(row)
                     excess -= 1
         if victims:
-            self._evictions.append((self._next_rid, self._retire(victims, rollback=False)))
+            self._evictions.append((self._next_rid, np.asarray(self._retire(victims, rollback=False), dtype=np.int64)))
 
     def _compact(self) -> None:
         """Drop evicted rows from memory once they outnumber the live ones (the lock held).
@@ -453,7 +461,7 @@ class ExactBuffer:
             self._require_open()
             n = len(self._records)
             rows = np.flatnonzero(self._alive[:n] & (self._rids[:n] >= to))
-            lost = sum(rid < to for at, rids in self._evictions if at > to for rid in rids)
+            lost = sum(int((rids < to).sum()) for at, rids in self._evictions if at > to)
             if lost:
                 warnings.warn(
                     f"replay buffer {self.path or '(in memory)'}: rollback to {to} cannot restore {lost} older "
@@ -775,6 +783,50 @@ class ExactBuffer:
                 raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from exc
             raise
         return count
+
+
+class _SegmentIndex:
+    """The first pass of an open: per file the offsets of frames to replay, and record ids only."""
+
+    def __init__(self, encoder_id: str) -> None:
+        self.encoder_id = encoder_id
+        self.accepted: dict[str, set[int]] = {}
+        self.next_rid = 0
+        self._dims: dict[str, int] = {}  # the first frame of an encoder sets its dimension
+        self._evicted: list[np.ndarray] = []
+        self._covered: list[np.ndarray] = []
+
+    def scan(self, file: Path) -> list[str]:
+        """Index ``file``'s intact frames; the problems found (file: offset: what)."""
+        problems: list[str] = []
+        accepted = self.accepted[file.name] = set()
+        for offset, frame in iter_segment(file, ids_only=True):
+            if isinstance(frame, str):
+                problems.append(f"{file.name}: {frame}")
+                continue
+            dim = self._dims.setdefault(frame.encoder_id, frame.dim) if frame.encoder_id else frame.dim
+            if dim != frame.dim:
+                problems.append(
+                    f"{file.name}: offset {offset}: inconsistent frame (dim {frame.dim}, earlier frames of "
+                    f"encoder {frame.encoder_id!r} have dim {dim}), skipped"
+                )
+                continue
+            accepted.add(offset)
+            rids = np.asarray(frame.rids, dtype=np.int64)
+            self.next_rid = max(self.next_rid, int(rids.max()) + 1 if len(rids) else 0)
+            if frame.kind == "evict":
+                self._evicted.append(rids)
+            if frame.encoder_id == self.encoder_id:
+                self._covered.append(rids)
+        return problems
+
+    def evicted(self) -> np.ndarray:
+        """Sorted ids of records some frame evicted."""
+        return np.unique(np.concatenate(self._evicted)) if self._evicted else np.zeros(0, dtype=np.int64)
+
+    def covered(self) -> np.ndarray:
+        """Sorted ids of records the configured encoder embedded."""
+        return np.unique(np.concatenate(self._covered)) if self._covered else np.zeros(0, dtype=np.int64)
 
 
 def _read_jsonl(path: str | Path) -> list[Transition]:

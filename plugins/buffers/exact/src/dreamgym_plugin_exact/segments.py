@@ -22,14 +22,14 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import msgspec
 
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 
-__all__ = ["Frame", "encode_frame", "frame_inconsistency", "read_segment", "SegmentWriter", "segment_files", "MAGIC"]
+__all__ = ["Frame", "FrameIds", "encode_frame", "frame_inconsistency", "iter_segment", "read_segment", "SegmentWriter", "segment_files", "MAGIC"]
 
 MAGIC = b"DGF1"
 _HEADER = struct.Struct("<4sII")
@@ -54,8 +54,22 @@ class Frame(msgspec.Struct, frozen=True, kw_only=True):
     rollback: bool = False
 
 
+class FrameIds(msgspec.Struct, frozen=True, kw_only=True):
+    """A :class:`Frame` decoded without its transitions (kept as raw msgpack): what the first
+    pass of an open needs, and enough for :func:`frame_inconsistency`."""
+
+    kind: Literal["add", "embed", "evict"]
+    rids: list[int]
+    transitions: list[msgspec.Raw] = []
+    encoder_id: str = ""
+    dim: int = 0
+    vectors: bytes = b""
+    rollback: bool = False
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
+_ids_decoder = msgspec.msgpack.Decoder(FrameIds)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -70,21 +84,34 @@ def read_segment(path: Path) -> tuple[list[tuple[int, Frame]], list[str]]:
     Raises:
         DataError: the file cannot be read (permissions, not a file).
     """
+    frames: list[tuple[int, Frame]] = []
+    problems: list[str] = []
+    for offset, result in iter_segment(path):
+        if isinstance(result, str):
+            problems.append(f"{path.name}: {result}")
+        else:
+            frames.append((offset, result))
+    return frames, problems
+
+
+def iter_segment(path: Path, *, ids_only: bool = False) -> Iterator[tuple[int, Frame | FrameIds | str]]:
+    """(offset, frame) per intact frame of ``path``, (offset, what is wrong) per problem, in file order.
+
+    A caller that uses each frame and drops it holds the file's bytes and one decoded frame,
+    not every frame of the file. ``ids_only`` decodes :class:`FrameIds` instead, which skips
+    building the transitions.
+
+    Raises:
+        DataError: the file cannot be read (permissions, not a file).
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read replay buffer segment: {exc.strerror or exc}") from exc
-    frames: list[tuple[int, Frame]] = []
-    problems: list[str] = []
-    for result in _scan(data):
-        if isinstance(result, str):
-            problems.append(f"{path.name}: {result}")
-        else:
-            frames.append(result)
-    return frames, problems
+    yield from _scan(data, _ids_decoder if ids_only else _decoder)
 
 
-def frame_inconsistency(frame: Frame) -> str | None:
+def frame_inconsistency(frame: Frame | FrameIds) -> str | None:
     """What is wrong with a frame that decodes but cannot be what a writer wrote, or None."""
     if frame.kind == "add" and len(frame.transitions) != len(frame.rids):
         return f"{len(frame.transitions)} transitions for {len(frame.rids)} record ids"
@@ -95,26 +122,26 @@ def frame_inconsistency(frame: Frame) -> str | None:
     return None
 
 
-def _scan(data: bytes) -> Iterator[tuple[int, Frame] | str]:
+def _scan(data: bytes, decoder: msgspec.msgpack.Decoder) -> Iterator[tuple[int, Any]]:
     pos = 0
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
-            yield f"offset {pos}: torn frame header at end of file (an unfinished write), its {len(data) - pos} bytes dropped"
+            yield pos, f"offset {pos}: torn frame header at end of file (an unfinished write), its {len(data) - pos} bytes dropped"
             return
         magic, length, crc = _HEADER.unpack_from(data, pos)
         start, end = pos + _HEADER.size, pos + _HEADER.size + length
         if magic != MAGIC or length > _MAX_PAYLOAD:
-            yield f"offset {pos}: bad frame marker, skipping to the next frame"
+            yield pos, f"offset {pos}: bad frame marker, skipping to the next frame"
             pos = _resync(data, pos + 1)
             continue
         if end > len(data):
             following = _next_intact(data, pos + 1)
             if following < 0:
-                yield f"offset {pos}: torn frame at end of file (an unfinished write, or a damaged length field), its {len(data) - pos} bytes dropped"
+                yield pos, f"offset {pos}: torn frame at end of file (an unfinished write, or a damaged length field), its {len(data) - pos} bytes dropped"
                 return
             # A torn write is always the last thing in a file: intact frames after it
             # mean the length field itself is corrupt.
-            yield (
+            yield pos, (
                 f"offset {pos}: frame length {length} runs past the end of the file but an intact frame "
                 f"follows at offset {following} (corrupt length field), skipping to it"
             )
@@ -122,16 +149,16 @@ def _scan(data: bytes) -> Iterator[tuple[int, Frame] | str]:
             continue
         payload = data[start:end]
         if zlib.crc32(payload) != crc:
-            yield f"offset {pos}: checksum mismatch, frame skipped"
+            yield pos, f"offset {pos}: checksum mismatch, frame skipped"
             pos = _resync(data, pos + 1)
             continue
         try:
-            frame = _decoder.decode(payload)
+            frame = decoder.decode(payload)
         except msgspec.DecodeError as exc:
-            yield f"offset {pos}: undecodable frame ({exc}), skipped"
+            yield pos, f"offset {pos}: undecodable frame ({exc}), skipped"
         else:
             wrong = frame_inconsistency(frame)
-            yield f"offset {pos}: inconsistent frame ({wrong}), skipped" if wrong else (pos, frame)
+            yield pos, f"offset {pos}: inconsistent frame ({wrong}), skipped" if wrong else frame
         pos = end
 
 

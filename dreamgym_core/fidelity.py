@@ -9,6 +9,7 @@ transition error eps_P. We estimate both on held-out real transitions:
   (the share of the real state's lines written word for word: a room, a map, an action list);
 - the accuracy of the best constant predictor (majority class) on the same labels,
   which a useful model must beat.
+- an unparsable answer counts as wrong on every label (see :func:`fidelity_metrics`);
 - refusal recall: of the held-out actions the real engine refused, the share the model
   calls invalid (present only when the held-out set has refused actions: expert and
   random data pick listed actions, so add explore episodes to measure it).
@@ -132,51 +133,73 @@ def outcome_label(*, reward: float, done: bool, success: bool) -> tuple[int, boo
 
 
 def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[Transition]) -> dict[str, float]:
-    """Every fidelity metric of predictions against the real transitions (same order)."""
+    """Every fidelity metric of predictions against the real transitions (same order).
+
+    An answer that stayed unparsable predicts nothing: it is wrong on every label and scores 0
+    on every next-state measure. Its stand-in (no reward, done, not won, invalid) agreed with
+    the common real labels, so a model whose answers never parsed scored 0.9 success agreement
+    and a perfect refusal recall. ``eps_r_mean`` is over the parsed answers (absent when none
+    parsed); ``parse_failed`` says how many were not."""
     if len(results) != len(transitions):
         raise ValueError(f"{len(results)} results for {len(transitions)} transitions")
     if not transitions:
         return {"fidelity/n": 0.0}
-    pred_outcome = [outcome_label(reward=r.reward, done=r.done, success=r.success) for r in results]
+    parsed = [r.parse_status != "failed" for r in results]
+
+    def said(values: Sequence[Hashable]) -> list[Hashable]:
+        return [v if ok else _NO_ANSWER for v, ok in zip(values, parsed)]
+
+    pred_outcome = said([outcome_label(reward=r.reward, done=r.done, success=r.success) for r in results])
     # a real episode cut by its step cap has not ended: the model is scored on the game's own end
     real_outcome = [outcome_label(reward=t.reward, done=t.game_over, success=t.success) for t in transitions]
+    pred_reward = said([outcome_label(reward=r.reward, done=r.done, success=r.success)[0] for r in results])
+    pred_success = said([r.success for r in results])
     rewards = [o[0] for o in real_outcome]
     successes = [t.success for t in transitions]
     n = len(transitions)
+    answered = [(r, t) for r, t, ok in zip(results, transitions, parsed) if ok]
+
+    def state_score(score: Callable[[str, str], float]) -> float:
+        return sum(score(r.next_state, t.next_state) for r, t in answered) / n
+
     return {
         "fidelity/n": float(n),
         "fidelity/outcome_agreement": agreement(pred_outcome, real_outcome),
         "fidelity/outcome_majority_baseline": majority_accuracy(real_outcome),
-        "fidelity/reward_agreement": agreement([o[0] for o in pred_outcome], rewards),
+        "fidelity/reward_agreement": agreement(pred_reward, rewards),
         "fidelity/reward_majority_baseline": majority_accuracy(rewards),
-        "fidelity/eps_r_mean": sum(abs(r.reward - t.reward) for r, t in zip(results, transitions)) / n,
-        "fidelity/success_agreement": agreement([r.success for r in results], successes),
+        **({"fidelity/eps_r_mean": sum(abs(r.reward - t.reward) for r, t in answered) / len(answered)} if answered else {}),
+        "fidelity/success_agreement": agreement(pred_success, successes),
         "fidelity/success_majority_baseline": majority_accuracy(successes),
-        "fidelity/done_agreement": agreement([r.done for r in results], [t.game_over for t in transitions]),
+        "fidelity/done_agreement": agreement(said([r.done for r in results]), [t.game_over for t in transitions]),
         "fidelity/done_majority_baseline": majority_accuracy([t.game_over for t in transitions]),
-        "fidelity/valid_agreement": agreement([r.valid for r in results], [t.valid for t in transitions]),
+        "fidelity/valid_agreement": agreement(said([r.valid for r in results]), [t.valid for t in transitions]),
         "fidelity/valid_majority_baseline": majority_accuracy([t.valid for t in transitions]),
-        "fidelity/next_state_exact_match": sum(
-            exact_match(r.next_state, t.next_state) for r, t in zip(results, transitions)
-        ) / n,
-        "fidelity/next_state_token_f1": sum(token_f1(r.next_state, t.next_state) for r, t in zip(results, transitions)) / n,
-        "fidelity/next_state_line_recall": sum(line_recall(r.next_state, t.next_state) for r, t in zip(results, transitions)) / n,
-        "fidelity/parse_failed": sum(r.parse_status == "failed" for r in results) / n,
+        "fidelity/next_state_exact_match": state_score(exact_match),
+        "fidelity/next_state_token_f1": state_score(token_f1),
+        "fidelity/next_state_line_recall": state_score(line_recall),
+        "fidelity/parse_failed": sum(not ok for ok in parsed) / n,
         "fidelity/parse_repaired": sum(r.parse_status == "repaired" for r in results) / n,
         **refusal_recall(results, transitions),
-        **_balanced("reward", [o[0] for o in pred_outcome], rewards),
-        **_balanced("success", [r.success for r in results], successes),
+        **_balanced("reward", pred_reward, rewards),
+        **_balanced("success", pred_success, successes),
     }
 
 
+# What an unparsable answer predicts: equal to no real label.
+_NO_ANSWER = "(no answer)"
+
+
 def refusal_recall(results: Sequence[ExperienceResult], transitions: Sequence[Transition]) -> dict[str, float]:
-    """Share of the real engine's refusals the model also calls invalid; no key without refusals."""
+    """Share of the real engine's refusals the model also calls invalid; no key without refusals.
+    An unparsable answer refused nothing (its stand-in is invalid, which counted as a refusal)."""
     if len(results) != len(transitions):
         raise ValueError(f"{len(results)} results for {len(transitions)} transitions")
     refused = [r for r, t in zip(results, transitions) if not t.valid]
     if not refused:
         return {}
-    return {"fidelity/refusal_recall": sum(not r.valid for r in refused) / len(refused), "fidelity/refused_n": float(len(refused))}
+    recalled = sum(not r.valid and r.parse_status != "failed" for r in refused)
+    return {"fidelity/refusal_recall": recalled / len(refused), "fidelity/refused_n": float(len(refused))}
 
 
 class UnparsedAnswer(msgspec.Struct, frozen=True):

@@ -90,16 +90,33 @@ def test_fidelity_metrics_against_a_majority_baseline() -> None:
     constant = [_r(next_state="room here"), _r(), _r(), _r(status="failed", done=True)]
     m = fidelity_metrics(constant, real)
     assert m["fidelity/reward_agreement"] == 0.75 == m["fidelity/reward_majority_baseline"]
-    assert m["fidelity/success_agreement"] == 0.75 and m["fidelity/done_agreement"] == 1.0
+    # the failed answer's stand-in says done, as the real last step does: it still counts as wrong
+    assert m["fidelity/success_agreement"] == 0.75 and m["fidelity/done_agreement"] == 0.75
     assert m["fidelity/done_majority_baseline"] == 0.75
-    assert m["fidelity/eps_r_mean"] == 0.25 and m["fidelity/parse_failed"] == 0.25
-    assert m["fidelity/next_state_exact_match"] == 0.75
-    assert m["fidelity/next_state_token_f1"] == pytest.approx((2 / 3 + 3) / 4)
-    assert m["fidelity/next_state_line_recall"] == 0.75  # "room here" is not the line "room"
+    assert m["fidelity/eps_r_mean"] == 0.0 and m["fidelity/parse_failed"] == 0.25  # eps_r over parsed answers
+    assert m["fidelity/next_state_exact_match"] == 0.5
+    assert m["fidelity/next_state_token_f1"] == pytest.approx((2 / 3 + 2) / 4)
+    assert m["fidelity/next_state_line_recall"] == 0.5  # "room here" is not the line "room"
     assert m["fidelity/reward_balanced_accuracy"] == 0.5 == m["fidelity/success_balanced_accuracy"]  # a constant's
     assert fidelity_metrics(perfect, real)["fidelity/reward_balanced_accuracy"] == 1.0
     assert "fidelity/reward_balanced_accuracy" not in fidelity_metrics([_r()], [_t(0)])  # no win to find
     assert fidelity_metrics([], []) == {"fidelity/n": 0.0}
+
+
+def test_unparsable_answers_are_wrong_on_every_label_and_refuse_nothing() -> None:
+    """Their stand-in (no reward, done, not won, invalid) matched the common real labels: a
+    model that never answered scored 0.75 success agreement here and a perfect refusal recall."""
+    real = [_t(0), _t(1), _t(2), _t(3, done=True, success=True)]
+    real[1] = msgspec.structs.replace(real[1], valid=False)
+    failed = [_r(status="failed", done=True, next_state="room") for _ in real]
+    failed = [msgspec.structs.replace(r, valid=False) for r in failed]
+    m = fidelity_metrics(failed, real)
+    for label in ("outcome", "reward", "success", "done", "valid"):
+        assert m[f"fidelity/{label}_agreement"] == 0.0, label
+    assert m["fidelity/refusal_recall"] == 0.0 and m["fidelity/refused_n"] == 1.0
+    assert m["fidelity/next_state_exact_match"] == 0.0 == m["fidelity/next_state_line_recall"]
+    assert m["fidelity/reward_balanced_accuracy"] == 0.0 and "fidelity/eps_r_mean" not in m
+    assert m["fidelity/parse_failed"] == 1.0
 
 
 def test_line_recall_takes_each_line_whole() -> None:

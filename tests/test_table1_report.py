@@ -292,3 +292,17 @@ def test_a_fidelity_mean_some_seeds_lack_says_on_how_many_it_rests(table1) -> No
     text = table1.report(["coin"], [0, 1])
     assert "- coin fidelity/success_agreement: 0.950\n" in text
     assert "- coin fidelity/success_balanced_accuracy: 0.800 (1 of 2 seeds)" in text
+
+
+def test_a_rebuilt_donor_matches_its_cell_up_to_the_unparsable_answers_now_counted_wrong(table1) -> None:
+    cached = {"warmstart_success": 0.5, "fidelity": {"fidelity/n": 60.0, "fidelity/parse_failed": 0.05,
+                                                      "fidelity/success_agreement": 0.95}}
+    first = {"eval_before/success_rate": 0.5, "fidelity/n": 60.0, "fidelity/parse_failed": 0.05}
+    assert table1.same_before_rl({**first, "fidelity/success_agreement": 0.95}, cached)
+    assert table1.same_before_rl({**first, "fidelity/success_agreement": 0.9}, cached)  # all three failed answers matched
+    assert not table1.same_before_rl({**first, "fidelity/success_agreement": 0.8833}, cached)
+    assert not table1.same_before_rl({**first, "fidelity/success_agreement": 0.9667}, cached)
+    assert not table1.same_before_rl({**first, "eval_before/success_rate": 0.53125, "fidelity/success_agreement": 0.95}, cached)
+    assert not table1.same_before_rl({**first, "fidelity/parse_failed": 0.0333, "fidelity/success_agreement": 0.95}, cached)
+    no_model = {"warmstart_success": 0.5, "fidelity": {}}
+    assert table1.same_before_rl({"eval_before/success_rate": 0.5}, no_model)

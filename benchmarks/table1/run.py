@@ -408,12 +408,30 @@ def rebuilt_before_rl(game: str, row: str, seed: int) -> Path:
                "success_agreement": first.get("fidelity/success_agreement")}
     expected = {"warmstart_success": cached["warmstart_success"],
                 "success_agreement": cached["fidelity"].get("fidelity/success_agreement")}
-    if rebuilt != expected:
+    if not same_before_rl(first, cached):
         raise SystemExit(f"{game}/{row}/seed{seed}: the rebuilt run in {run_dir} gives {rebuilt}, the cached cell {expected}; "
                          "new cells would not share its warm start (float rounding differs between code versions and CPUs; "
                          f"the seed's cells ran on {simd_of(cached.get('machine', ''))}, this rebuild on {_simd_text(machine(held=bool(env)))}; "
                          "delete the seed's cells of this game to rebuild them all on this machine)")
     return run_dir
+
+
+def same_before_rl(first: dict, cached: dict) -> bool:
+    """Whether a rebuilt run's first metrics row is the cached cell's warm start and experience model.
+
+    Equal warm-start success, fidelity sample size and share of unparsable answers; equal success
+    agreement, but for the unparsable answers: cells cached before fidelity scored those as wrong counted
+    each as its stand-in's labels (not won), now each counts as wrong, so the rebuilt agreement
+    may be lower than the cached one by at most that share."""
+    fidelity = cached["fidelity"]
+    if first.get("eval_before/success_rate") != cached["warmstart_success"]:
+        return False
+    if first.get("fidelity/n") != fidelity.get("fidelity/n") or first.get("fidelity/parse_failed") != fidelity.get("fidelity/parse_failed"):
+        return False
+    now, then = first.get("fidelity/success_agreement"), fidelity.get("fidelity/success_agreement")
+    if now is None or then is None:
+        return now == then
+    return then - fidelity.get("fidelity/parse_failed", 0.0) - 1e-9 <= now <= then + 1e-9
 
 
 def _before_rl_metrics(run_dir: Path) -> dict:

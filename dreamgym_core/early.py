@@ -29,7 +29,8 @@ from .rollout import step_transition
 
 __all__ = [
     "BRANCH_TAG", "collect_branches", "world_model_segments", "world_model_examples", "outcome", "reflection",
-    "reflection_prompt", "parse_reflection", "TeacherReflector", "reflections", "write_reflections",
+    "reflection_prompt", "parse_reflection", "TeacherReflector", "reflections", "write_reflections", "StateKey",
+    "demo_state_key",
 ]
 
 def _replay(env: Env, demo: Trajectory, step: int) -> Observation | None:
@@ -78,10 +79,11 @@ def world_model_examples(
     """The branches as SFT examples, each prompt as the policy saw that state in its demo
     (task, recent history, offered actions). Branches past ``max_steps`` are left out, as
     the demos are: the policy never meets that step."""
-    by_episode = {d.transitions[0].episode_id: d for d in demos if d.transitions}
+    # by task too: offline data may give two tasks' episodes one id
+    by_episode = {(d.task.id, d.transitions[0].episode_id): d for d in demos if d.transitions}
     examples = []
     for b in branches:
-        demo = by_episode[branch_parent(b.episode_id)]
+        demo = by_episode[(b.task_id, branch_parent(b.episode_id))]
         if b.step >= max_steps:
             continue
         history = [HistoryStep(state=t.state, action=t.action) for t in demo.transitions[: b.step]]
@@ -112,15 +114,24 @@ def reflection(demo_step: Transition, branches: Sequence[Transition]) -> str:
     return f"'{demo_step.action}' {outcome(demo_step)}. Others: {others}."
 
 
-ReflectionItems = dict[tuple[str, int], tuple[Task, Transition, list[Transition]]]
+# A demo state: (task id, episode id, the state's index in its episode). Offline data may give
+# two tasks' episodes one id, and its recorded steps need not run 0, 1, 2 (a branch is numbered
+# by the index, as :func:`collect_branches` finds it).
+StateKey = tuple[str, str, int]
+ReflectionItems = dict[StateKey, tuple[Task, Transition, list[Transition]]]
+
+
+def demo_state_key(demo: Trajectory, index: int) -> StateKey:
+    """The key of the ``index``-th state of ``demo`` (reflections are looked up by it)."""
+    return demo.task.id, demo.transitions[index].episode_id, index
 
 
 def _reflection_items(branches: Sequence[Transition], demos: Sequence[Trajectory]) -> ReflectionItems:
-    """(task, demo step, its branches) for each (demo episode id, step) that has branches."""
-    grouped: dict[tuple[str, int], list[Transition]] = {}
+    """(task, demo step, its branches) for each demo state that has branches."""
+    grouped: dict[StateKey, list[Transition]] = {}
     for b in branches:
-        grouped.setdefault((branch_parent(b.episode_id), b.step), []).append(b)
-    steps = {(t.episode_id, t.step): (d.task, t) for d in demos for t in d.transitions}
+        grouped.setdefault((b.task_id, branch_parent(b.episode_id), b.step), []).append(b)
+    steps = {demo_state_key(d, i): (d.task, t) for d in demos for i, t in enumerate(d.transitions)}
     return {key: (*steps[key], group) for key, group in grouped.items() if key in steps}
 
 
@@ -167,8 +178,8 @@ class TeacherReflector:
         self.seed = seed
         self.counters = {"teacher": 0, "fallback": 0}
 
-    def reflect(self, items: ReflectionItems) -> dict[tuple[str, int], str]:
-        written: dict[tuple[str, int], str] = {}
+    def reflect(self, items: ReflectionItems) -> dict[StateKey, str]:
+        written: dict[StateKey, str] = {}
         pending = list(items)
         for attempt in range(self.max_retries + 1):
             if not pending:
@@ -189,9 +200,9 @@ class TeacherReflector:
 
 def reflections(
     branches: Sequence[Transition], demos: Sequence[Trajectory], *, teacher: TeacherReflector | None = None
-) -> dict[tuple[str, int], str]:
-    """A reflection for each (demo episode id, step) that has branches: the teacher's when one
-    is given, else the rule-based :func:`reflection`."""
+) -> dict[StateKey, str]:
+    """A reflection for each demo state (:func:`demo_state_key`) that has branches: the
+    teacher's when one is given, else the rule-based :func:`reflection`."""
     items = _reflection_items(branches, demos)
     if teacher is not None:
         return teacher.reflect(items)
@@ -201,7 +212,7 @@ def reflections(
 def write_reflections(
     mode: str, branches: Sequence[Transition], demos: Sequence[Trajectory], *,
     build_teacher: Callable[[], Any], seed: int, say: Callable[[str], None],
-) -> dict[tuple[str, int], str] | None:
+) -> dict[StateKey, str] | None:
     """The demos' self-reflections for ``loop.self_reflection`` = ``mode`` (None when "off");
     ``build_teacher()`` builds the teacher's backend for "teacher"."""
     if mode == "off":

@@ -30,7 +30,7 @@ from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
 from .config import PipelineConfig, ResolvedPipeline, config_hash, s2r_synthetic_iterations
 from .contracts import WrongReturn, checked_metrics, checked_saved, checked_texts
-from .early import world_model_examples, write_reflections
+from .early import StateKey, demo_state_key, world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .progress import RolloutProgress, step_progress, takes
@@ -220,7 +220,7 @@ class Runner:
         }
         self.history: list[dict[str, float]] = []
         self.branches: list[Transition] = []  # Early Experience's branch transitions (data.branch_actions)
-        self._thoughts: dict[tuple[str, int], str] | None = None  # their self-reflections (loop.self_reflection)
+        self._thoughts: dict[StateKey, str] | None = None  # their self-reflections (loop.self_reflection)
         self.selection = ValidSelection(self.run_dir / "policy_best") if self.cfg.eval.valid_every else None
         self._started = time.perf_counter()
         self.domain = self.buffer = None
@@ -507,7 +507,7 @@ class Runner:
             metrics.update(selector.restore_best())
         return metrics
 
-    def _reflections(self, offline: list[Trajectory]) -> dict[tuple[str, int], str] | None:
+    def _reflections(self, offline: list[Trajectory]) -> dict[StateKey, str] | None:
         """Self-reflections for the demos' states (loop.self_reflection), written once: the
         tokenizer is fitted on them before the warm start trains on them."""
         if self._thoughts is None:
@@ -934,10 +934,10 @@ class EpochSelector:
 
 
 def demo_conversations(
-    trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int, thoughts: Mapping[tuple[str, int], str] | None = None,
+    trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int, thoughts: Mapping[StateKey, str] | None = None,
 ) -> list[list[tuple[str, str]]]:
     """The (agent prompt, expert response) turns of each successful offline episode; a
-    response's ``<think>`` holds ``thoughts[(episode_id, step)]`` where given (self-reflection).
+    response's ``<think>`` holds ``thoughts[demo_state_key(trajectory, step)]`` where given (self-reflection).
 
     Only their first ``max_steps`` steps: the policy never meets a later one (the offline
     env's own cap may be higher), and its prompt would read "Step 7 of at most 6"."""
@@ -951,14 +951,14 @@ def demo_conversations(
         for step, t in enumerate(traj.transitions[:max_steps]):
             obs = Observation(text=t.state, admissible_actions=list(t.admissible_actions))
             prompt = build_agent_prompt(task=traj.task, observation=obs, history=history, step=step, max_steps=max_steps, history_window=history_window)
-            turns.append((prompt, render_response(t.action, thought=thoughts.get((t.episode_id, t.step), ""))))
+            turns.append((prompt, render_response(t.action, thought=thoughts.get(demo_state_key(traj, step), ""))))
             history.append(HistoryStep(state=t.state, action=t.action))
         conversations.append(turns)
     return conversations
 
 
 def demo_examples(
-    trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int, thoughts: Mapping[tuple[str, int], str] | None = None,
+    trajectories: Sequence[Trajectory], *, max_steps: int, history_window: int, thoughts: Mapping[StateKey, str] | None = None,
 ) -> list[tuple[str, str]]:
     """(agent prompt, expert response) pairs from successful offline episodes, one per step
     (the local policy reads each step's prompt on its own; see :func:`demo_conversations`)."""

@@ -104,17 +104,19 @@ def test_self_reflections_put_the_branches_outcomes_in_the_demos_think(twx_domai
     demos = _demos(domain)
     branches, _ = collect_branches(domain.make_env, demos, k=2, seed=0)
     thoughts = reflections(branches, demos)
-    assert set(thoughts) == {(b.episode_id.rsplit(BRANCH_TAG, 1)[0], b.step) for b in branches}
+    assert set(thoughts) == {(b.task_id, b.episode_id.rsplit(BRANCH_TAG, 1)[0], b.step) for b in branches}
     last = demos[0].transitions[-1]
-    text = thoughts[(last.episode_id, last.step)]
+    text = thoughts[(demos[0].task.id, last.episode_id, last.step)]
     assert text.startswith(f"'{last.action}' completes the task. Others: ")
     for b in (b for b in branches if b.episode_id.startswith(f"{last.episode_id}{BRANCH_TAG}{last.step}.")):
         assert f"'{b.action}' {outcome(b)}" in text
     pairs = demo_examples(demos, max_steps=100, history_window=1, thoughts=thoughts)
     plain = demo_examples(demos, max_steps=100, history_window=1)
     assert [p for p, _ in pairs] == [p for p, _ in plain]
-    steps = [t for d in demos for t in d.transitions]
-    assert [r for _, r in pairs] == [f"<think>{thoughts.get((t.episode_id, t.step), '')}</think><action>{t.action}</action>" for t in steps]
+    steps = [(d.task.id, t) for d in demos for t in d.transitions]
+    assert [r for _, r in pairs] == [
+        f"<think>{thoughts.get((task_id, t.episode_id, t.step), '')}</think><action>{t.action}</action>" for task_id, t in steps
+    ]
 
 
 def test_a_teachers_reflection_is_one_line_without_tags() -> None:
@@ -151,7 +153,7 @@ def test_smollm2_writes_the_reflections_and_unusable_ones_fall_back_to_the_rule(
     backend = SmolLM2Backend.from_config(SmolLM2Config())
     teacher = TeacherReflector(backend, max_new_tokens=64, seed=0)
     written = reflections(branches, [demo], teacher=teacher)
-    assert set(written) == {(demo.transitions[0].episode_id, t.step) for t in demo.transitions}
+    assert set(written) == {(demo.task.id, demo.transitions[0].episode_id, t.step) for t in demo.transitions}
     assert teacher.counters["teacher"] + teacher.counters["fallback"] == len(written) and teacher.counters["teacher"] > 0
     said: list[str] = []  # what the run loop and verl's warm start call
     assert write_reflections("teacher", branches, [demo], build_teacher=lambda: backend, seed=0, say=said.append).keys() == written.keys()
@@ -164,7 +166,7 @@ def test_smollm2_writes_the_reflections_and_unusable_ones_fall_back_to_the_rule(
     step = demo.transitions[-1]
     prompt = reflection_prompt(demo.task, step, [b for b in branches if b.step == step.step])
     assert f"The agent chose '{step.action}', which led to:\n{step.next_state}" in prompt
-    assert rule[(step.episode_id, step.step)] == reflection(step, [b for b in branches if b.step == step.step])
+    assert rule[(demo.task.id, step.episode_id, step.step)] == reflection(step, [b for b in branches if b.step == step.step])
 
 
 def test_a_branch_asks_the_experience_model_with_its_demos_history(twx_domains) -> None:

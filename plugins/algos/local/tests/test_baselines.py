@@ -1,12 +1,14 @@
 """SFT and DPO baselines on a tiny random Llama."""
 
+import logging
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from dreamgym_core.records import PolicyDecision, Task, Trajectory, Transition
-from dreamgym_plugin_local.batch import response_logprobs
+from dreamgym_plugin_local.batch import TokenBatch, response_logprobs
 from dreamgym_plugin_local.config import DPOConfig, SFTConfig
 from dreamgym_plugin_local.dpo import DPO, preference_pairs
 from dreamgym_plugin_local.sft import SFT
@@ -133,3 +135,65 @@ def test_the_dpo_loss_of_a_step_is_the_mean_over_its_pairs(kit):
     assert metrics["data/pairs"] == 4 and metrics["losses/dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
     # and no pair is counted as ranked right while its two implicit rewards are equal
     assert metrics["charts/reward_margin"] == 0.0 and metrics["charts/reward_accuracy"] == 0.0
+
+
+def test_an_empty_step_keeps_its_index_for_the_same_step_fallback():
+    task = Task(id="t", instruction="find the key", domain="d")
+    # the winner wrote nothing at step 0: its steps 1 and 2 face the loser's steps 1 and 2
+    win = _played(task, [("W0", ""), ("W1", "take key"), ("W2", "open door")], True)
+    loss = _played(task, [("L0", "go west"), ("L1", "look"), ("L2", "go east")], False)
+    assert preference_pairs([win, loss]) == [("W1", "take key", "look"), ("W2", "open door", "go east")]
+    # the loser wrote nothing at step 1: nothing to reject there (not its step 0 or 2)
+    gap = _played(task, [("L0", "go west"), ("L1", ""), ("L2", "go east")], False)
+    assert preference_pairs([win, gap]) == [("W2", "open door", "go east")]
+
+
+def test_sft_minibatch_of_a_response_without_tokens_takes_no_step_and_is_no_error(kit, caplog):
+    task = Task(id="t", instruction="find the key", domain="d")
+    blank = _played(task, [("W0", " ")], True)  # not empty, but the tokenizer gives it no token
+    good = _played(task, [("W0", "go north")], True)
+    algo = SFT(SFTConfig(lr=1e-3, minibatch_size=1), policy=kit.TinyPolicy(), seed=0)
+    with caplog.at_level(logging.WARNING):
+        metrics = algo.update(groups=[[blank, good]])
+    assert metrics["errors/nonfinite_loss_steps"] == 0 and metrics["perf/optimizer_steps"] == 1
+    assert metrics["data/empty_minibatches"] == 1 and "optimizer step skipped" not in caplog.text
+
+
+def test_micro_batched_metrics_are_weighed_by_the_micro_batches_that_ran(kit):
+    # minibatch of two rows, one without tokens: its micro-batch is skipped, and the other's loss
+    # is the minibatch's, so the logged loss is that of the whole minibatch at once
+    task = Task(id="t", instruction="find the key", domain="d")
+    group = [_played(task, [("W0", " ")], True), _played(task, [("W0", "go north")], True)]
+    logged = [
+        SFT(SFTConfig(lr=1e-3, minibatch_size=2, micro_batch_size=micro), policy=kit.TinyPolicy(), seed=0).update(groups=[group])
+        for micro in (None, 1)
+    ]
+    assert logged[1]["losses/sft_loss"] == pytest.approx(logged[0]["losses/sft_loss"], rel=1e-6)
+
+
+class _MetaModel(torch.nn.Module):
+    """A stand-in causal LM on the meta device: logits of the asked-for columns, nothing computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(1, device="meta"))
+
+    def forward(self, input_ids, attention_mask, output_hidden_states, logits_to_keep):
+        return SimpleNamespace(logits=torch.empty(input_ids.shape[0], len(logits_to_keep), 8, device="meta"))
+
+
+def test_a_batch_without_response_tokens_keeps_its_logits_index_on_the_batch_device(kit, monkeypatch):
+    # on a GPU, a column index on the CPU made searchsorted raise; the meta device stands in for it
+    algo = SFT(SFTConfig(), policy=kit.TinyPolicy(), seed=0)
+    cpu = algo._tokenize(["W0", "W1"], [" ", ""])
+    batch = TokenBatch(*(t.to("meta") for t in (cpu.input_ids, cpu.attention_mask, cpu.positions, cpu.response_mask)))
+    searchsorted = torch.searchsorted
+
+    def same_device(sorted_sequence, values, **kwargs):
+        assert sorted_sequence.device == values.device, (sorted_sequence.device, values.device)
+        return searchsorted(sorted_sequence, values, **kwargs)
+
+    monkeypatch.setattr(torch, "searchsorted", same_device)
+    monkeypatch.setattr(batch.response_mask, "any", lambda: torch.tensor(False))  # a meta tensor has no value to test
+    logp, _ = response_logprobs(_MetaModel(), batch)
+    assert logp.shape == cpu.response_mask.shape

@@ -549,3 +549,30 @@ def test_a_choice_update_refuses_a_step_whose_answer_is_not_among_its_listed_one
     algo = GRPO(GRPOConfig(listed_update="choice"), policy=kit.TinyPolicy(), seed=0)
     with pytest.raises(DataError, match=r"^step 0: its answer '< action > open door < / action >' is not among the 3 listed answers"):
         algo.update(groups=[[stray, _listed(kit.trajectory(task, ["go north"], False), CHOICE_OPTIONS)]])
+
+
+def without_eos(policy):
+    policy.tokenizer.eos_token = None  # an empty response then has no token to be trained as
+    return policy
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+@pytest.mark.parametrize("micro", [None, 1])
+def test_a_minibatch_without_response_tokens_takes_no_step_and_is_no_error(cls, config_type, micro, kit, caplog):
+    # one row per minibatch: the empty response's minibatch has no token to divide its loss by
+    task = kit.make_groups()[0][0].task
+    group = [unparsed(kit, task, ""), unparsed(kit, task, "")]
+    algo = cls(config_type(lr=1e-3, minibatch_size=1, micro_batch_size=micro, kl_coef=0.0), policy=without_eos(kit.TinyPolicy()), seed=0)
+    before = kit.flat_params(algo.policy.model)
+    told = []
+    with caplog.at_level(logging.WARNING):
+        metrics = algo.update(groups=[group], on_batch=lambda *args: told.append(args))
+    assert metrics["errors/nonfinite_loss_steps"] == 0 and metrics["perf/optimizer_steps"] == 0
+    assert metrics["data/empty_minibatches"] == 2 and told == []
+    assert torch.equal(before, kit.flat_params(algo.policy.model))
+    assert "optimizer step skipped" not in caplog.text
+    # a minibatch of both rows (with micro: in two micro-batches, neither with a token): no step either
+    algo = cls(config_type(lr=1e-3, minibatch_size=2, micro_batch_size=micro, kl_coef=0.0), policy=without_eos(kit.TinyPolicy()), seed=0)
+    metrics = algo.update(groups=[group])
+    assert metrics["errors/nonfinite_loss_steps"] == 0 and metrics["perf/optimizer_steps"] == 0
+    assert metrics["data/empty_minibatches"] == 1

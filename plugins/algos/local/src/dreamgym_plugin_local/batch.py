@@ -157,8 +157,12 @@ def response_logprobs(
     before = (batch.positions - 1).clamp(min=0)
     # Logits only at the positions that predict a response token (logits_to_keep with explicit
     # indices): the full (batch, length, vocab) tensor is most of the memory for a large
-    # vocabulary and a long prompt, while responses are a few tokens.
-    keep = torch.unique(before[batch.response_mask > 0]) if batch.response_mask.any() else torch.zeros(1, dtype=torch.long)
+    # vocabulary and a long prompt, while responses are a few tokens. With no response token:
+    # one column (all masked below), on the device of ``before``, which searchsorted reads with it.
+    keep = (
+        torch.unique(before[batch.response_mask > 0]) if batch.response_mask.any()
+        else torch.zeros(1, dtype=torch.long, device=before.device)
+    )
     out = model(
         input_ids=batch.input_ids.to(device),
         attention_mask=batch.attention_mask.to(device),

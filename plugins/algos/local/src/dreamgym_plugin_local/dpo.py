@@ -4,8 +4,9 @@ A pair is (prompt, chosen, rejected): ``chosen`` is a step response of a success
 trajectory, ``rejected`` a different response of a failed trajectory of the same task at
 the same state (same prompt) when one exists (the winner's assigned failed trajectory
 first, then the others in turn), else the assigned one's response at the same step index
-(a similar state). A state the failed trajectories answered only as the winner did gives
-no pair. Both are scored under the chosen step's prompt.
+(a similar state; an empty response is never trained, but its step still counts). A state
+the failed trajectories answered only as the winner did, or the assigned one left empty at
+that index, gives no pair. Both are scored under the chosen step's prompt.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ __all__ = ["DPO", "preference_pairs"]
 
 
 def _responses(traj: Trajectory) -> list[tuple[str, str]]:
-    return [(d.prompt, d.text) for d in traj.decisions if d.text]
+    """(prompt, response) of every step, empty ones included: the list index is the step index."""
+    return [(d.prompt, d.text) for d in traj.decisions]
 
 
 def preference_pairs(group: Sequence[Trajectory], max_pairs: int = 0) -> list[tuple[str, str, str]]:
     """(prompt, chosen, rejected) pairs from one task's trajectories (see module docs)."""
     winners = [_responses(t) for t in group if t.success and t.decisions]
     losers = [_responses(t) for t in group if not t.success and t.decisions]
-    losers = [steps for steps in losers if steps]
+    losers = [steps for steps in losers if any(r for _, r in steps)]  # one with no response has nothing to reject
     pairs = []
     for w, chosen_steps in enumerate(winners):
         if not losers:
@@ -41,13 +43,15 @@ def preference_pairs(group: Sequence[Trajectory], max_pairs: int = 0) -> list[tu
         k = w % len(losers)
         rejected_steps = losers[k]
         for i, (prompt, chosen) in enumerate(chosen_steps):
+            if not chosen:
+                continue
             # the same state: the assigned loser first, then the others in turn
-            same_state = [r for steps in losers[k:] + losers[:k] for p, r in steps if p == prompt]
+            same_state = [r for steps in losers[k:] + losers[:k] for p, r in steps if p == prompt and r]
             if same_state:
                 rejected = next((r for r in same_state if r != chosen), chosen)
             else:
                 rejected = rejected_steps[min(i, len(rejected_steps) - 1)][1]
-            if rejected != chosen:
+            if rejected and rejected != chosen:
                 pairs.append((prompt, chosen, rejected))
     return pairs[:max_pairs] if max_pairs else pairs
 

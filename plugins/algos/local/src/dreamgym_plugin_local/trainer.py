@@ -261,18 +261,23 @@ class LocalTrainer:
 
     def _backward(
         self, index: torch.Tensor, loss_fn: LossFn, weights: torch.Tensor | None,
-    ) -> tuple[float, dict[str, float]]:
+    ) -> tuple[float, dict[str, float]] | None:
         """Gradients of the minibatch ``index``'s loss, in micro-batches of ``micro_batch_size``
         rows, each loss scaled by its share of the minibatch's (``weights``: per row, see
         ``maths.row_weights``). Returns the minibatch's loss and its metrics: the micro-batches'
         metrics weighted by their rows, as verl logs micro-batches (a token-mean of one is not
         the minibatch's exactly). A non-finite micro-batch loss stops there and is returned (its
-        step is then skipped)."""
+        step is then skipped). None, and no gradients, when the minibatch's weights sum to 0
+        (no row has a response token): there is nothing to learn, and its loss would be 0/0."""
+        if weights is not None and not float(weights[index.cpu()].sum()) > 0:
+            return None
         size = self.config.micro_batch_size
         chunks = list(index.split(size)) if size is not None and size < len(index) else [index]
         shares = maths.micro_shares(weights, chunks) if len(chunks) > 1 else None
         if shares is None:
             chunks, shares = [index], [1.0]
+        # the rows of the micro-batches that run (a skipped one has no metrics to weigh)
+        ran = sum(len(chunk) for chunk, share in zip(chunks, shares) if share != 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         total, metrics = 0.0, {}
         for chunk, share in zip(chunks, shares):
@@ -284,7 +289,7 @@ class LocalTrainer:
             (loss * share).backward()  # share 1.0: the gradients exactly as unscaled
             total += share * loss.item()
             for key, value in chunk_metrics.items():
-                metrics[key] = metrics.get(key, 0.0) + value * len(chunk) / len(index)
+                metrics[key] = metrics.get(key, 0.0) + value * len(chunk) / ran
         return total, metrics
 
     def _optimise(self, loss: float) -> bool:
@@ -323,14 +328,20 @@ class LocalTrainer:
         self, n_rows: int, epochs: int, loss_fn: LossFn, on_batch: OnBatch | None = None, weights: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Run ``loss_fn`` over shuffled minibatches, step the optimiser, average metrics
-        (``on_batch(epoch, step, steps, loss)``: told after each minibatch, for progress lines;
-        ``weights``: each row's part of the loss normaliser, for micro-batches; None: a sum).
+        (``on_batch(epoch, step, steps, loss)``: told after each minibatch that has response
+        tokens, for progress lines; ``weights``: each row's part of the loss normaliser, for
+        micro-batches and to tell a minibatch without response tokens; None: a sum). A minibatch
+        without response tokens takes no step and is counted in ``data/empty_minibatches``.
         """
         totals: dict[str, float] = {}
-        steps, start = 0, time.perf_counter()
+        steps, empty, start = 0, 0, time.perf_counter()
         per_epoch = math.ceil(n_rows / self.config.minibatch_size)
         for i, index in enumerate(self._minibatches(n_rows, epochs)):
-            loss, metrics = self._backward(index, loss_fn, weights)
+            result = self._backward(index, loss_fn, weights)
+            if result is None:
+                empty += 1
+                continue
+            loss, metrics = result
             if self._optimise(loss):
                 steps += 1
                 for key, value in metrics.items():
@@ -340,6 +351,7 @@ class LocalTrainer:
         self.counters["updates"] += 1
         out = {key: value / steps for key, value in totals.items()}
         out["perf/optimizer_steps"] = float(steps)
+        out["data/empty_minibatches"] = float(empty)
         out["perf/train_seconds"] = time.perf_counter() - start
         out["errors/nonfinite_loss_steps"] = float(self.counters["nonfinite_loss_steps"])
         return out

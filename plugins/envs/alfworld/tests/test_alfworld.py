@@ -16,7 +16,7 @@ from dreamgym_core.plugins import Plugins
 from dreamgym_core.records import Task
 from dreamgym_core.testing import check_domain
 from dreamgym_plugin_alfworld import AlfWorldConfig, AlfWorldDomain, EngineError, PickAndPlace, write_game
-from dreamgym_plugin_alfworld.env import NOTHING_HAPPENS, intro_parts
+from dreamgym_plugin_alfworld.env import NOTHING_HAPPENS, AlfWorldEnv, intro_parts
 
 TRAIN = [
     PickAndPlace(receptacles=["CounterTop", "Fridge", "Cabinet"], objects=[("Apple", 0), ("Mug", 2)], target=("Apple", "Fridge")),
@@ -110,6 +110,20 @@ def test_an_action_the_engine_cannot_carry_out_changes_nothing_and_is_flagged(do
         env.close()
 
 
+def test_help_is_answered_but_invalid_as_it_is_not_listed(domain):
+    # The TextWorld domains' rule: an action outside the state's list is flagged invalid,
+    # even where the engine answers it.
+    env = domain.make_env()
+    try:
+        start = env.reset(task=domain.tasks(split="train")[0])
+        result = env.step(action="help")
+        assert "help" not in start.admissible_actions and not result.valid and not result.done
+        assert result.observation.text.startswith("Observation: Available commands:")
+        assert env.step(action=" look ").valid  # a listed action the engine reads, spacing aside
+    finally:
+        env.close()
+
+
 def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(domain):
     # An int used to reach the engine, whose failure ended the episode.
     env = domain.make_env()
@@ -130,6 +144,84 @@ def test_the_state_shows_what_the_agent_holds(domain):
         env.step(action="go to countertop 1")
         held = env.step(action="take apple 1 from countertop 1").observation.text
         assert "Inventory: apple 1\n" in held and "move apple 1 to countertop 1" in domain.admissible_in(held)
+    finally:
+        env.close()
+
+
+# A kitchen the size of ALFWorld's big FloorPlan16: 52 receptacles, 16 objects on the table.
+BIG_KITCHEN = PickAndPlace(
+    receptacles=["Cabinet"] * 27 + ["CoffeeMachine", "CounterTop", "CounterTop", "DiningTable"] + ["Drawer"] * 12
+    + ["Fridge", "GarbageCan", "Microwave", "SinkBasin"] + ["StoveBurner"] * 4 + ["Toaster"],
+    objects=[(cls, 30) for cls in (
+        "Apple", "Bread", "Bread", "Bread", "Bread", "ButterKnife", "Fork", "GlassBottle", "GlassBottle", "Mug",
+        "PaperTowelRoll", "PepperShaker", "Plate", "Spoon", "Tomato", "WineBottle",
+    )],
+    target=("Bread", "CounterTop"),
+)
+
+
+def test_the_state_lists_every_action_of_a_large_room(tmp_path):
+    # The synthetic env offers the policy what admissible_in reads back from a state; with the
+    # list cut after the "go to" group, it read back as few as one action of 70.
+    root = tmp_path / "json_2.1.1"
+    write_game(root, "train", BIG_KITCHEN)
+    domain = AlfWorldDomain(AlfWorldConfig(data_path=str(root)))  # the default budget
+    env = domain.make_env()
+    try:
+        seen = [env.reset(task=domain.tasks(split="train")[0])]
+        for action in ("go to diningtable 1", "take bread 1 from diningtable 1", "go to countertop 1"):
+            seen.append(env.step(action=action).observation)
+        assert max(len(obs.admissible_actions) for obs in seen) == 70
+        for obs in seen:
+            assert sorted(domain.admissible_in(obs.text)) == sorted(obs.admissible_actions)
+    finally:
+        env.close()
+
+
+def test_a_failed_reset_leaves_no_episode_to_play(data, monkeypatch):
+    env = AlfWorldEnv(root=data, max_steps=12, max_observation_chars=600, max_action_chars=2000, gold_path=True)
+    task = AlfWorldDomain(AlfWorldConfig(data_path=str(data))).tasks(split="train")[0]
+    try:
+        env.reset(task=task)
+        env.step(action="go to countertop 1")
+        assert env.gold_actions()
+
+        def broken_reset():
+            raise RuntimeError("planner library failed")
+
+        monkeypatch.setattr(env._engine, "reset", broken_reset)  # the same game: no load before the reset
+        with pytest.raises(EngineError, match="reset failed: RuntimeError: planner library failed"):
+            env.reset(task=task)
+        with pytest.raises(EngineError, match=r"step\(\) needs reset\(\) first"):
+            env.step(action="take apple 1 from countertop 1")
+        assert env.gold_actions() == []
+        monkeypatch.undo()
+        assert env.reset(task=task).admissible_actions and env.step(action="look").info["steps"] == 1
+    finally:
+        monkeypatch.undo()
+        env.close()
+
+
+def test_a_scene_solved_at_reset_is_refused():
+    with pytest.raises(ValueError, match=r"scene 'put a Apple in Fridge' is solved at reset: a Apple starts in receptacle 1 \(Fridge\)"):
+        PickAndPlace(receptacles=["CounterTop", "Fridge"], objects=[("Apple", 1)], target=("Apple", "Fridge"))
+
+
+def test_a_game_won_at_reset_fails_the_reset(tmp_path):
+    # Its first step, even one the engine cannot carry out, would be rewarded as the success.
+    root = tmp_path / "json_2.1.1"
+    game = write_game(root, "train", PickAndPlace(receptacles=["CounterTop", "Fridge"], objects=[("Apple", 0)], target=("Apple", "Fridge")))
+    content = json.loads(game.read_text())
+    # the goal asks for the countertop, where the apple starts
+    problem = content["pddl_problem"].replace("(receptacleType ?r FridgeType)", "(receptacleType ?r CounterTopType)")
+    game.write_text(json.dumps(content | {"pddl_problem": problem}))
+    domain = AlfWorldDomain(AlfWorldConfig(data_path=str(root)))
+    env = domain.make_env()
+    try:
+        with pytest.raises(EngineError, match=r"the task is already done at reset .*: its goal holds in the initial state"):
+            env.reset(task=domain.tasks(split="train")[0])
+        with pytest.raises(EngineError, match=r"step\(\) needs reset\(\) first"):
+            env.step(action="take apple 1 from fridge 1")
     finally:
         env.close()
 

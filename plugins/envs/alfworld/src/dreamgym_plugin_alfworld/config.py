@@ -40,7 +40,13 @@ class AlfWorldConfig(Config):
         Probability, Meta(description="Noisy-expert policy: chance of a random admissible action instead of the planner's next one.")
     ] = 0.3
     max_observation_chars: Annotated[PositiveInt, Meta(description="Budget of the observation line of the state.")] = 600
-    max_action_chars: Annotated[PositiveInt, Meta(description="Budget of the compact action list in the state text.")] = 400
+    # The state's action list is the only list a generated state carries (the synthetic env reads
+    # it back), and past the budget whole verbs are dropped. ALFWorld's big kitchens (FloorPlan16:
+    # 52 receptacles, 16 objects on its table) need about 1,360 characters; 2,000 leaves margin.
+    max_action_chars: Annotated[
+        PositiveInt,
+        Meta(description="Budget of the compact action list in the state text; past it, whole verbs are left out of the list."),
+    ] = 2000
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,7 +10,8 @@ builds it. The state is the TextWorld domains' abstract state (``dreamgym_plugin
     Actions (9): go to cabinet 1 / fridge 1; take apple 1 from countertop 1; examine countertop 1; ...
 
 ALFWorld's engine reports no inventory, so it is read from the game's facts (what the agent
-``holds``). Its meta command ``help`` is left out of the actions.
+``holds``). Its meta command ``help`` is left out of the actions, so, like any action outside
+the list (the TextWorld domains' rule), it is answered but flagged ``valid=False``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from dreamgym_core.contracts import checked_action
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
+from dreamgym_plugin_textworld.env import is_admissible
 from dreamgym_plugin_textworld.state import render_state
 
 __all__ = ["AlfWorldEnv", "EngineError", "NOTHING_HAPPENS", "intro_parts", "held_items"]
@@ -86,8 +88,10 @@ class AlfWorldEnv:
     Reward is the paper's outcome reward: 1.0 on the step that completes the task, else 0.
     The episode ends on success or after ``max_steps`` steps (a failure; ALFWorld has no
     other way to lose). An action the engine cannot carry out is answered "Nothing happens."
-    and flagged ``valid=False``. With ``gold_path``, the PDDL planner's plan from the current
-    state is kept after every reset and step (:meth:`gold_actions`), for expert data.
+    and flagged ``valid=False``; so is one outside the state's action list (``help``), though
+    the engine answers it, as in the TextWorld domains. With ``gold_path``, the PDDL planner's
+    plan from the current state is kept after every reset and step (:meth:`gold_actions`), for
+    expert data.
     Loading a game takes about 0.15 s; resetting the same game again about 0.04 s.
     """
 
@@ -117,8 +121,12 @@ class AlfWorldEnv:
         self._game = game
         return self._engine
 
+    @staticmethod
+    def _actions(state: Any) -> list[str]:
+        return [a for a in state["admissible_commands"] if a not in _META_COMMANDS]
+
     def _observe(self, feedback: str, state: Any) -> Observation:
-        actions = [a for a in state["admissible_commands"] if a not in _META_COMMANDS]
+        actions = self._actions(state)
         held = held_items(state.get("facts"))
         inventory = f"You are carrying: {', '.join(held)}." if held else "nothing"
         text = render_state(
@@ -131,12 +139,16 @@ class AlfWorldEnv:
         """Start ``task``'s game (its payload's ``game``, relative to the data folder); ALFWorld's
         games are deterministic, so ``seed`` is not used."""
         game = self.root / task.payload["game"]
+        # Whatever fails below, the previous episode must not stay playable.
+        self._state, self._steps, self._done = None, 0, True
         engine = self._load(game)
         try:
-            self._state = engine.reset()
+            state = engine.reset()
         except Exception as exc:
             raise EngineError(f"alfworld {task.id}: reset failed: {type(exc).__name__}: {exc}") from exc
-        self._steps, self._done = 0, False
+        if state["won"]:  # its first step, whatever it is, would be rewarded as the success
+            raise EngineError(f"alfworld {task.id}: the task is already done at reset ({game}): its goal holds in the initial state")
+        self._state, self._done = state, False
         room, _ = intro_parts(self._state["feedback"])
         return self._observe(room, self._state)
 
@@ -144,6 +156,7 @@ class AlfWorldEnv:
         checked_action(action, "alfworld env")  # before the engine, whose failure ends the episode
         if self._done:
             raise EngineError("alfworld env: step() needs reset() first (the episode is over or not started)")
+        listed = is_admissible(action, self._actions(self._state))
         try:
             state, _, _ = self._engine.step(action)
         except Exception as exc:
@@ -159,7 +172,7 @@ class AlfWorldEnv:
             reward=1.0 if success else 0.0,
             done=self._done,
             success=success,
-            valid=feedback != NOTHING_HAPPENS,
+            valid=listed and feedback != NOTHING_HAPPENS,
             info={"truncated": truncated, "steps": self._steps},
         )
 

@@ -42,6 +42,14 @@ class PickAndPlace(msgspec.Struct, frozen=True):
             raise ValueError(f"object placed in receptacle {bad[0]}, but there are {len(self.receptacles)}")
         if self.target[1] not in self.receptacles or self.target[0] not in {c for c, _ in self.objects}:
             raise ValueError(f"target {self.target} names a class the scene does not have")
+        # A goal that holds at reset would reward the first step, whatever it is, as the success.
+        obj, rec = self.target
+        solved = [i for cls, i in self.objects if cls == obj and self.receptacles[i] == rec]
+        if solved:
+            raise ValueError(
+                f"scene 'put a {obj} in {rec}' is solved at reset: a {obj} starts in receptacle {solved[0]} ({rec}); "
+                f"start every {obj} in a receptacle that is not a {rec}"
+            )
 
 
 def engine_files() -> tuple[str, str]:

@@ -99,3 +99,21 @@ def test_hashing_keeps_letters_of_every_script():
     vectors = HashingEncoder().encode(texts=states)
     assert np.abs(vectors).sum(axis=1).min() > 0
     assert np.allclose(vectors @ vectors.T, np.eye(4), atol=0.25)  # four different texts, four directions
+
+
+def test_hashing_rows_whose_signs_cancel_are_still_unit_rows():
+    # Without bigrams, two words can land in one bucket with opposite signs ("close to" at
+    # dim 256): such rows used to be all zero. Every other row must stay as it was, checked
+    # against a digest recorded before the fallback.
+    enc = HashingEncoder(HashingConfig(bigrams=False))
+    words = (
+        "take open close go to fridge apple mug cabinet drawer countertop look inventory put in on from the a key "
+        "door north south east west book desk shelf pen egg sink microwave lamp knife"
+    ).split()
+    texts = [f"{a} {b}" for i, a in enumerate(words) for b in words[i + 1:]]
+    rows = enc.encode(texts=texts)
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1.0)
+    cancelled = ["close to", "desk lamp"]  # the zero rows before
+    kept = enc.encode(texts=[t for t in texts if t not in cancelled])
+    assert hashlib.sha256(kept.astype("<f4").tobytes()).hexdigest() == "6e617e5b6621b055c6c53129564230d5ea36fa303295a05908dd3b429c1402e4"
+    assert not enc.encode(texts=["", "!?"]).any()  # text without words is still a zero row

@@ -66,7 +66,12 @@ def features(text: str, bigrams: bool = True) -> list[str]:
 
 
 class HashingEncoder:
-    """phi without a model: each feature adds +-1 to one of ``dim`` buckets (crc32)."""
+    """phi without a model: each feature adds +-1 to one of ``dim`` buckets (crc32).
+
+    Rows are L2-normalised; only a text without words gives a zero row. The signs of an
+    even number of features can cancel in every bucket (``bigrams=False``: "close to" at
+    dim 256); such a row counts each feature as +1 instead.
+    """
 
     def __init__(self, config: HashingConfig | None = None) -> None:
         self.config = config or HashingConfig()
@@ -81,6 +86,10 @@ class HashingEncoder:
             )
             signs = np.where(hashes & np.uint32(1 << 31), -1.0, 1.0).astype(np.float32)
             np.add.at(out[row], hashes % self.dim, signs)
+            if hashes.size and not out[row].any():
+                # Only rows that cancelled out take the fallback: every other row, and the
+                # embeddings stored with it, stay as they were.
+                np.add.at(out[row], hashes % self.dim, np.float32(1.0))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out

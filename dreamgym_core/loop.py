@@ -773,13 +773,14 @@ class Runner:
         metrics.update(self._advance_curriculum(tasks, groups))
         metrics["rollout/dropped_unanswered_episodes"] = float(dropped)
         metrics.update(stats.metrics("rollout"))
-        metrics.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
         metrics["charts/synthetic_phase"] = float(phase == "synthetic")
         metrics["perf/iteration_seconds"] = time.perf_counter() - started
         if self.experience_model is not None and hasattr(self.experience_model, "metrics"):
             metrics.update(self.experience_model.metrics())
         if self._validation_due(iteration + 1):
             metrics.update(self._score_valid(iteration + 1))
+        # after the validation play, whose real steps the row counts (valid_transitions)
+        metrics.update({f"counters/{k}": float(v) for k, v in self.counters.items()})
         self.counters["iteration"] = iteration + 1
         self._log(iteration, metrics)
         self._say(f"iteration {iteration + 1}/{self.cfg.loop.iterations} ({phase}): {_brief(metrics)}")

@@ -117,6 +117,12 @@ def test_validation_plays_are_counted_as_real_transitions_apart(register_plugin,
     summary = run_pipeline(_resolved(plugins, run_dir, {"valid_every": 1}, policy="scripted", iterations=2), plugins)
     played = sum(r["valid/episode_length"] * r["valid/episodes"] for r in _rows(run_dir) if "valid/success_rate" in r)
     assert played > 0 and summary["counters/valid_transitions"] == played
+    # each iteration's row counts what was played up to it, its own validation included
+    so_far = 0.0
+    for row in _rows(run_dir):
+        so_far += row.get("valid/episode_length", 0.0) * row.get("valid/episodes", 0.0)
+        if "counters/valid_transitions" in row:
+            assert row["counters/valid_transitions"] == so_far, row["step"]
     assert f"real transitions on validation tasks, to pick a policy (not trained on): {int(played)}" in (run_dir / "report.md").read_text()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import socket
 
@@ -404,6 +405,28 @@ def test_chat_template_without_template_is_rejected(trained, tmp_path):
     trained.save(path=str(tmp_path / "m"))
     with pytest.raises(ConfigError, match="chat template"):
         HFBackend.load(str(tmp_path / "m"), chat_template=True)
+
+
+def test_a_checkpoint_trained_with_the_chat_template_reloads_with_it(trained, tmp_path):
+    """The checkpoint says how its prompts were formatted: reloaded through ``hf`` or ``serve``
+    without saying, a model trained on chat-formatted prompts was read with plain ones."""
+    from dreamgym_plugin_hf.serve import load_backend
+
+    chat = copy.deepcopy(trained)
+    chat.tokenizer.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    chat.chat_template = True
+    chat.save(path=str(tmp_path / "chat"))
+    trained.save(path=str(tmp_path / "plain"))
+    assert HFBackend.load(str(tmp_path / "chat"), max_length=64).chat_template is True
+    assert load_backend(str(tmp_path / "chat")).chat_template is True
+    assert HFBackend.load(str(tmp_path / "plain"), max_length=64).chat_template is False
+    with pytest.warns(UserWarning, match="trained with chat_template=true, loaded with chat_template=false"):
+        assert HFBackend.load(str(tmp_path / "chat"), chat_template=False, max_length=64).chat_template is False
+    (tmp_path / "plain" / "dreamgym.json").unlink()  # saved before the file existed: off, as it was
+    assert HFBackend.load(str(tmp_path / "plain"), max_length=64).chat_template is False
+    (tmp_path / "chat" / "dreamgym.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"dreamgym.json: cannot read the checkpoint's settings"):
+        HFBackend.load(str(tmp_path / "chat"), max_length=64)
 
 
 def test_prepare_fits_domain_words_as_single_tokens(small_config):

@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -32,7 +33,7 @@ from .text import IGNORE, cut_at_stop, keep_end, left_pad, right_pad, segment_la
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HFBackend", "context_length", "load_pretrained", "save_checkpoint"]
+__all__ = ["HFBackend", "context_length", "load_pretrained", "resolve_chat_template", "save_checkpoint", "saved_chat_template"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Example = Sequence[tuple[str, bool]]
@@ -162,8 +163,13 @@ def _save_model(model: PreTrainedModel, directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True)
 
 
-def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
-    """Save model (safetensors) and tokenizer to ``path`` atomically.
+# Beside the weights: how the saved model's prompts were formatted, which its weights cannot say.
+SETTINGS_FILE = "dreamgym.json"
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str, *, chat_template: bool | None = None) -> None:
+    """Save model (safetensors) and tokenizer to ``path`` atomically; with ``chat_template``,
+    also whether the model was trained on chat-formatted prompts (:data:`SETTINGS_FILE`).
 
     Written to a sibling temporary directory first and swapped in, so a kill never
     leaves a half-written checkpoint at ``path``.
@@ -175,6 +181,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
         with quiet_progress_bars():
             _save_model(model, tmp)
             tokenizer.save_pretrained(tmp)
+        if chat_template is not None:
+            (tmp / SETTINGS_FILE).write_text(json.dumps({"chat_template": chat_template}) + "\n")
         plain_file_modes(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
@@ -184,6 +192,41 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def saved_chat_template(path: str) -> bool | None:
+    """Whether the checkpoint at ``path`` was saved with chat-formatted prompts; None when it does
+    not say (a hub model, or a checkpoint saved before the file existed).
+
+    Raises:
+        DataError: the file is there but damaged.
+    """
+    file = Path(path) / SETTINGS_FILE
+    if not file.is_file():
+        return None
+    try:
+        value = json.loads(file.read_text())["chat_template"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{file}: cannot read the checkpoint's settings: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(value, bool):
+        raise DataError(f"{file}: chat_template is {value!r}, expected true or false")
+    return value
+
+
+def resolve_chat_template(path: str, asked: bool | None) -> bool:
+    """``asked``, or when None what the checkpoint at ``path`` was trained with (else off). A
+    model trained on chat-formatted prompts and reloaded without the template (the old default)
+    read its prompts unlike training; an explicit choice against the checkpoint is a warning."""
+    saved = saved_chat_template(path)
+    if asked is None:
+        return bool(saved)
+    if saved is not None and saved != asked:
+        warnings.warn(
+            f"hf: {path} was trained with chat_template={str(saved).lower()}, loaded with "
+            f"chat_template={str(asked).lower()}: its prompts are formatted unlike training",
+            stacklevel=3,
+        )
+    return asked
 
 
 def _wrap_lora(model: PreTrainedModel, lora: LoraSettings) -> Any:
@@ -220,7 +263,8 @@ class HFBackend:
     def from_config(cls, config: HFConfig) -> HFBackend:
         """The ``hf`` component's factory."""
         model, tokenizer = load_pretrained(config.path, config.dtype, allow_download=config.allow_download)
-        return cls(config, model=model, tokenizer=tokenizer, model_id=config.path, chat_template=config.chat_template)
+        chat_template = resolve_chat_template(config.path, config.chat_template)
+        return cls(config, model=model, tokenizer=tokenizer, model_id=config.path, chat_template=chat_template)
 
     @classmethod
     def load(cls, path: str, **settings: Any) -> HFBackend:
@@ -512,7 +556,7 @@ class HFBackend:
 
     def save(self, *, path: str) -> None:
         """Write safetensors weights, config and tokenizer; the ``hf`` component reloads it."""
-        save_checkpoint(self._plain_model(), self.tokenizer, path)
+        save_checkpoint(self._plain_model(), self.tokenizer, path, chat_template=self.chat_template)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, device={self.config.device!r})"

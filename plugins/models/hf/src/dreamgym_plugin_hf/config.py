@@ -70,8 +70,10 @@ class HFConfig(_Common):
     ] = False
     dtype: Annotated[Dtype, Meta(description="Weight dtype.")] = "float32"
     chat_template: Annotated[
-        bool, Meta(description="Wrap each prompt as one user turn with the tokenizer's chat template.")
-    ] = False
+        bool | None,
+        Meta(description="Wrap each prompt as one user turn with the tokenizer's chat template; "
+             "unset: as the checkpoint was saved (its dreamgym.json), else off."),
+    ] = None
 
 
 # Upper bounds of the tiny preset's sizes. Unbounded, an absurd value (layers: 10**30) was

@@ -366,11 +366,12 @@ def start_server(backend: Any, *, host: str = "127.0.0.1", port: int = 0, api_ke
     return server
 
 
-def load_backend(model_dir: str, *, chat_template: bool = False, max_length: int | None = None) -> Any:
+def load_backend(model_dir: str, *, chat_template: bool | None = None, max_length: int | None = None) -> Any:
     """The HFBackend served for ``model_dir``. Without ``max_length`` it is the model's own
     context (its config's ``n_positions`` or ``max_position_embeddings``), at most the hf
-    config's default 2048; a larger ``max_length`` than the model's context is a ConfigError."""
-    from .backend import HFBackend, context_length, load_pretrained
+    config's default 2048; a larger ``max_length`` than the model's context is a ConfigError.
+    Without ``chat_template``, prompts are formatted as the checkpoint was trained (else plain)."""
+    from .backend import HFBackend, context_length, load_pretrained, resolve_chat_template
     from .config import HFConfig
 
     model, tokenizer = load_pretrained(model_dir)
@@ -378,6 +379,7 @@ def load_backend(model_dir: str, *, chat_template: bool = False, max_length: int
         default = HFConfig().max_length
         positions = context_length(model)
         max_length = min(default, positions[1]) if positions is not None else default
+    chat_template = resolve_chat_template(model_dir, chat_template)
     config = HFConfig(path=model_dir, chat_template=chat_template, max_length=max_length)
     return HFBackend(config, model=model, tokenizer=tokenizer, model_id=model_dir, chat_template=chat_template)
 
@@ -403,7 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, help="a directory saved by an hf backend (or any causal LM)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--chat-template", action="store_true", help="wrap /v1/completions prompts as a user turn")
+    parser.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                        help="wrap /v1/completions prompts as a user turn (default: as the checkpoint was trained, else off)")
     parser.add_argument("--api-key-env", default=None, help="env var holding the key clients must send")
     parser.add_argument("--max-length", type=_positive_int, default=None,
                         help="token cap of prompt + completion (default: the model's context, at most 2048)")

@@ -17,7 +17,9 @@ __all__ = ["ACTION_STOP", "build_agent_prompt", "parse_agent_output", "render_re
 # Generation stops after the closing action tag: nothing after it is used.
 ACTION_STOP = "</action>"
 
-_ACTION = re.compile(r"<action>\s*(.*?)\s*(?:</action>|$)", re.IGNORECASE | re.DOTALL)
+# The first closed action, from the last <action> before its </action>: a reasoning that mentions
+# the tag ("I answer in an <action> tag") would otherwise start the action there.
+_ACTION = re.compile(r"<action>\s*((?:(?!<action>).)*?)\s*(?:</action>|$)", re.IGNORECASE | re.DOTALL)
 
 
 def build_agent_prompt(

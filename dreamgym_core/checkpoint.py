@@ -2,7 +2,8 @@
 
 A checkpoint is written into a temporary directory and renamed into place; the
 ``latest`` pointer is replaced atomically afterwards. A half-written checkpoint is
-never the one ``--resume`` loads.
+never the one ``--resume`` loads, and a kill between the two leaves a whole checkpoint
+without a pointer, which ``--resume`` finds.
 """
 
 from __future__ import annotations
@@ -226,11 +227,33 @@ def _check_rng(state: _State, path: Path) -> None:
     """A clear error for random-generator state that valid JSON can still get wrong."""
     saved = _rng_state()
     try:
+        _check_rng_ranges(state.python_rng, state.numpy_rng, state.torch_rng)
         _restore_rng(state.python_rng, state.numpy_rng, state.torch_rng)
-    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError) as exc:
         raise DataError(f"{path}: unusable random-generator state: {exc}") from exc
     finally:
         _restore_rng(*saved)
+
+
+def _check_rng_ranges(python_rng: list[Any], numpy_rng: dict[str, Any], torch_rng: list[int]) -> None:
+    """ValueError for values the generators would take without a word: torch wraps a byte of
+    -1 to 255, Python keeps the low 32 bits of a word and any cached gauss, and numpy takes
+    any position, reading past its key array from one beyond 624."""
+    _, internal, gauss = python_rng
+    if not _all_in_range(internal[:-1], 2**32):  # the last entry, the position, setstate checks
+        raise ValueError("Python's generator words must be integers in [0, 2**32)")
+    if gauss is not None and not isinstance(gauss, float):
+        raise ValueError(f"Python's cached gauss must be null or a number, not {gauss!r}")
+    if not _all_in_range(numpy_rng["keys"], 2**32):
+        raise ValueError("numpy's keys must be integers in [0, 2**32)")
+    if not _all_in_range([numpy_rng["pos"]], 625):
+        raise ValueError(f"numpy's position must be an integer in [0, 624], not {numpy_rng['pos']!r}")
+    if not _all_in_range(torch_rng, 256):
+        raise ValueError("torch's state must be bytes, integers in [0, 255]")
+
+
+def _all_in_range(values: Any, end: int) -> bool:
+    return all(type(v) is int and 0 <= v < end for v in values)
 
 
 @contextmanager
@@ -341,10 +364,24 @@ def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int | None:
     pointer = root / "latest"
     written = sorted(p.name for p in root.glob("it-*")) if root.is_dir() else []
     if not pointer.exists():
-        if written:
-            # Starting over would overwrite them and the run's metrics: never guess.
+        if not written:
+            return None
+        # Every it-<n> is whole (renamed into place once its state is written), so a missing
+        # pointer beside one is a run stopped between the rename and the pointer's write (of
+        # its first checkpoint: later ones replace a pointer already there), or one deleted.
+        name = _newest_readable(root)
+        if name is None:
+            # Not one reads; starting over would overwrite them and the run's metrics: never guess.
             raise DataError(f"{pointer}: missing, but {root} holds {', '.join(written)}; restore the pointer (one line naming the checkpoint)")
-        return None
+        skipped = [p.name for p in _checkpoints(root) if int(p.name[3:]) > int(name[3:])]
+        runner._say(
+            f"{pointer}: missing; continuing from {name}, the newest checkpoint that reads"
+            + (f" (unreadable: {', '.join(skipped)})" if skipped else "")
+        )
+        iteration = load(runner, name, roll_back_buffer=roll_back_buffer)
+        if roll_back_buffer:  # resuming: the run's own pointer, written as save writes it (a reader writes nothing)
+            atomic_write(pointer, name.encode())
+        return iteration
     try:
         name = pointer.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -355,6 +392,18 @@ def load_latest(runner: Runner, *, roll_back_buffer: bool = True) -> int | None:
             "restore the pointer (one line naming the checkpoint)"
         )
     return load(runner, name, roll_back_buffer=roll_back_buffer)
+
+
+def _newest_readable(root: Path) -> str | None:
+    """The newest checkpoint under ``root`` whose state.json reads and holds its own iteration."""
+    for ckpt in reversed(_checkpoints(root)):
+        try:
+            state = msgspec.json.decode((ckpt / "state.json").read_bytes(), type=_State)
+        except (OSError, msgspec.DecodeError):
+            continue
+        if state.iteration == int(ckpt.name[3:]):
+            return ckpt.name
+    return None
 
 
 @contextmanager

@@ -28,6 +28,12 @@ _requested: int | None = None
 # command began: a dropped stop is delivered again only while every one raised was dropped.
 _raised = 0
 _dropped = 0
+# Bumped by clear(): a stop dropped in a finalizer is delivered again only if clear() has not
+# run since. A re-send due after the command ended (handled() clears on its way out) would
+# reach the caller's handlers: a stray KeyboardInterrupt, or SIGTERM's default, which kills
+# the process. The lock makes a re-send's check and its sending one step against clear().
+_generation = 0
+_generation_lock = threading.Lock()
 
 
 class Stopped(KeyboardInterrupt):
@@ -61,7 +67,9 @@ def check() -> None:
 
 def clear() -> None:
     """Forget a stop: the next command starts unstopped."""
-    global _requested, _raised, _dropped
+    global _requested, _raised, _dropped, _generation
+    with _generation_lock:
+        _generation += 1
     _requested = None
     _raised = _dropped = 0
 
@@ -87,11 +95,11 @@ def handled() -> Iterator[None]:
     try:
         yield
     finally:
+        clear()  # first: a stop re-sent from now on would reach the handlers put back below
         for sig, previous in saved.items():
             if previous is not None:  # None: set outside Python, nothing to put back
                 signal.signal(sig, previous)
         sys.unraisablehook = saved_hook
-        clear()
 
 
 def _keeping_interrupts(previous: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -110,15 +118,18 @@ def _keeping_interrupts(previous: Callable[[Any], None]) -> Callable[[Any], None
             return
         _dropped += 1
         signum = unraisable.exc_value.signum if isinstance(unraisable.exc_value, Stopped) else signal.SIGINT
-        timer = threading.Timer(0.05, _deliver_again, (threading.main_thread().ident, signum))
+        timer = threading.Timer(0.05, _deliver_again, (threading.main_thread().ident, signum, _generation))
         timer.daemon = True
         timer.start()
 
     return hook
 
 
-def _deliver_again(main: int | None, signum: int) -> None:
-    if _raised > _dropped:  # a stop raised since was not dropped: the command has it
-        return
-    resend = signal.pthread_kill if hasattr(signal, "pthread_kill") else (lambda _, sig: _thread.interrupt_main(sig))
-    resend(main, signum)
+def _deliver_again(main: int | None, signum: int, generation: int) -> None:
+    with _generation_lock:
+        if generation != _generation:  # the command has ended (or its stop was forgotten)
+            return
+        if _raised > _dropped:  # a stop raised since was not dropped: the command has it
+            return
+        resend = signal.pthread_kill if hasattr(signal, "pthread_kill") else (lambda _, sig: _thread.interrupt_main(sig))
+        resend(main, signum)

@@ -525,11 +525,14 @@ def _exact_buffer_run(register_plugin, run_dir: Path):
     return plugins, _exact_buffer_pipeline(plugins, run_dir)
 
 
-def test_resume_without_the_latest_pointer_refuses_and_keeps_every_file(register_plugin, tmp_path):
+def test_resume_without_the_latest_pointer_or_a_checkpoint_that_reads_refuses_and_keeps_every_file(register_plugin, tmp_path):
+    # Without the pointer a resume continues from the newest checkpoint that reads (tests/test_checkpoint.py).
     plugins, resolved = _exact_buffer_run(register_plugin, tmp_path / "run")
     run_pipeline(resolved, plugins)
     _unfinished(tmp_path / "run")
     (tmp_path / "run" / "checkpoints" / "latest").unlink()
+    for state in (tmp_path / "run" / "checkpoints").glob("it-*/state.json"):
+        state.write_text("{")
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     with pytest.raises(DataError, match=r"checkpoints/latest: missing, but .* holds it-00000, it-00001"):
         run_pipeline(resolved, plugins, resume=True)

@@ -1,0 +1,118 @@
+"""Checkpoints a kill or a damaged file leaves behind (dreamgym_core.checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from dreamgym_core import checkpoint
+from dreamgym_core.config import PipelineConfig, resolve
+from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.loop import run_pipeline
+
+from stand_ins import StandIns, pipeline_dict
+
+
+class _Killed(Exception):
+    """Where a kill lands (SIGKILL, or the stop SIGTERM raises anywhere)."""
+
+
+def _resolved(plugins, run_dir: Path, **loop):
+    return resolve(msgspec.convert(pipeline_dict(str(run_dir), **loop), type=PipelineConfig), plugins, where="inline.yaml")
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("perf/")} for line in lines]
+
+
+def test_a_run_killed_before_its_first_pointer_resumes_from_that_checkpoint(register_plugin, tmp_path, monkeypatch, capsys):
+    # The kill between it-00000's rename and `latest`'s write left a whole checkpoint that
+    # neither a fresh start ("already holds a run") nor --resume ("restore the pointer") took.
+    plugins = register_plugin(StandIns(), "stand-ins")
+    whole = run_pipeline(_resolved(plugins, tmp_path / "whole", iterations=2), plugins)
+    run_dir = tmp_path / "killed"
+    write = checkpoint.atomic_write
+
+    def killed_before_the_first_pointer(path: Path, data: bytes) -> None:
+        if path.name == "latest":
+            raise _Killed
+        write(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", killed_before_the_first_pointer)
+    with pytest.raises(_Killed):
+        run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["it-00000"]
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins)
+
+    # Resumed, and killed again at its next checkpoint: the pointer was written back first.
+    def killed_at_the_next_checkpoint(runner, iteration):
+        raise _Killed
+
+    monkeypatch.setattr(checkpoint, "atomic_write", write)
+    monkeypatch.setattr(checkpoint, "save", killed_at_the_next_checkpoint)
+    capsys.readouterr()
+    with pytest.raises(_Killed):
+        run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins, resume=True)
+    assert "checkpoints/latest: missing; continuing from it-00000, the newest checkpoint that reads\n" in capsys.readouterr().err
+    assert (run_dir / "checkpoints" / "latest").read_text() == "it-00000"
+
+    monkeypatch.undo()
+    resumed = run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins, resume=True)
+    assert resumed | {"run_dir": ""} == whole | {"run_dir": ""}
+    assert _rows(run_dir) == _rows(tmp_path / "whole")
+
+
+def test_a_missing_pointer_skips_checkpoints_whose_state_does_not_read(register_plugin, tmp_path, capsys):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins)
+    rows = _rows(run_dir)
+    (run_dir / "summary.json").unlink()  # as a kill during the final evaluation leaves it
+    (run_dir / "checkpoints" / "latest").unlink()
+    (run_dir / "checkpoints" / "it-00002" / "state.json").write_text("{")
+    state = json.loads((run_dir / "checkpoints" / "it-00001" / "state.json").read_text())
+    (run_dir / "checkpoints" / "it-00001" / "state.json").write_text(json.dumps(state | {"iteration": 7}))
+    capsys.readouterr()
+    run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins, resume=True)
+    assert "latest: missing; continuing from it-00000, the newest checkpoint that reads (unreadable: it-00001, it-00002)" in capsys.readouterr().err
+    assert _rows(run_dir) == rows  # iterations 0 and 1 played again, as they were
+    assert json.loads((run_dir / "checkpoints" / "it-00002" / "state.json").read_text())["iteration"] == 2
+
+
+def _with_value(state: dict, field: str, value: object, *where: object) -> dict:
+    part = state[field]
+    for key in where[:-1]:
+        part = part[key]
+    part[where[-1]] = value
+    return state
+
+
+@pytest.mark.parametrize(
+    "field, where, value",
+    [
+        ("numpy_rng", ("keys", 0), -1),  # these three were OverflowError tracebacks
+        ("numpy_rng", ("keys", 0), 2**32),
+        ("numpy_rng", ("pos",), 2**70),
+        ("numpy_rng", ("pos",), 625),  # taken as it was: draws read past the key array
+        ("python_rng", (1, 0), 2**40),  # taken as it was: truncated to 32 bits
+        ("python_rng", (2,), "x"),  # kept as the cached gauss, a TypeError at the first draw
+        ("torch_rng", (0,), -1),  # taken as it was: wrapped to 255
+        ("torch_rng", (0,), 256),
+    ],
+)
+def test_random_state_out_of_range_is_one_line_naming_the_file(register_plugin, tmp_path, field, where, value):
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    run_pipeline(_resolved(plugins, run_dir, iterations=1), plugins)
+    (run_dir / "summary.json").unlink()
+    state_file = run_dir / "checkpoints" / "it-00001" / "state.json"
+    state_file.write_text(json.dumps(_with_value(json.loads(state_file.read_text()), field, value, *where)))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=r"it-00001/state.json: unusable random-generator state: "):
+        run_pipeline(_resolved(plugins, run_dir, iterations=1), plugins, resume=True)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

@@ -322,10 +322,15 @@ class PipelineConfig(Config):
             raise ValueError("experience.branches needs branch transitions: set data.branch_actions > 0")
         if self.loop.self_reflection == "teacher" and self.experience.teacher is None:
             raise ValueError("loop.self_reflection='teacher' needs experience.teacher (the model that writes them)")
+        if self.experience.annotator == "teacher" and self.experience.teacher is None:
+            raise ValueError("experience.annotator='teacher' needs experience.teacher (the model that writes the reasoning traces)")
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
         # Resolved, so that 'x/..' or the working directory's own absolute path is caught too.
-        where = Path(self.run_dir.strip() or ".").resolve()
+        try:
+            where = Path(self.run_dir.strip() or ".").resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+            raise ValueError(f"run_dir={self.run_dir!r} is not a usable path: {exc}") from None
         if where == Path.cwd().resolve() or where == Path(where.anchor):
             what = "the working directory" if where == Path.cwd().resolve() else "a filesystem root"
             raise ValueError(f"run_dir={self.run_dir!r} must name a directory of the run's own, not {what}")
@@ -335,6 +340,10 @@ class PipelineConfig(Config):
             raise ValueError(f"loop.mode={self.loop.mode!r} needs {', '.join(missing)}; set them or use mode 'real'")
         if missing and self.eval.synthetic_agreement:
             raise ValueError(f"eval.synthetic_agreement replays games in the synthetic environment and needs {', '.join(missing)}")
+        if self.eval.fidelity_episodes and self.experience_model is None:
+            raise ValueError("eval.fidelity_episodes scores the experience model and needs experience_model; set it or eval.fidelity_episodes: 0")
+        if self.eval.fidelity_episodes and not self.eval.fidelity_policies:
+            raise ValueError("eval.fidelity_episodes needs at least one policy in eval.fidelity_policies (none plays the held-out episodes)")
         if self.eval.keep == "best-valid" and not self.eval.valid_every:
             raise ValueError("eval.keep='best-valid' needs eval.valid_every > 0 (no validation play would score a policy)")
         group_cap = self.loop.group_size * self.loop.max_steps
@@ -479,9 +488,13 @@ def yaml_load(text: str) -> Any:
         loader.dispose()
 
 
+# Where msgspec says an error is: "- at `$.loop`", or for a mapping's key "- at `key` in `$.loop`".
+_LOCATION = re.compile(r" - at `(?:key` in `)?\$")
+
+
 def _located(error: Exception, where: str, prefix: str = "$") -> ConfigError:
     message = str(error)
-    if " - at `$" not in message:
+    if not _LOCATION.search(message):
         message += f" - at `{prefix}`"  # msgspec omits the location of root-level errors
     elif prefix != "$":
         message = message.replace("`$", f"`{prefix}")

@@ -116,6 +116,54 @@ def test_run_dir_must_be_a_directory_of_its_own(tmp_path, run_dir):
         load_pipeline(write(tmp_path, data))
 
 
+@pytest.mark.parametrize("run_dir", ["<loop>/run", "runs/\0x"])
+def test_a_run_dir_that_cannot_be_resolved_is_a_config_error_naming_it(tmp_path, run_dir):
+    # A symlink loop raised RuntimeError from Path.resolve(); a NUL byte said only "embedded null byte - at `$`".
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: run_dir=.* is not a usable path: "):
+        load_pipeline(write(tmp_path, pipeline_dict(run_dir.replace("<loop>", str(tmp_path / "a")))))
+
+
+@pytest.mark.parametrize("field", ["loop", "env.config"])
+def test_a_key_that_is_not_a_string_is_located_once(tmp_path, field):
+    # msgspec locates it "at `key` in `$.loop`"; a second "- at `$`" was appended
+    data = pipeline_dict("runs/x")
+    target = data
+    for part in field.split("."):
+        target = target.setdefault(part, {})
+    target[1] = 2
+    with pytest.raises(ConfigError, match=rf"pipeline.yaml: Expected `str`(, got `int`)? - at `key` in `\$\.{field}`$"):
+        load_pipeline(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["eval.fidelity_episodes=8"], r"eval.fidelity_episodes scores the experience model and needs experience_model"),
+        (
+            ["eval.fidelity_episodes=8", "experience_model={name: x}", "eval.fidelity_policies=[]"],
+            r"eval.fidelity_episodes needs at least one policy in eval.fidelity_policies",
+        ),
+        (["experience.annotator=teacher"], r"experience.annotator='teacher' needs experience.teacher"),
+    ],
+)
+def test_settings_that_would_do_nothing_are_refused_naming_the_field(tmp_path, overrides, message):
+    # Each passed validation and then did nothing (no fidelity scored), or failed only after the data was collected.
+    with pytest.raises(ConfigError, match=rf"^\S*pipeline.yaml: {message}"):
+        load_pipeline(write(tmp_path, pipeline_dict("runs/x")), overrides)
+
+
+def test_fidelity_settings_that_are_used_stay_valid(tmp_path):
+    path = write(tmp_path, pipeline_dict("runs/x"))
+    assert load_pipeline(path, ["eval.fidelity_episodes=8", "experience_model={name: x}"]).eval.fidelity_episodes == 8
+    # the real-environment baselines share the DreamGym rows' fidelity setting and score nothing
+    skipped = load_pipeline(path, ["eval.fidelity_episodes=6", "experience_model={name: x}", "experience.skip=true"])
+    assert skipped.experience.skip and skipped.eval.fidelity_episodes == 6
+    with_teacher = load_pipeline(path, ["experience.annotator=teacher", "experience.teacher={name: x}"])
+    assert with_teacher.experience.teacher.name == "x"
+
+
 @pytest.mark.parametrize("value, field", [(".inf", "experience.lr"), ("-.inf", "algo.config.lr"), (".nan", "loop.top_k")])
 def test_infinite_or_nan_settings_are_refused_naming_the_field(tmp_path, value, field):
     # .inf passed gt=0 checks, trained on NaN weights and wrote "Infinity" into config.json

@@ -463,14 +463,19 @@ _OTHER_TASKS_OVERFETCH = 64
 SAME_WORLD_POOL = 256
 
 
+# A variation's id ends in VARIATION_SUFFIX, numbered when it keeps its parent's world (reward-entropy
+# without make_variation copies the parent with a new instruction: ``.../7~syn3``).
+_VARIATION_ID = re.compile(re.escape(VARIATION_SUFFIX) + r"\d*\Z")
+
+
 def world_namer(domain: Any) -> Callable[[str], str]:
     """The world a task id plays in: the domain's ``world_of(task_id)``, else the id without a
-    variation's :data:`~dreamgym_core.records.VARIATION_SUFFIX` (``.../7~syn`` plays in the
-    world of the seed task ``.../7``). That names a task's family of variations, for demos; a
-    domain's optional ``world_key(task)`` instead digests the world a task generates, which
-    seeds of a small game share."""
+    variation's :data:`~dreamgym_core.records.VARIATION_SUFFIX` and its number, if any
+    (``.../7~syn`` and ``.../7~syn3`` play in the world of the seed task ``.../7``). That names a
+    task's family of variations, for demos; a domain's optional ``world_key(task)`` instead
+    digests the world a task generates, which seeds of a small game share."""
     world_of = getattr(domain, "world_of", None)
-    return world_of if callable(world_of) else (lambda task_id: task_id.removesuffix(VARIATION_SUFFIX))
+    return world_of if callable(world_of) else (lambda task_id: _VARIATION_ID.sub("", task_id))
 
 
 def same_world_first(

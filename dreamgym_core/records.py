@@ -41,8 +41,10 @@ ParseStatus = Literal["ok", "repaired", "failed"]
 BRANCH_TAG = "/branch"
 
 # A task variation's id, by the built-in domains' convention: the id of the seed task of the same
-# world + VARIATION_SUFFIX. The curriculum keeps the two apart; ``loop.demos: same-world-first``
-# shows a variation its world's stored steps (``dreamgym_core.experience.world_namer``).
+# world + VARIATION_SUFFIX, with a number after it when several variations share one world (the
+# reward-entropy curriculum's copies of a task with a new instruction). The curriculum keeps the two
+# apart; ``loop.demos: same-world-first`` shows a variation its world's stored steps
+# (``dreamgym_core.experience.world_namer``).
 VARIATION_SUFFIX = "~syn"
 
 

@@ -388,3 +388,45 @@ def test_lambda_zero_with_uniform_seeds_draws_the_uniform_curriculums_tasks():
     for _ in range(5):
         assert sorted(t.id for t in c.next_tasks(n=4)) == sorted(t.id for t in u.next_tasks(n=4))
         c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1]) for t in TASKS[:2]])
+
+
+def test_generator_model_without_a_task_generator_is_refused_when_built_for_a_run():
+    # The loop passes task_generator=None when the pipeline has no experience_model: nothing was ever varied.
+    with pytest.raises(ConfigError, match=r"^curriculum 'reward-entropy': generator='model' needs an experience_model .*generator: domain\)$"):
+        build(domain=FakeDomain())
+    build(RewardEntropyConfig(generator="domain"), domain=ProposingDomain())  # needs no model
+    build()  # `dreamgym check` builds it with no domain and no task generator
+
+
+class _NoMakeVariation:
+    name = "plain"
+
+
+def test_a_copied_variation_is_named_after_its_parents_world():
+    # Without make_variation the parent is copied (same world): its id must lead world_namer to the
+    # parent's world, as a built-in variation's '<world>~syn' does, for loop.demos: same-world-first.
+    from dreamgym_core.experience import world_namer
+
+    seed = Task(id="game/7", instruction="take the coin", domain="test", payload={"seed": 7})
+    c = dreamgym_register_curricula()[0].factory(
+        RewardEntropyConfig(tasks_to_vary=1), tasks=[seed], task_generator=FakeTaskGenerator(pick=0), seed=0, domain=_NoMakeVariation()
+    )
+    c.observe(outcomes=[TaskOutcome(task=seed, rewards=[0, 1])])
+    c.observe(outcomes=[TaskOutcome(task=seed, rewards=[0, 1])])
+    c.observe(outcomes=[TaskOutcome(task=c.synthetic[0], rewards=[0, 1])])  # a variation of a variation
+    ids = [t.id for t in c.synthetic]
+    assert ids == ["game/7~syn1", "game/7~syn2", "game/7~syn3"] and len(set(ids)) == 3
+    assert {world_namer(_NoMakeVariation())(i) for i in ids} == {"game/7"}
+    assert [t.payload for t in c.synthetic] == [{"seed": 7}] * 3
+
+
+def test_variations_made_by_the_domain_keep_their_ids():
+    # make_variation's ids are the domain's ('<world>~syn' for the built-in domains); only a clash is renamed
+    class SameId(FakeDomain):  # another world each time, under one id
+        def make_variation(self, parent, text):
+            return Task(id=f"{parent.id}/var", instruction=text, domain=parent.domain, payload={"text": text})
+
+    c = build(RewardEntropyConfig(tasks_to_vary=1), generator=FakeTaskGenerator(), domain=SameId())
+    c.observe(outcomes=[TaskOutcome(task=TASKS[5], rewards=[0, 1])])
+    c.observe(outcomes=[TaskOutcome(task=TASKS[5], rewards=[0, 1])])
+    assert [t.id for t in c.synthetic] == ["t5/var", "t5~v2"]

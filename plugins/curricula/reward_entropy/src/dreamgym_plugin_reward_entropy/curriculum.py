@@ -18,7 +18,8 @@ import msgspec
 import numpy as np
 
 from dreamgym_core.errors import ConfigError, ConformanceError, DataError
-from dreamgym_core.records import Task, TaskOutcome
+from dreamgym_core.experience import world_namer
+from dreamgym_core.records import VARIATION_SUFFIX, Task, TaskOutcome
 
 from .config import RewardEntropyConfig
 from .maths import kmeans, nearest, sampling_weights, synthetic_quota, task_value
@@ -42,6 +43,12 @@ class RewardEntropyCurriculum:
             raise ConfigError(
                 "curriculum 'reward-entropy': generator='domain' needs a domain with propose_variations and "
                 f"make_variation; {getattr(domain, 'name', domain)!r} has no {' or '.join(missing)} (use generator: model)"
+            )
+        # A run always passes its env's domain; `dreamgym check` passes none, and no task generator.
+        if config.generator == "model" and task_generator is None and domain is not None:
+            raise ConfigError(
+                "curriculum 'reward-entropy': generator='model' needs an experience_model (M_task writes the variations); "
+                "the pipeline has none (set experience_model, or use generator: domain)"
             )
         if config.grouping == "cluster" and encoder is None:
             raise ConfigError("curriculum 'reward-entropy': grouping='cluster' needs an encoder; set `encoder` or grouping: task")
@@ -160,7 +167,8 @@ class RewardEntropyCurriculum:
         return self.generator.select_task(task=parent, candidates=candidates)
 
     def _build(self, parent: Task, text: str) -> Task | None:
-        """The domain builds the Task; without a domain, the parent with the new instruction."""
+        """The domain builds the Task; without a domain, the parent with the new instruction (its
+        id the parent's world's + VARIATION_SUFFIX + a number, so that world_namer finds its world)."""
         if self.domain is not None and hasattr(self.domain, "make_variation"):
             task = self.domain.make_variation(parent, text)
             if task is not None and not isinstance(task, Task):
@@ -169,8 +177,10 @@ class RewardEntropyCurriculum:
                 )
             if task is None or task.payload in [t.payload for t in self.seed_tasks + self.synthetic]:
                 return None  # not a valid variation, or the same world as a task already in the pools
-        else:
-            task = msgspec.structs.replace(parent, instruction=text)
+        else:  # the parent's world with a new instruction: named as a variation of that world
+            n = self.stats["generated"] + 1
+            variation_id = f"{world_namer(None)(parent.id)}{VARIATION_SUFFIX}{n}"
+            return msgspec.structs.replace(parent, id=variation_id, instruction=text, origin="synthetic", parent_id=parent.id)
         known_ids = {t.id for t in self.seed_tasks + self.synthetic}
         new_id = task.id if task.id not in known_ids else f"{parent.id}~v{self.stats['generated'] + 1}"
         return msgspec.structs.replace(task, id=new_id, origin="synthetic", parent_id=parent.id)

@@ -87,7 +87,8 @@ class TensorBoardSink:
     def __init__(self, config: TensorBoardConfig, *, run_dir: str) -> None:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (a missing tensorboard fails at build)
 
-        self._log_dir = str(Path(run_dir) / config.subdir)
+        self.path = Path(run_dir) / config.subdir
+        self._log_dir = str(self.path)
         self._writer: Any = None
         self._purge_step: int | None = None
 

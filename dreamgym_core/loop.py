@@ -316,6 +316,23 @@ class Runner:
             from .loggers import JsonlConfig, JsonlSink
 
             self.sinks.append(JsonlSink(JsonlConfig(), run_dir=str(self.run_dir)))
+        self._check_sinks()
+
+    def _check_sinks(self) -> None:
+        """Two loggers writing one place wrote every row twice there (two ``jsonl`` entries): the
+        run stops before it starts. A sink names its place by ``path``; both built-in ones open
+        nothing until the first row, so refusing here leaves no file behind."""
+        where: dict[Path, int] = {}
+        for i, sink in enumerate(self.sinks):
+            path = getattr(sink, "path", None)
+            if path is None:
+                continue
+            if Path(path) in where:
+                raise ConfigError(
+                    f"{self.resolved.source}: loggers.{where[Path(path)]} and loggers.{i} both write {path}; "
+                    "give one another filename (jsonl) or subdir (tensorboard), or drop it"
+                )
+            where[Path(path)] = i
 
     def _check_action_choice(self) -> None:
         """loop.action_choice=listed hands the algorithm each state's answers to pick from; an

@@ -646,6 +646,25 @@ def test_a_run_that_failed_before_logging_leaves_the_directory_to_the_corrected_
     assert summary["counters/iteration"] == 1.0
 
 
+@pytest.mark.parametrize(
+    "loggers",
+    [
+        [{"name": "jsonl"}, {"name": "jsonl"}],
+        [{"name": "jsonl", "config": {"filename": "m.jsonl"}}, {"name": "jsonl", "config": {"filename": "m.jsonl"}}],
+        [{"name": "tensorboard"}, {"name": "tensorboard", "config": {"subdir": "tensorboard"}}],
+    ],
+)
+def test_two_loggers_writing_one_place_are_refused_before_the_run(register_plugin, tmp_path, loggers):
+    """Two jsonl entries wrote every metrics row twice into one file, with exit 0."""
+    plugins = register_plugin(StandIns(), "stand-ins")
+    with pytest.raises(ConfigError, match=r"loggers.0 and loggers.1 both write .*run/"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", {"loggers": loggers}, iterations=1), plugins)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    two = [{"name": "jsonl"}, {"name": "jsonl", "config": {"filename": "copy.jsonl"}}]
+    run_pipeline(_resolved(plugins, tmp_path / "other", {"loggers": two}, iterations=1), plugins)
+    assert (tmp_path / "other" / "metrics.jsonl").read_text() == (tmp_path / "other" / "copy.jsonl").read_text()
+
+
 def test_resume_without_a_stored_config_hash_is_refused(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")
     run_pipeline(_resolved(plugins, tmp_path / "run", iterations=1), plugins)

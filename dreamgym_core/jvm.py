@@ -322,6 +322,8 @@ def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:
             raise
         if not up:
             _stop_start(ended, children_before)
+            if outcome.get("wrapper") is not None:  # up just after the limit, its JVM now killed: as for Ctrl-C above
+                _abandon(outcome["wrapper"])
             raise TimeoutError
     if "error" in outcome:
         raise outcome["error"]

@@ -67,6 +67,39 @@ def test_ctrl_c_during_a_start_waits_for_the_start_thread_to_end() -> None:
     assert finished.is_set(), "the start thread was still running when the interrupt was raised"
 
 
+def test_a_wrapper_up_just_after_the_limit_is_abandoned_with_its_killed_jvm() -> None:
+    """Its py4j client stayed 'connected' to the killed JVM and its callback server listening;
+    the Ctrl-C path closed them. A stand-in wrapper with py4j's layout records what is closed."""
+    closed: list[str] = []
+
+    class Client:
+        is_connected = True
+
+        def close(self) -> None:
+            closed.append("client")
+
+    class Gateway:
+        java_process = None
+
+        def __init__(self) -> None:
+            self._gateway_client = Client()
+
+        def shutdown_callback_server(self) -> None:
+            closed.append("callback server")
+
+    class LateWrapper:
+        def __init__(self) -> None:
+            time.sleep(0.6)  # comes up after the 0.2 s limit, before the start is given up
+            self._gateway = Gateway()
+
+        def close(self) -> None:
+            closed.append("wrapper")
+
+    with pytest.raises(TimeoutError):
+        _start_within(LateWrapper, 0.2, "test")
+    assert "callback server" in closed
+
+
 def test_the_watchdog_kills_only_a_call_that_outlives_its_limit() -> None:
     process = subprocess.Popen(["sleep", "600"])
     watchdog = _Watchdog(process, 0.5, "test")

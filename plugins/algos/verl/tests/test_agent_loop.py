@@ -69,7 +69,8 @@ class ScriptedServer:
         self.moe_layers = moe_layers  # > 0: route as an MoE policy's server does, one expert per layer
 
     async def generate(self, *, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any], **_: Any) -> TokenOutput:
-        ids = self.replies[min(len(self.requests), len(self.replies) - 1)]
+        # a real server stops at max_tokens (the loop's turn_max_tokens or what is left of the budget)
+        ids = self.replies[min(len(self.requests), len(self.replies) - 1)][: sampling_params["max_tokens"]]
         # verl's LLMServerClient.generate stamps the weights version that served the turn
         # (verl/workers/rollout/llm_server.py:160-162); here it advances by one per turn.
         version = 3 + len(self.requests)
@@ -103,7 +104,7 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
 
     def run(
         replies: list[str], *, max_steps: int = 5, response_length: int = 2048, task: Task = TASK, kwargs: dict | None = None,
-        moe_layers: int = 0,
+        moe_layers: int = 0, turn_max_tokens: int = 256,
     ) -> tuple[Any, ScriptedServer, dict]:
         resolved = resolve_dict({
             "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"},
@@ -134,7 +135,7 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
 
         RUNTIMES["test"] = EpisodeRuntime(
             make_env=make_env, max_steps=max_steps, invalid_action_penalty=0.1,
-            store=store, report=report,
+            store=store, report=report, turn_max_tokens=turn_max_tokens,
         )
         server = ScriptedServer(chat_tokenizer, replies, moe_layers=moe_layers)
 
@@ -171,6 +172,40 @@ def test_turns_are_joined_as_the_chat_template_joins_them(episode, chat_tokenize
     text = chat_tokenizer.decode(out.prompt_ids + out.response_ids)
     assert "<|im_end|><|im_start|>" not in text
     assert text.count("<|im_end|>\n<|im_start|>user") == 1  # the environment turn after the first reply
+
+
+def test_a_turn_cut_by_turn_max_tokens_is_closed_as_the_chat_template_closes_it(episode, chat_tokenizer):
+    # A reply cut after its action parses plays on. The environment's turn used to follow the cut
+    # text directly ('...</action> and then<|im_start|>user'), a context unlike the chat template
+    # and the warm start: later turns were played and trained on it.
+    keep = len(chat_tokenizer.encode(act("wait"), add_special_tokens=False)) + 3
+    out, server, _ = episode([act("wait") + " and then some more words"], max_steps=3, turn_max_tokens=keep)
+    runs = segments(out.response_mask)
+    assert [r[0] for r in runs] == [1, 0, 1, 0, 1]
+    for value, start, end in runs:
+        if value:  # the policy's tokens, verbatim: cut, without an end of turn
+            assert out.response_ids[start:end] == server.replies[0][:keep]
+        else:  # the template's end of turn, then the environment's turn; neither is the policy's
+            assert chat_tokenizer.decode(out.response_ids[start:end]).startswith("<|im_end|>\n<|im_start|>user\n")
+            assert out.response_logprobs[start:end] == [0.0] * (end - start)
+    text = chat_tokenizer.decode(out.prompt_ids + out.response_ids)
+    assert text.count("<|im_start|>") == text.count("<|im_end|>\n<|im_start|>") + 1  # every turn after the first closed
+    assert out.extra_fields["reward_extra_info"]["episode_steps"] == 3.0
+
+
+def test_the_end_of_turn_is_the_chat_templates(chat_tokenizer):
+    from dreamgym_plugin_verl.agent_loop import _end_of_turn
+
+    # ChatML's <|im_end|>, without the newline the Continuous Token builder puts after it
+    assert _end_of_turn(chat_tokenizer, {}) == [chat_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    class NoTemplate:
+        eos_token_id = 7
+
+        def apply_chat_template(self, *args: Any, **kwargs: Any) -> str:
+            raise ValueError("no chat template")
+
+    assert _end_of_turn(NoTemplate(), {}) == [7]  # a turn the policy ends itself ends with EOS
 
 
 def test_registered_with_verl():

@@ -221,3 +221,73 @@ def test_loading_the_plugin_or_verls_trainer_leaves_the_programs_logging_alone(f
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "mine hello" in done.stderr
+
+
+def test_runs_whose_folders_share_a_name_get_their_own_shared_actors(tmp_path, monkeypatch):
+    # Named "buffer-<folder>", two runs in /home/a/runs/grpo and /home/b/runs/grpo on one Ray
+    # cluster found each other's buffer and curriculum (get_if_exists) and shared them silently.
+    from dreamgym_plugin_verl.trainer import actor_name
+
+    a, b = tmp_path / "a" / "runs" / "grpo", tmp_path / "b" / "runs" / "grpo"
+    assert actor_name("buffer", a) != actor_name("buffer", b)
+    assert actor_name("buffer", a) != actor_name("curriculum", a)
+    assert actor_name("buffer", a).startswith("buffer-grpo-")  # readable in Ray's lists
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    assert actor_name("buffer", "runs/grpo") == actor_name("buffer", a)  # a resumed run finds its own
+
+
+@pytest.mark.parametrize(
+    ("episodes", "temperature", "chosen"),
+    [
+        (5, 0.4, ["t0", "t1", "t2", "t0", "t1"]),  # sampled: the split cycles up to the episodes asked for
+        (5, 0.0, ["t0", "t1", "t2"]),  # greedy: a repeat replays the same episode
+        (2, 0.4, ["t0", "t1"]),
+        (0, 0.0, ["t0"]),  # no evaluation: verl still reads a val file
+    ],
+)
+def test_verl_validates_on_the_episodes_the_local_evaluation_plays(episodes, temperature, chosen):
+    # verl plays each val row once (val_kwargs.n 1); the rows were the split's first eval.episodes
+    # tasks, so a sampled evaluation of more episodes than tasks counted fewer episodes than asked
+    from dreamgym_plugin_verl.trainer import held_out_tasks
+
+    assert [t.id for t in held_out_tasks(TASKS, episodes, temperature)] == chosen
+
+
+class _Stop(Exception):
+    """Raised in place of verl's trainer: the files it would read are written by then."""
+
+
+def test_the_val_file_holds_the_episodes_asked_for(resolve_dict, tmp_path, monkeypatch):
+    """VerlTrainer.run up to verl's trainer (no Ray, no data stages): a sampled evaluation of
+    5 episodes on 3 held-out tasks writes 5 val rows, each task's repeats with their own seeds."""
+    from types import SimpleNamespace as NS
+
+    from dreamgym_plugin_verl import trainer as trainer_mod
+    from dreamgym_plugin_verl.translate import run_files
+
+    def stop(overrides):
+        raise _Stop
+
+    monkeypatch.setattr(trainer_mod, "require_cuda", lambda: None)
+    monkeypatch.setattr(trainer_mod, "start_ray", lambda kwargs: None)
+    monkeypatch.setattr(trainer_mod, "_start_actors", lambda *args, **kwargs: ({}, [], {}))
+    monkeypatch.setattr(trainer_mod, "_run_main_ppo", stop)
+    resolved = resolve_dict({
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}}, "eval": {"episodes": 5, "temperature": 0.4},
+    })
+    resolved = type(resolved)(source=resolved.source, pipeline=resolved.pipeline, components={**resolved.components, "env": None})
+    domain = NS(tasks=lambda split: TASKS if split == "test" else [])
+    hook = NS(
+        dreamgym_configure=NS(call_historic=lambda **kwargs: None),
+        dreamgym_run_started=lambda **kwargs: None, dreamgym_run_finished=lambda **kwargs: None,
+    )
+    with pytest.raises(_Stop):
+        VerlTrainer(resolved.components["algo"]).run(
+            resolved=resolved, plugins=NS(hook=hook, build=lambda *args: domain), run_dir=str(tmp_path), progress=False,
+        )
+    val = DreamGymTaskDataset(data_files=str(run_files(tmp_path)["val"]))
+    rows = [val[i] for i in range(len(val))]
+    assert [r["extra_info"]["task_id"] for r in rows] == ["t0", "t1", "t2", "t0", "t1"]
+    assert len({r["seed"] for r in rows}) == 5 and not any(r["publish"] for r in rows)

@@ -170,3 +170,45 @@ def test_a_kl_estimator_verl_does_not_implement_is_refused_when_the_config_is_re
     with pytest.raises(msgspec.ValidationError, match="kl_loss_type"):
         msgspec.convert({"kl_loss_type": "full"}, type=VerlConfig)
     assert msgspec.convert({"kl_loss_type": "mse"}, type=VerlConfig).kl_loss_type == "mse"
+
+
+@pytest.mark.parametrize(
+    ("section", "setting", "message"),
+    [
+        ("loop", {"action_choice": "listed"}, r"loop.action_choice='listed' is a local-loop option"),
+        ("eval", {"fidelity_episodes": 4}, r"eval.fidelity_episodes=4 is a local-loop option"),
+        ("eval", {"synthetic_agreement": True}, r"eval.synthetic_agreement is a local-loop option"),
+    ],
+)
+def test_local_loop_settings_verl_would_ignore_are_refused(resolve_dict, section, setting, message):
+    data = {
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real"},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}},
+        # what the settings need to be valid at all (a synthetic environment to replay in)
+        "experience_model": {"name": "m"}, "encoder": {"name": "c"}, "buffer": {"name": "b"},
+    }
+    data[section] = {**data.get(section, {}), **setting}
+    with pytest.raises(ConfigError, match=rf"^pipeline.yaml: {message}; the verl backend[^\n]+$"):
+        translate(resolve_dict(data))
+
+
+def test_a_warm_start_only_run_is_refused_before_any_stage_runs(resolve_dict):
+    # loop.iterations 0 translated to total_training_steps=0 and an empty train dataset: verl
+    # divided by zero after the offline data, the experience model and the warm start had run
+    data = {
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real", "iterations": 0},
+        "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}},
+    }
+    with pytest.raises(ConfigError, match=r"^pipeline.yaml: loop.iterations=0 \(warm start only\) runs no verl step; [^\n]+'grpo'"):
+        translate(resolve_dict(data))
+
+
+@pytest.mark.parametrize(("keep", "kept"), [(0, None), (2, 2)])
+def test_keep_checkpoints_bounds_verls_checkpoints(resolve_dict, compose, keep, kept):
+    # 0 keeps all, as in the local loop (verl's null); verl used to keep every checkpoint whatever was set
+    data = {
+        "plugins": [], "env": {"name": "e"}, "policy": {"name": "p"}, "loop": {"mode": "real", "keep_checkpoints": keep},
+        "algo": {"name": "verl-ppo", "config": {"model_path": "/m"}},
+    }
+    cfg = compose(translate(resolve_dict(data)))
+    assert cfg.trainer.max_actor_ckpt_to_keep == kept and cfg.trainer.max_critic_ckpt_to_keep == kept

@@ -8,7 +8,9 @@ any :class:`dreamgym_core.protocols.Env`: the synthetic environment (experience
 model + shared buffer) or a real adapter, so the real, dreamgym and s2r modes share
 this code. The episode ends on ``done``, on an unparsable action, at
 ``max_steps`` or when the response budget is spent; the response always ends with
-the last policy turn, so the outcome reward lands on a policy token.
+the last policy turn, so the outcome reward lands on a policy token. A policy turn cut
+by ``turn_max_tokens`` whose action parses plays on, closed with the chat template's
+end-of-turn token (mask 0) as if the policy had ended it.
 """
 
 from __future__ import annotations
@@ -129,6 +131,24 @@ def _renders_chatml(tokenizer: Any) -> bool:
     return "<|im_end|>\n" in text
 
 
+def _end_of_turn(tokenizer: Any, chat_template_kwargs: dict[str, Any]) -> list[int]:
+    """The tokens the chat template closes an assistant turn with (``<|im_end|>`` for ChatML),
+    without the whitespace after them, which the Continuous Token builder adds before the next
+    turn as it does after a turn the policy ended itself; the EOS token where the template
+    shows none."""
+    marker = "DREAMGYM-END-OF-TURN-PROBE"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False, **chat_template_kwargs
+        )
+    except Exception:  # no usable template: a turn the policy ends itself ends with EOS
+        text = ""
+    tail = text.rpartition(marker)[2].rstrip() if marker in text else ""
+    if tail:
+        return list(tokenizer.encode(tail, add_special_tokens=False))
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
 def _serving_version(kwargs: dict[str, Any]) -> int | None:
     """The weights version the rollout servers hold for this row, which an episode with no
     policy turn reports in place of the server's. verl 0.9's synchronous trainer pushes the
@@ -159,6 +179,7 @@ class DreamGymAgentLoop(AgentLoopBase):
             self.continuous_token_builder = QwenContinuousTokenBuilder(
                 self.tokenizer, chat_template_kwargs=self.apply_chat_template_kwargs
             )
+        self.end_of_turn = _end_of_turn(self.tokenizer, dict(self.apply_chat_template_kwargs or {}))
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         """One episode of the task in ``kwargs["task"]`` (a JSON-encoded Task); ``publish``
@@ -289,12 +310,26 @@ class DreamGymAgentLoop(AgentLoopBase):
                 tokens.server_fields[key] = int(tokens.server_fields[key]) + int(fields[key])
 
     async def _env_turn(self, tokens: _Tokens, messages: list[dict[str, str]], prompt: str) -> None:
+        self._close_cut_turn(tokens)
         updated = messages + [{"role": "user", "content": prompt}]
         merge, tokens.mask, tokens.logprobs = await self.ct_merge_context_msg(
             messages, updated, tokens.ids, tokens.mask, tokens.logprobs
         )
         tokens.ids = merge.token_ids
         messages.append(updated[-1])
+
+    def _close_cut_turn(self, tokens: _Tokens) -> None:
+        """A policy turn cut by ``turn_max_tokens`` (its action parsed, so the episode goes on)
+        has no end-of-turn token: close it as the chat template and the warm start do, so the
+        next turns are played and trained on the context a turn the policy ended itself gives.
+        The policy did not generate these tokens: mask 0 and logprob 0, as the environment's."""
+        eot, eos = self.end_of_turn, self.tokenizer.eos_token_id
+        if not eot or tokens.ids[-len(eot):] == eot or (eos is not None and tokens.ids[-1] == eos):
+            return
+        tokens.ids = tokens.ids + eot
+        tokens.mask = tokens.mask + [0] * len(eot)
+        if tokens.logprobs is not None:
+            tokens.logprobs = tokens.logprobs + [0.0] * len(eot)
 
     # --- results -------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ under DreamGym's metric names as verl logs them, and write report.md when it end
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -38,8 +40,10 @@ from .warmstart import warm_start
 
 __all__ = [
     "VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "offline_env", "ray_init_kwargs", "start_ray", "run_alongside",
-    "METRIC_NAMES",
+    "METRIC_NAMES", "actor_name", "held_out_tasks",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def require_cuda() -> None:
@@ -72,6 +76,36 @@ def prepare_files(resolved: ResolvedPipeline, run_dir: Path, *, train: list, val
     atomic_write(files["agent_loop"], yaml.safe_dump(agent_loops, sort_keys=False).encode())
     atomic_write(files["dir"] / "runtime.json", json.dumps(actors, indent=2).encode())
     return files
+
+
+def actor_name(kind: str, run_dir: str | Path) -> str:
+    """The Ray name of a run's shared ``kind`` actor ("buffer", "curriculum").
+
+    Actors are looked up by name in one namespace and reused if they exist (a resumed run
+    finds its own), so the name must tell runs apart: two run directories with the same
+    folder name (``/home/a/runs/grpo``, ``/home/b/runs/grpo``) on one cluster would otherwise
+    share a buffer and a curriculum. The folder name stays in it for people reading Ray's lists.
+    """
+    root = Path(run_dir).resolve()
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return f"{kind}-{root.name}-{digest}"
+
+
+def held_out_tasks(tasks: list, episodes: int, temperature: float) -> list:
+    """The ``eval.split`` tasks verl validates on, one episode per row (``val_kwargs.n`` 1),
+    chosen as the local loop's evaluation chooses them: ``episodes`` rows, cycling through
+    the split when it holds fewer tasks, except in greedy play (``temperature`` 0), where a
+    repeated task replays the same episode and would only narrow the interval falsely, so
+    each task is played once at most. ``episodes`` 0 (no evaluation) keeps one task: verl
+    reads its val file anyway."""
+    if not tasks:
+        return []
+    if episodes < 1:
+        return tasks[:1]
+    if temperature <= 0 and episodes > len(tasks):
+        log.warning("eval: %d episodes requested on %d tasks with greedy play; using %d", episodes, len(tasks), len(tasks))
+        episodes = len(tasks)
+    return [tasks[i % len(tasks)] for i in range(episodes)]
 
 
 def _write_overrides(directory: Path, overrides: list[str]) -> Path:
@@ -119,7 +153,7 @@ class VerlTrainer:
         lines = _Progress(cfg.loop.iterations, shown=progress)
         domain = plugins.build("env", cfg.env.name, resolved.components["env"])
         actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=lines.say)
-        val = domain.tasks(split=cfg.eval.split)[: max(cfg.eval.episodes, 1)]
+        val = held_out_tasks(domain.tasks(split=cfg.eval.split), cfg.eval.episodes, cfg.eval.temperature)
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
         if hasattr(domain, "close"):  # its probe env (a simulator) played the offline data; workers build their own
             domain.close()
@@ -217,7 +251,7 @@ def _start_actors(
     from .curriculum import RemoteCurriculum
     from .runtime import build_buffer, build_curriculum
 
-    cfg, tag = resolved.pipeline, root.name
+    cfg = resolved.pipeline
     actors: dict[str, str] = {}
     clients: list[Any] = []
     say("collecting offline real data")
@@ -228,7 +262,7 @@ def _start_actors(
     transitions = stages.experience_data(offline, branches, cfg)
     buffer = None
     if cfg.buffer is not None:
-        actors["buffer_actor"] = f"buffer-{tag}"
+        actors["buffer_actor"] = actor_name("buffer", root)
         buffer = RemoteBuffer.start(partial(build_buffer, str(root)), name=actors["buffer_actor"])
         clients.append(buffer)
         if len(buffer):  # a resumed run's stored buffer holds them already, first
@@ -241,7 +275,7 @@ def _start_actors(
         warm_start(resolved, plugins, offline, run_dir=root, say=say, branches=branches)
         _release_gpu_memory()
     if cfg.curriculum is not None:
-        actors["curriculum_actor"] = f"curriculum-{tag}"
+        actors["curriculum_actor"] = actor_name("curriculum", root)
         clients.append(
             RemoteCurriculum.start(
                 partial(build_curriculum, str(root)), group_size=cfg.loop.group_size, name=actors["curriculum_actor"]

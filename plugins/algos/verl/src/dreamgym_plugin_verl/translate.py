@@ -120,6 +120,29 @@ def _sections(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> dict
             f"{resolved.source}: loop.real_envs_at_once={loop.real_envs_at_once} is a local-loop option; "
             "the verl backend opens an env per rollout of its batch"
         )
+    if loop.action_choice != "generate":
+        # The agent loop plays the tokens verl's rollout servers generate; it scores no listed actions.
+        raise ConfigError(
+            f"{resolved.source}: loop.action_choice={loop.action_choice!r} is a local-loop option; "
+            "the verl backend's policy generates its answers"
+        )
+    # verl's validation plays the eval.split tasks in the real environment and nothing else.
+    if resolved.pipeline.eval.fidelity_episodes:
+        raise ConfigError(
+            f"{resolved.source}: eval.fidelity_episodes={resolved.pipeline.eval.fidelity_episodes} is a local-loop option; "
+            "the verl backend does not score the experience model's fidelity"
+        )
+    if resolved.pipeline.eval.synthetic_agreement:
+        raise ConfigError(
+            f"{resolved.source}: eval.synthetic_agreement is a local-loop option; "
+            "the verl backend does not replay the evaluated tasks in the synthetic environment"
+        )
+    if not loop.iterations:
+        # verl's trainer cannot run zero steps (its dataset would be empty) and evaluates only around steps.
+        raise ConfigError(
+            f"{resolved.source}: loop.iterations=0 (warm start only) runs no verl step; "
+            "run a warm-start-only pipeline with the local plugin's 'grpo' or 'ppo'"
+        )
     model = start_weights(resolved, cfg, run_dir)
     temperature = resolved.pipeline.eval.temperature
     evaluate = resolved.pipeline.eval.episodes > 0
@@ -182,6 +205,9 @@ def _sections(resolved: ResolvedPipeline, cfg: VerlConfig, run_dir: str) -> dict
         "trainer.default_local_dir": str(files["checkpoints"]),
         "trainer.logger": ["console", "file", "tensorboard"],
         "trainer.save_freq": loop.checkpoint_every,
+        # verl keeps every checkpoint when these are null, as loop.keep_checkpoints 0 does.
+        "trainer.max_actor_ckpt_to_keep": loop.keep_checkpoints or None,
+        "trainer.max_critic_ckpt_to_keep": loop.keep_checkpoints or None,
         "trainer.resume_mode": "auto",
         # Evaluate before training (if asked) and after the last step, as the local loop does.
         "trainer.val_before_train": evaluate and resolved.pipeline.eval.before_training,

@@ -6,20 +6,40 @@ import tempfile
 from typing import Iterator
 
 import msgspec
+import msgspec.inspect
 
 from . import testing
+from .contracts import missing_members
 from .errors import ConfigError, ConformanceError, DreamGymError, ModelUnavailable
 from .plugins import Plugins
 from .records import Task
 
 
+def _required_fields(spec) -> list[str]:
+    """The config fields without a default: the kit cannot guess a model path or a server URL
+    (the plugin's own tests run its check)."""
+    fields = getattr(msgspec.inspect.type_info(spec.config_type), "fields", ())
+    return [field.name for field in fields if field.required]
+
+
 def _default_config(spec):
-    """The component's config with every default, or None when some field has none (the kit
-    cannot guess a model path or a server URL; the plugin's own tests run its check)."""
+    """The component's config with every default, as a pipeline that names it without settings
+    gets it; a default that its own config refuses fails the check, as it fails that run."""
     try:
         return msgspec.convert({}, type=spec.config_type)
-    except msgspec.ValidationError:
-        return None
+    except msgspec.ValidationError as exc:
+        raise ConformanceError(f"its default config is invalid: {exc}") from exc
+
+
+def _built(kind: str, component):
+    """``component`` if a run would take it: the members the core calls on a built component
+    are the ones ``Plugins.build`` requires (contracts.REQUIRED_MEMBERS)."""
+    if component is None:
+        raise ConformanceError("its factory returned None")
+    missing = missing_members(kind, component)
+    if missing:
+        raise ConformanceError(f"{type(component).__name__}: has no {', '.join(missing)} (a run refuses to build it; {testing.DOCS})")
+    return component
 
 
 class _Skip(Exception):
@@ -50,15 +70,14 @@ def check_plugin(name: str) -> Iterator[str]:
             if spec.plugin != name:
                 continue
             registered += 1
-            config = _default_config(spec)
-            if config is None:
+            if _required_fields(spec):
                 yield f"skip {kind}:{spec.name} ({spec.config_type.__name__} has required fields; the plugin's own tests run its check)"
                 continue
             if kind not in _CHECKS:
                 yield f"skip {kind}:{spec.name} (needs collaborators; the plugin's own tests run its check)"
                 continue
             try:
-                _CHECKS[kind](spec, config)
+                _CHECKS[kind](spec, _default_config(spec))
             except _Skip as why:
                 yield f"skip {kind}:{spec.name} ({why})"
                 continue
@@ -82,7 +101,7 @@ def check_plugin(name: str) -> Iterator[str]:
 
 
 def _check_env(spec, config) -> None:
-    domain = spec.factory(config)
+    domain = _built("env", spec.factory(config))
     try:
         testing.check_domain(domain)
     finally:  # as the loop does: a domain's probe env holds a simulator or a browser
@@ -92,22 +111,22 @@ def _check_env(spec, config) -> None:
 
 
 def _check_encoder(spec, config) -> None:
-    testing.check_encoder(spec.factory(config))
+    testing.check_encoder(_built("encoder", spec.factory(config)))
 
 
 def _check_buffer(spec, config) -> None:
     encoder = testing.BagOfWordsEncoder()
     with tempfile.TemporaryDirectory() as tmp:
         counter = iter(range(1000))
-        testing.check_buffer(lambda: spec.factory(config, encoder=encoder, path=f"{tmp}/{next(counter)}"))
-        testing.check_buffer_reopens(lambda: spec.factory(config, encoder=encoder, path=f"{tmp}/reopened"))
+        testing.check_buffer(lambda: _built("buffer", spec.factory(config, encoder=encoder, path=f"{tmp}/{next(counter)}")))
+        testing.check_buffer_reopens(lambda: _built("buffer", spec.factory(config, encoder=encoder, path=f"{tmp}/reopened")))
 
 
 def _check_curriculum(spec, config) -> None:
     tasks = _stand_in_tasks(8)
 
     def build():  # what the loop passes; no domain here (a curriculum must allow None: the hookspec's default)
-        return spec.factory(config, tasks=tasks, task_generator=None, encoder=None, seed=0, domain=None)
+        return _built("curriculum", spec.factory(config, tasks=tasks, task_generator=None, encoder=None, seed=0, domain=None))
 
     testing.check_curriculum(build(), rebuild=build)
 
@@ -117,7 +136,7 @@ def _check_model(spec, config) -> None:
         model = spec.factory(config)
     except ModelUnavailable as exc:  # its default model is not on this machine: nothing to check
         raise _Skip(f"its default model is not here: {exc}") from exc
-    testing.check_language_model(model)
+    testing.check_language_model(_built("model", model))
 
 
 def _check_algo(spec, config) -> None:
@@ -135,6 +154,7 @@ def _check_algo(spec, config) -> None:
         algo = spec.factory(config, policy=policy, seed=0)
     except ConfigError as exc:  # an algorithm for another kind of policy (a served model, prompts) says so
         raise _Skip(f"its factory refuses the hf-tiny stand-in policy: {exc}") from exc
+    _built("algo", algo)
 
     def parameters():
         import torch

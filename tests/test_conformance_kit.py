@@ -290,6 +290,13 @@ class GoodAlgo:
         self.weights = self.weights + 1
         return {"loss": 0.5}
 
+    def save(self, *, path):
+        with open(path, "wb") as f:
+            np.save(f, self.weights)
+
+    def load(self, *, path):
+        self.weights = np.load(path)
+
 
 class NaNParameters(GoodAlgo):
     def update(self, *, groups):
@@ -330,16 +337,41 @@ def test_stand_in_groups_give_an_update_signal():
         assert group[0].decisions[0].text == "<action>go north</action>" and "find the apple" in groups[0][0].decisions[0].prompt
 
 
-class SavingAlgo(GoodAlgo):
-    def save(self, *, path):
-        with open(path, "wb") as f:
-            np.save(f, self.weights)
+class NoSaveAlgo:
+    """Acts and updates, but has no save/load: every run refuses to build it."""
 
-    def load(self, *, path):
-        self.weights = np.load(path)
+    def __init__(self) -> None:
+        self.inner = GoodAlgo()
+
+    def act(self, **kwargs):
+        return self.inner.act(**kwargs)
+
+    def update(self, **kwargs):
+        return self.inner.update(**kwargs)
 
 
-class SavesBesideItsPath(SavingAlgo):
+def test_check_algorithm_requires_save_and_load():
+    algo = NoSaveAlgo()
+    with pytest.raises(ConformanceError, match=r"^NoSaveAlgo: has no save, load \(a run calls act, update, save and load\)"):
+        check_algorithm(algo, [[]], lambda: algo.inner.weights.copy())
+
+
+class Float32Metrics(GoodAlgo):
+    """Reports its metrics as numpy float32 (np.mean of a float32 array), which a run takes."""
+
+    def update(self, *, groups):
+        return {key: np.float32(value) for key, value in super().update(groups=groups).items()}
+
+
+def test_check_algorithm_accepts_numpy_metrics_as_a_run_does():
+    from dreamgym_core.contracts import checked_metrics
+
+    algo = Float32Metrics()
+    assert check_algorithm(algo, [[]], lambda: algo.weights.copy()) == {"loss": 0.5}
+    assert checked_metrics({"loss": np.float32(0.5)}, "algo", "update()") == {"loss": 0.5}
+
+
+class SavesBesideItsPath(GoodAlgo):
     """np.save(path) writes path.npy: a checkpoint without ``path`` that resume cannot find."""
 
     def save(self, *, path):
@@ -349,7 +381,7 @@ class SavesBesideItsPath(SavingAlgo):
         self.weights = np.load(f"{path}.npy")
 
 
-class LoadKeepsWeights(SavingAlgo):
+class LoadKeepsWeights(GoodAlgo):
     """Saves, but load() leaves the parameters as they are: a resumed run or dreamgym eval
     would play the policy of the last update() instead of the checkpoint's."""
 
@@ -358,7 +390,7 @@ class LoadKeepsWeights(SavingAlgo):
 
 
 def test_check_algorithm_requires_load_to_restore_what_save_saw():
-    algo = SavingAlgo()
+    algo = GoodAlgo()
     check_algorithm(algo, [[]], lambda: algo.weights.copy())
     assert (algo.weights == 1).all()  # back to the weights save() saw, after the second update
     broken = LoadKeepsWeights()
@@ -377,6 +409,12 @@ def test_check_algorithm_accepts_torch_parameters():
         def update(self, *, groups):
             weights.add_(1)
             return {"loss": 0.5}
+
+        def save(self, *, path):
+            torch.save(weights.clone(), path)
+
+        def load(self, *, path):
+            weights.copy_(torch.load(path))
 
     check_algorithm(TorchAlgo(), [[]], lambda: weights.clone())
 
@@ -617,9 +655,22 @@ class UntrainableLM(GoodLM):
     sft = None
 
 
+class Float32LossLM(GoodLM):
+    """Reports its losses as numpy float32, as a torch trainer's ``.numpy()`` gives them."""
+
+    def sft(self, *, examples, epochs, lr, batch_size, on_epoch=None, on_batch=None):
+        report = None if on_epoch is None else lambda epoch, loss: on_epoch(epoch, np.float32(loss))
+        metrics = super().sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size, on_epoch=report)
+        return {key: np.float32(value) for key, value in metrics.items()}
+
+
 def test_a_good_language_model_passes():
     check_language_model(GoodLM())
     check_language_model(UntrainableLM())
+
+
+def test_check_language_model_accepts_numpy_losses_as_a_run_does():
+    check_language_model(Float32LossLM())
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ import json
 import re
 import sys
 import tomllib
+from typing import Annotated
 
+import msgspec
 import pytest
 import yaml
 
@@ -385,6 +387,28 @@ def test_check_skips_a_component_whose_config_has_required_fields(checked_plugin
     ]
 
 
+class _PositiveDim(Config):
+    dim: Annotated[int, msgspec.Meta(gt=0)] = 0  # every field has a default, and this one is refused
+
+
+def test_check_fails_a_component_whose_default_config_is_invalid(checked_plugin):
+    # It was skipped as if it had required fields, while a pipeline naming it with no config fails.
+    from dreamgym_core import conformance
+    from dreamgym_core.testing import BagOfWordsEncoder
+
+    class Defaults:
+        @hookimpl
+        def dreamgym_register_encoders(self):
+            return [ComponentSpec(name="bad-default", factory=lambda config: BagOfWordsEncoder(dim=config.dim),
+                                  config_type=_PositiveDim, description="refuses its own default")]
+
+    checked_plugin(Defaults(), "defaults")
+    assert list(conformance.check_plugin("defaults")) == [
+        "FAIL encoder:bad-default: its default config is invalid: _PositiveDim: Expected `int` >= 1 - at `$.dim`",
+        "1 of 1 component(s) of plugin 'defaults' failed",
+    ]
+
+
 class _CloseOnceEnv:
     """A CountEnv whose second close() raises."""
 
@@ -526,6 +550,38 @@ def test_check_runs_the_algorithm_check_with_a_stand_in_policy(checked_plugin, r
     assert result.output.splitlines() == [
         "FAIL algo:lazy: GRPO: update() did not change the policy's parameters (see docs/conformance.md)",
         "1 of 1 component(s) of plugin 'lazy' failed",
+    ]
+
+
+class _NoSaveAlgo:
+    """Acts and updates, but has no save/load."""
+
+    def __init__(self, algo) -> None:
+        self.act, self.update = algo.act, algo.update
+
+
+def test_check_fails_an_algorithm_a_run_refuses_to_build(checked_plugin, register_plugin):
+    # Passed: the kit checked save/load only where the algorithm had them, and every run refuses it.
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    register_plugin(pytest.importorskip("dreamgym_plugin_hf"), "hf")  # the hf-tiny stand-in policy
+    local = pytest.importorskip("dreamgym_plugin_local")
+    grpo = next(spec for spec in local.dreamgym_register_algos() if spec.name == "grpo")
+
+    class NoSave:
+        @hookimpl
+        def dreamgym_register_algos(self):
+            factory = lambda config, *, policy, seed: _NoSaveAlgo(grpo.factory(config, policy=policy, seed=seed))  # noqa: E731
+            return [ComponentSpec(name="no-save", factory=factory, config_type=grpo.config_type, description="no save/load")]
+
+    checked_plugin(NoSave(), "no-save")
+    result = CliRunner().invoke(cli, ["check", "no-save"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "FAIL algo:no-save: _NoSaveAlgo: has no save, load (a run refuses to build it; see docs/conformance.md)",
+        "1 of 1 component(s) of plugin 'no-save' failed",
     ]
 
 

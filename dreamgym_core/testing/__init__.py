@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import msgspec
 import numpy as np
 
+from ..contracts import missing_members
 from ..errors import ConformanceError
 from ..hookspecs import hookimpl
 from ..records import (
@@ -121,6 +122,12 @@ def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
 
 def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite_metric(value: Any) -> bool:
+    """A metric the run logs: any real number, numpy's included, as contracts.checked_metrics
+    takes it, and finite."""
+    return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def check_domain(domain: Any) -> None:
@@ -440,7 +447,7 @@ def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:
         if not isinstance(metrics, dict):
             raise _fail(curriculum, f"metrics() returned {type(metrics).__name__}, expected a dict of metrics (str: number)")
         for key, value in metrics.items():
-            if not isinstance(key, str) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if not isinstance(key, str) or not _finite_metric(value):
                 raise _fail(curriculum, f"metrics() gave {key!r} = {value!r:.60}, expected a finite number by str name")
 
 
@@ -486,11 +493,14 @@ def stand_in_groups(make: Callable[..., Trajectory] = stand_in_trajectory) -> li
 
 def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameters: Callable[[], Any]) -> dict[str, float]:
     """``act`` gives one str per prompt; one update on a tiny batch gives finite metrics and
-    changes the parameters, to finite values.
+    changes the parameters, to finite values; ``load`` of what ``save`` wrote restores them.
 
     ``parameters`` returns a flat copy of the policy's parameters (a tensor or array);
     ``groups``: :func:`stand_in_groups` will do.
     """
+    missing = missing_members("algo", algo)
+    if missing:  # Plugins.build refuses such an algorithm, so no run could use it
+        raise _fail(algo, f"has no {', '.join(missing)} (a run calls act, update, save and load)")
     prompts = [d.prompt for d in groups[0][0].decisions][:2] if groups and groups[0] and groups[0][0].decisions else ["Action:"]
     for greedy in (True, False):
         with _step(algo, f"act(greedy={greedy})"):
@@ -504,8 +514,8 @@ def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameter
     if not isinstance(metrics, dict) or not metrics:
         raise _fail(algo, "update() must return a non-empty dict of metrics")
     for key, value in metrics.items():
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _fail(algo, f"metric {key!r} = {value!r} is not a finite number")
+        if not isinstance(key, str) or not _finite_metric(value):
+            raise _fail(algo, f"metric {key!r} = {value!r} is not a finite number by str name")
     with _step(algo, "parameters() after update()"):
         after = parameters()
         unchanged = bool((before == after).all())
@@ -514,8 +524,7 @@ def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameter
         raise _fail(algo, "update() left non-finite (NaN or inf) parameters")
     if unchanged:
         raise _fail(algo, "update() did not change the policy's parameters")
-    if hasattr(algo, "save") and hasattr(algo, "load"):
-        _check_save_load(algo, groups, parameters, after)
+    _check_save_load(algo, groups, parameters, after)
     return metrics
 
 
@@ -606,9 +615,9 @@ def _check_trainable(model: Any, max_new_tokens: int) -> None:
             model.save(path=os.path.join(tmp, "before"))
         with _step(model, "sft() of 3 examples, 2 epochs"):
             metrics = model.sft(examples=examples, epochs=2, lr=1e-3, batch_size=2, on_epoch=lambda epoch, loss: epochs.append((epoch, loss)))
-        if not isinstance(metrics, dict) or any(not isinstance(k, str) or not isinstance(v, (int, float)) or not math.isfinite(v) for k, v in metrics.items()):
+        if not isinstance(metrics, dict) or any(not isinstance(k, str) or not _finite_metric(v) for k, v in metrics.items()):
             raise _fail(model, f"sft() must return a dict of finite numbers by name, got {metrics!r:.120}")
-        if [e for e, _ in epochs] != [1, 2] or not all(isinstance(loss, (int, float)) and math.isfinite(loss) for _, loss in epochs):
+        if [e for e, _ in epochs] != [1, 2] or not all(_finite_metric(loss) for _, loss in epochs):
             raise _fail(model, f"sft(epochs=2, on_epoch=...) must call on_epoch(1, loss) then on_epoch(2, loss) with finite losses, got {epochs}")
         after = _generated(model, "after sft()", max_new_tokens=max_new_tokens, temperature=0.0)
         # Again on the trained weights: a from-scratch backend writes nothing before SFT, which

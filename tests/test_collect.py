@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import ROOT, build_plugin_package, run_cli
 from dreamgym_core.commands.collect import collect_transitions, write_jsonl
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Trajectory
@@ -89,3 +90,40 @@ def test_collect_refuses_a_stream_before_playing(tmp_path):
     # /dev/fd/1, not /dev/stdout: the code before replaced /dev/stdout (as root) with the records
     result = CliRunner().invoke(cli, ["collect", "--env", "twx", "--transitions", "3", "--out", "/dev/fd/1"])
     assert result.exit_code != 0 and "--out /dev/fd/1: a device or stream" in result.output
+
+
+COUNTGAME = '''
+import sys
+sys.path.insert(0, {tests!r})
+from dreamgym_core import ComponentSpec, hookimpl
+from stand_ins import CountConfig, CountDomain
+
+@hookimpl
+def dreamgym_register_envs():
+    return [ComponentSpec(name="countgame", factory=CountDomain, config_type=CountConfig, description="A third-party env.")]
+'''
+
+
+@pytest.fixture(scope="module")
+def countgame_site(tmp_path_factory):
+    """An installed plugin with an env, and an entry point beside it whose module is missing."""
+    return build_plugin_package(
+        tmp_path_factory.mktemp("countgame"), "dreamgym-plugin-countgame", "dreamgym_plugin_countgame",
+        COUNTGAME.format(tests=str(ROOT / "tests")),
+        {"countgame": "dreamgym_plugin_countgame", "broken": "dreamgym_plugin_countgame_missing"},
+    )
+
+
+@pytest.mark.parametrize("blocked", ["broken", ""])
+def test_collect_without_plugin_leaves_out_blocked_and_broken_plugins(countgame_site, tmp_path, blocked):
+    # Without --plugin every installed plugin was loaded: a blocked one was "--plugin: plugin ...
+    # is blocked" (no --plugin was given), and one that failed to import stopped the command.
+    out = tmp_path / "c.jsonl"
+    result = run_cli("collect", "--env", "countgame", "--transitions", "3", "--out", str(out), "-q",
+                     site=countgame_site, env={"DREAMGYM_BLOCK_PLUGINS": blocked})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote 3 transitions to {out}\n" and len(out.read_text().splitlines()) == 3
+    # a blocked plugin is left out without a word, as by a pipeline that does not name it
+    warning = ("warning: plugin 'broken' (distribution dreamgym-plugin-countgame) failed to load: ModuleNotFoundError: "
+               "No module named 'dreamgym_plugin_countgame_missing'; collect leaves it out\n")
+    assert result.stderr == ("" if blocked else warning)

@@ -14,6 +14,7 @@ so an interrupted run never leaves a partial file under the requested name.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -22,7 +23,7 @@ import msgspec
 
 from ..checkpoint import is_stream_path, open_new, output_file
 from ..config import convert_config, load_pipeline, parse_overrides, set_path
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, DreamGymError, PluginBlocked
 from ..plugins import Plugins, installed_plugins
 from ..records import Transition
 from ..stages import collect
@@ -30,9 +31,28 @@ from ..stages import collect
 __all__ = ["command", "collect_transitions", "write_jsonl"]
 
 
+def _usable_plugins() -> list[str]:
+    """Without --plugin: every installed plugin but those DREAMGYM_BLOCK_PLUGINS blocks, and
+    those that fail to load or to register their envs (each left out with a one-line warning),
+    so that one broken plugin does not stop collecting from another's env."""
+    names = []
+    for name in sorted(installed_plugins()):
+        try:
+            Plugins.for_names([name]).components("env")
+        except PluginBlocked:
+            continue
+        except DreamGymError as exc:
+            warnings.warn(f"{exc}; collect leaves it out", stacklevel=2)
+            continue
+        names.append(name)
+    return names
+
+
 def _domain_from_cli(env: str, plugin_names: Sequence[str], overrides: Sequence[str]) -> Any:
-    names = list(plugin_names) or sorted(installed_plugins())
-    plugins = Plugins.for_names(names, where="--plugin")
+    if plugin_names:
+        plugins = Plugins.for_names(plugin_names, where="--plugin")
+    else:
+        plugins = Plugins.for_names(_usable_plugins(), where="installed plugins")
     spec = plugins.component("env", env, where="--env")
     raw: dict[str, Any] = {}
     for key, value in parse_overrides(overrides, "--set"):
@@ -103,7 +123,7 @@ def write_jsonl(records: Iterator[Transition], out: Path, total: int, *, progres
 @click.command("collect")
 @click.option("--env", "env", metavar="NAME", help="Registered environment (e.g. twx, tw).")
 @click.option("--pipeline", type=click.Path(), help="Take plugins and env settings from this pipeline file.")
-@click.option("--plugin", "plugin_names", multiple=True, metavar="NAME", help="Plugins to load with --env (default: all installed).")
+@click.option("--plugin", "plugin_names", multiple=True, metavar="NAME", help="Plugins to load with --env (default: every installed one that loads and is not blocked).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Env config field (with --pipeline: any pipeline field).")
 @click.option("--policy", type=click.Choice(["expert", "random", "noisy", "explore"]), default="expert", show_default=True)
 @click.option("--transitions", type=click.IntRange(min=1), required=True, help="How many transitions to write.")

@@ -78,6 +78,19 @@ def test_added_records_during_backfill_use_the_new_encoder(tmp_path, distinct):
     assert b.backfill_progress == (60, 60)
 
 
+def test_queries_during_a_backfill_survive_more_rows_than_the_old_space_holds(tmp_path, distinct):
+    """The old encoder's matrix stops growing (1024 rows at least) while adds go to the new one:
+    past that, every retrieve() raised IndexError until the backfill ended."""
+    old = _populate(tmp_path, distinct, n=10)
+    b = ExactBuffer(ExactConfig(backfill_background=False), encoder=HashingEncoder(NEW), path=tmp_path,
+                    previous_encoders=[HashingEncoder(OLD)])
+    b.add(transitions=distinct(1100, prefix="fresh"))
+    assert b.backfill_progress == (1100, 1110)
+    hits = b.retrieve(queries=[(old[3].state, old[3].action)], k=3)[0]
+    assert old[3] in hits and len(hits) == 3
+    b.close()
+
+
 def _backfill(path, batches=None):
     """Re-embed the buffer at ``path`` with the new encoder: ``batches`` batches of 30, or all."""
     cfg = ExactConfig(backfill_background=False, backfill_batch=30)

@@ -616,6 +616,9 @@ class ExactBuffer:
     def _search(self, space: Space, q: np.ndarray, k: int, n: int, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """(rows, scores) per query over ``space`` rows allowed by ``mask``: exact."""
         data = space.data[:n]
+        # An old encoder's space stops growing once new rows go to the current one: rows past its
+        # end have no vector there (their mask is False), and a longer mask failed the search.
+        mask = mask[: len(data)]
         idx, scores = topk_cosine(q, data, k, None if mask.all() else mask)
         return list(zip(idx, scores))
 

@@ -613,9 +613,12 @@ def parse_variation(text: str) -> str | None:
 
 def parse_selection(text: str, n: int) -> int | None:
     """0-based candidate index from ``SELECTION: <n>`` (1-based), tolerant of layout; None if none."""
-    match = re.search(r"selection[\s:\-=*]*(?:candidate\s*)?#?\s*(\d+)", text, re.IGNORECASE)
+    # A dash only as a separator ("selection - 2"): "-1" (none) read as candidate 1, and a
+    # decimal ("2.5") is no candidate number.
+    number = r"(?:candidate\s*)?#?\s*(\d+)(?![.,]?\d)"
+    match = re.search(r"selection(?:[\s:=*]|\s-\s)*" + number, text, re.IGNORECASE)
     if not match:
-        match = re.match(r"\s*(?:candidate\s*)?#?\s*(\d+)", text, re.IGNORECASE)
+        match = re.match(r"\s*" + number, text, re.IGNORECASE)
     if not match:
         return None
     digits = match.group(1).lstrip("0") or "0"

@@ -709,6 +709,9 @@ TASK = Task(id="t1", instruction="Collect the coin in the kitchen.", domain="twx
         ("I like the second one", 3, None),
         ("SELECTION: " + "9" * 5000, 3, None),  # past Python's int-conversion digit limit
         ("SELECTION: 0002", 3, 1),
+        ("SELECTION: -1 (none qualifies)", 3, None),  # was candidate 1
+        ("SELECTION: 2.5", 3, None),  # was candidate 2
+        ("SELECTION: 2.\nREASONING: harder", 3, 1),
     ],
 )
 def test_parse_selection_is_tolerant(text: str, n: int, expect) -> None:

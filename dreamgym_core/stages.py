@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from . import checkpoint
 from .config import DataConfig, PipelineConfig
 from .contracts import checked_metrics, checked_saved
@@ -107,9 +109,18 @@ def _read_offline_file(path: Path, domain: Any, tasks: Sequence[Task]) -> list[T
             "the run evaluates on: trained on, they would not be held out"
         )
     try:
-        return checkpoint.trajectories_from_transitions(transitions, list(tasks))
+        episodes = checkpoint.trajectories_from_transitions(transitions, list(tasks))
     except DataError as exc:
         raise DataError(f"data.path {path}: {exc}") from None
+    # A row may leave out its instruction (docs/offline-data.md): it keeps its task's. The episode
+    # has it, and so must the row: the experience model's training prompts read it there, and
+    # read "Task: " with nothing after it, where RL's synthetic steps send the instruction.
+    return [
+        msgspec.structs.replace(e, transitions=[
+            t if t.instruction else msgspec.structs.replace(t, instruction=e.task.instruction) for t in e.transitions
+        ])
+        for e in episodes
+    ]
 
 
 def collect(domain: Any, *, tasks: Sequence[Task], policy: str, episodes: int, seed: int) -> list[Trajectory]:

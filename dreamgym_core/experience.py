@@ -27,7 +27,7 @@ import hashlib
 import logging
 import re
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Annotated, Any, Callable, Iterable, NamedTuple, Sequence
 
 import msgspec
@@ -436,8 +436,9 @@ def _episodes(transitions: Iterable[Transition]) -> dict[tuple[str, str], list[T
     return episodes
 
 
-def _same_episode(a: Transition, b: Transition) -> bool:
-    return (a.task_id, a.episode_id) == (b.task_id, b.episode_id)
+def _family(t: Transition) -> tuple[str, str]:
+    """A transition's episode with its Early Experience branches: (task id, demo episode id)."""
+    return t.task_id, branch_parent(t.episode_id) or t.episode_id
 
 
 def _history(transitions: Sequence[Transition], history_window: int) -> dict[int, list[Transition]]:
@@ -497,7 +498,7 @@ def _demos(
     transitions: Sequence[Transition], buffer: Any, k: int, *, other_tasks: bool = False,
     world_of: Callable[[str], str] | None = None,
 ) -> list[list[Transition]]:
-    """Top-k buffer neighbours of each transition, never from its own episode (and, with
+    """Top-k buffer neighbours of each transition, never from its own episode or its branches (and, with
     ``other_tasks``, never from its task; with ``world_of``, its world's first among the
     nearest :data:`SAME_WORLD_POOL`).
 
@@ -515,8 +516,10 @@ def _demos(
         extra = _OTHER_TASKS_OVERFETCH
         keep: Callable[[Transition, Transition], bool] = lambda d, t: d.task_id != t.task_id
     else:
-        extra = max(len(steps) for steps in _episodes(transitions).values())
-        keep = lambda d, t: not _same_episode(d, t)
+        # An episode's branches too: a branch at a later step starts from the very next state
+        # (its state is the demo's there), and at inference neither is in the buffer.
+        extra = max(Counter(_family(t) for t in transitions).values())
+        keep = lambda d, t: _family(d) != _family(t)
     out: list[list[Transition]] = [[] for _ in transitions]
     pending = list(range(len(transitions)))
     fetch = k + extra if world_of is None else max(k + extra, SAME_WORLD_POOL)

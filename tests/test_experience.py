@@ -38,7 +38,7 @@ from dreamgym_core.experience import (
     world_namer,
     training_examples,
 )
-from dreamgym_core.records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition
+from dreamgym_core.records import ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_episode_id
 from dreamgym_core.testing import check_experience_model, make_transitions
 from test_experience_doubles import ListBuffer, ScriptedLM
 
@@ -421,6 +421,21 @@ def test_training_demos_never_come_from_the_examples_own_episode() -> None:
     for request, t in zip(requests, data):
         assert len(request.demos) == 2, "own-episode neighbours must not starve the demos"
         assert all(d.episode_id != t.episode_id for d in request.demos)
+
+
+def test_training_demos_never_come_from_the_examples_episode_branches() -> None:
+    """Early Experience branches carry their own episode ids (``<demo>/branch<t>.<j>``): a branch
+    at a later step starts from the demo's next state, the very state the example is trained to
+    write, and at inference neither the episode nor its branches are in the buffer."""
+    demo = _world("a", "alpha", 3)
+    branches = [msgspec.structs.replace(t, episode_id=branch_episode_id("a", t.step, 0), action="wait", next_state=t.state)
+                for t in demo]  # fmt: skip
+    data = demo + branches + _world("b", "beta", 4)
+    requests = requests_for(data, ListBuffer(data), history_window=1, k=2)
+    for request, t in zip(requests, data):
+        assert len(request.demos) == 2
+        if t.episode_id.startswith("a"):
+            assert all(d.episode_id == "b" for d in request.demos), (t.episode_id, [d.episode_id for d in request.demos])
 
 
 def _kitchen_move(task: str, ep: str, where: str) -> Transition:

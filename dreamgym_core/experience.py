@@ -602,14 +602,18 @@ def selection_prompt(task: Task, candidates: Sequence[str]) -> str:
 
 
 def parse_variation(text: str) -> str | None:
-    """The first non-empty line, without a ``New task:``/``Task:`` label, quotes or numbering."""
+    """The first line that states a task, without a ``New task:``/``Task:`` label, bold marks,
+    quotes or numbering. A line without a letter ("1.") or one that ends in a colon ("Sure!
+    Here is a harder task:", which announces a task rather than states it) is none."""
     for line in text.splitlines():
+        line = line.replace("**", "").replace("__", "")  # "**New task:** ..." from a chat model
         # numbering and label in either order ("1. New task: ..." as well as "New task: 1. ...")
         for _ in range(2):
             line = re.sub(r"^\s*(\d+[.)]|[-*])\s+", "", line)
             line = re.sub(r"^\s*(new task|task|variation)\s*[:\-]\s*", "", line, flags=re.IGNORECASE)
-        line = line.strip().strip("\"'").strip()
-        if line:
+        # quotes round the task, a closing one also before its full stop ('"Open the door".')
+        line = re.sub(r"[\"'](?=[.!?]?$)", "", line.strip().lstrip("\"'")).strip()
+        if re.search(r"[^\W\d_]", line) and not line.endswith(":"):
             return line
     return None
 

@@ -740,6 +740,12 @@ def test_parse_variation() -> None:
     # a numbered list item that carries the label too
     assert parse_variation('1. New task: "Find two coins."') == "Find two coins."
     assert parse_variation("New task: 2) seed=3") == "seed=3"
+    # a chat model's layout: bold label, a preamble, a lone number, a quote before the full stop
+    assert parse_variation("**New task:** Find the key") == "Find the key"
+    assert parse_variation("Sure! Here is a new, harder task:") is None
+    assert parse_variation("Sure! Here is one:\nFind the red key") == "Find the red key"
+    assert parse_variation("1.") is None
+    assert parse_variation('New task: "Open the door".') == "Open the door."
 
 
 def test_vary_and_select_use_domain_description() -> None:

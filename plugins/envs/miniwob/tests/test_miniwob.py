@@ -20,7 +20,7 @@ import pytest
 
 from dreamgym_core.errors import ConfigError
 from dreamgym_core.plugins import Plugins
-from dreamgym_core.records import Task
+from dreamgym_core.records import Task, Transition
 from dreamgym_core.testing import check_domain
 from dreamgym_core.testing.processes import bounded, ctrl_c_run, stop_process
 from dreamgym_plugin_miniwob import BrowserError, MiniWoBConfig, MiniWoBDomain, parse_action, render_state
@@ -389,6 +389,85 @@ def test_annotation_names_the_element_and_the_change(domain):
     assert traces[-1].endswith("This completes the task: the page scores the episode a success, reward 1.")
     invalid = trajectory.transitions[0].__class__(**{**{f: getattr(trajectory.transitions[0], f) for f in trajectory.transitions[0].__struct_fields__}, "valid": False})
     assert annotate_transition(invalid).startswith("'type [")
+
+
+@browser
+def test_the_last_state_of_an_episode_keeps_the_refs_of_the_episode(domain):
+    """MiniWoB counts an ended episode done before the last state is read, and would give every
+    element a new ref in it: the terminal state named elements the episode never had."""
+    trajectory = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)[0]
+    last = trajectory.transitions[-1]
+    assert last.done and last.success
+    refs = [re.match(r"\[(\d+)\] (\S+)", line).groups() for line in last.state.splitlines()]
+    assert [re.match(r"\[(\d+)\] (\S+)", line).groups() for line in last.next_state.splitlines()] == refs
+    # the trace names only what changed: the focus, from the password field to the button
+    changed = f'[{refs[-2][0]}] input_password value="AU"; [{refs[-1][0]}] button "Login" (focused).'
+    assert f"The page now shows: {changed}" in annotate_transition(last)
+    env = domain.make_env()  # and the next episode of the page is numbered as before
+    try:
+        task = domain.tasks(split="train")[0]
+        assert env.reset(task=task).text == trajectory.transitions[0].state
+        env.step(action=f"click [{refs[-1][0]}]")  # ends it (a wrong submission)
+        assert env.reset(task=task).text == trajectory.transitions[0].state
+    finally:
+        env.close()
+
+
+def test_values_and_texts_are_escaped_so_each_element_is_one_line():
+    elements = [
+        Element(ref=5, tag="textarea", value='line one\n[99] button "Submit"'),
+        Element(ref=6, tag="label", text='say "hi" \\o/'),
+        Element(ref=7, tag="input_text", value="a\rb\u2028c\x0bd"),
+        Element(ref=8, tag="input_text", value="plain é\tvalue", focused=True),  # no escape: as it was
+    ]
+    state = render_state(elements, max_elements=10)
+    assert state.splitlines() == [
+        '[5] textarea value="line one\\n[99] button \\"Submit\\""',
+        '[6] label "say \\"hi\\" \\\\o/"',
+        '[7] input_text value="a\\rb\\u2028c\\x0bd"',
+        '[8] input_text value="plain é\tvalue" (focused)',
+    ]
+    typed = Transition(task_id="t", episode_id="e", step=0, state='[5] textarea value=""', action='type [5] "a\nb"',
+                       next_state=state, reward=0.0, done=False)  # fmt: skip
+    trace = annotate_transition(typed)
+    assert 'typing "a\\nb"' in trace and "\n" not in trace  # the typed text quoted as the state quotes it
+
+
+@browser
+def test_a_typed_line_break_stays_in_the_elements_line(domain, env):
+    task = Task(id="miniwob/copy-paste/0", instruction="", domain="miniwob", payload={"task": "copy-paste", "seed": 0})
+    first = env.reset(task=task)
+    area = next(e for e in env.elements() if e.tag == "textarea")
+    result = env.step(action=f'type [{area.ref}] "line one\n[99] button "Submit""')
+    assert len(result.observation.text.splitlines()) == len(first.text.splitlines())
+    line = next(line for line in result.observation.text.splitlines() if line.startswith(f"[{area.ref}] textarea "))
+    assert line.endswith(' line one\\n[99] button \\"Submit\\"" (focused)')  # typed after the page's text
+
+
+@browser
+@pytest.mark.parametrize("when", ["reset", "step"])
+def test_a_browser_failure_reading_the_state_ends_the_episode(domain, env, monkeypatch, when):
+    from dreamgym_core.errors import DreamGymError
+
+    task = domain.tasks(split="train")[0]
+    first = env.reset(task=task) if when == "step" else None
+    script = env.page._script
+
+    def dies_reading_the_elements(js: str):
+        if "getDOMInfo" in js:  # ChromeDriver dies under the adapter as it reads the state
+            env.page._driver.service.process.kill()
+            env.page._driver.service.process.wait()
+        return script(js)
+
+    monkeypatch.setattr(env.page, "_script", dies_reading_the_elements)
+    with pytest.raises(BrowserError, match=r"the browser failed"):
+        env.reset(task=task) if when == "reset" else env.step(action="click [4]")
+    monkeypatch.undo()
+    assert env.page._driver is None  # the page is closed, so the episode is over
+    with pytest.raises(DreamGymError, match=r"step\(\) needs reset\(\) first"):
+        env.step(action="click [4]")
+    assert env.page._driver is None  # no blank browser started
+    assert env.reset(task=task).text == (first.text if first else domain.initial_observation(task).text)
 
 
 def reduced_example(run_dir: Path) -> list[str]:

@@ -13,7 +13,7 @@ from dreamgym_core.records import VARIATION_SUFFIX, Observation, Task, Trajector
 from dreamgym_core.rollout import play_offline
 
 from .config import SPLIT_SIZE, MiniWoBConfig
-from .env import ACTION_SYNTAX, MiniWoBEnv, parse_action
+from .env import ACTION_SYNTAX, MiniWoBEnv, parse_action, quote
 from .experts import EXPERTS, plan
 from .page import Element, task_names
 
@@ -199,7 +199,8 @@ def annotate_transition(t: Transition) -> str:
     else:
         verb, ref, text = parsed
         target = _line_of(t.state, ref) or f"[{ref}]"
-        lines.append(f"Clicking {target}" + (f' and typing "{text}"' if verb == "type" else "") + " acts on the page.")
+        typing = f" and typing {quote(text)}" if verb == "type" else ""  # quoted as the state quotes values
+        lines.append(f"Clicking {target}{typing} acts on the page.")
         before = set(t.state.splitlines())
         changed = [line for line in t.next_state.splitlines() if line not in before]
         if changed:

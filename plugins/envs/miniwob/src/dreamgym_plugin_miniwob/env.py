@@ -8,6 +8,9 @@ ref the agent's actions name::
     [6] label "91YPF"
     [7] input_checkbox unchecked
 
+Texts and values are quoted with backslash escapes for ``\\``, ``"`` and line breaks
+(``value="a\\nb"``), so that each element stays one line.
+
 Actions are ``click [N]`` (the element's click handler; a text field takes the focus) and
 ``type [N] TEXT`` (click N, then type TEXT as key events). An action that does not parse,
 or names an element the page does not have, changes nothing and is flagged ``valid=False``.
@@ -25,7 +28,7 @@ from dreamgym_core.records import Observation, StepResult, Task
 from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
 from .page import BrowserError, Element, Page
 
-__all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "render_state"]
+__all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "quote", "render_state"]
 
 ACTION_SYNTAX = "click [N] (click element N), type [N] TEXT (click element N, then type TEXT)"
 _ACTION = re.compile(r"^\s*(click|type)\s*\[?\s*(\d+)\s*\]?\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
@@ -34,7 +37,8 @@ _ACTION = re.compile(r"^\s*(click|type)\s*\[?\s*(\d+)\s*\]?\s*(.*?)\s*$", re.IGN
 def parse_action(action: str) -> tuple[str, int, str] | None:
     """``'type [5] "Myron"'`` -> ``('type', 5, 'Myron')``; None when it is not an action.
 
-    One pair of quotes around TEXT is taken off; ``click`` takes no text."""
+    One pair of quotes around TEXT is taken off; ``click`` takes no text. TEXT is typed as it
+    stands: the state's escapes (:func:`quote`) are not undone, since an agent's backslash is a key."""
     match = _ACTION.match(action)
     if match is None:
         return None
@@ -46,14 +50,27 @@ def parse_action(action: str) -> tuple[str, int, str] | None:
     return verb, ref, text
 
 
+# A typed value can hold anything: a line break would continue the element on a line of its
+# own (which can read as another element), a quote would end the quoted text early. Backslash
+# escapes keep each element on one line (any break str.splitlines knows) and the quoting
+# unambiguous; text and values without these characters render as they are.
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
+_ESCAPED = re.compile(r'[\\"\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]')
+
+
+def quote(text: str) -> str:
+    """``text`` in double quotes as the state shows it: ``\\``, ``"``, line breaks escaped."""
+    return '"' + _ESCAPED.sub(lambda m: _ESCAPES.get(m[0]) or m[0].encode("unicode_escape").decode(), text) + '"'
+
+
 def _describe(e: Element) -> str:
     parts = [f"[{e.ref}] {e.tag}"]
     if e.text:
-        parts.append(f'"{e.text}"')
+        parts.append(quote(e.text))
     if isinstance(e.value, bool):
         parts.append("checked" if e.value else "unchecked")
     elif e.value is not None:
-        parts.append(f'value="{e.value}"')
+        parts.append(f"value={quote(e.value)}")
     if e.focused:
         parts.append("(focused)")
     return " ".join(parts)
@@ -100,9 +117,13 @@ class MiniWoBEnv:
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
         """Start the problem ``task.payload['seed']`` generates on page ``task.payload['task']``;
         ``seed`` is not used."""
+        # done until the first state is read: a browser failure on the way closes the page
+        self._done = True
         self.page.start(task.payload["task"], task.payload["seed"])
-        self._steps, self._done = 0, False
-        return self._observe()
+        self._steps = 0
+        observation = self._observe()
+        self._done = False
+        return observation
 
     def step(self, *, action: str) -> StepResult:
         checked_action(action, "miniwob env")
@@ -114,6 +135,7 @@ class MiniWoBEnv:
             if valid and parsed[0] == "type":
                 self.page.type_text(parsed[2])
             over, raw_reward = self.page.outcome()
+            observation = self._observe()
         except BrowserError:
             # the page is gone with the browser: a next step would start a blank one ("core is not
             # defined"), so the episode is over and the next call must be a reset
@@ -123,7 +145,6 @@ class MiniWoBEnv:
         success = over and raw_reward > 0
         truncated = not over and self._steps >= self.max_steps
         self._done = over or truncated
-        observation = self._observe()
         return StepResult(
             observation=observation,
             reward=1.0 if success else 0.0,

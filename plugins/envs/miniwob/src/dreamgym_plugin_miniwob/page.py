@@ -49,6 +49,14 @@ _READY = (
     "return location.pathname.endsWith('/{task}.html') && document.readyState === 'complete'"
     " && typeof core !== 'undefined' && typeof genProblem === 'function';"
 )
+# core.getDOMInfo, the refs of an episode that has ended kept (Page.elements). endEpisode
+# increments WOB_EPISODE_ID once per episode (a second call finds no timer and returns).
+_DOM_INFO = (
+    "if (WOB_DONE_GLOBAL) { var ended = 'e' + (WOB_EPISODE_ID - 1);"
+    " document.querySelectorAll('[data-wob_eps=\"' + ended + '\"]')"
+    ".forEach(function (e) { e.dataset.wob_eps = 'e' + WOB_EPISODE_ID; }); }"
+    " return core.getDOMInfo();"
+)
 _INTERACTIVE = ("button", "textarea", "select", "option", "a")
 # A browser's profile directory is named after the process that started it, so that a later
 # run can tell a profile whose owner died without closing it (SIGKILL, the OOM killer).
@@ -289,10 +297,16 @@ class Page:
         return answer["utterance"] if isinstance(answer, dict) else str(answer)
 
     def elements(self) -> list[Element]:
-        """The page's elements now (this also renews the refs ``click`` accepts)."""
+        """The page's elements now (this also renews the refs ``click`` accepts).
+
+        After the episode ends the elements keep the refs they had in it. ``core.endEpisode``
+        counts the episode done (``WOB_EPISODE_ID++``), and ``getDOMInfo`` keeps an element's ref
+        only when it was given in the current episode (``data-wob_eps``): the last state would
+        renumber every element. The ended episode's elements are moved to the new count first.
+        ``start`` is unaffected: it clears the refs, and ``core.startEpisodeReal`` numbers from 1."""
         from miniwob.dom import DOMElement
 
-        return _flatten(DOMElement(self._script("return core.getDOMInfo();")))
+        return _flatten(DOMElement(self._script(_DOM_INFO)))
 
     def click(self, ref: int) -> bool:
         """Click element ``ref`` of the last ``elements()``; False when the page has no such element."""

@@ -17,9 +17,10 @@ __all__ = ["ACTION_STOP", "build_agent_prompt", "parse_agent_output", "render_re
 # Generation stops after the closing action tag: nothing after it is used.
 ACTION_STOP = "</action>"
 
-# The first closed action, from the last <action> before its </action>: a reasoning that mentions
-# the tag ("I answer in an <action> tag") would otherwise start the action there.
-_ACTION = re.compile(r"<action>\s*((?:(?!<action>).)*?)\s*(?:</action>|$)", re.IGNORECASE | re.DOTALL)
+_ACTION = re.compile(r"<action>\s*(.*?)\s*(?:</action>|$)", re.IGNORECASE | re.DOTALL)
+# A closed reasoning block, looked past first: one that mentions the tag ("I answer in an <action>
+# tag") started the action there.
+_THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 
 
 def build_agent_prompt(
@@ -50,9 +51,10 @@ def build_agent_prompt(
 
 
 def parse_agent_output(text: str, admissible: Sequence[str] = ()) -> tuple[str, bool]:
-    """``(action, parsed)``. Tolerant: a missing closing tag is accepted; with no tag,
-    a reply that is exactly one admissible action is accepted. Otherwise ``("", False)``."""
-    match = _ACTION.search(text)
+    """``(action, parsed)``: the first ``<action>`` after the reasoning (else the first at all).
+    Tolerant: a missing closing tag is accepted; with no tag, a reply that is exactly one
+    admissible action is accepted. Otherwise ``("", False)``."""
+    match = _ACTION.search(_THINK.sub("", text)) or _ACTION.search(text)
     if match:
         action = " ".join(match.group(1).split())
         return (action, True) if action else ("", False)

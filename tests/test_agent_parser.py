@@ -37,5 +37,10 @@ def test_the_first_closed_action_is_taken(text, expected) -> None:
 )
 def test_a_tag_the_reasoning_mentions_does_not_start_the_action(text) -> None:
     """The action ran from the mention to the real closing tag ('tag.</think><action>go north'),
-    counted as parsed: the environment got junk and the parse-failure count missed it."""
+    counted as parsed: the environment got junk and the parse-failure count missed it. The
+    reasoning block is looked past; outside one, the first tag still starts the action."""
     assert parse_agent_output(text, LISTED) == ("go north", True)
+
+
+def test_an_action_only_inside_the_reasoning_is_still_found() -> None:
+    assert parse_agent_output("<think><action>take coin</action></think>", LISTED) == ("take coin", True)

@@ -24,6 +24,14 @@ def _in_run_dir(field: str, value: str, *, nested: bool) -> None:
         raise ValueError(f"{field} {value!r} must be a file name in the run directory, without a directory part")
 
 
+# Files the run itself writes in its directory: a jsonl sink named after one appended metrics to
+# it (offline.jsonl, the run's real data, among them).
+RUN_FILES = frozenset({
+    "config.json", "config.sha256", "versions.json", "offline.jsonl", "offline_annotated.jsonl", "branches.jsonl",
+    "fidelity_heldout.jsonl", "fidelity_unparsed.jsonl", "summary.json", "report.md",
+})
+
+
 class JsonlConfig(Config):
     """Metrics as one JSON object per line in ``<run_dir>/metrics.jsonl``."""
 
@@ -32,6 +40,8 @@ class JsonlConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         _in_run_dir("filename", self.filename, nested=False)
+        if self.filename.strip().lower() in RUN_FILES:
+            raise ValueError(f"filename {self.filename!r} is a file the run writes itself; name the metrics file otherwise")
 
 
 class JsonlSink:

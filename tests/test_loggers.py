@@ -68,3 +68,13 @@ def test_sinks_may_still_name_their_own_files_and_folders(tmp_path):
     sink.log(step=0, metrics={"m": 1.0})
     sink.close()
     assert list((tmp_path / "logs" / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("name", ["offline.jsonl", "summary.json", "Report.md"])
+def test_a_jsonl_sink_named_after_a_file_the_run_writes_is_refused(name):
+    """Appended to offline.jsonl (the run's real data), metrics rows would be read back as transitions."""
+    from dreamgym_core.config import convert_config
+    from dreamgym_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"pipeline.yaml: filename {name!r} is a file the run writes itself"):
+        convert_config({"filename": name}, JsonlConfig, "pipeline.yaml", "$.loggers.0.config")

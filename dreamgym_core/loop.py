@@ -995,13 +995,10 @@ def evaluate(
     tasks = runner.domain.tasks(split=split)
     if not tasks:
         raise DreamGymError(f"no tasks in split {split!r} of env {runner.cfg.env.name!r}")
-    if temperature <= 0 and episodes > len(tasks):
-        # Greedy play of a task repeats itself: extra episodes would only narrow the CI falsely.
-        if (split, episodes) not in runner.capped_evaluations:  # once a run, not once each warm-start epoch
-            runner.capped_evaluations.add((split, episodes))
-            log.warning("eval: %d episodes requested on %d %s tasks with greedy play; using %d", episodes, len(tasks), split, len(tasks))
-        episodes = len(tasks)
-    chosen = [tasks[i % len(tasks)] for i in range(episodes)]
+    chosen = stages.evaluation_tasks(tasks, episodes, temperature)
+    if len(chosen) < episodes and (split, episodes) not in runner.capped_evaluations:  # once a run, not each warm-start epoch
+        runner.capped_evaluations.add((split, episodes))
+        log.warning("eval: %d episodes requested on %d %s tasks with greedy play; using %d", episodes, len(tasks), split, len(chosen))
     # The same rollout seeds in both environments, so a task's two episodes are comparable.
     def play(phase: str) -> tuple[list[Trajectory], RolloutStats]:
         seeds = [10_000 + i for i in range(len(chosen))]

@@ -24,7 +24,7 @@ from .records import Task, Trajectory, Transition
 
 __all__ = [
     "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "experience_data", "annotate_offline",
-    "train_experience_model", "reload_trained",
+    "train_experience_model", "reload_trained", "evaluation_tasks",
 ]
 
 # Run-directory names of the stages' outputs.
@@ -245,3 +245,12 @@ def train_experience_model(
     checkpoint.write_stage_metrics(ckpt, trained)
     checkpoint.atomic_write(ckpt / "done", b"1\n")
     return trained
+
+
+def evaluation_tasks(tasks: Sequence[Task], episodes: int, temperature: float) -> list[Task]:
+    """The task of each of an evaluation's ``episodes``, cycling through ``tasks``; in greedy play
+    (``temperature`` 0) each task once at most, as a repeated task replays the same episode and
+    would only narrow the interval falsely. The local loop and verl's validation both play these."""
+    if temperature <= 0:
+        episodes = min(episodes, len(tasks))
+    return [tasks[i % len(tasks)] for i in range(episodes)]

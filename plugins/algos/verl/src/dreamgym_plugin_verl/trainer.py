@@ -92,20 +92,17 @@ def actor_name(kind: str, run_dir: str | Path) -> str:
 
 
 def held_out_tasks(tasks: list, episodes: int, temperature: float) -> list:
-    """The ``eval.split`` tasks verl validates on, one episode per row (``val_kwargs.n`` 1),
-    chosen as the local loop's evaluation chooses them: ``episodes`` rows, cycling through
-    the split when it holds fewer tasks, except in greedy play (``temperature`` 0), where a
-    repeated task replays the same episode and would only narrow the interval falsely, so
-    each task is played once at most. ``episodes`` 0 (no evaluation) keeps one task: verl
-    reads its val file anyway."""
+    """The ``eval.split`` tasks verl validates on, one episode per row (``val_kwargs.n`` 1), as
+    the local loop's evaluation chooses them (:func:`dreamgym_core.stages.evaluation_tasks`).
+    ``episodes`` 0 (no evaluation) keeps one task: verl reads its val file anyway."""
     if not tasks:
         return []
     if episodes < 1:
         return tasks[:1]
-    if temperature <= 0 and episodes > len(tasks):
-        log.warning("eval: %d episodes requested on %d tasks with greedy play; using %d", episodes, len(tasks), len(tasks))
-        episodes = len(tasks)
-    return [tasks[i % len(tasks)] for i in range(episodes)]
+    chosen = stages.evaluation_tasks(tasks, episodes, temperature)
+    if len(chosen) < episodes:
+        log.warning("eval: %d episodes requested on %d tasks with greedy play; using %d", episodes, len(tasks), len(chosen))
+    return chosen
 
 
 def _write_overrides(directory: Path, overrides: list[str]) -> Path:

@@ -690,7 +690,7 @@ class Runner:
 
     def play(
         self, tasks: list[Task], phase: str, *, temperature: float, seeds: list[int], tag: str, experience_model: Any = None,
-        evaluation: bool = False, stream: str | None = None, what: str | None = None,
+        evaluation: bool = False, stream: str | None = None, what: str | None = None, first_episode: int = 0,
     ) -> tuple[list[Trajectory], RolloutStats]:
         """One episode per task in the real or the synthetic environment, closing its envs
         (``experience_model``: a stream of the run's model for measurements; default, RL's own;
@@ -701,7 +701,7 @@ class Runner:
             batches = [
                 self.play(
                     tasks[i : i + at_once], phase, temperature=temperature, seeds=seeds[i : i + at_once], tag=tag,
-                    experience_model=experience_model, evaluation=evaluation, stream=stream, what=what,
+                    experience_model=experience_model, evaluation=evaluation, stream=stream, what=what, first_episode=i,
                 )
                 for i in range(0, len(tasks), at_once)
             ]
@@ -714,7 +714,7 @@ class Runner:
                 seeds=seeds, source="real" if phase == "real" else "synthetic", tag=tag, step_many=step_many,
                 model_id=getattr(self.experience_model, "model_id", "") if phase == "synthetic" else "",
                 on_step=RolloutProgress(self._say, f"{what or f'playing {tag}'} ({phase})"),
-                listed_choice=self.cfg.loop.action_choice == "listed",
+                listed_choice=self.cfg.loop.action_choice == "listed", first_episode=first_episode,
             )
         finally:
             for env in envs:

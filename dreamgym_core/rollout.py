@@ -199,9 +199,11 @@ def _apply(ep: Episode, decision: PolicyDecision, result: StepResult, source: st
     ep.truncated = bool(result.info.get("truncated", False))
 
 
-def _start(tasks: Sequence[Task], envs: Sequence[Env], seeds: Sequence[int], tag: str, stats: RolloutStats) -> list[Episode]:
+def _start(
+    tasks: Sequence[Task], envs: Sequence[Env], seeds: Sequence[int], tag: str, stats: RolloutStats, first_episode: int = 0
+) -> list[Episode]:
     episodes = []
-    for i, (task, env, seed) in enumerate(zip(tasks, envs, seeds)):
+    for i, (task, env, seed) in enumerate(zip(tasks, envs, seeds), start=first_episode):
         try:
             obs = env.reset(task=task, seed=seed)
         except WrongReturn:  # a plugin's bug: the run's failure, not an engine crash
@@ -232,6 +234,7 @@ def rollout(
     model_id: str = "",
     on_step: StepFn | None = None,
     listed_choice: bool = False,
+    first_episode: int = 0,
 ) -> tuple[list[Trajectory], RolloutStats]:
     """Play one episode per (task, env) in lockstep; return trajectories and counters.
 
@@ -239,9 +242,11 @@ def rollout(
     that episode as a failure (reward 0) and is counted; it never stops the others.
     ``on_step`` hears of each step before it is played (``RolloutProgress``).
     ``listed_choice``: ``act`` also gets each state's listed actions (``loop.action_choice``).
+    Episode ids are ``<tag>-<n>`` from ``n = first_episode``: a play split in batches passes
+    each batch's offset, so two episodes of one task never share an id.
     """
     stats = RolloutStats(episodes=len(tasks))
-    episodes = _start(tasks, envs, seeds, tag, stats)
+    episodes = _start(tasks, envs, seeds, tag, stats, first_episode)
     for step in range(max_steps):
         stopping.check()  # a stop that was dropped where it was raised
         live = [ep for ep in episodes if not ep.done]
@@ -312,10 +317,11 @@ def _step_envs(
             _failed_step(ep, decision, f"[environment error: {type(result).__name__}]", source)
             continue
         offered = unlisted(decision.action, ep.observation.admissible_actions)  # before _apply moves on
-        stats.unlisted_actions += offered
-        stats.unlisted_accepted += offered and result.valid
-        _apply(ep, decision, result, source, model_id)
         model_failed = answer_failed(result.info)
+        stats.unlisted_actions += offered
+        # an answer ruled out as the model's failure ended the episode: not an acceptance
+        stats.unlisted_accepted += offered and result.valid and not model_failed
+        _apply(ep, decision, result, source, model_id)
         # an unparsable or implausible experience-model answer is the model's failure, counted once
         # as such (as SyntheticEnv's own info counters do), not also as an invalid action of the policy
         stats.invalid_actions += int(not result.valid and not model_failed)

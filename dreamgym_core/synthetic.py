@@ -328,7 +328,7 @@ class SyntheticEnv:
         self._done = done
         info = {
             "parse_status": result.parse_status, "truncated": truncated, "retrieved": retrieved, "model_failed": failed,
-            "implausible": implausible, **self.counters,
+            "implausible": implausible, "reasoning": result.reasoning, **self.counters,
         }  # fmt: skip
         step_result = StepResult(
             observation=self._obs, reward=reward, done=done, success=success, valid=result.valid, info=info
@@ -453,18 +453,18 @@ def step_many(envs: Sequence[Any], actions: Sequence[str]) -> list[StepResult | 
     Real environments (anything not a :class:`SyntheticEnv`) are stepped one by one
     with ``env.step(action=...)``; the slot of one that raises holds the exception.
     Results come back in the order of ``envs``. A failing model call raises before any
-    synthetic env moves.
+    env moves: the synthetic batch goes first, as a caller then steps every env again.
     """
     if len(envs) != len(actions):
         raise SyntheticEnvError(f"step_many got {len(envs)} envs and {len(actions)} actions")
     results: list[StepResult | Exception] = [None] * len(envs)  # type: ignore[list-item]
     synthetic = [i for i, env in enumerate(envs) if isinstance(env, SyntheticEnv)]
-    for i, env in enumerate(envs):
-        if not isinstance(env, SyntheticEnv):
-            results[i] = step_or_error(env, actions[i])
     if synthetic:
         for i, step in zip(synthetic, _step_synthetic([envs[i] for i in synthetic], [actions[i] for i in synthetic])):
             results[i] = step
+    for i, env in enumerate(envs):
+        if not isinstance(env, SyntheticEnv):
+            results[i] = step_or_error(env, actions[i])
     return results
 
 

@@ -1082,6 +1082,33 @@ def test_real_envs_at_once_plays_in_batches_with_the_same_results(register_plugi
     assert summaries[2]["eval/episodes"] == 5 and summaries[2]["counters/real_transitions"] > 0
 
 
+def test_episodes_played_in_batches_keep_ids_of_their_own():
+    # Each batch restarted the ids at "<tag>-0": the episodes of one GRPO group, played in
+    # several batches, shared one (task, episode) and could not be told apart again.
+    from types import SimpleNamespace
+
+    from dreamgym_core.records import Observation, StepResult
+
+    class OneStep:
+        def reset(self, *, task, seed=None):
+            return Observation(text="s0")
+
+        def step(self, *, action):
+            return StepResult(observation=Observation(text="s1"), reward=1.0, done=True, success=True)
+
+        def close(self):
+            pass
+
+    loop_cfg = SimpleNamespace(real_envs_at_once=1, max_steps=3, history_window=0, action_choice="free")
+    runner = SimpleNamespace(cfg=SimpleNamespace(loop=loop_cfg), experience_model=None, _say=lambda message: None)
+    runner.play = lambda *args, **kwargs: Runner.play(runner, *args, **kwargs)
+    runner._make_envs = lambda phase, n, model=None: ([OneStep() for _ in range(n)], None)
+    runner.act_fn = lambda temperature, **kwargs: (lambda prompts, listed=None: ["<action>go</action>"] * len(prompts))
+    group = [Task(id="t0", instruction="win", domain="toy")] * 4  # one task's group, as _rollout builds it
+    trajectories, _ = Runner.play(runner, group, "real", temperature=1.0, seeds=[0, 1, 2, 3], tag="it0")
+    assert [t.transitions[0].episode_id for t in trajectories] == ["it0-0", "it0-1", "it0-2", "it0-3"]
+
+
 def test_wilson_interval_brackets_the_rate():
     low, high = wilson_interval(5, 10)
     assert low < 0.5 < high

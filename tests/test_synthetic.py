@@ -11,6 +11,7 @@ from dreamgym_core.contracts import WrongReturn
 from dreamgym_core.errors import ConformanceError
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import ExperienceResult, Observation, StepResult, Task
+from dreamgym_core.rollout import rollout
 from dreamgym_core.synthetic import (
     SyntheticEnv, SyntheticEnvConfig, SyntheticEnvError, initial_state, step_many, storable, synthetic_config_of,
 )
@@ -760,3 +761,60 @@ def test_a_domain_failing_on_one_generated_state_fails_that_env_alone_and_steps_
         env = SyntheticEnv(model, None, FailsOnce(), SyntheticEnvConfig(seeded_episodes=False))
         env.reset(task=TASK)
         env.step(action="go")
+
+
+class _SteppedRealEnv:
+    """A real env that counts its steps."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def reset(self, *, task, seed=None) -> Observation:
+        return Observation(text="s0")
+
+    def step(self, *, action) -> StepResult:
+        self.steps += 1
+        return StepResult(observation=Observation(text=f"s{self.steps}"), reward=0.0, done=False)
+
+    def close(self) -> None:
+        pass
+
+
+class _DownModel:
+    def predict(self, *, requests):
+        raise RuntimeError("server down")
+
+
+def test_step_many_raises_before_a_real_env_moves_when_the_model_call_fails() -> None:
+    # Real envs were stepped first; the rollout, told nothing moved, stepped them again.
+    real = _SteppedRealEnv()
+    synthetic = SyntheticEnv(_DownModel(), None, None, SyntheticEnvConfig(seeded_episodes=False))
+    trajectories, _ = rollout(
+        tasks=[TASK, TASK], envs=[real, synthetic], act=lambda prompts: ["<action>go</action>"] * len(prompts),
+        max_steps=1, history_window=0, seeds=[0, 1], source="real", tag="x", step_many=step_many,
+    )
+    assert real.steps == 1 and len(trajectories[0].transitions) == 1
+
+
+def test_the_rollout_stores_the_experience_models_reasoning() -> None:
+    # step_transition read info["reasoning"], which SyntheticEnv never set: stored steps had none
+    lm = ScriptedLM(answer=walker)  # every answer reasons "because"
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    env = SyntheticEnv(model, None, None, SyntheticEnvConfig(top_k=0, seeded_episodes=False))
+    trajectories, _ = rollout(
+        tasks=[TASK], envs=[env], act=lambda prompts: ["<action>go</action>"] * len(prompts),
+        max_steps=1, history_window=0, seeds=[0], source="synthetic", tag="t", step_many=step_many,
+    )
+    assert trajectories[0].transitions[0].reasoning == "because"
+
+
+def test_an_unlisted_action_whose_answer_is_ruled_out_is_not_counted_as_accepted() -> None:
+    lm = ScriptedLM(answer=looker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    env = SyntheticEnv(model, None, CheckingDomain(), SyntheticEnvConfig(check_transitions=True, top_k=0, seeded_episodes=False))
+    _, stats = rollout(
+        tasks=[TASK], envs=[env], act=lambda prompts: ["<action>look</action>"] * len(prompts),
+        max_steps=2, history_window=0, seeds=[0], source="synthetic", tag="t", step_many=step_many,
+    )
+    assert stats.implausible_answers == 1 and stats.unlisted_actions == 1
+    assert stats.unlisted_accepted == 0  # the answer ended the episode as the model's failure

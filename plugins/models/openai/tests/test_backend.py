@@ -23,6 +23,7 @@ def backend_for(url: str, **settings) -> OpenAIBackend:
 
 def test_backoff_doubles_and_is_capped():
     assert [backoff_delay(a, 0.5, 3.0) for a in range(4)] == [0.5, 1.0, 2.0, 3.0]
+    assert backoff_delay(5000, 0.5, 3.0) == 3.0  # before: OverflowError from attempt 1024 (max_retries >= 1025)
 
 
 def test_cut_at_stop_client_side():
@@ -236,6 +237,16 @@ def test_a_credential_in_a_urls_query_is_refused_without_showing_it(field, url, 
     assert "s3cret" not in str(caught.value)
 
 
+@pytest.mark.parametrize("url", ["http://[::1/v1?key=s3cret", "ftp://host/v1?x=s3cret", "http://127.0.0.1:0/v1?x=s3cret#s3cret"])
+def test_a_url_refused_for_its_form_is_shown_without_its_query(url):
+    # before: the whole value was shown, so a credential httpx could not parse out of the query leaked
+    from dreamgym_core.config import convert_config
+
+    with pytest.raises(ConfigError, match="base_url") as caught:
+        convert_config({"base_url": url}, OpenAIConfig, "pipeline.yaml", "$.experience_model.config")
+    assert "s3cret" not in str(caught.value)
+
+
 @pytest.mark.parametrize("url", ["https://api.example/v1?api-version=2024-02-01", "http://127.0.0.1:8000/v1?x=1&monkeys=3"])
 def test_a_query_without_a_credential_is_kept(url):
     assert OpenAIConfig(base_url=url).base_url == url
@@ -248,6 +259,7 @@ def test_a_query_without_a_credential_is_kept(url):
     ("http://127.0.0.1:8000/v1", False),
     ("http://localhost:8000/v1", False),
     ("http://[::1]:8000/v1", False),
+    ("http://0.0.0.0:8000/v1", False),  # connecting to it reaches this machine
 ])
 def test_a_key_sent_unencrypted_over_a_network_is_warned_about(monkeypatch, caplog, url, warned):
     """The key goes in the Authorization header: to a server over plain http:// on another

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import threading
@@ -10,7 +11,9 @@ from typing import Iterator
 
 import pytest
 
+from dreamgym_core.errors import ConfigError
 from dreamgym_plugin_openai import OpenAIBackend, OpenAIConfig
+from dreamgym_plugin_openai.backend import env_proxy
 
 KEY = "sk-test-proxy-9b3e1f"
 
@@ -65,7 +68,7 @@ def dead_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])  # 0.0.0.0: what vLLM prints
 def test_a_loopback_server_is_called_directly_whatever_the_proxy_variables(servers, monkeypatch, host):
     # before: HTTP_PROXY sent the loopback request, and its Bearer key, to the proxy
     model, proxy = servers
@@ -120,3 +123,47 @@ def test_a_failed_call_to_a_dead_loopback_server_is_warned_about_once(caplog):
         assert backend.generate(prompts=["x"], max_new_tokens=4) == [""]
     (warning,) = [r for r in caplog.records if r.name.startswith("dreamgym_plugin_openai")]
     assert "ConnectError" in warning.getMessage() and "proxy" not in warning.getMessage()
+
+
+def test_the_unspecified_addresses_are_this_machine_for_the_proxy_too(monkeypatch):
+    # before: http://0.0.0.0:PORT went through HTTP_PROXY, with the Bearer key
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.dreamgym-test.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert [env_proxy(f"http://{host}:8000/v1") for host in ("0.0.0.0", "[::]", "10.0.0.1")] == [
+        None, None, "proxy.dreamgym-test.invalid:3128"]
+
+
+# proxy variables httpx cannot use; SOCKS only while socksio (httpx[socks]) is not installed
+UNUSABLE = [
+    ("HTTPS_PROXY", "http://user:pw@proxy.dreamgym-test.invalid:31280x"),
+    ("ALL_PROXY", "ftp://user:pw@proxy.dreamgym-test.invalid:21"),
+]
+if importlib.util.find_spec("socksio") is None:
+    UNUSABLE.append(("ALL_PROXY", "socks5://user:pw@127.0.0.1:1080"))
+
+
+def unusable_proxy(monkeypatch, name: str, value: str) -> None:
+    for other in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(("name", "value"), UNUSABLE)
+def test_an_unusable_proxy_variable_does_not_stop_calls_to_this_machine(servers, monkeypatch, name, value):
+    # before: httpx read the variables for every client, and raised ImportError / InvalidURL /
+    # ValueError out of generate even though no proxy applies to loopback
+    model, _ = servers
+    unusable_proxy(monkeypatch, name, value)
+    backend = OpenAIBackend(OpenAIConfig(base_url=model.url + "/v1", tokenize_url=model.url + "/tokenize", max_retries=0))
+    assert backend.generate(prompts=["x"], max_new_tokens=4) == ["hi"]
+    assert backend.prompt_fits("x", max_new_tokens=4)
+
+
+@pytest.mark.parametrize(("name", "value"), UNUSABLE)
+def test_an_unusable_proxy_variable_for_a_remote_server_is_a_config_error_naming_it(monkeypatch, name, value):
+    unusable_proxy(monkeypatch, name, value)
+    backend = OpenAIBackend(OpenAIConfig(base_url="http://model.dreamgym-test.invalid/v1", max_retries=0))
+    with pytest.raises(ConfigError, match=f"openai: cannot build the HTTP client from the environment \\({name}\\)") as info:
+        backend.generate(prompts=["x"], max_new_tokens=4)
+    assert "pw" not in str(info.value) and "\n" not in str(info.value)

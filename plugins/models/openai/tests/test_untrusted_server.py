@@ -20,6 +20,9 @@ class Misbehaving(BaseHTTPRequestHandler):
     """Answers according to the request's ``model`` field."""
 
     protocol_version = "HTTP/1.1"
+    prompts: list[str] = []  # the "by-prompt" requests' prompts, in the order they came
+    lock = threading.Lock()
+    in_flight = peak = 0  # "counted" requests being answered, and the most at once
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -36,8 +39,9 @@ class Misbehaving(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         mode = body["model"]
-        if mode == "by-prompt":  # "fail": an HTTP 400 at once; "slow": the answer after a second
-            mode = {"fail": "echo-auth", "slow": "slow"}.get(body["prompt"], "plain")
+        if mode == "by-prompt":  # "fail": an HTTP 400 at once; "slow": the answer after a second; "503"
+            Misbehaving.prompts.append(body["prompt"])
+            mode = {"fail": "echo-auth", "slow": "slow", "503": "status-503"}.get(body["prompt"], "plain")
         auth = self.headers.get("Authorization", "")
         if mode == "surrogate":  # JSON may escape a lone surrogate
             self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).replace("ok", "ok \\ud800").encode())
@@ -54,12 +58,28 @@ class Misbehaving(BaseHTTPRequestHandler):
         elif mode == "slow":
             time.sleep(1.0)
             self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
+        elif mode == "counted":
+            self._counted()
+        elif mode == "line-breaks":  # an error page with CR LF and U+2028 line breaks
+            self._send(400, "<html>\r\n<body>\r\nBad\u2028Request\r\n</body></html>".encode())
+        elif mode == "null-content":  # vLLM's reasoning parser when max_tokens ends inside the reasoning
+            message = {"role": "assistant", "content": None, "reasoning_content": "hmm"}
+            self._send(200, json.dumps({"choices": [{"message": message, "finish_reason": "length"}]}).encode())
         elif mode.startswith("status-"):
             self._send(int(mode[7:]), b'{"error": "try again"}')
         elif mode == "huge":
             self._send(200, json.dumps({"choices": [{"text": "a" * (9 * 2**20)}]}).encode())
         else:
             self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
+
+    def _counted(self) -> None:
+        with Misbehaving.lock:
+            Misbehaving.in_flight += 1
+            Misbehaving.peak = max(Misbehaving.peak, Misbehaving.in_flight)
+        time.sleep(0.3)
+        with Misbehaving.lock:
+            Misbehaving.in_flight -= 1
+        self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
 
     def _trickle(self) -> None:
         self.send_response(200)
@@ -181,3 +201,93 @@ def test_a_tokenize_answer_that_cannot_be_read_is_a_counted_failure(url, mode, e
     with pytest.raises(ModelCallError, match=error) as info:
         strict.prompt_fits("p", max_new_tokens=8)
     assert KEY[:8] not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_concurrency_holds_for_calls_from_several_threads(url):
+    # before: each generate() call had its own limit, so 3 threads with concurrency 2 had 6 requests in flight
+    shared = backend(url, "counted", concurrency=2, max_retries=0)
+    Misbehaving.peak = 0
+    workers = [threading.Thread(target=shared.generate, kwargs={"prompts": ["p"] * 4, "max_new_tokens": 8}) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert shared.stats["succeeded"] == 12 and Misbehaving.peak == 2
+
+
+def test_a_request_waiting_out_its_backoff_holds_no_slot(url):
+    # before: the retry's backoff kept the slot, and the batch's other prompt waited it out too
+    Misbehaving.prompts.clear()
+    single = backend(url, "by-prompt", concurrency=1, max_retries=1, backoff=0.5)
+    assert single.generate(prompts=["503", "ok"], max_new_tokens=8) == ["", ANSWER]
+    assert Misbehaving.prompts == ["503", "ok", "503"]
+
+
+def test_a_connection_error_keeps_its_cause(url):
+    # before: "ConnectError calling URL" alone, the same for a TLS failure as for a dead server
+    tls = backend(url.replace("http://", "https://"), "plain", max_retries=0)
+    assert tls.generate(prompts=["p"], max_new_tokens=8) == [""]
+    error = tls.last_errors[0]
+    assert error.startswith(f"ConnectError calling {tls._completion_url()}: ") and "\n" not in error
+    assert len(error) > len(f"ConnectError calling {tls._completion_url()}: ")
+
+
+def test_an_error_body_is_kept_on_one_line_whatever_its_line_breaks(url):
+    # before: only "\n" was replaced, so CR and U+2028 still broke the kept error (and log lines)
+    odd = backend(url, "line-breaks", max_retries=0)
+    odd.generate(prompts=["p"], max_new_tokens=8)
+    assert odd.last_errors[0].endswith(": <html> <body> Bad Request </body></html>")
+    assert len(odd.last_errors[0].splitlines()) == 1
+
+
+def test_null_chat_content_names_the_field_the_finish_reason_and_the_url(url):
+    # before: "malformed answer: text is not a string", with no hint why or from where
+    chat = backend(url, "null-content", endpoint="chat", max_retries=0)
+    assert chat.generate(prompts=["p"], max_new_tokens=8) == [""]
+    assert chat.last_errors == [f"choices[0].message.content is null (finish_reason='length') from {chat._completion_url()}"]
+
+
+def test_a_401_from_the_tokenize_url_names_it_and_says_when_no_key_was_sent(url, monkeypatch):
+    # before: the message named base_url and said "check the key" though the variable was unset
+    tokenize = url.removesuffix("/v1") + "/tokenize"
+    monkeypatch.delenv("DREAMGYM_TEST_KEY", raising=False)
+    strict = backend(url, "status-401", tokenize_url=tokenize, max_retries=0, on_failure="raise")
+    with pytest.raises(ModelCallError, match=f"HTTP 401 from {tokenize}: no key was sent: \\$DREAMGYM_TEST_KEY is unset"):
+        strict.prompt_fits("p", max_new_tokens=8)
+    monkeypatch.setenv("DREAMGYM_TEST_KEY", KEY)
+    keyed = backend(url, "status-401", tokenize_url=tokenize, max_retries=0, on_failure="raise")
+    with pytest.raises(ModelCallError, match=f"HTTP 401 from {tokenize}: check the key in \\$DREAMGYM_TEST_KEY"):
+        keyed.prompt_fits("p", max_new_tokens=8)
+
+
+def test_a_key_echoed_json_escaped_is_redacted(url, monkeypatch):
+    # before: a key holding " or \ came back escaped in the JSON error body and was kept whole
+    key = 'sk-test-"quoted\\slash-71c0'
+    monkeypatch.setenv("DREAMGYM_TEST_KEY", key)
+    echo = backend(url, "echo-auth", max_retries=0)
+    echo.generate(prompts=["p"], max_new_tokens=8)
+    assert json.dumps(key)[1:-1] not in echo.last_errors[0] and "Bearer [redacted]" in echo.last_errors[0]
+
+
+def test_the_first_tokenize_failure_is_warned_about_also_when_threads_fail_at_once(url, caplog, monkeypatch):
+    # before: the warning was decided by reading the counter after the fact, and concurrent
+    # failures each saw it past 1: no warning at all
+    from dreamgym_plugin_openai import backend as module
+
+    run, together = module._run, threading.Barrier(8, timeout=30)
+
+    def run_then_wait(coro):  # every thread's request has failed and been counted before any goes on
+        result = run(coro)
+        together.wait()
+        return result
+
+    monkeypatch.setattr(module, "_run", run_then_wait)
+    shared = backend(url, "status-503", tokenize_url=url.removesuffix("/v1") + "/tokenize", max_retries=0)
+    workers = [threading.Thread(target=shared.prompt_fits, args=("p",), kwargs={"max_new_tokens": 8}) for _ in range(8)]
+    with caplog.at_level("WARNING", logger="dreamgym_plugin_openai.backend"):
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert shared.stats["tokenize_failed"] == 8
+    assert len([r for r in caplog.records if "HTTP 503" in r.getMessage()]) == 1

@@ -18,23 +18,33 @@ experience model's parser turns that into a counted failed transition; the first
 ``generate`` call is also a warning), or raises :class:`ModelCallError` after the whole batch
 when ``on_failure="raise"``.
 
+Concurrency: at most ``concurrency`` requests are in flight at once for the whole backend, also
+when ``generate``/``prompt_fits`` run in several threads at once; a request waiting out its retry
+backoff holds no slot.
+
 Proxies: httpx follows ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` (and ``NO_PROXY``), except
-for a loopback server (``localhost``, ``127.0.0.0/8``, ``::1``), which is always called
-directly: no proxy can reach this machine's loopback for it, and the request carries the API
-key. A connection failure through a proxy names the proxy (host and port) in its error.
+for a server on this machine (``localhost``, ``127.0.0.0/8``, ``::1``, and ``0.0.0.0``/``::``,
+which a server listening on every interface prints), which is always called directly: no proxy
+can reach this machine for it, and the request carries the API key. When every URL is such a
+server the proxy variables are not read at all; otherwise one httpx cannot use is a
+:class:`~dreamgym_core.errors.ConfigError` naming the variables. A connection failure through a
+proxy names the proxy (host and port) in its error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Coroutine, Sequence
+from typing import Any, AsyncIterator, Callable, Coroutine, Sequence
 
 import httpx
 
@@ -55,9 +65,17 @@ RETRY_STATUS = frozenset({408, 409, 429})
 #: Longest answer body accepted, in bytes: one completion is a few KB; more is a broken server.
 MAX_RESPONSE_BYTES = 8 * 2**20
 
+# Seconds between two looks for a free request slot: the slots are shared with other threads'
+# event loops, which an asyncio primitive cannot wait on
+_SLOT_POLL = 0.01
 
-# (url, body, answer reader, the four stats keys: calls, succeeded, retries, failed)
-_Request = tuple[str, dict[str, Any], Callable[[Any], Any], tuple[str, str, str, str]]
+# The variables httpx reads from the environment when it builds a client: proxies, CA bundle
+_PROXY_ENV = tuple(f"{n}{s}" for n in ("HTTP", "HTTPS", "ALL", "NO") for s in ("_PROXY", "_proxy"))
+_CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+# (url, body, answer reader (answer, url), the four stats keys: calls, succeeded, retries, failed)
+_Request = tuple[str, dict[str, Any], Callable[[Any, str], Any], tuple[str, str, str, str]]
 _GENERATE = ("calls", "succeeded", "retries", "failed_calls")
 _TOKENIZE = ("tokenize_calls", "tokenize_succeeded", "tokenize_retries", "tokenize_failed")
 
@@ -76,7 +94,7 @@ class _Failed(Exception):
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Delay before retry number ``attempt`` (0-based): exponential, capped."""
-    return min(cap, base * 2.0**attempt)
+    return min(cap, base * 2.0 ** min(attempt, 1023))  # 2.0**1024 raises OverflowError
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -85,11 +103,22 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(hits)] if hits else text
 
 
+def is_local(host: str | None) -> bool:
+    """Whether connecting to ``host`` reaches this machine: a loopback name or address, or the
+    unspecified address ``0.0.0.0``/``::`` that a server listening on every interface prints
+    (``core.net.is_loopback`` is about binding, where those two mean every interface)."""
+    try:
+        unspecified = ipaddress.ip_address(host or "").is_unspecified
+    except ValueError:
+        unspecified = False
+    return unspecified or is_loopback(host)
+
+
 def env_proxy(url: str) -> str | None:
     """``host:port`` of the proxy the environment sends ``url`` through (the variables httpx
-    reads), or None: none set, ``NO_PROXY`` exempts it, or it is a loopback URL."""
+    reads), or None: none set, ``NO_PROXY`` exempts it, or it is a local URL."""
     target = httpx.URL(url)
-    if is_loopback(target.host):
+    if is_local(target.host):
         return None
     proxies = urllib.request.getproxies()
     proxy = proxies.get(target.scheme) or proxies.get("all")
@@ -125,14 +154,16 @@ class OpenAIBackend:
         if self._api_key:
             for url in dict.fromkeys(u for u in (config.base_url, config.tokenize_url) if u is not None):
                 target = httpx.URL(url)
-                if target.scheme == "http" and not is_loopback(target.host):
+                if target.scheme == "http" and not is_local(target.host):
                     # anyone on the network path reads the Authorization header
                     log.warning("openai: the API key in $%s is sent to %s unencrypted (http://); use https:// "
                                 "or reach the server over a network only the cluster shares", config.api_key_env, url)
         self.stats: dict[str, int] = dict.fromkeys(_GENERATE, 0)
         self.last_errors: list[str] = []
         self._stats_lock = threading.Lock()  # generate() may run in several threads at once
-        self._warned_failure = False
+        self._warned: set[str] = set()  # the kinds of failure already warned about
+        # concurrency counts for the whole backend: each generate() call has its own event loop
+        self._slots = threading.BoundedSemaphore(config.concurrency)
         if config.tokenize_url is not None:
             # an optional protocol method: callers test for it, so it exists only when it can answer
             self.prompt_fits = self._prompt_fits
@@ -142,12 +173,29 @@ class OpenAIBackend:
         with self._stats_lock:
             self.stats[key] += 1
 
+    def _first(self, kind: str) -> bool:
+        """Whether this is the first failure of ``kind`` to warn about (tested and set under the
+        lock: failing calls from several threads would otherwise each, or none, warn)."""
+        with self._stats_lock:
+            first = kind not in self._warned
+            self._warned.add(kind)
+        return first
+
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
 
     def _redact(self, text: str) -> str:
-        """``text`` without the API key: a server or proxy may echo the Authorization header."""
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+        """``text`` without the API key: a server or proxy may echo the Authorization header,
+        also JSON-escaped in an error body (a key holding ``"`` or ``\\``)."""
+        if not self._api_key:
+            return text
+        for form in dict.fromkeys((self._api_key, json.dumps(self._api_key)[1:-1])):
+            text = text.replace(form, "[redacted]")
+        return text
+
+    def _one_line(self, text: str, limit: int = 200) -> str:
+        """``text`` redacted, cut to ``limit`` characters and on one line (any line break, CR or U+2028)."""
+        return " ".join(self._redact(text)[:limit].split())  # redact first: a cut may split the key
 
     # --- requests ----------------------------------------------------------------
 
@@ -172,24 +220,31 @@ class OpenAIBackend:
         return {"model": self.config.model, "prompt": prompt}
 
     @staticmethod
-    def _token_count(answer: Any) -> tuple[int, int]:
-        """(count, max_model_len) of a /tokenize answer."""
+    def _token_count(answer: Any, url: str) -> tuple[int, int]:
+        """(count, max_model_len) of a /tokenize answer from ``url``."""
         try:
             count, limit = answer["count"], answer["max_model_len"]
         except (KeyError, TypeError) as exc:
-            raise _Failed(f"malformed tokenize answer (no count and max_model_len): {exc!r}", retry=False) from exc
+            raise _Failed(f"malformed tokenize answer from {url} (no count and max_model_len): {exc!r}", retry=False) from exc
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (count, limit)):
-            raise _Failed("malformed tokenize answer: count and max_model_len must be non-negative integers", retry=False)
+            raise _Failed(f"malformed tokenize answer from {url}: count and max_model_len must be non-negative integers",
+                          retry=False)
         return count, limit
 
-    def _text(self, answer: Any) -> str:
+    def _text(self, answer: Any, url: str) -> str:
+        """The completion text of an answer from ``url``."""
+        chat = self.config.endpoint == "chat"
         try:
             choice = answer["choices"][0]
-            text = choice["message"]["content"] if self.config.endpoint == "chat" else choice["text"]
+            text = choice["message"]["content"] if chat else choice["text"]
         except (KeyError, IndexError, TypeError) as exc:
-            raise _Failed(f"malformed answer (no choices[0] text): {exc!r}", retry=False) from exc
+            raise _Failed(f"malformed answer from {url} (no choices[0] text): {exc!r}", retry=False) from exc
         if not isinstance(text, str):
-            raise _Failed("malformed answer: text is not a string", retry=False)
+            # null: e.g. vLLM's reasoning parser when max_tokens ends inside the reasoning
+            field = "choices[0].message.content" if chat else "choices[0].text"
+            what = "null" if text is None else f"a JSON {type(text).__name__}, not a string,"
+            finish = repr(choice.get("finish_reason"))[:80]  # the server's: kept short, repr keeps it on one line
+            raise _Failed(f"{field} is {what} (finish_reason={finish}) from {url}", retry=False)
         return utf8_safe(text)  # JSON can escape a lone surrogate ("\ud800"), which UTF-8 cannot hold
 
     def _completion_url(self) -> str:
@@ -210,14 +265,16 @@ class OpenAIBackend:
         except httpx.TransportError as exc:  # refused, reset, timeouts
             proxy = env_proxy(url)
             through = f" through the proxy {proxy} (HTTP_PROXY/HTTPS_PROXY/ALL_PROXY)" if proxy else ""
-            raise _Failed(f"{type(exc).__name__} calling {url}{through}", retry=True) from exc
+            cause = self._one_line(str(exc))  # refused, a name not found, a TLS failure: each has its own fix
+            raise _Failed(f"{type(exc).__name__} calling {url}{through}" + (f": {cause}" if cause else ""), retry=True) from exc
         except httpx.DecodingError as exc:  # a body its Content-Encoding does not decode
             raise _Failed(f"answer from {url} does not decode: {exc}", retry=False) from exc
         if status == 401:
-            raise _Failed(f"HTTP 401 from {self.config.base_url}: check the key in ${self.config.api_key_env}", retry=False)
+            env = self.config.api_key_env
+            hint = f"check the key in ${env}" if self._api_key else f"no key was sent: ${env} is unset or empty"
+            raise _Failed(f"HTTP 401 from {url}: {hint}", retry=False)
         if status != 200:
-            text = raw.decode("utf-8", errors="replace")
-            detail = self._redact(text)[:200].replace("\n", " ")  # redact first: a cut may split the key
+            detail = self._one_line(raw.decode("utf-8", errors="replace"))
             raise _Failed(f"HTTP {status} from {url}: {detail}", retry=status in RETRY_STATUS or status >= 500)
         try:
             return json.loads(raw)
@@ -235,41 +292,69 @@ class OpenAIBackend:
                 chunks.append(chunk)
             return response.status_code, b"".join(chunks)
 
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of the backend's ``concurrency`` request slots, shared with other threads' calls.
+        Waited for by polling: a blocking wait would stall this event loop, and one in a worker
+        thread would go on to take the slot, never to be released, were the call cancelled."""
+        while not self._slots.acquire(blocking=False):
+            await asyncio.sleep(_SLOT_POLL)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     async def _call(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, request: _Request, errors: list[str]) -> Any:
         """One request with retries and backoff; None (its error added to ``errors``) once it has failed for good."""
         url, body, read, counts = request
-        async with gate:
-            self._count(counts[0])
-            for attempt in range(self.config.max_retries + 1):
-                try:
-                    result = read(await self._post(client, url, body))
-                    self._count(counts[1])
-                    return result
-                except _Failed as exc:
-                    error = exc
-                    if not exc.retry or attempt == self.config.max_retries:
-                        break
-                self._count(counts[2])
-                await asyncio.sleep(backoff_delay(attempt, self.config.backoff, self.config.max_backoff))
-            self._count(counts[3])
-            errors.append(self._redact(str(error)))
-            return None
+        self._count(counts[0])
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                # gate: at most concurrency of this call's requests poll for a slot at once
+                async with gate, self._slot():
+                    result = read(await self._post(client, url, body), url)
+                self._count(counts[1])
+                return result
+            except _Failed as exc:
+                error = exc
+                if not exc.retry or attempt == self.config.max_retries:
+                    break
+            self._count(counts[2])
+            # outside the slot: other requests go meanwhile
+            await asyncio.sleep(backoff_delay(attempt, self.config.backoff, self.config.max_backoff))
+        self._count(counts[3])
+        errors.append(self._redact(str(error)))
+        return None
 
     def _direct_mounts(self, limits: httpx.Limits) -> dict[str, httpx.AsyncBaseTransport]:
-        """A proxy-less transport for each loopback host configured: httpx would send those
+        """A proxy-less transport for each local host configured: httpx would send those
         through an environment proxy too (with the Authorization header)."""
         hosts = {httpx.URL(u).host for u in (self.config.base_url, self.config.tokenize_url) if u is not None}
         return {
             f"all://[{h}]" if ":" in h else f"all://{h}": httpx.AsyncHTTPTransport(limits=limits)
-            for h in sorted(hosts) if is_loopback(h)
+            for h in sorted(hosts) if is_local(h)
         }
 
-    async def _gather(self, requests: list[_Request], errors: list[str]) -> list[Any]:
+    def _client(self) -> httpx.AsyncClient:
+        """The client of one call; a proxy (or CA bundle) from the environment that httpx cannot
+        use is a :class:`ConfigError` naming the variables set, not a raw ImportError or ValueError."""
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(max_connections=self.config.concurrency)
+        # every URL on this machine: no proxy applies, so an unusable one must not stop the calls
+        local = all(is_local(httpx.URL(u).host) for u in (self.config.base_url, self.config.tokenize_url) if u is not None)
+        try:
+            return httpx.AsyncClient(headers=headers, timeout=self.config.timeout, limits=limits,
+                                     mounts=self._direct_mounts(limits), trust_env=not local)
+        except (ImportError, ValueError, OSError, httpx.InvalidURL) as exc:  # no socksio, a bad port or scheme, no CA file
+            names = ", ".join(n for n in (_CA_ENV if isinstance(exc, OSError) else _PROXY_ENV) if os.environ.get(n)) or "none set"
+            cause = re.sub(r"//[^/\s]*@", "//***@", self._one_line(str(exc)))  # never a proxy's user or password
+            raise ConfigError(
+                f"openai: cannot build the HTTP client from the environment ({names}): {type(exc).__name__}: {cause}"
+            ) from exc
+
+    async def _gather(self, requests: list[_Request], errors: list[str]) -> list[Any]:
         gate = asyncio.Semaphore(self.config.concurrency)
-        mounts = self._direct_mounts(limits)
-        async with httpx.AsyncClient(headers=headers, timeout=self.config.timeout, limits=limits, mounts=mounts) as client:
+        async with self._client() as client:
             return await asyncio.gather(*(self._call(client, gate, r, errors) for r in requests))
 
     # --- LanguageModel -------------------------------------------------------------
@@ -296,8 +381,7 @@ class OpenAIBackend:
         failed = sum(r is None for r in results)
         if failed and self.config.on_failure == "raise":
             raise ModelCallError(f"openai: {failed} of {len(results)} calls failed; first: {errors[0]}")
-        if failed and not self._warned_failure:  # the first: later ones are only counted
-            self._warned_failure = True
+        if failed and self._first("generate"):  # the first: later ones are only counted
             log.warning("openai: %d of %d calls failed and return ''; first: %s (further failed calls are only"
                         " counted: stats['failed_calls'])", failed, len(results), errors[0])
         return [cut_at_stop(r, stop) if r is not None else "" for r in results]
@@ -311,7 +395,7 @@ class OpenAIBackend:
         if answer is None:
             if self.config.on_failure == "raise":
                 raise ModelCallError(f"openai: the tokenize request failed: {errors[0]}")
-            if self.stats["tokenize_failed"] == 1:  # the first: later ones are only counted
+            if self._first("tokenize"):  # the first: later ones are only counted
                 log.warning("openai: %s; the prompt is sent whole (further tokenize failures are only counted)", errors[0])
             return True
         count, limit = answer

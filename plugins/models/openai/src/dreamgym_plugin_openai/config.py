@@ -80,11 +80,14 @@ def _check_url(field: str, value: str) -> None:
             f"{field} {shown!r} holds a user name or password; give the API key through api_key_env "
             "(an environment variable) instead"
         )
+    # shown without its query or fragment: it may hold a credential even where httpx cannot
+    # tell (a user name or password was refused above)
+    shown = value.split("?", 1)[0].split("#", 1)[0]
     try:
         url = httpx.URL(value)
         port = url.port
     except httpx.InvalidURL as exc:
-        raise ValueError(f"{field} {value!r} is not a URL: {exc}") from exc
+        raise ValueError(f"{field} {shown!r} is not a URL: {exc}") from exc
     credentials = sorted({name for name in url.params if credential_parameter(name)})
     if credentials:
         # the same leak as a password in the authority (config.json, error lines); the
@@ -95,6 +98,6 @@ def _check_url(field: str, value: str) -> None:
             "through api_key_env (an environment variable) instead"
         )
     if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"{field} {value!r} must start http:// or https:// and name a host")
+        raise ValueError(f"{field} {shown!r} must start http:// or https:// and name a host")
     if port is not None and not 0 < port < 65536:
-        raise ValueError(f"{field} {value!r}: port {port} is not in 1-65535")
+        raise ValueError(f"{field} {shown!r}: port {port} is not in 1-65535")

@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from dreamgym_core.errors import ConfigError
 from dreamgym_core.records import Task
 from dreamgym_plugin_textworld import TextWorldEnv
 from dreamgym_plugin_textworld.engines import RawState
+from dreamgym_plugin_textworld.env import EpisodeOver
 
 START = RawState("You are in a cellar.", "nothing", ["look", "take coin"], 0.0, False, False, "Find the coin.")
 
@@ -28,6 +30,9 @@ class ScriptedEngine:
     def step(self, action: str) -> RawState:
         self.sent.append(action)
         return START._replace(text=f"You {action}.")
+
+    def refusal(self, action: str) -> str | None:
+        return None
 
     def expert_action(self) -> str | None:
         return None
@@ -82,3 +87,19 @@ def test_a_listed_action_in_another_case_or_spacing_is_sent_as_listed(action: st
     env, engine = _env()
     assert env.step(action=action).valid
     assert engine.sent == [listed]
+
+
+def test_a_failed_reset_leaves_no_episode_to_step_in() -> None:
+    # The old episode played on after a reset that failed, counting on from its steps.
+    env, engine = _env()
+    env.step(action="look")
+
+    def refuse(payload: dict[str, Any]) -> None:
+        raise ConfigError("env 'tw': no such game")
+
+    engine.load = refuse  # type: ignore[method-assign]
+    with pytest.raises(ConfigError):
+        env.reset(task=TASK)
+    with pytest.raises(EpisodeOver, match=r"needs reset\(\) first"):
+        env.step(action="look")
+    assert engine.sent == ["look"]

@@ -159,6 +159,42 @@ def test_a_line_break_inside_an_action_does_not_queue_a_command(tw_domains) -> N
         env.close()
 
 
+def test_an_answer_reads_without_the_prompt_and_status_line(tw_domains) -> None:
+    # The interpreter ends each answer with "> -= Cellar =-0/2" (room, score/moves): one state
+    # read differently at every turn, and unlike the reset's.
+    domain = tw_domains["coin_collector"]
+    env = domain.make_env()
+    try:
+        start = env.reset(task=domain.tasks(split="train")[0])
+        first, second = (env.step(action="look").observation for _ in range(2))
+        assert first == second == start
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("action", ["restart", "RESTART", "quit", "undo", "save", "restore", "script", "verbose", "look. restart"])
+def test_interpreter_commands_are_invalid_steps_never_sent(tw_domains, action: str, tmp_path, monkeypatch) -> None:
+    # After "restart" and "yes" the game restarted while the env showed the old state; save and
+    # script write files into the working directory (here a temporary one).
+    monkeypatch.chdir(tmp_path)
+    domain = tw_domains["coin_collector"]
+    env = domain.make_env()
+    try:
+        start = env.reset(task=domain.tasks(split="train")[0])
+        sent: list[str] = []
+        step = env.engine.step
+        monkeypatch.setattr(env.engine, "step", lambda a: sent.append(a) or step(a))
+        result = env.step(action=action)
+        assert not result.valid and not result.done and result.reward == 0.0 and sent == []
+        assert "it was not sent" in result.observation.text.splitlines()[0]
+        assert result.observation.admissible_actions == start.admissible_actions and result.info["steps"] == 1
+        env.step(action="yes")
+        assert env.step(action="look").observation == start
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("game", ["coin_collector", "treasure_hunter", "cooking"])
 def test_no_real_no_op_step_is_judged_implausible(tw_domains, game: str) -> None:
     from dreamgym_core.records import Observation

@@ -377,6 +377,28 @@ def test_parameter_past_32_bits_fails_naming_it() -> None:
         domain.close()
 
 
+def test_a_game_whose_state_is_not_json_is_a_config_error_and_no_variation(twx_domains) -> None:
+    # twc with no items to put away scores 0/0: the engine writes "score":NaN, which is not JSON.
+    domain = twx_domains["twc"]
+    assert domain.make_variation(domain.tasks(split="train")[0], "numItemsToPutAway=0") is None
+    empty = make_twx(twx_config("twc", params={"numLocations": 1, "numItemsToPutAway": 0}))
+    try:
+        with pytest.raises(ConfigError) as err:
+            empty.tasks(split="train")
+        message = str(err.value)
+        assert "\n" not in message and "not valid JSON" in message
+        assert message.startswith("env 'twx': game 'twc' params 'numItemsToPutAway=0,numLocations=1' seed 0: ")
+    finally:
+        empty.close()
+
+
+@pytest.mark.parametrize("value", [7, 2, -1])
+def test_an_on_off_flag_other_than_0_or_1_is_a_config_error(value: int) -> None:
+    # The engine played includeDoors=7 as 0, under a task id of its own.
+    with pytest.raises(ConfigError, match=rf"^env\.config\.params\.includeDoors: {value} is not an on/off flag value \(0 or 1\)$"):
+        make_twx(TwxConfig(game="coin", params={"numLocations": 4, "includeDoors": value}))
+
+
 def test_a_rejected_variation_leaves_the_parent_game_playable(twx_domains) -> None:
     # The engine drops its loaded game when it rejects a load; the parent must be loaded again.
     domain = twx_domains["coin"]

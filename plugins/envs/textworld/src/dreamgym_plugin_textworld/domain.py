@@ -64,6 +64,14 @@ def parse_variation(text: str, allowed: Sequence[str]) -> dict[str, int]:
     return {key: int(value) for key, value in _PAIR.findall(text) if key in allowed}
 
 
+def check_flags(params: dict[str, int]) -> None:
+    """Raise a one-line ConfigError for a TextWorldExpress on/off flag that is not 0 or 1: the
+    engine plays any other value as one of them (includeDoors=7 as 0), under another task id."""
+    for name, value in sorted(params.items()):
+        if name in TWX_FLAGS and value not in (0, 1):
+            raise ConfigError(f"env.config.params.{name}: {value} is not an on/off flag value (0 or 1)")
+
+
 class TextWorldDomain:
     """One game family on one engine: ``twx`` (TextWorldExpress) or ``tw`` (TextWorld)."""
 
@@ -72,6 +80,7 @@ class TextWorldDomain:
         self.config = config
         if engine == "twx":
             check_game("twx", config.game, TWX_GAMES)
+            check_flags(config.params)
             self.params = dict(config.params)
         else:
             self.params = tw_params(config.game, config.params)

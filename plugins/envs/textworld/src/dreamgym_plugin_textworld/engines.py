@@ -6,6 +6,7 @@ next action. Nothing here renders text for models: that is :mod:`.state`.
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from contextlib import contextmanager
@@ -190,10 +191,18 @@ class TwxEngine:
             except Py4JJavaError as exc:  # the generator rejects this combination of params and seed
                 message = str(exc.java_exception.getMessage()).strip()
                 raise ConfigError(f"env 'twx': game {game!r} params {params!r} seed {seed}: {message}") from exc
+            except msgspec.DecodeError as exc:  # twc with no items to put away scores 0/0, written NaN
+                raise ConfigError(
+                    f"env 'twx': game {game!r} params {params!r} seed {seed}: the engine's state is not valid JSON ({exc})"
+                ) from exc
         if str(infos["observation"]).startswith(_NOT_LOADED):
             raise ConfigError(f"env 'twx': game {game!r} params {params!r}: the engine did not load the game")
         self._gold, self._taken, self._objective = None, [], infos["taskDescription"]
         return self._state(infos)
+
+    def refusal(self, action: str) -> str | None:
+        """Why ``action`` is not sent: never (the engine answers anything with a game state)."""
+        return None
 
     def step(self, action: str) -> RawState:
         # One engine call per step. The wrapper's step() makes a second JVM round trip on
@@ -315,6 +324,38 @@ class EnginePool:
             engine.close()
 
 
+# Inform 7's out-of-world commands, by first word: they act on the interpreter, not the game.
+# restart/restore/undo change the game behind the env's back (after "restart" and "yes" the env
+# still shows the old state), quit ends it, save and script write files into the working
+# directory, verbose/brief/notify change how later answers read, again/oops replay a command
+# that was never checked. The others take no turn and show nothing the state does not.
+_INTERPRETER_COMMANDS = frozenset({
+    "quit", "q", "restart", "restore", "save", "undo", "script", "transcript", "verify", "version",
+    "verbose", "long", "brief", "normal", "superbrief", "short", "notify", "score", "pronouns", "nouns",
+    "again", "g", "oops", "o",
+})  # fmt: skip
+# The interpreter takes several commands per line, separated by these ("look. restart").
+_COMMAND_BREAK = re.compile(r"[.,]|\bthen\b")
+# What the interpreter prints after an answer: its prompt, then the status line, the room's
+# name and score/moves ("> -= Cellar =-0/2"). A reset's state (the room description) has
+# neither, and the move counter would make one state read differently at every turn.
+_PROMPT_AND_STATUS = re.compile(r"\s*>[ \t]*(?:-= [^\n]* =-[ \t]*-?\d+/\d+)?\s*\Z")
+
+
+def interpreter_command(action: str) -> str | None:
+    """The first of ``action``'s commands that is an interpreter command (``restart``), or None."""
+    for command in _COMMAND_BREAK.split(action.lower()):
+        words = command.split()
+        if words and words[0] in _INTERPRETER_COMMANDS:
+            return words[0]
+    return None
+
+
+def strip_prompt(feedback: str) -> str:
+    """``feedback`` without the interpreter's trailing prompt and status line."""
+    return _PROMPT_AND_STATUS.sub("", feedback)
+
+
 class TwEngine:
     """TextWorld (Inform 7 / z-machine) games through ``textworld.start``."""
 
@@ -343,25 +384,33 @@ class TwEngine:
     def reset(self) -> RawState:
         assert self._env is not None, "load() a game first"
         # The reset feedback holds the banner and the objective; the room description is the state.
-        return self._state(self._env.reset(), text_key="description")
+        state = self._env.reset()
+        return self._state(state, text=state["description"] or "")
+
+    def refusal(self, action: str) -> str | None:
+        """Why ``action`` is not sent to the interpreter (see :data:`_INTERPRETER_COMMANDS`), or None."""
+        command = interpreter_command(action)
+        if command is None:
+            return None
+        return f"{command!r} is a command to the interpreter, not to the game; it was not sent."
 
     def step(self, action: str) -> RawState:
         # The interpreter reads a line break inside an action as the end of a command and
         # keeps the rest for the next step; single-spaced text is one command (the text
         # admissibility is checked on, and what the agent's parser returns anyway).
         state, _, _ = self._env.step(" ".join(action.split()))
-        return self._state(state, text_key="feedback")
+        return self._state(state, text=strip_prompt(state["feedback"] or ""))
 
     def expert_action(self) -> str | None:
         """The first command of the engine's plan from the current state (re-plans)."""
         plan = self._last["policy_commands"] if self._last is not None else None
         return plan[0] if plan else None
 
-    def _state(self, state: Any, text_key: str) -> RawState:
+    def _state(self, state: Any, text: str) -> RawState:
         self._last = state
         max_score = state["max_score"] or 1
         return RawState(
-            text=state[text_key] or "",
+            text=text,
             inventory=state["inventory"] or "",
             admissible=sorted(state["admissible_commands"] or []),
             score=max(0.0, min(1.0, state["score"] / max_score)),

@@ -23,6 +23,7 @@ class Engine(Protocol):
     def load(self, payload: dict[str, Any]) -> None: ...
     def reset(self) -> RawState: ...
     def step(self, action: str) -> RawState: ...
+    def refusal(self, action: str) -> str | None: ...  # why an unlisted action is not sent, or None
     def expert_action(self) -> str | None: ...
     def close(self) -> None: ...
 
@@ -71,7 +72,8 @@ class TextWorldEnv:
     An action outside the admissible list still goes to the engine (which answers it
     in its own words) and the transition is flagged ``valid=False``. An action holding
     a control character or a lone surrogate (see :func:`unreadable_character`) is not
-    sent: the state stays, the observation says why, and the step counts as invalid.
+    sent: the state stays, the observation says why, and the step counts as invalid. So is an
+    unlisted action the engine refuses (TextWorld's interpreter commands: ``restart``, ``save``).
     The episode ends
     on a win, a loss, or after ``max_steps`` steps (a failure). ``info`` keeps the
     engine's progress score and its change.
@@ -107,6 +109,7 @@ class TextWorldEnv:
         """Start ``task``'s game. The game's seed is the payload's; ``seed`` is not used."""
         if self.engine is None:  # closed, its engine handed back to the pool
             self.engine = self.pool.take()
+        self._done = True  # a load or reset that fails leaves no episode to step in
         self.engine.load(task.payload)
         raw = self._raw = self.engine.reset()
         self._admissible = raw.admissible
@@ -117,17 +120,16 @@ class TextWorldEnv:
         checked_action(action, "textworld env")
         if self._done:
             raise EpisodeOver("textworld env: step() needs reset() first (the episode is over or not started)")
-        unreadable = unreadable_character(action)
-        if unreadable is None:
-            listed = listed_form(action, self._admissible)
+        listed = listed_form(action, self._admissible)
+        refusal = self._refusal(action, listed is not None)
+        if refusal is None:
             valid = listed is not None
             # the listed text, so that an admissible action in another case or spacing is carried out
             raw = self._raw = self.engine.step(listed or action)
         else:
             assert self._raw is not None  # set by reset(), which step() needs first
             valid = False
-            text = f"The game cannot read this action (it holds the {unreadable}); it was not sent."
-            raw = self._raw._replace(text=text)
+            raw = self._raw._replace(text=refusal)
         self._steps += 1
         truncated = not (raw.won or raw.lost) and self._steps >= self.max_steps
         done = raw.won or raw.lost or truncated
@@ -149,6 +151,14 @@ class TextWorldEnv:
             valid=valid,
             info=info,
         )
+
+    def _refusal(self, action: str, listed: bool) -> str | None:
+        """Why ``action`` is not sent to the engine, or None: an unreadable character always,
+        the engine's own refusal only of an unlisted action."""
+        unreadable = unreadable_character(action)
+        if unreadable is not None:
+            return f"The game cannot read this action (it holds the {unreadable}); it was not sent."
+        return None if listed else self.engine.refusal(action)
 
     def expert_action(self) -> str | None:
         """The engine's expert move from here (gold path / planner), or None."""

@@ -264,3 +264,61 @@ def test_options_the_chosen_source_would_ignore_are_refused(tmp_path, jsonl):
     assert result.exit_code == 2 and "--backend choose the buffer without --pipeline" in result.output
     assert not (tmp_path / "run").exists()
     assert "added 30" in _invoke("buffer", "import", "--pipeline", str(pipeline), str(jsonl)).output
+
+
+def test_an_import_from_a_pipe_stores_its_records(tmp_path, jsonl):
+    # each file was read twice (a model_failed check, then the import): a pipe was empty the
+    # second time, and the import stored nothing and exited 0
+    import subprocess
+    import sys
+
+    buf = ["--path", str(tmp_path / "buf")]
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamgym_core.cli", "buffer", "import", *buf, "/dev/stdin"],
+        input=jsonl.read_bytes(), capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"/dev/stdin: read 30, added 30, buffer now 30" in done.stdout
+    assert json.loads(_invoke("buffer", "info", *buf).output)["records"] == 30
+
+
+def _full_disk(monkeypatch) -> None:
+    """Every segment write fails as on a full disk."""
+    import errno
+    import os
+
+    from dreamgym_plugin_exact.segments import SegmentWriter
+
+    def write(self, frame):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(SegmentWriter, "write", write)
+
+
+def test_a_write_that_fails_is_one_line_naming_the_buffer(tmp_path, jsonl, monkeypatch):
+    # an OSError from the buffer's writer was two tracebacks: the import's, then close()'s
+    from dreamgym_plugin_exact import ExactBuffer
+
+    buf = tmp_path / "buf"
+    _full_disk(monkeypatch)
+    result = CliRunner().invoke(cli, ["buffer", "import", "--path", str(buf), str(jsonl)])
+    assert result.exit_code == 1 and result.output == f"Error: {buf}: cannot write the replay buffer: No space left on device\n"
+    monkeypatch.setattr(ExactBuffer, "flush", lambda self: None)  # what is pending is written by close()
+    result = CliRunner().invoke(cli, ["buffer", "import", "--path", str(buf), str(jsonl)])
+    assert result.exit_code == 1 and result.output.endswith(f"Error: {buf}: cannot write the replay buffer: No space left on device\n")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_backfill_that_stopped_is_an_error_not_done(tmp_path, jsonl, monkeypatch):
+    # its thread died on a failed write, and info reported it done (every row embedded in memory)
+    buf = tmp_path / "buf"
+    assert _invoke("buffer", "import", "--path", str(buf), str(jsonl)).exit_code == 0
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "plugins: [exact, encoders]\nenv: {name: x}\npolicy: {name: x}\nalgo: {name: x}\nloop: {mode: real}\n"
+        f"encoder: {{name: hashing, config: {{dim: 128}}}}\nbuffer: {{name: exact}}\nrun_dir: {tmp_path / 'run'}\n"
+    )
+    _full_disk(monkeypatch)
+    result = CliRunner().invoke(cli, ["buffer", "info", "--backfill", "--pipeline", str(pipeline), "--path", str(buf)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert f"Error: {buf}: backfill stopped: OSError: [Errno 28] No space left on device; the backfill is not finished" in result.stderr

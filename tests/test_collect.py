@@ -127,3 +127,25 @@ def test_collect_without_plugin_leaves_out_blocked_and_broken_plugins(countgame_
     warning = ("warning: plugin 'broken' (distribution dreamgym-plugin-countgame) failed to load: ModuleNotFoundError: "
                "No module named 'dreamgym_plugin_countgame_missing'; collect leaves it out\n")
     assert result.stderr == ("" if blocked else warning)
+
+
+def test_collect_refuses_to_overwrite_its_pipeline_and_a_plugin_it_would_ignore(tmp_path):
+    # --out naming the pipeline file replaced it with the records; --plugin beside --pipeline was
+    # read by nothing (the pipeline's plugins were loaded) and the command exited 0
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("plugins: []\nenv: {name: countgame}\npolicy: {name: x}\nalgo: {name: x}\nloop: {mode: real}\n")
+    before = pipeline.read_bytes()
+    link = tmp_path / "link.yaml"
+    link.symlink_to(pipeline)
+    for out in (pipeline, link):
+        result = CliRunner().invoke(cli, ["collect", "--pipeline", str(pipeline), "--transitions", "2", "--out", str(out), "-q"])
+        assert result.exit_code == 2 and f"--out {pipeline}: is the --pipeline file, which it would overwrite" in result.output
+    assert pipeline.read_bytes() == before
+    out = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(cli, ["collect", "--pipeline", str(pipeline), "--plugin", "countgame", "--transitions", "2", "--out", str(out)])
+    assert result.exit_code == 2 and "--plugin chooses the plugins with --env; with --pipeline, the pipeline's plugins are loaded" in result.output
+    assert not out.exists()

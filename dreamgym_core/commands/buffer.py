@@ -7,7 +7,7 @@ stored under ``<run_dir>/buffer``) or from ``--path/--backend/--encoder``.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -18,6 +18,8 @@ from ..checkpoint import is_stream_path
 from ..errors import ConfigError, DataError
 
 __all__ = ["command"]
+
+_IMPORT_BATCH = 4096  # transitions per add() of an import, as the buffers' own import_jsonl adds them
 
 
 def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,9 +106,15 @@ def _open_buffer(
             raise
         raise DataError(f"{exc}; {refused}") from exc
     try:
-        yield buffer
-    finally:
-        buffer.close()
+        try:
+            yield buffer
+        except BaseException:
+            with suppress(OSError):  # the error under way names what failed; close's (the same full disk) would replace it
+                buffer.close()
+            raise
+        buffer.close()  # writes what is pending: it can fail as a write does
+    except OSError as exc:  # a full disk, say: one line naming the buffer, not two tracebacks
+        raise DataError(f"{path or where}: cannot write the replay buffer: {exc.strerror or exc}") from exc
 
 
 @click.group("buffer")
@@ -125,7 +133,16 @@ def info(backfill: bool, **kw: Any) -> None:
             while not buffer.wait_backfill(timeout=2.0):
                 done, total = buffer.backfill_progress
                 click.echo(f"backfill {done}/{total}", err=True)
+            _check_backfill(buffer)
         click.echo(json.dumps(buffer.stats(), indent=2))
+
+
+def _check_backfill(buffer: Any) -> None:
+    """A backfill whose thread died (a failed write, say) is an error: its progress counts the
+    rows embedded in memory, so it read as done when their embeddings were not all stored."""
+    stopped = [p for p in getattr(buffer, "problems", []) if p.startswith("backfill stopped")]
+    if stopped:
+        raise DataError(f"{buffer.path}: {stopped[-1]}; the backfill is not finished, run it again once that is fixed")
 
 
 @command.command("import")
@@ -138,17 +155,22 @@ def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
     nothing of any file, so the import can be run again once it is fixed."""
     from ..checkpoint import read_transitions
 
+    # each file read once: a pipe or process substitution (/dev/stdin, <(...)) is empty the second time
+    records = []
     for file in files:
-        failed = next((i for i, t in enumerate(read_transitions(Path(file)), 1) if t.model_failed), None)
+        transitions = read_transitions(Path(file))
+        failed = next((i for i, t in enumerate(transitions, 1) if t.model_failed), None)
         if failed is not None:  # a buffer refuses these while importing, after the files before it were stored
             raise DataError(
                 f"{file}: record {failed} is model_failed (an experience model's failed answer), which a replay buffer "
                 "does not store; nothing imported"
             )
+        records.append((file, transitions))
     with _open_buffer(**kw) as buffer:
-        for file in files:
-            read, added = buffer.import_jsonl(file)
-            click.echo(f"{file}: read {read}, added {added}, buffer now {len(buffer)}")
+        for file, transitions in records:
+            added = sum(buffer.add(transitions=transitions[i : i + _IMPORT_BATCH]) for i in range(0, len(transitions), _IMPORT_BATCH))
+            buffer.flush()
+            click.echo(f"{file}: read {len(transitions)}, added {added}, buffer now {len(buffer)}")
 
 
 @command.command("export")

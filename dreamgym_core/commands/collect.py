@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import click
 import msgspec
 
-from ..checkpoint import is_stream_path, open_new, output_file
+from ..checkpoint import is_stream_path, open_new, output_file, same_file
 from ..config import convert_config, load_pipeline, parse_overrides, set_path
 from ..errors import ConfigError, DataError, DreamGymError, PluginBlocked
 from ..plugins import Plugins, installed_plugins
@@ -148,9 +148,13 @@ def command(
     """Collect offline transitions from a real environment into a JSONL file."""
     if (env is None) == (pipeline is None):
         raise ConfigError("collect: give exactly one of --env NAME or --pipeline FILE")
+    if pipeline and plugin_names:  # read by nothing: the command ran with the pipeline's plugins and exited 0
+        raise click.UsageError("--plugin chooses the plugins with --env; with --pipeline, the pipeline's plugins are loaded")
     if is_stream_path(out):
         raise ConfigError(f"--out {out}: a device or stream; --out writes a file (replaced whole when it is done)")
     target = output_file(Path(out))  # a link is written through to its file, not replaced
+    if pipeline and same_file(target, Path(pipeline)):  # the collection replaced the pipeline file
+        raise ConfigError(f"--out {target}: is the --pipeline file, which it would overwrite; write elsewhere")
     domain = _domain_from_pipeline(pipeline, overrides) if pipeline else _domain_from_cli(env, plugin_names, overrides)
     try:
         records = collect_transitions(

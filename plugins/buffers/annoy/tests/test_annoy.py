@@ -8,7 +8,7 @@ from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig
 from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
-from dreamgym_plugin_exact import ExactBuffer, embedding_text
+from dreamgym_plugin_exact import ExactBuffer, ExactConfig, embedding_text
 
 ROOMS = ["kitchen", "pantry", "garden", "bedroom", "bathroom", "corridor", "cellar", "attic", "study"]
 THINGS = ["apple", "key", "coin", "book", "lamp", "knife", "towel", "bottle", "map", "candle", "rope"]
@@ -405,3 +405,41 @@ def test_a_closed_buffer_refuses_queries_made_through_its_index():
     b.close()
     with pytest.raises(DataError, match=r"replay buffer \(in memory\) is closed$"):
         b.retrieve(queries=[(records[0].state, records[0].action)], k=1)
+
+
+def test_a_query_overlapping_an_add_that_compacts_answers_from_its_snapshot():
+    # the query read the index after its snapshot of the rows: an add in between compacted the
+    # buffer (renumbering the index's rows) and rebuilt it, so new row numbers picked the
+    # snapshot's records (wrong neighbours)
+    enc = HashingEncoder()
+    records = household(2600)
+    query = [(records[50].state, records[50].action)]
+    exact = ExactBuffer(ExactConfig(capacity=200, segment_records=100), encoder=enc)
+    exact.add(transitions=records[:1300])
+    b = AnnoyBuffer(AnnoyConfig(capacity=200, segment_records=100, min_rows=100, n_trees=20, search_k=100000,
+                                background_build=False), encoder=enc)
+    b.add(transitions=records[:1300])
+    search, added = b._search, []
+
+    def add_then_search(*args):  # another thread's add, landing after retrieve() took its snapshot
+        if not added:
+            added.append(b.add(transitions=records[1300:]))
+        return search(*args)
+
+    b._search = add_then_search
+    assert b.retrieve(queries=query, k=5) == exact.retrieve(queries=query, k=5)
+    assert added == [1300]
+
+
+def test_close_starts_no_build_that_outlives_it(tmp_path):
+    # close() waited for a running build, then sealed a segment (writing what was pending),
+    # which started a new build in a thread still running after close() returned
+    cfg = AnnoyConfig(min_rows=100, n_trees=200, segment_records=200, flush_every=1000)
+    b = AnnoyBuffer(cfg, encoder=HashingEncoder(), path=tmp_path)
+    b.add(transitions=household(300))  # pending: written, and a segment sealed, by close()
+    b.close()
+    assert b._build_thread is None or not b._build_thread.is_alive()
+    again = AnnoyBuffer(cfg, encoder=HashingEncoder(), path=tmp_path)  # the next open builds its index
+    again.wait_index()
+    assert len(again) == 300 and again.stats()["annoy"]["items"] >= 200
+    again.close()

@@ -7,13 +7,14 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Sequence
 
 import numpy as np
 from annoy import AnnoyIndex
 from msgspec import Meta
 
 from dreamgym_core.checkpoint import atomic_write, open_new
+from dreamgym_core.records import Transition
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig, best_first, topk_cosine
 from dreamgym_plugin_exact.buffer import Space
 
@@ -126,6 +127,8 @@ class AnnoyBuffer(ExactBuffer):
     def __init__(self, config: AnnoyConfig | None = None, **kwargs) -> None:
         self._built: BuiltIndex | None = None
         self._build_thread: threading.Thread | None = None
+        self._closing = False  # set by close(): no build thread starts after it (one would outlive it)
+        self._query = threading.local()  # per querying thread: the index of its retrieve()'s snapshot
         super().__init__(config or AnnoyConfig(), **kwargs)
 
     # --- index lifecycle ---------------------------------------------------
@@ -179,7 +182,7 @@ class AnnoyBuffer(ExactBuffer):
             return
         with self._lock:  # one build at a time; a thread is published only once started
             thread = self._build_thread
-            if thread is None or not thread.is_alive():
+            if not self._closing and (thread is None or not thread.is_alive()):
                 thread = threading.Thread(target=self._guarded_build, name="annoy-build", daemon=True)
                 thread.start()
                 self._build_thread = thread
@@ -273,13 +276,30 @@ class AnnoyBuffer(ExactBuffer):
         return BuiltIndex(index, self.encoder.id, item_rows, self._sealed_rows)
 
     def close(self) -> None:
+        """Wait for a running build, then close; a segment that closing seals starts no build in
+        a thread (the next open builds its index), as one would outlive the buffer."""
+        with self._lock:  # under the lock: a rebuild() under way has published its thread, or starts none
+            self._closing = True
         self.wait_index()
         super().close()
 
     # --- search ------------------------------------------------------------
 
+    def retrieve(self, *, queries: Sequence[tuple[str, str]], k: int) -> list[list[Transition]]:
+        try:
+            return super().retrieve(queries=queries, k=k)
+        finally:
+            self._query.built = None  # a thread that queries no more keeps no replaced index alive
+
+    def _snapshot(self) -> list[tuple[Space, int, np.ndarray]]:
+        # the index as of the same state of the buffer as the rows: an add between the snapshot and
+        # the search may compact (renumber the rows of self._built) or rebuild it
+        with self._lock:
+            self._query.built = self._built
+            return super()._snapshot()
+
     def _search(self, space: Space, q: np.ndarray, k: int, n: int, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        built = self._built
+        built = getattr(self._query, "built", None)
         if built is None or built.encoder_id != space.encoder_id:
             return super()._search(space, q, k, n, mask)
         rest = np.concatenate([built.holes[mask[built.holes]], built.upto + np.flatnonzero(mask[built.upto : n])])

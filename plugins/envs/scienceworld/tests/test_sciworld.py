@@ -276,6 +276,13 @@ def test_state_rendering():
     assert render_state("x" * 50, "", 0.0, max_observation_chars=10).splitlines()[0] == "xxxxxxx..."
 
 
+@pytest.mark.parametrize("budget", [1, 2, 3, 4, 10])
+def test_a_cut_observation_keeps_to_its_budget(budget):
+    # below 4 the cut kept text[:budget - 3], a negative end: all of the text but a few characters
+    observation = render_state("y" * 50, "", 0.0, max_observation_chars=budget).split("\nInventory:")[0]
+    assert len(observation) == budget and observation.startswith("y")
+
+
 def test_listed_objects_read_the_same_in_any_order():
     # ScienceWorld lists a room's objects in its hash set's order, which a JVM's history changes
     one = "In it, you see: \n\tthe agent\n\ta wood cup (containing red paint)\n\ta table\nYou also see:\n\tA door to the hallway\n\tA door to the kitchen"

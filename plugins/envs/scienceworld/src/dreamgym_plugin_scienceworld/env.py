@@ -67,7 +67,8 @@ def render_state(observation: str, inventory: str, score: float, *, max_observat
     lines = [re.sub(r"[ \t]+", " ", line).strip() for line in sorted_listings(observation.strip())]
     text = "\n".join(line for line in lines if line)
     if len(text) > max_observation_chars:
-        text = text[: max_observation_chars - 3].rstrip() + "..."
+        keep = max_observation_chars - 3  # the "..." mark counts in the budget: below 4 there is no room for it
+        text = text[:keep].rstrip() + "..." if keep > 0 else text[:max_observation_chars]
     return f"{text}\nInventory: {inventory_items(inventory)}\nScore: {score:g}"
 
 

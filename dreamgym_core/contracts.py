@@ -44,6 +44,10 @@ def missing_members(kind: str, component: Any) -> list[str]:
     return [name for name in REQUIRED_MEMBERS.get(kind, ()) if not callable(getattr(component, name, None))]
 
 
+#: The key of a metrics row that holds its iteration (metrics.jsonl, the loggers, checkpoints' history)
+RESERVED_METRIC = "step"
+
+
 def checked_metrics(value: Any, who: str, call: str) -> dict[str, float]:
     """``value`` as a dict of floats by str name, as every metrics sink and report reads them;
     a value that is not a real number is a :class:`ComponentError` naming ``who`` and ``call``.
@@ -59,6 +63,9 @@ def checked_metrics(value: Any, who: str, call: str) -> dict[str, float]:
     for key, number in value.items():
         if not isinstance(key, str) or not isinstance(number, numbers.Real):
             raise ComponentError(f"{who}: {call} returned metric {key!r} = {number!r:.60}, expected a number by str name")
+        if key == RESERVED_METRIC:  # it would replace the iteration number of its metrics row (and resume's rewind)
+            raise ComponentError(f"{who}: {call} returned a metric named {key!r}, which names the iteration of every "
+                                 "metrics row; give it another name (say 'algo/step')")
         if math.isfinite(number):
             metrics[key] = float(number)
         elif "loss" in key:

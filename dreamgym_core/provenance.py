@@ -114,6 +114,8 @@ def _is_record(stored: Any) -> bool:
 
 
 def _keep_earlier(run_dir: Path, path: Path) -> Path:
-    kept = run_dir / f"versions.{1 + sum(1 for _ in run_dir.glob('versions.*.json'))}.json"
+    # after the highest number kept: counting the files reused a number when one was missing
+    numbers = [int(m.group(1)) for p in run_dir.glob("versions.*.json") if (m := re.fullmatch(r"versions\.(\d+)\.json", p.name))]
+    kept = run_dir / f"versions.{1 + max(numbers, default=0)}.json"
     atomic_write(kept, path.read_bytes())
     return kept

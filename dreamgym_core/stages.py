@@ -9,6 +9,8 @@ directory and reuses it when it is there, so a resumed run does not redo it.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,13 @@ def collect(domain: Any, *, tasks: Sequence[Task], policy: str, episodes: int, s
         raise ConformanceError(
             f"env {getattr(domain, 'name', type(domain).__name__)!r}: collect(policy={policy!r}, episodes={episodes}) "
             f"returned {len(got)} episodes"
+        )
+    # offline.jsonl writes NaN as null, which no resume can read back
+    unfit = next((t for traj in got for t in traj.transitions if not math.isfinite(t.reward)), None)
+    if unfit is not None:
+        raise ConformanceError(
+            f"env {getattr(domain, 'name', type(domain).__name__)!r}: collect(policy={policy!r}) returned step {unfit.step} "
+            f"of episode {unfit.episode_id!r} with reward {unfit.reward}, expected a finite number"
         )
     return got
 

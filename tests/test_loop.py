@@ -1779,6 +1779,9 @@ def test_plugin_metrics_become_floats_and_a_non_finite_diagnostic_is_counted_not
     assert all(type(v) is float for v in metrics.values())  # numpy scalars are not JSON
     with pytest.raises(ComponentError, match=r"^algo 'x': update\(\) returned metric 'losses/pg_loss' = inf: training diverged"):
         checked_metrics({"losses/pg_loss": float("inf")}, "algo 'x'", "update()")
+    # a metric named 'step' replaced its row's iteration number in metrics.jsonl and the resume history
+    with pytest.raises(ComponentError, match=r"^algo 'x': update\(\) returned a metric named 'step'"):
+        checked_metrics({"loss": 0.5, "step": 100}, "algo 'x'", "update()")
 
 
 class WorldCount:

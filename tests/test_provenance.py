@@ -57,3 +57,14 @@ def test_a_damaged_record_is_kept_aside_not_a_traceback_or_lost(tmp_path, caplog
         assert f"versions.json is not a readable versions record; kept as versions.{n}.json" in caplog.text
         assert (tmp_path / f"versions.{n}.json").read_bytes() == damaged
         assert json.loads((tmp_path / "versions.json").read_text()) == current
+
+
+def test_an_earlier_record_is_kept_under_a_number_no_other_holds(tmp_path):
+    # The number was the count of kept records plus one: with versions.1.json gone and
+    # versions.2.json there, the next kept record overwrote versions.2.json.
+    (tmp_path / "versions.2.json").write_text('{"kept": "second"}')
+    first = software_versions([]) | {"python": "3.9.0"}
+    (tmp_path / "versions.json").write_text(json.dumps(first))
+    record_versions(tmp_path, [])
+    assert json.loads((tmp_path / "versions.2.json").read_text()) == {"kept": "second"}
+    assert json.loads((tmp_path / "versions.3.json").read_text()) == first

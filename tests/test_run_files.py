@@ -283,3 +283,20 @@ def test_collected_data_of_the_wrong_type_names_the_env():
     nothing = SimpleNamespace(name="guessnum", collect=lambda **kw: None)
     with pytest.raises(ConformanceError, match=r"returned NoneType, expected a list of Trajectory"):
         collect(nothing, tasks=[], policy="expert", episodes=1, seed=0)
+
+
+def test_collected_data_with_a_non_finite_reward_names_the_env():
+    """offline.jsonl wrote a NaN reward as null, which no resume could read back."""
+    from types import SimpleNamespace
+
+    import msgspec
+
+    from dreamgym_core.errors import ConformanceError
+    from dreamgym_core.records import Task, Trajectory
+    from dreamgym_core.stages import collect
+
+    steps = [msgspec.structs.replace(t, reward=float("nan")) for t in make_transitions(1)]
+    task = Task(id=steps[0].task_id, instruction="guess", domain="guessnum")
+    broken = SimpleNamespace(name="guessnum", collect=lambda **kw: [Trajectory(task=task, transitions=steps)])
+    with pytest.raises(ConformanceError, match=r"env 'guessnum': collect\(policy='expert'\) returned step \d+ of episode .* with reward nan"):
+        collect(broken, tasks=[], policy="expert", episodes=1, seed=0)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "table1" / "run.py"
+RUN_DIR = Path("<run_dir>")  # how a cell's overrides record its run directory
 
 
 @pytest.fixture
@@ -27,7 +30,8 @@ def _write(table1, game: str, row: str, seed: int, success: float, *, draw: int 
     cell = {
         "game": game, "row": row, "seed": seed, "base_sha256": table1.base_sha256(), "protocol": table1.PROTOCOL,
         "machine": "test cpu", "success": success, "real_transitions": real, "offline_transitions": 400.0,
-        "warmstart_success": 0.5, "fidelity": {"fidelity/success_agreement": 0.95}, **extra,
+        "warmstart_success": 0.5, "fidelity": {"fidelity/success_agreement": 0.95},
+        "overrides": table1.overrides(game, row, seed, RUN_DIR, draw), **({"draw": draw} if draw else {}), **extra,
     }
     path = table1.cell_path(game, row, seed, draw=draw)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -306,3 +310,83 @@ def test_a_rebuilt_donor_matches_its_cell_up_to_the_unparsable_answers_now_count
     assert not table1.same_before_rl({**first, "fidelity/parse_failed": 0.0333, "fidelity/success_agreement": 0.95}, cached)
     no_model = {"warmstart_success": 0.5, "fidelity": {}}
     assert table1.same_before_rl({"eval_before/success_rate": 0.5}, no_model)
+
+
+def test_every_committed_cell_is_read_by_its_protocols_report(table1, monkeypatch) -> None:
+    # Protocols 1-3 ran on other base pipelines than base.yaml: requiring base.yaml's digest of every
+    # protocol dropped all their cells. The current protocol's cells also match their rows' overrides.
+    monkeypatch.setattr(table1, "CELLS", RUN_PY.parent / "results" / "cells")
+    for protocol in range(1, table1.PROTOCOL + 1):
+        cells = [json.loads(path.read_text()) for path in sorted((table1.CELLS / f"p{protocol}").glob("*.json"))]
+        assert cells
+        unread = [c for c in cells if table1.current(c["game"], c["row"], c["seed"], protocol, c.get("draw", 0)) is None]
+        assert not unread, f"protocol {protocol}: {len(unread)} of {len(cells)} cells left out"
+    assert set(table1.EARLIER_BASES) == set(range(1, table1.PROTOCOL))  # a bumped protocol records its base
+
+
+@pytest.mark.parametrize("protocol", range(2, 8))  # protocol 1's table has the first report's columns
+def test_an_earlier_protocols_table_is_rebuilt_from_its_committed_cells(table1, monkeypatch, protocol) -> None:
+    monkeypatch.setattr(table1, "CELLS", RUN_PY.parent / "results" / "cells")
+    committed = (RUN_PY.parent / "results" / f"table1-p{protocol}.md").read_text()
+    command = committed.splitlines()[2]  # Produced by `python benchmarks/table1/run.py --games ... --seeds ...`;
+    games = re.search(r"--games (.+?) --seeds", command).group(1).split()
+    seeds = [int(s) for s in re.search(r"--seeds ([\d ]+)`", command).group(1).split()]
+    rows = lambda text: [line for line in text.splitlines() if line.startswith("| ")]  # noqa: E731
+    assert rows(table1.report(games, seeds, protocol)) == rows(committed)
+
+
+def test_a_report_of_no_cells_writes_no_table(table1, monkeypatch, tmp_path) -> None:
+    # `--report --protocol 2` found no cell it accepted and wrote an empty table over the committed one
+    out = tmp_path / "table.md"
+    for protocol in (table1.PROTOCOL, 2):
+        monkeypatch.setattr(sys, "argv", ["run.py", "--games", "coin", "--seeds", "0", "--report", "--protocol", str(protocol), "--out", str(out)])
+        with pytest.raises(SystemExit, match=f"no cells of protocol {protocol} on base pipeline") as stopped:
+            table1.main()
+        assert stopped.value.code != 0 and not out.exists()
+
+
+def test_a_current_cell_recorded_with_other_overrides_is_not_reused(table1) -> None:
+    row = "GRPO DreamGym-S2R"
+    _write(table1, "coin", row, 0, 0.5)
+    _write(table1, "coin", row, 1, 0.5, overrides=sorted(table1.overrides("coin", row, 1, RUN_DIR), reverse=True))
+    stale = [item.replace("loop.real_budget=32", "loop.real_budget=320") for item in table1.overrides("coin", row, 2, RUN_DIR)]
+    _write(table1, "coin", row, 2, 0.5, overrides=stale)
+    _write(table1, "coin", row, 3, 0.5, overrides=table1.overrides("coin", row, 3, RUN_DIR)[:-1])  # no run_dir
+    assert table1.current("coin", row, 0) is not None
+    assert table1.current("coin", row, 1) is not None  # the same settings in another order
+    assert table1.current("coin", row, 2) is None and table1.current("coin", row, 3) is None
+    assert list(table1._cells(["coin"], [0, 1, 2, 3], table1.PROTOCOL)[("coin", row)]) == [0, 1]
+
+
+def test_a_draw_missing_a_value_stops_the_report_instead_of_taking_draw_0s(table1) -> None:
+    # the seed kept draw 0's value for a number one draw lacked: 0 real transitions for draws 0, None and 30
+    for draw, real in enumerate([0.0, None, 30.0]):
+        _write(table1, "coin", "GRPO DreamGym", 1, 0.5, draw=draw, real=real)
+    with pytest.raises(SystemExit, match=r"coin \| GRPO DreamGym \| seed 1 draw1: the cell records no 'real_transitions'"):
+        table1._cells(["coin"], [1], table1.PROTOCOL, draws=(0, 1, 2))
+    _write(table1, "coin", "GRPO DreamGym", 2, None, draw=0)  # draw 0 lacking it: the others' mean was not taken either
+    for draw in (1, 2):
+        _write(table1, "coin", "GRPO DreamGym", 2, 0.5, draw=draw)
+    with pytest.raises(SystemExit, match=r"coin \| GRPO DreamGym \| seed 2: the cell records no 'success'"):
+        table1._cells(["coin"], [2], table1.PROTOCOL, draws=(0, 1, 2))
+
+
+def test_a_cell_missing_its_real_transitions_stops_the_table_instead_of_counting_zero(table1) -> None:
+    _write(table1, "coin", "SFT", 0, 0.5)
+    _write(table1, "coin", "GRPO (real env)", 0, 0.6, real=None)
+    with pytest.raises(SystemExit, match=r"coin \| GRPO \(real env\) \| seed 0: the cell records no 'real_transitions'"):
+        table1.report(["coin"], [0])
+
+
+def test_vs_sft_gives_its_own_n_where_sft_lacks_some_of_the_rows_seeds(table1) -> None:
+    # results/table1-p8-coin-3-seeds0-19.md: "57.3 (n=20) | +2.8" was a difference over 10 seeds
+    for seed in (0, 1, 2):
+        _write(table1, "coin", "GRPO DreamGym", seed, 0.625)
+        _write(table1, "coin", "w/o retrieval", seed, 0.5)
+    for seed in (0, 1):
+        _write(table1, "coin", "SFT", seed, 0.5)
+    _write(table1, "coin", "SFT", 3, 0.5)
+    text = table1.report(["coin"], [0, 1, 2, 3])
+    assert "| SFT | 50.0 ± 0.0 (n=3) | +0.0 | 0 |" in text
+    assert "| GRPO DreamGym | 62.5 ± 0.0 (n=3) | +12.5 (n=2) | 0 |" in text
+    assert "| w/o retrieval | 50.0 ± 0.0 (n=3) | +0.0 (n=2) | 0 |" in text

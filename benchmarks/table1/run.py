@@ -13,9 +13,10 @@ into the new run directory before it starts (the loop reuses them).
 A cell records the sha256 of the base pipeline it ran on, the protocol (``PROTOCOL``,
 bumped when a code change makes old cells incomparable) and the commit of the code
 (``<=abc123``: run on code at or before that commit). The report uses only cells of
-the current base pipeline and protocol, so editing ``base.yaml`` or bumping
-the protocol starts a fresh table; cells of protocol N live in ``results/cells/pN/`` and
-its table in ``results/table1-pN.md``.
+the current base pipeline and protocol, run with their game's and row's overrides as they are
+now, so editing ``base.yaml``, a row or a game, or bumping the protocol, starts a fresh table (of
+those cells); cells of protocol N live in ``results/cells/pN/`` and its table in
+``results/table1-pN.md``, built from the base pipeline protocol N ran on (``EARLIER_BASES``).
 
     python benchmarks/table1/run.py --games coin --seeds 0 1 2          # run / fill the cache
     python benchmarks/table1/run.py --games coin --seeds 0 1 2 --report # table from the cache
@@ -258,11 +259,27 @@ BASE = HERE / "base.yaml"
 PROTOCOL = 8
 # The first protocol whose cells were run over several experience-model draws.
 FIRST_DRAWN_PROTOCOL = 5
+# The base pipeline each earlier protocol's cells ran on (path, sha256): the main job's pipeline
+# of the time, which base.yaml copies as protocol 8 ran it. A bumped protocol adds its own here.
+EARLIER_BASES: dict[int, tuple[str, str]] = {
+    1: ("examples/default.yaml", "384b7a9b8607bbb43e83c3ccda3ce4f5d40b2f80845a1a3e10f20513a15222c7"),
+    2: ("examples/default.yaml", "2701799c8e24f322a05a7f9e8b03b1a60208372a8b30f31f7c62a63aed44c629"),
+    3: ("examples/default.yaml", "d301b457bb040bcf2211721bc95b05539119ecb37ffa0809eb9fd362642f4253"),
+    **{p: ("examples/default.yaml", "31e79af532aff9e8271e570d1af0d2ad9fbc664f49347955a84fccc6510d9ddb") for p in (4, 5, 6, 7)},
+}
+# What a cell records for its run directory in its overrides.
+RECORDED_RUN_DIR = Path("<run_dir>")
 
 
 def base_sha256() -> str:
     """Fingerprint of the base pipeline: a cell run on another base is stale, not comparable."""
     return hashlib.sha256(BASE.read_bytes()).hexdigest()
+
+
+def base_of(protocol: int) -> tuple[str, str]:
+    """The base pipeline ``protocol``'s cells ran on (path, sha256): base.yaml for the current
+    protocol, the recorded one (:data:`EARLIER_BASES`) for an earlier protocol."""
+    return ("benchmarks/table1/base.yaml", base_sha256()) if protocol == PROTOCOL else EARLIER_BASES[protocol]
 
 
 def git_commit() -> str:
@@ -463,7 +480,7 @@ def run_cell(game: str, row: str, seed: int, draw: int = 0) -> dict:
         "game": game, "row": row, "seed": seed, **({"draw": draw} if draw else {}),
         "wall_seconds": round(time.time() - started, 1),
         "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": commit, "machine": machine(held=bool(env)),
-        "overrides": overrides(game, row, seed, Path("<run_dir>"), draw),
+        "overrides": overrides(game, row, seed, RECORDED_RUN_DIR, draw),
         **measured(summary, _before_rl_metrics(run_dir)),
     }
     path = cell_path(game, row, seed, draw=draw)
@@ -492,12 +509,16 @@ def measured(summary: dict, first: dict) -> dict:
 
 
 def current(game: str, row: str, seed: int, protocol: int = PROTOCOL, draw: int = 0) -> dict | None:
-    """The cached cell when it was run on the current base pipeline and ``protocol``, else None."""
+    """The cached cell when it was run on ``protocol``'s base pipeline (:func:`base_of`) and, for the
+    current protocol, with the game's and row's overrides as they are now (in any order), else None.
+    An earlier protocol's rows had the settings of their time, so its cells are not held to today's."""
     path = cell_path(game, row, seed, protocol, draw)
     if not path.exists():
         return None
     cell = json.loads(path.read_text())
-    comparable = cell.get("base_sha256") == base_sha256() and cell.get("protocol", 1) == protocol
+    comparable = cell.get("base_sha256") == base_of(protocol)[1] and cell.get("protocol", 1) == protocol
+    if comparable and protocol == PROTOCOL:
+        comparable = sorted(cell.get("overrides", [])) == sorted(overrides(game, row, seed, RECORDED_RUN_DIR, draw))
     return cell if comparable else None
 
 
@@ -509,13 +530,21 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.1f}{spread} (n={len(values)})"
 
 
+def _cell_name(cell: dict) -> str:
+    """``game | row | seed N[ drawK]``, as a run prints the cell."""
+    return f"{cell.get('game')} | {cell.get('row')} | seed {cell.get('seed')}{_draw_suffix(cell.get('draw', 0), ' ')}"
+
+
 def _over_draws(cells: list[dict]) -> dict:
     """A seed's cell over the experience model's draws: numbers averaged, the rest from the first
-    draw (fidelity is scored before RL on a stream that no draw moves)."""
+    draw (fidelity is scored before RL on a stream that no draw moves). A number some draws lack
+    stops the report: the seed's value would silently be draw 0's, or a mean over fewer draws."""
     merged = dict(cells[0])
-    for key, value in cells[0].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and all(c.get(key) is not None for c in cells):
-            merged[key] = statistics.mean(c[key] for c in cells)
+    numbers = {k for c in cells for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"draw"}
+    for key in sorted(numbers):
+        if lacking := [c for c in cells if c.get(key) is None]:
+            raise SystemExit(f"{_cell_name(lacking[0])}: the cell records no {key!r}, which other draws of its seed do; run it again")
+        merged[key] = statistics.mean(c[key] for c in cells)
     merged["draw_success"] = [c["success"] for c in cells]
     return merged
 
@@ -539,9 +568,12 @@ def _paired_diffs(cells: dict[int, dict], base: dict[int, dict]) -> list[float]:
 
 
 def _paired_delta(cells: dict[int, dict], base: dict[int, dict]) -> str:
-    """Mean over seeds of (row - base) on the same seed."""
+    """Mean over seeds of (row - base) on the same seed; where base lacks some of the row's seeds,
+    with the difference's n (the row's own n, beside it, is then not the difference's)."""
     diffs = _paired_diffs(cells, base)
-    return f"{100 * statistics.mean(diffs):+.1f}" if diffs else "-"
+    if not diffs:
+        return "-"
+    return f"{100 * statistics.mean(diffs):+.1f}" + (f" (n={len(diffs)})" if len(diffs) != len(cells) else "")
 
 
 def _shared_seeds(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> list[int]:
@@ -553,16 +585,17 @@ def _pair(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: s
     seeds = _shared_seeds(table, game, a, b)
     if not seeds:
         return None
-    def value(row: str, seed: int) -> float:
-        # a missing value was read as 0: a cell without its success counted as 0%, and one without
-        # its real transitions met the S2R target's "at most 1/10"
-        got = table[(game, row)][seed].get(key)
-        if got is None:
-            raise SystemExit(f"{game} | {row} | seed {seed}: the cell records no {key!r}; run it again")
-        return got
-
-    mean = lambda row: statistics.mean(value(row, s) for s in seeds)  # noqa: E731
+    mean = lambda row: statistics.mean(_recorded(table, game, row, s, key) for s in seeds)  # noqa: E731
     return mean(a), mean(b), len(seeds)
+
+
+def _recorded(table: dict[tuple[str, str], dict[int, dict]], game: str, row: str, seed: int, key: str) -> float:
+    """A cell's ``key``; a cell without it stops the report. (Read as 0, a cell without its success
+    counted as 0%, and one without its real transitions met the S2R target's "at most 1/10".)"""
+    got = table[(game, row)][seed].get(key)
+    if got is None:
+        raise SystemExit(f"{game} | {row} | seed {seed}: the cell records no {key!r}; run it again")
+    return got
 
 
 def _seed_signs(table: dict[tuple[str, str], dict[int, dict]], game: str, a: str, b: str) -> tuple[int, int, int]:
@@ -653,6 +686,10 @@ def _machines(table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
 
 def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: tuple[int, ...] = (0,), out: Path | None = None) -> str:
     table = _cells(games, seeds, protocol, draws)
+    base_path, base_digest = base_of(protocol)
+    if not any(table.values()):  # a table of no cells would replace the committed one
+        raise SystemExit(f"no cells of protocol {protocol} on base pipeline {base_digest[:12]} for {', '.join(games)} "
+                         f"seeds {' '.join(map(str, seeds))} in {CELLS / f'p{protocol}'}: no table written")
     drawn = len(draws) > 1
     lines = [
         "# Table 1 at small scale (success % on held-out real test games, mean ± sd over seeds)",
@@ -660,7 +697,7 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
         f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}"
         f"{' --draws ' + ' '.join(map(str, draws)) if draws != (0,) else ''}{f' --out {out}' if out else ''}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
-        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: benchmarks/table1/base.yaml (sha256 {base_sha256()[:12]}), protocol {protocol}.",
+        f"textworld-express {metadata.version('textworld-express')}. Base pipeline: {base_path} (sha256 {base_digest[:12]}), protocol {protocol}.",
         "Cells run on another base pipeline or protocol are left out; missing cells were not run. Every row of a",
         "seed starts RL from the same warm-started policy, so \"vs SFT\" is a paired difference (mean over seeds).",
         "Rows may cover different seeds: \"vs SFT\" and the targets use the seeds both rows have.",
@@ -678,8 +715,9 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
         parts = []
         for g in games:
             cells = table[(g, row)]
-            real = f"{statistics.mean(c['real_transitions'] or 0 for c in cells.values()):.0f}" if cells else "-"
-            parts += [_mean_sd([c["success"] for c in cells.values()]), _paired_delta(cells, table[(g, sft_of(row))]), real]
+            real = f"{statistics.mean(_recorded(table, g, row, s, 'real_transitions') for s in cells):.0f}" if cells else "-"
+            success = _mean_sd([_recorded(table, g, row, s, "success") for s in cells])
+            parts += [success, _paired_delta(cells, table[(g, sft_of(row))]), real]
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
     # A game's seeds: those with any cell of that game (one game may have more seeds than another).
     game_seeds = {g: [s for s in seeds if any(s in table[(g, row)] for row in ROWS)] for g in games}

@@ -620,3 +620,16 @@ def test_count_tokens_counts_an_answer_as_generation_spends_its_budget(trained):
         len(trained.tokenizer(text + text, add_special_tokens=False)["input_ids"]),
     ]
     assert 0 < trained.count_tokens([text])[0] < trained.count_tokens([text + text])[0]
+
+
+def test_generate_returns_the_texts_of_the_server_records(small_config, make_examples):
+    # generate() wraps _generations() (which also gives the server its finish reasons and token
+    # counts). Its texts were compared with the code before it on 868 settings when it was split
+    # out, byte for byte; literal expected texts here would hold on one CPU's kernels only.
+    backend = TinyBackend(small_config())
+    backend.prepare(corpus=["".join(text for text, _ in example) for example in make_examples()])
+    prompts = ["Room: kitchen.", "Items: coin, lamp. Action:"]
+    for settings in ({"temperature": 0}, {"temperature": 1.0, "seed": 7}, {"temperature": 0.7, "seed": 1, "stop": ["e"]}):
+        records = backend._generations(prompts=prompts, max_new_tokens=8, **settings)
+        assert [g.text for g in records] == backend.generate(prompts=prompts, max_new_tokens=8, **settings)
+        assert all(g.finish_reason in ("stop", "length") and 0 <= g.completion_tokens <= 8 for g in records)

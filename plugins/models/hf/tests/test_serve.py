@@ -122,12 +122,12 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(server):
 
 
 class FailingModel:
-    """A served model whose generate() fails inside (as a GPU out of memory does)."""
+    """A served model whose generation fails inside (as a GPU out of memory does)."""
 
     def __init__(self, inner) -> None:
         self.tokenizer, self.model_id, self.chat_template = inner.tokenizer, inner.model_id, False
 
-    def generate(self, **_):
+    def _generations(self, **_):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
@@ -152,10 +152,12 @@ class SlowModel(FailingModel):
         super().__init__(inner)
         self.prompts: list[str] = []
 
-    def generate(self, *, prompts, **_):
+    def _generations(self, *, prompts, **_):
+        from dreamgym_plugin_hf.backend import Generation
+
         self.prompts += prompts
         time.sleep(1.0)
-        return ["ok"] * len(prompts)
+        return [Generation(text="ok", prompt_tokens=1, completion_tokens=1, finish_reason="stop")] * len(prompts)
 
 
 def test_a_request_whose_client_hung_up_in_the_queue_is_not_generated(trained):
@@ -305,6 +307,8 @@ def test_the_servers_max_length_is_the_models_context_at_most_2048(short_gpt2, s
         ("completions", {"prompt": "a", "temperature": float("nan")}, "'temperature'"),
         ("completions", {"prompt": "a", "temperature": float("inf")}, "'temperature'"),
         ("completions", {"prompt": "a", "temperature": True}, "'temperature'"),
+        ("completions", {"prompt": "a", "temperature": 1e-300}, "'temperature'"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": 1e-30}, "'temperature'"),
         ("completions", {"prompt": "a", "max_tokens": True}, "'max_tokens'"),
         ("completions", {"prompt": "a", "max_completion_tokens": False}, "'max_completion_tokens'"),
         ("completions", {"prompt": "a", "seed": True}, "'seed'"),
@@ -321,13 +325,14 @@ def test_the_servers_max_length_is_the_models_context_at_most_2048(short_gpt2, s
         ("chat/completions", {"messages": [{"content": "hi"}]}, "'messages[0].role'"),
         ("chat/completions", {"messages": ["hi"]}, "'messages[0]'"),
     ],
-    ids=["temperature-nan", "temperature-inf", "temperature-bool", "max-tokens-bool", "max-completion-tokens-bool",
+    ids=["temperature-nan", "temperature-inf", "temperature-bool", "temperature-tiny", "chat-temperature-tiny", "max-tokens-bool", "max-completion-tokens-bool",
          "seed-bool", "messages-empty", "messages-not-a-list", "content-null", "content-number", "content-image-part",
          "content-part-not-text", "role-object", "role-missing", "message-not-an-object"],
 )
 def test_bad_sampling_values_and_messages_get_400_naming_the_field(server, route, body, field):
     # before: every one of these was answered 200 (a NaN or infinite temperature sampled, True was
-    # 1 token or seed 1, a null content became the prompt "user: None", no messages generated from nothing)
+    # 1 token or seed 1, a null content became the prompt "user: None", no messages generated from nothing),
+    # but a temperature too small to divide the logits by, which passed the checks and failed as a 500
     base, _ = server
     status, answer = call(f"{base}/{route}", body if "max_completion_tokens" in body else {"max_tokens": 4, **body})
     message = answer["error"]["message"]
@@ -458,7 +463,7 @@ def saved_model(trained, tmp_path_factory) -> str:
 
 def serve_main_once(monkeypatch, argv: list[str], key: str | None = None) -> int:
     """Run ``main(argv)`` in a thread until its real server answers ``GET /v1/models`` on
-    127.0.0.1, then shut it down; the status of that answer."""
+    127.0.0.1 (``::1`` for an IPv6 server), then shut it down; the status of that answer."""
     from dreamgym_plugin_hf import serve
 
     made = []
@@ -474,8 +479,9 @@ def serve_main_once(monkeypatch, argv: list[str], key: str | None = None) -> int
     while not made and thread.is_alive():
         time.sleep(0.05)
     assert made, "main stopped before it made its server"
+    host = "[::1]" if made[0].address_family == socket.AF_INET6 else "127.0.0.1"
     try:
-        return call(f"http://127.0.0.1:{made[0].server_address[1]}/v1/models", key=key)[0]
+        return call(f"http://{host}:{made[0].server_address[1]}/v1/models", key=key)[0]
     finally:
         made[0].shutdown()
         thread.join(timeout=60)
@@ -518,3 +524,179 @@ def test_which_servers_are_warned_about(host, key, warned):
     assert (warning is not None) is warned
     if warning:
         assert repr(host) in warning and "--api-key-env" in warning and "\n" not in warning
+
+
+@pytest.fixture
+def sampler(small_config, make_examples):
+    """An untrained tiny model: sampled at temperature 1 it ends some answers on EOS within 40
+    tokens, often after bytes that decode to U+FFFD (one character, up to three tokens again)."""
+    from dreamgym_plugin_hf.tiny import TinyBackend
+
+    backend = TinyBackend(small_config())
+    backend.prepare(corpus=["".join(text for text, _ in example) for example in make_examples()])
+    return backend
+
+
+def generated_rows(backend, request: dict) -> tuple[dict, list[list[int]]]:
+    """The answer of ``POST /v1/completions`` to ``request`` and the new ids of each row as the
+    model generated them (padded rows included)."""
+    from dreamgym_plugin_hf.serve import completion_body
+
+    rows = []
+    generate = backend.model.generate
+
+    def spy(**kwargs):
+        output = generate(**kwargs)
+        rows.extend(output[:, kwargs["input_ids"].shape[1] :].tolist())
+        return output
+
+    backend.model.generate = spy
+    try:
+        return completion_body(backend, request, threading.Lock()), rows
+    finally:
+        backend.model.generate = generate
+
+
+def test_finish_reason_and_usage_are_read_from_the_generated_ids(sampler):
+    # before: finish_reason re-encoded the returned text and compared it with max_tokens, so an
+    # answer that ended on EOS after bytes decoding to U+FFFD read as "length"; there was no usage
+    prompt = "Room: garden. Items: key, lamp. Action:"
+    answer, rows = generated_rows(sampler, {"prompt": [prompt] * 20, "max_tokens": 40, "temperature": 1.0, "seed": 6})
+    eos = sampler.tokenizer.eos_token_id
+    ended = [row.index(eos) + 1 if eos in row else None for row in rows]
+    assert any(ended) and not all(ended)  # both kinds of answer are in the batch
+    recounted = sampler.count_tokens([c["text"] for c in answer["choices"]])
+    assert any(n and again >= 40 for n, again in zip(ended, recounted))  # the case re-encoding read as "length"
+    assert [c["finish_reason"] for c in answer["choices"]] == ["stop" if n else "length" for n in ended]
+    completion = sum(n or 40 for n in ended)
+    prompt_tokens = 20 * len(sampler.prompt_ids(prompt))
+    assert answer["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+
+def test_an_answer_cut_at_a_stop_string_finishes_with_stop_and_counts_the_tokens_spent(sampler):
+    prompt = "Room: kitchen."
+    answer, rows = generated_rows(sampler, {"prompt": [prompt] * 6, "max_tokens": 30, "temperature": 1.0, "seed": 1, "stop": ["e"]})
+    decode, eos = sampler.tokenizer.decode, sampler.tokenizer.eos_token_id
+
+    def end(row: list[int]) -> tuple[str, int]:
+        """How a row ended, and the tokens it spent: at the token completing the stop string,
+        at its EOS, or after max_tokens (a finished row is padded to the batch's width)."""
+        at_stop = next((k for k in range(1, len(row) + 1) if "e" in decode(row[:k], skip_special_tokens=True)), len(row) + 1)
+        at_eos = row.index(eos) + 1 if eos in row else len(row) + 1
+        return min(("stop string", at_stop), ("eos", at_eos), ("length", 30), key=lambda kind: kind[1])
+
+    ends = [end(row) for row in rows]
+    assert {kind for kind, _ in ends} == {"stop string", "eos", "length"}  # all three in one batch
+    assert [c["finish_reason"] for c in answer["choices"]] == ["length" if kind == "length" else "stop" for kind, _ in ends]
+    assert answer["usage"]["completion_tokens"] == sum(n for _, n in ends)
+
+
+def test_a_chat_answer_carries_usage(server):
+    base, backend = server
+    status, body = call(f"{base}/chat/completions", {"messages": [{"role": "user", "content": "Room: garden."}], "max_tokens": 40, "temperature": 0})
+    usage = body["usage"]
+    assert status == 200 and body["choices"][0]["finish_reason"] == "stop"  # the trained model ends on EOS
+    assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] < 40
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+@pytest.mark.parametrize("route", ["completions", "chat/completions"])
+@pytest.mark.parametrize(
+    "extra, status, field",
+    [({"n": 3}, 400, "'n'"), ({"n": True}, 400, "'n'"), ({"n": 0}, 400, "'n'"), ({"stream": True}, 400, "'stream'"),
+     ({"n": 1, "stream": False}, 200, None), ({"n": None, "stream": None}, 200, None)],
+    ids=["n-3", "n-true", "n-0", "stream", "n-1-no-stream", "nulls"],
+)
+def test_several_choices_or_a_stream_are_refused_not_silently_ignored(server, route, extra, status, field):
+    # before: "n": 3 got one choice and "stream": true a plain JSON answer, both with 200
+    base, _ = server
+    request = {"prompt": "Room:"} if route == "completions" else {"messages": [{"role": "user", "content": "Room:"}]}
+    got, answer = call(f"{base}/{route}", {**request, "max_tokens": 2, **extra})
+    assert got == status
+    if field:
+        assert field in answer["error"]["message"] and "\n" not in answer["error"]["message"]
+    else:
+        assert len(answer["choices"]) == 1
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_500(server):
+    # before: the decoder's RecursionError was answered 500 with a traceback on the server's stderr
+    base, _ = server
+    status, answer = raw_post(base, *with_length(b"[" * 200_000))
+    assert status == 400 and "nested too deeply" in answer["error"]["message"]
+
+
+def answers_on_one_connection(port: int, request: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of every answer on one connection that sends ``request`` and then a
+    ``GET /v1/models`` that closes it."""
+    closing = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request + closing)
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:  # closed with unread bytes in its buffer: the answers came first
+            pass
+    answers = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        answers.append((int(head.split(b" ")[1]), data[:length]))
+        data = data[length:]
+    return answers
+
+
+@pytest.mark.parametrize(
+    "line, headers, statuses",
+    [
+        (b"GET /v1/models", b"", [200, 200]),
+        (b"GET /v1/nowhere", b"", [404, 200]),
+        (b"GET /v1/models", b"Origin: https://evil.example\r\n", [403, 200]),
+        (b"GET /v1/models", b"Authorization: Bearer wrong\r\n", [401, 401]),  # the closing GET has no key either
+        (b"PUT /v1/models", b"", [501]),  # the standard library's answer closes the connection
+    ],
+    ids=["models", "no-route", "foreign-origin", "wrong-key", "unsupported-method"],
+)
+def test_the_body_of_a_request_is_never_read_as_the_next_request(trained, line, headers, statuses):
+    # before: a GET's body was left unread, and on a kept-alive connection parsed as the next request
+    inner = json.dumps({"prompt": "SMUGGLED", "max_tokens": 2, "seed": 7}).encode()
+    smuggled = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (len(inner), inner)
+    srv = start_server(trained, port=0, api_key="sekrit" if b"Authorization" in headers else None)
+    try:
+        request = line + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled
+        answers = answers_on_one_connection(srv.server_address[1], request)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [status for status, _ in answers] == statuses
+    assert not any(b"text_completion" in body for _, body in answers)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_an_ipv6_host_is_served(trained):
+    # before: ThreadingHTTPServer binds IPv4 only, so --host ::1 crashed at start
+    srv = start_server(trained, host="::1", port=0)
+    try:
+        base = f"http://[::1]:{srv.server_address[1]}/v1"
+        assert call(f"{base}/models")[0] == 200
+        assert call_with(f"{base}/models", {"Host": "evil.example"}) == 403  # still a loopback server
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_the_command_serves_an_ipv6_host_and_prints_its_address_in_brackets(saved_model, monkeypatch, capsys):
+    assert serve_main_once(monkeypatch, ["--model-dir", saved_model, "--host", "::1", "--port", "0"]) == 200
+    out, err = capsys.readouterr()
+    assert "http://[::1]:" in out and "warning" not in err

@@ -11,8 +11,9 @@ import random
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
+import msgspec
 import torch
 import torch.nn.functional as F
 from transformers import (
@@ -40,15 +41,28 @@ Example = Sequence[tuple[str, bool]]
 
 
 class _StopStrings(StoppingCriteria):
-    """Marks a row done once its new text contains any stop string."""
+    """Marks a row done once its new text contains any stop string; ``ended`` maps each such
+    row to the number of new tokens it had then (a record only: it changes no generation)."""
 
     def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_width: int) -> None:
         self.tokenizer, self.stop, self.prompt_width = tokenizer, [s for s in stop if s], prompt_width
+        self.ended: dict[int, int] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
         done = [any(s in t for s in self.stop) for t in texts]
+        for row in (i for i, hit in enumerate(done) if hit):
+            self.ended.setdefault(row, input_ids.shape[1] - self.prompt_width)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class Generation(msgspec.Struct, frozen=True, kw_only=True):
+    """One answer of :meth:`HFBackend._generations`, with what an OpenAI-style server reports of it."""
+
+    text: str  # what generate() returns for the prompt
+    prompt_tokens: int  # the prompt's tokens as the model saw them (after any cut)
+    completion_tokens: int  # tokens generated, up to and including the EOS or the one that completed a stop string
+    finish_reason: Literal["stop", "length"]  # "stop": EOS or a stop string ended it; "length": max_new_tokens did
 
 
 def forked_devices(device: torch.device | str) -> list[int]:
@@ -384,6 +398,20 @@ class HFBackend:
         device's (the same seed gives the same text; the global RNGs are untouched); without one it comes from the global RNG, which it
         advances, so that unseeded calls differ.
         """
+        generations = self._generations(prompts=prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop, seed=seed)
+        return [g.text for g in generations]
+
+    def _generations(
+        self,
+        *,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """:meth:`generate`'s answers with their token counts and finish reasons (the server's
+        ``usage`` and ``finish_reason``), read from the generated ids; the texts are generate's."""
         if max_new_tokens < 1 or max_new_tokens >= self.config.max_length:
             raise ConfigError(
                 f"hf: max_new_tokens={max_new_tokens} must be in [1, max_length={self.config.max_length})"
@@ -395,7 +423,7 @@ class HFBackend:
         with torch.random.fork_rng(devices=forked_devices(self.config.device), enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            out: list[str] = []
+            out: list[Generation] = []
             for start in range(0, len(prompts), size):
                 out += self._generate_batch(prompts[start : start + size], max_new_tokens, temperature, stop)
         return out
@@ -410,7 +438,7 @@ class HFBackend:
         )
 
     @torch.no_grad()
-    def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
+    def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[Generation]:
         limit = self.config.max_length - max_new_tokens
         full = [self.prompt_ids(p) for p in prompts]
         self._count_cuts([len(ids) for ids in full], limit, max_new_tokens)
@@ -418,7 +446,8 @@ class HFBackend:
         if not all(encoded):  # the model has no position to start from (transformers fails obscurely)
             raise DataError("hf: a prompt is empty and this tokenizer adds no start token: nothing to generate from")
         ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)
-        criteria = StoppingCriteriaList([_StopStrings(self.tokenizer, stop, ids.shape[1])]) if stop else None
+        stops = _StopStrings(self.tokenizer, stop, ids.shape[1]) if stop else None
+        criteria = StoppingCriteriaList([stops]) if stops is not None else None
         device = self.config.device
         # transformers fills every setting our config leaves unset from the model's own
         # generation_config (a hub checkpoint's repetition_penalty, no_repeat_ngram_size, ...),
@@ -435,8 +464,23 @@ class HFBackend:
             )
         finally:
             base.generation_config = own
-        texts = self.tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
-        return [cut_at_stop(t, stop) for t in texts]
+        new = output[:, ids.shape[1] :]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        ended = stops.ended if stops is not None else {}
+        return [
+            self._generation(cut_at_stop(t, stop), len(prompt), row.tolist(), ended.get(i), max_new_tokens)
+            for i, (t, prompt, row) in enumerate(zip(texts, encoded, new, strict=True))
+        ]
+
+    def _generation(self, text: str, prompt_tokens: int, new: list[int], stopped_at: int | None, max_new_tokens: int) -> Generation:
+        """One row's record. A finished row is padded to the batch's width, so its count is where
+        it ended: just after its first EOS, or after the token that completed a stop string."""
+        eos = self.tokenizer.eos_token_id
+        ends = [n for n in (new.index(eos) + 1 if eos in new else None, stopped_at) if n is not None]
+        if ends:
+            return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=min(ends), finish_reason="stop")
+        reason = "length" if len(new) >= max_new_tokens else "stop"
+        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(new), finish_reason=reason)
 
     # --- training ---------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Endpoints: ``GET /v1/models``, ``POST /v1/completions`` (prompt string or list,
 max_tokens, temperature, stop, seed), ``POST /v1/chat/completions`` (messages) and vLLM's
 ``POST /tokenize`` (prompt or messages: ``count``, ``max_model_len`` and ``tokens``, so a
-client can shorten a prompt before the server would cut its start).
+client can shorten a prompt before the server would cut its start). Answers carry ``usage`` and
+each choice a ``finish_reason`` read from the generated ids; one choice per prompt (``n`` 1) and
+no streaming: ``n`` other than 1 or ``stream`` true is a 400.
 Requests are served one generate() at a time (the model is not thread-safe); one whose
 client hung up while it waited (a client timeout) is dropped, not generated (a client that
 only half-closed, shutdown(SHUT_WR), reads the same: an end of input). Bodies need a
@@ -14,7 +16,8 @@ Bound to a loopback address (the default), it answers only requests that name a 
 (``Host``) and come from no web page of another host (``Origin``): a page in the user's
 browser could otherwise reach it, through DNS rebinding or a cross-site POST (403).
 Bound to any other address (``--host 0.0.0.0``) without a key, it serves the model to whoever
-can reach the machine: it says so in one line on stderr at start.
+can reach the machine: it says so in one line on stderr at start. An IPv6 address (``--host ::1``)
+binds an IPv6 socket.
 ``--max-length`` (the ``max_model_len`` ``/tokenize`` reports) defaults to the model's own
 context, at most 2048; one over the model's context stops the server with a one-line error.
 
@@ -37,11 +40,14 @@ import traceback
 import uuid
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlsplit
 
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.net import is_loopback
+
+if TYPE_CHECKING:
+    from .backend import Generation
 
 __all__ = [
     "make_server", "start_server", "load_backend", "completion_body", "tokenize_body", "chat_messages", "chat_prompt",
@@ -51,6 +57,10 @@ __all__ = [
 
 # A request is prompts and parameters: 16 MiB is millions of tokens, beyond any context window.
 MAX_BODY_BYTES = 16 * 2**20
+
+# Below this the model's logits divided by the temperature leave float range (inf, then NaN
+# probabilities, and generate fails); 0 is greedy.
+MIN_TEMPERATURE = 1e-5
 
 
 class RequestError(ValueError):
@@ -111,10 +121,17 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     max_tokens = body.get(name, 16)
     temperature = body.get("temperature", 1.0)
     seed = body.get("seed")
+    n = body.get("n")
+    if n is not None and not (_integer(n) and n == 1):  # answered with one choice, n would be silently ignored
+        raise RequestError("'n' must be 1 or left out: this server returns one choice per prompt")
+    if body.get("stream") not in (None, False):
+        raise RequestError("'stream' is not supported (the answer comes as one JSON object); send stream false or leave it out")
     if not _integer(max_tokens) or max_tokens < 1:
         raise RequestError(f"'{name}' must be a positive integer")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
         raise RequestError("'temperature' must be a finite number >= 0")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise RequestError(f"'temperature' {temperature!r} is too small to sample with: send 0 (greedy) or at least {MIN_TEMPERATURE}")
     if seed is not None and not (_integer(seed) and -(2**63) <= seed < 2**64):  # what torch.manual_seed takes
         raise RequestError("'seed' must be an integer in [-2**63, 2**64)")
     return {"max_new_tokens": max_tokens, "temperature": float(temperature), "stop": _stop_list(body.get("stop")), "seed": seed}
@@ -177,12 +194,9 @@ def completion_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, 
         raise RequestError("'prompt' must be a string or a non-empty list of strings")
     args = _sampling(body)
     with lock:
-        texts = backend.generate(prompts=prompts, **args)
-    choices = [
-        {"index": i, "text": t, "finish_reason": _finish(backend, t, args["max_new_tokens"]), "logprobs": None}
-        for i, t in enumerate(texts)
-    ]
-    return _envelope("text_completion", backend, choices)
+        done = backend._generations(prompts=prompts, **args)
+    choices = [{"index": i, "text": g.text, "finish_reason": g.finish_reason, "logprobs": None} for i, g in enumerate(done)]
+    return _envelope("text_completion", backend, choices, done)
 
 
 @contextmanager
@@ -205,10 +219,9 @@ def chat_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
     prompt = _chat_text(backend, body.get("messages"))
     args = _sampling(body)
     with lock, _template_applied(backend):
-        (text,) = backend.generate(prompts=[prompt], **args)
-    message = {"role": "assistant", "content": text}
-    choice = {"index": 0, "message": message, "finish_reason": _finish(backend, text, args["max_new_tokens"])}
-    return _envelope("chat.completion", backend, [choice])
+        (done,) = backend._generations(prompts=[prompt], **args)
+    choice = {"index": 0, "message": {"role": "assistant", "content": done.text}, "finish_reason": done.finish_reason}
+    return _envelope("chat.completion", backend, [choice], [done])
 
 
 def tokenize_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
@@ -227,12 +240,11 @@ def tokenize_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, An
     return {"count": len(ids), "max_model_len": backend.config.max_length, "tokens": ids}
 
 
-def _finish(backend: Any, text: str, max_tokens: int) -> str:
-    return "length" if len(backend.tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_tokens else "stop"
-
-
-def _envelope(kind: str, backend: Any, choices: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": kind, "created": int(time.time()), "model": backend.model_id, "choices": choices}
+def _envelope(kind: str, backend: Any, choices: list[dict[str, Any]], done: list[Generation]) -> dict[str, Any]:
+    prompt_tokens, completion_tokens = sum(g.prompt_tokens for g in done), sum(g.completion_tokens for g in done)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {"id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": kind, "created": int(time.time()), "model": backend.model_id,
+            "choices": choices, "usage": usage}
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -243,6 +255,8 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise RequestError("the request body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise RequestError(f"the request body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # the decoder recurses once per level of [ or {
+        raise RequestError("the request body's JSON is nested too deeply") from exc
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     return body
@@ -321,7 +335,13 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
             return False
 
         def do_GET(self) -> None:
-            if self._transfer_encoded() or not self._authorised():
+            if self._transfer_encoded():
+                return
+            try:
+                self._read_body()  # unused, but unread it would be parsed as the next request
+            except RequestError as exc:
+                return self._error(exc.status, str(exc))
+            if not self._authorised():
                 return
             if _route_path(self.path) != "/v1/models":
                 return self._error(404, f"no route {self.path}")
@@ -352,9 +372,17 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
     return Handler
 
 
+class _ThreadingHTTPServerV6(ThreadingHTTPServer):
+    """The threaded server on an IPv6 socket (the standard one binds IPv4 only)."""
+
+    address_family = socket.AF_INET6
+
+
 def make_server(backend: Any, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> ThreadingHTTPServer:
-    """A bound (not yet serving) server; ``port=0`` picks a free port (see ``server_address``)."""
-    server = ThreadingHTTPServer((host, port), _handler(backend, api_key, loopback=is_loopback(host)))
+    """A bound (not yet serving) server; ``port=0`` picks a free port (see ``server_address``).
+    An IPv6 address as ``host`` (``::1``, ``::``) binds an IPv6 socket."""
+    kind = _ThreadingHTTPServerV6 if ":" in host else ThreadingHTTPServer
+    server = kind((host, port), _handler(backend, api_key, loopback=is_loopback(host)))
     server.daemon_threads = True
     return server
 
@@ -422,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     warning = open_server_warning(args.host, api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    print(f"serving {backend.model_id} on http://{args.host}:{server.server_address[1]}/v1"
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {backend.model_id} on http://{shown}:{server.server_address[1]}/v1"
           f" (max_length {backend.config.max_length})", flush=True)
     try:
         server.serve_forever()

@@ -393,7 +393,7 @@ def _parse(text: str) -> ExperienceResult:
     after = think.end if think else 0
     state = _span(body[after:], "state")  # the state follows the reasoning, never inside it
     reasoning, repaired = _clip(think.text if think else "")
-    repaired |= bool(think and think.repaired)
+    repaired |= think is None or think.repaired  # "ok" is the documented format exactly, reasoning included
     if state is None or not state.text.strip():
         return _failed(text, reasoning=reasoning)
     next_state, fix = _clip(state.text)

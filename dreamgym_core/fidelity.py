@@ -241,7 +241,7 @@ class ScoredAnswer(msgspec.Struct, frozen=True, kw_only=True):
     real_next_state: str
     model_next_state: str
     real_outcome: tuple[int, bool, bool]  # (reward >= 0.5, game over, success): what the metrics score
-    model_outcome: tuple[int, bool, bool]
+    model_outcome: tuple[int, bool, bool] | None  # None: the answer did not parse (no outcome, as the metrics count it)
     real_valid: bool
     model_valid: bool
     next_state_exact: bool
@@ -252,22 +252,24 @@ class ScoredAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 def scored_answers(results: Sequence[ExperienceResult], transitions: Sequence[Transition]) -> list[ScoredAnswer]:
     """Every answer of ``results`` beside its held-out transition (same order), scored as
-    :func:`fidelity_metrics` scores it."""
+    :func:`fidelity_metrics` scores it: an unparsable answer is wrong on every count."""
     if len(results) != len(transitions):
         raise ValueError(f"{len(results)} results for {len(transitions)} transitions")
-    return [
-        ScoredAnswer(
-            task_id=t.task_id, episode_id=t.episode_id, step=t.step, state=t.state, action=t.action,
-            listed=not t.admissible_actions or t.action in t.admissible_actions, parse_status=r.parse_status,
-            real_next_state=t.next_state, model_next_state=r.next_state,
-            real_outcome=outcome_label(reward=t.reward, done=t.game_over, success=t.success),
-            model_outcome=outcome_label(reward=r.reward, done=r.done, success=r.success),
-            real_valid=t.valid, model_valid=r.valid, next_state_exact=exact_match(r.next_state, t.next_state),
-            next_state_f1=token_f1(r.next_state, t.next_state),
-            next_state_line_recall=line_recall(r.next_state, t.next_state), reasoning=r.reasoning,
-        )
-        for r, t in zip(results, transitions)
-    ]
+    return [_scored(r, t) for r, t in zip(results, transitions)]
+
+
+def _scored(r: ExperienceResult, t: Transition) -> ScoredAnswer:
+    failed = r.parse_status == "failed"  # its partly read state and stand-in flags are no answer
+    return ScoredAnswer(
+        task_id=t.task_id, episode_id=t.episode_id, step=t.step, state=t.state, action=t.action,
+        listed=not t.admissible_actions or t.action in t.admissible_actions, parse_status=r.parse_status,
+        real_next_state=t.next_state, model_next_state=r.next_state,
+        real_outcome=outcome_label(reward=t.reward, done=t.game_over, success=t.success),
+        model_outcome=None if failed else outcome_label(reward=r.reward, done=r.done, success=r.success),
+        real_valid=t.valid, model_valid=r.valid, next_state_exact=not failed and exact_match(r.next_state, t.next_state),
+        next_state_f1=0.0 if failed else token_f1(r.next_state, t.next_state),
+        next_state_line_recall=0.0 if failed else line_recall(r.next_state, t.next_state), reasoning=r.reasoning,
+    )
 
 
 def predict_all(

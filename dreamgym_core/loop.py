@@ -375,6 +375,11 @@ class Runner:
             played.setdefault("valid", "loop.warmstart_select_episodes")
         if cfg.eval.valid_every:
             played.setdefault("valid", "eval.valid_every")
+        if cfg.eval.fidelity_episodes:
+            if cfg.eval.split == "train":  # the experience model trained on these very tasks' episodes
+                raise ConfigError(f"{where}: eval.fidelity_episodes scores the experience model on held-out tasks, "
+                                  "and eval.split is 'train'; use 'test' or 'valid'")
+            played.setdefault(cfg.eval.split, "eval.fidelity_episodes")
         train_ids = {task.id for task in self.train_tasks}
         for split, field in played.items():
             try:

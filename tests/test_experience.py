@@ -64,6 +64,12 @@ def test_parse_ok_exact_format() -> None:
     assert (r.reward, r.done, r.success, r.valid) == (0.0, False, False, True)
 
 
+def test_an_answer_without_its_reasoning_block_is_repaired_not_ok() -> None:
+    # "ok" is the documented format exactly; a missing <think> block is format drift to count
+    r = parse_output(GOOD[GOOD.index("</think>") + len("</think>"):])
+    assert r.parse_status == "repaired" and r.next_state == "You are in the hall. The door is open."
+
+
 def test_missing_final_tag_is_ok_because_generation_stops_on_it() -> None:
     r = parse_output(GOOD.removesuffix(END_TAG))
     assert r.parse_status == "ok"

@@ -163,7 +163,8 @@ def test_scored_answers_put_each_answer_beside_its_real_step() -> None:
     assert [a.listed for a in answers] == [True, False, True]  # a state that lists nothing counts as listed
     assert [a.next_state_exact for a in answers] == [True, False, False]
     assert [(a.real_valid, a.model_valid) for a in answers] == [(True, True), (False, True), (True, True)]
-    assert answers[2].real_outcome == (1, True, True) and answers[2].model_outcome == (0, False, False)
+    # an unparsable answer is no answer: its stand-in outcome and partly read state were scored (as right, often)
+    assert answers[2].real_outcome == (1, True, True) and answers[2].model_outcome is None
     assert answers[2].parse_status == "failed" and answers[1].model_next_state == "cellar"
     assert answers[1].next_state_f1 == 0.0 and answers[0].next_state_f1 == 1.0
     # the same scoring as the averages
@@ -175,6 +176,8 @@ def test_scored_answers_put_each_answer_beside_its_real_step() -> None:
     assert half.next_state_line_recall == 0.5  # the score line right, the observation not
     with pytest.raises(ValueError, match="2 results for 3 transitions"):
         scored_answers([_r(), _r()], [listed, refused, won])
+    (failed,) = scored_answers([_r(next_state="hall", status="failed")], [listed])  # its state read right, its flags not
+    assert (failed.next_state_exact, failed.next_state_f1, failed.next_state_line_recall) == (False, 0.0, 0.0)
 
 
 def _oracle(prompt: str) -> str:

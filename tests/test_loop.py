@@ -1821,6 +1821,21 @@ def test_a_domain_without_world_keys_reports_no_world_counts_and_the_train_split
     assert "## Real tasks of the train split (eval.split: not held out)" in report and "Held-out" not in report
 
 
+def test_fidelity_on_the_train_split_is_refused_before_anything_runs(register_plugin, tmp_path):
+    # With eval.split train (or eval.episodes 0, which skipped the split checks), "held-out"
+    # fidelity was scored on the tasks whose episodes the experience model trained on.
+    register_plugin(pytest.importorskip("dreamgym_plugin_encoders"), "encoders")
+    register_plugin(pytest.importorskip("dreamgym_plugin_exact"), "exact")
+    plugins = register_plugin(StandIns(), "stand-ins")
+    parts = {
+        "experience_model": {"name": "dice-lm"}, "encoder": {"name": "hashing"}, "buffer": {"name": "exact"},
+        "eval": {"episodes": 0, "split": "train", "fidelity_episodes": 2},
+    }
+    with pytest.raises(ConfigError, match=r"^inline.yaml: eval.fidelity_episodes scores the experience model on held-out tasks, and eval.split is 'train'"):
+        run_pipeline(_resolved(plugins, tmp_path / "run", parts, iterations=1, mode="dreamgym"), plugins)
+    assert not (tmp_path / "run" / "offline.jsonl").exists()
+
+
 def test_listed_action_choice_with_an_algorithm_that_cannot_take_candidates_fails_before_anything_runs(register_plugin, tmp_path):
     plugins = register_plugin(StandIns(), "stand-ins")  # RecordingAlgo.act takes no candidates
     with pytest.raises(ConfigError, match=r"^inline.yaml: loop.action_choice=listed needs an algorithm whose act\(\) takes candidates"):

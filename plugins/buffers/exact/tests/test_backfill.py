@@ -6,6 +6,7 @@ import pytest
 from dreamgym_core.errors import DataError
 from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
 from dreamgym_plugin_exact import EncoderRef, ExactBuffer, ExactConfig, embedding_text, make_exact
+from dreamgym_plugin_exact import buffer as buffer_module
 
 OLD = HashingConfig(dim=64, bigrams=False)
 NEW = HashingConfig(dim=256, bigrams=True)
@@ -128,3 +129,60 @@ def test_a_half_done_backfill_reloads_old_vectors_only_for_rows_not_re_embedded(
             assert b.retrieve(queries=[(t.state, t.action)], k=1) == [[t]]
     with pytest.raises(DataError, match=f"{old.id!r}, configured encoder is {new.id!r}"):
         ExactBuffer(ExactConfig(on_encoder_change="error"), encoder=new, path=tmp_path)
+
+
+def test_a_live_buffer_counts_its_spaces_as_it_reopens(tmp_path, distinct):
+    """An old space kept the vectors of rows the current encoder re-embedded (queries skip
+    them): counted, stats() said 100 old-encoder rows where the reopened buffer said 40."""
+    _populate(tmp_path, distinct, n=100)
+    new, old = HashingEncoder(NEW), HashingEncoder(OLD)
+    cfg = ExactConfig(backfill_background=False, backfill_batch=30)
+    with ExactBuffer(cfg, encoder=new, path=tmp_path, previous_encoders=[old]) as b:
+        b.backfill_step(), b.backfill_step()
+        live = b.stats()["spaces"]
+    with ExactBuffer(cfg, encoder=new, path=tmp_path, previous_encoders=[old]) as b:
+        assert live == b.stats()["spaces"] == {old.id: 40, new.id: 60}
+
+
+def test_re_scoring_reads_the_records_of_its_snapshot_when_a_compaction_comes_between(tmp_path, distinct, monkeypatch):
+    """retrieve() took the rows of one state of the buffer, but the re-scoring of an old space's
+    candidates read ``self._records``: after a compaction meanwhile, it scored other records."""
+    monkeypatch.setattr(buffer_module, "_COMPACT_MIN_DEAD", 1)
+    records = distinct(20, source="synthetic", prefix="snap")
+    cfg = ExactConfig(capacity=20, backfill_background=False)
+    with ExactBuffer(cfg, encoder=HashingEncoder(OLD), path=tmp_path) as b:
+        b.add(transitions=records)
+
+    class Old(HashingEncoder):
+        meanwhile = None
+
+        def encode(self, *, texts):  # the query's old-space embedding: after the snapshot
+            if self.meanwhile is not None:
+                meanwhile, self.meanwhile = self.meanwhile, None
+                meanwhile()
+            return super().encode(texts=texts)
+
+    class New(HashingEncoder):
+        seen: list[list[str]] = []
+
+        def encode(self, *, texts):
+            self.seen.append(list(texts))
+            return super().encode(texts=texts)
+
+    old, new = Old(OLD), New(NEW)
+    b = ExactBuffer(cfg, encoder=new, path=tmp_path, previous_encoders=[old])
+
+    def finish_backfill_and_compact():
+        while b.backfill_step():
+            pass
+        before = b._records
+        b.add(transitions=distinct(40, source="synthetic", prefix="later"))  # evicts every snapshot row
+        assert b._records is not before  # compacted: the rows are renumbered
+
+    old.meanwhile = finish_backfill_and_compact
+    target = records[7]
+    hits = b.retrieve(queries=[(target.state, target.action)], k=3)[0]
+    rescored = new.seen[-1]  # the candidates' texts, embedded again with the new encoder
+    assert sorted(rescored) == sorted(embedding_text(t.state, t.action) for t in hits)
+    assert hits[0] == target and all(t in records for t in hits)
+    b.close()

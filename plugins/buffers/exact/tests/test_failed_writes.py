@@ -93,3 +93,27 @@ def test_a_segment_that_cannot_be_cut_back_is_closed_and_a_new_one_started(tmp_p
     # the torn frame is the last thing in the closed file, which readers drop quietly
     assert [p.split(":")[0] for p in _reopen_strictly(tmp_path, records)] == [first.name]
     assert "torn frame at end of file" in read_segment(first)[1][0] and read_segment(second)[1] == []
+
+
+def test_a_segment_that_cannot_be_created_keeps_its_number(tmp_path, distinct, monkeypatch):
+    """A failed open of a new segment (too many open files) took its number all the same: the
+    retry wrote the next one, and the gap read as a lost file."""
+    records = distinct(10, prefix="open")
+    with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=records[:5])
+    real = os.open
+
+    def fail_once(path, *args, **kwargs):
+        if str(path).endswith(".dgs"):
+            monkeypatch.setattr(segments.os, "open", real)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path, *args, **kwargs)
+
+    b = ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path)
+    monkeypatch.setattr(segments.os, "open", fail_once)
+    with pytest.raises(OSError, match="Too many open files"):
+        b.add(transitions=records[5:])
+    b.flush()  # retries the frame
+    b.close()
+    assert [p.name for p in segment_files(tmp_path)] == ["seg-000001.dgs", "seg-000002.dgs"]
+    assert _reopen_strictly(tmp_path, records) == []

@@ -9,6 +9,7 @@ import pytest
 from dreamgym_core.errors import DataError
 from dreamgym_core.testing import BagOfWordsEncoder, make_transitions
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig
+from dreamgym_plugin_exact import buffer as buffer_module
 from dreamgym_plugin_exact.segments import Frame, encode_frame, read_segment, segment_files
 
 
@@ -62,7 +63,7 @@ def test_memory_at_capacity_stays_bounded_as_records_keep_coming(tmp_path, disti
     with ExactBuffer(cfg, encoder=encoder, path=tmp_path) as b:
         for batch in batches:
             b.add(transitions=batch)
-        held = b.stats()["spaces"][encoder.id]  # rows with an embedding in memory, evicted ones included
+        held = len(b._records)  # rows in memory, evicted ones included
         assert len(b) == 50 and held <= 50 + 1024 + 50  # 3000 added in all
         assert list(b) == batches[-1]
         hits = b.retrieve(queries=[(t.state, t.action) for t in batches[-1]], k=1)
@@ -381,6 +382,118 @@ def test_lone_surrogate_is_refused_without_harming_later_writes(tmp_path, distin
         assert list(b) == good[:2] + later
 
 
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("done", 1, r"transition 2: done: Expected `bool`, got `int`"),
+        ("state", 3, r"transition 2: state: Expected `str`, got `int`"),
+        ("admissible_actions", ["look", 2], r"transition 2: admissible_actions\[1\]: Expected `str`, got `int`"),
+    ],
+)
+def test_a_wrongly_typed_field_is_refused_and_nothing_is_stored(tmp_path, distinct, field, value, message):
+    """A Transition built without validation can hold any value: stored, its whole frame failed
+    to decode on the next open (a strict open refused the buffer)."""
+    good, later = distinct(3, prefix="good"), distinct(2, prefix="later")
+    bad = msgspec.structs.replace(good[2], **{field: value})
+    with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        with pytest.raises(DataError, match=message + ", so it could not be read back"):
+            b.add(transitions=[*good[:2], bad])
+        assert len(b) == 0 and list(b) == [] and b.position == 0
+        assert b.add(transitions=good + later) == 5
+    with ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert list(b) == good + later and b.problems == []
+
+
+def test_an_unknown_source_is_refused_before_anything_changes(tmp_path, distinct):
+    """An unknown source failed (KeyError) once its record had a row: the buffer counted none of
+    the batch but listed it, and took the earlier record as stored."""
+    good = distinct(3, source="real", prefix="src")
+    bad = msgspec.structs.replace(good[1], source="human")  # not a Source: built without validation
+    with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        with pytest.raises(DataError, match=r"transition 1: source is 'human', expected one of synthetic, real, offline"):
+            b.add(transitions=[good[0], bad])
+        assert len(b) == 0 and list(b) == [] and b.position == 0
+        assert b.add(transitions=good) == 3  # none of them was taken as stored
+        assert list(b) == good and len(b) == 3
+    with ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        assert list(b) == good
+
+
+def test_a_missing_segment_file_is_reported_by_name(tmp_path, distinct):
+    """The buffer never deletes a segment, so a gap in the numbers is a lost file; here it
+    held a rollback, and the records rolled back came back unnoticed, even when strict."""
+    first, later = distinct(10, prefix="first"), distinct(2, prefix="later")
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=first)
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.rollback(to=5)
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path) as b:
+        b.add(transitions=later)
+        assert list(b) == first[:5] + later
+    (tmp_path / "seg-000002.dgs").unlink()
+    said = r"seg-000002.dgs: missing between seg-000001.dgs and seg-000003.dgs"
+    with pytest.raises(DataError, match=said):
+        ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=tmp_path)
+    with pytest.warns(UserWarning, match=said + r".*; the rest is recovered"):
+        b = ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path)
+    assert [p.split(":")[0] for p in b.problems] == ["seg-000002.dgs"]
+    b.close()
+
+
+def test_stats_count_live_rows_as_a_reopened_buffer_does(tmp_path, distinct):
+    """Evicted and rolled-back rows stay in memory until a compaction: counted in "spaces", a live
+    buffer said 50 where the same buffer reopened said 5."""
+    encoder = BagOfWordsEncoder()
+    with ExactBuffer(ExactConfig(capacity=10), encoder=encoder, path=tmp_path) as b:
+        b.add(transitions=distinct(50, source="synthetic", prefix="stats"))
+        with pytest.warns(UserWarning, match="cannot restore 40 older records"):
+            b.rollback(to=45)
+        live = b.stats()
+        assert len(b._records) == 50  # no compaction yet: the dead rows are still held
+    with ExactBuffer(ExactConfig(capacity=10), encoder=encoder, path=tmp_path) as b:
+        assert live["spaces"] == b.stats()["spaces"] == {encoder.id: 5}
+        assert live["backfill"] == b.stats()["backfill"]
+
+
+def _compacting_add(buffer, records):
+    """Add ``records`` to a buffer at capacity and check that the add compacted it."""
+    before = buffer._records
+    buffer.add(transitions=records)
+    assert buffer._records is not before and len(buffer._records) == len(buffer)
+
+
+def test_sample_returns_the_rows_it_took_when_a_compaction_comes_between(distinct, monkeypatch):
+    """sample() took row numbers under the lock and read them after releasing it: an add that
+    compacted meanwhile renumbered the rows (other records, duplicates, or an IndexError)."""
+    monkeypatch.setattr(buffer_module, "_COMPACT_MIN_DEAD", 1)
+    old, new = distinct(4, source="synthetic", prefix="old"), distinct(8, source="synthetic", prefix="new")
+    b = ExactBuffer(ExactConfig(capacity=4), encoder=BagOfWordsEncoder())
+    b.add(transitions=old)
+    real_rng = np.random.default_rng
+
+    def rng_after_an_add(seed=None):  # called between taking the rows and reading them
+        monkeypatch.setattr(np.random, "default_rng", real_rng)
+        _compacting_add(b, new)
+        return real_rng(seed)
+
+    monkeypatch.setattr(np.random, "default_rng", rng_after_an_add)
+    picked = b.sample(n=4, seed=0)
+    assert sorted(picked, key=old.index) == old
+    assert list(b) == new[4:]
+
+
+def test_iteration_yields_the_rows_it_took_when_a_compaction_comes_between(distinct, monkeypatch):
+    monkeypatch.setattr(buffer_module, "_COMPACT_MIN_DEAD", 1)
+    old, new = distinct(4, source="synthetic", prefix="old"), distinct(8, source="synthetic", prefix="new")
+    b = ExactBuffer(ExactConfig(capacity=4), encoder=BagOfWordsEncoder())
+    b.add(transitions=old)
+    records = iter(b)
+    first = next(records)
+    _compacting_add(b, new)  # while the caller iterates
+    assert [first, *records] == old
+    assert list(b) == new[4:]
+
+
 def test_frames_that_pass_the_checksum_but_do_not_fit_are_skipped_by_name(tmp_path, distinct):
     enc = BagOfWordsEncoder(dim=64)
     first, second = distinct(2, prefix="first"), distinct(1, prefix="second")
@@ -399,7 +512,7 @@ def test_frames_that_pass_the_checksum_but_do_not_fit_are_skipped_by_name(tmp_pa
         add([14, 14], second * 2),  # a repeated record id
     ]
     blobs = [encode_frame(f) for f in bad] + [encode_frame(add([20], second))]
-    seg = tmp_path / "seg-000009.dgs"
+    seg = tmp_path / "seg-000002.dgs"  # the next number: a gap would be a problem of its own
     seg.write_bytes(b"".join(blobs))
     offsets = np.cumsum([0] + [len(blob) for blob in blobs])[:-1].tolist()
     with pytest.warns(UserWarning) as caught:
@@ -424,7 +537,7 @@ def test_a_frame_whose_ids_decode_but_whose_transitions_do_not_is_reported_and_s
     payload = msgspec.msgpack.encode(
         {"kind": "add", "rids": [10], "transitions": [{"state": 5}], "encoder_id": enc.id, "dim": enc.dim, "vectors": vectors}
     )
-    seg = tmp_path / "seg-000009.dgs"
+    seg = tmp_path / "seg-000002.dgs"  # the next number: a gap would be a problem of its own
     seg.write_bytes(struct.pack("<4sII", b"DGF1", len(payload), zlib.crc32(payload)) + payload
                     + encode_frame(Frame(kind="add", rids=[11], transitions=second, encoder_id=enc.id, dim=enc.dim, vectors=vectors)))
     with pytest.warns(UserWarning, match=f"{seg.name}: offset 0: undecodable frame"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import warnings
 from collections import deque
@@ -28,7 +29,7 @@ from dreamgym_core.records import Transition
 
 from .config import ExactConfig
 from .search import embedding_text, merge_ranked, topk_cosine
-from .segments import Frame, SegmentWriter, iter_segment, segment_files
+from .segments import Frame, SegmentWriter, iter_segment, missing_segments, segment_files
 
 __all__ = ["ExactBuffer", "Space", "content_key", "EVICTION_ORDER"]
 
@@ -47,16 +48,31 @@ def content_key(t: Transition) -> bytes:
 
 
 _record_encoder = msgspec.msgpack.Encoder()
+# What an open decodes a frame's transitions with (Frame.transitions): a batch that does not
+# decode back with it would be stored, and its whole frame dropped on the next open.
+_records_decoder = msgspec.msgpack.Decoder(list[Transition])
+_AT_FIELD = re.compile(r"(?s)(.*) - at `\$\[(\d+)\]\.?([^`]*)`")
 
 
 def _check_storable(transitions: Sequence[Transition], where: str) -> None:
-    """Raise DataError if some text cannot be stored (segments hold UTF-8).
+    """Raise DataError, before anything changes, if the batch cannot be stored and read back.
 
-    The one Python ``str`` that is not valid Unicode text holds a lone surrogate
-    (U+D800..U+DFFF), e.g. from ``bytes.decode(errors="surrogateescape")``.
+    Refused: an item that is not a Transition; a ``source`` the eviction policy does not
+    know; text that is not valid Unicode (segments hold UTF-8); a field of the wrong type,
+    which a Transition built without validation can hold (``done=1``). The one Python
+    ``str`` that is not valid Unicode text holds a lone surrogate (U+D800..U+DFFF), e.g.
+    from ``bytes.decode(errors="surrogateescape")``.
     """
+    for i, t in enumerate(transitions):
+        if not isinstance(t, Transition):
+            raise DataError(f"add(): item {i} is a {type(t).__name__}, expected Transition")
+        if t.source not in EVICTION_ORDER:  # its eviction queue is looked up once rows are taken
+            raise DataError(
+                f"{where}: transition {i}: source is {t.source!r}, expected one of {', '.join(EVICTION_ORDER)}; "
+                "nothing of this batch was added"
+            )
     try:
-        _record_encoder.encode(transitions)
+        blob = _record_encoder.encode(transitions)
     except UnicodeEncodeError:
         for i, t in enumerate(transitions):
             for name in t.__struct_fields__:
@@ -72,6 +88,22 @@ def _check_storable(transitions: Sequence[Transition], where: str) -> None:
                                 "batch was added (replace it where the text is made, e.g. errors='replace')"
                             ) from None
         raise
+    except TypeError:  # a value msgpack has no form for (a field holding an object)
+        for i, t in enumerate(transitions):
+            for name in t.__struct_fields__:
+                try:
+                    _record_encoder.encode(getattr(t, name))
+                except TypeError as exc:
+                    raise DataError(f"{where}: transition {i}: {name}: {exc}; nothing of this batch was added") from None
+        raise
+    try:
+        _records_decoder.decode(blob)
+    except msgspec.ValidationError as exc:
+        what, i, field = m.groups() if (m := _AT_FIELD.fullmatch(str(exc))) else (str(exc), "?", "")
+        raise DataError(
+            f"{where}: transition {i}: {field + ': ' if field else ''}{what}, so it could not be read back from "
+            "the segment files; nothing of this batch was added (build records with validation, e.g. msgspec.convert)"
+        ) from None
 
 
 def _check_queries(queries: Sequence[tuple[str, str]], k: int) -> None:
@@ -101,7 +133,7 @@ class Space:
         self.dim = dim
         self.data = np.zeros((0, dim), dtype=np.float32)
         self.has = np.zeros(0, dtype=bool)
-        self.count = 0
+        self.count = 0  # rows given a vector here, evicted ones too until a compaction (see stats())
 
     def mask(self, n: int) -> np.ndarray:
         """(n,) bool: True where row has a vector in this space."""
@@ -182,6 +214,8 @@ class ExactBuffer:
         file at a time, only frames the first pass accepted."""
         self.path.mkdir(parents=True, exist_ok=True)
         files = segment_files(self.path)
+        for problem in missing_segments(files):  # a lost file can hold the rollback of records the others add
+            self._problem(problem)
         index = _SegmentIndex(self.encoder.id)
         for file in files:
             for problem in index.scan(file):
@@ -310,9 +344,11 @@ class ExactBuffer:
                 from this buffer's encoder, of ``embedding_text(state, action)``).
 
         Raises:
-            DataError: some text holds a lone surrogate (not valid Unicode, so it
-                cannot be stored); nothing of the batch is added and later adds,
-                flushes and the segment files are unaffected.
+            DataError: an item is not a Transition, its ``source`` is unknown, some text
+                holds a lone surrogate (not valid Unicode, so it cannot be stored) or a
+                field has the wrong type (it would not decode from the segment files);
+                nothing of the batch is added and later adds, flushes and the segment
+                files are unaffected.
         """
         _check_storable(transitions, f"replay buffer {self.path or '(in memory)'}")
         if embeddings is not None:
@@ -354,9 +390,6 @@ class ExactBuffer:
 
     def _fresh(self, transitions: Sequence[Transition]) -> tuple[list[int], list[bytes] | None]:
         """Indices (and content keys) of transitions neither stored nor repeated earlier in the batch."""
-        for i, t in enumerate(transitions):
-            if not isinstance(t, Transition):
-                raise DataError(f"add(): item {i} is a {type(t).__name__}, expected Transition")
         if self.config.dedup == "none":
             return list(range(len(transitions))), None
         seen: dict[bytes, int] = {}
@@ -568,15 +601,20 @@ class ExactBuffer:
             if space.encoder_id == self.encoder.id:
                 per_space.append(self._search(space, now, k, n, mask))
             else:
-                per_space.append(self._rescored(self._search(space, _encode(encoder, texts), k, n, mask), now))
+                per_space.append(self._rescored(self._search(space, _encode(encoder, texts), k, n, mask), now, records))
         results = []
         for i in range(len(queries)):
             rows = merge_ranked([hits[i] for hits in per_space], k)
             results.append([records[r] for r in rows])
         return results
 
-    def _rescored(self, hits: list[tuple[np.ndarray, np.ndarray]], now: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _rescored(
+        self, hits: list[tuple[np.ndarray, np.ndarray]], now: np.ndarray, records: list[Transition]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """An old space's (rows, scores) per query, scored again with the current encoder.
+
+        ``records`` is the list the rows number, taken with the snapshot: a compaction since
+        then renumbered ``self._records``.
 
         Old and new cosines are not comparable (the hashing encoder at 64 dims scores
         every pair higher than at 256 with bigrams), so merging them raw lets the
@@ -585,7 +623,7 @@ class ExactBuffer:
         rows = [row for ids, _ in hits for row in ids.tolist()]
         if not rows:
             return hits
-        vectors = _encode(self.encoder, [embedding_text(self._records[r].state, self._records[r].action) for r in rows])
+        vectors = _encode(self.encoder, [embedding_text(records[r].state, records[r].action) for r in rows])
         out, start = [], 0
         for i, (ids, _) in enumerate(hits):
             out.append((ids, vectors[start : start + len(ids)] @ now[i]))
@@ -626,17 +664,20 @@ class ExactBuffer:
         """Up to ``n`` distinct live transitions, uniformly at random (``n`` >= 0, else DataError)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise DataError(f"sample(): n={n!r}; expected an int >= 0")
-        with self._lock:
+        with self._lock:  # rows of one state of the buffer (a compaction renumbers them)
             self._require_open()
-            rows = np.flatnonzero(self._alive[: len(self._records)])
+            rows, records = np.flatnonzero(self._alive[: len(self._records)]), self._records
         rng = np.random.default_rng(seed)
         picked = rng.choice(rows, size=min(n, len(rows)), replace=False) if len(rows) else rows
-        return [self._records[r] for r in picked.tolist()]
+        return [records[r] for r in picked.tolist()]
 
     def __iter__(self):
-        """Live transitions in insertion order."""
-        for row in np.flatnonzero(self._alive[: len(self._records)]).tolist():
-            yield self._records[row]
+        """Live transitions in insertion order (those live when iteration starts)."""
+        with self._lock:  # as in sample(): a compaction while the caller iterates makes a new list
+            records = self._records
+            rows = np.flatnonzero(self._alive[: len(records)]).tolist()
+        for row in rows:
+            yield records[row]
 
     # --- backfill ----------------------------------------------------------
 
@@ -734,11 +775,28 @@ class ExactBuffer:
                 "capacity": self.config.capacity,
                 "encoder": self.encoder.id,
                 "dim": self.encoder.dim,
-                "spaces": {s.encoder_id: s.count for s in self._spaces.values()},
+                "spaces": self._space_counts(),
                 "backfill": {"done": done, "total": total},
                 "segments": len(segment_files(self.path)) if self.path else 0,
                 "problems": list(self.problems),
             }
+
+    def _space_counts(self) -> dict[str, int]:
+        """Live rows per encoder space, as a reopened buffer loads them (the lock held).
+
+        Not ``Space.count``: that counts evicted and rolled-back rows too until a compaction
+        drops them, and an old encoder's vectors of rows the current one re-embedded, which
+        an open does not load (nor an old space left with none)."""
+        n = len(self._records)
+        alive = self._alive[:n]
+        current = self._spaces[self.encoder.id]
+        has_new = current.mask(n)
+        counts = {}
+        for space in self._spaces.values():
+            rows = alive & space.mask(n) if space is current else alive & space.mask(n) & ~has_new
+            if space is current or rows.any():
+                counts[space.encoder_id] = int(rows.sum())
+        return counts
 
     def import_jsonl(self, path: str | Path, batch: int = 4096) -> tuple[int, int]:
         """Add Transition records from a JSONL file, ``batch`` per add; returns (read, added).

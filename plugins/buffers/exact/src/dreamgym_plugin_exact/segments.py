@@ -12,7 +12,8 @@ A corrupt frame is reported with its file name and offset, and reading resumes a
 the next magic marker (or, for a corrupt length, at the next intact frame). So is
 a frame that passes its checksum but cannot be what a writer wrote (say, fewer
 transitions than record ids); it is skipped.
-Files are never rewritten: a reopened buffer starts a new segment.
+Files are never rewritten nor deleted: a reopened buffer starts a new segment, numbered
+after the last, so a gap in the numbers is a lost file (see :func:`missing_segments`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import msgspec
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 
-__all__ = ["Frame", "FrameIds", "encode_frame", "frame_inconsistency", "iter_segment", "read_segment", "SegmentWriter", "segment_files", "MAGIC"]
+__all__ = ["Frame", "FrameIds", "encode_frame", "frame_inconsistency", "iter_segment", "missing_segments", "read_segment", "SegmentWriter", "segment_files", "MAGIC"]
 
 MAGIC = b"DGF1"
 _HEADER = struct.Struct("<4sII")
@@ -194,6 +195,30 @@ def segment_files(directory: Path) -> list[Path]:
     return [p for m, p in sorted(numbered, key=lambda mp: int(mp[0].group(1)))]
 
 
+def _number(path: Path) -> int:
+    return int(_SEGMENT_NAME.fullmatch(path.name).group(1))
+
+
+def missing_segments(files: list[Path]) -> list[str]:
+    """One problem ("names: what") per run of numbers missing between ``files``, which
+    :func:`segment_files` listed.
+
+    The writer numbers files one after another and nothing deletes one, so a gap is a
+    file lost, with the records, evictions and rollbacks it held: rolled-back records
+    came back. Numbers before the first file are not checked (a file renamed to a
+    higher number reads as before)."""
+    problems = []
+    for before, after in zip(files, files[1:]):
+        first, last = _number(before) + 1, _number(after) - 1
+        if first <= last:
+            names = f"seg-{first:06d}.dgs" + (f" to seg-{last:06d}.dgs" if last > first else "")
+            problems.append(
+                f"{names}: missing between {before.name} and {after.name} (segment files are never deleted); "
+                "the records, evictions and rollbacks written there are lost"
+            )
+    return problems
+
+
 class SegmentWriter:
     """Appends frames to numbered segment files, rolling to a new file when one is full."""
 
@@ -209,8 +234,14 @@ class SegmentWriter:
         """Append ``frame``; returns True when this write sealed (filled) the segment."""
         if self._fd is None:
             path = self.directory / f"seg-{self._next:06d}.dgs"
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            except FileExistsError:  # another writer's file: the next write tries the next number
+                self._next += 1
+                raise
+            # Only once the file exists: a failed open (too many open files) whose retry took
+            # the next number left a gap, which an open reports as a lost file.
             self._next += 1
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             self.records_in_segment = 0
         blob = encode_frame(frame)
         size = os.fstat(self._fd).st_size

@@ -25,15 +25,24 @@ ARMS = ("plain", "branches")
 
 
 def measured(run_dir: Path) -> dict:
-    """What Table 1's cells record of a run (table1.measured), plus its branch count."""
-    cell = table1.measured(json.loads((run_dir / "summary.json").read_text()), table1._before_rl_metrics(run_dir))
-    branches = run_dir / "branches.jsonl"
-    cell["branch_transitions"] = len(branches.read_text().splitlines()) if branches.exists() else 0
+    """What Table 1's cells record of a run (table1.measured), plus its branch count: the
+    summary's counters/branch_transitions (summary.json and metrics.jsonl are committed; the
+    run's branches.jsonl is not), else the lines of branches.jsonl, else None (shown as "-")."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cell = table1.measured(summary, table1._before_rl_metrics(run_dir))
+    count = summary.get("counters/branch_transitions")
+    if count is None and (run_dir / "branches.jsonl").exists():
+        count = len((run_dir / "branches.jsonl").read_text().splitlines())
+    cell["branch_transitions"] = None if count is None else int(count)
     return cell
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _finished_seeds(runs: Path) -> list[int]:
@@ -63,7 +72,7 @@ def table(game: str) -> str:
                              f"{branches['warmstart_success']}); they are not paired")
         cached = table1.current(game, "GRPO DreamGym", seed)
         lines.append(
-            f"| {seed} | {_pct(plain['warmstart_success'])} | {branches['branch_transitions']} | "
+            f"| {seed} | {_pct(plain['warmstart_success'])} | {_count(branches['branch_transitions'])} | "
             f"{_pct(plain['fidelity'].get('fidelity/success_agreement'))} / {_pct(branches['fidelity'].get('fidelity/success_agreement'))} | "
             f"{_pct(plain['warmstart_synthetic_success'])} / {_pct(branches['warmstart_synthetic_success'])} | "
             f"{_pct(plain['warmstart_synthetic_agreement'])} / {_pct(branches['warmstart_synthetic_agreement'])} | "

@@ -1,5 +1,7 @@
 """The tables of benchmarks/early_experience/results.md from the run directories run.sh wrote:
-held-out success of each seed's warm start, plain and with Early Experience.
+held-out success of each seed's warm start, plain and with Early Experience. It reads each run's
+metrics.jsonl and report.md, which are committed; the branch count is the last metrics row's
+counters/branch_transitions (the run's branches.jsonl, not committed, only where that is missing).
 
 Usage: python benchmarks/early_experience/summarize.py world-model|reflection"""
 
@@ -22,6 +24,14 @@ def first_row(run: Path) -> dict:
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
 
 
+def branch_transitions(run: Path) -> str:
+    """The run's branch transitions: its counters, else its branches.jsonl's lines, else "-"."""
+    count = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]).get("counters/branch_transitions")
+    if count is None and (run / "branches.jsonl").exists():
+        count = len((run / "branches.jsonl").read_text().splitlines())
+    return "-" if count is None else str(int(count))
+
+
 def table(experiment: str) -> str:
     plain_dir, early_dir, title, loss = EXPERIMENTS[experiment]
     arms = (HERE / "runs" / plain_dir, HERE / "runs" / early_dir)
@@ -39,7 +49,7 @@ def table(experiment: str) -> str:
         a, b = 100 * plain["eval_before/success_rate"], 100 * early["eval_before/success_rate"]
         plains.append(a)
         earlies.append(b)
-        branches = len((arms[1] / seed / "branches.jsonl").read_text().splitlines())
+        branches = branch_transitions(arms[1] / seed)
         lines.append(f"| {seed[4:]} | {a:.1f} | {b:.1f} | {b - a:+.1f} | {branches} | {early[loss]:.3f} |")
     diffs = [b - a for a, b in zip(plains, earlies)]
     if diffs:

@@ -8,7 +8,9 @@ memory. This samples the resident memory of the whole process tree every ``--eve
 
 and prints one JSON line: wall seconds, exit status, and the peaks (GB) of the tree's sum, of the
 largest process and of the JVMs' sum, with the most JVMs seen at once. A sampled peak can miss a
-spike shorter than the interval; it never counts memory that was not there.
+spike shorter than the interval. The sums add each process's resident set size, so pages that
+several processes share (shared libraries, copy-on-write pages after a fork) count once per process:
+a sum can exceed the memory the tree actually occupied.
 """
 
 from __future__ import annotations

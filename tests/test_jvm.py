@@ -25,28 +25,40 @@ class SimError(DreamGymError):
     pass
 
 
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` no longer exists (killed and reaped: a zombie still answers signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 @_LINUX
 def test_a_start_that_times_out_kills_only_its_own_jvm() -> None:
-    """Two guards starting at once in one process: the hung one's kill must spare the other's JVM."""
+    """A start not up within its limit kills (and reaps) the JVM it started, and spares the
+    child processes this process had before it began: another guard's JVM, up already."""
+    other = subprocess.Popen(["sleep", "600"])  # another guard's JVM: a child before the start
+    hung_jvms: list[subprocess.Popen] = []
 
     def hung():  # a JVM that never comes up
-        subprocess.Popen(["sleep", "600"])
-        time.sleep(3)
+        hung_jvms.append(subprocess.Popen(["sleep", "600"]))
+        time.sleep(2)
 
-    def healthy():
-        return subprocess.Popen(["sleep", "600"])
-
-    started: dict = {}
-    other = threading.Thread(target=lambda: started.update(jvm=_start_within(healthy, 30.0, "test")))
-    with pytest.raises(TimeoutError):
-        threading.Timer(0.3, other.start).start()  # while the hung start is under way
-        _start_within(hung, 1.0, "test")
-    other.join(30)
     try:
-        assert started["jvm"].poll() is None, "the healthy JVM was killed by the other start's timeout"
+        with pytest.raises(TimeoutError):
+            _start_within(hung, 0.5, "test")
+        assert len(hung_jvms) == 1, "the hung start never started its JVM"
+        pid = hung_jvms[0].pid
+        deadline = time.monotonic() + 10.0
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), "the timed-out start's JVM was left running"
+        assert other.poll() is None and not _gone(other.pid), "the other guard's JVM was killed by the start's timeout"
     finally:
-        started["jvm"].kill()
-        started["jvm"].wait()
+        for process in [*hung_jvms, other]:
+            process.kill()  # a no-op on one already reaped (Popen polls before signalling)
+            process.wait()
 
 
 def test_ctrl_c_during_a_start_waits_for_the_start_thread_to_end() -> None:

@@ -345,11 +345,16 @@ def test_load_of_a_damaged_checkpoint_file_is_a_data_error(kit, tmp_path, name, 
 
 
 def test_act_samples_with_the_backend_and_is_seeded(kit):
-    a = GRPO(GRPOConfig(max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)
-    b = GRPO(GRPOConfig(max_new_tokens=4), policy=kit.TinyPolicy(), seed=0)
-    prompts = ["task : find the apple step 0 observe : you are in the room 0 action"] * 2
+    a = GRPO(GRPOConfig(max_new_tokens=8), policy=kit.TinyPolicy(), seed=0)
+    b = GRPO(GRPOConfig(max_new_tokens=8), policy=kit.TinyPolicy(), seed=0)
+    c = GRPO(GRPOConfig(max_new_tokens=8), policy=kit.TinyPolicy(), seed=1)  # the same weights, another run seed
+    prompts = [f"task : find the {w} step {i} observe : you are in the room {i} action" for i, w in enumerate(["apple", "key", "door", "cup"])]
     out = a.act(prompts=prompts)
-    assert out == b.act(prompts=prompts) and len(out) == 2 and all(isinstance(x, str) for x in out)
+    assert out == b.act(prompts=prompts) and len(out) == 4 and all(isinstance(x, str) for x in out)
+    # The tiny random policy is near uniform over its 52 tokens: two seeds' first tokens agree with
+    # chance ~0.02 (sum of p**2), so two calls x 4 prompts agree at most with ~0.02**8 ~ 3e-14
+    # (every answer one token long), ~0.02**64 when all run their 8 tokens.
+    assert [c.act(prompts=prompts) for _ in range(2)] != [out, a.act(prompts=prompts)], "the run seed does not change the samples"
     assert a.act(prompts=prompts[:1], greedy=True) == b.act(prompts=prompts[:1], greedy=True)
     with pytest.raises(TypeError, match="takes a list of prompts, got one str"):  # it played each character
         a.act(prompts=prompts[0])

@@ -105,6 +105,17 @@ def test_conformance():
     check_curriculum(gen(), rebuild=gen)
 
 
+def test_another_run_seed_draws_other_tasks():
+    # 100 tasks, none observed (all equally weighted), 3 batches of 4 drawn without replacement:
+    # two seeds that were truly used would choose the same ordered batches with chance
+    # (1 / (100*99*98*97))**3 ~ 1e-24.
+    pool = [Task(id=f"p{i}", instruction=f"put thing {i} in the box", domain="test") for i in range(100)]
+    (spec,) = dreamgym_register_curricula()
+    one, two = (spec.factory(RewardEntropyConfig(), tasks=pool, task_generator=None, encoder=None, seed=s, domain=None) for s in (1, 2))
+    draws = {s: [[t.id for t in c.next_tasks(n=4)] for _ in range(3)] for s, c in ((1, one), (2, two))}
+    assert draws[1] != draws[2], "the run seed does not change the draws"
+
+
 def test_observe_ranks_tasks_by_reward_variance():
     generator = FakeTaskGenerator()
     c = build(RewardEntropyConfig(tasks_to_vary=2), generator=generator)

@@ -33,6 +33,16 @@ def test_draws_are_seeded_distinct_within_a_batch_and_cover_the_pool():
     assert set(counts) == {t.id for t in TASKS} and min(counts.values()) > 60  # ~100 each
 
 
+def test_another_run_seed_draws_other_tasks():
+    # 100 tasks, 3 batches of 4 drawn without replacement: two seeds that were truly used would
+    # choose the same ordered batches with chance (1 / (100*99*98*97))**3 ~ 1e-24.
+    pool = [Task(id=f"p{i}", instruction=f"task {i}", domain="test") for i in range(100)]
+    (spec,) = dreamgym_register_curricula()
+    one, two = (spec.factory(UniformConfig(), tasks=pool, task_generator=None, encoder=None, seed=s, domain=None) for s in (1, 2))
+    draws = {s: [[t.id for t in c.next_tasks(n=4)] for _ in range(3)] for s, c in ((1, one), (2, two))}
+    assert draws[1] != draws[2], "the run seed does not change the draws"
+
+
 def test_observe_only_records_and_never_generates():
     c = build()
     before = [t.id for t in build().next_tasks(n=3)]

@@ -56,7 +56,7 @@ def test_unseeded_sampling_draws_fresh_text_and_seeded_leaves_global_rng_alone(s
     prompts = ["hello", "the kitchen"]
     torch.manual_seed(0)
     unseeded = [backend.generate(prompts=prompts, max_new_tokens=16, temperature=1.0) for _ in range(3)]
-    assert unseeded[0] != unseeded[1] != unseeded[2]
+    assert len({tuple(u) for u in unseeded}) == 3  # pairwise distinct (a != b != c never compares a with c)
     torch.manual_seed(0)
     assert backend.generate(prompts=prompts, max_new_tokens=16, temperature=1.0) == unseeded[0]  # global seed rules
     state = torch.get_rng_state()

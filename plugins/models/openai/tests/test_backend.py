@@ -88,11 +88,12 @@ def keyed_server(model_dir):
     srv.server_close()
 
 
-def test_api_key_comes_from_the_named_env_var_and_is_never_shown(keyed_server, monkeypatch):
+def test_api_key_comes_from_the_named_env_var_and_is_never_shown(keyed_server, model_dir, monkeypatch):
     url, key = keyed_server
     monkeypatch.setenv("MY_CLIENT_KEY", key)
     good = OpenAIBackend(OpenAIConfig(base_url=url, api_key_env="MY_CLIENT_KEY"))
-    assert good.generate(prompts=["Room:"], max_new_tokens=3)[0] is not None
+    expected = HFBackend.load(model_dir).generate(prompts=["Room:"], max_new_tokens=3, temperature=0)
+    assert expected[0] and good.generate(prompts=["Room:"], max_new_tokens=3, temperature=0) == expected  # the served answer
     assert good.stats["failed_calls"] == 0
     monkeypatch.setenv("MY_CLIENT_KEY", "sk-wrong-77")
     bad = OpenAIBackend(OpenAIConfig(base_url=url, api_key_env="MY_CLIENT_KEY", max_retries=3, on_failure="raise"))

@@ -782,21 +782,12 @@ class ExactBuffer:
             }
 
     def _space_counts(self) -> dict[str, int]:
-        """Live rows per encoder space, as a reopened buffer loads them (the lock held).
-
-        Not ``Space.count``: that counts evicted and rolled-back rows too until a compaction
-        drops them, and an old encoder's vectors of rows the current one re-embedded, which
-        an open does not load (nor an old space left with none)."""
-        n = len(self._records)
-        alive = self._alive[:n]
+        """Live rows per encoder space, as a reopened buffer loads them: the rows each space
+        serves to queries (:meth:`_snapshot`). Not ``Space.count``: that counts evicted and
+        rolled-back rows too until a compaction drops them, and an old encoder's vectors of rows
+        the current one re-embedded, which an open does not load (nor an old space left with none)."""
         current = self._spaces[self.encoder.id]
-        has_new = current.mask(n)
-        counts = {}
-        for space in self._spaces.values():
-            rows = alive & space.mask(n) if space is current else alive & space.mask(n) & ~has_new
-            if space is current or rows.any():
-                counts[space.encoder_id] = int(rows.sum())
-        return counts
+        return {space.encoder_id: int(mask.sum()) for space, _, mask in self._snapshot() if space is current or mask.any()}
 
     def import_jsonl(self, path: str | Path, batch: int = 4096) -> tuple[int, int]:
         """Add Transition records from a JSONL file, ``batch`` per add; returns (read, added).

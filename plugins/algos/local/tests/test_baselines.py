@@ -148,11 +148,12 @@ def test_an_empty_step_keeps_its_index_for_the_same_step_fallback():
     assert preference_pairs([win, gap]) == [("W2", "open door", "go east")]
 
 
-def test_sft_minibatch_of_a_response_without_tokens_takes_no_step_and_is_no_error(kit, caplog):
+@pytest.mark.parametrize("agg", ["token-mean", "token-sum"])
+def test_sft_minibatch_of_a_response_without_tokens_takes_no_step_and_is_no_error(agg, kit, caplog):
     task = Task(id="t", instruction="find the key", domain="d")
     blank = _played(task, [("W0", " ")], True)  # not empty, but the tokenizer gives it no token
     good = _played(task, [("W0", "go north")], True)
-    algo = SFT(SFTConfig(lr=1e-3, minibatch_size=1), policy=kit.TinyPolicy(), seed=0)
+    algo = SFT(SFTConfig(lr=1e-3, minibatch_size=1, loss_agg_mode=agg), policy=kit.TinyPolicy(), seed=0)
     with caplog.at_level(logging.WARNING):
         metrics = algo.update(groups=[[blank, good]])
     assert metrics["errors/nonfinite_loss_steps"] == 0 and metrics["perf/optimizer_steps"] == 1

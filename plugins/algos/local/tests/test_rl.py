@@ -563,11 +563,14 @@ def without_eos(policy):
 
 @pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
 @pytest.mark.parametrize("micro", [None, 1])
-def test_a_minibatch_without_response_tokens_takes_no_step_and_is_no_error(cls, config_type, micro, kit, caplog):
+@pytest.mark.parametrize("agg", ["token-mean", "token-sum"])
+def test_a_minibatch_without_response_tokens_takes_no_step_and_is_no_error(cls, config_type, micro, agg, kit, caplog):
     # one row per minibatch: the empty response's minibatch has no token to divide its loss by
+    # (token-sum: nothing divides, but an AdamW step on its zero gradient still moved the weights)
     task = kit.make_groups()[0][0].task
     group = [unparsed(kit, task, ""), unparsed(kit, task, "")]
-    algo = cls(config_type(lr=1e-3, minibatch_size=1, micro_batch_size=micro, kl_coef=0.0), policy=without_eos(kit.TinyPolicy()), seed=0)
+    config = dict(lr=1e-3, micro_batch_size=micro, kl_coef=0.0, loss_agg_mode=agg)
+    algo = cls(config_type(minibatch_size=1, **config), policy=without_eos(kit.TinyPolicy()), seed=0)
     before = kit.flat_params(algo.policy.model)
     told = []
     with caplog.at_level(logging.WARNING):
@@ -577,7 +580,9 @@ def test_a_minibatch_without_response_tokens_takes_no_step_and_is_no_error(cls, 
     assert torch.equal(before, kit.flat_params(algo.policy.model))
     assert "optimizer step skipped" not in caplog.text
     # a minibatch of both rows (with micro: in two micro-batches, neither with a token): no step either
-    algo = cls(config_type(lr=1e-3, minibatch_size=2, micro_batch_size=micro, kl_coef=0.0), policy=without_eos(kit.TinyPolicy()), seed=0)
+    algo = cls(config_type(minibatch_size=2, **config), policy=without_eos(kit.TinyPolicy()), seed=0)
+    before = kit.flat_params(algo.policy.model)
     metrics = algo.update(groups=[group])
     assert metrics["errors/nonfinite_loss_steps"] == 0 and metrics["perf/optimizer_steps"] == 0
     assert metrics["data/empty_minibatches"] == 1
+    assert torch.equal(before, kit.flat_params(algo.policy.model))

@@ -74,7 +74,7 @@ class GRPO(LocalTrainer):
             return loss, metrics
 
         weights = maths.row_weights(mask, cfg.loss_agg_mode)
-        metrics = self._train(len(steps), cfg.ppo_epochs, loss_fn, on_batch, weights)
+        metrics = self._train(len(steps), cfg.ppo_epochs, loss_fn, on_batch, weights, live=mask.sum(-1).cpu() > 0)
         metrics.update({
             "charts/mean_reward": float(sum(t.outcome_reward for t in trajectories) / len(trajectories)),
             "charts/success_rate": float(sum(t.success for t in trajectories) / len(trajectories)),

@@ -98,7 +98,7 @@ class PPO(LocalTrainer):
             return loss, metrics
 
         weights = maths.row_weights(batch.response_mask, cfg.loss_agg_mode)
-        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn, on_batch, weights)
+        metrics = self._train(len(batch), cfg.ppo_epochs, loss_fn, on_batch, weights, live=batch.response_mask.sum(-1).cpu() > 0)
         metrics.update({
             "charts/mean_reward": float(sum(t.outcome_reward for t in trajectories) / len(trajectories)),
             "charts/success_rate": float(sum(t.success for t in trajectories) / len(trajectories)),

@@ -49,7 +49,7 @@ class SFT(LocalTrainer):
             return loss, {"losses/sft_loss": loss.item()}
 
         weights = maths.row_weights(batch.response_mask, cfg.loss_agg_mode)
-        metrics = self._train(len(batch), epochs, loss_fn, on_batch, weights)
+        metrics = self._train(len(batch), epochs, loss_fn, on_batch, weights, live=batch.response_mask.sum(-1).cpu() > 0)
         metrics.update({
             "data/trainable_steps": float(len(steps)),
             "data/response_tokens": float(batch.response_mask.sum()),

@@ -260,15 +260,19 @@ class LocalTrainer:
             yield from (index.to(self.device) for index in order.split(self.config.minibatch_size))
 
     def _backward(
-        self, index: torch.Tensor, loss_fn: LossFn, weights: torch.Tensor | None,
+        self, index: torch.Tensor, loss_fn: LossFn, weights: torch.Tensor | None, live: torch.Tensor | None = None,
     ) -> tuple[float, dict[str, float]] | None:
         """Gradients of the minibatch ``index``'s loss, in micro-batches of ``micro_batch_size``
         rows, each loss scaled by its share of the minibatch's (``weights``: per row, see
         ``maths.row_weights``). Returns the minibatch's loss and its metrics: the micro-batches'
         metrics weighted by their rows, as verl logs micro-batches (a token-mean of one is not
         the minibatch's exactly). A non-finite micro-batch loss stops there and is returned (its
-        step is then skipped). None, and no gradients, when the minibatch's weights sum to 0
-        (no row has a response token): there is nothing to learn, and its loss would be 0/0."""
+        step is then skipped). None, and no gradients, when no row of the minibatch has a
+        response token (``live``: per row, whether it has one; or the weights sum to 0): there is
+        nothing to learn, and its loss would be 0/0 (token-sum: 0, but an AdamW step on a zero
+        gradient still moves the weights, by weight decay and the moments of earlier steps)."""
+        if live is not None and not bool(live[index.cpu()].any()):
+            return None
         if weights is not None and not float(weights[index.cpu()].sum()) > 0:
             return None
         size = self.config.micro_batch_size
@@ -326,18 +330,19 @@ class LocalTrainer:
 
     def _train(
         self, n_rows: int, epochs: int, loss_fn: LossFn, on_batch: OnBatch | None = None, weights: torch.Tensor | None = None,
+        live: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Run ``loss_fn`` over shuffled minibatches, step the optimiser, average metrics
         (``on_batch(epoch, step, steps, loss)``: told after each minibatch that has response
         tokens, for progress lines; ``weights``: each row's part of the loss normaliser, for
-        micro-batches and to tell a minibatch without response tokens; None: a sum). A minibatch
-        without response tokens takes no step and is counted in ``data/empty_minibatches``.
+        micro-batches; None: a sum; ``live``: per row, whether it has a response token). A
+        minibatch without response tokens takes no step and is counted in ``data/empty_minibatches``.
         """
         totals: dict[str, float] = {}
         steps, empty, start = 0, 0, time.perf_counter()
         per_epoch = math.ceil(n_rows / self.config.minibatch_size)
         for i, index in enumerate(self._minibatches(n_rows, epochs)):
-            result = self._backward(index, loss_fn, weights)
+            result = self._backward(index, loss_fn, weights, live)
             if result is None:
                 empty += 1
                 continue

@@ -30,6 +30,7 @@ from dreamgym_core.records import Transition
 from .config import ExactConfig
 from .search import embedding_text, merge_ranked, topk_cosine
 from .segments import Frame, SegmentWriter, iter_segment, missing_segments, segment_files
+from .writer_lock import WriterLock
 
 __all__ = ["ExactBuffer", "Space", "content_key", "EVICTION_ORDER"]
 
@@ -194,6 +195,7 @@ class ExactBuffer:
         self._sealed_rows = 0
         self.problems: list[str] = []
         self._writer: SegmentWriter | None = None
+        self._writer_lock: WriterLock | None = None
         self._closed = False
         self._stop = threading.Event()
         self._backfill_thread: threading.Thread | None = None
@@ -213,6 +215,9 @@ class ExactBuffer:
         evicted, what the configured encoder embedded, the highest id. The second replays one
         file at a time, only frames the first pass accepted."""
         self.path.mkdir(parents=True, exist_ok=True)
+        # the files as found before reading them: a write by anyone else after this is noticed
+        # when this buffer first writes (its record ids would collide with that writer's)
+        self._writer_lock = WriterLock(self.path, self)
         files = segment_files(self.path)
         for problem in missing_segments(files):  # a lost file can hold the rollback of records the others add
             self._problem(problem)
@@ -358,6 +363,7 @@ class ExactBuffer:
             fresh, keys = self._fresh(transitions)
             if not fresh:
                 return 0
+            self._claim_writes()
             if embeddings is None:
                 texts = [embedding_text(transitions[i].state, transitions[i].action) for i in fresh]
                 vectors = np.ascontiguousarray(self.encoder.encode(texts=texts), dtype=np.float32)
@@ -503,13 +509,22 @@ class ExactBuffer:
                 )
             if not len(rows):
                 return 0
+            self._claim_writes()
             self._retire(rows.tolist(), rollback=True)
             self.flush()  # durable at once: a crash right after must not undo it
             return len(rows)
 
+    def _claim_writes(self) -> None:
+        """Take the directory's write claim before a change that will be written (see
+        :mod:`.writer_lock`); refused with a DataError, before anything changes, while
+        another buffer writes it. In memory there is nothing to claim."""
+        if self._writer_lock is not None:
+            self._writer_lock.claim()
+
     def _log(self, frame: Frame) -> None:
         if self._writer is None:
             return
+        self._claim_writes()  # a no-op: every change that logs claimed before it changed anything
         self._pending.append(frame)
         self._pending_records += len(frame.rids)
         if self._pending_records >= self.config.flush_every:
@@ -560,8 +575,10 @@ class ExactBuffer:
             self._backfill_thread.join()
         with self._lock:
             if self._writer is not None:
-                self._write_pending()
+                self._write_pending()  # a failure (a full disk) keeps the claim: close() may be retried
                 self._writer.seal()
+            if self._writer_lock is not None:
+                self._writer_lock.release()
             self._closed = True
 
     def __enter__(self) -> ExactBuffer:
@@ -738,6 +755,7 @@ class ExactBuffer:
             self.encoder.encode(texts=[embedding_text(t.state, t.action) for t in records]), dtype=np.float32
         )
         with self._lock:
+            self._claim_writes()
             current.put(rows, vectors)
             self._version += 1
             self._log(Frame(kind="embed", rids=self._rids[rows].tolist(), encoder_id=self.encoder.id,

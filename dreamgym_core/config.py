@@ -130,6 +130,20 @@ class ExperienceTrainingConfig(Config):
         Meta(description="Reasoning traces from the domain's rule-based annotator, a teacher model, or none."),
     ] = "rule"
     teacher: Annotated[ComponentRef | None, Meta(description="Teacher model backend when annotator=teacher.")] = None
+    teacher_max_new_tokens: Annotated[
+        PositiveInt,
+        Meta(description=(
+            "Token budget of the teacher's answer for one episode: its JSON holds a plan for every step, so long "
+            "episodes (ALFWorld's 50 steps) need more than short ones; a cut answer is no JSON and is retried."
+        )),
+    ] = 1024
+    teacher_fallback: Annotated[
+        Literal["none", "rule"],
+        Meta(description=(
+            "An episode whose teacher answer is still unusable after the retries: stop the run (none), or annotate "
+            "that episode with the domain's rule-based annotator (rule; how many is logged)."
+        )),
+    ] = "none"
     skip: Annotated[bool, Meta(description="Use the experience model as loaded, without training.")] = False
     train_demos: Annotated[
         Literal["any", "other-tasks"],

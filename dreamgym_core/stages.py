@@ -9,6 +9,7 @@ directory and reuses it when it is there, so a resumed run does not redo it.
 
 from __future__ import annotations
 
+import logging
 import math
 
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ __all__ = [
     "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "experience_data", "annotate_offline",
     "train_experience_model", "reload_trained", "evaluation_tasks",
 ]
+
+log = logging.getLogger(__name__)
 
 # Run-directory names of the stages' outputs.
 OFFLINE_FILE = "offline.jsonl"
@@ -197,9 +200,22 @@ def annotate_offline(
         return transitions
     if mode == "rule":
         return annotate_with_domain(transitions, domain, who)
-    if pipeline.experience.teacher is None:
+    cfg = pipeline.experience
+    if cfg.teacher is None:
         raise ConfigError(f"{source}: experience.annotator='teacher' needs experience.teacher")
-    return TeacherAnnotator(build_teacher(), seed=pipeline.seed).annotate(transitions=transitions)
+    teacher = TeacherAnnotator(
+        build_teacher(), fallback=domain if cfg.teacher_fallback == "rule" else None,
+        max_new_tokens=cfg.teacher_max_new_tokens, seed=pipeline.seed,
+    )
+    annotated = teacher.annotate(transitions=transitions)
+    counts = teacher.counters
+    if counts["fallback"]:
+        log.warning(
+            "teacher annotation: %d of %d episodes unusable after retries, annotated by the domain's rules instead "
+            "(experience.teacher_fallback: rule); a larger experience.teacher_max_new_tokens helps if answers were cut",
+            counts["fallback"], counts["episodes"],
+        )
+    return annotated
 
 
 def reload_trained(backend: Any, run_dir: Path) -> bool:

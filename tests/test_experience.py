@@ -850,6 +850,36 @@ def test_teacher_failure_is_never_silent() -> None:
         TeacherAnnotator(ScriptedLM(answer=lambda p: "no"), fallback=NoRules(), max_retries=0).annotate(transitions=data)
 
 
+def test_the_pipeline_sets_the_teachers_budget_and_its_rule_fallback(caplog) -> None:
+    from dreamgym_core.config import pipeline_from_dict
+    from dreamgym_core.stages import annotate_offline
+    from stand_ins import pipeline_dict
+
+    class Rules:
+        def annotate(self, *, transition):
+            return f"rule {transition.step}"
+
+    data = _episode("a", 2) + _episode("b", 1)
+    # episode a gets a plan; b's answer is cut short every time (no JSON)
+    answer = lambda prompt: _teacher_json(2) if "room a0" in prompt else '{"task_tutorial": {"overall'  # noqa: E731
+    experience = {"annotator": "teacher", "teacher": {"name": "x"}}
+
+    def annotate(lm, **teacher):
+        config = pipeline_from_dict({**pipeline_dict("runs/x"), "experience": {**experience, **teacher}})
+        return annotate_offline(data, domain=Rules(), pipeline=config, build_teacher=lambda: lm, source="p.yaml")
+
+    lm = ScriptedLM(answer=answer)
+    with pytest.raises(AnnotationError, match="episode 'b' after 3 tries"):
+        annotate(lm)  # by default an unusable episode stops the run
+    assert {c["max_new_tokens"] for c in lm.calls} == {1024}
+    lm = ScriptedLM(answer=answer)
+    with caplog.at_level("WARNING", logger="dreamgym_core.stages"):
+        out = annotate(lm, teacher_max_new_tokens=3000, teacher_fallback="rule")
+    assert [t.reasoning for t in out] == ["plan 0", "plan 1", "rule 0"]
+    assert {c["max_new_tokens"] for c in lm.calls} == {3000}
+    assert "1 of 2 episodes unusable after retries" in caplog.text
+
+
 def test_prompt_renders_reward_consistently() -> None:
     demo = _episode("a", 1)[0]
     text = build_prompt(ExperienceRequest(instruction="x", history=[], state="s", action="a", demos=[demo]))

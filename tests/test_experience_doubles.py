@@ -27,7 +27,9 @@ class ScriptedLM:
         self.calls: list[dict] = []
 
     def generate(self, *, prompts, max_new_tokens, temperature=1.0, stop=(), seed=None) -> list[str]:
-        self.calls.append({"prompts": list(prompts), "stop": list(stop), "seed": seed, "temperature": temperature})
+        self.calls.append(
+            {"prompts": list(prompts), "stop": list(stop), "seed": seed, "temperature": temperature, "max_new_tokens": max_new_tokens}
+        )
         return [self.queue.pop(0) if self.queue else self.answer(p) for p in prompts]  # type: ignore[misc]
 
 

@@ -6,9 +6,12 @@ next segment, and the next open kept one record of each id (4 of 7 records added
 """
 
 import gc
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -99,19 +102,64 @@ def test_two_open_buffers_of_one_process_take_turns_only_by_reopening(tmp_path, 
         assert len(reopened) == 7  # every record kept: no two share an id
 
 
-def test_a_writer_dropped_without_close_passes_its_claim_on(tmp_path, distinct):
+ADD_ONE = textwrap.dedent(
+    """
+    import sys
+    from dreamgym_core.testing import BagOfWordsEncoder, make_transitions
+    from dreamgym_plugin_exact import ExactBuffer
+
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=sys.argv[1]) as buffer:
+        print(buffer.add(transitions=make_transitions(1, prefix="other")))
+    """
+)
+
+
+def _lock_descriptors():
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd).endswith("writer.lock"))
+
+
+def test_a_writer_dropped_without_close_gives_its_claim_back(tmp_path, distinct):
     path = tmp_path / "buffer"
     with _open(path) as seed:
         seed.add(transitions=distinct(2, prefix="seed"))
     dropped = _open(path, flush_every=10_000)
     dropped.add(transitions=distinct(2, prefix="dropped"))  # claimed; held in memory, never flushed
     successor = _open(path)
+    assert _lock_descriptors() == 1
     del dropped
     gc.collect()
+    assert _lock_descriptors() == 0  # its descriptor closed with it: the lock is not held on
     assert successor.add(transitions=distinct(2, prefix="next")) == 2
     successor.close()
     with _open(path) as reopened:
         assert len(reopened) == 4
+    # nothing of this process holds the directory now: another process may write it
+    dropped = _open(path)
+    dropped.add(transitions=distinct(1, prefix="again"))
+    del dropped
+    gc.collect()
+    script = tmp_path / "add_one.py"
+    script.write_text(ADD_ONE)
+    done = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+
+
+def test_a_claim_is_taken_afresh_on_a_recreated_directory(tmp_path, distinct):
+    # a claim must lock the directory's lock file as it is now, not a descriptor of a deleted one
+    path = tmp_path / "buffer"
+    first = _open(path)
+    first.add(transitions=distinct(1, prefix="first"))
+    del first  # dropped without close()
+    gc.collect()
+    shutil.rmtree(path)
+    mine = _open(path)
+    assert mine.add(transitions=distinct(3, prefix="mine")) == 3
+    script = tmp_path / "add_one.py"
+    script.write_text(ADD_ONE)
+    done = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "is writing this replay buffer" in done.stderr
+    mine.close()
 
 
 def test_a_backfill_beside_a_writer_stops_with_the_reason(holder, tmp_path):

@@ -33,9 +33,10 @@ LOCK_FILE = "writer.lock"
 
 # Claims this process holds: resolved directory -> (lock file descriptor, owning buffer).
 # flock conflicts between two descriptors of one process too, so a second buffer of the
-# same directory would wait on its own process; it is told apart here instead.
+# same directory would wait on its own process; it is told apart here instead. An entry
+# leaves with its claim: on close(), or when its buffer is collected without one.
 _HELD: dict[str, tuple[int, weakref.ref]] = {}
-_HELD_GUARD = threading.Lock()
+_HELD_GUARD = threading.RLock()  # reentrant: a collection inside claim() runs a finalizer that takes it
 
 
 def segments_state(directory: Path) -> tuple[tuple[str, int], ...]:
@@ -57,6 +58,7 @@ class WriterLock:
         self._key = str(directory.resolve())
         self._owner = weakref.ref(owner)
         self._loaded = segments_state(directory)
+        self._finalizer: weakref.finalize | None = None
         self.held = False
 
     def claim(self) -> None:
@@ -77,20 +79,18 @@ class WriterLock:
                         f"{self.directory}: another open replay buffer of this process writes this directory; "
                         "close it first (their record ids would collide)"
                     )
-                fd = held[0]  # its owner was dropped without close(): the claim passes on
-            else:
-                fd = self._lock_file()
+                _forget(self._key, held[0])  # its owner is gone: never reuse its descriptor (the file may be another now)
+            fd = self._lock_file()
             if segments_state(self.directory) != self._loaded:
-                if held is None:
-                    os.close(fd)  # releases the lock taken just now
-                else:
-                    _HELD.pop(self._key)
-                    os.close(fd)
+                os.close(fd)  # releases the lock taken just now
                 raise DataError(
                     f"{self.directory}: the segment files changed since this replay buffer was opened (another "
                     "writer added records); open it again to write, so record ids do not collide"
                 )
             _HELD[self._key] = (fd, self._owner)
+            owner = self._owner()
+            # a buffer dropped without close() gives its claim back when it is collected
+            self._finalizer = weakref.finalize(owner, _release, self._key, fd) if owner is not None else None
             self.held = True
 
     def _lock_file(self) -> int:
@@ -122,14 +122,22 @@ class WriterLock:
 
     def release(self) -> None:
         """Give the claim back (``close()``); the next writer may take it."""
-        if not self.held:
-            return
-        with _HELD_GUARD:
-            held = _HELD.get(self._key)
-            if held is not None and held[1]() is self._owner():
-                _HELD.pop(self._key)
-                os.close(held[0])
-            self.held = False
+        if self.held and self._finalizer is not None:
+            self._finalizer()  # runs once: a later collection of the buffer does nothing
+        self.held = False
+
+
+def _release(key: str, fd: int) -> None:
+    with _HELD_GUARD:
+        _forget(key, fd)
+
+
+def _forget(key: str, fd: int) -> None:
+    """Drop the claim ``key`` held with ``fd`` (the guard held): closing it releases the flock."""
+    held = _HELD.get(key)
+    if held is not None and held[0] == fd:
+        _HELD.pop(key)
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -296,6 +296,25 @@ def test_save_load_resumes_identically(cls, config_type, kit, tmp_path):
     assert resumed.counters == algo.counters
 
 
+def test_a_loaded_checkpoint_samples_as_in_a_fresh_trainer_whatever_was_played_before(kit, tmp_path):
+    # dreamgym curve loads checkpoint after checkpoint into one trainer: an evaluation stream's
+    # counter, never in a checkpoint, was merged on, so every checkpoint after the first sampled
+    # other draws than `dreamgym eval --checkpoint K` gives it
+    config = GRPOConfig(lr=1e-3, minibatch_size=4)
+    algo = GRPO(config, policy=kit.TinyPolicy(), seed=3)
+    algo.save(path=str(tmp_path / "ckpt"))
+    prompts = [f"room {i}: where now?" for i in range(6)]
+
+    def evaluated(trainer):
+        trainer.load(path=str(tmp_path / "ckpt"))
+        return trainer.act(prompts=prompts, temperature=1.0, evaluation=True, stream="eval/real")
+
+    fresh = evaluated(GRPO(config, policy=kit.TinyPolicy(), seed=3))
+    assert evaluated(algo) == fresh  # the first checkpoint played
+    assert evaluated(algo) == fresh  # the next one, in the same trainer
+    assert algo.counters["eval_sampled_calls/eval/real"] == 1
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_saved_weights_have_the_mode_a_plain_open_gives(kit, tmp_path, umask):
     # before: safetensors wrote the policy, reference and heads files 0o600, unlike the state

@@ -34,6 +34,8 @@ LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 POLICY_FILE, HEADS_FILE, STATE_FILE = "policy.safetensors", "heads.safetensors", "trainer_state.pt"
 REFERENCE_FILE = "reference.safetensors"
+# A new trainer's counters (seed streams and totals); sampling streams add their own keys.
+_FRESH_COUNTERS = {"updates": 0, "act_calls": 0, "sampled_calls": 0, "eval_sampled_calls": 0, "nonfinite_loss_steps": 0}
 # What a damaged or foreign file raises from safetensors and torch.load(weights_only=True):
 # header errors, unpickling refusals, truncated or junk pickles, and states missing their keys.
 _DAMAGED_FILE_ERRORS = (
@@ -69,7 +71,7 @@ class LocalTrainer:
         self._check_precision(policy.model)
         self.config, self.policy, self.seed = config, policy, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.counters = {"updates": 0, "act_calls": 0, "sampled_calls": 0, "eval_sampled_calls": 0, "nonfinite_loss_steps": 0}
+        self.counters = dict(_FRESH_COUNTERS)
         self._bound: torch.nn.Module | None = None
         # The temperature of the latest sampled act() call (the run loop passes its
         # sampling_temperature), config.temperature before any: GRPO and PPO score the
@@ -403,7 +405,9 @@ class LocalTrainer:
             state = torch.load(root / STATE_FILE, weights_only=True, map_location=self.device)
             self.optimizer.load_state_dict(state["optimizer"])
             self.generator.set_state(state["generator"].cpu())
-            self.counters.update({k: int(v) for k, v in state["counters"].items()})
+            # replaced, not merged: a counter the checkpoint lacks starts again (dreamgym curve plays
+            # several checkpoints with one trainer; a merged eval counter carried one's draws to the next)
+            self.counters = {**_FRESH_COUNTERS, **{k: int(v) for k, v in state["counters"].items()}}
         except _DAMAGED_FILE_ERRORS as err:
             if isinstance(err, RuntimeError) and "size mismatch" in str(err):
                 # The policy backend holds another vocabulary (a fresh tiny model, whose tokenizer a

@@ -338,6 +338,16 @@ class PipelineConfig(Config):
             raise ValueError("loop.self_reflection='teacher' needs experience.teacher (the model that writes them)")
         if self.experience.annotator == "teacher" and self.experience.teacher is None:
             raise ValueError("experience.annotator='teacher' needs experience.teacher (the model that writes the reasoning traces)")
+        defaults = ExperienceTrainingConfig()
+        teacher_options = [
+            f"{name}={getattr(self.experience, name)!r}" for name in ("teacher_max_new_tokens", "teacher_fallback")
+            if getattr(self.experience, name) != getattr(defaults, name)
+        ]
+        if teacher_options and self.experience.annotator != "teacher":
+            raise ValueError(
+                f"experience.{', experience.'.join(teacher_options)} only apply to experience.annotator='teacher' "
+                f"(it is {self.experience.annotator!r}); drop them or set the annotator"
+            )
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
         # Resolved, so that 'x/..' or the working directory's own absolute path is caught too.

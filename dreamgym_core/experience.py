@@ -968,8 +968,9 @@ class TeacherAnnotator:
         if self.fallback is None:
             raise AnnotationError(
                 f"teacher {getattr(self.backend, 'model_id', '?')!r} gave no valid JSON annotation for episode "
-                f"{steps[0].episode_id!r} after {self.max_retries + 1} tries; configure a rule-based fallback "
-                "(experience.annotator: rule) or a stronger teacher"
+                f"{steps[0].episode_id!r} after {self.max_retries + 1} tries; let the domain's rules annotate such episodes "
+                "(experience.teacher_fallback: rule), raise experience.teacher_max_new_tokens if answers were cut, "
+                "or use a stronger teacher"
             )
         self.counters["fallback"] += 1
         # checked as annotate_with_domain checks it: a None stored here failed in the prompt builder

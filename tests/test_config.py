@@ -146,6 +146,8 @@ def test_a_key_that_is_not_a_string_is_located_once(tmp_path, field):
             r"eval.fidelity_episodes needs at least one policy in eval.fidelity_policies",
         ),
         (["experience.annotator=teacher"], r"experience.annotator='teacher' needs experience.teacher"),
+        (["experience.teacher_fallback=rule"], r"experience.teacher_fallback='rule' only apply to experience.annotator='teacher'"),
+        (["experience.teacher_max_new_tokens=4096"], r"experience.teacher_max_new_tokens=4096 only apply to experience.annotator='teacher' \(it is 'rule'\)"),
     ],
 )
 def test_settings_that_would_do_nothing_are_refused_naming_the_field(tmp_path, overrides, message):

@@ -300,14 +300,26 @@ def save(runner: Runner, iteration: int) -> Path:
     return final
 
 
+# Suffix of a pruned checkpoint's name while it is deleted (no checkpoint name matches it).
+_DELETING = ".deleting"
+
+
 def prune(root: Path, *, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints under ``root`` (0 keeps every one).
 
-    Runs after ``latest`` points at the new one, so a crash here leaves a resumable run."""
+    Runs after ``latest`` points at the new one, so a crash here leaves a resumable run. Each
+    old checkpoint is renamed out of the ``it-*`` names before it is deleted: a kill part way
+    through a delete left a half-deleted ``it-<n>`` that ``dreamgym curve`` then failed on, and
+    after a run's last checkpoint no later prune removed it. What such a kill leaves is
+    removed here, at the next checkpoint."""
+    for leftover in root.glob(f".*{_DELETING}"):
+        shutil.rmtree(leftover, ignore_errors=True)
     if keep <= 0:
         return
     for old in _checkpoints(root)[:-keep]:
-        shutil.rmtree(old)
+        doomed = root / f".{old.name}{_DELETING}"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed)
 
 
 def checkpoint_name(iteration: int) -> str:

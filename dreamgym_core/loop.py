@@ -1123,10 +1123,13 @@ def evaluate_run(
     (a learning curve on held-out tasks after the run, which evaluates only its final policy)."""
     run_dir = Path(resolved.pipeline.run_dir)
     _check_episodes(episodes)
-    if not (run_dir / "checkpoints" / "latest").exists():
-        raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
+    root = run_dir / "checkpoints"
     if at_checkpoint is not None:
-        _check_checkpoint_exists(run_dir / "checkpoints", at_checkpoint)
+        _check_checkpoint_exists(root, at_checkpoint)
+    elif not (root / "latest").exists() and not checkpoint.checkpoint_iterations(root):
+        # without the pointer (a run stopped before writing its first), the newest checkpoint that
+        # reads is evaluated, as --resume would continue from it
+        raise DreamGymError(f"{run_dir}: no checkpoint to evaluate; run the pipeline first")
     trajectories = Path(trajectories) if trajectories is not None else None  # a str from a script
     if trajectories is not None and not trajectories.parent.is_dir():
         # Checked before playing, so a typo costs nothing.

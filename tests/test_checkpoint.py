@@ -116,3 +116,23 @@ def test_random_state_out_of_range_is_one_line_naming_the_file(register_plugin, 
     with pytest.raises(DataError, match=r"it-00001/state.json: unusable random-generator state: "):
         run_pipeline(_resolved(plugins, run_dir, iterations=1), plugins, resume=True)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_prune_killed_mid_delete_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    # A half-deleted it-<n> stayed among the checkpoints: dreamgym curve failed on its missing
+    # state.json, and after the run's last checkpoint no later prune removed it.
+    for i in range(4):
+        (tmp_path / checkpoint.checkpoint_name(i) / "policy").mkdir(parents=True)
+        (tmp_path / checkpoint.checkpoint_name(i) / "state.json").write_text("{}")
+
+    def killed_part_way(path, *args, **kwargs):
+        (Path(path) / "state.json").unlink()
+        raise _Killed
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_part_way)
+    with pytest.raises(_Killed):
+        checkpoint.prune(tmp_path, keep=2)
+    assert checkpoint.checkpoint_iterations(tmp_path) == [1, 2, 3]
+    monkeypatch.undo()
+    checkpoint.prune(tmp_path, keep=2)  # the next checkpoint's prune removes what the kill left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["it-00002", "it-00003"]

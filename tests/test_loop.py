@@ -1172,6 +1172,19 @@ def test_eval_of_an_earlier_checkpoint_plays_that_iterations_policy(register_plu
         evaluate_run(resolved, plugins, split="test", episodes=2, at_checkpoint=-1)
 
 
+def test_eval_without_the_pointer_plays_what_resume_would_continue_from(register_plugin, tmp_path):
+    # a run stopped between its first checkpoint's rename and the pointer's write: --resume and
+    # dreamgym curve read the checkpoint, and eval refused it as "no checkpoint"
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", iterations=2)
+    run_pipeline(resolved, plugins)
+    pointer = tmp_path / "run" / "checkpoints" / "latest"
+    pointer.unlink()
+    assert evaluate_run(resolved, plugins, split="test", episodes=2, progress=False)["checkpoint_iteration"] == 2
+    assert evaluate_run(resolved, plugins, split="test", episodes=2, at_checkpoint=1, progress=False)["checkpoint_iteration"] == 1
+    assert not pointer.exists()  # a reader writes nothing
+
+
 def test_curve_plays_each_checkpoint_as_eval_of_that_checkpoint_alone(register_plugin, tmp_path):
     # One runner for every checkpoint must play each as a fresh `eval --checkpoint K` does:
     # a state left by the checkpoint before (the policy's random state, the global RNGs)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dreamgym_core.errors import ConfigError, ConformanceError
+from dreamgym_core.errors import ConfigError, ConformanceError, DataError
 from dreamgym_core.records import Task, TaskOutcome
 from dreamgym_core.testing import BagOfWordsEncoder, check_curriculum
 from dreamgym_plugin_reward_entropy import RewardEntropyConfig, dreamgym_register_curricula
@@ -220,6 +220,25 @@ def test_state_round_trip_keeps_synthetic_tasks_and_draws():
     clone = build(generator=FakeTaskGenerator(), domain=FakeDomain())
     clone.load_state_dict(msgspec.json.decode(msgspec.json.encode(c.state_dict())))
     assert clone.synthetic == c.synthetic and [t.id for t in clone.next_tasks(n=6)] == [t.id for t in c.next_tasks(n=6)]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ({"stats": {}}, "missing 'generated'"),
+        ({"stats": {"generated": 1.5}}, r"stats.generated must be a whole number >= 0, got 1.5"),
+        ({"draws": -1}, r"draws must be a whole number >= 0, got -1"),
+    ],
+)
+def test_a_damaged_state_is_refused_on_load_not_later_as_a_traceback(damage, message):
+    # each was accepted, then failed in the first observe() or next_tasks() after the resume
+    c = build(generator=FakeTaskGenerator(), domain=FakeDomain())
+    state = c.state_dict()
+    if "stats" in damage and damage["stats"]:
+        damage = {"stats": {**state["stats"], **damage["stats"]}}
+    clone = build(generator=FakeTaskGenerator(), domain=FakeDomain())
+    with pytest.raises(DataError, match=rf"^curriculum 'reward-entropy': malformed state: {message}"):
+        clone.load_state_dict({**state, **damage})
 
 
 class ProposingDomain:

@@ -7,7 +7,7 @@ import msgspec
 
 import pytest
 
-from dreamgym_core.errors import ConfigError
+from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.records import Task, TaskOutcome
 from dreamgym_core.testing import check_curriculum
 from dreamgym_plugin_uniform import UniformConfig, dreamgym_register_curricula
@@ -64,6 +64,12 @@ def test_a_nan_reward_leaves_a_restorable_state():
     clone = build()
     clone.load_state_dict(msgspec.json.decode(msgspec.json.encode(c.state_dict())))
     assert clone.state_dict() == c.state_dict()
+
+
+def test_a_negative_draw_count_is_refused_on_load():
+    c = build()
+    with pytest.raises(DataError, match=r"^curriculum 'uniform': malformed state: .*must be >= 0, got -1 and 0"):
+        c.load_state_dict({**c.state_dict(), "draws": -1})
 
 
 def test_a_batch_of_the_whole_pool_is_a_permutation_of_it():

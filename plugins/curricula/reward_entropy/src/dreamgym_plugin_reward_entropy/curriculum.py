@@ -57,7 +57,7 @@ class RewardEntropyCurriculum:
         self.synthetic: list[Task] = []
         self.values: dict[str, float] = {}
         self.draws = 0
-        self.stats = {"generated": 0, "rejected": 0, "synthetic_share": 0.0, "mean_value": 0.0, "max_value": 0.0}
+        self.stats = dict(_FRESH_STATS)
         self.centroids: np.ndarray | None = None
         self.cluster_of: dict[str, int] = {}
         if config.grouping == "cluster":
@@ -221,12 +221,31 @@ class RewardEntropyCurriculum:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state; a damaged one is a DataError naming what is wrong."""
         try:
-            self.draws = int(state["draws"])
+            self.draws = _count(state["draws"], "draws")
             self.values = {str(k): float(v) for k, v in state["values"].items()}
             self.synthetic = msgspec.convert(state["synthetic"], type=list[Task])
-            self.stats = dict(state["stats"])
+            # each counter its type (a KeyError for one missing): a damaged entry failed only in the
+            # first resumed observe(), minutes later, as a traceback
+            self.stats = {
+                key: _count(state["stats"][key], f"stats.{key}") if isinstance(fresh, int) else float(state["stats"][key])
+                for key, fresh in _FRESH_STATS.items()
+            }
             self.cluster_of = {str(k): int(v) for k, v in state["cluster_of"].items()}
             self.centroids = np.asarray(state["centroids"], dtype=np.float64) if state["centroids"] is not None else None
         except (KeyError, TypeError, ValueError, msgspec.ValidationError) as err:
-            raise DataError(f"curriculum 'reward-entropy': malformed state: {err}") from err
+            detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            raise DataError(f"curriculum 'reward-entropy': malformed state: {detail}") from err
+
+
+# The generation counters and value summaries a new curriculum starts from.
+_FRESH_STATS = {"generated": 0, "rejected": 0, "synthetic_share": 0.0, "mean_value": 0.0, "max_value": 0.0}
+
+
+def _count(value: Any, what: str) -> int:
+    """A saved counter as an int >= 0 (ValueError otherwise, which load_state_dict reports)."""
+    count = int(value)
+    if count < 0 or count != value:
+        raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
+    return count

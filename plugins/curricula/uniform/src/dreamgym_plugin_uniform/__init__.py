@@ -55,6 +55,8 @@ class UniformCurriculum:
         try:
             self.draws, self.observed_tasks = int(state["draws"]), int(state["observed_tasks"])
             self.mean_reward = float(state["mean_reward"])
+            if min(self.draws, self.observed_tasks) < 0:  # draws < 0 failed in the next next_tasks(), as a traceback
+                raise ValueError(f"draws and observed_tasks must be >= 0, got {self.draws} and {self.observed_tasks}")
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"curriculum 'uniform': malformed state: {err!r}") from err
 

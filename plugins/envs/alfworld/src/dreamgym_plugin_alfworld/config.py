@@ -52,4 +52,4 @@ class AlfWorldConfig(Config):
         super().__post_init__()
         unknown = [t for t in self.task_types if t not in TASK_TYPES]
         if unknown:
-            raise ValueError(f"unknown task type {unknown[0]!r} (ALFWorld's: {', '.join(TASK_TYPES)})")
+            raise ValueError(f"task_types: unknown task type {unknown[0]!r} (ALFWorld's: {', '.join(TASK_TYPES)})")

@@ -24,7 +24,7 @@ from typing import Any
 from dreamgym_core.contracts import checked_action
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
-from dreamgym_plugin_textworld.env import is_admissible
+from dreamgym_plugin_textworld.env import listed_form
 from dreamgym_plugin_textworld.state import render_state
 
 __all__ = ["AlfWorldEnv", "EngineError", "NOTHING_HAPPENS", "intro_parts", "held_items"]
@@ -156,9 +156,12 @@ class AlfWorldEnv:
         checked_action(action, "alfworld env")  # before the engine, whose failure ends the episode
         if self._done:
             raise EngineError("alfworld env: step() needs reset() first (the episode is over or not started)")
-        listed = is_admissible(action, self._actions(self._state))
+        # A listed action in another case or spacing is sent as listed, as the TextWorld domains
+        # do: the engine carried out "go to countertop 1" but answered "Go To CounterTop 1" with
+        # "Nothing happens.", so one command's outcome hung on how the model capitalised it.
+        form = listed_form(action, self._actions(self._state))
         try:
-            state, _, _ = self._engine.step(action)
+            state, _, _ = self._engine.step(form if form is not None else action)
         except Exception as exc:
             self._done = True
             raise EngineError(f"alfworld {self._game}: step {action!r} failed: {type(exc).__name__}: {exc}") from exc
@@ -172,7 +175,7 @@ class AlfWorldEnv:
             reward=1.0 if success else 0.0,
             done=self._done,
             success=success,
-            valid=listed and feedback != NOTHING_HAPPENS,
+            valid=form is not None and feedback != NOTHING_HAPPENS,
             info={"truncated": truncated, "steps": self._steps},
         )
 

@@ -31,6 +31,25 @@ def test_trained_model_answers_and_stops_at_stop_sequence(trained):
     ]
 
 
+def test_a_stop_string_that_is_a_special_token_ends_the_answer(small_config, make_examples):
+    # The answers are decoded without special tokens, so a stop such as "<|im_start|>" was never
+    # found in them: the answer ran on past it (hf serve passes clients' stop lists here).
+    examples = [
+        [(prompt, False), (target.replace(". Result:", "<|bos|> Result:"), True)] for (prompt, _), (target, _) in make_examples()
+    ]
+    backend = TinyBackend(small_config())
+    backend.prepare(corpus=["".join(text for text, _ in example) for example in examples])
+    backend.sft(examples=examples, epochs=25, lr=5e-3, batch_size=8)
+    whole = backend._generations(prompts=[PROMPT], max_new_tokens=24, temperature=0)[0]
+    assert whole.text.startswith(" take ") and " Result:" in whole.text  # the special token itself is not shown
+    before = whole.text[: whole.text.index(" Result:")]
+    assert backend.generate(prompts=[PROMPT], max_new_tokens=24, temperature=0, stop=["<|bos|>"]) == [before]
+    # with a text stop as well, the earlier one ends it
+    assert backend.generate(prompts=[PROMPT], max_new_tokens=24, temperature=0, stop=["take", "<|bos|>"]) == [" "]
+    answer = backend._generations(prompts=[PROMPT], max_new_tokens=24, temperature=0, stop=["<|bos|>"])[0]
+    assert answer.finish_reason == "stop" and answer.completion_tokens < whole.completion_tokens
+
+
 def test_batched_greedy_matches_one_by_one(trained):
     prompts = [PROMPT, "Room: kitchen. Items: key, lamp. Action:", "Room: pantry."]
     batched = trained.generate(prompts=prompts, max_new_tokens=12, temperature=0)
@@ -633,3 +652,11 @@ def test_generate_returns_the_texts_of_the_server_records(small_config, make_exa
         records = backend._generations(prompts=prompts, max_new_tokens=8, **settings)
         assert [g.text for g in records] == backend.generate(prompts=prompts, max_new_tokens=8, **settings)
         assert all(g.finish_reason in ("stop", "length") and 0 <= g.completion_tokens <= 8 for g in records)
+
+
+def test_an_odd_head_size_is_refused_before_the_model_is_built(small_config):
+    # 100 / 4 = 25 per head built a model whose every forward pass failed on the rotary
+    # embedding ("size of tensor a (25) must match ... (26)"), after the run had started
+    with pytest.raises(msgspec.ValidationError, match=r"hidden_size=100 / heads=4 = 25 per head must be even"):
+        small_config(hidden_size=100, heads=4)
+    assert small_config(hidden_size=96, heads=4).heads == 4

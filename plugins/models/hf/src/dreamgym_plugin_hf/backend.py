@@ -40,17 +40,37 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 Example = Sequence[tuple[str, bool]]
 
 
+def special_stop_ids(tokenizer: Any, stop: Sequence[str]) -> set[int]:
+    """Ids of the stop strings that are special tokens (``<|im_start|>``): the text generation
+    returns is decoded without special tokens, so such a stop is never found in it, and is
+    matched by id instead."""
+    special = {added.content: i for i, added in tokenizer.added_tokens_decoder.items() if added.special}
+    special.update({token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens})
+    return {special[s] for s in stop if s in special}
+
+
+def cut_at_special_stop(ids: list[int], stop_ids: set[int]) -> list[int]:
+    """``ids`` up to (without) the first special-token stop."""
+    return next((ids[:i] for i, token in enumerate(ids) if token in stop_ids), ids)
+
+
 class _StopStrings(StoppingCriteria):
-    """Marks a row done once its new text contains any stop string; ``ended`` maps each such
-    row to the number of new tokens it had then (a record only: it changes no generation)."""
+    """Marks a row done once its new text contains any stop string (a special token's by its id);
+    ``ended`` maps each such row to the number of new tokens it had then (a record only: it
+    changes no generation)."""
 
     def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_width: int) -> None:
         self.tokenizer, self.stop, self.prompt_width = tokenizer, [s for s in stop if s], prompt_width
+        self.stop_ids = special_stop_ids(tokenizer, self.stop)
         self.ended: dict[int, int] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        new = input_ids[:, self.prompt_width :]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         done = [any(s in t for s in self.stop) for t in texts]
+        if self.stop_ids:
+            hit = torch.isin(new, torch.tensor(sorted(self.stop_ids), device=new.device)).any(dim=1).tolist()
+            done = [d or h for d, h in zip(done, hit, strict=True)]
         for row in (i for i, hit in enumerate(done) if hit):
             self.ended.setdefault(row, input_ids.shape[1] - self.prompt_width)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
@@ -465,7 +485,10 @@ class HFBackend:
         finally:
             base.generation_config = own
         new = output[:, ids.shape[1] :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        stop_ids = stops.stop_ids if stops is not None else set()
+        texts = self.tokenizer.batch_decode(
+            [cut_at_special_stop(row, stop_ids) for row in new.tolist()] if stop_ids else new, skip_special_tokens=True
+        )
         ended = stops.ended if stops is not None else {}
         return [
             self._generation(cut_at_stop(t, stop), len(prompt), row.tolist(), ended.get(i), max_new_tokens)

@@ -132,6 +132,11 @@ class TinyConfig(_Common):
         super().__post_init__()
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size={self.hidden_size} must be divisible by heads={self.heads}")
+        if (self.hidden_size // self.heads) % 2:  # rotary embeddings rotate pairs: every forward pass failed
+            raise ValueError(
+                f"hidden_size={self.hidden_size} / heads={self.heads} = {self.hidden_size // self.heads} per head must be even "
+                "(rotary position embeddings rotate pairs of dimensions)"
+            )
         if self.max_length > self.max_positions:
             raise ValueError(f"max_length={self.max_length} exceeds max_positions={self.max_positions}; lower it")
         size = tiny_parameters(

@@ -91,6 +91,17 @@ def test_state_rendering_lists_text_and_inputs_only():
     assert render_state(elements[:2], max_elements=2) == "(empty page)"
 
 
+def test_a_select_shows_its_choice_and_a_drop_downs_options():
+    elements = [
+        Element(ref=4, tag="select", value="B b", options=("A", 'B "b"'), focused=True),  # a drop-down
+        Element(ref=5, tag="select"),  # a list box: its options are elements
+        Element(ref=6, tag="option", text="C", selected=True), Element(ref=7, tag="option", text="D"),
+    ]
+    assert render_state(elements, max_elements=10).splitlines() == [
+        '[4] select value="B b" options: "A", "B \\"b\\"" (focused)', "[5] select", '[6] option "C" (selected)', '[7] option "D"',
+    ]
+
+
 @browser
 def test_splits_are_disjoint_page_seeds_and_instructions_are_the_utterances(domain):
     seeds = {split: [t.payload["seed"] for t in domain.tasks(split=split)] for split in ("train", "valid", "test")}
@@ -158,6 +169,24 @@ def test_typing_and_invalid_actions(domain, env):
     for bad in ("click [999]", "press the login button"):
         result = env.step(action=bad)
         assert not result.valid and result.observation.text == typed.observation.text and result.reward == 0.0
+
+
+@browser
+def test_an_element_the_state_does_not_list_and_a_lone_surrogate_are_invalid_and_reach_no_browser(domain, env):
+    """A click on a layout container did nothing and counted as valid; a lone surrogate
+    typed killed the browser (ChromeDriver refuses it, and the call's failure closes the page)."""
+    first = env.reset(task=domain.tasks(split="train")[0])
+    listed = [int(line[1:].split("]")[0]) for line in first.text.splitlines()]
+    unlisted = [ref for ref in range(1, max(listed)) if ref not in listed]  # body, divs, forms
+    assert unlisted and listed == [6, 7, 9, 10, 11]
+    profile = env.page._profile.name
+    for bad in (f"click [{unlisted[0]}]", f'type [{unlisted[-1]}] "karrie"', 'type [7] "a\ud800b"'):
+        result = env.step(action=bad)
+        assert not result.valid and result.observation.text == first.text, bad
+    assert env.step(action="click [7]").valid and env.page._profile.name == profile  # the same browser
+    env.max_elements = 2  # an element past the state's last one is not listed either
+    assert env.reset(task=domain.tasks(split="train")[0]).text.endswith("... 3 more elements")
+    assert not env.step(action="click [9]").valid
 
 
 @browser
@@ -247,9 +276,11 @@ def test_a_stopped_browser_fails_the_call_after_call_timeout_s_and_the_next_rese
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
 
-        error, elapsed = bounded(lambda: env.step(action="click [4]"), limit_s=60, unblock=unblock)
+        error, elapsed = bounded(lambda: env.step(action="click [11]"), limit_s=60, unblock=unblock)
         assert isinstance(error, BrowserError), error
-        assert str(error).startswith("miniwob login-user: the browser failed") and "\n" not in str(error)
+        assert str(error).startswith(
+            "miniwob login-user: the browser failed: no answer within 3 s (env.config.call_timeout_s): "
+        ) and "\n" not in str(error)
         assert 3 <= elapsed < 15
         assert profile not in _our_browsers() and not os.path.exists(profile)  # killed, profile removed
         assert env.reset(task=task) == first  # a new browser
@@ -379,6 +410,44 @@ def test_variations_are_train_seeds_beyond_the_seed_tasks(domain):
     assert domain.make_variation(parent, "seed=99999") is not None
     for text in ("seed=0", "seed=100000", "something else"):  # the parent, a validation seed, no seed
         assert domain.make_variation(parent, text) is None
+
+
+def test_a_variation_never_copies_a_seed_task():
+    """seed=K of a seed task played it again as a synthetic task; the generator was told 0-99999."""
+    unstarted = MiniWoBDomain(CONFIG)  # rejecting a seed starts no browser
+    parent = Task(id="miniwob/login-user/0", instruction="", domain="miniwob", payload={"task": "login-user", "seed": 0})
+    assert all(unstarted.make_variation(parent, f"seed={seed}") is None for seed in range(CONFIG.train_seeds))
+    assert "seed=K with K a train seed that no seed task uses, 4-99999 (now 0)" in unstarted.describe_variation(parent)
+
+
+@browser
+def test_a_select_shows_its_options_and_a_click_on_an_option_chooses_it(env):
+    """The state showed a drop-down as a bare "select", and a click on a list box's option chose
+    nothing (click-scroll-list then scored the empty choice)."""
+    def task(name: str, seed: int) -> Task:
+        return Task(id=f"miniwob/{name}/{seed}", instruction="", domain="miniwob", payload={"task": name, "seed": seed})
+
+    first = env.reset(task=task("choose-list", 0))  # a drop-down: its options have no box
+    assert first.text.splitlines()[0] == (
+        '[4] select value="Theodora" options: "Theodora", "Catherine", "Marilee", "Fredra", "Deeanne", "Helli", "Corrine", "Ludovika"'
+    )
+    assert env.page.utterance() == "Select Helli from the list and click Submit."
+    chosen = env.step(action='type [4] "Helli"')
+    assert chosen.observation.text.splitlines()[0].startswith('[4] select value="Helli" options: "Theodora", ')
+    assert env.step(action="click [5]").success
+    env.reset(task=task("click-scroll-list", 0))  # a list box that takes several options
+    assert env.page.utterance() == "Select Corrine, Catherine from the scroll list and click Submit."
+    options = {e.text: e.ref for e in env.elements() if e.tag == "option"}
+    env.step(action=f"click [{options['Theodora']}]")
+    unchosen = env.step(action=f"click [{options['Theodora']}]")  # a second click takes it back
+    assert '"Theodora" (selected)' not in unchosen.observation.text
+    env.step(action=f"click [{options['Corrine']}]")
+    both = env.step(action=f"click [{options['Catherine']}]").observation.text
+    assert {line for line in both.splitlines() if "(selected)" in line} == {
+        f'[{options["Corrine"]}] option "Corrine" (selected)', f'[{options["Catherine"]}] option "Catherine" (selected)',
+    }
+    submit = next(e.ref for e in env.elements() if e.text == "Submit")
+    assert env.step(action=f"click [{submit}]").success
 
 
 @browser

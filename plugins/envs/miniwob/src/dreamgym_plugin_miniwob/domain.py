@@ -140,7 +140,7 @@ class MiniWoBDomain:
                 problem["plan"] = [] if policy == "random" else plan(task.payload["task"], utterance, env.elements())
             steps = problem["plan"]
             detour = policy == "random" or not steps or (policy == "noisy" and rng.random() < self.config.noise)
-            return random_action(problem["utterance"], env.elements(), rng) if detour else steps.pop(0)
+            return random_action(problem["utterance"], env.shown(), rng) if detour else steps.pop(0)
 
         return play_offline(env, task, episode_id, next_action)
 
@@ -152,27 +152,35 @@ class MiniWoBDomain:
 
     def describe_variation(self, task: Task) -> str:
         """Tells the task generator what a variation of ``task`` may change, and how to write it."""
+        first, last = self._variation_seeds()
         return (
             f"This is the MiniWoB++ task {task.payload['task']}; each page seed generates another problem "
-            f"(other words, labels and layout). Write seed=K with K a train seed, 0-{SPLIT_SEED_BASE['valid'] - 1} "
-            f"(now {task.payload['seed']})."
+            f"(other words, labels and layout). Write seed=K with K a train seed that no seed task uses, "
+            f"{first}-{last} (now {task.payload['seed']})."
         )
+
+    def _variation_seeds(self) -> tuple[int, int]:
+        """The first and last seed a variation may use: the train seeds after the seed tasks'
+        (a seed task's own seed would copy that task as a synthetic one)."""
+        return self.config.train_seeds, SPLIT_SEED_BASE["valid"] - 1
 
     def propose_variations(self, parent: Task, *, n: int, rng: Any) -> list[str]:
         """``n`` variation texts ``make_variation`` accepts: problems from train seeds that are
         not seed tasks (the rule-based M_task; ``rng`` is a numpy Generator). The train seed
         range is the whole of [0, 100000): the seed tasks are only its first ``train_seeds``."""
-        first, end = self.config.train_seeds, SPLIT_SEED_BASE["valid"]
-        return [f"seed={first + int(i)}" for i in rng.choice(end - first, size=min(n, end - first), replace=False)]
+        first, last = self._variation_seeds()
+        count = last + 1 - first
+        return [f"seed={first + int(i)}" for i in rng.choice(count, size=min(n, count), replace=False)]
 
     def make_variation(self, parent: Task, text: str) -> Task | None:
-        """A synthetic train Task from ``seed=K``, or None when K is the parent's seed or not a
-        train seed."""
+        """A synthetic train Task from ``seed=K``, or None when K is the parent's seed, a seed
+        task's, or not a train seed."""
         match = _SEED.search(text)
         if match is None:
             return None
         seed = int(match.group(1))
-        if seed == parent.payload["seed"] or not SPLIT_SEED_BASE["train"] <= seed < SPLIT_SEED_BASE["valid"]:
+        first, last = self._variation_seeds()
+        if seed == parent.payload["seed"] or not first <= seed <= last:
             return None
         return self._task("train", parent.payload["task"], seed, parent=parent)
 

@@ -7,13 +7,19 @@ ref the agent's actions name::
     [5] input_text value="" (focused)
     [6] label "91YPF"
     [7] input_checkbox unchecked
+    [8] select value="Helli" options: "Theodora", "Helli", "Corrine"
+    [10] option "Alice" (selected)
 
 Texts and values are quoted with backslash escapes for ``\\``, ``"`` and line breaks
-(``value="a\\nb"``), so that each element stays one line.
+(``value="a\\nb"``), so that each element stays one line. A drop-down select shows its chosen
+option's text and its options' (they are not elements of the page); a list box's options are
+elements, the chosen ones marked.
 
-Actions are ``click [N]`` (the element's click handler; a text field takes the focus) and
-``type [N] TEXT`` (click N, then type TEXT as key events). An action that does not parse,
-or names an element the page does not have, changes nothing and is flagged ``valid=False``.
+Actions are ``click [N]`` (the element's click handler; a text field takes the focus, an
+option is chosen) and ``type [N] TEXT`` (click N, then type TEXT as key events; typed into a
+select, it chooses the option whose text starts with TEXT). An action that does not parse,
+names an element the state does not list, or types a lone surrogate changes nothing and is
+flagged ``valid=False``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dreamgym_core.records import Observation, StepResult, Task
 from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
 from .page import BrowserError, Element, Page
 
-__all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "quote", "render_state"]
+__all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "quote", "render_state", "shown"]
 
 ACTION_SYNTAX = "click [N] (click element N), type [N] TEXT (click element N, then type TEXT)"
 _ACTION = re.compile(r"^\s*(click|type)\s*\[?\s*(\d+)\s*\]?\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
@@ -71,19 +77,34 @@ def _describe(e: Element) -> str:
         parts.append("checked" if e.value else "unchecked")
     elif e.value is not None:
         parts.append(f"value={quote(e.value)}")
+    if e.options:
+        parts.append("options: " + ", ".join(quote(o) for o in e.options))
+    if e.selected:
+        parts.append("(selected)")
     if e.focused:
         parts.append("(focused)")
     return " ".join(parts)
 
 
+def shown(elements: Sequence[Element], *, max_elements: int) -> list[Element]:
+    """The elements the state lists: those that show text or take input, at most ``max_elements``."""
+    return [e for e in elements if e.listed][:max_elements]
+
+
 def render_state(elements: Sequence[Element], *, max_elements: int) -> str:
     """The abstract state (module docstring): elements that show text or take input, at most
     ``max_elements`` of them; layout-only containers are left out."""
-    shown = [e for e in elements if e.listed]
-    lines = [_describe(e) for e in shown[:max_elements]]
-    if len(shown) > max_elements:
-        lines.append(f"... {len(shown) - max_elements} more elements")
+    hidden = sum(e.listed for e in elements) - max_elements
+    lines = [_describe(e) for e in shown(elements, max_elements=max_elements)]
+    if hidden > 0:
+        lines.append(f"... {hidden} more elements")
     return "\n".join(lines) or "(empty page)"
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """Half of a UTF-16 pair is no character: ChromeDriver refuses the key, and the call
+    that fails with it takes the browser down (the page is closed, the episode lost)."""
+    return any("\ud800" <= char <= "\udfff" for char in text)
 
 
 class MiniWoBEnv:
@@ -107,11 +128,13 @@ class MiniWoBEnv:
         self.max_steps = max_steps
         self.max_elements = max_elements
         self._elements: list[Element] = []
+        self._shown: set[int] = set()  # the refs the state lists: the only ones an action may name
         self._steps = 0
         self._done = True
 
     def _observe(self) -> Observation:
         self._elements = self.page.elements()
+        self._shown = {e.ref for e in self.shown()}
         return Observation(text=render_state(self._elements, max_elements=self.max_elements), admissible_actions=[])
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
@@ -130,8 +153,11 @@ class MiniWoBEnv:
         if self._done:
             raise DreamGymError("miniwob env: step() needs reset() first (the episode is over or not started)")
         parsed = parse_action(action)
+        # only what the state lists is the agent's to name: a layout container or an element past
+        # max_elements changes nothing the agent can see, so acting on it is no valid move
+        sendable = parsed is not None and parsed[1] in self._shown and not _has_lone_surrogate(parsed[2])
         try:
-            valid = parsed is not None and self.page.click(parsed[1])
+            valid = sendable and self.page.click(parsed[1])
             if valid and parsed[0] == "type":
                 self.page.type_text(parsed[2])
             over, raw_reward = self.page.outcome()
@@ -157,6 +183,10 @@ class MiniWoBEnv:
     def elements(self) -> list[Element]:
         """The elements of the current state (what ``render_state`` listed, and the rest)."""
         return list(self._elements)
+
+    def shown(self) -> list[Element]:
+        """The elements the current state lists, the only ones an action may name."""
+        return shown(self._elements, max_elements=self.max_elements)
 
     def close(self) -> None:
         self.page.close()

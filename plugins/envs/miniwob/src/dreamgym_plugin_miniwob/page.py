@@ -51,11 +51,33 @@ _READY = (
 )
 # core.getDOMInfo, the refs of an episode that has ended kept (Page.elements). endEpisode
 # increments WOB_EPISODE_ID once per episode (a second call finds no timer and returns).
+# getDOMInfo gives no value for a <select> and no choice for an <option>: they come beside it,
+# by ref. A drop-down's options have no box, so getDOMInfo leaves them out: the select carries
+# their texts; a list box's options are elements of their own (:data:`_CLICK`).
 _DOM_INFO = (
     "if (WOB_DONE_GLOBAL) { var ended = 'e' + (WOB_EPISODE_ID - 1);"
     " document.querySelectorAll('[data-wob_eps=\"' + ended + '\"]')"
     ".forEach(function (e) { e.dataset.wob_eps = 'e' + WOB_EPISODE_ID; }); }"
-    " return core.getDOMInfo();"
+    " var info = core.getDOMInfo(), choices = {};"
+    " var texts = function (os) { return Array.from(os, function (o) { return o.text; }); };"
+    " var boxed = function (o) { var r = o.getBoundingClientRect(); return r.width > 0 && r.height > 0; };"
+    " Object.keys(core.previousDOMInfo).forEach(function (ref) { var e = core.previousDOMInfo[ref];"
+    " if (e instanceof HTMLOptionElement) { choices[ref] = {selected: e.selected}; }"
+    " else if (e instanceof HTMLSelectElement) { choices[ref] = {"
+    " value: e.multiple ? null : texts(e.selectedOptions).join(''),"
+    " options: Array.from(e.options).some(boxed) ? [] : texts(e.options)}; } });"
+    " return [info, choices];"
+)
+# core.elementClick runs an <option>'s click handlers, but a script's click() chooses nothing
+# (click-scroll-list then scored the empty choice). The click chooses it as a user's does; in a
+# list that takes several choices it adds or removes the option, as a Ctrl-click does, since
+# the agent has no modifier keys. The select hears input and change, as after a user's choice.
+_CLICK = (
+    "var e = core.previousDOMInfo[ref], clicked = core.elementClick(ref);"
+    " var list = e instanceof HTMLOptionElement && !e.disabled ? e.closest('select') : null;"
+    " if (clicked === true && list) { e.selected = list.multiple ? !e.selected : true; list.focus();"
+    " ['input', 'change'].forEach(function (t) { list.dispatchEvent(new Event(t, {bubbles: true})); }); }"
+    " return clicked;"
 )
 _INTERACTIVE = ("button", "textarea", "select", "option", "a")
 # A browser's profile directory is named after the process that started it, so that a later
@@ -75,6 +97,8 @@ class Element(msgspec.Struct, frozen=True):
     text: str = ""
     value: str | bool | None = None
     focused: bool = False
+    selected: bool = False  # an <option> that is chosen
+    options: tuple[str, ...] = ()  # a drop-down <select>'s choices (its options are not elements)
 
     @property
     def interactive(self) -> bool:
@@ -117,20 +141,35 @@ def find_browser(chromium: str = "", chromedriver: str = "") -> tuple[str, str]:
     return binary, driver
 
 
-def _flatten(node: Any) -> list[Element]:
+def _flatten(node: Any, choices: dict[str, Any]) -> list[Element]:
     """Document-order elements with a ref, each with its own text: a leaf's text, or the text
-    of its text-node children (``t`` nodes, which cannot be clicked)."""
+    of its text-node children (``t`` nodes, which cannot be clicked); selects and options with
+    their ``choices`` (:data:`_DOM_INFO`)."""
     out: list[Element] = []
 
     def visit(e: Any) -> None:
         if e.ref > 0:
             text = e.text if e.text is not None else " ".join(c.text for c in e.children if c.tag == "t" and c.text)
-            out.append(Element(ref=e.ref, tag=e.tag, text=" ".join(text.split()), value=e.value, focused=bool(e.focused)))
+            choice = choices.get(str(e.ref), {})
+            out.append(Element(
+                ref=e.ref, tag=e.tag, text=" ".join(text.split()), value=choice.get("value", e.value),
+                focused=bool(e.focused), selected=bool(choice.get("selected")),
+                options=tuple(" ".join(o.split()) for o in choice.get("options", ())),
+            ))  # fmt: skip
         for child in e.children:
             visit(child)
 
     visit(node)
     return out
+
+
+def _timed_out(exc: Exception) -> bool:
+    """``exc`` ended a call at ``call_timeout_s``: Selenium's wait for ChromeDriver's answer
+    (urllib3's read timeout), or ChromeDriver's own for a page load or a script."""
+    from selenium.common.exceptions import TimeoutException
+    from urllib3.exceptions import TimeoutError as RequestTimeout
+
+    return isinstance(exc, (TimeoutError, TimeoutException, RequestTimeout))
 
 
 class Page:
@@ -158,6 +197,8 @@ class Page:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         task = self.task or "(no page)"
         self.close(broken=True)
+        if _timed_out(exc):  # the limit is the user's to raise: say which field set it
+            what += f": no answer within {self.call_timeout_s:g} s (env.config.call_timeout_s)"
         return BrowserError(f"miniwob {task}: {what}: {type(exc).__name__}: {message}")
 
     def _script(self, script: str) -> Any:
@@ -306,11 +347,13 @@ class Page:
         ``start`` is unaffected: it clears the refs, and ``core.startEpisodeReal`` numbers from 1."""
         from miniwob.dom import DOMElement
 
-        return _flatten(DOMElement(self._script(_DOM_INFO)))
+        info, choices = self._script(_DOM_INFO)
+        return _flatten(DOMElement(info), choices)
 
     def click(self, ref: int) -> bool:
-        """Click element ``ref`` of the last ``elements()``; False when the page has no such element."""
-        return self._script(f"return core.elementClick({int(ref)});") is True
+        """Click element ``ref`` of the last ``elements()`` (an option is chosen, :data:`_CLICK`);
+        False when the page has no such element."""
+        return self._script(f"var ref = {int(ref)}; {_CLICK}") is True
 
     def type_text(self, text: str) -> None:
         """Real key events into the focused element."""

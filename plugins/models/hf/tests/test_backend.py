@@ -660,3 +660,24 @@ def test_an_odd_head_size_is_refused_before_the_model_is_built(small_config):
     with pytest.raises(msgspec.ValidationError, match=r"hidden_size=100 / heads=4 = 25 per head must be even"):
         small_config(hidden_size=100, heads=4)
     assert small_config(hidden_size=96, heads=4).heads == 4
+
+
+def test_a_tokenizer_that_appends_eos_puts_only_its_bos_before_a_prompt():
+    # The prefix was all of tokenizer(""): with a "<s> $A </s>" template every prompt, in
+    # training and in generation, began "<s></s>", which no pretrained model has seen there.
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from dreamgym_plugin_hf.backend import HFBackend
+    from dreamgym_plugin_hf.config import HFConfig
+
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "go": 4, "north": 5}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=6, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    backend = HFBackend(HFConfig(path="unused", max_length=64), model=model, tokenizer=tokenizer, model_id="appends-eos")
+    assert backend.prompt_ids("go north") == [1, 4, 5]
+    assert backend.encode_prompt("go north", 2) == [1, 5]  # a cut keeps the start token

@@ -40,6 +40,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 Example = Sequence[tuple[str, bool]]
 
 
+def leading_special_tokens(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer puts before a text (Llama's BOS), without any it puts
+    after: one that appends EOS (``<s> $A </s>``) gave ``tokenizer("")`` = BOS EOS, and every
+    prompt then started with an EOS no pretrained model has seen there."""
+    probe = "a"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    starts = [i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain]
+    return full[: starts[0]] if starts else list(tokenizer("", add_special_tokens=True)["input_ids"])
+
+
 def special_stop_ids(tokenizer: Any, stop: Sequence[str]) -> set[int]:
     """Ids of the stop strings that are special tokens (``<|im_start|>``): the text generation
     returns is decoded without special tokens, so such a stop is never found in it, and is
@@ -356,7 +367,10 @@ class HFBackend:
         bos = self.tokenizer.bos_token
         if self.chat_template or (bos and text.startswith(bos)):
             return []
-        return list(self.tokenizer("", add_special_tokens=True)["input_ids"])
+        cached = getattr(self, "_leading", None)
+        if cached is None or cached[0] is not self.tokenizer:  # per tokenizer: the tiny preset trains its own
+            cached = self._leading = (self.tokenizer, leading_special_tokens(self.tokenizer))
+        return list(cached[1])
 
     def encode_prompt(self, prompt: str, limit: int) -> list[int]:
         """Token ids of one prompt as generation sees it, keeping its last ``limit`` tokens."""

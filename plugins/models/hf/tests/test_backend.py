@@ -681,3 +681,34 @@ def test_a_tokenizer_that_appends_eos_puts_only_its_bos_before_a_prompt():
     backend = HFBackend(HFConfig(path="unused", max_length=64), model=model, tokenizer=tokenizer, model_id="appends-eos")
     assert backend.prompt_ids("go north") == [1, 4, 5]
     assert backend.encode_prompt("go north", 2) == [1, 5]  # a cut keeps the start token
+
+
+def test_a_smollm2_cache_built_from_another_gguf_is_refused(small_config, tmp_path):
+    # The cache was loaded whatever gguf_file said, under SmolLM2's name: a user who pointed
+    # gguf_file at another quantisation or a fine-tune kept getting the first model.
+    import json
+    import os
+
+    from dreamgym_core.errors import ConfigError
+    from dreamgym_plugin_hf.backend import save_checkpoint
+    from dreamgym_plugin_hf.config import SmolLM2Config
+    from dreamgym_plugin_hf.smollm2 import SOURCE_FILE, SmolLM2Backend, gguf_source
+
+    tiny = TinyBackend(small_config())  # stands in for the dequantised model: no GGUF is read below
+    tiny.prepare(corpus=["go north", "take coin"])
+    cache = tmp_path / "cache"
+    save_checkpoint(tiny.model, tiny.tokenizer, str(cache))
+    mine = tmp_path / "fine-tune.gguf"
+    mine.write_bytes(b"GGUF one")
+    with pytest.raises(ConfigError, match=r"cache_dir .*cache holds the model built from the packaged GGUF, not from gguf_file .*fine-tune.gguf"):
+        SmolLM2Backend.from_config(SmolLM2Config(cache_dir=str(cache), gguf_file=str(mine)))
+    plain = {"chat_template": False, "max_length": 1024}  # what the stand-in model allows
+    assert SmolLM2Backend.from_config(SmolLM2Config(cache_dir=str(cache), **plain)).model_id == "SmolLM2-135M-Instruct"  # an older cache
+    (cache / SOURCE_FILE).write_text(json.dumps(gguf_source(str(mine))))  # as a build from that file records it
+    assert SmolLM2Backend.from_config(SmolLM2Config(cache_dir=str(cache), gguf_file=str(mine), **plain)).model is not None
+    with pytest.raises(ConfigError, match="holds the model built from .*fine-tune.gguf, not from gguf_file \\(the packaged GGUF\\)"):
+        SmolLM2Backend.from_config(SmolLM2Config(cache_dir=str(cache)))
+    mine.write_bytes(b"GGUF two, rewritten in place")
+    os.utime(mine, ns=(1, 1))
+    with pytest.raises(ConfigError, match="as it is now"):
+        SmolLM2Backend.from_config(SmolLM2Config(cache_dir=str(cache), gguf_file=str(mine)))

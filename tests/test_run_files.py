@@ -300,3 +300,33 @@ def test_collected_data_with_a_non_finite_reward_names_the_env():
     broken = SimpleNamespace(name="guessnum", collect=lambda **kw: [Trajectory(task=task, transitions=steps)])
     with pytest.raises(ConformanceError, match=r"env 'guessnum': collect\(policy='expert'\) returned step \d+ of episode .* with reward nan"):
         collect(broken, tasks=[], policy="expert", episodes=1, seed=0)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "{p}", "--trajectories", "{p}"],
+        ["curve", "{p}", "--plot", "{link}"],
+        ["eval-model", "{p}", "--heldout", "{heldout}", "--predictions", "{p}"],
+        ["eval-model", "{p}", "--heldout", "{heldout}", "--failures", "{link}"],
+        ["buffer", "export", "--pipeline", "{p}", "{p}"],
+    ],
+    ids=["eval", "curve", "eval-model-predictions", "eval-model-failures", "buffer-export"],
+)
+def test_no_output_option_overwrites_the_pipeline_it_reads(tmp_path, command):
+    # each replaced the pipeline file (with trajectories, a PNG, JSONL) and exited 0
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("plugins: []\nenv: {name: countgame}\npolicy: {name: x}\nalgo: {name: x}\nloop: {mode: real}\n")
+    (tmp_path / "link.yaml").symlink_to(pipeline)
+    (tmp_path / "held.jsonl").write_text("")
+    before = pipeline.read_bytes()
+    names = {"p": str(pipeline), "link": str(tmp_path / "link.yaml"), "heldout": str(tmp_path / "held.jsonl")}
+    result = CliRunner().invoke(cli, [part.format(**names) for part in command])
+    assert result.exit_code != 0
+    message = result.output + str(result.exception or "")
+    assert "--pipeline file, which the export would overwrite" in message or "is the PIPELINE file, which it would overwrite" in message, message
+    assert pipeline.read_bytes() == before

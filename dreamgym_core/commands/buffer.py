@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import click
 import msgspec
 
-from ..checkpoint import is_stream_path
+from ..checkpoint import is_stream_path, same_file
 from ..errors import ConfigError, DataError
 
 __all__ = ["command"]
@@ -188,6 +188,8 @@ def export_cmd(file: str, partial: bool, **kw: Any) -> None:
     whole buffer. --partial exports the rest (as a run's --resume reads it)."""
     if not Path(file).resolve().parent.is_dir():  # checked before the buffer opens
         raise ConfigError(f"{file}: directory {Path(file).parent} does not exist")
+    if kw.get("pipeline") and not is_stream_path(file) and same_file(Path(file), Path(kw["pipeline"])):
+        raise ConfigError(f"{file}: is the --pipeline file, which the export would overwrite; export elsewhere")
     refused = "nothing exported ('--partial' exports the records that can be read)"
     with _open_buffer(**kw, read_only=True, strict=not partial, refused=refused) as buffer:
         home = Path(getattr(buffer, "path", None) or kw["path"]).resolve()

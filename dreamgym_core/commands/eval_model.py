@@ -117,7 +117,7 @@ def command(
     from ..fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, scored_answers, unparsed_answers
     from ..plugins import Plugins
 
-    inputs = {"--heldout": heldout, "--train-data": train_data}
+    inputs = {"PIPELINE": pipeline, "--heldout": heldout, "--train-data": train_data}
     # before the model runs, so a typo costs no generation; a link is written through to its file
     failures = str(checkpoint.check_output_file(Path(failures), "--failures", inputs=inputs)) if failures is not None else None
     predictions = str(checkpoint.check_output_file(Path(predictions), "--predictions", inputs=inputs)) if predictions is not None else None

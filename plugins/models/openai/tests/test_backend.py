@@ -274,3 +274,17 @@ def test_a_key_sent_unencrypted_over_a_network_is_warned_about(monkeypatch, capl
     caplog.clear()
     OpenAIBackend(OpenAIConfig(base_url=url, api_key_env="MY_CLIENT_KEY"))  # no key, nothing to expose
     assert not caplog.records
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_without_repeating_it():
+    # it was accepted as a variable name: printed by config show, stored in config.json, and
+    # named in the 401 hint ("$sk-proj-... is unset or empty")
+    import msgspec
+
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.convert({"api_key_env": "sk-proj-AbC123secret"}, type=OpenAIConfig)
+    assert "api_key_env must name an environment variable" in str(caught.value)
+    assert "AbC123secret" not in str(caught.value)
+    assert msgspec.convert({"api_key_env": "MY_KEY_2"}, type=OpenAIConfig).api_key_env == "MY_KEY_2"
+    assert msgspec.convert({"api_key_env": ""}, type=OpenAIConfig).api_key_env == ""  # no key at all
+

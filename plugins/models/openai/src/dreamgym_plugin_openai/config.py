@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import httpx
@@ -52,6 +53,13 @@ class OpenAIConfig(Config):
         _check_url("base_url", self.base_url)
         if self.tokenize_url is not None:
             _check_url("tokenize_url", self.tokenize_url)
+        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # the key pasted in by mistake would be printed by config show, stored in config.json
+            # and named in errors: so its value is not repeated here either
+            raise ValueError(
+                "api_key_env must name an environment variable (letters, digits and _), not hold the key itself "
+                "(its value is not shown); put the key in that variable"
+            )
 
 
 # Query parameter names that carry a credential (``?key=``, ``?api_key=``, ``?access_token=``,

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DreamGymError
+from .records import Transition
 
-__all__ = ["ComponentError", "WrongReturn", "REQUIRED_MEMBERS", "missing_members", "checked_metrics", "checked_texts", "checked_saved", "checked_action"]
+__all__ = ["ComponentError", "WrongReturn", "REQUIRED_MEMBERS", "missing_members", "checked_metrics", "checked_texts", "checked_retrieval", "checked_saved", "checked_action"]
 
 
 class ComponentError(DreamGymError):
@@ -87,6 +88,19 @@ def checked_texts(value: Any, n: int, who: str, call: str) -> list[str]:
     for i, text in enumerate(value):
         if not isinstance(text, str):
             raise ComponentError(f"{who}: {call} returned {type(text).__name__} at position {i}, expected str")
+    return value
+
+
+def checked_retrieval(value: Any, n: int, who: str) -> list[list[Any]]:
+    """``value`` if it is a list of ``n`` lists of Transitions (one per query); else a
+    :class:`ComponentError`. A shorter list was zipped with the queries: the steps past its end
+    got no demos without a word (None failed as a bare TypeError)."""
+    if not isinstance(value, list) or len(value) != n:
+        got = f"{len(value)} lists" if isinstance(value, list) else type(value).__name__
+        raise ComponentError(f"{who}: retrieve() returned {got} for {n} queries, expected a list of demos per query")
+    for i, demos in enumerate(value):
+        if not isinstance(demos, list) or not all(isinstance(d, Transition) for d in demos):
+            raise ComponentError(f"{who}: retrieve() returned {type(demos).__name__} at position {i}, expected a list of Transition")
     return value
 
 

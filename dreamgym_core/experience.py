@@ -34,7 +34,7 @@ import msgspec
 from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt
-from .contracts import WrongReturn, checked_texts
+from .contracts import WrongReturn, checked_retrieval, checked_texts
 from .errors import DreamGymError
 from .progress import OnBatch, takes
 from .records import VARIATION_SUFFIX, ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
@@ -522,9 +522,13 @@ def _demos(
         keep = lambda d, t: _family(d) != _family(t)
     out: list[list[Transition]] = [[] for _ in transitions]
     pending = list(range(len(transitions)))
-    fetch = k + extra if world_of is None else max(k + extra, SAME_WORLD_POOL)
+    # the excluded family on top of the pool in both modes: in same-world-first it was absorbed by
+    # the max, so a large family (an episode and its branches) pushed out the same-world demos
+    # the prompt shows at inference, where the episode is not in the buffer
+    fetch = (k if world_of is None else max(k, SAME_WORLD_POOL)) + extra
     while pending:
-        hits = buffer.retrieve(queries=[(transitions[i].state, transitions[i].action) for i in pending], k=fetch)
+        queries = [(transitions[i].state, transitions[i].action) for i in pending]
+        hits = checked_retrieval(buffer.retrieve(queries=queries, k=fetch), len(queries), f"buffer {type(buffer).__name__}")
         short = []
         for i, found in zip(pending, hits):
             t = transitions[i]
@@ -623,9 +627,15 @@ def parse_selection(text: str, n: int) -> int | None:
     # A dash only as a separator ("selection - 2"): "-1" (none) read as candidate 1, and a
     # decimal ("2.5") is no candidate number.
     number = r"(?:candidate\s*)?#?\s*(\d+)(?![.,]?\d)"
-    match = re.search(r"selection(?:[\s:=*]|\s-\s)*" + number, text, re.IGNORECASE)
-    if not match:
-        match = re.match(r"\s*" + number, text, re.IGNORECASE)
+    separator = r"(?:[\s:=*]|\s-\s)*"
+    match = None if re.search("selection", text, re.IGNORECASE) else re.match(r"\s*" + number, text, re.IGNORECASE)
+    # The first label's answer counts ("SELECTION: none ... REASONING: selection 1 is a rewording"
+    # read the reasoning's "selection 1"); a label written twice ("SELECTION: SELECTION 2") is one.
+    for label in re.finditer("selection", text, re.IGNORECASE):
+        rest = text[label.end() :]
+        match = re.match(separator + number, rest, re.IGNORECASE)
+        if match or not re.match(separator + "selection", rest, re.IGNORECASE):
+            break
     if not match:
         return None
     digits = match.group(1).lstrip("0") or "0"

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal, Sequence
 from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt, Probability
-from .contracts import ComponentError, WrongReturn
+from .contracts import ComponentError, WrongReturn, checked_retrieval
 from .errors import ConformanceError, DreamGymError
 from .experience import SAME_WORLD_POOL, same_world_first, world_namer
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
@@ -242,7 +242,8 @@ class SyntheticEnv:
 
     def _implausible(self, action: str, next_obs: Observation) -> str:
         """Why the domain rules out the model's answer to ``action`` ("" when it does not, or
-        when ``check_transitions`` is off). Judged on the state as generated, before variation."""
+        when ``check_transitions`` is off). Judged on the current state as the agent was shown it
+        and the next state as generated, before its variation."""
         assert self._obs is not None
         if not self.config.check_transitions:
             return ""
@@ -362,7 +363,8 @@ def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list
             groups.setdefault(id(env.buffer), []).append(i)
     for members in groups.values():
         buffer, k = envs[members[0]].buffer, max(_fetch(envs[i]) for i in members)
-        hits = buffer.retrieve(queries=[(envs[i]._obs.text, actions[i]) for i in members], k=k)  # type: ignore[union-attr]
+        queries = [(envs[i]._obs.text, actions[i]) for i in members]  # type: ignore[union-attr]
+        hits = checked_retrieval(buffer.retrieve(queries=queries, k=k), len(queries), f"buffer {type(buffer).__name__}")
         for i, found in zip(members, hits):
             env = envs[i]
             if env.config.demos == "same-world-first":
@@ -375,8 +377,8 @@ def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list
 
 def _fetch(env: SyntheticEnv) -> int:
     """How many neighbours ``env``'s step asks the buffer for (see :func:`_retrieve`)."""
-    wanted = env.config.top_k + _own_steps(env)
-    return max(wanted, SAME_WORLD_POOL) if env.config.demos == "same-world-first" else wanted
+    pool = max(env.config.top_k, SAME_WORLD_POOL) if env.config.demos == "same-world-first" else env.config.top_k
+    return pool + _own_steps(env)  # the episode's own stored steps come on top of the pool, as in training
 
 
 def _unlisted(env: SyntheticEnv, action: str) -> ExperienceResult:
@@ -444,6 +446,10 @@ def _predict(model: Any, requests: list[ExperienceRequest]) -> list[ExperienceRe
     if not isinstance(answers, list) or len(answers) != len(requests):
         raise ComponentError(f"{who}: predict() returned {len(answers) if isinstance(answers, list) else type(answers).__name__} "
                              f"answers for {len(requests)} requests")
+    for i, answer in enumerate(answers):  # a Python model's dict, or a None state, failed far from here
+        if not isinstance(answer, ExperienceResult) or not isinstance(answer.next_state, str):
+            what = type(answer).__name__ if not isinstance(answer, ExperienceResult) else f"next_state {type(answer.next_state).__name__}"
+            raise ComponentError(f"{who}: predict() returned {what} at position {i}, expected an ExperienceResult with a str next_state")
     return answers
 
 

@@ -733,6 +733,9 @@ TASK = Task(id="t1", instruction="Collect the coin in the kitchen.", domain="twx
         ("SELECTION: -1 (none qualifies)", 3, None),  # was candidate 1
         ("SELECTION: 2.5", 3, None),  # was candidate 2
         ("SELECTION: 2.\nREASONING: harder", 3, 1),
+        ("SELECTION: none\nREASONING: selection 1 is a rewording", 3, None),  # was candidate 1
+        ("SELECTION: -1\nREASONING: selection 2 would repeat", 3, None),  # was candidate 2
+        ("SELECTION:SELECTION 2\nREASONING: harder", 3, 1),  # the label written twice
     ],
 )
 def test_parse_selection_is_tolerant(text: str, n: int, expect) -> None:
@@ -979,3 +982,45 @@ def test_a_reward_written_twice_alike_is_a_repair() -> None:
 def test_parse_annotation_refuses_an_empty_plan() -> None:
     blank = '{"task_tutorial": {}, "state_transitions": [{"step_id": 0, "transition_plan": "  "}]}'
     assert parse_annotation(blank, 1) is None
+
+
+def test_same_world_training_demos_are_those_inference_shows_whatever_the_episode_holds() -> None:
+    # The episode's own steps took places of the same-world pool when training (they are in the
+    # buffer then, and excluded only after the fetch), so its nearest same-world demos from
+    # another episode fell out: training prompts showed other worlds, inference its own.
+    from dreamgym_core.experience import SAME_WORLD_POOL, world_namer
+
+    class RankedBuffer:
+        """Neighbours by a fixed rank, kept in ``reasoning`` (lower is nearer)."""
+
+        def __init__(self, transitions):
+            self.transitions = sorted(transitions, key=lambda t: float(t.reasoning))
+
+        def retrieve(self, *, queries, k):
+            return [self.transitions[:k] for _ in queries]
+
+    def step(task, episode, index, rank):
+        return Transition(task_id=task, episode_id=episode, step=index, state=f"s{index}", action="go",
+                          next_state=f"n{index}", reward=0.0, done=False, reasoning=str(rank))  # fmt: skip
+
+    own = [step("W/1", "E", i, i) for i in range(20)]  # nearest: the episode being annotated
+    others = [step(f"V/{i}", f"F{i}", 0, 20 + i) for i in range(SAME_WORLD_POOL - 20)]
+    same_world = [step("W/1", "G", i, SAME_WORLD_POOL + i) for i in range(4)]
+    world_of = world_namer(None)
+    trained = requests_for(own, RankedBuffer(own + others + same_world), history_window=0, k=4, world_of=world_of)[0]
+    played = requests_for(own[:1], RankedBuffer(others + same_world), history_window=0, k=4, world_of=world_of)[0]
+    assert [d.episode_id for d in played.demos] == ["G"] * 4
+    assert trained.demos == played.demos
+
+
+def test_a_buffer_that_drops_queries_is_named_not_zipped_away() -> None:
+    from dreamgym_core.contracts import ComponentError
+
+    class ShortBuffer(ListBuffer):
+        def retrieve(self, *, queries, k):
+            return super().retrieve(queries=queries, k=k)[:1]
+
+    data = _episode("a", 3) + _episode("b", 3)
+    with pytest.raises(ComponentError, match=r"^buffer ShortBuffer: retrieve\(\) returned 1 lists for 6 queries"):
+        requests_for(data, ShortBuffer(data), history_window=1, k=2)
+

@@ -818,3 +818,39 @@ def test_an_unlisted_action_whose_answer_is_ruled_out_is_not_counted_as_accepted
     )
     assert stats.implausible_answers == 1 and stats.unlisted_actions == 1
     assert stats.unlisted_accepted == 0  # the answer ended the episode as the model's failure
+
+
+def test_a_buffer_or_model_that_breaks_its_contract_is_named_in_one_line() -> None:
+    # a short retrieval left the steps past its end without demos; a dict answer failed as an
+    # AttributeError, a None next state only later, far from the model
+    from dreamgym_core.contracts import ComponentError
+
+    class ShortBuffer(ListBuffer):
+        def retrieve(self, *, queries, k):
+            return super().retrieve(queries=queries, k=k)[:1]
+
+    lm = ScriptedLM(answer=walker)
+    model = LMExperienceModel(lm, ExperienceModelConfig(max_retries=0))
+    envs = [SyntheticEnv(model, ShortBuffer(make_transitions(6)), None, SyntheticEnvConfig(top_k=2)) for _ in range(1)]
+    envs += [SyntheticEnv(model, envs[0].buffer, None, SyntheticEnvConfig(top_k=2)) for _ in range(2)]
+    for env in envs:
+        env.reset(task=TASK)
+    with pytest.raises(ComponentError, match=r"buffer ShortBuffer: retrieve\(\) returned 1 lists for 3 queries"):
+        step_many(envs, ["go", "go", "go"])
+
+    class DictModel:
+        model_id = "dicts"
+
+        def predict(self, *, requests):
+            return [{"next_state": "room 1"} for _ in requests]
+
+    class NoStateModel(DictModel):
+        def predict(self, *, requests):
+            return [ExperienceResult(reasoning="", next_state=None, reward=0.0, done=False, success=False) for _ in requests]
+
+    for bad, what in ((DictModel(), "dict"), (NoStateModel(), "next_state NoneType")):
+        env = SyntheticEnv(bad, None)
+        env.reset(task=TASK)
+        with pytest.raises(ComponentError, match=rf"experience model '{bad.model_id}': predict\(\) returned {what} at position 0"):
+            env.step(action="go")
+

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from dreamgym_core.checkpoint import atomic_write
 from dreamgym_core.errors import ConfigError, DataError
 
-from .backend import HFBackend, load_pretrained, save_checkpoint
+from .backend import HFBackend, load_pretrained, quiet_progress_bars, save_checkpoint
 from .config import SmolLM2Config
 
 __all__ = ["GGUF_NAME", "locate_gguf", "load_gguf", "SmolLM2Backend"]
@@ -42,8 +42,9 @@ def _fix_special_tokens(tokenizer) -> None:
 def load_gguf(path: Path) -> tuple[PreTrainedModel, object]:
     """Dequantised float32 model (rebuilt so it can be saved) and its tokenizer."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        with quiet_progress_bars():  # its bars would interleave with a run's progress lines
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     except (OSError, ValueError) as exc:
         raise DataError(f"smollm2: cannot load GGUF {path}: {exc}") from exc
     config = loaded.config

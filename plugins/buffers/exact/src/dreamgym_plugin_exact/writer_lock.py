@@ -6,7 +6,7 @@ and an eviction logged by one retires the other's record of that id. Nothing in 
 segment files can tell this happened, so writes are claimed instead: the first write of
 a buffer takes an exclusive ``flock`` on ``writer.lock`` in its directory (the kernel
 drops it when the process dies, so a crash leaves no stale lock) and holds it until
-``close()``. Reading needs no claim: ``dreamgym buffer stats`` on a directory a run is
+``close()``. Reading needs no claim: ``dreamgym buffer info`` on a directory a run is
 writing still works, and sees the records flushed so far.
 
 A claim is refused, before anything of the write changes, when another process holds

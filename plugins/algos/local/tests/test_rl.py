@@ -605,3 +605,18 @@ def test_a_minibatch_without_response_tokens_takes_no_step_and_is_no_error(cls, 
     assert metrics["errors/nonfinite_loss_steps"] == 0 and metrics["perf/optimizer_steps"] == 0
     assert metrics["data/empty_minibatches"] == 1
     assert torch.equal(before, kit.flat_params(algo.policy.model))
+
+
+def test_grpo_says_once_that_a_group_of_one_has_no_baseline(kit, caplog):
+    # loop.group_size: 1 made GRPO a REINFORCE without baseline (verl's estimator gives a lone
+    # trajectory its raw score), without a word
+    groups = kit.make_groups()
+    algo = GRPO(GRPOConfig(lr=1e-3, minibatch_size=4), policy=kit.TinyPolicy(), seed=0)
+    with caplog.at_level(logging.WARNING):
+        algo.update(groups=groups)
+        assert "groups hold one trajectory" not in caplog.text
+        algo.update(groups=[[group[0]] for group in groups])
+        algo.update(groups=[[group[0]] for group in groups])
+    told = [r for r in caplog.records if "groups hold one trajectory" in r.getMessage()]
+    assert len(told) == 1 and f"{len(groups)} of {len(groups)} groups" in told[0].getMessage()
+

@@ -3,6 +3,7 @@ to every response token of every step of that trajectory; no critic."""
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import torch
@@ -16,6 +17,8 @@ from .config import GRPOConfig
 from .trainer import LocalTrainer
 
 __all__ = ["GRPO"]
+
+log = logging.getLogger(__name__)
 
 # score(model, row index) -> the rows' log-probs, one column per unit the loss weighs
 Scorer = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
@@ -43,6 +46,7 @@ class GRPO(LocalTrainer):
 
         # advantages: trajectory outcome minus penalties (every invalid transition, whether or
         # not its response has tokens), normalised within each group
+        self._warn_on_groups_of_one(groups)
         invalid = [invalid_steps(t) for t in trajectories]
         scores = maths.trajectory_scores([t.outcome_reward for t in trajectories], invalid, cfg.invalid_action_penalty)
         traj_adv = maths.grpo_advantages(scores, group_ids, norm_by_std=cfg.norm_adv_by_std, epsilon=cfg.epsilon)
@@ -87,6 +91,17 @@ class GRPO(LocalTrainer):
             "data/skipped_trajectories": float(skipped),
         })
         return self._finite(metrics)
+
+    def _warn_on_groups_of_one(self, groups: Sequence[Sequence[Trajectory]]) -> None:
+        """Say once that a group of one has no baseline: verl's estimator gives its trajectory its
+        raw score as advantage (a REINFORCE step), which ``loop.group_size: 1`` did silently."""
+        alone = sum(len(group) == 1 for group in groups)
+        if alone and not getattr(self, "_told_groups_of_one", False):
+            self._told_groups_of_one = True
+            log.warning(
+                "%s: %d of %d groups hold one trajectory, whose advantage is then its raw score (no group "
+                "baseline, a REINFORCE step); GRPO needs loop.group_size >= 2", self.name, alone, len(groups),
+            )
 
     def _scorer(self, steps: Sequence[Step], temperature: float) -> tuple[Scorer, torch.Tensor, float]:
         """How the update scores rows of ``steps`` (``score(model, index)``, with grad), the mask of

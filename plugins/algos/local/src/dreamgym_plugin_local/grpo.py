@@ -32,6 +32,7 @@ class GRPO(LocalTrainer):
 
     def __init__(self, config: GRPOConfig, *, policy, seed: int = 0) -> None:
         self.uses_reference = config.kl_coef > 0
+        self._told_groups_of_one = False
         super().__init__(config, policy=policy, seed=seed)
 
     def update(self, *, groups: Sequence[Sequence[Trajectory]], on_batch: OnBatch | None = None) -> dict[str, float]:
@@ -96,7 +97,7 @@ class GRPO(LocalTrainer):
         """Say once that a group of one has no baseline: verl's estimator gives its trajectory its
         raw score as advantage (a REINFORCE step), which ``loop.group_size: 1`` did silently."""
         alone = sum(len(group) == 1 for group in groups)
-        if alone and not getattr(self, "_told_groups_of_one", False):
+        if alone and not self._told_groups_of_one:
             self._told_groups_of_one = True
             log.warning(
                 "%s: %d of %d groups hold one trajectory, whose advantage is then its raw score (no group "

@@ -58,8 +58,7 @@ class WriterLock:
         self._key = str(directory.resolve())
         self._owner = weakref.ref(owner)
         self._loaded = segments_state(directory)
-        self._finalizer: weakref.finalize | None = None
-        self.held = False
+        self._finalizer: weakref.finalize | None = None  # closes the lock file: set while the claim is held
 
     def claim(self) -> None:
         """Hold the directory's write claim (a no-op once held).
@@ -88,10 +87,8 @@ class WriterLock:
                     "writer added records); open it again to write, so record ids do not collide"
                 )
             _HELD[self._key] = (fd, self._owner)
-            owner = self._owner()
             # a buffer dropped without close() gives its claim back when it is collected
-            self._finalizer = weakref.finalize(owner, _release, self._key, fd) if owner is not None else None
-            self.held = True
+            self._finalizer = weakref.finalize(self._owner(), _release, self._key, fd)
 
     def _lock_file(self) -> int:
         path = self.directory / LOCK_FILE
@@ -120,11 +117,15 @@ class WriterLock:
             pass
         return fd
 
+    @property
+    def held(self) -> bool:
+        """Whether this buffer holds the claim (its finalizer has not run)."""
+        return self._finalizer is not None and self._finalizer.alive
+
     def release(self) -> None:
         """Give the claim back (``close()``); the next writer may take it."""
-        if self.held and self._finalizer is not None:
+        if self._finalizer is not None:
             self._finalizer()  # runs once: a later collection of the buffer does nothing
-        self.held = False
 
 
 def _release(key: str, fd: int) -> None:

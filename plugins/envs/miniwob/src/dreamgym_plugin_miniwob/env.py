@@ -128,13 +128,11 @@ class MiniWoBEnv:
         self.max_steps = max_steps
         self.max_elements = max_elements
         self._elements: list[Element] = []
-        self._shown: set[int] = set()  # the refs the state lists: the only ones an action may name
         self._steps = 0
         self._done = True
 
     def _observe(self) -> Observation:
         self._elements = self.page.elements()
-        self._shown = {e.ref for e in self.shown()}
         return Observation(text=render_state(self._elements, max_elements=self.max_elements), admissible_actions=[])
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
@@ -155,7 +153,7 @@ class MiniWoBEnv:
         parsed = parse_action(action)
         # only what the state lists is the agent's to name: a layout container or an element past
         # max_elements changes nothing the agent can see, so acting on it is no valid move
-        sendable = parsed is not None and parsed[1] in self._shown and not _has_lone_surrogate(parsed[2])
+        sendable = parsed is not None and parsed[1] in {e.ref for e in self.shown()} and not _has_lone_surrogate(parsed[2])
         try:
             valid = sendable and self.page.click(parsed[1])
             if valid and parsed[0] == "type":

@@ -367,10 +367,7 @@ class HFBackend:
         bos = self.tokenizer.bos_token
         if self.chat_template or (bos and text.startswith(bos)):
             return []
-        cached = getattr(self, "_leading", None)
-        if cached is None or cached[0] is not self.tokenizer:  # per tokenizer: the tiny preset trains its own
-            cached = self._leading = (self.tokenizer, leading_special_tokens(self.tokenizer))
-        return list(cached[1])
+        return leading_special_tokens(self.tokenizer)  # per call: two encodings of one character
 
     def encode_prompt(self, prompt: str, limit: int) -> list[int]:
         """Token ids of one prompt as generation sees it, keeping its last ``limit`` tokens."""

@@ -181,7 +181,9 @@ def _without_added_start(tokenizer: Any, prompt: str) -> str:
     Templates such as Llama 3's write ``<|begin_of_text|>`` and the tokenizer adds it again;
     the backend's own chat-template path tokenises without special tokens, so one stays.
     """
-    added = tokenizer("", add_special_tokens=True)["input_ids"]
+    from .backend import leading_special_tokens  # the backend's rule (not an EOS it appends)
+
+    added = leading_special_tokens(tokenizer)
     start = tokenizer.decode(added) if added else ""
     return prompt[len(start) :] if start and prompt.startswith(start) else prompt
 

@@ -866,9 +866,12 @@ def annotation_prompt(steps: Sequence[Transition]) -> str:
     """The paper's annotation prompt: strict JSON, a tutorial and one plan per step."""
     first = steps[0]
     success = any(t.success for t in steps)
+    # A step-cap ending is marked: the experience model learns done=false there, and a plan
+    # that calls it the end of the game would contradict the answer it precedes.
     lines = [
         f"Step {i}:\n  state: {_one_line(t.state)}\n  action: {_one_line(t.action)}\n  "
         f"next state: {_one_line(t.next_state)}\n  valid action: {_bool(t.valid)}"
+        + ("\n  the step limit cut the episode here; the game itself goes on" if t.truncated else "")
         for i, t in enumerate(steps)
     ]
     return (

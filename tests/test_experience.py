@@ -804,6 +804,17 @@ def test_teacher_annotates_and_retries() -> None:
     assert "Task succeeded: true" in lm.calls[0]["prompts"][0] and "transition_plan" in annotation_prompt(data[:3])
 
 
+def test_the_teacher_is_told_of_a_step_cap_ending() -> None:
+    """Only a truncated step is marked: the teacher's plan should not call it the end of the game
+    (the experience model is trained on done=false there)."""
+    data = _episode("a", 3)
+    cut = data[:-1] + [msgspec.structs.replace(data[-1], done=True, success=False, reward=0.0, truncated=True)]
+    marker = "the step limit cut the episode here"
+    assert marker not in annotation_prompt(data)
+    prompt = annotation_prompt(cut)
+    assert prompt.count(marker) == 1 and prompt.index(marker) > prompt.index("Step 2:")
+
+
 def test_teacher_retries_are_sampled_not_greedy_repeats() -> None:
     # a greedy retry repeats the answer that failed: retries run at least at retry_temperature
     data = _episode("a", 2)

@@ -458,6 +458,9 @@ def test_annotation_names_the_element_and_the_change(domain):
     assert traces[-1].endswith("This completes the task: the page scores the episode a success, reward 1.")
     invalid = trajectory.transitions[0].__class__(**{**{f: getattr(trajectory.transitions[0], f) for f in trajectory.transitions[0].__struct_fields__}, "valid": False})
     assert annotate_transition(invalid).startswith("'type [")
+    # a step-cap ending is no ending of the page's episode: the trace agrees with its done=false target
+    cut = msgspec.structs.replace(trajectory.transitions[0], done=True, truncated=True, success=False, reward=0.0)
+    assert annotate_transition(cut).endswith("the episode continues with reward 0.")
 
 
 @browser

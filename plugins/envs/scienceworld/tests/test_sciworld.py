@@ -267,6 +267,9 @@ def test_annotation_reads_the_score_change(domain):
     traces = [domain.annotate(transition=t) for t in trajectory.transitions]
     assert any("The score rises from" in trace for trace in traces)
     assert traces[-1].endswith("This completes the task: the episode ends in success with reward 1.")
+    # a step-cap ending is no ending of the game: the trace agrees with the done=false it is trained with
+    cut = msgspec.structs.replace(trajectory.transitions[0], done=True, truncated=True, success=False, reward=0.0)
+    assert domain.annotate(transition=cut).endswith("the episode continues with reward 0.")
 
 
 def test_state_rendering():

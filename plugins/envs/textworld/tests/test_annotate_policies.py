@@ -39,6 +39,15 @@ def test_failed_end_trace() -> None:
     assert "without success" in annotate_transition(_transition(reward=0.0, success=False, next_state=BEFORE))
 
 
+def test_a_step_cap_ending_is_annotated_as_the_game_going_on() -> None:
+    """The experience model is trained on done=false at a step-cap ending (``game_over``); its trace
+    said "the episode ends", the opposite of the answer it preceded."""
+    cut = _transition(action="look", next_state=BEFORE, reward=0.0, success=False, truncated=True)
+    assert cut.done and not cut.game_over
+    trace = annotate_transition(cut)
+    assert trace.endswith("the episode continues with reward 0.") and "ends" not in trace
+
+
 ROOM = render_state("You are in the parlor. You see a shoe. To the East you see the chamber. To the North you see the attic.",
                     "Inventory: a map", ["move east", "move north", "look around"], 0.0)  # fmt: skip
 CHAMBER = render_state("You are in the chamber. To the West you see the parlor.", "Inventory: a map", ["move west"], 0.0)

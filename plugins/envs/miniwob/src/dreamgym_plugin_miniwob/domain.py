@@ -215,10 +215,11 @@ def annotate_transition(t: Transition) -> str:
             lines.append("The page now shows: " + "; ".join(changed[:3]) + ".")
         else:
             lines.append("The elements on the page stay as they were.")
-    if t.done and t.success:
+    # game_over, not done: a step-cap ending is not the page's, and the target there is done=false.
+    if t.game_over and t.success:
         lines.append("This completes the task: the page scores the episode a success, reward 1.")
-    elif t.done:
-        lines.append("The episode ends without success (the page scored it a failure or the steps ran out), reward 0.")
+    elif t.game_over:
+        lines.append("The episode ends without success (the page scored it a failure), reward 0.")
     else:
         lines.append("The task is not complete yet, so the episode continues with reward 0.")
     return " ".join(lines)

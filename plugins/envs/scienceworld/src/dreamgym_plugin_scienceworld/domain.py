@@ -216,10 +216,11 @@ def annotate_transition(t: Transition) -> str:
         lines.append(f"The score {'rises' if new > old else 'falls'} from {old:g} to {new:g}.")
     elif new is not None:
         lines.append(f"The score stays at {new:g}.")
-    if t.done and t.success:
+    # game_over, not done: a step-cap ending is not the simulator's, and the target there is done=false.
+    if t.game_over and t.success:
         lines.append("This completes the task: the episode ends in success with reward 1.")
-    elif t.done:
-        lines.append("The episode ends without success (the task failed or the steps ran out), reward 0.")
+    elif t.game_over:
+        lines.append("The episode ends without success (the task failed), reward 0.")
     else:
         lines.append("The task is not complete yet, so the episode continues with reward 0.")
     return " ".join(lines)

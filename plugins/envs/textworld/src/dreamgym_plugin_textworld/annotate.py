@@ -53,10 +53,12 @@ def _changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 
 def _outcome(t: Transition) -> str:
-    if t.done and t.success:
+    # ``game_over``, not ``done``: an ending by the step cap is no ending of the game, and the
+    # experience model is trained to answer done=false there (its prompt has no step count).
+    if t.game_over and t.success:
         return "This completes the task: the episode ends in success with reward 1."
-    if t.done:
-        return "The episode ends without success (lost or out of steps), reward 0."
+    if t.game_over:
+        return "The game ends without success, reward 0."
     return "The task is not complete yet, so the episode continues with reward 0."
 
 

@@ -13,7 +13,15 @@ from dreamgym_core.errors import ConfigError, ConformanceError, DataError
 from dreamgym_core.records import Task, TaskOutcome
 from dreamgym_core.testing import BagOfWordsEncoder, check_curriculum
 from dreamgym_plugin_reward_entropy import RewardEntropyConfig, dreamgym_register_curricula
-from dreamgym_plugin_reward_entropy.maths import kmeans, nearest, sampling_weights, synthetic_quota, task_value
+from dreamgym_plugin_reward_entropy.maths import (
+    SAMPLING_STREAM,
+    kmeans,
+    nearest,
+    sampling_weights,
+    stream_key,
+    synthetic_quota,
+    task_value,
+)
 
 TASKS = [Task(id=f"t{i}", instruction=f"put the {w} in the box", domain="test") for i, w in enumerate(
     ["apple", "key", "coin", "book", "lamp", "knife", "towel", "cup"])]
@@ -263,6 +271,24 @@ def test_domain_generator_varies_without_a_model_and_never_repeats_a_world():
     assert all(t.origin == "synthetic" and t.parent_id in {"t0", "t1"} for t in c.synthetic)
 
 
+def test_batches_proposals_and_kmeans_draw_from_streams_of_their_own(monkeypatch):
+    """numpy pads a stream's key with zeros: [seed, draws] and [seed, draws, 0] were one stream, so
+    the first proposals after a batch replayed the next batch's draws (and k-means' start, key
+    [seed], the first batch's)."""
+    real, made = np.random.default_rng, []
+
+    def recording(key=None):
+        made.append(tuple(real(key).integers(2**32, size=4).tolist()))
+        return real(key)
+
+    monkeypatch.setattr(np.random, "default_rng", recording)
+    config = RewardEntropyConfig(generator="domain", grouping="cluster", n_clusters=2, tasks_to_vary=1, n_candidates=2)
+    c = build(config, encoder=BagOfWordsEncoder(), domain=ProposingDomain(), seed=3)
+    for _ in range(4):
+        c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1]) for t in c.next_tasks(n=4)])
+    assert len(made) >= 9 and len(set(made)) == len(made)  # k-means, 4 batches, 4+ proposals
+
+
 def test_domain_generator_needs_a_domain_that_proposes():
     with pytest.raises(ConfigError, match="needs a domain with propose_variations and make_variation; .* has no propose_variations \\(use"):
         build(RewardEntropyConfig(generator="domain"), domain=FakeDomain())
@@ -402,7 +428,7 @@ def test_seed_sampling_value_draws_as_before():
     # the default keeps the draws of runs made before the option existed
     c = build(RewardEntropyConfig(tasks_to_vary=1), generator=FakeTaskGenerator())
     c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1] if t.id in ("t3", "t5") else [1, 1]) for t in TASKS])
-    rng = np.random.default_rng([0, 0])
+    rng = np.random.default_rng(stream_key(SAMPLING_STREAM, 0, 0))
     synthetic = [c.synthetic[i] for i in rng.choice(len(c.synthetic), size=1, replace=False,
                                                      p=sampling_weights([c._value(t) for t in c.synthetic], 0.2))]
     seeds = [TASKS[i] for i in rng.choice(len(TASKS), size=3, replace=False, p=sampling_weights([c._value(t) for t in TASKS], 0.2))]

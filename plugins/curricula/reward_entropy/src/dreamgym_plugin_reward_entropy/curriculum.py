@@ -22,7 +22,7 @@ from dreamgym_core.experience import world_namer
 from dreamgym_core.records import VARIATION_SUFFIX, Task, TaskOutcome
 
 from .config import RewardEntropyConfig
-from .maths import kmeans, nearest, sampling_weights, synthetic_quota, task_value
+from .maths import PROPOSAL_STREAM, SAMPLING_STREAM, kmeans, nearest, sampling_weights, stream_key, synthetic_quota, task_value
 
 __all__ = ["RewardEntropyCurriculum"]
 
@@ -68,7 +68,7 @@ class RewardEntropyCurriculum:
 
     def next_tasks(self, *, n: int) -> list[Task]:
         """``n`` tasks: at most floor(lambda * n) synthetic, the rest seed tasks."""
-        rng = np.random.default_rng([self.seed, self.draws])
+        rng = np.random.default_rng(stream_key(SAMPLING_STREAM, self.draws, self.seed))
         self.draws += 1
         quota = min(synthetic_quota(self.config.synthetic_share, n), len(self.synthetic))
         synthetic = self._draw(self.synthetic, quota, rng)  # first: the order of the rng's draws is part of a run
@@ -151,7 +151,8 @@ class RewardEntropyCurriculum:
 
     def _candidates(self, parent: Task) -> list[str]:
         if self.config.generator == "domain":
-            rng = np.random.default_rng([self.seed, self.draws, self.stats["generated"] + self.stats["rejected"]])
+            tried = self.stats["generated"] + self.stats["rejected"]
+            rng = np.random.default_rng(stream_key(PROPOSAL_STREAM, self.draws, tried, self.seed))
             texts = self.domain.propose_variations(parent, n=self.config.n_candidates, rng=rng)
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise ConformanceError(

@@ -7,7 +7,19 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["task_value", "synthetic_quota", "sampling_weights", "kmeans", "nearest"]
+__all__ = ["task_value", "synthetic_quota", "sampling_weights", "kmeans", "nearest", "stream_key", "SAMPLING_STREAM", "PROPOSAL_STREAM"]
+
+# The random streams of one run, told apart by a leading non-zero tag. numpy pads a seed
+# sequence's entropy with zeros, so the keys [seed, draws] and [seed, draws, 0] were one stream:
+# the first variation proposals after a batch replayed the next batch's draws.
+SAMPLING_STREAM, PROPOSAL_STREAM = 1, 2
+
+
+def stream_key(stream: int, *keys: int) -> list[int]:
+    """The entropy of one random stream (``np.random.default_rng(stream_key(...))``): the tag
+    first, so two streams' keys differ in their first word whatever the zero padding, and none
+    equals k-means' key, the bare seed, but for another seed."""
+    return [stream, *keys]
 
 
 def task_value(rewards: Sequence[float]) -> float:

@@ -32,7 +32,9 @@ class UniformCurriculum:
         self.mean_reward = 0.0
 
     def next_tasks(self, *, n: int) -> list[Task]:
-        rng = np.random.default_rng([self.seed, self.draws])
+        # Keyed as reward-entropy's batches are (its stream_key(SAMPLING_STREAM, draws, seed)), so
+        # reward-entropy with lambda 0 and uniform seed tasks draws these tasks, in another order.
+        rng = np.random.default_rng([1, self.draws, self.seed])
         self.draws += 1
         index = rng.choice(len(self.tasks), size=n, replace=n > len(self.tasks))
         return [self.tasks[i] for i in index]

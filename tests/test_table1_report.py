@@ -324,7 +324,7 @@ def test_every_committed_cell_is_read_by_its_protocols_report(table1, monkeypatc
     assert set(table1.EARLIER_BASES) == set(range(1, table1.PROTOCOL))  # a bumped protocol records its base
 
 
-@pytest.mark.parametrize("protocol", range(2, 8))  # protocol 1's table has the first report's columns
+@pytest.mark.parametrize("protocol", range(2, 9))  # protocol 1's table has the first report's columns
 def test_an_earlier_protocols_table_is_rebuilt_from_its_committed_cells(table1, monkeypatch, protocol) -> None:
     monkeypatch.setattr(table1, "CELLS", RUN_PY.parent / "results" / "cells")
     committed = (RUN_PY.parent / "results" / f"table1-p{protocol}.md").read_text()

@@ -256,16 +256,20 @@ BASE = HERE / "base.yaml"
 # of losing its start (role, task, best demos) to the backend's cut, in training and inference
 # (b3081fd). With the default top_k 1 and history_window 2 that changes 23 of 441 coin seed-0
 # training prompts (their one demo goes) and no mapreader one; b3081fd's message overstates it.
-PROTOCOL = 8
+# 9: the rule annotators no longer call a step-cap ending the end of the episode, the answer's
+# done=false it precedes (ef4639c); the curriculum's batches, variation proposals and k-means
+# draw from streams of their own (34bf8fe).
+PROTOCOL = 9
 # The first protocol whose cells were run over several experience-model draws.
 FIRST_DRAWN_PROTOCOL = 5
 # The base pipeline each earlier protocol's cells ran on (path, sha256): the main job's pipeline
-# of the time, which base.yaml copies as protocol 8 ran it. A bumped protocol adds its own here.
+# of the time, which base.yaml copies as protocols 4-9 ran it. A bumped protocol adds its own here.
 EARLIER_BASES: dict[int, tuple[str, str]] = {
     1: ("examples/default.yaml", "384b7a9b8607bbb43e83c3ccda3ce4f5d40b2f80845a1a3e10f20513a15222c7"),
     2: ("examples/default.yaml", "2701799c8e24f322a05a7f9e8b03b1a60208372a8b30f31f7c62a63aed44c629"),
     3: ("examples/default.yaml", "d301b457bb040bcf2211721bc95b05539119ecb37ffa0809eb9fd362642f4253"),
     **{p: ("examples/default.yaml", "31e79af532aff9e8271e570d1af0d2ad9fbc664f49347955a84fccc6510d9ddb") for p in (4, 5, 6, 7)},
+    8: ("benchmarks/table1/base.yaml", "31e79af532aff9e8271e570d1af0d2ad9fbc664f49347955a84fccc6510d9ddb"),
 }
 # What a cell records for its run directory in its overrides.
 RECORDED_RUN_DIR = Path("<run_dir>")

@@ -1,10 +1,17 @@
 import json
+import os
+import threading
+from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import numpy as np
 import pytest
+from annoy import AnnoyIndex
 
-from dreamgym_core.errors import DataError
+import dreamgym_plugin_annoy.buffer as annoy_buffer
+from dreamgym_core.config import convert_config
+from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.records import Transition
 from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig
 from dreamgym_plugin_encoders import HashingConfig, HashingEncoder
@@ -443,3 +450,133 @@ def test_close_starts_no_build_that_outlives_it(tmp_path):
     again.wait_index()
     assert len(again) == 300 and again.stats()["annoy"]["items"] >= 200
     again.close()
+
+
+@pytest.fixture
+def hold_builds(monkeypatch):
+    """Call to make annoy builds from then on stand for long ones: the first waits in build()
+    until ``release`` is set; ``most`` counts the builds that ran at once."""
+    held = SimpleNamespace(started=threading.Event(), release=threading.Event(), running=0, most=0, lock=threading.Lock())
+
+    class HeldIndex(AnnoyIndex):
+        def build(self, *args, **kwargs):
+            with held.lock:
+                first = not held.started.is_set()
+                held.running += 1
+                held.most = max(held.most, held.running)
+                held.started.set()
+            try:
+                if first:
+                    held.release.wait(30)
+                return super().build(*args, **kwargs)
+            finally:
+                with held.lock:
+                    held.running -= 1
+
+    def hold():
+        monkeypatch.setattr(annoy_buffer, "AnnoyIndex", HeldIndex)
+        return held
+
+    yield hold
+    held.release.set()  # a failed test leaves no build waiting
+
+
+def _same_as_exact(b, records, exact):
+    """Queries of live records answered as the exact buffer answers them, with stored records only."""
+    stored = list(b)
+    for t in records:
+        got = b.retrieve(queries=[(t.state, t.action)], k=4)[0]
+        assert got == exact.retrieve(queries=[(t.state, t.action)], k=4)[0]
+        assert all(r in stored for r in got)
+
+
+def test_a_blocking_build_in_another_thread_holds_off_compaction(hold_builds):
+    # rebuild() read the row numbers, built without the lock, and installed its index after an add
+    # in another thread had compacted (renumbered) the rows: retrieve() then returned evicted records
+    enc, records = HashingEncoder(), household(3000)
+    cfg = {"capacity": 200, "segment_records": 100}
+    b = AnnoyBuffer(AnnoyConfig(**cfg, min_rows=10**9, n_trees=10, search_k=100000, background_build=False), encoder=enc)
+    exact = ExactBuffer(ExactConfig(**cfg), encoder=enc)
+    for buffer in (b, exact):
+        buffer.add(transitions=records[:1300])
+    held = hold_builds()
+    builder = threading.Thread(target=b.rebuild)
+    builder.start()
+    assert held.started.wait(30)
+    for buffer in (b, exact):  # evicts past capacity: the evicted rows outnumber the live ones
+        buffer.add(transitions=records[1300:])
+    held.release.set()
+    builder.join()
+    assert not b.problems
+    _same_as_exact(b, records[2800:2850], exact)
+
+
+def test_the_build_that_ends_a_backfill_holds_off_compaction(tmp_path, hold_builds):
+    # with background_build: false the backfill thread builds in its own call, outside the lock;
+    # an add compacting meanwhile left retrieve() raising IndexError on the stale index
+    old, new, records = HashingEncoder(HashingConfig(dim=64)), HashingEncoder(), household(3000)
+    with AnnoyBuffer(AnnoyConfig(min_rows=10**9), encoder=old, path=tmp_path) as first:
+        first.add(transitions=records[:1300])
+    held = hold_builds()
+    cfg = AnnoyConfig(capacity=200, min_rows=10, n_trees=10, search_k=100000, background_build=False, fsync=False)
+    b = AnnoyBuffer(cfg, encoder=new, path=tmp_path)  # re-embeds in a thread, then builds there
+    assert held.started.wait(30)
+    b.add(transitions=records[1300:])
+    held.release.set()
+    assert b.wait_backfill(timeout=60)
+    exact = ExactBuffer(ExactConfig(capacity=200), encoder=new)
+    exact.add(transitions=records)
+    assert not b.problems
+    _same_as_exact(b, records[2800:2850], exact)
+    b.close()
+
+
+def test_a_build_due_while_another_runs_does_not_run_alongside(hold_builds):
+    # two builds ran at once (racing on the .tmp files, the later one installed last)
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=100, background_build=False), encoder=HashingEncoder())
+    records = household(600)
+    b.add(transitions=records[:300])
+    held = hold_builds()
+    builder = threading.Thread(target=b.rebuild)
+    builder.start()
+    assert held.started.wait(30)
+    b.add(transitions=records[300:])  # seals segments past rebuild_growth: a foreground build is due
+    held.release.set()
+    builder.join()
+    assert held.most == 1
+    b.rebuild()  # the rows sealed during the other build
+    assert b.stats()["annoy"]["items"] == 600
+    b.close()
+
+
+@pytest.mark.parametrize(("field", "value"), [("build_jobs", 0), ("build_jobs", -2), ("search_k", 0)])
+def test_a_build_jobs_or_search_k_that_breaks_the_index_is_refused(field, value):
+    # build_jobs 0 built an index of no trees and search_k 0 inspected no node: the index found
+    # nothing, silently; build_jobs -2 aborted the process inside annoy
+    with pytest.raises(ConfigError, match=rf"^pipeline.yaml: .*{field}") as err:
+        convert_config({field: value}, AnnoyConfig, "pipeline.yaml", "$.buffer.config")
+    assert "`$.buffer.config" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=field):
+        AnnoyConfig(**{field: value})
+    assert AnnoyConfig(**{field: -1}) == msgspec.convert({field: -1}, AnnoyConfig)  # -1: annoy's "all"
+
+
+def _held_open(file: Path) -> bool:
+    """Whether this process has ``file`` open or mapped (Linux /proc)."""
+    fds = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+    maps = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if len(line.split()) >= 6}
+    return str(file) in fds or str(file) in maps
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads this process's open files from /proc (Linux)")
+def test_a_closed_buffer_lets_go_of_its_index_file(tmp_path):
+    # close() kept the index, and stats() a snapshot of it: a closed buffer kept by its caller
+    # kept annoy.ann open and mapped
+    b = AnnoyBuffer(AnnoyConfig(min_rows=10, segment_records=100, n_trees=5, fsync=False), encoder=HashingEncoder(), path=tmp_path)
+    b.add(transitions=household(300))
+    b.seal()
+    b.wait_index()
+    ann = (tmp_path / "annoy.ann").resolve()
+    assert b.stats()["annoy"]["items"] == 300 and _held_open(ann)
+    b.close()
+    assert not _held_open(ann)

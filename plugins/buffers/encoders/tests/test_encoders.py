@@ -61,6 +61,14 @@ def test_minilm_unloadable_model_dir_is_one_line_naming_it(tmp_path, broken):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("device", ["cpux", "cuda:99"])
+def test_minilm_unusable_device_is_a_config_error_naming_device(device):
+    # moving the model to the device was inside the loading's try: reported as a model_path problem
+    with pytest.raises(ConfigError, match=rf"^minilm: cannot use device '{device}' \(config field device\): ") as err:
+        MiniLMEncoder(MiniLMConfig(device=device))
+    assert "model_path" not in str(err.value) and "\n" not in str(err.value)
+
+
 def test_plugin_registers_both_encoders():
     plugins = Plugins.for_names(["encoders"])
     assert set(plugins.components("encoder")) >= {"minilm", "hashing"}

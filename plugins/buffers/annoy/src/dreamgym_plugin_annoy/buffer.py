@@ -29,13 +29,15 @@ class AnnoyConfig(ExactConfig):
 
     n_trees: Annotated[int, Meta(gt=0, description="annoy trees: more is slower to build, better recall.")] = 50
     search_k: Annotated[
-        int, Meta(ge=-1, description="Nodes inspected per query (annoy search_k); -1 is annoy's n_trees * n.")
+        int, Meta(ge=-1, description="Nodes inspected per query (annoy search_k), >= 1; -1 is annoy's n_trees * n.")
     ] = 20000
     min_rows: Annotated[int, Meta(ge=0, description="Below this many sealed rows no index is built (exact).")] = 5000
     rebuild_growth: Annotated[
         float, Meta(gt=0.0, description="Rebuild when unindexed sealed rows exceed this share of indexed rows.")
     ] = 0.25
-    build_jobs: Annotated[int, Meta(description="Threads annoy builds with; -1 is all cores.")] = 1
+    build_jobs: Annotated[
+        int, Meta(ge=-1, description="Threads annoy builds with (annoy n_jobs), >= 1; -1 is all cores.")
+    ] = 1
     background_build: Annotated[
         bool,
         Meta(description="Build in a background thread, queries going on meanwhile (true), or in the call that "
@@ -47,6 +49,15 @@ class AnnoyConfig(ExactConfig):
         Meta(gt=0, description="Most index candidates asked for per query while a tie at the k-th place may spill "
              "past them (ties go to the earliest row, as in the exact search)."),
     ] = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # 0 is within the bounds that let -1 through, and fails silently: annoy builds no tree
+        # with 0 threads, and inspects no node with search_k 0 (every query misses the index)
+        if self.build_jobs == 0:
+            raise ValueError("annoy: build_jobs=0 builds an index of no trees; set -1 (all cores) or a thread count >= 1")
+        if self.search_k == 0:
+            raise ValueError("annoy: search_k=0 inspects no node, so queries never find indexed rows; set -1 or >= 1")
 
 
 def _sha256(path: Path | str) -> str:
@@ -127,6 +138,9 @@ class AnnoyBuffer(ExactBuffer):
     def __init__(self, config: AnnoyConfig | None = None, **kwargs) -> None:
         self._built: BuiltIndex | None = None
         self._build_thread: threading.Thread | None = None
+        # held for a whole build, taken before the buffer's lock: one build at a time (two raced on
+        # the .tmp files), and no compaction between reading its row numbers and installing it
+        self._build_lock = threading.Lock()
         self._closing = False  # set by close(): no build thread starts after it (one would outlive it)
         self._query = threading.local()  # per querying thread: the index of its retrieve()'s snapshot
         super().__init__(config or AnnoyConfig(), **kwargs)
@@ -145,8 +159,8 @@ class AnnoyBuffer(ExactBuffer):
         self._maybe_rebuild(force=True)
 
     def _compactable(self) -> bool:
-        # a build under way holds row numbers of the buffer as it was
-        return self._build_thread is None or not self._build_thread.is_alive()
+        # a build under way (in its thread, or blocking in any call) holds row numbers of the buffer as it was
+        return not self._build_lock.locked()
 
     def _on_compacted(self, new_of_old: np.ndarray) -> None:
         built = self._built
@@ -167,18 +181,19 @@ class AnnoyBuffer(ExactBuffer):
         if eligible < self.config.min_rows or eligible == indexed:
             return
         if force or eligible - indexed > self.config.rebuild_growth * indexed:
-            self.rebuild(block=not self.config.background_build)
+            if self.config.background_build:
+                self.rebuild(block=False)
+            else:  # the caller may hold the buffer's lock, which a build under way needs to end: not waited for
+                self._build_here(wait=False)
 
     def rebuild(self, block: bool = True) -> None:
         """Build an index over the sealed rows now: in a thread, queries going on meanwhile, or
-        (``block``) in this call, which returns once it is built. A blocking build runs in the
-        calling thread: the call that seals rows inside ``add``, ``flush`` or ``close`` holds the
-        buffer's lock, which a build thread would wait for while this one joined it (forever)."""
+        (``block``) in this call, which returns once it is built. One build runs at a time: a
+        blocking one first waits for one under way. A blocking build runs in the calling thread:
+        the call that seals rows inside ``add``, ``flush`` or ``close`` holds the buffer's lock,
+        which a build thread would wait for while this one joined it (forever)."""
         if block:
-            try:
-                self._build()
-            except Exception as exc:  # surfaced in stats(); queries fall back to exact search
-                self.problems.append(f"annoy build failed: {type(exc).__name__}: {exc}")
+            self._build_here(wait=True)
             return
         with self._lock:  # one build at a time; a thread is published only once started
             thread = self._build_thread
@@ -192,14 +207,29 @@ class AnnoyBuffer(ExactBuffer):
         if self._build_thread is not None:
             self._build_thread.join()
 
+    def _build_here(self, wait: bool) -> None:
+        """Build in this thread; without ``wait``, none when another build is under way."""
+        try:
+            self._build(wait)
+        except Exception as exc:  # surfaced in stats(); queries fall back to exact search
+            self.problems.append(f"annoy build failed: {type(exc).__name__}: {exc}")
+
     def _guarded_build(self) -> None:
         try:
-            self._build()
+            self._build(wait=True)  # a build thread holds no lock of the buffer
         except Exception as exc:  # surfaced in stats(); queries fall back to exact search
             self.problems.append(f"annoy build failed: {type(exc).__name__}: {exc}")
             raise
 
-    def _build(self) -> None:
+    def _build(self, wait: bool) -> None:
+        if not self._build_lock.acquire(blocking=wait):
+            return  # the build under way indexes the rows sealed before it; the next seal the rest
+        try:
+            self._build_and_install()
+        finally:
+            self._build_lock.release()
+
+    def _build_and_install(self) -> None:
         with self._lock:
             upto = self._sealed_rows
             space = self._spaces[self.encoder.id]
@@ -282,6 +312,10 @@ class AnnoyBuffer(ExactBuffer):
             self._closing = True
         self.wait_index()
         super().close()
+        with self._lock:
+            # a closed buffer kept by its caller kept the index file open and mapped. Dropped, not
+            # unloaded: a query begun before close() may still search it; the last reference unmaps it
+            self._built = None
 
     # --- search ------------------------------------------------------------
 
@@ -343,7 +377,10 @@ class AnnoyBuffer(ExactBuffer):
             ask = min(total, ask * 4 if short else min(ask * 4, tie_limit))
 
     def stats(self) -> dict:
-        out = super().stats()
+        try:
+            out = super().stats()  # its space counts take a snapshot, which keeps the index for a query
+        finally:
+            self._query.built = None  # as after retrieve(): this thread keeps no replaced index alive
         built = self._built
         out["annoy"] = {
             "items": len(built.item_rows) if built else 0,

@@ -24,7 +24,11 @@ class MiniLMConfig(Config):
     ] = None
     batch_size: Annotated[int, Meta(gt=0, description="Texts per forward pass.")] = 64
     max_length: Annotated[int, Meta(gt=0, le=512, description="Token cap per text (model trained at 256).")] = 256
-    threads: Annotated[int, Meta(ge=0, description="torch CPU threads; 0 keeps torch's default.")] = 0
+    threads: Annotated[
+        int,
+        Meta(ge=0, description="torch CPU threads, set process-wide (torch.set_num_threads: every torch user in the "
+             "process, not this encoder alone); 0 keeps torch's default."),
+    ] = 0
     device: Annotated[str, Meta(description="torch device, e.g. 'cpu' or 'cuda'.")] = "cpu"
 
 
@@ -45,6 +49,12 @@ def _weights_digest(model_dir: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def _reason(exc: Exception) -> str:
+    """The exception's type and first line: the error message stays one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 class MiniLMEncoder:
     """Batched all-MiniLM-L6-v2 (384-d). ``id`` = model name + weights digest + max_length."""
 
@@ -61,11 +71,16 @@ class MiniLMEncoder:
         self._torch = torch
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).to(self.config.device).eval()
+            model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
         except Exception as exc:  # transformers and safetensors raise many types for a bad directory
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ConfigError(
-                f"minilm: cannot load the model in {model_dir} (config field model_path): {type(exc).__name__}: {reason}"
+                f"minilm: cannot load the model in {model_dir} (config field model_path): {_reason(exc)}"
+            ) from exc
+        try:  # apart from the loading: a device torch cannot use was reported as a model_path problem
+            self.model = model.to(self.config.device).eval()
+        except Exception as exc:  # torch: RuntimeError for a malformed name, AssertionError without CUDA, ...
+            raise ConfigError(
+                f"minilm: cannot use device {self.config.device!r} (config field device): {_reason(exc)}"
             ) from exc
         self.dim = int(self.model.config.hidden_size)
         self.id = f"all-MiniLM-L6-v2@{_weights_digest(model_dir)}-len{self.config.max_length}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from typing import Iterator
 
@@ -13,6 +14,8 @@ from .contracts import missing_members
 from .errors import ConfigError, ConformanceError, DreamGymError, ModelUnavailable
 from .plugins import Plugins
 from .records import Task
+
+log = logging.getLogger(__name__)
 
 
 def _required_fields(spec) -> list[str]:
@@ -102,12 +105,18 @@ def check_plugin(name: str) -> Iterator[str]:
 
 def _check_env(spec, config) -> None:
     domain = _built("env", spec.factory(config))
+    close = getattr(domain, "close", None)  # as the loop does: a domain's probe env holds a simulator or a browser
     try:
         testing.check_domain(domain)
-    finally:  # as the loop does: a domain's probe env holds a simulator or a browser
-        close = getattr(domain, "close", None)
+    except BaseException:  # the check's failure is the report: a close() that fails too is logged, not raised over it
         if close is not None:
-            close()
+            try:
+                close()
+            except Exception:
+                log.warning("%s: close() after the failed check raised too", type(domain).__name__, exc_info=True)
+        raise
+    if close is not None:
+        close()
 
 
 def _check_encoder(spec, config) -> None:

@@ -20,6 +20,7 @@ from dreamgym_core.testing import (
     check_buffer_reopens,
     check_curriculum,
     check_domain,
+    check_encoder,
     check_env,
     check_language_model,
 )
@@ -195,8 +196,39 @@ class SeedRequired(GoodEnv):
         return super().reset(task=task, seed=seed)
 
 
+class TimesItsSteps(GoodEnv):
+    """Replays exactly, with a wall-clock timing in ``info``, which no run reads."""
+
+    def step(self, *, action):
+        return msgspec.structs.replace(super().step(action=action), info={"elapsed_s": random.random()})
+
+
+class TruncatesOnce(GoodEnv):
+    """Marks its first play's first step as cut by its step cap, and no other play's."""
+
+    plays = 0
+
+    def reset(self, *, task, seed=None):
+        self.plays += 1
+        return super().reset(task=task, seed=seed)
+
+    def step(self, *, action):
+        result = super().step(action=action)
+        return msgspec.structs.replace(result, info={"truncated": self.plays == 1 and self.n == 1})
+
+
+class Unseeded(GoodEnv):
+    def reset(self, *, task, seed=None):
+        return super().reset(task=task, seed=None)
+
+
 def test_a_good_env_passes():
     check_env(GoodEnv(), TASK)
+
+
+def test_check_env_replays_what_a_run_reads_not_timings_in_info():
+    # failed: the whole step results were compared, info's timings included
+    check_env(TimesItsSteps(), TASK)
 
 
 @pytest.mark.parametrize(
@@ -207,11 +239,44 @@ def test_a_good_env_passes():
         (InfoNotJson, r"JSON-encoding the observations and step results raised TypeError"),
         (SeedRequired, r"reset\(task=\.\.\.\) without a seed raised TypeError"),
         (RaisesOnUnlisted, r"step\(action='xyzzy the unlisted action'\), an action no state lists raised KeyError"),
+        (TruncatesOnce, r"same task and seed gave a different info\['truncated'\] at step 1: True, then False"),
+        (Unseeded, r"same task and seed gave a different observation text at reset\(\): 'start 0\..*', then 'start 0\..*'"),
     ],
 )
 def test_check_env_fails_a_broken_env(broken, message):
     with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
         check_env(broken(), TASK)
+
+
+class CountsCloses(RewardNone):
+    """Fails the check (a None reward), and counts its close() calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closes = 0
+
+    def close(self):
+        self.closes += 1
+
+
+def test_a_failed_env_check_closes_the_env_once():
+    # the env was closed only at the end of a passing check: a failing one left its JVM running
+    env = CountsCloses()
+    with pytest.raises(ConformanceError, match=r"CountsCloses: step\(\) reward None is not a finite number"):
+        check_env(env, TASK)
+    assert env.closes == 1
+
+
+class CloseRaises(RewardNone):
+    def close(self):
+        raise RuntimeError("simulator already gone")
+
+
+def test_a_close_that_raises_after_a_failed_env_check_does_not_hide_the_failure(caplog):
+    with pytest.raises(ConformanceError, match=r"CloseRaises: step\(\) reward None is not a finite number"):
+        check_env(CloseRaises(), TASK)
+    assert "CloseRaises: close() after the failed check raised too" in caplog.text
+    assert "simulator already gone" in caplog.text
 
 
 # --- curricula ---
@@ -258,8 +323,19 @@ class NoneMetrics(GoodCurriculum):
         return None
 
 
-def test_a_good_curriculum_passes():
-    check_curriculum(GoodCurriculum(), rebuild=GoodCurriculum)
+class StepMetrics(GoodCurriculum):
+    def metrics(self):
+        return {"step": float(self.draws)}
+
+
+class NaNDiagnostic(GoodCurriculum):
+    def metrics(self):
+        return {"curriculum/mean_success": float("nan")}  # 0/0 before any outcome: a run drops and counts it
+
+
+@pytest.mark.parametrize("curriculum_type", [GoodCurriculum, NaNDiagnostic])
+def test_a_good_curriculum_passes(curriculum_type):
+    check_curriculum(curriculum_type(), rebuild=curriculum_type)
 
 
 @pytest.mark.parametrize(
@@ -267,8 +343,9 @@ def test_a_good_curriculum_passes():
     [
         (NumpyState, r"JSON-encoding state_dict\(\) raised TypeError"),
         (LoadNeedsAKey, r"rebuild\(\) and load_state_dict\(\) of the JSON state raised KeyError"),
-        (TextMetrics, r"metrics\(\) gave 'curriculum/last' = 'a', expected a finite number by str name"),
+        (TextMetrics, r"metrics\(\) returned metric 'curriculum/last' = 'a', expected a number by str name"),
         (NoneMetrics, r"metrics\(\) returned NoneType, expected a dict of metrics"),
+        (StepMetrics, r"metrics\(\) returned a metric named 'step', which names the iteration of every metrics row"),
     ],
 )
 def test_check_curriculum_fails_a_broken_curriculum(broken, message):
@@ -307,6 +384,34 @@ class NaNParameters(GoodAlgo):
 class DropsAPrompt(GoodAlgo):
     def act(self, *, prompts, **_):
         return super().act(prompts=prompts[1:])
+
+
+class CountsItsSteps(GoodAlgo):
+    def update(self, *, groups):
+        return {**super().update(groups=groups), "step": 1.0}
+
+
+class NaNClipFraction(GoodAlgo):
+    def update(self, *, groups):
+        return {**super().update(groups=groups), "clip_frac": float("nan")}  # 0/0: no token clipped or kept
+
+
+class NaNLoss(GoodAlgo):
+    def update(self, *, groups):
+        return {**super().update(groups=groups), "loss": float("nan")}
+
+
+def test_check_algorithm_reads_metrics_as_a_run_does():
+    # a run refuses a metric named "step" (it passed) and drops a non-finite diagnostic (it failed)
+    algo = NaNClipFraction()
+    assert check_algorithm(algo, [[]], lambda: algo.weights.copy()) == {"loss": 0.5, "errors/nonfinite_metrics": 1.0}
+    for broken, message in [
+        (CountsItsSteps, r"update\(\) returned a metric named 'step', which names the iteration of every metrics row"),
+        (NaNLoss, r"update\(\) returned metric 'loss' = nan: training diverged"),
+    ]:
+        algo = broken()
+        with pytest.raises(ConformanceError, match=rf"^{broken.__name__}: {message}.*\(see docs/conformance.md\)$"):
+            check_algorithm(algo, [[]], lambda: algo.weights.copy())
 
 
 @pytest.mark.parametrize("algo_type", [GoodAlgo, NaNParameters])
@@ -490,6 +595,14 @@ class OneEpisodePerTask(GoodDomain):
         return super().collect(tasks=tasks, policy=policy, episodes=min(episodes, len(tasks)), seed=seed)
 
 
+class CollectsNaNRewards(GoodDomain):
+    """Builds its transitions itself (from a log, say) with a 0/0 shaped reward."""
+
+    def collect(self, **kwargs):
+        return [msgspec.structs.replace(traj, transitions=[msgspec.structs.replace(t, reward=float("nan")) for t in traj.transitions])
+                for traj in super().collect(**kwargs)]
+
+
 class WorldKeyDict(GoodDomain):
     def world_key(self, task):
         return {"id": task.id}
@@ -552,6 +665,7 @@ def test_a_good_domain_passes(domain_type):
         (AnnotatesNothing, r"annotate\(\) returned NoneType, expected str"),
         (AnnotatesFirstStepsOnly, r"annotate\(\) returned NoneType, expected str"),
         (OneEpisodePerTask, r"collect\(policy='expert', episodes=2\) returned 1 Trajectory, expected a list of 2 Trajectory"),
+        (CollectsNaNRewards, r"collect\(policy='expert'\) gave step 0 of episode 'expert-0' with reward nan, expected a finite number"),
         (WorldKeyDict, r"world_key\(\) returned dict, expected str"),
         (StartAsText, r"initial_observation\(\) returned str, expected Observation"),
         (NumberVariations, r"propose_variations\(\) must return a list of str, got \[0, 1\]"),
@@ -563,6 +677,46 @@ def test_a_good_domain_passes(domain_type):
 def test_check_domain_fails_a_broken_domain(broken, message):
     with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
         check_domain(broken())
+
+
+class MakesABrokenEnv(GoodDomain):
+    """Its env fails check_env; it keeps each env it made."""
+
+    def __init__(self) -> None:
+        self.made: list = []
+
+    def make_env(self):
+        self.made.append(CountsCloses())
+        return self.made[-1]
+
+
+def test_check_domain_closes_the_env_that_failed_its_check():
+    domain = MakesABrokenEnv()
+    with pytest.raises(ConformanceError, match=r"CountsCloses: step\(\) reward None is not a finite number"):
+        check_domain(domain)
+    assert [env.closes for env in domain.made] == [1]
+
+
+# --- encoders ---
+
+
+class NaNForEmptyText(BagOfWordsEncoder):
+    """Deterministic, but normalises the empty text's zero row by its zero norm: NaN."""
+
+    def encode(self, *, texts):
+        out = super().encode(texts=texts)
+        out[[i for i, text in enumerate(texts) if not text.split()]] = np.nan
+        return out
+
+
+def test_a_good_encoder_passes():
+    check_encoder(BagOfWordsEncoder())
+
+
+def test_check_encoder_names_the_text_it_encodes_to_nan():
+    # was told "encode() is not deterministic": NaN != NaN
+    with pytest.raises(ConformanceError, match=r"NaNForEmptyText: encode\(\) gave non-finite values \(NaN or inf\) for the text ''"):
+        check_encoder(NaNForEmptyText())
 
 
 # --- language models ---
@@ -633,6 +787,11 @@ class NanLossLM(GoodLM):
         return {"sft/loss": float("nan")}
 
 
+class StepMetricLM(GoodLM):
+    def sft(self, *, examples, epochs, lr, batch_size, on_epoch=None, on_batch=None):
+        return {**super().sft(examples=examples, epochs=epochs, lr=lr, batch_size=batch_size, on_epoch=on_epoch), "step": 6.0}
+
+
 class ReloadKeepsWeightsLM(GoodLM):
     def reload(self, *, path):
         pass
@@ -680,7 +839,8 @@ def test_check_language_model_accepts_numpy_losses_as_a_run_does():
         (StopKeptLM, r"generate\(stop=\[.*\]\) returned '.+'; without the stops the text was"),
         (OneTextLM, r"generate\(\) at temperature 0 returned .*, expected a list of 3 str \(one per prompt\)"),
         (NoEpochReportLM, r"sft\(epochs=2, on_epoch=\.\.\.\) must call on_epoch\(1, loss\) then on_epoch\(2, loss\) with finite losses, got \[\]"),
-        (NanLossLM, r"sft\(\) must return a dict of finite numbers by name"),
+        (NanLossLM, r"sft\(\) returned metric 'sft/loss' = nan: training diverged"),
+        (StepMetricLM, r"sft\(\) returned a metric named 'step'"),
         (ReloadKeepsWeightsLM, r"reload\(\) of the weights saved before sft\(\) generated"),
         (SilentUntilTrainedLM, r"generate\(stop=\[.*\]\) returned '.+'; without the stops"),  # passed: "" has nothing to stop
         (EmptyIdLM, r"model_id must be a non-empty str"),

@@ -625,6 +625,38 @@ def test_check_closes_the_domain_it_built(checked_plugin, monkeypatch):
     assert _ClosedDomain.closed == 1
 
 
+class _GoneDomain(CountDomain):
+    """A CountDomain whose close() raises, as one whose browser is already gone."""
+
+    def close(self) -> None:
+        raise RuntimeError("browser already gone")
+
+
+class _NamelessGoneDomain(_GoneDomain):
+    name = ""
+
+
+def test_check_reports_the_check_failure_when_close_fails_too(checked_plugin, caplog):
+    # the close() error replaced the check's own failure, which dreamgym check never printed
+    from dreamgym_core import conformance
+
+    class Gone:
+        @hookimpl
+        def dreamgym_register_envs(self):
+            return [
+                ComponentSpec(name="nameless", factory=_NamelessGoneDomain, config_type=CountConfig, description="fails, then close raises"),
+                ComponentSpec(name="gone", factory=_GoneDomain, config_type=CountConfig, description="passes, then close raises"),
+            ]
+
+    checked_plugin(Gone(), "gone")
+    assert list(conformance.check_plugin("gone")) == [
+        "FAIL env:nameless: _NamelessGoneDomain: name must be a non-empty str (pipelines and errors name the env by it), got '' (see docs/conformance.md)",
+        "FAIL env:gone: RuntimeError: browser already gone",  # a check that passed still fails on its close()
+        "2 of 2 component(s) of plugin 'gone' failed",
+    ]
+    assert "_NamelessGoneDomain: close() after the failed check raised too" in caplog.text
+
+
 def test_check_builds_a_curriculum_with_the_arguments_the_loop_passes(checked_plugin):
     from dreamgym_core import conformance
     from dreamgym_plugin_uniform import UniformConfig, UniformCurriculum

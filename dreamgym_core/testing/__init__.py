@@ -7,6 +7,7 @@ message. Every built-in plugin runs the kit against itself in its own tests, and
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import msgspec
 import numpy as np
 
-from ..contracts import missing_members
+from ..contracts import ComponentError, checked_metrics, missing_members
 from ..errors import ConformanceError
 from ..hookspecs import hookimpl
 from ..records import (
@@ -43,11 +44,26 @@ __all__ = [
 
 DOCS = "see docs/conformance.md"
 
+log = logging.getLogger(__name__)
+
+
+def _name(component: Any) -> str:
+    """``component`` is the object checked, or a str naming it."""
+    return component if isinstance(component, str) else type(component).__name__
+
 
 def _fail(component: Any, message: str) -> ConformanceError:
-    """``component`` is the object checked, or a str naming it."""
-    name = component if isinstance(component, str) else type(component).__name__
-    return ConformanceError(f"{name}: {message} ({DOCS})")
+    return ConformanceError(f"{_name(component)}: {message} ({DOCS})")
+
+
+def _metrics(component: Any, value: Any, call: str) -> dict[str, float]:
+    """``value`` read as a run reads a component's metrics (:func:`~dreamgym_core.contracts.checked_metrics`):
+    what the run refuses (a metric named ``step``, a non-finite loss, a value that is not a number)
+    fails the check; what it drops and counts (a non-finite diagnostic) passes."""
+    try:
+        return checked_metrics(value, _name(component), call)
+    except ComponentError as exc:
+        raise ConformanceError(f"{exc} ({DOCS})") from exc
 
 
 @contextmanager
@@ -77,7 +93,29 @@ UNLISTED_ACTION = "xyzzy the unlisted action"
 
 def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
     """Types of reset/step, determinism under one seed, reset without a seed, a step of an
-    action no state lists, idempotent close."""
+    action no state lists, idempotent close. A failed check closes the env too."""
+    try:
+        _check_plays(env, task, actions=actions, seed=seed)
+    except BaseException:  # its simulator (a JVM, a browser) must not outlive the failed check
+        _close_after_failure(env)
+        raise
+    with _step(env, "close()"):
+        env.close()
+    with _step(env, "a second close() (close must be idempotent)"):
+        env.close()
+
+
+def _close_after_failure(component: Any) -> None:
+    """Close ``component`` after its check failed: the check's error is the report, so one
+    from ``close()`` is logged, not raised over it."""
+    try:
+        component.close()
+    except Exception:
+        log.warning("%s: close() after the failed check raised too", _name(component), exc_info=True)
+
+
+def _check_plays(env: Any, task: Task, *, actions: int, seed: int) -> None:
+    """All of :func:`check_env` but its close."""
 
     def play() -> list[Any]:
         trace: list[Any] = []
@@ -101,8 +139,12 @@ def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
         return trace
 
     first, second = play(), play()
-    if _json(env, first, "the observations and step results") != _json(env, second, "the observations and step results"):
-        raise _fail(env, "same task and seed gave different observations or rewards")
+    _json(env, [first, second], "the observations and step results")
+    for i, (a, b) in enumerate(zip(first, second)):  # field by field, to name the one that differs
+        for field, value in _replayed(a).items():
+            if (again := _replayed(b)[field]) != value:
+                where = "reset()" if i == 0 else f"step {i}"
+                raise _fail(env, f"same task and seed gave a different {field} at {where}: {value!r:.60}, then {again!r:.60}")
     # the core's rollouts call reset(task=task) with no seed
     with _step(env, "reset(task=...) without a seed"):
         obs = env.reset(task=task)
@@ -114,20 +156,27 @@ def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
     _expect(env, result, StepResult, "step() of an unlisted action")
     if not _finite_number(result.reward):
         raise _fail(env, f"step() of an unlisted action gave reward {result.reward!r}, not a finite number")
-    with _step(env, "close()"):
-        env.close()
-    with _step(env, "a second close() (close must be idempotent)"):
-        env.close()
 
 
 def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _finite_metric(value: Any) -> bool:
-    """A metric the run logs: any real number, numpy's included, as contracts.checked_metrics
-    takes it, and finite."""
+def _finite_real(value: Any) -> bool:
+    """Any real number, numpy's included, and finite: as the core's ``math.isfinite`` takes it."""
     return isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def _replayed(item: Observation | StepResult) -> dict[str, Any]:
+    """What a run reads of a reset's Observation or a step's StepResult, which the same task and
+    seed must repeat; of ``info`` only ``truncated`` (an env may keep timings there)."""
+    if isinstance(item, Observation):
+        return {"observation text": item.text, "admissible actions": item.admissible_actions}
+    info = item.info if isinstance(item.info, dict) else {}
+    return {
+        **_replayed(item.observation), "reward": item.reward, "done": item.done, "success": item.success,
+        "valid": item.valid, "info['truncated']": info.get("truncated"),
+    }
 
 
 def check_domain(domain: Any) -> None:
@@ -151,10 +200,10 @@ def check_domain(domain: Any) -> None:
     for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
         if shared := ids[a] & ids[b]:
             raise _fail(domain, f"{a} and {b} splits share tasks: {sorted(shared)[:3]}")
+    task = domain.tasks(split="train")[0]
     with _step(domain, "make_env()"):
         env = domain.make_env()
-    task = domain.tasks(split="train")[0]
-    check_env(env, task)
+    check_env(env, task)  # which closes it, also when it fails
     # two expert episodes of one task: a run asks for more episodes than it has tasks
     transitions = [t for policy in DATA_POLICIES for t in _check_collect(domain, task, policy, episodes=2 if policy == "expert" else 1)]
     if not transitions:
@@ -186,6 +235,8 @@ def _check_collect(domain: Any, task: Task, policy: str, episodes: int = 1) -> l
         _expect(domain, transition, Transition, f"collect(policy={policy!r}) trajectory's transitions:")
         if transition.task_id != task.id or transition.source != "offline":
             raise _fail(domain, f"collect(policy={policy!r}) gave a transition of task {transition.task_id!r}, source {transition.source!r}; expected task {task.id!r}, source 'offline'")
+        if not _finite_real(transition.reward):  # as stages.collect refuses it
+            raise _fail(domain, f"collect(policy={policy!r}) gave step {transition.step} of episode {transition.episode_id!r} with reward {transition.reward!r}, expected a finite number")
     return steps
 
 
@@ -260,10 +311,13 @@ def check_encoder(encoder: Any) -> None:
         b = encoder.encode(texts=texts)
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (3, encoder.dim):
         raise _fail(encoder, f"encode() returned {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}, expected float32 (3, {encoder.dim})")
+    for text, row in zip(texts, a):
+        if not np.isfinite(row).all():
+            raise _fail(encoder, f"encode() gave non-finite values (NaN or inf) for the text {text!r}")
     norms = np.linalg.norm(a[:2], axis=1)
     if not np.allclose(norms, 1.0, atol=1e-3):
         raise _fail(encoder, f"rows are not L2-normalised (norms {norms})")
-    if not np.allclose(a, b, atol=1e-5):
+    if not np.allclose(a, b, atol=1e-5, equal_nan=True):
         raise _fail(encoder, "encode() is not deterministic")
     if not isinstance(encoder.id, str) or not encoder.id:
         raise _fail(encoder, "id must be a non-empty str naming model and version")
@@ -444,11 +498,7 @@ def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:
     if callable(getattr(curriculum, "metrics", None)):  # optional; the run logs what it returns
         with _step(curriculum, "metrics()"):
             metrics = curriculum.metrics()
-        if not isinstance(metrics, dict):
-            raise _fail(curriculum, f"metrics() returned {type(metrics).__name__}, expected a dict of metrics (str: number)")
-        for key, value in metrics.items():
-            if not isinstance(key, str) or not _finite_metric(value):
-                raise _fail(curriculum, f"metrics() gave {key!r} = {value!r:.60}, expected a finite number by str name")
+        _metrics(curriculum, metrics, "metrics()")
 
 
 def stand_in_trajectory(
@@ -513,9 +563,7 @@ def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameter
         metrics = algo.update(groups=groups)
     if not isinstance(metrics, dict) or not metrics:
         raise _fail(algo, "update() must return a non-empty dict of metrics")
-    for key, value in metrics.items():
-        if not isinstance(key, str) or not _finite_metric(value):
-            raise _fail(algo, f"metric {key!r} = {value!r} is not a finite number by str name")
+    metrics = _metrics(algo, metrics, "update()")
     with _step(algo, "parameters() after update()"):
         after = parameters()
         unchanged = bool((before == after).all())
@@ -615,9 +663,8 @@ def _check_trainable(model: Any, max_new_tokens: int) -> None:
             model.save(path=os.path.join(tmp, "before"))
         with _step(model, "sft() of 3 examples, 2 epochs"):
             metrics = model.sft(examples=examples, epochs=2, lr=1e-3, batch_size=2, on_epoch=lambda epoch, loss: epochs.append((epoch, loss)))
-        if not isinstance(metrics, dict) or any(not isinstance(k, str) or not _finite_metric(v) for k, v in metrics.items()):
-            raise _fail(model, f"sft() must return a dict of finite numbers by name, got {metrics!r:.120}")
-        if [e for e, _ in epochs] != [1, 2] or not all(_finite_metric(loss) for _, loss in epochs):
+        _metrics(model, metrics, "sft()")
+        if [e for e, _ in epochs] != [1, 2] or not all(_finite_real(loss) for _, loss in epochs):
             raise _fail(model, f"sft(epochs=2, on_epoch=...) must call on_epoch(1, loss) then on_epoch(2, loss) with finite losses, got {epochs}")
         after = _generated(model, "after sft()", max_new_tokens=max_new_tokens, temperature=0.0)
         # Again on the trained weights: a from-scratch backend writes nothing before SFT, which

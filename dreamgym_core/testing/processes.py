@@ -113,7 +113,7 @@ def ctrl_c_run(args: Sequence[str], marker: str, delay_s: float, stdout: Path, *
     with stdout.open("w") as out:
         run = subprocess.Popen(
             [sys.executable, "-m", "dreamgym_core.cli", *args], stdout=out, stderr=subprocess.PIPE, text=True,
-            process_group=0, preexec_fn=sigint_as_in_a_terminal,
+            preexec_fn=_as_a_foreground_job,
         )
     hung = threading.Event()
 
@@ -183,6 +183,13 @@ def _press_after_the_simulators(run: int, settle_s: float) -> None:
 
 
 _PRESSES = {"anywhere": _press_anywhere, "in_a_call": _press_in_a_call, "after_the_simulators": _press_after_the_simulators}
+
+
+def _as_a_foreground_job() -> None:
+    """``preexec_fn`` of :func:`ctrl_c_run`'s run: a process group of its own, whose id is the
+    run's pid (Popen's ``process_group=0``, which Python 3.10 lacks), and the default Ctrl-C."""
+    os.setpgid(0, 0)
+    sigint_as_in_a_terminal()
 
 
 def sigint_as_in_a_terminal() -> None:

@@ -89,6 +89,19 @@ def test_reset_task_mid_episode_is_refused_and_keeps_the_progress(domain, env):
     assert env.step(action="look around").info["score"] == before.info["score"]
 
 
+def test_reset_task_in_any_spelling_the_parser_reads_is_refused(domain, env):
+    # the simulator's parser skips the/a/an anywhere and any case: these wiped the goal progress and counted as valid
+    env.reset(task=domain.tasks(split="train")[0])
+    before = env.step(action="look around")
+    for spelling in ["reset the task", "Reset The Task", "the reset task", "reset task the", "reset a task"]:
+        refused = env.step(action=spelling)
+        assert not refused.valid and refused.observation.text.startswith("No known action matches that input."), spelling
+        assert refused.info["score"] == before.info["score"]
+    from dreamgym_plugin_scienceworld.env import is_reset_task
+
+    assert not is_reset_task("reset, task") and not is_reset_task("reset tasks")  # the parser knows neither
+
+
 def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(domain, env):
     env.reset(task=domain.tasks(split="train")[0])
     with pytest.raises(TypeError, match=r"^scienceworld env: step\(action=\.\.\.\) takes a str, got int$"):
@@ -153,6 +166,24 @@ def test_the_probe_survives_its_simulators_death():
         assert probe_domain.initial_observation(parent) == first
     finally:
         probe_domain.close()
+
+
+def test_initial_observation_loads_no_gold_path_and_collection_does(domain, monkeypatch):
+    # every synthetic episode starts with initial_observation: computing the unused gold path made it about 4x slower
+    loads = []
+    load = SciWorldEnv._load
+
+    def spy(self, *args, gold_path):
+        loads.append(gold_path)
+        return load(self, *args, gold_path=gold_path)
+
+    task = domain.tasks(split="train")[0]
+    monkeypatch.setattr(SciWorldEnv, "_load", spy)
+    start = domain.initial_observation(task)
+    assert loads == [False]
+    trajectory = domain.collect(tasks=[task], policy="expert", episodes=1, seed=0)[0]
+    assert loads == [False, True] and trajectory.transitions[-1].success
+    assert trajectory.transitions[0].state == start.text
 
 
 _LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops a JVM with SIGSTOP, watched in /proc")
@@ -343,7 +374,7 @@ def test_ctrl_c_of_the_example_ends_in_one_line_and_leaves_no_jvm(tmp_path, mark
     stopped.assert_stopped_in_one_line()
 
 
-def test_a_gold_path_longer_than_the_step_cap_is_warned_about_once(caplog):
+def test_an_expert_episode_ended_by_the_step_cap_is_warned_about_once(caplog):
     # boil's gold paths (39 and 50 steps) outran the default cap of 30: its "expert" episodes were
     # stored as failures without a word
     short = SciWorldDomain(SciWorldConfig(train_variations=1, valid_variations=0, test_variations=1, max_steps=2))
@@ -353,8 +384,35 @@ def test_a_gold_path_longer_than_the_step_cap_is_warned_about_once(caplog):
     finally:
         short.close()
     assert all(not e.transitions[-1].success for e in episodes)
-    warned = [r.getMessage() for r in caplog.records if "more than max_steps=2" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "reached max_steps=2" in r.getMessage()]
     assert len(warned) == 1 and "raise env.config.max_steps" in warned[0]
+
+
+def test_a_gold_path_longer_than_the_step_cap_is_no_warning_when_the_expert_finishes(domain, monkeypatch, caplog):
+    # gold paths list steps after the task is complete (grow-plant: 63, done at 29, a slow load to test
+    # on): their length warned that episodes which succeed "end unfinished"
+    probe = domain._probe_env()
+    gold = probe.gold_actions
+    monkeypatch.setattr(probe, "gold_actions", lambda: gold() + ["look around"] * CONFIG.max_steps)
+    with caplog.at_level("WARNING"):
+        trajectory = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)[0]
+    assert trajectory.transitions[-1].success and len(trajectory.transitions) < CONFIG.max_steps
+    assert [r.getMessage() for r in caplog.records if "max_steps" in r.getMessage()] == []
+
+
+def test_a_split_smaller_than_configured_is_warned_about_naming_the_field(caplog):
+    # tasks() quietly gave fewer seed tasks (boil: 14/7/9 variations against the defaults 32/8/16)
+    small = SciWorldDomain(
+        SciWorldConfig(task="identify-life-stages-2", train_variations=1, valid_variations=3, test_variations=1, describe_actions=False)
+    )
+    try:
+        with caplog.at_level("WARNING"):
+            tasks = small.tasks(split="valid")
+    finally:
+        small.close()
+    assert len(tasks) == 2
+    warned = [r.getMessage() for r in caplog.records if "env.config.valid_variations=3" in r.getMessage()]
+    assert len(warned) == 1 and "dev split has only 2 variations" in warned[0]
 
 
 def test_an_ambiguous_action_takes_the_reading_whose_text_sorts_first():

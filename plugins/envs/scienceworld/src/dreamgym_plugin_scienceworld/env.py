@@ -24,11 +24,13 @@ from dreamgym_core.records import Observation, StepResult, Task
 
 from .config import DEFAULT_CALL_TIMEOUT_S
 
-__all__ = ["SciWorldEnv", "EngineError", "render_state", "sorted_listings", "inventory_items", "UNKNOWN_ACTION", "is_ambiguous"]
+__all__ = ["SciWorldEnv", "EngineError", "render_state", "sorted_listings", "inventory_items", "UNKNOWN_ACTION", "is_ambiguous", "is_reset_task"]
 
 # The simulator's answer to an action its parser does not know (the step then changes nothing).
 UNKNOWN_ACTION = "No known action matches that input."
 _AMBIGUOUS = "Ambiguous request"
+# Words the simulator's parser skips wherever they stand ("reset the task" is "reset task").
+_ARTICLES = frozenset({"the", "a", "an"})
 # The simulator's own step cap sits above any episode's, so DreamGym's max_steps ends episodes.
 _ENGINE_STEP_LIMIT = 10_000
 
@@ -70,6 +72,11 @@ def render_state(observation: str, inventory: str, score: float, *, max_observat
         keep = max_observation_chars - 3  # the "..." mark counts in the budget: below 4 there is no room for it
         text = text[:keep].rstrip() + "..." if keep > 0 else text[:max_observation_chars]
     return f"{text}\nInventory: {inventory_items(inventory)}\nScore: {score:g}"
+
+
+def is_reset_task(action: str) -> bool:
+    """Whether the simulator reads ``action`` as "reset task": case and articles do not count to it."""
+    return [word for word in action.lower().split() if word not in _ARTICLES] == ["reset", "task"]
 
 
 def is_ambiguous(observation: str) -> bool:
@@ -165,7 +172,7 @@ class SciWorldEnv:
     def action_templates(self) -> list[str]:
         """The simulator's action templates ("open OBJ", "move OBJ to OBJ", ...) but "reset task"."""
         with self._jvm.call("list action templates") as engine:
-            return [a for a in list_items(engine, engine.server.getPossibleActions()) if a != "reset task"]
+            return [a for a in list_items(engine, engine.server.getPossibleActions()) if not is_reset_task(a)]
 
     # --- episodes ------------------------------------------------------------------
 
@@ -190,15 +197,17 @@ class SciWorldEnv:
         text = render_state(observation, inventory, score, max_observation_chars=self.max_observation_chars)
         return Observation(text=text, admissible_actions=[])
 
-    def reset(self, *, task: Task, seed: int | None = None) -> Observation:
-        """Start ``task``'s variation. The variation is the payload's; ``seed`` is not used."""
+    def reset(self, *, task: Task, seed: int | None = None, gold_path: bool | None = None) -> Observation:
+        """Start ``task``'s variation. The variation is the payload's; ``seed`` is not used.
+        ``gold_path`` overrides the env's own setting for this episode (None: keep it)."""
         payload = task.payload
+        gold = self.gold_path if gold_path is None else gold_path
         with self._jvm.call(f"reset {task.id}") as engine:
             server = engine.server
-            self._load(server, payload["task"], payload["variation"], payload["simplifications"], gold_path=self.gold_path)
+            self._load(server, payload["task"], payload["variation"], payload["simplifications"], gold_path=gold)
             server.reset()
             observation, score, _, inventory = self._send(server, "look around")  # as the wrapper's reset does
-            self._gold = list_items(engine, server.getGoldActionSequence()) if self.gold_path else []
+            self._gold = list_items(engine, server.getGoldActionSequence()) if gold else []
         if observation.startswith("ERROR"):  # e.g. an unknown simplification
             raise EngineError(f"scienceworld: reset {task.id}: {observation.strip()}")
         self._score, self._steps, self._done = score, 0, False
@@ -209,9 +218,10 @@ class SciWorldEnv:
         checked_action(action, "scienceworld env")  # py4j finds no step(Integer): read as a JVM that stopped answering
         if self._done:
             raise EngineError("scienceworld env: step() needs reset() first (the episode is over or not started)")
-        if " ".join(action.split()).lower() == "reset task":
+        if is_reset_task(action):
             # not an action of the task (left out of every action list): sent, it wiped the
-            # episode's progress mid-episode and counted as a valid step
+            # episode's progress mid-episode and counted as a valid step, in any spelling the
+            # parser reads as it ("Reset The Task", "the reset task")
             return self._refused(action)
         with self._jvm.call(f"step {action!r}") as engine:
             observation, score, completed, inventory = self._send(engine.server, action)
@@ -254,7 +264,7 @@ class SciWorldEnv:
     def valid_actions(self) -> list[str]:
         """Every action string the simulator accepts in the current state (hundreds)."""
         with self._jvm.call("list valid actions") as engine:
-            return [a for a in list_items(engine, engine.server.getValidActionObjectCombinations()) if a != "reset task"]
+            return [a for a in list_items(engine, engine.server.getValidActionObjectCombinations()) if not is_reset_task(a)]
 
     def close(self) -> None:
         self._jvm.close()

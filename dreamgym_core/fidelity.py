@@ -243,7 +243,7 @@ class ScoredAnswer(msgspec.Struct, frozen=True, kw_only=True):
     real_outcome: tuple[int, bool, bool]  # (reward >= 0.5, game over, success): what the metrics score
     model_outcome: tuple[int, bool, bool] | None  # None: the answer did not parse (no outcome, as the metrics count it)
     real_valid: bool
-    model_valid: bool
+    model_valid: bool | None  # None: the answer did not parse (its stand-in's False is no refusal, as the metrics count it)
     next_state_exact: bool
     next_state_f1: float
     next_state_line_recall: float  # the share of the real state's lines the model wrote word for word
@@ -266,7 +266,8 @@ def _scored(r: ExperienceResult, t: Transition) -> ScoredAnswer:
         real_next_state=t.next_state, model_next_state=r.next_state,
         real_outcome=outcome_label(reward=t.reward, done=t.game_over, success=t.success),
         model_outcome=None if failed else outcome_label(reward=r.reward, done=r.done, success=r.success),
-        real_valid=t.valid, model_valid=r.valid, next_state_exact=not failed and exact_match(r.next_state, t.next_state),
+        real_valid=t.valid, model_valid=None if failed else r.valid,
+        next_state_exact=not failed and exact_match(r.next_state, t.next_state),
         next_state_f1=0.0 if failed else token_f1(r.next_state, t.next_state),
         next_state_line_recall=0.0 if failed else line_recall(r.next_state, t.next_state), reasoning=r.reasoning,
     )

@@ -162,7 +162,7 @@ def test_scored_answers_put_each_answer_beside_its_real_step() -> None:
     answers = scored_answers([_r(next_state="Hall"), _r(next_state="cellar"), _r(status="failed")], [listed, refused, won])
     assert [a.listed for a in answers] == [True, False, True]  # a state that lists nothing counts as listed
     assert [a.next_state_exact for a in answers] == [True, False, False]
-    assert [(a.real_valid, a.model_valid) for a in answers] == [(True, True), (False, True), (True, True)]
+    assert [(a.real_valid, a.model_valid) for a in answers] == [(True, True), (False, True), (True, None)]
     # an unparsable answer is no answer: its stand-in outcome and partly read state were scored (as right, often)
     assert answers[2].real_outcome == (1, True, True) and answers[2].model_outcome is None
     assert answers[2].parse_status == "failed" and answers[1].model_next_state == "cellar"
@@ -178,6 +178,22 @@ def test_scored_answers_put_each_answer_beside_its_real_step() -> None:
         scored_answers([_r(), _r()], [listed, refused, won])
     (failed,) = scored_answers([_r(next_state="hall", status="failed")], [listed])  # its state read right, its flags not
     assert (failed.next_state_exact, failed.next_state_f1, failed.next_state_line_recall) == (False, 0.0, 0.0)
+
+
+def test_a_scored_unparsable_answer_refused_nothing() -> None:
+    from dreamgym_core.experience import _failed
+    from dreamgym_core.fidelity import scored_answers
+
+    refused = msgspec.structs.replace(_t(0), valid=False)
+    stand_in = _failed("garbage")  # what the parser gives an unparsable answer: invalid
+    assert not stand_in.valid
+    (failed,) = scored_answers([stand_in], [refused])
+    # as the metrics count it: no answer, so no refusal (its stand-in's invalid read as the model refusing too)
+    assert failed.model_valid is None and failed.model_outcome is None
+    assert fidelity_metrics([stand_in], [refused])["fidelity/refusal_recall"] == 0.0
+    (said,) = scored_answers([msgspec.structs.replace(_r(), valid=False)], [refused])
+    assert said.model_valid is False
+    assert msgspec.json.decode(msgspec.json.encode(failed))["model_valid"] is None  # what --predictions writes
 
 
 def _oracle(prompt: str) -> str:

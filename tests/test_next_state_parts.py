@@ -61,6 +61,16 @@ def test_lines_are_scored_apart_and_by_kind_of_action():
     assert table[2].startswith("| move | 2 | 50% | 50% |") and table[-1].startswith("| all | 4 | 25% |")
 
 
+def test_an_unparsable_answer_is_not_counted_as_the_model_refusing_too():
+    parts = _module()
+    kitchen = _state("kitchen", "move west; look around")
+    refused = _pair("move north", kitchen, kitchen, real_valid=False, model_valid=False)
+    failed = _pair("move north", kitchen, "", real_valid=False, model_valid=False)
+    failed = (failed[0], msgspec.structs.replace(failed[1], parse_status="failed"))  # its stand-in says invalid
+    c = parts.tally(_answers([refused, failed]))["all"]
+    assert (c["refused"], c["refused_matched"]) == (2, 1)
+
+
 def test_moves_whose_state_names_the_way_are_counted_apart():
     parts = _module()
     step, result = _pair("move east", _state("kitchen", "move west"), _state("kitchen", "move west"))

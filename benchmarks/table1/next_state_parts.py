@@ -8,9 +8,9 @@ states are lines ``Observation: ...``, ``Inventory: ...``, ``Score: ...`` and
 ``Actions (N): ...``; a line is right when the model wrote it word for word (whitespace and case
 aside, as the fidelity metrics compare). A weaker test of the observation: the room it puts the
 agent in (``You are in the <room>.``), where the real one names a room. Outcome agreement is
-counted too, and the real engine's refusals the model also refused. A last line counts the valid
-moves whose state says what lies that way ("To the East you see the chamber."), where the room
-can be read off the prompt, and how often the model names it.
+counted too, and the real engine's refusals the model also refused (an unparsable answer refused
+nothing). A last line counts the valid moves whose state says what lies that way ("To the East
+you see the chamber."), where the room can be read off the prompt, and how often the model names it.
 
     python benchmarks/table1/next_state_parts.py PREDICTIONS.jsonl [MORE.jsonl ...]
 """
@@ -68,7 +68,7 @@ def tally(answers: Iterable[dict]) -> dict[str, Counter]:
             c["exact"] += a["next_state_exact"]
             c["outcome"] += a["real_outcome"] == a["model_outcome"]
             c["refused"] += not a["real_valid"]
-            c["refused_matched"] += not a["real_valid"] and not a["model_valid"]
+            c["refused_matched"] += not a["real_valid"] and a["model_valid"] is False  # None: no answer, no refusal
             if room(a["real_next_state"]) is not None:
                 c["room_n"] += 1
                 c["room_right"] += room(a["real_next_state"]) == room(a["model_next_state"])

@@ -258,7 +258,8 @@ BASE = HERE / "base.yaml"
 # training prompts (their one demo goes) and no mapreader one; b3081fd's message overstates it.
 # 9: the rule annotators no longer call a step-cap ending the end of the episode, the answer's
 # done=false it precedes (ef4639c); the curriculum's batches, variation proposals and k-means
-# draw from streams of their own (34bf8fe).
+# draw from streams of their own (34bf8fe); DPO's step-index fallback no longer pairs a winner's
+# later steps with a shorter failed trajectory's last response (before any protocol-9 DPO cell).
 PROTOCOL = 9
 # The first protocol whose cells were run over several experience-model draws.
 FIRST_DRAWN_PROTOCOL = 5

@@ -148,6 +148,14 @@ def test_an_empty_step_keeps_its_index_for_the_same_step_fallback():
     assert preference_pairs([win, gap]) == [("W2", "open door", "go east")]
 
 
+def test_a_winner_step_past_the_failed_trajectorys_end_gives_no_pair():
+    task = Task(id="t", instruction="find the key", domain="d")
+    win = _played(task, [("W0", "go north"), ("W1", "open drawer"), ("W2", "take key"), ("W3", "unlock door")], True)
+    short = _played(task, [("L0", "go west"), ("L1", "eat key")], False)  # failed after two steps
+    # its steps 0 and 1 face the winner's; it has no step 2 or 3 (not its last one, again and again)
+    assert preference_pairs([win, short]) == [("W0", "go north", "go west"), ("W1", "open drawer", "eat key")]
+
+
 @pytest.mark.parametrize("agg", ["token-mean", "token-sum"])
 def test_sft_minibatch_of_a_response_without_tokens_takes_no_step_and_is_no_error(agg, kit, caplog):
     task = Task(id="t", instruction="find the key", domain="d")

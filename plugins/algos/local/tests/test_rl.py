@@ -10,9 +10,11 @@ import torch
 from dreamgym_plugin_local import dreamgym_register_algos, maths
 from dreamgym_core.errors import DataError
 from dreamgym_plugin_local.batch import choice_logprobs, choice_rows, invalid_steps, response_logprobs, trajectory_steps
-from dreamgym_plugin_local.config import GRPOConfig, PPOConfig
+from dreamgym_plugin_local.config import DPOConfig, GRPOConfig, PPOConfig, SFTConfig
+from dreamgym_plugin_local.dpo import DPO
 from dreamgym_plugin_local.grpo import GRPO
 from dreamgym_plugin_local.ppo import PPO
+from dreamgym_plugin_local.sft import SFT
 
 
 def fixed_surrogate(algo, groups):
@@ -213,6 +215,19 @@ def test_rl_refuses_a_policy_that_samples_from_a_nucleus(cls, config_type, kit):
         cls(config_type(), policy=policy, seed=0)
     policy.config = SimpleNamespace(top_p=1.0)
     cls(config_type(), policy=policy, seed=0)
+
+
+@pytest.mark.parametrize("cls,config_type", [(GRPO, GRPOConfig), (PPO, PPOConfig)], ids=["grpo", "ppo"])
+def test_rl_refuses_responses_sampled_longer_than_it_trains(cls, config_type, kit):
+    # the update keeps a response's first max_response_tokens: the action at the end of a longer one got no gradient
+    from dreamgym_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"algo.config.max_new_tokens=32 exceeds algo.config.max_response_tokens=6"):
+        cls(config_type(max_new_tokens=32, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
+    cls(config_type(max_new_tokens=6, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
+    # SFT and DPO train given responses, not sampled ones
+    SFT(SFTConfig(max_new_tokens=32, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
+    DPO(DPOConfig(max_new_tokens=32, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -571,8 +586,20 @@ def test_a_choice_update_refuses_a_step_whose_answer_is_not_among_its_listed_one
     task = kit.make_groups()[0][0].task
     stray = _listed(kit.trajectory(task, ["open door"], True), CHOICE_OPTIONS)
     algo = GRPO(GRPOConfig(listed_update="choice"), policy=kit.TinyPolicy(), seed=0)
-    with pytest.raises(DataError, match=r"^step 0: its answer '< action > open door < / action >' is not among the 3 listed answers"):
+    with pytest.raises(DataError, match=r"^task 't0', step 0 of its trajectory \(trajectory 0 of the update\): its answer "
+                                         r"'< action > open door < / action >' is not among the 3 listed answers"):
         algo.update(groups=[[stray, _listed(kit.trajectory(task, ["go north"], False), CHOICE_OPTIONS)]])
+
+
+def test_a_stray_choice_is_named_by_its_task_and_its_step_in_its_trajectory(kit):
+    # not by its row in the flattened update (row 3 here)
+    task = kit.make_groups()[0][0].task
+    fine = _listed(kit.trajectory(task, ["go north", "take apple"], True), CHOICE_OPTIONS)
+    stray = _listed(kit.trajectory(task, ["go south", "open door"], False), CHOICE_OPTIONS)
+    steps, _ = trajectory_steps([fine, stray])
+    with pytest.raises(DataError, match=r"^task 't0', step 1 of its trajectory \(trajectory 1 of the update\): its answer "
+                                         r"'< action > open door < / action >'"):
+        choice_rows(steps)
 
 
 def without_eos(policy):

@@ -36,6 +36,8 @@ class Step:
     reward: float
     valid: bool  # the environment accepted the action and the output parsed
     candidates: tuple[str, ...] = ()  # the listed answers ``response`` was picked from (none: generated)
+    task_id: str = ""  # the trajectory's task, for messages
+    step: int = 0  # its index in its trajectory (decisions[step]), for messages
 
 
 def _check_aligned(traj: Trajectory) -> None:
@@ -84,10 +86,13 @@ def trajectory_steps(trajectories: Sequence[Trajectory], *, keep_empty: bool = F
             skipped += 1
             continue
         _check_aligned(traj)
-        for decision, transition in zip(traj.decisions, traj.transitions):
+        for i, (decision, transition) in enumerate(zip(traj.decisions, traj.transitions)):
             if decision.text or keep_empty:
                 valid = _policy_valid(transition, decision.parsed)
-                steps.append(Step(decision.prompt, decision.text, index, transition.reward, valid, tuple(decision.candidates)))
+                steps.append(Step(
+                    decision.prompt, decision.text, index, transition.reward, valid, tuple(decision.candidates),
+                    task_id=traj.task.id, step=i,
+                ))
     return steps, skipped
 
 
@@ -210,7 +215,8 @@ def choice_rows(steps: Sequence[Step]) -> ChoiceRows:
         options = step.candidates or (step.response,)
         if step.response not in options:
             raise DataError(
-                f"step {index}: its answer {step.response!r} is not among the {len(options)} listed answers it was picked from"
+                f"task {step.task_id!r}, step {step.step} of its trajectory (trajectory {step.trajectory} of the update): "
+                f"its answer {step.response!r} is not among the {len(options)} listed answers it was picked from"
             )
         chosen.append(len(texts) + options.index(step.response))
         texts.extend(options)

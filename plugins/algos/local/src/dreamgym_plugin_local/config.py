@@ -38,7 +38,10 @@ class TrainerConfig(Config):
         Meta(description="Prompt tokens kept (the oldest are cut). GRPO/PPO keep what generation kept "
              "(policy max_length - max_new_tokens) and refuse a prompt sampled from more than this."),
     ] = 1024
-    max_response_tokens: Annotated[PositiveInt, Meta(description="Response tokens trained on (the rest are cut).")] = 256
+    max_response_tokens: Annotated[
+        PositiveInt,
+        Meta(description="Response tokens trained on (the rest are cut). GRPO/PPO refuse a max_new_tokens above it."),
+    ] = 256
     max_new_tokens: Annotated[PositiveInt, Meta(description="Tokens generated per act() call.")] = 128
     temperature: Annotated[
         PositiveFloat,

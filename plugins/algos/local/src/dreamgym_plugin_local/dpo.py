@@ -6,7 +6,8 @@ the same state (same prompt) when one exists (the winner's assigned failed traje
 first, then the others in turn), else the assigned one's response at the same step index
 (a similar state; an empty response is never trained, but its step still counts). A state
 the failed trajectories answered only as the winner did, or the assigned one left empty at
-that index, gives no pair. Both are scored under the chosen step's prompt.
+that index or ended before it (no step of its stands in for a later one), gives no pair.
+Both are scored under the chosen step's prompt.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def preference_pairs(group: Sequence[Trajectory], max_pairs: int = 0) -> list[tu
             if same_state:
                 rejected = next((r for r in same_state if r != chosen), chosen)
             else:
-                rejected = rejected_steps[min(i, len(rejected_steps) - 1)][1]
+                rejected = rejected_steps[i][1] if i < len(rejected_steps) else ""  # it ended before step i
             if rejected and rejected != chosen:
                 pairs.append((prompt, chosen, rejected))
     return pairs[:max_pairs] if max_pairs else pairs

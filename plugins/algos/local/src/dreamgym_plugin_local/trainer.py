@@ -83,6 +83,13 @@ class LocalTrainer:
                 f"algo {self.name!r} (plugin local): policy top_p={top_p} samples from a nucleus the update does not "
                 "score (it uses the full softmax); set the policy's top_p to 1.0"
             )
+        if self.on_policy and config.max_new_tokens > config.max_response_tokens:
+            raise ConfigError(
+                f"algo {self.name!r} (plugin local): algo.config.max_new_tokens={config.max_new_tokens} exceeds "
+                f"algo.config.max_response_tokens={config.max_response_tokens}: the update would train only the first "
+                f"{config.max_response_tokens} tokens of a longer sampled response (the action at its end gets no "
+                "gradient, though the advantage is its outcome); set max_response_tokens >= max_new_tokens"
+            )
         sampled = self._sampled_prompt_limit()
         if sampled is not None and sampled > config.max_prompt_tokens:
             log.warning(

@@ -412,9 +412,24 @@ class Runner:
                 log.warning("env %r: %d of the %r tasks' worlds are train tasks' worlds; play on them is not held out", cfg.env.name, trained, split)
 
     def _check_validation(self) -> None:
-        """eval.valid_every's needs (its split: :meth:`_check_splits`), checked before minutes of
-        data and training go by."""
+        """eval.valid_every's and loop.warmstart_select_episodes' needs (their split:
+        :meth:`_check_splits`), checked before minutes of data and training go by."""
         cfg, where = self.cfg, self.resolved.source
+        if cfg.loop.warmstart_select_episodes and cfg.loop.warmstart_epochs:
+            # the selector scores each epoch from sft's on_epoch and snapshots the best one
+            sft, reasons = getattr(self.policy, "sft", None), []
+            if not callable(sft):
+                reasons.append("it has no sft()")
+            elif not takes(sft, "on_epoch"):
+                reasons.append("its sft() takes no on_epoch")
+            missing = [f"{name}()" for name in ("save", "reload") if not callable(getattr(self.policy, name, None))]
+            if missing:
+                reasons.append(f"it has no {' or '.join(missing)}")
+            if reasons:
+                raise ConfigError(
+                    f"{where}: loop.warmstart_select_episodes scores each warm-start epoch (sft's on_epoch) and snapshots "
+                    f"the best (save, reload), and {self.who('policy')} cannot: {', and '.join(reasons)}; set it to 0"
+                )
         if not cfg.eval.valid_every:
             return
         if cfg.eval.keep == "best-valid" and not (hasattr(self.policy, "save") and hasattr(self.policy, "reload")):
@@ -555,6 +570,7 @@ class Runner:
             # each epoch would be scored on another random draw
             score=lambda: self.evaluate(prefix="valid", split="valid", episodes=episodes, temperature=0.0)["valid/success_rate"],
             policy=self.policy, snapshot=self.run_dir / "policy_warmstart_best", epochs=epochs, say=self._say,
+            who=self.who("policy"),
         )
 
     def _warm_policy(self, offline: list[Trajectory]) -> dict[str, float]:
@@ -706,14 +722,15 @@ class Runner:
             batches = [
                 self.play(
                     tasks[i : i + at_once], phase, temperature=temperature, seeds=seeds[i : i + at_once], tag=tag,
-                    experience_model=experience_model, evaluation=evaluation, stream=stream, what=what, first_episode=i,
+                    experience_model=experience_model, evaluation=evaluation, stream=stream, what=what,
+                    first_episode=first_episode + i,
                 )
                 for i in range(0, len(tasks), at_once)
             ]
             return [traj for trajs, _ in batches for traj in trajs], sum_stats([stats for _, stats in batches])
         envs, step_many = self._make_envs(phase, len(tasks), experience_model)
         try:
-            return rollout(
+            played = rollout(
                 tasks=tasks, envs=envs, act=self.act_fn(temperature, evaluation=evaluation, stream=stream),
                 max_steps=self.cfg.loop.max_steps, history_window=self.cfg.loop.history_window,
                 seeds=seeds, source="real" if phase == "real" else "synthetic", tag=tag, step_many=step_many,
@@ -721,9 +738,18 @@ class Runner:
                 on_step=RolloutProgress(self._say, f"{what or f'playing {tag}'} ({phase})"),
                 listed_choice=self.cfg.loop.action_choice == "listed", first_episode=first_episode,
             )
-        finally:
-            for env in envs:
-                env.close()
+        except BaseException:  # the rollout's error is the one to report; every env still closes
+            close_all([env.close for env in envs], raise_first=False)
+            raise
+        try:
+            close_all([env.close for env in envs])  # each one, even after one that raises
+        except Exception as exc:
+            if phase != "real":  # the core's own synthetic envs
+                raise
+            raise DreamGymError(
+                f"{self.who('env')}: an env's close() failed after {what or f'playing {tag}'}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return played
 
     def _rollout(self, tasks: list[Task], phase: str, iteration: int) -> tuple[list[list[Trajectory]], RolloutStats]:
         group = self.cfg.loop.group_size
@@ -929,8 +955,9 @@ class EpochSelector:
     noise too (it lost to the last epoch on two of three coin seeds there). Ties keep the
     earliest such epoch: it has fitted the demos least."""
 
-    def __init__(self, *, score: Any, policy: Any, snapshot: Path, epochs: int, say: Any) -> None:
+    def __init__(self, *, score: Any, policy: Any, snapshot: Path, epochs: int, say: Any, who: str = "the policy") -> None:
         self.score, self.policy, self.snapshot, self.epochs, self.say = score, policy, snapshot, epochs, say
+        self.who = who  # how the warning of an sft() that scored no epoch names the policy
         self.best_epoch, self.best_score, self.scores = 0, -math.inf, []
 
     def after_epoch(self, epoch: int, loss: float) -> None:
@@ -944,11 +971,18 @@ class EpochSelector:
         self.say(f"warm start epoch {epoch}/{self.epochs}: loss {loss:.4g}, valid success {value:.3f}{' (best)' if better else ''}")
 
     def restore_best(self) -> dict[str, float]:
-        """Called after at least one epoch (the warm start skips SFT when it has none)."""
-        if self.best_epoch < self.epochs:
+        """Called after at least one epoch (the warm start skips SFT when it has none). An sft()
+        that takes on_epoch (through ``**kwargs``, say) but never calls it scored no epoch and
+        wrote no snapshot: the last epoch's weights stay, with a warning."""
+        if not self.scores:
+            log.warning("%s: sft() never called on_epoch, so no warm-start epoch was scored on the valid split "
+                        "(loop.warmstart_select_episodes); keeping the last epoch's weights", self.who)
+        elif self.best_epoch < self.epochs:
             self.policy.reload(path=str(self.snapshot))
         if self.snapshot.exists():
             shutil.rmtree(self.snapshot)
+        if not self.scores:
+            return {}
         return {
             "warmstart/best_epoch": float(self.best_epoch),
             "warmstart/valid_success": self.best_score,

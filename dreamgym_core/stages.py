@@ -98,7 +98,8 @@ def offline_step_problem(t: Transition) -> str | None:
 def _read_offline_file(path: Path, domain: Any, tasks: Sequence[Task]) -> list[Trajectory]:
     """``data.path``'s transitions as episodes, refused (one line naming the file) where they
     cannot be real offline data: steps of a valid or test task, which the evaluation plays
-    (trained on, they are not held out), or an experience model's failed answers."""
+    (trained on, they are not held out), an experience model's failed answers, or an episode
+    whose step numbers do not run 0, 1, 2, ... (a gap, or a start after 0)."""
     transitions = checkpoint.read_transitions(path)
     if not transitions:
         raise DataError(f"data.path {path}: no transitions")
@@ -117,6 +118,15 @@ def _read_offline_file(path: Path, domain: Any, tasks: Sequence[Task]) -> list[T
         episodes = checkpoint.trajectories_from_transitions(transitions, list(tasks))
     except DataError as exc:
         raise DataError(f"data.path {path}: {exc}") from None
+    # The experience model's prompts rebuild a step's history by recorded step number, Early
+    # Experience's branches by position in the episode: the two agree only on 0, 1, 2, ...
+    for e in episodes:
+        bad = next((i for i, t in enumerate(e.transitions) if t.step != i), None)
+        if bad is not None:
+            raise DataError(
+                f"data.path {path}: episode {e.transitions[0].episode_id!r} of task {e.task.id!r} has step "
+                f"{e.transitions[bad].step} where step {bad} belongs; an episode's steps run 0, 1, 2, ... without gaps"
+            )
     # A row may leave out its instruction (docs/offline-data.md): it keeps its task's. The episode
     # has it, and so must the row: the experience model's training prompts read it there, and
     # read "Task: " with nothing after it, where RL's synthetic steps send the instruction.

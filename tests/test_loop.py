@@ -32,7 +32,8 @@ from dreamgym_core.testing import LifecycleRecorder, make_transitions
 
 from conftest import open_run_buffer, stored_transitions
 from stand_ins import (
-    CountConfig, CountDomain, CountEnv, RecordConfig, RecordingAlgo, SavingScriptedPolicy, ScriptConfig, StandIns, pipeline_dict,
+    CountConfig, CountDomain, CountEnv, RecordConfig, RecordingAlgo, SavingScriptedPolicy, ScriptConfig, ScriptedPolicy, StandIns,
+    pipeline_dict,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -1962,3 +1963,118 @@ def test_warm_start_epochs_are_scored_greedily_whatever_eval_temperature(registe
     finally:
         runner.close()
     assert seen == [{"prefix": "valid", "split": "valid", "episodes": 2, "temperature": 0.0}]
+
+
+class _SelectionPolicies:
+    """Policies that warm-start but cannot take part in its epoch selection (test doubles)."""
+
+    class Old(SavingScriptedPolicy):
+        def sft(self, *, examples, epochs, lr, batch_size):  # written before on_epoch
+            return {"losses/sft_loss": 1.0}
+
+    class Unsaved(ScriptedPolicy):
+        def sft(self, *, examples, epochs, lr, batch_size, on_epoch=None):
+            for epoch in range(1, epochs + 1):
+                on_epoch(epoch, 1.0)
+            return {"losses/sft_loss": 1.0}
+
+    @hookimpl
+    def dreamgym_register_models(self):
+        return [ComponentSpec(name=f"scripted-{name}", factory=cls, config_type=ScriptConfig, description="Warm-startable (test double).")
+                for name, cls in (("old", self.Old), ("unsaved", self.Unsaved))]
+
+
+@pytest.mark.parametrize(
+    "policy, plugin, reason",
+    [
+        ("scripted-old", "selection", r"its sft\(\) takes no on_epoch"),
+        ("scripted-unsaved", "selection", r"it has no save\(\) or reload\(\)"),
+        ("scripted", "stand-ins", r"it has no sft\(\), and it has no save\(\) or reload\(\)"),
+    ],
+)
+def test_warm_start_epoch_selection_is_refused_before_the_run_for_a_policy_that_cannot_take_part(register_plugin, tmp_path, policy, plugin, reason):
+    # It failed at the warm start, minutes into the run: a bare TypeError (an sft() without
+    # on_epoch) or AttributeError (no save), naming neither the field nor the policy's plugin.
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(_SelectionPolicies(), "selection")
+    parts = {"policy": {"name": policy}}
+    resolved = _resolved(plugins, tmp_path / "run", parts, iterations=0, warmstart_epochs=2, warmstart_select_episodes=2)
+    with pytest.raises(ConfigError, match=(
+        rf"^inline.yaml: loop.warmstart_select_episodes scores each warm-start epoch .* and policy '{policy}' "
+        rf"\(plugin '{plugin}'\) cannot: {reason}; set it to 0$"
+    )):
+        run_pipeline(resolved, plugins)
+    assert not (tmp_path / "run" / "offline.jsonl").exists()  # refused before any data
+    # without warm-start epochs there is nothing to select, and nothing is asked of the policy
+    run_pipeline(_resolved(plugins, tmp_path / "none", parts, iterations=0, warmstart_select_episodes=2), plugins)
+
+
+def test_warm_start_epoch_selection_keeps_the_last_weights_when_sft_scores_no_epoch(register_plugin, tmp_path, caplog):
+    # SavingScriptedPolicy's sft() takes **kwargs and never calls on_epoch: the selector then
+    # reloaded a best-epoch snapshot that was never written (FileNotFoundError).
+    import logging
+
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", {"policy": {"name": "scripted-saving"}}, iterations=0,
+                         warmstart_epochs=2, warmstart_select_episodes=2)
+    with caplog.at_level(logging.WARNING, logger="dreamgym_core.loop"):
+        run_pipeline(resolved, plugins)
+    assert "policy 'scripted-saving' (plugin 'stand-ins'): sft() never called on_epoch" in caplog.text
+    assert not (tmp_path / "run" / "policy_warmstart_best").exists()
+
+    from dreamgym_core.loop import EpochSelector
+
+    policy = _SavedWeights()
+    policy.weights = 2  # the last epoch's
+    selector = EpochSelector(score=lambda: 1.0, policy=policy, snapshot=tmp_path / "best", epochs=2, say=print)
+    assert selector.restore_best() == {} and policy.weights == 2
+
+
+class _ClosesBadly(CountEnv):
+    def close(self) -> None:
+        raise BrokenPipeError("engine already gone")
+
+
+def _play_runner(register_plugin, tmp_path, monkeypatch, envs: list, **loop) -> Runner:
+    """A runner whose real envs are ``envs``, in order."""
+    plugins = register_plugin(StandIns(), "stand-ins")
+    resolved = _resolved(plugins, tmp_path / "run", {"eval": {"episodes": 0}}, iterations=0, **loop)
+    runner = Runner(resolved, plugins, prepare_run_dir(resolved, resume=False), progress=False)
+    supply = iter(envs)
+    monkeypatch.setattr(runner.domain, "make_env", lambda: next(supply))
+    return runner
+
+
+def test_a_play_closes_every_env_when_one_close_fails_and_names_the_env_plugin(register_plugin, tmp_path, monkeypatch):
+    # The envs were closed in a bare loop: the first close() that raised ended the run with that
+    # raw error, and the envs after it stayed open (their simulators or browsers too).
+    import dreamgym_core.loop as loop_module
+
+    envs = [_ClosesBadly(5), CountEnv(5), _ClosesBadly(5), CountEnv(5)]
+    runner = _play_runner(register_plugin, tmp_path, monkeypatch, envs)
+    try:
+        tasks = runner.train_tasks[:4]
+        with pytest.raises(DreamGymError, match=(
+            r"^env 'count' \(plugin 'stand-ins'\): an env's close\(\) failed after playing x: BrokenPipeError: engine already gone$"
+        )):
+            runner.play(tasks, "real", temperature=0.0, seeds=[0, 1, 2, 3], tag="x")
+        assert envs[1].closed and envs[3].closed
+        # a failing play reports its own error; the envs still close, and their close errors are dropped
+        more = [_ClosesBadly(5), CountEnv(5)]
+        monkeypatch.setattr(runner.domain, "make_env", lambda supply=iter(more): next(supply))
+        monkeypatch.setattr(loop_module, "rollout", lambda **kwargs: (_ for _ in ()).throw(RuntimeError("the policy died")))
+        with pytest.raises(RuntimeError, match="the policy died"):
+            runner.play(tasks[:2], "real", temperature=0.0, seeds=[0, 1], tag="y")
+        assert more[1].closed
+    finally:
+        runner.close()
+
+
+def test_a_play_split_by_real_envs_at_once_numbers_its_episodes_from_first_episode(register_plugin, tmp_path, monkeypatch):
+    # The batches were numbered from 0 (first_episode=i, not first_episode + i).
+    runner = _play_runner(register_plugin, tmp_path, monkeypatch, [CountEnv(5) for _ in range(4)], real_envs_at_once=2)
+    try:
+        played, _ = runner.play(runner.train_tasks[:4], "real", temperature=0.0, seeds=[0, 1, 2, 3], tag="x", first_episode=10)
+    finally:
+        runner.close()
+    assert [traj.transitions[0].episode_id for traj in played] == ["x-10", "x-11", "x-12", "x-13"]

@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pytest
 
+import dreamgym_plugin_openai.backend as backend_module
 from dreamgym_plugin_openai import ModelCallError, OpenAIBackend, OpenAIConfig
 
 ANSWER = "<think>r</think>\n<state>ok</state>\n<valid>true</valid> <done>false</done> <success>false</success> <reward>0"
@@ -23,6 +24,7 @@ class Misbehaving(BaseHTTPRequestHandler):
     prompts: list[str] = []  # the "by-prompt" requests' prompts, in the order they came
     lock = threading.Lock()
     in_flight = peak = 0  # "counted" requests being answered, and the most at once
+    arrivals: dict[str, list[float]] = {}  # "retry-after-once" requests' arrival times, by prompt
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -58,6 +60,14 @@ class Misbehaving(BaseHTTPRequestHandler):
         elif mode == "slow":
             time.sleep(1.0)
             self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
+        elif mode == "retry-after-once":  # prompt "<Retry-After>|<key>": 429 with that header, then an answer
+            with Misbehaving.lock:
+                times = Misbehaving.arrivals.setdefault(body["prompt"], [])
+                times.append(time.monotonic())
+            if len(times) == 1:
+                self._send(429, b'{"error": "rate limited"}', headers={"Retry-After": body["prompt"].split("|")[0]})
+            else:
+                self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
         elif mode == "counted":
             self._counted()
         elif mode == "line-breaks":  # an error page with CR LF and U+2028 line breaks
@@ -186,6 +196,20 @@ def test_every_5xx_is_retried(url, status):
     assert troubled.generate(prompts=["p"], max_new_tokens=8) == [""]
     assert troubled.stats["retries"] == 2 and troubled.stats["failed_calls"] == 1
     assert f"HTTP {status}" in troubled.last_errors[0]
+
+
+@pytest.mark.parametrize(("retry_after", "cap", "waited"), [("1", 60.0, 1.0), ("30", 0.2, 0.2)])
+def test_a_429_retry_waits_out_the_servers_retry_after_up_to_max_retry_after(url, retry_after, cap, waited, monkeypatch):
+    delays = []  # the waits the backend chose (a spy: no wall-clock bound is asserted)
+    chosen = backend_module.retry_delay
+    monkeypatch.setattr(backend_module, "retry_delay", lambda *a: delays.append(chosen(*a)) or delays[-1])
+    prompt = f"{retry_after}|{cap}"
+    limited = backend(url, "retry-after-once", max_retries=1, backoff=0.01, max_retry_after=cap)
+    assert limited.generate(prompts=[prompt], max_new_tokens=8) == [ANSWER]
+    assert delays == [waited]  # before: the 0.01 s backoff, which a real server refuses again
+    first, second = Misbehaving.arrivals[prompt]
+    assert second - first >= waited - 0.05  # and the retry was sent after it
+    assert limited.stats["retries"] == 1 and limited.stats["failed_calls"] == 0
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,10 @@ experience model's parser turns that into a counted failed transition; the first
 ``generate`` call is also a warning), or raises :class:`ModelCallError` after the whole batch
 when ``on_failure="raise"``.
 
+Retry waits: a retry waits ``backoff`` seconds, doubling each retry up to ``max_backoff``; when a
+retried answer carries ``Retry-After`` (seconds or an HTTP date), it waits at least that long,
+but no longer than ``max_retry_after``.
+
 Concurrency: at most ``concurrency`` requests are in flight at once for the whole backend, also
 when ``generate``/``prompt_fits`` run in several threads at once; a request waiting out its retry
 backoff holds no slot.
@@ -36,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import email.utils
 import ipaddress
 import json
 import logging
@@ -44,6 +49,7 @@ import re
 import threading
 import urllib.parse
 import urllib.request
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Coroutine, Sequence
 
 import httpx
@@ -56,7 +62,7 @@ from .config import OpenAIConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "cut_at_stop", "RETRY_STATUS", "MAX_RESPONSE_BYTES"]
+__all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "retry_delay", "retry_after_seconds", "cut_at_stop", "RETRY_STATUS", "MAX_RESPONSE_BYTES"]
 
 #: HTTP statuses below 500 worth retrying (every 5xx is retried too: server-side trouble,
 #: such as a proxy's 520-524 or an overloaded server's 529).
@@ -85,16 +91,46 @@ class ModelCallError(DreamGymError):
 
 
 class _Failed(Exception):
-    """One request's final failure (internal); ``retry`` says whether retrying may help."""
+    """One request's final failure (internal); ``retry`` says whether retrying may help, and
+    ``wait`` the seconds the server asked to wait before it (its ``Retry-After``), if any."""
 
-    def __init__(self, message: str, *, retry: bool) -> None:
+    def __init__(self, message: str, *, retry: bool, wait: float | None = None) -> None:
         super().__init__(message)
         self.retry = retry
+        self.wait = wait
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Delay before retry number ``attempt`` (0-based): exponential, capped."""
     return min(cap, base * 2.0 ** min(attempt, 1023))  # 2.0**1024 raises OverflowError
+
+
+def retry_delay(attempt: int, requested: float | None, config: OpenAIConfig) -> float:
+    """Seconds before retry number ``attempt``: the backoff, or the server's ``Retry-After``
+    (``requested``) when longer, that one capped at ``max_retry_after``."""
+    delay = backoff_delay(attempt, config.backoff, config.max_backoff)
+    return delay if requested is None else max(delay, min(requested, config.max_retry_after))
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """Seconds a ``Retry-After`` header value asks to wait from ``now`` (an aware datetime):
+    delta-seconds or an HTTP date; None for no header, anything unparsable, or a negative wait
+    (a date already past is 0)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, (when - now).total_seconds())
+    # float() also takes "nan", "inf", "-1", "1e3" and "1_000": a wait to trust is plain digits
+    return seconds if re.fullmatch(r"[0-9]+(\.[0-9]+)?", value) else None
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -259,7 +295,7 @@ class OpenAIBackend:
         """The JSON answer of one request to ``url``; :class:`_Failed` says whether to retry."""
         try:
             # httpx's timeout bounds each read; a server trickling bytes would never hit it
-            status, raw = await asyncio.wait_for(self._exchange(client, url, body), self.config.timeout)
+            status, raw, retry_after = await asyncio.wait_for(self._exchange(client, url, body), self.config.timeout)
         except asyncio.TimeoutError as exc:
             raise _Failed(f"Timeout: no whole answer from {url} in {self.config.timeout:g} s", retry=True) from exc
         except httpx.TransportError as exc:  # refused, reset, timeouts
@@ -275,14 +311,16 @@ class OpenAIBackend:
             raise _Failed(f"HTTP 401 from {url}: {hint}", retry=False)
         if status != 200:
             detail = self._one_line(raw.decode("utf-8", errors="replace"))
-            raise _Failed(f"HTTP {status} from {url}: {detail}", retry=status in RETRY_STATUS or status >= 500)
+            retry = status in RETRY_STATUS or status >= 500
+            wait = retry_after_seconds(retry_after, datetime.now(timezone.utc)) if retry else None
+            raise _Failed(f"HTTP {status} from {url}: {detail}", retry=retry, wait=wait)
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included; RecursionError: nested too deep
             raise _Failed(f"answer from {url} is not JSON", retry=False) from exc
 
-    async def _exchange(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tuple[int, bytes]:
-        """Status and body of one request, reading no more than MAX_RESPONSE_BYTES."""
+    async def _exchange(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tuple[int, bytes, str | None]:
+        """Status, body and ``Retry-After`` header of one request, reading no more than MAX_RESPONSE_BYTES."""
         async with client.stream("POST", url, json=body) as response:
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
@@ -290,7 +328,7 @@ class OpenAIBackend:
                 if size > MAX_RESPONSE_BYTES:
                     raise _Failed(f"answer from {url} is larger than {MAX_RESPONSE_BYTES} bytes", retry=False)
                 chunks.append(chunk)
-            return response.status_code, b"".join(chunks)
+            return response.status_code, b"".join(chunks), response.headers.get("Retry-After")
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -321,7 +359,7 @@ class OpenAIBackend:
                     break
             self._count(counts[2])
             # outside the slot: other requests go meanwhile
-            await asyncio.sleep(backoff_delay(attempt, self.config.backoff, self.config.max_backoff))
+            await asyncio.sleep(retry_delay(attempt, error.wait, self.config))
         self._count(counts[3])
         errors.append(self._redact(str(error)))
         return None

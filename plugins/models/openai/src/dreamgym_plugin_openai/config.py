@@ -35,6 +35,11 @@ class OpenAIConfig(Config):
     ] = 3
     backoff: Annotated[PositiveFloat, Meta(description="First retry delay in seconds; doubles each retry.")] = 0.5
     max_backoff: Annotated[PositiveFloat, Meta(description="Cap of one retry delay in seconds.")] = 8.0
+    max_retry_after: Annotated[
+        PositiveFloat,
+        Meta(description="The longest server-requested Retry-After wait honoured, in seconds; a longer request waits"
+             " this long."),
+    ] = 60.0
     concurrency: Annotated[PositiveInt, Meta(description="Requests in flight at once.")] = 8
     tokenize_url: Annotated[
         str | None,

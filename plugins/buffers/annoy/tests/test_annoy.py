@@ -580,3 +580,162 @@ def test_a_closed_buffer_lets_go_of_its_index_file(tmp_path):
     assert b.stats()["annoy"]["items"] == 300 and _held_open(ann)
     b.close()
     assert not _held_open(ann)
+
+
+INDEX_FILES = ("annoy.ann", "annoy.rids.npy", "annoy.json")
+
+
+def _index_files(path: Path) -> dict[str, tuple[int, bytes]]:
+    """Inode and bytes of each saved index file: a save replaces a file (new inode) even with equal bytes."""
+    return {name: ((path / name).stat().st_ino, (path / name).read_bytes()) for name in INDEX_FILES}
+
+
+def _leftovers(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name.startswith("annoy.") and p.name not in INDEX_FILES)
+
+
+def _writer_with_saved_index(path: Path, records) -> AnnoyBuffer:
+    """An open buffer that wrote ``records`` (holding the directory's write claim) and saved their index."""
+    writer = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=400, background_build=False, fsync=False),
+                         encoder=HashingEncoder(), path=path)
+    writer.add(transitions=records)
+    writer.seal()  # builds, in this call, and saves the index of every row
+    assert writer.stats()["annoy"]["items"] == len(records) and not writer.problems
+    return writer
+
+
+@pytest.mark.parametrize("block", [True, False], ids=["foreground", "background"])
+def test_a_buffer_without_the_write_claim_saves_no_index_over_the_writers(tmp_path, block):
+    # builds saved the index files without the directory's write claim that every other write
+    # takes: a buffer reading a directory another one writes replaced the writer's index files
+    records = household(800)
+    writer = _writer_with_saved_index(tmp_path, records)
+    files = _index_files(tmp_path)
+    reader = AnnoyBuffer(AnnoyConfig(min_rows=100, n_trees=5), encoder=HashingEncoder(), path=tmp_path)
+    loaded = reader._built
+    assert loaded is not None and not reader.problems
+    reader.rebuild(block=block)
+    reader.wait_index()
+    assert _index_files(tmp_path) == files and not _leftovers(tmp_path)
+    assert reader._built is not loaded and reader.stats()["annoy"]["items"] == 800  # built, searched from memory
+    [problem] = reader.problems
+    assert problem.startswith("annoy.ann: index not saved, searched from memory") and "writes this directory" in problem
+    assert "\n" not in problem
+    t = records[123]
+    assert reader.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
+    reader.close()
+    writer.add(transitions=household(10, seed=4, prefix="MORE "))  # the writer's claim is untouched
+    writer.close()
+    again = AnnoyBuffer(AnnoyConfig(min_rows=10**9), encoder=HashingEncoder(), path=tmp_path)  # no rebuild allowed
+    assert again.stats()["annoy"]["items"] == 800 and not again.problems
+    again.close()
+
+
+def test_a_build_in_another_process_saves_no_index_over_the_writers(tmp_path):
+    # the same across processes (the claim is a flock there): the reader runs in a child process
+    import subprocess
+    import sys
+    import textwrap
+
+    writer = _writer_with_saved_index(tmp_path, household(800))
+    files = _index_files(tmp_path)
+    child = textwrap.dedent(f"""
+        from dreamgym_plugin_annoy import AnnoyBuffer, AnnoyConfig
+        from dreamgym_plugin_encoders import HashingEncoder
+        b = AnnoyBuffer(AnnoyConfig(min_rows=100, n_trees=5), encoder=HashingEncoder(), path={str(tmp_path)!r})
+        b.rebuild()
+        print(b.stats()["annoy"]["items"])
+        print(*b.problems, sep="\\n")
+        b.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-800:]
+    items, *problems = done.stdout.splitlines()
+    assert items == "800" and len(problems) == 1
+    assert problems[0].startswith("annoy.ann: index not saved") and "is writing this replay buffer" in problems[0]
+    assert _index_files(tmp_path) == files and not _leftovers(tmp_path)
+    writer.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="tells the manifest's file by its /proc/self/fd link (Linux)")
+def test_a_save_that_fails_keeps_the_saved_index_and_searches_the_new_one(tmp_path, monkeypatch):
+    # the disk filled while the manifest was written: the new index and ids had already replaced the
+    # saved ones (so the next open found them torn and rebuilt), and the index just built was dropped
+    import errno
+
+    records = household(1200)
+    b = _writer_with_saved_index(tmp_path, records[:800])
+    files = _index_files(tmp_path)
+    fsync = os.fsync
+
+    def full_disk(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("annoy.json.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    b.add(transitions=records[800:])
+    b.seal()  # 400 new sealed rows > rebuild_growth x 800: rebuilt in this call, its save fails
+    monkeypatch.undo()
+    assert b.stats()["annoy"]["items"] == 1200  # the index just built is searched
+    [problem] = b.problems
+    assert problem.startswith("annoy.json: cannot save the annoy index: No space left on device") and "\n" not in problem
+    assert _index_files(tmp_path) == files and not _leftovers(tmp_path)  # the saved set as it was, no temporary files
+    t = records[1000]
+    assert b.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
+    b.close()
+    reopened = AnnoyBuffer(AnnoyConfig(min_rows=10**9), encoder=HashingEncoder(), path=tmp_path)  # no rebuild allowed
+    assert reopened.stats()["annoy"]["items"] == 800 and not reopened.problems  # the saved index, whole
+    reopened.close()
+
+
+def test_a_first_index_whose_save_fails_is_searched_from_memory(tmp_path, monkeypatch):
+    # annoy's save failing (a full disk) dropped the index just built: the buffer had none
+    class FullDisk(AnnoyIndex):
+        def save(self, fn, prefault=False):
+            raise OSError("Unable to write: No space left on device (28)")  # as annoy reports a failed fwrite
+
+    monkeypatch.setattr(annoy_buffer, "AnnoyIndex", FullDisk)
+    records = household(800)
+    b = AnnoyBuffer(AnnoyConfig(min_rows=100, segment_records=400, background_build=False, fsync=False),
+                    encoder=HashingEncoder(), path=tmp_path)
+    b.add(transitions=records)
+    b.seal()
+    assert b.stats()["annoy"]["items"] == 800
+    assert b.problems and all(
+        p.startswith("annoy.ann: cannot save the annoy index: Unable to write: No space left") and "\n" not in p
+        for p in b.problems
+    )
+    assert not any((tmp_path / name).exists() for name in INDEX_FILES) and not _leftovers(tmp_path)
+    t = records[321]
+    assert b.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
+    b.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_bytes(b""),
+        lambda path: np.save(path, np.int64(3)),
+        lambda path: np.save(path, np.zeros((800, 2), dtype=np.int64)),
+        lambda path: np.save(path, np.array(["x"] * 800)),
+    ],
+    ids=["empty", "scalar", "2-D", "text"],
+)
+def test_a_malformed_ids_file_of_an_index_saved_without_digests_is_named_and_rebuilt(tmp_path, damage):
+    # such an index is loaded unchecked, as it always was: an ids file that is empty or no 1-D
+    # integer array raised a bare EOFError, TypeError or ValueError, naming no file, from the constructor
+    cfg = AnnoyConfig(min_rows=100, segment_records=400)
+    records = household(800)
+    _saved(tmp_path, records, cfg)
+    manifest = tmp_path / "annoy.json"
+    meta = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({k: v for k, v in meta.items() if not k.endswith("_sha256")}))
+    damage(tmp_path / "annoy.rids.npy")
+    b = _reopened(tmp_path, cfg)
+    [problem] = b.problems
+    assert problem.startswith("annoy.rids.npy: ") and problem.endswith("; rebuilding") and "\n" not in problem
+    assert b.stats()["annoy"]["items"] == 800  # rebuilt
+    t = records[77]
+    assert b.retrieve(queries=[(t.state, t.action)], k=1)[0] == [t]
+    b.close()

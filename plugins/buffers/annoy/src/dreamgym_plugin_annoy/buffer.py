@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Sequence
 
@@ -13,7 +14,8 @@ import numpy as np
 from annoy import AnnoyIndex
 from msgspec import Meta
 
-from dreamgym_core.checkpoint import atomic_write, open_new
+from dreamgym_core.checkpoint import open_new
+from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig, best_first, topk_cosine
 from dreamgym_plugin_exact.buffer import Space
@@ -104,6 +106,23 @@ def unsafe_index(path: Path, dim: int) -> str | None:
         if ((children < 0) | (children >= total)).any():
             return "a node names a child node that does not exist"
     return None
+
+
+def _saved_rids(path: Path) -> np.ndarray:
+    """The record ids saved with an index: a 1-D integer array, else a DataError naming the file.
+
+    Checked here, not by the manifest: an index saved before digests were kept is loaded
+    unchecked, and an empty, cut-short or reshaped ids file raised a bare EOFError, TypeError
+    or ValueError (no file named) from the buffer's constructor.
+    """
+    try:
+        rids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path.name}: not a saved array of record ids ({str(exc) or type(exc).__name__})") from None
+    if not isinstance(rids, np.ndarray) or rids.ndim != 1 or not np.issubdtype(rids.dtype, np.integer):
+        what = f"{rids.dtype} of shape {rids.shape}" if isinstance(rids, np.ndarray) else type(rids).__name__
+        raise DataError(f"{path.name}: expected a 1-D integer array of record ids, found {what}")
+    return rids
 
 
 class BuiltIndex:
@@ -240,32 +259,78 @@ class AnnoyBuffer(ExactBuffer):
         for item, vector in enumerate(vectors):
             index.add_item(item, vector)
         index.build(self.config.n_trees, n_jobs=self.config.build_jobs)
-        if self.path is not None:
-            self._save(index, rids, space.encoder_id, upto)
+        unsaved = self._persist(index, rids, space.encoder_id) if self.path is not None else None
+        if index.get_n_items() != len(rows):  # annoy unloads an index before mapping its saved file, which failed
+            self.problems.append(unsaved or f"{_FILES[0]}: the annoy index was lost on saving; queries search exactly")
+            return
         built = BuiltIndex(index, space.encoder_id, rows.astype(np.int64), upto)
         with self._lock:
             if not self._closed:
                 self._built = built
+        if unsaved is not None:
+            self.problems.append(unsaved)
 
-    def _save(self, index: AnnoyIndex, rids: np.ndarray, encoder_id: str, upto: int) -> None:
-        """Write index, item ids and a manifest; each file replaced atomically, manifest last.
+    def _persist(self, index: AnnoyIndex, rids: np.ndarray, encoder_id: str) -> str | None:
+        """Save a built index if this buffer may write its directory; what kept it unsaved, or None.
+
+        The index files are writes like any other: they need the directory's write claim
+        (see :mod:`dreamgym_plugin_exact.writer_lock`), or a buffer that only reads a
+        directory another one writes replaced the index files under it. Unsaved (claim
+        refused, or the save failed), the index is still searched from memory; the files
+        saved before stay as they were.
+        """
+        with self._lock:  # add() claims under the lock too: two threads of one buffer never claim at once
+            if self._closed:  # its claim is given back: a closed buffer writes nothing
+                return None
+            try:
+                self._claim_writes()
+            except DataError as exc:
+                return f"{_FILES[0]}: index not saved, searched from memory (the write claim is refused: {exc})"
+        try:
+            self._save(index, rids, encoder_id)
+        except DataError as exc:
+            return f"{exc}; the new index is searched from memory"
+        return None
+
+    def _save(self, index: AnnoyIndex, rids: np.ndarray, encoder_id: str) -> None:
+        """Write index, item ids and a manifest; all three in full, then each replaced, manifest last.
 
         The manifest holds the sha256 of the other two files, so a set torn by a kill
         between the replaces (new index, old ids) or a corrupt file is never loaded.
-        No temporary file is written through a link planted at its name: the ids and the
-        manifest are created anew (open_new, atomic_write), and annoy's save removes what
-        is at its name before it writes.
+        Nothing is replaced before every file is written: a write that fails (a full disk)
+        leaves the saved set as it was, and its temporary files are removed. No temporary
+        file is written through a link planted at its name: the ids and the manifest are
+        created anew (open_new), and annoy's save removes what is at its name before it writes.
+
+        Raises:
+            DataError: a file could not be written or replaced; the message names it.
         """
         assert self.path is not None  # only called with a path (not user input)
         ann, rid_file, manifest = (self.path / name for name in _FILES)
-        with open_new(Path(str(rid_file) + ".tmp.npy")) as f:
-            np.save(f, rids, allow_pickle=False)
-        index.save(str(ann) + ".tmp")
-        meta = {"encoder_id": encoder_id, "items": len(rids), "n_trees": self.config.n_trees, "dim": index.f,
-                _DIGESTS[0]: _sha256(str(ann) + ".tmp"), _DIGESTS[1]: _sha256(str(rid_file) + ".tmp.npy")}
-        os.replace(str(ann) + ".tmp", ann)
-        os.replace(str(rid_file) + ".tmp.npy", rid_file)
-        atomic_write(manifest, json.dumps(meta).encode())
+        tmp = {ann: Path(str(ann) + ".tmp"), rid_file: Path(str(rid_file) + ".tmp.npy"),
+               manifest: Path(str(manifest) + ".tmp")}
+        step = rid_file
+        try:
+            with open_new(tmp[rid_file]) as f:
+                np.save(f, rids, allow_pickle=False)
+            step = ann
+            index.save(str(tmp[ann]))
+            meta = {"encoder_id": encoder_id, "items": len(rids), "n_trees": self.config.n_trees, "dim": index.f,
+                    _DIGESTS[0]: _sha256(tmp[ann]), _DIGESTS[1]: _sha256(tmp[rid_file])}
+            step = manifest
+            with open_new(tmp[manifest]) as f:
+                f.write(json.dumps(meta).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            for step in (ann, rid_file, manifest):
+                os.replace(tmp[step], step)
+        except BaseException as exc:
+            for path in tmp.values():  # those not replaced yet; a replaced one is gone from its temporary name
+                with suppress(OSError):
+                    path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise DataError(f"{step.name}: cannot save the annoy index: {exc.strerror or exc}") from exc
+            raise
 
     def _load_saved(self) -> BuiltIndex | None:
         """The saved index if it matches the manifest and the current encoder; else None.
@@ -293,9 +358,12 @@ class AnnoyBuffer(ExactBuffer):
             if unsafe is not None:
                 self.problems.append(f"{ann.name}: not a sound annoy index ({unsafe}); rebuilding")
                 return None
-            rids = np.load(rid_file, allow_pickle=False)
+            rids = _saved_rids(rid_file)
             index = AnnoyIndex(self.encoder.dim, "angular")
             index.load(str(ann))
+        except DataError as exc:  # names its file
+            self.problems.append(f"{exc}; rebuilding")
+            return None
         except (OSError, ValueError, KeyError) as exc:
             self.problems.append(f"{manifest.name}: saved annoy index unreadable ({exc}); rebuilding")
             return None

@@ -8,9 +8,13 @@ from dreamgym_plugin_local import dreamgym_register_algos
 
 @pytest.mark.parametrize("spec", dreamgym_register_algos(), ids=lambda s: s.name)
 def test_check_algorithm(spec, kit):
-    policy = kit.TinyPolicy()
-    algo = spec.factory(spec.config_type(lr=1e-3), policy=policy, seed=0)
-    metrics = check_algorithm(algo, kit.make_groups(), lambda: kit.flat_params(policy.model))
+    def build():
+        """A new policy and the algorithm on it, as a run (and its --resume) builds them."""
+        policy = kit.TinyPolicy()
+        return spec.factory(spec.config_type(lr=1e-3), policy=policy, seed=0), lambda: kit.flat_params(policy.model)
+
+    algo, parameters = build()
+    metrics = check_algorithm(algo, kit.make_groups(), parameters, rebuild=build)
     assert metrics["errors/nonfinite_loss_steps"] == 0
     assert metrics["errors/nonfinite_metrics"] == 0  # the trainer leaves non-finite metrics out: counted here
 

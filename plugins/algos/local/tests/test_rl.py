@@ -230,6 +230,23 @@ def test_rl_refuses_responses_sampled_longer_than_it_trains(cls, config_type, ki
     DPO(DPOConfig(max_new_tokens=32, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
 
 
+@pytest.mark.parametrize("config_type", [GRPOConfig, PPOConfig], ids=["grpo", "ppo"])
+def test_rl_configs_refuse_clip_ratios_that_drop_a_clip_bound(config_type):
+    # the lower ratio bound is 1 - clip_ratio_low: at clip_ratio_low >= 1 it is <= 0 and clips
+    # nothing (a ratio is never below 0); the upper bound 1 + clip_ratio_high must stay above 1
+    from dreamgym_core.config import convert_config
+    from dreamgym_core.errors import ConfigError
+
+    for field, value in (("clip_ratio_low", 1.0), ("clip_ratio_low", 1.5), ("clip_ratio_low", 0.0),
+                         ("clip_ratio_low", -0.2), ("clip_ratio_high", 0.0), ("clip_ratio_high", -0.2)):
+        with pytest.raises(ConfigError, match=rf"^pipeline.yaml: Expected `float` .* - at `\$\.algo\.config\.{field}`$"):
+            convert_config({field: value}, config_type, "pipeline.yaml", "$.algo.config")
+        with pytest.raises(msgspec.ValidationError, match=rf"{config_type.__name__}: .* - at `\$\.{field}`"):
+            config_type(**{field: value})  # built in Python, checked alike
+    kept = convert_config({"clip_ratio_low": 0.99, "clip_ratio_high": 5.0}, config_type, "pipeline.yaml", "$.algo.config")
+    assert (kept.clip_ratio_low, kept.clip_ratio_high) == (0.99, 5.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("spec", dreamgym_register_algos(), ids=lambda s: s.name)
 def test_low_precision_policies_are_refused(spec, dtype, kit):

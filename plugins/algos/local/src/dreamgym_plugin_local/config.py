@@ -56,7 +56,10 @@ class RLConfig(TrainerConfig):
     """Shared PPO-clip settings of GRPO and PPO (names follow verl's actor config)."""
 
     ppo_epochs: Annotated[PositiveInt, Meta(description="Passes over each batch per update().")] = 1
-    clip_ratio_low: Annotated[PositiveFloat, Meta(description="PPO clip: lower ratio bound 1 - eps.")] = 0.2
+    clip_ratio_low: Annotated[
+        Annotated[float, Meta(gt=0.0, lt=1.0)],
+        Meta(description="PPO clip: lower ratio bound 1 - eps; below 1 (at 1 or more the bound is <= 0 and clips nothing)."),
+    ] = 0.2
     clip_ratio_high: Annotated[PositiveFloat, Meta(description="PPO clip: upper ratio bound 1 + eps.")] = 0.2
     clip_ratio_c: Annotated[Annotated[float, Meta(gt=1.0)], Meta(description="Dual-clip bound for negative advantages.")] = 3.0
     kl_coef: Annotated[NonNegativeFloat, Meta(description="KL-to-reference loss coefficient (paper: 0.01); 0 drops the reference.")] = 0.01

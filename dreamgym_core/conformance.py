@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from typing import Iterator
 
@@ -14,8 +13,6 @@ from .contracts import missing_members
 from .errors import ConfigError, ConformanceError, DreamGymError, ModelUnavailable
 from .plugins import Plugins
 from .records import Task
-
-log = logging.getLogger(__name__)
 
 
 def _required_fields(spec) -> list[str]:
@@ -105,16 +102,11 @@ def check_plugin(name: str) -> Iterator[str]:
 
 def _check_env(spec, config) -> None:
     domain = _built("env", spec.factory(config))
-    close = getattr(domain, "close", None)  # as the loop does: a domain's probe env holds a simulator or a browser
-    try:
+    # closed as the loop closes it (a domain's probe env holds a simulator or a browser); after a
+    # failed check, a close() that fails too is logged, not raised over the check's failure
+    with testing.closed_on_failure(domain):
         testing.check_domain(domain)
-    except BaseException:  # the check's failure is the report: a close() that fails too is logged, not raised over it
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.warning("%s: close() after the failed check raised too", type(domain).__name__, exc_info=True)
-        raise
+    close = getattr(domain, "close", None)
     if close is not None:
         close()
 
@@ -158,19 +150,25 @@ def _check_algo(spec, config) -> None:
         policy_spec = models.component("model", "hf-tiny")
     except DreamGymError as exc:
         raise _Skip(f"checked with an hf-tiny policy, and the hf plugin is not there: {exc}") from exc
-    policy = models.build("model", "hf-tiny", msgspec.convert(STAND_IN_POLICY, type=policy_spec.config_type))
-    try:
-        algo = spec.factory(config, policy=policy, seed=0)
-    except ConfigError as exc:  # an algorithm for another kind of policy (a served model, prompts) says so
-        raise _Skip(f"its factory refuses the hf-tiny stand-in policy: {exc}") from exc
-    _built("algo", algo)
+    policy_config = msgspec.convert(STAND_IN_POLICY, type=policy_spec.config_type)
 
-    def parameters():
-        import torch
+    def build():
+        """A new stand-in policy and the algorithm on it, as a run (and its ``--resume``) builds them."""
+        policy = models.build("model", "hf-tiny", policy_config)
+        try:
+            algo = spec.factory(config, policy=policy, seed=0)
+        except ConfigError as exc:  # an algorithm for another kind of policy (a served model, prompts) says so
+            raise _Skip(f"its factory refuses the hf-tiny stand-in policy: {exc}") from exc
 
-        return torch.cat([p.detach().flatten().clone() for p in policy.model.parameters()])
+        def parameters():
+            import torch
 
-    testing.check_algorithm(algo, testing.stand_in_groups(), parameters)
+            return torch.cat([p.detach().flatten().clone() for p in policy.model.parameters()])
+
+        return _built("algo", algo), parameters
+
+    algo, parameters = build()
+    testing.check_algorithm(algo, testing.stand_in_groups(), parameters, rebuild=build)
 
 
 _CHECKS = {

@@ -279,6 +279,30 @@ def test_a_close_that_raises_after_a_failed_env_check_does_not_hide_the_failure(
     assert "simulator already gone" in caplog.text
 
 
+class Closeless:
+    """A domain without the optional close()."""
+
+
+def test_closed_on_failure_is_the_one_close_after_a_failed_check(caplog):
+    # check_env and dreamgym check's domains each had their own copy of this close-and-log code
+    from dreamgym_core import testing
+    from dreamgym_core.testing import closed_on_failure
+
+    env = CountsCloses()
+    with closed_on_failure(env):  # a passing block leaves it open: its check closes it
+        pass
+    assert env.closes == 0
+    with pytest.raises(KeyError, match="the check's failure"), closed_on_failure(env):
+        raise KeyError("the check's failure")
+    assert env.closes == 1
+    with pytest.raises(KeyError, match="the check's failure"), closed_on_failure(Closeless()):  # no close(): nothing to close
+        raise KeyError("the check's failure")
+    with pytest.raises(KeyError, match="the check's failure"), closed_on_failure(CloseRaises()):
+        raise KeyError("the check's failure")
+    assert [r.name for r in caplog.records] == [testing.__name__]
+    assert caplog.records[0].getMessage() == "CloseRaises: close() after the failed check raised too"
+
+
 # --- curricula ---
 
 CURRICULUM_TASKS = [Task(id=f"c{i}", instruction=f"task {i}", domain="check") for i in range(8)]
@@ -506,6 +530,102 @@ def test_check_algorithm_requires_load_to_restore_what_save_saw():
         check_algorithm(beside, [[]], lambda: beside.weights.copy())
 
 
+class LoadsFromMemory(GoodAlgo):
+    """Writes its checkpoint, but load() restores the copy save() kept in memory: it passes on
+    the instance that saved, while a resumed run (a new process) keeps its fresh weights."""
+
+    def save(self, *, path):
+        super().save(path=path)
+        self.kept = self.weights.copy()
+
+    def load(self, *, path):
+        self.weights = getattr(self, "kept", self.weights)
+
+
+def _fresh(algo_type):
+    """``check_algorithm``'s ``rebuild``: a new algorithm and the reader of its parameters."""
+    algo = algo_type()
+    return algo, lambda: algo.weights.copy()
+
+
+def test_check_algorithm_loads_what_save_wrote_into_a_fresh_algorithm():
+    # a load() from memory passed: the check loaded into the instance that had saved
+    algo, parameters = _fresh(GoodAlgo)
+    check_algorithm(algo, [[]], parameters, rebuild=lambda: _fresh(GoodAlgo))
+    algo, parameters = _fresh(LoadsFromMemory)
+    with pytest.raises(ConformanceError, match=r"^LoadsFromMemory: load\(\) into a fresh algorithm did not restore the parameters save\(\) saw"):
+        check_algorithm(algo, [[]], parameters, rebuild=lambda: _fresh(LoadsFromMemory))
+
+
+class _PolicyAlgo:
+    """Acts, and updates and saves its policy's weights; load() restores them from its path."""
+
+    def __init__(self, config, *, policy, seed):
+        self.weights = list(policy.model.parameters())
+
+    def act(self, *, prompts, greedy=False, temperature=None, evaluation=False):
+        return ["<action>go north</action>" for _ in prompts]
+
+    def update(self, *, groups):
+        import torch
+
+        with torch.no_grad():
+            for w in self.weights:
+                w.add_(0.5)
+        return {"loss": 0.5}
+
+    def save(self, *, path):
+        import torch
+
+        torch.save([w.detach().clone() for w in self.weights], path)
+
+    def load(self, *, path):
+        import torch
+
+        self._restore(torch.load(path))
+
+    def _restore(self, saved):
+        import torch
+
+        with torch.no_grad():
+            for w, value in zip(self.weights, saved):
+                w.copy_(value)
+
+
+class _PolicyAlgoFromMemory(_PolicyAlgo):
+    """Writes its checkpoint, but load() restores the copy save() kept in memory."""
+
+    def save(self, *, path):
+        super().save(path=path)
+        self.kept = [w.detach().clone() for w in self.weights]
+
+    def load(self, *, path):
+        self._restore(getattr(self, "kept", self.weights))
+
+
+def test_dreamgym_check_loads_an_algorithm_checkpoint_into_a_fresh_algorithm(register_plugin, monkeypatch):
+    # passed: dreamgym check loaded the checkpoint into the algorithm that had saved it
+    from dreamgym_core import ComponentSpec, conformance, hookimpl
+    from dreamgym_core.config import Config
+
+    register_plugin(pytest.importorskip("dreamgym_plugin_hf"), "hf")  # the hf-tiny stand-in policy
+
+    class Algos:
+        @hookimpl
+        def dreamgym_register_algos(self):
+            return [
+                ComponentSpec(name="from-path", factory=_PolicyAlgo, config_type=Config, description="loads its path"),
+                ComponentSpec(name="from-memory", factory=_PolicyAlgoFromMemory, config_type=Config, description="loads its memory"),
+            ]
+
+    plugins = register_plugin(Algos(), "algos")
+    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    lines = list(conformance.check_plugin("algos"))
+    assert lines[0] == "ok   algo:from-path"
+    assert lines[1].startswith("FAIL algo:from-memory: _PolicyAlgoFromMemory: load() into a fresh algorithm did not restore the parameters save() saw")
+    assert lines[2:] == ["1 of 2 component(s) of plugin 'algos' failed"]
+
+
 def test_check_algorithm_accepts_torch_parameters():
     torch = pytest.importorskip("torch")
     weights = torch.zeros(4, dtype=torch.bfloat16)
@@ -637,6 +757,56 @@ class RulesOutTheRealGame(GoodDomain):
         return "nothing can change"
 
 
+class JudgesUnlistedActions(GoodDomain):
+    """Rules out an action the state's list leaves out (where the state lists any): never a real step."""
+
+    def admissible_in(self, state):
+        return ["a"]
+
+    def implausible(self, *, state, action, next_state):
+        return "not listed" if state.admissible_actions and action not in state.admissible_actions else ""
+
+
+class RulesOutListChanges(GoodDomain):
+    """Rules out any answer whose listed actions differ from the state's, where it lists any: a
+    real move lists other actions, and a run passes the next state's list as admissible_in reads it."""
+
+    def admissible_in(self, state):
+        return ["a"]  # GoodEnv lists ["a"] after its first step
+
+    def implausible(self, *, state, action, next_state):
+        listed = next_state.admissible_actions
+        return "the answer changed the action list" if listed and listed != state.admissible_actions else ""
+
+
+class RulesOutNewListsOfTheEnv(RulesOutListChanges):
+    """The same rule, without admissible_in: the real env's own list of the next state shows it."""
+
+    admissible_in = None
+
+
+class RulesOutLaterSteps(GoodDomain):
+    """Rules out every answer after the first step (GoodEnv's second state reads "s1 ...")."""
+
+    def implausible(self, *, state, action, next_state):
+        return "nothing happens after the start" if state.text.startswith("s1 ") else ""
+
+
+class LazyTasks(GoodDomain):
+    def tasks(self, *, split):
+        return (task for task in super().tasks(split=split))
+
+
+class HeldOutTasksAsGenerators(GoodDomain):
+    """Its held-out splits are generators, and they share a train task: a run's len() of them fails."""
+
+    splits = {"train": ["a", "b"], "valid": ["a"], "test": ["a"]}
+
+    def tasks(self, *, split):
+        tasks = super().tasks(split=split)
+        return tasks if split == "train" else iter(tasks)
+
+
 class TrainValidOverlap(GoodDomain):
     splits = {"train": ["a", "b"], "valid": ["a"], "test": ["d"]}
 
@@ -649,7 +819,7 @@ class NoValid(GoodDomain):
     splits = {"train": ["a", "b"], "valid": [], "test": ["d"]}
 
 
-@pytest.mark.parametrize("domain_type", [GoodDomain, NoValid, VaryingDomain, JudgingDomain])
+@pytest.mark.parametrize("domain_type", [GoodDomain, NoValid, VaryingDomain, JudgingDomain, JudgesUnlistedActions])
 def test_a_good_domain_passes(domain_type):
     check_domain(domain_type())
 
@@ -671,12 +841,47 @@ def test_a_good_domain_passes(domain_type):
         (NumberVariations, r"propose_variations\(\) must return a list of str, got \[0, 1\]"),
         (ProposesOnly, r"has propose_variations but no make_variation"),
         (CorrectsWithText, r"correct\(\) returned str, expected ExperienceResult"),
-        (RulesOutTheRealGame, r"implausible\(\) ruled out a real transition \('.*'\): 'nothing can change'; expected \"\""),
+        (RulesOutTheRealGame, r"implausible\(\) ruled out a real transition \('a', step 0 of episode 'expert-0'; .*\): 'nothing can change'; expected \"\""),
+        # judged with lists: the next state listed nothing, so a rule on listed actions went unchecked
+        (RulesOutListChanges, r"implausible\(\) ruled out a real transition \('a', step 0 of episode 'expert-0'; state listing \['a', 'b'\], "
+                              r"next state listing \['a'\]\): 'the answer changed the action list'"),
+        (RulesOutNewListsOfTheEnv, r"implausible\(\) ruled out a real transition \('a', step 0 of episode 'expert-0'; state listing \['a', 'b'\], "
+                                   r"next state listing \['a'\]\): 'the answer changed the action list'"),
+        # every real step: only the first was judged
+        (RulesOutLaterSteps, r"implausible\(\) ruled out a real transition \('a', step 1 of episode 'expert-0'; .*\): 'nothing happens after the start'"),
+        # the contract's list[Task]: a generator raised TypeError (all splits) or passed unread (held-out splits)
+        (LazyTasks, r"tasks\(split='train'\) returned generator, expected a list of Task \(a run takes its len\(\) and reads it more than once"),
+        (HeldOutTasksAsGenerators, r"tasks\(split='valid'\) returned list_iterator, expected a list of Task"),
     ],
 )
 def test_check_domain_fails_a_broken_domain(broken, message):
     with pytest.raises(ConformanceError, match=rf"{broken.__name__}: {message}"):
         check_domain(broken())
+
+
+class NamelessGone(Nameless):
+    """Fails its check (no name), and its close() raises, as one whose browser is already gone."""
+
+    def close(self):
+        raise RuntimeError("browser already gone")
+
+
+def test_dreamgym_check_closes_a_failed_domain_as_check_env_closes_a_failed_env(register_plugin, monkeypatch, caplog):
+    # one helper (testing.closed_on_failure) closes both, and logs a close() that fails too
+    from dreamgym_core import ComponentSpec, conformance, hookimpl
+    from dreamgym_core.config import Config
+
+    class Gone:
+        @hookimpl
+        def dreamgym_register_envs(self):
+            return [ComponentSpec(name="gone", factory=lambda config: NamelessGone(), config_type=Config, description="fails, then close raises")]
+
+    plugins = register_plugin(Gone(), "gone")
+    monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+    lines = list(conformance.check_plugin("gone"))
+    assert lines[0].startswith("FAIL env:gone: NamelessGone: name must be a non-empty str")
+    closes = [(r.name, r.getMessage()) for r in caplog.records if "close()" in r.getMessage()]
+    assert closes == [("dreamgym_core.testing", "NamelessGone: close() after the failed check raised too")]
 
 
 class MakesABrokenEnv(GoodDomain):

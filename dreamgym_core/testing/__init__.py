@@ -94,24 +94,30 @@ UNLISTED_ACTION = "xyzzy the unlisted action"
 def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
     """Types of reset/step, determinism under one seed, reset without a seed, a step of an
     action no state lists, idempotent close. A failed check closes the env too."""
-    try:
+    with closed_on_failure(env):  # its simulator (a JVM, a browser) must not outlive the failed check
         _check_plays(env, task, actions=actions, seed=seed)
-    except BaseException:  # its simulator (a JVM, a browser) must not outlive the failed check
-        _close_after_failure(env)
-        raise
     with _step(env, "close()"):
         env.close()
     with _step(env, "a second close() (close must be idempotent)"):
         env.close()
 
 
-def _close_after_failure(component: Any) -> None:
-    """Close ``component`` after its check failed: the check's error is the report, so one
-    from ``close()`` is logged, not raised over it."""
+@contextmanager
+def closed_on_failure(component: Any) -> Iterator[None]:
+    """Close ``component`` (where it has a ``close``) when the check in the block fails, and
+    re-raise that failure: it is the report, so an error from ``close()`` is logged, not raised
+    over it. A passing block leaves the component open: its check closes it as it must.
+    (:func:`check_env` and ``dreamgym check``'s domains use it.)"""
     try:
-        component.close()
-    except Exception:
-        log.warning("%s: close() after the failed check raised too", _name(component), exc_info=True)
+        yield
+    except BaseException:
+        close = getattr(component, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                log.warning("%s: close() after the failed check raised too", _name(component), exc_info=True)
+        raise
 
 
 def _check_plays(env: Any, task: Task, *, actions: int, seed: int) -> None:
@@ -180,39 +186,48 @@ def _replayed(item: Observation | StepResult) -> dict[str, Any]:
 
 
 def check_domain(domain: Any) -> None:
-    """A non-empty ``name``; train and test splits are non-empty; no two of train/valid/test
-    share a task id; make_env passes check_env on a train task; ``collect`` with each data
-    policy a run uses returns Trajectories of that task, which ``annotate`` explains in text;
-    the optional members a run calls, where present, return what the run reads
-    (:func:`check_domain_extras`)."""
+    """A non-empty ``name``; ``tasks`` returns a list of Tasks (a generator is refused); train
+    and test splits are non-empty; no two of train/valid/test share a task id; make_env passes
+    check_env on a train task; ``collect`` with each data policy a run uses returns
+    Trajectories of that task, which ``annotate`` explains in text; the optional members a run
+    calls, where present, return what the run reads (:func:`check_domain_extras`, with every
+    collected episode)."""
     name = getattr(domain, "name", None)
     if not isinstance(name, str) or not name:
         raise _fail(domain, f"name must be a non-empty str (pipelines and errors name the env by it), got {name!r}")
-    ids: dict[str, set[str]] = {}
+    splits: dict[str, list[Task]] = {}
     for split in ("train", "valid", "test"):
         with _step(domain, f"tasks(split={split!r})"):
             tasks = domain.tasks(split=split)
+        if not isinstance(tasks, list):  # the contract's list[Task] (protocols.Domain.tasks)
+            raise _fail(
+                domain,
+                f"tasks(split={split!r}) returned {type(tasks).__name__}, expected a list of Task "
+                "(a run takes its len() and reads it more than once; a generator is used up by the first read)",
+            )
         if not tasks and split != "valid":
             raise _fail(domain, f"tasks(split={split!r}) is empty")
-        for task in tasks or []:
+        for task in tasks:
             _expect(domain, task, Task, "tasks()")
-        ids[split] = {t.id for t in tasks or []}
+        splits[split] = tasks
+    ids = {split: {t.id for t in tasks} for split, tasks in splits.items()}
     for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
         if shared := ids[a] & ids[b]:
             raise _fail(domain, f"{a} and {b} splits share tasks: {sorted(shared)[:3]}")
-    task = domain.tasks(split="train")[0]
+    task = splits["train"][0]
     with _step(domain, "make_env()"):
         env = domain.make_env()
     check_env(env, task)  # which closes it, also when it fails
     # two expert episodes of one task: a run asks for more episodes than it has tasks
-    transitions = [t for policy in DATA_POLICIES for t in _check_collect(domain, task, policy, episodes=2 if policy == "expert" else 1)]
+    episodes = [steps for policy in DATA_POLICIES for steps in _check_collect(domain, task, policy, episodes=2 if policy == "expert" else 1)]
+    transitions = [t for steps in episodes for t in steps]
     if not transitions:
         raise _fail(domain, f"collect() of one episode of task {task.id!r} returned no transitions, for any of {', '.join(DATA_POLICIES)}")
     for transition in transitions:  # every step: an annotator may fail on winning steps only
         with _step(domain, "annotate(transition=...)"):
             reasoning = domain.annotate(transition=transition)
         _expect(domain, reasoning, str, "annotate()")
-    check_domain_extras(domain, task, transitions[0])
+    check_domain_extras(domain, task, transitions[0], episodes=episodes)
 
 
 # The data policies every domain plays (data.*_episodes, eval.fidelity_policies); "explore"
@@ -220,9 +235,9 @@ def check_domain(domain: Any) -> None:
 DATA_POLICIES = ("expert", "noisy", "random")
 
 
-def _check_collect(domain: Any, task: Task, policy: str, episodes: int = 1) -> list[Transition]:
-    """``episodes`` of ``policy`` on ``task``: a run asks for more episodes than it has tasks,
-    so one task must give any number of them."""
+def _check_collect(domain: Any, task: Task, policy: str, episodes: int = 1) -> list[list[Transition]]:
+    """``episodes`` of ``policy`` on ``task``, each episode's transitions: a run asks for more
+    episodes than it has tasks, so one task must give any number of them."""
     call = f"collect(policy={policy!r}, episodes={episodes})"
     with _step(domain, call):
         got = domain.collect(tasks=[task], policy=policy, episodes=episodes, seed=0)
@@ -237,14 +252,17 @@ def _check_collect(domain: Any, task: Task, policy: str, episodes: int = 1) -> l
             raise _fail(domain, f"collect(policy={policy!r}) gave a transition of task {transition.task_id!r}, source {transition.source!r}; expected task {task.id!r}, source 'offline'")
         if not _finite_real(transition.reward):  # as stages.collect refuses it
             raise _fail(domain, f"collect(policy={policy!r}) gave step {transition.step} of episode {transition.episode_id!r} with reward {transition.reward!r}, expected a finite number")
-    return steps
+    return [list(trajectory.transitions) for trajectory in got]
 
 
-def check_domain_extras(domain: Any, task: Task, transition: Transition) -> None:
+def check_domain_extras(
+    domain: Any, task: Task, transition: Transition, *, episodes: Sequence[Sequence[Transition]] = (),
+) -> None:
     """The optional members a run calls, where the domain has them: ``initial_observation``
     (an Observation), ``admissible_in`` (a list of str), ``world_of`` and ``world_key`` (a str),
-    ``implausible`` ("" for a real transition: the real game's answer is never ruled out), ``correct``
-    (an ExperienceResult), and for the
+    ``implausible`` ("" for every real step of ``episodes``, else of ``transition``: the real
+    game's answer is never ruled out, whichever action lists a run shows with its states),
+    ``correct`` (an ExperienceResult), and for the
     curriculum ``describe_variation`` (a str), ``propose_variations`` (a list of str) whose
     texts ``make_variation`` turns into Tasks (or None for one it refuses)."""
     calls = (
@@ -262,11 +280,7 @@ def check_domain_extras(domain: Any, task: Task, transition: Transition) -> None
             if kind is list and not all(isinstance(a, str) for a in value):
                 raise _fail(domain, f"{member}() must return a list of str, got {value!r:.120}")
     if callable(getattr(domain, "implausible", None)):
-        state = Observation(text=transition.state, admissible_actions=list(transition.admissible_actions))
-        with _step(domain, "implausible() of a real transition"):
-            verdict = domain.implausible(state=state, action=transition.action, next_state=Observation(text=transition.next_state))
-        if verdict != "":
-            raise _fail(domain, f"implausible() ruled out a real transition ({transition.action!r}): {verdict!r:.120}; expected \"\"")
+        _check_implausible(domain, episodes or [[transition]])
     if callable(getattr(domain, "correct", None)):
         state = Observation(text=transition.state, admissible_actions=list(transition.admissible_actions))
         answer = ExperienceResult(reasoning="", next_state=transition.next_state, reward=0.0, done=False, success=False)
@@ -285,6 +299,39 @@ def check_domain_extras(domain: Any, task: Task, transition: Transition) -> None
                 made = domain.make_variation(task, text)
             if made is not None and not isinstance(made, Task):
                 raise _fail(domain, f"make_variation() returned {type(made).__name__}, expected a Task or None")
+
+
+def _check_implausible(domain: Any, episodes: Sequence[Sequence[Transition]]) -> None:
+    """``implausible`` of each real step of ``episodes`` is "", judged with each pair of action
+    lists a run's synthetic env may pass: the state listing what the env listed in it, with the
+    next state listing what the env listed in it (the next step's list, where that step starts
+    from it), what ``admissible_in`` reads in it (what a run passes), or nothing (what a run
+    passes for a domain without ``admissible_in``); and both listing nothing."""
+    read = getattr(domain, "admissible_in", None)
+    for steps in episodes:
+        for i, t in enumerate(steps):
+            listed = list(t.admissible_actions)
+            following = steps[i + 1] if i + 1 < len(steps) else None
+            next_lists = [list(following.admissible_actions)] if following is not None and following.state == t.next_state else []
+            if callable(read):
+                with _step(domain, "admissible_in() of a real next state"):
+                    actions = read(t.next_state)
+                if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
+                    raise _fail(domain, f"admissible_in() must return a list of str, got {actions!r:.120}")
+                next_lists.append(actions)
+            pairs = [(listed, next_listed) for next_listed in (*next_lists, [])] + [([], [])]
+            for state_actions, next_actions in dict.fromkeys((tuple(a), tuple(b)) for a, b in pairs):
+                state = Observation(text=t.state, admissible_actions=list(state_actions))
+                next_state = Observation(text=t.next_state, admissible_actions=list(next_actions))
+                with _step(domain, f"implausible() of a real transition ({t.action!r})"):
+                    verdict = domain.implausible(state=state, action=t.action, next_state=next_state)
+                if verdict != "":
+                    raise _fail(
+                        domain,
+                        f"implausible() ruled out a real transition ({t.action!r}, step {t.step} of episode {t.episode_id!r}; "
+                        f"state listing {list(state_actions)!r:.80}, next state listing {list(next_actions)!r:.80}): "
+                        f"{verdict!r:.120}; expected \"\"",
+                    )
 
 
 def check_experience_model(model: Any, requests: Sequence[ExperienceRequest]) -> None:
@@ -541,12 +588,22 @@ def stand_in_groups(make: Callable[..., Trajectory] = stand_in_trajectory) -> li
     return groups
 
 
-def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameters: Callable[[], Any]) -> dict[str, float]:
+def check_algorithm(
+    algo: Any,
+    groups: Sequence[Sequence[Trajectory]],
+    parameters: Callable[[], Any],
+    *,
+    rebuild: Callable[[], tuple[Any, Callable[[], Any]]] | None = None,
+) -> dict[str, float]:
     """``act`` gives one str per prompt; one update on a tiny batch gives finite metrics and
-    changes the parameters, to finite values; ``load`` of what ``save`` wrote restores them.
+    changes the parameters, to finite values; ``load`` of what ``save`` wrote restores them,
+    into a fresh algorithm (``rebuild``) and into this one after another update.
 
     ``parameters`` returns a flat copy of the policy's parameters (a tensor or array);
-    ``groups``: :func:`stand_in_groups` will do.
+    ``groups``: :func:`stand_in_groups` will do. ``rebuild()`` builds a fresh algorithm as a
+    run does (a new policy, then the factory) and returns it with the ``parameters`` of its
+    policy: ``--resume`` and ``dreamgym eval`` load the checkpoint into a new process, so a
+    ``load`` that restores from memory instead of from its path passes without it.
     """
     missing = missing_members("algo", algo)
     if missing:  # Plugins.build refuses such an algorithm, so no run could use it
@@ -572,19 +629,35 @@ def check_algorithm(algo: Any, groups: Sequence[Sequence[Trajectory]], parameter
         raise _fail(algo, "update() left non-finite (NaN or inf) parameters")
     if unchanged:
         raise _fail(algo, "update() did not change the policy's parameters")
-    _check_save_load(algo, groups, parameters, after)
+    _check_save_load(algo, groups, parameters, after, rebuild)
     return metrics
 
 
-def _check_save_load(algo: Any, groups: Sequence[Sequence[Trajectory]], parameters: Callable[[], Any], saved: Any) -> None:
-    """``load`` of what ``save`` wrote brings the saved parameters back: ``--resume`` and
-    ``dreamgym eval`` play the policy that ``load`` restores from the run's checkpoint."""
+def _check_save_load(
+    algo: Any, groups: Sequence[Sequence[Trajectory]], parameters: Callable[[], Any], saved: Any,
+    rebuild: Callable[[], tuple[Any, Callable[[], Any]]] | None,
+) -> None:
+    """``load`` of what ``save`` wrote brings the saved parameters back, into a fresh algorithm
+    (``rebuild``, as ``--resume`` and ``dreamgym eval`` build one) and into ``algo`` after
+    another update: a run plays the policy that ``load`` restores from its checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "algo")
         with _step(algo, "save(path=...)"):
             algo.save(path=path)
         if not os.path.exists(path):  # as a run checks each checkpoint's
             raise _fail(algo, f"save(path={path!r}) wrote nothing at that path")
+        if rebuild is not None:
+            with _step(algo, "rebuild() of a fresh algorithm"):
+                fresh, fresh_parameters = rebuild()
+            with _step(fresh, "load(path=...) of what save() wrote, into a fresh algorithm"):
+                fresh.load(path=path)
+                same = bool((fresh_parameters() == saved).all())
+            if not same:
+                raise _fail(
+                    algo,
+                    "load() into a fresh algorithm did not restore the parameters save() saw: --resume and dreamgym eval "
+                    "build the algorithm anew and play what load() restores from the path, not what this instance holds",
+                )
         with _step(algo, "update() after save()"):
             algo.update(groups=groups)
         with _step(algo, "load(path=...) of what save() wrote"):

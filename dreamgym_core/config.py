@@ -47,12 +47,19 @@ __all__ = [
     "load_resolved",
     "convert_config",
     "config_hash",
+    "ROLLOUT_SEED_STRIDE",
 ]
 
 PositiveInt = Annotated[int, Meta(gt=0)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 PositiveFloat = Annotated[float, Meta(gt=0.0)]
+
+# RL rollout seeds step this much an iteration: episode i of iteration t plays from
+# seed * 7919 + t * ROLLOUT_SEED_STRIDE + i (dreamgym_core.loop.Runner._rollout), so an iteration
+# of more episodes than this would reuse the next iteration's seeds. The formula stays as it is
+# (runs keep their numbers); LoopConfig refuses a larger iteration.
+ROLLOUT_SEED_STRIDE = 1000
 
 
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -264,6 +271,17 @@ class LoopConfig(Config):
         NonNegativeInt,
         Meta(description="Real envs open at once in one play (an evaluation, a real RL rollout): a play of more episodes runs in batches of this many, each batch's envs closed before the next opens. Bounds the simulators' memory (a ScienceWorld env is a JVM of about 0.27 GB); smaller batches mean more, smaller policy calls. A sampled play (real RL, eval.temperature > 0) draws from one seed per policy call, so another value samples other actions. 0: every episode of a play at once."),
     ] = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        episodes = self.tasks_per_iteration * self.group_size
+        if episodes > ROLLOUT_SEED_STRIDE:
+            raise ValueError(
+                f"loop.tasks_per_iteration * loop.group_size = {self.tasks_per_iteration} * {self.group_size} = {episodes} "
+                f"episodes an iteration; at most {ROLLOUT_SEED_STRIDE} keep their rollout seeds apart (each iteration's "
+                f"seeds start {ROLLOUT_SEED_STRIDE} after the last one's), else two iterations' episodes share seeds: "
+                "lower loop.tasks_per_iteration or loop.group_size"
+            )
 
 
 class EvalConfig(Config):

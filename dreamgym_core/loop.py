@@ -28,14 +28,14 @@ import numpy as np
 
 from . import checkpoint, report, stages
 from .agent import build_agent_prompt, render_response
-from .config import PipelineConfig, ResolvedPipeline, config_hash, s2r_synthetic_iterations
+from .config import ROLLOUT_SEED_STRIDE, PipelineConfig, ResolvedPipeline, config_hash, s2r_synthetic_iterations
 from .contracts import WrongReturn, checked_metrics, checked_saved, checked_texts
 from .early import StateKey, demo_state_key, world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .progress import RolloutProgress, step_progress, takes
 from .provenance import VERSIONS_FILE, record_versions
-from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
+from .records import BRANCH_TAG, HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, drop_unanswered, rollout, success_by_family, sum_stats, wilson_interval
 from .selection import ValidSelection
 from .synthetic import storable
@@ -363,11 +363,10 @@ class Runner:
                         "has no payload['initial_state'] string (docs/experience-format.md)"
                     )
 
-    def _check_splits(self) -> None:
-        """The splits the run plays have tasks, and the held-out ones share no task id with the
-        train split: a misspelt eval.split or an empty valid split fails here, naming its field,
-        not after minutes of training, and a trained task is never scored as held out."""
-        cfg, where, env = self.cfg, self.resolved.source, self.cfg.env.name
+    def _played_splits(self) -> dict[str, str]:
+        """The splits the run plays besides RL's (evaluation, validation, fidelity scoring), each
+        with the field that plays it."""
+        cfg = self.cfg
         played = {}  # split -> the field that plays it
         if cfg.eval.episodes:
             played[cfg.eval.split] = "eval.split"
@@ -376,18 +375,39 @@ class Runner:
         if cfg.eval.valid_every:
             played.setdefault("valid", "eval.valid_every")
         if cfg.eval.fidelity_episodes:
-            if cfg.eval.split == "train":  # the experience model trained on these very tasks' episodes
-                raise ConfigError(f"{where}: eval.fidelity_episodes scores the experience model on held-out tasks, "
-                                  "and eval.split is 'train'; use 'test' or 'valid'")
             played.setdefault(cfg.eval.split, "eval.fidelity_episodes")
+        return played
+
+    def _check_task_ids(self, split: str, tasks: Sequence[Task]) -> None:
+        """No task id holds BRANCH_TAG: an episode id is its task's id and more, and one holding
+        the tag is read as an Early Experience branch of another episode (``branch_parent``),
+        which mixes up whose history and which demos a training example is shown."""
+        tagged = next((task.id for task in tasks if BRANCH_TAG in task.id), None)
+        if tagged is not None:
+            raise ConfigError(
+                f"{self.resolved.source}: {self.who('env')}: {split!r} task id {tagged!r} holds {BRANCH_TAG!r}, which marks "
+                f"Early Experience's branch episodes, so this task's episodes would be read as branches of others; "
+                f"give the env's task ids no {BRANCH_TAG!r}"
+            )
+
+    def _check_splits(self) -> None:
+        """The splits the run plays have tasks, and the held-out ones share no task id with the
+        train split: a misspelt eval.split or an empty valid split fails here, naming its field,
+        not after minutes of training, and a trained task is never scored as held out."""
+        cfg, where, env = self.cfg, self.resolved.source, self.cfg.env.name
+        if cfg.eval.fidelity_episodes and cfg.eval.split == "train":  # the experience model trained on these very tasks' episodes
+            raise ConfigError(f"{where}: eval.fidelity_episodes scores the experience model on held-out tasks, "
+                              "and eval.split is 'train'; use 'test' or 'valid'")
+        self._check_task_ids("train", self.train_tasks)
         train_ids = {task.id for task in self.train_tasks}
-        for split, field in played.items():
+        for split, field in self._played_splits().items():
             try:
                 tasks = self.domain.tasks(split=split)
             except Exception as exc:  # a domain may raise for a split it does not know
                 raise ConfigError(f"{where}: {field} plays the {split!r} split, and env {env!r} cannot list it: {type(exc).__name__}: {exc}") from exc
             if not tasks:
                 raise ConfigError(f"{where}: {field} plays the {split!r} split, and env {env!r} has no tasks in it")
+            self._check_task_ids(split, tasks)
             shared = [task.id for task in tasks if task.id in train_ids] if split != "train" else []  # train: "not held out"
             if shared:
                 raise ConfigError(
@@ -398,12 +418,13 @@ class Runner:
     def _check_worlds(self) -> None:
         """Warn when the held-out or validation tasks repeat a world, or share one with the train
         tasks (a domain's optional ``world_key``): seeds of a small game often generate the same
-        world, and then a success rate counts one world several times, or counts a trained one."""
+        world, and then a success rate counts one world several times, or counts a trained one.
+        Only the splits the run plays: with ``eval.episodes: 0`` (and no fidelity episodes) the
+        eval split is never listed, which for a domain that generates its tasks is work or an error."""
         cfg = self.cfg
         if not hasattr(self.domain, "world_key"):
             return
-        used = [cfg.eval.split] + (["valid"] if cfg.eval.valid_every or cfg.loop.warmstart_select_episodes else [])
-        for split in dict.fromkeys(used):
+        for split in self._played_splits():
             tasks = self.domain.tasks(split=split)
             distinct, trained = world_counts(self.domain, tasks, self.train_tasks, who=self.who("env"))
             if distinct < len(tasks):
@@ -756,7 +777,7 @@ class Runner:
         flat = [task for task in tasks for _ in range(group)]
         trajectories, stats = self.play(
             flat, phase, temperature=self.cfg.loop.sampling_temperature,
-            seeds=[self.cfg.seed * 7919 + iteration * 1000 + i for i in range(len(flat))], tag=f"it{iteration}",
+            seeds=[self.cfg.seed * 7919 + iteration * ROLLOUT_SEED_STRIDE + i for i in range(len(flat))], tag=f"it{iteration}",
             what=f"iteration {iteration + 1}/{self.cfg.loop.iterations} rollout",
         )
         groups = [trajectories[i * group : (i + 1) * group] for i in range(len(tasks))]

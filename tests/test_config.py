@@ -396,6 +396,21 @@ def test_a_config_built_in_python_is_checked_as_a_pipeline_files_would_be(build,
         build()
 
 
+def test_an_iteration_of_more_episodes_than_its_rollout_seeds_keep_apart_is_refused(tmp_path):
+    # Episode i of RL iteration t plays from seed * 7919 + t * 1000 + i: with 1001 episodes an
+    # iteration, iteration 0's last episode played from iteration 1's first episode's seed.
+    data = pipeline_dict(str(tmp_path / "run"), tasks_per_iteration=250, group_size=4)
+    assert load_pipeline(write(tmp_path, data)).loop.tasks_per_iteration == 250  # 1000: the most that stay apart
+    data["loop"].update(tasks_per_iteration=143, group_size=7)
+    with pytest.raises(ConfigError, match=(
+        r"^.*pipeline.yaml: loop.tasks_per_iteration \* loop.group_size = 143 \* 7 = 1001 episodes an iteration; "
+        r"at most 1000 keep their rollout seeds apart .* - at `\$\.loop`$"
+    )):
+        load_pipeline(write(tmp_path, data))
+    with pytest.raises(ValueError, match=r"^loop.tasks_per_iteration \* loop.group_size = 1 \* 1001 = 1001 episodes"):
+        LoopConfig(group_size=1001, tasks_per_iteration=1)  # built in Python, as a file's is checked
+
+
 def test_a_checked_config_keeps_its_values_and_a_subclass_check_still_runs(tmp_path):
     loop = LoopConfig(iterations=3, warmstart_lr=1)  # an int where a float is declared, as YAML gives
     assert loop.iterations == 3 and loop.warmstart_lr == 1

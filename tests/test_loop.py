@@ -1810,6 +1810,76 @@ class WorldCount:
         return [ComponentSpec(name="count-worlds", factory=WorldDomain, config_type=CountConfig, description="Counting game with worlds (test double).")]
 
 
+class ListedSplits:
+    """The counting game with worlds, recording each split it is asked to list."""
+
+    def __init__(self) -> None:
+        self.listed: list[str] = []
+
+    @hookimpl
+    def dreamgym_register_envs(self):
+        listed = self.listed
+
+        class ListingDomain(CountDomain):
+            def tasks(self, *, split: str) -> list[Task]:
+                listed.append(split)
+                return super().tasks(split=split)  # KeyError for a split it does not know
+
+            def world_key(self, task: Task) -> str:
+                return f"target {task.payload['target']}"
+
+        return [ComponentSpec(name="count-listed", factory=ListingDomain, config_type=CountConfig, description="Counting game, listing spied.")]
+
+
+@pytest.mark.parametrize("split", ["test", "tset"])
+def test_world_checks_leave_an_eval_split_that_is_not_played_unlisted(register_plugin, tmp_path, split):
+    # eval.episodes 0 plays no eval split, yet its worlds were counted: a domain that generates its
+    # tasks (TextWorld with distinct_worlds resets each seed) did that work for nothing, and a
+    # misspelt split, which the split checks rightly skip then, failed the run with a raw KeyError.
+    register_plugin(StandIns(), "stand-ins")
+    spy = ListedSplits()
+    plugins = register_plugin(spy, "listed-splits")
+    parts = {"env": {"name": "count-listed"}, "eval": {"episodes": 0, "split": split}}
+    summary = run_pipeline(_resolved(plugins, tmp_path / "run", parts, iterations=1), plugins)
+    assert split not in spy.listed and "train" in spy.listed
+    assert "eval/success_rate" not in summary
+
+
+class BranchNamed:
+    """The counting game whose tasks of one split have ids holding Early Experience's branch tag."""
+
+    def __init__(self, split: str) -> None:
+        self.split = split
+
+    @hookimpl
+    def dreamgym_register_envs(self):
+        tagged = self.split
+
+        class BranchNamedDomain(CountDomain):
+            def tasks(self, *, split: str) -> list[Task]:
+                found = super().tasks(split=split)
+                if split != tagged:
+                    return found
+                return [msgspec.structs.replace(t, id=t.id.replace("count-", "count/branchy-")) for t in found]
+
+        return [ComponentSpec(name="count-branchy", factory=BranchNamedDomain, config_type=CountConfig, description="Counting game, tagged ids.")]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_task_id_holding_the_branch_tag_is_refused_naming_the_env_and_the_id(register_plugin, tmp_path, split):
+    # A task's episode ids hold its id, and branch_parent read any episode id holding "/branch" as
+    # an Early Experience branch of another episode: its history and its excluded demos were wrong.
+    register_plugin(StandIns(), "stand-ins")
+    plugins = register_plugin(BranchNamed(split), "branch-named")
+    parts = {"env": {"name": "count-branchy"}}
+    with pytest.raises(ConfigError, match=(
+        rf"^inline.yaml: env 'count-branchy' \(plugin 'branch-named'\): '{split}' task id 'count/branchy-{split}-0' "
+        r"holds '/branch', which marks Early Experience's branch episodes"
+    )):
+        run_pipeline(_resolved(plugins, tmp_path / "run", parts, iterations=1), plugins)
+    assert not (tmp_path / "run" / "offline.jsonl").exists()
+
+
 def test_held_out_play_counts_its_worlds_and_those_the_train_tasks_share(register_plugin, tmp_path, caplog):
     # 6 test tasks of 5 worlds, each a train task's world: the success rate counts one world twice and
     # trained worlds, which only a domain's world_key can tell; the run says so and the report shows it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import signal
 import sys
 import threading
@@ -281,6 +282,18 @@ def test_unknown_split_and_policy_are_config_errors(domain):
         domain.tasks(split="dev")
     with pytest.raises(ConfigError, match="unknown data policy 'oracle'"):
         domain.collect(tasks=domain.tasks(split="train"), policy="oracle", episodes=1, seed=0)
+
+
+def test_a_bad_variation_in_a_hand_made_task_is_a_config_error_naming_the_field(domain, env):
+    # A negative one came back as a raw py4j Java ArrayIndexOutOfBoundsException; a str as a JVM
+    # that "stopped answering", which was then killed.
+    task = domain.tasks(split="train")[0]
+    for variation in (-1, "3", True, None):
+        bad = msgspec.structs.replace(task, id="hand-made", payload={**task.payload, "variation": variation})
+        with pytest.raises(ConfigError, match=rf"^scienceworld: task 'hand-made': payload\['variation'\] is {re.escape(repr(variation))}; a ScienceWorld variation is an int from 0"):
+            env.reset(task=bad)
+    assert env._engine is None  # refused before the simulator was asked (and started)
+    assert env.reset(task=task).text  # the env plays on
 
 
 def test_variations_are_other_train_variations(domain):

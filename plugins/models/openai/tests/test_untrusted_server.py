@@ -25,6 +25,7 @@ class Misbehaving(BaseHTTPRequestHandler):
     lock = threading.Lock()
     in_flight = peak = 0  # "counted" requests being answered, and the most at once
     arrivals: dict[str, list[float]] = {}  # "retry-after-once" requests' arrival times, by prompt
+    seeds: list[int] = []  # the "int64-seed" requests' seeds, in the order they came
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -70,6 +71,13 @@ class Misbehaving(BaseHTTPRequestHandler):
                 self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
         elif mode == "counted":
             self._counted()
+        elif mode == "int64-seed":  # vLLM's check of a request's seed: a signed 64-bit integer
+            with Misbehaving.lock:
+                Misbehaving.seeds.append(body["seed"])
+            if -(2**63) <= body["seed"] < 2**63:
+                self._send(200, json.dumps({"choices": [{"text": ANSWER}]}).encode())
+            else:
+                self._send(400, b'{"error": "seed: Input should be less than or equal to 9223372036854775807"}')
         elif mode == "line-breaks":  # an error page with CR LF and U+2028 line breaks
             self._send(400, "<html>\r\n<body>\r\nBad\u2028Request\r\n</body></html>".encode())
         elif mode == "null-content":  # vLLM's reasoning parser when max_tokens ends inside the reasoning
@@ -188,6 +196,18 @@ def test_generate_from_several_threads_keeps_each_call_its_own_errors(url):
     (error,) = outcome
     assert isinstance(error, ModelCallError) and "1 of 2 calls failed" in str(error) and "HTTP 400" in str(error)
     assert shared.stats == {"calls": 3, "succeeded": 2, "retries": 0, "failed_calls": 1}
+
+
+def test_a_batch_seed_near_the_int64_limit_stays_in_the_range_a_server_takes(url):
+    # Request i is sent seed + i; the experience model's call seeds are 63-bit hashes, so a batch's
+    # last requests could pass 2**63 - 1, which a vLLM server refuses (HTTP 400, a failed call).
+    Misbehaving.seeds.clear()
+    near = backend(url, "int64-seed", max_retries=0, on_failure="raise")
+    assert near.generate(prompts=["p", "q", "r"], max_new_tokens=8, seed=2**63 - 2) == [ANSWER] * 3
+    assert sorted(Misbehaving.seeds) == [0, 2**63 - 2, 2**63 - 1]  # seed + i where it fits, unchanged
+    Misbehaving.seeds.clear()
+    assert near.generate(prompts=["p", "q"], max_new_tokens=8, seed=5) == [ANSWER] * 2
+    assert sorted(Misbehaving.seeds) == [5, 6]
 
 
 @pytest.mark.parametrize("status", [500, 503, 520, 529])

@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from dreamgym_core.contracts import checked_action
-from dreamgym_core.errors import DreamGymError
+from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
 from dreamgym_core.records import Observation, StepResult, Task
 
@@ -33,6 +33,8 @@ _AMBIGUOUS = "Ambiguous request"
 _ARTICLES = frozenset({"the", "a", "an"})
 # The simulator's own step cap sits above any episode's, so DreamGym's max_steps ends episodes.
 _ENGINE_STEP_LIMIT = 10_000
+# The simulator takes a variation as a Java int; it answers one past the task's last itself.
+_MAX_VARIATION = 2**31 - 1
 
 
 class EngineError(DreamGymError):
@@ -72,6 +74,20 @@ def render_state(observation: str, inventory: str, score: float, *, max_observat
         keep = max_observation_chars - 3  # the "..." mark counts in the budget: below 4 there is no room for it
         text = text[:keep].rstrip() + "..." if keep > 0 else text[:max_observation_chars]
     return f"{text}\nInventory: {inventory_items(inventory)}\nScore: {score:g}"
+
+
+def checked_variation(task: Task) -> int:
+    """``task.payload["variation"]``, or a one-line :class:`ConfigError` naming the task and the
+    field unless it is an int from 0 to 2**31 - 1: the simulator answered a negative one with a
+    raw Java ArrayIndexOutOfBoundsException, and a str or a larger int as a JVM that stopped
+    answering (and was killed)."""
+    variation = task.payload.get("variation")
+    if type(variation) is not int or not 0 <= variation <= _MAX_VARIATION:
+        raise ConfigError(
+            f"scienceworld: task {task.id!r}: payload['variation'] is {variation!r}; a ScienceWorld variation is an "
+            f"int from 0 to {_MAX_VARIATION} (a task's own: SciWorldDomain.variations(split))"
+        )
+    return variation
 
 
 def is_reset_task(action: str) -> bool:
@@ -201,10 +217,11 @@ class SciWorldEnv:
         """Start ``task``'s variation. The variation is the payload's; ``seed`` is not used.
         ``gold_path`` overrides the env's own setting for this episode (None: keep it)."""
         payload = task.payload
+        variation = checked_variation(task)  # before the call: a bad one needs no JVM
         gold = self.gold_path if gold_path is None else gold_path
         with self._jvm.call(f"reset {task.id}") as engine:
             server = engine.server
-            self._load(server, payload["task"], payload["variation"], payload["simplifications"], gold_path=gold)
+            self._load(server, payload["task"], variation, payload["simplifications"], gold_path=gold)
             server.reset()
             observation, score, _, inventory = self._send(server, "look around")  # as the wrapper's reset does
             self._gold = list_items(engine, server.getGoldActionSequence()) if gold else []

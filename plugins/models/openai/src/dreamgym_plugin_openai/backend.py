@@ -62,7 +62,7 @@ from .config import OpenAIConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "retry_delay", "retry_after_seconds", "cut_at_stop", "RETRY_STATUS", "MAX_RESPONSE_BYTES"]
+__all__ = ["OpenAIBackend", "ModelCallError", "backoff_delay", "retry_delay", "retry_after_seconds", "request_seed", "cut_at_stop", "RETRY_STATUS", "MAX_RESPONSE_BYTES"]
 
 #: HTTP statuses below 500 worth retrying (every 5xx is retried too: server-side trouble,
 #: such as a proxy's 520-524 or an overloaded server's 529).
@@ -70,6 +70,10 @@ RETRY_STATUS = frozenset({408, 409, 429})
 
 #: Longest answer body accepted, in bytes: one completion is a few KB; more is a broken server.
 MAX_RESPONSE_BYTES = 8 * 2**20
+
+# A request's seed goes as a JSON integer, which servers take as a signed 64-bit one (vLLM refuses
+# any other with HTTP 400)
+_SEED_MIN, _SEED_MAX = -(2**63), 2**63 - 1
 
 # Seconds between two looks for a free request slot: the slots are shared with other threads'
 # event loops, which an asyncio primitive cannot wait on
@@ -110,6 +114,15 @@ def retry_delay(attempt: int, requested: float | None, config: OpenAIConfig) -> 
     (``requested``) when longer, that one capped at ``max_retry_after``."""
     delay = backoff_delay(attempt, config.backoff, config.max_backoff)
     return delay if requested is None else max(delay, min(requested, config.max_retry_after))
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed sent with request ``index`` of a batch: ``seed + index``, or, only where that
+    leaves the signed 64-bit range a server takes, ``(seed + index) % 2**63``. The experience
+    model's call seeds are 63-bit hashes, so the last requests of a batch could pass 2**63 - 1 and
+    be refused; every seed a server accepted before is sent unchanged."""
+    value = seed + index
+    return value if _SEED_MIN <= value <= _SEED_MAX else value % 2**63
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -407,11 +420,12 @@ class OpenAIBackend:
         seed: int | None = None,
     ) -> list[str]:
         """Completions for ``prompts`` (request ``i`` gets seed ``seed + i``, so equal
-        prompts in a batch still sample independently). Failed calls: see the module doc."""
+        prompts in a batch still sample independently; see :func:`request_seed`). Failed calls:
+        see the module doc."""
         errors: list[str] = []  # this call's own: another thread's call may be running too
         url = self._completion_url()
         requests = [
-            (url, self._payload(p, max_new_tokens, temperature, stop, None if seed is None else seed + i), self._text, _GENERATE)
+            (url, self._payload(p, max_new_tokens, temperature, stop, None if seed is None else request_seed(seed, i)), self._text, _GENERATE)
             for i, p in enumerate(prompts)
         ]
         results = _run(self._gather(requests, errors)) if requests else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -12,16 +13,16 @@ import urllib.request
 
 import pytest
 
-from dreamgym_plugin_hf.serve import main, start_server
+from dreamgym_plugin_hf.serve import _Turn, main, start_server
 
 
-def call(url: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:
+def call(url: str, body: dict | None = None, key: str | None = None, timeout: float = 60) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
@@ -195,6 +196,62 @@ def test_a_client_hanging_up_during_generation_leaves_no_traceback(trained, caps
         srv.shutdown()
         srv.server_close()
     assert "Traceback" not in capsys.readouterr().err
+
+
+class StubModel:
+    """A served model that answers "ok" at once: no weights, the server's plumbing is under test."""
+
+    model_id, chat_template = "stub", False
+
+    def _generations(self, *, prompts, **_):
+        from dreamgym_plugin_hf.backend import Generation
+
+        return [Generation(text="ok", prompt_tokens=1, completion_tokens=1, finish_reason="stop")] * len(prompts)
+
+
+def test_a_turn_whose_hang_up_check_fails_leaves_the_model_free():
+    # whatever the check raises once the model's lock is taken, the lock goes back: held, every later request hung
+    class NoDescriptor:
+        def fileno(self):
+            raise RuntimeError("no descriptor")
+
+    lock = threading.Lock()
+    with pytest.raises(RuntimeError, match="no descriptor"):
+        with _Turn(lock, NoDescriptor()):
+            pass
+    assert not lock.locked()
+
+
+def test_a_connection_past_descriptor_1023_is_served_and_later_requests_too():
+    # select.select() refuses fds from 1024 (FD_SETSIZE) on, which a long run holding many files reaches:
+    # the request got a 500 and the model's lock stayed held, so every later request hung
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 1200
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"this process may open only {hard} files")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    srv = start_server(StubModel(), port=0)
+    held: list[int] = []
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        try:
+            while (fd := os.open(os.devnull, os.O_RDONLY)) < 1100:  # every lower number taken: the next connection's is higher
+                held.append(fd)
+            held.append(fd)
+            status, answer = call(f"{base}/completions", {"prompt": "high"})
+            assert status == 200 and answer["choices"][0]["text"] == "ok", answer
+        finally:
+            for fd in held:
+                os.close(fd)
+        status, answer = call(f"{base}/completions", {"prompt": "low"}, timeout=10)
+        assert status == 200 and answer["choices"][0]["text"] == "ok"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_unknown_route_is_404(server):

@@ -31,7 +31,7 @@ import hmac
 import json
 import math
 import os
-import select
+import selectors
 import socket
 import sys
 import threading
@@ -75,6 +75,22 @@ class ClientGone(Exception):
     """The client hung up (gave up waiting) before its turn at the model came."""
 
 
+# poll has no limit on descriptor numbers: select.select raises ValueError from fd 1024 (FD_SETSIZE)
+# on, which a long run holding many files reaches. Windows has no poll, and its select takes any socket.
+_Selector = getattr(selectors, "PollSelector", selectors.SelectSelector)
+
+
+def _hung_up(connection: Any) -> bool:
+    """Whether the client closed its end: the connection reads as an end of input (or fails)."""
+    try:
+        with _Selector() as selector:
+            selector.register(connection, selectors.EVENT_READ)
+            readable = bool(selector.select(0))
+        return readable and connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class _Turn:
     """The model's lock, taken for one request: once it is held, a request whose client has
     hung up in the queue is dropped instead of generated for nobody."""
@@ -85,10 +101,10 @@ class _Turn:
     def __enter__(self) -> None:
         self.lock.acquire()
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            gone = bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            gone = True
+            gone = _hung_up(self.connection)
+        except BaseException:  # a lock left held here would hang every later request
+            self.lock.release()
+            raise
         if gone:
             self.lock.release()
             raise ClientGone

@@ -965,6 +965,9 @@ class TeacherAnnotator:
                 prompts=[annotation_prompt(episodes[i]) for i in pending], max_new_tokens=self.max_new_tokens,
                 temperature=temperature, stop=[], seed=call_seed(stream_seed(self.seed, "annotate"), attempt),
             )
+            # a short list was zipped with the episodes: the last ones fell back (or failed) as if their JSON were bad
+            who = f"teacher backend {getattr(self.backend, 'model_id', '?')!r}"
+            texts = checked_texts(texts, len(pending), who, "generate()")
             for i, text in zip(pending, texts):
                 plans[i] = parse_annotation(text, len(episodes[i]))
             pending = [i for i in pending if plans[i] is None]

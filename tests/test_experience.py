@@ -864,6 +864,34 @@ def test_teacher_failure_is_never_silent() -> None:
         TeacherAnnotator(ScriptedLM(answer=lambda p: "no"), fallback=NoRules(), max_retries=0).annotate(transitions=data)
 
 
+@pytest.mark.parametrize(
+    "answers, message",
+    [
+        (lambda n: [_teacher_json(2)] * (n - 1), r"returned 1 texts for 2 prompts"),
+        (lambda n: None, r"returned NoneType, expected a list of 2 str"),
+        (lambda n: [{"text": _teacher_json(2)}] * n, r"returned dict at position 0, expected str"),
+    ],
+    ids=["short", "none", "not-str"],
+)
+def test_a_teacher_backend_that_gives_no_text_per_episode_is_named(answers, message) -> None:
+    # its answers were zipped with the episodes: a short list sent the last ones to the rules (or
+    # failed them as bad JSON) without a word, and None or a dict was a bare TypeError
+    from dreamgym_core.contracts import ComponentError
+
+    class Wrong(ScriptedLM):
+        def generate(self, *, prompts, **kwargs):
+            return answers(len(prompts))
+
+    class Rules:
+        def annotate(self, *, transition):
+            return "rule"
+
+    data = _episode("a", 2) + _episode("b", 2)
+    with pytest.raises(ComponentError, match=rf"^teacher backend 'scripted-lm': generate\(\) {message}") as info:
+        TeacherAnnotator(Wrong(), fallback=Rules()).annotate(transitions=data)
+    assert "\n" not in str(info.value)
+
+
 def test_the_pipeline_sets_the_teachers_budget_and_its_rule_fallback(caplog) -> None:
     from dreamgym_core.config import pipeline_from_dict
     from dreamgym_core.stages import annotate_offline

@@ -12,10 +12,16 @@ __all__ = ["is_loopback"]
 
 def is_loopback(host: str | None) -> bool:
     """Whether ``host`` (a name or an address, without port or brackets) is this machine's
-    loopback: ``localhost``, a ``*.localhost`` name, or a loopback address (127.0.0.0/8, ``::1``,
-    ``::ffff:127.0.0.1``, and the short forms ``127.1`` the resolver takes)."""
-    host = (host or "").lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
+    loopback: the name ``localhost`` (any case), or a loopback address
+    (127.0.0.0/8, ``::1``, ``::ffff:127.0.0.1``, and the short forms ``127.1`` the resolver takes).
+
+    Read from the text alone, never resolved: a lookup here could wait on DNS, and the client
+    looks the name up again when it connects, maybe getting another address. Other names are
+    not loopback even when they look it: ``api.localhost`` (RFC 6761 asks resolvers to answer it
+    with loopback, but glibc's with ``files ... dns`` in nsswitch.conf asks DNS), ``localhost.`` (a fully qualified name that
+    /etc/hosts does not list, so glibc asks DNS too) or ``127.0.0.1.`` (to the resolver a name, not an address)."""
+    host = (host or "").lower()
+    if host == "localhost":
         return True
     try:
         address = ipaddress.ip_address(host)

@@ -259,6 +259,8 @@ def test_a_query_without_a_credential_is_kept(url):
     ("https://models.example/v1", False),
     ("http://127.0.0.1:8000/v1", False),
     ("http://localhost:8000/v1", False),
+    ("http://LOCALHOST.:8000/v1", True),
+    ("http://model.localhost:8000/v1", True),  # a name DNS answers here, not this machine
     ("http://[::1]:8000/v1", False),
     ("http://0.0.0.0:8000/v1", False),  # connecting to it reaches this machine
 ])

@@ -134,6 +134,16 @@ def test_the_unspecified_addresses_are_this_machine_for_the_proxy_too(monkeypatc
         None, None, "proxy.dreamgym-test.invalid:3128"]
 
 
+def test_a_name_under_localhost_goes_through_the_proxy(monkeypatch):
+    # it was called directly, with the Bearer key: the resolver here asks DNS for *.localhost
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.dreamgym-test.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert env_proxy("http://model.localhost:8000/v1") == "proxy.dreamgym-test.invalid:3128"
+    assert env_proxy("http://LOCALHOST.:8000/v1") == "proxy.dreamgym-test.invalid:3128"  # asked of DNS too
+    assert env_proxy("http://LOCALHOST:8000/v1") is None
+
+
 # proxy variables httpx cannot use; SOCKS only while socksio (httpx[socks]) is not installed
 UNUSABLE = [
     ("HTTPS_PROXY", "http://user:pw@proxy.dreamgym-test.invalid:31280x"),

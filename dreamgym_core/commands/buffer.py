@@ -109,7 +109,7 @@ def _open_buffer(
         try:
             yield buffer
         except BaseException:
-            with suppress(OSError):  # the error under way names what failed; close's (the same full disk) would replace it
+            with suppress(OSError, DataError):  # the error under way names what failed; close's (the same full disk) would replace it
                 buffer.close()
             raise
         buffer.close()  # writes what is pending: it can fail as a write does

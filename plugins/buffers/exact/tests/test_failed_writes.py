@@ -7,7 +7,8 @@ import warnings
 import msgspec
 import pytest
 
-from dreamgym_core.testing import BagOfWordsEncoder
+from dreamgym_core.errors import DataError
+from dreamgym_core.testing import BagOfWordsEncoder, make_transitions
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig
 from dreamgym_plugin_exact import segments
 from dreamgym_plugin_exact.segments import read_segment, segment_files
@@ -50,7 +51,7 @@ def test_a_failed_write_leaves_no_torn_frame_and_is_retried_once(tmp_path, disti
     b = ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path)
     b.add(transitions=records[:5])
     _failing_write(monkeypatch, b, call=1, short=short)
-    with pytest.raises(OSError):
+    with pytest.raises(DataError, match="seg-000001.dgs: cannot write replay buffer segment: "):
         b.add(transitions=records[5:10])
     monkeypatch.undo()
     b.add(transitions=records[10:])  # retries the failed frame first
@@ -66,7 +67,7 @@ def test_frames_written_before_a_failed_one_are_not_written_again(tmp_path, dist
     for i in range(0, 15, 5):
         b.add(transitions=records[i : i + 5])  # three frames wait for the flush
     _failing_write(monkeypatch, b, call=2, short=True)
-    with pytest.raises(OSError, match="short write"):
+    with pytest.raises(DataError, match="short write"):
         b.flush()
     monkeypatch.undo()
     b.close()
@@ -84,7 +85,7 @@ def test_a_segment_that_cannot_be_cut_back_is_closed_and_a_new_one_started(tmp_p
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(segments.os, "ftruncate", no_truncate)
-    with pytest.raises(OSError, match="short write"):
+    with pytest.raises(DataError, match="short write"):
         b.add(transitions=records[5:])
     monkeypatch.undo()
     b.close()
@@ -111,9 +112,60 @@ def test_a_segment_that_cannot_be_created_keeps_its_number(tmp_path, distinct, m
 
     b = ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path)
     monkeypatch.setattr(segments.os, "open", fail_once)
-    with pytest.raises(OSError, match="Too many open files"):
+    with pytest.raises(DataError, match="seg-000002.dgs: cannot create replay buffer segment: Too many open files"):
         b.add(transitions=records[5:])
     b.flush()  # retries the frame
     b.close()
     assert [p.name for p in segment_files(tmp_path)] == ["seg-000001.dgs", "seg-000002.dgs"]
     assert _reopen_strictly(tmp_path, records) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_segment_and_keeps_what_was_written(tmp_path, distinct, monkeypatch):
+    """ENOSPC from the segment writer was a bare OSError naming no file, which the CLI printed
+    as a traceback (it turns only DataError into one line)."""
+    records = distinct(10, prefix="full")
+    b = ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path)
+    b.add(transitions=records[:5])
+    real = os.write
+
+    def full(fd, blob):
+        if fd == b._writer._fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, blob)
+
+    monkeypatch.setattr(segments.os, "write", full)
+    with pytest.raises(DataError) as caught:
+        b.add(transitions=records[5:])
+    assert str(caught.value) == f"{tmp_path / 'seg-000001.dgs'}: cannot write replay buffer segment: No space left on device"
+    assert caught.value.__cause__.errno == errno.ENOSPC  # the chain --traceback shows
+    with pytest.raises(DataError, match="seg-000001.dgs: cannot write replay buffer segment: No space left"):
+        b.close()  # the disk is still full: the frame stays pending, the claim is kept
+    assert _reopen_strictly(tmp_path, records[:5]) == []  # no torn bytes were left behind
+    monkeypatch.undo()
+    b.close()  # the retried close writes the pending frame
+    assert _reopen_strictly(tmp_path, records) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="tells a segment's descriptor by its /proc/self/fd link (Linux)")
+def test_a_full_disk_is_one_line_from_buffer_import(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dreamgym_core.cli import cli
+    from dreamgym_core.commands.buffer import command
+
+    pytest.importorskip("dreamgym_plugin_encoders")
+    if "buffer" not in cli.commands:
+        cli.add_command(command)
+    source = tmp_path / "seed.jsonl"
+    source.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in make_transitions(30)))
+    real = os.write
+
+    def write(fd, blob):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".dgs"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, blob)
+
+    monkeypatch.setattr(segments.os, "write", write)
+    buf = tmp_path / "buf"
+    result = CliRunner().invoke(cli, ["buffer", "import", "--path", str(buf), str(source)])
+    assert (result.exit_code, result.output) == (1, f"Error: {buf / 'seg-000001.dgs'}: cannot write replay buffer segment: No space left on device\n")

@@ -419,6 +419,25 @@ def test_an_unknown_source_is_refused_before_anything_changes(tmp_path, distinct
         assert list(b) == good
 
 
+@pytest.mark.parametrize("reward", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_a_non_finite_reward_is_refused_so_an_export_imports_back(tmp_path, distinct, reward):
+    """A NaN reward was stored: the export wrote it as null, and importing that export was refused."""
+    good, later = distinct(3, prefix="finite"), distinct(2, prefix="later")
+    bad = msgspec.structs.replace(good[2], reward=reward)
+    with ExactBuffer(ExactConfig(flush_every=1), encoder=BagOfWordsEncoder(), path=tmp_path / "buf") as b:
+        b.add(transitions=good[:1])
+        with pytest.raises(DataError, match=rf"transition 1: reward is {reward}, expected a finite number .*; nothing of this batch was added"):
+            b.add(transitions=[good[1], bad])
+        assert list(b) == good[:1] and b.position == 1  # what was stored stays, the whole batch was refused
+        assert b.add(transitions=[*good[1:2], *later]) == 3
+    with ExactBuffer(ExactConfig(strict=True), encoder=BagOfWordsEncoder(), path=tmp_path / "buf") as b:
+        assert list(b) == [good[0], good[1], *later] and b.problems == []
+        assert b.export_jsonl(tmp_path / "out.jsonl") == 4
+    with ExactBuffer(encoder=BagOfWordsEncoder(), path=tmp_path / "copy") as copy:
+        assert copy.import_jsonl(tmp_path / "out.jsonl") == (4, 4)
+        assert list(copy) == [good[0], good[1], *later]
+
+
 def test_a_missing_segment_file_is_reported_by_name(tmp_path, distinct):
     """The buffer never deletes a segment, so a gap in the numbers is a lost file; here it
     held a rollback, and the records rolled back came back unnoticed, even when strict."""

@@ -12,6 +12,7 @@ change how the current space is searched (see the annoy backend).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import threading
@@ -59,7 +60,8 @@ def _check_storable(transitions: Sequence[Transition], where: str) -> None:
     """Raise DataError, before anything changes, if the batch cannot be stored and read back.
 
     Refused: an item that is not a Transition; a ``source`` the eviction policy does not
-    know; text that is not valid Unicode (segments hold UTF-8); a field of the wrong type,
+    know; a reward that is NaN or infinite (``export_jsonl`` would write it as ``null``, which
+    no import reads back); text that is not valid Unicode (segments hold UTF-8); a field of the wrong type,
     which a Transition built without validation can hold (``done=1``). The one Python
     ``str`` that is not valid Unicode text holds a lone surrogate (U+D800..U+DFFF), e.g.
     from ``bytes.decode(errors="surrogateescape")``.
@@ -71,6 +73,11 @@ def _check_storable(transitions: Sequence[Transition], where: str) -> None:
             raise DataError(
                 f"{where}: transition {i}: source is {t.source!r}, expected one of {', '.join(EVICTION_ORDER)}; "
                 "nothing of this batch was added"
+            )
+        if isinstance(t.reward, float) and not math.isfinite(t.reward):  # another type: refused below
+            raise DataError(
+                f"{where}: transition {i}: reward is {t.reward}, expected a finite number (an export would write it "
+                "as null, which no import reads back); nothing of this batch was added"
             )
     try:
         blob = _record_encoder.encode(transitions)
@@ -349,8 +356,8 @@ class ExactBuffer:
                 from this buffer's encoder, of ``embedding_text(state, action)``).
 
         Raises:
-            DataError: an item is not a Transition, its ``source`` is unknown, some text
-                holds a lone surrogate (not valid Unicode, so it cannot be stored) or a
+            DataError: an item is not a Transition, its ``source`` is unknown, its reward is
+                NaN or infinite, some text holds a lone surrogate (not valid Unicode, so it cannot be stored) or a
                 field has the wrong type (it would not decode from the segment files);
                 nothing of the batch is added and later adds, flushes and the segment
                 files are unaffected.

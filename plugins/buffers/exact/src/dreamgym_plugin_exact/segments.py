@@ -5,7 +5,8 @@ A segment is a file ``seg-<n>.dgs``: a sequence of frames, each
 where the payload is a msgpack-encoded :class:`Frame`. A frame is written with a
 single ``write`` call, so a kill -9 leaves at most one torn frame at the end of
 the file being written; readers drop it. A write that fails (a full disk) is
-cut back off the file, so later frames follow an intact one. A frame that runs
+cut back off the file, so later frames follow an intact one, and raises a DataError
+naming the file and the cause. A frame that runs
 past the end of its file while an intact frame follows it is not torn but
 corrupt (its length field).
 A corrupt frame is reported with its file name and offset, and reading resumes at
@@ -220,7 +221,11 @@ def missing_segments(files: list[Path]) -> list[str]:
 
 
 class SegmentWriter:
-    """Appends frames to numbered segment files, rolling to a new file when one is full."""
+    """Appends frames to numbered segment files, rolling to a new file when one is full.
+
+    A file that cannot be created, written or synced (a full disk) raises a
+    :class:`~dreamgym_core.errors.DataError` naming the segment file and the cause, which the
+    CLI prints as one line; the OSError is its ``__cause__``."""
 
     def __init__(self, directory: Path, *, max_records: int) -> None:
         self.directory = directory
@@ -228,30 +233,43 @@ class SegmentWriter:
         existing = segment_files(directory)
         self._next = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
         self._fd: int | None = None
+        self._path: Path | None = None  # the open segment
         self.records_in_segment = 0
 
     def write(self, frame: Frame) -> bool:
-        """Append ``frame``; returns True when this write sealed (filled) the segment."""
+        """Append ``frame``; returns True when this write sealed (filled) the segment.
+
+        Raises:
+            DataError: the segment could not be created or written; what a failed write left
+                was cut back off the file (see :meth:`_cut_back`), so the frame may be written again.
+        """
         if self._fd is None:
             path = self.directory / f"seg-{self._next:06d}.dgs"
             try:
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-            except FileExistsError:  # another writer's file: the next write tries the next number
-                self._next += 1
-                raise
+            except OSError as exc:
+                if isinstance(exc, FileExistsError):  # another writer's file: the next write tries the next number
+                    self._next += 1
+                raise _failed(path, "cannot create replay buffer segment", exc) from exc
             # Only once the file exists: a failed open (too many open files) whose retry took
             # the next number left a gap, which an open reports as a lost file.
             self._next += 1
+            self._path = path
             self.records_in_segment = 0
+        path = self._path
         blob = encode_frame(frame)
         size = os.fstat(self._fd).st_size
         try:
             written = os.write(self._fd, blob)
             if written != len(blob):
-                raise OSError(f"short write to segment ({written} of {len(blob)} bytes)")
-        except OSError:
-            self._cut_back(size)
-            raise
+                raise OSError(f"short write ({written} of {len(blob)} bytes)")
+        except OSError as exc:
+            try:
+                self._cut_back(size)
+            except OSError as closing:  # not cut back, and closing it failed too: say both
+                raise _failed(path, "cannot write replay buffer segment", exc,
+                              f"; closing it failed too: {closing.strerror or closing}") from exc
+            raise _failed(path, "cannot write replay buffer segment", exc) from exc
         if frame.kind == "add":
             self.records_in_segment += len(frame.rids)
         if self.records_in_segment >= self.max_records:
@@ -277,13 +295,29 @@ class SegmentWriter:
                 os.close(fd)
 
     def sync(self) -> None:
-        """fsync the open segment (survives power loss, not only process death)."""
+        """fsync the open segment (survives power loss, not only process death).
+
+        Raises:
+            DataError: the fsync failed (a full disk, an I/O error); the segment stays open.
+        """
         if self._fd is not None:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise _failed(self._path, "cannot sync replay buffer segment", exc) from exc
 
     def seal(self) -> None:
-        """Close the current segment; the next write starts a new file."""
+        """Close the current segment; the next write starts a new file.
+
+        Raises:
+            DataError: the fsync failed; the segment stays open, so a later seal tries again.
+        """
         if self._fd is not None:
-            os.fsync(self._fd)
+            self.sync()
             os.close(self._fd)
             self._fd = None
+
+
+def _failed(path: Path | None, what: str, exc: OSError, more: str = "") -> DataError:
+    """The one-line error of a segment file operation that failed: the file, what failed, why."""
+    return DataError(f"{path}: {what}: {exc.strerror or exc}{more}")

@@ -38,7 +38,13 @@ from typing import Any, Callable, Iterator
 from . import stopping
 from .errors import DreamGymError
 
-__all__ = ["JvmGuard", "quiet_del", "list_items"]
+__all__ = ["JvmGuard", "MAX_CALL_TIMEOUT_S", "quiet_del", "list_items"]
+
+# The largest call_timeout_s a guard takes: a day, far past any call of a live simulator (seconds
+# at most), so only a hung one reaches it. Far larger limits cannot be waited for at all: the
+# start's wait fails ("timestamp out of range for platform time_t") past threading.TIMEOUT_MAX
+# (about 292 years), and the env configs' call_timeout_s fields name this bound.
+MAX_CALL_TIMEOUT_S = 86400.0
 
 # How long a killed JVM may take to be reaped before the wrapper is dropped anyway (its py4j
 # process thread still reaps it later).
@@ -354,7 +360,8 @@ class JvmGuard:
         label: How error messages begin, naming the plugin (``"env 'twx'"``).
         simulator: The simulator's name in messages (``"TextWorldExpress"``).
         error: The error raised; a subclass of DreamGymError.
-        call_timeout_s: Limit of the JVM's start and of each call, in seconds; 0 turns it off.
+        call_timeout_s: Limit of the JVM's start and of each call, in seconds, at most
+            :data:`MAX_CALL_TIMEOUT_S`; 0 turns it off.
         on_drop: Called when the wrapper is dropped (the caller forgets its episode).
 
     ``wrapper`` is the started wrapper, or None.
@@ -371,6 +378,10 @@ class JvmGuard:
         call_timeout_s: float,
         on_drop: Callable[[], None] | None = None,
     ) -> None:
+        if not 0 <= call_timeout_s <= MAX_CALL_TIMEOUT_S:  # NaN too: it would never fire
+            raise ValueError(
+                f"{label}: call_timeout_s is {call_timeout_s:g}; it takes 0 (no limit) to {MAX_CALL_TIMEOUT_S:g} s (a day)"
+            )
         self.start, self.name, self.label, self.simulator = start, name, label, simulator
         self.error = error
         self.call_timeout_s = call_timeout_s

@@ -69,9 +69,32 @@ def collect_offline(domain: Any, tasks: Sequence[Task], data: DataConfig, *, see
         )
         for policy, episodes in policies:
             if episodes:
-                trajectories += collect(domain, tasks=list(tasks), policy=policy, episodes=episodes, seed=seed)
+                played = collect(domain, tasks=list(tasks), policy=policy, episodes=episodes, seed=seed)
+                if policy == "expert":
+                    _warn_repeated_demos(played, len(tasks))
+                trajectories += played
     checkpoint.write_trajectories(path, trajectories)
     return trajectories
+
+
+def _warn_repeated_demos(expert: Sequence[Trajectory], tasks: int) -> None:
+    """Log a warning when expert episodes repeat an earlier one exactly (same task id, same
+    actions). Domains play their tasks in turn and an expert is often deterministic per task,
+    so ``data.expert_episodes`` beyond the number of train tasks replays the same demos. They
+    are kept (a run's data is what its config asks for, and runs keep their numbers); the user
+    learns that they weigh those demos more in training and add no new step."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    copies = 0
+    for episode in expert:
+        key = (episode.task.id, tuple(t.action for t in episode.transitions))
+        copies += key in seen
+        seen.add(key)
+    if copies:
+        log.warning(
+            "data.expert_episodes: %d of the %d expert episodes repeat an earlier one exactly (same task, same actions; "
+            "%d train tasks played in turn): the copies add weight to those demos, not data",
+            copies, len(expert), tasks,
+        )
 
 
 def offline_step_problem(t: Transition) -> str | None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import random
+
 import pytest
 
 from conftest import ROOT, build_plugin_package, run_cli
+from dreamgym_core.commands import collect as collect_command
 from dreamgym_core.commands.collect import collect_transitions, write_jsonl
-from dreamgym_core.errors import DataError
+from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.records import Trajectory
+from dreamgym_core.rollout import play_offline
 
 from stand_ins import CountConfig, CountDomain
 
@@ -21,6 +26,74 @@ class EmptyEpisodes(CountDomain):
         self.calls += 1
         assert self.calls < 1000, "collect kept asking a domain whose episodes are empty"
         return [Trajectory(task=tasks[0], transitions=[]) for _ in range(episodes)]
+
+
+class SeededEpisodes(CountDomain):
+    """Episodes as the real domains play them: drawn from ``random.Random(seed)``, and named
+    ``<task>/<policy>/s<seed>/e<i>``."""
+
+    def collect(self, *, tasks, policy, episodes, seed):
+        rng, out = random.Random(seed), []
+        for i in range(episodes):
+            task = tasks[i % len(tasks)]
+            actions = iter(["inc"] * rng.randrange(4) + ["stop"])
+            out.append(play_offline(self.make_env(), task, f"{task.id}/{policy}/s{seed}/e{i}", lambda obs: next(actions)))
+        return out
+
+
+def _episodes(seed: int, transitions: int = 60) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for t in collect_transitions(SeededEpisodes(CountConfig()), split="train", policy="random", transitions=transitions, seed=seed):
+        out.setdefault(t.episode_id, []).append(t.action)
+    return out
+
+
+def test_collect_seeds_share_no_episode():
+    # Episode e of --seed S played from seed S + e: on these 6 tasks --seed 6 replayed --seed 0's
+    # episodes from its seventh on (same task, actions and episode id), which buffer import dropped.
+    first, later, next_one = _episodes(0), _episodes(6), _episodes(1)
+    assert len(first) > 6 and len(later) > 6
+    assert not first.keys() & later.keys() and not first.keys() & next_one.keys() and not later.keys() & next_one.keys()
+    assert "count-train-0/random/s0/e0" in first and "count-train-1/random/s1/e0" in first  # --seed 0 plays as it did
+    assert "count-train-0/random/s6000000/e0" in later and "count-train-1/random/s6000001/e0" in later
+    assert _episodes(6) == later  # and a seed plays the same episodes again
+
+
+def test_collect_refuses_seeds_that_would_overlap_others(monkeypatch):
+    # random.Random(-S) is random.Random(S): a negative seed replayed a positive one's draws
+    with pytest.raises(ConfigError, match=r"^--seed -1: takes 0 to \d+ \(episode e of seed S plays from S \* 1000000 \+ e\)$"):
+        next(collect_transitions(SeededEpisodes(CountConfig()), split="train", policy="random", transitions=3, seed=-1))
+    # past its share of episodes, a seed's next episode would be the next seed's first
+    monkeypatch.setattr(collect_command, "EPISODES_PER_SEED", 4)
+    records = collect_transitions(CountDomain(CountConfig()), split="train", policy="expert", transitions=100, seed=2)
+    with pytest.raises(ConfigError, match=r"^--transitions 100: 4 episodes of --seed 2 hold only 14; a seed plays at most 4 "
+                                          r"\(the next episode's seed is --seed 3's first\): collect the rest under another --seed$"):
+        list(records)
+
+
+def test_the_collect_stage_warns_when_expert_episodes_repeat_earlier_ones(tmp_path, caplog):
+    # 64 expert episodes on 32 train tasks (examples/default.yaml) are 32 demos, each twice: a
+    # deterministic expert replays a task's, and nothing said the extra episodes were copies.
+    from dreamgym_core.config import DataConfig
+    from dreamgym_core.stages import collect_offline
+
+    domain = CountDomain(CountConfig())  # 6 train tasks; its expert counts to each task's target
+    tasks = domain.tasks(split="train")
+
+    def stage(run: str, **episodes: int) -> tuple[int, list[str]]:
+        caplog.clear()
+        data = DataConfig(**{"expert_episodes": 0, "noisy_episodes": 0, "random_episodes": 0, **episodes})
+        (tmp_path / run).mkdir()
+        with caplog.at_level(logging.WARNING, logger="dreamgym_core.stages"):
+            got = collect_offline(domain, tasks, data, seed=0, run_dir=tmp_path / run)
+        return len(got), [r.getMessage() for r in caplog.records]
+
+    assert stage("twice", expert_episodes=16, random_episodes=4) == (20, [  # every episode is kept
+        "data.expert_episodes: 10 of the 16 expert episodes repeat an earlier one exactly (same task, same actions; "
+        "6 train tasks played in turn): the copies add weight to those demos, not data"
+    ])
+    # one demo a task, and copies among other policies' episodes (chance, in a real domain): no warning
+    assert stage("once", expert_episodes=6, random_episodes=12) == (18, [])
 
 
 def test_collect_writes_exactly_the_asked_number_across_episodes():

@@ -7,8 +7,11 @@ Either name the environment on the command line::
 or take it from a pipeline file (``--pipeline run.yaml``; its ``env`` and ``plugins``).
 Episodes are played with the domain's data policy over the seed tasks of ``--split``
 in turn, until exactly ``--transitions`` Transition records are written (the last
-episode is cut). The file is written next to its target and renamed when complete,
-so an interrupted run never leaves a partial file under the requested name.
+episode is cut). Each episode is a ``domain.collect`` call of its own, so the records
+stream to the file as they are played; a policy that draws on what a call's earlier
+episodes offered (the TextWorld domains' ``explore``) draws on its own episode's only.
+The file is written next to its target and renamed when complete, so an interrupted run
+never leaves a partial file under the requested name.
 """
 
 from __future__ import annotations
@@ -28,7 +31,17 @@ from ..plugins import Plugins, installed_plugins
 from ..records import Transition
 from ..stages import collect
 
-__all__ = ["command", "collect_transitions", "write_jsonl"]
+__all__ = ["command", "collect_transitions", "write_jsonl", "EPISODES_PER_SEED", "MAX_SEED"]
+
+# Episode e of ``--seed S`` plays from seed S * EPISODES_PER_SEED + e, so no two --seed values
+# share an episode. With S + e, --seed S + k * len(tasks) replayed --seed S's episodes (same task,
+# same seed, so the same actions and episode id) and ``buffer import`` dropped them as copies;
+# a hash of (S, e) would keep them apart only with high probability and change --seed 0's data,
+# which this keeps (S = 0 plays from e, as before). A seed playing more episodes than this is
+# refused: its next episode's seed is the next --seed's first.
+EPISODES_PER_SEED = 1_000_000
+# Episode seeds stay in the signed 64-bit range, which a domain may hand to numpy or torch.
+MAX_SEED = (2**63 - EPISODES_PER_SEED) // EPISODES_PER_SEED
 
 
 def _usable_plugins() -> list[str]:
@@ -72,14 +85,23 @@ def _domain_from_pipeline(path: str, overrides: Sequence[str]) -> Any:
 def collect_transitions(
     domain: Any, *, split: str, policy: str, transitions: int, seed: int, annotate: bool = False
 ) -> Iterator[Transition]:
-    """Yield exactly ``transitions`` offline transitions, one episode at a time."""
+    """Yield exactly ``transitions`` offline transitions, one episode at a time: episode ``e``
+    plays from seed ``seed * EPISODES_PER_SEED + e`` (see :data:`EPISODES_PER_SEED`)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed {seed}: takes 0 to {MAX_SEED} (episode e of seed S plays from S * {EPISODES_PER_SEED} + e)")
     tasks = domain.tasks(split=split)
     if not tasks:
         raise ConfigError(f"env {domain.name!r}: split {split!r} has no tasks")
     produced, episode, empty_in_a_row = 0, 0, 0
     while produced < transitions:
+        if episode == EPISODES_PER_SEED:
+            raise ConfigError(
+                f"--transitions {transitions}: {EPISODES_PER_SEED} episodes of --seed {seed} hold only {produced}; a seed "
+                f"plays at most {EPISODES_PER_SEED} (the next episode's seed is --seed {seed + 1}'s first): collect the "
+                "rest under another --seed"
+            )
         task = tasks[episode % len(tasks)]
-        trajectory = collect(domain, tasks=[task], policy=policy, episodes=1, seed=seed + episode)[0]
+        trajectory = collect(domain, tasks=[task], policy=policy, episodes=1, seed=seed * EPISODES_PER_SEED + episode)[0]
         # A domain whose episodes hold no step would otherwise be asked forever.
         empty_in_a_row = 0 if trajectory.transitions else empty_in_a_row + 1
         if empty_in_a_row >= len(tasks):
@@ -128,7 +150,10 @@ def write_jsonl(records: Iterator[Transition], out: Path, total: int, *, progres
 @click.option("--policy", type=click.Choice(["expert", "random", "noisy", "explore"]), default="expert", show_default=True)
 @click.option("--transitions", type=click.IntRange(min=1), required=True, help="How many transitions to write.")
 @click.option("--split", default="train", show_default=True, help="Task split to play.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data policy.")
+@click.option(
+    "--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+    help=f"Seed of the data policy: episode e plays from seed * {EPISODES_PER_SEED} + e, so two seeds share no episode.",
+)
 @click.option("--annotate", is_flag=True, help="Fill Transition.reasoning with the domain's rule-based annotator.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output JSONL file of Transition records.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar on stderr (errors still show).")

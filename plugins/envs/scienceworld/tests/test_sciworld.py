@@ -260,6 +260,18 @@ def test_the_simulator_leaves_no_java_proxies_for_the_garbage_collector(domain, 
         gc.enable()
 
 
+@pytest.mark.parametrize("limit", [1e10, float("inf")])
+def test_a_call_timeout_s_past_a_day_is_refused_naming_the_field(limit):
+    # It was accepted, and the JVM's start then failed with "timestamp out of range for platform time_t".
+    from dreamgym_core.config import convert_config
+
+    with pytest.raises(ConfigError, match=r"^p\.yaml: Expected `float` <= 86400\.0 - at `\$\.env\.config\.call_timeout_s`$"):
+        convert_config({"call_timeout_s": limit}, SciWorldConfig, "p.yaml", "$.env.config")
+    assert msgspec.convert({"call_timeout_s": 86400}, type=SciWorldConfig).call_timeout_s == 86400.0
+    with pytest.raises(ValueError, match=r"call_timeout_s is (1e\+10|inf); it takes 0 \(no limit\) to 86400 s"):
+        SciWorldEnv(max_steps=CONFIG.max_steps, max_observation_chars=CONFIG.max_observation_chars, call_timeout_s=limit)
+
+
 def test_call_timeout_s_is_a_checked_config_field(domain):
     assert SciWorldConfig().call_timeout_s == 120.0
     with pytest.raises(msgspec.ValidationError, match="call_timeout_s"):

@@ -7,8 +7,11 @@ import msgspec
 from click.testing import CliRunner
 
 from dreamgym_core.cli import _Group
-from dreamgym_core.commands.collect import command
+from dreamgym_core.commands.collect import collect_transitions, command
 from dreamgym_core.records import Transition
+from dreamgym_plugin_textworld import make_twx
+
+from .conftest import twx_config
 
 
 def _cli() -> click.Group:
@@ -49,6 +52,27 @@ def test_collect_from_a_pipeline_file(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     records = [msgspec.json.decode(line, type=Transition) for line in out.read_bytes().splitlines()]
     assert len(records) == 5 and all(r.task_id.endswith("/20000") for r in records)
+
+
+def test_another_seed_collects_other_episodes() -> None:
+    # Episode e of --seed S played from seed S + e: with 2 train tasks, --seed 2 replayed --seed 0's
+    # episodes from its third on, with the same actions and episode ids (buffer import dropped them).
+    domain = make_twx(twx_config("coin", max_steps=8))
+    try:
+        def episodes(seed: int) -> dict[str, tuple[str, ...]]:
+            out: dict[str, list[str]] = {}
+            for t in collect_transitions(domain, split="train", policy="random", transitions=40, seed=seed):
+                out.setdefault(t.episode_id, []).append(t.action)
+            return {k: tuple(v) for k, v in out.items()}
+
+        first, later = episodes(0), episodes(2)
+        assert len(first) > 2 and len(later) > 2
+        assert not first.keys() & later.keys()
+        seeds = sorted(int(k.rsplit("/", 2)[1].removeprefix("s")) for k in later)  # .../random/s2000001/e0
+        assert seeds == list(range(2_000_000, 2_000_000 + len(later)))
+        assert episodes(2) == later
+    finally:
+        domain.close()
 
 
 def test_unknown_game_is_one_line_and_writes_nothing(tmp_path) -> None:

@@ -799,6 +799,20 @@ def test_call_timeout_s_is_checked() -> None:
     assert TwxConfig().call_timeout_s == 60.0
 
 
+@pytest.mark.parametrize("limit", [1e10, float("inf")])
+def test_a_call_timeout_s_past_a_day_is_refused_naming_the_field(limit) -> None:
+    # It was accepted, and the first reset failed with "the TextWorldExpress engine (JVM) did not
+    # start (timestamp out of range for platform time_t)": no word of the field that caused it.
+    from dreamgym_core.config import convert_config
+
+    with pytest.raises(ConfigError, match=r"^p\.yaml: Expected `float` <= 86400\.0 - at `\$\.env\.config\.call_timeout_s`$"):
+        convert_config({"game": "coin", "call_timeout_s": limit}, TwxConfig, "p.yaml", "$.env.config")
+    assert twx_config("coin", call_timeout_s=86400).call_timeout_s == 86400.0  # a day is still a limit
+    # an engine built in Python is refused before a JVM starts, naming the argument
+    with pytest.raises(ValueError, match=r"^env 'twx': call_timeout_s is (1e\+10|inf); it takes 0 \(no limit\) to 86400 s"):
+        TwxEngine(call_timeout_s=limit)
+
+
 @pytest.mark.parametrize("action", [5, None, b"look around"])
 def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(twx_domains, twx_env, action) -> None:
     # A Python caller's int used to fail inside the action check with an AttributeError.

@@ -7,6 +7,7 @@ from typing import Annotated
 from msgspec import Meta
 
 from dreamgym_core.config import Config, NonNegativeInt, PositiveInt, Probability
+from dreamgym_core.jvm import MAX_CALL_TIMEOUT_S
 
 __all__ = ["SciWorldConfig", "DEFAULT_CALL_TIMEOUT_S"]
 
@@ -39,11 +40,13 @@ class SciWorldConfig(Config):
         float,
         Meta(
             ge=0.0,
+            le=MAX_CALL_TIMEOUT_S,
             description=(
                 "Time limit of the JVM's start and of one simulator call (load, reset, step, listing actions), in seconds."
                 " A simulator that does not answer within it (a hung JVM) is killed, the call fails with EngineError and"
                 " the next call starts a new JVM. Normal calls take milliseconds to 20 s (a mendelian-genetics gold"
-                " path); 0 turns the limit off."
+                " path); 0 turns the limit off. At most 86400 (a day): longer is no limit in practice, and a far"
+                " longer one cannot be waited for (the JVM's start would fail)."
             ),
         ),
     ] = DEFAULT_CALL_TIMEOUT_S

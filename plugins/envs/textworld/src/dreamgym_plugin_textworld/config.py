@@ -7,6 +7,7 @@ from typing import Annotated
 from msgspec import Meta
 
 from dreamgym_core.config import Config, NonNegativeInt, PositiveInt, Probability
+from dreamgym_core.jvm import MAX_CALL_TIMEOUT_S
 
 # Measured on a 2-core machine at load 3-4: a step answers in about half a millisecond, a
 # load + reset + gold path in under 0.1 s, and even the first JVM start with its first game
@@ -53,10 +54,13 @@ class TwxConfig(_Common):
         float,
         Meta(
             ge=0.0,
+            le=MAX_CALL_TIMEOUT_S,
             description=(
                 "Time limit of the JVM's start and of one engine call (load, reset, step, expert path), in seconds. An engine that"
                 " does not answer within it (a hung JVM) is killed, the call fails with EngineError and the"
-                " next reset starts a new JVM. Normal calls take milliseconds; 0 turns the limit off."
+                " next reset starts a new JVM. Normal calls take milliseconds; 0 turns the limit off. At most"
+                " 86400 (a day): longer is no limit in practice, and a far longer one cannot be waited for"
+                " (the JVM's start would fail)."
             ),
         ),
     ] = DEFAULT_CALL_TIMEOUT_S

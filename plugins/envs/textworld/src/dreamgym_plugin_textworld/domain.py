@@ -230,7 +230,7 @@ class TextWorldDomain:
         rng = random.Random(seed)
         env = self._probe_env()
         out: list[Trajectory] = []
-        known: set[str] = set()  # every action offered so far: what "explore" draws from
+        known: set[str] = set()  # every action offered so far in this call: what "explore" draws from
         for i in range(episodes):
             task = tasks[i % len(tasks)]
             out.append(self._play(env, task, policy, rng, f"{task.id}/{policy}/s{seed}/e{i}", known))

@@ -26,10 +26,11 @@ def choose_action(
     expert: the engine's expert move; random: a uniform admissible action; noisy: the
     expert's move, replaced with probability ``noise`` by a uniform admissible action.
     When the expert has no move left, a random admissible action is taken.
-    explore: a uniform action among ``known`` (every action the game has offered so far) and
-    the admissible ones, so often one this state does not offer (a wrong direction, taking
-    what is not there): the engine's answer teaches an experience model what an invalid
-    action does, which admissible-only data never shows it.
+    explore: a uniform action among ``known`` (every action the game has offered so far in
+    the same ``collect()`` call: a pipeline's explore episodes are one call, ``dreamgym
+    collect`` makes one call per episode) and the admissible ones, so often one this state
+    does not offer (a wrong direction, taking what is not there): the engine's answer teaches
+    an experience model what an invalid action does, which admissible-only data never shows it.
     """
     def uniform() -> str:
         return rng.choice(admissible) if admissible else FALLBACK_ACTION

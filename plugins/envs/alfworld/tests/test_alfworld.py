@@ -216,6 +216,24 @@ def test_a_failed_reset_leaves_no_episode_to_play(data, monkeypatch):
         env.close()
 
 
+@pytest.mark.parametrize(("payload", "shown"), [({}, "missing"), ({"game": 5}, "5"), ({"game": ""}, "''"), ({"game": None}, "None")])
+def test_a_bad_payload_is_a_config_error_naming_the_task_and_the_field_before_the_engine(data, payload, shown):
+    """A missing game was a bare KeyError, an int a TypeError from the path join: the rollout
+    counted either as one more failed episode, with nothing saying what was wrong."""
+    env = AlfWorldEnv(root=data, max_steps=12, max_observation_chars=600, max_action_chars=2000)
+    task = Task(id="alfworld/x/1", instruction="put a apple in fridge", domain="alfworld", payload=payload)
+    try:
+        with pytest.raises(ConfigError) as err:
+            env.reset(task=task)
+        assert str(err.value) == (
+            f"alfworld: task 'alfworld/x/1': payload['game'] is {shown}; an ALFWorld game is a str, the path of its "
+            "game.tw-pddl in env.config.data_path (a task's own: AlfWorldDomain.tasks(split))"
+        )
+        assert env._engine is None  # no engine taken, no game loaded
+    finally:
+        env.close()
+
+
 def test_a_scene_solved_at_reset_is_refused():
     with pytest.raises(ValueError, match=r"scene 'put a Apple in Fridge' is solved at reset: a Apple starts in receptacle 1 \(Fridge\)"):
         PickAndPlace(receptacles=["CounterTop", "Fridge"], objects=[("Apple", 1)], target=("Apple", "Fridge"))

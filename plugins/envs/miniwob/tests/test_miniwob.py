@@ -25,9 +25,10 @@ from dreamgym_core.testing import check_domain
 from dreamgym_core.testing.processes import bounded, ctrl_c_run, stop_process
 from dreamgym_plugin_miniwob import BrowserError, MiniWoBConfig, MiniWoBDomain, parse_action, render_state
 from dreamgym_plugin_miniwob.domain import annotate_transition
+from dreamgym_plugin_miniwob.env import MiniWoBEnv
 from dreamgym_plugin_miniwob.experts import EXPERTS
 from dreamgym_plugin_miniwob.page import (
-    Element, Page, _processes_with_argument, find_browser, kill_processes_using, reap_orphaned_browsers,
+    Element, Page, _processes_with_argument, find_browser, kill_processes_using, reap_orphaned_browsers, task_names,
 )
 
 try:
@@ -44,6 +45,11 @@ def _our_browsers() -> set[str]:
 
 
 CONFIG = MiniWoBConfig(tasks=["login-user"], train_seeds=4, valid_seeds=2, test_seeds=3)
+
+
+def _task(payload: dict) -> Task:
+    """A task with ``payload``, as a synthetic task or a stored one could carry."""
+    return Task(id="miniwob/x/1", instruction="x", domain="miniwob", payload=payload)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +166,76 @@ def test_a_seed_shows_the_same_page_whatever_was_played_before(domain):
 
 
 @browser
+def test_a_seed_shows_the_same_page_after_an_episode_that_left_a_widget_open(env):
+    """book-flight's and choose-date's date picker (jQuery UI, not rebuilt by genProblem) stayed
+    open into the next episodes: the same seed showed 35 more elements after one click."""
+    for name in ("book-flight", "choose-date"):
+        first = env.reset(task=_task({"task": name, "seed": 7}))
+        utterance = env.page.utterance()
+        date = [e.ref for e in env.shown() if e.tag == "input_text"][-1]
+        opened = env.step(action=f"click [{date}]")
+        assert opened.valid and '"Prev"' in opened.observation.text and '"Prev"' not in first.text
+        assert (env.reset(task=_task({"task": name, "seed": 7})).text, env.page.utterance()) == (first.text, utterance)
+
+
+@browser
+def test_the_state_is_read_once_the_pages_images_have_loaded(tmp_path, monkeypatch):
+    """email-inbox's icons are spans drawn by a CSS image: one still loading is 0 px wide, and
+    core.getDOMInfo leaves it out, so every later ref moved (email-inbox-delete seed 7 once showed
+    the second email's sender as [18], not [19]). Here click-button's problem starts with such an
+    icon, served 0.5 s late from localhost (the one host Chromium resolves)."""
+    import http.server
+    import threading
+
+    import dreamgym_plugin_miniwob.page as page_module
+
+    icon = (page_module._html_dir().parent / "common" / "special" / "email-inbox" / "star.png").read_bytes()
+
+    class LateIcon(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(0.5)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(icon)))
+            self.end_headers()
+            try:
+                self.wfile.write(icon)
+            except OSError:  # the page asking for it was closed meanwhile
+                pass
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LateIcon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = page_module._html_dir()
+    for shared in ("core", "common"):
+        (tmp_path / shared).symlink_to(real.parent / shared)
+    (tmp_path / "miniwob").mkdir()
+    source = (real / "click-button.html").read_text()
+    clear = "  div.html(''); // clear previous problem, if any\n"
+    assert source.count(clear) == 1
+    drawn = f"http://localhost:{server.server_port}/star.png?' + Date.now() + '"  # a new image every episode
+    (tmp_path / "miniwob" / "icon-button.html").write_text(source.replace(
+        clear, clear + f"  div.append('span').attr('style', 'float: right; height: 12px; content: url({drawn})');\n"
+    ))
+    monkeypatch.setattr(page_module, "_html_dir", lambda: tmp_path / "miniwob")
+    monkeypatch.setattr(page_module, "task_names", lambda: ("icon-button",))
+    page = Page()
+    try:
+        for _ in range(2):
+            page.start("icon-button", 3)
+            first = page.elements()
+            assert [e.tag for e in first[:4]] == ["body", "div", "div", "span"]  # #wrap, #area, the icon
+            time.sleep(0.6)
+            assert page.elements() == first
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+
+
+@browser
 def test_typing_and_invalid_actions(domain, env):
     first = env.reset(task=domain.tasks(split="train")[0])
     field = next(line for line in first.text.splitlines() if "input_text" in line)
@@ -187,6 +263,102 @@ def test_an_element_the_state_does_not_list_and_a_lone_surrogate_are_invalid_and
     env.max_elements = 2  # an element past the state's last one is not listed either
     assert env.reset(task=domain.tasks(split="train")[0]).text.endswith("... 3 more elements")
     assert not env.step(action="click [9]").valid
+
+
+@browser
+def test_a_private_use_character_is_a_webdriver_key_so_the_action_is_invalid_and_reaches_no_browser(domain, env):
+    """WebDriver reads U+E000-U+F8FF as keys: 'abcd' + Backspace, Backspace, Tab + 'zz' typed "ab"
+    into the username and "zz" into the password, and counted as a valid step."""
+    first = env.reset(task=domain.tasks(split="train")[0])
+    result = env.step(action='type [7] "abcd\ue003\ue003\ue004zz"')
+    assert not result.valid and result.observation.text == first.text
+    assert result.info["invalid"] == "private-use character U+E003 (WebDriver would send it as the key BACKSPACE, not as text)"
+    unnamed = env.step(action='type [7] "ab\uf8ff"')
+    assert not unnamed.valid and unnamed.info["invalid"].startswith("private-use character U+F8FF (WebDriver would send it as a key,")
+    typed = env.step(action='type [7] "karrie"')  # the same field takes plain text
+    assert typed.valid and '[7] input_text value="karrie" (focused)' in typed.observation.text and "invalid" not in typed.info
+
+
+@browser
+def test_a_partial_answer_is_no_success(env):
+    """click-checkboxes-large pays 1/11 for a Submit with nothing checked when 6 of its 11 boxes
+    are to stay unchecked; a positive raw reward counted as the task's success (reward 1.0)."""
+    first = env.reset(task=_task({"task": "click-checkboxes-large", "seed": 6}))
+    submit = next(line for line in first.text.splitlines() if '"Submit"' in line)
+    result = env.step(action=submit.split()[0].replace("[", "click ["))
+    assert result.done and not result.success and result.reward == 0.0 and result.info["raw_reward"] == pytest.approx(1 / 11)
+
+
+class _ScoredPage:
+    """A page with one button whose click ends the episode with the raw reward it is given (no
+    browser), for the env's own reading of that reward."""
+
+    def __init__(self, raw_reward: float) -> None:
+        self.raw_reward = raw_reward
+        self.over = False
+
+    def start(self, task: str, seed: int) -> None:
+        self.over = False
+
+    def elements(self) -> list[Element]:
+        return [Element(ref=4, tag="button", text="Submit")]
+
+    def click(self, ref: int) -> bool:
+        self.over = True
+        return True
+
+    def outcome(self) -> tuple[bool, float]:
+        return self.over, self.raw_reward if self.over else 0.0
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("raw_reward", "success"), [
+    (1.0, True), (1.0 - 1e-12, True),  # a full score summed in fractions can land a rounding error below 1
+    (0.999, False), (1 / 11, False), (0.1, False), (0.0, False), (-1.0, False),
+])  # fmt: skip
+def test_only_miniwobs_full_raw_reward_is_a_success(raw_reward, success):
+    """MiniWoB's own success is a raw reward of 1.0 (miniwob.reward.get_binary_reward); find-greatest
+    pays 0.1 for the wrong card, click-checkboxes-large 1/11 for a partly right answer."""
+    env = MiniWoBEnv(max_steps=4, max_elements=40)
+    env.page = _ScoredPage(raw_reward)
+    env.reset(task=_task({"task": "click-checkboxes-large", "seed": 6}))
+    result = env.step(action="click [4]")
+    assert (result.done, result.success, result.reward, result.info["raw_reward"]) == (True, success, float(success), raw_reward)
+
+
+_NO_TASK = f"it names a MiniWoB++ task page ({len(task_names())} tasks, e.g. 'click-button')"
+_SEED_RULE = "a MiniWoB++ page seed is an int from 0 to 9007199254740991 (2**53 - 1, the largest integer JavaScript holds exactly)"
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({}, f"payload['task'] is missing; {_NO_TASK}"),
+    ({"seed": 0, "game": "x/game.tw-pddl"}, f"payload['task'] is missing; {_NO_TASK}"),
+    ({"task": "click-buton", "seed": 0}, "payload['task'] is 'click-buton'; it names a MiniWoB++ task page; did you mean 'click-button'?"),
+    ({"task": 5, "seed": 0}, f"payload['task'] is 5; {_NO_TASK}"),
+    ({"task": "click-button"}, f"payload['seed'] is missing; {_SEED_RULE}"),
+    ({"task": "click-button", "seed": "seven"}, f"payload['seed'] is 'seven'; {_SEED_RULE}"),
+    ({"task": "click-button", "seed": "7"}, f"payload['seed'] is '7'; {_SEED_RULE}"),
+    ({"task": "click-button", "seed": 7.9}, f"payload['seed'] is 7.9; {_SEED_RULE}"),
+    ({"task": "click-button", "seed": True}, f"payload['seed'] is True; {_SEED_RULE}"),
+    ({"task": "click-button", "seed": -1}, f"payload['seed'] is -1; {_SEED_RULE}"),
+    ({"task": "click-button", "seed": 2**53}, f"payload['seed'] is 9007199254740992; {_SEED_RULE}"),
+], ids=[
+    "no-task", "another-domains-payload", "misspelt-task", "int-task", "no-seed", "str-seed", "numeric-str-seed",
+    "float-seed", "bool-seed", "negative-seed", "seed-past-2**53",
+])  # fmt: skip
+def test_a_bad_payload_is_a_config_error_naming_the_task_and_the_field_before_any_browser_starts(payload, message):
+    """{} was a bare KeyError, a non-numeric seed failed in the started browser, a float seed
+    was cut to an int: the rollout counted each as one more failed episode."""
+    env = MiniWoBEnv(max_steps=4, max_elements=40, chromium="/nonexistent/chromium")  # a start would fail loudly
+    try:
+        with pytest.raises(ConfigError) as err:
+            env.reset(task=_task(payload))
+        assert str(err.value) == f"miniwob: task 'miniwob/x/1': {message}"
+        assert env.page._driver is None
+    finally:
+        env.close()
 
 
 @browser

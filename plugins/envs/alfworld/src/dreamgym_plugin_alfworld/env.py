@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from dreamgym_core.contracts import checked_action
-from dreamgym_core.errors import DreamGymError
+from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 from dreamgym_plugin_textworld.env import listed_form
 from dreamgym_plugin_textworld.state import render_state
 
-__all__ = ["AlfWorldEnv", "EngineError", "NOTHING_HAPPENS", "intro_parts", "held_items"]
+__all__ = ["AlfWorldEnv", "EngineError", "NOTHING_HAPPENS", "checked_game", "intro_parts", "held_items"]
 
 # The engine's answer to an action it cannot carry out (the state does not change).
 NOTHING_HAPPENS = "Nothing happens."
@@ -75,6 +75,20 @@ def intro_parts(feedback: str) -> tuple[str, str]:
     if match is None:
         return text, ""
     return text[: match.start()].strip(), match.group(1).strip()
+
+
+def checked_game(task: Task) -> str:
+    """``task.payload["game"]``, or a one-line :class:`ConfigError` naming the task and the field
+    unless it is a non-empty str (the game file's path in the data folder): a missing one was a
+    bare KeyError, an int a TypeError from the path join, and an empty one loaded the folder itself."""
+    game = task.payload.get("game")
+    if not isinstance(game, str) or not game:
+        shown = repr(game) if "game" in task.payload else "missing"
+        raise ConfigError(
+            f"alfworld: task {task.id!r}: payload['game'] is {shown}; an ALFWorld game is a str, the path of its "
+            "game.tw-pddl in env.config.data_path (a task's own: AlfWorldDomain.tasks(split))"
+        )
+    return game
 
 
 def held_items(facts: Any) -> list[str]:
@@ -136,11 +150,11 @@ class AlfWorldEnv:
         return Observation(text=text, admissible_actions=actions)
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
-        """Start ``task``'s game (its payload's ``game``, relative to the data folder); ALFWorld's
-        games are deterministic, so ``seed`` is not used."""
-        game = self.root / task.payload["game"]
+        """Start ``task``'s game (its payload's ``game``, relative to the data folder, checked by
+        :func:`checked_game`); ALFWorld's games are deterministic, so ``seed`` is not used."""
         # Whatever fails below, the previous episode must not stay playable.
         self._state, self._steps, self._done = None, 0, True
+        game = self.root / checked_game(task)  # before the engine: a bad payload needs none
         engine = self._load(game)
         try:
             state = engine.reset()

@@ -18,23 +18,28 @@ elements, the chosen ones marked.
 Actions are ``click [N]`` (the element's click handler; a text field takes the focus, an
 option is chosen) and ``type [N] TEXT`` (click N, then type TEXT as key events; typed into a
 select, it chooses the option whose text starts with TEXT). An action that does not parse,
-names an element the state does not list, or types a lone surrogate changes nothing and is
-flagged ``valid=False``.
+names an element the state does not list, or types a lone surrogate or a private-use character
+(:func:`unsendable_character`) changes nothing and is flagged ``valid=False``, with the reason in
+``info["invalid"]``.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from dreamgym_core.contracts import checked_action
-from dreamgym_core.errors import DreamGymError
+from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 
 from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
-from .page import BrowserError, Element, Page
+from .page import BrowserError, Element, Page, task_names
 
-__all__ = ["MiniWoBEnv", "ACTION_SYNTAX", "parse_action", "quote", "render_state", "shown"]
+__all__ = [
+    "MiniWoBEnv", "ACTION_SYNTAX", "MAX_SEED", "checked_payload", "full_reward", "parse_action", "quote", "render_state",
+    "shown", "unsendable_character",
+]
 
 ACTION_SYNTAX = "click [N] (click element N), type [N] TEXT (click element N, then type TEXT)"
 _ACTION = re.compile(r"^\s*(click|type)\s*\[?\s*(\d+)\s*\]?\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
@@ -101,21 +106,89 @@ def render_state(elements: Sequence[Element], *, max_elements: int) -> str:
     return "\n".join(lines) or "(empty page)"
 
 
-def _has_lone_surrogate(text: str) -> bool:
-    """Half of a UTF-16 pair is no character: ChromeDriver refuses the key, and the call
-    that fails with it takes the browser down (the page is closed, the episode lost)."""
-    return any("\ud800" <= char <= "\udfff" for char in text)
+# A page seed reaches the page's script as a JavaScript number, which holds integers exactly up
+# to 2**53 - 1 only: a larger seed would be rounded, and two seeds would show one problem.
+MAX_SEED = 2**53 - 1
+# MiniWoB's own success is a raw reward of exactly 1.0 (miniwob.reward.get_binary_reward); a page
+# pays less for a partial or wrong answer (click-checkboxes-large 1/11 for a Submit with nothing
+# checked when 6 of its 11 boxes are to stay unchecked; find-greatest 0.1 for a wrong card). The
+# raw reward is a JavaScript double, and a page that added up a full score in fractions could land
+# a rounding error below 1.0; a partial score is at least some 1/N below it, N the items of a page
+# (at most hundreds), so 1e-9 tells the two apart.
+_FULL_REWARD_TOLERANCE = 1e-9
+
+
+def full_reward(raw_reward: float) -> bool:
+    """Whether the page's raw reward is MiniWoB's success, 1.0 (to within rounding, see above)."""
+    return raw_reward >= 1.0 - _FULL_REWARD_TOLERANCE
+
+
+def checked_payload(task: Task) -> tuple[str, int]:
+    """``task``'s page and page seed (``payload["task"]``, ``payload["seed"]``), or a one-line
+    :class:`ConfigError` naming the task and the field, raised before any browser starts: the page
+    must be one of :func:`.page.task_names`, the seed an int from 0 to :data:`MAX_SEED` (a str
+    failed only in the started browser's script, and a float was cut to an int without a word)."""
+    payload: dict[str, Any] = task.payload
+    name = payload.get("task")
+    if not isinstance(name, str) or name not in task_names():
+        close = difflib.get_close_matches(name, task_names(), n=1) if isinstance(name, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else f" ({len(task_names())} tasks, e.g. 'click-button')"
+        raise ConfigError(
+            f"miniwob: task {task.id!r}: payload['task'] is {_shown(payload, 'task')}; it names a MiniWoB++ "
+            f"task page{hint}"
+        )
+    seed = payload.get("seed")
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"miniwob: task {task.id!r}: payload['seed'] is {_shown(payload, 'seed')}; a MiniWoB++ page seed is "
+            f"an int from 0 to {MAX_SEED} (2**53 - 1, the largest integer JavaScript holds exactly)"
+        )
+    return name, seed
+
+
+def _shown(payload: dict[str, Any], field: str) -> str:
+    return repr(payload[field]) if field in payload else "missing"
+
+
+def unsendable_character(text: str) -> str | None:
+    """The first character of ``text`` that typing must not send to ChromeDriver, described;
+    None when there is none.
+
+    A lone surrogate (half of a UTF-16 pair) is no character: ChromeDriver refuses the key, and
+    the call that fails with it takes the browser down (the page is closed, the episode lost).
+    WebDriver reads a private-use character (U+E000-U+F8FF) as a key, not as text: U+E003 is
+    Backspace, U+E004 Tab, U+E007 Enter, others the arrows. Typed, one action deleted text and
+    went on typing into another element."""
+    for char in text:
+        if "\ud800" <= char <= "\udfff":
+            return f"lone surrogate U+{ord(char):04X} (half of a UTF-16 pair; ChromeDriver refuses it)"
+        if "\ue000" <= char <= "\uf8ff":
+            key = _webdriver_keys().get(char)
+            sent = f"the key {key}" if key else "a key"
+            return f"private-use character U+{ord(char):04X} (WebDriver would send it as {sent}, not as text)"
+    return None
+
+
+def _webdriver_keys() -> dict[str, str]:
+    """WebDriver's key characters and their names (``'\\ue003'`` -> ``'BACKSPACE'``)."""
+    from selenium.webdriver.common.keys import Keys
+
+    names: dict[str, str] = {}
+    for name, char in vars(Keys).items():
+        if isinstance(char, str) and len(char) == 1 and not name.startswith("_"):
+            names.setdefault(char, name)
+    return names
 
 
 class MiniWoBEnv:
     """Real MiniWoB++ episodes in the abstract state.
 
     A task's payload names the page and the seed of its problem; one browser plays every task,
-    opening a task's page when the task changes. Reward is the paper's outcome
-    reward: 1.0 on the step that ends the episode with a positive MiniWoB reward (the page's
-    own check), else 0; ``info`` keeps the page's raw reward in [-1, 1]. The episode also ends,
-    as a failure, after ``max_steps`` steps. Chromium starts on the first reset (about 0.5 s);
-    ``close`` stops it.
+    opening the task's page afresh at every reset. Reward is the paper's outcome reward: 1.0 on
+    the step that ends the episode with MiniWoB's success, a raw reward of 1.0 (the page's own
+    check; :func:`full_reward`), else 0; ``info`` keeps the page's raw reward in [-1, 1], which
+    is below 1.0 for a partial answer. The episode also ends, as a failure, after ``max_steps``
+    steps. Chromium starts on the first reset (about 0.5 s); ``close`` stops it.
     """
 
     def __init__(
@@ -136,11 +209,12 @@ class MiniWoBEnv:
         return Observation(text=render_state(self._elements, max_elements=self.max_elements), admissible_actions=[])
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
-        """Start the problem ``task.payload['seed']`` generates on page ``task.payload['task']``;
-        ``seed`` is not used."""
+        """Start the problem ``task.payload['seed']`` generates on page ``task.payload['task']``
+        (checked first, :func:`checked_payload`); ``seed`` is not used."""
         # done until the first state is read: a browser failure on the way closes the page
         self._done = True
-        self.page.start(task.payload["task"], task.payload["seed"])
+        name, page_seed = checked_payload(task)
+        self.page.start(name, page_seed)
         self._steps = 0
         observation = self._observe()
         self._done = False
@@ -151,13 +225,13 @@ class MiniWoBEnv:
         if self._done:
             raise DreamGymError("miniwob env: step() needs reset() first (the episode is over or not started)")
         parsed = parse_action(action)
-        # only what the state lists is the agent's to name: a layout container or an element past
-        # max_elements changes nothing the agent can see, so acting on it is no valid move
-        sendable = parsed is not None and parsed[1] in {e.ref for e in self.shown()} and not _has_lone_surrogate(parsed[2])
+        refused = self._refused(parsed)
         try:
-            valid = sendable and self.page.click(parsed[1])
+            valid = refused is None and self.page.click(parsed[1])
             if valid and parsed[0] == "type":
                 self.page.type_text(parsed[2])
+            elif not valid and refused is None:
+                refused = f"the page has no element [{parsed[1]}]"
             over, raw_reward = self.page.outcome()
             observation = self._observe()
         except BrowserError:
@@ -166,17 +240,30 @@ class MiniWoBEnv:
             self._done = True
             raise
         self._steps += 1
-        success = over and raw_reward > 0
+        success = over and full_reward(raw_reward)
         truncated = not over and self._steps >= self.max_steps
         self._done = over or truncated
+        info: dict[str, Any] = {"raw_reward": raw_reward, "truncated": truncated, "steps": self._steps}
+        if refused is not None:
+            info["invalid"] = refused
         return StepResult(
             observation=observation,
             reward=1.0 if success else 0.0,
             done=self._done,
             success=success,
             valid=valid,
-            info={"raw_reward": raw_reward, "truncated": truncated, "steps": self._steps},
+            info=info,
         )
+
+    def _refused(self, parsed: tuple[str, int, str] | None) -> str | None:
+        """Why ``parsed`` goes to no browser, or None when it may be sent."""
+        if parsed is None:
+            return f"not an action ({ACTION_SYNTAX})"
+        # only what the state lists is the agent's to name: a layout container or an element past
+        # max_elements changes nothing the agent can see, so acting on it is no valid move
+        if parsed[1] not in {e.ref for e in self.shown()}:
+            return f"element [{parsed[1]}] is not listed in the state"
+        return unsendable_character(parsed[2])
 
     def elements(self) -> list[Element]:
         """The elements of the current state (what ``render_state`` listed, and the rest)."""

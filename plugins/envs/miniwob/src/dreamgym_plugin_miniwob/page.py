@@ -42,20 +42,35 @@ _CHROMIUM_FLAGS = (
 # thinks for longer than that, so the episode's length is bounded by steps instead. The limit
 # is a setTimeout delay, whose largest value is 2**31 - 1 ms (24.8 days): a larger one fires at once.
 _NO_TIME_LIMIT = "core.EPISODE_MAX_TIME = 2147483647;"
-# The page of task {task} is showing (not the one shown before) and can start an episode:
-# loaded (its onload made the start cover that core.startEpisodeReal hides), with core's
-# script and its genProblem defined.
+# The page of task {task} is showing (not the one shown before, even when that was the same
+# task's: no episode was started in it yet) and can start an episode: loaded (its onload made
+# the start cover that core.startEpisodeReal hides), with core's script and its genProblem defined.
 _READY = (
     "return location.pathname.endsWith('/{task}.html') && document.readyState === 'complete'"
-    " && typeof core !== 'undefined' && typeof genProblem === 'function';"
+    " && typeof core !== 'undefined' && typeof genProblem === 'function' && !window.dreamgymStarted;"
 )
-# core.getDOMInfo, the refs of an episode that has ended kept (Page.elements). endEpisode
-# increments WOB_EPISODE_ID once per episode (a second call finds no timer and returns).
+# Every image the page shows, loaded (or failed to load): an <img>, or an element drawn by a CSS
+# image (email-inbox's icons are spans with ``content: url(...)``). An element whose image is still
+# loading is 0 px wide, and core.getDOMInfo leaves out such an element: every later ref moved, so a
+# seed's first state on a page just opened (every reset's, :meth:`Page.start`) could show other
+# refs when the file was slow to read (email-inbox-delete, once in a run over all 130 tasks).
+# A promise (an expression), which ChromeDriver waits for.
+_IMAGES_LOADED = (
+    "(function () { var urls = Array.from(document.images, function (i) { return i.src; }), url = /url\\(\"([^\"]*)\"\\)/g;"
+    " document.querySelectorAll('body, body *').forEach(function (e) { var s = getComputedStyle(e), m;"
+    " [s.content, s.backgroundImage].forEach(function (v) { while ((m = url.exec(v)) !== null) { urls.push(m[1]); } }); });"
+    " return Promise.all(urls.filter(Boolean).map(function (u) { var i = new Image(); i.src = u;"
+    " return i.decode().catch(function () {}); })); })()"
+)
+# core.getDOMInfo, the refs of an episode that has ended kept (Page.elements), once the page's
+# images have loaded (:data:`_IMAGES_LOADED`). endEpisode increments WOB_EPISODE_ID once per
+# episode (a second call finds no timer and returns).
 # getDOMInfo gives no value for a <select> and no choice for an <option>: they come beside it,
 # by ref. A drop-down's options have no box, so getDOMInfo leaves them out: the select carries
 # their texts; a list box's options are elements of their own (:data:`_CLICK`).
 _DOM_INFO = (
-    "if (WOB_DONE_GLOBAL) { var ended = 'e' + (WOB_EPISODE_ID - 1);"
+    f"return {_IMAGES_LOADED}.then(function () {{"
+    " if (WOB_DONE_GLOBAL) { var ended = 'e' + (WOB_EPISODE_ID - 1);"
     " document.querySelectorAll('[data-wob_eps=\"' + ended + '\"]')"
     ".forEach(function (e) { e.dataset.wob_eps = 'e' + WOB_EPISODE_ID; }); }"
     " var info = core.getDOMInfo(), choices = {};"
@@ -66,7 +81,7 @@ _DOM_INFO = (
     " else if (e instanceof HTMLSelectElement) { choices[ref] = {"
     " value: e.multiple ? null : texts(e.selectedOptions).join(''),"
     " options: Array.from(e.options).some(boxed) ? [] : texts(e.options)}; } });"
-    " return [info, choices];"
+    " return [info, choices]; });"
 )
 # core.elementClick runs an <option>'s click handlers, but a script's click() chooses nothing
 # (click-scroll-list then scored the empty choice). The click chooses it as a user's does; in a
@@ -290,31 +305,29 @@ class Page:
                 return
 
     def start(self, task: str, seed: int) -> None:
-        """Start the episode whose problem ``task``'s page generates from ``seed`` (the page is
-        opened first when another task's is showing).
+        """Start the episode whose problem ``task``'s page generates from ``seed``, on the task's
+        page opened afresh (0.1-0.2 s on 2 busy cores).
 
-        An episode still running is ended first (as MiniWoB's own reset does), and the refs the
-        page stored on its elements are cleared: the page numbers elements from 1 at every
-        episode but keeps a surviving element's old number, so without this the same seed would
-        show other refs (or two elements one ref) depending on what was played before. The focus
-        is taken off the last episode's element for the same reason."""
-        if task != self.task:
-            if task not in task_names():
-                raise ConfigError(f"unknown MiniWoB++ task {task!r}")
-            self.task = ""
-            driver = self._started()
-            try:
-                driver.get((_html_dir() / f"{task}.html").as_uri())
-            except Exception as exc:
-                self.task = task
-                raise self._failed("the page did not load", exc) from exc
+        A seed must show the same page whatever was played before, and an episode's page keeps
+        more than MiniWoB's own reset undoes: the refs stored on surviving elements (the page
+        numbers elements from 1 at every episode but keeps an old element's number), the focus,
+        and widgets a genProblem does not rebuild (book-flight's and choose-date's date picker
+        stayed open, listing 35 more elements). Only a new document is sure to hold none of it."""
+        if task not in task_names():
+            raise ConfigError(f"miniwob: unknown MiniWoB++ task {task!r}")
+        self.task = ""
+        driver = self._started()
+        try:
+            driver.get((_html_dir() / f"{task}.html").as_uri())
+        except Exception as exc:
             self.task = task
-            self._wait_until_ready()
+            raise self._failed("the browser failed to open the page", exc) from exc
+        self.task = task
+        self._wait_until_ready()
+        # as before, no element holds the focus when the episode starts but one its genProblem focuses
         self._script(
-            "core.endEpisode(0, false, 'reset');"
-            "document.querySelectorAll('[data-wob_ref]').forEach(function (e) { delete e.dataset.wob_ref; });"
-            "if (document.activeElement) { document.activeElement.blur(); }"
-            f"Math.seedrandom({int(seed)}); {_NO_TIME_LIMIT} core.startEpisodeReal();"
+            "window.dreamgymStarted = true; if (document.activeElement) { document.activeElement.blur(); }"
+            f" Math.seedrandom({int(seed)}); {_NO_TIME_LIMIT} core.startEpisodeReal();"
         )
 
     def _wait_until_ready(self) -> None:
@@ -344,7 +357,7 @@ class Page:
         counts the episode done (``WOB_EPISODE_ID++``), and ``getDOMInfo`` keeps an element's ref
         only when it was given in the current episode (``data-wob_eps``): the last state would
         renumber every element. The ended episode's elements are moved to the new count first.
-        ``start`` is unaffected: it clears the refs, and ``core.startEpisodeReal`` numbers from 1."""
+        ``start`` is unaffected: it opens a new page, whose ``core.startEpisodeReal`` numbers from 1."""
         from miniwob.dom import DOMElement
 
         info, choices = self._script(_DOM_INFO)

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from . import stopping
 from .agent import build_agent_prompt, parse_agent_output, render_response
 from .contracts import WrongReturn
+from .errors import ConfigError
 from .protocols import Env
 from .records import HistoryStep, Observation, PolicyDecision, StepResult, Task, Trajectory, Transition
 
@@ -206,8 +207,8 @@ def _start(
     for i, (task, env, seed) in enumerate(zip(tasks, envs, seeds), start=first_episode):
         try:
             obs = env.reset(task=task, seed=seed)
-        except WrongReturn:  # a plugin's bug: the run's failure, not an engine crash
-            raise
+        except (WrongReturn, ConfigError):  # a plugin's bug, or a task the env refuses as malformed (its
+            raise  # payload): the run's failure, named in one line, not an engine crash scored as a lost episode
         except Exception as exc:  # an engine crash fails this episode, never the run
             stopping.check()  # unless Ctrl-C brought it about
             stats.env_errors += 1

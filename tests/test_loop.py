@@ -845,6 +845,18 @@ def test_rollout_counts_unparsable_actions_and_env_crashes_and_keeps_their_notes
     assert [t.next_state for t in kept] == ["count is 1", "count is 1"]  # the third episode's two real steps
 
 
+def test_a_task_the_env_refuses_at_reset_as_malformed_stops_the_rollout_in_one_line():
+    # the env plugins check a task's payload at reset (ScienceWorld's variation, MiniWoB's page
+    # and seed, ALFWorld's game) with a ConfigError naming the task and the field; it was logged
+    # as an env error and the episode scored as a loss
+    class Refusing(CountEnv):
+        def reset(self, *, task, seed=None):
+            raise ConfigError(f"count: task {task.id!r}: payload['start'] is missing")
+
+    with pytest.raises(ConfigError, match=r"^count: task 'count-train-1': payload\['start'\] is missing$"):
+        _scripted_rollout([["<action>inc</action>"] * 2], [CountEnv(5), Refusing(5)])
+
+
 def test_an_env_that_crashes_after_others_stepped_fails_alone_and_nothing_steps_twice():
     envs = [CountEnv(5), CountEnv(5)]
     trajectories, stats = _scripted_rollout([["<action>inc</action>", "<action>explode</action>"], ["<action>inc</action>"]], envs)

@@ -237,9 +237,10 @@ def curve_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, epis
     resolved, plugins = _load(pipeline, overrides)
     rows = evaluate_checkpoints(resolved, plugins, iterations or None, split=split, episodes=episodes)
     split = split or resolved.pipeline.eval.split
+    # The rows first: a plot that fails must not lose minutes of play.
+    click.echo(json.dumps({"run_dir": resolved.pipeline.run_dir, "split": split, "curve": rows}, indent=2))
     if plot is not None:
         plot_heldout_curve(rows, plot, split=split)
-    click.echo(json.dumps({"run_dir": resolved.pipeline.run_dir, "split": split, "curve": rows}, indent=2))
 
 
 def _register() -> None:

@@ -99,8 +99,9 @@ def plot_heldout_curve(rows: Sequence[dict[str, Any]], path: Path, *, split: str
     plt = _pyplot()
     x = [row["checkpoint_iteration"] for row in rows]
     y = [row["eval/success_rate"] for row in rows]
-    below = [rate - row["eval/success_ci_low"] for rate, row in zip(y, rows)]
-    above = [row["eval/success_ci_high"] - rate for rate, row in zip(y, rows)]
+    # Clamped: matplotlib refuses a negative bar, and a bound a rounding error past its rate gave one.
+    below = [max(0.0, rate - row["eval/success_ci_low"]) for rate, row in zip(y, rows)]
+    above = [max(0.0, row["eval/success_ci_high"] - rate) for rate, row in zip(y, rows)]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
     ax.errorbar(x, y, yerr=[below, above], marker="o", capsize=3)
     ax.set_xlabel("checkpoint (iteration; 0: warm start)")

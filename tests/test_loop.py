@@ -1127,6 +1127,10 @@ def test_wilson_interval_brackets_the_rate():
     assert low < 0.5 < high
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)  # was (0, 0): a certain 0% from no trial
+    for n in range(1, 101):  # an all-lost or all-won run's bound missed its rate by ~1e-16 (0 of 11, 6 of 6)
+        for successes in (0, n):
+            low, high = wilson_interval(successes, n)
+            assert low <= successes / n <= high, (successes, n)
     for successes, n in ((1, -3), (5, 3), (-1, 3)):  # gave a low bound above 1, or a math domain error
         with pytest.raises(ValueError, match=f"{successes} successes of {n} trials"):
             wilson_interval(successes, n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.figure
 import pytest
 
-from dreamgym_core.report import SYNTHETIC_CURVE, plot_success, success_curves
+from dreamgym_core.report import SYNTHETIC_CURVE, plot_heldout_curve, plot_success, success_curves
 
 HISTORY = [{"step": i, "rollout/success_rate": 0.25 * i, "counters/real_transitions": 8.0 * i} for i in range(3)]
 
@@ -53,3 +53,14 @@ def test_synthetic_success_is_a_curve_of_its_own_and_not_plotted_against_real_tr
     (tmp_path / "dreamgym").mkdir()
     dreamgym_only = [r for r in history if r["step"] < 2]  # no real rollout: no plot against real transitions
     assert [p.name for p in plot_success(dreamgym_only, tmp_path / "dreamgym")] == ["success_vs_iteration.png"]
+
+
+def test_a_heldout_curve_whose_bound_misses_its_rate_by_a_rounding_error_is_drawn(tmp_path) -> None:
+    # 6 of 6 won: the Wilson high bound came out 1.1e-16 below the rate of 1.0, and matplotlib
+    # refused the negative error bar, after every checkpoint had been played.
+    rows = [{"checkpoint_iteration": 0, "eval/success_rate": 1.0, "eval/success_ci_low": 0.61,
+             "eval/success_ci_high": 1.0 - 1.1e-16},
+            {"checkpoint_iteration": 1, "eval/success_rate": 0.0, "eval/success_ci_low": 2.8e-17,
+             "eval/success_ci_high": 0.26}]
+    path = plot_heldout_curve(rows, tmp_path / "curve.png", split="test")
+    assert path.read_bytes().startswith(b"\x89PNG")

@@ -66,10 +66,19 @@ def test_a_nan_reward_leaves_a_restorable_state():
     assert clone.state_dict() == c.state_dict()
 
 
-def test_a_negative_draw_count_is_refused_on_load():
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("draws", -1, "draws must be a whole number >= 0, got -1"),
+    ("draws", 2.7, "draws must be a whole number >= 0, got 2.7"),  # int() resumed it as 2: other tasks drawn
+    ("observed_tasks", 1.5, "observed_tasks must be a whole number >= 0, got 1.5"),
+    ("mean_reward", "nan", "mean_reward must be finite, got 'nan'"),  # float() read it as a NaN metric
+])
+def test_a_damaged_state_is_refused_on_load_and_nothing_of_it_is_kept(field, value, says):
     c = build()
-    with pytest.raises(DataError, match=r"^curriculum 'uniform': malformed state: .*must be >= 0, got -1 and 0"):
-        c.load_state_dict({**c.state_dict(), "draws": -1})
+    c.next_tasks(n=2)
+    before = c.state_dict()
+    with pytest.raises(DataError, match=rf"^curriculum 'uniform': malformed state: .*{says}"):
+        c.load_state_dict({**before, "draws": 5, field: value})
+    assert c.state_dict() == before
 
 
 def test_a_batch_of_the_whole_pool_is_a_permutation_of_it():

@@ -55,12 +55,24 @@ class UniformCurriculum:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
-            self.draws, self.observed_tasks = int(state["draws"]), int(state["observed_tasks"])
-            self.mean_reward = float(state["mean_reward"])
-            if min(self.draws, self.observed_tasks) < 0:  # draws < 0 failed in the next next_tasks(), as a traceback
-                raise ValueError(f"draws and observed_tasks must be >= 0, got {self.draws} and {self.observed_tasks}")
+            # Checked before any is set, as reward-entropy's state is: int() cut a fractional count
+            # (2.7 draws resumed as 2, replaying other tasks) and float() read "nan" as a mean.
+            draws, observed = _count(state["draws"], "draws"), _count(state["observed_tasks"], "observed_tasks")
+            mean_reward = float(state["mean_reward"])
+            if not math.isfinite(mean_reward):
+                raise ValueError(f"mean_reward must be finite, got {state['mean_reward']!r}")
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"curriculum 'uniform': malformed state: {err!r}") from err
+        self.draws, self.observed_tasks, self.mean_reward = draws, observed, mean_reward
+
+
+def _count(value: Any, what: str) -> int:
+    """A saved counter as an int >= 0 (ValueError otherwise; a negative draw count failed in the
+    next next_tasks() as a traceback)."""
+    count = int(value)
+    if count < 0 or count != value:
+        raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
+    return count
 
 
 def _build(config: UniformConfig, *, tasks, seed: int = 0, **_):

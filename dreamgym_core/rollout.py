@@ -95,8 +95,17 @@ class Episode:
 
 
 def unlisted(action: str, admissible: Sequence[str]) -> bool:
-    """Whether the state's own action list leaves ``action`` out (False when the list is unknown)."""
-    return bool(admissible) and action not in admissible
+    """Whether the state's own action list leaves ``action`` out (False when the list is unknown).
+    Case and spacing do not count, as the envs that list actions (TextWorld, ALFWorld) read an
+    action: "Take  coin" is their listed "take coin", and the synthetic env refused it as unlisted."""
+    if not admissible or action in admissible:
+        return False
+    key = _action_key(action)
+    return all(_action_key(a) != key for a in admissible)
+
+
+def _action_key(action: str) -> str:
+    return " ".join(action.split()).lower()
 
 
 def _default_step_many(envs: Sequence[Env], actions: Sequence[str]) -> list[StepResult | Exception]:

@@ -38,7 +38,7 @@ from .contracts import ComponentError, WrongReturn, checked_retrieval
 from .errors import ConformanceError, DreamGymError
 from .experience import SAME_WORLD_POOL, same_world_first, world_namer
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
-from .rollout import step_or_error
+from .rollout import step_or_error, unlisted
 
 __all__ = ["SyntheticEnvConfig", "synthetic_config_of", "SyntheticEnv", "SyntheticEnvError", "step_many", "storable", "initial_state", "DreamGymGymEnv"]
 
@@ -238,7 +238,7 @@ class SyntheticEnv:
         assert self._obs is not None
         listed = self._obs.admissible_actions
         here = self.config.reject_unlisted_at == "every-step" or not self._history
-        return self.config.reject_unlisted and here and bool(listed) and action not in listed
+        return self.config.reject_unlisted and here and unlisted(action, listed)
 
     def _implausible(self, action: str, next_obs: Observation) -> str:
         """Why the domain rules out the model's answer to ``action`` ("" when it does not, or

@@ -439,6 +439,21 @@ def test_reject_unlisted_fails_an_action_the_state_does_not_offer_without_a_mode
     assert len(off_lm.calls) == 1
 
 
+def test_reject_unlisted_reads_an_action_as_the_listing_envs_do_whatever_its_case_and_spacing() -> None:
+    # The real TextWorld and ALFWorld envs carry out "Take  coin" as their listed "take coin"; the
+    # synthetic env refused it as unlisted without asking the model, stricter than the real env.
+    from dreamgym_core.rollout import unlisted
+
+    buffer = ListBuffer(make_transitions(4))
+    env, lm = make_env(buffer, reject_unlisted=True, top_k=1)
+    env.domain = ListingDomain()
+    env.reset(task=TASK)
+    env.step(action="Take  coin")
+    assert len(lm.calls) == 1 and buffer.retrieve_calls == 1  # the model was asked, as for a listed action
+    assert unlisted("take the coin", ["take coin"]) and not unlisted("TAKE COIN", ["take coin"])
+    assert not unlisted("anything", [])  # no list: nothing is unlisted
+
+
 def test_reject_unlisted_at_start_trusts_only_the_start_states_list() -> None:
     env, lm = make_env(reject_unlisted=True, reject_unlisted_at="start")
     env.domain = ListingDomain()

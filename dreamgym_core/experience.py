@@ -525,17 +525,22 @@ def _demos(
     # the excluded family on top of the pool in both modes: in same-world-first it was absorbed by
     # the max, so a large family (an episode and its branches) pushed out the same-world demos
     # the prompt shows at inference, where the episode is not in the buffer
-    fetch = (k if world_of is None else max(k, SAME_WORLD_POOL)) + extra
+    pool = k if world_of is None else max(k, SAME_WORLD_POOL)
+    fetch = pool + extra
     while pending:
         queries = [(transitions[i].state, transitions[i].action) for i in pending]
         hits = checked_retrieval(buffer.retrieve(queries=queries, k=fetch), len(queries), f"buffer {type(buffer).__name__}")
         short = []
         for i, found in zip(pending, hits):
             t = transitions[i]
+            # The excluded family goes first, then the pool is cut to inference's size and only
+            # then sorted: sorting the whole fetch let a same-world demo ranked past the pool
+            # (257th and on) into training and fidelity prompts, never into RL's.
+            kept = [d for d in found if keep(d, t)][:pool]
             if world_of is not None:
-                found = same_world_first(found, world=world_of(t.task_id), action=t.action, world_of=world_of)
-            out[i] = [d for d in found if keep(d, t)][:k]
-            if len(out[i]) < k and len(found) >= fetch:  # all excluded so far; the buffer may hold more
+                kept = same_world_first(kept, world=world_of(t.task_id), action=t.action, world_of=world_of)
+            out[i] = kept[:k]
+            if len(kept) < pool and len(found) >= fetch:  # a pool not yet full; the buffer may hold more
                 short.append(i)
         pending, fetch = short, fetch * 4
     return out
@@ -622,11 +627,18 @@ def parse_variation(text: str) -> str | None:
     return None
 
 
+def _variation_key(text: str) -> str:
+    """What two task texts must differ in to be two tasks: not case, spacing or a closing
+    full stop ("Open the door." and "open the  door" were returned as variations of "Open the door")."""
+    return " ".join(text.split()).lower().rstrip(".!?").rstrip()
+
+
 def parse_selection(text: str, n: int) -> int | None:
     """0-based candidate index from ``SELECTION: <n>`` (1-based), tolerant of layout; None if none."""
     # A dash only as a separator ("selection - 2"): "-1" (none) read as candidate 1, and a
     # decimal ("2.5") is no candidate number.
-    number = r"(?:candidate\s*)?#?\s*(\d+)(?![.,]?\d)"
+    # The number may keep the brackets of the prompt's own "SELECTION: <n>" ("<2>", "[2]").
+    number = r"(?:candidate\s*)?#?\s*[<\[(`]?\s*(\d+)(?![.,]?\d)"
     separator = r"(?:[\s:=*]|\s-\s)*"
     match = None if re.search("selection", text, re.IGNORECASE) else re.match(r"\s*" + number, text, re.IGNORECASE)
     # The first label's answer counts ("SELECTION: none ... REASONING: selection 1 is a rewording"
@@ -823,12 +835,12 @@ class LMExperienceModel:
             [variation_prompt(task, how)] * n, max_new_tokens=self.config.task_max_new_tokens,
             temperature=self.config.task_temperature, stop=["\n"],
         )
-        seen = {_one_line(task.instruction).lower()}
+        seen = {_variation_key(task.instruction)}
         out = []
         for text in texts:
             variation = parse_variation(text)
-            if variation and variation.lower() not in seen:
-                seen.add(variation.lower())
+            if variation and _variation_key(variation) not in seen:
+                seen.add(_variation_key(variation))
                 out.append(variation)
         return out
 

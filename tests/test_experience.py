@@ -736,6 +736,10 @@ TASK = Task(id="t1", instruction="Collect the coin in the kitchen.", domain="twx
         ("SELECTION: none\nREASONING: selection 1 is a rewording", 3, None),  # was candidate 1
         ("SELECTION: -1\nREASONING: selection 2 would repeat", 3, None),  # was candidate 2
         ("SELECTION:SELECTION 2\nREASONING: harder", 3, 1),  # the label written twice
+        ("SELECTION: <2>", 3, 1),  # the prompt's own "SELECTION: <n>" with its brackets kept: was none
+        ("SELECTION: [3]", 3, 2),
+        ("SELECTION: (1)", 3, 0),
+        ("SELECTION: <-1>", 3, None),
     ],
 )
 def test_parse_selection_is_tolerant(text: str, n: int, expect) -> None:
@@ -770,6 +774,14 @@ def test_vary_and_select_use_domain_description() -> None:
     assert model.select_task(task=TASK, candidates=variations) == 1
     assert "1. seed=4\n2. Task" in lm.calls[1]["prompts"][0]
     assert model.select_task(task=TASK, candidates=[]) is None
+
+
+def test_vary_tasks_drops_copies_that_differ_in_case_spacing_or_closing_stop() -> None:
+    # "Collect the coin in the kitchen" (no full stop) and its double-spaced or "!" copies were
+    # returned as variations of the task itself.
+    lm = ScriptedLM(queue=["Collect the coin in the kitchen", "collect the  coin in the kitchen!", "Find two coins.",
+                           "find two coins"])
+    assert LMExperienceModel(lm).vary_tasks(task=TASK, n=4) == ["Find two coins."]
 
 
 # --- reasoning annotation ----------------------------------------------------------
@@ -1049,6 +1061,35 @@ def test_same_world_training_demos_are_those_inference_shows_whatever_the_episod
     trained = requests_for(own, RankedBuffer(own + others + same_world), history_window=0, k=4, world_of=world_of)[0]
     played = requests_for(own[:1], RankedBuffer(others + same_world), history_window=0, k=4, world_of=world_of)[0]
     assert [d.episode_id for d in played.demos] == ["G"] * 4
+    assert trained.demos == played.demos
+
+
+def test_same_world_demos_come_from_the_pool_inference_sorts_whatever_the_other_families_hold() -> None:
+    # The fetch was the pool plus the largest family of the batch, sorted whole: a one-step
+    # episode batched with a 20-step one saw a same-world demo ranked past the pool (which
+    # inference never shows), and fidelity, whose episode is not in the buffer, always did.
+    from dreamgym_core.experience import SAME_WORLD_POOL, world_namer
+
+    class RankedBuffer:
+        def __init__(self, transitions):
+            self.transitions = sorted(transitions, key=lambda t: float(t.reasoning))
+
+        def retrieve(self, *, queries, k):
+            return [self.transitions[:k] for _ in queries]
+
+    def step(task, episode, index, rank):
+        return Transition(task_id=task, episode_id=episode, step=index, state=f"s{index}", action="go",
+                          next_state=f"n{index}", reward=0.0, done=False, reasoning=str(rank))  # fmt: skip
+
+    short = [step("W/1", "E", 0, 0)]
+    others = [step(f"V/{i}", f"F{i}", 0, 1 + i) for i in range(SAME_WORLD_POOL)]
+    past_pool = [step("W/1", "G", 0, SAME_WORLD_POOL + 5)]
+    long = [step("X/9", "L", i, 10_000 + i) for i in range(20)]
+    world_of = world_namer(None)
+    buffer = RankedBuffer(short + others + past_pool + long)
+    trained = requests_for(short + long, buffer, history_window=0, k=1, world_of=world_of)[0]
+    played = requests_for(short, RankedBuffer(others + past_pool + long), history_window=0, k=1, world_of=world_of)[0]
+    assert played.demos[0].episode_id == "F0"
     assert trained.demos == played.demos
 
 

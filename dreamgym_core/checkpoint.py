@@ -15,7 +15,7 @@ import secrets
 import shutil
 import stat
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, Iterator, Literal, Sequence
 
@@ -139,14 +139,31 @@ def open_append(path: Path, mode: str = "a") -> IO[Any]:
     return os.fdopen(fd, mode)
 
 
+@contextmanager
+def replacing(path: Path) -> Iterator[IO[bytes]]:
+    """A file to write ``path``'s new content to: a ``.tmp`` sibling, synced and renamed over
+    ``path`` when the block ends, so a kill leaves the old file or the new one, whole. A write
+    that fails (a full disk) removes the sibling and is a DataError naming ``path``; it was a
+    traceback that left a half-written ``.tmp`` behind. The old file stays as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open_new(tmp) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(f"{path}: cannot write: {exc.strerror or exc}; the file there before is kept") from exc
+        raise
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a kill leaves the old or the new file, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open_new(tmp) as f:
+    with replacing(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def new_directory(parent: Path, *, prefix: str) -> Path:
@@ -275,6 +292,34 @@ def save(runner: Runner, iteration: int) -> Path:
     tmp = root / f".{checkpoint_name(iteration)}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    with _unwritten_removed(tmp, final):
+        _write_checkpoint(runner, iteration, tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write(root / "latest", final.name.encode())
+    prune(root, keep=runner.cfg.loop.keep_checkpoints)
+    if runner.selection is not None:
+        runner.selection.prune()
+    return final
+
+
+@contextmanager
+def _unwritten_removed(tmp: Path, final: Path) -> Iterator[None]:
+    """A checkpoint that cannot be written whole (a full disk: the trainer's torch or safetensors
+    save raised its own error, a traceback) is removed and is one DataError naming it; the
+    run's earlier checkpoints and its ``latest`` pointer are left as they were."""
+    try:
+        yield
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, DreamGymError) or not isinstance(exc, Exception):  # a stop, or already one line
+            raise
+        raise DataError(
+            f"{final}: checkpoint not written ({type(exc).__name__}: {exc}); the run's earlier checkpoints are kept"
+        ) from exc
+
+
+def _write_checkpoint(runner: Runner, iteration: int, tmp: Path) -> None:
     runner.algo.save(path=str(tmp / "algo"))
     checked_saved(tmp / "algo", runner.who("algo"), "save(path=...)")
     python_rng, numpy_rng, torch_rng = _rng_state()
@@ -291,13 +336,6 @@ def save(runner: Runner, iteration: int) -> Path:
         selection=runner.selection.state_dict() if runner.selection is not None else None,
     )
     atomic_write(tmp / "state.json", msgspec.json.encode(state))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write(root / "latest", final.name.encode())
-    prune(root, keep=runner.cfg.loop.keep_checkpoints)
-    if runner.selection is not None:
-        runner.selection.prune()
-    return final
 
 
 # Suffix of a pruned checkpoint's name while it is deleted (no checkpoint name matches it).
@@ -479,13 +517,9 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
 def write_records(path: Path, records: Sequence[Any]) -> None:
     """Structs as JSON lines, replacing ``path`` whole (a kill leaves the old file)."""
     encoder = msgspec.json.Encoder()
-    tmp = path.with_name(path.name + ".tmp")
-    with open_new(tmp) as f:
+    with replacing(path) as f:
         for record in records:
             f.write(encoder.encode(record) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_lines(path: Path, kind: type) -> list[Any]:

@@ -136,3 +136,49 @@ def test_a_prune_killed_mid_delete_leaves_no_half_deleted_checkpoint(tmp_path, m
     monkeypatch.undo()
     checkpoint.prune(tmp_path, keep=2)  # the next checkpoint's prune removes what the kill left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["it-00002", "it-00003"]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_and_leaves_the_earlier_ones(register_plugin, tmp_path, monkeypatch):
+    # A full disk during the trainer's save raised torch's own RuntimeError ("unexpected pos"),
+    # a traceback, and left the half-written .it-00001.partial directory behind.
+    from stand_ins import RecordingAlgo
+
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    save = RecordingAlgo.save
+    calls = []
+
+    def full_disk_at_the_second(self, *, path: str) -> None:
+        calls.append(path)
+        save(self, path=path)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 166784 vs 166672")
+
+    monkeypatch.setattr(RecordingAlgo, "save", full_disk_at_the_second)
+    with pytest.raises(DataError, match=r"checkpoints/it-00001: checkpoint not written \(RuntimeError: \[enforce fail.*"
+                                        r"the run's earlier checkpoints are kept$"):
+        run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins)
+    root = run_dir / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["it-00000", "latest"]
+    assert (root / "latest").read_text() == "it-00000"
+    monkeypatch.undo()
+    assert run_pipeline(_resolved(plugins, run_dir, iterations=2), plugins, resume=True)["counters/iteration"] == 2
+
+
+def test_a_record_file_whose_write_fails_keeps_the_old_file_and_leaves_no_tmp(tmp_path, monkeypatch):
+    # A full disk was an OSError traceback that left the half-written .tmp beside the old file.
+    import errno
+    import os
+
+    path = tmp_path / "trajectories.jsonl"
+    path.write_bytes(b"old\n")
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+    for write in (lambda: checkpoint.write_records(path, []), lambda: checkpoint.atomic_write(path, b"new\n")):
+        with pytest.raises(DataError, match=rf"^{path}: cannot write: No space left on device; the file there before is kept$"):
+            write()
+        assert path.read_bytes() == b"old\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectories.jsonl"]

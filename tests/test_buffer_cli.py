@@ -221,6 +221,28 @@ def test_an_import_into_a_run_directory_is_refused(tmp_path, jsonl):
     assert sorted(p.name for p in run.iterdir()) == ["buffer", "config.json"]
 
 
+@pytest.mark.parametrize("how", ["--pipeline", "--path"])
+def test_an_import_into_an_unfinished_runs_buffer_is_refused_and_after_it_finishes_taken(tmp_path, jsonl, how):
+    # Its --resume rolls the buffer back to the last checkpoint and stores that: an import that
+    # exited 0 ("buffer now 45") was gone after the next resume (records 20).
+    run = tmp_path / "run"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "plugins: [exact, encoders]\nenv: {name: x}\npolicy: {name: x}\nalgo: {name: x}\nloop: {mode: real}\n"
+        f"encoder: {{name: hashing}}\nbuffer: {{name: exact}}\nrun_dir: {run}\n"
+    )
+    source = ["--pipeline", str(pipeline)] if how == "--pipeline" else ["--path", str(run / "buffer")]
+    assert "added 30" in _invoke("buffer", "import", *source, str(jsonl)).output  # before the run: no config.json
+    (run / "config.json").write_text("{}")
+    more = tmp_path / "more.jsonl"
+    more.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in make_transitions(35)[30:]))
+    result = _invoke("buffer", "import", *source, str(more))
+    assert result.exit_code == 1 and "the buffer of an unfinished run" in result.output and "--resume rolls" in result.output
+    assert json.loads(_invoke("buffer", "info", *source).output)["records"] == 30
+    (run / "summary.json").write_text("{}")
+    assert "added 5, buffer now 35" in _invoke("buffer", "import", *source, str(more)).output
+
+
 def test_an_export_through_a_link_writes_the_file_it_names(tmp_path, jsonl):
     # the .tmp sibling was renamed onto the link: the link became a file and its file kept the old records
     buf = ["--path", str(tmp_path / "buf")]

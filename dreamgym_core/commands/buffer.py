@@ -55,6 +55,7 @@ def _check_option_sources(pipeline: str | None, overrides: tuple[str, ...], extr
 def _open_buffer(
     pipeline: str | None, overrides: tuple[str, ...], path: str | None, backend: str, encoder: str,
     extra_plugins: tuple[str, ...], *, read_only: bool = False, strict: bool | None = None, refused: str = "",
+    adds: bool = False,
 ) -> Iterator[Any]:
     """Build encoder and buffer from the pipeline (or options), close the buffer after use.
 
@@ -62,7 +63,8 @@ def _open_buffer(
     empty buffer), and opening it with another encoder does not start re-embedding it.
     ``strict``: the buffer's own ``strict`` setting (refuse a corrupt segment, or skip its
     corrupt frames), for a buffer that has one; None leaves it as configured. ``refused`` is
-    added to the error of a buffer that fails to open strictly."""
+    added to the error of a buffer that fails to open strictly. ``adds``: records will be added,
+    which the buffer of an unfinished run refuses (:func:`_refuse_unfinished_run`)."""
     from ..config import convert_config, load_pipeline
     from ..plugins import Plugins
 
@@ -91,6 +93,8 @@ def _open_buffer(
         # a run directory: read as a buffer it holds no records, which would pass for an empty
         # buffer; written as one, its records went where the run never reads them
         raise DataError(f"{home}: a run directory, not a replay buffer; its buffer is {home / 'buffer'}")
+    if adds:
+        _refuse_unfinished_run(home)
     if read_only:
         if not home.is_dir():
             raise DataError(f"{home}: no replay buffer there (the directory does not exist)")
@@ -120,6 +124,21 @@ def _open_buffer(
 @click.group("buffer")
 def command() -> None:
     """Inspect and fill replay buffers."""
+
+
+def _refuse_unfinished_run(home: Path) -> None:
+    """Records added to an unfinished run's buffer are lost: its ``--resume`` rolls the buffer
+    back to the last checkpoint's position and stores that, so an import it reported (exit 0)
+    was gone after the next resume, without a word under ``-q``."""
+    from ..loop import SUMMARY_FILE
+
+    run = home.parent
+    if (run / "config.json").is_file() and not (run / SUMMARY_FILE).exists():
+        raise DataError(
+            f"{home}: the buffer of an unfinished run ({run} has no {SUMMARY_FILE}); its --resume rolls the buffer "
+            "back to the last checkpoint and would drop what is added now: import before the run starts, once it "
+            "has finished, or into another buffer"
+        )
 
 
 @command.command("info")
@@ -166,7 +185,7 @@ def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
                 "does not store; nothing imported"
             )
         records.append((file, transitions))
-    with _open_buffer(**kw) as buffer:
+    with _open_buffer(**kw, adds=True) as buffer:
         for file, transitions in records:
             added = sum(buffer.add(transitions=transitions[i : i + _IMPORT_BATCH]) for i in range(0, len(transitions), _IMPORT_BATCH))
             buffer.flush()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import zlib
 from collections import Counter, defaultdict
@@ -763,12 +764,29 @@ class LMExperienceModel:
         return results  # type: ignore[return-value]
 
     def state_dict(self) -> dict[str, Any]:
-        """Generation call count (it seeds each call) and counters, so a resumed run continues alike."""
-        return {"calls": self._calls, "counters": dict(self.counters)}
+        """Generation call count (it seeds each call), counters and the backend's own call
+        counters (``stats``, logged as ``experience/backend_*``), so a resumed run continues
+        alike: without them a resumed run's backend counts started again from 0."""
+        state: dict[str, Any] = {"calls": self._calls, "counters": dict(self.counters)}
+        if stats := self._backend_stats():
+            state["backend_stats"] = stats
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._calls = int(state["calls"])
         self.counters.update(state["counters"])
+        saved = state.get("backend_stats", {})  # absent from a checkpoint written before they were kept
+        if not isinstance(saved, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in saved.values()):
+            raise ValueError(f"backend_stats must map names to finite numbers, got {saved!r}")
+        stats = getattr(self.backend, "stats", None)
+        if isinstance(stats, dict):
+            stats.update({key: value for key, value in saved.items() if key in stats})
+
+    def _backend_stats(self) -> dict[str, int | float]:
+        stats = getattr(self.backend, "stats", None)
+        if not isinstance(stats, dict):
+            return {}
+        return {key: value for key, value in stats.items() if isinstance(value, (int, float))}
 
     def metrics(self) -> dict[str, float]:
         """Namespaced counters: requests, parse ok/repaired/failed, retries, failure rate, and
@@ -776,9 +794,7 @@ class LMExperienceModel:
         server is not mistaken for a model writing unparsable answers."""
         out = {f"experience/{key}": float(value) for key, value in self.counters.items()}
         out["experience/parse_failure_rate"] = self.counters["parse_failed"] / max(1, self.counters["requests"])
-        stats = getattr(self.backend, "stats", None)
-        if isinstance(stats, dict):
-            out |= {f"experience/backend_{key}": float(value) for key, value in stats.items() if isinstance(value, (int, float))}
+        out |= {f"experience/backend_{key}": float(value) for key, value in self._backend_stats().items()}
         return out
 
     def train(

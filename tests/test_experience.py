@@ -1104,3 +1104,23 @@ def test_a_buffer_that_drops_queries_is_named_not_zipped_away() -> None:
     with pytest.raises(ComponentError, match=r"^buffer ShortBuffer: retrieve\(\) returned 1 lists for 6 queries"):
         requests_for(data, ShortBuffer(data), history_window=1, k=2)
 
+
+
+def test_a_resumed_model_keeps_its_backends_call_counters() -> None:
+    # The checkpoint kept the model's own counters but not the backend's (an openai server's
+    # calls, retries, failed calls): a resumed run logged experience/backend_* from 0 again.
+    class CountingLM(ScriptedLM):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.stats = {"calls": 0, "failed_calls": 0}
+
+    used = LMExperienceModel(CountingLM(queue=[]))
+    used.backend.stats.update(calls=13, failed_calls=2)
+    state = msgspec.json.decode(msgspec.json.encode(used.state_dict()))
+    resumed = LMExperienceModel(CountingLM(queue=[]))
+    resumed.load_state_dict(state)
+    assert resumed.metrics()["experience/backend_calls"] == 13.0 and resumed.backend.stats["failed_calls"] == 2
+    old = {k: v for k, v in state.items() if k != "backend_stats"}  # a checkpoint from before they were kept
+    LMExperienceModel(CountingLM(queue=[])).load_state_dict(old)
+    with pytest.raises(ValueError, match="backend_stats must map names to finite numbers"):
+        LMExperienceModel(CountingLM(queue=[])).load_state_dict(state | {"backend_stats": {"calls": "13"}})

@@ -48,7 +48,7 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 
 
 def _interrupted(ctx: click.Context, signum: int) -> None:
-    """Ctrl-C, or SIGTERM during a run: one line and the shell's status for that signal (130,
+    """Ctrl-C or SIGTERM during a command: one line and the shell's status for that signal (130,
     143), not click's bare "Aborted!" and status 1, which reads as a failure."""
     hint = "; what the run stored is kept: continue it with --resume" if ctx.invoked_subcommand == "run" else ""
     click.echo(f"Error: interrupted by {stopping.name(signum)}{hint}", err=True)
@@ -165,9 +165,8 @@ def run_cmd(pipeline: str, overrides: tuple[str, ...], resume: bool, quiet: bool
     from .loop import run_pipeline
 
     resolved, plugins = _load(pipeline, overrides)
-    # A scheduler's stop or `kill` ends a run as Ctrl-C does, through its cleanup (buffer, loggers,
-    # the env's browser or JVM, which would otherwise outlive it), with exit status 143.
-    signal.signal(signal.SIGTERM, stopping.handle)
+    # A scheduler's stop or `kill` ends a run as Ctrl-C does (stopping.handled), through its cleanup
+    # (buffer, loggers, the env's browser or JVM, which would otherwise outlive it), with status 143.
     summary = run_pipeline(resolved, plugins, resume=resume, progress=not quiet)
     click.echo(json.dumps(summary, indent=2))
 

@@ -80,10 +80,12 @@ def name(signum: int) -> str:
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """For one command: Ctrl-C raises a remembered :class:`Stopped`, and an interrupt dropped in
-    a finalizer is delivered again. SIGTERM handlers the command sets are undone with the rest.
+    """For one command: Ctrl-C and SIGTERM (a scheduler's stop, ``kill``, ``timeout``) raise a
+    remembered :class:`Stopped`, and an interrupt dropped in a finalizer is delivered again.
+    SIGTERM's default killed every command but ``run`` outright: ``collect`` left its
+    ``.partial`` file and no command closed its simulators or browsers.
 
-    Ctrl-C's handler is set only where Python's default one is (not where a background job
+    Each handler is set only where the signal's default one is (not where a background job
     ignores it) and only on the main thread (the only one that may set handlers)."""
     clear()
     on_main = threading.current_thread() is threading.main_thread()
@@ -91,6 +93,8 @@ def handled() -> Iterator[None]:
     saved_hook = sys.unraisablehook
     if saved.get(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, handle)
+    if saved.get(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, handle)
     sys.unraisablehook = _keeping_interrupts(saved_hook)
     try:
         yield

@@ -171,9 +171,25 @@ sys.path.insert(0, {tests!r})
 from dreamgym_core import ComponentSpec, hookimpl
 from stand_ins import CountConfig, CountDomain
 
+import os, signal
+
+
+class TermDomain(CountDomain):
+    """Gets SIGTERM (a scheduler's stop) while playing its third episode."""
+
+    calls = 0
+
+    def collect(self, **kw):
+        TermDomain.calls += 1
+        if TermDomain.calls == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().collect(**kw)
+
+
 @hookimpl
 def dreamgym_register_envs():
-    return [ComponentSpec(name="countgame", factory=CountDomain, config_type=CountConfig, description="A third-party env.")]
+    return [ComponentSpec(name="countgame", factory=CountDomain, config_type=CountConfig, description="A third-party env."),
+            ComponentSpec(name="termgame", factory=TermDomain, config_type=CountConfig, description="Stopped mid-collect.")]
 '''
 
 
@@ -222,3 +238,13 @@ def test_collect_refuses_to_overwrite_its_pipeline_and_a_plugin_it_would_ignore(
     result = CliRunner().invoke(cli, ["collect", "--pipeline", str(pipeline), "--plugin", "countgame", "--transitions", "2", "--out", str(out)])
     assert result.exit_code == 2 and "--plugin chooses the plugins with --env; with --pipeline, the pipeline's plugins are loaded" in result.output
     assert not out.exists()
+
+
+def test_collect_stopped_by_sigterm_says_so_and_leaves_no_partial_file(countgame_site, tmp_path):
+    # Only `run` handled SIGTERM: collect died at once (status 143, no word) and left
+    # <out>.partial, with whatever it held, behind.
+    out = tmp_path / "c.jsonl"
+    result = run_cli("collect", "--env", "termgame", "--transitions", "40", "--out", str(out), "-q", site=countgame_site)
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "Error: interrupted by SIGTERM"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -106,7 +106,9 @@ class TensorBoardSink:
         """Hide events logged after the checkpoint (TensorBoard's purge_step, applied when the
         next writer starts)."""
         self.close()
-        self._purge_step = history[-1]["step"] + 1 if history else 0
+        # -1 without a history: the loop's first row (before RL) is step -1, which purge step 0 kept,
+        # so a run stopped before its first checkpoint showed that row twice after --resume
+        self._purge_step = history[-1]["step"] + 1 if history else -1
 
     def log(self, *, step: int, metrics: dict[str, float]) -> None:
         if self._writer is None:

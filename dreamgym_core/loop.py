@@ -36,7 +36,7 @@ from .plugins import Plugins
 from .progress import RolloutProgress, step_progress, takes
 from .provenance import VERSIONS_FILE, record_versions
 from .records import BRANCH_TAG, HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
-from .rollout import RolloutStats, drop_unanswered, rollout, success_by_family, sum_stats, wilson_interval
+from .rollout import RolloutStats, drop_unanswered, played_steps, rollout, success_by_family, sum_stats, wilson_interval
 from .selection import ValidSelection
 from .synthetic import storable
 
@@ -96,6 +96,8 @@ _CONFIG_RECORD = ("config.json", "config.sha256", VERSIONS_FILE)
 # The run's JSON summary (what `dreamgym run` prints), written last, once the run has ended
 # and closed its components: a run directory that holds it holds a finished run.
 SUMMARY_FILE = "summary.json"
+# Kept with the warm start's stage metrics: the validation steps that picked its epoch.
+_WARMSTART_VALID = "warmstart/valid_transitions"
 
 
 def _holds_run_output(run_dir: Path) -> bool:
@@ -601,9 +603,15 @@ class Runner:
         if checkpoint.stage_done(init) and hasattr(self.policy, "reload"):
             self._say(f"reusing the warm-started policy in {init}")
             self._reload_policy()
-            return checkpoint.read_stage_metrics(init)
+            metrics = checkpoint.read_stage_metrics(init)
+            # the validation steps that picked its epoch: a run reusing it reported none
+            self.counters["valid_transitions"] += int(metrics.get(_WARMSTART_VALID, 0))
+            return metrics
         self._say("warm-starting the policy (SFT on demos)")
+        before = self.counters["valid_transitions"]
         metrics = self._warmstart_policy(offline)
+        if self.counters["valid_transitions"] > before:
+            metrics[_WARMSTART_VALID] = float(self.counters["valid_transitions"] - before)
         self._save_policy_init(metrics)
         return metrics
 
@@ -785,7 +793,8 @@ class Runner:
 
     def _store(self, groups: list[list[Trajectory]], phase: str) -> None:
         steps = [t for g in groups for traj in g for t in traj.transitions]
-        self.counters["real_transitions" if phase == "real" else "synthetic_transitions"] += len(steps)
+        played = played_steps([traj for g in groups for traj in g])
+        self.counters["real_transitions" if phase == "real" else "synthetic_transitions"] += played
         if self.buffer is not None:
             self.buffer.add(transitions=storable(steps, synthetic=self.cfg.loop.store_synthetic))
 
@@ -1078,8 +1087,8 @@ def evaluate(
             f"env {runner.cfg.env.name!r}: none of the {len(trajectories)} {split!r} episodes of {prefix!r} could start "
             "(environment errors at reset; the warnings above name them); there is no success rate to report"
         )
-    if split == "valid":
-        runner.counters["valid_transitions"] += stats.steps
+    if prefix == "valid":  # a play that picks a policy (not an evaluation of the valid split)
+        runner.counters["valid_transitions"] += played_steps(trajectories)
     if hasattr(runner.domain, "world_key"):
         distinct, trained = world_counts(runner.domain, chosen, runner.train_tasks, who=runner.who("env"))
         extra[f"{prefix}/worlds"], extra[f"{prefix}/train_worlds"] = float(distinct), float(trained)

@@ -94,6 +94,13 @@ class Episode:
         return Trajectory(task=self.task, transitions=self.transitions, decisions=self.decisions)
 
 
+def played_steps(trajectories: Sequence[Trajectory]) -> int:
+    """Steps an environment was asked to play: not the note that ends an episode whose policy
+    output held no action (no environment saw it). An environment's crash counts: it was asked.
+    Counted as real transitions, they charged S2R's real budget for steps never played."""
+    return sum(len(t.transitions) - sum(not d.parsed for d in t.decisions) for t in trajectories)
+
+
 def unlisted(action: str, admissible: Sequence[str]) -> bool:
     """Whether the state's own action list leaves ``action`` out (False when the list is unknown).
     Case and spacing do not count, as the envs that list actions (TextWorld, ALFWorld) read an

@@ -494,10 +494,13 @@ def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 _Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
 # Nor does YAML 1.2 read dates: a run_dir or a name such as 2026-12-05 stays a string (PyYAML
 # would make it a datetime, and an impossible one such as 2026-13-45 a ValueError).
+# Booleans as YAML 1.2 reads them too: true and false only. YAML 1.1's on/off/yes/no made the
+# documented `loop.self_reflection: off` a bool, refused as "Expected `str`, got `bool`".
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")]
     for first, resolvers in _Loader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 # A pipeline file is a few hundred values; aliases that expand past this are a mistake or an

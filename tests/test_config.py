@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import yaml as _yaml
 import yaml
 
 from dreamgym_core.config import EvalConfig, LoopConfig, PipelineConfig, config_hash, load_pipeline, load_resolved, pipeline_from_dict, resolve
@@ -425,6 +426,20 @@ def test_integers_are_read_as_yaml_1_2_reads_them(tmp_path, value, read):
     assert load_pipeline(path, [f"seed={value}"]).seed == read
     path.write_text(path.read_text() + f"seed: {value}\n")
     assert load_pipeline(path).seed == read
+
+
+@pytest.mark.parametrize("value", ["off", "on", "yes", "no", "Off", "NO"])
+def test_yaml_1_1_booleans_are_strings_and_true_false_stay_booleans(tmp_path, value):
+    # YAML 1.1 read the documented `loop.self_reflection: off` as False: "Expected `str`, got `bool`"
+    path = write(tmp_path, pipeline_dict("runs/x"))
+    assert load_pipeline(path, ["loop.self_reflection=off"]).loop.self_reflection == "off"
+    data = _yaml.safe_load(path.read_text())
+    data["loop"]["self_reflection"] = "off"
+    path.write_text(_yaml.safe_dump(data).replace("'off'", "off"))
+    assert load_pipeline(path).loop.self_reflection == "off"
+    assert load_pipeline(path, [f"run_dir={value}"]).run_dir == value  # a str field given a 1.1 boolean word
+    for text, read in (("true", True), ("False", False)):
+        assert load_pipeline(path, [f"loop.store_synthetic={text}"]).loop.store_synthetic is read
 
 
 def test_a_sexagesimal_integer_is_no_integer(tmp_path):

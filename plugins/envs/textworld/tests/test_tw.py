@@ -116,6 +116,9 @@ def test_out_of_range_parameters_are_config_errors(tmp_path) -> None:
         make_tw(TwConfig(game="coin_collector", params={"level": 151}, cache_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match=r"parameter take=3 is out of range \(0-2: at most recipe\)"):
         make_tw(TwConfig(game="cooking", params={"recipe": 2, "take": 3}, cache_dir=str(tmp_path)))
+    # drop=1 games have no walkthrough, so no expert: its "expert" demos were random play
+    with pytest.raises(ConfigError, match=r"parameter drop=1 is out of range \(0\)"):
+        make_tw(TwConfig(game="cooking", params={"drop": 1}, cache_dir=str(tmp_path)))
 
 
 def test_unknown_game_and_parameter_fail_listing_what_exists(tmp_path) -> None:

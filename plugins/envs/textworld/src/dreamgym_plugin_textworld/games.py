@@ -46,10 +46,12 @@ TWX_GAMES: dict[str, tuple[str, ...]] = {
     "coin": ("numLocations", "numDistractorItems", "includeDoors", "limitInventorySize"),
     "twc": ("numLocations", "numItemsToPutAway", "includeDoors", "limitInventorySize"),
     "cookingworld": ("numLocations", "numIngredients", "numDistractorItems", "includeDoors", "limitInventorySize"),
-    "mapreader": ("numLocations", "maxDistanceApart", "maxDistractorItemsPerLocation", "includeDoors", "limitInventorySize"),
+    # mapreader's includeDoors and simonsays' verbose are left out: the engine accepts and ignores
+    # them (the same game under another task id), so a variation setting them was no variation
+    "mapreader": ("numLocations", "maxDistanceApart", "maxDistractorItemsPerLocation", "limitInventorySize"),
     "arithmetic": (),
     "sorting": (),
-    "simonsays": ("gameLength", "numDistractors", "memorization", "verbose"),
+    "simonsays": ("gameLength", "numDistractors", "memorization"),
     "peckingorder": (),
 }
 # TWX_GAMES parameters that are on/off switches: 0 or 1 (the engine reads -1 as 0, and what it
@@ -78,12 +80,14 @@ TW_RANGES: dict[str, dict[str, tuple[int, int] | tuple[int, ...]]] = {
     "treasure_hunter": {"level": (1, 30)},
     "cooking": {
         "recipe": (1, 5), "take": (0, 5), "go": (1, 6, 9, 12),
-        "open": (0, 1), "cook": (0, 1), "cut": (0, 1), "drop": (0, 1),
+        # drop 0 only: with drop on, TextWorld's cooking generator sets no walkthrough, so the
+        # game has no expert plan and "expert" demos were random play that burned the food
+        "open": (0, 1), "cook": (0, 1), "cut": (0, 1), "drop": (0,),
     },  # fmt: skip
     "custom": {"world_size": (1, 20), "nb_objects": (0, 40), "quest_length": (1, 10)},
 }
 # Sets of allowed values, as opposed to (lowest, highest) ranges.
-_VALUE_SETS = {("cooking", "go")}
+_VALUE_SETS = {("cooking", "go"), ("cooking", "drop")}
 # Generation seeds per split: disjoint ranges, so a generated game belongs to one split.
 TW_SPLIT_SEEDS: dict[str, int] = {"train": 0, "valid": 1_000_000, "test": 2_000_000}
 TW_SPLIT_SIZE = 1_000_000
@@ -159,7 +163,7 @@ def describe_allowed(game: str, name: str, params: dict[str, int]) -> str:
     """``'1-20'``, ``'1, 6, 9 or 12'`` or ``'0-2: at most recipe'``, for messages and prompts."""
     allowed = tw_allowed(game, name, params)
     if isinstance(allowed, tuple):
-        return ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
+        return ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
     text = f"{allowed.start}-{allowed.stop - 1}"
     return text + (": at most recipe" if game == "cooking" and name == "take" else "")
 

@@ -281,16 +281,18 @@ def test_an_api_key_variable_that_is_unset_stops_the_server(monkeypatch, capsys,
     assert "DREAMGYM_TEST_SERVE_KEY" in error and error.count("\n") == 1
 
 
-def test_chat_completion_conditions_on_one_start_token(trained, tmp_path):
-    # Llama-3-style: the chat template writes the BOS text and the tokenizer adds BOS itself.
-    # A chat request must be tokenised as the backend tokenises a templated prompt (one BOS),
-    # not with a second BOS in front.
+@pytest.mark.parametrize("start", ["{{ bos_token }}", ""], ids=["template-writes-bos", "template-writes-none"])
+def test_chat_completion_conditions_on_one_start_token(trained, tmp_path, start):
+    # The tokenizer adds BOS to plain text itself; Llama 3's chat template writes the BOS text too,
+    # TinyLlama-Chat's and Zephyr's write none. A chat request must be tokenised as the backend
+    # tokenises a templated prompt, and as apply_chat_template(tokenize=True): the template's own
+    # start alone, not a second BOS in front (before: a BOS the template does not write was added).
     import threading
 
     from tokenizers.processors import TemplateProcessing
 
     from dreamgym_plugin_hf.backend import HFBackend
-    from dreamgym_plugin_hf.serve import chat_body
+    from dreamgym_plugin_hf.serve import chat_body, tokenize_body
 
     trained.save(path=str(tmp_path / "m"))
     backend = HFBackend.load(str(tmp_path / "m"), max_length=1024)
@@ -298,17 +300,23 @@ def test_chat_completion_conditions_on_one_start_token(trained, tmp_path):
     bos = [("<|bos|>", tok.bos_token_id)]
     tok._tokenizer.post_processor = TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A $B", special_tokens=bos)
     tok.chat_template = (
-        "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+        start + "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}"
     )
     assert tok("", add_special_tokens=True)["input_ids"] == [tok.bos_token_id]
     seen = []
     generate = backend.model.generate
     backend.model.generate = lambda **kwargs: seen.append(kwargs["input_ids"][0].tolist()) or generate(**kwargs)
-    chat_body(backend, {"messages": [{"role": "user", "content": "Room: garden."}], "max_tokens": 4, "temperature": 0}, threading.Lock())
+    messages = [{"role": "user", "content": "Room: garden."}]
+    chat_body(backend, {"messages": messages, "max_tokens": 4, "temperature": 0}, threading.Lock())
+    counted = tokenize_body(backend, {"messages": messages}, threading.Lock())["tokens"]
+    assert "_prefix" not in vars(backend) and backend.chat_template is False  # the backend is as it was
     backend.chat_template = True
     backend.generate(prompts=["Room: garden."], max_new_tokens=4, temperature=0)
-    assert seen[0] == seen[1] and seen[0][:2] != [tok.bos_token_id] * 2
+    templated = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    templated = list(templated["input_ids"] if hasattr(templated, "keys") else templated)
+    assert seen[0] == seen[1] == counted == templated
+    assert (seen[0][0] == tok.bos_token_id) is bool(start) and seen[0][:2] != [tok.bos_token_id] * 2
 
 
 def test_tokenize_reports_the_ids_generation_sees_and_the_context(server):
@@ -381,10 +389,18 @@ def test_the_servers_max_length_is_the_models_context_at_most_2048(short_gpt2, s
          "'messages[1].role'"),
         ("chat/completions", {"messages": [{"content": "hi"}]}, "'messages[0].role'"),
         ("chat/completions", {"messages": ["hi"]}, "'messages[0]'"),
+        # JSON's \ud800 escape: a lone surrogate, which the tokenizer failed on with a TypeError (500)
+        ("completions", {"prompt": "Room: \ud800 garden"}, "'prompt'"),
+        ("completions", {"prompt": ["Room:", "\udc00"]}, "'prompt[1]'"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, "'messages[0].content'"),
+        ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a\ud800"}]}]},
+         "'messages[0].content'"),
+        ("chat/completions", {"messages": [{"role": "user\ud800", "content": "hi"}]}, "'messages[0].role'"),
     ],
     ids=["temperature-nan", "temperature-inf", "temperature-bool", "temperature-tiny", "chat-temperature-tiny", "max-tokens-bool", "max-completion-tokens-bool",
          "seed-bool", "messages-empty", "messages-not-a-list", "content-null", "content-number", "content-image-part",
-         "content-part-not-text", "role-object", "role-missing", "message-not-an-object"],
+         "content-part-not-text", "role-object", "role-missing", "message-not-an-object", "prompt-surrogate",
+         "prompt-list-surrogate", "content-surrogate", "content-part-surrogate", "role-surrogate"],
 )
 def test_bad_sampling_values_and_messages_get_400_naming_the_field(server, route, body, field):
     # before: every one of these was answered 200 (a NaN or infinite temperature sampled, True was
@@ -400,6 +416,36 @@ def test_tokenize_checks_messages_as_the_chat_endpoint_does(server):
     base, _ = server
     status, answer = call(f"{base.removesuffix('/v1')}/tokenize", {"messages": [{"content": 5}]})
     assert status == 400 and "'messages[0]" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [({"prompt": "Room: \ud800"}, "'prompt'"), ({"messages": [{"role": "user", "content": "\ud800"}]}, "'messages[0].content'")],
+    ids=["prompt", "messages"],
+)
+def test_tokenize_of_a_lone_surrogate_is_a_400_naming_the_field(server, body, field):
+    # before: 500, the tokenizer's TypeError, and a traceback on the server's stderr
+    base, _ = server
+    status, answer = call(f"{base.removesuffix('/v1')}/tokenize", body)
+    assert status == 400 and field in answer["error"]["message"] and "\n" not in answer["error"]["message"]
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/tokenize"])
+def test_messages_the_chat_template_refuses_are_a_400_naming_them(server, route):
+    # a template's raise_exception (Llama 2's, Mistral's: roles must alternate) raised a jinja2
+    # TemplateError, answered 500 with a traceback as though the server had failed
+    base, backend = server
+    before = backend.tokenizer.chat_template
+    backend.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}"
+        "{{ raise_exception('roles must be user or assistant') }}{% endif %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    )
+    try:
+        status, answer = call(base.removesuffix("/v1") + route, {"messages": [{"role": "tool", "content": "x"}], "max_tokens": 3})
+    finally:
+        backend.tokenizer.chat_template = before
+    message = answer["error"]["message"]
+    assert status == 400 and message.startswith("'messages': the model's chat template refuses them: roles must be user or assistant")
 
 
 class TemplateTokenizer:
@@ -566,6 +612,31 @@ def test_a_server_open_to_the_network_without_a_key_says_so_once_on_stderr(
     else:
         assert warnings == [], err
     assert "serving" in out and (key is None or key not in out + err)
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error(port, capsys):
+    # before: 70000 reached bind, which failed with an OverflowError traceback
+    with pytest.raises(SystemExit) as info:
+        main(["--model-dir", "unused", "--port", port])
+    error = capsys.readouterr().err
+    assert info.value.code == 2 and "argument --port" in error and "0 to 65535" in error
+
+
+def test_an_address_it_cannot_listen_on_is_a_one_line_error(saved_model, capsys):
+    # before: an 18-line traceback (OSError: Address already in use, or for another machine's address)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as info:
+            main(["--model-dir", saved_model, "--port", str(port)])
+    error = capsys.readouterr().err
+    assert info.value.code == 2 and error == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    with pytest.raises(SystemExit) as info:  # TEST-NET-1: no address of this machine
+        main(["--model-dir", saved_model, "--host", "192.0.2.1", "--port", "0"])
+    error = capsys.readouterr().err
+    assert info.value.code == 2 and error.startswith("error: cannot listen on 192.0.2.1:0: ") and error.count("\n") == 1
 
 
 @pytest.mark.parametrize(

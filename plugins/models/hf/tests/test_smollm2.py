@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -37,6 +38,18 @@ def test_smollm2_loads_answers_and_caches_as_safetensors(tmp_path):
         assert loaded.tokenizer.clean_up_tokenization_spaces is False
         ids = loaded.tokenizer.encode("go north . take coin , then stop", add_special_tokens=False)
         assert loaded.tokenizer.decode(ids) == "go north . take coin , then stop"
+
+
+@pytest.mark.slow
+def test_the_gguf_load_draws_no_progress_bar_and_its_cache_decodes_as_tokenized(tmp_path, capfd):
+    # before: transformers' GGUF loader drew its tqdm bar (it does not use the bars
+    # quiet_progress_bars hides), and the cache was saved before the clean-up was turned off,
+    # so `hf path=CACHE` asked for it and transformers warned at its first decode
+    cache = tmp_path / "smollm2"
+    SmolLM2Backend.from_config(SmolLM2Config(cache_dir=str(cache)))
+    assert "de-quantizing" not in capfd.readouterr().err
+    saved = json.loads((cache / "tokenizer_config.json").read_text())
+    assert saved.get("clean_up_tokenization_spaces") is False
 
 
 @pytest.mark.slow

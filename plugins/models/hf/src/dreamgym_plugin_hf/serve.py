@@ -19,7 +19,8 @@ Bound to any other address (``--host 0.0.0.0``) without a key, it serves the mod
 can reach the machine: it says so in one line on stderr at start. An IPv6 address (``--host ::1``)
 binds an IPv6 socket.
 ``--max-length`` (the ``max_model_len`` ``/tokenize`` reports) defaults to the model's own
-context, at most 2048; one over the model's context stops the server with a one-line error.
+context, at most 2048; one over the model's context, or an address it cannot listen on (a port in
+use), stops the server with a one-line error.
 
     python -m dreamgym_plugin_hf.serve --model-dir runs/x/policy --port 8011
 """
@@ -153,10 +154,20 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     return {"max_new_tokens": max_tokens, "temperature": float(temperature), "stop": _stop_list(body.get("stop")), "seed": seed}
 
 
+def _unicode(text: str, where: str) -> str:
+    """``text``, if it is Unicode the tokenizer takes: JSON's ``\\ud800`` escape gives a lone
+    surrogate, which it fails on with a TypeError (a 500 that blamed the server)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"'{where}' must be Unicode text: it holds a lone surrogate {text[exc.start]!r} at character {exc.start}") from None
+    return text
+
+
 def _content(content: Any, where: str) -> str:
     """A message's text: a string, or OpenAI-style text parts joined by line breaks (as vLLM does)."""
     if isinstance(content, str):
-        return content
+        return _unicode(content, where)
     if not isinstance(content, list):
         raise RequestError(f"'{where}' must be a string or a list of text parts")
     texts = []
@@ -164,7 +175,7 @@ def _content(content: Any, where: str) -> str:
         if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
             raise RequestError(f"'{where}[{i}]' must be a text part {{\"type\": \"text\", \"text\": <string>}} (only text is served)")
         texts.append(part["text"])
-    return "\n".join(texts)
+    return _unicode("\n".join(texts), where)
 
 
 def chat_messages(messages: Any) -> list[dict[str, Any]]:
@@ -177,6 +188,7 @@ def chat_messages(messages: Any) -> list[dict[str, Any]]:
             raise RequestError(f"'messages[{i}]' must be a {{role, content}} object")
         if not isinstance(message.get("role"), str):
             raise RequestError(f"'messages[{i}].role' must be a string")
+        _unicode(message["role"], f"messages[{i}].role")
         out.append({**message, "content": _content(message.get("content"), f"messages[{i}].content")})
     return out
 
@@ -185,23 +197,17 @@ def chat_prompt(tokenizer: Any, messages: Any) -> str:
     """The prompt text of a chat (checked by :func:`chat_messages`): the tokenizer's template,
     or ``role: content`` lines."""
     messages = chat_messages(messages)
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    lines = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join(lines + ["assistant: "])
+    if not tokenizer.chat_template:
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return _unicode("\n".join(lines + ["assistant: "]), "messages")
+    from jinja2 import TemplateError  # what transformers renders a chat template with
 
-
-def _without_added_start(tokenizer: Any, prompt: str) -> str:
-    """``prompt`` less leading special tokens the tokenizer adds to any text itself.
-
-    Templates such as Llama 3's write ``<|begin_of_text|>`` and the tokenizer adds it again;
-    the backend's own chat-template path tokenises without special tokens, so one stays.
-    """
-    from .backend import leading_special_tokens  # the backend's rule (not an EOS it appends)
-
-    added = leading_special_tokens(tokenizer)
-    start = tokenizer.decode(added) if added else ""
-    return prompt[len(start) :] if start and prompt.startswith(start) else prompt
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError as exc:  # its raise_exception(...): roles out of order, a system turn it has no place for
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise RequestError(f"'messages': the model's chat template refuses them: {reason}") from None
+    return _unicode(rendered, "messages")  # another field of a message may hold a lone surrogate too
 
 
 def completion_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
@@ -210,6 +216,8 @@ def completion_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, 
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise RequestError("'prompt' must be a string or a non-empty list of strings")
+    for i, text in enumerate(prompts):
+        _unicode(text, "prompt" if isinstance(prompt, str) else f"prompt[{i}]")
     args = _sampling(body)
     with lock:
         done = backend._generations(prompts=prompts, **args)
@@ -217,24 +225,31 @@ def completion_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, 
     return _envelope("text_completion", backend, choices, done)
 
 
+def _no_start_tokens(text: str = "") -> list[int]:
+    """The backend's ``_prefix`` for a rendered chat template (what it gives under its own)."""
+    return []
+
+
 @contextmanager
 def _template_applied(backend: Any) -> Iterator[None]:
-    """The backend taking prompts as raw text: a chat's template is already applied."""
+    """The backend taking prompts as raw text: a chat's template is already applied. A rendered
+    template gets no start token added, as in the backend's own chat-template path (SFT,
+    generate) and ``apply_chat_template(tokenize=True)``: the template writes any the model was
+    trained with (Llama 3's writes BOS; TinyLlama's and Zephyr's none, though their tokenizers add
+    one to plain text). ``role: content`` lines are plain text, started as any prompt."""
     chat, backend.chat_template = backend.chat_template, False
+    if backend.tokenizer.chat_template:
+        backend._prefix = _no_start_tokens  # for this request only (the model's lock is held)
     try:
         yield
     finally:
         backend.chat_template = chat
-
-
-def _chat_text(backend: Any, messages: Any) -> str:
-    # generate() adds the tokenizer's own start token, which a template may already hold
-    return _without_added_start(backend.tokenizer, chat_prompt(backend.tokenizer, messages))
+        vars(backend).pop("_prefix", None)
 
 
 def chat_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
     """Answer of ``POST /v1/chat/completions`` (one choice)."""
-    prompt = _chat_text(backend, body.get("messages"))
+    prompt = chat_prompt(backend.tokenizer, body.get("messages"))
     args = _sampling(body)
     with lock, _template_applied(backend):
         (done,) = backend._generations(prompts=[prompt], **args)
@@ -246,13 +261,14 @@ def tokenize_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, An
     """Answer of ``POST /tokenize`` in vLLM's shape: the token ids generation would see, uncut,
     and the context length (a prompt fits when ``count + max_tokens <= max_model_len``)."""
     if "messages" in body:
-        prompt = _chat_text(backend, body["messages"])
+        prompt = chat_prompt(backend.tokenizer, body["messages"])
         with lock, _template_applied(backend):
             ids = backend.prompt_ids(prompt)
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise RequestError("'prompt' must be a string (or send 'messages')")
+        _unicode(prompt, "prompt")
         with lock:
             ids = backend.prompt_ids(prompt)
     return {"count": len(ids), "max_model_len": backend.config.max_length, "tokens": ids}
@@ -446,11 +462,17 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):  # else bind fails with an OverflowError
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535; 0 picks a free one)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dreamgym-hf-serve", description="OpenAI-compatible server for an hf model directory.")
     parser.add_argument("--model-dir", required=True, help="a directory saved by an hf backend (or any causal LM)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=_port, default=8000)
     parser.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap /v1/completions prompts as a user turn (default: as the checkpoint was trained, else off)")
     parser.add_argument("--api-key-env", default=None, help="env var holding the key clients must send")
@@ -464,11 +486,14 @@ def main(argv: list[str] | None = None) -> None:
         backend = load_backend(args.model_dir, chat_template=args.chat_template, max_length=args.max_length)
     except DreamGymError as exc:
         parser.exit(2, f"error: {exc}\n")
-    server = make_server(backend, host=args.host, port=args.port, api_key=api_key)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    try:
+        server = make_server(backend, host=args.host, port=args.port, api_key=api_key)
+    except OSError as exc:  # the port is taken or not ours to bind, the host unknown or not this machine's
+        parser.exit(2, f"error: cannot listen on {shown}:{args.port}: {exc.strerror or exc}\n")
     warning = open_server_warning(args.host, api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {backend.model_id} on http://{shown}:{server.server_address[1]}/v1"
           f" (max_length {backend.config.max_length})", flush=True)
     try:

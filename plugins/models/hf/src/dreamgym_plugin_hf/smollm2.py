@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -39,10 +40,24 @@ def _fix_special_tokens(tokenizer) -> None:
     tokenizer.pad_token = "<|endoftext|>"
 
 
+@contextlib.contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    """transformers' GGUF loader draws its "Converting and de-quantizing" bar with tqdm itself,
+    which quiet_progress_bars does not reach: meanwhile it gets transformers' own, switchable tqdm."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    own, gguf_utils.tqdm = gguf_utils.tqdm, hf_logging.tqdm
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = own
+
+
 def load_gguf(path: Path) -> tuple[PreTrainedModel, object]:
     """Dequantised float32 model (rebuilt so it can be saved) and its tokenizer."""
     try:
-        with quiet_progress_bars():  # its bars would interleave with a run's progress lines
+        with quiet_progress_bars(), _quiet_gguf_conversion():  # bars would interleave with a run's progress lines
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     except (OSError, ValueError) as exc:
@@ -54,6 +69,11 @@ def load_gguf(path: Path) -> tuple[PreTrainedModel, object]:
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     _fix_special_tokens(tokenizer)
+    # Decode as tokenized: the GGUF's tokenizer asks for WordPiece's space clean-up, which would
+    # strip the space before punctuation ("go north ." -> "go north."), and which transformers 5
+    # refuses for this BPE tokenizer with a warning on the first decode. Set before a cache is
+    # saved, so that ``hf path=CACHE`` decodes so too.
+    tokenizer.clean_up_tokenization_spaces = False
     return model, tokenizer
 
 
@@ -104,10 +124,7 @@ class SmolLM2Backend(HFBackend):
                 # chat_template: an instruct model, trained on chat turns (``hf path=CACHE`` reads it)
                 save_checkpoint(model, tokenizer, str(cache), chat_template=True)
                 atomic_write(cache / SOURCE_FILE, json.dumps(source).encode())
-        # Decode as tokenized: the saved tokenizer asks for WordPiece's space clean-up, which would
-        # strip the space before punctuation ("go north ." -> "go north."), and which transformers 5
-        # refuses for this BPE tokenizer with a warning on the first decode.
-        tokenizer.clean_up_tokenization_spaces = False
+        tokenizer.clean_up_tokenization_spaces = False  # as load_gguf: a cache saved before that asks for the clean-up
         return cls(
             config, model=model, tokenizer=tokenizer, model_id="SmolLM2-135M-Instruct", chat_template=config.chat_template
         )

@@ -32,8 +32,10 @@ class CorridorEnv:
     def __init__(self) -> None:
         self.pos = 0
         self.closed = 0
+        self.seed: int | None = None
 
     def reset(self, *, task: Task, seed: int | None = None) -> Observation:
+        self.seed = seed
         if task.payload.get("broken"):
             raise RuntimeError("engine crashed")
         self.pos = 0
@@ -256,6 +258,44 @@ def test_invalid_actions_counted_and_penalised(episode):
     assert [t.valid for t in record["stored"]] == [False, True, False, True]
 
 
+@pytest.mark.parametrize(
+    ("replies", "score"),
+    [
+        ([act("jump"), act("go north"), act("go north")], 0.9),  # a success with one refused action
+        ([act("jump"), act("wait")], -0.1),  # a failure with one (max_steps 2)
+        (["no tags"], -0.1),  # unparsable: ends at once
+    ],
+)
+def test_the_curriculum_gets_the_outcome_reward_not_the_penalised_score(episode, replies, score):
+    """verl trains on the penalised reward; the curriculum observes, as in the local loop,
+    the outcome reward (Trajectory.outcome_reward: the environment's rewards summed), whose
+    variance over a group is reward-entropy's task value."""
+    out, _, record = episode(replies, max_steps=3 if score > 0 else 2)
+    assert out.reward_score == pytest.approx(score)
+    success = out.extra_fields["reward_extra_info"]["success"]
+    assert record["reported"] == [TaskOutcome(task=TASK, rewards=[success])]
+    assert record["reported"][0].rewards == [sum(t.reward for t in record["stored"])]
+
+
+def test_each_session_of_a_row_resets_with_its_own_seed(episode, tmp_path):
+    """verl's V1 worker plays a row rollout.n times with the same kwargs plus ``session_id``
+    (agent_loop_tq.py _run_prompt); the local loop gives each episode of a group its own seed,
+    which loop.state_variation varies the synthetic world by. Validation rows keep theirs."""
+    from dreamgym_plugin_verl.dataset import DreamGymTaskDataset, write_tasks
+
+    seeds = []
+    for session in range(4):
+        _, _, record = episode([act("go north")], kwargs={"seed": 7, "session_id": session})
+        seeds.append(record["envs"][0][1].seed)
+    # row seed * rollout.n (loop.group_size, 4 by default) + session: the row's block of the run's seeds
+    assert seeds == [28, 29, 30, 31]
+    write_tasks(tmp_path / "val.jsonl", [TASK])
+    val_row = DreamGymTaskDataset(data_files=str(tmp_path / "val.jsonl"))[0]
+    val_row.pop("agent_name")
+    _, _, record = episode([act("go north")], kwargs={**val_row, "session_id": 0})
+    assert record["envs"][0][1].seed == val_row["seed"]  # val_kwargs.n = 1
+
+
 def test_an_experience_model_failure_is_not_the_policys_invalid_action(episode):
     out, _, record = episode([act("go north"), act("wait")])
     info = out.extra_fields["reward_extra_info"]
@@ -394,7 +434,7 @@ def test_validation_episodes_stay_out_of_the_buffer_and_curriculum(episode, tmp_
     assert out.extra_fields["reward_extra_info"]["success"] == 1.0
     assert record["stored"] == [] and record["reported"] == []
 
-    feed = TaskFeed(lambda n: [TASK] * n, batch_size=1, iterations=1, phase=lambda step: "real")
+    feed = TaskFeed(lambda n, step: [TASK] * n, batch_size=1, iterations=1, phase=lambda step: "real")
     train_row = feed.row(0)
     train_row.pop("agent_name")
     _, _, record = episode([act("go north"), act("go north")], kwargs=train_row)

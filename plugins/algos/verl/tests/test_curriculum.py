@@ -21,6 +21,7 @@ class RecordingCurriculum:
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.observed: list[TaskOutcome] = []
+        self.observe_calls = 0
 
     def next_tasks(self, *, n: int) -> list[Task]:
         self.calls.append(n)
@@ -29,9 +30,14 @@ class RecordingCurriculum:
 
     def observe(self, *, outcomes) -> None:
         self.observed += list(outcomes)
+        self.observe_calls += 1
 
     def state_dict(self):
-        return {"calls": self.calls}
+        return {"calls": self.calls, "observed": msgspec.to_builtins(self.observed)}
+
+    def load_state_dict(self, state) -> None:
+        self.calls = list(state["calls"])
+        self.observed = msgspec.convert(state["observed"], list[TaskOutcome])
 
 
 def test_outcome_groups_complete_per_task():
@@ -51,12 +57,31 @@ def test_curriculum_actor_logic_in_process():
     encode = msgspec.msgpack.encode
     assert actor.record(encode(TaskOutcome(task=TASKS[0], rewards=[1.0]))) == 0
     assert actor.record(encode(TaskOutcome(task=TASKS[0], rewards=[0.0]))) == 1
+    actor.next_tasks(2)  # the next step's draw observes the finished step first
     assert actor.curriculum.observed == [TaskOutcome(task=TASKS[0], rewards=[1.0, 0.0])]
+
+
+def test_curriculum_actor_observes_a_step_in_one_call():
+    """The local loop calls observe() once an iteration with all its groups; reward-entropy
+    varies its top ``tasks_to_vary`` tasks and pools clusters per call. The actor must do the
+    same, not observe each group as its last episode comes in."""
+    actor = CurriculumActor(RecordingCurriculum, group_size=2)
+    encode = msgspec.msgpack.encode
+    step = msgspec.msgpack.decode(actor.next_tasks(2), type=list[Task])
+    for reward in (1.0, 0.0):
+        for task in step:
+            actor.record(encode(TaskOutcome(task=task, rewards=[reward])))
+    assert actor.curriculum.observe_calls == 0  # the step is over only when the next one starts
+    actor.next_tasks(2)
+    assert actor.curriculum.observe_calls == 1
+    assert actor.curriculum.observed == [TaskOutcome(task=t, rewards=[1.0, 0.0]) for t in step]
+    actor.next_tasks(2)  # nothing new: no empty observe
+    assert actor.curriculum.observe_calls == 1
 
 
 def test_feed_asks_once_per_step_in_sequential_order():
     curriculum = RecordingCurriculum()
-    feed = TaskFeed(lambda n: curriculum.next_tasks(n=n), batch_size=2, iterations=3, phase=lambda s: "synthetic")
+    feed = TaskFeed(lambda n, step: curriculum.next_tasks(n=n), batch_size=2, iterations=3, phase=lambda s: "synthetic")
     assert len(feed) == 6
     ids = [feed.task(i)[1].id for i in range(6)]
     assert ids == ["t0", "t1", "t2", "t3", "t4", "t0"]
@@ -65,7 +90,7 @@ def test_feed_asks_once_per_step_in_sequential_order():
 
 
 def test_feed_rejects_short_batches():
-    feed = TaskFeed(lambda n: TASKS[:1], batch_size=2, iterations=1, phase=lambda s: "real")
+    feed = TaskFeed(lambda n, step: TASKS[:1], batch_size=2, iterations=1, phase=lambda s: "real")
     with pytest.raises(Exception, match="curriculum returned 1 tasks for a batch of 2"):
         feed.task(0)
 
@@ -90,6 +115,73 @@ def test_dataset_rows_carry_task_phase_and_agent(tmp_path):
     assert msgspec.json.decode(rows[2]["task"], type=Task) == TASKS[2]
     assert rows[0]["agent_name"] == "dreamgym_agent" and rows[0]["raw_prompt"][0]["content"] == "task 0"
     assert len({r["seed"] for r in rows}) == 4
+
+
+def test_resumed_dataset_goes_on_at_its_row(tmp_path):
+    """verl resumes its dataloader at the checkpoint's row with a dataset built afresh: without a
+    curriculum, row i must hold the task it held in the uninterrupted run (not restart at t0)."""
+    path = tmp_path / "train_tasks.jsonl"
+    write_tasks(path, TASKS)
+    spec = {"batch_size": 2, "iterations": 4, "mode": "real", "s2r_synthetic_share": 0.75, "seed": 0, "curriculum_actor": ""}
+    feed_spec_path(path).write_text(json.dumps(spec))
+    ids = lambda ds, rows: [msgspec.json.decode(ds[i]["task"], type=Task).id for i in rows]  # noqa: E731
+    whole = ids(DreamGymTaskDataset(data_files=str(path)), range(8))
+    assert whole == ["t0", "t1", "t2", "t3", "t4", "t0", "t1", "t2"]
+    assert ids(DreamGymTaskDataset(data_files=str(path)), range(4, 8)) == whole[4:]
+
+
+class InProcessCurriculum:
+    """RemoteCurriculum's calls, on a CurriculumActor in this process (no Ray)."""
+
+    def __init__(self, actor: CurriculumActor) -> None:
+        self.actor = actor
+
+    def next_tasks(self, n: int) -> list[Task]:
+        return msgspec.msgpack.decode(self.actor.next_tasks(n), type=list[Task])
+
+    def state_dict(self) -> bytes:
+        return self.actor.state_dict()
+
+    def load_state_dict(self, state: bytes) -> None:
+        self.actor.load_state_dict(state)
+
+
+def test_resumed_run_restores_the_curriculum_through_the_dataloader(tmp_path, monkeypatch):
+    """verl saves its StatefulDataLoader's state_dict with each checkpoint (data.pt) and loads it
+    on resume; the dataset's state there must carry the curriculum actor's state (observed
+    outcomes, draws, the last step's groups not yet observed), since the actor starts afresh."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    import dreamgym_plugin_verl.dataset as dataset_module
+
+    path = tmp_path / "train_tasks.jsonl"
+    write_tasks(path, TASKS)
+    spec = {"batch_size": 2, "iterations": 4, "mode": "real", "s2r_synthetic_share": 0.75, "seed": 0, "curriculum_actor": "c"}
+    feed_spec_path(path).write_text(json.dumps(spec))
+
+    def run() -> tuple[CurriculumActor, StatefulDataLoader]:
+        actor = CurriculumActor(RecordingCurriculum, group_size=1)
+        monkeypatch.setattr(dataset_module.RemoteCurriculum, "connect", classmethod(lambda cls, name: InProcessCurriculum(actor)))
+        loader = StatefulDataLoader(DreamGymTaskDataset(data_files=str(path)), batch_size=2, shuffle=False, collate_fn=list)
+        return actor, loader
+
+    def play(actor: CurriculumActor, rows: list[dict], reward: float) -> None:
+        for row in rows:
+            task = msgspec.json.decode(row["task"], type=Task)
+            actor.record(msgspec.msgpack.encode(TaskOutcome(task=task, rewards=[reward])))
+
+    first, loader = run()
+    steps = iter(loader)
+    play(first, next(steps), 1.0)
+    play(first, next(steps), 0.0)
+    saved = loader.state_dict()  # verl's checkpoint after step 2
+    expected = [row["task"] for row in next(steps)]
+    observed = list(first.curriculum.observed)
+
+    again, resumed = run()
+    resumed.load_state_dict(saved)
+    assert [row["task"] for row in next(iter(resumed))] == expected
+    assert again.curriculum.observed == observed and again.curriculum.calls == first.curriculum.calls
 
 
 def test_validation_dataset_is_the_file_in_order(tmp_path):

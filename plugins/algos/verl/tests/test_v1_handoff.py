@@ -84,13 +84,16 @@ def test_v1_worker_stores_what_the_v1_trainer_reads(transfer_queue, resolve_dict
 
     prepare_files(resolved, run_dir, train=[TASK, BROKEN], val=[TASK], actors={})
     cfg = compose(translate(resolved))
-    stored, reported = [], []
-    RUNTIMES[str(run_dir)] = EpisodeRuntime(
-        make_env=lambda phase: CorridorEnv(), max_steps=4, store=stored.extend, report=reported.append
-    )
+    stored, reported, envs = [], [], []
+
+    def make_env(phase: str) -> CorridorEnv:
+        envs.append(CorridorEnv())
+        return envs[-1]
+
+    RUNTIMES[str(run_dir)] = EpisodeRuntime(make_env=make_env, max_steps=4, store=stored.extend, report=reported.append)
     server = ScriptedServer(chat_tokenizer, [act("go north")])  # shared by the sessions: one reply
     worker = worker_for(cfg, server, chat_tokenizer)
-    feed = TaskFeed(lambda n: [TASK, BROKEN], batch_size=2, iterations=1, phase=lambda step: "real")
+    feed = TaskFeed(lambda n, step: [TASK, BROKEN], batch_size=2, iterations=1, phase=lambda step: "real")
     write_tasks(tmp_path / "val.jsonl", [TASK])
     val_rows = [DreamGymTaskDataset(data_files=str(tmp_path / "val.jsonl"))[0]]
 
@@ -125,6 +128,8 @@ def test_v1_worker_stores_what_the_v1_trainer_reads(transfer_queue, resolve_dict
         else:  # reset failure: one masked token, reward 0
             assert scores.tolist() == [0.0] and mask.tolist() == [0]
     assert len(stored) == 2 * 2 and len(reported) == 4  # training episodes only
+    # the rollout.n sessions of a row reset with seeds of their own (loop.state_variation)
+    assert len({env.seed for env in envs[:4]}) == 4  # the training play's, before validation
 
     val = tq.kv_list(partition_id="val")["val"]
     val_samples = [t for t in val.values() if "prompt_len" in t]

@@ -43,6 +43,7 @@ __all__ = [
     "DreamGymAgentLoop",
     "RUNTIMES",
     "episode_reward",
+    "episode_seed",
     "get_runtime",
 ]
 
@@ -53,6 +54,18 @@ def episode_reward(step_rewards: list[float], invalid_actions: int, penalty: flo
     """Outcome reward of one episode (paper): the environment's rewards (1 on the final
     step of a success, else 0) minus ``penalty`` per invalid or unparsable action."""
     return float(sum(step_rewards)) - penalty * invalid_actions
+
+
+def episode_seed(row_seed: int, session_id: int, group_size: int) -> int:
+    """The reset seed of session ``session_id`` (0 to ``group_size`` - 1) of a dataset row.
+
+    verl's V1 worker plays one row ``rollout.n`` times with the row's kwargs, seed included;
+    the local loop gives each episode of a GRPO group its own seed (``Runner._rollout``), and
+    ``loop.state_variation`` varies the synthetic world by it. Training rows' seeds step by one
+    a row, so ``row_seed * group_size + session_id`` is the episode's place in the run (the local
+    loop's ``i``), offset by the run's seed: distinct for every episode. A group of one (verl's
+    validation, ``val_kwargs.n`` 1) keeps the row's seed."""
+    return row_seed * group_size + session_id
 
 
 @dataclass
@@ -186,7 +199,8 @@ class DreamGymAgentLoop(AgentLoopBase):
         False (validation rows) keeps it out of the shared buffer and curriculum."""
         task = msgspec.json.decode(kwargs["task"], type=Task)
         phase = str(kwargs.get("phase", "synthetic"))
-        seed = int(kwargs.get("seed", 0))
+        publish = bool(kwargs.get("publish", True))  # validation rows say False
+        seed = episode_seed(int(kwargs.get("seed", 0)), int(kwargs.get("session_id", 0)), self._group_size(publish))
         rt, stats = self.runtime, EpisodeStats()
         env = rt.make_env(phase)
         transitions: list[Transition] = []
@@ -204,10 +218,15 @@ class DreamGymAgentLoop(AgentLoopBase):
         finally:
             await self._call(env.close)
         reward = episode_reward(stats.step_rewards, stats.invalid_actions + stats.unparsed_actions, rt.invalid_action_penalty)
-        if bool(kwargs.get("publish", True)):  # validation rows say False
+        if publish:
             # Blocking Ray calls to the shared actors: off the event loop, like env calls.
-            await self._call(self._publish, task=task, transitions=transitions, reward=reward)
+            await self._call(self._publish, task=task, transitions=transitions, stats=stats)
         return self._output(tokens, prompt_len, reward, stats, task, sampling_params, _serving_version(kwargs))
+
+    def _group_size(self, publish: bool) -> int:
+        """How many sessions verl plays a row in: ``rollout.n`` for training, ``val_kwargs.n`` for validation."""
+        rollout = self.rollout_config
+        return int(rollout.n if publish else rollout.val_kwargs.n)
 
     # --- turns ---------------------------------------------------------------------
 
@@ -333,12 +352,15 @@ class DreamGymAgentLoop(AgentLoopBase):
 
     # --- results -------------------------------------------------------------------
 
-    def _publish(self, task: Task, transitions: list[Transition], reward: float) -> None:
-        """Send the episode to the shared buffer and the shared curriculum (if any)."""
+    def _publish(self, task: Task, transitions: list[Transition], stats: EpisodeStats) -> None:
+        """Send the episode to the shared buffer and the shared curriculum (if any). The
+        curriculum gets the outcome reward, the environment's rewards summed
+        (``Trajectory.outcome_reward``, what the local loop observes), not the penalised
+        ``reward_score`` verl trains on: reward-entropy's task value is its variance."""
         if self.runtime.store is not None and transitions:
             self.runtime.store(transitions)
         if self.runtime.report is not None:
-            self.runtime.report(TaskOutcome(task=task, rewards=[reward]))
+            self.runtime.report(TaskOutcome(task=task, rewards=[float(sum(stats.step_rewards))]))
 
     def _output(
         self, tokens: _Tokens, prompt_len: int, reward: float, stats: EpisodeStats, task: Task,

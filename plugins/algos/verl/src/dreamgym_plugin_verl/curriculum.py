@@ -5,9 +5,10 @@ verl draws a step's prompts from its dataset through its sampler; with
 ``i // batch_size``. :class:`TaskFeed` maps rows to curriculum batches: the first
 row of a step asks the curriculum for that step's tasks. Agent-loop workers report
 each episode's outcome; :class:`OutcomeGroups` assembles a task's group of
-``group_size`` rewards and hands it to ``curriculum.observe`` (reward variance is
-computed over that GRPO group, as in the paper). :class:`CurriculumActor` holds the
-curriculum in one Ray actor that the dataset and every worker share.
+``group_size`` rewards (reward variance is computed over that GRPO group, as in the
+paper). :class:`CurriculumActor` holds the curriculum in one Ray actor that the dataset
+and every worker share; it hands a step's completed groups to ``curriculum.observe`` in
+one call when the next step asks for tasks, as the local loop observes an iteration.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ __all__ = ["phase_for", "OutcomeGroups", "TaskFeed", "CurriculumActor", "RemoteC
 _tasks = msgspec.msgpack.Decoder(list[Task])
 _outcome = msgspec.msgpack.Decoder(TaskOutcome)
 _encode = msgspec.msgpack.Encoder().encode
+_json = msgspec.json.Encoder().encode
+
+
+class _ActorState(msgspec.Struct, frozen=True):
+    """What a :class:`CurriculumActor` saves with verl's checkpoint (through the dataset)."""
+
+    curriculum: dict[str, Any]
+    collected: list[TaskOutcome] = []
+    pending: list[TaskOutcome] = []
 
 
 def phase_for(iteration: int, *, mode: str, iterations: int, s2r_synthetic_share: float) -> str:
@@ -59,9 +69,12 @@ class OutcomeGroups:
 
 
 class TaskFeed:
-    """Dataset rows drawn from a curriculum, one batch of ``batch_size`` tasks per step."""
+    """Dataset rows drawn from a curriculum, one batch of ``batch_size`` tasks per step.
 
-    def __init__(self, next_tasks: Callable[[int], list[Task]], *, batch_size: int, iterations: int, phase: Callable[[int], str], seed: int = 0) -> None:
+    ``next_tasks(n, step)`` returns step ``step``'s ``n`` tasks; a curriculum draws in order
+    (verl asks step by step), a fixed task list places its batch by ``step``."""
+
+    def __init__(self, next_tasks: Callable[[int, int], list[Task]], *, batch_size: int, iterations: int, phase: Callable[[int], str], seed: int = 0) -> None:
         self.next_tasks = next_tasks
         self.batch_size = batch_size
         self.iterations = iterations
@@ -77,7 +90,7 @@ class TaskFeed:
         """(step, task) of row ``index``; asks the curriculum once per step."""
         step, slot = divmod(index, self.batch_size)
         if step != self._step:
-            batch = self.next_tasks(self.batch_size)
+            batch = self.next_tasks(self.batch_size, step)
             if len(batch) != self.batch_size:
                 raise DreamGymError(f"curriculum returned {len(batch)} tasks for a batch of {self.batch_size}")
             self._step, self._batch = step, batch
@@ -117,24 +130,49 @@ class CurriculumActor:
     def __init__(self, make_curriculum: Callable[[], Any], group_size: int) -> None:
         self.curriculum = make_curriculum()
         self.groups = OutcomeGroups(group_size)
+        self.collected: list[TaskOutcome] = []  # the groups completed since the last observe
         self.observed = 0
 
     def next_tasks(self, n: int) -> bytes:
+        self._observe()
         return _encode(self.curriculum.next_tasks(n=n))
 
     def record(self, payload: bytes) -> int:
-        """Add one episode outcome; returns how many groups were observed so far."""
+        """Add one episode outcome; returns how many groups were completed so far."""
         done = self.groups.add(_outcome.decode(payload))
-        if done:
-            self.curriculum.observe(outcomes=done)
-            self.observed += len(done)
+        self.collected += done
+        self.observed += len(done)
         return self.observed
 
+    def _observe(self) -> None:
+        """Observe the collected groups in one call, as the local loop observes an iteration's
+        groups (dreamgym_core.loop's _advance_curriculum): reward-entropy applies
+        ``tasks_to_vary`` and pools clusters per call. verl's synchronous trainer finishes
+        step k before it draws step k+1's rows, so these are step k's groups. The last step's
+        are observed by ``metrics`` if asked (the local loop reports metrics after observing),
+        and ``state_dict`` keeps them for a resumed run."""
+        if self.collected:
+            self.curriculum.observe(outcomes=self.collected)
+            self.collected = []
+
     def metrics(self) -> dict[str, float]:
+        """The curriculum's metrics after it observed every completed group: ask between steps
+        (asked mid-step, it would observe that step's groups in two calls)."""
+        self._observe()
         return dict(self.curriculum.metrics()) if hasattr(self.curriculum, "metrics") else {}
 
     def state_dict(self) -> bytes:
-        return msgspec.json.encode(self.curriculum.state_dict())
+        """The curriculum with the outcomes it has not observed yet (see ``_observe``)."""
+        pending = [TaskOutcome(task=task, rewards=rewards) for task, rewards in self.groups.pending.values()]
+        return _json(_ActorState(curriculum=self.curriculum.state_dict(), collected=self.collected, pending=pending))
+
+    def load_state_dict(self, payload: bytes) -> None:
+        state = msgspec.json.decode(payload, type=_ActorState)
+        self.curriculum.load_state_dict(state.curriculum)
+        self.collected = list(state.collected)
+        self.groups = OutcomeGroups(self.groups.group_size)
+        for outcome in state.pending:
+            self.groups.add(outcome)
 
 
 class RemoteCurriculum:
@@ -177,6 +215,16 @@ class RemoteCurriculum:
         import ray
 
         return ray.get(self.handle.metrics.remote())
+
+    def state_dict(self) -> bytes:
+        import ray
+
+        return ray.get(self.handle.state_dict.remote())
+
+    def load_state_dict(self, state: bytes) -> None:
+        import ray
+
+        ray.get(self.handle.load_state_dict.remote(state))
 
     def close(self) -> None:
         """Nothing to release: the curriculum's state lives in the actor until the run ends."""

@@ -5,6 +5,12 @@ class), so the curriculum is wired through the dataset: with a feed spec beside
 the task file (``<file>.feed.json``, written by the trainer) rows come from the
 shared curriculum actor, one curriculum batch per step; without one (validation)
 rows are the file's tasks in order, marked so that their episodes are not published.
+
+A resumed verl run (``trainer.resume_mode``) restores its dataloader, which goes on at
+the checkpoint's row; the dataset is built afresh. So every row is a function of its
+index (the curriculum-free feed cycles by step), and the dataset's ``state_dict`` /
+``load_state_dict`` (torchdata's StatefulDataLoader saves them in verl's ``data.pt``)
+carry the curriculum actor's state.
 """
 
 from __future__ import annotations
@@ -61,22 +67,36 @@ class DreamGymTaskDataset(Dataset):
         self.tasks = [task for f in files for task in read_tasks(f)]
         if max_samples and max_samples > 0:
             self.tasks = self.tasks[:max_samples]
-        self._next = 0
+        self.curriculum: RemoteCurriculum | None = None
         spec = feed_spec_path(files[0])
         self.feed = self._feed(json.loads(spec.read_text())) if spec.exists() else None
 
     def _feed(self, spec: dict[str, Any]) -> TaskFeed:
         phase = partial(phase_for, mode=spec["mode"], iterations=spec["iterations"], s2r_synthetic_share=spec["s2r_synthetic_share"])
+        next_tasks = self._cycle
         if spec.get("curriculum_actor"):
-            next_tasks = RemoteCurriculum.connect(spec["curriculum_actor"]).next_tasks
-        else:
-            next_tasks = self._cycle
+            self.curriculum = RemoteCurriculum.connect(spec["curriculum_actor"])
+            next_tasks = self._draw
         return TaskFeed(next_tasks, batch_size=spec["batch_size"], iterations=spec["iterations"], phase=phase, seed=spec["seed"])
 
-    def _cycle(self, n: int) -> list[Task]:
-        """No curriculum: the file's tasks in order, wrapping around."""
-        start, self._next = self._next, self._next + n
-        return [self.tasks[(start + i) % len(self.tasks)] for i in range(n)]
+    def _draw(self, n: int, step: int) -> list[Task]:
+        """The curriculum's next tasks: it draws in order, and verl asks step by step."""
+        assert self.curriculum is not None
+        return self.curriculum.next_tasks(n)
+
+    def _cycle(self, n: int, step: int) -> list[Task]:
+        """No curriculum: the file's tasks in order, wrapping around. Placed by ``step``, not by
+        a count of calls, so a resumed run (a fresh dataset) goes on where the checkpoint was."""
+        return [self.tasks[(step * n + i) % len(self.tasks)] for i in range(n)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved by verl's StatefulDataLoader with each checkpoint: the curriculum's state."""
+        return {"curriculum": self.curriculum.state_dict()} if self.curriculum is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A resumed run's curriculum (the actor starts afresh) goes on from the checkpoint."""
+        if self.curriculum is not None and state.get("curriculum"):
+            self.curriculum.load_state_dict(state["curriculum"])
 
     def __len__(self) -> int:
         return len(self.feed) if self.feed is not None else len(self.tasks)

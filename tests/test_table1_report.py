@@ -207,6 +207,9 @@ def test_checked_transition_rows_play_the_default_rows_experience_model(table1) 
                 table1.CORRECTED_REJECTING):
         assert "loop.check_transitions=true" in table1.ROWS[row] and row in table1.SHARES_MODEL and row in table1.DRAWN
     assert table1.sft_of(table1.CHECKED + table1.LISTED) == "SFT" + table1.LISTED and table1.sft_of(table1.CHECKED) == "SFT"
+    # unlisted actions refused at every step: RL in the default row's experience model, judged against the writing SFT
+    assert table1.ROWS[table1.REJECTING] == ["loop.reject_unlisted_actions=true"] and table1.REJECTING in table1.SHARES_MODEL
+    assert table1.sft_of(table1.REJECTING) == "SFT"
 
 
 def test_corrected_rows_carry_every_target_with_the_listed_sft_and_real_grpo(table1) -> None:

@@ -138,6 +138,12 @@ ROWS[CORRECTED + LISTED] = [*ROWS[CORRECTED], "loop.action_choice=listed"]
 # are the model's).
 CORRECTED_REJECTING = CORRECTED + " + unlisted refused at the start"
 ROWS[CORRECTED_REJECTING] = [*ROWS[CORRECTED], "loop.reject_unlisted_actions=true", "loop.reject_unlisted_at=start"]
+# The default row with every state's action list enforced (loop.reject_unlisted_actions at every
+# step; lists after the start are the model's): on mapreader (protocol 9) the experience model
+# accepted 98% of the unlisted actions RL tried, which the real game refuses, and the policies
+# that RL in it trained wrote more of them in real play (results/diagnosis.md).
+REJECTING = "GRPO DreamGym + unlisted refused"
+ROWS[REJECTING] = ["loop.reject_unlisted_actions=true"]
 # S2R with the same correction, against the listed real GRPO (the paper's S2R target).
 CORRECTED_S2R = "GRPO DreamGym-S2R + corrected transitions" + LISTED
 ROWS[CORRECTED_S2R] = [*ROWS["GRPO DreamGym-S2R" + LISTED], *ROWS[CORRECTED]]
@@ -209,7 +215,7 @@ COMMON = ["eval.fidelity_episodes=6"]
 # Rows whose experience model equals the default row's (same data, annotation, retrieval).
 SHARES_MODEL = {
     "GRPO DreamGym", "PPO DreamGym", "GRPO DreamGym-S2R", "w/o curriculum", "GRPO DreamGym + state variation", CHECKED, CORRECTED,
-    CORRECTED_S2R, CORRECTED_REJECTING, CORRECTED_LONGER, "w/o curriculum" + CORRECTED_SUFFIX, NO_VARIATIONS,
+    CORRECTED_S2R, CORRECTED_REJECTING, REJECTING, CORRECTED_LONGER, "w/o curriculum" + CORRECTED_SUFFIX, NO_VARIATIONS,
     UNIFORM_SEEDS, BOTH_OFF, CORRECTED_CHOICE, CORRECTED_REAL_DEMOS, CORRECTED_LONGER_REAL_DEMOS,
     "w/o curriculum" + REAL_DEMOS_SUFFIX,
 }

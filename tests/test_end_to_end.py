@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,7 +50,9 @@ def test_reduced_main_job_then_resume_and_eval(measured, tmp_path):
     real, imagined = summary["eval/success_rate"], summary["eval/synthetic_success_rate"]
     assert 0.0 <= summary["eval/synthetic_agreement"] <= 1.0 - abs(real - imagined) + 1e-9
     assert summary["counters/real_transitions"] == 0.0  # DreamGym mode: no real RL transitions
-    assert summary["counters/synthetic_transitions"] > 0
+    rows = _metric_rows(run_dir)
+    assert summary["counters/synthetic_transitions"] == _played(rows, synthetic=True)
+    assert sum(r.get("rollout/steps", 0) for r in rows) > 0  # episodes were played (their steps may all be unparsable)
     assert summary["counters/offline_transitions"] > 0
     assert "training the experience model" in result.stderr  # progress is visible
     assert "experience model epoch 1/1: loss" in result.stderr
@@ -116,6 +119,15 @@ def _metric_rows(run_dir):
     ]
 
 
+def _played(rows, *, synthetic: bool) -> float:
+    """The RL steps an environment played (real or synthetic): every step less the notes that
+    end an episode whose policy output held no action, which no environment saw."""
+    return sum(
+        r["rollout/steps"] - r["errors/rollout_unparsed_actions"]
+        for r in rows if "rollout/steps" in r and r["charts/synthetic_phase"] == float(synthetic)
+    )
+
+
 def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
     """Real components end to end; a plugin SIGKILLs the run after iteration 2, between two
     checkpoints, when the buffer has already written that iteration's transitions to disk
@@ -169,11 +181,11 @@ def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
     rows = _metric_rows(tmp_path / "run")
     phases = [r["charts/synthetic_phase"] for r in rows if 0 <= r["step"] < 2]
     assert phases == ([0.0, 0.0] if mode == "real" else [1.0, 0.0])
-    assert summary["counters/real_transitions"] > 0
+    assert summary["counters/real_transitions"] == _played(rows, synthetic=False)
     if mode == "real":
         assert not [k for k in rows[0] if k.startswith(("fidelity/", "experience/"))]
     if mode == "s2r":
-        assert summary["counters/synthetic_transitions"] > 0
+        assert summary["counters/synthetic_transitions"] == _played(rows, synthetic=True)
         # A budget of 9 fits one group of 2 episodes of at most 3 steps, not the iteration's 2 groups.
         assert [r["rollout/episodes"] for r in rows if r["step"] == 1] == [2.0]
         assert summary["counters/real_transitions"] <= 9
@@ -335,7 +347,12 @@ def test_validation_plays_leave_rl_unchanged_and_eval_plays_the_kept_policy(plai
     # the validation plays' own counter aside (counters/valid_transitions), RL logs the same rows
     assert _rl_rows(run_dir, "valid/", "counters/valid_") == _rl_rows(plain_dir, "valid/", "counters/valid_")
     # both pick the warm start's epoch on validation games; this run also plays them each iteration
-    assert _metric_rows(run_dir)[-1]["counters/valid_transitions"] > _metric_rows(plain_dir)[-1]["counters/valid_transitions"] > 0
+    # (the steps played: the notes ending an episode whose output held no action are no steps)
+    validated = [r for r in _metric_rows(run_dir) if "valid/episode_length" in r]
+    steps = [round(r["valid/episode_length"] * r["valid/episodes"]) for r in validated]
+    extra = sum(n - r["valid/unparsed_actions"] for n, r in zip(steps, validated, strict=True))
+    assert len(validated) == 3 and sum(steps) > 0
+    assert _metric_rows(run_dir)[-1]["counters/valid_transitions"] == _metric_rows(plain_dir)[-1]["counters/valid_transitions"] + extra
     assert stored_transitions(run_dir) == stored_transitions(plain_dir)
     scored = [row["valid/success_rate"] for row in _metric_rows(run_dir) if "valid/success_rate" in row]
     assert len(scored) == 3  # the warm start and both iterations
@@ -355,7 +372,9 @@ def test_the_tiny_pipeline_fixture_runs_a_small_budget(tiny_pipeline):
     from dreamgym_core.loop import run_pipeline
 
     summary = run_pipeline(*load_resolved(tiny_pipeline))
-    assert summary["counters/offline_transitions"] <= 40 and summary["counters/real_transitions"] > 0
+    rows = _metric_rows(Path(summary["run_dir"]))
+    assert summary["counters/offline_transitions"] <= 40 and summary["counters/real_transitions"] == _played(rows, synthetic=False)
+    assert sum(r.get("rollout/steps", 0) for r in rows) > 0  # real episodes were played
     assert summary["eval/episodes"] == 2.0
 
 

@@ -206,7 +206,7 @@ def _warm_policy_reused(run_dir: Path) -> bool:
 
     from dreamgym_core.loop import Runner
 
-    runner = SimpleNamespace(run_dir=run_dir, policy=_Reloads(), _say=lambda _: None)
+    runner = SimpleNamespace(run_dir=run_dir, policy=_Reloads(), _say=lambda _: None, counters={"valid_transitions": 0})
     runner._reload_policy = lambda: Runner._reload_policy(runner)
     runner._warmstart_policy = lambda offline: {"warmstart/sft_loss": 1.0}
     runner._save_policy_init = lambda metrics: None

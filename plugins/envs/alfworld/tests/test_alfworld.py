@@ -388,7 +388,11 @@ def test_reduced_example_pipeline_runs_on_the_engine(data, tmp_path):
     result = subprocess.run(args, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert summary["eval/episodes"] == 2.0 and summary["counters/synthetic_transitions"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    played = sum(r["rollout/steps"] - r["errors/rollout_unparsed_actions"] for r in rows if "rollout/steps" in r)
+    # the steps the synthetic env played: not the notes ending an episode whose output held no action
+    assert summary["eval/episodes"] == 2.0 and summary["counters/synthetic_transitions"] == played
+    assert sum(r.get("rollout/steps", 0) for r in rows) > 0
     assert summary["counters/offline_transitions"] > 0 and summary["counters/real_transitions"] == 0.0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| after RL |" in report

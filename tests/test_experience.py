@@ -1035,25 +1035,28 @@ def test_parse_annotation_refuses_an_empty_plan() -> None:
     assert parse_annotation(blank, 1) is None
 
 
+class RankedBuffer:
+    """Neighbours by a fixed rank, kept in ``reasoning`` (lower is nearer)."""
+
+    def __init__(self, transitions):
+        self.transitions = sorted(transitions, key=lambda t: float(t.reasoning))
+
+    def retrieve(self, *, queries, k):
+        return [self.transitions[:k] for _ in queries]
+
+
+def _ranked_step(task: str, episode: str, index: int, rank: int) -> Transition:
+    return Transition(task_id=task, episode_id=episode, step=index, state=f"s{index}", action="go",
+                      next_state=f"n{index}", reward=0.0, done=False, reasoning=str(rank))  # fmt: skip
+
+
 def test_same_world_training_demos_are_those_inference_shows_whatever_the_episode_holds() -> None:
     # The episode's own steps took places of the same-world pool when training (they are in the
     # buffer then, and excluded only after the fetch), so its nearest same-world demos from
     # another episode fell out: training prompts showed other worlds, inference its own.
     from dreamgym_core.experience import SAME_WORLD_POOL, world_namer
 
-    class RankedBuffer:
-        """Neighbours by a fixed rank, kept in ``reasoning`` (lower is nearer)."""
-
-        def __init__(self, transitions):
-            self.transitions = sorted(transitions, key=lambda t: float(t.reasoning))
-
-        def retrieve(self, *, queries, k):
-            return [self.transitions[:k] for _ in queries]
-
-    def step(task, episode, index, rank):
-        return Transition(task_id=task, episode_id=episode, step=index, state=f"s{index}", action="go",
-                          next_state=f"n{index}", reward=0.0, done=False, reasoning=str(rank))  # fmt: skip
-
+    step = _ranked_step
     own = [step("W/1", "E", i, i) for i in range(20)]  # nearest: the episode being annotated
     others = [step(f"V/{i}", f"F{i}", 0, 20 + i) for i in range(SAME_WORLD_POOL - 20)]
     same_world = [step("W/1", "G", i, SAME_WORLD_POOL + i) for i in range(4)]
@@ -1070,17 +1073,7 @@ def test_same_world_demos_come_from_the_pool_inference_sorts_whatever_the_other_
     # inference never shows), and fidelity, whose episode is not in the buffer, always did.
     from dreamgym_core.experience import SAME_WORLD_POOL, world_namer
 
-    class RankedBuffer:
-        def __init__(self, transitions):
-            self.transitions = sorted(transitions, key=lambda t: float(t.reasoning))
-
-        def retrieve(self, *, queries, k):
-            return [self.transitions[:k] for _ in queries]
-
-    def step(task, episode, index, rank):
-        return Transition(task_id=task, episode_id=episode, step=index, state=f"s{index}", action="go",
-                          next_state=f"n{index}", reward=0.0, done=False, reasoning=str(rank))  # fmt: skip
-
+    step = _ranked_step
     short = [step("W/1", "E", 0, 0)]
     others = [step(f"V/{i}", f"F{i}", 0, 1 + i) for i in range(SAME_WORLD_POOL)]
     past_pool = [step("W/1", "G", 0, SAME_WORLD_POOL + 5)]

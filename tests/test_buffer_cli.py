@@ -232,15 +232,19 @@ def test_an_import_into_an_unfinished_runs_buffer_is_refused_and_after_it_finish
         f"encoder: {{name: hashing}}\nbuffer: {{name: exact}}\nrun_dir: {run}\n"
     )
     source = ["--pipeline", str(pipeline)] if how == "--pipeline" else ["--path", str(run / "buffer")]
+    jsonl.with_name("one.jsonl").write_bytes(msgspec.json.encode(make_transitions(35)[30]) + b"\n")
     assert "added 30" in _invoke("buffer", "import", *source, str(jsonl)).output  # before the run: no config.json
     (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "global_step_1").mkdir(parents=True)  # verl's: its resume keeps the buffer
+    assert "added 1, buffer now 31" in _invoke("buffer", "import", *source, str(jsonl.with_name("one.jsonl"))).output
+    (run / "checkpoints" / "it-00000").mkdir()  # the local loop's: its resume rolls the buffer back
     more = tmp_path / "more.jsonl"
-    more.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in make_transitions(35)[30:]))
+    more.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in make_transitions(35)[31:]))
     result = _invoke("buffer", "import", *source, str(more))
     assert result.exit_code == 1 and "the buffer of an unfinished run" in result.output and "--resume rolls" in result.output
-    assert json.loads(_invoke("buffer", "info", *source).output)["records"] == 30
+    assert json.loads(_invoke("buffer", "info", *source).output)["records"] == 31
     (run / "summary.json").write_text("{}")
-    assert "added 5, buffer now 35" in _invoke("buffer", "import", *source, str(more)).output
+    assert "added 4, buffer now 35" in _invoke("buffer", "import", *source, str(more)).output
 
 
 def test_an_export_through_a_link_writes_the_file_it_names(tmp_path, jsonl):

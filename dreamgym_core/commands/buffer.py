@@ -127,13 +127,17 @@ def command() -> None:
 
 
 def _refuse_unfinished_run(home: Path) -> None:
-    """Records added to an unfinished run's buffer are lost: its ``--resume`` rolls the buffer
-    back to the last checkpoint's position and stores that, so an import it reported (exit 0)
-    was gone after the next resume, without a word under ``-q``."""
+    """Records added to the buffer of an unfinished run of the local loop are lost: its
+    ``--resume`` rolls the buffer back to the last checkpoint's position (``it-N``) and stores
+    that, so an import it reported (exit 0) was gone after the next resume, without a word under
+    ``-q``. A run with no such checkpoint yet, or one that runs its own loop (verl: its
+    checkpoints are its own and its resume keeps the buffer), is left alone."""
     from ..loop import SUMMARY_FILE
 
     run = home.parent
-    if (run / "config.json").is_file() and not (run / SUMMARY_FILE).exists():
+    checkpoints = run / "checkpoints"
+    rolls_back = checkpoints.is_dir() and any(p.name.startswith("it-") for p in checkpoints.iterdir())
+    if (run / "config.json").is_file() and rolls_back and not (run / SUMMARY_FILE).exists():
         raise DataError(
             f"{home}: the buffer of an unfinished run ({run} has no {SUMMARY_FILE}); its --resume rolls the buffer "
             "back to the last checkpoint and would drop what is added now: import before the run starts, once it "

@@ -162,6 +162,14 @@ class ExperienceTrainingConfig(Config):
     ] = "any"
     max_new_tokens: Annotated[PositiveInt, Meta(description="Token budget of one answer (reasoning + next state + flags).")] = 320
     max_retries: Annotated[NonNegativeInt, Meta(description="Re-generations of an answer that fails to parse.")] = 1
+    success_repeats: Annotated[
+        int,
+        Meta(ge=1, le=100, description=(
+            "Times each successful transition (the step that wins an episode) is shown per epoch of joint SFT; 1: "
+            "once, as every other. Wins are one step of an expert episode, a few % of the data, and a small model "
+            "can learn never to say one and still agree with most held-out steps (Table 1 mapreader)."
+        )),
+    ] = 1
     branches: Annotated[
         bool,
         Meta(description=(

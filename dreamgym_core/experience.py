@@ -558,6 +558,15 @@ def requests_for(
     return [request_for(t, history[id(t)], d) for t, d in zip(transitions, demos)]
 
 
+def successes_repeated(transitions: Sequence[Transition], repeats: int) -> list[Transition]:
+    """``transitions`` with each successful one ``repeats`` times (beside itself; training shuffles):
+    oversampling the rare positive outcome so that joint SFT's loss on the success flags is not
+    swamped by the ordinary steps."""
+    if repeats < 1:
+        raise ValueError(f"successes_repeated: repeats={repeats}; show each success at least once")
+    return [copy for t in transitions for copy in [t] * (repeats if t.success else 1)]
+
+
 def training_examples(
     transitions: Sequence[Transition], buffer: Any, *, history_window: int, k: int, other_tasks: bool = False,
     fits: Callable[[str], bool] | None = None, world_of: Callable[[str], str] | None = None,

@@ -273,7 +273,7 @@ def train_experience_model(
     A checkpoint that an earlier attempt finished is reloaded instead (``--resume``, or a
     verl run started again). Returns the training metrics under ``experience/``.
     """
-    from .experience import training_examples, world_namer
+    from .experience import successes_repeated, training_examples, world_namer
 
     if reload_trained(backend, run_dir):
         return checkpoint.read_stage_metrics(run_dir / EXPERIENCE_DIR)
@@ -289,8 +289,13 @@ def train_experience_model(
             annotated, buffer, history_window=loop.history_window, k=loop.top_k, other_tasks=other_tasks, **world
         )
         backend.prepare(corpus=["".join(seg for seg, _ in ex) for ex in examples])
+    shown = successes_repeated(annotated, exp.success_repeats)
+    if exp.success_repeats > 1:
+        wins = sum(t.success for t in annotated)
+        say(f"joint SFT shows each of the {wins} successful transitions {exp.success_repeats} times "
+            f"(experience.success_repeats): {len(shown)} examples an epoch from {len(annotated)}")
     metrics = model.train(
-        transitions=annotated, buffer=buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size, other_tasks=other_tasks, **world,
+        transitions=shown, buffer=buffer, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size, other_tasks=other_tasks, **world,
         on_epoch=lambda epoch, loss: say(f"experience model epoch {epoch}/{exp.epochs}: loss {loss:.3f}"),
         **step_progress(model.train, say, "experience model", exp.epochs),
     )

@@ -51,6 +51,14 @@ def test_unknown_field_in_component_config_is_rejected(register_plugin, tmp_path
         resolve(load_pipeline(path), plugins, where=str(path))
 
 
+def test_success_repeats_out_of_range_names_the_field(tmp_path):
+    for repeats in (0, 101):
+        data = pipeline_dict(str(tmp_path / "run"))
+        data["experience"] = {"success_repeats": repeats}
+        with pytest.raises(ConfigError, match=r"pipeline.yaml: Expected `int` [<>]= 1?0?\d* - at `\$.experience.success_repeats`"):
+            load_pipeline(write(tmp_path, data))
+
+
 def test_constraint_and_cross_field_errors(tmp_path):
     data = pipeline_dict(str(tmp_path / "run"))
     data["loop"]["tasks_per_iteration"] = 0

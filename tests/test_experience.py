@@ -35,6 +35,7 @@ from dreamgym_core.experience import (
     requests_for,
     same_world_first,
     stream_seed,
+    successes_repeated,
     world_namer,
     training_examples,
 )
@@ -490,6 +491,17 @@ def test_training_demos_from_other_tasks_are_found_past_a_large_task() -> None:
     data = [msgspec.structs.replace(t, task_id="t2") if t.episode_id == "big" else t for t in data]
     request = requests_for(data[:1], ListBuffer(data), history_window=0, k=2, other_tasks=True)[0]
     assert [d.task_id for d in request.demos] == ["u", "u"]
+
+
+def test_successes_repeated_oversamples_only_the_wins() -> None:
+    data = _episode("a", 4) + _episode("b", 3)  # each episode's last step wins
+    repeated = successes_repeated(data, 4)
+    assert len(repeated) == len(data) + 2 * 3
+    assert repeated.count(data[3]) == repeated.count(data[6]) == 4
+    assert [t for t in repeated if not t.success] == [t for t in data if not t.success]
+    assert successes_repeated(data, 1) == data
+    with pytest.raises(ValueError, match="repeats=0"):
+        successes_repeated(data, 0)
 
 
 def test_training_examples_without_buffer_or_history() -> None:

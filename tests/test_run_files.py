@@ -116,7 +116,7 @@ def _experience_model_done(run_dir: Path) -> Path:
     from dreamgym_core.stages import EXPERIENCE_DIR, train_experience_model
 
     pipeline = SimpleNamespace(
-        experience=SimpleNamespace(train_demos="same-task", epochs=1, lr=1e-3, batch_size=1), loop=SimpleNamespace(demos="nearest")
+        experience=SimpleNamespace(train_demos="same-task", epochs=1, lr=1e-3, batch_size=1, success_repeats=1), loop=SimpleNamespace(demos="nearest")
     )
     model = SimpleNamespace(train=lambda **_: {"loss": 1.0})
     train_experience_model(
@@ -137,7 +137,7 @@ def test_the_experience_model_trains_on_same_world_demos_when_the_pipeline_asks(
     for demos in ("same-world-first", "nearest"):
         seen: dict = {}
         pipeline = SimpleNamespace(
-            experience=SimpleNamespace(train_demos="any", epochs=1, lr=1e-3, batch_size=1), loop=SimpleNamespace(demos=demos)
+            experience=SimpleNamespace(train_demos="any", epochs=1, lr=1e-3, batch_size=1, success_repeats=1), loop=SimpleNamespace(demos=demos)
         )
         model = SimpleNamespace(train=lambda **kw: seen.update(kw) or {"loss": 1.0}, domain=domain)
         (tmp_path / demos).mkdir()
@@ -149,6 +149,37 @@ def test_the_experience_model_trains_on_same_world_demos_when_the_pipeline_asks(
             assert "world_of" not in seen
         else:
             assert seen["world_of"]("t~syn") == "t"
+
+
+def test_the_experience_model_trains_on_each_success_as_often_as_the_pipeline_asks(tmp_path) -> None:
+    """experience.success_repeats shows each winning transition that many times to joint SFT (the
+    others once); the annotated file keeps the data as it is, each transition once."""
+    from types import SimpleNamespace
+
+    from dreamgym_core.checkpoint import read_transitions
+    from dreamgym_core.stages import train_experience_model
+
+    data = make_transitions(16)
+    wins = [t for t in data if t.success]
+    assert 0 < len(wins) < len(data)
+    for repeats in (1, 3):
+        seen: dict = {}
+        said: list[str] = []
+        pipeline = SimpleNamespace(
+            experience=SimpleNamespace(train_demos="any", epochs=1, lr=1e-3, batch_size=1, success_repeats=repeats),
+            loop=SimpleNamespace(demos="nearest"),
+        )
+        model = SimpleNamespace(train=lambda **kw: seen.update(kw) or {"loss": 1.0})
+        run_dir = tmp_path / f"r{repeats}"
+        run_dir.mkdir()
+        train_experience_model(
+            model, _SavesInPlace(), data, annotate=lambda t: t, buffer=None, pipeline=pipeline, run_dir=run_dir, say=said.append,
+        )
+        shown = seen["transitions"]
+        assert len(shown) == len(data) + (repeats - 1) * len(wins)
+        assert all(shown.count(t) == (repeats if t.success else 1) for t in data)
+        assert read_transitions(run_dir / "offline_annotated.jsonl") == data
+        assert any("success_repeats" in line for line in said) == (repeats > 1)
 
 
 def _policy_init_done(run_dir: Path) -> Path:

@@ -69,6 +69,25 @@ def test_all_equal_rewards_have_exactly_zero_value(reward, n):
     assert task_value([reward] * n) == 0.0
 
 
+@pytest.mark.parametrize("rewards", [[0.1 + 0.2, 0.3, 0.3], [0.3, 0.1 + 0.2], [1.1 * 3, 3.3, 3.3, 3.3], [1e-20, 0.0]])
+def test_rewards_equal_up_to_float_rounding_have_exactly_zero_value(rewards):
+    # 0.1 + 0.2 is 0.30000000000000004: np.var left a 2e-33 residue that passed the threshold 0
+    assert task_value(rewards) == 0.0
+    assert task_value([*rewards, 1.0]) > 0  # a reward that really differs still counts
+
+
+def test_rewards_equal_up_to_rounding_are_neither_varied_nor_favoured():
+    generator = FakeTaskGenerator()
+    c = build(RewardEntropyConfig(tasks_to_vary=2, exploration=0.2, synthetic_share=0.0), generator=generator)
+    c.observe(outcomes=[TaskOutcome(task=t, rewards=[0.1 + 0.2, 0.3, 0.3] if t.id == "t0" else [1.0] * 3) for t in TASKS])
+    assert generator.calls == [] and c.values["t0"] == 0.0
+    counts = {t.id: 0 for t in TASKS}
+    for _ in range(400):
+        for t in c.next_tasks(n=1):
+            counts[t.id] += 1
+    assert counts["t0"] < 100  # uniform: about 50 of 400, not the whole greedy share (was ~335)
+
+
 def test_all_equal_continuous_rewards_are_neither_varied_nor_favoured():
     generator = FakeTaskGenerator()
     c = build(RewardEntropyConfig(tasks_to_vary=2, exploration=0.2), generator=generator)
@@ -233,9 +252,9 @@ def test_state_round_trip_keeps_synthetic_tasks_and_draws():
 @pytest.mark.parametrize(
     "damage, message",
     [
-        ({"stats": {}}, "missing 'generated'"),
-        ({"stats": {"generated": 1.5}}, r"stats.generated must be a whole number >= 0, got 1.5"),
-        ({"draws": -1}, r"draws must be a whole number >= 0, got -1"),
+        ({"stats": {}}, "stats: missing 'generated'"),
+        ({"stats": {"generated": 1.5}}, r"stats\['generated'\]: expected a whole number, got 1.5"),
+        ({"draws": -1}, r"draws: expected a whole number, got -1"),
     ],
 )
 def test_a_damaged_state_is_refused_on_load_not_later_as_a_traceback(damage, message):
@@ -249,6 +268,49 @@ def test_a_damaged_state_is_refused_on_load_not_later_as_a_traceback(damage, mes
         clone.load_state_dict({**state, **damage})
 
 
+def _damaged_states():
+    base = build().state_dict()
+    return {
+        "values is a list": ({**base, "values": []}, "values: expected a mapping, got list"),
+        "cluster_of is a list": ({**base, "cluster_of": []}, "cluster_of: expected a mapping, got list"),
+        "a cluster index is text": ({**base, "cluster_of": {"t0": "a"}}, r"cluster_of\['t0'\]: expected a whole number, got 'a'"),
+        "draws is null": ({**base, "draws": None}, "draws: expected a whole number, got None"),
+        "draws is true": ({**base, "draws": True}, "draws: expected a whole number, got True"),
+        "a value is text": ({**base, "values": {"t0": "high"}}, r"values\['t0'\]: expected a number, got 'high'"),
+        "a value is nan": ({**base, "values": {"t0": float("nan")}}, r"values\['t0'\]: expected a finite number, got nan"),
+        "stats is null": ({**base, "stats": None}, "stats: expected a mapping, got NoneType"),
+        "a stat is null": (
+            {**base, "stats": {**base["stats"], "mean_value": None}}, r"stats\['mean_value'\]: expected a number, got None"
+        ),
+        "a stat is missing": ({**base, "stats": {"generated": 0}}, "stats: missing 'rejected'"),
+        "synthetic is wrong": ({**base, "synthetic": [{"id": 1}]}, r"synthetic: Expected `str`, got `int` - at `\$\[0\].id`"),
+        "synthetic is null": ({**base, "synthetic": None}, "synthetic: Expected `array`, got `null`"),
+        "draws is missing": ({k: v for k, v in base.items() if k != "draws"}, "missing 'draws'"),
+        "the state is a list": ([], "state: expected a mapping, got list"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_damaged_states()))
+def test_a_damaged_state_is_a_data_error_naming_the_field_and_changes_nothing(case):
+    state, message = _damaged_states()[case]
+    c = build(generator=FakeTaskGenerator(), domain=FakeDomain())
+    c.observe(outcomes=[TaskOutcome(task=t, rewards=[0, 1]) for t in TASKS[:2]])
+    c.next_tasks(n=4)
+    before = c.state_dict()
+    with pytest.raises(DataError, match=rf"^curriculum 'reward-entropy': malformed state: {message}$") as raised:
+        c.load_state_dict(state)
+    assert "\n" not in str(raised.value)
+    assert c.state_dict() == before  # a refused state is not half loaded
+
+
+def test_a_damaged_state_after_a_good_draws_leaves_draws_as_it_was():
+    c = build()
+    c.next_tasks(n=2)
+    with pytest.raises(DataError, match="values: expected a mapping"):
+        c.load_state_dict({**build().state_dict(), "draws": 7, "values": []})
+    assert c.draws == 1
+
+
 class ProposingDomain:
     """Test double for a domain with rule-based variations: worlds numbered by a seed."""
 
@@ -258,6 +320,20 @@ class ProposingDomain:
     def make_variation(self, parent, text):
         seed = int(text.split("=")[1])
         return Task(id=f"w{seed}", instruction=parent.instruction, domain=parent.domain, payload={"seed": seed})
+
+
+@pytest.mark.parametrize("field", ["value_threshold", "unseen_value"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_config_built_in_python_refuses_non_finite_values(field, value):
+    # a pipeline file refuses .inf and .nan; built in Python, unseen_value=inf made every draw NaN
+    with pytest.raises(msgspec.ValidationError, match=rf"^RewardEntropyConfig: .* - at `\$\.{field}`$"):
+        RewardEntropyConfig(**{field: value})
+
+
+def test_finite_thresholds_and_unseen_values_are_still_taken():
+    config = RewardEntropyConfig(value_threshold=-1.0, unseen_value=-0.5)
+    assert (config.value_threshold, config.unseen_value) == (-1.0, -0.5)
+    assert RewardEntropyConfig(value_threshold=0.1, unseen_value=1.0).unseen_value == 1.0
 
 
 def test_domain_generator_varies_without_a_model_and_never_repeats_a_world():

@@ -27,7 +27,9 @@ class RewardEntropyConfig(Config):
         Meta(description="Value group: a task's own rollouts (GRPO) or a cluster of tasks by the encoder (PPO)."),
     ] = "task"
     n_clusters: Annotated[PositiveInt, Meta(description="k of k-means when grouping is 'cluster'.")] = 8
-    value_threshold: Annotated[float, Meta(description="Only tasks with value V > threshold are varied.")] = 0.0
+    value_threshold: Annotated[
+        float, Meta(ge=-1e9, le=1e9, description="Only tasks with value V > threshold are varied (a finite number).")
+    ] = 0.0
     tasks_to_vary: Annotated[NonNegativeInt, Meta(description="Top-value tasks varied after each observe().")] = 2
     generator: Annotated[
         Literal["model", "domain"],
@@ -47,7 +49,9 @@ class RewardEntropyConfig(Config):
         )),
     ] = "value"
     unseen_value: Annotated[
-        float, Meta(description="Value assumed for never-observed tasks (0.25 = the binary maximum: try them).")
+        float, Meta(ge=-1e9, le=1e9, description=(
+            "Value assumed for never-observed tasks (0.25 = the binary maximum: try them); a finite number."
+        )),
     ] = 0.25
     max_synthetic_tasks: Annotated[
         PositiveInt, Meta(description="Synthetic pool size; beyond it the lowest-value synthetic task is dropped.")

@@ -12,6 +12,7 @@ uniform exploration share (``seed_sampling: uniform``: the seed tasks uniformly)
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Sequence
 
 import msgspec
@@ -222,31 +223,66 @@ class RewardEntropyCurriculum:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s state; a damaged one is a DataError naming what is wrong."""
+        """Restore :meth:`state_dict`'s state; a damaged one is a DataError naming what is wrong,
+        raised before anything is set, so a refused state leaves the curriculum as it was."""
         try:
-            self.draws = _count(state["draws"], "draws")
-            self.values = {str(k): float(v) for k, v in state["values"].items()}
-            self.synthetic = msgspec.convert(state["synthetic"], type=list[Task])
-            # each counter its type (a KeyError for one missing): a damaged entry failed only in the
-            # first resumed observe(), minutes later, as a traceback
-            self.stats = {
-                key: _count(state["stats"][key], f"stats.{key}") if isinstance(fresh, int) else float(state["stats"][key])
-                for key, fresh in _FRESH_STATS.items()
-            }
-            self.cluster_of = {str(k): int(v) for k, v in state["cluster_of"].items()}
-            self.centroids = np.asarray(state["centroids"], dtype=np.float64) if state["centroids"] is not None else None
-        except (KeyError, TypeError, ValueError, msgspec.ValidationError) as err:
-            detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
-            raise DataError(f"curriculum 'reward-entropy': malformed state: {detail}") from err
+            state = _mapping(state, "state")
+            draws = _count(state["draws"], "draws")
+            values = {str(k): _number(v, f"values[{k!r}]") for k, v in _mapping(state["values"], "values").items()}
+            try:
+                synthetic = msgspec.convert(state["synthetic"], type=list[Task])
+            except msgspec.ValidationError as err:
+                raise ValueError(f"synthetic: {err}") from err
+            # each counter its type: a damaged entry failed only in the first resumed observe(),
+            # minutes later, as a traceback
+            saved_stats = _mapping(state["stats"], "stats")
+            stats: dict[str, Any] = {}
+            for key, fresh in _FRESH_STATS.items():
+                if key not in saved_stats:
+                    raise ValueError(f"stats: missing {key!r}")
+                what = f"stats[{key!r}]"
+                stats[key] = _count(saved_stats[key], what) if isinstance(fresh, int) else _number(saved_stats[key], what)
+            cluster_of = {str(k): _count(v, f"cluster_of[{k!r}]") for k, v in _mapping(state["cluster_of"], "cluster_of").items()}
+            try:
+                centroids = np.asarray(state["centroids"], dtype=np.float64) if state["centroids"] is not None else None
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"centroids: {err}") from err
+        except KeyError as err:
+            raise DataError(f"curriculum 'reward-entropy': malformed state: missing {err}") from err
+        except ValueError as err:
+            raise DataError(f"curriculum 'reward-entropy': malformed state: {err}") from err
+        self.draws, self.values, self.synthetic, self.stats = draws, values, synthetic, stats
+        self.cluster_of, self.centroids = cluster_of, centroids
 
 
 # The generation counters and value summaries a new curriculum starts from.
 _FRESH_STATS = {"generated": 0, "rejected": 0, "synthetic_share": 0.0, "mean_value": 0.0, "max_value": 0.0}
 
 
+def _show(value: Any) -> str:
+    """A saved value in an error message: its repr, on one line and at most 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _mapping(value: Any, what: str) -> dict:
+    """A saved mapping as it is (ValueError otherwise, which load_state_dict reports)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    """A saved finite number as a float (ValueError otherwise, which load_state_dict reports)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what}: expected a number, got {_show(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: expected a finite number, got {_show(value)}")
+    return float(value)
+
+
 def _count(value: Any, what: str) -> int:
     """A saved counter as an int >= 0 (ValueError otherwise, which load_state_dict reports)."""
-    count = int(value)
-    if count < 0 or count != value:
-        raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
-    return count
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or value != int(value):
+        raise ValueError(f"{what}: expected a whole number, got {_show(value)}")
+    return int(value)

@@ -28,10 +28,12 @@ def task_value(rewards: Sequence[float]) -> float:
     Equals p(1-p) for binary rewards: 0 when all succeed or all fail, 0.25 at p = 0.5.
     Non-finite rewards are ignored; an empty group has value 0. All-equal rewards give
     exactly 0: ``np.var([0.7] * 3)`` is 1.2e-32 (the mean rounds), which would pass a
-    threshold of 0 and take the whole greedy share of ``sampling_weights``.
+    threshold of 0 and take the whole greedy share of ``sampling_weights``. "Equal" is up to
+    float rounding (``math.isclose`` at 1e-12, relative or absolute): ``[0.1 + 0.2, 0.3]``
+    are two rewards of 0.3, summed in another order.
     """
     finite = [float(r) for r in rewards if math.isfinite(r)]
-    if not finite or min(finite) == max(finite):
+    if not finite or math.isclose(min(finite), max(finite), rel_tol=1e-12, abs_tol=1e-12):
         return 0.0
     return float(np.var(finite))
 

@@ -239,6 +239,21 @@ def test_a_scene_solved_at_reset_is_refused():
         PickAndPlace(receptacles=["CounterTop", "Fridge"], objects=[("Apple", 1)], target=("Apple", "Fridge"))
 
 
+def test_write_game_refuses_to_overwrite_a_game_unless_asked(tmp_path):
+    """Two scenes with the same target and number shared a folder: the second silently replaced
+    the first game."""
+    root = tmp_path / "json_2.1.1"
+    first = write_game(root, "train", TRAIN[0])
+    before = first.read_text()
+    other = PickAndPlace(receptacles=["Cabinet", "Drawer", "Fridge"], objects=[("Apple", 1)], target=("Apple", "Fridge"))
+    with pytest.raises(FileExistsError) as err:
+        write_game(root, "train", other)
+    assert str(err.value).startswith(f"write_game: {first.parent} already exists") and "\n" not in str(err.value)
+    assert first.read_text() == before
+    assert write_game(root, "train", other, number=2) != first  # another number: another folder
+    assert write_game(root, "train", other, overwrite=True) == first and first.read_text() != before
+
+
 def test_a_game_won_at_reset_fails_the_reset(tmp_path):
     # Its first step, even one the engine cannot carry out, would be rewarded as the success.
     root = tmp_path / "json_2.1.1"
@@ -316,18 +331,83 @@ def test_unsolvable_and_movable_games_are_left_out_as_alfworld_does(data, tmp_pa
     assert len(AlfWorldDomain(AlfWorldConfig(data_path=str(root))).tasks(split="train")) == 1
 
 
-def test_variations_are_other_train_games_of_the_same_task_type(domain):
-    train = domain.tasks(split="train")
-    parent = train[0]
-    texts = domain.propose_variations(parent, n=5, rng=np.random.default_rng(0))
-    assert sorted(texts) == ["game=1", "game=2"]
-    child = domain.make_variation(parent, "game=2")
-    assert child is not None and child.origin == "synthetic" and child.parent_id == parent.id
-    assert child.payload["game"] == train[2].payload["game"] and child.instruction == train[2].instruction
-    assert domain.make_variation(parent, "game=0") is None and domain.make_variation(parent, "game=7") is None
-    assert domain.make_variation(parent, "another room") is None
+def test_variations_are_train_games_of_the_type_that_are_not_seed_tasks(data):
+    """A variation used to be another seed task's game (the same payload), which the curriculum
+    drops as a duplicate: it never added an ALFWorld task. It is now a train game past
+    ``train_games``, of the parent's task type, and a real game the engine plays."""
+    domain = AlfWorldDomain(AlfWorldConfig(data_path=str(data), train_games=1, max_steps=12))
+    (parent,) = domain.tasks(split="train")
+    assert parent.payload["game"].startswith("train/pick_and_place_simple-Apple-None-Fridge-1/")
+    pool = ["train/pick_and_place_simple-Book-None-Drawer-3/", "train/pick_and_place_simple-Mug-None-Microwave-2/"]
+    assert sorted(domain.propose_variations(parent, n=5, rng=np.random.default_rng(0))) == ["game=0", "game=1"]
+    assert domain.describe_variation(parent).endswith("Write game=K with K a number 0-1.")
+    children = [domain.make_variation(parent, f"game={k}") for k in range(2)]
+    assert [c.payload["game"][: len(p)] for c, p in zip(children, pool, strict=True)] == pool
+    assert all(c.origin == "synthetic" and c.parent_id == parent.id and c.payload != parent.payload for c in children)
+    assert domain.make_variation(parent, "game=2") is None and domain.make_variation(parent, "another room") is None
     other_type = Task(id="x/y", instruction="", domain="alfworld", split="train", payload=parent.payload | {"task_type": "look_at_obj_in_light"})
-    assert domain.make_variation(other_type, "game=1") is None
+    assert domain.make_variation(other_type, "game=0") is None and domain.propose_variations(other_type, n=2, rng=np.random.default_rng(0)) == []
+    # a variation of a variation is never its parent's own game
+    grandchild = domain.make_variation(children[0], "game=0")
+    assert grandchild.payload == children[1].payload and domain.make_variation(children[0], "game=1") is None
+    traj = domain.collect(tasks=[children[0]], policy="expert", episodes=1, seed=0)[0]
+    assert traj.success  # the payload names a playable game
+    domain.close()
+    # the reward-entropy curriculum adds them (it refused every one as the same world as a seed task)
+    try:
+        from dreamgym_core.records import TaskOutcome
+        from dreamgym_plugin_reward_entropy.config import RewardEntropyConfig
+        from dreamgym_plugin_reward_entropy.curriculum import RewardEntropyCurriculum
+    except ImportError:
+        return
+    curriculum = RewardEntropyCurriculum(RewardEntropyConfig(generator="domain", grouping="task", tasks_to_vary=1), tasks=[parent], domain=domain, seed=0)
+    for _ in range(3):
+        curriculum.observe(outcomes=[TaskOutcome(task=t, rewards=[0.0, 1.0, 0.0, 1.0]) for t in [parent] + curriculum.synthetic])
+    assert curriculum.synthetic and curriculum.stats["generated"] == len(curriculum.synthetic)
+    assert {t.payload["game"] for t in curriculum.synthetic} <= {c.payload["game"] for c in children}
+
+
+def test_no_variation_when_the_seed_tasks_hold_every_train_game(domain):
+    parent = domain.tasks(split="train")[0]  # train_games 0: every train game is a seed task
+    assert domain.propose_variations(parent, n=5, rng=np.random.default_rng(0)) == []
+    assert all(domain.make_variation(parent, f"game={k}") is None for k in range(4))
+    assert "there is none" in domain.describe_variation(parent) and "game=K" not in domain.describe_variation(parent)
+
+
+def _typed_folder(root: Path, types: list[str], per_type: int) -> Path:
+    """``per_type`` games of each task type, in ALFWorld's layout (the folder named after the type)."""
+    for k, task_type in enumerate(types):
+        for j, scene in enumerate(TRAIN[:per_type]):
+            trial = write_game(root, "train", scene, number=10 * k + j).parent
+            folder = trial.parent.rename(trial.parent.with_name(trial.parent.name.replace("pick_and_place_simple", task_type)))
+            traj = folder / trial.name / "traj_data.json"
+            traj.write_text(json.dumps(json.loads(traj.read_text()) | {"task_type": task_type}))
+    return root
+
+
+def test_a_limited_split_takes_its_games_round_robin_across_task_types(tmp_path):
+    """ALFWorld names a task folder after its type, so the first games in path order were all of
+    the alphabetically first types: train_games 3 of three types gave two of them."""
+    types = ["pick_and_place_simple", "look_at_obj_in_light", "pick_heat_then_place_in_recep"]
+    root = _typed_folder(tmp_path / "json_2.1.1", types, 2)
+
+    def listed(limit, task_types=()):
+        config = AlfWorldConfig(data_path=str(root), train_games=limit, task_types=list(task_types))
+        return [t.payload["game"] for t in AlfWorldDomain(config).tasks(split="train")]
+
+    every = listed(0)
+    assert len(every) == 6 and every == sorted(every)
+    kind = lambda game: game.split("/")[1].split("-")[0]  # noqa: E731
+    kinds = lambda games: sorted(map(kind, games))  # noqa: E731
+    assert kinds(listed(3)) == sorted(types)
+    # the first game of each type in path order, listed in path order
+    assert listed(3) == sorted(next(g for g in every if kind(g) == t) for t in types)
+    # the next turn goes to the first type in ALFWorld's numbering; limits nest
+    assert kinds(listed(4)) == sorted(types + ["pick_and_place_simple"])
+    assert all(set(listed(n)) <= set(listed(n + 1)) for n in range(1, 6)) and set(listed(6)) == set(every)
+    # a type with fewer games leaves its turns to the others; the config's order does not matter
+    assert kinds(listed(3, types[:2])) == sorted(types[:2] + ["pick_and_place_simple"])
+    assert listed(3, types[:2]) == listed(3, types[1::-1])
 
 
 def test_annotation_reads_the_engine_answer_and_the_inventory(domain):

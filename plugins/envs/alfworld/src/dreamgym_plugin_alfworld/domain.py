@@ -44,25 +44,38 @@ class Game(NamedTuple):
 
 
 def find_games(folder: Path, task_types: Sequence[str], limit: int = 0) -> list[Game]:
-    """The playable games under ``folder`` (the first ``limit``, 0: all), in path order, as
-    ALFWorld's loader keeps them: a trial folder with traj_data.json and a game.tw-pddl marked
-    solvable, of a wanted task type; ALFWorld leaves out "movable" and "Sliced" trials."""
-    games: list[Game] = []
+    """The playable games under ``folder``, in path order, as ALFWorld's loader keeps them: a
+    trial folder with traj_data.json and a game.tw-pddl marked solvable, of a wanted task type;
+    ALFWorld leaves out "movable" and "Sliced" trials.
+
+    ``limit`` (0: all) keeps that many, taken round-robin across the wanted task types (in
+    ALFWorld's numbering, ``TASK_TYPES``), each type's games in path order; a type with too few
+    games leaves its turns to the others. ALFWorld names a task folder after its type, so the
+    first games in path order would all be of one type."""
+    order = sorted(set(task_types), key=lambda t: (TASK_TYPES.index(t) if t in TASK_TYPES else len(TASK_TYPES), t))
+    by_type: dict[str, list[Game]] = {t: [] for t in order}
+    # With each type holding ceil(limit / types) games, the round-robin's first `limit` are known.
+    enough = -(-limit // len(order)) if limit and order else 0
     for traj in sorted(folder.rglob("traj_data.json")):
-        if limit and len(games) == limit:  # game files are tens of KB each: read no more than needed
-            break
+        if enough and all(len(games) >= enough for games in by_type.values()):
+            break  # game files are tens of KB each: read no more than needed
         trial = traj.parent
         path = trial / "game.tw-pddl"
         where = trial.relative_to(folder).as_posix()  # ALFWorld looks at its whole path, even above the data
         if "movable" in where or "Sliced" in where or not path.exists():
             continue
         task_type = _read_json(traj).get("task_type")
-        if task_type not in task_types:
-            continue
+        if task_type not in by_type or (limit and len(by_type[task_type]) >= limit):
+            continue  # no type gives more than `limit` games
         game = _read_json(path)
         if game.get("solvable") is True:
-            games.append(Game(path, task_type, goal_sentence(str(game.get("grammar", "")), path)))
-    return games
+            by_type[task_type].append(Game(path, task_type, goal_sentence(str(game.get("grammar", "")), path)))
+    if not limit:
+        return sorted((g for games in by_type.values() for g in games), key=lambda g: g.path)
+    chosen: list[Game] = []
+    for turn in range(limit):
+        chosen += [games[turn] for games in by_type.values() if turn < len(games)]
+    return sorted(chosen[:limit], key=lambda g: g.path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -95,6 +108,7 @@ class AlfWorldDomain:
         self.root = data_root(config)
         self.task_types = list(config.task_types) or list(TASK_TYPES)
         self._tasks: dict[str, list[Task]] = {}
+        self._variation_pools: dict[str, list[Game]] = {}
         self._probe: AlfWorldEnv | None = None
         if not (self.root / SPLIT_DIRS["train"]).is_dir():
             raise ConfigError(f"env.config.data_path: no ALFWorld games in {self.root} (no train/ folder); {_GET_DATA}")
@@ -103,7 +117,8 @@ class AlfWorldDomain:
 
     def tasks(self, *, split: str) -> list[Task]:
         """Seed tasks of ``split``: train, valid (ALFWorld's valid_seen) or test (valid_unseen),
-        the first ``<split>_games`` games in path order (0: all)."""
+        ``<split>_games`` games taken round-robin across the task types (0: all; see
+        :func:`find_games`), in path order."""
         if split not in SPLIT_DIRS:
             raise ConfigError(f"unknown split {split!r} (splits: {', '.join(SPLIT_DIRS)})")
         if split not in self._tasks:
@@ -189,34 +204,55 @@ class AlfWorldDomain:
 
     # --- task variation ----------------------------------------------------------
 
+    def _variation_games(self, parent: Task) -> list[Game]:
+        """The games a variation of ``parent`` may be, ``game=K`` indexing them: the train games
+        of its task type (found as :func:`find_games` finds them) that are not seed tasks (those
+        past ``train_games``), in path order, less the parent's own game. None when
+        ``train_games`` lists every train game."""
+        kind = parent.payload.get("task_type")
+        if kind not in self.task_types:
+            return []
+        if kind not in self._variation_pools:
+            seeds = {t.payload["game"] for t in self.tasks(split="train")}
+            games = find_games(self.root / SPLIT_DIRS["train"], [kind]) if self.config.train_games else []
+            self._variation_pools[kind] = [g for g in games if self._relative(g) not in seeds]
+        return [g for g in self._variation_pools[kind] if self._relative(g) != parent.payload.get("game")]
+
+    def _relative(self, game: Game) -> str:
+        return game.path.relative_to(self.root).as_posix()
+
     def describe_variation(self, task: Task) -> str:
         """Tells the task generator what a variation of ``task`` may change, and how to write it."""
-        n = len(self.tasks(split="train"))
+        kind = task.payload.get("task_type")
+        m = len(self._variation_games(task))
+        if not m:
+            return (
+                f"ALFWorld task of type {kind}; a variation is a train game of that type that is not a seed task, "
+                "and there is none (the seed tasks hold every train game of this type): no variation can be made."
+            )
+        which = "K = 0" if m == 1 else f"K a number 0-{m - 1}"
         return (
-            f"ALFWorld task of type {task.payload['task_type']}; a variation is another train game of that type "
-            f"(another room, objects or goal). Write game=K with K a train game number 0-{n - 1}."
+            f"ALFWorld task of type {kind}; a variation is one of the {m} train games of that type that are not "
+            f"seed tasks (another room, objects or goal). Write game=K with {which}."
         )
 
     def propose_variations(self, parent: Task, *, n: int, rng: Any) -> list[str]:
-        """``n`` texts ``make_variation`` accepts: other train games of the parent's task type
-        (the rule-based M_task; ``rng`` is a numpy Generator)."""
-        train = self.tasks(split="train")
-        kind, game = parent.payload["task_type"], parent.payload["game"]
-        others = [i for i, t in enumerate(train) if t.payload["task_type"] == kind and t.payload["game"] != game]
-        return [f"game={others[i]}" for i in rng.choice(len(others), size=min(n, len(others)), replace=False)]
+        """Up to ``n`` texts ``make_variation`` accepts: train games of the parent's task type that
+        are not seed tasks (the rule-based M_task; ``rng`` is a numpy Generator). None when the
+        seed tasks hold every train game of that type."""
+        m = len(self._variation_games(parent))
+        if not m or n <= 0:
+            return []
+        return [f"game={int(k)}" for k in rng.choice(m, size=min(n, m), replace=False)]
 
     def make_variation(self, parent: Task, text: str) -> Task | None:
-        """A synthetic train Task from ``game=K``, or None when K is not another train game of the
-        parent's task type."""
+        """A synthetic train Task from ``game=K``, K indexing the train games of the parent's task
+        type that are not seed tasks (see describe_variation), or None for any other text."""
         match = _GAME.search(text)
-        train = self.tasks(split="train")
-        if match is None or int(match.group(1)) >= len(train):
+        games = self._variation_games(parent)
+        if match is None or int(match.group(1)) >= len(games):
             return None
-        chosen = train[int(match.group(1))]
-        if chosen.payload["game"] == parent.payload["game"] or chosen.payload["task_type"] != parent.payload["task_type"]:
-            return None
-        game = Game(self.root / chosen.payload["game"], chosen.payload["task_type"], chosen.payload["goal"])
-        return self._task("train", game, parent=parent)
+        return self._task("train", games[int(match.group(1))], parent=parent)
 
     def close(self) -> None:
         if self._probe is not None:

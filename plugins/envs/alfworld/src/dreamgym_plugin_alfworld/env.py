@@ -7,7 +7,7 @@ builds it. The state is the TextWorld domains' abstract state (``dreamgym_plugin
     Observation: You arrive at countertop 1. On the countertop 1, you see a apple 1.
     Inventory: nothing
     Score: 0.00
-    Actions (9): go to cabinet 1 / fridge 1; take apple 1 from countertop 1; examine countertop 1; ...
+    Actions (9): go to cabinet 1 / to fridge 1; take apple 1 from countertop 1; examine countertop 1; ...
 
 ALFWorld's engine reports no inventory, so it is read from the game's facts (what the agent
 ``holds``). Its meta command ``help`` is left out of the actions, so, like any action outside

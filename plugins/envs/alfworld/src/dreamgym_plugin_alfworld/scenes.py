@@ -72,10 +72,10 @@ def _problem(scene: PickAndPlace, name: str) -> str:
     otypes = sorted({cls for cls, _ in scene.objects})
     rtypes = sorted(set(scene.receptacles))
     init = [f"(atLocation agent1 {locs[0]})"]
-    for i, (cls, rec) in enumerate(zip(scene.receptacles, recs)):
+    for i, (cls, rec) in enumerate(zip(scene.receptacles, recs, strict=True)):
         init += [f"(receptacleAtLocation {rec} {locs[i + 1]})", f"(receptacleType {rec} {cls}Type)"]
         init += [f"(openable {rec})"] if cls in scene.openable else []
-    for (cls, where), obj in zip(scene.objects, objs):
+    for (cls, where), obj in zip(scene.objects, objs, strict=True):
         init += [f"(objectType {obj} {cls}Type)", f"(pickupable {obj})", f"(inReceptacle {obj} {recs[where]})"]
         init += [f"(objectAtLocation {obj} {locs[where + 1]})"]
     # Any object fits any receptacle here; the engine refuses to load a goal that cannot be reached.
@@ -93,12 +93,21 @@ def _problem(scene: PickAndPlace, name: str) -> str:
     )
 
 
-def write_game(root: str | Path, split: str, scene: PickAndPlace, *, number: int = 1) -> Path:
+def write_game(root: str | Path, split: str, scene: PickAndPlace, *, number: int = 1, overwrite: bool = False) -> Path:
     """Write ``scene`` as a pick-and-place game of ``split`` (``train``, ``valid_seen``,
-    ``valid_unseen``) under ``root`` (ALFWorld's ``json_2.1.1`` folder); returns its game file."""
+    ``valid_unseen``) under ``root`` (ALFWorld's ``json_2.1.1`` folder); returns its game file.
+
+    The trial folder is named by the split, the target and ``number`` only, so two scenes with the
+    same target and number would share it: a folder that exists is refused with a
+    ``FileExistsError`` naming it, unless ``overwrite`` replaces its game."""
     obj, rec = scene.target
     trial = f"trial_T{number:05d}"
     folder = Path(root) / split / f"pick_and_place_simple-{obj}-None-{rec}-{number}" / trial
+    if folder.exists() and not overwrite:
+        raise FileExistsError(
+            f"write_game: {folder} already exists (a game of the same split, target and number {number}); "
+            "give this scene another number, or pass overwrite=True to replace it"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     params = {"object_target": obj, "parent_target": rec, "toggle_target": "", "mrecep_target": "", "object_sliced": False}
     (folder / "traj_data.json").write_text(json.dumps({"task_id": trial, "task_type": "pick_and_place_simple", "pddl_params": params}))

@@ -210,3 +210,92 @@ def test_no_real_no_op_step_is_judged_implausible(tw_domains, game: str) -> None
     for t in steps:
         reason = domain.implausible(state=Observation(text=t.state), action=t.action, next_state=Observation(text=t.next_state))
         assert reason == "", f"{game}: the real step {t.action!r} was judged implausible: {reason}"
+
+
+@pytest.mark.parametrize("separator", [". ", " then ", ", "])
+def test_chained_commands_are_invalid_steps_never_sent(tw_domains, separator: str, monkeypatch) -> None:
+    # The interpreter plays "go west. go north. take coin" as several turns: one step of an
+    # unlisted action won the game, with reward 1.0, past the step cap.
+    domain = tw_domains["coin_collector"]
+    task = domain.tasks(split="train")[0]
+    (expert,) = domain.collect(tasks=[task], policy="expert", episodes=1, seed=0)
+    plan = ["look", *(t.action for t in expert.transitions)]  # "look, go west" chains too
+    env = domain.make_env()
+    try:
+        start = env.reset(task=task)
+        sent: list[str] = []
+        step = env.engine.step
+        monkeypatch.setattr(env.engine, "step", lambda a: sent.append(a) or step(a))
+        result = env.step(action=separator.join(plan))
+        assert not result.valid and not result.done and not result.success and result.reward == 0.0
+        assert sent == [] and result.info["steps"] == 1 and result.info["score"] == 0.0
+        assert f"holds {len(plan)} commands" in result.observation.text.splitlines()[0]
+        assert "it was not sent" in result.observation.text.splitlines()[0]
+        assert result.observation.admissible_actions == start.admissible_actions
+        assert env.step(action="look").observation == start
+        # one command, with a full stop or a trailing "then", still goes to the game
+        assert env.step(action=plan[1] + ".").valid is False and sent[-1] == plan[1] + "."
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    "game",
+    [pytest.param(g, marks=pytest.mark.slow) if g == "cooking" else g for g in TW_GAMES],  # cooking: slow generation
+)
+def test_no_listed_action_is_refused(tw_domains, game: str) -> None:
+    domain = tw_domains[game]
+    (trajectory,) = domain.collect(tasks=domain.tasks(split="train"), policy="expert", episodes=1, seed=0)
+    listed = {a for t in trajectory.transitions for a in t.admissible_actions}
+    assert listed and all(t.valid for t in trajectory.transitions)
+    env = domain.make_env()
+    try:
+        assert [a for a in sorted(listed) if env.engine.refusal(a) is not None] == []
+    finally:
+        env.close()
+
+
+def test_a_lost_games_inventory_line_shows_what_the_player_carries(tw_cache: str) -> None:
+    # A lost game prints no inventory and TextWorld carried the previous turn's over: after the
+    # losing "take towel" the state read "Inventory: nothing" and offered "drop towel".
+    from .conftest import tw_config
+
+    config = tw_config("treasure_hunter", tw_cache, params={"level": 10}, train_seeds=2, valid_seeds=1, test_seeds=2, max_steps=40)
+    domain = make_tw(config)
+    try:
+        tasks = [t for split in ("train", "valid", "test") for t in domain.tasks(split=split)]
+        trajectories = domain.collect(tasks=tasks, policy="random", episodes=15, seed=2)
+        lost = [t.transitions[-1] for t in trajectories if t.transitions[-1].done and not t.success]
+        lost = [t for t in lost if "*** You lost! ***" in t.next_state.splitlines()[0]]
+        assert lost, "random play lost no game: nothing to check"
+        for t in lost:
+            inventory = t.next_state.splitlines()[1].removeprefix("Inventory: ")
+            actions = t.next_state.splitlines()[3].split(": ", 1)[1].split("; ")
+            dropped = [name for group in actions if group.startswith("drop ") for name in group[5:].split(" / ")]
+            assert dropped, f"{t.action!r} lost the game carrying nothing: nothing to check"
+            shown = sorted(item.split(" ", 1)[-1] for item in inventory.split(", "))
+            assert shown == sorted(dropped), f"after {t.action!r}: Inventory: {inventory}, but the game offers {dropped}"
+            assert inventory.startswith(("a ", "an "))  # as a won game's line: "a passkey"
+    finally:
+        domain.close()
+
+
+def test_a_lost_games_inventory_lists_the_latest_taken_first() -> None:
+    # The game lists the latest taken first ("You are carrying: a bug, a latchkey and a laptop.").
+    from types import SimpleNamespace as NS
+
+    from dreamgym_plugin_textworld.engines import carried_inventory
+
+    def carried(entity: str, holder: str = "I") -> NS:
+        return NS(name="in", arguments=[NS(name=entity), NS(name=holder)])
+
+    infos = {"o_0": NS(name="laptop", indefinite=None), "o_1": NS(name="apple", indefinite=None),
+             "k_0": NS(name="latchkey", indefinite="some"), "o_2": NS(name="bug", indefinite=None)}  # fmt: skip
+    state = {
+        "_facts": [carried("o_0"), carried("o_1"), carried("k_0"), carried("o_2", holder="r_0")],
+        "_game_progression": NS(game=NS(infos=infos)),
+        "inventory": "You are carrying: some latchkey, a bug and a laptop.",
+    }
+    assert carried_inventory(state) == "You are carrying: an apple, some latchkey and a laptop."
+    assert carried_inventory({**state, "_facts": [carried("o_2", holder="r_0")]}) == "You are carrying nothing."
+    assert carried_inventory({"inventory": "You are carrying nothing."}) is None

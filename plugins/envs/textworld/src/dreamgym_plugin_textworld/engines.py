@@ -20,6 +20,7 @@ from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
 
 from .config import DEFAULT_CALL_TIMEOUT_S
 from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
+from .state import compact_inventory
 
 __all__ = ["RawState", "TwxEngine", "TwxJvm", "TwxJvms", "TwEngine", "EnginePool", "EngineError"]
 
@@ -351,9 +352,46 @@ def interpreter_command(action: str) -> str | None:
     return None
 
 
+def command_count(action: str) -> int:
+    """How many commands the interpreter reads in ``action`` (``go west. take coin``: 2).
+
+    A line break also ends a command, but :meth:`TwEngine.step` sends actions single-spaced.
+    """
+    return sum(1 for command in _COMMAND_BREAK.split(action.lower()) if command.strip())
+
+
 def strip_prompt(feedback: str) -> str:
     """``feedback`` without the interpreter's trailing prompt and status line."""
     return _PROMPT_AND_STATUS.sub("", feedback)
+
+
+def carried_inventory(state: Any) -> str | None:
+    """The inventory as the game writes it ("You are carrying: a key and a coin."), from the
+    tracked facts (``in(x, I)``) of TextWorld's ``state``, or None when it has none.
+
+    Items carried in the previous inventory (``state["inventory"]``) keep their order there;
+    the others come first, as the game lists the latest taken first. Unlike the game's list,
+    it leaves out a container's tagline ("(closed)") and contents.
+    """
+    facts, progression = state.get("_facts"), state.get("_game_progression")
+    infos = getattr(getattr(progression, "game", None), "infos", None)
+    if facts is None or infos is None:
+        return None
+    items = []
+    for fact in facts:
+        if fact.name != "in" or len(fact.arguments) != 2 or fact.arguments[1].name != "I":
+            continue
+        entity = fact.arguments[0].name
+        info = infos.get(entity)
+        name = getattr(info, "name", None) or entity
+        article = getattr(info, "indefinite", None) or ("an" if name[:1].lower() in "aeiou" else "a")
+        items.append(f"{article} {name}")
+    if not items:
+        return "You are carrying nothing."
+    before = compact_inventory(state.get("inventory") or "").split(", ")
+    items = sorted(set(items) - set(before)) + [item for item in before if item in items]
+    listed = items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+    return f"You are carrying: {listed}."
 
 
 class TwEngine:
@@ -390,28 +428,38 @@ class TwEngine:
     def refusal(self, action: str) -> str | None:
         """Why ``action`` is not sent to the interpreter (see :data:`_INTERPRETER_COMMANDS`), or None."""
         command = interpreter_command(action)
-        if command is None:
-            return None
-        return f"{command!r} is a command to the interpreter, not to the game; it was not sent."
+        if command is not None:
+            return f"{command!r} is a command to the interpreter, not to the game; it was not sent."
+        # "go west. go north. take coin" would play several turns in one step: past the step
+        # cap, and a win from an unlisted action.
+        commands = command_count(action)
+        if commands > 1:
+            return (
+                f"This action holds {commands} commands (the interpreter splits an action at '.', ',' "
+                "and 'then'); a step sends one command, so it was not sent."
+            )
+        return None
 
     def step(self, action: str) -> RawState:
         # The interpreter reads a line break inside an action as the end of a command and
         # keeps the rest for the next step; single-spaced text is one command (the text
         # admissibility is checked on, and what the agent's parser returns anyway).
         state, _, _ = self._env.step(" ".join(action.split()))
-        return self._state(state, text=strip_prompt(state["feedback"] or ""))
+        # A lost game prints no inventory, and TextWorld carries the previous turn's over.
+        inventory = carried_inventory(state) if state["lost"] else None
+        return self._state(state, text=strip_prompt(state["feedback"] or ""), inventory=inventory)
 
     def expert_action(self) -> str | None:
         """The first command of the engine's plan from the current state (re-plans)."""
         plan = self._last["policy_commands"] if self._last is not None else None
         return plan[0] if plan else None
 
-    def _state(self, state: Any, text: str) -> RawState:
+    def _state(self, state: Any, text: str, inventory: str | None = None) -> RawState:
         self._last = state
         max_score = state["max_score"] or 1
         return RawState(
             text=text,
-            inventory=state["inventory"] or "",
+            inventory=(state["inventory"] or "") if inventory is None else inventory,
             admissible=sorted(state["admissible_commands"] or []),
             score=max(0.0, min(1.0, state["score"] / max_score)),
             won=bool(state["won"]),

@@ -329,6 +329,26 @@ def test_expert_demos_are_the_same_in_every_engine_launch(game: str, params: dic
     assert expert_paths() == expert_paths()
 
 
+def test_the_shortest_expert_path_is_never_longer_and_stays_within_the_step_cap() -> None:
+    """coin's gold agent walks at random: the first walk that wins is the expert's by default, as
+    upstream's; ``expert_path: shortest`` keeps the shortest of the 50. With 3 rooms and 3 distractors
+    the first walks of train seeds 8, 16 and 37 took 9, 15 and 9 steps where 3 suffice."""
+    params = {"numLocations": 3, "includeDoors": 0, "numDistractorItems": 3}
+
+    def expert_lengths(expert_path: str) -> list[int]:
+        domain = make_twx(twx_config("coin", params=params, train_seeds=40, max_steps=40, expert_path=expert_path))
+        try:
+            played = domain.collect(tasks=domain.tasks(split="train"), policy="expert", episodes=40, seed=0)
+        finally:
+            domain.close()
+        assert all(t.success for t in played)
+        return [len(t.transitions) for t in played]
+
+    first, shortest = expert_lengths("first"), expert_lengths("shortest")
+    assert all(s <= f for s, f in zip(shortest, first, strict=True))
+    assert max(first) > 8 and max(shortest) <= 4
+
+
 @pytest.mark.parametrize("game", TWX_GAMES)
 def test_the_expert_leaves_no_java_object_to_release_later(twx_domains, game: str) -> None:
     # A proxy left for Python's cycle collector messages its JVM at some later moment, from

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta
 
@@ -76,6 +76,17 @@ class TwxConfig(_Common):
             ),
         ),
     ] = 8
+    expert_path: Annotated[
+        Literal["first", "shortest"],
+        Meta(
+            description=(
+                "coin and twc only, whose gold agents walk the map at random: the expert plays the first walk of"
+                " 50 that reaches the goal, as upstream does (first), or the shortest of the 50 (shortest). With"
+                " 3 rooms and 3 distractors, first gave walks of 2 to 15 steps where 2 to 4 suffice: 6 of the"
+                " main job's 64 expert episodes ran past its 8-step cap and others went back and forth."
+            )
+        ),
+    ] = "first"
     distinct_worlds: Annotated[
         bool,
         Meta(

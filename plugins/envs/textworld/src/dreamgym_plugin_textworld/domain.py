@@ -91,6 +91,7 @@ class TextWorldDomain:
         jvms = TwxJvms(
             games_per_jvm=getattr(config, "games_per_jvm", 1),
             call_timeout_s=getattr(config, "call_timeout_s", DEFAULT_CALL_TIMEOUT_S),
+            expert_path=getattr(config, "expert_path", "first"),
         )
         self._twx_engines = EnginePool(jvms.engine)
 

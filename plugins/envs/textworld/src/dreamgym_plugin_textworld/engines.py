@@ -97,8 +97,8 @@ class TwxJvms:
     ``games_per_jvm`` engines sit there, then a new JVM. One JVM holds about 80 MB; an
     evaluation of 32 games in 32 JVMs held 2.6 GB."""
 
-    def __init__(self, *, games_per_jvm: int, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
-        self.games_per_jvm, self.call_timeout_s = games_per_jvm, call_timeout_s
+    def __init__(self, *, games_per_jvm: int, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, expert_path: str = "first") -> None:
+        self.games_per_jvm, self.call_timeout_s, self.expert_path = games_per_jvm, call_timeout_s, expert_path
         self._newest: TwxJvm | None = None
         self._seated = 0  # engines made for the newest JVM
 
@@ -106,7 +106,7 @@ class TwxJvms:
         if self._newest is None or self._seated >= self.games_per_jvm:
             self._newest, self._seated = TwxJvm(call_timeout_s=self.call_timeout_s), 0
         self._seated += 1
-        return TwxEngine(jvm=self._newest)
+        return TwxEngine(jvm=self._newest, expert_path=self.expert_path)
 
 
 class TwxEngine:
@@ -120,7 +120,12 @@ class TwxEngine:
     has the same limit, and a JVM that fails to start is an :class:`EngineError` too.
     """
 
-    def __init__(self, *, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, jvm: TwxJvm | None = None) -> None:
+    def __init__(
+        self, *, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, jvm: TwxJvm | None = None, expert_path: str = "first"
+    ) -> None:
+        if expert_path not in ("first", "shortest"):
+            raise ValueError(f"expert_path={expert_path!r}: first or shortest")
+        self.expert_path = expert_path  # coin's and twc's random-walk gold agents: the first walk that wins, or the shortest
         self.host = jvm if jvm is not None else TwxJvm(call_timeout_s=call_timeout_s)
         self.call_timeout_s = self.host.guard.call_timeout_s
         self._server: Any = None  # this engine's PythonInterface in the host's JVM
@@ -249,12 +254,17 @@ class TwxEngine:
             # The gold agent plays a fresh copy of this seed's game, as upstream's does.
             jvm = env._gateway.jvm
             rng, generator = held(jvm.scala.util.Random(seed)), held(self._server.gameGenerator())
+            shortest: list[str] = []
             for _ in range(_GOLD_WALKS):
                 walker = held(getattr(jvm.textworldexpress.goldagent, agent)(held(generator.mkGame(seed, fold))))
                 walk = held(walker.mkGoldPath(rng))
                 if walk._1:  # a scala Tuple2 (reached the goal, the actions)
-                    return list(held(walk._2))
-            return []  # upstream's answer too: the expert has no move, and collection plays at random
+                    path = list(held(walk._2))
+                    if self.expert_path == "first":
+                        return path
+                    if not shortest or len(path) < len(shortest):
+                        shortest = path
+            return shortest  # [] is upstream's answer too: the expert has no move, and collection plays at random
         finally:
             for proxy in proxies:
                 env._gateway.detach(proxy)

@@ -11,6 +11,13 @@ parts as ``run.share_from`` copies them for a cell, in ``runs/here/<game>/<row>/
 kernels held to AVX2 on an AVX-512 CPU (``run.HELD_TO_AVX2``), as the table's cells ran. One JSON line per row goes to ``--out`` (``run.measured``
 values, with the row, seed, machine, commit and wall time); rows already there are not run again.
 The committed table's cells are never read or written.
+
+    python benchmarks/table1/paired_here.py --report benchmarks/table1/results/success-repeats/mapreader.jsonl
+
+prints a markdown table of such a file: per seed and row, held-out success after RL, the warm start's,
+its synthetic replay's, and the experience model's success agreement and balanced accuracy on held-out
+real transitions; then each row's mean, its mean gain over the warm start, and its paired difference to
+the default row.
 """
 
 from __future__ import annotations
@@ -54,7 +61,38 @@ def run_row(game: str, row: str, seed: int) -> dict:
     }
 
 
+def report(path: Path) -> str:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    out = [
+        "| game | seed | row | success | warm start | warm start, synthetic replay | success agreement | balanced |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in sorted(lines, key=lambda c: (c["game"], c["seed"], c["row"] != DONOR, c["row"])):
+        f = c["fidelity"]
+        out.append(
+            f"| {c['game']} | {c['seed']} | {c['row']} | {pct(c['success'])} | {pct(c['warmstart_success'])} | "
+            f"{pct(c['warmstart_synthetic_success'])} | {pct(f.get('fidelity/success_agreement'))} | "
+            f"{f.get('fidelity/success_balanced_accuracy', float('nan')):.3f} |"
+        )
+    donor = {(c["game"], c["seed"]): c for c in lines if c["row"] == DONOR}
+    out.append("")
+    for row in sorted({c["row"] for c in lines}, key=lambda r: (r != DONOR, r)):
+        cells = [c for c in lines if c["row"] == row and (c["game"], c["seed"]) in donor]
+        mean = sum(c["success"] for c in cells) / len(cells)
+        diffs = [c["success"] - donor[c["game"], c["seed"]]["success"] for c in cells]
+        gains = [c["success"] - c["warmstart_success"] for c in cells]
+        out.append(
+            f"- {row}: {pct(mean)} over {len(cells)} seeds; against its warm start (SFT) {100 * sum(gains) / len(gains):+.1f}; "
+            f"paired against {DONOR} {100 * sum(diffs) / len(diffs):+.1f} (per seed {', '.join(f'{100 * d:+.1f}' for d in diffs)})"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--report"]:
+        print(report(Path(sys.argv[2])))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("game", choices=sorted(table1.GAMES))
     parser.add_argument("seed", type=int)

@@ -19,11 +19,11 @@ from dreamgym_plugin_textworld import TwConfig, make_tw
 
 from .conftest import TW_GAMES
 
+# Every tw game, cooking marked slow (its generation is).
+TW_GAMES_COOKING_SLOW = [pytest.param(g, marks=pytest.mark.slow) if g == "cooking" else g for g in TW_GAMES]
 
-@pytest.mark.parametrize(
-    "game",
-    [pytest.param(g, marks=pytest.mark.slow) if g == "cooking" else g for g in TW_GAMES],  # cooking: slow generation
-)
+
+@pytest.mark.parametrize("game", TW_GAMES_COOKING_SLOW)
 def test_gold_path_succeeds_with_reward_only_at_the_end(tw_domains, game: str) -> None:
     domain = tw_domains[game]
     (trajectory,) = domain.collect(tasks=domain.tasks(split="train"), policy="expert", episodes=1, seed=0)
@@ -239,10 +239,7 @@ def test_chained_commands_are_invalid_steps_never_sent(tw_domains, separator: st
         env.close()
 
 
-@pytest.mark.parametrize(
-    "game",
-    [pytest.param(g, marks=pytest.mark.slow) if g == "cooking" else g for g in TW_GAMES],  # cooking: slow generation
-)
+@pytest.mark.parametrize("game", TW_GAMES_COOKING_SLOW)
 def test_no_listed_action_is_refused(tw_domains, game: str) -> None:
     domain = tw_domains[game]
     (trajectory,) = domain.collect(tasks=domain.tasks(split="train"), policy="expert", episodes=1, seed=0)

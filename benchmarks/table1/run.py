@@ -80,6 +80,11 @@ GAMES = {
         "env.config.distinct_worlds=true",
     ],
 }
+# coin-3 with the expert playing its shortest winning walk (env.config.expert_path): coin's gold
+# agent walks at random, and the first of its seeded walks to win, which coin-3's demos imitate,
+# took 2 to 15 steps where 2 to 4 suffice (6 of the main job's 64 expert episodes ran past the
+# 8-step cap). The main job plays these demos since 6d58838; a game of its own keeps coin-3's cells.
+GAMES["coin-3-shortest"] = [*GAMES["coin-3"], "env.config.expert_path=shortest"]
 
 # Row -> overrides over base.yaml (GRPO in DreamGym with the curriculum).
 # Real-env rows train no experience model, so nothing replays their test games synthetically.

@@ -292,7 +292,7 @@ def save(runner: Runner, iteration: int) -> Path:
     tmp = root / f".{checkpoint_name(iteration)}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    with _unwritten_removed(tmp, final):
+    with unwritten_removed(tmp, final):
         _write_checkpoint(runner, iteration, tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -304,19 +304,17 @@ def save(runner: Runner, iteration: int) -> Path:
 
 
 @contextmanager
-def _unwritten_removed(tmp: Path, final: Path) -> Iterator[None]:
-    """A checkpoint that cannot be written whole (a full disk: the trainer's torch or safetensors
-    save raised its own error, a traceback) is removed and is one DataError naming it; the
-    run's earlier checkpoints and its ``latest`` pointer are left as they were."""
+def unwritten_removed(tmp: Path, final: Path, what: str = "checkpoint", kept: str = "the run's earlier checkpoints") -> Iterator[None]:
+    """A checkpoint (or the ``what`` written like one) that cannot be written whole (a full disk:
+    the trainer's torch or safetensors save raised its own error, a traceback) is removed and is
+    one DataError naming it; ``kept`` (earlier checkpoints, the ``latest`` pointer) stays as it was."""
     try:
         yield
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, DreamGymError) or not isinstance(exc, Exception):  # a stop, or already one line
             raise
-        raise DataError(
-            f"{final}: checkpoint not written ({type(exc).__name__}: {exc}); the run's earlier checkpoints are kept"
-        ) from exc
+        raise DataError(f"{final}: {what} not written ({type(exc).__name__}: {exc}); {kept} are kept") from exc
 
 
 def _write_checkpoint(runner: Runner, iteration: int, tmp: Path) -> None:

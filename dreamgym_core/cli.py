@@ -21,7 +21,8 @@ __all__ = ["main", "cli"]
 
 
 class _Group(click.Group):
-    """Turns a DreamGymError into one line and a non-zero exit; --traceback shows it."""
+    """Turns a DreamGymError into one line and a non-zero exit; --traceback shows it. After a
+    stop, any failure is the stop's: one line and the signal's exit status."""
 
     def invoke(self, ctx: click.Context) -> Any:
         with stopping.handled(), warnings.catch_warnings():
@@ -38,6 +39,14 @@ class _Group(click.Group):
                 ctx.exit(exc.exit_code)
             except KeyboardInterrupt as exc:
                 _interrupted(ctx, exc.signum if isinstance(exc, stopping.Stopped) else signal.SIGINT)
+            except click.exceptions.Exit:  # the status a command chose, stopped or not
+                raise
+            except Exception:
+                # cleanup after a stop (a simulator the same signal killed, failing in close())
+                # raises in place of the Stopped: the stop is what happened, not a failure
+                if stopping.requested() is None:
+                    raise
+                _interrupted(ctx, stopping.requested())
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:

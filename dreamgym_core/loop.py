@@ -1218,7 +1218,7 @@ def evaluate_checkpoints(
     (None: every checkpoint the run holds, 0 being the warm start), in that order, as
     :func:`evaluate_run` with ``at_checkpoint`` gives each, but with one environment and one
     set of models for them all. A run evaluates only its final policy; this is its learning
-    curve on held-out tasks. Every checkpoint is looked for before any is played."""
+    curve on held-out tasks. Every checkpoint is looked for, and its state read, before any is played."""
     run_dir = Path(resolved.pipeline.run_dir)
     root = run_dir / "checkpoints"
     _check_episodes(episodes)
@@ -1254,12 +1254,19 @@ def _evaluation_runner(resolved: ResolvedPipeline, plugins: Plugins, run_dir: Pa
 
 
 def _check_checkpoint_exists(root: Path, iteration: int) -> None:
-    """One line naming the checkpoints there are, before anything is built."""
+    """One line naming the checkpoints there are, or the state file that does not read, before
+    anything is built: a curve meeting a damaged checkpoint after playing the earlier ones
+    (minutes each) lost their results."""
     if iteration < 0:
         raise ConfigError(f"checkpoint {iteration}: iterations are numbered from 0")
-    if not (root / checkpoint.checkpoint_name(iteration)).is_dir():
+    ckpt = root / checkpoint.checkpoint_name(iteration)
+    if not ckpt.is_dir():
         held = ", ".join(str(n) for n in checkpoint.checkpoint_iterations(root)) or "none"
         raise DataError(f"{root}: no checkpoint of iteration {iteration} (it holds iterations {held}; loop.keep_checkpoints prunes old ones)")
+    try:  # read as checkpoint.load reads it
+        msgspec.json.decode((ckpt / "state.json").read_bytes(), type=checkpoint._State)
+    except (OSError, msgspec.DecodeError) as exc:
+        raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
 
 
 @contextmanager

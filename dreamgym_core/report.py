@@ -168,11 +168,27 @@ def _versions_lines(run_dir: Path) -> list[str]:
     return ["", "## Software", "", f"Python {versions.get('python')} on {versions.get('platform')}: {packages} ({VERSIONS_FILE})."]
 
 
-def _held_out_heading(split: str) -> str:
-    """Only other splits than train are held out; the heading names the split either way."""
+def _held_out_heading(cfg: PipelineConfig) -> str:
+    """Held out: neither trained on (train) nor used to pick the policy (the 'valid' split, when
+    a warm-start epoch or an RL iteration is chosen by its score there). The heading names the
+    split either way."""
+    split = cfg.eval.split
     if split == "train":
         return "## Real tasks of the train split (eval.split: not held out)"
+    picked_by = _valid_pickers(cfg) if split == "valid" else []
+    if picked_by:
+        return f"## Real tasks of the valid split (eval.split: not held out, {' and '.join(picked_by)} picked the policy on it)"
     return f"## Held-out real tasks (split `{split}`)"
+
+
+def _valid_pickers(cfg: PipelineConfig) -> list[str]:
+    """The fields that choose the evaluated policy by its score on the 'valid' split."""
+    pickers = []
+    if cfg.loop.warmstart_select_episodes and cfg.loop.warmstart_epochs:  # as Runner._check_validation
+        pickers.append("loop.warmstart_select_episodes")
+    if cfg.eval.keep == "best-valid":  # eval.valid_every alone scores the policies, keeps the last
+        pickers.append("eval.keep")
+    return pickers
 
 
 def _world_lines(rows: Sequence[tuple[str, dict[str, Any], str]]) -> list[str]:
@@ -208,7 +224,7 @@ def write(
         f"- config sha256: `{(run_dir / 'config.sha256').read_text().strip()}`",
         f"- iterations: {cfg.loop.iterations}, tasks x group: {cfg.loop.tasks_per_iteration} x {cfg.loop.group_size}",
         "",
-        _held_out_heading(cfg.eval.split),
+        _held_out_heading(cfg),
         "",
         "| policy | success rate | 95% CI | episodes |",
         "|---|---|---|---|",

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from . import checkpoint
 from .errors import DataError
 
 __all__ = ["best_iteration", "ValidSelection"]
@@ -48,19 +49,25 @@ class ValidSelection:
 
     def offer(self, iteration: int, score: float, save: Callable[[Path], None] | None) -> bool:
         """Record ``iteration``'s score; if it is the new best, snapshot the policy with
-        ``save(dir)`` (None: only the scores are kept, for a run that keeps its last policy)."""
-        self.scores[iteration] = score
-        if self.best != iteration:
+        ``save(dir)`` (None: only the scores are kept, for a run that keeps its last policy).
+        A new best's score is recorded only once its snapshot is in place: a best without one
+        would be kept, and its missing snapshot found only at the end of the run."""
+        if best_iteration({**self.scores, iteration: score}) != iteration:
+            self.scores[iteration] = score
             return False
-        if save is None:
-            return True
+        if save is not None:
+            self._snapshot(iteration, save)
+        self.scores[iteration] = score
+        return True
+
+    def _snapshot(self, iteration: int, save: Callable[[Path], None]) -> None:
         final, tmp = self.path(iteration), self.root / f".it-{iteration:05d}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        save(tmp)
-        shutil.rmtree(final, ignore_errors=True)  # a killed attempt's snapshot of the same iteration
-        os.replace(tmp, final)
-        return True
+        with checkpoint.unwritten_removed(tmp, final, "validation policy snapshot", "earlier bests' snapshots"):
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            save(tmp)
+            shutil.rmtree(final, ignore_errors=True)  # a killed attempt's snapshot of the same iteration
+            os.replace(tmp, final)
 
     def prune(self) -> None:
         """After a checkpoint recorded this state: drop every snapshot but the best."""

@@ -174,16 +174,19 @@ class SyntheticEnv:
         as it stands (its own call count seeds its draws)."""
         if not isinstance(task, Task):  # checked before anything changes: the env stays as it was
             raise SyntheticEnvError(f"SyntheticEnv.reset: task must be a Task, got {type(task).__name__}")
+        # Everything is worked out before the env changes: a start state or variation that raises
+        # leaves the last episode as it was, not running on under the new task's id.
         model = self._episode_model(seed)
-        start = initial_state(task, self.domain)  # may raise: nothing of the last episode has changed yet
-        self.model, self._task = model, task
-        self._episode += 1
+        start = initial_state(task, self.domain)
+        episode = self._episode + 1
         # Unique across envs and runs sharing a buffer (add_to_buffer): a per-env counter alone gave
         # two envs' first episodes of a task one id, and the buffer could not be regrouped by episode.
-        self._episode_id = f"syn-{task.id}-{seed if seed is not None else 'x'}-{self._env_token}-{self._episode}"
+        episode_id = f"syn-{task.id}-{seed if seed is not None else 'x'}-{self._env_token}-{episode}"
         # The variation is keyed by what replays an episode (task and seed), not by its id.
-        self._variation_key = f"{task.id}/{seed}" if seed is not None else self._episode_id
-        self._obs = self._vary(start)
+        variation_key = f"{task.id}/{seed}" if seed is not None else episode_id
+        obs = self._vary(start, key=variation_key)
+        self.model, self._task, self._episode, self._episode_id = model, task, episode, episode_id
+        self._variation_key, self._obs = variation_key, obs
         self._history = []
         self._done = False
         self.counters = {key: 0 for key in self.counters}
@@ -224,11 +227,15 @@ class SyntheticEnv:
             )
         return list(actions)
 
-    def _vary(self, obs: Observation) -> Observation:
-        """``obs`` as the domain varies it (``state_variation``); the action list stays."""
+    def _vary(self, obs: Observation, *, key: str) -> Observation:
+        """``obs`` as the domain varies it (``state_variation``) under the episode's ``key``; the action list stays."""
         if self.config.state_variation <= 0:
             return obs
-        text = self.domain.vary_state(obs.text, obs.admissible_actions, key=self._variation_key, strength=self.config.state_variation)
+        text = self.domain.vary_state(obs.text, obs.admissible_actions, key=key, strength=self.config.state_variation)
+        if not isinstance(text, str):  # else a None reaches the prompt, and the experience model is blamed
+            raise WrongReturn(
+                f"env domain {type(self.domain).__name__}: vary_state(state, ...) returned {type(text).__name__}, expected a str"
+            )
         return Observation(text=text, admissible_actions=list(obs.admissible_actions))
 
     def _rejects(self, action: str) -> bool:
@@ -269,7 +276,12 @@ class SyntheticEnv:
         failure = ExperienceResult(
             reasoning=f"implausible answer: {implausible}", next_state=self._obs.text, reward=0.0, done=True, success=False, raw=result.raw,
         )
-        return failure, Observation(text=self._obs.text, admissible_actions=list(self._obs.admissible_actions)), implausible
+        return failure, self._unchanged(), implausible
+
+    def _unchanged(self) -> Observation:
+        """The next observation of a step that changes nothing: the current one, as shown."""
+        assert self._obs is not None
+        return Observation(text=self._obs.text, admissible_actions=list(self._obs.admissible_actions))
 
     def _corrected(self, action: str, answer: ExperienceResult) -> ExperienceResult:
         """The domain's answer in place of the model's implausible ``answer``."""
@@ -299,24 +311,32 @@ class SyntheticEnv:
             demos=list(demos),
         )
 
-    def _finish(self, action: str, result: ExperienceResult, retrieved: int) -> tuple[StepResult, Transition]:
-        """Apply the failure rules and the step cap; record the transition."""
+    def _finish(self, action: str, result: ExperienceResult, retrieved: int, *, refused: bool = False) -> tuple[StepResult, Transition]:
+        """Apply the failure rules and the step cap; record the transition. ``refused``: the env
+        refused the action itself (``reject_unlisted``), so ``result`` is no answer of the model's."""
         assert self._task is not None and self._obs is not None
-        result, generated, implausible = self._judged(action, result)
+        if refused:  # judged, the policy's invalid action could become the model's implausible answer
+            generated, implausible = self._unchanged(), ""
+        else:
+            result, generated, implausible = self._judged(action, result)
         unparsed = result.parse_status == "failed"
         failed = unparsed or (bool(implausible) and self.config.implausible_answers == "fail")
         self.counters["parse_failures"] += unparsed
         self.counters["implausible_answers"] += bool(implausible)
         self.counters["parse_repairs"] += result.parse_status == "repaired"
         self.counters["invalid_actions"] += not result.valid and not failed
-        done, success = result.done, result.success
+        # Success ends the episode, as the LM parser reads it; else a plugin model's success on a step
+        # not done would reach the step cap as a win with reward 0.
+        done, success = result.done or result.success, result.success
         if failed or not result.valid:  # paper: an invalid action leads to a failure state, reward 0
             done, success = True, False
         reward = 1.0 if done and success else 0.0
         step = len(self._history)
         truncated = not done and step + 1 >= self.config.max_steps
         done = done or truncated
-        next_obs = self._vary(generated)
+        # A next state that reads as the current one is the current one, varied when it was shown:
+        # varied again, a step that changed nothing would show and store a changed state.
+        next_obs = generated if generated.text == self._obs.text else self._vary(generated, key=self._variation_key)
         transition = Transition(
             task_id=self._task.id, episode_id=self._episode_id, step=step, state=self._obs.text,
             action=action, next_state=next_obs.text, reward=reward, done=done, success=success,
@@ -367,18 +387,25 @@ def _retrieve(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> list[list
         hits = checked_retrieval(buffer.retrieve(queries=queries, k=k), len(queries), f"buffer {type(buffer).__name__}")
         for i, found in zip(members, hits):
             env = envs[i]
+            own = (env._task.id, env._episode_id) if _own_steps(env) else None  # type: ignore[union-attr]
+            # As training's demos (experience._demos): the episode's own steps are dropped, then the pool is
+            # cut to its size and only then sorted, so a same-world demo ranked past the pool is not shown.
+            kept = [d for d in found if (d.task_id, d.episode_id) != own][: _pool(env)]
             if env.config.demos == "same-world-first":
                 world_of = world_namer(env.domain)
-                found = same_world_first(found, world=world_of(env._task.id), action=actions[i], world_of=world_of)  # type: ignore[union-attr]
-            own = (env._task.id, env._episode_id) if _own_steps(env) else None  # type: ignore[union-attr]
-            demos[i] = [d for d in found if (d.task_id, d.episode_id) != own][: env.config.top_k]
+                kept = same_world_first(kept, world=world_of(env._task.id), action=actions[i], world_of=world_of)  # type: ignore[union-attr]
+            demos[i] = kept[: env.config.top_k]
     return demos
+
+
+def _pool(env: SyntheticEnv) -> int:
+    """How many of the nearest neighbours ``env``'s demos are chosen among (see :func:`_retrieve`)."""
+    return max(env.config.top_k, SAME_WORLD_POOL) if env.config.demos == "same-world-first" else env.config.top_k
 
 
 def _fetch(env: SyntheticEnv) -> int:
     """How many neighbours ``env``'s step asks the buffer for (see :func:`_retrieve`)."""
-    pool = max(env.config.top_k, SAME_WORLD_POOL) if env.config.demos == "same-world-first" else env.config.top_k
-    return pool + _own_steps(env)  # the episode's own stored steps come on top of the pool, as in training
+    return _pool(env) + _own_steps(env)  # the episode's own stored steps come on top of the pool, as in training
 
 
 def _unlisted(env: SyntheticEnv, action: str) -> ExperienceResult:
@@ -415,7 +442,8 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
     to_add: dict[int, tuple[Any, list[int], list[Transition]]] = {}
     for i, (env, action, result, found) in enumerate(zip(envs, actions, results, demos)):
         try:
-            step, transition = env._finish(action, result, len(found))  # a domain's admissible_in or vary_state runs here
+            # a domain's admissible_in or vary_state runs here
+            step, transition = env._finish(action, result, len(found), refused=rejected[i])
         except Exception as exc:
             steps.append(exc)
             continue

@@ -552,6 +552,23 @@ def read_transitions(path: Path) -> list[Transition]:
     return _read_lines(path, Transition)
 
 
+def episodes_of(transitions: Sequence[Transition]) -> dict[tuple[str, str], list[Transition]]:
+    """Transitions by (task id, episode id), in the order read.
+
+    Raises:
+        DataError: an episode holds a step twice (a file appended to itself, say): its second
+            copy would be given the first in its history, and counted twice.
+    """
+    episodes: dict[tuple[str, str], list[Transition]] = {}
+    for t in transitions:
+        episodes.setdefault((t.task_id, t.episode_id), []).append(t)
+    for (task_id, episode_id), steps in episodes.items():
+        repeated = sorted(step for step, n in Counter(t.step for t in steps).items() if n > 1)
+        if repeated:
+            raise DataError(f"episode {episode_id!r} of task {task_id!r} holds step {repeated[0]} more than once")
+    return episodes
+
+
 def trajectories_from_transitions(transitions: Sequence[Transition], tasks: Sequence[Task]) -> list[Trajectory]:
     """Regroup stored transitions into episodes (by task and episode id, in step order).
 
@@ -560,13 +577,7 @@ def trajectories_from_transitions(transitions: Sequence[Transition], tasks: Sequ
             second copy would be trained with the first in its history.
     """
     by_task = {t.id: t for t in tasks}
-    episodes: dict[tuple[str, str], list[Transition]] = {}
-    for t in transitions:
-        episodes.setdefault((t.task_id, t.episode_id), []).append(t)
-    for (task_id, episode_id), steps in episodes.items():
-        repeated = sorted(step for step, n in Counter(t.step for t in steps).items() if n > 1)
-        if repeated:
-            raise DataError(f"episode {episode_id!r} of task {task_id!r} holds step {repeated[0]} more than once")
+    episodes = episodes_of(transitions)
     out = []
     for steps in episodes.values():
         steps.sort(key=lambda t: t.step)

@@ -398,6 +398,9 @@ class PipelineConfig(Config):
             raise ValueError("eval.fidelity_episodes scores the experience model and needs experience_model; set it or eval.fidelity_episodes: 0")
         if self.eval.fidelity_episodes and not self.eval.fidelity_policies:
             raise ValueError("eval.fidelity_episodes needs at least one policy in eval.fidelity_policies (none plays the held-out episodes)")
+        repeated = sorted({p for p in self.eval.fidelity_policies if self.eval.fidelity_policies.count(p) > 1})
+        if repeated:  # the same episodes (same ids) twice: each step's copy is in the other's history, and scored twice
+            raise ValueError(f"eval.fidelity_policies names {', '.join(repeated)} more than once")
         if self.eval.keep == "best-valid" and not self.eval.valid_every:
             raise ValueError("eval.keep='best-valid' needs eval.valid_every > 0 (no validation play would score a policy)")
         group_cap = self.loop.group_size * self.loop.max_steps

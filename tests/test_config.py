@@ -154,6 +154,10 @@ def test_a_key_that_is_not_a_string_is_located_once(tmp_path, field):
             ["eval.fidelity_episodes=8", "experience_model={name: x}", "eval.fidelity_policies=[]"],
             r"eval.fidelity_episodes needs at least one policy in eval.fidelity_policies",
         ),
+        (
+            ["eval.fidelity_episodes=8", "experience_model={name: x}", "eval.fidelity_policies=[expert, random, expert]"],
+            r"eval.fidelity_policies names expert more than once",
+        ),
         (["experience.annotator=teacher"], r"experience.annotator='teacher' needs experience.teacher"),
         (["experience.teacher_fallback=rule"], r"experience.teacher_fallback='rule' only apply to experience.annotator='teacher'"),
         (["experience.teacher_max_new_tokens=4096"], r"experience.teacher_max_new_tokens=4096 only apply to experience.annotator='teacher' \(it is 'rule'\)"),

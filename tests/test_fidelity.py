@@ -300,6 +300,25 @@ def test_eval_model_command_prints_metrics(tmp_path) -> None:
     assert 0.0 <= report["fidelity/reward_agreement"] <= 1.0 and report["model_id"].startswith("hf-tiny")
 
 
+def test_eval_model_refuses_a_held_out_step_held_twice(tmp_path) -> None:
+    """A file appended to itself: the second copy of a step would have the first in its history
+    and both would be scored. Refused before the model runs."""
+    pipeline, heldout, train = _eval_model_files(tmp_path)
+    heldout.write_bytes(heldout.read_bytes() + b"\n" + heldout.read_bytes())
+    result = CliRunner().invoke(command, [str(pipeline), "--heldout", str(heldout), "--train-data", str(train)])
+    assert isinstance(result.exception, DataError)
+    assert str(result.exception) == f"{heldout}: episode 'e' of task 't' holds step 0 more than once"
+
+
+def test_eval_model_refuses_train_data_it_cannot_retrieve_from(tmp_path) -> None:
+    """Without a buffer or encoder the demos were dropped while the report named their file."""
+    pipeline, heldout, train = _eval_model_files(tmp_path)
+    pipeline.write_text(PIPELINE.replace("encoder: {name: hashing}\nbuffer: {name: exact}\n", "").replace("top_k: 2}", "top_k: 2, mode: real}"))
+    result = CliRunner().invoke(command, [str(pipeline), "--heldout", str(heldout), "--train-data", str(train)])
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception) == f"{pipeline}: --train-data needs the pipeline's buffer and encoder to retrieve demos from it"
+
+
 def test_eval_model_with_same_world_demos_reads_worlds_from_the_pipelines_domain(tmp_path) -> None:
     from dreamgym_core.commands.eval_model import _world_of
     from dreamgym_core.config import load_resolved

@@ -18,10 +18,16 @@ __all__ = ["command", "read_transitions", "build_experience_model"]
 
 
 def read_transitions(path: str) -> list[Transition]:
-    """Transitions from a JSONL file, one record a line; errors name file and line."""
+    """Transitions from a JSONL file, one record a line; errors name file and line. A step held
+    twice (two files joined, one appended to itself) is refused: its second copy would have the
+    first in its history, and both would be scored."""
     out = checkpoint.read_transitions(Path(path))
     if not out:
         raise DataError(f"{path}: no transitions")
+    try:
+        checkpoint.episodes_of(out)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
     return out
 
 
@@ -54,8 +60,10 @@ def build_experience_model(resolved: Any, plugins: Any, model_dir: str | None = 
 def _build_buffer(resolved: Any, plugins: Any, train: list[Transition]) -> Any:
     """An in-memory buffer of the pipeline's kind holding the training transitions (demos)."""
     pipeline = resolved.pipeline
-    if not train or pipeline.buffer is None or pipeline.encoder is None:
+    if not train:
         return None
+    if pipeline.buffer is None or pipeline.encoder is None:  # else the demos were dropped, yet reported as used
+        raise ConfigError(f"{resolved.source}: --train-data needs the pipeline's buffer and encoder to retrieve demos from it")
     encoder = plugins.build("encoder", pipeline.encoder.name, resolved.components["encoder"])
     buffer = plugins.build("buffer", pipeline.buffer.name, resolved.components["buffer"], encoder=encoder, path=None)
     buffer.add(transitions=train)

@@ -217,7 +217,7 @@ class LoopConfig(Config):
     s2r_synthetic_share: Annotated[
         Probability, Meta(description="s2r: share of iterations run in the synthetic environment first.")
     ] = 0.75
-    warmstart_epochs: Annotated[NonNegativeInt, Meta(description="SFT epochs on offline expert demos before RL.")] = 1
+    warmstart_epochs: Annotated[NonNegativeInt, Meta(description="SFT epochs before RL on the offline episodes that won (whichever data policy played them: expert, noisy or random).")] = 1
     world_model_epochs: Annotated[
         NonNegativeInt,
         Meta(description=(

@@ -1,4 +1,4 @@
-"""The policy's warm start on the driver: SFT on the offline expert demos before verl's RL.
+"""The policy's warm start on the driver: SFT on the offline episodes that won (any data policy's) before verl's RL.
 
 verl's agent loop plays an episode as one chat (agent_loop.py): the first agent prompt is a
 user turn, each policy reply an assistant turn, each next agent prompt a user turn, all

@@ -10,11 +10,9 @@ import torch
 from dreamgym_plugin_local import dreamgym_register_algos, maths
 from dreamgym_core.errors import DataError
 from dreamgym_plugin_local.batch import choice_logprobs, choice_rows, invalid_steps, response_logprobs, trajectory_steps
-from dreamgym_plugin_local.config import DPOConfig, GRPOConfig, PPOConfig, SFTConfig
-from dreamgym_plugin_local.dpo import DPO
+from dreamgym_plugin_local.config import GRPOConfig, PPOConfig
 from dreamgym_plugin_local.grpo import GRPO
 from dreamgym_plugin_local.ppo import PPO
-from dreamgym_plugin_local.sft import SFT
 
 
 def fixed_surrogate(algo, groups):
@@ -225,9 +223,6 @@ def test_rl_refuses_responses_sampled_longer_than_it_trains(cls, config_type, ki
     with pytest.raises(ConfigError, match=r"algo.config.max_new_tokens=32 exceeds algo.config.max_response_tokens=6"):
         cls(config_type(max_new_tokens=32, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
     cls(config_type(max_new_tokens=6, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
-    # SFT and DPO train given responses, not sampled ones
-    SFT(SFTConfig(max_new_tokens=32, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
-    DPO(DPOConfig(max_new_tokens=32, max_response_tokens=6), policy=kit.TinyPolicy(), seed=0)
 
 
 @pytest.mark.parametrize("config_type", [GRPOConfig, PPOConfig], ids=["grpo", "ppo"])

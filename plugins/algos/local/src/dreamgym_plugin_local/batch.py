@@ -21,8 +21,8 @@ from dreamgym_core.rollout import unanswered_step
 from . import maths
 
 __all__ = [
-    "Step", "invalid_steps", "trajectory_steps", "TokenBatch", "tokenize_steps", "response_logprobs", "ChoiceRows", "choice_rows",
-    "choice_logprobs",
+    "Step", "invalid_steps", "trajectory_steps", "TokenBatch", "tokenize_steps", "fit_row", "response_logprobs", "ChoiceRows",
+    "choice_rows", "choice_logprobs",
 ]
 
 
@@ -115,7 +115,7 @@ class TokenBatch:
 
 def tokenize_steps(
     tokenizer, encode_prompt: Callable[[str], list[int]], prompts: Sequence[str], responses: Sequence[str], *,
-    max_prompt_tokens: int, max_response_tokens: int, empty_response_ids: Sequence[int] = (),
+    max_prompt_tokens: int, max_response_tokens: int, empty_response_ids: Sequence[int] = (), max_row_tokens: int | None = None,
 ) -> TokenBatch:
     """Tokenise prompt and response separately (so the boundary is exact) and pad right.
 
@@ -125,6 +125,7 @@ def tokenize_steps(
     first ``max_response_tokens``. A response with no tokens (the policy produced
     nothing) becomes ``empty_response_ids`` (the RL trainers pass the EOS token), so
     that its advantage has a token to land on; with none given it has no tokens.
+    ``max_row_tokens`` (at least 2) caps a row's prompt + response (see :func:`fit_row`).
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows, starts, lengths = [], [], []
@@ -133,6 +134,7 @@ def tokenize_steps(
         r = list(tokenizer(response, add_special_tokens=False)["input_ids"])[:max_response_tokens] or list(empty_response_ids)
         if not p:  # a response needs a context token to be scored
             p = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad]
+        p, r = fit_row(p, r, max_row_tokens)
         rows.append(p + r)
         starts.append(len(p))
         lengths.append(len(r))
@@ -147,6 +149,17 @@ def tokenize_steps(
         positions[i, :n] = torch.arange(start, start + n)
         mask[i, :n] = 1.0
     return TokenBatch(input_ids, attention, positions, mask)
+
+
+def fit_row(prompt: list[int], response: list[int], limit: int | None) -> tuple[list[int], list[int]]:
+    """``prompt`` and ``response`` cut to hold at most ``limit`` (>= 2) tokens together. The
+    response keeps what fits after the prompt, as generation stops at max_length (a prompt
+    within the generation window leaves it max_new_tokens); a prompt too long for any then
+    keeps its end, with one response token to score."""
+    if limit is None or len(prompt) + len(response) <= limit:
+        return prompt, response
+    response = response[: max(limit - len(prompt), 1)]
+    return prompt[len(prompt) - (limit - len(response)):], response
 
 
 def response_logprobs(

@@ -35,12 +35,12 @@ class TrainerConfig(Config):
     ] = None
     max_prompt_tokens: Annotated[
         PositiveInt,
-        Meta(description="Prompt tokens kept (the oldest are cut). GRPO/PPO keep what generation kept "
-             "(policy max_length - max_new_tokens) and refuse a prompt sampled from more than this."),
+        Meta(description="Prompt tokens kept (the oldest are cut). Updates keep what generation keeps "
+             "(policy max_length - max_new_tokens) within this cap; GRPO/PPO refuse a prompt sampled from more than it."),
     ] = 1024
     max_response_tokens: Annotated[
         PositiveInt,
-        Meta(description="Response tokens trained on (the rest are cut). GRPO/PPO refuse a max_new_tokens above it."),
+        Meta(description="Response tokens trained on (the rest are cut). Every trainer refuses a max_new_tokens above it."),
     ] = 256
     max_new_tokens: Annotated[PositiveInt, Meta(description="Tokens generated per act() call.")] = 128
     temperature: Annotated[
@@ -48,7 +48,10 @@ class TrainerConfig(Config):
         Meta(description="Sampling temperature of act(greedy=False) when the caller gives none (the run loop gives "
              "loop.sampling_temperature). GRPO and PPO score their updates at the latest sampled act()'s temperature."),
     ] = 1.0
-    stop: Annotated[tuple[str, ...], Meta(description="Stop strings for act().")] = ("</action>",)
+    stop: Annotated[
+        tuple[str, ...],
+        Meta(description="Stop strings for act(). SFT appends the first to a response that holds none (generation cuts it off)."),
+    ] = ("</action>",)
     loss_agg_mode: Annotated[LossAggMode, Meta(description="verl agg_loss mode.")] = "token-mean"
 
 
@@ -100,7 +103,9 @@ class SFTConfig(TrainerConfig):
 
     lr: Annotated[PositiveFloat, Meta(description="AdamW learning rate (paper gives none).")] = 1e-5
     epochs: Annotated[PositiveInt, Meta(description="Passes of fit_offline() over its data.")] = 1
-    successful_only: Annotated[bool, Meta(description="Train only on trajectories that succeeded.")] = True
+    successful_only: Annotated[
+        bool, Meta(description="Train only on trajectories that succeeded (their valid steps: SFT never trains an invalid step)."),
+    ] = True
 
 
 class DPOConfig(TrainerConfig):

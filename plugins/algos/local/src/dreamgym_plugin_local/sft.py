@@ -10,14 +10,28 @@ from dreamgym_core.progress import OnBatch
 from dreamgym_core.records import Trajectory
 
 from . import maths
-from .batch import response_logprobs, trajectory_steps
+from .batch import TokenBatch, response_logprobs, trajectory_steps
 from .trainer import LocalTrainer
 
-__all__ = ["SFT"]
+__all__ = ["SFT", "closed_response"]
+
+
+def closed_response(text: str, stop: Sequence[str]) -> str:
+    """``text`` as the policy wrote it, its stop string included: generate() returns it cut
+    before the stop string (``</action>``), so without it SFT would never train the tokens that
+    close the action (the hf warm start's targets end with them too). The text does not say
+    which stop ended it, or whether one did, so the first configured one is appended where the
+    text holds none (listed answers and expert demos hold theirs already). A blank text wrote no
+    action to close, and stays blank."""
+    first = next((s for s in stop if s), None)
+    if first is None or not text.strip() or any(s in text for s in stop if s):
+        return text
+    return text + first
 
 
 class SFT(LocalTrainer):
-    """Token-level NLL on the response tokens of expert (successful) steps."""
+    """Token-level NLL on the response tokens (stop string included) of expert steps: the valid
+    steps of successful trajectories."""
 
     name = "sft"
     uses_reference = False
@@ -30,6 +44,10 @@ class SFT(LocalTrainer):
         """``config.epochs`` epochs on offline expert trajectories (with decisions)."""
         return self._fit(list(trajectories), epochs=self.config.epochs)
 
+    def _tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> TokenBatch:
+        """Rows of the responses closed by their stop string (:func:`closed_response`)."""
+        return super()._tokenize(prompts, [closed_response(r, self.config.stop) for r in responses])
+
     def _fit(self, trajectories: list[Trajectory], *, epochs: int, on_batch: OnBatch | None = None) -> dict[str, float]:
         cfg = self.config
         self._bind()
@@ -37,6 +55,8 @@ class SFT(LocalTrainer):
         if cfg.successful_only:
             trajectories = [t for t in trajectories if t.success]
         steps, skipped = trajectory_steps(trajectories)
+        # a step the environment rejected (or that did not parse) is no expert step, even in a success
+        steps = [s for s in steps if s.valid]
         if not steps:
             return {"data/trainable_steps": 0.0, "data/skipped_trajectories": float(skipped)}
         batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])

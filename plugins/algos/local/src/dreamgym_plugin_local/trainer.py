@@ -58,7 +58,8 @@ class LocalTrainer:
     name = "local"
     uses_reference = True
     # GRPO and PPO train on the policy's own samples: a sampled empty response is a step
-    # too (trained as the EOS token, see tokenize_steps). SFT and DPO train given data.
+    # too (trained as the EOS token, see tokenize_steps). SFT and DPO train given data (in a run,
+    # the rollouts' generated responses among it).
     on_policy = False
 
     def __init__(self, config: TrainerConfig, *, policy: Any, seed: int = 0) -> None:
@@ -83,18 +84,22 @@ class LocalTrainer:
                 f"algo {self.name!r} (plugin local): policy top_p={top_p} samples from a nucleus the update does not "
                 "score (it uses the full softmax); set the policy's top_p to 1.0"
             )
-        if self.on_policy and config.max_new_tokens > config.max_response_tokens:
+        # Every trainer trains responses act() generated (SFT and DPO on the rollouts' too), and
+        # each keeps a response's first max_response_tokens: the action at a longer one's end is lost.
+        if config.max_new_tokens > config.max_response_tokens:
             raise ConfigError(
                 f"algo {self.name!r} (plugin local): algo.config.max_new_tokens={config.max_new_tokens} exceeds "
                 f"algo.config.max_response_tokens={config.max_response_tokens}: the update would train only the first "
-                f"{config.max_response_tokens} tokens of a longer sampled response (the action at its end gets no "
-                "gradient, though the advantage is its outcome); set max_response_tokens >= max_new_tokens"
+                f"{config.max_response_tokens} tokens of a longer generated response (the action at its end gets no "
+                "gradient); set max_response_tokens >= max_new_tokens"
             )
-        sampled = self._sampled_prompt_limit()
-        if sampled is not None and sampled > config.max_prompt_tokens:
+        window = self._generation_window()
+        if window is not None and window > config.max_prompt_tokens:
             log.warning(
-                "%s: the policy samples from up to %d prompt tokens but max_prompt_tokens=%d: an update that meets "
-                "a longer prompt will refuse it", self.name, sampled, config.max_prompt_tokens,
+                "%s: the policy generates from up to %d prompt tokens but max_prompt_tokens=%d: %s", self.name, window,
+                config.max_prompt_tokens,
+                "an update that meets a longer prompt will refuse it" if self.on_policy
+                else "the update cuts longer prompts shorter than generation does",
             )
 
     @property
@@ -215,13 +220,28 @@ class LocalTrainer:
 
     # --- shared update machinery -----------------------------------------------------------
 
-    def _sampled_prompt_limit(self) -> int | None:
-        """How many prompt tokens the backend's generate() keeps for ``act()`` (the hf
-        backends: ``max_length - max_new_tokens``); None when unknown or not on-policy."""
+    def _policy_max_length(self) -> int | None:
+        """The backend's token cap of prompt + generated response (hf: ``max_length``); None when unknown."""
         max_length = getattr(getattr(self.policy, "config", None), "max_length", None)
-        if not self.on_policy or not hasattr(self.policy, "encode_prompt") or not isinstance(max_length, int):
+        return max_length if isinstance(max_length, int) else None
+
+    def _generation_window(self) -> int | None:
+        """How many prompt tokens the backend's generate() keeps for ``act()`` (the hf
+        backends: ``max_length - max_new_tokens``); None when unknown. Every trainer encodes
+        prompts so: a response is trained on the context the policy acts from."""
+        max_length = self._policy_max_length()
+        if not hasattr(self.policy, "encode_prompt") or max_length is None:
             return None
         return max(max_length - self.config.max_new_tokens, 1)
+
+    def _max_row_tokens(self) -> int | None:
+        """Tokens one (prompt, response) row may hold: the backend's max_length (generation never
+        holds more) and the model's positions (past them a learned-position model, GPT-2, fails
+        with an IndexError); None when neither is known."""
+        model_config = getattr(self.model, "config", None)
+        positions = [getattr(model_config, field, None) for field in ("n_positions", "max_position_embeddings")]
+        limits = [n for n in (self._policy_max_length(), *positions) if isinstance(n, int) and n > 1]
+        return min(limits) if limits else None
 
     def _encode_as_sampled(self, prompt: str, limit: int) -> list[int]:
         """The prompt's ids exactly as generation conditioned on them (its last ``limit``)."""
@@ -234,21 +254,32 @@ class LocalTrainer:
             )
         return ids
 
+    def _prompt_limit(self) -> int:
+        """Prompt tokens an update keeps: the generation window (with no backend window, what a
+        row of the model's positions leaves max_new_tokens, as generation would), within
+        max_prompt_tokens. A longer context is one act() never conditions on."""
+        window, row = self._generation_window(), self._max_row_tokens()
+        if window is None and row is not None:
+            window = max(row - self.config.max_new_tokens, 1)
+        return self.config.max_prompt_tokens if window is None else min(window, self.config.max_prompt_tokens)
+
+    def _prompt_encoder(self) -> Callable[[str], list[int]]:
+        """A prompt's ids as the update conditions on them."""
+        window = self._generation_window()
+        if window is not None and self.on_policy:  # GRPO/PPO: exactly the context each response was sampled from
+            return lambda prompt: self._encode_as_sampled(prompt, window)
+        limit = self._prompt_limit()
+        if hasattr(self.policy, "encode_prompt"):  # the backend's own encoding (chat template, BOS)
+            return lambda prompt: self.policy.encode_prompt(prompt, limit)
+        return lambda prompt: list(self.policy.tokenizer(prompt)["input_ids"])
+
     def _tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> TokenBatch:
         cfg = self.config
-        tokenizer = self.policy.tokenizer
-        sampled = self._sampled_prompt_limit()
-        if sampled is not None:  # GRPO/PPO: the context each response was sampled from
-            encode = lambda prompt: self._encode_as_sampled(prompt, sampled)  # noqa: E731
-        elif hasattr(self.policy, "encode_prompt"):  # the backend's own prompt encoding (chat template, BOS)
-            encode = lambda prompt: self.policy.encode_prompt(prompt, cfg.max_prompt_tokens)  # noqa: E731
-        else:
-            encode = lambda prompt: list(tokenizer(prompt)["input_ids"])  # noqa: E731
-        eos = tokenizer.eos_token_id
+        eos = self.policy.tokenizer.eos_token_id
         batch = tokenize_steps(
-            tokenizer, encode, prompts, responses,
-            max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
-            empty_response_ids=[eos] if self.on_policy and eos is not None else (),
+            self.policy.tokenizer, self._prompt_encoder(), prompts, responses,
+            max_prompt_tokens=self._prompt_limit(), max_response_tokens=cfg.max_response_tokens,
+            empty_response_ids=[eos] if self.on_policy and eos is not None else (), max_row_tokens=self._max_row_tokens(),
         )
         return TokenBatch(*(t.to(self.device) for t in (batch.input_ids, batch.attention_mask, batch.positions, batch.response_mask)))
 

@@ -17,10 +17,11 @@ elements, the chosen ones marked.
 
 Actions are ``click [N]`` (the element's click handler; a text field takes the focus, an
 option is chosen) and ``type [N] TEXT`` (click N, then type TEXT as key events; typed into a
-select, it chooses the option whose text starts with TEXT). An action that does not parse,
-names an element the state does not list, or types a lone surrogate or a private-use character
-(:func:`unsendable_character`) changes nothing and is flagged ``valid=False``, with the reason in
-``info["invalid"]``.
+select, it chooses the option whose text starts with TEXT; N must take text and hold the focus
+once clicked, else nothing is typed and the action is invalid). An action that does not parse,
+names an element the state does not list, or types a lone surrogate, a private-use character or
+a control character other than ``\\n`` (:func:`unsendable_character`) changes nothing and is
+flagged ``valid=False``, with the reason in ``info["invalid"]``.
 """
 
 from __future__ import annotations
@@ -158,8 +159,14 @@ def unsendable_character(text: str) -> str | None:
     the call that fails with it takes the browser down (the page is closed, the episode lost).
     WebDriver reads a private-use character (U+E000-U+F8FF) as a key, not as text: U+E003 is
     Backspace, U+E004 Tab, U+E007 Enter, others the arrows. Typed, one action deleted text and
-    went on typing into another element."""
+    went on typing into another element. A control character (U+0000-U+001F, U+007F) is a key
+    or nothing: Tab moves the focus and types the rest into the next field, Backspace deletes,
+    NUL, U+0001 and DEL are dropped without a word. The line break ``\\n`` is kept (Enter, a new
+    line in a textarea); ``\\r`` is refused with the rest, since a textarea drops it."""
     for char in text:
+        if _is_control(char):
+            key = _CONTROL_KEYS.get(char, "a key or nothing")
+            return f"control character U+{ord(char):04X} (typed as {key}, not as text; of the controls only \\n is)"
         if "\ud800" <= char <= "\udfff":
             return f"lone surrogate U+{ord(char):04X} (half of a UTF-16 pair; ChromeDriver refuses it)"
         if "\ue000" <= char <= "\uf8ff":
@@ -167,6 +174,15 @@ def unsendable_character(text: str) -> str | None:
             sent = f"the key {key}" if key else "a key"
             return f"private-use character U+{ord(char):04X} (WebDriver would send it as {sent}, not as text)"
     return None
+
+
+# The keys that control characters are typed as, where the key does something on a page.
+_CONTROL_KEYS = {"\t": "the key Tab", "\b": "the key Backspace", "\x1b": "the key Escape"}
+
+
+def _is_control(char: str) -> bool:
+    """A C0 control or DEL, except the line break ``\\n`` (Enter)."""
+    return (char <= "\x1f" or char == "\x7f") and char != "\n"
 
 
 def _webdriver_keys() -> dict[str, str]:
@@ -178,6 +194,13 @@ def _webdriver_keys() -> dict[str, str]:
         if isinstance(char, str) and len(char) == 1 and not name.startswith("_"):
             names.setdefault(char, name)
     return names
+
+
+# Why a ``type`` action typed nothing (the page's answers, :data:`.page._TYPE_INTO`).
+_NOT_TYPED = {
+    "no text": "element [{ref}] takes no text (type names a text field, a select or an editable element)",
+    "no focus": "element [{ref}] took no focus when clicked (disabled or moved away), so nothing was typed",
+}
 
 
 class MiniWoBEnv:
@@ -227,11 +250,9 @@ class MiniWoBEnv:
         parsed = parse_action(action)
         refused = self._refused(parsed)
         try:
-            valid = refused is None and self.page.click(parsed[1])
-            if valid and parsed[0] == "type":
-                self.page.type_text(parsed[2])
-            elif not valid and refused is None:
-                refused = f"the page has no element [{parsed[1]}]"
+            if refused is None:
+                refused = self._act(*parsed)
+            valid = refused is None
             over, raw_reward = self.page.outcome()
             observation = self._observe()
         except BrowserError:
@@ -254,6 +275,17 @@ class MiniWoBEnv:
             valid=valid,
             info=info,
         )
+
+    def _act(self, verb: str, ref: int, text: str) -> str | None:
+        """Send the action to the page; why it was not done, or None when it was."""
+        if verb == "click":
+            return None if self.page.click(ref) else f"the page has no element [{ref}]"
+        answer = self.page.focus_to_type(ref)
+        if answer == "typed":
+            self.page.type_text(text)
+            return None
+        # typing into an element that does not hold the focus sends the keys to another one
+        return _NOT_TYPED.get(answer, "the page has no element [{ref}]").format(ref=ref)
 
     def _refused(self, parsed: tuple[str, int, str] | None) -> str | None:
         """Why ``parsed`` goes to no browser, or None when it may be sent."""

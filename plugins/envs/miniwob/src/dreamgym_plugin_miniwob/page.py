@@ -94,6 +94,19 @@ _CLICK = (
     " ['input', 'change'].forEach(function (t) { list.dispatchEvent(new Event(t, {bubbles: true})); }); }"
     " return clicked;"
 )
+# Keys go to the focused element, whatever the action named: typed into a label, a button or a
+# div, the text landed in the field focused before. So a typed text goes only to an element that
+# takes text (a text-like input, a textarea, a select's typeahead, an editable element) and that
+# holds the focus once clicked; a label is no field (its field is listed beside it). The answer
+# is "typed" (go ahead), "missing", "no text" (not clicked) or "no focus" (clicked, focus elsewhere).
+_TYPE_INTO = (
+    "var e = core.previousDOMInfo[ref]; if (!e) return 'missing';"
+    " var field = e.isContentEditable || e instanceof HTMLTextAreaElement || e instanceof HTMLSelectElement"
+    " || (e instanceof HTMLInputElement && !/^(button|submit|reset|checkbox|radio|image|file|range|color|hidden)$/"
+    ".test(e.type)); if (!field) return 'no text';"
+    f" if ((function () {{ {_CLICK} }})() !== true) return 'missing';"
+    " var a = document.activeElement; return a === e || (e.isContentEditable && a.contains(e)) ? 'typed' : 'no focus';"
+)
 _INTERACTIVE = ("button", "textarea", "select", "option", "a")
 # A browser's profile directory is named after the process that started it, so that a later
 # run can tell a profile whose owner died without closing it (SIGKILL, the OOM killer).
@@ -367,6 +380,10 @@ class Page:
         """Click element ``ref`` of the last ``elements()`` (an option is chosen, :data:`_CLICK`);
         False when the page has no such element."""
         return self._script(f"var ref = {int(ref)}; {_CLICK}") is True
+
+    def focus_to_type(self, ref: int) -> str:
+        """Click element ``ref`` to type into it, if it takes text: :data:`_TYPE_INTO`'s answer."""
+        return str(self._script(f"var ref = {int(ref)}; {_TYPE_INTO}"))
 
     def type_text(self, text: str) -> None:
         """Real key events into the focused element."""

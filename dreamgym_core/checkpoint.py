@@ -469,13 +469,18 @@ def _restoring(path: Path, what: str) -> Iterator[None]:
         raise DataError(f"{path}: cannot restore {what}: {type(exc).__name__}: {exc}") from exc
 
 
+def read_state(ckpt: Path) -> _State:
+    """A checkpoint's state.json, decoded; one DataError naming the file when it does not read."""
+    try:
+        return msgspec.json.decode((ckpt / "state.json").read_bytes(), type=_State)
+    except (OSError, msgspec.DecodeError) as exc:
+        raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
+
+
 def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
     """Restore checkpoint ``name`` (``it-00003``); returns its iteration."""
     ckpt = runner.run_dir / "checkpoints" / name
-    try:
-        state = msgspec.json.decode((ckpt / "state.json").read_bytes(), type=_State)
-    except (OSError, msgspec.DecodeError) as exc:
-        raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
+    state = read_state(ckpt)
     _check_rng(state, ckpt / "state.json")  # before anything is restored or rolled back
     if re.fullmatch(r"it-\d{5,}", name) and int(name[3:]) != state.iteration:
         raise DataError(f"{ckpt / 'state.json'}: holds iteration {state.iteration} in the checkpoint of iteration {int(name[3:])}; the checkpoint is damaged")

@@ -1263,10 +1263,7 @@ def _check_checkpoint_exists(root: Path, iteration: int) -> None:
     if not ckpt.is_dir():
         held = ", ".join(str(n) for n in checkpoint.checkpoint_iterations(root)) or "none"
         raise DataError(f"{root}: no checkpoint of iteration {iteration} (it holds iterations {held}; loop.keep_checkpoints prunes old ones)")
-    try:  # read as checkpoint.load reads it
-        msgspec.json.decode((ckpt / "state.json").read_bytes(), type=checkpoint._State)
-    except (OSError, msgspec.DecodeError) as exc:
-        raise DataError(f"{ckpt / 'state.json'}: unreadable checkpoint state: {exc}") from exc
+    checkpoint.read_state(ckpt)  # as checkpoint.load reads it
 
 
 @contextmanager

@@ -41,6 +41,7 @@ __all__ = [
     "outcome_label",
     "fidelity_metrics",
     "refusal_recall",
+    "seen_in_demos",
     "UnparsedAnswer",
     "unparsed_answers",
     "ScoredAnswer",
@@ -184,6 +185,19 @@ def fidelity_metrics(results: Sequence[ExperienceResult], transitions: Sequence[
         **_balanced("reward", pred_reward, rewards),
         **_balanced("success", pred_success, successes),
     }
+
+
+def seen_in_demos(transitions: Sequence[Transition], demos: Sequence[Transition]) -> float:
+    """Share of ``transitions`` whose step (instruction, state, action) a demo also holds.
+
+    Demos are excluded from a held-out step's retrieval by episode id only, so a held-out step
+    played the same way in another episode (the same task in both, or another world that shows the
+    same text) can find its answer in its top demo: agreement there partly measures copying.
+    Reported beside the agreements so that a score on seen steps is not read as one on new ones."""
+    if not transitions:
+        return 0.0
+    known = {(d.instruction, d.state, d.action) for d in demos}
+    return sum((t.instruction, t.state, t.action) in known for t in transitions) / len(transitions)
 
 
 # What an unparsable answer predicts: equal to no real label.

@@ -510,14 +510,15 @@ class Runner:
             for t in traj.transitions
         ]
 
-    def _fidelity(self) -> dict[str, float]:
-        """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps).
+    def _fidelity(self, demos: list[Transition]) -> dict[str, float]:
+        """Reward/success and next-state agreement on held-out real transitions (Theorem 1's eps),
+        and the share of them the buffer's ``demos`` also hold (:func:`.fidelity.seen_in_demos`).
         The held-out transitions go to ``fidelity_heldout.jsonl`` (``dreamgym eval-model``
         scores them again), the answers that stayed unparsable to ``fidelity_unparsed.jsonl``."""
         if self.experience_model is None or not self.cfg.eval.fidelity_episodes:
             return {}
         from .experience import world_namer
-        from .fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, unparsed_answers
+        from .fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, seen_in_demos, unparsed_answers
 
         held_out = self.fidelity_transitions()
         self._say(f"scoring the experience model on {len(held_out)} held-out real transitions")
@@ -528,7 +529,13 @@ class Runner:
             world_of=world_namer(self.domain) if loop.demos == "same-world-first" else None,
         )
         checkpoint.write_records(self.run_dir / "fidelity_unparsed.jsonl", unparsed_answers(results, held_out))
-        return fidelity_metrics(results, held_out)
+        seen = seen_in_demos(held_out, demos) if self.buffer is not None else 0.0
+        if seen:
+            log.warning(
+                "fidelity: %.0f%% of the held-out transitions (eval.split %r) are steps the buffer's real data also holds; "
+                "their retrieved demos can be the answer itself (fidelity/seen_in_demos)", 100 * seen, self.cfg.eval.split,
+            )
+        return fidelity_metrics(results, held_out) | {"fidelity/seen_in_demos": seen}
 
     def _warmstart_policy(self, offline: list[Trajectory], epochs: int | None = None) -> dict[str, float]:
         """SFT on successful offline demos in the agent-prompt format (behaviour cloning),
@@ -661,7 +668,7 @@ class Runner:
         if not cfg.experience.skip and self.experience_model is not None:
             self._say("training the experience model (joint SFT)")
             pre.update(self._train_experience_model(seed_data))
-            pre.update(self._fidelity())
+            pre.update(self._fidelity(seed_data))
             self._say(f"experience model: {_brief(pre)}")
         pre.update(self._warm_policy(offline))
         if evaluate_before:

@@ -300,6 +300,29 @@ def test_eval_model_command_prints_metrics(tmp_path) -> None:
     assert 0.0 <= report["fidelity/reward_agreement"] <= 1.0 and report["model_id"].startswith("hf-tiny")
 
 
+def test_seen_in_demos_counts_held_out_steps_the_demos_play_the_same_way() -> None:
+    """Demos are kept from a held-out step by episode id only: the same step from another
+    episode (a split shared with the offline data, coin's few worlds) is counted as seen."""
+    from dreamgym_core.fidelity import seen_in_demos
+
+    held = [_t(0), _t(1), _t(2)]
+    assert seen_in_demos(held, []) == 0.0 and seen_in_demos([], held) == 0.0
+    assert seen_in_demos(held, [_t(1, ep="train")]) == pytest.approx(1 / 3)
+    other_action = msgspec.structs.replace(_t(0, ep="train"), action="north")
+    other_goal = msgspec.structs.replace(_t(2, ep="train"), instruction="lose")
+    assert seen_in_demos(held, [other_action, other_goal]) == 0.0
+
+
+def test_eval_model_reports_the_held_out_steps_its_demos_hold(tmp_path) -> None:
+    pipeline, heldout, train = _eval_model_files(tmp_path)  # train holds steps 0-2 of the same task
+    args = [str(pipeline), "--heldout", str(heldout), "--train-data", str(train), "--limit", "2", "--max-new-tokens", "8", "--retries", "0"]
+    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fidelity/seen_in_demos"] == 1.0
+    no_demos = CliRunner().invoke(command, args[:3] + args[5:], catch_exceptions=False)
+    assert "fidelity/seen_in_demos" not in json.loads(no_demos.stdout)
+
+
 def test_eval_model_refuses_a_held_out_step_held_twice(tmp_path) -> None:
     """A file appended to itself: the second copy of a step would have the first in its history
     and both would be scored. Refused before the model runs."""

@@ -119,10 +119,11 @@ def command(
     the pipeline's unless given (the report's "settings"). Baselines are the best constant
     (majority-class) predictors on the same labels. With --failures, every answer that
     stayed unparsable after the retries is written out beside its held-out transition; with
-    --predictions, every answer, scored.
+    --predictions, every answer, scored. ``fidelity/seen_in_demos`` is the share of held-out
+    steps --train-data also holds (their top demo can be the answer itself).
     """
     from ..config import load_pipeline, resolve
-    from ..fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, scored_answers, unparsed_answers
+    from ..fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, scored_answers, seen_in_demos, unparsed_answers
     from ..plugins import Plugins
 
     inputs = {"PIPELINE": pipeline, "--heldout": heldout, "--train-data": train_data}
@@ -140,13 +141,16 @@ def command(
     model = build_experience_model(
         resolved, plugins, model_dir, temperature=temperature, max_new_tokens=max_new_tokens, max_retries=retries
     ).stream(FIDELITY_STREAM)
-    buffer = _build_buffer(resolved, plugins, read_transitions(train_data) if train_data else [])
+    demos = read_transitions(train_data) if train_data else []
+    buffer = _build_buffer(resolved, plugins, demos)
     loop = resolved.pipeline.loop
     results = predict_all(
         model, transitions, buffer, history_window=loop.history_window, k=loop.top_k, batch_size=batch_size,
         world_of=_world_of(resolved, plugins) if loop.demos == "same-world-first" else None,
     )
     metrics = fidelity_metrics(results, transitions)
+    if demos:
+        metrics["fidelity/seen_in_demos"] = seen_in_demos(transitions, demos)
     if failures is not None:
         checkpoint.write_records(Path(failures), unparsed_answers(results, transitions))
     if predictions is not None:

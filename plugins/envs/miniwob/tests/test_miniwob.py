@@ -108,6 +108,55 @@ def test_a_select_shows_its_choice_and_a_drop_downs_options():
     ]
 
 
+def test_a_text_less_leaf_is_listed_by_what_tells_it_apart():
+    """Icons, colour boxes and SVG shapes show no text, and were never listed: email-inbox's
+    star and trash, click-color's boxes, grid-coordinate's points could not be clicked."""
+    elements = [
+        Element(ref=1, tag="div", classes="email-actions", background="rgb(0, 0, 0)"),  # a container: left out
+        Element(ref=2, tag="span", classes="star", leaf=True),
+        Element(ref=3, tag="div", classes="color", background="rgb(0, 255, 255)", leaf=True),
+        Element(ref=4, tag="span", background="rgb(161, 33, 33)", leaf=True),  # a shade has no name
+        Element(ref=5, tag="circle", id="(-2,1)", classes="plot-point", background="rgb(0, 0, 255)", leaf=True),
+        Element(ref=6, tag="span", leaf=True),  # nothing tells it apart: left out
+        Element(ref=7, tag="div", text="Audrey", id="x", classes="email-sender", leaf=True),  # as before
+        Element(ref=8, tag="input_text", value="", id="tags", classes="ui-autocomplete-input", leaf=True),  # as before
+        Element(ref=9, tag="div", id='a "b"', background="rgba(255, 0, 0, 0.5)", leaf=True),
+    ]
+    assert render_state(elements, max_elements=10).splitlines() == [
+        '[2] span class="star"', '[3] div class="color" background=aqua/cyan', "[4] span background=rgb(161, 33, 33)",
+        '[5] circle id="(-2,1)" class="plot-point" background=blue', '[7] div "Audrey"', '[8] input_text value=""',
+        '[9] div id="a \\"b\\"" background=rgba(255, 0, 0, 0.5)',
+    ]
+    assert render_state(elements, max_elements=2).splitlines()[-1] == "... 5 more elements"  # the cap counts them too
+
+
+def test_the_page_tree_marks_leaves_that_are_click_targets():
+    """From getDOMInfo's tree (as :class:`miniwob.dom.DOMElement` reads it): a leaf at least
+    8 px each way with an id, classes or a painted box is listed; a container, a sliver (a 2 px
+    resize handle) and a transparent unnamed leaf are not. An SVG element's classes and a
+    shape's fill come beside the tree (getDOMInfo gives an object for its classes)."""
+    from miniwob.dom import DOMElement
+
+    from dreamgym_plugin_miniwob.page import _flatten
+
+    def node(ref, tag, w=12, h=12, children=(), **more):
+        return {"ref": ref, "tag": tag, "left": 0, "top": 0, "width": w, "height": h, "children": list(children),
+                "bgColor": "rgba(0, 0, 0, 0)", "fgColor": "rgb(0, 0, 0)", **({} if children else {"text": ""}), **more}
+
+    tree = node(1, "BODY", 780, 210, [
+        node(2, "DIV", 160, 40, [node(3, "SPAN", classes="star"), node(4, "SPAN", classes="trash", bgColor="rgb(255, 0, 0)")],
+             classes="email-actions"),
+        node(5, "DIV", 2, 96, classes="ui-resizable-handle ui-resizable-e"),
+        node(6, "SPAN", 14, 14),
+        node(7, "DIV", 52, 52, id="area", bgColor="rgb(128, 128, 128)"),
+        node(8, "svg", 150, 150, [node(9, "circle", 8, 8, id="(0,1)", classes={"baseVal": "plot-point"})]),
+    ])  # fmt: skip
+    extra = {"8": {"classes": "", "fill": ""}, "9": {"classes": "plot-point", "fill": "rgb(0, 0, 255)"}}
+    assert render_state(_flatten(DOMElement(tree), extra), max_elements=10).splitlines() == [
+        '[3] span class="star"', '[4] span class="trash" background=red', '[7] div id="area" background=gray/grey',
+        '[9] circle id="(0,1)" class="plot-point" background=blue',
+    ]
+
 @browser
 def test_splits_are_disjoint_page_seeds_and_instructions_are_the_utterances(domain):
     seeds = {split: [t.payload["seed"] for t in domain.tasks(split=split)] for split in ("train", "valid", "test")}
@@ -134,6 +183,54 @@ def test_each_scripted_expert_solves_its_task(task):
     finally:
         domain.close()
 
+
+def _clicks_on_an_icon(utterance: str, state: str) -> str:
+    """The click that wins click-color, grid-coordinate, email-inbox-delete or -important, read
+    off the state's lines: the box of the named colour, the point of the named id, or the trash
+    or star icon of the email by the named sender (the first icon line after the sender's)."""
+    lines = state.splitlines()
+    if (color := re.fullmatch(r"Click on the (\w+) colored box\.", utterance)) is not None:
+        found = [ln for ln in lines if color[1] in ln.partition(" background=")[2].split("/")]
+    elif (point := re.fullmatch(r"Click on the grid coordinate (\(\S+\))\.", utterance)) is not None:
+        found = [ln for ln in lines if f'id="{point[1]}"' in ln]
+    else:
+        sender, icon = re.fullmatch(r"Find the email by (\w+) and click the (trash|star) icon .*", utterance).groups()
+        start = lines.index(next(ln for ln in lines if ln.endswith(f' div "{sender}"')))
+        found = [ln for ln in lines[start:] if ln.endswith(f'class="{icon}"')][:1]
+    assert len(found) == 1, (utterance, state)
+    return "click " + found[0].split()[0]
+
+
+@browser
+@pytest.mark.parametrize("task", ["click-color", "grid-coordinate", "email-inbox-delete", "email-inbox-important"])
+def test_a_click_on_a_text_less_element_the_state_lists_wins(env, task):
+    """These pages' targets show no text (colour boxes, SVG points, icons): the state left them
+    out, every seed started as "(empty page)" or without its target, and no agent could win."""
+    for seed in range(3):
+        state = env.reset(task=_task({"task": task, "seed": seed})).text
+        result = env.step(action=_clicks_on_an_icon(env.page.utterance(), state))
+        assert result.valid and result.done and result.success and result.reward == 1.0, (task, seed, state)
+
+
+@browser
+def test_the_state_names_the_colours_the_pages_draw_in_exactly():
+    """The colour names the state writes are the browser's own: a box painted with each name the
+    pages use (ui_utils.COLORS, shapes.COLORS, click-color's) shows that name."""
+    names = ["black", "white", "aqua", "cyan", "blue", "gray", "grey", "green", "lime", "maroon", "navy", "olive",
+             "purple", "red", "silver", "teal", "yellow", "pink", "magenta", "fuchsia", "gold", "orange"]  # fmt: skip
+    page = Page()
+    try:
+        page.start("click-color", 0)
+        page._script(
+            f"var area = document.getElementById('area'); area.innerHTML = ''; {names!r}.forEach(function (n) {{"
+            " var d = document.createElement('div'); d.className = n; d.style.cssText = 'width: 9px; height: 9px;"
+            " background-color: ' + n; area.appendChild(d); });"
+        )
+        lines = render_state(page.elements(), max_elements=100).splitlines()
+    finally:
+        page.close()
+    shown = {ln.split('class="')[1].split('"')[0]: ln.partition(" background=")[2].split("/") for ln in lines}
+    assert sorted(shown) == sorted(names) and all(name in painted for name, painted in shown.items()), lines
 
 @browser
 def test_several_tasks_interleave_and_one_browser_plays_them_all():

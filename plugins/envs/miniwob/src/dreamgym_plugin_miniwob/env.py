@@ -9,11 +9,16 @@ ref the agent's actions name::
     [7] input_checkbox unchecked
     [8] select value="Helli" options: "Theodora", "Helli", "Corrine"
     [10] option "Alice" (selected)
+    [16] span class="star"
+    [21] div class="color" background=aqua/cyan
+    [25] circle id="(2,2)" class="plot-point" background=blue
 
 Texts and values are quoted with backslash escapes for ``\\``, ``"`` and line breaks
 (``value="a\\nb"``), so that each element stays one line. A drop-down select shows its chosen
 option's text and its options' (they are not elements of the page); a list box's options are
-elements, the chosen ones marked.
+elements, the chosen ones marked. An element with no text that takes no input is listed when it
+is a leaf that something tells apart (:attr:`.page.Element.marked`: an icon, a colour box, an SVG
+shape), shown by its id, classes and painted colour (a CSS name where the colour has one).
 
 Actions are ``click [N]`` (the element's click handler; a text field takes the focus, an
 option is chosen) and ``type [N] TEXT`` (click N, then type TEXT as key events; typed into a
@@ -38,8 +43,8 @@ from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
 from .page import BrowserError, Element, Page, task_names
 
 __all__ = [
-    "MiniWoBEnv", "ACTION_SYNTAX", "MAX_SEED", "checked_payload", "full_reward", "parse_action", "quote", "render_state",
-    "shown", "unsendable_character",
+    "MiniWoBEnv", "ACTION_SYNTAX", "MAX_SEED", "checked_payload", "color_name", "full_reward", "parse_action", "quote",
+    "render_state", "shown", "unsendable_character",
 ]
 
 ACTION_SYNTAX = "click [N] (click element N), type [N] TEXT (click element N, then type TEXT)"
@@ -75,10 +80,41 @@ def quote(text: str) -> str:
     return '"' + _ESCAPED.sub(lambda m: _ESCAPES.get(m[0]) or m[0].encode("unicode_escape").decode(), text) + '"'
 
 
+# The CSS names of the colours the package's pages draw in (ui_utils.COLORS, shapes.COLORS,
+# click-color's): click-color asks for "cyan" and click-shape for "aqua", one colour, so a
+# colour with two names shows both. Any other colour shows as the browser computed it.
+_COLOR_NAMES = {
+    (0, 0, 0): "black", (255, 255, 255): "white", (255, 0, 0): "red", (0, 255, 0): "lime", (0, 0, 255): "blue",
+    (255, 255, 0): "yellow", (0, 255, 255): "aqua/cyan", (255, 0, 255): "fuchsia/magenta", (192, 192, 192): "silver",
+    (128, 128, 128): "gray/grey", (128, 0, 0): "maroon", (128, 128, 0): "olive", (0, 128, 0): "green",
+    (128, 0, 128): "purple", (0, 128, 128): "teal", (0, 0, 128): "navy", (255, 165, 0): "orange",
+    (255, 192, 203): "pink", (255, 215, 0): "gold",
+}
+_RGB = re.compile(r"rgb\((\d+), (\d+), (\d+)\)")
+
+
+def color_name(css: str) -> str:
+    """``'rgb(0, 255, 255)'`` -> ``'aqua/cyan'``; a colour with no name as it is."""
+    match = _RGB.fullmatch(css)
+    return _COLOR_NAMES.get(tuple(int(v) for v in match.groups()), css) if match else css
+
+
+def _marks(e: Element) -> list[str]:
+    """What tells a marked leaf apart (:attr:`Element.marked`), as the state shows it."""
+    parts = [f"id={quote(e.id)}"] if e.id else []
+    if e.classes:
+        parts.append(f"class={quote(e.classes)}")
+    if e.background:
+        parts.append(f"background={color_name(e.background)}")
+    return parts
+
+
 def _describe(e: Element) -> str:
     parts = [f"[{e.ref}] {e.tag}"]
     if e.text:
         parts.append(quote(e.text))
+    elif not e.interactive:  # listed as a marked leaf; a line that was listed before reads as it did
+        parts.extend(_marks(e))
     if isinstance(e.value, bool):
         parts.append("checked" if e.value else "unchecked")
     elif e.value is not None:
@@ -93,13 +129,14 @@ def _describe(e: Element) -> str:
 
 
 def shown(elements: Sequence[Element], *, max_elements: int) -> list[Element]:
-    """The elements the state lists: those that show text or take input, at most ``max_elements``."""
+    """The elements the state lists (:attr:`Element.listed`: those that show text, take input,
+    or are marked leaves), at most ``max_elements``."""
     return [e for e in elements if e.listed][:max_elements]
 
 
 def render_state(elements: Sequence[Element], *, max_elements: int) -> str:
-    """The abstract state (module docstring): elements that show text or take input, at most
-    ``max_elements`` of them; layout-only containers are left out."""
+    """The abstract state (module docstring): elements that show text, take input or are marked
+    leaves, at most ``max_elements`` of them; layout-only containers are left out."""
     hidden = sum(e.listed for e in elements) - max_elements
     lines = [_describe(e) for e in shown(elements, max_elements=max_elements)]
     if hidden > 0:

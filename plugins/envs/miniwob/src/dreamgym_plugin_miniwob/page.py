@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import re
 import shutil
 import signal
 import tempfile
@@ -68,20 +69,26 @@ _IMAGES_LOADED = (
 # getDOMInfo gives no value for a <select> and no choice for an <option>: they come beside it,
 # by ref. A drop-down's options have no box, so getDOMInfo leaves them out: the select carries
 # their texts; a list box's options are elements of their own (:data:`_CLICK`).
+# Nor does it give an SVG element's classes (an SVGAnimatedString, which arrives as an object) or
+# a shape's colour (its fill: an SVG shape has no background): click-shape's shapes and
+# click-pie's slices are told apart by them (:attr:`Element.marked`). Every SVG element has a
+# computed fill, inherited; only a shape (SVGGeometryElement) is painted with it.
 _DOM_INFO = (
     f"return {_IMAGES_LOADED}.then(function () {{"
     " if (WOB_DONE_GLOBAL) { var ended = 'e' + (WOB_EPISODE_ID - 1);"
     " document.querySelectorAll('[data-wob_eps=\"' + ended + '\"]')"
     ".forEach(function (e) { e.dataset.wob_eps = 'e' + WOB_EPISODE_ID; }); }"
-    " var info = core.getDOMInfo(), choices = {};"
+    " var info = core.getDOMInfo(), extra = {};"
     " var texts = function (os) { return Array.from(os, function (o) { return o.text; }); };"
     " var boxed = function (o) { var r = o.getBoundingClientRect(); return r.width > 0 && r.height > 0; };"
     " Object.keys(core.previousDOMInfo).forEach(function (ref) { var e = core.previousDOMInfo[ref];"
-    " if (e instanceof HTMLOptionElement) { choices[ref] = {selected: e.selected}; }"
-    " else if (e instanceof HTMLSelectElement) { choices[ref] = {"
+    " if (e instanceof HTMLOptionElement) { extra[ref] = {selected: e.selected}; }"
+    " else if (e instanceof HTMLSelectElement) { extra[ref] = {"
     " value: e.multiple ? null : texts(e.selectedOptions).join(''),"
-    " options: Array.from(e.options).some(boxed) ? [] : texts(e.options)}; } });"
-    " return [info, choices]; });"
+    " options: Array.from(e.options).some(boxed) ? [] : texts(e.options)}; }"
+    " else if (e instanceof SVGElement) { extra[ref] = {classes: e.getAttribute('class') || '',"
+    " fill: e instanceof SVGGeometryElement ? getComputedStyle(e).fill : ''}; } });"
+    " return [info, extra]; });"
 )
 # core.elementClick runs an <option>'s click handlers, but a script's click() chooses nothing
 # (click-scroll-list then scored the empty choice). The click chooses it as a user's does; in a
@@ -108,6 +115,12 @@ _TYPE_INTO = (
     " var a = document.activeElement; return a === e || (e.isContentEditable && a.contains(e)) ? 'typed' : 'no focus';"
 )
 _INTERACTIVE = ("button", "textarea", "select", "option", "a")
+# A text-less element is a click target only when it is at least this wide and this high: the
+# thinner ones on the package's pages are no target a task names (jQuery UI's 1 px screen-reader
+# helpers and 2-7 px resize handles, social-media's 3 px spacers, click-pie's slices while the
+# menu is shut), while the smallest targets are grid-coordinate's 8 px points and click-shape's
+# 10 px shapes (measured on every task's page, README).
+_MIN_TARGET_PX = 8
 # A browser's profile directory is named after the process that started it, so that a later
 # run can tell a profile whose owner died without closing it (SIGKILL, the OOM killer).
 _PROFILE_PREFIX = "dreamgym-chromium-"
@@ -127,15 +140,30 @@ class Element(msgspec.Struct, frozen=True):
     focused: bool = False
     selected: bool = False  # an <option> that is chosen
     options: tuple[str, ...] = ()  # a drop-down <select>'s choices (its options are not elements)
+    # What tells a text-less element apart (an icon, a colour box, an SVG shape): its id, its
+    # classes, and the colour its box is painted (background, or an SVG shape's fill; "" when
+    # transparent). Defaults, so that elements recorded before they were read still decode.
+    id: str = ""
+    classes: str = ""
+    background: str = ""  # a CSS colour, "rgb(255, 0, 0)"
+    leaf: bool = False  # no child element has a ref, and its box is a click target (_MIN_TARGET_PX)
 
     @property
     def interactive(self) -> bool:
         return self.tag.startswith("input") or self.tag in _INTERACTIVE
 
     @property
+    def marked(self) -> bool:
+        """A text-less leaf that something tells apart: email-inbox's star and trash icons (a
+        class), click-color's boxes (a background), grid-coordinate's points (an id). A
+        container is not one: what it holds is listed instead."""
+        return self.leaf and bool(self.id or self.classes or self.background)
+
+    @property
     def listed(self) -> bool:
-        """Shown in the abstract state: it shows text or takes input (layout-only containers do not)."""
-        return bool(self.text) or self.interactive
+        """Shown in the abstract state: it shows text, takes input, or is a marked leaf
+        (layout-only containers and unmarked leaves are not)."""
+        return bool(self.text) or self.interactive or self.marked
 
     @property
     def takes_text(self) -> bool:
@@ -169,26 +197,53 @@ def find_browser(chromium: str = "", chromedriver: str = "") -> tuple[str, str]:
     return binary, driver
 
 
-def _flatten(node: Any, choices: dict[str, Any]) -> list[Element]:
+def _flatten(node: Any, extra: dict[str, Any]) -> list[Element]:
     """Document-order elements with a ref, each with its own text: a leaf's text, or the text
     of its text-node children (``t`` nodes, which cannot be clicked); selects and options with
-    their ``choices`` (:data:`_DOM_INFO`)."""
+    their choices, SVG elements with their classes and fill (``extra``, :data:`_DOM_INFO`)."""
     out: list[Element] = []
 
     def visit(e: Any) -> None:
         if e.ref > 0:
             text = e.text if e.text is not None else " ".join(c.text for c in e.children if c.tag == "t" and c.text)
-            choice = choices.get(str(e.ref), {})
+            more = extra.get(str(e.ref), {})
+            svg = "fill" in more  # getDOMInfo's classes and background say nothing of an SVG element
             out.append(Element(
-                ref=e.ref, tag=e.tag, text=" ".join(text.split()), value=choice.get("value", e.value),
-                focused=bool(e.focused), selected=bool(choice.get("selected")),
-                options=tuple(" ".join(o.split()) for o in choice.get("options", ())),
+                ref=e.ref, tag=e.tag, text=" ".join(text.split()), value=more.get("value", e.value),
+                focused=bool(e.focused), selected=bool(more.get("selected")),
+                options=tuple(" ".join(o.split()) for o in more.get("options", ())),
+                id=" ".join(e.id.split()), classes=" ".join((more["classes"] if svg else e.classes).split()),
+                background=_css_color(more["fill"]) if svg else _painted(e.bg_color),
+                leaf=min(e.width, e.height) >= _MIN_TARGET_PX and not any(c.ref > 0 for c in e.children),
             ))  # fmt: skip
         for child in e.children:
             visit(child)
 
     visit(node)
     return out
+
+
+_RGBA = re.compile(r"rgba?\(([\d.]+), ([\d.]+), ([\d.]+)(?:, ([\d.]+))?\)")
+
+
+def _css_color(text: str) -> str:
+    """A computed CSS colour (``rgb(...)``/``rgba(...)``) as :func:`_painted` writes it; "" for
+    a transparent one or no colour (an SVG fill of ``none`` or of a gradient, ``url(...)``)."""
+    match = _RGBA.fullmatch(text.strip())
+    if match is None:
+        return ""
+    r, g, b, a = (float(v) if v is not None else 1.0 for v in match.groups())
+    return _painted((r / 255, g / 255, b / 255, a))
+
+
+def _painted(rgba: tuple[float, float, float, float]) -> str:
+    """``DOMElement.bg_color`` (0-1 floats, as :class:`miniwob.dom.DOMElement` reads the computed
+    colour) back as the CSS colour it was, ``rgb(255, 0, 0)``; "" when it is transparent."""
+    r, g, b = (round(c * 255) for c in rgba[:3])
+    alpha = rgba[3]
+    if alpha <= 0:
+        return ""
+    return f"rgb({r}, {g}, {b})" if alpha >= 1 else f"rgba({r}, {g}, {b}, {alpha:g})"
 
 
 def _timed_out(exc: Exception) -> bool:
@@ -373,8 +428,8 @@ class Page:
         ``start`` is unaffected: it opens a new page, whose ``core.startEpisodeReal`` numbers from 1."""
         from miniwob.dom import DOMElement
 
-        info, choices = self._script(_DOM_INFO)
-        return _flatten(DOMElement(info), choices)
+        info, extra = self._script(_DOM_INFO)
+        return _flatten(DOMElement(info), extra)
 
     def click(self, ref: int) -> bool:
         """Click element ``ref`` of the last ``elements()`` (an option is chosen, :data:`_CLICK`);

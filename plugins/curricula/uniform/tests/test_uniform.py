@@ -4,6 +4,7 @@ import math
 from collections import Counter
 
 import msgspec
+import numpy as np
 
 import pytest
 
@@ -91,3 +92,25 @@ def test_observed_tasks_count_every_outcome():
     c = build()
     c.observe(outcomes=[TaskOutcome(task=TASKS[0], rewards=[1.0]), TaskOutcome(task=TASKS[1], rewards=[0.0])])
     assert c.metrics()["curriculum/observed_tasks"] == 2 and c.metrics()["curriculum/mean_reward"] == 0.5
+
+
+@pytest.mark.parametrize("n", [7, 11, 12, 13, 20])
+def test_a_batch_larger_than_the_pool_holds_every_task_as_evenly_as_n_allows(n):
+    # drawn with replacement once n passed the pool: at n=7 of 6 tasks, 2.3 tasks missed a batch on average
+    c = build(seed=3)
+    for _ in range(50):
+        counts = Counter(t.id for t in c.next_tasks(n=n))
+        assert set(counts) == {t.id for t in TASKS} and set(counts.values()) <= {n // len(TASKS), -(-n // len(TASKS))}
+
+
+def test_batches_no_larger_than_the_pool_are_drawn_as_before():
+    # the draw of the code before whole shuffles were used for n > pool: a batch no larger than
+    # the pool must repeat it, or the committed runs' task draws would change
+    def before(draws, seed, n):
+        rng = np.random.default_rng([1, draws, seed])
+        return [f"t{i}" for i in rng.choice(len(TASKS), size=n, replace=False)]
+
+    for seed in (0, 1, 7):
+        c = build(seed=seed)
+        for draws, n in enumerate([1, 4, 6, 2, 5, 6, 3]):
+            assert [t.id for t in c.next_tasks(n=n)] == before(draws, seed, n)

@@ -348,3 +348,73 @@ def test_a_backfill_that_stopped_is_an_error_not_done(tmp_path, jsonl, monkeypat
     result = CliRunner().invoke(cli, ["buffer", "info", "--backfill", "--pipeline", str(pipeline), "--path", str(buf)])
     assert result.exit_code == 1 and result.stdout == ""
     assert f"Error: {buf}: backfill stopped: OSError: [Errno 28] No space left on device; the backfill is not finished" in result.stderr
+
+
+def _pipeline(tmp_path, run, dim):
+    pipeline = tmp_path / f"p{dim}.yaml"
+    pipeline.write_text(
+        "plugins: [exact, encoders]\nenv: {name: x}\npolicy: {name: x}\nalgo: {name: x}\nloop: {mode: real}\n"
+        f"encoder: {{name: hashing, config: {{dim: {dim}}}}}\nbuffer: {{name: exact}}\nrun_dir: {run}\n"
+    )
+    return pipeline
+
+
+def test_an_import_with_another_encoder_than_the_buffers_is_refused_and_nothing_changes(tmp_path, jsonl):
+    # without --encoder it embedded the new records with hashing, and a background backfill
+    # re-embedded the stored ones with it: exit 0, and the buffer's own encoder then found
+    # "N of M stored transitions have no embedding"
+    run = tmp_path / "run"
+    assert "added 30" in _invoke("buffer", "import", "--pipeline", str(_pipeline(tmp_path, run, 128)), str(jsonl)).output
+    buf = run / "buffer"
+    before = {p.name: p.read_bytes() for p in buf.iterdir()}
+    more = tmp_path / "more.jsonl"
+    more.write_bytes(b"".join(msgspec.json.encode(msgspec.structs.replace(t, state=f"more: {t.state}")) + b"\n" for t in make_transitions(5)))
+    for source, named in ((["--path", str(buf)], "(--encoder hashing)"),
+                          (["--pipeline", str(_pipeline(tmp_path, run, 256))], "(the encoder of ")):
+        result = CliRunner().invoke(cli, ["buffer", "import", *source, str(more)])
+        assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+        assert f"{buf}: 30 of 30 stored transitions are embedded by encoder hashing-v1-d128-bi, not " in result.output
+        assert named in result.output and "--encoder, or the run's --pipeline" in result.output
+        assert {p.name: p.read_bytes() for p in buf.iterdir()} == before  # nothing added, nothing re-embedded
+    assert "added 5, buffer now 35" in _invoke("buffer", "import", "--pipeline", str(_pipeline(tmp_path, run, 128)), str(more)).output
+
+
+def test_an_import_into_an_unfinished_runs_buffer_given_as_dot_is_refused(tmp_path, jsonl, monkeypatch):
+    # --path . from inside RUN/buffer: the parent of "." is ".", no run, and the import was taken
+    run = tmp_path / "run"
+    assert _invoke("buffer", "import", "--path", str(run / "buffer"), str(jsonl)).exit_code == 0
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "it-00000").mkdir(parents=True)
+    more = tmp_path / "more.jsonl"
+    more.write_bytes(b"".join(msgspec.json.encode(t) + b"\n" for t in make_transitions(5, prefix="m")))
+    monkeypatch.chdir(run / "buffer")
+    for path in (".", "../buffer"):
+        result = _invoke("buffer", "import", "--path", path, str(more))
+        assert result.exit_code == 1, result.output
+        assert f"Error: {path}: the buffer of an unfinished run (" in result.output and "--resume rolls" in result.output
+    assert f"({run.resolve()} has no summary.json)" in _invoke("buffer", "import", "--path", ".", str(more)).output
+    assert f"(.. has no summary.json)" in _invoke("buffer", "import", "--path", "../buffer", str(more)).output
+    assert json.loads(_invoke("buffer", "info", "--path", ".").output)["records"] == 30
+
+
+@pytest.mark.parametrize("args", [["info"], ["query", "--state", "s", "--action", "a"], ["export", "out.jsonl"]])
+def test_reading_a_directory_that_holds_no_buffer_is_an_error(tmp_path, jsonl, args):
+    # it read as an empty buffer: query printed nothing, export wrote an empty file, exit 0
+    other = tmp_path / "src"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a buffer\n")
+    command_name, rest = args[0], [str(tmp_path / a) if a.endswith(".jsonl") else a for a in args[1:]]
+    result = CliRunner().invoke(cli, ["buffer", command_name, "--path", str(other), *rest])
+    assert result.exit_code == 1 and result.output == (
+        f"Error: {other}: no replay buffer there (no segment files seg-*.dgs, and the directory is not empty)\n"
+    )
+    assert not (tmp_path / "out.jsonl").exists() and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    # what a buffer created and never added to leaves (an empty directory) is still read as one,
+    # and so is a buffer beside files of its own kind (an annoy index)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert CliRunner().invoke(cli, ["buffer", command_name, "--path", str(empty), *rest]).exit_code == 0
+    buf = tmp_path / "annoy-buf"
+    assert _invoke("buffer", "import", "--path", str(buf), "--backend", "annoy", str(jsonl)).exit_code == 0
+    (tmp_path / "out.jsonl").unlink(missing_ok=True)
+    assert CliRunner().invoke(cli, ["buffer", command_name, "--path", str(buf), "--backend", "annoy", *rest]).exit_code == 0

@@ -7,6 +7,7 @@ stored under ``<run_dir>/buffer``) or from ``--path/--backend/--encoder``.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -59,12 +60,14 @@ def _open_buffer(
 ) -> Iterator[Any]:
     """Build encoder and buffer from the pipeline (or options), close the buffer after use.
 
-    ``read_only``: the buffer must exist already (a mistyped path is an error, not a new
-    empty buffer), and opening it with another encoder does not start re-embedding it.
+    ``read_only``: the buffer must exist already (a mistyped path, or a directory of other
+    files, is an error, not a new empty buffer), and opening it with another encoder does not
+    start re-embedding it.
     ``strict``: the buffer's own ``strict`` setting (refuse a corrupt segment, or skip its
     corrupt frames), for a buffer that has one; None leaves it as configured. ``refused`` is
     added to the error of a buffer that fails to open strictly. ``adds``: records will be added,
-    which the buffer of an unfinished run refuses (:func:`_refuse_unfinished_run`)."""
+    which the buffer of an unfinished run refuses (:func:`_refuse_unfinished_run`), and one that
+    another encoder built (:func:`_refuse_another_encoder`)."""
     from ..config import convert_config, load_pipeline
     from ..plugins import Plugins
 
@@ -98,8 +101,11 @@ def _open_buffer(
     if read_only:
         if not home.is_dir():
             raise DataError(f"{home}: no replay buffer there (the directory does not exist)")
-        if "backfill_background" in getattr(buffer_cfg, "__struct_fields__", ()):
-            buffer_cfg = msgspec.structs.replace(buffer_cfg, backfill_background=False)
+        _refuse_no_buffer(home)
+    # an import too: a buffer that another encoder built is refused below, before its stored
+    # records are re-embedded (by a thread, with the encoder named here)
+    if (read_only or adds) and "backfill_background" in getattr(buffer_cfg, "__struct_fields__", ()):
+        buffer_cfg = msgspec.structs.replace(buffer_cfg, backfill_background=False)
     strictly = "strict" in getattr(buffer_cfg, "__struct_fields__", ())
     if strict is not None and strictly:
         buffer_cfg = msgspec.structs.replace(buffer_cfg, strict=strict)
@@ -111,6 +117,8 @@ def _open_buffer(
         raise DataError(f"{exc}; {refused}") from exc
     try:
         try:
+            if adds:
+                _refuse_another_encoder(buffer, f"the encoder of {pipeline}" if pipeline else f"--encoder {encoder}")
             yield buffer
         except BaseException:
             with suppress(OSError, DataError):  # the error under way names what failed; close's (the same full disk) would replace it
@@ -134,15 +142,49 @@ def _refuse_unfinished_run(home: Path) -> None:
     checkpoints are its own and its resume keeps the buffer), is left alone."""
     from ..loop import SUMMARY_FILE
 
-    run = home.parent
-    checkpoints = run / "checkpoints"
-    rolls_back = checkpoints.is_dir() and any(p.name.startswith("it-") for p in checkpoints.iterdir())
-    if (run / "config.json").is_file() and rolls_back and not (run / SUMMARY_FILE).exists():
-        raise DataError(
-            f"{home}: the buffer of an unfinished run ({run} has no {SUMMARY_FILE}); its --resume rolls the buffer "
-            "back to the last checkpoint and would drop what is added now: import before the run starts, once it "
-            "has finished, or into another buffer"
-        )
+    # the parent of the absolute path: that of "." (--path . inside RUN/buffer) is "." again,
+    # which is no run; of the resolved one too, for a RUN/buffer reached through a link
+    for run in dict.fromkeys((Path(os.path.abspath(home)).parent, home.resolve().parent)):
+        checkpoints = run / "checkpoints"
+        rolls_back = checkpoints.is_dir() and any(p.name.startswith("it-") for p in checkpoints.iterdir())
+        if (run / "config.json").is_file() and rolls_back and not (run / SUMMARY_FILE).exists():
+            named = home.parent if home.parent.resolve() == run.resolve() else run  # as given, where that names it
+            raise DataError(
+                f"{home}: the buffer of an unfinished run ({named} has no {SUMMARY_FILE}); its --resume rolls the buffer "
+                "back to the last checkpoint and would drop what is added now: import before the run starts, once it "
+                "has finished, or into another buffer"
+            )
+
+
+# What the exact and annoy buffers write in their directory before anything else: segment
+# files (segments.py) and, when the first write is claimed, the claim's lock (writer_lock.py)
+_BUFFER_FILES = ("seg-*.dgs", "writer.lock")
+
+
+def _refuse_no_buffer(home: Path) -> None:
+    """A directory read as a buffer must hold one: any other read as an empty buffer (query printed
+    nothing, export wrote an empty file, exit 0). An empty directory is read as one: it is what a
+    buffer created and never added to leaves (its open makes the directory, its first add the files)."""
+    if any(next(home.glob(pattern), None) for pattern in _BUFFER_FILES) or next(home.iterdir(), None) is None:
+        return
+    raise DataError(f"{home}: no replay buffer there (no segment files seg-*.dgs, and the directory is not empty)")
+
+
+def _refuse_another_encoder(buffer: Any, named: str) -> None:
+    """An import into a buffer whose stored records another encoder embedded is refused, before
+    anything is added: the new records went in with ``named`` (--encoder's default, hashing, when
+    left out), a background backfill re-embedded the stored ones with it, and the encoder that
+    built the buffer then found part of it unsearchable (exit 0, no word)."""
+    done, total = getattr(buffer, "backfill_progress", (0, 0))
+    if done == total:
+        return
+    stored = [space for space, count in buffer.stats()["spaces"].items() if space != buffer.encoder.id and count]
+    raise DataError(
+        f"{buffer.path}: {total - done} of {total} stored transitions are embedded by encoder "
+        f"{', '.join(stored) or '(none)'}, not {buffer.encoder.id!r} ({named}); import with the encoder that built "
+        "the buffer (--encoder, or the run's --pipeline), or re-embed it first with 'dreamgym buffer info --backfill'; "
+        "nothing imported"
+    )
 
 
 @command.command("info")

@@ -19,6 +19,7 @@ from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig, best_first, topk_cosine
 from dreamgym_plugin_exact.buffer import Space
+from dreamgym_plugin_exact.search import cosine_scores
 
 __all__ = ["AnnoyConfig", "AnnoyBuffer", "BuiltIndex", "unsafe_index"]
 
@@ -425,10 +426,10 @@ class AnnoyBuffer(ExactBuffer):
         tie at the k-th place keeps whichever tied rows annoy met first. Candidates are
         therefore scored again from the stored vectors, and more are asked for while
         ineligible rows crowd in or the k-th score ties the last candidate's (the tie may
-        spill past them), up to ``tie_candidates``. A score from the stored float32
-        vectors can still differ from the exact search's in its last bit (another
-        summation order), so a cosine that close to a 1e-6 rounding boundary may rank
-        otherwise; measured on 300 real TextWorldExpress queries, 1 list differed in order.
+        spill past them), up to ``tie_candidates``. They are scored as the exact search
+        scores (:func:`cosine_scores`, summed in float64): summed in float32, another
+        summation order than the exact search's moved a cosine near a 1e-6 rounding
+        boundary to the other side (1 list of 300 real TextWorldExpress queries ranked otherwise).
         """
         total = len(built.item_rows)
         tie_limit = max(self.config.tie_candidates, k + 8)
@@ -437,7 +438,7 @@ class AnnoyBuffer(ExactBuffer):
             items = built.annoy.get_nns_by_vector(vector, ask, search_k=self.config.search_k)
             rows = built.item_rows[np.asarray(items, dtype=np.int64)]
             rows = rows[(rows >= 0) & mask[np.maximum(rows, 0)]]
-            rows, scores = best_first(rows, np.round(space.data[rows] @ vector, 6), len(rows))
+            rows, scores = best_first(rows, cosine_scores(vector[None, :], space.data[rows])[0], len(rows))
             short = len(rows) < k
             spills = not short and scores[k - 1] == scores[-1] and ask < tie_limit
             if ask >= total or not (short or spills):

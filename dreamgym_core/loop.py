@@ -35,7 +35,7 @@ from .errors import ConfigError, DataError, DreamGymError
 from .plugins import Plugins
 from .progress import RolloutProgress, step_progress, takes
 from .provenance import VERSIONS_FILE, record_versions
-from .records import BRANCH_TAG, HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
+from .records import HistoryStep, Observation, Task, TaskOutcome, Trajectory, Transition
 from .rollout import RolloutStats, drop_unanswered, played_steps, rollout, success_by_family, sum_stats, wilson_interval
 from .selection import ValidSelection
 from .synthetic import storable
@@ -366,56 +366,11 @@ class Runner:
                     )
 
     def _played_splits(self) -> dict[str, str]:
-        """The splits the run plays besides RL's (evaluation, validation, fidelity scoring), each
-        with the field that plays it."""
-        cfg = self.cfg
-        played = {}  # split -> the field that plays it
-        if cfg.eval.episodes:
-            played[cfg.eval.split] = "eval.split"
-        if cfg.loop.warmstart_select_episodes:
-            played.setdefault("valid", "loop.warmstart_select_episodes")
-        if cfg.eval.valid_every:
-            played.setdefault("valid", "eval.valid_every")
-        if cfg.eval.fidelity_episodes:
-            played.setdefault(cfg.eval.split, "eval.fidelity_episodes")
-        return played
-
-    def _check_task_ids(self, split: str, tasks: Sequence[Task]) -> None:
-        """No task id holds BRANCH_TAG: an episode id is its task's id and more, and one holding
-        the tag is read as an Early Experience branch of another episode (``branch_parent``),
-        which mixes up whose history and which demos a training example is shown."""
-        tagged = next((task.id for task in tasks if BRANCH_TAG in task.id), None)
-        if tagged is not None:
-            raise ConfigError(
-                f"{self.resolved.source}: {self.who('env')}: {split!r} task id {tagged!r} holds {BRANCH_TAG!r}, which marks "
-                f"Early Experience's branch episodes, so this task's episodes would be read as branches of others; "
-                f"give the env's task ids no {BRANCH_TAG!r}"
-            )
+        return stages.played_splits(self.cfg)
 
     def _check_splits(self) -> None:
-        """The splits the run plays have tasks, and the held-out ones share no task id with the
-        train split: a misspelt eval.split or an empty valid split fails here, naming its field,
-        not after minutes of training, and a trained task is never scored as held out."""
-        cfg, where, env = self.cfg, self.resolved.source, self.cfg.env.name
-        if cfg.eval.fidelity_episodes and cfg.eval.split == "train":  # the experience model trained on these very tasks' episodes
-            raise ConfigError(f"{where}: eval.fidelity_episodes scores the experience model on held-out tasks, "
-                              "and eval.split is 'train'; use 'test' or 'valid'")
-        self._check_task_ids("train", self.train_tasks)
-        train_ids = {task.id for task in self.train_tasks}
-        for split, field in self._played_splits().items():
-            try:
-                tasks = self.domain.tasks(split=split)
-            except Exception as exc:  # a domain may raise for a split it does not know
-                raise ConfigError(f"{where}: {field} plays the {split!r} split, and env {env!r} cannot list it: {type(exc).__name__}: {exc}") from exc
-            if not tasks:
-                raise ConfigError(f"{where}: {field} plays the {split!r} split, and env {env!r} has no tasks in it")
-            self._check_task_ids(split, tasks)
-            shared = [task.id for task in tasks if task.id in train_ids] if split != "train" else []  # train: "not held out"
-            if shared:
-                raise ConfigError(
-                    f"{where}: env {env!r}: {len(shared)} of its {split!r} tasks are train tasks too (first: {shared[0]!r}); "
-                    "play on them would be scored as held out"
-                )
+        """:func:`.stages.check_splits` on the splits the run plays besides RL's."""
+        stages.check_splits(self.resolved, self.domain, self.train_tasks, self._played_splits(), who=self.who("env"))
 
     def _check_worlds(self) -> None:
         """Warn when the held-out or validation tasks repeat a world, or share one with the train

@@ -23,11 +23,11 @@ from .config import DataConfig, PipelineConfig
 from .contracts import checked_metrics, checked_saved
 from .errors import ConfigError, ConformanceError, DataError, DreamGymError
 from .progress import step_progress
-from .records import Task, Trajectory, Transition
+from .records import BRANCH_TAG, Task, Trajectory, Transition
 
 __all__ = [
     "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "experience_data", "annotate_offline",
-    "train_experience_model", "reload_trained", "evaluation_tasks",
+    "train_experience_model", "reload_trained", "evaluation_tasks", "played_splits", "check_splits",
 ]
 
 log = logging.getLogger(__name__)
@@ -317,3 +317,58 @@ def evaluation_tasks(tasks: Sequence[Task], episodes: int, temperature: float) -
     if temperature <= 0:
         episodes = min(episodes, len(tasks))
     return [tasks[i % len(tasks)] for i in range(episodes)]
+
+
+def played_splits(cfg: PipelineConfig) -> dict[str, str]:
+    """The splits a run plays besides RL's (evaluation, validation, fidelity scoring), each with
+    the field that plays it."""
+    played = {}  # split -> the field that plays it
+    if cfg.eval.episodes:
+        played[cfg.eval.split] = "eval.split"
+    if cfg.loop.warmstart_select_episodes:
+        played.setdefault("valid", "loop.warmstart_select_episodes")
+    if cfg.eval.valid_every:
+        played.setdefault("valid", "eval.valid_every")
+    if cfg.eval.fidelity_episodes:
+        played.setdefault(cfg.eval.split, "eval.fidelity_episodes")
+    return played
+
+
+def check_splits(resolved: Any, domain: Any, train: Sequence[Task], played: dict[str, str], *, who: str) -> None:
+    """The ``played`` splits (:func:`played_splits`) have tasks, and the held-out ones share no
+    task id with the ``train`` tasks: a misspelt eval.split or an empty valid split fails here,
+    naming its field, not after minutes of training, and a trained task is never scored as held
+    out. Every trainer backend checks so before its first stage. ``who`` names the env plugin."""
+    cfg, where, env = resolved.pipeline, resolved.source, resolved.pipeline.env.name
+    if cfg.eval.fidelity_episodes and cfg.eval.split == "train":  # the experience model trained on these very tasks' episodes
+        raise ConfigError(f"{where}: eval.fidelity_episodes scores the experience model on held-out tasks, "
+                          "and eval.split is 'train'; use 'test' or 'valid'")
+    _check_task_ids(where, who, "train", train)
+    train_ids = {task.id for task in train}
+    for split, field in played.items():
+        try:
+            tasks = domain.tasks(split=split)
+        except Exception as exc:  # a domain may raise for a split it does not know
+            raise ConfigError(f"{where}: {field} plays the {split!r} split, and env {env!r} cannot list it: {type(exc).__name__}: {exc}") from exc
+        if not tasks:
+            raise ConfigError(f"{where}: {field} plays the {split!r} split, and env {env!r} has no tasks in it")
+        _check_task_ids(where, who, split, tasks)
+        shared = [task.id for task in tasks if task.id in train_ids] if split != "train" else []  # train: "not held out"
+        if shared:
+            raise ConfigError(
+                f"{where}: env {env!r}: {len(shared)} of its {split!r} tasks are train tasks too (first: {shared[0]!r}); "
+                "play on them would be scored as held out"
+            )
+
+
+def _check_task_ids(where: str, who: str, split: str, tasks: Sequence[Task]) -> None:
+    """No task id holds BRANCH_TAG: an episode id is its task's id and more, and one holding
+    the tag is read as an Early Experience branch of another episode (``branch_parent``),
+    which mixes up whose history and which demos a training example is shown."""
+    tagged = next((task.id for task in tasks if BRANCH_TAG in task.id), None)
+    if tagged is not None:
+        raise ConfigError(
+            f"{where}: {who}: {split!r} task id {tagged!r} holds {BRANCH_TAG!r}, which marks "
+            f"Early Experience's branch episodes, so this task's episodes would be read as branches of others; "
+            f"give the env's task ids no {BRANCH_TAG!r}"
+        )

@@ -127,9 +127,10 @@ def episode(resolve_dict, compose, chat_tokenizer, tmp_path):
             record["publish_on_event_loop"].append(on_event_loop())
             record["stored"].extend(transitions)
 
-        def report(outcome: TaskOutcome) -> None:
+        def report(outcome: TaskOutcome, group: str = "") -> None:
             record["publish_on_event_loop"].append(on_event_loop())
             record["reported"].append(outcome)
+            record.setdefault("groups", []).append(group)
 
         def make_env(phase: str) -> CorridorEnv:
             record["envs"].append((phase, CorridorEnv()))

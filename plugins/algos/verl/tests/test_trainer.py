@@ -7,6 +7,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -150,7 +151,9 @@ def test_verls_workers_stay_off_the_network_unless_the_policy_allows_downloads(r
 
     from dreamgym_plugin_verl import trainer as trainer_mod
 
-    for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "VLLM_NO_USAGE_STATS"):
+    # monkeypatch: what run() and verl set in os.environ must not outlive this test
+    for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "VLLM_NO_USAGE_STATS", "VERL_FILE_LOGGER_PATH", "TENSORBOARD_DIR",
+                 "VERL_FULL_DETERMINISM", "VLLM_BATCH_INVARIANT", "PYTHONHASHSEED", "VERL_RL_INSIGHT_ENABLE"):
         monkeypatch.delenv(name, raising=False)
     resolved = resolve_file(Path(__file__).parent / "golden" / "ppo_s2r_cluster.yaml")
     if allow_download is not None:
@@ -158,6 +161,12 @@ def test_verls_workers_stay_off_the_network_unless_the_policy_allows_downloads(r
 
         policy = HFConfig(path="HuggingFaceTB/SmolLM2-135M-Instruct", allow_download=allow_download)
         resolved = type(resolved)(source=resolved.source, pipeline=resolved.pipeline, components={**resolved.components, "policy": policy})
+    # run() checks the env's splits before Ray starts: an env with a train and a test task
+    resolved = type(resolved)(source=resolved.source, pipeline=resolved.pipeline, components={**resolved.components, "env": None})
+    domain = SimpleNamespace(tasks=lambda split: [Task(id=f"{split}-0", instruction="go", domain="twx", split=split)])
+    plugins = Plugins.for_names(["verl"])
+    monkeypatch.setattr(plugins, "build", lambda kind, name, config, **_: domain)
+    monkeypatch.setattr(plugins, "who", lambda kind, name, role="": f"{kind} {name!r}")
     seen = {}
 
     def stand_in_init(**kwargs):
@@ -167,7 +176,7 @@ def test_verls_workers_stay_off_the_network_unless_the_policy_allows_downloads(r
     monkeypatch.setattr(trainer_mod, "require_cuda", lambda: None)
     monkeypatch.setattr(ray, "init", stand_in_init)
     with pytest.raises(_RayStarted):
-        VerlTrainer(resolved.components["algo"]).run(resolved=resolved, plugins=Plugins.for_names(["verl"]), run_dir=str(tmp_path))
+        VerlTrainer(resolved.components["algo"]).run(resolved=resolved, plugins=plugins, run_dir=str(tmp_path))
     env = seen["runtime_env"]["env_vars"]
     assert env["VLLM_NO_USAGE_STATS"] == "1" and env["HF_HUB_DISABLE_TELEMETRY"] == "1"
     assert env.get("HF_HUB_OFFLINE") == (None if allow_download else "1")
@@ -278,14 +287,17 @@ def test_the_val_file_holds_the_episodes_asked_for(resolve_dict, tmp_path, monke
         "algo": {"name": "verl-grpo", "config": {"model_path": "/m"}}, "eval": {"episodes": 5, "temperature": 0.4},
     })
     resolved = type(resolved)(source=resolved.source, pipeline=resolved.pipeline, components={**resolved.components, "env": None})
-    domain = NS(tasks=lambda split: TASKS if split == "test" else [])
+    # a train task: run() refuses an empty train split before anything starts
+    train = [Task(id="train-0", instruction="go", domain="twx", split="train")]
+    domain = NS(tasks=lambda split: TASKS if split == "test" else train)
     hook = NS(
         dreamgym_configure=NS(call_historic=lambda **kwargs: None),
         dreamgym_run_started=lambda **kwargs: None, dreamgym_run_finished=lambda **kwargs: None,
     )
     with pytest.raises(_Stop):
         VerlTrainer(resolved.components["algo"]).run(
-            resolved=resolved, plugins=NS(hook=hook, build=lambda *args: domain), run_dir=str(tmp_path), progress=False,
+            resolved=resolved, plugins=NS(hook=hook, build=lambda *args: domain, who=lambda kind, name, role="": f"{kind} {name!r}"),
+            run_dir=str(tmp_path), progress=False,
         )
     val = DreamGymTaskDataset(data_files=str(run_files(tmp_path)["val"]))
     rows = [val[i] for i in range(len(val))]

@@ -107,9 +107,9 @@ def test_verl_starts_from_the_warm_start_or_the_weights_as_given(resolve_dict):
         "algo": {"name": "verl-ppo", "config": {"model_path": "/m"}}, "run_dir": "/runs/r",
     }
     paths = {o.split("=")[0]: o.split("=")[1] for o in translate(resolve_dict(data)) if o.split("=")[0].endswith("model.path")}
-    assert paths == {"actor_rollout_ref.model.path": "/runs/r/policy_init", "critic.model.path": "/runs/r/policy_init"}
+    assert paths == {"actor_rollout_ref.model.path": "'/runs/r/policy_init'", "critic.model.path": "'/runs/r/policy_init'"}
     data["loop"]["warmstart_epochs"] = 0
-    assert "actor_rollout_ref.model.path=/m" in translate(resolve_dict(data))
+    assert "actor_rollout_ref.model.path='/m'" in translate(resolve_dict(data))
     data["loop"] |= {"warmstart_epochs": 2, "warmstart_select_episodes": 8}
     with pytest.raises(ConfigError, match=r"pipeline.yaml: loop.warmstart_select_episodes is a local-loop option"):
         translate(resolve_dict(data))
@@ -123,7 +123,7 @@ def test_missing_model_path_is_an_error(resolve_dict):
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(True, "True"), (None, "null"), (1e-6, "1e-06"), (["a", "b"], "[a,b]"), ("/p/x.yaml", "/p/x.yaml"), ("a b", "'a b'")],
+    [(True, "True"), (None, "null"), (1e-6, "1e-06"), (["a", "b"], "[a,b]"), ("/p/x.yaml", "'/p/x.yaml'"), ("a b", "'a b'")],
 )
 def test_hydra_value(value, text):
     assert hydra_value(value) == text

@@ -90,7 +90,13 @@ def test_v1_worker_stores_what_the_v1_trainer_reads(transfer_queue, resolve_dict
         envs.append(CorridorEnv())
         return envs[-1]
 
-    RUNTIMES[str(run_dir)] = EpisodeRuntime(make_env=make_env, max_steps=4, store=stored.extend, report=reported.append)
+    groups: list[str] = []
+
+    def report(outcome, group: str = "") -> None:
+        reported.append(outcome)
+        groups.append(group)
+
+    RUNTIMES[str(run_dir)] = EpisodeRuntime(make_env=make_env, max_steps=4, store=stored.extend, report=report)
     server = ScriptedServer(chat_tokenizer, [act("go north")])  # shared by the sessions: one reply
     worker = worker_for(cfg, server, chat_tokenizer)
     feed = TaskFeed(lambda n, step: [TASK, BROKEN], batch_size=2, iterations=1, phase=lambda step: "real")
@@ -128,6 +134,8 @@ def test_v1_worker_stores_what_the_v1_trainer_reads(transfer_queue, resolve_dict
         else:  # reset failure: one masked token, reward 0
             assert scores.tolist() == [0.0] and mask.tolist() == [0]
     assert len(stored) == 2 * 2 and len(reported) == 4  # training episodes only
+    # each row's sessions report under verl's uid of the row: one curriculum group per row
+    assert sorted(groups.count(g) for g in set(groups)) == [2, 2] and all(groups)
     # the rollout.n sessions of a row reset with seeds of their own (loop.state_variation)
     assert len({env.seed for env in envs[:4]}) == 4  # the training play's, before validation
 

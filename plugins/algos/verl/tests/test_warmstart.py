@@ -82,7 +82,7 @@ def test_the_warm_start_trains_the_policy_in_verls_layout_and_saves_what_verl_lo
 
     # verl's actor starts where the warm start saved, a directory transformers loads as is
     target = run / "policy_init"
-    assert f"actor_rollout_ref.model.path={target}" in translate(resolved, run_dir=str(run))
+    assert f"actor_rollout_ref.model.path='{target}'" in translate(resolved, run_dir=str(run))
     assert (target / "done").exists()
     trained = AutoModelForCausalLM.from_pretrained(target)
     base = AutoModelForCausalLM.from_pretrained(chat_model)

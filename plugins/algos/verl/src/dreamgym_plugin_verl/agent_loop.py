@@ -74,7 +74,8 @@ class EpisodeRuntime:
 
     ``make_env(phase)`` returns a fresh environment for ``phase`` ("synthetic" or
     "real"); ``store`` receives a finished episode's transitions (the shared
-    buffer); ``report`` receives its outcome (the shared curriculum).
+    buffer); ``report(outcome, group=uid)`` receives its outcome and verl's uid of its row
+    (the shared curriculum, which groups a row's sessions).
     """
 
     make_env: Callable[[str], Env]
@@ -84,7 +85,7 @@ class EpisodeRuntime:
     turn_max_tokens: int = 256
     model_id: str = ""
     store: Callable[[list[Transition]], None] | None = None
-    report: Callable[[TaskOutcome], None] | None = None
+    report: Callable[..., None] | None = None
 
 
 # Runtimes by key (the run directory in production). The agent-loop YAML names the key;
@@ -202,13 +203,14 @@ class DreamGymAgentLoop(AgentLoopBase):
         publish = bool(kwargs.get("publish", True))  # validation rows say False
         seed = episode_seed(int(kwargs.get("seed", 0)), int(kwargs.get("session_id", 0)), self._group_size(publish))
         rt, stats = self.runtime, EpisodeStats()
-        env = rt.make_env(phase)
+        env: Env | None = None
         transitions: list[Transition] = []
         try:
             try:
+                env = rt.make_env(phase)
                 observation = await self._call(env.reset, task=task, seed=seed)
             except Exception as exc:  # an engine crash fails this episode (reward 0), never the batch
-                log.warning("env reset failed for task %s: %s", task.id, exc)
+                log.warning("env start failed for task %s: %s", task.id, exc)
                 stats.env_error = True
                 observation = Observation(text=f"[environment error at reset: {type(exc).__name__}]")
             tokens, messages = await self._start(task, observation)
@@ -216,11 +218,15 @@ class DreamGymAgentLoop(AgentLoopBase):
             if not stats.env_error:
                 await self._play(task, env, observation, tokens, messages, sampling_params, stats, transitions, phase)
         finally:
-            await self._call(env.close)
+            if env is not None:
+                try:
+                    await self._call(env.close)
+                except Exception as exc:  # the episode was played: a failed close must not fail verl's row
+                    log.warning("env close failed for task %s: %s", task.id, exc)
         reward = episode_reward(stats.step_rewards, stats.invalid_actions + stats.unparsed_actions, rt.invalid_action_penalty)
         if publish:
             # Blocking Ray calls to the shared actors: off the event loop, like env calls.
-            await self._call(self._publish, task=task, transitions=transitions, stats=stats)
+            await self._call(self._publish, task=task, transitions=transitions, stats=stats, group=str(kwargs.get("uid") or ""))
         return self._output(tokens, prompt_len, reward, stats, task, sampling_params, _serving_version(kwargs))
 
     def _group_size(self, publish: bool) -> int:
@@ -276,13 +282,15 @@ class DreamGymAgentLoop(AgentLoopBase):
             stats.model_parse_failures += int(transition.model_failed and not implausible)
             offered = unlisted(action, observation.admissible_actions)
             stats.unlisted_actions += offered
-            stats.unlisted_accepted += offered and result.valid
+            # an answer ruled out as the model's failure ended the episode: not an acceptance (as rollout.py)
+            stats.unlisted_accepted += offered and result.valid and not transition.model_failed
             stats.step_rewards.append(result.reward)
             transitions.append(transition)
             history.append(HistoryStep(state=observation.text, action=action))
             observation = result.observation
             if result.done:
                 stats.success = result.success
+                stats.truncated = bool(result.info.get("truncated", False))  # the env's own step cap, as rollout.py
                 return
             if step + 1 == rt.max_steps or len(tokens.mask) >= self.response_length:
                 break
@@ -352,15 +360,16 @@ class DreamGymAgentLoop(AgentLoopBase):
 
     # --- results -------------------------------------------------------------------
 
-    def _publish(self, task: Task, transitions: list[Transition], stats: EpisodeStats) -> None:
+    def _publish(self, task: Task, transitions: list[Transition], stats: EpisodeStats, group: str = "") -> None:
         """Send the episode to the shared buffer and the shared curriculum (if any). The
         curriculum gets the outcome reward, the environment's rewards summed
         (``Trajectory.outcome_reward``, what the local loop observes), not the penalised
-        ``reward_score`` verl trains on: reward-entropy's task value is its variance."""
+        ``reward_score`` verl trains on: reward-entropy's task value is its variance.
+        ``group`` is verl's uid of the row: its sessions are one GRPO group."""
         if self.runtime.store is not None and transitions:
             self.runtime.store(transitions)
         if self.runtime.report is not None:
-            self.runtime.report(TaskOutcome(task=task, rewards=[float(sum(stats.step_rewards))]))
+            self.runtime.report(TaskOutcome(task=task, rewards=[float(sum(stats.step_rewards))]), group=group)
 
     def _output(
         self, tokens: _Tokens, prompt_len: int, reward: float, stats: EpisodeStats, task: Task,

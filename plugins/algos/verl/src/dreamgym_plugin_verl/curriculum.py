@@ -13,6 +13,7 @@ one call when the next step asks for tasks, as the local loop observes an iterat
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import msgspec
@@ -30,6 +31,8 @@ _outcome = msgspec.msgpack.Decoder(TaskOutcome)
 _encode = msgspec.msgpack.Encoder().encode
 _json = msgspec.json.Encoder().encode
 
+log = logging.getLogger(__name__)
+
 
 class _ActorState(msgspec.Struct, frozen=True):
     """What a :class:`CurriculumActor` saves with verl's checkpoint (through the dataset)."""
@@ -37,6 +40,7 @@ class _ActorState(msgspec.Struct, frozen=True):
     curriculum: dict[str, Any]
     collected: list[TaskOutcome] = []
     pending: list[TaskOutcome] = []
+    pending_groups: list[str] = []  # the group key of each pending outcome (verl's row uid)
 
 
 def phase_for(iteration: int, *, mode: str, iterations: int, s2r_synthetic_share: float) -> str:
@@ -47,25 +51,38 @@ def phase_for(iteration: int, *, mode: str, iterations: int, s2r_synthetic_share
 
 
 class OutcomeGroups:
-    """Collects single-episode outcomes into per-task groups of ``group_size`` rewards."""
+    """Collects single-episode outcomes into groups of ``group_size`` rewards.
+
+    An outcome belongs to the group its ``group`` key names (verl's ``uid`` of the row: one
+    row, one group of sessions) or, without one, to its task's. verl's V1 worker drops a whole
+    row when one of its sessions fails, after the sessions that finished reported: that group
+    never completes, and :meth:`drop_partial` removes it before the next step's outcomes arrive
+    (a later draw of the task would otherwise complete it with another policy's rewards)."""
 
     def __init__(self, group_size: int) -> None:
         self.group_size = group_size
         self.pending: dict[str, tuple[Task, list[float]]] = {}
 
-    def add(self, outcome: TaskOutcome) -> list[TaskOutcome]:
+    def add(self, outcome: TaskOutcome, group: str = "") -> list[TaskOutcome]:
         """Record ``outcome``; returns the groups it completed (usually none or one)."""
-        task, rewards = self.pending.get(outcome.task.id, (outcome.task, []))
+        key = group or outcome.task.id
+        task, rewards = self.pending.get(key, (outcome.task, []))
         rewards = rewards + list(outcome.rewards)
         done = []
         while len(rewards) >= self.group_size:
             done.append(TaskOutcome(task=task, rewards=rewards[: self.group_size]))
             rewards = rewards[self.group_size :]
         if rewards:
-            self.pending[task.id] = (task, rewards)
+            self.pending[key] = (task, rewards)
         else:
-            self.pending.pop(task.id, None)
+            self.pending.pop(key, None)
         return done
+
+    def drop_partial(self) -> int:
+        """Forget the groups still incomplete (a failed row's); returns how many there were."""
+        dropped = len(self.pending)
+        self.pending = {}
+        return dropped
 
 
 class TaskFeed:
@@ -135,11 +152,17 @@ class CurriculumActor:
 
     def next_tasks(self, n: int) -> bytes:
         self._observe()
+        # verl's synchronous trainer has played every row of the last step: a group still
+        # incomplete lost a session (its row failed) and never completes.
+        dropped = self.groups.drop_partial()
+        if dropped:
+            log.warning("curriculum: %d incomplete group(s) of the last step dropped (a session of theirs failed)", dropped)
         return _encode(self.curriculum.next_tasks(n=n))
 
-    def record(self, payload: bytes) -> int:
-        """Add one episode outcome; returns how many groups were completed so far."""
-        done = self.groups.add(_outcome.decode(payload))
+    def record(self, payload: bytes, group: str = "") -> int:
+        """Add one episode outcome of row ``group`` (verl's uid; empty: group by task);
+        returns how many groups were completed so far."""
+        done = self.groups.add(_outcome.decode(payload), group)
         self.collected += done
         self.observed += len(done)
         return self.observed
@@ -163,16 +186,20 @@ class CurriculumActor:
 
     def state_dict(self) -> bytes:
         """The curriculum with the outcomes it has not observed yet (see ``_observe``)."""
+        groups = list(self.groups.pending)
         pending = [TaskOutcome(task=task, rewards=rewards) for task, rewards in self.groups.pending.values()]
-        return _json(_ActorState(curriculum=self.curriculum.state_dict(), collected=self.collected, pending=pending))
+        return _json(_ActorState(
+            curriculum=self.curriculum.state_dict(), collected=self.collected, pending=pending, pending_groups=groups,
+        ))
 
     def load_state_dict(self, payload: bytes) -> None:
         state = msgspec.json.decode(payload, type=_ActorState)
         self.curriculum.load_state_dict(state.curriculum)
         self.collected = list(state.collected)
         self.groups = OutcomeGroups(self.groups.group_size)
-        for outcome in state.pending:
-            self.groups.add(outcome)
+        groups = state.pending_groups if len(state.pending_groups) == len(state.pending) else [""] * len(state.pending)
+        for outcome, group in zip(state.pending, groups):
+            self.groups.add(outcome, group)
 
 
 class RemoteCurriculum:
@@ -206,10 +233,11 @@ class RemoteCurriculum:
 
         return _tasks.decode(ray.get(self.handle.next_tasks.remote(n)))
 
-    def report(self, outcome: TaskOutcome) -> None:
+    def report(self, outcome: TaskOutcome, group: str = "") -> None:
+        """Send one episode's outcome; ``group`` names its row (verl's uid), whose sessions form a group."""
         import ray
 
-        ray.get(self.handle.record.remote(_encode(outcome)))
+        ray.get(self.handle.record.remote(_encode(outcome), group))
 
     def metrics(self) -> dict[str, float]:
         import ray

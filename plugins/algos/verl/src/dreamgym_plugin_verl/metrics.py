@@ -6,6 +6,10 @@ at step 0 and training steps from 1. DreamGym's rows count like the local loop's
 before RL, iterations from 0, and a last row at step ``iterations`` with the held-out
 evaluation. verl's validation plays the ``eval.split`` tasks, so its success becomes the
 local loop's ``eval_before/`` (before training), ``valid/`` (during) and ``eval/`` (after).
+
+A resumed run (verl's ``resume_mode: auto``) first cuts ``metrics.jsonl`` back to the rows
+of the checkpoint verl goes on from (:func:`rewind_rows`), as the local loop rewinds its
+sinks: steps played after that checkpoint are played and logged again, not twice.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from typing import Any
 
 from dreamgym_core.checkpoint import open_append
 from dreamgym_core.errors import DataError
+from dreamgym_core.loggers import JsonlConfig, JsonlSink
 from dreamgym_core.rollout import wilson_interval
 
-__all__ = ["METRIC_NAMES", "TRAINING_STEP_KEY", "map_verl_metrics", "held_out_metrics", "MetricRows", "MetricsFollower"]
+__all__ = [
+    "METRIC_NAMES", "TRAINING_STEP_KEY", "map_verl_metrics", "held_out_metrics", "MetricRows", "MetricsFollower",
+    "read_rows", "kept_rows", "rewind_rows",
+]
 
 # verl metric -> DreamGym metric (the local trainer's names); every verl metric is also kept under verl/.
 METRIC_NAMES: dict[str, str] = {
@@ -111,22 +119,71 @@ class MetricRows:
         return [row] + ([{"step": self.iterations, **_finite(final)}] if final else [])
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows stored in ``path`` (a run's metrics.jsonl; none if there is none yet).
+
+    A last line without its newline is a row whose write a kill cut short: not stored."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines[:-1], 1):  # lines[-1]: after the last newline
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{number}: not a JSON metrics row ({exc})") from None
+        if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+            raise DataError(f"{path}:{number}: not a metrics row (a JSON object with an integer 'step')")
+        rows.append(row)
+    return rows
+
+
+def kept_rows(rows: list[dict[str, Any]], *, resumed_from: int, iterations: int) -> list[dict[str, Any]]:
+    """The rows verl does not log again when it resumes from its checkpoint ``global_step_<resumed_from>``.
+
+    verl's line of step s holds DreamGym row s - 1 (and, at the last step, the evaluation
+    after RL, row ``iterations``); the resumed trainer goes on with step ``resumed_from`` + 1,
+    so rows up to ``resumed_from`` - 1 stay. Without a checkpoint (0) verl starts afresh,
+    validation before training included, and no row stays.
+    """
+    if resumed_from <= 0:
+        return []
+    return [r for r in rows if r["step"] < resumed_from or (resumed_from >= iterations and r["step"] == iterations)]
+
+
+def rewind_rows(path: Path, *, resumed_from: int, iterations: int) -> list[dict[str, Any]]:
+    """Cut ``path`` (metrics.jsonl) back to :func:`kept_rows` with the core's JSONL sink (the
+    local loop's rewind on ``--resume``) and return them. Rewritten even when every row stays:
+    a line a kill cut short must not run into the next row appended."""
+    kept = kept_rows(read_rows(path), resumed_from=resumed_from, iterations=iterations)
+    if path.exists():
+        sink = JsonlSink(JsonlConfig(filename=path.name), run_dir=str(path.parent))
+        try:
+            sink.rewind(history=kept)
+        finally:
+            sink.close()
+    return kept
+
+
 class MetricsFollower:
     """Appends DreamGym rows to ``sink`` as verl appends lines to ``source``.
 
     ``poll`` reads the complete lines written since the last poll (verl writes each line in
     one unbuffered write; a line still being written waits for the next poll), converts
-    them with ``convert`` and hands each new row to ``on_row``.
+    them with ``convert`` and hands each new row to ``on_row``. ``rows`` holds the run's
+    rows: ``history`` (what a resumed run kept in ``sink``, already there) and then the new ones.
     """
 
     def __init__(
         self, source: Path, sink: Path, *, convert: Callable[[dict[str, Any]], list[dict[str, Any]]],
-        on_row: Callable[[dict[str, Any]], None] = lambda row: None,
+        on_row: Callable[[dict[str, Any]], None] = lambda row: None, history: list[dict[str, Any]] | None = None,
     ) -> None:
         self.source, self.sink, self.convert, self.on_row = source, sink, convert, on_row
         self.offset = 0
         self.lines = 0
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(history or [])
 
     def poll(self) -> list[dict[str, Any]]:
         if not self.source.exists():

@@ -6,7 +6,9 @@ config), start the shared buffer and curriculum actors in the Ray cluster, seed 
 buffer with offline real transitions, train the experience model and warm-start the
 policy on the driver (as the local loop's stages), run ``verl.trainer.main_ppo`` with the
 translated overrides while verl's metrics go into the run directory's ``metrics.jsonl``
-under DreamGym's metric names as verl logs them, and write report.md when it ends.
+under DreamGym's metric names as verl logs them, and write report.md and summary.json when
+it ends (the core writes summary.json for the local loop only; a finished run holds one, so
+``--resume`` does not run it again).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,19 +31,20 @@ import yaml
 from dreamgym_core import report, stages
 from dreamgym_core.checkpoint import atomic_write
 from dreamgym_core.config import ResolvedPipeline
-from dreamgym_core.errors import DreamGymError
+from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.imports import root_logging_kept
+from dreamgym_core.loop import SUMMARY_FILE
 from dreamgym_core.plugins import Plugins
 
 from .config import AGENT_LOOP_NAME, VerlConfig
 from .dataset import feed_spec_path, write_tasks
-from .metrics import METRIC_NAMES, MetricRows, MetricsFollower, map_verl_metrics
+from .metrics import METRIC_NAMES, MetricRows, MetricsFollower, map_verl_metrics, rewind_rows
 from .translate import run_files, translate
 from .warmstart import warm_start
 
 __all__ = [
     "VerlTrainer", "require_cuda", "map_verl_metrics", "prepare_files", "offline_env", "ray_init_kwargs", "start_ray", "run_alongside",
-    "METRIC_NAMES", "actor_name", "held_out_tasks",
+    "METRIC_NAMES", "actor_name", "held_out_tasks", "check_splits", "resumed_step", "verl_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,35 @@ def held_out_tasks(tasks: list, episodes: int, temperature: float) -> list:
     return chosen
 
 
+def check_splits(resolved: ResolvedPipeline, domain: Any, *, who: str) -> None:
+    """The local loop's split checks (:func:`dreamgym_core.stages.check_splits`) on the splits
+    verl plays: train, which must have tasks, and ``eval.split`` for its val file, which verl
+    reads even with ``eval.episodes`` 0. Run before any stage, so a misspelt eval.split fails in
+    one line here, not as a Ray error after minutes of data and training; and a trained task is
+    never scored as held out. ``who`` names the env component (``Plugins.who``)."""
+    cfg = resolved.pipeline
+    train = domain.tasks(split="train")
+    if not train:
+        raise ConfigError(f"{resolved.source}: RL trains on the 'train' split, and env {cfg.env.name!r} has no tasks in it")
+    played = stages.played_splits(cfg)
+    played.setdefault(cfg.eval.split, "eval.split")
+    stages.check_splits(resolved, domain, train, played, who=who)
+
+
+def resumed_step(checkpoints: Path) -> int:
+    """The global step of the checkpoint verl's ``resume_mode: auto`` goes on from, 0 for none.
+
+    As verl's ``find_latest_ckpt_path`` (verl/utils/checkpoint/checkpoint_manager.py) finds it,
+    whose prints would go to stdout, where the CLI prints the run's summary: the tracker file's
+    step, if its ``global_step_<n>`` folder exists."""
+    tracker = checkpoints / "latest_checkpointed_iteration.txt"
+    try:
+        step = int(tracker.read_text().strip())
+    except (OSError, ValueError):  # none yet; an unreadable one makes verl start afresh too (it raises)
+        return 0
+    return step if (checkpoints / f"global_step_{step}").is_dir() else 0
+
+
 def _write_overrides(directory: Path, overrides: list[str]) -> Path:
     """The verl overrides the run starts with, one a line, in ``directory/overrides.txt``."""
     path = directory / "overrides.txt"
@@ -143,12 +176,30 @@ class VerlTrainer:
         hook.dreamgym_configure.call_historic(kwargs={"config": cfg})
         overrides = translate(resolved, run_dir=str(root))
         files = run_files(root)
-        # verl's loggers run in its TaskRunner actor: the paths reach it through Ray's runtime env.
+        domain = plugins.build("env", cfg.env.name, resolved.components["env"])
+        try:  # before Ray, the stages and verl: a bad split fails in one line, not minutes later in a Ray actor
+            check_splits(resolved, domain, who=plugins.who("env", cfg.env.name))
+            # A resumed run: the rows of verl's checkpoint stay, those of later steps are logged again.
+            history = rewind_rows(root / "metrics.jsonl", resumed_from=resumed_step(files["checkpoints"]), iterations=cfg.loop.iterations)
+        except BaseException:
+            if hasattr(domain, "close"):
+                domain.close()
+            raise
+        with _environ_kept(VERL_SETS):
+            summary = self._run(resolved, plugins, root, files, overrides, domain=domain, history=history, progress=progress)
+        atomic_write(root / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())  # as run_pipeline's for the local loop
+        return summary
+
+    def _run(
+        self, resolved: ResolvedPipeline, plugins: Plugins, root: Path, files: dict[str, Path], overrides: list[str], *,
+        domain: Any, history: list[dict[str, Any]], progress: bool,
+    ) -> dict[str, Any]:
+        cfg, hook = resolved.pipeline, plugins.hook
+        # verl's loggers run in its TaskRunner actor: the paths reach it through Ray's runtime env
+        # (not this process's environment, which outlives the run).
         log_env = {"VERL_FILE_LOGGER_PATH": str(files["metrics"]), "TENSORBOARD_DIR": str(files["tensorboard"])}
-        os.environ.update(log_env)
         start_ray(ray_init_kwargs(_compose(overrides), env_vars=log_env, offline=offline_env(resolved)))
         lines = _Progress(cfg.loop.iterations, shown=progress)
-        domain = plugins.build("env", cfg.env.name, resolved.components["env"])
         actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=lines.say)
         val = held_out_tasks(domain.tasks(split=cfg.eval.split), cfg.eval.episodes, cfg.eval.temperature)
         files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
@@ -158,19 +209,22 @@ class VerlTrainer:
         files["metrics"].unlink(missing_ok=True)  # an earlier run's lines are not this run's steps
         follower = MetricsFollower(
             files["metrics"], root / "metrics.jsonl", convert=MetricRows(iterations=cfg.loop.iterations, eval_tasks=len(val)),
-            on_row=lambda row: _after_row(hook, lines, row),
+            on_row=lambda row: _after_row(hook, lines, row), history=history,
         )
         hook.dreamgym_run_started(run_dir=str(root), config=cfg)
         final: dict[str, Any] = {}
         try:
             run_alongside(lambda: _run_main_ppo(overrides), tick=follower.poll)
-            final = _summary(follower.rows, cfg.loop.iterations) | {f"counters/{k}": v for k, v in counters.items()}
-            lines.say(f"report: {report.write(root, cfg, follower.rows, counters=counters)}")
+            # The whole run's rows, those before a resume included; by step, so that the evaluation
+            # after RL is last even after a resumed run's validation of its last checkpoint.
+            rows = sorted(follower.rows, key=lambda row: row["step"])
+            final = _summary(rows, cfg.loop.iterations) | {f"counters/{k}": v for k, v in counters.items()}
+            lines.say(f"report: {report.write(root, cfg, rows, counters=counters)}")
         finally:
             hook.dreamgym_run_finished(run_dir=str(root), metrics=final)
             for client in clients:
                 client.close()
-        return final | {"run_dir": str(root)}
+        return {"run_dir": str(root)} | final
 
 
 class _Progress:
@@ -200,8 +254,9 @@ def _after_row(hook: Any, progress: _Progress, row: dict[str, Any]) -> None:
 
 
 def _summary(rows: list[dict[str, Any]], iterations: int) -> dict[str, Any]:
-    """The last training step's metrics and the evaluation after RL (the run's summary)."""
-    last_step = [r for r in rows if r["step"] == iterations - 1][-1:]
+    """The last training step's metrics and the evaluation after RL (the run's summary); a
+    resumed run's validation of its checkpoint (a row of that step, no training) is no step."""
+    last_step = [r for r in rows if r["step"] == iterations - 1 and "perf/iteration_seconds" in r][-1:]
     evaluated = [r for r in rows if r["step"] >= iterations][-1:]
     merged: dict[str, Any] = {}
     for row in last_step + evaluated:
@@ -344,6 +399,38 @@ def offline_env(resolved: ResolvedPipeline) -> dict[str, str]:
     return {name: value for name, value in env.items() if name not in os.environ}
 
 
+# Variables verl's run_ppo sets in this process's environment before its ray.init (main_ppo.py):
+# restored when the run ends, so that they do not outlive it (a later run in this process, tests).
+VERL_SETS = ("VERL_FULL_DETERMINISM", "VLLM_BATCH_INVARIANT", "PYTHONHASHSEED", "VERL_RL_INSIGHT_ENABLE")
+
+
+@contextmanager
+def _environ_kept(names: tuple[str, ...]) -> Iterator[None]:
+    """``names`` in ``os.environ`` as they were before (set, changed or removed inside)."""
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def verl_env(config: Any) -> dict[str, str]:
+    """The variables verl's ``run_ppo`` sets before its ray.init for determinism and rl_insight
+    (verl/trainer/main_ppo.py), which its ``get_ppo_ray_runtime_env`` then forwards to the workers."""
+    env: dict[str, str] = {}
+    rollout, reward_rollout = config.actor_rollout_ref.rollout, config.reward.reward_model.rollout
+    if rollout.full_determinism or (config.reward.reward_model.enable and reward_rollout.full_determinism):
+        env |= {"VERL_FULL_DETERMINISM": "1", "VLLM_BATCH_INVARIANT": "1", "PYTHONHASHSEED": str(rollout.seed)}
+    loggers = config.trainer.get("logger", [])
+    if "rl_insight" in ([loggers] if isinstance(loggers, str) else loggers or []):
+        env["VERL_RL_INSIGHT_ENABLE"] = "1"
+    return env
+
+
 def ray_init_kwargs(config: Any, *, env_vars: dict[str, str], offline: dict[str, str] | None = None) -> dict[str, Any]:
     """``ray.init`` arguments as verl's ``run_ppo`` builds them, plus DreamGym's env vars and namespace.
 
@@ -352,6 +439,8 @@ def ray_init_kwargs(config: Any, *, env_vars: dict[str, str], offline: dict[str,
     runtime env, ``ray_kwargs.ray_init`` and these variables must be given here. Ray workers
     do not see variables the driver sets after ``ray.init``. ``offline`` (:func:`offline_env`)
     comes before the pipeline's runtime env, so that one can still set those variables.
+    verl's own determinism and rl_insight variables (:func:`verl_env`) go into the runtime env
+    too, where its run_ppo puts them into this process's environment for good.
     """
     from omegaconf import OmegaConf
 
@@ -360,16 +449,12 @@ def ray_init_kwargs(config: Any, *, env_vars: dict[str, str], offline: dict[str,
 
     from .buffer_actor import NAMESPACE
 
-    # As run_ppo does before its ray.init: determinism and rl_insight reach workers through env vars.
-    rollout, reward_rollout = config.actor_rollout_ref.rollout, config.reward.reward_model.rollout
-    if rollout.full_determinism or (config.reward.reward_model.enable and reward_rollout.full_determinism):
-        os.environ |= {"VERL_FULL_DETERMINISM": "1", "VLLM_BATCH_INVARIANT": "1", "PYTHONHASHSEED": str(rollout.seed)}
-    loggers = config.trainer.get("logger", [])
-    if "rl_insight" in ([loggers] if isinstance(loggers, str) else loggers or []):
-        os.environ["VERL_RL_INSIGHT_ENABLE"] = "1"
+    # As run_ppo does before its ray.init, but through the runtime env: determinism and rl_insight
+    # reach the workers, after get_ppo_ray_runtime_env's forwarding of this process's values.
     ray_init = config.ray_kwargs.get("ray_init", {})
     runtime_env = OmegaConf.merge(
-        get_ppo_ray_runtime_env(config), {"env_vars": offline or {}}, ray_init.get("runtime_env", {}), {"env_vars": env_vars}
+        get_ppo_ray_runtime_env(config), {"env_vars": verl_env(config) | (offline or {})}, ray_init.get("runtime_env", {}),
+        {"env_vars": env_vars},
     )
     kwargs = OmegaConf.to_container(OmegaConf.create({**ray_init, "runtime_env": runtime_env}))
     return kwargs | {"namespace": NAMESPACE, "ignore_reinit_error": True}

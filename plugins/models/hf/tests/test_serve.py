@@ -828,3 +828,22 @@ def test_the_command_serves_an_ipv6_host_and_prints_its_address_in_brackets(save
     assert serve_main_once(monkeypatch, ["--model-dir", saved_model, "--host", "::1", "--port", "0"]) == 200
     out, err = capsys.readouterr()
     assert "http://[::1]:" in out and "warning" not in err
+
+
+def test_a_burst_of_connections_is_queued_not_dropped():
+    # before: socketserver's listen backlog of 5; a client opening its 8 connections at once (the openai
+    # backend's default concurrency) had the rest dropped by the kernel, each retried only after 1 s
+    from dreamgym_plugin_hf.serve import make_server
+
+    srv = make_server(StubModel(), port=0)  # listening, not yet accepting: every connection waits in the backlog
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(16):
+            sock = socket.socket()
+            opened.append(sock)
+            sock.settimeout(0.5)  # a dropped connection is retried only after 1 s
+            sock.connect(srv.server_address)
+    finally:
+        for sock in opened:
+            sock.close()
+        srv.server_close()

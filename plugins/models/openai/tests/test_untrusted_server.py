@@ -195,7 +195,7 @@ def test_generate_from_several_threads_keeps_each_call_its_own_errors(url):
     worker.join(timeout=30)
     (error,) = outcome
     assert isinstance(error, ModelCallError) and "1 of 2 calls failed" in str(error) and "HTTP 400" in str(error)
-    assert shared.stats == {"calls": 3, "succeeded": 2, "retries": 0, "failed_calls": 1}
+    assert shared.stats == {"calls": 3, "succeeded": 2, "retries": 0, "failed_calls": 1, "truncated": 0}
 
 
 def test_a_batch_seed_near_the_int64_limit_stays_in_the_range_a_server_takes(url):

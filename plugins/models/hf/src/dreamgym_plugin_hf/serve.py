@@ -406,7 +406,16 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
     return Handler
 
 
-class _ThreadingHTTPServerV6(ThreadingHTTPServer):
+class _ThreadingHTTPServer(ThreadingHTTPServer):
+    """The threaded server with room for a client's burst of new connections."""
+
+    # the listen backlog (socketserver's default is 5): a client opening its ``concurrency``
+    # connections at once (the openai backend's default is 8) had the extra ones dropped by the
+    # kernel, and each came back only after the 1 s TCP retransmission timeout
+    request_queue_size = 128
+
+
+class _ThreadingHTTPServerV6(_ThreadingHTTPServer):
     """The threaded server on an IPv6 socket (the standard one binds IPv4 only)."""
 
     address_family = socket.AF_INET6
@@ -415,7 +424,7 @@ class _ThreadingHTTPServerV6(ThreadingHTTPServer):
 def make_server(backend: Any, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> ThreadingHTTPServer:
     """A bound (not yet serving) server; ``port=0`` picks a free port (see ``server_address``).
     An IPv6 address as ``host`` (``::1``, ``::``) binds an IPv6 socket."""
-    kind = _ThreadingHTTPServerV6 if ":" in host else ThreadingHTTPServer
+    kind = _ThreadingHTTPServerV6 if ":" in host else _ThreadingHTTPServer
     server = kind((host, port), _handler(backend, api_key, loopback=is_loopback(host)))
     server.daemon_threads = True
     return server

@@ -33,22 +33,29 @@ can reach this machine for it, and the request carries the API key. When every U
 server the proxy variables are not read at all; otherwise one httpx cannot use is a
 :class:`~dreamgym_core.errors.ConfigError` naming the variables. A connection failure through a
 proxy names the proxy (host and port) in its error.
+
+Connections: every backend's requests run in one event loop, in a daemon thread of its own, and
+each backend keeps its client (its connection pool) between calls: a new client per call opened up
+to ``concurrency`` new connections every time, and a server with a small listen backlog dropped
+some of them, each resent only after the 1 s TCP timeout. ``close()`` closes them (a later call
+opens new ones); a backend no longer referenced has its client closed when it is collected.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import email.utils
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import threading
 import urllib.parse
 import urllib.request
+import weakref
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Coroutine, Sequence
 
@@ -75,8 +82,8 @@ MAX_RESPONSE_BYTES = 8 * 2**20
 # any other with HTTP 400)
 _SEED_MIN, _SEED_MAX = -(2**63), 2**63 - 1
 
-# Seconds between two looks for a free request slot: the slots are shared with other threads'
-# event loops, which an asyncio primitive cannot wait on
+# Seconds between two looks for a free request slot: the slots are a thread-safe semaphore
+# (calls come from several threads), which an asyncio primitive cannot wait on
 _SLOT_POLL = 0.01
 
 # The variables httpx reads from the environment when it builds a client: proxies, CA bundle
@@ -87,6 +94,8 @@ _CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 # (url, body, answer reader (answer, url), the four stats keys: calls, succeeded, retries, failed)
 _Request = tuple[str, dict[str, Any], Callable[[Any, str], Any], tuple[str, str, str, str]]
 _GENERATE = ("calls", "succeeded", "retries", "failed_calls")
+# answers the server ended at max_tokens (finish_reason "length"): returned, but cut short
+_TRUNCATED = "truncated"
 _TOKENIZE = ("tokenize_calls", "tokenize_succeeded", "tokenize_retries", "tokenize_failed")
 
 
@@ -180,14 +189,74 @@ def env_proxy(url: str) -> str | None:
     return f"{found.host}:{found.port}" if found.port else found.host  # never its user:password
 
 
+# The event loop all requests run in (see the module doc), started at the first call
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _forget_loop() -> None:
+    """In a forked child: the loop's thread did not come along, so the next call starts another."""
+    global _loop, _loop_lock
+    _loop, _loop_lock = None, threading.Lock()  # the lock may have been held by a thread left behind
+
+
+os.register_at_fork(after_in_child=_forget_loop)
+
+
+def _requests_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="dreamgym-openai-requests", daemon=True).start()
+        return _loop
+
+
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine to completion, also from code already inside an event loop."""
+    """Run a coroutine to completion in the requests' loop: from any thread, also from code
+    already inside an event loop (which waits for it, as for any blocking call)."""
+    future = asyncio.run_coroutine_threadsafe(coro, _requests_loop())
     try:
-        asyncio.get_running_loop()
+        return future.result()
+    except BaseException:
+        future.cancel()  # interrupted (Ctrl-C): its requests stop too; a no-op once it is done
+        raise
+
+
+def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
     except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return False
+
+
+class _Pool:
+    """A backend's kept client and the loop it is bound to; closed apart from the backend, so
+    that collecting the backend can close it."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.client: httpx.AsyncClient | None = None
+
+    def get(self, make: Callable[[], httpx.AsyncClient]) -> httpx.AsyncClient:
+        """The client, built by ``make`` at the first call in this loop (only the requests' loop
+        runs this: no lock; a forked child's new loop builds its own)."""
+        loop = asyncio.get_running_loop()
+        if self.client is None or self.loop is not loop:
+            self.loop, self.client = loop, make()
+        return self.client
+
+    def close(self, *, wait: bool) -> None:
+        """Close the client in its loop; ``wait`` for it unless called in that loop's thread
+        (a collection there would wait for itself)."""
+        loop, client = self.loop, self.client
+        self.loop = self.client = None
+        if client is None or loop is not _loop:  # never built, or a forked child's copy of its parent's
+            return
+        future = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+        if wait and not _running_in(loop):
+            with contextlib.suppress(Exception):  # closing sockets of a server already gone
+                future.result(timeout=10)
 
 
 class OpenAIBackend:
@@ -207,12 +276,15 @@ class OpenAIBackend:
                     # anyone on the network path reads the Authorization header
                     log.warning("openai: the API key in $%s is sent to %s unencrypted (http://); use https:// "
                                 "or reach the server over a network only the cluster shares", config.api_key_env, url)
-        self.stats: dict[str, int] = dict.fromkeys(_GENERATE, 0)
+        self.stats: dict[str, int] = dict.fromkeys((*_GENERATE, _TRUNCATED), 0)
         self.last_errors: list[str] = []
         self._stats_lock = threading.Lock()  # generate() may run in several threads at once
         self._warned: set[str] = set()  # the kinds of failure already warned about
-        # concurrency counts for the whole backend: each generate() call has its own event loop
+        # concurrency counts for the whole backend, also across calls from several threads
         self._slots = threading.BoundedSemaphore(config.concurrency)
+        self._pool = _Pool()
+        # a backend dropped without close(): its connections (a server thread each) go with it
+        weakref.finalize(self, self._pool.close, wait=False).atexit = False
         if config.tokenize_url is not None:
             # an optional protocol method: callers test for it, so it exists only when it can answer
             self.prompt_fits = self._prompt_fits
@@ -229,6 +301,11 @@ class OpenAIBackend:
             first = kind not in self._warned
             self._warned.add(kind)
         return first
+
+    def close(self) -> None:
+        """Close the connections kept between calls (call it once no call is running; a later
+        call opens new ones)."""
+        self._pool.close(wait=True)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
@@ -268,12 +345,13 @@ class OpenAIBackend:
             return {"model": self.config.model, "messages": [{"role": "user", "content": prompt}], "add_generation_prompt": True}
         return {"model": self.config.model, "prompt": prompt}
 
-    @staticmethod
-    def _token_count(answer: Any, url: str) -> tuple[int, int]:
+    def _token_count(self, answer: Any, url: str) -> tuple[int, int]:
         """(count, max_model_len) of a /tokenize answer from ``url``."""
         try:
             count, limit = answer["count"], answer["max_model_len"]
         except (KeyError, TypeError) as exc:
+            if (error := self._error_message(answer)) is not None:
+                raise _Failed(f"error answer from {url} (HTTP 200): {error}", retry=False) from exc
             raise _Failed(f"malformed tokenize answer from {url} (no count and max_model_len): {exc!r}", retry=False) from exc
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (count, limit)):
             raise _Failed(f"malformed tokenize answer from {url}: count and max_model_len must be non-negative integers",
@@ -287,6 +365,8 @@ class OpenAIBackend:
             choice = answer["choices"][0]
             text = choice["message"]["content"] if chat else choice["text"]
         except (KeyError, IndexError, TypeError) as exc:
+            if (error := self._error_message(answer)) is not None:
+                raise _Failed(f"error answer from {url} (HTTP 200): {error}", retry=False) from exc
             raise _Failed(f"malformed answer from {url} (no choices[0] text): {exc!r}", retry=False) from exc
         if not isinstance(text, str):
             # null: e.g. vLLM's reasoning parser when max_tokens ends inside the reasoning
@@ -294,7 +374,20 @@ class OpenAIBackend:
             what = "null" if text is None else f"a JSON {type(text).__name__}, not a string,"
             finish = repr(choice.get("finish_reason"))[:80]  # the server's: kept short, repr keeps it on one line
             raise _Failed(f"{field} is {what} (finish_reason={finish}) from {url}", retry=False)
+        if isinstance(choice, dict) and choice.get("finish_reason") == "length":
+            self._count(_TRUNCATED)  # max_new_tokens ran out: an answer without its end
         return utf8_safe(text)  # JSON can escape a lone surrogate ("\ud800"), which UTF-8 cannot hold
+
+    def _error_message(self, answer: Any) -> str | None:
+        """The server's own message in an ``{"error": ...}`` answer (some servers send it with
+        status 200), redacted and on one line; None for any other answer."""
+        if not isinstance(answer, dict) or "error" not in answer:
+            return None
+        error = answer["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        if not isinstance(message, str):
+            message = json.dumps(error, ensure_ascii=False, default=str)
+        return self._one_line(message) or "(no message)"
 
     def _completion_url(self) -> str:
         return self._url("/chat/completions" if self.config.endpoint == "chat" else "/completions")
@@ -379,16 +472,21 @@ class OpenAIBackend:
 
     def _direct_mounts(self, limits: httpx.Limits) -> dict[str, httpx.AsyncBaseTransport]:
         """A proxy-less transport for each local host configured: httpx would send those
-        through an environment proxy too (with the Authorization header)."""
-        hosts = {httpx.URL(u).host for u in (self.config.base_url, self.config.tokenize_url) if u is not None}
+        through an environment proxy too (with the Authorization header). A plain http one
+        reads no CA bundle from the environment either: a stale ``SSL_CERT_FILE`` stopped calls
+        that use no TLS."""
+        targets = {httpx.URL(u) for u in (self.config.base_url, self.config.tokenize_url) if u is not None}
+        hosts = {(t.scheme, t.host) for t in targets if is_local(t.host)}
         return {
-            f"all://[{h}]" if ":" in h else f"all://{h}": httpx.AsyncHTTPTransport(limits=limits)
-            for h in sorted(hosts) if is_local(h)
+            f"{scheme}://[{h}]" if ":" in h else f"{scheme}://{h}":
+                httpx.AsyncHTTPTransport(limits=limits, trust_env=scheme != "http")
+            for scheme, h in sorted(hosts)
         }
 
     def _client(self) -> httpx.AsyncClient:
-        """The client of one call; a proxy (or CA bundle) from the environment that httpx cannot
-        use is a :class:`ConfigError` naming the variables set, not a raw ImportError or ValueError."""
+        """A new client (kept between calls: see :class:`_Pool`); a proxy (or CA bundle) from the
+        environment that httpx cannot use is a :class:`ConfigError` naming the variables set, not a
+        raw ImportError or ValueError."""
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(max_connections=self.config.concurrency)
         # every URL on this machine: no proxy applies, so an unusable one must not stop the calls
@@ -405,8 +503,8 @@ class OpenAIBackend:
 
     async def _gather(self, requests: list[_Request], errors: list[str]) -> list[Any]:
         gate = asyncio.Semaphore(self.config.concurrency)
-        async with self._client() as client:
-            return await asyncio.gather(*(self._call(client, gate, r, errors) for r in requests))
+        client = self._pool.get(self._client)
+        return await asyncio.gather(*(self._call(client, gate, r, errors) for r in requests))
 
     # --- LanguageModel -------------------------------------------------------------
 
@@ -422,6 +520,8 @@ class OpenAIBackend:
         """Completions for ``prompts`` (request ``i`` gets seed ``seed + i``, so equal
         prompts in a batch still sample independently; see :func:`request_seed`). Failed calls:
         see the module doc."""
+        if not math.isfinite(temperature):  # httpx refuses it as JSON, mid-batch, with its calls counted
+            raise ConfigError(f"openai: temperature={temperature} must be a finite number")
         errors: list[str] = []  # this call's own: another thread's call may be running too
         url = self._completion_url()
         requests = [

@@ -81,31 +81,39 @@ def credential_parameter(name: str) -> bool:
     return any(word in _CREDENTIAL_WORDS for word in words) or lowered.endswith(("key", "token", "secret"))
 
 
-def _check_url(field: str, value: str) -> None:
+def _shown(value: str, *, userinfo: bool = False) -> str:
+    """``value`` as an error may show it: ``scheme://host`` alone (``***@`` before the host for
+    a URL holding a user name or password). Its path, query and fragment may hold a credential,
+    and a password may hold a ``/`` (``user:pa/ss@host``): the host is what follows the last ``@``."""
     scheme, sep, rest = value.partition("://")
-    authority = (rest if sep else value).split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    if "@" in authority:
-        # it would be kept in the run's config.json and shown in every error naming the URL;
-        # the message leaves it out too
-        host = authority.rsplit("@", 1)[1]
-        shown = f"{scheme}://***@{host}" if sep else f"***@{host}"
+    authority = re.split(r"[/?#]", re.split(r"[?#]", rest if sep else value, maxsplit=1)[0].rsplit("@", 1)[-1], maxsplit=1)[0]
+    host = re.sub(r":[^:\]]*$", "", authority)  # without its port; an IPv6 host keeps its brackets
+    host = f"***@{host}" if userinfo else host
+    return f"{scheme}://{host}" if sep else host
+
+
+def _check_url(field: str, value: str) -> None:
+    if any(c.isspace() or not c.isprintable() for c in value):
+        # httpx takes "127.0.0.1 " as a host name: every call then failed its DNS lookup, each retried first
+        raise ValueError(f"{field} holds a space, line break or other control character; a URL has none")
+    if "@" in re.split(r"[?#]", value, maxsplit=1)[0]:
+        # a user name or password: kept in the run's config.json and shown in every error naming the
+        # URL; with a "/" in it ("user:12345/678@host") httpx takes "user" as the host and sends it there
         raise ValueError(
-            f"{field} {shown!r} holds a user name or password; give the API key through api_key_env "
-            "(an environment variable) instead"
+            f"{field} {_shown(value, userinfo=True)!r} holds '@' (a user name or password?); give the API key through "
+            "api_key_env (an environment variable) instead"
         )
-    # shown without its query or fragment: it may hold a credential even where httpx cannot
-    # tell (a user name or password was refused above)
-    shown = value.split("?", 1)[0].split("#", 1)[0]
+    shown = _shown(value)  # its path and query may hold a credential even where httpx cannot tell
     try:
         url = httpx.URL(value)
         port = url.port
     except httpx.InvalidURL as exc:
-        raise ValueError(f"{field} {shown!r} is not a URL: {exc}") from exc
+        # httpx's reason without the part it quotes ("Invalid port: 'p'"): that may be a password's start
+        raise ValueError(f"{field} {shown!r} is not a URL ({str(exc).split(':', 1)[0]})") from exc
     credentials = sorted({name for name in url.params if credential_parameter(name)})
     if credentials:
         # the same leak as a password in the authority (config.json, error lines); the
         # parameter is named, its value never shown
-        shown = f"{url.scheme}://{url.host}{url.path}"
         raise ValueError(
             f"{field} {shown!r} carries a credential in its query ({', '.join(credentials)}); give the API key "
             "through api_key_env (an environment variable) instead"

@@ -217,7 +217,7 @@ class LoopConfig(Config):
     s2r_synthetic_share: Annotated[
         Probability, Meta(description="s2r: share of iterations run in the synthetic environment first.")
     ] = 0.75
-    warmstart_epochs: Annotated[NonNegativeInt, Meta(description="SFT epochs before RL on the offline episodes that won (whichever data policy played them: expert, noisy or random).")] = 1
+    warmstart_epochs: Annotated[NonNegativeInt, Meta(description="SFT epochs before RL on the offline episodes of loop.warmstart_demos (by default every one that won, whichever data policy played it: expert, noisy or random).")] = 1
     world_model_epochs: Annotated[
         NonNegativeInt,
         Meta(description=(
@@ -233,6 +233,13 @@ class LoopConfig(Config):
             "the demo's action is better). Raise the algo's max_new_tokens to fit them."
         )),
     ] = "off"
+    warmstart_demos: Annotated[
+        Literal["winners", "expert"],
+        Meta(description=(
+            "Which offline episodes the warm start imitates: every one that won, whichever data policy played it "
+            "(winners), or only the expert's (expert: the paper's SFT on expert demonstrations)."
+        )),
+    ] = "winners"
     warmstart_lr: Annotated[PositiveFloat, Meta(description="Learning rate of the warm-start SFT.")] = 1e-3
     warmstart_select_episodes: Annotated[
         NonNegativeInt,

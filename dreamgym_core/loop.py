@@ -498,7 +498,8 @@ class Runner:
         with self-reflections in the demos' ``<think>`` when those are."""
         loop = self.cfg.loop
         thoughts = self._reflections(offline)
-        examples = demo_examples(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
+        demos = stages.warmstart_demos(offline, loop.warmstart_demos, where=str(self.run_dir / stages.OFFLINE_FILE))
+        examples = demo_examples(demos, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
         world = world_model_examples(self.branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
         if hasattr(self.policy, "prepare"):
             corpus = [p + r for p, r in examples] + ["".join(text for text, _ in ex) for ex in world] or [build_agent_prompt(

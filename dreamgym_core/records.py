@@ -146,6 +146,9 @@ class Trajectory(Record):
     transitions: list[Transition]
     # The policy's prompt and raw output for each transition (same order); what RL trains on.
     decisions: list[PolicyDecision] = []
+    # The data policy that played an offline episode (expert, noisy, random, explore), set when
+    # the run collects it; empty for other episodes and offline files that do not say.
+    data_policy: str = ""
 
     @property
     def success(self) -> bool:

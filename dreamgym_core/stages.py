@@ -27,7 +27,7 @@ from .records import BRANCH_TAG, Task, Trajectory, Transition
 
 __all__ = [
     "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "experience_data", "annotate_offline",
-    "train_experience_model", "reload_trained", "evaluation_tasks", "played_splits", "check_splits",
+    "train_experience_model", "reload_trained", "evaluation_tasks", "played_splits", "check_splits", "warmstart_demos",
 ]
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ def collect(domain: Any, *, tasks: Sequence[Task], policy: str, episodes: int, s
             f"env {getattr(domain, 'name', type(domain).__name__)!r}: collect(policy={policy!r}, episodes={episodes}) "
             f"returned {len(got)} episodes"
         )
+    got = [msgspec.structs.replace(t, data_policy=policy) for t in got]  # which episodes the expert played (loop.warmstart_demos)
     # offline.jsonl writes NaN as null, which no resume can read back
     unfit = next((t for traj in got for t in traj.transitions if not math.isfinite(t.reward)), None)
     if unfit is not None:
@@ -372,3 +373,20 @@ def _check_task_ids(where: str, who: str, split: str, tasks: Sequence[Task]) -> 
             f"Early Experience's branch episodes, so this task's episodes would be read as branches of others; "
             f"give the env's task ids no {BRANCH_TAG!r}"
         )
+
+
+def warmstart_demos(offline: Sequence[Trajectory], which: str, *, where: str = OFFLINE_FILE) -> list[Trajectory]:
+    """The offline episodes the warm start imitates (``loop.warmstart_demos``): every one that
+    won (``winners``: the noisy and random data policies' wins too), or the expert's only
+    (``expert``, the paper's SFT on expert demonstrations). Episodes that record no data policy
+    (an offline file that does not say, a run directory collected before it was recorded) cannot
+    be told apart: ``expert`` is then refused, naming ``where``."""
+    won = [t for t in offline if t.success]
+    if which == "winners":
+        return won
+    if offline and not any(t.data_policy for t in offline):
+        raise DataError(
+            f"{where}: its episodes record no data policy, so loop.warmstart_demos='expert' cannot tell the expert's "
+            "apart; collect it again (delete the file), or use loop.warmstart_demos='winners'"
+        )
+    return [t for t in won if t.data_policy == "expert"]

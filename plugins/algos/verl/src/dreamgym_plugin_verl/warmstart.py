@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from dreamgym_core import checkpoint
+from dreamgym_core import checkpoint, stages
 from dreamgym_core.config import ResolvedPipeline
 from dreamgym_core.errors import ConfigError, DataError
 from dreamgym_core.early import world_model_examples, write_reflections
@@ -140,7 +140,8 @@ def warm_start(
     thoughts = _reflections(resolved, plugins, branches, offline, say)
     if thoughts is not None:
         say(f"self-reflection: {len(thoughts)} demo states think about their branches")
-    conversations = demo_conversations(offline, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
+    demos = stages.warmstart_demos(offline, loop.warmstart_demos, where=str(run_dir / stages.OFFLINE_FILE))
+    conversations = demo_conversations(demos, max_steps=loop.max_steps, history_window=loop.history_window, thoughts=thoughts)
     world = world_model_examples(branches, offline, max_steps=loop.max_steps, history_window=loop.history_window) if loop.world_model_epochs else []
     metrics = _world_model(policy, world, resolved=resolved, say=say) if world and conversations else {}
     if conversations:

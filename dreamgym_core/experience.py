@@ -367,7 +367,8 @@ def parse_output(text: Any) -> ExperienceResult:
     case or as yes/no/1/0, a missing ``<valid>`` (taken as true), a reward that is not
     exactly 0 or 1 or that disagrees with done/success (reward is recomputed from them),
     success on a step that is not done (done is set), an over-long span (cut), a flag
-    or reward written more than once with the same value.
+    or reward written more than once with the same value, a second ``<think>`` or ``<state>``
+    block or other text outside the blocks (read as ever: the first blocks, the flags from outside them).
     Anything else is ``failed``: done, not success, reward 0. That includes a
     ``<valid>``, ``<done>`` or ``<success>`` that is present but unreadable, or written
     twice with different values. Lone surrogates in ``text`` become U+FFFD.
@@ -388,6 +389,17 @@ def _outside(body: str, think: _Span | None, after: int, state: _Span) -> str:
     return "\n".join((before, body[after: after + state.start], body[after + state.end:]))
 
 
+# A flag block as the format writes it: the exact lower-case tag, closed, nothing nested.
+_FLAG_BLOCK = re.compile(r"<(valid|done|success|reward)>[^<]*</\1>")
+
+
+def _stray(outside: str) -> bool:
+    """Whether the text outside the reasoning and the state holds more than the flag blocks and
+    whitespace: a second ``<think>`` or ``<state>`` block, or words between the tags. The first
+    blocks are still read; such an answer is only not the format exactly, so not ``ok``."""
+    return bool(_FLAG_BLOCK.sub("", outside).strip())
+
+
 def _parse(text: str) -> ExperienceResult:
     body = text if END_TAG in text or "<reward>" not in text else text + END_TAG
     think = _think_span(body)
@@ -399,7 +411,9 @@ def _parse(text: str) -> ExperienceResult:
         return _failed(text, reasoning=reasoning)
     next_state, fix = _clip(state.text)
     repaired |= fix or state.repaired
-    readings = _tag_readings(_outside(body, think, after, state))
+    outside = _outside(body, think, after, state)
+    readings = _tag_readings(outside)
+    repaired |= _stray(outside)
     flags: dict[str, bool | None] = {}
     for tag in FLAG_TAGS:
         flags[tag], fix = _flag(readings[tag])
@@ -552,10 +566,30 @@ def requests_for(
     world_of: Callable[[str], str] | None = None,
 ) -> list[ExperienceRequest]:
     """The request each transition answers, with its history and retrieved demos (with
-    ``world_of``, its own world's first: ``loop.demos: same-world-first``)."""
-    history = _history(transitions, history_window)
-    demos = _demos(transitions, buffer, k, other_tasks=other_tasks, world_of=world_of)
-    return [request_for(t, history[id(t)], d) for t, d in zip(transitions, demos)]
+    ``world_of``, its own world's first: ``loop.demos: same-world-first``). A transition listed
+    more than once (:func:`successes_repeated`) gets the request it gets listed once."""
+    unique, where = _unique(transitions)
+    history = _history(unique, history_window)
+    demos = _demos(unique, buffer, k, other_tasks=other_tasks, world_of=world_of)
+    requests = [request_for(t, history[id(t)], d) for t, d in zip(unique, demos)]
+    return [requests[i] for i in where]
+
+
+def _unique(transitions: Sequence[Transition]) -> tuple[list[Transition], list[int]]:
+    """Each transition object once (first place kept), and where each of ``transitions`` is in that list.
+
+    A repeated transition must not be its own history: the episode's step list would hold the
+    copies, and the last copy's window would show the earlier ones (the very state and action it
+    answers) in place of the real steps before it."""
+    unique: list[Transition] = []
+    index: dict[int, int] = {}
+    where = []
+    for t in transitions:
+        if id(t) not in index:
+            index[id(t)] = len(unique)
+            unique.append(t)
+        where.append(index[id(t)])
+    return unique, where
 
 
 def successes_repeated(transitions: Sequence[Transition], repeats: int) -> list[Transition]:
@@ -577,17 +611,20 @@ def training_examples(
     episode excluded, as at inference (with ``other_tasks``, its whole task: the model then
     learns to read the current state rather than copy a stored twin), and the prompt from
     :func:`build_prompt`, shortened by :func:`fit_request` with the inference budget ``fits``.
+    A transition listed more than once (:func:`successes_repeated`) is built once and its
+    example repeated: repeats change how often an example is shown, never what it shows.
     """
+    unique, where = _unique(transitions)
     examples = []
-    requests = requests_for(transitions, buffer, history_window=history_window, k=k, other_tasks=other_tasks, world_of=world_of)
-    for t, request in zip(transitions, requests):
+    requests = requests_for(unique, buffer, history_window=history_window, k=k, other_tasks=other_tasks, world_of=world_of)
+    for t, request in zip(unique, requests):
         request = fit_request(request, fits)
         target = render_target(
             reasoning=t.reasoning, next_state=t.next_state, valid=t.valid, done=t.game_over,
             success=t.success, reward=outcome_reward(done=t.game_over, success=t.success, valid=t.valid),
         )
         examples.append([(build_prompt(request), False), *target])
-    return examples
+    return [list(examples[i]) for i in where]  # copies: a backend may change one example's list in place
 
 
 # --- task generator (M_task) prompts ----------------------------------------------

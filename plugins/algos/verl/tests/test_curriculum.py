@@ -196,3 +196,105 @@ def test_bad_task_file_names_file_and_line(tmp_path):
     path.write_text(msgspec.json.encode(TASKS[0]).decode() + "\n{\"id\": 3}\n")
     with pytest.raises(DataError, match=r"tasks.jsonl:2: not a Task record"):
         DreamGymTaskDataset(data_files=str(path))
+
+
+class SeededBackend:
+    """Test double of a sampling LM: its text depends only on the call's seed (and the prompt's
+    place), which it records; the selection prompt always picks the first candidate."""
+
+    model_id = "fake"
+
+    def __init__(self) -> None:
+        self.seeds: list[int] = []
+
+    def generate(self, *, prompts, max_new_tokens, temperature, stop, seed=None):
+        self.seeds.append(seed)
+        if prompts and prompts[0].startswith("Choose"):
+            return [" 1"]
+        return [f"put the thing {seed % 1_000_003}.{i} in the box" for i, _ in enumerate(prompts)]
+
+
+def _reward_entropy_with_m_task():
+    from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel
+
+    entropy = pytest.importorskip("dreamgym_plugin_reward_entropy")
+    (spec,) = entropy.dreamgym_register_curricula()
+    tasks = [Task(id=f"t{i}", instruction=f"put the item {i} in the box", domain="d") for i in range(6)]
+    generator = LMExperienceModel(SeededBackend(), ExperienceModelConfig())
+    return spec.factory(entropy.RewardEntropyConfig(tasks_to_vary=1), tasks=tasks, task_generator=generator, seed=0, domain=None)
+
+
+def _play(stop_at=None, steps=4, saved=lambda state: state):
+    """The synthetic tasks after each of ``steps`` steps; with ``stop_at``, the actor is saved and
+    rebuilt (as verl's resume does) before that step; ``saved`` edits the saved state."""
+    actor, log = CurriculumActor(_reward_entropy_with_m_task, group_size=2), []
+    encode = msgspec.msgpack.encode
+    for step in range(steps):
+        if step == stop_at:
+            state = saved(actor.state_dict())
+            actor = CurriculumActor(_reward_entropy_with_m_task, group_size=2)
+            actor.load_state_dict(state)
+        for task in msgspec.msgpack.decode(actor.next_tasks(3), type=list[Task]):
+            for reward in (0.0, 1.0):  # every task's group has reward variance: one is varied each step
+                actor.record(encode(TaskOutcome(task=task, rewards=[reward])), f"{task.id}/{step}")
+        actor.metrics()
+        log.append([t.instruction for t in actor.curriculum.synthetic])
+    return log
+
+
+def test_a_resumed_curriculum_actor_writes_the_variations_of_an_uninterrupted_run():
+    """M_task's call count seeds each of its calls; the actor's state keeps it, so a resumed
+    run's variations are the uninterrupted run's (they restarted at call 1's seeds)."""
+    uninterrupted = _play()
+    assert len(set(uninterrupted[-1])) >= 3  # the generator wrote several variations
+    for stop_at in (1, 2, 3):
+        assert _play(stop_at=stop_at) == uninterrupted
+
+
+def test_an_actor_state_saved_before_the_generator_was_kept_still_loads():
+    def without_generator(payload: bytes) -> bytes:
+        state = json.loads(payload)
+        assert state.pop("generator")["calls"] > 0
+        return json.dumps(state).encode()
+
+    resumed = _play(stop_at=2, saved=without_generator)
+    assert len(resumed) == 4 and resumed[:2] == _play()[:2]
+
+
+def _built_curriculum(monkeypatch, draw: int):
+    """build_curriculum's task generator and a worker's M_exp, both over one recording backend."""
+    from types import SimpleNamespace
+
+    from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel
+    from dreamgym_plugin_verl import runtime
+
+    backend = SeededBackend()
+    config = ExperienceModelConfig(seed=3, draw=draw)
+    pipeline = SimpleNamespace(
+        env=SimpleNamespace(name="d"), curriculum=SimpleNamespace(name="c"), encoder=None, seed=3,
+        loop=SimpleNamespace(experience_draw=draw),
+    )
+    built: dict = {}
+
+    def build(kind, name, config, **kwargs):
+        return SimpleNamespace(tasks=lambda split: TASKS) if kind == "env" else built.update(kwargs) or built
+
+    plugins = SimpleNamespace(build=build)
+    monkeypatch.setattr(runtime, "_load", lambda run_dir: (SimpleNamespace(pipeline=pipeline, components={"env": None, "curriculum": None}), plugins))
+    monkeypatch.setattr(runtime, "_experience_model", lambda *a: LMExperienceModel(backend, config))
+    runtime.build_curriculum("run")
+    return built["task_generator"], LMExperienceModel(backend, config), backend
+
+
+def test_the_curriculum_actors_task_generator_draws_from_a_stream_of_its_own(monkeypatch):
+    """The actor's M_task is built like the workers' M_exp (same weights, seed and draw); on the
+    same stream, its call k and a worker's synthetic-step call k sampled with the same noise."""
+    seeds = {}
+    for draw in (0, 1):
+        generator, worker, backend = _built_curriculum(monkeypatch, draw)
+        generator.vary_tasks(task=TASKS[0], n=1)
+        worker.vary_tasks(task=TASKS[0], n=1)  # a worker's first call, as M_exp
+        task_seed, worker_seed = backend.seeds
+        assert task_seed != worker_seed
+        seeds[draw] = task_seed
+    assert seeds[0] != seeds[1]  # another draw of M_exp is another draw of M_task too, as in the local loop

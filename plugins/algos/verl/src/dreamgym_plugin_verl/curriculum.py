@@ -38,6 +38,9 @@ class _ActorState(msgspec.Struct, frozen=True):
     """What a :class:`CurriculumActor` saves with verl's checkpoint (through the dataset)."""
 
     curriculum: dict[str, Any]
+    # The task generator's (M_task's call count seeds its variations); None in a state saved before
+    # it was kept, or for a generator without state.
+    generator: dict[str, Any] | None = None
     collected: list[TaskOutcome] = []
     pending: list[TaskOutcome] = []
     pending_groups: list[str] = []  # the group key of each pending outcome (verl's row uid)
@@ -184,17 +187,32 @@ class CurriculumActor:
         self._observe()
         return dict(self.curriculum.metrics()) if hasattr(self.curriculum, "metrics") else {}
 
+    def _generator(self) -> Any:
+        """The curriculum's task generator when it keeps one (reward-entropy's ``generator``) with
+        a state of its own, else None. In the local loop M_task is the run's experience model,
+        saved with the run; here the actor builds its own, which only this state saves."""
+        generator = getattr(self.curriculum, "generator", None)
+        has_state = callable(getattr(generator, "state_dict", None)) and callable(getattr(generator, "load_state_dict", None))
+        return generator if has_state else None
+
     def state_dict(self) -> bytes:
-        """The curriculum with the outcomes it has not observed yet (see ``_observe``)."""
+        """The curriculum and its task generator, with the outcomes it has not observed yet (see
+        ``_observe``). Without the generator's call count, a resumed run's M_task drew its variations
+        with the seeds of the run's first calls again, and wrote other tasks than an uninterrupted run."""
         groups = list(self.groups.pending)
         pending = [TaskOutcome(task=task, rewards=rewards) for task, rewards in self.groups.pending.values()]
+        generator = self._generator()
         return _json(_ActorState(
-            curriculum=self.curriculum.state_dict(), collected=self.collected, pending=pending, pending_groups=groups,
+            curriculum=self.curriculum.state_dict(), generator=generator.state_dict() if generator is not None else None,
+            collected=self.collected, pending=pending, pending_groups=groups,
         ))
 
     def load_state_dict(self, payload: bytes) -> None:
         state = msgspec.json.decode(payload, type=_ActorState)
         self.curriculum.load_state_dict(state.curriculum)
+        generator = self._generator()
+        if generator is not None and state.generator is not None:  # a state saved before it was kept has none
+            generator.load_state_dict(state.generator)
         self.collected = list(state.collected)
         self.groups = OutcomeGroups(self.groups.group_size)
         groups = state.pending_groups if len(state.pending_groups) == len(state.pending) else [""] * len(state.pending)

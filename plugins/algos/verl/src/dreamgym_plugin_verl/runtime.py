@@ -26,7 +26,7 @@ from .agent_loop import EpisodeRuntime
 from .buffer_actor import RemoteBuffer
 from .curriculum import RemoteCurriculum
 
-__all__ = ["load_runtime", "runtime_spec_path", "synthetic_env_factory", "build_buffer", "build_curriculum"]
+__all__ = ["load_runtime", "runtime_spec_path", "synthetic_env_factory", "build_buffer", "build_curriculum", "task_stream"]
 
 
 def runtime_spec_path(run_dir: str | Path) -> Path:
@@ -76,14 +76,29 @@ def build_buffer(run_dir: str) -> Any:
     )
 
 
+# The seed stream of M_task in the curriculum actor (LMExperienceModel.stream).
+TASK_STREAM = "task-generator"
+
+
+def task_stream(draw: int) -> str:
+    """The name of M_task's stream under ``loop.experience_draw`` ``draw``: its own stream, as
+    the workers' M_exp (the same weights and seed) counts its calls from 1 too, and call k of
+    both drew with the same noise. Another draw is another stream, as in the local loop, where
+    M_task is the experience model itself and a draw changes its variations too."""
+    return TASK_STREAM if draw == 0 else f"{TASK_STREAM}/draw/{draw}"
+
+
 def build_curriculum(run_dir: str) -> Any:
-    """The pipeline's curriculum over the train tasks (runs inside the curriculum actor)."""
+    """The pipeline's curriculum over the train tasks (runs inside the curriculum actor), its
+    M_task on a seed stream of its own (:func:`task_stream`)."""
     resolved, plugins = _load(run_dir)
     cfg = resolved.pipeline
     domain = plugins.build("env", cfg.env.name, resolved.components["env"])
+    model = _experience_model(resolved, plugins, domain, run_dir)
+    generator = model.stream(task_stream(cfg.loop.experience_draw)) if model is not None else None
     return plugins.build(
         "curriculum", cfg.curriculum.name, resolved.components["curriculum"],
-        tasks=domain.tasks(split="train"), task_generator=_experience_model(resolved, plugins, domain, run_dir),
+        tasks=domain.tasks(split="train"), task_generator=generator,
         encoder=_encoder(resolved, plugins), seed=cfg.seed, domain=domain,
     )
 

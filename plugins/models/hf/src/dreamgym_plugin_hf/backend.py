@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -29,12 +29,12 @@ from dreamgym_core.checkpoint import new_directory, plain_file_modes
 from dreamgym_core.errors import ConfigError, DataError, ModelUnavailable
 from dreamgym_core.progress import OnBatch
 
-from .config import HFConfig, LoraSettings
+from .config import MAX_TORCH_SEED, MIN_TORCH_SEED, HFConfig, LoraSettings
 from .text import IGNORE, cut_at_stop, keep_end, left_pad, right_pad, segment_labels
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HFBackend", "context_length", "load_pretrained", "resolve_chat_template", "save_checkpoint", "saved_chat_template"]
+__all__ = ["HFBackend", "context_length", "load_pretrained", "resolve_chat_template", "save_checkpoint", "saved_chat_template", "saved_model_id"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Example = Sequence[tuple[str, bool]]
@@ -94,6 +94,19 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int  # the prompt's tokens as the model saw them (after any cut)
     completion_tokens: int  # tokens generated, up to and including the EOS or the one that completed a stop string
     finish_reason: Literal["stop", "length"]  # "stop": EOS or a stop string ended it; "length": max_new_tokens did
+
+
+def check_device(device: str) -> None:
+    """A ConfigError naming ``device`` unless this torch can place a model there: CUDA on a build
+    or machine without it failed as torch's AssertionError (or RuntimeError) naming no setting,
+    and 'meta' holds no weights to compute with."""
+    where = torch.device(device)
+    if where.type == "meta":
+        raise ConfigError(f"hf: device={device!r} holds no weights; use 'cpu' or 'cuda'")
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"hf: device={device!r} but this torch has no CUDA device (torch {torch.__version__}); use 'cpu'")
+    if where.type == "cuda" and where.index is not None and where.index >= torch.cuda.device_count():
+        raise ConfigError(f"hf: device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
 def forked_devices(device: torch.device | str) -> list[int]:
@@ -189,10 +202,10 @@ def context_length(model: PreTrainedModel) -> tuple[str, int] | None:
     return None
 
 
-def _save_model(model: PreTrainedModel, directory: Path) -> None:
-    """``model.save_pretrained``, also for a generation config transformers loads but refuses
-    to save (sampling flags such as temperature without do_sample, as some hub checkpoints
-    ship): that one is written back as it was read rather than failing the save."""
+def _save_model(model: PreTrainedModel, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """``model.save_pretrained`` (of ``state_dict`` when given), also for a generation config
+    transformers loads but refuses to save (sampling flags such as temperature without do_sample,
+    as some hub checkpoints ship): that one is written back as it was read rather than failing the save."""
     own = getattr(model, "generation_config", None)
     try:
         if own is not None:
@@ -200,21 +213,30 @@ def _save_model(model: PreTrainedModel, directory: Path) -> None:
     except ValueError:
         model.generation_config = GenerationConfig()
         try:
-            model.save_pretrained(directory, safe_serialization=True)
+            model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
         finally:
             model.generation_config = own
         own.to_json_file(directory / "generation_config.json")
         return
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
 
 
 # Beside the weights: how the saved model's prompts were formatted, which its weights cannot say.
 SETTINGS_FILE = "dreamgym.json"
 
 
-def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str, *, chat_template: bool | None = None) -> None:
-    """Save model (safetensors) and tokenizer to ``path`` atomically; with ``chat_template``,
-    also whether the model was trained on chat-formatted prompts (:data:`SETTINGS_FILE`).
+def save_checkpoint(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    path: str,
+    *,
+    chat_template: bool | None = None,
+    model_id: str | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Save model (safetensors; ``state_dict`` as its weights when given) and tokenizer to ``path``
+    atomically; with ``chat_template``, also whether the model was trained on chat-formatted
+    prompts, and with ``model_id`` the name the saving backend gave it (:data:`SETTINGS_FILE`).
 
     Written to a sibling temporary directory first and swapped in, so a kill never
     leaves a half-written checkpoint at ``path``.
@@ -224,10 +246,11 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: str, *, chat_t
     tmp = new_directory(target.parent, prefix=f".{target.name}.")
     try:
         with quiet_progress_bars():
-            _save_model(model, tmp)
+            _save_model(model, tmp, state_dict)
             tokenizer.save_pretrained(tmp)
-        if chat_template is not None:
-            (tmp / SETTINGS_FILE).write_text(json.dumps({"chat_template": chat_template}) + "\n")
+        settings = {key: value for key, value in {"chat_template": chat_template, "model_id": model_id}.items() if value is not None}
+        if settings:
+            (tmp / SETTINGS_FILE).write_text(json.dumps(settings) + "\n")
         plain_file_modes(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
@@ -246,15 +269,29 @@ def saved_chat_template(path: str) -> bool | None:
     Raises:
         DataError: the file is there but damaged.
     """
+    return _saved_setting(path, "chat_template", bool, "true or false")
+
+
+def saved_model_id(path: str) -> str | None:
+    """The name the backend that saved the checkpoint at ``path`` gave its model (hf-tiny's names
+    its fitted tokenizer's corpus, which the weights cannot say); None when the checkpoint does
+    not record one (saved before the field existed, or by :func:`save_checkpoint` without it)."""
+    return _saved_setting(path, "model_id", str, "a string", required=False)
+
+
+def _saved_setting(path: str, key: str, kind: type, expected: str, *, required: bool = True) -> Any:
+    """``key`` of the checkpoint's :data:`SETTINGS_FILE`; None when the file is absent (or, not
+    ``required``, the key). Raises DataError when the file is damaged or the value not a ``kind``."""
     file = Path(path) / SETTINGS_FILE
     if not file.is_file():
         return None
     try:
-        value = json.loads(file.read_text())["chat_template"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        settings = json.loads(file.read_text())
+        value = settings[key] if required else settings.get(key)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{file}: cannot read the checkpoint's settings: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(value, bool):
-        raise DataError(f"{file}: chat_template is {value!r}, expected true or false")
+    if (value is not None and not isinstance(value, kind)) or (value is None and required):
+        raise DataError(f"{file}: {key} is {value!r}, expected {expected}")
     return value
 
 
@@ -274,9 +311,30 @@ def resolve_chat_template(path: str, asked: bool | None) -> bool:
     return asked
 
 
+def _tied_embeddings_adapted(model: PreTrainedModel, lora: LoraSettings) -> list[str]:
+    """The word-embedding modules (input, output) that ``lora`` adapts on a model whose two share
+    one weight (hf-tiny, SmolLM2); [] when they are not tied. Merged on save, an adapter there adds
+    its update to the shared weight, so the other module changes too and the saved model is not
+    the trained one. Matched as peft matches a list: the name or its last dotted parts."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if inp is None or out is None:
+        return []
+    if inp.weight is not out.weight and not getattr(model.config, "tie_word_embeddings", False):
+        return []
+    names = {id(module): name for name, module in model.named_modules()}
+    found = [names.get(id(module), "") for module in (inp, out)]
+    return [n for n in found if n and any(n == t or n.endswith(f".{t}") for t in lora.target_modules)]
+
+
 def _wrap_lora(model: PreTrainedModel, lora: LoraSettings) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    tied = _tied_embeddings_adapted(model, lora)
+    if tied:
+        raise ConfigError(
+            f"hf: lora.target_modules={list(lora.target_modules)} adapt {tied}, but this model ties its input and "
+            "output word embeddings (one shared weight): the merged save would change both; leave them out"
+        )
     config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
@@ -287,6 +345,29 @@ def _wrap_lora(model: PreTrainedModel, lora: LoraSettings) -> Any:
         raise ConfigError(f"hf: lora.target_modules={list(lora.target_modules)} do not match the model: {exc}") from exc
 
 
+def merged_lora_weights(base: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The state dict peft's ``merge_and_unload()`` would leave ``base`` (a peft-wrapped model's
+    base) with, computed beside the live model rather than in it: each adapted weight is a new
+    tensor (W + its adapters' deltas, the arithmetic of peft's merge), every other entry the live
+    tensor itself. A deep copy merged held the whole model twice at each save; merging in place
+    and unmerging after changes the live weights by rounding (W + d - d is not W), and a
+    generation running meanwhile (hf serve) would apply the adapters twice."""
+    from peft.tuners.lora import Embedding, LoraLayer
+
+    weights = {key.replace(".base_layer.", "."): value for key, value in base.state_dict().items() if ".lora_" not in key}
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        weight = module.get_base_layer().weight.detach()
+        merged = weight.clone()
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A or adapter in module.lora_embedding_A:
+                delta = module.get_delta_weight(adapter)
+                merged += delta.to(weight.dtype) if isinstance(module, Embedding) else delta  # as peft merges each
+        weights[f"{name}.weight"] = merged
+    return weights
+
+
 class HFBackend:
     """A local causal LM: ``generate``, ``sft``, ``save``; satisfies TrainableLanguageModel.
 
@@ -295,6 +376,7 @@ class HFBackend:
     """
 
     def __init__(self, config: Any, *, model: PreTrainedModel, tokenizer: Any, model_id: str, chat_template: bool = False) -> None:
+        check_device(config.device)
         self.config = config
         self.model_id = model_id
         self.chat_template = chat_template
@@ -307,6 +389,7 @@ class HFBackend:
     @classmethod
     def from_config(cls, config: HFConfig) -> HFBackend:
         """The ``hf`` component's factory."""
+        check_device(config.device)  # before a load of minutes
         model, tokenizer = load_pretrained(config.path, config.dtype, allow_download=config.allow_download)
         chat_template = resolve_chat_template(config.path, config.chat_template)
         return cls(config, model=model, tokenizer=tokenizer, model_id=config.path, chat_template=chat_template)
@@ -318,9 +401,24 @@ class HFBackend:
 
     def reload(self, *, path: str) -> None:
         """Replace model and tokenizer in place with a directory written by :meth:`save`
-        (the run loop's ``--resume``); this backend's settings (device, LoRA) still apply."""
+        (the run loop's ``--resume``, eval-model's ``--model-dir``); this backend's settings
+        (device, LoRA) still apply. The model takes the name its saver gave it (else
+        :meth:`_reloaded_id`'s), and the checkpoint's chat template unless the config sets one."""
         model, tokenizer = load_pretrained(str(path), getattr(self.config, "dtype", "float32"))
-        self._attach(model, tokenizer)
+        chat_template = resolve_chat_template(str(path), getattr(self.config, "chat_template", None))
+        before = self.chat_template
+        self.chat_template = chat_template
+        try:
+            self._attach(model, tokenizer)
+        except BaseException:
+            self.chat_template = before  # the old model stays, with its settings
+            raise
+        self.model_id = saved_model_id(str(path)) or self._reloaded_id(str(path))
+
+    def _reloaded_id(self, path: str) -> str:
+        """The name of a reloaded checkpoint that records none: this backend's own (a fine-tune
+        of the model it was built from)."""
+        return self.model_id
 
     def _attach(self, model: PreTrainedModel, tokenizer: Any) -> None:
         if self.config.cpu_threads is not None:
@@ -346,6 +444,7 @@ class HFBackend:
             model = _wrap_lora(model, self.config.lora)
         model.eval()
         self.model, self.tokenizer = model, tokenizer
+        self._header: str | None = None  # the chat template's rendered head, per tokenizer
 
     def prepare(self, *, corpus: Sequence[str]) -> None:
         """Pretrained models need no preparation (the tiny preset trains its tokenizer here)."""
@@ -369,9 +468,36 @@ class HFBackend:
             return []
         return leading_special_tokens(self.tokenizer)  # per call: two encodings of one character
 
+    def _kept_start(self, prompt: str, ids: list[int]) -> int:
+        """How many leading tokens of ``ids`` (``prompt`` as generation sees it) a cut keeps: the
+        tokenizer's start tokens (BOS), and under a chat template the rendered turns before the
+        user's text (a system turn, the user turn's opening). Cut with the rest, the model saw the
+        middle of a user's text with no turn opened."""
+        if not self.chat_template:
+            return len(self._prefix(prompt))
+        header = self._chat_header()
+        if not header:
+            return 0
+        kept = 0  # the header's tokens as the whole prompt's encoding has them
+        for a, b in zip(ids, self._encode(header)):
+            if a != b:
+                break
+            kept += 1
+        return kept if self._format_prompt(prompt).startswith(header) else 0
+
+    def _chat_header(self) -> str:
+        """The chat template's text before the user's content (same for every prompt), rendered
+        once per tokenizer with a marker as the content; "" when the marker is not found."""
+        if self._header is None:
+            marker = "\x00dreamgym-prompt\x00"
+            rendered = self._format_prompt(marker)
+            self._header = rendered[: rendered.index(marker)] if marker in rendered else ""
+        return self._header
+
     def encode_prompt(self, prompt: str, limit: int) -> list[int]:
         """Token ids of one prompt as generation sees it, keeping its last ``limit`` tokens."""
-        return keep_end(self.prompt_ids(prompt), limit, keep_start=len(self._prefix(prompt)))
+        ids = self.prompt_ids(prompt)
+        return keep_end(ids, limit, keep_start=self._kept_start(prompt, ids))
 
     def prompt_fits(self, prompt: str, *, max_new_tokens: int) -> bool:
         """Whether generation with ``max_new_tokens`` would see the whole prompt (it cuts the start
@@ -410,7 +536,7 @@ class HFBackend:
         pieces += [(self._encode(text), train) for text, train in example[split:] if text]
         if self.config.sft_append_eos and example and example[-1][1] and self.tokenizer.eos_token_id is not None:
             pieces.append(([self.tokenizer.eos_token_id], True))
-        return segment_labels(pieces, self.config.max_length, keep_start=len(self._prefix(prompt)))
+        return segment_labels(pieces, self.config.max_length, keep_start=self._kept_start(prompt, head) if split else len(head))
 
     # --- generation -------------------------------------------------------------
 
@@ -443,12 +569,17 @@ class HFBackend:
     ) -> list[Generation]:
         """:meth:`generate`'s answers with their token counts and finish reasons (the server's
         ``usage`` and ``finish_reason``), read from the generated ids; the texts are generate's."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):  # True was 1 token
+            raise ConfigError(f"hf: max_new_tokens={max_new_tokens!r} must be an integer")
         if max_new_tokens < 1 or max_new_tokens >= self.config.max_length:
             raise ConfigError(
                 f"hf: max_new_tokens={max_new_tokens} must be in [1, max_length={self.config.max_length})"
             )
-        if temperature < 0:
-            raise ConfigError(f"hf: temperature={temperature} must be >= 0")
+        # NaN passed `< 0` and `> 0` alike and decoded greedily; infinity sampled uniformly
+        if isinstance(temperature, bool) or not math.isfinite(temperature) or temperature < 0:
+            raise ConfigError(f"hf: temperature={temperature!r} must be a finite number >= 0")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not MIN_TORCH_SEED <= seed <= MAX_TORCH_SEED):
+            raise ConfigError(f"hf: seed={seed!r} must be an integer in [{MIN_TORCH_SEED}, {MAX_TORCH_SEED}]")
         prompts = list(prompts)
         size = self.config.generation_batch_size
         with torch.random.fork_rng(devices=forked_devices(self.config.device), enabled=seed is not None):
@@ -473,7 +604,7 @@ class HFBackend:
         limit = self.config.max_length - max_new_tokens
         full = [self.prompt_ids(p) for p in prompts]
         self._count_cuts([len(ids) for ids in full], limit, max_new_tokens)
-        encoded = [keep_end(ids, limit, keep_start=len(self._prefix(p))) for ids, p in zip(full, prompts, strict=True)]
+        encoded = [keep_end(ids, limit, keep_start=self._kept_start(p, ids)) for ids, p in zip(full, prompts, strict=True)]
         if not all(encoded):  # the model has no position to start from (transformers fails obscurely)
             raise DataError("hf: a prompt is empty and this tokenizer adds no start token: nothing to generate from")
         ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)
@@ -566,6 +697,8 @@ class HFBackend:
     def evaluate_loss(self, *, examples: Sequence[Example], batch_size: int = 8) -> float:
         """Mean masked next-token loss over the trained tokens of ``examples`` (no update);
         ``batch_size`` only bounds memory."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"hf: evaluate_loss needs batch_size >= 1 (got {batch_size!r})")
         rows = self._trainable_rows(examples)
         self.model.eval()
         sums = [self._loss_sum(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
@@ -616,6 +749,9 @@ class HFBackend:
                     on_epoch(epoch, epoch_means[-1])
                     self.model.train()
         finally:
+            # the last step's gradients are a model-sized buffer (the trained part's): kept, they
+            # stayed allocated through the rest of the run (RL, evaluation) with no use
+            optimiser.zero_grad(set_to_none=True)
             self.model.eval()
         return {
             "losses/sft_loss": epoch_means[-1],
@@ -626,15 +762,14 @@ class HFBackend:
 
     # --- persistence ------------------------------------------------------------
 
-    def _plain_model(self) -> PreTrainedModel:
-        """The transformers model to save: LoRA adapters merged into a copy."""
-        if self.config.lora is None:
-            return self.model
-        return copy.deepcopy(self.model).merge_and_unload()
-
     def save(self, *, path: str) -> None:
-        """Write safetensors weights, config and tokenizer; the ``hf`` component reloads it."""
-        save_checkpoint(self._plain_model(), self.tokenizer, path, chat_template=self.chat_template)
+        """Write safetensors weights, config and tokenizer; the ``hf`` component reloads it.
+        LoRA adapters are saved merged into the weights they adapt (a plain model)."""
+        if self.config.lora is None:
+            model, weights = self.model, None
+        else:
+            model, weights = self.model.get_base_model(), merged_lora_weights(self.model.get_base_model())
+        save_checkpoint(model, self.tokenizer, path, chat_template=self.chat_template, model_id=self.model_id, state_dict=weights)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, device={self.config.device!r})"

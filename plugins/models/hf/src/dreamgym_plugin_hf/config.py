@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import torch
 from msgspec import Meta
 
 from dreamgym_core.config import Config, PositiveFloat, PositiveInt
@@ -11,6 +12,13 @@ from dreamgym_core.config import Config, PositiveFloat, PositiveInt
 __all__ = ["LoraSettings", "HFConfig", "TinyConfig", "SmolLM2Config"]
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+# What torch.manual_seed takes; past it torch failed with an overflow naming no setting (after the
+# model was built, or at generation). msgspec bounds ints only within int64, so the config's seed
+# is a signed 64-bit one (the top half of the unsigned range refused as well); generate()'s seed
+# (the run derives it, up to 2**64 - 1) is checked against torch's whole range.
+MIN_TORCH_SEED, MAX_TORCH_SEED = -(2**63), 2**64 - 1
+MAX_CONFIG_SEED = 2**63 - 1
 
 
 # A rank of 4096 is already the full width of a 7B model (LoRA ranks are 8 to a few hundred);
@@ -49,12 +57,22 @@ class _Common(Config):
         Meta(description="SFT: rows per forward/backward, gradients accumulated to the full batch "
              "(bounds activation memory; None: the whole batch at once)."),
     ] = None
-    seed: Annotated[int, Meta(description="Seeds weight init (tiny) and SFT shuffling.")] = 0
+    seed: Annotated[
+        int, Meta(ge=MIN_TORCH_SEED, le=MAX_CONFIG_SEED, description="Seeds weight init (tiny) and SFT shuffling (64 bits).")
+    ] = 0
     cpu_threads: Annotated[
         PositiveInt | None,
         Meta(description="Set torch's intra-op threads for the process (None: leave torch's default). "
              "1 is several times faster for tiny models on a busy CPU."),
     ] = None
+
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:  # a misspelt device ('gpu') failed inside torch, naming no setting, after the model loaded
+            torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device={self.device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
 
 
 class HFConfig(_Common):

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from dreamgym_core.checkpoint import atomic_write
 from dreamgym_core.errors import ConfigError, DataError
 
-from .backend import HFBackend, load_pretrained, quiet_progress_bars, save_checkpoint
+from .backend import HFBackend, check_device, load_pretrained, quiet_progress_bars, save_checkpoint
 from .config import SmolLM2Config
 
 __all__ = ["GGUF_NAME", "locate_gguf", "load_gguf", "SmolLM2Backend"]
@@ -113,6 +113,7 @@ class SmolLM2Backend(HFBackend):
 
     @classmethod
     def from_config(cls, config: SmolLM2Config) -> SmolLM2Backend:
+        check_device(config.device)  # before the GGUF's conversion
         cache = Path(config.cache_dir) if config.cache_dir else None
         source = gguf_source(config.gguf_file)
         if cache is not None and (cache / "model.safetensors").is_file():

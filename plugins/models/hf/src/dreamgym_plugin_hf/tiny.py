@@ -79,6 +79,15 @@ class TinyBackend(HFBackend):
         c = self.config
         return f"hf-tiny-{c.hidden_size}x{c.layers}-v{len(self.tokenizer)}-{corpus_id}"
 
+    def _reloaded_id(self, path: str) -> str:
+        """A checkpoint saved before it recorded its name: named as :meth:`prepare` names its model,
+        for the reloaded tokenizer's size, with a digest of its vocabulary in place of the corpus's
+        (which the checkpoint does not keep); "bytes" for the unfitted byte-level tokenizer."""
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        if vocab == sorted(train_tokenizer([], vocab_size=self.config.vocab_size).get_vocab().items()):
+            return self._name("bytes")
+        return self._name("vocab-" + hashlib.sha256(repr(vocab).encode()).hexdigest()[:10])
+
     def prepare(self, *, corpus: Sequence[str]) -> None:
         """Train the tokenizer on ``corpus`` and re-initialise the model for that vocabulary."""
         corpus = list(corpus)

@@ -157,6 +157,15 @@ ROWS[REJECTING] = ["loop.reject_unlisted_actions=true"]
 # Asked before it ran: does its balanced accuracy rise, and RL in it stop losing to SFT?
 SUCCESSES_REPEATED = "GRPO DreamGym + wins shown 4x"
 ROWS[SUCCESSES_REPEATED] = ["experience.success_repeats=4"]
+# Beyond the paper: the SFT row with a warm start of its own, on every winning offline episode as
+# the table's (rebuilt: does this machine reproduce the shared warm start?) and on the expert's
+# winning episodes only (loop.warmstart_demos=expert, the paper's SFT on expert demonstrations; the
+# table's warm start also imitates the noisy and random policies' wins). Each collects its own
+# offline data (the same episodes: collection is seeded) and trains no experience model.
+SFT_REBUILT, SFT_EXPERT = "SFT (own warm start)", "SFT (own warm start, expert demos only)"
+ROWS[SFT_REBUILT] = ROWS["SFT"]
+ROWS[SFT_EXPERT] = [*ROWS["SFT"], "loop.warmstart_demos=expert"]
+OWN_WARMSTART = {SFT_REBUILT, SFT_EXPERT}
 # S2R with the same correction, against the listed real GRPO (the paper's S2R target).
 CORRECTED_S2R = "GRPO DreamGym-S2R + corrected transitions" + LISTED
 ROWS[CORRECTED_S2R] = [*ROWS["GRPO DreamGym-S2R" + LISTED], *ROWS[CORRECTED]]
@@ -396,7 +405,7 @@ def share_from(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> 
     if draw:
         copy_parts(_before_rl(game, row, seed), run_dir, model=True)
         return
-    if row == "GRPO DreamGym":
+    if row == "GRPO DreamGym" or row in OWN_WARMSTART:
         return
     donor = _before_rl(game, "GRPO DreamGym", seed)
     copy_parts(donor, run_dir, model=row in SHARES_MODEL and checkpoint.stage_done(donor / "experience_model"))

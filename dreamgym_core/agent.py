@@ -8,11 +8,12 @@ episodes use the same prompt, so a policy cannot tell them apart.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Sequence
 
 from .records import HistoryStep, Observation, Task
 
-__all__ = ["ACTION_STOP", "build_agent_prompt", "parse_agent_output", "render_response"]
+__all__ = ["ACTION_STOP", "build_agent_prompt", "parse_agent_output", "render_response", "unreadable_character"]
 
 # Generation stops after the closing action tag: nothing after it is used.
 ACTION_STOP = "</action>"
@@ -67,3 +68,21 @@ def parse_agent_output(text: str, admissible: Sequence[str] = ()) -> tuple[str, 
 def render_response(action: str, thought: str = "") -> str:
     """The canonical response text for ``action`` (used for expert demos in SFT)."""
     return f"<think>{thought}</think><action>{action}</action>"
+
+
+def unreadable_character(action: str) -> str | None:
+    """The first character of ``action`` no engine is sent, described, or None: control
+    characters other than whitespace, and lone surrogates (not valid Unicode).
+
+    A NUL crashed TextWorld's interpreter with the whole process; a lone surrogate cannot be sent
+    to a JVM simulator at all (TextWorldExpress; ScienceWorld's py4j connection broke, and the
+    episode ended as an engine error). Environments answer such an action as an invalid step."""
+    if action.isprintable():
+        return None
+    for char in action:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return f"lone surrogate U+{ord(char):04X}"
+        if category == "Cc" and not char.isspace():
+            return f"control character U+{ord(char):04X}"
+    return None

@@ -192,6 +192,22 @@ def test_the_state_lists_every_action_of_a_large_room(tmp_path):
         env.close()
 
 
+def test_the_opening_of_a_large_room_names_every_receptacle_at_the_default_budget(tmp_path):
+    # At 600 characters the big kitchen's opening (800) lost its drawers, fridge, microwave,
+    # sinkbasin and stoveburners: the receptacles of the heat, cool and clean tasks.
+    root = tmp_path / "json_2.1.1"
+    write_game(root, "train", BIG_KITCHEN)
+    domain = AlfWorldDomain(AlfWorldConfig(data_path=str(root)))  # the default budget
+    env = domain.make_env()
+    try:
+        opening = env.reset(task=domain.tasks(split="train")[0]).text.splitlines()[0]
+    finally:
+        env.close()
+    assert not opening.endswith("...")
+    for receptacle in ("cabinet 27", "drawer 1,", "fridge 1", "microwave 1", "stoveburner 4", "toaster 1"):  # toaster: the last
+        assert receptacle in opening
+
+
 def test_a_failed_reset_leaves_no_episode_to_play(data, monkeypatch):
     env = AlfWorldEnv(root=data, max_steps=12, max_observation_chars=600, max_action_chars=2000, gold_path=True)
     task = AlfWorldDomain(AlfWorldConfig(data_path=str(data))).tasks(split="train")[0]
@@ -284,7 +300,11 @@ def test_engines_are_reused_across_games_and_envs(domain):
     # Each engine pins a 34 MB deleted copy of the planner library until the process exits;
     # one per game used to fill /tmp in long runs.
     tasks = domain.tasks(split="train") + domain.tasks(split="test")
-    domain.make_env().close()  # an idle engine for the envs below
+    # An env takes an engine at its first reset only: this one puts an idle engine in the pool for
+    # the envs below, so the count does not depend on what earlier tests left there.
+    env = domain.make_env()
+    env.reset(task=tasks[0])
+    env.close()
     before, first = _planner_library_copies(), None
     for _ in range(3):
         env = domain.make_env()

@@ -103,6 +103,21 @@ def test_reset_task_in_any_spelling_the_parser_reads_is_refused(domain, env):
     assert not is_reset_task("reset, task") and not is_reset_task("reset tasks")  # the parser knows neither
 
 
+def test_an_unreadable_action_is_refused_without_killing_the_simulator(domain, env):
+    # py4j cannot send a lone surrogate: the call broke, the guard killed the JVM, the episode ended
+    env.reset(task=domain.tasks(split="train")[0])
+    before, process = env.step(action="look around"), _java(env)
+    for action in ["\ud800", "look \ud800 around", "look around\x00"]:
+        refused = env.step(action=action)
+        assert not refused.valid and not refused.done and refused.reward == 0.0
+        assert refused.observation.text.startswith("No known action matches that input. (the simulator cannot read this action")
+        refused.observation.text.encode()  # valid Unicode: the action is not echoed
+        assert refused.info["score"] == before.info["score"]
+    assert _java(env) is process and process.poll() is None
+    after = env.step(action="look around")
+    assert after.valid and after.info["steps"] == 5  # the refused steps count
+
+
 def test_a_non_str_action_is_a_type_error_and_the_episode_goes_on(domain, env):
     env.reset(task=domain.tasks(split="train")[0])
     with pytest.raises(TypeError, match=r"^scienceworld env: step\(action=\.\.\.\) takes a str, got int$"):
@@ -318,6 +333,43 @@ def test_variations_are_other_train_variations(domain):
     assert domain.make_variation(parent, "something else") is None
 
 
+def test_no_variation_is_a_seed_task(domain):
+    # A seed's variation has the seed's payload, and the curriculum rejects it as a world it has.
+    seeds = domain.tasks(split="train")
+    parent = seeds[0]
+    texts = domain.propose_variations(parent, n=10_000, rng=np.random.default_rng(0))  # every one it may propose
+    proposed = {int(text.split("=")[1]) for text in texts}
+    assert proposed == set(domain.variations("train")) - {t.payload["variation"] for t in seeds}
+    children = [domain.make_variation(parent, text) for text in texts[:3]]
+    assert all(c is not None and c.payload not in [t.payload for t in seeds] for c in children)
+    assert all(domain.make_variation(parent, f"variation={t.payload['variation']}") is None for t in seeds)
+    assert f"{len(proposed)} other train variations that are not seed tasks: {min(proposed)}-{max(proposed)}." in domain.describe_variation(parent)
+
+
+def test_a_task_whose_seeds_hold_every_train_variation_proposes_none():
+    boil = SciWorldDomain(SciWorldConfig(task="boil", train_variations=32, valid_variations=0, test_variations=1))
+    try:
+        variations = boil.variations("train")
+        assert len(variations) < 32  # 14: every one is a seed task
+        parent = boil._task("train", variations[0])  # a seed, without describing all 14
+        assert boil.propose_variations(parent, n=5, rng=np.random.default_rng(0)) == []
+        assert boil.make_variation(parent, f"variation={variations[1]}") is None
+        assert "there is none" in boil.describe_variation(parent)
+    finally:
+        boil.close()
+
+
+def test_a_collection_is_a_function_of_its_arguments(domain):
+    # in the probe's JVM a second collect with the seed played other episodes (random: other action
+    # strings; noisy: another gold-path step), as the simulator orders its lists by its JVM's history
+    tasks = domain.tasks(split="train")[:2]
+    for policy in ("random", "noisy"):
+        first, second = (domain.collect(tasks=tasks, policy=policy, episodes=2, seed=0) for _ in range(2))
+        assert [[(t.action, t.next_state) for t in e.transitions] for e in first] == [
+            [(t.action, t.next_state) for t in e.transitions] for e in second
+        ], policy
+
+
 def test_annotation_reads_the_score_change(domain):
     trajectory = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)[0]
     traces = [domain.annotate(transition=t) for t in trajectory.transitions]
@@ -362,7 +414,10 @@ def reduced_example(run_dir: Path) -> list[str]:
     reduced = [
         f"run_dir={run_dir}", "env.config.train_variations=4", "env.config.valid_variations=2",
         "env.config.test_variations=2", "data.expert_episodes=4", "data.noisy_episodes=1", "data.random_episodes=1",
-        "experience.epochs=1", "loop.warmstart_epochs=1", "loop.warmstart_select_episodes=2", "loop.iterations=1",
+        # a warm start that writes actions, so that RL's synthetic steps reach the experience model
+        # (one epoch of one step wrote none, and RL's every step was an unparsable action)
+        "experience.epochs=1", "experience.batch_size=2", "loop.warmstart_epochs=6", "loop.warmstart_select_episodes=0",
+        "loop.iterations=1",
         "loop.tasks_per_iteration=2", "loop.group_size=2", "loop.max_steps=3", "eval.episodes=2",
         "policy.config.cpu_threads=1", "experience_model.config.cpu_threads=1",
     ]
@@ -416,9 +471,8 @@ def test_an_expert_episode_ended_by_the_step_cap_is_warned_about_once(caplog):
 def test_a_gold_path_longer_than_the_step_cap_is_no_warning_when_the_expert_finishes(domain, monkeypatch, caplog):
     # gold paths list steps after the task is complete (grow-plant: 63, done at 29, a slow load to test
     # on): their length warned that episodes which succeed "end unfinished"
-    probe = domain._probe_env()
-    gold = probe.gold_actions
-    monkeypatch.setattr(probe, "gold_actions", lambda: gold() + ["look around"] * CONFIG.max_steps)
+    gold = SciWorldEnv.gold_actions  # collect() plays in an env of its own
+    monkeypatch.setattr(SciWorldEnv, "gold_actions", lambda self: gold(self) + ["look around"] * CONFIG.max_steps)
     with caplog.at_level("WARNING"):
         trajectory = domain.collect(tasks=domain.tasks(split="train")[:1], policy="expert", episodes=1, seed=0)[0]
     assert trajectory.transitions[-1].success and len(trajectory.transitions) < CONFIG.max_steps

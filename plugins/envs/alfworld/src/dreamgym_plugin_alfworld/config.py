@@ -39,7 +39,18 @@ class AlfWorldConfig(Config):
     noise: Annotated[
         Probability, Meta(description="Noisy-expert policy: chance of a random admissible action instead of the planner's next one.")
     ] = 0.3
-    max_observation_chars: Annotated[PositiveInt, Meta(description="Budget of the observation line of the state.")] = 600
+    # The longest text of a game is its opening room description, which names every receptacle:
+    # 800 characters in a kitchen the size of FloorPlan16 (52 receptacles). 600 cut its drawers,
+    # fridge, microwave, sinkbasin and stoveburners, which the heat, cool and clean tasks need.
+    max_observation_chars: Annotated[
+        PositiveInt,
+        Meta(
+            description=(
+                "Budget of the observation line of the state; past it the text is cut. The opening room description"
+                " of a 52-receptacle kitchen (ALFWorld's FloorPlan16) is 800 characters: a smaller budget hides receptacles."
+            )
+        ),
+    ] = 1200
     # The state's action list is the only list a generated state carries (the synthetic env reads
     # it back), and past the budget whole verbs are dropped. ALFWorld's big kitchens (FloorPlan16:
     # 52 receptacles, 16 objects on its table) need about 1,360 characters; 2,000 leaves margin.

@@ -113,7 +113,7 @@ class SciWorldDomain:
         )
 
     def _probe_env(self) -> SciWorldEnv:
-        """The domain's own env: tasks, initial observations and collection (gold paths on, for collection).
+        """The domain's own env: tasks and initial observations (gold paths on, as collection's env).
         A JVM of its that dies or hangs costs the call that finds out; the next starts another."""
         if self._probe is None:
             self._probe = self.make_env(gold_path=True)
@@ -139,11 +139,18 @@ class SciWorldDomain:
         if not tasks:
             raise ConfigError("env 'sciworld': collect() needs at least one task")
         rng = random.Random(seed)
-        env = self._probe_env()
-        return [
-            self._play(env, tasks[i % len(tasks)], policy, rng, f"{tasks[i % len(tasks)].id}/{policy}/s{seed}/e{i}")
-            for i in range(episodes)
-        ]
+        # A JVM of its own, closed at the end: the simulator lists valid actions (and orders a gold
+        # path's choices) by what its JVM ran before, so in the probe's JVM a second collect with the
+        # same seed played other episodes. A fresh one makes the episodes a function of the arguments,
+        # for the JVM's start and cold first load per call (5-7 s on a loaded 2-core machine).
+        env = self.make_env(gold_path=True)
+        try:
+            return [
+                self._play(env, tasks[i % len(tasks)], policy, rng, f"{tasks[i % len(tasks)].id}/{policy}/s{seed}/e{i}")
+                for i in range(episodes)
+            ]
+        finally:
+            env.close()
 
     def _play(self, env: SciWorldEnv, task: Task, policy: str, rng: random.Random, episode_id: str) -> Trajectory:
         gold: list[str] | None = None  # the gold path, read after the reset
@@ -178,35 +185,59 @@ class SciWorldDomain:
 
     # --- task variation ----------------------------------------------------------
 
+    def _variation_pool(self, parent: Task) -> list[int]:
+        """The variations a variation of ``parent`` may be: the task's train variations that are not
+        seed tasks (those past ``train_variations``), less the parent's own. A seed's variation has
+        the seed's payload, which the curriculum rejects as a world it has: on boil (14 train
+        variations, all seeds at the default 32) every proposal was wasted."""
+        seeds = set(self.variations("train")[: self.config.train_variations])  # the seed tasks' (see tasks)
+        return [v for v in self.variations("train") if v not in seeds and v != parent.payload.get("variation")]
+
     def describe_variation(self, task: Task) -> str:
         """Tells the task generator what a variation of ``task`` may change, and how to write it."""
-        train = self.variations("train")
+        pool = self._variation_pool(task)
+        if not pool:
+            return (
+                f"This is the ScienceWorld task {self.config.task}; a variation is a train variation of it that is not a "
+                "seed task, and there is none (the seed tasks hold every train variation): no variation can be made."
+            )
         return (
-            f"This is the ScienceWorld task {self.config.task}; each variation changes its objects, "
-            f"substances or rooms. Write variation=K with K one of its train variations "
-            f"{train[0]}-{train[-1]} (now {task.payload['variation']})."
+            f"This is the ScienceWorld task {self.config.task}; each variation changes its objects, substances or rooms. "
+            f"Write variation=K with K one of its {len(pool)} other train variations that are not seed tasks: {_spans(pool)}."
         )
 
     def propose_variations(self, parent: Task, *, n: int, rng: Any) -> list[str]:
-        """``n`` variation texts ``make_variation`` accepts: other train variations of the task
-        (the rule-based M_task; ``rng`` is a numpy Generator)."""
-        others = [v for v in self.variations("train") if v != parent.payload["variation"]]
-        return [f"variation={others[i]}" for i in rng.choice(len(others), size=min(n, len(others)), replace=False)]
+        """Up to ``n`` texts ``make_variation`` accepts: train variations of the task that are not seed
+        tasks (the rule-based M_task; ``rng`` is a numpy Generator). None when the seed tasks hold
+        every train variation."""
+        pool = self._variation_pool(parent)
+        if not pool or n <= 0:
+            return []
+        return [f"variation={pool[i]}" for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
 
     def make_variation(self, parent: Task, text: str) -> Task | None:
-        """A synthetic train Task from ``variation=K``, or None when K is not another train variation."""
+        """A synthetic train Task from ``variation=K``, or None unless K is a train variation that is
+        no seed task and not the parent's (see describe_variation)."""
         match = _VARIATION.search(text)
-        if match is None:
+        if match is None or int(match.group(1)) not in self._variation_pool(parent):
             return None
-        variation = int(match.group(1))
-        if variation == parent.payload["variation"] or variation not in self.variations("train"):
-            return None
-        return self._task("train", variation, parent=parent)
+        return self._task("train", int(match.group(1)), parent=parent)
 
     def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
+
+
+def _spans(numbers: list[int]) -> str:
+    """Sorted ints as runs: [3, 4, 5, 9] -> '3-5, 9'."""
+    runs: list[list[int]] = []
+    for k in sorted(numbers):
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def _first_sentence(text: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dreamgym_core.agent import unreadable_character  # re-exported: the rule every engine plugin applies
 from dreamgym_core.contracts import checked_action
 from dreamgym_core.errors import ConfigError, DreamGymError
 from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
@@ -24,7 +25,10 @@ from dreamgym_core.records import Observation, StepResult, Task
 
 from .config import DEFAULT_CALL_TIMEOUT_S
 
-__all__ = ["SciWorldEnv", "EngineError", "render_state", "sorted_listings", "inventory_items", "UNKNOWN_ACTION", "is_ambiguous", "is_reset_task"]
+__all__ = [
+    "SciWorldEnv", "EngineError", "render_state", "sorted_listings", "inventory_items", "UNKNOWN_ACTION", "is_ambiguous",
+    "is_reset_task", "unreadable_character",
+]
 
 # The simulator's answer to an action its parser does not know (the step then changes nothing).
 UNKNOWN_ACTION = "No known action matches that input."
@@ -123,7 +127,9 @@ class SciWorldEnv:
     focusing on the wrong object), or after ``max_steps`` steps (a failure). An action the
     simulator does not know is sent, answered with its "No known action" message, and the
     transition is flagged ``valid=False``. An ambiguous action (several objects match) is
-    resolved to the reading whose text sorts first (:func:`first_reading`).
+    resolved to the reading whose text sorts first (:func:`first_reading`). An action holding a
+    control character or a lone surrogate (:func:`unreadable_character`) is not sent: it is an
+    invalid step, the state as it was.
 
     The JVM starts on the first call (about 2 s); ``close`` stops it. Each call to it is
     bounded by ``call_timeout_s`` (0: no limit): a JVM that does not answer in time is
@@ -239,7 +245,10 @@ class SciWorldEnv:
             # not an action of the task (left out of every action list): sent, it wiped the
             # episode's progress mid-episode and counted as a valid step, in any spelling the
             # parser reads as it ("Reset The Task", "the reset task")
-            return self._refused(action)
+            return self._refused(f"'{action}' is not an action of the task")
+        unreadable = unreadable_character(action)
+        if unreadable is not None:  # not echoed: the state text must stay valid Unicode
+            return self._refused(f"the simulator cannot read this action (it holds the {unreadable}); it was not sent")
         with self._jvm.call(f"step {action!r}") as engine:
             observation, score, completed, inventory = self._send(engine.server, action)
             if is_ambiguous(observation):
@@ -261,13 +270,13 @@ class SciWorldEnv:
             info=result_info,
         )
 
-    def _refused(self, action: str) -> StepResult:
+    def _refused(self, why: str) -> StepResult:
         """A step the simulator is not sent: invalid, the state as it was, a step counted."""
         self._steps += 1
         truncated = self._steps >= self.max_steps
         self._done = truncated
         # nothing is sent: in the simulator even a look lets time pass
-        observation = f"{UNKNOWN_ACTION} ('{action}' is not an action of the task)"
+        observation = f"{UNKNOWN_ACTION} ({why})"
         return StepResult(
             observation=self._observe(observation, self._inventory, self._score),
             reward=0.0, done=truncated, success=False, valid=False,

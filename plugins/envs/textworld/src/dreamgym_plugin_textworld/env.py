@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any, Protocol
 
+from dreamgym_core.agent import unreadable_character  # re-exported: the rule every engine plugin applies
 from dreamgym_core.contracts import checked_action
 from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
@@ -41,24 +41,6 @@ def listed_form(action: str, admissible: list[str]) -> str | None:
         return action
     key = normalize_action(action)
     return next((a for a in admissible if normalize_action(a) == key), None)
-
-
-def unreadable_character(action: str) -> str | None:
-    """The first character of ``action`` no engine is sent, described, or None.
-
-    Control characters other than whitespace, and lone surrogates (not valid Unicode).
-    A NUL crashes TextWorld's interpreter with the whole process; a surrogate cannot
-    be sent to TextWorldExpress's JVM at all.
-    """
-    if action.isprintable():
-        return None
-    for char in action:
-        category = unicodedata.category(char)
-        if category == "Cs":
-            return f"lone surrogate U+{ord(char):04X}"
-        if category == "Cc" and not char.isspace():
-            return f"control character U+{ord(char):04X}"
-    return None
 
 
 def outcome_reward(*, success: bool, done: bool) -> float:

@@ -2,8 +2,10 @@
 
 A checkpoint is written into a temporary directory and renamed into place; the
 ``latest`` pointer is replaced atomically afterwards. A half-written checkpoint is
-never the one ``--resume`` loads, and a kill between the two leaves a whole checkpoint
-without a pointer, which ``--resume`` finds.
+never the one ``--resume`` loads. A kill between the two leaves the new checkpoint whole
+but unnamed: ``--resume`` takes the one ``latest`` still names, the one before, and plays
+the iterations since again (up to ``loop.checkpoint_every``; the result is the same); only
+before the first pointer, with no ``latest`` at all, does it find the new one.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class _State(msgspec.Struct, kw_only=True):
     buffer_position: Annotated[int, msgspec.Meta(ge=0)] | None = None
     # Validation scores by iteration (eval.valid_every; None when off), typed so that a damaged
     # score is refused with the rest of the file, before anything is restored or rolled back.
-    selection: dict[Literal["scores"], dict[int, float]] | None = None
+    # UNSET: a checkpoint from before the scores were kept (restored as none recorded).
+    selection: dict[Literal["scores"], dict[int, float]] | None | msgspec.UnsetType = msgspec.UNSET
 
 
 def open_new(path: Path, mode: str = "wb") -> IO[Any]:
@@ -486,6 +489,11 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
         raise DataError(f"{ckpt / 'state.json'}: holds iteration {state.iteration} in the checkpoint of iteration {int(name[3:])}; the checkpoint is damaged")
     if any(not isinstance(row.get("step"), int) for row in state.history):
         raise DataError(f"{ckpt / 'state.json'}: a history row has no integer 'step'; the checkpoint is damaged")
+    # null is what a run without the component saves; where this run has it, the checkpoint is damaged
+    # (skipping the restore would resume from the component's initial state without a word)
+    for field, component in (("curriculum", runner.curriculum), ("experience_model", runner.experience_model), ("selection", runner.selection)):
+        if component is not None and getattr(state, field) is None:
+            raise DataError(f"{ckpt / 'state.json'}: {field!r} is null, but this run has that component; the checkpoint is damaged")
     if runner.experience_model is not None:
         from .stages import EXPERIENCE_DIR, reload_trained  # stages writes through this module
 
@@ -499,7 +507,7 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
     with _restoring(ckpt / "algo", "the algorithm's state"):
         runner.algo.load(path=str(ckpt / "algo"))
     with _restoring(ckpt / "state.json", "the curriculum's state"):
-        if runner.curriculum is not None and state.curriculum is not None:
+        if runner.curriculum is not None and state.curriculum is not None:  # checked above: None only without one
             runner.curriculum.load_state_dict(state.curriculum)
     with _restoring(ckpt / "state.json", "the experience model's state"):
         if runner.experience_model is not None and state.experience_model is not None:
@@ -509,7 +517,7 @@ def load(runner: Runner, name: str, *, roll_back_buffer: bool = True) -> int:
     runner.counters.update(state.counters)
     runner.history = list(state.history)
     if runner.selection is not None:
-        runner.selection.load_state_dict(state.selection or {})
+        runner.selection.load_state_dict(state.selection or {})  # {}: UNSET, a checkpoint from before scores were kept
     _restore_rng(state.python_rng, state.numpy_rng, state.torch_rng)
     return state.iteration
 

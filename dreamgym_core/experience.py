@@ -36,7 +36,7 @@ from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt
 from .contracts import WrongReturn, checked_retrieval, checked_texts
-from .errors import DreamGymError
+from .errors import DataError, DreamGymError
 from .progress import OnBatch, takes
 from .records import VARIATION_SUFFIX, ExperienceRequest, ExperienceResult, HistoryStep, Task, Transition, branch_parent
 
@@ -819,11 +819,25 @@ class LMExperienceModel:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._calls = int(state["calls"])
-        self.counters.update(state["counters"])
+        # everything checked before anything is set: a damaged value would otherwise resume and
+        # fail later, mid-run (a counter of "x"), or repeat draws (a negative or fractional count)
+        def count(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        calls = state.get("calls") if isinstance(state, dict) else None
+        if not count(calls):
+            raise DataError(f"experience_model.calls must be a non-negative integer, got {calls!r}")
+        counters = state.get("counters")
+        if not isinstance(counters, dict):
+            raise DataError(f"experience_model.counters must map names to non-negative integers, got {counters!r}")
+        for key, value in counters.items():
+            if not count(value):
+                raise DataError(f"experience_model.counters[{key!r}] must be a non-negative integer, got {value!r}")
         saved = state.get("backend_stats", {})  # absent from a checkpoint written before they were kept
         if not isinstance(saved, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in saved.values()):
             raise ValueError(f"backend_stats must map names to finite numbers, got {saved!r}")
+        self._calls = calls
+        self.counters.update(counters)
         stats = getattr(self.backend, "stats", None)
         if isinstance(stats, dict):
             stats.update({key: value for key, value in saved.items() if key in stats})

@@ -433,6 +433,11 @@ class Runner:
         if position is not None and seeded_at is not None and position >= seeded_at:
             self._say("the replay buffer already holds the real seed transitions")
             return
+        if position is not None:
+            # where the buffer stands once every seed transition is stored, written first: a kill
+            # after the flush but before the marker below leaves the buffer there, seeded (a
+            # deduplicating buffer that stored fewer is seeded again, and drops the repeats)
+            checkpoint.atomic_write(marker, f"{position + len(transitions)}\n".encode())
         self.buffer.add(transitions=list(transitions))
         self.buffer.flush()
         if position is not None:

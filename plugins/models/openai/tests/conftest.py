@@ -8,9 +8,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from typing import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -101,3 +104,22 @@ def server(model_dir) -> Iterator[Server]:
         yield srv
     finally:
         srv.kill()
+
+
+@pytest.fixture(scope="session")
+def scripted_server() -> Callable[..., Any]:
+    """:func:`serving`, for fixtures that start a stand-in server (a conftest is no module to import)."""
+    return serving
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler], server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer) -> Iterator[str]:
+    """A stand-in server on loopback answering with ``handler``; its base URL (``.../v1``)."""
+    server = server_class(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -8,7 +8,7 @@ import gc
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterator
 
 import pytest
@@ -61,13 +61,9 @@ class Scripted(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+def url(scripted_server) -> Iterator[str]:
+    with scripted_server(Scripted) as base:
+        yield base
 
 
 def backend(url: str, mode: str, **settings: object) -> OpenAIBackend:

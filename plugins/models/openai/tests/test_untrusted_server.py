@@ -119,13 +119,9 @@ class QuietServer(ThreadingHTTPServer):
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    server = QuietServer(("127.0.0.1", 0), Misbehaving)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+def url(scripted_server) -> Iterator[str]:
+    with scripted_server(Misbehaving, QuietServer) as base:
+        yield base
 
 
 def backend(url: str, mode: str, **settings) -> OpenAIBackend:

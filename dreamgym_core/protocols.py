@@ -130,6 +130,11 @@ class LanguageModel(Protocol):
     # Optional: ``count_tokens(texts) -> list[int]``, the tokens of each text as an answer. The
     # experience model warns before training when its training answers are longer than its
     # ``max_new_tokens`` (answers cut at generation do not parse). The hf backends have it.
+    #
+    # Optional: ``generate_with_ids(**generate's arguments) -> list[tuple[str, list[int]]]``,
+    # generate's texts each with the token ids sampled for it (the ending EOS or stop-string
+    # token included). The local RL trainers then score the sampled ids, not the text
+    # re-tokenised (token in, token out). The hf backends have it.
 
 
 @runtime_checkable

@@ -21,7 +21,7 @@ from dreamgym_core.rollout import unanswered_step
 from . import maths
 
 __all__ = [
-    "Step", "invalid_steps", "trajectory_steps", "TokenBatch", "tokenize_steps", "fit_row", "response_logprobs", "ChoiceRows",
+    "Step", "invalid_steps", "trajectory_steps", "retokenized_rows", "TokenBatch", "tokenize_steps", "fit_row", "response_logprobs", "ChoiceRows",
     "choice_rows", "choice_logprobs",
 ]
 
@@ -96,6 +96,13 @@ def trajectory_steps(trajectories: Sequence[Trajectory], *, keep_empty: bool = F
     return steps, skipped
 
 
+def retokenized_rows(steps: Sequence[Step], sampled: Sequence[Sequence[int] | None]) -> int:
+    """How many generated responses (no listed answers) an update scores from their text
+    re-tokenised, not from the ids they were sampled as: all of them with a backend that does
+    not give its ids, and those a resumed run sampled before it stopped."""
+    return sum(ids is None and not step.candidates for step, ids in zip(steps, sampled, strict=True))
+
+
 @dataclass
 class TokenBatch:
     """Right-padded prompt+response rows and where their response tokens sit."""
@@ -116,6 +123,7 @@ class TokenBatch:
 def tokenize_steps(
     tokenizer, encode_prompt: Callable[[str], list[int]], prompts: Sequence[str], responses: Sequence[str], *,
     max_prompt_tokens: int, max_response_tokens: int, empty_response_ids: Sequence[int] = (), max_row_tokens: int | None = None,
+    response_ids: Sequence[Sequence[int] | None] | None = None,
 ) -> TokenBatch:
     """Tokenise prompt and response separately (so the boundary is exact) and pad right.
 
@@ -126,12 +134,18 @@ def tokenize_steps(
     nothing) becomes ``empty_response_ids`` (the RL trainers pass the EOS token), so
     that its advantage has a token to land on; with none given it has no tokens.
     ``max_row_tokens`` (at least 2) caps a row's prompt + response (see :func:`fit_row`).
+    ``response_ids``: per row, the ids generation sampled for its response (token in, token
+    out), used instead of tokenising the text; None for a row (or for all) tokenises its text.
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sampled = response_ids if response_ids is not None else [None] * len(prompts)
+    if len(sampled) != len(prompts):
+        raise ValueError(f"tokenize_steps: {len(sampled)} response id lists for {len(prompts)} prompts")
     rows, starts, lengths = [], [], []
-    for prompt, response in zip(prompts, responses):
+    for prompt, response, ids in zip(prompts, responses, sampled):
         p = list(encode_prompt(prompt))[-max_prompt_tokens:]
-        r = list(tokenizer(response, add_special_tokens=False)["input_ids"])[:max_response_tokens] or list(empty_response_ids)
+        r = list(tokenizer(response, add_special_tokens=False)["input_ids"]) if ids is None else list(ids)
+        r = r[:max_response_tokens] or list(empty_response_ids)
         if not p:  # a response needs a context token to be scored
             p = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad]
         p, r = fit_row(p, r, max_row_tokens)

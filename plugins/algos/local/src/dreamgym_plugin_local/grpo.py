@@ -12,7 +12,7 @@ from dreamgym_core.progress import OnBatch
 from dreamgym_core.records import Trajectory
 
 from . import maths
-from .batch import Step, choice_logprobs, choice_rows, invalid_steps, response_logprobs, trajectory_steps
+from .batch import Step, choice_logprobs, choice_rows, invalid_steps, response_logprobs, retokenized_rows, trajectory_steps
 from .config import GRPOConfig
 from .trainer import LocalTrainer
 
@@ -56,7 +56,8 @@ class GRPO(LocalTrainer):
         # of picking its answer among the listed ones, one unit per row. Every log-prob below is at
         # the temperature the responses were sampled at.
         temperature = self.sampling_temperature
-        logprobs, mask, response_tokens = self._scorer(steps, temperature)
+        sampled = self._take_sampled([s.prompt for s in steps], [s.response for s in steps])
+        logprobs, mask, response_tokens = self._scorer(steps, sampled, temperature)
         advantages = row_adv.unsqueeze(1) * mask
 
         # old and reference log-probs, recomputed before the update (on-policy)
@@ -89,6 +90,7 @@ class GRPO(LocalTrainer):
             "data/trainable_steps": float(len(steps)),
             "data/empty_responses": float(sum(not s.response for s in steps)),
             "data/response_tokens": response_tokens,
+            "data/retokenized_rows": float(retokenized_rows(steps, sampled)),
             "data/skipped_trajectories": float(skipped),
         })
         return self._finite(metrics)
@@ -104,17 +106,23 @@ class GRPO(LocalTrainer):
                 "baseline, a REINFORCE step); GRPO needs loop.group_size >= 2", self.name, alone, len(groups),
             )
 
-    def _scorer(self, steps: Sequence[Step], temperature: float) -> tuple[Scorer, torch.Tensor, float]:
+    def _scorer(
+        self, steps: Sequence[Step], sampled: Sequence[list[int] | None], temperature: float,
+    ) -> tuple[Scorer, torch.Tensor, float]:
         """How the update scores rows of ``steps`` (``score(model, index)``, with grad), the mask of
         its units (a response's tokens, or one unit per step with listed_update: choice), and how
-        many response tokens the steps' own answers have."""
+        many response tokens the steps' own answers have. ``sampled``: per step, the ids its
+        response was sampled as (None: its text is tokenised)."""
         if self.config.listed_update == "choice":
             rows = choice_rows(steps)
-            rows.tokens = self._tokenize([steps[int(o)].prompt for o in rows.owner], rows.texts)
+            owners = [int(o) for o in rows.owner]
+            # a generated answer (no listed ones) is its step's only row: its sampled ids score it
+            row_ids = [None if steps[o].candidates else sampled[o] for o in owners]
+            rows.tokens = self._tokenize([steps[o].prompt for o in owners], rows.texts, row_ids)
             ones = torch.ones(len(steps), 1, device=self.device)
             response_tokens = float(rows.tokens.response_mask[rows.chosen.to(self.device)].sum())  # each step's own answer
             return (lambda model, index: choice_logprobs(model, rows, index, temperature=temperature)), ones, response_tokens
-        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
+        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps], sampled)
         return (lambda model, index: response_logprobs(model, batch.rows(index), temperature=temperature)[0]), batch.response_mask, float(batch.response_mask.sum())
 
     def _scored_no_grad(self, score: Scorer, model: torch.nn.Module, n_rows: int) -> torch.Tensor:

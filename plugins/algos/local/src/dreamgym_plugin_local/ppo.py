@@ -18,7 +18,7 @@ from dreamgym_core.progress import OnBatch
 from dreamgym_core.records import Trajectory
 
 from . import maths
-from .batch import invalid_steps, response_logprobs, trajectory_steps
+from .batch import invalid_steps, response_logprobs, retokenized_rows, trajectory_steps
 from .config import PPOConfig
 from .trainer import LocalTrainer
 
@@ -56,7 +56,8 @@ class PPO(LocalTrainer):
         steps, skipped = trajectory_steps(trajectories, keep_empty=True)
         if not steps:
             return {"data/trainable_steps": 0.0, "data/skipped_trajectories": float(skipped)}
-        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps])
+        sampled = self._take_sampled([s.prompt for s in steps], [s.response for s in steps])
+        batch = self._tokenize([s.prompt for s in steps], [s.response for s in steps], sampled)
         episode = [s.trajectory for s in steps]
 
         # old log-probs and values, reference log-probs (recomputed: on-policy); every log-prob
@@ -108,6 +109,7 @@ class PPO(LocalTrainer):
             "data/trainable_steps": float(len(steps)),
             "data/empty_responses": float(sum(not s.response for s in steps)),
             "data/response_tokens": float(batch.response_mask.sum()),
+            "data/retokenized_rows": float(retokenized_rows(steps, sampled)),
             "data/skipped_trajectories": float(skipped),
         })
         return self._finite(metrics)

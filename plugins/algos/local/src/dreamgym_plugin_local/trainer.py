@@ -78,6 +78,9 @@ class LocalTrainer:
         # sampling_temperature), config.temperature before any: GRPO and PPO score the
         # responses they train on under this temperature, the distribution they came from.
         self.sampling_temperature = config.temperature
+        # Token in, token out: the ids each RL response was sampled as, by (prompt, text), kept
+        # from act() to the next update, which scores them instead of the text re-tokenised.
+        self._sampled: dict[tuple[str, str], list[list[int]]] = {}
         top_p = getattr(getattr(policy, "config", None), "top_p", 1.0)
         if self.on_policy and top_p < 1.0:
             raise ConfigError(
@@ -187,16 +190,39 @@ class LocalTrainer:
         chosen = self._choose(prompts, candidates, temperature, seed) if candidates is not None else [None] * len(prompts)
         free = [i for i, text in enumerate(chosen) if text is None]
         if free:
-            generated = self.policy.generate(
-                prompts=[prompts[i] for i in free],
-                max_new_tokens=self.config.max_new_tokens,
-                temperature=temperature,
-                stop=list(self.config.stop),
-                seed=seed,
-            )
+            # RL trains on non-evaluation samples only: keep their ids for the update
+            keep_ids = self.on_policy and temperature > 0 and not evaluation
+            generated = self._generate([prompts[i] for i in free], temperature, seed, keep_ids=keep_ids)
             for i, text in zip(free, generated, strict=True):
                 chosen[i] = text
         return chosen
+
+    def _generate(self, prompts: list[str], temperature: float, seed: int, *, keep_ids: bool) -> list[str]:
+        """The backend's texts for ``prompts``; ``keep_ids``: also keep the ids each was sampled as,
+        where the backend gives them (``generate_with_ids``), for the next update."""
+        args = {
+            "prompts": prompts, "max_new_tokens": self.config.max_new_tokens, "temperature": temperature,
+            "stop": list(self.config.stop), "seed": seed,
+        }
+        if not (keep_ids and hasattr(self.policy, "generate_with_ids")):
+            return self.policy.generate(**args)
+        out = self.policy.generate_with_ids(**args)
+        if len(out) != len(prompts):
+            raise DataError(f"algo {self.name!r} (plugin local): generate_with_ids gave {len(out)} answers for {len(prompts)} prompts")
+        for prompt, (text, ids) in zip(prompts, out):
+            self._sampled.setdefault((prompt, text), []).append([int(i) for i in ids])
+        return [text for text, _ in out]
+
+    def _take_sampled(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int] | None]:
+        """Per (prompt, response) row, the ids act() sampled it as (None: not sampled by this
+        trainer since the last update, e.g. a resumed run's or a listed answer: its text is
+        tokenised). The kept ids are then dropped: an update trains each sample once."""
+        kept, self._sampled = self._sampled, {}
+        out: list[list[int] | None] = []
+        for key in zip(prompts, responses):
+            queue = kept.get(key)
+            out.append(queue.pop(0) if queue else None)
+        return out
 
     def _choose(
         self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], temperature: float, seed: int,
@@ -273,13 +299,16 @@ class LocalTrainer:
             return lambda prompt: self.policy.encode_prompt(prompt, limit)
         return lambda prompt: list(self.policy.tokenizer(prompt)["input_ids"])
 
-    def _tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> TokenBatch:
+    def _tokenize(
+        self, prompts: Sequence[str], responses: Sequence[str], response_ids: Sequence[Sequence[int] | None] | None = None,
+    ) -> TokenBatch:
         cfg = self.config
         eos = self.policy.tokenizer.eos_token_id
         batch = tokenize_steps(
             self.policy.tokenizer, self._prompt_encoder(), prompts, responses,
             max_prompt_tokens=self._prompt_limit(), max_response_tokens=cfg.max_response_tokens,
             empty_response_ids=[eos] if self.on_policy and eos is not None else (), max_row_tokens=self._max_row_tokens(),
+            response_ids=response_ids,
         )
         return TokenBatch(*(t.to(self.device) for t in (batch.input_ids, batch.attention_mask, batch.positions, batch.response_mask)))
 
@@ -446,6 +475,7 @@ class LocalTrainer:
             # replaced, not merged: a counter the checkpoint lacks starts again (dreamgym curve plays
             # several checkpoints with one trainer; a merged eval counter carried one's draws to the next)
             self.counters = {**_FRESH_COUNTERS, **{k: int(v) for k, v in state["counters"].items()}}
+            self._sampled = {}  # samples of the policy before the load
         except _DAMAGED_FILE_ERRORS as err:
             if isinstance(err, RuntimeError) and "size mismatch" in str(err):
                 # The policy backend holds another vocabulary (a fresh tiny model, whose tokenizer a

@@ -94,6 +94,7 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int  # the prompt's tokens as the model saw them (after any cut)
     completion_tokens: int  # tokens generated, up to and including the EOS or the one that completed a stop string
     finish_reason: Literal["stop", "length"]  # "stop": EOS or a stop string ended it; "length": max_new_tokens did
+    token_ids: tuple[int, ...] = ()  # the ids sampled, ``completion_tokens`` of them (the ending EOS or stop included)
 
 
 def check_device(device: str) -> None:
@@ -558,6 +559,22 @@ class HFBackend:
         generations = self._generations(prompts=prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop, seed=seed)
         return [g.text for g in generations]
 
+    def generate_with_ids(
+        self,
+        *,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[tuple[str, list[int]]]:
+        """:meth:`generate`'s texts (the same draws), each with the token ids that were sampled for
+        it: up to and including the EOS or the token that completed a stop string, which the text
+        leaves out. RL scores these ids: the text re-tokenised can be other ids (a byte-level
+        tokenizer merges sampled pieces anew) and has no stop token."""
+        generations = self._generations(prompts=prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop, seed=seed)
+        return [(g.text, list(g.token_ids)) for g in generations]
+
     def _generations(
         self,
         *,
@@ -643,9 +660,12 @@ class HFBackend:
         eos = self.tokenizer.eos_token_id
         ends = [n for n in (new.index(eos) + 1 if eos in new else None, stopped_at) if n is not None]
         if ends:
-            return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=min(ends), finish_reason="stop")
+            end = min(ends)
+            return Generation(
+                text=text, prompt_tokens=prompt_tokens, completion_tokens=end, finish_reason="stop", token_ids=tuple(new[:end]),
+            )
         reason = "length" if len(new) >= max_new_tokens else "stop"
-        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(new), finish_reason=reason)
+        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(new), finish_reason=reason, token_ids=tuple(new))
 
     # --- training ---------------------------------------------------------------
 

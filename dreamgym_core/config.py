@@ -78,13 +78,33 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
         check_fields(self)
 
 
+def non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """The path (``a.b[2]``; ``value`` itself) and value of the first non-finite float in
+    ``value``, its dicts and lists; None when there is none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value", value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}" if path else str(key)
+        found = non_finite(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 def check_fields(config: Config) -> None:
     """A ``msgspec.ValidationError`` naming ``config``'s class and field unless every field has
     its declared type and bounds: the config's builtins decoded into :func:`_fields_only`."""
+    builtins = msgspec.to_builtins(config)
     try:
-        msgspec.convert(msgspec.to_builtins(config), _fields_only(type(config)))
+        msgspec.convert(builtins, _fields_only(type(config)))
     except msgspec.ValidationError as exc:
         raise msgspec.ValidationError(f"{type(config).__name__}: {exc}") from None
+    # inf passes gt=0 (a pipeline file's is refused before it is decoded; one built in Python was
+    # not: kl_coef=inf made every loss NaN and every step was skipped, a run that trained nothing)
+    found = non_finite(builtins)
+    if found is not None:
+        raise msgspec.ValidationError(f"{type(config).__name__}: {found[0]} is {found[1]}; settings must be finite numbers")
 
 
 @functools.cache
@@ -707,18 +727,13 @@ def load_resolved(source: str | Path | Mapping[str, Any], overrides: Sequence[st
     return resolve(pipeline, plugins, where=where), plugins
 
 
-def _refuse_non_finite(value: Any, where: str, path: str = "") -> None:
+def _refuse_non_finite(value: Any, where: str) -> None:
     """YAML's ``.inf`` and ``.nan`` are floats that pass ``gt=0``: an ``lr`` of inf would train
     on NaN weights, and the config's JSON record (``Infinity``) is not JSON. No setting means
     them, so they are refused wherever they appear, components' settings included."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: {path or 'value'} is {value}; settings must be finite numbers")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_non_finite(item, where, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _refuse_non_finite(item, where, f"{path}[{i}]")
+    found = non_finite(value)
+    if found is not None:
+        raise ConfigError(f"{where}: {found[0]} is {found[1]}; settings must be finite numbers")
 
 
 # ``{numLocations:3}``: YAML reads a colon without a space after it as part of the key, so the

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 import pytest
 import yaml as _yaml
 import yaml
 
-from dreamgym_core.config import EvalConfig, LoopConfig, PipelineConfig, config_hash, load_pipeline, load_resolved, pipeline_from_dict, resolve
+from dreamgym_core.config import Config, EvalConfig, LoopConfig, PipelineConfig, config_hash, load_pipeline, load_resolved, pipeline_from_dict, resolve
+from dreamgym_core.config import non_finite
 from dreamgym_core.errors import ComponentNotFound, ConfigError, DreamGymError
 from dreamgym_core.synthetic import SyntheticEnvConfig
 
@@ -474,3 +476,21 @@ def test_set_fills_a_section_left_empty_and_names_what_is_not_a_mapping(tmp_path
     with pytest.raises(ConfigError, match=r"--set run_dir.x: 'run_dir' is not a mapping"):
         load_pipeline(path, ["run_dir.x=1"])
 
+
+
+
+class _Settings(Config):
+    rate: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    scales: list[float] = []
+
+
+def test_a_config_built_in_python_refuses_infinity_naming_the_field():
+    """inf passes gt=0; a pipeline file's was refused before decoding, a Python-built one was
+    not (GRPO's kl_coef=inf made every loss NaN: a run that skipped every step)."""
+    with pytest.raises(msgspec.ValidationError, match=r"^_Settings: rate is inf; settings must be finite numbers$"):
+        _Settings(rate=float("inf"))
+    with pytest.raises(msgspec.ValidationError, match=r"scales\[1\] is -inf"):
+        _Settings(scales=[1.0, float("-inf")])
+    assert _Settings(rate=2.0, scales=[0.5]).rate == 2.0
+    assert non_finite({"a": {"b": [1.0, float("nan")]}})[0] == "a.b[1]"
+    assert non_finite({"a": [1, "x", 2.5]}) is None

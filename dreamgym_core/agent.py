@@ -22,6 +22,12 @@ _ACTION = re.compile(r"<action>\s*(.*?)\s*(?:</action>|$)", re.IGNORECASE | re.D
 # A closed reasoning block, looked past first: one that mentions the tag ("I answer in an <action>
 # tag") started the action there.
 _THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
+# What a reasoning block leaves unopened (a chat template wrote its <think>): the text up to the
+# last such closing tag is reasoning too.
+_UNOPENED_THINK = re.compile(r"^.*</think>", re.IGNORECASE | re.DOTALL)
+# Inside the reasoning only a closed action counts: an unclosed mention ("I answer in an <action>
+# tag.</think>") ran to the end of the text and was parsed as the action.
+_CLOSED_ACTION = re.compile(r"<action>\s*(.*?)\s*</action>", re.IGNORECASE | re.DOTALL)
 
 
 def build_agent_prompt(
@@ -52,10 +58,13 @@ def build_agent_prompt(
 
 
 def parse_agent_output(text: str, admissible: Sequence[str] = ()) -> tuple[str, bool]:
-    """``(action, parsed)``: the first ``<action>`` after the reasoning (else the first at all).
-    Tolerant: a missing closing tag is accepted; with no tag, a reply that is exactly one
+    """``(action, parsed)``: the first ``<action>`` after the reasoning (else the first closed
+    one within it). Tolerant: a missing closing tag after the reasoning is accepted (generation
+    stops at it); a reasoning block opened by the chat template (a lone ``</think>``) is looked
+    past as a closed one; with no tag, a reply that is exactly one
     admissible action is accepted. Otherwise ``("", False)``."""
-    match = _ACTION.search(_THINK.sub("", text)) or _ACTION.search(text)
+    answer = _UNOPENED_THINK.sub("", _THINK.sub("", text))
+    match = _ACTION.search(answer) or _CLOSED_ACTION.search(text)
     if match:
         action = " ".join(match.group(1).split())
         return (action, True) if action else ("", False)

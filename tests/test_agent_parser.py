@@ -44,3 +44,23 @@ def test_a_tag_the_reasoning_mentions_does_not_start_the_action(text) -> None:
 
 def test_an_action_only_inside_the_reasoning_is_still_found() -> None:
     assert parse_agent_output("<think><action>take coin</action></think>", LISTED) == ("take coin", True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>I must answer in an <action> tag.</think>",
+        "<think>I must answer in an <action> tag.</think> I am not sure yet.",
+        "I must answer in an <action> tag.</think>",  # the template opened the reasoning
+    ],
+)
+def test_an_unclosed_tag_the_reasoning_mentions_is_no_action(text) -> None:
+    """With no action after the reasoning, the old fallback read the mention to the end of the text
+    ('tag.</think>', parsed): the environment got junk, counted as its invalid action, not as the
+    policy's parse failure."""
+    assert parse_agent_output(text, LISTED) == ("", False)
+
+
+def test_a_reasoning_block_the_chat_template_opened_is_looked_past() -> None:
+    """Only '</think>' in the output: the action ran from the mention ('tag.</think><action>go north')."""
+    assert parse_agent_output("I must answer in an <action> tag.</think><action>go north", LISTED) == ("go north", True)

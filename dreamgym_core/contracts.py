@@ -93,14 +93,15 @@ def checked_texts(value: Any, n: int, who: str, call: str) -> list[str]:
 
 def checked_retrieval(value: Any, n: int, who: str) -> list[list[Any]]:
     """``value`` if it is a list of ``n`` lists of Transitions (one per query); else a
-    :class:`ComponentError`. A shorter list was zipped with the queries: the steps past its end
-    got no demos without a word (None failed as a bare TypeError)."""
+    :class:`WrongReturn` (a plugin bug: the run's failure, even in a rollout). A shorter list
+    was zipped with the queries: the steps past its end got no demos without a word (None
+    failed as a bare TypeError)."""
     if not isinstance(value, list) or len(value) != n:
         got = f"{len(value)} lists" if isinstance(value, list) else type(value).__name__
-        raise ComponentError(f"{who}: retrieve() returned {got} for {n} queries, expected a list of demos per query")
+        raise WrongReturn(f"{who}: retrieve() returned {got} for {n} queries, expected a list of demos per query")
     for i, demos in enumerate(value):
         if not isinstance(demos, list) or not all(isinstance(d, Transition) for d in demos):
-            raise ComponentError(f"{who}: retrieve() returned {type(demos).__name__} at position {i}, expected a list of Transition")
+            raise WrongReturn(f"{who}: retrieve() returned {type(demos).__name__} at position {i}, expected a list of Transition")
     return value
 
 

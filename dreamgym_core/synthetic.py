@@ -35,7 +35,7 @@ from msgspec import Meta
 
 from .config import Config, NonNegativeInt, PositiveInt, Probability
 from .contracts import ComponentError, WrongReturn, checked_retrieval
-from .errors import ConformanceError, DreamGymError
+from .errors import DreamGymError
 from .experience import SAME_WORLD_POOL, same_world_first, world_namer
 from .records import ExperienceRequest, ExperienceResult, HistoryStep, Observation, StepResult, Task, Transition
 from .rollout import step_or_error, unlisted
@@ -114,8 +114,10 @@ def initial_state(task: Task, domain: Any) -> Observation:
     """The start observation of ``task`` by the rule in the module docstring."""
     if domain is not None and hasattr(domain, "initial_observation"):
         observation = domain.initial_observation(task)
-        if not isinstance(observation, Observation):  # else the agent's prompt fails on .text, deep in a rollout
-            raise ConformanceError(
+        # else the agent's prompt fails on .text, deep in a rollout; WrongReturn: the run's failure,
+        # not each episode's environment error (every synthetic episode was lost, the run exited 0)
+        if not isinstance(observation, Observation):
+            raise WrongReturn(
                 f"env {getattr(domain, 'name', type(domain).__name__)!r}: initial_observation({task.id!r}) returned "
                 f"{type(observation).__name__}, expected an Observation (dreamgym check runs the conformance kit)"
             )
@@ -463,7 +465,8 @@ def _step_synthetic(envs: Sequence[SyntheticEnv], actions: Sequence[str]) -> lis
 
 def _predict(model: Any, requests: list[ExperienceRequest]) -> list[ExperienceResult]:
     """``model.predict``, with what it raised named as the experience model's failure: the
-    rollout fails only the episodes it could not step, and stops when it could step none."""
+    rollout fails only the episodes it could not step, and stops when it could step none. An
+    answer of the wrong kind is the plugin's bug (:class:`WrongReturn`): the run's failure."""
     who = f"experience model {getattr(model, 'model_id', type(model).__name__)!r}"
     try:
         answers = model.predict(requests=requests)
@@ -472,12 +475,12 @@ def _predict(model: Any, requests: list[ExperienceRequest]) -> list[ExperienceRe
     except Exception as exc:  # the model's (a plugin's) failure: say whose, in one line
         raise ComponentError(f"{who}: predict() raised {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
     if not isinstance(answers, list) or len(answers) != len(requests):
-        raise ComponentError(f"{who}: predict() returned {len(answers) if isinstance(answers, list) else type(answers).__name__} "
-                             f"answers for {len(requests)} requests")
+        raise WrongReturn(f"{who}: predict() returned {len(answers) if isinstance(answers, list) else type(answers).__name__} "
+                          f"answers for {len(requests)} requests")
     for i, answer in enumerate(answers):  # a Python model's dict, or a None state, failed far from here
         if not isinstance(answer, ExperienceResult) or not isinstance(answer.next_state, str):
             what = type(answer).__name__ if not isinstance(answer, ExperienceResult) else f"next_state {type(answer.next_state).__name__}"
-            raise ComponentError(f"{who}: predict() returned {what} at position {i}, expected an ExperienceResult with a str next_state")
+            raise WrongReturn(f"{who}: predict() returned {what} at position {i}, expected an ExperienceResult with a str next_state")
     return answers
 
 

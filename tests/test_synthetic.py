@@ -8,7 +8,6 @@ import pytest
 
 from dreamgym_core.experience import ExperienceModelConfig, LMExperienceModel, render_output
 from dreamgym_core.contracts import WrongReturn
-from dreamgym_core.errors import ConformanceError
 from dreamgym_core.protocols import Env
 from dreamgym_core.records import ExperienceResult, Observation, StepResult, Task
 from dreamgym_core.rollout import rollout
@@ -189,8 +188,45 @@ def test_a_start_state_of_the_wrong_type_names_the_env() -> None:
         def initial_observation(self, task):
             return "You are in room 0."
 
-    with pytest.raises(ConformanceError, match=r"env 'toy': initial_observation\('coin-1'\) returned str, expected an Observation"):
+    with pytest.raises(WrongReturn, match=r"env 'toy': initial_observation\('coin-1'\) returned str, expected an Observation"):
         initial_state(TASK, Domain())
+
+
+def test_a_start_state_of_the_wrong_type_fails_the_rollout_not_each_episode() -> None:
+    """Each synthetic reset was scored as an environment error: every episode lost, the run went on."""
+    class Domain:
+        name = "toy"
+
+        def initial_observation(self, task):
+            return "You are in room 0."
+
+    envs = [SyntheticEnv(LMExperienceModel(ScriptedLM([])), None, Domain(), SyntheticEnvConfig(seeded_episodes=False)) for _ in range(3)]
+    with pytest.raises(WrongReturn, match="initial_observation"):
+        rollout(
+            tasks=[TASK] * 3, envs=envs, act=lambda prompts: ["<action>go east</action>"] * len(prompts), max_steps=2,
+            history_window=1, seeds=[0, 1, 2], source="synthetic", tag="t", step_many=step_many,
+        )
+
+
+def test_an_experience_answer_of_the_wrong_kind_fails_the_rollout_even_for_one_episode() -> None:
+    """A None next_state for one episode's action was that episode's environment error; the run
+    failed only when every live episode hit it."""
+    class SometimesNone:
+        model_id = "m"
+
+        def predict(self, *, requests):
+            return [
+                ExperienceResult(reasoning="", next_state=None if r.action == "bad" else "room 1", reward=0.0, done=False, success=False)
+                for r in requests
+            ]
+
+    actions = ["go", "bad", "go"]
+    envs = [SyntheticEnv(SometimesNone(), None, None, SyntheticEnvConfig(seeded_episodes=False)) for _ in actions]
+    with pytest.raises(WrongReturn, match=r"predict\(\) returned next_state NoneType"):
+        rollout(
+            tasks=[TASK] * 3, envs=envs, act=lambda prompts: [f"<action>{a}</action>" for a in actions[: len(prompts)]],
+            max_steps=1, history_window=1, seeds=[0, 1, 2], source="synthetic", tag="t", step_many=step_many,
+        )
 
 
 def test_admissible_actions_reach_the_prompt() -> None:

@@ -163,6 +163,29 @@ def replacing(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def sync_tree(root: Path) -> None:
+    """Every file and directory under ``root`` (and ``root``) flushed to disk. A checkpoint's
+    weights are written by the trainer's own save (torch, safetensors), which syncs nothing:
+    after a power cut ``latest`` could name a checkpoint of empty files while prune had removed
+    the one before."""
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before their directories
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir() and not path.is_symlink():
+            sync_directory(path)
+    sync_directory(root)
+
+
+def sync_directory(path: Path) -> None:
+    """``path``'s entries (names made, renamed or removed in it) flushed to disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a kill leaves the old or the new file, whole."""
     with replacing(path) as f:
@@ -297,9 +320,12 @@ def save(runner: Runner, iteration: int) -> Path:
     tmp.mkdir()
     with unwritten_removed(tmp, final):
         _write_checkpoint(runner, iteration, tmp)
+        sync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    sync_directory(root)
     atomic_write(root / "latest", final.name.encode())
+    sync_directory(root)  # the pointer's rename, before prune deletes the checkpoint it named
     prune(root, keep=runner.cfg.loop.keep_checkpoints)
     if runner.selection is not None:
         runner.selection.prune()

@@ -182,3 +182,37 @@ def test_a_record_file_whose_write_fails_keeps_the_old_file_and_leaves_no_tmp(tm
             write()
         assert path.read_bytes() == b"old\n"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectories.jsonl"]
+
+
+def test_a_checkpoint_is_on_disk_before_its_pointer_names_it_and_prune_removes_the_one_before(register_plugin, tmp_path, monkeypatch):
+    """Only state.json and `latest` were synced: the trainer's weight files and the renames were
+    not, so a power cut could leave `latest` naming a checkpoint of empty files after prune had
+    removed the one before."""
+    import os
+
+    plugins = register_plugin(StandIns(), "stand-ins")
+    run_dir = tmp_path / "run"
+    events: list[tuple[str, str]] = []
+    fsync, prune = os.fsync, checkpoint.prune
+
+    def recorded_fsync(fd: int) -> None:
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recorded_prune(root: Path, *, keep: int) -> None:
+        events.append(("prune", str(root)))
+        prune(root, keep=keep)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(checkpoint, "prune", recorded_prune)
+    run_pipeline(_resolved(plugins, run_dir, iterations=1), plugins)
+    root = (run_dir / "checkpoints").resolve()
+    first_prune = events.index(("prune", str(run_dir / "checkpoints")))
+    synced = {path for kind, path in events[:first_prune] if kind == "sync"}
+    partial = str(root / ".it-00000.partial")
+    written = {str(p).replace(str(root / "it-00000"), partial) for p in (root / "it-00000").rglob("*")}
+    assert written and written <= synced  # every file and directory of the checkpoint, as written
+    assert partial in synced and str(root) in synced  # the checkpoint's directory and its rename
+    last_root_sync = max(i for i, event in enumerate(events[:first_prune]) if event == ("sync", str(root)))
+    pointer_sync = max(i for i, event in enumerate(events[:first_prune]) if event[1].endswith("latest.tmp"))
+    assert last_root_sync > pointer_sync  # the pointer's rename too

@@ -97,10 +97,11 @@ def world_model_examples(
 
 def outcome(step: Transition, *, limit: int = 60) -> str:
     """What one action led to, in a few words: refused, won, lost, or the first sentence of
-    the next observation (cut to ``limit`` characters)."""
+    the next observation (cut to ``limit`` characters). A step the step cap ended (truncated)
+    did not end the game: its next observation is what it led to."""
     if not step.valid:
         return "not possible here"
-    if step.done:
+    if step.game_over:
         return "completes the task" if step.success else "ends the episode without success"
     first = step.next_state.strip().split("\n")[0].split(". ")[0].strip().rstrip(".")
     return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."

@@ -9,7 +9,7 @@ subject here (plugins/envs/textworld/tests/test_early_experience.py runs a real 
 from __future__ import annotations
 
 from dreamgym_core.checkpoint import trajectories_from_transitions
-from dreamgym_core.early import collect_branches, reflections, world_model_examples
+from dreamgym_core.early import collect_branches, outcome, reflections, world_model_examples
 from dreamgym_core.loop import demo_conversations
 from dreamgym_core.records import Observation, StepResult, Task, Transition
 
@@ -69,3 +69,17 @@ def test_a_reflection_lands_on_its_own_state_whatever_the_recorded_step_numbers(
     # at room 1, going west leads to room 0; at room 2, back to room 1
     assert "'west' A: room 0" in first and "'east' A: room 2" in first
     assert "'west' A: room 1" in second and "completes the task" in second
+
+
+def test_a_branch_the_step_cap_ended_did_not_end_the_game():
+    """The reflection said such a branch 'ends the episode without success': the game went on."""
+    capped = Transition(
+        task_id="t", episode_id="e/branch3.0", step=3, state="s", action="go west", next_state="You are in the hallway. A door.",
+        reward=0.0, done=True, success=False, truncated=True,
+    )
+    lost = Transition(
+        task_id="t", episode_id="e/branch3.1", step=3, state="s", action="eat coin", next_state="You died.",
+        reward=0.0, done=True, success=False,
+    )
+    assert outcome(capped) == "You are in the hallway"
+    assert outcome(lost) == "ends the episode without success"

@@ -213,11 +213,14 @@ def eval_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, episo
              at_checkpoint: int | None) -> None:
     """Evaluate the policy of PIPELINE's run directory (last checkpoint, or the one eval.keep kept) on real held-out tasks."""
     from .checkpoint import check_output_file
+    from .config import refuse_inside_run_dir
     from .loop import evaluate_run
 
     if trajectories is not None:  # before minutes of play
         trajectories = check_output_file(trajectories, "--trajectories", inputs={"PIPELINE": pipeline})
     resolved, plugins = _load(pipeline, overrides)
+    if trajectories is not None:
+        refuse_inside_run_dir(trajectories, "--trajectories", resolved.pipeline)
     result = evaluate_run(resolved, plugins, split=split, episodes=episodes, trajectories=trajectories, at_checkpoint=at_checkpoint)
     click.echo(json.dumps(result, indent=2))
 
@@ -239,10 +242,13 @@ def curve_cmd(pipeline: str, overrides: tuple[str, ...], split: str | None, epis
     from .report import plot_heldout_curve
 
     from .checkpoint import check_output_file
+    from .config import refuse_inside_run_dir
 
     if plot is not None:  # before minutes of play
         plot = check_output_file(plot, "--plot", inputs={"PIPELINE": pipeline})
     resolved, plugins = _load(pipeline, overrides)
+    if plot is not None:
+        refuse_inside_run_dir(plot, "--plot", resolved.pipeline)
     rows = evaluate_checkpoints(resolved, plugins, iterations or None, split=split, episodes=episodes)
     split = split or resolved.pipeline.eval.split
     # The rows first: a plot that fails must not lose minutes of play.

@@ -47,6 +47,7 @@ __all__ = [
     "load_resolved",
     "convert_config",
     "config_hash",
+    "refuse_inside_run_dir",
     "ROLLOUT_SEED_STRIDE",
 ]
 
@@ -380,6 +381,9 @@ class PipelineConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        repeated = sorted({p for p in self.plugins if self.plugins.count(p) > 1})
+        if repeated:  # loaded once either way, but the copy changes the config hash: a resume without it is refused
+            raise ValueError(f"plugins names {', '.join(map(repr, repeated))} more than once")
         for option, on in (("world_model_epochs", self.loop.world_model_epochs), ("self_reflection", self.loop.self_reflection != "off")):
             if on and not self.data.branch_actions:
                 raise ValueError(f"loop.{option} needs branch transitions to learn from: set data.branch_actions > 0")
@@ -403,6 +407,16 @@ class PipelineConfig(Config):
                 f"experience.{', experience.'.join(teacher_options)} only apply to experience.annotator='teacher' "
                 f"(it is {self.experience.annotator!r}); drop them or set the annotator"
             )
+        loop_defaults = LoopConfig()
+        s2r_options = [
+            f"{name}={getattr(self.loop, name)!r}" for name in ("real_budget", "s2r_synthetic_share")
+            if getattr(self.loop, name) != getattr(loop_defaults, name)
+        ]
+        if s2r_options and self.loop.mode != "s2r":  # read by nothing else: the run would differ from what the file says
+            raise ValueError(
+                f"loop.{', loop.'.join(s2r_options)} only apply to loop.mode='s2r' (it is {self.loop.mode!r}); "
+                "drop them or set the mode"
+            )
         # A run writes config.json, offline.jsonl, checkpoints/ ... into run_dir, replacing what is
         # there: the working directory or a filesystem root would have its files overwritten.
         # Resolved, so that 'x/..' or the working directory's own absolute path is caught too.
@@ -412,8 +426,12 @@ class PipelineConfig(Config):
             where = Path(self.run_dir.strip() or ".").resolve()
         except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
             raise ValueError(f"run_dir={self.run_dir!r} is not a usable path: {exc}") from None
-        if where == Path.cwd().resolve() or where == Path(where.anchor):
-            what = "the working directory" if where == Path.cwd().resolve() else "a filesystem root"
+        try:
+            cwd = Path.cwd().resolve()
+        except OSError:  # the working directory was deleted: there is none to protect
+            cwd = None
+        if where == cwd or where == Path(where.anchor):
+            what = "the working directory" if where == cwd else "a filesystem root"
             raise ValueError(f"run_dir={self.run_dir!r} must name a directory of the run's own, not {what}")
         # What a synthetic environment is made of, for training in it or for replaying games in it.
         missing = [f for f in ("experience_model", "encoder", "buffer") if getattr(self, f) is None]
@@ -491,21 +509,30 @@ class _Loader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # "<<" merges are meant to be overridden
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    duplicate = key in seen
-                    seen.add(key)
-                except TypeError:  # unhashable: the base class reports it
-                    continue
-                if duplicate:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
-                    )
+            self._refuse_duplicate_keys(node)
         return super().construct_mapping(node, deep=deep)
+
+    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                # "<<" merges are meant to be overridden, but each merged mapping's own keys are
+                # checked: PyYAML merges an inline one ({<<: {a: 1, a: 2}}) without constructing it
+                merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for mapping in merged:
+                    if isinstance(mapping, yaml.MappingNode):
+                        self._refuse_duplicate_keys(mapping)
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                )
 
 
 _Loader.add_implicit_resolver(
@@ -794,6 +821,14 @@ def resolve(pipeline: PipelineConfig, plugins: Plugins, where: str) -> ResolvedP
             fields = ", ".join(f.name for f in msgspec.structs.fields(spec.config_type)) or "none"
             raise ConfigError(f"{exc} ({kind} {ref.name!r} takes: {fields})") from exc
     return ResolvedPipeline(source=where, pipeline=pipeline, components=components)
+
+
+def refuse_inside_run_dir(path: str | Path, option: str, pipeline: PipelineConfig) -> None:
+    """A ConfigError naming ``option`` for a command's output ``path`` inside ``pipeline``'s run
+    directory, whatever its name: it could replace a file the run reads back (RUN/offline.jsonl
+    is a resume's training data)."""
+    if Path(path).resolve().is_relative_to(Path(pipeline.run_dir).resolve()):
+        raise ConfigError(f"{option} {path}: is inside the run directory {pipeline.run_dir}, whose files the run reads back; write elsewhere")
 
 
 def config_hash(resolved: dict[str, Any], *, with_run_dir: bool = False) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import metadata
 from typing import Iterable
 
@@ -53,8 +54,23 @@ def _no_entry_point(name: str) -> str:
         metadata.distribution(dist)
     except metadata.PackageNotFoundError:
         return ""
+    # The lookup normalises the name (reward_entropy finds dreamgym-plugin-reward-entropy): a
+    # distribution found so may declare its entry point under another spelling.
+    declared = [
+        ep for ep in metadata.entry_points(group="dreamgym")
+        if ep.dist is not None and _normalised(ep.dist.name) == _normalised(dist)
+    ]
+    names = sorted({ep.name for ep in declared})  # a set: one distribution may be seen on two path entries
+    if names:
+        listed = ", ".join(map(repr, names))
+        return f" Distribution {declared[0].dist.name!r} is installed; its entry point{'s are' if len(names) > 1 else ' is'} {listed}."
     return (f" Distribution {dist!r} is installed but declares no entry point {name!r} in the 'dreamgym' group "
             f"([project.entry-points.dreamgym] {name} = \"<module>\" in its pyproject.toml).")
+
+
+def _normalised(distribution: str) -> str:
+    """A distribution name as packaging compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 class PluginBlocked(PluginNotFound):

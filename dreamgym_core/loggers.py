@@ -11,8 +11,11 @@ import msgspec
 
 from .checkpoint import open_append, open_new
 from .config import Config
+from .errors import DataError
 from .hookspecs import hookimpl
+from .provenance import VERSIONS_FILE
 from .specs import ComponentSpec
+from .stages import BRANCHES_FILE, EXPERIENCE_DIR, OFFLINE_FILE
 
 
 def _in_run_dir(field: str, value: str, *, nested: bool) -> None:
@@ -24,11 +27,17 @@ def _in_run_dir(field: str, value: str, *, nested: bool) -> None:
         raise ValueError(f"{field} {value!r} must be a file name in the run directory, without a directory part")
 
 
-# Files the run itself writes in its directory: a jsonl sink named after one appended metrics to
-# it (offline.jsonl, the run's real data, among them).
+# Files and directories the run itself makes in its directory: a jsonl sink named after one
+# appended metrics to it (offline.jsonl, the run's real data, among them), or failed on a directory
+# after the data was collected. Those without a constant are named in dreamgym_core.loop (the
+# buffer_seeded marker, policy_init/, policy_best/, policy_warmstart_best/, buffer/, summary.json),
+# checkpoint.py (checkpoints/) and report.py (the plots); tests/test_cli_review_fixes.py checks
+# that a run makes no other.
 RUN_FILES = frozenset({
-    "config.json", "config.sha256", "versions.json", "offline.jsonl", "offline_annotated.jsonl", "branches.jsonl",
-    "fidelity_heldout.jsonl", "fidelity_unparsed.jsonl", "summary.json", "report.md",
+    "config.json", "config.sha256", VERSIONS_FILE, OFFLINE_FILE, "offline_annotated.jsonl", BRANCHES_FILE,
+    "fidelity_heldout.jsonl", "fidelity_unparsed.jsonl", "summary.json", "report.md", "buffer_seeded",
+    EXPERIENCE_DIR, "policy_init", "policy_best", "policy_warmstart_best", "buffer", "checkpoints",
+    *(f"{stem}_{x}.png" for stem in ("success_vs", "return_vs") for x in ("iteration", "real_transitions")),
 })
 
 
@@ -54,7 +63,10 @@ class JsonlSink:
 
     def log(self, *, step: int, metrics: dict[str, float]) -> None:
         if self._file is None:
-            self._file = open_append(self.path)
+            try:
+                self._file = open_append(self.path)
+            except OSError as exc:  # a directory there, no permission: after minutes of data collection
+                raise DataError(f"{self.path}: cannot open the metrics file ({exc.strerror or exc})") from exc
         self._file.write(_line(step, metrics))
         self._file.flush()
 
@@ -89,6 +101,8 @@ class TensorBoardConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         _in_run_dir("subdir", self.subdir, nested=True)
+        if Path(self.subdir).parts[0].lower() in RUN_FILES:  # event files inside checkpoints/ or over buffer/
+            raise ValueError(f"subdir {self.subdir!r} is inside a place the run writes itself; name the TensorBoard directory otherwise")
 
 
 class TensorBoardSink:

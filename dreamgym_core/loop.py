@@ -32,6 +32,7 @@ from .config import ROLLOUT_SEED_STRIDE, PipelineConfig, ResolvedPipeline, confi
 from .contracts import WrongReturn, checked_metrics, checked_saved, checked_texts
 from .early import StateKey, demo_state_key, world_model_examples, write_reflections
 from .errors import ConfigError, DataError, DreamGymError
+from .loggers import RUN_FILES
 from .plugins import Plugins
 from .progress import RolloutProgress, step_progress, takes
 from .provenance import VERSIONS_FILE, record_versions
@@ -82,6 +83,12 @@ def prepare_run_dir(resolved: ResolvedPipeline, *, resume: bool) -> Path:
         raise ConfigError(f"run_dir {run_dir}: no run to resume there (config.sha256 missing or empty); check run_dir, or drop --resume to start one")
     if resume and _finished(run_dir):
         return run_dir  # nothing to write (run_pipeline reports it)
+    foreign = _foreign_entries(run_dir)
+    if foreign:
+        raise ConfigError(
+            f"run_dir {run_dir}: holds files of no run ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
+            "choose an empty or new directory"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -98,6 +105,16 @@ _CONFIG_RECORD = ("config.json", "config.sha256", VERSIONS_FILE)
 SUMMARY_FILE = "summary.json"
 # Kept with the warm start's stage metrics: the validation steps that picked its epoch.
 _WARMSTART_VALID = "warmstart/valid_transitions"
+
+
+def _foreign_entries(run_dir: Path) -> list[str]:
+    """What a directory without a run's config digest holds that no run makes (sorted names): the
+    directory is another's, whose files the run would write over or read as its own data. A run's
+    parts copied in before it starts (offline.jsonl, policy_init/: benchmarks share a seed's warm
+    start so) are its own; a directory with a digest is judged above."""
+    if not run_dir.is_dir() or (run_dir / "config.sha256").exists():
+        return []
+    return sorted(entry.name for entry in run_dir.iterdir() if entry.name not in RUN_FILES)
 
 
 def _holds_run_output(run_dir: Path) -> bool:

@@ -169,12 +169,11 @@ def test_sigkilled_dreamgym_run_resumes_to_the_same_metrics(tmp_path):
 
 @pytest.mark.parametrize("mode", ["real", "s2r"])
 def test_short_run_in_each_mode_counts_real_transitions(tmp_path, mode):
-    args = reduced_args(
-        tmp_path / "run", f"loop.mode={mode}", "eval.before_training=false", "loop.iterations=2",
-        "loop.s2r_synthetic_share=0.5", "loop.real_budget=9",
-    )  # fmt: skip
+    args = reduced_args(tmp_path / "run", f"loop.mode={mode}", "eval.before_training=false", "loop.iterations=2")
     if mode == "real":  # the real-env baselines: no experience model is trained or scored
         args += ["--set", "experience.skip=true", "--set", "eval.fidelity_episodes=2"]
+    else:  # s2r's own settings, refused in other modes
+        args += ["--set", "loop.s2r_synthetic_share=0.5", "--set", "loop.real_budget=9"]
     result = run_cli_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)

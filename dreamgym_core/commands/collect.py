@@ -25,7 +25,7 @@ import click
 import msgspec
 
 from ..checkpoint import is_stream_path, open_new, output_file, same_file
-from ..config import convert_config, load_pipeline, parse_overrides, set_path
+from ..config import convert_config, load_pipeline, parse_overrides, refuse_inside_run_dir, set_path
 from ..errors import ConfigError, DataError, DreamGymError, PluginBlocked
 from ..plugins import Plugins, installed_plugins
 from ..records import Transition
@@ -74,8 +74,9 @@ def _domain_from_cli(env: str, plugin_names: Sequence[str], overrides: Sequence[
     return plugins.build("env", env, config)
 
 
-def _domain_from_pipeline(path: str, overrides: Sequence[str]) -> Any:
+def _domain_from_pipeline(path: str, overrides: Sequence[str], out: Path) -> Any:
     pipeline = load_pipeline(path, overrides)
+    refuse_inside_run_dir(out, "--out", pipeline)  # before the env starts
     plugins = Plugins.for_names(pipeline.plugins, where=f"{path}: plugins")
     spec = plugins.component("env", pipeline.env.name, where=f"{path}: env.name")
     config = convert_config(pipeline.env.config, spec.config_type, path, "$.env.config")
@@ -180,7 +181,7 @@ def command(
     target = output_file(Path(out))  # a link is written through to its file, not replaced
     if pipeline and same_file(target, Path(pipeline)):  # the collection replaced the pipeline file
         raise ConfigError(f"--out {target}: is the --pipeline file, which it would overwrite; write elsewhere")
-    domain = _domain_from_pipeline(pipeline, overrides) if pipeline else _domain_from_cli(env, plugin_names, overrides)
+    domain = _domain_from_pipeline(pipeline, overrides, target) if pipeline else _domain_from_cli(env, plugin_names, overrides)
     try:
         records = collect_transitions(
             domain, split=split, policy=policy, transitions=transitions, seed=seed, annotate=annotate

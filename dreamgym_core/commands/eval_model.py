@@ -122,7 +122,7 @@ def command(
     --predictions, every answer, scored. ``fidelity/seen_in_demos`` is the share of held-out
     steps --train-data also holds (their top demo can be the answer itself).
     """
-    from ..config import load_pipeline, resolve
+    from ..config import load_pipeline, refuse_inside_run_dir, resolve
     from ..fidelity import FIDELITY_STREAM, fidelity_metrics, predict_all, scored_answers, seen_in_demos, unparsed_answers
     from ..plugins import Plugins
 
@@ -133,6 +133,9 @@ def command(
     if failures is not None and predictions is not None and checkpoint.same_file(Path(failures), Path(predictions)):
         raise ConfigError(f"--failures and --predictions name one file, {failures}: one would overwrite the other")
     outer = load_pipeline(pipeline, overrides)
+    for option, path in (("--failures", failures), ("--predictions", predictions)):
+        if path is not None:
+            refuse_inside_run_dir(path, option, outer)
     plugins = Plugins.for_names(outer.plugins, where=f"{pipeline}: plugins")
     resolved = resolve(outer, plugins, where=pipeline)
     transitions = read_transitions(heldout)[:limit]

@@ -16,6 +16,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
@@ -466,8 +467,10 @@ class PipelineConfig(Config):
 
 
 def s2r_synthetic_iterations(iterations: int, share: float) -> int:
-    """s2r: how many of the first iterations run in the synthetic environment (the share rounded up)."""
-    return math.ceil(iterations * share)
+    """s2r: how many of the first iterations run in the synthetic environment (the share rounded up).
+    Rounded up from the exact product of the share as written: 100 * 0.55 is 55.00000000000001 in
+    floats, whose ceiling played a 56th synthetic iteration."""
+    return math.ceil(Fraction(repr(share)) * iterations)
 
 
 # Components of a pipeline and the kind each one is, in build order.

@@ -49,7 +49,8 @@ class JsonlConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         _in_run_dir("filename", self.filename, nested=False)
-        if self.filename.strip().lower() in RUN_FILES:
+        # as the sink opens it: Path drops a leading './' and a trailing '/' ('./config.json' was appended to)
+        if Path(self.filename).parts[0].lower() in RUN_FILES:
             raise ValueError(f"filename {self.filename!r} is a file the run writes itself; name the metrics file otherwise")
 
 

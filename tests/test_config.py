@@ -387,7 +387,10 @@ def test_alias_bombs_recursive_aliases_and_deep_nesting_are_refused(tmp_path):
     assert shared["policy"]["config"] == {"game": "coin"}
 
 
-@pytest.mark.parametrize("iterations, share, synthetic", [(10, 0.25, 3), (10, 0.21, 3), (4, 0.5, 2), (10, 0.0, 0), (3, 1.0, 3)])
+@pytest.mark.parametrize("iterations, share, synthetic", [
+    (10, 0.25, 3), (10, 0.21, 3), (4, 0.5, 2), (10, 0.0, 0), (3, 1.0, 3),
+    (100, 0.55, 55), (100, 0.07, 7), (25, 0.28, 7), (200, 0.14, 28),  # exact products the floats' ceiling overshot
+])
 def test_s2r_synthetic_iterations_round_the_share_up(iterations, share, synthetic):
     from dreamgym_core.config import s2r_synthetic_iterations
 

@@ -70,7 +70,7 @@ def test_sinks_may_still_name_their_own_files_and_folders(tmp_path):
     assert list((tmp_path / "logs" / "tensorboard").iterdir())
 
 
-@pytest.mark.parametrize("name", ["offline.jsonl", "summary.json", "Report.md"])
+@pytest.mark.parametrize("name", ["offline.jsonl", "summary.json", "Report.md", "./config.json", "report.md/"])
 def test_a_jsonl_sink_named_after_a_file_the_run_writes_is_refused(name):
     """Appended to offline.jsonl (the run's real data), metrics rows would be read back as transitions."""
     from dreamgym_core.config import convert_config

@@ -562,3 +562,14 @@ def test_variations_made_by_the_domain_keep_their_ids():
     c.observe(outcomes=[TaskOutcome(task=TASKS[5], rewards=[0, 1])])
     c.observe(outcomes=[TaskOutcome(task=TASKS[5], rewards=[0, 1])])
     assert [t.id for t in c.synthetic] == ["t5/var", "t5~v2"]
+
+
+@pytest.mark.parametrize("seed_sampling", ["value", "uniform"])
+def test_a_batch_larger_than_the_pool_takes_every_task_as_often(seed_sampling):
+    """Drawn with replacement, a batch of 20 from 8 tasks left some out and took others 4 times."""
+    for seed in range(5):
+        c = build(RewardEntropyConfig(seed_sampling=seed_sampling, tasks_to_vary=0), seed=seed)
+        counts = {t.id: 0 for t in TASKS}
+        for task in c.next_tasks(n=20):
+            counts[task.id] += 1
+        assert sorted(set(counts.values())) in ([2], [2, 3]) and sum(counts.values()) == 20, counts

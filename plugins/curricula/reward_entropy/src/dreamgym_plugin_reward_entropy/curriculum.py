@@ -83,8 +83,14 @@ class RewardEntropyCurriculum:
     def _draw(self, pool: list[Task], k: int, rng: np.random.Generator, *, by_value: bool = True) -> list[Task]:
         if k <= 0:
             return []
-        p = sampling_weights([self._value(t) for t in pool], self.config.exploration) if by_value else None
-        index = rng.choice(len(pool), size=k, replace=k > len(pool), p=p)
+        # A batch larger than the pool takes every task as often, then draws the rest: drawn with
+        # replacement, some tasks came 3-4 times while others were left out of the batch. A batch
+        # within the pool draws as before (the same rng calls: committed runs replay).
+        whole, rest = divmod(k, len(pool)) if k > len(pool) else (0, k)
+        index = list(range(len(pool))) * whole
+        if rest:
+            p = sampling_weights([self._value(t) for t in pool], self.config.exploration) if by_value else None
+            index += rng.choice(len(pool), size=rest, replace=False, p=p).tolist()
         return [pool[i] for i in index]
 
     # --- learning from outcomes ------------------------------------------------------------

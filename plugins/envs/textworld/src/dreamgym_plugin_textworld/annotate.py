@@ -14,7 +14,7 @@ import re
 
 from dreamgym_core.records import Transition
 
-from .state import _COMPASS, _SENTENCE_END, clean_text, parse_state
+from .state import _COMPASS, _SENTENCE_END, NOT_SENT, clean_text, parse_state
 
 __all__ = ["annotate_transition", "exit_sentence"]
 
@@ -26,17 +26,25 @@ def _score(text: str) -> float | None:
         return None
 
 
-def _validity(t: Transition) -> str:
+def _refused(t: Transition, after: dict[str, str]) -> bool:
+    """Whether the env refused ``t.action`` (see ``TextWorldEnv._refusal``): the game never saw it.
+    A transition keeps no step info, so the refusals' shared ending is the mark."""
+    return not t.valid and after["observation"].endswith(NOT_SENT)
+
+
+def _validity(t: Transition, refused: bool) -> str:
     if t.valid:
         return f"'{t.action}' is one of the admissible actions, so the game carries it out."
+    if refused:
+        return f"'{t.action}' is not an admissible action here, and it was not sent to the game, so nothing happens."
     return f"'{t.action}' is not an admissible action here; the game answers it in its own words."
 
 
-def _changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+def _changes(before: dict[str, str], after: dict[str, str], refused: bool) -> list[str]:
     # Only the response's first sentence: the next state itself carries the rest, and a
     # short trace is what a small experience model can learn to write.
     first = clean_text(after["observation"], 160).split(". ")[0].rstrip(".")
-    lines = [f"The game responds: {first}."]
+    lines = [f"{'The environment says why' if refused else 'The game responds'}: {first}."]
     if before["inventory"] != after["inventory"]:
         lines.append(f"The inventory changes from {before['inventory'] or 'nothing'} to {after['inventory'] or 'nothing'}.")
     else:
@@ -82,5 +90,6 @@ def annotate_transition(t: Transition, *, grounded_moves: bool = False) -> str:
     """A short reasoning trace explaining why ``t.action`` in ``t.state`` led to ``t.next_state``
     (with ``grounded_moves``, a move's quotes first what the state says lies that way)."""
     before, after = parse_state(t.state), parse_state(t.next_state)
+    refused = _refused(t, after)
     grounding = _grounding(t) if grounded_moves else []
-    return " ".join([_validity(t), *grounding, *_changes(before, after), _outcome(t)])
+    return " ".join([_validity(t, refused), *grounding, *_changes(before, after, refused), _outcome(t)])

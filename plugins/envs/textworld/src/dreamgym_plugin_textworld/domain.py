@@ -30,7 +30,7 @@ from .games import (
     split_seeds,
     tw_params,
 )
-from .policies import check_policy, choose_action
+from .policies import EXPERT_POLICIES, check_policy, choose_action
 from .state import drop_scenery, expand_actions, normalize_action, parse_state
 
 __all__ = ["TextWorldDomain", "parse_variation", "task_id"]
@@ -242,8 +242,10 @@ class TextWorldDomain:
     ) -> Trajectory:
         def next_action(obs: Observation) -> str:
             known.update(obs.admissible_actions)
+            # Only these policies read the expert's move; twx pays a gold-path search for it.
+            expert = env.expert_action() if policy in EXPERT_POLICIES else None
             return choose_action(
-                policy, expert=env.expert_action(), admissible=obs.admissible_actions, rng=rng, noise=self.config.noise, known=known
+                policy, expert=expert, admissible=obs.admissible_actions, rng=rng, noise=self.config.noise, known=known
             )
 
         return play_offline(env, task, episode_id, next_action)

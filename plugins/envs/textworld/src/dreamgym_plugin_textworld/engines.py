@@ -20,7 +20,7 @@ from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
 
 from .config import DEFAULT_CALL_TIMEOUT_S
 from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
-from .state import compact_inventory
+from .state import NOT_SENT, compact_inventory
 
 __all__ = ["RawState", "TwxEngine", "TwxJvm", "TwxJvms", "TwEngine", "EnginePool", "EngineError"]
 
@@ -345,6 +345,9 @@ _INTERPRETER_COMMANDS = frozenset({
     "verbose", "long", "brief", "normal", "superbrief", "short", "notify", "score", "pronouns", "nouns",
     "again", "g", "oops", "o",
 })  # fmt: skip
+# A compiled .z8 game reads only a word's first 9 letters: "transcripts" is "transcript".
+_WORD_LETTERS = 9
+_LONG_COMMANDS = frozenset(c[:_WORD_LETTERS] for c in _INTERPRETER_COMMANDS if len(c) >= _WORD_LETTERS)
 # The interpreter takes several commands per line, separated by these ("look. restart").
 _COMMAND_BREAK = re.compile(r"[.,]|\bthen\b")
 # What the interpreter prints after an answer: its prompt, then the status line, the room's
@@ -356,9 +359,9 @@ _PROMPT_AND_STATUS = re.compile(r"\s*>[ \t]*(?:-= [^\n]* =-[ \t]*-?\d+/\d+)?\s*\
 def interpreter_command(action: str) -> str | None:
     """The first of ``action``'s commands that is an interpreter command (``restart``), or None."""
     for command in _COMMAND_BREAK.split(action.lower()):
-        words = command.split()
-        if words and words[0] in _INTERPRETER_COMMANDS:
-            return words[0]
+        word = (command.split() or [""])[0]
+        if word in _INTERPRETER_COMMANDS or (len(word) >= _WORD_LETTERS and word[:_WORD_LETTERS] in _LONG_COMMANDS):
+            return word
     return None
 
 
@@ -436,17 +439,22 @@ class TwEngine:
         return self._state(state, text=state["description"] or "")
 
     def refusal(self, action: str) -> str | None:
-        """Why ``action`` is not sent to the interpreter (see :data:`_INTERPRETER_COMMANDS`), or None."""
+        """Why ``action`` is not sent to the interpreter (a backslash, an interpreter command, see
+        :data:`_INTERPRETER_COMMANDS`, or several commands), or None."""
+        # dumb-frotz reads a line starting with a backslash as its own command ("\\help"), and
+        # with stdin at its end it loops forever; no game command holds one.
+        if "\\" in action:
+            return f"This action holds a backslash, which no game command does; {NOT_SENT}"
         command = interpreter_command(action)
         if command is not None:
-            return f"{command!r} is a command to the interpreter, not to the game; it was not sent."
+            return f"{command!r} is a command to the interpreter, not to the game; {NOT_SENT}"
         # "go west. go north. take coin" would play several turns in one step: past the step
         # cap, and a win from an unlisted action.
         commands = command_count(action)
         if commands > 1:
             return (
                 f"This action holds {commands} commands (the interpreter splits an action at '.', ',' "
-                "and 'then'); a step sends one command, so it was not sent."
+                f"and 'then'); a step sends one command, so {NOT_SENT}"
             )
         return None
 

@@ -7,9 +7,10 @@ from typing import Collection
 
 from dreamgym_core.errors import ConfigError
 
-__all__ = ["POLICIES", "choose_action", "check_policy"]
+__all__ = ["POLICIES", "EXPERT_POLICIES", "choose_action", "check_policy"]
 
 POLICIES = ("expert", "random", "noisy", "explore")
+EXPERT_POLICIES = frozenset({"expert", "noisy"})  # those that act on the expert's move
 FALLBACK_ACTION = "look"
 
 

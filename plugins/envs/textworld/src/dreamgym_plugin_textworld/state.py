@@ -29,7 +29,11 @@ __all__ = [
     "clean_text",
     "normalize_action",
     "drop_scenery",
+    "NOT_SENT",
 ]
+
+# How the observation of a step the env refused ends: the action never reached the game.
+NOT_SENT = "it was not sent."
 
 _LINE = re.compile(r"^(Observation|Inventory|Score|Actions(?: \((\d+)\))?): ?(.*)$")
 # Headers the engines put before the item list ("Inventory (maximum capacity is 2 items):",

@@ -228,6 +228,7 @@ class Runner:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.capped_evaluations: set[tuple[str, int]] = set()  # (split, episodes) already warned of
+        self._told_as_seed = False  # said once: curriculum-written tasks are played as their seed task
         self.counters: dict[str, float] = {
             "iteration": 0,
             "real_transitions": 0,
@@ -673,14 +674,47 @@ class Runner:
         left = loop.real_budget - int(self.counters["real_transitions"])
         return max(0, left // (loop.group_size * loop.max_steps))
 
-    def _select_tasks(self, phase: str) -> list[Task]:
+    def _select_tasks(self, phase: str) -> tuple[list[Task], int]:
+        """The iteration's tasks, and how many of the curriculum's were replaced by their seed task
+        for the real environment (:meth:`_as_seed_tasks`)."""
         n = self.cfg.loop.tasks_per_iteration
         if phase == "real" and self.cfg.loop.mode == "s2r":
             n = min(n, self._real_tasks_left())
         if self.curriculum is not None:
-            return self.curriculum.next_tasks(n=n)
+            tasks = self.curriculum.next_tasks(n=n)
+            return self._as_seed_tasks(tasks) if phase == "real" else (tasks, 0)
         rng = random.Random(self.cfg.seed * 1_000_003 + int(self.counters["iteration"]))
-        return [rng.choice(self.train_tasks) for _ in range(n)]
+        return [rng.choice(self.train_tasks) for _ in range(n)], 0
+
+    def _as_seed_tasks(self, tasks: list[Task]) -> tuple[list[Task], int]:
+        """The curriculum's tasks as the real environment can play them, and how many were replaced.
+
+        On a domain without make_variation, a task the curriculum wrote (origin other than "seed")
+        is its parent's world with a new instruction: the real environment scores the parent's
+        goal, so real RL would reward ignoring the instruction the policy is given. Each such task
+        is played as its seed task, the train task of its world (a copy keeps its root's payload);
+        the update and the curriculum's observe() then see that task with its own rewards."""
+        if hasattr(self.domain, "make_variation"):  # the domain built each variation's own world
+            return tasks, 0
+        played = [task if task.origin == "seed" else self._seed_task_of(task) for task in tasks]
+        replaced = sum(task.origin != "seed" for task in tasks)
+        if replaced and not self._told_as_seed:
+            self._told_as_seed = True
+            self._say(
+                f"env {self.cfg.env.name!r} has no make_variation, so the curriculum's written tasks are played in the "
+                "real environment as their seed task (counted in rollout/tasks_played_as_seed)"
+            )
+        return played, replaced
+
+    def _seed_task_of(self, task: Task) -> Task:
+        seed = next((t for t in self.train_tasks if t.payload == task.payload), None)
+        if seed is None:  # a world the curriculum made itself, which the domain never built
+            raise ConfigError(
+                f"{self.resolved.source}: {self.who('curriculum')} gave task {task.id!r} (origin {task.origin!r}) to a real "
+                f"iteration (loop.mode {self.cfg.loop.mode!r}), and env {self.cfg.env.name!r} has no make_variation to build "
+                "its world nor a train task with its payload to play instead; use loop.mode 'dreamgym' or another curriculum"
+            )
+        return seed
 
     def _make_envs(self, phase: str, n: int, experience_model: Any = None) -> tuple[list[Any], Any]:
         if phase == "real":
@@ -828,13 +862,15 @@ class Runner:
         self.counters["iteration"] = iteration
         self.hook.dreamgym_before_iteration(iteration=iteration, state=dict(self.counters))
         phase = self._phase(iteration)
-        tasks = self._select_tasks(phase)
+        tasks, as_seed = self._select_tasks(phase)
         groups, stats = self._rollout(tasks, phase, iteration)
         self._store(groups, phase)
         tasks, groups, dropped = self._trainable(tasks, groups)
         metrics = self._update(groups, iteration)
         metrics.update(self._advance_curriculum(tasks, groups))
         metrics["rollout/dropped_unanswered_episodes"] = float(dropped)
+        if self.curriculum is not None:
+            metrics["rollout/tasks_played_as_seed"] = float(as_seed)
         metrics.update(stats.metrics("rollout"))
         metrics["charts/synthetic_phase"] = float(phase == "synthetic")
         metrics["perf/iteration_seconds"] = time.perf_counter() - started

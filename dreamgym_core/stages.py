@@ -27,7 +27,8 @@ from .records import BRANCH_TAG, Task, Trajectory, Transition
 
 __all__ = [
     "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "experience_data", "annotate_offline",
-    "train_experience_model", "reload_trained", "evaluation_tasks", "played_splits", "check_splits", "warmstart_demos",
+    "train_experience_model", "reload_trained", "evaluation_tasks", "played_splits", "check_splits", "valid_pickers",
+    "warmstart_demos",
 ]
 
 log = logging.getLogger(__name__)
@@ -338,14 +339,21 @@ def played_splits(cfg: PipelineConfig) -> dict[str, str]:
 def check_splits(resolved: Any, domain: Any, train: Sequence[Task], played: dict[str, str], *, who: str) -> None:
     """The ``played`` splits (:func:`played_splits`) have tasks, and the held-out ones share no
     task id with the ``train`` tasks: a misspelt eval.split or an empty valid split fails here,
-    naming its field, not after minutes of training, and a trained task is never scored as held
-    out. Every trainer backend checks so before its first stage. ``who`` names the env plugin."""
+    naming its field, not after minutes of training, and neither a trained task nor one the
+    policy was picked on (:func:`valid_pickers`) is scored as held out. Every trainer backend
+    checks so before its first stage. ``who`` names the env plugin."""
     cfg, where, env = resolved.pipeline, resolved.source, resolved.pipeline.env.name
     if cfg.eval.fidelity_episodes and cfg.eval.split == "train":  # the experience model trained on these very tasks' episodes
         raise ConfigError(f"{where}: eval.fidelity_episodes scores the experience model on held-out tasks, "
                           "and eval.split is 'train'; use 'test' or 'valid'")
+    # The policy picked on 'valid' scores as well there as it was picked to: evaluated there, its
+    # "held-out" success would be the selection's own.
+    pickers = " and ".join(valid_pickers(cfg)) if cfg.eval.episodes and cfg.eval.split != "train" else ""
+    if pickers and cfg.eval.split == "valid":
+        raise ConfigError(f"{where}: eval.split is 'valid', and the policy is picked on it by {pickers}; evaluate on another split ('test')")
     _check_task_ids(where, who, "train", train)
     train_ids = {task.id for task in train}
+    listed: dict[str, set[str]] = {}
     for split, field in played.items():
         try:
             tasks = domain.tasks(split=split)
@@ -360,6 +368,25 @@ def check_splits(resolved: Any, domain: Any, train: Sequence[Task], played: dict
                 f"{where}: env {env!r}: {len(shared)} of its {split!r} tasks are train tasks too (first: {shared[0]!r}); "
                 "play on them would be scored as held out"
             )
+        listed[split] = {task.id for task in tasks}
+    # a picker plays 'valid', and eval.episodes the eval split: both were listed above
+    shared = sorted(listed.get("valid", set()) & listed.get(cfg.eval.split, set())) if pickers else []
+    if shared:
+        raise ConfigError(
+            f"{where}: env {env!r}: {len(shared)} of its {cfg.eval.split!r} tasks (eval.split) are 'valid' tasks too "
+            f"(first: {shared[0]!r}), and the policy is picked on 'valid' by {pickers}; its evaluation would not be held out"
+        )
+
+
+def valid_pickers(cfg: PipelineConfig) -> list[str]:
+    """The fields that choose the evaluated policy by its score on the 'valid' split (as
+    report's heading names them; eval.valid_every alone scores the policies and keeps the last)."""
+    pickers = []
+    if cfg.loop.warmstart_select_episodes and cfg.loop.warmstart_epochs:  # as Runner._check_validation
+        pickers.append("loop.warmstart_select_episodes")
+    if cfg.eval.keep == "best-valid":
+        pickers.append("eval.keep")
+    return pickers
 
 
 def _check_task_ids(where: str, who: str, split: str, tasks: Sequence[Task]) -> None:

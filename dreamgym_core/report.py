@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .checkpoint import atomic_write
 from .provenance import VERSIONS_FILE
+from .stages import valid_pickers
 
 if TYPE_CHECKING:
     from .config import PipelineConfig
@@ -175,20 +176,10 @@ def _held_out_heading(cfg: PipelineConfig) -> str:
     split = cfg.eval.split
     if split == "train":
         return "## Real tasks of the train split (eval.split: not held out)"
-    picked_by = _valid_pickers(cfg) if split == "valid" else []
+    picked_by = valid_pickers(cfg) if split == "valid" else []
     if picked_by:
         return f"## Real tasks of the valid split (eval.split: not held out, {' and '.join(picked_by)} picked the policy on it)"
     return f"## Held-out real tasks (split `{split}`)"
-
-
-def _valid_pickers(cfg: PipelineConfig) -> list[str]:
-    """The fields that choose the evaluated policy by its score on the 'valid' split."""
-    pickers = []
-    if cfg.loop.warmstart_select_episodes and cfg.loop.warmstart_epochs:  # as Runner._check_validation
-        pickers.append("loop.warmstart_select_episodes")
-    if cfg.eval.keep == "best-valid":  # eval.valid_every alone scores the policies, keeps the last
-        pickers.append("eval.keep")
-    return pickers
 
 
 def _world_lines(rows: Sequence[tuple[str, dict[str, Any], str]]) -> list[str]:

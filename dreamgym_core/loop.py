@@ -707,7 +707,7 @@ class Runner:
         return played, replaced
 
     def _seed_task_of(self, task: Task) -> Task:
-        seed = next((t for t in self.train_tasks if t.payload == task.payload), None)
+        seed = stages.seed_task_of(task, self.train_tasks)
         if seed is None:  # a world the curriculum made itself, which the domain never built
             raise ConfigError(
                 f"{self.resolved.source}: {self.who('curriculum')} gave task {task.id!r} (origin {task.origin!r}) to a real "

@@ -27,7 +27,7 @@ from .records import BRANCH_TAG, Task, Trajectory, Transition
 
 __all__ = [
     "OFFLINE_FILE", "BRANCHES_FILE", "EXPERIENCE_DIR", "collect_offline", "collect_branch_data", "experience_data", "annotate_offline",
-    "train_experience_model", "reload_trained", "evaluation_tasks", "played_splits", "check_splits", "valid_pickers",
+    "train_experience_model", "reload_trained", "evaluation_tasks", "played_splits", "check_splits", "seed_task_of", "valid_pickers",
     "warmstart_demos",
 ]
 
@@ -376,6 +376,16 @@ def check_splits(resolved: Any, domain: Any, train: Sequence[Task], played: dict
             f"{where}: env {env!r}: {len(shared)} of its {cfg.eval.split!r} tasks (eval.split) are 'valid' tasks too "
             f"(first: {shared[0]!r}), and the policy is picked on 'valid' by {pickers}; its evaluation would not be held out"
         )
+
+
+def seed_task_of(task: Task, train_tasks: Sequence[Task]) -> Task | None:
+    """The train task whose world ``task`` plays: itself for a seed task, else the train task with
+    its payload (a curriculum's written copy on a domain without make_variation keeps its root's
+    payload with a new instruction, which the real environment does not score); None when no
+    train task has it."""
+    if task.origin == "seed":
+        return task
+    return next((t for t in train_tasks if t.payload == task.payload), None)
 
 
 def valid_pickers(cfg: PipelineConfig) -> list[str]:

@@ -298,3 +298,57 @@ def test_the_curriculum_actors_task_generator_draws_from_a_stream_of_its_own(mon
         assert task_seed != worker_seed
         seeds[draw] = task_seed
     assert seeds[0] != seeds[1]  # another draw of M_exp is another draw of M_task too, as in the local loop
+
+
+
+class WritingCurriculum:
+    """Stands in for a RemoteCurriculum that hands out written copies of the train tasks' worlds
+    (what reward-entropy writes on a domain without make_variation: a new instruction, the
+    parent's payload)."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = tasks
+
+    def next_tasks(self, n: int) -> list[Task]:
+        return [
+            msgspec.structs.replace(t, id=f"{t.id}~syn", instruction=f"written {i}", origin="synthetic", parent_id=t.id)
+            for i, t in enumerate(self.tasks[:n])
+        ]
+
+
+@pytest.mark.parametrize("real_as_seed", [True, False])
+def test_a_real_step_plays_a_written_copy_as_its_seed_task_when_the_domain_cannot_build_it(tmp_path, monkeypatch, real_as_seed):
+    """The real environment scores the seed task's goal, not the copy's written instruction: real
+    RL rewarded ignoring it. A domain with make_variation builds each variation's own world."""
+    import dreamgym_plugin_verl.dataset as dataset_module
+
+    tasks = [msgspec.structs.replace(t, payload={"world": i}) for i, t in enumerate(TASKS)]
+    path = tmp_path / "train_tasks.jsonl"
+    write_tasks(path, tasks)
+    spec = {"batch_size": 2, "iterations": 2, "mode": "s2r", "s2r_synthetic_share": 0.5, "seed": 0, "curriculum_actor": "c",
+            "real_as_seed": real_as_seed}
+    feed_spec_path(path).write_text(json.dumps(spec))
+    monkeypatch.setattr(dataset_module.RemoteCurriculum, "connect", classmethod(lambda cls, name: WritingCurriculum(tasks)))
+    ds = DreamGymTaskDataset(data_files=str(path))
+    rows = [ds[i] for i in range(4)]
+    played = [msgspec.json.decode(r["task"], type=Task) for r in rows]
+    assert [r["phase"] for r in rows] == ["synthetic", "synthetic", "real", "real"]
+    assert [t.instruction for t in played[:2]] == ["written 0", "written 1"]  # synthetic steps play the copy as written
+    if real_as_seed:
+        assert played[2:] == tasks[:2]
+    else:
+        assert [t.instruction for t in played[2:]] == ["written 0", "written 1"]
+
+
+def test_a_written_task_of_no_train_world_stops_a_real_step_in_one_line(tmp_path, monkeypatch):
+    import dreamgym_plugin_verl.dataset as dataset_module
+
+    path = tmp_path / "train_tasks.jsonl"
+    write_tasks(path, TASKS)
+    spec = {"batch_size": 1, "iterations": 1, "mode": "real", "s2r_synthetic_share": 0.0, "seed": 0, "curriculum_actor": "c",
+            "real_as_seed": True}
+    feed_spec_path(path).write_text(json.dumps(spec))
+    elsewhere = [msgspec.structs.replace(TASKS[0], payload={"world": "made up"})]
+    monkeypatch.setattr(dataset_module.RemoteCurriculum, "connect", classmethod(lambda cls, name: WritingCurriculum(elsewhere)))
+    with pytest.raises(DataError, match=r"curriculum task 't0~syn' \(origin 'synthetic'\) reached a real step"):
+        DreamGymTaskDataset(data_files=str(path))[0]

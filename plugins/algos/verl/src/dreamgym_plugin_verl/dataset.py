@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from dreamgym_core.checkpoint import atomic_write
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Task
+from dreamgym_core.stages import seed_task_of
 
 from .curriculum import RemoteCurriculum, TaskFeed, phase_for, task_row
 
@@ -73,6 +74,7 @@ class DreamGymTaskDataset(Dataset):
 
     def _feed(self, spec: dict[str, Any]) -> TaskFeed:
         phase = partial(phase_for, mode=spec["mode"], iterations=spec["iterations"], s2r_synthetic_share=spec["s2r_synthetic_share"])
+        self._phase, self._real_as_seed = phase, bool(spec.get("real_as_seed"))
         next_tasks = self._cycle
         if spec.get("curriculum_actor"):
             self.curriculum = RemoteCurriculum.connect(spec["curriculum_actor"])
@@ -82,7 +84,22 @@ class DreamGymTaskDataset(Dataset):
     def _draw(self, n: int, step: int) -> list[Task]:
         """The curriculum's next tasks: it draws in order, and verl asks step by step."""
         assert self.curriculum is not None
-        return self.curriculum.next_tasks(n)
+        tasks = self.curriculum.next_tasks(n)
+        if self._real_as_seed and self._phase(step) == "real":
+            return [self._as_seed(task) for task in tasks]
+        return tasks
+
+    def _as_seed(self, task: Task) -> Task:
+        """A real step plays a curriculum-written task as its seed task (the domain has no
+        make_variation: the copy's new instruction is not what the real environment scores), as the
+        local loop does (dreamgym_core.loop.Runner._as_seed_tasks)."""
+        seed = seed_task_of(task, self.tasks)
+        if seed is None:
+            raise DataError(
+                f"curriculum task {task.id!r} (origin {task.origin!r}) reached a real step, and no train task has its world "
+                "to play instead (the env has no make_variation); use loop.mode 'dreamgym' or another curriculum"
+            )
+        return seed
 
     def _cycle(self, n: int, step: int) -> list[Task]:
         """No curriculum: the file's tasks in order, wrapping around. Placed by ``step``, not by

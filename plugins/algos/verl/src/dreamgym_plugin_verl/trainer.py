@@ -61,8 +61,12 @@ def require_cuda() -> None:
         )
 
 
-def prepare_files(resolved: ResolvedPipeline, run_dir: Path, *, train: list, val: list, actors: dict[str, str]) -> dict[str, Path]:
-    """Task files, the curriculum feed spec, the agent-loop config and the runtime spec."""
+def prepare_files(
+    resolved: ResolvedPipeline, run_dir: Path, *, train: list, val: list, actors: dict[str, str], real_as_seed: bool = False,
+) -> dict[str, Path]:
+    """Task files, the curriculum feed spec, the agent-loop config and the runtime spec
+    (``real_as_seed``: the domain has no make_variation, so a real step plays a curriculum-written
+    task as its seed task)."""
     files = run_files(run_dir)
     loop = resolved.pipeline.loop
     write_tasks(files["train"], train)
@@ -74,6 +78,7 @@ def prepare_files(resolved: ResolvedPipeline, run_dir: Path, *, train: list, val
         "s2r_synthetic_share": loop.s2r_synthetic_share,
         "seed": resolved.pipeline.seed,
         "curriculum_actor": actors.get("curriculum_actor", ""),
+        "real_as_seed": real_as_seed,
     }
     atomic_write(feed_spec_path(files["train"]), json.dumps(feed, indent=2).encode())
     agent_loops = [{"name": AGENT_LOOP_NAME, "_target_": "dreamgym_plugin_verl.agent_loop.DreamGymAgentLoop", "runtime": str(run_dir)}]
@@ -202,7 +207,9 @@ class VerlTrainer:
         lines = _Progress(cfg.loop.iterations, shown=progress)
         actors, clients, counters = _start_actors(resolved, plugins, root, domain=domain, say=lines.say)
         val = held_out_tasks(domain.tasks(split=cfg.eval.split), cfg.eval.episodes, cfg.eval.temperature)
-        files = prepare_files(resolved, root, train=domain.tasks(split="train"), val=val, actors=actors)
+        files = prepare_files(
+            resolved, root, train=domain.tasks(split="train"), val=val, actors=actors, real_as_seed=not hasattr(domain, "make_variation"),
+        )
         if hasattr(domain, "close"):  # its probe env (a simulator) played the offline data; workers build their own
             domain.close()
         _write_overrides(files["dir"], overrides)

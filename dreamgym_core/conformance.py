@@ -81,10 +81,10 @@ def check_plugin(name: str) -> Iterator[str]:
             except _Skip as why:
                 yield f"skip {kind}:{spec.name} ({why})"
                 continue
-            except Exception as exc:  # a failure of this component, whatever it raised
+            except (Exception, SystemExit) as exc:  # a failure of this component, whatever it raised
                 checked += 1
                 failed += 1
-                message = str(exc) if isinstance(exc, ConformanceError) else f"{type(exc).__name__}: {exc}"
+                message = _failure(exc)
                 yield f"FAIL {kind}:{spec.name}: {' '.join(message.split())}"
             else:
                 checked += 1
@@ -98,6 +98,15 @@ def check_plugin(name: str) -> Iterator[str]:
         yield f"{NOTHING_CHECKED}: each of the {registered} component(s) of plugin {name!r} was skipped"
     else:
         yield f"{checked} component(s) of plugin {name!r} passed"
+
+
+def _failure(exc: BaseException) -> str:
+    """What a component's check raised, as its FAIL line says it."""
+    if isinstance(exc, ConformanceError):
+        return str(exc)
+    if isinstance(exc, SystemExit):  # sys.exit() in a component would end `dreamgym check` (exit 0 for code 0 or None)
+        return f"SystemExit({exc.code!r}): it called sys.exit() (or raised SystemExit) while checked, which would end a run"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _check_env(spec, config) -> None:
@@ -116,10 +125,24 @@ def _check_encoder(spec, config) -> None:
 
 
 def _check_buffer(spec, config) -> None:
+    """``check_buffer`` of buffers kept at a path (a run's ``RUN/buffer``) and of in-memory ones
+    (path None: the hookspec's, as ``dreamgym eval-model`` builds one), ``check_buffer_reopens``."""
     encoder = testing.BagOfWordsEncoder()
+
+    def in_memory():
+        try:
+            buffer = spec.factory(config, encoder=encoder, path=None)
+        except Exception as exc:
+            raise ConformanceError(
+                f"buffer {spec.name!r}: factory(config, encoder=..., path=None) raised {type(exc).__name__}: {exc}; path=None asks for "
+                f"an in-memory buffer (the hookspec's; dreamgym eval-model builds one so) ({testing.DOCS})"
+            ) from exc
+        return _built("buffer", buffer)
+
     with tempfile.TemporaryDirectory() as tmp:
         counter = iter(range(1000))
         testing.check_buffer(lambda: _built("buffer", spec.factory(config, encoder=encoder, path=f"{tmp}/{next(counter)}")))
+        testing.check_buffer(in_memory)
         testing.check_buffer_reopens(lambda: _built("buffer", spec.factory(config, encoder=encoder, path=f"{tmp}/reopened")))
 
 

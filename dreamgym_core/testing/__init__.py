@@ -92,8 +92,9 @@ UNLISTED_ACTION = "xyzzy the unlisted action"
 
 
 def check_env(env: Any, task: Task, *, actions: int = 3, seed: int = 0) -> None:
-    """Types of reset/step, determinism under one seed, reset without a seed, a step of an
-    action no state lists, idempotent close. A failed check closes the env too."""
+    """Types of reset/step, the outcome reward of every step (1.0 only on a success's final
+    step), determinism under one seed, reset without a seed, a step of an action no state
+    lists, idempotent close. A failed check closes the env too."""
     with closed_on_failure(env):  # its simulator (a JVM, a browser) must not outlive the failed check
         _check_plays(env, task, actions=actions, seed=seed)
     with _step(env, "close()"):
@@ -133,11 +134,7 @@ def _check_plays(env: Any, task: Task, *, actions: int, seed: int) -> None:
             action = obs.admissible_actions[0] if obs.admissible_actions else "look"
             with _step(env, f"step(action={action!r})"):
                 result = env.step(action=action)
-            _expect(env, result, StepResult, "step()")
-            if not _finite_number(result.reward):
-                raise _fail(env, f"step() reward {result.reward!r} is not a finite number")
-            if result.success and not result.done:
-                raise _fail(env, "step() reported success on a step that is not done")
+            _check_step_result(env, result, "step()")
             trace.append(result)
             obs = result.observation
             if result.done:
@@ -159,9 +156,33 @@ def _check_plays(env: Any, task: Task, *, actions: int, seed: int) -> None:
     # the engine refuses it), not an exception that ends the run.
     with _step(env, f"step(action={UNLISTED_ACTION!r}), an action no state lists"):
         result = env.step(action=UNLISTED_ACTION)
-    _expect(env, result, StepResult, "step() of an unlisted action")
+    _check_step_result(env, result, "step() of an unlisted action")
+
+
+def _check_step_result(env: Any, result: Any, what: str) -> None:
+    """A StepResult as a run reads it: an Observation, a finite reward, success only on a done
+    step, and the outcome reward (records.StepResult: 1.0 only on a success's final step, else
+    0.0), which GRPO scores, the experience model learns, and data.path requires of every row."""
+    _expect(env, result, StepResult, what)
+    if not isinstance(result.observation, Observation):
+        raise _fail(env, f"{what} returned a StepResult whose observation is {type(result.observation).__name__}, expected an Observation")
     if not _finite_number(result.reward):
-        raise _fail(env, f"step() of an unlisted action gave reward {result.reward!r}, not a finite number")
+        raise _fail(env, f"{what} reward {result.reward!r} is not a finite number")
+    if result.success and not result.done:
+        raise _fail(env, f"{what} reported success on a step that is not done")
+    expected = _outcome_reward(done=result.done, success=result.success)
+    if result.reward != expected:
+        raise _fail(
+            env,
+            f"{what} gave reward {result.reward!r} on a step with done={result.done}, success={result.success}; expected {expected}: "
+            "a step's reward is the outcome reward, 1.0 on the final step of a success and 0.0 elsewhere (records.StepResult)",
+        )
+
+
+def _outcome_reward(*, done: bool, success: bool) -> float:
+    from ..experience import outcome_reward  # as stages.offline_step_problem reads it
+
+    return outcome_reward(done=done, success=success)
 
 
 def _finite_number(value: Any) -> bool:
@@ -189,7 +210,9 @@ def check_domain(domain: Any) -> None:
     """A non-empty ``name``; ``tasks`` returns a list of Tasks (a generator is refused); train
     and test splits are non-empty; no two of train/valid/test share a task id; make_env passes
     check_env on a train task; ``collect`` with each data policy a run uses returns
-    Trajectories of that task, which ``annotate`` explains in text; the optional members a run
+    Trajectories of that task, whose steps carry its instruction and are real offline data
+    (``stages.offline_step_problem``: what ``data.path`` refuses of `dreamgym collect`'s file),
+    which ``annotate`` explains in text; the optional members a run
     calls, where present, return what the run reads (:func:`check_domain_extras`, with every
     collected episode)."""
     name = getattr(domain, "name", None)
@@ -235,6 +258,12 @@ def check_domain(domain: Any) -> None:
 DATA_POLICIES = ("expert", "noisy", "random")
 
 
+def _offline_step_problem(transition: Transition) -> str | None:
+    from ..stages import offline_step_problem as problem  # not at import: stages imports much of the core
+
+    return problem(transition)
+
+
 def _check_collect(domain: Any, task: Task, policy: str, episodes: int = 1) -> list[list[Transition]]:
     """``episodes`` of ``policy`` on ``task``, each episode's transitions: a run asks for more
     episodes than it has tasks, so one task must give any number of them."""
@@ -250,8 +279,17 @@ def _check_collect(domain: Any, task: Task, policy: str, episodes: int = 1) -> l
         _expect(domain, transition, Transition, f"collect(policy={policy!r}) trajectory's transitions:")
         if transition.task_id != task.id or transition.source != "offline":
             raise _fail(domain, f"collect(policy={policy!r}) gave a transition of task {transition.task_id!r}, source {transition.source!r}; expected task {task.id!r}, source 'offline'")
+        where = f"collect(policy={policy!r}) gave step {transition.step} of episode {transition.episode_id!r}"
         if not _finite_real(transition.reward):  # as stages.collect refuses it
-            raise _fail(domain, f"collect(policy={policy!r}) gave step {transition.step} of episode {transition.episode_id!r} with reward {transition.reward!r}, expected a finite number")
+            raise _fail(domain, f"{where} with reward {transition.reward!r}, expected a finite number")
+        if transition.instruction != task.instruction:  # protocols.Domain.collect
+            raise _fail(
+                domain,
+                f"{where} with instruction {transition.instruction!r:.80}, expected the task's {task.instruction!r:.80} "
+                "(the experience model's training prompts read it from the transition)",
+            )
+        if problem := _offline_step_problem(transition):  # as data.path refuses `dreamgym collect`'s file
+            raise _fail(domain, f"{where}, which {problem}: data.path refuses such a row of `dreamgym collect`'s file")
     return [list(trajectory.transitions) for trajectory in got]
 
 
@@ -351,13 +389,16 @@ def check_experience_model(model: Any, requests: Sequence[ExperienceRequest]) ->
 
 
 def check_encoder(encoder: Any) -> None:
-    """float32 rows of the declared dim, L2-normalised, deterministic."""
+    """A positive int ``dim``; float32 rows of that dim, L2-normalised, deterministic; a non-empty ``id``."""
+    dim = getattr(encoder, "dim", None)
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim <= 0:
+        raise _fail(encoder, f"dim must be a positive int (the width of the rows encode() returns; buffers size their index by it), got {dim!r}")
     texts = ["open the fridge", "take apple from table", ""]
     with _step(encoder, "encode()"):
         a = encoder.encode(texts=texts)
         b = encoder.encode(texts=texts)
-    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (3, encoder.dim):
-        raise _fail(encoder, f"encode() returned {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}, expected float32 (3, {encoder.dim})")
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (3, dim):
+        raise _fail(encoder, f"encode() returned {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}, expected float32 (3, {dim})")
     for text, row in zip(texts, a):
         if not np.isfinite(row).all():
             raise _fail(encoder, f"encode() gave non-finite values (NaN or inf) for the text {text!r}")
@@ -366,8 +407,9 @@ def check_encoder(encoder: Any) -> None:
         raise _fail(encoder, f"rows are not L2-normalised (norms {norms})")
     if not np.allclose(a, b, atol=1e-5, equal_nan=True):
         raise _fail(encoder, "encode() is not deterministic")
-    if not isinstance(encoder.id, str) or not encoder.id:
-        raise _fail(encoder, "id must be a non-empty str naming model and version")
+    encoder_id = getattr(encoder, "id", None)
+    if not isinstance(encoder_id, str) or not encoder_id:
+        raise _fail(encoder, f"id must be a non-empty str naming model and version (a buffer keeps vectors by it), got {encoder_id!r}")
 
 
 def make_transitions(n: int, *, source: str = "offline", prefix: str = "t") -> list[Transition]:
@@ -395,7 +437,9 @@ def make_transitions(n: int, *, source: str = "offline", prefix: str = "t") -> l
 
 
 def check_buffer(make_buffer: Callable[[], Any]) -> None:
-    """add/len/retrieve/sample round trip, duplicate suppression, empty-buffer queries.
+    """add/len/retrieve/sample round trip (``min(k, len)`` records per query), duplicate
+    suppression, empty-buffer queries (an empty list per query), the optional position (an
+    int >= 0) and rollback.
 
     ``make_buffer`` returns a new, empty buffer each call.
     """
@@ -407,8 +451,14 @@ def check_buffer(make_buffer: Callable[[], Any]) -> None:
         raise _fail(buffer, "a new buffer is not empty")
     with _step(buffer, "retrieve() on an empty buffer"):
         empty = buffer.retrieve(queries=[("a state", "an action")], k=3)
+        empty_two = buffer.retrieve(queries=[("a state", "an action"), ("another state", "another action")], k=3)
     if empty != [[]]:
-        raise _fail(buffer, f"retrieve() on an empty buffer must return [[]], got {empty!r}")
+        raise _fail(buffer, f"retrieve() of 1 query on an empty buffer must return [[]], got {empty!r:.120}")
+    if not isinstance(empty_two, list) or len(empty_two) != 2:
+        got = f"{len(empty_two)} lists" if isinstance(empty_two, list) else type(empty_two).__name__
+        raise _fail(buffer, f"retrieve() of 2 queries returned {got}, expected one list per query (on an empty buffer [[], []]), got {empty_two!r:.120}")
+    if empty_two != [[], []]:
+        raise _fail(buffer, f"retrieve() of 2 queries on an empty buffer must return [[], []] (an empty list per query), got {empty_two!r:.120}")
     records = make_transitions(24)
     with _step(buffer, "add() of 24 records"):
         added = buffer.add(transitions=records)
@@ -448,33 +498,55 @@ def _key(record: Any) -> bytes:
     return msgspec.json.encode(record)
 
 
-def _check_hits(buffer: Any, hits: Any, targets: Sequence[Transition], *, k: int, size: int, stored: set[bytes]) -> None:
-    """One list per query, at most k (and at most the buffer's size) long, no record twice,
-    only stored records, each query's own record first."""
+def _check_hits(
+    buffer: Any, hits: Any, targets: Sequence[Transition], *, k: int, size: int, stored: set[bytes], when: str = "",
+) -> None:
+    """One list per query, min(k, the buffer's size) long (the protocol's k nearest, fewer only
+    when fewer are stored), no record twice, only stored records, each query's own record
+    first. ``when`` says when the buffer was asked (" of the reopened buffer")."""
     if not isinstance(hits, list) or len(hits) != len(targets):
         got = f"{len(hits)} lists" if isinstance(hits, list) else type(hits).__name__
-        raise _fail(buffer, f"retrieve() of {len(targets)} queries returned {got}, expected one list per query")
+        raise _fail(buffer, f"retrieve(){when} of {len(targets)} queries returned {got}, expected one list per query")
     for target, found in zip(targets, hits):
         if not isinstance(found, list) or not found:
-            raise _fail(buffer, "retrieve() returned no neighbours for a stored query")
+            raise _fail(buffer, f"retrieve(){when} returned no neighbours for a stored query")
         for hit in found:
-            _expect(buffer, hit, Transition, "retrieve()")
+            _expect(buffer, hit, Transition, f"retrieve(){when}")
         if len(found) > min(k, size):
-            raise _fail(buffer, f"retrieve(k={k}) on {size} records returned {len(found)} for one query, expected at most {min(k, size)}")
+            raise _fail(buffer, f"retrieve(k={k}){when} on {size} records returned {len(found)} for one query, expected at most {min(k, size)}")
+        if len(found) < min(k, size):
+            raise _fail(
+                buffer,
+                f"retrieve(k={k}){when} on {size} records returned {len(found)} for one query, expected {min(k, size)}: "
+                "the k nearest stored transitions, fewer only when fewer are stored (the demos a prompt shows)",
+            )
         keys = [_key(t) for t in found]
         if len(set(keys)) != len(keys):
-            raise _fail(buffer, f"retrieve(k={k}) returned the same record more than once for one query")
+            raise _fail(buffer, f"retrieve(k={k}){when} returned the same record more than once for one query")
         if any(key not in stored for key in keys):
-            raise _fail(buffer, "retrieve() returned a record that was never added")
+            raise _fail(buffer, f"retrieve(){when} returned a record that was never added")
         if found[0] != target:
-            raise _fail(buffer, "the exact stored (state, action) is not the top-1 neighbour")
+            raise _fail(buffer, f"the exact stored (state, action) is not the top-1 neighbour{when}")
+
+
+def _position(buffer: Any, when: str = "") -> int:
+    """``buffer.position``, which a checkpoint records (``checkpoint._State.buffer_position``, an int)."""
+    with _step(buffer, f"position{when}"):
+        position = buffer.position
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise _fail(
+            buffer,
+            f"position{when} is {position!r:.60} ({type(position).__name__}), expected an int >= 0: "
+            "a checkpoint records it as an int, and --resume rolls the buffer back to it",
+        )
+    return position
 
 
 def _check_rollback(buffer: Any, stored: Sequence[Transition]) -> None:
     """The optional rollback: records added after ``position`` are forgotten, and can come back."""
     later = [msgspec.structs.replace(t, state=f"later {t.state}") for t in stored[:3]]
+    position = _position(buffer)
     with _step(buffer, "add() then rollback(to=position)"):
-        position = buffer.position
         buffer.add(transitions=later)
         dropped = buffer.rollback(to=position)
         size = len(buffer)
@@ -491,7 +563,9 @@ def _check_rollback(buffer: Any, stored: Sequence[Transition]) -> None:
 
 
 def check_buffer_reopens(open_buffer: Callable[[], Any]) -> None:
-    """What a flushed and closed buffer stored is there when its path is opened again.
+    """What a flushed and closed buffer stored is there when its path is opened again, and
+    ``retrieve`` finds it; a buffer with ``position``/``rollback`` reopens at the position it
+    had, and rolls back to it what was added since (what ``--resume`` does).
 
     ``open_buffer`` opens the buffer at one and the same (at first empty) path each call, as
     a run opens ``RUN/buffer`` and ``--resume`` opens it again.
@@ -499,29 +573,66 @@ def check_buffer_reopens(open_buffer: Callable[[], Any]) -> None:
     with _step(getattr(open_buffer, "__qualname__", "open_buffer"), "open_buffer()"):
         buffer = open_buffer()
     records = make_transitions(6)
-    with _step(buffer, "add() of 6 records, flush() and close()"):
+    stored = {_key(t) for t in records}
+    with _step(buffer, "add() of 6 records, flush()"):
         buffer.add(transitions=records)
         buffer.flush()
+    rolls_back = hasattr(buffer, "rollback")  # the optional exact resume: a checkpoint records the position
+    with closed_on_failure(buffer):  # a buffer on disk may hold a writer lock on its path
+        position = _position(buffer, " after add() and flush()") if rolls_back else None
+    with _step(buffer, "close()"):
         buffer.close()
     with _step(buffer, "open_buffer() again at the same path"):
         again = open_buffer()
+    targets = [records[2], records[4]]
     try:
         with _step(again, "len() and sample() of the reopened buffer"):
             size = len(again)
             kept = {_key(t) for t in again.sample(n=6, seed=0)} if size else set()
+        if size != len(records) or kept != stored:
+            raise _fail(
+                buffer,
+                f"reopened at its path, the buffer holds {size} of the {len(records)} records it stored; "
+                "a run reopens RUN/buffer on --resume, so a buffer keeps its records under its path",
+            )
+        with _step(again, "retrieve() of the reopened buffer"):
+            hits = again.retrieve(queries=[(t.state, t.action) for t in targets], k=3)
+        # a --resume'd run retrieves its demos from the reopened buffer: its index must be back too
+        _check_hits(again, hits, targets, k=3, size=size, stored=stored, when=" of the reopened buffer")
+        if rolls_back:
+            _check_reopened_rollback(again, records, position)
     finally:
         with _step(again, "close() of the reopened buffer"):
             again.close()
-    if size != len(records) or kept != {_key(t) for t in records}:
+
+
+def _check_reopened_rollback(again: Any, records: Sequence[Transition], position: int) -> None:
+    """What ``--resume`` does: the reopened buffer stands at the position it had when closed (a
+    checkpoint's), and rolls back to it what was added since."""
+    reopened = _position(again, " of the reopened buffer")
+    if reopened != position:
         raise _fail(
-            buffer,
-            f"reopened at its path, the buffer holds {size} of the {len(records)} records it stored; "
-            "a run reopens RUN/buffer on --resume, so a buffer keeps its records under its path",
+            again,
+            f"position of the reopened buffer is {reopened}, but {position} before close(): a checkpoint records the position, "
+            "and --resume rolls the reopened buffer back to it, so the position persists under its path",
         )
+    later = [msgspec.structs.replace(t, state=f"later {t.state}") for t in records[:2]]
+    with _step(again, "add() to the reopened buffer, then rollback(to=its position before close())"):
+        again.add(transitions=later)
+        dropped = again.rollback(to=position)
+        size = len(again)
+        hits = again.retrieve(queries=[(later[0].state, later[0].action)], k=4)[0]
+    if dropped != len(later) or size != len(records):
+        raise _fail(again, f"rollback() of the reopened buffer after adding {len(later)} records gave dropped={dropped}, len={size}")
+    if later[0] in hits:
+        raise _fail(again, "retrieve() of the reopened buffer returned a rolled-back record")
 
 
-def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:
-    """next_tasks returns Tasks; state survives encode/decode into a fresh instance."""
+def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any], draws: int = 6) -> None:
+    """next_tasks returns Tasks; state survives encode/decode into a fresh instance, which then
+    chooses what the original chooses for ``draws`` draws of 4 tasks, each observed alike (6:
+    24 tasks, more than twice a pool of 8, ``dreamgym check``'s: a curriculum that draws epochs
+    of its pool must restore what draws the next epoch, not only the current one's queue)."""
     with _step(curriculum, "next_tasks(n=3)"):
         tasks = curriculum.next_tasks(n=3)
     if not isinstance(tasks, list) or len(tasks) != 3 or not all(isinstance(t, Task) for t in tasks):
@@ -537,11 +648,18 @@ def check_curriculum(curriculum: Any, *, rebuild: Callable[[], Any]) -> None:
         restored = clone.state_dict()
     if _json(curriculum, restored, "the restored state_dict()") != blob:
         raise _fail(curriculum, "state_dict() does not survive a JSON round trip")
-    with _step(curriculum, "next_tasks(n=4) of the original and the restored curriculum"):
-        a = [t.id for t in curriculum.next_tasks(n=4)]
-        b = [t.id for t in clone.next_tasks(n=4)]
-    if a != b:
-        raise _fail(curriculum, f"restored curriculum chose {b}, original chose {a}")
+    for draw in range(1, draws + 1):
+        with _step(curriculum, f"next_tasks(n=4) of the original and the restored curriculum, draw {draw} after the restore"):
+            a_tasks, b_tasks = curriculum.next_tasks(n=4), clone.next_tasks(n=4)
+            a, b = [t.id for t in a_tasks], [t.id for t in b_tasks]
+        if a != b:
+            raise _fail(curriculum, f"restored curriculum chose {b}, original chose {a} (draw {draw} of {draws} after the restore)")
+        # both learn the same outcomes, as a resumed run observes what the original would have
+        with _step(curriculum, f"observe() of draw {draw} after the restore, by the original and the restored curriculum"):
+            for drawn, learner in ((a_tasks, curriculum), (b_tasks, clone)):
+                learner.observe(outcomes=[
+                    TaskOutcome(task=t, rewards=[float((draw + i + j) % 3 == 0) for j in range(4)]) for i, t in enumerate(drawn)
+                ])
     if callable(getattr(curriculum, "metrics", None)):  # optional; the run logs what it returns
         with _step(curriculum, "metrics()"):
             metrics = curriculum.metrics()
@@ -595,7 +713,7 @@ def check_algorithm(
     *,
     rebuild: Callable[[], tuple[Any, Callable[[], Any]]] | None = None,
 ) -> dict[str, float]:
-    """``act`` gives one str per prompt; one update on a tiny batch gives finite metrics and
+    """``act``, called as a run calls it (``greedy`` and ``temperature``), gives one str per prompt; one update on a tiny batch gives finite metrics and
     changes the parameters, to finite values; ``load`` of what ``save`` wrote restores them,
     into a fresh algorithm (``rebuild``) and into this one after another update.
 
@@ -609,9 +727,9 @@ def check_algorithm(
     if missing:  # Plugins.build refuses such an algorithm, so no run could use it
         raise _fail(algo, f"has no {', '.join(missing)} (a run calls act, update, save and load)")
     prompts = [d.prompt for d in groups[0][0].decisions][:2] if groups and groups[0] and groups[0][0].decisions else ["Action:"]
-    for greedy in (True, False):
-        with _step(algo, f"act(greedy={greedy})"):
-            out = algo.act(prompts=prompts, greedy=greedy)
+    for greedy, temperature in ((True, None), (False, 1.0)):  # as every run calls it (Runner.act_fn)
+        with _step(algo, f"act(prompts=..., greedy={greedy}, temperature={temperature}), as a run calls it,"):
+            out = algo.act(prompts=prompts, greedy=greedy, temperature=temperature)
         if not isinstance(out, list) or len(out) != len(prompts) or not all(isinstance(text, str) for text in out):
             raise _fail(algo, f"act(greedy={greedy}) returned {out!r:.120}, expected a list of {len(prompts)} str (one per prompt)")
     with _step(algo, "parameters() before update()"):

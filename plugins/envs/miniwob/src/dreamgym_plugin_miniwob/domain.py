@@ -23,7 +23,9 @@ POLICIES = ("expert", "noisy", "random")
 # Page seeds of each split: disjoint ranges (the config caps each count at SPLIT_SIZE). Seeds are
 # not problems: a task with few problems (click-test has one) repeats train problems in test (README).
 SPLIT_SEED_BASE = {"train": 0, "valid": SPLIT_SIZE, "test": 2 * SPLIT_SIZE}
-_SEED = re.compile(r"seed\s*[=:]\s*(\d+)")
+# At most 16 digits (MAX_SEED has 16): int() of more than 4300 raises ValueError (CPython's limit
+# on int-string conversion), so a longer number is no seed and the variation is turned down.
+_SEED = re.compile(r"seed\s*[=:]\s*(\d{1,16})(?!\d)")
 
 
 def random_action(utterance: str, elements: Sequence[Element], rng: random.Random) -> str:

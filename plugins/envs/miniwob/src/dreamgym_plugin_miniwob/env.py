@@ -23,10 +23,11 @@ shape), shown by its id, classes and painted colour (a CSS name where the colour
 Actions are ``click [N]`` (the element's click handler; a text field takes the focus, an
 option is chosen) and ``type [N] TEXT`` (click N, then type TEXT as key events; typed into a
 select, it chooses the option whose text starts with TEXT; N must take text and hold the focus
-once clicked, else nothing is typed and the action is invalid). An action that does not parse,
-names an element the state does not list, or types a lone surrogate, a private-use character or
-a control character other than ``\\n`` (:func:`unsendable_character`) changes nothing and is
-flagged ``valid=False``, with the reason in ``info["invalid"]``.
+once clicked, else nothing is typed and the action is invalid). An action that does not parse
+(a ref of more than 16 digits included), names an element the state does not list, types more
+than :data:`MAX_TEXT` characters, or types a lone surrogate, a private-use character or a control
+character other than ``\\n`` (:func:`unsendable_character`) changes nothing and is flagged
+``valid=False``, with the reason in ``info["invalid"]``.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ from .config import DEFAULT_CALL_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
 from .page import BrowserError, Element, Page, task_names
 
 __all__ = [
-    "MiniWoBEnv", "ACTION_SYNTAX", "MAX_SEED", "checked_payload", "color_name", "full_reward", "parse_action", "quote",
-    "render_state", "shown", "unsendable_character",
+    "MiniWoBEnv", "ACTION_SYNTAX", "MAX_SEED", "MAX_TEXT", "checked_payload", "color_name", "full_reward", "parse_action",
+    "quote", "render_state", "shown", "unsendable_character",
 ]
 
 ACTION_SYNTAX = "click [N] (click element N), type [N] TEXT (click element N, then type TEXT)"
-_ACTION = re.compile(r"^\s*(click|type)\s*\[?\s*(\d+)\s*\]?\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
+# A ref is at most 16 digits: int() of more than 4300 raises ValueError (CPython's limit on
+# int-string conversion), and no page has 10**16 elements; a longer one is no action.
+_ACTION = re.compile(r"^\s*(click|type)\s*\[?\s*(\d{1,16})(?!\d)\s*\]?\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
 
 
 def parse_action(action: str) -> tuple[str, int, str] | None:
@@ -65,6 +68,13 @@ def parse_action(action: str) -> tuple[str, int, str] | None:
     if (verb == "click") == bool(text):  # click takes no text; type needs some
         return None
     return verb, ref, text
+
+
+# The longest text a ``type`` action may type. Keys go one by one (about 2 ms each on 2 busy
+# cores), and a text of 5000 characters passed call_timeout_s, which killed the browser and lost
+# the episode; 500 takes about 1 s. The longest text a task asks for is copy-paste's paragraph
+# (at most 9 words, under 130 characters; the quoted words of every task's utterance are shorter).
+MAX_TEXT = 500
 
 
 # A typed value can hold anything: a line break would continue the element on a line of its
@@ -288,7 +298,7 @@ class MiniWoBEnv:
         refused = self._refused(parsed)
         try:
             if refused is None:
-                refused = self._act(*parsed)
+                refused = self._act(*parsed)  # returns once the page has settled (Page.settle)
             valid = refused is None
             over, raw_reward = self.page.outcome()
             observation = self._observe()
@@ -332,6 +342,8 @@ class MiniWoBEnv:
         # max_elements changes nothing the agent can see, so acting on it is no valid move
         if parsed[1] not in {e.ref for e in self.shown()}:
             return f"element [{parsed[1]}] is not listed in the state"
+        if len(parsed[2]) > MAX_TEXT:
+            return f"text of {len(parsed[2])} characters (at most {MAX_TEXT} are typed; no task needs more)"
         return unsendable_character(parsed[2])
 
     def elements(self) -> list[Element]:

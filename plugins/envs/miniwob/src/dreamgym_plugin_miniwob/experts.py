@@ -55,7 +55,7 @@ def _labels(utterance: str) -> list[str]:
     """``'Select A, B and click Submit.'`` -> ``['A', 'B']`` (``'Select nothing ...'`` -> [])."""
     match = re.match(r"Select (.*) and click Submit\.", utterance)
     if match is None:
-        raise NoPlan(f"unexpected utterance {utterance!r}")
+        raise NoPlan("not of the form 'Select ... and click Submit.'")  # plan() names the utterance
     words = match.group(1)
     return [] if words == "nothing" else [w.strip() for w in words.split(",")]
 
@@ -63,7 +63,7 @@ def _labels(utterance: str) -> list[str]:
 def _ordinal(utterance: str) -> int:
     match = re.search(r"(\d+)(?:st|nd|rd|th)", utterance)
     if match is None:
-        raise NoPlan(f"no ordinal in {utterance!r}")
+        raise NoPlan("no ordinal")  # plan() names the utterance
     return int(match.group(1)) - 1
 
 
@@ -96,5 +96,7 @@ def plan(task: str, utterance: str, elements: Sequence[Element]) -> list[str]:
     """The expert's actions for this problem; ``NoPlan`` when it cannot read it."""
     try:
         return EXPERTS[task](utterance, elements)
-    except (IndexError, AttributeError) as exc:  # a quote, field or tab the utterance should have had
+    # a quote, field or tab the utterance should have had, or what _first, _labels or _ordinal
+    # did not find (their NoPlan names neither the task nor the utterance)
+    except (IndexError, AttributeError, NoPlan) as exc:
         raise NoPlan(f"{task}: cannot read {utterance!r}: {exc}") from exc

@@ -114,6 +114,51 @@ _TYPE_INTO = (
     f" if ((function () {{ {_CLICK} }})() !== true) return 'missing';"
     " var a = document.activeElement; return a === e || (e.isContentEditable && a.contains(e)) ? 'typed' : 'no focus';"
 )
+# An action's effects can land after the action returns: use-autocomplete's suggestions appear
+# after jQuery UI's 300 ms delay, click-collapsible-2's sections slide for about 0.4 s. A state
+# read at once showed the page before them, and the next step showed a change it did not make.
+# So after an action the state waits until the page is quiet (Page.settle): no short timer of
+# the page pending (a setTimeout of at most _SETTLE_CAP_MS, or an animation frame, counted from
+# the episode's start on: Raphael's animations run on frames), no jQuery animation running, and
+# no change to the document for _SETTLE_QUIET_MS (MiniWoB's own reward and timer display, which
+# ticks every second, and the refs getDOMInfo writes left aside). Watching timers keeps the
+# wait short on a page that has nothing under way, which is settled at the first look one
+# _SETTLE_POLL_MS after the action when nothing changed since: catching the autocomplete's delay
+# by changes alone would take a quiet window above 300 ms at every step. A page that never
+# settles (moving-items, chase-circle) returns after _SETTLE_CAP_MS.
+_SETTLE_POLL_MS = 20
+_SETTLE_QUIET_MS = 50
+_SETTLE_CAP_MS = 2000
+_WATCH = (
+    "(function () { var set = window.setTimeout, clear = window.clearTimeout, pending = new Set();"
+    " var frame = window.requestAnimationFrame, unframe = window.cancelAnimationFrame;"
+    " window.dreamgymPending = pending; window.dreamgymPoll = set; window.dreamgymChanged = 0;"
+    " window.setTimeout = function (fn, delay) {"
+    f" if (typeof fn !== 'function' || !((+delay || 0) <= {_SETTLE_CAP_MS})) {{ return set.apply(window, arguments); }}"
+    " var args = Array.prototype.slice.call(arguments, 2);"
+    " var id = set(function () { pending.delete(id); return fn.apply(window, args); }, delay);"
+    " pending.add(id); return id; };"
+    " window.clearTimeout = function (id) { pending.delete(id); return clear(id); };"
+    " window.requestAnimationFrame = function (fn) {"
+    " var id = frame(function (t) { pending.delete('f' + id); return fn(t); }); pending.add('f' + id); return id; };"
+    " window.cancelAnimationFrame = function (id) { pending.delete('f' + id); return unframe(id); };"
+    " new MutationObserver(function (records) { if (records.some(function (r) {"
+    " var e = r.target.nodeType === 1 ? r.target : r.target.parentElement;"
+    " return !(r.attributeName || '').startsWith('data-wob_') && !(e && e.closest('#reward-display')); }))"
+    " { window.dreamgymChanged = performance.now(); } }).observe(document.documentElement,"
+    " {subtree: true, childList: true, attributes: true, characterData: true}); })();"
+)
+# A promise (ChromeDriver waits for it) that resolves once the page is quiet, or at the cap.
+_SETTLED = (
+    "return new Promise(function (settled) { var start = performance.now();"
+    " if (window.dreamgymPending === undefined) { return settled(); }"
+    " (function check() { var now = performance.now(), changed = window.dreamgymChanged;"
+    " var animated = window.jQuery && jQuery.fn && jQuery.fn.animate && jQuery(':animated').length > 0;"
+    " var busy = window.dreamgymPending.size > 0 || animated"
+    f" || (changed > start ? now - changed < {_SETTLE_QUIET_MS} : now - start < {_SETTLE_POLL_MS});"
+    f" if (!busy || now - start >= {_SETTLE_CAP_MS}) {{ settled(); }}"
+    f" else {{ window.dreamgymPoll(check, {_SETTLE_POLL_MS}); }} }})(); }});"
+)
 _INTERACTIVE = ("button", "textarea", "select", "option", "a")
 # A text-less element is a click target only when it is at least this wide and this high: the
 # thinner ones on the package's pages are no target a task names (jQuery UI's 1 px screen-reader
@@ -392,10 +437,11 @@ class Page:
             raise self._failed("the browser failed to open the page", exc) from exc
         self.task = task
         self._wait_until_ready()
-        # as before, no element holds the focus when the episode starts but one its genProblem focuses
+        # as before, no element holds the focus when the episode starts but one its genProblem
+        # focuses; the watch (_WATCH) starts first, so that it counts the timers genProblem sets
         self._script(
             "window.dreamgymStarted = true; if (document.activeElement) { document.activeElement.blur(); }"
-            f" Math.seedrandom({int(seed)}); {_NO_TIME_LIMIT} core.startEpisodeReal();"
+            f" {_WATCH} Math.seedrandom({int(seed)}); {_NO_TIME_LIMIT} core.startEpisodeReal();"
         )
 
     def _wait_until_ready(self) -> None:
@@ -433,15 +479,23 @@ class Page:
 
     def click(self, ref: int) -> bool:
         """Click element ``ref`` of the last ``elements()`` (an option is chosen, :data:`_CLICK`);
-        False when the page has no such element."""
-        return self._script(f"var ref = {int(ref)}; {_CLICK}") is True
+        False when the page has no such element. Returns once the page has settled."""
+        clicked = self._script(f"var ref = {int(ref)}; {_CLICK}") is True
+        if clicked:
+            self.settle()
+        return clicked
 
     def focus_to_type(self, ref: int) -> str:
-        """Click element ``ref`` to type into it, if it takes text: :data:`_TYPE_INTO`'s answer."""
-        return str(self._script(f"var ref = {int(ref)}; {_TYPE_INTO}"))
+        """Click element ``ref`` to type into it, if it takes text: :data:`_TYPE_INTO`'s answer.
+        A click that took no focus returns once the page has settled; "typed" leaves that to
+        ``type_text``, which follows."""
+        answer = str(self._script(f"var ref = {int(ref)}; {_TYPE_INTO}"))
+        if answer == "no focus":
+            self.settle()
+        return answer
 
     def type_text(self, text: str) -> None:
-        """Real key events into the focused element."""
+        """Real key events into the focused element; returns once the page has settled."""
         from miniwob.selenium_actions import execute_type_text
 
         driver = self._started()
@@ -449,6 +503,11 @@ class Page:
             execute_type_text(text, driver)
         except Exception as exc:
             raise self._failed("typing failed", exc) from exc
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait until the page is quiet after an action, at most ``_SETTLE_CAP_MS`` (:data:`_SETTLED`)."""
+        self._script(_SETTLED)
 
     def outcome(self) -> tuple[bool, float]:
         """(episode over, the page's raw reward in [-1, 1])."""

@@ -99,6 +99,19 @@ def test_run_alongside_ticks_while_the_work_runs_and_once_after():
     assert ticks[0] is False and ticks[-1] is True
 
 
+def test_run_alongside_ticks_once_when_the_work_was_done_before_its_first_look(monkeypatch):
+    """A work that ended before the first is_alive() was never ticked: a short run's rows were not
+    copied to metrics.jsonl (seen under load in a verl resume test). The thread here finishes
+    within start()."""
+    def start_and_finish(self) -> None:
+        self.run()
+
+    monkeypatch.setattr(threading.Thread, "start", start_and_finish)
+    ticks: list[int] = []
+    run_alongside(lambda: None, tick=lambda: ticks.append(1), every=0.01)
+    assert ticks == [1]
+
+
 def test_run_alongside_raises_the_works_error_here():
     def work() -> None:
         raise RuntimeError("verl's trainer failed")

@@ -291,7 +291,11 @@ def run_alongside(work: Callable[[], None], *, tick: Callable[[], Any], every: f
     thread.start()
     while thread.is_alive():
         thread.join(POLL_SECONDS if every is None else every)
-        tick()
+        if thread.is_alive():
+            tick()
+    # Once at the end, also when ``work`` was done before the first look: it then never ticked,
+    # and a run's last rows (all of a short one's) were never copied to metrics.jsonl.
+    tick()
     if failure:
         raise failure[0]
 

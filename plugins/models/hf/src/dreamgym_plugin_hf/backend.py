@@ -234,10 +234,12 @@ def save_checkpoint(
     chat_template: bool | None = None,
     model_id: str | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> None:
     """Save model (safetensors; ``state_dict`` as its weights when given) and tokenizer to ``path``
     atomically; with ``chat_template``, also whether the model was trained on chat-formatted
-    prompts, and with ``model_id`` the name the saving backend gave it (:data:`SETTINGS_FILE`).
+    prompts, and with ``model_id`` the name the saving backend gave it (:data:`SETTINGS_FILE`);
+    ``extra_files`` (name: content) are written with them, so they land together or not at all.
 
     Written to a sibling temporary directory first and swapped in, so a kill never
     leaves a half-written checkpoint at ``path``.
@@ -252,6 +254,8 @@ def save_checkpoint(
         settings = {key: value for key, value in {"chat_template": chat_template, "model_id": model_id}.items() if value is not None}
         if settings:
             (tmp / SETTINGS_FILE).write_text(json.dumps(settings) + "\n")
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content)
         plain_file_modes(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():

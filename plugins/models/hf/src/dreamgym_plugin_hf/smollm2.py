@@ -10,7 +10,6 @@ from typing import Any, Iterator
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from dreamgym_core.checkpoint import atomic_write
 from dreamgym_core.errors import ConfigError, DataError
 
 from .backend import HFBackend, check_device, load_pretrained, quiet_progress_bars, save_checkpoint
@@ -108,6 +107,21 @@ def _check_cache_source(cache: Path, wanted: dict[str, Any]) -> None:
         )
 
 
+def _check_cache_is_new(cache: Path | None) -> None:
+    """Refuse a cache_dir that holds files but no model: the cache is written by replacing the
+    whole directory (atomically), which deleted whatever a user kept there (``cache_dir: ~/models``)."""
+    if cache is None or not cache.exists():
+        return
+    if not cache.is_dir():
+        raise ConfigError(f"smollm2: cache_dir {cache} is not a directory; give a new or empty directory for the cache")
+    kept = sorted(entry.name for entry in cache.iterdir())
+    if kept:
+        raise ConfigError(
+            f"smollm2: cache_dir {cache} holds files but no model.safetensors ({', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''}); "
+            "the cache replaces that directory, so give a new or empty one"
+        )
+
+
 class SmolLM2Backend(HFBackend):
     """``smollm2``: the packaged instruct model; optionally cached as safetensors."""
 
@@ -120,11 +134,13 @@ class SmolLM2Backend(HFBackend):
             _check_cache_source(cache, source)
             model, tokenizer = load_pretrained(str(cache))
         else:
+            _check_cache_is_new(cache)
             model, tokenizer = load_gguf(Path(config.gguf_file) if config.gguf_file else locate_gguf())
             if cache is not None:
-                # chat_template: an instruct model, trained on chat turns (``hf path=CACHE`` reads it)
-                save_checkpoint(model, tokenizer, str(cache), chat_template=True)
-                atomic_write(cache / SOURCE_FILE, json.dumps(source).encode())
+                # chat_template: an instruct model, trained on chat turns (``hf path=CACHE`` reads it);
+                # the source record lands with the weights: written after them, a stop in between
+                # left a cache of a custom GGUF that a later run read as the packaged one's
+                save_checkpoint(model, tokenizer, str(cache), chat_template=True, extra_files={SOURCE_FILE: json.dumps(source).encode()})
         tokenizer.clean_up_tokenization_spaces = False  # as load_gguf: a cache saved before that asks for the clean-up
         return cls(
             config, model=model, tokenizer=tokenizer, model_id="SmolLM2-135M-Instruct", chat_template=config.chat_template

@@ -122,3 +122,16 @@ def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli_runner():
     return run_cli
+
+
+@pytest.fixture
+def checked_plugin(register_plugin, monkeypatch):
+    """Register an in-test plugin object as the only one ``dreamgym check`` loads by name."""
+    from dreamgym_core import conformance
+
+    def register(plugin, name):
+        plugins = register_plugin(plugin, name)
+        monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
+        return plugins
+
+    return register

@@ -328,19 +328,6 @@ def test_duplicate_component_names_name_both_plugins(register_plugin):
         plugins.components("env")
 
 
-@pytest.fixture
-def checked_plugin(register_plugin, monkeypatch):
-    """Register an in-test plugin object as the only one ``dreamgym check`` loads by name."""
-    from dreamgym_core import conformance
-
-    def register(plugin, name):
-        plugins = register_plugin(plugin, name)
-        monkeypatch.setattr(conformance.Plugins, "for_names", classmethod(lambda cls, names, where="": plugins))
-        return plugins
-
-    return register
-
-
 def test_check_skips_a_model_whose_default_weights_are_not_on_this_machine(checked_plugin):
     from dreamgym_core import conformance
     from dreamgym_core.errors import ModelUnavailable

@@ -418,3 +418,19 @@ def test_reading_a_directory_that_holds_no_buffer_is_an_error(tmp_path, jsonl, a
     assert _invoke("buffer", "import", "--path", str(buf), "--backend", "annoy", str(jsonl)).exit_code == 0
     (tmp_path / "out.jsonl").unlink(missing_ok=True)
     assert CliRunner().invoke(cli, ["buffer", command_name, "--path", str(buf), "--backend", "annoy", *rest]).exit_code == 0
+
+
+def test_an_export_into_a_run_directory_is_refused_and_its_files_kept(tmp_path, jsonl):
+    # `buffer export --pipeline P RUN/offline.jsonl` replaced the run's training data, exit 0.
+    run = tmp_path / "run"
+    _invoke("buffer", "import", "--path", str(run / "buffer"), str(jsonl))
+    (run / "config.json").write_text("{}")
+    offline = run / "offline.jsonl"
+    offline.write_text("the run's data\n")
+    for target in (offline, run / "sub" / "new.jsonl"):
+        target.parent.mkdir(exist_ok=True)
+        result = CliRunner().invoke(cli, ["buffer", "export", "--path", str(run / "buffer"), str(target)])
+        assert result.exit_code == 2 and f"inside the run directory {run.resolve()}" in result.output, result.output
+    assert offline.read_text() == "the run's data\n" and not (run / "sub" / "new.jsonl").exists()
+    out = tmp_path / "out.jsonl"  # beside the run, the export goes ahead
+    assert "wrote 30" in _invoke("buffer", "export", "--path", str(run / "buffer"), str(out)).output

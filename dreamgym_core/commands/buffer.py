@@ -92,7 +92,7 @@ def _open_buffer(
         buffer_spec = plugins.component("buffer", backend, where="--backend")
         where, name, buffer_cfg = path, backend, convert_config({}, buffer_spec.config_type, "--backend", "$")
     home = Path(path or where)
-    if (home / "buffer").is_dir() and (home / "config.json").is_file():
+    if _is_run_directory(home):
         # a run directory: read as a buffer it holds no records, which would pass for an empty
         # buffer; written as one, its records went where the run never reads them
         raise DataError(f"{home}: a run directory, not a replay buffer; its buffer is {home / 'buffer'}")
@@ -238,6 +238,21 @@ def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
             click.echo(f"{file}: read {len(transitions)}, added {added}, buffer now {len(buffer)}")
 
 
+def _is_run_directory(path: Path) -> bool:
+    return (path / "buffer").is_dir() and (path / "config.json").is_file()
+
+
+def _refuse_inside_a_run(file: str) -> None:
+    """An export into a run directory (the buffer's own, as `--pipeline` names it, or any other)
+    is refused: RUN/offline.jsonl is the name a buffer's export takes by habit, and it is the
+    training data a resume reads back."""
+    if is_stream_path(file):
+        return
+    for parent in Path(file).resolve().parents:
+        if _is_run_directory(parent):
+            raise ConfigError(f"{file}: inside the run directory {parent}, whose files the run reads back; export elsewhere")
+
+
 @command.command("export")
 @_options
 @click.option(
@@ -255,6 +270,7 @@ def export_cmd(file: str, partial: bool, **kw: Any) -> None:
         raise ConfigError(f"{file}: directory {Path(file).parent} does not exist")
     if kw.get("pipeline") and not is_stream_path(file) and same_file(Path(file), Path(kw["pipeline"])):
         raise ConfigError(f"{file}: is the --pipeline file, which the export would overwrite; export elsewhere")
+    _refuse_inside_a_run(file)
     refused = "nothing exported ('--partial' exports the records that can be read)"
     with _open_buffer(**kw, read_only=True, strict=not partial, refused=refused) as buffer:
         home = Path(getattr(buffer, "path", None) or kw["path"]).resolve()

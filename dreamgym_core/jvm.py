@@ -283,14 +283,24 @@ def _kill_and_reap(pid: int) -> None:
 # One JVM starts at a time in a process: a start that times out kills the child processes
 # that appeared during it, which must not include another guard's JVM starting meanwhile.
 _START_LOCK = threading.Lock()
+# How long a start given up is waited for, and how often its new children are swept meanwhile.
+_STOP_START_S = 5.0
+_STOP_START_SWEEP_S = 0.1
 
 
 def _stop_start(ended: threading.Event, children_before: set[int]) -> None:
     """Kill the JVM a start thread is bringing up (the child that appeared since it began),
-    and let the thread end."""
-    for pid in _child_pids() - children_before:
+    and let the thread end. Swept until the thread ends (5 s at most) and once after: a start
+    given up before it had forked its JVM forked it after a single sweep, and that JVM outlived
+    the command."""
+    deadline = time.monotonic() + _STOP_START_S
+    while True:
+        for pid in _child_pids() - children_before:
+            _kill_and_reap(pid)
+        if ended.wait(_STOP_START_SWEEP_S) or time.monotonic() >= deadline:
+            break
+    for pid in _child_pids() - children_before:  # forked as the thread ended
         _kill_and_reap(pid)
-    ended.wait(5.0)
 
 
 def _start_within(start: Callable[[], Any], limit_s: float, name: str) -> Any:

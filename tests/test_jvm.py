@@ -61,6 +61,29 @@ def test_a_start_that_times_out_kills_only_its_own_jvm() -> None:
             process.wait()
 
 
+@_LINUX
+def test_a_jvm_forked_after_the_start_was_given_up_is_killed_too() -> None:
+    """The start timed out before its thread had forked the JVM (py4j's launch was slow): the one
+    sweep found no child, and the JVM forked a moment later outlived the command."""
+    late_jvms: list[subprocess.Popen] = []
+
+    def slow_launch():  # forks its JVM after the 0.2 s limit, then waits for it to come up
+        time.sleep(0.6)
+        late_jvms.append(subprocess.Popen(["sleep", "600"]))
+        late_jvms[0].wait()  # killed: a real start then fails
+        raise OSError("the JVM exited")
+
+    try:
+        with pytest.raises(TimeoutError):
+            _start_within(slow_launch, 0.2, "test")
+        assert len(late_jvms) == 1, "the start never forked its JVM"
+        assert _gone(late_jvms[0].pid), "the JVM forked after the limit was left running"
+    finally:
+        for process in late_jvms:
+            process.kill()
+            process.wait()
+
+
 def test_ctrl_c_during_a_start_waits_for_the_start_thread_to_end() -> None:
     """An interrupted Thread.join marks a thread that is still running as stopped (CPython 3.11),
     so a later join returns at once: the start must be waited for another way."""

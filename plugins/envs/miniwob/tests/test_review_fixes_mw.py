@@ -181,3 +181,13 @@ def test_noplan_names_the_task_and_the_utterance(task, utterance, why):
     with pytest.raises(NoPlan) as err:
         plan(task, utterance, _PAGE)
     assert str(err.value) == f"{task}: cannot read {utterance!r}: {why}"
+
+
+@browser
+def test_the_first_state_is_read_once_the_page_has_settled(env):
+    """terminal's genProblem focuses its input from a timer: the first state showed it unfocused,
+    and the first step, even one that reaches no browser, showed the focus it did not give."""
+    first = env.reset(task=_task("terminal", 0))
+    field = next(line for line in first.text.splitlines() if "input_text" in line)
+    assert "(focused)" in field, first.text
+    assert env.step(action="wait").observation.text == first.text

@@ -443,6 +443,9 @@ class Page:
             "window.dreamgymStarted = true; if (document.activeElement) { document.activeElement.blur(); }"
             f" {_WATCH} Math.seedrandom({int(seed)}); {_NO_TIME_LIMIT} core.startEpisodeReal();"
         )
+        # the first state too: terminal's genProblem focuses its input from a timer, so the
+        # state read at once showed it unfocused and the first step showed the focus it did not give
+        self.settle()
 
     def _wait_until_ready(self) -> None:
         """Wait, within ``call_timeout_s``, until the page just opened can start an episode.

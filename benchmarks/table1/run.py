@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -399,7 +400,9 @@ def share_from(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> 
     identical) from the seed's default-row run, so every row of a seed starts RL from the
     same policy. (The SFT warm start of the from-scratch policy is chaotic: on mapreader
     seed 2 a float-rounding change moved its held-out success from 0.56 to 0.06.)
-    Another draw of a row copies all three from the row's own draw-0 run: only RL differs."""
+    Another draw of a row copies all three from the row's own draw-0 run: only RL differs.
+    Every donor is found (or rebuilt) before anything is copied: a donor missing part way left a
+    run directory without the experience model it should play, which the run then trained itself."""
     if run_dir.exists():
         return
     if draw:
@@ -408,12 +411,27 @@ def share_from(game: str, row: str, seed: int, run_dir: Path, draw: int = 0) -> 
     if row == "GRPO DreamGym" or row in OWN_WARMSTART:
         return
     donor = _before_rl(game, "GRPO DreamGym", seed)
-    copy_parts(donor, run_dir, model=row in SHARES_MODEL and checkpoint.stage_done(donor / "experience_model"))
+    base = model_base(row)
+    # a row that plays the model of a row that trains its own (w/o retrieval, w/o reasoning): the
+    # listed variant plays with the model that row trained, which the choice of actions cannot change
+    model_from = _before_rl(game, base, seed) if base else None
+    model = row in SHARES_MODEL and checkpoint.stage_done(donor / "experience_model")
+    copy_parts(donor, run_dir, model=model, model_from=model_from)
+
+
+def model_base(row: str) -> str | None:
+    """The row whose own experience model ``row`` plays, where that is neither ``row``'s nor the
+    default row's: ``row`` is run after it (:func:`run_order`) and copies it (:func:`share_from`)."""
     base = MODEL_FROM.get(row, unlisted_row(row))
-    if base != row and base in DRAWN and base not in SHARES_MODEL:
-        # a row that trains its own experience model (w/o retrieval, w/o reasoning): the listed
-        # variant plays with the model that row trained, which the choice of actions cannot change
-        shutil.copytree(_before_rl(game, base, seed) / "experience_model", run_dir / "experience_model")
+    return base if base != row and base in DRAWN and base not in SHARES_MODEL else None
+
+
+def run_order(rows: list[str]) -> list[str]:
+    """The default row first (every row of a seed copies its warm start), then the rows whose
+    experience model other rows of the command play, then the rest as given: a row run before
+    the row whose model it plays stopped with "run draw 0 of this row first"."""
+    donors = {model_base(row) for row in rows}
+    return sorted(rows, key=lambda row: (row != "GRPO DreamGym", row not in donors))
 
 
 def _before_rl(game: str, row: str, seed: int) -> Path:
@@ -421,20 +439,31 @@ def _before_rl(game: str, row: str, seed: int) -> Path:
     or, when that is gone (a fresh clone), one rebuilt and checked against the cached cell."""
     first = run_dir_of(game, row, seed)
     if all(checkpoint.stage_done(first / part) for part in ("policy_init", "experience_model")):
+        # held to the cached cell as a rebuilt one is: a run directory from another machine or
+        # code would otherwise give new cells a warm start the cached cells of the seed lack
+        if (cached := current(game, row, seed)) is not None:
+            check_before_rl(game, row, seed, first, cached, f"delete {first} to rebuild it from the cell")
         return first
     if row in SHARES_MODEL and row != "GRPO DreamGym":
         return _before_rl(game, "GRPO DreamGym", seed)  # its parts are copies of the donor's
     return rebuilt_before_rl(game, row, seed)
 
 
-def copy_parts(donor: Path, run_dir: Path, *, model: bool) -> None:
+def copy_parts(donor: Path, run_dir: Path, *, model: bool, model_from: Path | None = None) -> None:
     """A donor's offline data and warm-started policy (and with ``model`` its experience
-    model) into a new run directory, which the loop then reuses instead of rebuilding."""
-    run_dir.mkdir(parents=True)
-    shutil.copy(donor / "offline.jsonl", run_dir / "offline.jsonl")
-    shutil.copytree(donor / "policy_init", run_dir / "policy_init")
-    if model:
-        shutil.copytree(donor / "experience_model", run_dir / "experience_model")
+    model; ``model_from``'s instead where given) into a new run directory, which the loop
+    then reuses instead of rebuilding. The parts go into a sibling renamed into place once all
+    are there: :func:`share_from` takes an existing run directory as complete, and a copy killed
+    part way (copytree writes policy_init/done before its weights) left a policy that looked
+    trained and never loaded."""
+    partial = run_dir.with_name(run_dir.name + ".part")
+    shutil.rmtree(partial, ignore_errors=True)  # what a killed copy left
+    partial.mkdir(parents=True)
+    shutil.copy(donor / "offline.jsonl", partial / "offline.jsonl")
+    shutil.copytree(donor / "policy_init", partial / "policy_init")
+    if model or model_from:
+        shutil.copytree((model_from or donor) / "experience_model", partial / "experience_model")
+    partial.rename(run_dir)
 
 
 def rebuilt_before_rl(game: str, row: str, seed: int) -> Path:
@@ -453,17 +482,25 @@ def rebuilt_before_rl(game: str, row: str, seed: int) -> Path:
         print(f"{game} | {row} | seed {seed}: rebuilding its data, experience model and warm start", flush=True)
         share_from(game, row, seed, run_dir)
         _dreamgym_run([*overrides(game, row, seed, run_dir), "loop.iterations=0"], run_dir, env)
-    first = _before_rl_metrics(run_dir)
-    rebuilt = {"warmstart_success": first.get("eval_before/success_rate"),
-               "success_agreement": first.get("fidelity/success_agreement")}
+    check_before_rl(game, row, seed, run_dir, cached, "delete the seed's cells of this game to rebuild them all on this machine")
+    return run_dir
+
+
+def check_before_rl(game: str, row: str, seed: int, run_dir: Path, cached: dict, remedy: str) -> None:
+    """Stop unless ``run_dir`` built before RL what the row's cached cell did (:func:`same_before_rl`):
+    new cells (other rows, other draws) would not be paired with the cached ones of the seed."""
+    metrics = run_dir / "metrics.jsonl"  # its first row: the warm start evaluated and the model scored
+    first = _before_rl_metrics(run_dir) if metrics.exists() and metrics.read_text().strip() else {}
+    if same_before_rl(first, cached):
+        return
+    got = {"warmstart_success": first.get("eval_before/success_rate"),
+           "success_agreement": first.get("fidelity/success_agreement")}
     expected = {"warmstart_success": cached["warmstart_success"],
                 "success_agreement": cached["fidelity"].get("fidelity/success_agreement")}
-    if not same_before_rl(first, cached):
-        raise SystemExit(f"{game}/{row}/seed{seed}: the rebuilt run in {run_dir} gives {rebuilt}, the cached cell {expected}; "
-                         "new cells would not share its warm start (float rounding differs between code versions and CPUs; "
-                         f"the seed's cells ran on {simd_of(cached.get('machine', ''))}, this rebuild on {_simd_text(machine(held=bool(env)))}; "
-                         "delete the seed's cells of this game to rebuild them all on this machine)")
-    return run_dir
+    raise SystemExit(f"{game}/{row}/seed{seed}: the run in {run_dir} gives {got}, the cached cell {expected}; "
+                     "new cells would not share its warm start (float rounding differs between code versions and CPUs; "
+                     f"the seed's cells ran on {simd_of(cached.get('machine', ''))}, this machine is "
+                     f"{_simd_text(machine(held=bool(kernel_env(game, seed))))}; {remedy})")
 
 
 def same_before_rl(first: dict, cached: dict) -> bool:
@@ -506,20 +543,40 @@ def _dreamgym_run(items: list[str], run_dir: Path, env: dict[str, str]) -> dict:
 def run_cell(game: str, row: str, seed: int, draw: int = 0) -> dict:
     run_dir = run_dir_of(game, row, seed, draw)
     share_from(game, row, seed, run_dir, draw)
-    started, commit = time.time(), git_commit()  # the code the run starts with, not whatever HEAD is when it ends
+    start = first_start(run_dir)
     env = kernel_env(game, seed)
     summary = _dreamgym_run(overrides(game, row, seed, run_dir, draw), run_dir, env)
     cell = {
         "game": game, "row": row, "seed": seed, **({"draw": draw} if draw else {}),
-        "wall_seconds": round(time.time() - started, 1),
-        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": commit, "machine": machine(held=bool(env)),
+        "wall_seconds": round(time.time() - start["started"], 1),
+        "base_sha256": base_sha256(), "protocol": PROTOCOL, "commit": start["commit"], "machine": machine(held=bool(env)),
         "overrides": overrides(game, row, seed, RECORDED_RUN_DIR, draw),
         **measured(summary, _before_rl_metrics(run_dir)),
     }
     path = cell_path(game, row, seed, draw=draw)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cell, indent=2))
+    checkpoint.atomic_write(path, json.dumps(cell, indent=2).encode())  # a kill leaves no cell cut short
+    _start_record(run_dir).unlink(missing_ok=True)
     return cell
+
+
+def _start_record(run_dir: Path) -> Path:
+    # beside the run directory: the loop refuses to start in one holding files no run makes
+    return run_dir.with_name(run_dir.name + ".start.json")
+
+
+def first_start(run_dir: Path) -> dict:
+    """When the cell's run first started and on which commit (the code it started with, not
+    whatever HEAD is when it ends): a resumed run keeps its first attempt's, so its cell's
+    wall_seconds count from then (the time between attempts included). A rerun after a kill
+    that came once the run had ended recorded a few seconds, on the rerun's commit."""
+    record = _start_record(run_dir)
+    if (run_dir / "config.sha256").exists() and record.exists():  # a run began there: this one resumes it
+        return json.loads(record.read_text())
+    start = {"started": time.time(), "commit": git_commit()}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write(record, json.dumps(start).encode())
+    return start
 
 
 def measured(summary: dict, first: dict) -> dict:
@@ -548,7 +605,10 @@ def current(game: str, row: str, seed: int, protocol: int = PROTOCOL, draw: int 
     path = cell_path(game, row, seed, protocol, draw)
     if not path.exists():
         return None
-    cell = json.loads(path.read_text())
+    try:
+        cell = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # e.g. cut short by a kill while written in place (before atomic writes)
+        raise SystemExit(f"{path}: cannot read the cell ({exc}); delete it to run the cell again") from exc
     comparable = cell.get("base_sha256") == base_of(protocol)[1] and cell.get("protocol", 1) == protocol
     if comparable and protocol == PROTOCOL:
         comparable = sorted(cell.get("overrides", [])) == sorted(overrides(game, row, seed, RECORDED_RUN_DIR, draw))
@@ -717,7 +777,26 @@ def _machines(table: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
     return [f"Run on {name}: " + ", ".join(sorted(runs)) + "." for name, runs in sorted(where.items())]
 
 
-def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: tuple[int, ...] = (0,), out: Path | None = None) -> str:
+def table_command(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: tuple[int, ...] = (0,), out: Path | None = None,
+                  rows: list[str] | None = None, report_only: bool = False) -> str:
+    """The run.py command that writes a table: every flag that changes what it runs or reads.
+    Without --protocol and --report, the protocol-8 table's command ran and reported protocol 9."""
+    words = ["python", "benchmarks/table1/run.py", "--games", *games, "--seeds", *map(str, seeds)]
+    if rows:
+        words += ["--rows", *rows]
+    if draws != (0,):
+        words += ["--draws", *map(str, draws)]
+    if report_only or protocol != PROTOCOL:  # an earlier protocol's table is only ever a report
+        words.append("--report")
+    if protocol != PROTOCOL:
+        words += ["--protocol", str(protocol)]
+    if out:
+        words += ["--out", str(out)]
+    return shlex.join(words)
+
+
+def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: tuple[int, ...] = (0,), out: Path | None = None,
+           rows: list[str] | None = None, report_only: bool = False) -> str:
     table = _cells(games, seeds, protocol, draws)
     base_path, base_digest = base_of(protocol)
     if not any(table.values()):  # a table of no cells would replace the committed one
@@ -727,8 +806,7 @@ def report(games: list[str], seeds: list[int], protocol: int = PROTOCOL, draws: 
     lines = [
         "# Table 1 at small scale (success % on held-out real test games, mean ± sd over seeds)",
         "",
-        f"Produced by `python benchmarks/table1/run.py --games {' '.join(games)} --seeds {' '.join(map(str, seeds))}"
-        f"{' --draws ' + ' '.join(map(str, draws)) if draws != (0,) else ''}{f' --out {out}' if out else ''}`;",
+        f"Produced by `{table_command(games, seeds, protocol, draws, out, rows, report_only)}`;",
         f"python {platform.python_version()}, torch {metadata.version('torch')}, transformers {metadata.version('transformers')},",
         f"textworld-express {metadata.version('textworld-express')}. Base pipeline: {base_path} (sha256 {base_digest[:12]}), protocol {protocol}.",
         "Cells run on another base pipeline or protocol are left out; missing cells were not run. Every row of a",
@@ -822,7 +900,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--games", nargs="+", default=["coin"], choices=sorted(GAMES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), help="Row names (default: all).")
+    # choices: a misspelled row made a run directory, then a KeyError (and, with --report, went unnoticed)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), metavar="ROW", help="Row names (default: all).")
     parser.add_argument("--draws", nargs="+", type=int, default=[0],
                         help="Draws of the experience model for the DreamGym rows (loop.experience_draw; default 0 only).")
     parser.add_argument("--report", action="store_true", help="Only write the table from cached cells.")
@@ -835,11 +914,15 @@ def main() -> None:
         parser.error(f"--protocol {args.protocol} needs --report: this code runs protocol {PROTOCOL} cells only")
     if args.draws != [0] and args.protocol < FIRST_DRAWN_PROTOCOL:
         parser.error(f"--draws: protocols before {FIRST_DRAWN_PROTOCOL} ran one draw")
+    if any(draw < 0 for draw in args.draws):
+        parser.error("--draws: a draw is 0 or more")
+    if args.out and args.out.is_dir():  # found up front, not once every cell has run
+        parser.error(f"--out {args.out}: a directory; name the table's file")
     draws = tuple(sorted(set(args.draws)))
     if not args.report:
-        # The default row first: it trains the experience model the other rows reuse; draw 0
-        # of a row before its other draws, which reuse its trained parts.
-        rows = sorted(args.rows, key=lambda r: r != "GRPO DreamGym")
+        # The rows others copy from first (run_order); draw 0 of a row before its other
+        # draws, which reuse its trained parts.
+        rows = run_order(args.rows or list(ROWS))
         for seed in args.seeds:
             for game in args.games:
                 for draw in draws:
@@ -848,10 +931,10 @@ def main() -> None:
                             cell = run_cell(game, row, seed, draw)
                             print(f"{game} | {row} | seed {seed}{_draw_suffix(draw, ' ')}: success {cell['success']} "
                                   f"({cell['wall_seconds']} s)", flush=True)
-    table = report(args.games, args.seeds, args.protocol, draws, args.out)
+    table = report(args.games, args.seeds, args.protocol, draws, args.out, args.rows, args.report)
     out = args.out or HERE / "results" / f"table1-p{args.protocol}{'-draws' + '-'.join(map(str, draws)) if draws != (0,) else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
+    checkpoint.atomic_write(out, table.encode())  # a kill leaves the earlier table whole
     print(table)
 
 

@@ -227,6 +227,12 @@ def test_a_password_in_a_url_is_refused_without_showing_it(field, url):
     ("https://api.example/v1?access_token=s3cret", "access_token"),
     ("https://api.example/v1?apikey=s3cret", "apikey"),
     ("https://store.example/v1?sv=2022&sig=s3cret", "sig"),
+    # these passed, and their value went into config.json and every error naming the URL
+    ("https://api.example/v1?authorization=Bearer%20s3cret", "authorization"),
+    ("https://api.example/v1?Authorization=s3cret", "Authorization"),
+    ("https://api.example/v1?bearer=s3cret", "bearer"),
+    ("https://api.example/v1?pwd=s3cret", "pwd"),
+    ("https://api.example/v1?jwt=s3cret", "jwt"),
 ])
 def test_a_credential_in_a_urls_query_is_refused_without_showing_it(field, url, named):
     """A key in the query string leaks as a password in the URL does (config.json, every error

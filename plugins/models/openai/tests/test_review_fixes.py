@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -237,3 +238,52 @@ def test_a_stale_ca_bundle_does_not_stop_calls_to_a_plain_http_loopback_server(u
     monkeypatch.setenv(variable, str(tmp_path / "gone.pem"))
     model = backend(url, "plain", tokenize_url=url.removesuffix("/v1") + "/tokenize")
     assert model.generate(prompts=["p"], max_new_tokens=4) == ["ok"], model.last_errors
+
+
+class _SlowOnCue(BaseHTTPRequestHandler):
+    """Answers "ok" at once, or after 2 s to the prompt "slow"."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if request.get("prompt") == "slow":
+            time.sleep(2)
+        body = json.dumps({"choices": [{"text": "ok", "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_child_forked_while_a_request_holds_the_only_slot_can_still_call(scripted_server) -> None:
+    """The child kept the parent's semaphore with that slot taken, and no thread of the child would
+    ever release it: its generate() waited forever, whatever the timeout."""
+    with scripted_server(_SlowOnCue) as url:
+        backend = OpenAIBackend(OpenAIConfig(base_url=url, concurrency=1, timeout=5, max_retries=0))
+        assert backend.generate(prompts=["x"], max_new_tokens=2) == ["ok"]
+        slow = threading.Thread(target=backend.generate, kwargs={"prompts": ["slow"], "max_new_tokens": 2})
+        slow.start()
+        time.sleep(0.5)  # the slow request holds the one slot
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one call, its answer (or none within 8 s) written to the pipe
+            os.close(read)
+            answer: dict[str, list[str]] = {}
+            call = threading.Thread(
+                target=lambda: answer.setdefault("out", backend.generate(prompts=["x"], max_new_tokens=2)), daemon=True
+            )
+            call.start()
+            call.join(8)
+            os.write(write, json.dumps(answer.get("out", "no answer")).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child_said = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        slow.join()
+    assert child_said == ["ok"]

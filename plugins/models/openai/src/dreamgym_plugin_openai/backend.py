@@ -194,10 +194,20 @@ _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
 
+# Every backend made in this process, so that a forked child can renew their locks
+_backends: weakref.WeakSet[OpenAIBackend] = weakref.WeakSet()
+
+
 def _forget_loop() -> None:
-    """In a forked child: the loop's thread did not come along, so the next call starts another."""
+    """In a forked child: the loop's thread did not come along, so the next call starts another.
+    The backends' slots and stats lock come along as the fork found them: a request in flight in
+    the parent held a slot no thread of the child would release, and the child's calls waited
+    for it forever (the timeout counts only once a request has a slot)."""
     global _loop, _loop_lock
     _loop, _loop_lock = None, threading.Lock()  # the lock may have been held by a thread left behind
+    for backend in list(_backends):
+        backend._slots = threading.BoundedSemaphore(backend.config.concurrency)
+        backend._stats_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_loop)
@@ -282,6 +292,7 @@ class OpenAIBackend:
         self._warned: set[str] = set()  # the kinds of failure already warned about
         # concurrency counts for the whole backend, also across calls from several threads
         self._slots = threading.BoundedSemaphore(config.concurrency)
+        _backends.add(self)
         self._pool = _Pool()
         # a backend dropped without close(): its connections (a server thread each) go with it
         weakref.finalize(self, self._pool.close, wait=False).atexit = False

@@ -68,8 +68,11 @@ class OpenAIConfig(Config):
 
 
 # Query parameter names that carry a credential (``?key=``, ``?api_key=``, ``?access_token=``,
-# ``?sig=``); ``api-version`` and the like pass.
-_CREDENTIAL_WORDS = ("key", "token", "secret", "password", "passwd", "sig", "signature", "auth", "credential")
+# ``?sig=``, ``?authorization=``, ``?jwt=``); ``api-version`` and the like pass.
+_CREDENTIAL_WORDS = (
+    "key", "token", "secret", "password", "passwd", "pwd", "sig", "signature", "auth", "authorization", "bearer",
+    "jwt", "credential", "credentials",
+)
 
 
 def credential_parameter(name: str) -> bool:

@@ -84,10 +84,41 @@ def open_new(path: Path, mode: str = "wb") -> IO[Any]:
 
 
 def is_stream_path(path: str | Path) -> bool:
-    """Whether ``path`` names a device or a process's open file (``/dev/stdout``,
+    """Whether ``path`` names a device, a pipe or socket, or a process's open file (``/dev/stdout``,
     ``/proc/self/fd/1``): written in place, never replaced through a ``.tmp`` sibling (that
-    replaced the ``/dev/stdout`` link itself, as root, when stdout went to a file)."""
-    return os.path.abspath(path).startswith(("/dev/", "/proc/"))
+    replaced the ``/dev/stdout`` link itself, as root, when stdout went to a file). Decided by
+    what the path is, not where: a regular file under /dev/shm (tmpfs) is a file, replaced whole
+    (it was written in place, and a failed write destroyed the file that was there)."""
+    return _leads_through_an_open_file(path) or _is_stream_file(path)
+
+
+# A process's open files: /proc/self/fd/N (/dev/fd is a link to /proc/self/fd), /proc/PID/task/TID/fd/N
+_FD_DIRECTORY = re.compile(r"/proc/[^/]+(?:/task/[^/]+)?/fd")
+
+
+def _leads_through_an_open_file(path: str | Path) -> bool:
+    """Whether ``path``, or a link on its way, is an entry of a process's fd directory. Its type
+    does not tell: /dev/stdout leads to /proc/self/fd/1, which leads to whatever stdout was sent
+    to, a regular file too, where a ``.tmp`` sibling would be made beside the link."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # as many links as the kernel follows
+        if _FD_DIRECTORY.fullmatch(os.path.realpath(os.path.dirname(current))):
+            return True
+        try:
+            target = os.readlink(current)
+        except OSError:  # not a link, or nothing there: the way ends at a file
+            return False
+        current = os.path.join(os.path.dirname(current), target)
+    return False
+
+
+def _is_stream_file(path: str | Path) -> bool:
+    """Whether ``path`` is a device (``/dev/null``, a terminal), a FIFO or a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there yet (or out of reach): a file to create
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def output_file(path: Path) -> Path:

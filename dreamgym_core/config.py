@@ -49,6 +49,8 @@ __all__ = [
     "convert_config",
     "config_hash",
     "refuse_inside_run_dir",
+    "is_run_directory",
+    "refuse_inside_a_run",
     "ROLLOUT_SEED_STRIDE",
 ]
 
@@ -832,6 +834,30 @@ def refuse_inside_run_dir(path: str | Path, option: str, pipeline: PipelineConfi
     is a resume's training data)."""
     if Path(path).resolve().is_relative_to(Path(pipeline.run_dir).resolve()):
         raise ConfigError(f"{option} {path}: is inside the run directory {pipeline.run_dir}, whose files the run reads back; write elsewhere")
+    refuse_inside_a_run(path, option)  # run_dir names where the run was made: stale once it is moved or copied
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether ``path`` is a run directory, by what it holds, wherever it was moved or copied to:
+    its config.json beside its replay buffer, or beside config.sha256 (which every run writes
+    with it; a run of a pipeline without a buffer has no buffer/)."""
+    return (path / "config.json").is_file() and ((path / "buffer").is_dir() or (path / "config.sha256").is_file())
+
+
+def refuse_inside_a_run(path: str | Path, option: str = "", *, advice: str = "write elsewhere") -> None:
+    """A ConfigError (naming ``option``, when given) for an output ``path`` inside any run
+    directory (:func:`is_run_directory`), not only the one a pipeline's ``run_dir`` names: on a
+    moved or copied run, ``RUN/config.json`` still names the old place, and an output written
+    to RUN/offline.jsonl replaced the training data its resume reads back. A stream
+    (``/dev/stdout``) is written where the shell sent it, and is left alone."""
+    from .checkpoint import is_stream_path  # here: checkpoint loads numpy, which reading a pipeline does not need
+
+    if is_stream_path(path):
+        return
+    for parent in Path(path).resolve().parents:
+        if is_run_directory(parent):
+            named = f"{option} {path}" if option else str(path)
+            raise ConfigError(f"{named}: is inside the run directory {parent}, whose files the run reads back; {advice}")
 
 
 def config_hash(resolved: dict[str, Any], *, with_run_dir: bool = False) -> str:

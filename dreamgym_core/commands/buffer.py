@@ -16,6 +16,7 @@ import click
 import msgspec
 
 from ..checkpoint import is_stream_path, same_file
+from ..config import is_run_directory, refuse_inside_a_run
 from ..errors import ConfigError, DataError
 
 __all__ = ["command"]
@@ -86,13 +87,13 @@ def _open_buffer(
     else:
         if not path:
             raise click.UsageError("give --pipeline or --path")
-        plugins = Plugins.for_names(dict.fromkeys([backend, "encoders", *extra_plugins]), where="--backend/--plugin")
+        plugins = _plugins_of_path(backend, extra_plugins)
         spec = plugins.component("encoder", encoder, where="--encoder")
         enc = spec.factory(convert_config({}, spec.config_type, "--encoder", "$"))
         buffer_spec = plugins.component("buffer", backend, where="--backend")
         where, name, buffer_cfg = path, backend, convert_config({}, buffer_spec.config_type, "--backend", "$")
     home = Path(path or where)
-    if _is_run_directory(home):
+    if is_run_directory(home):
         # a run directory: read as a buffer it holds no records, which would pass for an empty
         # buffer; written as one, its records went where the run never reads them
         raise DataError(f"{home}: a run directory, not a replay buffer; its buffer is {home / 'buffer'}")
@@ -127,6 +128,20 @@ def _open_buffer(
         buffer.close()  # writes what is pending: it can fail as a write does
     except OSError as exc:  # a full disk, say: one line naming the buffer, not two tracebacks
         raise DataError(f"{path or where}: cannot write the replay buffer: {exc.strerror or exc}") from exc
+
+
+def _plugins_of_path(backend: str, extra_plugins: tuple[str, ...]) -> Any:
+    """The plugins that --path's --backend and --encoder come from. Without --plugin, --backend is
+    loaded as the plugin of its name too (exact and annoy name their buffer as themselves). With
+    --plugin, the buffer may be a component of a plugin named otherwise (plugin 'mybufs', buffer
+    'ring'), which loading 'ring' as a plugin refused: --backend is then loaded as a plugin only
+    where one of that name is installed, and looked up as a component either way."""
+    from ..plugins import Plugins, installed_plugins
+
+    names = ["encoders", *extra_plugins]
+    if not extra_plugins or backend in installed_plugins():
+        names.insert(0, backend)
+    return Plugins.for_names(dict.fromkeys(names), where="--backend/--plugin")
 
 
 @click.group("buffer")
@@ -238,21 +253,6 @@ def import_cmd(files: tuple[str, ...], **kw: Any) -> None:
             click.echo(f"{file}: read {len(transitions)}, added {added}, buffer now {len(buffer)}")
 
 
-def _is_run_directory(path: Path) -> bool:
-    return (path / "buffer").is_dir() and (path / "config.json").is_file()
-
-
-def _refuse_inside_a_run(file: str) -> None:
-    """An export into a run directory (the buffer's own, as `--pipeline` names it, or any other)
-    is refused: RUN/offline.jsonl is the name a buffer's export takes by habit, and it is the
-    training data a resume reads back."""
-    if is_stream_path(file):
-        return
-    for parent in Path(file).resolve().parents:
-        if _is_run_directory(parent):
-            raise ConfigError(f"{file}: inside the run directory {parent}, whose files the run reads back; export elsewhere")
-
-
 @command.command("export")
 @_options
 @click.option(
@@ -270,7 +270,9 @@ def export_cmd(file: str, partial: bool, **kw: Any) -> None:
         raise ConfigError(f"{file}: directory {Path(file).parent} does not exist")
     if kw.get("pipeline") and not is_stream_path(file) and same_file(Path(file), Path(kw["pipeline"])):
         raise ConfigError(f"{file}: is the --pipeline file, which the export would overwrite; export elsewhere")
-    _refuse_inside_a_run(file)
+    # into a run directory (the buffer's own, as --pipeline names it, or any other): RUN/offline.jsonl is the
+    # name an export takes by habit, and the training data a resume reads back
+    refuse_inside_a_run(file, advice="export elsewhere")
     refused = "nothing exported ('--partial' exports the records that can be read)"
     with _open_buffer(**kw, read_only=True, strict=not partial, refused=refused) as buffer:
         home = Path(getattr(buffer, "path", None) or kw["path"]).resolve()

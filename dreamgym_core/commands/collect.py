@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -25,7 +26,7 @@ import click
 import msgspec
 
 from ..checkpoint import is_stream_path, open_new, output_file, same_file
-from ..config import convert_config, load_pipeline, parse_overrides, refuse_inside_run_dir, set_path
+from ..config import convert_config, load_pipeline, parse_overrides, refuse_inside_a_run, refuse_inside_run_dir, set_path
 from ..errors import ConfigError, DataError, DreamGymError, PluginBlocked
 from ..plugins import Plugins, installed_plugins
 from ..records import Transition
@@ -130,17 +131,33 @@ def write_jsonl(records: Iterator[Transition], out: Path, total: int, *, progres
         raise DataError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
     count = 0
     try:
-        with fh, tqdm(total=total, unit="tr", desc=f"collect {out.name}", disable=not progress) as bar:
-            for record in records:
-                fh.write(encoder.encode(record) + b"\n")
+        with tqdm(total=total, unit="tr", desc=f"collect {out.name}", disable=not progress) as bar:
+            for record in records:  # plays the env: an OSError of its own is not one of --out
+                line = encoder.encode(record) + b"\n"
+                with _writing(out):
+                    fh.write(line)
                 count += 1
                 bar.update(1)
+        with _writing(out):
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(partial, out)
+            fh.close()
+            os.replace(partial, out)
     finally:
+        with suppress(OSError):  # after a failed write its close fails too: the error under way names it
+            fh.close()
         partial.unlink(missing_ok=True)
     return count
+
+
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """A failed write of --out (a full disk) as one line naming it, as ``checkpoint.replacing``
+    has it; it was a traceback, twice over (the write's, then the close's)."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"--out {out}: cannot write: {exc.strerror or exc}; the file there before is kept") from exc
 
 
 @click.command("collect")
@@ -181,6 +198,8 @@ def command(
     target = output_file(Path(out))  # a link is written through to its file, not replaced
     if pipeline and same_file(target, Path(pipeline)):  # the collection replaced the pipeline file
         raise ConfigError(f"--out {target}: is the --pipeline file, which it would overwrite; write elsewhere")
+    if env is not None:  # a run's files (RUN/offline.jsonl: its resume's data); with --pipeline, refuse_inside_run_dir checks
+        refuse_inside_a_run(target, "--out")
     domain = _domain_from_pipeline(pipeline, overrides, target) if pipeline else _domain_from_cli(env, plugin_names, overrides)
     try:
         records = collect_transitions(

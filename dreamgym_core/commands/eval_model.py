@@ -154,14 +154,16 @@ def command(
     metrics = fidelity_metrics(results, transitions)
     if demos:
         metrics["fidelity/seen_in_demos"] = seen_in_demos(transitions, demos)
-    if failures is not None:
-        checkpoint.write_records(Path(failures), unparsed_answers(results, transitions))
-    if predictions is not None:
-        checkpoint.write_records(Path(predictions), scored_answers(results, transitions))
     used = model.config
     settings = {"temperature": used.temperature, "max_new_tokens": used.max_new_tokens, "max_retries": used.max_retries}
     report = {
         "model_id": model.model_id, "model_dir": model_dir, "heldout": heldout, "demos_from": train_data,
         "settings": settings, **metrics, **model.metrics(),
     }
+    # The report first (as curve prints its rows before the plot): a file that fails to write
+    # (a full disk) must not lose the minutes of generation it sums up.
     click.echo(json.dumps(report, indent=2, sort_keys=True))
+    if failures is not None:
+        checkpoint.write_records(Path(failures), unparsed_answers(results, transitions))
+    if predictions is not None:
+        checkpoint.write_records(Path(predictions), scored_answers(results, transitions))

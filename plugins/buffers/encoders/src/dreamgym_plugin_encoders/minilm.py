@@ -12,6 +12,7 @@ from msgspec import Meta
 
 from dreamgym_core.config import Config
 from dreamgym_core.errors import ConfigError
+from dreamgym_core.experience import utf8_safe
 
 __all__ = ["MiniLMConfig", "MiniLMEncoder", "packaged_model_dir"]
 
@@ -86,6 +87,9 @@ class MiniLMEncoder:
         self.id = f"all-MiniLM-L6-v2@{_weights_digest(model_dir)}-len{self.config.max_length}"
 
     def encode(self, *, texts: Sequence[str]) -> np.ndarray:
+        # a lone surrogate ("\ud83d", half of an emoji cut off) made the tokenizer raise a TypeError
+        # and the whole retrieval fail; it becomes U+FFFD, as the hashing encoder takes it in its stride
+        texts = [utf8_safe(text) for text in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
         step = self.config.batch_size

@@ -1,11 +1,14 @@
 """A minimal OpenAI-compatible HTTP server around any hf backend (stdlib only).
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions`` (prompt string or list,
-max_tokens, temperature, stop, seed), ``POST /v1/chat/completions`` (messages) and vLLM's
+max_tokens (default 16), temperature, stop, seed), ``POST /v1/chat/completions`` (messages;
+max_tokens defaults to the rest of the context, as vLLM's) and vLLM's
 ``POST /tokenize`` (prompt or messages: ``count``, ``max_model_len`` and ``tokens``, so a
 client can shorten a prompt before the server would cut its start). Answers carry ``usage`` and
 each choice a ``finish_reason`` read from the generated ids; one choice per prompt (``n`` 1) and
-no streaming: ``n`` other than 1 or ``stream`` true is a 400.
+no streaming: ``n`` other than 1 or ``stream`` true is a 400, and so is ``echo``, ``logprobs``,
+``best_of`` or ``top_p`` other than its default (they would be ignored); null is a field's default.
+A method other than GET and POST is a 405.
 Requests are served one generate() at a time (the model is not thread-safe); one whose
 client hung up while it waited (a client timeout) is dropped, not generated (a client that
 only half-closed, shutdown(SHUT_WR), reads the same: an end of input). Bodies need a
@@ -115,8 +118,13 @@ class _Turn:
 
 
 def _route_path(target: str) -> str:
-    """The path a request asks for, without its query (a client may add ``?api-version=...``)."""
-    return urlsplit(target).path.rstrip("/")
+    """The path a request asks for, without its query (a client may add ``?api-version=...``);
+    RequestError for a target urlsplit cannot read (``http://[x/...``: its ValueError killed the
+    handler thread and the client got no answer at all)."""
+    try:
+        return urlsplit(target).path.rstrip("/")
+    except ValueError:
+        raise RequestError(f"malformed request target {target!r}") from None
 
 
 def _stop_list(stop: Any) -> list[str]:
@@ -133,17 +141,36 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no count nor seed
 
 
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
-    name = "max_tokens" if "max_tokens" in body or "max_completion_tokens" not in body else "max_completion_tokens"
-    max_tokens = body.get(name, 16)
-    temperature = body.get("temperature", 1.0)
+# OpenAI parameters this server does not implement, each with the test of its default (which
+# changes nothing): any other value would be accepted and silently ignored, as n and stream were.
+_UNSUPPORTED = {
+    "echo": ("false", lambda v: v is False),
+    "logprobs": ("false", lambda v: v is False),  # null on /v1/completions, false on chat
+    "best_of": ("1", lambda v: _integer(v) and v == 1),
+    "top_p": ("1", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == 1),  # the backend's own top_p applies
+}
+
+
+def _sampling(body: dict[str, Any], default_max_tokens: int | None = 16) -> dict[str, Any]:
+    """Generation arguments of a request. A field sent as null counts as left out (OpenAI's
+    clients send null for "the default"). Without max tokens, ``max_new_tokens`` is
+    ``default_max_tokens``: None leaves it to the caller (the chat route's rest of the context)."""
+    name = "max_tokens" if body.get("max_tokens") is not None or body.get("max_completion_tokens") is None else "max_completion_tokens"
+    max_tokens = body.get(name)
+    temperature = body.get("temperature")
+    temperature = 1.0 if temperature is None else temperature
     seed = body.get("seed")
+    for field, (default, is_default) in _UNSUPPORTED.items():
+        if body.get(field) is not None and not is_default(body[field]):
+            raise RequestError(f"'{field}' is not supported by this server (it would be ignored): send {default} or leave it out")
     n = body.get("n")
     if n is not None and not (_integer(n) and n == 1):  # answered with one choice, n would be silently ignored
         raise RequestError("'n' must be 1 or left out: this server returns one choice per prompt")
     if body.get("stream") not in (None, False):
         raise RequestError("'stream' is not supported (the answer comes as one JSON object); send stream false or leave it out")
-    if not _integer(max_tokens) or max_tokens < 1:
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+    elif not _integer(max_tokens) or max_tokens < 1:
         raise RequestError(f"'{name}' must be a positive integer")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
         raise RequestError("'temperature' must be a finite number >= 0")
@@ -230,28 +257,69 @@ def _no_start_tokens(text: str = "") -> list[int]:
     return []
 
 
+def _common_start(a: list[int], b: list[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 @contextmanager
-def _template_applied(backend: Any) -> Iterator[None]:
+def _template_applied(backend: Any, head: str = "") -> Iterator[None]:
     """The backend taking prompts as raw text: a chat's template is already applied. A rendered
     template gets no start token added, as in the backend's own chat-template path (SFT,
     generate) and ``apply_chat_template(tokenize=True)``: the template writes any the model was
     trained with (Llama 3's writes BOS; TinyLlama's and Zephyr's none, though their tokenizers add
-    one to plain text). ``role: content`` lines are plain text, started as any prompt."""
+    one to plain text). ``role: content`` lines are plain text, started as any prompt.
+
+    ``head`` (:func:`_chat_head`): the leading text a cut of an over-long prompt keeps, as the
+    backend's own chat-template path keeps its template's head (``_kept_start``). As raw text the
+    backend kept no more than the start tokens, and the model saw the middle of the user's text
+    with no BOS, system turn or turn opened."""
     chat, backend.chat_template = backend.chat_template, False
     if backend.tokenizer.chat_template:
         backend._prefix = _no_start_tokens  # for this request only (the model's lock is held)
+    if head:  # the head's tokens as the whole prompt's encoding has them
+        backend._kept_start = lambda prompt, ids: _common_start(ids, backend.prompt_ids(head))
     try:
         yield
     finally:
         backend.chat_template = chat
         vars(backend).pop("_prefix", None)
+        vars(backend).pop("_kept_start", None)
+
+
+def _chat_head(tokenizer: Any, messages: Any, prompt: str) -> str:
+    """The text of the rendered chat ``prompt`` before the content of its first message that is
+    not a system turn (else its last): the template's start, the system turn and that turn's
+    opening, which the backend's chat path keeps when it cuts (its ``_chat_header``). Not the head
+    up to the last message: a long history there would fill the whole window and leave the model
+    no turn to answer. Rendered with a marker as that content; "" when the template does not show
+    the marker, or renders the chat otherwise."""
+    checked = chat_messages(messages)
+    at = next((i for i, m in enumerate(checked) if m["role"] not in ("system", "developer")), len(checked) - 1)
+    marker = "\x00dreamgym-prompt\x00"
+    try:
+        marked = chat_prompt(tokenizer, [*checked[:at], {**checked[at], "content": marker}, *checked[at + 1 :]])
+    except RequestError:  # a template that refuses the marker: keep what the backend keeps by itself
+        return ""
+    head = marked[: marked.index(marker)] if marker in marked else ""
+    return head if prompt.startswith(head) else ""
 
 
 def chat_body(backend: Any, body: dict[str, Any], lock: Any) -> dict[str, Any]:
     """Answer of ``POST /v1/chat/completions`` (one choice)."""
     prompt = chat_prompt(backend.tokenizer, body.get("messages"))
-    args = _sampling(body)
-    with lock, _template_applied(backend):
+    args = _sampling(body, default_max_tokens=None)
+    with lock, _template_applied(backend, _chat_head(backend.tokenizer, body.get("messages"), prompt)):
+        if args["max_new_tokens"] is None:
+            # no max_tokens: the rest of the context, as vLLM's chat endpoint (legacy completions
+            # keep OpenAI's 16); 16 cut most chat answers short, finish_reason "length"
+            count, context = len(backend.prompt_ids(prompt)), backend.config.max_length
+            if count >= context:
+                raise RequestError(
+                    f"the chat is {count} tokens, which leaves no room for an answer in max_model_len {context}: "
+                    "send 'max_tokens' (the chat is then cut, keeping its head and end) or a shorter chat"
+                )
+            args["max_new_tokens"] = min(context - count, context - 1)  # the backend takes fewer than max_length
         (done,) = backend._generations(prompts=[prompt], **args)
     choice = {"index": 0, "message": {"role": "assistant", "content": done.text}, "finish_reason": done.finish_reason}
     return _envelope("chat.completion", backend, [choice], [done])
@@ -291,6 +359,8 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise RequestError(f"the request body is not JSON: {exc}") from exc
     except RecursionError as exc:  # the decoder recurses once per level of [ or {
         raise RequestError("the request body's JSON is nested too deeply") from exc
+    except ValueError as exc:  # an integer of over 4300 digits (Python's int_max_str_digits): was a 500
+        raise RequestError(f"the request body's JSON holds a value that cannot be read: {str(exc).split(';')[0]}") from exc
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     return body
@@ -319,21 +389,24 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
         def log_message(self, format: str, *args: Any) -> None:  # quiet: no per-request lines
             pass
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
+        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             if self.close_connection:
                 self.send_header("Connection", "close")
             try:
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":  # an answer to HEAD has no body: one would be read as the next answer
+                    self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting: nobody to tell
                 self.close_connection = True
 
-        def _error(self, status: int, message: str) -> None:
-            self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
+        def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+            self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}}, headers)
 
         def _transfer_encoded(self) -> bool:
             """Answer 411 and close for a request framed by Transfer-Encoding (chunked): its body
@@ -377,7 +450,11 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
                 return self._error(exc.status, str(exc))
             if not self._authorised():
                 return
-            if _route_path(self.path) != "/v1/models":
+            try:
+                path = _route_path(self.path)
+            except RequestError as exc:
+                return self._error(exc.status, str(exc))
+            if path != "/v1/models":
                 return self._error(404, f"no route {self.path}")
             self._send(200, {"object": "list", "data": [{"id": backend.model_id, "object": "model", "owned_by": "dreamgym"}]})
 
@@ -390,7 +467,10 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
                 return self._error(exc.status, str(exc))
             if not self._authorised():
                 return
-            route = routes.get(_route_path(self.path))
+            try:
+                route = routes.get(_route_path(self.path))
+            except RequestError as exc:
+                return self._error(exc.status, str(exc))
             if route is None:
                 return self._error(404, f"no route {self.path}")
             try:
@@ -402,6 +482,20 @@ def _handler(backend: Any, api_key: str | None, loopback: bool = True) -> type[B
             except Exception as exc:  # noqa: BLE001 - the model failed inside: say so, not hang up
                 traceback.print_exc()
                 self._error(500, f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+        def _not_allowed(self) -> None:
+            """A JSON 405 for a method no route takes (http.server answered these with an HTML 501)."""
+            if self._transfer_encoded():
+                return
+            try:
+                self._read_body()  # as for GET: unread, it would be parsed as the next request
+            except RequestError as exc:
+                return self._error(exc.status, str(exc))
+            if not self._authorised():
+                return
+            self._error(405, f"method {self.command} is not allowed: this server answers GET and POST", {"Allow": "GET, POST"})
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _not_allowed
 
     return Handler
 

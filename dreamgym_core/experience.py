@@ -107,7 +107,8 @@ class ExperienceModelConfig(Config):
     seed: Annotated[int, Meta(description="Base seed of generation; each call derives its own.")] = 0
     draw: Annotated[
         NonNegativeInt,
-        Meta(description="Which draw of the main stream: 0 is the seed's own, k > 0 another one; streams for measurements ignore it."),
+        Meta(description="Which draw of the main stream: 0 is the seed's own, k > 0 another one; streams for measurements ignore it, "
+             "a seeded synthetic episode's stream (episode/<seed>, named episode/<seed>/draw/<k> for k > 0) follows it."),
     ] = 0
 
 
@@ -122,8 +123,21 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _outcome(t: Transition) -> tuple[bool, float]:
+    """(success, reward) of a stored transition as the format defines them: success only on a
+    valid action, reward 1 only when valid, done and success. A real engine may carry out an
+    unlisted action (``valid=false``) and win with it; written as stored, its training target
+    (success=true, reward=0) never parsed ``ok``, and its demo showed reward=1 with valid=false.
+    Training targets and demos both take it from here, so they say the same. A valid
+    transition's target is as before, and so is its demo wherever the stored reward follows the
+    rule (every built-in env stores 1 exactly on a win)."""
+    success = t.success and t.valid
+    return success, outcome_reward(done=t.game_over, success=success, valid=t.valid)
+
+
 def _render_demo(demo: Transition) -> str:
-    outcome = f"valid={_bool(demo.valid)} done={_bool(demo.game_over)} success={_bool(demo.success)} reward={_reward_text(demo.reward)}"
+    success, reward = _outcome(demo)
+    outcome = f"valid={_bool(demo.valid)} done={_bool(demo.game_over)} success={_bool(success)} reward={_reward_text(reward)}"
     return f"- state: {_one_line(demo.state)}\n  action: {_one_line(demo.action)}\n  next: {_one_line(demo.next_state)}\n  {outcome}"
 
 
@@ -619,9 +633,10 @@ def training_examples(
     requests = requests_for(unique, buffer, history_window=history_window, k=k, other_tasks=other_tasks, world_of=world_of)
     for t, request in zip(unique, requests):
         request = fit_request(request, fits)
+        success, reward = _outcome(t)
         target = render_target(
             reasoning=t.reasoning, next_state=t.next_state, valid=t.valid, done=t.game_over,
-            success=t.success, reward=outcome_reward(done=t.game_over, success=t.success, valid=t.valid),
+            success=success, reward=reward,
         )
         examples.append([(build_prompt(request), False), *target])
     return [list(examples[i]) for i in where]  # copies: a backend may change one example's list in place
@@ -904,12 +919,20 @@ class LMExperienceModel:
         """Up to ``n`` distinct variations, excluding the original instruction.
 
         When the model was given a domain with ``describe_variation``, its description
-        goes into the prompt so the text suits the domain's ``make_variation``.
+        goes into the prompt so the text suits the domain's ``make_variation``. Each answer
+        is read whole by :func:`parse_variation` (no stop at a newline), up to
+        ``task_max_new_tokens`` tokens.
         """
         how = self.domain.describe_variation(task) if hasattr(self.domain, "describe_variation") else ""
+        # No stop string: the backends cut an answer before its first stop, and a stop at "\n"
+        # left "" of an answer opening with a newline and only the preamble of "Sure! Here is
+        # one:\n<task>"; parse_variation picks the task line out of the whole answer. The cost
+        # stays bounded by task_max_new_tokens per candidate: joint SFT never trains this prompt
+        # (its targets end in </reward> and the backend's EOS), so an answer ends at the
+        # model's EOS or at that budget, whichever comes first.
         texts = self._generate(
             [variation_prompt(task, how)] * n, max_new_tokens=self.config.task_max_new_tokens,
-            temperature=self.config.task_temperature, stop=["\n"],
+            temperature=self.config.task_temperature, stop=[],
         )
         seen = {_variation_key(task.instruction)}
         out = []

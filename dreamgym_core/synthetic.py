@@ -66,8 +66,8 @@ class SyntheticEnvConfig(Config):
     seeded_episodes: Annotated[
         bool,
         Meta(description=(
-            "reset(seed=s) draws the episode's answers from the model's stream named by s (a model with stream(), as "
-            "LMExperienceModel), so the same seed and actions replay the episode; trainers turn it off to answer every "
+            "reset(seed=s) draws the episode's answers from the model's stream named by s and its config's draw "
+            "(a model with stream(), as LMExperienceModel), so the same seed, draw and actions replay the episode; trainers turn it off to answer every "
             "episode's step in one batched model call, seeded by their rollout's own stream."
         )),
     ] = True
@@ -211,7 +211,11 @@ class SyntheticEnv:
         stream = getattr(self._given_model, "stream", None)
         if seed is None or not self.config.seeded_episodes or not callable(stream):
             return self._given_model
-        return stream(f"episode/{seed}")
+        # stream() starts its stream at draw 0 (measurements ignore the draw), so a draw other
+        # than 0 goes into the name, else draws 1, 2, ... replayed draw 0's episodes. Draw 0
+        # keeps the name it had, so its episodes (and earlier runs) replay as before.
+        draw = getattr(getattr(self._given_model, "config", None), "draw", 0)
+        return stream(f"episode/{seed}" if not draw else f"episode/{seed}/draw/{draw}")
 
     # -- pieces step_many composes
 

@@ -382,10 +382,19 @@ def seed_task_of(task: Task, train_tasks: Sequence[Task]) -> Task | None:
     """The train task whose world ``task`` plays: itself for a seed task, else the train task with
     its payload (a curriculum's written copy on a domain without make_variation keeps its root's
     payload with a new instruction, which the real environment does not score); None when no
-    train task has it."""
+    train task has it.
+
+    Of the train tasks with that payload, the copy's root comes first: the one whose id the copy
+    is named after (``web/1~syn3`` of ``web/1``, see ``world_namer``). Seed tasks may share a
+    payload (a domain whose tasks need no reset data keeps Task's default ``{}``), and the first
+    match played a variation of ``web/1`` as ``web/0``."""
+    from .experience import world_namer
+
     if task.origin == "seed":
         return task
-    return next((t for t in train_tasks if t.payload == task.payload), None)
+    same_world = [t for t in train_tasks if t.payload == task.payload]
+    root = world_namer(None)(task.id)  # as the reward-entropy curriculum names its copies
+    return next((t for t in same_world if t.id == root), same_world[0] if same_world else None)
 
 
 def valid_pickers(cfg: PipelineConfig) -> list[str]:

@@ -111,6 +111,9 @@ class RewardEntropyCurriculum:
         values = [fresh[i] for i in observed]
         self.stats["mean_value"] = float(np.mean(values)) if values else 0.0
         self.stats["max_value"] = float(np.max(values)) if values else 0.0
+        # Also at lambda 0, whose variations are never drawn: in the local loop M_task is the
+        # experience model, whose call count seeds every synthetic step, so skipping these calls
+        # would change a lambda-0 run's rollouts and value-weighted draws (README: lambda).
         for parent in self.rank(observed.values())[: self.config.tasks_to_vary]:
             self._vary(parent)
 
@@ -249,16 +252,34 @@ class RewardEntropyCurriculum:
                 what = f"stats[{key!r}]"
                 stats[key] = _count(saved_stats[key], what) if isinstance(fresh, int) else _number(saved_stats[key], what)
             cluster_of = {str(k): _count(v, f"cluster_of[{k!r}]") for k, v in _mapping(state["cluster_of"], "cluster_of").items()}
-            try:
-                centroids = np.asarray(state["centroids"], dtype=np.float64) if state["centroids"] is not None else None
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"centroids: {err}") from err
+            centroids = self._saved_centroids(state["centroids"], cluster_of)
         except KeyError as err:
             raise DataError(f"curriculum 'reward-entropy': malformed state: missing {err}") from err
         except ValueError as err:
             raise DataError(f"curriculum 'reward-entropy': malformed state: {err}") from err
         self.draws, self.values, self.synthetic, self.stats = draws, values, synthetic, stats
         self.cluster_of, self.centroids = cluster_of, centroids
+
+    def _saved_centroids(self, saved: Any, cluster_of: dict[str, int]) -> np.ndarray | None:
+        """The saved centroids as this curriculum uses them (ValueError otherwise, which
+        load_state_dict reports). Null, [] or another width was accepted, then failed in
+        observe() as a traceback or put every task in cluster 0."""
+        if self.config.grouping == "task":
+            if saved is not None:
+                raise ValueError(f"centroids: expected null with grouping 'task', got {_show(saved)}")
+            return None
+        try:
+            centroids = np.asarray(saved, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"centroids: {err}") from err
+        # the width of the encoder's embeddings, as the k-means of __init__ measured it
+        width = self.centroids.shape[1] if self.centroids is not None else None
+        if centroids.ndim != 2 or len(centroids) == 0 or centroids.shape[1] != width or not np.isfinite(centroids).all():
+            raise ValueError(f"centroids: expected rows of {width} finite numbers (grouping 'cluster'), got {_show(saved)}")
+        beyond = next((k for k, c in cluster_of.items() if c >= len(centroids)), None)
+        if beyond is not None:
+            raise ValueError(f"cluster_of[{beyond!r}]: cluster {cluster_of[beyond]}, and the state has {len(centroids)} centroids")
+        return centroids
 
 
 # The generation counters and value summaries a new curriculum starts from.

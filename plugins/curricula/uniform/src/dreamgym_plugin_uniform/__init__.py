@@ -34,7 +34,10 @@ class UniformCurriculum:
 
     def next_tasks(self, *, n: int) -> list[Task]:
         # Keyed as reward-entropy's batches are (its stream_key(SAMPLING_STREAM, draws, seed)), so
-        # reward-entropy with lambda 0 and uniform seed tasks draws these tasks, in another order.
+        # reward-entropy with lambda 0 and uniform seed tasks draws these tasks, in another order,
+        # while n <= the pool (the same rng.choice call). A larger batch is not the same: both give
+        # every task floor(n/pool) or ceil(n/pool) times, but by other rng calls, so which tasks
+        # come once more differs. Neither draw is changed to match: committed runs replay them.
         rng = np.random.default_rng([1, self.draws, self.seed])
         self.draws += 1
         size = len(self.tasks)

@@ -10,7 +10,7 @@ import msgspec.inspect
 
 from . import testing
 from .contracts import missing_members
-from .errors import ConfigError, ConformanceError, DreamGymError, ModelUnavailable
+from .errors import ConfigError, ConformanceError, DataUnavailable, DreamGymError, ModelUnavailable
 from .plugins import Plugins
 from .records import Task
 
@@ -110,7 +110,11 @@ def _failure(exc: BaseException) -> str:
 
 
 def _check_env(spec, config) -> None:
-    domain = _built("env", spec.factory(config))
+    try:
+        built = spec.factory(config)
+    except DataUnavailable as exc:  # its default data (e.g. a download) is not on this machine: nothing to check
+        raise _Skip(f"its default data is not here: {exc}") from exc
+    domain = _built("env", built)
     # closed as the loop closes it (a domain's probe env holds a simulator or a browser); after a
     # failed check, a close() that fails too is logged, not raised over the check's failure
     with testing.closed_on_failure(domain):

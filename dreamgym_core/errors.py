@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "ConformanceError",
     "DataError",
+    "DataUnavailable",
 ]
 
 
@@ -138,6 +139,12 @@ class ConfigError(DreamGymError):
     """A pipeline file or a config value is malformed; the message names file and path."""
 
     exit_code = 2
+
+
+class DataUnavailable(ConfigError):
+    """Data a component reads from its default place (none configured) is not on this machine:
+    missing here, not broken (the conformance kit skips an env whose default data it is). A
+    ConfigError, so a run stops on it as before."""
 
 
 class ConformanceError(DreamGymError):

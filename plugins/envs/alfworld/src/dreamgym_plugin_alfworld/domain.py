@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from dreamgym_core.errors import ConfigError, DataError
+from dreamgym_core.errors import ConfigError, DataError, DataUnavailable
 from dreamgym_core.records import VARIATION_SUFFIX, Observation, Task, Trajectory, Transition
 from dreamgym_core.rollout import play_offline
 from dreamgym_plugin_textworld.annotate import annotate_transition
@@ -111,7 +111,10 @@ class AlfWorldDomain:
         self._variation_pools: dict[str, list[Game]] = {}
         self._probe: AlfWorldEnv | None = None
         if not (self.root / SPLIT_DIRS["train"]).is_dir():
-            raise ConfigError(f"env.config.data_path: no ALFWorld games in {self.root} (no train/ folder); {_GET_DATA}")
+            # the default folder (none given) is a download not made here: DataUnavailable, which
+            # `dreamgym check` skips; a data_path given that holds no games stays a plain ConfigError
+            missing = ConfigError if config.data_path else DataUnavailable
+            raise missing(f"env.config.data_path: no ALFWorld games in {self.root} (no train/ folder); {_GET_DATA}")
 
     # --- tasks -------------------------------------------------------------------
 

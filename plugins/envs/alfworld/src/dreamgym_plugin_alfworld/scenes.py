@@ -99,10 +99,20 @@ def write_game(root: str | Path, split: str, scene: PickAndPlace, *, number: int
 
     The trial folder is named by the split, the target and ``number`` only, so two scenes with the
     same target and number would share it: a folder that exists is refused with a
-    ``FileExistsError`` naming it, unless ``overwrite`` replaces its game."""
+    ``FileExistsError`` naming it, unless ``overwrite`` replaces its game. A task id leaves the
+    split out (``<task folder>@<trial>``), so the same target and number in another split of
+    ``root`` would give two games one id: that is refused too, ``overwrite`` or not."""
     obj, rec = scene.target
     trial = f"trial_T{number:05d}"
-    folder = Path(root) / split / f"pick_and_place_simple-{obj}-None-{rec}-{number}" / trial
+    name = f"pick_and_place_simple-{obj}-None-{rec}-{number}"
+    folder = Path(root) / split / name / trial
+    splits = sorted(p for p in Path(root).iterdir() if p.name != split) if Path(root).is_dir() else []
+    for other in (p / name / trial for p in splits):
+        if other.exists():
+            raise FileExistsError(
+                f"write_game: {other} already exists in split {other.parent.parent.name!r} (a task id names the target "
+                f"and number {number}, not the split); give this scene another number"
+            )
     if folder.exists() and not overwrite:
         raise FileExistsError(
             f"write_game: {folder} already exists (a game of the same split, target and number {number}); "

@@ -94,6 +94,28 @@ def checked_variation(task: Task) -> int:
     return variation
 
 
+def checked_payload(task: Task) -> tuple[str, int, str]:
+    """``task.payload``'s (task name, variation, simplifications), or a one-line
+    :class:`ConfigError` naming the task and the field, before the simulator is touched: a
+    missing field was a bare KeyError; a name or simplifications that is not a str failed the
+    simulator call, read as a JVM that stopped answering (a healthy one killed), or, None, a
+    17-line Java error. The name must be one of ScienceWorld's tasks (its package lists them);
+    simplification labels are the simulator's to check (an unknown one: a one-line EngineError)."""
+    from scienceworld.constants import ID2TASK  # a json the package reads; no JVM
+
+    payload = task.payload
+    for field in ("task", "simplifications"):
+        value = payload.get(field)
+        if not isinstance(value, str) or (field == "task" and value not in ID2TASK.values()):
+            shown = repr(value) if field in payload else "missing"
+            want = "the name of a ScienceWorld task (e.g. 'boil')" if field == "task" else "a str ('easy', '' or a comma list)"
+            raise ConfigError(
+                f"scienceworld: task {task.id!r}: payload[{field!r}] is {shown}; it must be {want} "
+                "(a task's own: SciWorldDomain.tasks(split))"
+            )
+    return payload["task"], checked_variation(task), payload["simplifications"]
+
+
 def is_reset_task(action: str) -> bool:
     """Whether the simulator reads ``action`` as "reset task": case and articles do not count to it."""
     return [word for word in action.lower().split() if word not in _ARTICLES] == ["reset", "task"]
@@ -222,12 +244,11 @@ class SciWorldEnv:
     def reset(self, *, task: Task, seed: int | None = None, gold_path: bool | None = None) -> Observation:
         """Start ``task``'s variation. The variation is the payload's; ``seed`` is not used.
         ``gold_path`` overrides the env's own setting for this episode (None: keep it)."""
-        payload = task.payload
-        variation = checked_variation(task)  # before the call: a bad one needs no JVM
+        name, variation, simplifications = checked_payload(task)  # before the call: a bad payload needs no JVM
         gold = self.gold_path if gold_path is None else gold_path
         with self._jvm.call(f"reset {task.id}") as engine:
             server = engine.server
-            self._load(server, payload["task"], variation, payload["simplifications"], gold_path=gold)
+            self._load(server, name, variation, simplifications, gold_path=gold)
             server.reset()
             observation, score, _, inventory = self._send(server, "look around")  # as the wrapper's reset does
             self._gold = list_items(engine, server.getGoldActionSequence()) if gold else []

@@ -14,7 +14,7 @@ import re
 
 from dreamgym_core.records import Transition
 
-from .state import _COMPASS, _SENTENCE_END, NOT_SENT, clean_text, parse_state
+from .state import _COMPASS, _SENTENCE_END, NOT_SENT, REFUSED, clean_text, parse_state
 
 __all__ = ["annotate_transition", "exit_sentence"]
 
@@ -26,13 +26,28 @@ def _score(text: str) -> float | None:
         return None
 
 
+# TextWorldExpress's answer to a take with the inventory full: the action is listed, but nothing
+# happens ("Your inventory currently has 2 items, and is full.  You can't pick up another item.").
+_INVENTORY_FULL = re.compile(r"^Your inventory currently has \d+ items?, and is full\.")
+
+
 def _refused(t: Transition, after: dict[str, str]) -> bool:
     """Whether the env refused ``t.action`` (see ``TextWorldEnv._refusal``): the game never saw it.
-    A transition keeps no step info, so the refusals' shared ending is the mark."""
-    return not t.valid and after["observation"].endswith(NOT_SENT)
+    A transition keeps no step info, so the refusals' shared opening (:data:`.state.REFUSED`) is
+    the mark; a budget cuts an observation's end, and cut under the mark's length leaves a part
+    of it. Refusals written before the mark end :data:`.state.NOT_SENT` instead."""
+    if t.valid:
+        return False
+    observation = after["observation"]
+    if observation.startswith(REFUSED) or observation.endswith(NOT_SENT):
+        return True
+    kept = observation.removesuffix("...")
+    return kept != observation and len(kept) > 3 and REFUSED.startswith(kept)
 
 
-def _validity(t: Transition, refused: bool) -> str:
+def _validity(t: Transition, refused: bool, after: dict[str, str]) -> str:
+    if t.valid and _INVENTORY_FULL.match(after["observation"]):
+        return f"'{t.action}' is one of the admissible actions, but the game refuses it: the inventory is full."
     if t.valid:
         return f"'{t.action}' is one of the admissible actions, so the game carries it out."
     if refused:
@@ -43,7 +58,11 @@ def _validity(t: Transition, refused: bool) -> str:
 def _changes(before: dict[str, str], after: dict[str, str], refused: bool) -> list[str]:
     # Only the response's first sentence: the next state itself carries the rest, and a
     # short trace is what a small experience model can learn to write.
-    first = clean_text(after["observation"], 160).split(". ")[0].rstrip(".")
+    said = after["observation"]
+    if refused and said.startswith(REFUSED):  # the reason, after the mark the first line already says
+        said = said[len(REFUSED):].strip()
+        said = said[:1].upper() + said[1:]
+    first = clean_text(said, 160).split(". ")[0].rstrip(".")
     lines = [f"{'The environment says why' if refused else 'The game responds'}: {first}."]
     if before["inventory"] != after["inventory"]:
         lines.append(f"The inventory changes from {before['inventory'] or 'nothing'} to {after['inventory'] or 'nothing'}.")
@@ -92,4 +111,4 @@ def annotate_transition(t: Transition, *, grounded_moves: bool = False) -> str:
     before, after = parse_state(t.state), parse_state(t.next_state)
     refused = _refused(t, after)
     grounding = _grounding(t) if grounded_moves else []
-    return " ".join([_validity(t, refused), *grounding, *_changes(before, after, refused), _outcome(t)])
+    return " ".join([_validity(t, refused, after), *grounding, *_changes(before, after, refused), _outcome(t)])

@@ -91,7 +91,8 @@ class TwxConfig(_Common):
         bool,
         Meta(
             description=(
-                "Each split's tasks are its first seeds whose world (instruction and initial state) is new: not an"
+                "Each split's tasks are its first seeds whose world (instruction and initial state, in whatever order"
+                " the engine lists the room's objects) is new: not an"
                 " earlier task's of the split, and for valid not a train task's, for test neither a train nor a valid"
                 " task's; curriculum variations never give a valid or test task's world. Off, a split is its first"
                 " seeds as they come: the folds of small games repeat a handful of worlds (coin with 2 rooms and no"

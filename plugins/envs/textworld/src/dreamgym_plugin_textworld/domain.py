@@ -53,10 +53,42 @@ def task_id(payload: dict[str, Any], origin: str = "seed") -> str:
     return f"{payload['engine']}/{payload['game']}/{slug}/{payload['seed']}{suffix}"
 
 
+# TextWorldExpress describes a room's objects in the order they were put there, each sentence
+# opened by a lead-in that depends only on its position ("In one part of the room you see", "There
+# is also", ...), and lists a container's or surface's contents in that order too. One world can so
+# read in several orders (twc's test seeds 20013 and 20022: "... a newspaper. There is also a vase."
+# and "... a vase. There is also a newspaper."): the key of a world sorts them.
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_LEAD_IN = re.compile(
+    r"^(?:In one part of the room you see|In another part of the room you see|There is also|You also see)\s+", re.IGNORECASE
+)
+_CONTENTS = re.compile(r"^(?P<head>.*?\bthat (?:has|contains) )(?P<items>.+?)(?P<tail> on it)?\.$")
+_LIST_BREAK = re.compile(r",(?: and)? | and ")
+
+
+def _unordered_sentence(sentence: str) -> str:
+    """``sentence`` without its lead-in, the contents it lists sorted."""
+    sentence = _LEAD_IN.sub("", sentence)
+    match = _CONTENTS.match(sentence)
+    if match is None:
+        return sentence
+    items = sorted(item.strip() for item in _LIST_BREAK.split(match["items"]))
+    return f"{match['head']}{', '.join(items)}{match['tail'] or ''}."
+
+
+def world_text(raw: RawState) -> str:
+    """What identifies a reset's world, in no particular order: the instruction, the sentences of
+    the initial text (lead-ins stripped, contents sorted) and the lines of the inventory, sorted, and
+    the actions (the engines list them sorted)."""
+    sentences = sorted(_unordered_sentence(s) for s in _SENTENCE.split(" ".join(raw.text.split())) if s)
+    inventory = sorted(" ".join(line.split()) for line in raw.inventory.splitlines() if line.strip())
+    return "\x00".join((raw.objective, "\x01".join(sentences), "\x01".join(inventory), *sorted(raw.admissible)))
+
+
 def world_digest(raw: RawState) -> str:
-    """A digest of the instruction and the initial state (text, inventory, actions) of a reset."""
-    parts = (raw.objective, raw.text, raw.inventory, *raw.admissible)
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+    """A digest of the instruction and the initial state (text, inventory, actions) of a reset,
+    blind to the order the engine lists them in (:func:`world_text`)."""
+    return hashlib.sha256(world_text(raw).encode()).hexdigest()[:16]
 
 
 def parse_variation(text: str, allowed: Sequence[str]) -> dict[str, int]:

@@ -20,7 +20,7 @@ from dreamgym_core.jvm import JvmGuard, list_items, quiet_del
 
 from .config import DEFAULT_CALL_TIMEOUT_S
 from .games import TWX_FOLD_SEEDS, tw_game_path, twx_params_string
-from .state import NOT_SENT, compact_inventory
+from .state import compact_inventory, echo, refusal_text
 
 __all__ = ["RawState", "TwxEngine", "TwxJvm", "TwxJvms", "TwEngine", "EnginePool", "EngineError"]
 
@@ -444,17 +444,17 @@ class TwEngine:
         # dumb-frotz reads a line starting with a backslash as its own command ("\\help"), and
         # with stdin at its end it loops forever; no game command holds one.
         if "\\" in action:
-            return f"This action holds a backslash, which no game command does; {NOT_SENT}"
+            return refusal_text("this action holds a backslash, which no game command does.")
         command = interpreter_command(action)
         if command is not None:
-            return f"{command!r} is a command to the interpreter, not to the game; {NOT_SENT}"
+            return refusal_text(f"{echo(command)} is a command to the interpreter, not to the game.")
         # "go west. go north. take coin" would play several turns in one step: past the step
         # cap, and a win from an unlisted action.
         commands = command_count(action)
         if commands > 1:
-            return (
-                f"This action holds {commands} commands (the interpreter splits an action at '.', ',' "
-                f"and 'then'); a step sends one command, so {NOT_SENT}"
+            return refusal_text(
+                f"this action holds {commands} commands (the interpreter splits an action at '.', ',' "
+                f"and 'then'), and a step sends one."
             )
         return None
 

@@ -10,7 +10,7 @@ from dreamgym_core.errors import DreamGymError
 from dreamgym_core.records import Observation, StepResult, Task
 
 from .engines import RawState
-from .state import NOT_SENT, normalize_action, render_state
+from .state import normalize_action, refusal_text, render_state
 
 __all__ = ["Engine", "TextWorldEnv", "outcome_reward", "is_admissible", "listed_form", "unreadable_character", "EpisodeOver"]
 
@@ -139,7 +139,7 @@ class TextWorldEnv:
         the engine's own refusal only of an unlisted action."""
         unreadable = unreadable_character(action)
         if unreadable is not None:
-            return f"The game cannot read this action (it holds the {unreadable}); {NOT_SENT}"
+            return refusal_text(f"the game cannot read this action (it holds the {unreadable}).")
         return None if listed else self.engine.refusal(action)
 
     def expert_action(self) -> str | None:

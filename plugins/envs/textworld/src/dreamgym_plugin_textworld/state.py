@@ -2,8 +2,8 @@
 
 One format for real and synthetic episodes (the experience model writes it too)::
 
-    Observation: <what the game just said, whitespace collapsed, cut to a budget>
-    Inventory: <carried items, comma separated, or "nothing">
+    Observation: <what the game just said, whitespace collapsed, cut to a budget (exits and map kept)>
+    Inventory: <carried items, comma separated, or "nothing"; a full one ends "(full: capacity n)">
     Score: <engine progress in [0, 1], two decimals>
     Actions (<n>): <verb> <objects, / separated>; <verb> ...
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import re
 from functools import lru_cache
-from typing import Sequence
+from typing import Iterator, Sequence
 
 __all__ = [
     "render_state",
@@ -27,19 +27,42 @@ __all__ = [
     "expand_actions",
     "compact_inventory",
     "clean_text",
+    "fit_observation",
     "normalize_action",
     "drop_scenery",
     "NOT_SENT",
+    "REFUSED",
+    "refusal_text",
+    "echo",
 ]
 
-# How the observation of a step the env refused ends: the action never reached the game.
+# How the observation of a step the env refused opens: the action never reached the game. A
+# budget cuts an observation's end, so the mark is its opening (refusals before it ended
+# NOT_SENT, which the annotator still reads).
+REFUSED = "Not sent:"
 NOT_SENT = "it was not sent."
+# How much of an action a refusal quotes: the rest of a long one would crowd out why.
+ECHO_CHARS = 40
+
+
+def refusal_text(reason: str) -> str:
+    """The observation of a step the env refused: :data:`REFUSED`, then ``reason``."""
+    return f"{REFUSED} {reason}"
+
+
+def echo(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` quoted, cut to ``limit`` characters ("'transcriptsss...'")."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 _LINE = re.compile(r"^(Observation|Inventory|Score|Actions(?: \((\d+)\))?): ?(.*)$")
 # Headers the engines put before the item list ("Inventory (maximum capacity is 2 items):",
 # "You are carrying:"), and their ways of saying "empty".
 _INVENTORY_HEADER = re.compile(r"^(inventory[^:]*:|you are carrying:?)\s*", re.IGNORECASE)
 _EMPTY = re.compile(r"^(your inventory is currently empty|nothing)\.?$", re.IGNORECASE)
+# TextWorldExpress's header when the inventory is limited (limitInventorySize, on by default):
+# no game of it has a drop verb, so a full inventory is for good (coin: two distractors taken, and
+# the coin can no longer be). The state says so: "Inventory: a chopping board, a toaster (full: capacity 2)".
+_CAPACITY = re.compile(r"maximum capacity is (\d+) items?", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?]) (?=[A-Z])")
 _WORD = re.compile(r"[a-z]+")
 # Words of an action that name no object: verbs come off separately, these join objects.
@@ -58,12 +81,83 @@ def clean_text(text: str, limit: int) -> str:
     return cut + "..."
 
 
+# An observation's sentences, and mapreader's map header ("The map reads:") on its own.
+_PIECE = re.compile(r"(?<=[.!?:]) (?=[A-Z])")
+# A line of mapreader's map: "The parlor connects to the canteen, street, side yard and library."
+_MAP_LINE = re.compile(r"The (?P<room>.+?) connects to the (?P<rooms>.+)\.")
+_MAP_LIST = re.compile(r", (?:and )?| and ")
+
+
+def _is_key(sentence: str) -> bool:
+    """Whether ``sentence`` is one a cut keeps whole: an exit (a compass word) or a map line."""
+    return bool(_COMPASS & set(_WORD.findall(sentence.lower()))) or _MAP_LINE.fullmatch(sentence) is not None
+
+
+def _smaller_maps(pieces: list[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]]]:
+    """``pieces`` (each with whether a cut keeps it) with their map lines written shorter: each
+    room's neighbours ("parlor: canteen, street."), then each connection once ("canteen - parlor;
+    ..."). Nothing while there is no map."""
+    lines = {i: m for i, (p, _) in enumerate(pieces) if (m := _MAP_LINE.fullmatch(p)) is not None}
+    if not lines:
+        return
+    first = min(lines)
+    before = [p for i, p in enumerate(pieces) if i < first and i not in lines]
+    after = [p for i, p in enumerate(pieces) if i > first and i not in lines]
+    neighbours = [(m["room"], _MAP_LIST.split(m["rooms"])) for m in lines.values()]
+    yield before + [(f"{room}: {', '.join(near)}.", True) for room, near in neighbours] + after
+    edges = dict.fromkeys(" - ".join(sorted((room, other))) for room, near in neighbours for other in near)
+    yield before + [("; ".join(edges) + ".", True)] + after
+
+
+def _joined(pieces: list[tuple[str, bool]], chosen: set[int]) -> str:
+    """The chosen ``pieces`` in order, each run of left-out ones written "..."."""
+    out: list[str] = []
+    for i, (piece, _) in enumerate(pieces):
+        if i in chosen:
+            out.append(piece)
+        elif not out or out[-1] != "...":
+            out.append("...")
+    return " ".join(out)
+
+
+def fit_observation(text: str, limit: int, actions: Sequence[str] = ()) -> str:
+    """``text`` with whitespace collapsed, cut to ``limit`` characters where it is longer.
+
+    A text within the budget is :func:`clean_text`'s. A longer one that has exits or a map, or
+    sentences naming what an action of ``actions`` acts on, keeps its first sentence (the room,
+    or "The map reads:"), its exits ("To the North you see the pantry.") and its map lines whole,
+    then, in order, the sentences naming an object of ``actions`` ("There is also a coin.") and
+    the others (furniture) that still fit; each run of sentences left out is written "...". A map
+    that does not fit is written shorter (:func:`_smaller_maps`). Where even the kept sentences
+    exceed the budget, or the text has no such sentences, it is cut as :func:`clean_text` cuts.
+    """
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    named = {w for a in actions for w in _WORD.findall(a.lower().partition(" ")[2])} - _LINKS
+    pieces = [(p, i == 0 or _is_key(p)) for i, p in enumerate(_PIECE.split(flat))]
+    if not any(key or named & set(_WORD.findall(p.lower())) for p, key in pieces[1:]):
+        return clean_text(flat, limit)
+    for candidate in (pieces, *_smaller_maps(pieces)):
+        chosen = {i for i, (_, key) in enumerate(candidate) if key}
+        if len(_joined(candidate, chosen)) > limit:
+            continue
+        rest = [i for i in range(len(candidate)) if i not in chosen]
+        naming = [i for i in rest if named & set(_WORD.findall(candidate[i][0].lower()))]
+        for i in naming + [i for i in rest if i not in naming]:
+            if len(_joined(candidate, chosen | {i})) <= limit:
+                chosen.add(i)
+        return _joined(candidate, chosen)
+    return clean_text(flat, limit)
+
+
 @lru_cache(maxsize=256)
 def compact_inventory(raw: str) -> str:
     """Engine inventory text to "a, b, c" or "nothing".
 
     TextWorldExpress writes a header line then one item per line; TextWorld writes
-    "You are carrying: a, b and c." on one line.
+    "You are carrying: a, b and c." on one line. An inventory holding the maximum its header
+    states ("Inventory (maximum capacity is 2 items):") ends "(full: capacity 2)".
     """
     lines = [line.strip() for line in raw.strip().splitlines() if line.strip()]
     if lines and _INVENTORY_HEADER.fullmatch(lines[0]):
@@ -72,6 +166,9 @@ def compact_inventory(raw: str) -> str:
         body = _INVENTORY_HEADER.sub("", " ".join(lines)).strip().rstrip(".")
         items = [item.strip() for item in re.split(r", | and ", body)]
     items = [item.rstrip(".") for item in items if item and not _EMPTY.search(item)]
+    capacity = _CAPACITY.search(lines[0]) if lines else None
+    if capacity is not None and items and len(items) >= int(capacity.group(1)):
+        return f"{', '.join(items)} (full: capacity {capacity.group(1)})"
     return ", ".join(items) or "nothing"
 
 
@@ -115,7 +212,7 @@ def render_state(
 ) -> str:
     """The abstract text state (format in the module docstring)."""
     return (
-        f"Observation: {clean_text(observation, max_observation_chars)}\n"
+        f"Observation: {fit_observation(observation, max_observation_chars, admissible)}\n"
         f"Inventory: {compact_inventory(inventory)}\n"
         f"Score: {score:.2f}\n"
         f"Actions ({len(admissible)}): {compact_actions(admissible, max_action_chars)}"

@@ -14,7 +14,7 @@ import numpy as np
 from annoy import AnnoyIndex
 from msgspec import Meta
 
-from dreamgym_core.checkpoint import open_new
+from dreamgym_core.checkpoint import open_new, sync_directory
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 from dreamgym_plugin_exact import ExactBuffer, ExactConfig, best_first, topk_cosine
@@ -163,6 +163,7 @@ class AnnoyBuffer(ExactBuffer):
         self._build_lock = threading.Lock()
         self._closing = False  # set by close(): no build thread starts after it (one would outlive it)
         self._query = threading.local()  # per querying thread: the index of its retrieve()'s snapshot
+        self._wrote_since_claim = False  # a write claimed while _persist held a claim it gives back
         super().__init__(config or AnnoyConfig(), **kwargs)
 
     # --- index lifecycle ---------------------------------------------------
@@ -279,19 +280,35 @@ class AnnoyBuffer(ExactBuffer):
         directory another one writes replaced the index files under it. Unsaved (claim
         refused, or the save failed), the index is still searched from memory; the files
         saved before stay as they were.
+
+        A buffer that held no claim before (it has written nothing: a ``dreamgym buffer query``,
+        an eval) gives it back once the files are saved. Kept until close(), it refused every
+        write of the run whose directory this reader had only read.
         """
+        lock = self._writer_lock
         with self._lock:  # add() claims under the lock too: two threads of one buffer never claim at once
-            if self._closed:  # its claim is given back: a closed buffer writes nothing
+            if self._closed or lock is None:  # its claim is given back: a closed buffer writes nothing
                 return None
+            borrowed = not lock.held
+            self._wrote_since_claim = False
             try:
-                self._claim_writes()
+                lock.claim()
             except DataError as exc:
                 return f"{_FILES[0]}: index not saved, searched from memory (the write claim is refused: {exc})"
         try:
             self._save(index, rids, encoder_id)
         except DataError as exc:
             return f"{exc}; the new index is searched from memory"
+        finally:
+            with self._lock:
+                # not if the buffer made a write of its own meanwhile (another thread): that keeps it
+                if borrowed and not self._wrote_since_claim:
+                    lock.release()
         return None
+
+    def _claim_writes(self) -> None:
+        super()._claim_writes()
+        self._wrote_since_claim = True  # see _persist (every write claims first, under the buffer's lock)
 
     def _save(self, index: AnnoyIndex, rids: np.ndarray, encoder_id: str) -> None:
         """Write index, item ids and a manifest; all three in full, then each replaced, manifest last.
@@ -325,6 +342,7 @@ class AnnoyBuffer(ExactBuffer):
                 os.fsync(f.fileno())
             for step in (ann, rid_file, manifest):
                 os.replace(tmp[step], step)
+            sync_directory(self.path)  # the replaces survive a power cut too
         except BaseException as exc:
             for path in tmp.values():  # those not replaced yet; a replaced one is gone from its temporary name
                 with suppress(OSError):

@@ -24,13 +24,13 @@ from typing import Any, Sequence
 import msgspec
 import numpy as np
 
-from dreamgym_core.checkpoint import is_stream_path, open_new, output_file
+from dreamgym_core.checkpoint import is_stream_path, open_new, output_file, sync_directory
 from dreamgym_core.errors import DataError
 from dreamgym_core.records import Transition
 
 from .config import ExactConfig
 from .search import embedding_text, merge_ranked, topk_cosine
-from .segments import Frame, SegmentWriter, iter_segment, missing_segments, segment_files
+from .segments import MAX_RECORD_BYTES, Frame, FrameIds, SegmentWriter, iter_segment, missing_segments, segment_files
 from .writer_lock import WriterLock
 
 __all__ = ["ExactBuffer", "Space", "content_key", "EVICTION_ORDER"]
@@ -104,6 +104,14 @@ def _check_storable(transitions: Sequence[Transition], where: str) -> None:
                 except TypeError as exc:
                     raise DataError(f"{where}: transition {i}: {name}: {exc}; nothing of this batch was added") from None
         raise
+    if len(blob) > MAX_RECORD_BYTES:  # one record too long for a frame a reader takes (the batch is split)
+        for i, t in enumerate(transitions):
+            size = len(_record_encoder.encode(t))
+            if size > MAX_RECORD_BYTES:
+                raise DataError(
+                    f"{where}: transition {i} is {size} bytes stored, more than the {MAX_RECORD_BYTES} one record may "
+                    "take; nothing of this batch was added"
+                )
     try:
         _records_decoder.decode(blob)
     except msgspec.ValidationError as exc:
@@ -131,6 +139,43 @@ def _grow(array: np.ndarray, n: int) -> np.ndarray:
     bigger = np.zeros((max(n, 2 * len(array), 1024),) + array.shape[1:], dtype=array.dtype)
     bigger[: len(array)] = array
     return bigger
+
+
+class _EvictionLog:
+    """(position when evicted, record id) of each record the capacity policy evicted, in two
+    flat int64 arrays: 16 bytes a record (32 at most while the arrays have room to grow).
+
+    What :meth:`ExactBuffer.rollback` warns of: the records older than its target that were
+    evicted after it. A list of (position, ids array) per eviction took about 200 bytes per
+    evicted record at capacity (one eviction per add of one record). It still grows with each
+    eviction, as any target position may be asked for; a record evicted at the position right
+    after its own (``position <= rid + 1``) is left out, as no target lies between the two."""
+
+    def __init__(self) -> None:
+        self._at = np.zeros(0, dtype=np.int64)
+        self._rid = np.zeros(0, dtype=np.int64)
+        self._n = 0
+
+    def add(self, at: int, rids: Sequence[int] | np.ndarray) -> None:
+        rids = np.asarray(rids, dtype=np.int64)
+        rids = rids[rids + 1 < at]
+        n = self._n + len(rids)
+        self._at, self._rid = _grow(self._at, n), _grow(self._rid, n)
+        self._at[self._n : n] = at
+        self._rid[self._n : n] = rids
+        self._n = n
+
+    def lost(self, to: int) -> int:
+        """How many records with an id below ``to`` were evicted at a position after ``to``."""
+        n = self._n
+        return int(((self._at[:n] > to) & (self._rid[:n] < to)).sum())
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def nbytes(self) -> int:
+        return self._at.nbytes + self._rid.nbytes
 
 
 class Space:
@@ -189,9 +234,9 @@ class ExactBuffer:
         self._row_of: dict[int, int] = {}
         self._keys: dict[bytes, int] = {}
         self._queues: dict[str, deque[int]] = {s: deque() for s in EVICTION_ORDER}
-        # (next record id when it happened, record ids) of each capacity eviction, so a
-        # rollback can tell whether it lost older records it cannot bring back
-        self._evictions: list[tuple[int, np.ndarray]] = []
+        # each record the capacity policy evicted, with the position then, so a rollback can
+        # tell whether it lost older records it cannot bring back
+        self._evictions = _EvictionLog()
         self._spaces: dict[str, Space] = {}
         self._pending: list[Frame] = []
         self._pending_records = 0
@@ -243,7 +288,7 @@ class ExactBuffer:
                     continue
                 self._replay(frame, evicted, covered)
                 if frame.kind == "evict" and not frame.rollback:
-                    self._evictions.append((self._next_rid, np.asarray(frame.rids, dtype=np.int64)))
+                    self._evictions.add(self._next_rid, frame.rids)
         # Ids of every frame, not only of the adds that survived: an add frame lost to corruption
         # whose ids a later evict frame names left them free, and new records given them were
         # dropped as evicted on the next open.
@@ -424,7 +469,7 @@ class ExactBuffer:
                     victims.append(row)
                     excess -= 1
         if victims:
-            self._evictions.append((self._next_rid, np.asarray(self._retire(victims, rollback=False), dtype=np.int64)))
+            self._evictions.add(self._next_rid, self._retire(victims, rollback=False))
 
     def _compact(self) -> None:
         """Drop evicted rows from memory once they outnumber the live ones (the lock held).
@@ -507,7 +552,7 @@ class ExactBuffer:
             self._require_open()
             n = len(self._records)
             rows = np.flatnonzero(self._alive[:n] & (self._rids[:n] >= to))
-            lost = sum(int((rids < to).sum()) for at, rids in self._evictions if at > to)
+            lost = self._evictions.lost(to)
             if lost:
                 warnings.warn(
                     f"replay buffer {self.path or '(in memory)'}: rollback to {to} cannot restore {lost} older "
@@ -853,6 +898,7 @@ class ExactBuffer:
                     os.fsync(fh.fileno())
             if not direct:
                 os.replace(tmp, target)
+                sync_directory(target.parent)  # the rename survives a power cut too
         except BaseException as exc:
             if not direct:
                 tmp.unlink(missing_ok=True)
@@ -863,7 +909,22 @@ class ExactBuffer:
 
 
 class _SegmentIndex:
-    """The first pass of an open: per file the offsets of frames to replay, and record ids only."""
+    """The first pass of an open: per file the offsets of frames to replay, and record ids only.
+
+    A frame too large for one (see :func:`.segments.encode_pieces`) was written as pieces,
+    one after another in one file. They are replayed only once the last one is read: a kill
+    between two pieces (or a torn last piece) leaves the first ones at the end of the file,
+    and those are dropped whole, quietly, as a torn frame is (what a killed writer leaves).
+    So an add of any size is still all or nothing across a crash, which a resumed run relies
+    on: the loop's seed stage stores its transitions with one add and marks the stage done
+    at the position the whole add reaches (``Runner._seed_buffer``); a part stored would
+    end the reopened buffer before that position, so the stage runs again, and without
+    deduplication its first records would be stored twice. The ids of dropped pieces still
+    count for ``next_rid`` (ids that reached a file are never given again), which only moves
+    the position past them: a checkpoint is taken after a flush (``Runner._checkpoint``), so
+    every add before its position is whole on disk and a resume finds it; what lies after is
+    rolled back anyway. Pieces broken off in the middle of a file (a damaged piece, itself
+    reported) are reported and dropped too."""
 
     def __init__(self, encoder_id: str) -> None:
         self.encoder_id = encoder_id
@@ -877,6 +938,7 @@ class _SegmentIndex:
         """Index ``file``'s intact frames; the problems found (file: offset: what)."""
         problems: list[str] = []
         accepted = self.accepted[file.name] = set()
+        group: list[tuple[int, FrameIds]] = []  # pieces of a split frame read so far: (offset, piece)
         for offset, frame in iter_segment(file, ids_only=True):
             if isinstance(frame, str):
                 problems.append(f"{file.name}: {frame}")
@@ -888,14 +950,34 @@ class _SegmentIndex:
                     f"encoder {frame.encoder_id!r} have dim {dim}), skipped"
                 )
                 continue
-            accepted.add(offset)
             rids = np.asarray(frame.rids, dtype=np.int64)
             self.next_rid = max(self.next_rid, int(rids.max()) + 1 if len(rids) else 0)
-            if frame.kind == "evict":
-                self._evicted.append(rids)
-            if frame.encoder_id == self.encoder_id:
-                self._covered.append(rids)
+            if group and not _continues(group[-1][1], frame):
+                problems.append(_broken(file.name, group, torn=False))
+                group = []
+            if not frame.parts:
+                self._accept(accepted, offset, frame, rids)
+            elif group or frame.part == 0:
+                group.append((offset, frame))
+                if frame.part == frame.parts - 1:
+                    for at, piece in group:
+                        self._accept(accepted, at, piece, np.asarray(piece.rids, dtype=np.int64))
+                    group = []
+            else:
+                problems.append(
+                    f"{file.name}: offset {offset}: piece {frame.part + 1} of {frame.parts} of a split {frame.kind} "
+                    "frame whose earlier pieces are missing, skipped"
+                )
+        if group:  # the file ends inside a split frame: its writer stopped (killed) part way
+            problems.append(_broken(file.name, group, torn=True))
         return problems
+
+    def _accept(self, accepted: set[int], offset: int, frame: FrameIds, rids: np.ndarray) -> None:
+        accepted.add(offset)
+        if frame.kind == "evict":
+            self._evicted.append(rids)
+        if frame.encoder_id == self.encoder_id:
+            self._covered.append(rids)
 
     def evicted(self) -> np.ndarray:
         """Sorted ids of records some frame evicted."""
@@ -904,6 +986,25 @@ class _SegmentIndex:
     def covered(self) -> np.ndarray:
         """Sorted ids of records the configured encoder embedded."""
         return np.unique(np.concatenate(self._covered)) if self._covered else np.zeros(0, dtype=np.int64)
+
+
+def _continues(before: FrameIds, piece: FrameIds) -> bool:
+    """Whether ``piece`` is the piece of a split frame that follows ``before``."""
+    return (
+        piece.parts == before.parts and piece.part == before.part + 1 and piece.kind == before.kind
+        and piece.encoder_id == before.encoder_id and piece.rollback == before.rollback
+        and (piece.kind != "add" or piece.rids[0] == before.rids[-1] + 1)  # an add's ids run on
+    )
+
+
+def _broken(name: str, group: list[tuple[int, FrameIds]], *, torn: bool) -> str:
+    """The problem of pieces of a split frame whose other pieces are not there (dropped)."""
+    offset, first = group[0]
+    records = sum(len(piece.rids) for _, piece in group)
+    what = f"{len(group)} of the {first.parts} pieces of a split {first.kind} frame ({records} records)"
+    if torn:  # "torn frame": what a killed writer leaves, not reported as damage (see ExactBuffer._problem)
+        return f"{name}: offset {offset}: torn frame at end of file: {what}, an unfinished write, dropped"
+    return f"{name}: offset {offset}: {what}, the others missing or damaged, dropped"
 
 
 def _read_jsonl(path: str | Path) -> list[Transition]:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from dreamgym_core.errors import DataError
+
 REPO = Path(__file__).resolve().parents[1]
 RUN_PY = Path(os.environ.get("TABLE1_RUN_PY") or REPO / "benchmarks" / "table1" / "run.py")
 COMMITTED_CELLS = REPO / "benchmarks" / "table1" / "results" / "cells"  # read only
@@ -204,7 +206,7 @@ def test_a_table_write_cut_short_leaves_the_earlier_table_whole(table1, monkeypa
     out.write_text("the committed table\n")
     with monkeypatch.context() as patched:
         _disk_full(patched, "Produced by")
-        with pytest.raises(Exception):
+        with pytest.raises((OSError, DataError)):
             _main(table1, monkeypatch, "--games", "coin", "--seeds", "0", "--report", "--out", str(out))
     assert out.read_text() == "the committed table\n"
 
@@ -217,7 +219,7 @@ def test_a_cell_write_cut_short_leaves_the_earlier_cell_whole(table1, monkeypatc
     path.write_text('{"stale": true}')  # a cell of other overrides, run again
     with monkeypatch.context() as patched:
         _disk_full(patched, '"wall_seconds"')
-        with pytest.raises(Exception):
+        with pytest.raises((OSError, DataError)):
             table1.run_cell("coin", "GRPO DreamGym", 0)
     assert path.read_text() == '{"stale": true}'
 

@@ -160,7 +160,9 @@ class SciWorldDomain:
             if gold is None:
                 gold = env.gold_actions()
             detour = policy == "random" or not gold or (policy == "noisy" and rng.random() < self.config.noise)
-            return rng.choice(env.valid_actions()) if detour else gold.pop(0)
+            # sorted: the simulator's listing order can differ between two fresh JVMs (a fresh-clone
+            # run saw one collect's second episode draw other actions), the set of actions does not
+            return rng.choice(sorted(env.valid_actions())) if detour else gold.pop(0)
 
         trajectory = play_offline(env, task, episode_id, next_action)
         if policy == "expert" and trajectory.transitions[-1].truncated:
